@@ -1,0 +1,163 @@
+/**
+ * Bearer-token authentication and scopes for the admin API.
+ *
+ * Tokens are never kept in clear: each is reduced to its sha256 digest once (config tokens may be
+ * given as `tokenSha256` already), and a presented token is hashed and compared against every
+ * digest with crypto.timingSafeEqual, so neither the comparison nor which entry matched leaks
+ * through timing. The token set is rebuilt when the policy version changes, so a PUT /v1/policy
+ * that adds or revokes a token takes effect at once.
+ *
+ * Scopes: read < admin. `agent` is a side scope accepted only where a route asks for it
+ * (POST /v1/agents/reports), where admin is accepted too.
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+import type { AdminTokenConfig } from '../policy/config.ts';
+import type { CredentialSet } from '../gateway/control.ts';
+
+export type Scope = 'read' | 'admin' | 'agent';
+/** What a route asks for: `none` = no token (health, readiness, PAC). */
+export type RequiredScope = Scope | 'none';
+
+export interface Principal {
+  name: string;
+  scope: Scope;
+  /** Where the token came from: the config's admin tokens, identity.agents, the env, or extra. */
+  origin: 'config' | 'agent' | 'env' | 'extra';
+}
+
+interface TokenEntry {
+  digest: Buffer;
+  principal: Principal;
+}
+
+export interface FailureDelayOptions {
+  /** Failures from one address answered without delay. */
+  freeAttempts?: number;
+  /** Delay of the first slowed failure; doubles with each further one. */
+  baseMs?: number;
+  /** Upper bound of the delay. */
+  maxMs?: number;
+  /** A quiet address is forgiven after this long. */
+  forgetAfterMs?: number;
+}
+
+export interface TokenAuthOptions {
+  /** Tokens always accepted besides the live config's (e.g. a generated one). */
+  tokens?: readonly AdminTokenConfig[];
+  /** EGRESSGATE_ADMIN_TOKEN: admin scope. */
+  envToken?: string;
+  /** The live token set (ControlPort.credentials). */
+  credentials?: () => CredentialSet;
+  failureDelay?: FailureDelayOptions;
+}
+
+/** sha256 of a token, the only form kept in memory. */
+export function tokenDigest(token: string): Buffer {
+  return createHash('sha256').update(token, 'utf8').digest();
+}
+
+/** A fresh random admin token (printed once by `serve` when no admin token is configured). */
+export function generateAdminToken(): string {
+  return `egw_${randomBytes(24).toString('base64url')}`;
+}
+
+/** Does a principal with `have` satisfy a route asking for `need`? */
+export function scopeAllows(have: Scope, need: RequiredScope): boolean {
+  switch (need) {
+    case 'none':
+      return true;
+    case 'read':
+      return have === 'read' || have === 'admin';
+    case 'admin':
+      return have === 'admin';
+    case 'agent':
+      return have === 'agent' || have === 'admin';
+  }
+}
+
+/**
+ * Delay before answering the n-th consecutive failure from one address: none for the first
+ * `freeAttempts`, then base·2^k, capped at `maxMs`.
+ */
+export function failureDelayMs(failures: number, opts: FailureDelayOptions = {}): number {
+  const free = opts.freeAttempts ?? 3;
+  const base = opts.baseMs ?? 250;
+  const max = opts.maxMs ?? 5_000;
+  if (failures <= free) return 0;
+  return Math.min(max, base * 2 ** Math.min(20, failures - free - 1));
+}
+
+function digestOf(entry: { token?: string; tokenSha256?: string }): Buffer | null {
+  if (entry.token) return tokenDigest(entry.token);
+  if (entry.tokenSha256 && /^[0-9a-fA-F]{64}$/.test(entry.tokenSha256)) return Buffer.from(entry.tokenSha256, 'hex');
+  return null;
+}
+
+export class TokenAuth {
+  private readonly fixed: TokenEntry[] = [];
+  private live: { version: number; entries: TokenEntry[] } | null = null;
+  private readonly failures: LRUCache<string, { count: number }>;
+  private readonly delayOpts: FailureDelayOptions;
+
+  constructor(private readonly opts: TokenAuthOptions) {
+    for (const t of opts.tokens ?? []) {
+      const digest = digestOf(t);
+      if (digest) this.fixed.push({ digest, principal: { name: t.name, scope: t.scope, origin: 'extra' } });
+    }
+    if (opts.envToken) {
+      this.fixed.push({ digest: tokenDigest(opts.envToken), principal: { name: 'env', scope: 'admin', origin: 'env' } });
+    }
+    this.delayOpts = opts.failureDelay ?? {};
+    this.failures = new LRUCache({ max: 10_000, ttl: this.delayOpts.forgetAfterMs ?? 15 * 60_000 });
+  }
+
+  /** How many tokens are accepted right now (0 means nobody can use the API). */
+  get tokenCount(): number {
+    return this.entries().length;
+  }
+
+  /** The principal of an `Authorization` header value, or null. */
+  authenticate(header: string | undefined): Principal | null {
+    const m = header ? /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header) : null;
+    if (!m?.[1]) return null;
+    const digest = tokenDigest(m[1]);
+    let found: Principal | null = null;
+    // Compare against every entry, no early exit: timing says nothing about which one matched.
+    for (const e of this.entries()) {
+      if (timingSafeEqual(e.digest, digest) && !found) found = e.principal;
+    }
+    return found;
+  }
+
+  /** Count a failed attempt from `ip`; returns how long to hold the 401. */
+  recordFailure(ip: string): number {
+    const f = this.failures.get(ip) ?? { count: 0 };
+    f.count++;
+    this.failures.set(ip, f);
+    return failureDelayMs(f.count, this.delayOpts);
+  }
+
+  /** A good token resets the address's count. */
+  recordSuccess(ip: string): void {
+    this.failures.delete(ip);
+  }
+
+  private entries(): TokenEntry[] {
+    const creds = this.opts.credentials?.();
+    if (!creds) return this.fixed;
+    if (this.live?.version !== creds.version) {
+      const entries = [...this.fixed];
+      for (const t of creds.adminTokens) {
+        const digest = digestOf(t);
+        if (digest) entries.push({ digest, principal: { name: t.name, scope: t.scope, origin: 'config' } });
+      }
+      for (const a of creds.agents) {
+        const digest = digestOf(a);
+        if (digest) entries.push({ digest, principal: { name: a.name, scope: 'agent', origin: 'agent' } });
+      }
+      this.live = { version: creds.version, entries };
+    }
+    return this.live.entries;
+  }
+}

@@ -1,0 +1,81 @@
+/**
+ * The admin API's one error shape, `{error, message, details?}` (SPEC §6), and the fastify error
+ * and not-found handlers that produce it for everything, validation failures included.
+ */
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import type { AdminApp } from './types.ts';
+
+export type ErrorCode =
+  | 'bad-request'
+  | 'unauthorized'
+  | 'forbidden'
+  | 'not-found'
+  | 'method-not-allowed'
+  | 'precondition-failed'
+  | 'payload-too-large'
+  | 'unsupported-media-type'
+  | 'invalid-policy'
+  | 'not-ready'
+  | 'internal';
+
+export interface ErrorBody {
+  error: ErrorCode;
+  message: string;
+  details?: unknown;
+}
+
+/** Send an error body with a status. */
+export function sendError(reply: FastifyReply, status: number, error: ErrorCode, message: string, details?: unknown): void {
+  const body: ErrorBody = details === undefined ? { error, message } : { error, message, details };
+  reply.code(status).type('application/json; charset=utf-8').send(body);
+}
+
+function codeForStatus(status: number): ErrorCode {
+  switch (status) {
+    case 400:
+      return 'bad-request';
+    case 401:
+      return 'unauthorized';
+    case 403:
+      return 'forbidden';
+    case 404:
+      return 'not-found';
+    case 405:
+      return 'method-not-allowed';
+    case 412:
+      return 'precondition-failed';
+    case 413:
+      return 'payload-too-large';
+    case 415:
+      return 'unsupported-media-type';
+    case 503:
+      return 'not-ready';
+    default:
+      return status >= 500 ? 'internal' : 'bad-request';
+  }
+}
+
+/** Install the error and not-found handlers on the root instance. */
+export function installErrorHandlers(app: AdminApp): void {
+  app.setErrorHandler((err: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
+    if (err.validation) {
+      // Paths as `body.dest` / `querystring.limit`, like the config errors' dotted paths.
+      const where = err.validationContext ?? 'request';
+      const details = err.validation.map((v) => {
+        const missing = v.keyword === 'required' ? String((v.params as { missingProperty?: unknown }).missingProperty ?? '') : '';
+        const path = `${where}${v.instancePath.replaceAll('/', '.')}${missing ? `.${missing}` : ''}`;
+        return { path, message: v.message ?? 'is invalid' };
+      });
+      return sendError(reply, 400, 'bad-request', err.message, details);
+    }
+    const status = typeof err.statusCode === 'number' && err.statusCode >= 400 ? err.statusCode : 500;
+    if (status >= 500) {
+      request.log.error({ err }, 'admin request failed');
+      return sendError(reply, status, 'internal', 'internal error');
+    }
+    return sendError(reply, status, codeForStatus(status), err.message);
+  });
+  app.setNotFoundHandler((request, reply) => {
+    sendError(reply, 404, 'not-found', `no route ${request.method} ${request.url.split('?')[0]}`);
+  });
+}

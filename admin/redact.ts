@@ -1,0 +1,48 @@
+/**
+ * Secrets out of the policy the API shows. A read token (a SOC analyst, a dashboard) must not be
+ * able to read the admin tokens, and through them become admin.
+ *
+ * - Bearer tokens (admin and agent) become `tokenSha256`, for everyone: authentication is the same
+ *   and a GET → PUT round trip keeps working, but the clear token is never served.
+ * - For read scope also: user passwords, the signed-identity secret and credentials inside URLs
+ *   (upstream proxies, webhooks) are replaced by "[redacted]". Admin scope sees them: it can
+ *   replace the whole policy anyway, and needs them for a faithful round trip.
+ */
+import { createHash } from 'node:crypto';
+import type { Config } from '../policy/config.ts';
+
+export const REDACTED = '[redacted]';
+
+function hashToken<T extends { token?: string; tokenSha256?: string }>(entry: T): T {
+  if (entry.token === undefined) return entry;
+  const { token, ...rest } = entry;
+  return { ...rest, tokenSha256: createHash('sha256').update(token, 'utf8').digest('hex') } as T;
+}
+
+function redactUrl(url: string | null | undefined): string | null | undefined {
+  if (!url) return url;
+  try {
+    const u = new URL(url);
+    if (!u.username && !u.password) return url;
+    u.username = REDACTED;
+    u.password = '';
+    return u.toString();
+  } catch {
+    return url;
+  }
+}
+
+/** A copy of `config` fit to show to a principal with `scope`. */
+export function redactConfig(config: Readonly<Config>, scope: 'read' | 'admin' | 'agent'): Config {
+  const c = structuredClone(config) as Config;
+  c.admin.tokens = c.admin.tokens.map(hashToken);
+  c.identity.agents = c.identity.agents.map(hashToken);
+  if (scope === 'admin') return c;
+  c.identity.users = c.identity.users.map((u) => (u.password === undefined ? u : { ...u, password: REDACTED }));
+  if (c.identity.headers.signed) c.identity.headers.signed = { ...c.identity.headers.signed, secret: REDACTED };
+  c.upstream = (redactUrl(c.upstream) as string | null | undefined) ?? null;
+  for (const role of Object.values(c.roles)) if (role.upstream) role.upstream = redactUrl(role.upstream) ?? null;
+  c.alerts.webhooks = c.alerts.webhooks.map((w) => ({ ...w, url: redactUrl(w.url) ?? w.url }));
+  if (c.tls?.key) c.tls = { ...c.tls, key: c.tls.key.includes('PRIVATE KEY') ? REDACTED : c.tls.key };
+  return c;
+}

@@ -1,0 +1,51 @@
+/**
+ * Agent routes: report ingestion (agent scope; sources checked, refusals audited) and the list of
+ * agents with their last-seen time.
+ */
+import { sendError } from '../errors.ts';
+import { AgentList, AuthErrors, ErrorBody, IngestResult, ReportBody } from '../schemas.ts';
+import type { AdminApp, RouteContext } from '../types.ts';
+
+/** Register the agent routes. */
+export function registerAgentRoutes(app: AdminApp, { port }: RouteContext): void {
+  app.post(
+    '/v1/agents/reports',
+    {
+      // Accepted reports are telemetry (counted per agent in GET /v1/agents), not operator
+      // writes: only refusals go to the audit trail, or it would drown in agent chatter.
+      config: { scope: 'agent', audit: 'refused' },
+      bodyLimit: 4 * 1024 * 1024,
+      schema: {
+        summary: 'Process attributions from an endpoint agent (SPEC §7)',
+        body: ReportBody,
+        response: { 200: IngestResult, 400: ErrorBody, ...AuthErrors },
+      },
+    },
+    (request, reply) => {
+      const agent = request.principal?.name ?? 'unknown';
+      const res = port.ingestReports(request.body, agent, request.ip);
+      if (res.ok) {
+        reply.send({ accepted: res.accepted, attributed: res.attributed, pending: res.pending });
+        return;
+      }
+      if (res.code === 'invalid') {
+        request.auditDetail = `invalid report: ${res.errors.length} error(s)`;
+        return sendError(reply, 400, 'bad-request', 'invalid agent report', res.errors);
+      }
+      const ips = [...new Set(res.refused.map((r) => r.localIp))].slice(0, 10);
+      request.auditDetail = `refused: ${agent} reported for ${ips.join(', ')} outside its sources`;
+      return sendError(reply, 403, 'forbidden', `agent ${agent} may not report for ${ips.join(', ')}`, { refused: res.refused.slice(0, 100) });
+    },
+  );
+
+  app.get(
+    '/v1/agents',
+    {
+      config: { scope: 'read' },
+      schema: { summary: 'Agents: configured ones and any that reported, with last-seen time and counts', response: { 200: AgentList, ...AuthErrors } },
+    },
+    (_request, reply) => {
+      reply.send({ agents: port.listAgents() });
+    },
+  );
+}

@@ -1,0 +1,49 @@
+/**
+ * Alert routes: list with filters, and the live Server-Sent Events stream.
+ */
+import type { ServerResponse } from 'node:http';
+import { isValidSince } from '../../gateway/alerts/alert-store.ts';
+import { sendError } from '../errors.ts';
+import { AlertList, AlertQuery, AuthErrors, ErrorBody, StreamQuery } from '../schemas.ts';
+import { parseLastEventId, streamAlerts } from '../sse.ts';
+import type { AdminApp, RouteContext } from '../types.ts';
+
+/** Register the alert routes; `open` collects live SSE responses so the app can end them on close. */
+export function registerAlertRoutes(app: AdminApp, { port, heartbeatMs }: RouteContext, open: Set<ServerResponse>): void {
+  app.get(
+    '/v1/alerts',
+    {
+      config: { scope: 'read' },
+      schema: {
+        summary: 'Alerts, oldest first: after `since` (event id or ISO time) the first `limit`, else the newest `limit`',
+        querystring: AlertQuery,
+        response: { 200: AlertList, 400: ErrorBody, ...AuthErrors },
+      },
+    },
+    (request, reply) => {
+      const { since } = request.query;
+      if (since !== undefined && !isValidSince(since)) {
+        return sendError(reply, 400, 'bad-request', 'since must be an event id or an ISO 8601 time', [
+          { path: 'querystring.since', message: 'must be an event id or an ISO 8601 time' },
+        ]);
+      }
+      reply.send(port.listAlerts(request.query));
+    },
+  );
+
+  app.get(
+    '/v1/alerts/stream',
+    {
+      config: { scope: 'read' },
+      schema: {
+        summary: 'Server-Sent Events: `event: alert` with `id:` (resume with Last-Event-ID); comment heartbeats',
+        querystring: StreamQuery,
+        response: { 200: { type: 'string', description: 'text/event-stream: id/event/data frames and heartbeat comments' }, ...AuthErrors },
+      },
+    },
+    (request, reply) => {
+      const lastEventId = parseLastEventId(request.headers['last-event-id']) ?? request.query.lastEventId ?? null;
+      streamAlerts(port, request, reply, { heartbeatMs, detector: request.query.detector, lastEventId, open });
+    },
+  );
+}

@@ -1,0 +1,191 @@
+/**
+ * Policy and mode routes: GET/PUT /v1/policy (version + ETag, If-Match), validate, evaluate,
+ * history, rollback, GET/PUT /v1/mode.
+ */
+import type { PolicyView, WriteOutcome } from '../../gateway/control.ts';
+import { sendError } from '../errors.ts';
+import { redactConfig } from '../redact.ts';
+import {
+  AuthErrors,
+  ErrorBody,
+  EvaluateBody,
+  EvaluateResult,
+  HistoryList,
+  ModeBody,
+  ModeViewSchema,
+  PolicyInput,
+  PolicyViewSchema,
+  ValidateResult,
+  VersionParams,
+} from '../schemas.ts';
+import type { AdminApp, RouteContext } from '../types.ts';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+
+/** ETag of a policy version (strong; one version = one exact document). */
+export function policyEtag(version: number): string {
+  return `"${version}"`;
+}
+
+/**
+ * Versions named by an If-Match header: `"7"`, `W/"7"`, `7`, lists of them; `*` matches any.
+ * Returns 'any', or the list (an unparsable entry yields no version, so it can never match).
+ */
+export function parseIfMatch(header: string): 'any' | number[] {
+  const out: number[] = [];
+  for (const raw of header.split(',')) {
+    const part = raw.trim();
+    if (part === '*') return 'any';
+    const m = /^(?:W\/)?"?(\d{1,15})"?$/.exec(part);
+    if (m?.[1]) out.push(Number(m[1]));
+  }
+  return out;
+}
+
+function sendPolicy(request: FastifyRequest, reply: FastifyReply, policy: PolicyView): void {
+  const config = redactConfig(policy.config, request.principal?.scope ?? 'read');
+  reply.header('etag', policyEtag(policy.version)).send({ ...policy, config });
+}
+
+function sendWrite(request: FastifyRequest, reply: FastifyReply, res: WriteOutcome): void {
+  if (res.ok) {
+    request.auditDetail = `version ${res.previousVersion} -> ${res.policy.version}`;
+    sendPolicy(request, reply, res.policy);
+    return;
+  }
+  switch (res.code) {
+    case 'invalid':
+      request.auditDetail = `invalid: ${res.errors.length} error(s)`;
+      sendError(reply, 400, 'invalid-policy', 'the policy is invalid; the running policy is unchanged', res.errors);
+      return;
+    case 'version-mismatch':
+      sendError(reply, 412, 'precondition-failed', `If-Match does not name the current version (${res.currentVersion})`, {
+        currentVersion: res.currentVersion,
+      });
+      return;
+    case 'unknown-version':
+      sendError(reply, 404, 'not-found', res.message);
+      return;
+  }
+}
+
+const policyErrors = { ...AuthErrors, 400: ErrorBody, 412: ErrorBody } as const;
+
+/** Register the policy and mode routes. */
+export function registerPolicyRoutes(app: AdminApp, { port }: RouteContext): void {
+  app.get(
+    '/v1/policy',
+    {
+      config: { scope: 'read' },
+      schema: { summary: 'The running policy with its version (also the ETag)', response: { 200: PolicyViewSchema, ...AuthErrors } },
+    },
+    (request, reply) => {
+      sendPolicy(request, reply, port.getPolicy());
+    },
+  );
+
+  app.put(
+    '/v1/policy',
+    {
+      config: { scope: 'admin', audit: 'always' },
+      schema: {
+        summary: 'Replace the policy (JSON object, or YAML/JSON text); If-Match guards against lost updates',
+        body: PolicyInput,
+        response: { 200: PolicyViewSchema, ...policyErrors },
+      },
+    },
+    async (request, reply) => {
+      const current = port.getPolicy().version;
+      const ifMatch = request.headers['if-match'];
+      let ifMatchVersion: number | null = null;
+      if (typeof ifMatch === 'string') {
+        const wanted = parseIfMatch(ifMatch);
+        if (wanted !== 'any' && !wanted.includes(current)) {
+          return sendWrite(request, reply, { ok: false, code: 'version-mismatch', currentVersion: current });
+        }
+        // Checked again inside the port, against the version at the moment of the swap.
+        if (wanted !== 'any') ifMatchVersion = current;
+      }
+      const author = request.principal?.name ?? 'unknown';
+      return sendWrite(request, reply, await port.replacePolicy(request.body as string | object, { author, ifMatchVersion }));
+    },
+  );
+
+  app.post(
+    '/v1/policy/validate',
+    {
+      config: { scope: 'read', audit: 'never' },
+      schema: { summary: 'Validate a draft policy; changes nothing', body: PolicyInput, response: { 200: ValidateResult, ...AuthErrors } },
+    },
+    (request, reply) => {
+      const res = port.validatePolicy(request.body as string | object);
+      reply.send(res.ok ? { valid: true, summary: res.summary, errors: [] } : { valid: false, errors: res.errors });
+    },
+  );
+
+  app.post(
+    '/v1/policy/evaluate',
+    {
+      config: { scope: 'read', audit: 'never' },
+      schema: {
+        summary: 'Dry-run one connection against the running policy; explains the matching rule',
+        body: EvaluateBody,
+        response: { 200: EvaluateResult, 400: ErrorBody, ...AuthErrors },
+      },
+    },
+    (request, reply) => {
+      const res = port.evaluate(request.body);
+      if (!res.ok) return sendError(reply, 400, 'bad-request', res.message);
+      reply.send({ version: res.version, ...res.decision, identity: res.identity, destination: res.destination });
+    },
+  );
+
+  app.get(
+    '/v1/policy/history',
+    { config: { scope: 'read' }, schema: { summary: 'Policy versions with author and time', response: { 200: HistoryList, ...AuthErrors } } },
+    (_request, reply) => {
+      reply.send({ current: port.getPolicy().version, versions: port.policyHistory() });
+    },
+  );
+
+  app.post(
+    '/v1/policy/rollback/:version',
+    {
+      config: { scope: 'admin', audit: 'always' },
+      schema: {
+        summary: 'Make an earlier version current again (recorded as a new version)',
+        params: VersionParams,
+        response: { 200: PolicyViewSchema, 404: ErrorBody, ...policyErrors },
+      },
+    },
+    async (request, reply) => {
+      const author = request.principal?.name ?? 'unknown';
+      return sendWrite(request, reply, await port.rollbackPolicy(request.params.version, author));
+    },
+  );
+
+  app.get(
+    '/v1/mode',
+    { config: { scope: 'read' }, schema: { summary: 'The global mode in force', response: { 200: ModeViewSchema, ...AuthErrors } } },
+    (_request, reply) => {
+      reply.send(port.getMode());
+    },
+  );
+
+  app.put(
+    '/v1/mode',
+    {
+      config: { scope: 'admin', audit: 'always' },
+      schema: {
+        summary: 'Switch monitor/enforce at run time, globally (roles with their own mode keep it)',
+        body: ModeBody,
+        response: { 200: ModeViewSchema, 400: ErrorBody, ...AuthErrors },
+      },
+    },
+    (request, reply) => {
+      const before = port.getMode().mode;
+      const view = port.setMode(request.body.mode, request.principal?.name ?? 'unknown');
+      request.auditDetail = `mode ${before} -> ${view.mode}${request.body.mode === null ? ' (config)' : ''}`;
+      reply.send(view);
+    },
+  );
+}

@@ -1,0 +1,242 @@
+/**
+ * TypeBox request/response schemas of the admin API (SPEC §5/§6). They validate requests, shape
+ * responses, and are the source of the OpenAPI document (admin/openapi.ts).
+ * Records owned by other modules (the policy Config, an alert's evidence) are open objects here:
+ * their own modules validate them; the API only passes them through.
+ */
+import { Type } from 'typebox';
+
+const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(t: T) => Type.Union([t, Type.Null()]);
+const OpenObject = (description?: string) => Type.Object({}, { additionalProperties: true, ...(description ? { description } : {}) });
+
+export const ErrorBody = Type.Object(
+  {
+    error: Type.String({ description: 'stable error code: bad-request, unauthorized, forbidden, not-found, …' }),
+    message: Type.String(),
+    details: Type.Optional(Type.Unknown()),
+  },
+  { description: 'Every error of the admin API' },
+);
+
+export const ConfigIssue = Type.Object({ path: Type.String(), message: Type.String() });
+
+export const Health = Type.Object({ status: Type.String() });
+
+export const ProcessInfoSchema = Nullable(
+  Type.Object(
+    {
+      pid: Type.Integer(),
+      name: Type.String(),
+      exe: Nullable(Type.String()),
+      cmdline: Nullable(Type.String()),
+      user: Nullable(Type.String()),
+      uid: Type.Optional(Nullable(Type.Integer())),
+      loginuid: Nullable(Type.Integer()),
+      ppid: Nullable(Type.Integer()),
+      parentName: Nullable(Type.String()),
+      parentExe: Type.Optional(Nullable(Type.String())),
+      source: Type.Optional(Type.String()),
+    },
+    { additionalProperties: true },
+  ),
+);
+
+export const IdentitySchema = Type.Object({
+  user: Nullable(Type.String()),
+  host: Nullable(Type.String()),
+  roles: Type.Immutable(Type.Array(Type.String())),
+  process: ProcessInfoSchema,
+});
+
+const MatchedRuleSchema = Nullable(Type.Object({ role: Type.String(), index: Type.Integer(), entry: Type.String() }));
+
+export const FlowRecordSchema = Type.Object({
+  id: Type.String(),
+  protocol: Type.String({ description: 'http | connect | socks5 | socks5-udp' }),
+  client: Type.Object({ ip: Type.String(), port: Type.Integer() }),
+  identity: IdentitySchema,
+  destination: Type.Object({ host: Type.String(), ip: Nullable(Type.String()), port: Type.Integer() }),
+  startedAt: Type.String({ format: 'date-time' }),
+  lastActivityAt: Type.String({ format: 'date-time' }),
+  endedAt: Nullable(Type.String({ format: 'date-time' })),
+  durationMs: Type.Number(),
+  bytesOut: Type.Number(),
+  bytesIn: Type.Number(),
+  verdict: Type.String({ description: 'allow | block | would-block' }),
+  enforced: Type.Boolean(),
+  reason: Nullable(Type.String()),
+  detector: Nullable(Type.String()),
+  state: Type.String({ description: 'active | closed' }),
+  closeReason: Nullable(Type.String()),
+  communityId: Nullable(Type.String()),
+  matchedRule: MatchedRuleSchema,
+  reasons: Type.Immutable(Type.Array(Type.String())),
+});
+
+export const FlowQuery = Type.Object({
+  state: Type.Optional(Type.Union([Type.Literal('active'), Type.Literal('closed')])),
+  user: Type.Optional(Type.String()),
+  host: Type.Optional(Type.String()),
+  process: Type.Optional(Type.String()),
+  destination: Type.Optional(Type.String({ description: 'destination host name or IP' })),
+  verdict: Type.Optional(Type.Union([Type.Literal('allow'), Type.Literal('block'), Type.Literal('would-block')])),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000, default: 100 })),
+  offset: Type.Optional(Type.Integer({ minimum: 0, default: 0 })),
+});
+
+export const FlowList = Type.Object({ flows: Type.Array(FlowRecordSchema), count: Type.Integer() });
+
+export const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) });
+
+export const KillResult = Type.Object({ killed: Type.Boolean(), flow: Nullable(FlowRecordSchema) });
+
+export const PolicyViewSchema = Type.Object({
+  version: Type.Integer(),
+  author: Nullable(Type.String()),
+  time: Nullable(Type.String()),
+  mode: Type.String(),
+  config: OpenObject('the running policy (SPEC §3), defaults filled in'),
+});
+
+/** PUT /v1/policy and validate: a config object (JSON) or YAML/JSON text (text/yaml, text/plain). */
+export const PolicyInput = Type.Union([OpenObject('a config object'), Type.String({ description: 'YAML or JSON text' })]);
+
+export const ValidateResult = Type.Object({
+  valid: Type.Boolean(),
+  summary: Type.Optional(Type.String()),
+  errors: Type.Array(ConfigIssue),
+});
+
+export const EvaluateBody = Type.Object(
+  {
+    dest: Type.String({ minLength: 1, maxLength: 300, description: 'host:port, IPv6 in brackets' }),
+    user: Type.Optional(Type.String({ maxLength: 256 })),
+    source: Type.Optional(Type.String({ maxLength: 64, description: 'client IP: selects the host inventory entry' })),
+    process: Type.Optional(Type.String({ maxLength: 256 })),
+    ip: Type.Optional(Type.String({ maxLength: 64, description: 'address that would be dialled (else resolver.hosts only)' })),
+  },
+  { additionalProperties: false },
+);
+
+export const EvaluateResult = Type.Object({
+  version: Type.Integer(),
+  verdict: Type.String(),
+  reason: Type.String(),
+  detector: Nullable(Type.String()),
+  mode: Type.String(),
+  matchedRule: MatchedRuleSchema,
+  reasons: Type.Immutable(Type.Array(Type.String())),
+  identity: Type.Object({
+    user: Nullable(Type.String()),
+    host: Nullable(Type.String()),
+    roles: Type.Immutable(Type.Array(Type.String())),
+    process: Nullable(Type.String()),
+  }),
+  destination: Type.Object({ host: Type.String(), ip: Nullable(Type.String()), port: Type.Integer() }),
+});
+
+export const HistoryList = Type.Object({
+  current: Type.Integer(),
+  versions: Type.Array(
+    Type.Object({
+      version: Type.Integer(),
+      author: Nullable(Type.String()),
+      time: Nullable(Type.String()),
+      source: Nullable(Type.String()),
+      current: Type.Boolean(),
+    }),
+  ),
+});
+
+export const VersionParams = Type.Object({ version: Type.Integer({ minimum: 1 }) });
+
+const ModeLiteral = Type.Union([Type.Literal('monitor'), Type.Literal('enforce')]);
+export const ModeViewSchema = Type.Object({
+  mode: ModeLiteral,
+  configMode: ModeLiteral,
+  override: Nullable(ModeLiteral),
+  roleModes: Type.Record(Type.String(), ModeLiteral),
+});
+export const ModeBody = Type.Object(
+  { mode: Nullable(ModeLiteral) },
+  { additionalProperties: false, description: 'mode: null returns to the config file’s mode' },
+);
+
+export const AlertSchema = Type.Object(
+  {
+    id: Type.String(),
+    time: Type.String(),
+    detector: Type.String(),
+    analytic: Type.Optional(Nullable(Type.String())),
+    severity: Type.Optional(Type.String()),
+    action: Type.Optional(Type.String()),
+    enforced: Type.Optional(Type.Boolean()),
+    flowIds: Type.Optional(Type.Array(Type.String())),
+    identity: Type.Optional(Type.Unknown()),
+    destination: Type.Optional(Type.Unknown()),
+    evidence: Type.Optional(Type.Unknown()),
+    reasons: Type.Optional(Type.Array(Type.String())),
+  },
+  { additionalProperties: true },
+);
+
+export const AlertQuery = Type.Object({
+  since: Type.Optional(Type.String({ description: 'an event id or an ISO 8601 time' })),
+  detector: Type.Optional(Type.String()),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000, default: 100 })),
+});
+
+export const AlertList = Type.Object({ alerts: Type.Array(AlertSchema), lastEventId: Type.Integer() });
+
+export const StreamQuery = Type.Object({
+  detector: Type.Optional(Type.String()),
+  lastEventId: Type.Optional(Type.Integer({ minimum: 0, description: 'same as the Last-Event-ID header' })),
+});
+
+/** Loose on purpose: agent/report.ts validates every field and reports paths (400 details). */
+export const ReportBody = Type.Object({ host: Type.Unknown(), reports: Type.Unknown() }, { additionalProperties: true });
+
+export const IngestResult = Type.Object({ accepted: Type.Integer(), attributed: Type.Integer(), pending: Type.Integer() });
+
+export const AgentList = Type.Object({
+  agents: Type.Array(
+    Type.Object({
+      name: Type.String(),
+      configured: Type.Boolean(),
+      sources: Type.Array(Type.String()),
+      host: Nullable(Type.String()),
+      lastSeenAt: Nullable(Type.String()),
+      lastSourceIp: Nullable(Type.String()),
+      reports: Type.Integer(),
+      attributed: Type.Integer(),
+      refused: Type.Integer(),
+    }),
+  ),
+});
+
+export const AuditQuerySchema = Type.Object({
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000, default: 100 })),
+  actor: Type.Optional(Type.String()),
+  since: Type.Optional(Type.String({ format: 'date-time' })),
+});
+
+export const AuditList = Type.Object({
+  entries: Type.Array(
+    Type.Object({
+      time: Type.String(),
+      actor: Nullable(Type.String()),
+      scope: Nullable(Type.String()),
+      method: Type.String(),
+      route: Type.String(),
+      path: Type.String(),
+      sourceIp: Type.String(),
+      beforeVersion: Nullable(Type.Integer()),
+      afterVersion: Nullable(Type.Integer()),
+      status: Type.Integer(),
+      detail: Type.Optional(Nullable(Type.String())),
+    }),
+  ),
+});
+
+/** The error responses every authenticated route may give. */
+export const AuthErrors = { 401: ErrorBody, 403: ErrorBody } as const;

@@ -1,0 +1,93 @@
+/**
+ * Server-Sent Events for `GET /v1/alerts/stream`, hand-rolled over the raw response (20 lines of
+ * protocol do not need a 0.x plugin). Each alert is one event:
+ *
+ *     id: 42
+ *     event: alert
+ *     data: {"id":"…","detector":"an0081.scan",…}
+ *
+ * A reconnecting client sends `Last-Event-ID` and first gets every alert it missed that the store
+ * still holds. A comment line every `heartbeatMs` keeps proxies from timing the stream out and lets
+ * a dead client be noticed. One idempotent cleanup removes the subscription, the timer and the
+ * listeners, whichever way the stream ends.
+ */
+import type { ServerResponse } from 'node:http';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { AlertEvent } from '../gateway/alerts/alert-store.ts';
+import type { ControlPort } from '../gateway/control.ts';
+
+/** A slow reader is cut off past this much unsent data; it reconnects with Last-Event-ID. */
+const MAX_BUFFERED_BYTES = 1 << 20;
+
+export interface SseOptions {
+  heartbeatMs: number;
+  detector?: string;
+  /** From the Last-Event-ID header or the `lastEventId` query; null = only new alerts. */
+  lastEventId: number | null;
+  /** Open streams, so the app can end them on close. */
+  open: Set<ServerResponse>;
+}
+
+/** One SSE frame for an alert event. */
+export function formatAlertEvent(ev: AlertEvent): string {
+  // JSON.stringify never emits a raw newline, so one data: line carries the whole record.
+  return `id: ${ev.eventId}\nevent: alert\ndata: ${JSON.stringify(ev.alert)}\n\n`;
+}
+
+/** Parse a Last-Event-ID header (decimal event id), or null. */
+export function parseLastEventId(value: string | string[] | undefined): number | null {
+  const v = Array.isArray(value) ? value[0] : value;
+  if (v === undefined || !/^\d{1,15}$/.test(v.trim())) return null;
+  return Number(v.trim());
+}
+
+/** Take over the response and stream alerts until the client goes away. */
+export function streamAlerts(port: ControlPort, request: FastifyRequest, reply: FastifyReply, opts: SseOptions): void {
+  reply.hijack();
+  const res = reply.raw;
+  res.writeHead(200, {
+    'content-type': 'text/event-stream; charset=utf-8',
+    'cache-control': 'no-cache, no-transform',
+    connection: 'keep-alive',
+    'x-accel-buffering': 'no',
+  });
+  const newest = port.listAlerts({ limit: 0 }).lastEventId;
+  // An id beyond the newest comes from before a restart (ids start again at 1): replaying from it
+  // would hold back every new alert until the counter caught up, so start from now instead.
+  const resumeFrom = opts.lastEventId !== null && opts.lastEventId <= newest ? opts.lastEventId : null;
+  let lastSent = resumeFrom ?? newest;
+  let closed = false;
+  const send = (ev: AlertEvent): void => {
+    if (closed || ev.eventId <= lastSent) return;
+    if (opts.detector && ev.alert.detector !== opts.detector) return;
+    lastSent = ev.eventId;
+    res.write(formatAlertEvent(ev));
+    if (res.writableLength > MAX_BUFFERED_BYTES) cleanup();
+  };
+  // Subscribing and replaying in the same tick leaves no gap between backlog and live events.
+  const unsubscribe = port.subscribeAlerts(send);
+  const heartbeat = setInterval(() => {
+    if (!closed) res.write(': heartbeat\n\n');
+  }, opts.heartbeatMs);
+  heartbeat.unref();
+  const cleanup = (): void => {
+    if (closed) return;
+    closed = true;
+    unsubscribe();
+    clearInterval(heartbeat);
+    request.raw.off('close', cleanup);
+    res.off('close', cleanup);
+    res.off('error', cleanup);
+    opts.open.delete(res);
+    if (!res.writableEnded) res.end();
+    // The socket may hold a slow reader's megabyte: drop it rather than wait for it to drain.
+    if (!res.socket?.destroyed) res.socket?.destroySoon();
+  };
+  request.raw.on('close', cleanup);
+  res.on('close', cleanup);
+  res.on('error', cleanup);
+  opts.open.add(res);
+  // Tell the browser how soon to reconnect, and flush the headers with a first comment.
+  res.write(`retry: 3000\n: connected, last event id ${lastSent}\n\n`);
+  if (resumeFrom !== null) for (const ev of port.alertsAfter(resumeFrom, opts.detector)) send(ev);
+}

@@ -1,0 +1,34 @@
+/**
+ * Types shared by the admin app and its route modules, and the fastify type augmentations
+ * (route `config.scope`/`config.audit`, `request.principal`).
+ */
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { FastifyBaseLogger, FastifyInstance, RawReplyDefaultExpression, RawRequestDefaultExpression, RawServerDefault } from 'fastify';
+import type { ControlPort } from '../gateway/control.ts';
+import type { Principal, RequiredScope } from './auth.ts';
+
+/** How a write is audited: every time, only when refused (status ≥ 400), or never (dry runs). */
+export type AuditMode = 'always' | 'refused' | 'never';
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Token scope the route requires. */
+    scope?: RequiredScope;
+    audit?: AuditMode;
+  }
+  interface FastifyRequest {
+    principal: Principal | null;
+    /** Policy version when the request arrived (audit `beforeVersion`). */
+    policyVersionBefore: number | null;
+    /** One line of context for the audit entry (flow killed, mode set, why refused). */
+    auditDetail: string | null;
+  }
+}
+
+export type AdminApp = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, TypeBoxTypeProvider>;
+
+export interface RouteContext {
+  port: ControlPort;
+  /** SSE heartbeat period. */
+  heartbeatMs: number;
+}

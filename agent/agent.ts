@@ -1,0 +1,273 @@
+/**
+ * The Linux endpoint agent (SPEC §7): finds this host's sockets whose remote end is the gateway,
+ * attributes the new ones to processes, and posts them in batches to `POST /v1/agents/reports`.
+ *
+ * One pass:
+ * 1. Read /proc/net/{tcp,tcp6,udp,udp6} once.
+ * 2. Keep sockets whose remote address is the gateway (TCP: on a gateway port; UDP: any port,
+ *    because a SOCKS5 UDP relay port is chosen by the gateway per association).
+ * 3. Drop the ones already reported (keyed by 4-tuple + inode, forgotten when the socket goes).
+ * 4. Attribute the rest with the same resolver the gateway uses (one fd scan at most).
+ * 5. Queue the reports; send in batches; on failure keep them and back off exponentially.
+ */
+
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ProcessResolver, normalizeIp } from './attribution.ts';
+import { ALL_PROC_NET_FILES, type ProcNetFile, type SocketEntry, TcpState, encodeProcEndpoint, readProcNet } from './proc-net.ts';
+import { type AgentReport, makeReport } from './report.ts';
+
+export interface AgentOptions {
+  /** Base URL of the gateway's admin API, e.g. `http://10.0.0.5:9180`. */
+  readonly gatewayUrl: string;
+  readonly token: string;
+  /** Name this host reports as. */
+  readonly host: string;
+  readonly intervalMs: number;
+  /** Gateway listener ports (HTTP proxy, SOCKS5). */
+  readonly gatewayPorts: readonly number[];
+  /**
+   * Where the proxy listeners are, when not on the admin URL's host (e.g. admin behind a different
+   * name). Names are resolved each `addressRefreshMs`.
+   */
+  readonly gatewayHosts?: readonly string[];
+  readonly procRoot?: string;
+  readonly resolver?: ProcessResolver;
+  /** Structured log sink (one object per event); default: JSON line on stderr. */
+  readonly log?: (event: Record<string, unknown>) => void;
+  readonly batchSize?: number;
+  /** Reports kept while the gateway is unreachable; beyond it the oldest are dropped. */
+  readonly maxQueued?: number;
+  readonly requestTimeoutMs?: number;
+  readonly maxBackoffMs?: number;
+  /** Passes a socket is retried when no visible process holds it (e.g. another PID namespace). */
+  readonly maxAttempts?: number;
+}
+
+export interface PassResult {
+  /** Sockets to the gateway seen in this pass. */
+  readonly sockets: number;
+  /** New reports queued by this pass. */
+  readonly queued: number;
+  /** Sockets no visible process held (given up after `maxAttempts` passes). */
+  readonly unattributed: number;
+}
+
+export type SendResult = 'sent' | 'empty' | 'retry' | 'dropped';
+
+interface Seen {
+  attempts: number;
+  isDone: boolean;
+}
+
+/** Linux agent state: what was reported, what waits to be sent, and the backoff clock. */
+export class Agent {
+  private readonly resolver: ProcessResolver;
+  private readonly log: (event: Record<string, unknown>) => void;
+  private readonly batchSize: number;
+  private readonly maxQueued: number;
+  private readonly requestTimeoutMs: number;
+  private readonly maxBackoffMs: number;
+  private readonly maxAttempts: number;
+  private readonly reportsUrl: string;
+  private readonly ports: ReadonlySet<number>;
+  private readonly seen = new Map<string, Seen>();
+  private queue: AgentReport[] = [];
+  private failures = 0;
+  private nextSendAt = 0;
+  private gatewayIps: { at: number; set: Set<string> } | null = null;
+  /** Totals since start, for logs and tests. */
+  readonly totals = { passes: 0, sent: 0, dropped: 0, posts: 0, failedPosts: 0 };
+
+  constructor(private readonly opts: AgentOptions) {
+    this.resolver = opts.resolver ?? new ProcessResolver(opts.procRoot ? { procRoot: opts.procRoot } : {});
+    this.log = opts.log ?? ((e) => process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...e })}\n`));
+    this.batchSize = opts.batchSize ?? 500;
+    this.maxQueued = opts.maxQueued ?? 20_000;
+    this.requestTimeoutMs = opts.requestTimeoutMs ?? 10_000;
+    this.maxBackoffMs = opts.maxBackoffMs ?? 60_000;
+    this.maxAttempts = opts.maxAttempts ?? 3;
+    this.reportsUrl = new URL('/v1/agents/reports', opts.gatewayUrl).toString();
+    this.ports = new Set(opts.gatewayPorts);
+  }
+
+  /** Reports waiting to be sent. */
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  private async gatewayAddresses(): Promise<Set<string>> {
+    const now = Date.now();
+    if (this.gatewayIps && now - this.gatewayIps.at < 60_000) return this.gatewayIps.set;
+    const names = this.opts.gatewayHosts ?? [new URL(this.opts.gatewayUrl).hostname.replace(/^\[|\]$/g, '')];
+    const set = new Set<string>();
+    for (const name of names) {
+      if (isIP(name)) set.add(normalizeIp(name));
+      else {
+        try {
+          for (const a of await lookup(name, { all: true })) set.add(normalizeIp(a.address));
+        } catch (err) {
+          this.log({ event: 'agent-resolve-failed', host: name, error: (err as Error).message });
+        }
+      }
+    }
+    // Keep the old answer if DNS failed this time.
+    if (set.size > 0 || !this.gatewayIps) this.gatewayIps = { at: now, set };
+    return this.gatewayIps.set;
+  }
+
+  private isToGateway(e: SocketEntry, ips: ReadonlySet<string>): boolean {
+    if (e.inode === 0 || !ips.has(e.remoteIp)) return false;
+    if (e.proto === 'udp') return e.remotePort !== 0;
+    if (e.state === TcpState.LISTEN || e.state === TcpState.TIME_WAIT || e.state === TcpState.CLOSE) return false;
+    return this.ports.has(e.remotePort);
+  }
+
+  /** One collection pass: find new sockets to the gateway, attribute them, queue their reports. */
+  async collect(): Promise<PassResult> {
+    this.totals.passes++;
+    const ips = await this.gatewayAddresses();
+    // Only lines mentioning a gateway endpoint are parsed; `isToGateway` then checks the remote column.
+    const needlesFor = (file: ProcNetFile): string[] => {
+      const isV6 = file.endsWith('6');
+      const out: string[] = [];
+      for (const ip of ips) {
+        if (file.startsWith('udp')) {
+          const n = encodeProcEndpoint(ip, null, isV6);
+          if (n !== null) out.push(n);
+        } else {
+          for (const port of this.ports) {
+            const n = encodeProcEndpoint(ip, port, isV6);
+            if (n !== null) out.push(` ${n} `);
+          }
+        }
+      }
+      return out;
+    };
+    const entries = (await readProcNet(ALL_PROC_NET_FILES, this.resolver.procRoot, needlesFor)).filter((e) => this.isToGateway(e, ips));
+    const live = new Set<string>();
+    const fresh: Array<{ key: string; entry: SocketEntry }> = [];
+    for (const entry of entries) {
+      const key = `${entry.proto}|${entry.localIp}|${entry.localPort}|${entry.remoteIp}|${entry.remotePort}|${entry.inode}`;
+      if (live.has(key)) continue;
+      live.add(key);
+      const s = this.seen.get(key);
+      if (!s?.isDone) fresh.push({ key, entry });
+    }
+    // Forget sockets that are gone, so the map is bounded by the live socket count.
+    for (const key of this.seen.keys()) if (!live.has(key)) this.seen.delete(key);
+
+    let queued = 0;
+    let unattributed = 0;
+    if (fresh.length > 0) {
+      const procs = await this.resolver.resolveInodes(fresh.map((f) => f.entry.inode));
+      for (const { key, entry } of fresh) {
+        const p = procs.get(entry.inode);
+        const s = this.seen.get(key) ?? { attempts: 0, isDone: false };
+        s.attempts++;
+        this.seen.set(key, s);
+        if (p) {
+          s.isDone = true;
+          this.enqueue(makeReport(entry, p));
+          queued++;
+        } else if (s.attempts >= this.maxAttempts) {
+          s.isDone = true;
+          unattributed++;
+        }
+      }
+    }
+    if (unattributed > 0) this.log({ event: 'agent-unattributed', sockets: unattributed });
+    return { sockets: live.size, queued, unattributed };
+  }
+
+  private enqueue(r: AgentReport): void {
+    this.queue.push(r);
+    if (this.queue.length > this.maxQueued) {
+      const over = this.queue.length - this.maxQueued;
+      this.queue.splice(0, over);
+      this.totals.dropped += over;
+    }
+  }
+
+  /** Post one batch from the queue. `retry` = kept for later (network error, 408/429/5xx). */
+  async sendBatch(): Promise<SendResult> {
+    if (this.queue.length === 0) return 'empty';
+    const batch = this.queue.slice(0, this.batchSize);
+    this.totals.posts++;
+    let status = 0;
+    let error: string | null = null;
+    try {
+      const res = await fetch(this.reportsUrl, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${this.opts.token}` },
+        body: JSON.stringify({ host: this.opts.host, reports: batch }),
+        signal: AbortSignal.timeout(this.requestTimeoutMs),
+      });
+      status = res.status;
+      await res.arrayBuffer().catch(() => undefined);
+    } catch (err) {
+      error = (err as Error).message;
+    }
+    if (status >= 200 && status < 300) {
+      this.queue.splice(0, batch.length);
+      this.totals.sent += batch.length;
+      this.failures = 0;
+      this.nextSendAt = 0;
+      return 'sent';
+    }
+    const isRetryable = status === 0 || status === 408 || status === 429 || status >= 500;
+    if (!isRetryable) {
+      // The gateway refused the content or the token: sending it again cannot succeed.
+      this.queue.splice(0, batch.length);
+      this.totals.dropped += batch.length;
+      this.log({ event: 'agent-report-refused', status, reports: batch.length });
+      return 'dropped';
+    }
+    this.totals.failedPosts++;
+    this.failures++;
+    const backoff = Math.min(this.maxBackoffMs, Math.max(250, this.opts.intervalMs) * 2 ** Math.min(this.failures - 1, 16));
+    // Jitter so a fleet of agents does not come back in lock-step after a gateway restart.
+    const delay = Math.round(backoff * (0.5 + Math.random() / 2));
+    this.nextSendAt = Date.now() + delay;
+    this.log({ event: 'agent-report-failed', status, error, retryInMs: delay, queued: this.queue.length });
+    return 'retry';
+  }
+
+  /** Send everything queued, batch by batch, unless backing off; stops at the first failure. */
+  async flush(): Promise<boolean> {
+    if (Date.now() < this.nextSendAt) return false;
+    for (let i = 0; i < 1000 && this.queue.length > 0; i++) {
+      const r = await this.sendBatch();
+      if (r === 'retry') return false;
+    }
+    return this.queue.length === 0;
+  }
+
+  /** Milliseconds until the next send attempt is allowed (0 = now). */
+  backoffRemainingMs(): number {
+    return Math.max(0, this.nextSendAt - Date.now());
+  }
+
+  /** Run passes every `intervalMs` until `signal` aborts; a last flush is tried on the way out. */
+  async run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      try {
+        const r = await this.collect();
+        if (r.queued > 0) this.log({ event: 'agent-pass', ...r });
+        await this.flush();
+      } catch (err) {
+        this.log({ event: 'agent-pass-failed', error: (err as Error).message });
+      }
+      try {
+        await sleep(this.opts.intervalMs, undefined, { signal });
+      } catch {
+        break; // aborted
+      }
+    }
+    if (this.queue.length > 0) {
+      this.nextSendAt = 0;
+      await this.sendBatch();
+    }
+  }
+}

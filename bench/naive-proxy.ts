@@ -1,0 +1,95 @@
+/**
+ * Reference point only: "what plain Node piping achieves" (port of ../shared/bench/naive-node-proxy.mjs).
+ * HTTP proxy (CONNECT via socket.pipe, absolute-URI via http.request + keep-alive agent) and a bare
+ * SOCKS5 CONNECT server (no auth, IPv4/domain). No logging, no limits, no ACLs. Loopback only.
+ *   node --import tsx bench/naive-proxy.ts  → prints {"event":"listening","http":"127.0.0.1:P","socks":"127.0.0.1:P"}
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import net from 'node:net';
+
+const agent = new http.Agent({ keepAlive: true, maxSockets: 1024 });
+const server = http.createServer((req, res) => {
+  let u: URL;
+  try {
+    u = new URL(req.url ?? '');
+  } catch {
+    res.writeHead(400).end();
+    return;
+  }
+  const up = http.request(
+    { host: u.hostname, port: u.port || 80, path: u.pathname + u.search, method: req.method, headers: req.headers, agent },
+    (ur) => {
+      res.writeHead(ur.statusCode ?? 502, ur.headers);
+      ur.pipe(res);
+    },
+  );
+  up.on('error', () => {
+    if (!res.headersSent) res.writeHead(502);
+    res.end();
+  });
+  req.pipe(up);
+});
+server.keepAliveTimeout = 60_000;
+server.on('connect', (req: http.IncomingMessage, cs: net.Socket, head: Buffer) => {
+  const url = req.url ?? '';
+  const i = url.lastIndexOf(':');
+  const host = url.slice(0, i).replace(/^\[|\]$/g, '');
+  const us = net.connect({ host, port: Number(url.slice(i + 1)), noDelay: true }, () => {
+    cs.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+    if (head.length) us.write(head);
+    us.pipe(cs);
+    cs.pipe(us);
+  });
+  const kill = (): void => {
+    us.destroy();
+    cs.destroy();
+  };
+  us.on('error', kill);
+  cs.on('error', kill);
+  us.on('close', kill);
+  cs.on('close', kill);
+});
+
+const socks = net.createServer({ noDelay: true }, (cs) => {
+  cs.on('error', () => cs.destroy());
+  cs.once('data', (g: Buffer) => {
+    if (g[0] !== 5) {
+      cs.destroy();
+      return;
+    }
+    cs.write(Buffer.from([5, 0]));
+    cs.once('data', (r: Buffer) => {
+      const ipv4 = r[3] === 1;
+      const host = ipv4 ? r.subarray(4, 8).join('.') : r.subarray(5, 5 + (r[4] ?? 0)).toString();
+      const port = r.readUInt16BE(ipv4 ? 8 : 5 + (r[4] ?? 0));
+      const us = net.connect({ host, port, noDelay: true }, () => {
+        cs.write(Buffer.from([5, 0, 0, 1, 127, 0, 0, 1, 0, 0]));
+        us.pipe(cs);
+        cs.pipe(us);
+      });
+      const kill = (): void => {
+        us.destroy();
+        cs.destroy();
+      };
+      us.on('error', () => {
+        cs.end(Buffer.from([5, 5, 0, 1, 0, 0, 0, 0, 0, 0]));
+        us.destroy();
+      });
+      cs.on('close', kill);
+      us.on('close', kill);
+    });
+  });
+});
+
+function listen(s: net.Server): Promise<number> {
+  return new Promise((resolve, reject) => {
+    s.once('error', reject);
+    s.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () => resolve((s.address() as AddressInfo).port));
+  });
+}
+const hp = await listen(server);
+const sp = await listen(socks);
+console.log(JSON.stringify({ event: 'listening', http: `127.0.0.1:${hp}`, socks: `127.0.0.1:${sp}`, pid: process.pid }));
+process.on('SIGTERM', () => process.exit(0));
+process.on('SIGINT', () => process.exit(0));

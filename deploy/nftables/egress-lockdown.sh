@@ -1,0 +1,99 @@
+#!/bin/sh
+# Apply the egressgate egress lock-down (or its monitor variant) with this host's parameters.
+#
+#   egress-lockdown.sh --wan eth1 --gateway-uid 990                # egressgate runs on this host
+#   egress-lockdown.sh --wan eth1 --gateway-addr 10.0.0.5          # egressgate runs behind this router
+#   egress-lockdown.sh --monitor --wan eth1 --gateway-uid 990      # count would-be bypasses only
+#   egress-lockdown.sh --print ...   # print the ruleset instead of loading it
+#   egress-lockdown.sh --check ...   # let nft parse and check it without loading (nft -c)
+#   egress-lockdown.sh --remove      # roll back: delete the egressgate table
+#
+# --wan, --gateway-uid and --gateway-addr may be repeated. The ruleset file and the set elements
+# go to nft as ONE transaction: either all of it is in force or none of it (never a half-applied
+# lock-down). Exit codes: 0 ok, 1 nft failed, 2 bad usage.
+set -eu
+
+here=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
+variant=enforce
+action=apply
+wans=''
+uids=''
+v4=''
+v6=''
+
+usage() {
+	sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+	exit "${1:-2}"
+}
+die() {
+	echo "egress-lockdown: $*" >&2
+	exit 2
+}
+append() { # append LIST ITEM -> "a, b"
+	if [ -z "$1" ]; then printf '%s' "$2"; else printf '%s, %s' "$1" "$2"; fi
+}
+
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--monitor) variant=monitor ;;
+	--enforce) variant=enforce ;;
+	--print) action=print ;;
+	--check) action=check ;;
+	--remove) action=remove ;;
+	--wan | --gateway-uid | --gateway-addr)
+		[ $# -ge 2 ] || die "$1 needs a value"
+		val=$2
+		case "$1" in
+		--wan)
+			# Interface names: 1-15 chars, no quotes or spaces (they end up inside "…").
+			printf '%s' "$val" | grep -Eq '^[A-Za-z0-9_.@:+-]{1,15}$' || die "bad interface name: $val"
+			wans=$(append "$wans" "\"$val\"")
+			;;
+		--gateway-uid)
+			printf '%s' "$val" | grep -Eq '^[0-9]{1,10}$' || die "bad uid (numeric only): $val"
+			uids=$(append "$uids" "$val")
+			;;
+		--gateway-addr)
+			if printf '%s' "$val" | grep -Eq '^([0-9]{1,3}\.){3}[0-9]{1,3}(/[0-9]{1,2})?$'; then
+				v4=$(append "$v4" "$val")
+			elif printf '%s' "$val" | grep -Eq '^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(/[0-9]{1,3})?$'; then
+				v6=$(append "$v6" "$val")
+			else
+				die "bad address (IPv4/IPv6, optional /prefix): $val"
+			fi
+			;;
+		esac
+		shift
+		;;
+	-h | --help) usage 0 ;;
+	*) die "unknown argument: $1 (try --help)" ;;
+	esac
+	shift
+done
+
+if [ "$action" = remove ]; then
+	# `table` first so removing an absent table is not an error.
+	printf 'table inet egressgate\ndelete table inet egressgate\n' | nft -f -
+	exit $?
+fi
+
+[ -n "$wans" ] || die "at least one --wan INTERFACE is required"
+[ -n "$uids$v4$v6" ] || echo "egress-lockdown: warning: no --gateway-uid/--gateway-addr: nothing may leave through $wans" >&2
+
+if [ "$variant" = monitor ]; then file="$here/egress-monitor.nft"; else file="$here/egress-lockdown.nft"; fi
+[ -r "$file" ] || die "missing $file"
+
+render() {
+	cat "$file"
+	echo
+	echo "add element inet egressgate wan_ifs { $wans }"
+	[ -z "$uids" ] || echo "add element inet egressgate gateway_uids { $uids }"
+	[ -z "$v4" ] || echo "add element inet egressgate gateway_v4 { $v4 }"
+	[ -z "$v6" ] || echo "add element inet egressgate gateway_v6 { $v6 }"
+}
+
+case "$action" in
+print) render ;;
+check) render | nft -c -f - || exit 1 ;;
+apply) render | nft -f - || exit 1 ;;
+esac

@@ -1,0 +1,249 @@
+/**
+ * The connect-time pipeline every listener shares. One call per new flow:
+ *
+ *  1. identify: credentials / trusted headers / host inventory → Identity (or 407)
+ *  2. open the flow in the FlowTable (so even a refusal leaves one record)
+ *  3. draining? → 503; per-identity concurrency and new-flow rate → 429
+ *  4. local process attribution (clients on the gateway's own host), in parallel with
+ *  5. resolve: IP literal, `resolver.hosts`, then DNS — the one address that is classified and dialled
+ *  6. never the gateway's own listeners
+ *  7. policy decide (deny-range, role allowlist, mode) → block / would-block / allow
+ *  8. detection hooks: quarantine and process-name detectors; byte budget
+ *  9. upstream: a parent proxy for the identity's roles, if any
+ *
+ * A refusal closes the flow with its reason and hands back what the client must see.
+ */
+import { isIP, isIPv4 } from 'node:net';
+import { networkInterfaces } from 'node:os';
+import type { Decision, Identity, Mode, PolicySnapshot, Protocol } from '../policy/types.ts';
+import type { GatewayContext, IdentityClaims } from './context.ts';
+import { GatewayError, type GatewayErrorCode } from './errors.ts';
+import type { Flow } from './flow/flow.ts';
+import { mapDecision, mapError, type RejectMapping } from './reject.ts';
+
+export interface AdmissionRequest {
+  protocol: Protocol;
+  listener: 'http' | 'https' | 'socks';
+  claims: IdentityClaims;
+  /** Destination as the client named it: lower-case name or IP literal without brackets. */
+  destHost: string;
+  destPort: number;
+  /** The listener socket's local address (for local attribution and the self-dial guard). */
+  serverIp: string;
+  serverPort: number;
+  /** An identity already resolved on this client connection (keep-alive, SOCKS after auth). */
+  identity?: Identity;
+}
+
+export interface Admitted {
+  ok: true;
+  flow: Flow;
+  /** The checked address to dial. */
+  ip: string;
+  /** Parent proxy URL or null. */
+  upstream: string | null;
+  snapshot: PolicySnapshot;
+}
+
+export interface Refused {
+  ok: false;
+  flow: Flow;
+  reject: RejectMapping;
+  /** Seconds for Retry-After on 429. */
+  retryAfterSec?: number;
+}
+
+const ANONYMOUS: Identity = Object.freeze({ user: null, host: null, roles: Object.freeze([]) as readonly string[], process: null });
+
+/** Run the connect-time pipeline for one new flow. Never throws. */
+export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise<Admitted | Refused> {
+  const snapshot = ctx.policy.current();
+  const override = ctx.policy.modeOverride();
+  // 1. identify
+  let identity = req.identity;
+  let authFailed = false;
+  if (!identity) {
+    const result = await ctx.identity.resolve(req.claims, snapshot);
+    if (result.ok) {
+      identity = result.identity;
+      if (result.spoofAttempt) ctx.log.warn({ client: req.claims.clientIp, header: result.spoofAttempt }, 'identity header from untrusted source ignored');
+    } else {
+      identity = { ...ANONYMOUS, roles: snapshot.rolesFor(null, null) };
+      authFailed = true;
+    }
+  }
+  // 2. open
+  const flow = ctx.flows.open({
+    protocol: req.protocol,
+    listener: req.listener,
+    client: { ip: req.claims.clientIp, port: req.claims.clientPort },
+    identity,
+    destination: { host: req.destHost, ip: null, port: req.destPort },
+  });
+  const mode = snapshot.modeFor(identity.roles, override);
+  if (authFailed) return refuse(ctx, flow, fixed('auth-required', 'policy.deny', mode, ['proxy authentication required']));
+  // 3. draining and limits
+  if (ctx.isDraining()) return refuseCode(ctx, flow, 'EGW_SHUTTING_DOWN');
+  const limits = snapshot.config.limits;
+  if (!ctx.flows.withinLimits(flow, limits.maxFlowsPerIdentity, limits.maxNewFlowsPerSecPerIdentity)) {
+    const r = refuse(ctx, flow, fixed('rate-limit', null, mode, ['per-identity flow limit exceeded']));
+    r.retryAfterSec = 1;
+    return r;
+  }
+  // 4 + 5. attribution in parallel with resolution
+  const attribution =
+    ctx.attributor && !identity.process && snapshot.config.identity.localAttribution && isLocalAddress(req.claims.clientIp)
+      ? ctx.attributor.attribute(req.claims.clientIp, req.claims.clientPort, req.serverIp, req.serverPort).catch(() => null)
+      : null;
+  let ip: string | null = null;
+  let dnsError: GatewayErrorCode | null = null;
+  try {
+    ip = await resolveOne(ctx, snapshot, req.destHost);
+  } catch (err) {
+    dnsError = err instanceof GatewayError ? err.code : 'EGW_DNS_FAILED';
+  }
+  if (attribution) {
+    const process = await attribution;
+    if (process && flow.state === 'active') ctx.flows.attribute(flow.client.ip, flow.client.port, process);
+  }
+  if (ip) ctx.flows.setDestinationIp(flow, ip);
+  // 6. self-dial
+  if (ip && isSelf(ctx, ip, req.destPort)) {
+    return refuse(ctx, flow, fixed('deny-range', 'policy.deny-range', mode, [`${ip}:${req.destPort} is a listener of this gateway`]));
+  }
+  // 7. policy
+  const decision = snapshot.decide(
+    {
+      protocol: req.protocol,
+      clientIp: flow.client.ip,
+      clientPort: flow.client.port,
+      identity: flow.identity,
+      destHost: req.destHost,
+      destPort: req.destPort,
+      destIp: ip,
+    },
+    ctx.flows.now(),
+    override,
+  );
+  ctx.flows.decide(flow, decision, decision.verdict === 'block');
+  if (decision.verdict === 'block') return refuse(ctx, flow, decision);
+  if (!ip) return refuseCode(ctx, flow, dnsError ?? 'EGW_DNS_FAILED');
+  // 8. detection at connect time
+  if (ctx.detection) {
+    const found = ctx.detection.onConnect(flow, snapshot, mode);
+    if (found) {
+      if (found.verdict === 'block') {
+        ctx.flows.decide(flow, found, true);
+        return refuse(ctx, flow, found);
+      }
+      if (found.verdict === 'would-block' && flow.verdict === 'allow') ctx.flows.decide(flow, found, false);
+    }
+    const budget = ctx.detection.uploadBudget(flow, snapshot);
+    if (budget !== null) flow.budgetOut = budget;
+  }
+  // 9. upstream
+  const roleUpstream = flow.identity.roles.map((r) => snapshot.config.roles[r]?.upstream).find((u) => u);
+  return { ok: true, flow, ip, upstream: roleUpstream ?? snapshot.config.upstream, snapshot };
+}
+
+/**
+ * A dial (or the origin request) failed after admission: close the flow with the failure's code,
+ * tell the detectors (failed connects feed scan detection), and return what the client must see.
+ */
+export function failFlow(ctx: GatewayContext, flow: Flow, err: unknown): RejectMapping {
+  const code: GatewayErrorCode = err instanceof GatewayError ? err.code : 'EGW_DIAL_UNREACHABLE';
+  const mapping = mapError(code);
+  ctx.detection?.onConnectFailed(flow);
+  ctx.flows.close(flow, mapping.reason);
+  return mapping;
+}
+
+function refuse(ctx: GatewayContext, flow: Flow, decision: Decision): Refused {
+  if (flow.verdict === 'allow' && decision.verdict !== 'allow') ctx.flows.decide(flow, decision, decision.verdict === 'block');
+  const reject = mapDecision(decision);
+  if (decision.reason === 'not-allowlisted' || decision.reason === 'deny-range') ctx.detection?.onConnectFailed(flow);
+  ctx.flows.close(flow, decision.reason);
+  return { ok: false, flow, reject };
+}
+
+function refuseCode(ctx: GatewayContext, flow: Flow, code: GatewayErrorCode): Refused {
+  const reject = mapError(code);
+  if (code === 'EGW_DNS_FAILED') ctx.detection?.onConnectFailed(flow);
+  ctx.flows.close(flow, reject.reason);
+  return { ok: false, flow, reject };
+}
+
+function fixed(reason: Decision['reason'], detector: Decision['detector'], mode: Mode, reasons: string[]): Decision {
+  return { verdict: 'block', reason, detector, mode, matchedRule: null, reasons };
+}
+
+async function resolveOne(ctx: GatewayContext, snapshot: PolicySnapshot, host: string): Promise<string> {
+  if (isIP(host)) return host;
+  const fixedIp = snapshot.staticAddress(host);
+  if (fixedIp) return fixedIp;
+  const ips = await ctx.resolver.lookup(host);
+  // Prefer IPv4 when both families answer: most egress paths are v4-first.
+  return ips.find((a) => isIPv4(a)) ?? (ips[0] as string);
+}
+
+let localAddresses: Set<string> | null = null;
+function localSet(): Set<string> {
+  if (!localAddresses) {
+    localAddresses = new Set(['127.0.0.1', '::1', '0.0.0.0', '::']);
+    for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) localAddresses.add(a.address);
+  }
+  return localAddresses;
+}
+
+/** Is this address one of this machine's own (loopback or an interface)? */
+export function isLocalAddress(ip: string): boolean {
+  const bare = ip.startsWith('::ffff:') ? ip.slice(7) : ip;
+  return bare.startsWith('127.') || localSet().has(bare);
+}
+
+function isSelf(ctx: GatewayContext, ip: string, port: number): boolean {
+  const bare = ip.startsWith('::ffff:') ? ip.slice(7) : ip;
+  const key = bare.includes(':') ? `[${bare}]:${port}` : `${bare}:${port}`;
+  if (ctx.selfAddresses.has(key)) return true;
+  // A listener on a wildcard address answers on every local address.
+  return (ctx.selfAddresses.has(`0.0.0.0:${port}`) || ctx.selfAddresses.has(`[::]:${port}`)) && isLocalAddress(bare);
+}
+
+/** The answer for one more destination of an already-open flow (see admitDestination). */
+export type DestinationAdmission =
+  | { ok: true; ip: string; decision: Decision }
+  | { ok: false; decision: Decision | null; reject: RejectMapping; reason: string };
+
+/**
+ * Admit one more destination for a flow that is already open — a SOCKS5 UDP association relays to
+ * many destinations under one flow (added for gateway/listeners/socks5-udp.ts). Steps 5–7 of
+ * `admit`: resolve once, never the gateway's own listeners, policy decide incl. deny-range. Opens,
+ * closes and mutates nothing; the caller caches the answer per destination. Never throws.
+ */
+export async function admitDestination(ctx: GatewayContext, flow: Flow, destHost: string, destPort: number): Promise<DestinationAdmission> {
+  const snapshot = ctx.policy.current();
+  const override = ctx.policy.modeOverride();
+  const mode = snapshot.modeFor(flow.identity.roles, override);
+  let ip: string | null = null;
+  let dnsError: GatewayErrorCode | null = null;
+  try {
+    ip = await resolveOne(ctx, snapshot, destHost);
+  } catch (err) {
+    dnsError = err instanceof GatewayError ? err.code : 'EGW_DNS_FAILED';
+  }
+  if (ip && isSelf(ctx, ip, destPort)) {
+    const d = fixed('deny-range', 'policy.deny-range', mode, [`${ip}:${destPort} is a listener of this gateway`]);
+    return { ok: false, decision: d, reject: mapDecision(d), reason: d.reasons[0] as string };
+  }
+  const decision = snapshot.decide(
+    { protocol: flow.protocol, clientIp: flow.client.ip, clientPort: flow.client.port, identity: flow.identity, destHost, destPort, destIp: ip },
+    ctx.flows.now(),
+    override,
+  );
+  if (decision.verdict === 'block') return { ok: false, decision, reject: mapDecision(decision), reason: decision.reasons.join('; ') };
+  if (!ip) {
+    const code = dnsError ?? 'EGW_DNS_FAILED';
+    return { ok: false, decision: null, reject: mapError(code), reason: `${destHost} did not resolve (${code})` };
+  }
+  return { ok: true, ip, decision };
+}

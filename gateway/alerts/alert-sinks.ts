@@ -1,0 +1,146 @@
+/**
+ * Where alerts go besides the in-memory store: webhooks (JSON POST, retried with backoff) and
+ * syslog (RFC 5424 over UDP or TCP, JSON payload). Both subscribe to the AlertStore and work off a
+ * bounded queue, so a slow or dead receiver never blocks the data path or the sweep.
+ */
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { connect, type Socket } from 'node:net';
+import { hostname } from 'node:os';
+import type { Alert } from '../../policy/detectors/types.ts';
+import type { Severity } from '../../policy/types.ts';
+import type { Logger } from '../context.ts';
+import type { AlertStore } from './alert-store.ts';
+
+const RANK: Record<Severity, number> = { low: 0, medium: 1, high: 2 };
+const MAX_QUEUE = 1000;
+
+export interface WebhookTarget {
+  url: string;
+  minSeverity: Severity;
+}
+
+export interface SinkOptions {
+  webhooks: WebhookTarget[];
+  syslog: { host: string; port: number; protocol: 'udp' | 'tcp' } | null;
+  log: Logger;
+  /** Attempts per webhook delivery (first try included). */
+  maxAttempts?: number;
+  baseDelayMs?: number;
+}
+
+export interface AlertSinks {
+  /** Deliveries still queued or in flight. */
+  pending(): number;
+  /** Wait (bounded) for queued deliveries, then stop. */
+  close(timeoutMs?: number): Promise<void>;
+}
+
+/** Attach webhook and syslog delivery to an alert store. */
+export function attachAlertSinks(store: AlertStore<Alert>, opts: SinkOptions): AlertSinks {
+  const maxAttempts = opts.maxAttempts ?? 5;
+  const baseDelayMs = opts.baseDelayMs ?? 500;
+  let inFlight = 0;
+  let closed = false;
+  const timers = new Set<NodeJS.Timeout>();
+
+  const deliver = (target: WebhookTarget, body: string, attempt: number): void => {
+    if (closed) return;
+    inFlight++;
+    fetch(target.url, { method: 'POST', headers: { 'content-type': 'application/json' }, body, signal: AbortSignal.timeout(5000) })
+      .then((res) => {
+        // Drain the body so the connection is reused.
+        void res.arrayBuffer().catch(() => {});
+        if (res.status >= 500 || res.status === 429) throw new Error(`status ${res.status}`);
+        if (res.status >= 400) opts.log.warn({ url: target.url, status: res.status }, 'webhook refused the alert');
+      })
+      .catch((err: unknown) => {
+        if (attempt + 1 >= maxAttempts || closed) {
+          opts.log.warn({ url: target.url, attempts: attempt + 1, err: String(err) }, 'webhook delivery failed; alert dropped for this webhook');
+          return;
+        }
+        const delay = baseDelayMs * 2 ** attempt;
+        const t = setTimeout(() => {
+          timers.delete(t);
+          deliver(target, body, attempt + 1);
+        }, delay);
+        t.unref();
+        timers.add(t);
+      })
+      .finally(() => {
+        inFlight--;
+      });
+  };
+
+  const syslog = opts.syslog ? createSyslogSender(opts.syslog, opts.log) : null;
+
+  const unsubscribe = store.subscribe(({ alert }) => {
+    if (inFlight + timers.size < MAX_QUEUE) {
+      let body: string | null = null;
+      for (const target of opts.webhooks) {
+        if (RANK[alert.severity] < RANK[target.minSeverity]) continue;
+        body ??= JSON.stringify(alert);
+        deliver(target, body, 0);
+      }
+    } else {
+      opts.log.warn({ alert: alert.id }, 'webhook queue full; alert not delivered to webhooks');
+    }
+    syslog?.send(alert);
+  });
+
+  return {
+    pending: () => inFlight + timers.size,
+    async close(timeoutMs = 2000): Promise<void> {
+      unsubscribe();
+      const deadline = Date.now() + timeoutMs;
+      while (inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      closed = true;
+      for (const t of timers) clearTimeout(t);
+      timers.clear();
+      syslog?.close();
+    },
+  };
+}
+
+const SYSLOG_SEVERITY: Record<Severity, number> = { low: 5, medium: 4, high: 2 }; // notice, warning, critical
+const FACILITY_AUTHPRIV = 10;
+
+/** One RFC 5424 message: <PRI>1 TIMESTAMP HOST APP PROCID MSGID - MSG (structured data nil, JSON payload). */
+export function formatSyslog(alert: Alert, host = hostname(), pid = process.pid): string {
+  const pri = FACILITY_AUTHPRIV * 8 + SYSLOG_SEVERITY[alert.severity];
+  const msgId = alert.detector.replace(/[^\x21-\x7e]/g, '').slice(0, 32) || '-';
+  return `<${pri}>1 ${alert.time} ${host || '-'} egressgate ${pid} ${msgId} - ${JSON.stringify(alert)}`;
+}
+
+function createSyslogSender(target: { host: string; port: number; protocol: 'udp' | 'tcp' }, log: Logger): { send(a: Alert): void; close(): void } {
+  if (target.protocol === 'udp') {
+    const sock: UdpSocket = createSocket(target.host.includes(':') ? 'udp6' : 'udp4');
+    sock.on('error', (err) => log.warn({ err: String(err) }, 'syslog socket error'));
+    sock.unref();
+    return {
+      send: (a) => sock.send(formatSyslog(a), target.port, target.host),
+      close: () => sock.close(),
+    };
+  }
+  // TCP: RFC 6587 octet counting; reconnect lazily after a failure.
+  let sock: Socket | null = null;
+  const open = (): Socket => {
+    const s = connect({ host: target.host, port: target.port });
+    s.on('error', (err) => {
+      log.warn({ err: String(err) }, 'syslog connection error');
+      sock = null;
+    });
+    s.on('close', () => {
+      if (sock === s) sock = null;
+    });
+    s.unref();
+    return s;
+  };
+  return {
+    send: (a) => {
+      sock ??= open();
+      const msg = formatSyslog(a);
+      sock.write(`${Buffer.byteLength(msg)} ${msg}`);
+    },
+    close: () => sock?.end(),
+  };
+}

@@ -1,0 +1,170 @@
+/**
+ * `egressgate agent` — the Linux endpoint agent (SPEC §2, §7).
+ *
+ *   egressgate agent --gateway URL --token TOKEN [--interval-ms N] [--host NAME]
+ *                    [--gateway-ports 3128,1080] [--gateway-host H[,H…]] [--once]
+ *
+ * The token may also come from `EGRESSGATE_AGENT_TOKEN` or `--token-file`, so it need not appear
+ * in /proc/PID/cmdline where every local user can read it.
+ */
+
+import { readFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { parseArgs } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Agent } from '../../agent/agent.ts';
+
+const USAGE = `Usage: egressgate agent --gateway URL --token TOKEN [options]
+
+Reports which local process owns each connection to the gateway (POST /v1/agents/reports).
+
+Options:
+  --gateway URL           admin API base URL of the gateway, e.g. http://10.0.0.5:9180 (required)
+  --token TOKEN           agent token (or EGRESSGATE_AGENT_TOKEN, or --token-file FILE)
+  --token-file FILE       read the token from FILE
+  --interval-ms N         time between passes, 50..3600000 (default 1000)
+  --host NAME             host name to report as (default: this machine's host name)
+  --gateway-ports LIST    gateway listener ports, comma-separated (default 3128,1080)
+  --gateway-host LIST     addresses/names of the proxy listeners if not the --gateway host
+  --once                  one pass, send, exit (0 = delivered, 1 = not delivered)
+  --help                  this text
+`;
+
+class UsageError extends Error {}
+
+function parsePorts(s: string): number[] {
+  const ports = s.split(',').map((p) => p.trim());
+  const out: number[] = [];
+  for (const p of ports) {
+    const n = Number(p);
+    if (!/^\d+$/.test(p) || n < 1 || n > 65535) throw new UsageError(`--gateway-ports: bad port "${p}"`);
+    out.push(n);
+  }
+  return out;
+}
+
+interface AgentArgs {
+  gateway: string;
+  token: string;
+  intervalMs: number;
+  host: string;
+  ports: number[];
+  gatewayHosts: string[] | null;
+  isOnce: boolean;
+}
+
+async function parse(argv: string[]): Promise<AgentArgs | 'help'> {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    values = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        gateway: { type: 'string' },
+        token: { type: 'string' },
+        'token-file': { type: 'string' },
+        'interval-ms': { type: 'string' },
+        host: { type: 'string' },
+        'gateway-ports': { type: 'string' },
+        'gateway-host': { type: 'string' },
+        once: { type: 'boolean' },
+        help: { type: 'boolean' },
+      },
+    }).values;
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (values['help']) return 'help';
+  const gateway = values['gateway'];
+  if (typeof gateway !== 'string') throw new UsageError('--gateway URL is required');
+  let url: URL;
+  try {
+    url = new URL(gateway);
+  } catch {
+    throw new UsageError(`--gateway: not a URL: "${gateway}"`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new UsageError('--gateway: must be an http:// or https:// URL');
+  let token = typeof values['token'] === 'string' ? values['token'] : process.env['EGRESSGATE_AGENT_TOKEN'];
+  const tokenFile = values['token-file'];
+  if (typeof tokenFile === 'string') {
+    try {
+      token = (await readFile(tokenFile, 'utf8')).trim();
+    } catch (err) {
+      throw new UsageError(`--token-file: ${(err as Error).message}`);
+    }
+  }
+  if (!token) throw new UsageError('--token TOKEN (or EGRESSGATE_AGENT_TOKEN, or --token-file) is required');
+  const intervalRaw = values['interval-ms'];
+  const intervalMs = typeof intervalRaw === 'string' ? Number(intervalRaw) : 1000;
+  if (!Number.isInteger(intervalMs) || intervalMs < 50 || intervalMs > 3_600_000) {
+    throw new UsageError(`--interval-ms: must be an integer in 50..3600000, got "${intervalRaw}"`);
+  }
+  const host = typeof values['host'] === 'string' ? values['host'] : hostname();
+  if (host.length === 0 || host.length > 253) throw new UsageError('--host: must be 1..253 characters');
+  const portsRaw = values['gateway-ports'];
+  const ports = parsePorts(typeof portsRaw === 'string' ? portsRaw : '3128,1080');
+  const gh = values['gateway-host'];
+  const gatewayHosts = typeof gh === 'string' ? gh.split(',').map((h) => h.trim()).filter((h) => h.length > 0) : null;
+  return { gateway: url.toString(), token, intervalMs, host, ports, gatewayHosts, isOnce: values['once'] === true };
+}
+
+/** Entry point for `egressgate agent`; resolves to the process exit code (0 ok, 1 failure, 2 usage). */
+export async function run(argv: string[]): Promise<number> {
+  let args: AgentArgs | 'help';
+  try {
+    args = await parse(argv);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`egressgate agent: ${err.message}\n\n${USAGE}`);
+      return 2;
+    }
+    throw err;
+  }
+  if (args === 'help') {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const agent = new Agent({
+    gatewayUrl: args.gateway,
+    token: args.token,
+    host: args.host,
+    intervalMs: args.intervalMs,
+    gatewayPorts: args.ports,
+    ...(args.gatewayHosts ? { gatewayHosts: args.gatewayHosts } : {}),
+  });
+
+  if (args.isOnce) {
+    // Two passes: a socket table read can miss an entry while other sockets churn; the second
+    // pass only adds what the first missed (reported sockets are remembered).
+    const first = await agent.collect();
+    const second = await agent.collect();
+    const pass = {
+      sockets: Math.max(first.sockets, second.sockets),
+      queued: first.queued + second.queued,
+      unattributed: second.unattributed,
+    };
+    // A few quick retries so a one-shot run from cron survives a gateway blip.
+    for (let attempt = 0; attempt < 4 && agent.queued > 0; attempt++) {
+      if (await agent.flush()) break;
+      await sleep(Math.min(agent.backoffRemainingMs(), 2000));
+    }
+    const isDelivered = agent.queued === 0 && agent.totals.dropped === 0;
+    process.stdout.write(`${JSON.stringify({ event: 'agent-pass', host: args.host, ...pass, sent: agent.totals.sent, delivered: isDelivered })}\n`);
+    return isDelivered ? 0 : 1;
+  }
+
+  const controller = new AbortController();
+  const stop = (): void => controller.abort();
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+  process.stdout.write(`${JSON.stringify({ event: 'agent-started', host: args.host, gateway: args.gateway, intervalMs: args.intervalMs })}\n`);
+  try {
+    await agent.run(controller.signal);
+  } finally {
+    process.off('SIGTERM', stop);
+    process.off('SIGINT', stop);
+  }
+  process.stdout.write(`${JSON.stringify({ event: 'agent-stopped', ...agent.totals })}\n`);
+  return 0;
+}

@@ -1,0 +1,81 @@
+/**
+ * What every listener is handed by the composition root (main.ts). Listeners never build these
+ * themselves, so tests can wire a gateway with injected seams (resolver map, clock, dialer).
+ */
+import type { Identity, Mode, PolicySnapshot, ProcessInfo } from '../policy/types.ts';
+import type { Flow } from './flow/flow.ts';
+import type { FlowTable } from './flow/flow-table.ts';
+
+/** The current policy: one reference, swapped on reload (gateway/policy-store.ts implements it). */
+export interface PolicySource {
+  current(): PolicySnapshot;
+  /** Runtime global mode set through the admin API, or null for the config's own. */
+  modeOverride(): Mode | null;
+}
+
+/** Credentials and headers a listener saw, for identity resolution. */
+export interface IdentityClaims {
+  clientIp: string;
+  clientPort: number;
+  /** Proxy-Authorization Basic / RFC 1929 user and password, if given. */
+  username?: string | null;
+  password?: string | null;
+  /** Identity headers as received (lower-case names), HTTP only. */
+  headers?: Readonly<Record<string, string | string[] | undefined>>;
+  /** Verified TLS client certificate subject CN / SAN, if any. */
+  certSubject?: string | null;
+}
+
+export type IdentityResult =
+  | { ok: true; identity: Identity; spoofAttempt?: string | null }
+  | { ok: false; reason: 'auth-required' | 'bad-credentials' };
+
+/** Turns claims into an Identity (users, hosts, trusted headers, signed tokens). */
+export interface IdentityResolver {
+  resolve(claims: IdentityClaims, snapshot: PolicySnapshot): Promise<IdentityResult>;
+  /** Names of the headers that must never be forwarded (identity + signed token headers). */
+  strippedHeaders(snapshot: PolicySnapshot): readonly string[];
+}
+
+/** Finds the local process behind a client socket on the gateway's own host (identity.localAttribution). */
+export interface ProcessAttributor {
+  attribute(clientIp: string, clientPort: number, serverIp: string, serverPort: number): Promise<ProcessInfo | null>;
+}
+
+/** Name resolution: static answers first, then DNS. Returns addresses in preference order. */
+export interface Resolver {
+  lookup(host: string): Promise<string[]>;
+}
+
+/** Connect-time hooks of the detection engine (quarantine, process-name detectors, byte budgets). */
+export interface DetectionHooks {
+  /**
+   * Called after the policy admitted a flow, before dialling. Returns a refusing Decision
+   * (quarantine, proxyware, scanner tool, …) or null. Must be synchronous and cheap.
+   */
+  onConnect(flow: Flow, snapshot: PolicySnapshot, mode: Mode): import('../policy/types.ts').Decision | null;
+  /** A byte budget towards the destination for this flow, or null. */
+  uploadBudget(flow: Flow, snapshot: PolicySnapshot): number | null;
+  /** A connect failed or was refused (feeds scan detection). */
+  onConnectFailed(flow: Flow): void;
+}
+
+export interface Logger {
+  info(obj: Record<string, unknown>, msg?: string): void;
+  warn(obj: Record<string, unknown>, msg?: string): void;
+  error(obj: Record<string, unknown>, msg?: string): void;
+}
+
+export interface GatewayContext {
+  readonly flows: FlowTable;
+  readonly policy: PolicySource;
+  readonly identity: IdentityResolver;
+  readonly attributor: ProcessAttributor | null;
+  readonly resolver: Resolver;
+  readonly detection: DetectionHooks | null;
+  readonly log: Logger;
+  /** "ip:port" of every listener of this gateway: never dialled. */
+  readonly selfAddresses: Set<string>;
+  /** True once SIGTERM started draining: refuse new flows. */
+  isDraining(): boolean;
+}

@@ -1,0 +1,287 @@
+/**
+ * The adapter main.ts hands to the admin API: it implements ControlPort (gateway/control.ts) over
+ * the flow table, the policy store, the alert store, the stats, the audit log and the agent registry.
+ * It owns no state of its own beyond what those hold.
+ */
+import { BlockList, isIPv4, isIPv6 } from 'node:net';
+import { validateReportBatch } from '../agent/report.ts';
+import type { Config } from '../policy/config.ts';
+import { type LoadResult, loadConfig, validateConfig } from '../policy/load-config.ts';
+import type { Mode, PolicySnapshot, ProcessInfo } from '../policy/types.ts';
+import { AgentRegistry } from './agent-registry.ts';
+import type { AlertLike, AlertStore } from './alerts/alert-store.ts';
+import type { AuditLog } from './audit-log.ts';
+import { evaluateConnection } from './control-evaluate.ts';
+import type {
+  AgentView,
+  ConfigIssue,
+  ControlPort,
+  CredentialSet,
+  IngestOutcome,
+  ModeView,
+  PolicyVersionInfo,
+  PolicyView,
+  ValidateOutcome,
+  WriteOutcome,
+} from './control.ts';
+import type { FlowTable } from './flow/flow-table.ts';
+import type { IdentityStats } from './identity/identity-resolver.ts';
+import { GatewayStats } from './stats.ts';
+
+/** One entry of the policy store's history. */
+export interface PolicyHistoryEntry {
+  version: number;
+  author: string | null;
+  /** ms since epoch or ISO 8601. */
+  time: number | string | null;
+  source?: string | null;
+}
+
+export type StoreWriteResult = { ok: true } | { ok: false; errors: readonly ConfigIssue[] };
+
+/** What the control port needs of the policy store (gateway/policy-store.ts). */
+export interface PolicyStoreLike {
+  current(): PolicySnapshot;
+  modeOverride(): Mode | null;
+  setMode(mode: Mode | null, author?: string): void;
+  reload(input: string | object, meta: { author: string; source: string }): StoreWriteResult | Promise<StoreWriteResult>;
+  rollback(version: number, meta: { author: string }): StoreWriteResult | Promise<StoreWriteResult>;
+  history(): readonly PolicyHistoryEntry[];
+}
+
+/** Parse + validate a draft without applying it: text through loadConfig, an object through validateConfig. */
+function checkConfig(input: string | object): LoadResult {
+  return typeof input === 'string' ? loadConfig(input) : validateConfig(input);
+}
+
+export interface ControlPortDeps<A extends AlertLike = AlertLike> {
+  flows: FlowTable;
+  policy: PolicyStoreLike;
+  alerts: AlertStore<A>;
+  /** Metrics; a fresh GatewayStats following `flows` when not given. */
+  stats?: GatewayStats;
+  /** The identity resolver, whose counters the default GatewayStats exports (gw_identity_*). */
+  identity?: { stats(): IdentityStats };
+  audit: AuditLog;
+  /** Agent sightings; a fresh registry when not given. */
+  agents?: AgentRegistry;
+  /** Listeners bound and policy loaded. */
+  isReady: () => boolean;
+  /** The bound HTTP proxy address ("host:port"); defaults to the config's listen.http. */
+  proxyAddress?: () => string;
+  now?: () => number;
+}
+
+function defaultStats<A extends AlertLike>(deps: ControlPortDeps<A>): GatewayStats {
+  const stats = new GatewayStats();
+  stats.attachFlowTable(deps.flows);
+  stats.attachAlerts(deps.alerts);
+  if (deps.identity) stats.attachIdentity(deps.identity);
+  return stats;
+}
+
+function iso(t: number | string | null | undefined): string | null {
+  if (t === null || t === undefined) return null;
+  return typeof t === 'number' ? new Date(t).toISOString() : t;
+}
+
+/** Build the ControlPort main.ts passes to `buildAdmin`. */
+export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>): ControlPort {
+  const now = deps.now ?? Date.now;
+  const stats = deps.stats ?? defaultStats(deps);
+  const agents = deps.agents ?? new AgentRegistry();
+  let sourcesCache: { version: number; lists: Map<string, BlockList | null> } | null = null;
+
+  const policyView = (): PolicyView => {
+    const snap = deps.policy.current();
+    const meta = deps.policy.history().find((h) => h.version === snap.version);
+    return {
+      version: snap.version,
+      config: snap.config as Config,
+      author: meta?.author ?? null,
+      time: iso(meta?.time),
+      mode: deps.policy.modeOverride() ?? snap.config.mode,
+    };
+  };
+
+  const write = async (run: () => StoreWriteResult | Promise<StoreWriteResult>, before: number): Promise<WriteOutcome> => {
+    const res = await run();
+    stats.configReloaded(res.ok ? 'success' : 'failure');
+    if (!res.ok) return { ok: false, code: 'invalid', errors: [...res.errors] };
+    return { ok: true, policy: policyView(), previousVersion: before };
+  };
+
+  /** Agent name → BlockList of its sources (null = no binding: admin tokens of scope agent). */
+  const agentSources = (): Map<string, BlockList | null> => {
+    const snap = deps.policy.current();
+    if (sourcesCache?.version === snap.version) return sourcesCache.lists;
+    const lists = new Map<string, BlockList | null>();
+    for (const a of snap.config.identity.agents) {
+      const bl = new BlockList();
+      for (const cidr of a.sources) addCidr(bl, cidr);
+      lists.set(a.name, bl);
+    }
+    sourcesCache = { version: snap.version, lists };
+    return lists;
+  };
+
+  const modeView = (): ModeView => {
+    const cfg = deps.policy.current().config;
+    const override = deps.policy.modeOverride();
+    const roleModes: Record<string, Mode> = {};
+    for (const [name, role] of Object.entries(cfg.roles)) if (role.mode) roleModes[name] = role.mode;
+    return { mode: override ?? cfg.mode, configMode: cfg.mode, override, roleModes };
+  };
+
+  return {
+    isReady: deps.isReady,
+
+    listFlows: (filter) => deps.flows.list(filter),
+    getFlow: (id) => deps.flows.get(id)?.toRecord(deps.flows.now()) ?? null,
+    killFlow: (id) => deps.flows.kill(id, 'admin'),
+
+    getPolicy: policyView,
+    policyHistory: (): PolicyVersionInfo[] => {
+      const current = deps.policy.current().version;
+      // Newest first: the version an operator wants to roll back to is usually a recent one.
+      return [...deps.policy.history()]
+        .reverse()
+        .map((h) => ({ version: h.version, author: h.author, time: iso(h.time), source: h.source ?? null, current: h.version === current }));
+    },
+    validatePolicy: (input): ValidateOutcome => {
+      const res = checkConfig(input);
+      if (!res.ok) return { ok: false, errors: [...res.errors] };
+      const c = res.config;
+      const roles = Object.keys(c.roles).length;
+      return { ok: true, summary: `valid: mode ${c.mode}, ${roles} role(s), ${c.identity.users.length} user(s), ${c.identity.hosts.length} host(s)` };
+    },
+    evaluate: (query) => evaluateConnection(deps.policy.current(), deps.policy.modeOverride(), query, now()),
+    replacePolicy: async (input, meta) => {
+      const before = deps.policy.current().version;
+      if (meta.ifMatchVersion !== undefined && meta.ifMatchVersion !== null && meta.ifMatchVersion !== before) {
+        return { ok: false, code: 'version-mismatch', currentVersion: before };
+      }
+      // The store validates (same function as start-up and SIGHUP) and keeps the text in history.
+      return write(() => deps.policy.reload(input, { author: meta.author, source: 'api' }), before);
+    },
+    rollbackPolicy: async (version, author) => {
+      const before = deps.policy.current().version;
+      if (!deps.policy.history().some((h) => h.version === version)) {
+        return { ok: false, code: 'unknown-version', message: `no policy version ${version} in the history` };
+      }
+      return write(() => deps.policy.rollback(version, { author }), before);
+    },
+
+    getMode: modeView,
+    setMode: (mode, author) => {
+      deps.policy.setMode(mode, author);
+      return modeView();
+    },
+
+    listAlerts: (query) => ({ alerts: deps.alerts.list(query), lastEventId: deps.alerts.lastEventId }),
+    alertsAfter: (afterEventId, detector) => deps.alerts.after(afterEventId, detector),
+    subscribeAlerts: (fn) => deps.alerts.subscribe(fn),
+
+    ingestReports: (body, agentName, sourceIp): IngestOutcome => {
+      const parsed = validateReportBatch(body);
+      if (!parsed.ok) return { ok: false, code: 'invalid', errors: [...parsed.errors] };
+      const batch = parsed.value;
+      const sources = agentSources().get(agentName) ?? null;
+      // All or nothing: an agent speaking for an address it does not own is suspect as a whole.
+      const refused: Array<{ index: number; localIp: string }> = [];
+      if (sources) {
+        batch.reports.forEach((r, index) => {
+          if (!checkIp(sources, r.localIp)) refused.push({ index, localIp: r.localIp });
+        });
+      }
+      const t = now();
+      if (refused.length > 0) {
+        agents.seen(agentName, { host: batch.host, sourceIp, reports: 0, attributed: 0, refused: batch.reports.length }, t);
+        return { ok: false, code: 'refused', refused };
+      }
+      let attributed = 0;
+      for (const r of batch.reports) {
+        const process: ProcessInfo = {
+          pid: r.pid,
+          name: r.name,
+          exe: r.exe,
+          cmdline: r.cmdline,
+          user: r.user,
+          uid: r.uid,
+          loginuid: r.loginuid,
+          ppid: r.ppid,
+          parentName: r.parentName,
+          parentExe: r.parentExe,
+          source: 'agent',
+        };
+        if (deps.flows.attribute(stripZone(r.localIp), r.localPort, process)) attributed++;
+      }
+      agents.seen(agentName, { host: batch.host, sourceIp, reports: batch.reports.length, attributed, refused: 0 }, t);
+      return { ok: true, accepted: batch.reports.length, attributed, pending: batch.reports.length - attributed };
+    },
+    listAgents: (): AgentView[] => {
+      const cfg = deps.policy.current().config;
+      const out: AgentView[] = [];
+      const seen = new Set<string>();
+      const view = (name: string, configured: boolean, sources: string[]): AgentView => {
+        const s = agents.get(name);
+        seen.add(name);
+        return {
+          name,
+          configured,
+          sources,
+          host: s?.host ?? null,
+          lastSeenAt: s ? new Date(s.lastSeenAt).toISOString() : null,
+          lastSourceIp: s?.lastSourceIp ?? null,
+          reports: s?.reports ?? 0,
+          attributed: s?.attributed ?? 0,
+          refused: s?.refused ?? 0,
+        };
+      };
+      for (const a of cfg.identity.agents) out.push(view(a.name, true, [...a.sources]));
+      for (const s of agents.all()) if (!seen.has(s.name)) out.push(view(s.name, false, []));
+      return out;
+    },
+
+    credentials: (): CredentialSet => {
+      const snap = deps.policy.current();
+      return { version: snap.version, adminTokens: snap.config.admin.tokens, agents: snap.config.identity.agents };
+    },
+    proxyAddress: () => deps.proxyAddress?.() ?? deps.policy.current().config.listen.http,
+
+    metrics: () => stats.registry,
+    audit: (entry) => deps.audit.record(entry),
+    listAudit: (query) => deps.audit.list(query),
+  };
+}
+
+function stripZone(ip: string): string {
+  const i = ip.indexOf('%');
+  return i < 0 ? ip : ip.slice(0, i);
+}
+
+/** Add "a.b.c.d/n", "v6/n" or a bare address to a BlockList; invalid entries are skipped (load-config refuses them). */
+function addCidr(bl: BlockList, cidr: string): void {
+  const [addr = '', bitsText] = cidr.split('/');
+  const type = isIPv4(addr) ? 'ipv4' : isIPv6(addr) ? 'ipv6' : null;
+  if (!type) return;
+  if (bitsText === undefined) {
+    bl.addAddress(addr, type);
+    return;
+  }
+  const bits = Number(bitsText);
+  if (Number.isInteger(bits) && bits >= 0 && bits <= (type === 'ipv4' ? 32 : 128)) bl.addSubnet(addr, bits, type);
+}
+
+/** BlockList.check with the family worked out (it silently says false for a wrong family). */
+function checkIp(bl: BlockList, ip: string): boolean {
+  const addr = stripZone(ip);
+  if (isIPv4(addr)) return bl.check(addr, 'ipv4');
+  if (isIPv6(addr)) {
+    // IPv4-mapped addresses (::ffff:10.2.3.17) are checked as the IPv4 address they carry.
+    const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(addr);
+    if (m?.[1] && bl.check(m[1], 'ipv4')) return true;
+    return bl.check(addr, 'ipv6');
+  }
+  return false;
+}

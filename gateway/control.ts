@@ -1,0 +1,156 @@
+/**
+ * The one interface the admin API (control plane) sees of the gateway (STYLE: "admin/ sees the
+ * gateway through one small interface"). `admin/` imports only types from here; main.ts builds
+ * the implementation with `createControlPort()` (gateway/control-port.ts) and hands it over.
+ *
+ * Every method is synchronous or returns a value describing the outcome: a refused write (invalid
+ * policy, stale If-Match, unknown version) is a result, not a thrown error, so the HTTP layer maps
+ * outcomes to statuses in one place.
+ */
+import type { Registry } from 'prom-client';
+import type { AdminTokenConfig, AgentTokenConfig, Config } from '../policy/config.ts';
+import type { Decision, Mode } from '../policy/types.ts';
+import type { AlertLike, AlertEvent } from './alerts/alert-store.ts';
+import type { AuditEntry, AuditQuery } from './audit-log.ts';
+import type { FlowFilter } from './flow/flow-table.ts';
+import type { FlowRecord } from './flow/flow.ts';
+
+/** One configuration error, with the path of the offending value (`roles.dev.allow[2].ports`). */
+export interface ConfigIssue {
+  path: string;
+  message: string;
+}
+
+/** The running policy as the admin API shows it. */
+export interface PolicyView {
+  version: number;
+  config: Config;
+  author: string | null;
+  /** When this version became current (ISO 8601). */
+  time: string | null;
+  /** The global mode in force (runtime override, else the config's). */
+  mode: Mode;
+}
+
+export interface PolicyVersionInfo {
+  version: number;
+  author: string | null;
+  time: string | null;
+  /** How it arrived: startup, admin PUT, SIGHUP reload, rollback… (free text from the store). */
+  source: string | null;
+  current: boolean;
+}
+
+export type ValidateOutcome = { ok: true; summary: string } | { ok: false; errors: ConfigIssue[] };
+
+export type WriteOutcome =
+  | { ok: true; policy: PolicyView; previousVersion: number }
+  | { ok: false; code: 'invalid'; errors: ConfigIssue[] }
+  | { ok: false; code: 'version-mismatch'; currentVersion: number }
+  | { ok: false; code: 'unknown-version'; message: string };
+
+/** A dry-run connection (SPEC §6 `POST /v1/policy/evaluate`). */
+export interface EvaluateQuery {
+  /** `host:port`, `[v6]:port`. */
+  dest: string;
+  user?: string;
+  /** Client address: selects the host inventory entry (identity.hosts). */
+  source?: string;
+  /** Process name, as local attribution or an agent would report it. */
+  process?: string;
+  /** The dialled address, when the caller wants deny ranges and CIDR entries checked for a name. */
+  ip?: string;
+}
+
+export type EvaluateOutcome =
+  | {
+      ok: true;
+      version: number;
+      decision: Decision;
+      identity: { user: string | null; host: string | null; roles: readonly string[]; process: string | null };
+      destination: { host: string; ip: string | null; port: number };
+    }
+  | { ok: false; message: string };
+
+export interface ModeView {
+  /** The global mode in force. */
+  mode: Mode;
+  /** The config file's own mode. */
+  configMode: Mode;
+  /** The runtime override set through the API, or null. */
+  override: Mode | null;
+  /** Roles whose own `mode` differs from the global one (they keep it). */
+  roleModes: Record<string, Mode>;
+}
+
+export type IngestOutcome =
+  | { ok: true; accepted: number; attributed: number; pending: number }
+  | { ok: false; code: 'refused'; refused: Array<{ index: number; localIp: string }> }
+  | { ok: false; code: 'invalid'; errors: ConfigIssue[] };
+
+export interface AgentView {
+  name: string;
+  /** Configured in identity.agents (false = an admin-token agent or one since removed). */
+  configured: boolean;
+  sources: string[];
+  host: string | null;
+  lastSeenAt: string | null;
+  lastSourceIp: string | null;
+  reports: number;
+  attributed: number;
+  refused: number;
+}
+
+/** Tokens the auth layer accepts, read from the live policy (a PUT can add or revoke one). */
+export interface CredentialSet {
+  version: number;
+  adminTokens: readonly AdminTokenConfig[];
+  agents: readonly AgentTokenConfig[];
+}
+
+export interface Actor {
+  /** Token name, or null for an unauthenticated request. */
+  name: string | null;
+  sourceIp: string;
+}
+
+/** What the admin API may do to the gateway. */
+export interface ControlPort {
+  /** Listeners bound and a policy loaded. */
+  isReady(): boolean;
+
+  listFlows(filter: FlowFilter): FlowRecord[];
+  getFlow(id: string): FlowRecord | null;
+  /** Kill a live flow (closeReason "admin"); false when it is not live. */
+  killFlow(id: string): boolean;
+
+  getPolicy(): PolicyView;
+  policyHistory(): PolicyVersionInfo[];
+  /** Validate a draft: YAML/JSON text or a parsed object. Changes nothing. */
+  validatePolicy(input: string | object): ValidateOutcome;
+  evaluate(query: EvaluateQuery): EvaluateOutcome;
+  /** Replace the policy; `ifMatchVersion` guards against lost updates. */
+  replacePolicy(input: string | object, meta: { author: string; ifMatchVersion?: number | null }): Promise<WriteOutcome>;
+  rollbackPolicy(version: number, author: string): Promise<WriteOutcome>;
+
+  getMode(): ModeView;
+  /** Set the global mode at run time; null returns to the config's mode. */
+  setMode(mode: Mode | null, author: string): ModeView;
+
+  listAlerts(query: { since?: string; detector?: string; limit?: number }): { alerts: AlertLike[]; lastEventId: number };
+  /** Alerts with an event id greater than `afterEventId` (SSE Last-Event-ID resume). */
+  alertsAfter(afterEventId: number, detector?: string): AlertEvent[];
+  subscribeAlerts(fn: (event: AlertEvent) => void): () => void;
+
+  /** Validate a SPEC §7 report batch, check the agent's sources, attribute flows. */
+  ingestReports(body: unknown, agentName: string, sourceIp: string): IngestOutcome;
+  listAgents(): AgentView[];
+
+  credentials(): CredentialSet;
+  /** Where the HTTP proxy listener is bound ("host:port"), for the PAC file. */
+  proxyAddress(): string;
+
+  metrics(): Registry;
+  audit(entry: AuditEntry): void;
+  listAudit(query: AuditQuery): AuditEntry[];
+}

@@ -1,0 +1,250 @@
+/**
+ * The live side of detection: the pure detectors of policy/detectors run against the FlowTable.
+ *
+ *  - connect time (admission step 8): quarantine, then `evaluateConnect` (proxyware, scanner and
+ *    exfil tools, lineage) → block / would-block; `uploadBudgetFor` → the flow's exact byte budget;
+ *  - every sweep (`detection.sampleIntervalMs`): `evaluateSweep` over live flows plus those closed
+ *    or refused since the last sweep → alerts, and in enforce mode kills and quarantines;
+ *  - baselines (first-seen destinations, hourly volumes) persisted atomically to `state.path`.
+ *
+ * Alerts for the same finding key are grouped: a repeat is raised again only when its action or
+ * severity changes.
+ */
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { evaluateConnect, evaluateSweep, isOverUploadBudget, toAlert, uploadBudgetFor } from '../../policy/detectors/index.ts';
+import { identityKeyOf } from '../../policy/detectors/match.ts';
+import { DetectionState } from '../../policy/detectors/state.ts';
+import type { Alert, Finding, FlowOutcome, FlowView } from '../../policy/detectors/types.ts';
+import type { ConnectFacts, Decision, Mode, PolicySnapshot } from '../../policy/types.ts';
+import type { AlertStore } from '../alerts/alert-store.ts';
+import type { DetectionHooks, Logger, PolicySource } from '../context.ts';
+import type { Flow } from '../flow/flow.ts';
+import type { FlowTable } from '../flow/flow-table.ts';
+
+export interface DetectionEngineOptions {
+  flows: FlowTable;
+  policy: PolicySource;
+  alerts: AlertStore<Alert>;
+  log: Logger;
+  statePath: string | null;
+  /** How often baselines are written to statePath. */
+  persistEveryMs?: number;
+}
+
+export interface DetectionEngine extends DetectionHooks {
+  readonly state: DetectionState;
+  /** Identity keys quarantined until the given time (ms). */
+  readonly quarantine: ReadonlyMap<string, number>;
+  /** Duration of the last sweep in ms. */
+  lastSweepMs: number;
+  /** Persist baselines and detach from the flow table. */
+  close(): Promise<void>;
+}
+
+function facts(flow: Flow): ConnectFacts {
+  return {
+    protocol: flow.protocol,
+    clientIp: flow.client.ip,
+    clientPort: flow.client.port,
+    identity: flow.identity,
+    destHost: flow.destination.host,
+    destPort: flow.destination.port,
+    destIp: flow.destination.ip,
+  };
+}
+
+function view(flow: Flow, outcome: FlowOutcome): FlowView {
+  return {
+    id: flow.id,
+    protocol: flow.protocol,
+    clientIp: flow.client.ip,
+    identity: flow.identity,
+    destination: flow.destination,
+    startedAtMs: flow.startedAt,
+    endedAtMs: flow.endedAt,
+    lastActivityAtMs: flow.lastActivityAt,
+    bytesOut: flow.bytesOut,
+    bytesIn: flow.bytesIn,
+    outcome,
+  };
+}
+
+/** Build the engine, load persisted baselines, and hang it off the flow table's sweep. */
+export async function createDetectionEngine(opts: DetectionEngineOptions): Promise<DetectionEngine> {
+  const { flows, policy, alerts, log } = opts;
+  const config = policy.current().config;
+  const now0 = flows.now();
+  let state = DetectionState.forConfig(config, now0);
+  if (opts.statePath) {
+    try {
+      const json: unknown = JSON.parse(await readFile(opts.statePath, 'utf8'));
+      state = DetectionState.fromJSON(json, {
+        maxTrackedIdentities: config.detection.maxTrackedIdentities,
+        maxTrackedDestinations: config.detection.maxTrackedDestinations,
+        now: now0,
+      });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.warn({ path: opts.statePath, err: String(err) }, 'detection state unreadable; starting fresh');
+    }
+  }
+  const quarantine = new Map<string, number>();
+  const raised = new Map<string, string>();
+  /** Flows that ended (or never connected) since the last sweep: the sweep sees them once. */
+  let ended: FlowView[] = [];
+  let alertSeq = 0;
+
+  const modeOf = (roles: readonly string[]): Mode => policy.current().modeFor(roles, policy.modeOverride());
+
+  const raise = (f: Finding, mode: Mode, now: number): Alert | null => {
+    const alert = toAlert(f, mode, `al-${now.toString(36)}-${(alertSeq++).toString(36)}`, now);
+    const sig = `${alert.action}/${alert.severity}`;
+    if (raised.get(f.key) === sig) return null;
+    if (raised.size > 100_000) raised.clear();
+    raised.set(f.key, sig);
+    alerts.add(alert);
+    log.warn({ alert: alert.id, detector: alert.detector, action: alert.action, severity: alert.severity, flowIds: alert.flowIds }, 'alert');
+    return alert;
+  };
+
+  const quarantineKey = (flow: Flow): string => identityKeyOf(flow.identity, flow.client.ip);
+  const putInQuarantine = (key: string, now: number): void => {
+    quarantine.set(key, now + policy.current().config.detection.quarantineSec * 1000);
+  };
+
+  const onClose = (flow: Flow): void => {
+    ended.push(view(flow, flow.isConnected ? 'closed' : flow.verdict === 'block' ? 'blocked' : 'failed'));
+  };
+  flows.on('close', onClose);
+
+  const engine: DetectionEngine = {
+    state,
+    quarantine,
+    lastSweepMs: 0,
+
+    onConnect(flow: Flow, snapshot: PolicySnapshot, mode: Mode): Decision | null {
+      const now = flows.now();
+      const key = quarantineKey(flow);
+      const until = quarantine.get(key);
+      if (until !== undefined) {
+        if (until > now) {
+          return {
+            verdict: mode === 'enforce' ? 'block' : 'would-block',
+            reason: 'quarantine',
+            detector: 'quarantine',
+            mode,
+            matchedRule: null,
+            reasons: [`identity quarantined until ${new Date(until).toISOString()}`],
+          };
+        }
+        quarantine.delete(key);
+      }
+      const found = evaluateConnect(facts(flow), state, snapshot, now, flow.id);
+      if (found.length === 0) return null;
+      let refusing: Finding | null = null;
+      for (const f of found) {
+        raise(f, mode, now);
+        if (f.action !== 'flag' && !refusing) refusing = f;
+      }
+      if (!refusing) return null;
+      if (mode === 'enforce') putInQuarantine(key, now);
+      return {
+        verdict: mode === 'enforce' ? 'block' : 'would-block',
+        reason: 'detector',
+        detector: refusing.detector,
+        mode,
+        matchedRule: flow.matchedRule,
+        reasons: [...refusing.reasons],
+      };
+    },
+
+    uploadBudget(flow: Flow, snapshot: PolicySnapshot): number | null {
+      const now = flows.now();
+      const budget = uploadBudgetFor(facts(flow), snapshot, now, state);
+      if (budget === null) return null;
+      flow.onBudget = (f: Flow): boolean => {
+        const snap = policy.current();
+        if (!isOverUploadBudget(f.bytesOut, f.bytesIn, budget, snap)) return false;
+        const mode = modeOf(f.identity.roles);
+        const at = flows.now();
+        const finding: Finding = {
+          detector: 'an0080.bulk-upload',
+          analytic: 'AN0080',
+          severity: 'high',
+          action: 'kill',
+          flowIds: [f.id],
+          identity: { user: f.identity.user, host: f.identity.host, roles: f.identity.roles, process: f.identity.process, key: quarantineKey(f) },
+          destination: f.destination,
+          evidence: { bytesOut: f.bytesOut, bytesIn: f.bytesIn, thresholdBytesOut: budget },
+          reasons: [`upload reached the ${budget}-byte budget to ${f.destination.host}`],
+          key: `budget:${f.id}`,
+        };
+        raise(finding, mode, at);
+        if (mode !== 'enforce') return false;
+        putInQuarantine(quarantineKey(f), at);
+        return true;
+      };
+      return budget;
+    },
+
+    onConnectFailed(): void {
+      // The 'close' listener records every flow that never connected; nothing more to do here.
+    },
+
+    async close(): Promise<void> {
+      flows.removeListener('close', onClose);
+      flows.removeListener('sweep', onSweep);
+      await persist();
+    },
+  };
+
+  function onSweep(now: number, active: ReadonlyMap<string, Flow>): void {
+    const t0 = performance.now();
+    const views: FlowView[] = ended;
+    ended = [];
+    for (const flow of active.values()) if (flow.isConnected) views.push(view(flow, 'open'));
+    let found: Finding[];
+    try {
+      found = evaluateSweep(views, state, policy.current(), now);
+    } catch (err) {
+      log.error({ err: String(err) }, 'detector sweep failed');
+      return;
+    }
+    for (const f of found) {
+      const mode = modeOf(f.identity.roles);
+      raise(f, mode, now);
+      if (mode !== 'enforce' || f.action === 'flag') continue;
+      putInQuarantine(f.identity.key, now);
+      if (f.action === 'kill') for (const id of f.flowIds) flows.kill(id, f.detector);
+    }
+    engine.lastSweepMs = performance.now() - t0;
+    if (opts.statePath && now - lastPersist >= (opts.persistEveryMs ?? 60_000)) {
+      lastPersist = now;
+      void persist();
+    }
+  }
+  let lastPersist = now0;
+  flows.on('sweep', onSweep);
+
+  let writing: Promise<void> | null = null;
+  async function persist(): Promise<void> {
+    const path = opts.statePath;
+    if (!path) return;
+    if (writing) await writing;
+    writing = (async () => {
+      // Atomic: a crash mid-write leaves the previous file intact.
+      const tmp = `${path}.${process.pid}.tmp`;
+      try {
+        await mkdir(dirname(path), { recursive: true });
+        await writeFile(tmp, JSON.stringify(state.toJSON()));
+        await rename(tmp, path);
+      } catch (err) {
+        log.warn({ path, err: String(err) }, 'could not persist detection state');
+      }
+    })();
+    await writing;
+    writing = null;
+  }
+
+  return engine;
+}

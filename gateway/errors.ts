@@ -1,0 +1,57 @@
+/**
+ * Coded gateway failures. A deny is a Decision (policy/types.ts), never an error; these are the
+ * real failures. Codes are stable: operators alert on them. `gateway/reject.ts` maps each to an
+ * HTTP status and a SOCKS5 reply byte, exhaustively.
+ */
+export const GATEWAY_ERROR_CODES = [
+  'EGW_BAD_REQUEST', // malformed request line / authority / smuggling shape
+  'EGW_HEADERS_TOO_LARGE', // request headers over limits.maxHeaderBytes
+  'EGW_HEADER_TIMEOUT', // slowloris: headers not complete within limits.headerTimeoutMs
+  'EGW_SOCKS_PROTOCOL', // bad SOCKS bytes
+  'EGW_SOCKS_COMMAND', // BIND or unknown command
+  'EGW_SOCKS_ADDRESS_TYPE', // unknown ATYP
+  'EGW_AUTH_REQUIRED', // requireAuth and no / wrong credentials
+  'EGW_DNS_FAILED', // name did not resolve
+  'EGW_DIAL_REFUSED', // upstream refused the connection
+  'EGW_DIAL_UNREACHABLE', // network/host unreachable
+  'EGW_DIAL_TIMEOUT', // upstream did not answer within limits.connectTimeoutMs
+  'EGW_UPSTREAM_PROXY', // the parent proxy refused or failed
+  'EGW_UPSTREAM_RESET', // upstream closed mid-response
+  'EGW_SELF_DIAL', // destination is one of the gateway's own listeners
+  'EGW_FLOW_LIMIT', // per-identity concurrency or new-flow rate
+  'EGW_SHUTTING_DOWN', // draining: no new flows
+  'EGW_CONFIG_INVALID',
+] as const;
+export type GatewayErrorCode = (typeof GATEWAY_ERROR_CODES)[number];
+
+export class GatewayError extends Error {
+  readonly code: GatewayErrorCode;
+  constructor(code: GatewayErrorCode, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = 'GatewayError';
+    this.code = code;
+  }
+}
+
+/** Map a Node errno from a dial to a gateway code (done once, here). */
+export function dialErrorCode(err: unknown): GatewayErrorCode {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  switch (code) {
+    case 'ECONNREFUSED':
+      return 'EGW_DIAL_REFUSED';
+    case 'ETIMEDOUT':
+    case 'EGW_DIAL_TIMEOUT':
+      return 'EGW_DIAL_TIMEOUT';
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+    case 'EAI_FAIL':
+    case 'EAI_NODATA':
+    case 'EAI_NONAME':
+      return 'EGW_DNS_FAILED';
+    case 'ECONNRESET':
+    case 'EPIPE':
+      return 'EGW_UPSTREAM_RESET';
+    default:
+      return 'EGW_DIAL_UNREACHABLE';
+  }
+}

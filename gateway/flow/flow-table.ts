@@ -1,0 +1,281 @@
+/**
+ * The one owner of live flows. It creates, updates and closes every Flow, keeps the recently
+ * closed ones for the admin API, writes each closed flow exactly once to the flow log (and interim
+ * records for long flows), enforces per-identity limits, and runs the periodic sweep the detectors
+ * hang off. Everything else holds a Flow reference handed out here or reads `list()`/`get()`.
+ *
+ * Events: 'open' (flow), 'close' (flow), 'sweep' (now: number, active: ReadonlyMap<string, Flow>),
+ * 'attributed' (flow).
+ */
+import { EventEmitter } from 'node:events';
+import { randomBytes } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+import type { Decision, ProcessInfo } from '../../policy/types.ts';
+import { communityId } from './community-id.ts';
+import { Flow, type FlowInit, type FlowRecord, withProcess } from './flow.ts';
+import type { FlowSink } from './flow-log.ts';
+
+export interface FlowTableOptions {
+  sink: FlowSink;
+  /** How many closed flows to keep for the admin API. */
+  keepClosed?: number;
+  /** Interim records for flows older than this; 0 = never. */
+  interimSec?: number;
+  sampleIntervalMs?: number;
+  /** Injected clock (tests, replay). */
+  now?: () => number;
+}
+
+export interface FlowFilter {
+  state?: 'active' | 'closed';
+  user?: string;
+  host?: string;
+  process?: string;
+  destination?: string;
+  verdict?: string;
+  limit?: number;
+  offset?: number;
+}
+
+interface RateWindow {
+  second: number;
+  count: number;
+}
+
+/** Key under which limits are counted: the user if known, else the host, else the client address. */
+export function identityKey(flow: Pick<Flow, 'identity' | 'client'>): string {
+  return flow.identity.user ? `u:${flow.identity.user}` : flow.identity.host ? `h:${flow.identity.host}` : `a:${flow.client.ip}`;
+}
+
+export class FlowTable extends EventEmitter {
+  private readonly active = new Map<string, Flow>();
+  private readonly closed: Flow[] = [];
+  private closedStart = 0;
+  private readonly byClient = new Map<string, Flow>();
+  private readonly perIdentity = new Map<string, number>();
+  private readonly rate = new Map<string, RateWindow>();
+  /** Attributions that arrived before their flow (agent reports race the connection). */
+  private readonly pendingProcess = new LRUCache<string, ProcessInfo>({ max: 50_000, ttl: 30_000 });
+  private readonly keepClosed: number;
+  private interimMs: number;
+  private sampleIntervalMs: number;
+  private timer: NodeJS.Timeout | null = null;
+  private readonly idPrefix = randomBytes(3).toString('hex');
+  private seq = 0;
+  readonly now: () => number;
+  readonly sink: FlowSink;
+  totalOpened = 0;
+  totalClosed = 0;
+
+  constructor(opts: FlowTableOptions) {
+    super();
+    this.sink = opts.sink;
+    this.keepClosed = opts.keepClosed ?? 10_000;
+    this.interimMs = (opts.interimSec ?? 60) * 1000;
+    this.sampleIntervalMs = opts.sampleIntervalMs ?? 1000;
+    this.now = opts.now ?? Date.now;
+  }
+
+  /** Open a flow. The caller must eventually `close()` it (or `kill()`). */
+  open(init: FlowInit): Flow {
+    const id = `${this.idPrefix}${(this.seq++).toString(36).padStart(6, '0')}`;
+    const flow = new Flow(id, init, this.now());
+    this.active.set(id, flow);
+    const ck = `${init.client.ip}:${init.client.port}`;
+    this.byClient.set(ck, flow);
+    const pending = this.pendingProcess.get(ck);
+    if (pending && !flow.identity.process) flow.identity = withProcess(flow.identity, pending);
+    const key = identityKey(flow);
+    this.perIdentity.set(key, (this.perIdentity.get(key) ?? 0) + 1);
+    this.totalOpened++;
+    this.emit('open', flow);
+    return flow;
+  }
+
+  /**
+   * Per-identity limits for a flow just opened: concurrency (counting this flow) and new flows in
+   * the current second. Returns true when the flow is within both.
+   */
+  withinLimits(flow: Flow, maxFlows: number, maxNewPerSec: number): boolean {
+    const key = identityKey(flow);
+    // Every attempt counts towards the rate, refused ones too: a client hammering the limit stays limited.
+    const second = Math.floor(flow.startedAt / 1000);
+    let w = this.rate.get(key);
+    if (!w || w.second !== second) {
+      if (this.rate.size > 100_000) this.rate.clear();
+      w = { second, count: 0 };
+      this.rate.set(key, w);
+    }
+    w.count++;
+    if (w.count > maxNewPerSec) return false;
+    return (this.perIdentity.get(key) ?? 0) <= maxFlows;
+  }
+
+  /** Record the admission decision and whether it was enforced. */
+  decide(flow: Flow, decision: Decision, enforced: boolean): void {
+    flow.applyDecision(decision, enforced);
+  }
+
+  /** The address actually dialled; computes the Community ID. */
+  setDestinationIp(flow: Flow, ip: string): void {
+    flow.destination = { ...flow.destination, ip };
+    flow.communityId = communityId(
+      flow.protocol === 'socks5-udp' ? 'udp' : 'tcp',
+      flow.client.ip,
+      flow.client.port,
+      ip,
+      flow.destination.port,
+    );
+  }
+
+  /** Change the destination (an HTTP keep-alive connection's next request is a new flow; UDP relays per datagram keep the first). */
+  setDestination(flow: Flow, host: string, port: number): void {
+    flow.destination = { host, ip: flow.destination.ip, port };
+  }
+
+  /** Mark the upstream dial as successful. */
+  markConnected(flow: Flow): void {
+    flow.isConnected = true;
+  }
+
+  /** Replace the authenticated identity of a live flow (user/host/roles); keeps the process. */
+  setIdentity(flow: Flow, identity: Flow['identity']): void {
+    flow.identity = identity.process ? identity : { ...identity, process: flow.identity.process };
+  }
+
+  /**
+   * Attach a process to the live flow whose client address is ip:port, or remember it briefly for
+   * a flow that has not opened yet. Returns the flow attributed, if any.
+   */
+  attribute(ip: string, port: number, process: ProcessInfo): Flow | null {
+    const ck = `${ip}:${port}`;
+    const flow = this.byClient.get(ck);
+    if (flow?.state !== 'active') {
+      this.pendingProcess.set(ck, process);
+      return null;
+    }
+    flow.identity = withProcess(flow.identity, process);
+    // Later flows on the same client connection (HTTP keep-alive) inherit it too.
+    this.pendingProcess.set(ck, process);
+    this.emit('attributed', flow);
+    return flow;
+  }
+
+  /** Close a flow once, write its record, keep it for the admin API. Idempotent. */
+  close(flow: Flow, reason: string): void {
+    if (flow.state === 'closed') return;
+    flow.state = 'closed';
+    flow.closeReason = reason;
+    flow.endedAt = this.now();
+    if (flow.bytesOut + flow.bytesIn !== flow.lastSampleBytes) flow.lastActivityAt = flow.endedAt;
+    this.active.delete(flow.id);
+    const ck = `${flow.client.ip}:${flow.client.port}`;
+    if (this.byClient.get(ck) === flow) this.byClient.delete(ck);
+    const key = identityKey(flow);
+    const n = (this.perIdentity.get(key) ?? 1) - 1;
+    if (n <= 0) this.perIdentity.delete(key);
+    else this.perIdentity.set(key, n);
+    this.remember(flow);
+    this.totalClosed++;
+    this.sink.write(flow.toRecord(flow.endedAt));
+    this.emit('close', flow);
+  }
+
+  /** Tear a live flow down now (detector kill, admin DELETE). Returns false if it is not live. */
+  kill(id: string, reason: string): boolean {
+    const flow = this.active.get(id);
+    if (!flow) return false;
+    const abort = flow.abort;
+    flow.abort = null;
+    this.close(flow, reason);
+    abort?.(reason);
+    return true;
+  }
+
+  get(id: string): Flow | undefined {
+    return this.active.get(id) ?? this.closed.find((f) => f.id === id);
+  }
+
+  get activeCount(): number {
+    return this.active.size;
+  }
+
+  /** Read-only view of the live flows (the detectors' input). */
+  activeFlows(): ReadonlyMap<string, Flow> {
+    return this.active;
+  }
+
+  /** Records matching a filter, newest first. */
+  list(filter: FlowFilter = {}): FlowRecord[] {
+    const now = this.now();
+    const out: FlowRecord[] = [];
+    const limit = filter.limit ?? 100;
+    let skip = filter.offset ?? 0;
+    const match = (f: Flow): boolean =>
+      (!filter.user || f.identity.user === filter.user) &&
+      (!filter.host || f.identity.host === filter.host) &&
+      (!filter.process || f.identity.process?.name === filter.process) &&
+      (!filter.destination || f.destination.host === filter.destination || f.destination.ip === filter.destination) &&
+      (!filter.verdict || f.verdict === filter.verdict);
+    const take = (f: Flow): boolean => {
+      if (!match(f)) return true;
+      if (skip > 0) {
+        skip--;
+        return true;
+      }
+      out.push(f.toRecord(now));
+      return out.length < limit;
+    };
+    if (filter.state !== 'closed') {
+      const live = [...this.active.values()];
+      for (let i = live.length - 1; i >= 0; i--) if (!take(live[i] as Flow)) return out;
+    }
+    if (filter.state !== 'active') {
+      for (let i = this.closed.length - 1; i >= 0; i--) {
+        const f = this.closed[(this.closedStart + i) % this.closed.length] as Flow;
+        if (!take(f)) return out;
+      }
+    }
+    return out;
+  }
+
+  /** Start the periodic sweep (activity sampling, interim records, 'sweep' event). */
+  start(sampleIntervalMs = this.sampleIntervalMs, interimSec?: number): void {
+    this.sampleIntervalMs = sampleIntervalMs;
+    if (interimSec !== undefined) this.interimMs = interimSec * 1000;
+    this.stop();
+    this.timer = setInterval(() => this.sweep(), this.sampleIntervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  /** One sweep: O(active flows). Public so replay and tests can drive it with a virtual clock. */
+  sweep(now = this.now()): void {
+    for (const flow of this.active.values()) {
+      const bytes = flow.bytesOut + flow.bytesIn;
+      if (bytes !== flow.lastSampleBytes) {
+        flow.lastSampleBytes = bytes;
+        flow.lastActivityAt = now;
+      }
+      if (this.interimMs > 0 && now - flow.lastInterimAt >= this.interimMs) {
+        flow.lastInterimAt = now;
+        this.sink.write(flow.toRecord(now, true));
+      }
+    }
+    this.emit('sweep', now, this.active);
+  }
+
+  private remember(flow: Flow): void {
+    if (this.keepClosed <= 0) return;
+    if (this.closed.length < this.keepClosed) {
+      this.closed.push(flow);
+      return;
+    }
+    this.closed[this.closedStart] = flow;
+    this.closedStart = (this.closedStart + 1) % this.keepClosed;
+  }
+}

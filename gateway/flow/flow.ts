@@ -1,0 +1,141 @@
+/**
+ * A live or closed flow and its canonical record (SPEC §5). Only the FlowTable creates, mutates
+ * identity/verdict/state of a Flow and closes it; the tunnel that carries a flow adds to its byte
+ * counters (one addition per chunk) and registers `abort`.
+ */
+import type { Decision, DetectorName, Identity, MatchedRule, ProcessInfo, Protocol, ReasonCode, Verdict } from '../../policy/types.ts';
+
+export type FlowState = 'active' | 'closed';
+
+export interface FlowDestination {
+  host: string;
+  ip: string | null;
+  port: number;
+}
+
+export interface FlowInit {
+  protocol: Protocol;
+  listener: 'http' | 'https' | 'socks';
+  client: { ip: string; port: number };
+  identity: Identity;
+  destination: FlowDestination;
+}
+
+/** The JSON record written to the flow log and served by the admin API (SPEC §5). */
+export interface FlowRecord {
+  id: string;
+  protocol: Protocol;
+  client: { ip: string; port: number };
+  identity: Identity;
+  destination: FlowDestination;
+  startedAt: string;
+  lastActivityAt: string;
+  endedAt: string | null;
+  durationMs: number;
+  bytesOut: number;
+  bytesIn: number;
+  verdict: Verdict;
+  enforced: boolean;
+  reason: ReasonCode | null;
+  detector: DetectorName | null;
+  state: FlowState;
+  closeReason: string | null;
+  communityId: string | null;
+  matchedRule: MatchedRule | null;
+  reasons: readonly string[];
+  intermediate?: true;
+}
+
+export class Flow {
+  readonly id: string;
+  readonly protocol: Protocol;
+  readonly listener: FlowInit['listener'];
+  readonly client: { readonly ip: string; readonly port: number };
+  identity: Identity;
+  destination: FlowDestination;
+  readonly startedAt: number;
+  lastActivityAt: number;
+  endedAt: number | null = null;
+  /** Payload bytes sent to the destination / received from it (no proxy handshake). */
+  bytesOut = 0;
+  bytesIn = 0;
+  verdict: Verdict = 'allow';
+  enforced = false;
+  reason: ReasonCode | null = null;
+  detector: DetectorName | null = null;
+  matchedRule: MatchedRule | null = null;
+  reasons: readonly string[] = [];
+  state: FlowState = 'active';
+  closeReason: string | null = null;
+  communityId: string | null = null;
+  /** Did the upstream dial succeed? false = failed/refused connect (the scan detectors read it). */
+  isConnected = false;
+  /** Byte budget towards the destination (an0080.bulk-upload kill); Infinity = none. The tunnel enforces it. */
+  budgetOut = Number.POSITIVE_INFINITY;
+  /**
+   * Asked by the tunnel when the next chunk would cross `budgetOut`: true = cut the flow at exactly
+   * the budget; false = lift the budget and carry on (monitor mode, or the ratio rule did not hold).
+   */
+  onBudget: ((flow: Flow) => boolean) | null = null;
+  /** Registered by whoever holds the sockets: tears both sides down at once (TCP reset). */
+  abort: ((reason: string) => void) | null = null;
+  /** Sweep bookkeeping (owned by FlowTable). */
+  lastSampleBytes = 0;
+  lastInterimAt: number;
+
+  constructor(id: string, init: FlowInit, now: number) {
+    this.id = id;
+    this.protocol = init.protocol;
+    this.listener = init.listener;
+    this.client = init.client;
+    this.identity = init.identity;
+    this.destination = init.destination;
+    this.startedAt = now;
+    this.lastActivityAt = now;
+    this.lastInterimAt = now;
+  }
+
+  /** Apply a decision's fields (FlowTable calls this). */
+  applyDecision(decision: Decision, enforced: boolean): void {
+    this.verdict = decision.verdict;
+    this.reason = decision.reason;
+    this.detector = decision.detector;
+    this.matchedRule = decision.matchedRule;
+    this.reasons = decision.reasons;
+    this.enforced = enforced;
+  }
+
+  /** The canonical record. */
+  toRecord(now: number, intermediate = false): FlowRecord {
+    const end = this.endedAt ?? now;
+    const rec: FlowRecord = {
+      id: this.id,
+      protocol: this.protocol,
+      client: { ip: this.client.ip, port: this.client.port },
+      identity: this.identity,
+      destination: { ...this.destination },
+      startedAt: new Date(this.startedAt).toISOString(),
+      lastActivityAt: new Date(this.lastActivityAt).toISOString(),
+      endedAt: this.endedAt === null ? null : new Date(this.endedAt).toISOString(),
+      durationMs: end - this.startedAt,
+      bytesOut: this.bytesOut,
+      bytesIn: this.bytesIn,
+      verdict: this.verdict,
+      enforced: this.enforced,
+      reason: this.reason,
+      detector: this.detector,
+      state: this.state,
+      closeReason: this.closeReason,
+      communityId: this.communityId,
+      matchedRule: this.matchedRule,
+      reasons: this.reasons,
+    };
+    if (intermediate) rec.intermediate = true;
+    return rec;
+  }
+}
+
+/** Identity with a process attached (attribution never changes user/host/roles). */
+export function withProcess(identity: Identity, process: ProcessInfo): Identity {
+  return { ...identity, process };
+}

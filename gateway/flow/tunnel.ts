@@ -1,0 +1,149 @@
+/**
+ * Pipe a downstream (client) socket and an upstream (destination) socket for one flow:
+ * - exact payload metering: one addition per chunk into flow.bytesOut / flow.bytesIn;
+ * - backpressure both ways (write() === false → pause the other side until 'drain');
+ * - half-close both ways (a FIN from one side is passed on; the flow ends when both sides ended);
+ * - a byte budget towards the destination: not one byte past flow.budgetOut is written upstream;
+ * - idle timeout on both sockets; idempotent cleanup that removes every listener it added;
+ * - flow.abort = reset both sides at once (detector kill, admin DELETE).
+ */
+import type { Socket } from 'node:net';
+import type { FlowTable } from './flow-table.ts';
+import type { Flow } from './flow.ts';
+
+export interface TunnelOptions {
+  idleTimeoutMs: number;
+  /** Bytes the client already sent after its handshake (they belong upstream). */
+  head?: Buffer;
+  /** Called when the flow crosses its byte budget (the detection engine raises the alert). */
+  onBudgetExceeded?: (flow: Flow) => void;
+}
+
+/** Start piping; the FlowTable closes the flow when the tunnel ends. */
+export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, opts: TunnelOptions): void {
+  let downEnded = false;
+  let upEnded = false;
+  let done = false;
+
+  const finish = (reason: string): void => {
+    if (done) return;
+    done = true;
+    down.removeListener('data', onDownData);
+    up.removeListener('data', onUpData);
+    down.removeListener('end', onDownEnd);
+    up.removeListener('end', onUpEnd);
+    down.removeListener('drain', onDownDrain);
+    up.removeListener('drain', onUpDrain);
+    down.removeListener('timeout', onTimeout);
+    up.removeListener('timeout', onTimeout);
+    down.removeListener('close', onDownClose);
+    up.removeListener('close', onUpClose);
+    // Keep an error listener so late errors on destroyed sockets never crash the process.
+    down.on('error', ignore);
+    up.on('error', ignore);
+    flows.close(flow, reason);
+  };
+
+  const writeUp = (data: Buffer): void => {
+    let chunk = data;
+    const room = flow.budgetOut - flow.bytesOut;
+    if (chunk.length > room) {
+      // The budget is exact: forward what fits, then cut the flow (both sides reset) — unless the
+      // detection engine lets it run on (monitor mode, or not an upload after all).
+      if (room > 0) {
+        flow.bytesOut += room;
+        up.write(chunk.subarray(0, room));
+      }
+      const cut = flow.onBudget ? flow.onBudget(flow) : true;
+      if (cut) {
+        opts.onBudgetExceeded?.(flow);
+        abort('an0080.bulk-upload');
+        return;
+      }
+      flow.budgetOut = Number.POSITIVE_INFINITY;
+      if (room > 0) chunk = chunk.subarray(room);
+    }
+    flow.bytesOut += chunk.length;
+    if (!up.write(chunk)) down.pause();
+  };
+
+  const onDownData = (chunk: Buffer): void => writeUp(chunk);
+  const onUpData = (chunk: Buffer): void => {
+    flow.bytesIn += chunk.length;
+    if (!down.write(chunk)) up.pause();
+  };
+  const onDownDrain = (): void => {
+    up.resume();
+  };
+  const onUpDrain = (): void => {
+    down.resume();
+  };
+  const onDownEnd = (): void => {
+    downEnded = true;
+    up.end();
+    if (upEnded) finish('closed');
+  };
+  const onUpEnd = (): void => {
+    upEnded = true;
+    down.end();
+    if (downEnded) finish('closed');
+  };
+  const onTimeout = (): void => abort('idle-timeout');
+  const onDownClose = (): void => {
+    if (!done) {
+      up.destroy();
+      finish(downEnded ? 'closed' : 'client-reset');
+    }
+  };
+  const onUpClose = (): void => {
+    if (!done) {
+      // Let what the upstream sent reach the client before closing it.
+      if (upEnded) down.end();
+      else down.destroy();
+      finish(upEnded ? 'closed' : 'upstream-reset');
+    }
+  };
+  const onError = (): void => {
+    // 'close' follows every 'error'; the close handlers decide the reason.
+  };
+
+  function abort(reason: string): void {
+    flow.abort = null;
+    if (!done) finish(reason);
+    down.resetAndDestroy();
+    up.resetAndDestroy();
+  }
+
+  flow.abort = (reason: string) => {
+    // FlowTable.kill() has already closed the flow with the kill reason.
+    done = true;
+    down.resetAndDestroy();
+    up.resetAndDestroy();
+    void reason;
+  };
+
+  flows.markConnected(flow);
+  down.on('data', onDownData);
+  up.on('data', onUpData);
+  down.on('drain', onDownDrain);
+  up.on('drain', onUpDrain);
+  down.on('end', onDownEnd);
+  up.on('end', onUpEnd);
+  down.on('error', onError);
+  up.on('error', onError);
+  down.on('close', onDownClose);
+  up.on('close', onUpClose);
+  if (opts.idleTimeoutMs > 0) {
+    down.setTimeout(opts.idleTimeoutMs, onTimeout);
+    up.setTimeout(opts.idleTimeoutMs, onTimeout);
+  }
+  if (opts.head && opts.head.length > 0) writeUp(opts.head);
+  // A FIN that came with the handshake (request + payload + FIN in one go) emitted 'end' before
+  // these listeners existed, even on a paused socket: pass it on now or the flow never ends.
+  if (!done && down.readableEnded) onDownEnd();
+  if (!done && up.readableEnded) onUpEnd();
+  if (down.isPaused()) down.resume();
+  if (up.isPaused()) up.resume();
+}
+
+function ignore(): void {}

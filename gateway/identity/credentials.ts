@@ -1,0 +1,102 @@
+/**
+ * Username/password checks for Proxy-Authorization Basic (HTTP) and RFC 1929 (SOCKS5).
+ *
+ * Built once per policy snapshot. Plain passwords are kept only as their sha256 so every comparison
+ * is a `timingSafeEqual` over two 32-byte digests, whatever the lengths of the strings. scrypt hashes
+ * are checked on the libuv pool; the answer (a promise, so concurrent logins with the same
+ * credentials share one scrypt run) is cached in an LRU keyed by sha256(user, password) with a
+ * short TTL. At most half the libuv pool runs scrypt at once (work-limiter.ts), so DNS keeps its
+ * threads during a login burst. The cache lives in the per-snapshot object: a reload that changes
+ * a password forgets every cached answer at once.
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+import type { UserConfig } from '../../policy/config.ts';
+import { DEFAULT_SCRYPT_PARAMS, type ParsedPasswordHash, parsePasswordHash, verifyParsedHash } from './password-hash.ts';
+import { scryptLimiter } from './work-limiter.ts';
+
+type StoredSecret = { readonly kind: 'plain'; readonly digest: Buffer } | { readonly kind: 'scrypt'; readonly parsed: ParsedPasswordHash };
+
+export interface CredentialStats {
+  /** scrypt derivations actually run (cache misses on scrypt users, and decoys). */
+  scryptRuns: number;
+  cacheHits: number;
+}
+
+export interface CredentialCheckerOptions {
+  /** Cached answers live this long (ms). */
+  cacheTtlMs?: number;
+  cacheMax?: number;
+}
+
+function sha256(...parts: string[]): Buffer {
+  const h = createHash('sha256');
+  // A NUL between parts keeps ("ab","c") and ("a","bc") apart; NUL cannot occur in a Basic user name.
+  for (const p of parts) h.update(p).update('\0');
+  return h.digest();
+}
+
+/** Verifies user/password pairs against `identity.users` of one snapshot. */
+export class CredentialChecker {
+  private readonly users = new Map<string, StoredSecret>();
+  private readonly cache: LRUCache<string, Promise<boolean>>;
+  /** Decoy used for unknown users, so "no such user" costs what "wrong password" costs. */
+  private readonly decoy: StoredSecret;
+
+  constructor(
+    users: readonly UserConfig[],
+    private readonly stats: CredentialStats,
+    opts: CredentialCheckerOptions = {},
+  ) {
+    let anyScrypt: ParsedPasswordHash | null = null;
+    for (const u of users) {
+      if (this.users.has(u.name)) continue; // first definition wins, as in rolesFor's user map
+      if (u.passwordHash !== undefined) {
+        const parsed = parsePasswordHash(u.passwordHash);
+        // An invalid hash (load-config rejects it) leaves the user unable to log in, never open.
+        if ('error' in parsed) continue;
+        this.users.set(u.name, { kind: 'scrypt', parsed });
+        anyScrypt ??= parsed;
+      } else if (u.password !== undefined) {
+        this.users.set(u.name, { kind: 'plain', digest: sha256(u.password) });
+      }
+    }
+    this.decoy =
+      anyScrypt === null
+        ? { kind: 'plain', digest: randomBytes(32) }
+        : { kind: 'scrypt', parsed: { ...DEFAULT_SCRYPT_PARAMS, ...pickParams(anyScrypt), salt: randomBytes(16), hash: randomBytes(anyScrypt.hash.length) } };
+    this.cache = new LRUCache({ max: opts.cacheMax ?? 4096, ttl: opts.cacheTtlMs ?? 60_000 });
+  }
+
+  /** True when a user of this name is configured with a password or hash. */
+  hasUser(name: string): boolean {
+    return this.users.has(name);
+  }
+
+  /** Checks one pair; resolves false for unknown users and wrong passwords alike. */
+  verify(username: string, password: string): Promise<boolean> {
+    const stored = this.users.get(username);
+    const isKnown = stored !== undefined;
+    const target = stored ?? this.decoy;
+    if (target.kind === 'plain') {
+      // Cheap: no cache needed, and not caching keeps wrong plain passwords out of memory.
+      return Promise.resolve(timingSafeEqual(sha256(password), target.digest) && isKnown);
+    }
+    const key = sha256(username, password).toString('base64');
+    const hit = this.cache.get(key);
+    if (hit !== undefined) {
+      this.stats.cacheHits++;
+      return hit;
+    }
+    this.stats.scryptRuns++;
+    const answer = scryptLimiter.run(() => verifyParsedHash(password, target.parsed)).then((ok) => ok && isKnown);
+    this.cache.set(key, answer);
+    // A failed derivation (never expected for parsed params) must not stay cached as a rejection.
+    answer.catch(() => this.cache.delete(key));
+    return answer;
+  }
+}
+
+function pickParams(p: ParsedPasswordHash): { N: number; r: number; p: number } {
+  return { N: p.N, r: p.r, p: p.p };
+}

@@ -1,0 +1,83 @@
+/**
+ * `CONNECT host:port` (RFC 9110 §9.3.6): admission, dial exactly the checked address, answer
+ * `200 Connection Established`, then hand both sockets to the tunnel. Bytes the client sent after
+ * the CONNECT head (`head`) are payload: the tunnel writes them upstream and counts them in
+ * bytesOut. The CONNECT head and our 200 are the proxy handshake and never counted.
+ */
+import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { failFlow } from '../admission.ts';
+import { tunnel } from '../flow/tunnel.ts';
+import { parseAuthority } from '../protocol/authority.ts';
+import { mapError } from '../reject.ts';
+import { dial } from '../upstream/dial.ts';
+import type { HttpListenerState } from './http-proxy.ts';
+import { refusalDetails, writeRawRefusal } from './http-refusal.ts';
+
+const ESTABLISHED = 'HTTP/1.1 200 Connection Established\r\n\r\n';
+
+/**
+ * Watch a detached client socket while admission and the dial run: bytes stay queued (paused), an
+ * early close is noticed, and an error never goes unhandled. Returns a function that stops watching.
+ */
+export function holdClient(socket: Duplex): { isGone: () => boolean; release: () => void } {
+  let gone = false;
+  const onClose = (): void => {
+    gone = true;
+  };
+  const onError = (): void => {
+    gone = true;
+  };
+  socket.pause();
+  socket.on('close', onClose);
+  socket.on('error', onError);
+  return {
+    isGone: () => gone || socket.destroyed,
+    release: () => {
+      socket.removeListener('close', onClose);
+      socket.removeListener('error', onError);
+    },
+  };
+}
+
+/** Handle one CONNECT request on a detached client socket. Never throws for client mistakes. */
+export async function handleConnect(state: HttpListenerState, req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+  const { ctx } = state;
+  const hold = holdClient(socket);
+  const authority = parseAuthority(req.url ?? '', null);
+  if (!authority) {
+    hold.release();
+    ctx.log.warn({ client: req.socket.remoteAddress, target: req.url?.slice(0, 256) }, 'bad CONNECT target refused');
+    writeRawRefusal(socket, mapError('EGW_BAD_REQUEST'), { flowId: null, isBlock: false });
+    return;
+  }
+  const result = await state.admitRequest(req, 'connect', authority.host, authority.port);
+  if (!result.ok) {
+    hold.release();
+    writeRawRefusal(socket, result.reject, refusalDetails(result));
+    return;
+  }
+  const { flow } = result;
+  const limits = result.snapshot.config.limits;
+  let upstream: Socket;
+  try {
+    upstream = await dial({ ip: result.ip, port: authority.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs });
+  } catch (err) {
+    hold.release();
+    const mapping = failFlow(ctx, flow, err);
+    ctx.log.warn({ flowId: flow.id, reason: mapping.reason, err: (err as Error).message }, 'CONNECT dial failed');
+    writeRawRefusal(socket, mapping, { flowId: flow.id, isBlock: false });
+    return;
+  }
+  hold.release();
+  if (hold.isGone() || flow.state !== 'active') {
+    // The client left while we dialled, or the flow was killed meanwhile.
+    upstream.destroy();
+    socket.destroy();
+    ctx.flows.close(flow, 'client-reset');
+    return;
+  }
+  socket.write(ESTABLISHED);
+  tunnel(ctx.flows, flow, socket as Socket, upstream, { idleTimeoutMs: limits.idleTimeoutMs, head });
+}

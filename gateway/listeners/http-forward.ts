@@ -1,0 +1,244 @@
+/**
+ * The absolute-URI path: one admitted request (`GET http://host/…`) sent to its origin with undici
+ * and the response streamed back, never buffered whole.
+ *
+ * Pinning: the undici origin is `http://<checked ip>:<port>`, so undici never resolves a name; the
+ * origin still sees `Host: <name>`. One Agent keeps a keep-alive pool per ip:port (connections to
+ * one address are shared by every virtual host on it, as a forward proxy's should be); a parent
+ * proxy gets an Agent of its own whose connect step goes through gateway/upstream/dial.ts.
+ *
+ * Metering (SPEC §5, payload only): `bytesOut` = request body bytes undici wrote to the origin
+ * connection (its `onBodySent`, after de-chunking: the client's chunk framing is not payload);
+ * `bytesIn` = response body bytes received from the origin (`onData`, after undici removed the
+ * origin's chunk framing). Request and response heads are the proxy handshake and never counted.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { Agent, type Dispatcher } from 'undici';
+import type { Admitted } from '../admission.ts';
+import type { GatewayContext } from '../context.ts';
+import { dialErrorCode, GatewayError, type GatewayErrorCode } from '../errors.ts';
+import { formatAuthority } from '../protocol/authority.ts';
+import { mapError } from '../reject.ts';
+import { dial } from '../upstream/dial.ts';
+import { forwardResponseHeaders } from './http-headers.ts';
+import { sendRefusal } from './http-refusal.ts';
+
+/** The undici dispatchers of one listener: direct, and one per parent proxy URL. */
+export class OriginAgents {
+  private readonly direct: Agent;
+  private readonly viaUpstream = new Map<string, Agent>();
+  private readonly connectTimeoutMs: number;
+
+  constructor(connectTimeoutMs: number) {
+    this.connectTimeoutMs = connectTimeoutMs;
+    // keepAliveTimeout below typical origin defaults (5 s) so we rarely reuse a socket the origin is closing.
+    this.direct = new Agent({ connect: { timeout: connectTimeoutMs, noDelay: true }, keepAliveTimeout: 4000, pipelining: 1 });
+  }
+
+  /** The dispatcher for a flow: direct to the pinned address, or through its parent proxy. */
+  for(upstream: string | null): Agent {
+    if (!upstream) return this.direct;
+    let agent = this.viaUpstream.get(upstream);
+    if (!agent) {
+      const timeoutMs = this.connectTimeoutMs;
+      agent = new Agent({
+        keepAliveTimeout: 4000,
+        pipelining: 1,
+        // The origin is always an IP literal here, so the parent proxy is asked for exactly that address.
+        connect: (opts, callback) => {
+          dial({ ip: opts.hostname.replace(/^\[|\]$/g, ''), port: Number(opts.port) || 80, upstream, timeoutMs }).then(
+            (socket: Socket) => callback(null, socket),
+            (err: Error) => callback(err, null),
+          );
+        },
+      });
+      this.viaUpstream.set(upstream, agent);
+    }
+    return agent;
+  }
+
+  /** Close every pooled origin connection (drain / tests). */
+  async close(): Promise<void> {
+    const all = [this.direct, ...this.viaUpstream.values()];
+    this.viaUpstream.clear();
+    await Promise.all(all.map((a) => a.destroy().catch(() => undefined)));
+  }
+}
+
+/** Turn an undici / socket error into a gateway code, once, here. */
+export function undiciErrorCode(err: unknown): GatewayErrorCode {
+  if (err instanceof GatewayError) return err.code;
+  const code = (err as { code?: unknown } | null)?.code;
+  switch (code) {
+    case 'UND_ERR_CONNECT_TIMEOUT':
+    case 'UND_ERR_HEADERS_TIMEOUT':
+    case 'UND_ERR_BODY_TIMEOUT':
+      return 'EGW_DIAL_TIMEOUT';
+    case 'UND_ERR_SOCKET':
+    case 'UND_ERR_CLOSED':
+    case 'UND_ERR_DESTROYED':
+      return 'EGW_UPSTREAM_RESET';
+    case 'UND_ERR_INVALID_ARG':
+    case 'UND_ERR_NOT_SUPPORTED':
+    case 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH':
+      return 'EGW_BAD_REQUEST';
+    default:
+      return dialErrorCode(err);
+  }
+}
+
+export interface ForwardTarget {
+  /** Origin-form request target, exactly as the client wrote it after the authority. */
+  readonly path: string;
+  /** Headers for the origin (hop-by-hop and identity headers already removed, Host and Via set). */
+  readonly headers: string[];
+  readonly hasBody: boolean;
+}
+
+/**
+ * Send one admitted request to its origin and stream the answer back. The flow is closed exactly
+ * once, when the exchange ends (`closed`), the client goes away (`client-reset`), or the origin
+ * fails (the failure's reason; before any response byte the client gets the refusal body).
+ */
+export function forwardRequest(
+  ctx: GatewayContext,
+  agents: OriginAgents,
+  admitted: Admitted,
+  req: IncomingMessage,
+  res: ServerResponse,
+  target: ForwardTarget,
+  awaitingOrigin: WeakSet<object>,
+): void {
+  const { flow, snapshot } = admitted;
+  // Kept: undici detaches `req.socket` once it has consumed the request body.
+  const clientSocket = req.socket;
+  const idleTimeoutMs = snapshot.config.limits.idleTimeoutMs;
+  let abortUpstream: ((err?: Error) => void) | null = null;
+  let isUpstreamDone = false;
+  let isClientGone = false;
+  let isConnected = false;
+
+  const finish = (reason: string): void => {
+    if (flow.state === 'active') ctx.flows.close(flow, reason);
+  };
+  // The client may have gone while admission ran; its 'close' has then already been emitted.
+  if (res.destroyed || clientSocket.destroyed) {
+    finish('client-reset');
+    return;
+  }
+
+  // A detector kill or admin DELETE: cut both sides now.
+  flow.abort = () => {
+    isClientGone = true;
+    abortUpstream?.(new GatewayError('EGW_UPSTREAM_RESET', 'flow killed'));
+    res.destroy();
+    clientSocket.resetAndDestroy();
+  };
+
+  res.once('close', () => {
+    if (isUpstreamDone && res.writableFinished) {
+      finish('closed');
+      return;
+    }
+    isClientGone = true;
+    abortUpstream?.(new GatewayError('EGW_UPSTREAM_RESET', 'client went away'));
+    finish('client-reset');
+  });
+
+  let resume: (() => void) | null = null;
+  const onDrain = (): void => resume?.();
+  const budget = flow.budgetOut;
+
+  const handler: Dispatcher.DispatchHandler = {
+    onConnect(abort) {
+      abortUpstream = abort;
+      if (!isConnected) {
+        isConnected = true;
+        ctx.flows.markConnected(flow);
+      }
+      if (isClientGone) abort(new GatewayError('EGW_UPSTREAM_RESET', 'client went away'));
+    },
+    onBodySent(chunk: unknown) {
+      // undici passes the chunk itself (its typings say a size); accept both.
+      flow.bytesOut += typeof chunk === 'number' ? chunk : Buffer.byteLength(chunk as Buffer);
+    },
+    onHeaders(statusCode, rawHeaders, resumeFn, statusText) {
+      if (statusCode < 200) return true; // 1xx: node answered Expect itself; nothing else to relay
+      awaitingOrigin.delete(clientSocket);
+      resume = resumeFn;
+      res.on('drain', onDrain);
+      const headers = forwardResponseHeaders(rawHeaders);
+      // While draining, this client connection carries no further request.
+      if (ctx.isDraining()) headers.push('connection', 'close');
+      res.writeHead(statusCode, statusText, headers);
+      return true;
+    },
+    onData(chunk) {
+      flow.bytesIn += chunk.length;
+      return res.write(chunk);
+    },
+    onComplete() {
+      isUpstreamDone = true;
+      res.end();
+    },
+    onError(err) {
+      isUpstreamDone = true;
+      awaitingOrigin.delete(clientSocket);
+      if (isClientGone) {
+        finish('client-reset');
+        return;
+      }
+      const code = undiciErrorCode(err);
+      const mapping = mapError(code);
+      if (res.headersSent) {
+        // Mid-response: the client must see a truncated body, not a clean end.
+        finish(mapping.reason);
+        res.destroy();
+        return;
+      }
+      if (!isConnected) ctx.detection?.onConnectFailed(flow);
+      ctx.log.warn({ flowId: flow.id, code, err: (err as Error).message }, 'origin request failed');
+      finish(mapping.reason);
+      sendRefusal(res, mapping, { flowId: flow.id, isBlock: false }, !req.complete);
+    },
+  };
+
+  let body: IncomingMessage | AsyncIterable<Buffer> | null = null;
+  if (target.hasBody) body = Number.isFinite(budget) ? budgeted(req, budget, () => ctx.flows.kill(flow.id, 'budget-exceeded')) : req;
+
+  const opts: Dispatcher.DispatchOptions = {
+    origin: `http://${formatAuthority(admitted.ip, flow.destination.port)}`,
+    path: target.path,
+    method: req.method as Dispatcher.HttpMethod,
+    headers: target.headers,
+    body: body as Dispatcher.DispatchOptions['body'],
+    headersTimeout: idleTimeoutMs,
+    bodyTimeout: idleTimeoutMs,
+  };
+  awaitingOrigin.add(clientSocket);
+  try {
+    agents.for(admitted.upstream).dispatch(opts, handler);
+  } catch (err) {
+    handler.onError?.(err as Error);
+  }
+}
+
+/**
+ * A request body that stops at the flow's byte budget (an0080 kill): what fits is sent, then the
+ * flow is cut, so not one byte past the budget reaches the origin. Only used when a budget is set;
+ * the common path hands `req` to undici directly.
+ */
+async function* budgeted(req: IncomingMessage, budget: number, onExceeded: () => void): AsyncGenerator<Buffer> {
+  let sent = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    const room = budget - sent;
+    if (chunk.length > room) {
+      if (room > 0) yield chunk.subarray(0, room);
+      onExceeded();
+      return;
+    }
+    sent += chunk.length;
+    yield chunk;
+  }
+}

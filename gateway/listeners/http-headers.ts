@@ -1,0 +1,127 @@
+/**
+ * Header rewriting for the absolute-URI path and Upgrade requests (RFC 9110 §7.6.1, RFC 9112 §3.2.2).
+ * Pure: raw header lists in, raw header lists out (flat `[name, value, name, value, …]`, the form
+ * node's `rawHeaders`, `res.writeHead(status, array)` and undici's `headers` all accept), so case and
+ * repeated fields (Set-Cookie) survive and nothing is re-parsed.
+ */
+
+/** Our Via entry (RFC 9110 §7.6.3): protocol version and a pseudonym, never our address. */
+export const VIA_VALUE = '1.1 egressgate';
+
+/**
+ * Always removed in both directions: the hop-by-hop fields of RFC 9110 §7.6.1 plus the proxy's own
+ * credentials and challenges. `Host` is rebuilt from the request target (RFC 9112 §3.2.2), and
+ * `Expect` is answered by our own server (node sends 100 Continue), so neither is passed on.
+ */
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'proxy-authorization',
+  'proxy-authenticate',
+]);
+
+/** Connection tokens that are options, not header names; nothing to strip for them. */
+const CONNECTION_OPTIONS = new Set(['close', 'keep-alive', 'upgrade']);
+
+/**
+ * The header names listed in every Connection field (RFC 9110 §7.6.1: "Connection: x-foo" makes
+ * x-foo hop-by-hop). Returns null in the common case of none, so no Set is allocated per request.
+ */
+export function connectionNamedHeaders(raw: readonly string[]): Set<string> | null {
+  let named: Set<string> | null = null;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    if ((raw[i] as string).toLowerCase() !== 'connection') continue;
+    for (const token of (raw[i + 1] as string).split(',')) {
+      const name = token.trim().toLowerCase();
+      if (name.length === 0 || CONNECTION_OPTIONS.has(name)) continue;
+      named ??= new Set();
+      named.add(name);
+    }
+  }
+  return named;
+}
+
+export interface RequestHeaderOptions {
+  /** The request target's authority: the only Host the origin sees. */
+  readonly host: string;
+  /** Identity header names (lower-case) that must never leave the gateway. */
+  readonly stripped: ReadonlySet<string>;
+  /** An Upgrade request keeps its Upgrade field and gets `Connection: Upgrade` back. */
+  readonly upgrade?: string | null;
+}
+
+/** Headers to send to the origin for a forwarded request. */
+export function forwardRequestHeaders(raw: readonly string[], opts: RequestHeaderOptions): string[] {
+  const named = connectionNamedHeaders(raw);
+  const out: string[] = ['host', opts.host];
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || lower === 'host' || lower === 'expect') continue;
+    if (opts.stripped.has(lower) || named?.has(lower)) continue;
+    out.push(name, raw[i + 1] as string);
+  }
+  if (opts.upgrade) out.push('connection', 'Upgrade', 'upgrade', opts.upgrade);
+  out.push('via', VIA_VALUE);
+  return out;
+}
+
+/**
+ * Headers to send to the client for an origin's response (undici gives raw Buffers). Framing
+ * (Content-Length or chunked) is left to node's server, which re-frames for this client, unless
+ * `keepFraming` says the body is relayed byte for byte.
+ */
+export function forwardResponseHeaders(raw: readonly (Buffer | string)[], opts: { upgrade?: boolean; keepFraming?: boolean } = {}): string[] {
+  const strings: string[] = new Array(raw.length);
+  for (let i = 0; i < raw.length; i++) {
+    const v = raw[i] as Buffer | string;
+    strings[i] = typeof v === 'string' ? v : v.toString('latin1');
+  }
+  const named = connectionNamedHeaders(strings);
+  const out: string[] = [];
+  for (let i = 0; i + 1 < strings.length; i += 2) {
+    const name = strings[i] as string;
+    const lower = name.toLowerCase();
+    // A relayed raw body keeps its own framing; an upgrade keeps the fields that announce it.
+    if ((opts.upgrade && (lower === 'upgrade' || lower === 'connection')) || (opts.keepFraming && lower === 'transfer-encoding')) {
+      out.push(name, strings[i + 1] as string);
+      continue;
+    }
+    if (HOP_BY_HOP.has(lower) || named?.has(lower)) continue;
+    out.push(name, strings[i + 1] as string);
+  }
+  out.push('via', VIA_VALUE);
+  return out;
+}
+
+/** The value of the first header `name` (lower-case) in a raw list, or null. */
+export function rawHeader(raw: readonly string[], name: string): string | null {
+  for (let i = 0; i + 1 < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === name) return raw[i + 1] as string;
+  return null;
+}
+
+/**
+ * The user and password of a `Proxy-Authorization: Basic …` header, or null when absent or not
+ * Basic. A malformed Basic value yields an empty user so identity resolution refuses it.
+ */
+export function parseProxyBasic(value: string | undefined): { username: string; password: string } | null {
+  if (!value) return null;
+  const space = value.indexOf(' ');
+  if (space < 0 || value.slice(0, space).toLowerCase() !== 'basic') return null;
+  const decoded = Buffer.from(value.slice(space + 1).trim(), 'base64').toString('utf8');
+  const colon = decoded.indexOf(':');
+  if (colon < 0) return { username: '', password: '' };
+  return { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
+}
+
+/** A serialised request head for a raw upstream socket (the Upgrade path): origin-form target. */
+export function serialiseRequestHead(method: string, target: string, headers: readonly string[]): string {
+  let head = `${method} ${target} HTTP/1.1\r\n`;
+  for (let i = 0; i + 1 < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
+  return `${head}\r\n`;
+}

@@ -1,0 +1,228 @@
+/**
+ * The HTTP forward-proxy listener (SPEC §1): absolute-URI requests, `Upgrade`, and `CONNECT` tunnels,
+ * on node:http (strict parser; `insecureHTTPParser` stays off). Listening is main.ts's job.
+ *
+ * Flow of a connection:
+ *  1. accept: node's parser reads the head within `limits.headerTimeoutMs` and `limits.maxHeaderBytes`.
+ *     Anything it refuses (bad request line, smuggling shapes — CL with TE, duplicate CL, obs-fold,
+ *     bad TE —, oversized head, slowloris) lands in `clientError`: 400 / 431 / 408 as JSON, a warn
+ *     log line with the parser's reason, and the connection closed. Other connections never notice.
+ *  2. route by shape: `CONNECT host:port` → http-connect.ts; a request with `Upgrade` → http-upgrade.ts;
+ *     everything else must be an absolute `http://` URI (origin-form → 400: we are not an origin).
+ *  3. parse the authority (gateway/protocol/authority.ts): one normalised host and port, or 400.
+ *  4. a second smuggling guard on what node accepted: CL with TE, several CL, a TE that is not
+ *     exactly chunked → 400 and close; HTTP/0.9 → 400.
+ *  5. admission (gateway/admission.ts): identify (Proxy-Authorization Basic, trusted identity
+ *     headers, host inventory, local process) → limits → resolve once → self-dial guard → policy →
+ *     connect-time detectors. A refusal is answered through gateway/reject.ts and its flow is
+ *     already closed with the reason.
+ *  6. dial exactly the checked address: undici pool pinned to `http://ip:port` (absolute-URI), or
+ *     a socket from gateway/upstream/dial.ts (CONNECT, Upgrade); parent proxy if configured.
+ *  7. relay with metering: streamed request/response bodies (http-forward.ts) or the tunnel
+ *     (gateway/flow/tunnel.ts); backpressure and half-close both ways.
+ *  8. close the flow exactly once with its reason; keep-alive client connections go back to step 1
+ *     for their next request, which is a new flow.
+ */
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import type { Duplex } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
+import { type Admitted, admit, type Refused } from '../admission.ts';
+import { certSubjectOf } from '../identity/client-cert.ts';
+import type { GatewayContext, IdentityClaims } from '../context.ts';
+import type { GatewayErrorCode } from '../errors.ts';
+import type { Identity, PolicySnapshot, Protocol } from '../../policy/types.ts';
+import { mapError } from '../reject.ts';
+import { handleConnect } from './http-connect.ts';
+import { forwardRequest, OriginAgents } from './http-forward.ts';
+import { forwardRequestHeaders, parseProxyBasic } from './http-headers.ts';
+import { refusalDetails, sendRefusal, writeRawRefusal } from './http-refusal.ts';
+import { hostHeaderFor, parseAbsoluteTarget, smugglingShape } from './http-target.ts';
+import { handleUpgrade } from './http-upgrade.ts';
+
+export interface HttpProxyOptions {
+  tls?: { cert: string | Buffer; key: string | Buffer; ca?: string | Buffer; requestCert?: boolean };
+}
+
+/** What the request handlers of one listener share. */
+export interface HttpListenerState {
+  readonly ctx: GatewayContext;
+  readonly listener: 'http' | 'https';
+  readonly agents: OriginAgents;
+  /** Client sockets whose request waits on its origin: the origin's own timeouts govern them. */
+  readonly awaitingOrigin: WeakSet<object>;
+  /** Run admission for a request on this listener (identity cached per client connection). */
+  admitRequest(req: IncomingMessage, protocol: Protocol, host: string, port: number): Promise<Admitted | Refused>;
+  /** Identity headers never forwarded, for the current snapshot. */
+  strippedHeaders(snapshot: PolicySnapshot): ReadonlySet<string>;
+}
+
+/** An identity resolved on a keep-alive connection, reused while the credentials stay the same. */
+interface CachedIdentity {
+  key: string;
+  version: number;
+  identity: Identity;
+}
+
+/**
+ * Create the HTTP (or, with `opts.tls`, HTTPS) forward-proxy server for a gateway. The caller
+ * listens and closes it; `server.on('close')` releases the pooled origin connections.
+ */
+export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}): Server | HttpsServer {
+  const limits = ctx.policy.current().config.limits;
+  const serverOptions: ServerOptions = {
+    maxHeaderSize: limits.maxHeaderBytes,
+    headersTimeout: limits.headerTimeoutMs,
+    // The whole-request timeout would cut long uploads; the header timeout and idle timeout cover slow clients.
+    requestTimeout: 0,
+    // How often node checks header timeouts: often enough that a small headerTimeoutMs is honoured.
+    connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(limits.headerTimeoutMs / 4))),
+    keepAliveTimeout: 5000,
+    insecureHTTPParser: false,
+    // Absolute-URI requests carry their authority; Host is rebuilt from it (RFC 9112 §3.2.2).
+    requireHostHeader: false,
+    noDelay: true,
+  };
+  const listener = opts.tls ? 'https' : 'http';
+  const server: Server | HttpsServer = opts.tls
+    ? createHttpsServer({ ...serverOptions, cert: opts.tls.cert, key: opts.tls.key, ca: opts.tls.ca, requestCert: opts.tls.requestCert ?? false, rejectUnauthorized: false })
+    : createHttpServer(serverOptions);
+  server.timeout = limits.idleTimeoutMs;
+
+  const identities = new WeakMap<object, CachedIdentity>();
+  let strippedFor: PolicySnapshot | null = null;
+  let stripped: ReadonlySet<string> = new Set();
+
+  const state: HttpListenerState = {
+    ctx,
+    listener,
+    agents: new OriginAgents(limits.connectTimeoutMs),
+    awaitingOrigin: new WeakSet(),
+    strippedHeaders(snapshot) {
+      if (strippedFor !== snapshot) {
+        strippedFor = snapshot;
+        stripped = new Set(ctx.identity.strippedHeaders(snapshot).map((h) => h.toLowerCase()));
+      }
+      return stripped;
+    },
+    async admitRequest(req, protocol, host, port) {
+      const snapshot = ctx.policy.current();
+      const claims = claimsOf(req);
+      const headerNames = snapshot.config.identity.headers;
+      // The signed token is part of the key too: a new token (other user, later expiry) must be re-verified.
+      const signedName = headerNames.signed?.header.toLowerCase();
+      const key = `${req.headers['proxy-authorization'] ?? ''}\u0000${req.headers[headerNames.user.toLowerCase()] ?? ''}\u0000${req.headers[headerNames.host.toLowerCase()] ?? ''}\u0000${signedName ? (req.headers[signedName] ?? '') : ''}`;
+      const cached = identities.get(req.socket);
+      const identity = cached && cached.key === key && cached.version === snapshot.version ? cached.identity : undefined;
+      const result = await admit(ctx, {
+        protocol,
+        listener,
+        claims,
+        destHost: host,
+        destPort: port,
+        serverIp: req.socket.localAddress ?? '',
+        serverPort: req.socket.localPort ?? 0,
+        identity,
+      });
+      if (result.ok && !identity) identities.set(req.socket, { key, version: snapshot.version, identity: result.flow.identity });
+      return result;
+    },
+  };
+
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    onRequest(state, req, res).catch((err: unknown) => internalError(state, res, err));
+  });
+  server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    handleConnect(state, req, socket, head).catch((err: unknown) => {
+      ctx.log.error({ err: (err as Error).message }, 'CONNECT handler failed');
+      socket.destroy();
+    });
+  });
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    handleUpgrade(state, req, socket, head).catch((err: unknown) => {
+      ctx.log.error({ err: (err as Error).message }, 'Upgrade handler failed');
+      socket.destroy();
+    });
+  });
+  // An idle client connection is closed, but not while its request waits on a slow origin: that
+  // wait has its own timeout (504), and cutting the client first would hide the answer.
+  server.on('timeout', (socket: Duplex) => {
+    if (!state.awaitingOrigin.has(socket)) socket.destroy();
+  });
+  server.on('clientError', (err: NodeJS.ErrnoException & { reason?: string }, socket: Duplex) => onClientError(ctx, err, socket));
+  server.on('close', () => {
+    void state.agents.close();
+  });
+  return server;
+}
+
+/** Absolute-URI request: steps 2–8. */
+async function onRequest(state: HttpListenerState, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const { ctx } = state;
+  const target = parseAbsoluteTarget(req.url ?? '');
+  const shape = smugglingShape(req);
+  if (!target.ok || shape) {
+    const why = shape ?? (target.ok ? null : target.reason);
+    ctx.log.warn({ client: req.socket.remoteAddress, method: req.method, why }, 'bad proxy request refused');
+    sendRefusal(res, mapError('EGW_BAD_REQUEST'), { flowId: null, isBlock: false }, true);
+    return;
+  }
+  const result = await state.admitRequest(req, 'http', target.host, target.port);
+  if (!result.ok) {
+    sendRefusal(res, result.reject, refusalDetails(result), !req.complete);
+    return;
+  }
+  const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
+  const headers = forwardRequestHeaders(req.rawHeaders, {
+    host: hostHeaderFor(target.host, target.port),
+    stripped: state.strippedHeaders(result.snapshot),
+  });
+  forwardRequest(ctx, state.agents, result, req, res, { path: target.path, headers, hasBody }, state.awaitingOrigin);
+}
+
+/** Identity claims of a request: client address, Proxy-Authorization Basic, headers, TLS client cert. */
+export function claimsOf(req: IncomingMessage): IdentityClaims {
+  const basic = parseProxyBasic(req.headers['proxy-authorization']);
+  const socket = req.socket as Partial<TLSSocket> & typeof req.socket;
+  let certSubject: string | null = null;
+  if (socket.encrypted && socket.authorized && typeof socket.getPeerCertificate === 'function') {
+    // CN, else a DNS/email/URI subjectAltName (gateway/identity/client-cert.ts).
+    certSubject = certSubjectOf(socket as TLSSocket);
+  }
+  return {
+    clientIp: req.socket.remoteAddress ?? '',
+    clientPort: req.socket.remotePort ?? 0,
+    username: basic?.username ?? null,
+    password: basic?.password ?? null,
+    headers: req.headers,
+    certSubject,
+  };
+}
+
+const PARSER_ERRORS: Record<string, GatewayErrorCode> = {
+  HPE_HEADER_OVERFLOW: 'EGW_HEADERS_TOO_LARGE',
+  ERR_HTTP_REQUEST_TIMEOUT: 'EGW_HEADER_TIMEOUT',
+  ERR_HTTP_HEADERS_TIMEOUT: 'EGW_HEADER_TIMEOUT',
+};
+
+/** Parser and timeout failures: answer once, log the reason, close. Never throws. */
+function onClientError(ctx: GatewayContext, err: NodeJS.ErrnoException & { reason?: string }, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || err.code === 'EPIPE' || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const code = PARSER_ERRORS[err.code ?? ''] ?? 'EGW_BAD_REQUEST';
+  const net = socket as Duplex & { remoteAddress?: string; _httpMessage?: { headersSent?: boolean } | null };
+  ctx.log.warn({ client: net.remoteAddress, code, parser: err.code, why: err.reason ?? err.message }, 'client request refused');
+  // A response already under way cannot be replaced by an error status: just cut the connection.
+  if (net._httpMessage?.headersSent) {
+    socket.destroy();
+    return;
+  }
+  writeRawRefusal(socket, mapError(code), { flowId: null, isBlock: false });
+}
+
+function internalError(state: HttpListenerState, res: ServerResponse, err: unknown): void {
+  state.ctx.log.error({ err: (err as Error).message }, 'proxy request handler failed');
+  sendRefusal(res, mapError('EGW_DIAL_UNREACHABLE'), { flowId: null, isBlock: false }, true);
+}

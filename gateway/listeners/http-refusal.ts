@@ -1,0 +1,80 @@
+/**
+ * What an HTTP client sees when the gateway refuses or fails a request (SPEC §4): the status from
+ * gateway/reject.ts (the only mapper), a JSON body `{error, reason, flowId}`, and the headers that go
+ * with some statuses. Two writers with one content: a ServerResponse (absolute-URI path, the
+ * connection may stay alive) and a raw socket (CONNECT, Upgrade, parser errors: always closed).
+ */
+import type { ServerResponse } from 'node:http';
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Refused } from '../admission.ts';
+import type { RejectMapping } from '../reject.ts';
+
+export interface RefusalDetails {
+  readonly flowId: string | null;
+  /** The flow's verdict was a policy block: adds `X-Egress-Verdict: block`. */
+  readonly isBlock: boolean;
+  /** Seconds for `Retry-After` (429). */
+  readonly retryAfterSec?: number;
+}
+
+/** The client-facing details of an admission refusal. */
+export function refusalDetails(result: Refused): RefusalDetails {
+  return { flowId: result.flow.id, isBlock: result.flow.verdict === 'block', retryAfterSec: result.retryAfterSec };
+}
+
+/** Status, header pairs and body of a refusal. */
+export function refusalParts(mapping: RejectMapping, details: RefusalDetails): { status: number; headers: string[]; body: string } {
+  const body = JSON.stringify({ error: mapping.error, reason: mapping.reason, flowId: details.flowId });
+  const headers = ['content-type', 'application/json', 'content-length', String(Buffer.byteLength(body)), 'cache-control', 'no-store'];
+  if (details.isBlock) headers.push('x-egress-verdict', 'block');
+  if (mapping.status === 429) headers.push('retry-after', String(details.retryAfterSec ?? 1));
+  if (mapping.status === 407) headers.push('proxy-authenticate', 'Basic realm="egressgate"');
+  return { status: mapping.status, headers, body };
+}
+
+/**
+ * Answer an absolute-URI request with a refusal. When the request body was not read, the
+ * connection is closed afterwards: reading an unknown amount to keep it alive is not worth it.
+ */
+export function sendRefusal(res: ServerResponse, mapping: RejectMapping, details: RefusalDetails, isBodyUnread: boolean): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const { status, headers, body } = refusalParts(mapping, details);
+  if (isBodyUnread) headers.push('connection', 'close');
+  res.writeHead(status, headers);
+  res.end(body);
+}
+
+/** Write a complete refusal response on a raw socket and close it once written. */
+export function writeRawRefusal(socket: Duplex, mapping: RejectMapping, details: RefusalDetails): void {
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const { status, headers, body } = refusalParts(mapping, details);
+  let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n`;
+  for (let i = 0; i + 1 < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
+  head += 'connection: close\r\n\r\n';
+  socket.end(head + body);
+  lingerThenDestroy(socket);
+}
+
+/** How long a refused connection may linger so the client reads the answer before we drop it. */
+const LINGER_MS = 2000;
+
+/**
+ * After our answer is written, discard what the client still sends and drop the connection when it
+ * closes its side or after a short linger. Destroying at once could reset the connection while the
+ * client still has unread bytes in flight, and a reset wipes our answer from its receive buffer.
+ */
+export function lingerThenDestroy(socket: Duplex): void {
+  const timer = setTimeout(() => socket.destroy(), LINGER_MS);
+  timer.unref();
+  socket.once('close', () => clearTimeout(timer));
+  socket.once('end', () => socket.destroy());
+  socket.on('error', () => socket.destroy());
+  socket.resume();
+}

@@ -1,0 +1,60 @@
+/**
+ * Request-target parsing and the smuggling guard for the HTTP listener. Pure functions over what
+ * node's parser handed us; no sockets.
+ */
+import type { IncomingMessage } from 'node:http';
+import { formatAuthority, parseAuthority } from '../protocol/authority.ts';
+
+export type AbsoluteTarget =
+  | { ok: true; host: string; port: number; isIp: boolean; path: string }
+  | { ok: false; reason: 'not-absolute-uri' | 'https-scheme-unsupported' | 'bad-authority' };
+
+/**
+ * Split an absolute `http://authority/path?query` target. The path is kept exactly as the client
+ * wrote it (no dot-segment or percent re-encoding: the origin must see what the client sent); only
+ * a fragment, which never belongs on the wire, is dropped. Userinfo in the authority is refused.
+ */
+export function parseAbsoluteTarget(url: string): AbsoluteTarget {
+  const scheme = url.slice(0, 8).toLowerCase();
+  if (scheme.startsWith('https://')) return { ok: false, reason: 'https-scheme-unsupported' };
+  if (!scheme.startsWith('http://')) return { ok: false, reason: 'not-absolute-uri' };
+  const rest = url.slice(7);
+  let end = rest.length;
+  for (let i = 0; i < rest.length; i++) {
+    const c = rest.charCodeAt(i);
+    if (c === 0x2f /* / */ || c === 0x3f /* ? */ || c === 0x23 /* # */) {
+      end = i;
+      break;
+    }
+  }
+  const authority = parseAuthority(rest.slice(0, end), 80);
+  if (!authority) return { ok: false, reason: 'bad-authority' };
+  let path = rest.slice(end);
+  const hash = path.indexOf('#');
+  if (hash >= 0) path = path.slice(0, hash);
+  if (path.length === 0) path = '/';
+  else if (path.charCodeAt(0) === 0x3f) path = `/${path}`;
+  return { ok: true, host: authority.host, port: authority.port, isIp: authority.isIp, path };
+}
+
+/**
+ * Request shapes whose body length two parsers could disagree on (RFC 9112 §6.1, §6.3). node's
+ * strict parser refuses them already; this second check makes sure no future parser leniency
+ * turns into an ambiguous forward. Returns the shape's name or null.
+ */
+export function smugglingShape(req: Pick<IncomingMessage, 'httpVersionMajor' | 'headers' | 'rawHeaders'>): string | null {
+  if (req.httpVersionMajor < 1) return 'http/0.9';
+  const te = req.headers['transfer-encoding'];
+  let contentLengths = 0;
+  for (let i = 0; i < req.rawHeaders.length; i += 2) if ((req.rawHeaders[i] as string).toLowerCase() === 'content-length') contentLengths++;
+  if (te !== undefined && contentLengths > 0) return 'content-length-with-transfer-encoding';
+  if (contentLengths > 1) return 'duplicate-content-length';
+  if (te !== undefined && te.trim().toLowerCase() !== 'chunked') return 'transfer-encoding-not-chunked';
+  return null;
+}
+
+/** The Host field the origin sees (RFC 9112 §3.2.2): the target's authority, port omitted when 80. */
+export function hostHeaderFor(host: string, port: number): string {
+  if (port !== 80) return formatAuthority(host, port);
+  return host.includes(':') ? `[${host}]` : host;
+}

@@ -1,0 +1,214 @@
+/**
+ * `Upgrade` requests (websocket and friends) through the proxy: admission like any absolute-URI
+ * request, then a raw socket to the checked address (gateway/upstream/dial.ts), our rewritten
+ * request head, and the origin's answer:
+ * - `101 Switching Protocols`: its head (hop-by-hop fields removed except Upgrade/Connection, Via
+ *   added) goes to the client and both sockets go to the tunnel.
+ * - anything else: its head (with `Connection: close`) and its body are relayed byte for byte to
+ *   the client, and the connection closes when the origin is done: no second request rides on it.
+ *
+ * Metering: everything after the handshake both ways — after a 101, every byte the tunnel carries
+ * (including bytes that arrived with the 101 head and bytes the client sent after its request head);
+ * without a 101, the raw response body (its chunk framing included). Heads are never counted.
+ */
+import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { failFlow } from '../admission.ts';
+import { GatewayError } from '../errors.ts';
+import type { Flow } from '../flow/flow.ts';
+import { tunnel } from '../flow/tunnel.ts';
+import { mapError } from '../reject.ts';
+import { dial } from '../upstream/dial.ts';
+import { holdClient } from './http-connect.ts';
+import { forwardRequestHeaders, forwardResponseHeaders, serialiseRequestHead } from './http-headers.ts';
+import type { HttpListenerState } from './http-proxy.ts';
+import { refusalDetails, writeRawRefusal } from './http-refusal.ts';
+import { hostHeaderFor, parseAbsoluteTarget, smugglingShape } from './http-target.ts';
+
+export interface ResponseHead {
+  status: number;
+  statusText: string;
+  /** Flat raw header list. */
+  headers: string[];
+}
+
+const STATUS_LINE = /^HTTP\/1\.[01] ([1-9][0-9]{2})(?: ([^\r\n]*))?$/;
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+/** Parse a response head (without the final CRLFCRLF). Refuses obs-fold and malformed lines. */
+export function parseResponseHead(text: string): ResponseHead | null {
+  const lines = text.split('\r\n');
+  const m = STATUS_LINE.exec(lines[0] ?? '');
+  if (!m) return null;
+  const headers: string[] = [];
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i] as string;
+    const colon = line.indexOf(':');
+    if (colon <= 0) return null;
+    const name = line.slice(0, colon);
+    if (!TOKEN.test(name)) return null;
+    const value = line.slice(colon + 1).trim();
+    if (/[\r\n\0]/.test(value)) return null;
+    headers.push(name, value);
+  }
+  return { status: Number(m[1]), statusText: m[2] ?? '', headers };
+}
+
+/** Read a response head from a socket: resolves with the head text and any bytes after it. */
+function readResponseHead(socket: Socket, maxBytes: number, timeoutMs: number): Promise<{ head: string; rest: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const timer = setTimeout(() => done(new GatewayError('EGW_DIAL_TIMEOUT', 'origin did not answer the upgrade')), timeoutMs);
+    const done = (err: Error | null, value?: { head: string; rest: Buffer }): void => {
+      clearTimeout(timer);
+      socket.removeListener('data', onData);
+      socket.removeListener('end', onEnd);
+      socket.removeListener('error', onEnd);
+      socket.pause();
+      if (err) reject(err);
+      else resolve(value as { head: string; rest: Buffer });
+    };
+    const onEnd = (): void => done(new GatewayError('EGW_UPSTREAM_RESET', 'origin closed before answering the upgrade'));
+    const onData = (chunk: Buffer): void => {
+      chunks.push(chunk);
+      size += chunk.length;
+      const all = chunks.length === 1 ? chunk : Buffer.concat(chunks, size);
+      const end = all.indexOf('\r\n\r\n');
+      if (end < 0) {
+        if (size > maxBytes) done(new GatewayError('EGW_UPSTREAM_RESET', 'origin response head too large'));
+        return;
+      }
+      done(null, { head: all.subarray(0, end).toString('latin1'), rest: all.subarray(end + 4) });
+    };
+    socket.on('data', onData);
+    socket.on('end', onEnd);
+    socket.on('error', onEnd);
+  });
+}
+
+function serialiseResponseHead(head: ResponseHead, headers: readonly string[]): string {
+  let out = `HTTP/1.1 ${head.status} ${head.statusText}\r\n`;
+  for (let i = 0; i + 1 < headers.length; i += 2) out += `${headers[i]}: ${headers[i + 1]}\r\n`;
+  return `${out}\r\n`;
+}
+
+/** Handle one request carrying `Upgrade` on a detached client socket. */
+export async function handleUpgrade(state: HttpListenerState, req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+  const { ctx } = state;
+  const hold = holdClient(socket);
+  const target = parseAbsoluteTarget(req.url ?? '');
+  // A request body would have to reach the origin before its answer; websocket handshakes have
+  // none, and relaying one here (h2c upgrade of a POST) is not supported: refuse rather than hang.
+  const cl = req.headers['content-length'];
+  const shape = smugglingShape(req) ?? (req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0') ? 'upgrade-with-body' : null);
+  if (!target.ok || shape) {
+    hold.release();
+    ctx.log.warn({ client: req.socket.remoteAddress, why: shape ?? (target.ok ? null : target.reason) }, 'bad upgrade request refused');
+    writeRawRefusal(socket, mapError('EGW_BAD_REQUEST'), { flowId: null, isBlock: false });
+    return;
+  }
+  const result = await state.admitRequest(req, 'http', target.host, target.port);
+  if (!result.ok) {
+    hold.release();
+    writeRawRefusal(socket, result.reject, refusalDetails(result));
+    return;
+  }
+  const { flow, snapshot } = result;
+  const limits = snapshot.config.limits;
+  let upstream: Socket;
+  try {
+    upstream = await dial({ ip: result.ip, port: target.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs });
+  } catch (err) {
+    hold.release();
+    writeRawRefusal(socket, failFlow(ctx, flow, err), { flowId: flow.id, isBlock: false });
+    return;
+  }
+  ctx.flows.markConnected(flow);
+  const headers = forwardRequestHeaders(req.rawHeaders, {
+    host: hostHeaderFor(target.host, target.port),
+    stripped: state.strippedHeaders(snapshot),
+    upgrade: req.headers.upgrade ?? 'websocket',
+  });
+  upstream.write(serialiseRequestHead(req.method ?? 'GET', target.path, headers));
+  // A kill while we wait for the origin's answer cuts both sides.
+  flow.abort = () => {
+    upstream.resetAndDestroy();
+    (socket as Socket).resetAndDestroy?.();
+  };
+  let answer: { head: string; rest: Buffer };
+  try {
+    answer = await readResponseHead(upstream, limits.maxHeaderBytes, limits.idleTimeoutMs);
+  } catch (err) {
+    hold.release();
+    upstream.destroy();
+    const mapping = mapError(err instanceof GatewayError ? err.code : 'EGW_UPSTREAM_RESET');
+    ctx.flows.close(flow, mapping.reason);
+    writeRawRefusal(socket, mapping, { flowId: flow.id, isBlock: false });
+    return;
+  }
+  hold.release();
+  const parsed = parseResponseHead(answer.head);
+  if (hold.isGone() || flow.state !== 'active' || !parsed) {
+    upstream.destroy();
+    if (!parsed && !hold.isGone()) {
+      ctx.flows.close(flow, 'upstream-bad-response');
+      writeRawRefusal(socket, mapError('EGW_UPSTREAM_RESET'), { flowId: flow.id, isBlock: false });
+    } else {
+      socket.destroy();
+      ctx.flows.close(flow, 'client-reset');
+    }
+    return;
+  }
+  if (parsed.status === 101) {
+    socket.write(serialiseResponseHead(parsed, forwardResponseHeaders(parsed.headers, { upgrade: true })));
+    if (answer.rest.length > 0) upstream.unshift(answer.rest);
+    tunnel(ctx.flows, flow, socket as Socket, upstream, { idleTimeoutMs: limits.idleTimeoutMs, head });
+    return;
+  }
+  const headersOut = forwardResponseHeaders(parsed.headers, { keepFraming: true });
+  headersOut.push('connection', 'close');
+  socket.write(serialiseResponseHead(parsed, headersOut));
+  relayRefusedUpgrade(state, flow, socket, upstream, answer.rest);
+}
+
+/** The origin declined the upgrade: relay its response body to the client, then close both. */
+function relayRefusedUpgrade(state: HttpListenerState, flow: Flow, socket: Duplex, upstream: Socket, rest: Buffer): void {
+  const { ctx } = state;
+  const finish = (reason: string): void => {
+    if (flow.state === 'active') ctx.flows.close(flow, reason);
+  };
+  flow.abort = () => {
+    upstream.resetAndDestroy();
+    socket.destroy();
+  };
+  if (rest.length > 0) {
+    flow.bytesIn += rest.length;
+    socket.write(rest);
+  }
+  upstream.on('data', (chunk: Buffer) => {
+    flow.bytesIn += chunk.length;
+    if (!socket.write(chunk)) upstream.pause();
+  });
+  socket.on('drain', () => upstream.resume());
+  upstream.once('end', () => {
+    socket.end();
+    finish('closed');
+  });
+  upstream.once('close', () => {
+    if (flow.state === 'active') {
+      socket.destroy();
+      finish('upstream-reset');
+    }
+  });
+  upstream.on('error', () => undefined);
+  socket.on('error', () => undefined);
+  socket.once('close', () => {
+    upstream.destroy();
+    finish('client-reset');
+  });
+  // What the client sends now has nowhere to go: discard it.
+  socket.resume();
+  upstream.resume();
+}

@@ -1,0 +1,360 @@
+/**
+ * SOCKS5 UDP ASSOCIATE relay (RFC 1928 §7): one association per TCP control connection, one flow.
+ *
+ *  1. bind a dgram socket (udp4/udp6 like the control connection) on the listener's IP, port 0,
+ *     and reply with its address
+ *  2. accept datagrams only from the control connection's client IP; the request's DST.PORT, if
+ *     non-zero, narrows it to that port, otherwise the first datagram's source port is locked in
+ *  3. parse the SOCKS UDP header in place (no allocation); FRAG != 0, malformed headers and
+ *     foreign sources are dropped and counted
+ *  4. each new destination is admitted once and the answer cached for the association: the first
+ *     through `admit` (opens the flow: limits, attribution, policy, deny-range, detection hooks),
+ *     later ones through `admitDestination` (resolve, self-dial, policy incl. deny-range). Up to
+ *     MAX_QUEUED datagrams wait while a destination is being admitted
+ *  5. payload (without the SOCKS header) goes out of an unconnected upstream socket; bytesOut
+ *     counts it, and the flow's byte budget is exact (flow.onBudget decides cut or lift)
+ *  6. a datagram arriving on the upstream socket is relayed only if its source is an admitted
+ *     destination, wrapped with the header naming that destination as the client named it; bytesIn
+ *  7. the association ends when the control connection closes, on idle timeout, or on kill; the
+ *     flow's reasons note the destinations and every drop count
+ */
+import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
+import { isIPv4, isIPv6 } from 'node:net';
+import type { Decision } from '../../policy/types.ts';
+import { admit, admitDestination } from '../admission.ts';
+import type { GatewayContext } from '../context.ts';
+import type { Flow } from '../flow/flow.ts';
+import { normaliseHost } from '../protocol/authority.ts';
+import { encodeReply, newUdpHeader, parseUdpHeader, udpHeaderHost } from '../protocol/socks5-codec.ts';
+import { SOCKS_REP } from '../reject.ts';
+import { type Downstream, type HandshakeResult, refuse } from './socks5-handshake.ts';
+
+/** Distinct destinations one association may name; more are dropped (bounded memory). */
+const MAX_DESTINATIONS = 4096;
+/** Datagrams held per destination while its admission is pending. */
+const MAX_QUEUED = 16;
+/** Below this many destinations a linear byte compare beats building a string key. */
+const FAST_SCAN = 8;
+
+interface Destination {
+  /** ATYP..DST.PORT exactly as the client sent it: the lookup key. */
+  readonly key: Buffer;
+  readonly host: string;
+  readonly port: number;
+  state: 'pending' | 'allowed' | 'refused';
+  /** The admitted address (IPv4-mapped unwrapped) and which upstream socket reaches it. */
+  ip: string;
+  isV6: boolean;
+  /** RSV RSV FRAG ATYP ADDR PORT prepended to replies: built once. */
+  replyHeader: Buffer;
+  queue: Buffer[] | null;
+}
+
+interface DropCounts {
+  foreign: number;
+  fragments: number;
+  malformed: number;
+  refused: number;
+  unsolicited: number;
+  overflow: number;
+}
+
+/** Run a UDP association for a parsed UDP ASSOCIATE request; the handshake left `down` paused. */
+export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: HandshakeResult): void {
+  const { socket } = down;
+  const limits = hs.snapshot.config.limits;
+  const clientIp = unmap(down.clientIp);
+  const localIp = unmap(socket.localAddress ?? '127.0.0.1');
+  /** 0 until known: the request's DST.PORT or the first datagram's source port. */
+  let clientPort = hs.request.port;
+  const relay = createSocket({ type: isIPv4(localIp) ? 'udp4' : 'udp6' });
+  let up4: UdpSocket | null = null;
+  let up6: UdpSocket | null = null;
+  let flow: Flow | null = null;
+  let ended = false;
+  let bound = false;
+  let activity = 0;
+  let idleTimer: NodeJS.Timeout | null = null;
+  const hdr = newUdpHeader();
+  const dests: Destination[] = [];
+  const byKey = new Map<string, Destination>();
+  /** ip → port → destination, for replies (rinfo gives ip and port; no key string per datagram). */
+  const byAddress = new Map<string, Map<number, Destination>>();
+  let last: Destination | null = null;
+  let refusedDestinations = 0;
+  let admitted = 0;
+  let chain: Promise<void> = Promise.resolve();
+  const drops: DropCounts = { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0 };
+
+  // 1. bind the client-facing relay socket
+  relay.on('error', (err) => {
+    if (!bound) {
+      end('relay-error', false, true);
+      refuse(ctx, down, encodeReply(SOCKS_REP.generalFailure), 'udp-bind-failed', `UDP relay bind failed: ${err.message}`);
+      return;
+    }
+    ctx.log.warn({ listener: 'socks', client: `${clientIp}:${clientPort}`, err: err.message }, 'socks5 udp relay error');
+  });
+  relay.on('message', onClientMessage);
+  relay.bind({ address: localIp, port: 0, exclusive: true }, () => {
+    if (ended) return;
+    bound = true;
+    const addr = relay.address();
+    socket.write(encodeReply(SOCKS_REP.succeeded, addr.address, addr.port));
+    // The control connection carries nothing more; read and drop so a flood cannot queue.
+    socket.on('data', discard);
+    socket.resume();
+  });
+  socket.on('end', onControlEnd);
+  socket.on('close', onControlEnd);
+  down.setCloser(() => end('shutdown'));
+  // The control connection may already be gone (its FIN came with the request).
+  if (socket.readableEnded || socket.destroyed) queueMicrotask(() => end('closed'));
+  if (limits.idleTimeoutMs > 0) {
+    let seen = -1;
+    idleTimer = setInterval(() => {
+      if (activity === seen) end('idle-timeout');
+      seen = activity;
+    }, limits.idleTimeoutMs);
+    idleTimer.unref();
+  }
+
+  function onControlEnd(): void {
+    end('closed');
+  }
+
+  // 2–5. client → destination: the hot path
+  function onClientMessage(msg: Buffer, rinfo: RemoteInfo): void {
+    if (rinfo.address !== clientIp || (clientPort !== 0 && rinfo.port !== clientPort)) {
+      drops.foreign++;
+      return;
+    }
+    if (clientPort === 0) clientPort = rinfo.port;
+    if (!parseUdpHeader(msg, hdr)) {
+      drops.malformed++;
+      return;
+    }
+    if (hdr.frag !== 0) {
+      drops.fragments++;
+      return;
+    }
+    activity++;
+    const dest = find(msg);
+    if (dest === null) newDestination(msg);
+    else if (dest.state === 'allowed') forward(dest, msg, hdr.dataOffset);
+    else if (dest.state === 'pending' && dest.queue !== null && dest.queue.length < MAX_QUEUED) dest.queue.push(msg.subarray(hdr.dataOffset));
+    else drops.refused++;
+  }
+
+  function find(msg: Buffer): Destination | null {
+    const len = hdr.keyEnd - hdr.keyStart;
+    if (last !== null && last.key.length === len && msg.compare(last.key, 0, len, hdr.keyStart, hdr.keyEnd) === 0) return last;
+    if (dests.length <= FAST_SCAN) {
+      for (const d of dests) {
+        if (d.key.length === len && msg.compare(d.key, 0, len, hdr.keyStart, hdr.keyEnd) === 0) {
+          last = d;
+          return d;
+        }
+      }
+      return null;
+    }
+    const d = byKey.get(msg.toString('latin1', hdr.keyStart, hdr.keyEnd)) ?? null;
+    if (d !== null) last = d;
+    return d;
+  }
+
+  function forward(dest: Destination, msg: Buffer, offset: number): void {
+    const f = flow as Flow;
+    const len = msg.length - offset;
+    if (f.bytesOut + len > f.budgetOut) {
+      // Same rule as the TCP tunnel: the detection engine says whether to cut (enforce) or lift
+      // the budget (monitor / ratio not met). A datagram cannot be split, so the one that would
+      // cross the budget is not sent at all.
+      const cut = f.onBudget ? f.onBudget(f) : true;
+      if (cut) {
+        ctx.log.warn({ flowId: f.id, budgetOut: f.budgetOut }, 'socks5 udp association over its byte budget');
+        end('an0080.bulk-upload', true);
+        return;
+      }
+      f.budgetOut = Number.POSITIVE_INFINITY;
+    }
+    f.bytesOut += len;
+    upstream(dest.isV6).send(msg, offset, len, dest.port, dest.ip);
+  }
+
+  function upstream(isV6: boolean): UdpSocket {
+    let s = isV6 ? up6 : up4;
+    if (s === null) {
+      // Unconnected and bound on first send to an ephemeral port: one socket reaches every destination.
+      s = createSocket({ type: isV6 ? 'udp6' : 'udp4' });
+      s.on('message', onUpstreamMessage);
+      s.on('error', (err) => ctx.log.warn({ flowId: flow?.id, err: err.message }, 'socks5 udp upstream send failed'));
+      if (isV6) up6 = s;
+      else up4 = s;
+    }
+    return s;
+  }
+
+  // 6. destination → client
+  function onUpstreamMessage(msg: Buffer, rinfo: RemoteInfo): void {
+    const dest = byAddress.get(rinfo.address)?.get(rinfo.port);
+    if (dest === undefined || flow === null || ended) {
+      drops.unsolicited++;
+      return;
+    }
+    activity++;
+    flow.bytesIn += msg.length;
+    relay.send([dest.replyHeader, msg], clientPort, clientIp);
+  }
+
+  // 4. admission, once per destination, serialised so the first admitted one opens the flow
+  function newDestination(msg: Buffer): void {
+    if (dests.length >= MAX_DESTINATIONS) {
+      drops.overflow++;
+      return;
+    }
+    let host = udpHeaderHost(msg, hdr);
+    if (host !== null && hdr.atyp === 0x03) host = normaliseHost(host)?.host ?? null;
+    if (host === null) {
+      drops.malformed++;
+      return;
+    }
+    const key = Buffer.from(msg.subarray(hdr.keyStart, hdr.keyEnd));
+    const replyHeader = Buffer.alloc(3 + key.length);
+    key.copy(replyHeader, 3);
+    const dest: Destination = { key, host, port: hdr.port, state: 'pending', ip: '', isV6: false, replyHeader, queue: [msg.subarray(hdr.dataOffset)] };
+    dests.push(dest);
+    byKey.set(key.toString('latin1'), dest);
+    last = dest;
+    chain = chain.then(() => admitOne(dest)).catch((err: unknown) => refuseDest(dest, `admission failed: ${String(err)}`));
+  }
+
+  async function admitOne(dest: Destination): Promise<void> {
+    if (ended) return;
+    let ip: string;
+    if (flow === null) {
+      const r = await admit(ctx, {
+        protocol: 'socks5-udp',
+        listener: 'socks',
+        claims: { clientIp: down.clientIp, clientPort, username: hs.username },
+        destHost: dest.host,
+        destPort: dest.port,
+        serverIp: localIp,
+        serverPort: bound ? relay.address().port : 0,
+        identity: hs.identity,
+      });
+      if (!r.ok) {
+        refuseDest(dest, `${r.reject.reason}: ${r.flow.reasons.join('; ')}`);
+        return;
+      }
+      if (r.upstream !== null) {
+        // A parent proxy carries TCP only: UDP must not bypass it.
+        ctx.flows.close(r.flow, 'udp-upstream-unsupported');
+        refuseDest(dest, `egress for this identity goes through ${r.upstream}, which cannot carry UDP`);
+        return;
+      }
+      if (ended) {
+        ctx.flows.close(r.flow, 'closed');
+        return;
+      }
+      flow = r.flow;
+      down.setCloser(null);
+      ctx.flows.markConnected(flow);
+      flow.abort = () => end('killed', true);
+      ip = r.ip;
+    } else {
+      const f: Flow = flow;
+      const r = await admitDestination(ctx, f, dest.host, dest.port);
+      if (ended) return;
+      if (!r.ok) {
+        refuseDest(dest, `${r.reject.reason}: ${r.reason}`);
+        return;
+      }
+      if (r.decision.verdict === 'would-block' && f.verdict === 'allow') ctx.flows.decide(f, r.decision, false);
+      ip = r.ip;
+    }
+    allowDest(dest, unmap(ip));
+  }
+
+  function allowDest(dest: Destination, ip: string): void {
+    dest.state = 'allowed';
+    dest.ip = ip;
+    dest.isV6 = isIPv6(ip);
+    admitted++;
+    let ports = byAddress.get(ip);
+    if (ports === undefined) {
+      ports = new Map();
+      byAddress.set(ip, ports);
+    }
+    ports.set(dest.port, dest);
+    const queued = dest.queue ?? [];
+    dest.queue = null;
+    for (const payload of queued) {
+      if (ended) return;
+      // Re-wrap the queued payload view: forward() reads from an offset into the same datagram.
+      forward(dest, payload, 0);
+    }
+  }
+
+  function refuseDest(dest: Destination, why: string): void {
+    dest.state = 'refused';
+    drops.refused += dest.queue?.length ?? 0;
+    dest.queue = null;
+    refusedDestinations++;
+    ctx.log.warn({ listener: 'socks', flowId: flow?.id, client: `${clientIp}:${clientPort}`, destination: `${dest.host}:${dest.port}`, reason: why }, 'socks5 udp destination refused');
+  }
+
+  // 7. end of the association: idempotent
+  function end(reason: string, reset = false, keepSocket = false): void {
+    if (ended) return;
+    ended = true;
+    if (idleTimer) clearInterval(idleTimer);
+    relay.removeListener('message', onClientMessage);
+    closeQuietly(relay);
+    if (up4) closeQuietly(up4);
+    if (up6) closeQuietly(up6);
+    socket.removeListener('end', onControlEnd);
+    socket.removeListener('close', onControlEnd);
+    socket.removeListener('data', discard);
+    if (flow !== null && flow.state === 'active') {
+      noteReasons(flow);
+      ctx.flows.close(flow, reason);
+    }
+    if (keepSocket) return;
+    if (reset) socket.resetAndDestroy();
+    else if (!socket.destroyed) socket.destroy();
+  }
+
+  function noteReasons(f: Flow): void {
+    const mode = hs.snapshot.modeFor(f.identity.roles, ctx.policy.modeOverride());
+    const decision: Decision = {
+      verdict: f.verdict,
+      reason: f.reason ?? 'allowed',
+      detector: f.detector,
+      mode,
+      matchedRule: f.matchedRule,
+      reasons: [
+        ...f.reasons,
+        `udp association: ${admitted} destination${admitted === 1 ? '' : 's'} relayed, ${refusedDestinations} refused`,
+        `udp datagrams dropped: ${drops.fragments} fragments, ${drops.foreign} from foreign sources, ${drops.malformed} malformed, ` +
+          `${drops.refused} to refused destinations, ${drops.unsolicited} unsolicited replies, ${drops.overflow} over the destination limit`,
+      ],
+    };
+    ctx.flows.decide(f, decision, f.enforced);
+  }
+}
+
+/** The IPv4 inside an IPv4-mapped IPv6 address (a dual-stack listener reports those). */
+function unmap(ip: string): string {
+  return ip.startsWith('::ffff:') && isIPv4(ip.slice(7)) ? ip.slice(7) : ip;
+}
+
+function closeQuietly(s: UdpSocket): void {
+  try {
+    s.close();
+  } catch {
+    // Already closed (bind failed): nothing to release.
+  }
+}
+
+function discard(): void {}

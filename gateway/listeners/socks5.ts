@@ -1,0 +1,139 @@
+/**
+ * The SOCKS5 listener (RFC 1928 CONNECT and UDP ASSOCIATE; RFC 1929 username/password).
+ *
+ * Flow of a connection:
+ *  1. accept: a permanent no-op 'error' listener (a reset mid-handshake must never crash us)
+ *  2. handshake (socks5-handshake.ts): greeting → method → RFC 1929 auth (identity resolved here)
+ *     → request; bounded by limits.headerTimeoutMs and a byte cap; bad bytes → reply + close + warn
+ *  3. BIND / unknown command → 0x07, unknown ATYP → 0x08 (the codec's coded errors, via reject.ts)
+ *  4. CONNECT: admit (gateway/admission.ts: limits → identity → resolve → policy incl. deny-range →
+ *     self-dial → detection hooks) → refused: the mapped reply byte, the flow already closed
+ *  5. dial exactly the checked address (or the parent proxy) within limits.connectTimeoutMs →
+ *     failure: the mapped reply byte (0x04 / 0x05 / 0x06 / 0x01), flow closed by failFlow
+ *  6. success reply carrying the upstream socket's bound address, then the metered tunnel
+ *     (gateway/flow/tunnel.ts) closes the flow with one canonical record
+ *  7. UDP ASSOCIATE: the relay (socks5-udp.ts), one flow per association
+ */
+import { Server, type Socket } from 'node:net';
+import { admit, failFlow } from '../admission.ts';
+import type { GatewayContext } from '../context.ts';
+import { tunnel } from '../flow/tunnel.ts';
+import { encodeReply } from '../protocol/socks5-codec.ts';
+import { SOCKS_REP } from '../reject.ts';
+import { dial } from '../upstream/dial.ts';
+import { type Downstream, type HandshakeResult, refuse, runHandshake } from './socks5-handshake.ts';
+import { startUdpAssociation } from './socks5-udp.ts';
+
+/**
+ * The SOCKS5 server. `close()` stops accepting and also ends every connection that carries no flow
+ * yet (mid-handshake, dialling, a UDP association that has relayed nothing): those would otherwise
+ * hold a draining gateway for up to limits.headerTimeoutMs / idleTimeoutMs. Connections with a flow
+ * are drained through the FlowTable (kill → flow.abort).
+ */
+export class SocksServer extends Server {
+  private readonly flowless = new Map<Socket, () => void>();
+
+  /** Register (or, with null, release) what close() does to a connection without a flow. */
+  setCloser(socket: Socket, closer: (() => void) | null): void {
+    if (closer === null || socket.destroyed) this.flowless.delete(socket);
+    else this.flowless.set(socket, closer);
+  }
+
+  override close(callback?: (err?: Error) => void): this {
+    super.close(callback);
+    const closers = [...this.flowless.values()];
+    this.flowless.clear();
+    for (const end of closers) end();
+    return this;
+  }
+}
+
+/** Create the SOCKS5 server; the composition root (main.ts) listens on it. */
+export function createSocksServer(ctx: GatewayContext): SocksServer {
+  const server: SocksServer = new SocksServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: false }, (socket) => accept(ctx, server, socket));
+  return server;
+}
+
+function accept(ctx: GatewayContext, server: SocksServer, socket: Socket): void {
+  // 1. Errors are followed by 'close', where every owner of this socket cleans up.
+  socket.on('error', ignore);
+  const clientIp = socket.remoteAddress;
+  const clientPort = socket.remotePort;
+  if (clientIp === undefined || clientPort === undefined) {
+    socket.destroy();
+    return;
+  }
+  server.setCloser(socket, () => socket.destroy());
+  socket.once('close', () => server.setCloser(socket, null));
+  const down: Downstream = { socket, clientIp, clientPort, setCloser: (closer) => server.setCloser(socket, closer) };
+  if (ctx.isDraining()) {
+    refuse(ctx, down, null, 'EGW_SHUTTING_DOWN', 'draining: no new SOCKS connections');
+    return;
+  }
+  // 2–3.
+  runHandshake(ctx, down, (hs) => {
+    if (hs.request.command === 'udp-associate') startUdpAssociation(ctx, down, hs);
+    else void connect(ctx, down, hs);
+  });
+}
+
+async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResult): Promise<void> {
+  const { socket } = down;
+  const { request } = hs;
+  // The client may have gone while its identity was resolved (before this listener existed).
+  let clientGone = socket.destroyed;
+  const onClose = (): void => {
+    clientGone = true;
+  };
+  socket.once('close', onClose);
+  // 4. admission
+  const admitted = await admit(ctx, {
+    protocol: 'socks5',
+    listener: 'socks',
+    claims: { clientIp: down.clientIp, clientPort: down.clientPort, username: hs.username },
+    destHost: request.host,
+    destPort: request.port,
+    serverIp: socket.localAddress ?? '',
+    serverPort: socket.localPort ?? 0,
+    identity: hs.identity,
+  });
+  if (!admitted.ok) {
+    socket.removeListener('close', onClose);
+    const why = admitted.flow.reasons.length > 0 ? admitted.flow.reasons.join('; ') : admitted.reject.reason;
+    refuse(ctx, down, encodeReply(admitted.reject.socks), admitted.reject.reason, `CONNECT ${request.host}:${request.port} refused (${admitted.reject.reason}): ${why}`);
+    return;
+  }
+  const { flow } = admitted;
+  if (clientGone || socket.destroyed) {
+    ctx.flows.close(flow, 'client-closed');
+    return;
+  }
+  // 5. dial the checked address
+  let up: Socket;
+  try {
+    up = await dial({ ip: admitted.ip, port: request.port, upstream: admitted.upstream, timeoutMs: admitted.snapshot.config.limits.connectTimeoutMs });
+  } catch (err) {
+    socket.removeListener('close', onClose);
+    const mapping = failFlow(ctx, flow, err);
+    if (!clientGone) refuse(ctx, down, encodeReply(mapping.socks), mapping.reason, `CONNECT ${request.host}:${request.port} failed (${mapping.reason})`);
+    return;
+  }
+  socket.removeListener('close', onClose);
+  if (clientGone || socket.destroyed) {
+    up.destroy();
+    ctx.flows.close(flow, 'client-closed');
+    return;
+  }
+  if (flow.state !== 'active') {
+    // Killed (admin, detector, drain) while we dialled: the client is refused, nothing is relayed.
+    up.destroy();
+    refuse(ctx, down, encodeReply(SOCKS_REP.notAllowed), flow.closeReason ?? 'killed', `CONNECT ${request.host}:${request.port}: flow killed while dialling`);
+    return;
+  }
+  // 6. success carries the bound address of the upstream socket (RFC 1928 §6).
+  down.setCloser(null);
+  socket.write(encodeReply(SOCKS_REP.succeeded, up.localAddress ?? null, up.localPort ?? 0));
+  tunnel(ctx.flows, flow, socket, up, { idleTimeoutMs: admitted.snapshot.config.limits.idleTimeoutMs, head: hs.head });
+}
+
+function ignore(): void {}

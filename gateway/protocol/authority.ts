@@ -1,0 +1,106 @@
+/**
+ * Parse and normalise a destination authority ("host:port") the way the policy sees it:
+ * lower-case, IDNA names as punycode (url.domainToASCII), trailing dot removed, IPv4 in its
+ * canonical dotted form (so "0x7f.1" and "2130706433" are seen as 127.0.0.1, not as names), IPv6
+ * without brackets in its compressed form. Anything ambiguous is refused rather than guessed:
+ * a host the policy matched must be the host that is dialled.
+ */
+import { isIPv4, isIPv6 } from 'node:net';
+import { domainToASCII } from 'node:url';
+
+export interface Authority {
+  /** Lower-case punycode name, dotted IPv4, or compressed IPv6 without brackets. */
+  readonly host: string;
+  readonly port: number;
+  readonly isIp: boolean;
+}
+
+/** Longest DNS name (RFC 1035 §2.3.4, without the trailing dot). */
+const MAX_NAME_LENGTH = 253;
+/** Characters that change what a URL parser or a resolver would do with a name; refused up front. */
+const FORBIDDEN_IN_NAME = /[\s/?#@\\%*[\]<>^|"'`{}:,;!$&()+=~]/u;
+const LABEL = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/;
+const PORT = /^[0-9]{1,5}$/;
+
+/**
+ * Normalise a host (no port): returns the canonical form or null when it is not a usable
+ * destination. IPv6 may be given with or without brackets; zone ids are refused.
+ */
+export function normaliseHost(input: string): { host: string; isIp: boolean } | null {
+  if (input.length === 0 || input.length > MAX_NAME_LENGTH + 3) return null;
+  let text = input;
+  if (text.startsWith('[')) {
+    if (!text.endsWith(']')) return null;
+    text = text.slice(1, -1);
+    if (!isIPv6(text)) return null;
+  }
+  if (isIPv6(text)) {
+    // The WHATWG serialiser gives the compressed lower-case form; zone ids ("%eth0") fail isIPv6 or URL.
+    try {
+      const serialised = new URL(`http://[${text}]/`).hostname;
+      return { host: serialised.slice(1, -1), isIp: true };
+    } catch {
+      return null;
+    }
+  }
+  if (FORBIDDEN_IN_NAME.test(text)) return null;
+  const ascii = domainToASCII(text);
+  if (ascii === '') return null;
+  // domainToASCII turns every IPv4 spelling (hex, octal, short, integer) into dotted decimal.
+  if (isIPv4(ascii)) return { host: ascii, isIp: true };
+  const name = ascii.endsWith('.') ? ascii.slice(0, -1) : ascii;
+  if (name.length === 0 || name.length > MAX_NAME_LENGTH) return null;
+  for (const label of name.split('.')) if (!LABEL.test(label)) return null;
+  // A name whose last label is all digits would be read as an IPv4 number by some resolvers.
+  const last = name.slice(name.lastIndexOf('.') + 1);
+  if (/^[0-9]+$/.test(last)) return null;
+  return { host: name, isIp: false };
+}
+
+/** Parse a port: decimal digits only, 1–65535. */
+export function parsePort(text: string): number | null {
+  if (!PORT.test(text)) return null;
+  const port = Number(text);
+  return port >= 1 && port <= 65535 ? port : null;
+}
+
+/**
+ * Parse "host:port" (CONNECT target, Host header). With `defaultPort` null the port is required
+ * (CONNECT); otherwise a missing port takes the default. Returns null for anything malformed.
+ */
+export function parseAuthority(text: string, defaultPort: number | null = null): Authority | null {
+  let hostPart: string;
+  let portPart: string | null = null;
+  if (text.startsWith('[')) {
+    const close = text.indexOf(']');
+    if (close < 0) return null;
+    hostPart = text.slice(0, close + 1);
+    const rest = text.slice(close + 1);
+    if (rest.length > 0) {
+      if (!rest.startsWith(':')) return null;
+      portPart = rest.slice(1);
+    }
+  } else {
+    const colon = text.lastIndexOf(':');
+    if (colon >= 0) {
+      // A bare IPv6 literal without brackets is ambiguous with a port: refuse it.
+      if (text.indexOf(':') !== colon) return null;
+      hostPart = text.slice(0, colon);
+      portPart = text.slice(colon + 1);
+    } else {
+      hostPart = text;
+    }
+  }
+  let port: number | null;
+  if (portPart === null) port = defaultPort;
+  else port = parsePort(portPart);
+  if (port === null) return null;
+  const host = normaliseHost(hostPart);
+  if (!host) return null;
+  return { host: host.host, port, isIp: host.isIp };
+}
+
+/** "host:port" with brackets around IPv6, for logs, Host headers and upstream CONNECT lines. */
+export function formatAuthority(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}

@@ -1,0 +1,74 @@
+/**
+ * The only place that turns a GatewayError code or a Decision into what the client sees:
+ * an HTTP status (+ headers, JSON body per SPEC §4) or a SOCKS5 reply byte (RFC 1928 §6).
+ */
+import type { Decision, ReasonCode } from '../policy/types.ts';
+import type { GatewayErrorCode } from './errors.ts';
+
+export const SOCKS_REP = {
+  succeeded: 0x00,
+  generalFailure: 0x01,
+  notAllowed: 0x02,
+  networkUnreachable: 0x03,
+  hostUnreachable: 0x04,
+  connectionRefused: 0x05,
+  ttlExpired: 0x06,
+  commandNotSupported: 0x07,
+  addressTypeNotSupported: 0x08,
+} as const;
+
+export interface RejectMapping {
+  readonly status: number;
+  readonly socks: number;
+  /** The `error` field of the JSON body. */
+  readonly error: string;
+  /** The `reason` field: a stable code. */
+  readonly reason: string;
+}
+
+const ERROR_MAP: Record<GatewayErrorCode, RejectMapping> = {
+  EGW_BAD_REQUEST: { status: 400, socks: SOCKS_REP.generalFailure, error: 'bad request', reason: 'bad-request' },
+  EGW_HEADERS_TOO_LARGE: { status: 431, socks: SOCKS_REP.generalFailure, error: 'request header fields too large', reason: 'headers-too-large' },
+  EGW_HEADER_TIMEOUT: { status: 408, socks: SOCKS_REP.generalFailure, error: 'request timeout', reason: 'header-timeout' },
+  EGW_SOCKS_PROTOCOL: { status: 400, socks: SOCKS_REP.generalFailure, error: 'bad request', reason: 'socks-protocol' },
+  EGW_SOCKS_COMMAND: { status: 400, socks: SOCKS_REP.commandNotSupported, error: 'command not supported', reason: 'command-not-supported' },
+  EGW_SOCKS_ADDRESS_TYPE: { status: 400, socks: SOCKS_REP.addressTypeNotSupported, error: 'address type not supported', reason: 'address-type-not-supported' },
+  EGW_AUTH_REQUIRED: { status: 407, socks: SOCKS_REP.notAllowed, error: 'proxy authentication required', reason: 'auth-required' },
+  EGW_DNS_FAILED: { status: 502, socks: SOCKS_REP.hostUnreachable, error: 'destination unreachable', reason: 'dns-failed' },
+  EGW_DIAL_REFUSED: { status: 502, socks: SOCKS_REP.connectionRefused, error: 'destination unreachable', reason: 'connection-refused' },
+  EGW_DIAL_UNREACHABLE: { status: 502, socks: SOCKS_REP.hostUnreachable, error: 'destination unreachable', reason: 'unreachable' },
+  EGW_DIAL_TIMEOUT: { status: 504, socks: SOCKS_REP.ttlExpired, error: 'upstream timeout', reason: 'connect-timeout' },
+  EGW_UPSTREAM_PROXY: { status: 502, socks: SOCKS_REP.generalFailure, error: 'upstream proxy failed', reason: 'upstream-proxy' },
+  EGW_UPSTREAM_RESET: { status: 502, socks: SOCKS_REP.generalFailure, error: 'upstream reset', reason: 'upstream-reset' },
+  EGW_SELF_DIAL: { status: 403, socks: SOCKS_REP.notAllowed, error: 'egress denied', reason: 'deny-range' },
+  EGW_FLOW_LIMIT: { status: 429, socks: SOCKS_REP.notAllowed, error: 'too many flows', reason: 'rate-limit' },
+  EGW_SHUTTING_DOWN: { status: 503, socks: SOCKS_REP.generalFailure, error: 'shutting down', reason: 'shutting-down' },
+  EGW_CONFIG_INVALID: { status: 500, socks: SOCKS_REP.generalFailure, error: 'configuration invalid', reason: 'config-invalid' },
+};
+
+/** What a coded failure looks like to an HTTP or SOCKS5 client. */
+export function mapError(code: GatewayErrorCode): RejectMapping {
+  return ERROR_MAP[code];
+}
+
+/** What a refusing decision looks like to the client (403 / SOCKS 0x02, or 429 / 407 for those reasons). */
+export function mapDecision(decision: Decision): RejectMapping {
+  const reason: ReasonCode = decision.reason;
+  switch (reason) {
+    case 'rate-limit':
+      return { status: 429, socks: SOCKS_REP.notAllowed, error: 'too many flows', reason };
+    case 'auth-required':
+      return { status: 407, socks: SOCKS_REP.notAllowed, error: 'proxy authentication required', reason };
+    case 'allowed':
+    case 'not-allowlisted':
+    case 'deny-range':
+    case 'quarantine':
+      return { status: 403, socks: SOCKS_REP.notAllowed, error: 'egress denied', reason };
+    case 'detector':
+      return { status: 403, socks: SOCKS_REP.notAllowed, error: 'egress denied', reason: decision.detector ?? reason };
+    default: {
+      const exhaustive: never = reason;
+      return exhaustive;
+    }
+  }
+}

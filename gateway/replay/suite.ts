@@ -1,0 +1,231 @@
+/**
+ * The scenario suite: load scenario files and flow logs, build each run's policy (base + the
+ * scenario's allowlist additions), play it on the virtual clock and judge expected vs got.
+ *
+ * Runs (research §5.3): every scenario with its allowlist entry; every benign one again without
+ * it; and all benign ones mixed concurrently with all their entries (keys must not bleed).
+ */
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { compilePolicy } from '../../policy/compile.ts';
+import type { Config } from '../../policy/config.ts';
+import { severityLevel } from '../../policy/detectors/match.ts';
+import { validateConfig } from '../../policy/load-config.ts';
+import type { Mode, ProcessInfo, Protocol } from '../../policy/types.ts';
+import { type ReplayFinding, type ReplayResult, replayConnections } from './driver.ts';
+import { type ConnSpec, type Expectation, type ExpectedAction, type Scenario, parseScenario } from './scenario.ts';
+
+export type Variant = 'allowlist' | 'no-allowlist' | 'mixed' | 'flow-log';
+
+export interface Judgement {
+  readonly scenario: string;
+  readonly kind: 'benign' | 'malicious' | 'log';
+  readonly variant: Variant;
+  readonly expected: string;
+  readonly got: string;
+  readonly strongest: ExpectedAction;
+  readonly maxSeverity: string;
+  readonly ok: boolean;
+  readonly timeToDetectMs: number | null;
+  readonly bytesPastBudget: number;
+}
+
+export interface FlowLog {
+  readonly file: string;
+  readonly connections: ConnSpec[];
+}
+
+const RANK: Record<ExpectedAction, number> = { none: 0, flag: 1, block: 2, kill: 3 };
+
+/** Reads INPUT paths: scenario YAML files, directories of them, and flow logs (JSON lines). */
+export async function loadInputs(paths: readonly string[]): Promise<{ scenarios: Scenario[]; logs: FlowLog[] }> {
+  const scenarios: Scenario[] = [];
+  const logs: FlowLog[] = [];
+  const visit = async (p: string): Promise<void> => {
+    const st = await stat(p);
+    if (st.isDirectory()) {
+      const names = (await readdir(p)).sort();
+      for (const n of names) if (/\.ya?ml$/.test(n) && n !== 'policy.yaml' && !n.startsWith('_')) await visit(join(p, n));
+      return;
+    }
+    const text = await readFile(p, 'utf8');
+    if (/\.(jsonl|ndjson|json|log)$/.test(p)) logs.push({ file: p, connections: parseFlowLog(text, p) });
+    else scenarios.push(parseScenario(text, p));
+  };
+  for (const p of paths) await visit(p);
+  return { scenarios, logs };
+}
+
+/** SPEC §5 flow records (JSON lines) → connections; interim records and refused ones are skipped. */
+export function parseFlowLog(text: string, file: string): ConnSpec[] {
+  const out: ConnSpec[] = [];
+  let n = 0;
+  for (const line of text.split('\n')) {
+    n++;
+    if (!line.trim()) continue;
+    let r: Record<string, unknown>;
+    try {
+      r = JSON.parse(line) as Record<string, unknown>;
+    } catch {
+      throw new Error(`${file}:${n}: not JSON`);
+    }
+    if (r['intermediate'] === true || r['verdict'] === 'block') continue;
+    const ident = (r['identity'] ?? {}) as { user?: string | null; host?: string | null; roles?: string[]; process?: ProcessInfo | null };
+    const dest = (r['destination'] ?? {}) as { host?: string; ip?: string | null; port?: number };
+    const client = (r['client'] ?? {}) as { ip?: string };
+    const startMs = Date.parse(String(r['startedAt']));
+    if (!Number.isFinite(startMs) || typeof dest.host !== 'string' || typeof dest.port !== 'number') {
+      throw new Error(`${file}:${n}: not a flow record (startedAt, destination.host, destination.port)`);
+    }
+    const close = String(r['closeReason'] ?? '');
+    const outcome = /refus/.test(close) ? 'refused' : /timeout|unreach|dial|reset/.test(close) && r['bytesIn'] === 0 ? 'timeout' : 'ok';
+    out.push({
+      scenario: `log:${file}`,
+      identity: {
+        name: ident.user ?? ident.host ?? client.ip ?? '-',
+        host: ident.host ?? null,
+        user: ident.user ?? null,
+        roles: ident.roles ?? null,
+        clientIp: client.ip ?? '0.0.0.0',
+        process: ident.process ?? null,
+      },
+      startMs,
+      durationMs: typeof r['durationMs'] === 'number' ? r['durationMs'] : 0,
+      host: dest.host,
+      ip: dest.ip ?? null,
+      port: dest.port,
+      protocol: (r['protocol'] ?? 'connect') as Protocol,
+      bytesOut: typeof r['bytesOut'] === 'number' ? r['bytesOut'] : 0,
+      bytesIn: typeof r['bytesIn'] === 'number' ? r['bytesIn'] : 0,
+      outcome,
+    });
+  }
+  return out.sort((a, b) => a.startMs - b.startMs);
+}
+
+/** The base config with a scenario's allowlist additions, re-validated. */
+export function configWith(base: Config, additions: readonly (Record<string, unknown> | null)[]): Config {
+  const c = structuredClone(base) as Config;
+  for (const a of additions) {
+    if (!a) continue;
+    const arr = <T>(k: string): T[] => (Array.isArray(a[k]) ? (a[k] as T[]) : []);
+    c.approvedUploadDestinations.push(...arr<string>('approvedUploadDestinations'));
+    c.exceptions.push(...arr<Config['exceptions'][number]>('exceptions'));
+    c.expectedScanSources.push(...arr<Config['expectedScanSources'][number]>('expectedScanSources'));
+    const roles = (a['roles'] ?? {}) as Record<string, { allow?: Config['roles'][string]['allow'] }>;
+    for (const [name, r] of Object.entries(roles)) {
+      const cur = c.roles[name] ?? { allow: [] };
+      cur.allow = [...cur.allow, ...(r.allow ?? [])];
+      c.roles[name] = cur;
+    }
+  }
+  const v = validateConfig(c);
+  if (!v.ok) throw new Error(`allowlist additions make the policy invalid: ${v.errors.map((e) => `${e.path}: ${e.message}`).join('; ')}`);
+  return v.config;
+}
+
+/** Expected vs got for one scenario in one run. */
+export function judge(
+  scenario: string,
+  kind: Judgement['kind'],
+  variant: Variant,
+  exp: Expectation | null,
+  result: ReplayResult,
+): Judgement {
+  const fs = result.findings.filter((f) => f.scenario === scenario);
+  const tally = result.tallies.get(scenario);
+  let strongest: ExpectedAction = 'none';
+  let maxSev = -1;
+  for (const f of fs) {
+    if (RANK[f.finding.action] > RANK[strongest]) strongest = f.finding.action;
+    maxSev = Math.max(maxSev, severityLevel(f.finding.severity));
+  }
+  const top = fs.filter((f) => f.finding.action === strongest);
+  const dets = [...new Set(top.map((f) => f.finding.detector))];
+  let ok = true;
+  let hit: ReplayFinding | undefined = top[0];
+  if (exp) {
+    ok = exp.actions.includes(strongest);
+    if (ok && strongest !== 'none' && exp.detectors.length > 0 && !exp.actions.includes('none')) {
+      hit = top.find((f) => exp.detectors.includes(f.finding.detector));
+      ok = hit !== undefined;
+    }
+    if (ok && exp.maxSeverity !== null && maxSev > severityLevel(exp.maxSeverity)) ok = false;
+  }
+  const firstStart = tally?.firstStartMs ?? 0;
+  const sevName = maxSev < 0 ? '-' : (['low', 'medium', 'high'][maxSev] ?? 'high');
+  return {
+    scenario,
+    kind,
+    variant,
+    expected: exp ? describe(exp) : '-',
+    got: strongest === 'none' ? 'none' : `${strongest} ${dets.join(',')}`,
+    strongest,
+    maxSeverity: sevName,
+    ok,
+    timeToDetectMs: strongest !== 'none' && hit ? hit.atMs - firstStart : null,
+    bytesPastBudget: tally?.bytesPastBudget ?? 0,
+  };
+}
+
+function describe(e: Expectation): string {
+  const a = e.actions.join('|');
+  const d = e.detectors.length > 0 && !e.actions.includes('none') ? ` ${e.detectors.join(',')}` : '';
+  return `${a}${d}${e.maxSeverity ? ` ≤${e.maxSeverity}` : ''}`;
+}
+
+const WITHOUT_DEFAULT: Expectation = { actions: ['none', 'flag'], detectors: [], maxSeverity: null };
+
+export interface SuiteOptions {
+  readonly stepMs?: number;
+  readonly modeOverride?: Mode | null;
+  /** Skip the without-allowlist and mixed runs. */
+  readonly singleOnly?: boolean;
+}
+
+export interface SuiteResult {
+  readonly judgements: Judgement[];
+  readonly findings: ReplayFinding[];
+  readonly steps: number;
+}
+
+/** Runs every scenario (and flow log) through the three runs and judges them. */
+export function runSuite(base: Config, scenarios: readonly Scenario[], logs: readonly FlowLog[], opts: SuiteOptions = {}): SuiteResult {
+  const judgements: Judgement[] = [];
+  const findings: ReplayFinding[] = [];
+  let steps = 0;
+  const play = (conns: readonly ConnSpec[], cfg: Config, known: readonly string[]): ReplayResult => {
+    const r = replayConnections(conns, {
+      snapshot: compilePolicy(cfg),
+      known,
+      ...(opts.stepMs !== undefined ? { stepMs: opts.stepMs } : {}),
+      modeOverride: opts.modeOverride ?? null,
+    });
+    steps += r.steps;
+    return r;
+  };
+  for (const s of scenarios) {
+    const r = play(s.connections, configWith(base, [s.allowlist]), s.known);
+    findings.push(...r.findings.map((f) => ({ ...f, scenario: `${f.scenario}` })));
+    judgements.push(judge(s.id, s.kind, 'allowlist', s.expect, r));
+    if (s.kind === 'benign' && !opts.singleOnly) {
+      const r2 = play(s.connections, base, s.known);
+      findings.push(...r2.findings.map((f) => ({ ...f, scenario: `${f.scenario} (no allowlist)` })));
+      judgements.push(judge(s.id, s.kind, 'no-allowlist', s.withoutAllowlist ?? WITHOUT_DEFAULT, r2));
+    }
+  }
+  const benign = scenarios.filter((s) => s.kind === 'benign');
+  if (benign.length > 1 && !opts.singleOnly) {
+    const conns = benign.flatMap((s) => s.connections).sort((a, b) => a.startMs - b.startMs);
+    const r = play(conns, configWith(base, benign.map((s) => s.allowlist)), benign.flatMap((s) => s.known));
+    findings.push(...r.findings.map((f) => ({ ...f, scenario: `${f.scenario} (mixed)` })));
+    for (const s of benign) judgements.push(judge(s.id, s.kind, 'mixed', s.expect, r));
+  }
+  for (const log of logs) {
+    if (log.connections.length === 0) continue;
+    const r = play(log.connections, base, []);
+    findings.push(...r.findings);
+    judgements.push(judge(`log:${log.file}`, 'log', 'flow-log', null, r));
+  }
+  return { judgements, findings, steps };
+}

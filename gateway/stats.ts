@@ -1,0 +1,246 @@
+/**
+ * Every Prometheus metric of the gateway, declared once (STYLE: Envoy names, kind suffixes).
+ * Each GatewayStats owns its own Registry (never prom-client's global one), so tests and replay can
+ * build several side by side. Label values come only from the closed sets below; anything else is
+ * counted as "other" — hostnames and user names go to logs, never to labels.
+ */
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { DETECTOR_NAMES, type ReasonCode, type Verdict } from '../policy/types.ts';
+import type { FlowTable } from './flow/flow-table.ts';
+import type { Flow } from './flow/flow.ts';
+import type { IdentityStats } from './identity/identity-resolver.ts';
+
+export const LISTENER_LABELS = ['http', 'https', 'socks', 'admin'] as const;
+export type ListenerLabel = (typeof LISTENER_LABELS)[number];
+export const CONNECT_FAIL_TYPES = ['timeout', 'refused', 'unreachable', 'dns', 'reset', 'upstream-proxy', 'other'] as const;
+export type ConnectFailType = (typeof CONNECT_FAIL_TYPES)[number];
+export const VERDICT_LABELS = ['allow', 'block', 'would-block'] as const satisfies readonly Verdict[];
+export const REASON_LABELS = [
+  'allowed',
+  'not-allowlisted',
+  'deny-range',
+  'rate-limit',
+  'auth-required',
+  'quarantine',
+  'detector',
+] as const satisfies readonly ReasonCode[];
+export const ALERT_ACTION_LABELS = ['flag', 'block', 'kill', 'would-block', 'would-kill'] as const;
+export const RELOAD_RESULTS = ['success', 'failure'] as const;
+export type ReloadResult = (typeof RELOAD_RESULTS)[number];
+
+/** A label value from a closed set, else "other". */
+export function closedLabel(value: string | null | undefined, set: readonly string[]): string {
+  return value && set.includes(value) ? value : 'other';
+}
+
+export interface GatewayStatsOptions {
+  /** Also export Node process metrics (event loop lag, heap, …) on this registry. */
+  processMetrics?: boolean;
+}
+
+export class GatewayStats {
+  readonly registry = new Registry();
+  readonly downstreamCxTotal: Counter<'listener'>;
+  readonly downstreamCxActive: Gauge<'listener'>;
+  readonly upstreamCxConnectFailTotal: Counter<'type'>;
+  readonly flowsActive: Gauge;
+  readonly flowBytesTotal: Counter<'direction'>;
+  readonly policyDecisionsTotal: Counter<'verdict' | 'reason'>;
+  readonly detectorAlertsTotal: Counter<'detector' | 'action'>;
+  readonly sweepDurationMs: Histogram;
+  readonly configReloadTotal: Counter<'result'>;
+  private activeFlowsFn: () => number = () => 0;
+  /** Bytes already counted per live flow, so a sweep adds only the delta. */
+  private readonly counted = new WeakMap<Flow, { out: number; in: number }>();
+
+  constructor(opts: GatewayStatsOptions = {}) {
+    const registers = [this.registry];
+    this.downstreamCxTotal = new Counter({
+      name: 'gw_downstream_cx_total',
+      help: 'Downstream (client) connections accepted, by listener',
+      labelNames: ['listener'],
+      registers,
+    });
+    this.downstreamCxActive = new Gauge({
+      name: 'gw_downstream_cx_active',
+      help: 'Downstream (client) connections open now, by listener',
+      labelNames: ['listener'],
+      registers,
+    });
+    this.upstreamCxConnectFailTotal = new Counter({
+      name: 'gw_upstream_cx_connect_fail_total',
+      help: 'Upstream dials that failed, by failure type',
+      labelNames: ['type'],
+      registers,
+    });
+    const stats = this;
+    this.flowsActive = new Gauge({
+      name: 'gw_flows_active',
+      help: 'Flows open now',
+      registers,
+      collect() {
+        this.set(stats.activeFlowsFn());
+      },
+    });
+    this.flowBytesTotal = new Counter({
+      name: 'gw_flow_bytes_total',
+      help: 'Payload bytes carried, by direction (out = to the destination)',
+      labelNames: ['direction'],
+      registers,
+    });
+    this.policyDecisionsTotal = new Counter({
+      name: 'gw_policy_decisions_total',
+      help: 'Admission verdicts of new flows, by verdict and reason code',
+      labelNames: ['verdict', 'reason'],
+      registers,
+    });
+    this.detectorAlertsTotal = new Counter({
+      name: 'gw_detector_alerts_total',
+      help: 'Alerts raised, by detector and action',
+      labelNames: ['detector', 'action'],
+      registers,
+    });
+    this.sweepDurationMs = new Histogram({
+      name: 'gw_sweep_duration_ms',
+      help: 'Duration of one detector sweep over the live flows, in milliseconds',
+      buckets: [0.1, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000],
+      registers,
+    });
+    this.configReloadTotal = new Counter({
+      name: 'gw_config_reload_total',
+      help: 'Policy reloads (file, admin API, rollback), by result',
+      labelNames: ['result'],
+      registers,
+    });
+    // Zero the closed label sets so dashboards see every series from the start.
+    for (const l of LISTENER_LABELS) this.downstreamCxTotal.inc({ listener: l }, 0);
+    for (const r of RELOAD_RESULTS) this.configReloadTotal.inc({ result: r }, 0);
+    for (const d of ['out', 'in']) this.flowBytesTotal.inc({ direction: d }, 0);
+    if (opts.processMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'gw_process_' });
+  }
+
+  downstreamOpened(listener: ListenerLabel): void {
+    this.downstreamCxTotal.inc({ listener: closedLabel(listener, LISTENER_LABELS) });
+    this.downstreamCxActive.inc({ listener: closedLabel(listener, LISTENER_LABELS) });
+  }
+
+  downstreamClosed(listener: ListenerLabel): void {
+    this.downstreamCxActive.dec({ listener: closedLabel(listener, LISTENER_LABELS) });
+  }
+
+  upstreamConnectFailed(type: ConnectFailType): void {
+    this.upstreamCxConnectFailTotal.inc({ type: closedLabel(type, CONNECT_FAIL_TYPES) });
+  }
+
+  decision(verdict: Verdict, reason: ReasonCode | null): void {
+    this.policyDecisionsTotal.inc({
+      verdict: closedLabel(verdict, VERDICT_LABELS),
+      reason: closedLabel(reason, REASON_LABELS),
+    });
+  }
+
+  alert(detector: string, action: string): void {
+    this.detectorAlertsTotal.inc({
+      detector: closedLabel(detector, DETECTOR_NAMES),
+      action: closedLabel(action, ALERT_ACTION_LABELS),
+    });
+  }
+
+  sweepObserved(durationMs: number): void {
+    this.sweepDurationMs.observe(durationMs);
+  }
+
+  configReloaded(result: ReloadResult): void {
+    this.configReloadTotal.inc({ result });
+  }
+
+  /**
+   * Follow a flow table: the active gauge reads it at scrape time; bytes are counted per sweep as
+   * deltas (and the remainder at close), so long tunnels show up before they end; each flow's
+   * admission verdict is counted once, at the first sweep that sees it or at its close.
+   * Returns a function that detaches the listeners.
+   */
+  attachFlowTable(flows: FlowTable): () => void {
+    this.activeFlowsFn = () => flows.activeCount;
+    const account = (flow: Flow): void => {
+      let c = this.counted.get(flow);
+      if (!c) {
+        c = { out: 0, in: 0 };
+        this.counted.set(flow, c);
+        this.decision(flow.verdict, flow.reason);
+      }
+      if (flow.bytesOut > c.out) this.flowBytesTotal.inc({ direction: 'out' }, flow.bytesOut - c.out);
+      if (flow.bytesIn > c.in) this.flowBytesTotal.inc({ direction: 'in' }, flow.bytesIn - c.in);
+      c.out = flow.bytesOut;
+      c.in = flow.bytesIn;
+    };
+    const onSweep = (_now: number, active: ReadonlyMap<string, Flow>): void => {
+      for (const flow of active.values()) account(flow);
+    };
+    flows.on('sweep', onSweep);
+    flows.on('close', account);
+    return () => {
+      flows.off('sweep', onSweep);
+      flows.off('close', account);
+      this.activeFlowsFn = () => 0;
+    };
+  }
+
+  /** Count every alert added to a store (detector and action labels from closed sets). */
+  attachAlerts(store: { subscribe(fn: (ev: { alert: { detector: string } }) => void): () => void }): () => void {
+    return store.subscribe((ev) => {
+      const action = (ev.alert as { action?: unknown }).action;
+      this.alert(ev.alert.detector, typeof action === 'string' ? action : 'other');
+    });
+  }
+
+  /**
+   * Export the identity resolver's counters (gateway/identity): read at scrape time from
+   * `source.stats()`, so the resolver keeps plain numbers and never imports prom-client.
+   */
+  attachIdentity(source: { stats(): IdentityStats }): void {
+    const registers = [this.registry];
+    const counter = (name: string, help: string, read: (st: IdentityStats) => number): void => {
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          this.reset();
+          this.inc(read(source.stats()));
+        },
+      });
+    };
+    new Counter({
+      name: 'gw_identity_auth_failures_total',
+      help: 'Connections refused by identity resolution, by reason (bad-credentials, auth-required)',
+      labelNames: ['reason'],
+      registers,
+      collect() {
+        const st = source.stats();
+        this.reset();
+        this.inc({ reason: 'bad-credentials' }, st.badCredentialsTotal);
+        this.inc({ reason: 'auth-required' }, st.authRequiredTotal);
+      },
+    });
+    counter('gw_identity_spoof_attempts_total', 'Identity headers sent from untrusted sources (ignored)', (st) => st.spoofAttemptsTotal);
+    counter('gw_identity_signed_tokens_accepted_total', 'Signed identity tokens verified and believed', (st) => st.signedTokensAcceptedTotal);
+    counter('gw_identity_auth_throttled_total', 'Credential checks delayed by the per-source failure throttle', (st) => st.throttle.delayedTotal);
+    counter('gw_identity_auth_shed_total', 'Credential checks refused unchecked: too many already waiting from that source', (st) => st.throttle.shedTotal);
+    counter('gw_identity_scrypt_runs_total', 'scrypt password derivations run (cache misses)', (st) => st.credentials.scryptRuns);
+    counter('gw_identity_credential_cache_hits_total', 'Password checks answered from the short-lived cache', (st) => st.credentials.cacheHits);
+    new Gauge({
+      name: 'gw_identity_throttle_sources_active',
+      help: 'Source addresses with recent authentication failures being tracked',
+      registers,
+      collect() {
+        this.set(source.stats().throttle.sourcesTracked);
+      },
+    });
+  }
+
+  /** Prometheus text exposition. */
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+}

@@ -1,0 +1,124 @@
+/**
+ * Dial the upstream side of a flow: directly to the exact address admission checked, or through a
+ * parent proxy (`upstream: http://h:p` → CONNECT, `socks5://h:p` → SOCKS5 CONNECT). Node errnos are
+ * turned into EGW_* codes here, once.
+ */
+import { connect, type Socket } from 'node:net';
+import { SocksClient } from 'socks';
+import { dialErrorCode, GatewayError } from '../errors.ts';
+
+export interface DialTarget {
+  /** The checked address; never re-resolved. */
+  ip: string;
+  port: number;
+  /** Parent proxy URL or null for a direct connection. */
+  upstream: string | null;
+  timeoutMs: number;
+}
+
+/** Open a TCP connection to the target. Resolves once the upstream is ready for payload bytes. */
+export function dial(target: DialTarget): Promise<Socket> {
+  if (!target.upstream) return dialDirect(target.ip, target.port, target.timeoutMs);
+  const url = new URL(target.upstream);
+  const port = Number(url.port) || (url.protocol === 'http:' ? 3128 : 1080);
+  const host = url.hostname.replace(/^\[|\]$/g, '');
+  if (url.protocol === 'http:') return dialViaHttp(host, port, target);
+  if (url.protocol === 'socks5:' || url.protocol === 'socks5h:') return dialViaSocks(host, port, url, target);
+  return Promise.reject(new GatewayError('EGW_UPSTREAM_PROXY', `unsupported upstream ${url.protocol}`));
+}
+
+function dialDirect(ip: string, port: number, timeoutMs: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: ip, port, allowHalfOpen: true, noDelay: true });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new GatewayError('EGW_DIAL_TIMEOUT', `connect to ${ip}:${port} timed out`));
+    }, timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.removeListener('error', onError);
+      resolve(socket);
+    });
+    const onError = (err: Error): void => {
+      clearTimeout(timer);
+      reject(new GatewayError(dialErrorCode(err), `connect to ${ip}:${port}: ${err.message}`, { cause: err }));
+    };
+    socket.once('error', onError);
+  });
+}
+
+function authority(ip: string, port: number): string {
+  return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
+}
+
+async function dialViaHttp(host: string, port: number, target: DialTarget): Promise<Socket> {
+  let socket: Socket;
+  try {
+    socket = await dialDirect(host, port, target.timeoutMs);
+  } catch (err) {
+    throw new GatewayError('EGW_UPSTREAM_PROXY', `parent proxy ${host}:${port} unreachable`, { cause: err });
+  }
+  const auth = authority(target.ip, target.port);
+  socket.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\n\r\n`);
+  return new Promise((resolve, reject) => {
+    let head = Buffer.alloc(0);
+    const timer = setTimeout(() => fail(new GatewayError('EGW_DIAL_TIMEOUT', 'parent proxy did not answer CONNECT')), target.timeoutMs);
+    const cleanup = (): void => {
+      clearTimeout(timer);
+      socket.removeListener('data', onData);
+      socket.removeListener('error', fail);
+      socket.removeListener('end', onEnd);
+    };
+    function fail(err: Error): void {
+      cleanup();
+      socket.destroy();
+      reject(err instanceof GatewayError ? err : new GatewayError('EGW_UPSTREAM_PROXY', err.message, { cause: err }));
+    }
+    const onEnd = (): void => fail(new GatewayError('EGW_UPSTREAM_PROXY', 'parent proxy closed during CONNECT'));
+    const onData = (chunk: Buffer): void => {
+      head = Buffer.concat([head, chunk]);
+      const end = head.indexOf('\r\n\r\n');
+      if (end === -1) {
+        if (head.length > 16_384) fail(new GatewayError('EGW_UPSTREAM_PROXY', 'parent proxy response head too large'));
+        return;
+      }
+      const statusLine = head.subarray(0, head.indexOf('\r\n')).toString('latin1');
+      const status = Number(statusLine.split(' ')[1]);
+      if (status !== 200) {
+        const code = status === 504 ? 'EGW_DIAL_TIMEOUT' : status === 403 ? 'EGW_UPSTREAM_PROXY' : 'EGW_UPSTREAM_PROXY';
+        fail(new GatewayError(code, `parent proxy answered ${statusLine}`));
+        return;
+      }
+      cleanup();
+      socket.pause();
+      const rest = head.subarray(end + 4);
+      if (rest.length > 0) socket.unshift(rest);
+      resolve(socket);
+    };
+    socket.on('data', onData);
+    socket.once('error', fail);
+    socket.once('end', onEnd);
+  });
+}
+
+async function dialViaSocks(host: string, port: number, url: URL, target: DialTarget): Promise<Socket> {
+  try {
+    const { socket } = await SocksClient.createConnection({
+      proxy: {
+        host,
+        port,
+        type: 5,
+        userId: url.username ? decodeURIComponent(url.username) : undefined,
+        password: url.password ? decodeURIComponent(url.password) : undefined,
+      },
+      command: 'connect',
+      destination: { host: target.ip, port: target.port },
+      timeout: target.timeoutMs,
+    });
+    socket.setNoDelay(true);
+    return socket;
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    throw new GatewayError('EGW_UPSTREAM_PROXY', `parent SOCKS proxy: ${message}`, { cause: err });
+  }
+}

@@ -1,0 +1,311 @@
+/**
+ * Composition root: the only module that wires the data plane (gateway/), the policy engine
+ * (policy/) and the control plane (admin/) together. `egressgate serve` runs here.
+ *
+ *  1. load the config (file, EGRESSGATE_CONFIG, or the embedded default) and apply flag overrides
+ *  2. open the flow log, build the FlowTable and the PolicyStore
+ *  3. build the GatewayContext (identity, attribution, resolver, detection)
+ *  4. bind the HTTP proxy, the SOCKS5 gateway and the admin API; print the listening line
+ *  5. SIGHUP → reload the file; SIGTERM/SIGINT → drain and exit 0
+ */
+import { readFile } from 'node:fs/promises';
+import type { Server as HttpServer } from 'node:http';
+import type { AddressInfo, Server as NetServer } from 'node:net';
+import { parseArgs } from 'node:util';
+import type { FastifyInstance } from 'fastify';
+import { buildAdmin, generateAdminToken } from './admin/app.ts';
+import { LocalAttributor } from './agent/attribution.ts';
+import { attachAlertSinks } from './gateway/alerts/alert-sinks.ts';
+import { AlertStore } from './gateway/alerts/alert-store.ts';
+import { AuditLog } from './gateway/audit-log.ts';
+import type { GatewayContext, Logger, ProcessAttributor, Resolver } from './gateway/context.ts';
+import { createControlPort } from './gateway/control-port.ts';
+import { createDetectionEngine, type DetectionEngine } from './gateway/detection/detection-engine.ts';
+import { FlowLog } from './gateway/flow/flow-log.ts';
+import { FlowTable } from './gateway/flow/flow-table.ts';
+import { createIdentityResolver } from './gateway/identity/identity-resolver.ts';
+import { createHttpProxy } from './gateway/listeners/http-proxy.ts';
+import { createSocksServer } from './gateway/listeners/socks5.ts';
+import { createLogger } from './gateway/log.ts';
+import { PolicyStore } from './gateway/policy-store.ts';
+import { createDnsResolver } from './gateway/upstream/resolve.ts';
+import { type Config, defaultConfig } from './policy/config.ts';
+import { loadConfig } from './policy/load-config.ts';
+import type { Alert } from './policy/detectors/types.ts';
+import type { Mode } from './policy/types.ts';
+
+export interface StartOptions {
+  config: Config;
+  /** The file SIGHUP reloads, if any. */
+  configPath?: string | null;
+  /** The config's text as loaded (kept in the policy history). */
+  configText?: string | null;
+  mode?: Mode;
+  http?: string;
+  socks?: string;
+  admin?: string;
+  https?: string;
+  /** Extra admin token (EGRESSGATE_ADMIN_TOKEN). */
+  adminToken?: string | null;
+  /** Seams for tests. */
+  resolver?: Resolver;
+  attributor?: ProcessAttributor | null;
+  log?: Logger;
+  now?: () => number;
+}
+
+export interface RunningGateway {
+  http: string;
+  /** The TLS HTTP proxy listener (`listen.https` with `tls`), or null. */
+  https: string | null;
+  socks: string;
+  admin: string;
+  /** The admin token generated when none was configured (null otherwise). */
+  generatedAdminToken: string | null;
+  flows: FlowTable;
+  policy: PolicyStore;
+  alerts: AlertStore<Alert>;
+  ctx: GatewayContext;
+  /** Reload from the config file (SIGHUP). */
+  reloadFromFile(author?: string): Promise<{ ok: boolean; errors?: Array<{ path: string; message: string }> }>;
+  /** Stop accepting, let flows finish within graceMs, kill the rest, flush the logs, close. */
+  drain(graceMs?: number): Promise<void>;
+}
+
+function splitHostPort(text: string): { host: string; port: number } {
+  const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(text);
+  if (!m) throw new Error(`bad listen address '${text}' (want HOST:PORT)`);
+  return { host: m[1] as string, port: Number(m[2]) };
+}
+
+function formatAddress(addr: AddressInfo | string | null): string {
+  if (!addr || typeof addr === 'string') return String(addr);
+  return addr.family === 'IPv6' ? `[${addr.address}]:${addr.port}` : `${addr.address}:${addr.port}`;
+}
+
+function listen(server: NetServer | HttpServer, where: string): Promise<string> {
+  const { host, port } = splitHostPort(where);
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host, port }, () => {
+      server.removeListener('error', reject);
+      resolve(formatAddress(server.address()));
+    });
+  });
+}
+
+/** Start a gateway in this process. Used by `serve` and by the integration tests. */
+export async function startGateway(opts: StartOptions): Promise<RunningGateway> {
+  const config = opts.config;
+  const log = opts.log ?? createLogger('info');
+  // 2. flow log, flow table, policy
+  const flowLog = await FlowLog.open(config.flowLog.path);
+  const flows = new FlowTable({
+    sink: flowLog,
+    keepClosed: config.flowLog.keepClosed,
+    interimSec: config.flowLog.interimSec,
+    sampleIntervalMs: config.detection.sampleIntervalMs,
+    now: opts.now,
+  });
+  const policy = new PolicyStore(config, { author: 'startup', source: opts.configPath ? 'file' : 'startup', text: opts.configText ?? null });
+  if (opts.mode) policy.setMode(opts.mode);
+  const alerts = new AlertStore<Alert>({ keep: config.alerts.keep });
+  const sinks = attachAlertSinks(alerts, { webhooks: config.alerts.webhooks, syslog: config.alerts.syslog, log });
+  // 3. context
+  let draining = false;
+  const selfAddresses = new Set<string>();
+  let detection: DetectionEngine | null = null;
+  const identity = createIdentityResolver();
+  const ctx: GatewayContext = {
+    flows,
+    policy,
+    identity,
+    attributor: opts.attributor === undefined ? new LocalAttributor() : opts.attributor,
+    resolver: opts.resolver ?? createDnsResolver({ timeoutMs: config.resolver.timeoutMs }),
+    get detection() {
+      return detection;
+    },
+    log,
+    selfAddresses,
+    isDraining: () => draining,
+  };
+  detection = await createDetectionEngine({ flows, policy, alerts, log, statePath: config.state.path });
+  flows.start(config.detection.sampleIntervalMs, config.flowLog.interimSec);
+  // 4. listeners
+  const httpServer = createHttpProxy(ctx);
+  const socksServer = createSocksServer(ctx);
+  const http = await listen(httpServer, opts.http ?? config.listen.http);
+  selfAddresses.add(http);
+  const socks = await listen(socksServer, opts.socks ?? config.listen.socks);
+  selfAddresses.add(socks);
+  // Optional TLS listener for the HTTP proxy, so credentials never cross the network in clear.
+  let httpsServer: ReturnType<typeof createHttpProxy> | null = null;
+  let https: string | null = null;
+  const httpsWhere = opts.https ?? config.listen.https ?? null;
+  if (httpsWhere && config.tls) {
+    const [cert, key, ca] = await Promise.all([
+      readFile(config.tls.cert),
+      readFile(config.tls.key),
+      config.tls.ca ? readFile(config.tls.ca) : Promise.resolve(undefined),
+    ]);
+    httpsServer = createHttpProxy(ctx, { tls: { cert, key, ca, requestCert: config.tls.requestClientCert ?? false } });
+    https = await listen(httpsServer, httpsWhere);
+    selfAddresses.add(https);
+  }
+  const audit = await AuditLog.open(config.flowLog.path && config.flowLog.path !== '-' ? `${config.flowLog.path}.audit.jsonl` : null);
+  let ready = false;
+  const control = createControlPort({ flows, policy, alerts, audit, isReady: () => ready && !draining, proxyAddress: () => http });
+  const envToken = opts.adminToken ?? null;
+  const hasToken = config.admin.tokens.length > 0 || Boolean(envToken);
+  const generatedAdminToken = hasToken ? null : generateAdminToken();
+  const app: FastifyInstance = await buildAdmin(control, {
+    tokens: config.admin.tokens,
+    agents: config.identity.agents,
+    envToken: envToken ?? generatedAdminToken ?? undefined,
+  });
+  const adminWhere = splitHostPort(opts.admin ?? config.listen.admin);
+  await app.listen({ host: adminWhere.host, port: adminWhere.port });
+  const admin = formatAddress(app.server.address());
+  selfAddresses.add(admin);
+  ready = true;
+
+  const reloadFromFile = async (author = 'SIGHUP'): Promise<{ ok: boolean; errors?: Array<{ path: string; message: string }> }> => {
+    if (!opts.configPath) return { ok: false, errors: [{ path: '', message: 'no config file to reload' }] };
+    const text = await readFile(opts.configPath, 'utf8');
+    const result = policy.reload(text, { author, source: 'file' });
+    if (result.ok) log.info({ version: result.version, author }, 'policy reloaded');
+    else log.warn({ errors: result.errors }, 'policy reload failed; the running policy is unchanged');
+    return result;
+  };
+
+  const drain = async (graceMs = config.limits.drainGraceMs): Promise<void> => {
+    if (draining) return;
+    draining = true;
+    ready = false;
+    // 1. stop accepting
+    const servers = [httpServer, socksServer, ...(httpsServer ? [httpsServer] : [])];
+    const closed = Promise.all(servers.map((srv) => new Promise<void>((r) => srv.close(() => r()))));
+    httpServer.closeIdleConnections();
+    httpsServer?.closeIdleConnections();
+    // 2. let live flows finish, up to the grace period
+    const deadline = Date.now() + graceMs;
+    while (flows.activeCount > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    for (const id of [...flows.activeFlows().keys()]) flows.kill(id, 'shutdown');
+    httpServer.closeAllConnections();
+    httpsServer?.closeAllConnections();
+    await closed;
+    // 3. final sweep, persist detector state, flush every record
+    flows.stop();
+    await detection?.close();
+    await sinks.close();
+    await app.close();
+    await audit.close();
+    await flowLog.close();
+  };
+
+  return { http, socks, https, admin, generatedAdminToken, flows, policy, alerts, ctx, reloadFromFile, drain };
+}
+
+const HELP = `usage: egressgate serve [--config FILE] [--mode monitor|enforce] [--http HOST:PORT]
+                        [--socks HOST:PORT] [--admin HOST:PORT] [--redis URL]
+
+Runs the HTTP forward proxy, the SOCKS5 gateway and the admin API. Port 0 = any free port.
+Without --config (or EGRESSGATE_CONFIG) the embedded default policy is used: monitor mode,
+loopback listeners, in-memory state. SIGHUP reloads the config file; SIGTERM drains and exits 0.
+`;
+
+/** `egressgate serve`. Returns -1 while serving (the process stays up until SIGTERM). */
+export async function run(argv: string[]): Promise<number> {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        config: { type: 'string' },
+        mode: { type: 'string' },
+        http: { type: 'string' },
+        socks: { type: 'string' },
+        admin: { type: 'string' },
+        redis: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (err) {
+    process.stderr.write(`egressgate serve: ${(err as Error).message}\n${HELP}`);
+    return 2;
+  }
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  const mode = values.mode as string | undefined;
+  if (mode !== undefined && mode !== 'monitor' && mode !== 'enforce') {
+    process.stderr.write(`egressgate serve: --mode must be monitor or enforce, not '${mode}'\n`);
+    return 2;
+  }
+  for (const flag of ['http', 'socks', 'admin'] as const) {
+    const v = values[flag];
+    if (typeof v === 'string' && !/^\[?[^\]]*\]?:\d{1,5}$/.test(v)) {
+      process.stderr.write(`egressgate serve: --${flag} must be HOST:PORT, not '${v}'\n`);
+      return 2;
+    }
+  }
+  if (values.redis) {
+    process.stderr.write('egressgate serve: --redis (shared state across replicas) is not available in this build; state stays in memory\n');
+    return 2;
+  }
+  // 1. config
+  const configPath = (values.config as string | undefined) ?? process.env.EGRESSGATE_CONFIG ?? null;
+  let config = defaultConfig();
+  let configText: string | null = null;
+  if (configPath) {
+    try {
+      configText = await readFile(configPath, 'utf8');
+    } catch (err) {
+      process.stderr.write(`egressgate serve: cannot read ${configPath}: ${(err as Error).message}\n`);
+      return 1;
+    }
+    const loaded = loadConfig(configText, { format: /\.json$/i.test(configPath) ? 'json' : 'yaml' });
+    if (!loaded.ok) {
+      for (const e of loaded.errors) process.stderr.write(`${configPath}: ${e.path || '(root)'}: ${e.message}\n`);
+      return 1;
+    }
+    config = loaded.config;
+  }
+  const gw = await startGateway({
+    config,
+    configPath,
+    configText,
+    mode: mode as Mode | undefined,
+    http: values.http as string | undefined,
+    socks: values.socks as string | undefined,
+    admin: values.admin as string | undefined,
+    adminToken: process.env.EGRESSGATE_ADMIN_TOKEN ?? null,
+  });
+  if (gw.generatedAdminToken) {
+    process.stderr.write(`egressgate: no admin token configured; generated one for this run: ${gw.generatedAdminToken}\n`);
+  }
+  process.stdout.write(
+    `${JSON.stringify({ event: 'listening', http: gw.http, socks: gw.socks, admin: gw.admin, ...(gw.https ? { https: gw.https } : {}), mode: gw.policy.modeOverride() ?? gw.policy.current().config.mode, pid: process.pid })}\n`,
+  );
+  // 5. signals
+  process.on('SIGHUP', () => {
+    void gw.reloadFromFile('SIGHUP');
+  });
+  const stop = (): void => {
+    gw.drain().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        process.stderr.write(`egressgate: drain failed: ${String(err)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+  return -1;
+}

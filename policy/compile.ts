@@ -1,0 +1,350 @@
+/**
+ * Compiles a validated Config into a frozen PolicySnapshot (SPEC §3/§4).
+ *
+ * Compilation does the work once per reload so a decision is a few Map lookups:
+ * - per role, host patterns in a HostPatternMap (exact Map + wildcard-suffix Map + `*`) and CIDR
+ *   entries in a prefix-indexed CidrMap;
+ * - per allow entry, its MatchedRule and the two possible allow Decisions (monitor/enforce), so the
+ *   allow path allocates nothing;
+ * - deny.cidrs and allowRanges as CidrMaps (longest prefix decides between them).
+ */
+import { classifyIPv4Number, classifyIPv6, embeddedIPv4, parseIPv4 } from './address.ts';
+import { CidrMap, compileCidrSet, type ParsedIp, parseCidr, parseIp } from './cidr.ts';
+import type { AllowEntry, Config } from './config.ts';
+import { HostPatternMap, isIpLiteralLike, normalizeHost, normalizeHostFast, parseHostPattern } from './host-pattern.ts';
+import { compilePorts, type PortMatcher, portMatches } from './ports.ts';
+import type { ConnectFacts, Decision, MatchedRule, Mode, PolicySnapshot, Protocol } from './types.ts';
+
+/**
+ * One allow entry. Its MatchedRule and allow Decisions are built on first use and then reused for
+ * every flow it admits: the allow path allocates nothing, and a reload does not pay for 3 objects
+ * per entry that most entries never need.
+ */
+class CompiledEntry {
+  private ruleCache: MatchedRule | null = null;
+  private monitorCache: Decision | null = null;
+  private enforceCache: Decision | null = null;
+
+  constructor(
+    readonly role: string,
+    readonly index: number,
+    readonly ports: PortMatcher | null,
+    readonly protocol: 'tcp' | 'udp' | null,
+    private readonly source: AllowEntry,
+  ) {}
+
+  get rule(): MatchedRule {
+    this.ruleCache ??= Object.freeze({ role: this.role, index: this.index, entry: describeEntry(this.source) });
+    return this.ruleCache;
+  }
+
+  allow(mode: Mode): Decision {
+    if (mode === 'enforce') return (this.enforceCache ??= allowDecision('enforce', this.rule));
+    return (this.monitorCache ??= allowDecision('monitor', this.rule));
+  }
+}
+
+interface CompiledRole {
+  readonly mode: Mode | null;
+  readonly entryCount: number;
+  readonly hasCidr: boolean;
+}
+
+/**
+ * The allow entries of every role in two global indexes (host patterns, CIDRs). A decision looks
+ * the destination up once and keeps the candidates whose role the identity has, instead of
+ * walking each role: cost O(labels + candidates), whatever the number of roles and entries.
+ */
+class AllowIndex {
+  readonly hosts = new HostPatternMap<CompiledEntry>();
+  readonly cidrs = new CidrMap<CompiledEntry>();
+  // Scratch state of the current decision (decide() is synchronous and never re-entered).
+  private best: CompiledEntry | null = null;
+  private bestRank = 0;
+  private readonly scratch: CompiledEntry[] = [];
+
+  /** The admitting entry: earliest role of `roles` first, then the lowest index in that role. */
+  find(roles: readonly string[], host: string, ip: ParsedIp | null, port: number, proto: Protocol): CompiledEntry | null {
+    this.best = null;
+    this.bestRank = roles.length;
+    const h = this.hosts;
+    const exact = h.exact.get(host);
+    if (exact !== undefined) this.consider(exact, roles, port, proto);
+    if (h.wildcard.size > 0 && !isIpLiteralLike(host)) {
+      // Proper suffixes, longest first, probing only label counts that some wildcard has.
+      const labels = h.wildcardLabels;
+      let n = 1;
+      for (let k = 0; k < host.length; k++) if (host.charCodeAt(k) === 46) n++;
+      let i = host.indexOf('.');
+      while (i !== -1) {
+        n--;
+        if (labels[n] === true) {
+          const list = h.wildcard.get(host.slice(i + 1));
+          if (list !== undefined) this.consider(list, roles, port, proto);
+        }
+        i = host.indexOf('.', i + 1);
+      }
+    }
+    if (h.any.length > 0) this.consider(h.any, roles, port, proto);
+    if (ip !== null && this.cidrs.size > 0) {
+      const out = this.scratch;
+      out.length = 0;
+      this.cidrs.collect(ip, out);
+      if (out.length > 0) this.consider(out, roles, port, proto);
+      out.length = 0;
+    }
+    const found = this.best;
+    this.best = null;
+    return found;
+  }
+
+  private consider(list: readonly CompiledEntry[], roles: readonly string[], port: number, proto: Protocol): void {
+    for (let k = 0; k < list.length; k++) {
+      const e = list[k]!;
+      const rank = roles.length === 1 ? (roles[0] === e.role ? 0 : -1) : roles.indexOf(e.role);
+      if (rank < 0 || rank > this.bestRank) continue;
+      if (rank === this.bestRank && this.best !== null && e.index >= this.best.index) continue;
+      if (!portMatches(e.ports, port) || !protocolMatches(e.protocol, proto)) continue;
+      this.best = e;
+      this.bestRank = rank;
+    }
+  }
+}
+
+/** Readable one-line form of an allow entry, used in matchedRule and reasons. */
+export function describeEntry(e: AllowEntry): string {
+  const parts: string[] = [];
+  if (e.host !== undefined) parts.push(`host=${e.host}`);
+  if (e.cidr !== undefined) parts.push(`cidr=${e.cidr}`);
+  if (e.ports !== undefined) parts.push(`ports=${e.ports.join(',')}`);
+  if (e.protocol !== undefined) parts.push(`protocol=${e.protocol}`);
+  return parts.join(' ');
+}
+
+function protocolMatches(want: 'tcp' | 'udp' | null, p: Protocol): boolean {
+  if (want === null) return true;
+  return want === 'udp' ? p === 'socks5-udp' : p !== 'socks5-udp';
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o !== null && typeof o === 'object' && !Object.isFrozen(o)) {
+    Object.freeze(o);
+    for (const v of Object.values(o as Record<string, unknown>)) deepFreeze(v);
+  }
+  return o;
+}
+
+function allowDecision(mode: Mode, rule: MatchedRule): Decision {
+  return Object.freeze({
+    verdict: 'allow',
+    reason: 'allowed',
+    detector: null,
+    mode,
+    matchedRule: rule,
+    reasons: Object.freeze([`allowed by role ${rule.role} allow[${rule.index}]: ${rule.entry}`]),
+  });
+}
+
+function compileRole(name: string, cfg: Config['roles'][string], index: AllowIndex, ports: PortCache): CompiledRole {
+  let hasCidr = false;
+  const allow = cfg.allow;
+  for (let i = 0; i < allow.length; i++) {
+    const e = allow[i]!;
+    const entry = new CompiledEntry(name, i, ports.get(e.ports), e.protocol ?? null, e);
+    if (e.host !== undefined) {
+      const p = parseHostPattern(e.host);
+      if (!('error' in p)) index.hosts.add(p, entry);
+    } else if (e.cidr !== undefined) {
+      const c = parseCidr(e.cidr);
+      if (!('error' in c)) {
+        index.cidrs.add(c, entry);
+        hasCidr = true;
+      }
+    }
+  }
+  return { mode: cfg.mode ?? null, entryCount: allow.length, hasCidr };
+}
+
+/** Port lists repeat across entries ([443], [80, 443]): compile each distinct list once. */
+class PortCache {
+  private readonly map = new Map<string, PortMatcher | null>();
+  get(ports: ReadonlyArray<number | string> | undefined): PortMatcher | null {
+    if (ports === undefined) return null;
+    const key = ports.join(',');
+    let m = this.map.get(key);
+    if (m === undefined) {
+      m = compilePorts(ports);
+      this.map.set(key, m);
+    }
+    return m;
+  }
+}
+
+function addRoles(map: Map<string, string[]>, key: string, roles: readonly string[]): void {
+  const list = map.get(key) ?? [];
+  for (const r of roles) if (!list.includes(r)) list.push(r);
+  map.set(key, list);
+}
+
+export interface CompileOptions {
+  /**
+   * The caller hands the config over (a fresh object from `loadConfig`, as the policy store does):
+   * freeze it in place instead of deep-copying it first. Default false.
+   */
+  owned?: boolean;
+}
+
+/**
+ * Builds the frozen snapshot the data plane decides with. `config` must already be validated
+ * (`loadConfig`); it is deep-copied and frozen (unless `owned`), so the caller's object stays
+ * mutable.
+ */
+export function compilePolicy(config: Config, version = 1, opts: CompileOptions = {}): PolicySnapshot {
+  const cfg = deepFreeze(opts.owned ? config : structuredClone(config));
+  const roles = new Map<string, CompiledRole>();
+  const index = new AllowIndex();
+  const portCache = new PortCache();
+  for (const [name, r] of Object.entries(cfg.roles)) roles.set(name, compileRole(name, r, index, portCache));
+
+  const userRoles = new Map<string, string[]>();
+  for (const u of cfg.identity.users) addRoles(userRoles, u.name, u.roles);
+  const hostRoles = new Map<string, string[]>();
+  for (const h of cfg.identity.hosts) addRoles(hostRoles, h.name, h.roles);
+  const defaultRoles = Object.freeze([...cfg.defaultRoles]);
+
+  const denyCidrs = compileCidrSet(cfg.deny.cidrs);
+  const allowRanges = compileCidrSet(cfg.allowRanges);
+  const privateRanges = cfg.deny.privateRanges;
+
+  const staticHosts = new Map<string, string>();
+  for (const [name, ip] of Object.entries(cfg.resolver.hosts)) {
+    const key = normalizeHost(name);
+    if (key !== null) staticHosts.set(key, ip);
+  }
+
+  function rolesFor(user: string | null, host: string | null): readonly string[] {
+    const fromUser = user === null ? undefined : userRoles.get(user);
+    const fromHost = host === null ? undefined : hostRoles.get(host);
+    if (fromUser === undefined && fromHost === undefined) return defaultRoles;
+    if (fromHost === undefined) return fromUser!;
+    if (fromUser === undefined) return fromHost;
+    const out = [...fromUser];
+    for (const r of fromHost) if (!out.includes(r)) out.push(r);
+    return out;
+  }
+
+  function modeFor(ids: readonly string[], globalModeOverride?: Mode | null): Mode {
+    // Effective mode of each role is its own override or the global one; enforce wins over monitor.
+    const global = globalModeOverride ?? cfg.mode;
+    if (ids.length === 0) return global;
+    for (const id of ids) {
+      const r = roles.get(id);
+      if ((r?.mode ?? global) === 'enforce') return 'enforce';
+    }
+    return 'monitor';
+  }
+
+  /** Longest prefix of `set` containing the address as dialled or the IPv4 it embeds. */
+  function longest(set: CidrMap<string>, ip: ParsedIp, inner: ParsedIp | null): number {
+    if (set.size === 0) return -1;
+    const a = set.longestPrefix(ip);
+    return inner === null ? a : Math.max(a, set.longestPrefix(inner));
+  }
+
+  /** Why the dialled address is denied, or null when it may be dialled. */
+  function denyRange(destIp: string, ip: ParsedIp | null): string | null {
+    if (ip === null) return `destination address "${destIp}" is not an IP address`;
+    // Plain IPv4 and IPv4-mapped carry v4; other IPv6 forms may embed one (NAT64, 6to4, Teredo).
+    const n = ip.v4 === null ? embeddedIPv4(ip.v6!) : null;
+    const label = !privateRanges ? null : ip.v4 !== null ? classifyIPv4Number(ip.v4) : classifyIPv6(ip.v6!);
+    if (label === null && denyCidrs.size === 0) return null;
+    const inner: ParsedIp | null = n === null ? null : { v4: n, v6: null };
+    const allowLen = longest(allowRanges, ip, inner);
+    const denyLen = longest(denyCidrs, ip, inner);
+    // A deny.cidrs entry at least as specific as the allowRanges exception still denies (the
+    // precedence surprise of smokescreen #236 is avoided: the most specific rule wins).
+    if (denyLen >= 0 && denyLen >= allowLen) return `destination address ${destIp} is in deny.cidrs`;
+    if (label !== null && allowLen < 0) return `destination address ${destIp} is in a denied range (${label})`;
+    return null;
+  }
+
+  /** The refusal with its explanation: per role, what came close or that nothing matched. */
+  function notAllowed(facts: ConnectFacts, host: string, ip: ParsedIp | null, mode: Mode): Decision {
+    const reasons: string[] = [];
+    const ids = facts.identity.roles;
+    if (ids.length === 0) reasons.push('identity has no roles (no configured user or host matched, and defaultRoles is empty)');
+    // Entries whose destination matches (host pattern or CIDR) but whose port/protocol does not.
+    const candidates: CompiledEntry[] = [];
+    index.hosts.forEachMatch(host, (e) => {
+      candidates.push(e);
+      return false;
+    });
+    if (ip !== null) index.cidrs.collect(ip, candidates);
+    for (const id of ids) {
+      const r = roles.get(id);
+      if (r === undefined) {
+        reasons.push(`role ${id}: not defined in roles`);
+        continue;
+      }
+      if (r.entryCount === 0) {
+        reasons.push(`role ${id}: has no allow entries`);
+        continue;
+      }
+      const near = candidates.filter((e) => e.role === id).sort((a, b) => a.index - b.index);
+      for (const e of near) {
+        const what = !portMatches(e.ports, facts.destPort) ? `port ${facts.destPort}` : `protocol ${facts.protocol}`;
+        reasons.push(`role ${id}: allow[${e.index}] (${e.rule.entry}) matches the destination but not ${what}`);
+      }
+      if (near.length === 0) {
+        const addr = facts.destIp !== null && r.hasCidr ? ` or address ${facts.destIp}` : '';
+        reasons.push(`role ${id}: no allow entry matches host ${host}${addr}`);
+      }
+    }
+    if (facts.destIp === null) reasons.push('destination address unknown: CIDR entries were not evaluated');
+    const verdict = mode === 'enforce' ? 'block' : 'would-block';
+    reasons.push(`not allowlisted: ${host}:${facts.destPort} ${mode === 'enforce' ? 'is blocked' : 'would be blocked in enforce mode (monitor mode records it)'}`);
+    return Object.freeze({ verdict, reason: 'not-allowlisted', detector: 'policy.deny', mode, matchedRule: null, reasons });
+  }
+
+  // One reusable ParsedIp for plain IPv4 destinations (the common case): decide() is synchronous
+  // and the value never outlives the call, so the hot path need not allocate it.
+  const v4Scratch: { v4: number | null; v6: Uint8Array | null } = { v4: 0, v6: null };
+  function parseDestIp(destIp: string): ParsedIp | null {
+    const n = parseIPv4(destIp);
+    if (n === null) return parseIp(destIp);
+    v4Scratch.v4 = n;
+    return v4Scratch;
+  }
+
+  function decide(facts: ConnectFacts, _now: number, globalModeOverride?: Mode | null): Decision {
+    const ids = facts.identity.roles;
+    const mode = modeFor(ids, globalModeOverride);
+    const ip = facts.destIp === null ? null : parseDestIp(facts.destIp);
+    // 1. SSRF floor on the dialled address: block in every mode.
+    if (facts.destIp !== null) {
+      const why = denyRange(facts.destIp, ip);
+      if (why !== null) {
+        return Object.freeze({
+          verdict: 'block',
+          reason: 'deny-range',
+          detector: 'policy.deny-range',
+          mode,
+          matchedRule: null,
+          reasons: [why],
+        });
+      }
+    }
+    // 2. Allow entries of every role: the earliest entry of the first admitting role is matchedRule.
+    const host = normalizeHostFast(facts.destHost);
+    const hit = ids.length === 0 ? null : index.find(ids, host, ip, facts.destPort, facts.protocol);
+    if (hit !== null) return hit.allow(mode);
+    // 3. Nothing admitted it.
+    return notAllowed(facts, host, ip, mode);
+  }
+
+  function staticAddress(host: string): string | null {
+    return staticHosts.get(normalizeHostFast(host)) ?? null;
+  }
+
+  return Object.freeze({ version, config: cfg, rolesFor, modeFor, decide, staticAddress });
+}

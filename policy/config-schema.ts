@@ -1,0 +1,217 @@
+/**
+ * The config file's schema (SPEC §3) in the schema language of `schema-dsl.ts`: shapes, types and
+ * the per-value checks (CIDRs, host patterns, ports, time zones, URLs). Cross-field rules (roles
+ * referenced but not defined, duplicate names) live in `load-config.ts`.
+ */
+import { isIP } from 'node:net';
+import { parsePasswordHash } from '../gateway/identity/password-hash.ts';
+import { parseCidr } from './cidr.ts';
+import { normalizeHost, parseHostPattern } from './host-pattern.ts';
+import { parsePortSpec } from './ports.ts';
+import { type Node, s } from './schema-dsl.ts';
+import { DETECTOR_NAMES } from './types.ts';
+
+const nonEmpty = (v: string): string | null => (v.trim() === '' ? 'must not be empty' : null);
+
+const cidr = (v: string): string | null => {
+  const r = parseCidr(v);
+  return 'error' in r ? r.error : null;
+};
+
+const hostPattern = (v: string): string | null => {
+  const r = parseHostPattern(v);
+  return 'error' in r ? r.error : null;
+};
+
+const hostName = (v: string): string | null => (normalizeHost(v) === null ? `"${v}" is not a valid host name` : null);
+
+const ipAddress = (v: string): string | null => (isIP(v) === 0 ? `"${v}" is not an IP address` : null);
+
+const timeZones = new Map<string, boolean>();
+/** True when Intl knows the IANA zone (cached: building a formatter costs ~50 µs). */
+export function isValidTimeZone(zone: string): boolean {
+  let ok = timeZones.get(zone);
+  if (ok === undefined) {
+    try {
+      new Intl.DateTimeFormat('en-US', { timeZone: zone });
+      ok = true;
+    } catch {
+      ok = false;
+    }
+    timeZones.set(zone, ok);
+  }
+  return ok;
+}
+const timeZone = (v: string): string | null => (isValidTimeZone(v) ? null : `unknown time zone "${v}" (use an IANA name like Europe/Berlin)`);
+
+const HHMM = '^(?:(?:[01][0-9]|2[0-3]):[0-5][0-9]|24:00)$';
+const hhmm = (v: string): string | null => (new RegExp(HHMM).test(v) ? null : `"${v}" is not a time of day HH:MM (00:00-24:00)`);
+
+/** `HOST:PORT` with an IPv4 address, a [bracketed] IPv6 address or a host name; port 0-65535. */
+export function parseHostPort(v: string): { host: string; port: number } | { error: string } {
+  const m = /^(\[[^\]]+\]|[^:[\]]+):(\d{1,5})$/.exec(v.trim());
+  if (!m) return { error: `"${v}" is not HOST:PORT (IPv6 in brackets: [::1]:3128)` };
+  const host = m[1]!.startsWith('[') ? m[1]!.slice(1, -1) : m[1]!;
+  const port = Number(m[2]);
+  if (port > 65535) return { error: `port ${port} is out of range 0-65535` };
+  if (m[1]!.startsWith('[') ? isIP(host) !== 6 : isIP(host) === 0 && normalizeHost(host) === null) {
+    return { error: `"${host}" is not an IP address or host name` };
+  }
+  return { host, port };
+}
+const hostPort = (v: string): string | null => {
+  const r = parseHostPort(v);
+  return 'error' in r ? r.error : null;
+};
+
+const urlWith =
+  (protocols: readonly string[], needPort: boolean) =>
+  (v: string): string | null => {
+    let u: URL;
+    try {
+      u = new URL(v);
+    } catch {
+      return `"${v}" is not a URL`;
+    }
+    if (!protocols.includes(u.protocol)) return `URL scheme must be one of ${protocols.map((p) => p.replace(':', '')).join(', ')}`;
+    if (u.hostname === '') return 'URL has no host';
+    if (needPort && u.port === '') return 'URL needs an explicit port';
+    return null;
+  };
+const upstreamUrl = urlWith(['http:', 'https:', 'socks5:', 'socks5h:'], false);
+const webhookUrl = urlWith(['http:', 'https:'], false);
+
+const sha256 = (v: string): string | null => (/^[0-9a-fA-F]{64}$/.test(v) ? null : 'must be 64 hex digits (sha256)');
+// Identity-owned checks (gateway/identity): the password-hash parser is pure, so validation and the
+// resolver accept exactly the same hashes.
+const passwordHash = (v: string): string | null => {
+  const r = parsePasswordHash(v);
+  return 'error' in r ? r.error : null;
+};
+// An HMAC key guessable offline from one captured token is no key: ask for at least 16 characters.
+const hmacSecret = (v: string): string | null => (v.length < 16 ? 'must be at least 16 characters (an HMAC-SHA256 key)' : null);
+
+const headerName = (v: string): string | null => (/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/.test(v) ? null : `"${v}" is not an HTTP header name`);
+const roleName = (v: string): string | null => (/^[A-Za-z0-9_.-]{1,64}$/.test(v) ? null : `role name "${v}" may use letters, digits, "_", "-", "." (1-64)`);
+
+const portItem = s.or(s.int(1, 65535), s.str((v: string) => {
+  const r = parsePortSpec(v);
+  return 'error' in r ? r.error : null;
+}));
+
+const exactlyOne =
+  (a: string, b: string, optional = false) =>
+  (v: Record<string, unknown>): string | null => {
+    const n = Number(v[a] !== undefined) + Number(v[b] !== undefined);
+    if (n === 2) return `use either ${a} or ${b}, not both`;
+    if (n === 0 && !optional) return `needs ${a} or ${b}`;
+    return null;
+  };
+
+const tokenEntry = (extra: Record<string, Node | ReturnType<typeof s.req>>) =>
+  s.obj({ name: s.req(s.str(nonEmpty)), token: s.str(nonEmpty), tokenSha256: s.str(sha256), ...extra }, exactlyOne('token', 'tokenSha256'));
+
+const allowEntry = s.obj(
+  {
+    host: s.str(hostPattern),
+    cidr: s.str(cidr),
+    ports: s.arr(portItem, 1),
+    protocol: s.enum(['tcp', 'udp']),
+  },
+  exactlyOne('host', 'cidr'),
+);
+
+const names = s.arr(s.str(nonEmpty));
+const detectorNames = s.arr(s.enum(DETECTOR_NAMES), 1);
+
+const exception = s.obj(
+  {
+    process: names,
+    user: names,
+    host: names,
+    destination: s.arr(s.str(hostPattern)),
+    detectors: s.req(detectorNames),
+  },
+  (v: Record<string, unknown>) =>
+    ['process', 'user', 'host', 'destination'].some((k) => v[k] !== undefined)
+      ? null
+      : 'an exception needs at least one of process, user, host, destination (to turn a detector off, set its enabled: false)',
+);
+
+/** Detector settings: enabled/action/corroborate are typed; other keys are detector thresholds. */
+const detector = s.rec(s.or(s.num(), s.bool(), s.str()));
+
+const severity = s.enum(['low', 'medium', 'high']);
+
+/** The whole config file. Every field is optional: `loadConfig` fills defaults from `defaultConfig()`. */
+export const CONFIG_SCHEMA: Node = s.obj({
+  $schema: s.str(),
+  mode: s.enum(['monitor', 'enforce']),
+  listen: s.obj({ http: s.str(hostPort), socks: s.str(hostPort), admin: s.str(hostPort), https: s.nul(s.str(hostPort)) }),
+  tls: s.nul(s.obj({ cert: s.req(s.str(nonEmpty)), key: s.req(s.str(nonEmpty)), ca: s.nul(s.str(nonEmpty)), requestClientCert: s.bool() })),
+  admin: s.obj({ tokens: s.arr(tokenEntry({ scope: s.req(s.enum(['admin', 'read', 'agent'])) })) }),
+  identity: s.obj({
+    requireAuth: s.bool(),
+    users: s.arr(
+      s.obj(
+        { name: s.req(s.str(nonEmpty)), password: s.str(), passwordHash: s.str(passwordHash), roles: s.arr(s.str(nonEmpty)) },
+        exactlyOne('password', 'passwordHash', true),
+      ),
+    ),
+    hosts: s.arr(s.obj({ cidr: s.req(s.str(cidr)), name: s.req(s.str(nonEmpty)), roles: s.arr(s.str(nonEmpty)) })),
+    headers: s.obj({
+      trustedSources: s.arr(s.str(cidr)),
+      user: s.str(headerName),
+      host: s.str(headerName),
+      signed: s.nul(s.obj({ header: s.req(s.str(headerName)), secret: s.req(s.str(hmacSecret)), maxAgeSec: s.int(1) })),
+    }),
+    agents: s.arr(tokenEntry({ sources: s.req(s.arr(s.str(cidr), 1)) })),
+    localAttribution: s.bool(),
+  }),
+  roles: s.rec(s.obj({ mode: s.enum(['monitor', 'enforce']), allow: s.arr(allowEntry), upstream: s.nul(s.str(upstreamUrl)) }), roleName),
+  defaultRoles: s.arr(s.str(nonEmpty)),
+  deny: s.obj({ privateRanges: s.bool(), cidrs: s.arr(s.str(cidr)) }),
+  allowRanges: s.arr(s.str(cidr)),
+  resolver: s.obj({ hosts: s.rec(s.str(ipAddress), hostName), timeoutMs: s.int(1) }),
+  schedule: s.obj({
+    timezone: s.str(timeZone),
+    businessHours: s.obj({
+      days: s.arr(s.enum(['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'])),
+      start: s.str(hhmm, { pattern: HHMM }),
+      end: s.str(hhmm, { pattern: HHMM }),
+    }),
+  }),
+  exceptions: s.arr(exception),
+  approvedUploadDestinations: s.arr(s.str(hostPattern)),
+  expectedScanSources: s.arr(
+    s.obj({ host: s.str(nonEmpty), user: s.str(nonEmpty), process: names }, (v: Record<string, unknown>) =>
+      v['host'] === undefined && v['user'] === undefined && v['process'] === undefined ? 'needs at least one of host, user, process' : null,
+    ),
+  ),
+  detection: s.obj({
+    sampleIntervalMs: s.int(1),
+    detectors: s.rec(detector, undefined, DETECTOR_NAMES),
+    lists: s.obj({ proxyware: names, scannerTools: names, exfilTools: names, storageDomains: names, proxywareDomains: names }),
+    quarantineSec: s.int(0),
+    maxTrackedIdentities: s.int(1),
+    maxTrackedDestinations: s.int(1),
+  }),
+  state: s.obj({ path: s.nul(s.str(nonEmpty)) }),
+  limits: s.obj({
+    maxFlowsPerIdentity: s.int(1),
+    maxNewFlowsPerSecPerIdentity: s.int(1),
+    headerTimeoutMs: s.int(1),
+    idleTimeoutMs: s.int(1),
+    maxHeaderBytes: s.int(1024),
+    connectTimeoutMs: s.int(1),
+    drainGraceMs: s.int(0),
+  }),
+  flowLog: s.obj({ path: s.nul(s.str(nonEmpty)), interimSec: s.int(0), keepClosed: s.int(0) }),
+  alerts: s.obj({
+    webhooks: s.arr(s.obj({ url: s.req(s.str(webhookUrl)), minSeverity: severity })),
+    syslog: s.nul(s.obj({ host: s.req(s.str(nonEmpty)), port: s.req(s.int(1, 65535)), protocol: s.enum(['udp', 'tcp']) })),
+    keep: s.int(0),
+  }),
+  proxyProtocol: s.obj({ trustedSources: s.arr(s.str(cidr)) }),
+  upstream: s.nul(s.str(upstreamUrl)),
+});

@@ -1,0 +1,148 @@
+/**
+ * Small pure matchers the detectors share: process-name lists, domain suffix lists, registrable
+ * domains, identity keys and severity arithmetic.
+ */
+import { isIP } from 'node:net';
+import type { Identity, ProcessInfo, Severity } from '../types.ts';
+
+const baseCache = new Map<string, string>();
+
+/** Basename of a process name or exe path, lower-case, without `.exe` (memoised: called per flow). */
+export function baseName(nameOrPath: string | null | undefined): string {
+  if (!nameOrPath) return '';
+  const hit = baseCache.get(nameOrPath);
+  if (hit !== undefined) return hit;
+  if (baseCache.size >= 10_000) baseCache.clear();
+  const b = computeBaseName(nameOrPath);
+  baseCache.set(nameOrPath, b);
+  return b;
+}
+
+function computeBaseName(nameOrPath: string): string {
+  const slash = Math.max(nameOrPath.lastIndexOf('/'), nameOrPath.lastIndexOf('\\'));
+  const base = nameOrPath.slice(slash + 1).toLowerCase();
+  return base.endsWith('.exe') ? base.slice(0, -4) : base;
+}
+
+/** A compiled name list: exact names plus `prefix*` entries. */
+export class NameList {
+  private readonly exact = new Set<string>();
+  private readonly prefixes: string[] = [];
+
+  constructor(names: readonly string[]) {
+    for (const raw of names) {
+      const n = baseName(raw.trim());
+      if (n.endsWith('*')) this.prefixes.push(n.slice(0, -1));
+      else if (n) this.exact.add(n);
+    }
+  }
+
+  /** True when the basename of `name` is on the list. */
+  has(name: string | null | undefined): boolean {
+    const b = baseName(name);
+    if (!b) return false;
+    if (this.exact.has(b)) return true;
+    for (const p of this.prefixes) if (b.startsWith(p)) return true;
+    return false;
+  }
+}
+
+/** A compiled domain list: an entry matches itself and all its subdomains (`*.` prefixes ignored). */
+export class DomainList {
+  private readonly set = new Set<string>();
+
+  constructor(domains: readonly string[]) {
+    for (const d of domains) {
+      const t = d.trim().toLowerCase().replace(/^\*\./, '').replace(/\.$/, '');
+      if (t) this.set.add(t);
+    }
+  }
+
+  /** The listed suffix `host` falls under, or null. */
+  match(host: string): string | null {
+    let h = host.toLowerCase();
+    for (;;) {
+      if (this.set.has(h)) return h;
+      const dot = h.indexOf('.');
+      if (dot === -1) return null;
+      h = h.slice(dot + 1);
+    }
+  }
+}
+
+// Second-level labels under which registrations happen (co.uk, com.au, …): a pragmatic subset of
+// the Public Suffix List, enough to keep `a.co.uk` and `b.co.uk` apart.
+const SECOND_LEVEL = new Set(['co', 'com', 'net', 'org', 'ac', 'gov', 'edu', 'ne', 'or', 'go']);
+
+// Hot in every sweep (one call per flow): memoised, cleared wholesale when it grows large.
+const domainCache = new Map<string, string>();
+
+/** Registrable domain of a host (`a.b.example.com` → `example.com`); an IP literal is itself. */
+export function registrableDomain(host: string): string {
+  const hit = domainCache.get(host);
+  if (hit !== undefined) return hit;
+  if (domainCache.size >= 50_000) domainCache.clear();
+  const d = computeRegistrable(host);
+  domainCache.set(host, d);
+  return d;
+}
+
+function computeRegistrable(host: string): string {
+  const h = host.toLowerCase();
+  if (isIP(h) !== 0) return h;
+  const labels = h.split('.');
+  if (labels.length <= 2) return h;
+  const tld = labels[labels.length - 1]!;
+  const sld = labels[labels.length - 2]!;
+  const take = tld.length === 2 && SECOND_LEVEL.has(sld) ? 3 : 2;
+  return labels.slice(-take).join('.');
+}
+
+/** True when the destination was named by IP address (no host name in CONNECT / SOCKS). */
+export function isIpLiteral(host: string): boolean {
+  return isIP(host) !== 0;
+}
+
+/** The host part of identity keys: inventory / header host name, else the client address. */
+export function hostOf(identity: Identity, clientIp?: string): string {
+  return identity.host ?? clientIp ?? '-';
+}
+
+/** The user part: authenticated user, else the process's user. */
+export function userOf(identity: Identity): string {
+  return identity.user ?? identity.process?.user ?? '-';
+}
+
+/** `host|user|process` — the key per-identity windows are counted under (research §3). */
+export function identityKeyOf(identity: Identity, clientIp?: string): string {
+  return `${hostOf(identity, clientIp)}|${userOf(identity)}|${baseName(identity.process?.name ?? identity.process?.exe) || '-'}`;
+}
+
+/** The process's name candidates: name, exe basename. */
+export function processNames(p: ProcessInfo | null): string[] {
+  if (!p) return [];
+  const out = [baseName(p.name)];
+  const exe = baseName(p.exe);
+  if (exe && exe !== out[0]) out.push(exe);
+  return out.filter((n) => n.length > 0);
+}
+
+const LEVELS: readonly Severity[] = ['low', 'medium', 'high'];
+
+/** Severity as a number: low 0, medium 1, high 2 (research's "critical" is 3, shown as high). */
+export function severityLevel(s: Severity): number {
+  return LEVELS.indexOf(s);
+}
+
+/** Clamp a numeric level to a SPEC severity (critical folds into high). */
+export function severityOf(level: number): Severity {
+  return LEVELS[Math.max(0, Math.min(2, level))]!;
+}
+
+/** Human-readable byte count for reasons. */
+export function fmtBytes(n: number): string {
+  if (n >= 1024 * 1024 * 1024) return `${(n / (1024 * 1024 * 1024)).toFixed(2)} GiB`;
+  if (n >= 1024 * 1024) return `${(n / (1024 * 1024)).toFixed(1)} MiB`;
+  if (n >= 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${n} B`;
+}

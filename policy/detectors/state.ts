@@ -1,0 +1,383 @@
+/**
+ * DetectionState: the per-identity sliding windows and the destination baselines the detectors
+ * read. It is stateful (the gateway owns one instance, the replay one per run) but never reads a
+ * clock: every call takes `now`. Memory is bounded by LRU caches sized from
+ * `detection.maxTrackedIdentities` / `maxTrackedDestinations`. Baselines (destination first-seen,
+ * hourly upload volumes) serialise to JSON so the gateway can persist them to `state.path`.
+ *
+ * Keys (research §3): identity = `host|user|process`; per destination = identity + registrable
+ * domain. `observe()` turns flow snapshots into window updates with per-flow delta accounting, so
+ * a flow may be passed on every sweep (live) and once more when it closes.
+ */
+import { LRUCache } from 'lru-cache';
+import { classifyAddress } from '../address.ts';
+import type { Config } from '../config.ts';
+import type { Identity } from '../types.ts';
+import { MODIFIER_DEFAULTS } from './defaults.ts';
+import { identityKeyOf, registrableDomain } from './match.ts';
+import type { BehaviourDetector, Finding, FlowView } from './types.ts';
+import { BoundedMap, DistinctWindow, WindowSum, intervalJitter } from './windows.ts';
+
+const HOUR_MS = 3_600_000;
+const DAY_MS = 86_400_000;
+const BUCKET_MS = 5_000;
+const MAX_DESTS_PER_IDENTITY = 4096;
+const MAX_FAILED_KEYS = 100_000;
+const HOURLY_KEEP = 336; // 14 days of hourly buckets (Sentinel / research §3)
+
+interface DestWindows {
+  out: WindowSum;
+  in: WindowSum;
+  /** Recent connection start times (beacon regularity). */
+  starts: number[];
+  /** Distinct hours (epoch hour numbers) with a connection start, most recent 48. */
+  hours: number[];
+}
+
+/** Windows of one `host|user|process` identity. */
+export class IdentityWindows {
+  identity: Identity;
+  clientIp: string | undefined;
+  /** Fast scan window: failed `ip:port` → attempt time; `perIp` counts distinct ports per ip. */
+  readonly fastFailed: DistinctWindow<string>;
+  readonly perIp = new Map<string, number>();
+  /** Slow scan sets: reset after `slowResetSec` without a failed attempt. */
+  slowExternal = new Set<string>();
+  slowInternal = new Set<string>();
+  slowLastMs = Number.NEGATIVE_INFINITY;
+  failedPorts = new Set<number>();
+  recentFailedFlowIds: string[] = [];
+  /** Distinct successful destinations (host or ip) in the last hour (D3c). */
+  readonly distinctHour = new DistinctWindow<undefined>(100_000);
+  /** Distinct registrable domains over the proxyjack window, with their first contact in it. */
+  readonly domains = new DistinctWindow<number>(100_000);
+  readonly out = new WindowSum(BUCKET_MS, HOUR_MS);
+  readonly in = new WindowSum(BUCKET_MS, HOUR_MS);
+  readonly dayOutUnapproved = new WindowSum(60_000, DAY_MS);
+  readonly perDest = new Map<string, DestWindows>();
+
+  constructor(identity: Identity, clientIp: string | undefined) {
+    this.identity = identity;
+    this.clientIp = clientIp;
+    this.fastFailed = new DistinctWindow<string>(MAX_FAILED_KEYS, (_k, ip) => {
+      const c = (this.perIp.get(ip) ?? 1) - 1;
+      if (c <= 0) this.perIp.delete(ip);
+      else this.perIp.set(ip, c);
+    });
+  }
+
+  dest(domain: string): DestWindows {
+    let d = this.perDest.get(domain);
+    if (!d) {
+      if (this.perDest.size >= MAX_DESTS_PER_IDENTITY) {
+        const first = this.perDest.keys().next();
+        if (!first.done) this.perDest.delete(first.value);
+      }
+      d = { out: new WindowSum(BUCKET_MS, HOUR_MS), in: new WindowSum(BUCKET_MS, HOUR_MS), starts: [], hours: [] };
+      this.perDest.set(domain, d);
+    }
+    return d;
+  }
+}
+
+interface TrackedFlow {
+  out: number;
+  in: number;
+  started: boolean;
+  failed: boolean;
+}
+
+/** What changed in one `observe()` call: only these keys can have crossed a threshold. */
+export interface ObserveResult {
+  /** Identities with new bytes or new destinations. */
+  readonly active: Set<string>;
+  /** `idKey\0domain` pairs with new bytes. */
+  readonly dests: Set<string>;
+  /** Identities with new failed attempts. */
+  readonly failed: Set<string>;
+  /** Identities with newly connected flows (new destinations possible). */
+  readonly started: Set<string>;
+}
+
+export interface DetectionStateOptions {
+  maxTrackedIdentities?: number;
+  maxTrackedDestinations?: number;
+  /** When learning began: rare-destination modifiers stay silent until a full rarity window passed. */
+  learningStartedAtMs: number;
+}
+
+/** Persisted baselines (SPEC §3 `state.path`). */
+export interface BaselineJson {
+  version: 1;
+  learningStartedAtMs: number;
+  firstSeen: Array<[string, number]>;
+  hourlyOut: Array<[string, Array<[number, number]>]>;
+}
+
+export class DetectionState {
+  readonly learningStartedAtMs: number;
+  private readonly identities: LRUCache<string, IdentityWindows>;
+  private readonly firstSeen: BoundedMap<string, number>;
+  private readonly hourlyOut: BoundedMap<string, Map<number, number>>;
+  // Plain bounded maps: these empty often, which costs O(max) per emptying in lru-cache.
+  private readonly tracked = new BoundedMap<string, TrackedFlow>(500_000);
+  private readonly done = new BoundedMap<string, true>(200_000);
+  private readonly emitted = new BoundedMap<string, { level: number; rank: number; atMs: number }>(200_000);
+  private readonly recent: BoundedMap<string, Map<BehaviourDetector, number>>;
+
+  constructor(opts: DetectionStateOptions) {
+    this.learningStartedAtMs = opts.learningStartedAtMs;
+    const maxIds = Math.max(16, opts.maxTrackedIdentities ?? 100_000);
+    // lru-cache preallocates `max` slots: fine once per gateway, costly per replay run, so the
+    // identity cache is capped here and the (larger) destination baseline is a plain bounded map.
+    this.identities = new LRUCache({ max: maxIds });
+    this.firstSeen = new BoundedMap(Math.max(16, opts.maxTrackedDestinations ?? 1_000_000));
+    this.hourlyOut = new BoundedMap(maxIds);
+    this.recent = new BoundedMap(maxIds);
+  }
+
+  /** A state sized from the config (`detection.maxTrackedIdentities` / `maxTrackedDestinations`). */
+  static forConfig(config: Config, now: number): DetectionState {
+    return new DetectionState({
+      maxTrackedIdentities: config.detection.maxTrackedIdentities,
+      maxTrackedDestinations: config.detection.maxTrackedDestinations,
+      learningStartedAtMs: now,
+    });
+  }
+
+  /** Windows of an identity key, if tracked. */
+  windows(idKey: string): IdentityWindows | undefined {
+    return this.identities.get(idKey);
+  }
+
+  private windowsFor(flow: FlowView, idKey: string): IdentityWindows {
+    let w = this.identities.get(idKey);
+    if (!w) {
+      w = new IdentityWindows(flow.identity, flow.clientIp);
+      this.identities.set(idKey, w);
+    } else w.identity = flow.identity;
+    return w;
+  }
+
+  /**
+   * Folds flow snapshots into the windows. Byte counts are deltas against the last observation of
+   * the same flow id, so live flows may be passed on every sweep. `slowResetMs` is the scan
+   * detector's idle reset; `isApproved` tells which destinations the daily upload total ignores.
+   */
+  observe(
+    flows: Iterable<FlowView>,
+    now: number,
+    opts: { slowResetMs: number; isApproved: (host: string) => boolean },
+  ): ObserveResult {
+    const result: ObserveResult = { active: new Set(), dests: new Set(), failed: new Set(), started: new Set() };
+    for (const f of flows) {
+      if (f.outcome === 'blocked') continue;
+      let t = this.tracked.get(f.id);
+      if (!t) {
+        if (this.done.has(f.id)) continue;
+        t = { out: 0, in: 0, started: false, failed: false };
+        this.tracked.set(f.id, t);
+      }
+      const idKey = identityKeyOf(f.identity, f.clientIp);
+      const domain = registrableDomain(f.destination.host);
+      const w = this.windowsFor(f, idKey);
+      const connected = f.outcome === 'open' || f.outcome === 'closed';
+      if (connected && !t.started) {
+        t.started = true;
+        this.noteStart(w, f, domain);
+        result.active.add(idKey);
+        result.started.add(idKey);
+      }
+      if ((f.outcome === 'failed' || f.outcome === 'refused') && !t.failed && f.destination.ip !== null) {
+        // DNS failures (no ip) are typos, not scans (research D3).
+        t.failed = true;
+        this.noteFailed(w, f, opts.slowResetMs);
+        result.failed.add(idKey);
+      }
+      const dOut = f.bytesOut - t.out;
+      const dIn = f.bytesIn - t.in;
+      if (dOut > 0 || dIn > 0) {
+        t.out = f.bytesOut;
+        t.in = f.bytesIn;
+        const d = w.dest(domain);
+        if (dOut > 0) {
+          w.out.add(now, dOut);
+          d.out.add(now, dOut);
+          if (!opts.isApproved(f.destination.host)) w.dayOutUnapproved.add(now, dOut);
+          this.addHourly(idKey, now, dOut);
+        }
+        if (dIn > 0) {
+          w.in.add(now, dIn);
+          d.in.add(now, dIn);
+        }
+        result.active.add(idKey);
+        result.dests.add(`${idKey}\0${domain}`);
+      }
+      if (f.endedAtMs !== null) {
+        this.tracked.delete(f.id);
+        this.done.set(f.id, true);
+      }
+    }
+    return result;
+  }
+
+  private noteStart(w: IdentityWindows, f: FlowView, domain: string): void {
+    const at = f.startedAtMs;
+    // Names, not addresses: CDN-hosted sites share addresses, and IP literals are their own name.
+    w.distinctHour.touch(f.destination.host, at, undefined);
+    if (!w.domains.map.has(domain)) w.domains.touch(domain, at, at);
+    else w.domains.touch(domain, at, w.domains.map.get(domain)!.v);
+    if (!this.firstSeen.has(domain)) this.firstSeen.set(domain, at);
+    else this.firstSeen.get(domain); // refresh recency: a destination in use is never evicted first
+    const d = w.dest(domain);
+    d.starts.push(at);
+    if (d.starts.length > 32) d.starts.shift();
+    const hour = Math.floor(at / HOUR_MS);
+    if (d.hours[d.hours.length - 1] !== hour) {
+      d.hours.push(hour);
+      if (d.hours.length > 48) d.hours.shift();
+    }
+  }
+
+  private noteFailed(w: IdentityWindows, f: FlowView, slowResetMs: number): void {
+    const ip = f.destination.ip!;
+    const key = `${ip}:${f.destination.port}`;
+    const at = f.startedAtMs;
+    if (!w.fastFailed.map.has(key)) w.perIp.set(ip, (w.perIp.get(ip) ?? 0) + 1);
+    w.fastFailed.touch(key, at, ip);
+    if (at - w.slowLastMs > slowResetMs) {
+      w.slowExternal = new Set();
+      w.slowInternal = new Set();
+      w.failedPorts = new Set();
+    }
+    w.slowLastMs = Math.max(w.slowLastMs, at);
+    const internal = classifyAddress(ip) !== null;
+    const set = internal ? w.slowInternal : w.slowExternal;
+    if (set.size < MAX_FAILED_KEYS) set.add(key);
+    if (w.failedPorts.size < 1024) w.failedPorts.add(f.destination.port);
+    w.recentFailedFlowIds.push(f.id);
+    if (w.recentFailedFlowIds.length > 32) w.recentFailedFlowIds.shift();
+  }
+
+  private addHourly(idKey: string, now: number, bytes: number): void {
+    let m = this.hourlyOut.get(idKey);
+    if (!m) {
+      m = new Map();
+      this.hourlyOut.set(idKey, m);
+    }
+    const h = Math.floor(now / HOUR_MS);
+    m.set(h, (m.get(h) ?? 0) + bytes);
+    if (m.size > HOURLY_KEEP) {
+      for (const k of m.keys()) {
+        if (k > h - HOURLY_KEEP) break;
+        m.delete(k);
+      }
+    }
+  }
+
+  /** First time any identity reached `host`'s registrable domain, or null if never. */
+  firstSeenMs(host: string): number | null {
+    return this.firstSeen.get(registrableDomain(host)) ?? null;
+  }
+
+  /** Seeds the baseline (replay, tests, import): `host` known since `atMs` unless known earlier. */
+  seedFirstSeen(host: string, atMs: number): void {
+    const d = registrableDomain(host);
+    const cur = this.firstSeen.get(d);
+    if (cur === undefined || atMs < cur) this.firstSeen.set(d, atMs);
+  }
+
+  /**
+   * Rare destination (D8): first seen within `withinDays`, or never. Silent during the learning
+   * period (a fresh gateway would call everything rare).
+   */
+  isRare(host: string, now: number, withinDays: number): boolean {
+    if (now - this.learningStartedAtMs < withinDays * DAY_MS) return false;
+    const fs = this.firstSeenMs(host);
+    return fs === null || now - fs <= withinDays * DAY_MS;
+  }
+
+  /** Long-known destination: first seen at least `knownAfterDays` ago. */
+  isLongKnown(host: string, now: number): boolean {
+    const fs = this.firstSeenMs(host);
+    return fs !== null && now - fs >= MODIFIER_DEFAULTS.knownAfterDays * DAY_MS;
+  }
+
+  /**
+   * D14: regular connection starts from this identity to this destination's domain, seen in at
+   * least `beaconMinHours` distinct hours (RITA: a beacon is judged over hours, not minutes).
+   */
+  isBeacon(idKey: string, host: string): boolean {
+    const d = this.identities.get(idKey)?.perDest.get(registrableDomain(host));
+    if (!d || d.starts.length < MODIFIER_DEFAULTS.beaconMinConnections) return false;
+    if (d.hours.length < MODIFIER_DEFAULTS.beaconMinHours) return false;
+    const j = intervalJitter(d.starts.slice(-MODIFIER_DEFAULTS.beaconMinConnections * 2));
+    return j !== null && j.meanMs >= MODIFIER_DEFAULTS.beaconMinIntervalSec * 1000 && j.cv <= MODIFIER_DEFAULTS.beaconMaxJitter;
+  }
+
+  /** Hourly bytes out of an identity (the D7 baseline), oldest first. */
+  hourlyVolumes(idKey: string): Array<[number, number]> {
+    return [...(this.hourlyOut.get(idKey) ?? new Map<number, number>()).entries()];
+  }
+
+  /** Records that `detector` fired for `idKey` (corroboration of other detectors). */
+  noteDetector(idKey: string, detector: BehaviourDetector, now: number): void {
+    let m = this.recent.get(idKey);
+    if (!m) {
+      m = new Map();
+      this.recent.set(idKey, m);
+    }
+    m.set(detector, now);
+  }
+
+  /** Detectors that fired for `idKey` within the corroboration window. */
+  recentDetectors(idKey: string, now: number): BehaviourDetector[] {
+    const m = this.recent.get(idKey);
+    if (!m) return [];
+    const since = now - MODIFIER_DEFAULTS.corroborationWindowSec * 1000;
+    return [...m].filter(([, t]) => t >= since).map(([d]) => d);
+  }
+
+  /**
+   * Grouping: true when this finding is new, escalated (higher severity or a stronger action) or
+   * its last emission is older than the grouping window. Records it when true.
+   */
+  shouldEmit(finding: Finding, level: number, now: number): boolean {
+    const rank = { flag: 0, block: 1, kill: 2 }[finding.action];
+    const prev = this.emitted.get(finding.key);
+    const windowMs = MODIFIER_DEFAULTS.corroborationWindowSec * 1000;
+    if (prev && now - prev.atMs < windowMs && prev.level >= level && prev.rank >= rank) return false;
+    this.emitted.set(finding.key, { level, rank, atMs: now });
+    return true;
+  }
+
+  /** Baselines as JSON (first-seen destinations, hourly volumes). */
+  toJSON(): BaselineJson {
+    const hourly: Array<[string, Array<[number, number]>]> = [];
+    for (const [k, m] of this.hourlyOut.entries()) hourly.push([k, [...m.entries()]]);
+    return {
+      version: 1,
+      learningStartedAtMs: this.learningStartedAtMs,
+      firstSeen: [...this.firstSeen.entries()],
+      hourlyOut: hourly,
+    };
+  }
+
+  /** A state restored from `toJSON()` output; malformed input yields a fresh state. */
+  static fromJSON(json: unknown, opts: Omit<DetectionStateOptions, 'learningStartedAtMs'> & { now: number }): DetectionState {
+    const j = json as Partial<BaselineJson> | null;
+    const ok = j !== null && typeof j === 'object' && j.version === 1 && typeof j.learningStartedAtMs === 'number';
+    const state = new DetectionState({ ...opts, learningStartedAtMs: ok ? j.learningStartedAtMs! : opts.now });
+    if (!ok) return state;
+    for (const e of Array.isArray(j.firstSeen) ? j.firstSeen : []) {
+      if (Array.isArray(e) && typeof e[0] === 'string' && typeof e[1] === 'number') state.firstSeen.set(e[0], e[1]);
+    }
+    for (const e of Array.isArray(j.hourlyOut) ? j.hourlyOut : []) {
+      if (!Array.isArray(e) || typeof e[0] !== 'string' || !Array.isArray(e[1])) continue;
+      const m = new Map<number, number>();
+      for (const p of e[1]) if (Array.isArray(p) && typeof p[0] === 'number' && typeof p[1] === 'number') m.set(p[0], p[1]);
+      state.hourlyOut.set(e[0], m);
+    }
+    return state;
+  }
+}

@@ -1,0 +1,124 @@
+/**
+ * The periodic detector pass (SPEC §4; STYLE "detectors run on a periodic sweep").
+ *
+ * 1. Fold the flows (live ones, plus those closed since the last sweep) into the windows.
+ * 2. Per flow: bulk-upload, sustained, long-session.
+ * 3. Per identity that changed: scan (failed attempts, fan-out), proxyjack, daily upload total.
+ * 4. Per identity + destination domain that got bytes: split-upload.
+ * 5. Score every hit with its modifiers and the other detectors that fired for the identity,
+ *    then group: a repeat with no escalation inside the grouping window is not returned again.
+ *
+ * Cost is O(flows passed + identities/destinations that changed), not O(all tracked state).
+ */
+import type { PolicySnapshot } from '../types.ts';
+import { detectionContext } from './context.ts';
+import { findingIdentity } from './connect.ts';
+import { longSessionSignal, sustainedSignal } from './duration.ts';
+import { proxyjackSignal, scanSignals } from './fanout.ts';
+import { identityKeyOf, registrableDomain } from './match.ts';
+import { modifiersFor, score } from './scoring.ts';
+import type { SweepSignal } from './signal.ts';
+import type { DetectionState } from './state.ts';
+import type { BehaviourDetector, Finding, FlowView } from './types.ts';
+import { bulkUploadSignal, dailyUploadSignal, splitUploadSignal } from './upload.ts';
+
+/**
+ * Runs the sweep detectors over `flows` at `now`. Updates `state` (windows, fired detectors,
+ * grouping) and returns the findings to act on.
+ */
+export function evaluateSweep(
+  flows: readonly FlowView[],
+  state: DetectionState,
+  snapshot: Pick<PolicySnapshot, 'config'>,
+  now: number,
+): Finding[] {
+  const ctx = detectionContext(snapshot);
+  const slowResetMs = (ctx.settings('an0081.scan').n['slowResetSec'] ?? 900) * 1000;
+  const changed = state.observe(flows, now, { slowResetMs, isApproved: (h) => ctx.isApprovedDestination(h) });
+
+  const byIdentity = new Map<string, FlowView[]>();
+  const byDest = new Map<string, FlowView[]>();
+  const signals: SweepSignal[] = [];
+  for (const f of flows) {
+    const idKey = identityKeyOf(f.identity, f.clientIp);
+    const list = byIdentity.get(idKey);
+    if (list) list.push(f);
+    else byIdentity.set(idKey, [f]);
+    if (f.outcome !== 'open' && f.outcome !== 'closed') continue;
+    const dk = `${idKey}\0${registrableDomain(f.destination.host)}`;
+    const dl = byDest.get(dk);
+    if (dl) dl.push(f);
+    else byDest.set(dk, [f]);
+    const b = bulkUploadSignal(f, idKey, state, ctx, now);
+    if (b) signals.push(b);
+    const s = sustainedSignal(f, idKey, ctx, now);
+    if (s) signals.push(s);
+    const l = longSessionSignal(f, idKey, state, ctx, now);
+    if (l) signals.push(l);
+  }
+
+  const touched = new Set([...changed.failed, ...changed.active]);
+  for (const idKey of touched) {
+    const list = byIdentity.get(idKey) ?? [];
+    const w = state.windows(idKey);
+    if (!w) continue;
+    const who = { identity: w.identity, clientIp: w.clientIp };
+    const changes = { hasNewFailures: changed.failed.has(idKey), hasNewDestinations: changed.started.has(idKey) };
+    signals.push(...scanSignals(idKey, who, state, ctx, now, changes));
+    if (changed.active.has(idKey)) {
+      const pj = proxyjackSignal(idKey, who, list, state, ctx, now);
+      if (pj) signals.push(pj);
+      const sample = list[0];
+      if (sample) {
+        const day = dailyUploadSignal(idKey, sample, state, ctx, now);
+        if (day) signals.push(day);
+      }
+    }
+  }
+  for (const dk of changed.dests) {
+    const list = byDest.get(dk);
+    if (!list || list.length === 0) continue;
+    const [idKey, domain] = dk.split('\0') as [string, string];
+    const sp = splitUploadSignal(idKey, domain, list[list.length - 1]!, list.map((f) => f.id), state, ctx, now);
+    if (sp) signals.push(sp);
+  }
+  if (signals.length === 0) return [];
+
+  // Corroboration sees every detector that fired for the identity recently or in this sweep.
+  const firedNow = new Map<string, BehaviourDetector[]>();
+  for (const s of signals) {
+    const l = firedNow.get(s.idKey);
+    if (l) l.push(s.detector);
+    else firedNow.set(s.idKey, [s.detector]);
+  }
+  const findings: Finding[] = [];
+  for (const s of signals) {
+    const mods = modifiersFor({ identity: s.identity, idKey: s.idKey, destination: s.destination, now, state, ctx, exclude: s.exclude ?? [] });
+    const fired = [...state.recentDetectors(s.idKey, now), ...(firedNow.get(s.idKey) ?? []), ...(s.alsoFired ?? [])];
+    const sc = score({
+      detector: s.detector,
+      baseLevel: s.baseLevel,
+      modifiers: mods,
+      settings: ctx.settings(s.detector),
+      otherDetectors: fired,
+      gate: s.gate,
+      ...(s.minLevelForAction !== undefined ? { minLevelForAction: s.minLevelForAction } : {}),
+      connectTime: false,
+    });
+    const finding: Finding = {
+      detector: s.detector,
+      analytic: s.analytic,
+      severity: sc.severity,
+      action: sc.action,
+      flowIds: s.flowIds,
+      identity: findingIdentity(s.identity, s.idKey),
+      destination: s.destination,
+      evidence: s.evidence,
+      reasons: [s.reason, ...sc.reasons],
+      key: s.key,
+    };
+    if (state.shouldEmit(finding, sc.level, now)) findings.push(finding);
+  }
+  for (const s of signals) state.noteDetector(s.idKey, s.detector, now);
+  return findings;
+}

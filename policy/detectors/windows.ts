@@ -1,0 +1,146 @@
+/**
+ * Sliding-window counters used by `DetectionState`. Every call takes the time explicitly; nothing
+ * reads a clock. Windows are pruned lazily when touched, so idle keys cost nothing per sweep.
+ */
+
+/** A bucketed running sum: `add(t, v)`, then `sumSince(t0)` over the buckets not older than t0. */
+export class WindowSum {
+  private readonly starts: number[] = [];
+  private readonly values: number[] = [];
+  private head = 0;
+
+  constructor(
+    private readonly bucketMs: number,
+    private readonly horizonMs: number,
+  ) {}
+
+  /** Adds `v` at time `t` (times are non-decreasing in practice; a late add joins the last bucket). */
+  add(t: number, v: number): void {
+    if (v === 0) return;
+    const b = Math.floor(t / this.bucketMs) * this.bucketMs;
+    const n = this.starts.length;
+    if (n > this.head && this.starts[n - 1]! >= b) this.values[n - 1]! += v;
+    else {
+      this.starts.push(b);
+      this.values.push(v);
+    }
+    this.prune(t);
+  }
+
+  /** Sum of the buckets that overlap [since, ∞). */
+  sumSince(since: number): number {
+    let s = 0;
+    for (let i = this.starts.length - 1; i >= this.head; i--) {
+      if (this.starts[i]! + this.bucketMs <= since) break;
+      s += this.values[i]!;
+    }
+    return s;
+  }
+
+  private prune(now: number): void {
+    const min = now - this.horizonMs;
+    while (this.head < this.starts.length && this.starts[this.head]! + this.bucketMs <= min) this.head++;
+    // Compact once the dead prefix dominates, so arrays stay O(horizon / bucket).
+    if (this.head > 64 && this.head * 2 > this.starts.length) {
+      this.starts.splice(0, this.head);
+      this.values.splice(0, this.head);
+      this.head = 0;
+    }
+  }
+}
+
+/**
+ * Distinct keys with their last-seen time, kept in time order (a touch moves the key to the end),
+ * pruned from the front. `size` after `prune(since)` is the distinct count in the window.
+ */
+export class DistinctWindow<V = undefined> {
+  readonly map = new Map<string, { t: number; v: V }>();
+
+  constructor(
+    private readonly maxKeys: number,
+    private readonly evicted: ((key: string, v: V) => void) | null = null,
+  ) {}
+
+  /** Records `key` at `t`; returns true when the key was not in the window. */
+  touch(key: string, t: number, v: V): boolean {
+    const had = this.map.delete(key);
+    this.map.set(key, { t, v });
+    if (this.map.size > this.maxKeys) {
+      const first = this.map.keys().next();
+      if (!first.done) {
+        const e = this.map.get(first.value)!;
+        this.map.delete(first.value);
+        this.evicted?.(first.value, e.v);
+      }
+    }
+    return !had;
+  }
+
+  /** Drops keys last seen before `since`; returns the remaining count. */
+  prune(since: number): number {
+    for (const [k, e] of this.map) {
+      if (e.t >= since) break;
+      this.map.delete(k);
+      this.evicted?.(k, e.v);
+    }
+    return this.map.size;
+  }
+}
+
+/** Coefficient of variation of the gaps between sorted times; null with fewer than 2 gaps. */
+export function intervalJitter(times: readonly number[]): { meanMs: number; cv: number } | null {
+  if (times.length < 3) return null;
+  const gaps: number[] = [];
+  for (let i = 1; i < times.length; i++) gaps.push(times[i]! - times[i - 1]!);
+  const mean = gaps.reduce((a, b) => a + b, 0) / gaps.length;
+  if (mean <= 0) return null;
+  const variance = gaps.reduce((a, g) => a + (g - mean) ** 2, 0) / gaps.length;
+  return { meanMs: mean, cv: Math.sqrt(variance) / mean };
+}
+
+/**
+ * A Map bounded to `max` entries that evicts the least recently set/read key. Used instead of
+ * lru-cache for maps that empty often: lru-cache clears its preallocated arrays (O(max)) each
+ * time its size drops to zero.
+ */
+export class BoundedMap<K, V> {
+  private readonly map = new Map<K, V>();
+
+  constructor(private readonly max: number) {}
+
+  get size(): number {
+    return this.map.size;
+  }
+
+  /** The value, refreshed as most recently used. */
+  get(key: K): V | undefined {
+    const v = this.map.get(key);
+    if (v !== undefined) {
+      this.map.delete(key);
+      this.map.set(key, v);
+    }
+    return v;
+  }
+
+  has(key: K): boolean {
+    return this.map.has(key);
+  }
+
+  set(key: K, value: V): void {
+    this.map.delete(key);
+    this.map.set(key, value);
+    if (this.map.size > this.max) {
+      const first = this.map.keys().next();
+      if (!first.done) this.map.delete(first.value);
+    }
+  }
+
+  delete(key: K): boolean {
+    return this.map.delete(key);
+  }
+
+  /** Entries, least recently used first. */
+  entries(): IterableIterator<[K, V]> {
+    return this.map.entries();
+  }
+}

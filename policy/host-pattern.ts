@@ -1,0 +1,176 @@
+/**
+ * Host names and host patterns: normalisation (case, trailing dot, IDN → punycode) and a compiled,
+ * label-aware matcher. `*.example.com` matches `a.example.com` and `a.b.example.com` but not
+ * `example.com`; `example.com` matches exactly; `*` matches any host. Lookups walk the name's label
+ * suffixes through Maps, so the cost is O(labels), not O(patterns).
+ */
+import { isIP } from 'node:net';
+import { domainToASCII } from 'node:url';
+
+const LABEL_RE = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/;
+// Fast path: already lower-case ASCII with no trailing dot.
+const NORMAL_RE = /^[a-z0-9._:-]+$/;
+
+/**
+ * Canonical form of a host name or IP literal: lower-case, no trailing dot, IDN labels as punycode,
+ * IPv6 without brackets in compressed form. Returns null when it is not a valid host name.
+ */
+export function normalizeHost(input: string): string | null {
+  let h = input.trim();
+  if (h.startsWith('[') && h.endsWith(']')) h = h.slice(1, -1);
+  if (h.endsWith('.')) h = h.slice(0, -1);
+  if (h.length === 0) return null;
+  const kind = isIP(h);
+  if (kind === 4) return h;
+  if (kind === 6) return canonicalIPv6(h);
+  const ascii = domainToASCII(h.toLowerCase());
+  if (ascii === '' || ascii.length > 253) return null;
+  for (const label of ascii.split('.')) if (!LABEL_RE.test(label)) return null;
+  // A name whose last label is all digits would be read as an IPv4 address by some resolvers.
+  if (/^\d+$/.test(ascii.slice(ascii.lastIndexOf('.') + 1))) return null;
+  return ascii;
+}
+
+/** Compressed, lower-case IPv6 (the WHATWG URL serialiser does exactly this). */
+function canonicalIPv6(ip: string): string {
+  const pct = ip.indexOf('%');
+  const bare = pct === -1 ? ip : ip.slice(0, pct);
+  try {
+    return new URL(`http://[${bare}]/`).hostname.slice(1, -1);
+  } catch {
+    return bare.toLowerCase();
+  }
+}
+
+/**
+ * Cheap normalisation for the hot path: destination hosts from the data plane are already
+ * canonical, so only fall back to the full normaliser when the string says it must.
+ */
+export function normalizeHostFast(h: string): string {
+  if (NORMAL_RE.test(h) && !h.endsWith('.')) return h;
+  return normalizeHost(h) ?? h.toLowerCase();
+}
+
+export type HostPattern =
+  | { readonly kind: 'any' }
+  | { readonly kind: 'exact'; readonly host: string }
+  | { readonly kind: 'wildcard'; readonly suffix: string };
+
+// Validation and compilation both parse every pattern, and a reload re-parses mostly the same
+// ones: memoise (bounded) so IDN conversion runs once per distinct pattern.
+const patternCache = new Map<string, HostPattern | { error: string }>();
+
+/** Parses an allow-entry / list host pattern; returns an error message when it is not valid. */
+export function parseHostPattern(pattern: string): HostPattern | { error: string } {
+  let r = patternCache.get(pattern);
+  if (r === undefined) {
+    if (patternCache.size >= 200_000) patternCache.clear();
+    r = Object.freeze(parseHostPatternUncached(pattern));
+    patternCache.set(pattern, r);
+  }
+  return r;
+}
+
+function parseHostPatternUncached(pattern: string): HostPattern | { error: string } {
+  const p = pattern.trim();
+  if (p === '*') return { kind: 'any' };
+  if (p.startsWith('*.')) {
+    const rest = p.slice(2);
+    if (rest.includes('*')) return { error: `bad host pattern "${pattern}": only one leading "*." is allowed` };
+    const suffix = normalizeHost(rest);
+    if (suffix === null || isIP(suffix) !== 0) return { error: `bad host pattern "${pattern}": "${rest}" is not a host name` };
+    return { kind: 'wildcard', suffix };
+  }
+  if (p.includes('*')) return { error: `bad host pattern "${pattern}": "*" is allowed only as a leading "*." label` };
+  const host = normalizeHost(p);
+  if (host === null) return { error: `bad host pattern "${pattern}": not a host name or IP address` };
+  return { kind: 'exact', host };
+}
+
+/**
+ * True when `host` (normalised) is an IP literal: IPv6 has ':', IPv4's last label is all digits
+ * (a valid host name never ends in an all-digit label, see `normalizeHost`).
+ */
+export function isIpLiteralLike(host: string): boolean {
+  if (host.includes(':')) return true;
+  for (let i = host.length - 1; i >= 0; i--) {
+    const c = host.charCodeAt(i);
+    if (c === 46) return i < host.length - 1;
+    if (c < 48 || c > 57) return false;
+  }
+  return host.length > 0;
+}
+
+/**
+ * Patterns compiled into Maps. Values are kept in insertion order per key so callers can pick the
+ * earliest entry.
+ */
+export class HostPatternMap<T> {
+  readonly exact = new Map<string, T[]>();
+  readonly wildcard = new Map<string, T[]>();
+  readonly any: T[] = [];
+  /** wildcardLabels[n] is true when some wildcard suffix has n labels: lookups skip other lengths. */
+  readonly wildcardLabels: boolean[] = [];
+  size = 0;
+
+  /** Adds a parsed pattern with its value. */
+  add(pattern: HostPattern, value: T): void {
+    this.size++;
+    if (pattern.kind === 'any') {
+      this.any.push(value);
+      return;
+    }
+    if (pattern.kind === 'wildcard') this.wildcardLabels[pattern.suffix.split('.').length] = true;
+    const map = pattern.kind === 'exact' ? this.exact : this.wildcard;
+    const key = pattern.kind === 'exact' ? pattern.host : pattern.suffix;
+    const list = map.get(key);
+    if (list) list.push(value);
+    else map.set(key, [value]);
+  }
+
+  /**
+   * Calls `visit` for every value whose pattern matches `host` (already normalised); stops early when
+   * `visit` returns true. Order: exact, then wildcards from the most to the least specific, then `*`.
+   */
+  forEachMatch(host: string, visit: (value: T) => boolean): void {
+    const ex = this.exact.get(host);
+    if (ex) for (const v of ex) if (visit(v)) return;
+    if (this.wildcard.size > 0 && !isIpLiteralLike(host)) {
+      // Most specific first: walk the proper suffixes from the longest down, probing only the label
+      // counts some wildcard has (each probe hashes a fresh string).
+      const labels = this.wildcardLabels;
+      let n = 1;
+      for (let i = 0; i < host.length; i++) if (host.charCodeAt(i) === 46) n++;
+      let i = host.indexOf('.');
+      while (i !== -1) {
+        n--;
+        if (labels[n] === true) {
+          const list = this.wildcard.get(host.slice(i + 1));
+          if (list) for (const v of list) if (visit(v)) return;
+        }
+        i = host.indexOf('.', i + 1);
+      }
+    }
+    for (const v of this.any) if (visit(v)) return;
+  }
+
+  /** True when any pattern matches `host` (normalised). */
+  matches(host: string): boolean {
+    let hit = false;
+    this.forEachMatch(host, () => {
+      hit = true;
+      return true;
+    });
+    return hit;
+  }
+}
+
+/** A compiled set of host patterns from a config list (invalid patterns are skipped: validate first). */
+export function compileHostSet(patterns: readonly string[]): HostPatternMap<true> {
+  const set = new HostPatternMap<true>();
+  for (const p of patterns) {
+    const parsed = parseHostPattern(p);
+    if (!('error' in parsed)) set.add(parsed, true);
+  }
+  return set;
+}

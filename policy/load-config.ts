@@ -1,0 +1,201 @@
+/**
+ * Config text → validated Config (SPEC §3). The same function runs at start-up, on SIGHUP, on
+ * `PUT /v1/policy` and in `egressgate check`, so every path reports the same errors:
+ *
+ * 1. parse YAML (or JSON) — syntax errors carry line:column;
+ * 2. validate the shape and every value against `CONFIG_SCHEMA` (unknown keys are errors);
+ * 3. cross-field checks (roles referenced but not defined, duplicate names, detector settings);
+ * 4. merge over `defaultConfig()` (objects deeply, lists and scalars replaced) and fill per-item
+ *    defaults.
+ */
+import { readFile } from 'node:fs/promises';
+import { CORE_SCHEMA, load, YAMLException } from 'js-yaml';
+import { type Config, defaultConfig, type DetectorConfig } from './config.ts';
+import { CONFIG_SCHEMA } from './config-schema.ts';
+import { type ConfigError, joinPath, validate } from './schema-dsl.ts';
+
+export type { ConfigError } from './schema-dsl.ts';
+
+export type LoadResult = { ok: true; config: Config } | { ok: false; errors: ConfigError[] };
+
+export interface LoadOptions {
+  /** Input format; default: YAML (a superset of JSON). */
+  format?: 'yaml' | 'json';
+}
+
+/** Actions a detector takes when configured without one (SPEC §3 example). */
+const DEFAULT_ACTIONS: Readonly<Record<string, DetectorConfig['action']>> = {
+  'an0081.proxyware': 'block',
+  'an0081.scanner-tool': 'block',
+  'an0081.scan': 'block',
+  'an0081.sustained': 'flag',
+  'an0081.proxyjack': 'kill',
+  'an0080.bulk-upload': 'kill',
+  'an0080.split-upload': 'block',
+  'an0080.long-session': 'flag',
+  'an0080.lineage': 'kill',
+  'an0080.exfil-tool': 'block',
+};
+
+/** Node budget for a parsed document: YAML aliases can make a small text expand into a huge tree. */
+const MAX_NODES = 2_000_000;
+
+/** Counts values reachable from `v` (aliases counted once per use), stopping past `limit`. */
+function countNodes(v: unknown, limit: number): number {
+  let n = 0;
+  const stack: unknown[] = [v];
+  while (stack.length > 0 && n <= limit) {
+    const x = stack.pop();
+    n++;
+    if (Array.isArray(x)) for (const item of x) stack.push(item);
+    else if (typeof x === 'object' && x !== null) for (const k in x) stack.push((x as Record<string, unknown>)[k]);
+  }
+  return n;
+}
+
+function parseText(text: string, format: 'yaml' | 'json'): { value: unknown } | { errors: ConfigError[] } {
+  if (format === 'json') {
+    try {
+      return { value: JSON.parse(text) };
+    } catch (e) {
+      return { errors: [{ path: '(root)', message: `invalid JSON: ${(e as Error).message}` }] };
+    }
+  }
+  // js-yaml rather than the `yaml` package here: it parses a 10,000-entry policy about ten times
+  // faster, which keeps a SIGHUP reload under 100 ms and the event loop free. YAML 1.2 core schema
+  // (no timestamps, no yes/no booleans); duplicate keys are errors.
+  let value: unknown;
+  try {
+    value = load(text, { schema: CORE_SCHEMA });
+  } catch (e) {
+    if (e instanceof YAMLException) {
+      const at = e.mark ? ` at line ${e.mark.line + 1}, column ${e.mark.column + 1}` : '';
+      return { errors: [{ path: '(root)', message: `invalid YAML${at}: ${e.reason}` }] };
+    }
+    return { errors: [{ path: '(root)', message: `invalid YAML: ${(e as Error).message}` }] };
+  }
+  if (countNodes(value, MAX_NODES) > MAX_NODES) {
+    return { errors: [{ path: '(root)', message: `document too large after expanding aliases (more than ${MAX_NODES} values)` }] };
+  }
+  return { value };
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Objects merge key by key; anything else in `over` replaces `base`. */
+function deepMerge(base: unknown, over: unknown): unknown {
+  if (!isPlainObject(base) || !isPlainObject(over)) return over === undefined ? base : over;
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(over)) out[k] = deepMerge(base[k], v);
+  return out;
+}
+
+function crossChecks(raw: Record<string, unknown>, errors: ConfigError[]): void {
+  const roles = isPlainObject(raw['roles']) ? new Set(Object.keys(raw['roles'])) : new Set<string>();
+  const checkRoles = (list: unknown, path: string) => {
+    if (!Array.isArray(list)) return;
+    list.forEach((r, i) => {
+      if (typeof r === 'string' && !roles.has(r)) errors.push({ path: joinPath(path, i), message: `unknown role "${r}" (define it under roles)` });
+    });
+  };
+  const uniqueNames = (list: unknown, path: string, what: string) => {
+    if (!Array.isArray(list)) return;
+    const seen = new Set<string>();
+    list.forEach((item, i) => {
+      const name = isPlainObject(item) ? item['name'] : undefined;
+      if (typeof name !== 'string') return;
+      if (seen.has(name)) errors.push({ path: joinPath(joinPath(path, i), 'name'), message: `duplicate ${what} name "${name}"` });
+      seen.add(name);
+    });
+  };
+  const identity = isPlainObject(raw['identity']) ? raw['identity'] : {};
+  for (const key of ['users', 'hosts'] as const) {
+    const list = identity[key];
+    if (Array.isArray(list)) {
+      list.forEach((u, i) => {
+        if (isPlainObject(u)) checkRoles(u['roles'], joinPath(joinPath(`identity.${key}`, i), 'roles'));
+      });
+    }
+  }
+  uniqueNames(identity['users'], 'identity.users', 'user');
+  uniqueNames(identity['agents'], 'identity.agents', 'agent');
+  if (isPlainObject(raw['admin'])) uniqueNames(raw['admin']['tokens'], 'admin.tokens', 'token');
+  checkRoles(raw['defaultRoles'], 'defaultRoles');
+
+  const detectors = isPlainObject(raw['detection']) ? raw['detection']['detectors'] : undefined;
+  if (isPlainObject(detectors)) {
+    for (const [name, d] of Object.entries(detectors)) {
+      if (!isPlainObject(d)) continue;
+      const p = joinPath('detection.detectors', name);
+      for (const [k, v] of Object.entries(d)) {
+        const kp = joinPath(p, k);
+        if (k === 'enabled' || k === 'corroborate') {
+          if (typeof v !== 'boolean') errors.push({ path: kp, message: 'expected true or false' });
+        } else if (k === 'action') {
+          if (v !== 'flag' && v !== 'block' && v !== 'kill') errors.push({ path: kp, message: `expected one of flag, block, kill, got ${JSON.stringify(v)}` });
+        } else if (typeof v === 'number' && v < 0) {
+          errors.push({ path: kp, message: `thresholds are >= 0, got ${v}` });
+        }
+      }
+    }
+  }
+}
+
+/** Per-item defaults that an object-deep merge cannot express (items of lists, record values). */
+function fillItemDefaults(c: Config): void {
+  for (const u of c.identity.users) u.roles ??= [];
+  for (const h of c.identity.hosts) h.roles ??= [];
+  for (const r of Object.values(c.roles)) r.allow ??= [];
+  for (const w of c.alerts.webhooks) w.minSeverity ??= 'medium';
+  if (c.alerts.syslog) c.alerts.syslog.protocol ??= 'udp';
+  if (c.identity.headers.signed) c.identity.headers.signed.maxAgeSec ??= 300;
+  for (const [name, d] of Object.entries(c.detection.detectors)) {
+    d.enabled ??= true;
+    d.corroborate ??= name === 'an0081.proxyjack';
+    d.action ??= DEFAULT_ACTIONS[name] ?? 'flag';
+  }
+}
+
+/**
+ * Parses and validates config text. Returns the full Config (defaults filled) or every error found,
+ * each with its path (`roles.dev.allow[2].ports`). Never throws on bad input.
+ */
+export function loadConfig(text: string, opts: LoadOptions = {}): LoadResult {
+  const parsed = parseText(text, opts.format ?? 'yaml');
+  if ('errors' in parsed) return { ok: false, errors: parsed.errors };
+  return validateParsed(parsed.value ?? {}, true);
+}
+
+/**
+ * Validates an already-parsed document (e.g. a JSON body of `PUT /v1/policy`); same rules and
+ * result as `loadConfig`.
+ */
+export function validateConfig(value: unknown): LoadResult {
+  return validateParsed(value, false);
+}
+
+/** `owned`: the value is a fresh parse nobody else holds, so it need not be copied. */
+function validateParsed(value: unknown, owned: boolean): LoadResult {
+  const errors: ConfigError[] = [];
+  validate(CONFIG_SCHEMA, value, '', errors);
+  if (isPlainObject(value)) crossChecks(value, errors);
+  if (errors.length > 0) return { ok: false, errors };
+  const raw = { ...(value as Record<string, unknown>) };
+  delete raw['$schema'];
+  const config = deepMerge(defaultConfig(), owned ? raw : structuredClone(raw)) as Config;
+  fillItemDefaults(config);
+  return { ok: true, config };
+}
+
+/** Reads a config file (format from the extension: .json is JSON, anything else YAML) and loads it. */
+export async function loadConfigFile(path: string): Promise<LoadResult> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    return { ok: false, errors: [{ path: '(file)', message: `cannot read ${path}: ${(e as Error).message}` }] };
+  }
+  return loadConfig(text, { format: path.toLowerCase().endsWith('.json') ? 'json' : 'yaml' });
+}

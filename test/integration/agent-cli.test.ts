@@ -1,0 +1,223 @@
+/**
+ * The agent end to end: a plain node:http server stands in for the gateway's
+ * `POST /v1/agents/reports`, a plain TCP server for its proxy listener, and curl holds a
+ * connection to it. Real /proc, real processes, loopback only.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { type IncomingHttpHeaders, type Server as HttpServer, createServer as createHttpServer } from 'node:http';
+import { type AddressInfo, type Server, type Socket, createServer } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Agent } from '../../agent/agent.ts';
+import { validateReportBatch } from '../../agent/report.ts';
+import { run } from '../../gateway/commands/agent.ts';
+
+const children: ChildProcess[] = [];
+const closers: Array<() => Promise<void>> = [];
+
+afterEach(async () => {
+  for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  for (const close of closers.splice(0)) await close();
+});
+
+interface Post {
+  headers: IncomingHttpHeaders;
+  body: unknown;
+  url: string;
+}
+
+/** A fake admin API: answers each POST with the next status in `statuses` (then 200) and records it. */
+async function fakeGateway(statuses: number[] = []): Promise<{ url: string; posts: Post[]; nextPost: () => Promise<Post> }> {
+  const posts: Post[] = [];
+  const waiters: Array<(p: Post) => void> = [];
+  const server: HttpServer = createHttpServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const post = { headers: req.headers, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown, url: req.url ?? '' };
+      posts.push(post);
+      const status = statuses.shift() ?? 200;
+      res.writeHead(status, { 'content-type': 'application/json' }).end('{}');
+      waiters.shift()?.(post);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  closers.push(
+    () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  );
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    posts,
+    nextPost: () => new Promise<Post>((r) => waiters.push(r)),
+  };
+}
+
+/** A stand-in proxy listener and a curl holding a connection to it. */
+async function heldCurl(): Promise<{ listenerPort: number; child: ChildProcess; conn: Socket }> {
+  const sockets: Socket[] = [];
+  const server: Server = createServer((s) => sockets.push(s));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  closers.push(
+    () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+  );
+  const listenerPort = (server.address() as AddressInfo).port;
+  const child = spawn('curl', ['-s', `http://127.0.0.1:${listenerPort}/held`], { stdio: 'ignore' });
+  children.push(child);
+  const conn = await new Promise<Socket>((resolve, reject) => {
+    server.once('connection', resolve);
+    child.once('exit', () => reject(new Error('curl exited before connecting')));
+  });
+  return { listenerPort, child, conn };
+}
+
+/** Run the command in this process (the subprocess path is covered by the SIGTERM test), capturing stdout/stderr. */
+async function runCaptured(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = process.stdout.write.bind(process.stdout);
+  const err = process.stderr.write.bind(process.stderr);
+  let stdout = '';
+  let stderr = '';
+  process.stdout.write = ((chunk: string | Uint8Array): boolean => {
+    stdout += String(chunk);
+    return true;
+  }) as typeof process.stdout.write;
+  process.stderr.write = ((chunk: string | Uint8Array): boolean => {
+    stderr += String(chunk);
+    return true;
+  }) as typeof process.stderr.write;
+  try {
+    const code = await run(args);
+    return { code, stdout, stderr };
+  } finally {
+    process.stdout.write = out;
+    process.stderr.write = err;
+  }
+}
+
+describe('egressgate agent', () => {
+  it('--once posts a SPEC §7 report for a held connection, with the bearer token', async () => {
+    const gw = await fakeGateway();
+    const { listenerPort, child, conn } = await heldCurl();
+    const res = await runCaptured(['--once', '--gateway', gw.url, '--token', 'tok-1', '--host', 'ws-test', '--gateway-ports', String(listenerPort)]);
+    expect(res.stderr).toBe('');
+    expect(res.code).toBe(0);
+    expect(JSON.parse(res.stdout.trim())).toMatchObject({ event: 'agent-pass', host: 'ws-test', queued: 1, sent: 1, delivered: true });
+    expect(gw.posts).toHaveLength(1);
+    const post = gw.posts[0]!;
+    expect(post.url).toBe('/v1/agents/reports');
+    expect(post.headers.authorization).toBe('Bearer tok-1');
+    const valid = validateReportBatch(post.body);
+    expect(valid.ok).toBe(true);
+    const loginuid = Number((await readFile('/proc/self/loginuid', 'utf8')).trim());
+    expect(post.body).toEqual({
+      host: 'ws-test',
+      reports: [
+        {
+          proto: 'tcp',
+          localIp: '127.0.0.1',
+          localPort: conn.remotePort,
+          remoteIp: '127.0.0.1',
+          remotePort: listenerPort,
+          pid: child.pid,
+          ppid: process.pid,
+          name: 'curl',
+          exe: expect.stringMatching(/curl$/),
+          cmdline: `curl -s http://127.0.0.1:${listenerPort}/held`,
+          user: expect.any(String),
+          uid: process.getuid?.(),
+          loginuid,
+          parentName: expect.any(String),
+          parentExe: process.execPath,
+          startedAt: expect.stringMatching(/^\d{4}-/),
+        },
+      ],
+    });
+  });
+
+  it('reports only what is new, and keeps reports across a failed POST (retry with backoff)', async () => {
+    const gw = await fakeGateway([503]);
+    const first = await heldCurl();
+    const logs: Array<Record<string, unknown>> = [];
+    const agent = new Agent({
+      gatewayUrl: gw.url,
+      token: 't',
+      host: 'h',
+      intervalMs: 50,
+      gatewayPorts: [first.listenerPort],
+      log: (e) => logs.push(e),
+    });
+    expect((await agent.collect()).queued).toBe(1);
+    expect(await agent.sendBatch()).toBe('retry');
+    expect(agent.queued).toBe(1);
+    expect(agent.backoffRemainingMs()).toBeGreaterThan(0);
+    expect(logs.some((l) => l['event'] === 'agent-report-failed' && l['status'] === 503)).toBe(true);
+    // Same socket again: nothing new.
+    expect((await agent.collect()).queued).toBe(0);
+    expect(await agent.sendBatch()).toBe('sent');
+    expect(agent.queued).toBe(0);
+    expect(gw.posts).toHaveLength(2);
+    expect(gw.posts[1]!.body).toEqual(gw.posts[0]!.body);
+    // A second connection to the same listener is new.
+    const again = spawn('curl', ['-s', `http://127.0.0.1:${first.listenerPort}/second`], { stdio: 'ignore' });
+    children.push(again);
+    // Wait until the kernel shows it: poll passes, bounded.
+    let queued = 0;
+    for (let i = 0; i < 200 && queued === 0; i++) {
+      queued = (await agent.collect()).queued;
+      if (queued === 0) await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(queued).toBe(1);
+    expect(await agent.sendBatch()).toBe('sent');
+    const body = gw.posts[2]!.body as { reports: Array<{ pid: number }> };
+    expect(body.reports.map((r) => r.pid)).toEqual([again.pid]);
+  });
+
+  it('drops a batch the gateway refuses (403) instead of retrying it forever', async () => {
+    const gw = await fakeGateway([403]);
+    const { listenerPort } = await heldCurl();
+    const agent = new Agent({ gatewayUrl: gw.url, token: 't', host: 'h', intervalMs: 50, gatewayPorts: [listenerPort], log: () => {} });
+    await agent.collect();
+    expect(await agent.sendBatch()).toBe('dropped');
+    expect(agent.queued).toBe(0);
+    expect(agent.totals.dropped).toBe(1);
+  });
+
+  it('--help exits 0; unknown flags and bad values exit 2', async () => {
+    const help = await runCaptured(['--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain('Usage: egressgate agent');
+    const unknown = await runCaptured(['--gateway', 'http://127.0.0.1:1', '--token', 't', '--frobnicate']);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toContain('--frobnicate');
+    for (const bad of [
+      ['--token', 't'],
+      ['--gateway', 'http://127.0.0.1:1', '--token', 't', '--interval-ms', 'soon'],
+      ['--gateway', 'http://127.0.0.1:1', '--token', 't', '--gateway-ports', '3128,70000'],
+      ['--gateway', 'ftp://x', '--token', 't'],
+      ['--gateway', 'http://127.0.0.1:1', '--token', 't', 'stray-positional'],
+    ]) {
+      expect((await runCaptured(bad)).code).toBe(2);
+    }
+  });
+
+  it('--once exits 1 when the gateway cannot be reached', async () => {
+    const { listenerPort } = await heldCurl();
+    // A port nobody listens on: bind one, note it, close it.
+    const probe = createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', () => r()));
+    const deadPort = (probe.address() as AddressInfo).port;
+    await new Promise<void>((r) => probe.close(() => r()));
+    const res = await runCaptured(['--once', '--gateway', `http://127.0.0.1:${deadPort}`, '--token', 't', '--interval-ms', '50', '--gateway-ports', String(listenerPort)]);
+    expect(res.code).toBe(1);
+    expect(JSON.parse(res.stdout.trim())).toMatchObject({ queued: 1, sent: 0, delivered: false });
+    expect(res.stderr).toContain('agent-report-failed');
+  });
+});

@@ -1,0 +1,80 @@
+/**
+ * The agent as its own process (`node --import tsx agent/main.ts`, the same code as `egressgate
+ * agent`): it attributes a connection held by another process (curl) and stops cleanly on SIGTERM.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createServer as createHttpServer } from 'node:http';
+import { type AddressInfo, type Socket, createServer } from 'node:net';
+import { afterEach, expect, it } from 'vitest';
+
+const MAIN = new URL('../../agent/main.ts', import.meta.url).pathname;
+const children: ChildProcess[] = [];
+const closers: Array<() => void> = [];
+
+afterEach(() => {
+  for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  for (const close of closers.splice(0)) close();
+});
+
+it('loops until SIGTERM, posting the held connection once, then exits 0', async () => {
+  // Stand-in for the gateway's POST /v1/agents/reports.
+  const bodies: unknown[] = [];
+  let onPost: (() => void) | null = null;
+  const admin = createHttpServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      bodies.push(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+      res.writeHead(202).end();
+      onPost?.();
+    });
+  });
+  await new Promise<void>((r) => admin.listen(0, '127.0.0.1', () => r()));
+  closers.push(() => {
+    admin.closeAllConnections();
+    admin.close();
+  });
+  // Stand-in for the proxy listener, and curl holding a connection to it.
+  const sockets: Socket[] = [];
+  const listener = createServer((s) => sockets.push(s));
+  await new Promise<void>((r) => listener.listen(0, '127.0.0.1', () => r()));
+  closers.push(() => {
+    for (const s of sockets) s.destroy();
+    listener.close();
+  });
+  const listenerPort = (listener.address() as AddressInfo).port;
+  const curl = spawn('curl', ['-s', `http://127.0.0.1:${listenerPort}/`], { stdio: 'ignore' });
+  children.push(curl);
+  await new Promise<void>((resolve, reject) => {
+    listener.once('connection', () => resolve());
+    curl.once('exit', () => reject(new Error('curl exited before connecting')));
+  });
+
+  const adminUrl = `http://127.0.0.1:${(admin.address() as AddressInfo).port}`;
+  const agent = spawn(
+    process.execPath,
+    ['--import', 'tsx', MAIN, '--gateway', adminUrl, '--token', 't', '--interval-ms', '100', '--gateway-ports', String(listenerPort)],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  children.push(agent);
+  let stdout = '';
+  let stderr = '';
+  agent.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  agent.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const closed = new Promise<number | null>((r) => agent.once('close', (code) => r(code)));
+  await new Promise<void>((resolve, reject) => {
+    onPost = resolve;
+    agent.once('exit', (code) => reject(new Error(`agent exited early (${code}): ${stderr}`)));
+  });
+  // (Not repeating a report across passes is covered in agent-cli.test.ts, in process.)
+  expect(stdout).toContain('"event":"agent-started"');
+  agent.kill('SIGTERM');
+  expect(await closed).toBe(0);
+  expect(stdout).toContain('"event":"agent-stopped"');
+  const stopped = JSON.parse(stdout.trim().split('\n').at(-1) ?? '{}') as { passes: number; sent: number };
+  expect(stopped.sent).toBe(1);
+  expect(bodies).toHaveLength(1);
+  const body = bodies[0] as { reports: Array<{ pid: number; name: string; ppid: number }> };
+  expect(body.reports).toHaveLength(1);
+  expect(body.reports[0]).toMatchObject({ pid: curl.pid, name: 'curl', ppid: process.pid });
+});

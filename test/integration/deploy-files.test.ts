@@ -1,0 +1,461 @@
+/**
+ * Everything under deploy/ is checked here, since a broken deployment file would otherwise only
+ * show up when an operator uses it:
+ * 1. every example policy (and the one in the Kubernetes base) passes the real validator;
+ * 2. every Kubernetes manifest parses and has the fields the rollout relies on; with kubectl present
+ *    the overlays are rendered with `kubectl kustomize`;
+ * 3. the Dockerfile has the instructions it needs (no Docker engine in CI: parsed, not built);
+ * 4. the systemd units have their hardening, and pass `systemd-analyze verify` where it exists;
+ * 5. the nftables script renders, rejects bad arguments, and passes `nft -c` where it can run.
+ */
+import { execFile, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { parseAllDocuments, parse as parseYaml } from 'yaml';
+import { loadConfig } from '../../policy/load-config.ts';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const DEPLOY = join(ROOT, 'deploy');
+const read = (rel: string): string => readFileSync(join(ROOT, rel), 'utf8');
+
+function hasCommand(cmd: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
+}
+
+function skipLoudly(what: string, why: string): void {
+  console.warn(`\n!!! deploy-files: SKIPPED ${what}: ${why} — this check did NOT run here.\n`);
+}
+
+type Obj = Record<string, unknown>;
+const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+/** `get(o, 'spec.template.spec')` with no throwing on a missing step. */
+function get(o: unknown, path: string): unknown {
+  let cur: unknown = o;
+  for (const key of path.split('.')) {
+    if (Array.isArray(cur) && /^\d+$/.test(key)) cur = cur[Number(key)];
+    else if (isObj(cur)) cur = cur[key];
+    else return undefined;
+  }
+  return cur;
+}
+
+// ---- 1. example policies -----------------------------------------------------------------------
+
+const POLICY_FILES = [
+  ...readdirSync(join(DEPLOY, 'examples'))
+    .filter((f) => /\.(ya?ml|json)$/.test(f))
+    .map((f) => `deploy/examples/${f}`),
+  'deploy/k8s/base/policy.yaml',
+];
+
+describe('example policies pass the validator', () => {
+  it('finds the starter monitor and enforce policies', () => {
+    expect(POLICY_FILES).toEqual(expect.arrayContaining(['deploy/examples/monitor.yaml', 'deploy/examples/enforce.yaml']));
+  });
+
+  it.each(POLICY_FILES)('%s', (file) => {
+    const result = loadConfig(read(file));
+    if (!result.ok) throw new Error(`${file} is invalid:\n${JSON.stringify(result.errors, null, 2)}`);
+    expect(result.ok).toBe(true);
+  });
+
+  it('`egressgate check` accepts every one of them (exit 0, one-line summary)', async () => {
+    const results = await Promise.all(
+      POLICY_FILES.map(
+        (file) =>
+          new Promise<{ file: string; code: number | null; stdout: string; stderr: string }>((done) => {
+            execFile(
+              process.execPath,
+              ['--import', 'tsx', 'cli.ts', 'check', '--config', file],
+              { cwd: ROOT, timeout: 55_000 },
+              (err, stdout, stderr) => done({ file, code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr }),
+            );
+          }),
+      ),
+    );
+    for (const r of results) {
+      expect(r.stderr, r.file).toBe('');
+      expect(r.code, r.file).toBe(0);
+      expect(r.stdout.trim().split('\n'), r.file).toHaveLength(1);
+    }
+  }, 60_000);
+
+  it('the validator is not vacuous: a broken copy of the starter policy is rejected with a path', () => {
+    const broken = read('deploy/examples/monitor.yaml').replace('ports: [22, 443]', 'ports: [22, 70000]');
+    const result = loadConfig(broken);
+    expect(result.ok).toBe(false);
+    if (!result.ok) expect(JSON.stringify(result.errors)).toContain('roles.workstation.allow[1].ports');
+  });
+
+  it('monitor.yaml monitors and enforce.yaml enforces, for the same small-company roles', () => {
+    const monitor = loadConfig(read('deploy/examples/monitor.yaml'));
+    const enforce = loadConfig(read('deploy/examples/enforce.yaml'));
+    if (!monitor.ok || !enforce.ok) throw new Error('example policies must be valid');
+    expect(monitor.config.mode).toBe('monitor');
+    expect(enforce.config.mode).toBe('enforce');
+    for (const cfg of [monitor.config, enforce.config]) {
+      expect(Object.keys(cfg.roles).sort()).toEqual(['ci', 'server', 'workstation']);
+      expect(cfg.identity.hosts.flatMap((h) => h.roles).sort()).toEqual(['ci', 'server', 'workstation']);
+      // No role may quietly opt out of the global mode in the shipped examples.
+      for (const role of Object.values(cfg.roles)) expect(role.mode).toBeUndefined();
+      expect(cfg.deny.privateRanges).toBe(true);
+    }
+  });
+
+  it('the container policy writes state and flow logs only to the image volumes', () => {
+    const r = loadConfig(read('deploy/examples/container-policy.yaml'));
+    if (!r.ok) throw new Error('container policy must be valid');
+    expect(r.config.state.path?.startsWith('/var/lib/egressgate/')).toBe(true);
+    expect(r.config.flowLog.path?.startsWith('/var/log/egressgate/')).toBe(true);
+  });
+});
+
+// ---- 2. Kubernetes ------------------------------------------------------------------------------
+
+function listYaml(dir: string): string[] {
+  const out: string[] = [];
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, entry.name);
+    if (entry.isDirectory()) out.push(...listYaml(p));
+    else if (/\.ya?ml$/.test(entry.name)) out.push(p);
+  }
+  return out.sort();
+}
+
+const K8S_FILES = listYaml(join(DEPLOY, 'k8s'));
+
+function docsOf(file: string): Obj[] {
+  const docs = parseAllDocuments(readFileSync(file, 'utf8'));
+  const out: Obj[] = [];
+  for (const doc of docs) {
+    if (doc.errors.length > 0) throw new Error(`${file}: ${doc.errors.map((e) => e.message).join('; ')}`);
+    const value: unknown = doc.toJS();
+    if (value !== null && value !== undefined) out.push(value as Obj);
+  }
+  return out;
+}
+
+/** All manifests of the base (not the kustomizations, not the policy). */
+function baseObjects(): Obj[] {
+  const k = docsOf(join(DEPLOY, 'k8s/base/kustomization.yaml'))[0]!;
+  return (k['resources'] as string[]).flatMap((r) => docsOf(join(DEPLOY, 'k8s/base', r)));
+}
+
+function byKind(objs: Obj[], kind: string): Obj[] {
+  return objs.filter((o) => o['kind'] === kind);
+}
+
+describe('Kubernetes manifests', () => {
+  it('every YAML file under deploy/k8s parses', () => {
+    expect(K8S_FILES.length).toBeGreaterThanOrEqual(8);
+    for (const f of K8S_FILES) expect(docsOf(f).length, f).toBeGreaterThan(0);
+  });
+
+  it('every manifest has apiVersion, kind and metadata.name; every namespaced one a namespace', () => {
+    for (const o of baseObjects()) {
+      expect(typeof o['apiVersion'], JSON.stringify(o).slice(0, 80)).toBe('string');
+      expect(typeof o['kind']).toBe('string');
+      expect(typeof get(o, 'metadata.name')).toBe('string');
+      if (o['kind'] !== 'Namespace') expect(typeof get(o, 'metadata.namespace'), String(get(o, 'metadata.name'))).toBe('string');
+    }
+  });
+
+  it('kustomizations reference files that exist, and the overlays set the mode', () => {
+    for (const dir of ['base', 'overlays/monitor', 'overlays/enforce']) {
+      const k = docsOf(join(DEPLOY, 'k8s', dir, 'kustomization.yaml'))[0]!;
+      expect(k['kind']).toBe('Kustomization');
+      for (const r of k['resources'] as string[]) expect(existsSync(join(DEPLOY, 'k8s', dir, r)), `${dir}: ${r}`).toBe(true);
+    }
+    const base = docsOf(join(DEPLOY, 'k8s/base/kustomization.yaml'))[0]!;
+    const gen = (base['configMapGenerator'] as Obj[]).find((g) => g['name'] === 'egressgate-policy');
+    expect(gen?.['files']).toEqual(['policy.yaml']);
+    for (const mode of ['monitor', 'enforce']) {
+      const text = read(`deploy/k8s/overlays/${mode}/kustomization.yaml`);
+      expect(text).toContain('value: --mode');
+      expect(text).toContain(`value: ${mode}`);
+    }
+  });
+
+  it('the gateway Deployment: 2 replicas, probes on /healthz and /readyz, non-root, read-only root fs, policy mounted', () => {
+    const [dep] = byKind(baseObjects(), 'Deployment');
+    expect(get(dep, 'spec.replicas')).toBe(2);
+    const c = get(dep, 'spec.template.spec.containers.0') as Obj;
+    expect(get(c, 'livenessProbe.httpGet.path')).toBe('/healthz');
+    expect(get(c, 'readinessProbe.httpGet.path')).toBe('/readyz');
+    expect(get(c, 'securityContext.readOnlyRootFilesystem')).toBe(true);
+    expect(get(c, 'securityContext.allowPrivilegeEscalation')).toBe(false);
+    expect(get(dep, 'spec.template.spec.securityContext.runAsNonRoot')).toBe(true);
+    expect((c['args'] as string[]).slice(0, 3)).toEqual(['serve', '--config', '/etc/egressgate/policy.yaml']);
+    const volumes = get(dep, 'spec.template.spec.volumes') as Obj[];
+    expect(volumes.find((v) => get(v, 'configMap.name') === 'egressgate-policy')).toBeTruthy();
+    const ports = (c['ports'] as Obj[]).map((p) => p['containerPort']);
+    expect(ports).toEqual(expect.arrayContaining([3128, 1080, 9180]));
+  });
+
+  it('Service, PodDisruptionBudget and the workload NetworkPolicy select the gateway', () => {
+    const objs = baseObjects();
+    const selector = { 'app.kubernetes.io/name': 'egressgate', 'app.kubernetes.io/component': 'gateway' };
+    const [svc] = byKind(objs, 'Service');
+    expect(get(svc, 'spec.selector')).toEqual(selector);
+    const [pdb] = byKind(objs, 'PodDisruptionBudget');
+    expect(get(pdb, 'spec.selector.matchLabels')).toEqual(selector);
+    expect(get(pdb, 'spec.minAvailable')).toBe(1);
+    const [np] = byKind(objs, 'NetworkPolicy');
+    expect(get(np, 'spec.policyTypes')).toEqual(['Egress']);
+    expect(get(np, 'spec.podSelector')).toEqual({});
+    const egress = get(np, 'spec.egress') as Obj[];
+    // `get` splits on dots, so read the label map directly.
+    const gatewayRule = egress.find((e) => {
+      const labels = get(e, 'to.0.podSelector.matchLabels') as Obj | undefined;
+      return labels?.['app.kubernetes.io/component'] === 'gateway';
+    });
+    expect(gatewayRule).toBeTruthy();
+    expect((gatewayRule!['ports'] as Obj[]).map((p) => p['port']).sort()).toEqual([1080, 3128]);
+    // Nothing else but DNS: no ipBlock that would open the outside.
+    expect(JSON.stringify(egress)).not.toContain('ipBlock');
+  });
+
+  it('the agent DaemonSet: hostPID, read-only /proc, only the two read capabilities', () => {
+    const [ds] = byKind(baseObjects(), 'DaemonSet');
+    expect(get(ds, 'spec.template.spec.hostPID')).toBe(true);
+    const c = get(ds, 'spec.template.spec.containers.0') as Obj;
+    expect((c['args'] as string[])[0]).toBe('agent');
+    const mount = (c['volumeMounts'] as Obj[]).find((m) => m['name'] === 'host-proc');
+    expect(mount?.['readOnly']).toBe(true);
+    const vol = (get(ds, 'spec.template.spec.volumes') as Obj[]).find((v) => v['name'] === 'host-proc');
+    expect(get(vol, 'hostPath.path')).toBe('/proc');
+    expect(get(c, 'securityContext.capabilities.drop')).toEqual(['ALL']);
+    expect(get(c, 'securityContext.capabilities.add')).toEqual(['SYS_PTRACE', 'DAC_READ_SEARCH']);
+    expect(get(c, 'securityContext.readOnlyRootFilesystem')).toBe(true);
+  });
+
+  it('kubectl kustomize renders both overlays (monitor without the lock-down, enforce with it)', () => {
+    if (!hasCommand('kubectl')) {
+      skipLoudly('kubectl kustomize rendering', 'kubectl not installed');
+      return;
+    }
+    // kubectl before 1.21 embeds kustomize v2, which predates `labels:` and inline `patches:`.
+    const version = spawnSync('kubectl', ['version', '--client', '-o', 'json'], { encoding: 'utf8', timeout: 20_000 });
+    const minor = Number.parseInt(String((JSON.parse(version.stdout || '{}') as { clientVersion?: { minor?: string } }).clientVersion?.minor), 10);
+    if (!(minor >= 21)) {
+      skipLoudly('kubectl kustomize rendering', `kubectl client minor version ${minor} < 21 (kustomize too old)`);
+      return;
+    }
+    for (const mode of ['monitor', 'enforce'] as const) {
+      const r = spawnSync('kubectl', ['kustomize', join(DEPLOY, 'k8s/overlays', mode)], { encoding: 'utf8', timeout: 20_000 });
+      expect(r.stderr, `kubectl kustomize ${mode}`).toBe('');
+      expect(r.status).toBe(0);
+      const objs = parseAllDocuments(r.stdout).map((d) => d.toJS() as Obj);
+      const kinds = objs.map((o) => o['kind']);
+      expect(kinds).toEqual(expect.arrayContaining(['Namespace', 'ConfigMap', 'Service', 'Deployment', 'PodDisruptionBudget', 'DaemonSet']));
+      expect(kinds.includes('NetworkPolicy')).toBe(mode === 'enforce');
+      const [dep] = byKind(objs, 'Deployment');
+      const args = get(dep, 'spec.template.spec.containers.0.args') as string[];
+      expect(args.slice(-2)).toEqual(['--mode', mode]);
+      // The generated ConfigMap (hash-suffixed name) is the one the Deployment mounts, and valid.
+      const [cm] = byKind(objs, 'ConfigMap');
+      const cmName = get(cm, 'metadata.name') as string;
+      expect(cmName).toMatch(/^egressgate-policy-/);
+      const vols = get(dep, 'spec.template.spec.volumes') as Obj[];
+      expect(vols.some((v) => get(v, 'configMap.name') === cmName)).toBe(true);
+      // `get` splits on dots, so read the `policy.yaml` key directly.
+      const text = (cm!['data'] as Obj)['policy.yaml'];
+      expect(typeof text).toBe('string');
+      expect(loadConfig(text as string).ok).toBe(true);
+    }
+  });
+});
+
+// ---- 3. Dockerfile ----------------------------------------------------------------------------
+
+interface Instruction {
+  readonly op: string;
+  readonly args: string;
+  readonly stage: number;
+}
+
+/** Dockerfile → instructions (comments dropped, `\` continuations joined), with the stage index. */
+function parseDockerfile(text: string): Instruction[] {
+  const out: Instruction[] = [];
+  let stage = -1;
+  let pending = '';
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    if (pending === '' && (line === '' || line.startsWith('#'))) continue;
+    if (line.startsWith('#')) continue; // comment inside a continuation
+    if (line.endsWith('\\')) {
+      pending += `${line.slice(0, -1)} `;
+      continue;
+    }
+    const full = (pending + line).trim();
+    pending = '';
+    if (full === '') continue;
+    const m = /^(\S+)\s*(.*)$/.exec(full)!;
+    const op = m[1]!.toUpperCase();
+    if (op === 'FROM') stage++;
+    out.push({ op, args: m[2]!, stage });
+  }
+  return out;
+}
+
+describe('deploy/Dockerfile (parsed: no Docker engine in CI)', () => {
+  const ins = parseDockerfile(read('deploy/Dockerfile'));
+  const froms = ins.filter((i) => i.op === 'FROM');
+  const last = froms.length - 1;
+  const final = ins.filter((i) => i.stage === last);
+  const runs = (stage: number): string => ins.filter((i) => i.stage === stage && i.op === 'RUN').map((i) => i.args).join('\n');
+
+  it('is multi-stage: a build stage with npm ci + npm run build, a runtime with npm ci --omit=dev', () => {
+    expect(froms.length).toBeGreaterThanOrEqual(2);
+    expect(froms[0]!.args).toMatch(/\bAS\s+build\b/i);
+    expect(runs(0)).toMatch(/\bnpm ci\b/);
+    expect(runs(0)).toContain('npm run build');
+    expect(runs(last)).toContain('npm ci --omit=dev');
+    expect(runs(last)).not.toContain('npm run build');
+    expect(final.some((i) => i.op === 'COPY' && /--from=build\b.*\bdist\b/.test(i.args))).toBe(true);
+  });
+
+  it('runs as a non-root user', () => {
+    const users = final.filter((i) => i.op === 'USER');
+    expect(users.length).toBeGreaterThan(0);
+    const user = users.at(-1)!.args.split(':')[0]!;
+    expect(['root', '0', '']).not.toContain(user);
+  });
+
+  it('is read-only-root-fs friendly: state and logs on volumes', () => {
+    const volumes = final.filter((i) => i.op === 'VOLUME').map((i) => i.args).join(' ');
+    expect(volumes).toContain('/var/lib/egressgate');
+    expect(volumes).toContain('/var/log/egressgate');
+  });
+
+  it('has a HEALTHCHECK on /healthz with node fetch, and exec-form ENTRYPOINT so SIGTERM reaches node', () => {
+    const hc = final.find((i) => i.op === 'HEALTHCHECK');
+    expect(hc?.args).toMatch(/CMD\s+\["node",/);
+    expect(hc?.args).toContain('fetch(');
+    const env = final.filter((i) => i.op === 'ENV').map((i) => i.args).join(' ');
+    expect(env).toMatch(/EGRESSGATE_HEALTH_URL=http:\/\/127\.0\.0\.1:9180\/healthz/);
+    const ep = final.find((i) => i.op === 'ENTRYPOINT');
+    const argv = JSON.parse(ep!.args) as string[];
+    expect(argv[0]).toBe('node');
+    expect(argv[1]).toMatch(/dist\/cli\.js$/);
+    expect(final.find((i) => i.op === 'STOPSIGNAL')?.args).toBe('SIGTERM');
+    const cmd = JSON.parse(final.find((i) => i.op === 'CMD')!.args) as string[];
+    expect(cmd[0]).toBe('serve');
+  });
+
+  it('copies only files that exist into the image', () => {
+    for (const i of ins.filter((x) => x.op === 'COPY' && !x.args.includes('--from'))) {
+      const parts = i.args.split(/\s+/);
+      for (const src of parts.slice(0, -1)) if (src !== '.') expect(existsSync(join(ROOT, src)), src).toBe(true);
+    }
+    expect(parseYaml(read('deploy/examples/container-policy.yaml'))).toBeTruthy();
+  });
+});
+
+// ---- 4. systemd -------------------------------------------------------------------------------
+
+/** INI → key → every value (systemd keys may repeat). */
+function parseUnit(text: string): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#') || line.startsWith(';') || line.startsWith('[')) continue;
+    const eq = line.indexOf('=');
+    const key = line.slice(0, eq).trim();
+    out.set(key, [...(out.get(key) ?? []), line.slice(eq + 1).trim()]);
+  }
+  return out;
+}
+
+describe('systemd units', () => {
+  const gw = parseUnit(read('deploy/systemd/egressgate.service'));
+  const agent = parseUnit(read('deploy/systemd/egressgate-agent.service'));
+  const one = (u: Map<string, string[]>, k: string): string | undefined => u.get(k)?.at(-1);
+
+  it('egressgate.service is hardened', () => {
+    expect(one(gw, 'DynamicUser') === 'yes' || (one(gw, 'User') ?? 'root') !== 'root').toBe(true);
+    expect(one(gw, 'NoNewPrivileges')).toBe('yes');
+    expect(one(gw, 'ProtectSystem')).toBe('strict');
+    expect(one(gw, 'PrivateTmp')).toBe('yes');
+    expect(gw.get('CapabilityBoundingSet')).toEqual(['']);
+    expect(one(gw, 'RestrictAddressFamilies')?.split(/\s+/).sort()).toEqual(['AF_INET', 'AF_INET6', 'AF_UNIX']);
+    expect(one(gw, 'ExecReload')).toBe('/bin/kill -HUP $MAINPID');
+    expect(one(gw, 'StateDirectory')).toBe('egressgate');
+    expect(one(gw, 'LogsDirectory')).toBe('egressgate');
+    expect(one(gw, 'ExecStart')).toMatch(/dist\/cli\.js serve --config \S+/);
+  });
+
+  it('LimitNOFILE covers 100,000 flows at 2 fds each plus headroom', () => {
+    expect(Number(one(gw, 'LimitNOFILE'))).toBeGreaterThanOrEqual(2 * 100_000 + 10_000);
+  });
+
+  it('egressgate-agent.service gets exactly CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, and says why', () => {
+    expect(one(agent, 'CapabilityBoundingSet')?.split(/\s+/).sort()).toEqual(['CAP_DAC_READ_SEARCH', 'CAP_SYS_PTRACE']);
+    expect(one(agent, 'AmbientCapabilities')?.split(/\s+/).sort()).toEqual(['CAP_DAC_READ_SEARCH', 'CAP_SYS_PTRACE']);
+    expect(one(agent, 'NoNewPrivileges')).toBe('yes');
+    expect(one(agent, 'ProtectProc')).toBeUndefined(); // "invisible" would hide what it must see
+    expect(agent.get('SystemCallFilter')).toContain('~@debug @privileged');
+    const text = read('deploy/systemd/egressgate-agent.service');
+    expect(text).toMatch(/# .*CAP_DAC_READ_SEARCH: list other users' \/proc\/<pid>\/fd/);
+    expect(text).toMatch(/# .*CAP_SYS_PTRACE: readlink \/proc\/<pid>\/fd\/N/);
+  });
+
+  it('both units pass systemd-analyze verify', () => {
+    if (!hasCommand('systemd-analyze')) {
+      skipLoudly('systemd-analyze verify', 'systemd-analyze not installed');
+      return;
+    }
+    for (const unit of ['egressgate.service', 'egressgate-agent.service']) {
+      const r = spawnSync('systemd-analyze', ['verify', '--man=no', join(DEPLOY, 'systemd', unit)], { encoding: 'utf8', timeout: 20_000 });
+      // Warnings ("Unknown key …") go to stderr with exit 0: treat any output as a failure.
+      expect(`${r.stderr}${r.stdout}`.trim(), unit).toBe('');
+      expect(r.status, unit).toBe(0);
+    }
+  });
+});
+
+// ---- 5. nftables -------------------------------------------------------------------------------
+
+describe('nftables lock-down', () => {
+  const script = join(DEPLOY, 'nftables/egress-lockdown.sh');
+  const sh = (args: string[]) => spawnSync(script, args, { encoding: 'utf8', timeout: 20_000 });
+
+  it('renders the enforce and monitor rulesets with the parameters as set elements', () => {
+    const enforce = sh(['--print', '--wan', 'eth1', '--gateway-uid', '990', '--gateway-addr', '10.0.0.5', '--gateway-addr', 'fd00::5/128']);
+    expect(enforce.status).toBe(0);
+    expect(enforce.stdout).toContain('reject with icmpx admin-prohibited');
+    expect(enforce.stdout).toContain('add element inet egressgate wan_ifs { "eth1" }');
+    expect(enforce.stdout).toContain('add element inet egressgate gateway_uids { 990 }');
+    expect(enforce.stdout).toContain('add element inet egressgate gateway_v4 { 10.0.0.5 }');
+    expect(enforce.stdout).toContain('add element inet egressgate gateway_v6 { fd00::5/128 }');
+    const monitor = sh(['--print', '--monitor', '--wan', 'eth1', '--gateway-uid', '990']);
+    expect(monitor.status).toBe(0);
+    const rules = monitor.stdout.split('\n').filter((l) => !l.trim().startsWith('#'));
+    expect(rules.filter((l) => /\b(reject|drop)\b/.test(l))).toEqual([]);
+    expect(monitor.stdout).toContain('counter name "bypass" accept');
+  });
+
+  it('rejects bad parameters with exit code 2 before touching nft', () => {
+    for (const args of [['--wan', 'eth1"; flush ruleset; "'], ['--wan', 'eth1', '--gateway-uid', 'root'], ['--wan', 'eth1', '--gateway-addr', 'x'], [], ['--bogus']]) {
+      const r = sh(['--print', ...args]);
+      expect(r.status, args.join(' ')).toBe(2);
+      expect(r.stdout).toBe('');
+    }
+  });
+
+  it('both rulesets pass nft -c (in a throw-away network namespace)', () => {
+    if (process.getuid?.() !== 0 || !hasCommand('nft') || !hasCommand('unshare')) {
+      skipLoudly('nft -c of the lock-down rulesets', 'needs root, nft (Debian nftables) and unshare');
+      return;
+    }
+    for (const variant of ['--enforce', '--monitor']) {
+      const r = spawnSync('unshare', ['--net', script, '--check', variant, '--wan', 'eth1', '--gateway-uid', '990', '--gateway-addr', '10.0.0.0/24'], {
+        encoding: 'utf8',
+        timeout: 20_000,
+      });
+      expect(r.stderr, variant).toBe('');
+      expect(r.status, variant).toBe(0);
+    }
+  });
+});

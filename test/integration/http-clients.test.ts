@@ -1,0 +1,90 @@
+/**
+ * Absolute-URI and CONNECT through the real HTTP listener with the other real clients: wget
+ * (http_proxy), python3 urllib (ProxyHandler), undici ProxyAgent (proxyTunnel:false and default).
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ProxyAgent, request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { VIA_VALUE } from '../../gateway/listeners/http-headers.ts';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { type Origin, run, startOrigin } from './http-harness.ts';
+
+let gw: TestGateway;
+let origin: Origin;
+let proxy: string;
+let base: string;
+let dir: string;
+
+beforeAll(async () => {
+  origin = await startOrigin();
+  gw = await startTestGateway();
+  proxy = `http://127.0.0.1:${gw.httpPort}`;
+  base = `http://127.0.0.1:${origin.port}`;
+  dir = mkdtempSync(join(tmpdir(), 'egw-clients-'));
+});
+
+afterAll(async () => {
+  await gw?.stop();
+  await origin?.close();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+describe('other real clients through the HTTP listener', () => {
+  it('wget with http_proxy', async () => {
+    const out = join(dir, 'wget.out');
+    const r = await run('wget', ['-q', '-O', out, `${base}/size/7777`], { env: { ...process.env, http_proxy: proxy, no_proxy: '' } });
+    expect(r.code).toBe(0);
+    const rec = await gw.waitForClosed((f) => f.bytesIn === 7777);
+    expect(rec.protocol).toBe('http');
+    expect(origin.seen.find((s) => s.url === '/size/7777')?.headers['user-agent']).toMatch(/Wget/);
+  });
+
+  it('python3 urllib with a ProxyHandler, POST body', async () => {
+    const script = [
+      'import sys, urllib.request',
+      `opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": "${proxy}"}))`,
+      `r = opener.open(urllib.request.Request("${base}/py", data=b"x" * 4321, method="POST"))`,
+      'sys.stdout.write(r.read().decode())',
+    ].join('\n');
+    const r = await run('python3', ['-c', script]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.toString()).toBe('echo:POST:4321');
+    const rec = await gw.waitForClosed((f) => f.bytesOut === 4321);
+    expect(rec.bytesIn).toBe('echo:POST:4321'.length);
+  });
+
+  it('undici ProxyAgent with proxyTunnel:false uses the absolute-URI path', async () => {
+    const agent = new ProxyAgent({ uri: proxy, proxyTunnel: false });
+    try {
+      const res = await request(`${base}/size/3333`, { dispatcher: agent });
+      const body = Buffer.from(await res.body.arrayBuffer());
+      expect(res.statusCode).toBe(200);
+      expect(res.headers.via).toBe(VIA_VALUE);
+      expect(body.length).toBe(3333);
+    } finally {
+      await agent.close();
+    }
+    const rec = await gw.waitForClosed((f) => f.bytesIn === 3333);
+    expect(rec.protocol).toBe('http');
+  });
+
+  it('undici ProxyAgent default tunnels with CONNECT', async () => {
+    const agent = new ProxyAgent({ uri: proxy });
+    let received = 0;
+    try {
+      const res = await request(`${base}/size/4444`, { dispatcher: agent });
+      received = Buffer.from(await res.body.arrayBuffer()).length;
+      expect(res.statusCode).toBe(200);
+      expect(res.headers.via).toBeUndefined();
+    } finally {
+      await agent.close();
+    }
+    expect(received).toBe(4444);
+    const rec = await gw.waitForClosed((f) => f.protocol === 'connect' && f.destination.port === origin.port);
+    // The tunnel carries the whole HTTP exchange: request head out, response head + body in.
+    expect(rec.bytesIn).toBeGreaterThan(4444);
+    expect(rec.bytesOut).toBeGreaterThan(0);
+  });
+});

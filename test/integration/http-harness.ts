@@ -1,0 +1,284 @@
+/**
+ * Shared pieces of the HTTP listener's integration tests: a recording origin on 127.0.0.1:0,
+ * a bounded child-process runner for real clients (curl, wget, python3), and raw-socket helpers.
+ */
+import { execFile } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect, type Socket } from 'node:net';
+
+export interface SeenRequest {
+  method: string;
+  url: string;
+  headers: IncomingMessage['headers'];
+  rawHeaders: string[];
+  body: Buffer;
+  clientPort: number;
+}
+
+export interface Origin {
+  port: number;
+  server: Server;
+  seen: SeenRequest[];
+  close(): Promise<void>;
+}
+
+/** Deterministic body of n bytes (so a test knows exactly what crossed). */
+export function pattern(n: number): Buffer {
+  const b = Buffer.allocUnsafe(n);
+  for (let i = 0; i < n; i++) b[i] = 97 + (i % 26);
+  return b;
+}
+
+/**
+ * An origin that records every request and answers:
+ *   /size/N     → N pattern bytes with Content-Length
+ *   /chunked/N  → N pattern bytes chunked (two writes)
+ *   /hop        → a response full of hop-by-hop fields
+ *   anything else → `echo:<METHOD>:<body length>` with Content-Length
+ */
+export async function startOrigin(extra?: (req: IncomingMessage, res: ServerResponse, body: Buffer) => boolean): Promise<Origin> {
+  const seen: SeenRequest[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      seen.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, rawHeaders: req.rawHeaders, body, clientPort: req.socket.remotePort ?? 0 });
+      if (extra?.(req, res, body)) return;
+      const url = req.url ?? '/';
+      const size = /^\/size\/(\d+)/.exec(url);
+      const chunked = /^\/chunked\/(\d+)/.exec(url);
+      if (size) {
+        const out = pattern(Number(size[1]));
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': out.length });
+        res.end(out);
+      } else if (chunked) {
+        const out = pattern(Number(chunked[1]));
+        res.writeHead(200, { 'content-type': 'application/octet-stream' });
+        const half = Math.floor(out.length / 2);
+        res.write(out.subarray(0, half));
+        res.end(out.subarray(half));
+      } else if (url === '/hop') {
+        res.writeHead(200, [
+          'Content-Length', '2',
+          'Connection', 'keep-alive, X-Hop-Resp',
+          'X-Hop-Resp', 'secret',
+          'Keep-Alive', 'timeout=5',
+          'Proxy-Authenticate', 'Basic realm="origin"',
+          'X-End-To-End', 'kept',
+        ]);
+        res.end('ok');
+      } else {
+        const out = Buffer.from(`echo:${req.method}:${body.length}`);
+        res.writeHead(200, { 'content-type': 'text/plain', 'content-length': out.length });
+        res.end(out);
+      }
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as { port: number }).port;
+  return {
+    port,
+    server,
+    seen,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+export interface RunResult {
+  code: number | null;
+  stdout: Buffer;
+  stderr: string;
+}
+
+/** Run a real client with a hard timeout; never rejects (the test asserts on code and output). */
+export function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; input?: Buffer; timeoutMs?: number } = {}): Promise<RunResult> {
+  return new Promise((resolve) => {
+    const child = execFile(
+      cmd,
+      args,
+      { encoding: 'buffer', env: opts.env ?? process.env, timeout: opts.timeoutMs ?? 15_000, maxBuffer: 64 * 1024 * 1024 },
+      (err, stdout, stderr) => {
+        const code = err && typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : err ? null : 0;
+        resolve({ code, stdout, stderr: stderr.toString('utf8') });
+      },
+    );
+    if (opts.input) child.stdin?.end(opts.input);
+    else child.stdin?.end();
+  });
+}
+
+/** Open a raw TCP connection. */
+export async function rawConnect(port: number, host = '127.0.0.1'): Promise<Socket> {
+  const s = connect({ port, host });
+  await once(s, 'connect');
+  return s;
+}
+
+/** Send bytes on a new connection and collect everything until the server closes it (bounded). */
+export async function rawExchange(port: number, bytes: Buffer | string, timeoutMs = 10_000): Promise<{ response: string; isClosed: boolean }> {
+  const s = await rawConnect(port);
+  const chunks: Buffer[] = [];
+  s.on('data', (c: Buffer) => chunks.push(c));
+  s.on('error', () => undefined);
+  s.write(bytes);
+  const timer = setTimeout(() => s.destroy(), timeoutMs);
+  await once(s, 'close');
+  clearTimeout(timer);
+  return { response: Buffer.concat(chunks).toString('latin1'), isClosed: true };
+}
+
+/** Read from a socket until `marker` has been seen; resolves with everything read so far. */
+export function readUntil(s: Socket, marker: string, timeoutMs = 10_000): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const timer = setTimeout(() => fail(new Error(`timed out waiting for ${JSON.stringify(marker)}; got ${JSON.stringify(Buffer.concat(chunks).toString('latin1').slice(0, 300))}`)), timeoutMs);
+    const onData = (c: Buffer): void => {
+      chunks.push(c);
+      const all = Buffer.concat(chunks);
+      if (all.includes(marker)) {
+        cleanup();
+        resolve(all);
+      }
+    };
+    const onClose = (): void => fail(new Error(`closed before ${JSON.stringify(marker)}; got ${JSON.stringify(Buffer.concat(chunks).toString('latin1').slice(0, 300))}`));
+    const cleanup = (): void => {
+      clearTimeout(timer);
+      s.removeListener('data', onData);
+      s.removeListener('close', onClose);
+    };
+    function fail(err: Error): void {
+      cleanup();
+      reject(err);
+    }
+    s.on('data', onData);
+    s.on('close', onClose);
+  });
+}
+
+/** Parse the JSON body of a raw HTTP response. */
+export function jsonBody(raw: string): Record<string, unknown> {
+  const i = raw.indexOf('\r\n\r\n');
+  return JSON.parse(raw.slice(i + 4)) as Record<string, unknown>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A local gateway with only the HTTP listener, wired like main.ts does (until main.ts's own
+// dependencies have all landed, the shared test/helpers/gateway.ts cannot load).
+
+import type { DetectionHooks, GatewayContext, Logger } from '../../gateway/context.ts';
+import type { FlowRecord } from '../../gateway/flow/flow.ts';
+import { FlowTable } from '../../gateway/flow/flow-table.ts';
+import { createIdentityResolver } from '../../gateway/identity/identity-resolver.ts';
+import { createHttpProxy, type HttpProxyOptions } from '../../gateway/listeners/http-proxy.ts';
+import { PolicyStore } from '../../gateway/policy-store.ts';
+import { createDnsResolver } from '../../gateway/upstream/resolve.ts';
+import { type Config, defaultConfig } from '../../policy/config.ts';
+
+export type DeepPartial<T> = { [K in keyof T]?: T[K] extends Array<infer U> ? U[] : T[K] extends object ? DeepPartial<T[K]> : T[K] };
+
+export interface LocalGateway {
+  httpPort: number;
+  flows: FlowTable;
+  policy: PolicyStore;
+  closed: FlowRecord[];
+  logs: Array<{ level: string; msg?: string } & Record<string, unknown>>;
+  waitForClosed(pred?: (r: FlowRecord) => boolean, timeoutMs?: number): Promise<FlowRecord>;
+  stop(): Promise<void>;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function merge<T>(base: T, over: unknown): T {
+  if (!isPlainObject(base) || !isPlainObject(over)) return (over === undefined ? base : over) as T;
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(over)) out[k] = k in out ? merge(out[k], v) : v;
+  return out as T;
+}
+
+/** Same base config as test/helpers/gateway.ts: loopback allowed, a catch-all role, no flow log. */
+export function localTestConfig(overrides: DeepPartial<Config> = {}): Config {
+  const base = defaultConfig();
+  base.listen = { http: '127.0.0.1:0', socks: '127.0.0.1:0', admin: '127.0.0.1:0', https: null };
+  base.allowRanges = ['127.0.0.0/8', '::1/128'];
+  base.roles = { any: { allow: [{ cidr: '0.0.0.0/0' }, { cidr: '::/0' }] } };
+  base.defaultRoles = ['any'];
+  base.flowLog = { path: null, interimSec: 60, keepClosed: 10_000 };
+  base.identity.localAttribution = false;
+  base.detection.sampleIntervalMs = 100;
+  return merge(base, overrides);
+}
+
+/** Start the HTTP listener on 127.0.0.1:0 with a real FlowTable, policy and identity resolver. */
+export async function startLocalGateway(
+  overrides: DeepPartial<Config> = {},
+  opts: HttpProxyOptions & { detection?: DetectionHooks | null } = {},
+): Promise<LocalGateway> {
+  const config = localTestConfig(overrides);
+  const logs: LocalGateway['logs'] = [];
+  const log: Logger = {
+    info: () => {},
+    warn: (obj, msg) => logs.push({ level: 'warn', msg, ...obj }),
+    error: (obj, msg) => logs.push({ level: 'error', msg, ...obj }),
+  };
+  const closed: FlowRecord[] = [];
+  const flows = new FlowTable({ sink: { write: () => {}, flush: async () => {} }, keepClosed: 10_000, interimSec: 60 });
+  const policy = new PolicyStore(config, { author: 'test', source: 'startup' });
+  const selfAddresses = new Set<string>();
+  const ctx: GatewayContext = {
+    flows,
+    policy,
+    identity: createIdentityResolver(),
+    attributor: null,
+    resolver: createDnsResolver({ timeoutMs: 2000 }),
+    detection: opts.detection ?? null,
+    log,
+    selfAddresses,
+    isDraining: () => false,
+  };
+  flows.on('close', (flow: { toRecord(now: number): FlowRecord; endedAt: number | null }) => closed.push(flow.toRecord(flow.endedAt ?? Date.now())));
+  const server = createHttpProxy(ctx, opts);
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const httpPort = (server.address() as { port: number }).port;
+  selfAddresses.add(`127.0.0.1:${httpPort}`);
+  const waitForClosed = async (pred: (r: FlowRecord) => boolean = () => true, timeoutMs = 10_000): Promise<FlowRecord> => {
+    const found = closed.find(pred);
+    if (found) return found;
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(), timeoutMs);
+    try {
+      for (;;) {
+        await once(flows, 'close', { signal: ac.signal });
+        const hit = closed.find(pred);
+        if (hit) return hit;
+      }
+    } catch {
+      throw new Error(`no closed flow matched within ${timeoutMs} ms; closed: ${JSON.stringify(closed.map((r) => [r.protocol, r.destination, r.closeReason, r.bytesOut, r.bytesIn]))}`);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+  return {
+    httpPort,
+    flows,
+    policy,
+    closed,
+    logs,
+    waitForClosed,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        flows.stop();
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}

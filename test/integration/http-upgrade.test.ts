@@ -1,0 +1,114 @@
+/**
+ * `Upgrade` (websocket-style) through the absolute-URI listener with raw sockets: the 101 head is
+ * relayed (Via added, Proxy-Authorization and identity headers gone), then both ways are a tunnel.
+ * bytesOut / bytesIn count everything after the handshake.
+ */
+import { once } from 'node:events';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import type { Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { pattern, rawConnect, readUntil } from './http-harness.ts';
+
+let gw: TestGateway;
+let origin: Server;
+let port: number;
+const seen: IncomingMessage[] = [];
+const sockets = new Set<Socket>();
+const HELLO = Buffer.from('server-hello-frame');
+
+beforeAll(async () => {
+  origin = createServer((_req, res) => {
+    res.writeHead(400, { 'content-type': 'text/plain', 'content-length': 11 });
+    res.end('no upgrade!');
+  });
+  origin.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    seen.push(req);
+    sockets.add(socket);
+    socket.on('error', () => undefined);
+    socket.on('close', () => sockets.delete(socket));
+    if (req.url === '/decline') {
+      socket.end('HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 8\r\nConnection: close\r\n\r\nnot you!');
+      return;
+    }
+    // The 101 and the first server frame in one write: the gateway must pass both through.
+    socket.write(Buffer.concat([Buffer.from('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Origin: yes\r\n\r\n'), HELLO]));
+    if (head.length > 0) socket.write(head);
+    socket.pipe(socket);
+  });
+  origin.listen(0, '127.0.0.1');
+  await once(origin, 'listening');
+  port = (origin.address() as { port: number }).port;
+  gw = await startTestGateway({ identity: { users: [{ name: 'alice', password: 'wonder', roles: ['any'] }] } });
+});
+
+afterAll(async () => {
+  await gw?.stop();
+  for (const s of sockets) s.destroy();
+  await new Promise<void>((r) => (origin ? origin.close(() => r()) : r()));
+});
+
+function upgradeHead(path: string): string {
+  return [
+    `GET http://127.0.0.1:${port}${path} HTTP/1.1`,
+    `Host: 127.0.0.1:${port}`,
+    'Connection: Upgrade',
+    'Upgrade: websocket',
+    'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==',
+    'Sec-WebSocket-Version: 13',
+    `Proxy-Authorization: Basic ${Buffer.from('alice:wonder').toString('base64')}`,
+    'X-Egress-User: mallory',
+    '',
+    '',
+  ].join('\r\n');
+}
+
+describe('Upgrade through the proxy', () => {
+  it('101 relayed with Via, then an echo tunnel; exact counts after the handshake', async () => {
+    const s = await rawConnect(gw.httpPort);
+    s.write(upgradeHead('/chat'));
+    const got = await readUntil(s, HELLO.toString());
+    const end = got.indexOf('\r\n\r\n');
+    const head = got.subarray(0, end).toString('latin1');
+    expect(head).toMatch(/^HTTP\/1\.1 101 /);
+    expect(head).toMatch(/\r\nupgrade: websocket/i);
+    expect(head).toMatch(/\r\nconnection: upgrade/i);
+    expect(head).toMatch(/\r\nvia: 1\.1 egressgate/i);
+    expect(head).toMatch(/\r\nX-Origin: yes/);
+    expect(got.subarray(end + 4).equals(HELLO)).toBe(true);
+
+    const req = seen.at(-1);
+    expect(req?.url).toBe('/chat');
+    expect(req?.headers.upgrade).toBe('websocket');
+    expect(req?.headers['proxy-authorization']).toBeUndefined();
+    expect(req?.headers['x-egress-user']).toBeUndefined();
+    expect(req?.headers.via).toBe('1.1 egressgate');
+    expect(req?.headers['sec-websocket-key']).toBe('dGhlIHNhbXBsZSBub25jZQ==');
+
+    const payload = pattern(100_000);
+    const chunks: Buffer[] = [];
+    s.on('data', (c: Buffer) => chunks.push(c));
+    const ended = once(s, 'end');
+    s.end(payload);
+    await ended;
+    expect(Buffer.concat(chunks).equals(payload)).toBe(true);
+    const rec = await gw.waitForClosed((f) => f.destination.port === port && f.bytesOut === payload.length);
+    expect(rec).toMatchObject({ protocol: 'http', bytesIn: HELLO.length + payload.length, closeReason: 'closed' });
+    expect(rec.identity.user).toBe('alice');
+  });
+
+  it('an origin that declines: its answer reaches the client, then the connection closes', async () => {
+    const s = await rawConnect(gw.httpPort);
+    const chunks: Buffer[] = [];
+    s.on('data', (c: Buffer) => chunks.push(c));
+    const closed = once(s, 'close');
+    s.write(upgradeHead('/decline'));
+    await closed;
+    const text = Buffer.concat(chunks).toString('latin1');
+    expect(text).toMatch(/^HTTP\/1\.1 403 /);
+    expect(text).toMatch(/\r\nvia: 1\.1 egressgate/i);
+    expect(text.endsWith('\r\n\r\nnot you!')).toBe(true);
+    const rec = await gw.waitForClosed((f) => f.destination.port === port && f.bytesIn === 8);
+    expect(rec.bytesOut).toBe(0);
+  });
+});

@@ -1,0 +1,47 @@
+/**
+ * A parent proxy (`upstream: http://…`): absolute-URI requests and CONNECT tunnels of the child
+ * gateway leave through the parent's CONNECT, asked for exactly the address the child checked.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { type Origin, pattern, run, startOrigin } from './http-harness.ts';
+
+let parent: TestGateway;
+let child: TestGateway;
+let origin: Origin;
+
+beforeAll(async () => {
+  origin = await startOrigin();
+  parent = await startTestGateway();
+  child = await startTestGateway({ upstream: `http://127.0.0.1:${parent.httpPort}` });
+});
+
+afterAll(async () => {
+  await child?.stop();
+  await parent?.stop();
+  await origin?.close();
+});
+
+describe('parent proxy chaining from the HTTP listener', () => {
+  it('absolute-URI: the child keeps one http flow per request, the parent carries it as a tunnel to the same IP', async () => {
+    const body = pattern(5000);
+    const r = await run('curl', ['-sS', '--noproxy', '', '-x', `http://127.0.0.1:${child.httpPort}`, '--data-binary', '@-', `http://localhost:${origin.port}/up`], { input: body });
+    expect(r.stdout.toString()).toBe('echo:POST:5000');
+    const rec = await child.waitForClosed((f) => f.protocol === 'http' && f.bytesOut === 5000);
+    expect(rec.bytesIn).toBe('echo:POST:5000'.length);
+    const ip = rec.destination.ip;
+    expect(ip === '127.0.0.1' || ip === '::1').toBe(true);
+    expect(origin.seen.find((s) => s.url === '/up')?.headers.host).toBe(`localhost:${origin.port}`);
+    // The parent's tunnel is pooled by the child and stays open for reuse: look at the live flow.
+    const live = parent.flows.list({ state: 'active' }).find((f) => f.protocol === 'connect');
+    expect(live?.destination).toMatchObject({ host: ip, port: origin.port });
+  });
+
+  it('CONNECT through the child is a tunnel in the parent too', async () => {
+    const r = await run('curl', ['-sS', '--noproxy', '', '-p', '-x', `http://127.0.0.1:${child.httpPort}`, `http://127.0.0.1:${origin.port}/size/777`]);
+    expect(r.stdout.length).toBe(777);
+    const rec = await child.waitForClosed((f) => f.protocol === 'connect' && f.closeReason === 'closed');
+    const up = await parent.waitForClosed((f) => f.protocol === 'connect' && f.bytesIn === rec.bytesIn);
+    expect(up.bytesOut).toBe(rec.bytesOut);
+  });
+});

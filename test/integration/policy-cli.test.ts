@@ -1,0 +1,184 @@
+/**
+ * `egressgate check` and `egressgate evaluate` run as a user runs them: a child process of cli.ts,
+ * exit code, stdout and stderr.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+delete process.env['EGRESSGATE_CONFIG'];
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'egw-policy-cli-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function spawnCli(args: string[]): Promise<Run> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      ['--import', 'tsx', 'cli.ts', ...args],
+      { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
+        resolve({ code, stdout, stderr });
+      },
+    );
+  });
+}
+
+/**
+ * Every tsx start costs ~1 s of CPU (more on a loaded machine), so three invocations go through a
+ * real child process (exit code, stdout, stderr as a user sees them) and the rest call the same
+ * `run(argv, io)` in-process with captured output.
+ */
+const runs = new Map<string, Promise<Run>>();
+function spawned(name: string, ...args: string[]): Promise<Run> {
+  let r = runs.get(name);
+  if (r === undefined) {
+    r = spawnCli(args);
+    runs.set(name, r);
+  }
+  return r;
+}
+
+async function inProcess(...args: string[]): Promise<Run> {
+  let stdout = '';
+  let stderr = '';
+  const io = { stdout: { write: (t: string) => (stdout += t) }, stderr: { write: (t: string) => (stderr += t) } };
+  const [command, ...rest] = args;
+  const mod = command === 'check' ? await import('../../gateway/commands/check.ts') : await import('../../gateway/commands/evaluate.ts');
+  const code = await mod.run(rest, io);
+  return { code, stdout, stderr };
+}
+
+function file(name: string, text: string): string {
+  const p = join(dir, name);
+  writeFileSync(p, text);
+  return p;
+}
+
+const GOOD = file(
+  'good.yaml',
+  `mode: monitor
+identity:
+  users: [ { name: alice, roles: [developer] } ]
+  hosts: [ { cidr: 10.1.0.0/16, name: build-farm, roles: [ci] } ]
+roles:
+  developer:
+    allow:
+      - { host: "*.example.com", ports: [443] }
+      - { host: "git.example.org", ports: [22, 443] }
+      - { cidr: 203.0.113.0/24, ports: [443] }
+  ci:
+    mode: enforce
+    allow: [ { host: "pkgs.example.net", ports: [80, 443] } ]
+resolver:
+  hosts: { "files.example.test": 169.254.169.254 }
+`,
+);
+
+const BAD = file(
+  'bad.yaml',
+  `roles:
+  dev:
+    allow:
+      - { host: "a.example.com" }
+      - { host: "b.example.com" }
+      - { host: "c.example.com", ports: [99999] }
+  ops: { allow: [], colour: red }
+defaultRoles: [ghost]
+`,
+);
+
+beforeAll(async () => {
+  // Start the child processes together; the tests below await the same promises.
+  await Promise.all([
+    spawned('check good', 'check', '--config', GOOD),
+    spawned('check bad', 'check', '--config', BAD),
+    spawned('evaluate allow', 'evaluate', '--config', GOOD, '--dest', 'a.b.example.com:443', '--user', 'alice'),
+  ]);
+}, 60_000);
+
+describe('egressgate check', () => {
+  it('valid file: one-line summary, exit 0', async () => {
+    const r = await spawned('check good');
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim().split('\n')).toHaveLength(1);
+    expect(r.stdout).toMatch(/^ok: mode monitor \(role overrides: ci=enforce\), 2 roles, 4 allow entries/);
+  });
+
+  it('invalid file: each error as path: message on stderr, exit 1', async () => {
+    const r = await spawned('check bad');
+    expect(r.code).toBe(1);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines).toContain('roles.dev.allow[2].ports[0]: must be <= 65535, got 99999');
+    expect(lines.some((l) => l.startsWith('roles.ops.colour: unknown key'))).toBe(true);
+    expect(lines.some((l) => l.startsWith('defaultRoles[0]: unknown role "ghost"'))).toBe(true);
+    expect(r.stdout).toBe('');
+  });
+
+  it('unknown flag or missing --config: exit 2 with a message', async () => {
+    const [unknown, missing] = await Promise.all([inProcess('check', '--config', GOOD, '--frobnicate'), inProcess('check')]);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toMatch(/Unknown option '--frobnicate'/);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/--config FILE is required/);
+  });
+});
+
+describe('egressgate evaluate', () => {
+  it('prints the decision with the matched rule', async () => {
+    const r = await spawned('evaluate allow');
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out).toMatchObject({
+      verdict: 'allow',
+      reason: 'allowed',
+      mode: 'monitor',
+      matchedRule: { role: 'developer', index: 0, entry: 'host=*.example.com ports=443' },
+      destIp: null,
+      identity: { user: 'alice', roles: ['developer'] },
+    });
+  });
+
+  it('explains a refusal; the source address selects the host inventory and its role mode', async () => {
+    const r = await inProcess('evaluate', '--config', GOOD, '--dest', 'evil.example.net:443', '--source', '10.1.2.3', '--protocol', 'socks5');
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out).toMatchObject({ verdict: 'block', reason: 'not-allowlisted', detector: 'policy.deny', mode: 'enforce', matchedRule: null });
+    expect(out.identity).toMatchObject({ host: 'build-farm', roles: ['ci'] });
+    expect(out.reasons.join('\n')).toContain('role ci: no allow entry matches host evil.example.net');
+  });
+
+  it('uses resolver.hosts for the address: deny-range on the static answer', async () => {
+    const r = await inProcess('evaluate', '--config', GOOD, '--dest', 'files.example.test:443', '--user', 'alice');
+    const out = JSON.parse(r.stdout);
+    expect(out).toMatchObject({ verdict: 'block', reason: 'deny-range', detector: 'policy.deny-range', destIp: '169.254.169.254', destIpSource: 'resolver.hosts' });
+  });
+
+  it('CIDR entries apply to an IP literal destination', async () => {
+    const r = await inProcess('evaluate', '--config', GOOD, '--dest', '203.0.113.7:443', '--user', 'alice');
+    expect(JSON.parse(r.stdout)).toMatchObject({ verdict: 'allow', matchedRule: { role: 'developer', index: 2 }, destIp: '203.0.113.7' });
+  });
+
+  it('bad values are usage errors (exit 2); an invalid policy exits 1', async () => {
+    const [badDest, badProto, badPolicy] = await Promise.all([
+      inProcess('evaluate', '--config', GOOD, '--dest', 'no-port'),
+      inProcess('evaluate', '--config', GOOD, '--dest', 'a.example.com:443', '--protocol', 'gopher'),
+      inProcess('evaluate', '--config', BAD, '--dest', 'a.example.com:443'),
+    ]);
+    expect(badDest.code).toBe(2);
+    expect(badDest.stderr).toMatch(/--dest must be HOST:PORT/);
+    expect(badProto.code).toBe(2);
+    expect(badPolicy.code).toBe(1);
+    expect(badPolicy.stderr).toContain('roles.dev.allow[2].ports[0]');
+  });
+});

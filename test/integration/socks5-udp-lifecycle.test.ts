@@ -1,0 +1,203 @@
+/**
+ * SOCKS5 UDP associations over their life: IPv6 end to end, an authenticated association, idle
+ * timeout, an admin kill (control connection reset), and the exact byte budget.
+ */
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { once } from 'node:events';
+import type { Socket } from 'node:net';
+import { SocksClient } from 'socks';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Flow } from '../../gateway/flow/flow.ts';
+import { readToEnd, type SocksGateway, startBareSocksGateway, startSocksGateway, startUdpEcho, type UdpEcho } from './socks5-harness.ts';
+
+const PREFIX = Buffer.from('echo:');
+const cleanups: Array<() => unknown> = [];
+
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()?.();
+});
+
+async function udpSocket(type: 'udp4' | 'udp6' = 'udp4'): Promise<UdpSocket> {
+  const s = createSocket(type);
+  s.bind(0, type === 'udp4' ? '127.0.0.1' : '::1');
+  await once(s, 'listening');
+  cleanups.push(() => new Promise<void>((r) => s.close(() => r())));
+  return s;
+}
+
+async function associate(
+  gw: SocksGateway,
+  client: UdpSocket,
+  auth: { userId: string; password: string } | null = null,
+): Promise<{ control: Socket; relay: { host: string; port: number } }> {
+  const sc = new SocksClient({
+    proxy: { host: gw.socksHost, port: gw.socksPort, type: 5, ...(auth ?? {}) },
+    command: 'associate',
+    destination: { host: '0.0.0.0', port: client.address().port },
+  });
+  const info = await new Promise<{ socket: Socket; remoteHost?: { host: string; port: number } }>((resolve, reject) => {
+    sc.once('established', resolve);
+    sc.once('error', reject);
+    sc.connect();
+  });
+  info.socket.on('error', () => {});
+  cleanups.push(() => info.socket.destroy());
+  return { control: info.socket, relay: info.remoteHost as { host: string; port: number } };
+}
+
+/** Compressed form of an IPv6 literal (the socks client prints replies uncompressed). */
+function v6(ip: string): string {
+  return new URL(`http://[${ip}]/`).hostname.slice(1, -1);
+}
+
+function frame(host: string, port: number, data: Buffer): Buffer {
+  return SocksClient.createUDPFrame({ remoteHost: { host, port }, data });
+}
+
+function send(s: UdpSocket, buf: Buffer, to: { host: string; port: number }): Promise<void> {
+  return new Promise((resolve, reject) => s.send(buf, to.port, to.host, (err) => (err ? reject(err) : resolve())));
+}
+
+async function nextReply(s: UdpSocket): Promise<{ host: string; port: number; data: Buffer }> {
+  const [msg] = (await once(s, 'message')) as [Buffer];
+  const parsed = SocksClient.parseUDPFrame(msg);
+  return { host: parsed.remoteHost.host, port: parsed.remoteHost.port, data: parsed.data };
+}
+
+describe('IPv6 association', () => {
+  let gw6: SocksGateway | null = null;
+  let echo6: UdpEcho | null = null;
+  beforeAll(async () => {
+    try {
+      echo6 = await startUdpEcho('udp6', PREFIX);
+      gw6 = await startSocksGateway({}, '::1');
+    } catch {
+      gw6 = null; // no IPv6 loopback here
+    }
+  });
+  afterAll(async () => {
+    await gw6?.stop();
+    await echo6?.close();
+  });
+
+  it('relay on ::1, destination ::1, bytes exact', async (tctx) => {
+    if (!gw6 || !echo6) tctx.skip();
+    const gw = gw6 as SocksGateway;
+    const echo = echo6 as UdpEcho;
+    const client = await udpSocket('udp6');
+    const a = await associate(gw, client);
+    expect(v6(a.relay.host)).toBe('::1');
+    const reply = nextReply(client);
+    await send(client, frame('::1', echo.port, Buffer.from('six')), a.relay);
+    const r = await reply;
+    expect(r.port).toBe(echo.port);
+    expect(v6(r.host)).toBe('::1');
+    expect(r.data.toString()).toBe('echo:six');
+    // Across families: an IPv6 client reaches an IPv4 destination through the same association.
+    const echo4 = await startUdpEcho('udp4', PREFIX);
+    cleanups.push(() => echo4.close());
+    const reply4 = nextReply(client);
+    await send(client, frame('127.0.0.1', echo4.port, Buffer.from('four')), a.relay);
+    const r4 = await reply4;
+    expect(r4).toMatchObject({ host: '127.0.0.1', port: echo4.port });
+    expect(r4.data.toString()).toBe('echo:four');
+    a.control.destroy();
+    const rec = await gw.waitForClosed((x) => x.protocol === 'socks5-udp');
+    expect(rec.destination).toEqual({ host: '::1', ip: '::1', port: echo.port });
+    expect(rec.bytesOut).toBe(3 + 4);
+    expect(rec.bytesIn).toBe(8 + 9);
+    expect(rec.reasons.join('\n')).toMatch(/2 destinations relayed/);
+  });
+});
+
+describe('association lifecycle', () => {
+  let gw: SocksGateway;
+  let echo: UdpEcho;
+  beforeAll(async () => {
+    gw = await startSocksGateway({
+      identity: { users: [{ name: 'carol', password: 'pw', roles: ['any'] }] },
+      limits: { idleTimeoutMs: 1000 },
+    });
+    echo = await startUdpEcho('udp4', PREFIX);
+  });
+  afterAll(async () => {
+    await gw.stop();
+    await echo.close();
+  });
+
+  it('an authenticated association carries the user; idle timeout ends it and closes the control connection', async () => {
+    const client = await udpSocket();
+    const a = await associate(gw, client, { userId: 'carol', password: 'pw' });
+    const controlDone = readToEnd(a.control);
+    const reply = nextReply(client);
+    await send(client, frame('127.0.0.1', echo.port, Buffer.from('ping')), a.relay);
+    expect((await reply).data.toString()).toBe('echo:ping');
+    const rec = await gw.waitForClosed((x) => x.protocol === 'socks5-udp' && x.identity.user === 'carol');
+    expect(rec.closeReason).toBe('idle-timeout');
+    expect(rec.bytesOut).toBe(4);
+    expect(rec.bytesIn).toBe(9);
+    await controlDone;
+  });
+
+  it('an admin kill resets the control connection and closes the relay', async () => {
+    const client = await udpSocket();
+    const a = await associate(gw, client);
+    const controlDone = readToEnd(a.control);
+    const reply = nextReply(client);
+    await send(client, frame('127.0.0.1', echo.port, Buffer.from('abc')), a.relay);
+    await reply;
+    const live = [...gw.flows.activeFlows().values()].find((f) => f.protocol === 'socks5-udp' && f.client.port === client.address().port);
+    expect(live).toBeDefined();
+    expect(gw.flows.kill((live as Flow).id, 'admin')).toBe(true);
+    const { error } = await controlDone;
+    expect(error).toBe('ECONNRESET');
+    const rec = await gw.waitForClosed((x) => x.id === (live as Flow).id);
+    expect(rec.closeReason).toBe('admin');
+    expect(rec.bytesOut).toBe(3);
+    expect(rec.bytesIn).toBe(8);
+  });
+
+  it('the byte budget is exact: the datagram that would cross it is not sent and the association ends', async () => {
+    // The bare listener with a detection hook that gives every flow a 100-byte budget.
+    const budgetGw = await startBareSocksGateway({}, '127.0.0.1', {
+      onConnect: () => null,
+      uploadBudget: () => 100,
+      onConnectFailed: () => undefined,
+    });
+    cleanups.push(() => budgetGw.stop());
+    const client = await udpSocket();
+    const a = await associate(budgetGw, client);
+    const controlDone = readToEnd(a.control);
+    const before = echo.received.length;
+    const reply = nextReply(client);
+    await send(client, frame('127.0.0.1', echo.port, Buffer.alloc(60, 1)), a.relay);
+    await reply;
+    await send(client, frame('127.0.0.1', echo.port, Buffer.alloc(60, 2)), a.relay);
+    const { error } = await controlDone;
+    expect(error).toBe('ECONNRESET');
+    const rec = await budgetGw.waitForClosed((x) => x.protocol === 'socks5-udp');
+    expect(rec.closeReason).toBe('an0080.bulk-upload');
+    expect(rec.bytesOut).toBe(60);
+    expect(echo.received.slice(before).map((r) => r.data.length)).toEqual([60]);
+  });
+});
+
+describe('closing the listener (drain)', () => {
+  it('ends connections that carry no flow: one mid-handshake, one association that relayed nothing', async () => {
+    const gw = await startBareSocksGateway();
+    cleanups.push(() => gw.stop());
+    const { connect } = await import('node:net');
+    const raw = connect(gw.socksPort, gw.socksHost);
+    await once(raw, 'connect');
+    const rawDone = readToEnd(raw);
+    raw.write(Buffer.from([5, 1, 0, 5]));
+    const client = await udpSocket();
+    const a = await associate(gw, client);
+    const controlDone = readToEnd(a.control);
+    const closed = new Promise<void>((r) => gw.server.close(() => r()));
+    await rawDone;
+    await controlDone;
+    await closed;
+    expect(gw.flows.activeCount).toBe(0);
+  });
+});

@@ -1,0 +1,214 @@
+/**
+ * SOCKS5 UDP ASSOCIATE through the real listener with the `socks` client (associate + its UDP frame
+ * codec) and loopback UDP echo origins: relaying both ways, the client-address lock, fragments,
+ * per-destination policy, the end of the association with its TCP control connection, and the
+ * association's one flow record with exact payload byte counts.
+ */
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { once } from 'node:events';
+import type { Socket } from 'node:net';
+import { SocksClient } from 'socks';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { type SocksGateway, startSocksGateway, startUdpEcho, type UdpEcho } from './socks5-harness.ts';
+
+const PREFIX = Buffer.from('echo:');
+
+let gw: SocksGateway;
+let echo: UdpEcho;
+let echo2: UdpEcho;
+const cleanups: Array<() => unknown> = [];
+
+beforeAll(async () => {
+  gw = await startSocksGateway({ resolver: { hosts: { 'files.example.test': '127.0.0.1' } } });
+  echo = await startUdpEcho('udp4', PREFIX);
+  echo2 = await startUdpEcho('udp4', PREFIX);
+});
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()?.();
+});
+afterAll(async () => {
+  await gw.stop();
+  await echo.close();
+  await echo2.close();
+});
+
+async function udpSocket(address = '127.0.0.1'): Promise<UdpSocket> {
+  const s = createSocket('udp4');
+  s.bind(0, address);
+  await once(s, 'listening');
+  cleanups.push(() => new Promise<void>((r) => s.close(() => r())));
+  return s;
+}
+
+interface Association {
+  control: Socket;
+  relay: { host: string; port: number };
+  client: UdpSocket;
+}
+
+/** ASSOCIATE announcing the client's UDP port (so the gateway narrows to it). */
+async function associate(announcePort = true): Promise<Association> {
+  const client = await udpSocket();
+  // SocksClient.createConnection() only does CONNECT; associate goes through an instance.
+  const sc = new SocksClient({
+    proxy: { host: gw.socksHost, port: gw.socksPort, type: 5 },
+    command: 'associate',
+    destination: { host: '0.0.0.0', port: announcePort ? client.address().port : 0 },
+  });
+  const info = await new Promise<{ socket: Socket; remoteHost?: { host: string; port: number } }>((resolve, reject) => {
+    sc.once('established', resolve);
+    sc.once('error', reject);
+    sc.connect();
+  });
+  info.socket.on('error', () => {});
+  cleanups.push(() => info.socket.destroy());
+  const relay = info.remoteHost as { host: string; port: number };
+  return { control: info.socket, relay, client };
+}
+
+function frame(host: string, port: number, data: Buffer, frag = 0): Buffer {
+  const f = SocksClient.createUDPFrame({ remoteHost: { host, port }, data });
+  f[2] = frag;
+  return f;
+}
+
+function send(s: UdpSocket, buf: Buffer, to: { host: string; port: number }): Promise<void> {
+  return new Promise((resolve, reject) => s.send(buf, to.port, to.host, (err) => (err ? reject(err) : resolve())));
+}
+
+async function nextReply(s: UdpSocket): Promise<{ host: string; port: number; data: Buffer }> {
+  const [msg] = (await once(s, 'message')) as [Buffer];
+  const parsed = SocksClient.parseUDPFrame(msg);
+  return { host: parsed.remoteHost.host, port: parsed.remoteHost.port, data: parsed.data };
+}
+
+describe('SOCKS5 UDP ASSOCIATE', () => {
+  it('relays datagrams both ways; one flow record with exact payload bytes', async () => {
+    const a = await associate();
+    expect(a.relay.host).toBe('127.0.0.1');
+    const sizes = [1, 200, 1400];
+    let sent = 0;
+    let got = 0;
+    for (const n of sizes) {
+      const data = Buffer.alloc(n, 0x42);
+      const reply = nextReply(a.client);
+      await send(a.client, frame('127.0.0.1', echo.port, data), a.relay);
+      const r = await reply;
+      expect(r.host).toBe('127.0.0.1');
+      expect(r.port).toBe(echo.port);
+      expect(r.data).toEqual(Buffer.concat([PREFIX, data]));
+      sent += n;
+      got += r.data.length;
+    }
+    a.control.destroy();
+    const rec = await gw.waitForClosed((x) => x.protocol === 'socks5-udp' && x.destination.port === echo.port);
+    expect(rec.bytesOut).toBe(sent);
+    expect(rec.bytesIn).toBe(got);
+    expect(got).toBe(sent + sizes.length * PREFIX.length);
+    expect(rec.destination).toEqual({ host: '127.0.0.1', ip: '127.0.0.1', port: echo.port });
+    expect(rec.closeReason).toBe('closed');
+    expect(rec.communityId).toMatch(/^1:/);
+    expect(rec.reasons.join('\n')).toMatch(/1 destination relayed, 0 refused/);
+  });
+
+  it('drops datagrams from another source port or address and fragments; counts them', async () => {
+    const a = await associate();
+    const otherPort = await udpSocket();
+    const otherAddr = await udpSocket('127.0.0.2');
+    const before = echo.received.length;
+    await send(otherPort, frame('127.0.0.1', echo.port, Buffer.from('from another port')), a.relay);
+    await send(otherAddr, frame('127.0.0.1', echo.port, Buffer.from('from another address')), a.relay);
+    await send(a.client, frame('127.0.0.1', echo.port, Buffer.from('fragment'), 1), a.relay);
+    const reply = nextReply(a.client);
+    await send(a.client, frame('127.0.0.1', echo.port, Buffer.from('legit')), a.relay);
+    expect((await reply).data.toString()).toBe('echo:legit');
+    // Only the legit datagram reached the origin (loopback delivers in send order).
+    expect(echo.received.slice(before).map((r) => r.data.toString())).toEqual(['legit']);
+    a.control.end();
+    const rec = await gw.waitForClosed((x) => x.protocol === 'socks5-udp' && x.bytesOut === 5);
+    expect(rec.bytesIn).toBe(PREFIX.length + 5);
+    expect(rec.reasons.join('\n')).toMatch(/1 fragments, 2 from foreign sources/);
+  });
+
+  it('without an announced port, the first datagram locks the source port', async () => {
+    const a = await associate(false);
+    const reply = nextReply(a.client);
+    await send(a.client, frame('127.0.0.1', echo.port, Buffer.from('first')), a.relay);
+    expect((await reply).data.toString()).toBe('echo:first');
+    const other = await udpSocket();
+    const before = echo.received.length;
+    await send(other, frame('127.0.0.1', echo.port, Buffer.from('hijack')), a.relay);
+    const reply2 = nextReply(a.client);
+    await send(a.client, frame('127.0.0.1', echo.port, Buffer.from('second')), a.relay);
+    expect((await reply2).data.toString()).toBe('echo:second');
+    expect(echo.received.slice(before).map((r) => r.data.toString())).toEqual(['second']);
+    a.control.destroy();
+    const rec = await gw.waitForClosed((x) => x.protocol === 'socks5-udp' && x.bytesOut === 'firstsecond'.length);
+    expect(rec.bytesIn).toBe(2 * PREFIX.length + 'firstsecond'.length);
+  });
+
+  it('admits each destination through policy: deny-range refused, others relayed, reply names the destination', async () => {
+    const a = await associate();
+    // RFC 1918: refused after resolution (deny-range); nothing is sent, nothing comes back.
+    await send(a.client, frame('10.0.0.1', 9, Buffer.from('to private')), a.relay);
+    const r1 = nextReply(a.client);
+    await send(a.client, frame('files.example.test', echo.port, Buffer.from('by name')), a.relay);
+    const got1 = await r1;
+    expect(got1).toMatchObject({ host: 'files.example.test', port: echo.port });
+    expect(got1.data.toString()).toBe('echo:by name');
+    const r2 = nextReply(a.client);
+    await send(a.client, frame('127.0.0.1', echo2.port, Buffer.from('second dest')), a.relay);
+    const got2 = await r2;
+    expect(got2).toMatchObject({ host: '127.0.0.1', port: echo2.port });
+    a.control.destroy();
+    const rec = await gw.waitForClosed((x) => x.protocol === 'socks5-udp' && x.destination.host === 'files.example.test');
+    expect(rec.bytesOut).toBe('by name'.length + 'second dest'.length);
+    expect(rec.bytesIn).toBe(got1.data.length + got2.data.length);
+    expect(rec.reasons.join('\n')).toMatch(/2 destinations relayed, 1 refused/);
+    // The refused first destination left its own closed record (a refusal is recorded like TCP's).
+    const denied = await gw.waitForClosed((x) => x.protocol === 'socks5-udp' && x.destination.host === '10.0.0.1');
+    expect(denied.reason).toBe('deny-range');
+    expect(denied.bytesOut).toBe(0);
+  });
+
+  it('ends the association when the TCP control connection closes: the relay port is gone', async () => {
+    const a = await associate();
+    const reply = nextReply(a.client);
+    await send(a.client, frame('127.0.0.1', echo.port, Buffer.from('x')), a.relay);
+    await reply;
+    a.control.end();
+    await gw.waitForClosed((x) => x.protocol === 'socks5-udp' && x.client.port === a.client.address().port);
+    // A connected UDP socket learns of the closed port from the ICMP port-unreachable.
+    const probe = createSocket('udp4');
+    cleanups.push(() => probe.close());
+    probe.connect(a.relay.port, a.relay.host);
+    await once(probe, 'connect');
+    const failed = once(probe, 'error');
+    for (let i = 0; i < 20; i++) {
+      probe.send(frame('127.0.0.1', echo.port, Buffer.from('late')));
+      const done = await Promise.race([failed.then(() => true), new Promise<boolean>((r) => setImmediate(() => r(false)))]);
+      if (done) break;
+    }
+    const [err] = (await failed) as [NodeJS.ErrnoException];
+    expect(err.code).toBe('ECONNREFUSED');
+  });
+
+  it('ignores unsolicited datagrams sent to the upstream socket', async () => {
+    const a = await associate();
+    const reply = nextReply(a.client);
+    await send(a.client, frame('127.0.0.1', echo.port, Buffer.from('hello')), a.relay);
+    await reply;
+    // The echo origin saw the gateway's upstream socket: a stranger sends there.
+    const from = echo.received[echo.received.length - 1]?.from as string;
+    const upstreamPort = Number(from.slice(from.lastIndexOf(':') + 1));
+    const stranger = await udpSocket();
+    await send(stranger, Buffer.from('unsolicited'), { host: '127.0.0.1', port: upstreamPort });
+    const reply2 = nextReply(a.client);
+    await send(a.client, frame('127.0.0.1', echo.port, Buffer.from('again')), a.relay);
+    expect((await reply2).data.toString()).toBe('echo:again');
+    a.control.destroy();
+    const rec = await gw.waitForClosed((x) => x.protocol === 'socks5-udp' && x.bytesOut === 10);
+    expect(rec.bytesIn).toBe(2 * PREFIX.length + 10);
+    expect(rec.reasons.join('\n')).toMatch(/1 unsolicited replies/);
+  });
+});

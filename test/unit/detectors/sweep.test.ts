@@ -1,0 +1,179 @@
+import { describe, expect, it } from 'vitest';
+import { evaluateSweep } from '../../../policy/detectors/sweep.ts';
+import type { Finding, FlowView } from '../../../policy/detectors/types.ts';
+import { MiB, WED_02, WED_10, flow, ident, learnedState, proc, snap } from './fixtures.ts';
+
+/** Plays `make(i)` flows, one sweep per `stepMs`, and returns every finding. */
+function play(
+  count: number,
+  stepMs: number,
+  make: (i: number, now: number) => FlowView[],
+  opts: { start?: number; known?: string[]; patch?: Parameters<typeof snap>[0] } = {},
+): Finding[] {
+  const start = opts.start ?? WED_10;
+  const state = learnedState(start, opts.known ?? []);
+  const s = snap(opts.patch);
+  const out: Finding[] = [];
+  for (let i = 0; i < count; i++) {
+    const now = start + i * stepMs;
+    out.push(...evaluateSweep(make(i, now), state, s, now));
+  }
+  return out;
+}
+
+const pick = (fs: Finding[]) => fs.map((f) => `${f.detector}:${f.action}`);
+
+describe('an0081.scan', () => {
+  const user = ident(proc('python3'));
+  it('fast: 25 distinct failed ip:port within 5 min blocks at the 25th', () => {
+    const fs = play(30, 1000, (i, now) => [
+      flow(user, `45.0.${i}.9:443`, { now, outcome: 'failed', endedAtMs: now, ageMs: 0 }),
+    ]);
+    expect(pick(fs)).toEqual(['an0081.scan:block']);
+    expect(fs[0]?.evidence['failedDestinations']).toBe(25);
+  });
+  it('port scan: 15 ports on one host', () => {
+    const fs = play(20, 1000, (i, now) => [flow(user, `203.0.113.10:${i + 1}`, { now, outcome: 'refused', endedAtMs: now, ageMs: 0 })]);
+    expect(fs[0]?.evidence['kind']).toBe('port-scan');
+    expect(fs[0]?.evidence['maxFailedPortsOnOneHost']).toBe(15);
+  });
+  it('slow: one failure per 20 s is missed by the fast rule but caught at 25', () => {
+    const fs = play(30, 20_000, (i, now) => [flow(user, `81.0.${i}.1:80`, { now, outcome: 'failed', endedAtMs: now, ageMs: 0 })]);
+    expect(fs[0]?.evidence['kind']).toBe('slow-scan');
+    expect(fs[0]?.evidence['slowFailedExternal']).toBe(25);
+  });
+  it('slow set resets after slowResetSec without failures', () => {
+    const fs = play(40, 1_000_000, (i, now) => [flow(user, `81.0.${i}.1:80`, { now, outcome: 'failed', endedAtMs: now, ageMs: 0 })]);
+    expect(fs).toEqual([]);
+  });
+  it('DNS failures (no ip) do not count', () => {
+    const fs = play(40, 1000, (i, now) => [
+      { ...flow(user, `nx${i}.example:443`, { now, outcome: 'failed', endedAtMs: now, ageMs: 0 }), destination: { host: `nx${i}.example`, ip: null, port: 443 } },
+    ]);
+    expect(fs).toEqual([]);
+  });
+  it('expected scan sources are skipped', () => {
+    const fs = play(
+      30,
+      1000,
+      (i, now) => [flow(user, `10.0.${i}.9:443`, { now, outcome: 'failed', endedAtMs: now, ageMs: 0 })],
+      { patch: (c) => c.expectedScanSources.push({ host: 'ws1' }) },
+    );
+    expect(fs).toEqual([]);
+  });
+  it('successful fan-out > 250 destinations/h only flags without corroboration; browsers are exempt', () => {
+    const mk = (who: ReturnType<typeof ident>) => (i: number, now: number) => [
+      flow(who, `www.s${i}.example:443`, { now, outcome: 'closed', endedAtMs: now, ageMs: 0, bytesIn: 1000, bytesOut: 100 }),
+    ];
+    expect(pick(play(260, 1000, mk(user)))).toEqual(['an0081.scan:flag']);
+    expect(play(260, 1000, mk(ident(proc('chrome'))))).toEqual([]);
+  });
+});
+
+describe('an0081.sustained and an0080.long-session', () => {
+  it('sustained after 1 h at >= 8 kB/s; not before', () => {
+    const who = ident(proc('wget'));
+    const base = flow(who, 'releases.ubuntu.com:443', { now: WED_10, ageMs: 0 });
+    const at = (ageMs: number) => ({ ...base, startedAtMs: WED_10, bytesIn: Math.round((ageMs / 1000) * 9000), lastActivityAtMs: WED_10 + ageMs });
+    const state = learnedState(WED_10, ['ubuntu.com']);
+    expect(evaluateSweep([at(59 * 60_000)], state, snap(), WED_10 + 59 * 60_000)).toEqual([]);
+    const fs = evaluateSweep([at(61 * 60_000)], state, snap(), WED_10 + 61 * 60_000);
+    expect(pick(fs)).toEqual(['an0081.sustained:flag']);
+    expect(fs[0]?.severity).toBe('low'); // low base, long-known destination cannot go lower
+  });
+  it('long session to a first-seen destination flags; to a known one nothing', () => {
+    const who = ident(proc('ssh', { parentName: 'bash' }));
+    const mk = (host: string) => flow(who, `${host}:22`, { now: WED_10, ageMs: 2 * 3_600_000, bytesOut: 1000, bytesIn: 1000 });
+    expect(pick(evaluateSweep([mk('vps.new.example')], learnedState(WED_10), snap(), WED_10))).toEqual(['an0080.long-session:flag']);
+    expect(evaluateSweep([mk('bastion.corp.example')], learnedState(WED_10, ['corp.example']), snap(), WED_10)).toEqual([]);
+  });
+  it('long-session stays silent while the baseline is learning', () => {
+    const who = ident(proc('ssh'));
+    const f = flow(who, 'vps.new.example:22', { now: WED_10, ageMs: 2 * 3_600_000 });
+    const fresh = learnedState(WED_10);
+    const learning = new (fresh.constructor as typeof import('../../../policy/detectors/state.ts').DetectionState)({ learningStartedAtMs: WED_10 - 86_400_000 });
+    expect(evaluateSweep([f], learning, snap(), WED_10)).toEqual([]);
+  });
+});
+
+describe('an0081.proxyjack', () => {
+  // A relay: one tunnel (upload-heavy) plus many short download-heavy flows to distinct sites.
+  const relay = (who: ReturnType<typeof ident>, tunnelHost: string) => (i: number, now: number): FlowView[] => [
+    { ...flow(who, `${tunnelHost}:443`, { now, ageMs: 0 }), id: 'tunnel', startedAtMs: WED_10, bytesOut: i * 30_000 * 10, bytesIn: i * 5_000 * 10 },
+    flow(who, `www.shop${i}.example:443`, { now, ageMs: 0, outcome: 'closed', endedAtMs: now, bytesOut: 5_000, bytesIn: 250_000 }),
+  ];
+  it('kills with a corroborating modifier (service context)', () => {
+    const who = ident(proc('kworkerd', { exe: '/tmp/kworkerd', loginuid: 4294967295, user: 'root' }), 'srv3', null);
+    const fs = play(120, 10_000, relay(who, 'relay.known.example'), { known: ['known.example'] });
+    const pj = fs.filter((f) => f.detector === 'an0081.proxyjack');
+    expect(pj[0]?.action).toBe('kill');
+    expect(pj[0]?.flowIds).toContain('tunnel');
+    expect(Number(pj[0]?.evidence['ratio'])).toBeGreaterThanOrEqual(0.5);
+  });
+  it('only flags when nothing corroborates (corroborate: true)', () => {
+    const who = ident(proc('relayd', { loginuid: 1001 }), 'srv3', 'alice');
+    const fs = play(120, 10_000, relay(who, 'relay.known.example'), { known: ['known.example'] });
+    const pj = fs.filter((f) => f.detector === 'an0081.proxyjack');
+    expect(pj.length).toBeGreaterThan(0);
+    expect(pj.every((f) => f.action === 'flag')).toBe(true);
+  });
+  it('download-heavy browsing with many sites is not a relay', () => {
+    const who = ident(proc('firefox'), 'ws1');
+    const fs = play(120, 10_000, (i, now) => [flow(who, `www.s${i}.example:443`, { now, ageMs: 0, outcome: 'closed', endedAtMs: now, bytesOut: 5_000, bytesIn: 2_000_000 })]);
+    expect(fs.filter((f) => f.detector === 'an0081.proxyjack')).toEqual([]);
+  });
+});
+
+describe('an0080.bulk-upload', () => {
+  const up = (who: ReturnType<typeof ident>, dest: string, out: number, inn = 1000) => flow(who, dest, { now: WED_10, ageMs: 60_000, bytesOut: out, bytesIn: inn });
+  const run = (f: FlowView, known: string[] = [], patch?: Parameters<typeof snap>[0], now = WED_10) => pick(evaluateSweep([f], learnedState(now, known), snap(patch), now));
+  const user = ident(proc('git', { parentName: 'bash' }));
+  it.each([
+    { name: 'below 50 MiB: nothing', f: up(user, 'git.example.com:443', 49 * MiB), known: ['example.com'], want: [] },
+    { name: '50 MiB asymmetric: kill (SPEC default, no corroboration)', f: up(user, 'git.example.com:443', 50 * MiB), known: ['example.com'], want: ['an0080.bulk-upload:kill'] },
+    { name: 'symmetric 60 MiB: nothing (ratio < 10)', f: up(user, 'git.example.com:443', 60 * MiB, 30 * MiB), known: ['example.com'], want: [] },
+    { name: 'storage domain: 10 MiB triggers', f: up(user, 'content.dropboxapi.com:443', 11 * MiB), known: ['dropboxapi.com'], want: ['an0080.bulk-upload:kill'] },
+  ])('$name', ({ f, known, want }) => {
+    expect(run(f, known)).toEqual(want);
+  });
+  it('corroborate: true holds a behaviour-only upload to flag', () => {
+    const patch = (c: ReturnType<typeof snap>['config']) => {
+      c.detection.detectors['an0080.bulk-upload'] = { enabled: true, action: 'kill', corroborate: true };
+    };
+    expect(run(up(user, 'git.example.com:443', 60 * MiB), ['example.com'], patch)).toEqual(['an0080.bulk-upload:flag']);
+    // …but a rare destination corroborates,
+    expect(run(up(user, 'git.new.example:443', 60 * MiB), [], patch)).toContain('an0080.bulk-upload:kill');
+    // …off-hours alone does not,
+    expect(run(up(user, 'git.example.com:443', 60 * MiB), ['example.com'], patch, WED_02)).toEqual(['an0080.bulk-upload:flag']);
+    // …and an untrusted uploader (lineage) is its own corroboration at the 10 MiB storage budget.
+    const macro = ident(proc('powershell.exe', { parentName: 'winword.exe' }));
+    expect(run(up(macro, 'api.example.com:443', 11 * MiB), ['example.com'], patch)).toEqual(['an0080.bulk-upload:kill']);
+  });
+  it('approved destinations and exceptions skip it', () => {
+    expect(run(up(user, 'git.example.com:443', 60 * MiB), ['example.com'], (c) => c.approvedUploadDestinations.push('*.example.com'))).toEqual([]);
+    expect(
+      run(up(ident(proc('restic')), 's3.example.com:443', 60 * MiB), ['example.com'], (c) =>
+        c.exceptions.push({ process: ['restic'], detectors: ['an0080.bulk-upload'] }),
+      ),
+    ).toEqual([]);
+  });
+});
+
+describe('an0080.split-upload', () => {
+  it('10 chunks of 5 MiB in an hour to one domain', () => {
+    const who = ident(proc('curl'));
+    const fs = play(12, 60_000, (i, now) => [
+      flow(who, 'vps.example-hosting.net:8443', { now, ageMs: 0, outcome: 'closed', endedAtMs: now, bytesOut: 5 * MiB, bytesIn: 1024 }),
+    ]);
+    const sp = fs.filter((f) => f.detector === 'an0080.split-upload');
+    expect(sp).toHaveLength(1);
+    expect(sp[0]?.evidence['bytesOut']).toBe(50 * MiB);
+  });
+  it('a flow observed on every sweep is counted once (delta accounting)', () => {
+    const who = ident(proc('curl'));
+    const f = flow(who, 'vps.example-hosting.net:443', { now: WED_10, ageMs: 0, bytesOut: 30 * MiB, bytesIn: 1024 });
+    const state = learnedState(WED_10);
+    for (let i = 0; i < 5; i++) evaluateSweep([f], state, snap(), WED_10 + i * 1000);
+    expect(state.windows([...['ws1|alice|curl']][0]!)?.perDest.get('example-hosting.net')?.out.sumSince(0)).toBe(30 * MiB);
+  });
+});

@@ -1,0 +1,78 @@
+import { describe, expect, it } from 'vitest';
+import { formatAuthority, normaliseHost, parseAuthority, parsePort } from '../../../gateway/protocol/authority.ts';
+
+describe('parseAuthority', () => {
+  const ok: Array<[string, number | null, string, number, boolean]> = [
+    ['example.com:443', null, 'example.com', 443, false],
+    ['Example.COM:443', null, 'example.com', 443, false],
+    ['example.com.:80', null, 'example.com', 80, false],
+    ['bücher.de:443', null, 'xn--bcher-kva.de', 443, false],
+    ['xn--bcher-kva.de:443', null, 'xn--bcher-kva.de', 443, false],
+    ['my_host.internal:22', null, 'my_host.internal', 22, false],
+    ['localhost:8080', null, 'localhost', 8080, false],
+    ['127.0.0.1:1', null, '127.0.0.1', 1, true],
+    ['0x7f.1:80', null, '127.0.0.1', 80, true],
+    ['2130706433:80', null, '127.0.0.1', 80, true],
+    ['0177.0.0.1:80', null, '127.0.0.1', 80, true],
+    ['[::1]:443', null, '::1', 443, true],
+    ['[0:0:0:0:0:0:0:1]:443', null, '::1', 443, true],
+    ['[::FFFF:127.0.0.1]:443', null, '::ffff:7f00:1', 443, true],
+    ['[2001:DB8::1]:65535', null, '2001:db8::1', 65535, true],
+    ['example.com', 80, 'example.com', 80, false],
+    ['[::1]', 80, '::1', 80, true],
+  ];
+  it.each(ok)('%s (default %s) -> %s:%s', (text, def, host, port, isIp) => {
+    expect(parseAuthority(text, def)).toEqual({ host, port, isIp });
+  });
+
+  const bad: Array<[string, number | null]> = [
+    ['example.com', null], // CONNECT needs a port
+    ['example.com:', null],
+    ['example.com:0', null],
+    ['example.com:65536', null],
+    ['example.com:+80', null],
+    ['example.com:0x50', null],
+    ['example.com:80 ', null],
+    [':443', null],
+    ['', 80],
+    ['::1:443', null], // unbracketed IPv6
+    ['[::1', null],
+    ['[::1]443', null],
+    ['[example.com]:443', null],
+    ['[fe80::1%eth0]:443', null],
+    ['user@example.com:443', null],
+    ['exa%41mple.com:443', null],
+    ['example.com/x:443', null],
+    ['a b.com:443', null],
+    ['*.example.com:443', null],
+    ['a..b:443', null],
+    ['.a:443', null],
+    ['-a.com:443', null],
+    ['256.1.1.1:443', null],
+    ['1.2.3.4.5:443', null],
+    ['example.123:443', null],
+    [`${'a'.repeat(64)}.com:443`, null],
+    [`${'abcdefghi.'.repeat(26)}com:443`, null],
+    ['ex\u0000ample.com:443', null],
+  ];
+  it.each(bad)('refuses %j (default %s)', (text, def) => {
+    expect(parseAuthority(text, def)).toBeNull();
+  });
+});
+
+describe('normaliseHost / parsePort / formatAuthority', () => {
+  it('normalises bracketed and bare IPv6 alike', () => {
+    expect(normaliseHost('[::1]')).toEqual({ host: '::1', isIp: true });
+    expect(normaliseHost('::1')).toEqual({ host: '::1', isIp: true });
+  });
+  it('parses ports strictly', () => {
+    expect(parsePort('443')).toBe(443);
+    expect(parsePort('00443')).toBe(443);
+    expect(parsePort('100000')).toBeNull();
+    expect(parsePort('-1')).toBeNull();
+  });
+  it('brackets IPv6 only', () => {
+    expect(formatAuthority('::1', 443)).toBe('[::1]:443');
+    expect(formatAuthority('example.com', 80)).toBe('example.com:80');
+  });
+});

@@ -1,0 +1,97 @@
+import { describe, expect, it } from 'vitest';
+import type { FlowRecord } from '../../../gateway/flow/flow.ts';
+import { FlowTable } from '../../../gateway/flow/flow-table.ts';
+import type { FlowSink } from '../../../gateway/flow/flow-log.ts';
+
+function table(now: { t: number }, opts: { keepClosed?: number; interimSec?: number } = {}) {
+  const written: FlowRecord[] = [];
+  const sink: FlowSink = { write: (r) => written.push(r), flush: async () => {} };
+  const flows = new FlowTable({ sink, now: () => now.t, keepClosed: opts.keepClosed, interimSec: opts.interimSec ?? 60 });
+  return { flows, written };
+}
+
+const init = (port: number, user: string | null = null) => ({
+  protocol: 'connect' as const,
+  listener: 'http' as const,
+  client: { ip: '127.0.0.1', port },
+  identity: { user, host: null, roles: [], process: null },
+  destination: { host: 'example.test', ip: null, port: 443 },
+});
+
+describe('FlowTable', () => {
+  it('writes exactly one record per closed flow, with duration and counters', () => {
+    const now = { t: 1_000_000 };
+    const { flows, written } = table(now);
+    const f = flows.open(init(5000));
+    flows.setDestinationIp(f, '127.0.0.9');
+    f.bytesOut += 10;
+    f.bytesIn += 20;
+    now.t += 1500;
+    flows.close(f, 'closed');
+    flows.close(f, 'again');
+    expect(written).toHaveLength(1);
+    expect(written[0]).toMatchObject({ id: f.id, bytesOut: 10, bytesIn: 20, durationMs: 1500, state: 'closed', closeReason: 'closed' });
+    expect(written[0]?.communityId).toMatch(/^1:/);
+    expect(flows.activeCount).toBe(0);
+  });
+
+  it('writes interim records for long flows on the sweep', () => {
+    const now = { t: 0 };
+    const { flows, written } = table(now, { interimSec: 1 });
+    const f = flows.open(init(5001));
+    f.bytesOut = 5;
+    now.t = 1000;
+    flows.sweep();
+    expect(written).toEqual([expect.objectContaining({ id: f.id, intermediate: true, bytesOut: 5, state: 'active' })]);
+    expect(written[0]?.lastActivityAt).toBe(new Date(1000).toISOString());
+  });
+
+  it('attributes a process that was reported before its flow opened', () => {
+    const now = { t: 0 };
+    const { flows } = table(now);
+    const proc = { pid: 42, name: 'curl', exe: '/usr/bin/curl', cmdline: 'curl x', user: 'alice', uid: 1000, loginuid: 1000, ppid: 1, parentName: 'bash', parentExe: '/bin/bash' };
+    expect(flows.attribute('127.0.0.1', 5002, proc)).toBeNull();
+    const f = flows.open(init(5002));
+    expect(f.identity.process?.pid).toBe(42);
+  });
+
+  it('enforces per-identity concurrency and new-flow rate', () => {
+    const now = { t: 0 };
+    const { flows } = table(now);
+    const a = flows.open(init(1, 'bob'));
+    const b = flows.open(init(2, 'bob'));
+    expect(flows.withinLimits(a, 2, 100)).toBe(true);
+    const c = flows.open(init(3, 'bob'));
+    expect(flows.withinLimits(c, 2, 100)).toBe(false);
+    flows.close(c, 'rate-limit');
+    flows.close(b, 'x');
+    const d = flows.open(init(4, 'bob'));
+    expect(flows.withinLimits(d, 10, 2)).toBe(false); // third new flow in the same second
+  });
+
+  it('keeps a bounded ring of closed flows, newest first, with filters', () => {
+    const now = { t: 0 };
+    const { flows } = table(now, { keepClosed: 3 });
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const f = flows.open(init(100 + i, i % 2 ? 'odd' : 'even'));
+      ids.push(f.id);
+      flows.close(f, 'closed');
+    }
+    expect(flows.list({ state: 'closed' }).map((r) => r.id)).toEqual([ids[4], ids[3], ids[2]]);
+    expect(flows.list({ state: 'closed', user: 'odd' }).map((r) => r.id)).toEqual([ids[3]]);
+    expect(flows.list({ state: 'closed', limit: 1, offset: 1 }).map((r) => r.id)).toEqual([ids[3]]);
+  });
+
+  it('kill() closes the flow with the reason and calls its abort once', () => {
+    const now = { t: 0 };
+    const { flows, written } = table(now);
+    const f = flows.open(init(7));
+    let aborted = 0;
+    f.abort = () => aborted++;
+    expect(flows.kill(f.id, 'admin')).toBe(true);
+    expect(flows.kill(f.id, 'admin')).toBe(false);
+    expect(aborted).toBe(1);
+    expect(written[0]?.closeReason).toBe('admin');
+  });
+});

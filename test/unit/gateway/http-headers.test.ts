@@ -1,0 +1,138 @@
+import { describe, expect, it } from 'vitest';
+import {
+  connectionNamedHeaders,
+  forwardRequestHeaders,
+  forwardResponseHeaders,
+  parseProxyBasic,
+  rawHeader,
+  serialiseRequestHead,
+  VIA_VALUE,
+} from '../../../gateway/listeners/http-headers.ts';
+import { hostHeaderFor, parseAbsoluteTarget, smugglingShape } from '../../../gateway/listeners/http-target.ts';
+
+const names = (raw: readonly string[]): string[] => raw.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase());
+
+describe('forwardRequestHeaders', () => {
+  const stripped = new Set(['x-egress-user', 'x-egress-host']);
+
+  it('drops every hop-by-hop field, the Connection-named ones, identity headers and Expect', () => {
+    const raw = [
+      'Host', 'evil.example',
+      'Connection', 'keep-alive, X-Secret-Hop',
+      'Connection', 'x-other-hop',
+      'Keep-Alive', 'timeout=5',
+      'Proxy-Connection', 'keep-alive',
+      'TE', 'trailers',
+      'Trailer', 'X-Checksum',
+      'Transfer-Encoding', 'chunked',
+      'Upgrade', 'h2c',
+      'Proxy-Authorization', 'Basic YTpi',
+      'Proxy-Authenticate', 'Basic',
+      'X-Secret-Hop', '1',
+      'X-Other-Hop', '2',
+      'X-Egress-User', 'mallory',
+      'x-egress-host', 'h',
+      'Expect', '100-continue',
+      'Accept', '*/*',
+      'Set-Thing', 'a',
+      'Set-Thing', 'b',
+      'Content-Length', '5',
+    ];
+    const out = forwardRequestHeaders(raw, { host: 'origin.test:8080', stripped });
+    expect(out).toEqual([
+      'host', 'origin.test:8080',
+      'Accept', '*/*',
+      'Set-Thing', 'a',
+      'Set-Thing', 'b',
+      'Content-Length', '5',
+      'via', VIA_VALUE,
+    ]);
+  });
+
+  it('keeps Upgrade for an upgrade request and says so in Connection', () => {
+    const raw = ['Host', 'x', 'Connection', 'Upgrade', 'Upgrade', 'websocket', 'Sec-WebSocket-Key', 'k'];
+    const out = forwardRequestHeaders(raw, { host: 'x', stripped, upgrade: 'websocket' });
+    expect(names(out)).toEqual(['host', 'sec-websocket-key', 'connection', 'upgrade', 'via']);
+    expect(rawHeader(out, 'upgrade')).toBe('websocket');
+    expect(rawHeader(out, 'connection')).toBe('Upgrade');
+  });
+});
+
+describe('forwardResponseHeaders', () => {
+  it('drops hop-by-hop fields from Buffers, keeps repeated fields and Content-Length, adds Via', () => {
+    const raw = ['Content-Length', '3', 'Connection', 'close, X-Hop', 'X-Hop', '1', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'Transfer-Encoding', 'chunked', 'Proxy-Authenticate', 'Basic', 'Keep-Alive', 'timeout=5'].map((s) => Buffer.from(s, 'latin1'));
+    expect(forwardResponseHeaders(raw)).toEqual(['Content-Length', '3', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'via', VIA_VALUE]);
+  });
+  it('keeps Upgrade and Connection on a 101', () => {
+    expect(forwardResponseHeaders(['Upgrade', 'websocket', 'Connection', 'Upgrade'], { upgrade: true })).toEqual(['Upgrade', 'websocket', 'Connection', 'Upgrade', 'via', VIA_VALUE]);
+  });
+  it('returns null named-set when Connection carries only options', () => {
+    expect(connectionNamedHeaders(['Connection', 'keep-alive, close'])).toBeNull();
+  });
+});
+
+describe('parseProxyBasic / serialiseRequestHead', () => {
+  it('decodes Basic credentials, keeping colons in the password', () => {
+    const v = `Basic ${Buffer.from('alice:pa:ss').toString('base64')}`;
+    expect(parseProxyBasic(v)).toEqual({ username: 'alice', password: 'pa:ss' });
+    expect(parseProxyBasic('basic   ' + Buffer.from('bob:x').toString('base64'))).toEqual({ username: 'bob', password: 'x' });
+    expect(parseProxyBasic('Bearer abc')).toBeNull();
+    expect(parseProxyBasic(undefined)).toBeNull();
+    expect(parseProxyBasic('Basic bm9jb2xvbg==')).toEqual({ username: '', password: '' });
+  });
+  it('serialises an origin-form head', () => {
+    expect(serialiseRequestHead('GET', '/chat?x=1', ['host', 'a', 'via', VIA_VALUE])).toBe('GET /chat?x=1 HTTP/1.1\r\nhost: a\r\nvia: 1.1 egressgate\r\n\r\n');
+  });
+});
+
+describe('parseAbsoluteTarget (http-target.ts)', () => {
+  it.each([
+    ['http://Example.COM/a/../b?q=1#frag', { host: 'example.com', port: 80, path: '/a/../b?q=1' }],
+    ['http://example.com', { host: 'example.com', port: 80, path: '/' }],
+    ['http://example.com?x', { host: 'example.com', port: 80, path: '/?x' }],
+    ['HTTP://example.com:8080/p', { host: 'example.com', port: 8080, path: '/p' }],
+    ['http://[::1]:81/x', { host: '::1', port: 81, path: '/x' }],
+    ['http://bücher.de/', { host: 'xn--bcher-kva.de', port: 80, path: '/' }],
+  ])('%s', (url, want) => {
+    expect(parseAbsoluteTarget(url)).toMatchObject({ ok: true, ...want });
+  });
+  it.each([
+    ['/relative', 'not-absolute-uri'],
+    ['*', 'not-absolute-uri'],
+    ['ftp://example.com/', 'not-absolute-uri'],
+    ['https://example.com/', 'https-scheme-unsupported'],
+    ['http://user:pw@example.com/', 'bad-authority'],
+    ['http://example.com:0/', 'bad-authority'],
+    ['http:///path', 'bad-authority'],
+  ])('refuses %s (%s)', (url, reason) => {
+    expect(parseAbsoluteTarget(url)).toEqual({ ok: false, reason });
+  });
+  it('keeps the origin port out of Host only when it is 80', () => {
+    expect(hostHeaderFor('example.com', 80)).toBe('example.com');
+    expect(hostHeaderFor('example.com', 8080)).toBe('example.com:8080');
+    expect(hostHeaderFor('::1', 80)).toBe('[::1]');
+    expect(hostHeaderFor('::1', 81)).toBe('[::1]:81');
+  });
+});
+
+describe('smugglingShape (http-target.ts)', () => {
+  const req = (raw: string[], major = 1) => {
+    const headers: Record<string, string> = {};
+    for (let i = 0; i < raw.length; i += 2) headers[(raw[i] as string).toLowerCase()] = raw[i + 1] as string;
+    return { httpVersionMajor: major, headers, rawHeaders: raw };
+  };
+  it.each([
+    [['Content-Length', '5', 'Transfer-Encoding', 'chunked'], 'content-length-with-transfer-encoding'],
+    [['Content-Length', '5', 'content-length', '5'], 'duplicate-content-length'],
+    [['Transfer-Encoding', 'gzip'], 'transfer-encoding-not-chunked'],
+    [['Transfer-Encoding', 'chunked, chunked'], 'transfer-encoding-not-chunked'],
+    [['Transfer-Encoding', 'Chunked'], null],
+    [['Content-Length', '5'], null],
+    [[], null],
+  ] as Array<[string[], string | null]>)('%j → %s', (raw, want) => {
+    expect(smugglingShape(req(raw))).toBe(want);
+  });
+  it('refuses HTTP/0.9', () => {
+    expect(smugglingShape(req([], 0))).toBe('http/0.9');
+  });
+});

@@ -1,0 +1,150 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { defaultConfig } from '../../../policy/config.ts';
+import { loadConfig, loadConfigFile } from '../../../policy/load-config.ts';
+
+const SPEC_EXAMPLE = readFileSync(new URL('./fixtures/spec-example.yaml', import.meta.url), 'utf8');
+
+function errorsOf(text: string, format?: 'yaml' | 'json') {
+  const r = loadConfig(text, { format });
+  if (r.ok) throw new Error('expected errors, config was accepted');
+  return r.errors;
+}
+
+describe('loadConfig: valid input', () => {
+  it('accepts the SPEC §3 example and keeps its values', () => {
+    const r = loadConfig(SPEC_EXAMPLE);
+    expect(r.ok ? [] : r.errors).toEqual([]);
+    if (!r.ok) return;
+    expect(r.config.roles['ci']?.mode).toBe('enforce');
+    expect(r.config.roles['developer']?.allow[2]).toEqual({ cidr: '203.0.113.0/24', ports: [443] });
+    expect(r.config.detection.detectors['an0081.proxyjack']).toMatchObject({ action: 'kill', corroborate: true, enabled: true });
+    expect(r.config.detection.detectors['an0080.lineage']).toMatchObject({ action: 'kill', corroborate: false, enabled: true });
+    // defaults are merged in below the given keys
+    expect(r.config.limits.maxHeaderBytes).toBe(defaultConfig().limits.maxHeaderBytes);
+    expect(r.config.listen.https).toBeNull();
+  });
+
+  it('empty text is the default config', () => {
+    const r = loadConfig('');
+    expect(r).toEqual({ ok: true, config: defaultConfig() });
+  });
+
+  it('deep-merges partial objects and fills item defaults', () => {
+    const r = loadConfig(
+      'listen: { http: "[::1]:0" }\nroles: { r: { mode: enforce } }\nalerts: { webhooks: [ { url: "https://h.example/x" } ] }\ndetection: { detectors: { an0081.scan: { windowSec: 60 } } }\n',
+    );
+    if (!r.ok) throw new Error(JSON.stringify(r.errors));
+    expect(r.config.listen).toEqual({ ...defaultConfig().listen, http: '[::1]:0' });
+    expect(r.config.roles['r']).toEqual({ mode: 'enforce', allow: [] });
+    expect(r.config.alerts.webhooks[0]?.minSeverity).toBe('medium');
+    expect(r.config.detection.detectors['an0081.scan']).toEqual({ windowSec: 60, enabled: true, corroborate: false, action: 'block' });
+  });
+
+  it('reads JSON too, and a $schema key for editors', () => {
+    const r = loadConfig(JSON.stringify({ $schema: './policy/schema.json', mode: 'enforce' }), { format: 'json' });
+    expect(r.ok && r.config.mode).toBe('enforce');
+    expect(r.ok && '$schema' in r.config).toBe(false);
+  });
+});
+
+describe('loadConfig: errors carry exact paths', () => {
+  const table: Array<[string, string, string, RegExp]> = [
+    ['unknown top-level key', 'bogus: 1', 'bogus', /unknown key/],
+    ['unknown nested key', 'identity: { requireAuth: false, colour: red }', 'identity.colour', /unknown key/],
+    ['wrong type', 'mode: 3', 'mode', /monitor, enforce/],
+    ['wrong type bool', 'identity: { requireAuth: "yes" }', 'identity.requireAuth', /true or false/],
+    ['port 0', 'roles: { dev: { allow: [ {host: a.com}, {host: b.com}, {host: c.com, ports: [0]} ] } }', 'roles.dev.allow[2].ports[0]', />= 1/],
+    ['port too big', 'roles: { dev: { allow: [ {host: c.com, ports: [70000]} ] } }', 'roles.dev.allow[0].ports[0]', /<= 65535/],
+    ['port range reversed', 'roles: { dev: { allow: [ {host: c.com, ports: ["90-80"]} ] } }', 'roles.dev.allow[0].ports[0]', /start is after end/],
+    ['port not a list', 'roles: { dev: { allow: [ {host: c.com, ports: 443} ] } }', 'roles.dev.allow[0].ports', /expected a list/],
+    ['empty port list', 'roles: { dev: { allow: [ {host: c.com, ports: []} ] } }', 'roles.dev.allow[0].ports', /at least 1/],
+    ['bad protocol', 'roles: { dev: { allow: [ {host: c.com, protocol: sctp} ] } }', 'roles.dev.allow[0].protocol', /tcp, udp/],
+    ['host and cidr', 'roles: { dev: { allow: [ {host: c.com, cidr: 10.0.0.0/8} ] } }', 'roles.dev.allow[0]', /either host or cidr/],
+    ['neither host nor cidr', 'roles: { dev: { allow: [ {ports: [1]} ] } }', 'roles.dev.allow[0]', /needs host or cidr/],
+    ['bad wildcard', 'roles: { dev: { allow: [ {host: "a.*.com"} ] } }', 'roles.dev.allow[0].host', /bad host pattern/],
+    ['bad host', 'roles: { dev: { allow: [ {host: "a..com"} ] } }', 'roles.dev.allow[0].host', /bad host pattern/],
+    ['bad cidr', 'roles: { dev: { allow: [ {cidr: 10.0.0.0/33} ] } }', 'roles.dev.allow[0].cidr', /prefix length/],
+    ['bad v6 cidr', 'deny: { cidrs: ["2001:db8::/200"] }', 'deny.cidrs[0]', /prefix length/],
+    ['bad allowRange', 'allowRanges: [nope]', 'allowRanges[0]', /bad CIDR/],
+    ['bad role name', 'roles: { "a b": { allow: [] } }', 'roles["a b"]', /role name/],
+    ['unknown role for user', 'identity: { users: [ {name: a, roles: [ghost]} ] }', 'identity.users[0].roles[0]', /unknown role "ghost"/],
+    ['unknown role for host', 'identity: { hosts: [ {cidr: 10.0.0.0/8, name: h, roles: [ghost]} ] }', 'identity.hosts[0].roles[0]', /unknown role/],
+    ['unknown default role', 'defaultRoles: [ghost]', 'defaultRoles[0]', /unknown role/],
+    ['host needs cidr', 'identity: { hosts: [ {name: h} ] }', 'identity.hosts[0].cidr', /required/],
+    ['duplicate user', 'identity: { users: [ {name: a}, {name: a} ] }', 'identity.users[1].name', /duplicate/],
+    ['bad time zone', 'schedule: { timezone: Mars/Olympus }', 'schedule.timezone', /unknown time zone/],
+    ['bad HH:MM', 'schedule: { businessHours: { start: "8:00" } }', 'schedule.businessHours.start', /HH:MM/],
+    ['bad HH:MM minutes', 'schedule: { businessHours: { end: "18:60" } }', 'schedule.businessHours.end', /HH:MM/],
+    ['bad day', 'schedule: { businessHours: { days: [mon, funday] } }', 'schedule.businessHours.days[1]', /one of mon/],
+    ['unknown detector', 'detection: { detectors: { an0081.nope: {} } }', 'detection.detectors["an0081.nope"]', /unknown name/],
+    ['bad detector action', 'detection: { detectors: { an0081.scan: { action: nuke } } }', 'detection.detectors["an0081.scan"].action', /flag, block, kill/],
+    ['negative threshold', 'detection: { detectors: { an0081.scan: { windowSec: -1 } } }', 'detection.detectors["an0081.scan"].windowSec', />= 0/],
+    ['exception detector', 'exceptions: [ { process: [apt], detectors: [an0081.bogus] } ]', 'exceptions[0].detectors[0]', /one of/],
+    ['exception needs criterion', 'exceptions: [ { detectors: [an0081.scan] } ]', 'exceptions[0]', /at least one of/],
+    ['approved destination pattern', 'approvedUploadDestinations: ["*bad.com"]', 'approvedUploadDestinations[0]', /bad host pattern/],
+    ['upstream scheme', 'upstream: ftp://proxy:21', 'upstream', /scheme/],
+    ['upstream not a url', 'upstream: "not a url"', 'upstream', /not a URL/],
+    ['role upstream', 'roles: { r: { upstream: "gopher://x" } }', 'roles.r.upstream', /scheme/],
+    ['webhook url', 'alerts: { webhooks: [ { url: "mailto:x@y" } ] }', 'alerts.webhooks[0].url', /scheme/],
+    ['listen host:port', 'listen: { http: "1.2.3.4" }', 'listen.http', /HOST:PORT/],
+    ['listen port range', 'listen: { socks: "127.0.0.1:70000" }', 'listen.socks', /out of range/],
+    ['token and hash', 'admin: { tokens: [ { name: a, token: x, tokenSha256: x, scope: admin } ] }', 'admin.tokens[0].tokenSha256', /64 hex/],
+    ['token scope', 'admin: { tokens: [ { name: a, token: x, scope: root } ] }', 'admin.tokens[0].scope', /admin, read, agent/],
+    ['agent sources', 'identity: { agents: [ { name: a, token: x, sources: [] } ] }', 'identity.agents[0].sources', /at least 1/],
+    ['resolver answer', 'resolver: { hosts: { a.test: not-an-ip } }', 'resolver.hosts["a.test"]', /not an IP/],
+    ['resolver name', 'resolver: { hosts: { "bad..name": 1.2.3.4 } }', 'resolver.hosts["bad..name"]', /not a valid host name/],
+    ['limit type', 'limits: { maxFlowsPerIdentity: 1.5 }', 'limits.maxFlowsPerIdentity', /integer/],
+    ['not a mapping', '- a\n- b\n', '(root)', /expected a mapping/],
+    ['yaml syntax', 'a: [1,', '(root)', /invalid YAML at line \d+, column \d+: .*flow collection/],
+    ['yaml duplicate key', 'mode: monitor\nmode: enforce\n', '(root)', /line 2.*duplicated mapping key/],
+  ];
+  it.each(table)('%s', (_name, text, path, message) => {
+    const errors = errorsOf(text);
+    const hit = errors.find((e) => e.path === path);
+    expect(hit, `errors were ${JSON.stringify(errors)}`).toBeDefined();
+    expect(hit!.message).toMatch(message);
+  });
+
+  it('reports every error, not just the first', () => {
+    const errors = errorsOf('mode: x\nbogus: 1\nallowRanges: [nope]\n');
+    expect(errors.map((e) => e.path).sort()).toEqual(['allowRanges[0]', 'bogus', 'mode']);
+  });
+
+  it('JSON syntax errors are reported', () => {
+    expect(errorsOf('{"mode": ', 'json')[0]!.message).toMatch(/invalid JSON/);
+  });
+});
+
+describe('loadConfigFile', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'egw-policy-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  it('reads YAML and JSON by extension', async () => {
+    writeFileSync(join(dir, 'p.yaml'), 'mode: enforce\n');
+    writeFileSync(join(dir, 'p.json'), '{"mode":"enforce"}');
+    const y = await loadConfigFile(join(dir, 'p.yaml'));
+    const j = await loadConfigFile(join(dir, 'p.json'));
+    expect(y.ok && y.config.mode).toBe('enforce');
+    expect(j.ok && j.config.mode).toBe('enforce');
+  });
+  it('reports a missing file as an error, not a throw', async () => {
+    const r = await loadConfigFile(join(dir, 'missing.yaml'));
+    expect(r.ok).toBe(false);
+    expect(!r.ok && r.errors[0]!.message).toMatch(/cannot read/);
+  });
+});
+
+describe('loadConfig: YAML specifics', () => {
+  it('reads times and dates as strings, not sexagesimal numbers or Date objects', () => {
+    const r = loadConfig('schedule: { businessHours: { start: 08:00, end: 18:30 } }\n');
+    expect(r.ok && r.config.schedule.businessHours).toMatchObject({ start: '08:00', end: '18:30' });
+  });
+  it('refuses an alias bomb instead of expanding it', () => {
+    const lines = ['a0: &a0 [x, x, x, x, x, x, x, x, x, x]'];
+    for (let i = 1; i < 9; i++) lines.push(`a${i}: &a${i} [*a${i - 1}, *a${i - 1}, *a${i - 1}, *a${i - 1}, *a${i - 1}, *a${i - 1}, *a${i - 1}, *a${i - 1}, *a${i - 1}, *a${i - 1}]`);
+    const errors = errorsOf(lines.join('\n'));
+    expect(errors[0]!.message).toMatch(/too large/);
+  });
+});
