@@ -25,6 +25,7 @@ import { FlowLog } from './gateway/flow/flow-log.ts';
 import { FlowTable } from './gateway/flow/flow-table.ts';
 import { createIdentityResolver } from './gateway/identity/identity-resolver.ts';
 import { createHttpProxy } from './gateway/listeners/http-proxy.ts';
+import { wrapWithProxyProtocol } from './gateway/listeners/proxy-protocol-front.ts';
 import { createSocksServer } from './gateway/listeners/socks5.ts';
 import { createLogger } from './gateway/log.ts';
 import { PolicyStore } from './gateway/policy-store.ts';
@@ -120,7 +121,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     flows,
     policy,
     identity,
-    attributor: opts.attributor === undefined ? new LocalAttributor() : opts.attributor,
+    attributor: opts.attributor === undefined ? new LocalAttributor({ timeoutMs: 500 }) : opts.attributor,
     resolver: opts.resolver ?? createDnsResolver({ timeoutMs: config.resolver.timeoutMs }),
     get detection() {
       return detection;
@@ -134,9 +135,15 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   // 4. listeners
   const httpServer = createHttpProxy(ctx);
   const socksServer = createSocksServer(ctx);
-  const http = await listen(httpServer, opts.http ?? config.listen.http);
+  // Behind a TCP load balancer (SPEC §8): a PROXY protocol front per listener, only when trustedSources is set.
+  const proxyProtocol = {
+    trustedSources: () => policy.current().config.proxyProtocol.trustedSources,
+    headerTimeoutMs: () => policy.current().config.limits.headerTimeoutMs,
+    log,
+  };
+  const http = await listen(wrapWithProxyProtocol(httpServer, { ...proxyProtocol, listener: 'http' }), opts.http ?? config.listen.http);
   selfAddresses.add(http);
-  const socks = await listen(socksServer, opts.socks ?? config.listen.socks);
+  const socks = await listen(wrapWithProxyProtocol(socksServer, { ...proxyProtocol, listener: 'socks' }), opts.socks ?? config.listen.socks);
   selfAddresses.add(socks);
   // Optional TLS listener for the HTTP proxy, so credentials never cross the network in clear.
   let httpsServer: ReturnType<typeof createHttpProxy> | null = null;

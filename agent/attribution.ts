@@ -89,6 +89,8 @@ export class ProcessResolver {
   private readonly holders: LRUCache<number, SocketHolder[]>;
   private readonly skipPids: ReadonlySet<number> | undefined;
   private scanChain: Promise<unknown> = Promise.resolve();
+  /** Most recent holders first (at most 32): scanned before the rest of /proc. */
+  private recentPids: number[] = [];
   /** Number of /proc fd scans run so far (exposed for tests and the benchmark). */
   scans = 0;
 
@@ -161,11 +163,17 @@ export class ProcessResolver {
         concurrency: this.scanConcurrency,
         wanted: new Set(still),
         ...(this.skipPids ? { skipPids: this.skipPids } : {}),
+        priorityPids: this.recentPids,
       });
       for (const [inode, hs] of map) this.holders.set(inode, hs);
+      for (const inode of still) for (const h of map.get(inode) ?? []) this.noteRecent(h.pid);
     });
     this.scanChain = run.catch(() => undefined);
     return run;
+  }
+
+  private noteRecent(pid: number): void {
+    this.recentPids = [pid, ...this.recentPids.filter((p) => p !== pid)].slice(0, 32);
   }
 
   /**

@@ -110,12 +110,16 @@ async function main(): Promise<void> {
         };
         open();
       });
+    const cpuPerLookupMs = (c: NodeJS.CpuUsage, n: number): number => r2((c.user + c.system) / 1000 / n);
     const seq: number[] = [];
+    let cpu0 = process.cpuUsage();
     for (let i = 0; i < SEQ_SAMPLES; i++) seq.push(await timeOne(() => child.stdin?.write('1\n')));
+    const seqCpu = cpuPerLookupMs(process.cpuUsage(cpu0), SEQ_SAMPLES);
 
     // 3b. A fresh curl process per connection (the `curl -x` case).
     const curl: number[] = [];
     const curls: ChildProcess[] = [];
+    cpu0 = process.cpuUsage();
     for (let i = 0; i < CURL_SAMPLES; i++) {
       curl.push(
         await timeOne(() => {
@@ -123,11 +127,13 @@ async function main(): Promise<void> {
         }),
       );
     }
+    const curlCpu = cpuPerLookupMs(process.cpuUsage(cpu0), CURL_SAMPLES);
     for (const c of curls) c.kill('SIGKILL');
 
     // 3c. Bursts: BURST_SIZE simultaneous connects, each attributed as it is accepted.
     const burst: number[] = [];
     const batchesBefore = attributor.batches;
+    cpu0 = process.cpuUsage();
     for (let b = 0; b < BURSTS; b++) {
       await new Promise<void>((resolve) => {
         let pending = BURST_SIZE;
@@ -145,6 +151,7 @@ async function main(): Promise<void> {
       });
     }
     const burstBatches = attributor.batches - batchesBefore;
+    const burstCpu = cpuPerLookupMs(process.cpuUsage(cpu0), BURSTS * BURST_SIZE);
 
     const summary = {
       sockets: SOCKETS,
@@ -156,9 +163,9 @@ async function main(): Promise<void> {
         steadyPass: { cpuMsMean: r2(steady.reduce((a, b) => a + b, 0) / steady.length), cpuMsP99: r2(pct(steady, 99)), wallMsP50: r2(pct(steadyWall, 50)) },
       },
       localAttributor: {
-        sequential: { samples: seq.length, p50Ms: r2(pct(seq, 50)), p99Ms: r2(pct(seq, 99)) },
-        freshCurl: { samples: curl.length, p50Ms: r2(pct(curl, 50)), p99Ms: r2(pct(curl, 99)) },
-        burst20: { samples: burst.length, p50Ms: r2(pct(burst, 50)), p99Ms: r2(pct(burst, 99)), batches: burstBatches },
+        sequential: { samples: seq.length, p50Ms: r2(pct(seq, 50)), p99Ms: r2(pct(seq, 99)), cpuMsPerLookup: seqCpu },
+        freshCurl: { samples: curl.length, p50Ms: r2(pct(curl, 50)), p99Ms: r2(pct(curl, 99)), cpuMsPerLookup: curlCpu },
+        burst20: { samples: burst.length, p50Ms: r2(pct(burst, 50)), p99Ms: r2(pct(burst, 99)), batches: burstBatches, cpuMsPerLookup: burstCpu },
       },
     };
     process.stdout.write(

@@ -25,6 +25,8 @@ export interface ScanOptions {
   readonly wanted?: ReadonlySet<number>;
   /** PIDs never read (the gateway skips itself: it holds thousands of sockets and is never its own client). */
   readonly skipPids?: ReadonlySet<number>;
+  /** PIDs read first (e.g. those that recently held wanted sockets): a long-lived client's next socket is found at once. */
+  readonly priorityPids?: readonly number[];
 }
 
 const SOCKET_LINK = /^socket:\[(\d+)\]$/;
@@ -92,6 +94,12 @@ export async function scanSocketInodes(opts: ScanOptions = {}): Promise<Map<numb
   // on `wanted` usually happens after a few PIDs instead of the whole table.
   pids.sort((a, b) => b - a);
   if (opts.skipPids) pids = pids.filter((p) => !opts.skipPids?.has(p));
+  if (opts.priorityPids && opts.priorityPids.length > 0) {
+    const live = new Set(pids);
+    const first = [...new Set(opts.priorityPids)].filter((p) => live.has(p));
+    const firstSet = new Set(first);
+    pids = [...first, ...pids.filter((p) => !firstSet.has(p))];
+  }
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < pids.length) {

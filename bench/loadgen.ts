@@ -244,7 +244,7 @@ class Load {
       const timer = setTimeout(() => {
         s.destroy();
         resolve(false);
-      }, Math.max(1, deadline - Date.now()));
+      }, Math.max(1, deadline - performance.now()));
       s.on('error', (e) => {
         clearTimeout(timer);
         reject(e);
@@ -290,7 +290,7 @@ class Load {
     for (const [key, dir, n] of phases) {
       const per = Math.floor(this.o.tputBytes / n);
       const wait = await this.waitQuiet();
-      const deadline = Date.now() + this.o.tputMaxSecs * 1000;
+      const deadline = performance.now() + this.o.tputMaxSecs * 1000;
       const c0 = this.snap();
       const t0 = performance.now();
       let error: string | undefined;
@@ -327,11 +327,11 @@ class Load {
     let fail = 0;
     let started = 0;
     const wait = await this.waitQuiet();
-    const end = Date.now() + this.o.setupSecs * 1000;
+    const end = performance.now() + this.o.setupSecs * 1000;
     const c0 = this.snap();
     const t0 = performance.now();
     const worker = async (): Promise<void> => {
-      while (started < this.o.setupMax && Date.now() < end) {
+      while (started < this.o.setupMax && performance.now() < end) {
         started++;
         const t = performance.now();
         let s: net.Socket | undefined;
@@ -389,7 +389,7 @@ class Load {
     let sent = 0;
     const maxRequests = 2_000_000;
     const wait = await this.waitQuiet();
-    const warm = Date.now() + Math.min(1000, o.httpSecs * 200);
+    const warm = performance.now() + Math.min(1000, o.httpSecs * 200);
     const end = warm + o.httpSecs * 1000;
     let c0: CpuSnap | null = null;
     let t0 = 0;
@@ -430,8 +430,8 @@ class Load {
         sock.on('close', () => gone());
         sock.resume();
       };
-      while (Date.now() < end && sent < maxRequests) {
-        if (Date.now() >= warm) startMeasure();
+      while (performance.now() < end && sent < maxRequests) {
+        if (performance.now() >= warm) startMeasure();
         const inWindow = c0 !== null;
         sent++;
         const t = performance.now();
@@ -523,9 +523,9 @@ class Load {
     let fail = 0;
     let started = 0;
     const t0 = performance.now();
-    const end = Date.now() + 60_000;
+    const end = performance.now() + 60_000;
     const worker = async (): Promise<void> => {
-      while (started < n && Date.now() < end) {
+      while (started < n && performance.now() < end) {
         const i = started++;
         try {
           const local = o.spreadSources ? `127.0.1.${1 + (i % 250)}` : undefined;

@@ -1,6 +1,7 @@
 /**
  * egressgate load harness: `node --import tsx bench/run.ts [--quick] [--only a,b] [--runs N]
- * [--detectors on|off|both] [--gateway dist|tsx] [--profile TARGET] [--idle 5000,9000]`.
+ * [--detectors on|off|both] [--detector-actions flag|default] [--gateway dist|tsx] [--profile TARGET]
+ * [--idle 5000,9000] [--tests tput,setup,http,idle] [--spread-sources] [--time-limit-sec S]`.
  *
  * Measures on loopback, in one run, side by side: direct (no proxy), egressgate HTTP (CONNECT +
  * absolute-URI) and SOCKS5, the naive Node pipe proxy, and squid / danted when installed. Prints
@@ -35,9 +36,11 @@ const { values: args } = parseArgs({
     only: { type: 'string', default: '' },
     runs: { type: 'string', default: '' },
     detectors: { type: 'string', default: 'on' },
+    'detector-actions': { type: 'string', default: 'flag' },
     gateway: { type: 'string', default: '' },
     profile: { type: 'string', default: '' },
     idle: { type: 'string', default: '' },
+    tests: { type: 'string', default: 'tput,setup,http,idle' },
     'spread-sources': { type: 'boolean', default: false },
     'quiet-max-secs': { type: 'string', default: '' },
     'time-limit-sec': { type: 'string', default: '' },
@@ -232,6 +235,9 @@ function newestSourceMtime(): number {
   return newest;
 }
 
+/** --detector-actions default: keep block/kill actions (shows what a real policy does to bulk transfers). */
+const KEEP_DEFAULT_ACTIONS = args['detector-actions'] === 'default';
+
 const ALL_DETECTORS = [
   'policy.deny',
   'policy.deny-range',
@@ -260,10 +266,15 @@ function gatewayConfig(detectorsOn: boolean, attribution: boolean): string {
     'flowLog: { path: null }',
     'limits: { maxFlowsPerIdentity: 20000, maxNewFlowsPerSecPerIdentity: 100000 }',
   ];
-  if (!detectorsOn) {
-    lines.push('detection:', '  detectors:');
-    for (const d of ALL_DETECTORS) lines.push(`    ${d}: { enabled: false }`);
+  // Detectors on: every detector enabled and evaluated, but an0081/an0080 only flag. With the default
+  // actions the 1 GiB single-flow upload of the throughput test is (rightly) killed by
+  // an0080.bulk-upload and the identity quarantined, which would zero every later phase.
+  const det: string[] = [];
+  for (const d of ALL_DETECTORS) {
+    if (!detectorsOn) det.push(`    ${d}: { enabled: false }`);
+    else if (d.startsWith('an008') && !KEEP_DEFAULT_ACTIONS) det.push(`    ${d}: { enabled: true, action: flag }`);
   }
+  if (det.length) lines.push('detection:', '  detectors:', ...det);
   return `${lines.join('\n')}\n`;
 }
 
@@ -427,7 +438,9 @@ async function main(): Promise<void> {
       let running: Running | null = null;
       try {
         running = await t.start();
-        const tests = ['tput', 'setup', 'http', ...(run === 1 && t.kind !== 'direct' ? ['idle'] : [])];
+        const wanted = (args.tests ?? '').split(',');
+        const tests = wanted.filter((x) => x !== 'idle' || (run === 1 && t.kind !== 'direct'));
+        if (!tests.length) continue;
         say(`run ${run}/${RUNS} ${t.name} pid=${running.child?.pid ?? '-'} port=${running.port} load=${os.loadavg()[0]?.toFixed(1)}`);
         const r = await runLoad({
           name: t.name,

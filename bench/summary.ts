@@ -15,26 +15,36 @@ interface Row {
 }
 
 const httpOf = (r: LoadResult): Record<string, HttpResult> | undefined => r.http ?? r.http_over_socks;
+/** A phase that moved nothing (refused, killed) has no figure: shown as "–", its errors are in the JSONL. */
+const tp = (r: LoadResult, k: string): number | undefined => {
+  const t = r.tput?.[k];
+  return t && t.bytes > 0 && !t.error ? t.MBps : undefined;
+};
+const su = (r: LoadResult): LoadResult['setup'] => (r.setup && r.setup.ok > 0 ? r.setup : undefined);
+const ht = (r: LoadResult, k: string): HttpResult | undefined => {
+  const h = httpOf(r)?.[k];
+  return h && h.ok > 0 ? h : undefined;
+};
 const idleMax = (r: LoadResult): string | undefined => {
   const keys = Object.keys(r.idle ?? {}).map(Number);
   return keys.length ? String(Math.max(...keys)) : undefined;
 };
 
 export const ROWS: Row[] = [
-  { label: 'Tunnel 1× upstream, MB/s', get: (r) => r.tput?.['up_1']?.MBps, better: 'higher' },
-  { label: 'Tunnel 1× downstream, MB/s', get: (r) => r.tput?.['down_1']?.MBps, better: 'higher' },
-  { label: 'Tunnel 8× upstream aggregate, MB/s', get: (r) => r.tput?.['up_8']?.MBps, better: 'higher' },
-  { label: 'Tunnel 8× downstream aggregate, MB/s', get: (r) => r.tput?.['down_8']?.MBps, better: 'higher' },
-  { label: 'Tunnel setup (c=50), conn/s', get: (r) => r.setup?.conn_per_s, better: 'higher' },
-  { label: 'Tunnel setup p50, ms', get: (r) => r.setup?.p50_ms, better: 'lower' },
-  { label: 'Tunnel setup p99, ms', get: (r) => r.setup?.p99_ms, better: 'lower' },
+  { label: 'Tunnel 1× upstream, MB/s', get: (r) => tp(r, 'up_1'), better: 'higher' },
+  { label: 'Tunnel 1× downstream, MB/s', get: (r) => tp(r, 'down_1'), better: 'higher' },
+  { label: 'Tunnel 8× upstream aggregate, MB/s', get: (r) => tp(r, 'up_8'), better: 'higher' },
+  { label: 'Tunnel 8× downstream aggregate, MB/s', get: (r) => tp(r, 'down_8'), better: 'higher' },
+  { label: 'Tunnel setup (c=50), conn/s', get: (r) => su(r)?.conn_per_s, better: 'higher' },
+  { label: 'Tunnel setup p50, ms', get: (r) => su(r)?.p50_ms, better: 'lower' },
+  { label: 'Tunnel setup p99, ms', get: (r) => su(r)?.p99_ms, better: 'lower' },
   { label: 'Tunnel setup failures', get: (r) => r.setup?.fail, better: 'lower' },
-  { label: 'HTTP GET 1 KiB (c=50), req/s', get: (r) => httpOf(r)?.['1k']?.req_per_s, better: 'higher' },
-  { label: 'HTTP GET 1 KiB p50, ms', get: (r) => httpOf(r)?.['1k']?.p50_ms, better: 'lower' },
-  { label: 'HTTP GET 1 KiB p99, ms', get: (r) => httpOf(r)?.['1k']?.p99_ms, better: 'lower' },
-  { label: 'HTTP GET 1 MiB (c=50), req/s', get: (r) => httpOf(r)?.['1m']?.req_per_s, better: 'higher' },
-  { label: 'HTTP GET 1 MiB, MB/s', get: (r) => httpOf(r)?.['1m']?.MBps, better: 'higher' },
-  { label: 'HTTP GET 1 MiB p99, ms', get: (r) => httpOf(r)?.['1m']?.p99_ms, better: 'lower' },
+  { label: 'HTTP GET 1 KiB (c=50), req/s', get: (r) => ht(r, '1k')?.req_per_s, better: 'higher' },
+  { label: 'HTTP GET 1 KiB p50, ms', get: (r) => ht(r, '1k')?.p50_ms, better: 'lower' },
+  { label: 'HTTP GET 1 KiB p99, ms', get: (r) => ht(r, '1k')?.p99_ms, better: 'lower' },
+  { label: 'HTTP GET 1 MiB (c=50), req/s', get: (r) => ht(r, '1m')?.req_per_s, better: 'higher' },
+  { label: 'HTTP GET 1 MiB, MB/s', get: (r) => ht(r, '1m')?.MBps, better: 'higher' },
+  { label: 'HTTP GET 1 MiB p99, ms', get: (r) => ht(r, '1m')?.p99_ms, better: 'lower' },
   { label: 'HTTP new conns per 1000 req (1 KiB)', get: (r) => perMille(httpOf(r)?.['1k']), better: 'lower' },
   { label: 'Idle tunnels requested (N)', get: (r) => (idleMax(r) ? Number(idleMax(r)) : undefined), better: 'higher' },
   {
@@ -56,8 +66,8 @@ export const CPU_ROWS: Row[] = [
   { label: 'CPU proxy %, tunnel 1× up', get: (r) => r.tput?.['up_1']?.cpu.proxy, better: 'lower' },
   { label: 'CPU proxy %, tunnel 1× down', get: (r) => r.tput?.['down_1']?.cpu.proxy, better: 'lower' },
   { label: 'CPU proxy %, setup', get: (r) => r.setup?.cpu.proxy, better: 'lower' },
-  { label: 'CPU proxy %, HTTP 1 KiB', get: (r) => httpOf(r)?.['1k']?.cpu.proxy, better: 'lower' },
-  { label: 'CPU proxy %, HTTP 1 MiB', get: (r) => httpOf(r)?.['1m']?.cpu.proxy, better: 'lower' },
+  { label: 'CPU proxy %, HTTP 1 KiB', get: (r) => ht(r, '1k')?.cpu.proxy, better: 'lower' },
+  { label: 'CPU proxy %, HTTP 1 MiB', get: (r) => ht(r, '1m')?.cpu.proxy, better: 'lower' },
   { label: 'CPU other % (machine − proxy − gen − origin), setup', get: (r) => r.setup?.cpu.other, better: 'lower' },
 ];
 
@@ -148,12 +158,12 @@ function noWorse(by: ByTarget, label: string, a: string, b: string, get: Getter)
 
 /** The performance targets, evaluated on the medians of this run. */
 export function targetChecks(by: ByTarget): string {
-  const up: Getter = (r) => r.tput?.['up_1']?.MBps;
-  const down: Getter = (r) => r.tput?.['down_1']?.MBps;
-  const setup: Getter = (r) => r.setup?.conn_per_s;
-  const p99: Getter = (r) => r.setup?.p99_ms;
-  const k1: Getter = (r) => r.http?.['1k']?.req_per_s;
-  const m1: Getter = (r) => r.http?.['1m']?.req_per_s;
+  const up: Getter = (r) => tp(r, 'up_1');
+  const down: Getter = (r) => tp(r, 'down_1');
+  const setup: Getter = (r) => su(r)?.conn_per_s;
+  const p99: Getter = (r) => su(r)?.p99_ms;
+  const k1: Getter = (r) => (r.http ? ht(r, '1k')?.req_per_s : undefined);
+  const m1: Getter = (r) => (r.http ? ht(r, '1m')?.req_per_s : undefined);
   const checks: Check[] = [
     ratioCheck(by, '1 tunnel up, CONNECT ≥ 0.95× naive', 'egw-http', 'naive-http', up, 0.95),
     ratioCheck(by, '1 tunnel down, CONNECT ≥ 0.95× naive', 'egw-http', 'naive-http', down, 0.95),

@@ -181,9 +181,25 @@ export function classifyIPv6(bytes: Uint8Array): AddressRange | null {
   return inner !== null ? classifyIPv4Number(inner) : classifyIPv6Bytes(bytes);
 }
 
+// Ranges indexed by first octet (every range here is /8 or longer, or spans whole octets), so a
+// public address — the common case on the hot path — is answered by one array read.
+const V4_BY_OCTET: ReadonlyArray<readonly V4Range[]> = (() => {
+  const table: V4Range[][] = Array.from({ length: 256 }, () => []);
+  for (const r of V4_RANGES) {
+    const first = r.net >>> 24;
+    const span = r.mask >>> 24 === 0xff ? 1 : 256 - (r.mask >>> 24);
+    for (let o = first; o < first + span && o < 256; o++) table[o]!.push(r);
+  }
+  return table;
+})();
+
 /** Classifies an IPv4 address given as a number. */
 export function classifyIPv4Number(n: number): AddressRange | null {
-  for (const r of V4_RANGES) if (((n & r.mask) >>> 0) === r.net) return r.label;
+  const list = V4_BY_OCTET[n >>> 24]!;
+  for (let i = 0; i < list.length; i++) {
+    const r = list[i]!;
+    if (((n & r.mask) >>> 0) === r.net) return r.label;
+  }
   return null;
 }
 

@@ -152,22 +152,25 @@ export class CidrMap<T> {
   }
 
   /**
-   * Pushes every value containing `ip` onto `out` (longest prefix first). Callback-free so the
-   * per-decision path allocates nothing; the caller owns and clears `out`.
+   * Writes every value containing `ip` into `out` from index 0 (longest prefix first) and returns
+   * how many it wrote; entries past that count are stale. Callback-free and without resizing
+   * `out`, so the per-decision path allocates nothing.
    */
-  collect(ip: ParsedIp, out: T[]): void {
+  collect(ip: ParsedIp, out: T[]): number {
+    let n = 0;
     if (ip.v4 !== null) {
       for (const p of this.v4Prefixes) {
         const list = this.v4.get(p)!.get((ip.v4 & maskV4(p)) >>> 0);
-        if (list) for (const v of list) out.push(v);
+        if (list) for (const v of list) out[n++] = v;
       }
     }
     if (ip.v6 !== null) {
       for (const p of this.v6Prefixes) {
         const list = this.v6.get(p)!.get(v6Key(ip.v6, p));
-        if (list) for (const v of list) out.push(v);
+        if (list) for (const v of list) out[n++] = v;
       }
     }
+    return n;
   }
 
   /** Longest matching prefix length, or -1 when nothing contains `ip`. */

@@ -39,8 +39,12 @@ class CompiledEntry {
   }
 
   allow(mode: Mode): Decision {
-    if (mode === 'enforce') return (this.enforceCache ??= allowDecision('enforce', this.rule));
-    return (this.monitorCache ??= allowDecision('monitor', this.rule));
+    if (mode === 'enforce') {
+      this.enforceCache ??= allowDecision('enforce', this.rule);
+      return this.enforceCache;
+    }
+    this.monitorCache ??= allowDecision('monitor', this.rule);
+    return this.monitorCache;
   }
 }
 
@@ -69,7 +73,7 @@ class AllowIndex {
     this.bestRank = roles.length;
     const h = this.hosts;
     const exact = h.exact.get(host);
-    if (exact !== undefined) this.consider(exact, roles, port, proto);
+    if (exact !== undefined) this.consider(exact, exact.length, roles, port, proto);
     if (h.wildcard.size > 0 && !isIpLiteralLike(host)) {
       // Proper suffixes, longest first, probing only label counts that some wildcard has.
       const labels = h.wildcardLabels;
@@ -80,26 +84,23 @@ class AllowIndex {
         n--;
         if (labels[n] === true) {
           const list = h.wildcard.get(host.slice(i + 1));
-          if (list !== undefined) this.consider(list, roles, port, proto);
+          if (list !== undefined) this.consider(list, list.length, roles, port, proto);
         }
         i = host.indexOf('.', i + 1);
       }
     }
-    if (h.any.length > 0) this.consider(h.any, roles, port, proto);
+    if (h.any.length > 0) this.consider(h.any, h.any.length, roles, port, proto);
     if (ip !== null && this.cidrs.size > 0) {
-      const out = this.scratch;
-      out.length = 0;
-      this.cidrs.collect(ip, out);
-      if (out.length > 0) this.consider(out, roles, port, proto);
-      out.length = 0;
+      const count = this.cidrs.collect(ip, this.scratch);
+      if (count > 0) this.consider(this.scratch, count, roles, port, proto);
     }
     const found = this.best;
     this.best = null;
     return found;
   }
 
-  private consider(list: readonly CompiledEntry[], roles: readonly string[], port: number, proto: Protocol): void {
-    for (let k = 0; k < list.length; k++) {
+  private consider(list: readonly CompiledEntry[], count: number, roles: readonly string[], port: number, proto: Protocol): void {
+    for (let k = 0; k < count; k++) {
       const e = list[k]!;
       const rank = roles.length === 1 ? (roles[0] === e.role ? 0 : -1) : roles.indexOf(e.role);
       if (rank < 0 || rank > this.bestRank) continue;
@@ -234,7 +235,10 @@ export function compilePolicy(config: Config, version = 1, opts: CompileOptions 
   }
 
   function modeFor(ids: readonly string[], globalModeOverride?: Mode | null): Mode {
-    // Effective mode of each role is its own override or the global one; enforce wins over monitor.
+    // A runtime switch to monitor is the operator's emergency brake: it wins over every role, so
+    // one call rolls the whole gateway back. Otherwise each role's mode is its own override or the
+    // global one, and enforce wins over monitor.
+    if (globalModeOverride === 'monitor') return 'monitor';
     const global = globalModeOverride ?? cfg.mode;
     if (ids.length === 0) return global;
     for (const id of ids) {
@@ -279,7 +283,11 @@ export function compilePolicy(config: Config, version = 1, opts: CompileOptions 
       candidates.push(e);
       return false;
     });
-    if (ip !== null) index.cidrs.collect(ip, candidates);
+    if (ip !== null) {
+      const hits: CompiledEntry[] = [];
+      const count = index.cidrs.collect(ip, hits);
+      for (let k = 0; k < count; k++) candidates.push(hits[k]!);
+    }
     for (const id of ids) {
       const r = roles.get(id);
       if (r === undefined) {

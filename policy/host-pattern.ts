@@ -8,8 +8,6 @@ import { isIP } from 'node:net';
 import { domainToASCII } from 'node:url';
 
 const LABEL_RE = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/;
-// Fast path: already lower-case ASCII with no trailing dot.
-const NORMAL_RE = /^[a-z0-9._:-]+$/;
 
 /**
  * Canonical form of a host name or IP literal: lower-case, no trailing dot, IDN labels as punycode,
@@ -47,8 +45,14 @@ function canonicalIPv6(ip: string): string {
  * canonical, so only fall back to the full normaliser when the string says it must.
  */
 export function normalizeHostFast(h: string): string {
-  if (NORMAL_RE.test(h) && !h.endsWith('.')) return h;
-  return normalizeHost(h) ?? h.toLowerCase();
+  const len = h.length;
+  let isCanonical = len > 0 && h.charCodeAt(len - 1) !== 46;
+  for (let i = 0; i < len && isCanonical; i++) {
+    const c = h.charCodeAt(i);
+    // a-z 0-9 . - _ : (IPv6 literals) are already canonical; anything else needs the full path.
+    isCanonical = (c >= 97 && c <= 122) || (c >= 48 && c <= 58) || c === 46 || c === 45 || c === 95;
+  }
+  return isCanonical ? h : (normalizeHost(h) ?? h.toLowerCase());
 }
 
 export type HostPattern =

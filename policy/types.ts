@@ -118,7 +118,10 @@ export interface PolicySnapshot {
   readonly config: Readonly<import('./config.ts').Config>;
   /** Roles of an identity: the user's roles, the host's roles, else `defaultRoles`. */
   rolesFor(user: string | null, host: string | null): readonly string[];
-  /** The mode in force for these roles: any role overriding to enforce wins, else the global mode. */
+  /**
+   * The mode in force for these roles. A runtime override of `monitor` wins over everything (one call
+   * rolls the gateway back); otherwise any role in enforce (its own mode or the global one) wins.
+   */
   modeFor(roles: readonly string[], globalModeOverride?: Mode | null): Mode;
   /**
    * The one verdict for a new connection (SPEC §4). Order: deny-range on `destIp` (private/metadata,

@@ -117,6 +117,30 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   };
   flows.on('close', onClose);
 
+  // SPEC §7: an agent report that arrives after the flow started re-evaluates it. Connect-time
+  // detectors (proxyware, scanner and exfil tools, lineage) see the process now; in enforce mode a
+  // refusing finding kills the live flow and quarantines the identity.
+  const onAttributed = (flow: Flow): void => {
+    if (flow.state !== 'active') return;
+    const snapshot = policy.current();
+    const mode = modeOf(flow.identity.roles);
+    const now = flows.now();
+    const found = evaluateConnect(facts(flow), state, snapshot, now, flow.id);
+    let refusing: Finding | null = null;
+    for (const f of found) {
+      raise(f, mode, now);
+      if (f.action !== 'flag' && !refusing) refusing = f;
+    }
+    if (!refusing) return;
+    if (mode === 'enforce') {
+      putInQuarantine(quarantineKey(flow), now);
+      flows.kill(flow.id, refusing.detector);
+    } else if (flow.verdict === 'allow') {
+      flows.decide(flow, { verdict: 'would-block', reason: 'detector', detector: refusing.detector, mode, matchedRule: flow.matchedRule, reasons: [...refusing.reasons] }, false);
+    }
+  };
+  flows.on('attributed', onAttributed);
+
   const engine: DetectionEngine = {
     state,
     quarantine,
@@ -193,6 +217,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
 
     async close(): Promise<void> {
       flows.removeListener('close', onClose);
+      flows.removeListener('attributed', onAttributed);
       flows.removeListener('sweep', onSweep);
       await persist();
     },

@@ -110,15 +110,15 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
   function abort(reason: string): void {
     flow.abort = null;
     if (!done) finish(reason);
-    down.resetAndDestroy();
-    up.resetAndDestroy();
+    reset(down);
+    reset(up);
   }
 
   flow.abort = (reason: string) => {
     // FlowTable.kill() has already closed the flow with the kill reason.
     done = true;
-    down.resetAndDestroy();
-    up.resetAndDestroy();
+    reset(down);
+    reset(up);
     void reason;
   };
 
@@ -147,3 +147,12 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
 }
 
 function ignore(): void {}
+
+/** TCP reset where node can; `resetAndDestroy()` throws ERR_INVALID_HANDLE_TYPE on a TLS socket. */
+function reset(s: Socket): void {
+  try {
+    s.resetAndDestroy();
+  } catch {
+    s.destroy();
+  }
+}

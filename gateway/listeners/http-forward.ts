@@ -21,6 +21,7 @@ import { dialErrorCode, GatewayError, type GatewayErrorCode } from '../errors.ts
 import { formatAuthority } from '../protocol/authority.ts';
 import { mapError } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
+import { connectionState, resetOrDestroy } from './http-connection-state.ts';
 import { forwardResponseHeaders } from './http-headers.ts';
 import { sendRefusal } from './http-refusal.ts';
 
@@ -108,11 +109,11 @@ export function forwardRequest(
   req: IncomingMessage,
   res: ServerResponse,
   target: ForwardTarget,
-  awaitingOrigin: WeakSet<object>,
 ): void {
   const { flow, snapshot } = admitted;
   // Kept: undici detaches `req.socket` once it has consumed the request body.
   const clientSocket = req.socket;
+  const connection = connectionState(clientSocket);
   const idleTimeoutMs = snapshot.config.limits.idleTimeoutMs;
   let abortUpstream: ((err?: Error) => void) | null = null;
   let isUpstreamDone = false;
@@ -133,7 +134,7 @@ export function forwardRequest(
     isClientGone = true;
     abortUpstream?.(new GatewayError('EGW_UPSTREAM_RESET', 'flow killed'));
     res.destroy();
-    clientSocket.resetAndDestroy();
+    resetOrDestroy(clientSocket);
   };
 
   res.once('close', () => {
@@ -165,7 +166,7 @@ export function forwardRequest(
     },
     onHeaders(statusCode, rawHeaders, resumeFn, statusText) {
       if (statusCode < 200) return true; // 1xx: node answered Expect itself; nothing else to relay
-      awaitingOrigin.delete(clientSocket);
+      connection.isAwaitingOrigin = false;
       resume = resumeFn;
       res.on('drain', onDrain);
       const headers = forwardResponseHeaders(rawHeaders);
@@ -184,7 +185,7 @@ export function forwardRequest(
     },
     onError(err) {
       isUpstreamDone = true;
-      awaitingOrigin.delete(clientSocket);
+      connection.isAwaitingOrigin = false;
       if (isClientGone) {
         finish('client-reset');
         return;
@@ -216,7 +217,7 @@ export function forwardRequest(
     headersTimeout: idleTimeoutMs,
     bodyTimeout: idleTimeoutMs,
   };
-  awaitingOrigin.add(clientSocket);
+  connection.isAwaitingOrigin = true;
   try {
     agents.for(admitted.upstream).dispatch(opts, handler);
   } catch (err) {

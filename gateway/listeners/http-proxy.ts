@@ -31,9 +31,10 @@ import { type Admitted, admit, type Refused } from '../admission.ts';
 import { certSubjectOf } from '../identity/client-cert.ts';
 import type { GatewayContext, IdentityClaims } from '../context.ts';
 import type { GatewayErrorCode } from '../errors.ts';
-import type { Identity, PolicySnapshot, Protocol } from '../../policy/types.ts';
+import type { PolicySnapshot, Protocol } from '../../policy/types.ts';
 import { mapError } from '../reject.ts';
 import { handleConnect } from './http-connect.ts';
+import { connectionState } from './http-connection-state.ts';
 import { forwardRequest, OriginAgents } from './http-forward.ts';
 import { forwardRequestHeaders, parseProxyBasic } from './http-headers.ts';
 import { refusalDetails, sendRefusal, writeRawRefusal } from './http-refusal.ts';
@@ -49,19 +50,10 @@ export interface HttpListenerState {
   readonly ctx: GatewayContext;
   readonly listener: 'http' | 'https';
   readonly agents: OriginAgents;
-  /** Client sockets whose request waits on its origin: the origin's own timeouts govern them. */
-  readonly awaitingOrigin: WeakSet<object>;
   /** Run admission for a request on this listener (identity cached per client connection). */
   admitRequest(req: IncomingMessage, protocol: Protocol, host: string, port: number): Promise<Admitted | Refused>;
   /** Identity headers never forwarded, for the current snapshot. */
   strippedHeaders(snapshot: PolicySnapshot): ReadonlySet<string>;
-}
-
-/** An identity resolved on a keep-alive connection, reused while the credentials stay the same. */
-interface CachedIdentity {
-  key: string;
-  version: number;
-  identity: Identity;
 }
 
 /**
@@ -89,7 +81,6 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
     : createHttpServer(serverOptions);
   server.timeout = limits.idleTimeoutMs;
 
-  const identities = new WeakMap<object, CachedIdentity>();
   let strippedFor: PolicySnapshot | null = null;
   let stripped: ReadonlySet<string> = new Set();
 
@@ -97,7 +88,6 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
     ctx,
     listener,
     agents: new OriginAgents(limits.connectTimeoutMs),
-    awaitingOrigin: new WeakSet(),
     strippedHeaders(snapshot) {
       if (strippedFor !== snapshot) {
         strippedFor = snapshot;
@@ -112,7 +102,8 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
       // The signed token is part of the key too: a new token (other user, later expiry) must be re-verified.
       const signedName = headerNames.signed?.header.toLowerCase();
       const key = `${req.headers['proxy-authorization'] ?? ''}\u0000${req.headers[headerNames.user.toLowerCase()] ?? ''}\u0000${req.headers[headerNames.host.toLowerCase()] ?? ''}\u0000${signedName ? (req.headers[signedName] ?? '') : ''}`;
-      const cached = identities.get(req.socket);
+      const connection = connectionState(req.socket);
+      const cached = connection.identity;
       const identity = cached && cached.key === key && cached.version === snapshot.version ? cached.identity : undefined;
       const result = await admit(ctx, {
         protocol,
@@ -124,11 +115,21 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
         serverPort: req.socket.localPort ?? 0,
         identity,
       });
-      if (result.ok && !identity) identities.set(req.socket, { key, version: snapshot.version, identity: result.flow.identity });
+      if (result.ok && !identity) connection.identity = { key, version: snapshot.version, identity: result.flow.identity };
       return result;
     },
   };
 
+  // A reload may change the limits: new connections get the header and idle timeouts in force.
+  // (maxHeaderSize and the origin connect timeout are fixed when the listener is created.)
+  let limitsFor = ctx.policy.current();
+  server.on('connection', () => {
+    const snapshot = ctx.policy.current();
+    if (snapshot === limitsFor) return;
+    limitsFor = snapshot;
+    server.headersTimeout = snapshot.config.limits.headerTimeoutMs;
+    server.timeout = snapshot.config.limits.idleTimeoutMs;
+  });
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     onRequest(state, req, res).catch((err: unknown) => internalError(state, res, err));
   });
@@ -147,7 +148,7 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
   // An idle client connection is closed, but not while its request waits on a slow origin: that
   // wait has its own timeout (504), and cutting the client first would hide the answer.
   server.on('timeout', (socket: Duplex) => {
-    if (!state.awaitingOrigin.has(socket)) socket.destroy();
+    if (!connectionState(socket).isAwaitingOrigin) socket.destroy();
   });
   server.on('clientError', (err: NodeJS.ErrnoException & { reason?: string }, socket: Duplex) => onClientError(ctx, err, socket));
   server.on('close', () => {
@@ -177,7 +178,7 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
     host: hostHeaderFor(target.host, target.port),
     stripped: state.strippedHeaders(result.snapshot),
   });
-  forwardRequest(ctx, state.agents, result, req, res, { path: target.path, headers, hasBody }, state.awaitingOrigin);
+  forwardRequest(ctx, state.agents, result, req, res, { path: target.path, headers, hasBody });
 }
 
 /** Identity claims of a request: client address, Proxy-Authorization Basic, headers, TLS client cert. */

@@ -7,6 +7,9 @@
  * - anything else: its head (with `Connection: close`) and its body are relayed byte for byte to
  *   the client, and the connection closes when the origin is done: no second request rides on it.
  *
+ * An Upgrade request with a body is refused (400): the body would have to be relayed before the
+ * origin's answer, which this path does not do.
+ *
  * Metering: everything after the handshake both ways — after a 101, every byte the tunnel carries
  * (including bytes that arrived with the 101 head and bytes the client sent after its request head);
  * without a 101, the raw response body (its chunk framing included). Heads are never counted.
@@ -21,6 +24,7 @@ import { tunnel } from '../flow/tunnel.ts';
 import { mapError } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
 import { holdClient } from './http-connect.ts';
+import { resetOrDestroy } from './http-connection-state.ts';
 import { forwardRequestHeaders, forwardResponseHeaders, serialiseRequestHead } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
 import { refusalDetails, writeRawRefusal } from './http-refusal.ts';
@@ -135,7 +139,7 @@ export async function handleUpgrade(state: HttpListenerState, req: IncomingMessa
   // A kill while we wait for the origin's answer cuts both sides.
   flow.abort = () => {
     upstream.resetAndDestroy();
-    (socket as Socket).resetAndDestroy?.();
+    resetOrDestroy(socket as Socket);
   };
   let answer: { head: string; rest: Buffer };
   try {

@@ -129,7 +129,6 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       drops.foreign++;
       return;
     }
-    if (clientPort === 0) clientPort = rinfo.port;
     if (!parseUdpHeader(msg, hdr)) {
       drops.malformed++;
       return;
@@ -138,6 +137,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       drops.fragments++;
       return;
     }
+    // Only a well-formed datagram locks the source port (when the request did not name one).
+    if (clientPort === 0) clientPort = rinfo.port;
     activity++;
     const dest = find(msg);
     if (dest === null) newDestination(msg);

@@ -262,11 +262,16 @@ export function replayConnections(conns: readonly ConnSpec[], opts: ReplayOption
     }
     for (const f of active) advance(f, t);
     for (const f of stepFlows) advance(f, t);
-    const views: FlowView[] = [...active, ...stepFlows].map((f) => f.view);
+    const views: FlowView[] = [];
+    for (const f of active) views.push(f.view);
+    for (const f of stepFlows) views.push(f.view);
     const found = evaluateSweep(views, state, snapshot, t);
     for (const f of found) act(f, t);
     steps++;
-    active = [...active, ...stepFlows].filter((f) => f.view.outcome === 'open');
+    const next: SimFlow[] = [];
+    for (const f of active) if (f.view.outcome === 'open') next.push(f);
+    for (const f of stepFlows) if (f.view.outcome === 'open') next.push(f);
+    active = next;
     t += stepMs;
   }
   return { findings, tallies, steps };

@@ -85,7 +85,8 @@ export function parseFlowLog(text: string, file: string): ConnSpec[] {
         name: ident.user ?? ident.host ?? client.ip ?? '-',
         host: ident.host ?? null,
         user: ident.user ?? null,
-        roles: ident.roles ?? null,
+        // Roles are re-derived by the replayed policy: the recorded ones belong to the old one.
+        roles: null,
         clientIp: client.ip ?? '0.0.0.0',
         process: ident.process ?? null,
       },
@@ -181,6 +182,8 @@ export interface SuiteOptions {
   readonly modeOverride?: Mode | null;
   /** Skip the without-allowlist and mixed runs. */
   readonly singleOnly?: boolean;
+  /** Which runs to do (default all three); flow logs always run. */
+  readonly runs?: ReadonlyArray<'allowlist' | 'no-allowlist' | 'mixed'>;
 }
 
 export interface SuiteResult {
@@ -204,18 +207,21 @@ export function runSuite(base: Config, scenarios: readonly Scenario[], logs: rea
     steps += r.steps;
     return r;
   };
+  const runs = new Set(opts.singleOnly ? ['allowlist'] : (opts.runs ?? ['allowlist', 'no-allowlist', 'mixed']));
   for (const s of scenarios) {
-    const r = play(s.connections, configWith(base, [s.allowlist]), s.known);
-    findings.push(...r.findings.map((f) => ({ ...f, scenario: `${f.scenario}` })));
-    judgements.push(judge(s.id, s.kind, 'allowlist', s.expect, r));
-    if (s.kind === 'benign' && !opts.singleOnly) {
+    if (runs.has('allowlist')) {
+      const r = play(s.connections, configWith(base, [s.allowlist]), s.known);
+      findings.push(...r.findings);
+      judgements.push(judge(s.id, s.kind, 'allowlist', s.expect, r));
+    }
+    if (s.kind === 'benign' && runs.has('no-allowlist')) {
       const r2 = play(s.connections, base, s.known);
       findings.push(...r2.findings.map((f) => ({ ...f, scenario: `${f.scenario} (no allowlist)` })));
       judgements.push(judge(s.id, s.kind, 'no-allowlist', s.withoutAllowlist ?? WITHOUT_DEFAULT, r2));
     }
   }
   const benign = scenarios.filter((s) => s.kind === 'benign');
-  if (benign.length > 1 && !opts.singleOnly) {
+  if (benign.length > 1 && runs.has('mixed')) {
     const conns = benign.flatMap((s) => s.connections).sort((a, b) => a.startMs - b.startMs);
     const r = play(conns, configWith(base, benign.map((s) => s.allowlist)), benign.flatMap((s) => s.known));
     findings.push(...r.findings.map((f) => ({ ...f, scenario: `${f.scenario} (mixed)` })));

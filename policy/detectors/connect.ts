@@ -103,7 +103,7 @@ function exfilSignal(facts: ConnectFacts, ctx: DetectionContext, isRare: boolean
     };
   }
   const transfer = names.find((n) => ctx.exfilTools.has(n));
-  const uploader = !transfer && hasUploadFlags(p.cmdline) && names.some((n) => CLIENT_TOOLS.has(n)) ? names[0] : undefined;
+  const uploader = !transfer && names.some((n) => CLIENT_TOOLS.has(n) && hasUploadFlags(p.cmdline, n)) ? names[0] : undefined;
   const tool = transfer ?? uploader;
   if (!tool) return null;
   // scp/sftp/rsync to an IP are ordinary admin work; to a file-sharing or tunnel host they are not.

@@ -113,8 +113,22 @@ export function userOf(identity: Identity): string {
   return identity.user ?? identity.process?.user ?? '-';
 }
 
+// Identity objects live as long as their flow; with a host name the key does not depend on the
+// client address, so it is computed once per identity object.
+const keyCache = new WeakMap<Identity, string>();
+
 /** `host|user|process` — the key per-identity windows are counted under (research §3). */
 export function identityKeyOf(identity: Identity, clientIp?: string): string {
+  if (identity.host === null) return computeKey(identity, clientIp);
+  let k = keyCache.get(identity);
+  if (k === undefined) {
+    k = computeKey(identity, clientIp);
+    keyCache.set(identity, k);
+  }
+  return k;
+}
+
+function computeKey(identity: Identity, clientIp?: string): string {
   return `${hostOf(identity, clientIp)}|${userOf(identity)}|${baseName(identity.process?.name ?? identity.process?.exe) || '-'}`;
 }
 

@@ -126,11 +126,18 @@ export function lineageReason(p: ProcessInfo): string | null {
   return null;
 }
 
-// curl / wget / PowerShell upload options (Sigma curl file-upload, Elastic curl/wget exfiltration).
-const UPLOAD_FLAG_RE =
-  /(?:^|\s)(?:-T|--upload-file|-F|--form|--post-file|--body-file|-InFile|--data-binary\s+@|-d\s*@|--data\s+@)(?:\s|=|$)|UploadFile|UploadString/i;
+// Upload options per client (Sigma curl file-upload, Elastic curl/wget exfiltration, Splunk
+// PowerShell upload): `-T` is an upload for curl but a timeout for wget, so the tool matters.
+const CURL_UPLOAD_RE = /(?:^|\s)(?:(?:-T|--upload-file|-F|--form)(?:\s|=|$)|(?:-d|--data|--data-binary)\s*@)/;
+const WGET_UPLOAD_RE = /(?:^|\s)--(?:post-file|body-file)(?:\s|=|$)/;
+const POWERSHELL_UPLOAD_RE = /-InFile\b|UploadFile|UploadString|UploadData/i;
 
-/** True when the command line carries an upload option. */
-export function hasUploadFlags(cmdline: string | null): boolean {
-  return cmdline !== null && UPLOAD_FLAG_RE.test(cmdline);
+/** True when the command line of `tool` (basename) carries an upload option. */
+export function hasUploadFlags(cmdline: string | null, tool = ''): boolean {
+  if (cmdline === null) return false;
+  const t = baseName(tool);
+  if (t === 'wget') return WGET_UPLOAD_RE.test(cmdline);
+  if (t === 'powershell' || t === 'pwsh') return POWERSHELL_UPLOAD_RE.test(cmdline);
+  if (t === 'curl') return CURL_UPLOAD_RE.test(cmdline);
+  return CURL_UPLOAD_RE.test(cmdline) || WGET_UPLOAD_RE.test(cmdline) || POWERSHELL_UPLOAD_RE.test(cmdline);
 }

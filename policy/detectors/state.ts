@@ -23,7 +23,8 @@ const DAY_MS = 86_400_000;
 const BUCKET_MS = 5_000;
 const MAX_DESTS_PER_IDENTITY = 4096;
 const MAX_FAILED_KEYS = 100_000;
-const HOURLY_KEEP = 336; // 14 days of hourly buckets (Sentinel / research §3)
+const HOURLY_KEEP = 336;
+const NONE: readonly BehaviourDetector[] = Object.freeze([]); // 14 days of hourly buckets (Sentinel / research §3)
 
 interface DestWindows {
   out: WindowSum;
@@ -122,7 +123,7 @@ export class DetectionState {
   // Plain bounded maps: these empty often, which costs O(max) per emptying in lru-cache.
   private readonly tracked = new BoundedMap<string, TrackedFlow>(500_000);
   private readonly done = new BoundedMap<string, true>(200_000);
-  private readonly emitted = new BoundedMap<string, { level: number; rank: number; atMs: number }>(200_000);
+  private readonly emitted = new BoundedMap<string, { level: number; rank: number; atMs: number; ids: Set<string> }>(200_000);
   private readonly recent: BoundedMap<string, Map<BehaviourDetector, number>>;
 
   constructor(opts: DetectionStateOptions) {
@@ -172,7 +173,7 @@ export class DetectionState {
     const result: ObserveResult = { active: new Set(), dests: new Set(), failed: new Set(), started: new Set() };
     for (const f of flows) {
       if (f.outcome === 'blocked') continue;
-      let t = this.tracked.get(f.id);
+      let t = this.tracked.peek(f.id);
       if (!t) {
         if (this.done.has(f.id)) continue;
         t = { out: 0, in: 0, started: false, failed: false };
@@ -331,23 +332,29 @@ export class DetectionState {
   }
 
   /** Detectors that fired for `idKey` within the corroboration window. */
-  recentDetectors(idKey: string, now: number): BehaviourDetector[] {
-    const m = this.recent.get(idKey);
-    if (!m) return [];
+  recentDetectors(idKey: string, now: number): readonly BehaviourDetector[] {
+    const m = this.recent.peek(idKey);
+    if (!m) return NONE;
     const since = now - MODIFIER_DEFAULTS.corroborationWindowSec * 1000;
-    return [...m].filter(([, t]) => t >= since).map(([d]) => d);
+    const out: BehaviourDetector[] = [];
+    for (const [d, t] of m) if (t >= since) out.push(d);
+    return out;
   }
 
   /**
-   * Grouping: true when this finding is new, escalated (higher severity or a stronger action) or
-   * its last emission is older than the grouping window. Records it when true.
+   * Grouping: true when this finding is new, escalated (higher severity or a stronger action),
+   * its last emission is older than the grouping window, or — for block / kill — it names flows
+   * not acted on yet (grouping must never spare a new relay flow from its kill). Records it.
    */
   shouldEmit(finding: Finding, level: number, now: number): boolean {
     const rank = { flag: 0, block: 1, kill: 2 }[finding.action];
     const prev = this.emitted.get(finding.key);
     const windowMs = MODIFIER_DEFAULTS.corroborationWindowSec * 1000;
-    if (prev && now - prev.atMs < windowMs && prev.level >= level && prev.rank >= rank) return false;
-    this.emitted.set(finding.key, { level, rank, atMs: now });
+    const hasNewFlows = rank > 0 && prev !== undefined && finding.flowIds.some((id) => !prev.ids.has(id));
+    if (prev && !hasNewFlows && now - prev.atMs < windowMs && prev.level >= level && prev.rank >= rank) return false;
+    const ids = prev && now - prev.atMs < windowMs ? prev.ids : new Set<string>();
+    for (const id of finding.flowIds) if (ids.size < 4096) ids.add(id);
+    this.emitted.set(finding.key, { level: Math.max(level, prev?.level ?? 0), rank: Math.max(rank, prev?.rank ?? 0), atMs: now, ids });
     return true;
   }
 

@@ -122,6 +122,11 @@ export class BoundedMap<K, V> {
     return v;
   }
 
+  /** The value without touching its recency (hot paths that read every entry every sweep). */
+  peek(key: K): V | undefined {
+    return this.map.get(key);
+  }
+
   has(key: K): boolean {
     return this.map.has(key);
   }

@@ -60,9 +60,11 @@ describe('example policies pass the validator', () => {
     expect(result.ok).toBe(true);
   });
 
-  it('`egressgate check` accepts every one of them (exit 0, one-line summary)', async () => {
+  // The CLI runs the same loadConfig as above; spawning it for the two starter policies proves the
+  // command an operator runs, without paying a process start-up for every file.
+  it('`egressgate check` accepts the starter policies (exit 0, one-line summary)', async () => {
     const results = await Promise.all(
-      POLICY_FILES.map(
+      ['deploy/examples/monitor.yaml', 'deploy/examples/enforce.yaml'].map(
         (file) =>
           new Promise<{ file: string; code: number | null; stdout: string; stderr: string }>((done) => {
             execFile(

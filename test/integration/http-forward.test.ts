@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VIA_VALUE } from '../../gateway/listeners/http-headers.ts';
 
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
-import { type Origin, pattern, run, startOrigin } from './http-harness.ts';
+import { type Origin, pattern, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
 
 let gw: TestGateway;
 let origin: Origin;
@@ -101,6 +101,25 @@ describe('absolute-URI HTTP through the proxy', () => {
     expect(recs[0]?.id).not.toBe(recs[1]?.id);
     const seen = origin.seen.filter((s) => s.url === '/size/10' || s.url === '/size/20');
     expect(seen.at(-1)?.clientPort).toBe(seen.at(-2)?.clientPort);
+  });
+
+  it('pipelined requests on one raw connection: answered in order, one flow record each with exact counts', async () => {
+    const before = gw.closed.length;
+    const s = await rawConnect(gw.httpPort);
+    const get = (p: string): string => `GET ${base}${p} HTTP/1.1\r\nHost: x\r\n\r\n`;
+    s.write(`${get('/size/3000')}${get('/size/5')}POST ${base}/pipelined HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcd`);
+    const got = (await readUntil(s, 'echo:POST:4')).toString('latin1');
+    s.destroy();
+    const statuses = got.match(/HTTP\/1\.1 \d{3}/g);
+    expect(statuses).toEqual(['HTTP/1.1 200', 'HTTP/1.1 200', 'HTTP/1.1 200']);
+    expect(got.indexOf(pattern(3000).toString())).toBeLessThan(got.indexOf('echo:POST:4'));
+    await gw.waitForClosed((f) => f.bytesOut === 4 && gw.closed.indexOf(f) >= before);
+    const recs = gw.closed.slice(before).filter((f) => f.protocol === 'http');
+    expect(recs.map((f) => [f.bytesOut, f.bytesIn, f.closeReason])).toEqual([
+      [0, 3000, 'closed'],
+      [0, 5, 'closed'],
+      [4, 'echo:POST:4'.length, 'closed'],
+    ]);
   });
 
   it('strips hop-by-hop fields, Proxy-Authorization and identity headers both ways; adds Via; rebuilds Host', async () => {

@@ -6,6 +6,9 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { once } from 'node:events';
+import { createServer, type Server, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type LocalGateway, type Origin, run, startLocalGateway, startOrigin } from './http-harness.ts';
 
@@ -13,6 +16,10 @@ let gw: LocalGateway;
 let origin: Origin;
 let dir: string;
 let isReady = false;
+// An origin that accepts and never answers, so a request stays in flight until it is killed.
+let hang: Server;
+let hangPort = 0;
+const hung = new Set<Socket>();
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'egw-tls-'));
@@ -23,13 +30,22 @@ beforeAll(async () => {
   ]);
   expect(made.code).toBe(0);
   origin = await startOrigin();
-  gw = await startLocalGateway({}, { tls: { cert: readFileSync(join(dir, 'cert.pem')), key: readFileSync(join(dir, 'key.pem')) } });
+  hang = createServer((c) => {
+    hung.add(c);
+    c.on('error', () => undefined);
+  });
+  hang.listen(0, '127.0.0.1');
+  await once(hang, 'listening');
+  hangPort = (hang.address() as { port: number }).port;
+  gw = await startLocalGateway({ limits: { idleTimeoutMs: 1500 } }, { tls: { cert: readFileSync(join(dir, 'cert.pem')), key: readFileSync(join(dir, 'key.pem')) } });
   isReady = true;
 });
 
 afterAll(async () => {
   await gw?.stop();
   await origin?.close();
+  for (const c of hung) c.destroy();
+  await new Promise<void>((r) => (hang ? hang.close(() => r()) : r()));
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
@@ -51,5 +67,39 @@ describe('HTTPS proxy listener', () => {
     expect(r.stdout.length).toBe(4096);
     const rec = await gw.waitForClosed((f) => f.protocol === 'connect' && f.closeReason === 'closed');
     expect(rec.bytesIn).toBeGreaterThan(4096);
+  });
+
+  // Regression: resetAndDestroy() throws on a TLS socket; an idle-timeout or kill of a flow on the
+  // HTTPS listener crashed the process instead of closing the flow.
+  it('an idle CONNECT tunnel over TLS is cut with idle-timeout and the listener keeps serving', async () => {
+    const client = tlsConnect({ host: '127.0.0.1', port: gw.httpPort, ca: readFileSync(join(dir, 'cert.pem')) });
+    client.on('error', () => undefined);
+    await once(client, 'secureConnect');
+    const isClosed = new Promise<void>((r) => client.once('close', () => r()));
+    client.write(`CONNECT 127.0.0.1:${origin.port} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    await once(client, 'data');
+    await isClosed;
+    const rec = await gw.waitForClosed((f) => f.protocol === 'connect' && f.closeReason === 'idle-timeout');
+    expect(rec.bytesOut).toBe(0);
+    const r = await curl([`http://127.0.0.1:${origin.port}/size/10`]);
+    expect(r.stdout.length).toBe(10);
+  });
+
+  it('a kill of an absolute-URI request over TLS closes the flow and the client connection', async () => {
+    const client = tlsConnect({ host: '127.0.0.1', port: gw.httpPort, ca: readFileSync(join(dir, 'cert.pem')) });
+    client.on('error', () => undefined);
+    await once(client, 'secureConnect');
+    const isClosed = new Promise<void>((r) => client.once('close', () => r()));
+    client.write(`GET http://127.0.0.1:${hangPort}/ HTTP/1.1\r\nHost: x\r\n\r\n`);
+    let live: { id: string } | undefined;
+    for (let i = 0; i < 200 && !live; i++) {
+      live = gw.flows.list({ state: 'active' }).find((f) => f.destination.port === hangPort);
+      if (!live) await new Promise((r) => setImmediate(r));
+    }
+    expect(live).toBeDefined();
+    expect(gw.flows.kill(live?.id ?? '', 'admin')).toBe(true);
+    await isClosed;
+    const rec = await gw.waitForClosed((f) => f.id === live?.id);
+    expect(rec.closeReason).toBe('admin');
   });
 });

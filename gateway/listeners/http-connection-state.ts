@@ -1,0 +1,45 @@
+/**
+ * Per-client-connection state of the HTTP listener, kept on the socket itself under a symbol:
+ * one object per connection, no WeakMap/WeakSet lookups per request on the hot path.
+ */
+import type { Identity } from '../../policy/types.ts';
+
+/** An identity resolved on a keep-alive connection, reused while the credentials stay the same. */
+export interface CachedIdentity {
+  key: string;
+  version: number;
+  identity: Identity;
+}
+
+export interface ConnectionState {
+  /** A request on this connection waits on its origin: the origin's own timeouts govern it. */
+  isAwaitingOrigin: boolean;
+  identity: CachedIdentity | null;
+}
+
+const kState = Symbol('egressgate.http.connection');
+type WithState = { [kState]?: ConnectionState };
+
+/** The state of a client connection, created on first use. */
+export function connectionState(socket: object): ConnectionState {
+  const holder = socket as WithState;
+  let state = holder[kState];
+  if (!state) {
+    state = { isAwaitingOrigin: false, identity: null };
+    holder[kState] = state;
+  }
+  return state;
+}
+
+/**
+ * Tear a client connection down with a TCP reset where node can (plain sockets), else destroy it:
+ * `resetAndDestroy()` throws ERR_INVALID_HANDLE_TYPE on a TLS socket (HTTPS listener).
+ */
+export function resetOrDestroy(socket: { resetAndDestroy?: () => unknown; destroy: () => unknown }): void {
+  try {
+    if (socket.resetAndDestroy) socket.resetAndDestroy();
+    else socket.destroy();
+  } catch {
+    socket.destroy();
+  }
+}

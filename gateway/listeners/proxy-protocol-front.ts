@@ -1,0 +1,187 @@
+/**
+ * The PROXY protocol front (SPEC §8): behind a TCP load balancer, the client address comes from
+ * the PROXY v1/v2 header the balancer prepends, not from the socket. When
+ * `proxyProtocol.trustedSources` is non-empty, main.ts binds this small net.Server in place of the
+ * HTTP and SOCKS listeners; it hands each connection to the real server once it knows who the
+ * client is. With no trusted sources there is no front at all (the real server is returned as is).
+ *
+ * Flow of a connection:
+ *  1. accept (paused): a peer inside trustedSources MUST send a header; any other peer MUST NOT.
+ *  2. read only what is needed, within limits.headerTimeoutMs:
+ *     trusted → the whole header (gateway/protocol/proxy-protocol.ts); missing, malformed or late
+ *     → close + warn. Untrusted → just enough bytes to tell whether they start with a PROXY
+ *     signature: yes → close + warn (a claimed address is never believed from an untrusted peer);
+ *     no → passed through unchanged (late or silent → passed through: the listener's own header
+ *     timeout then applies).
+ *  3. a PROXY command with an IPv4/IPv6 source overrides the socket's remoteAddress / remotePort /
+ *     remoteFamily (own properties shadowing net.Socket's getters), so every listener, identity
+ *     lookup and flow record sees the original client. LOCAL, UNKNOWN, UNSPEC, UNIX keep the real peer.
+ *     localAddress/localPort stay the real ones (self-dial guard, attribution).
+ *  4. the bytes read past the header are unshifted, our listeners removed, and the socket is
+ *     emitted as a 'connection' of the real server, which reads it as if it had accepted it.
+ */
+import { Server, type Socket } from 'node:net';
+import { type CidrMap, compileCidrSet } from '../../policy/cidr.ts';
+import type { Logger } from '../context.ts';
+import { clientAddress } from '../identity/client-address.ts';
+import { detectProxySignature, type ProxyHeader, parseProxyHeader } from '../protocol/proxy-protocol.ts';
+
+export interface ProxyProtocolOptions {
+  /**
+   * CIDRs of the load balancers whose headers are believed (config `proxyProtocol.trustedSources`).
+   * A function is read per connection, so a reload applies to new connections (whether a front
+   * exists at all is decided once, from its value at start-up).
+   */
+  trustedSources: readonly string[] | (() => readonly string[]);
+  /** How long a peer has to send its header (`limits.headerTimeoutMs`); a function is read per connection. */
+  headerTimeoutMs: number | (() => number);
+  log: Logger;
+  /** Listener name for log lines ('http', 'socks'). */
+  listener?: string;
+}
+
+/**
+ * Put a PROXY protocol front before `server`. Returns the server to listen on: `server` itself
+ * when `trustedSources` is empty (nothing changes), else a new net.Server that feeds it. Closing
+ * the real server closes the front; the front's 'listening' is forwarded to the real server
+ * (node:http starts its header-timeout and connection tracking on it).
+ */
+export function wrapWithProxyProtocol<S extends Server>(server: S, opts: ProxyProtocolOptions): S | Server {
+  const sourcesNow = typeof opts.trustedSources === 'function' ? opts.trustedSources : (): readonly string[] => opts.trustedSources as readonly string[];
+  const timeoutNow = typeof opts.headerTimeoutMs === 'function' ? opts.headerTimeoutMs : (): number => opts.headerTimeoutMs as number;
+  let compiledFrom = sourcesNow();
+  if (compiledFrom.length === 0) return server;
+  let trusted: CidrMap<string> = compileCidrSet(compiledFrom);
+  const trustedNow = (): CidrMap<string> => {
+    const sources = sourcesNow();
+    if (sources !== compiledFrom) {
+      compiledFrom = sources;
+      trusted = compileCidrSet(sources);
+    }
+    return trusted;
+  };
+  const pending = new Set<Socket>();
+  const front = new Server({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (socket) => accept(socket));
+  front.on('listening', () => server.emit('listening'));
+  let isClosed = false;
+  const closeFront = (): void => {
+    if (isClosed) return;
+    isClosed = true;
+    if (front.listening) front.close();
+    // Sockets still mid-header would otherwise be handed to a closed server.
+    for (const s of pending) s.destroy();
+    pending.clear();
+  };
+  // net.Server.close() on the never-listening real server emits 'close' at once (http: after
+  // closing its idle connections): that is the signal to stop accepting.
+  server.once('close', closeFront);
+  front.once('close', () => {
+    isClosed = true;
+  });
+
+  function accept(socket: Socket): void {
+    const peerText = socket.remoteAddress;
+    if (peerText === undefined) {
+      socket.destroy();
+      return;
+    }
+    const peer = clientAddress(peerText);
+    const isTrusted = peer.parsed !== null && trustedNow().longestPrefix(peer.parsed) >= 0;
+    const headerTimeoutMs = timeoutNow();
+    const client = `${peer.text}:${socket.remotePort ?? 0}`;
+    let buf: Buffer = Buffer.alloc(0);
+    let isDone = false;
+    pending.add(socket);
+
+    const cleanup = (): void => {
+      isDone = true;
+      pending.delete(socket);
+      clearTimeout(timer);
+      socket.removeListener('readable', onReadable);
+      socket.removeListener('end', onEnd);
+      socket.removeListener('close', onClose);
+      socket.removeListener('error', ignore);
+    };
+    const refuse = (why: string, extra: Record<string, unknown> = {}): void => {
+      cleanup();
+      opts.log.warn({ listener: opts.listener ?? null, client, trusted: isTrusted, why, ...extra }, 'PROXY protocol: connection refused');
+      // A swallowed error listener stays: destroy() may still surface a late ECONNRESET.
+      socket.on('error', ignore);
+      socket.destroy();
+    };
+    const handOver = (header: ProxyHeader | null, rest: Buffer): void => {
+      cleanup();
+      if (isClosed) {
+        socket.destroy();
+        return;
+      }
+      if (header !== null && header.command === 'PROXY' && header.srcIp !== null && header.srcPort !== null) {
+        defineRemote(socket, header.srcIp, header.srcPort, header.family === 'IPv6' ? 'IPv6' : 'IPv4');
+      }
+      if (rest.length > 0) socket.unshift(rest);
+      // With our 'readable' listener gone, the stream returns to its natural mode on the next
+      // tick: flowing as soon as the real server adds its 'data' listener.
+      server.emit('connection', socket);
+    };
+
+    function evaluate(): void {
+      if (isTrusted) {
+        const r = parseProxyHeader(buf);
+        if (r.kind === 'need') return;
+        if (r.kind === 'error') {
+          refuse(r.code === 'no-signature' ? 'trusted source sent no PROXY header' : r.reason, { code: r.code });
+          return;
+        }
+        handOver(r.header, buf.subarray(r.consumed));
+        return;
+      }
+      const sig = detectProxySignature(buf);
+      if (sig === 'partial') return;
+      if (sig === 'none') handOver(null, buf);
+      else refuse(`PROXY ${sig} header from an untrusted peer`, { code: 'untrusted-header' });
+    }
+    function onReadable(): void {
+      // Bounded: the codec decides within 16 + 65535 bytes (v2) or 107 (v1), 12 for untrusted peers.
+      while (!isDone) {
+        const chunk = socket.read() as Buffer | null;
+        if (chunk === null) return;
+        buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+        evaluate();
+      }
+    }
+    function onEnd(): void {
+      if (isTrusted) refuse('closed before a complete PROXY header', { bytes: buf.length });
+      else if (buf.length > 0 && detectProxySignature(buf) !== 'none') refuse('closed inside a PROXY signature', { bytes: buf.length });
+      else {
+        // A client that sent nothing (or nothing like a header) and half-closed: nothing to relay.
+        cleanup();
+        socket.destroy();
+      }
+    }
+    function onClose(): void {
+      cleanup();
+    }
+    const timer = setTimeout(() => {
+      if (isDone) return;
+      if (isTrusted) refuse(`no complete PROXY header within ${headerTimeoutMs} ms`, { code: 'timeout', bytes: buf.length });
+      else if (buf.length > 0) refuse(`PROXY signature prefix not completed within ${headerTimeoutMs} ms`, { code: 'timeout', bytes: buf.length });
+      else handOver(null, buf);
+    }, headerTimeoutMs);
+
+    socket.on('error', ignore);
+    socket.on('end', onEnd);
+    socket.on('close', onClose);
+    socket.on('readable', onReadable);
+  }
+
+  return front;
+}
+
+/** Make the socket report the original client (own data properties shadow net.Socket's getters). */
+function defineRemote(socket: Socket, ip: string, port: number, family: 'IPv4' | 'IPv6'): void {
+  Object.defineProperty(socket, 'remoteAddress', { value: ip, configurable: true, enumerable: true });
+  Object.defineProperty(socket, 'remotePort', { value: port, configurable: true, enumerable: true });
+  Object.defineProperty(socket, 'remoteFamily', { value: family, configurable: true, enumerable: true });
+}
+
+function ignore(): void {}

@@ -1,0 +1,133 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { run } from '../../../gateway/commands/replay.ts';
+import { expand, parseBytes, parseDuration, parseScenario } from '../../../gateway/replay/scenario.ts';
+
+const POLICY = `
+mode: enforce
+roles: { everyone: { allow: [ { host: "*" }, { cidr: 0.0.0.0/0 } ] } }
+defaultRoles: [everyone]
+`;
+const OLD_POLICY = `
+mode: enforce
+roles: { everyone: { allow: [ { host: "*.example.com", ports: [443] } ] } }
+defaultRoles: [everyone]
+`;
+const UPLOAD = (expectAction: string) => `
+id: T1
+kind: malicious
+start: 2026-03-04T11:00:00Z
+identities:
+  u: { host: ws1, user: u, process: { name: curl, user: u, loginuid: 1000, parentName: bash } }
+connections:
+  - { identity: u, dest: "upload.example.org:443", duration: 2m, bytesOut: 60MiB, bytesIn: 10KiB }
+expect: { action: ${expectAction}, detectors: [an0080.bulk-upload] }
+`;
+
+let dir = '';
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'egw-replay-'));
+  await writeFile(join(dir, 'policy.yaml'), POLICY);
+  await writeFile(join(dir, 'old.yaml'), OLD_POLICY);
+  await writeFile(join(dir, 'pass.yaml'), UPLOAD('kill'));
+  await writeFile(join(dir, 'fail.yaml'), UPLOAD('none'));
+  const rec = {
+    id: 'x1',
+    protocol: 'connect',
+    client: { ip: '10.1.1.1', port: 5000 },
+    identity: { user: 'bob', host: 'ws9', roles: [], process: null },
+    destination: { host: 'drop.example.net', ip: '198.51.100.9', port: 443 },
+    startedAt: '2026-03-04T12:00:00.000Z',
+    durationMs: 120_000,
+    bytesOut: 80 * 1024 * 1024,
+    bytesIn: 1000,
+    verdict: 'allow',
+    closeReason: 'client-closed',
+  };
+  await writeFile(join(dir, 'flows.jsonl'), `${JSON.stringify(rec)}\n${JSON.stringify({ ...rec, id: 'x2', intermediate: true })}\n`);
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+function io() {
+  let out = '';
+  let err = '';
+  return {
+    io: { stdout: { write: (s: string) => (out += s) }, stderr: { write: (s: string) => (err += s) } },
+    out: () => out,
+    err: () => err,
+  };
+}
+
+describe('egressgate replay', () => {
+  it.each([
+    { name: 'no config', argv: ['x.yaml'] },
+    { name: 'no input', argv: ['--config', 'p.yaml'] },
+    { name: 'unknown flag', argv: ['--config', 'p.yaml', '--bogus', 'x.yaml'] },
+    { name: 'bad mode', argv: ['--config', 'p.yaml', '--mode', 'loud', 'x.yaml'] },
+    { name: 'bad step', argv: ['--config', 'p.yaml', '--step-ms', '0', 'x.yaml'] },
+  ])('usage error exits 2: $name', async ({ argv }) => {
+    const c = io();
+    expect(await run(argv, c.io)).toBe(2);
+    expect(c.err()).toMatch(/egressgate replay: /);
+  });
+
+  it('exit 0 when the scenario is as expected; prints the alert and the table', async () => {
+    const c = io();
+    expect(await run(['--config', join(dir, 'policy.yaml'), join(dir, 'pass.yaml')], c.io)).toBe(0);
+    expect(c.out()).toMatch(/an0080\.bulk-upload \w+ kill ws1\/u\/curl -> upload\.example\.org:443/);
+    expect(c.out()).toMatch(/T1\s+allowlist\s+kill an0080\.bulk-upload\s+kill an0080\.bulk-upload/);
+    expect(c.out()).toMatch(/bytes past a kill budget: 0/);
+  });
+
+  it('exit 1 when a scenario is not as expected', async () => {
+    const c = io();
+    expect(await run(['--config', join(dir, 'policy.yaml'), '-q', join(dir, 'fail.yaml')], c.io)).toBe(1);
+    expect(c.out()).toMatch(/FAIL/);
+  });
+
+  it('monitor mode records would-kill and lets the bytes through', async () => {
+    const c = io();
+    expect(await run(['--config', join(dir, 'policy.yaml'), '--mode', 'monitor', join(dir, 'pass.yaml')], c.io)).toBe(0);
+    expect(c.out()).toMatch(/an0080\.bulk-upload \w+ would-kill/);
+  });
+
+  it('replays a flow log and prints its alerts', async () => {
+    const c = io();
+    expect(await run(['--config', join(dir, 'policy.yaml'), join(dir, 'flows.jsonl')], c.io)).toBe(0);
+    expect(c.out()).toMatch(/an0080\.bulk-upload .* ws9\/bob\/- -> drop\.example\.net:443/);
+  });
+
+  it('--against lists the connect-time verdicts a policy change turns', async () => {
+    const c = io();
+    const code = await run(['--config', join(dir, 'policy.yaml'), '--against', join(dir, 'old.yaml'), '-q', join(dir, 'pass.yaml'), join(dir, 'flows.jsonl')], c.io);
+    expect(code).toBe(0);
+    expect(c.out()).toMatch(/policy change turns 2 of 2 distinct connections/);
+    expect(c.out()).toMatch(/upload\.example\.org:443 \(connect\): block \(not-allowlisted\) -> allow \(allowed\)/);
+  });
+});
+
+describe('scenario parsing', () => {
+  it.each([
+    ['{i}', 7, '7'],
+    ['{i%1024+1}', 1023, '1024'],
+    ['10.20.{i/1024%250}.{i%250+1}', 2050, '10.20.2.51'],
+    ['host{i+1}.example', 0, 'host1.example'],
+  ])('expand(%s, %i) = %s', (t, i, want) => {
+    expect(expand(t, i)).toBe(want);
+  });
+  it('units', () => {
+    expect(parseDuration('90s', 'p')).toBe(90_000);
+    expect(parseDuration('1.5h', 'p')).toBe(5_400_000);
+    expect(parseBytes('800MiB', 'p')).toBe(800 * 1024 * 1024);
+    expect(parseBytes('5KB', 'p')).toBe(5000);
+    expect(() => parseBytes('lots', 'x.bytesOut')).toThrow(/x\.bytesOut/);
+  });
+  it('errors name the path', () => {
+    expect(() => parseScenario('id: Z\nkind: odd\nstart: 2026-01-01T00:00:00Z', 'z.yaml')).toThrow(/Z\.kind/);
+    expect(() => parseScenario(UPLOAD('kill').replace('identity: u,', 'identity: nobody,'), 'z.yaml')).toThrow(/unknown identity nobody/);
+  });
+});
