@@ -20,6 +20,7 @@ import { AlertStore } from './gateway/alerts/alert-store.ts';
 import { AuditLog } from './gateway/audit-log.ts';
 import type { GatewayContext, Logger, ProcessAttributor, Resolver } from './gateway/context.ts';
 import { createControlPort } from './gateway/control-port.ts';
+import { GatewayStats, type ListenerLabel } from './gateway/stats.ts';
 import { createDetectionEngine, type DetectionEngine } from './gateway/detection/detection-engine.ts';
 import { FlowLog } from './gateway/flow/flow-log.ts';
 import { FlowTable } from './gateway/flow/flow-table.ts';
@@ -95,6 +96,40 @@ function listen(server: NetServer | HttpServer, where: string): Promise<string> 
   });
 }
 
+/** Close reasons of failed upstream connects → the closed label set of gw_upstream_cx_connect_fail_total. */
+const CONNECT_FAIL: Record<string, 'timeout' | 'refused' | 'unreachable' | 'dns' | 'reset' | 'upstream-proxy'> = {
+  'connect-timeout': 'timeout',
+  'connection-refused': 'refused',
+  unreachable: 'unreachable',
+  'dns-failed': 'dns',
+  'upstream-reset': 'reset',
+  'upstream-proxy': 'upstream-proxy',
+};
+
+/** One metrics registry fed by the flow table, the alert store, the identity resolver and the listeners. */
+function createStats(
+  flows: FlowTable,
+  alerts: AlertStore<Alert>,
+  identity: ReturnType<typeof createIdentityResolver>,
+  servers: ReadonlyArray<readonly [NetServer | HttpServer, ListenerLabel]>,
+): GatewayStats {
+  const stats = new GatewayStats();
+  stats.attachFlowTable(flows);
+  stats.attachAlerts(alerts);
+  stats.attachIdentity(identity);
+  for (const [server, label] of servers) {
+    server.on('connection', (socket: NodeJS.EventEmitter) => {
+      stats.downstreamOpened(label);
+      socket.once('close', () => stats.downstreamClosed(label));
+    });
+  }
+  flows.on('close', (flow: { closeReason: string | null; isConnected: boolean }) => {
+    const type = flow.isConnected ? undefined : CONNECT_FAIL[flow.closeReason ?? ''];
+    if (type) stats.upstreamConnectFailed(type);
+  });
+  return stats;
+}
+
 /** Start a gateway in this process. Used by `serve` and by the integration tests. */
 export async function startGateway(opts: StartOptions): Promise<RunningGateway> {
   const config = opts.config;
@@ -161,7 +196,13 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   }
   const audit = await AuditLog.open(config.flowLog.path && config.flowLog.path !== '-' ? `${config.flowLog.path}.audit.jsonl` : null);
   let ready = false;
-  const control = createControlPort({ flows, policy, alerts, audit, isReady: () => ready && !draining, proxyAddress: () => http });
+  const stats = createStats(flows, alerts, identity, [
+    [httpServer, 'http'],
+    [socksServer, 'socks'],
+    ...(httpsServer ? [[httpsServer, 'https'] as const] : []),
+  ]);
+  flows.on('sweep', () => stats.sweepObserved(detection?.lastSweepMs ?? 0));
+  const control = createControlPort({ flows, policy, alerts, audit, stats, identity, isReady: () => ready && !draining, proxyAddress: () => http });
   const envToken = opts.adminToken ?? null;
   const hasToken = config.admin.tokens.length > 0 || Boolean(envToken);
   const generatedAdminToken = hasToken ? null : generateAdminToken();
@@ -180,6 +221,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     if (!opts.configPath) return { ok: false, errors: [{ path: '', message: 'no config file to reload' }] };
     const text = await readFile(opts.configPath, 'utf8');
     const result = policy.reload(text, { author, source: 'file' });
+    stats.configReloaded(result.ok ? 'success' : 'failure');
     if (result.ok) log.info({ version: result.version, author }, 'policy reloaded');
     else log.warn({ errors: result.errors }, 'policy reload failed; the running policy is unchanged');
     return result;

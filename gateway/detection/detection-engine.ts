@@ -201,7 +201,8 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
           destination: f.destination,
           evidence: { bytesOut: f.bytesOut, bytesIn: f.bytesIn, thresholdBytesOut: budget },
           reasons: [`upload reached the ${budget}-byte budget to ${f.destination.host}`],
-          key: `budget:${f.id}`,
+          // The same key the sweep uses for this flow, so one budget kill is one alert.
+          key: `an0080.bulk-upload|${f.id}`,
         };
         raise(finding, mode, at);
         if (mode !== 'enforce') return false;
