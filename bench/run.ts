@@ -435,12 +435,12 @@ async function main(): Promise<void> {
   const results: LoadResult[] = [];
   for (let run = 1; run <= RUNS; run++) {
     for (const t of targets) {
+      const wanted = (args.tests ?? '').split(',').filter(Boolean);
+      const tests = wanted.filter((x) => x !== 'idle' || (run === 1 && t.kind !== 'direct'));
+      if (!tests.length) continue;
       let running: Running | null = null;
       try {
         running = await t.start();
-        const wanted = (args.tests ?? '').split(',');
-        const tests = wanted.filter((x) => x !== 'idle' || (run === 1 && t.kind !== 'direct'));
-        if (!tests.length) continue;
         say(`run ${run}/${RUNS} ${t.name} pid=${running.child?.pid ?? '-'} port=${running.port} load=${os.loadavg()[0]?.toFixed(1)}`);
         const r = await runLoad({
           name: t.name,

@@ -188,7 +188,8 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       if (budget === null) return null;
       flow.onBudget = (f: Flow): boolean => {
         const snap = policy.current();
-        if (!isOverUploadBudget(f.bytesOut, f.bytesIn, budget, snap)) return false;
+        // Called exactly at the budget (the HTTP path's own counter may lag a chunk behind).
+        if (!isOverUploadBudget(budget, f.bytesIn, budget, snap)) return false;
         const mode = modeOf(f.identity.roles);
         const at = flows.now();
         const finding: Finding = {
@@ -199,7 +200,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
           flowIds: [f.id],
           identity: { user: f.identity.user, host: f.identity.host, roles: f.identity.roles, process: f.identity.process, key: quarantineKey(f) },
           destination: f.destination,
-          evidence: { bytesOut: f.bytesOut, bytesIn: f.bytesIn, thresholdBytesOut: budget },
+          evidence: { bytesOut: budget, bytesIn: f.bytesIn, thresholdBytesOut: budget },
           reasons: [`upload reached the ${budget}-byte budget to ${f.destination.host}`],
           // The same key the sweep uses for this flow, so one budget kill is one alert.
           key: `an0080.bulk-upload|${f.id}`,

@@ -206,7 +206,12 @@ export function forwardRequest(
   };
 
   let body: IncomingMessage | AsyncIterable<Buffer> | null = null;
-  if (target.hasBody) body = Number.isFinite(budget) ? budgeted(req, budget, () => ctx.flows.kill(flow.id, 'budget-exceeded')) : req;
+  if (target.hasBody) body = Number.isFinite(budget) ? budgeted(req, budget, () => {
+      // The detection engine decides: cut at exactly the budget (enforce), or let it run (monitor: would-kill).
+      const cut = flow.onBudget ? flow.onBudget(flow) : true;
+      if (cut) ctx.flows.kill(flow.id, 'an0080.bulk-upload');
+      return cut;
+    }) : req;
 
   const opts: Dispatcher.DispatchOptions = {
     origin: `http://${formatAuthority(admitted.ip, flow.destination.port)}`,
@@ -230,14 +235,21 @@ export function forwardRequest(
  * flow is cut, so not one byte past the budget reaches the origin. Only used when a budget is set;
  * the common path hands `req` to undici directly.
  */
-async function* budgeted(req: IncomingMessage, budget: number, onExceeded: () => void): AsyncGenerator<Buffer> {
+async function* budgeted(req: IncomingMessage, budget: number, onExceeded: () => boolean): AsyncGenerator<Buffer> {
   let sent = 0;
+  let isLifted = false;
   for await (const chunk of req as AsyncIterable<Buffer>) {
+    if (isLifted) {
+      yield chunk;
+      continue;
+    }
     const room = budget - sent;
     if (chunk.length > room) {
       if (room > 0) yield chunk.subarray(0, room);
-      onExceeded();
-      return;
+      if (onExceeded()) return;
+      isLifted = true;
+      if (room < chunk.length) yield chunk.subarray(Math.max(room, 0));
+      continue;
     }
     sent += chunk.length;
     yield chunk;

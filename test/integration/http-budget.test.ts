@@ -1,6 +1,6 @@
 /**
  * A byte budget towards the destination (an0080.bulk-upload `action: kill`) on the absolute-URI
- * path: what fits reaches the origin, not one byte more, and the flow closes `budget-exceeded`.
+ * path: what fits reaches the origin, not one byte more, and the flow closes `an0080.bulk-upload`.
  */
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
@@ -53,7 +53,7 @@ afterAll(async () => {
 });
 
 describe('upload byte budget on absolute-URI requests', () => {
-  it('stops the request body at the budget and closes the flow budget-exceeded', async () => {
+  it('stops the request body at the budget and closes the flow an0080.bulk-upload', async () => {
     const body = pattern(50_000);
     const s = await rawConnect(gw.httpPort);
     s.on('error', () => undefined);
@@ -63,7 +63,7 @@ describe('upload byte budget on absolute-URI requests', () => {
     await closed;
     await originDone;
     const rec = await gw.waitForClosed((f) => f.destination.port === port);
-    expect(rec.closeReason).toBe('budget-exceeded');
+    expect(rec.closeReason).toBe('an0080.bulk-upload');
     expect(rec.bytesOut).toBe(BUDGET);
     expect(received).toBeLessThanOrEqual(BUDGET);
   });

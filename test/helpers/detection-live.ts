@@ -1,0 +1,249 @@
+/**
+ * Plumbing for the live detection tests (test/integration/detection-*.test.ts): loopback origins
+ * (sink, echo, refusing ports), a raw CONNECT client that can bind its own source address and port
+ * (so an agent report can name the client before it connects), agent reports through the real admin
+ * route, and a bounded wait for alerts.
+ */
+import { once } from 'node:events';
+import { type AddressInfo, type Server, type Socket, connect, createServer } from 'node:net';
+import type { AlertStore } from '../../gateway/alerts/alert-store.ts';
+import type { FlowTable } from '../../gateway/flow/flow-table.ts';
+import type { Alert } from '../../policy/detectors/types.ts';
+
+export const MiB = 1024 * 1024;
+
+export const AGENT_TOKEN = 'detection-agent-token-0123456789';
+
+/** identity.agents entry for the tests' agent: may speak for every loopback source. */
+export const testAgent = { name: 'det-agent', token: AGENT_TOKEN, sources: ['127.0.0.0/8'] };
+
+export interface TcpOrigin {
+  server: Server;
+  host: string;
+  port: number;
+  /** Every accepted connection, in order. */
+  conns: Socket[];
+  close(): Promise<void>;
+}
+
+/** A TCP server on `host`:0 calling `onConn` per connection; close() destroys what it accepted. */
+export async function tcpOrigin(host: string, onConn: (s: Socket) => void = () => undefined): Promise<TcpOrigin> {
+  const conns: Socket[] = [];
+  const server = createServer((s) => {
+    conns.push(s);
+    s.on('error', () => undefined);
+    onConn(s);
+  });
+  server.listen(0, host);
+  await once(server, 'listening');
+  const port = (server.address() as AddressInfo).port;
+  return {
+    server,
+    host,
+    port,
+    conns,
+    close: async () => {
+      for (const s of conns) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+/** An origin that echoes every byte back (a symmetric relay peer). */
+export function echoOrigin(host: string): Promise<TcpOrigin> {
+  return tcpOrigin(host, (s) => s.pipe(s));
+}
+
+/** `n` distinct ports on `host` that refuse connections: bound on port 0, then closed. */
+export async function refusingPorts(host: string, n: number): Promise<number[]> {
+  const servers: Server[] = [];
+  for (let i = 0; i < n; i++) {
+    const s = createServer();
+    s.listen(0, host);
+    await once(s, 'listening');
+    servers.push(s);
+  }
+  const ports = servers.map((s) => (s.address() as AddressInfo).port);
+  await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+  return ports;
+}
+
+/** A free TCP port on `host` for a client to bind (an agent report can name it in advance). */
+export async function freePort(host: string): Promise<number> {
+  const [p] = await refusingPorts(host, 1);
+  return p!;
+}
+
+export interface ConnectAnswer {
+  status: number;
+  headers: Record<string, string>;
+  /** The refusal body (empty on 200). */
+  body: string;
+  /** The tunnel socket on 200 (destroyed otherwise). */
+  socket: Socket;
+}
+
+/**
+ * `CONNECT target` to the HTTP proxy on a raw socket, optionally from a chosen source address and
+ * port. Resolves with the status line and headers; on 200 the socket is the tunnel.
+ */
+export async function httpConnect(
+  proxy: { host: string; port: number },
+  target: string,
+  from: { localAddress?: string; localPort?: number } = {},
+  timeoutMs = 5000,
+): Promise<ConnectAnswer> {
+  const socket = connect({ host: proxy.host, port: proxy.port, ...from });
+  socket.setTimeout(timeoutMs, () => socket.destroy(new Error(`CONNECT ${target}: no answer in ${timeoutMs} ms`)));
+  await once(socket, 'connect');
+  socket.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`);
+  let buf = Buffer.alloc(0);
+  let headEnd = -1;
+  while (headEnd < 0) {
+    const [chunk] = (await once(socket, 'data')) as [Buffer];
+    buf = Buffer.concat([buf, chunk]);
+    headEnd = buf.indexOf('\r\n\r\n');
+    if (buf.length > 65_536) throw new Error('CONNECT answer head too large');
+  }
+  socket.pause();
+  const lines = buf.subarray(0, headEnd).toString('latin1').split('\r\n');
+  const status = Number(lines[0]?.split(' ')[1]);
+  const headers: Record<string, string> = {};
+  for (const l of lines.slice(1)) {
+    const i = l.indexOf(':');
+    if (i > 0) headers[l.slice(0, i).trim().toLowerCase()] = l.slice(i + 1).trim();
+  }
+  let rest = buf.subarray(headEnd + 4);
+  socket.setTimeout(0);
+  if (status === 200) {
+    if (rest.length > 0) socket.unshift(rest);
+    return { status, headers, body: '', socket };
+  }
+  const want = Number(headers['content-length'] ?? 0);
+  socket.resume();
+  while (rest.length < want && !socket.readableEnded && !socket.destroyed) {
+    const got = await Promise.race([
+      once(socket, 'data').then(([c]) => c as Buffer),
+      once(socket, 'close').then(() => null),
+    ]);
+    if (!got) break;
+    rest = Buffer.concat([rest, got]);
+  }
+  socket.destroy();
+  return { status, headers, body: rest.toString('utf8'), socket };
+}
+
+/** Write `data` to a tunnel and read exactly as many bytes back (an echo round trip). */
+export async function echoRoundTrip(socket: Socket, data: Buffer, timeoutMs = 5000): Promise<void> {
+  let got = 0;
+  const done = new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`echo: ${got}/${data.length} bytes back in ${timeoutMs} ms`)), timeoutMs);
+    const onData = (c: Buffer): void => {
+      got += c.length;
+      if (got >= data.length) {
+        clearTimeout(timer);
+        socket.off('data', onData);
+        resolve();
+      }
+    };
+    socket.on('data', onData);
+    socket.once('close', () => {
+      clearTimeout(timer);
+      if (got < data.length) reject(new Error(`echo: tunnel closed after ${got}/${data.length} bytes`));
+    });
+  });
+  socket.resume();
+  socket.write(data);
+  await done;
+}
+
+/** The first alert (already stored or arriving within `timeoutMs`) that matches `pred`. */
+export async function waitForAlert(alerts: AlertStore<Alert>, pred: (a: Alert) => boolean, timeoutMs = 5000): Promise<Alert> {
+  const have = alerts.list({ limit: 100_000 }).find(pred);
+  if (have) return have;
+  return new Promise<Alert>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      unsubscribe();
+      const seen = alerts.list({ limit: 100_000 }).map((a) => `${a.detector}/${a.action}`);
+      reject(new Error(`no matching alert within ${timeoutMs} ms; alerts: ${JSON.stringify(seen)}`));
+    }, timeoutMs);
+    const unsubscribe = alerts.subscribe((ev) => {
+      if (!pred(ev.alert)) return;
+      clearTimeout(timer);
+      unsubscribe();
+      resolve(ev.alert);
+    });
+  });
+}
+
+export interface ProcessReport {
+  localIp: string;
+  localPort: number;
+  remoteIp: string;
+  remotePort: number;
+  pid: number;
+  name: string;
+  exe?: string | null;
+  cmdline?: string | null;
+  user?: string | null;
+  uid?: number | null;
+  loginuid?: number | null;
+  ppid?: number | null;
+  parentName?: string | null;
+}
+
+/** POST /v1/agents/reports as the test agent; returns the parsed answer (throws on non-200). */
+export async function reportProcesses(
+  adminUrl: string,
+  host: string,
+  reports: ProcessReport[],
+): Promise<{ accepted: number; attributed: number; pending: number }> {
+  const body = {
+    host,
+    reports: reports.map((r) => ({
+      proto: 'tcp',
+      exe: null,
+      cmdline: null,
+      user: null,
+      uid: null,
+      loginuid: null,
+      ppid: null,
+      parentName: null,
+      parentExe: null,
+      startedAt: null,
+      ...r,
+    })),
+  };
+  const res = await fetch(`${adminUrl}/v1/agents/reports`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${AGENT_TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  const text = await res.text();
+  if (res.status !== 200) throw new Error(`agent report: ${res.status} ${text}`);
+  return JSON.parse(text) as { accepted: number; attributed: number; pending: number };
+}
+
+/** Resolves when `socket` has closed (or at once if it already has). */
+export function closedOf(socket: Socket): Promise<void> {
+  if (socket.destroyed && socket.closed) return Promise.resolve();
+  return new Promise((r) => socket.once('close', () => r()));
+}
+
+/** Resolves after `n` more flow-table sweeps (the detectors' pass), bounded by `timeoutMs`. */
+export function waitForSweeps(flows: FlowTable, n: number, timeoutMs = 5000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let left = n;
+    const onSweep = (): void => {
+      if (--left > 0) return;
+      clearTimeout(timer);
+      flows.off('sweep', onSweep);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      flows.off('sweep', onSweep);
+      reject(new Error(`fewer than ${n} sweeps in ${timeoutMs} ms`));
+    }, timeoutMs);
+    flows.on('sweep', onSweep);
+  });
+}

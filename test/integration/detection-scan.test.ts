@@ -1,0 +1,188 @@
+/**
+ * Live proof (issue 5): a port fan-out to closed loopback ports through the real listeners trips
+ * `an0081.scan`; enforced, the identity is quarantined (its next CONNECT to a good origin is 403
+ * `quarantine`) while another identity is not; monitored, the alert says would-block and nothing
+ * is refused. The same fan-out over SOCKS5 (the `socks` client) is caught too.
+ */
+import { SocksClient } from 'socks';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Mode } from '../../policy/types.ts';
+import { type TcpOrigin, echoOrigin, echoRoundTrip, httpConnect, refusingPorts, waitForAlert, waitForSweeps } from '../helpers/detection-live.ts';
+import { type TestGateway, startTestGateway } from '../helpers/gateway.ts';
+
+/** Small thresholds: 6 failed ports on one host within 60 s is a port scan. */
+const SCAN = { action: 'block', windowSec: 60, failedPortsOnOneHost: 6, failedDestinations: 50 } as const;
+const FANOUT = 10;
+
+let good: TcpOrigin;
+let gw: TestGateway | null = null;
+
+beforeAll(async () => {
+  good = await echoOrigin('127.0.0.1');
+});
+afterAll(async () => {
+  await good?.close();
+});
+afterEach(async () => {
+  await gw?.stop();
+  gw = null;
+});
+
+function start(mode: Mode): Promise<TestGateway> {
+  return startTestGateway({ mode, detection: { sampleIntervalMs: 50, quarantineSec: 60, detectors: { 'an0081.scan': SCAN } } });
+}
+
+/**
+ * CONNECT to each closed port from `localAddress`. Every answer is 502 connection-refused until the
+ * identity is quarantined (enforce: the sweep may act mid-fan-out), then 403 quarantine. Returns
+ * the reasons in order.
+ */
+async function connectFanOut(g: TestGateway, localAddress: string, ports: number[]): Promise<string[]> {
+  const reasons: string[] = [];
+  for (const port of ports) {
+    const a = await httpConnect({ host: g.httpHost, port: g.httpPort }, `127.0.0.1:${port}`, { localAddress });
+    const reason = String((JSON.parse(a.body) as { reason?: unknown }).reason);
+    expect([a.status, reason]).toEqual(reasons.includes('quarantine') || reason === 'quarantine' ? [403, 'quarantine'] : [502, 'connection-refused']);
+    reasons.push(reason);
+  }
+  return reasons;
+}
+
+/** A CONNECT to the good echo origin from `localAddress` that must be established and carry bytes. */
+async function goodTunnel(g: TestGateway, localAddress: string): Promise<void> {
+  const a = await httpConnect({ host: g.httpHost, port: g.httpPort }, `127.0.0.1:${good.port}`, { localAddress });
+  expect(a.status).toBe(200);
+  await echoRoundTrip(a.socket, Buffer.from('still allowed'));
+  a.socket.destroy();
+}
+
+describe('an0081.scan over HTTP CONNECT', () => {
+  it('enforce: port fan-out → alert with evidence, identity quarantined (403 quarantine), other identities unaffected', async () => {
+    gw = await start('enforce');
+    const scanner = '127.0.0.2';
+    await goodTunnel(gw, scanner);
+    const ports = await refusingPorts('127.0.0.1', FANOUT);
+    const reasons = await connectFanOut(gw, scanner, ports);
+    expect(reasons.filter((r) => r === 'connection-refused').length).toBeGreaterThanOrEqual(SCAN.failedPortsOnOneHost);
+
+    const alert = await waitForAlert(gw.alerts, (a) => a.detector === 'an0081.scan');
+    expect(alert.analytic).toBe('AN0081');
+    expect(alert.action).toBe('block');
+    expect(alert.enforced).toBe(true);
+    expect(alert.evidence['kind']).toBe('port-scan');
+    expect(alert.evidence['maxFailedPortsOnOneHost']).toBeGreaterThanOrEqual(SCAN.failedPortsOnOneHost);
+    expect(alert.evidence['maxFailedPortsOnOneHost']).toBeLessThanOrEqual(FANOUT);
+    expect(alert.evidence['windowSec']).toBe(SCAN.windowSec);
+    expect(alert.flowIds.length).toBeGreaterThan(0);
+    const failedIds = new Set(gw.closed.filter((r) => r.closeReason === 'connection-refused').map((r) => r.id));
+    for (const id of alert.flowIds) expect(failedIds.has(id)).toBe(true);
+
+    // The scanning identity's next CONNECT to a good origin is refused: quarantine.
+    const q = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: scanner });
+    expect(q.status).toBe(403);
+    expect(q.headers['x-egress-verdict']).toBe('block');
+    expect(JSON.parse(q.body)).toMatchObject({ error: 'egress denied', reason: 'quarantine' });
+    const rec = await gw.waitForClosed((r) => r.client.ip === scanner && r.destination.port === good.port && r.verdict === 'block');
+    expect(rec.reason).toBe('quarantine');
+    expect(rec.bytesOut).toBe(0);
+
+    // Quarantine is per identity: another client address still gets through.
+    await goodTunnel(gw, '127.0.0.3');
+  });
+
+  it('monitor: the same fan-out → would-block alert, nothing refused afterwards', async () => {
+    gw = await start('monitor');
+    const scanner = '127.0.0.2';
+    const ports = await refusingPorts('127.0.0.1', FANOUT);
+    const reasons = await connectFanOut(gw, scanner, ports);
+    expect(reasons).toEqual(ports.map(() => 'connection-refused'));
+    const alert = await waitForAlert(gw.alerts, (a) => a.detector === 'an0081.scan');
+    expect(alert.action).toBe('would-block');
+    expect(alert.enforced).toBe(false);
+    expect(alert.evidence['maxFailedPortsOnOneHost']).toBeGreaterThanOrEqual(SCAN.failedPortsOnOneHost);
+    // Past more sweeps, the scanner still reaches a good origin.
+    await waitForSweeps(gw.flows, 2);
+    await goodTunnel(gw, scanner);
+    expect(gw.closed.some((r) => r.reason === 'quarantine')).toBe(false);
+  });
+
+  it('below the threshold nothing is raised (the test can fail)', async () => {
+    gw = await start('enforce');
+    const ports = await refusingPorts('127.0.0.1', SCAN.failedPortsOnOneHost - 2);
+    await connectFanOut(gw, '127.0.0.4', ports);
+    await waitForSweeps(gw.flows, 3);
+    expect(gw.alerts.list().filter((a) => a.detector === 'an0081.scan')).toEqual([]);
+    await goodTunnel(gw, '127.0.0.4');
+  });
+});
+
+/**
+ * SOCKS5 CONNECT to each closed port with the `socks` client: reply 0x05 (ConnectionRefused) until
+ * the identity is quarantined, then 0x02 (NotAllowed). Returns the reply names in order.
+ */
+async function socksFanOut(g: TestGateway, ports: number[]): Promise<string[]> {
+  const replies: string[] = [];
+  for (const port of ports) {
+    const err = await SocksClient.createConnection({
+      proxy: { host: g.socksHost, port: g.socksPort, type: 5 },
+      command: 'connect',
+      destination: { host: '127.0.0.1', port },
+      timeout: 5000,
+    }).then(
+      (info) => {
+        info.socket.destroy();
+        return new Error('connected to a closed port');
+      },
+      (e: unknown) => (e instanceof Error ? e : new Error(String(e))),
+    );
+    const reply = /NotAllowed/.test(err.message) ? 'NotAllowed' : /ConnectionRefused/.test(err.message) ? 'ConnectionRefused' : err.message;
+    expect(reply).toBe(replies.includes('NotAllowed') || reply === 'NotAllowed' ? 'NotAllowed' : 'ConnectionRefused');
+    replies.push(reply);
+  }
+  return replies;
+}
+
+describe('an0081.scan over SOCKS5', () => {
+  it('enforce: fan-out with the socks client → alert, then SOCKS reply 0x02 (quarantine)', async () => {
+    gw = await start('enforce');
+    const g = gw;
+    const ports = await refusingPorts('127.0.0.1', FANOUT);
+    const replies = await socksFanOut(g, ports);
+    expect(replies.filter((r) => r === 'ConnectionRefused').length).toBeGreaterThanOrEqual(SCAN.failedPortsOnOneHost);
+    const alert = await waitForAlert(g.alerts, (a) => a.detector === 'an0081.scan');
+    expect(alert.analytic).toBe('AN0081');
+    expect(alert.action).toBe('block');
+    expect(alert.evidence['maxFailedPortsOnOneHost']).toBeGreaterThanOrEqual(SCAN.failedPortsOnOneHost);
+    const socksFlows = new Set(g.closed.filter((r) => r.protocol === 'socks5').map((r) => r.id));
+    for (const id of alert.flowIds) expect(socksFlows.has(id)).toBe(true);
+    await expect(
+      SocksClient.createConnection({
+        proxy: { host: g.socksHost, port: g.socksPort, type: 5 },
+        command: 'connect',
+        destination: { host: '127.0.0.1', port: good.port },
+        timeout: 5000,
+      }),
+    ).rejects.toThrow(/NotAllowed/);
+    const rec = await g.waitForClosed((r) => r.protocol === 'socks5' && r.destination.port === good.port);
+    expect(rec.reason).toBe('quarantine');
+  });
+
+  it('monitor: fan-out over SOCKS5 → would-block, the good origin still answers', async () => {
+    gw = await start('monitor');
+    const g = gw;
+    const ports = await refusingPorts('127.0.0.1', FANOUT);
+    const replies = await socksFanOut(g, ports);
+    expect(replies).toEqual(ports.map(() => 'ConnectionRefused'));
+    const alert = await waitForAlert(g.alerts, (a) => a.detector === 'an0081.scan');
+    expect(alert.action).toBe('would-block');
+    await waitForSweeps(g.flows, 2);
+    const { socket } = await SocksClient.createConnection({
+      proxy: { host: g.socksHost, port: g.socksPort, type: 5 },
+      command: 'connect',
+      destination: { host: '127.0.0.1', port: good.port },
+      timeout: 5000,
+    });
+    await echoRoundTrip(socket, Buffer.from('ok'));
+    socket.destroy();
+  });
+});
