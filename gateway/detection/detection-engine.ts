@@ -120,8 +120,12 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   // SPEC §7: an agent report that arrives after the flow started re-evaluates it. Connect-time
   // detectors (proxyware, scanner and exfil tools, lineage) see the process now; in enforce mode a
   // refusing finding kills the live flow and quarantines the identity.
+  // Only flows past admission's detection step: local attribution emits 'attributed' mid-admission,
+  // before the policy decision, and onConnect is about to judge that same process itself (acting
+  // here closed the flow as verdict 'allow' and answered the client 'quarantine').
+  const admitted = new WeakSet<Flow>();
   const onAttributed = (flow: Flow): void => {
-    if (flow.state !== 'active') return;
+    if (flow.state !== 'active' || !admitted.has(flow)) return;
     const snapshot = policy.current();
     const mode = modeOf(flow.identity.roles);
     const now = flows.now();
@@ -164,12 +168,12 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
         quarantine.delete(key);
       }
       const found = evaluateConnect(facts(flow), state, snapshot, now, flow.id);
-      if (found.length === 0) return null;
       let refusing: Finding | null = null;
       for (const f of found) {
         raise(f, mode, now);
         if (f.action !== 'flag' && !refusing) refusing = f;
       }
+      if (!refusing || mode !== 'enforce') admitted.add(flow);
       if (!refusing) return null;
       if (mode === 'enforce') putInQuarantine(key, now);
       return {

@@ -57,7 +57,7 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
       const cut = flow.onBudget ? flow.onBudget(flow) : true;
       if (cut) {
         opts.onBudgetExceeded?.(flow);
-        abort('an0080.bulk-upload');
+        cutAtBudget();
         return;
       }
       flow.budgetOut = Number.POSITIVE_INFINITY;
@@ -106,6 +106,21 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
   const onError = (): void => {
     // 'close' follows every 'error'; the close handlers decide the reason.
   };
+
+  /**
+   * Budget kill: the client is reset at once, but the upstream gets a FIN after the bytes that fit,
+   * so exactly `budgetOut` bytes reach the destination (a reset would drop what is still queued in
+   * our send buffers and make the record's bytesOut a lie). Destroyed if it does not close in time.
+   */
+  function cutAtBudget(): void {
+    flow.abort = null;
+    if (!done) finish('an0080.bulk-upload');
+    reset(down);
+    up.end();
+    const timer = setTimeout(() => up.destroy(), 5000);
+    timer.unref();
+    up.once('close', () => clearTimeout(timer));
+  }
 
   function abort(reason: string): void {
     flow.abort = null;

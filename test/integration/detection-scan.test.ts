@@ -86,6 +86,21 @@ describe('an0081.scan over HTTP CONNECT', () => {
     expect(rec.reason).toBe('quarantine');
     expect(rec.bytesOut).toBe(0);
 
+    // The quarantine is the identity's, not the listener's: SOCKS5 from the same client is refused.
+    const g = gw;
+    await expect(
+      SocksClient.createConnection({
+        proxy: { host: g.socksHost, port: g.socksPort, type: 5 },
+        command: 'connect',
+        destination: { host: '127.0.0.1', port: good.port },
+        timeout: 5000,
+        // The socks client overrides host and port with the proxy's; only the source address is ours.
+        socket_options: { host: g.socksHost, port: g.socksPort, localAddress: scanner },
+      }),
+    ).rejects.toThrow(/NotAllowed/);
+    const viaSocks = await g.waitForClosed((r) => r.protocol === 'socks5' && r.client.ip === scanner);
+    expect(viaSocks.reason).toBe('quarantine');
+
     // Quarantine is per identity: another client address still gets through.
     await goodTunnel(gw, '127.0.0.3');
   });

@@ -1,0 +1,172 @@
+/**
+ * Live proof (issue 5): a proxyware process name is blocked at connect.
+ *
+ * - Agent path: POST /v1/agents/reports names the client's process (`honeygain`) for a client
+ *   port chosen in advance; the client then connects from that port. Enforced: 403,
+ *   `X-Egress-Verdict: block`, reason `an0081.proxyware`, a block alert; monitored: the tunnel is
+ *   established, the flow is recorded would-block with a would-block alert.
+ *   A report that arrives after the tunnel is up kills it.
+ * - Real process path: a copy of curl named `honeygain`, attributed by the gateway's own
+ *   LocalAttributor from /proc (no report at all), gets the same 403 and a flow record that says
+ *   block / an0081.proxyware. Regression: local attribution emitted 'attributed' mid-admission and
+ *   the engine killed the not-yet-decided flow, recording it as verdict allow and answering the
+ *   client reason quarantine.
+ */
+import { spawn } from 'node:child_process';
+import { copyFile, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { LocalAttributor } from '../../agent/attribution.ts';
+import type { Mode } from '../../policy/types.ts';
+import { type TcpOrigin, echoOrigin, echoRoundTrip, freePort, httpConnect, reportProcesses, testAgent, waitForAlert } from '../helpers/detection-live.ts';
+import { type TestGateway, startTestGateway } from '../helpers/gateway.ts';
+
+const CLIENT_IP = '127.0.0.6';
+
+let good: TcpOrigin;
+let gw: TestGateway | null = null;
+
+beforeAll(async () => {
+  good = await echoOrigin('127.0.0.1');
+});
+afterAll(async () => {
+  await good?.close();
+});
+afterEach(async () => {
+  await gw?.stop();
+  gw = null;
+});
+
+function start(mode: Mode): Promise<TestGateway> {
+  return startTestGateway({ mode, identity: { agents: [testAgent] }, detection: { sampleIntervalMs: 50 } });
+}
+
+/** The agent reports `name` for a fresh client port before anything connects from it. */
+async function reportAhead(g: TestGateway, name: string): Promise<number> {
+  const localPort = await freePort(CLIENT_IP);
+  const ans = await reportProcesses(g.adminUrl, 'ws-pw', [
+    {
+      localIp: CLIENT_IP,
+      localPort,
+      remoteIp: g.httpHost,
+      remotePort: g.httpPort,
+      pid: 31337,
+      name,
+      exe: `/usr/bin/${name}`,
+      cmdline: `/usr/bin/${name} -email x@example.test -device ws-pw`,
+      user: 'bob',
+      uid: 1001,
+      loginuid: 1001,
+    },
+  ]);
+  expect(ans).toEqual({ accepted: 1, attributed: 0, pending: 1 });
+  return localPort;
+}
+
+describe('an0081.proxyware at connect, process named by an agent report', () => {
+  it('enforce: 403 with X-Egress-Verdict block, reason an0081.proxyware, block alert', async () => {
+    gw = await start('enforce');
+    const localPort = await reportAhead(gw, 'honeygain');
+    const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: CLIENT_IP, localPort });
+    expect(a.status).toBe(403);
+    expect(a.headers['x-egress-verdict']).toBe('block');
+    const body = JSON.parse(a.body) as { error: string; reason: string; flowId: string };
+    expect(body).toMatchObject({ error: 'egress denied', reason: 'an0081.proxyware' });
+    const rec = await gw.waitForClosed((r) => r.id === body.flowId);
+    expect(rec.verdict).toBe('block');
+    expect(rec.detector).toBe('an0081.proxyware');
+    expect(rec.identity.process?.name).toBe('honeygain');
+    expect(rec.bytesOut).toBe(0);
+    expect(good.conns.some((c) => c.remotePort === localPort)).toBe(false);
+    const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0081.proxyware');
+    expect(alert).toMatchObject({ analytic: 'AN0081', action: 'block', enforced: true, flowIds: [body.flowId] });
+    expect(alert.evidence['process']).toBe('honeygain');
+  });
+
+  it('monitor: the tunnel passes, flow recorded would-block, would-block alert', async () => {
+    gw = await start('monitor');
+    const localPort = await reportAhead(gw, 'honeygain');
+    const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: CLIENT_IP, localPort });
+    expect(a.status).toBe(200);
+    await echoRoundTrip(a.socket, Buffer.from('monitored, not stopped'));
+    a.socket.end();
+    const rec = await gw.waitForClosed((r) => r.client.port === localPort);
+    expect(rec.verdict).toBe('would-block');
+    expect(rec.enforced).toBe(false);
+    expect(rec.detector).toBe('an0081.proxyware');
+    expect(rec.bytesOut).toBe('monitored, not stopped'.length);
+    const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0081.proxyware');
+    expect(alert).toMatchObject({ action: 'would-block', enforced: false, flowIds: [rec.id] });
+  });
+
+  it('enforce: a report that arrives after the tunnel is up kills it (SPEC §7 re-evaluation)', async () => {
+    gw = await start('enforce');
+    const localPort = await freePort(CLIENT_IP);
+    const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: CLIENT_IP, localPort });
+    expect(a.status).toBe(200);
+    a.socket.on('error', () => undefined);
+    await echoRoundTrip(a.socket, Buffer.from('before the report'));
+    const closed = new Promise<void>((r) => a.socket.once('close', () => r()));
+    const ans = await reportProcesses(gw.adminUrl, 'ws-pw', [
+      { localIp: CLIENT_IP, localPort, remoteIp: gw.httpHost, remotePort: gw.httpPort, pid: 31338, name: 'honeygain', user: 'bob', loginuid: 1001 },
+    ]);
+    expect(ans).toEqual({ accepted: 1, attributed: 1, pending: 0 });
+    const rec = await gw.waitForClosed((r) => r.client.port === localPort);
+    expect(rec.closeReason).toBe('an0081.proxyware');
+    await closed;
+    const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0081.proxyware');
+    expect(alert).toMatchObject({ action: 'block', enforced: true, flowIds: [rec.id] });
+  });
+
+  it('a plain process name from the same agent passes with no alert (the test can fail)', async () => {
+    gw = await start('enforce');
+    const localPort = await reportAhead(gw, 'backupd');
+    const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: CLIENT_IP, localPort });
+    expect(a.status).toBe(200);
+    await echoRoundTrip(a.socket, Buffer.from('fine'));
+    a.socket.destroy();
+    const rec = await gw.waitForClosed((r) => r.client.port === localPort);
+    expect(rec.identity.process?.name).toBe('backupd');
+    expect(rec.verdict).toBe('allow');
+    expect(gw.alerts.list()).toEqual([]);
+  });
+});
+
+describe('an0081.proxyware at connect, real process attributed from /proc', () => {
+  let dir = '';
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'egw-pw-'));
+    await copyFile('/usr/bin/curl', join(dir, 'honeygain'));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('enforce: curl renamed honeygain gets 403 on CONNECT (curl -p reports the CONNECT code)', async () => {
+    gw = await startTestGateway(
+      { mode: 'enforce', identity: { localAttribution: true }, detection: { sampleIntervalMs: 50 } },
+      { attributor: new LocalAttributor({ timeoutMs: 2000 }) },
+    );
+    const proxy = `http://${gw.httpHost}:${gw.httpPort}`;
+    const child = spawn(join(dir, 'honeygain'), ['-s', '-p', '-x', proxy, '-o', '/dev/null', '-w', '%{http_connect}', `http://127.0.0.1:${good.port}/`], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => {
+      out += c.toString();
+    });
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+    clearTimeout(timer);
+    expect(out).toBe('403');
+    expect(code).not.toBe(0);
+    const rec = await gw.waitForClosed((r) => r.destination.port === good.port);
+    expect(rec.verdict).toBe('block');
+    expect(rec.detector).toBe('an0081.proxyware');
+    expect(rec.identity.process?.name).toBe('honeygain');
+    expect(rec.identity.process?.pid).toBe(child.pid);
+    const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0081.proxyware');
+    expect(alert.action).toBe('block');
+  });
+});
