@@ -11,6 +11,7 @@
  * severity changes.
  */
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { BlockList, isIPv6 } from 'node:net';
 import { dirname } from 'node:path';
 import { evaluateConnect, evaluateSweep, isOverUploadBudget, toAlert, uploadBudgetFor } from '../../policy/detectors/index.ts';
 import { identityKeyOf } from '../../policy/detectors/match.ts';
@@ -40,6 +41,33 @@ export interface DetectionEngine extends DetectionHooks {
   lastSweepMs: number;
   /** Persist baselines and detach from the flow table. */
   close(): Promise<void>;
+}
+
+/**
+ * A live flow from a host that runs an agent (an `identity.agents[].sources` address) but that no
+ * agent attributed within this time is marked `unattributed`: something on that host hides from the
+ * agent, or talks around it (agents report every second by default).
+ */
+const AGENT_GRACE_MS = 10_000;
+
+const agentSourceCache = new WeakMap<PolicySnapshot, BlockList | null>();
+
+/** The addresses agents speak for, per policy snapshot (null when no agent is configured). */
+function agentSources(snapshot: PolicySnapshot): BlockList | null {
+  let list = agentSourceCache.get(snapshot);
+  if (list !== undefined) return list;
+  list = null;
+  for (const agent of snapshot.config.identity.agents) {
+    for (const cidr of agent.sources) {
+      const [net, bits] = cidr.split('/');
+      if (!net) continue;
+      list ??= new BlockList();
+      const family = isIPv6(net) ? 'ipv6' : 'ipv4';
+      list.addSubnet(net, Number(bits ?? (family === 'ipv6' ? 128 : 32)), family);
+    }
+  }
+  agentSourceCache.set(snapshot, list);
+  return list;
 }
 
 function facts(flow: Flow): ConnectFacts {
@@ -233,7 +261,18 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     const t0 = performance.now();
     const views: FlowView[] = ended;
     ended = [];
-    for (const flow of active.values()) if (flow.isConnected) views.push(view(flow, 'open'));
+    const agents = agentSources(policy.current());
+    for (const flow of active.values()) {
+      if (!flow.isConnected) continue;
+      views.push(view(flow, 'open'));
+      if (agents && !flow.identity.process && !flow.isUnattributed && now - flow.startedAt >= AGENT_GRACE_MS) {
+        const ip = flow.client.ip.startsWith('::ffff:') ? flow.client.ip.slice(7) : flow.client.ip;
+        if (agents.check(ip, isIPv6(ip) ? 'ipv6' : 'ipv4')) {
+          flow.isUnattributed = true;
+          log.warn({ flowId: flow.id, client: flow.client.ip }, 'flow from a host with an agent was never attributed');
+        }
+      }
+    }
     let found: Finding[];
     try {
       found = evaluateSweep(views, state, policy.current(), now);

@@ -43,6 +43,8 @@ export interface FlowRecord {
   communityId: string | null;
   matchedRule: MatchedRule | null;
   reasons: readonly string[];
+  /** Set when the client's host has an agent but no agent ever attributed the flow. */
+  unattributed?: true;
   intermediate?: true;
 }
 
@@ -79,6 +81,8 @@ export class Flow {
   onBudget: ((flow: Flow) => boolean) | null = null;
   /** Registered by whoever holds the sockets: tears both sides down at once (TCP reset). */
   abort: ((reason: string) => void) | null = null;
+  /** The client's host has an agent, yet no agent attributed this live flow in time (a signal in itself). */
+  isUnattributed = false;
   /** Sweep bookkeeping (owned by FlowTable). */
   lastSampleBytes = 0;
   lastInterimAt: number;
@@ -130,6 +134,7 @@ export class Flow {
       matchedRule: this.matchedRule,
       reasons: this.reasons,
     };
+    if (this.isUnattributed && !this.identity.process) rec.unattributed = true;
     if (intermediate) rec.intermediate = true;
     return rec;
   }
