@@ -52,31 +52,9 @@ function wordBytes(hex8: string, littleEndian: boolean): number[] {
   return littleEndian ? b.reverse() : b;
 }
 
-/** Compressed IPv6 text (RFC 5952: longest zero run of ≥2 groups becomes `::`, lower case). */
-export function formatIpv6(bytes: readonly number[]): string {
-  const groups: number[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push(((bytes[i] ?? 0) << 8) | (bytes[i + 1] ?? 0));
-  let bestStart = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen && j - i >= 2) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  if (bestStart < 0) return hex.join(':');
-  const head = hex.slice(0, bestStart).join(':');
-  const tail = hex.slice(bestStart + bestLen).join(':');
-  return `${head}::${tail}`;
-}
+import { formatIPv6 as formatIpv6 } from '../policy/address.ts';
+
+export { formatIpv6 };
 
 /**
  * Decode one `/proc/net` hex address. 8 digits = IPv4, 32 digits = IPv6; IPv4-mapped IPv6

@@ -251,3 +251,29 @@ export function classifyAddress(ip: string): AddressRange | null {
   if (inner !== null) return classifyIPv4Number(inner);
   return classifyIPv6Bytes(b);
 }
+
+/** Compressed IPv6 text (RFC 5952: longest zero run of ≥2 groups becomes `::`, lower case). */
+export function formatIPv6(bytes: ArrayLike<number>): string {
+  const groups: number[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(((bytes[i] ?? 0) << 8) | (bytes[i + 1] ?? 0));
+  let bestStart = -1;
+  let bestLen = 0;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen && j - i >= 2) {
+      bestStart = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  const hex = groups.map((g) => g.toString(16));
+  if (bestStart < 0) return hex.join(':');
+  const head = hex.slice(0, bestStart).join(':');
+  const tail = hex.slice(bestStart + bestLen).join(':');
+  return `${head}::${tail}`;
+}

@@ -8,6 +8,7 @@
  *  v1: `PROXY TCP4|TCP6 SRC DST SPORT DPORT\r\n` or `PROXY UNKNOWN …\r\n`, at most 107 bytes.
  *  v2: 12-byte signature, ver/cmd, fam/proto, 16-bit length, addresses, then TLVs (skipped).
  */
+import { formatIPv6 } from '../../policy/address.ts';
 import { isIPv4, isIPv6 } from 'node:net';
 
 /** `LOCAL` (v2 health checks, v1 `UNKNOWN`): keep the real peer. `PROXY`: the addresses are the client's. */
@@ -165,8 +166,8 @@ function parseV2(buf: Buffer): ProxyParse {
     dstIp = formatV4(buf, at + 4);
     portsAt = at + 8;
   } else {
-    srcIp = formatV6(buf, at);
-    dstIp = formatV6(buf, at + 16);
+    srcIp = formatIPv6(buf.subarray(at, at + 16));
+    dstIp = formatIPv6(buf.subarray(at + 16, at + 32));
     portsAt = at + 32;
   }
   // What follows the address block is TLVs (ALPN, authority, CRC, vendor data): skipped.
@@ -181,29 +182,6 @@ function formatV4(buf: Buffer, at: number): string {
   return `${buf[at]}.${buf[at + 1]}.${buf[at + 2]}.${buf[at + 3]}`;
 }
 
-/** RFC 5952 text: lower case, longest run (≥ 2) of zero groups compressed, first such run on a tie. */
-function formatV6(buf: Buffer, at: number): string {
-  const groups: number[] = [];
-  for (let i = 0; i < 8; i++) groups.push(buf.readUInt16BE(at + i * 2));
-  let bestStart = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen && j - i >= 2) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = (g: number[]): string => g.map((n) => n.toString(16)).join(':');
-  if (bestStart === -1) return hex(groups);
-  return `${hex(groups.slice(0, bestStart))}::${hex(groups.slice(bestStart + bestLen))}`;
-}
 
 /** Encode a v1 line. Without addresses it is `PROXY UNKNOWN\r\n`. */
 export function encodeProxyV1(addr: { srcIp: string; srcPort: number; dstIp: string; dstPort: number } | null): Buffer {

@@ -179,9 +179,10 @@ import { createIdentityResolver } from '../../gateway/identity/identity-resolver
 import { createHttpProxy, type HttpProxyOptions } from '../../gateway/listeners/http-proxy.ts';
 import { PolicyStore } from '../../gateway/policy-store.ts';
 import { createDnsResolver } from '../../gateway/upstream/resolve.ts';
-import { type Config, defaultConfig } from '../../policy/config.ts';
+import type { Config } from '../../policy/config.ts';
+import { type DeepPartial, testConfig } from '../helpers/gateway.ts';
 
-export type DeepPartial<T> = { [K in keyof T]?: T[K] extends Array<infer U> ? U[] : T[K] extends object ? DeepPartial<T[K]> : T[K] };
+export type { DeepPartial };
 
 export interface LocalGateway {
   httpPort: number;
@@ -193,28 +194,9 @@ export interface LocalGateway {
   stop(): Promise<void>;
 }
 
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-function merge<T>(base: T, over: unknown): T {
-  if (!isPlainObject(base) || !isPlainObject(over)) return (over === undefined ? base : over) as T;
-  const out: Record<string, unknown> = { ...base };
-  for (const [k, v] of Object.entries(over)) out[k] = k in out ? merge(out[k], v) : v;
-  return out as T;
-}
-
-/** Same base config as test/helpers/gateway.ts: loopback allowed, a catch-all role, no flow log. */
+/** Same base config as test/helpers/gateway.ts (the one definition): loopback allowed, a catch-all role, no flow log. */
 export function localTestConfig(overrides: DeepPartial<Config> = {}): Config {
-  const base = defaultConfig();
-  base.listen = { http: '127.0.0.1:0', socks: '127.0.0.1:0', admin: '127.0.0.1:0', https: null };
-  base.allowRanges = ['127.0.0.0/8', '::1/128'];
-  base.roles = { any: { allow: [{ cidr: '0.0.0.0/0' }, { cidr: '::/0' }] } };
-  base.defaultRoles = ['any'];
-  base.flowLog = { path: null, interimSec: 60, keepClosed: 10_000 };
-  base.identity.localAttribution = false;
-  base.detection.sampleIntervalMs = 100;
-  return merge(base, overrides);
+  return testConfig(overrides);
 }
 
 /** Start the HTTP listener on 127.0.0.1:0 with a real FlowTable, policy and identity resolver. */
