@@ -92,7 +92,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   }
   // 4 + 5. attribution in parallel with resolution
   const attribution =
-    ctx.attributor && !identity.process && snapshot.config.identity.localAttribution && isLocalAddress(req.claims.clientIp)
+    ctx.attributor && !flow.identity.process && snapshot.config.identity.localAttribution && isLocalAddress(req.claims.clientIp)
       ? ctx.attributor.attribute(req.claims.clientIp, req.claims.clientPort, req.serverIp, req.serverPort).catch(() => null)
       : null;
   let ip: string | null = null;
