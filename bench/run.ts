@@ -1,7 +1,8 @@
 /**
  * egressgate load harness: `node --import tsx bench/run.ts [--quick] [--only a,b] [--runs N]
  * [--detectors on|off|both] [--detector-actions flag|default] [--gateway dist|tsx] [--profile TARGET]
- * [--idle 5000,9000] [--tests tput,setup,http,idle] [--spread-sources] [--time-limit-sec S]`.
+ * [--idle 5000,9000] [--tests tput,setup,http,idle] [--spread-sources] [--time-limit-sec S]`;
+ * `--summarize FILE.jsonl` re-prints the tables of an earlier run.
  *
  * Measures on loopback, in one run, side by side: direct (no proxy), egressgate HTTP (CONNECT +
  * absolute-URI) and SOCKS5, the naive Node pipe proxy, and squid / danted when installed. Prints
@@ -44,11 +45,18 @@ const { values: args } = parseArgs({
     'spread-sources': { type: 'boolean', default: false },
     'quiet-max-secs': { type: 'string', default: '' },
     'time-limit-sec': { type: 'string', default: '' },
+    summarize: { type: 'string', default: '' },
     help: { type: 'boolean', default: false },
   },
 });
 if (args.help) {
   console.log(readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').slice(0, 15).join('\n'));
+  process.exit(0);
+}
+if (args.summarize) {
+  const lines = readFileSync(args.summarize, 'utf8').split('\n').filter(Boolean);
+  const rs = lines.map((l) => JSON.parse(l) as LoadResult & { event?: string }).filter((r) => !r.event && r.kind);
+  console.log(renderSummary(rs, `summary of ${path.basename(args.summarize)}`));
   process.exit(0);
 }
 const QUICK = args.quick ?? false;
@@ -484,6 +492,21 @@ async function main(): Promise<void> {
   }
 
   // 3. summary
+  const md = renderSummary(
+    results,
+    `egressgate benchmark ${STAMP}${QUICK ? ' (quick)' : ''}`,
+    `runs: ${RUNS}; gateway: ${GATEWAY_MODE}${meta.distStale ? ' (STALE dist)' : ''}; detectors: ${DETECTORS}; ${meta.cpus} CPUs; load average at start ${meta.loadavgStart.join(' ')}, at end ${os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}`,
+    `JSON lines: ${path.relative(ROOT, JSONL)}`,
+  );
+  writeFileSync(path.join(RUN_DIR, 'SUMMARY.md'), `${md}\n`);
+  console.log(md);
+}
+
+/** Markdown: metrics with ratio columns, proxy CPU, the issue's targets. */
+function renderSummary(results: LoadResult[], title: string, info = '', footer = ''): string {
   const by = groupByTarget(results);
   const order = ['direct', 'naive-http', 'naive-socks', 'squid', 'danted', 'egw-http', 'egw-socks', 'egw-http-nodet', 'egw-socks-nodet', 'egw-http-attr', 'egw-socks-attr'];
   const ratios: RatioPair[] = [
@@ -496,31 +519,26 @@ async function main(): Promise<void> {
     ['egw-http-attr', 'egw-http'],
     ['egw-socks-attr', 'egw-socks'],
   ];
-  const md = [
-    `## egressgate benchmark ${STAMP}${QUICK ? ' (quick)' : ''}`,
+  return [
+    `## ${title}`,
     '',
-    `runs: ${RUNS}; gateway: ${GATEWAY_MODE}${meta.distStale ? ' (STALE dist)' : ''}; detectors: ${DETECTORS}; ${meta.cpus} CPUs; load average at start ${meta.loadavgStart.join(' ')}, at end ${os
-      .loadavg()
-      .map((x) => x.toFixed(2))
-      .join(' ')}`,
+    info,
     '',
-    'median (min–max) over runs; ratios are of medians (for ms and KiB rows, < 1× is better).',
+    'median (min–max) over runs; ratios are of medians (for ms, KiB and CPU-cost rows, < 1× is better).',
     'Tunnel rows: CONNECT for *-http/squid, SOCKS5 for *-socks/danted. HTTP rows for *-socks/danted are origin-form GETs inside SOCKS5 tunnels.',
     '',
     metricsTable(by, order, ratios),
     '',
-    '### Proxy CPU, % of one core',
+    '### Proxy CPU, % of one core, and CPU cost per unit of work',
     '',
-    metricsTable(by, order, ratios.slice(0, 4), CPU_ROWS),
+    metricsTable(by, order, ratios, CPU_ROWS),
     '',
     '### Targets',
     '',
     targetChecks(by),
     '',
-    `JSON lines: ${path.relative(ROOT, JSONL)}`,
+    footer,
   ].join('\n');
-  writeFileSync(path.join(RUN_DIR, 'SUMMARY.md'), `${md}\n`);
-  console.log(md);
 }
 
 try {

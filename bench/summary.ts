@@ -69,7 +69,22 @@ export const CPU_ROWS: Row[] = [
   { label: 'CPU proxy %, HTTP 1 KiB', get: (r) => ht(r, '1k')?.cpu.proxy, better: 'lower' },
   { label: 'CPU proxy %, HTTP 1 MiB', get: (r) => ht(r, '1m')?.cpu.proxy, better: 'lower' },
   { label: 'CPU other % (machine − proxy − gen − origin), setup', get: (r) => r.setup?.cpu.other, better: 'lower' },
+  // Cost per unit of work: far less sensitive to other tenants than rates are.
+  { label: 'Proxy CPU s per GB, tunnel 1× up', get: (r) => perGB(r, 'up_1'), better: 'lower' },
+  { label: 'Proxy CPU s per GB, tunnel 1× down', get: (r) => perGB(r, 'down_1'), better: 'lower' },
+  { label: 'Proxy CPU µs per tunnel setup', get: (r) => perOp(su(r)?.cpu.proxy, su(r)?.conn_per_s), better: 'lower' },
+  { label: 'Proxy CPU µs per HTTP 1 KiB request', get: (r) => perOp(ht(r, '1k')?.cpu.proxy, ht(r, '1k')?.req_per_s), better: 'lower' },
+  { label: 'Proxy CPU µs per HTTP 1 MiB request', get: (r) => perOp(ht(r, '1m')?.cpu.proxy, ht(r, '1m')?.req_per_s), better: 'lower' },
 ];
+
+function perOp(cpuPct: number | null | undefined, perSec: number | undefined): number | undefined {
+  return cpuPct && perSec ? Math.round((cpuPct * 10_000) / perSec) : undefined;
+}
+function perGB(r: LoadResult, k: string): number | undefined {
+  const t = r.tput?.[k];
+  const mbps = tp(r, k);
+  return t?.cpu.proxy && mbps ? Math.round((t.cpu.proxy / 100 / (mbps / 1000)) * 100) / 100 : undefined;
+}
 
 /** Connections opened beyond the 50 initial keep-alive ones, per 1000 requests (0 = keep-alive held). */
 function perMille(h: HttpResult | undefined): number | undefined {
