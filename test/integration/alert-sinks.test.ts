@@ -1,0 +1,138 @@
+/**
+ * Alerts leave the gateway through webhooks (JSON POST, retried with backoff, filtered by
+ * severity) and syslog (RFC 5424 over UDP and TCP) — real local receivers, real sockets.
+ */
+import { createSocket } from 'node:dgram';
+import { once } from 'node:events';
+import { createServer as createHttpServer, type Server } from 'node:http';
+import { createServer as createTcpServer, type AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { attachAlertSinks, formatSyslog } from '../../gateway/alerts/alert-sinks.ts';
+import { AlertStore } from '../../gateway/alerts/alert-store.ts';
+import type { Logger } from '../../gateway/context.ts';
+import type { Alert } from '../../policy/detectors/types.ts';
+
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+const warnings: string[] = [];
+const log: Logger = { info: () => {}, warn: (_o, m) => warnings.push(m ?? ''), error: () => {} };
+
+function alert(id: string, severity: Alert['severity']): Alert {
+  return {
+    id,
+    time: '2026-11-25T10:00:00.000Z',
+    detector: 'an0081.scan',
+    analytic: 'AN0081',
+    severity,
+    action: 'block',
+    enforced: true,
+    flowIds: ['f1'],
+    identity: { user: 'bob', host: 'ws-1', roles: [], process: null },
+    destination: { host: 'example.test', ip: '203.0.113.5', port: 443 },
+    evidence: { failedPorts: 20 },
+    reasons: ['port scan'],
+  };
+}
+
+async function webhookReceiver(failFirst: number): Promise<{ url: string; bodies: Alert[]; hits: () => number; server: Server }> {
+  const bodies: Alert[] = [];
+  let hits = 0;
+  const server = createHttpServer((req, res) => {
+    let text = '';
+    req.setEncoding('utf8');
+    req.on('data', (c: string) => {
+      text += c;
+    });
+    req.on('end', () => {
+      hits++;
+      if (hits <= failFirst) {
+        res.writeHead(503).end();
+        return;
+      }
+      bodies.push(JSON.parse(text) as Alert);
+      res.writeHead(204).end();
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, bodies, hits: () => hits, server };
+}
+
+async function until(cond: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe('alert sinks', () => {
+  it('posts alerts at or above minSeverity to a webhook, retrying 5xx with backoff', async () => {
+    const hook = await webhookReceiver(2);
+    const store = new AlertStore<Alert>({});
+    const sinks = attachAlertSinks(store, { webhooks: [{ url: hook.url, minSeverity: 'medium' }], syslog: null, log, baseDelayMs: 20 });
+    cleanups.push(() => sinks.close());
+    store.add(alert('a-low', 'low'));
+    store.add(alert('a-high', 'high'));
+    await until(() => hook.bodies.length === 1);
+    expect(hook.bodies[0]?.id).toBe('a-high');
+    expect(hook.hits()).toBe(3); // two 503s, then delivered
+    await until(() => sinks.pending() === 0);
+    expect(hook.bodies.map((b) => b.id)).toEqual(['a-high']);
+  });
+
+  it('gives up after maxAttempts and says so, without blocking the store', async () => {
+    const hook = await webhookReceiver(100);
+    const store = new AlertStore<Alert>({});
+    const sinks = attachAlertSinks(store, { webhooks: [{ url: hook.url, minSeverity: 'low' }], syslog: null, log, baseDelayMs: 5, maxAttempts: 3 });
+    cleanups.push(() => sinks.close());
+    warnings.length = 0;
+    store.add(alert('a1', 'medium'));
+    expect(store.size).toBe(1);
+    await until(() => warnings.some((w) => w.includes('webhook delivery failed')));
+    expect(hook.hits()).toBe(3);
+  });
+
+  it('sends RFC 5424 messages over UDP with the alert as JSON', async () => {
+    const udp = createSocket('udp4');
+    udp.bind(0, '127.0.0.1');
+    await once(udp, 'listening');
+    cleanups.push(() => udp.close());
+    const got = once(udp, 'message') as Promise<[Buffer]>;
+    const store = new AlertStore<Alert>({});
+    const sinks = attachAlertSinks(store, { webhooks: [], syslog: { host: '127.0.0.1', port: udp.address().port, protocol: 'udp' }, log });
+    cleanups.push(() => sinks.close());
+    store.add(alert('a-udp', 'high'));
+    const [msg] = await got;
+    const text = msg.toString('utf8');
+    // authpriv (10) * 8 + critical (2) = 82
+    expect(text).toMatch(/^<82>1 2026-11-25T10:00:00\.000Z \S+ egressgate \d+ an0081\.scan - /);
+    expect(JSON.parse(text.slice(text.indexOf(' - ') + 3))).toMatchObject({ id: 'a-udp', detector: 'an0081.scan' });
+  });
+
+  it('frames syslog over TCP with octet counting (RFC 6587)', async () => {
+    let data = '';
+    const server = createTcpServer((s) => {
+      s.setEncoding('utf8');
+      s.on('data', (c: string) => {
+        data += c;
+      });
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+    const store = new AlertStore<Alert>({});
+    const sinks = attachAlertSinks(store, { webhooks: [], syslog: { host: '127.0.0.1', port: (server.address() as AddressInfo).port, protocol: 'tcp' }, log });
+    store.add(alert('a-tcp', 'medium'));
+    const expected = formatSyslog(alert('a-tcp', 'medium'));
+    await until(() => data.length >= Buffer.byteLength(expected));
+    await sinks.close();
+    const space = data.indexOf(' ');
+    expect(Number(data.slice(0, space))).toBe(Buffer.byteLength(data.slice(space + 1)));
+    expect(data.slice(space + 1)).toMatch(/^<84>1 /); // authpriv warning
+  });
+});
