@@ -101,7 +101,9 @@ describe('alert sinks', () => {
     const udp = createSocket('udp4');
     udp.bind(0, '127.0.0.1');
     await once(udp, 'listening');
-    cleanups.push(() => udp.close());
+    cleanups.push(() => {
+      udp.close();
+    });
     const got = once(udp, 'message') as Promise<[Buffer]>;
     const store = new AlertStore<Alert>({});
     const sinks = attachAlertSinks(store, { webhooks: [], syslog: { host: '127.0.0.1', port: udp.address().port, protocol: 'udp' }, log });
