@@ -24,6 +24,7 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { DETECTOR_NAMES } from '../policy/types.ts';
 import type { LoadOptions, LoadResult, ProxyKind } from './loadgen.ts';
 import { processTree } from './proc-stats.ts';
 import { groupByTarget, metricsTable, type RatioPair, targetChecks, CPU_ROWS } from './summary.ts';
@@ -246,21 +247,7 @@ function newestSourceMtime(): number {
 /** --detector-actions default: keep block/kill actions (shows what a real policy does to bulk transfers). */
 const KEEP_DEFAULT_ACTIONS = args['detector-actions'] === 'default';
 
-const ALL_DETECTORS = [
-  'policy.deny',
-  'policy.deny-range',
-  'an0081.proxyware',
-  'an0081.scanner-tool',
-  'an0081.scan',
-  'an0081.sustained',
-  'an0081.proxyjack',
-  'an0080.bulk-upload',
-  'an0080.split-upload',
-  'an0080.long-session',
-  'an0080.lineage',
-  'an0080.exfil-tool',
-  'quarantine',
-];
+const ALL_DETECTORS = DETECTOR_NAMES;
 
 /** Bench config: everything allowed incl. loopback, no attribution, no flow log, high limits. */
 function gatewayConfig(detectorsOn: boolean, attribution: boolean): string {

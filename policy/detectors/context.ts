@@ -8,20 +8,13 @@ import { detectionLists } from '../lists.ts';
 import type { Identity, PolicySnapshot } from '../types.ts';
 import { type DetectorSettings, detectorSettings } from './defaults.ts';
 import { DomainList, NameList, baseName, hostOf, processNames, userOf } from './match.ts';
+import { DETECTOR_NAMES } from '../types.ts';
 import type { BehaviourDetector } from './types.ts';
 
-const ALL: readonly BehaviourDetector[] = [
-  'an0081.proxyware',
-  'an0081.scanner-tool',
-  'an0081.scan',
-  'an0081.sustained',
-  'an0081.proxyjack',
-  'an0080.bulk-upload',
-  'an0080.split-upload',
-  'an0080.long-session',
-  'an0080.lineage',
-  'an0080.exfil-tool',
-];
+// Every behaviour detector: the contract's names less the policy and quarantine ones.
+const ALL = DETECTOR_NAMES.filter(
+  (n): n is BehaviourDetector => n !== 'policy.deny' && n !== 'policy.deny-range' && n !== 'quarantine',
+);
 
 interface CompiledException {
   process: NameList | null;
