@@ -9,6 +9,8 @@ import { dirname } from 'node:path';
 import type { FlowRecord } from './flow.ts';
 
 export interface FlowSink {
+  /** True when records go nowhere (`flowLog.path: null`): the table then skips building them. */
+  readonly isDiscarding?: boolean;
   write(record: FlowRecord): void;
   flush(): Promise<void>;
 }
@@ -18,6 +20,10 @@ export class FlowLog implements FlowSink {
   private file: WriteStream | null = null;
   private readonly path: string | null;
   written = 0;
+
+  get isDiscarding(): boolean {
+    return this.stream === null;
+  }
 
   private constructor(path: string | null) {
     this.path = path;

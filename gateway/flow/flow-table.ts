@@ -11,7 +11,6 @@ import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Decision, ProcessInfo } from '../../policy/types.ts';
-import { communityId } from './community-id.ts';
 import { Flow, type FlowInit, type FlowRecord, withProcess } from './flow.ts';
 import type { FlowSink } from './flow-log.ts';
 
@@ -119,13 +118,7 @@ export class FlowTable extends EventEmitter {
   /** The address actually dialled; computes the Community ID. */
   setDestinationIp(flow: Flow, ip: string): void {
     flow.destination = { ...flow.destination, ip };
-    flow.communityId = communityId(
-      flow.protocol === 'socks5-udp' ? 'udp' : 'tcp',
-      flow.client.ip,
-      flow.client.port,
-      ip,
-      flow.destination.port,
-    );
+    flow.resetCommunityId();
   }
 
   /** Change the destination (an HTTP keep-alive connection's next request is a new flow; UDP relays per datagram keep the first). */
@@ -177,7 +170,7 @@ export class FlowTable extends EventEmitter {
     else this.perIdentity.set(key, n);
     this.remember(flow);
     this.totalClosed++;
-    this.sink.write(flow.toRecord(flow.endedAt));
+    if (!this.sink.isDiscarding) this.sink.write(flow.toRecord(flow.endedAt));
     this.emit('close', flow);
   }
 
@@ -261,7 +254,7 @@ export class FlowTable extends EventEmitter {
         flow.lastSampleBytes = bytes;
         flow.lastActivityAt = now;
       }
-      if (this.interimMs > 0 && now - flow.lastInterimAt >= this.interimMs) {
+      if (this.interimMs > 0 && now - flow.lastInterimAt >= this.interimMs && !this.sink.isDiscarding) {
         flow.lastInterimAt = now;
         this.sink.write(flow.toRecord(now, true));
       }

@@ -3,6 +3,7 @@
  * identity/verdict/state of a Flow and closes it; the tunnel that carries a flow adds to its byte
  * counters (one addition per chunk) and registers `abort`.
  */
+import { communityId } from './community-id.ts';
 import type { Decision, DetectorName, Identity, MatchedRule, ProcessInfo, Protocol, ReasonCode, Verdict } from '../../policy/types.ts';
 
 export type FlowState = 'active' | 'closed';
@@ -69,7 +70,8 @@ export class Flow {
   reasons: readonly string[] = [];
   state: FlowState = 'active';
   closeReason: string | null = null;
-  communityId: string | null = null;
+  /** Community ID, computed the first time a record needs it (a SHA-1 per flow is not free). */
+  private cid: string | null | undefined = undefined;
   /** Did the upstream dial succeed? false = failed/refused connect (the scan detectors read it). */
   isConnected = false;
   /** Byte budget towards the destination (an0080.bulk-upload kill); Infinity = none. The tunnel enforces it. */
@@ -107,6 +109,23 @@ export class Flow {
     this.matchedRule = decision.matchedRule;
     this.reasons = decision.reasons;
     this.enforced = enforced;
+  }
+
+  /** Community ID v1 of the flow (null until the dialled address is known). */
+  get communityId(): string | null {
+    if (this.cid === undefined) {
+      const ip = this.destination.ip;
+      this.cid =
+        ip === null
+          ? null
+          : communityId(this.protocol === 'socks5-udp' ? 'udp' : 'tcp', this.client.ip, this.client.port, ip, this.destination.port);
+    }
+    return this.cid;
+  }
+
+  /** The dialled address changed: the Community ID is recomputed on next use. */
+  resetCommunityId(): void {
+    this.cid = undefined;
   }
 
   /** The canonical record. */
