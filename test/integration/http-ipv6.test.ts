@@ -7,6 +7,7 @@ import type { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { pattern, rawConnect, readUntil, run } from './http-harness.ts';
+import { skipNotice } from '../helpers/skip-notice.ts';
 
 let gw: TestGateway;
 let origin: Server | null = null;
@@ -47,7 +48,7 @@ const hasIpv6Loopback = await new Promise<boolean>((resolve) => {
   probe.listen(0, '::1', () => probe.close(() => resolve(true)));
 });
 
-describe.skipIf(!hasIpv6Loopback)('IPv6 literal destinations', () => {
+describe.skipIf(!skipNotice(hasIpv6Loopback, 'http-ipv6', 'needs IPv6 loopback (::1)'))('IPv6 literal destinations', () => {
   it('absolute-URI http://[::1]:port/ — Host keeps the brackets, the flow records ::1', async () => {
     const r = await run('curl', ['-sS', '-g', '-D', '-', '--noproxy', '', '-x', `http://127.0.0.1:${gw.httpPort}`, `http://[::1]:${port}/size/321`]);
     expect(r.code).toBe(0);

@@ -12,10 +12,11 @@ import { compilePolicy } from '../../policy/compile.ts';
 import { defaultConfig } from '../../policy/config.ts';
 import type { PolicySnapshot } from '../../policy/types.ts';
 import { type CertFiles, createTestPki, hasOpenssl, type TestPki } from '../helpers/tls.ts';
+import { skipNotice } from '../helpers/skip-notice.ts';
 
 const haveOpenssl = hasOpenssl();
 
-describe.skipIf(!haveOpenssl)('client certificate identity over real TLS', () => {
+describe.skipIf(!skipNotice(haveOpenssl, 'identity-client-cert', 'needs the openssl command'))('client certificate identity over real TLS', () => {
   let pki: TestPki;
   let server: Server;
   let port = 0;

@@ -23,6 +23,7 @@ import { PolicyStore } from '../../gateway/policy-store.ts';
 import { type Config, defaultConfig } from '../../policy/config.ts';
 import { createTestPki, hasOpenssl, type TestPki } from '../helpers/tls.ts';
 import { type Origin, run, startOrigin } from './http-harness.ts';
+import { skipNotice } from '../helpers/skip-notice.ts';
 
 const SECRET = 'sidecar-secret-0123456789';
 
@@ -104,7 +105,7 @@ class MiniGateway {
   }
 }
 
-describe.skipIf(!canRun)('identity through the real listeners (HTTP, HTTPS with mTLS, SOCKS5)', () => {
+describe.skipIf(!skipNotice(canRun, 'identity-proxy', 'needs openssl and a curl built with HTTPS-proxy'))('identity through the real listeners (HTTP, HTTPS with mTLS, SOCKS5)', () => {
   let pki: TestPki;
   let gw: MiniGateway;
   let origin: Origin;

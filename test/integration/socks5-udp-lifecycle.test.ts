@@ -9,6 +9,7 @@ import { SocksClient } from 'socks';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Flow } from '../../gateway/flow/flow.ts';
 import { readToEnd, type SocksGateway, startBareSocksGateway, startSocksGateway, startUdpEcho, type UdpEcho } from './socks5-harness.ts';
+import { skipNotice } from '../helpers/skip-notice.ts';
 
 const PREFIX = Buffer.from('echo:');
 const cleanups: Array<() => unknown> = [];
@@ -81,7 +82,7 @@ describe('IPv6 association', () => {
   });
 
   it('relay on ::1, destination ::1, bytes exact', async (tctx) => {
-    if (!gw6 || !echo6) tctx.skip();
+    if (!skipNotice(Boolean(gw6 && echo6), 'socks5 udp over ::1', 'needs IPv6 loopback (::1)')) tctx.skip();
     const gw = gw6 as SocksGateway;
     const echo = echo6 as UdpEcho;
     const client = await udpSocket('udp6');
