@@ -5,11 +5,20 @@
  * - half-close both ways (a FIN from one side is passed on; the flow ends when both sides ended);
  * - a byte budget towards the destination: not one byte past flow.budgetOut is written upstream;
  * - idle timeout on both sockets; idempotent cleanup that removes every listener it added;
+ * - bulk directions read into a reused buffer (read-buffer.ts): no allocation per chunk;
  * - flow.abort = reset both sides at once (detector kill, admin DELETE).
  */
 import type { Socket } from 'node:net';
 import type { FlowTable } from './flow-table.ts';
 import type { Flow } from './flow.ts';
+import { adoptReadBuffer, READ_BUFFER_BYTES } from './read-buffer.ts';
+
+/**
+ * A read at least this large marks a bulk direction: that socket then reads into a buffer of its
+ * own (read-buffer.ts) instead of a fresh allocation per read. Idle and chatty tunnels never
+ * reach it, so they hold no buffer (RSS per idle tunnel stays small).
+ */
+const BULK_READ_BYTES = 16 * 1024;
 
 export interface TunnelOptions {
   idleTimeoutMs: number;
@@ -24,6 +33,11 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
   let downEnded = false;
   let upEnded = false;
   let done = false;
+  // Buffer mode (read-buffer.ts) per side, and whether that side stopped reading for a pending write.
+  let isDownBuffered = false;
+  let isUpBuffered = false;
+  let isDownStopped = false;
+  let isUpStopped = false;
 
   const finish = (reason: string): void => {
     if (done) return;
@@ -44,7 +58,11 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
     flows.close(flow, reason);
   };
 
-  const writeUp = (data: Buffer): void => {
+  /**
+   * Client → destination, metered and budgeted. `afterWrite` is passed on to the write (buffer
+   * mode uses it to learn when its buffer is free again).
+   */
+  const sendUp = (data: Buffer, afterWrite?: () => void): void => {
     let chunk = data;
     const room = flow.budgetOut - flow.bytesOut;
     if (chunk.length > room) {
@@ -64,19 +82,65 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
       if (room > 0) chunk = chunk.subarray(room);
     }
     flow.bytesOut += chunk.length;
-    if (!up.write(chunk)) down.pause();
+    up.write(chunk, afterWrite);
   };
 
-  const onDownData = (chunk: Buffer): void => writeUp(chunk);
+  // 'data' mode: node allocated the chunk; backpressure pauses the other side until 'drain'.
+  const onDownData = (chunk: Buffer): void => {
+    sendUp(chunk);
+    if (done) return;
+    if (up.writableNeedDrain) down.pause();
+    if (chunk.length >= BULK_READ_BYTES && !isDownBuffered) {
+      isDownBuffered = adoptReadBuffer(down, Buffer.allocUnsafeSlow(READ_BUFFER_BYTES), onDownRead);
+    }
+  };
   const onUpData = (chunk: Buffer): void => {
     flow.bytesIn += chunk.length;
     if (!down.write(chunk)) up.pause();
+    if (chunk.length >= BULK_READ_BYTES && !isUpBuffered && !done) {
+      isUpBuffered = adoptReadBuffer(up, Buffer.allocUnsafeSlow(READ_BUFFER_BYTES), onUpRead);
+    }
   };
+
+  // Buffer mode: the bytes live in our buffer until the kernel has taken them. A write the kernel
+  // took at once leaves writableLength at 0 and reading goes on; otherwise reading stops (return
+  // false) until that write has completed.
+  const afterUpWrite = (): void => {
+    if (isDownStopped && !done) {
+      isDownStopped = false;
+      down.resume();
+    }
+  };
+  const afterDownWrite = (): void => {
+    if (isUpStopped && !done) {
+      isUpStopped = false;
+      up.resume();
+    }
+  };
+  const onDownRead = (n: number, buf: Buffer): boolean => {
+    sendUp(buf.subarray(0, n), afterUpWrite);
+    if (done) return false;
+    if (up.writableLength > 0) {
+      isDownStopped = true;
+      return false;
+    }
+    return true;
+  };
+  const onUpRead = (n: number, buf: Buffer): boolean => {
+    flow.bytesIn += n;
+    down.write(buf.subarray(0, n), afterDownWrite);
+    if (down.writableLength > 0) {
+      isUpStopped = true;
+      return false;
+    }
+    return true;
+  };
+  // 'drain' resumes a side paused in 'data' mode; a side stopped in buffer mode waits for its write.
   const onDownDrain = (): void => {
-    up.resume();
+    if (!isUpStopped) up.resume();
   };
   const onUpDrain = (): void => {
-    down.resume();
+    if (!isDownStopped) down.resume();
   };
   const onDownEnd = (): void => {
     downEnded = true;
@@ -152,13 +216,16 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
     down.setTimeout(opts.idleTimeoutMs, onTimeout);
     up.setTimeout(opts.idleTimeoutMs, onTimeout);
   }
-  if (opts.head && opts.head.length > 0) writeUp(opts.head);
+  if (opts.head && opts.head.length > 0) {
+    sendUp(opts.head);
+    if (!done && up.writableNeedDrain) down.pause();
+  }
   // A FIN that came with the handshake (request + payload + FIN in one go) emitted 'end' before
   // these listeners existed, even on a paused socket: pass it on now or the flow never ends.
   if (!done && down.readableEnded) onDownEnd();
   if (!done && up.readableEnded) onUpEnd();
-  if (down.isPaused()) down.resume();
-  if (up.isPaused()) up.resume();
+  if (!done && down.isPaused() && !up.writableNeedDrain) down.resume();
+  if (!done && up.isPaused()) up.resume();
 }
 
 function ignore(): void {}

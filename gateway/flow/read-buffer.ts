@@ -1,0 +1,86 @@
+/**
+ * Read a socket into one buffer of our own instead of a fresh allocation per read.
+ *
+ * By default node allocates a new ArrayBuffer (malloc, 64 KiB) for every read of a socket and
+ * frees it at the next GC. On a bulk tunnel that is ~16,000 allocations per GB: page faults on
+ * fresh heap pages, malloc trimming and GC work, measured at more than half of the gateway's CPU
+ * per GB (docs/benchmarks.md, "Tunnel throughput"). Node's `onread` socket option reads into a
+ * caller-owned buffer instead, but it exists only for sockets we construct, and a tunnel's client
+ * socket was accepted by node:http or net.Server. So this module turns it on for an existing TCP
+ * socket, with the same fields node's own `onread` option sets (found by their symbol
+ * descriptions once, at load). Where they cannot be found (another runtime, a TLS socket, a
+ * socket without a TCP handle) `adoptReadBuffer` returns false and the caller keeps reading
+ * 'data' events: slower, never wrong.
+ *
+ * The contract for a caller: `onRead(n, buf)` gets the bytes in `buf[0, n)`. They must be consumed
+ * (written on) before returning, and if the write could not complete at once (the peer's
+ * `writableLength > 0`), return false: reading stops (node's readStop) until `socket.resume()`,
+ * so the buffer is not overwritten while the kernel still has to take it. End of stream, errors
+ * and 'close' are reported as usual.
+ */
+import { Socket } from 'node:net';
+
+type ReadCallback = (nread: number, buf: Buffer) => boolean;
+
+interface ReadSymbols {
+  buffer: symbol;
+  callback: symbol;
+  generator: symbol;
+}
+
+/** Bytes per read buffer: node's own read size, so a full read is one chunk either way. */
+export const READ_BUFFER_BYTES = 64 * 1024;
+
+const symbols: ReadSymbols | null = findSymbols();
+let isEnabled = symbols !== null && process.env.EGRESSGATE_READ_BUFFERS !== 'off';
+
+function findSymbols(): ReadSymbols | null {
+  try {
+    // `onread` is a documented net.connect() option that @types/node lists only there.
+    const options = { onread: { buffer: Buffer.alloc(1), callback: () => true } } as ConstructorParameters<typeof Socket>[0];
+    const probe = new Socket(options);
+    const byName = new Map(Object.getOwnPropertySymbols(probe).map((s) => [s.description, s]));
+    const buffer = byName.get('kBuffer');
+    const callback = byName.get('kBufferCb');
+    const generator = byName.get('kBufferGen');
+    probe.destroy();
+    if (!buffer || !callback || !generator) return null;
+    return { buffer, callback, generator };
+  } catch {
+    return null;
+  }
+}
+
+interface UserBufferHandle {
+  useUserBuffer?: (buf: Buffer) => void;
+  constructor?: { name?: string };
+}
+
+/** Whether sockets can be switched at all in this runtime (and not turned off for a comparison). */
+export function readBuffersAvailable(): boolean {
+  return isEnabled;
+}
+
+/** Turn the mechanism off or on (benchmarks compare both in one process; tests cover both paths). */
+export function setReadBuffersEnabled(on: boolean): void {
+  isEnabled = on && symbols !== null;
+}
+
+/**
+ * Make `socket` read into `buf` and hand each read to `onRead` instead of emitting 'data'.
+ * Only call it while nothing is buffered in the socket's readable side (`readableLength === 0`),
+ * or those bytes would be delivered after newer ones. One-way: a switched socket stays switched.
+ */
+export function adoptReadBuffer(socket: Socket, buf: Buffer, onRead: ReadCallback): boolean {
+  if (!isEnabled || symbols === null) return false;
+  const handle = (socket as unknown as { _handle?: UserBufferHandle | null })._handle;
+  if (!handle || typeof handle.useUserBuffer !== 'function' || handle.constructor?.name !== 'TCP') return false;
+  if (socket.readableLength !== 0 || socket.destroyed) return false;
+  const fields = socket as unknown as Record<symbol, unknown>;
+  if (fields[symbols.buffer]) return false; // already switched
+  fields[symbols.generator] = null;
+  fields[symbols.callback] = onRead;
+  fields[symbols.buffer] = buf;
+  handle.useUserBuffer(buf);
+  return true;
+}
