@@ -28,11 +28,18 @@ export interface AdmissionRequest {
   /** Destination as the client named it: lower-case name or IP literal without brackets. */
   destHost: string;
   destPort: number;
-  /** The listener socket's local address (for local attribution and the self-dial guard). */
-  serverIp: string;
-  serverPort: number;
+  /**
+   * Where the client reached us (the accepted socket): read only when local attribution needs it,
+   * since each first read of a socket's local address is a getsockname() system call.
+   */
+  server: LocalEndpoint;
   /** An identity already resolved on this client connection (keep-alive, SOCKS after auth). */
   identity?: Identity;
+}
+
+export interface LocalEndpoint {
+  readonly localAddress?: string | undefined;
+  readonly localPort?: number | undefined;
 }
 
 export interface Admitted {
@@ -93,7 +100,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   // 4 + 5. attribution in parallel with resolution
   const attribution =
     ctx.attributor && !flow.identity.process && snapshot.config.identity.localAttribution && isLocalAddress(req.claims.clientIp)
-      ? ctx.attributor.attribute(req.claims.clientIp, req.claims.clientPort, req.serverIp, req.serverPort).catch(() => null)
+      ? ctx.attributor.attribute(req.claims.clientIp, req.claims.clientPort, req.server.localAddress ?? '', req.server.localPort ?? 0).catch(() => null)
       : null;
   let ip: string | null = null;
   let dnsError: GatewayErrorCode | null = null;

@@ -111,8 +111,7 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
         claims,
         destHost: host,
         destPort: port,
-        serverIp: req.socket.localAddress ?? '',
-        serverPort: req.socket.localPort ?? 0,
+        server: req.socket,
         identity,
       });
       if (result.ok && !identity) connection.identity = { key, version: snapshot.version, identity: result.flow.identity };

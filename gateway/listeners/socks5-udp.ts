@@ -240,8 +240,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
         claims: { clientIp: down.clientIp, clientPort, username: hs.username },
         destHost: dest.host,
         destPort: dest.port,
-        serverIp: localIp,
-        serverPort: bound ? relay.address().port : 0,
+        server: { localAddress: localIp, localPort: bound ? relay.address().port : 0 },
         identity: hs.identity,
       });
       if (!r.ok) {

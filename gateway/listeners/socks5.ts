@@ -93,8 +93,7 @@ async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResul
     claims: { clientIp: down.clientIp, clientPort: down.clientPort, username: hs.username },
     destHost: request.host,
     destPort: request.port,
-    serverIp: socket.localAddress ?? '',
-    serverPort: socket.localPort ?? 0,
+    server: socket,
     identity: hs.identity,
   });
   if (!admitted.ok) {
