@@ -159,6 +159,9 @@ export class FlowTable extends EventEmitter {
     if (flow.state === 'closed') return;
     flow.state = 'closed';
     flow.closeReason = reason;
+    // The closed flow stays in the admin API's ring; it must not keep its sockets and handlers alive.
+    flow.abort = null;
+    flow.onBudget = null;
     flow.endedAt = this.now();
     if (flow.bytesOut + flow.bytesIn !== flow.lastSampleBytes) flow.lastActivityAt = flow.endedAt;
     this.active.delete(flow.id);
