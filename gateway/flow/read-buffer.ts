@@ -28,8 +28,12 @@ interface ReadSymbols {
   generator: symbol;
 }
 
-/** Bytes per read buffer: node's own read size, so a full read is one chunk either way. */
-export const READ_BUFFER_BYTES = 64 * 1024;
+/**
+ * Bytes per read buffer. Node reads 64 KiB at a time; twice that halves the read/write system calls
+ * per GB on a fast path (loopback: 20–30 % less gateway CPU per GB than 64 KiB, noisy 2-core box).
+ * Only bulk directions get one, and only the pages a read actually filled become resident.
+ */
+export const READ_BUFFER_BYTES = 128 * 1024;
 
 const symbols: ReadSymbols | null = findSymbols();
 let isEnabled = symbols !== null && process.env.EGRESSGATE_READ_BUFFERS !== 'off';
