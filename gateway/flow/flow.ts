@@ -20,6 +20,8 @@ export interface FlowInit {
   client: { ip: string; port: number };
   identity: Identity;
   destination: FlowDestination;
+  /** When the flow began, if earlier than its opening in the table (a UDP association recorded at its end). */
+  startedAt?: number;
 }
 
 /** The JSON record written to the flow log and served by the admin API (SPEC §5). */
@@ -96,8 +98,8 @@ export class Flow {
     this.client = init.client;
     this.identity = init.identity;
     this.destination = init.destination;
-    this.startedAt = now;
-    this.lastActivityAt = now;
+    this.startedAt = init.startedAt ?? now;
+    this.lastActivityAt = this.startedAt;
     this.lastInterimAt = now;
   }
 

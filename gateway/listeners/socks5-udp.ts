@@ -64,6 +64,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   const { socket } = down;
   const limits = hs.snapshot.config.limits;
   const clientIp = unmap(down.clientIp);
+  const startedAt = ctx.flows.now();
   const localIp = unmap(socket.localAddress ?? '127.0.0.1');
   /** 0 until known: the request's DST.PORT or the first datagram's source port. */
   let clientPort = hs.request.port;
@@ -319,10 +320,29 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     if (flow !== null && flow.state === 'active') {
       noteReasons(flow);
       ctx.flows.close(flow, reason);
+    } else if (flow === null && bound && admitted === 0 && refusedDestinations === 0) {
+      recordEmptyAssociation(reason);
     }
     if (keepSocket) return;
     if (reset) socket.resetAndDestroy();
     else if (!socket.destroyed) socket.destroy();
+  }
+
+  /**
+   * SPEC §5: one record per UDP association. An association that never relayed a datagram has no
+   * destination to admit; it still leaves a record (destination as the client declared it, no bytes).
+   */
+  function recordEmptyAssociation(reason: string): void {
+    const f = ctx.flows.open({
+      protocol: 'socks5-udp',
+      listener: 'socks',
+      client: { ip: clientIp, port: clientPort },
+      identity: hs.identity,
+      destination: { host: hs.request.host, ip: null, port: hs.request.port },
+      startedAt,
+    });
+    noteReasons(f);
+    ctx.flows.close(f, reason);
   }
 
   function noteReasons(f: Flow): void {

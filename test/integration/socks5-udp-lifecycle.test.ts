@@ -183,6 +183,27 @@ describe('association lifecycle', () => {
   });
 });
 
+describe('an association that relays nothing', () => {
+  it('still leaves one record (SPEC §5: one per UDP association), with no bytes and its real start', async () => {
+    const gw = await startBareSocksGateway();
+    cleanups.push(() => gw.stop());
+    const client = await udpSocket();
+    const before = Date.now();
+    const a = await associate(gw, client);
+    await new Promise((r) => setTimeout(r, 50));
+    a.control.end();
+    const rec = await gw.waitForClosed((x) => x.protocol === 'socks5-udp' && x.client.port === client.address().port);
+    expect(rec.closeReason).toBe('closed');
+    expect(rec.bytesOut).toBe(0);
+    expect(rec.bytesIn).toBe(0);
+    expect(rec.destination).toEqual({ host: '0.0.0.0', ip: null, port: client.address().port });
+    expect(Date.parse(rec.startedAt)).toBeGreaterThanOrEqual(before - 5);
+    expect(rec.durationMs).toBeGreaterThanOrEqual(40);
+    expect(rec.reasons.join(' ')).toContain('0 destinations relayed');
+    expect(gw.flows.activeCount).toBe(0);
+  });
+});
+
 describe('closing the listener (drain)', () => {
   it('ends connections that carry no flow: one mid-handshake, one association that relayed nothing', async () => {
     const gw = await startBareSocksGateway();
