@@ -50,22 +50,44 @@ export class GatewayStats {
   readonly sweepDurationMs: Histogram;
   readonly configReloadTotal: Counter<'result'>;
   private activeFlowsFn: () => number = () => 0;
+  /**
+   * Hot-path counts (every connection, every flow) are plain numbers, handed to prom-client only at
+   * scrape time (`collect`): a prom-client inc() hashes and validates its label object each call.
+   */
+  private readonly cxTotal = new Map<string, number>();
+  private readonly cxActive = new Map<string, number>();
+  private readonly decisions = new Map<string, { verdict: string; reason: string; n: number }>();
+  private bytesOut = 0;
+  private bytesIn = 0;
   /** Bytes already counted per live flow, so a sweep adds only the delta. */
   private readonly counted = new WeakMap<Flow, { out: number; in: number }>();
 
   constructor(opts: GatewayStatsOptions = {}) {
     const registers = [this.registry];
+    const stats = this;
+    // Every closed label value exists from the start, so dashboards see each series at 0.
+    for (const l of LISTENER_LABELS) {
+      this.cxTotal.set(l, 0);
+      this.cxActive.set(l, 0);
+    }
     this.downstreamCxTotal = new Counter({
       name: 'gw_downstream_cx_total',
       help: 'Downstream (client) connections accepted, by listener',
       labelNames: ['listener'],
       registers,
+      collect() {
+        this.reset();
+        for (const [listener, n] of stats.cxTotal) this.inc({ listener }, n);
+      },
     });
     this.downstreamCxActive = new Gauge({
       name: 'gw_downstream_cx_active',
       help: 'Downstream (client) connections open now, by listener',
       labelNames: ['listener'],
       registers,
+      collect() {
+        for (const [listener, n] of stats.cxActive) this.set({ listener }, n);
+      },
     });
     this.upstreamCxConnectFailTotal = new Counter({
       name: 'gw_upstream_cx_connect_fail_total',
@@ -73,7 +95,6 @@ export class GatewayStats {
       labelNames: ['type'],
       registers,
     });
-    const stats = this;
     this.flowsActive = new Gauge({
       name: 'gw_flows_active',
       help: 'Flows open now',
@@ -87,12 +108,21 @@ export class GatewayStats {
       help: 'Payload bytes carried, by direction (out = to the destination)',
       labelNames: ['direction'],
       registers,
+      collect() {
+        this.reset();
+        this.inc({ direction: 'out' }, stats.bytesOut);
+        this.inc({ direction: 'in' }, stats.bytesIn);
+      },
     });
     this.policyDecisionsTotal = new Counter({
       name: 'gw_policy_decisions_total',
       help: 'Admission verdicts of new flows, by verdict and reason code',
       labelNames: ['verdict', 'reason'],
       registers,
+      collect() {
+        this.reset();
+        for (const d of stats.decisions.values()) this.inc({ verdict: d.verdict, reason: d.reason }, d.n);
+      },
     });
     this.detectorAlertsTotal = new Counter({
       name: 'gw_detector_alerts_total',
@@ -113,19 +143,19 @@ export class GatewayStats {
       registers,
     });
     // Zero the closed label sets so dashboards see every series from the start.
-    for (const l of LISTENER_LABELS) this.downstreamCxTotal.inc({ listener: l }, 0);
     for (const r of RELOAD_RESULTS) this.configReloadTotal.inc({ result: r }, 0);
-    for (const d of ['out', 'in']) this.flowBytesTotal.inc({ direction: d }, 0);
     if (opts.processMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'gw_process_' });
   }
 
   downstreamOpened(listener: ListenerLabel): void {
-    this.downstreamCxTotal.inc({ listener: closedLabel(listener, LISTENER_LABELS) });
-    this.downstreamCxActive.inc({ listener: closedLabel(listener, LISTENER_LABELS) });
+    const l = closedLabel(listener, LISTENER_LABELS);
+    this.cxTotal.set(l, (this.cxTotal.get(l) ?? 0) + 1);
+    this.cxActive.set(l, (this.cxActive.get(l) ?? 0) + 1);
   }
 
   downstreamClosed(listener: ListenerLabel): void {
-    this.downstreamCxActive.dec({ listener: closedLabel(listener, LISTENER_LABELS) });
+    const l = closedLabel(listener, LISTENER_LABELS);
+    this.cxActive.set(l, (this.cxActive.get(l) ?? 0) - 1);
   }
 
   upstreamConnectFailed(type: ConnectFailType): void {
@@ -133,10 +163,10 @@ export class GatewayStats {
   }
 
   decision(verdict: Verdict, reason: ReasonCode | null): void {
-    this.policyDecisionsTotal.inc({
-      verdict: closedLabel(verdict, VERDICT_LABELS),
-      reason: closedLabel(reason, REASON_LABELS),
-    });
+    const key = `${verdict}\u0000${reason}`;
+    const d = this.decisions.get(key);
+    if (d) d.n++;
+    else this.decisions.set(key, { verdict: closedLabel(verdict, VERDICT_LABELS), reason: closedLabel(reason, REASON_LABELS), n: 1 });
   }
 
   alert(detector: string, action: string): void {
@@ -169,8 +199,8 @@ export class GatewayStats {
         this.counted.set(flow, c);
         this.decision(flow.verdict, flow.reason);
       }
-      if (flow.bytesOut > c.out) this.flowBytesTotal.inc({ direction: 'out' }, flow.bytesOut - c.out);
-      if (flow.bytesIn > c.in) this.flowBytesTotal.inc({ direction: 'in' }, flow.bytesIn - c.in);
+      if (flow.bytesOut > c.out) this.bytesOut += flow.bytesOut - c.out;
+      if (flow.bytesIn > c.in) this.bytesIn += flow.bytesIn - c.in;
       c.out = flow.bytesOut;
       c.in = flow.bytesIn;
     };

@@ -115,4 +115,24 @@ describe('GatewayStats', () => {
     s1.downstreamClosed('socks');
     expect(await s1.text()).toContain('gw_downstream_cx_active{listener="socks"} 0');
   });
+
+  it('hot-path counts kept as plain numbers add up at every scrape (counters never reset between scrapes)', async () => {
+    const s = new GatewayStats();
+    for (let i = 0; i < 3; i++) s.downstreamOpened('http');
+    s.decision('allow', 'allowed');
+    s.decision('block', 'not-allowlisted');
+    s.decision('block', 'not-allowlisted');
+    const first = await s.text();
+    expect(first).toContain('gw_downstream_cx_total{listener="http"} 3');
+    expect(first).toContain('gw_downstream_cx_active{listener="http"} 3');
+    expect(first).toContain('gw_policy_decisions_total{verdict="block",reason="not-allowlisted"} 2');
+    s.downstreamOpened('http');
+    s.downstreamClosed('http');
+    s.decision('allow', 'allowed');
+    const second = await s.text();
+    expect(second).toContain('gw_downstream_cx_total{listener="http"} 4');
+    expect(second).toContain('gw_downstream_cx_active{listener="http"} 3');
+    expect(second).toContain('gw_policy_decisions_total{verdict="allow",reason="allowed"} 2');
+    expect(second).toContain('gw_flow_bytes_total{direction="out"} 0');
+  });
 });
