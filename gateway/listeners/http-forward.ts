@@ -25,20 +25,24 @@ import { connectionState, resetOrDestroy } from './http-connection-state.ts';
 import { forwardResponseHeaders } from './http-headers.ts';
 import { sendRefusal } from './http-refusal.ts';
 
-/** The undici dispatchers of one listener: direct, and one per parent proxy URL. */
+/**
+ * The undici dispatchers of one listener: direct, and one per parent proxy URL. undici fixes the
+ * connect timeout when an Agent is made, so a reload that changes `limits.connectTimeoutMs` makes
+ * new Agents; the old ones finish their requests in flight and close.
+ */
 export class OriginAgents {
-  private readonly direct: Agent;
+  private direct: Agent;
   private readonly viaUpstream = new Map<string, Agent>();
-  private readonly connectTimeoutMs: number;
+  private connectTimeoutMs: number;
 
   constructor(connectTimeoutMs: number) {
     this.connectTimeoutMs = connectTimeoutMs;
-    // keepAliveTimeout below typical origin defaults (5 s) so we rarely reuse a socket the origin is closing.
-    this.direct = new Agent({ connect: { timeout: connectTimeoutMs, noDelay: true }, keepAliveTimeout: 4000, pipelining: 1 });
+    this.direct = directAgent(connectTimeoutMs);
   }
 
   /** The dispatcher for a flow: direct to the pinned address, or through its parent proxy. */
-  for(upstream: string | null): Agent {
+  for(upstream: string | null, connectTimeoutMs: number = this.connectTimeoutMs): Agent {
+    if (connectTimeoutMs !== this.connectTimeoutMs) this.retune(connectTimeoutMs);
     if (!upstream) return this.direct;
     let agent = this.viaUpstream.get(upstream);
     if (!agent) {
@@ -59,12 +63,25 @@ export class OriginAgents {
     return agent;
   }
 
+  private retune(connectTimeoutMs: number): void {
+    const old = [this.direct, ...this.viaUpstream.values()];
+    this.connectTimeoutMs = connectTimeoutMs;
+    this.direct = directAgent(connectTimeoutMs);
+    this.viaUpstream.clear();
+    for (const agent of old) void agent.close().catch(() => undefined);
+  }
+
   /** Close every pooled origin connection (drain / tests). */
   async close(): Promise<void> {
     const all = [this.direct, ...this.viaUpstream.values()];
     this.viaUpstream.clear();
     await Promise.all(all.map((a) => a.destroy().catch(() => undefined)));
   }
+}
+
+function directAgent(connectTimeoutMs: number): Agent {
+  // keepAliveTimeout below typical origin defaults (5 s) so we rarely reuse a socket the origin is closing.
+  return new Agent({ connect: { timeout: connectTimeoutMs, noDelay: true }, keepAliveTimeout: 4000, pipelining: 1 });
 }
 
 /** Turn an undici / socket error into a gateway code, once, here. */
@@ -224,7 +241,7 @@ export function forwardRequest(
   };
   connection.isAwaitingOrigin = true;
   try {
-    agents.for(admitted.upstream).dispatch(opts, handler);
+    agents.for(admitted.upstream, snapshot.config.limits.connectTimeoutMs).dispatch(opts, handler);
   } catch (err) {
     handler.onError?.(err as Error);
   }

@@ -119,15 +119,18 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
     },
   };
 
-  // A reload may change the limits: new connections get the header and idle timeouts in force.
-  // (maxHeaderSize and the origin connect timeout are fixed when the listener is created.)
+  // A reload may change the limits: new connections get the header size and timeouts in force
+  // (node reads server.maxHeaderSize when it sets up each connection's parser); the origin connect
+  // timeout follows in OriginAgents.for().
+  // Prepended: it must run before node's own connection listener, which sets up the parser.
   let limitsFor = ctx.policy.current();
-  server.on('connection', () => {
+  server.prependListener('connection', () => {
     const snapshot = ctx.policy.current();
     if (snapshot === limitsFor) return;
     limitsFor = snapshot;
     server.headersTimeout = snapshot.config.limits.headerTimeoutMs;
     server.timeout = snapshot.config.limits.idleTimeoutMs;
+    (server as { maxHeaderSize?: number }).maxHeaderSize = snapshot.config.limits.maxHeaderBytes;
   });
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     onRequest(state, req, res).catch((err: unknown) => internalError(state, res, err));
