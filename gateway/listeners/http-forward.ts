@@ -182,7 +182,7 @@ export function forwardRequest(
       flow.bytesOut += typeof chunk === 'number' ? chunk : Buffer.byteLength(chunk as Buffer);
     },
     onHeaders(statusCode, rawHeaders, resumeFn, statusText) {
-      if (statusCode < 200) return true; // 1xx: node answered Expect itself; nothing else to relay
+      if (statusCode < 200) return true; // 1xx: the gateway answered Expect itself; nothing else to relay
       connection.isAwaitingOrigin = false;
       resume = resumeFn;
       res.on('drain', onDrain);

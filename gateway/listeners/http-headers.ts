@@ -11,7 +11,8 @@ export const VIA_VALUE = '1.1 egressgate';
 /**
  * Always removed in both directions: the hop-by-hop fields of RFC 9110 §7.6.1 plus the proxy's own
  * credentials and challenges. `Host` is rebuilt from the request target (RFC 9112 §3.2.2), and
- * `Expect` is answered by our own server (node sends 100 Continue), so neither is passed on.
+ * `Expect` is answered by the gateway itself (100 Continue once admission let the request through),
+ * so neither is passed on.
  */
 const HOP_BY_HOP = new Set([
   'connection',

@@ -133,7 +133,13 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
     (server as { maxHeaderSize?: number }).maxHeaderSize = snapshot.config.limits.maxHeaderBytes;
   });
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-    onRequest(state, req, res).catch((err: unknown) => internalError(state, res, err));
+    onRequest(state, req, res, false).catch((err: unknown) => internalError(state, res, err));
+  });
+  // `Expect: 100-continue` (RFC 9110 §10.1.1): node would send 100 Continue before any decision.
+  // With this listener it does not: admission runs first, only an admitted request is asked for its
+  // body, and a refused one gets its final status without the client ever sending the body.
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    onRequest(state, req, res, true).catch((err: unknown) => internalError(state, res, err));
   });
   server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     handleConnect(state, req, socket, head).catch((err: unknown) => {
@@ -159,8 +165,8 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
   return server;
 }
 
-/** Absolute-URI request: steps 2–8. */
-async function onRequest(state: HttpListenerState, req: IncomingMessage, res: ServerResponse): Promise<void> {
+/** Absolute-URI request: steps 2–8. `expectsContinue`: the client waits for 100 before its body. */
+async function onRequest(state: HttpListenerState, req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
   const { ctx } = state;
   const target = parseAbsoluteTarget(req.url ?? '');
   const shape = smugglingShape(req);
@@ -176,6 +182,7 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
     return;
   }
   const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
+  if (expectsContinue && hasBody) res.writeContinue();
   const headers = forwardRequestHeaders(req.rawHeaders, {
     host: hostHeaderFor(target.host, target.port),
     stripped: state.strippedHeaders(result.snapshot),
