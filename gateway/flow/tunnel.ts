@@ -117,7 +117,9 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
       up.resume();
     }
   };
+  // After the flow ended the read callbacks stay installed on the sockets: stop reading, count nothing.
   const onDownRead = (n: number, buf: Buffer): boolean => {
+    if (done) return false;
     sendUp(buf.subarray(0, n), afterUpWrite);
     if (done) return false;
     if (up.writableLength > 0) {
@@ -127,6 +129,7 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
     return true;
   };
   const onUpRead = (n: number, buf: Buffer): boolean => {
+    if (done) return false;
     flow.bytesIn += n;
     down.write(buf.subarray(0, n), afterDownWrite);
     if (down.writableLength > 0) {
