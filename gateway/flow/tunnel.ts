@@ -55,6 +55,10 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
     // Keep an error listener so late errors on destroyed sockets never crash the process.
     down.on('error', ignore);
     up.on('error', ignore);
+    // A side paused or stopped for backpressure would never see its peer's FIN: keep reading (and
+    // discarding) so a half-open socket still closes when its peer does.
+    if (!down.destroyed) down.resume();
+    if (!up.destroyed) up.resume();
     flows.close(flow, reason);
   };
 
@@ -117,9 +121,10 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
       up.resume();
     }
   };
-  // After the flow ended the read callbacks stay installed on the sockets: stop reading, count nothing.
+  // After the flow ended the read callbacks stay installed on the sockets: discard, count nothing,
+  // but keep reading so the peer's FIN is still seen and the socket can close.
   const onDownRead = (n: number, buf: Buffer): boolean => {
-    if (done) return false;
+    if (done) return true;
     sendUp(buf.subarray(0, n), afterUpWrite);
     if (done) return false;
     if (up.writableLength > 0) {
@@ -129,7 +134,7 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
     return true;
   };
   const onUpRead = (n: number, buf: Buffer): boolean => {
-    if (done) return false;
+    if (done) return true;
     flow.bytesIn += n;
     down.write(buf.subarray(0, n), afterDownWrite);
     if (down.writableLength > 0) {

@@ -156,6 +156,40 @@ describe('bulk tunnels with reused read buffers', () => {
     });
   }
 
+  it('the destination closes mid-upload: the client gets its FIN, and its own FIN then closes the connection', async () => {
+    setReadBuffersEnabled(true);
+    const half = createServer({ allowHalfOpen: true }, (s) => {
+      sockets.add(s);
+      s.on('error', () => undefined);
+      let got = 0;
+      s.on('data', (c: Buffer) => {
+        got += c.length;
+        // Answer, then close completely while the client is still sending.
+        if (got >= 1024 * 1024 && s.writable) s.end('bye', () => s.destroy());
+      });
+    });
+    half.listen(0, '127.0.0.1');
+    await once(half, 'listening');
+    const port = (half.address() as { port: number }).port;
+    const s = await rawConnect(gw.httpPort);
+    s.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+    await readUntil(s, '\r\n\r\n');
+    const answer = readUntil(s, 'bye');
+    const ended = once(s, 'end');
+    // Keep sending past the point where the destination has closed its side.
+    for (let i = 0; i < 32; i++) if (!s.write(payload.subarray(i * 65536, (i + 1) * 65536))) await once(s, 'drain');
+    await answer;
+    await ended;
+    const closed = once(s, 'close');
+    s.end();
+    await closed;
+    const rec = await gw.waitForClosed((r) => r.destination.port === port);
+    expect(rec.bytesIn).toBe(3);
+    expect(rec.bytesOut).toBeGreaterThanOrEqual(1024 * 1024);
+    expect(['closed', 'upstream-reset']).toContain(rec.closeReason);
+    await new Promise<void>((r) => half.close(() => r()));
+  });
+
   it('adoptReadBuffer: reads land in the given buffer, a false return stops reading until resume(), end still arrives', async () => {
     setReadBuffersEnabled(true);
     const server = createServer((s) => {
