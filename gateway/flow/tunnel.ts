@@ -56,9 +56,13 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
     down.on('error', ignore);
     up.on('error', ignore);
     // A side paused or stopped for backpressure would never see its peer's FIN: keep reading (and
-    // discarding) so a half-open socket still closes when its peer does.
-    if (!down.destroyed) down.resume();
-    if (!up.destroyed) up.resume();
+    // discarding) so a half-open socket still closes when its peer does; and one that stays silent
+    // still goes after the idle timeout (its timer stays armed), so no peer can hold a socket forever.
+    for (const s of [down, up]) {
+      if (s.destroyed) continue;
+      s.resume();
+      if (opts.idleTimeoutMs > 0) s.on('timeout', destroySelf);
+    }
     flows.close(flow, reason);
   };
 
@@ -237,6 +241,10 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
 }
 
 function ignore(): void {}
+
+function destroySelf(this: Socket): void {
+  this.destroy();
+}
 
 /** TCP reset where node can; `resetAndDestroy()` throws ERR_INVALID_HANDLE_TYPE on a TLS socket. */
 function reset(s: Socket): void {

@@ -226,3 +226,40 @@ describe('bulk tunnels with reused read buffers', () => {
     expect(adoptReadBuffer(new Socket(), Buffer.alloc(16), () => true)).toBe(false);
   });
 });
+
+describe('after the flow ends', () => {
+  it('a SOCKS5 client that never closes its side is let go after the idle timeout, not kept forever', async () => {
+    const shortIdle = await startTestGateway({ limits: { idleTimeoutMs: 400 } });
+    const gone = createServer((s) => {
+      s.on('error', () => undefined);
+      s.end('bye', () => s.destroy());
+    });
+    gone.listen(0, '127.0.0.1');
+    await once(gone, 'listening');
+    const port = (gone.address() as { port: number }).port;
+    try {
+      // SOCKS5: its listener has no server-wide socket timeout of its own (node:http's would also cut it).
+      const s = connect({ port: shortIdle.socksPort, host: '127.0.0.1', allowHalfOpen: true });
+      s.on('error', () => undefined);
+      await once(s, 'connect');
+      s.write(Buffer.from([5, 1, 0]));
+      await readExactly(s, 2);
+      s.write(Buffer.from([5, 1, 0, 1, 127, 0, 0, 1, port >> 8, port & 0xff]));
+      expect((await readExactly(s, 10))[1]).toBe(0);
+      const bye = readUntil(s, 'bye');
+      s.resume();
+      await bye;
+      await shortIdle.waitForClosed((r) => r.destination.port === port);
+      // The client keeps its side open and says nothing. After the idle timeout the gateway has let go
+      // of the socket: the client's next bytes meet a closed socket (reset), not a silent sink.
+      await new Promise((r) => setTimeout(r, 1200));
+      const closed = new Promise<void>((r) => s.once('close', () => r()));
+      s.write('anyone there?');
+      await closed;
+      expect(s.destroyed).toBe(true);
+    } finally {
+      await shortIdle.stop();
+      await new Promise<void>((r) => gone.close(() => r()));
+    }
+  });
+});
