@@ -7,7 +7,7 @@ import type { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { pattern, rawConnect, readUntil, run } from './http-harness.ts';
-import { skipNotice } from '../helpers/skip-notice.ts';
+import { ipv6LoopbackAvailable, skipNotice } from '../helpers/skip-notice.ts';
 
 let gw: TestGateway;
 let origin: Server | null = null;
@@ -42,11 +42,7 @@ afterAll(async () => {
 });
 
 /** Can this host listen on ::1? (Containers without IPv6 cannot.) */
-const hasIpv6Loopback = await new Promise<boolean>((resolve) => {
-  const probe = createServer();
-  probe.once('error', () => resolve(false));
-  probe.listen(0, '::1', () => probe.close(() => resolve(true)));
-});
+const hasIpv6Loopback = await ipv6LoopbackAvailable();
 
 describe.skipIf(!skipNotice(hasIpv6Loopback, 'http-ipv6', 'needs IPv6 loopback (::1)'))('IPv6 literal destinations', () => {
   it('absolute-URI http://[::1]:port/ — Host keeps the brackets, the flow records ::1', async () => {

@@ -20,6 +20,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CHOKEPOINT, type Chokepoint, type ExecResult, NetnsLab, type NsProcess, buildChokepoint, netnsSupport } from '../helpers/netns.ts';
+import { skipNotice } from '../helpers/skip-notice.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const LOCKDOWN = join(ROOT, 'deploy/nftables/egress-lockdown.sh');
@@ -43,6 +44,9 @@ const GATEWAY_UID = support.ok && nobodyCanReadTree() ? NOBODY : 0;
 const OTHER_UID = GATEWAY_UID === 0 ? NOBODY : 0;
 if (support.ok && GATEWAY_UID === 0) {
   console.warn(`netns-chokepoint: uid ${NOBODY} cannot read ${ROOT}; egressgate runs as root in the gateway namespace instead.`);
+}
+if (!support.ok && process.env.EGRESSGATE_REQUIRE_ALL_TESTS === '1') {
+  skipNotice(false, 'netns-chokepoint', support.reason);
 }
 if (!support.ok) {
   console.warn(

@@ -12,7 +12,7 @@ import { encodeProxyV1, encodeProxyV2 } from '../../gateway/protocol/proxy-proto
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { type Origin, pattern, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
 import { readBytes, readToEnd } from './socks5-harness.ts';
-import { skipNotice } from '../helpers/skip-notice.ts';
+import { ipv6LoopbackAvailable, skipNotice } from '../helpers/skip-notice.ts';
 
 const CLAIMED = { srcIp: '203.0.113.7', srcPort: 4444, dstIp: '127.0.0.1', dstPort: 8080 };
 const HOSTS = [{ cidr: '203.0.113.0/24', name: 'lb-client', roles: ['any'] }];
@@ -294,11 +294,7 @@ describe('untrusted peer (trustedSources 10.9.9.9/32, connecting from 127.0.0.1)
 });
 
 /** Can this host listen on ::1? (Containers without IPv6 cannot.) */
-const hasIpv6Loopback = await new Promise<boolean>((resolve) => {
-  const probe = createServer();
-  probe.once('error', () => resolve(false));
-  probe.listen(0, '::1', () => probe.close(() => resolve(true)));
-});
+const hasIpv6Loopback = await ipv6LoopbackAvailable();
 
 describe.skipIf(!skipNotice(hasIpv6Loopback, 'proxy-protocol IPv6', 'needs IPv6 loopback (::1)'))('trusted IPv6 load balancer (::1/128)', () => {
   it('a v1 TCP4 header from [::1] on the SOCKS listener names an IPv4 client', async () => {
