@@ -56,7 +56,8 @@ export class GatewayStats {
    */
   private readonly cxTotal = new Map<string, number>();
   private readonly cxActive = new Map<string, number>();
-  private readonly decisions = new Map<string, { verdict: string; reason: string; n: number }>();
+  /** verdict → reason → count, raw values (mapped to closed label sets at scrape time). */
+  private readonly decisions = new Map<string, Map<string | null, number>>();
   private bytesOut = 0;
   private bytesIn = 0;
   /** Bytes already counted per live flow, so a sweep adds only the delta. */
@@ -121,7 +122,9 @@ export class GatewayStats {
       registers,
       collect() {
         this.reset();
-        for (const d of stats.decisions.values()) this.inc({ verdict: d.verdict, reason: d.reason }, d.n);
+        for (const [verdict, reasons] of stats.decisions) {
+          for (const [reason, n] of reasons) this.inc({ verdict: closedLabel(verdict, VERDICT_LABELS), reason: closedLabel(reason, REASON_LABELS) }, n);
+        }
       },
     });
     this.detectorAlertsTotal = new Counter({
@@ -163,10 +166,12 @@ export class GatewayStats {
   }
 
   decision(verdict: Verdict, reason: ReasonCode | null): void {
-    const key = `${verdict}\u0000${reason}`;
-    const d = this.decisions.get(key);
-    if (d) d.n++;
-    else this.decisions.set(key, { verdict: closedLabel(verdict, VERDICT_LABELS), reason: closedLabel(reason, REASON_LABELS), n: 1 });
+    let reasons = this.decisions.get(verdict);
+    if (!reasons) {
+      reasons = new Map();
+      this.decisions.set(verdict, reasons);
+    }
+    reasons.set(reason, (reasons.get(reason) ?? 0) + 1);
   }
 
   alert(detector: string, action: string): void {

@@ -9,8 +9,8 @@
  * socket was accepted by node:http or net.Server. So this module turns it on for an existing TCP
  * socket, with the same fields node's own `onread` option sets (found by their symbol
  * descriptions once, at load). Where they cannot be found (another runtime, a TLS socket, a
- * socket without a TCP handle) `adoptReadBuffer` returns false and the caller keeps reading
- * 'data' events: slower, never wrong.
+ * socket without a TCP handle) `adoptReadBuffer` answers 'never' and the caller keeps reading
+ * 'data' events: slower, never wrong. The buffer is allocated only once a switch is certain.
  *
  * The contract for a caller: `onRead(n, buf)` gets the bytes in `buf[0, n)`. They must be consumed
  * (written on) before returning, and if the write could not complete at once (the peer's
@@ -71,20 +71,27 @@ export function setReadBuffersEnabled(on: boolean): void {
 }
 
 /**
- * Make `socket` read into `buf` and hand each read to `onRead` instead of emitting 'data'.
- * Only call it while nothing is buffered in the socket's readable side (`readableLength === 0`),
- * or those bytes would be delivered after newer ones. One-way: a switched socket stays switched.
+ * What a switch attempt came to: 'adopted'; 'not-now' (bytes are still buffered in the socket's
+ * readable side and would be delivered after newer ones: try again later); 'never' (this socket
+ * cannot switch, or already did: stop trying).
  */
-export function adoptReadBuffer(socket: Socket, buf: Buffer, onRead: ReadCallback): boolean {
-  if (!isEnabled || symbols === null) return false;
+export type AdoptResult = 'adopted' | 'not-now' | 'never';
+
+/**
+ * Make `socket` read into a buffer of `bytes` of its own and hand each read to `onRead` instead
+ * of emitting 'data'. One-way: a switched socket stays switched.
+ */
+export function adoptReadBuffer(socket: Socket, onRead: ReadCallback, bytes: number = READ_BUFFER_BYTES): AdoptResult {
+  if (!isEnabled || symbols === null || socket.destroyed) return 'never';
   const handle = (socket as unknown as { _handle?: UserBufferHandle | null })._handle;
-  if (!handle || typeof handle.useUserBuffer !== 'function' || handle.constructor?.name !== 'TCP') return false;
-  if (socket.readableLength !== 0 || socket.destroyed) return false;
+  if (!handle || typeof handle.useUserBuffer !== 'function' || handle.constructor?.name !== 'TCP') return 'never';
   const fields = socket as unknown as Record<symbol, unknown>;
-  if (fields[symbols.buffer]) return false; // already switched
+  if (fields[symbols.buffer]) return 'never'; // already switched
+  if (socket.readableLength !== 0) return 'not-now';
+  const buf = Buffer.allocUnsafeSlow(bytes);
   fields[symbols.generator] = null;
   fields[symbols.callback] = onRead;
   fields[symbols.buffer] = buf;
   handle.useUserBuffer(buf);
-  return true;
+  return 'adopted';
 }

@@ -11,7 +11,7 @@
 import type { Socket } from 'node:net';
 import type { FlowTable } from './flow-table.ts';
 import type { Flow } from './flow.ts';
-import { adoptReadBuffer, READ_BUFFER_BYTES } from './read-buffer.ts';
+import { adoptReadBuffer } from './read-buffer.ts';
 
 /**
  * A read at least this large marks a bulk direction: that socket then reads into a buffer of its
@@ -33,9 +33,10 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
   let downEnded = false;
   let upEnded = false;
   let done = false;
-  // Buffer mode (read-buffer.ts) per side, and whether that side stopped reading for a pending write.
-  let isDownBuffered = false;
-  let isUpBuffered = false;
+  // Per side: whether trying buffer mode (read-buffer.ts) is over (switched, or impossible), and
+  // whether that side stopped reading for a pending write.
+  let isDownSettled = false;
+  let isUpSettled = false;
   let isDownStopped = false;
   let isUpStopped = false;
 
@@ -58,11 +59,8 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
     // A side paused or stopped for backpressure would never see its peer's FIN: keep reading (and
     // discarding) so a half-open socket still closes when its peer does; and one that stays silent
     // still goes after the idle timeout (its timer stays armed), so no peer can hold a socket forever.
-    for (const s of [down, up]) {
-      if (s.destroyed) continue;
-      s.resume();
-      if (opts.idleTimeoutMs > 0) s.on('timeout', destroySelf);
-    }
+    releaseAfterFlow(down, opts.idleTimeoutMs);
+    releaseAfterFlow(up, opts.idleTimeoutMs);
     flows.close(flow, reason);
   };
 
@@ -98,16 +96,12 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
     sendUp(chunk);
     if (done) return;
     if (up.writableNeedDrain) down.pause();
-    if (chunk.length >= BULK_READ_BYTES && !isDownBuffered) {
-      isDownBuffered = adoptReadBuffer(down, Buffer.allocUnsafeSlow(READ_BUFFER_BYTES), onDownRead);
-    }
+    if (chunk.length >= BULK_READ_BYTES && !isDownSettled) isDownSettled = adoptReadBuffer(down, onDownRead) !== 'not-now';
   };
   const onUpData = (chunk: Buffer): void => {
     flow.bytesIn += chunk.length;
     if (!down.write(chunk)) up.pause();
-    if (chunk.length >= BULK_READ_BYTES && !isUpBuffered && !done) {
-      isUpBuffered = adoptReadBuffer(up, Buffer.allocUnsafeSlow(READ_BUFFER_BYTES), onUpRead);
-    }
+    if (chunk.length >= BULK_READ_BYTES && !isUpSettled && !done) isUpSettled = adoptReadBuffer(up, onUpRead) !== 'not-now';
   };
 
   // Buffer mode: the bytes live in our buffer until the kernel has taken them. A write the kernel
@@ -244,6 +238,12 @@ function ignore(): void {}
 
 function destroySelf(this: Socket): void {
   this.destroy();
+}
+
+function releaseAfterFlow(s: Socket, idleTimeoutMs: number): void {
+  if (s.destroyed) return;
+  s.resume();
+  if (idleTimeoutMs > 0) s.on('timeout', destroySelf);
 }
 
 /** TCP reset where node can; `resetAndDestroy()` throws ERR_INVALID_HANDLE_TYPE on a TLS socket. */

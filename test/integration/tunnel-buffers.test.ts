@@ -190,7 +190,7 @@ describe('bulk tunnels with reused read buffers', () => {
     await new Promise<void>((r) => half.close(() => r()));
   });
 
-  it('adoptReadBuffer: reads land in the given buffer, a false return stops reading until resume(), end still arrives', async () => {
+  it('adoptReadBuffer: every read lands in one buffer of the size asked, a false return stops reading until resume(), end still arrives', async () => {
     setReadBuffersEnabled(true);
     const server = createServer((s) => {
       s.write('a'.repeat(1000));
@@ -200,30 +200,48 @@ describe('bulk tunnels with reused read buffers', () => {
     await once(server, 'listening');
     const c = connect((server.address() as { port: number }).port, '127.0.0.1');
     await once(c, 'connect');
-    const buf = Buffer.alloc(4096);
+    const buffers = new Set<Buffer>();
     const seen: string[] = [];
     let isFirst = true;
-    expect(adoptReadBuffer(c, buf, (n, b) => {
-      expect(b).toBe(buf);
-      seen.push(b.toString('latin1', 0, n));
-      if (isFirst) {
-        isFirst = false;
-        setTimeout(() => c.resume(), 60);
-        return false;
-      }
-      return true;
-    })).toBe(true);
-    // A second switch of the same socket is refused.
-    expect(adoptReadBuffer(c, Buffer.alloc(16), () => true)).toBe(false);
+    const result = adoptReadBuffer(
+      c,
+      (n, b) => {
+        buffers.add(b);
+        seen.push(b.toString('latin1', 0, n));
+        if (isFirst) {
+          isFirst = false;
+          setTimeout(() => c.resume(), 60);
+          return false;
+        }
+        return true;
+      },
+      4096,
+    );
+    expect(result).toBe('adopted');
+    // A second switch of the same socket is refused for good.
+    expect(adoptReadBuffer(c, () => true)).toBe('never');
     c.resume();
     await once(c, 'end');
     expect(seen.join('')).toBe('a'.repeat(1000) + 'b'.repeat(1000));
+    expect(seen.length).toBeGreaterThanOrEqual(2);
+    expect([...buffers].map((b) => b.length)).toEqual([4096]);
     c.destroy();
     server.close();
   });
 
-  it('adoptReadBuffer refuses a socket that has no TCP handle yet', () => {
-    expect(adoptReadBuffer(new Socket(), Buffer.alloc(16), () => true)).toBe(false);
+  it('adoptReadBuffer: bytes still queued on the socket → not now; no TCP handle → never', async () => {
+    setReadBuffersEnabled(true);
+    expect(adoptReadBuffer(new Socket(), () => true)).toBe('never');
+    const server = createServer((s) => s.end('queued'));
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const c = connect((server.address() as { port: number }).port, '127.0.0.1');
+    c.pause();
+    await once(c, 'readable');
+    expect(c.readableLength).toBeGreaterThan(0);
+    expect(adoptReadBuffer(c, () => true)).toBe('not-now');
+    c.destroy();
+    server.close();
   });
 });
 
