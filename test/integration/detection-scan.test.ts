@@ -28,6 +28,18 @@ afterEach(async () => {
   gw = null;
 });
 
+/** A SOCKS5 CONNECT to the good origin, from `localAddress` when given. */
+function socksToGood(g: TestGateway, localAddress?: string): ReturnType<typeof SocksClient.createConnection> {
+  return SocksClient.createConnection({
+    proxy: { host: g.socksHost, port: g.socksPort, type: 5 },
+    command: 'connect',
+    destination: { host: '127.0.0.1', port: good.port },
+    timeout: 5000,
+    // The socks client overrides host and port with the proxy's; only the source address is ours.
+    ...(localAddress ? { socket_options: { host: g.socksHost, port: g.socksPort, localAddress } } : {}),
+  });
+}
+
 function start(mode: Mode): Promise<TestGateway> {
   return startTestGateway({ mode, detection: { sampleIntervalMs: 50, quarantineSec: 60, detectors: { 'an0081.scan': SCAN } } });
 }
@@ -88,16 +100,7 @@ describe('an0081.scan over HTTP CONNECT', () => {
 
     // The quarantine is the identity's, not the listener's: SOCKS5 from the same client is refused.
     const g = gw;
-    await expect(
-      SocksClient.createConnection({
-        proxy: { host: g.socksHost, port: g.socksPort, type: 5 },
-        command: 'connect',
-        destination: { host: '127.0.0.1', port: good.port },
-        timeout: 5000,
-        // The socks client overrides host and port with the proxy's; only the source address is ours.
-        socket_options: { host: g.socksHost, port: g.socksPort, localAddress: scanner },
-      }),
-    ).rejects.toThrow(/NotAllowed/);
+    await expect(socksToGood(g, scanner)).rejects.toThrow(/NotAllowed/);
     const viaSocks = await g.waitForClosed((r) => r.protocol === 'socks5' && r.client.ip === scanner);
     expect(viaSocks.reason).toBe('quarantine');
 
@@ -170,14 +173,7 @@ describe('an0081.scan over SOCKS5', () => {
     expect(alert.evidence['maxFailedPortsOnOneHost']).toBeGreaterThanOrEqual(SCAN.failedPortsOnOneHost);
     const socksFlows = new Set(g.closed.filter((r) => r.protocol === 'socks5').map((r) => r.id));
     for (const id of alert.flowIds) expect(socksFlows.has(id)).toBe(true);
-    await expect(
-      SocksClient.createConnection({
-        proxy: { host: g.socksHost, port: g.socksPort, type: 5 },
-        command: 'connect',
-        destination: { host: '127.0.0.1', port: good.port },
-        timeout: 5000,
-      }),
-    ).rejects.toThrow(/NotAllowed/);
+    await expect(socksToGood(g)).rejects.toThrow(/NotAllowed/);
     const rec = await g.waitForClosed((r) => r.protocol === 'socks5' && r.destination.port === good.port);
     expect(rec.reason).toBe('quarantine');
   });
