@@ -3,7 +3,9 @@
  * Loopback only; ports are chosen by the kernel and announced as one JSON line on stdout
  * (`{"event":"origin","echo":P,"data":P,"http":P,"pid":N}`) and, when forked with IPC, as a message.
  *
- * - echo : pure TCP echo (setup-rate and idle tests).
+ * - echo : pure TCP echo (setup-rate and idle tests). `echoPorts` lists ECHO_LISTENERS ports of the same
+ *          echo: the driver gives each target run a port of its own, so no target inherits the
+ *          TIME_WAIT sockets an earlier one left towards the echo (they make connect() dearer).
  * - data : throughput. Client sends 'U' + uint64be N: server swallows N bytes then replies 'K';
  *          'D' + uint64be N: server streams N bytes to the client.
  * - http : minimal raw-socket HTTP/1.1 origin (keep-alive, pipelining-safe): /1k, /1m, /0.
@@ -38,10 +40,13 @@ function pump(sock: net.Socket, total: number): void {
   go();
 }
 
-const echo = net.createServer({ noDelay: true }, (s) => {
+/** Echo listeners: one per target run (the driver wraps around past this many). */
+const ECHO_LISTENERS = 32;
+const onEcho = (s: net.Socket): void => {
   s.on('error', ignore);
   s.pipe(s);
-});
+};
+const echoes = Array.from({ length: ECHO_LISTENERS }, () => net.createServer({ noDelay: true }, onEcho));
 
 const data = net.createServer({ noDelay: true }, (s) => {
   s.on('error', ignore);
@@ -153,7 +158,9 @@ function listen(server: net.Server): Promise<number> {
   });
 }
 
-const ports = { echo: await listen(echo), data: await listen(data), http: await listen(httpServer) };
+const echoPorts: number[] = [];
+for (const e of echoes) echoPorts.push(await listen(e));
+const ports = { echo: echoPorts[0] as number, echoPorts, data: await listen(data), http: await listen(httpServer) };
 const ready = { event: 'origin', host, ...ports, pid: process.pid };
 console.log(JSON.stringify(ready));
 process.send?.(ready);

@@ -392,11 +392,11 @@ async function main(): Promise<void> {
   // 1. origin and load generator, each its own process
   const origin = fork(path.join(HERE, 'origin.ts'), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
   started.add(origin);
-  const originPorts = await new Promise<{ echo: number; data: number; http: number }>((resolve, reject) => {
+  const originPorts = await new Promise<{ echo: number; echoPorts: number[]; data: number; http: number }>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('origin did not start in 60 s')), 60_000);
     origin.once('message', (m) => {
       clearTimeout(timer);
-      resolve(m as { echo: number; data: number; http: number });
+      resolve(m as { echo: number; echoPorts: number[]; data: number; http: number });
     });
     origin.once('exit', (c) => reject(new Error(`origin exited ${c}`)));
   });
@@ -428,6 +428,7 @@ async function main(): Promise<void> {
 
   // 2. runs × targets, a fresh proxy each time
   const results: LoadResult[] = [];
+  let targetRuns = 0;
   for (let run = 1; run <= RUNS; run++) {
     for (const t of targets) {
       const wanted = (args.tests ?? '').split(',').filter(Boolean);
@@ -445,7 +446,8 @@ async function main(): Promise<void> {
           proxyPid: running.child?.pid ?? 0,
           originPid: origin.pid ?? 0,
           originHost: '127.0.0.1',
-          echoPort: originPorts.echo,
+          // A fresh echo port per target run: TIME_WAIT left by earlier targets must not slow this one.
+          echoPort: originPorts.echoPorts[targetRuns++ % originPorts.echoPorts.length] ?? originPorts.echo,
           dataPort: originPorts.data,
           httpPort: originPorts.http,
           tests,
