@@ -28,13 +28,17 @@ const PORT = /^[0-9]{1,5}$/;
  */
 export function normaliseHost(input: string): { host: string; isIp: boolean } | null {
   if (input.length === 0 || input.length > MAX_NAME_LENGTH + 3) return null;
+  // Fast paths for the common shapes (they cost a few µs per flow otherwise): a canonical dotted
+  // IPv4 literal, and a plain lower-case ASCII name that domainToASCII would hand back unchanged.
+  if (isIPv4(input)) return { host: input, isIp: true };
+  if (isPlainName(input)) return { host: input, isIp: false };
   let text = input;
   if (text.startsWith('[')) {
     if (!text.endsWith(']')) return null;
     text = text.slice(1, -1);
     if (!isIPv6(text)) return null;
   }
-  if (isIPv6(text)) {
+  if (text.includes(':') && isIPv6(text)) {
     // The WHATWG serialiser gives the compressed lower-case form; zone ids ("%eth0") fail isIPv6 or URL.
     try {
       const serialised = new URL(`http://[${text}]/`).hostname;
@@ -55,6 +59,29 @@ export function normaliseHost(input: string): { host: string; isIp: boolean } | 
   const last = name.slice(name.lastIndexOf('.') + 1);
   if (/^[0-9]+$/.test(last)) return null;
   return { host: name, isIp: false };
+}
+
+/**
+ * A name already in its normal form: labels of [a-z0-9_-] that pass LABEL, no trailing dot, no
+ * punycode (domainToASCII validates "xn--" labels), and a last label that starts with a letter —
+ * so no resolver or URL parser could read it as an IPv4 number ("0x7f.1", "1.2.3.4.5").
+ */
+function isPlainName(text: string): boolean {
+  if (text.length > MAX_NAME_LENGTH) return false;
+  let labelStart = 0;
+  for (let i = 0; i <= text.length; i++) {
+    const c = i < text.length ? text.charCodeAt(i) : 0x2e;
+    if (c === 0x2e /* . */) {
+      if (i === labelStart) return false;
+      if (i - labelStart >= 4 && text.startsWith('xn--', labelStart)) return false;
+      if (!LABEL.test(text.slice(labelStart, i))) return false;
+      labelStart = i + 1;
+    } else if (!((c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) || c === 0x2d || c === 0x5f)) {
+      return false;
+    }
+  }
+  const last = text.charCodeAt(text.lastIndexOf('.') + 1);
+  return last >= 0x61 && last <= 0x7a;
 }
 
 /** Parse a port: decimal digits only, 1–65535. */

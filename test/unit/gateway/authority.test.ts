@@ -1,3 +1,4 @@
+import { domainToASCII } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { formatAuthority, normaliseHost, parseAuthority, parsePort } from '../../../gateway/protocol/authority.ts';
 
@@ -74,5 +75,29 @@ describe('normaliseHost / parsePort / formatAuthority', () => {
   it('brackets IPv6 only', () => {
     expect(formatAuthority('::1', 443)).toBe('[::1]:443');
     expect(formatAuthority('example.com', 80)).toBe('example.com:80');
+  });
+  it('takes its fast paths only where domainToASCII would hand the name back unchanged', () => {
+    // Names a fast path accepts must come out exactly as the full normaliser (domainToASCII) would
+    // have them; anything it would change or refuse must not be accepted as is.
+    const parts = ['a', 'z9', 'xn--bcher-kva', 'xn--zz', '0x7f', '1', '08', 'ab--c', '-a', 'a-', 'my_host', 'A', 'ü', '', 'com'];
+    let checked = 0;
+    for (const a of parts) {
+      for (const b of parts) {
+        for (const c of ['com', '1', '0x1', 'xn--p1ai', 'Com', 'c0m', '9z']) {
+          const name = [a, b, c].filter((p) => p !== '').join('.');
+          const got = normaliseHost(name);
+          const ascii = domainToASCII(name);
+          if (got && !got.isIp && got.host === name) {
+            expect(ascii, name).toBe(name);
+            checked++;
+          }
+          if (ascii === '' || ascii !== ascii.toLowerCase()) expect(got?.host === name && !got.isIp, name).toBe(false);
+        }
+      }
+    }
+    expect(checked).toBeGreaterThan(100);
+    expect(normaliseHost('0x7f.0.0.1')).toEqual({ host: '127.0.0.1', isIp: true });
+    expect(normaliseHost('1.2.3.04')).toEqual({ host: '1.2.3.4', isIp: true });
+    expect(normaliseHost('xn--zz.com')).toBeNull();
   });
 });
