@@ -81,10 +81,14 @@ export class FlowTable extends EventEmitter {
     const flow = new Flow(id, init, this.now());
     this.active.set(id, flow);
     const ck = `${init.client.ip}:${init.client.port}`;
+    flow.clientKey = ck;
     this.byClient.set(ck, flow);
-    const pending = this.pendingProcess.get(ck);
-    if (pending && !flow.identity.process) flow.identity = withProcess(flow.identity, pending);
+    if (this.pendingProcess.size > 0) {
+      const pending = this.pendingProcess.get(ck);
+      if (pending && !flow.identity.process) flow.identity = withProcess(flow.identity, pending);
+    }
     const key = identityKey(flow);
+    flow.limitKey = key;
     this.perIdentity.set(key, (this.perIdentity.get(key) ?? 0) + 1);
     this.totalOpened++;
     this.emit('open', flow);
@@ -96,7 +100,7 @@ export class FlowTable extends EventEmitter {
    * the current second. Returns true when the flow is within both.
    */
   withinLimits(flow: Flow, maxFlows: number, maxNewPerSec: number): boolean {
-    const key = identityKey(flow);
+    const key = flow.limitKey;
     // Every attempt counts towards the rate, refused ones too: a client hammering the limit stays limited.
     const second = Math.floor(flow.startedAt / 1000);
     let w = this.rate.get(key);
@@ -165,9 +169,9 @@ export class FlowTable extends EventEmitter {
     flow.endedAt = this.now();
     if (flow.bytesOut + flow.bytesIn !== flow.lastSampleBytes) flow.lastActivityAt = flow.endedAt;
     this.active.delete(flow.id);
-    const ck = `${flow.client.ip}:${flow.client.port}`;
+    const ck = flow.clientKey;
     if (this.byClient.get(ck) === flow) this.byClient.delete(ck);
-    const key = identityKey(flow);
+    const key = flow.limitKey;
     const n = (this.perIdentity.get(key) ?? 1) - 1;
     if (n <= 0) this.perIdentity.delete(key);
     else this.perIdentity.set(key, n);

@@ -90,6 +90,12 @@ export class Flow {
   /** Sweep bookkeeping (owned by FlowTable). */
   lastSampleBytes = 0;
   lastInterimAt: number;
+  /**
+   * Keys the FlowTable counted this flow under at open ("ip:port" of the client; the per-identity
+   * limit key): close releases exactly these, even if the identity changed meanwhile.
+   */
+  clientKey = '';
+  limitKey = '';
 
   constructor(id: string, init: FlowInit, now: number) {
     this.id = id;

@@ -69,6 +69,19 @@ describe('FlowTable', () => {
     expect(flows.withinLimits(d, 10, 2)).toBe(false); // third new flow in the same second
   });
 
+  it('releases a flow from the identity it was counted under, even if its identity changed meanwhile', () => {
+    const now = { t: 0 };
+    const { flows } = table(now);
+    const a = flows.open(init(1));
+    // Authenticated mid-flow (e.g. a later Proxy-Authorization): the flow now names user carol.
+    flows.setIdentity(a, { user: 'carol', host: null, roles: [], process: null });
+    flows.close(a, 'closed');
+    now.t += 1000;
+    const b = flows.open(init(2));
+    // Counted under the client address at open, released from it at close: b is alone.
+    expect(flows.withinLimits(b, 1, 100)).toBe(true);
+  });
+
   it('keeps a bounded ring of closed flows, newest first, with filters', () => {
     const now = { t: 0 };
     const { flows } = table(now, { keepClosed: 3 });
