@@ -60,8 +60,11 @@ export class GatewayStats {
   private readonly decisions = new Map<string, Map<string | null, number>>();
   private bytesOut = 0;
   private bytesIn = 0;
-  /** Bytes already counted per live flow, so a sweep adds only the delta. */
-  private readonly counted = new WeakMap<Flow, { out: number; in: number }>();
+  /**
+   * Bytes already counted per live flow that a sweep has seen, so the next sweep adds only the
+   * delta; dropped at close. A flow that closes before any sweep saw it never gets an entry.
+   */
+  private readonly counted = new Map<Flow, { out: number; in: number }>();
 
   constructor(opts: GatewayStatsOptions = {}) {
     const registers = [this.registry];
@@ -174,6 +177,12 @@ export class GatewayStats {
     reasons.set(reason, (reasons.get(reason) ?? 0) + 1);
   }
 
+  /** Add a flow's bytes beyond what was already counted. */
+  private addBytes(flow: Flow, countedOut: number, countedIn: number): void {
+    if (flow.bytesOut > countedOut) this.bytesOut += flow.bytesOut - countedOut;
+    if (flow.bytesIn > countedIn) this.bytesIn += flow.bytesIn - countedIn;
+  }
+
   alert(detector: string, action: string): void {
     this.detectorAlertsTotal.inc({
       detector: closedLabel(detector, DETECTOR_NAMES),
@@ -197,26 +206,35 @@ export class GatewayStats {
    */
   attachFlowTable(flows: FlowTable): () => void {
     this.activeFlowsFn = () => flows.activeCount;
-    const account = (flow: Flow): void => {
-      let c = this.counted.get(flow);
-      if (!c) {
-        c = { out: 0, in: 0 };
-        this.counted.set(flow, c);
-        this.decision(flow.verdict, flow.reason);
-      }
-      if (flow.bytesOut > c.out) this.bytesOut += flow.bytesOut - c.out;
-      if (flow.bytesIn > c.in) this.bytesIn += flow.bytesIn - c.in;
-      c.out = flow.bytesOut;
-      c.in = flow.bytesIn;
-    };
     const onSweep = (_now: number, active: ReadonlyMap<string, Flow>): void => {
-      for (const flow of active.values()) account(flow);
+      for (const flow of active.values()) {
+        let c = this.counted.get(flow);
+        if (!c) {
+          c = { out: 0, in: 0 };
+          this.counted.set(flow, c);
+          this.decision(flow.verdict, flow.reason);
+        }
+        this.addBytes(flow, c.out, c.in);
+        c.out = flow.bytesOut;
+        c.in = flow.bytesIn;
+      }
+    };
+    const onClose = (flow: Flow): void => {
+      const c = this.counted.get(flow);
+      if (c) {
+        this.counted.delete(flow);
+        this.addBytes(flow, c.out, c.in);
+      } else {
+        this.decision(flow.verdict, flow.reason);
+        this.addBytes(flow, 0, 0);
+      }
     };
     flows.on('sweep', onSweep);
-    flows.on('close', account);
+    flows.on('close', onClose);
     return () => {
       flows.off('sweep', onSweep);
-      flows.off('close', account);
+      flows.off('close', onClose);
+      this.counted.clear();
       this.activeFlowsFn = () => 0;
     };
   }

@@ -141,6 +141,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   };
 
   const onClose = (flow: Flow): void => {
+    admitted.delete(flow);
     ended.push(view(flow, flow.isConnected ? 'closed' : flow.verdict === 'block' ? 'blocked' : 'failed'));
   };
   flows.on('close', onClose);
@@ -151,7 +152,8 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   // Only flows past admission's detection step: local attribution emits 'attributed' mid-admission,
   // before the policy decision, and onConnect is about to judge that same process itself (acting
   // here closed the flow as verdict 'allow' and answered the client 'quarantine').
-  const admitted = new WeakSet<Flow>();
+  // A Set, not a WeakSet: entries go at close, and weak collections cost every garbage collection.
+  const admitted = new Set<Flow>();
   const onAttributed = (flow: Flow): void => {
     if (flow.state !== 'active' || !admitted.has(flow)) return;
     const snapshot = policy.current();
