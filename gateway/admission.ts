@@ -102,12 +102,15 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     ctx.attributor && !flow.identity.process && snapshot.config.identity.localAttribution && isLocalAddress(req.claims.clientIp)
       ? ctx.attributor.attribute(req.claims.clientIp, req.claims.clientPort, req.server.localAddress ?? '', req.server.localPort ?? 0).catch(() => null)
       : null;
-  let ip: string | null = null;
+  // An IP literal or a `resolver.hosts` entry needs no lookup (and no await).
+  let ip: string | null = knownAddress(snapshot, req.destHost);
   let dnsError: GatewayErrorCode | null = null;
-  try {
-    ip = await resolveOne(ctx, snapshot, req.destHost);
-  } catch (err) {
-    dnsError = err instanceof GatewayError ? err.code : 'EGW_DNS_FAILED';
+  if (ip === null) {
+    try {
+      ip = await resolveOne(ctx, snapshot, req.destHost);
+    } catch (err) {
+      dnsError = err instanceof GatewayError ? err.code : 'EGW_DNS_FAILED';
+    }
   }
   if (attribution) {
     const process = await attribution;
@@ -184,10 +187,15 @@ function fixed(reason: Decision['reason'], detector: Decision['detector'], mode:
   return { verdict: 'block', reason, detector, mode, matchedRule: null, reasons };
 }
 
-async function resolveOne(ctx: GatewayContext, snapshot: PolicySnapshot, host: string): Promise<string> {
+/** The address of an IP literal or a `resolver.hosts` name, without DNS; null = look it up. */
+function knownAddress(snapshot: PolicySnapshot, host: string): string | null {
   if (isIP(host)) return host;
-  const fixedIp = snapshot.staticAddress(host);
-  if (fixedIp) return fixedIp;
+  return snapshot.staticAddress(host) ?? null;
+}
+
+async function resolveOne(ctx: GatewayContext, snapshot: PolicySnapshot, host: string): Promise<string> {
+  const known = knownAddress(snapshot, host);
+  if (known) return known;
   const ips = await ctx.resolver.lookup(host);
   // Prefer IPv4 when both families answer: most egress paths are v4-first.
   return ips.find((a) => isIPv4(a)) ?? (ips[0] as string);
@@ -208,7 +216,20 @@ export function isLocalAddress(ip: string): boolean {
   return bare.startsWith('127.') || localSet().has(bare);
 }
 
+/** Ports of the gateway's own listeners, rebuilt when the set of listeners changes. */
+let selfPorts: { from: ReadonlySet<string>; size: number; ports: Set<number> } | null = null;
+function selfPortSet(addresses: ReadonlySet<string>): Set<number> {
+  if (selfPorts === null || selfPorts.from !== addresses || selfPorts.size !== addresses.size) {
+    const ports = new Set<number>();
+    for (const a of addresses) ports.add(Number(a.slice(a.lastIndexOf(':') + 1)));
+    selfPorts = { from: addresses, size: addresses.size, ports };
+  }
+  return selfPorts.ports;
+}
+
 function isSelf(ctx: GatewayContext, ip: string, port: number): boolean {
+  // Most destinations are not on a port the gateway listens on: no string building for those.
+  if (!selfPortSet(ctx.selfAddresses).has(port)) return false;
   const bare = ip.startsWith('::ffff:') ? ip.slice(7) : ip;
   const key = bare.includes(':') ? `[${bare}]:${port}` : `${bare}:${port}`;
   if (ctx.selfAddresses.has(key)) return true;
