@@ -4,7 +4,10 @@
  * - backpressure both ways (write() === false → pause the other side until 'drain');
  * - half-close both ways (a FIN from one side is passed on; the flow ends when both sides ended);
  * - a byte budget towards the destination: not one byte past flow.budgetOut is written upstream;
- * - idle timeout on both sockets; idempotent cleanup that removes every listener it added;
+ * - idle timeout: one timer, on the client socket — every byte either way is a read or a write on
+ *   it, and node re-arms a socket's timer on both;
+ * - the flow ends once (finish): the handlers stay attached but do nothing after it, so ending a
+ *   tunnel costs no listener removals;
  * - bulk directions read into a reused buffer (read-buffer.ts): no allocation per chunk;
  * - flow.abort = reset both sides at once (detector kill, admin DELETE).
  */
@@ -43,23 +46,11 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
   const finish = (reason: string): void => {
     if (done) return;
     done = true;
-    down.removeListener('data', onDownData);
-    up.removeListener('data', onUpData);
-    down.removeListener('end', onDownEnd);
-    up.removeListener('end', onUpEnd);
-    down.removeListener('drain', onDownDrain);
-    up.removeListener('drain', onUpDrain);
-    down.removeListener('timeout', onTimeout);
-    up.removeListener('timeout', onTimeout);
-    down.removeListener('close', onDownClose);
-    up.removeListener('close', onUpClose);
-    // Keep an error listener so late errors on destroyed sockets never crash the process.
-    down.on('error', ignore);
-    up.on('error', ignore);
-    // A side paused or stopped for backpressure would never see its peer's FIN: keep reading (and
-    // discarding) so a half-open socket still closes when its peer does; and one that stays silent
-    // still goes after the idle timeout (its timer stays armed), so no peer can hold a socket forever.
-    releaseAfterFlow(down, opts.idleTimeoutMs);
+    // The handlers stay attached and ignore what comes after this. A side paused or stopped for
+    // backpressure would never see its peer's FIN: keep reading (and discarding) so a half-open
+    // socket still closes when its peer does, and one that stays silent still goes after the idle
+    // timeout, so no peer can hold a socket forever.
+    releaseAfterFlow(down, 0);
     releaseAfterFlow(up, opts.idleTimeoutMs);
     flows.close(flow, reason);
   };
@@ -93,12 +84,14 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
 
   // 'data' mode: node allocated the chunk; backpressure pauses the other side until 'drain'.
   const onDownData = (chunk: Buffer): void => {
+    if (done) return;
     sendUp(chunk);
     if (done) return;
     if (up.writableNeedDrain) down.pause();
     if (chunk.length >= BULK_READ_BYTES && !isDownSettled) isDownSettled = adoptReadBuffer(down, onDownRead) !== 'not-now';
   };
   const onUpData = (chunk: Buffer): void => {
+    if (done) return;
     flow.bytesIn += chunk.length;
     if (!down.write(chunk)) up.pause();
     if (chunk.length >= BULK_READ_BYTES && !isUpSettled && !done) isUpSettled = adoptReadBuffer(up, onUpRead) !== 'not-now';
@@ -143,22 +136,28 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
   };
   // 'drain' resumes a side paused in 'data' mode; a side stopped in buffer mode waits for its write.
   const onDownDrain = (): void => {
-    if (!isUpStopped) up.resume();
+    if (!isUpStopped && !done) up.resume();
   };
   const onUpDrain = (): void => {
-    if (!isDownStopped) down.resume();
+    if (!isDownStopped && !done) down.resume();
   };
   const onDownEnd = (): void => {
+    if (done) return;
     downEnded = true;
     up.end();
     if (upEnded) finish('closed');
   };
   const onUpEnd = (): void => {
+    if (done) return;
     upEnded = true;
     down.end();
     if (downEnded) finish('closed');
   };
-  const onTimeout = (): void => abort('idle-timeout');
+  // Live: the flow's idle timeout. After the flow: the client socket outstayed it.
+  const onTimeout = (): void => {
+    if (done) down.destroy();
+    else abort('idle-timeout');
+  };
   const onDownClose = (): void => {
     if (!done) {
       up.destroy();
@@ -218,10 +217,7 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
   up.on('error', onError);
   down.on('close', onDownClose);
   up.on('close', onUpClose);
-  if (opts.idleTimeoutMs > 0) {
-    down.setTimeout(opts.idleTimeoutMs, onTimeout);
-    up.setTimeout(opts.idleTimeoutMs, onTimeout);
-  }
+  if (opts.idleTimeoutMs > 0) down.setTimeout(opts.idleTimeoutMs, onTimeout);
   if (opts.head && opts.head.length > 0) {
     sendUp(opts.head);
     if (!done && up.writableNeedDrain) down.pause();
@@ -234,16 +230,19 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
   if (!done && up.isPaused()) up.resume();
 }
 
-function ignore(): void {}
-
 function destroySelf(this: Socket): void {
   this.destroy();
 }
 
+/**
+ * After the flow: keep `s` reading so its peer's FIN still closes it. `idleTimeoutMs` > 0 arms an
+ * idle timer of its own on a socket that had none (the destination side), unless it is already
+ * closing both ways and will go without any help from its peer.
+ */
 function releaseAfterFlow(s: Socket, idleTimeoutMs: number): void {
   if (s.destroyed) return;
   s.resume();
-  if (idleTimeoutMs > 0) s.on('timeout', destroySelf);
+  if (idleTimeoutMs > 0 && !(s.readableEnded && s.writableEnded)) s.setTimeout(idleTimeoutMs, destroySelf);
 }
 
 /** TCP reset where node can; `resetAndDestroy()` throws ERR_INVALID_HANDLE_TYPE on a TLS socket. */
