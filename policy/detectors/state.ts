@@ -71,8 +71,12 @@ export class IdentityWindows {
     let d = this.perDest.get(domain);
     if (!d) {
       if (this.perDest.size >= MAX_DESTS_PER_IDENTITY) {
-        const first = this.perDest.keys().next();
-        if (!first.done) this.perDest.delete(first.value);
+        // The oldest destinations go a batch at a time (see evictionBatch in windows.ts).
+        let n = MAX_DESTS_PER_IDENTITY / 16;
+        for (const k of this.perDest.keys()) {
+          if (n-- <= 0) break;
+          this.perDest.delete(k);
+        }
       }
       d = { out: new WindowSum(BUCKET_MS, HOUR_MS), in: new WindowSum(BUCKET_MS, HOUR_MS), starts: [], hours: [] };
       this.perDest.set(domain, d);
