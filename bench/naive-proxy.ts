@@ -2,7 +2,7 @@
  * Reference point only: "what plain Node piping achieves" (port of ../shared/bench/naive-node-proxy.mjs).
  * HTTP proxy (CONNECT via socket.pipe, absolute-URI via http.request + keep-alive agent) and a bare
  * SOCKS5 CONNECT server (no auth, IPv4/domain). No logging, no limits, no ACLs. Loopback only.
- *   node --import tsx bench/naive-proxy.ts  → prints {"event":"listening","http":"127.0.0.1:P","socks":"127.0.0.1:P"}
+ *   node --import tsx bench/naive-proxy.ts [--http-port P] [--socks-port P]  → prints {"event":"listening","http":"127.0.0.1:P","socks":"127.0.0.1:P"}
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -82,14 +82,19 @@ const socks = net.createServer({ noDelay: true }, (cs) => {
   });
 });
 
-function listen(s: net.Server): Promise<number> {
+function listen(s: net.Server, port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     s.once('error', reject);
-    s.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, () => resolve((s.address() as AddressInfo).port));
+    s.listen({ port, host: '127.0.0.1', backlog: 4096 }, () => resolve((s.address() as AddressInfo).port));
   });
 }
-const hp = await listen(server);
-const sp = await listen(socks);
+// --http-port P --socks-port P (bench/run.ts picks them); 0 = any.
+const portArg = (flag: string): number => {
+  const i = process.argv.indexOf(flag);
+  return i > 0 ? Number(process.argv[i + 1]) || 0 : 0;
+};
+const hp = await listen(server, portArg('--http-port'));
+const sp = await listen(socks, portArg('--socks-port'));
 console.log(JSON.stringify({ event: 'listening', http: `127.0.0.1:${hp}`, socks: `127.0.0.1:${sp}`, pid: process.pid }));
 process.on('SIGTERM', () => process.exit(0));
 process.on('SIGINT', () => process.exit(0));

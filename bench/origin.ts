@@ -14,7 +14,9 @@
 import net from 'node:net';
 import { parseArgs } from 'node:util';
 
-const { values: opts } = parseArgs({ options: { host: { type: 'string', default: '127.0.0.1' } } });
+const { values: opts } = parseArgs({ options: { host: { type: 'string', default: '127.0.0.1' }, 'base-port': { type: 'string', default: '0' } } });
+/** Listen from this port upwards, skipping ports in use (0 = kernel-chosen ports). */
+let nextPort = Number(opts['base-port']) || 0;
 const host = opts.host ?? '127.0.0.1';
 if (!/^(127\.\d+\.\d+\.\d+|::1)$/.test(host)) {
   console.error('origin: loopback only');
@@ -151,11 +153,27 @@ const httpServer = net.createServer({ noDelay: true }, (s) => {
   });
 });
 
-function listen(server: net.Server): Promise<number> {
+function listenOn(server: net.Server, port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen({ port: 0, host, backlog: 4096 }, () => resolve((server.address() as net.AddressInfo).port));
+    server.listen({ port, host, backlog: 4096 }, () => {
+      server.removeListener('error', reject);
+      resolve((server.address() as net.AddressInfo).port);
+    });
   });
+}
+
+async function listen(server: net.Server): Promise<number> {
+  if (nextPort === 0) return listenOn(server, 0);
+  for (let tries = 0; tries < 1000; tries++) {
+    const port = nextPort++;
+    try {
+      return await listenOn(server, port);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
+    }
+  }
+  throw new Error(`origin: no free port from ${opts['base-port']}`);
 }
 
 const echoPorts: number[] = [];

@@ -188,15 +188,38 @@ async function waitPort(port: number, timeoutMs: number): Promise<void> {
   throw new Error(`port ${port} not listening after ${timeoutMs} ms`);
 }
 
+/**
+ * Listening ports come from below the kernel's ephemeral range (32768+ here): a run leaves tens of
+ * thousands of TIME_WAIT sockets on ephemeral ports, and a listen on port 0 then fails with
+ * EADDRINUSE once they fill the range. Ports FIRST_PORT..ORIGIN_BASE_PORT-1 are handed out in turn.
+ */
+const FIRST_PORT = 20_000;
+/** The origin's listeners start here (bench/origin.ts --base-port). */
+const ORIGIN_BASE_PORT = 30_000;
+let nextPort = FIRST_PORT;
+
 async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
+  for (let tries = 0; tries < ORIGIN_BASE_PORT - FIRST_PORT; tries++) {
+    const port = nextPort;
+    nextPort = nextPort + 1 >= ORIGIN_BASE_PORT ? FIRST_PORT : nextPort + 1;
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.createServer();
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
     });
-  });
+    if (ok) return port;
+  }
+  throw new Error(`no free port in ${FIRST_PORT}-${ORIGIN_BASE_PORT - 1}`);
+}
+
+/** TIME_WAIT sockets on this machine now (recorded per target: they make connect() dearer). */
+function timeWaitCount(): number | null {
+  try {
+    const m = /TCP:.* tw (\d+)/.exec(readFileSync('/proc/net/sockstat', 'utf8'));
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
 }
 
 const hostPort = (hp: string): [string, number] => {
@@ -285,7 +308,8 @@ function gatewayTarget(name: string, kind: 'http' | 'socks5', detectorsOn: boole
       if (args.profile === name) nodeArgs.push('--cpu-prof', '--cpu-prof-dir', path.join(RUN_DIR, 'profiles'));
       if (GATEWAY_MODE === 'tsx') nodeArgs.push('--import', 'tsx', path.join(ROOT, 'cli.ts'));
       else nodeArgs.push(DIST);
-      nodeArgs.push('serve', '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--config', cfg);
+      const [httpPort, socksPort, adminPort] = [await freePort(), await freePort(), await freePort()];
+      nodeArgs.push('serve', '--http', `127.0.0.1:${httpPort}`, '--socks', `127.0.0.1:${socksPort}`, '--admin', `127.0.0.1:${adminPort}`, '--config', cfg);
       const child = spawn(process.execPath, nodeArgs, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
       started.add(child);
       const line = await readyLine(child, (l) => l.includes('"event":"listening"'), 90_000, name);
@@ -302,7 +326,8 @@ function naiveTarget(name: string, kind: 'http' | 'socks5'): Target {
     kind,
     available: () => true,
     start: async () => {
-      const child = spawn(process.execPath, ['--import', 'tsx', path.join(HERE, 'naive-proxy.ts')], {
+      const ports = ['--http-port', String(await freePort()), '--socks-port', String(await freePort())];
+      const child = spawn(process.execPath, ['--import', 'tsx', path.join(HERE, 'naive-proxy.ts'), ...ports], {
         cwd: ROOT,
         stdio: ['ignore', 'pipe', 'pipe'],
       });
@@ -390,7 +415,7 @@ async function main(): Promise<void> {
   const targets = selected.filter((t) => t.available());
 
   // 1. origin and load generator, each its own process
-  const origin = fork(path.join(HERE, 'origin.ts'), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
+  const origin = fork(path.join(HERE, 'origin.ts'), ['--base-port', String(ORIGIN_BASE_PORT)], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
   started.add(origin);
   const originPorts = await new Promise<{ echo: number; echoPorts: number[]; data: number; http: number }>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('origin did not start in 60 s')), 60_000);
@@ -437,7 +462,8 @@ async function main(): Promise<void> {
       let running: Running | null = null;
       try {
         running = await t.start();
-        say(`run ${run}/${RUNS} ${t.name} pid=${running.child?.pid ?? '-'} port=${running.port} load=${os.loadavg()[0]?.toFixed(1)}`);
+        const timeWait = timeWaitCount();
+        say(`run ${run}/${RUNS} ${t.name} pid=${running.child?.pid ?? '-'} port=${running.port} load=${os.loadavg()[0]?.toFixed(1)} time_wait=${timeWait ?? '?'}`);
         const r = await runLoad({
           name: t.name,
           kind: t.kind,
@@ -466,7 +492,7 @@ async function main(): Promise<void> {
           quietPct: 25,
           quietMaxSecs: Number(args['quiet-max-secs'] || (QUICK ? 0 : 2)),
         });
-        const line = { ...r, run };
+        const line = { ...r, run, time_wait_start: timeWait };
         results.push(line);
         writeFileSync(JSONL, `${JSON.stringify(line)}\n`, { flag: 'a' });
         if (r.error) say(`${t.name}: ${r.error}`);
