@@ -125,6 +125,11 @@ function evictOldest<K, V>(map: Map<K, V>, n: number, onEvict: ((key: K, value: 
  */
 export class BoundedMap<K, V> {
   private readonly map = new Map<K, V>();
+  /**
+   * The most recently used key: using it again needs no move to the end (a busy identity is looked
+   * up once per flow, and each move leaves a deleted slot behind).
+   */
+  private newest: K | undefined = undefined;
 
   constructor(private readonly max: number) {}
 
@@ -135,9 +140,10 @@ export class BoundedMap<K, V> {
   /** The value, refreshed as most recently used. */
   get(key: K): V | undefined {
     const v = this.map.get(key);
-    if (v !== undefined) {
+    if (v !== undefined && key !== this.newest) {
       this.map.delete(key);
       this.map.set(key, v);
+      this.newest = key;
     }
     return v;
   }
@@ -152,12 +158,18 @@ export class BoundedMap<K, V> {
   }
 
   set(key: K, value: V): void {
+    if (key === this.newest && this.map.has(key)) {
+      this.map.set(key, value);
+      return;
+    }
     this.map.delete(key);
     this.map.set(key, value);
+    this.newest = key;
     if (this.map.size > this.max) evictOldest(this.map, this.map.size - this.max + evictionBatch(this.max), null);
   }
 
   delete(key: K): boolean {
+    if (key === this.newest) this.newest = undefined;
     return this.map.delete(key);
   }
 
