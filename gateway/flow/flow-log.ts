@@ -1,7 +1,11 @@
 /**
  * The flow log: one JSON line per closed flow (and interim records), to stdout ("-") or a file.
- * Writes are asynchronous and buffered by the stream; `flush()` resolves once everything written
- * so far has reached the kernel, so a draining gateway loses no record.
+ * Lines are batched: the records of one turn of the event loop (or 256 KiB of them, whichever comes
+ * first) go to the stream as one write. A write per record cost ~45 µs of gateway CPU per flow at
+ * 10,000 flows/s (stream bookkeeping and a string-to-Buffer copy per line; on a stdout pipe, which
+ * node writes synchronously on Linux, a write system call per line). `flush()` sends the batch and
+ * resolves once everything written so far has reached the kernel, so a draining gateway loses no
+ * record.
  */
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
@@ -15,10 +19,17 @@ export interface FlowSink {
   flush(): Promise<void>;
 }
 
+/** A batch this large is written at once instead of at the end of the event-loop turn. */
+const BATCH_BYTES = 256 * 1024;
+
 export class FlowLog implements FlowSink {
   private stream: NodeJS.WritableStream | null = null;
   private file: WriteStream | null = null;
   private readonly path: string | null;
+  /** Lines not yet handed to the stream, and their length in characters. */
+  private batch: string[] = [];
+  private batchChars = 0;
+  private isBatchScheduled = false;
   written = 0;
 
   get isDiscarding(): boolean {
@@ -48,11 +59,33 @@ export class FlowLog implements FlowSink {
   write(record: FlowRecord): void {
     if (!this.stream) return;
     this.written++;
-    this.stream.write(`${JSON.stringify(record)}\n`);
+    const line = `${JSON.stringify(record)}\n`;
+    this.batch.push(line);
+    this.batchChars += line.length;
+    if (this.batchChars >= BATCH_BYTES) this.sendBatch();
+    else if (!this.isBatchScheduled) {
+      this.isBatchScheduled = true;
+      setImmediate(this.onImmediate);
+    }
+  }
+
+  private readonly onImmediate = (): void => {
+    this.isBatchScheduled = false;
+    this.sendBatch();
+  };
+
+  /** Hand the batched lines to the stream as one write. */
+  private sendBatch(): void {
+    if (this.batch.length === 0 || !this.stream) return;
+    const chunk = this.batch.length === 1 ? (this.batch[0] as string) : this.batch.join('');
+    this.batch = [];
+    this.batchChars = 0;
+    this.stream.write(chunk);
   }
 
   /** Resolve when all records written so far are handed to the OS. */
   flush(): Promise<void> {
+    this.sendBatch();
     const stream = this.stream;
     if (!stream) return Promise.resolve();
     return new Promise((resolve) => {

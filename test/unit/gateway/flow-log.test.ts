@@ -1,0 +1,68 @@
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { FlowRecord } from '../../../gateway/flow/flow.ts';
+import { FlowLog } from '../../../gateway/flow/flow-log.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'egw-flowlog-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function record(i: number): FlowRecord {
+  return {
+    id: `f${i}`,
+    protocol: 'connect',
+    client: { ip: '127.0.0.1', port: 40000 + (i % 20000) },
+    identity: { user: null, host: null, roles: ['any'], process: null },
+    destination: { host: 'example.test', ip: '127.0.0.9', port: 443 },
+    startedAt: new Date(0).toISOString(),
+    lastActivityAt: new Date(0).toISOString(),
+    endedAt: new Date(0).toISOString(),
+    durationMs: 0,
+    bytesOut: i,
+    bytesIn: 2 * i,
+    verdict: 'allow',
+    enforced: false,
+    reason: 'allowed',
+    detector: null,
+    state: 'closed',
+    closeReason: 'closed',
+    communityId: null,
+    matchedRule: null,
+    reasons: ['x'.repeat(i % 50)],
+  };
+}
+
+function lines(path: string): FlowRecord[] {
+  return readFileSync(path, 'utf8')
+    .split('\n')
+    .filter((l) => l.length > 0)
+    .map((l) => JSON.parse(l) as FlowRecord);
+}
+
+describe('FlowLog', () => {
+  it('writes every record once, in order, across batches and event-loop turns; flush waits for all', async () => {
+    const path = join(dir, 'many.jsonl');
+    const log = await FlowLog.open(path);
+    // More than one 256 KiB batch within a single turn, then a few more turns.
+    for (let i = 0; i < 2000; i++) log.write(record(i));
+    for (let turn = 0; turn < 5; turn++) {
+      await new Promise((r) => setImmediate(r));
+      for (let i = 0; i < 100; i++) log.write(record(2000 + turn * 100 + i));
+    }
+    await log.flush();
+    const got = lines(path);
+    expect(got).toHaveLength(2500);
+    expect(got.map((r) => r.id)).toEqual(Array.from({ length: 2500 }, (_, i) => `f${i}`));
+    expect(got[1234]?.bytesIn).toBe(2468);
+    await log.close();
+  });
+
+  it('a record written just before close is on disk once close resolves', async () => {
+    const path = join(dir, 'close.jsonl');
+    const log = await FlowLog.open(path);
+    log.write(record(7));
+    await log.close();
+    expect(lines(path).map((r) => r.id)).toEqual(['f7']);
+  });
+});
