@@ -25,7 +25,7 @@ import { createDetectionEngine, type DetectionEngine } from './gateway/detection
 import { FlowLog } from './gateway/flow/flow-log.ts';
 import { FlowTable } from './gateway/flow/flow-table.ts';
 import { createIdentityResolver } from './gateway/identity/identity-resolver.ts';
-import { createHttpProxy } from './gateway/listeners/http-proxy.ts';
+import { createHttpProxy, withConnectFront } from './gateway/listeners/http-proxy.ts';
 import { wrapWithProxyProtocol } from './gateway/listeners/proxy-protocol-front.ts';
 import { createSocksServer } from './gateway/listeners/socks5.ts';
 import { createLogger } from './gateway/log.ts';
@@ -176,7 +176,9 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     headerTimeoutMs: () => policy.current().config.limits.headerTimeoutMs,
     log,
   };
-  const http = await listen(wrapWithProxyProtocol(httpServer, { ...proxyProtocol, listener: 'http' }), opts.http ?? config.listen.http);
+  // The CONNECT fast path takes plain CONNECT heads itself and hands every other connection to httpServer.
+  const httpFront = withConnectFront(httpServer);
+  const http = await listen(wrapWithProxyProtocol(httpFront, { ...proxyProtocol, listener: 'http' }), opts.http ?? config.listen.http);
   selfAddresses.add(http);
   const socks = await listen(wrapWithProxyProtocol(socksServer, { ...proxyProtocol, listener: 'socks' }), opts.socks ?? config.listen.socks);
   selfAddresses.add(socks);
@@ -197,7 +199,8 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   const audit = await AuditLog.open(config.flowLog.path && config.flowLog.path !== '-' ? `${config.flowLog.path}.audit.jsonl` : null);
   let ready = false;
   const stats = createStats(flows, alerts, identity, [
-    [httpServer, 'http'],
+    // The front sees every HTTP connection; httpServer only those the front hands over.
+    [httpFront, 'http'],
     [socksServer, 'socks'],
     ...(httpsServer ? [[httpsServer, 'https'] as const] : []),
   ]);

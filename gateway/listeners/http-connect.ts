@@ -4,7 +4,6 @@
  * the CONNECT head (`head`) are payload: the tunnel writes them upstream and counts them in
  * bytesOut. The CONNECT head and our 200 are the proxy handshake and never counted.
  */
-import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { failFlow } from '../admission.ts';
@@ -12,7 +11,7 @@ import { tunnel } from '../flow/tunnel.ts';
 import { parseAuthority } from '../protocol/authority.ts';
 import { mapError } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
-import type { HttpListenerState } from './http-proxy.ts';
+import type { HttpListenerState, RequestHead } from './http-proxy.ts';
 import { refusalDetails, writeRawRefusal } from './http-refusal.ts';
 
 const ESTABLISHED = 'HTTP/1.1 200 Connection Established\r\n\r\n';
@@ -42,7 +41,7 @@ export function holdClient(socket: Duplex): { isGone: () => boolean; release: ()
 }
 
 /** Handle one CONNECT request on a detached client socket. Never throws for client mistakes. */
-export async function handleConnect(state: HttpListenerState, req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+export async function handleConnect(state: HttpListenerState, req: RequestHead, socket: Duplex, head: Buffer): Promise<void> {
   const { ctx } = state;
   const hold = holdClient(socket);
   const authority = parseAuthority(req.url ?? '', null);

@@ -23,7 +23,8 @@
  *  8. close the flow exactly once with its reason; keep-alive client connections go back to step 1
  *     for their next request, which is a new flow.
  */
-import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http';
+import { createServer as createHttpServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http';
+import type { Server as NetServer, Socket } from 'node:net';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
@@ -34,6 +35,7 @@ import type { GatewayErrorCode } from '../errors.ts';
 import type { PolicySnapshot, Protocol } from '../../policy/types.ts';
 import { mapError } from '../reject.ts';
 import { handleConnect } from './http-connect.ts';
+import { wrapWithConnectFront } from './http-connect-front.ts';
 import { connectionState } from './http-connection-state.ts';
 import { forwardRequest, OriginAgents } from './http-forward.ts';
 import { forwardRequestHeaders, parseProxyBasic } from './http-headers.ts';
@@ -45,13 +47,23 @@ export interface HttpProxyOptions {
   tls?: { cert: string | Buffer; key: string | Buffer; ca?: string | Buffer; requestCert?: boolean };
 }
 
+/** What admission reads of a request: an IncomingMessage, or a head the CONNECT fast path parsed. */
+export interface RequestHead {
+  readonly url?: string | undefined;
+  readonly headers: IncomingHttpHeaders;
+  readonly socket: Socket;
+}
+
 /** What the request handlers of one listener share. */
 export interface HttpListenerState {
   readonly ctx: GatewayContext;
   readonly listener: 'http' | 'https';
   readonly agents: OriginAgents;
-  /** Run admission for a request on this listener (identity cached per client connection). */
-  admitRequest(req: IncomingMessage, protocol: Protocol, host: string, port: number): Promise<Admitted | Refused>;
+  /**
+   * Run admission for a request on this listener. The identity is cached per client connection for
+   * the next request on it — not for CONNECT, the last request a connection carries.
+   */
+  admitRequest(req: RequestHead, protocol: Protocol, host: string, port: number): Promise<Admitted | Refused>;
   /** Identity headers never forwarded, for the current snapshot. */
   strippedHeaders(snapshot: PolicySnapshot): ReadonlySet<string>;
 }
@@ -75,7 +87,7 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
     requireHostHeader: false,
     noDelay: true,
   };
-  const listener = opts.tls ? 'https' : 'http';
+  const listener: 'http' | 'https' = opts.tls ? 'https' : 'http';
   const server: Server | HttpsServer = opts.tls
     ? createHttpsServer({ ...serverOptions, cert: opts.tls.cert, key: opts.tls.key, ca: opts.tls.ca, requestCert: opts.tls.requestCert ?? false, rejectUnauthorized: false })
     : createHttpServer(serverOptions);
@@ -96,8 +108,9 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
       return stripped;
     },
     async admitRequest(req, protocol, host, port) {
-      const snapshot = ctx.policy.current();
       const claims = claimsOf(req);
+      if (protocol === 'connect') return admit(ctx, { protocol, listener, claims, destHost: host, destPort: port, server: req.socket });
+      const snapshot = ctx.policy.current();
       const headerNames = snapshot.config.identity.headers;
       // The signed token is part of the key too: a new token (other user, later expiry) must be re-verified.
       const signedName = headerNames.signed?.header.toLowerCase();
@@ -162,7 +175,30 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
   server.on('close', () => {
     void state.agents.close();
   });
+  states.set(server, state);
   return server;
+}
+
+const states = new WeakMap<Server | HttpsServer, HttpListenerState>();
+
+/**
+ * The server to listen on for a plain-HTTP proxy made by createHttpProxy: the CONNECT fast path
+ * (http-connect-front.ts) in front of it. Connections it does not take go to `server` unchanged.
+ */
+export function withConnectFront(server: Server): NetServer {
+  const state = states.get(server);
+  if (!state) throw new Error('withConnectFront: not a server made by createHttpProxy');
+  const { ctx } = state;
+  return wrapWithConnectFront(server, {
+    log: ctx.log,
+    limits: () => ctx.policy.current().config.limits,
+    onConnect: (head, socket, rest) => {
+      handleConnect(state, head, socket, rest).catch((err: unknown) => {
+        ctx.log.error({ err: (err as Error).message }, 'CONNECT handler failed');
+        socket.destroy();
+      });
+    },
+  });
 }
 
 /** Absolute-URI request: steps 2–8. `expectsContinue`: the client waits for 100 before its body. */
@@ -191,7 +227,7 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
 }
 
 /** Identity claims of a request: client address, Proxy-Authorization Basic, headers, TLS client cert. */
-export function claimsOf(req: IncomingMessage): IdentityClaims {
+export function claimsOf(req: RequestHead): IdentityClaims {
   const basic = parseProxyBasic(req.headers['proxy-authorization']);
   const socket = req.socket as Partial<TLSSocket> & typeof req.socket;
   let certSubject: string | null = null;

@@ -1,0 +1,170 @@
+/**
+ * The CONNECT fast path of the HTTP listener. Most connections to a forward proxy carry one
+ * `CONNECT host:port` and become a tunnel; node:http sets up a parser, header-timeout tracking,
+ * an IncomingMessage and its own socket listeners for each, only to hand the socket back on
+ * 'connect'. This front reads a connection's first bytes itself:
+ *
+ *  1. accept (paused), and wait for the first bytes — limits.headerTimeoutMs at most (checked by
+ *     one timer for all waiting connections): silent → 408 JSON, warn, close, as node:http does;
+ *  2. first bytes that are a whole, plain CONNECT head (parseConnectHead: strict, no duplicate
+ *     headers, no Content-Length / Transfer-Encoding, within limits.maxHeaderBytes) → `onConnect`
+ *     with the head and any bytes after it, node:http never sees the connection;
+ *  3. anything else — other methods, a head split over several packets, any byte node's strict
+ *     parser might judge differently — is pushed back unread and the socket handed to the real
+ *     server ('connection'), which parses, limits and refuses exactly as before.
+ *
+ * Like the PROXY protocol front (proxy-protocol-front.ts), it is the listening server: its
+ * 'listening' is forwarded to the real server, and closing the real server closes it.
+ */
+import type { Server as HttpServer, IncomingHttpHeaders } from 'node:http';
+import { Server, type Socket } from 'node:net';
+import type { Logger } from '../context.ts';
+import { mapError } from '../reject.ts';
+import { writeRawRefusal } from './http-refusal.ts';
+
+/** A CONNECT request head parsed by the fast path; IncomingMessage has the same fields. */
+export interface ConnectHead {
+  readonly method: 'CONNECT';
+  readonly url: string;
+  /** Lower-case names; every name appears once (a duplicate sends the request to node:http). */
+  readonly headers: IncomingHttpHeaders;
+  readonly socket: Socket;
+}
+
+export interface ConnectFrontOptions {
+  log: Logger;
+  /** Read per connection, so a reload applies to new connections. */
+  limits: () => { readonly headerTimeoutMs: number; readonly maxHeaderBytes: number };
+  /** A parsed CONNECT: the socket is paused, `rest` holds the bytes the client sent after the head. */
+  onConnect: (head: ConnectHead, socket: Socket, rest: Buffer) => void;
+}
+
+const CONNECT_PREFIX = Buffer.from('CONNECT ', 'latin1');
+const REQUEST_LINE = /^CONNECT ([A-Za-z0-9._~:[\]-]+) HTTP\/1\.1$/;
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+/**
+ * Parse a complete CONNECT head at the start of `buf`: `{head fields, end}` where `end` is the
+ * offset after the blank line, or null when the fast path must not judge these bytes (node:http
+ * then does). Only what node's strict parser accepts in the same way is accepted here.
+ */
+export function parseConnectHead(buf: Buffer, maxHeaderBytes: number): { url: string; headers: IncomingHttpHeaders; end: number } | null {
+  if (buf.length < CONNECT_PREFIX.length || buf.compare(CONNECT_PREFIX, 0, CONNECT_PREFIX.length, 0, CONNECT_PREFIX.length) !== 0) return null;
+  const blank = buf.indexOf('\r\n\r\n', 0, 'latin1');
+  if (blank < 0 || blank + 4 > maxHeaderBytes) return null;
+  // Printable ASCII, tabs and CRLF only: control bytes, bare CR or LF, and obs-text go to node:http.
+  for (let i = 0; i < blank; i++) {
+    const c = buf[i] as number;
+    if (c === 0x0d) {
+      if (buf[i + 1] !== 0x0a) return null;
+      i++;
+    } else if ((c < 0x20 && c !== 0x09) || c > 0x7e) return null;
+  }
+  const lines = buf.toString('latin1', 0, blank).split('\r\n');
+  const target = REQUEST_LINE.exec(lines[0] as string)?.[1];
+  if (target === undefined) return null;
+  const headers: IncomingHttpHeaders = {};
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i] as string;
+    const colon = line.indexOf(':');
+    // No name, a name with spaces, or an obs-fold continuation line (leading SP/HTAB).
+    if (colon <= 0) return null;
+    const name = line.slice(0, colon);
+    if (!TOKEN.test(name)) return null;
+    const key = name.toLowerCase();
+    if (key in headers || key === 'content-length' || key === 'transfer-encoding') return null;
+    headers[key] = line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, '');
+  }
+  return { url: target, headers, end: blank + 4 };
+}
+
+/** Put the CONNECT fast path before `server` (a plain-HTTP node:http server); listen on the result. */
+export function wrapWithConnectFront(server: HttpServer, opts: ConnectFrontOptions): Server {
+  /** Connections waiting for their first bytes, with when they were accepted. */
+  const waiting = new Map<Socket, number>();
+  let sweep: NodeJS.Timeout | null = null;
+  let isClosed = false;
+
+  const front = new Server({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (socket) => {
+    if (isClosed) {
+      socket.destroy();
+      return;
+    }
+    waiting.set(socket, Date.now());
+    socket.on('readable', onReadable);
+    socket.on('end', onGone);
+    socket.on('error', onGone);
+  });
+
+  function stopWaiting(socket: Socket): void {
+    waiting.delete(socket);
+    socket.removeListener('readable', onReadable);
+    socket.removeListener('end', onGone);
+    socket.removeListener('error', onGone);
+  }
+
+  function onReadable(this: Socket): void {
+    const chunk = this.read() as Buffer | null;
+    if (chunk === null) return;
+    stopWaiting(this);
+    const limits = opts.limits();
+    const parsed = parseConnectHead(chunk, limits.maxHeaderBytes);
+    if (parsed !== null) {
+      // Errors from here on are the CONNECT handler's; until it adds its own, none may go unheard.
+      this.on('error', ignore);
+      this.pause();
+      opts.onConnect({ method: 'CONNECT', url: parsed.url, headers: parsed.headers, socket: this }, this, chunk.subarray(parsed.end));
+      this.removeListener('error', ignore);
+      return;
+    }
+    // With our 'readable' listener gone the stream returns to its natural mode: flowing as soon as
+    // node:http adds its 'data' listener, starting with the bytes pushed back here.
+    this.unshift(chunk);
+    server.emit('connection', this);
+  }
+
+  /** Closed or reset before sending anything: nothing to answer, nothing to record. */
+  function onGone(this: Socket): void {
+    stopWaiting(this);
+    this.destroy();
+  }
+
+  function checkTimeouts(): void {
+    const limits = opts.limits();
+    const now = Date.now();
+    for (const [socket, acceptedAt] of waiting) {
+      // Insertion order is acceptance order: the first one still in time ends the scan.
+      if (now - acceptedAt < limits.headerTimeoutMs) break;
+      stopWaiting(socket);
+      opts.log.warn({ client: socket.remoteAddress, code: 'EGW_HEADER_TIMEOUT', why: `no request within ${limits.headerTimeoutMs} ms` }, 'client request refused');
+      socket.on('error', ignore);
+      writeRawRefusal(socket, mapError('EGW_HEADER_TIMEOUT'), { flowId: null, isBlock: false });
+    }
+  }
+
+  front.on('listening', () => {
+    const every = Math.max(50, Math.min(1000, Math.floor(opts.limits().headerTimeoutMs / 4)));
+    sweep = setInterval(checkTimeouts, every);
+    sweep.unref();
+    server.emit('listening');
+  });
+  const closeFront = (): void => {
+    if (isClosed) return;
+    isClosed = true;
+    if (sweep) clearInterval(sweep);
+    // Also when never listening (a PROXY protocol front listens instead): close() then emits 'close'
+    // at once, which is that front's signal to stop accepting.
+    front.close(ignore);
+    for (const socket of waiting.keys()) socket.destroy();
+    waiting.clear();
+  };
+  // node:http's close() on the never-listening real server emits 'close': stop accepting then.
+  server.once('close', closeFront);
+  front.once('close', () => {
+    isClosed = true;
+    if (sweep) clearInterval(sweep);
+  });
+  return front;
+}
+
+function ignore(): void {}

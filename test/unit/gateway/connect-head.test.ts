@@ -1,0 +1,48 @@
+import { describe, expect, it } from 'vitest';
+import { parseConnectHead } from '../../../gateway/listeners/http-connect-front.ts';
+
+const b = (s: string): Buffer => Buffer.from(s, 'latin1');
+
+describe('parseConnectHead (CONNECT fast path)', () => {
+  it('parses a plain CONNECT head: target, lower-case headers, OWS trimmed, end after the blank line', () => {
+    const head = 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nProxy-Authorization:  Basic YTpi \t\r\nUser-Agent: curl/8\r\n\r\n';
+    const r = parseConnectHead(b(`${head}early-payload`), 8192);
+    expect(r).toEqual({
+      url: 'example.com:443',
+      headers: { host: 'example.com:443', 'proxy-authorization': 'Basic YTpi', 'user-agent': 'curl/8' },
+      end: head.length,
+    });
+  });
+
+  it('takes bracketed IPv6 targets and a head with no headers', () => {
+    expect(parseConnectHead(b('CONNECT [::1]:8443 HTTP/1.1\r\n\r\n'), 8192)).toEqual({ url: '[::1]:8443', headers: {}, end: 31 });
+  });
+
+  // Everything below is left to node:http (null): it parses, limits and refuses as before.
+  it.each([
+    ['another method', 'GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n'],
+    ['lower-case method', 'connect example.com:443 HTTP/1.1\r\n\r\n'],
+    ['an incomplete head', 'CONNECT example.com:443 HTTP/1.1\r\nHost: exa'],
+    ['HTTP/1.0', 'CONNECT example.com:443 HTTP/1.0\r\n\r\n'],
+    ['a target with a path', 'CONNECT example.com:443/x HTTP/1.1\r\n\r\n'],
+    ['two spaces', 'CONNECT  example.com:443 HTTP/1.1\r\n\r\n'],
+    ['obs-fold', 'CONNECT example.com:443 HTTP/1.1\r\nX-A: 1\r\n  folded\r\n\r\n'],
+    ['a duplicate header', 'CONNECT example.com:443 HTTP/1.1\r\nProxy-Authorization: Basic YTpi\r\nproxy-authorization: Basic Yzpk\r\n\r\n'],
+    ['Content-Length', 'CONNECT example.com:443 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello'],
+    ['Transfer-Encoding', 'CONNECT example.com:443 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n'],
+    ['a space before the colon', 'CONNECT example.com:443 HTTP/1.1\r\nHost : x\r\n\r\n'],
+    ['an empty header name', 'CONNECT example.com:443 HTTP/1.1\r\n: x\r\n\r\n'],
+    ['a bare LF', 'CONNECT example.com:443 HTTP/1.1\nHost: x\r\n\r\n'],
+    ['a bare CR', 'CONNECT example.com:443 HTTP/1.1\r\nX-A: 1\r2\r\n\r\n'],
+    ['a control byte', 'CONNECT example.com:443 HTTP/1.1\r\nX-A: a\u0000b\r\n\r\n'],
+    ['obs-text', 'CONNECT example.com:443 HTTP/1.1\r\nX-A: caf\u00e9\r\n\r\n'],
+  ])('leaves %s to node:http', (_what, text) => {
+    expect(parseConnectHead(b(text), 8192)).toBeNull();
+  });
+
+  it('leaves a head larger than limits.maxHeaderBytes to node:http (which answers 431)', () => {
+    const head = `CONNECT example.com:443 HTTP/1.1\r\nX-Pad: ${'a'.repeat(200)}\r\n\r\n`;
+    expect(parseConnectHead(b(head), head.length)).not.toBeNull();
+    expect(parseConnectHead(b(head), head.length - 1)).toBeNull();
+  });
+});
