@@ -20,6 +20,7 @@ export function clientAddress(clientIp: string): ClientAddress {
   const ip = zone === -1 ? clientIp : clientIp.slice(0, zone);
   const parsed = parseIp(ip);
   if (parsed === null) return { text: ip, parsed: null };
-  if (parsed.v4 !== null && isIPv6(ip)) return { text: formatIPv4(parsed.v4), parsed: { v4: parsed.v4, v6: null } };
+  // An IPv4 value written with a colon can only be IPv4-mapped IPv6 (no IPv6 regex for plain IPv4).
+  if (parsed.v4 !== null && ip.includes(':') && isIPv6(ip)) return { text: formatIPv4(parsed.v4), parsed: { v4: parsed.v4, v6: null } };
   return { text: ip.toLowerCase(), parsed };
 }
