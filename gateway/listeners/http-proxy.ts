@@ -3,6 +3,9 @@
  * on node:http (strict parser; `insecureHTTPParser` stays off). Listening is main.ts's job.
  *
  * Flow of a connection:
+ *  0. (plain HTTP listener, via withConnectFront) a whole, plain CONNECT head in the first packet is
+ *     parsed by http-connect-front.ts and goes straight to http-connect.ts; every other connection
+ *     continues at 1, unread.
  *  1. accept: node's parser reads the head within `limits.headerTimeoutMs` and `limits.maxHeaderBytes`.
  *     Anything it refuses (bad request line, smuggling shapes — CL with TE, duplicate CL, obs-fold,
  *     bad TE —, oversized head, slowloris) lands in `clientError`: 400 / 431 / 408 as JSON, a warn
