@@ -11,7 +11,9 @@
  *     with the head and any bytes after it, node:http never sees the connection;
  *  3. anything else — other methods, a head split over several packets, any byte node's strict
  *     parser might judge differently — is pushed back unread and the socket handed to the real
- *     server ('connection'), which parses, limits and refuses exactly as before.
+ *     server ('connection'), which parses, limits and refuses exactly as before. Its header timeout
+ *     starts at the hand-over, so a client that sends its first byte late and then dribbles the
+ *     rest has up to twice limits.headerTimeoutMs in all.
  *
  * Like the PROXY protocol front (proxy-protocol-front.ts), it is the listening server: its
  * 'listening' is forwarded to the real server, and closing the real server closes it.
