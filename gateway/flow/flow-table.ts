@@ -177,7 +177,7 @@ export class FlowTable extends EventEmitter {
     else this.perIdentity.set(key, n);
     this.remember(flow);
     this.totalClosed++;
-    if (!this.sink.isDiscarding) this.sink.write(flow.toRecord(flow.endedAt));
+    if (!this.sink.isDiscarding) this.record(flow, flow.endedAt, false);
     this.emit('close', flow);
   }
 
@@ -263,10 +263,16 @@ export class FlowTable extends EventEmitter {
       }
       if (this.interimMs > 0 && now - flow.lastInterimAt >= this.interimMs && !this.sink.isDiscarding) {
         flow.lastInterimAt = now;
-        this.sink.write(flow.toRecord(now, true));
+        this.record(flow, now, true);
       }
     }
     this.emit('sweep', now, this.active);
+  }
+
+  /** Hand a record to the sink, as a Flow if it takes one (no record object built). */
+  private record(flow: Flow, now: number, intermediate: boolean): void {
+    if (this.sink.writeFlow) this.sink.writeFlow(flow, now, intermediate);
+    else this.sink.write(flow.toRecord(now, intermediate));
   }
 
   private remember(flow: Flow): void {

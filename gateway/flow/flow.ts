@@ -165,6 +165,50 @@ export class Flow {
     if (intermediate) rec.intermediate = true;
     return rec;
   }
+
+  /**
+   * The canonical record as one JSON text, exactly `JSON.stringify(this.toRecord(now, intermediate))`
+   * (test/unit/gateway/flow-json.test.ts), without building the record object first: the flow log
+   * writes one per flow.
+   */
+  toJsonLine(now: number, intermediate = false): string {
+    const end = this.endedAt ?? now;
+    let line =
+      `{"id":${JSON.stringify(this.id)},"protocol":${JSON.stringify(this.protocol)}` +
+      `,"client":{"ip":${JSON.stringify(this.client.ip)},"port":${jsonNumber(this.client.port)}}` +
+      `,"identity":${JSON.stringify(this.identity)},"destination":${JSON.stringify(this.destination)}` +
+      `,"startedAt":"${isoString(this.startedAt)}","lastActivityAt":"${isoString(this.lastActivityAt)}"` +
+      `,"endedAt":${this.endedAt === null ? 'null' : `"${isoString(this.endedAt)}"`},"durationMs":${jsonNumber(end - this.startedAt)}` +
+      `,"bytesOut":${jsonNumber(this.bytesOut)},"bytesIn":${jsonNumber(this.bytesIn)},"verdict":${JSON.stringify(this.verdict)}` +
+      `,"enforced":${this.enforced},"reason":${jsonOrNull(this.reason)},"detector":${jsonOrNull(this.detector)}` +
+      `,"state":${JSON.stringify(this.state)},"closeReason":${jsonOrNull(this.closeReason)},"communityId":${jsonOrNull(this.communityId)}` +
+      `,"matchedRule":${this.matchedRule === null ? 'null' : JSON.stringify(this.matchedRule)},"reasons":${JSON.stringify(this.reasons)}`;
+    if (this.isUnattributed && !this.identity.process) line += ',"unattributed":true';
+    if (intermediate) line += ',"intermediate":true';
+    return `${line}}`;
+  }
+}
+
+/** `JSON.stringify` of a string or null. */
+function jsonOrNull(v: string | null): string {
+  return v === null ? 'null' : JSON.stringify(v);
+}
+
+/** `JSON.stringify` of a number (non-finite numbers become null, as there). */
+function jsonNumber(n: number): string {
+  return Number.isFinite(n) ? String(n) : 'null';
+}
+
+// Flows that end close together share timestamps (lastActivityAt is often endedAt): the last
+// conversion is kept.
+let isoMs = Number.NaN;
+let isoText = '';
+function isoString(ms: number): string {
+  if (ms !== isoMs) {
+    isoText = new Date(ms).toISOString();
+    isoMs = ms;
+  }
+  return isoText;
 }
 
 /** Identity with a process attached (attribution never changes user/host/roles). */

@@ -1,0 +1,64 @@
+import { describe, expect, it } from 'vitest';
+import { Flow, type FlowInit } from '../../../gateway/flow/flow.ts';
+import type { ProcessInfo } from '../../../policy/types.ts';
+
+const proc: ProcessInfo = {
+  pid: 4242,
+  name: 'curl',
+  exe: '/usr/bin/curl',
+  cmdline: 'curl -H "X-A: \\"q\\"" https://example.com/ \u0001 caf\u00e9 \u2028 \ud83d\ude00',
+  user: 'alice',
+  uid: 1000,
+  loginuid: 4294967295,
+  ppid: 1,
+  parentName: 'bash',
+  parentExe: null,
+  source: 'agent',
+};
+
+function make(i: number): Flow {
+  const init: FlowInit = {
+    protocol: (['http', 'connect', 'socks5', 'socks5-udp'] as const)[i % 4] ?? 'http',
+    listener: i % 2 === 0 ? 'http' : 'socks',
+    client: i % 3 === 0 ? { ip: '2001:db8::7', port: 40000 + i } : { ip: '10.1.2.3', port: 50000 + i },
+    identity: {
+      user: i % 5 === 0 ? null : `user-${i} "quoted" \\ ü`,
+      host: i % 4 === 0 ? null : `ws-${i}`,
+      roles: i % 2 === 0 ? ['dev', 'ops'] : [],
+      process: i % 3 === 1 ? proc : null,
+    },
+    destination: { host: i % 6 === 0 ? 'xn--bcher-kva.example' : `d${i}.example.net`, ip: null, port: 443 },
+    ...(i % 7 === 0 ? { startedAt: 1_764_000_000_000 + i } : {}),
+  };
+  const f = new Flow(`id-${i}`, init, 1_764_000_000_500 + i * 37);
+  if (i % 4 !== 3) f.destination = { ...f.destination, ip: i % 3 === 0 ? '2001:db8::1' : '203.0.113.9' };
+  f.bytesOut = i * 1000;
+  f.bytesIn = i * 7;
+  f.lastActivityAt = f.startedAt + i;
+  if (i % 2 === 0) f.applyDecision({ verdict: 'would-block', reason: 'detector', detector: 'an0081.scan', mode: 'monitor', matchedRule: { role: 'dev', index: 3, entry: 'host=*.example.com ports=443' }, reasons: ['fan-out: "12" hosts', 'x\ny'] }, false);
+  else f.applyDecision({ verdict: 'allow', reason: 'allowed', detector: null, mode: 'enforce', matchedRule: null, reasons: [] }, false);
+  if (i % 3 === 2) f.isUnattributed = true;
+  if (i % 5 !== 4) {
+    f.state = 'closed';
+    f.closeReason = i % 2 === 0 ? 'closed' : 'client-reset';
+    f.endedAt = f.startedAt + 1234 + i;
+  }
+  return f;
+}
+
+describe('Flow.toJsonLine', () => {
+  it('is exactly JSON.stringify(toRecord()) for every field shape, live and closed, interim or not', () => {
+    for (let i = 0; i < 60; i++) {
+      const f = make(i);
+      const now = f.startedAt + 99_999;
+      for (const intermediate of [false, true]) {
+        expect(f.toJsonLine(now, intermediate), `flow ${i} intermediate=${intermediate}`).toBe(JSON.stringify(f.toRecord(now, intermediate)));
+      }
+    }
+  });
+
+  it('parses back to the record', () => {
+    const f = make(8);
+    expect(JSON.parse(f.toJsonLine(f.startedAt + 5))).toEqual(JSON.parse(JSON.stringify(f.toRecord(f.startedAt + 5))));
+  });
+});
