@@ -9,8 +9,8 @@
 export { toAlert, alertActionFor } from './alert.ts';
 export { evaluateConnect } from './connect.ts';
 export { DETECTOR_DEFAULTS, detectorSettings } from './defaults.ts';
-export { DetectionState, type BaselineJson } from './state.ts';
-export { evaluateSweep } from './sweep.ts';
+export { DetectionState, emptyObserveResult, type BaselineJson, type ObserveResult } from './state.ts';
+export { evaluateSweep, observeOptions } from './sweep.ts';
 export type { Alert, Analytic, BehaviourDetector, Finding, FindingAction, FlowOutcome, FlowView } from './types.ts';
 export { isOverUploadBudget, uploadBudgetFor } from './upload.ts';
 

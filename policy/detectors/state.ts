@@ -93,6 +93,17 @@ interface TrackedFlow {
 }
 
 /** What changed in one `observe()` call: only these keys can have crossed a threshold. */
+/** How `observe` reads the policy: the scan detector's idle reset, and the approved upload destinations. */
+export interface ObserveOptions {
+  readonly slowResetMs: number;
+  readonly isApproved: (host: string) => boolean;
+}
+
+/** A result with nothing changed yet. */
+export function emptyObserveResult(): ObserveResult {
+  return { active: new Set(), dests: new Set(), failed: new Set(), started: new Set() };
+}
+
 export interface ObserveResult {
   /** Identities with new bytes or new destinations. */
   readonly active: Set<string>;
@@ -168,13 +179,16 @@ export class DetectionState {
    * Folds flow snapshots into the windows. Byte counts are deltas against the last observation of
    * the same flow id, so live flows may be passed on every sweep. `slowResetMs` is the scan
    * detector's idle reset; `isApproved` tells which destinations the daily upload total ignores.
+   * What changed is added to `into` when given (a caller folding flows one at a time between sweeps
+   * collects them there), else to a new result.
    */
   observe(
     flows: Iterable<FlowView>,
     now: number,
-    opts: { slowResetMs: number; isApproved: (host: string) => boolean },
+    opts: ObserveOptions,
+    into: ObserveResult = emptyObserveResult(),
   ): ObserveResult {
-    const result: ObserveResult = { active: new Set(), dests: new Set(), failed: new Set(), started: new Set() };
+    const result = into;
     for (const f of flows) {
       if (f.outcome === 'blocked') continue;
       let t = this.tracked.peek(f.id);

@@ -18,23 +18,32 @@ import { proxyjackSignal, scanSignals } from './fanout.ts';
 import { identityKeyOf, registrableDomain } from './match.ts';
 import { modifiersFor, score } from './scoring.ts';
 import type { SweepSignal } from './signal.ts';
-import type { DetectionState } from './state.ts';
+import type { DetectionState, ObserveOptions, ObserveResult } from './state.ts';
 import type { BehaviourDetector, Finding, FlowView } from './types.ts';
 import { bulkUploadSignal, dailyUploadSignal, splitUploadSignal } from './upload.ts';
 
+/** The options `DetectionState.observe` takes, for a snapshot. */
+export function observeOptions(snapshot: Pick<PolicySnapshot, 'config'>): ObserveOptions {
+  const ctx = detectionContext(snapshot);
+  const slowResetMs = (ctx.settings('an0081.scan').n['slowResetSec'] ?? 900) * 1000;
+  return { slowResetMs, isApproved: (h) => ctx.isApprovedDestination(h) };
+}
+
 /**
  * Runs the sweep detectors over `flows` at `now`. Updates `state` (windows, fired detectors,
- * grouping) and returns the findings to act on.
+ * grouping) and returns the findings to act on. `folded`: what folding flows into `state` since the
+ * last sweep already changed (flows folded when they ended; they are still passed in `flows` for
+ * their per-flow checks, and `observe` skips them as finished).
  */
 export function evaluateSweep(
   flows: readonly FlowView[],
   state: DetectionState,
   snapshot: Pick<PolicySnapshot, 'config'>,
   now: number,
+  folded?: ObserveResult,
 ): Finding[] {
   const ctx = detectionContext(snapshot);
-  const slowResetMs = (ctx.settings('an0081.scan').n['slowResetSec'] ?? 900) * 1000;
-  const changed = state.observe(flows, now, { slowResetMs, isApproved: (h) => ctx.isApprovedDestination(h) });
+  const changed = state.observe(flows, now, observeOptions(snapshot), folded);
 
   const byIdentity = new Map<string, FlowView[]>();
   const byDest = new Map<string, FlowView[]>();
