@@ -4,9 +4,10 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
-import { readFile } from 'node:fs/promises';
+import { readFile, realpath } from 'node:fs/promises';
 import { type AddressInfo, type Server, type Socket, createServer } from 'node:net';
 import { userInfo } from 'node:os';
+import { basename } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { LocalAttributor, ProcessResolver, findProcessForConnection } from '../../agent/attribution.ts';
 
@@ -111,7 +112,10 @@ describe('findProcessForConnection', () => {
       remotePort: c.localPort!,
     });
     expect(p?.pid).toBe(child.pid);
-    expect(p?.name).toBe('node');
+    // The name is the kernel's comm (node 24 renames its main thread "MainThread"); the executable
+    // is the node binary either way, and the detectors match on both.
+    expect(p?.exe).toBe(await realpath(process.execPath));
+    expect([p?.name, basename(p?.exe ?? '')]).toContain(basename(process.execPath));
     expect(p?.ppid).toBe(process.pid);
   });
 
