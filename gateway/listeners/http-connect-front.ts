@@ -22,6 +22,7 @@ import type { Server as HttpServer, IncomingHttpHeaders } from 'node:http';
 import { Server, type Socket } from 'node:net';
 import type { Logger } from '../context.ts';
 import { mapError } from '../reject.ts';
+import { splitHeaderLine } from './http-headers.ts';
 import { writeRawRefusal } from './http-refusal.ts';
 
 /** A CONNECT request head parsed by the fast path; IncomingMessage has the same fields. */
@@ -43,7 +44,6 @@ export interface ConnectFrontOptions {
 
 const CONNECT_PREFIX = Buffer.from('CONNECT ', 'latin1');
 const REQUEST_LINE = /^CONNECT ([A-Za-z0-9._~:[\]-]+) HTTP\/1\.1$/;
-const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 
 /**
  * Parse a complete CONNECT head at the start of `buf`: `{head fields, end}` where `end` is the
@@ -67,15 +67,11 @@ export function parseConnectHead(buf: Buffer, maxHeaderBytes: number): { url: st
   if (target === undefined) return null;
   const headers: IncomingHttpHeaders = {};
   for (let i = 1; i < lines.length; i++) {
-    const line = lines[i] as string;
-    const colon = line.indexOf(':');
-    // No name, a name with spaces, or an obs-fold continuation line (leading SP/HTAB).
-    if (colon <= 0) return null;
-    const name = line.slice(0, colon);
-    if (!TOKEN.test(name)) return null;
-    const key = name.toLowerCase();
+    const field = splitHeaderLine(lines[i] as string);
+    if (field === null) return null;
+    const key = field.name.toLowerCase();
     if (key in headers || key === 'content-length' || key === 'transfer-encoding') return null;
-    headers[key] = line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, '');
+    headers[key] = field.value;
   }
   return { url: target, headers, end: blank + 4 };
 }

@@ -126,3 +126,21 @@ export function serialiseRequestHead(method: string, target: string, headers: re
   for (let i = 0; i + 1 < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
   return `${head}\r\n`;
 }
+
+/** A field name (RFC 9110 §5.1: a token). */
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+/** Optional whitespace around a field value (RFC 9110 §5.5: SP and HTAB only). */
+const OWS = /^[ \t]+|[ \t]+$/g;
+
+/**
+ * One `name: value` line of a head we parse ourselves (the CONNECT fast path, an Upgrade response):
+ * the name as written and the value without its surrounding OWS, or null for no name, a name that
+ * is not a token, or an obs-fold continuation line (it starts with SP or HTAB).
+ */
+export function splitHeaderLine(line: string): { name: string; value: string } | null {
+  const colon = line.indexOf(':');
+  if (colon <= 0) return null;
+  const name = line.slice(0, colon);
+  if (!TOKEN.test(name)) return null;
+  return { name, value: line.slice(colon + 1).replace(OWS, '') };
+}

@@ -25,7 +25,7 @@ import { mapError } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
 import { holdClient } from './http-connect.ts';
 import { resetOrDestroy } from './http-connection-state.ts';
-import { forwardRequestHeaders, forwardResponseHeaders, serialiseRequestHead } from './http-headers.ts';
+import { forwardRequestHeaders, forwardResponseHeaders, serialiseRequestHead, splitHeaderLine } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
 import { refusalDetails, writeRawRefusal } from './http-refusal.ts';
 import { hostHeaderFor, parseAbsoluteTarget, smugglingShape } from './http-target.ts';
@@ -38,7 +38,6 @@ export interface ResponseHead {
 }
 
 const STATUS_LINE = /^HTTP\/1\.[01] ([1-9][0-9]{2})(?: ([^\r\n]*))?$/;
-const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 
 /** Parse a response head (without the final CRLFCRLF). Refuses obs-fold and malformed lines. */
 export function parseResponseHead(text: string): ResponseHead | null {
@@ -47,14 +46,9 @@ export function parseResponseHead(text: string): ResponseHead | null {
   if (!m) return null;
   const headers: string[] = [];
   for (let i = 1; i < lines.length; i++) {
-    const line = lines[i] as string;
-    const colon = line.indexOf(':');
-    if (colon <= 0) return null;
-    const name = line.slice(0, colon);
-    if (!TOKEN.test(name)) return null;
-    const value = line.slice(colon + 1).trim();
-    if (/[\r\n\0]/.test(value)) return null;
-    headers.push(name, value);
+    const field = splitHeaderLine(lines[i] as string);
+    if (field === null || /[\r\n\0]/.test(field.value)) return null;
+    headers.push(field.name, field.value);
   }
   return { status: Number(m[1]), statusText: m[2] ?? '', headers };
 }
