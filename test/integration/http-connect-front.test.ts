@@ -7,29 +7,22 @@
  * that never sent a byte.
  */
 import { once } from 'node:events';
-import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { type Origin, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
+import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
 
 const HEADER_TIMEOUT_MS = 600;
 let gw: TestGateway;
 let origin: Origin;
-let echo: Server;
+let echo: TcpOrigin;
 let echoPort: number;
-const echoSockets = new Set<Socket>();
 
 beforeAll(async () => {
   origin = await startOrigin();
-  echo = createServer({ allowHalfOpen: true }, (s) => {
-    echoSockets.add(s);
-    s.on('error', () => undefined);
-    s.on('close', () => echoSockets.delete(s));
-    s.pipe(s);
-  });
-  echo.listen(0, '127.0.0.1');
-  await once(echo, 'listening');
-  echoPort = (echo.address() as { port: number }).port;
+  // Echoes everything and ends its side when the client ends its side.
+  echo = await startTcpOrigin();
+  echoPort = echo.port;
   gw = await startTestGateway({
     limits: { headerTimeoutMs: HEADER_TIMEOUT_MS },
     identity: { users: [{ name: 'alice', password: 'wonder', roles: ['any'] }] },
@@ -39,8 +32,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await gw?.stop();
   await origin?.close();
-  for (const s of echoSockets) s.destroy();
-  await new Promise<void>((r) => (echo ? echo.close(() => r()) : r()));
+  await echo?.close();
 });
 
 /** Send `head` (in one write, or one byte per write), then `payload`; read the echo; half-close. */
