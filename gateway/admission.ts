@@ -107,7 +107,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   let dnsError: GatewayErrorCode | null = null;
   if (ip === null) {
     try {
-      ip = await resolveOne(ctx, snapshot, req.destHost);
+      ip = await lookupAddress(ctx, req.destHost);
     } catch (err) {
       dnsError = err instanceof GatewayError ? err.code : 'EGW_DNS_FAILED';
     }
@@ -194,8 +194,11 @@ function knownAddress(snapshot: PolicySnapshot, host: string): string | null {
 }
 
 async function resolveOne(ctx: GatewayContext, snapshot: PolicySnapshot, host: string): Promise<string> {
-  const known = knownAddress(snapshot, host);
-  if (known) return known;
+  return knownAddress(snapshot, host) ?? lookupAddress(ctx, host);
+}
+
+/** DNS: the one address of `host` that is classified and dialled. */
+async function lookupAddress(ctx: GatewayContext, host: string): Promise<string> {
   const ips = await ctx.resolver.lookup(host);
   // Prefer IPv4 when both families answer: most egress paths are v4-first.
   return ips.find((a) => isIPv4(a)) ?? (ips[0] as string);
