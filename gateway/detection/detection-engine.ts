@@ -136,16 +136,6 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
    */
   let folded: ObserveResult = emptyObserveResult();
   const foldOne: FlowView[] = [];
-  let observeFor: PolicySnapshot | null = null;
-  let observeOpts: ReturnType<typeof observeOptions> | null = null;
-  const currentObserveOptions = (): ReturnType<typeof observeOptions> => {
-    const snapshot = policy.current();
-    if (snapshot !== observeFor || observeOpts === null) {
-      observeFor = snapshot;
-      observeOpts = observeOptions(snapshot);
-    }
-    return observeOpts;
-  };
   let alertSeq = 0;
 
   const modeOf = (roles: readonly string[]): Mode => policy.current().modeFor(roles, policy.modeOverride());
@@ -172,7 +162,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     ended.push(v);
     foldOne[0] = v;
     try {
-      state.observe(foldOne, flows.now(), currentObserveOptions(), folded);
+      state.observe(foldOne, flows.now(), observeOptions(policy.current()), folded);
     } catch (err) {
       log.error({ err: String(err) }, 'detector state update failed');
     }

@@ -22,11 +22,18 @@ import type { DetectionState, ObserveOptions, ObserveResult } from './state.ts';
 import type { BehaviourDetector, Finding, FlowView } from './types.ts';
 import { bulkUploadSignal, dailyUploadSignal, splitUploadSignal } from './upload.ts';
 
-/** The options `DetectionState.observe` takes, for a snapshot. */
+const observeOptionsCache = new WeakMap<object, ObserveOptions>();
+
+/** The options `DetectionState.observe` takes, for a snapshot (built once per snapshot). */
 export function observeOptions(snapshot: Pick<PolicySnapshot, 'config'>): ObserveOptions {
-  const ctx = detectionContext(snapshot);
-  const slowResetMs = (ctx.settings('an0081.scan').n['slowResetSec'] ?? 900) * 1000;
-  return { slowResetMs, isApproved: (h) => ctx.isApprovedDestination(h) };
+  let opts = observeOptionsCache.get(snapshot);
+  if (opts === undefined) {
+    const ctx = detectionContext(snapshot);
+    const slowResetMs = (ctx.settings('an0081.scan').n['slowResetSec'] ?? 900) * 1000;
+    opts = { slowResetMs, isApproved: (h) => ctx.isApprovedDestination(h) };
+    observeOptionsCache.set(snapshot, opts);
+  }
+  return opts;
 }
 
 /**
