@@ -4,53 +4,22 @@
  * endpoints ordered so both directions hash alike, base64, prefixed "1:".
  */
 import { hash } from 'node:crypto';
-import { isIPv6 } from 'node:net';
+import { parseIPv4, parseIPv6 } from '../../policy/address.ts';
 
 const PROTO_TCP = 6;
 const PROTO_UDP = 17;
 
-/** Dotted-decimal IPv4 into out[at..at+4]; false unless exactly four canonical decimal octets 0–255. */
-function writeIpv4(ip: string, out: Buffer, at: number): boolean {
-  let octet = 0;
-  let digits = 0;
-  let part = 0;
-  for (let i = 0; i <= ip.length; i++) {
-    const c = i < ip.length ? ip.charCodeAt(i) : 0x2e;
-    if (c === 0x2e) {
-      if (digits === 0 || part > 3) return false;
-      out[at + part++] = octet;
-      octet = 0;
-      digits = 0;
-    } else if (c >= 0x30 && c <= 0x39 && digits < 3 && (digits === 0 || octet !== 0)) {
-      octet = octet * 10 + (c - 0x30);
-      if (octet > 255) return false;
-      digits++;
-    } else return false;
-  }
-  return part === 4;
-}
-
-/** An IPv6 literal (with "::" and an embedded IPv4 tail) into out[at..at+16]. */
-function writeIpv6(ip: string, out: Buffer, at: number): boolean {
-  if (!isIPv6(ip)) return false;
-  let text = ip;
-  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  if (v4?.[1]) {
-    const b = v4[1].split('.').map(Number);
-    text = text.slice(0, -v4[1].length) + `${(((b[0] ?? 0) << 8) | (b[1] ?? 0)).toString(16)}:${(((b[2] ?? 0) << 8) | (b[3] ?? 0)).toString(16)}`;
-  }
-  const [head = '', tail] = text.split('::');
-  const h = head ? head.split(':') : [];
-  const t = tail !== undefined && tail !== '' ? tail.split(':') : [];
-  const groups = tail === undefined ? h : [...h, ...new Array<string>(8 - h.length - t.length).fill('0'), ...t];
-  for (let i = 0; i < 8; i++) out.writeUInt16BE(Number.parseInt(groups[i] ?? '0', 16) || 0, at + i * 2);
-  return true;
-}
-
 /** Address bytes into out at `at`: 4 (IPv4), 16 (IPv6) or 0 (not an IP literal). */
 function writeIp(ip: string, out: Buffer, at: number): number {
-  if (writeIpv4(ip, out, at)) return 4;
-  return writeIpv6(ip, out, at) ? 16 : 0;
+  const v4 = parseIPv4(ip);
+  if (v4 !== null) {
+    out.writeUInt32BE(v4, at);
+    return 4;
+  }
+  const v6 = parseIPv6(ip);
+  if (v6 === null) return 0;
+  out.set(v6, at);
+  return 16;
 }
 
 // Scratch space, reused by every call (the hash is computed before communityId returns):
