@@ -16,7 +16,7 @@ import type { Identity } from '../types.ts';
 import { MODIFIER_DEFAULTS } from './defaults.ts';
 import { identityKeyOf, registrableDomain } from './match.ts';
 import type { BehaviourDetector, Finding, FlowView } from './types.ts';
-import { BoundedMap, DistinctWindow, WindowSum, intervalJitter } from './windows.ts';
+import { BoundedMap, DistinctWindow, evictionBatch, evictOldest, WindowSum, intervalJitter } from './windows.ts';
 
 const HOUR_MS = 3_600_000;
 const DAY_MS = 86_400_000;
@@ -70,14 +70,8 @@ export class IdentityWindows {
   dest(domain: string): DestWindows {
     let d = this.perDest.get(domain);
     if (!d) {
-      if (this.perDest.size >= MAX_DESTS_PER_IDENTITY) {
-        // The oldest destinations go a batch at a time (see evictionBatch in windows.ts).
-        let n = MAX_DESTS_PER_IDENTITY / 16;
-        for (const k of this.perDest.keys()) {
-          if (n-- <= 0) break;
-          this.perDest.delete(k);
-        }
-      }
+      // The oldest destinations go a batch at a time (see evictionBatch in windows.ts).
+      if (this.perDest.size >= MAX_DESTS_PER_IDENTITY) evictOldest(this.perDest, evictionBatch(MAX_DESTS_PER_IDENTITY), null);
       d = { out: new WindowSum(BUCKET_MS, HOUR_MS), in: new WindowSum(BUCKET_MS, HOUR_MS), starts: [], hours: [] };
       this.perDest.set(domain, d);
     }

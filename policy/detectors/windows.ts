@@ -104,12 +104,12 @@ export function intervalJitter(times: readonly number[]): { meanMs: number; cv: 
  * insertion cost O(table size) (at 12,000 flows/s, 16 % of the gateway's CPU and sweeps of up to
  * a second); evicting a batch makes that scan once per max/16 insertions.
  */
-function evictionBatch(max: number): number {
+export function evictionBatch(max: number): number {
   return Math.max(1, Math.floor(max / 16));
 }
 
 /** Delete the `n` oldest entries of `map` (insertion order), telling `onEvict` about each. */
-function evictOldest<K, V>(map: Map<K, V>, n: number, onEvict: ((key: K, value: V) => void) | null): void {
+export function evictOldest<K, V>(map: Map<K, V>, n: number, onEvict: ((key: K, value: V) => void) | null): void {
   let left = n;
   for (const [k, v] of map) {
     if (left-- <= 0) break;
