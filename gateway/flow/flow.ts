@@ -176,7 +176,7 @@ export class Flow {
     let line =
       `{"id":${JSON.stringify(this.id)},"protocol":${JSON.stringify(this.protocol)}` +
       `,"client":{"ip":${JSON.stringify(this.client.ip)},"port":${jsonNumber(this.client.port)}}` +
-      `,"identity":${JSON.stringify(this.identity)},"destination":${JSON.stringify(this.destination)}` +
+      `,"identity":${identityJson(this.identity)},"destination":${destinationJson(this.destination)}` +
       `,"startedAt":"${isoString(this.startedAt)}","lastActivityAt":"${isoString(this.lastActivityAt)}"` +
       `,"endedAt":${this.endedAt === null ? 'null' : `"${isoString(this.endedAt)}"`},"durationMs":${jsonNumber(end - this.startedAt)}` +
       `,"bytesOut":${jsonNumber(this.bytesOut)},"bytesIn":${jsonNumber(this.bytesIn)},"verdict":${JSON.stringify(this.verdict)}` +
@@ -199,16 +199,43 @@ function jsonNumber(n: number): string {
   return Number.isFinite(n) ? String(n) : 'null';
 }
 
-// Flows that end close together share timestamps (lastActivityAt is often endedAt): the last
-// conversion is kept.
-let isoMs = Number.NaN;
-let isoText = '';
+// Timestamps of flows that end close together share their second: the text up to the millisecond
+// is kept for the last two seconds seen (start and end of most flows), so most conversions are a
+// string concatenation instead of a Date.
+const isoSeconds = [Number.NaN, Number.NaN];
+const isoPrefixes = ['', ''];
+let isoNext = 0;
+const MS_TEXT = Array.from({ length: 1000 }, (_, i) => `${String(i).padStart(3, '0')}Z`);
 function isoString(ms: number): string {
-  if (ms !== isoMs) {
-    isoText = new Date(ms).toISOString();
-    isoMs = ms;
-  }
-  return isoText;
+  const sec = Math.floor(ms / 1000);
+  const rest = ms - sec * 1000;
+  if (!Number.isInteger(rest)) return new Date(ms).toISOString();
+  const slot = sec === isoSeconds[0] ? 0 : sec === isoSeconds[1] ? 1 : -1;
+  if (slot >= 0) return (isoPrefixes[slot] as string) + (MS_TEXT[rest] as string);
+  const text = new Date(ms).toISOString();
+  isoSeconds[isoNext] = sec;
+  isoPrefixes[isoNext] = text.slice(0, text.length - 4);
+  isoNext ^= 1;
+  return text;
+}
+
+// Identity JSON: most flows carry a user/host/roles identity without a process, and the roles array
+// comes from the policy snapshot (shared). One text per roles array — for the last user and host
+// seen with it — saves a JSON.stringify per flow.
+const identityTexts = new Map<readonly string[], { user: string | null; host: string | null; text: string }>();
+function identityJson(identity: Identity): string {
+  if (identity.process !== null) return JSON.stringify(identity);
+  const memo = identityTexts.get(identity.roles);
+  if (memo !== undefined && memo.user === identity.user && memo.host === identity.host) return memo.text;
+  const text = JSON.stringify(identity);
+  if (identityTexts.size >= 256) identityTexts.clear();
+  identityTexts.set(identity.roles, { user: identity.user, host: identity.host, text });
+  return text;
+}
+
+/** `JSON.stringify(destination)` for the { host, ip, port } it always is; `ip` is an IP literal or null. */
+function destinationJson(d: FlowDestination): string {
+  return `{"host":${JSON.stringify(d.host)},"ip":${d.ip === null ? 'null' : `"${d.ip}"`},"port":${jsonNumber(d.port)}}`;
 }
 
 /** Identity with a process attached (attribution never changes user/host/roles). */

@@ -57,6 +57,38 @@ describe('Flow.toJsonLine', () => {
     }
   });
 
+  it('writes the same timestamps as Date#toISOString across seconds, days, years and odd dates', () => {
+    // The per-second text cache in isoString must never hand out another second's prefix.
+    const base = Date.UTC(2026, 11, 31, 23, 59, 58, 990);
+    const times = [base, base + 9, base + 10, base + 1009, base + 1010, base + 2010, base, base + 1_000_000, -1, -1001, 0, 253_402_300_799_999, 253_402_300_800_000];
+    for (const t0 of times) {
+      for (const t1 of times) {
+        const f = make(2);
+        (f as { startedAt: number }).startedAt = t0;
+        f.lastActivityAt = t1;
+        f.endedAt = t1;
+        const rec = JSON.parse(f.toJsonLine(t1)) as { startedAt: string; lastActivityAt: string; endedAt: string };
+        expect([rec.startedAt, rec.lastActivityAt, rec.endedAt]).toEqual([new Date(t0).toISOString(), new Date(t1).toISOString(), new Date(t1).toISOString()]);
+      }
+    }
+  });
+
+  it('writes each identity as itself when flows with the same roles differ in user, host or process', () => {
+    const roles = ['dev'];
+    const ids = [
+      { user: 'a', host: 'h', roles, process: null },
+      { user: 'b', host: 'h', roles, process: null },
+      { user: 'b', host: null, roles, process: null },
+      { user: 'b', host: null, roles, process: proc },
+      { user: 'a', host: 'h', roles: ['dev'], process: null },
+    ];
+    for (const identity of [...ids, ...ids.reverse()]) {
+      const f = make(1);
+      f.identity = identity;
+      expect(JSON.parse(f.toJsonLine(f.startedAt)).identity).toEqual(identity);
+    }
+  });
+
   it('parses back to the record', () => {
     const f = make(8);
     expect(JSON.parse(f.toJsonLine(f.startedAt + 5))).toEqual(JSON.parse(JSON.stringify(f.toRecord(f.startedAt + 5))));
