@@ -2,14 +2,64 @@
  * Reference point only: "what plain Node piping achieves" (port of ../shared/bench/naive-node-proxy.mjs).
  * HTTP proxy (CONNECT via socket.pipe, absolute-URI via http.request + keep-alive agent) and a bare
  * SOCKS5 CONNECT server (no auth, IPv4/domain). No logging, no limits, no ACLs. Loopback only.
- *   node --import tsx bench/naive-proxy.ts [--http-port P] [--socks-port P]  → prints {"event":"listening","http":"127.0.0.1:P","socks":"127.0.0.1:P"}
+ *   node --import tsx bench/naive-proxy.ts [--http-port P] [--socks-port P] [--client undici]
+ *   → prints {"event":"listening","http":"127.0.0.1:P","socks":"127.0.0.1:P"}
+ *
+ * `--client undici` (bench target naive-undici): absolute-URI requests go out through an undici
+ * Agent's `dispatch`, as egressgate's do (node:http in, undici out, hop-by-hop headers dropped, Via
+ * added), with nothing else: the ceiling of egressgate's absolute-URI architecture on this machine.
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import net from 'node:net';
+import { Agent, type Dispatcher } from 'undici';
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1024 });
+const viaUndici = process.argv.includes('--client') && process.argv[process.argv.indexOf('--client') + 1] === 'undici';
+const undiciAgent = new Agent({ keepAliveTimeout: 4000, pipelining: 1, connect: { noDelay: true } });
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
+
+function withoutHopByHop(raw: readonly (string | Buffer)[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = String(raw[i]);
+    if (!HOP_BY_HOP.has(name.toLowerCase())) out.push(name, String(raw[i + 1]));
+  }
+  return out;
+}
+
+function forwardWithUndici(req: http.IncomingMessage, res: http.ServerResponse): void {
+  const url = req.url ?? '';
+  const slash = url.indexOf('/', url.indexOf('//') + 2);
+  if (!url.startsWith('http://') || slash < 0) {
+    res.writeHead(400).end();
+    return;
+  }
+  const headers = withoutHopByHop(req.rawHeaders);
+  headers.push('via', '1.1 naive');
+  const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0';
+  const handler: Dispatcher.DispatchHandler = {
+    onConnect: () => {},
+    onHeaders: (status, raw, _resume, statusText) => {
+      res.writeHead(status, statusText, withoutHopByHop(raw));
+      return true;
+    },
+    onData: (chunk) => res.write(chunk),
+    onComplete: () => res.end(),
+    onError: () => {
+      if (res.headersSent) res.destroy();
+      else res.writeHead(502).end();
+    },
+  };
+  const body = hasBody ? req : null;
+  undiciAgent.dispatch({ origin: url.slice(0, slash), path: url.slice(slash), method: req.method as Dispatcher.HttpMethod, headers, body }, handler);
+}
+
 const server = http.createServer((req, res) => {
+  if (viaUndici) {
+    forwardWithUndici(req, res);
+    return;
+  }
   let u: URL;
   try {
     u = new URL(req.url ?? '');

@@ -27,7 +27,7 @@ import { parseArgs } from 'node:util';
 import { DETECTOR_NAMES } from '../policy/types.ts';
 import type { LoadOptions, LoadResult, ProxyKind } from './loadgen.ts';
 import { processTree } from './proc-stats.ts';
-import { groupByTarget, metricsTable, type RatioPair, targetChecks, CPU_ROWS } from './summary.ts';
+import { ceilingChecks, groupByTarget, metricsTable, type RatioPair, targetChecks, CPU_ROWS } from './summary.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '..');
@@ -240,6 +240,8 @@ interface Target {
   /** Shown in the docs: how the proxy is started. */
   start: () => Promise<Running>;
   available: () => boolean;
+  /** The only tests worth running against it (default: every test asked for). */
+  tests?: readonly string[];
 }
 
 const has = (cmd: string): boolean => {
@@ -327,14 +329,14 @@ function gatewayTarget(name: string, kind: 'http' | 'socks5', detectorsOn: boole
   };
 }
 
-function naiveTarget(name: string, kind: 'http' | 'socks5'): Target {
+function naiveTarget(name: string, kind: 'http' | 'socks5', extra: string[] = []): Target {
   return {
     name,
     kind,
     available: () => true,
     start: async () => {
       const ports = ['--http-port', String(await freePort()), '--socks-port', String(await freePort())];
-      const child = spawn(process.execPath, ['--import', 'tsx', path.join(HERE, 'naive-proxy.ts'), ...ports], {
+      const child = spawn(process.execPath, ['--import', 'tsx', path.join(HERE, 'naive-proxy.ts'), ...ports, ...extra], {
         cwd: ROOT,
         stdio: ['ignore', 'pipe', 'pipe'],
       });
@@ -379,6 +381,9 @@ const TARGETS: Target[] = [
   direct,
   naiveTarget('naive-http', 'http'),
   naiveTarget('naive-socks', 'socks5'),
+  // node:http in, undici out, nothing else: how far egressgate's absolute-URI design can go here.
+  // Its CONNECT is naive-http's, so only the absolute-URI test is run.
+  { ...naiveTarget('naive-undici', 'http', ['--client', 'undici']), tests: ['http'] },
   peerTarget('squid', 'http', 'squid', 'squid.conf', (f) => ['-N', '-f', f]),
   peerTarget('danted', 'socks5', 'danted', 'danted.conf', (f) => ['-f', f]),
   gatewayTarget('egw-http', 'http', egwDetectorsOn),
@@ -465,7 +470,7 @@ async function main(): Promise<void> {
   for (let run = 1; run <= RUNS; run++) {
     for (const t of targets) {
       const wanted = (args.tests ?? '').split(',').filter(Boolean);
-      const tests = wanted.filter((x) => x !== 'idle' || (run === 1 && t.kind !== 'direct'));
+      const tests = wanted.filter((x) => (x !== 'idle' || (run === 1 && t.kind !== 'direct')) && (!t.tests || t.tests.includes(x)));
       if (!tests.length) continue;
       let running: Running | null = null;
       try {
@@ -531,10 +536,11 @@ async function main(): Promise<void> {
 /** Markdown: metrics with ratio columns, proxy CPU, the targets. */
 function renderSummary(results: LoadResult[], title: string, info = '', footer = ''): string {
   const by = groupByTarget(results);
-  const order = ['direct', 'naive-http', 'naive-socks', 'squid', 'danted', 'egw-http', 'egw-socks', 'egw-http-nodet', 'egw-socks-nodet', 'egw-http-attr', 'egw-socks-attr'];
+  const order = ['direct', 'naive-http', 'naive-socks', 'naive-undici', 'squid', 'danted', 'egw-http', 'egw-socks', 'egw-http-nodet', 'egw-socks-nodet', 'egw-http-attr', 'egw-socks-attr'];
   const ratios: RatioPair[] = [
     ['egw-http', 'naive-http'],
     ['egw-socks', 'naive-socks'],
+    ['egw-http', 'naive-undici'],
     ['egw-http', 'squid'],
     ['egw-socks', 'danted'],
     ['egw-http', 'egw-http-nodet'],
@@ -559,6 +565,10 @@ function renderSummary(results: LoadResult[], title: string, info = '', footer =
     '### Targets',
     '',
     targetChecks(by),
+    '',
+    '### Ceilings of the bare designs (reference, not targets)',
+    '',
+    ceilingChecks(by),
     '',
     footer,
   ].join('\n');

@@ -172,6 +172,25 @@ function noWorse(by: ByTarget, label: string, a: string, b: string, get: Getter)
   return { target: label, measured: `${fmt(x)} ms vs ${fmt(y)} ms`, status: x <= y ? 'met' : 'MISSED' };
 }
 
+/**
+ * Not targets: how far the bare designs get against the same references in this run (node:http in,
+ * undici out for absolute-URI; a plain socket relay for CONNECT). A target above its ceiling cannot
+ * be met by adding work to that design.
+ */
+export function ceilingChecks(by: ByTarget): string {
+  const setup: Getter = (r) => su(r)?.conn_per_s;
+  const k1: Getter = (r) => (r.http ? ht(r, '1k')?.req_per_s : undefined);
+  const rows: [string, string, string, Getter][] = [
+    ['absolute-URI 1 KiB req/s: bare node:http + undici vs squid', 'naive-undici', 'squid', k1],
+    ['absolute-URI 1 KiB req/s: egressgate vs bare node:http + undici', 'egw-http', 'naive-undici', k1],
+    ['CONNECT setups/s: bare Node relay vs squid', 'naive-http', 'squid', setup],
+    ['CONNECT setups/s: egressgate vs bare Node relay', 'egw-http', 'naive-http', setup],
+  ];
+  const lines = ['| Reference | Measured (medians) |', '|---|---|'];
+  for (const [label, a, b, get] of rows) lines.push(`| ${label} | ${ratioCheck(by, label, a, b, get, 0).measured} |`);
+  return lines.join('\n');
+}
+
 /** The issue's performance targets, evaluated on the medians of this run. */
 export function targetChecks(by: ByTarget): string {
   const up: Getter = (r) => tp(r, 'up_1');
