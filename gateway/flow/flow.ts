@@ -123,10 +123,9 @@ export class Flow {
   get communityId(): string | null {
     if (this.cid === undefined) {
       const ip = this.destination.ip;
-      this.cid =
-        ip === null
-          ? null
-          : communityId(this.protocol === 'socks5-udp' ? 'udp' : 'tcp', this.client.ip, this.client.port, ip, this.destination.port);
+      if (ip === null) this.cid = null;
+      else if (this.protocol === 'http' && this.clientKey !== '') this.cid = keepAliveCommunityId(this.clientKey, this.client.ip, this.client.port, ip, this.destination.port);
+      else this.cid = communityId(this.protocol === 'socks5-udp' ? 'udp' : 'tcp', this.client.ip, this.client.port, ip, this.destination.port);
     }
     return this.cid;
   }
@@ -187,6 +186,19 @@ export class Flow {
     if (intermediate) line += ',"intermediate":true';
     return `${line}}`;
   }
+}
+
+// The absolute-URI requests of one keep-alive client connection mostly go to one origin address, so
+// they share their TCP 5-tuple and Community ID: the last one computed per client address (the
+// table's clientKey, "ip:port") is kept and reused while the destination is the same.
+const keepAliveCids = new Map<string, { ip: string; port: number; cid: string | null }>();
+function keepAliveCommunityId(clientKey: string, clientIp: string, clientPort: number, ip: string, port: number): string | null {
+  const last = keepAliveCids.get(clientKey);
+  if (last !== undefined && last.ip === ip && last.port === port) return last.cid;
+  const cid = communityId('tcp', clientIp, clientPort, ip, port);
+  if (keepAliveCids.size >= 4096) keepAliveCids.clear();
+  keepAliveCids.set(clientKey, { ip, port, cid });
+  return cid;
 }
 
 /** `JSON.stringify` of a string or null. */

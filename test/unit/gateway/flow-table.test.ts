@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { communityId } from '../../../gateway/flow/community-id.ts';
 import type { FlowRecord } from '../../../gateway/flow/flow.ts';
 import { FlowTable } from '../../../gateway/flow/flow-table.ts';
 import type { FlowSink } from '../../../gateway/flow/flow-log.ts';
@@ -19,6 +20,28 @@ const init = (port: number, user: string | null = null) => ({
 });
 
 describe('FlowTable', () => {
+  it('gives the requests of one keep-alive connection the Community ID of their own 5-tuple', () => {
+    const now = { t: 1_000_000 };
+    const { flows, written } = table(now);
+    // Same client address, origins changing and coming back; then another client port.
+    const hops: Array<[number, string, number]> = [
+      [41000, '203.0.113.5', 80],
+      [41000, '203.0.113.5', 80],
+      [41000, '203.0.113.6', 80],
+      [41000, '203.0.113.6', 8080],
+      [41000, '203.0.113.5', 80],
+      [41001, '203.0.113.5', 80],
+      [41000, '2001:db8::5', 80],
+    ];
+    for (const [port, ip, dport] of hops) {
+      const f = flows.open({ ...init(port), protocol: 'http' as const, destination: { host: 'origin.test', ip: null, port: dport } });
+      flows.setDestinationIp(f, ip);
+      flows.close(f, 'closed');
+    }
+    expect(written.map((r) => r.communityId)).toEqual(hops.map(([port, ip, dport]) => communityId('tcp', '127.0.0.1', port, ip, dport)));
+    expect(new Set(written.map((r) => r.communityId)).size).toBe(5);
+  });
+
   it('writes exactly one record per closed flow, with duration and counters', () => {
     const now = { t: 1_000_000 };
     const { flows, written } = table(now);
