@@ -16,6 +16,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Agent, type Dispatcher } from 'undici';
 import type { Admitted } from '../admission.ts';
+import type { Flow } from '../flow/flow.ts';
 import type { GatewayContext } from '../context.ts';
 import { dialErrorCode, GatewayError, type GatewayErrorCode } from '../errors.ts';
 import { formatAuthority } from '../protocol/authority.ts';
@@ -128,100 +129,13 @@ export function forwardRequest(
   target: ForwardTarget,
 ): void {
   const { flow, snapshot } = admitted;
-  // Kept: undici detaches `req.socket` once it has consumed the request body.
-  const clientSocket = req.socket;
-  const connection = connectionState(clientSocket);
-  const idleTimeoutMs = snapshot.config.limits.idleTimeoutMs;
-  let abortUpstream: ((err?: Error) => void) | null = null;
-  let isUpstreamDone = false;
-  let isClientGone = false;
-  let isConnected = false;
-
-  const finish = (reason: string): void => {
-    if (flow.state === 'active') ctx.flows.close(flow, reason);
-  };
   // The client may have gone while admission ran; its 'close' has then already been emitted.
-  if (res.destroyed || clientSocket.destroyed) {
-    finish('client-reset');
+  if (res.destroyed || req.socket.destroyed) {
+    if (flow.state === 'active') ctx.flows.close(flow, 'client-reset');
     return;
   }
-
-  // A detector kill or admin DELETE: cut both sides now.
-  flow.abort = () => {
-    isClientGone = true;
-    abortUpstream?.(new GatewayError('EGW_UPSTREAM_RESET', 'flow killed'));
-    res.destroy();
-    resetOrDestroy(clientSocket);
-  };
-
-  res.once('close', () => {
-    if (isUpstreamDone && res.writableFinished) {
-      finish('closed');
-      return;
-    }
-    isClientGone = true;
-    abortUpstream?.(new GatewayError('EGW_UPSTREAM_RESET', 'client went away'));
-    finish('client-reset');
-  });
-
-  let resume: (() => void) | null = null;
-  const onDrain = (): void => resume?.();
+  const exchange = new Exchange(ctx, flow, req, res);
   const budget = flow.budgetOut;
-
-  const handler: Dispatcher.DispatchHandler = {
-    onConnect(abort) {
-      abortUpstream = abort;
-      if (!isConnected) {
-        isConnected = true;
-        ctx.flows.markConnected(flow);
-      }
-      if (isClientGone) abort(new GatewayError('EGW_UPSTREAM_RESET', 'client went away'));
-    },
-    onBodySent(chunk: unknown) {
-      // undici passes the chunk itself (its typings say a size); accept both.
-      flow.bytesOut += typeof chunk === 'number' ? chunk : Buffer.byteLength(chunk as Buffer);
-    },
-    onHeaders(statusCode, rawHeaders, resumeFn, statusText) {
-      if (statusCode < 200) return true; // 1xx: the gateway answered Expect itself; nothing else to relay
-      connection.isAwaitingOrigin = false;
-      resume = resumeFn;
-      res.on('drain', onDrain);
-      const headers = forwardResponseHeaders(rawHeaders);
-      // While draining, this client connection carries no further request.
-      if (ctx.isDraining()) headers.push('connection', 'close');
-      res.writeHead(statusCode, statusText, headers);
-      return true;
-    },
-    onData(chunk) {
-      flow.bytesIn += chunk.length;
-      return res.write(chunk);
-    },
-    onComplete() {
-      isUpstreamDone = true;
-      res.end();
-    },
-    onError(err) {
-      isUpstreamDone = true;
-      connection.isAwaitingOrigin = false;
-      if (isClientGone) {
-        finish('client-reset');
-        return;
-      }
-      const code = undiciErrorCode(err);
-      const mapping = mapError(code);
-      if (res.headersSent) {
-        // Mid-response: the client must see a truncated body, not a clean end.
-        finish(mapping.reason);
-        res.destroy();
-        return;
-      }
-      if (!isConnected) ctx.detection?.onConnectFailed(flow);
-      ctx.log.warn({ flowId: flow.id, code, err: (err as Error).message }, 'origin request failed');
-      finish(mapping.reason);
-      sendRefusal(res, mapping, { flowId: flow.id, isBlock: false }, !req.complete);
-    },
-  };
-
   let body: IncomingMessage | AsyncIterable<Buffer> | null = null;
   if (target.hasBody) body = Number.isFinite(budget) ? budgeted(req, budget, () => {
       // The detection engine decides: cut at exactly the budget (enforce), or let it run (monitor: would-kill).
@@ -229,7 +143,7 @@ export function forwardRequest(
       if (cut) ctx.flows.kill(flow.id, 'an0080.bulk-upload');
       return cut;
     }) : req;
-
+  const idleTimeoutMs = snapshot.config.limits.idleTimeoutMs;
   const opts: Dispatcher.DispatchOptions = {
     origin: `http://${formatAuthority(admitted.ip, flow.destination.port)}`,
     path: target.path,
@@ -239,11 +153,119 @@ export function forwardRequest(
     headersTimeout: idleTimeoutMs,
     bodyTimeout: idleTimeoutMs,
   };
-  connection.isAwaitingOrigin = true;
+  exchange.connection.isAwaitingOrigin = true;
   try {
-    agents.for(admitted.upstream, snapshot.config.limits.connectTimeoutMs).dispatch(opts, handler);
+    agents.for(admitted.upstream, snapshot.config.limits.connectTimeoutMs).dispatch(opts, exchange);
   } catch (err) {
-    handler.onError?.(err as Error);
+    exchange.onError(err as Error);
+  }
+}
+
+/**
+ * One request/response exchange: the undici handler (its methods on the prototype, so a request
+ * costs one object and three small closures rather than a closure per callback).
+ */
+class Exchange implements Dispatcher.DispatchHandler {
+  private readonly ctx: GatewayContext;
+  private readonly flow: Flow;
+  private readonly req: IncomingMessage;
+  private readonly res: ServerResponse;
+  /** Kept: undici detaches `req.socket` once it has consumed the request body. */
+  private readonly clientSocket: Socket;
+  readonly connection: ReturnType<typeof connectionState>;
+  private abortUpstream: ((err?: Error) => void) | null = null;
+  private resume: (() => void) | null = null;
+  private isUpstreamDone = false;
+  private isClientGone = false;
+  private isConnected = false;
+
+  constructor(ctx: GatewayContext, flow: Flow, req: IncomingMessage, res: ServerResponse) {
+    this.ctx = ctx;
+    this.flow = flow;
+    this.req = req;
+    this.res = res;
+    this.clientSocket = req.socket;
+    this.connection = connectionState(req.socket);
+    // A detector kill or admin DELETE: cut both sides now.
+    flow.abort = () => {
+      this.isClientGone = true;
+      this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_RESET', 'flow killed'));
+      res.destroy();
+      resetOrDestroy(this.clientSocket);
+    };
+    res.once('close', () => {
+      if (this.isUpstreamDone && res.writableFinished) {
+        this.finish('closed');
+        return;
+      }
+      this.isClientGone = true;
+      this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_RESET', 'client went away'));
+      this.finish('client-reset');
+    });
+  }
+
+  private finish(reason: string): void {
+    if (this.flow.state === 'active') this.ctx.flows.close(this.flow, reason);
+  }
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.abortUpstream = abort;
+    if (!this.isConnected) {
+      this.isConnected = true;
+      this.ctx.flows.markConnected(this.flow);
+    }
+    if (this.isClientGone) abort(new GatewayError('EGW_UPSTREAM_RESET', 'client went away'));
+  }
+
+  onBodySent(chunk: unknown): void {
+    // undici passes the chunk itself (its typings say a size); accept both.
+    this.flow.bytesOut += typeof chunk === 'number' ? chunk : Buffer.byteLength(chunk as Buffer);
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
+    if (statusCode < 200) return true; // 1xx: the gateway answered Expect itself; nothing else to relay
+    this.connection.isAwaitingOrigin = false;
+    if (this.resume === null) {
+      this.resume = resume;
+      this.res.on('drain', resume);
+    }
+    const headers = forwardResponseHeaders(rawHeaders);
+    // While draining, this client connection carries no further request.
+    if (this.ctx.isDraining()) headers.push('connection', 'close');
+    this.res.writeHead(statusCode, statusText, headers);
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    this.flow.bytesIn += chunk.length;
+    return this.res.write(chunk);
+  }
+
+  onComplete(): void {
+    this.isUpstreamDone = true;
+    this.res.end();
+  }
+
+  onError(err: Error): void {
+    const { ctx, flow, res } = this;
+    this.isUpstreamDone = true;
+    this.connection.isAwaitingOrigin = false;
+    if (this.isClientGone) {
+      this.finish('client-reset');
+      return;
+    }
+    const code = undiciErrorCode(err);
+    const mapping = mapError(code);
+    if (res.headersSent) {
+      // Mid-response: the client must see a truncated body, not a clean end.
+      this.finish(mapping.reason);
+      res.destroy();
+      return;
+    }
+    if (!this.isConnected) ctx.detection?.onConnectFailed(flow);
+    ctx.log.warn({ flowId: flow.id, code, err: err.message }, 'origin request failed');
+    this.finish(mapping.reason);
+    sendRefusal(res, mapping, { flowId: flow.id, isBlock: false }, !this.req.complete);
   }
 }
 
