@@ -26,13 +26,20 @@ export interface FlowSink {
 const BATCH_MS = 10;
 /** ...or at once when it is this large. */
 const BATCH_BYTES = 256 * 1024;
+/** What a closed flow's line is counted as until it is built (a typical record is 500–700). */
+const CLOSED_FLOW_CHARS = 640;
 
 export class FlowLog implements FlowSink {
   private stream: NodeJS.WritableStream | null = null;
   private file: WriteStream | null = null;
   private readonly path: string | null;
-  /** Lines not yet handed to the stream, and their length in characters. */
-  private batch: string[] = [];
+  /**
+   * Records not yet handed to the stream, in order: a line, or a closed flow whose line is built
+   * when the batch is sent (a closed flow no longer changes, and building the lines of a batch in
+   * one loop is about half the CPU of building each among the work of its connection's close).
+   * `batchChars` counts lines exactly and closed flows at an estimate.
+   */
+  private batch: Array<string | Flow> = [];
   private batchChars = 0;
   private isBatchScheduled = false;
   written = 0;
@@ -68,13 +75,14 @@ export class FlowLog implements FlowSink {
 
   writeFlow(flow: Flow, now: number, intermediate: boolean): void {
     if (!this.stream) return;
-    this.add(`${flow.toJsonLine(now, intermediate)}\n`);
+    if (!intermediate && flow.state === 'closed') this.add(flow, CLOSED_FLOW_CHARS);
+    else this.add(`${flow.toJsonLine(now, intermediate)}\n`);
   }
 
-  private add(line: string): void {
+  private add(entry: string | Flow, chars = (entry as string).length): void {
     this.written++;
-    this.batch.push(line);
-    this.batchChars += line.length;
+    this.batch.push(entry);
+    this.batchChars += chars;
     if (this.batchChars >= BATCH_BYTES) this.sendBatch();
     else if (!this.isBatchScheduled) {
       this.isBatchScheduled = true;
@@ -91,7 +99,13 @@ export class FlowLog implements FlowSink {
   /** Hand the batched lines to the stream as one write. */
   private sendBatch(): void {
     if (this.batch.length === 0 || !this.stream) return;
-    const chunk = this.batch.length === 1 ? (this.batch[0] as string) : this.batch.join('');
+    const batch = this.batch;
+    for (let i = 0; i < batch.length; i++) {
+      const entry = batch[i] as string | Flow;
+      // A closed flow's record does not depend on `now` (it ends at endedAt).
+      if (typeof entry !== 'string') batch[i] = `${entry.toJsonLine(0)}\n`;
+    }
+    const chunk = batch.length === 1 ? (batch[0] as string) : batch.join('');
     this.batch = [];
     this.batchChars = 0;
     this.stream.write(chunk);

@@ -2,8 +2,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { FlowRecord } from '../../../gateway/flow/flow.ts';
+import type { Flow, FlowRecord } from '../../../gateway/flow/flow.ts';
 import { FlowLog } from '../../../gateway/flow/flow-log.ts';
+import { FlowTable } from '../../../gateway/flow/flow-table.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'egw-flowlog-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -64,5 +65,38 @@ describe('FlowLog', () => {
     log.write(record(7));
     await log.close();
     expect(lines(path).map((r) => r.id)).toEqual(['f7']);
+  });
+
+  it('writes closed flows and interim records of live ones in the order they happened, each as it was then', async () => {
+    const path = join(dir, 'table.jsonl');
+    const log = await FlowLog.open(path);
+    const clock = { t: 1_764_000_000_000 };
+    const flows = new FlowTable({ sink: log, now: () => clock.t, interimSec: 1 });
+    const open = (port: number): Flow => {
+      const f = flows.open({ protocol: 'connect', listener: 'http', client: { ip: '127.0.0.1', port }, identity: { user: 'u', host: null, roles: ['any'], process: null }, destination: { host: 'example.test', ip: null, port: 443 } });
+      flows.setDestinationIp(f, '127.0.0.9');
+      return f;
+    };
+    const expected: string[] = [];
+    const long = open(50000);
+    for (let i = 0; i < 300; i++) {
+      const f = open(40000 + i);
+      f.bytesOut = i;
+      clock.t += 7;
+      flows.close(f, 'closed');
+      expected.push(f.toJsonLine(clock.t));
+      if (i % 100 === 99) {
+        long.bytesIn += 1000;
+        clock.t += 1000;
+        flows.sweep();
+        // The interim record is of the flow as it is now; it goes on changing afterwards.
+        expected.push(long.toJsonLine(clock.t, true));
+      }
+    }
+    long.bytesIn += 5;
+    flows.close(long, 'closed');
+    expected.push(long.toJsonLine(clock.t));
+    await log.close();
+    expect(readFileSync(path, 'utf8')).toBe(`${expected.join('\n')}\n`);
   });
 });
