@@ -186,10 +186,12 @@ export class DetectionState {
     for (const f of flows) {
       if (f.outcome === 'blocked') continue;
       let t = this.tracked.peek(f.id);
+      const isTracked = t !== undefined;
       if (!t) {
         if (this.done.has(f.id)) continue;
         t = { out: 0, in: 0, started: false, failed: false };
-        this.tracked.set(f.id, t);
+        // A flow seen for the first time as it ends (most short flows) is folded in this one call.
+        if (f.endedAtMs === null) this.tracked.set(f.id, t);
       }
       const idKey = identityKeyOf(f.identity, f.clientIp);
       const domain = registrableDomain(f.destination.host);
@@ -227,7 +229,7 @@ export class DetectionState {
         result.dests.add(`${idKey}\0${domain}`);
       }
       if (f.endedAtMs !== null) {
-        this.tracked.delete(f.id);
+        if (isTracked) this.tracked.delete(f.id);
         this.done.set(f.id, true);
       }
     }

@@ -36,11 +36,16 @@ export function observeOptions(snapshot: Pick<PolicySnapshot, 'config'>): Observ
   return opts;
 }
 
+/** The flows of a sweep not folded yet: the live ones (ended flows were folded as they ended). */
+function* unfolded(flows: readonly FlowView[]): Generator<FlowView> {
+  for (const f of flows) if (f.endedAtMs === null) yield f;
+}
+
 /**
  * Runs the sweep detectors over `flows` at `now`. Updates `state` (windows, fired detectors,
  * grouping) and returns the findings to act on. `folded`: what folding flows into `state` since the
  * last sweep already changed (flows folded when they ended; they are still passed in `flows` for
- * their per-flow checks, and `observe` skips them as finished).
+ * their per-flow checks, and are not observed again).
  */
 export function evaluateSweep(
   flows: readonly FlowView[],
@@ -50,7 +55,8 @@ export function evaluateSweep(
   folded?: ObserveResult,
 ): Finding[] {
   const ctx = detectionContext(snapshot);
-  const changed = state.observe(flows, now, observeOptions(snapshot), folded);
+  // Flows folded when they ended are in `folded` already: only the others are observed here.
+  const changed = folded ? state.observe(unfolded(flows), now, observeOptions(snapshot), folded) : state.observe(flows, now, observeOptions(snapshot));
 
   const byIdentity = new Map<string, FlowView[]>();
   const byDest = new Map<string, FlowView[]>();

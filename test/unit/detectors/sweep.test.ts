@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { DetectionState } from '../../../policy/detectors/state.ts';
+import { DetectionState, emptyObserveResult } from '../../../policy/detectors/state.ts';
+import { identityKeyOf } from '../../../policy/detectors/match.ts';
 import { evaluateSweep } from '../../../policy/detectors/sweep.ts';
 import type { Finding, FlowView } from '../../../policy/detectors/types.ts';
 import { MiB, WED_02, WED_10, flow, ident, learnedState, proc, snap } from './fixtures.ts';
@@ -23,6 +24,30 @@ function play(
 }
 
 const pick = (fs: Finding[]) => fs.map((f) => `${f.detector}:${f.action}`);
+
+describe('folding at close, then the sweep', () => {
+  it('counts every byte once: short flows folded as they end, a long one seen live and then at its end', () => {
+    const who = ident(proc('curl'));
+    const s = snap();
+    const state = learnedState(WED_10);
+    const opts = { slowResetMs: 900_000, isApproved: () => false };
+    const key = identityKeyOf(who, '10.1.2.3');
+    const long = flow(who, 'up.example:443', { now: WED_10, bytesOut: 1000 });
+    // Sweep 1 sees the long flow live.
+    evaluateSweep([long], state, s, WED_10, emptyObserveResult());
+    // Between sweeps: three short flows and the long one end, each folded at its close.
+    let folded = emptyObserveResult();
+    const ended = [1, 2, 3].map((i) => flow(who, `s${i}.example:443`, { now: WED_10 + 100 * i, bytesOut: 10 * i, outcome: 'closed', endedAtMs: WED_10 + 100 * i, ageMs: 5 }));
+    const longEnded = { ...long, bytesOut: 1500, outcome: 'closed' as const, endedAtMs: WED_10 + 500 };
+    for (const v of [...ended, longEnded]) state.observe([v], v.endedAtMs ?? WED_10, opts, folded);
+    // Sweep 2 is handed the ended flows again (their per-flow checks) with what folding changed.
+    evaluateSweep([...ended, longEnded], state, s, WED_10 + 1000, folded);
+    folded = emptyObserveResult();
+    // A sweep without `folded` (the replay driver's way) would observe them; here they are done.
+    evaluateSweep([...ended, longEnded], state, s, WED_10 + 2000, folded);
+    expect(state.windows(key)?.out.sumSince(WED_10 - 60_000)).toBe(1500 + 10 + 20 + 30);
+  });
+});
 
 describe('an0081.scan', () => {
   const user = ident(proc('python3'));
