@@ -152,8 +152,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     if (budget !== null) flow.budgetOut = budget;
   }
   // 9. upstream
-  const roleUpstream = flow.identity.roles.map((r) => snapshot.config.roles[r]?.upstream).find((u) => u);
-  return { ok: true, flow, ip, upstream: roleUpstream ?? snapshot.config.upstream, snapshot };
+  return { ok: true, flow, ip, upstream: roleUpstream(snapshot, flow.identity.roles) ?? snapshot.config.upstream, snapshot };
 }
 
 /**
@@ -185,6 +184,15 @@ function refuseCode(ctx: GatewayContext, flow: Flow, code: GatewayErrorCode): Re
 
 function fixed(reason: Decision['reason'], detector: Decision['detector'], mode: Mode, reasons: string[]): Decision {
   return { verdict: 'block', reason, detector, mode, matchedRule: null, reasons };
+}
+
+/** The parent proxy of the first of `roles` that names one (no array per flow). */
+function roleUpstream(snapshot: PolicySnapshot, roles: readonly string[]): string | null | undefined {
+  for (const r of roles) {
+    const upstream = snapshot.config.roles[r]?.upstream;
+    if (upstream) return upstream;
+  }
+  return undefined;
 }
 
 /** The address of an IP literal or a `resolver.hosts` name, without DNS; null = look it up. */

@@ -8,16 +8,23 @@ import { type Origin, pattern, run, startOrigin } from './http-harness.ts';
 
 let parent: TestGateway;
 let child: TestGateway;
+/** Only the `chained` role (user bob) goes through the parent; everyone else leaves directly. */
+let perRole: TestGateway;
 let origin: Origin;
 
 beforeAll(async () => {
   origin = await startOrigin();
   parent = await startTestGateway();
   child = await startTestGateway({ upstream: `http://127.0.0.1:${parent.httpPort}` });
+  perRole = await startTestGateway({
+    identity: { users: [{ name: 'bob', password: 'bob-pass-1', roles: ['chained'] }] },
+    roles: { chained: { allow: [{ cidr: '0.0.0.0/0' }, { cidr: '::/0' }], upstream: `http://127.0.0.1:${parent.httpPort}` } },
+  });
 });
 
 afterAll(async () => {
   await child?.stop();
+  await perRole?.stop();
   await parent?.stop();
   await origin?.close();
 });
@@ -42,6 +49,22 @@ describe('parent proxy chaining from the HTTP listener', () => {
     expect(r.stdout.length).toBe(777);
     const rec = await child.waitForClosed((f) => f.protocol === 'connect' && f.closeReason === 'closed');
     const up = await parent.waitForClosed((f) => f.protocol === 'connect' && f.bytesIn === rec.bytesIn);
+    expect(up.bytesOut).toBe(rec.bytesOut);
+  });
+});
+
+describe('parent proxy per role', () => {
+  it("a role's upstream carries only that role's traffic", async () => {
+    const seenByParent = (): number => parent.flows.list({ state: 'active' }).length + parent.flows.list({ state: 'closed', limit: 10_000 }).length;
+    const before = seenByParent();
+    const direct = await run('curl', ['-sS', '--noproxy', '', '-p', '-x', `http://127.0.0.1:${perRole.httpPort}`, `http://127.0.0.1:${origin.port}/size/321`]);
+    expect(direct.stdout.length).toBe(321);
+    await perRole.waitForClosed((f) => f.protocol === 'connect' && f.identity.user === null && f.closeReason === 'closed');
+    expect(seenByParent()).toBe(before);
+    const chained = await run('curl', ['-sS', '--noproxy', '', '-p', '-x', `http://127.0.0.1:${perRole.httpPort}`, '--proxy-user', 'bob:bob-pass-1', `http://127.0.0.1:${origin.port}/size/654`]);
+    expect(chained.stdout.length).toBe(654);
+    const rec = await perRole.waitForClosed((f) => f.protocol === 'connect' && f.identity.user === 'bob' && f.closeReason === 'closed');
+    const up = await parent.waitForClosed((f) => f.protocol === 'connect' && f.bytesIn === rec.bytesIn && f.destination.port === origin.port);
     expect(up.bytesOut).toBe(rec.bytesOut);
   });
 });
