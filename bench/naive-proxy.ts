@@ -5,6 +5,10 @@
  *   node --import tsx bench/naive-proxy.ts [--http-port P] [--socks-port P] [--client undici]
  *   → prints {"event":"listening","http":"127.0.0.1:P","socks":"127.0.0.1:P"}
  *
+ * `--connect raw` (bench target naive-relay): the HTTP port is a plain `net` server that takes a CONNECT
+ * head from the first packet, dials, answers 200 and pipes: no node:http at all, the least a Node
+ * CONNECT relay can do per setup. It serves nothing else.
+ *
  * `--client undici` (bench target naive-undici): absolute-URI requests go out through an undici
  * Agent's `dispatch`, as egressgate's do (node:http in, undici out, hop-by-hop headers dropped, Via
  * added), with nothing else: the ceiling of egressgate's absolute-URI architecture on this machine.
@@ -143,7 +147,36 @@ const portArg = (flag: string): number => {
   const i = process.argv.indexOf(flag);
   return i > 0 ? Number(process.argv[i + 1]) || 0 : 0;
 };
-const hp = await listen(server, portArg('--http-port'));
+/** `--connect raw`: CONNECT only, parsed from the first packet (the bench's clients send it whole). */
+const OK_200 = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n');
+const rawRelay = net.createServer({ noDelay: true }, (cs) => {
+  cs.on('error', () => cs.destroy());
+  cs.once('data', (d: Buffer) => {
+    const head = d.toString('latin1');
+    const end = head.indexOf('\r\n\r\n');
+    const target = head.slice(head.indexOf(' ') + 1, head.indexOf(' ', head.indexOf(' ') + 1));
+    const colon = target.lastIndexOf(':');
+    if (!head.startsWith('CONNECT ') || end < 0 || colon < 0) {
+      cs.destroy();
+      return;
+    }
+    const us = net.connect({ host: target.slice(0, colon).replace(/^\[|\]$/g, ''), port: Number(target.slice(colon + 1)), noDelay: true }, () => {
+      cs.write(OK_200);
+      if (end + 4 < d.length) us.write(d.subarray(end + 4));
+      us.pipe(cs);
+      cs.pipe(us);
+    });
+    const kill = (): void => {
+      us.destroy();
+      cs.destroy();
+    };
+    us.on('error', kill);
+    us.on('close', kill);
+    cs.on('close', kill);
+  });
+});
+const rawConnect = process.argv.includes('--connect') && process.argv[process.argv.indexOf('--connect') + 1] === 'raw';
+const hp = await listen(rawConnect ? rawRelay : server, portArg('--http-port'));
 const sp = await listen(socks, portArg('--socks-port'));
 console.log(JSON.stringify({ event: 'listening', http: `127.0.0.1:${hp}`, socks: `127.0.0.1:${sp}`, pid: process.pid }));
 process.on('SIGTERM', () => process.exit(0));

@@ -384,6 +384,8 @@ const TARGETS: Target[] = [
   // node:http in, undici out, nothing else: how far egressgate's absolute-URI design can go here.
   // Its CONNECT is naive-http's, so only the absolute-URI test is run.
   { ...naiveTarget('naive-undici', 'http', ['--client', 'undici']), tests: ['http'] },
+  // CONNECT on a plain net server, no node:http: the least a Node relay does per setup.
+  { ...naiveTarget('naive-relay', 'http', ['--connect', 'raw']), tests: ['setup'] },
   peerTarget('squid', 'http', 'squid', 'squid.conf', (f) => ['-N', '-f', f]),
   peerTarget('danted', 'socks5', 'danted', 'danted.conf', (f) => ['-f', f]),
   gatewayTarget('egw-http', 'http', egwDetectorsOn),
@@ -536,11 +538,12 @@ async function main(): Promise<void> {
 /** Markdown: metrics with ratio columns, proxy CPU, the targets. */
 function renderSummary(results: LoadResult[], title: string, info = '', footer = ''): string {
   const by = groupByTarget(results);
-  const order = ['direct', 'naive-http', 'naive-socks', 'naive-undici', 'squid', 'danted', 'egw-http', 'egw-socks', 'egw-http-nodet', 'egw-socks-nodet', 'egw-http-attr', 'egw-socks-attr'];
+  const order = ['direct', 'naive-http', 'naive-socks', 'naive-undici', 'naive-relay', 'squid', 'danted', 'egw-http', 'egw-socks', 'egw-http-nodet', 'egw-socks-nodet', 'egw-http-attr', 'egw-socks-attr'];
   const ratios: RatioPair[] = [
     ['egw-http', 'naive-http'],
     ['egw-socks', 'naive-socks'],
     ['egw-http', 'naive-undici'],
+    ['egw-http', 'naive-relay'],
     ['egw-http', 'squid'],
     ['egw-socks', 'danted'],
     ['egw-http', 'egw-http-nodet'],
