@@ -5,7 +5,7 @@
  * suffixes through Maps, so the cost is O(labels), not O(patterns).
  */
 import { isIP } from 'node:net';
-import { domainToASCII } from 'node:url';
+import { domainToASCII, domainToUnicode } from 'node:url';
 
 const LABEL_RE = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/;
 
@@ -22,11 +22,26 @@ export function normalizeHost(input: string): string | null {
   if (kind === 4) return h;
   if (kind === 6) return canonicalIPv6(h);
   const ascii = domainToASCII(h.toLowerCase());
-  if (ascii === '' || ascii.length > 253) return null;
+  if (ascii === '' || ascii.length > 253 || !hasValidPunycode(ascii)) return null;
   for (const label of ascii.split('.')) if (!LABEL_RE.test(label)) return null;
   // A name whose last label is all digits would be read as an IPv4 address by some resolvers.
   if (/^\d+$/.test(ascii.slice(ascii.lastIndexOf('.') + 1))) return null;
   return ascii;
+}
+
+/**
+ * False when an "xn--" label of a domainToASCII result is not valid punycode. node 20 and 22 refuse
+ * such names in domainToASCII itself; node 24 hands them back unchanged, and its domainToUnicode
+ * leaves them undecoded, which is how they are told apart here.
+ */
+export function hasValidPunycode(ascii: string): boolean {
+  if (!ascii.includes('xn--')) return true;
+  for (const label of ascii.split('.')) {
+    if (!label.startsWith('xn--')) continue;
+    const decoded = domainToUnicode(label);
+    if (decoded === '' || decoded.startsWith('xn--')) return false;
+  }
+  return true;
 }
 
 /** Compressed, lower-case IPv6 (the WHATWG URL serialiser does exactly this). */

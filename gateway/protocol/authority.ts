@@ -7,6 +7,7 @@
  */
 import { isIPv4, isIPv6 } from 'node:net';
 import { domainToASCII } from 'node:url';
+import { hasValidPunycode } from '../../policy/host-pattern.ts';
 
 export interface Authority {
   /** Lower-case punycode name, dotted IPv4, or compressed IPv6 without brackets. */
@@ -49,7 +50,7 @@ export function normaliseHost(input: string): { host: string; isIp: boolean } | 
   }
   if (FORBIDDEN_IN_NAME.test(text)) return null;
   const ascii = domainToASCII(text);
-  if (ascii === '') return null;
+  if (ascii === '' || !hasValidPunycode(ascii)) return null;
   // domainToASCII turns every IPv4 spelling (hex, octal, short, integer) into dotted decimal.
   if (isIPv4(ascii)) return { host: ascii, isIp: true };
   const name = ascii.endsWith('.') ? ascii.slice(0, -1) : ascii;

@@ -98,8 +98,10 @@ describe('normaliseHost / parsePort / formatAuthority', () => {
     expect(checked).toBeGreaterThan(100);
     expect(normaliseHost('0x7f.0.0.1')).toEqual({ host: '127.0.0.1', isIp: true });
     expect(normaliseHost('1.2.3.04')).toEqual({ host: '1.2.3.4', isIp: true });
-    // Invalid punycode: never taken by the fast path; what happens is domainToASCII's call (node 20
-    // refuses it, node 24's URL parser passes it through).
-    expect(normaliseHost('xn--zz.com')).toEqual(domainToASCII('xn--zz.com') === '' ? null : { host: 'xn--zz.com', isIp: false });
+    // Invalid punycode is refused on every node (node 20 and 22 in domainToASCII; node 24 passes it
+    // through there, and hasValidPunycode refuses it); valid punycode and IDNs are kept.
+    for (const bad of ['xn--zz.com', 'a.xn--a.com', 'XN--ZZ.example', 'xn--.com']) expect(normaliseHost(bad), bad).toBeNull();
+    expect(normaliseHost('xn--bcher-kva.example')).toEqual({ host: 'xn--bcher-kva.example', isIp: false });
+    expect(normaliseHost('bücher.example')).toEqual({ host: 'xn--bcher-kva.example', isIp: false });
   });
 });

@@ -15,7 +15,7 @@ describe('normalizeHost', () => {
   ])('%s -> %s', (input, want) => {
     expect(normalizeHost(input)).toBe(want);
   });
-  it.each(['', '.', 'a..b', '-a.com', 'a-.com', 'exa mple.com', 'a.123', `${'a'.repeat(64)}.com`])('%j is not a host', (input) => {
+  it.each(['', '.', 'a..b', '-a.com', 'a-.com', 'exa mple.com', 'a.123', `${'a'.repeat(64)}.com`, 'xn--zz.com', 'a.xn--a.de'])('%j is not a host', (input) => {
     expect(normalizeHost(input)).toBeNull();
   });
 });
