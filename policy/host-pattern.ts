@@ -7,7 +7,8 @@
 import { isIP } from 'node:net';
 import { domainToASCII, domainToUnicode } from 'node:url';
 
-const LABEL_RE = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/;
+/** One label of a normalised host name (lower-case; `_` allowed for service names). */
+export const HOST_LABEL = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/;
 
 /**
  * Canonical form of a host name or IP literal: lower-case, no trailing dot, IDN labels as punycode,
@@ -21,27 +22,28 @@ export function normalizeHost(input: string): string | null {
   const kind = isIP(h);
   if (kind === 4) return h;
   if (kind === 6) return canonicalIPv6(h);
-  const ascii = domainToASCII(h.toLowerCase());
-  if (ascii === '' || ascii.length > 253 || !hasValidPunycode(ascii)) return null;
-  for (const label of ascii.split('.')) if (!LABEL_RE.test(label)) return null;
+  const ascii = hostToAscii(h.toLowerCase());
+  if (ascii === '' || ascii.length > 253) return null;
+  for (const label of ascii.split('.')) if (!HOST_LABEL.test(label)) return null;
   // A name whose last label is all digits would be read as an IPv4 address by some resolvers.
   if (/^\d+$/.test(ascii.slice(ascii.lastIndexOf('.') + 1))) return null;
   return ascii;
 }
 
 /**
- * False when an "xn--" label of a domainToASCII result is not valid punycode. node 20 and 22 refuse
- * such names in domainToASCII itself; node 24 hands them back unchanged, and its domainToUnicode
- * leaves them undecoded, which is how they are told apart here.
+ * `domainToASCII`, the same on every node: "" for a name it refuses, and also for a name with an
+ * "xn--" label that is not valid punycode — node 20 and 22 refuse those in domainToASCII itself;
+ * node 24 hands them back unchanged, and its domainToUnicode leaves such a label undecoded.
  */
-export function hasValidPunycode(ascii: string): boolean {
-  if (!ascii.includes('xn--')) return true;
+export function hostToAscii(name: string): string {
+  const ascii = domainToASCII(name);
+  if (!ascii.includes('xn--')) return ascii;
   for (const label of ascii.split('.')) {
     if (!label.startsWith('xn--')) continue;
     const decoded = domainToUnicode(label);
-    if (decoded === '' || decoded.startsWith('xn--')) return false;
+    if (decoded === '' || decoded.startsWith('xn--')) return '';
   }
-  return true;
+  return ascii;
 }
 
 /** Compressed, lower-case IPv6 (the WHATWG URL serialiser does exactly this). */

@@ -6,8 +6,7 @@
  * a host the policy matched must be the host that is dialled.
  */
 import { isIPv4, isIPv6 } from 'node:net';
-import { domainToASCII } from 'node:url';
-import { hasValidPunycode } from '../../policy/host-pattern.ts';
+import { HOST_LABEL, hostToAscii } from '../../policy/host-pattern.ts';
 
 export interface Authority {
   /** Lower-case punycode name, dotted IPv4, or compressed IPv6 without brackets. */
@@ -20,7 +19,6 @@ export interface Authority {
 const MAX_NAME_LENGTH = 253;
 /** Characters that change what a URL parser or a resolver would do with a name; refused up front. */
 const FORBIDDEN_IN_NAME = /[\s/?#@\\%*[\]<>^|"'`{}:,;!$&()+=~]/u;
-const LABEL = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/;
 const PORT = /^[0-9]{1,5}$/;
 
 /**
@@ -49,13 +47,13 @@ export function normaliseHost(input: string): { host: string; isIp: boolean } | 
     }
   }
   if (FORBIDDEN_IN_NAME.test(text)) return null;
-  const ascii = domainToASCII(text);
-  if (ascii === '' || !hasValidPunycode(ascii)) return null;
+  const ascii = hostToAscii(text);
+  if (ascii === '') return null;
   // domainToASCII turns every IPv4 spelling (hex, octal, short, integer) into dotted decimal.
   if (isIPv4(ascii)) return { host: ascii, isIp: true };
   const name = ascii.endsWith('.') ? ascii.slice(0, -1) : ascii;
   if (name.length === 0 || name.length > MAX_NAME_LENGTH) return null;
-  for (const label of name.split('.')) if (!LABEL.test(label)) return null;
+  for (const label of name.split('.')) if (!HOST_LABEL.test(label)) return null;
   // A name whose last label is all digits would be read as an IPv4 number by some resolvers.
   const last = name.slice(name.lastIndexOf('.') + 1);
   if (/^[0-9]+$/.test(last)) return null;
@@ -63,8 +61,8 @@ export function normaliseHost(input: string): { host: string; isIp: boolean } | 
 }
 
 /**
- * A name already in its normal form: labels of [a-z0-9_-] that pass LABEL, no trailing dot, no
- * punycode (domainToASCII validates "xn--" labels), and a last label that starts with a letter —
+ * A name already in its normal form: labels of [a-z0-9_-] that pass HOST_LABEL, no trailing dot, no
+ * punycode (hostToAscii validates "xn--" labels), and a last label that starts with a letter —
  * so no resolver or URL parser could read it as an IPv4 number ("0x7f.1", "1.2.3.4.5").
  */
 function isPlainName(text: string): boolean {
@@ -75,7 +73,7 @@ function isPlainName(text: string): boolean {
     if (c === 0x2e /* . */) {
       if (i === labelStart) return false;
       if (i - labelStart >= 4 && text.startsWith('xn--', labelStart)) return false;
-      if (!LABEL.test(text.slice(labelStart, i))) return false;
+      if (!HOST_LABEL.test(text.slice(labelStart, i))) return false;
       labelStart = i + 1;
     } else if (!((c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) || c === 0x2d || c === 0x5f)) {
       return false;

@@ -99,7 +99,7 @@ describe('normaliseHost / parsePort / formatAuthority', () => {
     expect(normaliseHost('0x7f.0.0.1')).toEqual({ host: '127.0.0.1', isIp: true });
     expect(normaliseHost('1.2.3.04')).toEqual({ host: '1.2.3.4', isIp: true });
     // Invalid punycode is refused on every node (node 20 and 22 in domainToASCII; node 24 passes it
-    // through there, and hasValidPunycode refuses it); valid punycode and IDNs are kept.
+    // through there, and hostToAscii refuses it); valid punycode and IDNs are kept.
     for (const bad of ['xn--zz.com', 'a.xn--a.com', 'XN--ZZ.example', 'xn--.com']) expect(normaliseHost(bad), bad).toBeNull();
     expect(normaliseHost('xn--bcher-kva.example')).toEqual({ host: 'xn--bcher-kva.example', isIp: false });
     expect(normaliseHost('bücher.example')).toEqual({ host: 'xn--bcher-kva.example', isIp: false });
