@@ -19,7 +19,12 @@ import net from 'node:net';
 import { Agent, type Dispatcher } from 'undici';
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1024 });
-const viaUndici = process.argv.includes('--client') && process.argv[process.argv.indexOf('--client') + 1] === 'undici';
+/** The value after `flag` on the command line, or null. */
+const flagValue = (flag: string): string | null => {
+  const i = process.argv.indexOf(flag);
+  return i > 0 ? (process.argv[i + 1] ?? null) : null;
+};
+const viaUndici = flagValue('--client') === 'undici';
 const undiciAgent = new Agent({ keepAliveTimeout: 4000, pipelining: 1, connect: { noDelay: true } });
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
 
@@ -85,12 +90,13 @@ const server = http.createServer((req, res) => {
   req.pipe(up);
 });
 server.keepAliveTimeout = 60_000;
-server.on('connect', (req: http.IncomingMessage, cs: net.Socket, head: Buffer) => {
-  const url = req.url ?? '';
-  const i = url.lastIndexOf(':');
-  const host = url.slice(0, i).replace(/^\[|\]$/g, '');
-  const us = net.connect({ host, port: Number(url.slice(i + 1)), noDelay: true }, () => {
-    cs.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+/** CONNECT `authority` ("host:port", IPv6 in brackets): dial, answer 200, pipe both ways. */
+const OK_200 = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n');
+function relay(cs: net.Socket, authority: string, head: Buffer): void {
+  const i = authority.lastIndexOf(':');
+  const host = authority.slice(0, i).replace(/^\[|\]$/g, '');
+  const us = net.connect({ host, port: Number(authority.slice(i + 1)), noDelay: true }, () => {
+    cs.write(OK_200);
     if (head.length) us.write(head);
     us.pipe(cs);
     cs.pipe(us);
@@ -103,7 +109,8 @@ server.on('connect', (req: http.IncomingMessage, cs: net.Socket, head: Buffer) =
   cs.on('error', kill);
   us.on('close', kill);
   cs.on('close', kill);
-});
+}
+server.on('connect', (req: http.IncomingMessage, cs: net.Socket, head: Buffer) => relay(cs, req.url ?? '', head));
 
 const socks = net.createServer({ noDelay: true }, (cs) => {
   cs.on('error', () => cs.destroy());
@@ -143,40 +150,22 @@ function listen(s: net.Server, port: number): Promise<number> {
   });
 }
 // --http-port P --socks-port P (bench/run.ts picks them); 0 = any.
-const portArg = (flag: string): number => {
-  const i = process.argv.indexOf(flag);
-  return i > 0 ? Number(process.argv[i + 1]) || 0 : 0;
-};
+const portArg = (flag: string): number => Number(flagValue(flag)) || 0;
 /** `--connect raw`: CONNECT only, parsed from the first packet (the bench's clients send it whole). */
-const OK_200 = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n');
 const rawRelay = net.createServer({ noDelay: true }, (cs) => {
   cs.on('error', () => cs.destroy());
   cs.once('data', (d: Buffer) => {
     const head = d.toString('latin1');
     const end = head.indexOf('\r\n\r\n');
-    const target = head.slice(head.indexOf(' ') + 1, head.indexOf(' ', head.indexOf(' ') + 1));
-    const colon = target.lastIndexOf(':');
-    if (!head.startsWith('CONNECT ') || end < 0 || colon < 0) {
+    const sp = head.indexOf(' ');
+    if (!head.startsWith('CONNECT ') || end < 0) {
       cs.destroy();
       return;
     }
-    const us = net.connect({ host: target.slice(0, colon).replace(/^\[|\]$/g, ''), port: Number(target.slice(colon + 1)), noDelay: true }, () => {
-      cs.write(OK_200);
-      if (end + 4 < d.length) us.write(d.subarray(end + 4));
-      us.pipe(cs);
-      cs.pipe(us);
-    });
-    const kill = (): void => {
-      us.destroy();
-      cs.destroy();
-    };
-    us.on('error', kill);
-    us.on('close', kill);
-    cs.on('close', kill);
+    relay(cs, head.slice(sp + 1, head.indexOf(' ', sp + 1)), d.subarray(end + 4));
   });
 });
-const rawConnect = process.argv.includes('--connect') && process.argv[process.argv.indexOf('--connect') + 1] === 'raw';
-const hp = await listen(rawConnect ? rawRelay : server, portArg('--http-port'));
+const hp = await listen(flagValue('--connect') === 'raw' ? rawRelay : server, portArg('--http-port'));
 const sp = await listen(socks, portArg('--socks-port'));
 console.log(JSON.stringify({ event: 'listening', http: `127.0.0.1:${hp}`, socks: `127.0.0.1:${sp}`, pid: process.pid }));
 process.on('SIGTERM', () => process.exit(0));
