@@ -135,7 +135,6 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
    * sweep (~40 ms at 12,000 flows/s). What the folding changed waits here for the sweep to evaluate.
    */
   let folded: ObserveResult = emptyObserveResult();
-  const foldOne: FlowView[] = [];
   let alertSeq = 0;
 
   const modeOf = (roles: readonly string[]): Mode => policy.current().modeFor(roles, policy.modeOverride());
@@ -160,9 +159,9 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     admitted.delete(flow);
     const v = view(flow, flow.isConnected ? 'closed' : flow.verdict === 'block' ? 'blocked' : 'failed');
     ended.push(v);
-    foldOne[0] = v;
     try {
-      state.observe(foldOne, flows.now(), observeOptions(policy.current()), folded);
+      // The flow table closes a flow once: it is folded here once, and the sweep skips ended flows.
+      state.observeEnded(v, flows.now(), observeOptions(policy.current()), folded);
     } catch (err) {
       log.error({ err: String(err) }, 'detector state update failed');
     }

@@ -182,58 +182,68 @@ export class DetectionState {
     opts: ObserveOptions,
     into: ObserveResult = emptyObserveResult(),
   ): ObserveResult {
-    const result = into;
-    for (const f of flows) {
-      if (f.outcome === 'blocked') continue;
-      let t = this.tracked.peek(f.id);
-      const isTracked = t !== undefined;
-      if (!t) {
-        if (this.done.has(f.id)) continue;
-        t = { out: 0, in: 0, started: false, failed: false };
-        // A flow seen for the first time as it ends (most short flows) is folded in this one call.
-        if (f.endedAtMs === null) this.tracked.set(f.id, t);
-      }
-      const idKey = identityKeyOf(f.identity, f.clientIp);
-      const domain = registrableDomain(f.destination.host);
-      const w = this.windowsFor(f, idKey);
-      const connected = f.outcome === 'open' || f.outcome === 'closed';
-      if (connected && !t.started) {
-        t.started = true;
-        this.noteStart(w, f, domain);
-        result.active.add(idKey);
-        result.started.add(idKey);
-      }
-      if ((f.outcome === 'failed' || f.outcome === 'refused') && !t.failed && f.destination.ip !== null) {
-        // DNS failures (no ip) are typos, not scans (research D3).
-        t.failed = true;
-        this.noteFailed(w, f, opts.slowResetMs);
-        result.failed.add(idKey);
-      }
-      const dOut = f.bytesOut - t.out;
-      const dIn = f.bytesIn - t.in;
-      if (dOut > 0 || dIn > 0) {
-        t.out = f.bytesOut;
-        t.in = f.bytesIn;
-        const d = w.dest(domain);
-        if (dOut > 0) {
-          w.out.add(now, dOut);
-          d.out.add(now, dOut);
-          if (!opts.isApproved(f.destination.host)) w.dayOutUnapproved.add(now, dOut);
-          this.addHourly(idKey, now, dOut);
-        }
-        if (dIn > 0) {
-          w.in.add(now, dIn);
-          d.in.add(now, dIn);
-        }
-        result.active.add(idKey);
-        result.dests.add(`${idKey}\0${domain}`);
-      }
-      if (f.endedAtMs !== null) {
-        if (isTracked) this.tracked.delete(f.id);
-        this.done.set(f.id, true);
-      }
+    for (const f of flows) this.fold(f, now, opts, into, true);
+    return into;
+  }
+
+  /**
+   * Folds one flow that has ended, for a caller that passes each ended flow exactly once (the
+   * gateway folds a flow when the flow table closes it, and never again). Unlike `observe`, it
+   * keeps no record of finished flows to guard against a second pass.
+   */
+  observeEnded(f: FlowView, now: number, opts: ObserveOptions, into: ObserveResult): void {
+    this.fold(f, now, opts, into, false);
+  }
+
+  private fold(f: FlowView, now: number, opts: ObserveOptions, result: ObserveResult, isGuarded: boolean): void {
+    if (f.outcome === 'blocked') return;
+    let t = this.tracked.peek(f.id);
+    const isTracked = t !== undefined;
+    if (!t) {
+      if (isGuarded && this.done.has(f.id)) return;
+      t = { out: 0, in: 0, started: false, failed: false };
+      // A flow seen for the first time as it ends (most short flows) is folded in this one call.
+      if (f.endedAtMs === null) this.tracked.set(f.id, t);
     }
-    return result;
+    const idKey = identityKeyOf(f.identity, f.clientIp);
+    const domain = registrableDomain(f.destination.host);
+    const w = this.windowsFor(f, idKey);
+    const connected = f.outcome === 'open' || f.outcome === 'closed';
+    if (connected && !t.started) {
+      t.started = true;
+      this.noteStart(w, f, domain);
+      result.active.add(idKey);
+      result.started.add(idKey);
+    }
+    if ((f.outcome === 'failed' || f.outcome === 'refused') && !t.failed && f.destination.ip !== null) {
+      // DNS failures (no ip) are typos, not scans (research D3).
+      t.failed = true;
+      this.noteFailed(w, f, opts.slowResetMs);
+      result.failed.add(idKey);
+    }
+    const dOut = f.bytesOut - t.out;
+    const dIn = f.bytesIn - t.in;
+    if (dOut > 0 || dIn > 0) {
+      t.out = f.bytesOut;
+      t.in = f.bytesIn;
+      const d = w.dest(domain);
+      if (dOut > 0) {
+        w.out.add(now, dOut);
+        d.out.add(now, dOut);
+        if (!opts.isApproved(f.destination.host)) w.dayOutUnapproved.add(now, dOut);
+        this.addHourly(idKey, now, dOut);
+      }
+      if (dIn > 0) {
+        w.in.add(now, dIn);
+        d.in.add(now, dIn);
+      }
+      result.active.add(idKey);
+      result.dests.add(`${idKey}\0${domain}`);
+    }
+    if (f.endedAtMs !== null) {
+      if (isTracked) this.tracked.delete(f.id);
+      if (isGuarded) this.done.set(f.id, true);
+    }
   }
 
   private noteStart(w: IdentityWindows, f: FlowView, domain: string): void {

@@ -39,13 +39,23 @@ describe('folding at close, then the sweep', () => {
     let folded = emptyObserveResult();
     const ended = [1, 2, 3].map((i) => flow(who, `s${i}.example:443`, { now: WED_10 + 100 * i, bytesOut: 10 * i, outcome: 'closed', endedAtMs: WED_10 + 100 * i, ageMs: 5 }));
     const longEnded = { ...long, bytesOut: 1500, outcome: 'closed' as const, endedAtMs: WED_10 + 500 };
-    for (const v of [...ended, longEnded]) state.observe([v], v.endedAtMs ?? WED_10, opts, folded);
+    for (const v of [...ended, longEnded]) state.observeEnded(v, v.endedAtMs ?? WED_10, opts, folded);
     // Sweep 2 is handed the ended flows again (their per-flow checks) with what folding changed.
     evaluateSweep([...ended, longEnded], state, s, WED_10 + 1000, folded);
     folded = emptyObserveResult();
     // A sweep without `folded` (the replay driver's way) would observe them; here they are done.
     evaluateSweep([...ended, longEnded], state, s, WED_10 + 2000, folded);
     expect(state.windows(key)?.out.sumSince(WED_10 - 60_000)).toBe(1500 + 10 + 20 + 30);
+  });
+
+  it('observe (sweeps without folding, as replay runs them) still counts an ended flow passed twice once', () => {
+    const who = ident(proc('curl'));
+    const state = learnedState(WED_10);
+    const opts = { slowResetMs: 900_000, isApproved: () => false };
+    const ended = flow(who, 'once.example:443', { now: WED_10, bytesOut: 700, outcome: 'closed', endedAtMs: WED_10, ageMs: 5 });
+    state.observe([ended], WED_10, opts);
+    state.observe([ended], WED_10 + 1000, opts);
+    expect(state.windows(identityKeyOf(who, '10.1.2.3'))?.out.sumSince(WED_10 - 60_000)).toBe(700);
   });
 });
 
