@@ -27,7 +27,7 @@ import { parseArgs } from 'node:util';
 import { DETECTOR_NAMES } from '../policy/types.ts';
 import type { LoadOptions, LoadResult, ProxyKind } from './loadgen.ts';
 import { processTree } from './proc-stats.ts';
-import { ceilingChecks, groupByTarget, metricsTable, type RatioPair, targetChecks, CPU_ROWS } from './summary.ts';
+import { budgetChecks, ceilingChecks, groupByTarget, metricsTable, type RatioPair, targetChecks, CPU_ROWS } from './summary.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '..');
@@ -572,6 +572,10 @@ function renderSummary(results: LoadResult[], title: string, info = '', footer =
     '### Ceilings of the bare designs (reference, not targets)',
     '',
     ceilingChecks(by),
+    '',
+    '### What the rate targets leave the proxy on this machine (CPU per setup or request)',
+    '',
+    budgetChecks(by, os.cpus().length),
     '',
     footer,
   ].join('\n');

@@ -243,3 +243,55 @@ export function targetChecks(by: ByTarget): string {
   for (const c of checks) lines.push(`| ${c.target} | ${c.measured} | ${c.status === 'MISSED' ? '**MISSED**' : c.status} |`);
   return lines.join('\n');
 }
+
+/** A phase's rate and its CPU split, for the budget table. */
+interface PhaseOf {
+  rate: (r: LoadResult) => number | undefined;
+  cpu: (r: LoadResult) => { proxy: number | null; origin: number | null; gen: number } | undefined;
+}
+
+const SETUP_PHASE: PhaseOf = { rate: (r) => su(r)?.conn_per_s, cpu: (r) => su(r)?.cpu };
+const K1_PHASE: PhaseOf = { rate: (r) => (r.http ? ht(r, '1k')?.req_per_s : undefined), cpu: (r) => (r.http ? ht(r, '1k')?.cpu : undefined) };
+
+/**
+ * What a rate target leaves the proxy on this machine, from this run's figures. Reaching `ratio` ×
+ * the peer's rate, the origin and the load generator still spend per unit what they spent in the
+ * peer's phase (µs of CPU per setup or request). So the proxy may spend at most 1 s / rate per unit
+ * on one thread (a single event loop), and at most cores × 1 s / rate minus their share if it could
+ * use every core. Beside those: what egressgate and the bare design spent per unit in this run.
+ */
+export function budgetChecks(by: ByTarget, cores: number): string {
+  const rows: [string, string, number, string, PhaseOf][] = [
+    ['absolute-URI 1 KiB ≥ 1.2× squid', 'squid', 1.2, 'naive-undici', K1_PHASE],
+    ['CONNECT setups/s ≥ 1.0× squid', 'squid', 1, 'naive-relay', SETUP_PHASE],
+    ['SOCKS5 setups/s ≥ 1.0× danted', 'danted', 1, 'naive-socks', SETUP_PHASE],
+  ];
+  const egwOf = (peer: string): string => (peer === 'danted' ? 'egw-socks' : 'egw-http');
+  const perUnit =
+    (phase: PhaseOf, pick: (c: NonNullable<ReturnType<PhaseOf['cpu']>>) => number | null): Getter =>
+    (r) => {
+      const rate = phase.rate(r);
+      const c = phase.cpu(r);
+      const pct = c ? pick(c) : null;
+      return rate && pct !== null ? (pct * 10_000) / rate : undefined;
+    };
+  const lines = [
+    `| Target | Rate needed | Origin + load generator, µs/unit | Proxy budget, one thread | Proxy budget, all ${cores} cores | egressgate spends | Bare design spends |`,
+    '|---|---|---|---|---|---|---|',
+  ];
+  for (const [label, peer, ratio, bare, phase] of rows) {
+    const peerRate = med(by, peer, phase.rate);
+    const side = med(by, peer, perUnit(phase, (c) => (c.origin ?? 0) + c.gen));
+    if (peerRate === null || side === null) {
+      lines.push(`| ${label} | ${peer} not run | – | – | – | – | – |`);
+      continue;
+    }
+    const need = ratio * peerRate;
+    const oneThread = 1e6 / need;
+    const allCores = (cores * 1e6) / need - side;
+    const egw = med(by, egwOf(peer), perUnit(phase, (c) => c.proxy));
+    const bareCost = med(by, bare, perUnit(phase, (c) => c.proxy));
+    lines.push(`| ${label} | ${fmt(need)}/s | ${fmt(side)} | ≤ ${fmt(oneThread)} µs | ≤ ${fmt(allCores)} µs | ${fmt(egw)} µs | ${fmt(bareCost)} µs (${bare}) |`);
+  }
+  return lines.join('\n');
+}
