@@ -305,7 +305,8 @@ function gatewayConfig(name: string, detectorsOn: boolean, attribution: boolean)
   return `${lines.join('\n')}\n`;
 }
 
-function gatewayTarget(name: string, kind: 'http' | 'socks5', detectorsOn: boolean, attribution = false): Target {
+/** `processes` > 1: the experiment in bench/two-process.ts (node:cluster, state per process; not a product mode). */
+function gatewayTarget(name: string, kind: 'http' | 'socks5', detectorsOn: boolean, attribution = false, processes = 1): Target {
   return {
     name,
     kind,
@@ -315,13 +316,16 @@ function gatewayTarget(name: string, kind: 'http' | 'socks5', detectorsOn: boole
       writeFileSync(cfg, gatewayConfig(name, detectorsOn, attribution));
       const nodeArgs: string[] = [];
       if (args.profile === name) nodeArgs.push('--cpu-prof', '--cpu-prof-dir', path.join(RUN_DIR, 'profiles'));
-      if (GATEWAY_MODE === 'tsx') nodeArgs.push('--import', 'tsx', path.join(ROOT, 'cli.ts'));
+      if (processes > 1) nodeArgs.push('--import', 'tsx', path.join(HERE, 'two-process.ts'), '--workers', String(processes), '--');
+      else if (GATEWAY_MODE === 'tsx') nodeArgs.push('--import', 'tsx', path.join(ROOT, 'cli.ts'));
       else nodeArgs.push(DIST);
       const [httpPort, socksPort, adminPort] = [await freePort(), await freePort(), await freePort()];
       nodeArgs.push('serve', '--http', `127.0.0.1:${httpPort}`, '--socks', `127.0.0.1:${socksPort}`, '--admin', `127.0.0.1:${adminPort}`, '--config', cfg);
       const child = spawn(process.execPath, nodeArgs, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
       started.add(child);
-      const line = await readyLine(child, (l) => l.includes('"event":"listening"'), 90_000, name);
+      // Every process prints its own listening line.
+      let listening = 0;
+      const line = await readyLine(child, (l) => l.includes('"event":"listening"') && ++listening >= processes, 90_000, name);
       const ready = JSON.parse(line) as { http: string; socks: string };
       const [host, port] = hostPort(kind === 'http' ? ready.http : ready.socks);
       return { child, host, port };
@@ -395,7 +399,13 @@ if (DETECTORS === 'both') {
   TARGETS.push(gatewayTarget('egw-http-nodet', 'http', false), gatewayTarget('egw-socks-nodet', 'socks5', false));
 }
 // Opt-in only (--only egw-http-attr): per-connection /proc attribution switched on.
-const OPT_IN = [gatewayTarget('egw-http-attr', 'http', egwDetectorsOn, true), gatewayTarget('egw-socks-attr', 'socks5', egwDetectorsOn, true)];
+// Opt-in only (--only egw-http-2p): two gateway processes (bench/two-process.ts), an experiment for
+// the absolute-URI test, which is the one a second core could help (see docs/benchmarks.md).
+const OPT_IN = [
+  gatewayTarget('egw-http-attr', 'http', egwDetectorsOn, true),
+  gatewayTarget('egw-socks-attr', 'socks5', egwDetectorsOn, true),
+  { ...gatewayTarget('egw-http-2p', 'http', egwDetectorsOn, false, 2), tests: ['http'] },
+];
 const only = (args.only ?? '').split(',').filter(Boolean);
 const selected = [...TARGETS, ...OPT_IN].filter((t) => (only.length ? only.includes(t.name) : TARGETS.includes(t)));
 for (const n of only) if (![...TARGETS, ...OPT_IN].some((t) => t.name === n)) fail(`unknown target ${n}`);
@@ -538,7 +548,7 @@ async function main(): Promise<void> {
 /** Markdown: metrics with ratio columns, proxy CPU, the issue's targets. */
 function renderSummary(results: LoadResult[], title: string, info = '', footer = ''): string {
   const by = groupByTarget(results);
-  const order = ['direct', 'naive-http', 'naive-socks', 'naive-undici', 'naive-relay', 'squid', 'danted', 'egw-http', 'egw-socks', 'egw-http-nodet', 'egw-socks-nodet', 'egw-http-attr', 'egw-socks-attr'];
+  const order = ['direct', 'naive-http', 'naive-socks', 'naive-undici', 'naive-relay', 'squid', 'danted', 'egw-http', 'egw-socks', 'egw-http-nodet', 'egw-socks-nodet', 'egw-http-attr', 'egw-socks-attr', 'egw-http-2p'];
   const ratios: RatioPair[] = [
     ['egw-http', 'naive-http'],
     ['egw-socks', 'naive-socks'],
@@ -546,6 +556,7 @@ function renderSummary(results: LoadResult[], title: string, info = '', footer =
     ['egw-http', 'naive-relay'],
     ['egw-http', 'squid'],
     ['egw-socks', 'danted'],
+    ['egw-http-2p', 'squid'],
     ['egw-http', 'egw-http-nodet'],
     ['egw-socks', 'egw-socks-nodet'],
     ['egw-http-attr', 'egw-http'],
