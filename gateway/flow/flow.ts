@@ -173,15 +173,15 @@ export class Flow {
   toJsonLine(now: number, intermediate = false): string {
     const end = this.endedAt ?? now;
     let line =
-      `{"id":${JSON.stringify(this.id)},"protocol":${JSON.stringify(this.protocol)}` +
-      `,"client":{"ip":${JSON.stringify(this.client.ip)},"port":${jsonNumber(this.client.port)}}` +
+      `{"id":${JSON.stringify(this.id)},"protocol":${jsonText(this.protocol)}` +
+      `,"client":{"ip":${jsonText(this.client.ip)},"port":${jsonNumber(this.client.port)}}` +
       `,"identity":${identityJson(this.identity)},"destination":${destinationJson(this.destination)}` +
       `,"startedAt":"${isoString(this.startedAt)}","lastActivityAt":"${isoString(this.lastActivityAt)}"` +
       `,"endedAt":${this.endedAt === null ? 'null' : `"${isoString(this.endedAt)}"`},"durationMs":${jsonNumber(end - this.startedAt)}` +
-      `,"bytesOut":${jsonNumber(this.bytesOut)},"bytesIn":${jsonNumber(this.bytesIn)},"verdict":${JSON.stringify(this.verdict)}` +
-      `,"enforced":${this.enforced},"reason":${jsonOrNull(this.reason)},"detector":${jsonOrNull(this.detector)}` +
-      `,"state":${JSON.stringify(this.state)},"closeReason":${jsonOrNull(this.closeReason)},"communityId":${jsonOrNull(this.communityId)}` +
-      `,"matchedRule":${this.matchedRule === null ? 'null' : JSON.stringify(this.matchedRule)},"reasons":${JSON.stringify(this.reasons)}`;
+      `,"bytesOut":${jsonNumber(this.bytesOut)},"bytesIn":${jsonNumber(this.bytesIn)},"verdict":${jsonText(this.verdict)}` +
+      `,"enforced":${this.enforced},"reason":${jsonTextOrNull(this.reason)},"detector":${jsonTextOrNull(this.detector)}` +
+      `,"state":${jsonText(this.state)},"closeReason":${jsonTextOrNull(this.closeReason)},"communityId":${jsonOrNull(this.communityId)}` +
+      `,"matchedRule":${this.matchedRule === null ? 'null' : jsonOfShared(this.matchedRule)},"reasons":${jsonOfShared(this.reasons)}`;
     if (this.isUnattributed && !this.identity.process) line += ',"unattributed":true';
     if (intermediate) line += ',"intermediate":true';
     return `${line}}`;
@@ -204,6 +204,36 @@ function keepAliveCommunityId(clientKey: string, clientIp: string, clientPort: n
 /** `JSON.stringify` of a string or null. */
 function jsonOrNull(v: string | null): string {
   return v === null ? 'null' : JSON.stringify(v);
+}
+
+// Most strings of a record repeat from flow to flow (protocol, verdict, state, reasons codes, client
+// addresses, destination names): their JSON text is kept, for up to 4,096 distinct strings at a time.
+const jsonTexts = new Map<string, string>();
+/** `JSON.stringify` of a string that is likely to repeat. */
+function jsonText(v: string): string {
+  let text = jsonTexts.get(v);
+  if (text === undefined) {
+    text = JSON.stringify(v);
+    if (jsonTexts.size >= 4096) jsonTexts.clear();
+    jsonTexts.set(v, text);
+  }
+  return text;
+}
+function jsonTextOrNull(v: string | null): string {
+  return v === null ? 'null' : jsonText(v);
+}
+
+// A decision's matchedRule and reasons are shared by every flow it allowed (the compiled policy keeps
+// one allow decision per rule and mode), and never change: their JSON is kept per object.
+const sharedTexts = new WeakMap<object, string>();
+/** `JSON.stringify` of an object that is never mutated. */
+function jsonOfShared(v: object): string {
+  let text = sharedTexts.get(v);
+  if (text === undefined) {
+    text = JSON.stringify(v);
+    sharedTexts.set(v, text);
+  }
+  return text;
 }
 
 /** `JSON.stringify` of a number (non-finite numbers become null, as there). */
@@ -247,7 +277,7 @@ function identityJson(identity: Identity): string {
 
 /** `JSON.stringify(destination)` for the { host, ip, port } it always is; `ip` is an IP literal or null. */
 function destinationJson(d: FlowDestination): string {
-  return `{"host":${JSON.stringify(d.host)},"ip":${d.ip === null ? 'null' : `"${d.ip}"`},"port":${jsonNumber(d.port)}}`;
+  return `{"host":${jsonText(d.host)},"ip":${d.ip === null ? 'null' : `"${d.ip}"`},"port":${jsonNumber(d.port)}}`;
 }
 
 /** Identity with a process attached (attribution never changes user/host/roles). */

@@ -89,6 +89,25 @@ describe('Flow.toJsonLine', () => {
     }
   });
 
+  it('writes shared decisions and repeated strings as JSON.stringify does, whichever flow came first', () => {
+    const shared = Object.freeze({
+      verdict: 'allow' as const,
+      reason: 'allowed' as const,
+      detector: null,
+      mode: 'enforce' as const,
+      matchedRule: Object.freeze({ role: 'dev', index: 0, entry: 'host="odd\\name" ports=443' }),
+      reasons: Object.freeze(['allowed by role dev allow[0]: "quoted" \\ \u2028']),
+    });
+    const other = { ...shared, reasons: ['other reason'], matchedRule: { role: 'ops', index: 1, entry: 'cidr 0.0.0.0/0' } };
+    for (let i = 0; i < 6; i++) {
+      const f = make(i * 4 + 1);
+      f.applyDecision(i % 3 === 2 ? other : shared, true);
+      f.destination = { host: i % 2 === 0 ? 'same.example' : 'quo"te\\d.example', ip: '203.0.113.9', port: 443 };
+      f.closeReason = i % 2 === 0 ? 'closed' : 'client "reset"';
+      expect(f.toJsonLine(f.startedAt + 9)).toBe(JSON.stringify(f.toRecord(f.startedAt + 9)));
+    }
+  });
+
   it('parses back to the record', () => {
     const f = make(8);
     expect(JSON.parse(f.toJsonLine(f.startedAt + 5))).toEqual(JSON.parse(JSON.stringify(f.toRecord(f.startedAt + 5))));
