@@ -127,6 +127,9 @@ export interface BaselineJson {
 export class DetectionState {
   readonly learningStartedAtMs: number;
   private readonly identities: LRUCache<string, IdentityWindows>;
+  /** The identity the cache handed out last (identitiesGet). */
+  private newestKey: string | undefined = undefined;
+  private newestWindows: IdentityWindows | undefined = undefined;
   private readonly firstSeen: BoundedMap<string, number>;
   private readonly hourlyOut: BoundedMap<string, Map<number, number>>;
   // Plain bounded maps: these empty often, which costs O(max) per emptying in lru-cache.
@@ -157,15 +160,31 @@ export class DetectionState {
 
   /** Windows of an identity key, if tracked. */
   windows(idKey: string): IdentityWindows | undefined {
-    return this.identities.get(idKey);
+    return this.identitiesGet(idKey);
   }
 
   private windowsFor(flow: FlowView, idKey: string): IdentityWindows {
-    let w = this.identities.get(idKey);
+    let w = this.identitiesGet(idKey);
     if (!w) {
       w = new IdentityWindows(flow.identity, flow.clientIp);
       this.identities.set(idKey, w);
+      this.newestKey = idKey;
+      this.newestWindows = w;
     } else w.identity = flow.identity;
+    return w;
+  }
+
+  /**
+   * The identity cache's `get`, except for the key it returned last: that one is already the most
+   * recently used, so asking the LRU again (once per flow of a busy identity) would change nothing.
+   */
+  private identitiesGet(idKey: string): IdentityWindows | undefined {
+    if (idKey === this.newestKey) return this.newestWindows;
+    const w = this.identities.get(idKey);
+    if (w !== undefined) {
+      this.newestKey = idKey;
+      this.newestWindows = w;
+    }
     return w;
   }
 
@@ -333,7 +352,7 @@ export class DetectionState {
    * least `beaconMinHours` distinct hours (RITA: a beacon is judged over hours, not minutes).
    */
   isBeacon(idKey: string, host: string): boolean {
-    const d = this.identities.get(idKey)?.perDest.get(registrableDomain(host));
+    const d = this.identitiesGet(idKey)?.perDest.get(registrableDomain(host));
     if (!d || d.starts.length < MODIFIER_DEFAULTS.beaconMinConnections) return false;
     if (d.hours.length < MODIFIER_DEFAULTS.beaconMinHours) return false;
     const j = intervalJitter(d.starts.slice(-MODIFIER_DEFAULTS.beaconMinConnections * 2));
