@@ -55,6 +55,8 @@ export class WindowSum {
  */
 export class DistinctWindow<V = undefined> {
   readonly map = new Map<string, { t: number; v: V }>();
+  /** The key touched last, i.e. the map's last entry while it is in the map. */
+  private lastKey: string | undefined = undefined;
 
   constructor(
     private readonly maxKeys: number,
@@ -66,8 +68,19 @@ export class DistinctWindow<V = undefined> {
    * oldest keys go in a batch (see evictOldest).
    */
   touch(key: string, t: number, v: V): boolean {
+    if (key === this.lastKey) {
+      // Already the last entry: update it where it is (a busy identity touches the same key per flow,
+      // and each delete + set would leave a deleted slot in the map's table).
+      const e = this.map.get(key);
+      if (e !== undefined) {
+        e.t = t;
+        e.v = v;
+        return false;
+      }
+    }
     const had = this.map.delete(key);
     this.map.set(key, { t, v });
+    this.lastKey = key;
     if (this.map.size > this.maxKeys) {
       evictOldest(this.map, this.map.size - this.maxKeys + evictionBatch(this.maxKeys), this.evicted === null ? null : (k, e) => this.evicted?.(k, e.v));
     }

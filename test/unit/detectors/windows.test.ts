@@ -54,6 +54,19 @@ describe('DistinctWindow', () => {
     expect(dropped).toEqual(['b']);
   });
 
+  it('touching the newest key again moves its time and value; once pruned it is new again', () => {
+    const w = new DistinctWindow<string>(1000);
+    expect(w.touch('a', 1, 'x')).toBe(true);
+    expect(w.touch('a', 5, 'y')).toBe(false);
+    expect(w.map.get('a')).toEqual({ t: 5, v: 'y' });
+    expect(w.prune(3)).toBe(1);
+    expect(w.prune(6)).toBe(0);
+    expect(w.touch('a', 7, 'z')).toBe(true);
+    expect(w.touch('b', 8, 'z')).toBe(true);
+    expect(w.touch('a', 9, 'z')).toBe(false);
+    expect([...w.map.keys()]).toEqual(['b', 'a']);
+  });
+
   it('past maxKeys drops the oldest keys in a batch, each reported once', () => {
     const dropped: string[] = [];
     const w = new DistinctWindow<number>(32, (k) => dropped.push(k));
