@@ -223,11 +223,13 @@ function jsonTextOrNull(v: string | null): string {
   return v === null ? 'null' : jsonText(v);
 }
 
-// A decision's matchedRule and reasons are shared by every flow it allowed (the compiled policy keeps
-// one allow decision per rule and mode), and never change: their JSON is kept per object.
+// A decision's matchedRule and reasons are shared by every flow it allowed: the compiled policy keeps
+// one frozen allow decision per rule and mode. The JSON of a frozen object is kept per object; any
+// other (a refusal's own reasons, made per flow) is written as it is, and adds no weak-map entry.
 const sharedTexts = new WeakMap<object, string>();
-/** `JSON.stringify` of an object that is never mutated. */
+/** `JSON.stringify`, kept per object for frozen objects (their JSON cannot change). */
 function jsonOfShared(v: object): string {
+  if (!Object.isFrozen(v)) return JSON.stringify(v);
   let text = sharedTexts.get(v);
   if (text === undefined) {
     text = JSON.stringify(v);

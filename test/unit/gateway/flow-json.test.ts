@@ -108,6 +108,15 @@ describe('Flow.toJsonLine', () => {
     }
   });
 
+  it('writes a decision that is not frozen as it is now, not as it was first written', () => {
+    const reasons = ['first'];
+    const f = make(5);
+    f.applyDecision({ verdict: 'block', reason: 'not-allowlisted', detector: 'policy.deny', mode: 'enforce', matchedRule: null, reasons }, true);
+    expect(JSON.parse(f.toJsonLine(f.startedAt)).reasons).toEqual(['first']);
+    reasons.push('second');
+    expect(f.toJsonLine(f.startedAt)).toBe(JSON.stringify(f.toRecord(f.startedAt)));
+  });
+
   it('parses back to the record', () => {
     const f = make(8);
     expect(JSON.parse(f.toJsonLine(f.startedAt + 5))).toEqual(JSON.parse(JSON.stringify(f.toRecord(f.startedAt + 5))));
