@@ -1,7 +1,7 @@
 /**
  * DetectionState: the per-identity sliding windows and the destination baselines the detectors
  * read. It is stateful (the gateway owns one instance, the replay one per run) but never reads a
- * clock: every call takes `now`. Memory is bounded by LRU caches sized from
+ * clock: every call takes `now`. Memory is bounded by least-recently-used maps sized from
  * `detection.maxTrackedIdentities` / `maxTrackedDestinations`. Baselines (destination first-seen,
  * hourly upload volumes) serialise to JSON so the gateway can persist them to `state.path`.
  *
@@ -9,7 +9,6 @@
  * domain. `observe()` turns flow snapshots into window updates with per-flow delta accounting, so
  * a flow may be passed on every sweep (live) and once more when it closes.
  */
-import { LRUCache } from 'lru-cache';
 import { classifyAddress } from '../address.ts';
 import type { Config } from '../config.ts';
 import type { Identity } from '../types.ts';
@@ -126,10 +125,9 @@ export interface BaselineJson {
 
 export class DetectionState {
   readonly learningStartedAtMs: number;
-  private readonly identities: LRUCache<string, IdentityWindows>;
-  /** The identity the cache handed out last (identitiesGet). */
-  private newestKey: string | undefined = undefined;
-  private newestWindows: IdentityWindows | undefined = undefined;
+  // A bounded map, like the per-identity maps below: its `get` skips the reordering for the key it
+  // handed out last (a busy identity is looked up once per flow).
+  private readonly identities: BoundedMap<string, IdentityWindows>;
   private readonly firstSeen: BoundedMap<string, number>;
   private readonly hourlyOut: BoundedMap<string, Map<number, number>>;
   // Plain bounded maps: these empty often, which costs O(max) per emptying in lru-cache.
@@ -141,9 +139,7 @@ export class DetectionState {
   constructor(opts: DetectionStateOptions) {
     this.learningStartedAtMs = opts.learningStartedAtMs;
     const maxIds = Math.max(16, opts.maxTrackedIdentities ?? 100_000);
-    // lru-cache preallocates `max` slots: fine once per gateway, costly per replay run, so the
-    // identity cache is capped here and the (larger) destination baseline is a plain bounded map.
-    this.identities = new LRUCache({ max: maxIds });
+    this.identities = new BoundedMap(maxIds);
     this.firstSeen = new BoundedMap(Math.max(16, opts.maxTrackedDestinations ?? 1_000_000));
     this.hourlyOut = new BoundedMap(maxIds);
     this.recent = new BoundedMap(maxIds);
@@ -160,31 +156,15 @@ export class DetectionState {
 
   /** Windows of an identity key, if tracked. */
   windows(idKey: string): IdentityWindows | undefined {
-    return this.identitiesGet(idKey);
+    return this.identities.get(idKey);
   }
 
   private windowsFor(flow: FlowView, idKey: string): IdentityWindows {
-    let w = this.identitiesGet(idKey);
+    let w = this.identities.get(idKey);
     if (!w) {
       w = new IdentityWindows(flow.identity, flow.clientIp);
       this.identities.set(idKey, w);
-      this.newestKey = idKey;
-      this.newestWindows = w;
     } else w.identity = flow.identity;
-    return w;
-  }
-
-  /**
-   * The identity cache's `get`, except for the key it returned last: that one is already the most
-   * recently used, so asking the LRU again (once per flow of a busy identity) would change nothing.
-   */
-  private identitiesGet(idKey: string): IdentityWindows | undefined {
-    if (idKey === this.newestKey) return this.newestWindows;
-    const w = this.identities.get(idKey);
-    if (w !== undefined) {
-      this.newestKey = idKey;
-      this.newestWindows = w;
-    }
     return w;
   }
 
@@ -352,7 +332,7 @@ export class DetectionState {
    * least `beaconMinHours` distinct hours (RITA: a beacon is judged over hours, not minutes).
    */
   isBeacon(idKey: string, host: string): boolean {
-    const d = this.identitiesGet(idKey)?.perDest.get(registrableDomain(host));
+    const d = this.identities.get(idKey)?.perDest.get(registrableDomain(host));
     if (!d || d.starts.length < MODIFIER_DEFAULTS.beaconMinConnections) return false;
     if (d.hours.length < MODIFIER_DEFAULTS.beaconMinHours) return false;
     const j = intervalJitter(d.starts.slice(-MODIFIER_DEFAULTS.beaconMinConnections * 2));
