@@ -156,7 +156,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   };
 
   const onClose = (flow: Flow): void => {
-    admitted.delete(flow);
+    admitted.delete(flow.id);
     const v = view(flow, flow.isConnected ? 'closed' : flow.verdict === 'block' ? 'blocked' : 'failed');
     ended.push(v);
     try {
@@ -175,9 +175,10 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   // before the policy decision, and onConnect is about to judge that same process itself (acting
   // here closed the flow as verdict 'allow' and answered the client 'quarantine').
   // A Set, not a WeakSet: entries go at close, and weak collections cost every garbage collection.
-  const admitted = new Set<Flow>();
+  // Of ids, not flows: a long-lived Set's discarded tables would keep flows alive (live-flows.ts).
+  const admitted = new Set<string>();
   const onAttributed = (flow: Flow): void => {
-    if (flow.state !== 'active' || !admitted.has(flow)) return;
+    if (flow.state !== 'active' || !admitted.has(flow.id)) return;
     const snapshot = policy.current();
     const mode = modeOf(flow.identity.roles);
     const now = flows.now();
@@ -225,7 +226,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
         raise(f, mode, now);
         if (f.action !== 'flag' && !refusing) refusing = f;
       }
-      if (!refusing || mode !== 'enforce') admitted.add(flow);
+      if (!refusing || mode !== 'enforce') admitted.add(flow.id);
       if (!refusing) return null;
       if (mode === 'enforce') putInQuarantine(key, now);
       return {

@@ -13,6 +13,7 @@ import { LRUCache } from 'lru-cache';
 import type { Decision, ProcessInfo } from '../../policy/types.ts';
 import { Flow, type FlowInit, type FlowRecord, withProcess } from './flow.ts';
 import type { FlowSink } from './flow-log.ts';
+import { LiveFlows } from './live-flows.ts';
 
 export interface FlowTableOptions {
   sink: FlowSink;
@@ -47,10 +48,11 @@ export function identityKey(flow: Pick<Flow, 'identity' | 'client'>): string {
 }
 
 export class FlowTable extends EventEmitter {
-  private readonly active = new Map<string, Flow>();
+  private readonly active = new LiveFlows();
   private readonly closed: Flow[] = [];
   private closedStart = 0;
-  private readonly byClient = new Map<string, Flow>();
+  /** Client address "ip:port" → id of its newest flow (ids, not flows: see live-flows.ts). */
+  private readonly byClient = new Map<string, string>();
   private readonly perIdentity = new Map<string, number>();
   private readonly rate = new Map<string, RateWindow>();
   /** Attributions that arrived before their flow (agent reports race the connection). */
@@ -79,10 +81,10 @@ export class FlowTable extends EventEmitter {
   open(init: FlowInit): Flow {
     const id = `${this.idPrefix}${(this.seq++).toString(36).padStart(6, '0')}`;
     const flow = new Flow(id, init, this.now());
-    this.active.set(id, flow);
+    this.active.add(flow);
     const ck = `${init.client.ip}:${init.client.port}`;
     flow.clientKey = ck;
-    this.byClient.set(ck, flow);
+    this.byClient.set(ck, id);
     if (this.pendingProcess.size > 0) {
       const pending = this.pendingProcess.get(ck);
       if (pending && !flow.identity.process) flow.identity = withProcess(flow.identity, pending);
@@ -146,7 +148,8 @@ export class FlowTable extends EventEmitter {
    */
   attribute(ip: string, port: number, process: ProcessInfo): Flow | null {
     const ck = `${ip}:${port}`;
-    const flow = this.byClient.get(ck);
+    const id = this.byClient.get(ck);
+    const flow = id === undefined ? undefined : this.active.get(id);
     if (flow?.state !== 'active') {
       this.pendingProcess.set(ck, process);
       return null;
@@ -168,9 +171,9 @@ export class FlowTable extends EventEmitter {
     flow.onBudget = null;
     flow.endedAt = this.now();
     if (flow.bytesOut + flow.bytesIn !== flow.lastSampleBytes) flow.lastActivityAt = flow.endedAt;
-    this.active.delete(flow.id);
+    this.active.delete(flow);
     const ck = flow.clientKey;
-    if (this.byClient.get(ck) === flow) this.byClient.delete(ck);
+    if (this.byClient.get(ck) === flow.id) this.byClient.delete(ck);
     const key = flow.limitKey;
     const n = (this.perIdentity.get(key) ?? 1) - 1;
     if (n <= 0) this.perIdentity.delete(key);

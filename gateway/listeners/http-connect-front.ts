@@ -21,6 +21,7 @@
 import type { Server as HttpServer, IncomingHttpHeaders } from 'node:http';
 import { Server, type Socket } from 'node:net';
 import type { Logger } from '../context.ts';
+import { type ArrivalTicket, ArrivalQueue } from './arrival-queue.ts';
 import { mapError } from '../reject.ts';
 import { splitHeaderLine } from './http-headers.ts';
 import { writeRawRefusal } from './http-refusal.ts';
@@ -43,6 +44,9 @@ export interface ConnectFrontOptions {
 }
 
 const CONNECT_PREFIX = Buffer.from('CONNECT ', 'latin1');
+/** A waiting socket's place in the arrival queue (a number on the socket: no map refers to it). */
+const kTicket = Symbol('egressgate.arrivalTicket');
+type WaitingSocket = Socket & { [kTicket]?: ArrivalTicket };
 const REQUEST_LINE = /^CONNECT ([A-Za-z0-9._~:[\]-]+) HTTP\/1\.1$/;
 
 /**
@@ -78,8 +82,8 @@ export function parseConnectHead(buf: Buffer, maxHeaderBytes: number): { url: st
 
 /** Put the CONNECT fast path before `server` (a plain-HTTP node:http server); listen on the result. */
 export function wrapWithConnectFront(server: HttpServer, opts: ConnectFrontOptions): Server {
-  /** Connections waiting for their first bytes, with when they were accepted. */
-  const waiting = new Map<Socket, number>();
+  /** Connections waiting for their first bytes, in acceptance order. */
+  const waiting = new ArrivalQueue<Socket>();
   let sweep: NodeJS.Timeout | null = null;
   let isClosed = false;
 
@@ -88,14 +92,15 @@ export function wrapWithConnectFront(server: HttpServer, opts: ConnectFrontOptio
       socket.destroy();
       return;
     }
-    waiting.set(socket, Date.now());
+    (socket as WaitingSocket)[kTicket] = waiting.add(socket, Date.now());
     socket.on('readable', onReadable);
     socket.on('end', onGone);
     socket.on('error', onGone);
   });
 
-  function stopWaiting(socket: Socket): void {
-    waiting.delete(socket);
+  function stopWaiting(socket: WaitingSocket): void {
+    const ticket = socket[kTicket];
+    if (ticket !== undefined) waiting.remove(ticket);
     socket.removeListener('readable', onReadable);
     socket.removeListener('end', onGone);
     socket.removeListener('error', onGone);
@@ -129,15 +134,13 @@ export function wrapWithConnectFront(server: HttpServer, opts: ConnectFrontOptio
 
   function checkTimeouts(): void {
     const limits = opts.limits();
-    const now = Date.now();
-    for (const [socket, acceptedAt] of waiting) {
-      // Insertion order is acceptance order: the first one still in time ends the scan.
-      if (now - acceptedAt < limits.headerTimeoutMs) break;
+    // Arrival order: the first one still in time ends the scan.
+    waiting.expire(Date.now(), limits.headerTimeoutMs, (socket) => {
       stopWaiting(socket);
       opts.log.warn({ client: socket.remoteAddress, code: 'EGW_HEADER_TIMEOUT', why: `no request within ${limits.headerTimeoutMs} ms` }, 'client request refused');
       socket.on('error', ignore);
       writeRawRefusal(socket, mapError('EGW_HEADER_TIMEOUT'), { flowId: null, isBlock: false });
-    }
+    });
   }
 
   front.on('listening', () => {
@@ -153,8 +156,7 @@ export function wrapWithConnectFront(server: HttpServer, opts: ConnectFrontOptio
     // Also when never listening (a PROXY protocol front listens instead): close() then emits 'close'
     // at once, which is that front's signal to stop accepting.
     front.close(ignore);
-    for (const socket of waiting.keys()) socket.destroy();
-    waiting.clear();
+    waiting.clear((socket) => socket.destroy());
   };
   // node:http's close() on the never-listening real server emits 'close': stop accepting then.
   server.once('close', closeFront);

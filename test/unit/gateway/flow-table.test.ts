@@ -130,4 +130,51 @@ describe('FlowTable', () => {
     expect(aborted).toBe(1);
     expect(written[0]?.closeReason).toBe('admin');
   });
+
+  it('live flows: by id and in opening order through churn (slots reused), attribution by client address', () => {
+    const now = { t: 0 };
+    const { flows } = table(now, { keepClosed: 0 });
+    const open = new Map<number, ReturnType<typeof flows.open>>();
+    let port = 10_000;
+    // Open and close in an interleaved order so slots are freed and reused many times.
+    for (let round = 0; round < 50; round++) {
+      for (let i = 0; i < 7; i++) {
+        const f = flows.open(init(port));
+        open.set(port++, f);
+      }
+      for (const [p, f] of [...open].filter(([p]) => p % 3 !== round % 3).slice(0, 5)) {
+        flows.close(f, 'closed');
+        open.delete(p);
+      }
+    }
+    const live = flows.activeFlows();
+    expect(live.size).toBe(open.size);
+    expect(flows.activeCount).toBe(open.size);
+    // Opening order, as the admin API lists it (newest first) and the sweep walks it.
+    const expected = [...open.values()].sort((a, b) => a.startedAt - b.startedAt || (a.id < b.id ? -1 : 1)).map((f) => f.id);
+    expect([...live.keys()]).toEqual(expected);
+    expect([...live.values()].map((f) => f.id)).toEqual(expected);
+    expect([...live].map(([id, f]) => [id, f.id])).toEqual(expected.map((id) => [id, id]));
+    const seen: string[] = [];
+    live.forEach((f, id) => {
+      seen.push(`${id}=${f.id}`);
+    });
+    expect(seen).toEqual(expected.map((id) => `${id}=${id}`));
+    expect(flows.list({ state: 'active', limit: 1000 }).map((r) => r.id)).toEqual([...expected].reverse());
+    for (const f of open.values()) {
+      expect(live.get(f.id)).toBe(f);
+      expect(flows.get(f.id)).toBe(f);
+      expect(live.has(f.id)).toBe(true);
+    }
+    // A closed flow is gone, by id and by client address.
+    const [firstPort, first] = [...open][0] as [number, ReturnType<typeof flows.open>];
+    flows.close(first, 'closed');
+    expect(live.get(first.id)).toBeUndefined();
+    expect(live.has(first.id)).toBe(false);
+    const proc = { pid: 7, name: 'curl', exe: '/usr/bin/curl', cmdline: 'curl', user: 'u', uid: 1, loginuid: 1, ppid: 1, parentName: 'sh', parentExe: '/bin/sh' };
+    expect(flows.attribute('127.0.0.1', firstPort, proc)).toBeNull();
+    const [lastPort, last] = [...open].at(-1) as [number, ReturnType<typeof flows.open>];
+    expect(flows.attribute('127.0.0.1', lastPort, proc)).toBe(last);
+    expect(last.identity.process?.pid).toBe(7);
+  });
 });
