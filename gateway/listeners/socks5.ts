@@ -30,21 +30,57 @@ import { startUdpAssociation } from './socks5-udp.ts';
  * hold a draining gateway for up to limits.headerTimeoutMs / idleTimeoutMs. Connections with a flow
  * are drained through the FlowTable (kill → flow.abort).
  */
+/** A socket's slot in SocksServer's closer list (a number on the socket: no Map refers to it). */
+const kCloserSlot = Symbol('egressgate.closerSlot');
+type TrackedSocket = Socket & { [kCloserSlot]?: number };
+
 export class SocksServer extends Server {
-  private readonly flowless = new Map<Socket, () => void>();
+  /**
+   * Closers of the connections without a flow, in slots reused as connections come and go. Not a
+   * Map<Socket, …>: a long-lived Map's discarded tables keep what they held alive through every
+   * young-generation collection until the next full one (gateway/flow/live-flows.ts).
+   */
+  private readonly closers: Array<(() => void) | null> = [];
+  private readonly owners: Array<TrackedSocket | null> = [];
+  private readonly freeSlots: number[] = [];
 
   /** Register (or, with null, release) what close() does to a connection without a flow. */
   setCloser(socket: Socket, closer: (() => void) | null): void {
-    if (closer === null || socket.destroyed) this.flowless.delete(socket);
-    else this.flowless.set(socket, closer);
+    const tracked = socket as TrackedSocket;
+    const slot = tracked[kCloserSlot] ?? -1;
+    const isOwner = slot >= 0 && this.owners[slot] === tracked;
+    if (closer === null || socket.destroyed) {
+      if (isOwner) this.release(slot);
+      tracked[kCloserSlot] = -1;
+    } else if (isOwner) {
+      this.closers[slot] = closer;
+    } else {
+      const at = this.freeSlots.pop() ?? this.closers.length;
+      this.closers[at] = closer;
+      this.owners[at] = tracked;
+      tracked[kCloserSlot] = at;
+    }
   }
 
   override close(callback?: (err?: Error) => void): this {
     super.close(callback);
-    const closers = [...this.flowless.values()];
-    this.flowless.clear();
+    const closers: Array<() => void> = [];
+    for (let slot = 0; slot < this.closers.length; slot++) {
+      const end = this.closers[slot];
+      if (!end) continue;
+      closers.push(end);
+      this.release(slot);
+    }
     for (const end of closers) end();
     return this;
+  }
+
+  private release(slot: number): void {
+    const owner = this.owners[slot];
+    if (owner) owner[kCloserSlot] = -1;
+    this.closers[slot] = null;
+    this.owners[slot] = null;
+    this.freeSlots.push(slot);
   }
 }
 
