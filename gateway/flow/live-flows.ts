@@ -5,7 +5,7 @@
  * rehashes one every few dozen entries) leaves the old table behind with the entries it held. The
  * young-generation collector treats those dead tables as live until the next full collection, so
  * every flow live at a rehash — its identity, decision, and whatever else it points to — was copied
- * and promoted, and V8 then started allocating such objects in the old generation outright. Here
+ * and promoted (docs/benchmarks.md, "Sixth pass"). Here
  * the Maps hold only ids and slot numbers (a string and a small integer, nothing further), and the
  * flows sit in a slot array that does not reallocate at a steady size; a closed flow's slot is
  * cleared and reused.

@@ -5,9 +5,9 @@
  * table behind with the entries it held. The young-generation collector must treat those dead
  * tables as live until the next full collection, so every socket that was waiting at a rehash —
  * with its listeners, tunnel and flow — was copied and promoted (measured: ~1 KB per CONNECT setup,
- * longer scavenge pauses). Here the only per-connection state is a slot in two arrays that never
- * reallocate at a steady size; a socket leaves by having its slot cleared, and the arrays are
- * trimmed from the front as the timeout sweep passes.
+ * longer scavenge pauses). Here the only per-connection state is a slot in two arrays; a socket
+ * leaves by having its slot cleared, and cleared slots are trimmed from the front. At the usual few
+ * dozen waiting sockets V8 shifts such short arrays in place rather than reallocating them.
  */
 
 /** Arrival sequence number: which slot a waiting item occupies. */

@@ -24,16 +24,16 @@ import { dial } from '../upstream/dial.ts';
 import { type Downstream, type HandshakeResult, refuse, runHandshake } from './socks5-handshake.ts';
 import { startUdpAssociation } from './socks5-udp.ts';
 
+/** A socket's slot in SocksServer's closer list (a number on the socket: no Map refers to it). */
+const kCloserSlot = Symbol('egressgate.closerSlot');
+type TrackedSocket = Socket & { [kCloserSlot]?: number };
+
 /**
  * The SOCKS5 server. `close()` stops accepting and also ends every connection that carries no flow
  * yet (mid-handshake, dialling, a UDP association that has relayed nothing): those would otherwise
  * hold a draining gateway for up to limits.headerTimeoutMs / idleTimeoutMs. Connections with a flow
  * are drained through the FlowTable (kill → flow.abort).
  */
-/** A socket's slot in SocksServer's closer list (a number on the socket: no Map refers to it). */
-const kCloserSlot = Symbol('egressgate.closerSlot');
-type TrackedSocket = Socket & { [kCloserSlot]?: number };
-
 export class SocksServer extends Server {
   /**
    * Closers of the connections without a flow, in slots reused as connections come and go. Not a
