@@ -1,45 +1,34 @@
 /**
- * The flow table's live flows: by id, in opening order, without any Map holding a Flow.
- *
- * Why: a long-lived Map sits in V8's old generation, and each rehash (steady add/delete churn
- * rehashes one every few dozen entries) leaves the old table behind with the entries it held. The
- * young-generation collector treats those dead tables as live until the next full collection, so
- * every flow live at a rehash — its identity, decision, and whatever else it points to — was copied
- * and promoted (docs/benchmarks.md, "Sixth pass"). Here
- * the Maps hold only ids and slot numbers (a string and a small integer, nothing further), and the
- * flows sit in a slot array that does not reallocate at a steady size; a closed flow's slot is
- * cleared and reused.
+ * The flow table's live flows: by id, in opening order, without any Map holding a Flow. The Map
+ * here holds ids and slot numbers only; the flows sit in a SlotArray (gateway/slot-array.ts says
+ * why a long-lived Map of flows is costly).
  */
+import { SlotArray } from '../slot-array.ts';
 import type { Flow } from './flow.ts';
 
 export class LiveFlows implements ReadonlyMap<string, Flow> {
   /** id → slot, in opening order. */
   private readonly slotById = new Map<string, number>();
-  private readonly slots: Array<Flow | null> = [];
-  private readonly free: number[] = [];
+  private readonly slots = new SlotArray<Flow>();
 
   get size(): number {
     return this.slotById.size;
   }
 
   add(flow: Flow): void {
-    const slot = this.free.length > 0 ? (this.free.pop() as number) : this.slots.length;
-    this.slots[slot] = flow;
-    this.slotById.set(flow.id, slot);
+    this.slotById.set(flow.id, this.slots.add(flow));
   }
 
   delete(flow: Flow): boolean {
     const slot = this.slotById.get(flow.id);
-    if (slot === undefined || this.slots[slot] !== flow) return false;
+    if (slot === undefined || !this.slots.remove(slot, flow)) return false;
     this.slotById.delete(flow.id);
-    this.slots[slot] = null;
-    this.free.push(slot);
     return true;
   }
 
   get(id: string): Flow | undefined {
     const slot = this.slotById.get(id);
-    return slot === undefined ? undefined : (this.slots[slot] ?? undefined);
+    return slot === undefined ? undefined : this.slots.get(slot);
   }
 
   has(id: string): boolean {
@@ -47,7 +36,7 @@ export class LiveFlows implements ReadonlyMap<string, Flow> {
   }
 
   *values(): MapIterator<Flow> {
-    for (const slot of this.slotById.values()) yield this.slots[slot] as Flow;
+    for (const slot of this.slotById.values()) yield this.slots.get(slot) as Flow;
   }
 
   keys(): MapIterator<string> {
@@ -55,7 +44,7 @@ export class LiveFlows implements ReadonlyMap<string, Flow> {
   }
 
   *entries(): MapIterator<[string, Flow]> {
-    for (const [id, slot] of this.slotById) yield [id, this.slots[slot] as Flow];
+    for (const [id, slot] of this.slotById) yield [id, this.slots.get(slot) as Flow];
   }
 
   [Symbol.iterator](): MapIterator<[string, Flow]> {
@@ -63,6 +52,6 @@ export class LiveFlows implements ReadonlyMap<string, Flow> {
   }
 
   forEach(fn: (value: Flow, key: string, map: ReadonlyMap<string, Flow>) => void, thisArg?: unknown): void {
-    for (const [id, slot] of this.slotById) fn.call(thisArg, this.slots[slot] as Flow, id, this);
+    for (const [id, slot] of this.slotById) fn.call(thisArg, this.slots.get(slot) as Flow, id, this);
   }
 }

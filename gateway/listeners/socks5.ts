@@ -23,10 +23,12 @@ import { SOCKS_REP } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
 import { type Downstream, type HandshakeResult, refuse, runHandshake } from './socks5-handshake.ts';
 import { startUdpAssociation } from './socks5-udp.ts';
+import { SlotArray } from '../slot-array.ts';
 
-/** A socket's slot in SocksServer's closer list (a number on the socket: no Map refers to it). */
-const kCloserSlot = Symbol('egressgate.closerSlot');
-type TrackedSocket = Socket & { [kCloserSlot]?: number };
+/** A socket's slot in SocksServer's list and what close() does to it (no Map refers to the socket). */
+const kSlot = Symbol('egressgate.flowlessSlot');
+const kCloser = Symbol('egressgate.flowlessCloser');
+type TrackedSocket = Socket & { [kSlot]?: number; [kCloser]?: () => void };
 
 /**
  * The SOCKS5 server. `close()` stops accepting and also ends every connection that carries no flow
@@ -35,52 +37,32 @@ type TrackedSocket = Socket & { [kCloserSlot]?: number };
  * are drained through the FlowTable (kill → flow.abort).
  */
 export class SocksServer extends Server {
-  /**
-   * Closers of the connections without a flow, in slots reused as connections come and go. Not a
-   * Map<Socket, …>: a long-lived Map's discarded tables keep what they held alive through every
-   * young-generation collection until the next full one (gateway/flow/live-flows.ts).
-   */
-  private readonly closers: Array<(() => void) | null> = [];
-  private readonly owners: Array<TrackedSocket | null> = [];
-  private readonly freeSlots: number[] = [];
+  /** The connections without a flow (a SlotArray, not a Set: see gateway/slot-array.ts). */
+  private readonly flowless = new SlotArray<TrackedSocket>();
 
   /** Register (or, with null, release) what close() does to a connection without a flow. */
   setCloser(socket: Socket, closer: (() => void) | null): void {
     const tracked = socket as TrackedSocket;
-    const slot = tracked[kCloserSlot] ?? -1;
-    const isOwner = slot >= 0 && this.owners[slot] === tracked;
     if (closer === null || socket.destroyed) {
-      if (isOwner) this.release(slot);
-      tracked[kCloserSlot] = -1;
-    } else if (isOwner) {
-      this.closers[slot] = closer;
-    } else {
-      const at = this.freeSlots.pop() ?? this.closers.length;
-      this.closers[at] = closer;
-      this.owners[at] = tracked;
-      tracked[kCloserSlot] = at;
+      this.flowless.remove(tracked[kSlot] ?? -1, tracked);
+      tracked[kSlot] = -1;
+      tracked[kCloser] = undefined;
+      return;
     }
+    tracked[kCloser] = closer;
+    if ((tracked[kSlot] ?? -1) < 0) tracked[kSlot] = this.flowless.add(tracked);
   }
 
   override close(callback?: (err?: Error) => void): this {
     super.close(callback);
     const closers: Array<() => void> = [];
-    for (let slot = 0; slot < this.closers.length; slot++) {
-      const end = this.closers[slot];
-      if (!end) continue;
-      closers.push(end);
-      this.release(slot);
+    for (const socket of [...this.flowless.values()]) {
+      const end = socket[kCloser];
+      this.setCloser(socket, null);
+      if (end) closers.push(end);
     }
     for (const end of closers) end();
     return this;
-  }
-
-  private release(slot: number): void {
-    const owner = this.owners[slot];
-    if (owner) owner[kCloserSlot] = -1;
-    this.closers[slot] = null;
-    this.owners[slot] = null;
-    this.freeSlots.push(slot);
   }
 }
 
