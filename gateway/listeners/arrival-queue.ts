@@ -1,12 +1,8 @@
 /**
  * Connections waiting for their first bytes, in arrival order, for the CONNECT front's header
- * timeout. Why not a `Map<Socket, number>`: a Map that lives long is in V8's old generation, and
- * every rehash (a Map with steady add/delete churn rehashes every few dozen entries) leaves the old
- * table behind with the entries it held. The young-generation collector must treat those dead
- * tables as live until the next full collection, so every socket that was waiting at a rehash —
- * with its listeners, tunnel and flow — was copied and promoted (measured: ~1 KB per CONNECT setup,
- * longer scavenge pauses). Here the only per-connection state is a slot in two arrays; a socket
- * leaves by having its slot cleared, and cleared slots are trimmed from the front. At the usual few
+ * timeout. Not a `Map<Socket, number>`: a long-lived Map of connections keeps them alive through
+ * young-generation collections (gateway/slot-array.ts says how). Here a socket holds a ticket number,
+ * leaves by having its slot cleared, and cleared slots are trimmed from the front; at the usual few
  * dozen waiting sockets V8 shifts such short arrays in place rather than reallocating them.
  */
 
