@@ -24,6 +24,7 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { NODE_FLAGS } from '../gateway/node-flags.ts';
 import { DETECTOR_NAMES } from '../policy/types.ts';
 import type { LoadOptions, LoadResult, ProxyKind } from './loadgen.ts';
 import { processTree } from './proc-stats.ts';
@@ -314,7 +315,8 @@ function gatewayTarget(name: string, kind: 'http' | 'socks5', detectorsOn: boole
     start: async () => {
       const cfg = path.join(RUN_DIR, `${name}.yaml`);
       writeFileSync(cfg, gatewayConfig(name, detectorsOn, attribution));
-      const nodeArgs: string[] = [];
+      // As users start it (gateway/node-flags.ts).
+      const nodeArgs: string[] = [...NODE_FLAGS];
       if (args.profile === name) nodeArgs.push('--cpu-prof', '--cpu-prof-dir', path.join(RUN_DIR, 'profiles'));
       if (processes > 1) nodeArgs.push('--import', 'tsx', path.join(HERE, 'two-process.ts'), '--workers', String(processes), '--');
       else if (GATEWAY_MODE === 'tsx') nodeArgs.push('--import', 'tsx', path.join(ROOT, 'cli.ts'));

@@ -13,6 +13,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments, parse as parseYaml } from 'yaml';
+import { NODE_FLAGS } from '../../gateway/node-flags.ts';
 import { loadConfig } from '../../policy/load-config.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
@@ -340,7 +341,8 @@ describe('deploy/Dockerfile (parsed: no Docker engine in CI)', () => {
     const ep = final.find((i) => i.op === 'ENTRYPOINT');
     const argv = JSON.parse(ep!.args) as string[];
     expect(argv[0]).toBe('node');
-    expect(argv[1]).toMatch(/dist\/cli\.js$/);
+    expect(argv.slice(1, -1)).toEqual(NODE_FLAGS);
+    expect(argv.at(-1)).toMatch(/dist\/cli\.js$/);
     expect(final.find((i) => i.op === 'STOPSIGNAL')?.args).toBe('SIGTERM');
     const cmd = JSON.parse(final.find((i) => i.op === 'CMD')!.args) as string[];
     expect(cmd[0]).toBe('serve');
@@ -386,6 +388,10 @@ describe('systemd units', () => {
     expect(one(gw, 'StateDirectory')).toBe('egressgate');
     expect(one(gw, 'LogsDirectory')).toBe('egressgate');
     expect(one(gw, 'ExecStart')).toMatch(/dist\/cli\.js serve --config \S+/);
+  });
+
+  it('egressgate.service starts node with the gateway\'s node flags', () => {
+    expect(one(gw, 'ExecStart')).toBe(`/usr/bin/node ${NODE_FLAGS.join(' ')} /opt/egressgate/dist/cli.js serve --config /etc/egressgate/policy.yaml`);
   });
 
   it('LimitNOFILE covers 100,000 flows at 2 fds each plus headroom', () => {
@@ -459,5 +465,28 @@ describe('nftables lock-down', () => {
       expect(r.stderr, variant).toBe('');
       expect(r.status, variant).toBe(0);
     }
+  });
+});
+
+// ---- node flags: every way of starting the gateway carries gateway/node-flags.ts --------------
+
+describe('node flags (gateway/node-flags.ts) on every launcher', () => {
+  it('npm start runs `node <flags> dist/cli.js serve`', () => {
+    const pkg = JSON.parse(read('package.json')) as { scripts: Record<string, string> };
+    expect(pkg.scripts['start']).toContain(`node ${NODE_FLAGS.join(' ')} dist/cli.js serve`);
+  });
+
+  it('the egressgate bin starts node with them (`env -S` on its #! line)', () => {
+    expect(read('cli.ts').split('\n')[0]).toBe(`#!/usr/bin/env -S node ${NODE_FLAGS.join(' ')}`);
+  });
+
+  it('the benchmark starts the gateway with them', () => {
+    expect(read('bench/run.ts')).toContain('const nodeArgs: string[] = [...NODE_FLAGS];');
+  });
+
+  it('node accepts them (a typo would stop the gateway from starting)', () => {
+    const r = spawnSync(process.execPath, [...NODE_FLAGS, '-e', 'process.exit(0)'], { encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
   });
 });
