@@ -29,6 +29,7 @@ import { createHttpProxy, withConnectFront } from './gateway/listeners/http-prox
 import { wrapWithProxyProtocol } from './gateway/listeners/proxy-protocol-front.ts';
 import { createSocksServer } from './gateway/listeners/socks5.ts';
 import { createLogger } from './gateway/log.ts';
+import { nodeFlagsWarning } from './gateway/node-flags.ts';
 import { PolicyStore } from './gateway/policy-store.ts';
 import { createDnsResolver } from './gateway/upstream/resolve.ts';
 import { type Config, defaultConfig } from './policy/config.ts';
@@ -341,6 +342,8 @@ export async function run(argv: string[]): Promise<number> {
   if (gw.generatedAdminToken) {
     process.stderr.write(`egressgate: no admin token configured; generated one for this run: ${gw.generatedAdminToken}\n`);
   }
+  const flagsWarning = nodeFlagsWarning();
+  if (flagsWarning) process.stderr.write(`egressgate: ${flagsWarning}\n`);
   process.stdout.write(
     `${JSON.stringify({ event: 'listening', http: gw.http, socks: gw.socks, admin: gw.admin, ...(gw.https ? { https: gw.https } : {}), mode: gw.policy.modeOverride() ?? gw.policy.current().config.mode, pid: process.pid })}\n`,
   );

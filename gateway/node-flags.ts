@@ -13,3 +13,25 @@
  * (docs/benchmarks.md, "Seventh pass").
  */
 export const NODE_FLAGS: readonly string[] = ['--max-semi-space-size=16'];
+
+/**
+ * The flags of NODE_FLAGS this process was started without, on node's command line or in
+ * NODE_OPTIONS. A flag given with another value counts as given: that is the operator's choice.
+ */
+export function missingNodeFlags(execArgv: readonly string[] = process.execArgv, nodeOptions = process.env['NODE_OPTIONS'] ?? ''): string[] {
+  // V8 takes `_` for `-` in flag names.
+  const given = [...execArgv, ...nodeOptions.split(/\s+/)].map((g) => g.replace(/_/g, '-'));
+  return NODE_FLAGS.filter((flag) => {
+    const name = flag.split('=')[0] as string;
+    return !given.some((g) => g === name || g.startsWith(`${name}=`));
+  });
+}
+
+/**
+ * Why `serve` should say so: on node 24 and later the young generation otherwise grows with the
+ * machine's memory (node 20 and 22 stop where the flag does, so there it changes nothing).
+ */
+export function nodeFlagsWarning(nodeVersion: string = process.versions.node, missing: readonly string[] = missingNodeFlags()): string | null {
+  if (missing.length === 0 || Number(nodeVersion.split('.')[0]) < 24) return null;
+  return `node was started without ${missing.join(' ')}: node ${nodeVersion} then grows its young generation with the machine's memory (about twice the RSS per idle tunnel); start the gateway as npm start, the egressgate bin and deploy/ do (docs/deploy.md, "Node flags")`;
+}

@@ -10,7 +10,8 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'node:http';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { missingNodeFlags, nodeFlagsWarning } from '../../gateway/node-flags.ts';
 
 const TOKEN = 'e2e-admin-token-0123456789';
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -141,6 +142,13 @@ describe('egressgate serve: kill a live tunnel through the admin API', () => {
     }
     if (dir) await rm(dir, { recursive: true, force: true });
   }, 30_000);
+
+  it('says at start when node 24 runs it without the gateway\'s node flags (this spawn has none)', async () => {
+    const expected = nodeFlagsWarning(process.versions.node, missingNodeFlags(['--import', 'tsx'], process.env['NODE_OPTIONS'] ?? ''));
+    // Written to stderr before the listening line goes to stdout; the two pipes are read independently.
+    if (expected !== null) await vi.waitFor(() => expect(stderr).toContain(`egressgate: ${expected}`), { timeout: 5000 });
+    else expect(stderr).not.toContain('node was started without');
+  });
 
   it('finds the tunnel in GET /v1/flows, kills it with DELETE, and the client socket closes', async () => {
     const target = `127.0.0.1:${(origin.address() as { port: number }).port}`;
