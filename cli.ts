@@ -3,20 +3,7 @@
  * egressgate command line: one module per subcommand, loaded on demand so `check` never pays for
  * the data plane. Every command exports `run(argv): Promise<number>` (the exit code).
  */
-import { setFlagsFromString } from 'node:v8';
-
-/**
- * V8 settings for a long-running gateway, applied before the data plane is loaded (see
- * docs/benchmarks.md, "Sixth pass"): no allocation-site pretenuring. Under a proxy's churn V8 marks
- * the allocation sites of per-connection objects "maybe tenure"; the young-generation collector
- * then kept every connection's objects alive through two collections and promoted them (~3 KB per
- * CONNECT setup and 12 ms scavenge pauses on Node 24; 1.2 KB without it).
- * EGRESSGATE_V8_DEFAULTS=0 leaves V8 as it is.
- */
-function applyV8Defaults(): void {
-  if (process.env.EGRESSGATE_V8_DEFAULTS === '0') return;
-  setFlagsFromString('--no-allocation-site-pretenuring');
-}
+import { applyV8Defaults } from './gateway/node-flags.ts';
 
 const COMMANDS: Record<string, { summary: string; load: () => Promise<{ run: (argv: string[]) => Promise<number> }> }> = {
   serve: { summary: 'run the gateway (HTTP proxy, SOCKS5, admin API)', load: () => import('./main.ts') },

@@ -1,4 +1,12 @@
 /**
+ * The gateway's V8 settings, in one place. Two kinds, by when V8 reads them:
+ *  - NODE_FLAGS, read when V8 sizes its heap, before any of our code runs: they must be on node's
+ *    command line, so every launcher carries them;
+ *  - applyV8Defaults(), read at run time: `serve` sets them itself, however node was started.
+ */
+import { setFlagsFromString } from 'node:v8';
+
+/**
  * The node command-line flags the gateway is started with, wherever it is started: `npm start`, the
  * `egressgate` bin (cli.ts's `#!` line), deploy/systemd/egressgate.service, deploy/Dockerfile and
  * the benchmark (bench/run.ts). test/integration/deploy-files.test.ts checks that all of them carry
@@ -34,4 +42,16 @@ export function missingNodeFlags(execArgv: readonly string[] = process.execArgv,
 export function nodeFlagsWarning(nodeVersion: string = process.versions.node, missing: readonly string[] = missingNodeFlags()): string | null {
   if (missing.length === 0 || Number(nodeVersion.split('.')[0]) < 24) return null;
   return `node was started without ${missing.join(' ')}: node ${nodeVersion} then grows its young generation with the machine's memory (about twice the RSS per idle tunnel); start the gateway as npm start, the egressgate bin and deploy/ do (docs/deploy.md, "Node flags")`;
+}
+
+/**
+ * V8 settings `serve` applies itself, before the data plane is loaded (docs/benchmarks.md, "Sixth
+ * pass"): no allocation-site pretenuring. Under a proxy's churn V8 marks the allocation sites of
+ * per-connection objects "maybe tenure"; the young-generation collector then kept every connection's
+ * objects alive through two collections and promoted them (~3 KB per CONNECT setup and 12 ms
+ * scavenge pauses on Node 24; 1.2 KB without it). EGRESSGATE_V8_DEFAULTS=0 leaves V8 as it is.
+ */
+export function applyV8Defaults(): void {
+  if (process.env['EGRESSGATE_V8_DEFAULTS'] === '0') return;
+  setFlagsFromString('--no-allocation-site-pretenuring');
 }
