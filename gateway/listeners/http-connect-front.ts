@@ -23,7 +23,6 @@ import { Server, type Socket } from 'node:net';
 import type { Logger } from '../context.ts';
 import { type ArrivalTicket, ArrivalQueue } from './arrival-queue.ts';
 import { mapError } from '../reject.ts';
-import { splitHeaderLine } from './http-headers.ts';
 import { writeRawRefusal } from './http-refusal.ts';
 
 /** A CONNECT request head parsed by the fast path; IncomingMessage has the same fields. */
@@ -44,40 +43,71 @@ export interface ConnectFrontOptions {
 }
 
 const CONNECT_PREFIX = Buffer.from('CONNECT ', 'latin1');
+const VERSION_CRLF = Buffer.from(' HTTP/1.1\r\n', 'latin1');
 /** A waiting socket's place in the arrival queue (a number on the socket: no map refers to it). */
 const kTicket = Symbol('egressgate.arrivalTicket');
 type WaitingSocket = Socket & { [kTicket]?: ArrivalTicket };
-const REQUEST_LINE = /^CONNECT ([A-Za-z0-9._~:[\]-]+) HTTP\/1\.1$/;
+
+/** Byte classes of the fast path: 1 = allowed in a CONNECT target, 2 = in a field name (a token). */
+const IN_TARGET = 1;
+const IN_TOKEN = 2;
+const CLASS = new Uint8Array(256);
+for (const c of 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789') CLASS[c.charCodeAt(0)] = IN_TARGET | IN_TOKEN;
+for (const c of '.-~') CLASS[c.charCodeAt(0)] = IN_TARGET | IN_TOKEN;
+for (const c of '_') CLASS[c.charCodeAt(0)] = IN_TARGET | IN_TOKEN;
+for (const c of ':[]') CLASS[c.charCodeAt(0)] = IN_TARGET;
+for (const c of "!#$%&'*+^`|") CLASS[c.charCodeAt(0)] = IN_TOKEN;
+const SP = 0x20;
+const HTAB = 0x09;
+const CR = 0x0d;
 
 /**
  * Parse a complete CONNECT head at the start of `buf`: `{head fields, end}` where `end` is the
  * offset after the blank line, or null when the fast path must not judge these bytes (node:http
- * then does). Only what node's strict parser accepts in the same way is accepted here.
+ * then does). Only what node's strict parser accepts in the same way is accepted here:
+ * `CONNECT <target> HTTP/1.1`, then `name: value` lines (token names, printable ASCII and HTAB in
+ * values, CRLF line ends), no duplicate names, no Content-Length or Transfer-Encoding. One pass over
+ * the bytes; strings only for the target, names and values.
  */
 export function parseConnectHead(buf: Buffer, maxHeaderBytes: number): { url: string; headers: IncomingHttpHeaders; end: number } | null {
   if (buf.length < CONNECT_PREFIX.length || buf.compare(CONNECT_PREFIX, 0, CONNECT_PREFIX.length, 0, CONNECT_PREFIX.length) !== 0) return null;
   const blank = buf.indexOf('\r\n\r\n', 0, 'latin1');
   if (blank < 0 || blank + 4 > maxHeaderBytes) return null;
-  // Printable ASCII, tabs and CRLF only: control bytes, bare CR or LF, and obs-text go to node:http.
-  for (let i = 0; i < blank; i++) {
-    const c = buf[i] as number;
-    if (c === 0x0d) {
-      if (buf[i + 1] !== 0x0a) return null;
-      i++;
-    } else if ((c < 0x20 && c !== 0x09) || c > 0x7e) return null;
-  }
-  const lines = buf.toString('latin1', 0, blank).split('\r\n');
-  const target = REQUEST_LINE.exec(lines[0] as string)?.[1];
-  if (target === undefined) return null;
+  // Request line: the target's bytes, then exactly " HTTP/1.1\r\n".
+  let i = CONNECT_PREFIX.length;
+  while (i < blank && ((CLASS[buf[i] as number] as number) & IN_TARGET) !== 0) i++;
+  if (i === CONNECT_PREFIX.length || i + VERSION_CRLF.length > blank + 2) return null;
+  if (buf.compare(VERSION_CRLF, 0, VERSION_CRLF.length, i, i + VERSION_CRLF.length) !== 0) return null;
+  const url = buf.toString('latin1', CONNECT_PREFIX.length, i);
   const headers: IncomingHttpHeaders = {};
-  for (let i = 1; i < lines.length; i++) {
-    const field = splitHeaderLine(lines[i] as string);
-    if (field === null) return null;
-    const key = field.name.toLowerCase();
+  // Header lines, each ending in CRLF; the last one's CRLF is the first half of the blank line.
+  i += VERSION_CRLF.length;
+  const last = blank + 2;
+  while (i < last) {
+    const nameStart = i;
+    while (((CLASS[buf[i] as number] as number) & IN_TOKEN) !== 0) i++;
+    // An empty name, a space before the colon, obs-fold (a line starting with SP or HTAB), bare LF...
+    if (i === nameStart || buf[i] !== 0x3a) return null;
+    const nameEnd = i++;
+    while (buf[i] === SP || buf[i] === HTAB) i++;
+    const valueStart = i;
+    let valueEnd = i;
+    for (;;) {
+      const c = buf[i] as number;
+      if (c === CR) break;
+      // Printable ASCII and HTAB only: control bytes, bare LF and obs-text go to node:http.
+      if ((c < SP && c !== HTAB) || c > 0x7e) return null;
+      i++;
+      if (c !== SP && c !== HTAB) valueEnd = i;
+    }
+    // A CR must end the line (i < last keeps the scan inside the head).
+    if (buf[i + 1] !== 0x0a || i >= last) return null;
+    i += 2;
+    const key = buf.toString('latin1', nameStart, nameEnd).toLowerCase();
     if (key in headers || key === 'content-length' || key === 'transfer-encoding') return null;
-    headers[key] = field.value;
+    headers[key] = buf.toString('latin1', valueStart, valueEnd);
   }
-  return { url: target, headers, end: blank + 4 };
+  return { url, headers, end: blank + 4 };
 }
 
 /** Put the CONNECT fast path before `server` (a plain-HTTP node:http server); listen on the result. */

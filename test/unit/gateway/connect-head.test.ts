@@ -14,6 +14,15 @@ describe('parseConnectHead (CONNECT fast path)', () => {
     });
   });
 
+  it('keeps HTAB inside a value, trims SP and HTAB around it, and takes any token as a name', () => {
+    const head = "CONNECT h:1 HTTP/1.1\r\nX-A:\t a\tb  \t\r\n!#$%&'*+.^_`|~09az-AZ: v\r\nX-Empty:\r\n\r\n";
+    expect(parseConnectHead(b(head), 8192)).toEqual({
+      url: 'h:1',
+      headers: { 'x-a': 'a\tb', "!#$%&'*+.^_`|~09az-az": 'v', 'x-empty': '' },
+      end: head.length,
+    });
+  });
+
   it('takes bracketed IPv6 targets and a head with no headers', () => {
     expect(parseConnectHead(b('CONNECT [::1]:8443 HTTP/1.1\r\n\r\n'), 8192)).toEqual({ url: '[::1]:8443', headers: {}, end: 31 });
   });
@@ -36,6 +45,14 @@ describe('parseConnectHead (CONNECT fast path)', () => {
     ['a bare CR', 'CONNECT example.com:443 HTTP/1.1\r\nX-A: 1\r2\r\n\r\n'],
     ['a control byte', 'CONNECT example.com:443 HTTP/1.1\r\nX-A: a\u0000b\r\n\r\n'],
     ['obs-text', 'CONNECT example.com:443 HTTP/1.1\r\nX-A: caf\u00e9\r\n\r\n'],
+    ['a request line cut short', 'CONNECT a\r\n\r\n'],
+    ['no target', 'CONNECT  HTTP/1.1\r\n\r\n'],
+    ['a space inside the target', 'CONNECT a b:1 HTTP/1.1\r\n\r\n'],
+    ['a target character outside the fast set', 'CONNECT a%41:1 HTTP/1.1\r\n\r\n'],
+    ['a header line without a colon', 'CONNECT a:1 HTTP/1.1\r\nHost\r\n\r\n'],
+    ['a bare LF inside a value', 'CONNECT a:1 HTTP/1.1\r\nX-A: 1\n2\r\n\r\n'],
+    ['a tab in a name', 'CONNECT a:1 HTTP/1.1\r\nX\tA: 1\r\n\r\n'],
+    ['a duplicate that differs only in case', 'CONNECT a:1 HTTP/1.1\r\nHost: a\r\nHOST: a\r\n\r\n'],
   ])('leaves %s to node:http', (_what, text) => {
     expect(parseConnectHead(b(text), 8192)).toBeNull();
   });
