@@ -39,6 +39,7 @@ export const ROWS: Row[] = [
   { label: 'Tunnel setup p50, ms', get: (r) => su(r)?.p50_ms, better: 'lower' },
   { label: 'Tunnel setup p99, ms', get: (r) => su(r)?.p99_ms, better: 'lower' },
   { label: 'Tunnel setup failures', get: (r) => r.setup?.fail, better: 'lower' },
+  { label: 'Tunnel setup warm-up (first setups after start), conn/s', get: (r) => r.setup?.warmup_per_s, better: 'higher' },
   { label: 'HTTP GET 1 KiB (c=50), req/s', get: (r) => ht(r, '1k')?.req_per_s, better: 'higher' },
   { label: 'HTTP GET 1 KiB p50, ms', get: (r) => ht(r, '1k')?.p50_ms, better: 'lower' },
   { label: 'HTTP GET 1 KiB p99, ms', get: (r) => ht(r, '1k')?.p99_ms, better: 'lower' },
@@ -73,6 +74,7 @@ export const CPU_ROWS: Row[] = [
   { label: 'Proxy CPU s per GB, tunnel 1× up', get: (r) => perGB(r, 'up_1'), better: 'lower' },
   { label: 'Proxy CPU s per GB, tunnel 1× down', get: (r) => perGB(r, 'down_1'), better: 'lower' },
   { label: 'Proxy CPU µs per tunnel setup', get: (r) => perOp(su(r)?.cpu.proxy, su(r)?.conn_per_s), better: 'lower' },
+  { label: 'Proxy CPU µs per tunnel setup, warm-up', get: (r) => perOp(r.setup?.warmup_cpu?.proxy, r.setup?.warmup_per_s), better: 'lower' },
   { label: 'Proxy CPU µs per HTTP 1 KiB request', get: (r) => perOp(ht(r, '1k')?.cpu.proxy, ht(r, '1k')?.req_per_s), better: 'lower' },
   { label: 'Proxy CPU µs per HTTP 1 MiB request', get: (r) => perOp(ht(r, '1m')?.cpu.proxy, ht(r, '1m')?.req_per_s), better: 'lower' },
 ];
