@@ -2,7 +2,8 @@
  * The gateway's V8 settings, in one place. Two kinds, by when V8 reads them:
  *  - NODE_FLAGS, read when V8 sizes its heap, before any of our code runs: they must be on node's
  *    command line, so every launcher carries them;
- *  - applyV8Defaults(), read at run time: `serve` sets them itself, however node was started.
+ *  - v8RuntimeFlags(), read at run time: `serve` sets them itself (applyV8Defaults), however node
+ *    was started.
  */
 import { setFlagsFromString } from 'node:v8';
 
@@ -22,17 +23,25 @@ import { setFlagsFromString } from 'node:v8';
  */
 export const NODE_FLAGS: readonly string[] = ['--max-semi-space-size=16'];
 
+/** The V8 flags given to this process, on node's command line or in NODE_OPTIONS (`_` read as `-`). */
+function givenFlags(execArgv: readonly string[] = process.execArgv, nodeOptions = process.env['NODE_OPTIONS'] ?? ''): string[] {
+  return [...execArgv, ...nodeOptions.split(/\s+/)].map((g) => g.replace(/_/g, '-'));
+}
+
+/** Whether `flag`'s name (without its value or `--no-`) was given, with any value or negated. */
+function isGiven(flag: string, given: readonly string[]): boolean {
+  const name = (flag.split('=')[0] as string).replace(/^--no-/, '--');
+  const negated = name.replace(/^--/, '--no-');
+  return given.some((g) => g === name || g === negated || g.startsWith(`${name}=`));
+}
+
 /**
  * The flags of NODE_FLAGS this process was started without, on node's command line or in
  * NODE_OPTIONS. A flag given with another value counts as given: that is the operator's choice.
  */
 export function missingNodeFlags(execArgv: readonly string[] = process.execArgv, nodeOptions = process.env['NODE_OPTIONS'] ?? ''): string[] {
-  // V8 takes `_` for `-` in flag names.
-  const given = [...execArgv, ...nodeOptions.split(/\s+/)].map((g) => g.replace(/_/g, '-'));
-  return NODE_FLAGS.filter((flag) => {
-    const name = flag.split('=')[0] as string;
-    return !given.some((g) => g === name || g.startsWith(`${name}=`));
-  });
+  const given = givenFlags(execArgv, nodeOptions);
+  return NODE_FLAGS.filter((flag) => !isGiven(flag, given));
 }
 
 /**
@@ -45,13 +54,28 @@ export function nodeFlagsWarning(nodeVersion: string = process.versions.node, mi
 }
 
 /**
- * V8 settings `serve` applies itself, before the data plane is loaded (docs/benchmarks.md, "Sixth
- * pass"): no allocation-site pretenuring. Under a proxy's churn V8 marks the allocation sites of
- * per-connection objects "maybe tenure"; the young-generation collector then kept every connection's
- * objects alive through two collections and promoted them (~3 KB per CONNECT setup and 12 ms
- * scavenge pauses on Node 24; 1.2 KB without it). EGRESSGATE_V8_DEFAULTS=0 leaves V8 as it is.
+ * V8 settings `serve` applies itself, before the data plane is loaded. A flag the operator gave
+ * (command line or NODE_OPTIONS, with any value or negated) is left as given.
+ *
+ * - `--no-allocation-site-pretenuring` (docs/benchmarks.md, "Sixth pass"): under a proxy's churn V8
+ *   marks the allocation sites of per-connection objects "maybe tenure"; the young-generation
+ *   collector then kept every connection's objects alive through two collections and promoted them
+ *   (~3 KB per CONNECT setup and 12 ms scavenge pauses on Node 24; 1.2 KB without it).
+ * - `--invocation-count-for-turbofan=800` (node 22 and later; node 20's V8 tiers up by another
+ *   measure and lacks the flag), a quarter of V8's 3,000 (docs/benchmarks.md, "Eighth pass"): a
+ *   gateway runs the same few paths for every connection, so they may be optimised sooner. On node
+ *   24 the first ~15,000 CONNECT setups after a start cost 20–40 % more CPU than later ones, most of
+ *   it in Maglev code and Turbofan's compile threads; with the flag that phase ends after ~3,000.
+ *   The steady state is the same either way.
  */
+export function v8RuntimeFlags(nodeVersion: string = process.versions.node, given: readonly string[] = givenFlags()): string[] {
+  const defaults = ['--no-allocation-site-pretenuring'];
+  if (Number(nodeVersion.split('.')[0]) >= 22) defaults.push('--invocation-count-for-turbofan=800');
+  return defaults.filter((flag) => !isGiven(flag, given));
+}
+
+/** Apply v8RuntimeFlags(). EGRESSGATE_V8_DEFAULTS=0 leaves V8 as it is. */
 export function applyV8Defaults(): void {
   if (process.env['EGRESSGATE_V8_DEFAULTS'] === '0') return;
-  setFlagsFromString('--no-allocation-site-pretenuring');
+  for (const flag of v8RuntimeFlags()) setFlagsFromString(flag);
 }
