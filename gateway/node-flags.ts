@@ -64,7 +64,7 @@ export function nodeFlagsWarning(nodeVersion: string = process.versions.node, mi
  * - `--invocation-count-for-turbofan=800` (node 22 and later; node 20's V8 tiers up by another
  *   measure and lacks the flag), a quarter of V8's 3,000 (docs/benchmarks.md, "Eighth pass"): a
  *   gateway runs the same few paths for every connection, so they may be optimised sooner. On node
- *   24 the first ~15,000 CONNECT setups after a start cost 20–40 % more CPU than later ones, most of
+ *   24 the first ~15,000 CONNECT setups after a start cost 15–80 % more CPU than later ones, most of
  *   it in Maglev code and Turbofan's compile threads; with the flag that phase ends after ~3,000.
  *   The steady state is the same either way.
  */
