@@ -99,8 +99,8 @@ export function parseConnectHead(buf: Buffer, maxHeaderBytes: number): { url: st
       i++;
       if (c !== SP && c !== HTAB) valueEnd = i;
     }
-    // A CR must end the line (i < last keeps the scan inside the head).
-    if (buf[i + 1] !== 0x0a || i >= last) return null;
+    // A CR must end the line: a bare CR goes to node:http. (The scan cannot pass `blank`: a CR is there.)
+    if (buf[i + 1] !== 0x0a) return null;
     i += 2;
     const key = buf.toString('latin1', nameStart, nameEnd).toLowerCase();
     if (key in headers || key === 'content-length' || key === 'transfer-encoding') return null;
