@@ -23,6 +23,7 @@ import { Server, type Socket } from 'node:net';
 import type { Logger } from '../context.ts';
 import { type ArrivalTicket, ArrivalQueue } from './arrival-queue.ts';
 import { mapError } from '../reject.ts';
+import { CLASS, IN_TARGET, scanHeaderLines } from './http-head-bytes.ts';
 import { writeRawRefusal } from './http-refusal.ts';
 
 /** A CONNECT request head parsed by the fast path; IncomingMessage has the same fields. */
@@ -40,6 +41,14 @@ export interface ConnectFrontOptions {
   limits: () => { readonly headerTimeoutMs: number; readonly maxHeaderBytes: number };
   /** A parsed CONNECT: the socket is paused, `rest` holds the bytes the client sent after the head. */
   onConnect: (head: ConnectHead, socket: Socket, rest: Buffer) => void;
+  /**
+   * First bytes that are not a CONNECT head: true when taken (the absolute-URI fast path,
+   * http-fast-path.ts, serves the connection), false to hand them to node:http. `handOver` gives
+   * the socket to node:http later, at a request the fast path does not serve.
+   */
+  takeRequest?: (socket: Socket, first: Buffer, handOver: (socket: Socket, bytes: Buffer) => void) => boolean;
+  /** The front stopped accepting (drain, close). */
+  onClose?: () => void;
 }
 
 const CONNECT_PREFIX = Buffer.from('CONNECT ', 'latin1');
@@ -48,17 +57,8 @@ const VERSION_CRLF = Buffer.from(' HTTP/1.1\r\n', 'latin1');
 const kTicket = Symbol('egressgate.arrivalTicket');
 type WaitingSocket = Socket & { [kTicket]?: ArrivalTicket };
 
-/** Byte classes of the fast path: 1 = allowed in a CONNECT target, 2 = in a field name (a token). */
-const IN_TARGET = 1;
-const IN_TOKEN = 2;
-const CLASS = new Uint8Array(256);
-for (const c of 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789') CLASS[c.charCodeAt(0)] = IN_TARGET | IN_TOKEN;
-for (const c of '.-~_') CLASS[c.charCodeAt(0)] = IN_TARGET | IN_TOKEN;
-for (const c of ':[]') CLASS[c.charCodeAt(0)] = IN_TARGET;
-for (const c of "!#$%&'*+^`|") CLASS[c.charCodeAt(0)] = IN_TOKEN;
-const SP = 0x20;
-const HTAB = 0x09;
-const CR = 0x0d;
+/** Content-Length or Transfer-Encoding on a CONNECT: node:http decides what that means. */
+const CONNECT_REFUSED: ReadonlySet<string> = new Set(['content-length', 'transfer-encoding']);
 
 /**
  * Parse a complete CONNECT head at the start of `buf`: `{head fields, end}` where `end` is the
@@ -80,32 +80,7 @@ export function parseConnectHead(buf: Buffer, maxHeaderBytes: number): { url: st
   const url = buf.toString('latin1', CONNECT_PREFIX.length, i);
   const headers: IncomingHttpHeaders = {};
   // Header lines, each ending in CRLF; the last one's CRLF is the first half of the blank line.
-  i += VERSION_CRLF.length;
-  const last = blank + 2;
-  while (i < last) {
-    const nameStart = i;
-    while (((CLASS[buf[i] as number] as number) & IN_TOKEN) !== 0) i++;
-    // An empty name, a space before the colon, obs-fold (a line starting with SP or HTAB), bare LF...
-    if (i === nameStart || buf[i] !== 0x3a) return null;
-    const nameEnd = i++;
-    while (buf[i] === SP || buf[i] === HTAB) i++;
-    const valueStart = i;
-    let valueEnd = i;
-    for (;;) {
-      const c = buf[i] as number;
-      if (c === CR) break;
-      // Printable ASCII and HTAB only: control bytes, bare LF and obs-text go to node:http.
-      if ((c < SP && c !== HTAB) || c > 0x7e) return null;
-      i++;
-      if (c !== SP && c !== HTAB) valueEnd = i;
-    }
-    // A CR must end the line: a bare CR goes to node:http. (The scan cannot pass `blank`: a CR is there.)
-    if (buf[i + 1] !== 0x0a) return null;
-    i += 2;
-    const key = buf.toString('latin1', nameStart, nameEnd).toLowerCase();
-    if (key in headers || key === 'content-length' || key === 'transfer-encoding') return null;
-    headers[key] = buf.toString('latin1', valueStart, valueEnd);
-  }
+  if (!scanHeaderLines(buf, i + VERSION_CRLF.length, blank + 2, CONNECT_REFUSED, headers, null)) return null;
   return { url, headers, end: blank + 4 };
 }
 
@@ -149,10 +124,18 @@ export function wrapWithConnectFront(server: HttpServer, opts: ConnectFrontOptio
       this.removeListener('error', ignore);
       return;
     }
-    // With our 'readable' listener gone the stream returns to its natural mode: flowing as soon as
-    // node:http adds its 'data' listener, starting with the bytes pushed back here.
-    this.unshift(chunk);
-    server.emit('connection', this);
+    if (opts.takeRequest?.(this, chunk, handOver) === true) return;
+    handOver(this, chunk);
+  }
+
+  /**
+   * Give a socket (paused, no 'readable' listener of ours) to node:http with `bytes` pushed back: the
+   * stream returns to its natural mode, flowing as soon as node:http adds its 'data' listener,
+   * starting with these bytes.
+   */
+  function handOver(socket: Socket, bytes: Buffer): void {
+    socket.unshift(bytes);
+    server.emit('connection', socket);
   }
 
   /** Closed or reset before sending anything: nothing to answer, nothing to record. */
@@ -186,6 +169,7 @@ export function wrapWithConnectFront(server: HttpServer, opts: ConnectFrontOptio
     // at once, which is that front's signal to stop accepting.
     front.close(ignore);
     waiting.clear((socket) => socket.destroy());
+    opts.onClose?.();
   };
   // node:http's close() on the never-listening real server emits 'close': stop accepting then.
   server.once('close', closeFront);

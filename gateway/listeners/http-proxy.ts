@@ -4,8 +4,10 @@
  *
  * Flow of a connection:
  *  0. (plain HTTP listener, via withConnectFront) a whole, plain CONNECT head in the first packet is
- *     parsed by http-connect-front.ts and goes straight to http-connect.ts; every other connection
- *     continues at 1, unread.
+ *     parsed by http-connect-front.ts and goes straight to http-connect.ts; a simple absolute-URI
+ *     GET or HEAD is served by http-fast-path.ts (steps 3–8 below on the raw socket) for as long as
+ *     the connection's requests stay simple; every other connection, or the rest of one, continues
+ *     at 1, unread.
  *  1. accept: node's parser reads the head within `limits.headerTimeoutMs` and `limits.maxHeaderBytes`.
  *     Anything it refuses (bad request line, smuggling shapes — CL with TE, duplicate CL, obs-fold,
  *     bad TE —, oversized head, slowloris) lands in `clientError`: 400 / 431 / 408 as JSON, a warn
@@ -40,6 +42,7 @@ import { mapError } from '../reject.ts';
 import { handleConnect } from './http-connect.ts';
 import { wrapWithConnectFront } from './http-connect-front.ts';
 import { connectionState } from './http-connection-state.ts';
+import { createFastPath } from './http-fast-path.ts';
 import { forwardRequest, OriginAgents } from './http-forward.ts';
 import { forwardRequestHeaders, parseProxyBasic } from './http-headers.ts';
 import { refusalDetails, sendRefusal, writeRawRefusal } from './http-refusal.ts';
@@ -192,6 +195,7 @@ export function withConnectFront(server: Server): NetServer {
   const state = states.get(server);
   if (!state) throw new Error('withConnectFront: not a server made by createHttpProxy');
   const { ctx } = state;
+  const fast = createFastPath(state);
   return wrapWithConnectFront(server, {
     log: ctx.log,
     limits: () => ctx.policy.current().config.limits,
@@ -201,6 +205,8 @@ export function withConnectFront(server: Server): NetServer {
         socket.destroy();
       });
     },
+    takeRequest: (socket, first, handOver) => fast.take(socket, first, handOver),
+    onClose: () => fast.closeIdle(),
   });
 }
 

@@ -1,8 +1,9 @@
 /**
  * What an HTTP client sees when the gateway refuses or fails a request (SPEC §4): the status from
  * gateway/reject.ts (the only mapper), a JSON body `{error, reason, flowId}`, and the headers that go
- * with some statuses. Two writers with one content: a ServerResponse (absolute-URI path, the
- * connection may stay alive) and a raw socket (CONNECT, Upgrade, parser errors: always closed).
+ * with some statuses. One content, written to a ServerResponse (absolute-URI path, the connection
+ * may stay alive), as text for the absolute-URI fast path (http-fast-path.ts, likewise), or to a raw
+ * socket that then closes (CONNECT, Upgrade, parser errors).
  */
 import type { ServerResponse } from 'node:http';
 import { STATUS_CODES } from 'node:http';
@@ -48,17 +49,25 @@ export function sendRefusal(res: ServerResponse, mapping: RejectMapping, details
   res.end(body);
 }
 
+/**
+ * A whole refusal response as text, for a raw socket: the same status, headers and body as
+ * sendRefusal's. `isLast` adds `connection: close` (the connection ends after it).
+ */
+export function refusalText(mapping: RejectMapping, details: RefusalDetails, isLast: boolean): string {
+  const { status, headers, body } = refusalParts(mapping, details);
+  let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n`;
+  for (let i = 0; i + 1 < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
+  if (isLast) head += 'connection: close\r\n';
+  return `${head}\r\n${body}`;
+}
+
 /** Write a complete refusal response on a raw socket and close it once written. */
 export function writeRawRefusal(socket: Duplex, mapping: RejectMapping, details: RefusalDetails): void {
   if (!socket.writable) {
     socket.destroy();
     return;
   }
-  const { status, headers, body } = refusalParts(mapping, details);
-  let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n`;
-  for (let i = 0; i + 1 < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
-  head += 'connection: close\r\n\r\n';
-  socket.end(head + body);
+  socket.end(refusalText(mapping, details, true));
   lingerThenDestroy(socket);
 }
 

@@ -1,0 +1,420 @@
+/**
+ * The absolute-URI fast path of the plain HTTP listener: keep-alive connections whose requests are
+ * simple `GET`/`HEAD http://…` (http-fast-head.ts) are served here, on the raw socket, without
+ * node:http's IncomingMessage, ServerResponse and their streams — about a third of node:http + undici's
+ * CPU per request on this path. Everything a request does is what the node:http path does
+ * (http-proxy.ts `onRequest`, http-forward.ts): the same target parsing, admission, identity cache,
+ * header rewriting, pinned undici dispatch, metering, flow close reasons and refusal bodies.
+ *
+ * A connection is served here request by request while each arrives as one whole head with nothing
+ * after it. Anything else — a head split over packets, pipelined bytes, a body, `Expect`, `Upgrade`,
+ * a byte the fast parser does not take, a target node:http must refuse — hands the connection to
+ * node:http at that request, with those bytes pushed back unread, and node serves it from there on.
+ *
+ * The response: status line, the origin's headers less hop-by-hop fields (forwardResponseHeaders)
+ * plus `Via`, and `Date` when the origin sent none. The body keeps the origin's Content-Length, or is
+ * sent chunked when the origin did not give one, as node:http's ServerResponse would. The head goes
+ * out with the first body bytes in one write.
+ *
+ * Timeouts as node:http's: limits.idleTimeoutMs while a request is served (not while it waits on
+ * its origin: the origin's own timeouts then answer 504), KEEP_ALIVE_MS between requests. A client
+ * FIN or reset during a request ends its flow `client-reset` and aborts the origin request, as
+ * node:http does. A request's flow closes `closed` once the origin's whole response has been handed
+ * to the client socket.
+ */
+import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Dispatcher } from 'undici';
+import type { GatewayContext } from '../context.ts';
+import { GatewayError } from '../errors.ts';
+import type { Flow } from '../flow/flow.ts';
+import { formatAuthority } from '../protocol/authority.ts';
+import { mapError, type RejectMapping } from '../reject.ts';
+import { type ConnectionState, connectionState, resetOrDestroy } from './http-connection-state.ts';
+import { type FastRequestHead, parseFastRequestHead } from './http-fast-head.ts';
+import { undiciErrorCode } from './http-forward.ts';
+import { forwardRequestHeaders, forwardResponseHeaders } from './http-headers.ts';
+import type { HttpListenerState } from './http-proxy.ts';
+import { type RefusalDetails, refusalDetails, refusalText } from './http-refusal.ts';
+import { type AbsoluteTarget, hostHeaderFor, parseAbsoluteTarget } from './http-target.ts';
+
+/** Idle time allowed between two requests of a connection (node:http's keepAliveTimeout here). */
+export const KEEP_ALIVE_MS = 5000;
+/** Bytes a client may send ahead while its request is served before we stop reading them. */
+const MAX_AHEAD_BYTES = 64 * 1024;
+/** Characters a status text or field may hold on the way out (as node:http's checkInvalidHeaderChar). */
+const INVALID_FIELD_CHAR = /[^\t\x20-\x7e\x80-\xff]/;
+
+export interface FastPath {
+  /**
+   * Offer a new connection's first bytes. True: the fast path serves the connection from now on.
+   * False: nothing was taken or changed; the caller hands the bytes and the socket to node:http.
+   */
+  take(socket: Socket, first: Buffer, handOver: HandOver): boolean;
+  /** Close connections waiting between requests; those serving one close after it (drain). */
+  closeIdle(): void;
+}
+
+/** Gives a socket to node:http with `bytes` pushed back unread (no listeners of ours are left on it). */
+export type HandOver = (socket: Socket, bytes: Buffer) => void;
+
+/** The fast path of one listener. */
+export function createFastPath(state: HttpListenerState): FastPath {
+  const live = new Set<FastConnection>();
+  let isClosing = false;
+  const path: FastPathShared = {
+    state,
+    live,
+    isClosing: () => isClosing,
+  };
+  return {
+    take(socket, first, handOver) {
+      if (isClosing) return false;
+      const start = acceptable(state, first);
+      if (start === null) return false;
+      const conn = new FastConnection(path, socket, handOver);
+      live.add(conn);
+      conn.serve(start.head, start.target);
+      return true;
+    },
+    closeIdle() {
+      isClosing = true;
+      for (const conn of live) conn.closeIfIdle();
+    },
+  };
+}
+
+interface FastPathShared {
+  readonly state: HttpListenerState;
+  readonly live: Set<FastConnection>;
+  isClosing(): boolean;
+}
+
+type OkTarget = Extract<AbsoluteTarget, { ok: true }>;
+
+/** `bytes` as exactly one fast request head and its target, or null. */
+function acceptable(state: HttpListenerState, bytes: Buffer): { head: FastRequestHead; target: OkTarget } | null {
+  const head = parseFastRequestHead(bytes, state.ctx.policy.current().config.limits.maxHeaderBytes);
+  if (head === null || head.end !== bytes.length) return null;
+  const target = parseAbsoluteTarget(head.url);
+  return target.ok ? { head, target } : null;
+}
+
+/** One client connection served by the fast path. */
+class FastConnection {
+  private readonly path: FastPathShared;
+  readonly socket: Socket;
+  private readonly handOver: HandOver;
+  readonly conn: ConnectionState;
+  /** A request is being served (admission, or its exchange with the origin). */
+  private isBusy = false;
+  /** The current request's exchange with its origin, once admitted. */
+  private exchange: FastExchange | null = null;
+  /** Bytes the client sent while a request was served (the next request, read ahead). */
+  private ahead: Buffer | null = null;
+  private isGone = false;
+
+  constructor(path: FastPathShared, socket: Socket, handOver: HandOver) {
+    this.path = path;
+    this.socket = socket;
+    this.handOver = handOver;
+    this.conn = connectionState(socket);
+    socket.on('readable', this.onReadable);
+    socket.on('end', this.onEnd);
+    socket.on('close', this.onClose);
+    socket.on('error', ignore);
+    socket.on('drain', this.onDrain);
+    socket.on('timeout', this.onTimeout);
+  }
+
+  /** Serve one request (its head was read whole); the next is read when it is answered. */
+  serve(head: FastRequestHead, target: OkTarget): void {
+    const { state } = this.path;
+    this.isBusy = true;
+    this.socket.setTimeout(state.ctx.policy.current().config.limits.idleTimeoutMs);
+    this.run(head, target).catch((err: unknown) => {
+      state.ctx.log.error({ err: (err as Error).message }, 'proxy request handler failed');
+      this.socket.destroy();
+    });
+  }
+
+  private async run(head: FastRequestHead, target: OkTarget): Promise<void> {
+    const { state } = this.path;
+    const { ctx } = state;
+    const result = await state.admitRequest({ url: head.url, headers: head.headers, socket: this.socket }, 'http', target.host, target.port);
+    if (!result.ok) {
+      this.answer(result.reject, refusalDetails(result), head.isLast);
+      return;
+    }
+    const { flow } = result;
+    if (this.isGone || this.socket.destroyed) {
+      if (flow.state === 'active') ctx.flows.close(flow, 'client-reset');
+      return;
+    }
+    const headers = forwardRequestHeaders(head.rawHeaders, {
+      host: hostHeaderFor(target.host, target.port),
+      stripped: state.strippedHeaders(result.snapshot),
+    });
+    const exchange = new FastExchange(this, ctx, flow, head.method === 'HEAD', head.isLast);
+    this.exchange = exchange;
+    const limits = result.snapshot.config.limits;
+    const opts: Dispatcher.DispatchOptions = {
+      origin: `http://${formatAuthority(result.ip, flow.destination.port)}`,
+      path: target.path,
+      method: head.method,
+      headers,
+      headersTimeout: limits.idleTimeoutMs,
+      bodyTimeout: limits.idleTimeoutMs,
+    };
+    this.conn.isAwaitingOrigin = true;
+    try {
+      state.agents.for(result.upstream, limits.connectTimeoutMs).dispatch(opts, exchange);
+    } catch (err) {
+      exchange.onError(err as Error);
+    }
+  }
+
+  /** A refusal or failure before any response byte: answered here, the connection goes on. */
+  answer(mapping: RejectMapping, details: RefusalDetails, isLast: boolean): void {
+    if (this.isGone) return;
+    const last = isLast || this.mustClose();
+    this.socket.write(refusalText(mapping, details, last));
+    this.next(last);
+  }
+
+  /** The connection must end after the current response. */
+  mustClose(): boolean {
+    return this.path.isClosing() || this.path.state.ctx.isDraining();
+  }
+
+  /** The current request is answered: end the connection, or wait for (or take) the next request. */
+  next(isLast: boolean): void {
+    this.isBusy = false;
+    this.exchange = null;
+    this.conn.isAwaitingOrigin = false;
+    if (this.isGone) return;
+    // Between requests, and after the last one until the client closes too: KEEP_ALIVE_MS.
+    this.socket.setTimeout(KEEP_ALIVE_MS);
+    if (isLast || this.mustClose()) {
+      this.socket.end();
+      return;
+    }
+    const ahead = this.ahead;
+    if (ahead !== null) {
+      this.ahead = null;
+      this.dispatch(ahead);
+    } else this.onReadable();
+  }
+
+  /** Request bytes between requests: one whole fast head → serve it; anything else → node:http. */
+  private dispatch(bytes: Buffer): void {
+    const start = acceptable(this.path.state, bytes);
+    if (start === null) {
+      this.release();
+      this.handOver(this.socket, bytes);
+      return;
+    }
+    this.serve(start.head, start.target);
+  }
+
+  /** Detach every listener of ours: the socket is node:http's (or closed) from here on. */
+  private release(): void {
+    const s = this.socket;
+    this.path.live.delete(this);
+    s.setTimeout(0);
+    s.removeListener('readable', this.onReadable);
+    s.removeListener('end', this.onEnd);
+    s.removeListener('close', this.onClose);
+    s.removeListener('error', ignore);
+    s.removeListener('drain', this.onDrain);
+    s.removeListener('timeout', this.onTimeout);
+  }
+
+  closeIfIdle(): void {
+    if (!this.isBusy && !this.isGone) this.socket.end();
+  }
+
+  private readonly onReadable = (): void => {
+    for (;;) {
+      // While a request is served, what comes is read ahead, up to a bound; past it the socket's own
+      // buffer fills and the kernel stops the client. A FIN or reset is still seen below the bound.
+      if (this.isBusy && this.ahead !== null && this.ahead.length >= MAX_AHEAD_BYTES) return;
+      const chunk = this.socket.read() as Buffer | null;
+      if (chunk === null) return;
+      if (this.isBusy) {
+        this.ahead = this.ahead === null ? chunk : Buffer.concat([this.ahead, chunk]);
+        continue;
+      }
+      this.dispatch(chunk);
+      return;
+    }
+  };
+
+  private readonly onEnd = (): void => {
+    // As node:http: a client that ends its side ends the connection, and a request it still waits on.
+    this.isGone = true;
+    this.exchange?.clientGone();
+    this.socket.end();
+  };
+
+  private readonly onClose = (): void => {
+    this.isGone = true;
+    this.path.live.delete(this);
+    this.exchange?.clientGone();
+  };
+
+  private readonly onDrain = (): void => {
+    this.exchange?.resumeOrigin();
+  };
+
+  private readonly onTimeout = (): void => {
+    if (this.conn.isAwaitingOrigin) return;
+    this.socket.destroy();
+  };
+}
+
+/** One request sent to its origin and answered on the raw socket: the undici handler. */
+class FastExchange implements Dispatcher.DispatchHandler {
+  private readonly owner: FastConnection;
+  private readonly ctx: GatewayContext;
+  private readonly flow: Flow;
+  private readonly isHead: boolean;
+  private isLast: boolean;
+  private abortUpstream: ((err?: Error) => void) | null = null;
+  private resume: (() => void) | null = null;
+  /** The response head, kept until the first body bytes (or the end) so both go in one write. */
+  private head: string | null = null;
+  private isHeadSent = false;
+  private isChunked = false;
+  private isConnected = false;
+  private isClientGone = false;
+  private isDone = false;
+
+  constructor(owner: FastConnection, ctx: GatewayContext, flow: Flow, isHead: boolean, isLast: boolean) {
+    this.owner = owner;
+    this.ctx = ctx;
+    this.flow = flow;
+    this.isHead = isHead;
+    this.isLast = isLast;
+    // A detector kill or admin DELETE: cut both sides now.
+    flow.abort = () => {
+      this.isClientGone = true;
+      this.isDone = true;
+      this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_RESET', 'flow killed'));
+      resetOrDestroy(owner.socket);
+    };
+  }
+
+  /** The client went away (FIN or reset) before the response was complete. */
+  clientGone(): void {
+    if (this.isDone) return;
+    this.isClientGone = true;
+    this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_RESET', 'client went away'));
+    this.finish('client-reset');
+  }
+
+  resumeOrigin(): void {
+    this.resume?.();
+  }
+
+  private finish(reason: string): void {
+    this.isDone = true;
+    if (this.flow.state === 'active') this.ctx.flows.close(this.flow, reason);
+  }
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.abortUpstream = abort;
+    if (!this.isConnected) {
+      this.isConnected = true;
+      this.ctx.flows.markConnected(this.flow);
+    }
+    if (this.isClientGone) abort(new GatewayError('EGW_UPSTREAM_RESET', 'client went away'));
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
+    if (statusCode < 200 || this.isClientGone) return true; // 1xx: nothing to relay on a GET or HEAD
+    this.owner.conn.isAwaitingOrigin = false;
+    this.resume = resume;
+    const headers = forwardResponseHeaders(rawHeaders);
+    const text = statusText !== '' && !INVALID_FIELD_CHAR.test(statusText) ? statusText : (STATUS_CODES[statusCode] ?? '');
+    let head = `HTTP/1.1 ${statusCode} ${text}\r\n`;
+    let hasLength = false;
+    let hasDate = false;
+    for (let i = 0; i + 1 < headers.length; i += 2) {
+      const name = headers[i] as string;
+      const value = headers[i + 1] as string;
+      if (INVALID_FIELD_CHAR.test(value)) continue;
+      const lower = name.length === 14 || name.length === 4 ? name.toLowerCase() : '';
+      if (lower === 'content-length') hasLength = true;
+      else if (lower === 'date') hasDate = true;
+      head += `${name}: ${value}\r\n`;
+    }
+    if (!hasDate) head += `date: ${new Date().toUTCString()}\r\n`;
+    // Framing for this client (RFC 9112 §6.3): no body after HEAD, 204 or 304; otherwise the
+    // origin's Content-Length, or chunked when the origin gave none.
+    if (!this.isHead && statusCode !== 204 && statusCode !== 304 && !hasLength) {
+      this.isChunked = true;
+      head += 'transfer-encoding: chunked\r\n';
+    }
+    if (!this.isLast && this.owner.mustClose()) this.isLast = true;
+    if (this.isLast) head += 'connection: close\r\n';
+    this.head = `${head}\r\n`;
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    // undici passes empty chunks too; in chunked framing an empty chunk would end the body.
+    if (this.isClientGone || chunk.length === 0) return true;
+    this.flow.bytesIn += chunk.length;
+    const s = this.owner.socket;
+    const head = this.head;
+    if (head === null && !this.isChunked) return s.write(chunk);
+    s.cork();
+    if (head !== null) {
+      this.head = null;
+      this.isHeadSent = true;
+      s.write(head);
+    }
+    if (this.isChunked) s.write(`${chunk.length.toString(16)}\r\n`);
+    let ok = s.write(chunk);
+    if (this.isChunked) ok = s.write('\r\n');
+    s.uncork();
+    return ok;
+  }
+
+  onComplete(): void {
+    if (this.isClientGone) return;
+    const s = this.owner.socket;
+    let tail = this.head ?? '';
+    this.head = null;
+    this.isHeadSent = true;
+    if (this.isChunked) tail += '0\r\n\r\n';
+    if (tail !== '') s.write(tail);
+    this.finish('closed');
+    this.owner.next(this.isLast);
+  }
+
+  onError(err: Error): void {
+    const { ctx, flow } = this;
+    this.owner.conn.isAwaitingOrigin = false;
+    if (this.isClientGone || this.isDone) {
+      if (!this.isDone) this.finish('client-reset');
+      return;
+    }
+    const code = undiciErrorCode(err);
+    const mapping = mapError(code);
+    if (this.isHeadSent) {
+      // Mid-response: the client must see a truncated body, not a clean end.
+      this.finish(mapping.reason);
+      this.owner.socket.destroy();
+      return;
+    }
+    if (!this.isConnected) ctx.detection?.onConnectFailed(flow);
+    ctx.log.warn({ flowId: flow.id, code, err: err.message }, 'origin request failed');
+    this.finish(mapping.reason);
+    this.owner.answer(mapping, { flowId: flow.id, isBlock: false }, this.isLast);
+  }
+}
+
+
+function ignore(): void {}

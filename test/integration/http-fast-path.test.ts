@@ -1,0 +1,200 @@
+/**
+ * The absolute-URI fast path (gateway/listeners/http-fast-path.ts): simple GET and HEAD requests
+ * served on the raw socket, and every way a connection leaves it for node:http or ends. Raw sockets
+ * throughout, so each test controls exactly which bytes arrive in which packet.
+ */
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import type { Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { jsonBody, type Origin, pattern, rawConnect, rawExchange, readUntil, startOrigin } from './http-harness.ts';
+
+let gw: TestGateway;
+let origin: Origin;
+let o: string;
+let deadPort: number;
+
+beforeAll(async () => {
+  origin = await startOrigin((req, res) => {
+    if (req.url === '/no-content') {
+      res.writeHead(204);
+      res.end();
+      return true;
+    }
+    if (req.url === '/no-date') {
+      res.sendDate = false;
+      res.writeHead(200, { 'content-length': 2 });
+      res.end('nd');
+      return true;
+    }
+    return false;
+  });
+  o = `127.0.0.1:${origin.port}`;
+  const tmp = createServer();
+  tmp.listen(0, '127.0.0.1');
+  await once(tmp, 'listening');
+  deadPort = (tmp.address() as { port: number }).port;
+  await new Promise<void>((r) => tmp.close(() => r()));
+  gw = await startTestGateway();
+});
+
+afterAll(async () => {
+  await gw?.stop();
+  await origin?.close();
+});
+
+const get = (path: string, extra = ''): string => `GET http://${o}${path} HTTP/1.1\r\nHost: ${o}\r\n${extra}\r\n`;
+
+/** Resolves once `cond` holds (polled; bounded). */
+async function waitFor(cond: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** Everything the socket receives, read as text. */
+function collect(s: Socket): { text: () => string } {
+  const chunks: Buffer[] = [];
+  s.on('data', (c: Buffer) => chunks.push(c));
+  return { text: () => Buffer.concat(chunks).toString('latin1') };
+}
+
+describe('absolute-URI fast path', () => {
+  it('a keep-alive connection: GET, then a POST with a body (node:http takes over), then a GET; three exact records', async () => {
+    const before = gw.closed.length;
+    const s = await rawConnect(gw.httpPort);
+    s.write(get('/size/7'));
+    await readUntil(s, 'abcdefg');
+    s.write(`POST http://${o}/post HTTP/1.1\r\nHost: ${o}\r\nContent-Length: 5\r\n\r\nhello`);
+    await readUntil(s, 'echo:POST:5');
+    s.write(get('/size/3'));
+    const last = (await readUntil(s, '\r\n\r\nabc')).toString('latin1');
+    expect(last).toMatch(/^HTTP\/1\.1 200 /);
+    s.destroy();
+    await gw.waitForClosed((f) => f.bytesIn === 3 && gw.closed.indexOf(f) >= before);
+    const recs = gw.closed.slice(before).filter((f) => f.protocol === 'http');
+    expect(recs.map((f) => [f.bytesOut, f.bytesIn, f.closeReason])).toEqual([
+      [0, 7, 'closed'],
+      [5, 'echo:POST:5'.length, 'closed'],
+      [0, 3, 'closed'],
+    ]);
+    expect(new Set(recs.map((f) => f.client.port)).size).toBe(1);
+  });
+
+  it('a head split over two packets goes to node:http and is served', async () => {
+    const s = await rawConnect(gw.httpPort);
+    const head = get('/size/4');
+    s.write(head.slice(0, 20));
+    await new Promise((r) => setTimeout(r, 30));
+    s.write(head.slice(20));
+    const got = (await readUntil(s, '\r\n\r\nabcd')).toString('latin1');
+    expect(got).toMatch(/^HTTP\/1\.1 200 /);
+    s.destroy();
+  });
+
+  it('a failed origin (502) keeps the connection: the next request on it is served', async () => {
+    const before = gw.closed.length;
+    const s = await rawConnect(gw.httpPort);
+    const seen = collect(s);
+    s.write(`GET http://127.0.0.1:${deadPort}/ HTTP/1.1\r\nHost: x\r\n\r\n`);
+    await readUntil(s, '"flowId"');
+    const first = seen.text();
+    expect(first).toMatch(/^HTTP\/1\.1 502 /);
+    expect(first).not.toMatch(/connection: close/i);
+    s.write(get('/size/6'));
+    await readUntil(s, 'abcdef');
+    s.destroy();
+    await gw.waitForClosed((f) => f.bytesIn === 6 && gw.closed.indexOf(f) >= before);
+    const recs = gw.closed.slice(before).filter((f) => f.protocol === 'http');
+    expect(recs.map((f) => f.destination.port)).toEqual([deadPort, origin.port]);
+    expect(jsonBody(first)).toMatchObject({ reason: recs[0]?.closeReason, flowId: recs[0]?.id });
+    expect(recs[1]?.closeReason).toBe('closed');
+  });
+
+  it('an admission refusal (403) keeps the connection: a second request on it gets its own answer and record', async () => {
+    const own = await startTestGateway({ mode: 'enforce', roles: { dev: { allow: [{ host: 'allowed.example', ports: [80] }] } }, defaultRoles: ['dev'] });
+    try {
+      const s = await rawConnect(own.httpPort);
+      const seen = collect(s);
+      s.write(get('/size/1'));
+      await waitFor(() => (seen.text().match(/"flowId"/g) ?? []).length === 1);
+      s.write(get('/size/2'));
+      await waitFor(() => (seen.text().match(/"flowId"/g) ?? []).length === 2);
+      const answers = seen.text().match(/HTTP\/1\.1 \d{3}[^\r]*/g);
+      expect(answers).toEqual(['HTTP/1.1 403 Forbidden', 'HTTP/1.1 403 Forbidden']);
+      expect(seen.text()).toMatch(/\r\nx-egress-verdict: block\r\n/i);
+      s.destroy();
+      const recs = own.closed.filter((f) => f.protocol === 'http');
+      expect(recs.map((f) => f.verdict)).toEqual(['block', 'block']);
+    } finally {
+      await own.stop();
+    }
+  });
+
+  it('Connection: close is answered with connection: close, then the gateway closes the connection', async () => {
+    const r = await rawExchange(gw.httpPort, get('/size/5', 'Connection: close\r\n'));
+    expect(r.response).toMatch(/^HTTP\/1\.1 200 /);
+    expect(r.response).toMatch(/\r\nconnection: close\r\n/i);
+    expect(r.response.endsWith('\r\n\r\nabcde')).toBe(true);
+  });
+
+  it('a chunked origin response is re-chunked whole; HEAD of it has no body; 204 has none either', async () => {
+    const s = await rawConnect(gw.httpPort);
+    const seen = collect(s);
+    s.write(get('/chunked/70000'));
+    await readUntil(s, '\r\n0\r\n\r\n');
+    const text = seen.text();
+    expect(text).toMatch(/\r\ntransfer-encoding: chunked\r\n/i);
+    // De-chunk what came and compare with what the origin sent.
+    let body = '';
+    let i = text.indexOf('\r\n\r\n') + 4;
+    for (;;) {
+      const eol = text.indexOf('\r\n', i);
+      const size = Number.parseInt(text.slice(i, eol), 16);
+      if (size === 0) break;
+      body += text.slice(eol + 2, eol + 2 + size);
+      i = eol + 2 + size + 2;
+    }
+    expect(body).toBe(pattern(70000).toString('latin1'));
+    const mark = seen.text().length;
+    s.write(`HEAD http://${o}/chunked/100 HTTP/1.1\r\nHost: ${o}\r\n\r\n`);
+    await waitFor(() => seen.text().slice(mark).includes('\r\n\r\n'));
+    s.write(get('/no-content'));
+    await waitFor(() => seen.text().slice(mark).includes('HTTP/1.1 204'));
+    s.write(get('/size/2'));
+    await readUntil(s, '\r\n\r\nab');
+    const rest = seen.text().slice(mark);
+    const heads = rest.split('\r\n\r\n');
+    // HEAD's answer, the 204, then the 200 with its two bytes: no body or chunk framing in between.
+    expect(heads.map((h) => h.slice(0, 12))).toEqual(['HTTP/1.1 200', 'HTTP/1.1 204', 'HTTP/1.1 200', 'ab']);
+    expect(heads[0]).not.toMatch(/transfer-encoding/i);
+    s.destroy();
+  });
+
+  it('an origin response without Date gets one; Via is added', async () => {
+    const r = await rawExchange(gw.httpPort, get('/no-date', 'Connection: close\r\n'));
+    expect(r.response).toMatch(/\r\ndate: \w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} GMT\r\n/i);
+    expect(r.response).toMatch(/\r\nvia: 1\.1 egressgate\r\n/i);
+    expect(r.response.endsWith('\r\n\r\nnd')).toBe(true);
+  });
+
+  it('drain closes an idle keep-alive connection and keeps its record', async () => {
+    const own = await startTestGateway();
+    try {
+      const s = await rawConnect(own.httpPort);
+      s.on('error', () => undefined);
+      const closed = once(s, 'close');
+      s.write(get('/size/9'));
+      await readUntil(s, 'abcdefghi');
+      await own.drain(1000);
+      await closed;
+      const rec = await own.waitForClosed((f) => f.bytesIn === 9);
+      expect(rec.closeReason).toBe('closed');
+    } finally {
+      await own.stop();
+    }
+  });
+});
