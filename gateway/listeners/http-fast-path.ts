@@ -30,6 +30,7 @@ import { GatewayError } from '../errors.ts';
 import type { Flow } from '../flow/flow.ts';
 import { formatAuthority } from '../protocol/authority.ts';
 import { mapError, type RejectMapping } from '../reject.ts';
+import { SlotArray } from '../slot-array.ts';
 import { type ConnectionState, connectionState, resetOrDestroy } from './http-connection-state.ts';
 import { type FastRequestHead, parseFastRequestHead } from './http-fast-head.ts';
 import { undiciErrorCode } from './http-forward.ts';
@@ -60,7 +61,8 @@ export type HandOver = (socket: Socket, bytes: Buffer) => void;
 
 /** The fast path of one listener. */
 export function createFastPath(state: HttpListenerState): FastPath {
-  const live = new Set<FastConnection>();
+  // A SlotArray, not a Set: see gateway/slot-array.ts.
+  const live = new SlotArray<FastConnection>();
   let isClosing = false;
   const path: FastPathShared = {
     state,
@@ -73,20 +75,20 @@ export function createFastPath(state: HttpListenerState): FastPath {
       const start = acceptable(state, first);
       if (start === null) return false;
       const conn = new FastConnection(path, socket, handOver);
-      live.add(conn);
+      conn.slot = live.add(conn);
       conn.serve(start.head, start.target);
       return true;
     },
     closeIdle() {
       isClosing = true;
-      for (const conn of live) conn.closeIfIdle();
+      for (const conn of live.values()) conn.closeIfIdle();
     },
   };
 }
 
 interface FastPathShared {
   readonly state: HttpListenerState;
-  readonly live: Set<FastConnection>;
+  readonly live: SlotArray<FastConnection>;
   isClosing(): boolean;
 }
 
@@ -113,6 +115,8 @@ class FastConnection {
   /** Bytes the client sent while a request was served (the next request, read ahead). */
   private ahead: Buffer | null = null;
   private isGone = false;
+  /** This connection's slot in the fast path's live connections. */
+  slot = -1;
 
   constructor(path: FastPathShared, socket: Socket, handOver: HandOver) {
     this.path = path;
@@ -220,7 +224,7 @@ class FastConnection {
   /** Detach every listener of ours: the socket is node:http's (or closed) from here on. */
   private release(): void {
     const s = this.socket;
-    this.path.live.delete(this);
+    this.path.live.remove(this.slot, this);
     s.setTimeout(0);
     s.removeListener('readable', this.onReadable);
     s.removeListener('end', this.onEnd);
@@ -259,7 +263,7 @@ class FastConnection {
 
   private readonly onClose = (): void => {
     this.isGone = true;
-    this.path.live.delete(this);
+    this.path.live.remove(this.slot, this);
     this.exchange?.clientGone();
   };
 
