@@ -123,12 +123,14 @@ class FastConnection {
     this.socket = socket;
     this.handOver = handOver;
     this.conn = connectionState(socket);
-    socket.on('readable', this.onReadable);
+    // Flowing mode: each chunk as it is read (no 'readable' round trip per request).
+    socket.on('data', this.onData);
     socket.on('end', this.onEnd);
     socket.on('close', this.onClose);
     socket.on('error', ignore);
     socket.on('drain', this.onDrain);
     socket.on('timeout', this.onTimeout);
+    socket.resume();
   }
 
   /** Serve one request (its head was read whole); the next is read when it is answered. */
@@ -206,16 +208,21 @@ class FastConnection {
     const ahead = this.ahead;
     if (ahead !== null) {
       this.ahead = null;
+      if (this.socket.isPaused()) this.socket.resume();
       this.dispatch(ahead);
-    } else this.onReadable();
+    }
   }
 
   /** Request bytes between requests: one whole fast head → serve it; anything else → node:http. */
   private dispatch(bytes: Buffer): void {
     const start = acceptable(this.path.state, bytes);
     if (start === null) {
+      // Paused while node:http attaches, then resumed: node's 'data' listener gets these bytes first.
+      const s = this.socket;
+      s.pause();
       this.release();
-      this.handOver(this.socket, bytes);
+      this.handOver(s, bytes);
+      s.resume();
       return;
     }
     this.serve(start.head, start.target);
@@ -226,7 +233,7 @@ class FastConnection {
     const s = this.socket;
     this.path.live.remove(this.slot, this);
     s.setTimeout(0);
-    s.removeListener('readable', this.onReadable);
+    s.removeListener('data', this.onData);
     s.removeListener('end', this.onEnd);
     s.removeListener('close', this.onClose);
     s.removeListener('error', ignore);
@@ -238,20 +245,15 @@ class FastConnection {
     if (!this.isBusy && !this.isGone) this.socket.end();
   }
 
-  private readonly onReadable = (): void => {
-    for (;;) {
-      // While a request is served, what comes is read ahead, up to a bound; past it the socket's own
-      // buffer fills and the kernel stops the client. A FIN or reset is still seen below the bound.
-      if (this.isBusy && this.ahead !== null && this.ahead.length >= MAX_AHEAD_BYTES) return;
-      const chunk = this.socket.read() as Buffer | null;
-      if (chunk === null) return;
-      if (this.isBusy) {
-        this.ahead = this.ahead === null ? chunk : Buffer.concat([this.ahead, chunk]);
-        continue;
-      }
+  private readonly onData = (chunk: Buffer): void => {
+    if (!this.isBusy) {
       this.dispatch(chunk);
       return;
     }
+    // While a request is served, what comes is read ahead, up to a bound; past it reading stops until
+    // the answer is out (a FIN or reset is still seen below the bound).
+    this.ahead = this.ahead === null ? chunk : Buffer.concat([this.ahead, chunk]);
+    if (this.ahead.length >= MAX_AHEAD_BYTES) this.socket.pause();
   };
 
   private readonly onEnd = (): void => {
