@@ -129,9 +129,10 @@ export function wrapWithConnectFront(server: HttpServer, opts: ConnectFrontOptio
   }
 
   /**
-   * Give a socket (paused, no 'readable' listener of ours) to node:http with `bytes` pushed back: the
-   * stream returns to its natural mode, flowing as soon as node:http adds its 'data' listener,
-   * starting with these bytes.
+   * Give a socket to node:http with `bytes` pushed back in front of anything it has buffered. No
+   * listener of ours is left on it and it is not flowing: either back in its natural mode (the first
+   * bytes, our 'readable' listener just removed), flowing as soon as node:http adds its 'data'
+   * listener, or paused (the absolute-URI fast path, which resumes it right after this call).
    */
   function handOver(socket: Socket, bytes: Buffer): void {
     socket.unshift(bytes);
