@@ -133,7 +133,7 @@ class FastConnection {
     socket.resume();
   }
 
-  /** Serve one request (its head was read whole); the next is read when it is answered. */
+  /** Serve one request (its head was read whole); the next is taken once this one is answered. */
   serve(head: FastRequestHead, target: OkTarget): void {
     const { state } = this.path;
     this.isBusy = true;
@@ -155,6 +155,11 @@ class FastConnection {
     const { flow } = result;
     if (this.isGone || this.socket.destroyed) {
       if (flow.state === 'active') ctx.flows.close(flow, 'client-reset');
+      return;
+    }
+    // Killed while admission ran (admin DELETE, quarantine): its record is written; the client is reset.
+    if (flow.state !== 'active') {
+      resetOrDestroy(this.socket);
       return;
     }
     const headers = forwardRequestHeaders(head.rawHeaders, {
