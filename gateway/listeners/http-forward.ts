@@ -134,6 +134,12 @@ export function forwardRequest(
     if (flow.state === 'active') ctx.flows.close(flow, 'client-reset');
     return;
   }
+  // Killed while admission ran (admin DELETE, quarantine): its record is written; the client is reset.
+  if (flow.state !== 'active') {
+    res.destroy();
+    resetOrDestroy(req.socket);
+    return;
+  }
   const exchange = new Exchange(ctx, flow, req, res);
   const budget = flow.budgetOut;
   let body: IncomingMessage | AsyncIterable<Buffer> | null = null;

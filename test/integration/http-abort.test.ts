@@ -86,4 +86,26 @@ describe('unclean ends of absolute-URI requests', () => {
     const rec = await gw.waitForClosed((f) => f.id === live?.id);
     expect(rec).toMatchObject({ closeReason: 'admin', bytesIn: 1000, bytesOut: 0 });
   });
+
+  it.each([
+    ['GET (fast path)', (p: string) => `GET http://127.0.0.1:${origin.port}${p} HTTP/1.1\r\nHost: x\r\n\r\n`],
+    ['POST (node:http)', (p: string) => `POST http://127.0.0.1:${origin.port}${p} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi`],
+  ])('a %s killed while its admission runs never reaches the origin; the client is cut', async (_what, request) => {
+    const path = `/killed-in-admission-${Math.random().toString(36).slice(2)}`;
+    // The kill lands after the flow is opened and before the handler continues past admission.
+    gw.flows.once('open', (flow: { id: string }) => queueMicrotask(() => gw.flows.kill(flow.id, 'admin')));
+    const s = await rawConnect(gw.httpPort);
+    s.on('error', () => undefined);
+    const chunks: Buffer[] = [];
+    s.on('data', (c: Buffer) => chunks.push(c));
+    // A reset (the fast path) or a close (node:http): either way the connection ends with no answer.
+    const closed = new Promise<void>((r) => s.once('close', () => r()));
+    s.write(request(path));
+    await closed;
+    expect(Buffer.concat(chunks).toString('latin1')).not.toMatch(/^HTTP\/1\.1 200/);
+    const rec = await gw.waitForClosed((f) => f.closeReason === 'admin' && f.bytesIn === 0 && f.destination.port === origin.port);
+    expect(rec.bytesOut).toBe(0);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(origin.seen.some((r) => r.url === path)).toBe(false);
+  });
 });
