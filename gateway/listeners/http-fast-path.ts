@@ -26,14 +26,13 @@ import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Dispatcher } from 'undici';
 import type { GatewayContext } from '../context.ts';
-import { GatewayError } from '../errors.ts';
 import type { Flow } from '../flow/flow.ts';
 import { formatAuthority } from '../protocol/authority.ts';
-import { mapError, type RejectMapping } from '../reject.ts';
+import type { RejectMapping } from '../reject.ts';
 import { SlotArray } from '../slot-array.ts';
 import { type ConnectionState, connectionState, resetOrDestroy } from './http-connection-state.ts';
 import { type FastRequestHead, parseFastRequestHead } from './http-fast-head.ts';
-import { undiciErrorCode } from './http-forward.ts';
+import { OriginExchange } from './http-forward.ts';
 import { forwardRequestHeaders, forwardResponseHeaders } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
 import { type RefusalDetails, refusalDetails, refusalText } from './http-refusal.ts';
@@ -285,42 +284,27 @@ class FastConnection {
 }
 
 /** One request sent to its origin and answered on the raw socket: the undici handler. */
-class FastExchange implements Dispatcher.DispatchHandler {
+class FastExchange extends OriginExchange {
   private readonly owner: FastConnection;
-  private readonly ctx: GatewayContext;
-  private readonly flow: Flow;
   private readonly isHead: boolean;
   private isLast: boolean;
-  private abortUpstream: ((err?: Error) => void) | null = null;
   private resume: (() => void) | null = null;
   /** The response head, kept until the first body bytes (or the end) so both go in one write. */
   private head: string | null = null;
   private isHeadSent = false;
   private isChunked = false;
-  private isConnected = false;
-  private isClientGone = false;
-  private isDone = false;
 
   constructor(owner: FastConnection, ctx: GatewayContext, flow: Flow, isHead: boolean, isLast: boolean) {
+    super(ctx, flow, owner.conn);
     this.owner = owner;
-    this.ctx = ctx;
-    this.flow = flow;
     this.isHead = isHead;
     this.isLast = isLast;
-    // A detector kill or admin DELETE: cut both sides now.
-    flow.abort = () => {
-      this.isClientGone = true;
-      this.isDone = true;
-      this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_RESET', 'flow killed'));
-      resetOrDestroy(owner.socket);
-    };
   }
 
   /** The client went away (FIN or reset) before the response was complete. */
   clientGone(): void {
-    if (this.isDone) return;
-    this.isClientGone = true;
-    this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_RESET', 'client went away'));
+    if (this.isClientGone || this.flow.state !== 'active') return;
+    this.abortOrigin('client went away');
     this.finish('client-reset');
   }
 
@@ -328,18 +312,17 @@ class FastExchange implements Dispatcher.DispatchHandler {
     this.resume?.();
   }
 
-  private finish(reason: string): void {
-    this.isDone = true;
-    if (this.flow.state === 'active') this.ctx.flows.close(this.flow, reason);
+  protected isResponseStarted(): boolean {
+    return this.isHeadSent;
   }
 
-  onConnect(abort: (err?: Error) => void): void {
-    this.abortUpstream = abort;
-    if (!this.isConnected) {
-      this.isConnected = true;
-      this.ctx.flows.markConnected(this.flow);
-    }
-    if (this.isClientGone) abort(new GatewayError('EGW_UPSTREAM_RESET', 'client went away'));
+  protected cutClient(reset: boolean): void {
+    if (reset) resetOrDestroy(this.owner.socket);
+    else this.owner.socket.destroy();
+  }
+
+  protected answerFailure(mapping: RejectMapping, details: RefusalDetails): void {
+    this.owner.answer(mapping, details, this.isLast);
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
@@ -404,28 +387,6 @@ class FastExchange implements Dispatcher.DispatchHandler {
     this.finish('closed');
     this.owner.next(this.isLast);
   }
-
-  onError(err: Error): void {
-    const { ctx, flow } = this;
-    this.owner.conn.isAwaitingOrigin = false;
-    if (this.isClientGone || this.isDone) {
-      if (!this.isDone) this.finish('client-reset');
-      return;
-    }
-    const code = undiciErrorCode(err);
-    const mapping = mapError(code);
-    if (this.isHeadSent) {
-      // Mid-response: the client must see a truncated body, not a clean end.
-      this.finish(mapping.reason);
-      this.owner.socket.destroy();
-      return;
-    }
-    if (!this.isConnected) ctx.detection?.onConnectFailed(flow);
-    ctx.log.warn({ flowId: flow.id, code, err: err.message }, 'origin request failed');
-    this.finish(mapping.reason);
-    this.owner.answer(mapping, { flowId: flow.id, isBlock: false }, this.isLast);
-  }
 }
-
 
 function ignore(): void {}

@@ -20,11 +20,11 @@ import type { Flow } from '../flow/flow.ts';
 import type { GatewayContext } from '../context.ts';
 import { dialErrorCode, GatewayError, type GatewayErrorCode } from '../errors.ts';
 import { formatAuthority } from '../protocol/authority.ts';
-import { mapError } from '../reject.ts';
+import { mapError, type RejectMapping } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
-import { connectionState, resetOrDestroy } from './http-connection-state.ts';
+import { type ConnectionState, connectionState, resetOrDestroy } from './http-connection-state.ts';
 import { forwardResponseHeaders } from './http-headers.ts';
-import { sendRefusal } from './http-refusal.ts';
+import { type RefusalDetails, sendRefusal } from './http-refusal.ts';
 
 /**
  * The undici dispatchers of one listener: direct, and one per parent proxy URL. undici fixes the
@@ -168,50 +168,39 @@ export function forwardRequest(
 }
 
 /**
- * One request/response exchange: the undici handler (its methods on the prototype, so a request
- * costs one object and three small closures rather than a closure per callback).
+ * What both absolute-URI paths' undici handlers share (this file's Exchange, and http-fast-path.ts's
+ * for requests served on the raw socket): the flow's close, the connect mark, the origin abort when
+ * the client goes, and what an origin failure means for the flow and the client. A subclass says how
+ * its client is answered or cut. Methods on the prototype: a request costs one object.
  */
-class Exchange implements Dispatcher.DispatchHandler {
-  private readonly ctx: GatewayContext;
-  private readonly flow: Flow;
-  private readonly req: IncomingMessage;
-  private readonly res: ServerResponse;
-  /** Kept: undici detaches `req.socket` once it has consumed the request body. */
-  private readonly clientSocket: Socket;
-  readonly connection: ReturnType<typeof connectionState>;
+export abstract class OriginExchange implements Dispatcher.DispatchHandler {
+  protected readonly ctx: GatewayContext;
+  protected readonly flow: Flow;
+  readonly connection: ConnectionState;
+  protected isClientGone = false;
   private abortUpstream: ((err?: Error) => void) | null = null;
-  private resume: (() => void) | null = null;
-  private isUpstreamDone = false;
-  private isClientGone = false;
   private isConnected = false;
 
-  constructor(ctx: GatewayContext, flow: Flow, req: IncomingMessage, res: ServerResponse) {
+  constructor(ctx: GatewayContext, flow: Flow, connection: ConnectionState) {
     this.ctx = ctx;
     this.flow = flow;
-    this.req = req;
-    this.res = res;
-    this.clientSocket = req.socket;
-    this.connection = connectionState(req.socket);
+    this.connection = connection;
     // A detector kill or admin DELETE: cut both sides now.
     flow.abort = () => {
-      this.isClientGone = true;
-      this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_RESET', 'flow killed'));
-      res.destroy();
-      resetOrDestroy(this.clientSocket);
+      this.abortOrigin('flow killed');
+      this.cutClient(true);
     };
-    res.once('close', () => {
-      if (this.isUpstreamDone && res.writableFinished) {
-        this.finish('closed');
-        return;
-      }
-      this.isClientGone = true;
-      this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_RESET', 'client went away'));
-      this.finish('client-reset');
-    });
   }
 
-  private finish(reason: string): void {
+  /** Close the flow with `reason`, once. */
+  protected finish(reason: string): void {
     if (this.flow.state === 'active') this.ctx.flows.close(this.flow, reason);
+  }
+
+  /** The client is gone (or the flow killed): the origin request is aborted. */
+  protected abortOrigin(why: string): void {
+    this.isClientGone = true;
+    this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_RESET', why));
   }
 
   onConnect(abort: (err?: Error) => void): void {
@@ -221,6 +210,72 @@ class Exchange implements Dispatcher.DispatchHandler {
       this.ctx.flows.markConnected(this.flow);
     }
     if (this.isClientGone) abort(new GatewayError('EGW_UPSTREAM_RESET', 'client went away'));
+  }
+
+  onError(err: Error): void {
+    const { ctx, flow } = this;
+    this.connection.isAwaitingOrigin = false;
+    if (this.isClientGone || flow.state !== 'active') {
+      this.finish('client-reset');
+      return;
+    }
+    const code = undiciErrorCode(err);
+    const mapping = mapError(code);
+    if (this.isResponseStarted()) {
+      // Mid-response: the client must see a truncated body, not a clean end.
+      this.finish(mapping.reason);
+      this.cutClient(false);
+      return;
+    }
+    if (!this.isConnected) ctx.detection?.onConnectFailed(flow);
+    ctx.log.warn({ flowId: flow.id, code, err: err.message }, 'origin request failed');
+    this.finish(mapping.reason);
+    this.answerFailure(mapping, { flowId: flow.id, isBlock: false });
+  }
+
+  /** Some of the response has gone to the client. */
+  protected abstract isResponseStarted(): boolean;
+  /** Cut the client connection: `reset` for a kill, else a plain close after what was written. */
+  protected abstract cutClient(reset: boolean): void;
+  /** Answer a failure before any response byte. */
+  protected abstract answerFailure(mapping: RejectMapping, details: RefusalDetails): void;
+}
+
+/** One request/response exchange on node:http's IncomingMessage and ServerResponse. */
+class Exchange extends OriginExchange {
+  private readonly req: IncomingMessage;
+  private readonly res: ServerResponse;
+  /** Kept: undici detaches `req.socket` once it has consumed the request body. */
+  private readonly clientSocket: Socket;
+  private resume: (() => void) | null = null;
+  private isUpstreamDone = false;
+
+  constructor(ctx: GatewayContext, flow: Flow, req: IncomingMessage, res: ServerResponse) {
+    super(ctx, flow, connectionState(req.socket));
+    this.req = req;
+    this.res = res;
+    this.clientSocket = req.socket;
+    res.once('close', () => {
+      if (this.isUpstreamDone && res.writableFinished) {
+        this.finish('closed');
+        return;
+      }
+      this.abortOrigin('client went away');
+      this.finish('client-reset');
+    });
+  }
+
+  protected isResponseStarted(): boolean {
+    return this.res.headersSent;
+  }
+
+  protected cutClient(reset: boolean): void {
+    this.res.destroy();
+    if (reset) resetOrDestroy(this.clientSocket);
+  }
+
+  protected answerFailure(mapping: RejectMapping, details: RefusalDetails): void {
+    sendRefusal(this.res, mapping, details, !this.req.complete);
   }
 
   onBodySent(chunk: unknown): void {
@@ -252,26 +307,9 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.res.end();
   }
 
-  onError(err: Error): void {
-    const { ctx, flow, res } = this;
+  override onError(err: Error): void {
     this.isUpstreamDone = true;
-    this.connection.isAwaitingOrigin = false;
-    if (this.isClientGone) {
-      this.finish('client-reset');
-      return;
-    }
-    const code = undiciErrorCode(err);
-    const mapping = mapError(code);
-    if (res.headersSent) {
-      // Mid-response: the client must see a truncated body, not a clean end.
-      this.finish(mapping.reason);
-      res.destroy();
-      return;
-    }
-    if (!this.isConnected) ctx.detection?.onConnectFailed(flow);
-    ctx.log.warn({ flowId: flow.id, code, err: err.message }, 'origin request failed');
-    this.finish(mapping.reason);
-    sendRefusal(res, mapping, { flowId: flow.id, isBlock: false }, !this.req.complete);
+    super.onError(err);
   }
 }
 
