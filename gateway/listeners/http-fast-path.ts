@@ -327,7 +327,7 @@ class FastExchange extends OriginExchange {
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     if (statusCode < 200 || this.isClientGone) return true; // 1xx: nothing to relay on a GET or HEAD
-    this.owner.conn.isAwaitingOrigin = false;
+    this.connection.isAwaitingOrigin = false;
     this.resume = resume;
     const headers = forwardResponseHeaders(rawHeaders);
     const text = statusText !== '' && !INVALID_FIELD_CHAR.test(statusText) ? statusText : (STATUS_CODES[statusCode] ?? '');
