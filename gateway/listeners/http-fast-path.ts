@@ -367,7 +367,7 @@ class FastExchange extends OriginExchange {
     if (head !== null) {
       this.head = null;
       this.isHeadSent = true;
-      s.write(head);
+      s.write(head, 'latin1');
     }
     if (this.isChunked) s.write(`${chunk.length.toString(16)}\r\n`);
     let ok = s.write(chunk);
@@ -383,7 +383,7 @@ class FastExchange extends OriginExchange {
     this.head = null;
     this.isHeadSent = true;
     if (this.isChunked) tail += '0\r\n\r\n';
-    if (tail !== '') s.write(tail);
+    if (tail !== '') s.write(tail, 'latin1');
     this.finish('closed');
     this.owner.next(this.isLast);
   }

@@ -129,7 +129,7 @@ export async function handleUpgrade(state: HttpListenerState, req: IncomingMessa
     stripped: state.strippedHeaders(snapshot),
     upgrade: req.headers.upgrade ?? 'websocket',
   });
-  upstream.write(serialiseRequestHead(req.method ?? 'GET', target.path, headers));
+  upstream.write(serialiseRequestHead(req.method ?? 'GET', target.path, headers), 'latin1');
   // A kill while we wait for the origin's answer cuts both sides.
   flow.abort = () => {
     upstream.resetAndDestroy();
@@ -160,14 +160,14 @@ export async function handleUpgrade(state: HttpListenerState, req: IncomingMessa
     return;
   }
   if (parsed.status === 101) {
-    socket.write(serialiseResponseHead(parsed, forwardResponseHeaders(parsed.headers, { upgrade: true })));
+    socket.write(serialiseResponseHead(parsed, forwardResponseHeaders(parsed.headers, { upgrade: true })), 'latin1');
     if (answer.rest.length > 0) upstream.unshift(answer.rest);
     tunnel(ctx.flows, flow, socket as Socket, upstream, { idleTimeoutMs: limits.idleTimeoutMs, head });
     return;
   }
   const headersOut = forwardResponseHeaders(parsed.headers, { keepFraming: true });
   headersOut.push('connection', 'close');
-  socket.write(serialiseResponseHead(parsed, headersOut));
+  socket.write(serialiseResponseHead(parsed, headersOut), 'latin1');
   relayRefusedUpgrade(state, flow, socket, upstream, answer.rest);
 }
 

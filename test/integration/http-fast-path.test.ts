@@ -22,6 +22,12 @@ beforeAll(async () => {
       res.end();
       return true;
     }
+    if (req.url?.startsWith('/latin1/')) {
+      // node:http writes header values as latin1: U+00E9 goes out as the one byte 0xE9.
+      res.writeHead(200, { 'x-name': 'caf\u00e9', 'content-length': Number(req.url.slice(8)) });
+      res.end(pattern(Number(req.url.slice(8))));
+      return true;
+    }
     if (req.url === '/no-date') {
       res.sendDate = false;
       res.writeHead(200, { 'content-length': 2 });
@@ -179,6 +185,22 @@ describe('absolute-URI fast path', () => {
     expect(r.response).toMatch(/\r\ndate: \w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} GMT\r\n/i);
     expect(r.response).toMatch(/\r\nvia: 1\.1 egressgate\r\n/i);
     expect(r.response.endsWith('\r\n\r\nnd')).toBe(true);
+  });
+
+  it('a header byte above 0x7f reaches the client as the origin sent it, whatever the body size', async () => {
+    // 2 bytes: head and body in one write; 20,000: head, then the body; HEAD: the head alone.
+    for (const [method, size] of [['GET', 2], ['GET', 20000], ['HEAD', 2]] as const) {
+      const s = await rawConnect(gw.httpPort);
+      const bytes: Buffer[] = [];
+      s.on('data', (c: Buffer) => bytes.push(c));
+      s.write(`${method} http://${o}/latin1/${size} HTTP/1.1\r\nHost: ${o}\r\nConnection: close\r\n\r\n`);
+      await once(s, 'end');
+      const all = Buffer.concat(bytes);
+      const headEnd = all.indexOf('\r\n\r\n') + 4;
+      expect(all.subarray(0, headEnd).includes(Buffer.from('\r\nx-name: caf\xe9\r\n', 'latin1'))).toBe(true);
+      expect(all.subarray(headEnd)).toEqual(method === 'HEAD' ? Buffer.alloc(0) : pattern(size));
+      s.destroy();
+    }
   });
 
   it('drain closes an idle keep-alive connection and keeps its record', async () => {

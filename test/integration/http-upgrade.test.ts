@@ -31,6 +31,11 @@ beforeAll(async () => {
       socket.end('HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 8\r\nConnection: close\r\n\r\nnot you!');
       return;
     }
+    if (req.url === '/latin1') {
+      // A field byte above 0x7f (latin1 0xE9) each way: it must pass through as that one byte.
+      socket.write(Buffer.from('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Note: caf\xe9\r\n\r\n', 'latin1'));
+      return;
+    }
     // The 101 and the first server frame in one write: the gateway must pass both through.
     socket.write(Buffer.concat([Buffer.from('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Origin: yes\r\n\r\n'), HELLO]));
     if (head.length > 0) socket.write(head);
@@ -95,6 +100,16 @@ describe('Upgrade through the proxy', () => {
     const rec = await gw.waitForClosed((f) => f.destination.port === port && f.bytesOut === payload.length);
     expect(rec).toMatchObject({ protocol: 'http', bytesIn: HELLO.length + payload.length, closeReason: 'closed' });
     expect(rec.identity.user).toBe('alice');
+  });
+
+  it('field bytes above 0x7f pass through as sent, in the request head and in the 101', async () => {
+    const s = await rawConnect(gw.httpPort);
+    s.write(Buffer.from(upgradeHead('/latin1').replace('\r\n\r\n', '\r\nX-Note: caf\xe9\r\n\r\n'), 'latin1'));
+    const got = await readUntil(s, '\r\n\r\n');
+    expect(got.includes(Buffer.from('\r\nX-Note: caf\xe9\r\n', 'latin1'))).toBe(true);
+    // node's parser reads field values as latin1: one byte 0xE9 is "\u00e9".
+    expect(seen.at(-1)?.headers['x-note']).toBe('caf\u00e9');
+    s.destroy();
   });
 
   it('an origin that declines: its answer reaches the client, then the connection closes', async () => {
