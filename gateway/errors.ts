@@ -17,6 +17,7 @@ export const GATEWAY_ERROR_CODES = [
   'EGW_DIAL_TIMEOUT', // upstream did not answer within limits.connectTimeoutMs
   'EGW_UPSTREAM_PROXY', // the parent proxy refused or failed
   'EGW_UPSTREAM_RESET', // upstream closed mid-response
+  'EGW_UPSTREAM_BAD_RESPONSE', // the origin answered, but not in valid HTTP/1.1 (malformed, smuggling-shaped, too large a head)
   'EGW_SELF_DIAL', // destination is one of the gateway's own listeners
   'EGW_FLOW_LIMIT', // per-identity concurrency or new-flow rate
   'EGW_SHUTTING_DOWN', // draining: no new flows

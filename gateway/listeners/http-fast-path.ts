@@ -327,6 +327,7 @@ class FastExchange extends OriginExchange {
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     if (statusCode < 200 || this.isClientGone) return true; // 1xx: nothing to relay on a GET or HEAD
+    this.status = statusCode;
     this.connection.isAwaitingOrigin = false;
     this.resume = resume;
     const headers = forwardResponseHeaders(rawHeaders);

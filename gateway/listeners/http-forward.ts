@@ -98,11 +98,20 @@ export function undiciErrorCode(err: unknown): GatewayErrorCode {
     case 'UND_ERR_CLOSED':
     case 'UND_ERR_DESTROYED':
       return 'EGW_UPSTREAM_RESET';
+    // The origin answered, but its response is not one to relay: a framing or parse error (llhttp's
+    // HPE_* codes: duplicate or conflicting lengths, bad bytes, obs-fold), a body that does not match
+    // its Content-Length, or a head past undici's limits.
+    case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH':
+    case 'UND_ERR_RES_EXCEEDED_MAX_SIZE':
+    case 'UND_ERR_HEADERS_OVERFLOW':
+      return 'EGW_UPSTREAM_BAD_RESPONSE';
     case 'UND_ERR_INVALID_ARG':
     case 'UND_ERR_NOT_SUPPORTED':
     case 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH':
       return 'EGW_BAD_REQUEST';
     default:
+      // undici's HTTPParserError carries llhttp's HPE_* code, or none.
+      if ((err as Error | null)?.name === 'HTTPParserError' || (typeof code === 'string' && code.startsWith('HPE_'))) return 'EGW_UPSTREAM_BAD_RESPONSE';
       return dialErrorCode(err);
   }
 }
@@ -178,6 +187,8 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
   protected readonly flow: Flow;
   readonly connection: ConnectionState;
   protected isClientGone = false;
+  /** The final response's status once its head has come, else 0. */
+  protected status = 0;
   private abortUpstream: ((err?: Error) => void) | null = null;
   private isConnected = false;
 
@@ -219,6 +230,10 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
       this.finish('client-reset');
       return;
     }
+    if (isCompleteWithoutBody(this.status, err)) {
+      this.onComplete();
+      return;
+    }
     const code = undiciErrorCode(err);
     const mapping = mapError(code);
     if (this.isResponseStarted()) {
@@ -233,6 +248,8 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
     this.answerFailure(mapping, { flowId: flow.id, isBlock: false });
   }
 
+  /** The origin's response is complete. */
+  abstract onComplete(): void;
   /** Some of the response has gone to the client. */
   protected abstract isResponseStarted(): boolean;
   /** Cut the client connection: `reset` for a kill, else a plain close after what was written. */
@@ -285,6 +302,7 @@ class Exchange extends OriginExchange {
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     if (statusCode < 200) return true; // 1xx: the gateway answered Expect itself; nothing else to relay
+    this.status = statusCode;
     this.connection.isAwaitingOrigin = false;
     if (this.resume === null) {
       this.resume = resume;
@@ -311,6 +329,16 @@ class Exchange extends OriginExchange {
     this.isUpstreamDone = true;
     super.onError(err);
   }
+}
+
+/**
+ * undici 7 fails a 304 or 204 whose head carries a non-zero Content-Length, as a body shorter than
+ * announced (undici 8, which needs node 22, fixed it). Those statuses never have a body (RFC 9112
+ * §6.3), and a 304 may announce the length of the representation it stands for (RFC 9110 §8.6):
+ * with its head received, such a response is complete. undici does not reuse that connection.
+ */
+function isCompleteWithoutBody(status: number, err: Error): boolean {
+  return (status === 304 || status === 204) && (err as { code?: unknown }).code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH';
 }
 
 /**

@@ -75,7 +75,7 @@ function readResponseHead(socket: Socket, maxBytes: number, timeoutMs: number): 
       const all = chunks.length === 1 ? chunk : Buffer.concat(chunks, size);
       const end = all.indexOf('\r\n\r\n');
       if (end < 0) {
-        if (size > maxBytes) done(new GatewayError('EGW_UPSTREAM_RESET', 'origin response head too large'));
+        if (size > maxBytes) done(new GatewayError('EGW_UPSTREAM_BAD_RESPONSE', 'origin response head too large'));
         return;
       }
       done(null, { head: all.subarray(0, end).toString('latin1'), rest: all.subarray(end + 4) });
@@ -151,8 +151,9 @@ export async function handleUpgrade(state: HttpListenerState, req: IncomingMessa
   if (hold.isGone() || flow.state !== 'active' || !parsed) {
     upstream.destroy();
     if (!parsed && !hold.isGone()) {
-      ctx.flows.close(flow, 'upstream-bad-response');
-      writeRawRefusal(socket, mapError('EGW_UPSTREAM_RESET'), { flowId: flow.id, isBlock: false });
+      const mapping = mapError('EGW_UPSTREAM_BAD_RESPONSE');
+      ctx.flows.close(flow, mapping.reason);
+      writeRawRefusal(socket, mapping, { flowId: flow.id, isBlock: false });
     } else {
       socket.destroy();
       ctx.flows.close(flow, 'client-reset');

@@ -31,6 +31,10 @@ beforeAll(async () => {
       socket.end('HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 8\r\nConnection: close\r\n\r\nnot you!');
       return;
     }
+    if (req.url === '/garbage') {
+      socket.end('SSH-2.0-OpenSSH_9.2\r\n\r\n');
+      return;
+    }
     if (req.url === '/latin1') {
       // A field byte above 0x7f (latin1 0xE9) each way: it must pass through as that one byte.
       socket.write(Buffer.from('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Note: caf\xe9\r\n\r\n', 'latin1'));
@@ -109,6 +113,18 @@ describe('Upgrade through the proxy', () => {
     expect(got.includes(Buffer.from('\r\nX-Note: caf\xe9\r\n', 'latin1'))).toBe(true);
     // node's parser reads field values as latin1: one byte 0xE9 is "\u00e9".
     expect(seen.at(-1)?.headers['x-note']).toBe('caf\u00e9');
+    s.destroy();
+  });
+
+  it('an origin whose answer is not HTTP: 502 upstream-bad-response, and the record says so', async () => {
+    const s = await rawConnect(gw.httpPort);
+    s.write(upgradeHead('/garbage'));
+    const got = (await readUntil(s, '"}')).toString('latin1');
+    expect(got).toMatch(/^HTTP\/1\.1 502 /);
+    expect(got).toContain('"reason":"upstream-bad-response"');
+    expect(got).not.toContain('SSH-2.0');
+    const rec = await gw.waitForClosed((f) => f.destination.port === port && f.closeReason === 'upstream-bad-response');
+    expect(rec.bytesIn).toBe(0);
     s.destroy();
   });
 

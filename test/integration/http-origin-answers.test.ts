@@ -1,0 +1,109 @@
+/**
+ * Origin answers at the edges of HTTP/1.1, through both absolute-URI paths: the fast path (the
+ * request head in one packet) and node:http (the same head split over two packets, which the fast
+ * path hands over). A raw origin writes exactly the bytes each case needs. Both paths must relay
+ * or refuse alike, and say why in the flow record.
+ */
+import { once } from 'node:events';
+import { createServer, type Server, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { jsonBody, rawConnect, readUntil } from './http-harness.ts';
+
+/** What the origin answers per path. */
+const ANSWERS: Record<string, string> = {
+  // RFC 9110 §8.6: a 304 may announce the length of the representation it stands for.
+  '/not-modified': 'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 10\r\n\r\n',
+  '/ok': 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
+  // Smuggling shapes and bad bytes (RFC 9112 §6.3, §5.2): never relayed.
+  '/two-lengths': 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc',
+  '/te-and-length': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n',
+  '/obs-fold': 'HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 1\r\n\r\nf',
+  '/not-http': 'SSH-2.0-OpenSSH_9.2\r\n\r\n',
+};
+
+let gw: TestGateway;
+let origin: Server;
+let o: string;
+const originSockets = new Set<Socket>();
+
+beforeAll(async () => {
+  origin = createServer((s) => {
+    originSockets.add(s);
+    s.on('close', () => originSockets.delete(s));
+    s.on('error', () => undefined);
+    let buf = '';
+    s.on('data', (d: Buffer) => {
+      buf += d.toString('latin1');
+      for (let end = buf.indexOf('\r\n\r\n'); end >= 0; end = buf.indexOf('\r\n\r\n')) {
+        const path = buf.slice(0, end).split(' ')[1] ?? '';
+        buf = buf.slice(end + 4);
+        s.write(ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n', 'latin1');
+      }
+    });
+  });
+  origin.listen(0, '127.0.0.1');
+  await once(origin, 'listening');
+  o = `127.0.0.1:${(origin.address() as { port: number }).port}`;
+  gw = await startTestGateway();
+});
+
+afterAll(async () => {
+  await gw?.stop();
+  for (const s of originSockets) s.destroy();
+  await new Promise<void>((r) => (origin ? origin.close(() => r()) : r()));
+});
+
+const PATHS = [
+  ['fast path', false],
+  ['node:http', true],
+] as const;
+
+/** Send a GET for `path` on `s`, whole or split over two packets (node:http then serves it). */
+async function sendGet(s: Socket, path: string, split: boolean): Promise<void> {
+  const head = `GET http://${o}${path} HTTP/1.1\r\nHost: ${o}\r\nIf-None-Match: "v1"\r\n\r\n`;
+  if (!split) {
+    s.write(head);
+    return;
+  }
+  s.write(head.slice(0, 12));
+  await new Promise((r) => setTimeout(r, 20));
+  s.write(head.slice(12));
+}
+
+describe('origin answers at the edges of HTTP/1.1', () => {
+  for (const [name, split] of PATHS) {
+    it(`${name}: a 304 announcing a Content-Length is relayed without a body, and the connection serves the next request`, async () => {
+      const s = await rawConnect(gw.httpPort);
+      const before = gw.closed.length;
+      await sendGet(s, '/not-modified', split);
+      const got = (await readUntil(s, '\r\n\r\n')).toString('latin1');
+      expect(got).toMatch(/^HTTP\/1\.1 304 /);
+      expect(got).toMatch(/\r\ncontent-length: 10\r\n/i);
+      expect(got).toMatch(/\r\netag: "v1"\r\n/i);
+      expect(got.endsWith('\r\n\r\n')).toBe(true);
+      const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+      expect(rec).toMatchObject({ closeReason: 'closed', bytesIn: 0, bytesOut: 0 });
+      // Nothing was left in the connection to be read as the next response.
+      await sendGet(s, '/ok', split);
+      const next = (await readUntil(s, '\r\n\r\nok')).toString('latin1');
+      expect(next).toMatch(/^HTTP\/1\.1 200 /);
+      s.destroy();
+    });
+
+    it(`${name}: malformed origin answers get 502 upstream-bad-response, and the connection goes on`, async () => {
+      const s = await rawConnect(gw.httpPort);
+      for (const path of ['/two-lengths', '/te-and-length', '/obs-fold', '/not-http']) {
+        const before = gw.closed.length;
+        await sendGet(s, path, split);
+        // The refusal body is JSON ending in the flow id.
+        const got = (await readUntil(s, '"}')).toString('latin1');
+        expect(got, path).toMatch(/^HTTP\/1\.1 502 /);
+        expect(jsonBody(got)['reason'], path).toBe('upstream-bad-response');
+        const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before && f.closeReason === 'upstream-bad-response');
+        expect(rec.bytesIn, path).toBe(0);
+      }
+      s.destroy();
+    });
+  }
+});
