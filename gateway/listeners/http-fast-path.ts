@@ -17,7 +17,10 @@
  * out with the first body bytes in one write.
  *
  * Timeouts as node:http's: limits.idleTimeoutMs while a request is served (not while it waits on
- * its origin: the origin's own timeouts then answer 504), KEEP_ALIVE_MS between requests. A client
+ * its origin: the origin's own timeouts then answer 504), KEEP_ALIVE_MS between requests. One socket
+ * timer serves both (the shorter of the two, set once per connection, re-armed by node on every read
+ * and write); when it fires where the longer one applies, a one-off timer waits out the rest. So a
+ * request costs no timer changes (two per request with node:http: ~2 µs on Node 20). A client
  * FIN or reset during a request ends its flow `client-reset` and aborts the origin request, as
  * node:http does. A request's flow closes `closed` once the origin's whole response has been handed
  * to the client socket.
@@ -116,6 +119,10 @@ class FastConnection {
   private isGone = false;
   /** This connection's slot in the fast path's live connections. */
   slot = -1;
+  /** The socket's timeout: the shorter of KEEP_ALIVE_MS and limits.idleTimeoutMs (at connection start). */
+  private readonly timeoutMs: number;
+  /** Waiting out the rest of the longer limit after the socket timer fired (see onTimeout), or null. */
+  private extension: NodeJS.Timeout | null = null;
 
   constructor(path: FastPathShared, socket: Socket, handOver: HandOver) {
     this.path = path;
@@ -129,6 +136,8 @@ class FastConnection {
     socket.on('error', ignore);
     socket.on('drain', this.onDrain);
     socket.on('timeout', this.onTimeout);
+    this.timeoutMs = Math.min(KEEP_ALIVE_MS, path.state.ctx.policy.current().config.limits.idleTimeoutMs);
+    socket.setTimeout(this.timeoutMs);
     socket.resume();
   }
 
@@ -136,7 +145,6 @@ class FastConnection {
   serve(head: FastRequestHead, target: OkTarget): void {
     const { state } = this.path;
     this.isBusy = true;
-    this.socket.setTimeout(state.ctx.policy.current().config.limits.idleTimeoutMs);
     this.run(head, target).catch((err: unknown) => {
       state.ctx.log.error({ err: (err as Error).message }, 'proxy request handler failed');
       this.socket.destroy();
@@ -203,8 +211,7 @@ class FastConnection {
     this.exchange = null;
     this.conn.isAwaitingOrigin = false;
     if (this.isGone) return;
-    // Between requests, and after the last one until the client closes too: KEEP_ALIVE_MS.
-    this.socket.setTimeout(KEEP_ALIVE_MS);
+    // Between requests, and after the last one until the client closes too: KEEP_ALIVE_MS (onTimeout).
     if (isLast || this.mustClose()) {
       this.socket.end();
       return;
@@ -237,6 +244,7 @@ class FastConnection {
     const s = this.socket;
     this.path.live.remove(this.slot, this);
     s.setTimeout(0);
+    this.stopExtension();
     s.removeListener('data', this.onData);
     s.removeListener('end', this.onEnd);
     s.removeListener('close', this.onClose);
@@ -269,6 +277,7 @@ class FastConnection {
 
   private readonly onClose = (): void => {
     this.isGone = true;
+    this.stopExtension();
     this.path.live.remove(this.slot, this);
     this.exchange?.clientGone();
   };
@@ -277,10 +286,35 @@ class FastConnection {
     this.exchange?.resumeOrigin();
   };
 
+  /**
+   * The socket was silent for timeoutMs (node re-arms its timer on every read and write). While the
+   * request waits on its origin, the origin's timeouts decide. Otherwise the limit is
+   * limits.idleTimeoutMs while a request is served and KEEP_ALIVE_MS between requests; where it is
+   * longer than timeoutMs, a one-off timer waits out the rest from now, and the connection goes only if
+   * it was silent all along (byte counts unchanged). Any later silence of timeoutMs starts it afresh.
+   */
   private readonly onTimeout = (): void => {
+    this.stopExtension();
     if (this.conn.isAwaitingOrigin) return;
-    this.socket.destroy();
+    const s = this.socket;
+    const limit = this.isBusy ? this.path.state.ctx.policy.current().config.limits.idleTimeoutMs : KEEP_ALIVE_MS;
+    if (limit <= this.timeoutMs) {
+      s.destroy();
+      return;
+    }
+    const mark = s.bytesRead + s.bytesWritten;
+    this.extension = setTimeout(() => {
+      this.extension = null;
+      if (!s.destroyed && !this.conn.isAwaitingOrigin && s.bytesRead + s.bytesWritten === mark) s.destroy();
+    }, limit - this.timeoutMs);
+    this.extension.unref();
   };
+
+  private stopExtension(): void {
+    if (this.extension === null) return;
+    clearTimeout(this.extension);
+    this.extension = null;
+  }
 }
 
 /** One request sent to its origin and answered on the raw socket: the undici handler. */

@@ -28,6 +28,12 @@ beforeAll(async () => {
       res.end(pattern(Number(req.url.slice(8))));
       return true;
     }
+    if (req.url === '/stall') {
+      // Headers and 3 of 10 body bytes, then silence (the socket is closed when the test ends).
+      res.writeHead(200, { 'content-length': 10 });
+      res.write('abc');
+      return true;
+    }
     if (req.url === '/no-date') {
       res.sendDate = false;
       res.writeHead(200, { 'content-length': 2 });
@@ -202,6 +208,37 @@ describe('absolute-URI fast path', () => {
       s.destroy();
     }
   });
+
+  it('idle limits: KEEP_ALIVE_MS between requests even when limits.idleTimeoutMs is shorter; idleTimeoutMs while a response stalls', async () => {
+    const own = await startTestGateway({ limits: { idleTimeoutMs: 300 } });
+    try {
+      // Between requests: 5 s (node:http's keepAliveTimeout), not the 300 ms idle limit.
+      const s = await rawConnect(own.httpPort);
+      s.on('error', () => undefined);
+      s.write(get('/size/3'));
+      await readUntil(s, 'abc');
+      const answered = Date.now();
+      const closed = once(s, 'close');
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(s.destroyed).toBe(false);
+      await closed;
+      expect(Date.now() - answered).toBeGreaterThanOrEqual(4500);
+      expect(Date.now() - answered).toBeLessThan(7000);
+      // While a response is served and the client socket is silent: the 300 ms idle limit.
+      const t = await rawConnect(own.httpPort);
+      t.on('error', () => undefined);
+      const before = own.closed.length;
+      t.write(get('/stall'));
+      await readUntil(t, 'abc');
+      const stalled = Date.now();
+      await once(t, 'close');
+      expect(Date.now() - stalled).toBeLessThan(2000);
+      const rec = await own.waitForClosed((f) => own.closed.indexOf(f) >= before);
+      expect(rec).toMatchObject({ bytesIn: 3, closeReason: 'client-reset' });
+    } finally {
+      await own.stop();
+    }
+  }, 15_000);
 
   it('drain closes an idle keep-alive connection and keeps its record', async () => {
     const own = await startTestGateway();
