@@ -14,7 +14,7 @@
  * The response: status line, the origin's headers less hop-by-hop fields (forwardResponseHeaders)
  * plus `Via`, and `Date` when the origin sent none. The body keeps the origin's Content-Length, or is
  * sent chunked when the origin did not give one, as node:http's ServerResponse would. The head goes
- * out with the first body bytes in one write.
+ * out with the first body bytes in one writev (corked).
  *
  * Timeouts as node:http's: limits.idleTimeoutMs while a request is served (not while it waits on
  * its origin: the origin's own timeouts then answer 504), KEEP_ALIVE_MS between requests. One socket
@@ -323,7 +323,7 @@ class FastExchange extends OriginExchange {
   private readonly isHead: boolean;
   private isLast: boolean;
   private resume: (() => void) | null = null;
-  /** The response head, kept until the first body bytes (or the end) so both go in one write. */
+  /** The response head, kept until the first body bytes (or the end) so both go in one writev. */
   private head: string | null = null;
   private isHeadSent = false;
   private isChunked = false;

@@ -1,6 +1,6 @@
 /**
  * Byte-level scanning of HTTP/1.1 request heads for the fast paths in front of node:http
- * (http-connect-front.ts for CONNECT, http-fast-request.ts for absolute-URI GET and HEAD). One
+ * (http-connect-front.ts for CONNECT, http-fast-head.ts for absolute-URI GET and HEAD). One
  * table says which bytes may appear where; anything outside it makes the fast path give the head to
  * node:http unread, so these scanners only ever accept a strict subset of what node accepts.
  */
