@@ -22,7 +22,7 @@ import type { GatewayContext, Logger, ProcessAttributor, Resolver } from './gate
 import { createControlPort } from './gateway/control-port.ts';
 import { GatewayStats, type ListenerLabel } from './gateway/stats.ts';
 import { createDetectionEngine, type DetectionEngine } from './gateway/detection/detection-engine.ts';
-import { FlowLog } from './gateway/flow/flow-log.ts';
+import { FlowLog, type FlowLogEvent } from './gateway/flow/flow-log.ts';
 import { FlowTable } from './gateway/flow/flow-table.ts';
 import { createIdentityResolver } from './gateway/identity/identity-resolver.ts';
 import { createHttpProxy, withConnectFront } from './gateway/listeners/http-proxy.ts';
@@ -71,8 +71,11 @@ export interface RunningGateway {
   ctx: GatewayContext;
   /** Reload from the config file (SIGHUP). */
   reloadFromFile(author?: string): Promise<{ ok: boolean; errors?: Array<{ path: string; message: string }> }>;
-  /** Stop accepting, let flows finish within graceMs, kill the rest, flush the logs, close. */
-  drain(graceMs?: number): Promise<void>;
+  /**
+   * Stop accepting, let flows finish within graceMs, kill the rest (closeReason `killReason`,
+   * default "shutdown"), flush the logs, close.
+   */
+  drain(graceMs?: number, killReason?: string): Promise<void>;
 }
 
 function splitHostPort(text: string): { host: string; port: number } {
@@ -131,12 +134,36 @@ function createStats(
   return stats;
 }
 
+/** One log line per change of the flow log's state (flow-log.ts). */
+function logFlowLogEvent(log: Logger, e: FlowLogEvent, policy: PolicyStore | null): void {
+  switch (e.event) {
+    case 'failed': {
+      const onError = policy?.current().config.flowLog.onError ?? 'refuse';
+      const until = e.willRetry ? 'until it recovers (reopened every second)' : 'until the gateway is restarted (stdout cannot be reopened)';
+      const then = onError === 'refuse' ? `new flows are refused (503) ${until}` : 'new flows are still admitted (flowLog.onError: admit)';
+      log.error({ path: e.path, code: e.error, why: e.message, onError }, `flow log write failed: records are held in memory; ${then}`);
+      return;
+    }
+    case 'recovered':
+      log.info({ path: e.path, records: e.records, failedForMs: e.failedForMs }, 'flow log writable again: held records written');
+      return;
+    case 'dropping':
+      log.error({ path: e.path, backlogBytes: e.backlogBytes }, 'flow log backlog full: further records are dropped until it recovers');
+      return;
+    case 'lost':
+      log.error({ path: e.path, records: e.records }, 'flow log still failing at shutdown: records not written');
+      return;
+  }
+}
+
 /** Start a gateway in this process. Used by `serve` and by the integration tests. */
 export async function startGateway(opts: StartOptions): Promise<RunningGateway> {
   const config = opts.config;
   const log = opts.log ?? createLogger('info');
   // 2. flow log, flow table, policy
-  const flowLog = await FlowLog.open(config.flowLog.path);
+  // The policy store exists by the time a write can fail; its current onError is what applies.
+  let policyRef: PolicyStore | null = null;
+  const flowLog = await FlowLog.open(config.flowLog.path, { onStateChange: (e) => logFlowLogEvent(log, e, policyRef) });
   const flows = new FlowTable({
     sink: flowLog,
     keepClosed: config.flowLog.keepClosed,
@@ -145,6 +172,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     now: opts.now,
   });
   const policy = new PolicyStore(config, { author: 'startup', source: opts.configPath ? 'file' : 'startup', text: opts.configText ?? null });
+  policyRef = policy;
   if (opts.mode) policy.setMode(opts.mode);
   const alerts = new AlertStore<Alert>({ keep: config.alerts.keep });
   const sinks = attachAlertSinks(alerts, { webhooks: config.alerts.webhooks, syslog: config.alerts.syslog, log });
@@ -165,6 +193,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     log,
     selfAddresses,
     isDraining: () => draining,
+    isFlowLogFailing: () => flowLog.isFailing,
   };
   detection = await createDetectionEngine({ flows, policy, alerts, log, statePath: config.state.path });
   flows.start(config.detection.sampleIntervalMs, config.flowLog.interimSec);
@@ -206,7 +235,10 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     ...(httpsServer ? [[httpsServer, 'https'] as const] : []),
   ]);
   flows.on('sweep', () => stats.sweepObserved(detection?.lastSweepMs ?? 0));
-  const control = createControlPort({ flows, policy, alerts, audit, stats, identity, isReady: () => ready && !draining, proxyAddress: () => http });
+  stats.attachFlowLog(() => flowLog.status());
+  // Not ready while new flows would be refused for want of a flow log: a balancer sends them elsewhere.
+  const isRefusingUnrecorded = (): boolean => flowLog.isFailing && policy.current().config.flowLog.onError === 'refuse';
+  const control = createControlPort({ flows, policy, alerts, audit, stats, identity, isReady: () => ready && !draining && !isRefusingUnrecorded(), proxyAddress: () => http });
   const envToken = opts.adminToken ?? null;
   const hasToken = config.admin.tokens.length > 0 || Boolean(envToken);
   const generatedAdminToken = hasToken ? null : generateAdminToken();
@@ -231,7 +263,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     return result;
   };
 
-  const drain = async (graceMs = config.limits.drainGraceMs): Promise<void> => {
+  const drain = async (graceMs = config.limits.drainGraceMs, killReason = 'shutdown'): Promise<void> => {
     if (draining) return;
     draining = true;
     ready = false;
@@ -245,9 +277,11 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     while (flows.activeCount > 0 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 50));
     }
-    for (const id of [...flows.activeFlows().keys()]) flows.kill(id, 'shutdown');
+    for (const id of [...flows.activeFlows().keys()]) flows.kill(id, killReason);
     httpServer.closeAllConnections();
     httpsServer?.closeAllConnections();
+    // Every flow has its record now: hand them to the log before anything else can hold us up.
+    await flowLog.flush();
     await closed;
     // 3. final sweep, persist detector state, flush every record
     flows.stop();
@@ -268,6 +302,33 @@ Runs the HTTP forward proxy, the SOCKS5 gateway and the admin API. Port 0 = any 
 Without --config (or EGRESSGATE_CONFIG) the embedded default policy is used: monitor mode,
 loopback listeners, in-memory state. SIGHUP reloads the config file; SIGTERM drains and exits 0.
 `;
+
+/** How long a fatal error leaves the gateway to record its flows before it exits anyway. */
+const FATAL_EXIT_MS = 5000;
+let isFatal = false;
+
+/**
+ * A bug that escaped every handler (an uncaught exception or unhandled rejection): node's own
+ * handling would exit at once, and every live flow would go unrecorded. Instead: log it, close the
+ * live flows (closeReason "gateway-error") so each has its record, flush, and exit 1 for the
+ * supervisor to restart us — within FATAL_EXIT_MS, whatever state the process is in.
+ */
+function onFatal(gw: RunningGateway, err: unknown, origin: string): void {
+  const stack = err instanceof Error ? (err.stack ?? err.message) : String(err);
+  if (isFatal) {
+    process.stderr.write(`egressgate: another fatal error while stopping (${origin}): ${stack}\n`);
+    return;
+  }
+  isFatal = true;
+  gw.ctx.log.error({ origin, err: stack }, 'fatal error: recording live flows and exiting');
+  setTimeout(() => process.exit(1), FATAL_EXIT_MS);
+  gw.drain(0, 'gateway-error').then(
+    () => process.exit(1),
+    () => process.exit(1),
+  );
+}
+
+function ignoreStreamError(): void {}
 
 /** `egressgate serve`. Returns -1 while serving (the process stays up until SIGTERM). */
 export async function run(argv: string[]): Promise<number> {
@@ -362,5 +423,10 @@ export async function run(argv: string[]): Promise<number> {
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
+  // A closed stdout or stderr (a log shipper that went away) must not take the gateway down: the
+  // flow log on stdout handles its own errors (flow-log.ts); other writes there are best effort.
+  process.stdout.on('error', ignoreStreamError);
+  process.stderr.on('error', ignoreStreamError);
+  process.on('uncaughtException', (err, origin) => onFatal(gw, err, origin));
   return -1;
 }

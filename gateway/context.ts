@@ -78,4 +78,6 @@ export interface GatewayContext {
   readonly selfAddresses: Set<string>;
   /** True once SIGTERM started draining: refuse new flows. */
   isDraining(): boolean;
+  /** True while the flow log cannot be written (flow-log.ts); absent = never. */
+  isFlowLogFailing?(): boolean;
 }

@@ -21,6 +21,7 @@ export const GATEWAY_ERROR_CODES = [
   'EGW_SELF_DIAL', // destination is one of the gateway's own listeners
   'EGW_FLOW_LIMIT', // per-identity concurrency or new-flow rate
   'EGW_SHUTTING_DOWN', // draining: no new flows
+  'EGW_FLOW_LOG_UNAVAILABLE', // the flow log cannot be written (flowLog.onError: refuse): no unrecorded flows
   'EGW_CONFIG_INVALID',
 ] as const;
 export type GatewayErrorCode = (typeof GATEWAY_ERROR_CODES)[number];

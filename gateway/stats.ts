@@ -49,6 +49,10 @@ export class GatewayStats {
   readonly detectorAlertsTotal: Counter<'detector' | 'action'>;
   readonly sweepDurationMs: Histogram;
   readonly configReloadTotal: Counter<'result'>;
+  readonly flowLogFailing: Gauge;
+  readonly flowRecordsHeld: Gauge;
+  readonly flowRecordsDroppedTotal: Counter;
+  private flowLogStatusFn: () => { failing: boolean; backlogRecords: number; droppedRecords: number } = () => ({ failing: false, backlogRecords: 0, droppedRecords: 0 });
   private activeFlowsFn: () => number = () => 0;
   /**
    * Hot-path counts (every connection, every flow) are plain numbers, handed to prom-client only at
@@ -148,6 +152,31 @@ export class GatewayStats {
       labelNames: ['result'],
       registers,
     });
+    this.flowLogFailing = new Gauge({
+      name: 'gw_flow_log_failing',
+      help: '1 while the flow log cannot be written (records are held in memory), else 0',
+      registers,
+      collect() {
+        this.set(stats.flowLogStatusFn().failing ? 1 : 0);
+      },
+    });
+    this.flowRecordsHeld = new Gauge({
+      name: 'gw_flow_records_held',
+      help: 'Flow records held in memory because the flow log cannot take them',
+      registers,
+      collect() {
+        this.set(stats.flowLogStatusFn().backlogRecords);
+      },
+    });
+    this.flowRecordsDroppedTotal = new Counter({
+      name: 'gw_flow_records_dropped_total',
+      help: 'Flow records lost: the flow log failed and its in-memory backlog was full',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(stats.flowLogStatusFn().droppedRecords);
+      },
+    });
     // Zero the closed label sets so dashboards see every series from the start.
     for (const r of RELOAD_RESULTS) this.configReloadTotal.inc({ result: r }, 0);
     if (opts.processMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'gw_process_' });
@@ -192,6 +221,11 @@ export class GatewayStats {
 
   sweepObserved(durationMs: number): void {
     this.sweepDurationMs.observe(durationMs);
+  }
+
+  /** Read the flow log's state at scrape time. */
+  attachFlowLog(status: () => { failing: boolean; backlogRecords: number; droppedRecords: number }): void {
+    this.flowLogStatusFn = status;
   }
 
   configReloaded(result: ReloadResult): void {

@@ -206,7 +206,7 @@ export const CONFIG_SCHEMA: Node = s.obj({
     connectTimeoutMs: s.int(1),
     drainGraceMs: s.int(0),
   }),
-  flowLog: s.obj({ path: s.nul(s.str(nonEmpty)), interimSec: s.int(0), keepClosed: s.int(0) }),
+  flowLog: s.obj({ path: s.nul(s.str(nonEmpty)), interimSec: s.int(0), keepClosed: s.int(0), onError: s.enum(['refuse', 'admit']) }),
   alerts: s.obj({
     webhooks: s.arr(s.obj({ url: s.req(s.str(webhookUrl)), minSeverity: severity })),
     syslog: s.nul(s.obj({ host: s.req(s.str(nonEmpty)), port: s.req(s.int(1, 65535)), protocol: s.enum(['udp', 'tcp']) })),

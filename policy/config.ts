@@ -107,7 +107,7 @@ export interface Config {
     connectTimeoutMs: number;
     drainGraceMs: number;
   };
-  flowLog: { path: string | null; interimSec: number; keepClosed: number };
+  flowLog: { path: string | null; interimSec: number; keepClosed: number; onError: 'refuse' | 'admit' };
   alerts: {
     webhooks: Array<{ url: string; minSeverity: 'low' | 'medium' | 'high' }>;
     syslog: { host: string; port: number; protocol: 'udp' | 'tcp' } | null;
@@ -162,7 +162,7 @@ export function defaultConfig(): Config {
       connectTimeoutMs: 10_000,
       drainGraceMs: 10_000,
     },
-    flowLog: { path: '-', interimSec: 60, keepClosed: 10_000 },
+    flowLog: { path: '-', interimSec: 60, keepClosed: 10_000, onError: 'refuse' },
     alerts: { webhooks: [], syslog: null, keep: 10_000 },
     proxyProtocol: { trustedSources: [] },
     upstream: null,

@@ -25,10 +25,10 @@ export function registerSystemRoutes(app: AdminApp, { port }: RouteContext, open
     '/readyz',
     {
       config: { scope: 'none' },
-      schema: { summary: 'Readiness: listeners bound and a policy loaded (503 until then, and while draining)', response: { 200: Health, 503: ErrorBody } },
+      schema: { summary: 'Readiness: listeners bound and a policy loaded (503 until then, while draining, and while new flows are refused because the flow log cannot be written)', response: { 200: Health, 503: ErrorBody } },
     },
     (_request, reply) => {
-      if (!port.isReady()) return sendError(reply, 503, 'not-ready', 'listeners not bound yet, or draining');
+      if (!port.isReady()) return sendError(reply, 503, 'not-ready', 'listeners not bound yet, draining, or the flow log cannot be written');
       reply.send({ status: 'ready' });
     },
   );

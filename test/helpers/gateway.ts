@@ -48,7 +48,7 @@ export function testConfig(overrides: DeepPartial<Config> = {}): Config {
   base.allowRanges = ['127.0.0.0/8', '::1/128'];
   base.roles = { any: { allow: [{ cidr: '0.0.0.0/0' }, { cidr: '::/0' }] } };
   base.defaultRoles = ['any'];
-  base.flowLog = { path: null, interimSec: 60, keepClosed: 10_000 };
+  base.flowLog = { path: null, interimSec: 60, keepClosed: 10_000, onError: 'refuse' };
   base.identity.localAttribution = false;
   base.detection.sampleIntervalMs = 100;
   return merge(base, overrides);

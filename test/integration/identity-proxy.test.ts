@@ -121,7 +121,7 @@ describe.skipIf(!skipNotice(canRun, 'identity-proxy', 'needs openssl and a curl 
     const config = defaultConfig();
     config.allowRanges = ['127.0.0.0/8'];
     config.roles = { any: { allow: [{ cidr: '0.0.0.0/0' }] } };
-    config.flowLog = { path: null, interimSec: 60, keepClosed: 1000 };
+    config.flowLog = { path: null, interimSec: 60, keepClosed: 1000, onError: 'refuse' };
     config.identity.localAttribution = false;
     config.identity.requireAuth = true;
     config.identity.users = [

@@ -1,0 +1,158 @@
+/**
+ * The gateway when its flow log cannot be written, through the real listeners: the flow log's path
+ * is a symlink to /dev/full (every write fails with ENOSPC), later replaced by a regular file.
+ *  - `flowLog.onError: refuse` (the default): new flows get 503 `flow-log-unavailable` (SOCKS5:
+ *    general failure), /readyz says not ready, the metrics say so; a tunnel already open carries on;
+ *    once the file is writable every record is in it, the refusals' included, each once;
+ *  - `flowLog.onError: admit`: flows go on being admitted, and their records reach the file too.
+ */
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SocksClient } from 'socks';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { FlowRecord } from '../../gateway/flow/flow.ts';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { type Origin, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
+import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'egw-flowlog-it-'));
+let origin: Origin;
+let echo: TcpOrigin;
+let gw: TestGateway | null = null;
+
+beforeAll(async () => {
+  origin = await startOrigin();
+  echo = await startTcpOrigin();
+});
+afterEach(async () => {
+  await gw?.stop();
+  gw = null;
+});
+afterAll(async () => {
+  await origin.close();
+  await echo.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** A flow log path that fails every write until `repair()` puts a regular file in its place. */
+function failingLogPath(name: string): { path: string; repair: () => void } {
+  const path = join(dir, name);
+  symlinkSync('/dev/full', path);
+  return {
+    path,
+    repair: () => {
+      writeFileSync(`${path}.new`, '');
+      renameSync(`${path}.new`, path);
+    },
+  };
+}
+
+async function curlGet(g: TestGateway, path: string): Promise<{ status: number; body: string }> {
+  const r = await run('curl', ['-s', '-o', '-', '-w', '\n%{http_code}', '-x', `http://${g.httpHost}:${g.httpPort}`, `http://127.0.0.1:${origin.port}${path}`]);
+  const text = r.stdout.toString('utf8');
+  const i = text.lastIndexOf('\n');
+  return { status: Number(text.slice(i + 1)), body: text.slice(0, i) };
+}
+
+async function admin(g: TestGateway, path: string): Promise<{ status: number; text: string }> {
+  const res = await fetch(`${g.adminUrl}${path}`, { headers: { authorization: `Bearer ${g.adminToken}` } });
+  return { status: res.status, text: await res.text() };
+}
+
+async function until(what: string, pred: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await pred())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function records(path: string): FlowRecord[] {
+  return readFileSync(path, 'utf8')
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => JSON.parse(l) as FlowRecord);
+}
+
+describe('flow log that cannot be written', () => {
+  it('onError refuse: new flows get 503 flow-log-unavailable, not ready, a live tunnel carries on; every record written once it recovers', async () => {
+    const log = failingLogPath('refuse.jsonl');
+    const g = await startTestGateway({ flowLog: { path: log.path } });
+    gw = g;
+    // A tunnel opened while the log is still healthy (no record written yet).
+    const tunnel = await rawConnect(g.httpPort);
+    tunnel.on('error', () => {});
+    tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+    expect((await readUntil(tunnel, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+    tunnel.write('a'.repeat(100));
+    await readUntil(tunnel, 'a'.repeat(100));
+
+    // The first record written fails: from then on the gateway refuses new flows.
+    expect(await curlGet(g, '/size/10')).toEqual({ status: 200, body: 'abcdefghij' });
+    await until('the failure', () => g.ctx.isFlowLogFailing?.() === true);
+    expect(g.logs).toContainEqual(expect.objectContaining({ level: 'error', code: 'ENOSPC', path: log.path, onError: 'refuse' }));
+    const refused = await curlGet(g, '/size/10');
+    expect(refused.status).toBe(503);
+    expect(JSON.parse(refused.body)).toMatchObject({ error: 'flow log unavailable', reason: 'flow-log-unavailable' });
+    const socks = await SocksClient.createConnection({
+      proxy: { host: g.socksHost, port: g.socksPort, type: 5 },
+      command: 'connect',
+      destination: { host: '127.0.0.1', port: echo.port },
+      timeout: 5000,
+    }).then(
+      () => 'connected',
+      (e: unknown) => String(e),
+    );
+    // SOCKS5 reply 0x01, general SOCKS server failure (the socks client names it "Failure").
+    expect(socks).toMatch(/rejected connection - Failure$/);
+    expect((await admin(g, '/readyz')).status).toBe(503);
+    const metrics = (await admin(g, '/metrics')).text;
+    expect(metrics).toMatch(/^gw_flow_log_failing 1$/m);
+    expect(metrics).toMatch(/^gw_flow_records_held [1-9]/m);
+
+    // The tunnel admitted before goes on.
+    tunnel.write('b'.repeat(50));
+    await readUntil(tunnel, 'b'.repeat(50));
+
+    // The path becomes writable: within a retry or two the gateway is ready and admits again.
+    log.repair();
+    await until('recovery', async () => (await admin(g, '/readyz')).status === 200);
+    expect((await admin(g, '/metrics')).text).toMatch(/^gw_flow_log_failing 0$/m);
+    expect(await curlGet(g, '/size/3')).toEqual({ status: 200, body: 'abc' });
+    tunnel.end();
+    await once(tunnel, 'close');
+    await g.waitForClosed((r) => r.protocol === 'connect');
+    await g.stop();
+    gw = null;
+
+    const got = records(log.path);
+    expect(new Set(got.map((r) => r.id)).size).toBe(got.length);
+    expect(got.map((r) => [r.protocol, r.closeReason, r.bytesOut, r.bytesIn])).toEqual([
+      ['http', 'closed', 0, 10],
+      ['http', 'flow-log-unavailable', 0, 0],
+      ['socks5', 'flow-log-unavailable', 0, 0],
+      ['http', 'closed', 0, 3],
+      ['connect', 'closed', 150, 150],
+    ]);
+  }, 30_000);
+
+  it('onError admit: flows are still admitted while the log fails, and their records are written once it recovers', async () => {
+    const log = failingLogPath('admit.jsonl');
+    const g = await startTestGateway({ flowLog: { path: log.path, onError: 'admit' } });
+    gw = g;
+    expect((await curlGet(g, '/size/4')).status).toBe(200);
+    await until('the failure', () => g.ctx.isFlowLogFailing?.() === true);
+    expect(await curlGet(g, '/size/5')).toEqual({ status: 200, body: 'abcde' });
+    expect((await admin(g, '/readyz')).status).toBe(200);
+    log.repair();
+    await until('recovery', () => g.ctx.isFlowLogFailing?.() === false);
+    await g.stop();
+    gw = null;
+    expect(records(log.path).map((r) => [r.closeReason, r.bytesIn])).toEqual([
+      ['closed', 4],
+      ['closed', 5],
+    ]);
+  }, 30_000);
+});

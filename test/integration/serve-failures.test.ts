@@ -1,0 +1,163 @@
+/**
+ * `egressgate serve` as a process, when something goes wrong inside it:
+ *  - a bug escapes every handler (a thrown exception, an unhandled rejection — injected by a
+ *    preloaded module on SIGUSR2, test/fixtures/fault-on-signal.mjs): the live tunnel is closed with
+ *    closeReason "gateway-error" and its exact byte counts reach the flow log, the error is logged,
+ *    and the process exits 1 for its supervisor to restart it;
+ *  - the flow log is stdout and the reader of that pipe goes away (EPIPE): the gateway stays up,
+ *    refuses new flows (503 flow-log-unavailable), says why on stderr, and drains on SIGTERM.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { FlowRecord } from '../../gateway/flow/flow.ts';
+import { type Origin, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
+import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+
+const ROOT = join(import.meta.dirname, '..', '..');
+const FAULT = join(ROOT, 'test', 'fixtures', 'fault-on-signal.mjs');
+
+let dir: string;
+let echo: TcpOrigin;
+let origin: Origin;
+let child: ChildProcess | null = null;
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'egw-serve-fail-'));
+  echo = await startTcpOrigin();
+  origin = await startOrigin();
+});
+afterEach(async () => {
+  if (child && child.exitCode === null && child.signalCode === null) {
+    const exited = once(child, 'exit');
+    child.kill('SIGKILL');
+    await exited;
+  }
+  child = null;
+});
+afterAll(async () => {
+  await echo.close();
+  await origin.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+function policy(flowLogPath: string): string {
+  return `
+mode: enforce
+allowRanges: [127.0.0.0/8]
+roles: { any: { allow: [ { cidr: 127.0.0.0/8 } ] } }
+defaultRoles: [any]
+identity: { localAttribution: false }
+flowLog: { path: ${JSON.stringify(flowLogPath)} }
+`;
+}
+
+interface Served {
+  child: ChildProcess;
+  http: { host: string; port: number };
+  stderr: () => string;
+}
+
+/** Start `serve` with `policyText` and extra env; resolves at the listening line. */
+async function serve(name: string, policyText: string, env: NodeJS.ProcessEnv = {}): Promise<Served> {
+  const configPath = join(dir, `${name}.yaml`);
+  await writeFile(configPath, policyText);
+  const c = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'cli.ts'), 'serve', '--config', configPath, '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0'], {
+    cwd: ROOT,
+    env: { ...process.env, EGRESSGATE_ADMIN_TOKEN: 'serve-failures-token-0123456789', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  child = c;
+  let stderr = '';
+  c.stderr?.on('data', (b: Buffer) => {
+    stderr += b.toString('utf8');
+  });
+  const listening = await new Promise<{ http: string }>((resolve, reject) => {
+    let buf = '';
+    const onData = (b: Buffer): void => {
+      buf += b.toString('utf8');
+      const line = buf.split('\n').find((l) => l.includes('"listening"'));
+      if (!line) return;
+      c.stdout?.off('data', onData);
+      resolve(JSON.parse(line) as { http: string });
+    };
+    c.stdout?.on('data', onData);
+    c.once('exit', (code) => reject(new Error(`serve exited (${code}) before listening: ${stderr}`)));
+  });
+  const i = listening.http.lastIndexOf(':');
+  return { child: c, http: { host: listening.http.slice(0, i), port: Number(listening.http.slice(i + 1)) }, stderr: () => stderr };
+}
+
+function logLines(stderr: string): Array<Record<string, unknown>> {
+  return stderr
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+describe('egressgate serve: a fatal error records the live flows before the process exits', () => {
+  for (const [fault, origin, message] of [
+    ['throw', 'uncaughtException', 'injected fault'],
+    ['reject', 'unhandledRejection', 'injected rejection'],
+  ] as const) {
+    it(`${origin}: the live tunnel's record (gateway-error, exact bytes) is in the flow log; exit 1`, async () => {
+      const flowLog = join(dir, `fatal-${fault}.jsonl`);
+      const s = await serve(`fatal-${fault}`, policy(flowLog), { NODE_OPTIONS: `--import=${FAULT}`, EGW_TEST_FAULT: fault });
+      const tunnel = await rawConnect(s.http.port);
+      tunnel.on('error', () => {});
+      tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+      expect((await readUntil(tunnel, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+      tunnel.write('x'.repeat(100));
+      await readUntil(tunnel, 'x'.repeat(100));
+      const exited = once(s.child, 'exit');
+      // (events.once would reject on the reset's 'error': wait for 'close' alone.)
+      const tunnelClosed = new Promise((r) => tunnel.once('close', r));
+      s.child.kill('SIGUSR2');
+      const [code] = (await exited) as [number | null];
+      await tunnelClosed;
+      expect(code).toBe(1);
+      const fatal = logLines(s.stderr()).find((l) => l.msg === 'fatal error: recording live flows and exiting');
+      expect(fatal).toMatchObject({ level: 'error', origin });
+      expect(String(fatal?.err)).toContain(message);
+      const records = (await readFile(flowLog, 'utf8'))
+        .split('\n')
+        .filter((l) => l !== '')
+        .map((l) => JSON.parse(l) as FlowRecord);
+      expect(records.map((r) => [r.protocol, r.closeReason, r.bytesOut, r.bytesIn, r.destination.port])).toEqual([['connect', 'gateway-error', 100, 100, echo.port]]);
+    }, 60_000);
+  }
+});
+
+describe('egressgate serve: the flow log is stdout and its reader goes away', () => {
+  it('stays up, refuses new flows with 503 flow-log-unavailable, says why, and drains on SIGTERM', async () => {
+    const s = await serve('stdout-epipe', policy('-'));
+    // Close our end of the gateway's stdout: its next write gets EPIPE.
+    s.child.stdout?.destroy();
+    const first = await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '-x', `http://${s.http.host}:${s.http.port}`, `http://127.0.0.1:${origin.port}/size/10`]);
+    expect(first.stdout.toString()).toBe('200');
+    const deadline = Date.now() + 10_000;
+    while (!s.stderr().includes('flow log write failed')) {
+      if (Date.now() > deadline) throw new Error(`no failure logged: ${s.stderr()}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(logLines(s.stderr()).find((l) => l.code === 'EPIPE')).toMatchObject({ level: 'error', path: '-', onError: 'refuse' });
+    expect(String(logLines(s.stderr()).find((l) => l.code === 'EPIPE')?.msg)).toContain('until the gateway is restarted');
+    // A CONNECT now: refused with the reason, the gateway still serving.
+    const tunnel = await rawConnect(s.http.port);
+    tunnel.on('error', () => {});
+    tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+    const answer = (await readUntil(tunnel, '}')).toString('latin1');
+    expect(answer).toMatch(/^HTTP\/1\.1 503 /);
+    expect(answer).toContain('"reason":"flow-log-unavailable"');
+    tunnel.destroy();
+    expect(s.child.exitCode).toBeNull();
+    const exited = once(s.child, 'exit');
+    s.child.kill('SIGTERM');
+    const [code] = (await exited) as [number | null];
+    expect(code).toBe(0);
+    expect(logLines(s.stderr()).find((l) => l.msg === 'flow log still failing at shutdown: records not written')).toMatchObject({ path: '-', records: 2 });
+  }, 60_000);
+});

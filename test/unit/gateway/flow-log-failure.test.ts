@@ -1,0 +1,175 @@
+/**
+ * The flow log when its writes fail: records are held, in order, and written once the log can take
+ * them again; nothing is written twice and a line cut by a full disk is completed, not repeated.
+ * Real files: /dev/full (every write fails with ENOSPC) and, where the machine lets us mount one
+ * (root), a small tmpfs that really fills up.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { FlowRecord } from '../../../gateway/flow/flow.ts';
+import { FlowLog, type FlowLogEvent } from '../../../gateway/flow/flow-log.ts';
+import { skipNotice } from '../../helpers/skip-notice.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'egw-flowlog-fail-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function record(i: number): FlowRecord {
+  return {
+    id: `f${i}`,
+    protocol: 'connect',
+    client: { ip: '127.0.0.1', port: 40000 + i },
+    identity: { user: null, host: null, roles: ['any'], process: null },
+    destination: { host: 'example.test', ip: '127.0.0.9', port: 443 },
+    startedAt: new Date(0).toISOString(),
+    lastActivityAt: new Date(0).toISOString(),
+    endedAt: new Date(0).toISOString(),
+    durationMs: 0,
+    bytesOut: i,
+    bytesIn: 2 * i,
+    verdict: 'allow',
+    enforced: false,
+    reason: 'allowed',
+    detector: null,
+    state: 'closed',
+    closeReason: 'closed',
+    communityId: null,
+    matchedRule: null,
+    // ~600 bytes a line, as real records
+    reasons: ['x'.repeat(300)],
+  };
+}
+
+/** Complete lines of a file, parsed; a last line without its newline is returned apart. */
+function read(path: string): { ids: string[]; cut: string } {
+  const text = readFileSync(path, 'utf8');
+  const parts = text.split('\n');
+  const cut = parts.pop() ?? '';
+  return { ids: parts.map((l) => (JSON.parse(l) as FlowRecord).id), cut };
+}
+
+const ids = (from: number, to: number): string[] => Array.from({ length: to - from }, (_, i) => `f${from + i}`);
+
+function until(pred: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  return new Promise((resolve, reject) => {
+    const tick = (): void => {
+      if (pred()) resolve();
+      else if (Date.now() > deadline) reject(new Error('timed out'));
+      else setTimeout(tick, 10);
+    };
+    tick();
+  });
+}
+
+describe('FlowLog: a log that cannot be written', () => {
+  it('holds the records of a failed log and writes them, in order and once, to the file that replaces it', async () => {
+    const path = join(dir, 'replaced.jsonl');
+    symlinkSync('/dev/full', path);
+    const events: FlowLogEvent[] = [];
+    const log = await FlowLog.open(path, { retryMs: 50, onStateChange: (e) => events.push(e) });
+    for (let i = 0; i < 10; i++) log.write(record(i));
+    await log.flush();
+    expect(log.isFailing).toBe(true);
+    expect(log.status()).toMatchObject({ failing: true, error: 'ENOSPC', backlogRecords: 10, droppedRecords: 0 });
+    expect(events).toEqual([expect.objectContaining({ event: 'failed', error: 'ENOSPC', willRetry: true })]);
+    // Still failing on the retries: later records queue behind the held ones; one 'failed' only.
+    await new Promise((r) => setTimeout(r, 200));
+    for (let i = 10; i < 15; i++) log.write(record(i));
+    await log.flush();
+    expect(log.status().backlogRecords).toBe(15);
+    expect(events.filter((e) => e.event === 'failed')).toHaveLength(1);
+    // A regular file takes the path's place (as after a log rotation or cleanup).
+    writeFileSync(`${path}.new`, '');
+    renameSync(`${path}.new`, path);
+    await until(() => !log.isFailing);
+    expect(events.at(-1)).toMatchObject({ event: 'recovered', records: 15 });
+    for (let i = 15; i < 20; i++) log.write(record(i));
+    await log.close();
+    expect(read(path)).toEqual({ ids: ids(0, 20), cut: '' });
+  });
+
+  it('drops what does not fit in the backlog, counts it, and reports what is still held at close as lost', async () => {
+    const path = join(dir, 'full.jsonl');
+    symlinkSync('/dev/full', path);
+    const events: FlowLogEvent[] = [];
+    const log = await FlowLog.open(path, { retryMs: 60_000, backlogBytes: 5000, onStateChange: (e) => events.push(e) });
+    log.write(record(0));
+    await log.flush();
+    expect(log.isFailing).toBe(true);
+    // ~600 bytes each, one batch per turn: 8 fit in 5,000 bytes (the first one included), the rest do not.
+    for (let i = 1; i < 20; i++) {
+      log.write(record(i));
+      await log.flush();
+    }
+    const status = log.status();
+    expect(status.backlogRecords + status.droppedRecords).toBe(20);
+    expect(status.droppedRecords).toBeGreaterThan(0);
+    expect(events.filter((e) => e.event === 'dropping')).toHaveLength(1);
+    await log.close();
+    expect(events.at(-1)).toEqual({ event: 'lost', path, records: 20 });
+    expect(log.status().droppedRecords).toBe(20);
+  });
+});
+
+/** A 64 KiB tmpfs at a fresh directory, or null where mounting is not allowed. */
+function mountSmallTmpfs(): string | null {
+  const at = mkdtempSync(join(dir, 'tmpfs-'));
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', at], { stdio: 'ignore' });
+    return at;
+  } catch {
+    return null;
+  }
+}
+
+const isRoot = process.getuid?.() === 0;
+const canMount = skipNotice(isRoot, 'flow log on a full disk (tmpfs)', 'mounting a tmpfs needs root');
+
+describe.runIf(canMount)('FlowLog: a disk that fills up (tmpfs, root)', () => {
+  const mounts: string[] = [];
+  afterAll(() => {
+    for (const m of mounts) execFileSync('umount', [m]);
+  });
+
+  /** 150 records (~90 KB) into a 64 KiB tmpfs: the disk fills part-way through a line. */
+  async function fill(events: FlowLogEvent[]): Promise<{ log: FlowLog; mount: string; path: string }> {
+    const mount = mountSmallTmpfs();
+    if (mount === null) throw new Error('mount -t tmpfs failed although running as root');
+    mounts.push(mount);
+    const path = join(mount, 'flows.jsonl');
+    const log = await FlowLog.open(path, { retryMs: 50, onStateChange: (e) => events.push(e) });
+    for (let i = 0; i < 150; i++) log.write(record(i));
+    await log.flush();
+    expect(log.status()).toMatchObject({ failing: true, error: 'ENOSPC' });
+    expect(read(path).cut).not.toBe('');
+    return { log, mount, path };
+  }
+
+  it('space freed on the same file: the cut line is completed where it stopped, nothing written twice', async () => {
+    const events: FlowLogEvent[] = [];
+    const { log, mount, path } = await fill(events);
+    execFileSync('mount', ['-o', 'remount,size=1m', mount]);
+    await until(() => !log.isFailing);
+    await log.close();
+    expect(read(path)).toEqual({ ids: ids(0, 150), cut: '' });
+    expect(events.map((e) => e.event)).toEqual(['failed', 'recovered']);
+  });
+
+  it('the full file moved away and space freed: the new file starts with the cut line whole', async () => {
+    const events: FlowLogEvent[] = [];
+    const { log, mount, path } = await fill(events);
+    const before = read(path);
+    renameSync(path, `${path}.1`);
+    execFileSync('mount', ['-o', 'remount,size=1m', mount]);
+    await until(() => !log.isFailing);
+    await log.close();
+    const after = read(path);
+    expect(after.cut).toBe('');
+    // The old file keeps its complete lines and the start of the cut one; the new one has the rest, whole.
+    expect([...before.ids, ...after.ids]).toEqual(ids(0, 150));
+    expect(JSON.stringify(record(before.ids.length)).startsWith(before.cut)).toBe(true);
+  });
+});
