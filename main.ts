@@ -263,8 +263,24 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     return result;
   };
 
-  const drain = async (graceMs = config.limits.drainGraceMs, killReason = 'shutdown'): Promise<void> => {
-    if (draining) return;
+  // One drain per gateway. A second call returns the first one's promise; with graceMs 0 (a fatal
+  // error during a SIGTERM drain) it also cuts the grace period short, with its own kill reason.
+  let drained: Promise<void> | null = null;
+  let isCutShort = false;
+  let killReasonNow = 'shutdown';
+  const drain = (graceMs = config.limits.drainGraceMs, killReason = 'shutdown'): Promise<void> => {
+    if (drained) {
+      if (graceMs === 0 && !isCutShort) {
+        isCutShort = true;
+        killReasonNow = killReason;
+      }
+      return drained;
+    }
+    killReasonNow = killReason;
+    drained = runDrain(graceMs);
+    return drained;
+  };
+  const runDrain = async (graceMs: number): Promise<void> => {
     draining = true;
     ready = false;
     // 1. stop accepting
@@ -274,10 +290,10 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     httpsServer?.closeIdleConnections();
     // 2. let live flows finish, up to the grace period
     const deadline = Date.now() + graceMs;
-    while (flows.activeCount > 0 && Date.now() < deadline) {
+    while (flows.activeCount > 0 && Date.now() < deadline && !isCutShort) {
       await new Promise((r) => setTimeout(r, 50));
     }
-    for (const id of [...flows.activeFlows().keys()]) flows.kill(id, killReason);
+    for (const id of [...flows.activeFlows().keys()]) flows.kill(id, killReasonNow);
     httpServer.closeAllConnections();
     httpsServer?.closeAllConnections();
     // Every flow has its record now: hand them to the log before anything else can hold us up.
@@ -414,7 +430,8 @@ export async function run(argv: string[]): Promise<number> {
   });
   const stop = (): void => {
     gw.drain().then(
-      () => process.exit(0),
+      // A fatal error during the drain (onFatal) makes it a failure.
+      () => process.exit(isFatal ? 1 : 0),
       (err: unknown) => {
         process.stderr.write(`egressgate: drain failed: ${String(err)}\n`);
         process.exit(1);

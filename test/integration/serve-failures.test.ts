@@ -131,6 +131,33 @@ describe('egressgate serve: a fatal error records the live flows before the proc
   }
 });
 
+describe('egressgate serve: a fatal error during a SIGTERM drain', () => {
+  it('cuts the grace period short: the tunnel still waiting is recorded as gateway-error, exit 1 at once', async () => {
+    const flowLog = join(dir, 'fatal-draining.jsonl');
+    const s = await serve('fatal-draining', `${policy(flowLog)}limits: { drainGraceMs: 60000 }\n`, { NODE_OPTIONS: `--import=${FAULT}`, EGW_TEST_FAULT: 'throw' });
+    const tunnel = await rawConnect(s.http.port);
+    tunnel.on('error', () => {});
+    tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+    expect((await readUntil(tunnel, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+    tunnel.write('y'.repeat(10));
+    await readUntil(tunnel, 'y'.repeat(10));
+    const exited = once(s.child, 'exit');
+    s.child.kill('SIGTERM');
+    // The drain waits for the tunnel (up to 60 s); the fault comes while it waits.
+    await new Promise((r) => setTimeout(r, 300));
+    const faultAt = Date.now();
+    s.child.kill('SIGUSR2');
+    const [code] = (await exited) as [number | null];
+    expect(code).toBe(1);
+    expect(Date.now() - faultAt).toBeLessThan(4000);
+    const records = (await readFile(flowLog, 'utf8'))
+      .split('\n')
+      .filter((l) => l !== '')
+      .map((l) => JSON.parse(l) as FlowRecord);
+    expect(records.map((r) => [r.protocol, r.closeReason, r.bytesOut, r.bytesIn])).toEqual([['connect', 'gateway-error', 10, 10]]);
+  }, 60_000);
+});
+
 describe('egressgate serve: the flow log is stdout and its reader goes away', () => {
   it('stays up, refuses new flows with 503 flow-log-unavailable, says why, and drains on SIGTERM', async () => {
     const s = await serve('stdout-epipe', policy('-'));
