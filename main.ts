@@ -71,6 +71,8 @@ export interface RunningGateway {
   ctx: GatewayContext;
   /** Reload from the config file (SIGHUP). */
   reloadFromFile(author?: string): Promise<{ ok: boolean; errors?: Array<{ path: string; message: string }> }>;
+  /** Open the flow log file again at its path (SIGHUP; log rotation). */
+  reopenLogs(): Promise<void>;
   /**
    * Stop accepting, let flows finish within graceMs, kill the rest (closeReason `killReason`,
    * default "shutdown"), flush the logs, close.
@@ -152,6 +154,9 @@ function logFlowLogEvent(log: Logger, e: FlowLogEvent, policy: PolicyStore | nul
       return;
     case 'lost':
       log.error({ path: e.path, records: e.records }, 'flow log still failing at shutdown: records not written');
+      return;
+    case 'reopened':
+      log.info({ path: e.path }, 'flow log reopened');
       return;
   }
 }
@@ -255,7 +260,16 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
 
   const reloadFromFile = async (author = 'SIGHUP'): Promise<{ ok: boolean; errors?: Array<{ path: string; message: string }> }> => {
     if (!opts.configPath) return { ok: false, errors: [{ path: '', message: 'no config file to reload' }] };
-    const text = await readFile(opts.configPath, 'utf8');
+    let text: string;
+    try {
+      text = await readFile(opts.configPath, 'utf8');
+    } catch (err) {
+      // A file moved or unreadable mid-deploy: the running policy stays, as for an invalid one.
+      const message = `cannot read ${opts.configPath}: ${(err as Error).message}`;
+      stats.configReloaded('failure');
+      log.warn({ errors: [{ path: '', message }] }, 'policy reload failed; the running policy is unchanged');
+      return { ok: false, errors: [{ path: '', message }] };
+    }
     const result = policy.reload(text, { author, source: 'file' });
     stats.configReloaded(result.ok ? 'success' : 'failure');
     if (result.ok) log.info({ version: result.version, author }, 'policy reloaded');
@@ -308,7 +322,15 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     await flowLog.close();
   };
 
-  return { http, socks, https, admin, generatedAdminToken, flows, policy, alerts, ctx, reloadFromFile, drain };
+  const reopenLogs = async (): Promise<void> => {
+    try {
+      await flowLog.reopenFile();
+    } catch (err) {
+      log.error({ path: config.flowLog.path, err: (err as Error).message }, 'flow log could not be reopened; still writing to the open file');
+    }
+  };
+
+  return { http, socks, https, admin, generatedAdminToken, flows, policy, alerts, ctx, reloadFromFile, reopenLogs, drain };
 }
 
 const HELP = `usage: egressgate serve [--config FILE] [--mode monitor|enforce] [--http HOST:PORT]
@@ -421,12 +443,10 @@ export async function run(argv: string[]): Promise<number> {
   }
   const flagsWarning = nodeFlagsWarning();
   if (flagsWarning) process.stderr.write(`egressgate: ${flagsWarning}\n`);
-  process.stdout.write(
-    `${JSON.stringify({ event: 'listening', http: gw.http, socks: gw.socks, admin: gw.admin, ...(gw.https ? { https: gw.https } : {}), mode: gw.policy.modeOverride() ?? gw.policy.current().config.mode, pid: process.pid })}\n`,
-  );
-  // 5. signals
+  // 5. signals, before the listening line
   process.on('SIGHUP', () => {
     void gw.reloadFromFile('SIGHUP');
+    void gw.reopenLogs();
   });
   const stop = (): void => {
     gw.drain().then(
@@ -445,5 +465,9 @@ export async function run(argv: string[]): Promise<number> {
   process.stdout.on('error', ignoreStreamError);
   process.stderr.on('error', ignoreStreamError);
   process.on('uncaughtException', (err, origin) => onFatal(gw, err, origin));
+  // Last: whoever reads this line may signal us at once (SIGHUP before the handler was there killed us).
+  process.stdout.write(
+    `${JSON.stringify({ event: 'listening', http: gw.http, socks: gw.socks, admin: gw.admin, ...(gw.https ? { https: gw.https } : {}), mode: gw.policy.modeOverride() ?? gw.policy.current().config.mode, pid: process.pid })}\n`,
+  );
   return -1;
 }

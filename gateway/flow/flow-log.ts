@@ -65,7 +65,8 @@ export type FlowLogEvent =
   | { event: 'failed'; path: string; error: string; message: string; willRetry: boolean }
   | { event: 'recovered'; path: string; records: number; failedForMs: number }
   | { event: 'dropping'; path: string; backlogBytes: number }
-  | { event: 'lost'; path: string; records: number };
+  | { event: 'lost'; path: string; records: number }
+  | { event: 'reopened'; path: string };
 
 export interface FlowLogOptions {
   onStateChange?: (e: FlowLogEvent) => void;
@@ -105,6 +106,8 @@ export class FlowLog implements FlowSink {
   private queuedBytes = 0;
   /** File mode: a write is in flight (one at a time). */
   private isWriting = false;
+  /** A file opened by reopenFile(), taken over once the write in flight is done. */
+  private nextFile: OpenFile | null = null;
   /** Bytes of the queue's first buffer already in the file (a write that stopped part-way). */
   private headWritten = 0;
   private failure: { code: string; since: number } | null = null;
@@ -256,6 +259,42 @@ export class FlowLog implements FlowSink {
     this.writeFrom(file, data, 0);
   }
 
+  /**
+   * Log rotation (SIGHUP): open the path again and write there from now on, if it is another file
+   * than the one open (moved away, say). A failed log tries to recover at once instead.
+   */
+  async reopenFile(): Promise<void> {
+    const path = this.path;
+    if (!path || path === '-' || this.isClosed) return;
+    if (this.failure !== null) {
+      if (this.retryTimer) clearTimeout(this.retryTimer);
+      this.retryTimer = null;
+      await this.recover();
+      return;
+    }
+    const next = await openAppend(path);
+    const current = this.file;
+    if (this.isClosed || (current !== null && current.dev === next.dev && current.ino === next.ino) || this.failure !== null) {
+      closeFd(next.fd, ignore);
+      return;
+    }
+    if (this.nextFile) closeFd(this.nextFile.fd, ignore);
+    this.nextFile = next;
+    if (!this.isWriting) this.takeNextFile();
+  }
+
+  /** Switch to the file reopenFile() opened; only between writes. */
+  private takeNextFile(): void {
+    const next = this.nextFile;
+    if (next === null) return;
+    this.nextFile = null;
+    const old = this.file;
+    this.file = next;
+    if (old) closeFd(old.fd, ignore);
+    this.opts.onStateChange?.({ event: 'reopened', path: this.path ?? '' });
+    this.pump();
+  }
+
   private writeFrom(file: OpenFile, data: Buffer, offset: number): void {
     writeFd(file.fd, data, offset, data.length - offset, null, (error, n) => {
       // A write that takes nothing would be retried forever: a failure like any other.
@@ -281,7 +320,8 @@ export class FlowLog implements FlowSink {
         this.queue.shift();
         this.queuedBytes -= data.length;
       }
-      this.pump();
+      if (this.nextFile) this.takeNextFile();
+      else this.pump();
     });
   }
 
@@ -298,7 +338,7 @@ export class FlowLog implements FlowSink {
     if (this.retryTimer || this.isClosed || this.stdout || !this.path) return;
     this.retryTimer = setTimeout(() => {
       this.retryTimer = null;
-      void this.reopen();
+      void this.recover();
     }, this.opts.retryMs ?? RETRY_MS);
     this.retryTimer.unref();
   }
@@ -308,7 +348,7 @@ export class FlowLog implements FlowSink {
    * that byte. Another file: a line cut in the old one is written whole (its start is put back).
    * Healthy again once everything held is written; otherwise the next retry is scheduled.
    */
-  private async reopen(): Promise<boolean> {
+  private async recover(): Promise<boolean> {
     const path = this.path;
     const failure = this.failure;
     if (failure === null || !path || this.stdout) return failure === null;
@@ -319,6 +359,8 @@ export class FlowLog implements FlowSink {
       this.scheduleRetry();
       return false;
     }
+    if (this.nextFile) closeFd(this.nextFile.fd, ignore);
+    this.nextFile = null;
     const old = this.file;
     const isSameFile = old !== null && old.dev === next.dev && old.ino === next.ino && old.end === next.end;
     if (old) closeFd(old.fd, ignore);
@@ -378,7 +420,9 @@ export class FlowLog implements FlowSink {
     this.isClosed = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
-    if (this.failure !== null && !this.stdout) await this.reopen();
+    if (this.nextFile) closeFd(this.nextFile.fd, ignore);
+    this.nextFile = null;
+    if (this.failure !== null && !this.stdout) await this.recover();
     if (this.failure !== null) {
       const lost = this.status().backlogRecords;
       this.dropped += lost;

@@ -5,11 +5,13 @@
  *    closeReason "gateway-error" and its exact byte counts reach the flow log, the error is logged,
  *    and the process exits 1 for its supervisor to restart it;
  *  - the flow log is stdout and the reader of that pipe goes away (EPIPE): the gateway stays up,
- *    refuses new flows (503 flow-log-unavailable), says why on stderr, and drains on SIGTERM.
+ *    refuses new flows (503 flow-log-unavailable), says why on stderr, and drains on SIGTERM;
+ *  - SIGHUP when the config file cannot be read: the running policy stays, the gateway serves on;
+ *  - SIGHUP after the flow log file was moved away (log rotation): records go to a new file.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -186,5 +188,59 @@ describe('egressgate serve: the flow log is stdout and its reader goes away', ()
     const [code] = (await exited) as [number | null];
     expect(code).toBe(0);
     expect(logLines(s.stderr()).find((l) => l.msg === 'flow log still failing at shutdown: records not written')).toMatchObject({ path: '-', records: 2 });
+  }, 60_000);
+});
+
+async function curlStatus(s: Served, path: string): Promise<string> {
+  const r = await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '-x', `http://${s.http.host}:${s.http.port}`, `http://127.0.0.1:${origin.port}${path}`]);
+  return r.stdout.toString();
+}
+
+async function untilLogged(s: Served, msg: string): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const hit = logLines(s.stderr()).find((l) => l.msg === msg);
+    if (hit) return hit;
+    if (Date.now() > deadline) throw new Error(`not logged: ${msg}; exit ${s.child.exitCode} ${s.child.signalCode}; stderr: ${s.stderr()}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function recordsIn(text: string): FlowRecord[] {
+  return text
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => JSON.parse(l) as FlowRecord);
+}
+
+describe('egressgate serve: SIGHUP', () => {
+  it('with the config file gone: the reload fails with the reason, the running policy stays, the gateway serves on', async () => {
+    const s = await serve('hup-missing', policy(join(dir, 'hup-missing.jsonl')));
+    await rename(join(dir, 'hup-missing.yaml'), join(dir, 'hup-missing.yaml.moved'));
+    s.child.kill('SIGHUP');
+    const warned = await untilLogged(s, 'policy reload failed; the running policy is unchanged');
+    expect(JSON.stringify(warned.errors)).toContain('cannot read');
+    expect(s.child.exitCode).toBeNull();
+    expect(await curlStatus(s, '/size/5')).toBe('200');
+  }, 60_000);
+
+  it('after the flow log was moved away (log rotation): later records go to a new file at the path', async () => {
+    const flowLog = join(dir, 'rotate.jsonl');
+    const s = await serve('rotate', policy(flowLog));
+    expect(await curlStatus(s, '/size/1')).toBe('200');
+    const deadline = Date.now() + 5000;
+    while (!(await readFile(flowLog, 'utf8')).includes('"bytesIn":1,')) {
+      if (Date.now() > deadline) throw new Error('first record not written');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await rename(flowLog, `${flowLog}.1`);
+    s.child.kill('SIGHUP');
+    await untilLogged(s, 'flow log reopened');
+    expect(await curlStatus(s, '/size/2')).toBe('200');
+    const exited = once(s.child, 'exit');
+    s.child.kill('SIGTERM');
+    expect((await exited)[0]).toBe(0);
+    expect(recordsIn(await readFile(`${flowLog}.1`, 'utf8')).map((r) => r.bytesIn)).toEqual([1]);
+    expect(recordsIn(await readFile(flowLog, 'utf8')).map((r) => r.bytesIn)).toEqual([2]);
   }, 60_000);
 });
