@@ -22,7 +22,8 @@ import type { GatewayContext, Logger, ProcessAttributor, Resolver } from './gate
 import { createControlPort } from './gateway/control-port.ts';
 import { GatewayStats, type ListenerLabel } from './gateway/stats.ts';
 import { createDetectionEngine, type DetectionEngine } from './gateway/detection/detection-engine.ts';
-import { FlowLog, type FlowLogEvent } from './gateway/flow/flow-log.ts';
+import { FlowLog } from './gateway/flow/flow-log.ts';
+import type { AppendLogEvent } from './gateway/append-log.ts';
 import { FlowTable } from './gateway/flow/flow-table.ts';
 import { createIdentityResolver } from './gateway/identity/identity-resolver.ts';
 import { createHttpProxy, withConnectFront } from './gateway/listeners/http-proxy.ts';
@@ -71,7 +72,7 @@ export interface RunningGateway {
   ctx: GatewayContext;
   /** Reload from the config file (SIGHUP). */
   reloadFromFile(author?: string): Promise<{ ok: boolean; errors?: Array<{ path: string; message: string }> }>;
-  /** Open the flow log file again at its path (SIGHUP; log rotation). */
+  /** Open the flow log and audit log files again at their paths (SIGHUP; log rotation). */
   reopenLogs(): Promise<void>;
   /**
    * Stop accepting, let flows finish within graceMs, kill the rest (closeReason `killReason`,
@@ -136,30 +137,41 @@ function createStats(
   return stats;
 }
 
-/** One log line per change of the flow log's state (flow-log.ts). */
-function logFlowLogEvent(log: Logger, e: FlowLogEvent, policy: PolicyStore | null): void {
+/**
+ * One log line per change of state of the flow log or the audit log (append-log.ts). `consequence`
+ * says what a failure means for traffic (the flow log's onError); the audit log has none.
+ */
+function logAppendLogEvent(log: Logger, what: 'flow log' | 'audit log', e: AppendLogEvent, consequence: (willRetry: boolean) => { text: string; fields: Record<string, unknown> }): void {
   switch (e.event) {
     case 'failed': {
-      const onError = policy?.current().config.flowLog.onError ?? 'refuse';
-      const until = e.willRetry ? 'until it recovers (reopened every second)' : 'until the gateway is restarted (stdout cannot be reopened)';
-      const then = onError === 'refuse' ? `new flows are refused (503) ${until}` : 'new flows are still admitted (flowLog.onError: admit)';
-      log.error({ path: e.path, code: e.error, why: e.message, onError }, `flow log write failed: records are held in memory; ${then}`);
+      const c = consequence(e.willRetry);
+      log.error({ path: e.path, code: e.error, why: e.message, ...c.fields }, `${what} write failed: records are held in memory${c.text}`);
       return;
     }
     case 'recovered':
-      log.info({ path: e.path, records: e.records, failedForMs: e.failedForMs }, 'flow log writable again: held records written');
+      log.info({ path: e.path, records: e.records, failedForMs: e.failedForMs }, `${what} writable again: held records written`);
       return;
     case 'dropping':
-      log.error({ path: e.path, backlogBytes: e.backlogBytes }, 'flow log backlog full: further records are dropped until it recovers');
+      log.error({ path: e.path, backlogBytes: e.backlogBytes }, `${what} backlog full: further records are dropped until it recovers`);
       return;
     case 'lost':
-      log.error({ path: e.path, records: e.records }, 'flow log still failing at shutdown: records not written');
+      log.error({ path: e.path, records: e.records }, `${what} still failing at shutdown: records not written`);
       return;
     case 'reopened':
-      log.info({ path: e.path }, 'flow log reopened');
+      log.info({ path: e.path }, `${what} reopened`);
       return;
   }
 }
+
+/** What a flow-log failure means for new flows, by the policy's flowLog.onError. */
+function flowLogConsequence(policy: PolicyStore | null, willRetry: boolean): { text: string; fields: Record<string, unknown> } {
+  const onError = policy?.current().config.flowLog.onError ?? 'refuse';
+  const until = willRetry ? 'until it recovers (reopened every second)' : 'until the gateway is restarted (stdout cannot be reopened)';
+  const then = onError === 'refuse' ? `new flows are refused (503) ${until}` : 'new flows are still admitted (flowLog.onError: admit)';
+  return { text: `; ${then}`, fields: { onError } };
+}
+
+const NO_CONSEQUENCE = (): { text: string; fields: Record<string, unknown> } => ({ text: '', fields: {} });
 
 /** Start a gateway in this process. Used by `serve` and by the integration tests. */
 export async function startGateway(opts: StartOptions): Promise<RunningGateway> {
@@ -168,7 +180,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   // 2. flow log, flow table, policy
   // The policy store exists by the time a write can fail; its current onError is what applies.
   let policyRef: PolicyStore | null = null;
-  const flowLog = await FlowLog.open(config.flowLog.path, { onStateChange: (e) => logFlowLogEvent(log, e, policyRef) });
+  const flowLog = await FlowLog.open(config.flowLog.path, { onStateChange: (e) => logAppendLogEvent(log, 'flow log', e, (r) => flowLogConsequence(policyRef, r)) });
   const flows = new FlowTable({
     sink: flowLog,
     keepClosed: config.flowLog.keepClosed,
@@ -231,7 +243,9 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     https = await listen(httpsServer, httpsWhere);
     selfAddresses.add(https);
   }
-  const audit = await AuditLog.open(config.flowLog.path && config.flowLog.path !== '-' ? `${config.flowLog.path}.audit.jsonl` : null);
+  const audit = await AuditLog.open(config.flowLog.path && config.flowLog.path !== '-' ? `${config.flowLog.path}.audit.jsonl` : null, {
+    onStateChange: (e) => logAppendLogEvent(log, 'audit log', e, NO_CONSEQUENCE),
+  });
   let ready = false;
   const stats = createStats(flows, alerts, identity, [
     // The front sees every HTTP connection; httpServer only those the front hands over.
@@ -323,10 +337,15 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   };
 
   const reopenLogs = async (): Promise<void> => {
-    try {
-      await flowLog.reopenFile();
-    } catch (err) {
-      log.error({ path: config.flowLog.path, err: (err as Error).message }, 'flow log could not be reopened; still writing to the open file');
+    for (const [what, reopen] of [
+      ['flow log', () => flowLog.reopenFile()],
+      ['audit log', () => audit.reopenFile()],
+    ] as const) {
+      try {
+        await reopen();
+      } catch (err) {
+        log.error({ err: (err as Error).message }, `${what} could not be reopened; still writing to the open file`);
+      }
     }
   };
 

@@ -1,11 +1,11 @@
 /**
  * The admin audit trail: who changed what, when, from where, with the policy version before and
  * after. Kept in memory (bounded ring, for `GET /v1/audit`) and, when a path is given, appended as
- * JSON lines to a file so the trail outlives a restart (main.ts puts it next to the flow log).
+ * JSON lines to a file so the trail outlives a restart (main.ts puts it next to the flow log). The
+ * file is written by AppendLog (append-log.ts): an entry it cannot write is held and written once it
+ * can, and SIGHUP follows a rotated file, as for the flow log.
  */
-import { createWriteStream, type WriteStream } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { AppendLog, type AppendLogOptions, type AppendLogStatus } from './append-log.ts';
 
 export interface AuditEntry {
   /** ISO 8601. */
@@ -33,7 +33,7 @@ export interface AuditQuery {
   since?: string;
 }
 
-export interface AuditLogOptions {
+export interface AuditLogOptions extends AppendLogOptions {
   keep?: number;
 }
 
@@ -41,9 +41,7 @@ export class AuditLog {
   private readonly ring: AuditEntry[] = [];
   private start = 0;
   private readonly keep: number;
-  private file: WriteStream | null = null;
-  /** A write error is remembered (and the file dropped) rather than crashing the gateway. */
-  lastError: Error | null = null;
+  private file: AppendLog | null = null;
 
   constructor(opts: AuditLogOptions = {}) {
     this.keep = Math.max(1, opts.keep ?? 10_000);
@@ -52,19 +50,7 @@ export class AuditLog {
   /** An audit log that also appends to `path` (null = memory only). Creates the directory. */
   static async open(path: string | null, opts: AuditLogOptions = {}): Promise<AuditLog> {
     const log = new AuditLog(opts);
-    if (path) {
-      await mkdir(dirname(path), { recursive: true });
-      const file = createWriteStream(path, { flags: 'a' });
-      await new Promise<void>((resolve, reject) => {
-        file.once('open', () => resolve());
-        file.once('error', reject);
-      });
-      file.on('error', (err) => {
-        log.lastError = err;
-        log.file = null;
-      });
-      log.file = file;
-    }
+    if (path) log.file = await AppendLog.open(path, opts);
     return log;
   }
 
@@ -74,7 +60,7 @@ export class AuditLog {
       this.ring[this.start] = entry;
       this.start = (this.start + 1) % this.keep;
     }
-    this.file?.write(`${JSON.stringify(entry)}\n`);
+    this.file?.append(Buffer.from(`${JSON.stringify(entry)}\n`, 'utf8'), 1);
   }
 
   /** Newest first. */
@@ -92,11 +78,21 @@ export class AuditLog {
     return out;
   }
 
+  /** The file's state (null without a file). */
+  fileStatus(): AppendLogStatus | null {
+    return this.file?.status() ?? null;
+  }
+
+  /** Log rotation (SIGHUP): go on writing at a new file at the path, if the old one was moved. */
+  reopenFile(): Promise<void> {
+    return this.file?.reopen() ?? Promise.resolve();
+  }
+
   /** Flush and close the file (memory entries stay readable). */
   async close(): Promise<void> {
     const file = this.file;
     this.file = null;
     if (!file) return;
-    await new Promise<void>((resolve) => file.end(() => resolve()));
+    await file.close();
   }
 }

@@ -21,6 +21,7 @@ import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const FAULT = join(ROOT, 'test', 'fixtures', 'fault-on-signal.mjs');
+const TOKEN = 'serve-failures-token-0123456789';
 
 let dir: string;
 let echo: TcpOrigin;
@@ -60,6 +61,7 @@ flowLog: { path: ${JSON.stringify(flowLogPath)} }
 interface Served {
   child: ChildProcess;
   http: { host: string; port: number };
+  admin: string;
   stderr: () => string;
 }
 
@@ -69,7 +71,7 @@ async function serve(name: string, policyText: string, env: NodeJS.ProcessEnv = 
   await writeFile(configPath, policyText);
   const c = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'cli.ts'), 'serve', '--config', configPath, '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0'], {
     cwd: ROOT,
-    env: { ...process.env, EGRESSGATE_ADMIN_TOKEN: 'serve-failures-token-0123456789', ...env },
+    env: { ...process.env, EGRESSGATE_ADMIN_TOKEN: TOKEN, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   child = c;
@@ -77,20 +79,20 @@ async function serve(name: string, policyText: string, env: NodeJS.ProcessEnv = 
   c.stderr?.on('data', (b: Buffer) => {
     stderr += b.toString('utf8');
   });
-  const listening = await new Promise<{ http: string }>((resolve, reject) => {
+  const listening = await new Promise<{ http: string; admin: string }>((resolve, reject) => {
     let buf = '';
     const onData = (b: Buffer): void => {
       buf += b.toString('utf8');
       const line = buf.split('\n').find((l) => l.includes('"listening"'));
       if (!line) return;
       c.stdout?.off('data', onData);
-      resolve(JSON.parse(line) as { http: string });
+      resolve(JSON.parse(line) as { http: string; admin: string });
     };
     c.stdout?.on('data', onData);
     c.once('exit', (code) => reject(new Error(`serve exited (${code}) before listening: ${stderr}`)));
   });
   const i = listening.http.lastIndexOf(':');
-  return { child: c, http: { host: listening.http.slice(0, i), port: Number(listening.http.slice(i + 1)) }, stderr: () => stderr };
+  return { child: c, http: { host: listening.http.slice(0, i), port: Number(listening.http.slice(i + 1)) }, admin: listening.admin, stderr: () => stderr };
 }
 
 function logLines(stderr: string): Array<Record<string, unknown>> {
@@ -224,9 +226,13 @@ describe('egressgate serve: SIGHUP', () => {
     expect(await curlStatus(s, '/size/5')).toBe('200');
   }, 60_000);
 
-  it('after the flow log was moved away (log rotation): later records go to a new file at the path', async () => {
+  it('after the flow log and the audit log were moved away (log rotation): later records go to new files at their paths', async () => {
     const flowLog = join(dir, 'rotate.jsonl');
+    const auditLog = `${flowLog}.audit.jsonl`;
     const s = await serve('rotate', policy(flowLog));
+    const setMode = async (mode: string): Promise<number> =>
+      (await fetch(`http://${s.admin}/v1/mode`, { method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ mode }) })).status;
+    expect(await setMode('monitor')).toBe(200);
     expect(await curlStatus(s, '/size/1')).toBe('200');
     const deadline = Date.now() + 5000;
     while (!(await readFile(flowLog, 'utf8')).includes('"bytesIn":1,')) {
@@ -234,13 +240,23 @@ describe('egressgate serve: SIGHUP', () => {
       await new Promise((r) => setTimeout(r, 20));
     }
     await rename(flowLog, `${flowLog}.1`);
+    await rename(auditLog, `${auditLog}.1`);
     s.child.kill('SIGHUP');
     await untilLogged(s, 'flow log reopened');
+    await untilLogged(s, 'audit log reopened');
     expect(await curlStatus(s, '/size/2')).toBe('200');
+    expect(await setMode('enforce')).toBe(200);
     const exited = once(s.child, 'exit');
     s.child.kill('SIGTERM');
     expect((await exited)[0]).toBe(0);
     expect(recordsIn(await readFile(`${flowLog}.1`, 'utf8')).map((r) => r.bytesIn)).toEqual([1]);
     expect(recordsIn(await readFile(flowLog, 'utf8')).map((r) => r.bytesIn)).toEqual([2]);
+    const modes = async (path: string): Promise<string[]> =>
+      (await readFile(path, 'utf8'))
+        .split('\n')
+        .filter((l) => l !== '')
+        .map((l) => String((JSON.parse(l) as { detail?: string }).detail));
+    expect((await modes(`${auditLog}.1`)).join()).toContain('monitor');
+    expect((await modes(auditLog)).join()).toContain('enforce');
   }, 60_000);
 });
