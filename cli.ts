@@ -6,7 +6,7 @@
 import { applyV8Defaults } from './gateway/node-flags.ts';
 
 const COMMANDS: Record<string, { summary: string; load: () => Promise<{ run: (argv: string[]) => Promise<number> }> }> = {
-  serve: { summary: 'run the gateway (HTTP proxy, SOCKS5, admin API)', load: () => import('./main.ts') },
+  serve: { summary: 'run the gateway (HTTP proxy, SOCKS5, admin API)', load: () => import('./gateway/commands/serve.ts') },
   check: { summary: 'validate a policy file', load: () => import('./gateway/commands/check.ts') },
   evaluate: { summary: 'the verdict a new connection would get', load: () => import('./gateway/commands/evaluate.ts') },
   agent: { summary: 'the endpoint agent (process attribution reports)', load: () => import('./gateway/commands/agent.ts') },

@@ -1,0 +1,152 @@
+/**
+ * `egressgate serve`: parse the flags, load the config (file, EGRESSGATE_CONFIG or the embedded
+ * default), start the gateway (main.ts's startGateway), install the signal and fatal-error handlers,
+ * then print the listening line. SIGHUP reloads the config and reopens the log files; SIGTERM/SIGINT
+ * drain and exit 0; a fatal error records every live flow and exits 1.
+ */
+import { readFile } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { type RunningGateway, startGateway } from '../../main.ts';
+import { defaultConfig } from '../../policy/config.ts';
+import { loadConfig } from '../../policy/load-config.ts';
+import type { Mode } from '../../policy/types.ts';
+import { nodeFlagsWarning } from '../node-flags.ts';
+
+const HELP = `usage: egressgate serve [--config FILE] [--mode monitor|enforce] [--http HOST:PORT]
+                        [--socks HOST:PORT] [--admin HOST:PORT] [--redis URL]
+
+Runs the HTTP forward proxy, the SOCKS5 gateway and the admin API. Port 0 = any free port.
+Without --config (or EGRESSGATE_CONFIG) the embedded default policy is used: monitor mode,
+loopback listeners, in-memory state. SIGHUP reloads the config file; SIGTERM drains and exits 0.
+`;
+
+/** How long a fatal error leaves the gateway to record its flows before it exits anyway. */
+const FATAL_EXIT_MS = 5000;
+let isFatal = false;
+
+/**
+ * A bug that escaped every handler (an uncaught exception or unhandled rejection): node's own
+ * handling would exit at once, and every live flow would go unrecorded. Instead: log it, close the
+ * live flows (closeReason "gateway-error") so each has its record, flush, and exit 1 for the
+ * supervisor to restart us — within FATAL_EXIT_MS, whatever state the process is in.
+ */
+function onFatal(gw: RunningGateway, err: unknown, origin: string): void {
+  const stack = err instanceof Error ? (err.stack ?? err.message) : String(err);
+  if (isFatal) {
+    process.stderr.write(`egressgate: another fatal error while stopping (${origin}): ${stack}\n`);
+    return;
+  }
+  isFatal = true;
+  gw.ctx.log.error({ origin, err: stack }, 'fatal error: recording live flows and exiting');
+  setTimeout(() => process.exit(1), FATAL_EXIT_MS);
+  gw.drain(0, 'gateway-error').then(
+    () => process.exit(1),
+    () => process.exit(1),
+  );
+}
+
+function ignoreStreamError(): void {}
+
+/** `egressgate serve`. Returns -1 while serving (the process stays up until SIGTERM). */
+export async function run(argv: string[]): Promise<number> {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        config: { type: 'string' },
+        mode: { type: 'string' },
+        http: { type: 'string' },
+        socks: { type: 'string' },
+        admin: { type: 'string' },
+        redis: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (err) {
+    process.stderr.write(`egressgate serve: ${(err as Error).message}\n${HELP}`);
+    return 2;
+  }
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  const mode = values.mode as string | undefined;
+  if (mode !== undefined && mode !== 'monitor' && mode !== 'enforce') {
+    process.stderr.write(`egressgate serve: --mode must be monitor or enforce, not '${mode}'\n`);
+    return 2;
+  }
+  for (const flag of ['http', 'socks', 'admin'] as const) {
+    const v = values[flag];
+    if (typeof v === 'string' && !/^\[?[^\]]*\]?:\d{1,5}$/.test(v)) {
+      process.stderr.write(`egressgate serve: --${flag} must be HOST:PORT, not '${v}'\n`);
+      return 2;
+    }
+  }
+  if (values.redis) {
+    process.stderr.write('egressgate serve: --redis (shared state across replicas) is not available in this build; state stays in memory\n');
+    return 2;
+  }
+  // 1. config
+  const configPath = (values.config as string | undefined) ?? process.env.EGRESSGATE_CONFIG ?? null;
+  let config = defaultConfig();
+  let configText: string | null = null;
+  if (configPath) {
+    try {
+      configText = await readFile(configPath, 'utf8');
+    } catch (err) {
+      process.stderr.write(`egressgate serve: cannot read ${configPath}: ${(err as Error).message}\n`);
+      return 1;
+    }
+    const loaded = loadConfig(configText, { format: /\.json$/i.test(configPath) ? 'json' : 'yaml' });
+    if (!loaded.ok) {
+      for (const e of loaded.errors) process.stderr.write(`${configPath}: ${e.path || '(root)'}: ${e.message}\n`);
+      return 1;
+    }
+    config = loaded.config;
+  }
+  const gw = await startGateway({
+    config,
+    configPath,
+    configText,
+    mode: mode as Mode | undefined,
+    http: values.http as string | undefined,
+    socks: values.socks as string | undefined,
+    admin: values.admin as string | undefined,
+    adminToken: process.env.EGRESSGATE_ADMIN_TOKEN ?? null,
+  });
+  if (gw.generatedAdminToken) {
+    process.stderr.write(`egressgate: no admin token configured; generated one for this run: ${gw.generatedAdminToken}\n`);
+  }
+  const flagsWarning = nodeFlagsWarning();
+  if (flagsWarning) process.stderr.write(`egressgate: ${flagsWarning}\n`);
+  // 5. signals, before the listening line
+  process.on('SIGHUP', () => {
+    void gw.reloadFromFile('SIGHUP');
+    void gw.reopenLogs();
+  });
+  const stop = (): void => {
+    gw.drain().then(
+      // A fatal error during the drain (onFatal) makes it a failure.
+      () => process.exit(isFatal ? 1 : 0),
+      (err: unknown) => {
+        process.stderr.write(`egressgate: drain failed: ${String(err)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+  // A closed stdout or stderr (a log shipper that went away) must not take the gateway down: the
+  // flow log on stdout handles its own errors (flow-log.ts); other writes there are best effort.
+  process.stdout.on('error', ignoreStreamError);
+  process.stderr.on('error', ignoreStreamError);
+  process.on('uncaughtException', (err, origin) => onFatal(gw, err, origin));
+  // Last: whoever reads this line may signal us at once (SIGHUP before the handler was there killed us).
+  process.stdout.write(
+    `${JSON.stringify({ event: 'listening', http: gw.http, socks: gw.socks, admin: gw.admin, ...(gw.https ? { https: gw.https } : {}), mode: gw.policy.modeOverride() ?? gw.policy.current().config.mode, pid: process.pid })}\n`,
+  );
+  return -1;
+}
