@@ -5,7 +5,7 @@
  * file is written by AppendLog (append-log.ts): an entry it cannot write is held and written once it
  * can, and SIGHUP follows a rotated file, as for the flow log.
  */
-import { AppendLog, type AppendLogOptions, type AppendLogStatus } from './append-log.ts';
+import { AppendLog, type AppendLogOptions } from './append-log.ts';
 
 export interface AuditEntry {
   /** ISO 8601. */
@@ -76,11 +76,6 @@ export class AuditLog {
       out.push(e);
     }
     return out;
-  }
-
-  /** The file's state (null without a file). */
-  fileStatus(): AppendLogStatus | null {
-    return this.file?.status() ?? null;
   }
 
   /** Log rotation (SIGHUP): go on writing at a new file at the path, if the old one was moved. */

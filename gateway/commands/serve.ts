@@ -17,7 +17,8 @@ const HELP = `usage: egressgate serve [--config FILE] [--mode monitor|enforce] [
 
 Runs the HTTP forward proxy, the SOCKS5 gateway and the admin API. Port 0 = any free port.
 Without --config (or EGRESSGATE_CONFIG) the embedded default policy is used: monitor mode,
-loopback listeners, in-memory state. SIGHUP reloads the config file; SIGTERM drains and exits 0.
+loopback listeners, in-memory state. SIGHUP reloads the config file and reopens the flow and
+audit log files (rotation); SIGTERM drains and exits 0.
 `;
 
 /** How long a fatal error leaves the gateway to record its flows before it exits anyway. */
