@@ -10,6 +10,9 @@
  *  - a file is reopened at its path every `retryMs` (1 s). Writing resumes at the exact byte where it
  *    stopped when the path is still the same file, ending where we left it: a line cut by a full disk
  *    is completed, not repeated. On another file (rotated, recreated) a cut line is written whole;
+ *  - a write that hangs (a stuck network file system) is a failure too once it has taken STALL_MS,
+ *    until it completes: the backlog is bounded and callers see `isFailing`, instead of records
+ *    piling up in memory without limit;
  *  - stdout cannot be reopened: it stays failed, and what it holds is reported lost at close;
  *  - `isFailing` is true meanwhile. Each change of state is reported once (`onStateChange`).
  * A file is written with positionless `write`s on an append-mode descriptor, one at a time, so the
@@ -23,6 +26,8 @@ import { dirname } from 'node:path';
 export const BACKLOG_BYTES = 64 * 1024 * 1024;
 /** A failed file is reopened this often. */
 export const RETRY_MS = 1000;
+/** A file write not done after this long (a hung NFS mount, say) counts as a failure until it is. */
+export const STALL_MS = 10_000;
 const NEWLINE = 0x0a;
 
 /** A change of state worth one log line (the log has no logger of its own). */
@@ -39,6 +44,8 @@ export interface AppendLogOptions {
   backlogBytes?: number;
   /** Tests only: a faster retry. */
   retryMs?: number;
+  /** Tests only: a shorter stall limit. */
+  stallMs?: number;
 }
 
 export interface AppendLogStatus {
@@ -84,6 +91,9 @@ export class AppendLog {
   private dropped = 0;
   private isDropping = false;
   private retryTimer: NodeJS.Timeout | null = null;
+  /** Armed while a file write is in flight; when it fires the write is stalled. */
+  private stallTimer: NodeJS.Timeout | null = null;
+  private isStalled = false;
   private isClosed = false;
   private idleWaiters: Array<() => void> = [];
 
@@ -185,8 +195,21 @@ export class AppendLog {
     this.queuedBytes -= this.headWritten;
     this.headWritten = 0;
     this.isWriting = true;
+    this.stallTimer = setTimeout(this.onStall, this.opts.stallMs ?? STALL_MS);
+    this.stallTimer.unref();
     this.writeFrom(file, data, 0);
   }
+
+  /** A write has not come back: failing until it does (no retry: the stuck write holds the file). */
+  private readonly onStall = (): void => {
+    this.stallTimer = null;
+    if (!this.isWriting || this.failure !== null) return;
+    this.isStalled = true;
+    const ms = this.opts.stallMs ?? STALL_MS;
+    this.failure = { code: 'ESTALLED', since: Date.now() };
+    this.opts.onStateChange?.({ event: 'failed', path: this.path, error: 'ESTALLED', message: `a write has not completed in ${ms} ms`, willRetry: true });
+    this.wakeIdle();
+  };
 
   private writeFrom(file: OpenFile, data: Buffer, offset: number): void {
     writeFd(file.fd, data, offset, data.length - offset, null, (error, n) => {
@@ -199,6 +222,14 @@ export class AppendLog {
         return;
       }
       this.isWriting = false;
+      if (this.stallTimer) clearTimeout(this.stallTimer);
+      this.stallTimer = null;
+      const stalledSince = this.isStalled ? (this.failure?.since ?? Date.now()) : null;
+      if (this.isStalled) {
+        // The stuck write came back: the stall was the failure; what the write says decides now.
+        this.isStalled = false;
+        this.failure = null;
+      }
       if (err) {
         // `data` is still the queue's head; `done` bytes of it are in the file.
         this.headWritten = done;
@@ -212,6 +243,10 @@ export class AppendLog {
       } else {
         this.queue.shift();
         this.queuedBytes -= data.length;
+        if (stalledSince !== null) {
+          this.isDropping = false;
+          this.opts.onStateChange?.({ event: 'recovered', path: this.path, records: this.status().backlogRecords, failedForMs: Date.now() - stalledSince });
+        }
       }
       if (this.nextFile) this.takeNextFile();
       else this.pump();
@@ -243,7 +278,7 @@ export class AppendLog {
    */
   private async recover(): Promise<boolean> {
     const failure = this.failure;
-    if (failure === null || this.stdout) return failure === null;
+    if (failure === null || this.stdout || this.isStalled) return failure === null;
     let next: OpenFile;
     try {
       next = await openAppend(this.path);
@@ -313,7 +348,7 @@ export class AppendLog {
 
   /** Resolve flush() waiters once nothing is being written and nothing more can be now. */
   private wakeIdle(): void {
-    if (this.idleWaiters.length === 0 || this.isWriting) return;
+    if (this.idleWaiters.length === 0 || (this.isWriting && !this.isStalled)) return;
     if (this.queue.length > 0 && this.canWrite()) return;
     const waiters = this.idleWaiters;
     this.idleWaiters = [];
@@ -333,7 +368,7 @@ export class AppendLog {
         stream.write('', () => resolve());
       });
     }
-    if (!this.isWriting && (this.queue.length === 0 || !this.canWrite())) return Promise.resolve();
+    if (this.isStalled || (!this.isWriting && (this.queue.length === 0 || !this.canWrite()))) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
@@ -357,7 +392,10 @@ export class AppendLog {
     }
     const file = this.file;
     this.file = null;
-    if (file) await new Promise<void>((resolve) => closeFd(file.fd, () => resolve()));
+    // A write still stuck in the thread pool holds the descriptor: leave it to the process's exit.
+    if (file && !this.isWriting) await new Promise<void>((resolve) => closeFd(file.fd, () => resolve()));
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.stallTimer = null;
     this.stdout?.removeListener('error', this.onStdoutError);
     this.stdout = null;
   }

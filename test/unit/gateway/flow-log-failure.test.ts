@@ -5,7 +5,7 @@
  * (root), a small tmpfs that really fills up.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, readSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -111,6 +111,48 @@ describe('FlowLog: a log that cannot be written', () => {
     await log.close();
     expect(events.at(-1)).toEqual({ event: 'lost', path, records: 20 });
     expect(log.status().droppedRecords).toBe(20);
+  });
+});
+
+describe('FlowLog: a write that hangs', () => {
+  it('counts as a failure once it has taken stallMs, flush does not wait for it, and it recovers when the write completes', async () => {
+    // A FIFO whose reader stops reading: a write larger than the pipe's 64 KiB blocks in the thread pool.
+    const path = join(dir, 'stuck.fifo');
+    execFileSync('mkfifo', [path]);
+    const reader = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+    const events: FlowLogEvent[] = [];
+    const log = await FlowLog.open(path, { stallMs: 200, retryMs: 50, onStateChange: (e) => events.push(e) });
+    for (let i = 0; i < 120; i++) log.write(record(i)); // ~100 KB
+    const t0 = Date.now();
+    await log.flush();
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(150);
+    expect(log.status()).toMatchObject({ failing: true, error: 'ESTALLED' });
+    expect(events).toEqual([expect.objectContaining({ event: 'failed', error: 'ESTALLED' })]);
+    // Records written meanwhile wait behind the stuck write.
+    for (let i = 120; i < 130; i++) log.write(record(i));
+    await log.flush();
+    // The reader drains the pipe: the write completes, the log is healthy and writes the rest.
+    const chunks: Buffer[] = [];
+    const buf = Buffer.alloc(65536);
+    const deadline = Date.now() + 5000;
+    while (Date.now() < deadline) {
+      let n = 0;
+      try {
+        n = readSync(reader, buf, 0, buf.length, null);
+      } catch {
+        n = 0; // EAGAIN: nothing in the pipe right now
+      }
+      if (n > 0) chunks.push(Buffer.from(buf.subarray(0, n)));
+      const text = Buffer.concat(chunks).toString('utf8');
+      if (text.split('\n').length > 130) break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await log.close();
+    closeSync(reader);
+    const got = Buffer.concat(chunks).toString('utf8').split('\n').filter((l) => l !== '').map((l) => (JSON.parse(l) as FlowRecord).id);
+    expect(got).toEqual(ids(0, 130));
+    expect(log.isFailing).toBe(false);
+    expect(events.map((e) => e.event)).toEqual(['failed', 'recovered']);
   });
 });
 
