@@ -200,14 +200,20 @@ export class AppendLog {
     this.writeFrom(file, data, 0);
   }
 
-  /** A write has not come back: failing until it does (no retry: the stuck write holds the file). */
+  /**
+   * A write has not come back: failing until it does (no retry: the stuck write holds the file). A
+   * recovery's write that hangs ends that recovery; the log stays failed as it was.
+   */
   private readonly onStall = (): void => {
     this.stallTimer = null;
-    if (!this.isWriting || this.failure !== null) return;
+    if (!this.isWriting || (this.failure !== null && !this.isRecovering)) return;
     this.isStalled = true;
-    const ms = this.opts.stallMs ?? STALL_MS;
-    this.failure = { code: 'ESTALLED', since: Date.now() };
-    this.opts.onStateChange?.({ event: 'failed', path: this.path, error: 'ESTALLED', message: `a write has not completed in ${ms} ms`, willRetry: true });
+    if (this.isRecovering) this.isRecovering = false;
+    else {
+      const ms = this.opts.stallMs ?? STALL_MS;
+      this.failure = { code: 'ESTALLED', since: Date.now() };
+      this.opts.onStateChange?.({ event: 'failed', path: this.path, error: 'ESTALLED', message: `a write has not completed in ${ms} ms`, willRetry: true });
+    }
     this.wakeIdle();
   };
 

@@ -156,6 +156,46 @@ describe('FlowLog: a write that hangs', () => {
   });
 });
 
+describe('FlowLog: a recovery whose write hangs', () => {
+  it('ends that recovery: the log stays failed, flush does not wait, and it is healthy once the write completes', async () => {
+    const path = join(dir, 'recover-stuck.jsonl');
+    symlinkSync('/dev/full', path);
+    const fifo = join(dir, 'recover-stuck.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const reader = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+    const events: FlowLogEvent[] = [];
+    const log = await FlowLog.open(path, { stallMs: 200, retryMs: 50, onStateChange: (e) => events.push(e) });
+    for (let i = 0; i < 120; i++) log.write(record(i)); // ~100 KB: more than the pipe takes
+    await log.flush();
+    expect(log.status()).toMatchObject({ failing: true, error: 'ENOSPC' });
+    // The path now leads to the FIFO nobody reads: the recovery's write blocks.
+    rmSync(path);
+    symlinkSync(fifo, path);
+    await new Promise((r) => setTimeout(r, 600));
+    const t0 = Date.now();
+    await log.flush();
+    expect(Date.now() - t0).toBeLessThan(100);
+    expect(log.status()).toMatchObject({ failing: true, error: 'ENOSPC' });
+    expect(events.map((e) => e.event)).toEqual(['failed']);
+    // The reader drains the pipe: the write completes and the log is healthy.
+    const chunks: Buffer[] = [];
+    const buf = Buffer.alloc(65536);
+    const deadline = Date.now() + 5000;
+    while (log.isFailing && Date.now() < deadline) {
+      try {
+        const n = readSync(reader, buf, 0, buf.length, null);
+        if (n > 0) chunks.push(Buffer.from(buf.subarray(0, n)));
+      } catch {
+        // EAGAIN: nothing in the pipe right now
+      }
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    expect(events.map((e) => e.event)).toEqual(['failed', 'recovered']);
+    await log.close();
+    closeSync(reader);
+  });
+});
+
 /** A 64 KiB tmpfs at a fresh directory, or null where mounting is not allowed. */
 function mountSmallTmpfs(): string | null {
   const at = mkdtempSync(join(dir, 'tmpfs-'));
