@@ -208,7 +208,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     log,
     selfAddresses,
     isDraining: () => draining,
-    isFlowLogFailing: () => flowLog.isFailing,
+    isRefusingUnrecorded: () => flowLog.isFailing && policy.current().config.flowLog.onError === 'refuse',
   };
   detection = await createDetectionEngine({ flows, policy, alerts, log, statePath: config.state.path });
   flows.start(config.detection.sampleIntervalMs, config.flowLog.interimSec);
@@ -253,9 +253,8 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   ]);
   flows.on('sweep', () => stats.sweepObserved(detection?.lastSweepMs ?? 0));
   stats.attachFlowLog(() => flowLog.status());
-  // Not ready while new flows would be refused for want of a flow log: a balancer sends them elsewhere.
-  const isRefusingUnrecorded = (): boolean => flowLog.isFailing && policy.current().config.flowLog.onError === 'refuse';
-  const control = createControlPort({ flows, policy, alerts, audit, stats, identity, isReady: () => ready && !draining && !isRefusingUnrecorded(), proxyAddress: () => http });
+  // Not ready while new flows are refused for want of a flow log: a balancer sends them elsewhere.
+  const control = createControlPort({ flows, policy, alerts, audit, stats, identity, isReady: () => ready && !draining && ctx.isRefusingUnrecorded?.() !== true, proxyAddress: () => http });
   const envToken = opts.adminToken ?? null;
   const hasToken = config.admin.tokens.length > 0 || Boolean(envToken);
   const generatedAdminToken = hasToken ? null : generateAdminToken();

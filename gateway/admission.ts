@@ -92,7 +92,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   // 3. draining and limits
   if (ctx.isDraining()) return refuseCode(ctx, flow, 'EGW_SHUTTING_DOWN');
   // No flow the log cannot record (its record, this refusal's included, waits in the log's backlog).
-  if (snapshot.config.flowLog.onError === 'refuse' && ctx.isFlowLogFailing?.() === true) return refuseCode(ctx, flow, 'EGW_FLOW_LOG_UNAVAILABLE');
+  if (ctx.isRefusingUnrecorded?.() === true) return refuseCode(ctx, flow, 'EGW_FLOW_LOG_UNAVAILABLE');
   const limits = snapshot.config.limits;
   if (!ctx.flows.withinLimits(flow, limits.maxFlowsPerIdentity, limits.maxNewFlowsPerSecPerIdentity)) {
     const r = refuse(ctx, flow, fixed('rate-limit', null, mode, ['per-identity flow limit exceeded']));

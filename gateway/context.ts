@@ -78,6 +78,9 @@ export interface GatewayContext {
   readonly selfAddresses: Set<string>;
   /** True once SIGTERM started draining: refuse new flows. */
   isDraining(): boolean;
-  /** True while the flow log cannot be written (flow-log.ts); absent = never. */
-  isFlowLogFailing?(): boolean;
+  /**
+   * True while new flows are refused because the flow log cannot be written and
+   * `flowLog.onError` is `refuse` (admission refuses; readiness says not ready); absent = never.
+   */
+  isRefusingUnrecorded?(): boolean;
 }

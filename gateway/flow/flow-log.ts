@@ -12,13 +12,8 @@
  * log can take them; `isFailing` meanwhile, which admission and readiness read), is AppendLog's
  * (append-log.ts).
  */
-import { AppendLog, type AppendLogEvent, type AppendLogOptions, type AppendLogStatus } from '../append-log.ts';
+import { AppendLog, type AppendLogOptions, type AppendLogStatus } from '../append-log.ts';
 import type { Flow, FlowRecord } from './flow.ts';
-
-export { BACKLOG_BYTES, RETRY_MS } from '../append-log.ts';
-export type FlowLogEvent = AppendLogEvent;
-export type FlowLogOptions = AppendLogOptions;
-export type FlowLogStatus = AppendLogStatus;
 
 export interface FlowSink {
   /** True when records go nowhere (`flowLog.path: null`): the table then skips building them. */
@@ -66,11 +61,11 @@ export class FlowLog implements FlowSink {
   }
 
   /** Open a flow log: "-" = stdout, null = discard, anything else = a file opened for append. */
-  static async open(path: string | null, opts: FlowLogOptions = {}): Promise<FlowLog> {
+  static async open(path: string | null, opts: AppendLogOptions = {}): Promise<FlowLog> {
     return new FlowLog(path === null ? null : await AppendLog.open(path, opts));
   }
 
-  status(): FlowLogStatus {
+  status(): AppendLogStatus {
     return this.out?.status() ?? HEALTHY;
   }
 

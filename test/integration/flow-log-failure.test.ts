@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { SocksClient } from 'socks';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
+import { parseRecords } from '../helpers/flow-records.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { type Origin, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
 import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
@@ -69,12 +70,12 @@ async function until(what: string, pred: () => boolean | Promise<boolean>, timeo
   }
 }
 
-function records(path: string): FlowRecord[] {
-  return readFileSync(path, 'utf8')
-    .split('\n')
-    .filter((l) => l !== '')
-    .map((l) => JSON.parse(l) as FlowRecord);
+/** Whether the gateway's metrics say the flow log is failing (1) or not (0). */
+async function flowLogFailing(g: TestGateway, value: 0 | 1): Promise<boolean> {
+  return new RegExp(`^gw_flow_log_failing ${value}$`, 'm').test((await admin(g, '/metrics')).text);
 }
+
+const records = (path: string): FlowRecord[] => parseRecords(readFileSync(path, 'utf8'));
 
 describe('flow log that cannot be written', () => {
   it('onError refuse: new flows get 503 flow-log-unavailable, not ready, a live tunnel carries on; every record written once it recovers', async () => {
@@ -91,7 +92,7 @@ describe('flow log that cannot be written', () => {
 
     // The first record written fails: from then on the gateway refuses new flows.
     expect(await curlGet(g, '/size/10')).toEqual({ status: 200, body: 'abcdefghij' });
-    await until('the failure', () => g.ctx.isFlowLogFailing?.() === true);
+    await until('the failure', () => flowLogFailing(g, 1));
     expect(g.logs).toContainEqual(expect.objectContaining({ level: 'error', code: 'ENOSPC', path: log.path, onError: 'refuse' }));
     const refused = await curlGet(g, '/size/10');
     expect(refused.status).toBe(503);
@@ -143,11 +144,11 @@ describe('flow log that cannot be written', () => {
     const g = await startTestGateway({ flowLog: { path: log.path, onError: 'admit' } });
     gw = g;
     expect((await curlGet(g, '/size/4')).status).toBe(200);
-    await until('the failure', () => g.ctx.isFlowLogFailing?.() === true);
+    await until('the failure', () => flowLogFailing(g, 1));
     expect(await curlGet(g, '/size/5')).toEqual({ status: 200, body: 'abcde' });
     expect((await admin(g, '/readyz')).status).toBe(200);
     log.repair();
-    await until('recovery', () => g.ctx.isFlowLogFailing?.() === false);
+    await until('recovery', () => flowLogFailing(g, 0));
     await g.stop();
     gw = null;
     expect(records(log.path).map((r) => [r.closeReason, r.bytesIn])).toEqual([

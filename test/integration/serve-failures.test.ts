@@ -7,15 +7,16 @@
  *  - the flow log is stdout and the reader of that pipe goes away (EPIPE): the gateway stays up,
  *    refuses new flows (503 flow-log-unavailable), says why on stderr, and drains on SIGTERM;
  *  - SIGHUP when the config file cannot be read: the running policy stays, the gateway serves on;
- *  - SIGHUP after the flow log file was moved away (log rotation): records go to a new file.
+ *  - SIGHUP after the flow log and audit log files were moved away (rotation): records go to new files.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { FlowRecord } from '../../gateway/flow/flow.ts';
+import { parseRecords } from '../helpers/flow-records.ts';
 import { type Origin, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
 import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
 
@@ -95,6 +96,17 @@ async function serve(name: string, policyText: string, env: NodeJS.ProcessEnv = 
   return { child: c, http: { host: listening.http.slice(0, i), port: Number(listening.http.slice(i + 1)) }, admin: listening.admin, stderr: () => stderr };
 }
 
+/** A CONNECT tunnel to the echo origin through `s`, with `payload` sent and echoed back. */
+async function echoTunnel(s: Served, payload: string): Promise<Socket> {
+  const tunnel = await rawConnect(s.http.port);
+  tunnel.on('error', () => {});
+  tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+  expect((await readUntil(tunnel, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+  tunnel.write(payload);
+  await readUntil(tunnel, payload);
+  return tunnel;
+}
+
 function logLines(stderr: string): Array<Record<string, unknown>> {
   return stderr
     .split('\n')
@@ -110,12 +122,7 @@ describe('egressgate serve: a fatal error records the live flows before the proc
     it(`${origin}: the live tunnel's record (gateway-error, exact bytes) is in the flow log; exit 1`, async () => {
       const flowLog = join(dir, `fatal-${fault}.jsonl`);
       const s = await serve(`fatal-${fault}`, policy(flowLog), { NODE_OPTIONS: `--import=${FAULT}`, EGW_TEST_FAULT: fault });
-      const tunnel = await rawConnect(s.http.port);
-      tunnel.on('error', () => {});
-      tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
-      expect((await readUntil(tunnel, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
-      tunnel.write('x'.repeat(100));
-      await readUntil(tunnel, 'x'.repeat(100));
+      const tunnel = await echoTunnel(s, 'x'.repeat(100));
       const exited = once(s.child, 'exit');
       // (events.once would reject on the reset's 'error': wait for 'close' alone.)
       const tunnelClosed = new Promise((r) => tunnel.once('close', r));
@@ -126,10 +133,7 @@ describe('egressgate serve: a fatal error records the live flows before the proc
       const fatal = logLines(s.stderr()).find((l) => l.msg === 'fatal error: recording live flows and exiting');
       expect(fatal).toMatchObject({ level: 'error', origin });
       expect(String(fatal?.err)).toContain(message);
-      const records = (await readFile(flowLog, 'utf8'))
-        .split('\n')
-        .filter((l) => l !== '')
-        .map((l) => JSON.parse(l) as FlowRecord);
+      const records = parseRecords(await readFile(flowLog, 'utf8'));
       expect(records.map((r) => [r.protocol, r.closeReason, r.bytesOut, r.bytesIn, r.destination.port])).toEqual([['connect', 'gateway-error', 100, 100, echo.port]]);
     }, 60_000);
   }
@@ -139,12 +143,7 @@ describe('egressgate serve: a fatal error during a SIGTERM drain', () => {
   it('cuts the grace period short: the tunnel still waiting is recorded as gateway-error, exit 1 at once', async () => {
     const flowLog = join(dir, 'fatal-draining.jsonl');
     const s = await serve('fatal-draining', `${policy(flowLog)}limits: { drainGraceMs: 60000 }\n`, { NODE_OPTIONS: `--import=${FAULT}`, EGW_TEST_FAULT: 'throw' });
-    const tunnel = await rawConnect(s.http.port);
-    tunnel.on('error', () => {});
-    tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
-    expect((await readUntil(tunnel, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
-    tunnel.write('y'.repeat(10));
-    await readUntil(tunnel, 'y'.repeat(10));
+    await echoTunnel(s, 'y'.repeat(10));
     const exited = once(s.child, 'exit');
     s.child.kill('SIGTERM');
     // The drain waits for the tunnel (up to 60 s); the fault comes while it waits.
@@ -154,10 +153,7 @@ describe('egressgate serve: a fatal error during a SIGTERM drain', () => {
     const [code] = (await exited) as [number | null];
     expect(code).toBe(1);
     expect(Date.now() - faultAt).toBeLessThan(4000);
-    const records = (await readFile(flowLog, 'utf8'))
-      .split('\n')
-      .filter((l) => l !== '')
-      .map((l) => JSON.parse(l) as FlowRecord);
+    const records = parseRecords(await readFile(flowLog, 'utf8'));
     expect(records.map((r) => [r.protocol, r.closeReason, r.bytesOut, r.bytesIn])).toEqual([['connect', 'gateway-error', 10, 10]]);
   }, 60_000);
 });
@@ -208,12 +204,6 @@ async function untilLogged(s: Served, msg: string): Promise<Record<string, unkno
   }
 }
 
-function recordsIn(text: string): FlowRecord[] {
-  return text
-    .split('\n')
-    .filter((l) => l !== '')
-    .map((l) => JSON.parse(l) as FlowRecord);
-}
 
 describe('egressgate serve: SIGHUP', () => {
   it('with the config file gone: the reload fails with the reason, the running policy stays, the gateway serves on', async () => {
@@ -249,8 +239,8 @@ describe('egressgate serve: SIGHUP', () => {
     const exited = once(s.child, 'exit');
     s.child.kill('SIGTERM');
     expect((await exited)[0]).toBe(0);
-    expect(recordsIn(await readFile(`${flowLog}.1`, 'utf8')).map((r) => r.bytesIn)).toEqual([1]);
-    expect(recordsIn(await readFile(flowLog, 'utf8')).map((r) => r.bytesIn)).toEqual([2]);
+    expect(parseRecords(await readFile(`${flowLog}.1`, 'utf8')).map((r) => r.bytesIn)).toEqual([1]);
+    expect(parseRecords(await readFile(flowLog, 'utf8')).map((r) => r.bytesIn)).toEqual([2]);
     const modes = async (path: string): Promise<string[]> =>
       (await readFile(path, 'utf8'))
         .split('\n')

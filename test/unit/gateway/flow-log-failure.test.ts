@@ -10,37 +10,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { FlowRecord } from '../../../gateway/flow/flow.ts';
-import { FlowLog, type FlowLogEvent } from '../../../gateway/flow/flow-log.ts';
+import type { AppendLogEvent } from '../../../gateway/append-log.ts';
+import { FlowLog } from '../../../gateway/flow/flow-log.ts';
+import { sampleRecord } from '../../helpers/flow-records.ts';
 import { skipNotice } from '../../helpers/skip-notice.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'egw-flowlog-fail-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function record(i: number): FlowRecord {
-  return {
-    id: `f${i}`,
-    protocol: 'connect',
-    client: { ip: '127.0.0.1', port: 40000 + i },
-    identity: { user: null, host: null, roles: ['any'], process: null },
-    destination: { host: 'example.test', ip: '127.0.0.9', port: 443 },
-    startedAt: new Date(0).toISOString(),
-    lastActivityAt: new Date(0).toISOString(),
-    endedAt: new Date(0).toISOString(),
-    durationMs: 0,
-    bytesOut: i,
-    bytesIn: 2 * i,
-    verdict: 'allow',
-    enforced: false,
-    reason: 'allowed',
-    detector: null,
-    state: 'closed',
-    closeReason: 'closed',
-    communityId: null,
-    matchedRule: null,
-    // ~830 bytes a line, a little more than a real record
-    reasons: ['x'.repeat(300)],
-  };
-}
+// ~830 bytes a line, a little more than a real record
+const record = (i: number): FlowRecord => sampleRecord(i, ['x'.repeat(300)]);
 
 /** Complete lines of a file, parsed; a last line without its newline is returned apart. */
 function read(path: string): { ids: string[]; cut: string } {
@@ -68,7 +47,7 @@ describe('FlowLog: a log that cannot be written', () => {
   it('holds the records of a failed log and writes them, in order and once, to the file that replaces it', async () => {
     const path = join(dir, 'replaced.jsonl');
     symlinkSync('/dev/full', path);
-    const events: FlowLogEvent[] = [];
+    const events: AppendLogEvent[] = [];
     const log = await FlowLog.open(path, { retryMs: 50, onStateChange: (e) => events.push(e) });
     for (let i = 0; i < 10; i++) log.write(record(i));
     await log.flush();
@@ -94,7 +73,7 @@ describe('FlowLog: a log that cannot be written', () => {
   it('drops what does not fit in the backlog, counts it, and reports what is still held at close as lost', async () => {
     const path = join(dir, 'full.jsonl');
     symlinkSync('/dev/full', path);
-    const events: FlowLogEvent[] = [];
+    const events: AppendLogEvent[] = [];
     const log = await FlowLog.open(path, { retryMs: 60_000, backlogBytes: 5000, onStateChange: (e) => events.push(e) });
     log.write(record(0));
     await log.flush();
@@ -120,7 +99,7 @@ describe('FlowLog: a write that hangs', () => {
     const path = join(dir, 'stuck.fifo');
     execFileSync('mkfifo', [path]);
     const reader = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
-    const events: FlowLogEvent[] = [];
+    const events: AppendLogEvent[] = [];
     const log = await FlowLog.open(path, { stallMs: 200, retryMs: 50, onStateChange: (e) => events.push(e) });
     for (let i = 0; i < 120; i++) log.write(record(i)); // ~100 KB
     const t0 = Date.now();
@@ -163,7 +142,7 @@ describe('FlowLog: a recovery whose write hangs', () => {
     const fifo = join(dir, 'recover-stuck.fifo');
     execFileSync('mkfifo', [fifo]);
     const reader = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
-    const events: FlowLogEvent[] = [];
+    const events: AppendLogEvent[] = [];
     const log = await FlowLog.open(path, { stallMs: 200, retryMs: 50, onStateChange: (e) => events.push(e) });
     for (let i = 0; i < 120; i++) log.write(record(i)); // ~100 KB: more than the pipe takes
     await log.flush();
@@ -217,7 +196,7 @@ describe.runIf(canMount)('FlowLog: a disk that fills up (tmpfs, root)', () => {
   });
 
   /** 150 records (~125 KB) into a 64 KiB tmpfs: the disk fills part-way through a line. */
-  async function fill(events: FlowLogEvent[]): Promise<{ log: FlowLog; mount: string; path: string }> {
+  async function fill(events: AppendLogEvent[]): Promise<{ log: FlowLog; mount: string; path: string }> {
     const mount = mountSmallTmpfs();
     if (mount === null) throw new Error('mount -t tmpfs failed although running as root');
     mounts.push(mount);
@@ -231,7 +210,7 @@ describe.runIf(canMount)('FlowLog: a disk that fills up (tmpfs, root)', () => {
   }
 
   it('space freed on the same file: the cut line is completed where it stopped, nothing written twice', async () => {
-    const events: FlowLogEvent[] = [];
+    const events: AppendLogEvent[] = [];
     const { log, mount, path } = await fill(events);
     execFileSync('mount', ['-o', 'remount,size=1m', mount]);
     await until(() => !log.isFailing);
@@ -241,7 +220,7 @@ describe.runIf(canMount)('FlowLog: a disk that fills up (tmpfs, root)', () => {
   });
 
   it('the full file moved away and space freed: the new file starts with the cut line whole', async () => {
-    const events: FlowLogEvent[] = [];
+    const events: AppendLogEvent[] = [];
     const { log, mount, path } = await fill(events);
     const before = read(path);
     renameSync(path, `${path}.1`);

@@ -5,41 +5,14 @@ import { afterAll, describe, expect, it } from 'vitest';
 import type { Flow, FlowRecord } from '../../../gateway/flow/flow.ts';
 import { FlowLog } from '../../../gateway/flow/flow-log.ts';
 import { FlowTable } from '../../../gateway/flow/flow-table.ts';
+import { parseRecords, sampleRecord } from '../../helpers/flow-records.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'egw-flowlog-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function record(i: number): FlowRecord {
-  return {
-    id: `f${i}`,
-    protocol: 'connect',
-    client: { ip: '127.0.0.1', port: 40000 + (i % 20000) },
-    identity: { user: null, host: null, roles: ['any'], process: null },
-    destination: { host: 'example.test', ip: '127.0.0.9', port: 443 },
-    startedAt: new Date(0).toISOString(),
-    lastActivityAt: new Date(0).toISOString(),
-    endedAt: new Date(0).toISOString(),
-    durationMs: 0,
-    bytesOut: i,
-    bytesIn: 2 * i,
-    verdict: 'allow',
-    enforced: false,
-    reason: 'allowed',
-    detector: null,
-    state: 'closed',
-    closeReason: 'closed',
-    communityId: null,
-    matchedRule: null,
-    reasons: ['x'.repeat(i % 50)],
-  };
-}
+const record = (i: number): FlowRecord => sampleRecord(i, ['x'.repeat(i % 50)]);
 
-function lines(path: string): FlowRecord[] {
-  return readFileSync(path, 'utf8')
-    .split('\n')
-    .filter((l) => l.length > 0)
-    .map((l) => JSON.parse(l) as FlowRecord);
-}
+const lines = (path: string): FlowRecord[] => parseRecords(readFileSync(path, 'utf8'));
 
 describe('FlowLog', () => {
   it('writes every record once, in order, across batches and event-loop turns; flush waits for all', async () => {
