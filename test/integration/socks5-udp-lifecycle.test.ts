@@ -2,12 +2,10 @@
  * SOCKS5 UDP associations over their life: IPv6 end to end, an authenticated association, idle
  * timeout, an admin kill (control connection reset), and the exact byte budget.
  */
-import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { once } from 'node:events';
-import type { Socket } from 'node:net';
-import { SocksClient } from 'socks';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Flow } from '../../gateway/flow/flow.ts';
+import { associate as associateVia, nextReply, sendTo as send, udpFrame as frame, udpSocket as boundUdp } from '../helpers/socks-udp.ts';
 import { readToEnd, type SocksGateway, startBareSocksGateway, startSocksGateway, startUdpEcho, type UdpEcho } from './socks5-harness.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 
@@ -18,51 +16,13 @@ afterEach(async () => {
   while (cleanups.length > 0) await cleanups.pop()?.();
 });
 
-async function udpSocket(type: 'udp4' | 'udp6' = 'udp4'): Promise<UdpSocket> {
-  const s = createSocket(type);
-  s.bind(0, type === 'udp4' ? '127.0.0.1' : '::1');
-  await once(s, 'listening');
-  cleanups.push(() => new Promise<void>((r) => s.close(() => r())));
-  return s;
-}
-
-async function associate(
-  gw: SocksGateway,
-  client: UdpSocket,
-  auth: { userId: string; password: string } | null = null,
-): Promise<{ control: Socket; relay: { host: string; port: number } }> {
-  const sc = new SocksClient({
-    proxy: { host: gw.socksHost, port: gw.socksPort, type: 5, ...(auth ?? {}) },
-    command: 'associate',
-    destination: { host: '0.0.0.0', port: client.address().port },
-  });
-  const info = await new Promise<{ socket: Socket; remoteHost?: { host: string; port: number } }>((resolve, reject) => {
-    sc.once('established', resolve);
-    sc.once('error', reject);
-    sc.connect();
-  });
-  info.socket.on('error', () => {});
-  cleanups.push(() => info.socket.destroy());
-  return { control: info.socket, relay: info.remoteHost as { host: string; port: number } };
-}
+const udpSocket = (type: 'udp4' | 'udp6' = 'udp4') => boundUdp(cleanups, type);
+const associate = (gw: SocksGateway, client: Parameters<typeof associateVia>[1], auth?: { userId: string; password: string }) =>
+  associateVia(gw, client, cleanups, auth ? { auth } : {});
 
 /** Compressed form of an IPv6 literal (the socks client prints replies uncompressed). */
 function v6(ip: string): string {
   return new URL(`http://[${ip}]/`).hostname.slice(1, -1);
-}
-
-function frame(host: string, port: number, data: Buffer): Buffer {
-  return SocksClient.createUDPFrame({ remoteHost: { host, port }, data });
-}
-
-function send(s: UdpSocket, buf: Buffer, to: { host: string; port: number }): Promise<void> {
-  return new Promise((resolve, reject) => s.send(buf, to.port, to.host, (err) => (err ? reject(err) : resolve())));
-}
-
-async function nextReply(s: UdpSocket): Promise<{ host: string; port: number; data: Buffer }> {
-  const [msg] = (await once(s, 'message')) as [Buffer];
-  const parsed = SocksClient.parseUDPFrame(msg);
-  return { host: parsed.remoteHost.host, port: parsed.remoteHost.port, data: parsed.data };
 }
 
 describe('IPv6 association', () => {

@@ -6,9 +6,8 @@
  */
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { once } from 'node:events';
-import type { Socket } from 'node:net';
-import { SocksClient } from 'socks';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { type Association, associate as associateVia, udpFrame as frame, nextReply, sendTo as send, udpSocket } from '../helpers/socks-udp.ts';
 import { type SocksGateway, startSocksGateway, startUdpEcho, type UdpEcho } from './socks5-harness.ts';
 
 const PREFIX = Buffer.from('echo:');
@@ -32,54 +31,10 @@ afterAll(async () => {
   await echo2.close();
 });
 
-async function udpSocket(address = '127.0.0.1'): Promise<UdpSocket> {
-  const s = createSocket('udp4');
-  s.bind(0, address);
-  await once(s, 'listening');
-  cleanups.push(() => new Promise<void>((r) => s.close(() => r())));
-  return s;
-}
-
-interface Association {
-  control: Socket;
-  relay: { host: string; port: number };
-  client: UdpSocket;
-}
-
-/** ASSOCIATE announcing the client's UDP port (so the gateway narrows to it). */
-async function associate(announcePort = true): Promise<Association> {
-  const client = await udpSocket();
-  // SocksClient.createConnection() only does CONNECT; associate goes through an instance.
-  const sc = new SocksClient({
-    proxy: { host: gw.socksHost, port: gw.socksPort, type: 5 },
-    command: 'associate',
-    destination: { host: '0.0.0.0', port: announcePort ? client.address().port : 0 },
-  });
-  const info = await new Promise<{ socket: Socket; remoteHost?: { host: string; port: number } }>((resolve, reject) => {
-    sc.once('established', resolve);
-    sc.once('error', reject);
-    sc.connect();
-  });
-  info.socket.on('error', () => {});
-  cleanups.push(() => info.socket.destroy());
-  const relay = info.remoteHost as { host: string; port: number };
-  return { control: info.socket, relay, client };
-}
-
-function frame(host: string, port: number, data: Buffer, frag = 0): Buffer {
-  const f = SocksClient.createUDPFrame({ remoteHost: { host, port }, data });
-  f[2] = frag;
-  return f;
-}
-
-function send(s: UdpSocket, buf: Buffer, to: { host: string; port: number }): Promise<void> {
-  return new Promise((resolve, reject) => s.send(buf, to.port, to.host, (err) => (err ? reject(err) : resolve())));
-}
-
-async function nextReply(s: UdpSocket): Promise<{ host: string; port: number; data: Buffer }> {
-  const [msg] = (await once(s, 'message')) as [Buffer];
-  const parsed = SocksClient.parseUDPFrame(msg);
-  return { host: parsed.remoteHost.host, port: parsed.remoteHost.port, data: parsed.data };
+/** ASSOCIATE from a fresh client socket, announcing its port (so the gateway narrows to it) unless told not to. */
+async function associate(announcePort = true): Promise<Association & { client: UdpSocket }> {
+  const client = await udpSocket(cleanups);
+  return { ...(await associateVia(gw, client, cleanups, { announcePort })), client };
 }
 
 describe('SOCKS5 UDP ASSOCIATE', () => {
@@ -113,8 +68,8 @@ describe('SOCKS5 UDP ASSOCIATE', () => {
 
   it('drops datagrams from another source port or address and fragments; counts them', async () => {
     const a = await associate();
-    const otherPort = await udpSocket();
-    const otherAddr = await udpSocket('127.0.0.2');
+    const otherPort = await udpSocket(cleanups);
+    const otherAddr = await udpSocket(cleanups, 'udp4', '127.0.0.2');
     const before = echo.received.length;
     await send(otherPort, frame('127.0.0.1', echo.port, Buffer.from('from another port')), a.relay);
     await send(otherAddr, frame('127.0.0.1', echo.port, Buffer.from('from another address')), a.relay);
@@ -135,7 +90,7 @@ describe('SOCKS5 UDP ASSOCIATE', () => {
     const reply = nextReply(a.client);
     await send(a.client, frame('127.0.0.1', echo.port, Buffer.from('first')), a.relay);
     expect((await reply).data.toString()).toBe('echo:first');
-    const other = await udpSocket();
+    const other = await udpSocket(cleanups);
     const before = echo.received.length;
     await send(other, frame('127.0.0.1', echo.port, Buffer.from('hijack')), a.relay);
     const reply2 = nextReply(a.client);
@@ -201,7 +156,7 @@ describe('SOCKS5 UDP ASSOCIATE', () => {
     // The echo origin saw the gateway's upstream socket: a stranger sends there.
     const from = echo.received[echo.received.length - 1]?.from as string;
     const upstreamPort = Number(from.slice(from.lastIndexOf(':') + 1));
-    const stranger = await udpSocket();
+    const stranger = await udpSocket(cleanups);
     await send(stranger, Buffer.from('unsolicited'), { host: '127.0.0.1', port: upstreamPort });
     const reply2 = nextReply(a.client);
     await send(a.client, frame('127.0.0.1', echo.port, Buffer.from('again')), a.relay);
