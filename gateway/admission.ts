@@ -253,13 +253,15 @@ function isSelf(ctx: GatewayContext, ip: string, port: number): boolean {
 /** The answer for one more destination of an already-open flow (see admitDestination). */
 export type DestinationAdmission =
   | { ok: true; ip: string; decision: Decision }
-  | { ok: false; decision: Decision | null; reject: RejectMapping; reason: string };
+  | { ok: false; decision: Decision | null; reject: RejectMapping; reason: string; ip: string | null };
 
 /**
  * Admit one more destination for a flow that is already open — a SOCKS5 UDP association relays to
- * many destinations under one flow (added for gateway/listeners/socks5-udp.ts). Steps 5–7 of
- * `admit`: resolve once, never the gateway's own listeners, policy decide incl. deny-range. Opens,
- * closes and mutates nothing; the caller caches the answer per destination. Never throws.
+ * many destinations under one flow (added for gateway/listeners/socks5-udp.ts). Steps 5–8 of
+ * `admit`: resolve once, never the gateway's own listeners, policy decide incl. deny-range, then
+ * the connect-time detection for that destination (quarantine, proxyware, exfil tools, …; it also
+ * counts towards the identity's fan-out). Opens and closes no flow; the caller caches the answer per
+ * destination and marks the flow would-block when the answer says so. Never throws.
  */
 export async function admitDestination(ctx: GatewayContext, flow: Flow, destHost: string, destPort: number): Promise<DestinationAdmission> {
   const snapshot = ctx.policy.current();
@@ -274,17 +276,20 @@ export async function admitDestination(ctx: GatewayContext, flow: Flow, destHost
   }
   if (ip && isSelf(ctx, ip, destPort)) {
     const d = fixed('deny-range', 'policy.deny-range', mode, [`${ip}:${destPort} is a listener of this gateway`]);
-    return { ok: false, decision: d, reject: mapDecision(d), reason: d.reasons[0] as string };
+    return { ok: false, decision: d, reject: mapDecision(d), reason: d.reasons[0] as string, ip };
   }
   const decision = snapshot.decide(
     { protocol: flow.protocol, clientIp: flow.client.ip, clientPort: flow.client.port, identity: flow.identity, destHost, destPort, destIp: ip },
     ctx.flows.now(),
     override,
   );
-  if (decision.verdict === 'block') return { ok: false, decision, reject: mapDecision(decision), reason: decision.reasons.join('; ') };
+  if (decision.verdict === 'block') return { ok: false, decision, reject: mapDecision(decision), reason: decision.reasons.join('; '), ip };
   if (!ip) {
     const code = dnsError ?? 'EGW_DNS_FAILED';
-    return { ok: false, decision: null, reject: mapError(code), reason: `${destHost} did not resolve (${code})` };
+    return { ok: false, decision: null, reject: mapError(code), reason: `${destHost} did not resolve (${code})`, ip: null };
   }
-  return { ok: true, ip, decision };
+  // Step 8 for this destination: a later destination must not get past what a new flow would meet.
+  const found = ctx.detection?.onDestination(flow, { host: destHost, ip, port: destPort }, snapshot, mode) ?? null;
+  if (found?.verdict === 'block') return { ok: false, decision: found, reject: mapDecision(found), reason: found.reasons.join('; '), ip };
+  return { ok: true, ip, decision: found !== null && decision.verdict === 'allow' ? found : decision };
 }

@@ -29,7 +29,7 @@ import type { Alert, Finding, FlowOutcome, FlowView } from '../../policy/detecto
 import type { ConnectFacts, Decision, Mode, PolicySnapshot } from '../../policy/types.ts';
 import type { AlertStore } from '../alerts/alert-store.ts';
 import type { DetectionHooks, Logger, PolicySource } from '../context.ts';
-import type { Flow } from '../flow/flow.ts';
+import type { Flow, FlowDestination } from '../flow/flow.ts';
 import type { FlowTable } from '../flow/flow-table.ts';
 
 export interface DetectionEngineOptions {
@@ -198,45 +198,63 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   };
   flows.on('attributed', onAttributed);
 
+  /**
+   * Quarantine, then the connect-time detectors, for a new flow or one more destination of an open
+   * one (`f` names it). A refusing finding quarantines the identity in enforce mode.
+   */
+  const judgeConnect = (flow: Flow, f: ConnectFacts, snapshot: PolicySnapshot, mode: Mode): Decision | null => {
+    const now = flows.now();
+    const key = quarantineKey(flow);
+    const until = quarantine.get(key);
+    if (until !== undefined) {
+      if (until > now) {
+        return {
+          verdict: mode === 'enforce' ? 'block' : 'would-block',
+          reason: 'quarantine',
+          detector: 'quarantine',
+          mode,
+          matchedRule: null,
+          reasons: [`identity quarantined until ${new Date(until).toISOString()}`],
+        };
+      }
+      quarantine.delete(key);
+    }
+    const found = evaluateConnect(f, state, snapshot, now, flow.id);
+    let refusing: Finding | null = null;
+    for (const x of found) {
+      raise(x, mode, now);
+      if (x.action !== 'flag' && !refusing) refusing = x;
+    }
+    if (!refusing) return null;
+    if (mode === 'enforce') putInQuarantine(key, now);
+    return {
+      verdict: mode === 'enforce' ? 'block' : 'would-block',
+      reason: 'detector',
+      detector: refusing.detector,
+      mode,
+      matchedRule: flow.matchedRule,
+      reasons: [...refusing.reasons],
+    };
+  };
+
   const engine: DetectionEngine = {
     state,
     quarantine,
     lastSweepMs: 0,
 
     onConnect(flow: Flow, snapshot: PolicySnapshot, mode: Mode): Decision | null {
-      const now = flows.now();
-      const key = quarantineKey(flow);
-      const until = quarantine.get(key);
-      if (until !== undefined) {
-        if (until > now) {
-          return {
-            verdict: mode === 'enforce' ? 'block' : 'would-block',
-            reason: 'quarantine',
-            detector: 'quarantine',
-            mode,
-            matchedRule: null,
-            reasons: [`identity quarantined until ${new Date(until).toISOString()}`],
-          };
-        }
-        quarantine.delete(key);
+      const d = judgeConnect(flow, facts(flow), snapshot, mode);
+      if (d === null || (mode !== 'enforce' && d.reason !== 'quarantine')) admitted.add(flow.id);
+      return d;
+    },
+
+    onDestination(flow: Flow, destination: FlowDestination, snapshot: PolicySnapshot, mode: Mode): Decision | null {
+      const d = judgeConnect(flow, { ...facts(flow), destHost: destination.host, destPort: destination.port, destIp: destination.ip }, snapshot, mode);
+      if (d === null || d.verdict !== 'block') {
+        // Relayed to: it counts towards the identity's fan-out and domains like a new flow.
+        state.observeDestination({ ...view(flow, 'open'), destination, startedAtMs: flows.now() }, folded);
       }
-      const found = evaluateConnect(facts(flow), state, snapshot, now, flow.id);
-      let refusing: Finding | null = null;
-      for (const f of found) {
-        raise(f, mode, now);
-        if (f.action !== 'flag' && !refusing) refusing = f;
-      }
-      if (!refusing || mode !== 'enforce') admitted.add(flow.id);
-      if (!refusing) return null;
-      if (mode === 'enforce') putInQuarantine(key, now);
-      return {
-        verdict: mode === 'enforce' ? 'block' : 'would-block',
-        reason: 'detector',
-        detector: refusing.detector,
-        mode,
-        matchedRule: flow.matchedRule,
-        reasons: [...refusing.reasons],
-      };
+      return d;
     },
 
     uploadBudget(flow: Flow, snapshot: PolicySnapshot): number | null {

@@ -9,7 +9,8 @@
  *     foreign sources are dropped and counted
  *  4. each new destination is admitted once and the answer cached for the association: the first
  *     through `admit` (opens the flow: limits, attribution, policy, deny-range, detection hooks),
- *     later ones through `admitDestination` (resolve, self-dial, policy incl. deny-range). Up to
+ *     later ones through `admitDestination` (resolve, self-dial, policy incl. deny-range, and the
+ *     connect-time detection a new flow would meet; a refusal leaves its own refused record). Up to
  *     MAX_QUEUED datagrams wait while a destination is being admitted
  *  5. payload (without the SOCKS header) goes out of an unconnected upstream socket; bytesOut
  *     counts it, and the flow's byte budget is exact (flow.onBudget decides cut or lift)
@@ -21,7 +22,7 @@
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv4, isIPv6 } from 'node:net';
 import type { Decision } from '../../policy/types.ts';
-import { admit, admitDestination } from '../admission.ts';
+import { admit, admitDestination, type DestinationAdmission } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow } from '../flow/flow.ts';
 import { normaliseHost } from '../protocol/authority.ts';
@@ -268,6 +269,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       const r = await admitDestination(ctx, f, dest.host, dest.port);
       if (ended) return;
       if (!r.ok) {
+        recordRefusal(f, dest, r);
         refuseDest(dest, `${r.reject.reason}: ${r.reason}`);
         return;
       }
@@ -295,6 +297,22 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       // Re-wrap the queued payload view: forward() reads from an offset into the same datagram.
       forward(dest, payload, 0);
     }
+  }
+
+  /**
+   * A later destination refused: its own refused record, as a refused TCP flow leaves (the first
+   * destination's refusal is recorded by `admit`). The association goes on.
+   */
+  function recordRefusal(association: Flow, dest: Destination, r: Extract<DestinationAdmission, { ok: false }>): void {
+    const f = ctx.flows.open({
+      protocol: 'socks5-udp',
+      listener: 'socks',
+      client: association.client,
+      identity: association.identity,
+      destination: { host: dest.host, ip: r.ip, port: dest.port },
+    });
+    if (r.decision !== null) ctx.flows.decide(f, r.decision, r.decision.verdict === 'block');
+    ctx.flows.close(f, r.reject.reason);
   }
 
   function refuseDest(dest: Destination, why: string): void {

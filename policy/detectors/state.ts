@@ -194,6 +194,19 @@ export class DetectionState {
     this.fold(f, now, opts, into, false);
   }
 
+  /**
+   * One more destination of a flow already folded (a SOCKS5 UDP association relays to many under
+   * one flow): it counts as a new connection would for fan-out, the identity's domains and
+   * first-seen, at `f.startedAtMs`. `f.destination` is the new destination; bytes stay with the
+   * flow's own observations.
+   */
+  observeDestination(f: FlowView, into: ObserveResult): void {
+    const idKey = identityKeyOf(f.identity, f.clientIp);
+    this.noteStart(this.windowsFor(f, idKey), f, registrableDomain(f.destination.host));
+    into.active.add(idKey);
+    into.started.add(idKey);
+  }
+
   private fold(f: FlowView, now: number, opts: ObserveOptions, result: ObserveResult, isGuarded: boolean): void {
     if (f.outcome === 'blocked') return;
     let t = this.tracked.peek(f.id);

@@ -18,6 +18,7 @@ let markDone: () => void = () => undefined;
 
 const detection: DetectionHooks = {
   onConnect: () => null,
+  onDestination: () => null,
   uploadBudget: () => BUDGET,
   onConnectFailed: () => undefined,
 };

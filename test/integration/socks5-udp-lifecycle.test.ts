@@ -122,6 +122,7 @@ describe('association lifecycle', () => {
     // The bare listener with a detection hook that gives every flow a 100-byte budget.
     const budgetGw = await startBareSocksGateway({}, '127.0.0.1', {
       onConnect: () => null,
+      onDestination: () => null,
       uploadBudget: () => 100,
       onConnectFailed: () => undefined,
     });

@@ -115,15 +115,24 @@ describe('SOCKS5 UDP ASSOCIATE', () => {
     await send(a.client, frame('127.0.0.1', echo2.port, Buffer.from('second dest')), a.relay);
     const got2 = await r2;
     expect(got2).toMatchObject({ host: '127.0.0.1', port: echo2.port });
+    // A later destination in a metadata range: refused as well, and the association goes on.
+    await send(a.client, frame('169.254.169.254', 80, Buffer.from('to metadata')), a.relay);
+    const r3 = nextReply(a.client);
+    await send(a.client, frame('127.0.0.1', echo2.port, Buffer.from('again')), a.relay);
+    const got3 = await r3;
     a.control.destroy();
     const rec = await gw.waitForClosed((x) => x.protocol === 'socks5-udp' && x.destination.host === 'files.example.test');
-    expect(rec.bytesOut).toBe('by name'.length + 'second dest'.length);
-    expect(rec.bytesIn).toBe(got1.data.length + got2.data.length);
-    expect(rec.reasons.join('\n')).toMatch(/2 destinations relayed, 1 refused/);
-    // The refused first destination left its own closed record (a refusal is recorded like TCP's).
-    const denied = await gw.waitForClosed((x) => x.protocol === 'socks5-udp' && x.destination.host === '10.0.0.1');
-    expect(denied.reason).toBe('deny-range');
-    expect(denied.bytesOut).toBe(0);
+    expect(rec.bytesOut).toBe('by name'.length + 'second dest'.length + 'again'.length);
+    expect(rec.bytesIn).toBe(got1.data.length + got2.data.length + got3.data.length);
+    expect(rec.reasons.join('\n')).toMatch(/2 destinations relayed, 2 refused/);
+    // Each refused destination left its own closed record (a refusal is recorded like TCP's): the
+    // first by the association's admission, the later one by the running association.
+    for (const ip of ['10.0.0.1', '169.254.169.254']) {
+      const denied = await gw.waitForClosed((x) => x.protocol === 'socks5-udp' && x.destination.host === ip);
+      expect(denied).toMatchObject({ reason: 'deny-range', verdict: 'block', closeReason: 'deny-range', bytesOut: 0, bytesIn: 0 });
+      expect(denied.destination.ip).toBe(ip);
+      expect(denied.client).toEqual(rec.client);
+    }
   });
 
   it('ends the association when the TCP control connection closes: the relay port is gone', async () => {

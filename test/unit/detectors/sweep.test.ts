@@ -105,6 +105,22 @@ describe('an0081.scan', () => {
     expect(pick(play(260, 1000, mk(user)))).toEqual(['an0081.scan:flag']);
     expect(play(260, 1000, mk(ident(proc('chrome'))))).toEqual([]);
   });
+  it('the further destinations of one flow (a UDP association) count towards fan-out; its bytes are not counted again', () => {
+    const state = learnedState(WED_10);
+    const s = snap();
+    const association = { ...flow(user, 'dns0.example:53', { now: WED_10, bytesOut: 600, bytesIn: 900 }), protocol: 'socks5-udp' as const };
+    expect(evaluateSweep([association], state, s, WED_10, emptyObserveResult())).toEqual([]);
+    const found: Finding[] = [];
+    for (let i = 1; i <= 251; i++) {
+      const folded = emptyObserveResult();
+      const now = WED_10 + i * 1000;
+      state.observeDestination({ ...association, destination: { host: `dns${i}.example`, ip: '198.51.100.53', port: 53 }, startedAtMs: now }, folded);
+      found.push(...evaluateSweep([{ ...association, lastActivityAtMs: now }], state, s, now, folded));
+    }
+    expect(pick(found)).toEqual(['an0081.scan:flag']);
+    expect(found[0]?.evidence).toMatchObject({ kind: 'fan-out', distinctDestinations: 251 });
+    expect(state.windows(identityKeyOf(user, '10.1.2.3'))?.out.sumSince(WED_10 - 60_000)).toBe(600);
+  });
 });
 
 describe('an0081.sustained and an0080.long-session', () => {

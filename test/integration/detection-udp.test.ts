@@ -1,0 +1,144 @@
+/**
+ * Detection for every destination of a SOCKS5 UDP association, through the real listener with the
+ * `socks` client. One association is one flow, but each new destination meets what a new flow
+ * would: quarantine and the connect-time detectors (here a proxyware provider domain), and it
+ * counts towards the identity's fan-out (an0081.scan's distinct destinations per hour). Before,
+ * only the association's first destination was checked: a client could open it towards anything
+ * harmless and then relay to a proxyware provider or fan out unseen.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Mode } from '../../policy/types.ts';
+import { reportProcesses, testAgent, waitForAlert } from '../helpers/detection-live.ts';
+import { type TestGateway, startTestGateway } from '../helpers/gateway.ts';
+import { type Cleanups, associate, nextReply, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
+import { startUdpEcho, type UdpEcho } from './socks5-harness.ts';
+
+const PREFIX = Buffer.from('echo:');
+/** A proxyware provider's name (policy/lists.ts), pointed at a loopback echo. */
+const PROVIDER = 'edge.honeygain.com';
+const FANOUT_NAMES = ['n1', 'n2', 'n3', 'n4', 'n5', 'n6', 'n7'].map((n) => `${n}.fanout.example.test`);
+const FANOUT_LIMIT = 5;
+
+let first: UdpEcho;
+let second: UdpEcho;
+let gw: TestGateway | null = null;
+const cleanups: Cleanups = [];
+
+beforeAll(async () => {
+  first = await startUdpEcho('udp4', PREFIX);
+  second = await startUdpEcho('udp4', PREFIX);
+});
+afterAll(async () => {
+  await first.close();
+  await second.close();
+});
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()?.();
+  await gw?.stop();
+  gw = null;
+  first.received.length = 0;
+  second.received.length = 0;
+});
+
+function start(mode: Mode): Promise<TestGateway> {
+  const hosts: Record<string, string> = { [PROVIDER]: '127.0.0.1' };
+  for (const n of FANOUT_NAMES) hosts[n] = '127.0.0.1';
+  return startTestGateway({
+    mode,
+    resolver: { hosts },
+    identity: { agents: [testAgent] },
+    detection: { sampleIntervalMs: 50, detectors: { 'an0081.scan': { distinctDestinationsPerHour: FANOUT_LIMIT } } },
+  });
+}
+
+/** An association whose first destination is the harmless `first` echo, proven relayed. */
+async function openAssociation(g: TestGateway) {
+  const client = await udpSocket(cleanups);
+  const a = await associate(g, client, cleanups);
+  const reply = nextReply(client);
+  await sendTo(client, udpFrame('127.0.0.1', first.port, Buffer.from('harmless')), a.relay);
+  expect((await reply).data.toString()).toBe('echo:harmless');
+  return { ...a, client };
+}
+
+describe('a UDP association\'s later destinations meet the connect-time detectors', () => {
+  it('enforce: a proxyware provider is refused, the identity quarantined for new destinations, the relay to the first goes on', async () => {
+    gw = await start('enforce');
+    const a = await openAssociation(gw);
+    // Datagrams to the provider and then to a new destination: both refused. The relay handles
+    // destinations in order, so the echo of the known destination that follows proves both were
+    // judged.
+    await sendTo(a.client, udpFrame(PROVIDER, second.port, Buffer.from('to the provider')), a.relay);
+    await sendTo(a.client, udpFrame('127.0.0.1', second.port, Buffer.from('after the finding')), a.relay);
+    const reply = nextReply(a.client);
+    await sendTo(a.client, udpFrame('127.0.0.1', first.port, Buffer.from('still here')), a.relay);
+    expect(await reply).toMatchObject({ host: '127.0.0.1', port: first.port });
+    expect(second.received).toEqual([]);
+
+    const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0081.proxyware');
+    expect(alert.action).toBe('block');
+    expect(alert.enforced).toBe(true);
+    expect(alert.evidence['providerDomain']).toBe('honeygain.com');
+    const refusals = gw.logs.filter((l) => l.msg === 'socks5 udp destination refused');
+    expect(refusals.map((l) => [l['destination'], String(l['reason'])])).toEqual([
+      [`${PROVIDER}:${second.port}`, expect.stringMatching(/an0081\.proxyware.*proxyware provider domain/)],
+      [`127.0.0.1:${second.port}`, expect.stringMatching(/quarantine/)],
+    ]);
+
+    a.control.destroy();
+    const rec = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.destination.port === first.port);
+    expect(alert.flowIds).toEqual([rec.id]);
+    expect(rec.reasons.join('\n')).toMatch(/1 destination relayed, 2 refused/);
+    expect(rec.bytesOut).toBe('harmless'.length + 'still here'.length);
+    // Each refused destination left its own refused record, as a refused CONNECT does.
+    const refused = gw.closed.filter((r) => r.protocol === 'socks5-udp' && r.id !== rec.id);
+    expect(refused.map((r) => [r.destination.host, r.verdict, r.detector, r.closeReason])).toEqual([
+      [PROVIDER, 'block', 'an0081.proxyware', 'an0081.proxyware'],
+      ['127.0.0.1', 'block', 'quarantine', 'quarantine'],
+    ]);
+  });
+
+  it('monitor: the provider is relayed, and the association is recorded would-block by an0081.proxyware', async () => {
+    gw = await start('monitor');
+    const a = await openAssociation(gw);
+    const reply = nextReply(a.client);
+    await sendTo(a.client, udpFrame(PROVIDER, second.port, Buffer.from('to the provider')), a.relay);
+    expect(await reply).toMatchObject({ host: PROVIDER, port: second.port });
+    const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0081.proxyware');
+    expect(alert.action).toBe('would-block');
+    expect(alert.enforced).toBe(false);
+
+    a.control.destroy();
+    const rec = await gw.waitForClosed((r) => r.protocol === 'socks5-udp');
+    expect(rec.verdict).toBe('would-block');
+    expect(rec.detector).toBe('an0081.proxyware');
+    expect(rec.destination.port).toBe(first.port);
+    expect(rec.reasons.join('\n')).toMatch(/2 destinations relayed, 0 refused/);
+  });
+});
+
+describe('a UDP association\'s destinations count towards fan-out', () => {
+  it(`more than ${FANOUT_LIMIT} distinct destinations in one association from a non-browser process: an0081.scan fan-out`, async () => {
+    gw = await start('monitor');
+    const client = await udpSocket(cleanups);
+    // The agent names the process behind the client's UDP port before anything is sent.
+    await reportProcesses(gw.adminUrl, 'ws-udp', [
+      { localIp: '127.0.0.1', localPort: client.address().port, remoteIp: gw.socksHost, remotePort: gw.socksPort, pid: 4242, name: 'python3', exe: '/usr/bin/python3' },
+    ]);
+    const a = await associate(gw, client, cleanups);
+    for (const name of FANOUT_NAMES) {
+      const reply = nextReply(client);
+      await sendTo(client, udpFrame(name, first.port, Buffer.from(name)), a.relay);
+      expect((await reply).host).toBe(name);
+    }
+    const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0081.scan');
+    expect(alert.evidence['kind']).toBe('fan-out');
+    expect(alert.evidence['distinctDestinations']).toBe(FANOUT_NAMES.length);
+    expect(alert.identity.process?.name).toBe('python3');
+
+    a.control.destroy();
+    const rec = await gw.waitForClosed((r) => r.protocol === 'socks5-udp');
+    expect(rec.identity.process?.name).toBe('python3');
+    expect(rec.reasons.join('\n')).toMatch(/7 destinations relayed, 0 refused/);
+  });
+});
