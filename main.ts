@@ -12,6 +12,7 @@
 import { readFile } from 'node:fs/promises';
 import type { Server as HttpServer } from 'node:http';
 import type { AddressInfo, Server as NetServer } from 'node:net';
+import type { Server as TlsServer } from 'node:tls';
 import type { FastifyInstance } from 'fastify';
 import { buildAdmin, generateAdminToken } from './admin/app.ts';
 import { LocalAttributor } from './agent/attribution.ts';
@@ -27,7 +28,7 @@ import type { AppendLogEvent } from './gateway/append-log.ts';
 import { FlowTable } from './gateway/flow/flow-table.ts';
 import { createIdentityResolver } from './gateway/identity/identity-resolver.ts';
 import { createHttpProxy, withConnectFront } from './gateway/listeners/http-proxy.ts';
-import { wrapWithProxyProtocol } from './gateway/listeners/proxy-protocol-front.ts';
+import { carryRemoteToTls, wrapWithProxyProtocol } from './gateway/listeners/proxy-protocol-front.ts';
 import { createSocksServer } from './gateway/listeners/socks5.ts';
 import { createLogger } from './gateway/log.ts';
 import { PolicyStore } from './gateway/policy-store.ts';
@@ -238,7 +239,10 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
       config.tls.ca ? readFile(config.tls.ca) : Promise.resolve(undefined),
     ]);
     httpsServer = createHttpProxy(ctx, { tls: { cert, key, ca, requestCert: config.tls.requestClientCert ?? false } });
-    https = await listen(httpsServer, httpsWhere);
+    // Behind a load balancer the PROXY header comes first, then the TLS handshake.
+    const httpsFront = wrapWithProxyProtocol(httpsServer, { ...proxyProtocol, listener: 'https' });
+    if (httpsFront !== httpsServer) carryRemoteToTls(httpsServer as TlsServer);
+    https = await listen(httpsFront, httpsWhere);
     selfAddresses.add(https);
   }
   const audit = await AuditLog.open(config.flowLog.path && config.flowLog.path !== '-' ? `${config.flowLog.path}.audit.jsonl` : null, {

@@ -2,8 +2,8 @@
  * The PROXY protocol front (SPEC §8): behind a TCP load balancer, the client address comes from
  * the PROXY v1/v2 header the balancer prepends, not from the socket. When
  * `proxyProtocol.trustedSources` is non-empty, main.ts binds this small net.Server in place of the
- * HTTP and SOCKS listeners; it hands each connection to the real server once it knows who the
- * client is. With no trusted sources there is no front at all (the real server is returned as is).
+ * HTTP, SOCKS and HTTPS listeners; it hands each connection to the real server once it knows who the
+ * client is (the HTTPS listener's TLS starts after the header: see carryRemoteToTls). With no trusted sources there is no front at all (the real server is returned as is).
  *
  * Flow of a connection:
  *  1. accept (paused): a peer inside trustedSources MUST send a header; any other peer MUST NOT.
@@ -21,6 +21,7 @@
  *     emitted as a 'connection' of the real server, which reads it as if it had accepted it.
  */
 import { Server, type Socket } from 'node:net';
+import type { Server as TlsServer, TLSSocket } from 'node:tls';
 import { type CidrMap, compileCidrSet } from '../../policy/cidr.ts';
 import type { Logger } from '../context.ts';
 import { clientAddress } from '../identity/client-address.ts';
@@ -175,6 +176,20 @@ export function wrapWithProxyProtocol<S extends Server>(server: S, opts: ProxyPr
   }
 
   return front;
+}
+
+/**
+ * For a TLS server behind the front (the HTTPS listener): node wraps the handed-over socket in a
+ * TLSSocket that asks the TCP handle for its peer, not the socket, so the header's source is copied
+ * onto the TLSSocket before node:https, the identity code or a flow record reads it.
+ */
+export function carryRemoteToTls(server: TlsServer): void {
+  server.prependListener('secureConnection', (tlsSocket: TLSSocket) => {
+    // `_parent`: the socket a TLSSocket was made from (node has set it since its first TLS wrap).
+    const raw = (tlsSocket as TLSSocket & { _parent?: Socket | null })._parent;
+    if (!raw || !Object.hasOwn(raw, 'remoteAddress') || raw.remoteAddress === undefined) return;
+    defineRemote(tlsSocket, raw.remoteAddress, raw.remotePort ?? 0, raw.remoteFamily === 'IPv6' ? 'IPv6' : 'IPv4');
+  });
 }
 
 /** Make the socket report the original client (own data properties shadow net.Socket's getters). */

@@ -1,0 +1,228 @@
+/**
+ * PROXY protocol on the HTTPS proxy listener (`listen.https`), through the real gateway: a load
+ * balancer puts the header first and the client's TLS handshake follows. The flow belongs to the
+ * claimed client (its host identity, its record), as on the plain listeners; a trusted peer that
+ * starts TLS without a header is closed. haproxy is the real load balancer, curl the real client.
+ * The certificate is made by the real openssl for the test.
+ */
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect as connectTcp, createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { encodeProxyV1, encodeProxyV2 } from '../../gateway/protocol/proxy-protocol.ts';
+import { freePort } from '../helpers/detection-live.ts';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { skipNotice } from '../helpers/skip-notice.ts';
+import { type Origin, pattern, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
+import { readToEnd } from './socks5-harness.ts';
+
+const CLAIMED = { srcIp: '203.0.113.7', srcPort: 4444, dstIp: '127.0.0.1', dstPort: 8443 };
+const CURL_IP = '127.0.0.9';
+const HOSTS = [
+  { cidr: '203.0.113.0/24', name: 'lb-client', roles: ['any'] },
+  { cidr: `${CURL_IP}/32`, name: 'lb-curl', roles: ['any'] },
+];
+
+let dir: string;
+let ca: Buffer;
+let echo: Server;
+let echoPort: number;
+let origin: Origin;
+let gw: TestGateway;
+let httpsPort: number;
+const sockets = new Set<Socket>();
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'egw-pp-tls-'));
+  const made = await run('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+    '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-days', '1',
+    '-subj', '/CN=egressgate-test', '-addext', 'subjectAltName=IP:127.0.0.1',
+  ]);
+  expect(made.code, made.stderr).toBe(0);
+  ca = readFileSync(join(dir, 'cert.pem'));
+  echo = createServer({ allowHalfOpen: true }, (s) => {
+    sockets.add(s);
+    s.on('error', () => undefined);
+    s.pipe(s);
+  });
+  echo.listen(0, '127.0.0.1');
+  await once(echo, 'listening');
+  echoPort = (echo.address() as { port: number }).port;
+  origin = await startOrigin();
+  gw = await startTestGateway({
+    listen: { https: '127.0.0.1:0' },
+    tls: { cert: join(dir, 'cert.pem'), key: join(dir, 'key.pem') },
+    proxyProtocol: { trustedSources: ['127.0.0.1/32'] },
+    identity: { hosts: HOSTS },
+    limits: { headerTimeoutMs: 1000 },
+  });
+  httpsPort = Number((gw.https as string).split(':').pop());
+});
+
+afterAll(async () => {
+  await gw?.stop();
+  for (const s of sockets) s.destroy();
+  await origin?.close();
+  await new Promise<void>((r) => (echo ? echo.close(() => r()) : r()));
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+/** TCP to the HTTPS listener, `prefix` (a PROXY header) first, then TLS on the same connection. */
+async function tlsAfter(prefix: Buffer): Promise<TLSSocket> {
+  const raw = await rawConnect(httpsPort);
+  raw.on('error', () => undefined);
+  sockets.add(raw);
+  raw.write(prefix);
+  const s = tlsConnect({ socket: raw, ca, host: '127.0.0.1' });
+  s.on('error', () => undefined);
+  await once(s, 'secureConnect');
+  return s;
+}
+
+describe('PROXY protocol before TLS on the HTTPS listener (trusted 127.0.0.1/32)', () => {
+  it('v1 header, then TLS, then CONNECT: the tunnel belongs to the claimed client and its host identity, bytes exact', async () => {
+    const s = await tlsAfter(encodeProxyV1(CLAIMED));
+    s.write(`CONNECT 127.0.0.1:${echoPort} HTTP/1.1\r\nHost: 127.0.0.1:${echoPort}\r\n\r\n`);
+    expect((await readUntil(s as unknown as Socket, '\r\n\r\n')).toString('latin1')).toBe('HTTP/1.1 200 Connection Established\r\n\r\n');
+    const payload = randomBytes(32 * 1024);
+    const done = readToEnd(s as unknown as Socket);
+    s.end(payload);
+    expect((await done).data.equals(payload)).toBe(true);
+    const rec = await gw.waitForClosed((r) => r.protocol === 'connect' && r.client.port === CLAIMED.srcPort);
+    expect(rec.client).toEqual({ ip: CLAIMED.srcIp, port: CLAIMED.srcPort });
+    expect(rec.identity.host).toBe('lb-client');
+    expect([rec.bytesOut, rec.bytesIn]).toEqual([payload.length, payload.length]);
+  });
+
+  it('v2 header (IPv6 claim), then TLS, then an absolute-URI request', async () => {
+    const s = await tlsAfter(encodeProxyV2({ srcIp: '2001:db8::9', srcPort: 4446, dstIp: '::1', dstPort: 8443 }));
+    s.write(`GET http://127.0.0.1:${origin.port}/size/300 HTTP/1.1\r\nHost: 127.0.0.1:${origin.port}\r\nConnection: close\r\n\r\n`);
+    const { data } = await readToEnd(s as unknown as Socket);
+    expect(data.toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+    expect(data.subarray(data.indexOf('\r\n\r\n') + 4).equals(pattern(300))).toBe(true);
+    const rec = await gw.waitForClosed((r) => r.protocol === 'http' && r.client.port === 4446);
+    expect(rec.client).toEqual({ ip: '2001:db8::9', port: 4446 });
+    expect(rec.bytesIn).toBe(300);
+  });
+
+  it('a trusted peer that starts TLS without a header is closed and logged', async () => {
+    const raw = await rawConnect(httpsPort);
+    raw.on('error', () => undefined);
+    sockets.add(raw);
+    const s = tlsConnect({ socket: raw, ca, host: '127.0.0.1' });
+    const failed = await new Promise<string>((resolve) => {
+      s.once('secureConnect', () => resolve('connected'));
+      s.once('error', (err) => resolve(`error: ${err.message}`));
+      s.once('close', () => resolve('closed'));
+    });
+    expect(failed).not.toBe('connected');
+    expect(gw.logs.some((l) => l.msg === 'PROXY protocol: connection refused' && l['listener'] === 'https' && l['why'] === 'trusted source sent no PROXY header')).toBe(true);
+  });
+});
+
+/**
+ * A real load balancer: haproxy in TCP mode with `send-proxy-v2` before the HTTPS listener and
+ * `send-proxy` (v1) before the HTTP one. curl talks to haproxy from 127.0.0.9; haproxy reaches the
+ * gateway from 127.0.0.1 (the trusted source). The records must name 127.0.0.9 and its host.
+ * (curl's own `--haproxy-protocol` cannot stand in here: with an HTTPS proxy, curl 7.88 starts TLS
+ * without sending the header first.)
+ */
+describe('behind haproxy (send-proxy-v2 / send-proxy)', () => {
+  let lb: ChildProcess | null = null;
+  let lbHttps = 0;
+  let lbHttp = 0;
+  let isAvailable = false;
+  beforeAll(async () => {
+    isAvailable = skipNotice(hasCommand('haproxy'), 'PROXY protocol behind haproxy', 'haproxy is not installed');
+    if (!isAvailable) return;
+    lbHttps = await freePort('127.0.0.1');
+    lbHttp = await freePort('127.0.0.1');
+    const cfg = join(dir, 'haproxy.cfg');
+    writeFileSync(
+      cfg,
+      [
+        'global',
+        '  maxconn 200',
+        'defaults',
+        '  mode tcp',
+        '  timeout connect 5s',
+        '  timeout client 30s',
+        '  timeout server 30s',
+        'frontend fe_https',
+        `  bind 127.0.0.1:${lbHttps}`,
+        '  default_backend be_https',
+        'backend be_https',
+        `  server gw 127.0.0.1:${httpsPort} send-proxy-v2`,
+        'frontend fe_http',
+        `  bind 127.0.0.1:${lbHttp}`,
+        '  default_backend be_http',
+        'backend be_http',
+        `  server gw 127.0.0.1:${gw.httpPort} send-proxy`,
+        '',
+      ].join('\n'),
+    );
+    lb = spawn('haproxy', ['-f', cfg, '-db'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    lb.stderr?.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
+    await waitForPort(lbHttps, () => stderr);
+    await waitForPort(lbHttp, () => stderr);
+  });
+  afterAll(() => {
+    lb?.kill('SIGKILL');
+  });
+
+  const viaLb = (proxy: string, args: string[]) =>
+    run('curl', ['-sS', '--noproxy', '', '--interface', CURL_IP, '-x', proxy, '--proxy-cacert', join(dir, 'cert.pem'), ...args]);
+
+  it('HTTPS proxy listener: CONNECT and absolute-URI belong to curl\'s address and host identity', async () => {
+    if (!isAvailable) return;
+    const tunnel = await viaLb(`https://127.0.0.1:${lbHttps}`, ['-p', `http://127.0.0.1:${origin.port}/size/4096`]);
+    expect(tunnel.code, tunnel.stderr).toBe(0);
+    expect(tunnel.stdout.equals(pattern(4096))).toBe(true);
+    const c = await gw.waitForClosed((r) => r.protocol === 'connect' && r.client.ip === CURL_IP);
+    expect(c.identity.host).toBe('lb-curl');
+    expect(c.bytesIn).toBeGreaterThan(4096);
+    const abs = await viaLb(`https://127.0.0.1:${lbHttps}`, [`http://127.0.0.1:${origin.port}/size/700`]);
+    expect(abs.code, abs.stderr).toBe(0);
+    const h = await gw.waitForClosed((r) => r.protocol === 'http' && r.client.ip === CURL_IP && r.bytesIn === 700);
+    expect(h.identity.host).toBe('lb-curl');
+  });
+
+  it('plain HTTP listener (send-proxy v1): the same', async () => {
+    if (!isAvailable) return;
+    const r = await viaLb(`http://127.0.0.1:${lbHttp}`, [`http://127.0.0.1:${origin.port}/size/333`]);
+    expect(r.code, r.stderr).toBe(0);
+    const h = await gw.waitForClosed((x) => x.protocol === 'http' && x.client.ip === CURL_IP && x.bytesIn === 333);
+    expect(h.identity.host).toBe('lb-curl');
+  });
+});
+
+function hasCommand(cmd: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
+}
+
+/** Resolves once something accepts on 127.0.0.1:port (haproxy has bound), within 10 s. */
+async function waitForPort(port: number, stderr: () => string): Promise<void> {
+  const until = Date.now() + 10_000;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connectTcp(port, '127.0.0.1');
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > until) throw new Error(`haproxy did not listen on ${port}: ${stderr()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
