@@ -2,8 +2,9 @@
  * The PROXY protocol front (SPEC §8): behind a TCP load balancer, the client address comes from
  * the PROXY v1/v2 header the balancer prepends, not from the socket. When
  * `proxyProtocol.trustedSources` is non-empty, main.ts binds this small net.Server in place of the
- * HTTP, SOCKS and HTTPS listeners; it hands each connection to the real server once it knows who the
- * client is (the HTTPS listener's TLS starts after the header: see carryRemoteToTls). With no trusted sources there is no front at all (the real server is returned as is).
+ * HTTP, SOCKS and HTTPS listeners; it hands each connection to the real server once it knows who
+ * the client is (on the HTTPS listener, TLS starts after the header: see carryRemoteToTls). With no
+ * trusted sources there is no front at all (the real server is returned as is).
  *
  * Flow of a connection:
  *  1. accept (paused): a peer inside trustedSources MUST send a header; any other peer MUST NOT.

@@ -89,9 +89,9 @@ describe('PROXY protocol before TLS on the HTTPS listener (trusted 127.0.0.1/32)
   it('v1 header, then TLS, then CONNECT: the tunnel belongs to the claimed client and its host identity, bytes exact', async () => {
     const s = await tlsAfter(encodeProxyV1(CLAIMED));
     s.write(`CONNECT 127.0.0.1:${echoPort} HTTP/1.1\r\nHost: 127.0.0.1:${echoPort}\r\n\r\n`);
-    expect((await readUntil(s as unknown as Socket, '\r\n\r\n')).toString('latin1')).toBe('HTTP/1.1 200 Connection Established\r\n\r\n');
+    expect((await readUntil(s, '\r\n\r\n')).toString('latin1')).toBe('HTTP/1.1 200 Connection Established\r\n\r\n');
     const payload = randomBytes(32 * 1024);
-    const done = readToEnd(s as unknown as Socket);
+    const done = readToEnd(s);
     s.end(payload);
     expect((await done).data.equals(payload)).toBe(true);
     const rec = await gw.waitForClosed((r) => r.protocol === 'connect' && r.client.port === CLAIMED.srcPort);
@@ -103,7 +103,7 @@ describe('PROXY protocol before TLS on the HTTPS listener (trusted 127.0.0.1/32)
   it('v2 header (IPv6 claim), then TLS, then an absolute-URI request', async () => {
     const s = await tlsAfter(encodeProxyV2({ srcIp: '2001:db8::9', srcPort: 4446, dstIp: '::1', dstPort: 8443 }));
     s.write(`GET http://127.0.0.1:${origin.port}/size/300 HTTP/1.1\r\nHost: 127.0.0.1:${origin.port}\r\nConnection: close\r\n\r\n`);
-    const { data } = await readToEnd(s as unknown as Socket);
+    const { data } = await readToEnd(s);
     expect(data.toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
     expect(data.subarray(data.indexOf('\r\n\r\n') + 4).equals(pattern(300))).toBe(true);
     const rec = await gw.waitForClosed((r) => r.protocol === 'http' && r.client.port === 4446);
