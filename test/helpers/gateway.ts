@@ -110,3 +110,18 @@ export async function startTestGateway(
     stop: () => gw.drain(0),
   };
 }
+
+/** GET an admin API path with the test token: status and body text. */
+export async function adminGet(g: Pick<TestGateway, 'adminUrl' | 'adminToken'>, path: string): Promise<{ status: number; text: string }> {
+  const res = await fetch(`${g.adminUrl}${path}`, { headers: { authorization: `Bearer ${g.adminToken}` } });
+  return { status: res.status, text: await res.text() };
+}
+
+/** Poll `pred` every 20 ms until it holds; throws naming `what` after `timeoutMs`. */
+export async function until(what: string, pred: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await pred())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

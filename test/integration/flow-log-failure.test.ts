@@ -14,7 +14,7 @@ import { SocksClient } from 'socks';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { type Origin, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
 import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
 
@@ -57,18 +57,7 @@ async function curlGet(g: TestGateway, path: string): Promise<{ status: number; 
   return { status: Number(text.slice(i + 1)), body: text.slice(0, i) };
 }
 
-async function admin(g: TestGateway, path: string): Promise<{ status: number; text: string }> {
-  const res = await fetch(`${g.adminUrl}${path}`, { headers: { authorization: `Bearer ${g.adminToken}` } });
-  return { status: res.status, text: await res.text() };
-}
-
-async function until(what: string, pred: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await pred())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+const admin = adminGet;
 
 /** Whether the gateway's metrics say the flow log is failing (1) or not (0). */
 async function flowLogFailing(g: TestGateway, value: 0 | 1): Promise<boolean> {
