@@ -29,6 +29,7 @@ import { FlowTable } from './gateway/flow/flow-table.ts';
 import { createIdentityResolver } from './gateway/identity/identity-resolver.ts';
 import { createHttpProxy, withConnectFront } from './gateway/listeners/http-proxy.ts';
 import { carryRemoteToTls, wrapWithProxyProtocol } from './gateway/listeners/proxy-protocol-front.ts';
+import { gateConnections, SourceConnections } from './gateway/listeners/source-limit.ts';
 import { createSocksServer } from './gateway/listeners/socks5.ts';
 import { createLogger } from './gateway/log.ts';
 import { PolicyStore } from './gateway/policy-store.ts';
@@ -224,6 +225,10 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   };
   // The CONNECT fast path takes plain CONNECT heads itself and hands every other connection to httpServer.
   const httpFront = withConnectFront(httpServer);
+  // No one source may hold every descriptor (limits.maxConnectionsPerSource; after PROXY headers).
+  const sources = new SourceConnections(() => policy.current().config.limits.maxConnectionsPerSource, log);
+  gateConnections(httpFront, sources, 'http');
+  gateConnections(socksServer, sources, 'socks');
   const http = await listen(wrapWithProxyProtocol(httpFront, { ...proxyProtocol, listener: 'http' }), opts.http ?? config.listen.http);
   selfAddresses.add(http);
   const socks = await listen(wrapWithProxyProtocol(socksServer, { ...proxyProtocol, listener: 'socks' }), opts.socks ?? config.listen.socks);
@@ -240,6 +245,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     ]);
     httpsServer = createHttpProxy(ctx, { tls: { cert, key, ca, requestCert: config.tls.requestClientCert ?? false } });
     // Behind a load balancer the PROXY header comes first, then the TLS handshake.
+    gateConnections(httpsServer, sources, 'https');
     const httpsFront = wrapWithProxyProtocol(httpsServer, { ...proxyProtocol, listener: 'https' });
     if (httpsFront !== httpsServer) carryRemoteToTls(httpsServer as TlsServer);
     https = await listen(httpsFront, httpsWhere);
@@ -257,6 +263,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   ]);
   flows.on('sweep', () => stats.sweepObserved(detection?.lastSweepMs ?? 0));
   stats.attachFlowLog(() => flowLog.status());
+  stats.attachSourceLimit(() => sources.stats());
   // Not ready while new flows are refused for want of a flow log: a balancer sends them elsewhere.
   const control = createControlPort({ flows, policy, alerts, audit, stats, identity, isReady: () => ready && !draining && ctx.isRefusingUnrecorded?.() !== true, proxyAddress: () => http });
   const envToken = opts.adminToken ?? null;

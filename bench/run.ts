@@ -303,7 +303,8 @@ function gatewayConfig(name: string, detectorsOn: boolean, attribution: boolean)
     'defaultRoles: [any]',
     'allowRanges: [127.0.0.0/8]',
     FLOW_LOG ? `flowLog: { path: ${JSON.stringify(path.join(LOG_DIR, `${name}-flows.jsonl`))} }` : 'flowLog: { path: null }',
-    'limits: { maxFlowsPerIdentity: 20000, maxNewFlowsPerSecPerIdentity: 100000 }',
+    // One load generator is one source address holding up to 9,000 tunnels: no per-source cap here.
+    'limits: { maxFlowsPerIdentity: 20000, maxNewFlowsPerSecPerIdentity: 100000, maxConnectionsPerSource: 0 }',
   ];
   // Detectors on: every detector enabled and evaluated, but an0081/an0080 only flag. With the default
   // actions the 1 GiB single-flow upload of the throughput test is (rightly) killed by

@@ -9,6 +9,7 @@ import { DETECTOR_NAMES, type ReasonCode, type Verdict } from '../policy/types.t
 import type { FlowTable } from './flow/flow-table.ts';
 import type { Flow } from './flow/flow.ts';
 import type { IdentityStats } from './identity/identity-resolver.ts';
+import type { SourceLimitStats } from './listeners/source-limit.ts';
 
 export const LISTENER_LABELS = ['http', 'https', 'socks', 'admin'] as const;
 export type ListenerLabel = (typeof LISTENER_LABELS)[number];
@@ -52,8 +53,10 @@ export class GatewayStats {
   readonly flowLogFailing: Gauge;
   readonly flowRecordsHeld: Gauge;
   readonly flowRecordsDroppedTotal: Counter;
+  readonly downstreamCxSourceLimitedTotal: Counter;
   private flowLogStatusFn: () => { failing: boolean; backlogRecords: number; droppedRecords: number } = () => ({ failing: false, backlogRecords: 0, droppedRecords: 0 });
   private activeFlowsFn: () => number = () => 0;
+  private sourceLimitFn: () => SourceLimitStats = () => ({ refusedTotal: 0, sources: 0 });
   /**
    * Hot-path counts (every connection, every flow) are plain numbers, handed to prom-client only at
    * scrape time (`collect`): a prom-client inc() hashes and validates its label object each call.
@@ -177,6 +180,23 @@ export class GatewayStats {
         this.inc(stats.flowLogStatusFn().droppedRecords);
       },
     });
+    this.downstreamCxSourceLimitedTotal = new Counter({
+      name: 'gw_downstream_cx_source_limited_total',
+      help: 'Client connections closed on arrival: their source address had limits.maxConnectionsPerSource open',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(stats.sourceLimitFn().refusedTotal);
+      },
+    });
+    new Gauge({
+      name: 'gw_downstream_sources_active',
+      help: 'Source addresses with client connections open',
+      registers,
+      collect() {
+        this.set(stats.sourceLimitFn().sources);
+      },
+    });
     // Zero the closed label sets so dashboards see every series from the start.
     for (const r of RELOAD_RESULTS) this.configReloadTotal.inc({ result: r }, 0);
     if (opts.processMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'gw_process_' });
@@ -226,6 +246,10 @@ export class GatewayStats {
   /** Read the flow log's state at scrape time. */
   attachFlowLog(status: () => { failing: boolean; backlogRecords: number; droppedRecords: number }): void {
     this.flowLogStatusFn = status;
+  }
+
+  attachSourceLimit(stats: () => SourceLimitStats): void {
+    this.sourceLimitFn = stats;
   }
 
   configReloaded(result: ReloadResult): void {

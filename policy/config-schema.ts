@@ -200,6 +200,7 @@ export const CONFIG_SCHEMA: Node = s.obj({
   limits: s.obj({
     maxFlowsPerIdentity: s.int(1),
     maxNewFlowsPerSecPerIdentity: s.int(1),
+    maxConnectionsPerSource: s.int(0),
     headerTimeoutMs: s.int(1),
     idleTimeoutMs: s.int(1),
     maxHeaderBytes: s.int(1024),

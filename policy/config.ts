@@ -101,6 +101,8 @@ export interface Config {
   limits: {
     maxFlowsPerIdentity: number;
     maxNewFlowsPerSecPerIdentity: number;
+    /** Open client connections per source address, all listeners; 0 = no limit. */
+    maxConnectionsPerSource: number;
     headerTimeoutMs: number;
     idleTimeoutMs: number;
     maxHeaderBytes: number;
@@ -156,6 +158,7 @@ export function defaultConfig(): Config {
     limits: {
       maxFlowsPerIdentity: 512,
       maxNewFlowsPerSecPerIdentity: 200,
+      maxConnectionsPerSource: 4096,
       headerTimeoutMs: 10_000,
       idleTimeoutMs: 300_000,
       maxHeaderBytes: 16_384,

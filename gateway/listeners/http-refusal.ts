@@ -71,6 +71,16 @@ export function writeRawRefusal(socket: Duplex, mapping: RejectMapping, details:
   lingerThenDestroy(socket);
 }
 
+/**
+ * Refuse a connection before its request (over limits.maxConnectionsPerSource): the answer goes out
+ * and the socket is closed at once, without lingering, so refusing holds no descriptor.
+ */
+export function refuseConnectionNow(socket: Duplex, mapping: RejectMapping): void {
+  socket.on('error', () => undefined);
+  if (socket.writable) socket.write(refusalText(mapping, { flowId: null, isBlock: false }, true));
+  socket.destroy();
+}
+
 /** How long a refused connection may linger so the client reads the answer before we drop it. */
 const LINGER_MS = 2000;
 

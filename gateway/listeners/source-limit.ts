@@ -1,0 +1,113 @@
+/**
+ * Open client connections per source address, across the HTTP, HTTPS and SOCKS listeners
+ * (`limits.maxConnectionsPerSource`, 0 = no limit). Per-identity limits count flows, and only once a
+ * request has been admitted; a client that opens connections and sends nothing (or keeps them idle
+ * between requests) is bounded by nothing else but the header and keep-alive timeouts. From one
+ * host, that is enough to take every file descriptor of the process, and then the kernel's accept
+ * queue is emptied and closed silently (libuv's EMFILE handling) for everyone. This caps one source;
+ * squid's `client_ip_max_connections` is the same idea.
+ *
+ * The source is the socket's remoteAddress as the listener sees it, i.e. after a PROXY protocol
+ * front set the claimed client (a trusted balancer is not one source). A refused connection is
+ * closed at once: an HTTP listener first answers 429 (`rate-limit`), the HTTPS and SOCKS listeners
+ * cannot answer before their handshake. One warning per source per ten seconds says how many were
+ * refused.
+ */
+import type { Server, Socket } from 'node:net';
+import type { Logger } from '../context.ts';
+import { mapError } from '../reject.ts';
+import { refuseConnectionNow } from './http-refusal.ts';
+
+const WARN_EVERY_MS = 10_000;
+/** The source a counted socket was charged to (no closure per connection). */
+const kSource = Symbol('egressgate.source');
+type CountedSocket = Socket & { [kSource]?: string };
+
+export interface SourceLimitStats {
+  /** Connections refused since start. */
+  refusedTotal: number;
+  /** Sources with at least one open connection. */
+  sources: number;
+}
+
+export class SourceConnections {
+  private readonly open = new Map<string, number>();
+  /** Per source: refusals not yet logged, and when it was last logged. */
+  private readonly refusals = new Map<string, { pending: number; loggedAt: number }>();
+  refusedTotal = 0;
+  private readonly release: (this: CountedSocket) => void;
+
+  constructor(
+    private readonly limit: () => number,
+    private readonly log: Logger,
+    private readonly now: () => number = Date.now,
+  ) {
+    const open = this.open;
+    this.release = function (this: CountedSocket): void {
+      const source = this[kSource];
+      if (source === undefined) return;
+      this[kSource] = undefined;
+      const n = (open.get(source) ?? 1) - 1;
+      if (n <= 0) open.delete(source);
+      else open.set(source, n);
+    };
+  }
+
+  /**
+   * Count `socket` against its source; false when the source is at its limit (nothing counted).
+   * Counted with no limit set too, so a reload that sets one applies to what is already open.
+   */
+  admit(socket: Socket, listener: string): boolean {
+    const source = socket.remoteAddress;
+    if (source === undefined) return true;
+    const n = this.open.get(source) ?? 0;
+    const max = this.limit();
+    if (max > 0 && n >= max) {
+      this.refused(source, listener, max);
+      return false;
+    }
+    this.open.set(source, n + 1);
+    (socket as CountedSocket)[kSource] = source;
+    socket.on('close', this.release);
+    return true;
+  }
+
+  stats(): SourceLimitStats {
+    return { refusedTotal: this.refusedTotal, sources: this.open.size };
+  }
+
+  private refused(source: string, listener: string, max: number): void {
+    this.refusedTotal++;
+    const at = this.now();
+    let r = this.refusals.get(source);
+    if (r === undefined) {
+      if (this.refusals.size >= 10_000) this.refusals.clear();
+      r = { pending: 0, loggedAt: 0 };
+      this.refusals.set(source, r);
+    }
+    r.pending++;
+    if (at - r.loggedAt < WARN_EVERY_MS) return;
+    this.log.warn(
+      { listener, client: source, refused: r.pending, limit: max, code: 'EGW_SOURCE_CONNECTIONS' },
+      'connections refused: too many open from this address (limits.maxConnectionsPerSource)',
+    );
+    r.pending = 0;
+    r.loggedAt = at;
+  }
+}
+
+/**
+ * Put the source limit in front of `server`'s own connection handling: its 'connection' listeners
+ * run only for admitted sockets. The others are closed at once, the plain HTTP listener's with a 429
+ * first (HTTPS and SOCKS cannot answer before their handshakes).
+ */
+export function gateConnections(server: Server, sources: SourceConnections, listener: 'http' | 'https' | 'socks'): void {
+  const handlers = server.listeners('connection') as Array<(socket: Socket) => void>;
+  server.removeAllListeners('connection');
+  server.on('connection', (socket: Socket) => {
+    if (sources.admit(socket, listener)) {
+      for (const h of handlers) h.call(server, socket);
+    } else if (listener === 'http') refuseConnectionNow(socket, mapError('EGW_SOURCE_CONNECTIONS'));
+    else socket.destroy();
+  });
+}

@@ -1,0 +1,129 @@
+/**
+ * limits.maxConnectionsPerSource through the real listeners: one address that opens connections and
+ * sends nothing cannot hold more than its share. Over the limit, the plain HTTP listener answers 429
+ * `rate-limit` and closes; the SOCKS listener closes; the count spans listeners; other addresses are
+ * served throughout; a closed connection frees its place; behind a trusted balancer the claimed client
+ * is the source, not the balancer; the metrics and one warning say what was refused.
+ */
+import { once } from 'node:events';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { encodeProxyV1 } from '../../gateway/protocol/proxy-protocol.ts';
+import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
+import { readUntil } from './http-harness.ts';
+import { readToEnd } from './socks5-harness.ts';
+
+const LIMIT = 5;
+const FLOODER = '127.0.0.50';
+const OTHER = '127.0.0.51';
+
+let echo: Server;
+let echoPort: number;
+let gw: TestGateway | null = null;
+const opened = new Set<Socket>();
+
+beforeAll(async () => {
+  echo = createServer({ allowHalfOpen: true }, (s) => {
+    s.on('error', () => undefined);
+    s.pipe(s);
+  });
+  echo.listen(0, '127.0.0.1');
+  await once(echo, 'listening');
+  echoPort = (echo.address() as { port: number }).port;
+});
+afterAll(async () => {
+  await new Promise<void>((r) => echo.close(() => r()));
+});
+afterEach(async () => {
+  for (const s of opened) s.destroy();
+  opened.clear();
+  await gw?.stop();
+  gw = null;
+});
+
+/** A TCP connection from `from` to `port`, established (the gateway accepted it). */
+async function open(port: number, from: string): Promise<Socket> {
+  const s = connect({ port, host: '127.0.0.1', localAddress: from });
+  s.on('error', () => undefined);
+  opened.add(s);
+  await once(s, 'connect');
+  return s;
+}
+
+/** A CONNECT through `s` to the echo origin; resolves with the proxy's status line. */
+async function connectThrough(s: Socket, prefix: Buffer = Buffer.alloc(0)): Promise<string> {
+  s.write(Buffer.concat([prefix, Buffer.from(`CONNECT 127.0.0.1:${echoPort} HTTP/1.1\r\nHost: 127.0.0.1:${echoPort}\r\n\r\n`)]));
+  const head = await readUntil(s, '\r\n\r\n');
+  return head.toString('latin1').split('\r\n')[0] as string;
+}
+
+async function metric(g: TestGateway, name: string): Promise<number> {
+  const m = new RegExp(`^${name} (\\d+)$`, 'm').exec((await adminGet(g, '/metrics')).text);
+  return Number(m?.[1] ?? Number.NaN);
+}
+
+describe('limits.maxConnectionsPerSource', () => {
+  it('one address that opens connections and sends nothing gets no more than its limit; others are served', async () => {
+    gw = await startTestGateway({ limits: { maxConnectionsPerSource: LIMIT } });
+    const g = gw;
+    const idle: Socket[] = [];
+    for (let i = 0; i < LIMIT; i++) idle.push(await open(g.httpPort, FLOODER));
+
+    // Over the limit on the HTTP listener: 429 rate-limit, then closed.
+    const over = await open(g.httpPort, FLOODER);
+    const answer = await readToEnd(over);
+    const text = answer.data.toString('latin1');
+    expect(text.split('\r\n')[0]).toBe('HTTP/1.1 429 Too Many Requests');
+    expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toMatchObject({ error: 'too many connections from this address', reason: 'rate-limit' });
+    // The count spans listeners: the SOCKS listener closes without a byte.
+    const socks = await open(g.socksPort, FLOODER);
+    socks.write(Buffer.from([5, 1, 0]));
+    expect((await readToEnd(socks)).data.length).toBe(0);
+
+    // Another address is served all along.
+    const other = await open(g.httpPort, OTHER);
+    expect(await connectThrough(other)).toBe('HTTP/1.1 200 Connection Established');
+
+    // A connection that closes frees its place.
+    idle[0]?.destroy();
+    await until('the freed place to be usable', async () => {
+      const s = await open(g.httpPort, FLOODER);
+      const line = await connectThrough(s).catch(() => 'closed');
+      return line === 'HTTP/1.1 200 Connection Established';
+    });
+
+    expect(await metric(g, 'gw_downstream_cx_source_limited_total')).toBeGreaterThanOrEqual(2);
+    const warnings = g.logs.filter((l) => l['code'] === 'EGW_SOURCE_CONNECTIONS');
+    expect(warnings.length).toBe(1);
+    expect(warnings[0]).toMatchObject({ client: FLOODER, limit: LIMIT, refused: 1 });
+  });
+
+  it('behind a trusted balancer, the claimed client is the source (the balancer is not limited as one)', async () => {
+    gw = await startTestGateway({ limits: { maxConnectionsPerSource: LIMIT }, proxyProtocol: { trustedSources: ['127.0.0.1/32'] } });
+    const g = gw;
+    const claim = (srcIp: string, srcPort: number) => encodeProxyV1({ srcIp, srcPort, dstIp: '127.0.0.1', dstPort: g.httpPort });
+    // LIMIT tunnels claimed for one client, all from the balancer's one address.
+    for (let i = 0; i < LIMIT; i++) expect(await connectThrough(await open(g.httpPort, '127.0.0.1'), claim('203.0.113.7', 5000 + i))).toBe('HTTP/1.1 200 Connection Established');
+    // The same client once more: refused.
+    const over = await open(g.httpPort, '127.0.0.1');
+    over.write(claim('203.0.113.7', 5100));
+    expect((await readToEnd(over)).data.toString('latin1')).toMatch(/^HTTP\/1\.1 429 /);
+    // Another client through the same balancer: served.
+    expect(await connectThrough(await open(g.httpPort, '127.0.0.1'), claim('203.0.113.8', 5200))).toBe('HTTP/1.1 200 Connection Established');
+  });
+
+  it('0 turns it off; a reload that sets a limit applies to connections already open', async () => {
+    gw = await startTestGateway({ limits: { maxConnectionsPerSource: 0 } });
+    const g = gw;
+    for (let i = 0; i < LIMIT + 3; i++) await open(g.httpPort, FLOODER);
+    expect(await connectThrough(await open(g.httpPort, FLOODER))).toBe('HTTP/1.1 200 Connection Established');
+    expect(await metric(g, 'gw_downstream_cx_source_limited_total')).toBe(0);
+    // Reloaded with a limit: the connections already open are not cut but count, so new ones from that address are refused.
+    const config = structuredClone(g.policy.current().config);
+    config.limits.maxConnectionsPerSource = LIMIT;
+    expect(g.policy.reload(config).ok).toBe(true);
+    const over = await open(g.httpPort, FLOODER);
+    expect((await readToEnd(over)).data.toString('latin1')).toMatch(/^HTTP\/1\.1 429 /);
+    expect(await connectThrough(await open(g.httpPort, OTHER))).toBe('HTTP/1.1 200 Connection Established');
+  });
+});
