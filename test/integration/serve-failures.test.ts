@@ -9,7 +9,7 @@
  *  - SIGHUP when the config file cannot be read: the running policy stays, the gateway serves on;
  *  - SIGHUP after the flow log and audit log files were moved away (rotation): records go to new files.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import type { Socket } from 'node:net';
@@ -17,10 +17,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
+import { ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
 import { type Origin, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
 import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
 
-const ROOT = join(import.meta.dirname, '..', '..');
 const FAULT = join(ROOT, 'test', 'fixtures', 'fault-on-signal.mjs');
 const TOKEN = 'serve-failures-token-0123456789';
 
@@ -59,41 +59,13 @@ flowLog: { path: ${JSON.stringify(flowLogPath)} }
 `;
 }
 
-interface Served {
-  child: ChildProcess;
-  http: { host: string; port: number };
-  admin: string;
-  stderr: () => string;
-}
-
 /** Start `serve` with `policyText` and extra env; resolves at the listening line. */
 async function serve(name: string, policyText: string, env: NodeJS.ProcessEnv = {}): Promise<Served> {
   const configPath = join(dir, `${name}.yaml`);
   await writeFile(configPath, policyText);
-  const c = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'cli.ts'), 'serve', '--config', configPath, '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0'], {
-    cwd: ROOT,
-    env: { ...process.env, EGRESSGATE_ADMIN_TOKEN: TOKEN, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  child = c;
-  let stderr = '';
-  c.stderr?.on('data', (b: Buffer) => {
-    stderr += b.toString('utf8');
-  });
-  const listening = await new Promise<{ http: string; admin: string }>((resolve, reject) => {
-    let buf = '';
-    const onData = (b: Buffer): void => {
-      buf += b.toString('utf8');
-      const line = buf.split('\n').find((l) => l.includes('"listening"'));
-      if (!line) return;
-      c.stdout?.off('data', onData);
-      resolve(JSON.parse(line) as { http: string; admin: string });
-    };
-    c.stdout?.on('data', onData);
-    c.once('exit', (code) => reject(new Error(`serve exited (${code}) before listening: ${stderr}`)));
-  });
-  const i = listening.http.lastIndexOf(':');
-  return { child: c, http: { host: listening.http.slice(0, i), port: Number(listening.http.slice(i + 1)) }, admin: listening.admin, stderr: () => stderr };
+  const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN, ...env } });
+  child = s.child;
+  return s;
 }
 
 /** A CONNECT tunnel to the echo origin through `s`, with `payload` sent and echoed back. */

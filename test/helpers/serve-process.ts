@@ -1,0 +1,51 @@
+/**
+ * `egressgate serve` as its own process (from the sources, through tsx), for tests of what only a
+ * real process shows: signals, exit codes, its own stdout, its own resolver. Resolves at the
+ * listening line with the listeners' addresses.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { join } from 'node:path';
+
+export const ROOT = join(import.meta.dirname, '..', '..');
+
+export interface Served {
+  child: ChildProcess;
+  http: { host: string; port: number };
+  socks: string;
+  admin: string;
+  stderr: () => string;
+}
+
+export interface ServeOptions {
+  /** Added to this process's environment; a variable given as undefined is left out. */
+  env?: NodeJS.ProcessEnv;
+  /** Run it under another command (e.g. `unshare`): gets node's argv, returns the command line. */
+  wrap?: (argv: string[]) => string[];
+}
+
+export async function spawnServe(configPath: string, opts: ServeOptions = {}): Promise<Served> {
+  const argv = [process.execPath, '--import', 'tsx', join(ROOT, 'cli.ts'), 'serve', '--config', configPath, '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0'];
+  const [cmd, ...args] = opts.wrap ? opts.wrap(argv) : argv;
+  const env: NodeJS.ProcessEnv = { ...process.env, ...opts.env };
+  // A variable given as undefined is removed, not passed on empty.
+  for (const [k, v] of Object.entries(opts.env ?? {})) if (v === undefined) delete env[k];
+  const c = spawn(cmd as string, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  c.stderr?.on('data', (b: Buffer) => {
+    stderr += b.toString('utf8');
+  });
+  const listening = await new Promise<{ http: string; socks: string; admin: string }>((resolve, reject) => {
+    let buf = '';
+    const onData = (b: Buffer): void => {
+      buf += b.toString('utf8');
+      const line = buf.split('\n').find((l) => l.includes('"listening"'));
+      if (!line) return;
+      c.stdout?.off('data', onData);
+      resolve(JSON.parse(line) as { http: string; socks: string; admin: string });
+    };
+    c.stdout?.on('data', onData);
+    c.once('exit', (code) => reject(new Error(`serve exited (${code}) before listening: ${stderr}`)));
+  });
+  const i = listening.http.lastIndexOf(':');
+  return { child: c, http: { host: listening.http.slice(0, i), port: Number(listening.http.slice(i + 1)) }, socks: listening.socks, admin: listening.admin, stderr: () => stderr };
+}
