@@ -25,7 +25,7 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { NODE_FLAGS } from '../gateway/node-flags.ts';
+import { NODE_FLAGS, THREADPOOL_SIZE } from '../gateway/node-flags.ts';
 import { DETECTOR_NAMES } from '../policy/types.ts';
 import type { LoadOptions, LoadResult, ProxyKind } from './loadgen.ts';
 import { processTree } from './proc-stats.ts';
@@ -335,7 +335,7 @@ function gatewayTarget(name: string, kind: 'http' | 'socks5', detectorsOn: boole
       else nodeArgs.push(DIST);
       const [httpPort, socksPort, adminPort] = [await freePort(), await freePort(), await freePort()];
       nodeArgs.push('serve', '--http', `127.0.0.1:${httpPort}`, '--socks', `127.0.0.1:${socksPort}`, '--admin', `127.0.0.1:${adminPort}`, '--config', cfg);
-      const child = spawn(process.execPath, nodeArgs, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(process.execPath, nodeArgs, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, UV_THREADPOOL_SIZE: String(THREADPOOL_SIZE) } });
       started.add(child);
       // Every process prints its own listening line.
       let listening = 0;

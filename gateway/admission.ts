@@ -109,7 +109,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   let dnsError: GatewayErrorCode | null = null;
   if (ip === null) {
     try {
-      ip = await lookupAddress(ctx, req.destHost);
+      ip = await lookupAddress(ctx, req.destHost, flow.client.ip);
     } catch (err) {
       dnsError = err instanceof GatewayError ? err.code : 'EGW_DNS_FAILED';
     }
@@ -203,13 +203,13 @@ function knownAddress(snapshot: PolicySnapshot, host: string): string | null {
   return snapshot.staticAddress(host) ?? null;
 }
 
-async function resolveOne(ctx: GatewayContext, snapshot: PolicySnapshot, host: string): Promise<string> {
-  return knownAddress(snapshot, host) ?? lookupAddress(ctx, host);
+async function resolveOne(ctx: GatewayContext, snapshot: PolicySnapshot, host: string, requester: string): Promise<string> {
+  return knownAddress(snapshot, host) ?? lookupAddress(ctx, host, requester);
 }
 
 /** DNS: the one address of `host` that is classified and dialled. */
-async function lookupAddress(ctx: GatewayContext, host: string): Promise<string> {
-  const ips = await ctx.resolver.lookup(host);
+async function lookupAddress(ctx: GatewayContext, host: string, requester: string): Promise<string> {
+  const ips = await ctx.resolver.lookup(host, requester);
   // Prefer IPv4 when both families answer: most egress paths are v4-first.
   return ips.find((a) => isIPv4(a)) ?? (ips[0] as string);
 }
@@ -270,7 +270,7 @@ export async function admitDestination(ctx: GatewayContext, flow: Flow, destHost
   let ip: string | null = null;
   let dnsError: GatewayErrorCode | null = null;
   try {
-    ip = await resolveOne(ctx, snapshot, destHost);
+    ip = await resolveOne(ctx, snapshot, destHost, flow.client.ip);
   } catch (err) {
     dnsError = err instanceof GatewayError ? err.code : 'EGW_DNS_FAILED';
   }

@@ -44,7 +44,8 @@ export interface ProcessAttributor {
 
 /** Name resolution: static answers first, then DNS. Returns addresses in preference order. */
 export interface Resolver {
-  lookup(host: string): Promise<string[]>;
+  /** Addresses of `host`; `requester` (the client address) keeps one client's lookups from queueing everyone else's. */
+  lookup(host: string, requester?: string): Promise<string[]>;
 }
 
 /** Connect-time hooks of the detection engine (quarantine, process-name detectors, byte budgets). */

@@ -79,3 +79,14 @@ export function applyV8Defaults(): void {
   if (process.env['EGRESSGATE_V8_DEFAULTS'] === '0') return;
   for (const flag of v8RuntimeFlags()) setFlagsFromString(flag);
 }
+
+/**
+ * libuv's thread pool runs the flow and audit logs' file writes and the OS resolver's lookups. It
+ * has 4 threads unless UV_THREADPOOL_SIZE says otherwise, and lets DNS use only half of them: two
+ * lookups at once for the whole gateway, each held for the OS resolver's full timeout when a name's
+ * servers do not answer. The launchers (`npm start`, deploy/systemd/egressgate.service,
+ * deploy/Dockerfile, the benchmark) set 16: 8 lookups at once, shared between clients by
+ * gateway/upstream/resolve.ts. It must be in the environment before node starts: node's module
+ * loader starts the pool while it reads the gateway's own files, before any of our code runs.
+ */
+export const THREADPOOL_SIZE = 16;

@@ -1,10 +1,25 @@
 /**
  * Name resolution for the data plane: IP literals as they are, then `resolver.hosts` static answers
  * (checked by the caller through the snapshot), then DNS through the OS resolver with a timeout and a
- * small positive cache. The address returned here is the one that is classified AND dialled: there
- * is never a second lookup (SPEC §4).
+ * small cache. The address returned here is the one that is classified AND dialled: there is never a
+ * second lookup (SPEC §4).
+ *
+ * The OS resolver (getaddrinfo, so /etc/hosts, nsswitch and search domains behave as on the host)
+ * runs on libuv's thread pool, and libuv lets DNS use at most half of its threads. A lookup of a name
+ * whose servers do not answer holds its thread for the OS resolver's whole timeout (resolv.conf's
+ * `timeout` × `attempts`, 10 s and more), whatever our own timeout says. So lookups are not handed to
+ * the pool as they come, or a handful of slow names (one client asking for random names under a dead
+ * domain, or a popular domain whose servers went away) would queue every other client's lookups
+ * behind them until they time out:
+ *  - at most `slots` lookups are in the pool at once (its DNS share), each slot freed only when the OS
+ *    resolver returns, and one requester (a client address) holds at most a quarter of them (at least
+ *    one), so the others always have free slots whatever one client asks for;
+ *  - the rest wait here, one queue per requester; a free slot goes to the requester served longest
+ *    ago (round-robin), so one client's backlog never keeps another's lookup waiting for long;
+ *  - lookups of the same name in flight are shared; failures are remembered for a few seconds;
+ *  - a lookup still waiting, or still running, at `timeoutMs` fails (EGW_DNS_FAILED) for its caller.
  */
-import { lookup } from 'node:dns/promises';
+import { lookup as osLookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { LRUCache } from 'lru-cache';
 import { GatewayError } from '../errors.ts';
@@ -14,35 +29,186 @@ export interface DnsResolverOptions {
   timeoutMs?: number;
   cacheTtlMs?: number;
   cacheMax?: number;
+  /** How long a failed name is answered from memory (default 5 s). */
+  negativeTtlMs?: number;
+  /** Lookups in the thread pool at once (default: libuv's DNS share, half of UV_THREADPOOL_SIZE). */
+  slots?: number;
+  /** Slots one requester may hold at once (default: a quarter of `slots`, at least 1). */
+  perRequester?: number;
+  /** The OS lookup (tests give a slow one); node's dns.lookup by default. */
+  lookup?: (host: string) => Promise<string[]>;
 }
+
+/** libuv's thread pool size for this process, and the share of it DNS may use. */
+export function dnsSlots(env: NodeJS.ProcessEnv = process.env): number {
+  const size = Math.min(1024, Math.max(1, Number(env['UV_THREADPOOL_SIZE']) || 4));
+  return Math.max(1, Math.floor((size + 1) / 2));
+}
+
+async function addressesOf(host: string): Promise<string[]> {
+  const answers = await osLookup(host, { all: true, verbatim: true });
+  return answers.map((a) => a.address);
+}
+
+interface Waiting {
+  resolve: (ips: string[]) => void;
+  reject: (err: unknown) => void;
+  isDone: boolean;
+}
+
+/** Names one requester may have waiting for the pool; past it, its lookups fail at once. */
+const MAX_WAITING_PER_REQUESTER = 256;
 
 /** A Resolver on the OS resolver (getaddrinfo), cached briefly so hot destinations skip the thread pool. */
 export function createDnsResolver(opts: DnsResolverOptions = {}): Resolver {
   const timeoutMs = opts.timeoutMs ?? 5000;
+  const slots = opts.slots ?? dnsSlots();
+  const perRequester = opts.perRequester ?? Math.max(1, Math.floor(slots / 4));
+  const osResolve = opts.lookup ?? addressesOf;
   const cache = new LRUCache<string, string[]>({ max: opts.cacheMax ?? 10_000, ttl: opts.cacheTtlMs ?? 30_000 });
-  return {
-    async lookup(host: string): Promise<string[]> {
-      if (isIP(host)) return [host];
-      const hit = cache.get(host);
-      if (hit) return hit;
-      let timer: NodeJS.Timeout | undefined;
-      try {
-        const answers = await Promise.race([
-          lookup(host, { all: true, verbatim: true }),
-          new Promise<never>((_, reject) => {
-            timer = setTimeout(() => reject(new GatewayError('EGW_DNS_FAILED', `lookup of ${host} timed out`)), timeoutMs);
-          }),
-        ]);
-        const ips = answers.map((a) => a.address);
-        if (ips.length === 0) throw new GatewayError('EGW_DNS_FAILED', `no address for ${host}`);
-        cache.set(host, ips);
-        return ips;
-      } catch (err) {
-        if (err instanceof GatewayError) throw err;
-        throw new GatewayError('EGW_DNS_FAILED', `lookup of ${host} failed`, { cause: err });
-      } finally {
-        if (timer) clearTimeout(timer);
+  const failed = new LRUCache<string, GatewayError>({ max: 10_000, ttl: opts.negativeTtlMs ?? 5000 });
+  /** Names in the pool now, everyone waiting for each, and whose slot it takes. */
+  const running = new Map<string, { waiters: Waiting[]; requester: string }>();
+  /** Slots held per requester. */
+  const held = new Map<string, number>();
+  /** When each requester with something held or waiting was last given a slot (a turn number). */
+  const served = new Map<string, number>();
+  let turn = 0;
+  /** Names waiting for the pool, and everyone waiting for each: a second asker joins, not queues. */
+  const waiting = new Map<string, Waiting[]>();
+  /** Per requester, its waiting names in order; the Map's order is the round-robin order. */
+  const queues = new Map<string, string[]>();
+
+  const isLive = (host: string): boolean => waiting.get(host)?.some((w) => !w.isDone) === true;
+
+  function settle(list: Waiting[], ips: string[] | null, err: unknown): void {
+    for (const w of list) {
+      if (w.isDone) continue;
+      w.isDone = true;
+      if (ips) w.resolve(ips);
+      else w.reject(err);
+    }
+  }
+
+  const canStart = (requester: string): boolean => running.size < slots && (held.get(requester) ?? 0) < perRequester;
+
+  function start(host: string, waiters: Waiting[], requester: string): void {
+    running.set(host, { waiters, requester });
+    held.set(requester, (held.get(requester) ?? 0) + 1);
+    served.set(requester, ++turn);
+    osResolve(host).then(
+      (ips) => finish(host, ips.length > 0 ? ips : null, ips.length > 0 ? null : new GatewayError('EGW_DNS_FAILED', `no address for ${host}`)),
+      (cause: unknown) => finish(host, null, new GatewayError('EGW_DNS_FAILED', `lookup of ${host} failed`, { cause })),
+    );
+  }
+
+  function finish(host: string, ips: string[] | null, err: GatewayError | null): void {
+    const entry = running.get(host);
+    running.delete(host);
+    const waiters = entry?.waiters ?? [];
+    if (entry) {
+      const n = (held.get(entry.requester) ?? 1) - 1;
+      if (n > 0) held.set(entry.requester, n);
+      else {
+        held.delete(entry.requester);
+        if (!queues.has(entry.requester)) served.delete(entry.requester);
       }
+    }
+    if (ips) cache.set(host, ips);
+    else if (err) failed.set(host, err);
+    settle(waiters, ips, err);
+    pump();
+  }
+
+  /** Hand waiting names to the pool while it has room: the requester served longest ago first. */
+  function pump(): void {
+    let isProgress = true;
+    while (isProgress && running.size < slots && queues.size > 0) {
+      isProgress = false;
+      const order = [...queues.keys()].sort((a, b) => (served.get(a) ?? 0) - (served.get(b) ?? 0));
+      for (const who of order) {
+        if (running.size >= slots) break;
+        const q = queues.get(who);
+        if (q === undefined || !canStart(who)) continue;
+        // Names whose askers all gave up (timed out) lose their turn to the next one.
+        let host = q.shift();
+        while (host !== undefined && !isLive(host)) {
+          waiting.delete(host);
+          host = q.shift();
+        }
+        if (q.length === 0) queues.delete(who);
+        if (host === undefined) {
+          if (!held.has(who)) served.delete(who);
+          continue;
+        }
+        const live = (waiting.get(host) ?? []).filter((w) => !w.isDone);
+        waiting.delete(host);
+        start(host, live, who);
+        isProgress = true;
+      }
+    }
+  }
+
+  /** Room in a requester's queue: names nobody waits for any more are dropped first. */
+  function hasRoom(q: string[]): boolean {
+    if (q.length < MAX_WAITING_PER_REQUESTER) return true;
+    const kept = q.filter((h) => {
+      if (isLive(h)) return true;
+      waiting.delete(h);
+      return false;
+    });
+    q.length = 0;
+    q.push(...kept);
+    return q.length < MAX_WAITING_PER_REQUESTER;
+  }
+
+  return {
+    lookup(host: string, requester = ''): Promise<string[]> {
+      if (isIP(host)) return Promise.resolve([host]);
+      const hit = cache.get(host);
+      if (hit) return Promise.resolve(hit);
+      const bad = failed.get(host);
+      if (bad) return Promise.reject(bad);
+      return new Promise<string[]>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          if (w.isDone) return;
+          w.isDone = true;
+          reject(new GatewayError('EGW_DNS_FAILED', `lookup of ${host} timed out`));
+        }, timeoutMs);
+        const w: Waiting = {
+          isDone: false,
+          resolve: (ips) => {
+            clearTimeout(timer);
+            resolve(ips);
+          },
+          reject: (err) => {
+            clearTimeout(timer);
+            reject(err);
+          },
+        };
+        const inPool = running.get(host)?.waiters ?? waiting.get(host);
+        if (inPool) {
+          inPool.push(w);
+          return;
+        }
+        if (canStart(requester) && !queues.has(requester)) {
+          start(host, [w], requester);
+          return;
+        }
+        let q = queues.get(requester);
+        if (q && !hasRoom(q)) {
+          w.reject(new GatewayError('EGW_DNS_FAILED', `lookup of ${host} refused: ${MAX_WAITING_PER_REQUESTER} lookups from this client already waiting`));
+          w.isDone = true;
+          return;
+        }
+        if (!q) {
+          q = [];
+          queues.set(requester, q);
+        }
+        q.push(host);
+        waiting.set(host, [w]);
+        pump();
+      });
     },
   };
 }

@@ -13,7 +13,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments, parse as parseYaml } from 'yaml';
-import { NODE_FLAGS } from '../../gateway/node-flags.ts';
+import { NODE_FLAGS, THREADPOOL_SIZE } from '../../gateway/node-flags.ts';
 import { loadConfig } from '../../policy/load-config.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
@@ -338,6 +338,7 @@ describe('deploy/Dockerfile (parsed: no Docker engine in CI)', () => {
     expect(hc?.args).toContain('fetch(');
     const env = final.filter((i) => i.op === 'ENV').map((i) => i.args).join(' ');
     expect(env).toMatch(/EGRESSGATE_HEALTH_URL=http:\/\/127\.0\.0\.1:9180\/healthz/);
+    expect(env).toContain(`UV_THREADPOOL_SIZE=${THREADPOOL_SIZE}`);
     const ep = final.find((i) => i.op === 'ENTRYPOINT');
     const argv = JSON.parse(ep!.args) as string[];
     expect(argv[0]).toBe('node');
@@ -392,6 +393,10 @@ describe('systemd units', () => {
 
   it('egressgate.service starts node with the gateway\'s node flags', () => {
     expect(one(gw, 'ExecStart')).toBe(`/usr/bin/node ${NODE_FLAGS.join(' ')} /opt/egressgate/dist/cli.js serve --config /etc/egressgate/policy.yaml`);
+  });
+
+  it('egressgate.service sizes libuv\'s thread pool (DNS lookups at once)', () => {
+    expect(gw.get('Environment')).toContain(`UV_THREADPOOL_SIZE=${THREADPOOL_SIZE}`);
   });
 
   it('LimitNOFILE covers 100,000 flows at 2 fds each plus headroom', () => {
@@ -471,17 +476,18 @@ describe('nftables lock-down', () => {
 // ---- node flags: every way of starting the gateway carries gateway/node-flags.ts --------------
 
 describe('node flags (gateway/node-flags.ts) on every launcher', () => {
-  it('npm start runs `node <flags> dist/cli.js serve`', () => {
+  it('npm start runs `node <flags> dist/cli.js serve`, with the thread pool sized unless the environment says otherwise', () => {
     const pkg = JSON.parse(read('package.json')) as { scripts: Record<string, string> };
-    expect(pkg.scripts['start']).toContain(`node ${NODE_FLAGS.join(' ')} dist/cli.js serve`);
+    expect(pkg.scripts['start']).toContain(`UV_THREADPOOL_SIZE=\${UV_THREADPOOL_SIZE:-${THREADPOOL_SIZE}} node ${NODE_FLAGS.join(' ')} dist/cli.js serve`);
   });
 
   it('the egressgate bin starts node with them (`env -S` on its #! line)', () => {
     expect(read('cli.ts').split('\n')[0]).toBe(`#!/usr/bin/env -S node ${NODE_FLAGS.join(' ')}`);
   });
 
-  it('the benchmark starts the gateway with them', () => {
+  it('the benchmark starts the gateway with them, and with the thread pool sized', () => {
     expect(read('bench/run.ts')).toContain('const nodeArgs: string[] = [...NODE_FLAGS];');
+    expect(read('bench/run.ts')).toContain('UV_THREADPOOL_SIZE: String(THREADPOOL_SIZE)');
   });
 
   it('node accepts them (a typo would stop the gateway from starting)', () => {
