@@ -1,15 +1,17 @@
 /**
  * limits.maxConnectionsPerSource through the real listeners: one address that opens connections and
  * sends nothing cannot hold more than its share. Over the limit, the plain HTTP listener answers 429
- * `rate-limit` and closes; the SOCKS listener closes; the count spans listeners; other addresses are
+ * `rate-limit` and closes; the SOCKS and HTTPS listeners close; the count spans listeners; other addresses are
  * served throughout; a closed connection frees its place; behind a trusted balancer the claimed client
  * is the source, not the balancer; the metrics and one warning say what was refused.
  */
 import { once } from 'node:events';
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { encodeProxyV1 } from '../../gateway/protocol/proxy-protocol.ts';
 import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
+import { createTestPki, type TestPki } from '../helpers/tls.ts';
 import { readUntil } from './http-harness.ts';
 import { readToEnd } from './socks5-harness.ts';
 
@@ -110,6 +112,36 @@ describe('limits.maxConnectionsPerSource', () => {
     expect((await readToEnd(over)).data.toString('latin1')).toMatch(/^HTTP\/1\.1 429 /);
     // Another client through the same balancer: served.
     expect(await connectThrough(await open(g.httpPort, '127.0.0.1'), claim('203.0.113.8', 5200))).toBe('HTTP/1.1 200 Connection Established');
+  });
+
+  it('the HTTPS listener: under the limit TLS and CONNECT work; over it the connection is closed before any handshake', async () => {
+    const pki: TestPki = await createTestPki({});
+    try {
+      gw = await startTestGateway({
+        listen: { https: '127.0.0.1:0' },
+        tls: { cert: pki.server.certPath, key: pki.server.keyPath },
+        limits: { maxConnectionsPerSource: 2 },
+      });
+      const g = gw;
+      const httpsPort = Number((g.https as string).split(':').pop());
+      const tlsTunnel = async (): Promise<string> => {
+        const raw = await open(httpsPort, FLOODER);
+        const s = tlsConnect({ socket: raw, ca: pki.ca.cert, host: '127.0.0.1' });
+        s.on('error', () => undefined);
+        const done = await new Promise<string>((resolve) => {
+          s.once('secureConnect', () => resolve('secure'));
+          s.once('close', () => resolve('closed'));
+        });
+        if (done !== 'secure') return done;
+        return connectThrough(s);
+      };
+      expect(await tlsTunnel()).toBe('HTTP/1.1 200 Connection Established');
+      await open(g.httpPort, FLOODER);
+      // Two open from this address now (the tunnel and a plain HTTP connection): the next is closed.
+      expect(await tlsTunnel()).toBe('closed');
+    } finally {
+      await pki.cleanup();
+    }
   });
 
   it('0 turns it off; a reload that sets a limit applies to connections already open', async () => {
