@@ -11,10 +11,11 @@ import { execFileSync } from 'node:child_process';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { echoOrigin, type TcpOrigin } from '../helpers/detection-live.ts';
 import { type Served, spawnServe } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { readUntil } from './http-harness.ts';
@@ -37,8 +38,7 @@ const isAvailable = skipNotice(canUnshareMounts(), 'dns-starvation', 'needs root
 let dir: string;
 let dns: UdpSocket;
 let queries = 0;
-let echo: Server;
-let echoPort: number;
+let echo: TcpOrigin;
 let gw: Served | null = null;
 const sockets = new Set<Socket>();
 
@@ -51,13 +51,7 @@ beforeAll(async () => {
   });
   dns.bind(53, DEAD_DNS);
   await once(dns, 'listening');
-  echo = createServer((s) => {
-    s.on('error', () => undefined);
-    s.pipe(s);
-  });
-  echo.listen(0, '127.0.0.1');
-  await once(echo, 'listening');
-  echoPort = (echo.address() as { port: number }).port;
+  echo = await echoOrigin('127.0.0.1');
   const resolv = join(dir, 'resolv.conf');
   writeFileSync(resolv, `nameserver ${DEAD_DNS}\noptions timeout:3 attempts:1\n`);
   const config = join(dir, 'policy.yaml');
@@ -77,7 +71,7 @@ afterAll(async () => {
   }
   if (isAvailable) {
     dns.close();
-    await new Promise<void>((r) => echo.close(() => r()));
+    await echo.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });
@@ -100,7 +94,7 @@ describe('DNS lookups are shared fairly between clients', () => {
     const t0 = Date.now();
     while (queries === 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 20));
     expect(queries).toBeGreaterThan(0);
-    expect(await tunnel(`localhost:${echoPort}`, '127.0.0.61')).toBe('HTTP/1.1 200 Connection Established');
+    expect(await tunnel(`localhost:${echo.port}`, '127.0.0.61')).toBe('HTTP/1.1 200 Connection Established');
     // The attacker gets its answers too: 502 once its own lookups fail or time out.
     const answers = await Promise.all(attack);
     expect(new Set(answers)).toEqual(new Set(['HTTP/1.1 502 Bad Gateway']));

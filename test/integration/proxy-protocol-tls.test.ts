@@ -3,21 +3,21 @@
  * balancer puts the header first and the client's TLS handshake follows. The flow belongs to the
  * claimed client (its host identity, its record), as on the plain listeners; a trusted peer that
  * starts TLS without a header is closed. haproxy is the real load balancer, curl the real client.
- * The certificate is made by the real openssl for the test.
+ * The certificates are made by the real openssl for the test (test/helpers/tls.ts).
  */
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect as connectTcp, createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
+import { connect as connectTcp, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeProxyV1, encodeProxyV2 } from '../../gateway/protocol/proxy-protocol.ts';
-import { freePort } from '../helpers/detection-live.ts';
+import { echoOrigin, freePort, type TcpOrigin } from '../helpers/detection-live.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
+import { createTestPki, type TestPki } from '../helpers/tls.ts';
 import { type Origin, pattern, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
 import { readToEnd } from './socks5-harness.ts';
 
@@ -28,36 +28,20 @@ const HOSTS = [
   { cidr: `${CURL_IP}/32`, name: 'lb-curl', roles: ['any'] },
 ];
 
-let dir: string;
-let ca: Buffer;
-let echo: Server;
-let echoPort: number;
+let pki: TestPki;
+let echo: TcpOrigin;
 let origin: Origin;
 let gw: TestGateway;
 let httpsPort: number;
 const sockets = new Set<Socket>();
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'egw-pp-tls-'));
-  const made = await run('openssl', [
-    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-    '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-days', '1',
-    '-subj', '/CN=egressgate-test', '-addext', 'subjectAltName=IP:127.0.0.1',
-  ]);
-  expect(made.code, made.stderr).toBe(0);
-  ca = readFileSync(join(dir, 'cert.pem'));
-  echo = createServer({ allowHalfOpen: true }, (s) => {
-    sockets.add(s);
-    s.on('error', () => undefined);
-    s.pipe(s);
-  });
-  echo.listen(0, '127.0.0.1');
-  await once(echo, 'listening');
-  echoPort = (echo.address() as { port: number }).port;
+  pki = await createTestPki({});
+  echo = await echoOrigin('127.0.0.1');
   origin = await startOrigin();
   gw = await startTestGateway({
     listen: { https: '127.0.0.1:0' },
-    tls: { cert: join(dir, 'cert.pem'), key: join(dir, 'key.pem') },
+    tls: { cert: pki.server.certPath, key: pki.server.keyPath },
     proxyProtocol: { trustedSources: ['127.0.0.1/32'] },
     identity: { hosts: HOSTS },
     limits: { headerTimeoutMs: 1000 },
@@ -69,8 +53,8 @@ afterAll(async () => {
   await gw?.stop();
   for (const s of sockets) s.destroy();
   await origin?.close();
-  await new Promise<void>((r) => (echo ? echo.close(() => r()) : r()));
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  await echo?.close();
+  await pki?.cleanup();
 });
 
 /** TCP to the HTTPS listener, `prefix` (a PROXY header) first, then TLS on the same connection. */
@@ -79,7 +63,7 @@ async function tlsAfter(prefix: Buffer): Promise<TLSSocket> {
   raw.on('error', () => undefined);
   sockets.add(raw);
   raw.write(prefix);
-  const s = tlsConnect({ socket: raw, ca, host: '127.0.0.1' });
+  const s = tlsConnect({ socket: raw, ca: pki.ca.cert, host: '127.0.0.1' });
   s.on('error', () => undefined);
   await once(s, 'secureConnect');
   return s;
@@ -88,7 +72,7 @@ async function tlsAfter(prefix: Buffer): Promise<TLSSocket> {
 describe('PROXY protocol before TLS on the HTTPS listener (trusted 127.0.0.1/32)', () => {
   it('v1 header, then TLS, then CONNECT: the tunnel belongs to the claimed client and its host identity, bytes exact', async () => {
     const s = await tlsAfter(encodeProxyV1(CLAIMED));
-    s.write(`CONNECT 127.0.0.1:${echoPort} HTTP/1.1\r\nHost: 127.0.0.1:${echoPort}\r\n\r\n`);
+    s.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
     expect((await readUntil(s, '\r\n\r\n')).toString('latin1')).toBe('HTTP/1.1 200 Connection Established\r\n\r\n');
     const payload = randomBytes(32 * 1024);
     const done = readToEnd(s);
@@ -115,7 +99,7 @@ describe('PROXY protocol before TLS on the HTTPS listener (trusted 127.0.0.1/32)
     const raw = await rawConnect(httpsPort);
     raw.on('error', () => undefined);
     sockets.add(raw);
-    const s = tlsConnect({ socket: raw, ca, host: '127.0.0.1' });
+    const s = tlsConnect({ socket: raw, ca: pki.ca.cert, host: '127.0.0.1' });
     const failed = await new Promise<string>((resolve) => {
       s.once('secureConnect', () => resolve('connected'));
       s.once('error', (err) => resolve(`error: ${err.message}`));
@@ -133,17 +117,16 @@ describe('PROXY protocol before TLS on the HTTPS listener (trusted 127.0.0.1/32)
  * (curl's own `--haproxy-protocol` cannot stand in here: with an HTTPS proxy, curl 7.88 starts TLS
  * without sending the header first.)
  */
-describe('behind haproxy (send-proxy-v2 / send-proxy)', () => {
+const haveHaproxy = skipNotice(spawnSync('sh', ['-c', 'command -v haproxy']).status === 0, 'PROXY protocol behind haproxy', 'haproxy is not installed');
+
+describe.skipIf(!haveHaproxy)('behind haproxy (send-proxy-v2 / send-proxy)', () => {
   let lb: ChildProcess | null = null;
   let lbHttps = 0;
   let lbHttp = 0;
-  let isAvailable = false;
   beforeAll(async () => {
-    isAvailable = skipNotice(hasCommand('haproxy'), 'PROXY protocol behind haproxy', 'haproxy is not installed');
-    if (!isAvailable) return;
     lbHttps = await freePort('127.0.0.1');
     lbHttp = await freePort('127.0.0.1');
-    const cfg = join(dir, 'haproxy.cfg');
+    const cfg = join(pki.dir, 'haproxy.cfg');
     writeFileSync(
       cfg,
       [
@@ -180,10 +163,9 @@ describe('behind haproxy (send-proxy-v2 / send-proxy)', () => {
   });
 
   const viaLb = (proxy: string, args: string[]) =>
-    run('curl', ['-sS', '--noproxy', '', '--interface', CURL_IP, '-x', proxy, '--proxy-cacert', join(dir, 'cert.pem'), ...args]);
+    run('curl', ['-sS', '--noproxy', '', '--interface', CURL_IP, '-x', proxy, '--proxy-cacert', pki.ca.certPath, ...args]);
 
   it('HTTPS proxy listener: CONNECT and absolute-URI belong to curl\'s address and host identity', async () => {
-    if (!isAvailable) return;
     const tunnel = await viaLb(`https://127.0.0.1:${lbHttps}`, ['-p', `http://127.0.0.1:${origin.port}/size/4096`]);
     expect(tunnel.code, tunnel.stderr).toBe(0);
     expect(tunnel.stdout.equals(pattern(4096))).toBe(true);
@@ -197,17 +179,12 @@ describe('behind haproxy (send-proxy-v2 / send-proxy)', () => {
   });
 
   it('plain HTTP listener (send-proxy v1): the same', async () => {
-    if (!isAvailable) return;
     const r = await viaLb(`http://127.0.0.1:${lbHttp}`, [`http://127.0.0.1:${origin.port}/size/333`]);
     expect(r.code, r.stderr).toBe(0);
     const h = await gw.waitForClosed((x) => x.protocol === 'http' && x.client.ip === CURL_IP && x.bytesIn === 333);
     expect(h.identity.host).toBe('lb-curl');
   });
 });
-
-function hasCommand(cmd: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
-}
 
 /** Resolves once something accepts on 127.0.0.1:port (haproxy has bound), within 10 s. */
 async function waitForPort(port: number, stderr: () => string): Promise<void> {

@@ -6,10 +6,11 @@
  * is the source, not the balancer; the metrics and one warning say what was refused.
  */
 import { once } from 'node:events';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { encodeProxyV1 } from '../../gateway/protocol/proxy-protocol.ts';
+import { echoOrigin, type TcpOrigin } from '../helpers/detection-live.ts';
 import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { createTestPki, type TestPki } from '../helpers/tls.ts';
 import { readUntil } from './http-harness.ts';
@@ -19,22 +20,15 @@ const LIMIT = 5;
 const FLOODER = '127.0.0.50';
 const OTHER = '127.0.0.51';
 
-let echo: Server;
-let echoPort: number;
+let echo: TcpOrigin;
 let gw: TestGateway | null = null;
 const opened = new Set<Socket>();
 
 beforeAll(async () => {
-  echo = createServer({ allowHalfOpen: true }, (s) => {
-    s.on('error', () => undefined);
-    s.pipe(s);
-  });
-  echo.listen(0, '127.0.0.1');
-  await once(echo, 'listening');
-  echoPort = (echo.address() as { port: number }).port;
+  echo = await echoOrigin('127.0.0.1');
 });
 afterAll(async () => {
-  await new Promise<void>((r) => echo.close(() => r()));
+  await echo.close();
 });
 afterEach(async () => {
   for (const s of opened) s.destroy();
@@ -54,7 +48,7 @@ async function open(port: number, from: string): Promise<Socket> {
 
 /** A CONNECT through `s` to the echo origin; resolves with the proxy's status line. */
 async function connectThrough(s: Socket, prefix: Buffer = Buffer.alloc(0)): Promise<string> {
-  s.write(Buffer.concat([prefix, Buffer.from(`CONNECT 127.0.0.1:${echoPort} HTTP/1.1\r\nHost: 127.0.0.1:${echoPort}\r\n\r\n`)]));
+  s.write(Buffer.concat([prefix, Buffer.from(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`)]));
   const head = await readUntil(s, '\r\n\r\n');
   return head.toString('latin1').split('\r\n')[0] as string;
 }
