@@ -29,6 +29,31 @@ export const ALERT_ACTION_LABELS = ['flag', 'block', 'kill', 'would-block', 'wou
 export const RELOAD_RESULTS = ['success', 'failure'] as const;
 export type ReloadResult = (typeof RELOAD_RESULTS)[number];
 
+/** A counter whose value is a running total kept elsewhere, read at scrape time. */
+function scrapedCounter(registers: Registry[], name: string, help: string, read: () => number): Counter {
+  return new Counter({
+    name,
+    help,
+    registers,
+    collect() {
+      this.reset();
+      this.inc(read());
+    },
+  });
+}
+
+/** A gauge read at scrape time. */
+function scrapedGauge(registers: Registry[], name: string, help: string, read: () => number): Gauge {
+  return new Gauge({
+    name,
+    help,
+    registers,
+    collect() {
+      this.set(read());
+    },
+  });
+}
+
 /** A label value from a closed set, else "other". */
 export function closedLabel(value: string | null | undefined, set: readonly string[]): string {
   return value && set.includes(value) ? value : 'other';
@@ -155,48 +180,18 @@ export class GatewayStats {
       labelNames: ['result'],
       registers,
     });
-    this.flowLogFailing = new Gauge({
-      name: 'gw_flow_log_failing',
-      help: '1 while the flow log cannot be written (records are held in memory), else 0',
+    this.flowLogFailing = scrapedGauge(registers, 'gw_flow_log_failing', '1 while the flow log cannot be written (records are held in memory), else 0', () =>
+      stats.flowLogStatusFn().failing ? 1 : 0,
+    );
+    this.flowRecordsHeld = scrapedGauge(registers, 'gw_flow_records_held', 'Flow records held in memory because the flow log cannot take them', () => stats.flowLogStatusFn().backlogRecords);
+    this.flowRecordsDroppedTotal = scrapedCounter(registers, 'gw_flow_records_dropped_total', 'Flow records lost: the flow log failed and its in-memory backlog was full', () => stats.flowLogStatusFn().droppedRecords);
+    this.downstreamCxSourceLimitedTotal = scrapedCounter(
       registers,
-      collect() {
-        this.set(stats.flowLogStatusFn().failing ? 1 : 0);
-      },
-    });
-    this.flowRecordsHeld = new Gauge({
-      name: 'gw_flow_records_held',
-      help: 'Flow records held in memory because the flow log cannot take them',
-      registers,
-      collect() {
-        this.set(stats.flowLogStatusFn().backlogRecords);
-      },
-    });
-    this.flowRecordsDroppedTotal = new Counter({
-      name: 'gw_flow_records_dropped_total',
-      help: 'Flow records lost: the flow log failed and its in-memory backlog was full',
-      registers,
-      collect() {
-        this.reset();
-        this.inc(stats.flowLogStatusFn().droppedRecords);
-      },
-    });
-    this.downstreamCxSourceLimitedTotal = new Counter({
-      name: 'gw_downstream_cx_source_limited_total',
-      help: 'Client connections closed on arrival: their source address had limits.maxConnectionsPerSource open',
-      registers,
-      collect() {
-        this.reset();
-        this.inc(stats.sourceLimitFn().refusedTotal);
-      },
-    });
-    new Gauge({
-      name: 'gw_downstream_sources_active',
-      help: 'Source addresses with client connections open',
-      registers,
-      collect() {
-        this.set(stats.sourceLimitFn().sources);
-      },
-    });
+      'gw_downstream_cx_source_limited_total',
+      'Client connections closed on arrival: their source address had limits.maxConnectionsPerSource open',
+      () => stats.sourceLimitFn().refusedTotal,
+    );
+    scrapedGauge(registers, 'gw_downstream_sources_active', 'Source addresses with client connections open', () => stats.sourceLimitFn().sources);
     // Zero the closed label sets so dashboards see every series from the start.
     for (const r of RELOAD_RESULTS) this.configReloadTotal.inc({ result: r }, 0);
     if (opts.processMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'gw_process_' });
@@ -312,15 +307,7 @@ export class GatewayStats {
   attachIdentity(source: { stats(): IdentityStats }): void {
     const registers = [this.registry];
     const counter = (name: string, help: string, read: (st: IdentityStats) => number): void => {
-      new Counter({
-        name,
-        help,
-        registers,
-        collect() {
-          this.reset();
-          this.inc(read(source.stats()));
-        },
-      });
+      scrapedCounter(registers, name, help, () => read(source.stats()));
     };
     new Counter({
       name: 'gw_identity_auth_failures_total',
@@ -340,14 +327,7 @@ export class GatewayStats {
     counter('gw_identity_auth_shed_total', 'Credential checks refused unchecked: too many already waiting from that source', (st) => st.throttle.shedTotal);
     counter('gw_identity_scrypt_runs_total', 'scrypt password derivations run (cache misses)', (st) => st.credentials.scryptRuns);
     counter('gw_identity_credential_cache_hits_total', 'Password checks answered from the short-lived cache', (st) => st.credentials.cacheHits);
-    new Gauge({
-      name: 'gw_identity_throttle_sources_active',
-      help: 'Source addresses with recent authentication failures being tracked',
-      registers,
-      collect() {
-        this.set(source.stats().throttle.sourcesTracked);
-      },
-    });
+    scrapedGauge(registers, 'gw_identity_throttle_sources_active', 'Source addresses with recent authentication failures being tracked', () => source.stats().throttle.sourcesTracked);
   }
 
   /** Prometheus text exposition. */
