@@ -1,4 +1,3 @@
-#!/usr/bin/env -S node --max-semi-space-size=16
 /**
  * egressgate command line: one module per subcommand, loaded on demand so `check` never pays for
  * the data plane. Every command exports `run(argv): Promise<number>` (the exit code).

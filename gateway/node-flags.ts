@@ -9,7 +9,7 @@ import { setFlagsFromString } from 'node:v8';
 
 /**
  * The node command-line flags the gateway is started with, wherever it is started: `npm start`, the
- * `egressgate` bin (cli.ts's `#!` line), deploy/systemd/egressgate.service, deploy/Dockerfile and
+ * `egressgate` bin (egressgate.cts's `#!` line), deploy/systemd/egressgate.service, deploy/Dockerfile and
  * the benchmark (bench/run.ts). test/integration/deploy-files.test.ts checks that all of them carry
  * exactly these.
  *
@@ -86,7 +86,8 @@ export function applyV8Defaults(): void {
  * lookups at once for the whole gateway, each held for the OS resolver's full timeout when a name's
  * servers do not answer. The launchers (`npm start`, deploy/systemd/egressgate.service,
  * deploy/Dockerfile, the benchmark) set 16: 8 lookups at once, shared between clients by
- * gateway/upstream/resolve.ts. It must be in the environment before node starts: node's module
- * loader starts the pool while it reads the gateway's own files, before any of our code runs.
+ * gateway/upstream/resolve.ts; so does the `egressgate` bin (egressgate.cts), a CommonJS launcher
+ * that sets it before any ES module loads. An ES module cannot: node's module loader starts the pool
+ * while it reads the gateway's own files, before any of our code runs.
  */
 export const THREADPOOL_SIZE = 16;

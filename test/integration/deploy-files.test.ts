@@ -9,9 +9,11 @@
  * 5. the nftables script renders, rejects bad arguments, and passes `nft -c` where it can run.
  */
 import { execFile, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import ts from 'typescript';
 import { parseAllDocuments, parse as parseYaml } from 'yaml';
 import { NODE_FLAGS, THREADPOOL_SIZE } from '../../gateway/node-flags.ts';
 import { loadConfig } from '../../policy/load-config.ts';
@@ -482,7 +484,50 @@ describe('node flags (gateway/node-flags.ts) on every launcher', () => {
   });
 
   it('the egressgate bin starts node with them (`env -S` on its #! line)', () => {
-    expect(read('cli.ts').split('\n')[0]).toBe(`#!/usr/bin/env -S node ${NODE_FLAGS.join(' ')}`);
+    const pkg = JSON.parse(read('package.json')) as { bin: Record<string, string> };
+    expect(pkg.bin['egressgate']).toBe('dist/egressgate.cjs');
+    expect(read('egressgate.cts').split('\n')[0]).toBe(`#!/usr/bin/env -S node ${NODE_FLAGS.join(' ')}`);
+  });
+
+  it('the egressgate bin sizes the thread pool before any ES module loads, unless the environment already does', () => {
+    // The bin compiled as tsc compiles it, with an ES module in cli.js's place that makes the pool
+    // start and counts the process's threads: libuv starts all of its threads at once.
+    const dir = mkdtempSync(join(tmpdir(), 'egw-bin-'));
+    try {
+      const out = ts.transpileModule(read('egressgate.cts'), {
+        fileName: 'egressgate.cts',
+        compilerOptions: { module: ts.ModuleKind.NodeNext, target: ts.ScriptTarget.ES2023, rewriteRelativeImportExtensions: true },
+      }).outputText;
+      expect(out).toContain('import("./cli.js")');
+      writeFileSync(join(dir, 'egressgate.cjs'), out);
+      writeFileSync(join(dir, 'package.json'), '{"type":"module"}');
+      writeFileSync(
+        join(dir, 'cli.js'),
+        [
+          "import { readFile } from 'node:fs/promises';",
+          "import { readdirSync } from 'node:fs';",
+          "await Promise.all(Array.from({ length: 32 }, () => readFile(import.meta.filename)));",
+          "process.stdout.write(`${readdirSync('/proc/self/task').length} ${process.env.UV_THREADPOOL_SIZE ?? ''}`);",
+        ].join('\n'),
+      );
+      const env = { ...process.env };
+      delete env['UV_THREADPOOL_SIZE'];
+      const run = (file: string, extra: Record<string, string> = {}): [number, string] => {
+        const r = spawnSync(process.execPath, [join(dir, file)], { encoding: 'utf8', env: { ...env, ...extra } });
+        expect(r.stderr).toBe('');
+        const [threads, size] = r.stdout.split(' ');
+        return [Number(threads), size ?? ''];
+      };
+      const [direct] = run('cli.js'); // libuv's default pool: 4 threads
+      const [viaBin, size] = run('egressgate.cjs');
+      expect(size).toBe(String(THREADPOOL_SIZE));
+      expect(viaBin - direct).toBe(THREADPOOL_SIZE - 4);
+      const [chosen, given] = run('egressgate.cjs', { UV_THREADPOOL_SIZE: '6' });
+      expect(given).toBe('6');
+      expect(chosen - direct).toBe(2);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('the benchmark starts the gateway with them, and with the thread pool sized', () => {
