@@ -507,7 +507,7 @@ describe('node flags (gateway/node-flags.ts) on every launcher', () => {
           "import { readFile } from 'node:fs/promises';",
           "import { readdirSync } from 'node:fs';",
           "await Promise.all(Array.from({ length: 32 }, () => readFile(import.meta.filename)));",
-          "process.stdout.write(`${readdirSync('/proc/self/task').length} ${process.env.UV_THREADPOOL_SIZE ?? ''}`);",
+          "process.stdout.write(readdirSync('/proc/self/task').length + ' ' + (process.env.UV_THREADPOOL_SIZE ?? ''));",
         ].join('\n'),
       );
       const env = { ...process.env };
