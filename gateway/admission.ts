@@ -15,6 +15,7 @@
  */
 import { isIP, isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
+import { effectiveIPv4 } from '../policy/address.ts';
 import type { Decision, Identity, Mode, PolicySnapshot, Protocol } from '../policy/types.ts';
 import type { GatewayContext, IdentityClaims } from './context.ts';
 import { GatewayError, type GatewayErrorCode } from './errors.ts';
@@ -223,9 +224,22 @@ function localSet(): Set<string> {
   return localAddresses;
 }
 
-/** Is this address one of this machine's own (loopback or an interface)? */
+/**
+ * The address a dial to `ip` reaches, in the form listener addresses are written: an IPv4 address
+ * carried in IPv6 (IPv4-mapped in any spelling, `::ffff:7f00:1` as much as `::ffff:127.0.0.1`; NAT64,
+ * 6to4, Teredo, IPv4-compatible) as that IPv4 address, and the unspecified address as loopback
+ * (Linux dials 0.0.0.0 as 127.0.0.1 and :: as ::1).
+ */
+function dialledForm(ip: string): string {
+  const v4 = ip.includes(':') ? (effectiveIPv4(ip) ?? ip) : ip;
+  if (v4 === '0.0.0.0') return '127.0.0.1';
+  if (v4 === '::') return '::1';
+  return v4;
+}
+
+/** Is this address one of this machine's own (loopback or an interface), in any spelling? */
 export function isLocalAddress(ip: string): boolean {
-  const bare = ip.startsWith('::ffff:') ? ip.slice(7) : ip;
+  const bare = dialledForm(ip);
   return bare.startsWith('127.') || localSet().has(bare);
 }
 
@@ -243,7 +257,7 @@ function selfPortSet(addresses: ReadonlySet<string>): Set<number> {
 function isSelf(ctx: GatewayContext, ip: string, port: number): boolean {
   // Most destinations are not on a port the gateway listens on: no string building for those.
   if (!selfPortSet(ctx.selfAddresses).has(port)) return false;
-  const bare = ip.startsWith('::ffff:') ? ip.slice(7) : ip;
+  const bare = dialledForm(ip);
   const key = bare.includes(':') ? `[${bare}]:${port}` : `${bare}:${port}`;
   if (ctx.selfAddresses.has(key)) return true;
   // A listener on a wildcard address answers on every local address.
