@@ -25,7 +25,6 @@
  * node:http does. A request's flow closes `closed` once the origin's whole response has been handed
  * to the client socket.
  */
-import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Dispatcher } from 'undici';
 import type { GatewayContext } from '../context.ts';
@@ -36,7 +35,7 @@ import { SlotArray } from '../slot-array.ts';
 import { type ConnectionState, connectionState, resetOrDestroy } from './http-connection-state.ts';
 import { type FastRequestHead, parseFastRequestHead } from './http-fast-head.ts';
 import { OriginExchange } from './http-forward.ts';
-import { forwardRequestHeaders, forwardResponseHeaders } from './http-headers.ts';
+import { forwardRequestHeaders, forwardResponseHeaders, INVALID_FIELD_CHAR, relayedStatusText } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
 import { type RefusalDetails, refusalDetails, refusalText } from './http-refusal.ts';
 import { type AbsoluteTarget, hostHeaderFor, parseAbsoluteTarget } from './http-target.ts';
@@ -45,8 +44,6 @@ import { type AbsoluteTarget, hostHeaderFor, parseAbsoluteTarget } from './http-
 export const KEEP_ALIVE_MS = 5000;
 /** Bytes a client may send ahead while its request is served before we stop reading them. */
 const MAX_AHEAD_BYTES = 64 * 1024;
-/** Characters a status text or field may hold on the way out (as node:http's checkInvalidHeaderChar). */
-const INVALID_FIELD_CHAR = /[^\t\x20-\x7e\x80-\xff]/;
 
 export interface FastPath {
   /**
@@ -365,8 +362,7 @@ class FastExchange extends OriginExchange {
     this.connection.isAwaitingOrigin = false;
     this.resume = resume;
     const headers = forwardResponseHeaders(rawHeaders);
-    const text = statusText !== '' && !INVALID_FIELD_CHAR.test(statusText) ? statusText : (STATUS_CODES[statusCode] ?? '');
-    let head = `HTTP/1.1 ${statusCode} ${text}\r\n`;
+    let head = `HTTP/1.1 ${statusCode} ${relayedStatusText(statusCode, statusText)}\r\n`;
     let hasLength = false;
     let hasDate = false;
     for (let i = 0; i + 1 < headers.length; i += 2) {

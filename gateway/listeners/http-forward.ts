@@ -23,7 +23,7 @@ import { formatAuthority } from '../protocol/authority.ts';
 import { mapError, type RejectMapping } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
 import { type ConnectionState, connectionState, resetOrDestroy } from './http-connection-state.ts';
-import { forwardResponseHeaders } from './http-headers.ts';
+import { forwardResponseHeaders, relayedStatusText } from './http-headers.ts';
 import { type RefusalDetails, sendRefusal } from './http-refusal.ts';
 
 /**
@@ -311,7 +311,7 @@ class Exchange extends OriginExchange {
     const headers = forwardResponseHeaders(rawHeaders);
     // While draining, this client connection carries no further request.
     if (this.ctx.isDraining()) headers.push('connection', 'close');
-    this.res.writeHead(statusCode, statusText, headers);
+    this.res.writeHead(statusCode, relayedStatusText(statusCode, statusText), headers);
     return true;
   }
 

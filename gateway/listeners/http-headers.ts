@@ -4,6 +4,20 @@
  * node's `rawHeaders`, `res.writeHead(status, array)` and undici's `headers` all accept), so case and
  * repeated fields (Set-Cookie) survive and nothing is re-parsed.
  */
+import { STATUS_CODES } from 'node:http';
+
+/** Characters a status text or field may hold on the way out (as node:http's checkInvalidHeaderChar). */
+export const INVALID_FIELD_CHAR = /[^\t\x20-\x7e\x80-\xff]/;
+
+/**
+ * The reason phrase to send the client: the origin's, unless it is empty or holds a character no
+ * field may carry (a control byte, or a non-Latin-1 character such as the U+FFFD undici decodes
+ * obs-text to), then the standard one for the status. The phrase means nothing (RFC 9112 §4), but
+ * node:http throws on such a phrase and the fast path would have sent it raw.
+ */
+export function relayedStatusText(statusCode: number, statusText: string): string {
+  return statusText !== '' && !INVALID_FIELD_CHAR.test(statusText) ? statusText : (STATUS_CODES[statusCode] ?? '');
+}
 
 /** Our Via entry (RFC 9110 §7.6.3): protocol version and a pseudonym, never our address. */
 export const VIA_VALUE = '1.1 egressgate';

@@ -45,7 +45,8 @@ export function sendRefusal(res: ServerResponse, mapping: RejectMapping, details
   }
   const { status, headers, body } = refusalParts(mapping, details);
   if (isBodyUnread) headers.push('connection', 'close');
-  res.writeHead(status, headers);
+  // The phrase is given, not left to res.statusMessage: a relay whose writeHead threw has set it.
+  res.writeHead(status, STATUS_CODES[status] ?? 'Error', headers);
   res.end(body);
 }
 

@@ -25,7 +25,7 @@ import { mapError } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
 import { holdClient } from './http-connect.ts';
 import { resetOrDestroy } from './http-connection-state.ts';
-import { forwardRequestHeaders, forwardResponseHeaders, serialiseRequestHead, splitHeaderLine } from './http-headers.ts';
+import { forwardRequestHeaders, forwardResponseHeaders, relayedStatusText, serialiseRequestHead, splitHeaderLine } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
 import { refusalDetails, writeRawRefusal } from './http-refusal.ts';
 import { hostHeaderFor, parseAbsoluteTarget, smugglingShape } from './http-target.ts';
@@ -87,7 +87,7 @@ function readResponseHead(socket: Socket, maxBytes: number, timeoutMs: number): 
 }
 
 function serialiseResponseHead(head: ResponseHead, headers: readonly string[]): string {
-  let out = `HTTP/1.1 ${head.status} ${head.statusText}\r\n`;
+  let out = `HTTP/1.1 ${head.status} ${relayedStatusText(head.status, head.statusText)}\r\n`;
   for (let i = 0; i + 1 < headers.length; i += 2) out += `${headers[i]}: ${headers[i + 1]}\r\n`;
   return `${out}\r\n`;
 }

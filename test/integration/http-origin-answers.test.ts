@@ -20,6 +20,10 @@ const ANSWERS: Record<string, string> = {
   '/te-and-length': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n',
   '/obs-fold': 'HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 1\r\n\r\nf',
   '/not-http': 'SSH-2.0-OpenSSH_9.2\r\n\r\n',
+  // Reason phrases no field may carry (a Latin-1 server's, a control byte): the status is relayed with
+  // its standard phrase. node:http threw on them and the client waited for the idle timeout.
+  '/latin1-reason': 'HTTP/1.1 200 \xe9t\xe9\r\nContent-Length: 2\r\n\r\nok',
+  '/control-reason': 'HTTP/1.1 404 Not\x7fFound\r\nContent-Length: 2\r\n\r\nno',
 };
 
 let gw: TestGateway;
@@ -88,6 +92,24 @@ describe('origin answers at the edges of HTTP/1.1', () => {
       await sendGet(s, '/ok', split);
       const next = (await readUntil(s, '\r\n\r\nok')).toString('latin1');
       expect(next).toMatch(/^HTTP\/1\.1 200 /);
+      s.destroy();
+    });
+
+    it(`${name}: a reason phrase no field may carry is replaced by the standard one; status and body are relayed`, async () => {
+      const s = await rawConnect(gw.httpPort);
+      for (const [path, status, body] of [
+        ['/latin1-reason', 200, 'ok'],
+        ['/control-reason', 404, 'no'],
+      ] as const) {
+        const before = gw.closed.length;
+        await sendGet(s, path, split);
+        const got = (await readUntil(s, `\r\n\r\n${body}`, 5000)).toString('latin1');
+        const statusLine = got.slice(0, got.indexOf('\r\n'));
+        expect(statusLine, path).toMatch(new RegExp(`^HTTP/1\\.1 ${status} [\\t\\x20-\\x7e\\x80-\\xff]*$`));
+        expect(statusLine, path).not.toContain('\x7f');
+        const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+        expect(rec, path).toMatchObject({ closeReason: 'closed', bytesIn: 2 });
+      }
       s.destroy();
     });
 
