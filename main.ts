@@ -247,7 +247,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     // Behind a load balancer the PROXY header comes first, then the TLS handshake.
     gateConnections(httpsServer, sources, 'https');
     const httpsFront = wrapWithProxyProtocol(httpsServer, { ...proxyProtocol, listener: 'https' });
-    if (httpsFront !== httpsServer) carryRemoteToTls(httpsServer as TlsServer);
+    carryRemoteToTls(httpsServer as TlsServer);
     https = await listen(httpsFront, httpsWhere);
     selfAddresses.add(https);
   }

@@ -89,6 +89,8 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     destination: { host: req.destHost, ip: null, port: req.destPort },
   });
   const mode = snapshot.modeFor(identity.roles, override);
+  // A client without an address (reset before it was accepted) cannot be identified: never judged.
+  if (req.claims.clientIp === '') return refuseCode(ctx, flow, 'EGW_BAD_REQUEST');
   if (authFailed) return refuse(ctx, flow, fixed('auth-required', 'policy.deny', mode, ['proxy authentication required']));
   // 3. draining and limits
   if (ctx.isDraining()) return refuseCode(ctx, flow, 'EGW_SHUTTING_DOWN');

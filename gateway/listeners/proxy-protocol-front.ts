@@ -180,15 +180,16 @@ export function wrapWithProxyProtocol<S extends Server>(server: S, opts: ProxyPr
 }
 
 /**
- * For a TLS server behind the front (the HTTPS listener): node wraps the handed-over socket in a
- * TLSSocket that asks the TCP handle for its peer, not the socket, so the header's source is copied
- * onto the TLSSocket before node:https, the identity code or a flow record reads it.
+ * For a TLS server (the HTTPS listener): node wraps the accepted socket in a TLSSocket that asks the
+ * TCP handle for its peer again, not the socket. So the peer the socket was accepted with (or a
+ * PROXY header's source) is copied onto the TLSSocket before node:https, the identity code or a flow
+ * record reads it: the kernel no longer knows the peer of a connection the client has since reset.
  */
 export function carryRemoteToTls(server: TlsServer): void {
   server.prependListener('secureConnection', (tlsSocket: TLSSocket) => {
     // `_parent`: the socket a TLSSocket was made from (node has set it since its first TLS wrap).
     const raw = (tlsSocket as TLSSocket & { _parent?: Socket | null })._parent;
-    if (!raw || !Object.hasOwn(raw, 'remoteAddress') || raw.remoteAddress === undefined) return;
+    if (!raw || raw.remoteAddress === undefined) return;
     defineRemote(tlsSocket, raw.remoteAddress, raw.remotePort ?? 0, raw.remoteFamily === 'IPv6' ? 'IPv6' : 'IPv4');
   });
 }

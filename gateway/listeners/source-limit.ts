@@ -59,7 +59,7 @@ export class SourceConnections {
    */
   admit(socket: Socket, listener: string): boolean {
     const source = socket.remoteAddress;
-    if (source === undefined) return true;
+    if (source === undefined) return false;
     const n = this.open.get(source) ?? 0;
     const max = this.limit();
     if (max > 0 && n >= max) {
@@ -105,6 +105,13 @@ export function gateConnections(server: Server, sources: SourceConnections, list
   const handlers = server.listeners('connection') as Array<(socket: Socket) => void>;
   server.removeAllListeners('connection');
   server.on('connection', (socket: Socket) => {
+    // No peer address: the client reset the connection before it was accepted (the kernel still
+    // hands it over). Nothing can identify it, so nothing may be done for it: no flow, no answer.
+    if (socket.remoteAddress === undefined) {
+      socket.on('error', () => undefined);
+      socket.destroy();
+      return;
+    }
     if (sources.admit(socket, listener)) {
       for (const h of handlers) h.call(server, socket);
     } else if (listener === 'http') refuseConnectionNow(socket, mapError('EGW_SOURCE_CONNECTIONS'));
