@@ -4,6 +4,7 @@
  * the CONNECT head (`head`) are payload: the tunnel writes them upstream and counts them in
  * bytesOut. The CONNECT head and our 200 are the proxy handshake and never counted.
  */
+import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { failFlow } from '../admission.ts';
@@ -40,10 +41,41 @@ export function holdClient(socket: Duplex): { isGone: () => boolean; release: ()
   };
 }
 
+/**
+ * Responses node:http still owes on this connection to requests pipelined ahead of a CONNECT or an
+ * Upgrade (node emits 'connect' and 'upgrade' as soon as it has parsed the head). The answer to the
+ * CONNECT must follow them, not land in the middle of them, and the tunnel must not carry them.
+ * Null when none is owed (always on the CONNECT front, which takes only a connection's first request).
+ */
+export function earlierResponses(socket: Duplex): Promise<void> | null {
+  const owed = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage;
+  if (!owed || owed.writableFinished || owed.destroyed) return null;
+  return new Promise<void>((resolve) => {
+    const done = (): void => {
+      owed.removeListener('finish', done);
+      owed.removeListener('close', done);
+      socket.removeListener('close', done);
+      resolve();
+    };
+    owed.once('finish', done);
+    owed.once('close', done);
+    socket.once('close', done);
+  }).then(() => earlierResponses(socket) ?? undefined);
+}
+
 /** Handle one CONNECT request on a detached client socket. Never throws for client mistakes. */
 export async function handleConnect(state: HttpListenerState, req: RequestHead, socket: Duplex, head: Buffer): Promise<void> {
   const { ctx } = state;
   const hold = holdClient(socket);
+  const owed = earlierResponses(socket);
+  if (owed) {
+    await owed;
+    if (hold.isGone()) {
+      hold.release();
+      socket.destroy();
+      return;
+    }
+  }
   const authority = parseAuthority(req.url ?? '', null);
   if (!authority) {
     hold.release();

@@ -23,7 +23,7 @@ import type { Flow } from '../flow/flow.ts';
 import { tunnel } from '../flow/tunnel.ts';
 import { mapError } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
-import { holdClient } from './http-connect.ts';
+import { earlierResponses, holdClient } from './http-connect.ts';
 import { resetOrDestroy } from './http-connection-state.ts';
 import { forwardRequestHeaders, forwardResponseHeaders, relayedStatusText, serialiseRequestHead, splitHeaderLine } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
@@ -96,6 +96,15 @@ function serialiseResponseHead(head: ResponseHead, headers: readonly string[]): 
 export async function handleUpgrade(state: HttpListenerState, req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
   const { ctx } = state;
   const hold = holdClient(socket);
+  const owed = earlierResponses(socket);
+  if (owed) {
+    await owed;
+    if (hold.isGone()) {
+      hold.release();
+      socket.destroy();
+      return;
+    }
+  }
   const target = parseAbsoluteTarget(req.url ?? '');
   // A request body would have to reach the origin before its answer; websocket handshakes have
   // none, and relaying one here (h2c upgrade of a POST) is not supported: refuse rather than hang.

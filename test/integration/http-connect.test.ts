@@ -150,6 +150,27 @@ describe('CONNECT tunnels', () => {
 
 });
 
+describe('CONNECT pipelined behind another request (node:http path)', () => {
+  it('the earlier request is answered first, whole; the 200 and the tunnel follow it', async () => {
+    const s = await rawConnect(gw.httpPort);
+    s.on('error', () => undefined);
+    // One write: node:http parses both heads at once and emits 'connect' while the GET still waits on its origin.
+    s.write(`GET http://127.0.0.1:${origin.port}/size/3000 HTTP/1.1\r\nHost: 127.0.0.1:${origin.port}\r\n\r\nCONNECT 127.0.0.1:${echoPort} HTTP/1.1\r\n\r\n`);
+    const text = (await readUntil(s, 'HTTP/1.1 200 Connection Established\r\n\r\n')).toString('latin1');
+    expect(text).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+    const getBodyStart = text.indexOf('\r\n\r\n') + 4;
+    expect(text.indexOf('HTTP/1.1 200 Connection Established')).toBe(getBodyStart + 3000);
+    expect(Buffer.from(text.slice(getBodyStart, getBodyStart + 3000), 'latin1')).toEqual(pattern(3000));
+    // The tunnel carries only the tunnel's bytes.
+    s.write('ping-through-tunnel');
+    const after = (await readUntil(s, 'ping-through-tunnel')).toString('latin1');
+    expect(after).toBe('ping-through-tunnel');
+    s.end();
+    const rec = await gw.waitForClosed((r) => r.protocol === 'connect' && r.destination.port === echoPort && r.bytesOut === 19);
+    expect(rec.bytesIn).toBe(19);
+  });
+});
+
 describe('CONNECT idle timeout', () => {
   let idleGw: TestGateway;
   beforeAll(async () => {

@@ -143,3 +143,24 @@ describe('Upgrade through the proxy', () => {
     expect(rec.bytesOut).toBe(0);
   });
 });
+
+describe('Upgrade pipelined behind another request (node:http path)', () => {
+  it('the earlier request is answered first, then the Upgrade (here a refused one)', async () => {
+    const s = await rawConnect(gw.httpPort);
+    s.on('error', () => undefined);
+    const chunks: Buffer[] = [];
+    s.on('data', (c: Buffer) => chunks.push(c));
+    const closed = once(s, 'close');
+    // The GET (the origin answers 400 'no upgrade!'), then an Upgrade to a metadata address, in one write.
+    const auth = `Proxy-Authorization: Basic ${Buffer.from('alice:wonder').toString('base64')}\r\n`;
+    s.write(
+      `GET http://127.0.0.1:${port}/plain HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n${auth}\r\n` +
+        `GET http://169.254.169.254/ws HTTP/1.1\r\nHost: 169.254.169.254\r\n${auth}Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n`,
+    );
+    await closed;
+    const text = Buffer.concat(chunks).toString('latin1');
+    expect(text).toMatch(/^HTTP\/1\.1 400 /);
+    const second = text.indexOf('\r\n\r\nno upgrade!') + 15;
+    expect(text.slice(second)).toMatch(/^HTTP\/1\.1 403 /);
+  });
+});
