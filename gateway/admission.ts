@@ -20,6 +20,7 @@ import type { Decision, Identity, Mode, PolicySnapshot, Protocol } from '../poli
 import type { GatewayContext, IdentityClaims } from './context.ts';
 import { GatewayError, type GatewayErrorCode } from './errors.ts';
 import type { Flow } from './flow/flow.ts';
+import { clientTransport } from './flow/flow-table.ts';
 import { mapDecision, mapError, type RejectMapping } from './reject.ts';
 
 export interface AdmissionRequest {
@@ -119,7 +120,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   }
   if (attribution) {
     const process = await attribution;
-    if (process && flow.state === 'active') ctx.flows.attribute(flow.client.ip, flow.client.port, process);
+    if (process && flow.state === 'active') ctx.flows.attribute(flow.client.ip, flow.client.port, clientTransport(flow.protocol), process);
   }
   if (ip) ctx.flows.setDestinationIp(flow, ip);
   // 6. self-dial

@@ -214,7 +214,9 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
           parentExe: r.parentExe,
           source: 'agent',
         };
-        if (deps.flows.attribute(stripZone(r.localIp), r.localPort, process)) attributed++;
+        // The report's proto says which port space localPort is in: a TCP report must never name
+        // the process of a UDP association from the same port number, nor the other way round.
+        if (deps.flows.attribute(stripZone(r.localIp), r.localPort, r.proto, process)) attributed++;
       }
       agents.seen(agentName, { host: batch.host, sourceIp, reports: batch.reports.length, attributed, refused: 0 }, t);
       return { ok: true, accepted: batch.reports.length, attributed, pending: batch.reports.length - attributed };

@@ -10,7 +10,7 @@
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import type { Decision, ProcessInfo } from '../../policy/types.ts';
+import type { Decision, ProcessInfo, Protocol } from '../../policy/types.ts';
 import { Flow, type FlowInit, type FlowRecord, withProcess } from './flow.ts';
 import type { FlowSink } from './flow-log.ts';
 import { LiveFlows } from './live-flows.ts';
@@ -42,6 +42,22 @@ interface RateWindow {
   count: number;
 }
 
+/**
+ * The transport of a flow's client socket. TCP and UDP have separate port spaces: 127.0.0.1:40000
+ * over TCP and over UDP can be two sockets of two processes, so a client address is only ever
+ * looked up together with its transport.
+ */
+export type ClientTransport = 'tcp' | 'udp';
+
+/** The transport of the client socket a flow of this protocol is known by (a UDP association: its datagram socket). */
+export function clientTransport(protocol: Protocol): ClientTransport {
+  return protocol === 'socks5-udp' ? 'udp' : 'tcp';
+}
+
+function clientKey(transport: ClientTransport, ip: string, port: number): string {
+  return `${transport}|${ip}:${port}`;
+}
+
 /** Key under which limits are counted: the user if known, else the host, else the client address. */
 export function identityKey(flow: Pick<Flow, 'identity' | 'client'>): string {
   return flow.identity.user ? `u:${flow.identity.user}` : flow.identity.host ? `h:${flow.identity.host}` : `a:${flow.client.ip}`;
@@ -51,7 +67,7 @@ export class FlowTable extends EventEmitter {
   private readonly active = new LiveFlows();
   private readonly closed: Flow[] = [];
   private closedStart = 0;
-  /** Client address "ip:port" → id of its newest flow (ids, not flows: see live-flows.ts). */
+  /** Client address "transport|ip:port" → id of its newest flow (ids, not flows: see live-flows.ts). */
   private readonly byClient = new Map<string, string>();
   private readonly perIdentity = new Map<string, number>();
   private readonly rate = new Map<string, RateWindow>();
@@ -82,7 +98,7 @@ export class FlowTable extends EventEmitter {
     const id = `${this.idPrefix}${(this.seq++).toString(36).padStart(6, '0')}`;
     const flow = new Flow(id, init, this.now());
     this.active.add(flow);
-    const ck = `${init.client.ip}:${init.client.port}`;
+    const ck = clientKey(clientTransport(init.protocol), init.client.ip, init.client.port);
     flow.clientKey = ck;
     this.byClient.set(ck, id);
     if (this.pendingProcess.size > 0) {
@@ -143,11 +159,11 @@ export class FlowTable extends EventEmitter {
   }
 
   /**
-   * Attach a process to the live flow whose client address is ip:port, or remember it briefly for
-   * a flow that has not opened yet. Returns the flow attributed, if any.
+   * Attach a process to the live flow whose client socket is ip:port over `transport`, or remember
+   * it briefly for a flow that has not opened yet. Returns the flow attributed, if any.
    */
-  attribute(ip: string, port: number, process: ProcessInfo): Flow | null {
-    const ck = `${ip}:${port}`;
+  attribute(ip: string, port: number, transport: ClientTransport, process: ProcessInfo): Flow | null {
+    const ck = clientKey(transport, ip, port);
     const id = this.byClient.get(ck);
     const flow = id === undefined ? undefined : this.active.get(id);
     if (flow?.state !== 'active') {

@@ -91,7 +91,7 @@ export class Flow {
   lastSampleBytes = 0;
   lastInterimAt: number;
   /**
-   * Keys the FlowTable counted this flow under at open ("ip:port" of the client; the per-identity
+   * Keys the FlowTable counted this flow under at open ("transport|ip:port" of the client; the per-identity
    * limit key): close releases exactly these, even if the identity changed meanwhile.
    */
   clientKey = '';
@@ -190,7 +190,7 @@ export class Flow {
 
 // The absolute-URI requests of one keep-alive client connection mostly go to one origin address, so
 // they share their TCP 5-tuple and Community ID: the last one computed per client address (the
-// table's clientKey, "ip:port") is kept and reused while the destination is the same.
+// table's clientKey, "tcp|ip:port") is kept and reused while the destination is the same.
 const keepAliveCids = new Map<string, { ip: string; port: number; cid: string | null }>();
 function keepAliveCommunityId(clientKey: string, clientIp: string, clientPort: number, ip: string, port: number): string | null {
   const last = keepAliveCids.get(clientKey);

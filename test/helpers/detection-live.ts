@@ -177,6 +177,8 @@ export async function waitForAlert(alerts: AlertStore<Alert>, pred: (a: Alert) =
 }
 
 export interface ProcessReport {
+  /** Default 'tcp'. */
+  proto?: 'tcp' | 'udp';
   localIp: string;
   localPort: number;
   remoteIp: string;

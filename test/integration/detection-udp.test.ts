@@ -121,9 +121,9 @@ describe('a UDP association\'s destinations count towards fan-out', () => {
   it(`more than ${FANOUT_LIMIT} distinct destinations in one association from a non-browser process: an0081.scan fan-out`, async () => {
     gw = await start('monitor');
     const client = await udpSocket(cleanups);
-    // The agent names the process behind the client's UDP port before anything is sent.
+    // The agent names the process behind the client's UDP socket before anything is sent.
     await reportProcesses(gw.adminUrl, 'ws-udp', [
-      { localIp: '127.0.0.1', localPort: client.address().port, remoteIp: gw.socksHost, remotePort: gw.socksPort, pid: 4242, name: 'python3', exe: '/usr/bin/python3' },
+      { proto: 'udp', localIp: '127.0.0.1', localPort: client.address().port, remoteIp: gw.socksHost, remotePort: gw.socksPort, pid: 4242, name: 'python3', exe: '/usr/bin/python3' },
     ]);
     const a = await associate(gw, client, cleanups);
     for (const name of FANOUT_NAMES) {
@@ -140,5 +140,41 @@ describe('a UDP association\'s destinations count towards fan-out', () => {
     const rec = await gw.waitForClosed((r) => r.protocol === 'socks5-udp');
     expect(rec.identity.process?.name).toBe('python3');
     expect(rec.reasons.join('\n')).toMatch(/7 destinations relayed, 0 refused/);
+  });
+});
+
+// Regression: agent reports were joined to flows by "ip:port" whatever their proto, so the report
+// of a TCP socket named the process of a UDP association from the same port number: another socket,
+// in its own port space, possibly another process's.
+describe('an agent report names a UDP association only when it is about a UDP socket', () => {
+  it('enforce: a TCP report for the port number leaves the association unattributed; a UDP report refuses it as proxyware', async () => {
+    gw = await start('enforce');
+    const tcpClient = await udpSocket(cleanups);
+    const port = tcpClient.address().port;
+    await reportProcesses(gw.adminUrl, 'ws-udp', [
+      { proto: 'tcp', localIp: '127.0.0.1', localPort: port, remoteIp: gw.socksHost, remotePort: gw.socksPort, pid: 4243, name: 'honeygain' },
+    ]);
+    const a = await associate(gw, tcpClient, cleanups);
+    const reply = nextReply(tcpClient);
+    const isFirst = (r: { protocol: string; client: { port: number } }) => r.protocol === 'socks5-udp' && r.client.port === port;
+    // A refused association never answers: its record ends the wait instead.
+    const closedFirst = gw.waitForClosed(isFirst).then((r) => `closed: ${r.verdict} ${r.detector} ${r.identity.process?.name}`, () => 'no record');
+    await sendTo(tcpClient, udpFrame('127.0.0.1', first.port, Buffer.from('not named by a tcp report')), a.relay);
+    expect(await Promise.race([reply.then((r) => r.data.toString()), closedFirst])).toBe('echo:not named by a tcp report');
+    a.control.destroy();
+    const rec = await gw.waitForClosed(isFirst);
+    expect(rec.identity.process).toBeNull();
+    expect(rec.verdict).toBe('allow');
+
+    const udpClient = await udpSocket(cleanups);
+    await reportProcesses(gw.adminUrl, 'ws-udp', [
+      { proto: 'udp', localIp: '127.0.0.1', localPort: udpClient.address().port, remoteIp: gw.socksHost, remotePort: gw.socksPort, pid: 4244, name: 'honeygain' },
+    ]);
+    const b = await associate(gw, udpClient, cleanups);
+    await sendTo(udpClient, udpFrame('127.0.0.1', second.port, Buffer.from('refused')), b.relay);
+    const refused = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.client.port === udpClient.address().port);
+    expect(refused.identity.process?.name).toBe('honeygain');
+    expect([refused.verdict, refused.detector]).toEqual(['block', 'an0081.proxyware']);
+    expect(second.received).toEqual([]);
   });
 });

@@ -73,9 +73,33 @@ describe('FlowTable', () => {
     const now = { t: 0 };
     const { flows } = table(now);
     const proc = { pid: 42, name: 'curl', exe: '/usr/bin/curl', cmdline: 'curl x', user: 'alice', uid: 1000, loginuid: 1000, ppid: 1, parentName: 'bash', parentExe: '/bin/bash' };
-    expect(flows.attribute('127.0.0.1', 5002, proc)).toBeNull();
+    expect(flows.attribute('127.0.0.1', 5002, 'tcp', proc)).toBeNull();
     const f = flows.open(init(5002));
     expect(f.identity.process?.pid).toBe(42);
+  });
+
+  // Regression: the client key was "ip:port" whatever the transport, so a report about a TCP socket
+  // named the process of a UDP association from the same port number (another socket, maybe
+  // another process), live or pending.
+  it('keeps TCP and UDP client addresses apart: a report names only a flow of its own transport', () => {
+    const now = { t: 0 };
+    const { flows } = table(now);
+    const proc = (pid: number, name: string) => ({ pid, name, exe: null, cmdline: null, user: null, uid: null, loginuid: null, ppid: null, parentName: null, parentExe: null });
+    const udpInit = (port: number) => ({ ...init(port), protocol: 'socks5-udp' as const, listener: 'socks' as const });
+    const tcp = flows.open(init(6000));
+    const udp = flows.open(udpInit(6000));
+    expect(flows.attribute('127.0.0.1', 6000, 'tcp', proc(1, 'backupd'))).toBe(tcp);
+    expect(udp.identity.process).toBeNull();
+    expect(flows.attribute('127.0.0.1', 6000, 'udp', proc(2, 'honeygain'))).toBe(udp);
+    expect(tcp.identity.process?.name).toBe('backupd');
+    expect(udp.identity.process?.name).toBe('honeygain');
+    // Closing one leaves the other reachable by its own address.
+    flows.close(tcp, 'closed');
+    expect(flows.attribute('127.0.0.1', 6000, 'udp', proc(3, 'honeygain'))).toBe(udp);
+    // Pending reports wait for a flow of their own transport only.
+    expect(flows.attribute('127.0.0.1', 6001, 'tcp', proc(4, 'backupd'))).toBeNull();
+    expect(flows.open(udpInit(6001)).identity.process).toBeNull();
+    expect(flows.open(init(6001)).identity.process?.name).toBe('backupd');
   });
 
   it('enforces per-identity concurrency and new-flow rate', () => {
@@ -172,9 +196,9 @@ describe('FlowTable', () => {
     expect(live.get(first.id)).toBeUndefined();
     expect(live.has(first.id)).toBe(false);
     const proc = { pid: 7, name: 'curl', exe: '/usr/bin/curl', cmdline: 'curl', user: 'u', uid: 1, loginuid: 1, ppid: 1, parentName: 'sh', parentExe: '/bin/sh' };
-    expect(flows.attribute('127.0.0.1', firstPort, proc)).toBeNull();
+    expect(flows.attribute('127.0.0.1', firstPort, 'tcp', proc)).toBeNull();
     const [lastPort, last] = [...open].at(-1) as [number, ReturnType<typeof flows.open>];
-    expect(flows.attribute('127.0.0.1', lastPort, proc)).toBe(last);
+    expect(flows.attribute('127.0.0.1', lastPort, 'tcp', proc)).toBe(last);
     expect(last.identity.process?.pid).toBe(7);
   });
 });

@@ -60,7 +60,7 @@ describe('unattributed flows from hosts with an agent', () => {
   it('does not mark attributed flows, hosts without an agent, or IPv4-mapped clients wrongly', async () => {
     const { clock, flows, written, open } = await setup();
     const attributed = open('10.2.3.17', 40001);
-    flows.attribute('10.2.3.17', 40001, curl);
+    flows.attribute('10.2.3.17', 40001, 'tcp', curl);
     const noAgent = open('10.2.3.18', 40002);
     const mapped = open('::ffff:10.2.3.17', 40003);
     const v6 = open('fd00:1::9', 40004);
