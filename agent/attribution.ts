@@ -5,6 +5,8 @@
  * Steps (order matters: ports are reused, so the 4-tuple is always looked up fresh):
  * 1. Read /proc/net/tcp[6] (or udp[6]) and find the socket whose local/remote 4-tuple is exact.
  *    On the gateway's host a downstream client's socket has local = client, remote = listener.
+ *    A UDP socket that sends datagrams is rarely connected and often bound to the wildcard address,
+ *    so a UDP tuple also matches those (`udpCandidates`, most specific first).
  * 2. Its inode → holder PID from a cache, re-checked with one readlink of /proc/PID/fd/N.
  * 3. On a miss, one scan of /proc/*\/fd (stopping once every wanted inode is found) refreshes the cache.
  * 4. Read the holder's exe, name, cmdline, uid → user, loginuid and its parent.
@@ -61,6 +63,23 @@ function tablesFor(proto: SocketProto, ip: string): ProcNetFile[] {
 
 function tupleKey(t: ConnectionTuple): string {
   return `${t.proto}|${t.localIp}|${t.localPort}|${t.remoteIp}|${t.remotePort}`;
+}
+
+/**
+ * The table entries that can be the socket a UDP datagram from localIp:localPort to
+ * remoteIp:remotePort left by, most specific first: connected to that remote, then unconnected
+ * (remote all zeros, port 0), each bound to the address itself, then to the wildcard (0.0.0.0 in
+ * udp, :: in udp6: a dual-stack socket sends IPv4 too). The kernel picks the source port from the
+ * socket's bound port, so no other socket can have sent it (a SO_REUSEPORT group excepted: several
+ * sockets, all of one uid, share the port; the first listed is taken).
+ */
+function udpCandidates(t: ConnectionTuple, isV6Table: boolean): ConnectionTuple[] {
+  const any = isV6Table ? '::' : '0.0.0.0';
+  const out: ConnectionTuple[] = [];
+  for (const localIp of [t.localIp, any]) {
+    out.push({ ...t, localIp }, { ...t, localIp, remoteIp: any, remotePort: 0 });
+  }
+  return out;
 }
 
 function normalizeTuple(t: ConnectionTuple): ConnectionTuple {
@@ -206,20 +225,38 @@ export class ProcessResolver {
     for (const phase of [0, 1, 2, 3]) {
       // The exact "local remote" text of each tuple in the table: only those lines get parsed.
       const needles = new Map<ProcNetFile, string[]>();
+      // Entry key → [tuple key, rank] of the tuples that entry would answer (rank 0 = exact).
+      const wanted = new Map<string, Array<[string, number]>>();
       for (const t of norm) {
         const f = tablesFor(t.proto, t.localIp)[phase % 2];
-        if (f === undefined || inodeOf.has(tupleKey(t))) continue;
+        const key = tupleKey(t);
+        if (f === undefined || inodeOf.has(key)) continue;
         const isV6 = f.endsWith('6');
-        const l = encodeProcEndpoint(t.localIp, t.localPort, isV6);
-        const r = encodeProcEndpoint(t.remoteIp, t.remotePort, isV6);
-        if (l === null || r === null) continue;
-        const list = needles.get(f) ?? [];
-        list.push(`${l} ${r}`);
-        needles.set(f, list);
+        const candidates = t.proto === 'udp' ? udpCandidates(t, isV6) : [t];
+        candidates.forEach((c, rank) => {
+          const l = encodeProcEndpoint(c.localIp, c.localPort, isV6);
+          const r = encodeProcEndpoint(c.remoteIp, c.remotePort, isV6);
+          if (l === null || r === null) return;
+          const list = needles.get(f) ?? [];
+          list.push(`${l} ${r}`);
+          needles.set(f, list);
+          const ck = tupleKey(c);
+          const answers = wanted.get(ck);
+          if (answers) answers.push([key, rank]);
+          else wanted.set(ck, [[key, rank]]);
+        });
       }
       if (needles.size === 0) continue;
       const entries = await readProcNet([...needles.keys()], this.procRoot, (f) => needles.get(f) ?? []);
-      for (const e of entries) if (e.inode > 0) inodeOf.set(tupleKey(e), e.inode);
+      const bestRank = new Map<string, number>();
+      for (const e of entries) {
+        if (e.inode <= 0) continue;
+        for (const [key, rank] of wanted.get(tupleKey(e)) ?? []) {
+          if (rank >= (bestRank.get(key) ?? Number.POSITIVE_INFINITY)) continue;
+          bestRank.set(key, rank);
+          inodeOf.set(key, e.inode);
+        }
+      }
     }
     const procs = await this.resolveInodes([...inodeOf.values()]);
     const out = new Map<string, ProcessDetails | null>();
@@ -300,16 +337,18 @@ export class LocalAttributor {
   }
 
   /**
-   * The process behind a downstream TCP client at clientIp:clientPort connected to our listener
-   * at serverIp:serverPort, or null (remote client, process gone, timeout, any error).
+   * The process behind a downstream client socket at clientIp:clientPort talking to our socket at
+   * serverIp:serverPort, or null (remote client, process gone, timeout, any error). `proto` 'tcp'
+   * (default): a connection to a listener; 'udp': the socket a SOCKS5 UDP association's datagrams
+   * come from, connected to the relay or not, bound to the client address or the wildcard.
    */
-  attribute(clientIp: string, clientPort: number, serverIp: string, serverPort: number): Promise<ProcessInfo | null> {
+  attribute(clientIp: string, clientPort: number, serverIp: string, serverPort: number, proto: SocketProto = 'tcp'): Promise<ProcessInfo | null> {
     try {
       const localIp = normalizeIp(clientIp);
       if (this.onlyLocal && !this.isLocalAddress(localIp)) return Promise.resolve(null);
       if (this.pending.length >= this.maxPending) return Promise.resolve(null);
       const tuple: ConnectionTuple = {
-        proto: 'tcp',
+        proto,
         localIp,
         localPort: clientPort,
         remoteIp: normalizeIp(serverIp),

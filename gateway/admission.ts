@@ -16,7 +16,7 @@
 import { isIP, isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { effectiveIPv4 } from '../policy/address.ts';
-import type { Decision, Identity, Mode, PolicySnapshot, Protocol } from '../policy/types.ts';
+import type { Decision, Identity, Mode, PolicySnapshot, ProcessInfo, Protocol } from '../policy/types.ts';
 import type { GatewayContext, IdentityClaims } from './context.ts';
 import { GatewayError, type GatewayErrorCode } from './errors.ts';
 import type { Flow } from './flow/flow.ts';
@@ -37,6 +37,12 @@ export interface AdmissionRequest {
   server: LocalEndpoint;
   /** An identity already resolved on this client connection (keep-alive, SOCKS after auth). */
   identity?: Identity;
+  /**
+   * A SOCKS5 UDP association's TCP control connection (claims.clientPort is then the client's
+   * datagram socket and `server` the relay): attributed too, and taken when the datagram socket's
+   * holder is not found (gone already, not visible).
+   */
+  control?: { readonly clientPort: number; readonly server: LocalEndpoint };
 }
 
 export interface LocalEndpoint {
@@ -106,7 +112,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   // 4 + 5. attribution in parallel with resolution
   const attribution =
     ctx.attributor && !flow.identity.process && snapshot.config.identity.localAttribution && isLocalAddress(req.claims.clientIp)
-      ? ctx.attributor.attribute(req.claims.clientIp, req.claims.clientPort, req.server.localAddress ?? '', req.server.localPort ?? 0).catch(() => null)
+      ? attributeLocally(ctx.attributor, req)
       : null;
   // An IP literal or a `resolver.hosts` entry needs no lookup (and no await).
   let ip: string | null = knownAddress(snapshot, req.destHost);
@@ -159,6 +165,23 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   }
   // 9. upstream
   return { ok: true, flow, ip, upstream: roleUpstream(snapshot, flow.identity.roles) ?? snapshot.config.upstream, snapshot };
+}
+
+/**
+ * The local process behind a new flow's client. A UDP association is the process whose datagram
+ * socket sends what is relayed (the relay accepts only that socket's address and port), looked up
+ * in the udp tables; its TCP control connection, which must stay open for the association's life
+ * (RFC 1928 §7) and is in practice the same process's, answers when that socket is not found.
+ * Both lookups start in the same tick and share one batch of the attributor.
+ */
+function attributeLocally(attributor: NonNullable<GatewayContext['attributor']>, req: AdmissionRequest): Promise<ProcessInfo | null> {
+  const { clientIp, clientPort } = req.claims;
+  const isUdp = req.protocol === 'socks5-udp';
+  const own = attributor.attribute(clientIp, clientPort, req.server.localAddress ?? '', req.server.localPort ?? 0, isUdp ? 'udp' : 'tcp').catch(() => null);
+  const control = isUdp && req.control ? req.control : null;
+  if (control === null) return own;
+  const viaControl = attributor.attribute(clientIp, control.clientPort, control.server.localAddress ?? '', control.server.localPort ?? 0, 'tcp').catch(() => null);
+  return Promise.all([own, viaControl]).then(([p, c]) => p ?? c);
 }
 
 /**

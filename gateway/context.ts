@@ -39,7 +39,11 @@ export interface IdentityResolver {
 
 /** Finds the local process behind a client socket on the gateway's own host (identity.localAttribution). */
 export interface ProcessAttributor {
-  attribute(clientIp: string, clientPort: number, serverIp: string, serverPort: number): Promise<ProcessInfo | null>;
+  /**
+   * `proto` 'tcp' (default): the client's connection to serverIp:serverPort, a listener. 'udp': the
+   * client's datagram socket at clientIp:clientPort, which sends to serverIp:serverPort (a relay).
+   */
+  attribute(clientIp: string, clientPort: number, serverIp: string, serverPort: number, proto?: 'tcp' | 'udp'): Promise<ProcessInfo | null>;
 }
 
 /** Name resolution: static answers first, then DNS. Returns addresses in preference order. */

@@ -8,7 +8,8 @@
  *  3. parse the SOCKS UDP header in place (no allocation); FRAG != 0, malformed headers and
  *     foreign sources are dropped and counted
  *  4. each new destination is admitted once and the answer cached for the association: the first
- *     through `admit` (opens the flow: limits, attribution, policy, deny-range, detection hooks),
+ *     through `admit` (opens the flow: limits, attribution — the process holding the datagram
+ *     socket, else the control connection's —, policy, deny-range, detection hooks),
  *     later ones through `admitDestination` (resolve, self-dial, policy incl. deny-range, and the
  *     connect-time detection a new flow would meet; a refusal leaves its own refused record). Up to
  *     MAX_QUEUED datagrams wait while a destination is being admitted
@@ -243,6 +244,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
         destHost: dest.host,
         destPort: dest.port,
         server: { localAddress: localIp, localPort: bound ? relay.address().port : 0 },
+        // Local attribution names the datagram socket's process, else the control connection's.
+        control: { clientPort: down.clientPort, server: socket },
         identity: hs.identity,
       });
       if (!r.ok) {

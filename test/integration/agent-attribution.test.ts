@@ -119,6 +119,22 @@ describe('findProcessForConnection', () => {
     expect(p?.ppid).toBe(process.pid);
   });
 
+  // A SOCKS5 UDP client's datagram socket is rarely connected and often bound to 0.0.0.0: the
+  // association's local attribution looked for an exact 4-tuple (and in the TCP table) and missed it.
+  it('names an unconnected UDP socket bound to the wildcard, by the address its datagrams come from', async () => {
+    const script = `const s=require('dgram').createSocket('udp4');s.bind(0,'0.0.0.0',()=>{console.log(s.address().port)});process.stdin.resume();`;
+    const child = spawn(process.execPath, ['-e', script], { stdio: ['pipe', 'pipe', 'pipe'] });
+    children.push(child);
+    const clientPort = await new Promise<number>((resolve, reject) => {
+      child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+      child.once('exit', () => reject(new Error('udp client exited')));
+    });
+    const tuple = { proto: 'udp' as const, localIp: '127.0.0.1', localPort: clientPort, remoteIp: '127.0.0.1', remotePort: 9 };
+    expect((await findProcessForConnection(tuple))?.pid).toBe(child.pid);
+    // The port alone is not enough: the TCP table has no such socket.
+    expect(await findProcessForConnection({ ...tuple, proto: 'tcp' })).toBeNull();
+  });
+
   it('names a connected UDP socket', async () => {
     const sink = createSocket('udp4');
     await new Promise<void>((r) => sink.bind(0, '127.0.0.1', () => r()));

@@ -11,8 +11,13 @@
  *   block / an0081.proxyware. Regression: local attribution emitted 'attributed' mid-admission and
  *   the engine killed the not-yet-decided flow, recording it as verdict allow and answering the
  *   client reason quarantine.
+ * - SOCKS5 UDP ASSOCIATE from a real process: a copy of python3 named `honeygain` whose datagram
+ *   socket is unconnected and bound to 0.0.0.0. Regression: local attribution looked the client's
+ *   UDP port up in the TCP table, so the association was relayed with process null and verdict
+ *   allow while a CONNECT from the same process was refused 0x02.
  */
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { copyFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,6 +26,7 @@ import { LocalAttributor } from '../../agent/attribution.ts';
 import type { Mode } from '../../policy/types.ts';
 import { type TcpOrigin, echoOrigin, echoRoundTrip, freePort, httpConnect, reportProcesses, testAgent, waitForAlert } from '../helpers/detection-live.ts';
 import { type TestGateway, startTestGateway } from '../helpers/gateway.ts';
+import { type UdpEcho, startUdpEcho } from './socks5-harness.ts';
 
 const CLIENT_IP = '127.0.0.6';
 
@@ -168,5 +174,122 @@ describe('an0081.proxyware at connect, real process attributed from /proc', () =
     expect(rec.identity.process?.pid).toBe(child.pid);
     const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0081.proxyware');
     expect(alert.action).toBe('block');
+  });
+});
+
+/**
+ * UDP ASSOCIATE (datagram socket unconnected, bound to 0.0.0.0, its port announced), one datagram
+ * to the echo, a line on stdout; then, after a line on stdin, CONNECT to the TCP origin and its
+ * reply code on stdout. UDP first: a refused CONNECT would quarantine the identity.
+ */
+const SOCKS_CLIENT = `
+import socket, struct, sys
+host, port, tcp_port, udp_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def recvn(c, n):
+    b = b''
+    while len(b) < n:
+        x = c.recv(n - len(b))
+        if not x:
+            break
+        b += x
+    return b
+def greet():
+    c = socket.create_connection((host, port))
+    c.sendall(b'\\x05\\x01\\x00')
+    assert recvn(c, 2) == b'\\x05\\x00'
+    return c
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(('0.0.0.0', 0))
+ctl = greet()
+ctl.sendall(b'\\x05\\x03\\x00\\x01' + socket.inet_aton('0.0.0.0') + struct.pack('>H', u.getsockname()[1]))
+r = recvn(ctl, 10)
+assert r[1] == 0, r
+relay = (socket.inet_ntoa(r[4:8]), struct.unpack('>H', r[8:10])[0])
+u.sendto(b'\\x00\\x00\\x00\\x01' + socket.inet_aton('127.0.0.1') + struct.pack('>H', udp_port) + b'from honeygain', relay)
+print('sent', u.getsockname()[1], flush=True)
+sys.stdin.readline()
+c = greet()
+c.sendall(b'\\x05\\x01\\x00\\x01' + socket.inet_aton('127.0.0.1') + struct.pack('>H', tcp_port))
+r = recvn(c, 2)
+print('connect', r[1] if len(r) == 2 else -1, flush=True)
+`;
+
+describe('an0081.proxyware for a SOCKS5 UDP association, real process attributed from /proc', () => {
+  let dir = '';
+  let echo: UdpEcho;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'egw-pw-udp-'));
+    await copyFile('/usr/bin/python3.11', join(dir, 'honeygain'));
+    echo = await startUdpEcho('udp4');
+  });
+  afterAll(async () => {
+    await echo?.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('enforce: python3 renamed honeygain gets its association refused and recorded, as its CONNECT is refused 0x02', async () => {
+    gw = await startTestGateway(
+      { mode: 'enforce', identity: { localAttribution: true }, detection: { sampleIntervalMs: 50 } },
+      { attributor: new LocalAttributor({ timeoutMs: 2000 }) },
+    );
+    const child = spawn(join(dir, 'honeygain'), ['-c', SOCKS_CLIENT, gw.socksHost, String(gw.socksPort), String(good.port), String(echo.port)], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+    let out = '';
+    let err = '';
+    child.stderr.on('data', (c: Buffer) => {
+      err += c.toString();
+    });
+    const lines: string[] = [];
+    let onLine: (() => void) | null = null;
+    child.stdout.on('data', (c: Buffer) => {
+      out += c.toString();
+      const parts = out.split('\n');
+      out = parts.pop() ?? '';
+      lines.push(...parts);
+      onLine?.();
+    });
+    const nextLine = (): Promise<string> =>
+      new Promise((resolve, reject) => {
+        const take = (): void => {
+          const line = lines.shift();
+          if (line === undefined) return;
+          onLine = null;
+          resolve(line);
+        };
+        onLine = take;
+        take();
+        void exited.then(() => reject(new Error(`client exited: ${err}`)));
+      });
+    try {
+      const [word, udpPort] = (await nextLine()).split(' ');
+      expect(word).toBe('sent');
+      // Refused: the association's record closes; relayed: the echo hears the datagram.
+      const record = gw.waitForClosed((r) => r.protocol === 'socks5-udp');
+      const outcome = await Promise.race([
+        record.then((r) => r, () => null),
+        once(echo.socket, 'message').then(() => 'relayed' as const),
+      ]);
+      expect(outcome).not.toBe('relayed');
+      const rec = await record;
+      expect(rec.client.port).toBe(Number(udpPort));
+      expect(rec.identity.process?.name).toBe('honeygain');
+      expect(rec.identity.process?.pid).toBe(child.pid);
+      expect([rec.verdict, rec.detector, rec.enforced]).toEqual(['block', 'an0081.proxyware', true]);
+      expect(rec.bytesOut).toBe(0);
+      expect(echo.received).toEqual([]);
+      const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0081.proxyware');
+      expect(alert).toMatchObject({ action: 'block', enforced: true, flowIds: [rec.id] });
+
+      // The same process's CONNECT, for comparison: refused 0x02 (by the quarantine now).
+      child.stdin.write('\n');
+      expect(await nextLine()).toBe('connect 2');
+      expect(await exited).toBe(0);
+    } finally {
+      clearTimeout(timer);
+      child.kill('SIGKILL');
+    }
   });
 });
