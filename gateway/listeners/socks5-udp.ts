@@ -75,6 +75,13 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   let up6: UdpSocket | null = null;
   let flow: Flow | null = null;
   let ended = false;
+  /** Why the association ended (the record's closeReason), once it has. */
+  let endReason = 'closed';
+  /**
+   * True while the first destination's `admit` runs: it has opened the association's flow, so an
+   * end meanwhile leaves the record to that flow (closed when admit returns), not an empty one.
+   */
+  let isOpening = false;
   let bound = false;
   let activity = 0;
   let idleTimer: NodeJS.Timeout | null = null;
@@ -237,6 +244,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     if (ended) return;
     let ip: string;
     if (flow === null) {
+      isOpening = true;
       const r = await admit(ctx, {
         protocol: 'socks5-udp',
         listener: 'socks',
@@ -248,6 +256,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
         control: { clientPort: down.clientPort, server: socket },
         identity: hs.identity,
       });
+      isOpening = false;
       if (!r.ok) {
         refuseDest(dest, `${r.reject.reason}: ${r.flow.reasons.join('; ')}`);
         return;
@@ -259,7 +268,12 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
         return;
       }
       if (ended) {
-        ctx.flows.close(r.flow, 'closed');
+        // The association ended while this ran (end() wrote no record for it): this flow is its one
+        // record, closed as the association was (a drain may have closed it already: idempotent).
+        if (r.flow.state === 'active') {
+          noteReasons(r.flow);
+          ctx.flows.close(r.flow, endReason);
+        }
         return;
       }
       flow = r.flow;
@@ -330,6 +344,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   function end(reason: string, reset = false, keepSocket = false): void {
     if (ended) return;
     ended = true;
+    endReason = reason;
     if (idleTimer) clearInterval(idleTimer);
     relay.removeListener('message', onClientMessage);
     closeQuietly(relay);
@@ -341,7 +356,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     if (flow !== null && flow.state === 'active') {
       noteReasons(flow);
       ctx.flows.close(flow, reason);
-    } else if (flow === null && bound && admitted === 0 && refusedDestinations === 0) {
+    } else if (flow === null && bound && !isOpening && admitted === 0 && refusedDestinations === 0) {
       recordEmptyAssociation(reason);
     }
     if (keepSocket) return;

@@ -7,6 +7,8 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import { SocksClient } from 'socks';
+import type { Resolver } from '../../gateway/context.ts';
+import { GatewayError } from '../../gateway/errors.ts';
 
 export type Cleanups = Array<() => unknown>;
 
@@ -66,4 +68,35 @@ export async function nextReply(s: UdpSocket): Promise<{ host: string; port: num
   const [msg] = (await once(s, 'message')) as [Buffer];
   const parsed = SocksClient.parseUDPFrame(msg);
   return { host: parsed.remoteHost.host, port: parsed.remoteHost.port, data: parsed.data };
+}
+
+/** A lookup the test holds: the name and how to end it. */
+export interface HeldLookup {
+  host: string;
+  answer(ip: string): void;
+  fail(): void;
+}
+
+/**
+ * A resolver (the gateway's `resolver` seam) whose lookups of `held(host)` names wait until the test
+ * answers or fails them: a name whose DNS servers do not answer, without waiting for a timeout.
+ * Every other name fails at once like NXDOMAIN.
+ */
+export function heldResolver(held: (host: string) => boolean): { resolver: Resolver; waiting: HeldLookup[]; failAll(): void } {
+  const waiting: HeldLookup[] = [];
+  const resolver: Resolver = {
+    lookup(host) {
+      if (!held(host)) return Promise.reject(new GatewayError('EGW_DNS_FAILED', `not held: ${host}`));
+      return new Promise<string[]>((resolve, reject) => {
+        waiting.push({ host, answer: (ip) => resolve([ip]), fail: () => reject(new GatewayError('EGW_DNS_FAILED', `${host}: no answer`)) });
+      });
+    },
+  };
+  return {
+    resolver,
+    waiting,
+    failAll() {
+      for (const w of waiting.splice(0)) w.fail();
+    },
+  };
 }

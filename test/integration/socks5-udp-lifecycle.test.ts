@@ -1,11 +1,13 @@
 /**
  * SOCKS5 UDP associations over their life: IPv6 end to end, an authenticated association, idle
- * timeout, an admin kill (control connection reset), and the exact byte budget.
+ * timeout, an admin kill (control connection reset), the exact byte budget, and one record when the
+ * association ends while its first destination is being admitted.
  */
 import { once } from 'node:events';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Flow } from '../../gateway/flow/flow.ts';
-import { associate as associateVia, nextReply, sendTo as send, udpFrame as frame, udpSocket as boundUdp } from '../helpers/socks-udp.ts';
+import { startTestGateway, until } from '../helpers/gateway.ts';
+import { associate as associateVia, heldResolver, nextReply, sendTo as send, udpFrame as frame, udpSocket as boundUdp } from '../helpers/socks-udp.ts';
 import { readToEnd, type SocksGateway, startBareSocksGateway, startSocksGateway, startUdpEcho, type UdpEcho } from './socks5-harness.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 
@@ -182,5 +184,49 @@ describe('closing the listener (drain)', () => {
     await controlDone;
     await closed;
     expect(gw.flows.activeCount).toBe(0);
+  });
+});
+
+describe('the association ends while its first destination is being admitted', () => {
+  // Regression: end() saw no flow yet and wrote the empty-association record, and the flow admit()
+  // had opened was closed and written too when it returned: two records for one association.
+  /** Never reached: the association has ended by the time the destination is admitted. */
+  const PORT = 9;
+  async function start() {
+    const dns = heldResolver((h) => h === 'slow.example.test');
+    const gw = await startTestGateway({}, { resolver: dns.resolver });
+    cleanups.push(() => gw.stop());
+    cleanups.push(() => dns.failAll());
+    const client = await udpSocket();
+    const a = await associate(gw, client);
+    // A name needs a lookup: the admission is still running when the association ends.
+    await send(client, frame('slow.example.test', PORT, Buffer.from('hi')), a.relay);
+    await until('the lookup of the first destination', () => dns.waiting.length === 1);
+    const ofClient = () => gw.closed.filter((r) => r.protocol === 'socks5-udp' && r.client.port === client.address().port);
+    return { gw, dns, a, ofClient };
+  }
+
+  it('control connection closed: exactly one record, the admitted flow closed "closed"', async () => {
+    const { gw, dns, a, ofClient } = await start();
+    const controlDone = readToEnd(a.control);
+    a.control.end();
+    // The gateway closes its side once the association has ended.
+    await controlDone;
+    dns.waiting[0]?.answer('127.0.0.1');
+    await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.destination.host === 'slow.example.test');
+    const recs = ofClient();
+    expect(recs).toHaveLength(1);
+    expect(recs[0]).toMatchObject({ closeReason: 'closed', bytesOut: 0, bytesIn: 0, destination: { host: 'slow.example.test', port: PORT } });
+    expect(gw.flows.activeCount).toBe(0);
+  });
+
+  it('SIGTERM drain: exactly one record, closed "shutdown"', async () => {
+    const { gw, a, ofClient } = await start();
+    const controlDone = readToEnd(a.control);
+    await gw.drain(0);
+    await controlDone;
+    const recs = ofClient();
+    expect(recs).toHaveLength(1);
+    expect(recs[0]).toMatchObject({ closeReason: 'shutdown', destination: { host: 'slow.example.test', port: PORT } });
   });
 });
