@@ -100,7 +100,7 @@ export class FlowTable extends EventEmitter {
     this.active.add(flow);
     const ck = clientKey(clientTransport(init.protocol), init.client.ip, init.client.port);
     flow.clientKey = ck;
-    this.byClient.set(ck, id);
+    if (init.isAddressIndexed !== false) this.byClient.set(ck, id);
     if (this.pendingProcess.size > 0) {
       const pending = this.pendingProcess.get(ck);
       if (pending && !flow.identity.process) flow.identity = withProcess(flow.identity, pending);

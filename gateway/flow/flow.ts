@@ -22,6 +22,12 @@ export interface FlowInit {
   destination: FlowDestination;
   /** When the flow began, if earlier than its opening in the table (a UDP association recorded at its end). */
   startedAt?: number;
+  /**
+   * false: a record written beside a live flow of the same client address (a UDP association's
+   * refused destination): it is never the flow found by that address, so it neither takes over nor
+   * removes the live flow's entry (agent attribution keeps going to the live flow). Default true.
+   */
+  isAddressIndexed?: boolean;
 }
 
 /** The JSON record written to the flow log and served by the admin API (SPEC §5). */

@@ -318,7 +318,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
 
   /**
    * A later destination refused: its own refused record, as a refused TCP flow leaves (the first
-   * destination's refusal is recorded by `admit`). The association goes on.
+   * destination's refusal is recorded by `admit`). The association goes on, and stays the flow its
+   * client address finds (agent reports for that port attribute the association, not this record).
    */
   function recordRefusal(association: Flow, dest: Destination, r: Extract<DestinationAdmission, { ok: false }>): void {
     const f = ctx.flows.open({
@@ -327,6 +328,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       client: association.client,
       identity: association.identity,
       destination: { host: dest.host, ip: r.ip, port: dest.port },
+      isAddressIndexed: false,
     });
     if (r.decision !== null) ctx.flows.decide(f, r.decision, r.decision.verdict === 'block');
     ctx.flows.close(f, r.reject.reason);

@@ -178,3 +178,31 @@ describe('an agent report names a UDP association only when it is about a UDP so
     expect(second.received).toEqual([]);
   });
 });
+
+describe('agent attribution of a UDP association', () => {
+  // Regression: the refused destination's record was opened with the association's client address,
+  // took over the flow table's lookup entry for it, and deleted it when it closed: an agent report
+  // for the client's port then attributed nothing (pending) and the association stayed process-less.
+  it('survives a refused destination: a later report still names the association\'s process', async () => {
+    gw = await start('enforce');
+    const a = await openAssociation(gw);
+    const report = (name: string) =>
+      reportProcesses((gw as TestGateway).adminUrl, 'ws-udp', [
+        { proto: 'udp', localIp: '127.0.0.1', localPort: a.client.address().port, remoteIp: (gw as TestGateway).socksHost, remotePort: (gw as TestGateway).socksPort, pid: 4343, name, exe: `/usr/bin/${name}` },
+      ]);
+    // RFC 1918 (deny-range): refused, with its own record for the same client address.
+    await sendTo(a.client, udpFrame('10.0.0.1', 53, Buffer.from('refused')), a.relay);
+    const refused = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.destination.host === '10.0.0.1');
+    expect(refused).toMatchObject({ reason: 'deny-range', closeReason: 'deny-range', client: { ip: '127.0.0.1', port: a.client.address().port } });
+    expect(await report('dig')).toEqual({ accepted: 1, attributed: 1, pending: 0 });
+    // The association still relays and is still the one attributed.
+    const reply = nextReply(a.client);
+    await sendTo(a.client, udpFrame('127.0.0.1', first.port, Buffer.from('after')), a.relay);
+    expect((await reply).data.toString()).toBe('echo:after');
+    expect(await report('dig')).toEqual({ accepted: 1, attributed: 1, pending: 0 });
+    a.control.destroy();
+    const rec = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.destination.port === first.port);
+    expect(rec.identity.process?.name).toBe('dig');
+    expect(rec.reasons.join('\n')).toMatch(/1 destination relayed, 1 refused/);
+  });
+});
