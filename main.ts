@@ -264,6 +264,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   flows.on('sweep', () => stats.sweepObserved(detection?.lastSweepMs ?? 0));
   stats.attachFlowLog(() => flowLog.status());
   stats.attachSourceLimit(() => sources.stats());
+  stats.attachSocksUdp(() => socksServer.udp.stats());
   // Not ready while new flows are refused for want of a flow log: a balancer sends them elsewhere.
   const control = createControlPort({ flows, policy, alerts, audit, stats, identity, isReady: () => ready && !draining && ctx.isRefusingUnrecorded?.() !== true, proxyAddress: () => http });
   const envToken = opts.adminToken ?? null;

@@ -10,6 +10,7 @@ import type { FlowTable } from './flow/flow-table.ts';
 import type { Flow } from './flow/flow.ts';
 import type { IdentityStats } from './identity/identity-resolver.ts';
 import type { SourceLimitStats } from './listeners/source-limit.ts';
+import type { UdpRelayStats } from './listeners/socks5-udp-ledger.ts';
 
 export const LISTENER_LABELS = ['http', 'https', 'socks', 'admin'] as const;
 export type ListenerLabel = (typeof LISTENER_LABELS)[number];
@@ -82,6 +83,7 @@ export class GatewayStats {
   private flowLogStatusFn: () => { failing: boolean; backlogRecords: number; droppedRecords: number } = () => ({ failing: false, backlogRecords: 0, droppedRecords: 0 });
   private activeFlowsFn: () => number = () => 0;
   private sourceLimitFn: () => SourceLimitStats = () => ({ refusedTotal: 0, sources: 0 });
+  private socksUdpFn: () => UdpRelayStats = () => ({ heldBytes: 0, heldDroppedTotal: 0, repliesDroppedTotal: 0 });
   /**
    * Hot-path counts (every connection, every flow) are plain numbers, handed to prom-client only at
    * scrape time (`collect`): a prom-client inc() hashes and validates its label object each call.
@@ -192,6 +194,13 @@ export class GatewayStats {
       () => stats.sourceLimitFn().refusedTotal,
     );
     scrapedGauge(registers, 'gw_downstream_sources_active', 'Source addresses with client connections open', () => stats.sourceLimitFn().sources);
+    scrapedGauge(registers, 'gw_socks_udp_held_bytes', 'Bytes of SOCKS5 UDP client datagrams held while their destination is being admitted', () => stats.socksUdpFn().heldBytes);
+    scrapedCounter(
+      registers,
+      'gw_socks_udp_held_dropped_total',
+      'SOCKS5 UDP client datagrams dropped while their destination was being admitted: its queue, the association\'s or the gateway\'s held bytes, or the destinations waiting were at their limit',
+      () => stats.socksUdpFn().heldDroppedTotal,
+    );
     // Zero the closed label sets so dashboards see every series from the start.
     for (const r of RELOAD_RESULTS) this.configReloadTotal.inc({ result: r }, 0);
     if (opts.processMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'gw_process_' });
@@ -245,6 +254,11 @@ export class GatewayStats {
 
   attachSourceLimit(stats: () => SourceLimitStats): void {
     this.sourceLimitFn = stats;
+  }
+
+  /** Read the SOCKS listener's UDP relay counts at scrape time. */
+  attachSocksUdp(stats: () => UdpRelayStats): void {
+    this.socksUdpFn = stats;
   }
 
   configReloaded(result: ReloadResult): void {

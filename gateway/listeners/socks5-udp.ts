@@ -12,7 +12,9 @@
  *     socket, else the control connection's —, policy, deny-range, detection hooks),
  *     later ones through `admitDestination` (resolve, self-dial, policy incl. deny-range, and the
  *     connect-time detection a new flow would meet; a refusal leaves its own refused record). Up to
- *     MAX_QUEUED datagrams wait while a destination is being admitted
+ *     MAX_QUEUED datagrams wait while a destination is being admitted, within MAX_HELD_BYTES for the
+ *     association and the listener's gateway-wide share (UdpRelayLedger), for at most MAX_PENDING
+ *     destinations at once; past any of these a datagram is dropped and counted
  *  5. payload (without the SOCKS header) goes out of an unconnected upstream socket; bytesOut
  *     counts it, and the flow's byte budget is exact (flow.onBudget decides cut or lift)
  *  6. a datagram arriving on the upstream socket is relayed only if its source is an admitted
@@ -30,11 +32,26 @@ import { normaliseHost } from '../protocol/authority.ts';
 import { encodeReply, newUdpHeader, parseUdpHeader, udpHeaderHost } from '../protocol/socks5-codec.ts';
 import { SOCKS_REP } from '../reject.ts';
 import { type Downstream, type HandshakeResult, refuse } from './socks5-handshake.ts';
+import type { UdpRelayLedger } from './socks5-udp-ledger.ts';
 
 /** Distinct destinations one association may name; more are dropped (bounded memory). */
 const MAX_DESTINATIONS = 4096;
 /** Datagrams held per destination while its admission is pending. */
 const MAX_QUEUED = 16;
+/**
+ * Bytes of datagrams one association may hold while their destinations are admitted: 16 datagrams
+ * of the largest size (one destination's full queue), or ~700 of a usual 1,500. Admissions run one at
+ * a time, so a name whose DNS never answers keeps every later destination waiting for its timeout:
+ * without a cap, 4,096 destinations × 16 × 64 KB (4 GB) from one association.
+ */
+const MAX_HELD_BYTES = 1024 * 1024;
+/**
+ * Destinations one association may have waiting for admission. Each waits for all before it; past
+ * this many the client's own retransmission outlasts the wait, and it may retry once they are done.
+ */
+const MAX_PENDING = 64;
+/** One warning per association and kind of drop in this long, with the count. */
+const DROP_LOG_EVERY_MS = 10_000;
 /** Below this many destinations a linear byte compare beats building a string key. */
 const FAST_SCAN = 8;
 
@@ -44,6 +61,8 @@ interface Destination {
   readonly host: string;
   readonly port: number;
   state: 'pending' | 'allowed' | 'refused';
+  /** Bytes of the datagrams in `queue` (whole datagrams: a payload view keeps its datagram alive). */
+  heldBytes: number;
   /** The admitted address (IPv4-mapped unwrapped) and which upstream socket reaches it. */
   ip: string;
   isV6: boolean;
@@ -59,10 +78,12 @@ interface DropCounts {
   refused: number;
   unsolicited: number;
   overflow: number;
+  /** While their destination was being admitted: its queue, the association's or the gateway's bytes, or MAX_PENDING. */
+  held: number;
 }
 
 /** Run a UDP association for a parsed UDP ASSOCIATE request; the handshake left `down` paused. */
-export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: HandshakeResult): void {
+export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: HandshakeResult, ledger: UdpRelayLedger): void {
   const { socket } = down;
   const limits = hs.snapshot.config.limits;
   const clientIp = unmap(down.clientIp);
@@ -94,7 +115,11 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   let refusedDestinations = 0;
   let admitted = 0;
   let chain: Promise<void> = Promise.resolve();
-  const drops: DropCounts = { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0 };
+  /** Destinations waiting for admission, and the bytes their queues hold (also taken from `ledger`). */
+  let pending = 0;
+  let heldBytes = 0;
+  let heldLoggedAt = Number.NEGATIVE_INFINITY;
+  const drops: DropCounts = { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0 };
 
   // 1. bind the client-facing relay socket
   relay.on('error', (err) => {
@@ -153,8 +178,52 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     const dest = find(msg);
     if (dest === null) newDestination(msg);
     else if (dest.state === 'allowed') forward(dest, msg, hdr.dataOffset);
-    else if (dest.state === 'pending' && dest.queue !== null && dest.queue.length < MAX_QUEUED) dest.queue.push(msg.subarray(hdr.dataOffset));
+    else if (dest.state === 'pending') hold(dest, msg);
     else drops.refused++;
+  }
+
+  /** Queue a datagram for a destination being admitted, if its queue and the byte caps allow. */
+  function hold(dest: Destination, msg: Buffer): void {
+    if (dest.queue === null || dest.queue.length >= MAX_QUEUED || !takeHeld(msg.length)) {
+      dropHeld();
+      return;
+    }
+    dest.heldBytes += msg.length;
+    dest.queue.push(msg.subarray(hdr.dataOffset));
+  }
+
+  function takeHeld(n: number): boolean {
+    if (heldBytes + n > MAX_HELD_BYTES || !ledger.take(n)) return false;
+    heldBytes += n;
+    return true;
+  }
+
+  /** Let go of a destination's queue (sent on, refused, or the association ended). */
+  function releaseHeld(dest: Destination): void {
+    heldBytes -= dest.heldBytes;
+    ledger.release(dest.heldBytes);
+    dest.heldBytes = 0;
+    dest.queue = null;
+  }
+
+  function dropHeld(): void {
+    drops.held++;
+    ledger.heldDroppedTotal++;
+    const now = ctx.flows.now();
+    if (now - heldLoggedAt < DROP_LOG_EVERY_MS) return;
+    heldLoggedAt = now;
+    ctx.log.warn(
+      {
+        listener: 'socks',
+        flowId: flow?.id,
+        client: `${clientIp}:${clientPort}`,
+        dropped: drops.held,
+        pendingDestinations: pending,
+        heldBytes,
+        gatewayHeldBytes: ledger.heldBytes,
+      },
+      'socks5 udp datagrams dropped while their destinations wait for admission (queue limits)',
+    );
   }
 
   function find(msg: Buffer): Destination | null {
@@ -224,16 +293,34 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       drops.overflow++;
       return;
     }
+    // Not kept at all when it cannot wait: a later datagram to it is a new destination again.
+    if (pending >= MAX_PENDING || !takeHeld(msg.length)) {
+      dropHeld();
+      return;
+    }
     let host = udpHeaderHost(msg, hdr);
     if (host !== null && hdr.atyp === 0x03) host = normaliseHost(host)?.host ?? null;
     if (host === null) {
+      heldBytes -= msg.length;
+      ledger.release(msg.length);
       drops.malformed++;
       return;
     }
     const key = Buffer.from(msg.subarray(hdr.keyStart, hdr.keyEnd));
     const replyHeader = Buffer.alloc(3 + key.length);
     key.copy(replyHeader, 3);
-    const dest: Destination = { key, host, port: hdr.port, state: 'pending', ip: '', isV6: false, replyHeader, queue: [msg.subarray(hdr.dataOffset)] };
+    const dest: Destination = {
+      key,
+      host,
+      port: hdr.port,
+      state: 'pending',
+      heldBytes: msg.length,
+      ip: '',
+      isV6: false,
+      replyHeader,
+      queue: [msg.subarray(hdr.dataOffset)],
+    };
+    pending++;
     dests.push(dest);
     byKey.set(key.toString('latin1'), dest);
     last = dest;
@@ -297,6 +384,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   }
 
   function allowDest(dest: Destination, ip: string): void {
+    pending--;
     dest.state = 'allowed';
     dest.ip = ip;
     dest.isV6 = isIPv6(ip);
@@ -308,7 +396,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     }
     ports.set(dest.port, dest);
     const queued = dest.queue ?? [];
-    dest.queue = null;
+    releaseHeld(dest);
     for (const payload of queued) {
       if (ended) return;
       // Re-wrap the queued payload view: forward() reads from an offset into the same datagram.
@@ -335,9 +423,10 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   }
 
   function refuseDest(dest: Destination, why: string): void {
+    if (dest.state === 'pending') pending--;
     dest.state = 'refused';
     drops.refused += dest.queue?.length ?? 0;
-    dest.queue = null;
+    releaseHeld(dest);
     refusedDestinations++;
     ctx.log.warn({ listener: 'socks', flowId: flow?.id, client: `${clientIp}:${clientPort}`, destination: `${dest.host}:${dest.port}`, reason: why }, 'socks5 udp destination refused');
   }
@@ -355,6 +444,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     socket.removeListener('end', onControlEnd);
     socket.removeListener('close', onControlEnd);
     socket.removeListener('data', discard);
+    // Held datagrams will never be sent: their bytes go back to the gateway's share now.
+    if (heldBytes > 0) for (const d of dests) if (d.queue !== null) releaseHeld(d);
     if (flow !== null && flow.state === 'active') {
       noteReasons(flow);
       ctx.flows.close(flow, reason);
@@ -395,7 +486,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
         ...f.reasons,
         `udp association: ${admitted} destination${admitted === 1 ? '' : 's'} relayed, ${refusedDestinations} refused`,
         `udp datagrams dropped: ${drops.fragments} fragments, ${drops.foreign} from foreign sources, ${drops.malformed} malformed, ` +
-          `${drops.refused} to refused destinations, ${drops.unsolicited} unsolicited replies, ${drops.overflow} over the destination limit`,
+          `${drops.refused} to refused destinations, ${drops.unsolicited} unsolicited replies, ${drops.overflow} over the destination limit, ` +
+          `${drops.held} over the limits of datagrams waiting for admission`,
       ],
     };
     ctx.flows.decide(f, decision, f.enforced);

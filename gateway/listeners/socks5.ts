@@ -23,6 +23,7 @@ import { SOCKS_REP } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
 import { type Downstream, type HandshakeResult, refuse, runHandshake } from './socks5-handshake.ts';
 import { startUdpAssociation } from './socks5-udp.ts';
+import { UdpRelayLedger } from './socks5-udp-ledger.ts';
 import { SlotArray } from '../slot-array.ts';
 
 /** A socket's slot in SocksServer's list and what close() does to it (no Map refers to the socket). */
@@ -39,6 +40,13 @@ type TrackedSocket = Socket & { [kSlot]?: number; [kCloser]?: () => void };
 export class SocksServer extends Server {
   /** The connections without a flow (a SlotArray, not a Set: see gateway/slot-array.ts). */
   private readonly flowless = new SlotArray<TrackedSocket>();
+  /** What this listener's UDP associations share: held bytes under one cap, drop counts (metrics). */
+  readonly udp: UdpRelayLedger;
+
+  constructor(options: ConstructorParameters<typeof Server>[0], listener: (socket: Socket) => void, udp: UdpRelayLedger) {
+    super(options, listener);
+    this.udp = udp;
+  }
 
   /** Register (or, with null, release) what close() does to a connection without a flow. */
   setCloser(socket: Socket, closer: (() => void) | null): void {
@@ -66,9 +74,18 @@ export class SocksServer extends Server {
   }
 }
 
+export interface SocksServerOptions {
+  /** Bytes all UDP associations together may hold for destinations being admitted (a seam for tests). */
+  udpHeldBytes?: number;
+}
+
 /** Create the SOCKS5 server; the composition root (main.ts) listens on it. */
-export function createSocksServer(ctx: GatewayContext): SocksServer {
-  const server: SocksServer = new SocksServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: false }, (socket) => accept(ctx, server, socket));
+export function createSocksServer(ctx: GatewayContext, opts: SocksServerOptions = {}): SocksServer {
+  const server: SocksServer = new SocksServer(
+    { allowHalfOpen: true, noDelay: true, pauseOnConnect: false },
+    (socket) => accept(ctx, server, socket),
+    new UdpRelayLedger(opts.udpHeldBytes),
+  );
   return server;
 }
 
@@ -90,7 +107,7 @@ function accept(ctx: GatewayContext, server: SocksServer, socket: Socket): void 
   }
   // 2–3.
   runHandshake(ctx, down, (hs) => {
-    if (hs.request.command === 'udp-associate') startUdpAssociation(ctx, down, hs);
+    if (hs.request.command === 'udp-associate') startUdpAssociation(ctx, down, hs, server.udp);
     else void connect(ctx, down, hs);
   });
 }

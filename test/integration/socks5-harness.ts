@@ -75,6 +75,7 @@ export async function startBareSocksGateway(
   overrides: DeepPartial<Config> = {},
   listenHost = '127.0.0.1',
   detection: DetectionHooks | null = null,
+  seams: { resolver?: Resolver; udpHeldBytes?: number } = {},
 ): Promise<SocksGateway & { server: SocksServer }> {
   const config = testConfig(overrides);
   const snapshot = compilePolicy(config);
@@ -93,7 +94,7 @@ export async function startBareSocksGateway(
     policy: { current: () => snapshot, modeOverride: () => null },
     identity: plainIdentity,
     attributor: null,
-    resolver: noDns,
+    resolver: seams.resolver ?? noDns,
     detection,
     log,
     selfAddresses,
@@ -102,7 +103,7 @@ export async function startBareSocksGateway(
   flows.on('close', (flow: { toRecord(now: number): FlowRecord; endedAt: number | null }) => {
     closed.push(flow.toRecord(flow.endedAt ?? Date.now()));
   });
-  const server = createSocksServer(ctx);
+  const server = createSocksServer(ctx, seams.udpHeldBytes === undefined ? {} : { udpHeldBytes: seams.udpHeldBytes });
   const sockets = new Set<Socket>();
   server.on('connection', (s: Socket) => {
     sockets.add(s);

@@ -1,0 +1,42 @@
+/**
+ * What the UDP associations of one SOCKS listener share: the bytes of client datagrams held while
+ * their destination is being admitted, under one gateway-wide cap, and the drop counts the metrics
+ * read (gw_socks_udp_*). Each association also caps its own share (socks5-udp.ts); this cap is what
+ * keeps many associations together from holding the process's memory.
+ */
+
+/** Bytes all associations together may hold for destinations being admitted. */
+export const GATEWAY_HELD_BYTES = 64 * 1024 * 1024;
+
+export interface UdpRelayStats {
+  /** Bytes of client datagrams held now, waiting for their destination's admission. */
+  heldBytes: number;
+  /** Client datagrams dropped since start because the bytes or destinations waiting were at a cap. */
+  heldDroppedTotal: number;
+  /** Replies from destinations dropped since start: too large to carry with the SOCKS UDP header. */
+  repliesDroppedTotal: number;
+}
+
+export class UdpRelayLedger {
+  heldBytes = 0;
+  heldDroppedTotal = 0;
+  repliesDroppedTotal = 0;
+
+  constructor(readonly maxHeldBytes: number = GATEWAY_HELD_BYTES) {}
+
+  /** Take `n` bytes of the gateway-wide share; false (nothing taken) when that would pass the cap. */
+  take(n: number): boolean {
+    if (this.heldBytes + n > this.maxHeldBytes) return false;
+    this.heldBytes += n;
+    return true;
+  }
+
+  /** Give back bytes taken (the datagrams were sent on, dropped, or the association ended). */
+  release(n: number): void {
+    this.heldBytes -= n;
+  }
+
+  stats(): UdpRelayStats {
+    return { heldBytes: this.heldBytes, heldDroppedTotal: this.heldDroppedTotal, repliesDroppedTotal: this.repliesDroppedTotal };
+  }
+}
