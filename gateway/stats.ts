@@ -201,6 +201,12 @@ export class GatewayStats {
       'SOCKS5 UDP client datagrams dropped while their destination was being admitted: its queue, the association\'s or the gateway\'s held bytes, or the destinations waiting were at their limit',
       () => stats.socksUdpFn().heldDroppedTotal,
     );
+    scrapedCounter(
+      registers,
+      'gw_socks_udp_replies_dropped_total',
+      'SOCKS5 UDP replies from destinations dropped: too large for a UDP datagram once the SOCKS UDP header is added',
+      () => stats.socksUdpFn().repliesDroppedTotal,
+    );
     // Zero the closed label sets so dashboards see every series from the start.
     for (const r of RELOAD_RESULTS) this.configReloadTotal.inc({ result: r }, 0);
     if (opts.processMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'gw_process_' });

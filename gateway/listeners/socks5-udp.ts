@@ -18,7 +18,8 @@
  *  5. payload (without the SOCKS header) goes out of an unconnected upstream socket; bytesOut
  *     counts it, and the flow's byte budget is exact (flow.onBudget decides cut or lift)
  *  6. a datagram arriving on the upstream socket is relayed only if its source is an admitted
- *     destination, wrapped with the header naming that destination as the client named it; bytesIn
+ *     destination, wrapped with the header naming that destination as the client named it, and if
+ *     the two fit in one UDP datagram to the client (else dropped and counted); bytesIn counts it
  *  7. the association ends when the control connection closes, on idle timeout, or on kill; the
  *     flow's reasons note the destinations and every drop count
  */
@@ -52,6 +53,8 @@ const MAX_HELD_BYTES = 1024 * 1024;
 const MAX_PENDING = 64;
 /** One warning per association and kind of drop in this long, with the count. */
 const DROP_LOG_EVERY_MS = 10_000;
+/** The most UDP payload one datagram carries: 65,535 less the UDP header, and IPv4's header for udp4. */
+const MAX_UDP_PAYLOAD = { udp4: 65_535 - 8 - 20, udp6: 65_535 - 8 } as const;
 /** Below this many destinations a linear byte compare beats building a string key. */
 const FAST_SCAN = 8;
 
@@ -80,6 +83,8 @@ interface DropCounts {
   overflow: number;
   /** While their destination was being admitted: its queue, the association's or the gateway's bytes, or MAX_PENDING. */
   held: number;
+  /** Replies too large for one datagram to the client once the SOCKS UDP header is added. */
+  oversized: number;
 }
 
 /** Run a UDP association for a parsed UDP ASSOCIATE request; the handshake left `down` paused. */
@@ -91,7 +96,10 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   const localIp = unmap(socket.localAddress ?? '127.0.0.1');
   /** 0 until known: the request's DST.PORT or the first datagram's source port. */
   let clientPort = hs.request.port;
-  const relay = createSocket({ type: isIPv4(localIp) ? 'udp4' : 'udp6' });
+  const relayType = isIPv4(localIp) ? 'udp4' : 'udp6';
+  const relay = createSocket({ type: relayType });
+  /** The largest reply (with its SOCKS UDP header) the relay can send the client. */
+  const maxReply = MAX_UDP_PAYLOAD[relayType];
   let up4: UdpSocket | null = null;
   let up6: UdpSocket | null = null;
   let flow: Flow | null = null;
@@ -118,8 +126,9 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   /** Destinations waiting for admission, and the bytes their queues hold (also taken from `ledger`). */
   let pending = 0;
   let heldBytes = 0;
-  let heldLoggedAt = Number.NEGATIVE_INFINITY;
-  const drops: DropCounts = { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0 };
+  /** When each logged kind of drop was last logged (one warning per DROP_LOG_EVERY_MS each). */
+  const loggedAt = { held: Number.NEGATIVE_INFINITY, oversized: Number.NEGATIVE_INFINITY };
+  const drops: DropCounts = { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0, oversized: 0 };
 
   // 1. bind the client-facing relay socket
   relay.on('error', (err) => {
@@ -206,12 +215,18 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     dest.queue = null;
   }
 
+  /** Whether a drop of this kind is to be logged now: once per DROP_LOG_EVERY_MS per association. */
+  function isLogDue(kind: keyof typeof loggedAt): boolean {
+    const now = ctx.flows.now();
+    if (now - loggedAt[kind] < DROP_LOG_EVERY_MS) return false;
+    loggedAt[kind] = now;
+    return true;
+  }
+
   function dropHeld(): void {
     drops.held++;
     ledger.heldDroppedTotal++;
-    const now = ctx.flows.now();
-    if (now - heldLoggedAt < DROP_LOG_EVERY_MS) return;
-    heldLoggedAt = now;
+    if (!isLogDue('held')) return;
     ctx.log.warn(
       {
         listener: 'socks',
@@ -283,6 +298,18 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       return;
     }
     activity++;
+    if (dest.replyHeader.length + msg.length > maxReply) {
+      // The send would fail (EMSGSIZE) with no one told: the client never gets it, so no bytesIn.
+      drops.oversized++;
+      ledger.repliesDroppedTotal++;
+      if (isLogDue('oversized')) {
+        ctx.log.warn(
+          { listener: 'socks', flowId: flow.id, client: `${clientIp}:${clientPort}`, destination: `${dest.host}:${dest.port}`, bytes: msg.length, maxBytes: maxReply - dest.replyHeader.length, dropped: drops.oversized },
+          'socks5 udp replies dropped: too large for a datagram to the client with the SOCKS UDP header',
+        );
+      }
+      return;
+    }
     flow.bytesIn += msg.length;
     relay.send([dest.replyHeader, msg], clientPort, clientIp);
   }
@@ -487,7 +514,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
         `udp association: ${admitted} destination${admitted === 1 ? '' : 's'} relayed, ${refusedDestinations} refused`,
         `udp datagrams dropped: ${drops.fragments} fragments, ${drops.foreign} from foreign sources, ${drops.malformed} malformed, ` +
           `${drops.refused} to refused destinations, ${drops.unsolicited} unsolicited replies, ${drops.overflow} over the destination limit, ` +
-          `${drops.held} over the limits of datagrams waiting for admission`,
+          `${drops.held} over the limits of datagrams waiting for admission, ${drops.oversized} replies too large for the client`,
       ],
     };
     ctx.flows.decide(f, decision, f.enforced);

@@ -177,3 +177,38 @@ describe('datagrams held while destinations are being admitted', () => {
     expect(rec.reasons.join('\n')).toMatch(/7 over the limits of datagrams waiting for admission/);
   });
 });
+
+describe('replies too large for a SOCKS UDP datagram', () => {
+  // Regression: a 65,507-byte reply and its SOCKS UDP header exceed what a UDP datagram carries; the
+  // send to the client failed silently, yet bytesIn counted it (recorded 65,607 while the client got 100).
+  it('are dropped, counted and logged, and not in bytesIn; the largest that fits is delivered whole', async () => {
+    const gw = await startTestGateway();
+    cleanups.push(() => gw.stop());
+    // An origin that answers each datagram with as many bytes as the datagram names.
+    const origin = await udpSocket(cleanups);
+    origin.on('message', (m: Buffer, rinfo) => origin.send(Buffer.alloc(Number(m.toString()), 0x61), rinfo.port, rinfo.address));
+    const port = origin.address().port;
+    const client = await udpSocket(cleanups);
+    const a = await associate(gw, client, cleanups);
+    const got: number[] = [];
+    client.on('message', (m: Buffer) => got.push(m.length));
+    // IPv4 carries at most 65,507 bytes of UDP payload; the reply header for 127.0.0.1 is 10 bytes.
+    const fits = 65_507 - 10;
+    for (const n of [100, fits + 1, 65_507, fits]) {
+      const before = got.length;
+      const dropsBefore = await metric(gw, 'gw_socks_udp_replies_dropped_total');
+      await sendTo(client, udpFrame('127.0.0.1', port, Buffer.from(String(n))), a.relay);
+      await until(`the reply of ${n} bytes (or its drop)`, async () => got.length > before || (await metric(gw, 'gw_socks_udp_replies_dropped_total')) > dropsBefore);
+    }
+    // The client got the two that fit, header included, and nothing else.
+    expect(got).toEqual([100 + 10, fits + 10]);
+    expect(await metric(gw, 'gw_socks_udp_replies_dropped_total')).toBe(2);
+    const warnings = gw.logs.filter((l) => String(l.msg).includes('too large'));
+    expect(warnings).toHaveLength(1);
+    a.control.destroy();
+    const rec = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.destination.port === port);
+    // bytesIn: payload delivered to the client, exact to the byte.
+    expect(rec.bytesIn).toBe(100 + fits);
+    expect(rec.reasons.join('\n')).toMatch(/2 replies too large for the client/);
+  });
+});
