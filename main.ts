@@ -27,7 +27,7 @@ import { FlowLog } from './gateway/flow/flow-log.ts';
 import type { AppendLogEvent } from './gateway/append-log.ts';
 import { FlowTable } from './gateway/flow/flow-table.ts';
 import { createIdentityResolver } from './gateway/identity/identity-resolver.ts';
-import { createHttpProxy, withConnectFront } from './gateway/listeners/http-proxy.ts';
+import { closeOriginPools, createHttpProxy, withConnectFront } from './gateway/listeners/http-proxy.ts';
 import { carryRemoteToTls, wrapWithProxyProtocol } from './gateway/listeners/proxy-protocol-front.ts';
 import { gateConnections, SourceConnections } from './gateway/listeners/source-limit.ts';
 import { createSocksServer } from './gateway/listeners/socks5.ts';
@@ -330,12 +330,18 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     while (flows.activeCount > 0 && Date.now() < deadline && !isCutShort) {
       await new Promise((r) => setTimeout(r, 50));
     }
+    const isGraceOver = flows.activeCount > 0;
     for (const id of [...flows.activeFlows().keys()]) flows.kill(id, killReasonNow);
     httpServer.closeAllConnections();
     httpsServer?.closeAllConnections();
+    // The origin pools of absolute-URI requests: closed only now, after the flows (closing them when
+    // the servers close would abort every request in flight), and at once if the grace ran out.
+    const poolGraceMs = isGraceOver || isCutShort ? 0 : Math.max(0, deadline - Date.now());
+    const pools = Promise.all([httpServer, ...(httpsServer ? [httpsServer] : [])].map((srv) => closeOriginPools(srv, poolGraceMs)));
     // Every flow has its record now: hand them to the log before anything else can hold us up.
     await flowLog.flush();
     await closed;
+    await pools;
     // 3. final sweep, persist detector state, flush every record
     flows.stop();
     await detection?.close();

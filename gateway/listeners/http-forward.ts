@@ -72,11 +72,21 @@ export class OriginAgents {
     for (const agent of old) void agent.close().catch(() => undefined);
   }
 
-  /** Close every pooled origin connection (drain / tests). */
+  /**
+   * Close every pooled origin connection once the requests in flight have finished (drain, after
+   * its flows have ended). New requests are refused from here on.
+   */
   async close(): Promise<void> {
-    const all = [this.direct, ...this.viaUpstream.values()];
-    this.viaUpstream.clear();
-    await Promise.all(all.map((a) => a.destroy().catch(() => undefined)));
+    await Promise.all(this.all().map((a) => a.close().catch(() => undefined)));
+  }
+
+  /** Close every origin connection now, aborting any request still in flight (grace expired, tests). */
+  async destroy(): Promise<void> {
+    await Promise.all(this.all().map((a) => a.destroy().catch(() => undefined)));
+  }
+
+  private all(): Agent[] {
+    return [this.direct, ...this.viaUpstream.values()];
   }
 }
 

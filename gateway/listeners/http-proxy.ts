@@ -76,7 +76,7 @@ export interface HttpListenerState {
 
 /**
  * Create the HTTP (or, with `opts.tls`, HTTPS) forward-proxy server for a gateway. The caller
- * listens and closes it; `server.on('close')` releases the pooled origin connections.
+ * listens and closes it, and releases its pooled origin connections with closeOriginPools.
  */
 export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}): Server | HttpsServer {
   const limits = ctx.policy.current().config.limits;
@@ -178,14 +178,37 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
     if (!connectionState(socket).isAwaitingOrigin) socket.destroy();
   });
   server.on('clientError', (err: NodeJS.ErrnoException & { reason?: string }, socket: Duplex) => onClientError(ctx, err, socket));
-  server.on('close', () => {
-    void state.agents.close();
-  });
+  // No 'close' handler releases the origin pools: the plain server never listens itself (the front
+  // does), so its 'close' comes at once on close(), while requests are still in flight. Whoever
+  // closes the server closes the pools (closeOriginPools), when the requests on them have ended.
   states.set(server, state);
   return server;
 }
 
 const states = new WeakMap<Server | HttpsServer, HttpListenerState>();
+
+/**
+ * Close the origin connection pools of a server made by createHttpProxy: gracefully (undici
+ * `close()`: requests still in flight finish first), and at once (`destroy()`, aborting what is
+ * left) when that takes longer than `graceMs`; 0 destroys them now. After it, the server's
+ * absolute-URI requests cannot be sent.
+ */
+export async function closeOriginPools(server: Server | HttpsServer, graceMs: number): Promise<void> {
+  const state = states.get(server);
+  if (!state) return;
+  if (graceMs > 0) {
+    let timer: NodeJS.Timeout | undefined;
+    const isClosed = await Promise.race([
+      state.agents.close().then(() => true),
+      new Promise<boolean>((r) => {
+        timer = setTimeout(() => r(false), graceMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (isClosed) return;
+  }
+  await state.agents.destroy();
+}
 
 /**
  * The server to listen on for a plain-HTTP proxy made by createHttpProxy: the CONNECT fast path

@@ -176,7 +176,7 @@ import type { DetectionHooks, GatewayContext, Logger } from '../../gateway/conte
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
 import { FlowTable } from '../../gateway/flow/flow-table.ts';
 import { createIdentityResolver } from '../../gateway/identity/identity-resolver.ts';
-import { createHttpProxy, type HttpProxyOptions } from '../../gateway/listeners/http-proxy.ts';
+import { closeOriginPools, createHttpProxy, type HttpProxyOptions } from '../../gateway/listeners/http-proxy.ts';
 import { PolicyStore } from '../../gateway/policy-store.ts';
 import { createDnsResolver } from '../../gateway/upstream/resolve.ts';
 import type { Config } from '../../policy/config.ts';
@@ -256,11 +256,11 @@ export async function startLocalGateway(
     closed,
     logs,
     waitForClosed,
-    stop: () =>
-      new Promise<void>((resolve) => {
-        flows.stop();
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
+    stop: async () => {
+      flows.stop();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await closeOriginPools(server, 0);
+    },
   };
 }

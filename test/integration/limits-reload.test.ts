@@ -50,6 +50,6 @@ describe('limits reloaded for new connections', () => {
     const second = agents.for(null, 2500);
     expect(second).not.toBe(first);
     expect(agents.for(null)).toBe(second);
-    await agents.close();
+    await agents.destroy();
   });
 });
