@@ -19,16 +19,17 @@ const ESTABLISHED = 'HTTP/1.1 200 Connection Established\r\n\r\n';
 
 /**
  * Watch a detached client socket while admission and the dial run: bytes stay queued (paused), an
- * early close is noticed, and an error never goes unhandled. Returns a function that stops watching.
+ * early close is noticed (and reported once to `onGone`, if given), and an error never goes
+ * unhandled. Returns a function that stops watching.
  */
-export function holdClient(socket: Duplex): { isGone: () => boolean; release: () => void } {
+export function holdClient(socket: Duplex, onGone?: () => void): { isGone: () => boolean; release: () => void } {
   let gone = false;
   const onClose = (): void => {
+    if (gone) return;
     gone = true;
+    onGone?.();
   };
-  const onError = (): void => {
-    gone = true;
-  };
+  const onError = onClose;
   socket.pause();
   socket.on('close', onClose);
   socket.on('error', onError);

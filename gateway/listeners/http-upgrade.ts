@@ -53,8 +53,11 @@ export function parseResponseHead(text: string): ResponseHead | null {
   return { status: Number(m[1]), statusText: m[2] ?? '', headers };
 }
 
-/** Read a response head from a socket: resolves with the head text and any bytes after it. */
-function readResponseHead(socket: Socket, maxBytes: number, timeoutMs: number): Promise<{ head: string; rest: Buffer }> {
+/**
+ * Read a response head from a socket: resolves with the head text and any bytes after it. Rejects
+ * at once when `clientGone` aborts (the client left: nobody waits for the answer any more).
+ */
+function readResponseHead(socket: Socket, maxBytes: number, timeoutMs: number, clientGone: AbortSignal): Promise<{ head: string; rest: Buffer }> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -64,10 +67,14 @@ function readResponseHead(socket: Socket, maxBytes: number, timeoutMs: number): 
       socket.removeListener('data', onData);
       socket.removeListener('end', onEnd);
       socket.removeListener('error', onEnd);
+      socket.removeListener('close', onEnd);
+      clientGone.removeEventListener('abort', onClientGone);
       socket.pause();
       if (err) reject(err);
       else resolve(value as { head: string; rest: Buffer });
     };
+    const onClientGone = (): void => done(new Error('client went away'));
+    // 'close' too: a kill destroys the socket, which then emits neither 'end' nor 'error'.
     const onEnd = (): void => done(new GatewayError('EGW_UPSTREAM_RESET', 'origin closed before answering the upgrade'));
     const onData = (chunk: Buffer): void => {
       chunks.push(chunk);
@@ -80,9 +87,15 @@ function readResponseHead(socket: Socket, maxBytes: number, timeoutMs: number): 
       }
       done(null, { head: all.subarray(0, end).toString('latin1'), rest: all.subarray(end + 4) });
     };
+    if (clientGone.aborted) {
+      done(new Error('client went away'));
+      return;
+    }
     socket.on('data', onData);
     socket.on('end', onEnd);
     socket.on('error', onEnd);
+    socket.on('close', onEnd);
+    clientGone.addEventListener('abort', onClientGone);
   });
 }
 
@@ -95,7 +108,9 @@ function serialiseResponseHead(head: ResponseHead, headers: readonly string[]): 
 /** Handle one request carrying `Upgrade` on a detached client socket. */
 export async function handleUpgrade(state: HttpListenerState, req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
   const { ctx } = state;
-  const hold = holdClient(socket);
+  // The client leaving ends the wait for the origin's answer at once (readResponseHead).
+  const clientGone = new AbortController();
+  const hold = holdClient(socket, () => clientGone.abort());
   const owed = earlierResponses(socket);
   if (owed) {
     await owed;
@@ -133,6 +148,14 @@ export async function handleUpgrade(state: HttpListenerState, req: IncomingMessa
     return;
   }
   ctx.flows.markConnected(flow);
+  if (hold.isGone() || flow.state !== 'active') {
+    // The client left while we dialled, or the flow was killed meanwhile (its record is written).
+    hold.release();
+    upstream.destroy();
+    socket.destroy();
+    ctx.flows.close(flow, 'client-reset');
+    return;
+  }
   const headers = forwardRequestHeaders(req.rawHeaders, {
     host: hostHeaderFor(target.host, target.port),
     stripped: state.strippedHeaders(snapshot),
@@ -146,10 +169,15 @@ export async function handleUpgrade(state: HttpListenerState, req: IncomingMessa
   };
   let answer: { head: string; rest: Buffer };
   try {
-    answer = await readResponseHead(upstream, limits.maxHeaderBytes, limits.idleTimeoutMs);
+    answer = await readResponseHead(upstream, limits.maxHeaderBytes, limits.idleTimeoutMs, clientGone.signal);
   } catch (err) {
     hold.release();
     upstream.destroy();
+    if (hold.isGone() || flow.state !== 'active') {
+      socket.destroy();
+      ctx.flows.close(flow, 'client-reset');
+      return;
+    }
     const mapping = mapError(err instanceof GatewayError ? err.code : 'EGW_UPSTREAM_RESET');
     ctx.flows.close(flow, mapping.reason);
     writeRawRefusal(socket, mapping, { flowId: flow.id, isBlock: false });

@@ -15,6 +15,8 @@ let origin: Server;
 let port: number;
 const seen: IncomingMessage[] = [];
 const sockets = new Set<Socket>();
+/** Origin sides of /silent upgrades. */
+const silent: Socket[] = [];
 const HELLO = Buffer.from('server-hello-frame');
 
 beforeAll(async () => {
@@ -29,6 +31,11 @@ beforeAll(async () => {
     socket.on('close', () => sockets.delete(socket));
     if (req.url === '/decline') {
       socket.end('HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 8\r\nConnection: close\r\n\r\nnot you!');
+      return;
+    }
+    if (req.url === '/silent') {
+      // Accepts the connection and never answers (nor reads).
+      silent.push(socket);
       return;
     }
     if (req.url === '/garbage') {
@@ -141,6 +148,33 @@ describe('Upgrade through the proxy', () => {
     expect(text.endsWith('\r\n\r\nnot you!')).toBe(true);
     const rec = await gw.waitForClosed((f) => f.destination.port === port && f.bytesIn === 8);
     expect(rec.bytesOut).toBe(0);
+  });
+
+  // Regression: a client that left while the origin had not answered the upgrade went unnoticed;
+  // the flow stayed live (interim records and all) for limits.idleTimeoutMs, then was recorded
+  // `connect-timeout`, its origin connection open all that time.
+  it('a client that resets while the origin is silent: the flow ends client-reset and the origin connection is closed', async () => {
+    const before = gw.closed.length;
+    const s = await rawConnect(gw.httpPort);
+    s.on('error', () => undefined);
+    s.write(upgradeHead('/silent'));
+    const deadline = Date.now() + 10_000;
+    while (silent.length === 0) {
+      if (Date.now() > deadline) throw new Error('the upgrade never reached the origin');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const upstream = silent.shift() as Socket;
+    // The origin's side sees its connection end (read now only to see that end).
+    const upstreamEnded = new Promise((r) => {
+      upstream.once('end', r);
+      upstream.once('close', r);
+    });
+    upstream.resume();
+    s.resetAndDestroy();
+    const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before && f.destination.port === port);
+    expect(rec.closeReason).toBe('client-reset');
+    expect(rec.protocol).toBe('http');
+    await upstreamEnded;
   });
 });
 
