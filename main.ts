@@ -329,6 +329,10 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     const deadline = Date.now() + graceMs;
     while (flows.activeCount > 0 && Date.now() < deadline && !isCutShort) {
       await new Promise((r) => setTimeout(r, 50));
+      // node:http leaves a keep-alive connection open once its answer (under way at SIGTERM, so
+      // without `connection: close`) is done: close it as soon as it is idle, not at the grace's end.
+      httpServer.closeIdleConnections();
+      httpsServer?.closeIdleConnections();
     }
     const isGraceOver = flows.activeCount > 0;
     for (const id of [...flows.activeFlows().keys()]) flows.kill(id, killReasonNow);

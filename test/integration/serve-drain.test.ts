@@ -17,7 +17,11 @@ import { type Origin, pattern, rawConnect, run, startOrigin } from './http-harne
 
 const PIECE = 16 * 1024;
 const SLOW_BYTES = 1024 * 1024;
+/** /short: a slow answer well within SHORT_GRACE_MS. */
+const SHORT_BYTES = 128 * 1024;
 const GRACE_MS = 8000;
+/** Shorter than node:http's keep-alive timeout (5 s), which would close an idle connection anyway. */
+const SHORT_GRACE_MS = 4000;
 
 let dir: string;
 let origin: Origin;
@@ -60,6 +64,7 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'egw-serve-drain-'));
   origin = await startOrigin((req, res) => {
     if (req.url === '/slow') dribble(res, SLOW_BYTES);
+    else if (req.url === '/short') dribble(res, SHORT_BYTES);
     else if (req.url === '/endless') dribble(res, Number.POSITIVE_INFINITY);
     else if (req.url === '/late') held.push(res);
     else return false;
@@ -79,7 +84,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-async function serve(name: string, flowLog: string): Promise<Served> {
+async function serve(name: string, flowLog: string, graceMs = GRACE_MS): Promise<Served> {
   const configPath = join(dir, `${name}.yaml`);
   await writeFile(
     configPath,
@@ -90,7 +95,7 @@ roles: { any: { allow: [ { cidr: 127.0.0.0/8 } ] } }
 defaultRoles: [any]
 identity: { localAttribution: false }
 flowLog: { path: ${JSON.stringify(flowLog)} }
-limits: { drainGraceMs: ${GRACE_MS} }
+limits: { drainGraceMs: ${graceMs} }
 `,
   );
   const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: 'serve-drain-token-0123456789' } });
@@ -184,5 +189,49 @@ describe('egressgate serve: SIGTERM drains absolute-URI requests', () => {
       ['http', 'closed', 0, 9],
       ['http', 'closed', 4, 9],
     ]);
+  }, 60_000);
+
+  // Regression: node:http kept such a connection open (keep-alive, idle) until the grace ran out.
+  it('a keep-alive connection whose answer was under way at SIGTERM is closed once answered, while the drain still waits on other flows', async () => {
+    const flowLog = join(dir, 'drain-keepalive.jsonl');
+    const s = await serve('drain-keepalive', flowLog, SHORT_GRACE_MS);
+    const target = `http://127.0.0.1:${origin.port}/short`;
+    const host = `127.0.0.1:${origin.port}`;
+    // A plain GET (the fast path) and a POST (node:http), each on a keep-alive connection, and a
+    // request whose origin answers only once those connections are closed: the drain waits for it.
+    const heads = [`GET ${target} HTTP/1.1\r\nHost: ${host}\r\n\r\n`, `POST ${target} HTTP/1.1\r\nHost: ${host}\r\nContent-Length: 4\r\n\r\nbody`];
+    const answers: Array<Promise<string>> = [];
+    for (const head of heads) {
+      const c = await rawConnect(s.http.port);
+      c.on('error', () => undefined);
+      const chunks: Buffer[] = [];
+      c.on('data', (b: Buffer) => chunks.push(b));
+      answers.push(once(c, 'close').then(() => Buffer.concat(chunks).toString('latin1')));
+      c.write(head);
+    }
+    const late = run('curl', ['-s', '-S', '-f', '-o', '-', '-x', `http://${s.http.host}:${s.http.port}`, `http://127.0.0.1:${origin.port}/late`], { timeoutMs: 30_000 });
+    const deadline = Date.now() + 10_000;
+    while (sending < 2 || held.length < 1) {
+      if (Date.now() > deadline) throw new Error(`only ${sending} responses started, ${held.length} held`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const exited = once(s.child, 'exit');
+    s.child.kill('SIGTERM');
+    for (const text of await Promise.all(answers)) {
+      expect(text).toMatch(/^HTTP\/1\.1 200 /);
+      expect(Buffer.from(text.slice(text.indexOf('\r\n\r\n') + 4), 'latin1').equals(pattern(SHORT_BYTES))).toBe(true);
+    }
+    // Both connections were closed by the gateway while it still drained: the held request is
+    // answered now and still reaches its client (had they stayed open until the grace ran out, or
+    // until node's keep-alive timeout, later still, it would have been cut with them).
+    for (const res of held.splice(0)) {
+      res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 9 });
+      res.end('late body');
+    }
+    const l = await late;
+    expect(l.code, l.stderr).toBe(0);
+    expect(l.stdout.toString()).toBe('late body');
+    const [code] = (await exited) as [number | null];
+    expect(code).toBe(0);
   }, 60_000);
 });
