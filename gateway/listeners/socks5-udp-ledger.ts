@@ -7,6 +7,13 @@
 
 /** Bytes all associations together may hold for destinations being admitted. */
 export const GATEWAY_HELD_BYTES = 64 * 1024 * 1024;
+/**
+ * Bytes of datagrams one association may hold while their destinations are admitted: 16 datagrams
+ * of the largest size (one destination's full queue), or ~700 of a usual 1,500. Admissions run one at
+ * a time, so a name whose DNS never answers keeps every later destination waiting for its timeout:
+ * without a cap, 4,096 destinations × 16 × 64 KB (4 GB) from one association.
+ */
+export const ASSOCIATION_HELD_BYTES = 1024 * 1024;
 
 export interface UdpRelayStats {
   /** Bytes of client datagrams held now, waiting for their destination's admission. */
@@ -38,5 +45,27 @@ export class UdpRelayLedger {
 
   stats(): UdpRelayStats {
     return { heldBytes: this.heldBytes, heldDroppedTotal: this.heldDroppedTotal, repliesDroppedTotal: this.repliesDroppedTotal };
+  }
+}
+
+/** One association's held bytes: within its own cap and, together with every other's, the ledger's. */
+export class HeldShare {
+  bytes = 0;
+
+  constructor(
+    private readonly ledger: UdpRelayLedger,
+    private readonly max: number = ASSOCIATION_HELD_BYTES,
+  ) {}
+
+  /** Take `n` bytes; false (nothing taken) when this association or the gateway is at its cap. */
+  take(n: number): boolean {
+    if (this.bytes + n > this.max || !this.ledger.take(n)) return false;
+    this.bytes += n;
+    return true;
+  }
+
+  release(n: number): void {
+    this.bytes -= n;
+    this.ledger.release(n);
   }
 }

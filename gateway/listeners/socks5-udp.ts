@@ -12,7 +12,7 @@
  *     socket, else the control connection's —, policy, deny-range, detection hooks),
  *     later ones through `admitDestination` (resolve, self-dial, policy incl. deny-range, and the
  *     connect-time detection a new flow would meet; a refusal leaves its own refused record). Up to
- *     MAX_QUEUED datagrams wait while a destination is being admitted, within MAX_HELD_BYTES for the
+ *     MAX_QUEUED datagrams wait while a destination is being admitted, within ASSOCIATION_HELD_BYTES for the
  *     association and the listener's gateway-wide share (UdpRelayLedger), for at most MAX_PENDING
  *     destinations at once; past any of these a datagram is dropped and counted
  *  5. payload (without the SOCKS header) goes out of an unconnected upstream socket; bytesOut
@@ -24,7 +24,7 @@
  *     flow's reasons note the destinations and every drop count
  */
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
-import { isIPv4, isIPv6 } from 'node:net';
+import { isIPv4 } from 'node:net';
 import type { Decision } from '../../policy/types.ts';
 import { admit, admitDestination, type DestinationAdmission } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
@@ -33,19 +33,13 @@ import { normaliseHost } from '../protocol/authority.ts';
 import { encodeReply, newUdpHeader, parseUdpHeader, udpHeaderHost } from '../protocol/socks5-codec.ts';
 import { SOCKS_REP } from '../reject.ts';
 import { type Downstream, type HandshakeResult, refuse } from './socks5-handshake.ts';
-import type { UdpRelayLedger } from './socks5-udp-ledger.ts';
+import { type Destination, DestinationTable } from './socks5-udp-destinations.ts';
+import { HeldShare, type UdpRelayLedger } from './socks5-udp-ledger.ts';
 
 /** Distinct destinations one association may name; more are dropped (bounded memory). */
 const MAX_DESTINATIONS = 4096;
 /** Datagrams held per destination while its admission is pending. */
 const MAX_QUEUED = 16;
-/**
- * Bytes of datagrams one association may hold while their destinations are admitted: 16 datagrams
- * of the largest size (one destination's full queue), or ~700 of a usual 1,500. Admissions run one at
- * a time, so a name whose DNS never answers keeps every later destination waiting for its timeout:
- * without a cap, 4,096 destinations × 16 × 64 KB (4 GB) from one association.
- */
-const MAX_HELD_BYTES = 1024 * 1024;
 /**
  * Destinations one association may have waiting for admission. Each waits for all before it; past
  * this many the client's own retransmission outlasts the wait, and it may retry once they are done.
@@ -55,24 +49,6 @@ const MAX_PENDING = 64;
 const DROP_LOG_EVERY_MS = 10_000;
 /** The most UDP payload one datagram carries: 65,535 less the UDP header, and IPv4's header for udp4. */
 const MAX_UDP_PAYLOAD = { udp4: 65_535 - 8 - 20, udp6: 65_535 - 8 } as const;
-/** Below this many destinations a linear byte compare beats building a string key. */
-const FAST_SCAN = 8;
-
-interface Destination {
-  /** ATYP..DST.PORT exactly as the client sent it: the lookup key. */
-  readonly key: Buffer;
-  readonly host: string;
-  readonly port: number;
-  state: 'pending' | 'allowed' | 'refused';
-  /** Bytes of the datagrams in `queue` (whole datagrams: a payload view keeps its datagram alive). */
-  heldBytes: number;
-  /** The admitted address (IPv4-mapped unwrapped) and which upstream socket reaches it. */
-  ip: string;
-  isV6: boolean;
-  /** RSV RSV FRAG ATYP ADDR PORT prepended to replies: built once. */
-  replyHeader: Buffer;
-  queue: Buffer[] | null;
-}
 
 interface DropCounts {
   foreign: number;
@@ -115,17 +91,13 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   let activity = 0;
   let idleTimer: NodeJS.Timeout | null = null;
   const hdr = newUdpHeader();
-  const dests: Destination[] = [];
-  const byKey = new Map<string, Destination>();
-  /** ip → port → destination, for replies (rinfo gives ip and port; no key string per datagram). */
-  const byAddress = new Map<string, Map<number, Destination>>();
-  let last: Destination | null = null;
+  const dests = new DestinationTable();
   let refusedDestinations = 0;
   let admitted = 0;
   let chain: Promise<void> = Promise.resolve();
   /** Destinations waiting for admission, and the bytes their queues hold (also taken from `ledger`). */
   let pending = 0;
-  let heldBytes = 0;
+  const held = new HeldShare(ledger);
   /** When each logged kind of drop was last logged (one warning per DROP_LOG_EVERY_MS each). */
   const loggedAt = { held: Number.NEGATIVE_INFINITY, oversized: Number.NEGATIVE_INFINITY };
   const drops: DropCounts = { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0, oversized: 0 };
@@ -184,7 +156,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     // Only a well-formed datagram locks the source port (when the request did not name one).
     if (clientPort === 0) clientPort = rinfo.port;
     activity++;
-    const dest = find(msg);
+    const dest = dests.find(msg, hdr);
     if (dest === null) newDestination(msg);
     else if (dest.state === 'allowed') forward(dest, msg, hdr.dataOffset);
     else if (dest.state === 'pending') hold(dest, msg);
@@ -193,7 +165,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
 
   /** Queue a datagram for a destination being admitted, if its queue and the byte caps allow. */
   function hold(dest: Destination, msg: Buffer): void {
-    if (dest.queue === null || dest.queue.length >= MAX_QUEUED || !takeHeld(msg.length)) {
+    if (dest.queue === null || dest.queue.length >= MAX_QUEUED || !held.take(msg.length)) {
       dropHeld();
       return;
     }
@@ -201,16 +173,9 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     dest.queue.push(msg.subarray(hdr.dataOffset));
   }
 
-  function takeHeld(n: number): boolean {
-    if (heldBytes + n > MAX_HELD_BYTES || !ledger.take(n)) return false;
-    heldBytes += n;
-    return true;
-  }
-
   /** Let go of a destination's queue (sent on, refused, or the association ended). */
   function releaseHeld(dest: Destination): void {
-    heldBytes -= dest.heldBytes;
-    ledger.release(dest.heldBytes);
+    held.release(dest.heldBytes);
     dest.heldBytes = 0;
     dest.queue = null;
   }
@@ -234,28 +199,11 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
         client: `${clientIp}:${clientPort}`,
         dropped: drops.held,
         pendingDestinations: pending,
-        heldBytes,
+        heldBytes: held.bytes,
         gatewayHeldBytes: ledger.heldBytes,
       },
       'socks5 udp datagrams dropped while their destinations wait for admission (queue limits)',
     );
-  }
-
-  function find(msg: Buffer): Destination | null {
-    const len = hdr.keyEnd - hdr.keyStart;
-    if (last !== null && last.key.length === len && msg.compare(last.key, 0, len, hdr.keyStart, hdr.keyEnd) === 0) return last;
-    if (dests.length <= FAST_SCAN) {
-      for (const d of dests) {
-        if (d.key.length === len && msg.compare(d.key, 0, len, hdr.keyStart, hdr.keyEnd) === 0) {
-          last = d;
-          return d;
-        }
-      }
-      return null;
-    }
-    const d = byKey.get(msg.toString('latin1', hdr.keyStart, hdr.keyEnd)) ?? null;
-    if (d !== null) last = d;
-    return d;
   }
 
   function forward(dest: Destination, msg: Buffer, offset: number): void {
@@ -292,7 +240,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
 
   // 6. destination → client
   function onUpstreamMessage(msg: Buffer, rinfo: RemoteInfo): void {
-    const dest = byAddress.get(rinfo.address)?.get(rinfo.port);
+    const dest = dests.replyFrom(rinfo.address, rinfo.port);
     if (dest === undefined || flow === null || ended) {
       drops.unsolicited++;
       return;
@@ -316,41 +264,24 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
 
   // 4. admission, once per destination, serialised so the first admitted one opens the flow
   function newDestination(msg: Buffer): void {
-    if (dests.length >= MAX_DESTINATIONS) {
+    if (dests.size >= MAX_DESTINATIONS) {
       drops.overflow++;
       return;
     }
     // Not kept at all when it cannot wait: a later datagram to it is a new destination again.
-    if (pending >= MAX_PENDING || !takeHeld(msg.length)) {
+    if (pending >= MAX_PENDING || !held.take(msg.length)) {
       dropHeld();
       return;
     }
     let host = udpHeaderHost(msg, hdr);
     if (host !== null && hdr.atyp === 0x03) host = normaliseHost(host)?.host ?? null;
     if (host === null) {
-      heldBytes -= msg.length;
-      ledger.release(msg.length);
+      held.release(msg.length);
       drops.malformed++;
       return;
     }
-    const key = Buffer.from(msg.subarray(hdr.keyStart, hdr.keyEnd));
-    const replyHeader = Buffer.alloc(3 + key.length);
-    key.copy(replyHeader, 3);
-    const dest: Destination = {
-      key,
-      host,
-      port: hdr.port,
-      state: 'pending',
-      heldBytes: msg.length,
-      ip: '',
-      isV6: false,
-      replyHeader,
-      queue: [msg.subarray(hdr.dataOffset)],
-    };
+    const dest = dests.add(msg, hdr, host);
     pending++;
-    dests.push(dest);
-    byKey.set(key.toString('latin1'), dest);
-    last = dest;
     chain = chain.then(() => admitOne(dest)).catch((err: unknown) => refuseDest(dest, `admission failed: ${String(err)}`));
   }
 
@@ -412,16 +343,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
 
   function allowDest(dest: Destination, ip: string): void {
     pending--;
-    dest.state = 'allowed';
-    dest.ip = ip;
-    dest.isV6 = isIPv6(ip);
+    dests.allow(dest, ip);
     admitted++;
-    let ports = byAddress.get(ip);
-    if (ports === undefined) {
-      ports = new Map();
-      byAddress.set(ip, ports);
-    }
-    ports.set(dest.port, dest);
     const queued = dest.queue ?? [];
     releaseHeld(dest);
     for (const payload of queued) {
@@ -472,7 +395,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     socket.removeListener('close', onControlEnd);
     socket.removeListener('data', discard);
     // Held datagrams will never be sent: their bytes go back to the gateway's share now.
-    if (heldBytes > 0) for (const d of dests) if (d.queue !== null) releaseHeld(d);
+    if (held.bytes > 0) for (const d of dests.all) if (d.queue !== null) releaseHeld(d);
     if (flow !== null && flow.state === 'active') {
       noteReasons(flow);
       ctx.flows.close(flow, reason);

@@ -1,0 +1,100 @@
+/**
+ * The destinations of one SOCKS5 UDP association (socks5-udp.ts): found per client datagram by the
+ * ATYP..DST.PORT bytes it names (no string per datagram while there are few), and per reply by the
+ * address and port it came from. Each destination is admitted once; until then its datagrams wait
+ * in its queue, whose bytes the association's share and the gateway's ledger account for.
+ */
+import { isIPv6 } from 'node:net';
+import type { UdpHeader } from '../protocol/socks5-codec.ts';
+
+/** Below this many destinations a linear byte compare beats building a string key. */
+const FAST_SCAN = 8;
+
+export interface Destination {
+  /** ATYP..DST.PORT exactly as the client sent it: the lookup key. */
+  readonly key: Buffer;
+  readonly host: string;
+  readonly port: number;
+  state: 'pending' | 'allowed' | 'refused';
+  /** Bytes of the datagrams in `queue` (whole datagrams: a payload view keeps its datagram alive). */
+  heldBytes: number;
+  /** The admitted address (IPv4-mapped unwrapped) and which upstream socket reaches it. */
+  ip: string;
+  isV6: boolean;
+  /** RSV RSV FRAG ATYP ADDR PORT prepended to replies: built once. */
+  readonly replyHeader: Buffer;
+  /** Payload views of the datagrams waiting for admission; null once admitted or refused. */
+  queue: Buffer[] | null;
+}
+
+export class DestinationTable {
+  /** Every destination named so far, in order. */
+  readonly all: Destination[] = [];
+  private readonly byKey = new Map<string, Destination>();
+  /** ip → port → destination, for replies (rinfo gives ip and port; no key string per datagram). */
+  private readonly byAddress = new Map<string, Map<number, Destination>>();
+  private last: Destination | null = null;
+
+  get size(): number {
+    return this.all.length;
+  }
+
+  /** The destination the datagram `msg` (its header parsed into `hdr`) names, or null for a new one. */
+  find(msg: Buffer, hdr: UdpHeader): Destination | null {
+    const len = hdr.keyEnd - hdr.keyStart;
+    const last = this.last;
+    if (last !== null && last.key.length === len && msg.compare(last.key, 0, len, hdr.keyStart, hdr.keyEnd) === 0) return last;
+    if (this.all.length <= FAST_SCAN) {
+      for (const d of this.all) {
+        if (d.key.length === len && msg.compare(d.key, 0, len, hdr.keyStart, hdr.keyEnd) === 0) {
+          this.last = d;
+          return d;
+        }
+      }
+      return null;
+    }
+    const d = this.byKey.get(msg.toString('latin1', hdr.keyStart, hdr.keyEnd)) ?? null;
+    if (d !== null) this.last = d;
+    return d;
+  }
+
+  /** A new destination, pending admission, with the datagram that named it as its first queued. */
+  add(msg: Buffer, hdr: UdpHeader, host: string): Destination {
+    const key = Buffer.from(msg.subarray(hdr.keyStart, hdr.keyEnd));
+    const replyHeader = Buffer.alloc(3 + key.length);
+    key.copy(replyHeader, 3);
+    const dest: Destination = {
+      key,
+      host,
+      port: hdr.port,
+      state: 'pending',
+      heldBytes: msg.length,
+      ip: '',
+      isV6: false,
+      replyHeader,
+      queue: [msg.subarray(hdr.dataOffset)],
+    };
+    this.all.push(dest);
+    this.byKey.set(key.toString('latin1'), dest);
+    this.last = dest;
+    return dest;
+  }
+
+  /** Admitted at `ip`: replies from ip:port are now this destination's. */
+  allow(dest: Destination, ip: string): void {
+    dest.state = 'allowed';
+    dest.ip = ip;
+    dest.isV6 = isIPv6(ip);
+    let ports = this.byAddress.get(ip);
+    if (ports === undefined) {
+      ports = new Map();
+      this.byAddress.set(ip, ports);
+    }
+    ports.set(dest.port, dest);
+  }
+
+  /** The admitted destination a reply from ip:port belongs to. */
+  replyFrom(ip: string, port: number): Destination | undefined {
+    return this.byAddress.get(ip)?.get(port);
+  }
+}
