@@ -246,7 +246,8 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
   }
   const result = await state.admitRequest(req, 'http', target.host, target.port);
   if (!result.ok) {
-    sendRefusal(res, result.reject, refusalDetails(result), !req.complete);
+    // While draining this connection carries no further request (as the fast path's answers say).
+    sendRefusal(res, result.reject, refusalDetails(result), !req.complete || ctx.isDraining());
     return;
   }
   const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');

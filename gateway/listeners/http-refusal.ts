@@ -35,16 +35,17 @@ export function refusalParts(mapping: RejectMapping, details: RefusalDetails): {
 }
 
 /**
- * Answer an absolute-URI request with a refusal. When the request body was not read, the
- * connection is closed afterwards: reading an unknown amount to keep it alive is not worth it.
+ * Answer an absolute-URI request with a refusal. `isLast`: the connection is closed afterwards —
+ * when the request body was not read (reading an unknown amount to keep it alive is not worth it),
+ * or when the gateway is draining.
  */
-export function sendRefusal(res: ServerResponse, mapping: RejectMapping, details: RefusalDetails, isBodyUnread: boolean): void {
+export function sendRefusal(res: ServerResponse, mapping: RejectMapping, details: RefusalDetails, isLast: boolean): void {
   if (res.headersSent) {
     res.destroy();
     return;
   }
   const { status, headers, body } = refusalParts(mapping, details);
-  if (isBodyUnread) headers.push('connection', 'close');
+  if (isLast) headers.push('connection', 'close');
   // The phrase is given, not left to res.statusMessage: a relay whose writeHead threw has set it.
   res.writeHead(status, STATUS_CODES[status] ?? 'Error', headers);
   res.end(body);

@@ -240,6 +240,39 @@ describe('absolute-URI fast path', () => {
     }
   }, 15_000);
 
+  it('drain: a request completed on node:http while draining gets 503 with connection: close', async () => {
+    const own = await startTestGateway();
+    const sink = createServer((c) => c.on('error', () => undefined));
+    sink.listen(0, '127.0.0.1');
+    await once(sink, 'listening');
+    try {
+      // An open tunnel keeps the drain waiting.
+      const tunnel = await rawConnect(own.httpPort);
+      tunnel.on('error', () => undefined);
+      tunnel.write(`CONNECT 127.0.0.1:${(sink.address() as { port: number }).port} HTTP/1.1\r\n\r\n`);
+      await readUntil(tunnel, '\r\n\r\n');
+      // A head split over two packets is node:http's; its second half arrives during the drain.
+      const s = await rawConnect(own.httpPort);
+      s.on('error', () => undefined);
+      const head = get('/size/9');
+      s.write(head.slice(0, 20));
+      await new Promise((r) => setTimeout(r, 50));
+      const draining = own.drain(5000);
+      await new Promise((r) => setTimeout(r, 200));
+      const closed = once(s, 'close');
+      s.write(head.slice(20));
+      const answer = (await readUntil(s, '"}')).toString('latin1');
+      expect(answer).toMatch(/^HTTP\/1\.1 503 /);
+      expect(answer).toMatch(/\r\nconnection: close\r\n/i);
+      await closed;
+      tunnel.destroy();
+      await draining;
+    } finally {
+      await own.stop();
+      sink.close();
+    }
+  });
+
   it('drain closes an idle keep-alive connection and keeps its record', async () => {
     const own = await startTestGateway();
     try {
