@@ -64,7 +64,20 @@ function parseCidrUncached(text: string): Cidr | { error: string } {
   if (b === null) return { error: `bad CIDR "${text}": not an IPv4 or IPv6 address` };
   const prefix = lenText === null ? 128 : Number(lenText);
   if (prefix > 128) return { error: `bad CIDR "${text}": IPv6 prefix length is 0-128` };
+  // Inside ::ffff:0:0/96 a rule names IPv4 addresses (`::ffff:198.51.100.0/120`): it is kept as the
+  // IPv4 rule it means, so it matches an IPv4 destination as well as its mapped form (as BlockList).
+  if (prefix >= 96 && isMappedPrefix(b)) {
+    const v4Prefix = prefix - 96;
+    const n = ((b[12]! << 24) | (b[13]! << 16) | (b[14]! << 8) | b[15]!) >>> 0;
+    return { family: 4, net: (n & maskV4(v4Prefix)) >>> 0, prefix: v4Prefix, text: t };
+  }
   return { family: 6, bytes: maskV6(b, prefix), prefix, text: t };
+}
+
+/** The first 96 bits are those of ::ffff:0:0 (IPv4-mapped). */
+function isMappedPrefix(b: Uint8Array): boolean {
+  for (let i = 0; i < 10; i++) if (b[i] !== 0) return false;
+  return b[10] === 0xff && b[11] === 0xff;
 }
 
 function maskV6(b: Uint8Array, prefix: number): Uint8Array {

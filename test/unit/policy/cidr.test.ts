@@ -42,6 +42,25 @@ describe('CidrMap agrees with node:net BlockList', () => {
     const family = ip.includes(':') ? 'ipv6' : 'ipv4';
     expect(map.longestPrefix(parsed) >= 0).toBe(bl.check(ip, family));
   });
+  // Regression: a rule written in IPv4-mapped form was an IPv6 rule, and IPv4 destinations (what a
+  // dial to a mapped address reaches) never met it: deny.cidrs ["::ffff:198.51.100.0/120"] denied nothing.
+  it.each([
+    ['::ffff:198.51.100.0/120', '198.51.100.5', true],
+    ['::ffff:198.51.100.0/120', '::ffff:198.51.100.5', true],
+    ['::ffff:198.51.100.0/120', '198.51.101.5', false],
+    ['::ffff:c633:6400/120', '198.51.100.200', true],
+    ['::ffff:0:0/96', '8.8.8.8', true],
+  ])('mapped-form rule %s against %s: %s, as BlockList', (cidr, ip, hit) => {
+    const p = parseCidr(cidr);
+    if ('error' in p) throw new Error(p.error);
+    const m = new CidrMap<string>();
+    m.add(p, cidr);
+    expect(m.longestPrefix(parseIp(ip)!) >= 0).toBe(hit);
+    const b = new BlockList();
+    b.addSubnet(cidr.split('/')[0]!, Number(cidr.split('/')[1]), 'ipv6');
+    expect(b.check(ip, ip.includes(':') ? 'ipv6' : 'ipv4')).toBe(hit);
+  });
+
   it('reports the longest prefix first', () => {
     const hits: string[] = [];
     map.forEachMatch(parseIp('10.1.2.3')!, (v) => {
