@@ -175,8 +175,34 @@ export function embeddedIPv4(bytes: Uint8Array): number | null {
   return null;
 }
 
+/**
+ * The NAT64 local-use prefix 64:ff9b:1::/48 (RFC 8215) may be deployed at any RFC 6052 length from
+ * /48 to /96, and the address does not say which: the IPv4 address sits at a different place in each
+ * layout. Classified under every layout, the first non-public answer wins (fail closed), so a /96
+ * translator inside it cannot carry 64:ff9b:1::a9fe:a9fe to 169.254.169.254. A layout that reads
+ * 0.0.0.0/8 is the zero padding of another layout, not an address: it is passed over.
+ */
+function classifyLocalUseNat64(b: Uint8Array): AddressRange | null {
+  const layouts = [
+    ((b[6]! << 24) | (b[7]! << 16) | (b[9]! << 8) | b[10]!) >>> 0, // /48
+    ((b[7]! << 24) | (b[9]! << 16) | (b[10]! << 8) | b[11]!) >>> 0, // /56
+    ((b[9]! << 24) | (b[10]! << 16) | (b[11]! << 8) | b[12]!) >>> 0, // /64
+    u32(b, 12), // /96
+  ];
+  for (const n of layouts) {
+    const range = classifyIPv4Number(n);
+    if (range !== null && range !== 'unspecified') return range;
+  }
+  return null;
+}
+
+function isLocalUseNat64(b: Uint8Array): boolean {
+  return b[0] === 0 && b[1] === 0x64 && b[2] === 0xff && b[3] === 0x9b && b[4] === 0 && b[5] === 1;
+}
+
 /** Classifies parsed IPv6 bytes (embedded IPv4 unwrapped first), like `classifyAddress`. */
 export function classifyIPv6(bytes: Uint8Array): AddressRange | null {
+  if (isLocalUseNat64(bytes)) return classifyLocalUseNat64(bytes);
   const inner = embeddedIPv4(bytes);
   return inner !== null ? classifyIPv4Number(inner) : classifyIPv6Bytes(bytes);
 }
@@ -247,9 +273,7 @@ export function classifyAddress(ip: string): AddressRange | null {
   if (n4 !== null) return classifyIPv4Number(n4);
   const b = parseIPv6(ip);
   if (b === null) return 'reserved';
-  const inner = embeddedIPv4(b);
-  if (inner !== null) return classifyIPv4Number(inner);
-  return classifyIPv6Bytes(b);
+  return classifyIPv6(b);
 }
 
 /** Compressed IPv6 text (RFC 5952: longest zero run of ≥2 groups becomes `::`, lower case). */

@@ -55,6 +55,10 @@ describe('classifyAddress', () => {
     ['64:ff9b::10.0.0.1', 'private'],
     ['64:ff9b::808:808', null],
     ['64:ff9b:1:7f00:0:100::', 'loopback'],
+    // local-use NAT64 at any RFC 6052 length (/48 … /96): every layout is classified, fail closed
+    ['64:ff9b:1::a9fe:a9fe', 'metadata'], // /96
+    ['64:ff9b:1:0:a:a00:100::', 'private'], // /64: 10.10.0.1
+    ['64:ff9b:1:808:8:808::', null], // /48: 8.8.8.8, and no layout reads a private address
     ['2002:a00:1::', 'private'],
     ['2002:7f00:1::1', 'loopback'],
     ['2002:808:808::1', null],
