@@ -15,7 +15,7 @@
  */
 import { isIP, isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
-import { effectiveIPv4 } from '../policy/address.ts';
+import { effectiveIPv4, unmapIPv4 } from '../policy/address.ts';
 import type { Decision, Identity, Mode, PolicySnapshot, ProcessInfo, Protocol } from '../policy/types.ts';
 import type { GatewayContext, IdentityClaims } from './context.ts';
 import { GatewayError, type GatewayErrorCode } from './errors.ts';
@@ -91,7 +91,8 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   const flow = ctx.flows.open({
     protocol: req.protocol,
     listener: req.listener,
-    client: { ip: req.claims.clientIp, port: req.claims.clientPort },
+    // A dual-stack listener's IPv4 client as plain IPv4: the form agent reports and records use.
+    client: { ip: unmapIPv4(req.claims.clientIp), port: req.claims.clientPort },
     identity,
     destination: { host: req.destHost, ip: null, port: req.destPort },
   });

@@ -10,7 +10,7 @@
  * *not* denied: they are unroutable, carry no SSRF risk, and SPEC examples and tests use them as
  * "public" destinations.
  */
-import { isIPv6 } from 'node:net';
+import { isIPv4, isIPv6 } from 'node:net';
 
 /** Range labels returned by `classifyAddress`; null means a public (globally routable) address. */
 export type AddressRange =
@@ -300,4 +300,12 @@ export function formatIPv6(bytes: ArrayLike<number>): string {
   const head = hex.slice(0, bestStart).join(':');
   const tail = hex.slice(bestStart + bestLen).join(':');
   return `${head}::${tail}`;
+}
+
+/**
+ * A dual-stack socket's IPv4 peer (`::ffff:a.b.c.d`, as node reports it) as `a.b.c.d`; any other
+ * address unchanged. Flows are known by their client's address in this form, as agents report it.
+ */
+export function unmapIPv4(ip: string): string {
+  return ip.startsWith('::ffff:') && isIPv4(ip.slice(7)) ? ip.slice(7) : ip;
 }

@@ -102,8 +102,13 @@ export class FlowTable extends EventEmitter {
     flow.clientKey = ck;
     if (init.isAddressIndexed !== false) this.byClient.set(ck, id);
     if (this.pendingProcess.size > 0) {
+      // A report that came before its flow names that flow only: consumed, never inherited by a
+      // later connection from the same port (another socket, maybe another process and user).
       const pending = this.pendingProcess.get(ck);
-      if (pending && !flow.identity.process) flow.identity = withProcess(flow.identity, pending);
+      if (pending) {
+        this.pendingProcess.delete(ck);
+        if (!flow.identity.process) flow.identity = withProcess(flow.identity, pending);
+      }
     }
     const key = identityKey(flow);
     flow.limitKey = key;
@@ -171,8 +176,9 @@ export class FlowTable extends EventEmitter {
       return null;
     }
     flow.identity = withProcess(flow.identity, process);
-    // Later flows on the same client connection (HTTP keep-alive) inherit it too.
-    this.pendingProcess.set(ck, process);
+    // Not remembered for later flows of this address: the next one may be another connection from a
+    // reused port. Later requests of the same HTTP keep-alive connection take it from the
+    // connection's earlier flow (http-proxy.ts).
     this.emit('attributed', flow);
     return flow;
   }

@@ -15,6 +15,8 @@ export interface ConnectionState {
   /** A request on this connection waits on its origin: the origin's own timeouts govern it. */
   isAwaitingOrigin: boolean;
   identity: CachedIdentity | null;
+  /** The flow of this connection's latest request: a process attributed to it is the connection's. */
+  lastFlow: { readonly identity: Identity } | null;
 }
 
 const kState = Symbol('egressgate.http.connection');
@@ -25,7 +27,7 @@ export function connectionState(socket: object): ConnectionState {
   const holder = socket as WithState;
   let state = holder[kState];
   if (!state) {
-    state = { isAwaitingOrigin: false, identity: null };
+    state = { isAwaitingOrigin: false, identity: null, lastFlow: null };
     holder[kState] = state;
   }
   return state;

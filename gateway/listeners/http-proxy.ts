@@ -37,6 +37,7 @@ import { type Admitted, admit, type Refused } from '../admission.ts';
 import { certSubjectOf } from '../identity/client-cert.ts';
 import type { GatewayContext, IdentityClaims } from '../context.ts';
 import type { GatewayErrorCode } from '../errors.ts';
+import { withProcess } from '../flow/flow.ts';
 import type { PolicySnapshot, Protocol } from '../../policy/types.ts';
 import { mapError } from '../reject.ts';
 import { handleConnect } from './http-connect.ts';
@@ -123,7 +124,10 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
       const key = `${req.headers['proxy-authorization'] ?? ''}\u0000${req.headers[headerNames.user.toLowerCase()] ?? ''}\u0000${req.headers[headerNames.host.toLowerCase()] ?? ''}\u0000${signedName ? (req.headers[signedName] ?? '') : ''}`;
       const connection = connectionState(req.socket);
       const cached = connection.identity;
-      const identity = cached && cached.key === key && cached.version === snapshot.version ? cached.identity : undefined;
+      let identity = cached && cached.key === key && cached.version === snapshot.version ? cached.identity : undefined;
+      // An agent report may have named this connection's process after its earlier request was admitted.
+      const earlier = connection.lastFlow?.identity.process;
+      if (identity && !identity.process && earlier) identity = withProcess(identity, earlier);
       const result = await admit(ctx, {
         protocol,
         listener,
@@ -134,6 +138,7 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
         identity,
       });
       if (result.ok && !identity) connection.identity = { key, version: snapshot.version, identity: result.flow.identity };
+      connection.lastFlow = result.flow;
       return result;
     },
   };

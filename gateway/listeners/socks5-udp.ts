@@ -29,6 +29,7 @@ import type { Decision } from '../../policy/types.ts';
 import { admit, admitDestination, type DestinationAdmission } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow } from '../flow/flow.ts';
+import { unmapIPv4 } from '../../policy/address.ts';
 import { normaliseHost } from '../protocol/authority.ts';
 import { encodeReply, newUdpHeader, parseUdpHeader, udpHeaderHost } from '../protocol/socks5-codec.ts';
 import { SOCKS_REP } from '../reject.ts';
@@ -67,9 +68,9 @@ interface DropCounts {
 export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: HandshakeResult, ledger: UdpRelayLedger): void {
   const { socket } = down;
   const limits = hs.snapshot.config.limits;
-  const clientIp = unmap(down.clientIp);
+  const clientIp = unmapIPv4(down.clientIp);
   const startedAt = ctx.flows.now();
-  const localIp = unmap(socket.localAddress ?? '127.0.0.1');
+  const localIp = unmapIPv4(socket.localAddress ?? '127.0.0.1');
   /** 0 until known: the request's DST.PORT or the first datagram's source port. */
   let clientPort = hs.request.port;
   const relayType = isIPv4(localIp) ? 'udp4' : 'udp6';
@@ -338,7 +339,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       if (r.decision.verdict === 'would-block' && f.verdict === 'allow') ctx.flows.decide(f, r.decision, false);
       ip = r.ip;
     }
-    allowDest(dest, unmap(ip));
+    allowDest(dest, unmapIPv4(ip));
   }
 
   function allowDest(dest: Destination, ip: string): void {
@@ -444,10 +445,6 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   }
 }
 
-/** The IPv4 inside an IPv4-mapped IPv6 address (a dual-stack listener reports those). */
-function unmap(ip: string): string {
-  return ip.startsWith('::ffff:') && isIPv4(ip.slice(7)) ? ip.slice(7) : ip;
-}
 
 function closeQuietly(s: UdpSocket): void {
   try {
