@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { AlertStore, isValidSince } from '../../../gateway/alerts/alert-store.ts';
-import { type AuditEntry, AuditLog } from '../../../gateway/audit-log.ts';
+import { type AuditEntry, AuditLog, UNAUTHENTICATED_PER_MINUTE } from '../../../gateway/audit-log.ts';
 import { GatewayStats } from '../../../gateway/stats.ts';
 
 const a = (id: string, detector = 'an0081.scan', time = '2026-11-25T10:00:00.000Z') => ({ id, time, detector });
@@ -89,6 +89,41 @@ describe('AuditLog', () => {
     again.record(entry(9));
     await again.close();
     expect((await readFile(path, 'utf8')).trim().split('\n')).toHaveLength(6);
+  });
+});
+
+describe('AuditLog: writes without a valid token', () => {
+  const refused = (i: number): AuditEntry => ({
+    time: new Date(Date.UTC(2026, 10, 25, 11, 0, 0, i)).toISOString(),
+    actor: null,
+    scope: null,
+    method: 'POST',
+    route: '/v1/policy/rollback/:version',
+    path: '/v1/policy/rollback/1',
+    sourceIp: `127.0.${i >> 8}.${i & 255}`,
+    beforeVersion: null,
+    afterVersion: null,
+    status: 401,
+  });
+  const real = (n: number): AuditEntry => ({ ...refused(0), actor: 'ops', scope: 'admin', method: 'PUT', route: '/v1/mode', path: '/v1/mode', sourceIp: '127.0.0.1', status: 200, beforeVersion: n });
+
+  // Regression: each token-less request was one entry, so a flood from rotating addresses pushed
+  // every real entry out of the ring (10,500 requests in 8.5 s emptied ?actor=ops).
+  it('cannot push real entries out: the first 60 a minute are listed, the rest summed up in one entry', () => {
+    let now = Date.UTC(2026, 10, 25, 11);
+    const log = new AuditLog({ keep: 100, now: () => now });
+    log.record(real(1));
+    for (let i = 0; i < 5000; i++) log.record(refused(i));
+    log.record(real(2));
+    expect(log.list({ actor: 'ops', limit: 1000 }).map((e) => e.beforeVersion)).toEqual([2, 1]);
+    expect(log.list({ limit: 1000 }).filter((e) => e.actor === null)).toHaveLength(UNAUTHENTICATED_PER_MINUTE);
+    now += 60_000;
+    const summary = log.list({ limit: 1 })[0];
+    expect(summary).toMatchObject({ actor: null, status: 401, sourceIp: '*' });
+    expect(summary?.detail).toMatch(/^4940 more writes without a valid token from 4940 address\(es\)/);
+    // A new minute lists again.
+    log.record(refused(1));
+    expect(log.list({ limit: 1 })[0]).toMatchObject({ path: '/v1/policy/rollback/1', sourceIp: '127.0.0.1' });
   });
 });
 
