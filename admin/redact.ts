@@ -4,11 +4,14 @@
  *
  * - Bearer tokens (admin and agent) become `tokenSha256`, for everyone: authentication is the same
  *   and a GET → PUT round trip keeps working, but the clear token is never served.
- * - For read scope also: user passwords, the signed-identity secret and credentials inside URLs
- *   (upstream proxies, webhooks) are replaced by "[redacted]". Admin scope sees them: it can
- *   replace the whole policy anyway, and needs them for a faithful round trip.
+ * - For read scope also: user passwords and password hashes (scrypt hashes can be cracked
+ *   offline), the signed-identity secret, credentials inside URLs (upstream proxies) and a webhook
+ *   URL's path and query (where Slack-style webhooks carry their secret) are replaced by
+ *   "[redacted]". Admin scope sees them: it can replace the whole policy anyway, and needs them for a
+ *   faithful round trip.
  */
 import { createHash } from 'node:crypto';
+import { webhookOrigin } from '../gateway/alerts/alert-sinks.ts';
 import type { Config } from '../policy/config.ts';
 
 export const REDACTED = '[redacted]';
@@ -38,11 +41,15 @@ export function redactConfig(config: Readonly<Config>, scope: 'read' | 'admin' |
   c.admin.tokens = c.admin.tokens.map(hashToken);
   c.identity.agents = c.identity.agents.map(hashToken);
   if (scope === 'admin') return c;
-  c.identity.users = c.identity.users.map((u) => (u.password === undefined ? u : { ...u, password: REDACTED }));
+  c.identity.users = c.identity.users.map((u) => ({
+    ...u,
+    ...(u.password === undefined ? {} : { password: REDACTED }),
+    ...(u.passwordHash === undefined ? {} : { passwordHash: REDACTED }),
+  }));
   if (c.identity.headers.signed) c.identity.headers.signed = { ...c.identity.headers.signed, secret: REDACTED };
   c.upstream = (redactUrl(c.upstream) as string | null | undefined) ?? null;
   for (const role of Object.values(c.roles)) if (role.upstream) role.upstream = redactUrl(role.upstream) ?? null;
-  c.alerts.webhooks = c.alerts.webhooks.map((w) => ({ ...w, url: redactUrl(w.url) ?? w.url }));
+  c.alerts.webhooks = c.alerts.webhooks.map((w) => ({ ...w, url: webhookOrigin(w.url) }));
   if (c.tls?.key) c.tls = { ...c.tls, key: c.tls.key.includes('PRIVATE KEY') ? REDACTED : c.tls.key };
   return c;
 }

@@ -51,11 +51,11 @@ export function attachAlertSinks(store: AlertStore<Alert>, opts: SinkOptions): A
         // Drain the body so the connection is reused.
         void res.arrayBuffer().catch(() => {});
         if (res.status >= 500 || res.status === 429) throw new Error(`status ${res.status}`);
-        if (res.status >= 400) opts.log.warn({ url: target.url, status: res.status }, 'webhook refused the alert');
+        if (res.status >= 400) opts.log.warn({ url: webhookOrigin(target.url), status: res.status }, 'webhook refused the alert');
       })
       .catch((err: unknown) => {
         if (attempt + 1 >= maxAttempts || closed) {
-          opts.log.warn({ url: target.url, attempts: attempt + 1, err: String(err) }, 'webhook delivery failed; alert dropped for this webhook');
+          opts.log.warn({ url: webhookOrigin(target.url), attempts: attempt + 1, err: String(err) }, 'webhook delivery failed; alert dropped for this webhook');
           return;
         }
         const delay = baseDelayMs * 2 ** attempt;
@@ -143,4 +143,17 @@ function createSyslogSender(target: { host: string; port: number; protocol: 'udp
     },
     close: () => sock?.end(),
   };
+}
+
+/**
+ * A webhook URL as logs and read-scope answers may show it: scheme, host and port; the path and
+ * query (where Slack-style webhooks carry their secret) and any credentials replaced.
+ */
+export function webhookOrigin(url: string): string {
+  try {
+    const u = new URL(url);
+    return u.pathname === '/' && !u.search && !u.username && !u.password ? u.origin : `${u.origin}/[redacted]`;
+  } catch {
+    return '[redacted]';
+  }
 }

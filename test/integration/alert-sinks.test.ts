@@ -18,7 +18,15 @@ afterEach(async () => {
 });
 
 const warnings: string[] = [];
-const log: Logger = { info: () => {}, warn: (_o, m) => warnings.push(m ?? ''), error: () => {} };
+const warnedUrls: unknown[] = [];
+const log: Logger = {
+  info: () => {},
+  warn: (o, m) => {
+    warnings.push(m ?? '');
+    warnedUrls.push((o as { url?: unknown }).url);
+  },
+  error: () => {},
+};
 
 function alert(id: string, severity: Alert['severity']): Alert {
   return {
@@ -95,6 +103,8 @@ describe('alert sinks', () => {
     expect(store.size).toBe(1);
     await until(() => warnings.some((w) => w.includes('webhook delivery failed')));
     expect(hook.hits()).toBe(3);
+    // The log names the webhook by its origin: the path (a Slack-style webhook's secret) stays out.
+    expect(warnedUrls.at(-1)).toBe(`${new URL(hook.url).origin}/[redacted]`);
   });
 
   it('sends RFC 5424 messages over UDP with the alert as JSON', async () => {

@@ -3,6 +3,8 @@ import { BASE_POLICY, bearer, type Harness, makeHarness, sha256hex, TOKENS } fro
 
 const admin = (extra: Record<string, string> = {}) => bearer(TOKENS.admin, extra);
 const read = () => bearer(TOKENS.read);
+/** A syntactically valid scrypt hash (egressgate hash-password's format). */
+const BOB_HASH = 'scrypt$1024$8$1$izFLRePXeAhzFY7eicuf4w$Pv/jTCz3O0NTuxV1sTBqrv2CnHs8U1Kd8IQjobju6TY';
 
 describe('policy routes', () => {
   let h: Harness;
@@ -30,18 +32,24 @@ describe('policy routes', () => {
   it('GET /v1/policy never serves a clear token; read scope also loses passwords and URL credentials', async () => {
     const withSecrets = BASE_POLICY.replace(
       'identity:\n',
-      'identity:\n  users:\n    - { name: alice, password: "alice-pw-secret", roles: [developer] }\n',
-    ).concat('upstream: "http://proxyuser:proxypass@parent.example.net:3128"\n');
+      `identity:\n  users:\n    - { name: alice, password: "alice-pw-secret", roles: [developer] }\n    - { name: bob, passwordHash: "${BOB_HASH}", roles: [developer] }\n`,
+    )
+      .concat('upstream: "http://proxyuser:proxypass@parent.example.net:3128"\n')
+      .concat('alerts: { webhooks: [ { url: "https://hooks.example.net/services/T000/B000/SECRETXYZ?token=abc" } ] }\n');
     const put = await h.app.inject({ method: 'PUT', url: '/v1/policy', headers: admin({ 'content-type': 'text/yaml' }), payload: withSecrets });
-    expect(put.statusCode).toBe(200);
+    expect(put.statusCode, put.body).toBe(200);
     expect(put.body).not.toContain(TOKENS.admin);
     const asRead = await h.app.inject({ url: '/v1/policy', headers: read() });
-    for (const secret of [TOKENS.admin, TOKENS.ws17, TOKENS.agentScope, 'alice-pw-secret', 'proxypass']) expect(asRead.body).not.toContain(secret);
+    for (const secret of [TOKENS.admin, TOKENS.ws17, TOKENS.agentScope, 'alice-pw-secret', 'proxypass', BOB_HASH, 'SECRETXYZ', 'token=abc']) expect(asRead.body).not.toContain(secret);
     const cfg = asRead.json().config;
     expect(cfg.admin.tokens[0]).toEqual({ name: 'ops', tokenSha256: sha256hex(TOKENS.admin), scope: 'admin' });
     expect(cfg.identity.users[0].password).toBe('[redacted]');
+    expect(cfg.identity.users[1].passwordHash).toBe('[redacted]');
+    expect(cfg.alerts.webhooks[0].url).toBe('https://hooks.example.net/[redacted]');
     const asAdmin = (await h.app.inject({ url: '/v1/policy', headers: admin() })).json().config;
     expect(asAdmin.identity.users[0].password).toBe('alice-pw-secret');
+    expect(asAdmin.identity.users[1].passwordHash).toBe(BOB_HASH);
+    expect(asAdmin.alerts.webhooks[0].url).toContain('SECRETXYZ');
     expect(JSON.stringify(asAdmin)).not.toContain(TOKENS.admin);
     // The admin's copy round-trips, and the hashed tokens still authenticate.
     const again = await h.app.inject({ method: 'PUT', url: '/v1/policy', headers: admin(), payload: asAdmin });
