@@ -26,7 +26,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { NODE_FLAGS, THREADPOOL_SIZE } from '../gateway/node-flags.ts';
-import { DETECTOR_NAMES } from '../policy/types.ts';
+import { DETECTOR_DEFAULTS } from '../policy/detectors/defaults.ts';
 import type { LoadOptions, LoadResult, ProxyKind } from './loadgen.ts';
 import { processTree } from './proc-stats.ts';
 import { budgetChecks, ceilingChecks, groupByTarget, metricsTable, type RatioPair, targetChecks, CPU_ROWS } from './summary.ts';
@@ -285,7 +285,9 @@ function newestSourceMtime(): number {
 /** --detector-actions default: keep block/kill actions (shows what a real policy does to bulk transfers). */
 const KEEP_DEFAULT_ACTIONS = args['detector-actions'] === 'default';
 
-const ALL_DETECTORS = DETECTOR_NAMES;
+// The detectors that take settings (policy.deny, policy.deny-range and quarantine have none: the
+// config refuses them under detection.detectors, where they used to be listed and ignored).
+const ALL_DETECTORS = Object.keys(DETECTOR_DEFAULTS);
 
 /**
  * --flow-log on (default): every flow record goes to a file, as squid's access log and danted's

@@ -9,6 +9,7 @@ import { parseCidr } from './cidr.ts';
 import { normalizeHost, parseHostPattern } from './host-pattern.ts';
 import { parsePortSpec } from './ports.ts';
 import { type Node, s } from './schema-dsl.ts';
+import { DETECTOR_DEFAULTS } from './detectors/defaults.ts';
 import { DETECTOR_NAMES } from './types.ts';
 
 const nonEmpty = (v: string): string | null => (v.trim() === '' ? 'must not be empty' : null);
@@ -138,8 +139,24 @@ const exception = s.obj(
       : 'an exception needs at least one of process, user, host, destination (to turn a detector off, set its enabled: false)',
 );
 
-/** Detector settings: enabled/action/corroborate are typed; other keys are detector thresholds. */
-const detector = s.rec(s.or(s.num(), s.bool(), s.str()));
+/**
+ * Each behaviour detector's settings: enabled, action, corroborate and exactly the thresholds it
+ * reads (its `DETECTOR_DEFAULTS` entry), numbers >= 0. A misspelt or mistyped threshold is an
+ * error: the detector would otherwise run on its default without a word.
+ */
+const detectors = s.keyed(
+  Object.fromEntries(
+    Object.entries(DETECTOR_DEFAULTS).map(([name, d]) => [
+      name,
+      s.obj({
+        enabled: s.bool(),
+        action: s.enum(['flag', 'block', 'kill']),
+        corroborate: s.bool(),
+        ...Object.fromEntries(Object.keys(d.n).map((k) => [k, s.num({ min: 0 })])),
+      }),
+    ]),
+  ),
+);
 
 const severity = s.enum(['low', 'medium', 'high']);
 
@@ -190,7 +207,7 @@ export const CONFIG_SCHEMA: Node = s.obj({
   ),
   detection: s.obj({
     sampleIntervalMs: s.int(1),
-    detectors: s.rec(detector, undefined, DETECTOR_NAMES),
+    detectors,
     lists: s.obj({ proxyware: names, scannerTools: names, exfilTools: names, storageDomains: names, proxywareDomains: names }),
     quarantineSec: s.int(0),
     maxTrackedIdentities: s.int(1),

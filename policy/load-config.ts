@@ -4,7 +4,7 @@
  *
  * 1. parse YAML (or JSON) — syntax errors carry line:column;
  * 2. validate the shape and every value against `CONFIG_SCHEMA` (unknown keys are errors);
- * 3. cross-field checks (roles referenced but not defined, duplicate names, detector settings);
+ * 3. cross-field checks (roles referenced but not defined, duplicate names);
  * 4. merge over `defaultConfig()` (objects deeply, lists and scalars replaced) and fill per-item
  *    defaults.
  */
@@ -123,24 +123,6 @@ function crossChecks(raw: Record<string, unknown>, errors: ConfigError[]): void 
   uniqueNames(identity['agents'], 'identity.agents', 'agent');
   if (isPlainObject(raw['admin'])) uniqueNames(raw['admin']['tokens'], 'admin.tokens', 'token');
   checkRoles(raw['defaultRoles'], 'defaultRoles');
-
-  const detectors = isPlainObject(raw['detection']) ? raw['detection']['detectors'] : undefined;
-  if (isPlainObject(detectors)) {
-    for (const [name, d] of Object.entries(detectors)) {
-      if (!isPlainObject(d)) continue;
-      const p = joinPath('detection.detectors', name);
-      for (const [k, v] of Object.entries(d)) {
-        const kp = joinPath(p, k);
-        if (k === 'enabled' || k === 'corroborate') {
-          if (typeof v !== 'boolean') errors.push({ path: kp, message: 'expected true or false' });
-        } else if (k === 'action') {
-          if (v !== 'flag' && v !== 'block' && v !== 'kill') errors.push({ path: kp, message: `expected one of flag, block, kill, got ${JSON.stringify(v)}` });
-        } else if (typeof v === 'number' && v < 0) {
-          errors.push({ path: kp, message: `thresholds are >= 0, got ${v}` });
-        }
-      }
-    }
-  }
 }
 
 /** Per-item defaults that an object-deep merge cannot express (items of lists, record values). */

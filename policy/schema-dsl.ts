@@ -22,7 +22,15 @@ export type Node =
   | { readonly t: 'enum'; readonly values: readonly string[]; readonly doc?: string }
   | { readonly t: 'array'; readonly items: Node; readonly minItems?: number; readonly doc?: string }
   | { readonly t: 'object'; readonly fields: Readonly<Record<string, Field>>; readonly check?: Check; readonly doc?: string }
-  | { readonly t: 'record'; readonly key?: Check; readonly keyEnum?: readonly string[]; readonly values: Node; readonly doc?: string }
+  | {
+      readonly t: 'record';
+      readonly key?: Check;
+      readonly keyEnum?: readonly string[];
+      readonly values: Node;
+      /** The value node of particular keys, in place of `values` (e.g. each detector's own settings). */
+      readonly byKey?: Readonly<Record<string, Node>>;
+      readonly doc?: string;
+    }
   | { readonly t: 'nullable'; readonly inner: Node }
   | { readonly t: 'union'; readonly options: readonly Node[]; readonly doc?: string };
 
@@ -45,6 +53,8 @@ export const s = {
     check,
   }),
   rec: (values: Node, key?: Check, keyEnum?: readonly string[]): Node => ({ t: 'record', values, key, keyEnum }),
+  /** A record whose keys are exactly `byKey`'s, each value checked by its own node. */
+  keyed: (byKey: Record<string, Node>): Node => ({ t: 'record', values: s.obj({}), keyEnum: Object.keys(byKey), byKey }),
   nul: (inner: Node): Node => ({ t: 'nullable', inner }),
   or: (...options: Node[]): Node => ({ t: 'union', options }),
   req: (node: Node): Field => ({ node, required: true }),
@@ -163,12 +173,15 @@ export function validate(node: Node, value: unknown, path: PathRef, errors: Conf
       else {
         for (const [k, v] of Object.entries(value)) {
           const p: PathRef = { parent: path, key: k };
-          if (node.keyEnum && !node.keyEnum.includes(k)) fail(errors, p, `unknown name "${k}" (known: ${node.keyEnum.join(', ')})`);
-          else if (node.key) {
+          if (node.keyEnum && !node.keyEnum.includes(k)) {
+            fail(errors, p, `unknown name "${k}" (known: ${node.keyEnum.join(', ')})`);
+            // Its settings are another name's, if any: checking them would only add noise.
+            if (node.byKey !== undefined) continue;
+          } else if (node.key) {
             const m = node.key(k as never);
             if (m !== null) fail(errors, p, m);
           }
-          validate(node.values, v, p, errors);
+          validate(node.byKey !== undefined && Object.hasOwn(node.byKey, k) ? node.byKey[k]! : node.values, v, p, errors);
         }
       }
       break;
@@ -241,6 +254,10 @@ export function toJsonSchema(node: Node): Json {
       };
     }
     case 'record':
+      if (node.byKey !== undefined) {
+        const keys = node.keyEnum ?? Object.keys(node.byKey);
+        return { type: 'object', properties: Object.fromEntries(keys.map((k) => [k, toJsonSchema(node.byKey?.[k] ?? node.values)])), additionalProperties: false, ...doc };
+      }
       return {
         type: 'object',
         additionalProperties: toJsonSchema(node.values),

@@ -1,7 +1,8 @@
 /**
  * The one place detector defaults live (SPEC §3 `detection.detectors`, research/detections.md §2/§4).
  * `detectorSettings(config, name)` merges the config's entry over these, so a config that names
- * only `action` keeps every threshold.
+ * only `action` keeps every threshold. The config schema takes each detector's allowed settings
+ * from this table: a threshold not listed here is an unknown key in the policy file.
  */
 import type { Config, DetectorConfig } from '../config.ts';
 import type { FindingAction } from './types.ts';
@@ -95,9 +96,9 @@ export function detectorSettings(config: Config, name: BehaviourDetector): Detec
   const def = DETECTOR_DEFAULTS[name];
   const entry = config.detection.detectors[name];
   const n: Record<string, number> = {};
+  // The config schema allows exactly these keys (config-schema.ts builds each detector's settings
+  // from this table), so a threshold a detector reads is always one an operator can set.
   for (const [k, v] of Object.entries(def.n)) n[k] = readNumber(entry, k, v);
-  // Extra numeric keys in the config are kept too (operators may tune ones we read later).
-  if (entry) for (const [k, v] of Object.entries(entry)) if (typeof v === 'number' && !(k in n)) n[k] = v;
   const action = entry?.action === 'flag' || entry?.action === 'block' || entry?.action === 'kill' ? entry.action : def.action;
   return {
     enabled: entry?.enabled !== false,

@@ -98,11 +98,23 @@ defaultRoles: [ghost]
 `,
 );
 
+// Regression: detector settings of the wrong type or a misspelt name passed check and the gateway
+// ran those detectors on their defaults (here a 50 MiB budget instead of 1 MiB, a 300 s window).
+const DETECTORS = file(
+  'detectors.yaml',
+  `detection:
+  detectors:
+    an0080.bulk-upload: { action: kill, bytesOut: "1048576" }
+    an0081.scan: { windowsec: 60 }
+`,
+);
+
 beforeAll(async () => {
   // Start the child processes together; the tests below await the same promises.
   await Promise.all([
     spawned('check good', 'check', '--config', GOOD),
     spawned('check bad', 'check', '--config', BAD),
+    spawned('check detectors', 'check', '--config', DETECTORS),
     spawned('evaluate allow', 'evaluate', '--config', GOOD, '--dest', 'a.b.example.com:443', '--user', 'alice'),
   ]);
 }, 60_000);
@@ -122,6 +134,16 @@ describe('egressgate check', () => {
     expect(lines).toContain('roles.dev.allow[2].ports[0]: must be <= 65535, got 99999');
     expect(lines.some((l) => l.startsWith('roles.ops.colour: unknown key'))).toBe(true);
     expect(lines.some((l) => l.startsWith('defaultRoles[0]: unknown role "ghost"'))).toBe(true);
+    expect(r.stdout).toBe('');
+  });
+
+  it('detector settings: a string threshold and a misspelt one are errors with their paths, exit 1', async () => {
+    const r = await spawned('check detectors');
+    expect(r.code).toBe(1);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines[0]).toBe('detection.detectors["an0080.bulk-upload"].bytesOut: expected a number, got a string');
+    expect(lines[1]).toMatch(/^detection\.detectors\["an0081\.scan"\]\.windowsec: unknown key \(allowed here: enabled, action, corroborate, windowSec, /);
+    expect(lines[2]).toBe(`${DETECTORS}: 2 errors`);
     expect(r.stdout).toBe('');
   });
 

@@ -2,10 +2,16 @@
  * Hot reload under a live streaming tunnel (issue 3): a reload that passes swaps the policy for new
  * flows at once and never drops an established one; a reload that fails changes nothing; rollback
  * restores an old version. Real gateway HTTP listener, real CONNECT tunnel, real echo origin.
+ * Also a real `egressgate serve` process: SIGHUP and PUT /v1/policy with bad detector settings.
  */
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawnServe } from '../helpers/serve-process.ts';
 import { type LocalGateway, jsonBody, rawConnect, rawExchange, readUntil, startLocalGateway } from './http-harness.ts';
 
 let echo: Server;
@@ -103,4 +109,93 @@ describe('policy reload under a live tunnel', () => {
     expect(record.bytesIn).toBe(sent);
     expect(record.verdict).toBe('allow');
   });
+});
+
+// Regression: a detector threshold given as a string, or under a misspelt name, passed validation
+// and the reloaded policy ran that detector on its default (a 50 MiB upload budget instead of 1 MiB).
+describe('egressgate serve: a reload with bad detector settings keeps the running policy', () => {
+  const TOKEN = 'policy-reload-token-0123456789';
+  const policyWith = (bulkUpload: string): string => `mode: enforce
+identity: { localAttribution: false }
+flowLog: { path: null }
+detection:
+  detectors:
+    an0080.bulk-upload: ${bulkUpload}
+`;
+  let dir = '';
+  let child: ChildProcess | null = null;
+  afterAll(async () => {
+    if (child && child.exitCode === null && child.signalCode === null) {
+      const exited = once(child, 'exit');
+      child.kill('SIGKILL');
+      await exited;
+    }
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  /** The next reload outcome the gateway logs on stderr (JSON lines), waiting for its output. */
+  function nextReload(c: ChildProcess): Promise<Record<string, unknown>> {
+    return new Promise((resolve, reject) => {
+      let buf = '';
+      const onData = (b: Buffer): void => {
+        buf += b.toString('utf8');
+        for (const line of buf.split('\n')) {
+          if (!line.startsWith('{')) continue;
+          const rec = JSON.parse(line) as Record<string, unknown>;
+          if (typeof rec['msg'] === 'string' && rec['msg'].startsWith('policy reload')) {
+            c.stderr?.off('data', onData);
+            c.off('exit', reject);
+            resolve(rec);
+            return;
+          }
+        }
+      };
+      c.stderr?.on('data', onData);
+      c.once('exit', reject);
+    });
+  }
+
+  it('SIGHUP and PUT /v1/policy: refused with the paths, version and budget unchanged', async () => {
+    dir = await mkdtemp(join(tmpdir(), 'egw-policy-reload-'));
+    const configPath = join(dir, 'policy.yaml');
+    await writeFile(configPath, policyWith('{ action: kill, bytesOut: 1048576 }'));
+    const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN, EGRESSGATE_CONFIG: undefined } });
+    child = s.child;
+    const auth = { authorization: `Bearer ${TOKEN}` };
+    const running = async (): Promise<{ version: number; budget: unknown }> => {
+      const body = (await (await fetch(`http://${s.admin}/v1/policy`, { headers: auth })).json()) as {
+        version: number;
+        config: { detection: { detectors: Record<string, { bytesOut?: unknown }> } };
+      };
+      return { version: body.version, budget: body.config.detection.detectors['an0080.bulk-upload']?.bytesOut };
+    };
+    expect(await running()).toEqual({ version: 1, budget: 1048576 });
+
+    // 1. SIGHUP with the budget as a string and a misspelt threshold.
+    await writeFile(configPath, policyWith('{ action: kill, bytesOut: "1048576", windowsec: 60 }'));
+    const outcome = nextReload(s.child);
+    s.child.kill('SIGHUP');
+    const logged = await outcome;
+    expect(logged['msg']).toBe('policy reload failed; the running policy is unchanged');
+    expect((logged['errors'] as Array<{ path: string }>).map((e) => e.path)).toEqual([
+      'detection.detectors["an0080.bulk-upload"].bytesOut',
+      'detection.detectors["an0080.bulk-upload"].windowsec',
+    ]);
+    expect(await running()).toEqual({ version: 1, budget: 1048576 });
+
+    // 2. The same through the admin API, as a JSON body.
+    const put = await fetch(`http://${s.admin}/v1/policy`, {
+      method: 'PUT',
+      headers: { ...auth, 'content-type': 'application/json' },
+      body: JSON.stringify({ mode: 'enforce', detection: { detectors: { 'an0080.bulk-upload': { action: 'kill', bytesOut: '1048576' } } } }),
+    });
+    expect(put.status).toBe(400);
+    const body = (await put.json()) as { error: string; details: Array<{ path: string; message: string }> };
+    expect(body.details).toEqual([{ path: 'detection.detectors["an0080.bulk-upload"].bytesOut', message: 'expected a number, got a string' }]);
+    expect(await running()).toEqual({ version: 1, budget: 1048576 });
+
+    const exited = once(s.child, 'exit');
+    s.child.kill('SIGTERM');
+    expect((await exited)[0]).toBe(0);
+  }, 60_000);
 });

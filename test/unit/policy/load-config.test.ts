@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { defaultConfig } from '../../../policy/config.ts';
+import { DETECTOR_DEFAULTS, detectorSettings } from '../../../policy/detectors/defaults.ts';
 import { loadConfig, loadConfigFile } from '../../../policy/load-config.ts';
 
 const SPEC_EXAMPLE = readFileSync(new URL('./fixtures/spec-example.yaml', import.meta.url), 'utf8');
@@ -115,6 +116,46 @@ describe('loadConfig: errors carry exact paths', () => {
 
   it('JSON syntax errors are reported', () => {
     expect(errorsOf('{"mode": ', 'json')[0]!.message).toMatch(/invalid JSON/);
+  });
+});
+
+// Regression: a detector threshold of the wrong type or a misspelt name was dropped without a word
+// and the detector ran on its default (`bytesOut: "1048576"` gave the 50 MiB budget).
+describe('loadConfig: detector settings are checked like every other key', () => {
+  const table: Array<[string, string, string, RegExp]> = [
+    ['threshold as a string', 'an0080.bulk-upload: { bytesOut: "1048576" }', 'detection.detectors["an0080.bulk-upload"].bytesOut', /^expected a number, got a string$/],
+    ['threshold as a list', 'an0081.scan: { windowSec: [60] }', 'detection.detectors["an0081.scan"].windowSec', /expected a number, got an array/],
+    ['threshold as a boolean', 'an0081.sustained: { minBytesPerSec: true }', 'detection.detectors["an0081.sustained"].minBytesPerSec', /expected a number/],
+    ['misspelt threshold', 'an0081.scan: { windowsec: 60 }', 'detection.detectors["an0081.scan"].windowsec', /unknown key \(allowed here: .*windowSec/],
+    ['threshold of another detector', 'an0080.bulk-upload: { windowSec: 60 }', 'detection.detectors["an0080.bulk-upload"].windowSec', /unknown key/],
+    ['threshold on a detector without any', 'an0080.lineage: { bytesOut: 10 }', 'detection.detectors["an0080.lineage"].bytesOut', /unknown key \(allowed here: enabled, action, corroborate\)/],
+    ['enabled as a string', 'an0081.scan: { enabled: "false" }', 'detection.detectors["an0081.scan"].enabled', /expected true or false, got a string/],
+    ['corroborate as a number', 'an0081.proxyjack: { corroborate: 1 }', 'detection.detectors["an0081.proxyjack"].corroborate', /expected true or false/],
+    ['settings not a mapping', 'an0081.scan: block', 'detection.detectors["an0081.scan"]', /expected a mapping, got a string/],
+    ['a name that takes no settings', 'quarantine: { enabled: false }', 'detection.detectors.quarantine', /unknown name "quarantine"/],
+    ['policy.deny takes no settings', 'policy.deny: { enabled: false }', 'detection.detectors["policy.deny"]', /unknown name/],
+  ];
+  it.each(table)('%s', (_name, detectors, path, message) => {
+    const errors = errorsOf(`detection:\n  detectors:\n    ${detectors}\n`);
+    expect(errors, JSON.stringify(errors)).toHaveLength(1);
+    expect(errors[0]!.path).toBe(path);
+    expect(errors[0]!.message).toMatch(message);
+  });
+
+  it('the same from a JSON body (PUT /v1/policy): a string threshold is an error, not the default', () => {
+    const r = loadConfig(JSON.stringify({ detection: { detectors: { 'an0080.split-upload': { bytesOut: '1048576', dayBytesOut: 5 } } } }), { format: 'json' });
+    expect(r.ok ? [] : r.errors).toEqual([{ path: 'detection.detectors["an0080.split-upload"].bytesOut', message: 'expected a number, got a string' }]);
+  });
+
+  it('every threshold a detector reads can be set, and is what the detector gets', () => {
+    for (const [name, d] of Object.entries(DETECTOR_DEFAULTS)) {
+      const settings = Object.fromEntries(Object.keys(d.n).map((k, i) => [k, i + 0.5]));
+      const r = loadConfig(JSON.stringify({ detection: { detectors: { [name]: { enabled: false, action: 'flag', corroborate: true, ...settings } } } }), { format: 'json' });
+      expect(r.ok ? [] : r.errors, name).toEqual([]);
+      if (!r.ok) continue;
+      const got = detectorSettings(r.config, name as keyof typeof DETECTOR_DEFAULTS);
+      expect(got, name).toEqual({ enabled: false, action: 'flag', corroborate: true, n: settings });
+    }
   });
 });
 
