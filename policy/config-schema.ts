@@ -79,7 +79,15 @@ const urlWith =
     if (needPort && u.port === '') return 'URL needs an explicit port';
     return null;
   };
-const upstreamUrl = urlWith(['http:', 'https:', 'socks5:', 'socks5h:'], false);
+// The schemes gateway/upstream/dial.ts speaks to a parent proxy. https (TLS to the proxy) is not one
+// of them: accepting it gave every flow of the role a 502 upstream-proxy at dial time.
+const UPSTREAM_SCHEMES = ['http:', 'socks5:', 'socks5h:'] as const;
+const upstreamScheme = urlWith(UPSTREAM_SCHEMES, false);
+const upstreamUrl = (v: string): string | null => {
+  const m = upstreamScheme(v);
+  if (m?.startsWith('URL scheme') && /^https:/i.test(v.trim())) return `a parent proxy over TLS (https) is not supported; ${m}`;
+  return m;
+};
 const webhookUrl = urlWith(['http:', 'https:'], false);
 
 const sha256 = (v: string): string | null => (/^[0-9a-fA-F]{64}$/.test(v) ? null : 'must be 64 hex digits (sha256)');

@@ -109,12 +109,22 @@ const DETECTORS = file(
 `,
 );
 
+// Regression: an https parent proxy passed check, and dial() then refused every flow of the role
+// (502 upstream-proxy).
+const UPSTREAM = file(
+  'upstream.yaml',
+  `roles:
+  dev: { allow: [ { host: "a.example.com" } ], upstream: "https://parent.example.net:3129" }
+`,
+);
+
 beforeAll(async () => {
   // Start the child processes together; the tests below await the same promises.
   await Promise.all([
     spawned('check good', 'check', '--config', GOOD),
     spawned('check bad', 'check', '--config', BAD),
     spawned('check detectors', 'check', '--config', DETECTORS),
+    spawned('check upstream', 'check', '--config', UPSTREAM),
     spawned('evaluate allow', 'evaluate', '--config', GOOD, '--dest', 'a.b.example.com:443', '--user', 'alice'),
   ]);
 }, 60_000);
@@ -144,6 +154,16 @@ describe('egressgate check', () => {
     expect(lines[0]).toBe('detection.detectors["an0080.bulk-upload"].bytesOut: expected a number, got a string');
     expect(lines[1]).toMatch(/^detection\.detectors\["an0081\.scan"\]\.windowsec: unknown key \(allowed here: enabled, action, corroborate, windowSec, /);
     expect(lines[2]).toBe(`${DETECTORS}: 2 errors`);
+    expect(r.stdout).toBe('');
+  });
+
+  it('an https parent proxy: refused, saying which schemes are supported, exit 1', async () => {
+    const r = await spawned('check upstream');
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n')).toEqual([
+      'roles.dev.upstream: a parent proxy over TLS (https) is not supported; URL scheme must be one of http, socks5, socks5h',
+      `${UPSTREAM}: 1 error`,
+    ]);
     expect(r.stdout).toBe('');
   });
 

@@ -89,6 +89,9 @@ describe('loadConfig: errors carry exact paths', () => {
     ['upstream scheme', 'upstream: ftp://proxy:21', 'upstream', /scheme/],
     ['upstream not a url', 'upstream: "not a url"', 'upstream', /not a URL/],
     ['role upstream', 'roles: { r: { upstream: "gopher://x" } }', 'roles.r.upstream', /scheme/],
+    // Regression: https parent proxies passed check, and dial() refused every flow (502 upstream-proxy).
+    ['upstream https', 'upstream: "https://parent.example.net:3129"', 'upstream', /^a parent proxy over TLS \(https\) is not supported; URL scheme must be one of http, socks5, socks5h$/],
+    ['role upstream https', 'roles: { r: { upstream: "HTTPS://parent.example.net" } }', 'roles.r.upstream', /not supported; URL scheme must be one of http, socks5, socks5h/],
     ['webhook url', 'alerts: { webhooks: [ { url: "mailto:x@y" } ] }', 'alerts.webhooks[0].url', /scheme/],
     ['listen host:port', 'listen: { http: "1.2.3.4" }', 'listen.http', /HOST:PORT/],
     ['listen port range', 'listen: { socks: "127.0.0.1:70000" }', 'listen.socks', /out of range/],
@@ -155,6 +158,15 @@ describe('loadConfig: detector settings are checked like every other key', () =>
       if (!r.ok) continue;
       const got = detectorSettings(r.config, name as keyof typeof DETECTOR_DEFAULTS);
       expect(got, name).toEqual({ enabled: false, action: 'flag', corroborate: true, n: settings });
+    }
+  });
+});
+
+describe('loadConfig: parent proxies', () => {
+  it('accepts the schemes dial() speaks: http, socks5, socks5h', () => {
+    for (const u of ['http://p.example.net:3128', 'socks5://p.example.net:1080', 'socks5h://user:pw@p.example.net:1080']) {
+      const r = loadConfig(`upstream: "${u}"\nroles: { r: { upstream: "${u}" } }\n`);
+      expect(r.ok ? [] : r.errors, u).toEqual([]);
     }
   });
 });
