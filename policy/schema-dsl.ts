@@ -173,6 +173,12 @@ export function validate(node: Node, value: unknown, path: PathRef, errors: Conf
       else {
         for (const [k, v] of Object.entries(value)) {
           const p: PathRef = { parent: path, key: k };
+          // A parsed document may hold "__proto__" as a key of its own, but merged into the config
+          // it sets the object's prototype instead: the entry would vanish (a role "not defined").
+          if (k === '__proto__') {
+            fail(errors, p, 'the name "__proto__" is reserved (it cannot be a key of a JavaScript object); choose another');
+            continue;
+          }
           if (node.keyEnum && !node.keyEnum.includes(k)) {
             fail(errors, p, `unknown name "${k}" (known: ${node.keyEnum.join(', ')})`);
             // Its settings are another name's, if any: checking them would only add noise.

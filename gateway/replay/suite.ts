@@ -115,9 +115,11 @@ export function configWith(base: Config, additions: readonly (Record<string, unk
     c.expectedScanSources.push(...arr<Config['expectedScanSources'][number]>('expectedScanSources'));
     const roles = (a['roles'] ?? {}) as Record<string, { allow?: Config['roles'][string]['allow'] }>;
     for (const [name, r] of Object.entries(roles)) {
-      const cur = c.roles[name] ?? { allow: [] };
+      // Own keys only, and defined rather than assigned: a role named "constructor" is not
+      // Object's, and "__proto__" reaches validation (which refuses it) instead of the prototype.
+      const cur = Object.hasOwn(c.roles, name) ? c.roles[name]! : { allow: [] };
       cur.allow = [...cur.allow, ...(r.allow ?? [])];
-      c.roles[name] = cur;
+      Object.defineProperty(c.roles, name, { value: cur, enumerable: true, writable: true, configurable: true });
     }
   }
   const v = validateConfig(c);

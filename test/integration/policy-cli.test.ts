@@ -118,6 +118,17 @@ const UPSTREAM = file(
 `,
 );
 
+// Regression: a role named __proto__ passed check, then became the roles object's prototype instead
+// of a role, and its users were refused "not defined in roles".
+const PROTO = file(
+  'proto.yaml',
+  `roles:
+  __proto__: { allow: [ { host: "a.example.com" } ] }
+identity:
+  users: [ { name: alice, roles: [__proto__] } ]
+`,
+);
+
 beforeAll(async () => {
   // Start the child processes together; the tests below await the same promises.
   await Promise.all([
@@ -125,6 +136,7 @@ beforeAll(async () => {
     spawned('check bad', 'check', '--config', BAD),
     spawned('check detectors', 'check', '--config', DETECTORS),
     spawned('check upstream', 'check', '--config', UPSTREAM),
+    spawned('check proto', 'check', '--config', PROTO),
     spawned('evaluate allow', 'evaluate', '--config', GOOD, '--dest', 'a.b.example.com:443', '--user', 'alice'),
   ]);
 }, 60_000);
@@ -163,6 +175,16 @@ describe('egressgate check', () => {
     expect(r.stderr.trim().split('\n')).toEqual([
       'roles.dev.upstream: a parent proxy over TLS (https) is not supported; URL scheme must be one of http, socks5, socks5h',
       `${UPSTREAM}: 1 error`,
+    ]);
+    expect(r.stdout).toBe('');
+  });
+
+  it('a role named __proto__: refused as a reserved name, exit 1', async () => {
+    const r = await spawned('check proto');
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n')).toEqual([
+      'roles.__proto__: the name "__proto__" is reserved (it cannot be a key of a JavaScript object); choose another',
+      `${PROTO}: 1 error`,
     ]);
     expect(r.stdout).toBe('');
   });

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { defaultConfig } from '../../../policy/config.ts';
+import { compilePolicy } from '../../../policy/compile.ts';
 import { DETECTOR_DEFAULTS, detectorSettings } from '../../../policy/detectors/defaults.ts';
 import { loadConfig, loadConfigFile } from '../../../policy/load-config.ts';
 
@@ -168,6 +169,54 @@ describe('loadConfig: parent proxies', () => {
       const r = loadConfig(`upstream: "${u}"\nroles: { r: { upstream: "${u}" } }\n`);
       expect(r.ok ? [] : r.errors, u).toEqual([]);
     }
+  });
+});
+
+// Regression: a role named "__proto__" passed check, then the merge into the defaults set the roles
+// object's prototype instead of adding a role, and every flow of it was "not defined in roles".
+describe('loadConfig: names that are not plain object keys', () => {
+  const reserved = /^the name "__proto__" is reserved \(it cannot be a key of a JavaScript object\); choose another$/;
+  it.each([
+    ['a role (YAML)', 'roles: { __proto__: { allow: [ { host: a.example.com } ] } }\ndefaultRoles: [__proto__]\n', 'yaml', 'roles.__proto__'],
+    ['a role (JSON)', '{"roles": {"__proto__": {"allow": [{"host": "a.example.com"}]}}}', 'json', 'roles.__proto__'],
+    ['a resolver.hosts name', 'resolver: { hosts: { "__proto__": 127.0.0.1 } }\n', 'yaml', 'resolver.hosts.__proto__'],
+    ['a detector name', '{"detection": {"detectors": {"__proto__": {"enabled": false}}}}', 'json', 'detection.detectors.__proto__'],
+  ] as const)('"__proto__" as %s is refused with its path', (_what, text, format, path) => {
+    expect(errorsOf(text, format)).toEqual([{ path, message: expect.stringMatching(reserved) }]);
+  });
+
+  it('"constructor", "prototype" and "__proto__" elsewhere are plain names: roles, users, hosts, agents, tokens, exceptions, resolver.hosts', () => {
+    const names = ['constructor', 'prototype', '__proto__'];
+    const r = loadConfig(
+      JSON.stringify({
+        mode: 'enforce',
+        roles: { constructor: { allow: [{ host: 'a.example.com', ports: [443] }] }, prototype: { allow: [{ host: 'b.example.com', ports: [443] }] } },
+        identity: {
+          users: names.map((n) => ({ name: n, roles: ['constructor'] })),
+          hosts: names.map((n, i) => ({ cidr: `10.${i}.0.0/16`, name: n, roles: ['prototype'] })),
+          agents: names.map((n, i) => ({ name: n, token: `agent-token-${i}`, sources: [`10.${i}.0.0/16`] })),
+        },
+        admin: { tokens: names.map((n, i) => ({ name: n, token: `admin-token-${i}`, scope: 'read' })) },
+        resolver: { hosts: { constructor: '192.0.2.1', prototype: '192.0.2.2' } },
+        exceptions: [{ user: names, host: names, process: names, detectors: ['an0081.scan'] }],
+        defaultRoles: ['prototype'],
+      }),
+      { format: 'json' },
+    );
+    expect(r.ok ? [] : r.errors).toEqual([]);
+    if (!r.ok) return;
+    expect(Object.keys(r.config.roles)).toEqual(['constructor', 'prototype']);
+    const p = compilePolicy(r.config);
+    for (const n of names) {
+      expect(p.rolesFor(n, null), n).toEqual(['constructor']);
+      expect(p.rolesFor(null, n), n).toEqual(['prototype']);
+    }
+    const decide = (roles: string[], destHost: string) =>
+      p.decide({ protocol: 'connect', clientIp: '10.9.9.9', clientPort: 1, identity: { user: null, host: null, roles, process: null }, destHost, destPort: 443, destIp: '192.0.2.9' }, 0);
+    expect(decide(['constructor'], 'a.example.com')).toMatchObject({ verdict: 'allow', matchedRule: { role: 'constructor', index: 0 } });
+    expect(decide(['prototype'], 'b.example.com')).toMatchObject({ verdict: 'allow', matchedRule: { role: 'prototype', index: 0 } });
+    expect(decide(['prototype'], 'a.example.com')).toMatchObject({ verdict: 'block', reason: 'not-allowlisted' });
+    expect([p.staticAddress('constructor'), p.staticAddress('prototype'), p.staticAddress('tostring')]).toEqual(['192.0.2.1', '192.0.2.2', null]);
   });
 });
 

@@ -3,6 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../../../gateway/commands/replay.ts';
+import { configWith } from '../../../gateway/replay/suite.ts';
+import { loadConfig } from '../../../policy/load-config.ts';
 import { expand, parseBytes, parseDuration, parseScenario } from '../../../gateway/replay/scenario.ts';
 
 const POLICY = `
@@ -129,5 +131,19 @@ describe('scenario parsing', () => {
   it('errors name the path', () => {
     expect(() => parseScenario('id: Z\nkind: odd\nstart: 2026-01-01T00:00:00Z', 'z.yaml')).toThrow(/Z\.kind/);
     expect(() => parseScenario(UPLOAD('kill').replace('identity: u,', 'identity: nobody,'), 'z.yaml')).toThrow(/unknown identity nobody/);
+  });
+});
+
+// Regression: a scenario allowlist adding a role named "constructor" took Object's constructor for an
+// existing role and threw; "__proto__" never reached validation.
+describe('configWith: scenario roles are plain names', () => {
+  const base = loadConfig('roles: { dev: { allow: [] } }\n');
+  it('adds a role named "constructor"; refuses "__proto__" with the validator\'s error', () => {
+    if (!base.ok) throw new Error('base config invalid');
+    const add = (name: string) => JSON.parse(`{"roles": {${JSON.stringify(name)}: {"allow": [{"host": "a.example.com"}]}}}`) as Record<string, unknown>;
+    const c = configWith(base.config, [add('constructor')]);
+    expect(Object.keys(c.roles)).toEqual(['dev', 'constructor']);
+    expect(c.roles['constructor']?.allow).toEqual([{ host: 'a.example.com' }]);
+    expect(() => configWith(base.config, [add('__proto__')])).toThrow(/roles\.__proto__: the name "__proto__" is reserved/);
   });
 });
