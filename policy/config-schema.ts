@@ -12,6 +12,13 @@ import { type Node, s } from './schema-dsl.ts';
 import { DETECTOR_DEFAULTS } from './detectors/defaults.ts';
 import { DETECTOR_NAMES } from './types.ts';
 
+/**
+ * The longest a time in milliseconds may be: node's timers hold 2^31 − 1 ms (24.8 days) and run a
+ * longer one after 1 ms instead (TimeoutOverflowWarning). An idleTimeoutMs of 3,000,000,000 ended every
+ * SOCKS5 UDP association within milliseconds.
+ */
+export const MAX_TIMER_MS = 2_147_483_647;
+
 const nonEmpty = (v: string): string | null => (v.trim() === '' ? 'must not be empty' : null);
 
 const cidr = (v: string): string | null => {
@@ -197,7 +204,7 @@ export const CONFIG_SCHEMA: Node = s.obj({
   defaultRoles: s.arr(s.str(nonEmpty)),
   deny: s.obj({ privateRanges: s.bool(), cidrs: s.arr(s.str(cidr)) }),
   allowRanges: s.arr(s.str(cidr)),
-  resolver: s.obj({ hosts: s.rec(s.str(ipAddress), hostName), timeoutMs: s.int(1) }),
+  resolver: s.obj({ hosts: s.rec(s.str(ipAddress), hostName), timeoutMs: s.int(1, MAX_TIMER_MS) }),
   schedule: s.obj({
     timezone: s.str(timeZone),
     businessHours: s.obj({
@@ -214,7 +221,7 @@ export const CONFIG_SCHEMA: Node = s.obj({
     ),
   ),
   detection: s.obj({
-    sampleIntervalMs: s.int(1),
+    sampleIntervalMs: s.int(1, MAX_TIMER_MS),
     detectors,
     lists: s.obj({ proxyware: names, scannerTools: names, exfilTools: names, storageDomains: names, proxywareDomains: names }),
     quarantineSec: s.int(0),
@@ -226,11 +233,11 @@ export const CONFIG_SCHEMA: Node = s.obj({
     maxFlowsPerIdentity: s.int(1),
     maxNewFlowsPerSecPerIdentity: s.int(1),
     maxConnectionsPerSource: s.int(0),
-    headerTimeoutMs: s.int(1),
-    idleTimeoutMs: s.int(1),
+    headerTimeoutMs: s.int(1, MAX_TIMER_MS),
+    idleTimeoutMs: s.int(1, MAX_TIMER_MS),
     maxHeaderBytes: s.int(1024),
-    connectTimeoutMs: s.int(1),
-    drainGraceMs: s.int(0),
+    connectTimeoutMs: s.int(1, MAX_TIMER_MS),
+    drainGraceMs: s.int(0, MAX_TIMER_MS),
   }),
   flowLog: s.obj({ path: s.nul(s.str(nonEmpty)), interimSec: s.int(0), keepClosed: s.int(0), onError: s.enum(['refuse', 'admit']) }),
   alerts: s.obj({

@@ -12,7 +12,7 @@ import { readFile } from 'node:fs/promises';
 import { CORE_SCHEMA, load, YAMLException } from 'js-yaml';
 import { type Config, defaultConfig, type DetectorConfig } from './config.ts';
 import { CONFIG_SCHEMA } from './config-schema.ts';
-import { type ConfigError, joinPath, validate } from './schema-dsl.ts';
+import { addError, type ConfigError, joinPath, validate } from './schema-dsl.ts';
 
 export type { ConfigError } from './schema-dsl.ts';
 
@@ -97,7 +97,7 @@ function crossChecks(raw: Record<string, unknown>, errors: ConfigError[]): void 
   const checkRoles = (list: unknown, path: string) => {
     if (!Array.isArray(list)) return;
     list.forEach((r, i) => {
-      if (typeof r === 'string' && !roles.has(r)) errors.push({ path: joinPath(path, i), message: `unknown role "${r}" (define it under roles)` });
+      if (typeof r === 'string' && !roles.has(r)) addError(errors, { path: joinPath(path, i), message: `unknown role "${r}" (define it under roles)` });
     });
   };
   const uniqueNames = (list: unknown, path: string, what: string) => {
@@ -106,7 +106,7 @@ function crossChecks(raw: Record<string, unknown>, errors: ConfigError[]): void 
     list.forEach((item, i) => {
       const name = isPlainObject(item) ? item['name'] : undefined;
       if (typeof name !== 'string') return;
-      if (seen.has(name)) errors.push({ path: joinPath(joinPath(path, i), 'name'), message: `duplicate ${what} name "${name}"` });
+      if (seen.has(name)) addError(errors, { path: joinPath(joinPath(path, i), 'name'), message: `duplicate ${what} name "${name}"` });
       seen.add(name);
     });
   };

@@ -5,7 +5,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { defaultConfig } from '../../../policy/config.ts';
 import { compilePolicy } from '../../../policy/compile.ts';
 import { DETECTOR_DEFAULTS, detectorSettings } from '../../../policy/detectors/defaults.ts';
+import { MAX_TIMER_MS } from '../../../policy/config-schema.ts';
 import { loadConfig, loadConfigFile } from '../../../policy/load-config.ts';
+import { MAX_ERRORS } from '../../../policy/schema-dsl.ts';
 
 const SPEC_EXAMPLE = readFileSync(new URL('./fixtures/spec-example.yaml', import.meta.url), 'utf8');
 
@@ -116,6 +118,27 @@ describe('loadConfig: errors carry exact paths', () => {
   it('reports every error, not just the first', () => {
     const errors = errorsOf('mode: x\nbogus: 1\nallowRanges: [nope]\n');
     expect(errors.map((e) => e.path).sort()).toEqual(['allowRanges[0]', 'bogus', 'mode']);
+  });
+
+  // Regression: an alias bomb of unknown keys under the node budget made two million errors (205 MB
+  // of JSON from POST /v1/policy/validate, 11 s of blocked event loop, 2 GB of memory).
+  it(`stops at ${MAX_ERRORS} errors and says the list was cut, however many the document holds`, () => {
+    const keys = Array.from({ length: 1410 }, (_, i) => `k${i}: 1`).join(', ');
+    const bomb = `roles: {r: {allow: [&o {${keys}}, ${Array.from({ length: 1409 }, () => '*o').join(', ')}]}}\n`;
+    const errors = errorsOf(bomb);
+    expect(errors).toHaveLength(MAX_ERRORS + 1);
+    expect(errors.at(-1)).toEqual({ path: '(root)', message: `more errors not listed: the first ${MAX_ERRORS} are` });
+    expect(errors[0]?.path).toMatch(/^roles\.r\.allow\[0\]/);
+  });
+
+  it('times in milliseconds stop where node timers do (2^31 - 1 ms)', () => {
+    const errors = errorsOf('limits: { idleTimeoutMs: 3000000000, drainGraceMs: 2147483648 }\nresolver: { timeoutMs: 2147483648 }\n');
+    expect(errors.map((e) => [e.path, e.message]).sort()).toEqual([
+      ['limits.drainGraceMs', `must be <= ${MAX_TIMER_MS}, got 2147483648`],
+      ['limits.idleTimeoutMs', `must be <= ${MAX_TIMER_MS}, got 3000000000`],
+      ['resolver.timeoutMs', `must be <= ${MAX_TIMER_MS}, got 2147483648`],
+    ]);
+    expect(loadConfig(`limits: { idleTimeoutMs: ${MAX_TIMER_MS} }\n`).ok).toBe(true);
   });
 
   it('JSON syntax errors are reported', () => {
