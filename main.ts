@@ -192,7 +192,8 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   policyRef = policy;
   if (opts.mode) policy.setMode(opts.mode);
   const alerts = new AlertStore<Alert>({ keep: config.alerts.keep });
-  const sinks = attachAlertSinks(alerts, { webhooks: config.alerts.webhooks, syslog: config.alerts.syslog, log });
+  // Read at each alert: a reload or an API push that changes the webhooks or syslog applies at once.
+  const sinks = attachAlertSinks(alerts, { webhooks: [], syslog: null, current: () => policy.current().config.alerts, log });
   // 3. context
   let draining = false;
   const selfAddresses = new Set<string>();

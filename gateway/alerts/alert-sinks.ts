@@ -19,9 +19,20 @@ export interface WebhookTarget {
   minSeverity: Severity;
 }
 
-export interface SinkOptions {
-  webhooks: WebhookTarget[];
-  syslog: { host: string; port: number; protocol: 'udp' | 'tcp' } | null;
+export type SyslogTarget = { host: string; port: number; protocol: 'udp' | 'tcp' };
+
+/** Where alerts go. */
+export interface SinkTargets {
+  webhooks: readonly WebhookTarget[];
+  syslog: SyslogTarget | null;
+}
+
+export interface SinkOptions extends SinkTargets {
+  /**
+   * The targets now, read at each alert (the running policy's `alerts`, so a reload or an API push
+   * that changes them applies at once); `webhooks` and `syslog` when absent.
+   */
+  current?: () => SinkTargets;
   log: Logger;
   /** Attempts per webhook delivery (first try included). */
   maxAttempts?: number;
@@ -71,12 +82,26 @@ export function attachAlertSinks(store: AlertStore<Alert>, opts: SinkOptions): A
       });
   };
 
-  const syslog = opts.syslog ? createSyslogSender(opts.syslog, opts.log) : null;
+  const current = opts.current ?? ((): SinkTargets => opts);
+  // The syslog sender of the target it was made for; a new target (reload) gets a new sender.
+  let syslogFor: SyslogTarget | null = null;
+  let syslog: { send(a: Alert): void; close(): void } | null = null;
+  const syslogSender = (target: SyslogTarget | null): typeof syslog => {
+    if (target === syslogFor) return syslog;
+    const same = target && syslogFor && target.host === syslogFor.host && target.port === syslogFor.port && target.protocol === syslogFor.protocol;
+    syslogFor = target;
+    if (same) return syslog;
+    syslog?.close();
+    syslog = target ? createSyslogSender(target, opts.log) : null;
+    return syslog;
+  };
+  syslogSender(current().syslog);
 
   const unsubscribe = store.subscribe(({ alert }) => {
+    const targets = current();
     if (inFlight + timers.size < MAX_QUEUE) {
       let body: string | null = null;
-      for (const target of opts.webhooks) {
+      for (const target of targets.webhooks) {
         if (RANK[alert.severity] < RANK[target.minSeverity]) continue;
         body ??= JSON.stringify(alert);
         deliver(target, body, 0);
@@ -84,7 +109,7 @@ export function attachAlertSinks(store: AlertStore<Alert>, opts: SinkOptions): A
     } else {
       opts.log.warn({ alert: alert.id }, 'webhook queue full; alert not delivered to webhooks');
     }
-    syslog?.send(alert);
+    syslogSender(targets.syslog)?.send(alert);
   });
 
   return {

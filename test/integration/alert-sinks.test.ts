@@ -11,6 +11,7 @@ import { attachAlertSinks, formatSyslog } from '../../gateway/alerts/alert-sinks
 import { AlertStore } from '../../gateway/alerts/alert-store.ts';
 import type { Logger } from '../../gateway/context.ts';
 import type { Alert } from '../../policy/detectors/types.ts';
+import { startTestGateway } from '../helpers/gateway.ts';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -146,5 +147,28 @@ describe('alert sinks', () => {
     const space = data.indexOf(' ');
     expect(Number(data.slice(0, space))).toBe(Buffer.byteLength(data.slice(space + 1)));
     expect(data.slice(space + 1)).toMatch(/^<84>1 /); // authpriv warning
+  });
+});
+
+describe('alert sinks of a running gateway', () => {
+  // Regression: the sinks were attached once from the start-up policy, so a PUT /v1/policy (or a
+  // reload) that replaced a webhook answered 200 and showed the new one while alerts went on going to
+  // the old one; a leaking webhook could not be removed without a restart.
+  it('a policy pushed through the admin API that replaces the webhook applies to the next alert', async () => {
+    const a = await webhookReceiver(0);
+    const b = await webhookReceiver(0);
+    const gw = await startTestGateway({ alerts: { webhooks: [{ url: a.url, minSeverity: 'low' }] } });
+    cleanups.push(() => gw.stop());
+    gw.alerts.add(alert('before', 'high'));
+    await until(() => a.bodies.length === 1);
+    const auth = { authorization: `Bearer ${gw.adminToken}` };
+    const current = (await (await fetch(`${gw.adminUrl}/v1/policy`, { headers: auth })).json()) as { config: { alerts: { webhooks: unknown[] } } };
+    current.config.alerts.webhooks = [{ url: b.url, minSeverity: 'low' }];
+    const put = await fetch(`${gw.adminUrl}/v1/policy`, { method: 'PUT', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify(current.config) });
+    expect(put.status).toBe(200);
+    gw.alerts.add(alert('after', 'high'));
+    await until(() => b.bodies.length === 1);
+    expect(b.bodies.map((x) => x.id)).toEqual(['after']);
+    expect(a.bodies.map((x) => x.id)).toEqual(['before']);
   });
 });
