@@ -22,7 +22,7 @@ export function dial(target: DialTarget): Promise<Socket> {
   const url = new URL(target.upstream);
   const port = Number(url.port) || (url.protocol === 'http:' ? 3128 : 1080);
   const host = url.hostname.replace(/^\[|\]$/g, '');
-  if (url.protocol === 'http:') return dialViaHttp(host, port, target);
+  if (url.protocol === 'http:') return dialViaHttp(host, port, url, target);
   if (url.protocol === 'socks5:' || url.protocol === 'socks5h:') return dialViaSocks(host, port, url, target);
   return Promise.reject(new GatewayError('EGW_UPSTREAM_PROXY', `unsupported upstream ${url.protocol}`));
 }
@@ -51,7 +51,18 @@ function authority(ip: string, port: number): string {
   return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
 }
 
-async function dialViaHttp(host: string, port: number, target: DialTarget): Promise<Socket> {
+/**
+ * The parent proxy's own credentials, from its URL (`http://user:pass@parent:3128`), as a
+ * Proxy-Authorization line; none without them. Only these are ever sent: a client's are never
+ * forwarded.
+ */
+function parentAuthorization(url: URL): string {
+  if (!url.username && !url.password) return '';
+  const basic = Buffer.from(`${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`, 'utf8').toString('base64');
+  return `Proxy-Authorization: Basic ${basic}\r\n`;
+}
+
+async function dialViaHttp(host: string, port: number, url: URL, target: DialTarget): Promise<Socket> {
   let socket: Socket;
   try {
     socket = await dialDirect(host, port, target.timeoutMs);
@@ -59,7 +70,7 @@ async function dialViaHttp(host: string, port: number, target: DialTarget): Prom
     throw new GatewayError('EGW_UPSTREAM_PROXY', `parent proxy ${host}:${port} unreachable`, { cause: err });
   }
   const auth = authority(target.ip, target.port);
-  socket.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\n\r\n`);
+  socket.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\n${parentAuthorization(url)}\r\n`);
   return new Promise((resolve, reject) => {
     let head = Buffer.alloc(0);
     const timer = setTimeout(() => fail(new GatewayError('EGW_DIAL_TIMEOUT', 'parent proxy did not answer CONNECT')), target.timeoutMs);

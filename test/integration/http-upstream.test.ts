@@ -11,11 +11,16 @@ let child: TestGateway;
 /** Only the `chained` role (user bob) goes through the parent; everyone else leaves directly. */
 let perRole: TestGateway;
 let origin: Origin;
+/** A parent that wants its own credentials, and a child configured with them in the URL. */
+let lockedParent: TestGateway;
+let lockedChild: TestGateway;
 
 beforeAll(async () => {
   origin = await startOrigin();
   parent = await startTestGateway();
   child = await startTestGateway({ upstream: `http://127.0.0.1:${parent.httpPort}` });
+  lockedParent = await startTestGateway({ identity: { requireAuth: true, users: [{ name: 'child-gw', password: 'p@ss:w0rd', roles: ['any'] }] } });
+  lockedChild = await startTestGateway({ upstream: `http://child-gw:${encodeURIComponent('p@ss:w0rd')}@127.0.0.1:${lockedParent.httpPort}` });
   perRole = await startTestGateway({
     identity: { users: [{ name: 'bob', password: 'bob-pass-1', roles: ['chained'] }] },
     roles: { chained: { allow: [{ cidr: '0.0.0.0/0' }, { cidr: '::/0' }], upstream: `http://127.0.0.1:${parent.httpPort}` } },
@@ -24,6 +29,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await child?.stop();
+  await lockedChild?.stop();
+  await lockedParent?.stop();
   await perRole?.stop();
   await parent?.stop();
   await origin?.close();
@@ -66,5 +73,18 @@ describe('parent proxy per role', () => {
     const rec = await perRole.waitForClosed((f) => f.protocol === 'connect' && f.identity.user === 'bob' && f.closeReason === 'closed');
     const up = await parent.waitForClosed((f) => f.protocol === 'connect' && f.bytesIn === rec.bytesIn && f.destination.port === origin.port);
     expect(up.bytesOut).toBe(rec.bytesOut);
+  });
+});
+
+// Regression: the credentials in an http parent proxy's URL were never sent, so a parent that wants
+// them answered 407 and every flow through it got 502 upstream-proxy.
+describe('a parent proxy that wants credentials', () => {
+  it('gets the ones in its URL, on CONNECT and on absolute-URI requests', async () => {
+    const tunnel = await run('curl', ['-sS', '--noproxy', '', '-p', '-x', `http://127.0.0.1:${lockedChild.httpPort}`, `http://127.0.0.1:${origin.port}/size/321`]);
+    expect(tunnel.stdout.length).toBe(321);
+    const up = await lockedParent.waitForClosed((f) => f.protocol === 'connect' && f.bytesIn > 321);
+    expect(up.identity.user).toBe('child-gw');
+    const abs = await run('curl', ['-sS', '--noproxy', '', '-x', `http://127.0.0.1:${lockedChild.httpPort}`, `http://127.0.0.1:${origin.port}/size/123`]);
+    expect(abs.stdout.length).toBe(123);
   });
 });
