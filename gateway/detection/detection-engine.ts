@@ -155,6 +155,25 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     quarantine.set(key, now + policy.current().config.detection.quarantineSec * 1000);
   };
 
+  /** The refusal of a flow whose identity is quarantined now, or null (an expired entry goes). */
+  const quarantineOf = (flow: Flow, mode: Mode, now: number): Decision | null => {
+    const key = quarantineKey(flow);
+    const until = quarantine.get(key);
+    if (until === undefined) return null;
+    if (until <= now) {
+      quarantine.delete(key);
+      return null;
+    }
+    return {
+      verdict: mode === 'enforce' ? 'block' : 'would-block',
+      reason: 'quarantine',
+      detector: 'quarantine',
+      mode,
+      matchedRule: null,
+      reasons: [`identity quarantined until ${new Date(until).toISOString()}`],
+    };
+  };
+
   const onClose = (flow: Flow): void => {
     admitted.delete(flow.id);
     const v = view(flow, flow.isConnected ? 'closed' : flow.verdict === 'block' ? 'blocked' : 'failed');
@@ -182,6 +201,18 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     const snapshot = policy.current();
     const mode = modeOf(flow.identity.roles);
     const now = flows.now();
+    // Quarantine first, as at admission: a new connection's process is unknown until its agent
+    // reports it, so admission could not tell a quarantined process from its host's others.
+    const quarantined = quarantineOf(flow, mode, now);
+    if (quarantined) {
+      if (mode === 'enforce') {
+        flows.decide(flow, quarantined, true);
+        flows.kill(flow.id, 'quarantine');
+      } else if (flow.verdict === 'allow') {
+        flows.decide(flow, quarantined, false);
+      }
+      return;
+    }
     const found = evaluateConnect(facts(flow), state, snapshot, now, flow.id);
     let refusing: Finding | null = null;
     for (const f of found) {
@@ -204,21 +235,9 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
    */
   const judgeConnect = (flow: Flow, f: ConnectFacts, snapshot: PolicySnapshot, mode: Mode): Decision | null => {
     const now = flows.now();
+    const quarantined = quarantineOf(flow, mode, now);
+    if (quarantined) return quarantined;
     const key = quarantineKey(flow);
-    const until = quarantine.get(key);
-    if (until !== undefined) {
-      if (until > now) {
-        return {
-          verdict: mode === 'enforce' ? 'block' : 'would-block',
-          reason: 'quarantine',
-          detector: 'quarantine',
-          mode,
-          matchedRule: null,
-          reasons: [`identity quarantined until ${new Date(until).toISOString()}`],
-        };
-      }
-      quarantine.delete(key);
-    }
     const found = evaluateConnect(f, state, snapshot, now, flow.id);
     let refusing: Finding | null = null;
     for (const x of found) {
