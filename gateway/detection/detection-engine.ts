@@ -155,15 +155,35 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     quarantine.set(key, now + policy.current().config.detection.quarantineSec * 1000);
   };
 
-  /** The refusal of a flow whose identity is quarantined now, or null (an expired entry goes). */
+  /** Live quarantine of `key` until when, or 0 (an expired entry goes). */
+  const quarantinedUntil = (key: string, now: number): number => {
+    const until = quarantine.get(key);
+    if (until === undefined) return 0;
+    if (until > now) return until;
+    quarantine.delete(key);
+    return 0;
+  };
+  /**
+   * The refusal of a flow whose identity is quarantined now, or null. An identity quarantined with
+   * its user or process unknown (`host|-|-`: killed before an agent or a login named it) covers the
+   * same host's flows whatever their user or process turns out to be: that was all it was known by.
+   * The other way round it does not: `host|alice|uploader` does not quarantine alice's other
+   * processes, nor a flow whose process is not known yet (the agent's report decides, onAttributed).
+   */
   const quarantineOf = (flow: Flow, mode: Mode, now: number): Decision | null => {
     const key = quarantineKey(flow);
-    const until = quarantine.get(key);
-    if (until === undefined) return null;
-    if (until <= now) {
-      quarantine.delete(key);
-      return null;
+    let until = quarantinedUntil(key, now);
+    if (until === 0 && quarantine.size > 0) {
+      const p = key.lastIndexOf('|');
+      const u = key.lastIndexOf('|', p - 1);
+      const host = key.slice(0, u);
+      const user = key.slice(u + 1, p);
+      const proc = key.slice(p + 1);
+      if (proc !== '-') until = quarantinedUntil(`${host}|${user}|-`, now);
+      if (until === 0 && user !== '-') until = quarantinedUntil(`${host}|-|${proc}`, now);
+      if (until === 0 && user !== '-' && proc !== '-') until = quarantinedUntil(`${host}|-|-`, now);
     }
+    if (until === 0) return null;
     return {
       verdict: mode === 'enforce' ? 'block' : 'would-block',
       reason: 'quarantine',

@@ -6,6 +6,10 @@
  * `127.0.0.7|alice|uploader` quarantined, but the same process's next CONNECT was admitted as
  * `127.0.0.7|-|-` and, when the agent's report named it, only the detectors ran again: the
  * quarantined uploader carried on through a 200 tunnel.
+ *
+ * Regression: an upload killed before the agent's report quarantined `127.0.0.7|-|-` (all the
+ * gateway knew), and a connection whose process the agent had already named was looked up as
+ * `127.0.0.7|alice|uploader` and admitted.
  */
 import type { Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -106,6 +110,22 @@ describe('quarantine of an agent-attributed identity', () => {
     expect(rec.closeReason).toBe('closed');
     expect(rec.verdict).toBe('allow');
     expect(rec.identity.process?.name).toBe('editor');
+  });
+
+  it('enforce: a kill before any report quarantines the host: a connection already named by the agent gets 403 quarantine', async () => {
+    gw = await start();
+    const { socket, localPort } = await tunnelFrom(gw, sink.port);
+    socket.write(Buffer.alloc(4 * BUDGET, 1));
+    const killed = await gw.waitForClosed((r) => r.client.port === localPort);
+    expect(killed.closeReason).toBe('an0080.bulk-upload');
+    expect(killed.identity.process).toBeNull();
+    const next = await freePort(CLIENT_IP);
+    expect(await reportProcesses(gw.adminUrl, 'ws', [processAt(gw, next, 'uploader')])).toMatchObject({ attributed: 0, pending: 1 });
+    const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${echo.port}`, { localAddress: CLIENT_IP, localPort: next });
+    expect(a.status).toBe(403);
+    expect(JSON.parse(a.body)).toMatchObject({ error: 'egress denied', reason: 'quarantine' });
+    const rec = await gw.waitForClosed((r) => r.client.port === next);
+    expect([rec.verdict, rec.reason, rec.identity.process?.name]).toEqual(['block', 'quarantine', 'uploader']);
   });
 
   it('monitor (PUT /v1/mode after the kill): the report marks the tunnel would-block quarantine and it runs on', async () => {
