@@ -18,6 +18,7 @@ import {
   evaluateConnect,
   evaluateSweep,
   isOverUploadBudget,
+  nextUploadBudget,
   type ObserveResult,
   observeOptions,
   toAlert,
@@ -302,10 +303,15 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       if (budget === null) return null;
       flow.onBudget = (f: Flow): boolean => {
         const snap = policy.current();
-        // Called exactly at the budget (the HTTP path's own counter may lag a chunk behind).
-        if (!isOverUploadBudget(budget, f.bytesIn, budget, snap)) return false;
+        // Called exactly at f.budgetOut (the HTTP path's own counter may lag a chunk behind): the
+        // configured budget first, then each point the budget moved to.
+        const at = f.budgetOut;
+        if (!isOverUploadBudget(at, f.bytesIn, budget, snap)) {
+          // Not an upload yet (out:in short): the budget moves to where the rule could hold next.
+          f.budgetOut = nextUploadBudget(at, f.bytesIn, budget, snap);
+          return false;
+        }
         const mode = modeOf(f.identity.roles);
-        const at = flows.now();
         const finding: Finding = {
           detector: 'an0080.bulk-upload',
           analytic: 'AN0080',
@@ -314,14 +320,23 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
           flowIds: [f.id],
           identity: { user: f.identity.user, host: f.identity.host, roles: f.identity.roles, process: f.identity.process, key: quarantineKey(f) },
           destination: f.destination,
-          evidence: { bytesOut: budget, bytesIn: f.bytesIn, thresholdBytesOut: budget },
-          reasons: [`upload reached the ${budget}-byte budget to ${f.destination.host}`],
+          evidence: { bytesOut: at, bytesIn: f.bytesIn, thresholdBytesOut: budget },
+          reasons: [
+            at === budget
+              ? `upload reached the ${budget}-byte budget to ${f.destination.host}`
+              : `upload reached ${at} bytes to ${f.destination.host} at out:in ${(at / Math.max(f.bytesIn, 1)).toFixed(1)} (budget ${budget} bytes)`,
+          ],
           // The same key the sweep uses for this flow, so one budget kill is one alert.
           key: `an0080.bulk-upload|${f.id}`,
         };
-        raise(finding, mode, at);
-        if (mode !== 'enforce') return false;
-        putInQuarantine(quarantineKey(f), at);
+        const now = flows.now();
+        raise(finding, mode, now);
+        if (mode !== 'enforce') {
+          // Monitor: would-kill is recorded once; the flow runs on without a budget.
+          f.budgetOut = Number.POSITIVE_INFINITY;
+          return false;
+        }
+        putInQuarantine(quarantineKey(f), now);
         return true;
       };
       return budget;

@@ -86,7 +86,9 @@ export class Flow {
   budgetOut = Number.POSITIVE_INFINITY;
   /**
    * Asked by the tunnel when the next chunk would cross `budgetOut`: true = cut the flow at exactly
-   * the budget; false = lift the budget and carry on (monitor mode, or the ratio rule did not hold).
+   * the budget; false = carry on, having moved `budgetOut` further (to where the ratio rule could
+   * hold next, or to Infinity once monitor mode has recorded would-kill). The caller checks the
+   * rest of the chunk against the moved budget.
    */
   onBudget: ((flow: Flow) => boolean) | null = null;
   /** Registered by whoever holds the sockets: tears both sides down at once (TCP reset). */

@@ -3,7 +3,8 @@
  * - exact payload metering: one addition per chunk into flow.bytesOut / flow.bytesIn;
  * - backpressure both ways (write() === false → pause the other side until 'drain');
  * - half-close both ways (a FIN from one side is passed on; the flow ends when both sides ended);
- * - a byte budget towards the destination: not one byte past flow.budgetOut is written upstream;
+ * - a byte budget towards the destination: not one byte past flow.budgetOut is written upstream
+ *   (where flow.onBudget lets the flow run on, it moves flow.budgetOut and the rest meets that);
  * - idle timeout: one timer, on the client socket — every byte either way is a read or a write on
  *   it, and node re-arms a socket's timer on both;
  * - the flow ends once (finish): the handlers stay attached but do nothing after it, so ending a
@@ -61,22 +62,26 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
    */
   const sendUp = (data: Buffer, afterWrite?: () => void): void => {
     let chunk = data;
-    const room = flow.budgetOut - flow.bytesOut;
-    if (chunk.length > room) {
+    // One comparison per chunk; the loop runs again only when the chunk crosses the budget.
+    while (chunk.length > flow.budgetOut - flow.bytesOut) {
       // The budget is exact: forward what fits, then cut the flow (both sides reset) — unless the
-      // detection engine lets it run on (monitor mode, or not an upload after all).
+      // detection engine lets it run on (monitor mode, or not an upload yet: it then moves
+      // flow.budgetOut on to where the rule could hold, and the rest of the chunk meets that).
+      const room = flow.budgetOut - flow.bytesOut;
       if (room > 0) {
         flow.bytesOut += room;
         up.write(chunk.subarray(0, room));
+        chunk = chunk.subarray(room);
       }
+      const before = flow.budgetOut;
       const cut = flow.onBudget ? flow.onBudget(flow) : true;
       if (cut) {
         opts.onBudgetExceeded?.(flow);
         cutAtBudget();
         return;
       }
-      flow.budgetOut = Number.POSITIVE_INFINITY;
-      if (room > 0) chunk = chunk.subarray(room);
+      // A budget that did not move on would be asked again forever.
+      if (flow.budgetOut <= before) flow.budgetOut = Number.POSITIVE_INFINITY;
     }
     flow.bytesOut += chunk.length;
     up.write(chunk, afterWrite);

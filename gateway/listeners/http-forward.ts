@@ -160,9 +160,8 @@ export function forwardRequest(
     return;
   }
   const exchange = new Exchange(ctx, flow, req, res);
-  const budget = flow.budgetOut;
   let body: IncomingMessage | AsyncIterable<Buffer> | null = null;
-  if (target.hasBody) body = Number.isFinite(budget) ? budgeted(req, budget, () => {
+  if (target.hasBody) body = Number.isFinite(flow.budgetOut) ? budgeted(req, flow, () => {
       // The detection engine decides: cut at exactly the budget (enforce), or let it run (monitor: would-kill).
       const cut = flow.onBudget ? flow.onBudget(flow) : true;
       if (cut) ctx.flows.kill(flow.id, 'an0080.bulk-upload');
@@ -356,21 +355,21 @@ function isCompleteWithoutBody(status: number, err: Error): boolean {
  * flow is cut, so not one byte past the budget reaches the origin. Only used when a budget is set;
  * the common path hands `req` to undici directly.
  */
-async function* budgeted(req: IncomingMessage, budget: number, onExceeded: () => boolean): AsyncGenerator<Buffer> {
+async function* budgeted(req: IncomingMessage, flow: Flow, onExceeded: () => boolean): AsyncGenerator<Buffer> {
   let sent = 0;
-  let isLifted = false;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    if (isLifted) {
-      yield chunk;
-      continue;
-    }
-    const room = budget - sent;
-    if (chunk.length > room) {
-      if (room > 0) yield chunk.subarray(0, room);
+  for await (const data of req as AsyncIterable<Buffer>) {
+    let chunk = data;
+    // Past the budget the engine either cuts, or moves flow.budgetOut on (and the rest meets that).
+    while (chunk.length > flow.budgetOut - sent) {
+      const room = flow.budgetOut - sent;
+      if (room > 0) {
+        sent += room;
+        yield chunk.subarray(0, room);
+        chunk = chunk.subarray(room);
+      }
+      const before = flow.budgetOut;
       if (onExceeded()) return;
-      isLifted = true;
-      if (room < chunk.length) yield chunk.subarray(Math.max(room, 0));
-      continue;
+      if (flow.budgetOut <= before) flow.budgetOut = Number.POSITIVE_INFINITY;
     }
     sent += chunk.length;
     yield chunk;

@@ -16,7 +16,7 @@
  *     association and the listener's gateway-wide share (UdpRelayLedger), for at most MAX_PENDING
  *     destinations at once; past any of these a datagram is dropped and counted
  *  5. payload (without the SOCKS header) goes out of an unconnected upstream socket; bytesOut
- *     counts it, and the flow's byte budget is exact (flow.onBudget decides cut or lift)
+ *     counts it, and the flow's byte budget is exact (flow.onBudget decides cut or move on)
  *  6. a datagram arriving on the upstream socket is relayed only if its source is an admitted
  *     destination, wrapped with the header naming that destination as the client named it, and if
  *     the two fit in one UDP datagram to the client (else dropped and counted); bytesIn counts it
@@ -210,17 +210,19 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   function forward(dest: Destination, msg: Buffer, offset: number): void {
     const f = flow as Flow;
     const len = msg.length - offset;
-    if (f.bytesOut + len > f.budgetOut) {
-      // Same rule as the TCP tunnel: the detection engine says whether to cut (enforce) or lift
-      // the budget (monitor / ratio not met). A datagram cannot be split, so the one that would
-      // cross the budget is not sent at all.
+    while (f.bytesOut + len > f.budgetOut) {
+      // Same rule as the TCP tunnel: the detection engine says whether to cut (enforce) or move
+      // the budget on (monitor / ratio not met yet). A datagram cannot be split, so the one that
+      // would cross the budget is not sent at all; one that crosses the moved budget too is asked
+      // about again there.
+      const before = f.budgetOut;
       const cut = f.onBudget ? f.onBudget(f) : true;
       if (cut) {
         ctx.log.warn({ flowId: f.id, budgetOut: f.budgetOut }, 'socks5 udp association over its byte budget');
         end('an0080.bulk-upload', true);
         return;
       }
-      f.budgetOut = Number.POSITIVE_INFINITY;
+      if (f.budgetOut <= before) f.budgetOut = Number.POSITIVE_INFINITY;
     }
     f.bytesOut += len;
     upstream(dest.isV6).send(msg, offset, len, dest.port, dest.ip);

@@ -193,5 +193,18 @@ export function isOverUploadBudget(bytesOut: number, bytesIn: number, budget: nu
   return bytesOut >= budget && bytesOut / Math.max(bytesIn, 1) >= minRatio;
 }
 
+/**
+ * Where the budget moves when the ratio rule did not hold at `bytesOut`: the first point at which
+ * it could, `bytesIn × minRatio` with the bytes received so far (never below the configured
+ * `budget`, always past `bytesOut`). The data plane asks again there, so a flow that turns into an
+ * upload is still cut at exactly the point the rule held, and one that keeps downloading keeps
+ * moving it on.
+ */
+export function nextUploadBudget(bytesOut: number, bytesIn: number, budget: number, snapshot: Pick<PolicySnapshot, 'config'>): number {
+  const minRatio = detectionContext(snapshot).settings('an0080.bulk-upload').n['minRatio'] ?? 10;
+  const next = Math.max(budget, Math.ceil(Math.max(bytesIn, 1) * minRatio));
+  return next > bytesOut ? next : Number.POSITIVE_INFINITY;
+}
+
 /** Registrable domain re-export for callers grouping flows by destination. */
 export { registrableDomain };

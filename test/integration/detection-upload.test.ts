@@ -150,3 +150,96 @@ describe('an0080.bulk-upload byte budget over SOCKS5', () => {
     expect(alert.flowIds).toEqual([rec.id]);
   });
 });
+
+/**
+ * Regression: when the out:in ratio was short at the budget (the origin had sent something first),
+ * the budget was lifted for good. With a 1 MiB budget and 150 KiB downloaded first, an upload as
+ * fast as the client could went on unbudgeted (435 MB in the reviewer's record, killed only at the
+ * next sweep). Now the budget moves to where the rule could hold (150 KiB × minRatio 10) and the
+ * flow is cut there, exactly.
+ */
+describe('an0080.bulk-upload budget after a download (out:in short at the budget)', () => {
+  const DOWNLOAD = 150 * 1024;
+  const MOVED = DOWNLOAD * 10;
+
+  /** A sink that first sends DOWNLOAD bytes, then counts what it reads until its connection closes. */
+  async function startChattySink(): Promise<TcpOrigin & { received: () => number; done: Promise<void> }> {
+    let received = 0;
+    let markDone: () => void = () => undefined;
+    const done = new Promise<void>((r) => {
+      markDone = r;
+    });
+    const origin = await tcpOrigin('127.0.0.1', (s) => {
+      s.write(Buffer.alloc(DOWNLOAD, 0x33));
+      s.on('data', (c: Buffer) => {
+        received += c.length;
+      });
+      s.on('end', () => s.end());
+      s.once('close', () => markDone());
+    });
+    return { ...origin, received: () => received, done };
+  }
+
+  /** Read exactly DOWNLOAD bytes from the tunnel before uploading anything. */
+  async function readDownload(socket: Socket): Promise<void> {
+    let got = 0;
+    socket.resume();
+    await new Promise<void>((resolve, reject) => {
+      const onData = (c: Buffer): void => {
+        got += c.length;
+        if (got >= DOWNLOAD) {
+          socket.off('data', onData);
+          resolve();
+        }
+      };
+      socket.on('data', onData);
+      socket.once('close', () => reject(new Error(`tunnel closed after ${got} downloaded bytes`)));
+    });
+  }
+
+  function startMoving(mode: Mode): Promise<TestGateway> {
+    // A sweep every 10 s: the budget, not the sweep, must stop the flow.
+    return startTestGateway({
+      mode,
+      detection: { sampleIntervalMs: 10_000, detectors: { 'an0080.bulk-upload': { action: 'kill', bytesOut: MiB, minRatio: 10, storageBytesOut: MiB } } },
+    });
+  }
+
+  it('enforce: cut at exactly bytesIn × minRatio (1,536,000 bytes), not lifted; nothing past it at the sink', async () => {
+    gw = await startMoving('enforce');
+    const s = await startChattySink();
+    sink = s;
+    const t = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${s.port}`);
+    expect(t.status).toBe(200);
+    await readDownload(t.socket);
+    const res = await upload(t.socket, 16 * MiB);
+    expect(res.isCut).toBe(true);
+    await s.done;
+    const rec = await gw.waitForClosed((r) => r.destination.port === s.port);
+    expect(rec.closeReason).toBe('an0080.bulk-upload');
+    expect(rec.bytesIn).toBe(DOWNLOAD);
+    expect(rec.bytesOut).toBe(MOVED);
+    expect(s.received()).toBe(MOVED);
+    const alert = await waitForAlert(gw.alerts, (a) => a.detector === 'an0080.bulk-upload');
+    expect(alert).toMatchObject({ action: 'kill', enforced: true, flowIds: [rec.id] });
+    expect(alert.evidence).toMatchObject({ bytesOut: MOVED, bytesIn: DOWNLOAD, thresholdBytesOut: MiB });
+  });
+
+  it('monitor: would-kill is raised at the point the rule held (evidence bytesOut 1,536,000) and the upload completes', async () => {
+    gw = await startMoving('monitor');
+    const s = await startChattySink();
+    sink = s;
+    const t = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${s.port}`);
+    expect(t.status).toBe(200);
+    await readDownload(t.socket);
+    const res = await upload(t.socket, 4 * MiB);
+    expect(res.isCut).toBe(false);
+    await s.done;
+    expect(s.received()).toBe(4 * MiB);
+    const rec = await gw.waitForClosed((r) => r.destination.port === s.port);
+    expect(rec.bytesOut).toBe(4 * MiB);
+    const alert = await waitForAlert(gw.alerts, (a) => a.detector === 'an0080.bulk-upload');
+    expect(alert).toMatchObject({ action: 'would-kill', enforced: false, flowIds: [rec.id] });
+    expect(alert.evidence).toMatchObject({ bytesOut: MOVED, bytesIn: DOWNLOAD });
+  });
+});
