@@ -7,8 +7,9 @@
  *    or refused since the last sweep → alerts, and in enforce mode kills and quarantines;
  *  - baselines (first-seen destinations, hourly volumes) persisted atomically to `state.path`.
  *
- * Alerts for the same finding key are grouped: a repeat is raised again only when its action or
- * severity changes.
+ * Alerts for the same finding key are grouped: a repeat is raised again when its action or
+ * severity changes, or once its last alert is an hour old (REPEAT_ALERT_MS; the quarantine period,
+ * if shorter, for an enforced block or kill).
  */
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { BlockList, isIPv6 } from 'node:net';
@@ -59,6 +60,18 @@ export interface DetectionEngine extends DetectionHooks {
  * agent, or talks around it (agents report every second by default).
  */
 const AGENT_GRACE_MS = 10_000;
+
+/**
+ * A finding already alerted with the same action and severity is alerted again once this long has
+ * passed: research §3 "Suppression" (after an identity alerts for a scan, its repeats are
+ * suppressed for 1 h, bro-simple-scan's `known_scanners`). An enforced block or kill quarantines
+ * the identity: when the quarantine is shorter, the repeat is alerted once it has run, so a new
+ * quarantine never comes without its alert.
+ */
+const REPEAT_ALERT_MS = 3_600_000;
+
+/** Alert groups remembered at most (each a finding key); past it the oldest go. */
+const MAX_ALERT_GROUPS = 100_000;
 
 const agentSourceCache = new WeakMap<PolicySnapshot, BlockList | null>();
 
@@ -127,7 +140,8 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     }
   }
   const quarantine = new Map<string, number>();
-  const raised = new Map<string, string>();
+  /** Finding key → the action/severity and time of its last alert (insertion order = oldest first). */
+  const raised = new Map<string, { sig: string; at: number }>();
   /** Flows that ended (or never connected) since the last sweep: the sweep sees them once. */
   let ended: FlowView[] = [];
   /**
@@ -143,12 +157,26 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   const raise = (f: Finding, mode: Mode, now: number): Alert | null => {
     const alert = toAlert(f, mode, `al-${now.toString(36)}-${(alertSeq++).toString(36)}`, now);
     const sig = `${alert.action}/${alert.severity}`;
-    if (raised.get(f.key) === sig) return null;
-    if (raised.size > 100_000) raised.clear();
-    raised.set(f.key, sig);
+    const last = raised.get(f.key);
+    if (last !== undefined && last.sig === sig && now - last.at < repeatAlertMs(alert)) return null;
+    // Oldest first (re-inserted on each alert): past the bound the oldest groups go.
+    raised.delete(f.key);
+    raised.set(f.key, { sig, at: now });
+    if (raised.size > MAX_ALERT_GROUPS) {
+      for (const k of raised.keys()) {
+        raised.delete(k);
+        if (raised.size <= MAX_ALERT_GROUPS) break;
+      }
+    }
     alerts.add(alert);
     log.warn({ alert: alert.id, detector: alert.detector, action: alert.action, severity: alert.severity, flowIds: alert.flowIds }, 'alert');
     return alert;
+  };
+
+  const repeatAlertMs = (alert: Alert): number => {
+    if (!alert.enforced || (alert.action !== 'block' && alert.action !== 'kill')) return REPEAT_ALERT_MS;
+    const quarantineMs = policy.current().config.detection.quarantineSec * 1000;
+    return quarantineMs > 0 ? Math.min(REPEAT_ALERT_MS, quarantineMs) : REPEAT_ALERT_MS;
   };
 
   const quarantineKey = (flow: Flow): string => identityKeyOf(flow.identity, flow.client.ip);

@@ -197,3 +197,60 @@ describe('an0081.scan over SOCKS5', () => {
     socket.destroy();
   });
 });
+
+/**
+ * Regression: alerts were grouped by finding key for ever, so the same identity scanning again a
+ * day later was quarantined again (403) with no alert, and in monitor mode left no trace at all.
+ * A repeat is alerted again once its last alert is an hour old (or the quarantine, if shorter).
+ * The gateway's clock is moved 26 h on between the two scans.
+ */
+describe('an0081.scan repeated a day later', () => {
+  let offsetMs = 0;
+  const startClocked = (mode: Mode): Promise<TestGateway> =>
+    // No business hours at all: both scans are off-hours whatever the time of day, so their alerts
+    // have the same severity and only the repeat window can tell them apart.
+    startTestGateway(
+      { mode, schedule: { businessHours: { days: [] } }, detection: { sampleIntervalMs: 50, quarantineSec: 600, detectors: { 'an0081.scan': SCAN } } },
+      { now: () => Date.now() + offsetMs },
+    );
+  afterEach(() => {
+    offsetMs = 0;
+  });
+
+  it('enforce: the second scan is quarantined again and alerted again', async () => {
+    gw = await startClocked('enforce');
+    const scanner = '127.0.0.5';
+    await connectFanOut(gw, scanner, await refusingPorts('127.0.0.1', FANOUT));
+    await waitForAlert(gw.alerts, (a) => a.detector === 'an0081.scan');
+    await waitForSweeps(gw.flows, 3);
+    expect(gw.alerts.list().filter((a) => a.detector === 'an0081.scan')).toHaveLength(1);
+    expect((await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: scanner })).status).toBe(403);
+
+    offsetMs = 26 * 3_600_000;
+    await goodTunnel(gw, scanner); // the quarantine has run out
+    const reasons = await connectFanOut(gw, scanner, await refusingPorts('127.0.0.1', FANOUT));
+    expect(reasons.filter((r) => r === 'connection-refused').length).toBeGreaterThanOrEqual(SCAN.failedPortsOnOneHost);
+    const second = await waitForAlert(gw.alerts, (a) => a.detector === 'an0081.scan' && Date.parse(a.time) >= Date.now() + offsetMs - 60_000);
+    expect(second).toMatchObject({ action: 'block', enforced: true });
+    const q = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: scanner });
+    expect([q.status, (JSON.parse(q.body) as { reason: string }).reason]).toEqual([403, 'quarantine']);
+    await waitForSweeps(gw.flows, 3);
+    expect(gw.alerts.list().filter((a) => a.detector === 'an0081.scan')).toHaveLength(2);
+  });
+
+  it('monitor: the second scan raises a second would-block alert', async () => {
+    gw = await startClocked('monitor');
+    const scanner = '127.0.0.5';
+    await connectFanOut(gw, scanner, await refusingPorts('127.0.0.1', FANOUT));
+    await waitForAlert(gw.alerts, (a) => a.detector === 'an0081.scan');
+    await waitForSweeps(gw.flows, 3);
+    expect(gw.alerts.list().filter((a) => a.detector === 'an0081.scan')).toHaveLength(1);
+
+    offsetMs = 26 * 3_600_000;
+    await connectFanOut(gw, scanner, await refusingPorts('127.0.0.1', FANOUT));
+    const second = await waitForAlert(gw.alerts, (a) => a.detector === 'an0081.scan' && Date.parse(a.time) >= Date.now() + offsetMs - 60_000);
+    expect(second).toMatchObject({ action: 'would-block', enforced: false });
+    await waitForSweeps(gw.flows, 3);
+    expect(gw.alerts.list().filter((a) => a.detector === 'an0081.scan')).toHaveLength(2);
+  });
+});
