@@ -173,6 +173,12 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     return alert;
   };
 
+  /** Monitor mode: a live flow enforce mode would have refused or killed is recorded would-block. */
+  const markWouldBlock = (flow: Flow, f: Finding, mode: Mode): void => {
+    if (flow.state !== 'active' || flow.verdict !== 'allow') return;
+    flows.decide(flow, { verdict: 'would-block', reason: 'detector', detector: f.detector, mode, matchedRule: flow.matchedRule, reasons: [...f.reasons] }, false);
+  };
+
   const repeatAlertMs = (alert: Alert): number => {
     if (!alert.enforced || (alert.action !== 'block' && alert.action !== 'kill')) return REPEAT_ALERT_MS;
     const quarantineMs = policy.current().config.detection.quarantineSec * 1000;
@@ -272,8 +278,8 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     if (mode === 'enforce') {
       putInQuarantine(quarantineKey(flow), now);
       flows.kill(flow.id, refusing.detector);
-    } else if (flow.verdict === 'allow') {
-      flows.decide(flow, { verdict: 'would-block', reason: 'detector', detector: refusing.detector, mode, matchedRule: flow.matchedRule, reasons: [...refusing.reasons] }, false);
+    } else {
+      markWouldBlock(flow, refusing, mode);
     }
   };
   flows.on('attributed', onAttributed);
@@ -360,7 +366,8 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
         const now = flows.now();
         raise(finding, mode, now);
         if (mode !== 'enforce') {
-          // Monitor: would-kill is recorded once; the flow runs on without a budget.
+          // Monitor: would-kill is recorded once (alert and flow record); the flow runs on without a budget.
+          markWouldBlock(f, finding, mode);
           f.budgetOut = Number.POSITIVE_INFINITY;
           return false;
         }
@@ -410,7 +417,17 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     for (const f of found) {
       const mode = modeOf(f.identity.roles);
       raise(f, mode, now);
-      if (mode !== 'enforce' || f.action === 'flag') continue;
+      if (f.action === 'flag') continue;
+      if (mode !== 'enforce') {
+        // would-kill: the flows enforce mode would have killed say so in their records.
+        if (f.action === 'kill') {
+          for (const id of f.flowIds) {
+            const flow = active.get(id);
+            if (flow) markWouldBlock(flow, f, mode);
+          }
+        }
+        continue;
+      }
       putInQuarantine(f.identity.key, now);
       if (f.action === 'kill') for (const id of f.flowIds) flows.kill(id, f.detector);
     }

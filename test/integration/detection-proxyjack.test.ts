@@ -130,6 +130,15 @@ describe('an0081.proxyjack: symmetric relay tunnels from an attributed process',
     await waitForSweeps(gw.flows, 2);
     for (const s of socks) await echoRoundTrip(s, Buffer.from('still relaying'));
     expect(gw.closed.filter((r) => r.client.ip === CLIENT_IP)).toEqual([]);
+    // Regression: the records of flows monitor mode would have killed said verdict allow, reason
+    // allowed, detector null; they say would-block by the detector, as a refused flow's would.
+    for (const s of socks) s.end();
+    const g = gw;
+    const recs = await Promise.all(peers.map((p) => g.waitForClosed((r) => r.client.ip === CLIENT_IP && r.destination.port === p.port)));
+    for (const r of recs.filter((x) => alert.flowIds.includes(x.id))) {
+      expect([r.verdict, r.reason, r.detector, r.enforced, r.closeReason]).toEqual(['would-block', 'detector', 'an0081.proxyjack', false, 'closed']);
+    }
+    expect(recs.some((x) => alert.flowIds.includes(x.id))).toBe(true);
   });
 
   it('below minDistinctDestinations (2 peers) nothing is raised', async () => {

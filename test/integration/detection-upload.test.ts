@@ -118,6 +118,8 @@ describe('an0080.bulk-upload byte budget through CONNECT', () => {
     const rec = await gw.waitForClosed((r) => r.destination.port === sink?.port);
     expect(rec.closeReason).toBe('closed');
     expect(rec.bytesOut).toBe(UPLOAD);
+    // Regression: the record said verdict allow, reason allowed, detector null beside a would-kill alert.
+    expect([rec.verdict, rec.reason, rec.detector, rec.enforced]).toEqual(['would-block', 'detector', 'an0080.bulk-upload', false]);
     const alert = await waitForAlert(gw.alerts, (a) => a.detector === 'an0080.bulk-upload');
     expect(alert.action).toBe('would-kill');
     expect(alert.enforced).toBe(false);
@@ -238,6 +240,7 @@ describe('an0080.bulk-upload budget after a download (out:in short at the budget
     expect(s.received()).toBe(4 * MiB);
     const rec = await gw.waitForClosed((r) => r.destination.port === s.port);
     expect(rec.bytesOut).toBe(4 * MiB);
+    expect([rec.verdict, rec.detector]).toEqual(['would-block', 'an0080.bulk-upload']);
     const alert = await waitForAlert(gw.alerts, (a) => a.detector === 'an0080.bulk-upload');
     expect(alert).toMatchObject({ action: 'would-kill', enforced: false, flowIds: [rec.id] });
     expect(alert.evidence).toMatchObject({ bytesOut: MOVED, bytesIn: DOWNLOAD });
