@@ -5,12 +5,16 @@
  * flow record's bytesOut is exactly 10 MiB, it closes `an0080.bulk-upload`, no byte past the
  * budget reaches the sink, and the alert says kill. Monitored, all 30 MiB arrive and the alert says would-kill.
  */
+import { createSocket } from 'node:dgram';
+import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import { SocksClient } from 'socks';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Mode } from '../../policy/types.ts';
 import { MiB, type TcpOrigin, httpConnect, tcpOrigin, waitForAlert, waitForSweeps } from '../helpers/detection-live.ts';
-import { type TestGateway, startTestGateway } from '../helpers/gateway.ts';
+import { type TestGateway, startTestGateway, until } from '../helpers/gateway.ts';
+import { type Cleanups, associate, nextReply, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
+import { readToEnd, startUdpEcho } from './socks5-harness.ts';
 
 const BUDGET = 10 * MiB;
 const UPLOAD = 30 * MiB;
@@ -19,7 +23,10 @@ const CHUNK = 64 * 1024;
 let gw: TestGateway | null = null;
 let sink: (TcpOrigin & { received: () => number; done: Promise<void> }) | null = null;
 
+const cleanups: Cleanups = [];
+
 afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()?.();
   await gw?.stop();
   gw = null;
   await sink?.close();
@@ -244,5 +251,46 @@ describe('an0080.bulk-upload budget after a download (out:in short at the budget
     const alert = await waitForAlert(gw.alerts, (a) => a.detector === 'an0080.bulk-upload');
     expect(alert).toMatchObject({ action: 'would-kill', enforced: false, flowIds: [rec.id] });
     expect(alert.evidence).toMatchObject({ bytesOut: MOVED, bytesIn: DOWNLOAD });
+  });
+
+  it('SOCKS5 UDP, enforce: after a 1,005-byte reply a 4 KiB budget moves to 10,050 and the datagram that would cross it ends the association', async () => {
+    gw = await startTestGateway({
+      mode: 'enforce',
+      detection: { sampleIntervalMs: 10_000, detectors: { 'an0080.bulk-upload': { action: 'kill', bytesOut: 4096, minRatio: 10, storageBytesOut: 4096 } } },
+    });
+    const echo = await startUdpEcho('udp4');
+    cleanups.push(() => echo.close());
+    // A destination that answers nothing and counts what arrives.
+    const silent = createSocket('udp4');
+    let arrived = 0;
+    silent.on('message', (m: Buffer) => {
+      arrived += m.length;
+    });
+    silent.bind(0, '127.0.0.1');
+    await once(silent, 'listening');
+    cleanups.push(() => new Promise<void>((r) => silent.close(() => r())));
+    const client = await udpSocket(cleanups);
+    const a = await associate(gw, client, cleanups);
+    const controlDone = readToEnd(a.control);
+    // bytesOut 1,000, bytesIn 1,005 ('echo:' + the datagram).
+    const reply = nextReply(client);
+    await sendTo(client, udpFrame('127.0.0.1', echo.port, Buffer.alloc(1000, 1)), a.relay);
+    expect((await reply).data.length).toBe(1005);
+    // Nine more 1,000-byte datagrams fit: past 4,096 out:in is 4.1, so the budget moves to 10,050.
+    for (let i = 1; i <= 9; i++) {
+      await sendTo(client, udpFrame('127.0.0.1', silent.address().port, Buffer.alloc(1000, 2)), a.relay);
+      await until(`datagram ${i} at the silent destination`, () => arrived === i * 1000);
+    }
+    // The tenth would take bytesOut to 11,000, past 10,050 where out:in reaches 10: not sent, association ended.
+    await sendTo(client, udpFrame('127.0.0.1', silent.address().port, Buffer.alloc(1000, 3)), a.relay);
+    const { error } = await controlDone;
+    expect(error).toBe('ECONNRESET');
+    const rec = await gw.waitForClosed((r) => r.protocol === 'socks5-udp');
+    expect(rec.closeReason).toBe('an0080.bulk-upload');
+    expect([rec.bytesOut, rec.bytesIn]).toEqual([10_000, 1005]);
+    expect(arrived).toBe(9000);
+    const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0080.bulk-upload');
+    expect(alert).toMatchObject({ action: 'kill', flowIds: [rec.id] });
+    expect(alert.evidence).toMatchObject({ bytesOut: 10_050, bytesIn: 1005, thresholdBytesOut: 4096 });
   });
 });
