@@ -33,6 +33,8 @@ import type { AlertStore } from '../alerts/alert-store.ts';
 import type { DetectionHooks, Logger, PolicySource } from '../context.ts';
 import type { Flow, FlowDestination } from '../flow/flow.ts';
 import type { FlowTable } from '../flow/flow-table.ts';
+import { AlertGroups } from './alert-groups.ts';
+import { Quarantine } from './quarantine.ts';
 
 export interface DetectionEngineOptions {
   flows: FlowTable;
@@ -69,9 +71,6 @@ const AGENT_GRACE_MS = 10_000;
  * quarantine never comes without its alert.
  */
 const REPEAT_ALERT_MS = 3_600_000;
-
-/** Alert groups remembered at most (each a finding key); past it the oldest go. */
-const MAX_ALERT_GROUPS = 100_000;
 
 const agentSourceCache = new WeakMap<PolicySnapshot, BlockList | null>();
 
@@ -139,9 +138,8 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.warn({ path: opts.statePath, err: String(err) }, 'detection state unreadable; starting fresh');
     }
   }
-  const quarantine = new Map<string, number>();
-  /** Finding key → the action/severity and time of its last alert (insertion order = oldest first). */
-  const raised = new Map<string, { sig: string; at: number }>();
+  const quarantine = new Quarantine();
+  const groups = new AlertGroups();
   /** Flows that ended (or never connected) since the last sweep: the sweep sees them once. */
   let ended: FlowView[] = [];
   /**
@@ -157,17 +155,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   const raise = (f: Finding, mode: Mode, now: number): Alert | null => {
     const alert = toAlert(f, mode, `al-${now.toString(36)}-${(alertSeq++).toString(36)}`, now);
     const sig = `${alert.action}/${alert.severity}`;
-    const last = raised.get(f.key);
-    if (last !== undefined && last.sig === sig && now - last.at < repeatAlertMs(alert)) return null;
-    // Oldest first (re-inserted on each alert): past the bound the oldest groups go.
-    raised.delete(f.key);
-    raised.set(f.key, { sig, at: now });
-    if (raised.size > MAX_ALERT_GROUPS) {
-      for (const k of raised.keys()) {
-        raised.delete(k);
-        if (raised.size <= MAX_ALERT_GROUPS) break;
-      }
-    }
+    if (!groups.shouldRaise(f.key, sig, now, repeatAlertMs(alert))) return null;
     alerts.add(alert);
     log.warn({ alert: alert.id, detector: alert.detector, action: alert.action, severity: alert.severity, flowIds: alert.flowIds }, 'alert');
     return alert;
@@ -187,37 +175,12 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
 
   const quarantineKey = (flow: Flow): string => identityKeyOf(flow.identity, flow.client.ip);
   const putInQuarantine = (key: string, now: number): void => {
-    quarantine.set(key, now + policy.current().config.detection.quarantineSec * 1000);
+    quarantine.put(key, now + policy.current().config.detection.quarantineSec * 1000);
   };
 
-  /** Live quarantine of `key` until when, or 0 (an expired entry goes). */
-  const quarantinedUntil = (key: string, now: number): number => {
-    const until = quarantine.get(key);
-    if (until === undefined) return 0;
-    if (until > now) return until;
-    quarantine.delete(key);
-    return 0;
-  };
-  /**
-   * The refusal of a flow whose identity is quarantined now, or null. An identity quarantined with
-   * its user or process unknown (`host|-|-`: killed before an agent or a login named it) covers the
-   * same host's flows whatever their user or process turns out to be: that was all it was known by.
-   * The other way round it does not: `host|alice|uploader` does not quarantine alice's other
-   * processes, nor a flow whose process is not known yet (the agent's report decides, onAttributed).
-   */
+  /** The refusal of a flow whose identity is quarantined now (quarantine.ts), or null. */
   const quarantineOf = (flow: Flow, mode: Mode, now: number): Decision | null => {
-    const key = quarantineKey(flow);
-    let until = quarantinedUntil(key, now);
-    if (until === 0 && quarantine.size > 0) {
-      const p = key.lastIndexOf('|');
-      const u = key.lastIndexOf('|', p - 1);
-      const host = key.slice(0, u);
-      const user = key.slice(u + 1, p);
-      const proc = key.slice(p + 1);
-      if (proc !== '-') until = quarantinedUntil(`${host}|${user}|-`, now);
-      if (until === 0 && user !== '-') until = quarantinedUntil(`${host}|-|${proc}`, now);
-      if (until === 0 && user !== '-' && proc !== '-') until = quarantinedUntil(`${host}|-|-`, now);
-    }
+    const until = quarantine.quarantinedUntil(quarantineKey(flow), now);
     if (until === 0) return null;
     return {
       verdict: mode === 'enforce' ? 'block' : 'would-block',
@@ -313,7 +276,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
 
   const engine: DetectionEngine = {
     state,
-    quarantine,
+    quarantine: quarantine.entries,
     lastSweepMs: 0,
 
     onConnect(flow: Flow, snapshot: PolicySnapshot, mode: Mode): Decision | null {
