@@ -10,7 +10,6 @@ import { normalizeHost, parseHostPattern } from './host-pattern.ts';
 import { parsePortSpec } from './ports.ts';
 import { type Node, s } from './schema-dsl.ts';
 import { DETECTOR_DEFAULTS } from './detectors/defaults.ts';
-import { DETECTOR_NAMES } from './types.ts';
 
 /**
  * The longest a time in milliseconds may be: node's timers hold 2^31 − 1 ms (24.8 days) and run a
@@ -138,7 +137,11 @@ const allowEntry = s.obj(
 );
 
 const names = s.arr(s.str(nonEmpty));
-const detectorNames = s.arr(s.enum(DETECTOR_NAMES), 1);
+/**
+ * What an exception may skip: the behaviour detectors. policy.deny, policy.deny-range and quarantine
+ * are never skipped by one (an exception naming them was accepted and did nothing).
+ */
+const detectorNames = s.arr(s.enum(Object.keys(DETECTOR_DEFAULTS)), 1);
 
 const exception = s.obj(
   {

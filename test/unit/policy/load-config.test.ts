@@ -87,6 +87,9 @@ describe('loadConfig: errors carry exact paths', () => {
     ['bad detector action', 'detection: { detectors: { an0081.scan: { action: nuke } } }', 'detection.detectors["an0081.scan"].action', /flag, block, kill/],
     ['negative threshold', 'detection: { detectors: { an0081.scan: { windowSec: -1 } } }', 'detection.detectors["an0081.scan"].windowSec', />= 0/],
     ['exception detector', 'exceptions: [ { process: [apt], detectors: [an0081.bogus] } ]', 'exceptions[0].detectors[0]', /one of/],
+    // An exception never skips these: one naming them was accepted and did nothing.
+    ['exception of the SSRF floor', 'exceptions: [ { process: [apt], detectors: [policy.deny-range] } ]', 'exceptions[0].detectors[0]', /one of an0081\.proxyware/],
+    ['exception of quarantine', 'exceptions: [ { process: [apt], detectors: [quarantine] } ]', 'exceptions[0].detectors[0]', /one of/],
     ['exception needs criterion', 'exceptions: [ { detectors: [an0081.scan] } ]', 'exceptions[0]', /at least one of/],
     ['approved destination pattern', 'approvedUploadDestinations: ["*bad.com"]', 'approvedUploadDestinations[0]', /bad host pattern/],
     ['upstream scheme', 'upstream: ftp://proxy:21', 'upstream', /scheme/],
