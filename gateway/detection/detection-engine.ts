@@ -167,6 +167,16 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     flows.decide(flow, { verdict: 'would-block', reason: 'detector', detector: f.detector, mode, matchedRule: flow.matchedRule, reasons: [...f.reasons] }, false);
   };
 
+  /**
+   * Enforce mode: a live flow a detector kills is recorded as blocked by it (verdict block, reason
+   * detector), as a quarantine kill and a connect-time refusal are; its record said allow before,
+   * with only the closeReason naming the detector.
+   */
+  const markKilled = (flow: Flow, f: Finding): void => {
+    if (flow.state !== 'active') return;
+    flows.decide(flow, { verdict: 'block', reason: 'detector', detector: f.detector, mode: 'enforce', matchedRule: flow.matchedRule, reasons: [...f.reasons] }, true);
+  };
+
   const repeatAlertMs = (alert: Alert): number => {
     if (!alert.enforced || (alert.action !== 'block' && alert.action !== 'kill')) return REPEAT_ALERT_MS;
     const quarantineMs = policy.current().config.detection.quarantineSec * 1000;
@@ -240,6 +250,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     if (!refusing) return;
     if (mode === 'enforce') {
       putInQuarantine(quarantineKey(flow), now);
+      markKilled(flow, refusing);
       flows.kill(flow.id, refusing.detector);
     } else {
       markWouldBlock(flow, refusing, mode);
@@ -335,6 +346,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
           return false;
         }
         putInQuarantine(quarantineKey(f), now);
+        markKilled(f, finding);
         return true;
       };
       return budget;
@@ -392,7 +404,13 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
         continue;
       }
       putInQuarantine(f.identity.key, now);
-      if (f.action === 'kill') for (const id of f.flowIds) flows.kill(id, f.detector);
+      if (f.action === 'kill') {
+        for (const id of f.flowIds) {
+          const flow = active.get(id);
+          if (flow) markKilled(flow, f);
+          flows.kill(id, f.detector);
+        }
+      }
     }
     engine.lastSweepMs = performance.now() - t0;
     if (opts.statePath && now - lastPersist >= (opts.persistEveryMs ?? 60_000)) {

@@ -114,6 +114,7 @@ describe('an0081.proxyjack: symmetric relay tunnels from an attributed process',
     );
     for (const r of recs) {
       expect(r.closeReason).toBe('an0081.proxyjack');
+      expect([r.verdict, r.reason, r.detector]).toEqual(['block', 'detector', 'an0081.proxyjack']);
       expect(r.identity.process?.name).toBe('relayd');
       expect(alert.flowIds).toContain(r.id);
     }

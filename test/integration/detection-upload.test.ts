@@ -98,6 +98,8 @@ describe('an0080.bulk-upload byte budget through CONNECT', () => {
     await sink.done;
     const rec = await gw.waitForClosed((r) => r.destination.port === sink?.port);
     expect(rec.closeReason).toBe('an0080.bulk-upload');
+    // The record says the detector blocked it, not allow with only the close reason naming it.
+    expect([rec.verdict, rec.reason, rec.detector]).toEqual(['block', 'detector', 'an0080.bulk-upload']);
     expect(rec.bytesOut).toBe(BUDGET);
     expect(res.written).toBeGreaterThan(BUDGET);
     // Exactly the budget reaches the sink: not one byte more, and none of it lost to the kill.
