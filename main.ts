@@ -198,7 +198,8 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   let draining = false;
   const selfAddresses = new Set<string>();
   let detection: DetectionEngine | null = null;
-  const identity = createIdentityResolver();
+  // The test clock, if any, is the one signed tokens expire on too.
+  const identity = createIdentityResolver(opts.now ? { now: opts.now } : {});
   const ctx: GatewayContext = {
     flows,
     policy,

@@ -35,6 +35,13 @@ export interface IdentityResolver {
   resolve(claims: IdentityClaims, snapshot: PolicySnapshot): Promise<IdentityResult>;
   /** Names of the headers that must never be forwarded (identity + signed token headers). */
   strippedHeaders(snapshot: PolicySnapshot): readonly string[];
+  /**
+   * Until when (ms on `now()`) an identity resolved from `claims` may be reused without resolving
+   * again (HTTP keep-alive): the expiry of a signed token among them, else Infinity.
+   */
+  reusableUntilMs(claims: IdentityClaims, snapshot: PolicySnapshot): number;
+  /** The resolver's clock (ms since the epoch), the one token expiry is judged on. */
+  now(): number;
 }
 
 /** Finds the local process behind a client socket on the gateway's own host (identity.localAttribution). */

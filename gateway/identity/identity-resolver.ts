@@ -185,9 +185,28 @@ export function createIdentityResolver(opts: IdentityResolverOptions = {}): Gate
     return spoofAttempt === null ? { ok: true, identity } : { ok: true, identity, spoofAttempt };
   }
 
+  /**
+   * A keep-alive connection reuses the identity resolved for its first request while the
+   * credentials stay the same; a signed token bounds that: never past its `exp`, nor past
+   * `maxAgeSec` from now (the verifier already holds exp to that). Re-verified here, so an expired,
+   * forged or malformed token gives 0 (resolve again, and fail).
+   */
+  function reusableUntilMs(claims: IdentityClaims, snapshot: PolicySnapshot): number {
+    const c = compiledFor(snapshot);
+    if (!c.signed) return Number.POSITIVE_INFINITY;
+    const token = headerValue(claims.headers, c.signed.header, MAX_TOKEN_CHARS);
+    if (token === undefined) return Number.POSITIVE_INFINITY;
+    if (token === null) return 0;
+    const t = now();
+    const v = verifyIdentityToken(token, c.signed.secret, t, c.signed.maxAgeSec);
+    return v.ok ? Math.min(v.exp * 1000, t + c.signed.maxAgeSec * 1000) : 0;
+  }
+
   return {
     resolve,
     strippedHeaders: (snapshot) => compiledFor(snapshot).stripped,
+    reusableUntilMs,
+    now,
     stats: () => ({ ...counters, credentials: { ...credStats }, throttle: { ...throttle.stats } }),
   };
 }

@@ -9,6 +9,8 @@ export interface CachedIdentity {
   key: string;
   version: number;
   identity: Identity;
+  /** Reused until then (ms, the identity resolver's clock): a signed token's expiry; worked out on first reuse. */
+  untilMs?: number;
 }
 
 export interface ConnectionState {
@@ -44,4 +46,16 @@ export function resetOrDestroy(socket: { resetAndDestroy?: () => unknown; destro
   } catch {
     socket.destroy();
   }
+}
+
+/**
+ * Forgets the identity cached on a connection once the credentials it came from have expired (a
+ * signed token's `exp`), so the request is resolved again — and refused. `untilMs` is asked once
+ * per cached identity, on its first reuse; without a token it is Infinity and this is one compare.
+ */
+export function expireCachedIdentity(state: ConnectionState, key: string, untilMs: () => number, now: () => number): void {
+  const cached = state.identity;
+  if (cached === null || cached.key !== key) return;
+  cached.untilMs ??= untilMs();
+  if (cached.untilMs !== Number.POSITIVE_INFINITY && now() >= cached.untilMs) state.identity = null;
 }

@@ -42,7 +42,7 @@ import type { PolicySnapshot, Protocol } from '../../policy/types.ts';
 import { mapError } from '../reject.ts';
 import { handleConnect } from './http-connect.ts';
 import { wrapWithConnectFront } from './http-connect-front.ts';
-import { connectionState } from './http-connection-state.ts';
+import { connectionState, expireCachedIdentity } from './http-connection-state.ts';
 import { createFastPath } from './http-fast-path.ts';
 import { forwardRequest, OriginAgents } from './http-forward.ts';
 import { forwardRequestHeaders, parseProxyBasic } from './http-headers.ts';
@@ -123,6 +123,8 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
       const signedName = headerNames.signed?.header.toLowerCase();
       const key = `${req.headers['proxy-authorization'] ?? ''}\u0000${req.headers[headerNames.user.toLowerCase()] ?? ''}\u0000${req.headers[headerNames.host.toLowerCase()] ?? ''}\u0000${signedName ? (req.headers[signedName] ?? '') : ''}`;
       const connection = connectionState(req.socket);
+      // Regression: an expired signed token kept working on a keep-alive connection (the key is the token's text).
+      expireCachedIdentity(connection, key, () => ctx.identity.reusableUntilMs(claims, snapshot), ctx.identity.now);
       const cached = connection.identity;
       let identity = cached && cached.key === key && cached.version === snapshot.version ? cached.identity : undefined;
       // An agent report may have named this connection's process after its earlier request was admitted.

@@ -39,6 +39,8 @@ const plainIdentity: IdentityResolver = {
     return { ok: true, identity: { user: null, host: null, roles: snapshot.rolesFor(null, null), process: null } };
   },
   strippedHeaders: () => [],
+  reusableUntilMs: () => Number.POSITIVE_INFINITY,
+  now: Date.now,
 };
 
 /** No DNS in tests: names resolve only through resolver.hosts; anything else fails like NXDOMAIN. */
