@@ -8,6 +8,13 @@
  * short TTL. At most half the libuv pool runs scrypt at once (work-limiter.ts), so DNS keeps its
  * threads during a login burst. The cache lives in the per-snapshot object: a reload that changes
  * a password forgets every cached answer at once.
+ *
+ * Every check costs the same whether the user exists or not, so timing tells no user names apart.
+ * With no scrypt user configured, every check is one sha256 compare (unknown users against a random
+ * digest). With at least one, every uncached check runs one scrypt derivation: a scrypt user's own,
+ * and for an unknown user or a plain-password user a decoy with the same parameters (the plain user's
+ * digest is compared after it). The other way round — unknown users paying only a sha256 — would
+ * have left scrypt users telling themselves apart from unknown names.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
@@ -42,6 +49,8 @@ export class CredentialChecker {
   private readonly cache: LRUCache<string, Promise<boolean>>;
   /** Decoy used for unknown users, so "no such user" costs what "wrong password" costs. */
   private readonly decoy: StoredSecret;
+  /** The scrypt work every uncached check pays when any scrypt user exists, else null (all plain). */
+  private readonly scryptDecoy: ParsedPasswordHash | null;
 
   constructor(
     users: readonly UserConfig[],
@@ -61,10 +70,9 @@ export class CredentialChecker {
         this.users.set(u.name, { kind: 'plain', digest: sha256(u.password) });
       }
     }
-    this.decoy =
-      anyScrypt === null
-        ? { kind: 'plain', digest: randomBytes(32) }
-        : { kind: 'scrypt', parsed: { ...DEFAULT_SCRYPT_PARAMS, ...pickParams(anyScrypt), salt: randomBytes(16), hash: randomBytes(anyScrypt.hash.length) } };
+    this.scryptDecoy =
+      anyScrypt === null ? null : { ...DEFAULT_SCRYPT_PARAMS, ...pickParams(anyScrypt), salt: randomBytes(16), hash: randomBytes(anyScrypt.hash.length) };
+    this.decoy = this.scryptDecoy === null ? { kind: 'plain', digest: randomBytes(32) } : { kind: 'scrypt', parsed: this.scryptDecoy };
     this.cache = new LRUCache({ max: opts.cacheMax ?? 4096, ttl: opts.cacheTtlMs ?? 60_000 });
   }
 
@@ -78,8 +86,8 @@ export class CredentialChecker {
     const stored = this.users.get(username);
     const isKnown = stored !== undefined;
     const target = stored ?? this.decoy;
-    if (target.kind === 'plain') {
-      // Cheap: no cache needed, and not caching keeps wrong plain passwords out of memory.
+    if (this.scryptDecoy === null && target.kind === 'plain') {
+      // Only plain users: one sha256 compare for everyone; no cache needed.
       return Promise.resolve(timingSafeEqual(sha256(password), target.digest) && isKnown);
     }
     const key = sha256(username, password).toString('base64');
@@ -89,7 +97,11 @@ export class CredentialChecker {
       return hit;
     }
     this.stats.scryptRuns++;
-    const answer = scryptLimiter.run(() => verifyParsedHash(password, target.parsed)).then((ok) => ok && isKnown);
+    const work = target.kind === 'scrypt' ? target.parsed : (this.scryptDecoy as ParsedPasswordHash);
+    const answer = scryptLimiter
+      .run(() => verifyParsedHash(password, work))
+      // A plain user's decoy derivation says nothing; their digest does.
+      .then((ok) => (target.kind === 'scrypt' ? ok : timingSafeEqual(sha256(password), target.digest)) && isKnown);
     this.cache.set(key, answer);
     // A failed derivation (never expected for parsed params) must not stay cached as a rejection.
     answer.catch(() => this.cache.delete(key));

@@ -182,6 +182,37 @@ describe('createIdentityResolver: details', () => {
     expect(r.stats().credentials.scryptRuns).toBe(1);
   });
 
+  it('every path costs one scrypt run when a scrypt user exists: plain user right or wrong, scrypt user, unknown user (regression: a known plain user cost one sha256, an unknown one a scrypt decoy)', async () => {
+    const cases = [
+      { username: 'alice', password: 'alice-pw', ok: true },
+      { username: 'alice', password: 'wrong', ok: false },
+      { username: 'bob', password: 'bob-pw', ok: true },
+      { username: 'bob', password: 'wrong', ok: false },
+      { username: 'nobody', password: 'x', ok: false },
+    ];
+    for (const [i, c] of cases.entries()) {
+      const { r } = resolver();
+      const res = await r.resolve({ clientIp: `198.51.100.${20 + i}`, clientPort: 1, username: c.username, password: c.password }, snap);
+      expect(res.ok, `${c.username}:${c.password}`).toBe(c.ok);
+      expect(r.stats().credentials.scryptRuns, `${c.username}:${c.password}`).toBe(1);
+    }
+    // A plain user's answer is cached like a scrypt user's: the successful path stays one derivation per TTL.
+    const { r } = resolver();
+    const alice = { clientIp: '198.51.100.30', clientPort: 1, username: 'alice', password: 'alice-pw' };
+    expect((await r.resolve(alice, snap)).ok).toBe(true);
+    expect((await r.resolve(alice, snap)).ok).toBe(true);
+    expect(r.stats().credentials).toEqual({ scryptRuns: 1, cacheHits: 1 });
+  });
+
+  it('with only plain users no path runs scrypt (known, wrong, unknown alike)', async () => {
+    const { r } = resolver();
+    const plainOnly = compilePolicy(config(bobHash, (c) => (c.identity.users = c.identity.users.filter((u) => u.password !== undefined))));
+    for (const [username, password] of [['alice', 'alice-pw'], ['alice', 'wrong'], ['nobody', 'x']] as const) {
+      await r.resolve({ clientIp: '198.51.100.40', clientPort: 1, username, password }, plainOnly);
+    }
+    expect(r.stats().credentials.scryptRuns).toBe(0);
+  });
+
   it('counts failures and throttles the source after 5, successes included, other sources untouched', async () => {
     const { r, waits } = resolver();
     const bad = { clientIp: '198.51.100.50', clientPort: 1, username: 'alice', password: 'nope' };
