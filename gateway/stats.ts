@@ -347,7 +347,12 @@ export class GatewayStats {
     counter('gw_identity_auth_shed_total', 'Credential checks refused unchecked: too many already waiting from that source', (st) => st.throttle.shedTotal);
     counter('gw_identity_scrypt_runs_total', 'scrypt password derivations run (cache misses)', (st) => st.credentials.scryptRuns);
     counter('gw_identity_credential_cache_hits_total', 'Password checks answered from the short-lived cache', (st) => st.credentials.cacheHits);
-    scrapedGauge(registers, 'gw_identity_throttle_sources_active', 'Source addresses with recent authentication failures being tracked', () => source.stats().throttle.sourcesTracked);
+    counter('gw_identity_auth_user_throttled_total', 'Password checks delayed by the per-user failure budget (guessing one account from many addresses)', (st) => st.userThrottle.delayedTotal);
+    counter('gw_identity_auth_user_shed_total', 'Password checks refused unchecked: too many already waiting for that user name', (st) => st.userThrottle.shedTotal);
+    counter('gw_identity_scrypt_shed_total', 'Password checks refused unchecked: the scrypt queue was full', (st) => st.credentials.scryptShed);
+    scrapedGauge(registers, 'gw_identity_throttle_sources_active', 'Source addresses with recent authentication failures or checks in flight being tracked', () => source.stats().throttle.sourcesTracked);
+    scrapedGauge(registers, 'gw_identity_throttle_users_active', 'User names with recent authentication failures being tracked', () => source.stats().userThrottle.sourcesTracked);
+    scrapedGauge(registers, 'gw_identity_scrypt_waiting', 'scrypt derivations waiting for a thread-pool slot (bounded)', () => source.stats().scryptWaiting);
   }
 
   /** Prometheus text exposition. */

@@ -8,6 +8,14 @@
  * Waiting is a timer, never a busy loop. A source with more than `maxPendingPerSource` checks
  * already waiting is answered at once with a refusal (shed) so parallel guessing gains nothing
  * and memory stays bounded. Sources are kept in an LRU of `maxSources`.
+ *
+ * A costly check (one that starts a scrypt derivation) counts as pending from before it runs until
+ * it is answered, failures or not: one address cannot queue more than its share of derivations
+ * (1,000 parallel wrong logins from one address used to hold every other client's login behind
+ * them). Cheap checks (cached answers, tokens) of a source without failures pass straight through.
+ *
+ * The same class keyed by user name is the per-user failure budget (identity-resolver.ts), so
+ * guessing one account from many addresses is slowed too.
  */
 import { LRUCache } from 'lru-cache';
 
@@ -90,25 +98,26 @@ export class AuthThrottle {
   /**
    * Waits as long as `source` deserves before a credential check. Resolves to a release function
    * to call once the check is answered, or null when the source already has too many checks
-   * waiting: the caller then refuses without checking.
+   * waiting (or, `isCostly`, running): the caller then refuses without checking.
    */
-  async acquire(source: string): Promise<(() => void) | null> {
+  async acquire(source: string, isCostly = false): Promise<(() => void) | null> {
     const delay = this.delayFor(source);
-    if (delay === 0) return noop;
+    if (delay === 0 && !isCostly) return noop;
     const s = this.state(source);
     if (s.pending >= this.options.maxPendingPerSource) {
       this.stats.shedTotal++;
       return null;
     }
     s.pending++;
-    this.stats.delayedTotal++;
-    this.stats.delayMsTotal += delay;
     let released = false;
     const release = (): void => {
       if (released) return;
       released = true;
       if (s.pending > 0) s.pending--;
     };
+    if (delay === 0) return release;
+    this.stats.delayedTotal++;
+    this.stats.delayMsTotal += delay;
     try {
       await this.sleep(delay);
     } catch {

@@ -28,6 +28,8 @@ export interface CredentialStats {
   /** scrypt derivations actually run (cache misses on scrypt users, and decoys). */
   scryptRuns: number;
   cacheHits: number;
+  /** Checks refused unchecked because the scrypt queue was full (answered as a failed login, not cached). */
+  scryptShed: number;
 }
 
 export interface CredentialCheckerOptions {
@@ -81,8 +83,20 @@ export class CredentialChecker {
     return this.users.has(name);
   }
 
-  /** Checks one pair; resolves false for unknown users and wrong passwords alike. */
-  verify(username: string, password: string): Promise<boolean> {
+  /**
+   * True when checking this pair now would start a scrypt derivation (no cached or in-flight
+   * answer): the throttle counts such checks against their source before they run.
+   */
+  isCostly(username: string, password: string): boolean {
+    if (this.scryptDecoy === null) return false;
+    return !this.cache.has(sha256(username, password).toString('base64'));
+  }
+
+  /**
+   * Checks one pair; resolves false for unknown users and wrong passwords alike, and 'shed' when
+   * the scrypt queue is full (nothing was checked; nothing is cached).
+   */
+  verify(username: string, password: string): Promise<boolean | 'shed'> {
     const stored = this.users.get(username);
     const isKnown = stored !== undefined;
     const target = stored ?? this.decoy;
@@ -95,6 +109,10 @@ export class CredentialChecker {
     if (hit !== undefined) {
       this.stats.cacheHits++;
       return hit;
+    }
+    if (!scryptLimiter.hasRoom()) {
+      this.stats.scryptShed++;
+      return Promise.resolve('shed');
     }
     this.stats.scryptRuns++;
     const work = target.kind === 'scrypt' ? target.parsed : (this.scryptDecoy as ParsedPasswordHash);

@@ -4,7 +4,10 @@
  * Steps of `resolve` (order matters; the first source to name a user or host wins):
  * 1. Normalise the client address (zone dropped, `::ffff:a.b.c.d` unwrapped).
  * 2. Credential checks — Basic / RFC 1929 password and the signed token header — pass the per-source
- *    throttle first; a wrong password or a bad/expired token is `bad-credentials`, never ignored.
+ *    throttle first (a check that starts a scrypt derivation is counted against its source before it
+ *    runs), then a password check the per-user one; a wrong password or a bad/expired token is
+ *    `bad-credentials`, never ignored. A check refused by either throttle or by the full scrypt
+ *    queue (shed) is `bad-credentials` too, unchecked and not counted as a failure.
  * 3. Proxy credentials name the user (the most specific, per-request proof).
  * 4. A valid signed token names the user and/or host (accepted from any source: the MAC is the proof).
  * 5. Plain identity headers name the user/host only from `headers.trustedSources`; from anyone else
@@ -26,6 +29,14 @@ import { CredentialChecker, type CredentialStats } from './credentials.ts';
 import { describeSpoof, HeaderTrust, headerValue } from './header-trust.ts';
 import { HostInventory } from './host-inventory.ts';
 import { MAX_TOKEN_CHARS, verifyIdentityToken } from './signed-header.ts';
+import { scryptLimiter } from './work-limiter.ts';
+
+/**
+ * The per-user failure budget: more failures are free than per source (a user mistyping on several
+ * devices, a shared NAT), and while a name is over it at most 8 of its checks wait at once, so
+ * guessing it from many addresses gets at most 8 guesses per delay (≤ 5 s) through.
+ */
+export const DEFAULT_USER_THROTTLE: Partial<AuthThrottleOptions> = Object.freeze({ freeFailures: 10, maxPendingPerSource: 8 });
 
 interface CompiledIdentity {
   readonly requireAuth: boolean;
@@ -48,12 +59,18 @@ export interface IdentityStats {
   readonly signedTokensAcceptedTotal: number;
   readonly credentials: Readonly<CredentialStats>;
   readonly throttle: Readonly<AuthThrottleStats>;
+  /** The per-user failure budget (`sourcesTracked` = user names tracked). */
+  readonly userThrottle: Readonly<AuthThrottleStats>;
+  /** scrypt derivations waiting for a slot now (bounded by MAX_SCRYPT_QUEUED). */
+  readonly scryptWaiting: number;
 }
 
 export interface IdentityResolverOptions {
   /** Clock (ms since epoch) for token expiry and the throttle window. */
   now?: () => number;
   throttle?: Partial<AuthThrottleOptions>;
+  /** The per-user failure budget (keys are user names, known or not). */
+  userThrottle?: Partial<AuthThrottleOptions>;
   /** How throttled checks wait; tests inject one that records instead of sleeping. */
   sleep?: Sleep;
   credentialCacheTtlMs?: number;
@@ -88,7 +105,8 @@ function compile(snapshot: PolicySnapshot, credStats: CredentialStats, cacheTtlM
 export function createIdentityResolver(opts: IdentityResolverOptions = {}): GatewayIdentityResolver {
   const now = opts.now ?? Date.now;
   const throttle = new AuthThrottle(opts.throttle, now, opts.sleep);
-  const credStats: CredentialStats = { scryptRuns: 0, cacheHits: 0 };
+  const userThrottle = new AuthThrottle({ ...DEFAULT_USER_THROTTLE, ...opts.userThrottle }, now, opts.sleep);
+  const credStats: CredentialStats = { scryptRuns: 0, cacheHits: 0, scryptShed: 0 };
   const counters = { resolvedTotal: 0, badCredentialsTotal: 0, authRequiredTotal: 0, spoofAttemptsTotal: 0, signedTokensAcceptedTotal: 0 };
   const compiled = new WeakMap<PolicySnapshot, CompiledIdentity>();
 
@@ -101,10 +119,11 @@ export function createIdentityResolver(opts: IdentityResolverOptions = {}): Gate
     return c;
   }
 
-  function fail(source: string, reason: 'bad-credentials' | 'auth-required'): IdentityResult {
+  function fail(source: string, reason: 'bad-credentials' | 'auth-required', username: string | null = null): IdentityResult {
     if (reason === 'bad-credentials') {
       counters.badCredentialsTotal++;
       throttle.recordFailure(source);
+      if (username !== null) userThrottle.recordFailure(username);
     } else {
       counters.authRequiredTotal++;
     }
@@ -123,16 +142,28 @@ export function createIdentityResolver(opts: IdentityResolverOptions = {}): Gate
 
     // Steps 2–4: checks a guesser could learn from go through the throttle.
     if (hasPassword || token !== undefined) {
-      const release = await throttle.acquire(addr.text);
+      const username = hasPassword ? claims.username! : null;
+      const password = claims.password ?? '';
+      const release = await throttle.acquire(addr.text, username !== null && c.credentials.isCostly(username, password));
       if (release === null) {
         counters.badCredentialsTotal++;
         return { ok: false, reason: 'bad-credentials' };
       }
+      // Only a user over its failure budget waits here (and is shed past its pending share).
+      const releaseUser = username === null ? null : await userThrottle.acquire(username);
       try {
-        if (hasPassword) {
-          const ok = await c.credentials.verify(claims.username!, claims.password ?? '');
-          if (!ok) return fail(addr.text, 'bad-credentials');
-          user = claims.username!;
+        if (username !== null && releaseUser === null) {
+          counters.badCredentialsTotal++;
+          return { ok: false, reason: 'bad-credentials' };
+        }
+        if (username !== null) {
+          const ok = await c.credentials.verify(username, password);
+          if (ok === 'shed') {
+            counters.badCredentialsTotal++;
+            return { ok: false, reason: 'bad-credentials' };
+          }
+          if (!ok) return fail(addr.text, 'bad-credentials', username);
+          user = username;
           isAuthenticated = true;
         }
         if (token !== undefined && c.signed) {
@@ -144,6 +175,7 @@ export function createIdentityResolver(opts: IdentityResolverOptions = {}): Gate
           isAuthenticated = true;
         }
       } finally {
+        releaseUser?.();
         release();
       }
     }
@@ -207,6 +239,6 @@ export function createIdentityResolver(opts: IdentityResolverOptions = {}): Gate
     strippedHeaders: (snapshot) => compiledFor(snapshot).stripped,
     reusableUntilMs,
     now,
-    stats: () => ({ ...counters, credentials: { ...credStats }, throttle: { ...throttle.stats } }),
+    stats: () => ({ ...counters, credentials: { ...credStats }, throttle: { ...throttle.stats }, userThrottle: { ...userThrottle.stats }, scryptWaiting: scryptLimiter.waiting }),
   };
 }

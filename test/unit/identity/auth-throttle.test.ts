@@ -96,6 +96,22 @@ describe('AuthThrottle', () => {
     expect(await t.acquire('b')).not.toBeNull();
   });
 
+  it('costly checks count against their source before they run, with no failures yet (regression: only delayed checks were counted, so one address queued 1,000 derivations)', async () => {
+    const { t, waits } = setup({ maxPendingPerSource: 3 });
+    const held = [];
+    for (let i = 0; i < 3; i++) held.push(await t.acquire('198.51.100.9', true));
+    expect(held.every((r) => typeof r === 'function')).toBe(true);
+    expect(await t.acquire('198.51.100.9', true)).toBeNull();
+    expect(t.stats.shedTotal).toBe(1);
+    // Cheap checks of a source without failures are never held up; other sources are untouched.
+    expect(typeof (await t.acquire('198.51.100.9'))).toBe('function');
+    expect(typeof (await t.acquire('198.51.100.10', true))).toBe('function');
+    held[0]!();
+    held[0]!(); // idempotent
+    expect(typeof (await t.acquire('198.51.100.9', true))).toBe('function');
+    expect(waits).toEqual([]);
+  });
+
   it('bounds tracked sources (LRU)', () => {
     const { t } = setup({ maxSources: 3 });
     for (const s of ['a', 'b', 'c', 'd']) t.recordFailure(s);

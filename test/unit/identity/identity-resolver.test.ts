@@ -6,6 +6,7 @@ import type { IdentityClaims, IdentityResult } from '../../../gateway/context.ts
 import { createIdentityResolver } from '../../../gateway/identity/identity-resolver.ts';
 import { hashPassword } from '../../../gateway/identity/password-hash.ts';
 import { signIdentityToken } from '../../../gateway/identity/signed-header.ts';
+import { MAX_SCRYPT_QUEUED, scryptLimiter } from '../../../gateway/identity/work-limiter.ts';
 
 const NOW = Date.UTC(2026, 10, 25, 12, 0, 0);
 const NOW_SEC = NOW / 1000;
@@ -201,7 +202,7 @@ describe('createIdentityResolver: details', () => {
     const alice = { clientIp: '198.51.100.30', clientPort: 1, username: 'alice', password: 'alice-pw' };
     expect((await r.resolve(alice, snap)).ok).toBe(true);
     expect((await r.resolve(alice, snap)).ok).toBe(true);
-    expect(r.stats().credentials).toEqual({ scryptRuns: 1, cacheHits: 1 });
+    expect(r.stats().credentials).toMatchObject({ scryptRuns: 1, cacheHits: 1 });
   });
 
   it('with only plain users no path runs scrypt (known, wrong, unknown alike)', async () => {
@@ -232,6 +233,40 @@ describe('createIdentityResolver: details', () => {
     expect(st.throttle.failuresTotal).toBe(8);
     expect(st.throttle.delayedTotal).toBe(3);
     expect(st.throttle.sourcesTracked).toBe(2);
+  });
+
+  it('a per-user failure budget slows guessing one name from many addresses (regression: failures counted per source only)', async () => {
+    const { r, waits } = resolver();
+    // One wrong guess for alice from each of 12 addresses: no source is ever over its own budget.
+    for (let i = 0; i < 12; i++) expect((await r.resolve({ clientIp: `198.51.100.${100 + i}`, clientPort: 1, username: 'alice', password: `guess-${i}` }, snap)).ok).toBe(false);
+    // Free up to 10 failures per user; the 11th and 12th guesses waited 250 and 500 ms.
+    expect(waits).toEqual([250, 500]);
+    // Another user is untouched; alice herself waits too (a quick success would tell a guesser it hit).
+    await r.resolve({ clientIp: '198.51.100.200', clientPort: 1, username: 'bob', password: 'bob-pw' }, snap);
+    expect(waits).toEqual([250, 500]);
+    expect((await r.resolve({ clientIp: '198.51.100.201', clientPort: 1, username: 'alice', password: 'alice-pw' }, snap)).ok).toBe(true);
+    expect(waits).toEqual([250, 500, 1000]);
+    const st = r.stats();
+    expect(st.userThrottle.failuresTotal).toBe(12);
+    expect(st.userThrottle.delayedTotal).toBe(3);
+    expect(st.throttle.delayedTotal).toBe(0);
+  });
+
+  it('a full scrypt queue sheds checks at once, counted and never cached as failures (regression: the queue was unbounded)', async () => {
+    // A per-source share large enough that the process-wide queue bound is what holds.
+    const r = createIdentityResolver({ now: () => NOW, throttle: { maxPendingPerSource: 1000 }, sleep: async () => {} });
+    const N = MAX_SCRYPT_QUEUED + 72;
+    const answers = await Promise.all(Array.from({ length: N }, (_, i) => r.resolve({ clientIp: '198.51.100.77', clientPort: 1, username: `nobody-${i}`, password: 'x' }, snap)));
+    expect(answers.every((a) => !a.ok)).toBe(true);
+    const st = r.stats();
+    expect(st.credentials.scryptShed).toBeGreaterThan(0);
+    expect(st.credentials.scryptRuns + st.credentials.scryptShed).toBe(N);
+    expect(st.credentials.scryptRuns).toBeLessThanOrEqual(MAX_SCRYPT_QUEUED + scryptLimiter.maxConcurrent);
+    // Shed checks were not failures: only the checked ones count towards the throttle.
+    expect(st.throttle.failuresTotal).toBe(st.credentials.scryptRuns);
+    expect(st.scryptWaiting).toBe(0);
+    // The queue drains: bob's own login right after is checked and succeeds.
+    expect((await r.resolve({ clientIp: '198.51.100.78', clientPort: 1, username: 'bob', password: 'bob-pw' }, snap)).ok).toBe(true);
   });
 
   it('an invalid signed token counts as a failed attempt', async () => {

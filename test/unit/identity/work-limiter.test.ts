@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { WorkLimiter } from '../../../gateway/identity/work-limiter.ts';
+import { MAX_SCRYPT_QUEUED, scryptLimiter, WorkLimiter, WorkShedError } from '../../../gateway/identity/work-limiter.ts';
 
 describe('WorkLimiter', () => {
   it('runs at most maxConcurrent jobs, in FIFO order, and releases on failure', async () => {
@@ -36,5 +36,25 @@ describe('WorkLimiter', () => {
     expect(lim.waiting).toBe(0);
     // Slots are all free again.
     expect(await lim.run(async () => 'ok')).toBe('ok');
+  });
+
+  it('queues at most maxQueued jobs and refuses the next with WorkShedError (regression: the scrypt queue was unbounded)', async () => {
+    const lim = new WorkLimiter(1, 2);
+    let open: () => void = () => {};
+    const gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    const running = lim.run(() => gate);
+    const queued = [lim.run(async () => 'a'), lim.run(async () => 'b')];
+    expect(lim.waiting).toBe(2);
+    expect(lim.hasRoom()).toBe(false);
+    await expect(lim.run(async () => 'c')).rejects.toBeInstanceOf(WorkShedError);
+    expect(lim.shedTotal).toBe(1);
+    expect(lim.waiting).toBe(2);
+    open();
+    await running;
+    expect(await Promise.all(queued)).toEqual(['a', 'b']);
+    expect(lim.hasRoom()).toBe(true);
+    expect(scryptLimiter.maxQueued).toBe(MAX_SCRYPT_QUEUED);
   });
 });
