@@ -196,7 +196,12 @@ export const StreamQuery = Type.Object({
 /** Loose on purpose: agent/report.ts validates every field and reports paths (400 details). */
 export const ReportBody = Type.Object({ host: Type.Unknown(), reports: Type.Unknown() }, { additionalProperties: true });
 
-export const IngestResult = Type.Object({ accepted: Type.Integer(), attributed: Type.Integer(), pending: Type.Integer() });
+export const IngestResult = Type.Object({
+  accepted: Type.Integer(),
+  attributed: Type.Integer(),
+  pending: Type.Integer(),
+  shed: Type.Integer({ description: 'reports not kept: the agent (or all agents) had as many waiting for their flows as allowed' }),
+});
 
 export const AgentList = Type.Object({
   agents: Type.Array(

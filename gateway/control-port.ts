@@ -9,8 +9,10 @@ import type { Config } from '../policy/config.ts';
 import { type LoadResult, loadConfig, validateConfig } from '../policy/load-config.ts';
 import type { Mode, PolicySnapshot, ProcessInfo } from '../policy/types.ts';
 import { AgentRegistry } from './agent-registry.ts';
+import { keptProcessInfo, type PendingReportLimits, PendingReportBudget, processBytes } from './pending-reports.ts';
 import type { AlertLike, AlertStore } from './alerts/alert-store.ts';
 import type { AuditLog } from './audit-log.ts';
+import type { Logger } from './context.ts';
 import { evaluateConnection } from './control-evaluate.ts';
 import type {
   AgentView,
@@ -70,6 +72,10 @@ export interface ControlPortDeps<A extends AlertLike = AlertLike> {
   /** The bound HTTP proxy address ("host:port"); defaults to the config's listen.http. */
   proxyAddress?: () => string;
   now?: () => number;
+  /** Budgets of agent reports waiting for their flow (tests shrink them). */
+  pendingReports?: Partial<PendingReportLimits>;
+  /** Where shed agent reports are logged (once per agent per 10 s). */
+  log?: Logger;
 }
 
 function defaultStats<A extends AlertLike>(deps: ControlPortDeps<A>): GatewayStats {
@@ -90,6 +96,9 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
   const now = deps.now ?? Date.now;
   const stats = deps.stats ?? defaultStats(deps);
   const agents = deps.agents ?? new AgentRegistry();
+  const pending = new PendingReportBudget(deps.pendingReports);
+  stats.attachPendingReports(() => pending.stats(now()));
+  const shedLoggedAt = new Map<string, number>();
   let sourcesCache: { version: number; lists: Map<string, BlockList | null> } | null = null;
 
   const policyView = (): PolicyView => {
@@ -200,8 +209,10 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
         return { ok: false, code: 'refused', refused };
       }
       let attributed = 0;
+      let shed = 0;
+      let waiting = 0;
       for (const r of batch.reports) {
-        const process: ProcessInfo = {
+        const process: ProcessInfo = keptProcessInfo({
           pid: r.pid,
           name: r.name,
           exe: r.exe,
@@ -213,13 +224,30 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
           parentName: r.parentName,
           parentExe: r.parentExe,
           source: 'agent',
-        };
+        });
+        const bytes = processBytes(process);
+        // A report the flow table would have to keep must fit the agent's and the total budget.
+        // Whether its flow is live is known only by trying, so one that does not fit is not tried.
+        if (!pending.hasRoom(agentName, bytes, t)) {
+          pending.shed(agentName);
+          shed++;
+          continue;
+        }
         // The report's proto says which port space localPort is in: a TCP report must never name
         // the process of a UDP association from the same port number, nor the other way round.
         if (deps.flows.attribute(stripZone(r.localIp), r.localPort, r.proto, process)) attributed++;
+        else {
+          pending.add(agentName, bytes, t);
+          waiting++;
+        }
+      }
+      if (shed > 0 && (shedLoggedAt.get(agentName) ?? Number.NEGATIVE_INFINITY) <= t - 10_000) {
+        shedLoggedAt.set(agentName, t);
+        const left = pending.agentStats(agentName, t);
+        deps.log?.warn({ agent: agentName, shed, waitingReports: left.reports, waitingBytes: left.bytes }, 'agent reports shed: too many waiting for their flows');
       }
       agents.seen(agentName, { host: batch.host, sourceIp, reports: batch.reports.length, attributed, refused: 0 }, t);
-      return { ok: true, accepted: batch.reports.length, attributed, pending: batch.reports.length - attributed };
+      return { ok: true, accepted: batch.reports.length - shed, attributed, pending: waiting, shed };
     },
     listAgents: (): AgentView[] => {
       const cfg = deps.policy.current().config;

@@ -84,7 +84,8 @@ export interface ModeView {
 }
 
 export type IngestOutcome =
-  | { ok: true; accepted: number; attributed: number; pending: number }
+  /** `shed`: reports neither kept nor tried, the agent's or the total budget of waiting reports being full. */
+  | { ok: true; accepted: number; attributed: number; pending: number; shed: number }
   | { ok: false; code: 'refused'; refused: Array<{ index: number; localIp: string }> }
   | { ok: false; code: 'invalid'; errors: ConfigIssue[] };
 

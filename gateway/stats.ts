@@ -9,6 +9,7 @@ import { DETECTOR_NAMES, type ReasonCode, type Verdict } from '../policy/types.t
 import type { FlowTable } from './flow/flow-table.ts';
 import type { Flow } from './flow/flow.ts';
 import type { IdentityStats } from './identity/identity-resolver.ts';
+import type { PendingReportStats } from './pending-reports.ts';
 import type { SourceLimitStats } from './listeners/source-limit.ts';
 import type { UdpRelayStats } from './listeners/socks5-udp-ledger.ts';
 
@@ -265,6 +266,14 @@ export class GatewayStats {
   /** Read the SOCKS listener's UDP relay counts at scrape time. */
   attachSocksUdp(stats: () => UdpRelayStats): void {
     this.socksUdpFn = stats;
+  }
+
+  /** Export the agent reports waiting for their flow (gateway/pending-reports.ts), read at scrape time. */
+  attachPendingReports(read: () => PendingReportStats): void {
+    const registers = [this.registry];
+    scrapedGauge(registers, 'gw_agent_reports_pending', 'Agent reports kept waiting for their flow (bounded per agent and in all)', () => read().reports);
+    scrapedGauge(registers, 'gw_agent_reports_pending_bytes', 'Bytes of agent reports kept waiting for their flow, about (bounded per agent and in all)', () => read().bytes);
+    scrapedCounter(registers, 'gw_agent_reports_shed_total', 'Agent reports shed: their agent, or all agents, had as many waiting as allowed', () => read().shedTotal);
   }
 
   configReloaded(result: ReloadResult): void {

@@ -25,7 +25,7 @@ export function registerAgentRoutes(app: AdminApp, { port }: RouteContext): void
       const agent = request.principal?.name ?? 'unknown';
       const res = port.ingestReports(request.body, agent, request.ip);
       if (res.ok) {
-        reply.send({ accepted: res.accepted, attributed: res.attributed, pending: res.pending });
+        reply.send({ accepted: res.accepted, attributed: res.attributed, pending: res.pending, shed: res.shed });
         return;
       }
       if (res.code === 'invalid') {

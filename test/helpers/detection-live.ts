@@ -199,7 +199,7 @@ export async function reportProcesses(
   adminUrl: string,
   host: string,
   reports: ProcessReport[],
-): Promise<{ accepted: number; attributed: number; pending: number }> {
+): Promise<{ accepted: number; attributed: number; pending: number; shed: number }> {
   const body = {
     host,
     reports: reports.map((r) => ({
@@ -223,7 +223,7 @@ export async function reportProcesses(
   });
   const text = await res.text();
   if (res.status !== 200) throw new Error(`agent report: ${res.status} ${text}`);
-  return JSON.parse(text) as { accepted: number; attributed: number; pending: number };
+  return JSON.parse(text) as { accepted: number; attributed: number; pending: number; shed: number };
 }
 
 /** Resolves when `socket` has closed (or at once if it already has). */
