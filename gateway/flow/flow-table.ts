@@ -14,6 +14,7 @@ import type { Decision, ProcessInfo, Protocol } from '../../policy/types.ts';
 import { Flow, type FlowInit, type FlowRecord, withProcess } from './flow.ts';
 import type { FlowSink } from './flow-log.ts';
 import { LiveFlows } from './live-flows.ts';
+import { processBytes } from '../pending-reports.ts';
 
 export interface FlowTableOptions {
   sink: FlowSink;
@@ -72,7 +73,9 @@ export class FlowTable extends EventEmitter {
   private readonly perIdentity = new Map<string, number>();
   private readonly rate = new Map<string, RateWindow>();
   /** Attributions that arrived before their flow (agent reports race the connection). */
-  private readonly pendingProcess = new LRUCache<string, ProcessInfo>({ max: 50_000, ttl: 30_000 });
+  // Bounded by bytes too (control-port.ts clips what it hands in and budgets it per agent), and
+  // purged of expired entries every sweep: lru-cache frees a stale entry only when it is read or evicted.
+  private readonly pendingProcess = new LRUCache<string, ProcessInfo>({ max: 50_000, ttl: 30_000, maxSize: 64 * 1024 * 1024, sizeCalculation: processBytes });
   private readonly keepClosed: number;
   private interimMs: number;
   private sampleIntervalMs: number;
@@ -291,6 +294,7 @@ export class FlowTable extends EventEmitter {
         this.record(flow, now, true);
       }
     }
+    if (this.pendingProcess.size > 0) this.pendingProcess.purgeStale();
     this.emit('sweep', now, this.active);
   }
 
