@@ -242,11 +242,34 @@ async function lookupAddress(ctx: GatewayContext, host: string, requester: strin
   return ips.find((a) => isIPv4(a)) ?? (ips[0] as string);
 }
 
+/** How long a listing of this machine's interface addresses is used (DHCP and hot-plug change them). */
+const LOCAL_ADDRESSES_MS = 60_000;
 let localAddresses: Set<string> | null = null;
-function localSet(): Set<string> {
-  if (!localAddresses) {
-    localAddresses = new Set(['127.0.0.1', '::1', '0.0.0.0', '::']);
-    for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) localAddresses.add(a.address);
+let localListedAt = Number.NEGATIVE_INFINITY;
+let isListingWarned = false;
+
+/**
+ * This machine's own addresses, listed again after LOCAL_ADDRESSES_MS; null when they cannot be
+ * listed (os.networkInterfaces() needs a netlink socket, which a sandbox may forbid): the callers
+ * then take every address for a local one, so the self-dial guard fails closed.
+ */
+function localSet(): Set<string> | null {
+  const now = Date.now();
+  if (now - localListedAt < LOCAL_ADDRESSES_MS) return localAddresses;
+  localListedAt = now;
+  const set = new Set(['127.0.0.1', '::1', '0.0.0.0', '::']);
+  try {
+    for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) set.add(a.address);
+    localAddresses = set;
+  } catch (err) {
+    localAddresses = null;
+    if (!isListingWarned) {
+      isListingWarned = true;
+      process.emitWarning(
+        `cannot list this machine's network addresses (${(err as Error).message}): every address on a port the gateway listens on with a wildcard listener is taken for the gateway's own and refused. Allow netlink sockets (systemd: RestrictAddressFamilies=… AF_NETLINK).`,
+        { code: 'EGRESSGATE_NO_INTERFACES' },
+      );
+    }
   }
   return localAddresses;
 }
@@ -267,7 +290,9 @@ function dialledForm(ip: string): string {
 /** Is this address one of this machine's own (loopback or an interface), in any spelling? */
 export function isLocalAddress(ip: string): boolean {
   const bare = dialledForm(ip);
-  return bare.startsWith('127.') || localSet().has(bare);
+  if (bare.startsWith('127.')) return true;
+  const local = localSet();
+  return local === null || local.has(bare);
 }
 
 /** Ports of the gateway's own listeners, rebuilt when the set of listeners changes. */

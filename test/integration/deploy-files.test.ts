@@ -386,7 +386,7 @@ describe('systemd units', () => {
     expect(one(gw, 'ProtectSystem')).toBe('strict');
     expect(one(gw, 'PrivateTmp')).toBe('yes');
     expect(gw.get('CapabilityBoundingSet')).toEqual(['']);
-    expect(one(gw, 'RestrictAddressFamilies')?.split(/\s+/).sort()).toEqual(['AF_INET', 'AF_INET6', 'AF_UNIX']);
+    expect(one(gw, 'RestrictAddressFamilies')?.split(/\s+/).sort()).toEqual(['AF_INET', 'AF_INET6', 'AF_NETLINK', 'AF_UNIX']);
     expect(one(gw, 'ExecReload')).toBe('/bin/kill -HUP $MAINPID');
     expect(one(gw, 'StateDirectory')).toBe('egressgate');
     expect(one(gw, 'LogsDirectory')).toBe('egressgate');
