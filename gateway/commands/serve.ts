@@ -108,16 +108,25 @@ export async function run(argv: string[]): Promise<number> {
     }
     config = loaded.config;
   }
-  const gw = await startGateway({
-    config,
-    configPath,
-    configText,
-    mode: mode as Mode | undefined,
-    http: values.http as string | undefined,
-    socks: values.socks as string | undefined,
-    admin: values.admin as string | undefined,
-    adminToken: process.env.EGRESSGATE_ADMIN_TOKEN ?? null,
-  });
+  let gw: RunningGateway;
+  try {
+    gw = await startGateway({
+      config,
+      configPath,
+      configText,
+      mode: mode as Mode | undefined,
+      http: values.http as string | undefined,
+      socks: values.socks as string | undefined,
+      admin: values.admin as string | undefined,
+      adminToken: process.env.EGRESSGATE_ADMIN_TOKEN ?? null,
+    });
+  } catch (err) {
+    // A start that failed half-way (the admin address taken, a TLS file unreadable) has bound some
+    // listeners already, which would keep this process alive and proxying with no admin API, no
+    // readiness and no listening line, and a supervisor's Restart=on-failure would never fire.
+    process.stderr.write(`egressgate: cannot start: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  }
   if (gw.generatedAdminToken) {
     process.stderr.write(`egressgate: no admin token configured; generated one for this run: ${gw.generatedAdminToken}\n`);
   }

@@ -222,3 +222,40 @@ describe('egressgate serve: SIGHUP', () => {
     expect((await modes(auditLog)).join()).toContain('enforce');
   }, 60_000);
 });
+
+// Regression: with the admin address taken, serve printed EADDRINUSE but its HTTP and SOCKS listeners
+// were bound already and kept the process alive and proxying: no admin API (no emergency brake), no
+// readiness, no listening line, and Restart=on-failure never fired.
+describe('a start that fails half-way', () => {
+  it('exits 1 and says why, leaving no listener behind', async () => {
+    const { createServer } = await import('node:net');
+    const { spawn } = await import('node:child_process');
+    const taken = createServer();
+    taken.listen(0, '127.0.0.1');
+    await once(taken, 'listening');
+    const adminPort = (taken.address() as { port: number }).port;
+    const configPath = join(dir, 'half.yaml');
+    await writeFile(configPath, 'flowLog: { path: null }\n');
+    const c = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'cli.ts'), 'serve', '--config', configPath, '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', `127.0.0.1:${adminPort}`], {
+      cwd: ROOT,
+      env: { ...process.env, EGRESSGATE_ADMIN_TOKEN: TOKEN },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    let stdout = '';
+    c.stderr?.on('data', (b: Buffer) => {
+      stderr += b.toString('utf8');
+    });
+    c.stdout?.on('data', (b: Buffer) => {
+      stdout += b.toString('utf8');
+    });
+    const timer = setTimeout(() => c.kill('SIGKILL'), 20_000);
+    const [code, signal] = (await once(c, 'exit')) as [number | null, string | null];
+    clearTimeout(timer);
+    taken.close();
+    expect(signal).toBeNull();
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/cannot start: .*EADDRINUSE/);
+    expect(stdout).not.toContain('"listening"');
+  }, 30_000);
+});
