@@ -16,7 +16,7 @@
 import { isIP, isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { effectiveIPv4, unmapIPv4 } from '../policy/address.ts';
-import type { Decision, Identity, Mode, PolicySnapshot, ProcessInfo, Protocol } from '../policy/types.ts';
+import type { ConnectFacts, Decision, Identity, Mode, PolicySnapshot, ProcessInfo, Protocol } from '../policy/types.ts';
 import type { GatewayContext, IdentityClaims } from './context.ts';
 import { GatewayError, type GatewayErrorCode } from './errors.ts';
 import type { Flow } from './flow/flow.ts';
@@ -110,7 +110,12 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     r.retryAfterSec = 1;
     return r;
   }
-  // 4 + 5. attribution in parallel with resolution
+  // 4. In enforce mode a name no allow entry of these roles can admit is refused before it is looked
+  // up: the lookup would carry the name out (a DNS tunnel through the gateway's own resolver).
+  if (mode === 'enforce' && knownAddress(snapshot, req.destHost) === null && !snapshot.mayAllowName(flow.identity.roles, req.destHost, req.destPort, req.protocol)) {
+    return refuse(ctx, flow, snapshot.decide(factsOf(flow, req.protocol, req.destHost, req.destPort, null), ctx.flows.now(), override));
+  }
+  // 5 + 6. attribution in parallel with resolution
   const attribution =
     ctx.attributor && !flow.identity.process && snapshot.config.identity.localAttribution && isLocalAddress(req.claims.clientIp)
       ? attributeLocally(ctx.attributor, req)
@@ -135,19 +140,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     return refuse(ctx, flow, fixed('deny-range', 'policy.deny-range', mode, [`${ip}:${req.destPort} is a listener of this gateway`]));
   }
   // 7. policy
-  const decision = snapshot.decide(
-    {
-      protocol: req.protocol,
-      clientIp: flow.client.ip,
-      clientPort: flow.client.port,
-      identity: flow.identity,
-      destHost: req.destHost,
-      destPort: req.destPort,
-      destIp: ip,
-    },
-    ctx.flows.now(),
-    override,
-  );
+  const decision = snapshot.decide(factsOf(flow, req.protocol, req.destHost, req.destPort, ip), ctx.flows.now(), override);
   ctx.flows.decide(flow, decision, decision.verdict === 'block');
   if (decision.verdict === 'block') return refuse(ctx, flow, decision);
   if (!ip) return refuseCode(ctx, flow, dnsError ?? 'EGW_DNS_FAILED');
@@ -223,6 +216,11 @@ function roleUpstream(snapshot: PolicySnapshot, roles: readonly string[]): strin
     if (upstream) return upstream;
   }
   return undefined;
+}
+
+/** What the policy decides on for a flow's destination. */
+function factsOf(flow: Flow, protocol: Protocol, destHost: string, destPort: number, destIp: string | null): ConnectFacts {
+  return { protocol, clientIp: flow.client.ip, clientPort: flow.client.port, identity: flow.identity, destHost, destPort, destIp };
 }
 
 /** The address of an IP literal or a `resolver.hosts` name, without DNS; null = look it up. */
@@ -333,6 +331,11 @@ export async function admitDestination(ctx: GatewayContext, flow: Flow, destHost
   const snapshot = ctx.policy.current();
   const override = ctx.policy.modeOverride();
   const mode = snapshot.modeFor(flow.identity.roles, override);
+  // As for a new flow: in enforce mode a name no allow entry can admit is refused unlooked-up.
+  if (mode === 'enforce' && knownAddress(snapshot, destHost) === null && !snapshot.mayAllowName(flow.identity.roles, destHost, destPort, flow.protocol)) {
+    const decision = snapshot.decide(factsOf(flow, flow.protocol, destHost, destPort, null), ctx.flows.now(), override);
+    return { ok: false, decision, reject: mapDecision(decision), reason: decision.reasons.join('; '), ip: null };
+  }
   let ip: string | null = null;
   let dnsError: GatewayErrorCode | null = null;
   try {
@@ -344,11 +347,7 @@ export async function admitDestination(ctx: GatewayContext, flow: Flow, destHost
     const d = fixed('deny-range', 'policy.deny-range', mode, [`${ip}:${destPort} is a listener of this gateway`]);
     return { ok: false, decision: d, reject: mapDecision(d), reason: d.reasons[0] as string, ip };
   }
-  const decision = snapshot.decide(
-    { protocol: flow.protocol, clientIp: flow.client.ip, clientPort: flow.client.port, identity: flow.identity, destHost, destPort, destIp: ip },
-    ctx.flows.now(),
-    override,
-  );
+  const decision = snapshot.decide(factsOf(flow, flow.protocol, destHost, destPort, ip), ctx.flows.now(), override);
   if (decision.verdict === 'block') return { ok: false, decision, reject: mapDecision(decision), reason: decision.reasons.join('; '), ip };
   if (!ip) {
     const code = dnsError ?? 'EGW_DNS_FAILED';

@@ -354,5 +354,11 @@ export function compilePolicy(config: Config, version = 1, opts: CompileOptions 
     return staticHosts.get(normalizeHostFast(host)) ?? null;
   }
 
-  return Object.freeze({ version, config: cfg, rolesFor, modeFor, decide, staticAddress });
+  function mayAllowName(ids: readonly string[], host: string, port: number, protocol: Protocol): boolean {
+    if (ids.length === 0) return false;
+    for (const id of ids) if (roles.get(id)?.hasCidr === true) return true;
+    return index.find(ids, normalizeHostFast(host), null, port, protocol) !== null;
+  }
+
+  return Object.freeze({ version, config: cfg, rolesFor, modeFor, decide, staticAddress, mayAllowName });
 }

@@ -133,4 +133,11 @@ export interface PolicySnapshot {
   decide(facts: ConnectFacts, now: number, globalModeOverride?: Mode | null): Decision;
   /** Static resolver answer (`resolver.hosts`) or null. */
   staticAddress(host: string): string | null;
+  /**
+   * Whether an allow entry of `roles` could admit this name once it is resolved: a host entry
+   * matches it (port and protocol included), or a role has CIDR entries (the address decides). When
+   * false the connection is refused whatever the name resolves to, so it need not be looked up —
+   * and must not be in enforce mode: the lookup itself carries the name out (a DNS tunnel).
+   */
+  mayAllowName(roles: readonly string[], host: string, port: number, protocol: Protocol): boolean;
 }

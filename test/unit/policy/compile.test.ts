@@ -205,3 +205,23 @@ describe('snapshot', () => {
     expect(s.staticAddress('other.test')).toBeNull();
   });
 });
+
+describe('mayAllowName: whether a name must be looked up before the verdict', () => {
+  const base = defaultConfig();
+  base.roles = {
+    web: { allow: [{ host: '*.allowed.test', ports: [443] }] },
+    net: { allow: [{ cidr: '192.0.2.0/24' }] },
+  };
+  const s = compilePolicy(base);
+  it.each([
+    [['web'], 'www.allowed.test', 443, true],
+    [['web'], 'WWW.Allowed.Test.', 443, true],
+    [['web'], 'www.allowed.test', 80, false], // the host matches, the port never will
+    [['web'], 'c2VjcmV0.exfil.test', 443, false],
+    [['web', 'net'], 'c2VjcmV0.exfil.test', 443, true], // a CIDR entry: the address decides
+    [[], 'www.allowed.test', 443, false],
+    [['nosuchrole'], 'www.allowed.test', 443, false],
+  ] as const)('%j %s:%i → %s', (roles, host, port, want) => {
+    expect(s.mayAllowName(roles, host, port, 'connect')).toBe(want);
+  });
+});
