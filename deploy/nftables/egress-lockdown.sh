@@ -7,6 +7,8 @@
 #   egress-lockdown.sh --print ...   # print the ruleset instead of loading it
 #   egress-lockdown.sh --check ...   # let nft parse and check it without loading (nft -c)
 #   egress-lockdown.sh --remove      # roll back: delete the egressgate table
+#   --allow-inbound  let new connections from the outside through --wan to the LAN (port
+#                    forwards); by default they are dropped and counted (counter `inbound`)
 #
 # --wan, --gateway-uid and --gateway-addr may be repeated. The ruleset file and the set elements
 # go to nft as ONE transaction: either all of it is in force or none of it (never a half-applied
@@ -20,9 +22,10 @@ wans=''
 uids=''
 v4=''
 v6=''
+inbound=no
 
 usage() {
-	sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
 	exit "${1:-2}"
 }
 die() {
@@ -40,6 +43,7 @@ while [ $# -gt 0 ]; do
 	--print) action=print ;;
 	--check) action=check ;;
 	--remove) action=remove ;;
+	--allow-inbound) inbound=yes ;;
 	--wan | --gateway-uid | --gateway-addr)
 		[ $# -ge 2 ] || die "$1 needs a value"
 		val=$2
@@ -87,6 +91,7 @@ render() {
 	cat "$file"
 	echo
 	echo "add element inet egressgate wan_ifs { $wans }"
+	[ "$inbound" = no ] || echo "add element inet egressgate inbound_ifs { $wans }"
 	[ -z "$uids" ] || echo "add element inet egressgate gateway_uids { $uids }"
 	[ -z "$v4" ] || echo "add element inet egressgate gateway_v4 { $v4 }"
 	[ -z "$v6" ] || echo "add element inet egressgate gateway_v6 { $v6 }"

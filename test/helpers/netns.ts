@@ -74,6 +74,14 @@ export interface NsProcess {
   stop(graceMs?: number): Promise<number | null>;
 }
 
+/** One end of a veth pair: the namespace, the interface name there, and its addresses. */
+export interface LinkEnd {
+  readonly ns: string;
+  readonly ifname: string;
+  readonly addr: string;
+  readonly addr6?: string;
+}
+
 export class NetnsLab {
   readonly namespaces: string[] = [];
   private readonly processes = new Set<ChildProcess>();
@@ -99,12 +107,14 @@ export class NetnsLab {
   /**
    * Connect two namespaces with a veth pair created directly inside them (the interface names
    * never exist in the root namespace, so they cannot collide with the host's or another run's).
-   * Addresses are CIDR strings such as `10.200.1.1/24`.
+   * Addresses are CIDR strings such as `10.200.1.1/24`; `addr6` (optional) an IPv6 one, added
+   * without duplicate address detection so it is usable at once.
    */
-  async link(a: { ns: string; ifname: string; addr: string }, b: { ns: string; ifname: string; addr: string }): Promise<void> {
+  async link(a: LinkEnd, b: LinkEnd): Promise<void> {
     await runOk('ip', ['link', 'add', a.ifname, 'netns', a.ns, 'type', 'veth', 'peer', 'name', b.ifname, 'netns', b.ns]);
     for (const end of [a, b]) {
       await runOk('ip', ['-n', end.ns, 'addr', 'add', end.addr, 'dev', end.ifname]);
+      if (end.addr6 !== undefined) await runOk('ip', ['-n', end.ns, '-6', 'addr', 'add', end.addr6, 'dev', end.ifname, 'nodad']);
       await runOk('ip', ['-n', end.ns, 'link', 'set', end.ifname, 'up']);
     }
   }
@@ -214,6 +224,12 @@ export const CHOKEPOINT = {
   gatewayLanIp: '10.200.1.1',
   gatewayWanIp: '10.200.2.1',
   originIp: '10.200.2.2',
+  clientIp6: 'fd00:200:1::2',
+  gatewayLanIp6: 'fd00:200:1::1',
+  gatewayWanIp6: 'fd00:200:2::1',
+  originIp6: 'fd00:200:2::2',
+  /** The gateway's interface towards the client (a LAN side). */
+  gatewayLanIf: 'gw-lan',
   /** The gateway's interface towards the "internet" namespace (the WAN side). */
   gatewayWanIf: 'gw-wan',
   testRange: '10.200.0.0/16',
@@ -226,25 +242,28 @@ export interface Chokepoint {
 }
 
 /**
- * client (10.200.1.2) ── gateway (10.200.1.1 | 10.200.2.1, IPv4 forwarding on) ── internet (10.200.2.2)
- * The client's default route and the internet's route back to the client both go through the
- * gateway namespace, so without lock-down rules the client reaches the origin directly.
+ * client (10.200.1.2) ── gateway (10.200.1.1 | 10.200.2.1, forwarding on) ── internet (10.200.2.2)
+ * and the same in IPv6 (fd00:200:1::/64, fd00:200:2::/64). The client's default routes and the
+ * internet's routes back to the client all go through the gateway namespace, so without lock-down
+ * rules the client reaches the origin directly and the origin reaches the client (no NAT).
  */
 export async function buildChokepoint(lab: NetnsLab): Promise<Chokepoint> {
   const client = await lab.addNamespace('c');
   const gateway = await lab.addNamespace('g');
   const internet = await lab.addNamespace('i');
   await lab.link(
-    { ns: client, ifname: 'cl0', addr: `${CHOKEPOINT.clientIp}/24` },
-    { ns: gateway, ifname: 'gw-lan', addr: `${CHOKEPOINT.gatewayLanIp}/24` },
+    { ns: client, ifname: 'cl0', addr: `${CHOKEPOINT.clientIp}/24`, addr6: `${CHOKEPOINT.clientIp6}/64` },
+    { ns: gateway, ifname: CHOKEPOINT.gatewayLanIf, addr: `${CHOKEPOINT.gatewayLanIp}/24`, addr6: `${CHOKEPOINT.gatewayLanIp6}/64` },
   );
   await lab.link(
-    { ns: gateway, ifname: CHOKEPOINT.gatewayWanIf, addr: `${CHOKEPOINT.gatewayWanIp}/24` },
-    { ns: internet, ifname: 'in0', addr: `${CHOKEPOINT.originIp}/24` },
+    { ns: gateway, ifname: CHOKEPOINT.gatewayWanIf, addr: `${CHOKEPOINT.gatewayWanIp}/24`, addr6: `${CHOKEPOINT.gatewayWanIp6}/64` },
+    { ns: internet, ifname: 'in0', addr: `${CHOKEPOINT.originIp}/24`, addr6: `${CHOKEPOINT.originIp6}/64` },
   );
   await runOk('ip', ['-n', client, 'route', 'add', 'default', 'via', CHOKEPOINT.gatewayLanIp]);
+  await runOk('ip', ['-n', client, '-6', 'route', 'add', 'default', 'via', CHOKEPOINT.gatewayLanIp6]);
   await runOk('ip', ['-n', internet, 'route', 'add', '10.200.1.0/24', 'via', CHOKEPOINT.gatewayWanIp]);
+  await runOk('ip', ['-n', internet, '-6', 'route', 'add', 'fd00:200:1::/64', 'via', CHOKEPOINT.gatewayWanIp6]);
   // Written through /proc rather than `sysctl`, which is not installed everywhere (procps).
-  await lab.execOk(gateway, 'sh', ['-c', 'echo 1 > /proc/sys/net/ipv4/ip_forward']);
+  await lab.execOk(gateway, 'sh', ['-c', 'echo 1 > /proc/sys/net/ipv4/ip_forward && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding']);
   return { client, gateway, internet };
 }

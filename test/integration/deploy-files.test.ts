@@ -444,6 +444,11 @@ describe('nftables lock-down', () => {
     expect(enforce.stdout).toContain('add element inet egressgate gateway_uids { 990 }');
     expect(enforce.stdout).toContain('add element inet egressgate gateway_v4 { 10.0.0.5 }');
     expect(enforce.stdout).toContain('add element inet egressgate gateway_v6 { fd00::5/128 }');
+    // New inbound connections are dropped unless asked for (port forwards).
+    expect(enforce.stdout).toContain('iifname @wan_ifs iifname != @inbound_ifs counter name "inbound" drop');
+    expect(enforce.stdout).not.toContain('add element inet egressgate inbound_ifs');
+    const inbound = sh(['--print', '--allow-inbound', '--wan', 'eth1', '--gateway-uid', '990']);
+    expect(inbound.stdout).toContain('add element inet egressgate inbound_ifs { "eth1" }');
     const monitor = sh(['--print', '--monitor', '--wan', 'eth1', '--gateway-uid', '990']);
     expect(monitor.status).toBe(0);
     const rules = monitor.stdout.split('\n').filter((l) => !l.trim().startsWith('#'));

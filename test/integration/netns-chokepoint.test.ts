@@ -70,6 +70,28 @@ server.listen(Number(port), host, () => console.log(JSON.stringify({ event: 'lis
 process.on('SIGTERM', () => server.close(() => process.exit(0)));
 `;
 
+/** A UDP sink: binds `::` (both families) on each port given and prints every datagram it gets. */
+const UDP_SINK_JS = `
+import dgram from 'node:dgram';
+const ports = process.argv.slice(1).map(Number);
+let bound = 0;
+for (const port of ports) {
+  const sock = dgram.createSocket({ type: 'udp6' });
+  sock.on('message', (msg, rinfo) => console.log(JSON.stringify({ event: 'datagram', port, from: rinfo.address, text: msg.toString() })));
+  sock.bind(port, '::', () => { if (++bound === ports.length) console.log(JSON.stringify({ event: 'listening' })); });
+}
+`;
+
+/** Sends one UDP datagram from bindHost:bindPort (0: any) and prints whether the kernel took it. */
+const UDP_SEND_JS = `
+import dgram from 'node:dgram';
+const [bindHost, bindPort, host, port, text] = process.argv.slice(1);
+const sock = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4');
+const done = (code) => { console.log(JSON.stringify({ event: code ? 'error' : 'sent', code: code ?? null })); sock.close(); };
+sock.on('error', (e) => done(e.code ?? 'error'));
+sock.bind(Number(bindPort), bindHost, () => sock.send(text, Number(port), host, (err) => done(err?.code)));
+`;
+
 interface CurlResult {
   readonly code: number;
   readonly status: number;
@@ -95,7 +117,7 @@ function curlAs(lab: NetnsLab, ns: string, uid: number, url: string): Promise<Ex
   return lab.exec(ns, 'setpriv', [...ids, 'curl', '-sS', '--connect-timeout', '3', '-m', '8', url], 12_000);
 }
 
-async function counterPackets(lab: NetnsLab, ns: string, name: 'bypass' | 'via_gateway'): Promise<number> {
+async function counterPackets(lab: NetnsLab, ns: string, name: 'bypass' | 'via_gateway' | 'inbound'): Promise<number> {
   const out = await lab.execOk(ns, 'nft', ['-j', 'list', 'counter', 'inet', 'egressgate', name]);
   const parsed = JSON.parse(out) as { nftables: Array<{ counter?: { packets: number } }> };
   const counter = parsed.nftables.find((e) => e.counter)?.counter;
@@ -104,6 +126,25 @@ async function counterPackets(lab: NetnsLab, ns: string, name: 'bypass' | 'via_g
 }
 
 const originUrl = `http://${CHOKEPOINT.originIp}/direct`;
+
+/**
+ * Sends one UDP datagram inside a namespace, as `uid` when given (with CAP_NET_BIND_SERVICE and
+ * CAP_NET_RAW kept, as a privileged daemon that is not the gateway would have them).
+ */
+function sendUdp(lab: NetnsLab, ns: string, from: { host: string; port: number; uid?: number }, to: { host: string; port: number }, text: string): Promise<ExecResult> {
+  const node = [process.execPath, '--input-type=module', '-e', UDP_SEND_JS, from.host, String(from.port), to.host, String(to.port), text];
+  if (from.uid === undefined) return lab.exec(ns, node[0]!, node.slice(1));
+  const caps = '+net_bind_service,+net_raw';
+  const ids = ['--reuid', String(from.uid), '--regid', String(from.uid), '--clear-groups', '--inh-caps', caps, '--ambient-caps', caps];
+  return lab.exec(ns, 'setpriv', [...ids, ...node]);
+}
+
+/** The texts a UDP sink has received so far. */
+const received = (sink: NsProcess): string[] =>
+  sink.lines.flatMap((l) => {
+    const v = JSON.parse(l) as { event: string; text?: string };
+    return v.event === 'datagram' && v.text !== undefined ? [v.text] : [];
+  });
 
 const ADMIN_TOKEN = 'netns-test-admin-token';
 
@@ -346,6 +387,48 @@ describe.skipIf(!support.ok)('egress chokepoint on real network namespaces', () 
       expect(again.status).toBe(200);
       expect(again.body).toBe('origin-ok host=blocked.test');
       expect(await gw.stop()).toBe(0);
+    });
+  });
+  // Holes a review found in the lock-down (namespaces rev7-*), each reproduced here.
+  describe('lock-down holes found in review', () => {
+    let clientHttp: NsProcess;
+    let clientUdp: NsProcess;
+    const lockdown = (args: readonly string[]): Promise<string> =>
+      lab.execOk(topo.gateway, LOCKDOWN, ['--wan', CHOKEPOINT.gatewayWanIf, '--gateway-uid', String(GATEWAY_UID), ...args]);
+
+    beforeAll(async () => {
+      // A client that listens (both families): what an outside host would connect to.
+      clientHttp = lab.spawn(topo.client, process.execPath, ['--input-type=module', '-e', ORIGIN_JS, '::', '8080']);
+      clientUdp = lab.spawn(topo.client, process.execPath, ['--input-type=module', '-e', UDP_SINK_JS, '5353']);
+      await Promise.all([clientHttp.waitForLine((l) => l.includes('"listening"')), clientUdp.waitForLine((l) => l.includes('"listening"'))]);
+    });
+
+    // Broke: the forward chain judged only connections leaving through --wan, so an outside host
+    // could open a connection to a LAN client (no NAT, or IPv6) and the client's answers left as
+    // `established`: a full channel out that never opens a connection of its own.
+    it('inbound-initiated connections: an outside host gets nothing from a LAN client (TCP v4/v6, UDP), unless --allow-inbound', async () => {
+      await lockdown([]);
+      const before = await counterPackets(lab, topo.gateway, 'inbound');
+      // UDP first; its absence is checked after the TCP attempts, which take their connect timeouts.
+      await sendUdp(lab, topo.internet, { host: '::', port: 0 }, { host: CHOKEPOINT.clientIp, port: 5353 }, 'inbound-udp-v4');
+      await sendUdp(lab, topo.internet, { host: '::', port: 0 }, { host: CHOKEPOINT.clientIp6, port: 5353 }, 'inbound-udp-v6');
+      const v4 = await curl(lab, topo.internet, [`http://${CHOKEPOINT.clientIp}:8080/in`]);
+      expect(v4.code).not.toBe(0);
+      expect(v4.body).not.toContain('origin-ok');
+      const v6 = await curl(lab, topo.internet, ['-g', `http://[${CHOKEPOINT.clientIp6}]:8080/in6`]);
+      expect(v6.code).not.toBe(0);
+      expect(v6.body).not.toContain('origin-ok');
+      expect(received(clientUdp)).toEqual([]);
+      expect(await counterPackets(lab, topo.gateway, 'inbound')).toBeGreaterThanOrEqual(before + 4);
+
+      // Port forwards need it: --allow-inbound lets them through again.
+      await lockdown(['--allow-inbound']);
+      const open = await curl(lab, topo.internet, [`http://${CHOKEPOINT.clientIp}:8080/in`]);
+      expect(open.status).toBe(200);
+      const open6 = await curl(lab, topo.internet, ['-g', `http://[${CHOKEPOINT.clientIp6}]:8080/in6`]);
+      expect(open6.status).toBe(200);
+      // The outside still cannot be reached directly from the client.
+      expect((await curl(lab, topo.client, [originUrl])).code).not.toBe(0);
     });
   });
 });
