@@ -2,7 +2,8 @@
 # Apply the egressgate egress lock-down (or its monitor variant) with this host's parameters.
 #
 #   egress-lockdown.sh --wan eth1 --gateway-uid 990                # egressgate runs on this host
-#   egress-lockdown.sh --wan eth1 --gateway-addr 10.0.0.5          # egressgate runs behind this router
+#   egress-lockdown.sh --wan eth1 --gateway-addr 10.0.0.5 --gateway-iface eth2   # egressgate runs
+#                    behind this router, on its own segment (eth2), never on the clients' segment
 #   egress-lockdown.sh --monitor --wan eth1 --gateway-uid 990      # count would-be bypasses only
 #   egress-lockdown.sh --print ...   # print the ruleset instead of loading it
 #   egress-lockdown.sh --check ...   # let nft parse and check it without loading (nft -c)
@@ -10,7 +11,8 @@
 #   --allow-inbound  let new connections from the outside through --wan to the LAN (port
 #                    forwards); by default they are dropped and counted (counter `inbound`)
 #
-# --wan, --gateway-uid and --gateway-addr may be repeated. The ruleset file and the set elements
+# --wan, --gateway-uid, --gateway-addr and --gateway-iface may be repeated; --gateway-addr needs
+# --gateway-iface (the interface the gateway hosts' traffic arrives on). The ruleset file and the set elements
 # go to nft as ONE transaction: either all of it is in force or none of it (never a half-applied
 # lock-down). Exit codes: 0 ok, 1 nft failed, 2 bad usage.
 set -eu
@@ -22,10 +24,12 @@ wans=''
 uids=''
 v4=''
 v6=''
+gwifs=''
+gwif_names=''
 inbound=no
 
 usage() {
-	sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
 	exit "${1:-2}"
 }
 die() {
@@ -44,7 +48,7 @@ while [ $# -gt 0 ]; do
 	--check) action=check ;;
 	--remove) action=remove ;;
 	--allow-inbound) inbound=yes ;;
-	--wan | --gateway-uid | --gateway-addr)
+	--wan | --gateway-uid | --gateway-addr | --gateway-iface)
 		[ $# -ge 2 ] || die "$1 needs a value"
 		val=$2
 		case "$1" in
@@ -52,6 +56,11 @@ while [ $# -gt 0 ]; do
 			# Interface names: 1-15 chars, no quotes or spaces (they end up inside "…").
 			printf '%s' "$val" | grep -Eq '^[A-Za-z0-9_.@:+-]{1,15}$' || die "bad interface name: $val"
 			wans=$(append "$wans" "\"$val\"")
+			;;
+		--gateway-iface)
+			printf '%s' "$val" | grep -Eq '^[A-Za-z0-9_.@:+-]{1,15}$' || die "bad interface name: $val"
+			gwifs=$(append "$gwifs" "\"$val\"")
+			gwif_names="$gwif_names $val"
 			;;
 		--gateway-uid)
 			printf '%s' "$val" | grep -Eq '^[0-9]{1,10}$' || die "bad uid (numeric only): $val"
@@ -82,6 +91,14 @@ if [ "$action" = remove ]; then
 fi
 
 [ -n "$wans" ] || die "at least one --wan INTERFACE is required"
+# The gateway exception is tied to the interface its traffic arrives on: an address alone is what
+# any client can claim (a forged source, or the address added to its own interface).
+[ -z "$v4$v6" ] || [ -n "$gwifs" ] || die "--gateway-addr needs --gateway-iface INTERFACE (where the gateway hosts' traffic arrives)"
+for g in $gwif_names; do
+	case ", $wans, " in
+	*", \"$g\", "*) die "--gateway-iface $g is also a --wan interface: the outside could claim a gateway address" ;;
+	esac
+done
 [ -n "$uids$v4$v6" ] || echo "egress-lockdown: warning: no --gateway-uid/--gateway-addr: nothing may leave through $wans" >&2
 
 if [ "$variant" = monitor ]; then file="$here/egress-monitor.nft"; else file="$here/egress-lockdown.nft"; fi
@@ -95,6 +112,7 @@ render() {
 	[ -z "$uids" ] || echo "add element inet egressgate gateway_uids { $uids }"
 	[ -z "$v4" ] || echo "add element inet egressgate gateway_v4 { $v4 }"
 	[ -z "$v6" ] || echo "add element inet egressgate gateway_v6 { $v6 }"
+	[ -z "$gwifs" ] || echo "add element inet egressgate gateway_ifs { $gwifs }"
 }
 
 case "$action" in

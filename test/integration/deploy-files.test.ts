@@ -437,13 +437,18 @@ describe('nftables lock-down', () => {
   const sh = (args: string[]) => spawnSync(script, args, { encoding: 'utf8', timeout: 20_000 });
 
   it('renders the enforce and monitor rulesets with the parameters as set elements', () => {
-    const enforce = sh(['--print', '--wan', 'eth1', '--gateway-uid', '990', '--gateway-addr', '10.0.0.5', '--gateway-addr', 'fd00::5/128']);
+    const enforce = sh(['--print', '--wan', 'eth1', '--gateway-uid', '990', '--gateway-addr', '10.0.0.5', '--gateway-addr', 'fd00::5/128', '--gateway-iface', 'eth2']);
     expect(enforce.status).toBe(0);
     expect(enforce.stdout).toContain('reject with icmpx admin-prohibited');
     expect(enforce.stdout).toContain('add element inet egressgate wan_ifs { "eth1" }');
     expect(enforce.stdout).toContain('add element inet egressgate gateway_uids { 990 }');
     expect(enforce.stdout).toContain('add element inet egressgate gateway_v4 { 10.0.0.5 }');
     expect(enforce.stdout).toContain('add element inet egressgate gateway_v6 { fd00::5/128 }');
+    expect(enforce.stdout).toContain('add element inet egressgate gateway_ifs { "eth2" }');
+    // A gateway address counts only on its interface, and a forged source is dropped before that.
+    expect(enforce.stdout).toContain('iifname @gateway_ifs ip saddr @gateway_v4 counter name "via_gateway" accept');
+    expect(enforce.stdout).toContain('iifname @gateway_ifs ip6 saddr @gateway_v6 counter name "via_gateway" accept');
+    expect(enforce.stdout).toContain('iifname != @wan_ifs fib saddr . mark . iif oif missing counter name "spoofed" drop');
     // New inbound connections are dropped unless asked for (port forwards).
     expect(enforce.stdout).toContain('iifname @wan_ifs iifname != @inbound_ifs counter name "inbound" drop');
     expect(enforce.stdout).not.toContain('add element inet egressgate inbound_ifs');
@@ -457,7 +462,16 @@ describe('nftables lock-down', () => {
   });
 
   it('rejects bad parameters with exit code 2 before touching nft', () => {
-    for (const args of [['--wan', 'eth1"; flush ruleset; "'], ['--wan', 'eth1', '--gateway-uid', 'root'], ['--wan', 'eth1', '--gateway-addr', 'x'], [], ['--bogus']]) {
+    for (const args of [
+      ['--wan', 'eth1"; flush ruleset; "'],
+      ['--wan', 'eth1', '--gateway-uid', 'root'],
+      ['--wan', 'eth1', '--gateway-addr', 'x', '--gateway-iface', 'eth2'],
+      [],
+      ['--bogus'],
+      // A gateway address on no particular interface is one any client could claim.
+      ['--wan', 'eth1', '--gateway-addr', '10.0.0.5'],
+      ['--wan', 'eth1', '--gateway-addr', '10.0.0.5', '--gateway-iface', 'eth1'],
+    ]) {
       const r = sh(['--print', ...args]);
       expect(r.status, args.join(' ')).toBe(2);
       expect(r.stdout).toBe('');
@@ -470,7 +484,7 @@ describe('nftables lock-down', () => {
       return;
     }
     for (const variant of ['--enforce', '--monitor']) {
-      const r = spawnSync('unshare', ['--net', script, '--check', variant, '--wan', 'eth1', '--gateway-uid', '990', '--gateway-addr', '10.0.0.0/24'], {
+      const r = spawnSync('unshare', ['--net', script, '--check', variant, '--wan', 'eth1', '--gateway-uid', '990', '--gateway-addr', '10.0.0.0/24', '--gateway-iface', 'eth2'], {
         encoding: 'utf8',
         timeout: 20_000,
       });

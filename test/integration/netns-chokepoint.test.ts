@@ -117,7 +117,7 @@ function curlAs(lab: NetnsLab, ns: string, uid: number, url: string): Promise<Ex
   return lab.exec(ns, 'setpriv', [...ids, 'curl', '-sS', '--connect-timeout', '3', '-m', '8', url], 12_000);
 }
 
-async function counterPackets(lab: NetnsLab, ns: string, name: 'bypass' | 'via_gateway' | 'inbound'): Promise<number> {
+async function counterPackets(lab: NetnsLab, ns: string, name: 'bypass' | 'via_gateway' | 'inbound' | 'spoofed'): Promise<number> {
   const out = await lab.execOk(ns, 'nft', ['-j', 'list', 'counter', 'inet', 'egressgate', name]);
   const parsed = JSON.parse(out) as { nftables: Array<{ counter?: { packets: number } }> };
   const counter = parsed.nftables.find((e) => e.counter)?.counter;
@@ -393,6 +393,11 @@ describe.skipIf(!support.ok)('egress chokepoint on real network namespaces', () 
   describe('lock-down holes found in review', () => {
     let clientHttp: NsProcess;
     let clientUdp: NsProcess;
+    let outsideUdp: NsProcess;
+    /** A gateway host behind the router, on its own segment (interface gw-srv on the router). */
+    let server: string;
+    const serverIp = '10.200.3.2';
+    const serverIp6 = 'fd00:200:3::2';
     const lockdown = (args: readonly string[]): Promise<string> =>
       lab.execOk(topo.gateway, LOCKDOWN, ['--wan', CHOKEPOINT.gatewayWanIf, '--gateway-uid', String(GATEWAY_UID), ...args]);
 
@@ -400,7 +405,23 @@ describe.skipIf(!support.ok)('egress chokepoint on real network namespaces', () 
       // A client that listens (both families): what an outside host would connect to.
       clientHttp = lab.spawn(topo.client, process.execPath, ['--input-type=module', '-e', ORIGIN_JS, '::', '8080']);
       clientUdp = lab.spawn(topo.client, process.execPath, ['--input-type=module', '-e', UDP_SINK_JS, '5353']);
-      await Promise.all([clientHttp.waitForLine((l) => l.includes('"listening"')), clientUdp.waitForLine((l) => l.includes('"listening"'))]);
+      // What reaches the outside by UDP: 9999 any service, 67 and 547 the DHCP servers' ports.
+      outsideUdp = lab.spawn(topo.internet, process.execPath, ['--input-type=module', '-e', UDP_SINK_JS, '9999', '67', '547']);
+      server = await lab.addNamespace('s');
+      await lab.link(
+        { ns: topo.gateway, ifname: 'gw-srv', addr: '10.200.3.1/24', addr6: 'fd00:200:3::1/64' },
+        { ns: server, ifname: 'sv0', addr: `${serverIp}/24`, addr6: `${serverIp6}/64` },
+      );
+      await lab.execOk(server, 'ip', ['route', 'add', 'default', 'via', '10.200.3.1']);
+      await lab.execOk(server, 'ip', ['-6', 'route', 'add', 'default', 'via', 'fd00:200:3::1']);
+      await lab.execOk(topo.internet, 'ip', ['route', 'add', '10.200.3.0/24', 'via', CHOKEPOINT.gatewayWanIp]);
+      await lab.execOk(topo.internet, 'ip', ['-6', 'route', 'add', 'fd00:200:3::/64', 'via', CHOKEPOINT.gatewayWanIp6]);
+      // The kernel's own IPv4 reverse-path filter off, whatever the host's default: the lock-down
+      // must not rely on it (and IPv6 has none).
+      await lab.execOk(topo.gateway, 'sh', ['-c', 'for f in /proc/sys/net/ipv4/conf/*/rp_filter; do echo 0 > "$f"; done']);
+      await Promise.all(
+        [clientHttp, clientUdp, outsideUdp].map((p) => p.waitForLine((l) => l.includes('"listening"'))),
+      );
     });
 
     // Broke: the forward chain judged only connections leaving through --wan, so an outside host
@@ -429,6 +450,29 @@ describe.skipIf(!support.ok)('egress chokepoint on real network namespaces', () 
       expect(open6.status).toBe(200);
       // The outside still cannot be reached directly from the client.
       expect((await curl(lab, topo.client, [originUrl])).code).not.toBe(0);
+    });
+      // Broke: `ip saddr @gateway_v4` / `ip6 saddr @gateway_v6` trusted the source address alone, on
+    // any interface, with no anti-spoofing: a client that sent with a gateway host's address (raw
+    // UDP, or the address added to its own interface) got out.
+    it('a client claiming the gateway host\'s address gets nothing out (v4/v6); the gateway host itself does', async () => {
+      await lockdown(['--gateway-addr', serverIp, '--gateway-addr', `${serverIp6}/128`, '--gateway-iface', 'gw-srv']);
+      await lab.execOk(topo.client, 'ip', ['addr', 'add', `${serverIp}/32`, 'dev', 'cl0']);
+      await lab.execOk(topo.client, 'ip', ['-6', 'addr', 'add', `${serverIp6}/128`, 'dev', 'cl0', 'nodad']);
+      try {
+        const before = await counterPackets(lab, topo.gateway, 'spoofed');
+        await sendUdp(lab, topo.client, { host: serverIp, port: 0 }, { host: CHOKEPOINT.originIp, port: 9999 }, 'spoofed-v4');
+        await sendUdp(lab, topo.client, { host: serverIp6, port: 0 }, { host: CHOKEPOINT.originIp6, port: 9999 }, 'spoofed-v6');
+        // The real gateway host, sent after them: once its datagrams are in, the client's would be.
+        await sendUdp(lab, server, { host: serverIp, port: 0 }, { host: CHOKEPOINT.originIp, port: 9999 }, 'gateway-v4');
+        await sendUdp(lab, server, { host: serverIp6, port: 0 }, { host: CHOKEPOINT.originIp6, port: 9999 }, 'gateway-v6');
+        await outsideUdp.waitForLine((l) => l.includes('gateway-v4'));
+        await outsideUdp.waitForLine((l) => l.includes('gateway-v6'));
+        expect(received(outsideUdp).filter((t) => t.startsWith('spoofed'))).toEqual([]);
+        expect(await counterPackets(lab, topo.gateway, 'spoofed')).toBeGreaterThanOrEqual(before + 2);
+      } finally {
+        await lab.execOk(topo.client, 'ip', ['addr', 'del', `${serverIp}/32`, 'dev', 'cl0']);
+        await lab.execOk(topo.client, 'ip', ['-6', 'addr', 'del', `${serverIp6}/128`, 'dev', 'cl0']);
+      }
     });
   });
 });
