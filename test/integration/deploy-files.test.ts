@@ -449,6 +449,10 @@ describe('nftables lock-down', () => {
     expect(enforce.stdout).toContain('iifname @gateway_ifs ip saddr @gateway_v4 counter name "via_gateway" accept');
     expect(enforce.stdout).toContain('iifname @gateway_ifs ip6 saddr @gateway_v6 counter name "via_gateway" accept');
     expect(enforce.stdout).toContain('iifname != @wan_ifs fib saddr . mark . iif oif missing counter name "spoofed" drop');
+    // Link control from any uid stays on the WAN link (hop limits, link-scope or broadcast destinations).
+    expect(enforce.stdout).toContain('udp sport 68 udp dport 67 ip daddr 255.255.255.255 accept');
+    expect(enforce.stdout).toContain('udp sport 546 udp dport 547 ip6 daddr ff02::1:2 accept');
+    expect(enforce.stdout).not.toMatch(/^\s*udp sport \d+ udp dport \d+ accept$/m);
     // New inbound connections are dropped unless asked for (port forwards).
     expect(enforce.stdout).toContain('iifname @wan_ifs iifname != @inbound_ifs counter name "inbound" drop');
     expect(enforce.stdout).not.toContain('add element inet egressgate inbound_ifs');
