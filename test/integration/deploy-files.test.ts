@@ -437,7 +437,8 @@ describe('nftables lock-down', () => {
   const sh = (args: string[]) => spawnSync(script, args, { encoding: 'utf8', timeout: 20_000 });
 
   it('renders the enforce and monitor rulesets with the parameters as set elements', () => {
-    const enforce = sh(['--print', '--wan', 'eth1', '--gateway-uid', '990', '--gateway-addr', '10.0.0.5', '--gateway-addr', 'fd00::5/128', '--gateway-iface', 'eth2']);
+    // --force: eth1 need not exist on the machine running the tests (checked below).
+    const enforce = sh(['--print', '--force', '--wan', 'eth1', '--gateway-uid', '990', '--gateway-addr', '10.0.0.5', '--gateway-addr', 'fd00::5/128', '--gateway-iface', 'eth2']);
     expect(enforce.status).toBe(0);
     expect(enforce.stdout).toContain('reject with icmpx admin-prohibited');
     expect(enforce.stdout).toContain('add element inet egressgate wan_ifs { "eth1" }');
@@ -456,9 +457,9 @@ describe('nftables lock-down', () => {
     // New inbound connections are dropped unless asked for (port forwards).
     expect(enforce.stdout).toContain('iifname @wan_ifs iifname != @inbound_ifs counter name "inbound" drop');
     expect(enforce.stdout).not.toContain('add element inet egressgate inbound_ifs');
-    const inbound = sh(['--print', '--allow-inbound', '--wan', 'eth1', '--gateway-uid', '990']);
+    const inbound = sh(['--print', '--force', '--allow-inbound', '--wan', 'eth1', '--gateway-uid', '990']);
     expect(inbound.stdout).toContain('add element inet egressgate inbound_ifs { "eth1" }');
-    const monitor = sh(['--print', '--monitor', '--wan', 'eth1', '--gateway-uid', '990']);
+    const monitor = sh(['--print', '--force', '--monitor', '--wan', 'eth1', '--gateway-uid', '990']);
     expect(monitor.status).toBe(0);
     const rules = monitor.stdout.split('\n').filter((l) => !l.trim().startsWith('#'));
     expect(rules.filter((l) => /\b(reject|drop)\b/.test(l))).toEqual([]);
@@ -476,19 +477,72 @@ describe('nftables lock-down', () => {
       ['--wan', 'eth1', '--gateway-addr', '10.0.0.5'],
       ['--wan', 'eth1', '--gateway-addr', '10.0.0.5', '--gateway-iface', 'eth1'],
     ]) {
-      const r = sh(['--print', ...args]);
+      const r = sh(['--print', '--force', ...args]);
       expect(r.status, args.join(' ')).toBe(2);
       expect(r.stdout).toBe('');
     }
   });
 
+  // Broke: a --wan naming no interface (a typo, `ppp+`, a bridge port) gave an all-accept table with
+  // exit 0, from --check too, and --gateway-addr took 0.0.0.0/0 and ::/0.
+  it('refuses a --wan that matches no interface (exit 2, says why) unless --force, and gateway addresses that are networks', () => {
+    for (const action of ['--print', '--check']) {
+      const r = sh([action, '--wan', 'egwnosuch0', '--gateway-uid', '990']);
+      expect(r.status, action).toBe(2);
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toContain('--wan egwnosuch0: no such interface here');
+    }
+    const ppp = sh(['--print', '--wan', 'ppp+', '--gateway-uid', '990']);
+    expect(ppp.status).toBe(2);
+    expect(ppp.stderr).toContain('wildcards');
+    const gwif = sh(['--print', '--wan', 'lo', '--gateway-addr', '10.0.0.5', '--gateway-iface', 'egwnosuch0']);
+    expect(gwif.status).toBe(2);
+    expect(gwif.stderr).toContain('--gateway-iface egwnosuch0: no such interface here');
+    const forced = sh(['--print', '--force', '--wan', 'egwnosuch0', '--gateway-uid', '990']);
+    expect(forced.status).toBe(0);
+    expect(forced.stderr).toContain('no such interface here (--force)');
+    expect(forced.stdout).toContain('add element inet egressgate wan_ifs { "egwnosuch0" }');
+    for (const addr of ['0.0.0.0/0', '::/0', '10.0.0.0/16', 'fd00::/48', '300.1.2.3']) {
+      const r = sh(['--print', '--force', '--wan', 'eth1', '--gateway-iface', 'eth2', '--gateway-addr', addr]);
+      expect(r.status, addr).toBe(2);
+      expect(r.stdout, addr).toBe('');
+    }
+    for (const addr of ['10.0.0.0/24', '10.0.0.5/32', 'fd00::/64', 'fd00::5']) {
+      expect(sh(['--print', '--force', '--wan', 'eth1', '--gateway-iface', 'eth2', '--gateway-addr', addr]).status, addr).toBe(0);
+    }
+  });
+
+  it('in a network namespace: a bridge port is refused, a --wan without a default route is warned about', () => {
+    if (process.getuid?.() !== 0 || !hasCommand('nft') || !hasCommand('unshare') || !hasCommand('ip')) {
+      skipLoudly('interface checks of egress-lockdown.sh', 'needs root, nft, ip and unshare');
+      return;
+    }
+    const inNs = (setup: string, args: string[]) =>
+      spawnSync('unshare', ['--net', 'sh', '-c', `${setup} && exec "$0" "$@"`, script, ...args], { encoding: 'utf8', timeout: 20_000 });
+    const veth = 'ip link add eth1 type veth peer name eth2 && ip link set eth1 up && ip link set eth2 up && ip addr add 192.0.2.2/24 dev eth1';
+    const noDefault = inNs(veth, ['--check', '--wan', 'eth1', '--gateway-uid', '990']);
+    expect(noDefault.status).toBe(0);
+    expect(noDefault.stderr).toContain('--wan eth1 carries no default route');
+    const bridged = inNs(`${veth} && ip link add br0 type bridge && ip link set eth1 master br0`, ['--check', '--wan', 'eth1', '--gateway-uid', '990']);
+    if (bridged.stderr.includes('Unknown device type')) {
+      skipLoudly('bridge-port check of egress-lockdown.sh', 'no bridge support in this kernel');
+      return;
+    }
+    expect(bridged.status).toBe(2);
+    expect(bridged.stderr).toContain('--wan eth1 is a port of br0');
+  });
+
   it('both rulesets pass nft -c (in a throw-away network namespace)', () => {
-    if (process.getuid?.() !== 0 || !hasCommand('nft') || !hasCommand('unshare')) {
+    if (process.getuid?.() !== 0 || !hasCommand('nft') || !hasCommand('unshare') || !hasCommand('ip')) {
       skipLoudly('nft -c of the lock-down rulesets', 'needs root, nft (Debian nftables) and unshare');
       return;
     }
     for (const variant of ['--enforce', '--monitor']) {
-      const r = spawnSync('unshare', ['--net', script, '--check', variant, '--wan', 'eth1', '--gateway-uid', '990', '--gateway-addr', '10.0.0.0/24', '--gateway-iface', 'eth2'], {
+      // eth1 with a default route and eth2 exist only in this namespace (veth pair).
+      const setup =
+        'ip link add eth1 type veth peer name eth2 && ip link set eth1 up && ip link set eth2 up && ip addr add 192.0.2.2/24 dev eth1 && ip route add default via 192.0.2.1';
+      const args = ['--check', variant, '--wan', 'eth1', '--gateway-uid', '990', '--gateway-addr', '10.0.0.0/24', '--gateway-iface', 'eth2'];
+      const r = spawnSync('unshare', ['--net', 'sh', '-c', `${setup} && exec "$0" "$@"`, script, ...args], {
         encoding: 'utf8',
         timeout: 20_000,
       });
