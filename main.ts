@@ -213,6 +213,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     selfAddresses,
     isDraining: () => draining,
     isRefusingUnrecorded: () => flowLog.isFailing && policy.current().config.flowLog.onError === 'refuse',
+    flowLogBacklog: () => flowLog.status().backlogRecords,
   };
   detection = await createDetectionEngine({ flows, policy, alerts, log, statePath: config.state.path });
   flows.start(config.detection.sampleIntervalMs, config.flowLog.interimSec);

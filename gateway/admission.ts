@@ -68,6 +68,9 @@ export interface Refused {
   retryAfterSec?: number;
 }
 
+/** Records the flow log may hold before refusals for want of it are counted instead of recorded. */
+export const REFUSAL_RECORDS_HELD = 10_000;
+
 const ANONYMOUS: Identity = Object.freeze({ user: null, host: null, roles: Object.freeze([]) as readonly string[], process: null });
 
 /** Run the connect-time pipeline for one new flow. Never throws. */
@@ -103,7 +106,13 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   // 3. draining and limits
   if (ctx.isDraining()) return refuseCode(ctx, flow, 'EGW_SHUTTING_DOWN');
   // No flow the log cannot record (its record, this refusal's included, waits in the log's backlog).
-  if (ctx.isRefusingUnrecorded?.() === true) return refuseCode(ctx, flow, 'EGW_FLOW_LOG_UNAVAILABLE');
+  if (ctx.isRefusingUnrecorded?.() === true) {
+    // Refusals yield to real flows for the backlog's room: past REFUSAL_RECORDS_HELD held records
+    // they are counted, not kept, or a flood of refused attempts would push out the records of
+    // flows that carried traffic (reproduced: a tunnel's record lost behind 487,000 refusals).
+    if ((ctx.flowLogBacklog?.() ?? 0) >= REFUSAL_RECORDS_HELD) flow.isRecordSkipped = true;
+    return refuseCode(ctx, flow, 'EGW_FLOW_LOG_UNAVAILABLE');
+  }
   const limits = snapshot.config.limits;
   if (!ctx.flows.withinLimits(flow, limits.maxFlowsPerIdentity, limits.maxNewFlowsPerSecPerIdentity)) {
     const r = refuse(ctx, flow, fixed('rate-limit', null, mode, ['per-identity flow limit exceeded']));

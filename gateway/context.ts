@@ -102,4 +102,6 @@ export interface GatewayContext {
    * `flowLog.onError` is `refuse` (admission refuses; readiness says not ready); absent = never.
    */
   isRefusingUnrecorded?(): boolean;
+  /** Records held in memory while the flow log cannot take them (absent = 0). */
+  flowLogBacklog?(): number;
 }

@@ -83,6 +83,7 @@ export class GatewayStats {
   readonly downstreamCxSourceLimitedTotal: Counter;
   private flowLogStatusFn: () => { failing: boolean; backlogRecords: number; droppedRecords: number } = () => ({ failing: false, backlogRecords: 0, droppedRecords: 0 });
   private activeFlowsFn: () => number = () => 0;
+  private skippedRecordsFn: () => number = () => 0;
   private sourceLimitFn: () => SourceLimitStats = () => ({ refusedTotal: 0, sources: 0 });
   private socksUdpFn: () => UdpRelayStats = () => ({ heldBytes: 0, heldDroppedTotal: 0, repliesDroppedTotal: 0 });
   /**
@@ -188,6 +189,12 @@ export class GatewayStats {
     );
     this.flowRecordsHeld = scrapedGauge(registers, 'gw_flow_records_held', 'Flow records held in memory because the flow log cannot take them', () => stats.flowLogStatusFn().backlogRecords);
     this.flowRecordsDroppedTotal = scrapedCounter(registers, 'gw_flow_records_dropped_total', 'Flow records lost: the flow log failed and its in-memory backlog was full', () => stats.flowLogStatusFn().droppedRecords);
+    scrapedCounter(
+      registers,
+      'gw_flow_refusals_unrecorded_total',
+      'Refusals for want of a flow log (503 flow-log-unavailable) counted instead of recorded: the backlog already held 10,000 records, kept for flows that carried traffic',
+      () => stats.skippedRecordsFn(),
+    );
     this.downstreamCxSourceLimitedTotal = scrapedCounter(
       registers,
       'gw_downstream_cx_source_limited_total',
@@ -288,6 +295,7 @@ export class GatewayStats {
    */
   attachFlowTable(flows: FlowTable): () => void {
     this.activeFlowsFn = () => flows.activeCount;
+    this.skippedRecordsFn = () => flows.skippedRecords;
     const onSweep = (_now: number, active: ReadonlyMap<string, Flow>): void => {
       for (const flow of active.values()) {
         let c = this.counted.get(flow);

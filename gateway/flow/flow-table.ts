@@ -86,6 +86,8 @@ export class FlowTable extends EventEmitter {
   readonly sink: FlowSink;
   totalOpened = 0;
   totalClosed = 0;
+  /** Records not written by design: refusals while the flow log failed with a full enough backlog. */
+  skippedRecords = 0;
 
   constructor(opts: FlowTableOptions) {
     super();
@@ -205,7 +207,8 @@ export class FlowTable extends EventEmitter {
     else this.perIdentity.set(key, n);
     this.remember(flow);
     this.totalClosed++;
-    if (!this.sink.isDiscarding) this.record(flow, flow.endedAt, false);
+    if (flow.isRecordSkipped) this.skippedRecords++;
+    else if (!this.sink.isDiscarding) this.record(flow, flow.endedAt, false);
     this.emit('close', flow);
   }
 

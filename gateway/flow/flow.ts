@@ -103,6 +103,11 @@ export class Flow {
    * limit key): close releases exactly these, even if the identity changed meanwhile.
    */
   clientKey = '';
+  /**
+   * True: the flow table closes it without writing its record, and counts it instead (a refusal
+   * while the flow log cannot be written and its backlog already holds many; admission.ts).
+   */
+  isRecordSkipped = false;
   limitKey = '';
 
   constructor(id: string, init: FlowInit, now: number) {

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SocksClient } from 'socks';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { REFUSAL_RECORDS_HELD } from '../../gateway/admission.ts';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
 import { parseRecords } from '../helpers/flow-records.ts';
 import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
@@ -145,4 +146,57 @@ describe('flow log that cannot be written', () => {
       ['closed', 5],
     ]);
   }, 30_000);
+
+  // Regression: every refused attempt's record went into the backlog, so a flood of them filled it
+  // and the records of flows that carried traffic were dropped (a tunnel's lost behind 487,000).
+  it(`onError refuse: past ${REFUSAL_RECORDS_HELD} held records refusals are counted, not kept; a live tunnel's record is written`, async () => {
+    const log = failingLogPath('flood.jsonl');
+    const g = await startTestGateway({ flowLog: { path: log.path }, limits: { maxNewFlowsPerSecPerIdentity: 1_000_000 } });
+    gw = g;
+    const tunnel = await rawConnect(g.httpPort);
+    tunnel.on('error', () => {});
+    tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+    expect((await readUntil(tunnel, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+    expect(await curlGet(g, '/size/10')).toEqual({ status: 200, body: 'abcdefghij' });
+    await until('the failure', () => flowLogFailing(g, 1));
+    // Pipelined refusals from a few connections, more than the backlog keeps for refusals.
+    const perConnection = 1100;
+    const total = perConnection * 10;
+    const get = `GET http://127.0.0.1:${origin.port}/size/1 HTTP/1.1\r\nHost: 127.0.0.1:${origin.port}\r\n\r\n`;
+    await Promise.all(
+      Array.from({ length: 10 }, async () => {
+        const s = await rawConnect(g.httpPort);
+        s.on('error', () => {});
+        let seen = 0;
+        const done = new Promise<void>((resolve) => {
+          s.on('data', (c: Buffer) => {
+            seen += c.toString('latin1').split('HTTP/1.1 503 ').length - 1;
+            if (seen >= perConnection) resolve();
+          });
+          s.on('close', () => resolve());
+        });
+        s.write(get.repeat(perConnection));
+        await done;
+        s.destroy();
+      }),
+    );
+    const metrics = (await admin(g, '/metrics')).text;
+    const skipped = Number(/^gw_flow_refusals_unrecorded_total (\d+)$/m.exec(metrics)?.[1] ?? 'NaN');
+    expect(skipped).toBeGreaterThan(0);
+    tunnel.write('z'.repeat(30));
+    await readUntil(tunnel, 'z'.repeat(30));
+    tunnel.end();
+    await once(tunnel, 'close');
+    log.repair();
+    await until('recovery', () => flowLogFailing(g, 0));
+    await g.waitForClosed((r) => r.protocol === 'connect');
+    await g.stop();
+    gw = null;
+    const got = records(log.path);
+    const refusals = got.filter((r) => r.closeReason === 'flow-log-unavailable').length;
+    // The cap reads the backlog, which takes the records of the batch being formed (10 ms) a little later.
+    expect(refusals).toBeLessThanOrEqual(REFUSAL_RECORDS_HELD + 1000);
+    expect(refusals + skipped).toBe(total);
+    expect(got.filter((r) => r.protocol === 'connect').map((r) => [r.closeReason, r.bytesOut, r.bytesIn])).toEqual([['closed', 30, 30]]);
+  }, 60_000);
 });
