@@ -19,6 +19,16 @@ export interface ConnectionState {
   identity: CachedIdentity | null;
   /** The flow of this connection's latest request: a process attributed to it is the connection's. */
   lastFlow: { readonly identity: Identity } | null;
+  /**
+   * node:http requests of this connection still being answered, told when the socket closes (see
+   * watchClientClose). Null until the first; one 'close' listener per connection serves them all.
+   */
+  closeWatchers: Set<ClientCloseWatcher> | null;
+}
+
+/** Something to tell when a client connection closes. */
+export interface ClientCloseWatcher {
+  onClientClose(): void;
 }
 
 const kState = Symbol('egressgate.http.connection');
@@ -29,10 +39,35 @@ export function connectionState(socket: object): ConnectionState {
   const holder = socket as WithState;
   let state = holder[kState];
   if (!state) {
-    state = { isAwaitingOrigin: false, identity: null, lastFlow: null };
+    state = { isAwaitingOrigin: false, identity: null, lastFlow: null, closeWatchers: null };
     holder[kState] = state;
   }
   return state;
+}
+
+/**
+ * Tell `watcher` when `socket` closes, until unwatchClientClose. A ServerResponse emits 'close' only
+ * once it has had the socket: one still queued behind another (pipelining) never does when the
+ * client leaves, so its request must hear of the socket's close here.
+ */
+export function watchClientClose(socket: { once(event: 'close', fn: () => void): unknown }, state: ConnectionState, watcher: ClientCloseWatcher): void {
+  let watchers = state.closeWatchers;
+  if (watchers === null) {
+    watchers = new Set();
+    state.closeWatchers = watchers;
+    const all = watchers;
+    socket.once('close', () => {
+      const left = [...all];
+      all.clear();
+      for (const w of left) w.onClientClose();
+    });
+  }
+  watchers.add(watcher);
+}
+
+/** Stop telling `watcher` about the close (its request is over). */
+export function unwatchClientClose(state: ConnectionState, watcher: ClientCloseWatcher): void {
+  state.closeWatchers?.delete(watcher);
 }
 
 /**

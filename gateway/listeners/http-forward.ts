@@ -22,7 +22,7 @@ import { dialErrorCode, GatewayError, type GatewayErrorCode } from '../errors.ts
 import { formatAuthority } from '../protocol/authority.ts';
 import { mapError, type RejectMapping } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
-import { type ConnectionState, connectionState, resetOrDestroy } from './http-connection-state.ts';
+import { type ClientCloseWatcher, type ConnectionState, connectionState, resetOrDestroy, unwatchClientClose, watchClientClose } from './http-connection-state.ts';
 import { forwardResponseHeaders, relayedStatusText } from './http-headers.ts';
 import { type RefusalDetails, sendRefusal } from './http-refusal.ts';
 
@@ -278,7 +278,7 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
 }
 
 /** One request/response exchange on node:http's IncomingMessage and ServerResponse. */
-class Exchange extends OriginExchange {
+class Exchange extends OriginExchange implements ClientCloseWatcher {
   private readonly req: IncomingMessage;
   private readonly res: ServerResponse;
   /** Kept: undici detaches `req.socket` once it has consumed the request body. */
@@ -291,14 +291,24 @@ class Exchange extends OriginExchange {
     this.req = req;
     this.res = res;
     this.clientSocket = req.socket;
-    res.once('close', () => {
-      if (this.isUpstreamDone && res.writableFinished) {
-        this.finish('closed');
-        return;
-      }
-      this.abortOrigin('client went away');
-      this.finish('client-reset');
-    });
+    res.once('close', () => this.onClientClose());
+    // A response queued behind another (pipelining) gets no 'close' when the client leaves.
+    watchClientClose(req.socket, this.connection, this);
+  }
+
+  /** The response closed (sent, or the client went), or the client socket closed. Once. */
+  onClientClose(): void {
+    if (this.isUpstreamDone && this.res.writableFinished) {
+      this.finish('closed');
+      return;
+    }
+    this.abortOrigin('client went away');
+    this.finish('client-reset');
+  }
+
+  protected override finish(reason: string): void {
+    unwatchClientClose(this.connection, this);
+    super.finish(reason);
   }
 
   protected isResponseStarted(): boolean {
