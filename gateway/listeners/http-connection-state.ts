@@ -24,6 +24,13 @@ export interface ConnectionState {
    * watchClientClose). Null until the first; one 'close' listener per connection serves them all.
    */
   closeWatchers: Set<ClientCloseWatcher> | null;
+  /**
+   * A request of this connection was refused 429: the connection ends after that answer and the
+   * requests the client pipelined behind it are dropped unanswered, without a flow.
+   */
+  isShedding: boolean;
+  /** node:http: the admission of this connection's latest request, while it runs (they run in order). */
+  admitting: Promise<unknown> | null;
 }
 
 /** Something to tell when a client connection closes. */
@@ -39,7 +46,7 @@ export function connectionState(socket: object): ConnectionState {
   const holder = socket as WithState;
   let state = holder[kState];
   if (!state) {
-    state = { isAwaitingOrigin: false, identity: null, lastFlow: null, closeWatchers: null };
+    state = { isAwaitingOrigin: false, identity: null, lastFlow: null, closeWatchers: null, isShedding: false, admitting: null };
     holder[kState] = state;
   }
   return state;

@@ -114,6 +114,8 @@ class FastConnection {
   /** Bytes the client sent while a request was served (the next request, read ahead). */
   private ahead: Buffer | null = null;
   private isGone = false;
+  /** Its last response is answered and our side ended: what the client still sends is dropped. */
+  private isEnded = false;
   /** This connection's slot in the fast path's live connections. */
   slot = -1;
   /** The socket's timeout: the shorter of KEEP_ALIVE_MS and limits.idleTimeoutMs (at connection start). */
@@ -192,7 +194,10 @@ class FastConnection {
   /** A refusal or failure before any response byte: answered here, the connection goes on. */
   answer(mapping: RejectMapping, details: RefusalDetails, isLast: boolean): void {
     if (this.isGone) return;
-    const last = isLast || this.mustClose();
+    // A 429 is the connection's last answer (what the client sent ahead is dropped): one refusal
+    // per connection for a client over its rate, as on node:http.
+    if (mapping.status === 429) this.conn.isShedding = true;
+    const last = isLast || this.mustClose() || this.conn.isShedding;
     this.socket.write(refusalText(mapping, details, last));
     this.next(last);
   }
@@ -210,7 +215,11 @@ class FastConnection {
     if (this.isGone) return;
     // Between requests, and after the last one until the client closes too: KEEP_ALIVE_MS (onTimeout).
     if (isLast || this.mustClose()) {
+      this.isEnded = true;
+      this.ahead = null;
       this.socket.end();
+      // Read on (dropping it) to see the client's FIN: reading may have stopped at MAX_AHEAD_BYTES.
+      if (this.socket.isPaused()) this.socket.resume();
       return;
     }
     const ahead = this.ahead;
@@ -255,6 +264,7 @@ class FastConnection {
   }
 
   private readonly onData = (chunk: Buffer): void => {
+    if (this.isEnded) return;
     if (!this.isBusy) {
       this.dispatch(chunk);
       return;

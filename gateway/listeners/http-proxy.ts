@@ -243,6 +243,9 @@ export function withConnectFront(server: Server): NetServer {
 /** Absolute-URI request: steps 2–8. `expectsContinue`: the client waits for 100 before its body. */
 async function onRequest(state: HttpListenerState, req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): Promise<void> {
   const { ctx } = state;
+  const connection = connectionState(req.socket);
+  // Behind a 429 on this connection: dropped unanswered (the connection ends after the 429).
+  if (connection.isShedding) return;
   const target = parseAbsoluteTarget(req.url ?? '');
   const shape = smugglingShape(req);
   if (!target.ok || shape) {
@@ -251,10 +254,26 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
     sendRefusal(res, mapError('EGW_BAD_REQUEST'), { flowId: null, isBlock: false }, true);
     return;
   }
-  const result = await state.admitRequest(req, 'http', target.host, target.port);
+  // Pipelined requests are admitted one after another, so a 429 stops the ones behind it before
+  // they are admitted (node:http announces them all as soon as it has parsed them).
+  const admitNow = (): Promise<Admitted | Refused> | null => (connection.isShedding ? null : state.admitRequest(req, 'http', target.host, target.port));
+  const earlier = connection.admitting;
+  const admission = earlier === null ? admitNow() : earlier.then(admitNow, admitNow);
+  if (admission === null) return;
+  connection.admitting = admission;
+  let result: Admitted | Refused | null;
+  try {
+    result = await admission;
+  } finally {
+    if (connection.admitting === admission) connection.admitting = null;
+  }
+  if (result === null) return;
   if (!result.ok) {
+    // A 429 is the connection's last answer: a client over its rate gets one refusal per connection,
+    // not one per request it pipelined (each a flow, a record and an answer).
+    if (result.reject.status === 429) connection.isShedding = true;
     // While draining this connection carries no further request (as the fast path's answers say).
-    sendRefusal(res, result.reject, refusalDetails(result), !req.complete || ctx.isDraining());
+    sendRefusal(res, result.reject, refusalDetails(result), !req.complete || ctx.isDraining() || connection.isShedding);
     return;
   }
   const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
