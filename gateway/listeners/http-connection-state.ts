@@ -14,8 +14,13 @@ export interface CachedIdentity {
 }
 
 export interface ConnectionState {
-  /** A request on this connection waits on its origin: the origin's own timeouts govern it. */
+  /**
+   * A request on this connection waits on its origin (its body, if any, all sent on): the origin's
+   * own timeouts govern it. Not while the client still owes body bytes: its silence is the client's.
+   */
   isAwaitingOrigin: boolean;
+  /** The listener cut this connection for limits.idleTimeoutMs of silence: its flows end `idle-timeout`. */
+  isTimedOut: boolean;
   identity: CachedIdentity | null;
   /** The flow of this connection's latest request: a process attributed to it is the connection's. */
   lastFlow: { readonly identity: Identity } | null;
@@ -46,7 +51,7 @@ export function connectionState(socket: object): ConnectionState {
   const holder = socket as WithState;
   let state = holder[kState];
   if (!state) {
-    state = { isAwaitingOrigin: false, identity: null, lastFlow: null, closeWatchers: null, isShedding: false, admitting: null };
+    state = { isAwaitingOrigin: false, isTimedOut: false, identity: null, lastFlow: null, closeWatchers: null, isShedding: false, admitting: null };
     holder[kState] = state;
   }
   return state;

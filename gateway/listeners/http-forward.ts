@@ -187,7 +187,7 @@ export function forwardRequest(
     headersTimeout: idleTimeoutMs,
     bodyTimeout: idleTimeoutMs,
   };
-  exchange.connection.isAwaitingOrigin = true;
+  exchange.awaitOrigin(target.hasBody);
   try {
     agents.for(admitted.upstream, snapshot.config.limits.connectTimeoutMs).dispatch(opts, exchange);
   } catch (err) {
@@ -227,6 +227,11 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
     if (this.flow.state === 'active') this.ctx.flows.close(this.flow, reason);
   }
 
+  /** Why the flow ends when its client connection has gone: cut for silence, or the client left. */
+  protected clientGoneReason(): string {
+    return this.connection.isTimedOut ? 'idle-timeout' : 'client-reset';
+  }
+
   /** The client is gone (or the flow killed): the origin request is aborted. */
   protected abortOrigin(why: string): void {
     this.isClientGone = true;
@@ -246,7 +251,7 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
     const { ctx, flow } = this;
     this.connection.isAwaitingOrigin = false;
     if (this.isClientGone || flow.state !== 'active') {
-      this.finish('client-reset');
+      this.finish(this.clientGoneReason());
       return;
     }
     if (isCompleteWithoutBody(this.status, err)) {
@@ -303,7 +308,22 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
       return;
     }
     this.abortOrigin('client went away');
-    this.finish('client-reset');
+    this.finish(this.clientGoneReason());
+  }
+
+  /**
+   * The request is sent on. With a body still to come from the client, the connection waits on the
+   * client (limits.idleTimeoutMs applies) until the body is whole; then on the origin.
+   */
+  awaitOrigin(hasBody: boolean): void {
+    if (!hasBody || this.req.complete) {
+      this.connection.isAwaitingOrigin = true;
+      return;
+    }
+    this.req.once('end', () => {
+      // Not once the origin has answered (early) or failed.
+      if (this.status === 0 && !this.isUpstreamDone) this.connection.isAwaitingOrigin = true;
+    });
   }
 
   protected override finish(reason: string): void {
@@ -356,6 +376,14 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
 
   override onError(err: Error): void {
     this.isUpstreamDone = true;
+    // The client connection went first (a reset or the idle cut mid-body: undici then fails on the
+    // request body): the flow ends for the client's reason, not as an origin failure.
+    if (this.clientSocket.destroyed && this.flow.state === 'active') {
+      this.connection.isAwaitingOrigin = false;
+      this.abortOrigin('client went away');
+      this.finish(this.clientGoneReason());
+      return;
+    }
     super.onError(err);
   }
 }

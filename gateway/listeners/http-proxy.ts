@@ -180,9 +180,13 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
     });
   });
   // An idle client connection is closed, but not while its request waits on a slow origin: that
-  // wait has its own timeout (504), and cutting the client first would hide the answer.
+  // wait has its own timeout (504), and cutting the client first would hide the answer. A client
+  // that stops sending the body of its request is idle (http-forward.ts).
   server.on('timeout', (socket: Duplex) => {
-    if (!connectionState(socket).isAwaitingOrigin) socket.destroy();
+    const connection = connectionState(socket);
+    if (connection.isAwaitingOrigin) return;
+    connection.isTimedOut = true;
+    socket.destroy();
   });
   server.on('clientError', (err: NodeJS.ErrnoException & { reason?: string }, socket: Duplex) => onClientError(ctx, err, socket));
   // No 'close' handler releases the origin pools: the plain server never listens itself (the front

@@ -206,15 +206,24 @@ export async function handleUpgrade(state: HttpListenerState, req: IncomingMessa
   const headersOut = forwardResponseHeaders(parsed.headers, { keepFraming: true });
   headersOut.push('connection', 'close');
   socket.write(serialiseResponseHead(parsed, headersOut), 'latin1');
-  relayRefusedUpgrade(state, flow, socket, upstream, answer.rest);
+  relayRefusedUpgrade(state, flow, socket, upstream, answer.rest, limits.idleTimeoutMs);
 }
 
-/** The origin declined the upgrade: relay its response body to the client, then close both. */
-function relayRefusedUpgrade(state: HttpListenerState, flow: Flow, socket: Duplex, upstream: Socket, rest: Buffer): void {
+/**
+ * The origin declined the upgrade: relay its response body to the client, then close both. An
+ * origin silent for `idleTimeoutMs` (nothing read from it: it neither sends nor closes, or the
+ * client reads nothing so it stays paused) ends the relay, `idle-timeout`.
+ */
+function relayRefusedUpgrade(state: HttpListenerState, flow: Flow, socket: Duplex, upstream: Socket, rest: Buffer, idleTimeoutMs: number): void {
   const { ctx } = state;
   const finish = (reason: string): void => {
     if (flow.state === 'active') ctx.flows.close(flow, reason);
   };
+  upstream.setTimeout(idleTimeoutMs, () => {
+    finish('idle-timeout');
+    upstream.destroy();
+    socket.destroy();
+  });
   flow.abort = () => {
     upstream.resetAndDestroy();
     socket.destroy();
