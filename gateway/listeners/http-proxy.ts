@@ -260,7 +260,9 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
   }
   // Pipelined requests are admitted one after another, so a 429 stops the ones behind it before
   // they are admitted (node:http announces them all as soon as it has parsed them).
-  const admitNow = (): Promise<Admitted | Refused> | null => (connection.isShedding ? null : state.admitRequest(req, 'http', target.host, target.port));
+  // One whose client left while those before it were admitted is dropped too: nobody waits for it.
+  const admitNow = (): Promise<Admitted | Refused> | null =>
+    connection.isShedding || req.socket.destroyed ? null : state.admitRequest(req, 'http', target.host, target.port);
   const earlier = connection.admitting;
   const admission = earlier === null ? admitNow() : earlier.then(admitNow, admitNow);
   if (admission === null) return;
