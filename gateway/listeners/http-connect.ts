@@ -64,19 +64,25 @@ export function earlierResponses(socket: Duplex): Promise<void> | null {
   }).then(() => earlierResponses(socket) ?? undefined);
 }
 
+/**
+ * Wait for the responses `owed` (earlierResponses) ahead of a CONNECT or Upgrade; false when the
+ * client left meanwhile, its socket then released and destroyed. Callers check for `owed` first, so a
+ * connection owing nothing (every CONNECT front one) pays no extra turn.
+ */
+export async function outlastsEarlierResponses(owed: Promise<void>, socket: Duplex, hold: { isGone: () => boolean; release: () => void }): Promise<boolean> {
+  await owed;
+  if (!hold.isGone()) return true;
+  hold.release();
+  socket.destroy();
+  return false;
+}
+
 /** Handle one CONNECT request on a detached client socket. Never throws for client mistakes. */
 export async function handleConnect(state: HttpListenerState, req: RequestHead, socket: Duplex, head: Buffer): Promise<void> {
   const { ctx } = state;
   const hold = holdClient(socket);
   const owed = earlierResponses(socket);
-  if (owed) {
-    await owed;
-    if (hold.isGone()) {
-      hold.release();
-      socket.destroy();
-      return;
-    }
-  }
+  if (owed && !(await outlastsEarlierResponses(owed, socket, hold))) return;
   const authority = parseAuthority(req.url ?? '', null);
   if (!authority) {
     hold.release();
