@@ -3,7 +3,7 @@
  * real process shows: signals, exit codes, its own stdout, its own resolver. Resolves at the
  * listening line with the listeners' addresses.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { join } from 'node:path';
 
 export const ROOT = join(import.meta.dirname, '..', '..');
@@ -48,4 +48,23 @@ export async function spawnServe(configPath: string, opts: ServeOptions = {}): P
   });
   const i = listening.http.lastIndexOf(':');
   return { child: c, http: { host: listening.http.slice(0, i), port: Number(listening.http.slice(i + 1)) }, socks: listening.socks, admin: listening.admin, stderr: () => stderr };
+}
+
+/** Whether `serve` can run in a mount namespace of its own (root and `unshare -m`): see withResolvConf. */
+export function canUnshareMounts(): boolean {
+  if (process.getuid?.() !== 0) return false;
+  try {
+    execFileSync('unshare', ['-m', 'true'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * ServeOptions.wrap that runs `serve` in a mount namespace with `resolvConf` bind-mounted over
+ * /etc/resolv.conf: its OS resolver then asks a DNS server the test runs. Needs canUnshareMounts().
+ */
+export function withResolvConf(resolvConf: string): (argv: string[]) => string[] {
+  return (argv) => ['unshare', '-m', 'sh', '-c', `mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolvConf, ...argv];
 }

@@ -7,7 +7,6 @@
  * `egressgate serve` runs with its own /etc/resolv.conf (a mount namespace, as root) naming a DNS
  * server on loopback that records every name asked and never answers.
  */
-import { execFileSync } from 'node:child_process';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -16,21 +15,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SocksClient } from 'socks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Served, spawnServe } from '../helpers/serve-process.ts';
+import { canUnshareMounts, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { rawExchange, readUntil } from './http-harness.ts';
 
 const RECORDING_DNS = '127.0.0.154';
-
-function canUnshareMounts(): boolean {
-  if (process.getuid?.() !== 0) return false;
-  try {
-    execFileSync('unshare', ['-m', 'true'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 const isAvailable = skipNotice(canUnshareMounts(), 'dns-refused-names', 'needs root and unshare -m (a mount namespace for its own /etc/resolv.conf)');
 
@@ -65,7 +54,7 @@ beforeAll(async () => {
   writeFileSync(config, ['mode: enforce', 'roles: { web: { allow: [ { host: "*.allowed.test", ports: [443, 80] } ] } }', 'defaultRoles: [web]', 'flowLog: { path: null }', ''].join('\n'));
   gw = await spawnServe(config, {
     env: { EGRESSGATE_ADMIN_TOKEN: 'dns-refused-names-token-0123456789' },
-    wrap: (argv) => ['unshare', '-m', 'sh', '-c', `mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolv, ...argv],
+    wrap: withResolvConf(resolv),
   });
 });
 

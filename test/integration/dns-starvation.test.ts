@@ -7,7 +7,6 @@
  * gateway/upstream/resolve.ts shared the pool, it waited behind the 30 until its lookup timed out:
  * 502 dns-failed, for every client, for as long as the names kept coming.
  */
-import { execFileSync } from 'node:child_process';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -16,22 +15,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { echoOrigin, type TcpOrigin } from '../helpers/detection-live.ts';
-import { type Served, spawnServe } from '../helpers/serve-process.ts';
+import { canUnshareMounts, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { readUntil } from './http-harness.ts';
 
 /** Not 127.0.0.53: systemd-resolved's stub may hold that one. */
 const DEAD_DNS = '127.0.0.153';
-
-function canUnshareMounts(): boolean {
-  if (process.getuid?.() !== 0) return false;
-  try {
-    execFileSync('unshare', ['-m', 'true'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 const isAvailable = skipNotice(canUnshareMounts(), 'dns-starvation', 'needs root and unshare -m (a mount namespace for its own /etc/resolv.conf)');
 
@@ -59,7 +48,7 @@ beforeAll(async () => {
   gw = await spawnServe(config, {
     // libuv's default pool: the smallest DNS share, two lookups at once.
     env: { EGRESSGATE_ADMIN_TOKEN: 'dns-starvation-token-0123456789', UV_THREADPOOL_SIZE: undefined },
-    wrap: (argv) => ['unshare', '-m', 'sh', '-c', `mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolv, ...argv],
+    wrap: withResolvConf(resolv),
   });
 });
 
