@@ -68,3 +68,11 @@ export function canUnshareMounts(): boolean {
 export function withResolvConf(resolvConf: string): (argv: string[]) => string[] {
   return (argv) => ['unshare', '-m', 'sh', '-c', `mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolvConf, ...argv];
 }
+
+/** SIGKILL `child` if it still runs and wait for its exit (afterEach of tests that spawn serve). */
+export async function killIfRunning(child: ChildProcess | null): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGKILL');
+  await exited;
+}

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { type Served, spawnServe } from '../helpers/serve-process.ts';
+import { killIfRunning, type Served, spawnServe } from '../helpers/serve-process.ts';
 import { type Origin, pattern, rawConnect, run, startOrigin } from './http-harness.ts';
 
 const PIECE = 16 * 1024;
@@ -72,17 +72,27 @@ beforeAll(async () => {
   });
 });
 afterEach(async () => {
-  if (child && child.exitCode === null && child.signalCode === null) {
-    const exited = once(child, 'exit');
-    child.kill('SIGKILL');
-    await exited;
-  }
+  await killIfRunning(child);
   child = null;
 });
 afterAll(async () => {
   await origin.close();
   await rm(dir, { recursive: true, force: true });
 });
+
+/** Send each head on a connection of its own; each promise is everything read until that connection closed. */
+async function sendEachOnItsConnection(port: number, heads: readonly string[]): Promise<Array<Promise<string>>> {
+  const answers: Array<Promise<string>> = [];
+  for (const head of heads) {
+    const c = await rawConnect(port);
+    c.on('error', () => undefined);
+    const chunks: Buffer[] = [];
+    c.on('data', (b: Buffer) => chunks.push(b));
+    answers.push(once(c, 'close').then(() => Buffer.concat(chunks).toString('latin1')));
+    c.write(head);
+  }
+  return answers;
+}
 
 async function serve(name: string, flowLog: string, graceMs = GRACE_MS): Promise<Served> {
   const configPath = join(dir, `${name}.yaml`);
@@ -152,15 +162,7 @@ describe('egressgate serve: SIGTERM drains absolute-URI requests', () => {
     const host = `127.0.0.1:${origin.port}`;
     // A plain GET (the fast path) and a POST (node:http), each on a keep-alive connection.
     const heads = [`GET ${target} HTTP/1.1\r\nHost: ${host}\r\n\r\n`, `POST ${target} HTTP/1.1\r\nHost: ${host}\r\nContent-Length: 4\r\n\r\nbody`];
-    const answers: Array<Promise<string>> = [];
-    for (const head of heads) {
-      const c = await rawConnect(s.http.port);
-      c.on('error', () => undefined);
-      const chunks: Buffer[] = [];
-      c.on('data', (b: Buffer) => chunks.push(b));
-      answers.push(once(c, 'close').then(() => Buffer.concat(chunks).toString('latin1')));
-      c.write(head);
-    }
+    const answers = await sendEachOnItsConnection(s.http.port, heads);
     const deadline = Date.now() + 10_000;
     while (held.length < 2) {
       if (Date.now() > deadline) throw new Error(`only ${held.length} requests reached the origin`);
@@ -200,15 +202,7 @@ describe('egressgate serve: SIGTERM drains absolute-URI requests', () => {
     // A plain GET (the fast path) and a POST (node:http), each on a keep-alive connection, and a
     // request whose origin answers only once those connections are closed: the drain waits for it.
     const heads = [`GET ${target} HTTP/1.1\r\nHost: ${host}\r\n\r\n`, `POST ${target} HTTP/1.1\r\nHost: ${host}\r\nContent-Length: 4\r\n\r\nbody`];
-    const answers: Array<Promise<string>> = [];
-    for (const head of heads) {
-      const c = await rawConnect(s.http.port);
-      c.on('error', () => undefined);
-      const chunks: Buffer[] = [];
-      c.on('data', (b: Buffer) => chunks.push(b));
-      answers.push(once(c, 'close').then(() => Buffer.concat(chunks).toString('latin1')));
-      c.write(head);
-    }
+    const answers = await sendEachOnItsConnection(s.http.port, heads);
     const late = run('curl', ['-s', '-S', '-f', '-o', '-', '-x', `http://${s.http.host}:${s.http.port}`, `http://127.0.0.1:${origin.port}/late`], { timeoutMs: 30_000 });
     const deadline = Date.now() + 10_000;
     while (sending < 2 || held.length < 1) {

@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { killIfRunning, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
 import { type Origin, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
 import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
 
@@ -35,11 +35,7 @@ beforeAll(async () => {
   origin = await startOrigin();
 });
 afterEach(async () => {
-  if (child && child.exitCode === null && child.signalCode === null) {
-    const exited = once(child, 'exit');
-    child.kill('SIGKILL');
-    await exited;
-  }
+  await killIfRunning(child);
   child = null;
 });
 afterAll(async () => {
