@@ -22,8 +22,9 @@
  * and write); when it fires where the longer one applies, a one-off timer waits out the rest. So a
  * request costs no timer changes (two per request with node:http: ~2 µs on Node 20). A client
  * FIN or reset during a request ends its flow `client-reset` and aborts the origin request, as
- * node:http does. A request's flow closes `closed` once the origin's whole response has been handed
- * to the client socket.
+ * node:http does; so does our own cut for limits.idleTimeoutMs of silence, but the flow ends
+ * `idle-timeout` (ConnectionState.isTimedOut, as on node:http). A request's flow closes `closed`
+ * once the origin's whole response has been handed to the client socket.
  */
 import type { Socket } from 'node:net';
 import type { Dispatcher } from 'undici';
@@ -306,16 +307,22 @@ class FastConnection {
     const s = this.socket;
     const limit = this.isBusy ? this.path.state.ctx.policy.current().config.limits.idleTimeoutMs : KEEP_ALIVE_MS;
     if (limit <= this.timeoutMs) {
-      s.destroy();
+      this.cutIdle();
       return;
     }
     const mark = s.bytesRead + s.bytesWritten;
     this.extension = setTimeout(() => {
       this.extension = null;
-      if (!s.destroyed && !this.conn.isAwaitingOrigin && s.bytesRead + s.bytesWritten === mark) s.destroy();
+      if (!s.destroyed && !this.conn.isAwaitingOrigin && s.bytesRead + s.bytesWritten === mark) this.cutIdle();
     }, limit - this.timeoutMs);
     this.extension.unref();
   };
+
+  /** Close the connection for silence: a request still served ends `idle-timeout`, not `client-reset`. */
+  private cutIdle(): void {
+    this.conn.isTimedOut = true;
+    this.socket.destroy();
+  }
 
   private stopExtension(): void {
     if (this.extension === null) return;
@@ -342,11 +349,11 @@ class FastExchange extends OriginExchange {
     this.isLast = isLast;
   }
 
-  /** The client went away (FIN or reset) before the response was complete. */
+  /** The client went away (FIN or reset), or we cut it for silence, before the response was complete. */
   clientGone(): void {
     if (this.isClientGone || this.flow.state !== 'active') return;
     this.abortOrigin('client went away');
-    this.finish('client-reset');
+    this.finish(this.clientGoneReason());
   }
 
   resumeOrigin(): void {

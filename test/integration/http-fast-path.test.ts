@@ -14,6 +14,8 @@ let gw: TestGateway;
 let origin: Origin;
 let o: string;
 let deadPort: number;
+/** /endless exchanges the origin has seen end (the gateway aborted or finished them). */
+let endlessEnded = 0;
 
 beforeAll(async () => {
   origin = await startOrigin((req, res) => {
@@ -32,6 +34,28 @@ beforeAll(async () => {
       // Headers and 3 of 10 body bytes, then silence (the socket is closed when the test ends).
       res.writeHead(200, { 'content-length': 10 });
       res.write('abc');
+      return true;
+    }
+    if (req.url === '/endless') {
+      // Up to 64 MiB as fast as the gateway takes it, stopping when the exchange is cut.
+      res.writeHead(200, { 'content-length': 64 * 1024 * 1024 });
+      const chunk = Buffer.alloc(64 * 1024, 120);
+      let left = 1024;
+      const pump = (): void => {
+        while (left > 0) {
+          left--;
+          if (!res.write(chunk)) {
+            res.once('drain', pump);
+            return;
+          }
+        }
+        res.end();
+      };
+      res.on('close', () => {
+        left = 0;
+        endlessEnded++;
+      });
+      pump();
       return true;
     }
     if (req.url === '/no-date') {
@@ -234,7 +258,46 @@ describe('absolute-URI fast path', () => {
       await once(t, 'close');
       expect(Date.now() - stalled).toBeLessThan(2000);
       const rec = await own.waitForClosed((f) => own.closed.indexOf(f) >= before);
-      expect(rec).toMatchObject({ bytesIn: 3, closeReason: 'client-reset' });
+      // The gateway cut it, not the client (as node:http records it).
+      expect(rec).toMatchObject({ bytesIn: 3, closeReason: 'idle-timeout' });
+      expect(own.closed.filter((f) => f.client.port === rec.client.port)).toHaveLength(1);
+    } finally {
+      await own.stop();
+    }
+  }, 15_000);
+
+  it('the idle cut of a request being served is recorded idle-timeout; a client that leaves is client-reset', async () => {
+    const own = await startTestGateway({ limits: { idleTimeoutMs: 300 } });
+    try {
+      const recordsOf = (port: number) => own.closed.filter((f) => f.client.port === port);
+      // A client that stops reading a large response: the gateway cuts it after 300 ms of silence.
+      const s = await rawConnect(own.httpPort);
+      s.on('error', () => undefined);
+      const port = s.localPort as number;
+      const endedBefore = endlessEnded;
+      s.write(get('/endless'));
+      await readUntil(s, 'xxxx');
+      s.pause();
+      const cut = await own.waitForClosed((f) => f.client.port === port, 5000);
+      expect(cut.closeReason).toBe('idle-timeout');
+      expect(cut.bytesIn).toBeGreaterThan(0);
+      expect(cut.bytesIn).toBeLessThan(64 * 1024 * 1024);
+      s.destroy();
+      // A client that ends its side while the response stalls: client-reset, before any idle cut.
+      const t = await rawConnect(own.httpPort);
+      t.on('error', () => undefined);
+      const tPort = t.localPort as number;
+      t.write(get('/stall'));
+      await readUntil(t, 'abc');
+      t.end();
+      const left = await own.waitForClosed((f) => f.client.port === tPort, 5000);
+      expect(left).toMatchObject({ bytesIn: 3, closeReason: 'client-reset' });
+      t.destroy();
+      // One record each, also once the origin request has been aborted (undici then reports an error).
+      await waitFor(() => endlessEnded > endedBefore);
+      expect(recordsOf(port)).toHaveLength(1);
+      expect(recordsOf(tPort)).toHaveLength(1);
+      expect(own.flows.activeCount).toBe(0);
     } finally {
       await own.stop();
     }
