@@ -12,8 +12,9 @@ import { tunnel } from '../flow/tunnel.ts';
 import { parseAuthority } from '../protocol/authority.ts';
 import { mapError } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
+import { isShedding } from './http-connection-state.ts';
 import type { HttpListenerState, RequestHead } from './http-proxy.ts';
-import { refusalDetails, writeRawRefusal } from './http-refusal.ts';
+import { lingerThenDestroy, refusalDetails, writeRawRefusal } from './http-refusal.ts';
 
 const ESTABLISHED = 'HTTP/1.1 200 Connection Established\r\n\r\n';
 
@@ -77,12 +78,27 @@ export async function outlastsEarlierResponses(owed: Promise<void>, socket: Dupl
   return false;
 }
 
+/**
+ * A CONNECT or Upgrade pipelined behind a 429 (the connection's last answer, see onRequest in
+ * http-proxy.ts) is dropped like the requests behind it: not admitted, no dial, no flow, no record,
+ * no answer. Asked once the responses owed ahead of it are out, so the 429 has been decided. True
+ * when it was dropped: the socket is then released and ended here.
+ */
+export function isBehindLastAnswer(socket: Duplex, hold: { release: () => void }): boolean {
+  if (!isShedding(socket)) return false;
+  hold.release();
+  socket.end();
+  lingerThenDestroy(socket);
+  return true;
+}
+
 /** Handle one CONNECT request on a detached client socket. Never throws for client mistakes. */
 export async function handleConnect(state: HttpListenerState, req: RequestHead, socket: Duplex, head: Buffer): Promise<void> {
   const { ctx } = state;
   const hold = holdClient(socket);
   const owed = earlierResponses(socket);
   if (owed && !(await outlastsEarlierResponses(owed, socket, hold))) return;
+  if (isBehindLastAnswer(socket, hold)) return;
   const authority = parseAuthority(req.url ?? '', null);
   if (!authority) {
     hold.release();

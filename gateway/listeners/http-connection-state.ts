@@ -31,7 +31,8 @@ export interface ConnectionState {
   closeWatchers: Set<ClientCloseWatcher> | null;
   /**
    * A request of this connection was refused 429: the connection ends after that answer and the
-   * requests the client pipelined behind it are dropped unanswered, without a flow.
+   * requests the client pipelined behind it are dropped unanswered, without a flow (a CONNECT or
+   * Upgrade too: isBehindLastAnswer in http-connect.ts).
    */
   isShedding: boolean;
   /** node:http: the admission of this connection's latest request, while it runs (they run in order). */
@@ -55,6 +56,14 @@ export function connectionState(socket: object): ConnectionState {
     holder[kState] = state;
   }
   return state;
+}
+
+/**
+ * A request of this connection was refused 429 (ConnectionState.isShedding). Asks without creating
+ * the state: a connection that has none (every CONNECT front one) has refused nothing.
+ */
+export function isShedding(socket: object): boolean {
+  return (socket as WithState)[kState]?.isShedding === true;
 }
 
 /**

@@ -23,7 +23,7 @@ import type { Flow } from '../flow/flow.ts';
 import { tunnel } from '../flow/tunnel.ts';
 import { mapError } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
-import { earlierResponses, holdClient, outlastsEarlierResponses } from './http-connect.ts';
+import { earlierResponses, holdClient, isBehindLastAnswer, outlastsEarlierResponses } from './http-connect.ts';
 import { resetOrDestroy } from './http-connection-state.ts';
 import { forwardRequestHeaders, forwardResponseHeaders, relayedStatusText, serialiseRequestHead, splitHeaderLine } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
@@ -113,6 +113,7 @@ export async function handleUpgrade(state: HttpListenerState, req: IncomingMessa
   const hold = holdClient(socket, () => clientGone.abort());
   const owed = earlierResponses(socket);
   if (owed && !(await outlastsEarlierResponses(owed, socket, hold))) return;
+  if (isBehindLastAnswer(socket, hold)) return;
   const target = parseAbsoluteTarget(req.url ?? '');
   // A request body would have to reach the origin before its answer; websocket handshakes have
   // none, and relaying one here (h2c upgrade of a POST) is not supported: refuse rather than hang.
