@@ -13,6 +13,11 @@
  * Metering: everything after the handshake both ways — after a 101, every byte the tunnel carries
  * (including bytes that arrived with the 101 head and bytes the client sent after its request head);
  * without a 101, the raw response body (its chunk framing included). Heads are never counted.
+ *
+ * A client's FIN before the answer is complete (it sends nothing more, RFC 9112 §9.6, and may or may
+ * not still read) leaves the origin `finGraceMs` of silence to answer, then the client counts as gone:
+ * `client-reset`, both sockets closed. Node:http stops watching the socket at the upgrade and the
+ * listener allows half-open sockets, so a FIN alone never brings 'close' (holdClient).
  */
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
@@ -99,6 +104,34 @@ function readResponseHead(socket: Socket, maxBytes: number, timeoutMs: number, c
   });
 }
 
+/**
+ * How long an origin may stay silent once the client has sent its FIN (the request was whole: an
+ * Upgrade with a body is refused): as long as it may take to accept a connection, never longer than
+ * the idle timeout. An origin answers an Upgrade at once; one still silent is no reason to hold a
+ * flow and a connection for a client that may have left.
+ */
+function finGraceMs(limits: { connectTimeoutMs: number; idleTimeoutMs: number }): number {
+  return Math.min(limits.connectTimeoutMs, limits.idleTimeoutMs);
+}
+
+/**
+ * Call `onGone` `graceMs` after the client's FIN (counted from now if the FIN already came).
+ * Returns the function that stops watching: the answer came, or the exchange ended otherwise.
+ * A FIN behind bytes the client sent after its head stays unseen while the socket is paused.
+ */
+function afterClientFin(socket: Duplex, graceMs: number, onGone: () => void): () => void {
+  let timer: NodeJS.Timeout | null = null;
+  const onEnd = (): void => {
+    timer = setTimeout(onGone, graceMs);
+  };
+  if (socket.readableEnded) onEnd();
+  else socket.once('end', onEnd);
+  return () => {
+    socket.removeListener('end', onEnd);
+    if (timer) clearTimeout(timer);
+  };
+}
+
 function serialiseResponseHead(head: ResponseHead, headers: readonly string[]): string {
   let out = `HTTP/1.1 ${head.status} ${relayedStatusText(head.status, head.statusText)}\r\n`;
   for (let i = 0; i + 1 < headers.length; i += 2) out += `${headers[i]}: ${headers[i + 1]}\r\n`;
@@ -107,12 +140,23 @@ function serialiseResponseHead(head: ResponseHead, headers: readonly string[]): 
 
 /** Handle one request carrying `Upgrade` on a detached client socket. */
 export async function handleUpgrade(state: HttpListenerState, req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
-  const { ctx } = state;
-  // The client leaving ends the wait for the origin's answer at once (readResponseHead).
+  // The client leaving ends the wait for the origin's answer (readResponseHead): at once when it
+  // closes or resets, finGraceMs after its FIN. The relay and the tunnel watch the FIN themselves.
   const clientGone = new AbortController();
+  const stopFinWatch = afterClientFin(socket, finGraceMs(state.ctx.policy.current().config.limits), () => clientGone.abort());
+  try {
+    await answerUpgrade(state, req, socket, head, clientGone);
+  } finally {
+    stopFinWatch();
+  }
+}
+
+async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, socket: Duplex, head: Buffer, clientGone: AbortController): Promise<void> {
+  const { ctx } = state;
   const hold = holdClient(socket, () => clientGone.abort());
+  const isGone = (): boolean => clientGone.signal.aborted || hold.isGone();
   const owed = earlierResponses(socket);
-  if (owed && !(await outlastsEarlierResponses(owed, socket, hold))) return;
+  if (owed && !(await outlastsEarlierResponses(owed, socket, { isGone, release: hold.release }))) return;
   if (isBehindLastAnswer(socket, hold)) return;
   const target = parseAbsoluteTarget(req.url ?? '');
   // A request body would have to reach the origin before its answer; websocket handshakes have
@@ -142,7 +186,7 @@ export async function handleUpgrade(state: HttpListenerState, req: IncomingMessa
     return;
   }
   ctx.flows.markConnected(flow);
-  if (hold.isGone() || flow.state !== 'active') {
+  if (isGone() || flow.state !== 'active') {
     // The client left while we dialled, or the flow was killed meanwhile (its record is written).
     hold.release();
     upstream.destroy();
@@ -167,7 +211,7 @@ export async function handleUpgrade(state: HttpListenerState, req: IncomingMessa
   } catch (err) {
     hold.release();
     upstream.destroy();
-    if (hold.isGone() || flow.state !== 'active') {
+    if (isGone() || flow.state !== 'active') {
       socket.destroy();
       ctx.flows.close(flow, 'client-reset');
       return;
@@ -200,24 +244,40 @@ export async function handleUpgrade(state: HttpListenerState, req: IncomingMessa
   const headersOut = forwardResponseHeaders(parsed.headers, { keepFraming: true });
   headersOut.push('connection', 'close');
   socket.write(serialiseResponseHead(parsed, headersOut), 'latin1');
-  relayRefusedUpgrade(state, flow, socket, upstream, answer.rest, limits.idleTimeoutMs);
+  relayRefusedUpgrade(state, flow, socket, upstream, answer.rest, limits);
 }
 
 /**
  * The origin declined the upgrade: relay its response body to the client, then close both. An
  * origin silent for `idleTimeoutMs` (nothing read from it: it neither sends nor closes, or the
- * client reads nothing so it stays paused) ends the relay, `idle-timeout`.
+ * client reads nothing so it stays paused) ends the relay, `idle-timeout`; once the client has sent
+ * its FIN, silent for finGraceMs: `client-reset`.
  */
-function relayRefusedUpgrade(state: HttpListenerState, flow: Flow, socket: Duplex, upstream: Socket, rest: Buffer, idleTimeoutMs: number): void {
+function relayRefusedUpgrade(
+  state: HttpListenerState,
+  flow: Flow,
+  socket: Duplex,
+  upstream: Socket,
+  rest: Buffer,
+  limits: { connectTimeoutMs: number; idleTimeoutMs: number },
+): void {
   const { ctx } = state;
   const finish = (reason: string): void => {
     if (flow.state === 'active') ctx.flows.close(flow, reason);
   };
-  upstream.setTimeout(idleTimeoutMs, () => {
-    finish('idle-timeout');
+  let isClientEnded = false;
+  upstream.setTimeout(limits.idleTimeoutMs, () => {
+    finish(isClientEnded ? 'client-reset' : 'idle-timeout');
     upstream.destroy();
     socket.destroy();
   });
+  // The client's FIN: the rest of the answer is still relayed, but the origin's silence is cut sooner.
+  const onClientEnd = (): void => {
+    isClientEnded = true;
+    upstream.setTimeout(finGraceMs(limits));
+  };
+  if (socket.readableEnded) onClientEnd();
+  else socket.once('end', onClientEnd);
   flow.abort = () => {
     upstream.resetAndDestroy();
     socket.destroy();

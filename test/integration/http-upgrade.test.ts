@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { pattern, rawConnect, readUntil } from './http-harness.ts';
 
 let gw: TestGateway;
@@ -38,6 +38,17 @@ beforeAll(async () => {
       silent.push(socket);
       return;
     }
+    if (req.url === '/decline-stall') {
+      // Declines, sends 3 of the 100 body bytes it announces, then stays silent.
+      socket.write('HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 100\r\nConnection: close\r\n\r\nabc');
+      silent.push(socket);
+      return;
+    }
+    if (req.url === '/decline-late') {
+      // Declines after 100 ms, whatever the client did meanwhile.
+      setTimeout(() => socket.end('HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 8\r\nConnection: close\r\n\r\nnot you!'), 100);
+      return;
+    }
     if (req.url === '/garbage') {
       socket.end('SSH-2.0-OpenSSH_9.2\r\n\r\n');
       return;
@@ -63,6 +74,22 @@ afterAll(async () => {
   for (const s of sockets) s.destroy();
   await new Promise<void>((r) => (origin ? origin.close(() => r()) : r()));
 });
+
+/** The origin's side of the next /silent or /decline-stall upgrade, read from now on only to see it end. */
+async function nextSilent(): Promise<{ socket: Socket; ended: Promise<unknown> }> {
+  const deadline = Date.now() + 10_000;
+  while (silent.length === 0) {
+    if (Date.now() > deadline) throw new Error('the upgrade never reached the origin');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  const socket = silent.shift() as Socket;
+  const ended = new Promise((r) => {
+    socket.once('end', r);
+    socket.once('close', r);
+  });
+  socket.resume();
+  return { socket, ended };
+}
 
 function upgradeHead(path: string): string {
   return [
@@ -158,23 +185,107 @@ describe('Upgrade through the proxy', () => {
     const s = await rawConnect(gw.httpPort);
     s.on('error', () => undefined);
     s.write(upgradeHead('/silent'));
-    const deadline = Date.now() + 10_000;
-    while (silent.length === 0) {
-      if (Date.now() > deadline) throw new Error('the upgrade never reached the origin');
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    const upstream = silent.shift() as Socket;
-    // The origin's side sees its connection end (read now only to see that end).
-    const upstreamEnded = new Promise((r) => {
-      upstream.once('end', r);
-      upstream.once('close', r);
-    });
-    upstream.resume();
+    const upstream = await nextSilent();
     s.resetAndDestroy();
     const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before && f.destination.port === port);
     expect(rec.closeReason).toBe('client-reset');
     expect(rec.protocol).toBe('http');
-    await upstreamEnded;
+    await upstream.ended;
+  });
+});
+
+// Regression: a client's FIN (it half-closes: no reset, no close) while the origin was silent went
+// unnoticed: node:http stops watching the socket at the upgrade, and a half-open socket never emits
+// 'close'. The flow stayed active (and counted against maxFlowsPerIdentity), its origin connection
+// open, until limits.idleTimeoutMs (6 s here before the fix: connect-timeout, or idle-timeout in a
+// declined Upgrade's relay). Now the origin has min(connectTimeoutMs, idleTimeoutMs) after the FIN,
+// and a client that half-closes and reads still gets an answer that comes within it.
+describe("Upgrade: the client's FIN while the origin is silent", () => {
+  let finGw: TestGateway;
+  const GRACE_MS = 1000;
+
+  beforeAll(async () => {
+    finGw = await startTestGateway({
+      identity: { users: [{ name: 'alice', password: 'wonder', roles: ['any'] }] },
+      limits: { connectTimeoutMs: GRACE_MS, idleTimeoutMs: 60_000 },
+    });
+  });
+
+  afterAll(async () => {
+    await finGw?.stop();
+  });
+
+  /** Send the Upgrade request; `fin()` half-closes (the client keeps reading) and says when. */
+  async function sendUpgrade(path: string): Promise<{ got: () => string; closed: Promise<unknown>; fin: () => number }> {
+    const s = await rawConnect(finGw.httpPort);
+    s.on('error', () => undefined);
+    const chunks: Buffer[] = [];
+    s.on('data', (c: Buffer) => chunks.push(c));
+    const closed = once(s, 'close');
+    s.write(upgradeHead(path));
+    const fin = (): number => {
+      s.end();
+      return Date.now();
+    };
+    return { got: () => Buffer.concat(chunks).toString('latin1'), closed, fin };
+  }
+
+  async function activeFlows(): Promise<number> {
+    const res = await adminGet(finGw, '/v1/flows?state=active');
+    return (JSON.parse(res.text) as { count: number }).count;
+  }
+
+  it('no answer yet: the flow ends client-reset about the grace after the FIN, the origin connection closed', async () => {
+    const before = finGw.closed.length;
+    const client = await sendUpgrade('/silent');
+    const upstream = await nextSilent();
+    const finAt = client.fin();
+    expect(await activeFlows()).toBe(1);
+    const rec = await finGw.waitForClosed((f) => finGw.closed.indexOf(f) >= before && f.destination.port === port);
+    const after = Date.now() - finAt;
+    expect(rec).toMatchObject({ protocol: 'http', closeReason: 'client-reset', bytesOut: 0, bytesIn: 0 });
+    expect(after).toBeGreaterThanOrEqual(GRACE_MS - 100);
+    expect(after).toBeLessThan(GRACE_MS + 4000);
+    expect(await activeFlows()).toBe(0);
+    await upstream.ended;
+    await client.closed;
+    expect(client.got()).toBe('');
+  });
+
+  it("a declined Upgrade's relay: the origin stalls mid-body, the flow ends client-reset with the body bytes relayed", async () => {
+    const before = finGw.closed.length;
+    const client = await sendUpgrade('/decline-stall');
+    const upstream = await nextSilent();
+    await until('the declined head and 3 body bytes', () => client.got().endsWith('\r\n\r\nabc'));
+    const finAt = client.fin();
+    const rec = await finGw.waitForClosed((f) => finGw.closed.indexOf(f) >= before && f.destination.port === port);
+    expect(rec).toMatchObject({ protocol: 'http', closeReason: 'client-reset', bytesOut: 0, bytesIn: 3 });
+    expect(Date.now() - finAt).toBeLessThan(GRACE_MS + 4000);
+    expect(await activeFlows()).toBe(0);
+    await upstream.ended;
+    await client.closed;
+    expect(client.got()).toMatch(/^HTTP\/1\.1 403 [\s\S]*\r\n\r\nabc$/);
+  });
+
+  it('a client that half-closes and reads gets an answer that comes within the grace, and the record is complete', async () => {
+    const before = finGw.closed.length;
+    const client = await sendUpgrade('/decline-late');
+    client.fin();
+    await client.closed;
+    expect(client.got()).toMatch(/^HTTP\/1\.1 403 [\s\S]*\r\nconnection: close\r\n\r\nnot you!$/i);
+    const rec = await finGw.waitForClosed((f) => finGw.closed.indexOf(f) >= before && f.destination.port === port);
+    expect(rec).toMatchObject({ protocol: 'http', closeReason: 'closed', bytesOut: 0, bytesIn: 8 });
+  });
+
+  it('a 101 after the FIN: the tunnel passes the FIN on and carries what the origin sends', async () => {
+    const before = finGw.closed.length;
+    const client = await sendUpgrade('/chat');
+    client.fin();
+    await client.closed;
+    expect(client.got()).toMatch(/^HTTP\/1\.1 101 /);
+    expect(client.got().endsWith(`\r\n\r\n${HELLO.toString()}`)).toBe(true);
+    const rec = await finGw.waitForClosed((f) => finGw.closed.indexOf(f) >= before && f.destination.port === port);
+    expect(rec).toMatchObject({ protocol: 'http', closeReason: 'closed', bytesOut: 0, bytesIn: HELLO.length });
   });
 });
 
