@@ -43,6 +43,14 @@ export interface AdmissionRequest {
    * holder is not found (gone already, not visible).
    */
   control?: { readonly clientPort: number; readonly server: LocalEndpoint };
+  /** The destination's DNS answer, looked up ahead of admission (lookUpAhead); else admission looks it up. */
+  lookedUp?: LookedUp;
+}
+
+/** A name's DNS answer: the one address to classify and dial, or why there is none. */
+export interface LookedUp {
+  readonly ip: string | null;
+  readonly dnsError: GatewayErrorCode | null;
 }
 
 export interface LocalEndpoint {
@@ -132,13 +140,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   // An IP literal or a `resolver.hosts` entry needs no lookup (and no await).
   let ip: string | null = knownAddress(snapshot, req.destHost);
   let dnsError: GatewayErrorCode | null = null;
-  if (ip === null) {
-    try {
-      ip = await lookupAddress(ctx, req.destHost, flow.client.ip);
-    } catch (err) {
-      dnsError = err instanceof GatewayError ? err.code : 'EGW_DNS_FAILED';
-    }
-  }
+  if (ip === null) ({ ip, dnsError } = req.lookedUp ?? (await lookUp(ctx, req.destHost, flow.client.ip)));
   if (attribution) {
     const process = await attribution;
     if (process && flow.state === 'active') ctx.flows.attribute(flow.client.ip, flow.client.port, clientTransport(flow.protocol), process);
@@ -238,8 +240,28 @@ function knownAddress(snapshot: PolicySnapshot, host: string): string | null {
   return snapshot.staticAddress(host) ?? null;
 }
 
-async function resolveOne(ctx: GatewayContext, snapshot: PolicySnapshot, host: string, requester: string): Promise<string> {
-  return knownAddress(snapshot, host) ?? lookupAddress(ctx, host, requester);
+/** DNS for admission: the address, or the error code a refusal names. Never throws. */
+async function lookUp(ctx: GatewayContext, host: string, requester: string): Promise<LookedUp> {
+  try {
+    return { ip: await lookupAddress(ctx, host, requester), dnsError: null };
+  } catch (err) {
+    return { ip: null, dnsError: err instanceof GatewayError ? err.code : 'EGW_DNS_FAILED' };
+  }
+}
+
+/**
+ * The lookup admission would make for a destination, started ahead of it: a SOCKS5 UDP association
+ * looks its new destinations up side by side and admits each as its answer comes (socks5-udp.ts),
+ * handing the answer to `admit` or `admitDestination` (`lookedUp`). Null when admission makes no
+ * lookup: an IP literal or a `resolver.hosts` name, or (enforce mode) a name no allow entry of these
+ * roles can admit, which is refused unlooked-up (step 4). Never rejects.
+ */
+export function lookUpAhead(ctx: GatewayContext, identity: Identity, protocol: Protocol, host: string, port: number, requester: string): Promise<LookedUp> | null {
+  const snapshot = ctx.policy.current();
+  if (knownAddress(snapshot, host) !== null) return null;
+  const mode = snapshot.modeFor(identity.roles, ctx.policy.modeOverride());
+  if (mode === 'enforce' && !snapshot.mayAllowName(identity.roles, host, port, protocol)) return null;
+  return lookUp(ctx, host, requester);
 }
 
 /** DNS: the one address of `host` that is classified and dialled. */
@@ -334,9 +356,10 @@ export type DestinationAdmission =
  * `admit`: resolve once, never the gateway's own listeners, policy decide incl. deny-range, then
  * the connect-time detection for that destination (quarantine, proxyware, exfil tools, …; it also
  * counts towards the identity's fan-out). Opens and closes no flow; the caller caches the answer per
- * destination and marks the flow would-block when the answer says so. Never throws.
+ * destination and marks the flow would-block when the answer says so. `lookedUp` is the name's DNS
+ * answer when it was looked up ahead (lookUpAhead). Never throws.
  */
-export async function admitDestination(ctx: GatewayContext, flow: Flow, destHost: string, destPort: number): Promise<DestinationAdmission> {
+export async function admitDestination(ctx: GatewayContext, flow: Flow, destHost: string, destPort: number, lookedUp?: LookedUp): Promise<DestinationAdmission> {
   const snapshot = ctx.policy.current();
   const override = ctx.policy.modeOverride();
   const mode = snapshot.modeFor(flow.identity.roles, override);
@@ -345,13 +368,9 @@ export async function admitDestination(ctx: GatewayContext, flow: Flow, destHost
     const decision = snapshot.decide(factsOf(flow, flow.protocol, destHost, destPort, null), ctx.flows.now(), override);
     return { ok: false, decision, reject: mapDecision(decision), reason: decision.reasons.join('; '), ip: null };
   }
-  let ip: string | null = null;
+  let ip: string | null = knownAddress(snapshot, destHost);
   let dnsError: GatewayErrorCode | null = null;
-  try {
-    ip = await resolveOne(ctx, snapshot, destHost, flow.client.ip);
-  } catch (err) {
-    dnsError = err instanceof GatewayError ? err.code : 'EGW_DNS_FAILED';
-  }
+  if (ip === null) ({ ip, dnsError } = lookedUp ?? (await lookUp(ctx, destHost, flow.client.ip)));
   if (ip && isSelf(ctx, ip, destPort)) {
     const d = fixed('deny-range', 'policy.deny-range', mode, [`${ip}:${destPort} is a listener of this gateway`]);
     return { ok: false, decision: d, reject: mapDecision(d), reason: d.reasons[0] as string, ip };

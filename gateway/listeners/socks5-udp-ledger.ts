@@ -9,9 +9,9 @@
 export const GATEWAY_HELD_BYTES = 64 * 1024 * 1024;
 /**
  * Bytes of datagrams one association may hold while their destinations are admitted: 16 datagrams
- * of the largest size (one destination's full queue), or ~700 of a usual 1,500. Admissions run one at
- * a time, so a name whose DNS never answers keeps every later destination waiting for its timeout:
- * without a cap, 4,096 destinations × 16 × 64 KB (4 GB) from one association.
+ * of the largest size (one destination's full queue), or ~700 of a usual 1,500. Names whose DNS never
+ * answers keep their destinations (and, past 8 at once, the ones queued behind them) waiting for the
+ * resolver's timeout: without a cap, 4,096 destinations × 16 × 64 KB (4 GB) from one association.
  */
 export const ASSOCIATION_HELD_BYTES = 1024 * 1024;
 

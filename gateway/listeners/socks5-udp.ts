@@ -7,10 +7,13 @@
  *     non-zero, narrows it to that port, otherwise the first datagram's source port is locked in
  *  3. parse the SOCKS UDP header in place (no allocation); FRAG != 0, malformed headers and
  *     foreign sources are dropped and counted
- *  4. each new destination is admitted once and the answer cached for the association: the first
- *     through `admit` (opens the flow: limits, attribution — the process holding the datagram
- *     socket, else the control connection's —, policy, deny-range, detection hooks),
- *     later ones through `admitDestination` (resolve, self-dial, policy incl. deny-range, and the
+ *  4. each new destination is admitted once and the answer cached for the association. Up to
+ *     MAX_ADMITTING destinations are admitted at once, the others queue in order: each name is looked
+ *     up (lookUpAhead) side by side with the others, so one whose DNS never answers holds up no other
+ *     destination; then, as its answer comes, the first destination admitted goes through `admit`
+ *     (opens the flow: limits, attribution — the process holding the datagram socket, else the
+ *     control connection's —, policy, deny-range, detection hooks; one at a time while no flow is
+ *     open), later ones through `admitDestination` (self-dial, policy incl. deny-range, and the
  *     connect-time detection a new flow would meet; a refusal leaves its own refused record). Up to
  *     MAX_QUEUED datagrams wait while a destination is being admitted, within ASSOCIATION_HELD_BYTES for the
  *     association and the listener's gateway-wide share (UdpRelayLedger), for at most MAX_PENDING
@@ -26,7 +29,7 @@
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv4 } from 'node:net';
 import type { Decision } from '../../policy/types.ts';
-import { admit, admitDestination, type DestinationAdmission } from '../admission.ts';
+import { admit, admitDestination, type DestinationAdmission, type LookedUp, lookUpAhead } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow } from '../flow/flow.ts';
 import { unmapIPv4 } from '../../policy/address.ts';
@@ -42,10 +45,19 @@ const MAX_DESTINATIONS = 4096;
 /** Datagrams held per destination while its admission is pending. */
 const MAX_QUEUED = 16;
 /**
- * Destinations one association may have waiting for admission. Each waits for all before it; past
- * this many the client's own retransmission outlasts the wait, and it may retry once they are done.
+ * Destinations one association may have waiting for admission (MAX_ADMITTING being admitted, the rest
+ * queued); past this many the client's own retransmission outlasts the wait, and it may retry later.
  */
 const MAX_PENDING = 64;
+/**
+ * Destinations one association admits at once. Each may be a DNS lookup that never answers and holds
+ * a resolver waiter with its timer for the resolver's timeout (5 s); the resolver runs one client's
+ * lookups a few at a time anyway (a quarter of its slots) and queues the rest, at most 256 per client,
+ * so more at once would not answer sooner but would let one association fill its client's share of
+ * that queue. 8 lets up to 7 dead names wait out their timeout while the next destination is admitted
+ * at once (an IP literal or a `resolver.hosts` name takes no lookup, so its slot is back at once).
+ */
+const MAX_ADMITTING = 8;
 /** One warning per association and kind of drop in this long, with the count. */
 const DROP_LOG_EVERY_MS = 10_000;
 /** The most UDP payload one datagram carries: 65,535 less the UDP header, and IPv4's header for udp4. */
@@ -95,9 +107,14 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   const dests = new DestinationTable();
   let refusedDestinations = 0;
   let admitted = 0;
-  let chain: Promise<void> = Promise.resolve();
-  /** Destinations waiting for admission, and the bytes their queues hold (also taken from `ledger`). */
+  /** Destinations waiting for admission (being admitted or queued), and the bytes their queues hold (also taken from `ledger`). */
   let pending = 0;
+  /** Destinations waiting for their turn to be admitted, in the order they came. */
+  const queued: Destination[] = [];
+  /** Destinations being admitted now (at most MAX_ADMITTING). */
+  let admitting = 0;
+  /** The admissions that came while no flow was open, one after another: only one `admit` opens the flow. */
+  let opening: Promise<void> = Promise.resolve();
   const held = new HeldShare(ledger);
   /** When each logged kind of drop was last logged (one warning per DROP_LOG_EVERY_MS each). */
   const loggedAt = { held: Number.NEGATIVE_INFINITY, oversized: Number.NEGATIVE_INFINITY };
@@ -265,7 +282,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     relay.send([dest.replyHeader, msg], clientPort, clientIp);
   }
 
-  // 4. admission, once per destination, serialised so the first admitted one opens the flow
+  // 4. admission, once per destination, MAX_ADMITTING at once; the first admitted one opens the flow
   function newDestination(msg: Buffer): void {
     if (dests.size >= MAX_DESTINATIONS) {
       drops.overflow++;
@@ -283,65 +300,91 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       drops.malformed++;
       return;
     }
-    const dest = dests.add(msg, hdr, host);
     pending++;
-    chain = chain.then(() => admitOne(dest)).catch((err: unknown) => refuseDest(dest, `admission failed: ${String(err)}`));
+    queued.push(dests.add(msg, hdr, host));
+    startAdmissions();
   }
 
-  async function admitOne(dest: Destination): Promise<void> {
-    if (ended) return;
-    let ip: string;
-    if (flow === null) {
-      isOpening = true;
-      const r = await admit(ctx, {
-        protocol: 'socks5-udp',
-        listener: 'socks',
-        claims: { clientIp: down.clientIp, clientPort, username: hs.username },
-        destHost: dest.host,
-        destPort: dest.port,
-        server: { localAddress: localIp, localPort: bound ? relay.address().port : 0 },
-        // Local attribution names the datagram socket's process, else the control connection's.
-        control: { clientPort: down.clientPort, server: socket },
-        identity: hs.identity,
-      });
-      isOpening = false;
-      if (!r.ok) {
-        refuseDest(dest, `${r.reject.reason}: ${r.flow.reasons.join('; ')}`);
-        return;
-      }
-      if (r.upstream !== null) {
-        // A parent proxy carries TCP only: UDP must not bypass it.
-        ctx.flows.close(r.flow, 'udp-upstream-unsupported');
-        refuseDest(dest, `egress for this identity goes through ${r.upstream}, which cannot carry UDP`);
-        return;
-      }
-      if (ended) {
-        // The association ended while this ran (end() wrote no record for it): this flow is its one
-        // record, closed as the association was (a drain may have closed it already: idempotent).
-        if (r.flow.state === 'active') {
-          noteReasons(r.flow);
-          ctx.flows.close(r.flow, endReason);
-        }
-        return;
-      }
-      flow = r.flow;
-      down.setCloser(null);
-      ctx.flows.markConnected(flow);
-      flow.abort = () => end('killed', true);
-      ip = r.ip;
-    } else {
-      const f: Flow = flow;
-      const r = await admitDestination(ctx, f, dest.host, dest.port);
-      if (ended) return;
-      if (!r.ok) {
-        recordRefusal(f, dest, r);
-        refuseDest(dest, `${r.reject.reason}: ${r.reason}`);
-        return;
-      }
-      if (r.decision.verdict === 'would-block' && f.verdict === 'allow') ctx.flows.decide(f, r.decision, false);
-      ip = r.ip;
+  /** Start the queued admissions there is room for, oldest first. */
+  function startAdmissions(): void {
+    while (admitting < MAX_ADMITTING && queued.length > 0 && !ended) {
+      const dest = queued.shift() as Destination;
+      admitting++;
+      admitOne(dest)
+        .catch((err: unknown) => refuseDest(dest, `admission failed: ${String(err)}`))
+        .finally(() => {
+          admitting--;
+          startAdmissions();
+        });
     }
-    allowDest(dest, unmapIPv4(ip));
+  }
+
+  /** Look the destination up beside the others, then judge it as its answer comes. */
+  async function admitOne(dest: Destination): Promise<void> {
+    const ahead = lookUpAhead(ctx, hs.identity, 'socks5-udp', dest.host, dest.port, clientIp);
+    const found = ahead === null ? undefined : await ahead;
+    if (ended) return;
+    if (flow !== null) return admitLater(flow, dest, found);
+    const turn = opening.then(() => (flow === null ? openWith(dest, found) : admitLater(flow, dest, found)));
+    opening = turn.then(noop, noop);
+    return turn;
+  }
+
+  /** The first destination admitted: `admit` opens the association's flow (a refusal is its own record). */
+  async function openWith(dest: Destination, found: LookedUp | undefined): Promise<void> {
+    if (ended) return;
+    isOpening = true;
+    const r = await admit(ctx, {
+      protocol: 'socks5-udp',
+      listener: 'socks',
+      claims: { clientIp: down.clientIp, clientPort, username: hs.username },
+      destHost: dest.host,
+      destPort: dest.port,
+      server: { localAddress: localIp, localPort: bound ? relay.address().port : 0 },
+      // Local attribution names the datagram socket's process, else the control connection's.
+      control: { clientPort: down.clientPort, server: socket },
+      identity: hs.identity,
+      ...(found === undefined ? {} : { lookedUp: found }),
+    });
+    isOpening = false;
+    if (!r.ok) {
+      refuseDest(dest, `${r.reject.reason}: ${r.flow.reasons.join('; ')}`);
+      return;
+    }
+    if (r.upstream !== null) {
+      // A parent proxy carries TCP only: UDP must not bypass it.
+      ctx.flows.close(r.flow, 'udp-upstream-unsupported');
+      refuseDest(dest, `egress for this identity goes through ${r.upstream}, which cannot carry UDP`);
+      return;
+    }
+    if (ended) {
+      // The association ended while this ran (end() wrote no record for it): this flow is its one
+      // record, closed as the association was (a drain may have closed it already: idempotent).
+      if (r.flow.state === 'active') {
+        noteReasons(r.flow);
+        ctx.flows.close(r.flow, endReason);
+      }
+      return;
+    }
+    flow = r.flow;
+    down.setCloser(null);
+    ctx.flows.markConnected(flow);
+    flow.abort = () => end('killed', true);
+    allowDest(dest, unmapIPv4(r.ip));
+  }
+
+  /** A destination of the open association: judged as a new flow's would be, under that flow. */
+  async function admitLater(f: Flow, dest: Destination, found: LookedUp | undefined): Promise<void> {
+    if (ended) return;
+    const r = await admitDestination(ctx, f, dest.host, dest.port, found);
+    if (ended) return;
+    if (!r.ok) {
+      recordRefusal(f, dest, r);
+      refuseDest(dest, `${r.reject.reason}: ${r.reason}`);
+      return;
+    }
+    if (r.decision.verdict === 'would-block' && f.verdict === 'allow') ctx.flows.decide(f, r.decision, false);
+    allowDest(dest, unmapIPv4(r.ip));
   }
 
   function allowDest(dest: Destination, ip: string): void {
@@ -397,6 +440,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     socket.removeListener('end', onControlEnd);
     socket.removeListener('close', onControlEnd);
     socket.removeListener('data', discard);
+    // Admissions not started never will be; those running see `ended` and stop.
+    queued.length = 0;
     // Held datagrams will never be sent: their bytes go back to the gateway's share now.
     if (held.bytes > 0) for (const d of dests.all) if (d.queue !== null) releaseHeld(d);
     if (flow !== null && flow.state === 'active') {
@@ -412,15 +457,17 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
 
   /**
    * SPEC §5: one record per UDP association. An association that never relayed a datagram has no
-   * destination to admit; it still leaves a record (destination as the client declared it, no bytes).
+   * destination admitted; it still leaves a record, no bytes: its destination is the first the client
+   * named, when it ended while that was being looked up, else the one it declared in UDP ASSOCIATE.
    */
   function recordEmptyAssociation(reason: string): void {
+    const first = dests.all[0];
     const f = ctx.flows.open({
       protocol: 'socks5-udp',
       listener: 'socks',
       client: { ip: clientIp, port: clientPort },
       identity: hs.identity,
-      destination: { host: hs.request.host, ip: null, port: hs.request.port },
+      destination: first === undefined ? { host: hs.request.host, ip: null, port: hs.request.port } : { host: first.host, ip: null, port: first.port },
       startedAt,
     });
     noteReasons(f);
@@ -457,3 +504,5 @@ function closeQuietly(s: UdpSocket): void {
 }
 
 function discard(): void {}
+
+function noop(): void {}

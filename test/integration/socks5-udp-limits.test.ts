@@ -1,11 +1,10 @@
 /**
  * What a SOCKS5 UDP association may hold while its destinations are being admitted, through the real
- * listener. Admissions run one at a time per association, so one name whose DNS never answers keeps
- * every later destination waiting; before, each of up to 4,096 waiting destinations held 16
- * datagrams of up to 64 KB (4 GB from one association, reproduced as 1 GB RSS in 9 s). Now the held
- * bytes are capped per association (1 MiB) and gateway-wide, and the destinations waiting per
- * association; past a cap the datagram is dropped, counted (record, metrics) and logged once.
- * The name that never answers is a held lookup (test/helpers/socks-udp.ts heldResolver).
+ * listener. Before, each of up to 4,096 waiting destinations held 16 datagrams of up to 64 KB (4 GB
+ * from one association, reproduced as 1 GB RSS in 9 s). Now the held bytes are capped per
+ * association (1 MiB) and gateway-wide, and the destinations waiting per association; past a cap the
+ * datagram is dropped, counted (record, metrics) and logged once. Names whose DNS has not answered
+ * yet are held lookups (test/helpers/socks-udp.ts heldResolver): their destinations wait.
  */
 import type { Socket as UdpSocket } from 'node:dgram';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -48,24 +47,33 @@ async function metric(gw: TestGateway, name: string): Promise<number> {
 }
 
 describe('datagrams held while destinations are being admitted', () => {
-  it('one association holds at most 1 MiB: the rest is dropped and counted; once the dead name fails, the held ones go out and new destinations work', async () => {
-    const dns = heldResolver((h) => h.endsWith('.dead.example.test'));
+  it('one association holds at most 1 MiB: the rest is dropped and counted; once their names answer, the held ones go out and new destinations work', async () => {
+    // The targets are names (equal length) whose lookups wait until the test answers them.
+    const dns = heldResolver((h) => h.endsWith('.example.test'));
     const gw = await startTestGateway({}, { resolver: dns.resolver });
     cleanups.push(() => gw.stop());
     cleanups.push(() => dns.failAll());
     const echo = await echoServer();
     const targets = await sinks(40);
+    const nameOf = (i: number) => `t${String(i).padStart(2, '0')}.held.example.test`;
+    /** Answer every lookup of a target name waiting now (the dead name's stays unanswered). */
+    const answerTargets = () => {
+      for (const w of dns.waiting.filter((x) => x.host !== DEAD)) {
+        dns.waiting.splice(dns.waiting.indexOf(w), 1);
+        w.answer('127.0.0.1');
+      }
+    };
     const client = await udpSocket(cleanups);
     const a = await associate(gw, client, cleanups);
     // The association is open (its first destination relayed)…
     const opened = nextReply(client);
     await sendTo(client, udpFrame('127.0.0.1', echo.port, Buffer.from('open')), a.relay);
     expect((await opened).data.toString()).toBe('echo:open');
-    // …then a name whose DNS never answers: every later destination waits behind it.
+    // …then a name whose DNS never answers, and 40 destinations whose lookups have not answered yet.
     const deadFrame = udpFrame(DEAD, 53, Buffer.from('q'));
     await sendTo(client, deadFrame, a.relay);
     await until('the dead lookup', () => dns.waiting.length === 1);
-    const frames = targets.map((t, i) => udpFrame('127.0.0.1', t.socket.address().port, Buffer.alloc(BIG, i)));
+    const frames = targets.map((t, i) => udpFrame(nameOf(i), t.socket.address().port, Buffer.alloc(BIG, i)));
     const frameLen = (frames[0] as Buffer).length;
     let held = 0;
     let dropped = 0;
@@ -89,15 +97,22 @@ describe('datagrams held while destinations are being admitted', () => {
     expect(warnings).toHaveLength(1);
     expect(warnings[0]).toMatchObject({ client: `127.0.0.1:${client.address().port}` });
 
-    // The dead name fails: the held datagrams go out, whole, each once; nothing is held any more.
+    // The target names answer: the held datagrams go out, whole, each once; the dead name fails.
+    await until('the held datagrams to arrive', () => {
+      answerTargets();
+      return targets.reduce((n, t) => n + t.got.length, 0) === fits;
+    });
     dns.failAll();
-    await until('the held datagrams to arrive', () => targets.reduce((n, t) => n + t.got.length, 0) === fits);
+    await until('the dead name to be refused', async () => (await metric(gw, 'gw_socks_udp_held_bytes')) === 0);
     expect(targets.slice(0, fits).map((t) => t.got.map((g) => g.length))).toEqual(Array.from({ length: fits }, () => [BIG]));
     expect(await metric(gw, 'gw_socks_udp_held_bytes')).toBe(0);
     // A dropped destination was never kept: sent again, it is a new destination and is relayed.
     const late = targets[fits] as { socket: UdpSocket; got: Buffer[] };
-    await sendTo(client, udpFrame('127.0.0.1', late.socket.address().port, Buffer.from('late')), a.relay);
-    await until('the late datagram', () => late.got.length === 1);
+    await sendTo(client, udpFrame(nameOf(fits), late.socket.address().port, Buffer.from('late')), a.relay);
+    await until('the late datagram', () => {
+      answerTargets();
+      return late.got.length === 1;
+    });
     const again = nextReply(client);
     await sendTo(client, udpFrame('127.0.0.1', echo.port, Buffer.from('again')), a.relay);
     expect((await again).data.toString()).toBe('echo:again');
@@ -112,7 +127,7 @@ describe('datagrams held while destinations are being admitted', () => {
 
   it('the gateway-wide cap holds across associations: the second one\'s datagram past it is dropped', async () => {
     const dns = heldResolver((h) => h.endsWith('.dead.example.test'));
-    const frameLen = udpFrame('127.0.0.1', 1, Buffer.alloc(BIG)).length;
+    const frameLen = udpFrame(DEAD, 1, Buffer.alloc(BIG)).length;
     // Room for three big datagrams and the two dead-name queries, not four.
     const gw = await startBareSocksGateway({}, '127.0.0.1', null, { resolver: dns.resolver, udpHeldBytes: 3 * frameLen + 200 });
     cleanups.push(() => gw.stop());
@@ -137,7 +152,8 @@ describe('datagrams held while destinations are being admitted', () => {
     const seen = () => ledger.heldBytes + ledger.heldDroppedTotal * frameLen;
     for (const [i, who] of [first, first, first, second].entries()) {
       const before = seen();
-      await sendTo(who.client, udpFrame('127.0.0.1', port, Buffer.alloc(BIG, i)), who.a.relay);
+      // A destination whose lookup does not answer: its datagrams wait.
+      await sendTo(who.client, udpFrame(DEAD, port, Buffer.alloc(BIG, i)), who.a.relay);
       await until('the gateway to hold or drop the datagram', () => seen() > before);
     }
     expect(ledger.heldDroppedTotal).toBe(1);
@@ -165,10 +181,10 @@ describe('datagrams held while destinations are being admitted', () => {
     await sendTo(client, udpFrame(DEAD, 53, Buffer.from('q')), a.relay);
     await until('the dead lookup', () => dns.waiting.length === 1);
     const ledger = gw.server.udp;
-    // 70 more destinations (distinct ports, nothing listening): 63 wait beside the dead name, 7 are dropped.
+    // 70 more destinations (the dead name on distinct ports): 63 wait beside the first, 7 are dropped.
     for (let i = 0; i < 70; i++) {
       const before = ledger.heldBytes + ledger.heldDroppedTotal;
-      await sendTo(client, udpFrame('127.0.0.1', 20_000 + i, Buffer.from('x')), a.relay);
+      await sendTo(client, udpFrame(DEAD, 20_000 + i, Buffer.from('x')), a.relay);
       await until('the gateway to hold or drop the datagram', () => ledger.heldBytes + ledger.heldDroppedTotal > before);
     }
     expect(ledger.heldDroppedTotal).toBe(7);
