@@ -250,18 +250,24 @@ async function lookUp(ctx: GatewayContext, host: string, requester: string): Pro
 }
 
 /**
+ * Whether admission would look `host` up: not for an IP literal or a `resolver.hosts` name, nor (enforce
+ * mode) for a name no allow entry of these roles can admit, which is refused unlooked-up (step 4).
+ */
+export function needsLookUp(ctx: GatewayContext, identity: Identity, protocol: Protocol, host: string, port: number): boolean {
+  const snapshot = ctx.policy.current();
+  if (knownAddress(snapshot, host) !== null) return false;
+  const mode = snapshot.modeFor(identity.roles, ctx.policy.modeOverride());
+  return mode !== 'enforce' || snapshot.mayAllowName(identity.roles, host, port, protocol);
+}
+
+/**
  * The lookup admission would make for a destination, started ahead of it: a SOCKS5 UDP association
  * looks its new destinations up side by side and admits each as its answer comes (socks5-udp.ts),
  * handing the answer to `admit` or `admitDestination` (`lookedUp`). Null when admission makes no
- * lookup: an IP literal or a `resolver.hosts` name, or (enforce mode) a name no allow entry of these
- * roles can admit, which is refused unlooked-up (step 4). Never rejects.
+ * lookup (needsLookUp). Never rejects.
  */
 export function lookUpAhead(ctx: GatewayContext, identity: Identity, protocol: Protocol, host: string, port: number, requester: string): Promise<LookedUp> | null {
-  const snapshot = ctx.policy.current();
-  if (knownAddress(snapshot, host) !== null) return null;
-  const mode = snapshot.modeFor(identity.roles, ctx.policy.modeOverride());
-  if (mode === 'enforce' && !snapshot.mayAllowName(identity.roles, host, port, protocol)) return null;
-  return lookUp(ctx, host, requester);
+  return needsLookUp(ctx, identity, protocol, host, port) ? lookUp(ctx, host, requester) : null;
 }
 
 /** DNS: the one address of `host` that is classified and dialled. */

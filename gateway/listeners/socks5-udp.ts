@@ -29,7 +29,7 @@
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv4 } from 'node:net';
 import type { Decision } from '../../policy/types.ts';
-import { admit, admitDestination, type DestinationAdmission, type LookedUp, lookUpAhead } from '../admission.ts';
+import { admit, admitDestination, type DestinationAdmission, type LookedUp, lookUpAhead, needsLookUp } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow } from '../flow/flow.ts';
 import { unmapIPv4 } from '../../policy/address.ts';
@@ -50,12 +50,13 @@ const MAX_QUEUED = 16;
  */
 const MAX_PENDING = 64;
 /**
- * Destinations one association admits at once. Each may be a DNS lookup that never answers and holds
+ * DNS lookups one association's admissions make at once. Each may never answer and hold
  * a resolver waiter with its timer for the resolver's timeout (5 s); the resolver runs one client's
  * lookups a few at a time anyway (a quarter of its slots) and queues the rest, at most 256 per client,
  * so more at once would not answer sooner but would let one association fill its client's share of
- * that queue. 8 lets up to 7 dead names wait out their timeout while the next destination is admitted
- * at once (an IP literal or a `resolver.hosts` name takes no lookup, so its slot is back at once).
+ * that queue. 8 lets up to 7 dead names wait out their timeout while the next name is looked up at
+ * once. A destination that needs no lookup (an IP literal, a `resolver.hosts` name, a name enforce
+ * mode refuses unlooked-up) takes no slot: it is admitted at once whatever names are pending.
  */
 const MAX_ADMITTING = 8;
 /** One warning per association and kind of drop in this long, with the count. */
@@ -111,7 +112,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   let pending = 0;
   /** Destinations waiting for their turn to be admitted, in the order they came. */
   const queued: Destination[] = [];
-  /** Destinations being admitted now (at most MAX_ADMITTING). */
+  /** DNS lookups running for admissions now (at most MAX_ADMITTING). */
   let admitting = 0;
   /** The admissions that came while no flow was open, one after another: only one `admit` opens the flow. */
   let opening: Promise<void> = Promise.resolve();
@@ -305,14 +306,24 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     startAdmissions();
   }
 
-  /** Start the queued admissions there is room for, oldest first. */
+  /**
+   * Start the queued admissions there is room for, oldest first: every one that needs no DNS lookup,
+   * and those that do while fewer than MAX_ADMITTING lookups run (queued holds at most MAX_PENDING).
+   */
   function startAdmissions(): void {
-    while (admitting < MAX_ADMITTING && queued.length > 0 && !ended) {
-      const dest = queued.shift() as Destination;
-      admitting++;
+    for (let i = 0; i < queued.length && !ended; ) {
+      const dest = queued[i] as Destination;
+      const isLookUp = needsLookUp(ctx, hs.identity, 'socks5-udp', dest.host, dest.port);
+      if (isLookUp && admitting >= MAX_ADMITTING) {
+        i++;
+        continue;
+      }
+      queued.splice(i, 1);
+      if (isLookUp) admitting++;
       admitOne(dest)
         .catch((err: unknown) => refuseDest(dest, `admission failed: ${String(err)}`))
         .finally(() => {
+          if (!isLookUp) return;
           admitting--;
           startAdmissions();
         });
