@@ -55,7 +55,10 @@ export const FlowRecordSchema = Type.Object({
   protocol: Type.String({ description: 'http | connect | socks5 | socks5-udp' }),
   client: Type.Object({ ip: Type.String(), port: Type.Integer() }),
   identity: IdentitySchema,
-  destination: Type.Object({ host: Type.String(), ip: Nullable(Type.String()), port: Type.Integer() }),
+  destination: Type.Union([
+    Type.Object({ host: Type.String(), ip: Nullable(Type.String()), port: Type.Integer() }),
+    Type.Object({ host: Type.Null(), ip: Type.Null(), port: Type.Null() }, { description: 'none named: a SOCKS5 login refused before its request' }),
+  ]),
   startedAt: Type.String({ format: 'date-time' }),
   lastActivityAt: Type.String({ format: 'date-time' }),
   endedAt: Nullable(Type.String({ format: 'date-time' })),

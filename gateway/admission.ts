@@ -19,7 +19,7 @@ import { effectiveIPv4, unmapIPv4 } from '../policy/address.ts';
 import type { ConnectFacts, Decision, Identity, Mode, PolicySnapshot, ProcessInfo, Protocol } from '../policy/types.ts';
 import type { GatewayContext, IdentityClaims } from './context.ts';
 import { GatewayError, type GatewayErrorCode } from './errors.ts';
-import type { Flow } from './flow/flow.ts';
+import type { Flow, RoutedFlow, UnknownDestination } from './flow/flow.ts';
 import { clientTransport } from './flow/flow-table.ts';
 import { mapDecision, mapError, type RejectMapping } from './reject.ts';
 
@@ -60,7 +60,7 @@ export interface LocalEndpoint {
 
 export interface Admitted {
   ok: true;
-  flow: Flow;
+  flow: RoutedFlow;
   /** The checked address to dial. */
   ip: string;
   /** Parent proxy URL or null. */
@@ -70,7 +70,7 @@ export interface Admitted {
 
 export interface Refused {
   ok: false;
-  flow: Flow;
+  flow: RoutedFlow;
   reject: RejectMapping;
   /** Seconds for Retry-After on 429. */
   retryAfterSec?: number;
@@ -110,15 +110,15 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   const mode = snapshot.modeFor(identity.roles, override);
   // A client without an address (reset before it was accepted) cannot be identified: never judged.
   if (req.claims.clientIp === '') return refuseCode(ctx, flow, 'EGW_BAD_REQUEST');
-  if (authFailed) return refuse(ctx, flow, fixed('auth-required', 'policy.deny', mode, ['proxy authentication required']));
+  if (authFailed) {
+    yieldRecordToFlows(ctx, flow);
+    return refuse(ctx, flow, loginRefusal(mode));
+  }
   // 3. draining and limits
   if (ctx.isDraining()) return refuseCode(ctx, flow, 'EGW_SHUTTING_DOWN');
   // No flow the log cannot record (its record, this refusal's included, waits in the log's backlog).
   if (ctx.isRefusingUnrecorded?.() === true) {
-    // Refusals yield to real flows for the backlog's room: past REFUSAL_RECORDS_HELD held records
-    // they are counted, not kept, or a flood of refused attempts would push out the records of
-    // flows that carried traffic (reproduced: a tunnel's record lost behind 487,000 refusals).
-    if ((ctx.flowLogBacklog?.() ?? 0) >= REFUSAL_RECORDS_HELD) flow.isRecordSkipped = true;
+    yieldRecordToFlows(ctx, flow);
     return refuseCode(ctx, flow, 'EGW_FLOW_LOG_UNAVAILABLE');
   }
   const limits = snapshot.config.limits;
@@ -172,6 +172,49 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   return { ok: true, flow, ip, upstream: roleUpstream(snapshot, flow.identity.roles) ?? snapshot.config.upstream, snapshot };
 }
 
+/** A SOCKS5 login refused before its request names no destination (flow.ts, UnknownDestination). */
+const NO_DESTINATION: UnknownDestination = Object.freeze({ host: null, ip: null, port: null });
+
+/**
+ * Record a login refused before the client named a destination: SOCKS5 RFC 1929 checks the
+ * credentials before the request, and the server must close the connection after a failure. One
+ * flow, opened and closed at once, as an HTTP request with wrong credentials is recorded (verdict
+ * block, reason and closeReason `auth-required`, the anonymous identity: never the claimed name,
+ * never the password), with destination { host: null, ip: null, port: null }. It is judged by no
+ * policy, counts towards no per-identity rate and no detector (nothing was dialled), and yields
+ * its record to real flows as other refusals do while the flow log cannot be written.
+ */
+export function refuseLogin(ctx: GatewayContext, req: { protocol: Protocol; listener: AdmissionRequest['listener']; clientIp: string; clientPort: number }): void {
+  const snapshot = ctx.policy.current();
+  const identity: Identity = { ...ANONYMOUS, roles: snapshot.rolesFor(null, null) };
+  const flow = ctx.flows.open({
+    protocol: req.protocol,
+    listener: req.listener,
+    client: { ip: unmapIPv4(req.clientIp), port: req.clientPort },
+    identity,
+    destination: NO_DESTINATION,
+  });
+  yieldRecordToFlows(ctx, flow);
+  const decision = loginRefusal(snapshot.modeFor(identity.roles, ctx.policy.modeOverride()));
+  ctx.flows.decide(flow, decision, true);
+  ctx.flows.close(flow, decision.reason);
+}
+
+/** Wrong or missing credentials: refused in every mode (they protect the gateway, not the policy). */
+function loginRefusal(mode: Mode): Decision {
+  return fixed('auth-required', 'policy.deny', mode, ['proxy authentication required']);
+}
+
+/**
+ * While the flow log cannot be written, refusals yield to real flows for the backlog's room: past
+ * REFUSAL_RECORDS_HELD held records they are counted, not kept, or a flood of refused attempts
+ * would push out the records of flows that carried traffic (reproduced: a tunnel's record lost
+ * behind 487,000 refusals).
+ */
+function yieldRecordToFlows(ctx: GatewayContext, flow: Flow): void {
+  if (ctx.isRefusingUnrecorded?.() === true && (ctx.flowLogBacklog?.() ?? 0) >= REFUSAL_RECORDS_HELD) flow.isRecordSkipped = true;
+}
+
 /**
  * The local process behind a new flow's client. A UDP association is the process whose datagram
  * socket sends what is relayed (the relay accepts only that socket's address and port), looked up
@@ -201,7 +244,7 @@ export function failFlow(ctx: GatewayContext, flow: Flow, err: unknown): RejectM
   return mapping;
 }
 
-function refuse(ctx: GatewayContext, flow: Flow, decision: Decision): Refused {
+function refuse(ctx: GatewayContext, flow: RoutedFlow, decision: Decision): Refused {
   if (flow.verdict === 'allow' && decision.verdict !== 'allow') ctx.flows.decide(flow, decision, decision.verdict === 'block');
   const reject = mapDecision(decision);
   if (decision.reason === 'not-allowlisted' || decision.reason === 'deny-range') ctx.detection?.onConnectFailed(flow);
@@ -209,7 +252,7 @@ function refuse(ctx: GatewayContext, flow: Flow, decision: Decision): Refused {
   return { ok: false, flow, reject };
 }
 
-function refuseCode(ctx: GatewayContext, flow: Flow, code: GatewayErrorCode): Refused {
+function refuseCode(ctx: GatewayContext, flow: RoutedFlow, code: GatewayErrorCode): Refused {
   const reject = mapError(code);
   if (code === 'EGW_DNS_FAILED') ctx.detection?.onConnectFailed(flow);
   ctx.flows.close(flow, reject.reason);
@@ -365,7 +408,7 @@ export type DestinationAdmission =
  * destination and marks the flow would-block when the answer says so. `lookedUp` is the name's DNS
  * answer when it was looked up ahead (lookUpAhead). Never throws.
  */
-export async function admitDestination(ctx: GatewayContext, flow: Flow, destHost: string, destPort: number, lookedUp?: LookedUp): Promise<DestinationAdmission> {
+export async function admitDestination(ctx: GatewayContext, flow: RoutedFlow, destHost: string, destPort: number, lookedUp?: LookedUp): Promise<DestinationAdmission> {
   const snapshot = ctx.policy.current();
   const override = ctx.policy.modeOverride();
   const mode = snapshot.modeFor(flow.identity.roles, override);

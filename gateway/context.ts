@@ -3,7 +3,7 @@
  * themselves, so tests can wire a gateway with injected seams (resolver map, clock, dialer).
  */
 import type { Identity, Mode, PolicySnapshot, ProcessInfo } from '../policy/types.ts';
-import type { Flow, FlowDestination } from './flow/flow.ts';
+import type { Flow, KnownDestination, RoutedFlow } from './flow/flow.ts';
 import type { FlowTable } from './flow/flow-table.ts';
 
 /** The current policy: one reference, swapped on reload (gateway/policy-store.ts implements it). */
@@ -65,16 +65,16 @@ export interface DetectionHooks {
    * Called after the policy admitted a flow, before dialling. Returns a refusing Decision
    * (quarantine, proxyware, scanner tool, …) or null. Must be synchronous and cheap.
    */
-  onConnect(flow: Flow, snapshot: PolicySnapshot, mode: Mode): import('../policy/types.ts').Decision | null;
+  onConnect(flow: RoutedFlow, snapshot: PolicySnapshot, mode: Mode): import('../policy/types.ts').Decision | null;
   /**
    * One more destination of an open flow, after the policy admitted it (a SOCKS5 UDP association
    * relays to many destinations under one flow): the same connect-time checks as `onConnect` for
    * that destination (quarantine, proxyware, exfil tools, …), and the destination counts towards
    * the identity's fan-out as a new flow's would. Returns a refusing Decision or null.
    */
-  onDestination(flow: Flow, destination: FlowDestination, snapshot: PolicySnapshot, mode: Mode): import('../policy/types.ts').Decision | null;
+  onDestination(flow: RoutedFlow, destination: KnownDestination, snapshot: PolicySnapshot, mode: Mode): import('../policy/types.ts').Decision | null;
   /** A byte budget towards the destination for this flow, or null. */
-  uploadBudget(flow: Flow, snapshot: PolicySnapshot): number | null;
+  uploadBudget(flow: RoutedFlow, snapshot: PolicySnapshot): number | null;
   /** A connect failed or was refused (feeds scan detection). */
   onConnectFailed(flow: Flow): void;
 }

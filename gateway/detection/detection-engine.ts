@@ -31,7 +31,7 @@ import type { Alert, Finding, FlowOutcome, FlowView } from '../../policy/detecto
 import type { ConnectFacts, Decision, Mode, PolicySnapshot } from '../../policy/types.ts';
 import type { AlertStore } from '../alerts/alert-store.ts';
 import type { DetectionHooks, Logger, PolicySource } from '../context.ts';
-import type { Flow, FlowDestination } from '../flow/flow.ts';
+import { type Flow, isRouted, type KnownDestination, type RoutedFlow } from '../flow/flow.ts';
 import type { FlowTable } from '../flow/flow-table.ts';
 import { AlertGroups } from './alert-groups.ts';
 import { Quarantine } from './quarantine.ts';
@@ -92,7 +92,7 @@ function agentSources(snapshot: PolicySnapshot): BlockList | null {
   return list;
 }
 
-function facts(flow: Flow): ConnectFacts {
+function facts(flow: RoutedFlow): ConnectFacts {
   return {
     protocol: flow.protocol,
     clientIp: flow.client.ip,
@@ -104,7 +104,7 @@ function facts(flow: Flow): ConnectFacts {
   };
 }
 
-function view(flow: Flow, outcome: FlowOutcome): FlowView {
+function view(flow: RoutedFlow, outcome: FlowOutcome): FlowView {
   return {
     id: flow.id,
     protocol: flow.protocol,
@@ -204,6 +204,8 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
 
   const onClose = (flow: Flow): void => {
     admitted.delete(flow.id);
+    // A SOCKS5 login refused before its request named no destination: nothing for fan-out, scans or first-seen.
+    if (!isRouted(flow)) return;
     const v = view(flow, flow.isConnected ? 'closed' : flow.verdict === 'block' ? 'blocked' : 'failed');
     ended.push(v);
     try {
@@ -225,7 +227,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   // Of ids, not flows: a long-lived Set's discarded tables would keep flows alive (live-flows.ts).
   const admitted = new Set<string>();
   const onAttributed = (flow: Flow): void => {
-    if (flow.state !== 'active' || !admitted.has(flow.id)) return;
+    if (flow.state !== 'active' || !admitted.has(flow.id) || !isRouted(flow)) return;
     const snapshot = policy.current();
     const mode = modeOf(flow.identity.roles);
     const now = flows.now();
@@ -290,13 +292,13 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     quarantine: quarantine.entries,
     lastSweepMs: 0,
 
-    onConnect(flow: Flow, snapshot: PolicySnapshot, mode: Mode): Decision | null {
+    onConnect(flow: RoutedFlow, snapshot: PolicySnapshot, mode: Mode): Decision | null {
       const d = judgeConnect(flow, facts(flow), snapshot, mode);
       if (d === null || (mode !== 'enforce' && d.reason !== 'quarantine')) admitted.add(flow.id);
       return d;
     },
 
-    onDestination(flow: Flow, destination: FlowDestination, snapshot: PolicySnapshot, mode: Mode): Decision | null {
+    onDestination(flow: RoutedFlow, destination: KnownDestination, snapshot: PolicySnapshot, mode: Mode): Decision | null {
       const d = judgeConnect(flow, { ...facts(flow), destHost: destination.host, destPort: destination.port, destIp: destination.ip }, snapshot, mode);
       if (d === null || d.verdict !== 'block') {
         // Relayed to: it counts towards the identity's fan-out and domains like a new flow.
@@ -305,7 +307,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       return d;
     },
 
-    uploadBudget(flow: Flow, snapshot: PolicySnapshot): number | null {
+    uploadBudget(flow: RoutedFlow, snapshot: PolicySnapshot): number | null {
       const now = flows.now();
       const budget = uploadBudgetFor(facts(flow), snapshot, now, state);
       if (budget === null) return null;
@@ -327,12 +329,12 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
           action: 'kill',
           flowIds: [f.id],
           identity: { user: f.identity.user, host: f.identity.host, roles: f.identity.roles, process: f.identity.process, key: quarantineKey(f) },
-          destination: f.destination,
+          destination: flow.destination,
           evidence: { bytesOut: at, bytesIn: f.bytesIn, thresholdBytesOut: budget },
           reasons: [
             at === budget
-              ? `upload reached the ${budget}-byte budget to ${f.destination.host}`
-              : `upload reached ${at} bytes to ${f.destination.host} at out:in ${(at / Math.max(f.bytesIn, 1)).toFixed(1)} (budget ${budget} bytes)`,
+              ? `upload reached the ${budget}-byte budget to ${flow.destination.host}`
+              : `upload reached ${at} bytes to ${flow.destination.host} at out:in ${(at / Math.max(f.bytesIn, 1)).toFixed(1)} (budget ${budget} bytes)`,
           ],
           // The same key the sweep uses for this flow, so one budget kill is one alert.
           key: `an0080.bulk-upload|${f.id}`,
@@ -372,7 +374,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     folded = emptyObserveResult();
     const agents = agentSources(policy.current());
     for (const flow of active.values()) {
-      if (!flow.isConnected) continue;
+      if (!flow.isConnected || !isRouted(flow)) continue;
       views.push(view(flow, 'open'));
       if (agents && !flow.identity.process && !flow.isUnattributed && now - flow.startedAt >= AGENT_GRACE_MS) {
         const ip = flow.client.ip.startsWith('::ffff:') ? flow.client.ip.slice(7) : flow.client.ip;

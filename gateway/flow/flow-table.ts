@@ -11,7 +11,7 @@ import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Decision, ProcessInfo, Protocol } from '../../policy/types.ts';
-import { Flow, type FlowInit, type FlowRecord, withProcess } from './flow.ts';
+import { Flow, type FlowInit, type FlowRecord, type KnownDestination, type RoutedFlow, withProcess } from './flow.ts';
 import type { FlowSink } from './flow-log.ts';
 import { LiveFlows } from './live-flows.ts';
 import { processBytes } from '../pending-reports.ts';
@@ -99,6 +99,8 @@ export class FlowTable extends EventEmitter {
   }
 
   /** Open a flow. The caller must eventually `close()` it (or `kill()`). */
+  open(init: FlowInit & { destination: KnownDestination }): RoutedFlow;
+  open(init: FlowInit): Flow;
   open(init: FlowInit): Flow {
     const id = `${this.idPrefix}${(this.seq++).toString(36).padStart(6, '0')}`;
     const flow = new Flow(id, init, this.now());
@@ -148,13 +150,13 @@ export class FlowTable extends EventEmitter {
   }
 
   /** The address actually dialled; computes the Community ID. */
-  setDestinationIp(flow: Flow, ip: string): void {
+  setDestinationIp(flow: RoutedFlow, ip: string): void {
     flow.destination = { ...flow.destination, ip };
     flow.resetCommunityId();
   }
 
   /** Change the destination (an HTTP keep-alive connection's next request is a new flow; UDP relays per datagram keep the first). */
-  setDestination(flow: Flow, host: string, port: number): void {
+  setDestination(flow: RoutedFlow, host: string, port: number): void {
     flow.destination = { host, ip: flow.destination.ip, port };
   }
 

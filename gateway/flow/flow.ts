@@ -8,10 +8,32 @@ import type { Decision, DetectorName, Identity, MatchedRule, ProcessInfo, Protoc
 
 export type FlowState = 'active' | 'closed';
 
-export interface FlowDestination {
+/** Where a flow goes: the name or address the client asked for, and the address dialled (null until resolved). */
+export interface KnownDestination {
   host: string;
   ip: string | null;
   port: number;
+}
+
+/**
+ * No destination was ever named: a SOCKS5 connection refused at its RFC 1929 login, which comes
+ * before its request (admission.ts, refuseLogin). Such a flow is closed as it is opened; the
+ * detectors never see it (it went nowhere) and replay skips it (verdict block).
+ */
+export interface UnknownDestination {
+  host: null;
+  ip: null;
+  port: null;
+}
+
+export type FlowDestination = KnownDestination | UnknownDestination;
+
+/** A flow that named a destination: every flow admission judged (all but refused logins). */
+export type RoutedFlow = Flow & { destination: KnownDestination };
+
+/** Does this flow have a destination (false only for a SOCKS5 login refused before its request)? */
+export function isRouted(flow: Flow): flow is RoutedFlow {
+  return flow.destination.host !== null;
 }
 
 export interface FlowInit {
@@ -135,10 +157,10 @@ export class Flow {
   /** Community ID v1 of the flow (null until the dialled address is known). */
   get communityId(): string | null {
     if (this.cid === undefined) {
-      const ip = this.destination.ip;
-      if (ip === null) this.cid = null;
-      else if (this.protocol === 'http' && this.clientKey !== '') this.cid = keepAliveCommunityId(this.clientKey, this.client.ip, this.client.port, ip, this.destination.port);
-      else this.cid = communityId(this.protocol === 'socks5-udp' ? 'udp' : 'tcp', this.client.ip, this.client.port, ip, this.destination.port);
+      const { ip, port } = this.destination;
+      if (ip === null || port === null) this.cid = null;
+      else if (this.protocol === 'http' && this.clientKey !== '') this.cid = keepAliveCommunityId(this.clientKey, this.client.ip, this.client.port, ip, port);
+      else this.cid = communityId(this.protocol === 'socks5-udp' ? 'udp' : 'tcp', this.client.ip, this.client.port, ip, port);
     }
     return this.cid;
   }
@@ -292,6 +314,7 @@ function identityJson(identity: Identity): string {
 
 /** `JSON.stringify(destination)` for the { host, ip, port } it always is; `ip` is an IP literal or null. */
 function destinationJson(d: FlowDestination): string {
+  if (d.host === null) return '{"host":null,"ip":null,"port":null}';
   return `{"host":${jsonText(d.host)},"ip":${d.ip === null ? 'null' : `"${d.ip}"`},"port":${jsonNumber(d.port)}}`;
 }
 

@@ -6,10 +6,13 @@
  * It owns only the handshake: once a request is parsed it stops reading (pause) and hands the
  * request, the identity and any bytes the client already sent past the request to `onRequest`.
  * Every refusal goes out through `refuse()`: the reply bytes (if the protocol has a place for one),
- * a warn log with the reason, then a graceful close that never crashes and never lingers.
+ * a warn log with the reason, then a graceful close that never crashes and never lingers. A
+ * refused RFC 1929 login also leaves its flow record (admission.ts, refuseLogin): no destination
+ * was named yet, and it is the connection's only record.
  */
 import type { Socket } from 'node:net';
 import { normaliseHost } from '../protocol/authority.ts';
+import { refuseLogin } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { GatewayErrorCode } from '../errors.ts';
 import { mapError, SOCKS_REP } from '../reject.ts';
@@ -187,6 +190,9 @@ export function runHandshake(ctx: GatewayContext, down: Downstream, onRequest: (
       .then(
         (res) => {
           busy = false;
+          // A refused login is recorded even when the client did not wait for the answer: a
+          // password-guessing client must not stay out of the flow log by closing first.
+          if (!res.ok) refuseLogin(ctx, { protocol: 'socks5', listener: 'socks', clientIp: down.clientIp, clientPort: down.clientPort });
           if (stage === 'done' || socket.destroyed) return;
           if (!res.ok) {
             stage = 'done';

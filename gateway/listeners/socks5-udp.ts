@@ -31,7 +31,7 @@ import { isIPv4 } from 'node:net';
 import type { Decision } from '../../policy/types.ts';
 import { admit, admitDestination, type DestinationAdmission, type LookedUp, lookUpAhead, needsLookUp } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
-import type { Flow } from '../flow/flow.ts';
+import type { Flow, RoutedFlow } from '../flow/flow.ts';
 import { unmapIPv4 } from '../../policy/address.ts';
 import { normaliseHost } from '../protocol/authority.ts';
 import { encodeReply, newUdpHeader, parseUdpHeader, udpHeaderHost } from '../protocol/socks5-codec.ts';
@@ -92,7 +92,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   const maxReply = MAX_UDP_PAYLOAD[relayType];
   let up4: UdpSocket | null = null;
   let up6: UdpSocket | null = null;
-  let flow: Flow | null = null;
+  let flow: RoutedFlow | null = null;
   let ended = false;
   /** Why the association ended (the record's closeReason), once it has. */
   let endReason = 'closed';
@@ -385,7 +385,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   }
 
   /** A destination of the open association: judged as a new flow's would be, under that flow. */
-  async function admitLater(f: Flow, dest: Destination, found: LookedUp | undefined): Promise<void> {
+  async function admitLater(f: RoutedFlow, dest: Destination, found: LookedUp | undefined): Promise<void> {
     if (ended) return;
     const r = await admitDestination(ctx, f, dest.host, dest.port, found);
     if (ended) return;

@@ -73,7 +73,7 @@ describe('a destination whose name does not resolve', () => {
     expect(rec.destination).toEqual({ host: '127.0.0.1', ip: '127.0.0.1', port: byIp.port });
     expect(rec.bytesOut).toBe(3);
     expect(rec.reasons.join('\n')).toMatch(/2 destinations relayed, 2 refused/);
-    const refused = gw.closed.filter((x) => x.protocol === 'socks5-udp' && x.destination.host.endsWith('.dead.example.test'));
+    const refused = gw.closed.filter((x) => x.protocol === 'socks5-udp' && x.destination.host?.endsWith('.dead.example.test'));
     expect(refused.map((x) => [x.destination.host, x.closeReason]).sort()).toEqual([
       [DEAD, 'dns-failed'],
       ['b.dead.example.test', 'dns-failed'],

@@ -27,11 +27,12 @@ function make(i: number): Flow {
       roles: i % 2 === 0 ? ['dev', 'ops'] : [],
       process: i % 3 === 1 ? proc : null,
     },
-    destination: { host: i % 6 === 0 ? 'xn--bcher-kva.example' : `d${i}.example.net`, ip: null, port: 443 },
+    // Every 11th: a SOCKS5 login refused before its request, which named no destination.
+    destination: i % 11 === 10 ? { host: null, ip: null, port: null } : { host: i % 6 === 0 ? 'xn--bcher-kva.example' : `d${i}.example.net`, ip: null, port: 443 },
     ...(i % 7 === 0 ? { startedAt: 1_764_000_000_000 + i } : {}),
   };
   const f = new Flow(`id-${i}`, init, 1_764_000_000_500 + i * 37);
-  if (i % 4 !== 3) f.destination = { ...f.destination, ip: i % 3 === 0 ? '2001:db8::1' : '203.0.113.9' };
+  if (i % 4 !== 3 && f.destination.host !== null) f.destination = { ...f.destination, ip: i % 3 === 0 ? '2001:db8::1' : '203.0.113.9' };
   f.bytesOut = i * 1000;
   f.bytesIn = i * 7;
   f.lastActivityAt = f.startedAt + i;

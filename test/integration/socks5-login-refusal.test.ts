@@ -1,0 +1,227 @@
+/**
+ * A SOCKS5 client whose RFC 1929 username/password login is refused leaves one flow record, as an
+ * HTTP request with wrong Proxy-Authorization does (SPEC §5: one record per SOCKS connection).
+ * Regression: the refusal (status 0x01, connection closed) left only a warn log line, so a
+ * password-guessing client was invisible in the flow log and the admin API. RFC 1929's login
+ * comes before the request, so the record names no destination: { host: null, ip: null, port: null }.
+ */
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SocksClient } from 'socks';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { REFUSAL_RECORDS_HELD } from '../../gateway/admission.ts';
+import type { FlowRecord } from '../../gateway/flow/flow.ts';
+import { hashPassword } from '../../gateway/identity/password-hash.ts';
+import { parseRecords } from '../helpers/flow-records.ts';
+import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
+import { run } from './http-harness.ts';
+import { readBytes, startBareSocksGateway, startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'egw-socks-login-'));
+const logPath = join(dir, 'flows.jsonl');
+const GREETING = Buffer.from('hello from origin\n');
+const PASSWORD = 's3cret-pw';
+const WRONG = 'guess-Xq7-not-it';
+
+let gw: TestGateway;
+let origin: TcpOrigin;
+
+beforeAll(async () => {
+  gw = await startTestGateway({
+    identity: {
+      requireAuth: true,
+      users: [
+        { name: 'alice', password: PASSWORD, roles: ['any'] },
+        // A scrypt user: checking a password takes a derivation on the thread pool, time for a client to leave.
+        { name: 'bob', passwordHash: await hashPassword(PASSWORD), roles: ['any'] },
+      ],
+    },
+    flowLog: { path: logPath },
+  });
+  origin = await startTcpOrigin('127.0.0.1', GREETING);
+});
+
+afterAll(async () => {
+  await gw.stop();
+  await origin.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** The records the flow log file holds now. */
+function logged(): FlowRecord[] {
+  return parseRecords(readFileSync(logPath, 'utf8'));
+}
+
+/** RFC 1929 auth message for `user` / `password`. */
+function authMessage(user: string, password: string): Buffer {
+  const u = Buffer.from(user);
+  const p = Buffer.from(password);
+  return Buffer.concat([Buffer.from([0x01, u.length]), u, Buffer.from([p.length]), p]);
+}
+
+/** CONNECT 127.0.0.1:port. */
+function connectRequest(port: number): Buffer {
+  return Buffer.from([0x05, 0x01, 0x00, 0x01, 127, 0, 0, 1, port >> 8, port & 0xff]);
+}
+
+async function open(): Promise<Socket> {
+  const s = connect({ host: gw.socksHost, port: gw.socksPort });
+  s.on('error', () => {});
+  await once(s, 'connect');
+  return s;
+}
+
+/** Everything the gateway sends until it closes the connection (bounded by `timeoutMs`). */
+function readToClose(s: Socket, timeoutMs = 10_000): Promise<{ bytes: Buffer; isClosedByGateway: boolean }> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let isEnded = false;
+    const timer = setTimeout(() => {
+      s.destroy();
+    }, timeoutMs);
+    s.on('data', (c: Buffer) => chunks.push(c));
+    s.on('end', () => {
+      isEnded = true;
+    });
+    s.on('close', () => {
+      clearTimeout(timer);
+      resolve({ bytes: Buffer.concat(chunks), isClosedByGateway: isEnded });
+    });
+  });
+}
+
+describe('SOCKS5 RFC 1929 login refused', () => {
+  it('wrong password: status 0x01, the connection closed, one auth-required record without a destination', async () => {
+    const before = gw.closed.length;
+    const s = await open();
+    const clientPort = s.localPort as number;
+    const answer = readToClose(s);
+    // Greeting, auth and a CONNECT pipelined behind it: the request must never be acted on.
+    s.write(Buffer.concat([Buffer.from([0x05, 0x01, 0x02]), authMessage('alice', WRONG), connectRequest(origin.port)]));
+    const { bytes, isClosedByGateway } = await answer;
+    expect(bytes.toString('hex')).toBe('05020101');
+    expect(isClosedByGateway).toBe(true);
+
+    const rec = await gw.waitForClosed((r) => r.client.port === clientPort);
+    expect(gw.closed.slice(before).filter((r) => r.client.port === clientPort)).toHaveLength(1);
+    expect(rec).toMatchObject({
+      protocol: 'socks5',
+      client: { ip: '127.0.0.1', port: clientPort },
+      identity: { user: null, host: null, process: null },
+      destination: { host: null, ip: null, port: null },
+      bytesOut: 0,
+      bytesIn: 0,
+      verdict: 'block',
+      enforced: true,
+      reason: 'auth-required',
+      detector: 'policy.deny',
+      state: 'closed',
+      closeReason: 'auth-required',
+      communityId: null,
+      matchedRule: null,
+      reasons: ['proxy authentication required'],
+    });
+    // The origin was never dialled.
+    expect(origin.done.length).toBe(0);
+
+    // The flow log's line (written by its own JSON writer) says the same, and never the password.
+    await until('the flow log line', () => logged().some((r) => r.id === rec.id));
+    const line = readFileSync(logPath, 'utf8')
+      .split('\n')
+      .find((l) => l.includes(`"${rec.id}"`)) as string;
+    expect(JSON.parse(line)).toEqual(rec);
+    expect(line).not.toContain(WRONG);
+
+    // The admin API lists it with the other refusals, and serves it by id.
+    const list = await adminGet(gw, '/v1/flows?state=closed&verdict=block&limit=1000');
+    expect(list.status).toBe(200);
+    const listed = (JSON.parse(list.text) as { flows: FlowRecord[] }).flows.filter((r) => r.id === rec.id);
+    expect(listed).toEqual([rec]);
+    const one = await adminGet(gw, `/v1/flows/${rec.id}`);
+    expect(one.status).toBe(200);
+    expect(JSON.parse(one.text)).toEqual(rec);
+    expect(list.text).not.toContain(WRONG);
+  });
+
+  it('says what HTTP says for wrong Proxy-Authorization (verdict, reason, detector, closeReason, identity)', async () => {
+    const r = await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '-x', `http://${gw.httpHost}:${gw.httpPort}`, '--proxy-user', `alice:${WRONG}`, `http://127.0.0.1:${origin.port}/`]);
+    expect(r.stdout.toString()).toBe('407');
+    const http = await gw.waitForClosed((f) => f.protocol === 'http' && f.closeReason === 'auth-required');
+    const socks = await gw.waitForClosed((f) => f.protocol === 'socks5' && f.closeReason === 'auth-required');
+    const shape = (f: FlowRecord): unknown => [f.verdict, f.enforced, f.reason, f.detector, f.closeReason, f.reasons, f.identity, f.matchedRule];
+    expect(shape(socks)).toEqual(shape(http));
+  });
+
+  it('a client that sends its credentials and leaves before the answer is recorded too', async () => {
+    const s = await open();
+    const clientPort = s.localPort as number;
+    s.resume();
+    s.end(Buffer.concat([Buffer.from([0x05, 0x01, 0x02]), authMessage('bob', WRONG)]));
+    await once(s, 'close');
+    // The client's FIN ended the handshake (a warn log) while bob's scrypt derivation ran.
+    await until('the handshake cut by the FIN', () => gw.logs.some((l) => l.client === `127.0.0.1:${clientPort}` && /client closed during the handshake/.test(String(l.reason))));
+    const rec = await gw.waitForClosed((r) => r.client.port === clientPort);
+    expect([rec.protocol, rec.verdict, rec.closeReason, rec.destination]).toEqual(['socks5', 'block', 'auth-required', { host: null, ip: null, port: null }]);
+    // Nothing else for that connection (the handshake's own refusal, at the client's FIN, records nothing).
+    expect(gw.closed.filter((r) => r.client.port === clientPort)).toHaveLength(1);
+  });
+
+  it('the right password still gets through, with its usual record and no refusal record', async () => {
+    const before = origin.done.length;
+    const { socket } = await SocksClient.createConnection({
+      proxy: { host: gw.socksHost, port: gw.socksPort, type: 5, userId: 'alice', password: PASSWORD },
+      command: 'connect',
+      destination: { host: '127.0.0.1', port: origin.port },
+      timeout: 10_000,
+    });
+    const clientPort = socket.localPort as number;
+    socket.end('hi');
+    const answer = await readBytes(socket, GREETING.length + 3);
+    expect(answer.toString()).toBe(`${GREETING.toString()}hi`);
+    const rec = await gw.waitForClosed((r) => r.client.port === clientPort);
+    await origin.waitDone(before + 1);
+    expect(rec).toMatchObject({
+      protocol: 'socks5',
+      identity: { user: 'alice' },
+      destination: { host: '127.0.0.1', ip: '127.0.0.1', port: origin.port },
+      verdict: 'allow',
+      closeReason: 'closed',
+      bytesOut: 2,
+      bytesIn: GREETING.length + 2,
+    });
+    expect(gw.closed.filter((r) => r.client.port === clientPort)).toHaveLength(1);
+    expect(gw.logs.filter((l) => l.level === 'error')).toEqual([]);
+  });
+});
+
+describe('SOCKS5 login refusals while the flow log cannot be written', () => {
+  it(`yield to real flows as other refusals do: past ${REFUSAL_RECORDS_HELD} held records they are counted, not recorded`, async () => {
+    const bare = await startBareSocksGateway({ identity: { requireAuth: true, users: [{ name: 'alice', password: PASSWORD, roles: ['any'] }] } });
+    try {
+      let backlog = REFUSAL_RECORDS_HELD - 1;
+      // The seams main.ts fills from the flow log: failing with `onError: refuse`, and its backlog.
+      bare.ctx.isRefusingUnrecorded = () => true;
+      bare.ctx.flowLogBacklog = () => backlog;
+      const login = async (): Promise<string> => {
+        const s = connect({ host: bare.socksHost, port: bare.socksPort });
+        s.on('error', () => {});
+        await once(s, 'connect');
+        const answer = readToClose(s);
+        s.write(Buffer.concat([Buffer.from([0x05, 0x01, 0x02]), authMessage('alice', WRONG)]));
+        return (await answer).bytes.toString('hex');
+      };
+      expect(await login()).toBe('05020101');
+      await until('the first refusal', () => bare.flows.totalClosed === 1);
+      expect(bare.flows.skippedRecords).toBe(0);
+      backlog = REFUSAL_RECORDS_HELD;
+      expect(await login()).toBe('05020101');
+      await until('the second refusal', () => bare.flows.totalClosed === 2);
+      expect(bare.flows.skippedRecords).toBe(1);
+    } finally {
+      await bare.stop();
+    }
+  });
+});
