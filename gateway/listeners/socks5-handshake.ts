@@ -118,6 +118,8 @@ export function runHandshake(ctx: GatewayContext, down: Downstream, onRequest: (
           stage = 'done';
           detach();
           const why = requireAuth ? 'authentication required, client offered no username/password method' : 'no acceptable method offered';
+          // Without credentials where they are required: recorded as HTTP records its 407 to a request without them.
+          if (requireAuth && g.hasNoAuth) refuseLogin(ctx, { protocol: 'socks5', listener: 'socks', clientIp: down.clientIp, clientPort: down.clientPort });
           refuse(ctx, down, encodeMethod(METHOD.noAcceptable), 'EGW_AUTH_REQUIRED', why);
           return;
         }

@@ -169,6 +169,25 @@ describe('SOCKS5 RFC 1929 login refused', () => {
     expect(gw.closed.filter((r) => r.client.port === clientPort)).toHaveLength(1);
   });
 
+  it('no credentials where they are required: 0xFF (no acceptable method), one auth-required record as HTTP without Proxy-Authorization', async () => {
+    const s = await open();
+    const clientPort = s.localPort as number;
+    const answer = readToClose(s);
+    // Offers only "no authentication", then a CONNECT: never acted on.
+    s.write(Buffer.concat([Buffer.from([0x05, 0x01, 0x00]), connectRequest(origin.port)]));
+    const { bytes, isClosedByGateway } = await answer;
+    expect(bytes.toString('hex')).toBe('05ff');
+    expect(isClosedByGateway).toBe(true);
+    const rec = await gw.waitForClosed((r) => r.client.port === clientPort);
+    expect([rec.protocol, rec.verdict, rec.reason, rec.closeReason, rec.destination]).toEqual(['socks5', 'block', 'auth-required', 'auth-required', { host: null, ip: null, port: null }]);
+    expect(gw.closed.filter((r) => r.client.port === clientPort)).toHaveLength(1);
+    expect(origin.done.length).toBe(0);
+    const r = await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '-x', `http://${gw.httpHost}:${gw.httpPort}`, `http://127.0.0.1:${origin.port}/none`]);
+    expect(r.stdout.toString()).toBe('407');
+    const http = await gw.waitForClosed((f) => f.protocol === 'http' && f.closeReason === 'auth-required' && f.destination.port === origin.port);
+    expect([http.verdict, http.reason, http.identity.user]).toEqual([rec.verdict, rec.reason, rec.identity.user]);
+  });
+
   it('the right password still gets through, with its usual record and no refusal record', async () => {
     const before = origin.done.length;
     const { socket } = await SocksClient.createConnection({
