@@ -293,7 +293,10 @@ export async function findProcessForConnection(
 export { tupleKey as connectionKey };
 
 export interface LocalAttributorOptions extends ResolverOptions {
-  /** A lookup that takes longer answers null (the data plane must not wait on /proc). Default 2000. */
+  /**
+   * A lookup that takes longer answers null (the data plane must not wait on /proc), and goes on:
+   * its own answer reaches `attribute`'s `eventually` when it ends. Default 2000.
+   */
   readonly timeoutMs?: number;
   /** Lookups queued beyond this answer null at once (back-pressure under a connection storm). */
   readonly maxPending?: number;
@@ -307,6 +310,7 @@ export interface LocalAttributorOptions extends ResolverOptions {
 interface Waiter {
   readonly tuple: ConnectionTuple;
   readonly resolve: (p: ProcessInfo | null) => void;
+  readonly eventually: ((p: ProcessInfo | null) => void) | undefined;
 }
 
 /**
@@ -341,12 +345,24 @@ export class LocalAttributor {
    * serverIp:serverPort, or null (remote client, process gone, timeout, any error). `proto` 'tcp'
    * (default): a connection to a listener; 'udp': the socket a SOCKS5 UDP association's datagrams
    * come from, connected to the relay or not, bound to the client address or the wildcard.
+   * `eventually`, when given, is called once with the lookup's own answer, also when that comes
+   * after the timeout has answered null: a /proc made slow to scan (thousands of descriptors held
+   * open) must not make a process unknown, only known late.
    */
-  attribute(clientIp: string, clientPort: number, serverIp: string, serverPort: number, proto: SocketProto = 'tcp'): Promise<ProcessInfo | null> {
+  attribute(
+    clientIp: string,
+    clientPort: number,
+    serverIp: string,
+    serverPort: number,
+    proto: SocketProto = 'tcp',
+    eventually?: (p: ProcessInfo | null) => void,
+  ): Promise<ProcessInfo | null> {
     try {
       const localIp = normalizeIp(clientIp);
-      if (this.onlyLocal && !this.isLocalAddress(localIp)) return Promise.resolve(null);
-      if (this.pending.length >= this.maxPending) return Promise.resolve(null);
+      if ((this.onlyLocal && !this.isLocalAddress(localIp)) || this.pending.length >= this.maxPending) {
+        eventually?.(null);
+        return Promise.resolve(null);
+      }
       const tuple: ConnectionTuple = {
         proto,
         localIp,
@@ -364,7 +380,7 @@ export class LocalAttributor {
         };
         const timer = setTimeout(() => done(null), this.timeoutMs);
         timer.unref();
-        this.pending.push({ tuple, resolve: done });
+        this.pending.push({ tuple, resolve: done, eventually });
         // Pump on a microtask so lookups made in the same tick share the first batch.
         if (!this.isPumpScheduled) {
           this.isPumpScheduled = true;
@@ -375,6 +391,7 @@ export class LocalAttributor {
         }
       });
     } catch {
+      eventually?.(null);
       return Promise.resolve(null);
     }
   }
@@ -400,8 +417,10 @@ export class LocalAttributor {
       results = null;
     }
     for (const w of batch) {
-      const p = results?.get(tupleKey(w.tuple)) ?? null;
-      w.resolve(p ? { ...p, source: 'local' } : null);
+      const found = results?.get(tupleKey(w.tuple)) ?? null;
+      const p: ProcessInfo | null = found ? { ...found, source: 'local' } : null;
+      w.resolve(p);
+      w.eventually?.(p);
     }
   }
 

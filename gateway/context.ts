@@ -49,8 +49,17 @@ export interface ProcessAttributor {
   /**
    * `proto` 'tcp' (default): the client's connection to serverIp:serverPort, a listener. 'udp': the
    * client's datagram socket at clientIp:clientPort, which sends to serverIp:serverPort (a relay).
+   * Answers null at the latest when its wait runs out; `eventually`, when given, is called exactly
+   * once with the lookup's own answer, which may come after that (a slow /proc scan).
    */
-  attribute(clientIp: string, clientPort: number, serverIp: string, serverPort: number, proto?: 'tcp' | 'udp'): Promise<ProcessInfo | null>;
+  attribute(
+    clientIp: string,
+    clientPort: number,
+    serverIp: string,
+    serverPort: number,
+    proto?: 'tcp' | 'udp',
+    eventually?: (p: ProcessInfo | null) => void,
+  ): Promise<ProcessInfo | null>;
 }
 
 /** Name resolution: static answers first, then DNS. Returns addresses in preference order. */

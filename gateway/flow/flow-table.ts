@@ -190,6 +190,20 @@ export class FlowTable extends EventEmitter {
     return flow;
   }
 
+  /**
+   * Attach the process a local lookup found after admission stopped waiting for it to the flow it
+   * was made for, if that flow is still live and no one has named its process meanwhile (its record
+   * says `attributedLate`). The detectors judge it then ('attributed'). Never remembered for a later
+   * flow of the address: the lookup was about this flow's socket. Returns whether it was attached.
+   */
+  attributeLate(flow: Flow, process: ProcessInfo): boolean {
+    if (flow.state !== 'active' || flow.identity.process) return false;
+    flow.identity = withProcess(flow.identity, process);
+    flow.isAttributedLate = true;
+    this.emit('attributed', flow);
+    return true;
+  }
+
   /** Close a flow once, write its record, keep it for the admin API. Idempotent. */
   close(flow: Flow, reason: string): void {
     if (flow.state === 'closed') return;

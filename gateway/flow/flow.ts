@@ -76,6 +76,8 @@ export interface FlowRecord {
   reasons: readonly string[];
   /** Set when the client's host has an agent but no agent ever attributed the flow. */
   unattributed?: true;
+  /** Set when local attribution named the process only after admission had stopped waiting for it. */
+  attributedLate?: true;
   intermediate?: true;
 }
 
@@ -117,6 +119,8 @@ export class Flow {
   abort: ((reason: string) => void) | null = null;
   /** The client's host has an agent, yet no agent attributed this live flow in time (a signal in itself). */
   isUnattributed = false;
+  /** Local attribution outlasted admission's wait and named the process of the flow already admitted. */
+  isAttributedLate = false;
   /** Sweep bookkeeping (owned by FlowTable). */
   lastSampleBytes = 0;
   lastInterimAt: number;
@@ -196,6 +200,7 @@ export class Flow {
       reasons: this.reasons,
     };
     if (this.isUnattributed && !this.identity.process) rec.unattributed = true;
+    if (this.isAttributedLate) rec.attributedLate = true;
     if (intermediate) rec.intermediate = true;
     return rec;
   }
@@ -218,6 +223,7 @@ export class Flow {
       `,"state":${jsonText(this.state)},"closeReason":${jsonTextOrNull(this.closeReason)},"communityId":${jsonOrNull(this.communityId)}` +
       `,"matchedRule":${this.matchedRule === null ? 'null' : jsonOfShared(this.matchedRule)},"reasons":${jsonOfShared(this.reasons)}`;
     if (this.isUnattributed && !this.identity.process) line += ',"unattributed":true';
+    if (this.isAttributedLate) line += ',"attributedLate":true';
     if (intermediate) line += ',"intermediate":true';
     return `${line}}`;
   }

@@ -76,6 +76,25 @@ describe('LocalAttributor', () => {
     resolver.release();
   });
 
+  it('a lookup that timed out still hands its answer to `eventually` when its batch ends; the rest get theirs at once', async () => {
+    const resolver = new GatedResolver();
+    const a = new LocalAttributor({ resolver, timeoutMs: 20, maxPending: 1 });
+    const late: Array<number | null> = [];
+    const slow = a.attribute('127.0.0.1', 3001, '127.0.0.1', 3128, 'tcp', (p) => late.push(p?.pid ?? null));
+    expect(await slow).toBeNull();
+    expect(late).toEqual([]);
+    // Shed (beyond maxPending) and remote clients: no lookup, `eventually` null at once.
+    await a.attribute('127.0.0.1', 3002, '127.0.0.1', 3128, 'tcp', () => undefined);
+    const shed: Array<number | null> = [];
+    a.attribute('127.0.0.1', 3003, '127.0.0.1', 3128, 'tcp', (p) => shed.push(p?.pid ?? null));
+    a.attribute('192.0.2.10', 3004, '127.0.0.1', 3128, 'tcp', (p) => shed.push(p?.pid ?? null));
+    expect(shed).toEqual([null, null]);
+    resolver.release();
+    for (let i = 0; i < 100 && late.length === 0; i++) await new Promise((r) => setImmediate(r));
+    expect(late).toEqual([3001]);
+    resolver.release();
+  });
+
   it('never throws: a failing resolver and garbage addresses give null', async () => {
     const a = new LocalAttributor({ resolver: new ThrowingResolver() });
     expect(await a.attribute('127.0.0.1', 1, '127.0.0.1', 2)).toBeNull();

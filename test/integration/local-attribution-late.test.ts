@@ -1,0 +1,201 @@
+/**
+ * Local attribution that outlasts admission's wait (issue: a timeout meant "no process").
+ *
+ * Processes holding thousands of descriptors make the gateway's /proc fd scan slow: 24 processes
+ * with 15,000 each took 3.5 s, the 500 ms lookup answered null, and a copy of python3 named `nmap`
+ * (an0081.scanner-tool, block) got its CONNECT tunnel with process null and verdict allow, kept for
+ * as long as it liked. Now the lookup goes on after the wait and names the live flow's process when
+ * it ends; the detectors judge it as they judge an agent report after the flow started.
+ *
+ * Here 8 processes each hold 8,000 descriptors of /dev/null (started after the clients, so the scan,
+ * newest PID first, reads them before it reaches the clients) and the gateway waits 20 ms: the scan
+ * takes far longer. The scanner's tunnel is killed and recorded block / an0081.scanner-tool with its
+ * process and `attributedLate`; an ordinarily named client under the same pressure keeps its tunnel
+ * and is recorded allow with its process.
+ */
+import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
+import { copyFile, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { LocalAttributor } from '../../agent/attribution.ts';
+import { type TcpOrigin, echoOrigin } from '../helpers/detection-live.ts';
+import { type TestGateway, startTestGateway } from '../helpers/gateway.ts';
+
+const HOLDERS = 8;
+const DESCRIPTORS = 8000;
+
+/** Opens `n` descriptors of /dev/null, says `ready`, holds them until stdin closes. */
+const HOLD = `
+import os, resource, sys
+n = int(sys.argv[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+want = n + 64
+if soft < want:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+fds = [os.open('/dev/null', os.O_RDONLY) for _ in range(n)]
+print('ready', flush=True)
+sys.stdin.read()
+`;
+
+/**
+ * After a line on stdin: CONNECT through the proxy, \`status CODE\` on stdout; then 4-byte echoes
+ * every 50 ms until the gateway ends the tunnel (\`ended\`) or a line on stdin (\`alive\`); 10 s at most.
+ */
+const CLIENT = `
+import select, socket, sys, time
+host, port, dest = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sys.stdin.readline()
+c = socket.create_connection((host, port))
+c.sendall(('CONNECT %s HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n' % (dest, dest)).encode())
+head = b''
+while b'\\r\\n\\r\\n' not in head:
+    x = c.recv(4096)
+    if not x:
+        break
+    head += x
+print('status', head.split(b' ')[1].decode() if head else 'none', flush=True)
+c.settimeout(5)
+deadline = time.time() + 10
+while time.time() < deadline:
+    try:
+        c.sendall(b'ping')
+        got = b''
+        while len(got) < 4:
+            x = c.recv(4 - len(got))
+            if not x:
+                raise ConnectionError('eof')
+            got += x
+    except Exception:
+        print('ended', flush=True)
+        sys.exit(0)
+    if select.select([sys.stdin], [], [], 0.05)[0]:
+        print('alive', flush=True)
+        sys.exit(0)
+print('timeout', flush=True)
+`;
+
+interface Lines {
+  child: ChildProcessWithoutNullStreams;
+  next(timeoutMs?: number): Promise<string>;
+}
+
+function spawnLines(cmd: string, args: string[]): Lines {
+  const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  const lines: string[] = [];
+  let buf = '';
+  let err = '';
+  let wake: (() => void) | null = null;
+  child.stdout.on('data', (c: Buffer) => {
+    buf += c.toString();
+    const parts = buf.split('\n');
+    buf = parts.pop() ?? '';
+    lines.push(...parts);
+    wake?.();
+  });
+  child.stderr.on('data', (c: Buffer) => {
+    err += c.toString();
+  });
+  child.once('exit', () => wake?.());
+  return {
+    child,
+    next(timeoutMs = 10_000) {
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no line from ${cmd} in ${timeoutMs} ms; stderr: ${err}`)), timeoutMs);
+        const take = (): void => {
+          const line = lines.shift();
+          if (line !== undefined) {
+            clearTimeout(timer);
+            wake = null;
+            resolve(line);
+          } else if (child.exitCode !== null || child.signalCode !== null) {
+            clearTimeout(timer);
+            reject(new Error(`${cmd} exited without a line; stderr: ${err}`));
+          }
+        };
+        wake = take;
+        take();
+      });
+    },
+  };
+}
+
+let dir = '';
+let origin: TcpOrigin;
+let gw: TestGateway | null = null;
+const children: ChildProcessWithoutNullStreams[] = [];
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'egw-late-'));
+  await copyFile('/usr/bin/python3', join(dir, 'nmap'));
+  await copyFile('/usr/bin/python3', join(dir, 'fetcher'));
+  origin = await echoOrigin('127.0.0.1');
+});
+afterAll(async () => {
+  await origin?.close();
+  await rm(dir, { recursive: true, force: true });
+});
+afterEach(async () => {
+  await Promise.all(
+    children.splice(0).map(async (c) => {
+      if (c.exitCode !== null || c.signalCode !== null) return;
+      const exited = new Promise((r) => c.once('exit', r));
+      c.kill('SIGKILL');
+      await exited;
+    }),
+  );
+  await gw?.stop();
+  gw = null;
+});
+
+describe('local attribution slower than admission wait', () => {
+  it.skipIf(process.platform !== 'linux')(
+    'enforce: a renamed nmap admitted before its scan ends is killed and recorded block / an0081.scanner-tool, attributedLate; another client keeps its tunnel',
+    async () => {
+      gw = await startTestGateway(
+        { mode: 'enforce', identity: { localAttribution: true }, detection: { sampleIntervalMs: 50 } },
+        { attributor: new LocalAttributor({ timeoutMs: 20 }) },
+      );
+      const args = (name: string): [string, string[]] => [join(dir, name), ['-c', CLIENT, gw?.httpHost ?? '', String(gw?.httpPort), `127.0.0.1:${origin.port}`]];
+      const scanner = spawnLines(...args('nmap'));
+      const fetcher = spawnLines(...args('fetcher'));
+      children.push(scanner.child, fetcher.child);
+      // The holders come after the clients: newer PIDs, read first by the scan.
+      const holders = Array.from({ length: HOLDERS }, () => spawnLines('python3', ['-c', HOLD, String(DESCRIPTORS)]));
+      children.push(...holders.map((h) => h.child));
+      for (const h of holders) expect(await h.next()).toBe('ready');
+
+      scanner.child.stdin.write('go\n');
+      fetcher.child.stdin.write('go\n');
+      // Admitted: the scan had not reached them when the 20 ms wait ran out.
+      expect(await scanner.next()).toBe('status 200');
+      expect(await fetcher.next()).toBe('status 200');
+
+      // The scan ends: the scanner's tunnel is cut, its record names it and the detector.
+      expect(await scanner.next()).toBe('ended');
+      const rec = await gw.waitForClosed((r) => r.identity.process?.name === 'nmap');
+      expect(rec.verdict).toBe('block');
+      expect(rec.enforced).toBe(true);
+      expect(rec.detector).toBe('an0081.scanner-tool');
+      expect(rec.closeReason).toBe('an0081.scanner-tool');
+      expect(rec.identity.process?.pid).toBe(scanner.child.pid);
+      expect(rec.identity.process?.source).toBe('local');
+      expect(rec.attributedLate).toBe(true);
+
+      // The other client, attributed by the same scan, still echoes; its record says allow.
+      const deadline = Date.now() + 10_000;
+      while (!gw.flows.list().some((f) => f.state === 'active' && f.identity.process?.name === 'fetcher') && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      fetcher.child.stdin.write('stop\n');
+      expect(await fetcher.next()).toBe('alive');
+      const ok = await gw.waitForClosed((r) => r.identity.process?.name === 'fetcher');
+      expect(ok.verdict).toBe('allow');
+      expect(ok.identity.process?.pid).toBe(fetcher.child.pid);
+      expect(ok.attributedLate).toBe(true);
+      expect(ok.closeReason).not.toBe('an0081.scanner-tool');
+      expect(gw.closed.filter((r) => r.destination.port === origin.port)).toHaveLength(2);
+    },
+    30_000,
+  );
+});
