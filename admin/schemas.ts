@@ -136,6 +136,28 @@ export const EvaluateResult = Type.Object({
     process: Nullable(Type.String()),
   }),
   destination: Type.Object({ host: Type.String(), ip: Nullable(Type.String()), port: Type.Integer() }),
+  findings: Type.Array(
+    Type.Object({
+      detector: Type.String(),
+      analytic: Type.String(),
+      severity: Type.String(),
+      action: Type.String({ description: 'the alert action under the mode: flag, block or would-block' }),
+      evidence: OpenObject('the signals that fired (process, provider domain, tool, …)'),
+      reasons: Type.Immutable(Type.Array(Type.String())),
+    }),
+    { description: 'connect-time findings the connection would raise' },
+  ),
+  detectors: Type.Object(
+    {
+      state: Type.String({ description: 'live: the running gateway\'s quarantine and detector state were read, not changed' }),
+      judged: Type.Array(Type.String()),
+      skipped: Type.Array(Type.Object({ detector: Type.String(), why: Type.String() })),
+      notJudged: Type.Array(Type.String({ description: 'detectors of traffic after admission' })),
+      quarantinedUntil: Nullable(Type.String()),
+      notes: Type.Array(Type.String()),
+    },
+    { description: 'which detectors judged the connection' },
+  ),
 });
 
 export const HistoryList = Type.Object({

@@ -1,12 +1,15 @@
 /**
  * The dry run behind `POST /v1/policy/evaluate`: the verdict a new connection would get under the
- * running policy, with the rule that matched and why. Pure over a snapshot: no DNS (a name's
- * address comes from `resolver.hosts`, or from the caller's `ip`), no flow opened, nothing counted.
+ * running policy, with the rule that matched and why, then the connect-time detection admission
+ * would run (quarantine, proxyware, scanner and exfil tools, lineage: detection/dry-run.ts) over the
+ * running gateway's detection state, read and not changed. No DNS (a name's address comes from
+ * `resolver.hosts`, or from the caller's `ip`), no flow opened, nothing counted, no alert raised.
  */
 import { isIP } from 'node:net';
 import { parseIp } from '../policy/cidr.ts';
 import type { ConnectFacts, Identity, Mode, PolicySnapshot } from '../policy/types.ts';
 import type { EvaluateOutcome, EvaluateQuery } from './control.ts';
+import { dryRunConnect, type LiveDetection } from './detection/dry-run.ts';
 import { HostInventory } from './identity/host-inventory.ts';
 import { parseAuthority } from './protocol/authority.ts';
 
@@ -21,8 +24,11 @@ function inventoryOf(snapshot: PolicySnapshot): HostInventory {
   return inv;
 }
 
-/** Evaluate one hypothetical connection against `snapshot` at time `now`. */
-export function evaluateConnection(snapshot: PolicySnapshot, modeOverride: Mode | null, q: EvaluateQuery, now: number): EvaluateOutcome {
+/**
+ * Evaluate one hypothetical connection against `snapshot` at time `now`; `live` is the running
+ * gateway's detection state (null: none, judged as by `egressgate evaluate`).
+ */
+export function evaluateConnection(snapshot: PolicySnapshot, modeOverride: Mode | null, q: EvaluateQuery, now: number, live: LiveDetection | null): EvaluateOutcome {
   const dest = parseAuthority(q.dest);
   if (!dest) return { ok: false, message: `dest must be host:port (IPv6 in brackets), got ${JSON.stringify(q.dest)}` };
   if (q.source !== undefined && isIP(q.source) === 0) return { ok: false, message: 'source must be an IP address' };
@@ -60,7 +66,7 @@ export function evaluateConnection(snapshot: PolicySnapshot, modeOverride: Mode 
     destPort: dest.port,
     destIp,
   };
-  const decision = snapshot.decide(facts, now, modeOverride);
+  const { decision, findings, detectors } = dryRunConnect(snapshot, facts, snapshot.decide(facts, now, modeOverride), now, live);
   const reasons = [...decision.reasons];
   if (destIp === null) reasons.push('address unknown without DNS: deny ranges and CIDR entries not checked (pass "ip" to check them)');
   return {
@@ -69,5 +75,7 @@ export function evaluateConnection(snapshot: PolicySnapshot, modeOverride: Mode 
     decision: { ...decision, reasons },
     identity: { user, host, roles: identity.roles, process: q.process ?? null },
     destination: { host: dest.host, ip: destIp, port: dest.port },
+    findings,
+    detectors,
   };
 }

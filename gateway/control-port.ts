@@ -14,6 +14,7 @@ import type { AlertLike, AlertStore } from './alerts/alert-store.ts';
 import type { AuditLog } from './audit-log.ts';
 import type { Logger } from './context.ts';
 import { evaluateConnection } from './control-evaluate.ts';
+import type { LiveDetection } from './detection/dry-run.ts';
 import type {
   AgentView,
   ConfigIssue,
@@ -76,6 +77,8 @@ export interface ControlPortDeps<A extends AlertLike = AlertLike> {
   pendingReports?: Partial<PendingReportLimits>;
   /** Where shed agent reports are logged (once per agent per 10 s). */
   log?: Logger;
+  /** The detection engine, read by the policy dry run (quarantine, detector state); none: not consulted. */
+  detection?: { readOnly(): LiveDetection } | null;
 }
 
 function defaultStats<A extends AlertLike>(deps: ControlPortDeps<A>): GatewayStats {
@@ -164,7 +167,7 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
       const roles = Object.keys(c.roles).length;
       return { ok: true, summary: `valid: mode ${c.mode}, ${roles} role(s), ${c.identity.users.length} user(s), ${c.identity.hosts.length} host(s)` };
     },
-    evaluate: (query) => evaluateConnection(deps.policy.current(), deps.policy.modeOverride(), query, now()),
+    evaluate: (query) => evaluateConnection(deps.policy.current(), deps.policy.modeOverride(), query, now(), deps.detection?.readOnly() ?? null),
     replacePolicy: async (input, meta) => {
       const before = deps.policy.current().version;
       if (meta.ifMatchVersion !== undefined && meta.ifMatchVersion !== null && meta.ifMatchVersion !== before) {

@@ -12,6 +12,7 @@ import type { AdminTokenConfig, AgentTokenConfig, Config } from '../policy/confi
 import type { Decision, Mode } from '../policy/types.ts';
 import type { AlertLike, AlertEvent } from './alerts/alert-store.ts';
 import type { AuditEntry, AuditQuery } from './audit-log.ts';
+import type { DryRunDetectors, DryRunFinding } from './detection/dry-run.ts';
 import type { FlowFilter } from './flow/flow-table.ts';
 import type { FlowRecord } from './flow/flow.ts';
 
@@ -69,6 +70,10 @@ export type EvaluateOutcome =
       decision: Decision;
       identity: { user: string | null; host: string | null; roles: readonly string[]; process: string | null };
       destination: { host: string; ip: string | null; port: number };
+      /** The connect-time findings the connection would raise (gateway/detection/dry-run.ts). */
+      findings: DryRunFinding[];
+      /** Which detectors were judged, skipped or not judged, and the quarantine read. */
+      detectors: DryRunDetectors;
     }
   | { ok: false; message: string };
 

@@ -127,7 +127,7 @@ export function registerPolicyRoutes(app: AdminApp, { port }: RouteContext): voi
     {
       config: { scope: 'read', audit: 'never' },
       schema: {
-        summary: 'Dry-run one connection against the running policy; explains the matching rule',
+        summary: 'Dry-run one connection against the running policy and its connect-time detectors; explains the matching rule',
         body: EvaluateBody,
         response: { 200: EvaluateResult, 400: ErrorBody, ...AuthErrors },
       },
@@ -135,7 +135,7 @@ export function registerPolicyRoutes(app: AdminApp, { port }: RouteContext): voi
     (request, reply) => {
       const res = port.evaluate(request.body);
       if (!res.ok) return sendError(reply, 400, 'bad-request', res.message);
-      reply.send({ version: res.version, ...res.decision, identity: res.identity, destination: res.destination });
+      reply.send({ version: res.version, ...res.decision, identity: res.identity, destination: res.destination, findings: res.findings, detectors: res.detectors });
     },
   );
 

@@ -1,6 +1,10 @@
 /**
  * `egressgate evaluate --config FILE --dest HOST:PORT [...]` — the verdict a new connection would
- * get under a policy file, with the rule that matched or why none did, as JSON on stdout.
+ * get under a policy file, with the rule that matched or why none did, then the connect-time
+ * detectors admission runs (proxyware, scanner and exfil tools, lineage: gateway/detection/dry-run.ts)
+ * with the policy's detector settings, as JSON on stdout. There is no running gateway here: no
+ * quarantine, fan-out windows, first-seen history or recent detector firings (`detectors.state`
+ * "none" says so).
  *
  * No network: the destination address comes from `--ip`, an IP literal in `--dest`, or the
  * policy's `resolver.hosts`; otherwise `destIp` is null and the output says deny ranges and CIDR
@@ -12,6 +16,7 @@ import { parseIp } from '../../policy/cidr.ts';
 import { compilePolicy } from '../../policy/compile.ts';
 import { loadConfigFile } from '../../policy/load-config.ts';
 import type { ConnectFacts, Identity, Mode, Protocol } from '../../policy/types.ts';
+import { dryRunConnect } from '../detection/dry-run.ts';
 import { HostInventory } from '../identity/host-inventory.ts';
 import { parseAuthority } from '../protocol/authority.ts';
 
@@ -27,6 +32,9 @@ const HELP = `usage: egressgate evaluate --config FILE --dest HOST:PORT [--user 
 
 Prints, as JSON, the verdict a new connection would get: verdict, reason, detector, mode,
 matchedRule (role, allow index, entry), reasons, plus the identity and destination used.
+The connect-time detectors (proxyware, scanner and exfil tools, lineage) judge it as the gateway
+would, with the policy's detector settings: findings lists what they found, detectors which were
+judged or skipped. No running gateway: quarantine, fan-out and first-seen history are not consulted.
 No DNS lookups: the destination address is --ip, an IP in --dest, or resolver.hosts; otherwise
 destIp is null and deny ranges / CIDR entries are not evaluated.
 
@@ -128,7 +136,8 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
     destPort: dest.port,
     destIp,
   };
-  const decision = snapshot.decide(facts, Date.now(), (values.mode as Mode | undefined) ?? null);
+  const now = Date.now();
+  const { decision, findings, detectors } = dryRunConnect(snapshot, facts, snapshot.decide(facts, now, (values.mode as Mode | undefined) ?? null), now, null);
   const notes = destIp === null && !decision.reasons.some((r) => r.startsWith('destination address unknown')) ? ['destination address unknown (no DNS lookups here): deny ranges and CIDR entries not checked; pass --ip to check them'] : [];
   const out = {
     ...decision,
@@ -138,6 +147,8 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
     destination: { host: dest.host, port: dest.port, ip: destIp },
     identity: { user, host, roles: identity.roles, process: values.process ?? null },
     protocol,
+    findings,
+    detectors,
   };
   io.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
   return 0;

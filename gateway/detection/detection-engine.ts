@@ -15,6 +15,7 @@ import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { BlockList, isIPv6 } from 'node:net';
 import { dirname } from 'node:path';
 import {
+  connectDecision,
   emptyObserveResult,
   evaluateConnect,
   evaluateSweep,
@@ -34,7 +35,8 @@ import type { DetectionHooks, Logger, PolicySource } from '../context.ts';
 import { type Flow, isRouted, type KnownDestination, type RoutedFlow } from '../flow/flow.ts';
 import type { FlowTable } from '../flow/flow-table.ts';
 import { AlertGroups } from './alert-groups.ts';
-import { Quarantine } from './quarantine.ts';
+import type { LiveDetection } from './dry-run.ts';
+import { Quarantine, quarantineDecision } from './quarantine.ts';
 
 export interface DetectionEngineOptions {
   flows: FlowTable;
@@ -50,6 +52,11 @@ export interface DetectionEngine extends DetectionHooks {
   readonly state: DetectionState;
   /** Identity keys quarantined until the given time (ms). */
   readonly quarantine: ReadonlyMap<string, number>;
+  /**
+   * The quarantine and detector state, read without changing anything (the policy dry run,
+   * gateway/detection/dry-run.ts).
+   */
+  readOnly(): LiveDetection;
   /** Duration of the last sweep in ms. */
   lastSweepMs: number;
   /** Persist baselines and detach from the flow table. */
@@ -191,15 +198,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   /** The refusal of a flow whose identity is quarantined now (quarantine.ts), or null. */
   const quarantineOf = (flow: Flow, mode: Mode, now: number): Decision | null => {
     const until = quarantine.quarantinedUntil(quarantineKey(flow), now);
-    if (until === 0) return null;
-    return {
-      verdict: mode === 'enforce' ? 'block' : 'would-block',
-      reason: 'quarantine',
-      detector: 'quarantine',
-      mode,
-      matchedRule: null,
-      reasons: [`identity quarantined until ${new Date(until).toISOString()}`],
-    };
+    return until === 0 ? null : quarantineDecision(until, mode);
   };
 
   const onClose = (flow: Flow): void => {
@@ -268,23 +267,11 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     const now = flows.now();
     const quarantined = quarantineOf(flow, mode, now);
     if (quarantined) return quarantined;
-    const key = quarantineKey(flow);
     const found = evaluateConnect(f, state, snapshot, now, flow.id);
-    let refusing: Finding | null = null;
-    for (const x of found) {
-      raise(x, mode, now);
-      if (x.action !== 'flag' && !refusing) refusing = x;
-    }
-    if (!refusing) return null;
-    if (mode === 'enforce') putInQuarantine(key, now);
-    return {
-      verdict: mode === 'enforce' ? 'block' : 'would-block',
-      reason: 'detector',
-      detector: refusing.detector,
-      mode,
-      matchedRule: flow.matchedRule,
-      reasons: [...refusing.reasons],
-    };
+    for (const x of found) raise(x, mode, now);
+    const d = connectDecision(found, mode, flow.matchedRule);
+    if (d !== null && mode === 'enforce') putInQuarantine(quarantineKey(flow), now);
+    return d;
   };
 
   const engine: DetectionEngine = {
@@ -352,6 +339,10 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
         return true;
       };
       return budget;
+    },
+
+    readOnly(): LiveDetection {
+      return { quarantinedUntil: (key, now) => quarantine.peekUntil(key, now), state: state.readOnly() };
     },
 
     onConnectFailed(): void {

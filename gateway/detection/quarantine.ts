@@ -7,6 +7,8 @@
  * by. The other way round it does not: `host|alice|uploader` does not quarantine alice's other
  * processes, nor a flow whose process is not known yet (the agent's report decides).
  */
+import type { Decision, Mode } from '../../policy/types.ts';
+
 export class Quarantine {
   private readonly until = new Map<string, number>();
 
@@ -25,7 +27,16 @@ export class Quarantine {
    * of the same host; 0 when it is not. Expired entries met on the way go.
    */
   quarantinedUntil(key: string, now: number): number {
-    let until = this.live(key, now);
+    return this.lookUp(key, now, true);
+  }
+
+  /** `quarantinedUntil` changing nothing, expired entries included (the policy dry run). */
+  peekUntil(key: string, now: number): number {
+    return this.lookUp(key, now, false);
+  }
+
+  private lookUp(key: string, now: number, isPruning: boolean): number {
+    let until = this.live(key, now, isPruning);
     if (until !== 0 || this.until.size === 0) return until;
     const p = key.lastIndexOf('|');
     const u = key.lastIndexOf('|', p - 1);
@@ -33,17 +44,29 @@ export class Quarantine {
     const host = key.slice(0, u);
     const user = key.slice(u + 1, p);
     const proc = key.slice(p + 1);
-    if (proc !== '-') until = this.live(`${host}|${user}|-`, now);
-    if (until === 0 && user !== '-') until = this.live(`${host}|-|${proc}`, now);
-    if (until === 0 && user !== '-' && proc !== '-') until = this.live(`${host}|-|-`, now);
+    if (proc !== '-') until = this.live(`${host}|${user}|-`, now, isPruning);
+    if (until === 0 && user !== '-') until = this.live(`${host}|-|${proc}`, now, isPruning);
+    if (until === 0 && user !== '-' && proc !== '-') until = this.live(`${host}|-|-`, now, isPruning);
     return until;
   }
 
-  private live(key: string, now: number): number {
+  private live(key: string, now: number, isPruning: boolean): number {
     const until = this.until.get(key);
     if (until === undefined) return 0;
     if (until > now) return until;
-    this.until.delete(key);
+    if (isPruning) this.until.delete(key);
     return 0;
   }
+}
+
+/** The refusal of a connection whose identity is quarantined until `until` (ms), in `mode`. */
+export function quarantineDecision(until: number, mode: Mode): Decision {
+  return {
+    verdict: mode === 'enforce' ? 'block' : 'would-block',
+    reason: 'quarantine',
+    detector: 'quarantine',
+    mode,
+    matchedRule: null,
+    reasons: [`identity quarantined until ${new Date(until).toISOString()}`],
+  };
 }

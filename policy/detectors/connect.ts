@@ -10,13 +10,24 @@
  * - `an0080.lineage`: a network client spawned by Office, a script host or a server, or run by a
  *   daemon account; the action needs severity high (a corroborating modifier).
  */
-import type { ConnectFacts, PolicySnapshot } from '../types.ts';
+import type { ConnectFacts, Decision, MatchedRule, Mode, PolicySnapshot } from '../types.ts';
 import { type DetectionContext, detectionContext } from './context.ts';
 import { baseName, identityKeyOf, isIpLiteral, processNames } from './match.ts';
 import { CLIENT_TOOLS, hasUploadFlags, isDaemonAccount, lineageReason } from './process-signals.ts';
 import { type Gate, type ModifierName, modifiersFor, score } from './scoring.ts';
-import type { DetectionState } from './state.ts';
+import type { DetectionReader, DetectionState } from './state.ts';
 import type { Analytic, BehaviourDetector, Finding, FindingIdentity, FlowDestinationView } from './types.ts';
+
+/** The detectors judged at connect time, in the order they are judged. */
+export const CONNECT_DETECTORS: readonly BehaviourDetector[] = Object.freeze([
+  'an0081.proxyware',
+  'an0081.scanner-tool',
+  'an0080.exfil-tool',
+  'an0080.lineage',
+] as BehaviourDetector[]);
+
+/** Why a connect-time detector does not judge a connection. */
+export type SkipReason = 'disabled' | 'exception' | 'expected scan source';
 
 interface Signal {
   detector: BehaviourDetector;
@@ -150,13 +161,33 @@ export function findingIdentity(identity: ConnectFacts['identity'], key: string)
   return { user: identity.user, host: identity.host, roles: identity.roles, process: identity.process, key };
 }
 
+/** Why `detector` does not judge this connection (disabled, an exception, an expected scanner), or null. */
+function skipReason(ctx: DetectionContext, facts: ConnectFacts, detector: BehaviourDetector): SkipReason | null {
+  if (!ctx.settings(detector).enabled) return 'disabled';
+  if (ctx.isSkipped(detector, facts.identity, facts.destHost, facts.clientIp)) return 'exception';
+  if (detector === 'an0081.scanner-tool' && ctx.isExpectedScanner(facts.identity, facts.clientIp)) return 'expected scan source';
+  return null;
+}
+
+/** The connect-time detectors that do not judge this connection, and why (the policy dry run says so). */
+export function skippedConnectDetectors(facts: ConnectFacts, snapshot: Pick<PolicySnapshot, 'config'>): Array<{ detector: BehaviourDetector; why: SkipReason }> {
+  const ctx = detectionContext(snapshot);
+  const out: Array<{ detector: BehaviourDetector; why: SkipReason }> = [];
+  for (const detector of CONNECT_DETECTORS) {
+    const why = skipReason(ctx, facts, detector);
+    if (why !== null) out.push({ detector, why });
+  }
+  return out;
+}
+
 /**
- * Connect-time findings for a new connection. Pure apart from noting fired detectors in `state`
- * (so sweep detectors see them as corroboration). `flowId`, when known, goes into `flowIds`.
+ * Connect-time findings for a new connection: the judgement itself, reading `state` and changing
+ * nothing (the policy dry run passes `DetectionState.readOnly()`). `flowId`, when known, goes into
+ * `flowIds`.
  */
-export function evaluateConnect(
+export function connectFindings(
   facts: ConnectFacts,
-  state: DetectionState,
+  state: DetectionReader,
   snapshot: Pick<PolicySnapshot, 'config'>,
   now: number,
   flowId?: string,
@@ -168,15 +199,13 @@ export function evaluateConnect(
   const rareDays = ctx.settings('an0080.long-session').n['rareWithinDays'] ?? 7;
   const isRare = state.isRare(facts.destHost, now, rareDays);
   const signals: Signal[] = [];
-  const skip = (d: BehaviourDetector) => ctx.isSkipped(d, facts.identity, facts.destHost, facts.clientIp);
-  const expectedScanner = ctx.isExpectedScanner(facts.identity, facts.clientIp);
-  const pw = skip('an0081.proxyware') ? null : proxywareSignal(facts, ctx);
+  const pw = skipReason(ctx, facts, 'an0081.proxyware') !== null ? null : proxywareSignal(facts, ctx);
   if (pw) signals.push(pw);
-  const sc = skip('an0081.scanner-tool') || expectedScanner ? null : scannerSignal(facts, ctx, recent);
+  const sc = skipReason(ctx, facts, 'an0081.scanner-tool') !== null ? null : scannerSignal(facts, ctx, recent);
   if (sc) signals.push(sc);
-  const ex = skip('an0080.exfil-tool') ? null : exfilSignal(facts, ctx, isRare);
+  const ex = skipReason(ctx, facts, 'an0080.exfil-tool') !== null ? null : exfilSignal(facts, ctx, isRare);
   if (ex) signals.push(ex);
-  const li = skip('an0080.lineage') ? null : lineageSignal(facts);
+  const li = skipReason(ctx, facts, 'an0080.lineage') !== null ? null : lineageSignal(facts);
   if (li) signals.push(li);
   if (signals.length === 0) return [];
 
@@ -207,6 +236,38 @@ export function evaluateConnect(
       key: `${s.detector}|${idKey}|${destination.host}`,
     });
   }
-  for (const f of findings) state.noteDetector(idKey, f.detector, now);
   return findings;
+}
+
+/**
+ * Connect-time findings for a new connection (`connectFindings`), noted as fired in `state` so
+ * sweep detectors see them as corroboration.
+ */
+export function evaluateConnect(
+  facts: ConnectFacts,
+  state: DetectionState,
+  snapshot: Pick<PolicySnapshot, 'config'>,
+  now: number,
+  flowId?: string,
+): Finding[] {
+  const findings = connectFindings(facts, state, snapshot, now, flowId);
+  for (const f of findings) state.noteDetector(f.identity.key, f.detector, now);
+  return findings;
+}
+
+/**
+ * What admission makes of connect-time findings in `mode`: the first that does more than flag
+ * refuses the connection (enforce) or marks it would-block (monitor); null when none does.
+ */
+export function connectDecision(findings: readonly Finding[], mode: Mode, matchedRule: MatchedRule | null): Decision | null {
+  const refusing = findings.find((f) => f.action !== 'flag');
+  if (refusing === undefined) return null;
+  return {
+    verdict: mode === 'enforce' ? 'block' : 'would-block',
+    reason: 'detector',
+    detector: refusing.detector,
+    mode,
+    matchedRule,
+    reasons: [...refusing.reasons],
+  };
 }

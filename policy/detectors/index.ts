@@ -1,15 +1,16 @@
 /**
  * Public surface of the AN0081 / AN0080 detectors. The gateway needs only these:
- * - `evaluateConnect` at connection setup (proxyware, scanner-tool, exfil-tool, lineage);
+ * - `evaluateConnect` at connection setup (proxyware, scanner-tool, exfil-tool, lineage), and its
+ *   read-only `connectFindings` for the policy dry run; `connectDecision` makes the verdict of them;
  * - `uploadBudgetFor` / `isOverUploadBudget` for the byte-exact bulk-upload kill;
  * - `evaluateSweep` on every flow-table sweep;
  * - `toAlert` to turn a Finding into the SPEC §5 record under the identity's mode;
  * - `DetectionState` (one per gateway; `toJSON` / `fromJSON` for `state.path`).
  */
 export { toAlert, alertActionFor } from './alert.ts';
-export { evaluateConnect } from './connect.ts';
+export { CONNECT_DETECTORS, connectDecision, connectFindings, evaluateConnect, type SkipReason, skippedConnectDetectors } from './connect.ts';
 export { DETECTOR_DEFAULTS, detectorSettings } from './defaults.ts';
-export { DetectionState, emptyObserveResult, type BaselineJson, type ObserveResult } from './state.ts';
+export { DetectionState, emptyObserveResult, type BaselineJson, type DetectionReader, type ObserveResult } from './state.ts';
 export { evaluateSweep, observeOptions } from './sweep.ts';
 export type { Alert, Analytic, BehaviourDetector, Finding, FindingAction, FlowOutcome, FlowView } from './types.ts';
 export { isOverUploadBudget, nextUploadBudget, uploadBudgetFor } from './upload.ts';

@@ -10,7 +10,7 @@ import type { DetectorSettings } from './defaults.ts';
 import { baseName, isIpLiteral, severityOf } from './match.ts';
 import { BROWSERS, lineageReason, serviceContext } from './process-signals.ts';
 import { isWithinBusinessHours } from './hours.ts';
-import type { DetectionState } from './state.ts';
+import type { DetectionReader } from './state.ts';
 import type { BehaviourDetector, FindingAction, FlowDestinationView } from './types.ts';
 import type { Severity } from '../types.ts';
 
@@ -37,7 +37,7 @@ export interface ModifierInput {
   readonly idKey: string;
   readonly destination: FlowDestinationView | null;
   readonly now: number;
-  readonly state: DetectionState;
+  readonly state: DetectionReader;
   readonly ctx: DetectionContext;
   /** Modifiers the detector already used as its own signal (not counted twice). */
   readonly exclude?: readonly ModifierName[];

@@ -108,6 +108,17 @@ export interface ObserveResult {
   readonly started: Set<string>;
 }
 
+/**
+ * What the connect-time detectors and the scoring modifiers read of the state: a DetectionState,
+ * or its `readOnly()` view.
+ */
+export interface DetectionReader {
+  recentDetectors(idKey: string, now: number): readonly BehaviourDetector[];
+  isRare(host: string, now: number, withinDays: number): boolean;
+  isLongKnown(host: string, now: number): boolean;
+  isBeacon(idKey: string, host: string): boolean;
+}
+
 export interface DetectionStateOptions {
   maxTrackedIdentities?: number;
   maxTrackedDestinations?: number;
@@ -135,6 +146,7 @@ export class DetectionState {
   private readonly done = new BoundedMap<string, true>(200_000);
   private readonly emitted = new BoundedMap<string, { level: number; rank: number; atMs: number; ids: Set<string> }>(200_000);
   private readonly recent: BoundedMap<string, Map<BehaviourDetector, number>>;
+  private reader: DetectionReader | null = null;
 
   constructor(opts: DetectionStateOptions) {
     this.learningStartedAtMs = opts.learningStartedAtMs;
@@ -314,7 +326,13 @@ export class DetectionState {
 
   /** First time any identity reached `host`'s registrable domain, or null if never. */
   firstSeenMs(host: string): number | null {
-    return this.firstSeen.get(registrableDomain(host)) ?? null;
+    return this.firstSeenOf(host, false);
+  }
+
+  /** `firstSeenMs`; `isPeek` leaves the entry's recency as it was (the read-only view). */
+  private firstSeenOf(host: string, isPeek: boolean): number | null {
+    const domain = registrableDomain(host);
+    return (isPeek ? this.firstSeen.peek(domain) : this.firstSeen.get(domain)) ?? null;
   }
 
   /** Seeds the baseline (replay, tests, import): `host` known since `atMs` unless known earlier. */
@@ -329,14 +347,22 @@ export class DetectionState {
    * period (a fresh gateway would call everything rare).
    */
   isRare(host: string, now: number, withinDays: number): boolean {
+    return this.isRareAt(host, now, withinDays, false);
+  }
+
+  private isRareAt(host: string, now: number, withinDays: number, isPeek: boolean): boolean {
     if (now - this.learningStartedAtMs < withinDays * DAY_MS) return false;
-    const fs = this.firstSeenMs(host);
+    const fs = this.firstSeenOf(host, isPeek);
     return fs === null || now - fs <= withinDays * DAY_MS;
   }
 
   /** Long-known destination: first seen at least `knownAfterDays` ago. */
   isLongKnown(host: string, now: number): boolean {
-    const fs = this.firstSeenMs(host);
+    return this.isLongKnownAt(host, now, false);
+  }
+
+  private isLongKnownAt(host: string, now: number, isPeek: boolean): boolean {
+    const fs = this.firstSeenOf(host, isPeek);
     return fs !== null && now - fs >= MODIFIER_DEFAULTS.knownAfterDays * DAY_MS;
   }
 
@@ -345,7 +371,11 @@ export class DetectionState {
    * least `beaconMinHours` distinct hours (RITA: a beacon is judged over hours, not minutes).
    */
   isBeacon(idKey: string, host: string): boolean {
-    const d = this.identities.get(idKey)?.perDest.get(registrableDomain(host));
+    return this.isBeaconAt(idKey, host, false);
+  }
+
+  private isBeaconAt(idKey: string, host: string, isPeek: boolean): boolean {
+    const d = (isPeek ? this.identities.peek(idKey) : this.identities.get(idKey))?.perDest.get(registrableDomain(host));
     if (!d || d.starts.length < MODIFIER_DEFAULTS.beaconMinConnections) return false;
     if (d.hours.length < MODIFIER_DEFAULTS.beaconMinHours) return false;
     const j = intervalJitter(d.starts.slice(-MODIFIER_DEFAULTS.beaconMinConnections * 2));
@@ -365,6 +395,20 @@ export class DetectionState {
       this.recent.set(idKey, m);
     }
     m.set(detector, now);
+  }
+
+  /**
+   * The reads of the connect-time detectors and their scoring, changing nothing, not even which
+   * entries count as recently used (a dry run, `POST /v1/policy/evaluate`, must leave no trace).
+   */
+  readOnly(): DetectionReader {
+    this.reader ??= {
+      recentDetectors: (idKey, now) => this.recentDetectors(idKey, now),
+      isRare: (host, now, withinDays) => this.isRareAt(host, now, withinDays, true),
+      isLongKnown: (host, now) => this.isLongKnownAt(host, now, true),
+      isBeacon: (idKey, host) => this.isBeaconAt(idKey, host, true),
+    };
+    return this.reader;
   }
 
   /** Detectors that fired for `idKey` within the corroboration window. */

@@ -129,6 +129,22 @@ identity:
 `,
 );
 
+// Regression: evaluate judged only the allow lists, so a proxyware client the gateway refuses at
+// admission (an0081.proxyware) was answered allow.
+const proxywarePolicy = (mode: string, extra = ''): string =>
+  file(
+    `proxyware-${mode}-${extra.length}.yaml`,
+    `mode: ${mode}
+roles:
+  any: { allow: [ { host: "*.honeygain.com", ports: [443] }, { host: "*.example.com", ports: [443] } ] }
+defaultRoles: [any]
+${extra}`,
+  );
+const PW_ENFORCE = proxywarePolicy('enforce');
+const PW_MONITOR = proxywarePolicy('monitor');
+const PW_DISABLED = proxywarePolicy('enforce', 'detection: { detectors: { an0081.proxyware: { enabled: false } } }\n');
+const PW_EXCEPTED = proxywarePolicy('enforce', 'exceptions: [ { process: [honeygain], detectors: [an0081.proxyware] } ]\n');
+
 beforeAll(async () => {
   // Start the child processes together; the tests below await the same promises.
   await Promise.all([
@@ -138,6 +154,7 @@ beforeAll(async () => {
     spawned('check upstream', 'check', '--config', UPSTREAM),
     spawned('check proto', 'check', '--config', PROTO),
     spawned('evaluate allow', 'evaluate', '--config', GOOD, '--dest', 'a.b.example.com:443', '--user', 'alice'),
+    spawned('evaluate proxyware', 'evaluate', '--config', PW_ENFORCE, '--dest', 'api.honeygain.com:443', '--process', 'honeygain'),
   ]);
 }, 60_000);
 
@@ -231,6 +248,47 @@ describe('egressgate evaluate', () => {
   it('CIDR entries apply to an IP literal destination', async () => {
     const r = await inProcess('evaluate', '--config', GOOD, '--dest', '203.0.113.7:443', '--user', 'alice');
     expect(JSON.parse(r.stdout)).toMatchObject({ verdict: 'allow', matchedRule: { role: 'developer', index: 2 }, destIp: '203.0.113.7' });
+  });
+
+  it('the connect-time detectors judge the connection: a proxyware client is refused in enforce mode', async () => {
+    const r = await spawned('evaluate proxyware');
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out).toMatchObject({ verdict: 'block', reason: 'detector', detector: 'an0081.proxyware', mode: 'enforce', matchedRule: { role: 'any', index: 0 } });
+    expect(out.reasons[0]).toContain('process honeygain is on the proxyware list');
+    expect(out.findings).toEqual([
+      expect.objectContaining({ detector: 'an0081.proxyware', analytic: 'AN0081', action: 'block', evidence: { process: 'honeygain', providerDomain: 'honeygain.com' } }),
+    ]);
+    expect(out.detectors).toMatchObject({
+      state: 'none',
+      judged: ['an0081.proxyware', 'an0081.scanner-tool', 'an0080.exfil-tool', 'an0080.lineage'],
+      skipped: [],
+      quarantinedUntil: null,
+    });
+    expect(out.detectors.notJudged).toContain('an0081.scan');
+    expect(out.detectors.notes[0]).toMatch(/^no running gateway: quarantine, fan-out windows, first-seen history/);
+  });
+
+  it('monitor mode: would-block; a disabled or excepted detector: allow; an ordinary process: allow', async () => {
+    const [monitor, disabled, excepted, ordinary, scanner] = await Promise.all([
+      inProcess('evaluate', '--config', PW_MONITOR, '--dest', 'api.honeygain.com:443', '--process', 'honeygain'),
+      inProcess('evaluate', '--config', PW_DISABLED, '--dest', 'api.honeygain.com:443', '--process', 'honeygain'),
+      inProcess('evaluate', '--config', PW_EXCEPTED, '--dest', 'www.example.com:443', '--process', 'honeygain'),
+      inProcess('evaluate', '--config', PW_ENFORCE, '--dest', 'www.example.com:443', '--process', 'curl'),
+      inProcess('evaluate', '--config', PW_ENFORCE, '--dest', 'www.example.com:443', '--process', 'nmap'),
+    ]);
+    const m = JSON.parse(monitor.stdout);
+    expect(m).toMatchObject({ verdict: 'would-block', reason: 'detector', detector: 'an0081.proxyware', mode: 'monitor' });
+    expect(m.findings).toEqual([expect.objectContaining({ detector: 'an0081.proxyware', action: 'would-block' })]);
+    const d = JSON.parse(disabled.stdout);
+    expect(d).toMatchObject({ verdict: 'allow', reason: 'allowed', detector: null, findings: [] });
+    expect(d.detectors.skipped).toEqual([{ detector: 'an0081.proxyware', why: 'disabled' }]);
+    expect(d.detectors.judged).not.toContain('an0081.proxyware');
+    const e = JSON.parse(excepted.stdout);
+    expect(e).toMatchObject({ verdict: 'allow', reason: 'allowed', detector: null, findings: [] });
+    expect(e.detectors.skipped).toEqual([{ detector: 'an0081.proxyware', why: 'exception' }]);
+    expect(JSON.parse(ordinary.stdout)).toMatchObject({ verdict: 'allow', reason: 'allowed', detector: null, findings: [], detectors: { skipped: [] } });
+    expect(JSON.parse(scanner.stdout)).toMatchObject({ verdict: 'block', reason: 'detector', detector: 'an0081.scanner-tool' });
   });
 
   it('bad values are usage errors (exit 2); an invalid policy exits 1', async () => {
