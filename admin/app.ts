@@ -2,25 +2,29 @@
  * The admin API (SPEC §6): fastify 5 with TypeBox schemas on every route. `buildAdmin` builds the
  * instance and never listens (main.ts does, on 127.0.0.1:9180 by default; tests use inject()).
  *
- * Request path: 1. route lookup → 2. onRequest: token → principal, scope check (401 slowed down per
- * address on repeated failures; 403) and the policy version noted for the audit → 3. schema
+ * Request path: 0. connection: at most admin.maxConnectionsPerSource open per address (429 and
+ * closed) → 1. route lookup → 2. onRequest: the Host name (421, DNS rebinding), then token →
+ * principal, scope check (401 slowed down per address on repeated failures, 429 unchecked while
+ * the address is locked out; 403) and the policy version noted for the audit → 3. schema
  * validation (400 with paths) → 4. handler, talking to the gateway only through the ControlPort →
  * 5. onResponse: writes audited (who, what, when, from where, versions before/after, status).
  */
-import type { ServerResponse } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { ControlPort } from '../gateway/control.ts';
 import type { AdminTokenConfig, AgentTokenConfig } from '../policy/config.ts';
 import { type FailureDelayOptions, generateAdminToken, scopeAllows, TokenAuth } from './auth.ts';
+import { AdminConnections } from './connection-limit.ts';
 import { installErrorHandlers, sendError } from './errors.ts';
+import { HostCheck } from './host-check.ts';
 import { OpenApiCollector } from './openapi.ts';
 import { registerAgentRoutes } from './routes/agents.ts';
 import { registerAlertRoutes } from './routes/alerts.ts';
 import { registerFlowRoutes } from './routes/flows.ts';
 import { registerPolicyRoutes } from './routes/policy.ts';
 import { registerSystemRoutes } from './routes/system.ts';
+import { SseStreams } from './sse.ts';
 import type { AdminApp, RouteContext } from './types.ts';
 
 export { generateAdminToken };
@@ -62,9 +66,28 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
     envToken: opts.envToken,
     credentials: () => port.credentials(),
     failureDelay: opts.failureDelay,
+    lockout: () => {
+      const a = port.adminSettings();
+      return { maxFailuresPerMinute: a.maxAuthFailuresPerSource, lockoutMs: a.authLockoutSec * 1000 };
+    },
   });
   const ctx: RouteContext = { port, heartbeatMs: opts.heartbeatMs ?? 15_000 };
-  const openStreams = new Set<ServerResponse>();
+  const openStreams = new SseStreams(() => port.adminSettings());
+  const connections = new AdminConnections(() => port.adminSettings().maxConnectionsPerSource);
+  const hosts = new HostCheck(() => port.adminSettings().allowedHosts);
+  let hostRefused = 0;
+  port.attachAdminStats(() => ({
+    authFailuresTotal: auth.stats.failuresTotal,
+    authLockedOutTotal: auth.stats.lockedOutTotal,
+    authLockoutsTotal: auth.stats.lockoutsTotal,
+    connectionsRefusedTotal: connections.refusedTotal,
+    hostRefusedTotal: hostRefused,
+    streamsRefusedPerToken: openStreams.refusedPerToken,
+    streamsRefusedTotal: openStreams.refusedTotal,
+    streamsActive: openStreams.size,
+  }));
+  // Before node:http's own connection handling: an address over its limit is never parsed.
+  connections.gate(app.server);
   const openapi = new OpenApiCollector();
 
   app.decorateRequest('principal', null);
@@ -76,14 +99,24 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
     app.addContentTypeParser(type, { parseAs: 'string' }, (_request, body, done) => done(null, body));
   }
 
-  // 2. authentication and scope
+  // 2. Host name (every route, the token-free ones first of all), authentication and scope
   app.addHook('onRequest', async (request, reply) => {
+    if (!hosts.accepts(request.headers.host, request.socket.localAddress)) {
+      hostRefused++;
+      return sendError(reply, 421, 'misdirected-request', 'this admin API does not answer to that Host name (admin.allowedHosts)');
+    }
     const scope = request.routeOptions.config.scope;
     if (scope === undefined || scope === 'none') return;
+    const lockedSec = auth.lockedOutFor(request.ip);
+    if (lockedSec > 0) {
+      // No token is compared while the address is locked out, a good one neither.
+      reply.header('retry-after', String(lockedSec));
+      return sendError(reply, 429, 'too-many-requests', 'too many bad tokens from this address; try again later (admin.maxAuthFailuresPerSource)');
+    }
     const header = request.headers.authorization;
     const principal = auth.authenticate(header);
     if (!principal) {
-      const delayMs = auth.recordFailure(request.ip);
+      const delayMs = auth.recordFailure(request.ip, header !== undefined);
       if (delayMs > 0) await sleep(delayMs);
       reply.header('www-authenticate', header ? 'Bearer realm="egressgate", error="invalid_token"' : 'Bearer realm="egressgate"');
       return sendError(reply, 401, 'unauthorized', header ? 'invalid token' : 'a Bearer token is required');
@@ -127,7 +160,7 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
 
   app.addHook('preClose', async () => {
     // Live SSE streams would keep the server from closing.
-    for (const res of [...openStreams]) res.end();
+    openStreams.endAll();
   });
 
   registerSystemRoutes(app, ctx, openapi);

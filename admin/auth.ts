@@ -42,6 +42,36 @@ export interface FailureDelayOptions {
   forgetAfterMs?: number;
 }
 
+/** The lockout of a source that keeps presenting bad tokens (read live: the policy may change it). */
+export interface LockoutLimits {
+  /** Failed tokens within a minute before the source is locked out; 0 = never. */
+  maxFailuresPerMinute: number;
+  /** How long it stays locked out. */
+  lockoutMs: number;
+}
+
+/** Counters for /metrics. */
+export interface AuthFailureStats {
+  /** Requests answered 401 (no token, or one that matched nothing). */
+  failuresTotal: number;
+  /** Requests answered 429 unchecked because their source was locked out. */
+  lockedOutTotal: number;
+  /** Times a source was locked out. */
+  lockoutsTotal: number;
+}
+
+interface SourceFailures {
+  /** Consecutive failures (the delay). */
+  count: number;
+  /** Start of the current one-minute window and the bad tokens in it (the lockout). */
+  windowStart: number;
+  windowFailures: number;
+  /** Locked out until then (ms since epoch); 0 = not locked out. */
+  lockedUntil: number;
+}
+
+const LOCKOUT_WINDOW_MS = 60_000;
+
 export interface TokenAuthOptions {
   /** Tokens always accepted besides the live config's (e.g. a generated one). */
   tokens?: readonly AdminTokenConfig[];
@@ -50,6 +80,9 @@ export interface TokenAuthOptions {
   /** The live token set (ControlPort.credentials). */
   credentials?: () => CredentialSet;
   failureDelay?: FailureDelayOptions;
+  /** Lockout of a source after repeated bad tokens; default: never. */
+  lockout?: () => LockoutLimits;
+  now?: () => number;
 }
 
 /** sha256 of a token, the only form kept in memory. */
@@ -97,8 +130,11 @@ function digestOf(entry: { token?: string; tokenSha256?: string }): Buffer | nul
 export class TokenAuth {
   private readonly fixed: TokenEntry[] = [];
   private live: { version: number; entries: TokenEntry[] } | null = null;
-  private readonly failures: LRUCache<string, { count: number }>;
+  private readonly failures: LRUCache<string, SourceFailures>;
   private readonly delayOpts: FailureDelayOptions;
+  private readonly forgetAfterMs: number;
+  private readonly now: () => number;
+  readonly stats: AuthFailureStats = { failuresTotal: 0, lockedOutTotal: 0, lockoutsTotal: 0 };
 
   constructor(private readonly opts: TokenAuthOptions) {
     for (const t of opts.tokens ?? []) {
@@ -109,7 +145,10 @@ export class TokenAuth {
       this.fixed.push({ digest: tokenDigest(opts.envToken), principal: { name: 'env', scope: 'admin', origin: 'env' } });
     }
     this.delayOpts = opts.failureDelay ?? {};
-    this.failures = new LRUCache({ max: 10_000, ttl: this.delayOpts.forgetAfterMs ?? 15 * 60_000 });
+    this.forgetAfterMs = this.delayOpts.forgetAfterMs ?? 15 * 60_000;
+    this.now = opts.now ?? Date.now;
+    // Bounded: past 10,000 sources the least recently failing is forgotten.
+    this.failures = new LRUCache({ max: 10_000, ttl: this.forgetAfterMs });
   }
 
   /** How many tokens are accepted right now (0 means nobody can use the API). */
@@ -130,11 +169,49 @@ export class TokenAuth {
     return found;
   }
 
-  /** Count a failed attempt from `ip`; returns how long to hold the 401. */
-  recordFailure(ip: string): number {
-    const f = this.failures.get(ip) ?? { count: 0 };
+  /**
+   * Seconds `ip` stays locked out (answered 429 before any token is looked at), or 0. Checked
+   * before `authenticate`, so a locked-out source gets no token compared at all.
+   */
+  lockedOutFor(ip: string): number {
+    const f = this.failures.get(ip);
+    if (f === undefined || f.lockedUntil === 0) return 0;
+    const left = f.lockedUntil - this.now();
+    if (left <= 0) {
+      f.lockedUntil = 0;
+      return 0;
+    }
+    this.stats.lockedOutTotal++;
+    return Math.ceil(left / 1000);
+  }
+
+  /**
+   * Count a failed attempt from `ip`; returns how long to hold the 401. `presented`: a token was
+   * sent (and matched nothing); only those count toward the lockout, a missing one guesses nothing.
+   */
+  recordFailure(ip: string, presented = true): number {
+    const at = this.now();
+    const f = this.failures.get(ip) ?? { count: 0, windowStart: at, windowFailures: 0, lockedUntil: 0 };
     f.count++;
-    this.failures.set(ip, f);
+    this.stats.failuresTotal++;
+    let ttl = this.forgetAfterMs;
+    const limits = presented ? this.opts.lockout?.() : undefined;
+    if (limits && limits.maxFailuresPerMinute > 0) {
+      if (at - f.windowStart >= LOCKOUT_WINDOW_MS) {
+        f.windowStart = at;
+        f.windowFailures = 0;
+      }
+      f.windowFailures++;
+      if (f.windowFailures >= limits.maxFailuresPerMinute) {
+        // The limit-th bad token is still answered 401; from the next request on, 429 unchecked.
+        f.lockedUntil = at + limits.lockoutMs;
+        f.windowStart = f.lockedUntil;
+        f.windowFailures = 0;
+        this.stats.lockoutsTotal++;
+        ttl = Math.max(ttl, limits.lockoutMs);
+      }
+    }
+    this.failures.set(ip, f, { ttl });
     return failureDelayMs(f.count, this.delayOpts);
   }
 

@@ -10,11 +10,13 @@ export type ErrorCode =
   | 'unauthorized'
   | 'forbidden'
   | 'not-found'
+  | 'misdirected-request'
   | 'method-not-allowed'
   | 'precondition-failed'
   | 'payload-too-large'
   | 'unsupported-media-type'
   | 'invalid-policy'
+  | 'too-many-requests'
   | 'not-ready'
   | 'internal';
 
@@ -48,6 +50,10 @@ function codeForStatus(status: number): ErrorCode {
       return 'payload-too-large';
     case 415:
       return 'unsupported-media-type';
+    case 421:
+      return 'misdirected-request';
+    case 429:
+      return 'too-many-requests';
     case 503:
       return 'not-ready';
     default:

@@ -269,4 +269,4 @@ export const AuditList = Type.Object({
 });
 
 /** The error responses every authenticated route may give. */
-export const AuthErrors = { 401: ErrorBody, 403: ErrorBody } as const;
+export const AuthErrors = { 401: ErrorBody, 403: ErrorBody, 429: ErrorBody } as const;

@@ -19,13 +19,72 @@ import type { ControlPort } from '../gateway/control.ts';
 /** A slow reader is cut off past this much unsent data; it reconnects with Last-Event-ID. */
 const MAX_BUFFERED_BYTES = 1 << 20;
 
+export interface StreamLimits {
+  /** Open streams in all; 0 = no limit. */
+  maxStreams: number;
+  /** Open streams per token; 0 = no limit. */
+  maxStreamsPerToken: number;
+}
+
+/**
+ * The open streams: ended all at once when the app closes, and counted per token and in all, so
+ * one read token cannot hold thousands of subscriptions (5,000 from one token were accepted, each
+ * a subscriber every alert is formatted and written for). Over a limit the route answers 429.
+ */
+export class SseStreams {
+  private readonly open = new Map<ServerResponse, string>();
+  private readonly perToken = new Map<string, number>();
+  refusedPerToken = 0;
+  refusedTotal = 0;
+
+  constructor(private readonly limits: () => StreamLimits) {}
+
+  get size(): number {
+    return this.open.size;
+  }
+
+  /** Which limit a new stream for `token` would pass, or null when it may open. */
+  refusal(token: string): 'token' | 'total' | null {
+    const { maxStreams, maxStreamsPerToken } = this.limits();
+    if (maxStreamsPerToken > 0 && (this.perToken.get(token) ?? 0) >= maxStreamsPerToken) {
+      this.refusedPerToken++;
+      return 'token';
+    }
+    if (maxStreams > 0 && this.open.size >= maxStreams) {
+      this.refusedTotal++;
+      return 'total';
+    }
+    return null;
+  }
+
+  add(res: ServerResponse, token: string): void {
+    this.open.set(res, token);
+    this.perToken.set(token, (this.perToken.get(token) ?? 0) + 1);
+  }
+
+  delete(res: ServerResponse): void {
+    const token = this.open.get(res);
+    if (token === undefined) return;
+    this.open.delete(res);
+    const n = (this.perToken.get(token) ?? 1) - 1;
+    if (n <= 0) this.perToken.delete(token);
+    else this.perToken.set(token, n);
+  }
+
+  /** End every open stream (the app is closing: live streams would keep the server open). */
+  endAll(): void {
+    for (const res of [...this.open.keys()]) res.end();
+  }
+}
+
 export interface SseOptions {
   heartbeatMs: number;
   detector?: string;
   /** From the Last-Event-ID header or the `lastEventId` query; null = only new alerts. */
   lastEventId: number | null;
-  /** Open streams, so the app can end them on close. */
-  open: Set<ServerResponse>;
+  /** Open streams, so the app can end them on close, and the token this one counts against. */
+  open: SseStreams;
+  token: string;
 }
 
 /** One SSE frame for an alert event. */
@@ -86,7 +145,7 @@ export function streamAlerts(port: ControlPort, request: FastifyRequest, reply: 
   request.raw.on('close', cleanup);
   res.on('close', cleanup);
   res.on('error', cleanup);
-  opts.open.add(res);
+  opts.open.add(res, opts.token);
   // Tell the browser how soon to reconnect, and flush the headers with a first comment.
   res.write(`retry: 3000\n: connected, last event id ${lastSent}\n\n`);
   if (resumeFrom !== null) for (const ev of port.alertsAfter(resumeFrom, opts.detector)) send(ev);

@@ -280,6 +280,8 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
       const snap = deps.policy.current();
       return { version: snap.version, adminTokens: snap.config.admin.tokens, agents: snap.config.identity.agents };
     },
+    adminSettings: () => deps.policy.current().config.admin,
+    attachAdminStats: (read) => stats.attachAdmin(read),
     proxyAddress: () => deps.proxyAddress?.() ?? deps.policy.current().config.listen.http,
 
     metrics: () => stats.registry,

@@ -15,6 +15,7 @@ import type { AuditEntry, AuditQuery } from './audit-log.ts';
 import type { DryRunDetectors, DryRunFinding } from './detection/dry-run.ts';
 import type { FlowFilter } from './flow/flow-table.ts';
 import type { FlowRecord } from './flow/flow.ts';
+import type { AdminListenerStats } from './stats.ts';
 
 /** One configuration error, with the path of the offending value (`roles.dev.allow[2].ports`). */
 export interface ConfigIssue {
@@ -153,6 +154,10 @@ export interface ControlPort {
   listAgents(): AgentView[];
 
   credentials(): CredentialSet;
+  /** The live `admin` settings of the policy: Host names, connection, lockout and stream limits. */
+  adminSettings(): Readonly<Config['admin']>;
+  /** Export the admin listener's own counters (read at scrape time) on the gateway's /metrics. */
+  attachAdminStats(read: () => AdminListenerStats): void;
   /** Where the HTTP proxy listener is bound ("host:port"), for the PAC file. */
   proxyAddress(): string;
 

@@ -61,6 +61,35 @@ export function closedLabel(value: string | null | undefined, set: readonly stri
   return value && set.includes(value) ? value : 'other';
 }
 
+/** The admin listener's own counters (admin/), read at scrape time. Monotonic except `streamsActive`. */
+export interface AdminListenerStats {
+  /** Requests answered 401. */
+  authFailuresTotal: number;
+  /** Requests answered 429 unchecked: their source was locked out after repeated bad tokens. */
+  authLockedOutTotal: number;
+  /** Times a source was locked out. */
+  authLockoutsTotal: number;
+  /** Connections closed on arrival: admin.maxConnectionsPerSource open from that address. */
+  connectionsRefusedTotal: number;
+  /** Requests answered 421: a Host name the listener does not answer to. */
+  hostRefusedTotal: number;
+  /** SSE streams refused, by the limit reached. */
+  streamsRefusedPerToken: number;
+  streamsRefusedTotal: number;
+  streamsActive: number;
+}
+
+const NO_ADMIN_STATS: AdminListenerStats = Object.freeze({
+  authFailuresTotal: 0,
+  authLockedOutTotal: 0,
+  authLockoutsTotal: 0,
+  connectionsRefusedTotal: 0,
+  hostRefusedTotal: 0,
+  streamsRefusedPerToken: 0,
+  streamsRefusedTotal: 0,
+  streamsActive: 0,
+});
+
 export interface GatewayStatsOptions {
   /** Also export Node process metrics (event loop lag, heap, …) on this registry. */
   processMetrics?: boolean;
@@ -85,6 +114,7 @@ export class GatewayStats {
   private activeFlowsFn: () => number = () => 0;
   private skippedRecordsFn: () => number = () => 0;
   private sourceLimitFn: () => SourceLimitStats = () => ({ refusedTotal: 0, sources: 0 });
+  private adminFn: () => AdminListenerStats = () => NO_ADMIN_STATS;
   private socksUdpFn: () => UdpRelayStats = () => ({ heldBytes: 0, heldDroppedTotal: 0, repliesDroppedTotal: 0 });
   /**
    * Hot-path counts (every connection, every flow) are plain numbers, handed to prom-client only at
@@ -202,6 +232,34 @@ export class GatewayStats {
       () => stats.sourceLimitFn().refusedTotal,
     );
     scrapedGauge(registers, 'gw_downstream_sources_active', 'Source addresses with client connections open', () => stats.sourceLimitFn().sources);
+    scrapedCounter(registers, 'gw_admin_auth_failures_total', 'Admin API requests answered 401: no token, or one that matched none', () => stats.adminFn().authFailuresTotal);
+    scrapedCounter(
+      registers,
+      'gw_admin_auth_locked_out_total',
+      'Admin API requests answered 429 without their token checked: the source had admin.maxAuthFailuresPerSource bad tokens within a minute',
+      () => stats.adminFn().authLockedOutTotal,
+    );
+    scrapedCounter(registers, 'gw_admin_auth_lockouts_total', 'Source addresses locked out of the admin API for admin.authLockoutSec after repeated bad tokens', () => stats.adminFn().authLockoutsTotal);
+    scrapedCounter(
+      registers,
+      'gw_admin_cx_source_limited_total',
+      'Admin API connections answered 429 and closed on arrival: their source address had admin.maxConnectionsPerSource open',
+      () => stats.adminFn().connectionsRefusedTotal,
+    );
+    scrapedCounter(registers, 'gw_admin_host_refused_total', 'Admin API requests answered 421: a Host name it does not answer to (admin.allowedHosts; DNS rebinding)', () => stats.adminFn().hostRefusedTotal);
+    new Counter({
+      name: 'gw_admin_streams_refused_total',
+      help: 'Alert streams (SSE) refused with 429, by the limit reached: admin.maxStreamsPerToken (token) or admin.maxStreams (total)',
+      labelNames: ['limit'],
+      registers,
+      collect() {
+        const st = stats.adminFn();
+        this.reset();
+        this.inc({ limit: 'token' }, st.streamsRefusedPerToken);
+        this.inc({ limit: 'total' }, st.streamsRefusedTotal);
+      },
+    });
+    scrapedGauge(registers, 'gw_admin_streams_active', 'Alert streams (SSE) open on the admin API', () => stats.adminFn().streamsActive);
     scrapedGauge(registers, 'gw_socks_udp_held_bytes', 'Bytes of SOCKS5 UDP client datagrams held while their destination is being admitted', () => stats.socksUdpFn().heldBytes);
     scrapedCounter(
       registers,
@@ -327,6 +385,11 @@ export class GatewayStats {
       this.counted.clear();
       this.activeFlowsFn = () => 0;
     };
+  }
+
+  /** Export the admin listener's counters (admin/app.ts, through the ControlPort); the last one attached counts. */
+  attachAdmin(read: () => AdminListenerStats): void {
+    this.adminFn = read;
   }
 
   /** Count every alert added to a store (detector and action labels from closed sets). */

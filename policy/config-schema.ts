@@ -184,7 +184,15 @@ export const CONFIG_SCHEMA: Node = s.obj({
   mode: s.enum(['monitor', 'enforce']),
   listen: s.obj({ http: s.str(hostPort), socks: s.str(hostPort), admin: s.str(hostPort), https: s.nul(s.str(hostPort)) }),
   tls: s.nul(s.obj({ cert: s.req(s.str(nonEmpty)), key: s.req(s.str(nonEmpty)), ca: s.nul(s.str(nonEmpty)), requestClientCert: s.bool() })),
-  admin: s.obj({ tokens: s.arr(tokenEntry({ scope: s.req(s.enum(['admin', 'read', 'agent'])) })) }),
+  admin: s.obj({
+    tokens: s.arr(tokenEntry({ scope: s.req(s.enum(['admin', 'read', 'agent'])) })),
+    allowedHosts: s.arr(s.str(hostPattern)),
+    maxConnectionsPerSource: s.int(0),
+    maxAuthFailuresPerSource: s.int(0),
+    authLockoutSec: s.int(1, Math.floor(MAX_TIMER_MS / 1000)),
+    maxStreams: s.int(0),
+    maxStreamsPerToken: s.int(0),
+  }),
   identity: s.obj({
     requireAuth: s.bool(),
     users: s.arr(

@@ -68,7 +68,25 @@ export interface Config {
   mode: Mode;
   listen: { http: string; socks: string; admin: string; https?: string | null };
   tls?: { cert: string; key: string; ca?: string | null; requestClientCert?: boolean } | null;
-  admin: { tokens: AdminTokenConfig[] };
+  admin: {
+    tokens: AdminTokenConfig[];
+    /**
+     * Host header names the admin listener answers besides loopback names and IP literals
+     * (patterns as in allow entries; "*" = any). Empty: any name on connections that did not arrive
+     * on a loopback address (PAC serving), loopback names only on those that did.
+     */
+    allowedHosts: string[];
+    /** Open connections per source address on the admin listener; 0 = no limit. */
+    maxConnectionsPerSource: number;
+    /** Failed tokens from one source within a minute before it is locked out; 0 = never locked out. */
+    maxAuthFailuresPerSource: number;
+    /** How long a locked-out source is answered 429 without its token being checked. */
+    authLockoutSec: number;
+    /** Open SSE streams (GET /v1/alerts/stream) in all; 0 = no limit. */
+    maxStreams: number;
+    /** Open SSE streams per token; 0 = no limit. */
+    maxStreamsPerToken: number;
+  };
   identity: {
     requireAuth: boolean;
     users: UserConfig[];
@@ -125,7 +143,7 @@ export function defaultConfig(): Config {
     mode: 'monitor',
     listen: { http: '127.0.0.1:3128', socks: '127.0.0.1:1080', admin: '127.0.0.1:9180', https: null },
     tls: null,
-    admin: { tokens: [] },
+    admin: { tokens: [], allowedHosts: [], maxConnectionsPerSource: 64, maxAuthFailuresPerSource: 10, authLockoutSec: 60, maxStreams: 128, maxStreamsPerToken: 16 },
     identity: {
       requireAuth: false,
       users: [],

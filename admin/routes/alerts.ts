@@ -1,15 +1,14 @@
 /**
  * Alert routes: list with filters, and the live Server-Sent Events stream.
  */
-import type { ServerResponse } from 'node:http';
 import { isValidSince } from '../../gateway/alerts/alert-store.ts';
 import { sendError } from '../errors.ts';
 import { AlertList, AlertQuery, AuthErrors, ErrorBody, StreamQuery } from '../schemas.ts';
-import { parseLastEventId, streamAlerts } from '../sse.ts';
+import { parseLastEventId, type SseStreams, streamAlerts } from '../sse.ts';
 import type { AdminApp, RouteContext } from '../types.ts';
 
 /** Register the alert routes; `open` collects live SSE responses so the app can end them on close. */
-export function registerAlertRoutes(app: AdminApp, { port, heartbeatMs }: RouteContext, open: Set<ServerResponse>): void {
+export function registerAlertRoutes(app: AdminApp, { port, heartbeatMs }: RouteContext, open: SseStreams): void {
   app.get(
     '/v1/alerts',
     {
@@ -42,8 +41,21 @@ export function registerAlertRoutes(app: AdminApp, { port, heartbeatMs }: RouteC
       },
     },
     (request, reply) => {
+      // Counted per token (its name and where it came from), not per address: one token, one budget.
+      const principal = request.principal;
+      const token = principal ? `${principal.origin}:${principal.name}` : '';
+      const over = open.refusal(token);
+      if (over !== null) {
+        reply.header('retry-after', '5');
+        return sendError(
+          reply,
+          429,
+          'too-many-requests',
+          over === 'token' ? 'too many alert streams open with this token (admin.maxStreamsPerToken)' : 'too many alert streams open (admin.maxStreams)',
+        );
+      }
       const lastEventId = parseLastEventId(request.headers['last-event-id']) ?? request.query.lastEventId ?? null;
-      streamAlerts(port, request, reply, { heartbeatMs, detector: request.query.detector, lastEventId, open });
+      streamAlerts(port, request, reply, { heartbeatMs, detector: request.query.detector, lastEventId, open, token });
     },
   );
 }

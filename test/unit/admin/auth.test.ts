@@ -153,6 +153,25 @@ describe('admin auth helpers', () => {
     expect(auth.authenticate(undefined)).toBeNull();
   });
 
+  it('locks an address out after maxFailuresPerMinute bad tokens within a minute, for lockoutMs', () => {
+    let now = 1_000_000;
+    const auth = new TokenAuth({ envToken: 'x'.repeat(20), lockout: () => ({ maxFailuresPerMinute: 3, lockoutMs: 30_000 }), now: () => now });
+    auth.recordFailure('10.0.0.1');
+    auth.recordFailure('10.0.0.1', false); // no token sent: not counted toward the lockout
+    now += 61_000; // a new minute: the window starts again
+    auth.recordFailure('10.0.0.1');
+    auth.recordFailure('10.0.0.1');
+    expect(auth.lockedOutFor('10.0.0.1')).toBe(0);
+    auth.recordFailure('10.0.0.1');
+    expect(auth.lockedOutFor('10.0.0.1')).toBe(30);
+    expect(auth.lockedOutFor('10.0.0.2')).toBe(0);
+    now += 29_500;
+    expect(auth.lockedOutFor('10.0.0.1')).toBe(1);
+    now += 500;
+    expect(auth.lockedOutFor('10.0.0.1')).toBe(0);
+    expect(auth.stats).toEqual({ failuresTotal: 5, lockedOutTotal: 2, lockoutsTotal: 1 });
+  });
+
   it('generateAdminToken gives distinct, long tokens; digests are sha256', () => {
     const a = generateAdminToken();
     const b = generateAdminToken();

@@ -1,0 +1,64 @@
+/**
+ * The admin listener's Host header check, against DNS rebinding: a page in an operator's browser
+ * whose name is made to resolve to the gateway would otherwise reach every route that needs no
+ * token (`/healthz`, `/readyz`, `/proxy.pac`, and any cookie-free one added later) and read the
+ * answers as same-origin. A rebound request always carries the attacker's name in Host, so the
+ * name is what is checked:
+ *
+ * - IP literals (`127.0.0.1:9180`, `[::1]:9180`, `10.0.0.5:9180`) and loopback names (`localhost`,
+ *   `*.localhost`, which browsers resolve to loopback themselves) are always accepted: no one can
+ *   rebind them. No Host at all (HTTP/1.0) is accepted too.
+ * - `admin.allowedHosts` set: any other name must match one of its patterns (`*` turns the check off).
+ * - `admin.allowedHosts` empty: any other name is refused on a connection that arrived on a loopback
+ *   address, and accepted on one that did not (the PAC file is fetched by whatever name the clients
+ *   were configured with; a gateway serving it on its network address keeps working unconfigured).
+ *
+ * The port in Host is not compared: a rebinding page already has the listener's port, and tunnels
+ * (`ssh -L`, `kubectl port-forward`) legitimately change it.
+ */
+import { isIP } from 'node:net';
+import { compileHostSet, type HostPatternMap, normalizeHost } from '../policy/host-pattern.ts';
+
+/** True for an address on the loopback interface (127/8, ::1, IPv4-mapped 127/8). */
+export function isLoopbackAddress(address: string | undefined): boolean {
+  if (address === undefined) return false;
+  return address.startsWith('127.') || address === '::1' || address.startsWith('::ffff:127.');
+}
+
+/** The name part of a Host header value (no port, no brackets), or null when it cannot be one. */
+export function hostHeaderName(value: string): string | null {
+  const v = value.trim();
+  if (v.startsWith('[')) {
+    const end = v.indexOf(']');
+    if (end < 0) return null;
+    const rest = v.slice(end + 1);
+    if (rest !== '' && !/^:\d{1,5}$/.test(rest)) return null;
+    return v.slice(1, end);
+  }
+  const colon = v.indexOf(':');
+  if (colon < 0) return v;
+  if (!/^\d{1,5}$/.test(v.slice(colon + 1))) return null;
+  return v.slice(0, colon);
+}
+
+export class HostCheck {
+  private compiled: { patterns: readonly string[]; set: HostPatternMap<true> } | null = null;
+
+  /** `allowedHosts`: the live `admin.allowedHosts` (recompiled only when the array changes). */
+  constructor(private readonly allowedHosts: () => readonly string[]) {}
+
+  /** Whether a request with this Host header, arrived on `localAddress`, may be answered. */
+  accepts(host: string | undefined, localAddress: string | undefined): boolean {
+    if (host === undefined) return true;
+    const raw = hostHeaderName(host);
+    if (raw === null) return false;
+    if (isIP(raw) !== 0) return true;
+    const name = normalizeHost(raw);
+    if (name === null) return false;
+    if (name === 'localhost' || name.endsWith('.localhost')) return true;
+    const patterns = this.allowedHosts();
+    if (patterns.length === 0) return !isLoopbackAddress(localAddress);
+    if (this.compiled?.patterns !== patterns) this.compiled = { patterns, set: compileHostSet(patterns) };
+    return this.compiled.set.matches(name);
+  }
+}
