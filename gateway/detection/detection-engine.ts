@@ -4,7 +4,8 @@
  *  - connect time (admission step 8): quarantine, then `evaluateConnect` (proxyware, scanner and
  *    exfil tools, lineage) → block / would-block; `uploadBudgetFor` → the flow's exact byte budget;
  *  - every sweep (`detection.sampleIntervalMs`): `evaluateSweep` over live flows plus those closed
- *    or refused since the last sweep → alerts, and in enforce mode kills and quarantines;
+ *    or refused since the last sweep → alerts, and in enforce mode kills and quarantines (a flow
+ *    refused at an address by policy counts as a failed attempt for `an0081.scan`);
  *  - baselines (first-seen destinations, hourly volumes) persisted atomically to `state.path`.
  *
  * Alerts for the same finding key are grouped: a repeat is raised again when its action or
@@ -23,6 +24,7 @@ import {
   nextUploadBudget,
   type ObserveResult,
   observeOptions,
+  outcomeOfRefusal,
   toAlert,
   uploadBudgetFor,
 } from '../../policy/detectors/index.ts';
@@ -205,7 +207,9 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     admitted.delete(flow.id);
     // A SOCKS5 login refused before its request named no destination: nothing for fan-out, scans or first-seen.
     if (!isRouted(flow)) return;
-    const v = view(flow, flow.isConnected ? 'closed' : flow.verdict === 'block' ? 'blocked' : 'failed');
+    // A refusal of the address itself (deny-range, an IP literal not allowlisted) is an attempt the
+    // scan detector counts, as a failed dial is: an internal sweep is refused before any dial.
+    const v = view(flow, flow.isConnected ? 'closed' : flow.verdict === 'block' ? outcomeOfRefusal(flow.reason, flow.destination) : 'failed');
     ended.push(v);
     try {
       // The flow table closes a flow once: it is folded here once, and the sweep skips ended flows.

@@ -5,14 +5,15 @@
  * flow's life, so hours of traffic are judged in seconds.
  *
  * Per step:
- * 1. start the connections due (quarantine → policy → connect-time detectors → budget);
+ * 1. start the connections due (quarantine → policy → connect-time detectors → budget); an
+ *    address refused by policy is folded as a `denied` attempt (the scan detector counts it);
  * 2. advance bytes of live flows; a flow reaching its budget is cut at exactly the budget
  *    (enforce) when the out:in ratio holds;
  * 3. sweep: evaluateSweep over live flows and those closed in this step;
  * 4. act on findings: enforce kills flows and quarantines the identity on block/kill.
  * Idle stretches (no live flow) jump straight to the next connection.
  */
-import { evaluateConnect, evaluateSweep, isOverUploadBudget, toAlert, uploadBudgetFor } from '../../policy/detectors/index.ts';
+import { evaluateConnect, evaluateSweep, isOverUploadBudget, outcomeOfRefusal, toAlert, uploadBudgetFor } from '../../policy/detectors/index.ts';
 import { identityKeyOf, severityLevel } from '../../policy/detectors/match.ts';
 import { DetectionState } from '../../policy/detectors/state.ts';
 import type { Alert, Finding, FlowOutcome, FlowView } from '../../policy/detectors/types.ts';
@@ -156,18 +157,23 @@ export function replayConnections(conns: readonly ConnSpec[], opts: ReplayOption
       return null;
     }
     const decision = snapshot.decide(facts, now, opts.modeOverride ?? null);
+    const destination = { host: spec.host, ip: spec.ip, port: spec.port };
+    let outcome: FlowOutcome = spec.outcome === 'ok' ? 'open' : spec.outcome === 'refused' ? 'refused' : 'failed';
     if (decision.verdict === 'block') {
       tally.blockedByPolicy++;
-      return null;
+      // As in the gateway: a refusal of the address itself is still an attempt the scan detector counts.
+      if (outcomeOfRefusal(decision.reason, destination) !== 'denied') return null;
+      outcome = 'denied';
+    } else {
+      const found = evaluateConnect(facts, state, snapshot, now, id);
+      for (const f of found) record(spec.scenario, f, mode, now);
+      if (mode === 'enforce' && found.some((f) => f.action !== 'flag')) {
+        tally.blockedByDetector++;
+        quarantineFor(idKey, now);
+        return null;
+      }
     }
-    const found = evaluateConnect(facts, state, snapshot, now, id);
-    for (const f of found) record(spec.scenario, f, mode, now);
-    if (mode === 'enforce' && found.some((f) => f.action !== 'flag')) {
-      tally.blockedByDetector++;
-      quarantineFor(idKey, now);
-      return null;
-    }
-    const failed = spec.outcome !== 'ok';
+    const failed = outcome !== 'open';
     const flow: SimFlow = {
       id,
       spec,
@@ -176,13 +182,13 @@ export function replayConnections(conns: readonly ConnSpec[], opts: ReplayOption
         protocol: spec.protocol,
         clientIp: spec.identity.clientIp,
         identity,
-        destination: { host: spec.host, ip: spec.ip, port: spec.port },
+        destination,
         startedAtMs: spec.startMs,
         endedAtMs: failed ? spec.startMs : null,
         lastActivityAtMs: spec.startMs,
         bytesOut: 0,
         bytesIn: 0,
-        outcome: failed ? (spec.outcome === 'refused' ? 'refused' : 'failed') : 'open',
+        outcome,
       },
       endMs: spec.startMs + spec.durationMs,
       mode,

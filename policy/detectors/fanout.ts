@@ -8,6 +8,9 @@
  *   external or ≥ `slowFailedDestinationsInternal` internal;
  * - successful fan-out (D3c): > `distinctDestinationsPerHour` distinct destinations in 1 h from a
  *   non-browser process; behaviour only, so its action needs corroboration.
+ * A failed attempt is a dial that failed or an attempt the gateway refused by policy at an address
+ * (`denied`: deny-range, an IP literal not allowlisted; see `outcomeOfRefusal`): a sweep of
+ * forbidden addresses never reaches a dial, and is exactly the scan to alert on.
  *
  * `an0081.proxyjack`:
  * - relay symmetry (D4b): over `windowSec`, Σout ≥ `minBytesOut`, `minRatio` ≤ Σout/Σin ≤
@@ -56,6 +59,8 @@ export function scanSignals(
   const out: SweepSignal[] = [];
 
   const fast = changes.hasNewFailures ? w.fastFailed.prune(now - windowSec * 1000) : 0;
+  // Of those, the attempts the gateway refused by policy (never dialled: deny-range, an IP literal not allowlisted).
+  const refused = changes.hasNewFailures ? w.fastDenied.prune(now - windowSec * 1000) : 0;
   let topIp = '';
   let topPorts = 0;
   for (const [ip, c] of changes.hasNewFailures ? w.perIp : []) {
@@ -99,13 +104,14 @@ export function scanSignals(
       evidence: {
         kind,
         failedDestinations: fast,
+        refusedDestinations: refused,
         windowSec,
         maxFailedPortsOnOneHost: topPorts,
         slowFailedExternal: slowExt,
         slowFailedInternal: slowInt,
         exploitPorts: exploit,
       },
-      reason: `${kind}: ${reason}${exploit ? '; service-exploitation ports targeted' : ''}`,
+      reason: `${kind}: ${reason}${refused > 0 ? `; ${refused} of the destinations within ${windowSec} s refused by policy (never dialled)` : ''}${exploit ? '; service-exploitation ports targeted' : ''}`,
       key: `an0081.scan|${idKey}`,
     });
   }

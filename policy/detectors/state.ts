@@ -11,10 +11,10 @@
  */
 import { classifyAddress } from '../address.ts';
 import type { Config } from '../config.ts';
-import type { Identity } from '../types.ts';
+import type { Identity, ReasonCode } from '../types.ts';
 import { MODIFIER_DEFAULTS } from './defaults.ts';
 import { identityKeyOf, registrableDomain } from './match.ts';
-import type { BehaviourDetector, Finding, FlowView } from './types.ts';
+import type { BehaviourDetector, Finding, FlowDestinationView, FlowView } from './types.ts';
 import { BoundedMap, DistinctWindow, evictionBatch, evictOldest, WindowSum, intervalJitter } from './windows.ts';
 
 const HOUR_MS = 3_600_000;
@@ -41,6 +41,8 @@ export class IdentityWindows {
   /** Fast scan window: failed `ip:port` → attempt time; `perIp` counts distinct ports per ip. */
   readonly fastFailed: DistinctWindow<string>;
   readonly perIp = new Map<string, number>();
+  /** The keys of `fastFailed` the gateway refused by policy (outcome `denied`), for the evidence. */
+  readonly fastDenied = new DistinctWindow<undefined>(MAX_FAILED_KEYS);
   /** Slow scan sets: reset after `slowResetSec` without a failed attempt. */
   slowExternal = new Set<string>();
   slowInternal = new Set<string>();
@@ -76,6 +78,22 @@ export class IdentityWindows {
     }
     return d;
   }
+}
+
+/**
+ * How a flow the gateway refused at admission is folded: `denied` — a failed attempt at that address
+ * for `an0081.scan`, as a refused dial is — when policy refused the address itself: `deny-range`
+ * (decided on the address that would have been dialled: an internal sweep, the metadata address)
+ * or `not-allowlisted` for an address the client named (an IP literal). Else `blocked`, counted
+ * nowhere: a name the allowlist refused before any lookup has no address, and a browser under a
+ * tight allowlist asks for dozens of names a page; the gateway's refusals of the identity itself
+ * (detector, quarantine, rate limit, authentication) would count a quarantined scanner's retries
+ * or a client over its rate again and again.
+ */
+export function outcomeOfRefusal(reason: ReasonCode | null, destination: FlowDestinationView): 'denied' | 'blocked' {
+  if (destination.ip === null) return 'blocked';
+  if (reason === 'deny-range') return 'denied';
+  return reason === 'not-allowlisted' && destination.host === destination.ip ? 'denied' : 'blocked';
 }
 
 interface TrackedFlow {
@@ -239,8 +257,10 @@ export class DetectionState {
       result.active.add(idKey);
       result.started.add(idKey);
     }
-    if ((f.outcome === 'failed' || f.outcome === 'refused') && !t.failed && f.destination.ip !== null) {
-      // DNS failures (no ip) are typos, not scans (research D3).
+    const isFailed = f.outcome === 'failed' || f.outcome === 'refused' || f.outcome === 'denied';
+    if (isFailed && !t.failed && f.destination.ip !== null) {
+      // DNS failures (no ip) are typos, not scans (research D3). A `denied` attempt counts here and
+      // nowhere else: it never connected and carries no bytes.
       t.failed = true;
       this.noteFailed(w, f, opts.slowResetMs);
       result.failed.add(idKey);
@@ -294,6 +314,7 @@ export class DetectionState {
     const at = f.startedAtMs;
     if (!w.fastFailed.map.has(key)) w.perIp.set(ip, (w.perIp.get(ip) ?? 0) + 1);
     w.fastFailed.touch(key, at, ip);
+    if (f.outcome === 'denied') w.fastDenied.touch(key, at, undefined);
     if (at - w.slowLastMs > slowResetMs) {
       w.slowExternal = new Set();
       w.slowInternal = new Set();

@@ -12,9 +12,13 @@ import type { AlertAction, Identity, Protocol, Severity } from '../types.ts';
  * - `open`: connected and carrying data; `closed`: finished normally.
  * - `failed`: the upstream dial failed (timeout, reset before data, unreachable; SOCKS 0x03/0x04/0x05).
  * - `refused`: the destination refused the connection (TCP RST to the SYN).
- * - `blocked`: the gateway refused it (policy, detector, quarantine): never dialled.
+ * - `denied`: the gateway refused it by policy at admission, to an address it knows (`deny-range`, or
+ *   an IP literal not allowlisted): never dialled, but an attempt at that address, which the scan
+ *   detector counts as a failed one (see `outcomeOfRefusal`); nothing else reads it.
+ * - `blocked`: any other refusal by the gateway (a name not allowlisted, detector, quarantine, rate
+ *   limit, authentication): never dialled, and not an attempt at an address.
  */
-export type FlowOutcome = 'open' | 'closed' | 'failed' | 'refused' | 'blocked';
+export type FlowOutcome = 'open' | 'closed' | 'failed' | 'refused' | 'denied' | 'blocked';
 
 export interface FlowDestinationView {
   /** As the client named it: lower-case host name or IP literal. */

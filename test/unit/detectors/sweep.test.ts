@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DetectionState, emptyObserveResult } from '../../../policy/detectors/state.ts';
+import { DetectionState, emptyObserveResult, outcomeOfRefusal } from '../../../policy/detectors/state.ts';
 import { identityKeyOf } from '../../../policy/detectors/match.ts';
 import { evaluateSweep } from '../../../policy/detectors/sweep.ts';
 import type { Finding, FlowView } from '../../../policy/detectors/types.ts';
@@ -82,6 +82,42 @@ describe('an0081.scan', () => {
   it('slow set resets after slowResetSec without failures', () => {
     const fs = play(40, 1_000_000, (i, now) => [flow(user, `81.0.${i}.1:80`, { now, outcome: 'failed', endedAtMs: now, ageMs: 0 })]);
     expect(fs).toEqual([]);
+  });
+  it('attempts refused by policy at an address (denied) count as failed, with the refused count; blocked ones do not', () => {
+    const fs = play(30, 1000, (i, now) => [flow(user, `10.9.${i}.1:80`, { now, outcome: 'denied', endedAtMs: now, ageMs: 0 })]);
+    expect(fs[0]?.evidence).toMatchObject({ kind: 'address-scan', failedDestinations: 25, refusedDestinations: 25, slowFailedInternal: 25 });
+    expect(fs[0]?.reasons[0]).toMatch(/25 of the destinations within 300 s refused by policy/);
+    // Mixed with failed dials, only the refused ones are in refusedDestinations.
+    const mixed = play(30, 1000, (i, now) => [flow(user, `10.9.${i}.1:80`, { now, outcome: i % 2 === 0 ? 'denied' : 'failed', endedAtMs: now, ageMs: 0 })]);
+    expect(mixed[0]?.evidence).toMatchObject({ failedDestinations: 25, refusedDestinations: 13 });
+    expect(play(40, 1000, (i, now) => [flow(user, `10.9.${i}.1:80`, { now, outcome: 'blocked', endedAtMs: now, ageMs: 0 })])).toEqual([]);
+  });
+  it('denied attempts are no connections: no fan-out, domains, first-seen or bytes', () => {
+    const state = learnedState(WED_10);
+    const s = snap();
+    for (let i = 0; i < 300; i++) {
+      const now = WED_10 + i * 100;
+      evaluateSweep([flow(user, `d${i}.example:443`, { now, outcome: 'denied', endedAtMs: now, ageMs: 0 })], state, s, now);
+    }
+    const w = state.windows(identityKeyOf(user, '10.1.2.3'));
+    expect([w?.distinctHour.map.size, w?.domains.map.size, w?.perDest.size, w?.out.sumSince(0)]).toEqual([0, 0, 0, 0]);
+    expect(state.firstSeenMs('d1.example')).toBeNull();
+  });
+  it('outcomeOfRefusal: deny-range at any address, not-allowlisted only at an IP literal, nothing else', () => {
+    const cases: Array<[Parameters<typeof outcomeOfRefusal>[0], string, string | null, 'denied' | 'blocked']> = [
+      ['deny-range', '10.0.0.1', '10.0.0.1', 'denied'],
+      ['deny-range', 'intranet.example', '10.0.0.1', 'denied'],
+      ['not-allowlisted', '203.0.113.9', '203.0.113.9', 'denied'],
+      ['not-allowlisted', '::1', '::1', 'denied'],
+      ['not-allowlisted', 'ads.example', '203.0.113.9', 'blocked'],
+      ['not-allowlisted', 'ads.example', null, 'blocked'],
+      ['quarantine', '10.0.0.1', '10.0.0.1', 'blocked'],
+      ['detector', '10.0.0.1', '10.0.0.1', 'blocked'],
+      ['rate-limit', '10.0.0.1', null, 'blocked'],
+      ['auth-required', '10.0.0.1', null, 'blocked'],
+      [null, '10.0.0.1', '10.0.0.1', 'blocked'],
+    ];
+    for (const [reason, host, ip, want] of cases) expect([reason, host, outcomeOfRefusal(reason, { host, ip, port: 80 })]).toEqual([reason, host, want]);
   });
   it('DNS failures (no ip) do not count', () => {
     const fs = play(40, 1000, (i, now) => [
