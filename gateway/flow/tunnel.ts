@@ -2,7 +2,9 @@
  * Pipe a downstream (client) socket and an upstream (destination) socket for one flow:
  * - exact payload metering: one addition per chunk into flow.bytesOut / flow.bytesIn;
  * - backpressure both ways (write() === false → pause the other side until 'drain');
- * - half-close both ways (a FIN from one side is passed on; the flow ends when both sides ended);
+ * - half-close both ways (a FIN from one side is passed on; the flow ends when both sides ended
+ *   and node has handed the client its last bytes: a slow reader's tail still queued here keeps the
+ *   flow live, so a SIGTERM drain waits for it and a cut says `shutdown`, not `closed`);
  * - a byte budget towards the destination: not one byte past flow.budgetOut is written upstream
  *   (where flow.onBudget lets the flow run on, it moves flow.budgetOut and the rest meets that);
  * - idle timeout: one timer, on the client socket — every byte either way is a read or a write on
@@ -43,6 +45,8 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
   let isUpSettled = false;
   let isDownStopped = false;
   let isUpStopped = false;
+  // Both sides are done, but node still holds bytes for the client (it reads slowly).
+  let isDelivering = false;
 
   const finish = (reason: string): void => {
     if (done) return;
@@ -139,6 +143,24 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
     }
     return true;
   };
+  /**
+   * Both sides ended (or the destination closed after its FIN): the flow is `closed` once node has
+   * handed the client every byte. Until then it stays live — the idle timeout still applies, a
+   * drain waits for it (bounded by its grace) — and one 'finish' listener waits, only on this rare
+   * path. Without it the record said everything arrived while the tail was lost at a process exit.
+   */
+  const closeWhenDelivered = (): void => {
+    if (down.writableLength === 0 || down.destroyed) {
+      finish('closed');
+      return;
+    }
+    if (isDelivering) return;
+    isDelivering = true;
+    down.once('finish', onDelivered);
+  };
+  const onDelivered = (): void => {
+    if (!done) finish('closed');
+  };
   // 'drain' resumes a side paused in 'data' mode; a side stopped in buffer mode waits for its write.
   const onDownDrain = (): void => {
     if (!isUpStopped && !done) up.resume();
@@ -150,13 +172,13 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
     if (done) return;
     downEnded = true;
     up.end();
-    if (upEnded) finish('closed');
+    if (upEnded) closeWhenDelivered();
   };
   const onUpEnd = (): void => {
     if (done) return;
     upEnded = true;
     down.end();
-    if (downEnded) finish('closed');
+    if (downEnded) closeWhenDelivered();
   };
   // Live: the flow's idle timeout. After the flow: the client socket outstayed it.
   const onTimeout = (): void => {
@@ -166,16 +188,20 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
   const onDownClose = (): void => {
     if (!done) {
       up.destroy();
-      finish(downEnded ? 'closed' : 'client-reset');
+      // Closed before it took its last bytes ('finish' comes first otherwise): the client went.
+      finish(downEnded && !isDelivering ? 'closed' : 'client-reset');
     }
   };
   const onUpClose = (): void => {
-    if (!done) {
+    if (done || isDelivering) return;
+    if (upEnded) {
       // Let what the upstream sent reach the client before closing it.
-      if (upEnded) down.end();
-      else down.destroy();
-      finish(upEnded ? 'closed' : 'upstream-reset');
+      down.end();
+      closeWhenDelivered();
+      return;
     }
+    down.destroy();
+    finish('upstream-reset');
   };
   const onError = (): void => {
     // 'close' follows every 'error'; the close handlers decide the reason.
