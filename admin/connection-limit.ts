@@ -5,15 +5,14 @@
  * A connection over the limit is answered 429 in the API's error shape and closed before node:http
  * parses anything from it.
  *
- * Memory: one Map entry per source with a connection open (removed at its last close); the source
- * a socket was charged to sits on the socket, so no closure is made per connection.
+ * Counted as the proxy listeners count theirs (SourceConnections, gateway/listeners/source-limit.ts),
+ * apart from them: an address's admin connections do not use up its proxy connections.
  */
 import type { Server, Socket } from 'node:net';
+import { SourceConnections } from '../gateway/listeners/source-limit.ts';
 
 /** How long a refused connection may linger so the client reads the 429 before it is dropped. */
 const LINGER_MS = 500;
-const kSource = Symbol('egressgate.admin.source');
-type CountedSocket = Socket & { [kSource]?: string };
 
 const REFUSAL_BODY = JSON.stringify({
   error: 'too-many-requests',
@@ -30,48 +29,10 @@ const REFUSAL = [
   REFUSAL_BODY,
 ].join('\r\n');
 
-export interface AdminConnectionStats {
-  /** Connections refused on arrival since start. */
-  refusedTotal: number;
-  /** Sources with at least one connection open. */
-  sources: number;
-}
-
-export class AdminConnections {
-  private readonly open = new Map<string, number>();
-  refusedTotal = 0;
-  private readonly release: (this: CountedSocket) => void;
-
-  constructor(private readonly limit: () => number) {
-    const open = this.open;
-    this.release = function (this: CountedSocket): void {
-      const source = this[kSource];
-      if (source === undefined) return;
-      this[kSource] = undefined;
-      const n = (open.get(source) ?? 1) - 1;
-      if (n <= 0) open.delete(source);
-      else open.set(source, n);
-    };
-  }
-
-  /** Count `socket` against its source; false (nothing counted) when the source is at its limit. */
-  admit(socket: Socket): boolean {
-    const source = socket.remoteAddress;
-    if (source === undefined) return false;
-    const n = this.open.get(source) ?? 0;
-    const max = this.limit();
-    if (max > 0 && n >= max) {
-      this.refusedTotal++;
-      return false;
-    }
-    this.open.set(source, n + 1);
-    (socket as CountedSocket)[kSource] = source;
-    socket.on('close', this.release);
-    return true;
-  }
-
-  stats(): AdminConnectionStats {
-    return { refusedTotal: this.refusedTotal, sources: this.open.size };
+/** Open connections per source on the admin listener: the data plane's counter, with the admin listener's own answer. */
+export class AdminConnections extends SourceConnections {
+  constructor(limit: () => number) {
+    super(limit, null);
   }
 
   /**
@@ -82,7 +43,7 @@ export class AdminConnections {
     const handlers = server.listeners('connection') as Array<(socket: Socket) => void>;
     server.removeAllListeners('connection');
     server.on('connection', (socket: Socket) => {
-      if (this.admit(socket)) {
+      if (this.admit(socket, 'admin')) {
         for (const h of handlers) h.call(server, socket);
         return;
       }

@@ -37,9 +37,10 @@ export class SourceConnections {
   refusedTotal = 0;
   private readonly release: (this: CountedSocket) => void;
 
+  /** `log`: where refusals are reported (one warning per source per ten seconds); null for none (the admin listener counts them in its metrics). */
   constructor(
     private readonly limit: () => number,
-    private readonly log: Logger,
+    private readonly log: Logger | null,
     private readonly now: () => number = Date.now,
   ) {
     const open = this.open;
@@ -78,6 +79,7 @@ export class SourceConnections {
 
   private refused(source: string, listener: string, max: number): void {
     this.refusedTotal++;
+    if (this.log === null) return;
     const at = this.now();
     let r = this.refusals.get(source);
     if (r === undefined) {
