@@ -76,3 +76,16 @@ export async function killIfRunning(child: ChildProcess | null): Promise<void> {
   child.kill('SIGKILL');
   await exited;
 }
+
+/** A serve policy for drain tests: enforce, loopback allowed, no attribution, records to `flowLog`, the drain's grace. */
+export function loopbackDrainConfig(flowLog: string, drainGraceMs: number): string {
+  return `
+mode: enforce
+allowRanges: [127.0.0.0/8]
+roles: { any: { allow: [ { cidr: 127.0.0.0/8 } ] } }
+defaultRoles: [any]
+identity: { localAttribution: false }
+flowLog: { path: ${JSON.stringify(flowLog)} }
+limits: { drainGraceMs: ${drainGraceMs} }
+`;
+}
