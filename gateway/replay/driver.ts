@@ -5,7 +5,7 @@
  * flow's life, so hours of traffic are judged in seconds.
  *
  * Per step:
- * 1. start the connections due (quarantine → policy → connect-time detectors → budget); an
+ * 1. start the connections due (policy → quarantine → connect-time detectors → budget); an
  *    address refused by policy is folded as a `denied` attempt (the scan detector counts it);
  * 2. advance bytes of live flows; a flow reaching its budget is cut at exactly the budget
  *    (enforce) when the out:in ratio holds;
@@ -151,11 +151,8 @@ export function replayConnections(conns: readonly ConnSpec[], opts: ReplayOption
       destPort: spec.port,
       destIp: spec.ip,
     };
-    // 1. quarantine, 2. policy, 3. connect-time detectors (the gateway's order).
-    if (mode === 'enforce' && (quarantine.get(idKey) ?? 0) > now) {
-      tally.blockedByQuarantine++;
-      return null;
-    }
+    // 1. policy, 2. quarantine, 3. connect-time detectors (the gateway's order: admission.ts decides,
+    // then its detection hooks judge quarantine and the connect-time detectors).
     const decision = snapshot.decide(facts, now, opts.modeOverride ?? null);
     const destination = { host: spec.host, ip: spec.ip, port: spec.port };
     let outcome: FlowOutcome = spec.outcome === 'ok' ? 'open' : spec.outcome === 'refused' ? 'refused' : 'failed';
@@ -164,6 +161,9 @@ export function replayConnections(conns: readonly ConnSpec[], opts: ReplayOption
       // As in the gateway: a refusal of the address itself is still an attempt the scan detector counts.
       if (outcomeOfRefusal(decision.reason, destination) !== 'denied') return null;
       outcome = 'denied';
+    } else if (mode === 'enforce' && (quarantine.get(idKey) ?? 0) > now) {
+      tally.blockedByQuarantine++;
+      return null;
     } else {
       const found = evaluateConnect(facts, state, snapshot, now, id);
       for (const f of found) record(spec.scenario, f, mode, now);
