@@ -133,7 +133,9 @@ describe('a UDP association\'s destinations count towards fan-out', () => {
     }
     const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0081.scan');
     expect(alert.evidence['kind']).toBe('fan-out');
-    expect(alert.evidence['distinctDestinations']).toBe(FANOUT_NAMES.length);
+    // The sweep (every 50 ms) may judge after the 6th destination or the 7th: over the limit either way.
+    expect(alert.evidence['distinctDestinations']).toBeGreaterThan(FANOUT_LIMIT);
+    expect(alert.evidence['distinctDestinations']).toBeLessThanOrEqual(FANOUT_NAMES.length);
     expect(alert.identity.process?.name).toBe('python3');
 
     a.control.destroy();
