@@ -161,7 +161,10 @@ export class Agent {
     let queued = 0;
     let unattributed = 0;
     if (fresh.length > 0) {
-      const procs = await this.resolver.resolveInodes(fresh.map((f) => f.entry.inode));
+      const procs = await this.resolver.resolveInodes(
+        fresh.map((f) => f.entry.inode),
+        new Map(fresh.map((f) => [f.entry.inode, f.entry.uid])),
+      );
       for (const { key, entry } of fresh) {
         const p = procs.get(entry.inode);
         const s = this.seen.get(key) ?? { attempts: 0, isDone: false };

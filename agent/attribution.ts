@@ -8,7 +8,8 @@
  *    A UDP socket that sends datagrams is rarely connected and often bound to the wildcard address,
  *    so a UDP tuple also matches those (`udpCandidates`, most specific first).
  * 2. Its inode → holder PID from a cache, re-checked with one readlink of /proc/PID/fd/N.
- * 3. On a miss, one scan of /proc/*\/fd (stopping once every wanted inode is found) refreshes the cache.
+ * 3. On a miss, one scan of /proc/*\/fd (stopping once every wanted inode is found) refreshes the cache;
+ *    it reads the processes of the sockets' owners (the table's `uid`) with small fd tables first.
  * 4. Read the holder's exe, name, cmdline, uid → user, loginuid and its parent.
  */
 
@@ -121,13 +122,17 @@ export class ProcessResolver {
     this.skipPids = opts.skipPids ? new Set(opts.skipPids) : undefined;
   }
 
-  /** Resolve each inode to the process holding it; inodes nobody visible holds are absent from the result. */
-  async resolveInodes(inodes: readonly number[]): Promise<Map<number, ProcessDetails>> {
+  /**
+   * Resolve each inode to the process holding it; inodes nobody visible holds are absent from the
+   * result. `owners` (inode → the socket table's `uid`), when known, lets a scan read those users'
+   * processes first.
+   */
+  async resolveInodes(inodes: readonly number[], owners?: ReadonlyMap<number, number>): Promise<Map<number, ProcessDetails>> {
     const wanted = [...new Set(inodes.filter((i) => i > 0))];
     const found = new Map<number, SocketHolder[]>();
     let misses = await this.fromCache(wanted, found);
     if (misses.length > 0) {
-      await this.scanFor(misses);
+      await this.scanFor(misses, owners);
       misses = await this.fromCache(misses, found);
     }
     // Many sockets often share one process (a browser, the benchmark's client): describe each PID once.
@@ -171,18 +176,22 @@ export class ProcessResolver {
     return misses;
   }
 
-  private scanFor(inodes: readonly number[]): Promise<void> {
+  private scanFor(inodes: readonly number[], owners: ReadonlyMap<number, number> | undefined): Promise<void> {
     const run = this.scanChain.then(async () => {
       // Another caller's scan may have found these while we waited.
       const still = inodes.filter((i) => !this.holders.has(i));
       if (still.length === 0) return;
       this.scans++;
+      // Every wanted socket's owner, or none known: a scan without owners reads every uid alike.
+      const uids = still.map((i) => owners?.get(i));
+      const ownerUids = uids.every((u) => u !== undefined) ? new Set(uids) : undefined;
       const map = await scanSocketInodes({
         procRoot: this.procRoot,
         concurrency: this.scanConcurrency,
         wanted: new Set(still),
         ...(this.skipPids ? { skipPids: this.skipPids } : {}),
         priorityPids: this.recentPids,
+        ...(ownerUids ? { ownerUids } : {}),
       });
       for (const [inode, hs] of map) this.holders.set(inode, hs);
       for (const inode of still) for (const h of map.get(inode) ?? []) this.noteRecent(h.pid);
@@ -218,6 +227,7 @@ export class ProcessResolver {
   async attributeMany(tuples: readonly ConnectionTuple[]): Promise<Map<string, ProcessDetails | null>> {
     const norm = tuples.map(normalizeTuple);
     const inodeOf = new Map<string, number>();
+    const ownerOf = new Map<number, number>();
     // Phase 0 reads each tuple's own family table (tcp for IPv4); phase 1 the dual-stack table
     // (tcp6 with ::ffff: addresses) only for what phase 0 did not find: one table read, usually.
     // Phases 2-3 read both once more for what is still missing: a table read races with sockets
@@ -255,10 +265,11 @@ export class ProcessResolver {
           if (rank >= (bestRank.get(key) ?? Number.POSITIVE_INFINITY)) continue;
           bestRank.set(key, rank);
           inodeOf.set(key, e.inode);
+          ownerOf.set(e.inode, e.uid);
         }
       }
     }
-    const procs = await this.resolveInodes([...inodeOf.values()]);
+    const procs = await this.resolveInodes([...inodeOf.values()], ownerOf);
     const out = new Map<string, ProcessDetails | null>();
     for (const t of norm) {
       const inode = inodeOf.get(tupleKey(t));

@@ -5,7 +5,7 @@
  * while we read them, and without root other users' fds answer EACCES. Such entries are skipped.
  */
 
-import { readFile, readdir, readlink } from 'node:fs/promises';
+import { readFile, readdir, readlink, stat } from 'node:fs/promises';
 import type { ProcessInfo } from '../policy/types.ts';
 
 /** A process as the agent reports it: `ProcessInfo` plus its start time (SPEC §7 `startedAt`). */
@@ -27,7 +27,18 @@ export interface ScanOptions {
   readonly skipPids?: ReadonlySet<number>;
   /** PIDs read first (e.g. those that recently held wanted sockets): a long-lived client's next socket is found at once. */
   readonly priorityPids?: readonly number[];
+  /**
+   * The owners (uid, /proc/net's `uid` column) of the wanted sockets: processes running as one of
+   * them are read before the others' (see `scanSocketInodes`). Absent or empty: every uid is.
+   */
+  readonly ownerUids?: ReadonlySet<number>;
 }
+
+/**
+ * A descriptor table up to this size is read as soon as its process is reached; larger ones wait
+ * until every process has been looked at, then go smallest first.
+ */
+export const SMALL_FD_TABLE = 256;
 
 const SOCKET_LINK = /^socket:\[(\d+)\]$/;
 
@@ -61,6 +72,8 @@ async function scanPidFds(procRoot: string, pid: number, into: Map<number, Socke
     if (wanted !== null && wanted.size === 0) return;
     const chunk = fds.slice(i, i + FD_CHUNK);
     const targets = await Promise.all(chunk.map((fd) => readlink(`${procRoot}/${pid}/fd/${fd}`).catch(() => '')));
+    // Not one link read: when the process has exited, its other thousands of links would fail too.
+    if (targets.every((t) => t === '') && !(await stat(`${procRoot}/${pid}`).then(() => true, () => false))) return;
     targets.forEach((target, j) => {
       const m = SOCKET_LINK.exec(target);
       if (!m) return;
@@ -78,11 +91,22 @@ async function scanPidFds(procRoot: string, pid: number, into: Map<number, Socke
 /**
  * Map socket inodes to the PIDs holding them by reading every /proc/PID/fd link, at most
  * `concurrency` PIDs at a time. A socket inherited across fork has several holders.
+ *
+ * Order, so that descriptors held open elsewhere do not delay finding a wanted socket's holder:
+ * each PID (priority PIDs first, then newest first) is first looked at with one stat of
+ * /proc/PID/fd, which gives the process's uid (the directory's owner) and, on Linux >= 6.2, its
+ * number of open descriptors (st_size; 0 on older kernels, where every table counts as small).
+ * A process running as one of `ownerUids` (or as root: a process that is not dumpable shows as
+ * root's) with a small table is read at once; the others are read after that pass, all those of
+ * the owners before any other's, each group priority PIDs first, then smallest table first. So
+ * thousands of descriptors held by other users' processes, or by large tables of the same user's,
+ * are read only when the small tables of the sockets' owners did not hold them.
  */
 export async function scanSocketInodes(opts: ScanOptions = {}): Promise<Map<number, SocketHolder[]>> {
   const procRoot = opts.procRoot ?? '/proc';
   const concurrency = Math.max(1, opts.concurrency ?? 16);
   const wanted = opts.wanted ? new Set(opts.wanted) : null;
+  const owners = opts.ownerUids && opts.ownerUids.size > 0 ? opts.ownerUids : null;
   const out = new Map<number, SocketHolder[]>();
   let pids: number[];
   try {
@@ -94,21 +118,46 @@ export async function scanSocketInodes(opts: ScanOptions = {}): Promise<Map<numb
   // on `wanted` usually happens after a few PIDs instead of the whole table.
   pids.sort((a, b) => b - a);
   if (opts.skipPids) pids = pids.filter((p) => !opts.skipPids?.has(p));
+  let prioritized = 0;
   if (opts.priorityPids && opts.priorityPids.length > 0) {
     const live = new Set(pids);
     const first = [...new Set(opts.priorityPids)].filter((p) => live.has(p));
     const firstSet = new Set(first);
     pids = [...first, ...pids.filter((p) => !firstSet.has(p))];
+    prioritized = first.length;
   }
+  const isDone = (): boolean => wanted !== null && wanted.size === 0;
+  // Deferred PIDs: [pid, fds, order reached]; the owners' and the others' apart.
+  const later: Array<[number, number, number]>[] = [[], []];
   let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < pids.length) {
-      if (wanted !== null && wanted.size === 0) return;
-      const pid = pids[next++] as number;
-      await scanPidFds(procRoot, pid, out, wanted);
+  const firstPass = async (): Promise<void> => {
+    while (next < pids.length && !isDone()) {
+      const at = next++;
+      const pid = pids[at] as number;
+      let fds: number;
+      let uid: number;
+      try {
+        ({ size: fds, uid } = await stat(`${procRoot}/${pid}/fd`));
+      } catch {
+        continue; // vanished: its links could not be read either
+      }
+      const isOwners = owners === null || uid === 0 || owners.has(uid);
+      if (isOwners && fds <= SMALL_FD_TABLE) await scanPidFds(procRoot, pid, out, wanted);
+      else later[isOwners ? 0 : 1]?.push([pid, fds, at]);
     }
   };
-  await Promise.all(Array.from({ length: Math.min(concurrency, pids.length) }, worker));
+  await Promise.all(Array.from({ length: Math.min(concurrency, pids.length) }, firstPass));
+  // The owners' large tables, then the others': one group at a time, so the others' descriptors
+  // do not take the thread pool from the owners'.
+  for (const group of later) {
+    // Priority PIDs first still (a recent holder with a large table), then smallest first.
+    group.sort((a, b) => Number(b[2] < prioritized) - Number(a[2] < prioritized) || a[1] - b[1] || a[2] - b[2]);
+    next = 0;
+    const laterPass = async (): Promise<void> => {
+      while (next < group.length && !isDone()) await scanPidFds(procRoot, group[next++]?.[0] as number, out, wanted);
+    };
+    await Promise.all(Array.from({ length: Math.min(concurrency, group.length) }, laterPass));
+  }
   return out;
 }
 

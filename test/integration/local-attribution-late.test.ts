@@ -7,13 +7,18 @@
  * as long as it liked. Now the lookup goes on after the wait and names the live flow's process when
  * it ends; the detectors judge it as they judge an agent report after the flow started.
  *
- * Here 8 processes each hold 8,000 descriptors of /dev/null (started after the clients, so the scan,
- * newest PID first, reads them before it reaches the clients) and the gateway waits 20 ms: the scan
- * takes far longer. The scanner's tunnel is killed and recorded block / an0081.scanner-tool with its
- * process and `attributedLate`; an ordinarily named client under the same pressure keeps its tunnel
- * and is recorded allow with its process.
+ * Here 8 processes each hold 8,000 descriptors of /dev/null and the clients 10,000 each, their
+ * socket below them all (the scan reads small tables first, and a table highest descriptor first),
+ * and the gateway waits 20 ms: the scan takes far longer. The scanner's tunnel is killed and
+ * recorded block / an0081.scanner-tool with its process and `attributedLate`; an ordinarily named
+ * client under the same pressure keeps its tunnel and is recorded allow with its process.
+ *
+ * The scan reads the processes of the socket's owner (the socket table's uid) with small descriptor
+ * tables first (issue: 24 processes of another user holding 15,000 descriptors each delayed it by
+ * 3.6 s, and a renamed nmap was relayed until the scan reached it). Under other users' descriptors,
+ * and under large tables of the same user's, the scanner is refused at admission, within its 500 ms.
  */
-import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
+import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from 'node:child_process';
 import { copyFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,27 +29,40 @@ import { type TestGateway, startTestGateway } from '../helpers/gateway.ts';
 
 const HOLDERS = 8;
 const DESCRIPTORS = 8000;
+const CLIENT_DESCRIPTORS = 10_000;
+
+/** \`hold(n)\` opens n descriptors of /dev/null (the limit raised as needed) and returns them. */
+const HOLDING = `
+import os, resource
+def hold(n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = n + 64
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+    return [os.open('/dev/null', os.O_RDONLY) for _ in range(n)]
+`;
 
 /** Opens `n` descriptors of /dev/null, says `ready`, holds them until stdin closes. */
-const HOLD = `
-import os, resource, sys
-n = int(sys.argv[1])
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-want = n + 64
-if soft < want:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
-fds = [os.open('/dev/null', os.O_RDONLY) for _ in range(n)]
+const HOLD = `${HOLDING}
+import sys
+fds = hold(int(sys.argv[1]))
 print('ready', flush=True)
 sys.stdin.read()
 `;
 
 /**
- * After a line on stdin: CONNECT through the proxy, \`status CODE\` on stdout; then 4-byte echoes
- * every 50 ms until the gateway ends the tunnel (\`ended\`) or a line on stdin (\`alive\`); 10 s at most.
+ * Holds argv[4] descriptors of /dev/null (none by default; with argv[5] \`low\` its socket takes the
+ * first one's number, below them all). After a line on stdin: CONNECT through the proxy,
+ * \`status CODE\` on stdout; then 4-byte echoes every 50 ms until the gateway ends the tunnel
+ * (\`ended\`) or a line on stdin (\`alive\`); 10 s at most.
  */
-const CLIENT = `
+const CLIENT = `${HOLDING}
 import select, socket, sys, time
 host, port, dest = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+fds = hold(int(sys.argv[4]) if len(sys.argv) > 4 else 0)
+if len(sys.argv) > 5 and sys.argv[5] == 'low':
+    os.close(fds.pop(0))
+print('held', flush=True)
 sys.stdin.readline()
 c = socket.create_connection((host, port))
 c.sendall(('CONNECT %s HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n' % (dest, dest)).encode())
@@ -148,6 +166,31 @@ afterEach(async () => {
   gw = null;
 });
 
+/** Arguments of a CLIENT through gw's HTTP listener to the echo origin, holding `descriptors`. */
+function clientArgs(g: TestGateway, descriptors = 0, socketAt: 'low' | 'high' = 'high'): string[] {
+  return ['-c', CLIENT, g.httpHost, String(g.httpPort), `127.0.0.1:${origin.port}`, String(descriptors), socketAt];
+}
+
+/** `n` processes holding `descriptors` each, as `uid` (through setpriv) or as this process's user; ready when it resolves. */
+async function startHolders(n: number, descriptors: number, uid?: number): Promise<void> {
+  const py = ['/usr/bin/python3', '-c', HOLD, String(descriptors)];
+  const cmd = uid === undefined ? py : ['setpriv', `--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', ...py];
+  const holders = Array.from({ length: n }, () => spawnLines(cmd[0] as string, cmd.slice(1)));
+  children.push(...holders.map((h) => h.child));
+  for (const h of holders) expect(await h.next()).toBe('ready');
+}
+
+/** Root, with setpriv (util-linux) to run processes as another user. */
+function canRunAsOtherUser(): boolean {
+  if (process.platform !== 'linux' || process.getuid?.() !== 0) return false;
+  try {
+    execFileSync('setpriv', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 describe('local attribution slower than admission wait', () => {
   it.skipIf(process.platform !== 'linux')(
     'enforce: a renamed nmap admitted before its scan ends is killed and recorded block / an0081.scanner-tool, attributedLate; another client keeps its tunnel',
@@ -156,14 +199,13 @@ describe('local attribution slower than admission wait', () => {
         { mode: 'enforce', identity: { localAttribution: true }, detection: { sampleIntervalMs: 50 } },
         { attributor: new LocalAttributor({ timeoutMs: 20 }) },
       );
-      const args = (name: string): [string, string[]] => [join(dir, name), ['-c', CLIENT, gw?.httpHost ?? '', String(gw?.httpPort), `127.0.0.1:${origin.port}`]];
-      const scanner = spawnLines(...args('nmap'));
-      const fetcher = spawnLines(...args('fetcher'));
+      const scanner = spawnLines(join(dir, 'nmap'), clientArgs(gw, CLIENT_DESCRIPTORS, 'low'));
+      const fetcher = spawnLines(join(dir, 'fetcher'), clientArgs(gw, CLIENT_DESCRIPTORS, 'low'));
       children.push(scanner.child, fetcher.child);
-      // The holders come after the clients: newer PIDs, read first by the scan.
-      const holders = Array.from({ length: HOLDERS }, () => spawnLines('python3', ['-c', HOLD, String(DESCRIPTORS)]));
-      children.push(...holders.map((h) => h.child));
-      for (const h of holders) expect(await h.next()).toBe('ready');
+      // Holders of the clients' own user: the scan reads them alongside the clients' own large
+      // tables, where the socket is the last of 10,000 links.
+      await startHolders(HOLDERS, DESCRIPTORS);
+      await Promise.all([scanner, fetcher].map(async (c) => expect(await c.next()).toBe('held')));
 
       scanner.child.stdin.write('go\n');
       fetcher.child.stdin.write('go\n');
@@ -195,6 +237,54 @@ describe('local attribution slower than admission wait', () => {
       expect(ok.attributedLate).toBe(true);
       expect(ok.closeReason).not.toBe('an0081.scanner-tool');
       expect(gw.closed.filter((r) => r.destination.port === origin.port)).toHaveLength(2);
+    },
+    30_000,
+  );
+});
+
+describe('local attribution under descriptor pressure: the socket owner\'s small tables first', () => {
+  /** A gateway waiting as `serve` does (500 ms); two clients named nmap, one holding `ownDescriptors` with its socket above them. */
+  async function scanners(ownDescriptors: number): Promise<Lines[]> {
+    // No quarantine: each client is refused for what it is, not for the other's block.
+    gw = await startTestGateway(
+      { mode: 'enforce', identity: { localAttribution: true }, detection: { quarantineSec: 0 } },
+      { attributor: new LocalAttributor({ timeoutMs: 500 }) },
+    );
+    const out = [spawnLines(join(dir, 'nmap'), clientArgs(gw)), spawnLines(join(dir, 'nmap'), clientArgs(gw, ownDescriptors, 'high'))];
+    children.push(...out.map((c) => c.child));
+    await Promise.all(out.map(async (c) => expect(await c.next()).toBe('held')));
+    return out;
+  }
+
+  async function expectRefusedAtAdmission(clients: Lines[]): Promise<void> {
+    for (const c of clients) c.child.stdin.write('go\n');
+    for (const c of clients) expect(await c.next()).toBe('status 403');
+    for (const c of clients) {
+      const rec = await gw?.waitForClosed((r) => r.identity.process?.pid === c.child.pid);
+      expect([rec?.verdict, rec?.enforced, rec?.detector, rec?.identity.process?.name]).toEqual(['block', true, 'an0081.scanner-tool', 'nmap']);
+      expect(rec?.identity.process?.source).toBe('local');
+      expect(rec?.attributedLate).toBeUndefined();
+    }
+    expect(gw?.closed.filter((r) => r.destination.port === origin.port)).toHaveLength(2);
+  }
+
+  it.skipIf(!canRunAsOtherUser())(
+    "another user's 16 processes holding 10,000 descriptors each: root's renamed nmap is refused at admission, also one holding 12,000 of its own",
+    async () => {
+      const clients = await scanners(12_000);
+      // Started after the clients (newer PIDs), as nobody: the scan reads root's processes first.
+      await startHolders(16, 10_000, 65534);
+      await expectRefusedAtAdmission(clients);
+    },
+    30_000,
+  );
+
+  it.skipIf(process.platform !== 'linux')(
+    "the same user's 16 processes holding 10,000 descriptors each: a renamed nmap with a small table is refused at admission",
+    async () => {
+      const clients = await scanners(0);
+      await startHolders(16, 10_000);
+      await expectRefusedAtAdmission(clients);
     },
     30_000,
   );

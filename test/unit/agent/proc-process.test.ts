@@ -1,5 +1,5 @@
 /** The /proc readers on a synthetic proc tree (a temp dir laid out like /proc) plus the pure parsers. */
-import { mkdir, mkdtemp, rm, symlink, unlink, writeFile } from 'node:fs/promises';
+import { chown, mkdir, mkdtemp, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -94,6 +94,24 @@ describe('scanSocketInodes', () => {
     const map = await scanSocketInodes({ procRoot: root, skipPids: new Set([200]) });
     expect(map.has(888)).toBe(false);
     expect(map.get(777)).toEqual([{ pid: 100, fd: 3 }]);
+  });
+  it.skipIf(process.getuid?.() !== 0)("reads the sockets' owners' processes before another user's (newer) ones", async () => {
+    const other = await mkdtemp(join(tmpdir(), 'egw-proc-uid-'));
+    try {
+      // /proc/PID/fd is owned by the process's uid: PID 20 runs as 1000, PID 30 (newer) as nobody; both hold 999.
+      for (const [pid, uid] of [[20, 1000], [30, 65534]] as const) {
+        await mkdir(join(other, String(pid), 'fd'), { recursive: true });
+        await symlink('socket:[999]', join(other, String(pid), 'fd', '4'));
+        await chown(join(other, String(pid), 'fd'), uid, uid);
+      }
+      const wanted = new Set([999]);
+      expect((await scanSocketInodes({ procRoot: other, concurrency: 1, wanted, ownerUids: new Set([1000]) })).get(999)).toEqual([{ pid: 20, fd: 4 }]);
+      expect((await scanSocketInodes({ procRoot: other, concurrency: 1, wanted, ownerUids: new Set([65534]) })).get(999)).toEqual([{ pid: 30, fd: 4 }]);
+      // No owners known: newest first.
+      expect((await scanSocketInodes({ procRoot: other, concurrency: 1, wanted })).get(999)).toEqual([{ pid: 30, fd: 4 }]);
+    } finally {
+      await rm(other, { recursive: true, force: true });
+    }
   });
   it('an unreadable proc root yields an empty map', async () => {
     expect((await scanSocketInodes({ procRoot: join(root, 'missing') })).size).toBe(0);
