@@ -22,6 +22,7 @@ import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from 'node:c
 import { copyFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { skipNotice } from '../helpers/skip-notice.ts';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LocalAttributor } from '../../agent/attribution.ts';
 import { type TcpOrigin, echoOrigin } from '../helpers/detection-live.ts';
@@ -243,12 +244,17 @@ describe('local attribution slower than admission wait', () => {
 });
 
 describe('local attribution under descriptor pressure: the socket owner\'s small tables first', () => {
-  /** A gateway waiting as `serve` does (500 ms); two clients named nmap, one holding `ownDescriptors` with its socket above them. */
+  const WAIT_MS = 1500;
+  /**
+   * A gateway waiting WAIT_MS for the lookup (`serve` waits 500 ms; more here, so a loaded CI machine
+   * still finishes the first pass in time, while the scan of every table takes seconds); two clients
+   * named nmap, one holding `ownDescriptors` with its socket above them.
+   */
   async function scanners(ownDescriptors: number): Promise<Lines[]> {
     // No quarantine: each client is refused for what it is, not for the other's block.
     gw = await startTestGateway(
       { mode: 'enforce', identity: { localAttribution: true }, detection: { quarantineSec: 0 } },
-      { attributor: new LocalAttributor({ timeoutMs: 500 }) },
+      { attributor: new LocalAttributor({ timeoutMs: WAIT_MS }) },
     );
     const out = [spawnLines(join(dir, 'nmap'), clientArgs(gw)), spawnLines(join(dir, 'nmap'), clientArgs(gw, ownDescriptors, 'high'))];
     children.push(...out.map((c) => c.child));
@@ -268,7 +274,7 @@ describe('local attribution under descriptor pressure: the socket owner\'s small
     expect(gw?.closed.filter((r) => r.destination.port === origin.port)).toHaveLength(2);
   }
 
-  it.skipIf(!canRunAsOtherUser())(
+  it.skipIf(!skipNotice(canRunAsOtherUser(), 'local attribution under another user\'s descriptors', 'needs root and setpriv (util-linux)'))(
     "another user's 16 processes holding 10,000 descriptors each: root's renamed nmap is refused at admission, also one holding 12,000 of its own",
     async () => {
       const clients = await scanners(12_000);
