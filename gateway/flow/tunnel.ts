@@ -3,12 +3,14 @@
  * - exact payload metering: one addition per chunk into flow.bytesOut / flow.bytesIn;
  * - backpressure both ways (write() === false → pause the other side until 'drain');
  * - half-close both ways (a FIN from one side is passed on; the flow ends when both sides ended
- *   and node has handed the client its last bytes: a slow reader's tail still queued here keeps the
- *   flow live, so a SIGTERM drain waits for it and a cut says `shutdown`, not `closed`);
+ *   and node has handed each of them its last bytes: a slow reader's tail still queued here, the
+ *   client's or the destination's, keeps the flow live, so a SIGTERM drain waits for it and a cut
+ *   says `shutdown`, not `closed`);
  * - a byte budget towards the destination: not one byte past flow.budgetOut is written upstream
  *   (where flow.onBudget lets the flow run on, it moves flow.budgetOut and the rest meets that);
  * - idle timeout: one timer, on the client socket — every byte either way is a read or a write on
- *   it, and node re-arms a socket's timer on both;
+ *   it, and node re-arms a socket's timer on both (only while the flow waits for a slow destination
+ *   after both ends, the destination socket gets one too: the client socket may be gone);
  * - the flow ends once (finish): the handlers stay attached but do nothing after it, so ending a
  *   tunnel costs no listener removals;
  * - bulk directions read into a reused buffer (read-buffer.ts): no allocation per chunk;
@@ -45,8 +47,11 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
   let isUpSettled = false;
   let isDownStopped = false;
   let isUpStopped = false;
-  // Both sides are done, but node still holds bytes for the client (it reads slowly).
+  // Both sides are done, but node still holds bytes for the client or the destination (a slow
+  // reader): which of them still waits for its 'finish'.
   let isDelivering = false;
+  let isDownOwed = false;
+  let isUpOwed = false;
 
   const finish = (reason: string): void => {
     if (done) return;
@@ -145,21 +150,40 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
   };
   /**
    * Both sides ended (or the destination closed after its FIN): the flow is `closed` once node has
-   * handed the client every byte. Until then it stays live — the idle timeout still applies, a
-   * drain waits for it (bounded by its grace) — and one 'finish' listener waits, only on this rare
-   * path. Without it the record said everything arrived while the tail was lost at a process exit.
+   * handed each side every byte it holds for it. Until then it stays live — the idle timeout still
+   * applies, a drain waits for it (bounded by its grace) — and one 'finish' listener per side still
+   * owed waits, only on this rare path. Without it the record said everything arrived while the tail
+   * was lost at a process exit. A side that closes before its 'finish' was reset: client-reset or
+   * upstream-reset (onDownClose, onUpClose).
    */
   const closeWhenDelivered = (): void => {
-    if (down.writableLength === 0 || down.destroyed) {
+    if (isDelivering) return;
+    isDownOwed = down.writableLength > 0 && !down.destroyed;
+    isUpOwed = up.writableLength > 0 && !up.destroyed;
+    if (!isDownOwed && !isUpOwed) {
       finish('closed');
       return;
     }
-    if (isDelivering) return;
     isDelivering = true;
-    down.once('finish', onDelivered);
+    if (isDownOwed) down.once('finish', onDownDelivered);
+    if (isUpOwed) {
+      up.once('finish', onUpDelivered);
+      // The client socket may close while the destination still reads: its idle timer goes with it.
+      if (opts.idleTimeoutMs > 0) up.setTimeout(opts.idleTimeoutMs, onUpTimeout);
+    }
   };
-  const onDelivered = (): void => {
-    if (!done) finish('closed');
+  // A side owed nothing when the wait began may not have emitted 'finish' yet: the flags say who waits.
+  const onDownDelivered = (): void => {
+    isDownOwed = false;
+    if (!done && !isUpOwed) finish('closed');
+  };
+  const onUpDelivered = (): void => {
+    isUpOwed = false;
+    if (!done && !isDownOwed) finish('closed');
+  };
+  const onUpTimeout = (): void => {
+    if (done) up.destroy();
+    else abort('idle-timeout');
   };
   // 'drain' resumes a side paused in 'data' mode; a side stopped in buffer mode waits for its write.
   const onDownDrain = (): void => {
@@ -182,10 +206,13 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
   };
   // Live: the flow's idle timeout. After the flow: the client socket outstayed it.
   const onTimeout = (): void => {
-    if (done) down.destroy();
+    // Handed its last byte while the destination still reads: only the destination's timer counts.
+    if (done || (isDelivering && !isDownOwed)) down.destroy();
     else abort('idle-timeout');
   };
   const onDownClose = (): void => {
+    // Closed after its 'finish' while the destination still reads: the flow waits for that.
+    if (isDelivering && !isDownOwed) return;
     if (!done) {
       up.destroy();
       // Closed before it took its last bytes ('finish' comes first otherwise): the client went.
@@ -193,7 +220,12 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
     }
   };
   const onUpClose = (): void => {
-    if (done || isDelivering) return;
+    if (done) return;
+    if (isDelivering) {
+      // Closed before it took the client's last bytes: it reset. What it sent still reaches the client.
+      if (isUpOwed) finish('upstream-reset');
+      return;
+    }
     if (upEnded) {
       // Let what the upstream sent reach the client before closing it.
       down.end();

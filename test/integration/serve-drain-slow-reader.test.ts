@@ -14,6 +14,10 @@
  * keep a drain waiting for the wrong reason).
  * The gateway runs with EGRESSGATE_READ_BUFFERS=off: its tunnels then read the destination with
  * 'data' events, as they do for a destination whose reads stay small (gateway/flow/tunnel.ts).
+ *
+ * The second describe is the other way round: the destination answers and half-closes at once,
+ * the clients upload 40 to 128 KB and half-close, and the destination (python: small receive buffer
+ * and MSS) reads slowly, or resets without reading.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -215,5 +219,159 @@ describe('egressgate serve: SIGTERM drain and a slow reader', () => {
     const records = parseRecords(await readFile(flowLog, 'utf8'));
     expect(records.map((rec) => [rec.protocol, rec.closeReason])).toEqual([['connect', 'shutdown']]);
     expect(records[0]?.bytesIn).toBeGreaterThanOrEqual(r.bytes.length);
+  }, 60_000);
+});
+
+/** The uploads: a little more than the sockets between the gateway and a slow destination hold. */
+const UPLOAD_SIZES = ANSWER_SIZES;
+
+/**
+ * A slow destination: small receive buffer and MSS (set on the listening socket, so every accepted
+ * one has them). Each connection gets "ok" and a FIN at once, then waits for a line on stdin and
+ * either reads 4 KiB every 10 ms (~400 KB/s) to the end, printing "got <bytes> <sha256> eof|reset",
+ * or (argv[1] = reset) resets the connection without reading, printing "reset".
+ */
+const SLOW_DESTINATION = [
+  'import hashlib, socket, struct, sys, threading, time',
+  'srv = socket.socket()',
+  'srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)',
+  'srv.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1000)',
+  "srv.bind(('127.0.0.1', 0)); srv.listen(64)",
+  "print('port', srv.getsockname()[1], flush=True)",
+  'go = threading.Event(); lock = threading.Lock()',
+  'def say(line):',
+  '    with lock: sys.stdout.write(line + "\\n"); sys.stdout.flush()',
+  'def wait_go():',
+  '    sys.stdin.readline(); go.set()',
+  'threading.Thread(target=wait_go, daemon=True).start()',
+  'def serve(c):',
+  "    c.sendall(b'ok'); c.shutdown(socket.SHUT_WR)",
+  '    go.wait()',
+  "    if sys.argv[1] == 'reset':",
+  "        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0)); c.close()",
+  "        say('reset'); return",
+  "    h = hashlib.sha256(); n = 0; how = 'eof'; t0 = time.time()",
+  '    while time.time() - t0 < 50:',
+  '        try:',
+  '            b = c.recv(4096)',
+  '        except ConnectionResetError:',
+  "            how = 'reset'; break",
+  '        if not b: break',
+  '        n += len(b); h.update(b); time.sleep(0.01)',
+  "    say('got %d %s %s' % (n, h.hexdigest(), how))",
+  '    c.close()',
+  'while True:',
+  '    c, _ = srv.accept()',
+  '    threading.Thread(target=serve, args=(c,), daemon=True).start()',
+].join('\n');
+
+describe('egressgate serve: SIGTERM drain and a slow destination', () => {
+  let destination: ChildProcess | null = null;
+  afterEach(() => {
+    destination?.kill('SIGKILL');
+    destination = null;
+  });
+
+  /** Start the slow destination: its port and its stdout so far. */
+  async function startDestination(mode: 'read' | 'reset'): Promise<{ port: number; out: () => string }> {
+    const python = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+    const py = spawn(python, ['-c', SLOW_DESTINATION, mode]);
+    destination = py;
+    let out = '';
+    py.stdout.on('data', (b: Buffer) => {
+      out += b.toString('utf8');
+    });
+    const deadline = Date.now() + 10_000;
+    while (!out.includes('\n')) {
+      if (Date.now() > deadline) throw new Error('destination did not start');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return { port: Number(out.split('\n')[0]?.split(' ')[1]), out: () => out };
+  }
+
+  /** CONNECT through the gateway, upload `size` pattern bytes and half-close; the answer is read and dropped. */
+  async function upload(proxyPort: number, port: number, size: number): Promise<Socket> {
+    const socket = await rawConnect(proxyPort);
+    socket.on('error', () => undefined);
+    socket.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+    const head = await readUntil(socket, '\r\n\r\n');
+    expect(head.toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+    socket.resume();
+    socket.end(pattern(size));
+    return socket;
+  }
+
+  async function lines(out: () => string, prefix: string, count: number): Promise<string[]> {
+    const deadline = Date.now() + 15_000;
+    let found: string[] = [];
+    while (Date.now() < deadline) {
+      found = out().split('\n').filter((l) => l.startsWith(prefix));
+      if (found.length >= count) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return found;
+  }
+
+  // Regression: a flow ended 'closed' (record: bytesOut = the whole upload) as soon as the client's
+  // FIN was read, while the tail of the upload could still be queued inside the gateway for a
+  // destination that had not read it; the drain saw no live flow and the process exited at once
+  // (here: 6 of the 12 destinations got 84,968 bytes, short by 3,032 to 43,032). Now the flow ends
+  // once the destination has been handed its last byte, and the drain waits for it.
+  it('half-closed uploads to a slowly reading destination arrive whole before the exit; records closed with that count; exit 0', async () => {
+    const dest = await startDestination('read');
+    const flowLog = join(dir, 'slow-up.jsonl');
+    const s = await serve('slow-up', flowLog, GRACE_MS);
+    const sockets = await Promise.all(UPLOAD_SIZES.map((size) => upload(s.http.port, dest.port, size)));
+    try {
+      // The destinations read nothing yet: the gateway has read the uploads and their FINs.
+      await new Promise((r) => setTimeout(r, 1000));
+      const exited = once(s.child, 'exit');
+      const t0 = Date.now();
+      s.child.kill('SIGTERM');
+      await new Promise((r) => setTimeout(r, CLIENT_WAIT_MS));
+      destination?.stdin?.write('go\n');
+      const [code] = (await exited) as [number | null];
+      expect(code).toBe(0);
+      expect(Date.now() - t0).toBeLessThan(GRACE_MS);
+      const got = await lines(dest.out, 'got ', UPLOAD_SIZES.length);
+      const whole = (size: number): string => `got ${size} ${createHash('sha256').update(pattern(size)).digest('hex')} eof`;
+      expect(got.sort((a, b) => Number(a.split(' ')[1]) - Number(b.split(' ')[1]))).toEqual(UPLOAD_SIZES.map(whole));
+      const records = parseRecords(await readFile(flowLog, 'utf8'));
+      const recorded = records.map((r) => [r.protocol, r.closeReason, r.bytesOut, r.bytesIn]).sort((a, b) => (a[2] as number) - (b[2] as number));
+      expect(recorded).toEqual(UPLOAD_SIZES.map((size) => ['connect', 'closed', size, 2]));
+    } finally {
+      for (const socket of sockets) socket.destroy();
+    }
+  }, 90_000);
+
+  it('a destination that resets while bytes are still owed to it ends the flow upstream-reset, at once', async () => {
+    const dest = await startDestination('reset');
+    const flowLog = join(dir, 'reset-up.jsonl');
+    const s = await serve('reset-up', flowLog, 5000);
+    const sockets = await Promise.all(UPLOAD_SIZES.map((size) => upload(s.http.port, dest.port, size)));
+    try {
+      await new Promise((r) => setTimeout(r, 1000));
+      destination?.stdin?.write('go\n');
+      expect(await lines(dest.out, 'reset', UPLOAD_SIZES.length)).toHaveLength(UPLOAD_SIZES.length);
+      await new Promise((r) => setTimeout(r, 500));
+      // Flows still waiting for their destination would hold the drain to its end and say shutdown.
+      const exited = once(s.child, 'exit');
+      const t0 = Date.now();
+      s.child.kill('SIGTERM');
+      const [code] = (await exited) as [number | null];
+      expect(code).toBe(0);
+      expect(Date.now() - t0).toBeLessThan(2000);
+      const records = parseRecords(await readFile(flowLog, 'utf8'));
+      expect(records).toHaveLength(UPLOAD_SIZES.length);
+      // An upload the kernel took whole was handed over ('closed': what the reset dropped there is
+      // out of the gateway's sight); one with bytes still queued in the gateway was not.
+      const reset = records.filter((r) => r.closeReason === 'upstream-reset').map((r) => r.bytesOut as number);
+      const closed = records.filter((r) => r.closeReason === 'closed').map((r) => r.bytesOut as number);
+      expect(reset.length + closed.length).toBe(UPLOAD_SIZES.length);
+      expect(reset.length).toBeGreaterThanOrEqual(3);
+      expect(Math.max(0, ...closed)).toBeLessThan(Math.min(...reset));
+    } finally {
+      for (const socket of sockets) socket.destroy();
+    }
   }, 60_000);
 });
