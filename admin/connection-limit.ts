@@ -9,6 +9,7 @@
  * apart from them: an address's admin connections do not use up its proxy connections.
  */
 import type { Server, Socket } from 'node:net';
+import { lingerThenDestroy } from '../gateway/listeners/http-refusal.ts';
 import { SourceConnections } from '../gateway/listeners/source-limit.ts';
 
 /** How long a refused connection may linger so the client reads the 429 before it is dropped. */
@@ -53,9 +54,8 @@ export class AdminConnections extends SourceConnections {
 }
 
 /**
- * Answer 429 and close. What the client already sent is read and dropped until it closes its side
- * or LINGER_MS pass: closing with its request unread would reset the connection and could wipe the
- * answer from the client's receive buffer.
+ * Answer 429 and close, read and drop what the client already sent meanwhile (lingerThenDestroy:
+ * closing with its request unread would reset the connection and could wipe the answer).
  */
 function refuse(socket: Socket): void {
   socket.on('error', () => socket.destroy());
@@ -64,9 +64,5 @@ function refuse(socket: Socket): void {
     return;
   }
   socket.end(REFUSAL);
-  const timer = setTimeout(() => socket.destroy(), LINGER_MS);
-  timer.unref();
-  socket.once('close', () => clearTimeout(timer));
-  socket.once('end', () => socket.destroy());
-  socket.resume();
+  lingerThenDestroy(socket, LINGER_MS);
 }

@@ -91,8 +91,8 @@ const LINGER_MS = 2000;
  * closes its side or after a short linger. Destroying at once could reset the connection while the
  * client still has unread bytes in flight, and a reset wipes our answer from its receive buffer.
  */
-export function lingerThenDestroy(socket: Duplex): void {
-  const timer = setTimeout(() => socket.destroy(), LINGER_MS);
+export function lingerThenDestroy(socket: Duplex, lingerMs = LINGER_MS): void {
+  const timer = setTimeout(() => socket.destroy(), lingerMs);
   timer.unref();
   socket.once('close', () => clearTimeout(timer));
   socket.once('end', () => socket.destroy());
