@@ -43,7 +43,7 @@ export interface AdmissionRequest {
    * holder is not found (gone already, not visible).
    */
   control?: { readonly clientPort: number; readonly server: LocalEndpoint };
-  /** The destination's DNS answer, looked up ahead of admission (lookUpAhead); else admission looks it up. */
+  /** The destination's DNS answer, looked up ahead of admission (`lookUp`, socks5-udp.ts); else admission looks it up. */
   lookedUp?: LookedUp;
 }
 
@@ -319,8 +319,12 @@ function knownAddress(snapshot: PolicySnapshot, host: string): string | null {
   return snapshot.staticAddress(host) ?? null;
 }
 
-/** DNS for admission: the address, or the error code a refusal names. Never throws. */
-async function lookUp(ctx: GatewayContext, host: string, requester: string): Promise<LookedUp> {
+/**
+ * DNS for admission: the address, or the error code a refusal names. Never throws. A SOCKS5 UDP
+ * association looks its new destinations up side by side with this (when needsLookUp) and hands
+ * each answer to `admit` or `admitDestination` (`lookedUp`).
+ */
+export async function lookUp(ctx: GatewayContext, host: string, requester: string): Promise<LookedUp> {
   try {
     return { ip: await lookupAddress(ctx, host, requester), dnsError: null };
   } catch (err) {
@@ -337,16 +341,6 @@ export function needsLookUp(ctx: GatewayContext, identity: Identity, protocol: P
   if (knownAddress(snapshot, host) !== null) return false;
   const mode = snapshot.modeFor(identity.roles, ctx.policy.modeOverride());
   return mode !== 'enforce' || snapshot.mayAllowName(identity.roles, host, port, protocol);
-}
-
-/**
- * The lookup admission would make for a destination, started ahead of it: a SOCKS5 UDP association
- * looks its new destinations up side by side and admits each as its answer comes (socks5-udp.ts),
- * handing the answer to `admit` or `admitDestination` (`lookedUp`). Null when admission makes no
- * lookup (needsLookUp). Never rejects.
- */
-export function lookUpAhead(ctx: GatewayContext, identity: Identity, protocol: Protocol, host: string, port: number, requester: string): Promise<LookedUp> | null {
-  return needsLookUp(ctx, identity, protocol, host, port) ? lookUp(ctx, host, requester) : null;
 }
 
 /** DNS: the one address of `host` that is classified and dialled. */
@@ -442,7 +436,7 @@ export type DestinationAdmission =
  * the connect-time detection for that destination (quarantine, proxyware, exfil tools, …; it also
  * counts towards the identity's fan-out). Opens and closes no flow; the caller caches the answer per
  * destination and marks the flow would-block when the answer says so. `lookedUp` is the name's DNS
- * answer when it was looked up ahead (lookUpAhead). Never throws.
+ * answer when it was looked up ahead (`lookUp`). Never throws.
  */
 export async function admitDestination(ctx: GatewayContext, flow: RoutedFlow, destHost: string, destPort: number, lookedUp?: LookedUp): Promise<DestinationAdmission> {
   const snapshot = ctx.policy.current();

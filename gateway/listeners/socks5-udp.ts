@@ -9,7 +9,7 @@
  *     foreign sources are dropped and counted
  *  4. each new destination is admitted once and the answer cached for the association. Up to
  *     MAX_ADMITTING destinations are admitted at once, the others queue in order: each name is looked
- *     up (lookUpAhead) side by side with the others, so one whose DNS never answers holds up no other
+ *     up (needsLookUp, lookUp) side by side with the others, so one whose DNS never answers holds up no other
  *     destination; then, as its answer comes, the first destination admitted goes through `admit`
  *     (opens the flow: limits, attribution — the process holding the datagram socket, else the
  *     control connection's —, policy, deny-range, detection hooks; one at a time while no flow is
@@ -29,7 +29,7 @@
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv4 } from 'node:net';
 import type { Decision } from '../../policy/types.ts';
-import { admit, admitDestination, type DestinationAdmission, type LookedUp, lookUpAhead, needsLookUp } from '../admission.ts';
+import { admit, admitDestination, type DestinationAdmission, type LookedUp, lookUp, needsLookUp } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow, RoutedFlow } from '../flow/flow.ts';
 import { unmapIPv4 } from '../../policy/address.ts';
@@ -320,7 +320,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       }
       queued.splice(i, 1);
       if (isLookUp) admitting++;
-      admitOne(dest)
+      admitOne(dest, isLookUp)
         .catch((err: unknown) => refuseDest(dest, `admission failed: ${String(err)}`))
         .finally(() => {
           if (!isLookUp) return;
@@ -330,10 +330,9 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     }
   }
 
-  /** Look the destination up beside the others, then judge it as its answer comes. */
-  async function admitOne(dest: Destination): Promise<void> {
-    const ahead = lookUpAhead(ctx, hs.identity, 'socks5-udp', dest.host, dest.port, clientIp);
-    const found = ahead === null ? undefined : await ahead;
+  /** Look the destination up beside the others (`isLookUp`: needsLookUp), then judge it as its answer comes. */
+  async function admitOne(dest: Destination, isLookUp: boolean): Promise<void> {
+    const found = isLookUp ? await lookUp(ctx, dest.host, clientIp) : undefined;
     if (ended) return;
     if (flow !== null) return admitLater(flow, dest, found);
     const turn = opening.then(() => (flow === null ? openWith(dest, found) : admitLater(flow, dest, found)));
