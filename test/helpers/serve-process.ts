@@ -77,8 +77,11 @@ export async function killIfRunning(child: ChildProcess | null): Promise<void> {
   await exited;
 }
 
-/** A serve policy for drain tests: enforce, loopback allowed, no attribution, records to `flowLog`, the drain's grace. */
-export function loopbackDrainConfig(flowLog: string, drainGraceMs: number): string {
+/**
+ * A serve policy for the serve tests: enforce, loopback allowed, no attribution, records to `flowLog`
+ * ("-" for stdout), and the drain's grace when given.
+ */
+export function loopbackServeConfig(flowLog: string, drainGraceMs?: number): string {
   return `
 mode: enforce
 allowRanges: [127.0.0.0/8]
@@ -86,6 +89,5 @@ roles: { any: { allow: [ { cidr: 127.0.0.0/8 } ] } }
 defaultRoles: [any]
 identity: { localAttribution: false }
 flowLog: { path: ${JSON.stringify(flowLog)} }
-limits: { drainGraceMs: ${drainGraceMs} }
-`;
+${drainGraceMs === undefined ? '' : `limits: { drainGraceMs: ${drainGraceMs} }\n`}`;
 }

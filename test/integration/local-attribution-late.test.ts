@@ -193,7 +193,7 @@ function canRunAsOtherUser(): boolean {
 }
 
 describe('local attribution slower than admission wait', () => {
-  it.skipIf(process.platform !== 'linux')(
+  it.skipIf(!skipNotice(process.platform === 'linux', 'local attribution under descriptor pressure', 'needs Linux /proc'))(
     'enforce: a renamed nmap admitted before its scan ends is killed and recorded block / an0081.scanner-tool, attributedLate; another client keeps its tunnel',
     async () => {
       gw = await startTestGateway(
@@ -285,7 +285,7 @@ describe('local attribution under descriptor pressure: the socket owner\'s small
     30_000,
   );
 
-  it.skipIf(process.platform !== 'linux')(
+  it.skipIf(!skipNotice(process.platform === 'linux', 'local attribution under descriptor pressure', 'needs Linux /proc'))(
     "the same user's 16 processes holding 10,000 descriptors each: a renamed nmap with a small table is refused at admission",
     async () => {
       const clients = await scanners(0);

@@ -29,7 +29,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { killIfRunning, type Served, spawnServe, loopbackDrainConfig } from '../helpers/serve-process.ts';
+import { killIfRunning, type Served, spawnServe, loopbackServeConfig } from '../helpers/serve-process.ts';
 import { pattern, rawConnect, readUntil } from './http-harness.ts';
 
 /** The slow clients' answer sizes: 40 KB to 128 KB. */
@@ -112,7 +112,7 @@ afterAll(async () => {
 
 async function serve(name: string, flowLog: string, graceMs: number): Promise<Served> {
   const configPath = join(dir, `${name}.yaml`);
-  await writeFile(configPath, loopbackDrainConfig(flowLog, graceMs));
+  await writeFile(configPath, loopbackServeConfig(flowLog, graceMs));
   const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: 'serve-drain-slow-token-0123456789', EGRESSGATE_READ_BUFFERS: 'off' } });
   child = s.child;
   return s;

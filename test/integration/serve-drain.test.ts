@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { killIfRunning, type Served, spawnServe, loopbackDrainConfig } from '../helpers/serve-process.ts';
+import { killIfRunning, type Served, spawnServe, loopbackServeConfig } from '../helpers/serve-process.ts';
 import { type Origin, pattern, rawConnect, run, startOrigin } from './http-harness.ts';
 
 const PIECE = 16 * 1024;
@@ -96,7 +96,7 @@ async function sendEachOnItsConnection(port: number, heads: readonly string[]): 
 
 async function serve(name: string, flowLog: string, graceMs = GRACE_MS): Promise<Served> {
   const configPath = join(dir, `${name}.yaml`);
-  await writeFile(configPath, loopbackDrainConfig(flowLog, graceMs));
+  await writeFile(configPath, loopbackServeConfig(flowLog, graceMs));
   const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: 'serve-drain-token-0123456789' } });
   child = s.child;
   return s;

@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { killIfRunning, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { killIfRunning, loopbackServeConfig, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
 import { type Origin, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
 import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
 
@@ -43,17 +43,6 @@ afterAll(async () => {
   await origin.close();
   await rm(dir, { recursive: true, force: true });
 });
-
-function policy(flowLogPath: string): string {
-  return `
-mode: enforce
-allowRanges: [127.0.0.0/8]
-roles: { any: { allow: [ { cidr: 127.0.0.0/8 } ] } }
-defaultRoles: [any]
-identity: { localAttribution: false }
-flowLog: { path: ${JSON.stringify(flowLogPath)} }
-`;
-}
 
 /** Start `serve` with `policyText` and extra env; resolves at the listening line. */
 async function serve(name: string, policyText: string, env: NodeJS.ProcessEnv = {}): Promise<Served> {
@@ -89,7 +78,7 @@ describe('egressgate serve: a fatal error records the live flows before the proc
   ] as const) {
     it(`${origin}: the live tunnel's record (gateway-error, exact bytes) is in the flow log; exit 1`, async () => {
       const flowLog = join(dir, `fatal-${fault}.jsonl`);
-      const s = await serve(`fatal-${fault}`, policy(flowLog), { NODE_OPTIONS: `--import=${FAULT}`, EGW_TEST_FAULT: fault });
+      const s = await serve(`fatal-${fault}`, loopbackServeConfig(flowLog), { NODE_OPTIONS: `--import=${FAULT}`, EGW_TEST_FAULT: fault });
       const tunnel = await echoTunnel(s, 'x'.repeat(100));
       const exited = once(s.child, 'exit');
       // (events.once would reject on the reset's 'error': wait for 'close' alone.)
@@ -110,7 +99,7 @@ describe('egressgate serve: a fatal error records the live flows before the proc
 describe('egressgate serve: a fatal error during a SIGTERM drain', () => {
   it('cuts the grace period short: the tunnel still waiting is recorded as gateway-error, exit 1 at once', async () => {
     const flowLog = join(dir, 'fatal-draining.jsonl');
-    const s = await serve('fatal-draining', `${policy(flowLog)}limits: { drainGraceMs: 60000 }\n`, { NODE_OPTIONS: `--import=${FAULT}`, EGW_TEST_FAULT: 'throw' });
+    const s = await serve('fatal-draining', loopbackServeConfig(flowLog, 60_000), { NODE_OPTIONS: `--import=${FAULT}`, EGW_TEST_FAULT: 'throw' });
     await echoTunnel(s, 'y'.repeat(10));
     const exited = once(s.child, 'exit');
     s.child.kill('SIGTERM');
@@ -128,7 +117,7 @@ describe('egressgate serve: a fatal error during a SIGTERM drain', () => {
 
 describe('egressgate serve: the flow log is stdout and its reader goes away', () => {
   it('stays up, refuses new flows with 503 flow-log-unavailable, says why, and drains on SIGTERM', async () => {
-    const s = await serve('stdout-epipe', policy('-'));
+    const s = await serve('stdout-epipe', loopbackServeConfig('-'));
     // Close our end of the gateway's stdout: its next write gets EPIPE.
     s.child.stdout?.destroy();
     const first = await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '-x', `http://${s.http.host}:${s.http.port}`, `http://127.0.0.1:${origin.port}/size/10`]);
@@ -175,7 +164,7 @@ async function untilLogged(s: Served, msg: string): Promise<Record<string, unkno
 
 describe('egressgate serve: SIGHUP', () => {
   it('with the config file gone: the reload fails with the reason, the running policy stays, the gateway serves on', async () => {
-    const s = await serve('hup-missing', policy(join(dir, 'hup-missing.jsonl')));
+    const s = await serve('hup-missing', loopbackServeConfig(join(dir, 'hup-missing.jsonl')));
     await rename(join(dir, 'hup-missing.yaml'), join(dir, 'hup-missing.yaml.moved'));
     s.child.kill('SIGHUP');
     const warned = await untilLogged(s, 'policy reload failed; the running policy is unchanged');
@@ -187,7 +176,7 @@ describe('egressgate serve: SIGHUP', () => {
   it('after the flow log and the audit log were moved away (log rotation): later records go to new files at their paths', async () => {
     const flowLog = join(dir, 'rotate.jsonl');
     const auditLog = `${flowLog}.audit.jsonl`;
-    const s = await serve('rotate', policy(flowLog));
+    const s = await serve('rotate', loopbackServeConfig(flowLog));
     const setMode = async (mode: string): Promise<number> =>
       (await fetch(`http://${s.admin}/v1/mode`, { method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ mode }) })).status;
     expect(await setMode('monitor')).toBe(200);
