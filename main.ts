@@ -296,6 +296,14 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
       log.warn({ errors: [{ path: '', message }] }, 'policy reload failed; the running policy is unchanged');
       return { ok: false, errors: [{ path: '', message }] };
     }
+    // Log rotation signals SIGHUP too: a file that says what is already serving makes no new version
+    // (which would push real versions out of the rollback history).
+    const running = policy.running();
+    if (running.configText === text) {
+      stats.configReloaded('success');
+      log.info({ version: running.version, author }, 'config file unchanged; the running policy stays');
+      return { ok: true };
+    }
     const result = policy.reload(text, { author, source: 'file' });
     stats.configReloaded(result.ok ? 'success' : 'failure');
     if (result.ok) log.info({ version: result.version, author }, 'policy reloaded');

@@ -135,6 +135,12 @@ export class PolicyStore extends EventEmitter {
     return this.swap(structuredClone(v.config) as Config, meta.author ?? null, 'rollback', v.configText, version);
   }
 
+  /** The version serving now (the newest in the history). */
+  running(): PolicyVersion {
+    // The constructor records the first version, and trimming keeps the newest.
+    return this.versions[this.versions.length - 1] as PolicyVersion;
+  }
+
   /** The kept versions, oldest first. */
   history(): readonly PolicyVersion[] {
     return this.versions;

@@ -1,8 +1,8 @@
 /**
  * `egressgate serve`: parse the flags, load the config (file, EGRESSGATE_CONFIG or the embedded
  * default), start the gateway (main.ts's startGateway), install the signal and fatal-error handlers,
- * then print the listening line. SIGHUP reloads the config and reopens the log files; SIGTERM/SIGINT
- * drain and exit 0; a fatal error records every live flow and exits 1.
+ * then print the listening line. SIGHUP reloads the config and reopens the log files, SIGUSR2 only
+ * reopens the log files; SIGTERM/SIGINT drain and exit 0; a fatal error records every live flow and exits 1.
  */
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
@@ -17,8 +17,9 @@ const HELP = `usage: egressgate serve [--config FILE] [--mode monitor|enforce] [
 
 Runs the HTTP forward proxy, the SOCKS5 gateway and the admin API. Port 0 = any free port.
 Without --config (or EGRESSGATE_CONFIG) the embedded default policy is used: monitor mode,
-loopback listeners, in-memory state. SIGHUP reloads the config file and reopens the flow and
-audit log files (rotation); SIGTERM drains and exits 0.
+loopback listeners, in-memory state. SIGHUP reloads the config file (an unchanged file keeps
+the running policy) and reopens the flow and audit log files; SIGUSR2 only reopens the log files
+(rotation); SIGTERM drains and exits 0.
 `;
 
 /** How long a fatal error leaves the gateway to record its flows before it exits anyway. */
@@ -135,6 +136,10 @@ export async function run(argv: string[]): Promise<number> {
   // 5. signals, before the listening line
   process.on('SIGHUP', () => {
     void gw.reloadFromFile('SIGHUP');
+    void gw.reopenLogs();
+  });
+  // Log rotation without touching the policy (SIGUSR1 is node's: it opens the inspector).
+  process.on('SIGUSR2', () => {
     void gw.reopenLogs();
   });
   const stop = (): void => {

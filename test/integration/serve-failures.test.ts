@@ -206,6 +206,72 @@ describe('egressgate serve: SIGHUP', () => {
     expect((await modes(`${auditLog}.1`)).join()).toContain('monitor');
     expect((await modes(auditLog)).join()).toContain('enforce');
   }, 60_000);
+  // Regression: every SIGHUP (logrotate's postrotate) made a new policy version of an unchanged file,
+  // pushing real versions out of the 20 kept for rollback; rotation had no signal that left the
+  // policy alone, so it also put the file back over a policy pushed through the API.
+  it('an unchanged config file makes no new version; SIGUSR2 reopens the logs and leaves a pushed policy serving', async () => {
+    const flowLog = join(dir, 'hup-same.jsonl');
+    const configPath = join(dir, 'hup-same.yaml');
+    const text = loopbackServeConfig(flowLog);
+    const s = await serve('hup-same', text);
+    const auth = { authorization: `Bearer ${TOKEN}` };
+    const history = async (): Promise<{ current: number; sources: string[] }> => {
+      const h = (await (await fetch(`http://${s.admin}/v1/policy/history`, { headers: auth })).json()) as {
+        current: number;
+        versions: Array<{ source: string }>;
+      };
+      return { current: h.current, sources: h.versions.map((v) => v.source) };
+    };
+    const logged = (msg: string): number => logLines(s.stderr()).filter((l) => l.msg === msg).length;
+    const untilCount = async (msg: string, n: number): Promise<void> => {
+      const deadline = Date.now() + 10_000;
+      while (logged(msg) < n) {
+        if (Date.now() > deadline) throw new Error(`not logged ${n}×: ${msg}; stderr: ${s.stderr()}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    };
+    expect(await history()).toEqual({ current: 1, sources: ['file'] });
+
+    for (const n of [1, 2]) {
+      s.child.kill('SIGHUP');
+      await untilCount('config file unchanged; the running policy stays', n);
+    }
+    expect(await history()).toEqual({ current: 1, sources: ['file'] });
+
+    // An edited file is still a new version, once.
+    await writeFile(configPath, `${text}\n# edited\n`);
+    s.child.kill('SIGHUP');
+    await untilCount('policy reloaded', 1);
+    s.child.kill('SIGHUP');
+    await untilCount('config file unchanged; the running policy stays', 3);
+    expect(await history()).toEqual({ current: 2, sources: ['file', 'file'] });
+
+    // A policy pushed through the API survives rotation by SIGUSR2, which still reopens the logs.
+    const put = await fetch(`http://${s.admin}/v1/policy`, {
+      method: 'PUT',
+      headers: { ...auth, 'content-type': 'application/yaml' },
+      body: `${text}\n# pushed\n`,
+    });
+    expect(put.status).toBe(200);
+    expect(await curlStatus(s, '/size/3')).toBe('200');
+    const deadline = Date.now() + 5000;
+    while (!(await readFile(flowLog, 'utf8').catch(() => '')).includes('"bytesIn":3,')) {
+      if (Date.now() > deadline) throw new Error('first record not written');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await rename(flowLog, `${flowLog}.1`);
+    s.child.kill('SIGUSR2');
+    await untilLogged(s, 'flow log reopened');
+    expect(await curlStatus(s, '/size/4')).toBe('200');
+    expect(await history()).toEqual({ current: 3, sources: ['api', 'file', 'file'] });
+    expect(logged('policy reloaded')).toBe(1);
+
+    const exited = once(s.child, 'exit');
+    s.child.kill('SIGTERM');
+    expect((await exited)[0]).toBe(0);
+    expect(parseRecords(await readFile(`${flowLog}.1`, 'utf8')).map((r) => r.bytesIn)).toEqual([3]);
+    expect(parseRecords(await readFile(flowLog, 'utf8')).map((r) => r.bytesIn)).toEqual([4]);
+  }, 60_000);
 });
 
 // Regression: with the admin address taken, serve printed EADDRINUSE but its HTTP and SOCKS listeners
