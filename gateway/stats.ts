@@ -348,7 +348,8 @@ export class GatewayStats {
   /**
    * Follow a flow table: the active gauge reads it at scrape time; bytes are counted per sweep as
    * deltas (and the remainder at close), so long tunnels show up before they end; each flow's
-   * admission verdict is counted once, at the first sweep that sees it or at its close.
+   * admission verdict is counted once: at the first sweep that sees it, before a detector changes it,
+   * or at its close.
    * Returns a function that detaches the listeners.
    */
   attachFlowTable(flows: FlowTable): () => void {
@@ -367,6 +368,12 @@ export class GatewayStats {
         c.in = flow.bytesIn;
       }
     };
+    // A detector's later verdict is not an admission verdict: count the admission's first.
+    const onRedecide = (flow: Flow): void => {
+      if (this.counted.has(flow)) return;
+      this.counted.set(flow, { out: 0, in: 0 });
+      this.decision(flow.verdict, flow.reason);
+    };
     const onClose = (flow: Flow): void => {
       const c = this.counted.get(flow);
       if (c) {
@@ -378,9 +385,11 @@ export class GatewayStats {
       }
     };
     flows.on('sweep', onSweep);
+    flows.on('redecide', onRedecide);
     flows.on('close', onClose);
     return () => {
       flows.off('sweep', onSweep);
+      flows.off('redecide', onRedecide);
       flows.off('close', onClose);
       this.counted.clear();
       this.activeFlowsFn = () => 0;

@@ -173,7 +173,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   /** Monitor mode: a live flow enforce mode would have refused or killed is recorded would-block. */
   const markWouldBlock = (flow: Flow, f: Finding, mode: Mode): void => {
     if (flow.state !== 'active' || flow.verdict !== 'allow') return;
-    flows.decide(flow, { verdict: 'would-block', reason: 'detector', detector: f.detector, mode, matchedRule: flow.matchedRule, reasons: [...f.reasons] }, false);
+    flows.redecide(flow, { verdict: 'would-block', reason: 'detector', detector: f.detector, mode, matchedRule: flow.matchedRule, reasons: [...f.reasons] }, false);
   };
 
   /**
@@ -183,7 +183,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
    */
   const markKilled = (flow: Flow, f: Finding): void => {
     if (flow.state !== 'active') return;
-    flows.decide(flow, { verdict: 'block', reason: 'detector', detector: f.detector, mode: 'enforce', matchedRule: flow.matchedRule, reasons: [...f.reasons] }, true);
+    flows.redecide(flow, { verdict: 'block', reason: 'detector', detector: f.detector, mode: 'enforce', matchedRule: flow.matchedRule, reasons: [...f.reasons] }, true);
   };
 
   const repeatAlertMs = (alert: Alert): number => {

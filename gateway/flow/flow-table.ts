@@ -4,7 +4,8 @@
  * records for long flows), enforces per-identity limits, and runs the periodic sweep the detectors
  * hang off. Everything else holds a Flow reference handed out here or reads `list()`/`get()`.
  *
- * Events: 'open' (flow), 'close' (flow), 'sweep' (now: number, active: ReadonlyMap<string, Flow>),
+ * Events: 'open' (flow), 'close' (flow), 'redecide' (flow, before a detector changes its verdict),
+ * 'sweep' (now: number, active: ReadonlyMap<string, Flow>),
  * 'attributed' (flow).
  */
 import { EventEmitter } from 'node:events';
@@ -146,6 +147,15 @@ export class FlowTable extends EventEmitter {
 
   /** Record the admission decision and whether it was enforced. */
   decide(flow: Flow, decision: Decision, enforced: boolean): void {
+    flow.applyDecision(decision, enforced);
+  }
+
+  /**
+   * Change a live flow's verdict after its admission (a detector's would-block or kill): its record
+   * says so. 'redecide' (flow) comes first, while the flow still carries its admission verdict.
+   */
+  redecide(flow: Flow, decision: Decision, enforced: boolean): void {
+    this.emit('redecide', flow);
     flow.applyDecision(decision, enforced);
   }
 

@@ -25,7 +25,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LocalAttributor } from '../../agent/attribution.ts';
 import type { Mode } from '../../policy/types.ts';
 import { type TcpOrigin, echoOrigin, echoRoundTrip, freePort, httpConnect, reportProcesses, testAgent, waitForAlert } from '../helpers/detection-live.ts';
-import { type TestGateway, startTestGateway } from '../helpers/gateway.ts';
+import { adminGet, type TestGateway, startTestGateway } from '../helpers/gateway.ts';
 import { type UdpEcho, startUdpEcho } from './socks5-harness.ts';
 
 const CLIENT_IP = '127.0.0.6';
@@ -123,6 +123,26 @@ describe('an0081.proxyware at connect, process named by an agent report', () => 
     await closed;
     const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0081.proxyware');
     expect(alert).toMatchObject({ action: 'block', enforced: true, flowIds: [rec.id] });
+  });
+
+  // Regression: a flow killed before the first sweep counted it was counted as an admission refusal
+  // (gw_policy_decisions_total{verdict="block",reason="detector"}), one killed later as allowed.
+  it('enforce: a tunnel killed by a late report counts as allowed at admission in /metrics', async () => {
+    gw = await startTestGateway({ mode: 'enforce', identity: { agents: [testAgent] }, detection: { sampleIntervalMs: 60_000 } });
+    const localPort = await freePort(CLIENT_IP);
+    const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: CLIENT_IP, localPort });
+    expect(a.status).toBe(200);
+    a.socket.on('error', () => undefined);
+    await echoRoundTrip(a.socket, Buffer.from('before the report'));
+    const ans = await reportProcesses(gw.adminUrl, 'ws-pw', [
+      { localIp: CLIENT_IP, localPort, remoteIp: gw.httpHost, remotePort: gw.httpPort, pid: 31339, name: 'honeygain', user: 'bob', loginuid: 1001 },
+    ]);
+    expect(ans.attributed).toBe(1);
+    const rec = await gw.waitForClosed((r) => r.client.port === localPort);
+    expect(rec).toMatchObject({ verdict: 'block', reason: 'detector', closeReason: 'an0081.proxyware' });
+    const { text } = await adminGet(gw, '/metrics');
+    const decisions = text.split('\n').filter((l) => l.startsWith('gw_policy_decisions_total{'));
+    expect(decisions).toEqual(['gw_policy_decisions_total{verdict="allow",reason="allowed"} 1']);
   });
 
   it('a plain process name from the same agent passes with no alert (the test can fail)', async () => {
