@@ -6,6 +6,7 @@
  *  3. draining? → 503; per-identity concurrency and new-flow rate → 429
  *  4. local process attribution (clients on the gateway's own host), in parallel with
  *  5. resolve: IP literal, `resolver.hosts`, then DNS — the one address that is classified and dialled
+ *     (in enforce mode a name the roles can never admit is refused unresolved, its process named)
  *  6. never the gateway's own listeners
  *  7. policy decide (deny-range, role allowlist, mode) → block / would-block / allow
  *  8. detection hooks: quarantine and process-name detectors; byte budget
@@ -127,25 +128,23 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     r.retryAfterSec = 1;
     return r;
   }
-  // 4. In enforce mode a name no allow entry of these roles can admit is refused before it is looked
-  // up: the lookup would carry the name out (a DNS tunnel through the gateway's own resolver).
-  if (mode === 'enforce' && knownAddress(snapshot, req.destHost) === null && !snapshot.mayAllowName(flow.identity.roles, req.destHost, req.destPort, req.protocol)) {
-    return refuse(ctx, flow, snapshot.decide(factsOf(flow, req.protocol, req.destHost, req.destPort, null), ctx.flows.now(), override));
-  }
-  // 5 + 6. attribution in parallel with resolution
+  // 4. local attribution, in parallel with resolution
   const attribution =
     ctx.attributor && !flow.identity.process && snapshot.config.identity.localAttribution && isLocalAddress(req.claims.clientIp)
       ? attributeLocally(ctx.attributor, req)
       : null;
-  // An IP literal or a `resolver.hosts` entry needs no lookup (and no await).
+  // In enforce mode a name no allow entry of these roles can admit is refused before it is looked
+  // up: the lookup would carry the name out (a DNS tunnel through the gateway's own resolver). The
+  // refusal still names the local process that tried (who asked for a forbidden name is the point).
+  if (mode === 'enforce' && knownAddress(snapshot, req.destHost) === null && !snapshot.mayAllowName(flow.identity.roles, req.destHost, req.destPort, req.protocol)) {
+    if (attribution) await attachProcess(ctx, flow, attribution);
+    return refuse(ctx, flow, snapshot.decide(factsOf(flow, req.protocol, req.destHost, req.destPort, null), ctx.flows.now(), override));
+  }
+  // 5. resolution: an IP literal or a `resolver.hosts` entry needs no lookup (and no await).
   let ip: string | null = knownAddress(snapshot, req.destHost);
   let dnsError: GatewayErrorCode | null = null;
   if (ip === null) ({ ip, dnsError } = req.lookedUp ?? (await lookUp(ctx, req.destHost, flow.client.ip)));
-  if (attribution) {
-    const process = await attribution.timely;
-    if (process && flow.state === 'active') ctx.flows.attribute(flow.client.ip, flow.client.port, clientTransport(flow.protocol), process);
-    else if (process === null) attributeWhenKnown(ctx, flow, attribution.eventual);
-  }
+  if (attribution) await attachProcess(ctx, flow, attribution);
   if (ip) ctx.flows.setDestinationIp(flow, ip);
   // 6. self-dial
   if (ip && isSelf(ctx, ip, req.destPort)) {
@@ -253,6 +252,13 @@ function lookUpLocal(attributor: ProcessAttributor, clientIp: string, clientPort
     return null;
   });
   return { timely, eventual };
+}
+
+/** Wait for a local lookup as admission does, then name the flow's process (or let it come late). */
+async function attachProcess(ctx: GatewayContext, flow: Flow, attribution: LocalLookup): Promise<void> {
+  const process = await attribution.timely;
+  if (process && flow.state === 'active') ctx.flows.attribute(flow.client.ip, flow.client.port, clientTransport(flow.protocol), process);
+  else if (process === null) attributeWhenKnown(ctx, flow, attribution.eventual);
 }
 
 /**
