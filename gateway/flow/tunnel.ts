@@ -5,7 +5,8 @@
  * - half-close both ways (a FIN from one side is passed on; the flow ends when both sides ended
  *   and node has handed each of them its last bytes: a slow reader's tail still queued here, the
  *   client's or the destination's, keeps the flow live, so a SIGTERM drain waits for it and a cut
- *   says `shutdown`, not `closed`);
+ *   says `shutdown`, not `closed`; a side reset after its FIN while the other still sends to it ends
+ *   the flow as a reset, not `closed`);
  * - a byte budget towards the destination: not one byte past flow.budgetOut is written upstream
  *   (where flow.onBudget lets the flow run on, it moves flow.budgetOut and the rest meets that);
  * - idle timeout: one timer, on the client socket — every byte either way is a read or a write on
@@ -52,6 +53,9 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
   let isDelivering = false;
   let isDownOwed = false;
   let isUpOwed = false;
+  // The destination reset after its FIN while the client could still send: the client's upload was
+  // cut short, so the flow ends upstream-reset (once the client has what the destination sent).
+  let isUploadCut = false;
 
   const finish = (reason: string): void => {
     if (done) return;
@@ -161,7 +165,7 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
     isDownOwed = down.writableLength > 0 && !down.destroyed;
     isUpOwed = up.writableLength > 0 && !up.destroyed;
     if (!isDownOwed && !isUpOwed) {
-      finish('closed');
+      endDelivered();
       return;
     }
     isDelivering = true;
@@ -175,11 +179,21 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
   // A side owed nothing when the wait began may not have emitted 'finish' yet: the flags say who waits.
   const onDownDelivered = (): void => {
     isDownOwed = false;
-    if (!done && !isUpOwed) finish('closed');
+    if (!done && !isUpOwed) endDelivered();
   };
   const onUpDelivered = (): void => {
     isUpOwed = false;
-    if (!done && !isDownOwed) finish('closed');
+    if (!done && !isDownOwed) endDelivered();
+  };
+  const endDelivered = (): void => {
+    if (!isUploadCut) {
+      finish('closed');
+      return;
+    }
+    // What the client still sends would go nowhere: it learns so as it would from the destination
+    // itself (a clean end would tell it the upload arrived).
+    reset(down);
+    finish('upstream-reset');
   };
   const onUpTimeout = (): void => {
     if (done) up.destroy();
@@ -210,16 +224,18 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
     if (done || (isDelivering && !isDownOwed)) down.destroy();
     else abort('idle-timeout');
   };
-  const onDownClose = (): void => {
+  const onDownClose = (hadError: boolean): void => {
     // Closed after its 'finish' while the destination still reads: the flow waits for that.
     if (isDelivering && !isDownOwed) return;
     if (!done) {
       up.destroy();
-      // Closed before it took its last bytes ('finish' comes first otherwise): the client went.
-      finish(downEnded && !isDelivering ? 'closed' : 'client-reset');
+      // Closed before it took its last bytes ('finish' comes first otherwise), or reset after its FIN
+      // while the destination still sent: the client went. Closed cleanly after its FIN (a socket
+      // that does not stay half-open): the client's choice.
+      finish(downEnded && !isDelivering && !hadError ? 'closed' : 'client-reset');
     }
   };
-  const onUpClose = (): void => {
+  const onUpClose = (hadError: boolean): void => {
     if (done) return;
     if (isDelivering) {
       // Closed before it took the client's last bytes: it reset. What it sent still reaches the client.
@@ -227,6 +243,9 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
       return;
     }
     if (upEnded) {
+      // Reset after its FIN while the client's side was still open (a write to it failed, or the
+      // reset was read): whatever the client sent or still sends does not arrive.
+      if (hadError && !downEnded) isUploadCut = true;
       // Let what the upstream sent reach the client before closing it.
       down.end();
       closeWhenDelivered();
