@@ -165,7 +165,8 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
       }
       if (found.verdict === 'would-block' && flow.verdict === 'allow') ctx.flows.decide(flow, found, false);
     }
-    const budget = ctx.detection.uploadBudget(flow, snapshot);
+    // A UDP association's budgets are its destinations' own, set as each is relayed to (onRelayed).
+    const budget = req.protocol === 'socks5-udp' ? null : ctx.detection.uploadBudget(flow, snapshot);
     if (budget !== null) flow.budgetOut = budget;
   }
   // 9. upstream

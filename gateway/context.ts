@@ -3,7 +3,7 @@
  * themselves, so tests can wire a gateway with injected seams (resolver map, clock, dialer).
  */
 import type { Identity, Mode, PolicySnapshot, ProcessInfo } from '../policy/types.ts';
-import type { Flow, KnownDestination, RoutedFlow } from './flow/flow.ts';
+import type { Flow, FlowLeg, KnownDestination, RoutedFlow } from './flow/flow.ts';
 import type { FlowTable } from './flow/flow-table.ts';
 
 /** The current policy: one reference, swapped on reload (gateway/policy-store.ts implements it). */
@@ -82,6 +82,12 @@ export interface DetectionHooks {
    * the identity's fan-out as a new flow's would. Returns a refusing Decision or null.
    */
   onDestination(flow: RoutedFlow, destination: KnownDestination, snapshot: PolicySnapshot, mode: Mode): import('../policy/types.ts').Decision | null;
+  /**
+   * A destination a flow that relays to several (SOCKS5 UDP) now relays to, as `leg`: it counts
+   * towards the identity's fan-out and domains, and gets its own byte budget (`leg.budgetOut`,
+   * `leg.onBudget`) and sweep judgement on its own bytes, as a flow to it alone would.
+   */
+  onRelayed(flow: RoutedFlow, leg: FlowLeg, snapshot: PolicySnapshot): void;
   /** A byte budget towards the destination for this flow, or null. */
   uploadBudget(flow: RoutedFlow, snapshot: PolicySnapshot): number | null;
   /** A connect failed or was refused (feeds scan detection). */

@@ -34,7 +34,7 @@ import type { Alert, Finding, FlowOutcome, FlowView } from '../../policy/detecto
 import type { ConnectFacts, Decision, Mode, PolicySnapshot } from '../../policy/types.ts';
 import type { AlertStore } from '../alerts/alert-store.ts';
 import type { DetectionHooks, Logger, PolicySource } from '../context.ts';
-import { type Flow, isRouted, type KnownDestination, type RoutedFlow } from '../flow/flow.ts';
+import { type Flow, type FlowLeg, isRouted, type KnownDestination, type RoutedFlow } from '../flow/flow.ts';
 import type { FlowTable } from '../flow/flow-table.ts';
 import { AlertGroups } from './alert-groups.ts';
 import type { LiveDetection } from './dry-run.ts';
@@ -129,6 +129,33 @@ function view(flow: RoutedFlow, outcome: FlowOutcome): FlowView {
   };
 }
 
+/**
+ * One destination of a flow that relays to several (a SOCKS5 UDP association): judged on its own
+ * bytes, from when it was first relayed to, as a flow to it alone would be; findings name the flow.
+ */
+function legView(flow: RoutedFlow, leg: FlowLeg, outcome: FlowOutcome): FlowView {
+  return {
+    id: flow.id,
+    partKey: leg.key,
+    protocol: flow.protocol,
+    clientIp: flow.client.ip,
+    identity: flow.identity,
+    destination: leg.destination,
+    startedAtMs: leg.startedAt,
+    endedAtMs: flow.endedAt,
+    lastActivityAtMs: flow.lastActivityAt,
+    bytesOut: leg.bytesOut,
+    bytesIn: leg.bytesIn,
+    outcome,
+  };
+}
+
+/** Where a byte budget is kept: a flow's, or one destination's of a flow that relays to several. */
+interface Budgeted {
+  bytesIn: number;
+  budgetOut: number;
+}
+
 /** Build the engine, load persisted baselines, and hang it off the flow table's sweep. */
 export async function createDetectionEngine(opts: DetectionEngineOptions): Promise<DetectionEngine> {
   const { flows, policy, alerts, log } = opts;
@@ -209,14 +236,21 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     if (!isRouted(flow)) return;
     // A refusal of the address itself (deny-range, an IP literal not allowlisted) is an attempt the
     // scan detector counts, as a failed dial is: an internal sweep is refused before any dial.
-    const v = view(flow, flow.isConnected ? 'closed' : flow.verdict === 'block' ? outcomeOfRefusal(flow.reason, flow.destination) : 'failed');
-    ended.push(v);
     try {
       // The flow table closes a flow once: it is folded here once, and the sweep skips ended flows.
-      state.observeEnded(v, flows.now(), observeOptions(policy.current()), folded);
+      // A flow that relayed to several destinations is folded per destination, on each one's bytes.
+      if (flow.legs !== null) {
+        for (const leg of flow.legs) foldEnded(legView(flow, leg, 'closed'));
+      } else {
+        foldEnded(view(flow, flow.isConnected ? 'closed' : flow.verdict === 'block' ? outcomeOfRefusal(flow.reason, flow.destination) : 'failed'));
+      }
     } catch (err) {
       log.error({ err: String(err) }, 'detector state update failed');
     }
+  };
+  const foldEnded = (v: FlowView): void => {
+    ended.push(v);
+    state.observeEnded(v, flows.now(), observeOptions(policy.current()), folded);
   };
   flows.on('close', onClose);
 
@@ -278,6 +312,64 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     return d;
   };
 
+  /**
+   * The bulk-upload byte budget towards `destination` (what `connect` names), kept on `target`: the
+   * flow's own, or one destination's of a flow that relays to several (its bytes alone). `key` is
+   * the sweep's for the same view, so one budget kill is one alert. Sets `target.onBudget`; null =
+   * no budget.
+   */
+  const budgetFor = (
+    flow: RoutedFlow,
+    connect: ConnectFacts,
+    destination: KnownDestination,
+    key: string,
+    target: Budgeted & { onBudget: ((t: never) => boolean) | null },
+    snapshot: PolicySnapshot,
+  ): number | null => {
+    const budget = uploadBudgetFor(connect, snapshot, flows.now(), state);
+    if (budget === null) return null;
+    target.onBudget = (): boolean => {
+      const snap = policy.current();
+      // Called exactly at target.budgetOut (the HTTP path's own counter may lag a chunk behind): the
+      // configured budget first, then each point the budget moved to.
+      const at = target.budgetOut;
+      if (!isOverUploadBudget(at, target.bytesIn, budget, snap)) {
+        // Not an upload yet (out:in short): the budget moves to where the rule could hold next.
+        target.budgetOut = nextUploadBudget(at, target.bytesIn, budget, snap);
+        return false;
+      }
+      const mode = modeOf(flow.identity.roles);
+      const finding: Finding = {
+        detector: 'an0080.bulk-upload',
+        analytic: 'AN0080',
+        severity: 'high',
+        action: 'kill',
+        flowIds: [flow.id],
+        identity: { user: flow.identity.user, host: flow.identity.host, roles: flow.identity.roles, process: flow.identity.process, key: quarantineKey(flow) },
+        destination,
+        evidence: { bytesOut: at, bytesIn: target.bytesIn, thresholdBytesOut: budget },
+        reasons: [
+          at === budget
+            ? `upload reached the ${budget}-byte budget to ${destination.host}`
+            : `upload reached ${at} bytes to ${destination.host} at out:in ${(at / Math.max(target.bytesIn, 1)).toFixed(1)} (budget ${budget} bytes)`,
+        ],
+        key: `an0080.bulk-upload|${key}`,
+      };
+      const now = flows.now();
+      raise(finding, mode, now);
+      if (mode !== 'enforce') {
+        // Monitor: would-kill is recorded once (alert and flow record); the flow runs on without a budget.
+        markWouldBlock(flow, finding, mode);
+        target.budgetOut = Number.POSITIVE_INFINITY;
+        return false;
+      }
+      putInQuarantine(quarantineKey(flow), now);
+      markKilled(flow, finding);
+      return true;
+    };
+    return budget;
+  };
+
   const engine: DetectionEngine = {
     state,
     quarantine: quarantine.entries,
@@ -290,59 +382,21 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     },
 
     onDestination(flow: RoutedFlow, destination: KnownDestination, snapshot: PolicySnapshot, mode: Mode): Decision | null {
-      const d = judgeConnect(flow, { ...facts(flow), destHost: destination.host, destPort: destination.port, destIp: destination.ip }, snapshot, mode);
-      if (d === null || d.verdict !== 'block') {
-        // Relayed to: it counts towards the identity's fan-out and domains like a new flow.
-        state.observeDestination({ ...view(flow, 'open'), destination, startedAtMs: flows.now() }, folded);
-      }
-      return d;
+      // Counted towards fan-out and judged on its bytes once relayed to (onRelayed).
+      return judgeConnect(flow, { ...facts(flow), destHost: destination.host, destPort: destination.port, destIp: destination.ip }, snapshot, mode);
+    },
+
+    onRelayed(flow: RoutedFlow, leg: FlowLeg, snapshot: PolicySnapshot): void {
+      // It counts towards the identity's fan-out and domains like a new flow, and its bytes are
+      // judged apart from the other destinations' (each sweep, and at its own byte budget).
+      state.observeDestination(legView(flow, leg, 'open'), folded);
+      const { host, ip, port } = leg.destination;
+      const budget = budgetFor(flow, { ...facts(flow), destHost: host, destPort: port, destIp: ip }, leg.destination, leg.key, leg, snapshot);
+      if (budget !== null) leg.budgetOut = budget;
     },
 
     uploadBudget(flow: RoutedFlow, snapshot: PolicySnapshot): number | null {
-      const now = flows.now();
-      const budget = uploadBudgetFor(facts(flow), snapshot, now, state);
-      if (budget === null) return null;
-      flow.onBudget = (f: Flow): boolean => {
-        const snap = policy.current();
-        // Called exactly at f.budgetOut (the HTTP path's own counter may lag a chunk behind): the
-        // configured budget first, then each point the budget moved to.
-        const at = f.budgetOut;
-        if (!isOverUploadBudget(at, f.bytesIn, budget, snap)) {
-          // Not an upload yet (out:in short): the budget moves to where the rule could hold next.
-          f.budgetOut = nextUploadBudget(at, f.bytesIn, budget, snap);
-          return false;
-        }
-        const mode = modeOf(f.identity.roles);
-        const finding: Finding = {
-          detector: 'an0080.bulk-upload',
-          analytic: 'AN0080',
-          severity: 'high',
-          action: 'kill',
-          flowIds: [f.id],
-          identity: { user: f.identity.user, host: f.identity.host, roles: f.identity.roles, process: f.identity.process, key: quarantineKey(f) },
-          destination: flow.destination,
-          evidence: { bytesOut: at, bytesIn: f.bytesIn, thresholdBytesOut: budget },
-          reasons: [
-            at === budget
-              ? `upload reached the ${budget}-byte budget to ${flow.destination.host}`
-              : `upload reached ${at} bytes to ${flow.destination.host} at out:in ${(at / Math.max(f.bytesIn, 1)).toFixed(1)} (budget ${budget} bytes)`,
-          ],
-          // The same key the sweep uses for this flow, so one budget kill is one alert.
-          key: `an0080.bulk-upload|${f.id}`,
-        };
-        const now = flows.now();
-        raise(finding, mode, now);
-        if (mode !== 'enforce') {
-          // Monitor: would-kill is recorded once (alert and flow record); the flow runs on without a budget.
-          markWouldBlock(f, finding, mode);
-          f.budgetOut = Number.POSITIVE_INFINITY;
-          return false;
-        }
-        putInQuarantine(quarantineKey(f), now);
-        markKilled(f, finding);
-        return true;
-      };
-      return budget;
+      return budgetFor(flow, facts(flow), flow.destination, flow.id, flow, snapshot);
     },
 
     readOnly(): LiveDetection {
@@ -370,7 +424,8 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     const agents = agentSources(policy.current());
     for (const flow of active.values()) {
       if (!flow.isConnected || !isRouted(flow)) continue;
-      views.push(view(flow, 'open'));
+      if (flow.legs === null) views.push(view(flow, 'open'));
+      else for (const leg of flow.legs) views.push(legView(flow, leg, 'open'));
       if (agents && !flow.identity.process && !flow.isUnattributed && now - flow.startedAt >= AGENT_GRACE_MS) {
         const ip = flow.client.ip.startsWith('::ffff:') ? flow.client.ip.slice(7) : flow.client.ip;
         if (agents.check(ip, isIPv6(ip) ? 'ipv6' : 'ipv4')) {

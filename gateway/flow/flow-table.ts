@@ -12,7 +12,7 @@ import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Decision, ProcessInfo, Protocol } from '../../policy/types.ts';
-import { Flow, type FlowInit, type FlowRecord, type KnownDestination, type RoutedFlow, withProcess } from './flow.ts';
+import { Flow, type FlowInit, type FlowLeg, type FlowRecord, type KnownDestination, type RoutedFlow, withProcess } from './flow.ts';
 import type { FlowSink } from './flow-log.ts';
 import { LiveFlows } from './live-flows.ts';
 import { processBytes } from '../pending-reports.ts';
@@ -171,6 +171,26 @@ export class FlowTable extends EventEmitter {
   }
 
   /** Mark the upstream dial as successful. */
+  /**
+   * One more destination relayed to by a flow that relays to several (a SOCKS5 UDP association):
+   * its own counters and budget, which the detectors judge (flow.ts, FlowLeg).
+   */
+  addLeg(flow: RoutedFlow, destination: KnownDestination): FlowLeg {
+    flow.legs ??= [];
+    const legs = flow.legs;
+    const leg: FlowLeg = {
+      key: `${flow.id}#${legs.length}`,
+      destination,
+      startedAt: this.now(),
+      bytesOut: 0,
+      bytesIn: 0,
+      budgetOut: Number.POSITIVE_INFINITY,
+      onBudget: null,
+    };
+    legs.push(leg);
+    return leg;
+  }
+
   markConnected(flow: Flow): void {
     flow.isConnected = true;
   }
@@ -236,6 +256,9 @@ export class FlowTable extends EventEmitter {
     if (flow.isRecordSkipped) this.skippedRecords++;
     else if (!this.sink.isDiscarding) this.record(flow, flow.endedAt, false);
     this.emit('close', flow);
+    // The detectors have folded each destination's bytes ('close'); the admin API's ring keeps the
+    // record's totals, not up to 4,096 destinations' counters and budget closures.
+    flow.legs = null;
   }
 
   /** Tear a live flow down now (detector kill, admin DELETE). Returns false if it is not live. */

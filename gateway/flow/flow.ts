@@ -36,6 +36,26 @@ export function isRouted(flow: Flow): flow is RoutedFlow {
   return flow.destination.host !== null;
 }
 
+/**
+ * One destination of a flow that relays to several (a SOCKS5 UDP association): the bytes each way
+ * to and from it, and its own byte budget, so the detectors judge it as they would a flow to it
+ * alone. The flow's `bytesOut` / `bytesIn` stay the totals its one record carries; the relay adds
+ * each datagram to both (two additions, nothing allocated).
+ */
+export interface FlowLeg {
+  /** Unique among the views the detectors fold (the flow's id and the leg's number). */
+  readonly key: string;
+  readonly destination: KnownDestination;
+  /** When the destination was first relayed to. */
+  readonly startedAt: number;
+  bytesOut: number;
+  bytesIn: number;
+  /** As Flow.budgetOut, for this destination's bytes. */
+  budgetOut: number;
+  /** As Flow.onBudget: true = the datagram that would cross the budget ends the flow. */
+  onBudget: ((leg: FlowLeg) => boolean) | null;
+}
+
 export interface FlowInit {
   protocol: Protocol;
   listener: 'http' | 'https' | 'socks';
@@ -115,6 +135,11 @@ export class Flow {
    * rest of the chunk against the moved budget.
    */
   onBudget: ((flow: Flow) => boolean) | null = null;
+  /**
+   * The destinations of a flow that relays to several (SOCKS5 UDP), each judged on its own bytes by
+   * the detectors instead of the flow's totals; null for a flow to one destination.
+   */
+  legs: FlowLeg[] | null = null;
   /** Registered by whoever holds the sockets: tears both sides down at once (TCP reset). */
   abort: ((reason: string) => void) | null = null;
   /** The client's host has an agent, yet no agent attributed this live flow in time (a signal in itself). */

@@ -5,6 +5,7 @@
  * in its queue, whose bytes the association's share and the gateway's ledger account for.
  */
 import { isIPv6 } from 'node:net';
+import type { FlowLeg } from '../flow/flow.ts';
 import type { UdpHeader } from '../protocol/socks5-codec.ts';
 
 /** Below this many destinations a linear byte compare beats building a string key. */
@@ -21,6 +22,8 @@ export interface Destination {
   /** The admitted address (IPv4-mapped unwrapped) and which upstream socket reaches it. */
   ip: string;
   isV6: boolean;
+  /** Its bytes each way and byte budget, once admitted (the flow's leg to it); null until then. */
+  leg: FlowLeg | null;
   /** RSV RSV FRAG ATYP ADDR PORT prepended to replies: built once. */
   readonly replyHeader: Buffer;
   /** Payload views of the datagrams waiting for admission; null once admitted or refused. */
@@ -71,6 +74,7 @@ export class DestinationTable {
       heldBytes: msg.length,
       ip: '',
       isV6: false,
+      leg: null,
       replyHeader,
       queue: [msg.subarray(hdr.dataOffset)],
     };
@@ -80,9 +84,10 @@ export class DestinationTable {
     return dest;
   }
 
-  /** Admitted at `ip`: replies from ip:port are now this destination's. */
-  allow(dest: Destination, ip: string): void {
+  /** Admitted at `ip`, its bytes counted in `leg`: replies from ip:port are now this destination's. */
+  allow(dest: Destination, ip: string, leg: FlowLeg): void {
     dest.state = 'allowed';
+    dest.leg = leg;
     dest.ip = ip;
     dest.isV6 = isIPv6(ip);
     let ports = this.byAddress.get(ip);

@@ -19,10 +19,13 @@
  *     association and the listener's gateway-wide share (UdpRelayLedger), for at most MAX_PENDING
  *     destinations at once; past any of these a datagram is dropped and counted
  *  5. payload (without the SOCKS header) goes out of an unconnected upstream socket; bytesOut
- *     counts it, and the flow's byte budget is exact (flow.onBudget decides cut or move on)
+ *     counts it, in the flow's totals and in its destination's leg (flow.ts, FlowLeg), whose own
+ *     bytes the detectors judge as a flow to that destination alone; the leg's byte budget is exact
+ *     (leg.onBudget decides cut or move on) and a cut ends the association
  *  6. a datagram arriving on the upstream socket is relayed only if its source is an admitted
  *     destination, wrapped with the header naming that destination as the client named it, and if
- *     the two fit in one UDP datagram to the client (else dropped and counted); bytesIn counts it
+ *     the two fit in one UDP datagram to the client (else dropped and counted); bytesIn counts it,
+ *     in the flow's totals and the destination's leg
  *  7. the association ends when the control connection closes, on idle timeout, or on kill; the
  *     flow's reasons note the destinations and every drop count
  */
@@ -31,7 +34,7 @@ import { isIPv4 } from 'node:net';
 import type { Decision } from '../../policy/types.ts';
 import { admit, admitDestination, type DestinationAdmission, type LookedUp, lookUp, needsLookUp } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
-import type { Flow, RoutedFlow } from '../flow/flow.ts';
+import type { Flow, FlowLeg, RoutedFlow } from '../flow/flow.ts';
 import { unmapIPv4 } from '../../policy/address.ts';
 import { normaliseHost } from '../protocol/authority.ts';
 import { encodeReply, newUdpHeader, parseUdpHeader, udpHeaderHost } from '../protocol/socks5-codec.ts';
@@ -227,21 +230,23 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
 
   function forward(dest: Destination, msg: Buffer, offset: number): void {
     const f = flow as Flow;
+    const leg = dest.leg as FlowLeg;
     const len = msg.length - offset;
-    while (f.bytesOut + len > f.budgetOut) {
-      // Same rule as the TCP tunnel: the detection engine says whether to cut (enforce) or move
-      // the budget on (monitor / ratio not met yet). A datagram cannot be split, so the one that
-      // would cross the budget is not sent at all; one that crosses the moved budget too is asked
-      // about again there.
-      const before = f.budgetOut;
-      const cut = f.onBudget ? f.onBudget(f) : true;
+    while (leg.bytesOut + len > leg.budgetOut) {
+      // Same rule as the TCP tunnel, on this destination's bytes: the detection engine says whether
+      // to cut (enforce) or move the budget on (monitor / ratio not met yet). A datagram cannot be
+      // split, so the one that would cross the budget is not sent at all; one that crosses the
+      // moved budget too is asked about again there.
+      const before = leg.budgetOut;
+      const cut = leg.onBudget ? leg.onBudget(leg) : true;
       if (cut) {
-        ctx.log.warn({ flowId: f.id, budgetOut: f.budgetOut }, 'socks5 udp association over its byte budget');
+        ctx.log.warn({ flowId: f.id, destination: `${dest.host}:${dest.port}`, budgetOut: leg.budgetOut }, 'socks5 udp association over its byte budget');
         end('an0080.bulk-upload', true);
         return;
       }
-      if (f.budgetOut <= before) f.budgetOut = Number.POSITIVE_INFINITY;
+      if (leg.budgetOut <= before) leg.budgetOut = Number.POSITIVE_INFINITY;
     }
+    leg.bytesOut += len;
     f.bytesOut += len;
     upstream(dest.isV6).send(msg, offset, len, dest.port, dest.ip);
   }
@@ -279,6 +284,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       }
       return;
     }
+    (dest.leg as FlowLeg).bytesIn += msg.length;
     flow.bytesIn += msg.length;
     relay.send([dest.replyHeader, msg], clientPort, clientIp);
   }
@@ -380,7 +386,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     down.setCloser(null);
     ctx.flows.markConnected(flow);
     flow.abort = () => end('killed', true);
-    allowDest(dest, unmapIPv4(r.ip));
+    allowDest(flow, dest, unmapIPv4(r.ip));
   }
 
   /** A destination of the open association: judged as a new flow's would be, under that flow. */
@@ -394,12 +400,15 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       return;
     }
     if (r.decision.verdict === 'would-block' && f.verdict === 'allow') ctx.flows.decide(f, r.decision, false);
-    allowDest(dest, unmapIPv4(r.ip));
+    allowDest(f, dest, unmapIPv4(r.ip));
   }
 
-  function allowDest(dest: Destination, ip: string): void {
+  /** Relay to an admitted destination from now on: its own counters and budget (the flow's leg to it). */
+  function allowDest(f: RoutedFlow, dest: Destination, ip: string): void {
     pending--;
-    dests.allow(dest, ip);
+    const leg = ctx.flows.addLeg(f, { host: dest.host, ip, port: dest.port });
+    ctx.detection?.onRelayed(f, leg, ctx.policy.current());
+    dests.allow(dest, ip, leg);
     admitted++;
     const queued = dest.queue ?? [];
     releaseHeld(dest);

@@ -7,7 +7,7 @@
  *   `rareWithinDays` (silent while the baseline is still learning).
  */
 import type { DetectionContext } from './context.ts';
-import { fmtBytes } from './match.ts';
+import { fmtBytes, viewKey } from './match.ts';
 import type { SweepSignal } from './signal.ts';
 import type { DetectionState } from './state.ts';
 import type { FlowView } from './types.ts';
@@ -37,7 +37,7 @@ export function sustainedSignal(f: FlowView, idKey: string, ctx: DetectionContex
     flowIds: [f.id],
     evidence: { durationSec: Math.round(durMs / 1000), bytesPerSec: Math.round(rate), minDurationSec: minDur / 1000, minBytesPerSec: minRate },
     reason: `flow open ${(durMs / HOUR_MS).toFixed(1)} h at ${fmtBytes(Math.round(rate))}/s (≥ ${fmtBytes(minRate)}/s)`,
-    key: `an0081.sustained|${f.id}`,
+    key: `an0081.sustained|${viewKey(f)}`,
   };
 }
 
@@ -62,6 +62,6 @@ export function longSessionSignal(f: FlowView, idKey: string, state: DetectionSt
     flowIds: [f.id],
     evidence: { durationSec: Math.round(durMs / 1000), minDurationSec: minDur / 1000, rareWithinDays: days, bytesOut: f.bytesOut, bytesIn: f.bytesIn },
     reason: `session open ${(durMs / HOUR_MS).toFixed(1)} h to ${f.destination.host}, first seen within ${days} d`,
-    key: `an0080.long-session|${f.id}`,
+    key: `an0080.long-session|${viewKey(f)}`,
   };
 }

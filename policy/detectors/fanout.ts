@@ -20,7 +20,7 @@
  */
 import type { Identity } from '../types.ts';
 import type { DetectionContext } from './context.ts';
-import { fmtBytes } from './match.ts';
+import { flowIdsOf, fmtBytes } from './match.ts';
 import { BROWSERS } from './process-signals.ts';
 import type { SweepSignal } from './signal.ts';
 import type { DetectionState } from './state.ts';
@@ -191,7 +191,7 @@ export function proxyjackSignal(
     baseLevel: symmetric && tunnelFanout ? 2 : 1,
     gate: 'config',
     destination: primary ? primary.destination : null,
-    flowIds: open.map((f) => f.id),
+    flowIds: flowIdsOf(open),
     evidence: {
       windowSec,
       bytesOut: out,

@@ -4,6 +4,7 @@
  */
 import { isIP } from 'node:net';
 import type { Identity, ProcessInfo, Severity } from '../types.ts';
+import type { FlowView } from './types.ts';
 
 const baseCache = new Map<string, string>();
 
@@ -159,4 +160,16 @@ export function fmtBytes(n: number): string {
   if (n >= 1024 * 1024) return `${(n / (1024 * 1024)).toFixed(1)} MiB`;
   if (n >= 1024) return `${(n / 1024).toFixed(1)} KiB`;
   return `${n} B`;
+}
+
+/** What tells one view from another: its `partKey` when it is one destination of a flow, else its id. */
+export function viewKey(f: Pick<FlowView, 'id' | 'partKey'>): string {
+  return f.partKey ?? f.id;
+}
+
+/** The flows `views` are about, each once (several views may be destinations of one flow). */
+export function flowIdsOf(views: readonly FlowView[]): string[] {
+  const ids = new Set<string>();
+  for (const f of views) ids.add(f.id);
+  return [...ids];
 }

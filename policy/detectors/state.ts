@@ -13,7 +13,7 @@ import { classifyAddress } from '../address.ts';
 import type { Config } from '../config.ts';
 import type { Identity, ReasonCode } from '../types.ts';
 import { MODIFIER_DEFAULTS } from './defaults.ts';
-import { identityKeyOf, registrableDomain } from './match.ts';
+import { identityKeyOf, registrableDomain, viewKey } from './match.ts';
 import type { BehaviourDetector, Finding, FlowDestinationView, FlowView } from './types.ts';
 import { BoundedMap, DistinctWindow, evictionBatch, evictOldest, WindowSum, intervalJitter } from './windows.ts';
 
@@ -225,27 +225,30 @@ export class DetectionState {
   }
 
   /**
-   * One more destination of a flow already folded (a SOCKS5 UDP association relays to many under
-   * one flow): it counts as a new connection would for fan-out, the identity's domains and
-   * first-seen, at `f.startedAtMs`. `f.destination` is the new destination; bytes stay with the
-   * flow's own observations.
+   * One more destination of a flow that relays to several (a SOCKS5 UDP association), as it is
+   * first relayed to: it counts as a new connection would for fan-out, the identity's domains and
+   * first-seen, at `f.startedAtMs`. `f` is that destination's view (its `partKey` set): its bytes
+   * are folded from its later views, as a live flow's are, and its start is not counted again.
    */
   observeDestination(f: FlowView, into: ObserveResult): void {
     const idKey = identityKeyOf(f.identity, f.clientIp);
     this.noteStart(this.windowsFor(f, idKey), f, registrableDomain(f.destination.host));
+    if (f.partKey !== undefined) this.tracked.set(f.partKey, { out: 0, in: 0, started: true, failed: false });
     into.active.add(idKey);
     into.started.add(idKey);
   }
 
   private fold(f: FlowView, now: number, opts: ObserveOptions, result: ObserveResult, isGuarded: boolean): void {
     if (f.outcome === 'blocked') return;
-    let t = this.tracked.peek(f.id);
+    // One flow's destinations are folded apart (a SOCKS5 UDP association: one view per destination).
+    const key = viewKey(f);
+    let t = this.tracked.peek(key);
     const isTracked = t !== undefined;
     if (!t) {
-      if (isGuarded && this.done.has(f.id)) return;
+      if (isGuarded && this.done.has(key)) return;
       t = { out: 0, in: 0, started: false, failed: false };
       // A flow seen for the first time as it ends (most short flows) is folded in this one call.
-      if (f.endedAtMs === null) this.tracked.set(f.id, t);
+      if (f.endedAtMs === null) this.tracked.set(key, t);
     }
     const idKey = identityKeyOf(f.identity, f.clientIp);
     const domain = registrableDomain(f.destination.host);
@@ -285,8 +288,8 @@ export class DetectionState {
       result.dests.add(`${idKey}\0${domain}`);
     }
     if (f.endedAtMs !== null) {
-      if (isTracked) this.tracked.delete(f.id);
-      if (isGuarded) this.done.set(f.id, true);
+      if (isTracked) this.tracked.delete(key);
+      if (isGuarded) this.done.set(key, true);
     }
   }
 

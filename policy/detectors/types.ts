@@ -30,7 +30,14 @@ export interface FlowDestinationView {
 
 /** A read-only snapshot of one flow, live or just closed, handed to `evaluateSweep`. */
 export interface FlowView {
+  /** The flow's id: what findings name, and what a kill applies to. */
   readonly id: string;
+  /**
+   * Set for one destination of a flow that relays to several (a SOCKS5 UDP association, one view
+   * per destination, each with that destination's bytes): what tells these views apart where `id`
+   * cannot (the windows' byte deltas, the per-flow findings' grouping; match.ts, `viewKey`).
+   */
+  readonly partKey?: string;
   readonly protocol: Protocol;
   /** Client address: the host key when the identity has no host name. */
   readonly clientIp?: string;

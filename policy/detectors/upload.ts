@@ -11,7 +11,7 @@
  */
 import type { ConnectFacts, Identity, PolicySnapshot } from '../types.ts';
 import { type DetectionContext, detectionContext } from './context.ts';
-import { fmtBytes, identityKeyOf, processNames, registrableDomain } from './match.ts';
+import { fmtBytes, identityKeyOf, processNames, registrableDomain, viewKey } from './match.ts';
 import { lineageReason } from './process-signals.ts';
 import { modifiersFor, score } from './scoring.ts';
 import type { SweepSignal } from './signal.ts';
@@ -78,7 +78,7 @@ export function bulkUploadSignal(f: FlowView, idKey: string, state: DetectionSta
     flowIds: [f.id],
     evidence: { bytesOut: f.bytesOut, bytesIn: f.bytesIn, thresholdBytesOut: rule.trigger, ratio: Number(ratio.toFixed(2)), minRatio: rule.minRatio },
     reason: why.join('; '),
-    key: `an0080.bulk-upload|${f.id}`,
+    key: `an0080.bulk-upload|${viewKey(f)}`,
   };
 }
 

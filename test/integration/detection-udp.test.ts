@@ -9,7 +9,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Mode } from '../../policy/types.ts';
 import { reportProcesses, testAgent, waitForAlert } from '../helpers/detection-live.ts';
-import { type TestGateway, startTestGateway } from '../helpers/gateway.ts';
+import { type TestGateway, startTestGateway, until } from '../helpers/gateway.ts';
 import { type Cleanups, associate, nextReply, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
 import { startUdpEcho, type UdpEcho } from './socks5-harness.ts';
 
@@ -206,5 +206,146 @@ describe('agent attribution of a UDP association', () => {
     const rec = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.destination.port === first.port);
     expect(rec.identity.process?.name).toBe('dig');
     expect(rec.reasons.join('\n')).toMatch(/1 destination relayed, 1 refused/);
+  });
+});
+
+// Regression: the upload detectors judged a UDP association by its first destination and its
+// total bytes. A client that sent 100 bytes to an approved upload destination first and then
+// 160,000 bytes to another destination got them all through (64 KiB kill budget), with no alert in
+// either mode: the approved first destination switched the budget and the sweep's check off.
+describe('an0080.bulk-upload judges each destination of a UDP association on its own bytes', () => {
+  const BUDGET = 64 * 1024;
+  const DATAGRAM = 4000;
+  /** Datagrams of DATAGRAM bytes that fit in the budget: the 17th would cross it. */
+  const FIT = Math.floor(BUDGET / DATAGRAM);
+  const APPROVED = 'backup.corp.test';
+
+  function startUpload(mode: Mode): Promise<TestGateway> {
+    return startTestGateway({
+      mode,
+      resolver: { hosts: { [APPROVED]: '127.0.0.1' } },
+      approvedUploadDestinations: [APPROVED],
+      detection: { sampleIntervalMs: 50, detectors: { 'an0080.bulk-upload': { action: 'kill', bytesOut: BUDGET, minRatio: 10, storageBytesOut: BUDGET } } },
+    });
+  }
+
+  /** A destination that answers nothing and counts the bytes that arrive. */
+  async function silentSink(): Promise<{ port: number; arrived: () => number }> {
+    const s = await udpSocket(cleanups);
+    let arrived = 0;
+    s.on('message', (m: Buffer) => {
+      arrived += m.length;
+    });
+    return { port: s.address().port, arrived: () => arrived };
+  }
+
+  /**
+   * Optionally 100 bytes to the approved destination first (proven arrived), then up to 40
+   * datagrams of DATAGRAM bytes to `sink` at 127.0.0.1, each waited for at the sink while the
+   * association lasts. Returns the association's record and the bulk-upload alerts.
+   */
+  async function uploadThrough(g: TestGateway, sink: { port: number; arrived: () => number }, approvedFirst: { port: number; arrived: () => number } | null) {
+    const client = await udpSocket(cleanups);
+    const a = await associate(g, client, cleanups);
+    let isEnded = false;
+    a.control.once('close', () => {
+      isEnded = true;
+    });
+    if (approvedFirst) {
+      await sendTo(client, udpFrame(APPROVED, approvedFirst.port, Buffer.alloc(100, 1)), a.relay);
+      await until('the approved destination got its 100 bytes', () => approvedFirst.arrived() === 100);
+    }
+    for (let i = 1; i <= 40 && !isEnded; i++) {
+      await sendTo(client, udpFrame('127.0.0.1', sink.port, Buffer.alloc(DATAGRAM, 2)), a.relay);
+      await until(`datagram ${i} at the sink, or the association's end`, () => sink.arrived() === i * DATAGRAM || isEnded);
+    }
+    if (!isEnded) a.control.destroy();
+    const rec = await g.waitForClosed((r) => r.protocol === 'socks5-udp' && r.client.port === client.address().port);
+    const alerts = g.alerts.list().filter((x) => x.detector === 'an0080.bulk-upload');
+    return { rec, alerts };
+  }
+
+  it('enforce: after an approved destination, the upload to another is cut at its budget, as when sent alone', async () => {
+    gw = await startUpload('enforce');
+    const alone = await silentSink();
+    const single = await uploadThrough(gw, alone, null);
+    await gw.stop();
+
+    gw = await startUpload('enforce');
+    const approved = await silentSink();
+    const sink = await silentSink();
+    const two = await uploadThrough(gw, sink, approved);
+
+    for (const [r, s] of [[single, alone], [two, sink]] as const) {
+      expect(s.arrived()).toBe(FIT * DATAGRAM);
+      expect([r.rec.verdict, r.rec.detector, r.rec.closeReason]).toEqual(['block', 'an0080.bulk-upload', 'an0080.bulk-upload']);
+      expect(r.alerts).toHaveLength(1);
+      expect(r.alerts[0]).toMatchObject({ action: 'kill', enforced: true, flowIds: [r.rec.id], destination: { host: '127.0.0.1', port: s.port } });
+      expect(r.alerts[0]?.evidence).toMatchObject({ bytesOut: BUDGET, bytesIn: 0, thresholdBytesOut: BUDGET });
+    }
+    // The record stays the association's one, exact to the byte: both destinations' datagrams.
+    expect(single.rec.bytesOut).toBe(FIT * DATAGRAM);
+    expect(two.rec.bytesOut).toBe(100 + FIT * DATAGRAM);
+    expect(two.rec.destination.host).toBe(APPROVED);
+    expect(approved.arrived()).toBe(100);
+  });
+
+  it('enforce: replies from another destination do not lift the upload budget (out:in is per destination)', async () => {
+    gw = await startUpload('enforce');
+    // 40,000 bytes out and 40,050 back from the echo: the association's out:in stays near 1 while
+    // the upload below goes on, but the upload's destination has sent nothing back.
+    const client = await udpSocket(cleanups);
+    const a = await associate(gw, client, cleanups);
+    let isEnded = false;
+    a.control.once('close', () => {
+      isEnded = true;
+    });
+    for (let i = 0; i < 10; i++) {
+      const reply = nextReply(client);
+      await sendTo(client, udpFrame('127.0.0.1', first.port, Buffer.alloc(DATAGRAM, 3)), a.relay);
+      expect((await reply).data.length).toBe(PREFIX.length + DATAGRAM);
+    }
+    const sink = await silentSink();
+    for (let i = 1; i <= 40 && !isEnded; i++) {
+      await sendTo(client, udpFrame('127.0.0.1', sink.port, Buffer.alloc(DATAGRAM, 2)), a.relay);
+      await until(`datagram ${i} at the sink, or the association's end`, () => sink.arrived() === i * DATAGRAM || isEnded);
+    }
+    expect(sink.arrived()).toBe(FIT * DATAGRAM);
+    const rec = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.client.port === client.address().port);
+    expect([rec.closeReason, rec.bytesOut, rec.bytesIn]).toEqual(['an0080.bulk-upload', 10 * DATAGRAM + FIT * DATAGRAM, 10 * (PREFIX.length + DATAGRAM)]);
+    const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0080.bulk-upload');
+    expect(alert).toMatchObject({ action: 'kill', destination: { host: '127.0.0.1', port: sink.port } });
+    expect(alert.evidence).toMatchObject({ bytesOut: BUDGET, bytesIn: 0 });
+  });
+
+  it('flag (no budget): the sweep judges the other destination on its own bytes', async () => {
+    gw = await startTestGateway({
+      mode: 'enforce',
+      resolver: { hosts: { [APPROVED]: '127.0.0.1' } },
+      approvedUploadDestinations: [APPROVED],
+      detection: { sampleIntervalMs: 50, detectors: { 'an0080.bulk-upload': { action: 'flag', bytesOut: BUDGET, minRatio: 10, storageBytesOut: BUDGET } } },
+    });
+    const approved = await silentSink();
+    const sink = await silentSink();
+    const { rec } = await uploadThrough(gw, sink, approved);
+    expect(sink.arrived()).toBe(40 * DATAGRAM);
+    expect([rec.verdict, rec.closeReason, rec.bytesOut]).toEqual(['allow', 'closed', 100 + 40 * DATAGRAM]);
+    // The sweep every 50 ms may see the destination at any point past the budget, or at its end.
+    const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0080.bulk-upload');
+    expect(alert).toMatchObject({ action: 'flag', flowIds: [rec.id], destination: { host: '127.0.0.1', port: sink.port } });
+    expect(alert.evidence['bytesOut']).toBeGreaterThanOrEqual(BUDGET);
+    expect(alert.evidence['bytesOut']).toBeLessThanOrEqual(40 * DATAGRAM);
+  });
+
+  it('monitor: the upload after an approved destination raises would-kill for the other destination and goes on', async () => {
+    gw = await startUpload('monitor');
+    const approved = await silentSink();
+    const sink = await silentSink();
+    const { rec, alerts } = await uploadThrough(gw, sink, approved);
+    expect(sink.arrived()).toBe(40 * DATAGRAM);
+    expect(rec.bytesOut).toBe(100 + 40 * DATAGRAM);
+    expect([rec.verdict, rec.detector, rec.closeReason]).toEqual(['would-block', 'an0080.bulk-upload', 'closed']);
+    expect(alerts).toHaveLength(1);
+    expect(alerts[0]).toMatchObject({ action: 'would-kill', enforced: false, flowIds: [rec.id], destination: { host: '127.0.0.1', port: sink.port } });
   });
 });

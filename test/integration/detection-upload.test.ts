@@ -14,7 +14,7 @@ import type { Mode } from '../../policy/types.ts';
 import { MiB, type TcpOrigin, httpConnect, tcpOrigin, waitForAlert, waitForSweeps } from '../helpers/detection-live.ts';
 import { type TestGateway, startTestGateway, until } from '../helpers/gateway.ts';
 import { type Cleanups, associate, nextReply, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
-import { readToEnd, startUdpEcho } from './socks5-harness.ts';
+import { readToEnd } from './socks5-harness.ts';
 
 const BUDGET = 10 * MiB;
 const UPLOAD = 30 * MiB;
@@ -260,37 +260,37 @@ describe('an0080.bulk-upload budget after a download (out:in short at the budget
       mode: 'enforce',
       detection: { sampleIntervalMs: 10_000, detectors: { 'an0080.bulk-upload': { action: 'kill', bytesOut: 4096, minRatio: 10, storageBytesOut: 4096 } } },
     });
-    const echo = await startUdpEcho('udp4');
-    cleanups.push(() => echo.close());
-    // A destination that answers nothing and counts what arrives.
-    const silent = createSocket('udp4');
+    // A destination that answers its first datagram with 1,005 bytes, then nothing, and counts what
+    // arrives. The budget is this destination's own: another destination's replies do not move it.
+    const dest = createSocket('udp4');
     let arrived = 0;
-    silent.on('message', (m: Buffer) => {
+    dest.on('message', (m: Buffer, from) => {
+      if (arrived === 0) dest.send(Buffer.alloc(1005, 4), from.port, from.address);
       arrived += m.length;
     });
-    silent.bind(0, '127.0.0.1');
-    await once(silent, 'listening');
-    cleanups.push(() => new Promise<void>((r) => silent.close(() => r())));
+    dest.bind(0, '127.0.0.1');
+    await once(dest, 'listening');
+    cleanups.push(() => new Promise<void>((r) => dest.close(() => r())));
     const client = await udpSocket(cleanups);
     const a = await associate(gw, client, cleanups);
     const controlDone = readToEnd(a.control);
-    // bytesOut 1,000, bytesIn 1,005 ('echo:' + the datagram).
+    // bytesOut 1,000, bytesIn 1,005.
     const reply = nextReply(client);
-    await sendTo(client, udpFrame('127.0.0.1', echo.port, Buffer.alloc(1000, 1)), a.relay);
+    await sendTo(client, udpFrame('127.0.0.1', dest.address().port, Buffer.alloc(1000, 1)), a.relay);
     expect((await reply).data.length).toBe(1005);
     // Nine more 1,000-byte datagrams fit: past 4,096 out:in is 4.1, so the budget moves to 10,050.
-    for (let i = 1; i <= 9; i++) {
-      await sendTo(client, udpFrame('127.0.0.1', silent.address().port, Buffer.alloc(1000, 2)), a.relay);
-      await until(`datagram ${i} at the silent destination`, () => arrived === i * 1000);
+    for (let i = 2; i <= 10; i++) {
+      await sendTo(client, udpFrame('127.0.0.1', dest.address().port, Buffer.alloc(1000, 2)), a.relay);
+      await until(`datagram ${i} at the destination`, () => arrived === i * 1000);
     }
-    // The tenth would take bytesOut to 11,000, past 10,050 where out:in reaches 10: not sent, association ended.
-    await sendTo(client, udpFrame('127.0.0.1', silent.address().port, Buffer.alloc(1000, 3)), a.relay);
+    // The eleventh would take bytesOut to 11,000, past 10,050 where out:in reaches 10: not sent, association ended.
+    await sendTo(client, udpFrame('127.0.0.1', dest.address().port, Buffer.alloc(1000, 3)), a.relay);
     const { error } = await controlDone;
     expect(error).toBe('ECONNRESET');
     const rec = await gw.waitForClosed((r) => r.protocol === 'socks5-udp');
     expect(rec.closeReason).toBe('an0080.bulk-upload');
     expect([rec.bytesOut, rec.bytesIn]).toEqual([10_000, 1005]);
-    expect(arrived).toBe(9000);
+    expect(arrived).toBe(10_000);
     const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0080.bulk-upload');
     expect(alert).toMatchObject({ action: 'kill', flowIds: [rec.id] });
     expect(alert.evidence).toMatchObject({ bytesOut: 10_050, bytesIn: 1005, thresholdBytesOut: 4096 });

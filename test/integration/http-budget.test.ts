@@ -19,6 +19,7 @@ let markDone: () => void = () => undefined;
 const detection: DetectionHooks = {
   onConnect: () => null,
   onDestination: () => null,
+  onRelayed: () => undefined,
   uploadBudget: () => BUDGET,
   onConnectFailed: () => undefined,
 };

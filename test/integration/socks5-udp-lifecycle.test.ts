@@ -121,11 +121,14 @@ describe('association lifecycle', () => {
   });
 
   it('the byte budget is exact: the datagram that would cross it is not sent and the association ends', async () => {
-    // The bare listener with a detection hook that gives every flow a 100-byte budget.
+    // The bare listener with a detection hook that gives every destination relayed to a 100-byte budget.
     const budgetGw = await startBareSocksGateway({}, '127.0.0.1', {
       onConnect: () => null,
       onDestination: () => null,
-      uploadBudget: () => 100,
+      onRelayed: (_flow, leg) => {
+        leg.budgetOut = 100;
+      },
+      uploadBudget: () => null,
       onConnectFailed: () => undefined,
     });
     cleanups.push(() => budgetGw.stop());
