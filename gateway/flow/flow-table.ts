@@ -170,7 +170,6 @@ export class FlowTable extends EventEmitter {
     flow.destination = { host, ip: flow.destination.ip, port };
   }
 
-  /** Mark the upstream dial as successful. */
   /**
    * One more destination relayed to by a flow that relays to several (a SOCKS5 UDP association):
    * its own counters and budget, which the detectors judge (flow.ts, FlowLeg).
@@ -191,6 +190,7 @@ export class FlowTable extends EventEmitter {
     return leg;
   }
 
+  /** Mark the upstream dial as successful. */
   markConnected(flow: Flow): void {
     flow.isConnected = true;
   }
