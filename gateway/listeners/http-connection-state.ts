@@ -21,6 +21,13 @@ export interface ConnectionState {
   isAwaitingOrigin: boolean;
   /** The listener cut this connection for limits.idleTimeoutMs of silence: its flows end `idle-timeout`. */
   isTimedOut: boolean;
+  /**
+   * Admissions of this connection's requests now running (DNS, identity, attribution: each bounded by
+   * its own timeout). The gateway is deciding: the client's silence meanwhile is not idleness.
+   */
+  admissions: number;
+  /** The idle timer fired during an admission: it is armed again once the admissions are over. */
+  isIdleOwed: boolean;
   identity: CachedIdentity | null;
   /** The flow of this connection's latest request: a process attributed to it is the connection's. */
   lastFlow: { readonly identity: Identity } | null;
@@ -52,10 +59,41 @@ export function connectionState(socket: object): ConnectionState {
   const holder = socket as WithState;
   let state = holder[kState];
   if (!state) {
-    state = { isAwaitingOrigin: false, isTimedOut: false, identity: null, lastFlow: null, closeWatchers: null, isShedding: false, admitting: null };
+    state = { isAwaitingOrigin: false, isTimedOut: false, admissions: 0, isIdleOwed: false, identity: null, lastFlow: null, closeWatchers: null, isShedding: false, admitting: null };
     holder[kState] = state;
   }
   return state;
+}
+
+/**
+ * Whether the listener's idle timer (limits.idleTimeoutMs) may cut this connection now that it fired.
+ * Not while the gateway works on one of its requests: its admission runs (the timer is then owed
+ * again when the admission ends, see endAdmission: a client that still owes a request body is idle
+ * from there) or it waits on its origin (the origin's own timeouts answer, and the response re-arms
+ * the timer). Before, a lookup slower than the idle timeout cut the client and recorded `client-reset`.
+ */
+export function mayCutIdle(state: ConnectionState): boolean {
+  if (state.admissions > 0) {
+    state.isIdleOwed = true;
+    return false;
+  }
+  return !state.isAwaitingOrigin;
+}
+
+/** A request of this connection goes into admission: see mayCutIdle. */
+export function beginAdmission(state: ConnectionState): void {
+  state.admissions++;
+}
+
+/**
+ * Its admission is over: an idle timer that fired meanwhile is armed again (its whole length from now),
+ * so the connection's silence from here on is counted. Only on that rare path: no timer change otherwise.
+ */
+export function endAdmission(state: ConnectionState, socket: { readonly destroyed: boolean; readonly timeout?: number | undefined; setTimeout(ms: number): unknown }): void {
+  state.admissions--;
+  if (state.admissions > 0 || !state.isIdleOwed) return;
+  state.isIdleOwed = false;
+  if (!socket.destroyed && socket.timeout !== undefined && socket.timeout > 0) socket.setTimeout(socket.timeout);
 }
 
 /**

@@ -16,8 +16,9 @@
  * sent chunked when the origin did not give one, as node:http's ServerResponse would. The head goes
  * out with the first body bytes in one writev (corked).
  *
- * Timeouts as node:http's: limits.idleTimeoutMs while a request is served (not while it waits on
- * its origin: the origin's own timeouts then answer 504), KEEP_ALIVE_MS between requests. One socket
+ * Timeouts as node:http's: limits.idleTimeoutMs while a request is served (not while it is admitted
+ * or waits on its origin: admission's own timeouts, and the origin's, then answer 502 or 504; see
+ * mayCutIdle), KEEP_ALIVE_MS between requests. One socket
  * timer serves both (the shorter of the two, set once per connection, re-armed by node on every read
  * and write); when it fires where the longer one applies, a one-off timer waits out the rest. So a
  * request costs no timer changes (two per request with node:http: ~2 µs on Node 20). A client
@@ -33,7 +34,7 @@ import type { Flow } from '../flow/flow.ts';
 import { formatAuthority } from '../protocol/authority.ts';
 import type { RejectMapping } from '../reject.ts';
 import { SlotArray } from '../slot-array.ts';
-import { type ConnectionState, connectionState, resetOrDestroy } from './http-connection-state.ts';
+import { type ConnectionState, connectionState, mayCutIdle, resetOrDestroy } from './http-connection-state.ts';
 import { type FastRequestHead, parseFastRequestHead } from './http-fast-head.ts';
 import { OriginExchange } from './http-forward.ts';
 import { forwardRequestHeaders, forwardResponseHeaders, INVALID_FIELD_CHAR, relayedStatusText } from './http-headers.ts';
@@ -161,7 +162,7 @@ class FastConnection {
     }
     const { flow } = result;
     if (this.isGone || this.socket.destroyed) {
-      if (flow.state === 'active') ctx.flows.close(flow, 'client-reset');
+      if (flow.state === 'active') ctx.flows.close(flow, this.conn.isTimedOut ? 'idle-timeout' : 'client-reset');
       return;
     }
     // Killed while admission ran (admin DELETE, quarantine): its record is written; the client is reset.
@@ -303,7 +304,7 @@ class FastConnection {
    */
   private readonly onTimeout = (): void => {
     this.stopExtension();
-    if (this.conn.isAwaitingOrigin) return;
+    if (!mayCutIdle(this.conn)) return;
     const s = this.socket;
     const limit = this.isBusy ? this.path.state.ctx.policy.current().config.limits.idleTimeoutMs : KEEP_ALIVE_MS;
     if (limit <= this.timeoutMs) {
@@ -313,7 +314,7 @@ class FastConnection {
     const mark = s.bytesRead + s.bytesWritten;
     this.extension = setTimeout(() => {
       this.extension = null;
-      if (!s.destroyed && !this.conn.isAwaitingOrigin && s.bytesRead + s.bytesWritten === mark) this.cutIdle();
+      if (!s.destroyed && s.bytesRead + s.bytesWritten === mark && mayCutIdle(this.conn)) this.cutIdle();
     }, limit - this.timeoutMs);
     this.extension.unref();
   };

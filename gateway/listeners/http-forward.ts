@@ -160,7 +160,7 @@ export function forwardRequest(
   const { flow, snapshot } = admitted;
   // The client may have gone while admission ran; its 'close' has then already been emitted.
   if (res.destroyed || req.socket.destroyed) {
-    if (flow.state === 'active') ctx.flows.close(flow, 'client-reset');
+    if (flow.state === 'active') ctx.flows.close(flow, connectionState(req.socket).isTimedOut ? 'idle-timeout' : 'client-reset');
     return;
   }
   // Killed while admission ran (admin DELETE, quarantine): its record is written; the client is reset.

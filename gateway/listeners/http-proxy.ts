@@ -42,7 +42,7 @@ import type { PolicySnapshot, Protocol } from '../../policy/types.ts';
 import { mapError } from '../reject.ts';
 import { handleConnect } from './http-connect.ts';
 import { wrapWithConnectFront } from './http-connect-front.ts';
-import { connectionState, expireCachedIdentity } from './http-connection-state.ts';
+import { beginAdmission, connectionState, endAdmission, expireCachedIdentity, mayCutIdle } from './http-connection-state.ts';
 import { createFastPath } from './http-fast-path.ts';
 import { forwardRequest, OriginAgents } from './http-forward.ts';
 import { forwardRequestHeaders, parseProxyBasic } from './http-headers.ts';
@@ -130,15 +130,22 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
       // An agent report may have named this connection's process after its earlier request was admitted.
       const earlier = connection.lastFlow?.identity.process;
       if (identity && !identity.process && earlier) identity = withProcess(identity, earlier);
-      const result = await admit(ctx, {
-        protocol,
-        listener,
-        claims,
-        destHost: host,
-        destPort: port,
-        server: req.socket,
-        identity,
-      });
+      // The client waits on the gateway meanwhile: the idle timer does not cut it (mayCutIdle).
+      beginAdmission(connection);
+      let result: Admitted | Refused;
+      try {
+        result = await admit(ctx, {
+          protocol,
+          listener,
+          claims,
+          destHost: host,
+          destPort: port,
+          server: req.socket,
+          identity,
+        });
+      } finally {
+        endAdmission(connection, req.socket);
+      }
       if (result.ok && !identity) connection.identity = { key, version: snapshot.version, identity: result.flow.identity };
       connection.lastFlow = result.flow;
       return result;
@@ -179,12 +186,13 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
       socket.destroy();
     });
   });
-  // An idle client connection is closed, but not while its request waits on a slow origin: that
-  // wait has its own timeout (504), and cutting the client first would hide the answer. A client
-  // that stops sending the body of its request is idle (http-forward.ts).
+  // An idle client connection is closed, but not while the gateway admits its request or it waits
+  // on a slow origin: those have their own timeouts (DNS: 502, origin: 504), and cutting the client
+  // first would hide the answer. A client that stops sending the body of its request is idle
+  // (http-forward.ts).
   server.on('timeout', (socket: Duplex) => {
     const connection = connectionState(socket);
-    if (connection.isAwaitingOrigin) return;
+    if (!mayCutIdle(connection)) return;
     connection.isTimedOut = true;
     socket.destroy();
   });

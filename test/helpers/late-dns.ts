@@ -1,0 +1,67 @@
+/**
+ * A DNS server on 127.0.0.1 (UDP, port 0) that answers late: A queries for names under `.slow.test`
+ * get 127.0.0.1 after `delayMs`, every other query gets an empty NOERROR answer after the same delay,
+ * and names under `.dead.test` get no answer at all. `lookup` asks it through a c-ares resolver of
+ * its own (one try, no retry), for the gateway's resolver seam (createDnsResolver's `lookup`), so the
+ * gateway's own lookup timeout is what bounds a dead name.
+ */
+import { createSocket } from 'node:dgram';
+import { Resolver } from 'node:dns/promises';
+import { once } from 'node:events';
+
+export interface LateDns {
+  port: number;
+  /** Names asked for (A queries), in order. */
+  asked: string[];
+  lookup(host: string): Promise<string[]>;
+  close(): void;
+}
+
+export async function startLateDns(delayMs: number): Promise<LateDns> {
+  const server = createSocket('udp4');
+  const asked: string[] = [];
+  const timers = new Set<NodeJS.Timeout>();
+  server.on('message', (query, from) => {
+    // The question: labels from offset 12 up to a zero byte, then QTYPE and QCLASS.
+    let i = 12;
+    const labels: string[] = [];
+    while (i < query.length && query[i] !== 0) {
+      const n = query[i] as number;
+      labels.push(query.toString('latin1', i + 1, i + 1 + n));
+      i += n + 1;
+    }
+    const name = labels.join('.').toLowerCase();
+    const qtype = query.readUInt16BE(i + 1);
+    if (qtype === 1) asked.push(name);
+    if (name.endsWith('.dead.test')) return;
+    const header = Buffer.alloc(12);
+    query.copy(header, 0, 0, 2);
+    header.writeUInt16BE(0x8180, 2); // response, recursion desired and available, NOERROR
+    header.writeUInt16BE(1, 4);
+    const isAnswered = qtype === 1 && name.endsWith('.slow.test');
+    header.writeUInt16BE(isAnswered ? 1 : 0, 6);
+    // A pointer to the question's name, A, IN, TTL 30, 4 bytes: 127.0.0.1.
+    const answer = isAnswered ? Buffer.from([0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 127, 0, 0, 1]) : Buffer.alloc(0);
+    const reply = Buffer.concat([header, query.subarray(12, i + 5), answer]);
+    const timer = setTimeout(() => {
+      timers.delete(timer);
+      server.send(reply, from.port, from.address);
+    }, delayMs);
+    timers.add(timer);
+  });
+  server.bind(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = server.address().port;
+  const resolver = new Resolver({ timeout: 10_000, tries: 1 });
+  resolver.setServers([`127.0.0.1:${port}`]);
+  return {
+    port,
+    asked,
+    lookup: (host) => resolver.resolve4(host),
+    close() {
+      for (const t of timers) clearTimeout(t);
+      resolver.cancel();
+      server.close();
+    },
+  };
+}
