@@ -185,6 +185,7 @@ export class FlowTable extends EventEmitter {
       bytesIn: 0,
       budgetOut: Number.POSITIVE_INFINITY,
       onBudget: null,
+      sweptBytes: 0,
     };
     legs.push(leg);
     return leg;

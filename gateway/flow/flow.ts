@@ -54,6 +54,8 @@ export interface FlowLeg {
   budgetOut: number;
   /** As Flow.onBudget: true = the datagram that would cross the budget ends the flow. */
   onBudget: ((leg: FlowLeg) => boolean) | null;
+  /** bytesOut + bytesIn when the detectors' sweep last looked: an idle destination is not looked at again. */
+  sweptBytes: number;
 }
 
 export interface FlowInit {
