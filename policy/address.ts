@@ -303,9 +303,17 @@ export function formatIPv6(bytes: ArrayLike<number>): string {
 }
 
 /**
- * A dual-stack socket's IPv4 peer (`::ffff:a.b.c.d`, as node reports it) as `a.b.c.d`; any other
- * address unchanged. Flows are known by their client's address in this form, as agents report it.
+ * An IPv4-mapped IPv6 address (`::ffff:0:0/96`) as its dotted IPv4 `a.b.c.d`, in any spelling: the
+ * dotted-tail form node reports for a dual-stack socket's IPv4 peer, and the hex form
+ * (`::ffff:7f00:1`) the URL parser gives and so a SOCKS5 domain name carries; any other address
+ * unchanged. Flows are known by their client's address in this form, as agents report it, and a
+ * SOCKS5 UDP destination must be known by it too: the kernel reports replies to a mapped address
+ * from `::ffff:a.b.c.d`, so it is sent as IPv4.
  */
 export function unmapIPv4(ip: string): string {
-  return ip.startsWith('::ffff:') && isIPv4(ip.slice(7)) ? ip.slice(7) : ip;
+  if (ip.startsWith('::ffff:') && isIPv4(ip.slice(7))) return ip.slice(7);
+  // Only a string naming ffff can be another spelling: the usual address is not parsed.
+  if (!ip.includes(':') || !/ffff/i.test(ip)) return ip;
+  const b = parseIPv6(ip);
+  return b !== null && allZero(b, 0, 10) && b[10] === 0xff && b[11] === 0xff ? formatIPv4(u32(b, 12)) : ip;
 }

@@ -157,6 +157,31 @@ describe('SOCKS5 UDP ASSOCIATE', () => {
     expect(err.code).toBe('ECONNREFUSED');
   });
 
+  // Regression: a destination named '::ffff:7f00:1' (the form the URL parser gives '[::ffff:127.0.0.1]',
+  // sent as a domain name) was sent through the udp6 socket, whose replies come from '::ffff:127.0.0.1':
+  // every reply was dropped as unsolicited while the datagrams went out.
+  it('a destination named by an IPv4-mapped IPv6 literal in any spelling gets its replies', async () => {
+    const a = await associate();
+    const names = ['::ffff:7f00:1', '[::ffff:127.0.0.1]', '0:0:0:0:0:ffff:7f00:1'];
+    let got = 0;
+    for (const name of names) {
+      const reply = nextReply(a.client);
+      await send(a.client, domainFrame(name, echo.port, Buffer.from(name)), a.relay);
+      // Bounded: before the fix no reply ever came.
+      const r = await Promise.race([reply, new Promise<null>((resolve) => setTimeout(() => resolve(null), 2000).unref())]);
+      expect(r, `a reply for ${name}`).not.toBeNull();
+      expect(r).toMatchObject({ host: name, port: echo.port });
+      expect(r?.data.toString()).toBe(`echo:${name}`);
+      got += r?.data.length ?? 0;
+    }
+    a.control.destroy();
+    const rec = await gw.waitForClosed((x) => x.protocol === 'socks5-udp' && x.client.port === a.client.address().port);
+    expect(rec.bytesOut).toBe(names.join('').length);
+    expect(rec.bytesIn).toBe(got);
+    expect(rec.reasons.join('\n')).toMatch(/3 destinations relayed, 0 refused/);
+    expect(rec.reasons.join('\n')).toMatch(/0 unsolicited replies/);
+  });
+
   it('ignores unsolicited datagrams sent to the upstream socket', async () => {
     const a = await associate();
     const reply = nextReply(a.client);
@@ -176,3 +201,14 @@ describe('SOCKS5 UDP ASSOCIATE', () => {
     expect(rec.reasons.join('\n')).toMatch(/1 unsolicited replies/);
   });
 });
+
+/** A SOCKS5 UDP datagram naming its destination as a domain name (ATYP 0x03), whatever the text. */
+function domainFrame(name: string, port: number, data: Buffer): Buffer {
+  const n = Buffer.from(name, 'latin1');
+  const head = Buffer.alloc(4 + 1 + n.length + 2);
+  head[3] = 0x03;
+  head[4] = n.length;
+  n.copy(head, 5);
+  head.writeUInt16BE(port, 5 + n.length);
+  return Buffer.concat([head, data]);
+}
