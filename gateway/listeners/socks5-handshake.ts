@@ -68,6 +68,8 @@ export function runHandshake(ctx: GatewayContext, down: Downstream, onRequest: (
   let username: string | null = null;
   let password: string | null = null;
   let busy = false;
+  /** The client's FIN has come: what it sent before it is still the handshake's to finish. */
+  let isEnded = false;
   let identity: Identity | null = null;
   const snapshot = ctx.policy.current();
   const limits = snapshot.config.limits;
@@ -206,6 +208,7 @@ export function runHandshake(ctx: GatewayContext, down: Downstream, onRequest: (
           socket.write(encodeAuthStatus(true));
           stage = 'request';
           pump();
+          if (isEnded) failIfStalled();
         },
         (err: unknown) => {
           busy = false;
@@ -237,8 +240,18 @@ export function runHandshake(ctx: GatewayContext, down: Downstream, onRequest: (
       fail('EGW_SOCKS_PROTOCOL', `${pending.length} bytes buffered during the handshake`, stage === 'request');
     }
   }
+  /**
+   * A client may half-close once it has sent everything (greeting, credentials, request and payload
+   * in one go, then its FIN): the handshake goes on with what it buffered, and only one that still
+   * needs bytes the client can no longer send is cut. While credentials are being checked the end
+   * waits for the answer (failIfStalled runs then).
+   */
   function onEnd(): void {
-    fail('EGW_SOCKS_PROTOCOL', `client closed during the handshake (at ${stage})`, false);
+    isEnded = true;
+    if (!busy) failIfStalled();
+  }
+  function failIfStalled(): void {
+    if (stage !== 'done' && !busy) fail('EGW_SOCKS_PROTOCOL', `client closed during the handshake (at ${stage})`, false);
   }
   function onClose(): void {
     if (stage === 'done') return;

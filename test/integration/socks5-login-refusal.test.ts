@@ -37,6 +37,8 @@ beforeAll(async () => {
         { name: 'alice', password: PASSWORD, roles: ['any'] },
         // A scrypt user: checking a password takes a derivation on the thread pool, time for a client to leave.
         { name: 'bob', passwordHash: await hashPassword(PASSWORD), roles: ['any'] },
+        // Another, logged in once only: its check is not answered from the cache of checks.
+        { name: 'carol', passwordHash: await hashPassword(PASSWORD), roles: ['any'] },
       ],
     },
     flowLog: { path: logPath },
@@ -161,8 +163,8 @@ describe('SOCKS5 RFC 1929 login refused', () => {
     s.resume();
     s.end(Buffer.concat([Buffer.from([0x05, 0x01, 0x02]), authMessage('bob', WRONG)]));
     await once(s, 'close');
-    // The client's FIN ended the handshake (a warn log) while bob's scrypt derivation ran.
-    await until('the handshake cut by the FIN', () => gw.logs.some((l) => l.client === `127.0.0.1:${clientPort}` && /client closed during the handshake/.test(String(l.reason))));
+    // The client's FIN came while bob's scrypt derivation ran; the check's answer still refused it.
+    await until('the login refused', () => gw.logs.some((l) => l.client === `127.0.0.1:${clientPort}` && /username\/password refused/.test(String(l.reason))));
     const rec = await gw.waitForClosed((r) => r.client.port === clientPort);
     expect([rec.protocol, rec.verdict, rec.closeReason, rec.destination]).toEqual(['socks5', 'block', 'auth-required', { host: null, ip: null, port: null }]);
     // Nothing else for that connection (the handshake's own refusal, at the client's FIN, records nothing).
@@ -213,6 +215,25 @@ describe('SOCKS5 RFC 1929 login refused', () => {
     });
     expect(gw.closed.filter((r) => r.client.port === clientPort)).toHaveLength(1);
     expect(gw.logs.filter((l) => l.level === 'error')).toEqual([]);
+  });
+
+  // Regression: the client's FIN, read while a scrypt password was being checked, cut the handshake
+  // ("client closed during the handshake (at auth)"): the right password got 05 02 and a close, and
+  // the request and payload sent before the FIN were dropped without a record.
+  it('the right password, pipelined with the request and payload and then a FIN, reaches the origin', async () => {
+    const before = origin.done.length;
+    const s = await open();
+    const clientPort = s.localPort as number;
+    const got = readToClose(s);
+    s.end(Buffer.concat([Buffer.from([0x05, 0x01, 0x02]), authMessage('carol', PASSWORD), connectRequest(origin.port), Buffer.from('pipelined')]));
+    const { bytes } = await got;
+    expect(bytes.subarray(0, 4)).toEqual(Buffer.from([0x05, 0x02, 0x01, 0x00]));
+    expect(bytes.subarray(4, 7)).toEqual(Buffer.from([0x05, 0x00, 0x00]));
+    expect(bytes.subarray(14).toString()).toBe(`${GREETING.toString()}pipelined`);
+    const rec = await gw.waitForClosed((r) => r.client.port === clientPort);
+    const [seen] = (await origin.waitDone(before + 1)).slice(before);
+    expect(seen?.bytesRead).toBe('pipelined'.length);
+    expect(rec).toMatchObject({ identity: { user: 'carol' }, verdict: 'allow', closeReason: 'closed', bytesOut: 'pipelined'.length, bytesIn: GREETING.length + 'pipelined'.length });
   });
 });
 
