@@ -115,7 +115,8 @@ function accept(ctx: GatewayContext, server: SocksServer, socket: Socket): void 
 async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResult): Promise<void> {
   const { socket } = down;
   const { request } = hs;
-  // The client may have gone while its identity was resolved (before this listener existed).
+  // The client may have gone while its identity was resolved (before this listener existed). A flow
+  // whose client left before its tunnel is closed client-reset, as HTTP CONNECT's is.
   let clientGone = socket.destroyed;
   const onClose = (): void => {
     clientGone = true;
@@ -139,7 +140,7 @@ async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResul
   }
   const { flow } = admitted;
   if (clientGone || socket.destroyed) {
-    ctx.flows.close(flow, 'client-closed');
+    ctx.flows.close(flow, 'client-reset');
     return;
   }
   // 5. dial the checked address
@@ -155,7 +156,7 @@ async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResul
   socket.removeListener('close', onClose);
   if (clientGone || socket.destroyed) {
     up.destroy();
-    ctx.flows.close(flow, 'client-closed');
+    ctx.flows.close(flow, 'client-reset');
     return;
   }
   if (flow.state !== 'active') {

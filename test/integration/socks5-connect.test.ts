@@ -11,6 +11,8 @@ import { SocksClient } from 'socks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readBytes, type SocksGateway, startSocksGateway, startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
+import { adminGet, startTestGateway, until } from '../helpers/gateway.ts';
+import { heldResolver } from '../helpers/socks-udp.ts';
 
 const GREETING = Buffer.from('hello from origin\n');
 
@@ -252,6 +254,33 @@ describe('dial timeout', () => {
       for (const f of fillers) f.destroy();
       py.kill();
       await slow.stop();
+    }
+  });
+});
+
+describe('a client that leaves while its CONNECT is being admitted', () => {
+  // Regression: recorded closeReason 'client-closed', a value no other flow has (an HTTP CONNECT
+  // whose client leaves while it is dialled says client-reset, as docs/spec-notes.md lists).
+  it('is recorded client-reset, and the destination is never dialled', async () => {
+    const dns = heldResolver((h) => h === 'slow.example.test');
+    const held = await startTestGateway({}, { resolver: dns.resolver });
+    try {
+      const before = origin4.done.length;
+      const s = connect({ host: held.socksHost, port: held.socksPort });
+      s.on('error', () => {});
+      await once(s, 'connect');
+      const name = Buffer.from('slow.example.test');
+      s.write(Buffer.concat([Buffer.from([0x05, 0x01, 0x00, 0x05, 0x01, 0x00, 0x03, name.length]), name, Buffer.from([origin4.port >> 8, origin4.port & 0xff])]));
+      await until('the lookup under way', () => dns.waiting.length === 1);
+      s.resetAndDestroy();
+      await until('the gateway saw the client go', async () => /gw_downstream_cx_active\{listener="socks"\} 0\b/.test((await adminGet(held, '/metrics')).text));
+      dns.waiting[0]?.answer('127.0.0.1');
+      const rec = await held.waitForClosed((r) => r.destination.host === 'slow.example.test');
+      expect([rec.protocol, rec.closeReason, rec.bytesOut, rec.bytesIn]).toEqual(['socks5', 'client-reset', 0, 0]);
+      expect(origin4.done.length).toBe(before);
+    } finally {
+      dns.failAll();
+      await held.stop();
     }
   });
 });
