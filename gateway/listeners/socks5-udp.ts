@@ -21,7 +21,8 @@
  *  5. payload (without the SOCKS header) goes out of an unconnected upstream socket; bytesOut
  *     counts it, in the flow's totals and in its destination's leg (flow.ts, FlowLeg), whose own
  *     bytes the detectors judge as a flow to that destination alone; the leg's byte budget is exact
- *     (leg.onBudget decides cut or move on) and a cut ends the association
+ *     (leg.onBudget decides cut or move on) and a cut ends the association; one too
+ *     large for a datagram to its destination (an IPv6 client's, to IPv4) is dropped and counted
  *  6. a datagram arriving on the upstream socket is relayed only if its source is an admitted
  *     destination, wrapped with the header naming that destination as the client named it, and if
  *     the two fit in one UDP datagram to the client (else dropped and counted); bytesIn counts it,
@@ -78,6 +79,8 @@ interface DropCounts {
   held: number;
   /** Replies too large for one datagram to the client once the SOCKS UDP header is added. */
   oversized: number;
+  /** Payloads too large for one IPv4 datagram to their destination (from an IPv6 client, up to 65,527 bytes). */
+  oversizedOut: number;
 }
 
 /** Run a UDP association for a parsed UDP ASSOCIATE request; the handshake left `down` paused. */
@@ -121,8 +124,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   let opening: Promise<void> = Promise.resolve();
   const held = new HeldShare(ledger);
   /** When each logged kind of drop was last logged (one warning per DROP_LOG_EVERY_MS each). */
-  const loggedAt = { held: Number.NEGATIVE_INFINITY, oversized: Number.NEGATIVE_INFINITY };
-  const drops: DropCounts = { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0, oversized: 0 };
+  const loggedAt = { held: Number.NEGATIVE_INFINITY, oversized: Number.NEGATIVE_INFINITY, oversizedOut: Number.NEGATIVE_INFINITY };
+  const drops: DropCounts = { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0, oversized: 0, oversizedOut: 0 };
 
   // 1. bind the client-facing relay socket
   relay.on('error', (err) => {
@@ -232,6 +235,12 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     const f = flow as Flow;
     const leg = dest.leg as FlowLeg;
     const len = msg.length - offset;
+    if (len > MAX_UDP_PAYLOAD[dest.isV6 ? 'udp6' : 'udp4']) {
+      // An IPv6 client's datagram can carry more than one IPv4 datagram holds: the send would fail
+      // (EMSGSIZE) with nothing sent, so it is dropped here and not counted in bytesOut.
+      dropOversizedOut(dest, len);
+      return;
+    }
     while (leg.bytesOut + len > leg.budgetOut) {
       // Same rule as the TCP tunnel, on this destination's bytes: the detection engine says whether
       // to cut (enforce) or move the budget on (monitor / ratio not met yet). A datagram cannot be
@@ -249,6 +258,15 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     leg.bytesOut += len;
     f.bytesOut += len;
     upstream(dest.isV6).send(msg, offset, len, dest.port, dest.ip);
+  }
+
+  function dropOversizedOut(dest: Destination, len: number): void {
+    drops.oversizedOut++;
+    if (!isLogDue('oversizedOut')) return;
+    ctx.log.warn(
+      { listener: 'socks', flowId: flow?.id, client: `${clientIp}:${clientPort}`, destination: `${dest.host}:${dest.port}`, bytes: len, maxBytes: MAX_UDP_PAYLOAD.udp4, dropped: drops.oversizedOut },
+      'socks5 udp datagrams dropped: too large for a datagram to their IPv4 destination',
+    );
   }
 
   function upstream(isV6: boolean): UdpSocket {
@@ -506,7 +524,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
         `udp association: ${admitted} destination${admitted === 1 ? '' : 's'} relayed, ${refusedDestinations} refused`,
         `udp datagrams dropped: ${drops.fragments} fragments, ${drops.foreign} from foreign sources, ${drops.malformed} malformed, ` +
           `${drops.refused} to refused destinations, ${drops.unsolicited} unsolicited replies, ${drops.overflow} over the destination limit, ` +
-          `${drops.held} over the limits of datagrams waiting for admission, ${drops.oversized} replies too large for the client`,
+          `${drops.held} over the limits of datagrams waiting for admission, ${drops.oversized} replies too large for the client, ` +
+          `${drops.oversizedOut} too large for their destination`,
       ],
     };
     ctx.flows.decide(f, decision, f.enforced);

@@ -71,6 +71,30 @@ describe('IPv6 association', () => {
     expect(rec.bytesIn).toBe(8 + 9);
     expect(rec.reasons.join('\n')).toMatch(/2 destinations relayed/);
   });
+
+  // Regression: an IPv6 client's datagram may carry up to 65,527 bytes, one to an IPv4 destination at
+  // most 65,507: the send failed unseen, the origin got nothing, and bytesOut counted it (65,517 more
+  // than was sent).
+  it('a payload too large for an IPv4 datagram is dropped and counted, not in bytesOut; the largest that fits goes out', async (tctx) => {
+    if (!skipNotice(Boolean(gw6 && echo6), 'socks5 udp over ::1', 'needs IPv6 loopback (::1)')) tctx.skip();
+    const gw = gw6 as SocksGateway;
+    const sink = await udpSocket('udp4');
+    const got: number[] = [];
+    sink.on('message', (m: Buffer) => got.push(m.length));
+    const client = await udpSocket('udp6');
+    const a = await associate(gw, client);
+    const fits = 65_507;
+    const port = sink.address().port;
+    await send(client, frame('127.0.0.1', port, Buffer.alloc(fits + 10, 0x7a)), a.relay);
+    await send(client, frame('127.0.0.1', port, Buffer.alloc(fits, 0x7a)), a.relay);
+    await until('the datagram that fits', () => got.length > 0);
+    a.control.destroy();
+    const rec = await gw.waitForClosed((x) => x.protocol === 'socks5-udp' && x.destination.port === port);
+    expect(got).toEqual([fits]);
+    expect(rec.bytesOut).toBe(fits);
+    expect(rec.reasons.join('\n')).toMatch(/1 too large for their destination/);
+    expect(gw.logs.filter((l) => String(l.msg).includes('too large for a datagram to their IPv4 destination'))).toHaveLength(1);
+  });
 });
 
 describe('association lifecycle', () => {
