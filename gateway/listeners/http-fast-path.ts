@@ -157,7 +157,7 @@ class FastConnection {
     const { ctx } = state;
     const result = await state.admitRequest({ url: head.url, headers: head.headers, socket: this.socket }, 'http', target.host, target.port);
     if (!result.ok) {
-      this.answer(result.reject, refusalDetails(result), head.isLast);
+      this.answer(result.reject, refusalDetails(result), head.isLast, head.method === 'HEAD');
       return;
     }
     const { flow } = result;
@@ -193,14 +193,17 @@ class FastConnection {
     }
   }
 
-  /** A refusal or failure before any response byte: answered here, the connection goes on. */
-  answer(mapping: RejectMapping, details: RefusalDetails, isLast: boolean): void {
+  /**
+   * A refusal or failure before any response byte: answered here, the connection goes on. `isHead`:
+   * the request was a HEAD, answered without the JSON body (its framing would desync the client).
+   */
+  answer(mapping: RejectMapping, details: RefusalDetails, isLast: boolean, isHead: boolean): void {
     if (this.isGone) return;
     // A 429 is the connection's last answer (what the client sent ahead is dropped): one refusal
     // per connection for a client over its rate, as on node:http.
     if (mapping.status === 429) this.conn.isShedding = true;
     const last = isLast || this.mustClose() || this.conn.isShedding;
-    this.socket.write(refusalText(mapping, details, last));
+    this.socket.write(refusalText(mapping, details, last, isHead));
     this.next(last);
   }
 
@@ -371,7 +374,7 @@ class FastExchange extends OriginExchange {
   }
 
   protected answerFailure(mapping: RejectMapping, details: RefusalDetails): void {
-    this.owner.answer(mapping, details, this.isLast);
+    this.owner.answer(mapping, details, this.isLast, this.isHead);
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {

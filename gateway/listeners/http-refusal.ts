@@ -53,14 +53,16 @@ export function sendRefusal(res: ServerResponse, mapping: RejectMapping, details
 
 /**
  * A whole refusal response as text, for a raw socket: the same status, headers and body as
- * sendRefusal's. `isLast` adds `connection: close` (the connection ends after it).
+ * sendRefusal's. `isLast` adds `connection: close` (the connection ends after it). `isHead`: the
+ * answer to a HEAD request, whose response never has content (RFC 9110 §9.3.2): the head only, its
+ * Content-Length the one a GET would get (as node:http's ServerResponse does for HEAD).
  */
-export function refusalText(mapping: RejectMapping, details: RefusalDetails, isLast: boolean): string {
+export function refusalText(mapping: RejectMapping, details: RefusalDetails, isLast: boolean, isHead = false): string {
   const { status, headers, body } = refusalParts(mapping, details);
   let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n`;
   for (let i = 0; i + 1 < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
   if (isLast) head += 'connection: close\r\n';
-  return `${head}\r\n${body}`;
+  return isHead ? `${head}\r\n` : `${head}\r\n${body}`;
 }
 
 /** Write a complete refusal response on a raw socket and close it once written. */

@@ -170,6 +170,37 @@ describe('absolute-URI fast path', () => {
     }
   });
 
+  // Regression: a refused or failed HEAD got the JSON body after its head (76 bytes for a 403), which
+  // a keep-alive client reads as the start of its next response.
+  it('a HEAD refused (403) or failed (502) is answered with its head only; the next response follows it directly', async () => {
+    const head = (target: string): string => `HEAD ${target} HTTP/1.1\r\nHost: x\r\n\r\n`;
+    const s = await rawConnect(gw.httpPort);
+    const seen = collect(s);
+    s.write(head(`http://127.0.0.1:${deadPort}/`));
+    await readUntil(s, '\r\n\r\n');
+    s.write(get('/size/6'));
+    await readUntil(s, 'abcdef');
+    s.destroy();
+    expect(seen.text()).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n(?:[^\r]+\r\n)*content-length: \d+\r\n(?:[^\r]+\r\n)*\r\nHTTP\/1\.1 200 OK\r\n/i);
+    expect(seen.text()).not.toMatch(/"flowId"/);
+    const own = await startTestGateway({ mode: 'enforce', roles: { dev: { allow: [{ host: 'allowed.example', ports: [80] }] } }, defaultRoles: ['dev'] });
+    try {
+      const t = await rawConnect(own.httpPort);
+      const answers = collect(t);
+      t.write(head(`http://${o}/size/1`));
+      await readUntil(t, '\r\n\r\n');
+      t.write(get('/size/2'));
+      await waitFor(() => /"flowId"/.test(answers.text()));
+      t.destroy();
+      const text = answers.text();
+      expect(text).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n(?:[^\r]+\r\n)*\r\nHTTP\/1\.1 403 Forbidden\r\n/);
+      expect(text.match(/"flowId"/g)).toHaveLength(1);
+      expect(own.closed.filter((f) => f.protocol === 'http').map((f) => f.closeReason)).toEqual(['not-allowlisted', 'not-allowlisted']);
+    } finally {
+      await own.stop();
+    }
+  });
+
   it('Connection: close is answered with connection: close, then the gateway closes the connection', async () => {
     const r = await rawExchange(gw.httpPort, get('/size/5', 'Connection: close\r\n'));
     expect(r.response).toMatch(/^HTTP\/1\.1 200 /);
