@@ -92,7 +92,8 @@ export function parsePort(text: string): number | null {
 
 /**
  * Parse "host:port" (CONNECT target, Host header). With `defaultPort` null the port is required
- * (CONNECT); otherwise a missing port takes the default. Returns null for anything malformed.
+ * (CONNECT); otherwise a missing or empty port ("host:", RFC 3986 §3.2.3, RFC 9110 §4.2.3) takes the
+ * default. Returns null for anything malformed.
  */
 export function parseAuthority(text: string, defaultPort: number | null = null): Authority | null {
   let hostPart: string;
@@ -118,7 +119,7 @@ export function parseAuthority(text: string, defaultPort: number | null = null):
     }
   }
   let port: number | null;
-  if (portPart === null) port = defaultPort;
+  if (portPart === null || (portPart === '' && defaultPort !== null)) port = defaultPort;
   else port = parsePort(portPart);
   if (port === null) return null;
   const host = normaliseHost(hostPart);

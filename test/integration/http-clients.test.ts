@@ -9,7 +9,7 @@ import { ProxyAgent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VIA_VALUE } from '../../gateway/listeners/http-headers.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
-import { type Origin, run, startOrigin } from './http-harness.ts';
+import { jsonBody, type Origin, rawExchange, run, startOrigin } from './http-harness.ts';
 
 let gw: TestGateway;
 let origin: Origin;
@@ -86,5 +86,38 @@ describe('other real clients through the HTTP listener', () => {
     // The tunnel carries the whole HTTP exchange: request head out, response head + body in.
     expect(rec.bytesIn).toBeGreaterThan(4444);
     expect(rec.bytesOut).toBeGreaterThan(0);
+  });
+});
+
+// Regression: `http://host:/path` (an empty port: the default, RFC 3986 §3.2.3) was refused 400
+// bad-request without a flow; python3 urllib sends the URL as written (curl and wget drop the colon).
+describe('an absolute URI with an empty port', () => {
+  let own: TestGateway;
+  beforeAll(async () => {
+    // Loopback is denied here, so the request is judged and recorded but never dialled (no port 80 needed).
+    own = await startTestGateway({ allowRanges: [], resolver: { hosts: { 'empty-port.example': '127.0.0.1' } } });
+  });
+  afterAll(() => own?.stop());
+
+  it('python3 urllib: judged as port 80 (403 deny-range and its record), not 400; CONNECT still needs a port', async () => {
+    const script = [
+      'import sys, urllib.request, urllib.error',
+      `opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": "http://127.0.0.1:${own.httpPort}"}))`,
+      'try:',
+      '    opener.open("http://empty-port.example:/x")',
+      'except urllib.error.HTTPError as e:',
+      '    sys.stdout.write(str(e.code) + " " + e.read().decode())',
+    ].join('\n');
+    const r = await run('python3', ['-c', script]);
+    expect(r.code, r.stderr).toBe(0);
+    const text = r.stdout.toString();
+    expect(text.slice(0, 4)).toBe('403 ');
+    const body = JSON.parse(text.slice(4)) as Record<string, unknown>;
+    expect(body).toMatchObject({ error: 'egress denied', reason: 'deny-range' });
+    const rec = await own.waitForClosed((f) => f.id === body.flowId);
+    expect(rec).toMatchObject({ protocol: 'http', destination: { host: 'empty-port.example', ip: '127.0.0.1', port: 80 }, closeReason: 'deny-range' });
+    const connect = await rawExchange(own.httpPort, 'CONNECT empty-port.example: HTTP/1.1\r\nHost: empty-port.example\r\n\r\n');
+    expect(connect.response).toMatch(/^HTTP\/1\.1 400 /);
+    expect(jsonBody(connect.response)).toMatchObject({ reason: 'bad-request', flowId: null });
   });
 });

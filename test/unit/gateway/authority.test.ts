@@ -21,6 +21,9 @@ describe('parseAuthority', () => {
     ['[2001:DB8::1]:65535', null, '2001:db8::1', 65535, true],
     ['example.com', 80, 'example.com', 80, false],
     ['[::1]', 80, '::1', 80, true],
+    // An empty port is the scheme's default (absolute-URI); CONNECT still needs one (below).
+    ['example.com:', 80, 'example.com', 80, false],
+    ['[::1]:', 80, '::1', 80, true],
   ];
   it.each(ok)('%s (default %s) -> %s:%s', (text, def, host, port, isIp) => {
     expect(parseAuthority(text, def)).toEqual({ host, port, isIp });
@@ -29,6 +32,8 @@ describe('parseAuthority', () => {
   const bad: Array<[string, number | null]> = [
     ['example.com', null], // CONNECT needs a port
     ['example.com:', null],
+    ['[::1]:', null],
+    [':', 80],
     ['example.com:0', null],
     ['example.com:65536', null],
     ['example.com:+80', null],
