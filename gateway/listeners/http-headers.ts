@@ -68,6 +68,8 @@ export interface RequestHeaderOptions {
   readonly stripped: ReadonlySet<string>;
   /** An Upgrade request keeps its Upgrade field and gets `Connection: Upgrade` back. */
   readonly upgrade?: string | null;
+  /** The Max-Forwards value to send instead of the received one (TRACE, OPTIONS: http-max-forwards.ts). */
+  readonly maxForwards?: number | null;
 }
 
 /** Headers to send to the origin for a forwarded request. */
@@ -79,8 +81,10 @@ export function forwardRequestHeaders(raw: readonly string[], opts: RequestHeade
     const lower = name.toLowerCase();
     if (HOP_BY_HOP.has(lower) || lower === 'host' || lower === 'expect') continue;
     if (opts.stripped.has(lower) || named?.has(lower)) continue;
+    if (opts.maxForwards != null && lower === 'max-forwards') continue;
     out.push(name, raw[i + 1] as string);
   }
+  if (opts.maxForwards != null) out.push('max-forwards', String(opts.maxForwards));
   if (opts.upgrade) out.push('connection', 'Upgrade', 'upgrade', opts.upgrade);
   out.push('via', VIA_VALUE);
   return out;

@@ -20,7 +20,8 @@
  *  5. admission (gateway/admission.ts): identify (Proxy-Authorization Basic, trusted identity
  *     headers, host inventory, local process) → limits → resolve once → self-dial guard → policy →
  *     connect-time detectors. A refusal is answered through gateway/reject.ts and its flow is
- *     already closed with the reason.
+ *     already closed with the reason. An admitted TRACE or OPTIONS with `Max-Forwards: 0` is
+ *     answered here as its final recipient (http-max-forwards.ts) and goes no further.
  *  6. dial exactly the checked address: undici pool pinned to `http://ip:port` (absolute-URI), or
  *     a socket from gateway/upstream/dial.ts (CONNECT, Upgrade); parent proxy if configured.
  *  7. relay with metering: streamed request/response bodies (http-forward.ts) or the tunnel
@@ -28,7 +29,7 @@
  *  8. close the flow exactly once with its reason; keep-alive client connections go back to step 1
  *     for their next request, which is a new flow.
  */
-import { createServer as createHttpServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http';
+import { STATUS_CODES, createServer as createHttpServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http';
 import type { Server as NetServer, Socket } from 'node:net';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
@@ -46,6 +47,7 @@ import { beginAdmission, connectionState, endAdmission, expireCachedIdentity, ma
 import { createFastPath } from './http-fast-path.ts';
 import { forwardRequest, OriginAgents } from './http-forward.ts';
 import { forwardRequestHeaders, parseProxyBasic } from './http-headers.ts';
+import { maxForwardsOf, traceEcho } from './http-max-forwards.ts';
 import { refusalDetails, sendRefusal, writeRawRefusal } from './http-refusal.ts';
 import { hostHeaderFor, parseAbsoluteTarget, smugglingShape } from './http-target.ts';
 import { handleUpgrade } from './http-upgrade.ts';
@@ -290,13 +292,43 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
     sendRefusal(res, result.reject, refusalDetails(result), !req.complete || ctx.isDraining() || connection.isShedding);
     return;
   }
+  // TRACE or OPTIONS with Max-Forwards (RFC 9110 §7.6.2): at 0 the gateway is the final recipient
+  // and answers itself, admitted like any request but never forwarded; above it, one hop less.
+  const forwards = maxForwardsOf(req.method, req.headers['max-forwards']);
+  if (forwards === 0) {
+    answerAsFinalRecipient(state, result, req, res);
+    return;
+  }
   const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
   if (expectsContinue && hasBody) res.writeContinue();
   const headers = forwardRequestHeaders(req.rawHeaders, {
     host: hostHeaderFor(target.host, target.port),
     stripped: state.strippedHeaders(result.snapshot),
+    maxForwards: forwards === null ? null : forwards - 1,
   });
   forwardRequest(ctx, state.agents, result, req, res, { path: target.path, headers, hasBody });
+}
+
+/**
+ * Answer an admitted TRACE or OPTIONS whose Max-Forwards is 0 as its final recipient: TRACE with its
+ * request reflected (`message/http`, less credentials, cookies and identity headers), OPTIONS with
+ * 200 and no content. Nothing reaches the destination: the flow closes `closed` with no bytes. A
+ * request body (which TRACE must not have) is not read: the connection closes after the answer.
+ */
+function answerAsFinalRecipient(state: HttpListenerState, admitted: Admitted, req: IncomingMessage, res: ServerResponse): void {
+  const { flow, snapshot } = admitted;
+  if (flow.state === 'active') state.ctx.flows.close(flow, 'closed');
+  const isLast = !req.complete || state.ctx.isDraining();
+  const headers: string[] = [];
+  if (isLast) headers.push('connection', 'close');
+  if (req.method === 'TRACE') {
+    const body = traceEcho(`${req.method} ${req.url ?? ''} HTTP/${req.httpVersion}`, req.rawHeaders, state.strippedHeaders(snapshot));
+    res.writeHead(200, STATUS_CODES[200], [...headers, 'content-type', 'message/http', 'content-length', String(Buffer.byteLength(body, 'latin1'))]);
+    res.end(body, 'latin1');
+    return;
+  }
+  res.writeHead(200, STATUS_CODES[200], [...headers, 'content-length', '0']);
+  res.end();
 }
 
 /** Identity claims of a request: client address, Proxy-Authorization Basic, headers, TLS client cert. */

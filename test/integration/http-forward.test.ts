@@ -171,4 +171,36 @@ describe('absolute-URI HTTP through the proxy', () => {
     expect(head.state).toBe('closed');
   });
 
+  // Regression: TRACE and OPTIONS went to the origin with Max-Forwards unchanged, also at 0, where an
+  // intermediary must not forward them but answer itself (RFC 9110 §7.6.2).
+  it('Max-Forwards on TRACE and OPTIONS: 0 is answered by the gateway (TRACE reflected, less secrets), more is passed on one less', async () => {
+    const before = origin.seen.length;
+    const recordsBefore = gw.closed.length;
+    const trace = await curl(['-i', '-X', 'TRACE', '-H', 'Max-Forwards: 0', '-H', 'Cookie: session=s3cr3t', '-H', 'X-Trace-Me: yes', '--proxy-user', 'alice:wonder', `${base}/mf-trace`]);
+    expect(trace.code).toBe(0);
+    const text = trace.stdout.toString('latin1');
+    const split = text.indexOf('\r\n\r\n');
+    expect(text.slice(0, split)).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+    expect(text.slice(0, split)).toMatch(/\r\ncontent-type: message\/http\r\n/i);
+    const echoed = text.slice(split + 4);
+    expect(echoed).toMatch(new RegExp(`^TRACE ${base}/mf-trace HTTP/1\\.1\r\n`));
+    expect(echoed).toMatch(/\r\nX-Trace-Me: yes\r\n/);
+    expect(echoed).toMatch(/\r\nMax-Forwards: 0\r\n/);
+    expect(echoed).not.toMatch(/cookie|s3cr3t|proxy-authorization/i);
+    const options = await curl(['-i', '-X', 'OPTIONS', '-H', 'Max-Forwards: 0', `${base}/mf-options`]);
+    expect(options.stdout.toString('latin1')).toMatch(/^HTTP\/1\.1 200 OK\r\n(?:[^\r]+\r\n)*content-length: 0\r\n/i);
+    // Admitted and recorded like any request, but nothing reached the origin.
+    expect(origin.seen.length).toBe(before);
+    const recs = gw.closed.slice(recordsBefore);
+    expect(recs.map((f) => [f.identity.user, f.protocol, f.verdict, f.closeReason, f.bytesOut, f.bytesIn])).toEqual([
+      ['alice', 'http', 'allow', 'closed', 0, 0],
+      [null, 'http', 'allow', 'closed', 0, 0],
+    ]);
+    for (const [method, sent, expected] of [['OPTIONS', '2', '1'], ['TRACE', '1', '0'], ['GET', '0', '0']] as const) {
+      const r = await curl(['-X', method, '-H', `Max-Forwards: ${sent}`, `${base}/mf-${method}-${sent}`]);
+      expect(r.code, method).toBe(0);
+      expect(origin.seen.find((q) => q.url === `/mf-${method}-${sent}`)?.headers['max-forwards'], method).toBe(expected);
+    }
+  });
+
 });

@@ -1,0 +1,38 @@
+/**
+ * `Max-Forwards` on TRACE and OPTIONS (RFC 9110 §7.6.2): an intermediary that receives one of those
+ * requests with the field MUST NOT forward it when the value is 0 but answer as its final recipient,
+ * and otherwise forwards it with the value decremented. Pure: header values in, values out.
+ */
+
+/** The largest Max-Forwards value passed on: the "maximum supported value" of RFC 9110 §7.6.2. */
+export const MAX_FORWARDS_LIMIT = 255;
+
+/**
+ * The Max-Forwards value of a request this gateway must honour: the received value of a TRACE or
+ * OPTIONS request (capped at MAX_FORWARDS_LIMIT + 1), or null when there is none to honour (another
+ * method, no field, or a value that is not 1*DIGIT, which is passed on as it came).
+ */
+export function maxForwardsOf(method: string | undefined, value: string | string[] | undefined): number | null {
+  if (value === undefined || (method !== 'TRACE' && method !== 'OPTIONS')) return null;
+  const text = (typeof value === 'string' ? value : (value[0] ?? '')).trim();
+  if (!/^[0-9]+$/.test(text)) return null;
+  return Math.min(Number(text), MAX_FORWARDS_LIMIT + 1);
+}
+
+/**
+ * The body of a TRACE answered here (RFC 9110 §9.3.8, `message/http`): the request as received,
+ * request line and fields, less those likely to carry secrets: credentials for the origin and for
+ * the proxy, cookies, and the identity headers the gateway strips (`stripped`, lower-case).
+ */
+export function traceEcho(requestLine: string, raw: readonly string[], stripped: ReadonlySet<string>): string {
+  let out = `${requestLine}\r\n`;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const lower = name.toLowerCase();
+    if (TRACE_SECRETS.has(lower) || stripped.has(lower)) continue;
+    out += `${name}: ${raw[i + 1] as string}\r\n`;
+  }
+  return `${out}\r\n`;
+}
+
+const TRACE_SECRETS: ReadonlySet<string> = new Set(['authorization', 'proxy-authorization', 'cookie']);
