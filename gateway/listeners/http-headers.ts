@@ -21,6 +21,16 @@ export function relayedStatusText(statusCode: number, statusText: string): strin
 
 /** Our Via entry (RFC 9110 §7.6.3): protocol version and a pseudonym, never our address. */
 export const VIA_VALUE = '1.1 egressgate';
+/** The same for a message received as HTTP/1.0: the received-protocol is the version as received. */
+export const VIA_VALUE_1_0 = '1.0 egressgate';
+
+/**
+ * The Via entry for a message received as HTTP/`major`.`minor` (RFC 9110 §7.6.3: the
+ * received-protocol is that message's version, not ours). One of two constant strings.
+ */
+export function viaFor(major: number, minor: number): string {
+  return major === 1 && minor === 0 ? VIA_VALUE_1_0 : VIA_VALUE;
+}
 
 /**
  * Always removed in both directions: the hop-by-hop fields of RFC 9110 §7.6.1 plus the proxy's own
@@ -70,6 +80,8 @@ export interface RequestHeaderOptions {
   readonly upgrade?: string | null;
   /** The Max-Forwards value to send instead of the received one (TRACE, OPTIONS: http-max-forwards.ts). */
   readonly maxForwards?: number | null;
+  /** Our Via entry (viaFor: the request's version as received); VIA_VALUE when not given. */
+  readonly via?: string;
 }
 
 /** Headers to send to the origin for a forwarded request. */
@@ -86,16 +98,17 @@ export function forwardRequestHeaders(raw: readonly string[], opts: RequestHeade
   }
   if (opts.maxForwards != null) out.push('max-forwards', String(opts.maxForwards));
   if (opts.upgrade) out.push('connection', 'Upgrade', 'upgrade', opts.upgrade);
-  out.push('via', VIA_VALUE);
+  out.push('via', opts.via ?? VIA_VALUE);
   return out;
 }
 
 /**
  * Headers to send to the client for an origin's response (undici gives raw Buffers). Framing
  * (Content-Length or chunked) is left to node's server, which re-frames for this client, unless
- * `keepFraming` says the body is relayed byte for byte.
+ * `keepFraming` says the body is relayed byte for byte. `via`: our Via entry for the response's
+ * version as received (viaFor), where it is known; VIA_VALUE otherwise (undici does not say).
  */
-export function forwardResponseHeaders(raw: readonly (Buffer | string)[], opts: { upgrade?: boolean; keepFraming?: boolean } = {}): string[] {
+export function forwardResponseHeaders(raw: readonly (Buffer | string)[], opts: { upgrade?: boolean; keepFraming?: boolean; via?: string } = {}): string[] {
   const strings: string[] = new Array(raw.length);
   for (let i = 0; i < raw.length; i++) {
     const v = raw[i] as Buffer | string;
@@ -114,7 +127,7 @@ export function forwardResponseHeaders(raw: readonly (Buffer | string)[], opts: 
     if (HOP_BY_HOP.has(lower) || named?.has(lower)) continue;
     out.push(name, strings[i + 1] as string);
   }
-  out.push('via', VIA_VALUE);
+  out.push('via', opts.via ?? VIA_VALUE);
   return out;
 }
 

@@ -46,7 +46,7 @@ import { wrapWithConnectFront } from './http-connect-front.ts';
 import { beginAdmission, connectionState, endAdmission, expireCachedIdentity, mayCutIdle } from './http-connection-state.ts';
 import { createFastPath } from './http-fast-path.ts';
 import { forwardRequest, OriginAgents } from './http-forward.ts';
-import { forwardRequestHeaders, parseProxyBasic } from './http-headers.ts';
+import { forwardRequestHeaders, parseProxyBasic, viaFor } from './http-headers.ts';
 import { maxForwardsOf, traceEcho } from './http-max-forwards.ts';
 import { refusalDetails, sendRefusal, writeRawRefusal } from './http-refusal.ts';
 import { hostHeaderFor, parseAbsoluteTarget, smugglingShape } from './http-target.ts';
@@ -305,6 +305,7 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
     host: hostHeaderFor(target.host, target.port),
     stripped: state.strippedHeaders(result.snapshot),
     maxForwards: forwards === null ? null : forwards - 1,
+    via: viaFor(req.httpVersionMajor, req.httpVersionMinor),
   });
   forwardRequest(ctx, state.agents, result, req, res, { path: target.path, headers, hasBody });
 }

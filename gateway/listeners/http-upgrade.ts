@@ -30,7 +30,7 @@ import { mapError } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
 import { earlierResponses, holdClient, isBehindLastAnswer, outlastsEarlierResponses } from './http-connect.ts';
 import { resetOrDestroy } from './http-connection-state.ts';
-import { forwardRequestHeaders, forwardResponseHeaders, relayedStatusText, serialiseRequestHead, splitHeaderLine } from './http-headers.ts';
+import { forwardRequestHeaders, forwardResponseHeaders, relayedStatusText, serialiseRequestHead, splitHeaderLine, viaFor } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
 import { refusalDetails, writeRawRefusal } from './http-refusal.ts';
 import { hostHeaderFor, parseAbsoluteTarget, smugglingShape } from './http-target.ts';
@@ -40,9 +40,11 @@ export interface ResponseHead {
   statusText: string;
   /** Flat raw header list. */
   headers: string[];
+  /** The minor version of its status line (HTTP/1.0 or HTTP/1.1): what our Via says it was received as. */
+  minor: number;
 }
 
-const STATUS_LINE = /^HTTP\/1\.[01] ([1-9][0-9]{2})(?: ([^\r\n]*))?$/;
+const STATUS_LINE = /^HTTP\/1\.([01]) ([1-9][0-9]{2})(?: ([^\r\n]*))?$/;
 
 /** Parse a response head (without the final CRLFCRLF). Refuses obs-fold and malformed lines. */
 export function parseResponseHead(text: string): ResponseHead | null {
@@ -55,7 +57,7 @@ export function parseResponseHead(text: string): ResponseHead | null {
     if (field === null || /[\r\n\0]/.test(field.value)) return null;
     headers.push(field.name, field.value);
   }
-  return { status: Number(m[1]), statusText: m[2] ?? '', headers };
+  return { status: Number(m[2]), statusText: m[3] ?? '', headers, minor: Number(m[1]) };
 }
 
 /**
@@ -198,6 +200,7 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
     host: hostHeaderFor(target.host, target.port),
     stripped: state.strippedHeaders(snapshot),
     upgrade: req.headers.upgrade ?? 'websocket',
+    via: viaFor(req.httpVersionMajor, req.httpVersionMinor),
   });
   upstream.write(serialiseRequestHead(req.method ?? 'GET', target.path, headers), 'latin1');
   // A kill while we wait for the origin's answer cuts both sides.
@@ -236,12 +239,12 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
     return;
   }
   if (parsed.status === 101) {
-    socket.write(serialiseResponseHead(parsed, forwardResponseHeaders(parsed.headers, { upgrade: true })), 'latin1');
+    socket.write(serialiseResponseHead(parsed, forwardResponseHeaders(parsed.headers, { upgrade: true, via: viaFor(1, parsed.minor) })), 'latin1');
     if (answer.rest.length > 0) upstream.unshift(answer.rest);
     tunnel(ctx.flows, flow, socket as Socket, upstream, { idleTimeoutMs: limits.idleTimeoutMs, head });
     return;
   }
-  const headersOut = forwardResponseHeaders(parsed.headers, { keepFraming: true });
+  const headersOut = forwardResponseHeaders(parsed.headers, { keepFraming: true, via: viaFor(1, parsed.minor) });
   headersOut.push('connection', 'close');
   socket.write(serialiseResponseHead(parsed, headersOut), 'latin1');
   relayRefusedUpgrade(state, flow, socket, upstream, answer.rest, limits);

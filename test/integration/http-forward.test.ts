@@ -160,6 +160,38 @@ describe('absolute-URI HTTP through the proxy', () => {
     expect(rec.bytesOut).toBe(0);
   });
 
+  // Regression: an HTTP/1.0 request reached the origin with `Via: 1.1 egressgate`; RFC 9110 §7.6.3
+  // makes the received-protocol the version of the message as received.
+  it('Via names the version the request was received in: 1.0 for HTTP/1.0, one packet or split, 1.1 otherwise', async () => {
+    const r = await curl(['--http1.0', `${base}/via-curl-1.0`]);
+    expect(r.code).toBe(0);
+    expect(r.stdout.toString()).toBe('echo:GET:0');
+    /** One request on a raw connection, its head whole in one write or split in two (node:http then). */
+    const raw = async (path: string, version: string, isSplit: boolean): Promise<string> => {
+      const s = await rawConnect(gw.httpPort);
+      const head = `GET ${base}${path} HTTP/${version}\r\nHost: 127.0.0.1:${origin.port}\r\nConnection: close\r\n\r\n`;
+      if (isSplit) {
+        s.write(head.slice(0, 20));
+        await new Promise((res) => setTimeout(res, 50));
+        s.write(head.slice(20));
+      } else s.write(head);
+      const got = await readUntil(s, 'echo:GET:0');
+      s.destroy();
+      return got.toString('latin1');
+    };
+    for (const [version, isSplit] of [['1.0', false], ['1.0', true], ['1.1', false], ['1.1', true]] as const) {
+      const answer = await raw(`/via-${version}-${isSplit ? 'split' : 'whole'}`, version, isSplit);
+      // The origin answered in HTTP/1.1: the response's entry says 1.1 whatever the request's version.
+      expect(answer.match(/\r\nvia: [^\r]*/gi)).toEqual(['\r\nvia: 1.1 egressgate']);
+    }
+    const via = (path: string): unknown => origin.seen.find((x) => x.url === path)?.headers.via;
+    expect(via('/via-curl-1.0')).toBe('1.0 egressgate');
+    expect(via('/via-1.0-whole')).toBe('1.0 egressgate');
+    expect(via('/via-1.0-split')).toBe('1.0 egressgate');
+    expect(via('/via-1.1-whole')).toBe(VIA_VALUE);
+    expect(via('/via-1.1-split')).toBe(VIA_VALUE);
+  });
+
   it('HEAD, DELETE, OPTIONS and PATCH pass with their method', async () => {
     for (const method of ['HEAD', 'DELETE', 'OPTIONS', 'PATCH']) {
       const args = method === 'HEAD' ? ['-I'] : ['-X', method];

@@ -33,6 +33,11 @@ beforeAll(async () => {
       socket.end('HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 8\r\nConnection: close\r\n\r\nnot you!');
       return;
     }
+    if (req.url === '/decline-1.0') {
+      // An HTTP/1.0 server: its answer is received as 1.0, whatever the gateway sends the client.
+      socket.end('HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\nnope');
+      return;
+    }
     if (req.url === '/silent') {
       // Accepts the connection and never answers (nor reads).
       silent.push(socket);
@@ -175,6 +180,30 @@ describe('Upgrade through the proxy', () => {
     expect(text.endsWith('\r\n\r\nnot you!')).toBe(true);
     const rec = await gw.waitForClosed((f) => f.destination.port === port && f.bytesIn === 8);
     expect(rec.bytesOut).toBe(0);
+  });
+
+  // Regression: Via said 1.1 whatever version the message came in (RFC 9110 §7.6.3: the received-protocol).
+  it('Via names the version each message was received in: an HTTP/1.0 answer and an HTTP/1.0 request say 1.0', async () => {
+    const answer = async (head: string): Promise<string> => {
+      const s = await rawConnect(gw.httpPort);
+      const chunks: Buffer[] = [];
+      s.on('data', (c: Buffer) => chunks.push(c));
+      const closed = once(s, 'close');
+      s.write(head);
+      await closed;
+      return Buffer.concat(chunks).toString('latin1');
+    };
+    const from10 = await answer(upgradeHead('/decline-1.0'));
+    expect(from10).toMatch(/^HTTP\/1\.1 404 /);
+    expect(from10.match(/\r\nvia: [^\r]*/gi)).toEqual(['\r\nvia: 1.0 egressgate']);
+    expect(from10.endsWith('\r\n\r\nnope')).toBe(true);
+    // The same client request answered as 1.1: 1.1.
+    const from11 = await answer(upgradeHead('/decline'));
+    expect(from11.match(/\r\nvia: [^\r]*/gi)).toEqual(['\r\nvia: 1.1 egressgate']);
+    expect(seen.find((r) => r.url === '/decline')?.headers.via).toBe('1.1 egressgate');
+    // An HTTP/1.0 request: the origin is told it came in as 1.0.
+    await answer(upgradeHead('/decline-1.0').replace(' HTTP/1.1\r\n', ' HTTP/1.0\r\n'));
+    expect(seen.filter((r) => r.url === '/decline-1.0').map((r) => r.headers.via)).toEqual(['1.1 egressgate', '1.0 egressgate']);
   });
 
   // Regression: a client that left while the origin had not answered the upgrade went unnoticed;

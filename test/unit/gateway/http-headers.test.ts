@@ -7,6 +7,8 @@ import {
   rawHeader,
   serialiseRequestHead,
   VIA_VALUE,
+  VIA_VALUE_1_0,
+  viaFor,
 } from '../../../gateway/listeners/http-headers.ts';
 import { hostHeaderFor, parseAbsoluteTarget, smugglingShape } from '../../../gateway/listeners/http-target.ts';
 
@@ -112,6 +114,16 @@ describe('parseAbsoluteTarget (http-target.ts)', () => {
     expect(hostHeaderFor('example.com', 8080)).toBe('example.com:8080');
     expect(hostHeaderFor('::1', 80)).toBe('[::1]');
     expect(hostHeaderFor('::1', 81)).toBe('[::1]:81');
+  });
+});
+
+describe('viaFor', () => {
+  it('is the received version: 1.0 for HTTP/1.0, the 1.1 constant otherwise; forwarders take it', () => {
+    expect(viaFor(1, 0)).toBe('1.0 egressgate');
+    expect(viaFor(1, 1)).toBe(VIA_VALUE);
+    expect(forwardRequestHeaders(['Accept', '*/*'], { host: 'h', stripped: new Set(), via: VIA_VALUE_1_0 }).slice(-2)).toEqual(['via', '1.0 egressgate']);
+    expect(forwardResponseHeaders(['Server', 'x'], { via: viaFor(1, 0) }).slice(-2)).toEqual(['via', '1.0 egressgate']);
+    expect(forwardResponseHeaders(['Server', 'x']).slice(-2)).toEqual(['via', VIA_VALUE]);
   });
 });
 
