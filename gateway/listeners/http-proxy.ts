@@ -16,7 +16,8 @@
  *     everything else must be an absolute `http://` URI (origin-form → 400: we are not an origin).
  *  3. parse the authority (gateway/protocol/authority.ts): one normalised host and port, or 400.
  *  4. a second smuggling guard on what node accepted: CL with TE, several CL, a TE that is not
- *     exactly chunked → 400 and close; HTTP/0.9 → 400.
+ *     exactly chunked → 400 and close (another coding before a final chunked, `gzip, chunked`, is
+ *     a coding we do not implement: 501 and close); HTTP/0.9 → 400.
  *  5. admission (gateway/admission.ts): identify (Proxy-Authorization Basic, trusted identity
  *     headers, host inventory, local process) → limits → resolve once → self-dial guard → policy →
  *     connect-time detectors. A refusal is answered through gateway/reject.ts and its flow is
@@ -49,7 +50,7 @@ import { forwardRequest, OriginAgents } from './http-forward.ts';
 import { forwardRequestHeaders, parseProxyBasic, viaFor } from './http-headers.ts';
 import { maxForwardsOf, traceEcho } from './http-max-forwards.ts';
 import { refusalDetails, sendRefusal, writeRawRefusal } from './http-refusal.ts';
-import { hostHeaderFor, parseAbsoluteTarget, smugglingShape } from './http-target.ts';
+import { hostHeaderFor, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
 import { handleUpgrade } from './http-upgrade.ts';
 
 export interface HttpProxyOptions {
@@ -265,7 +266,7 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
   if (!target.ok || shape) {
     const why = shape ?? (target.ok ? null : target.reason);
     ctx.log.warn({ client: req.socket.remoteAddress, method: req.method, why }, 'bad proxy request refused');
-    sendRefusal(res, mapError('EGW_BAD_REQUEST'), { flowId: null, isBlock: false }, true);
+    sendRefusal(res, mapError(target.ok && shape ? shapeRefusalCode(shape) : 'EGW_BAD_REQUEST'), { flowId: null, isBlock: false }, true);
     return;
   }
   // Pipelined requests are admitted one after another, so a 429 stops the ones behind it before

@@ -3,6 +3,7 @@
  * node's parser handed us; no sockets.
  */
 import type { IncomingMessage } from 'node:http';
+import type { GatewayErrorCode } from '../errors.ts';
 import { formatAuthority, parseAuthority } from '../protocol/authority.ts';
 
 export type AbsoluteTarget =
@@ -40,7 +41,7 @@ export function parseAbsoluteTarget(url: string): AbsoluteTarget {
 /**
  * Request shapes whose body length two parsers could disagree on (RFC 9112 §6.1, §6.3). node's
  * strict parser refuses them already; this second check makes sure no future parser leniency
- * turns into an ambiguous forward. Returns the shape's name or null.
+ * turns into an ambiguous forward. Returns the shape's name or null; shapeRefusalCode gives its status.
  */
 export function smugglingShape(req: Pick<IncomingMessage, 'httpVersionMajor' | 'headers' | 'rawHeaders'>): string | null {
   if (req.httpVersionMajor < 1) return 'http/0.9';
@@ -49,8 +50,26 @@ export function smugglingShape(req: Pick<IncomingMessage, 'httpVersionMajor' | '
   for (let i = 0; i < req.rawHeaders.length; i += 2) if ((req.rawHeaders[i] as string).toLowerCase() === 'content-length') contentLengths++;
   if (te !== undefined && contentLengths > 0) return 'content-length-with-transfer-encoding';
   if (contentLengths > 1) return 'duplicate-content-length';
-  if (te !== undefined && te.trim().toLowerCase() !== 'chunked') return 'transfer-encoding-not-chunked';
+  if (te !== undefined && te.trim().toLowerCase() !== 'chunked') return isOtherCodingThenChunked(te) ? 'transfer-coding-not-implemented' : 'transfer-encoding-not-chunked';
   return null;
+}
+
+/**
+ * A Transfer-Encoding whose framing is clear (chunked once, last: RFC 9112 §6.3) but which applies
+ * another coding first (`gzip, chunked`): a coding the gateway does not implement, so 501 (RFC 9112
+ * §6.1), where chunked not last, or twice, leaves the length unknown: 400.
+ */
+function isOtherCodingThenChunked(te: string): boolean {
+  const codings = te.split(',').map((c) => c.split(';', 1)[0]?.trim().toLowerCase() ?? '').filter((c) => c !== '');
+  return codings.length > 1 && codings.at(-1) === 'chunked' && codings.indexOf('chunked') === codings.length - 1;
+}
+
+/**
+ * The coded failure a smuggling shape is refused with: 501 for a transfer coding the gateway does
+ * not implement, 400 for every other shape. Either way the connection closes after it.
+ */
+export function shapeRefusalCode(shape: string): GatewayErrorCode {
+  return shape === 'transfer-coding-not-implemented' ? 'EGW_TRANSFER_CODING' : 'EGW_BAD_REQUEST';
 }
 
 /** The Host field the origin sees (RFC 9112 §3.2.2): the target's authority, port omitted when 80. */

@@ -33,7 +33,7 @@ import { resetOrDestroy } from './http-connection-state.ts';
 import { forwardRequestHeaders, forwardResponseHeaders, relayedStatusText, serialiseRequestHead, splitHeaderLine, viaFor } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
 import { refusalDetails, writeRawRefusal } from './http-refusal.ts';
-import { hostHeaderFor, parseAbsoluteTarget, smugglingShape } from './http-target.ts';
+import { hostHeaderFor, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
 
 export interface ResponseHead {
   status: number;
@@ -164,11 +164,12 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
   // A request body would have to reach the origin before its answer; websocket handshakes have
   // none, and relaying one here (h2c upgrade of a POST) is not supported: refuse rather than hang.
   const cl = req.headers['content-length'];
-  const shape = smugglingShape(req) ?? (req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0') ? 'upgrade-with-body' : null);
+  const smuggling = smugglingShape(req);
+  const shape = smuggling ?? (req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0') ? 'upgrade-with-body' : null);
   if (!target.ok || shape) {
     hold.release();
     ctx.log.warn({ client: req.socket.remoteAddress, why: shape ?? (target.ok ? null : target.reason) }, 'bad upgrade request refused');
-    writeRawRefusal(socket, mapError('EGW_BAD_REQUEST'), { flowId: null, isBlock: false });
+    writeRawRefusal(socket, mapError(target.ok && smuggling ? shapeRefusalCode(smuggling) : 'EGW_BAD_REQUEST'), { flowId: null, isBlock: false });
     return;
   }
   const result = await state.admitRequest(req, 'http', target.host, target.port);

@@ -31,6 +31,11 @@ const cases: Array<[string, () => string, number]> = [
   ['obs-fold', () => `GET http://${o}/s HTTP/1.1\r\nHost: ${o}\r\nX-Folded: a\r\n  b\r\n\r\n`, 400],
   ['Transfer-Encoding not ending in chunked', () => `POST http://${o}/s HTTP/1.1\r\nHost: ${o}\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n`, 400],
   ['Transfer-Encoding identity', () => `POST http://${o}/s HTTP/1.1\r\nHost: ${o}\r\nTransfer-Encoding: identity\r\n\r\nhello`, 400],
+  ['Transfer-Encoding chunked twice', () => `POST http://${o}/s HTTP/1.1\r\nHost: ${o}\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n`, 400],
+  ['Transfer-Encoding gzip, chunked with Content-Length', () => `POST http://${o}/s HTTP/1.1\r\nHost: ${o}\r\nContent-Length: 5\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n`, 400],
+  // RFC 9112 §6.1: a transfer coding the server does not understand gets 501 (Not Implemented).
+  ['Transfer-Encoding gzip, chunked', () => `POST http://${o}/s HTTP/1.1\r\nHost: ${o}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n`, 501],
+  ['Transfer-Encoding in two fields, gzip then chunked', () => `POST http://${o}/s HTTP/1.1\r\nHost: ${o}\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`, 501],
   ['whitespace before the colon', () => `POST http://${o}/s HTTP/1.1\r\nHost: ${o}\r\nContent-Length : 5\r\n\r\nhello`, 400],
   ['bare LF line endings', () => `GET http://${o}/s HTTP/1.1\nHost: ${o}\n\n`, 400],
   ['lower-case method', () => `get http://${o}/s HTTP/1.1\r\nHost: ${o}\r\n\r\n`, 400],
@@ -61,6 +66,9 @@ describe('malformed and hostile requests', () => {
     const i = response.indexOf('\r\n\r\n');
     expect(JSON.parse(response.slice(i + 4))).toMatchObject({ flowId: null });
     expect(origin.seen.length).toBe(seenBefore);
+    if (status === 501) expect(JSON.parse(response.slice(i + 4))).toEqual({ error: 'transfer coding not implemented', reason: 'transfer-coding-not-implemented', flowId: null });
+    // Closed after the answer, which says so: the body's framing is not trusted.
+    if (status === 400 || status === 501) expect(response.slice(0, i)).toMatch(/\r\nconnection: close(\r\n|$)/i);
     const warned = gw.logs.slice(logsBefore).filter((l) => l.level === 'warn');
     expect(warned.length).toBeGreaterThan(0);
   });

@@ -10,7 +10,7 @@ import {
   VIA_VALUE_1_0,
   viaFor,
 } from '../../../gateway/listeners/http-headers.ts';
-import { hostHeaderFor, parseAbsoluteTarget, smugglingShape } from '../../../gateway/listeners/http-target.ts';
+import { hostHeaderFor, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from '../../../gateway/listeners/http-target.ts';
 
 const names = (raw: readonly string[]): string[] => raw.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase());
 
@@ -138,11 +138,21 @@ describe('smugglingShape (http-target.ts)', () => {
     [['Content-Length', '5', 'content-length', '5'], 'duplicate-content-length'],
     [['Transfer-Encoding', 'gzip'], 'transfer-encoding-not-chunked'],
     [['Transfer-Encoding', 'chunked, chunked'], 'transfer-encoding-not-chunked'],
+    [['Transfer-Encoding', 'chunked, gzip'], 'transfer-encoding-not-chunked'],
+    [['Transfer-Encoding', 'gzip, chunked, chunked'], 'transfer-encoding-not-chunked'],
+    [['Transfer-Encoding', 'gzip, chunked'], 'transfer-coding-not-implemented'],
+    [['Transfer-Encoding', 'x-custom;p=1 , Chunked'], 'transfer-coding-not-implemented'],
+    [['Transfer-Encoding', 'gzip, chunked', 'Content-Length', '5'], 'content-length-with-transfer-encoding'],
     [['Transfer-Encoding', 'Chunked'], null],
     [['Content-Length', '5'], null],
     [[], null],
   ] as Array<[string[], string | null]>)('%j → %s', (raw, want) => {
     expect(smugglingShape(req(raw))).toBe(want);
+  });
+  it('maps an unimplemented coding to 501, every other shape to 400', () => {
+    expect(shapeRefusalCode('transfer-coding-not-implemented')).toBe('EGW_TRANSFER_CODING');
+    expect(shapeRefusalCode('transfer-encoding-not-chunked')).toBe('EGW_BAD_REQUEST');
+    expect(shapeRefusalCode('duplicate-content-length')).toBe('EGW_BAD_REQUEST');
   });
   it('refuses HTTP/0.9', () => {
     expect(smugglingShape(req([], 0))).toBe('http/0.9');
