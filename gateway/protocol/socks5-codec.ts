@@ -73,15 +73,16 @@ export interface Credentials {
 }
 
 /**
- * RFC 1929 §2: VER(0x01) ULEN UNAME PLEN PASSWD. ULEN 0 is refused (there is no user to check);
- * PLEN 0 is accepted as an empty password, which some clients send for token-only users.
+ * RFC 1929 §2: VER(0x01) ULEN UNAME PLEN PASSWD. ULEN 0 is an empty username (curl
+ * `--proxy-user ':pw'`): well-formed, and a failed login like an unknown user once identity
+ * resolution has checked it (as HTTP's Basic `:pw` is), not a protocol error. PLEN 0 is an empty
+ * password, which some clients send for token-only users.
  */
 export function parseUserPass(buf: Buffer): Parsed<Credentials> {
   if (buf.length < 1) return NEED;
   if (buf[0] !== AUTH_VERSION) return fail('EGW_SOCKS_PROTOCOL', `bad auth version byte 0x${hex(buf[0])}`);
   if (buf.length < 2) return NEED;
   const ulen = buf[1] as number;
-  if (ulen === 0) return fail('EGW_SOCKS_PROTOCOL', 'empty username');
   if (buf.length < 3 + ulen) return NEED;
   const plen = buf[2 + ulen] as number;
   const end = 3 + ulen + plen;

@@ -190,6 +190,49 @@ describe('SOCKS5 RFC 1929 login refused', () => {
     expect([http.verdict, http.reason, http.identity.user]).toEqual([rec.verdict, rec.reason, rec.identity.user]);
   });
 
+  // Regression: a zero-length username (`01 00 <plen> <pass>`, curl --proxy-user ':') was refused as a
+  // protocol error: status 0x01, but no record and no failure counted for the login throttle.
+  it('an empty username is a failed login: status 0x01, one auth-required record, counted by the login throttle', async () => {
+    const identityMetric = async (name: string): Promise<number> => {
+      const { text } = await adminGet(gw, '/metrics');
+      return Number(new RegExp(`^${name.replace(/[{}]/g, '\\$&')} (\\S+)$`, 'm').exec(text)?.[1] ?? Number.NaN);
+    };
+    const failuresBefore = await identityMetric('gw_identity_auth_failures_total{reason="bad-credentials"}');
+    const throttledBefore = await identityMetric('gw_identity_auth_throttled_total');
+    // From an address of its own, so the per-source budget (5 free failures a minute) is its alone.
+    const attempt = async (): Promise<{ hex: string; clientPort: number; isClosedByGateway: boolean }> => {
+      const s = connect({ host: gw.socksHost, port: gw.socksPort, localAddress: '127.0.0.77' });
+      s.on('error', () => {});
+      await once(s, 'connect');
+      const clientPort = s.localPort as number;
+      const answer = readToClose(s);
+      s.write(Buffer.concat([Buffer.from([0x05, 0x01, 0x02]), authMessage('', PASSWORD), connectRequest(origin.port)]));
+      const { bytes, isClosedByGateway } = await answer;
+      return { hex: bytes.toString('hex'), clientPort, isClosedByGateway };
+    };
+    for (let i = 0; i < 6; i++) {
+      const { hex, clientPort, isClosedByGateway } = await attempt();
+      expect(hex).toBe('05020101');
+      expect(isClosedByGateway).toBe(true);
+      const rec = await gw.waitForClosed((r) => r.client.port === clientPort && r.client.ip === '127.0.0.77');
+      expect(gw.closed.filter((r) => r.client.port === clientPort && r.client.ip === '127.0.0.77')).toHaveLength(1);
+      expect([rec.protocol, rec.verdict, rec.enforced, rec.reason, rec.closeReason, rec.identity.user, rec.destination]).toEqual([
+        'socks5', 'block', true, 'auth-required', 'auth-required', null, { host: null, ip: null, port: null },
+      ]);
+    }
+    // Six failures, counted as wrong passwords are: the sixth from that address waited its turn.
+    expect((await identityMetric('gw_identity_auth_failures_total{reason="bad-credentials"}')) - failuresBefore).toBe(6);
+    expect((await identityMetric('gw_identity_auth_throttled_total')) - throttledBefore).toBe(1);
+    expect(origin.done.length).toBe(0);
+
+    // curl's own empty username, as a user would try it: refused (curl says 1 1), one record.
+    const before = gw.closed.filter((r) => r.protocol === 'socks5' && r.closeReason === 'auth-required').length;
+    const r = await run('curl', ['-sS', '--socks5', `${gw.socksHost}:${gw.socksPort}`, '--proxy-user', ':', `http://127.0.0.1:${origin.port}/`]);
+    expect(r.code).toBe(97);
+    await until('the curl login recorded', () => gw.closed.filter((x) => x.protocol === 'socks5' && x.closeReason === 'auth-required').length === before + 1);
+    expect(origin.done.length).toBe(0);
+  });
+
   it('the right password still gets through, with its usual record and no refusal record', async () => {
     const before = origin.done.length;
     const { socket } = await SocksClient.createConnection({

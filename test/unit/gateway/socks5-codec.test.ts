@@ -44,9 +44,14 @@ describe('RFC 1929 username/password', () => {
     everyPrefixNeeds(parseUserPass, msg);
     expect(parseUserPass(Buffer.concat([b(1, 1), Buffer.from('u'), b(0)]))).toMatchObject({ kind: 'ok', value: { password: '' } });
   });
-  it('rejects a bad sub-negotiation version and an empty username', () => {
+  it('rejects a bad sub-negotiation version', () => {
     expect(parseUserPass(b(5, 1, 0x61, 1, 0x62)).kind).toBe('error');
-    expect(parseUserPass(b(1, 0, 0)).kind).toBe('error');
+  });
+  it('parses an empty username (a failed login for identity resolution, not a protocol error)', () => {
+    const msg = b(1, 0, 2, 0x70, 0x77);
+    expect(parseUserPass(msg)).toEqual({ kind: 'ok', value: { username: '', password: 'pw' }, consumed: 5 });
+    everyPrefixNeeds(parseUserPass, msg);
+    expect(parseUserPass(b(1, 0, 0))).toEqual({ kind: 'ok', value: { username: '', password: '' }, consumed: 3 });
   });
 });
 
