@@ -34,6 +34,7 @@ import { createSocksServer } from './gateway/listeners/socks5.ts';
 import { createLogger } from './gateway/log.ts';
 import { PolicyStore } from './gateway/policy-store.ts';
 import { createDnsResolver } from './gateway/upstream/resolve.ts';
+import { UdpRelayAddresses } from './gateway/udp-relay-addresses.ts';
 import type { Config } from './policy/config.ts';
 import type { Alert } from './policy/detectors/types.ts';
 import type { Mode } from './policy/types.ts';
@@ -211,6 +212,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     },
     log,
     selfAddresses,
+    udpRelays: new UdpRelayAddresses(),
     isDraining: () => draining,
     isRefusingUnrecorded: () => flowLog.isFailing && policy.current().config.flowLog.onError === 'refuse',
     flowLogBacklog: () => flowLog.status().backlogRecords,

@@ -7,7 +7,7 @@
  *  4. local process attribution (clients on the gateway's own host), in parallel with
  *  5. resolve: IP literal, `resolver.hosts`, then DNS — the one address that is classified and dialled
  *     (in enforce mode a name the roles can never admit is refused unresolved, its process named)
- *  6. never the gateway's own listeners
+ *  6. never the gateway's own listeners (nor, for UDP, a live association's relay socket)
  *  7. policy decide (deny-range, role allowlist, mode) → block / would-block / allow
  *  8. detection hooks: quarantine and process-name detectors; byte budget
  *  9. upstream: a parent proxy for the identity's roles, if any
@@ -147,9 +147,8 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   if (attribution) await attachProcess(ctx, flow, attribution);
   if (ip) ctx.flows.setDestinationIp(flow, ip);
   // 6. self-dial
-  if (ip && isSelf(ctx, ip, req.destPort)) {
-    return refuse(ctx, flow, fixed('deny-range', 'policy.deny-range', mode, [`${ip}:${req.destPort} is a listener of this gateway`]));
-  }
+  const self = ip ? selfKind(ctx, ip, req.destPort, req.protocol) : null;
+  if (self !== null) return refuse(ctx, flow, fixed('deny-range', 'policy.deny-range', mode, [`${ip}:${req.destPort} is ${self} of this gateway`]));
   // 7. policy
   const decision = snapshot.decide(factsOf(flow, req.protocol, req.destHost, req.destPort, ip), ctx.flows.now(), override);
   ctx.flows.decide(flow, decision, decision.verdict === 'block');
@@ -421,14 +420,25 @@ function selfPortSet(addresses: ReadonlySet<string>): Set<number> {
   return selfPorts.ports;
 }
 
-function isSelf(ctx: GatewayContext, ip: string, port: number): boolean {
-  // Most destinations are not on a port the gateway listens on: no string building for those.
-  if (!selfPortSet(ctx.selfAddresses).has(port)) return false;
+/**
+ * Whether `ip:port` is the gateway's own, and what: one of its listeners, or (a UDP destination) the
+ * relay socket of a live SOCKS5 UDP association, its own or another's. Sending there would loop
+ * through the gateway, and a relay whose client on this host associated for any port would take the
+ * datagram for its client's and relay it on under that client's identity. Null: not the gateway's.
+ */
+function selfKind(ctx: GatewayContext, ip: string, port: number, protocol: Protocol): 'a listener' | 'a UDP relay' | null {
+  const isListenerPort = selfPortSet(ctx.selfAddresses).has(port);
+  const isRelayPort = protocol === 'socks5-udp' && ctx.udpRelays.hasPort(port);
+  // Most destinations are not on a port the gateway listens or relays on: no string building for those.
+  if (!isListenerPort && !isRelayPort) return null;
   const bare = dialledForm(ip);
+  // Relays are bound on the address their client reached (never a wildcard): that address only.
+  if (isRelayPort && ctx.udpRelays.has(bare, port)) return 'a UDP relay';
+  if (!isListenerPort) return null;
   const key = bare.includes(':') ? `[${bare}]:${port}` : `${bare}:${port}`;
-  if (ctx.selfAddresses.has(key)) return true;
+  if (ctx.selfAddresses.has(key)) return 'a listener';
   // A listener on a wildcard address answers on every local address.
-  return (ctx.selfAddresses.has(`0.0.0.0:${port}`) || ctx.selfAddresses.has(`[::]:${port}`)) && isLocalAddress(bare);
+  return (ctx.selfAddresses.has(`0.0.0.0:${port}`) || ctx.selfAddresses.has(`[::]:${port}`)) && isLocalAddress(bare) ? 'a listener' : null;
 }
 
 /** The answer for one more destination of an already-open flow (see admitDestination). */
@@ -457,8 +467,9 @@ export async function admitDestination(ctx: GatewayContext, flow: RoutedFlow, de
   let ip: string | null = knownAddress(snapshot, destHost);
   let dnsError: GatewayErrorCode | null = null;
   if (ip === null) ({ ip, dnsError } = lookedUp ?? (await lookUp(ctx, destHost, flow.client.ip)));
-  if (ip && isSelf(ctx, ip, destPort)) {
-    const d = fixed('deny-range', 'policy.deny-range', mode, [`${ip}:${destPort} is a listener of this gateway`]);
+  const self = ip ? selfKind(ctx, ip, destPort, flow.protocol) : null;
+  if (self !== null) {
+    const d = fixed('deny-range', 'policy.deny-range', mode, [`${ip}:${destPort} is ${self} of this gateway`]);
     return { ok: false, decision: d, reject: mapDecision(d), reason: d.reasons[0] as string, ip };
   }
   const decision = snapshot.decide(factsOf(flow, flow.protocol, destHost, destPort, ip), ctx.flows.now(), override);

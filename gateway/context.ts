@@ -5,6 +5,7 @@
 import type { Identity, Mode, PolicySnapshot, ProcessInfo } from '../policy/types.ts';
 import type { Flow, FlowLeg, KnownDestination, RoutedFlow } from './flow/flow.ts';
 import type { FlowTable } from './flow/flow-table.ts';
+import type { UdpRelayAddresses } from './udp-relay-addresses.ts';
 
 /** The current policy: one reference, swapped on reload (gateway/policy-store.ts implements it). */
 export interface PolicySource {
@@ -110,6 +111,8 @@ export interface GatewayContext {
   readonly log: Logger;
   /** "ip:port" of every listener of this gateway: never dialled. */
   readonly selfAddresses: Set<string>;
+  /** The live SOCKS5 UDP associations' relay sockets: never a UDP destination either. */
+  readonly udpRelays: UdpRelayAddresses;
   /** True once SIGTERM started draining: refuse new flows. */
   isDraining(): boolean;
   /**

@@ -2,7 +2,8 @@
  * SOCKS5 UDP ASSOCIATE relay (RFC 1928 §7): one association per TCP control connection, one flow.
  *
  *  1. bind a dgram socket (udp4/udp6 like the control connection) on the listener's IP, port 0,
- *     and reply with its address
+ *     and reply with its address; while it is bound its address is one of the gateway's own
+ *     (ctx.udpRelays), which no association may name as a destination
  *  2. accept datagrams only from the control connection's client IP; the request's DST.PORT, if
  *     non-zero, narrows it to that port, otherwise the first datagram's source port is locked in
  *  3. parse the SOCKS UDP header in place (no allocation); FRAG != 0, malformed headers and
@@ -12,8 +13,8 @@
  *     up (needsLookUp, lookUp) side by side with the others, so one whose DNS never answers holds up no other
  *     destination; then, as its answer comes, the first destination admitted goes through `admit`
  *     (opens the flow: limits, attribution — the process holding the datagram socket, else the
- *     control connection's —, policy, deny-range, detection hooks; one at a time while no flow is
- *     open), later ones through `admitDestination` (self-dial, policy incl. deny-range, and the
+ *     control connection's —, self-dial, policy, deny-range, detection hooks; one at a time while no
+ *     flow is open), later ones through `admitDestination` (self-dial, policy incl. deny-range, and the
  *     connect-time detection a new flow would meet; a refusal leaves its own refused record). Up to
  *     MAX_QUEUED datagrams wait while a destination is being admitted, within ASSOCIATION_HELD_BYTES for the
  *     association and the listener's gateway-wide share (UdpRelayLedger), for at most MAX_PENDING
@@ -108,6 +109,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
    */
   let isOpening = false;
   let bound = false;
+  /** The relay's entry in the gateway's live relay addresses (ctx.udpRelays) while it is bound. */
+  let relayKey: string | null = null;
   let activity = 0;
   let idleTimer: NodeJS.Timeout | null = null;
   const hdr = newUdpHeader();
@@ -141,6 +144,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     if (ended) return;
     bound = true;
     const addr = relay.address();
+    // From now on no association's destination may be this relay (admission refuses it: deny-range).
+    relayKey = ctx.udpRelays.add(addr.address, addr.port);
     socket.write(encodeReply(SOCKS_REP.succeeded, addr.address, addr.port));
     // The control connection carries nothing more; read and drop so a flood cannot queue.
     socket.on('data', discard);
@@ -472,6 +477,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     if (idleTimer) clearInterval(idleTimer);
     relay.removeListener('message', onClientMessage);
     closeQuietly(relay);
+    if (relayKey !== null) ctx.udpRelays.delete(relayKey);
     if (up4) closeQuietly(up4);
     if (up6) closeQuietly(up6);
     socket.removeListener('end', onControlEnd);

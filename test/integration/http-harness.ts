@@ -179,6 +179,7 @@ import { createIdentityResolver } from '../../gateway/identity/identity-resolver
 import { closeOriginPools, createHttpProxy, type HttpProxyOptions } from '../../gateway/listeners/http-proxy.ts';
 import { PolicyStore } from '../../gateway/policy-store.ts';
 import { createDnsResolver } from '../../gateway/upstream/resolve.ts';
+import { UdpRelayAddresses } from '../../gateway/udp-relay-addresses.ts';
 import type { Config } from '../../policy/config.ts';
 import { type DeepPartial, testConfig } from '../helpers/gateway.ts';
 
@@ -224,6 +225,7 @@ export async function startLocalGateway(
     detection: opts.detection ?? null,
     log,
     selfAddresses,
+    udpRelays: new UdpRelayAddresses(),
     isDraining: () => false,
   };
   flows.on('close', (flow: { toRecord(now: number): FlowRecord; endedAt: number | null }) => closed.push(flow.toRecord(flow.endedAt ?? Date.now())));

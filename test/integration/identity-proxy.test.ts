@@ -20,6 +20,7 @@ import { signIdentityToken } from '../../gateway/identity/signed-header.ts';
 import { createHttpProxy } from '../../gateway/listeners/http-proxy.ts';
 import { createSocksServer } from '../../gateway/listeners/socks5.ts';
 import { PolicyStore } from '../../gateway/policy-store.ts';
+import { UdpRelayAddresses } from '../../gateway/udp-relay-addresses.ts';
 import { type Config, defaultConfig } from '../../policy/config.ts';
 import { createTestPki, hasOpenssl, type TestPki } from '../helpers/tls.ts';
 import { type Origin, run, startOrigin } from './http-harness.ts';
@@ -56,6 +57,7 @@ class MiniGateway {
       detection: null,
       log: { info: () => {}, warn: (o, msg) => this.logs.push({ msg, ...o }), error: (o, msg) => this.logs.push({ msg, ...o }) },
       selfAddresses: new Set(),
+      udpRelays: new UdpRelayAddresses(),
       isDraining: () => false,
     };
   }

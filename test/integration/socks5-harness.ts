@@ -12,6 +12,7 @@ import type { FlowRecord } from '../../gateway/flow/flow.ts';
 import type { FlowSink } from '../../gateway/flow/flow-log.ts';
 import { FlowTable } from '../../gateway/flow/flow-table.ts';
 import { createSocksServer, type SocksServer } from '../../gateway/listeners/socks5.ts';
+import { UdpRelayAddresses } from '../../gateway/udp-relay-addresses.ts';
 import { compilePolicy } from '../../policy/compile.ts';
 import type { Config } from '../../policy/config.ts';
 import { type DeepPartial, startTestGateway, testConfig } from '../helpers/gateway.ts';
@@ -100,6 +101,7 @@ export async function startBareSocksGateway(
     detection,
     log,
     selfAddresses,
+    udpRelays: new UdpRelayAddresses(),
     isDraining: () => false,
   };
   flows.on('close', (flow: { toRecord(now: number): FlowRecord; endedAt: number | null }) => {
