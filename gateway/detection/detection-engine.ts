@@ -287,11 +287,12 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     // reports it, so admission could not tell a quarantined process from its host's others.
     const quarantined = quarantineOf(flow, mode, now);
     if (quarantined) {
+      // A verdict after admission, as a detector's: the admission's stays the one /metrics counts.
       if (mode === 'enforce') {
-        flows.decide(flow, quarantined, true);
+        flows.redecide(flow, quarantined, true);
         flows.kill(flow.id, 'quarantine');
       } else if (flow.verdict === 'allow') {
-        flows.decide(flow, quarantined, false);
+        flows.redecide(flow, quarantined, false);
       }
       return;
     }

@@ -145,6 +145,32 @@ describe('an0081.proxyware at connect, process named by an agent report', () => 
     expect(decisions).toEqual(['gw_policy_decisions_total{verdict="allow",reason="allowed"} 1']);
   });
 
+  // Regression: the quarantine branch of the late-report re-evaluation still replaced the verdict with
+  // FlowTable.decide, so a second tunnel of a quarantined process killed before the first sweep was
+  // counted gw_policy_decisions_total{verdict="block",reason="quarantine"}, one killed after it as allowed.
+  it('enforce: a tunnel killed by a late report into quarantine counts as allowed at admission in /metrics', async () => {
+    gw = await startTestGateway({ mode: 'enforce', identity: { agents: [testAgent] }, detection: { sampleIntervalMs: 60_000 } });
+    const ports = [await freePort(CLIENT_IP), await freePort(CLIENT_IP)];
+    for (const [i, localPort] of ports.entries()) {
+      const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: CLIENT_IP, localPort });
+      expect(a.status).toBe(200);
+      a.socket.on('error', () => undefined);
+      await echoRoundTrip(a.socket, Buffer.from(`tunnel ${i}`));
+    }
+    for (const [i, localPort] of ports.entries()) {
+      const ans = await reportProcesses(gw.adminUrl, 'ws-pw', [
+        { localIp: CLIENT_IP, localPort, remoteIp: gw.httpHost, remotePort: gw.httpPort, pid: 31340, name: 'honeygain', user: 'bob', loginuid: 1001 },
+      ]);
+      expect(ans.attributed).toBe(1);
+      const rec = await gw.waitForClosed((r) => r.client.port === localPort);
+      // The first is killed by the detector, the second by the quarantine the first put its process in.
+      expect(rec.closeReason).toBe(i === 0 ? 'an0081.proxyware' : 'quarantine');
+    }
+    const { text } = await adminGet(gw, '/metrics');
+    const decisions = text.split('\n').filter((l) => l.startsWith('gw_policy_decisions_total{'));
+    expect(decisions).toEqual(['gw_policy_decisions_total{verdict="allow",reason="allowed"} 2']);
+  });
+
   it('a plain process name from the same agent passes with no alert (the test can fail)', async () => {
     gw = await start('enforce');
     const localPort = await reportAhead(gw, 'backupd');
