@@ -126,7 +126,10 @@ export class Flow {
   closeReason: string | null = null;
   /** Community ID, computed the first time a record needs it (a SHA-1 per flow is not free). */
   private cid: string | null | undefined = undefined;
-  /** Did the upstream dial succeed? false = failed/refused connect (the scan detectors read it). */
+  /**
+   * Did the upstream dial succeed (or the gateway answer the request itself as its final recipient:
+   * TRACE/OPTIONS with Max-Forwards 0)? false = failed/refused connect (the scan detectors read it).
+   */
   isConnected = false;
   /** Byte budget towards the destination (an0080.bulk-upload kill); Infinity = none. The tunnel enforces it. */
   budgetOut = Number.POSITIVE_INFINITY;

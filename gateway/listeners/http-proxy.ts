@@ -319,7 +319,12 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
  */
 function answerAsFinalRecipient(state: HttpListenerState, admitted: Admitted, req: IncomingMessage, res: ServerResponse): void {
   const { flow, snapshot } = admitted;
-  if (flow.state === 'active') state.ctx.flows.close(flow, 'closed');
+  if (flow.state === 'active') {
+    // An exchange completed as its record says (allow, closed), not a failed connect: a flow that
+    // never connected is folded as one, and a few of these to as many ports made an0081.scan.
+    state.ctx.flows.markConnected(flow);
+    state.ctx.flows.close(flow, 'closed');
+  }
   const isLast = !req.complete || state.ctx.isDraining();
   const headers: string[] = [];
   if (isLast) headers.push('connection', 'close');

@@ -4,6 +4,7 @@
  * `quarantine`) while another identity is not; monitored, the alert says would-block and nothing
  * is refused. The same fan-out over SOCKS5 (the `socks` client) is caught too.
  */
+import { request } from 'node:http';
 import { SocksClient } from 'socks';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Mode } from '../../policy/types.ts';
@@ -131,6 +132,37 @@ describe('an0081.scan over HTTP CONNECT', () => {
     await waitForSweeps(gw.flows, 3);
     expect(gw.alerts.list().filter((a) => a.detector === 'an0081.scan')).toEqual([]);
     await goodTunnel(gw, '127.0.0.4');
+  });
+});
+
+/** An absolute-URI request through the HTTP listener from `localAddress`: its status. */
+function proxiedStatus(g: TestGateway, localAddress: string, method: string, url: string, headers: Record<string, string>): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: g.httpHost, port: g.httpPort, localAddress, method, path: url, headers, agent: false }, (res) => {
+      res.resume();
+      res.once('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.once('error', reject);
+    req.end();
+  });
+}
+
+describe('an0081.scan and requests the gateway answers itself', () => {
+  // Regression: an OPTIONS or TRACE with Max-Forwards 0, answered by the gateway (RFC 9110 §7.6.2)
+  // without dialling, was folded into the detectors as a failed connect (the flow never connected):
+  // ten of them to ten ports tripped an0081.scan and quarantined the client.
+  it('enforce: OPTIONS and TRACE with Max-Forwards 0 to many ports are no failed attempts', async () => {
+    gw = await start('enforce');
+    const client = '127.0.0.5';
+    const ports = await refusingPorts('127.0.0.1', FANOUT);
+    const statuses: number[] = [];
+    for (const [i, port] of ports.entries()) {
+      statuses.push(await proxiedStatus(gw, client, i % 2 === 0 ? 'OPTIONS' : 'TRACE', `http://127.0.0.1:${port}/`, { 'max-forwards': '0' }));
+    }
+    expect(statuses).toEqual(ports.map(() => 200));
+    await waitForSweeps(gw.flows, 3);
+    expect(gw.alerts.list().filter((a) => a.detector === 'an0081.scan')).toEqual([]);
+    await goodTunnel(gw, client);
   });
 });
 
