@@ -86,9 +86,10 @@ export interface DetectionHooks {
   /**
    * A destination a flow that relays to several (SOCKS5 UDP) now relays to, as `leg`: it counts
    * towards the identity's fan-out and domains, and gets its own byte budget (`leg.budgetOut`,
-   * `leg.onBudget`) and sweep judgement on its own bytes, as a flow to it alone would.
+   * `leg.onBudget`) and sweep judgement on its own bytes, as a flow to it alone would. A leg whose
+   * `destination` is not `destination` is shared (FlowTable.addLeg at its bound): fan-out only.
    */
-  onRelayed(flow: RoutedFlow, leg: FlowLeg, snapshot: PolicySnapshot): void;
+  onRelayed(flow: RoutedFlow, leg: FlowLeg, snapshot: PolicySnapshot, destination: KnownDestination): void;
   /** A byte budget towards the destination for this flow, or null. */
   uploadBudget(flow: RoutedFlow, snapshot: PolicySnapshot): number | null;
   /** A connect failed or was refused (feeds scan detection). */

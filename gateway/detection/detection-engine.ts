@@ -402,9 +402,14 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       return judgeConnect(flow, { ...facts(flow), destHost: destination.host, destPort: destination.port, destIp: destination.ip }, snapshot, mode);
     },
 
-    onRelayed(flow: RoutedFlow, leg: FlowLeg, snapshot: PolicySnapshot): void {
+    onRelayed(flow: RoutedFlow, leg: FlowLeg, snapshot: PolicySnapshot, destination: KnownDestination): void {
       // It counts towards the identity's fan-out and domains like a new flow, and its bytes are
-      // judged apart from the other destinations' (each sweep, and at its own byte budget).
+      // judged apart from the other destinations' (each sweep, and at its own byte budget). A shared
+      // leg (the gateway's bound on legs) already has its tracking and budget: fan-out only.
+      if (leg.destination !== destination) {
+        state.observeDestination({ ...view(flow, 'open'), destination, startedAtMs: flows.now() }, folded);
+        return;
+      }
       state.observeDestination(legView(flow, leg, 'open'), folded);
       const { host, ip, port } = leg.destination;
       const budget = budgetFor(flow, { ...facts(flow), destHost: host, destPort: port, destIp: ip }, leg.destination, leg.key, leg, snapshot);

@@ -17,6 +17,12 @@ import type { FlowSink } from './flow-log.ts';
 import { LiveFlows } from './live-flows.ts';
 import { processBytes } from '../pending-reports.ts';
 
+/**
+ * Legs (per-destination counters of SOCKS5 UDP associations) the gateway keeps at most; beyond, a new
+ * destination shares its association's newest leg. Well under the detectors' 500,000 tracked flows.
+ */
+export const MAX_LIVE_LEGS = 100_000;
+
 export interface FlowTableOptions {
   sink: FlowSink;
   /** How many closed flows to keep for the admin API. */
@@ -26,6 +32,8 @@ export interface FlowTableOptions {
   sampleIntervalMs?: number;
   /** Injected clock (tests, replay). */
   now?: () => number;
+  /** Bound on live legs (default MAX_LIVE_LEGS; tests set it low). */
+  maxLiveLegs?: number;
 }
 
 export interface FlowFilter {
@@ -83,6 +91,9 @@ export class FlowTable extends EventEmitter {
   private timer: NodeJS.Timeout | null = null;
   private readonly idPrefix = randomBytes(3).toString('hex');
   private seq = 0;
+  /** Legs of live flows (addLeg), bounded by maxLiveLegs. */
+  private liveLegs = 0;
+  private readonly maxLiveLegs: number;
   readonly now: () => number;
   readonly sink: FlowSink;
   totalOpened = 0;
@@ -94,6 +105,7 @@ export class FlowTable extends EventEmitter {
     super();
     this.sink = opts.sink;
     this.keepClosed = opts.keepClosed ?? 10_000;
+    this.maxLiveLegs = opts.maxLiveLegs ?? MAX_LIVE_LEGS;
     this.interimMs = (opts.interimSec ?? 60) * 1000;
     this.sampleIntervalMs = opts.sampleIntervalMs ?? 1000;
     this.now = opts.now ?? Date.now;
@@ -172,11 +184,18 @@ export class FlowTable extends EventEmitter {
 
   /**
    * One more destination relayed to by a flow that relays to several (a SOCKS5 UDP association):
-   * its own counters and budget, which the detectors judge (flow.ts, FlowLeg).
+   * its own counters and budget, which the detectors judge (flow.ts, FlowLeg). Returns the flow's
+   * newest leg instead when the gateway holds MAX_LIVE_LEGS (its `destination` then is another's).
    */
   addLeg(flow: RoutedFlow, destination: KnownDestination): FlowLeg {
     flow.legs ??= [];
     const legs = flow.legs;
+    // Past MAX_LIVE_LEGS gateway-wide, a new destination shares its association's newest leg (judged
+    // on their bytes together, never fewer): each leg is an entry in the detectors' tracked flows, and
+    // unbounded legs would push other identities' live flows out of it (their bytes then counted twice).
+    const newest = legs[legs.length - 1];
+    if (newest !== undefined && this.liveLegs >= this.maxLiveLegs) return newest;
+    this.liveLegs++;
     const leg: FlowLeg = {
       key: `${flow.id}#${legs.length}`,
       destination,
@@ -259,6 +278,7 @@ export class FlowTable extends EventEmitter {
     this.emit('close', flow);
     // The detectors have folded each destination's bytes ('close'); the admin API's ring keeps the
     // record's totals, not up to 4,096 destinations' counters and budget closures.
+    if (flow.legs !== null) this.liveLegs -= flow.legs.length;
     flow.legs = null;
   }
 

@@ -429,8 +429,9 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   /** Relay to an admitted destination from now on: its own counters and budget (the flow's leg to it). */
   function allowDest(f: RoutedFlow, dest: Destination, ip: string): void {
     pending--;
-    const leg = ctx.flows.addLeg(f, { host: dest.host, ip, port: dest.port });
-    ctx.detection?.onRelayed(f, leg, ctx.policy.current());
+    const destination = { host: dest.host, ip, port: dest.port };
+    const leg = ctx.flows.addLeg(f, destination);
+    ctx.detection?.onRelayed(f, leg, ctx.policy.current(), destination);
     dests.allow(dest, ip, leg);
     admitted++;
     const queued = dest.queue ?? [];

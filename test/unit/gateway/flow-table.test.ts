@@ -202,3 +202,32 @@ describe('FlowTable', () => {
     expect(last.identity.process?.pid).toBe(7);
   });
 });
+
+describe('FlowTable legs (SOCKS5 UDP destinations)', () => {
+  const udp = (port: number) => ({ ...init(port), protocol: 'socks5-udp' as const, listener: 'socks' as const });
+  const dest = (port: number) => ({ host: '127.0.0.9', ip: '127.0.0.9', port });
+
+  it('gives each destination its own leg up to the bound, then shares the newest; a closed flow frees its legs', () => {
+    const now = { t: 1_000_000 };
+    const written: FlowRecord[] = [];
+    const flows = new FlowTable({ sink: { write: (r) => written.push(r), flush: async () => {} }, now: () => now.t, maxLiveLegs: 3 });
+    const a = flows.open(udp(40000));
+    const b = flows.open(udp(40001));
+    if (a.destination.host === null || b.destination.host === null) throw new Error('routed flows expected');
+    const a1 = flows.addLeg(a, dest(1));
+    const a2 = flows.addLeg(a, dest(2));
+    const b1 = flows.addLeg(b, dest(3));
+    expect(new Set([a1.key, a2.key, b1.key]).size).toBe(3);
+    // At the bound: b's next destination shares b's newest leg, a's shares a's.
+    expect(flows.addLeg(b, dest(4))).toBe(b1);
+    expect(flows.addLeg(a, dest(5))).toBe(a2);
+    expect(b.legs).toEqual([b1]);
+    flows.close(a, 'closed');
+    expect(a.legs).toBeNull();
+    // a's two legs are free again.
+    const b2 = flows.addLeg(b, dest(6));
+    expect(b2).not.toBe(b1);
+    expect(b2.destination.port).toBe(6);
+    expect(b.legs).toHaveLength(2);
+  });
+});
