@@ -188,8 +188,12 @@ export class Flow {
     this.enforced = enforced;
   }
 
-  /** Community ID v1 of the flow (null until the dialled address is known). */
+  /**
+   * Community ID v1 of the flow: null until the dialled address is known, and for a flow refused
+   * before any dial (no packet ever went to that address, so there is no flow on the wire to join).
+   */
   get communityId(): string | null {
+    if (this.verdict === 'block' && !this.isConnected) return null;
     if (this.cid === undefined) {
       const { ip, port } = this.destination;
       if (ip === null || port === null) this.cid = null;

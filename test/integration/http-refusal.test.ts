@@ -74,6 +74,9 @@ describe('policy refusals (enforce mode, not allowlisted)', () => {
     expect(a.body).toMatchObject({ error: 'egress denied', reason: 'not-allowlisted' });
     const rec = await gw.waitForClosed((f) => f.id === a.body.flowId);
     expect(rec).toMatchObject({ protocol: 'http', verdict: 'block', enforced: true, closeReason: 'not-allowlisted', bytesOut: 0, bytesIn: 0 });
+    // The address is known (an IP literal) but was never dialled: no flow on the wire to hash.
+    expect(rec.destination.ip).toBe('127.0.0.1');
+    expect(rec.communityId).toBeNull();
     expect(origin.seen.length).toBe(before);
   });
 
@@ -85,6 +88,8 @@ describe('policy refusals (enforce mode, not allowlisted)', () => {
     expect(body).toMatchObject({ error: 'egress denied', reason: 'not-allowlisted' });
     const rec = await gw.waitForClosed((f) => f.id === body.flowId);
     expect(rec).toMatchObject({ protocol: 'connect', verdict: 'block', closeReason: 'not-allowlisted', bytesOut: 0, bytesIn: 0 });
+    expect(rec.destination.ip).toBe('127.0.0.1');
+    expect(rec.communityId).toBeNull();
   });
 });
 
@@ -112,6 +117,8 @@ describe('deny-range (no allowRanges for loopback)', () => {
     const rec = await gw.waitForClosed((f) => f.id === body.flowId);
     expect(rec).toMatchObject({ verdict: 'block', closeReason: 'deny-range', bytesOut: 0, bytesIn: 0 });
     expect(rec.destination.ip).toBe('127.0.0.1');
+    // Classified, never dialled: Zeek and Suricata saw no such flow, so there is nothing to join.
+    expect(rec.communityId).toBeNull();
     expect(origin.seen.length).toBe(before);
   });
 
@@ -148,6 +155,8 @@ describe('upstream failures and limits', () => {
     expect(body).toMatchObject({ error: 'destination unreachable', reason: 'connection-refused' });
     const rec = await gw.waitForClosed((f) => f.id === body.flowId);
     expect(rec).toMatchObject({ verdict: 'allow', closeReason: 'connection-refused', bytesOut: 0, bytesIn: 0 });
+    // The dial was tried (a SYN answered by a reset: a REJ connection in Zeek), so it has its hash.
+    expect(rec.communityId).toMatch(/^1:[A-Za-z0-9+/]{27}=$/);
   });
 
   it('an origin that never answers its headers: 504 after the idle timeout', async () => {
@@ -173,6 +182,7 @@ describe('upstream failures and limits', () => {
     expect(body.reason).toBe('deny-range');
     const rec = await gw.waitForClosed((f) => f.id === body.flowId);
     expect(rec).toMatchObject({ verdict: 'block', closeReason: 'deny-range' });
+    expect(rec.communityId).toBeNull();
   });
 
   it('a name that does not resolve: 502 dns-failed', async () => {
