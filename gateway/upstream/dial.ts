@@ -4,8 +4,8 @@
  * turned into EGW_* codes here, once.
  */
 import { connect, type Socket } from 'node:net';
-import { SocksClient } from 'socks';
 import { dialErrorCode, GatewayError } from '../errors.ts';
+import { socks5ParentHandshake } from './socks5-parent.ts';
 
 export interface DialTarget {
   /** The checked address; never re-resolved. */
@@ -113,23 +113,12 @@ async function dialViaHttp(host: string, port: number, url: URL, target: DialTar
 }
 
 async function dialViaSocks(host: string, port: number, url: URL, target: DialTarget): Promise<Socket> {
+  let socket: Socket;
   try {
-    const { socket } = await SocksClient.createConnection({
-      proxy: {
-        host,
-        port,
-        type: 5,
-        userId: url.username ? decodeURIComponent(url.username) : undefined,
-        password: url.password ? decodeURIComponent(url.password) : undefined,
-      },
-      command: 'connect',
-      destination: { host: target.ip, port: target.port },
-      timeout: target.timeoutMs,
-    });
-    socket.setNoDelay(true);
-    return socket;
+    socket = await dialDirect(host, port, target.timeoutMs);
   } catch (err) {
-    const message = err instanceof Error ? err.message : String(err);
-    throw new GatewayError('EGW_UPSTREAM_PROXY', `parent SOCKS proxy: ${message}`, { cause: err });
+    throw new GatewayError('EGW_UPSTREAM_PROXY', `parent SOCKS proxy ${host}:${port} unreachable`, { cause: err });
   }
+  const login = url.username || url.password ? { username: decodeURIComponent(url.username), password: decodeURIComponent(url.password) } : null;
+  return socks5ParentHandshake(socket, target.ip, target.port, login, target.timeoutMs);
 }

@@ -1,0 +1,117 @@
+/**
+ * The client side of a SOCKS5 parent proxy (RFC 1928 CONNECT, RFC 1929 login), driven on a socket
+ * gateway/upstream/dial.ts has already connected to the parent. That socket is ours, made with
+ * allowHalfOpen: a destination's FIN relayed by the parent ends only that direction, and what the
+ * client still sends reaches the destination (the `socks` package's own socket closed both).
+ *
+ *  1. greeting: no-auth, plus username/password when the parent's URL carries credentials
+ *  2. RFC 1929 login if the parent picks it
+ *  3. CONNECT to the IP literal admission checked (never a name: the parent resolves nothing for us)
+ *  4. the reply; bytes after it belong to the destination and are put back on the socket
+ *
+ * The encoders and the reply reader are pure; socks5ParentHandshake() drives the socket.
+ */
+import type { Socket } from 'node:net';
+import { GatewayError } from '../errors.ts';
+import { AUTH_VERSION, encodeAddress, METHOD, SOCKS_VERSION } from '../protocol/socks5-codec.ts';
+
+export interface ParentLogin {
+  username: string;
+  password: string;
+}
+
+/** VER NMETHODS METHODS: no-auth, and username/password when we have a login to offer. */
+export function encodeParentGreeting(login: ParentLogin | null): Buffer {
+  return login ? Buffer.from([SOCKS_VERSION, 2, METHOD.noAuth, METHOD.userPass]) : Buffer.from([SOCKS_VERSION, 1, METHOD.noAuth]);
+}
+
+/** RFC 1929: VER ULEN UNAME PLEN PASSWD (each at most 255 bytes, UTF-8). */
+export function encodeParentLogin(login: ParentLogin): Buffer {
+  const user = Buffer.from(login.username, 'utf8');
+  const pass = Buffer.from(login.password, 'utf8');
+  if (user.length > 255 || pass.length > 255) throw new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy credentials longer than 255 bytes');
+  return Buffer.concat([Buffer.from([AUTH_VERSION, user.length]), user, Buffer.from([pass.length]), pass]);
+}
+
+/** VER CMD(CONNECT) RSV ATYP ADDR PORT for an IP literal. */
+export function encodeParentConnect(ip: string, port: number): Buffer {
+  return Buffer.concat([Buffer.from([SOCKS_VERSION, 0x01, 0x00]), encodeAddress(ip, port)]);
+}
+
+/** The length of the CONNECT reply at the start of `buf`, or 0 while more bytes are needed; -1 if malformed. */
+export function parentReplyLength(buf: Buffer): number {
+  if (buf.length < 5) return 0;
+  if (buf[0] !== SOCKS_VERSION) return -1;
+  const atyp = buf[3];
+  const addr = atyp === 0x01 ? 4 : atyp === 0x04 ? 16 : atyp === 0x03 ? 1 + (buf[4] as number) : -1;
+  if (addr < 0) return -1;
+  const total = 4 + addr + 2;
+  return buf.length >= total ? total : 0;
+}
+
+/** Run steps 1-4 on a connected socket; resolves with it paused, ready for payload bytes. */
+export function socks5ParentHandshake(socket: Socket, ip: string, port: number, login: ParentLogin | null, timeoutMs: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    let buf: Buffer = Buffer.alloc(0);
+    let step: 'method' | 'login' | 'reply' = 'method';
+    const timer = setTimeout(() => fail(new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy did not answer in time')), timeoutMs);
+    const cleanup = (): void => {
+      clearTimeout(timer);
+      socket.removeListener('data', onData);
+      socket.removeListener('error', fail);
+      socket.removeListener('end', onEnd);
+    };
+    function fail(err: Error): void {
+      cleanup();
+      socket.destroy();
+      reject(err instanceof GatewayError ? err : new GatewayError('EGW_UPSTREAM_PROXY', `parent SOCKS proxy: ${err.message}`, { cause: err }));
+    }
+    const onEnd = (): void => fail(new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy closed during its handshake'));
+    function onData(chunk: Buffer): void {
+      buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+      try {
+        advance();
+      } catch (err) {
+        fail(err as Error);
+      }
+    }
+    function advance(): void {
+      if (step === 'method') {
+        if (buf.length < 2) return;
+        if (buf[0] !== SOCKS_VERSION) throw new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy answered with another protocol');
+        const method = buf[1];
+        buf = buf.subarray(2);
+        if (method === METHOD.userPass && login) {
+          socket.write(encodeParentLogin(login));
+          step = 'login';
+        } else if (method === METHOD.noAuth) {
+          socket.write(encodeParentConnect(ip, port));
+          step = 'reply';
+        } else {
+          throw new GatewayError('EGW_UPSTREAM_PROXY', login ? 'parent SOCKS proxy accepts none of our login methods' : 'parent SOCKS proxy wants credentials and its URL has none');
+        }
+      }
+      if (step === 'login') {
+        if (buf.length < 2) return;
+        if (buf[1] !== 0x00) throw new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy refused our credentials');
+        buf = buf.subarray(2);
+        socket.write(encodeParentConnect(ip, port));
+        step = 'reply';
+      }
+      if (buf.length < 2) return;
+      const rep = buf[1] as number;
+      if (buf[0] === SOCKS_VERSION && rep !== 0x00) throw new GatewayError('EGW_UPSTREAM_PROXY', `parent SOCKS proxy answered 0x${rep.toString(16).padStart(2, '0')}`);
+      const n = parentReplyLength(buf);
+      if (n < 0) throw new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy sent a malformed reply');
+      if (n === 0) return;
+      cleanup();
+      socket.pause();
+      if (buf.length > n) socket.unshift(buf.subarray(n));
+      resolve(socket);
+    }
+    socket.on('data', onData);
+    socket.once('error', fail);
+    socket.once('end', onEnd);
+    socket.write(encodeParentGreeting(login));
+  });
+}

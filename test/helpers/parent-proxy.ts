@@ -1,0 +1,158 @@
+/**
+ * Parent proxies for the chaining tests, written here so a test decides what the parent does: a
+ * SOCKS5 server (RFC 1928 CONNECT, optional RFC 1929 login) and an HTTP CONNECT proxy. Each
+ * records what it was asked and relays to the address it was given (allowHalfOpen both ways), or
+ * refuses with a chosen reply, or says nothing at all.
+ */
+import { once } from 'node:events';
+import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
+
+/** What the parent does with the next request: relay, refuse with this SOCKS reply / HTTP status, or stay silent. */
+export type ParentMode = { kind: 'relay' } | { kind: 'refuse'; code: number } | { kind: 'silent' };
+
+export interface ParentProxy {
+  port: number;
+  url(login?: string): string;
+  mode: ParentMode;
+  /** Per request: the target asked for (`host:port`, IP literals as received) and the login it carried. */
+  seen: Array<{ target: string; login: string | null; head?: string }>;
+  close(): Promise<void>;
+}
+
+function serve(server: Server, sockets: Set<Socket>): Promise<number> {
+  server.on('connection', (s: Socket) => {
+    sockets.add(s);
+    s.once('close', () => sockets.delete(s));
+  });
+  server.listen(0, '127.0.0.1');
+  return once(server, 'listening').then(() => (server.address() as AddressInfo).port);
+}
+
+function relay(client: Socket, host: string, port: number, onUp: () => void): void {
+  const up = connect({ host, port, allowHalfOpen: true }, () => {
+    onUp();
+    client.pipe(up);
+    up.pipe(client);
+  });
+  up.on('error', () => client.destroy());
+  client.on('close', () => up.destroy());
+}
+
+/** A SOCKS5 parent; with `login` it demands RFC 1929 username/password `user:pass`. */
+export async function startSocksParent(login?: string): Promise<ParentProxy> {
+  const sockets = new Set<Socket>();
+  const server = createServer({ allowHalfOpen: true }, (c) => {
+    c.on('error', () => {});
+    let buf = Buffer.alloc(0);
+    let step: 'greeting' | 'login' | 'request' = 'greeting';
+    let who: string | null = null;
+    const onData = (d: Buffer): void => {
+      buf = Buffer.concat([buf, d]);
+      if (step === 'greeting') {
+        if (buf.length < 2 || buf.length < 2 + (buf[1] as number)) return;
+        const methods = [...buf.subarray(2, 2 + (buf[1] as number))];
+        buf = buf.subarray(2 + (buf[1] as number));
+        const want = login ? 0x02 : 0x00;
+        if (!methods.includes(want)) {
+          c.end(Buffer.from([5, 0xff]));
+          return;
+        }
+        c.write(Buffer.from([5, want]));
+        step = login ? 'login' : 'request';
+      }
+      if (step === 'login') {
+        const ul = buf[1];
+        if (ul === undefined || buf.length < 3 + ul) return;
+        const pl = buf[2 + ul] as number;
+        if (buf.length < 3 + ul + pl) return;
+        who = `${buf.subarray(2, 2 + ul).toString()}:${buf.subarray(3 + ul, 3 + ul + pl).toString()}`;
+        buf = buf.subarray(3 + ul + pl);
+        if (who !== login) {
+          c.end(Buffer.from([1, 1]));
+          return;
+        }
+        c.write(Buffer.from([1, 0]));
+        step = 'request';
+      }
+      if (buf.length < 5) return;
+      const atyp = buf[3];
+      const len = atyp === 1 ? 4 : atyp === 4 ? 16 : 1 + (buf[4] as number);
+      if (buf.length < 4 + len + 2) return;
+      const addr = buf.subarray(4, 4 + len);
+      const host = atyp === 1 ? [...addr].join('.') : atyp === 4 ? (addr.toString('hex').match(/.{4}/g) as string[]).join(':') : addr.subarray(1).toString();
+      const port = buf.readUInt16BE(4 + len);
+      const rest = buf.subarray(4 + len + 2);
+      c.removeListener('data', onData);
+      c.pause();
+      p.seen.push({ target: `${host}:${port}`, login: who });
+      const mode = p.mode;
+      if (mode.kind === 'silent') return;
+      if (mode.kind === 'refuse') {
+        c.end(Buffer.from([5, mode.code, 0, 1, 0, 0, 0, 0, 0, 0]));
+        return;
+      }
+      relay(c, host, port, () => {
+        c.write(Buffer.from([5, 0, 0, 1, 127, 0, 0, 1, 0x04, 0x38]));
+        if (rest.length > 0) c.unshift(rest);
+      });
+    };
+    c.on('data', onData);
+  });
+  const port = await serve(server, sockets);
+  const p: ParentProxy = {
+    port,
+    url: (l) => `socks5://${l ? `${l}@` : ''}127.0.0.1:${port}`,
+    mode: { kind: 'relay' },
+    seen: [],
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+  return p;
+}
+
+/** An HTTP CONNECT parent; records each CONNECT head and its Proxy-Authorization (decoded). */
+export async function startHttpParent(): Promise<ParentProxy> {
+  const sockets = new Set<Socket>();
+  const server = createServer({ allowHalfOpen: true }, (c) => {
+    c.on('error', () => {});
+    let buf = Buffer.alloc(0);
+    const onData = (d: Buffer): void => {
+      buf = Buffer.concat([buf, d]);
+      const end = buf.indexOf('\r\n\r\n');
+      if (end === -1) return;
+      c.removeListener('data', onData);
+      c.pause();
+      const head = buf.subarray(0, end).toString('latin1');
+      const rest = buf.subarray(end + 4);
+      const target = head.split(' ')[1] as string;
+      const auth = /^proxy-authorization: basic (\S+)$/im.exec(head)?.[1];
+      p.seen.push({ target, login: auth ? Buffer.from(auth, 'base64').toString() : null, head });
+      const mode = p.mode;
+      if (mode.kind === 'silent') return;
+      if (mode.kind === 'refuse') {
+        c.end(`HTTP/1.1 ${mode.code} Refused\r\nContent-Length: 0\r\n\r\n`);
+        return;
+      }
+      const i = target.lastIndexOf(':');
+      relay(c, target.slice(0, i).replace(/^\[|\]$/g, ''), Number(target.slice(i + 1)), () => {
+        c.write('HTTP/1.1 200 Connection established\r\n\r\n');
+        if (rest.length > 0) c.unshift(rest);
+      });
+    };
+    c.on('data', onData);
+  });
+  const port = await serve(server, sockets);
+  const p: ParentProxy = {
+    port,
+    url: (l) => `http://${l ? `${l}@` : ''}127.0.0.1:${port}`,
+    mode: { kind: 'relay' },
+    seen: [],
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+  return p;
+}

@@ -1,0 +1,171 @@
+/**
+ * Parent proxies seen from the child gateway's SOCKS5 and HTTP listeners, with parents written in
+ * test/helpers/parent-proxy.ts so each test decides what the parent does: relay, refuse, or say
+ * nothing. What is checked is what a user sees: the client's reply, the bytes at the destination,
+ * the flow record.
+ */
+import { once } from 'node:events';
+import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { type ParentProxy, startHttpParent, startSocksParent } from '../helpers/parent-proxy.ts';
+
+/** An origin that says "bye" and half-closes at once, then counts what the client still sends. */
+interface FinFirstOrigin {
+  port: number;
+  /** Bytes read on each connection, pushed when the client's FIN arrives. */
+  read: number[];
+  /** Resolves once `n` connections have been read to their end. */
+  waitRead(n: number): Promise<number[]>;
+  close(): Promise<void>;
+}
+
+async function startFinFirstOrigin(): Promise<FinFirstOrigin> {
+  const read: number[] = [];
+  const sockets = new Set<Socket>();
+  const server: Server = createServer({ allowHalfOpen: true }, (s) => {
+    sockets.add(s);
+    s.on('error', () => {});
+    let n = 0;
+    s.on('data', (d: Buffer) => {
+      n += d.length;
+    });
+    s.on('end', () => {
+      read.push(n);
+      server.emit('read');
+      s.destroy();
+    });
+    s.once('close', () => sockets.delete(s));
+    s.end('bye');
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    port: (server.address() as AddressInfo).port,
+    read,
+    async waitRead(n) {
+      while (read.length < n) await once(server, 'read');
+      return read;
+    },
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+/** Read exactly `n` bytes of handshake from a raw socket; anything after them is put back. */
+function readHandshake(s: Socket, done: (buf: Buffer) => number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    const timer = setTimeout(() => finish(new Error(`no handshake reply; got ${buf.toString('hex')}`)), 10_000);
+    const onData = (d: Buffer): void => {
+      buf = Buffer.concat([buf, d]);
+      const n = done(buf);
+      if (n > 0) finish(null, n);
+    };
+    const onClose = (): void => finish(new Error(`closed during handshake; got ${buf.toString('hex')}`));
+    function finish(err: Error | null, n = 0): void {
+      clearTimeout(timer);
+      s.removeListener('data', onData);
+      s.removeListener('close', onClose);
+      if (err) {
+        reject(err);
+        return;
+      }
+      s.pause();
+      if (buf.length > n) s.unshift(buf.subarray(n));
+      resolve(buf.subarray(0, n));
+    }
+    s.on('data', onData);
+    s.on('close', onClose);
+  });
+}
+
+/** A raw, half-open-capable SOCKS5 CONNECT (no auth) to 127.0.0.1:port through the gateway; resolves with the reply. */
+async function socksConnect(gw: TestGateway, port: number): Promise<{ socket: Socket; reply: Buffer }> {
+  const socket = connect({ host: gw.socksHost, port: gw.socksPort, allowHalfOpen: true });
+  socket.on('error', () => {});
+  await once(socket, 'connect');
+  socket.write(Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, port >> 8, port & 0xff]));
+  const reply = await readHandshake(socket, (b) => (b.length >= 12 ? 12 : 0));
+  return { socket, reply: reply.subarray(2) };
+}
+
+/** A raw, half-open-capable CONNECT to 127.0.0.1:port through the gateway's HTTP listener; resolves with the status line. */
+async function httpConnect(gw: TestGateway, port: number): Promise<{ socket: Socket; status: string }> {
+  const socket = connect({ host: gw.httpHost, port: gw.httpPort, allowHalfOpen: true });
+  socket.on('error', () => {});
+  await once(socket, 'connect');
+  socket.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+  const head = await readHandshake(socket, (b) => {
+    const i = b.indexOf('\r\n\r\n');
+    return i === -1 ? 0 : i + 4;
+  });
+  return { socket, status: head.toString('latin1').split('\r\n')[0] as string };
+}
+
+/** Everything the socket still delivers, until its peer finishes. */
+async function drain(s: Socket): Promise<string> {
+  let text = '';
+  s.on('data', (d: Buffer) => {
+    text += d.toString('latin1');
+  });
+  s.resume();
+  await once(s, 'end');
+  return text;
+}
+
+let socksParent: ParentProxy;
+let httpParent: ParentProxy;
+let viaSocks: TestGateway;
+let viaHttp: TestGateway;
+let finFirst: FinFirstOrigin;
+
+beforeAll(async () => {
+  finFirst = await startFinFirstOrigin();
+  socksParent = await startSocksParent('child:s3cret');
+  httpParent = await startHttpParent();
+  viaSocks = await startTestGateway({ upstream: socksParent.url('child:s3cret') });
+  viaHttp = await startTestGateway({ upstream: httpParent.url() });
+});
+
+afterAll(async () => {
+  await viaSocks?.stop();
+  await viaHttp?.stop();
+  await socksParent?.close();
+  await httpParent?.close();
+  await finFirst?.close();
+});
+
+// Regression: through a socks5:// parent the gateway used the `socks` package's socket, made without
+// allowHalfOpen, so the destination's FIN (relayed by the parent) ended the gateway's side towards
+// it too: what the client sent after that never arrived (origin read 0 of 1000, record bytesOut 0).
+describe('half-close through a parent proxy', () => {
+  for (const [name, gw, parent] of [
+    ['socks5', () => viaSocks, () => socksParent],
+    ['http', () => viaHttp, () => httpParent],
+  ] as const) {
+    it(`${name} parent: after the destination's FIN, what the client still sends reaches it (SOCKS5 and CONNECT)`, async () => {
+      parent().mode = { kind: 'relay' };
+      const before = finFirst.read.length;
+      const s = await socksConnect(gw(), finFirst.port);
+      expect(s.reply[1]).toBe(0x00);
+      const t = await httpConnect(gw(), finFirst.port);
+      expect(t.status).toMatch(/^HTTP\/1\.1 200 /);
+      for (const c of [s.socket, t.socket]) {
+        // The destination's "bye" and FIN reach the client first; only then does it send and finish.
+        expect(await drain(c)).toBe('bye');
+        c.write(Buffer.alloc(600, 1));
+        c.end(Buffer.alloc(400, 2));
+      }
+      expect((await finFirst.waitRead(before + 2)).slice(before)).toEqual([1000, 1000]);
+      for (const protocol of ['socks5', 'connect'] as const) {
+        const rec = await gw().waitForClosed((r) => r.protocol === protocol && r.destination.port === finFirst.port);
+        expect(rec).toMatchObject({ verdict: 'allow', closeReason: 'closed', bytesIn: 3, bytesOut: 1000 });
+        expect(rec.destination).toEqual({ host: '127.0.0.1', ip: '127.0.0.1', port: finFirst.port });
+      }
+      expect(parent().seen.slice(-2).map((x) => x.target)).toEqual([`127.0.0.1:${finFirst.port}`, `127.0.0.1:${finFirst.port}`]);
+    });
+  }
+});
