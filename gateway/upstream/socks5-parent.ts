@@ -12,7 +12,7 @@
  * The encoders and the reply reader are pure; socks5ParentHandshake() drives the socket.
  */
 import type { Socket } from 'node:net';
-import { GatewayError } from '../errors.ts';
+import { GatewayError, type GatewayErrorCode } from '../errors.ts';
 import { AUTH_VERSION, encodeAddress, METHOD, SOCKS_VERSION } from '../protocol/socks5-codec.ts';
 
 export interface ParentLogin {
@@ -49,12 +49,32 @@ export function parentReplyLength(buf: Buffer): number {
   return buf.length >= total ? total : 0;
 }
 
+/**
+ * What a parent's refusal means for the client (SPEC §4): the parent's word on the destination keeps
+ * its meaning (refused 0x05, unreachable 0x03/0x04, TTL expired 0x06 as a timeout: 502 / SOCKS 0x05 /
+ * 0x04, 504 / 0x06); the parent's own failures and its ruleset (0x01, 0x02, 0x07, 0x08) are
+ * `upstream-proxy`: our policy did not refuse, so the client never sees 0x02 for them.
+ */
+export function parentReplyCode(rep: number): GatewayErrorCode {
+  switch (rep) {
+    case 0x03:
+    case 0x04:
+      return 'EGW_DIAL_UNREACHABLE';
+    case 0x05:
+      return 'EGW_DIAL_REFUSED';
+    case 0x06:
+      return 'EGW_DIAL_TIMEOUT';
+    default:
+      return 'EGW_UPSTREAM_PROXY';
+  }
+}
+
 /** Run steps 1-4 on a connected socket; resolves with it paused, ready for payload bytes. */
 export function socks5ParentHandshake(socket: Socket, ip: string, port: number, login: ParentLogin | null, timeoutMs: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
     let buf: Buffer = Buffer.alloc(0);
     let step: 'method' | 'login' | 'reply' = 'method';
-    const timer = setTimeout(() => fail(new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy did not answer in time')), timeoutMs);
+    const timer = setTimeout(() => fail(new GatewayError('EGW_DIAL_TIMEOUT', 'parent SOCKS proxy did not answer in time')), timeoutMs);
     const cleanup = (): void => {
       clearTimeout(timer);
       socket.removeListener('data', onData);
@@ -100,7 +120,7 @@ export function socks5ParentHandshake(socket: Socket, ip: string, port: number, 
       }
       if (buf.length < 2) return;
       const rep = buf[1] as number;
-      if (buf[0] === SOCKS_VERSION && rep !== 0x00) throw new GatewayError('EGW_UPSTREAM_PROXY', `parent SOCKS proxy answered 0x${rep.toString(16).padStart(2, '0')}`);
+      if (buf[0] === SOCKS_VERSION && rep !== 0x00) throw new GatewayError(parentReplyCode(rep), `parent SOCKS proxy answered 0x${rep.toString(16).padStart(2, '0')}`);
       const n = parentReplyLength(buf);
       if (n < 0) throw new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy sent a malformed reply');
       if (n === 0) return;

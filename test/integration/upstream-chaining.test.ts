@@ -6,6 +6,7 @@
  */
 import { once } from 'node:events';
 import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
+import { jsonBody } from './http-harness.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { type ParentProxy, startHttpParent, startSocksParent } from '../helpers/parent-proxy.ts';
@@ -126,8 +127,8 @@ beforeAll(async () => {
   finFirst = await startFinFirstOrigin();
   socksParent = await startSocksParent('child:s3cret');
   httpParent = await startHttpParent();
-  viaSocks = await startTestGateway({ upstream: socksParent.url('child:s3cret') });
-  viaHttp = await startTestGateway({ upstream: httpParent.url() });
+  viaSocks = await startTestGateway({ upstream: socksParent.url('child:s3cret'), limits: { connectTimeoutMs: 1000 } });
+  viaHttp = await startTestGateway({ upstream: httpParent.url(), limits: { connectTimeoutMs: 1000 } });
 });
 
 afterAll(async () => {
@@ -166,6 +167,70 @@ describe('half-close through a parent proxy', () => {
         expect(rec.destination).toEqual({ host: '127.0.0.1', ip: '127.0.0.1', port: finFirst.port });
       }
       expect(parent().seen.slice(-2).map((x) => x.target)).toEqual([`127.0.0.1:${finFirst.port}`, `127.0.0.1:${finFirst.port}`]);
+    });
+  }
+});
+
+/** A CONNECT through the gateway's HTTP listener that is refused: status and JSON body. */
+async function refusedConnect(gw: TestGateway, port: number): Promise<{ status: number; body: Record<string, unknown> }> {
+  const socket = connect({ host: gw.httpHost, port: gw.httpPort });
+  socket.on('error', () => {});
+  await once(socket, 'connect');
+  socket.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+  let raw = '';
+  socket.on('data', (d: Buffer) => {
+    raw += d.toString('latin1');
+  });
+  await once(socket, 'close');
+  return { status: Number(raw.split(' ')[1]), body: jsonBody(raw) };
+}
+
+// Regression: every refusal or silence of a socks5:// parent was 502 `upstream-proxy` / SOCKS 0x01:
+// a parent that answered 0x05 (the destination refused) or never answered gave the same as a parent
+// that was down, where an http:// parent that never answers gave 504 connect-timeout.
+describe('a socks5 parent that refuses or says nothing', () => {
+  const cases = [
+    { rep: 0x05, socks: 0x05, status: 502, reason: 'connection-refused' },
+    { rep: 0x04, socks: 0x04, status: 502, reason: 'unreachable' },
+    { rep: 0x03, socks: 0x04, status: 502, reason: 'unreachable' },
+    { rep: 0x06, socks: 0x06, status: 504, reason: 'connect-timeout' },
+    // The parent's ruleset is not ours: the client never sees 0x02 (policy) for it.
+    { rep: 0x02, socks: 0x01, status: 502, reason: 'upstream-proxy' },
+    { rep: 0x01, socks: 0x01, status: 502, reason: 'upstream-proxy' },
+  ];
+  for (const c of cases) {
+    it(`reply 0x0${c.rep}: SOCKS5 clients get 0x0${c.socks}, CONNECT ${c.status}, records ${c.reason}`, async () => {
+      socksParent.mode = { kind: 'refuse', code: c.rep };
+      const s = await socksConnect(viaSocks, finFirst.port);
+      expect(s.reply[1]).toBe(c.socks);
+      s.socket.destroy();
+      const t = await refusedConnect(viaSocks, finFirst.port);
+      expect(t.status).toBe(c.status);
+      expect(t.body.reason).toBe(c.reason);
+      const recs = viaSocks.closed.filter((r) => r.id === t.body.flowId || r.closeReason === c.reason).slice(-2);
+      expect(recs.map((r) => [r.protocol, r.closeReason, r.bytesIn, r.bytesOut])).toEqual([
+        ['socks5', c.reason, 0, 0],
+        ['connect', c.reason, 0, 0],
+      ]);
+    });
+  }
+
+  for (const [name, gw, parent] of [
+    ['socks5', () => viaSocks, () => socksParent],
+    ['http', () => viaHttp, () => httpParent],
+  ] as const) {
+    it(`${name} parent that never answers: SOCKS5 0x06 and CONNECT 504 connect-timeout after connectTimeoutMs`, async () => {
+      parent().mode = { kind: 'silent' };
+      const t0 = Date.now();
+      const [s, t] = await Promise.all([socksConnect(gw(), finFirst.port), refusedConnect(gw(), finFirst.port)]);
+      expect(Date.now() - t0).toBeLessThan(5000);
+      expect(s.reply[1]).toBe(0x06);
+      s.socket.destroy();
+      expect(t.status).toBe(504);
+      expect(t.body.reason).toBe('connect-timeout');
+      const rec = await gw().waitForClosed((r) => r.id === t.body.flowId);
+      expect(rec.closeReason).toBe('connect-timeout');
+      parent().mode = { kind: 'relay' };
     });
   }
 });
