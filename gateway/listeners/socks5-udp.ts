@@ -41,6 +41,7 @@ import { unmapIPv4 } from '../../policy/address.ts';
 import { normaliseHost } from '../protocol/authority.ts';
 import { encodeReply, newUdpHeader, parseUdpHeader, udpHeaderHost } from '../protocol/socks5-codec.ts';
 import { SOCKS_REP } from '../reject.ts';
+import { parentLabel } from '../upstream/parent-label.ts';
 import { type Downstream, type HandshakeResult, refuse } from './socks5-handshake.ts';
 import { type Destination, DestinationTable } from './socks5-udp-destinations.ts';
 import { HeldShare, type UdpRelayLedger } from './socks5-udp-ledger.ts';
@@ -393,7 +394,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     if (r.upstream !== null) {
       // A parent proxy carries TCP only: UDP must not bypass it.
       ctx.flows.close(r.flow, 'udp-upstream-unsupported');
-      refuseDest(dest, `egress for this identity goes through ${r.upstream}, which cannot carry UDP`);
+      refuseDest(dest, `egress for this identity goes through ${parentLabel(r.upstream)}, which cannot carry UDP`);
       return;
     }
     if (ended) {

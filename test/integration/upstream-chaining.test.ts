@@ -6,7 +6,9 @@
  */
 import { once } from 'node:events';
 import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
+import { type Cleanups, associate, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
 import { jsonBody } from './http-harness.ts';
+import { startUdpEcho } from './socks5-harness.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { type ParentProxy, startHttpParent, startSocksParent } from '../helpers/parent-proxy.ts';
@@ -233,4 +235,30 @@ describe('a socks5 parent that refuses or says nothing', () => {
       parent().mode = { kind: 'relay' };
     });
   }
+});
+
+// Regression: the warning for a UDP datagram refused because the identity's egress goes through a
+// parent wrote the parent's URL whole, so `socks5://child:s3cret@…` put the parent's password in
+// the gateway's log.
+describe('SOCKS5 UDP when egress goes through a parent', () => {
+  it('is refused without reaching the destination or the parent, and the log names the parent without its credentials', async () => {
+    const cleanups: Cleanups = [];
+    const echo = await startUdpEcho();
+    try {
+      const asked = socksParent.seen.length;
+      const client = await udpSocket(cleanups);
+      const assoc = await associate(viaSocks, client, cleanups);
+      await sendTo(client, udpFrame('127.0.0.1', echo.port, Buffer.from('ping')), assoc.relay);
+      const rec = await viaSocks.waitForClosed((r) => r.protocol === 'socks5-udp' && r.destination.port === echo.port);
+      expect(rec).toMatchObject({ closeReason: 'udp-upstream-unsupported', bytesIn: 0, bytesOut: 0 });
+      expect(echo.received).toEqual([]);
+      expect(socksParent.seen.length).toBe(asked);
+      const warn = viaSocks.logs.find((l) => l.msg === 'socks5 udp destination refused');
+      expect(warn?.reason).toBe(`egress for this identity goes through socks5://127.0.0.1:${socksParent.port}, which cannot carry UDP`);
+      expect(JSON.stringify(viaSocks.logs)).not.toContain('s3cret');
+    } finally {
+      for (const c of cleanups) await c();
+      await echo.close();
+    }
+  });
 });
