@@ -103,6 +103,9 @@ function readResponseHead(socket: Socket, maxBytes: number, timeoutMs: number, c
     socket.on('error', onEnd);
     socket.on('close', onEnd);
     clientGone.addEventListener('abort', onClientGone);
+    // A socket from a parent proxy's handshake comes paused (no byte lost before a reader is there),
+    // and a 'data' listener does not resume a paused stream.
+    socket.resume();
   });
 }
 

@@ -7,7 +7,7 @@
 import { once } from 'node:events';
 import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
 import { type Cleanups, associate, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
-import { jsonBody } from './http-harness.ts';
+import { jsonBody, readUntil } from './http-harness.ts';
 import { startUdpEcho } from './socks5-harness.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
@@ -129,8 +129,11 @@ beforeAll(async () => {
   finFirst = await startFinFirstOrigin();
   socksParent = await startSocksParent('child:s3cret');
   httpParent = await startHttpParent();
-  viaSocks = await startTestGateway({ upstream: socksParent.url('child:s3cret'), limits: { connectTimeoutMs: 1000 } });
-  viaHttp = await startTestGateway({ upstream: httpParent.url(), limits: { connectTimeoutMs: 1000 } });
+  // alice may log in (her credentials must reach neither the parent nor the destination); anyone may
+  // come without logging in.
+  const identity = { users: [{ name: 'alice', password: 'alice-pw-1', roles: ['any'] }] };
+  viaSocks = await startTestGateway({ upstream: socksParent.url('child:s3cret'), limits: { connectTimeoutMs: 1000 }, identity });
+  viaHttp = await startTestGateway({ upstream: httpParent.url(), limits: { connectTimeoutMs: 1000 }, identity });
 });
 
 afterAll(async () => {
@@ -261,4 +264,78 @@ describe('SOCKS5 UDP when egress goes through a parent', () => {
       await echo.close();
     }
   });
+});
+
+/** An origin that answers any request with 101 and then echoes; keeps the request heads it saw. */
+async function startUpgradeOrigin(): Promise<{ port: number; heads: string[]; close(): Promise<void> }> {
+  const heads: string[] = [];
+  const sockets = new Set<Socket>();
+  const server = createServer((s) => {
+    sockets.add(s);
+    s.on('error', () => {});
+    s.once('close', () => sockets.delete(s));
+    let head = '';
+    const onData = (d: Buffer): void => {
+      head += d.toString('latin1');
+      if (!head.includes('\r\n\r\n')) return;
+      s.removeListener('data', onData);
+      heads.push(head);
+      s.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n');
+      s.pipe(s);
+    };
+    s.on('data', onData);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    port: (server.address() as AddressInfo).port,
+    heads,
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+// Regression: readResponseHead waited for 'data' on the socket the dial gave it without resuming it,
+// and a socket from a parent's handshake comes back paused (so no byte is lost before its reader is
+// there): through an http parent the origin's 101 never reached the client, which waited until
+// limits.idleTimeoutMs (5 minutes by default) for a 504.
+describe('Upgrade through a parent proxy', () => {
+  for (const [name, gw, parent] of [
+    ['socks5', () => viaSocks, () => socksParent],
+    ['http', () => viaHttp, () => httpParent],
+  ] as const) {
+    it(`${name} parent: the 101 and the echoed bytes come back; the client's credentials and identity headers reach neither the parent nor the origin`, async () => {
+      parent().mode = { kind: 'relay' };
+      const origin = await startUpgradeOrigin();
+      const c = connect({ host: gw().httpHost, port: gw().httpPort });
+      c.on('error', () => {});
+      try {
+        await once(c, 'connect');
+        const basic = Buffer.from('alice:alice-pw-1').toString('base64');
+        c.write(
+          `GET http://127.0.0.1:${origin.port}/ws HTTP/1.1\r\nHost: 127.0.0.1:${origin.port}\r\nUpgrade: echo\r\nConnection: Upgrade\r\n` +
+            `Proxy-Authorization: Basic ${basic}\r\nX-Egress-User: mallory\r\n\r\n`,
+        );
+        const head = (await readUntil(c, '\r\n\r\n', 5000)).toString('latin1');
+        expect(head.split('\r\n')[0]).toBe('HTTP/1.1 101 Switching Protocols');
+        c.write('ping-1234');
+        expect((await readUntil(c, 'ping-1234', 5000)).toString('latin1')).toContain('ping-1234');
+        c.end();
+        const rec = await gw().waitForClosed((r) => r.destination.port === origin.port);
+        expect(rec).toMatchObject({ verdict: 'allow', closeReason: 'closed', identity: { user: 'alice' } });
+        expect(rec.destination).toEqual({ host: '127.0.0.1', ip: '127.0.0.1', port: origin.port });
+        const asked = parent().seen.at(-1);
+        expect(asked?.target).toBe(`127.0.0.1:${origin.port}`);
+        expect(asked?.login).toBe(name === 'socks5' ? 'child:s3cret' : null);
+        expect(origin.heads).toHaveLength(1);
+        expect(origin.heads[0]).not.toMatch(/proxy-authorization|x-egress-user|alice|mallory/i);
+        expect(asked?.head ?? '').not.toMatch(/alice|mallory|x-egress-user/i);
+      } finally {
+        c.destroy();
+        await origin.close();
+      }
+    });
+  }
 });
