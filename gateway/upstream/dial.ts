@@ -5,6 +5,7 @@
  */
 import { connect, type Socket } from 'node:net';
 import { dialErrorCode, GatewayError } from '../errors.ts';
+import { readHandshake } from './handshake.ts';
 import { socks5ParentHandshake } from './socks5-parent.ts';
 
 export interface DialTarget {
@@ -71,44 +72,16 @@ async function dialViaHttp(host: string, port: number, url: URL, target: DialTar
   }
   const auth = authority(target.ip, target.port);
   socket.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\n${parentAuthorization(url)}\r\n`);
-  return new Promise((resolve, reject) => {
-    let head = Buffer.alloc(0);
-    const timer = setTimeout(() => fail(new GatewayError('EGW_DIAL_TIMEOUT', 'parent proxy did not answer CONNECT')), target.timeoutMs);
-    const cleanup = (): void => {
-      clearTimeout(timer);
-      socket.removeListener('data', onData);
-      socket.removeListener('error', fail);
-      socket.removeListener('end', onEnd);
-    };
-    function fail(err: Error): void {
-      cleanup();
-      socket.destroy();
-      reject(err instanceof GatewayError ? err : new GatewayError('EGW_UPSTREAM_PROXY', err.message, { cause: err }));
+  return readHandshake(socket, target.timeoutMs, { timeout: 'parent proxy did not answer CONNECT', ended: 'parent proxy closed during CONNECT', prefix: '' }, (head) => {
+    const end = head.indexOf('\r\n\r\n');
+    if (end === -1) {
+      if (head.length > 16_384) throw new GatewayError('EGW_UPSTREAM_PROXY', 'parent proxy response head too large');
+      return null;
     }
-    const onEnd = (): void => fail(new GatewayError('EGW_UPSTREAM_PROXY', 'parent proxy closed during CONNECT'));
-    const onData = (chunk: Buffer): void => {
-      head = Buffer.concat([head, chunk]);
-      const end = head.indexOf('\r\n\r\n');
-      if (end === -1) {
-        if (head.length > 16_384) fail(new GatewayError('EGW_UPSTREAM_PROXY', 'parent proxy response head too large'));
-        return;
-      }
-      const statusLine = head.subarray(0, head.indexOf('\r\n')).toString('latin1');
-      const status = Number(statusLine.split(' ')[1]);
-      if (status !== 200) {
-        const code = status === 504 ? 'EGW_DIAL_TIMEOUT' : status === 403 ? 'EGW_UPSTREAM_PROXY' : 'EGW_UPSTREAM_PROXY';
-        fail(new GatewayError(code, `parent proxy answered ${statusLine}`));
-        return;
-      }
-      cleanup();
-      socket.pause();
-      const rest = head.subarray(end + 4);
-      if (rest.length > 0) socket.unshift(rest);
-      resolve(socket);
-    };
-    socket.on('data', onData);
-    socket.once('error', fail);
-    socket.once('end', onEnd);
+    const statusLine = head.subarray(0, head.indexOf('\r\n')).toString('latin1');
+    const status = Number(statusLine.split(' ')[1]);
+    if (status !== 200) throw new GatewayError(status === 504 ? 'EGW_DIAL_TIMEOUT' : 'EGW_UPSTREAM_PROXY', `parent proxy answered ${statusLine}`);
+    return end + 4;
   });
 }
 

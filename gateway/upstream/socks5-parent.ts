@@ -13,6 +13,7 @@
  */
 import type { Socket } from 'node:net';
 import { GatewayError, type GatewayErrorCode } from '../errors.ts';
+import { readHandshake } from './handshake.ts';
 import { AUTH_VERSION, encodeAddress, METHOD, SOCKS_VERSION } from '../protocol/socks5-codec.ts';
 
 export interface ParentLogin {
@@ -71,67 +72,41 @@ export function parentReplyCode(rep: number): GatewayErrorCode {
 
 /** Run steps 1-4 on a connected socket; resolves with it paused, ready for payload bytes. */
 export function socks5ParentHandshake(socket: Socket, ip: string, port: number, login: ParentLogin | null, timeoutMs: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    let buf: Buffer = Buffer.alloc(0);
-    let step: 'method' | 'login' | 'reply' = 'method';
-    const timer = setTimeout(() => fail(new GatewayError('EGW_DIAL_TIMEOUT', 'parent SOCKS proxy did not answer in time')), timeoutMs);
-    const cleanup = (): void => {
-      clearTimeout(timer);
-      socket.removeListener('data', onData);
-      socket.removeListener('error', fail);
-      socket.removeListener('end', onEnd);
-    };
-    function fail(err: Error): void {
-      cleanup();
-      socket.destroy();
-      reject(err instanceof GatewayError ? err : new GatewayError('EGW_UPSTREAM_PROXY', `parent SOCKS proxy: ${err.message}`, { cause: err }));
-    }
-    const onEnd = (): void => fail(new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy closed during its handshake'));
-    function onData(chunk: Buffer): void {
-      buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
-      try {
-        advance();
-      } catch (err) {
-        fail(err as Error);
-      }
-    }
-    function advance(): void {
-      if (step === 'method') {
-        if (buf.length < 2) return;
-        if (buf[0] !== SOCKS_VERSION) throw new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy answered with another protocol');
-        const method = buf[1];
-        buf = buf.subarray(2);
-        if (method === METHOD.userPass && login) {
-          socket.write(encodeParentLogin(login));
-          step = 'login';
-        } else if (method === METHOD.noAuth) {
-          socket.write(encodeParentConnect(ip, port));
-          step = 'reply';
-        } else {
-          throw new GatewayError('EGW_UPSTREAM_PROXY', login ? 'parent SOCKS proxy accepts none of our login methods' : 'parent SOCKS proxy wants credentials and its URL has none');
-        }
-      }
-      if (step === 'login') {
-        if (buf.length < 2) return;
-        if (buf[1] !== 0x00) throw new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy refused our credentials');
-        buf = buf.subarray(2);
+  let step: 'method' | 'login' | 'reply' = 'method';
+  // Bytes of the received ones the method choice and the login answer took.
+  let at = 0;
+  const words = { timeout: 'parent SOCKS proxy did not answer in time', ended: 'parent SOCKS proxy closed during its handshake', prefix: 'parent SOCKS proxy: ' };
+  const done = readHandshake(socket, timeoutMs, words, (received) => {
+    if (step === 'method') {
+      if (received.length < at + 2) return null;
+      if (received[at] !== SOCKS_VERSION) throw new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy answered with another protocol');
+      const method = received[at + 1];
+      at += 2;
+      if (method === METHOD.userPass && login) {
+        socket.write(encodeParentLogin(login));
+        step = 'login';
+      } else if (method === METHOD.noAuth) {
         socket.write(encodeParentConnect(ip, port));
         step = 'reply';
+      } else {
+        throw new GatewayError('EGW_UPSTREAM_PROXY', login ? 'parent SOCKS proxy accepts none of our login methods' : 'parent SOCKS proxy wants credentials and its URL has none');
       }
-      if (buf.length < 2) return;
-      const rep = buf[1] as number;
-      if (buf[0] === SOCKS_VERSION && rep !== 0x00) throw new GatewayError(parentReplyCode(rep), `parent SOCKS proxy answered 0x${rep.toString(16).padStart(2, '0')}`);
-      const n = parentReplyLength(buf);
-      if (n < 0) throw new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy sent a malformed reply');
-      if (n === 0) return;
-      cleanup();
-      socket.pause();
-      if (buf.length > n) socket.unshift(buf.subarray(n));
-      resolve(socket);
     }
-    socket.on('data', onData);
-    socket.once('error', fail);
-    socket.once('end', onEnd);
-    socket.write(encodeParentGreeting(login));
+    if (step === 'login') {
+      if (received.length < at + 2) return null;
+      if (received[at + 1] !== 0x00) throw new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy refused our credentials');
+      at += 2;
+      socket.write(encodeParentConnect(ip, port));
+      step = 'reply';
+    }
+    const reply = received.subarray(at);
+    if (reply.length < 2) return null;
+    const rep = reply[1] as number;
+    if (reply[0] === SOCKS_VERSION && rep !== 0x00) throw new GatewayError(parentReplyCode(rep), `parent SOCKS proxy answered 0x${rep.toString(16).padStart(2, '0')}`);
+    const n = parentReplyLength(reply);
+    if (n < 0) throw new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy sent a malformed reply');
+    return n === 0 ? null : at + n;
   });
+  socket.write(encodeParentGreeting(login));
+  return done;
 }
