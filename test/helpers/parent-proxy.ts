@@ -19,13 +19,26 @@ export interface ParentProxy {
   close(): Promise<void>;
 }
 
-function serve(server: Server, sockets: Set<Socket>): Promise<number> {
+/** A parent not yet listening: `listen` gives it its port, URL and close. */
+function unstarted(): ParentProxy {
+  return { port: 0, url: () => '', mode: { kind: 'relay' }, seen: [], close: async () => {} };
+}
+
+/** Listen on a loopback port and fill in `p`'s port, URL (`scheme://[login@]127.0.0.1:port`) and close. */
+async function listen(p: ParentProxy, scheme: string, server: Server, sockets: Set<Socket>): Promise<void> {
   server.on('connection', (s: Socket) => {
     sockets.add(s);
     s.once('close', () => sockets.delete(s));
   });
   server.listen(0, '127.0.0.1');
-  return once(server, 'listening').then(() => (server.address() as AddressInfo).port);
+  await once(server, 'listening');
+  const port = (server.address() as AddressInfo).port;
+  p.port = port;
+  p.url = (l) => `${scheme}://${l ? `${l}@` : ''}127.0.0.1:${port}`;
+  p.close = async () => {
+    for (const s of sockets) s.destroy();
+    await new Promise<void>((r) => server.close(() => r()));
+  };
 }
 
 function relay(client: Socket, host: string, port: number, onUp: () => void): void {
@@ -41,6 +54,7 @@ function relay(client: Socket, host: string, port: number, onUp: () => void): vo
 /** A SOCKS5 parent; with `login` it demands RFC 1929 username/password `user:pass`. */
 export async function startSocksParent(login?: string): Promise<ParentProxy> {
   const sockets = new Set<Socket>();
+  const p = unstarted();
   const server = createServer({ allowHalfOpen: true }, (c) => {
     c.on('error', () => {});
     let buf = Buffer.alloc(0);
@@ -98,23 +112,14 @@ export async function startSocksParent(login?: string): Promise<ParentProxy> {
     };
     c.on('data', onData);
   });
-  const port = await serve(server, sockets);
-  const p: ParentProxy = {
-    port,
-    url: (l) => `socks5://${l ? `${l}@` : ''}127.0.0.1:${port}`,
-    mode: { kind: 'relay' },
-    seen: [],
-    async close() {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((r) => server.close(() => r()));
-    },
-  };
+  await listen(p, 'socks5', server, sockets);
   return p;
 }
 
 /** An HTTP CONNECT parent; records each CONNECT head and its Proxy-Authorization (decoded). */
 export async function startHttpParent(): Promise<ParentProxy> {
   const sockets = new Set<Socket>();
+  const p = unstarted();
   const server = createServer({ allowHalfOpen: true }, (c) => {
     c.on('error', () => {});
     let buf = Buffer.alloc(0);
@@ -143,16 +148,6 @@ export async function startHttpParent(): Promise<ParentProxy> {
     };
     c.on('data', onData);
   });
-  const port = await serve(server, sockets);
-  const p: ParentProxy = {
-    port,
-    url: (l) => `http://${l ? `${l}@` : ''}127.0.0.1:${port}`,
-    mode: { kind: 'relay' },
-    seen: [],
-    async close() {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((r) => server.close(() => r()));
-    },
-  };
+  await listen(p, 'http', server, sockets);
   return p;
 }
