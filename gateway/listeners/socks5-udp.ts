@@ -153,7 +153,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     socket.resume();
   });
   socket.on('end', onControlEnd);
-  socket.on('close', onControlEnd);
+  socket.on('close', onControlClose);
   down.setCloser(() => end('shutdown'));
   // The control connection may already be gone (its FIN came with the request).
   if (socket.readableEnded || socket.destroyed) queueMicrotask(() => end('closed'));
@@ -168,6 +168,11 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
 
   function onControlEnd(): void {
     end('closed');
+  }
+
+  /** Closed without its FIN first: a reset is the client's (RFC 1928 §7 ends the association either way). */
+  function onControlClose(hadError: boolean): void {
+    end(hadError ? 'client-reset' : 'closed');
   }
 
   // 2–5. client → destination: the hot path
@@ -483,7 +488,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     if (up4) closeQuietly(up4);
     if (up6) closeQuietly(up6);
     socket.removeListener('end', onControlEnd);
-    socket.removeListener('close', onControlEnd);
+    socket.removeListener('close', onControlClose);
     socket.removeListener('data', discard);
     // Admissions not started never will be; those running see `ended` and stop.
     queued.length = 0;

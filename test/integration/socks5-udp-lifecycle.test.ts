@@ -126,6 +126,18 @@ describe('association lifecycle', () => {
     await controlDone;
   });
 
+  // Regression: a client that reset its control connection was recorded 'closed', as if it had ended it.
+  it('a client that resets its control connection ends the association client-reset, bytes exact', async () => {
+    const client = await udpSocket();
+    const a = await associate(gw, client);
+    const reply = nextReply(client);
+    await send(client, frame('127.0.0.1', echo.port, Buffer.from('reset me')), a.relay);
+    expect((await reply).data.toString()).toBe('echo:reset me');
+    a.control.resetAndDestroy();
+    const rec = await gw.waitForClosed((x) => x.protocol === 'socks5-udp' && x.client.port === client.address().port);
+    expect(rec).toMatchObject({ closeReason: 'client-reset', bytesOut: 8, bytesIn: 13 });
+  });
+
   it('an admin kill resets the control connection and closes the relay', async () => {
     const client = await udpSocket();
     const a = await associate(gw, client);
