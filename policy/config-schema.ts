@@ -123,6 +123,17 @@ const exactlyOne =
     return null;
   };
 
+/**
+ * A verified client certificate names a user (identity/client-cert.ts). Without `tls.ca` node would
+ * verify it against its bundled public roots (and NODE_EXTRA_CA_CERTS): any certificate a public CA
+ * issued would then log in, as whatever name it carries. Client certificates need the CA that
+ * issues them.
+ */
+const clientCertNeedsCa = (v: Record<string, unknown>): string | null =>
+  v['requestClientCert'] === true && (v['ca'] === undefined || v['ca'] === null)
+    ? 'requestClientCert needs ca: the CA that issues client certificates (without it every publicly trusted certificate would name a user)'
+    : null;
+
 const tokenEntry = (extra: Record<string, Node | ReturnType<typeof s.req>>) =>
   s.obj({ name: s.req(s.str(nonEmpty)), token: s.str(nonEmpty), tokenSha256: s.str(sha256), ...extra }, exactlyOne('token', 'tokenSha256'));
 
@@ -183,7 +194,7 @@ export const CONFIG_SCHEMA: Node = s.obj({
   $schema: s.str(),
   mode: s.enum(['monitor', 'enforce']),
   listen: s.obj({ http: s.str(hostPort), socks: s.str(hostPort), admin: s.str(hostPort), https: s.nul(s.str(hostPort)) }),
-  tls: s.nul(s.obj({ cert: s.req(s.str(nonEmpty)), key: s.req(s.str(nonEmpty)), ca: s.nul(s.str(nonEmpty)), requestClientCert: s.bool() })),
+  tls: s.nul(s.obj({ cert: s.req(s.str(nonEmpty)), key: s.req(s.str(nonEmpty)), ca: s.nul(s.str(nonEmpty)), requestClientCert: s.bool() }, clientCertNeedsCa)),
   admin: s.obj({
     tokens: s.arr(tokenEntry({ scope: s.req(s.enum(['admin', 'read', 'agent'])) })),
     allowedHosts: s.arr(s.str(hostPattern)),

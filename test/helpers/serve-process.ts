@@ -13,6 +13,8 @@ export interface Served {
   http: { host: string; port: number };
   socks: string;
   admin: string;
+  /** The TLS listener's address when the config has one (listen.https), else null. */
+  https: string | null;
   stderr: () => string;
 }
 
@@ -34,20 +36,20 @@ export async function spawnServe(configPath: string, opts: ServeOptions = {}): P
   c.stderr?.on('data', (b: Buffer) => {
     stderr += b.toString('utf8');
   });
-  const listening = await new Promise<{ http: string; socks: string; admin: string }>((resolve, reject) => {
+  const listening = await new Promise<{ http: string; socks: string; admin: string; https?: string }>((resolve, reject) => {
     let buf = '';
     const onData = (b: Buffer): void => {
       buf += b.toString('utf8');
       const line = buf.split('\n').find((l) => l.includes('"listening"'));
       if (!line) return;
       c.stdout?.off('data', onData);
-      resolve(JSON.parse(line) as { http: string; socks: string; admin: string });
+      resolve(JSON.parse(line) as { http: string; socks: string; admin: string; https?: string });
     };
     c.stdout?.on('data', onData);
     c.once('exit', (code) => reject(new Error(`serve exited (${code}) before listening: ${stderr}`)));
   });
   const i = listening.http.lastIndexOf(':');
-  return { child: c, http: { host: listening.http.slice(0, i), port: Number(listening.http.slice(i + 1)) }, socks: listening.socks, admin: listening.admin, stderr: () => stderr };
+  return { child: c, http: { host: listening.http.slice(0, i), port: Number(listening.http.slice(i + 1)) }, socks: listening.socks, admin: listening.admin, https: listening.https ?? null, stderr: () => stderr };
 }
 
 /** Whether `serve` can run in a mount namespace of its own (root and `unshare -m`): see withResolvConf. */
