@@ -92,6 +92,15 @@ export function isBehindLastAnswer(socket: Duplex, hold: { release: () => void }
   return true;
 }
 
+/**
+ * A refused CONNECT target as logged: at most 256 characters, and without what comes before an `@`
+ * (userinfo: `user:password@host:port` is no authority, but its password must not reach the logs).
+ */
+function loggedTarget(url: string): string {
+  const at = url.lastIndexOf('@');
+  return (at < 0 ? url : `[userinfo]${url.slice(at)}`).slice(0, 256);
+}
+
 /** Handle one CONNECT request on a detached client socket. Never throws for client mistakes. */
 export async function handleConnect(state: HttpListenerState, req: RequestHead, socket: Duplex, head: Buffer): Promise<void> {
   const { ctx } = state;
@@ -102,7 +111,7 @@ export async function handleConnect(state: HttpListenerState, req: RequestHead, 
   const authority = parseAuthority(req.url ?? '', null);
   if (!authority) {
     hold.release();
-    ctx.log.warn({ client: req.socket.remoteAddress, target: req.url?.slice(0, 256) }, 'bad CONNECT target refused');
+    ctx.log.warn({ client: req.socket.remoteAddress, target: loggedTarget(req.url ?? '') }, 'bad CONNECT target refused');
     writeRawRefusal(socket, mapError('EGW_BAD_REQUEST'), { flowId: null, isBlock: false });
     return;
   }

@@ -73,6 +73,16 @@ describe('malformed and hostile requests', () => {
     expect(warned.length).toBeGreaterThan(0);
   });
 
+  // Regression: the refused CONNECT target was logged as sent, the password of its userinfo with it.
+  it('CONNECT with userinfo in its target: 400, logged without the password', async () => {
+    const logsBefore = gw.logs.length;
+    const { response } = await rawExchange(gw.httpPort, `CONNECT alice:s3cret-pw@${o} HTTP/1.1\r\nHost: ${o}\r\n\r\n`);
+    expect(Number(response.split(' ')[1])).toBe(400);
+    const warned = gw.logs.slice(logsBefore).filter((l) => l.msg === 'bad CONNECT target refused');
+    expect(warned).toEqual([expect.objectContaining({ level: 'warn', target: `[userinfo]@${o}` })]);
+    expect(JSON.stringify(gw.logs.slice(logsBefore))).not.toContain('s3cret-pw');
+  });
+
   it('slowloris: a head never finished gets 408 after headerTimeoutMs while others are served', async () => {
     const slow = await rawConnect(gw.httpPort);
     const chunks: Buffer[] = [];
