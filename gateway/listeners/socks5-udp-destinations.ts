@@ -3,8 +3,14 @@
  * ATYP..DST.PORT bytes it names (no string per datagram while there are few), and per reply by the
  * address and port it came from. Each destination is admitted once; until then its datagrams wait
  * in its queue, whose bytes the association's share and the gateway's ledger account for.
+ *
+ * The spellings of one destination (an IPv4 address as a domain name, in hex or as an integer,
+ * `127.1`, IPv4-mapped IPv6, a name's case or trailing dot) are each found by their own bytes and
+ * answered under their own header, but share one leg (legNamed): its counters and its byte budget.
+ * A leg of its own per spelling was a fresh budget to the same place for each.
  */
 import { isIPv6 } from 'node:net';
+import { unmapIPv4 } from '../../policy/address.ts';
 import type { FlowLeg } from '../flow/flow.ts';
 import type { UdpHeader } from '../protocol/socks5-codec.ts';
 
@@ -34,6 +40,8 @@ export class DestinationTable {
   /** Every destination named so far, in order. */
   readonly all: Destination[] = [];
   private readonly byKey = new Map<string, Destination>();
+  /** canonical(host) and port → the leg of that destination, once one spelling of it is admitted. */
+  private readonly legs = new Map<string, FlowLeg>();
   /** ip → port → destination, for replies (rinfo gives ip and port; no key string per datagram). */
   private readonly byAddress = new Map<string, Map<number, Destination>>();
   private last: Destination | null = null;
@@ -84,10 +92,20 @@ export class DestinationTable {
     return dest;
   }
 
-  /** Admitted at `ip`, its bytes counted in `leg`: replies from ip:port are now this destination's. */
+  /** The leg of an admitted destination named `host` (in any spelling) and `port`, if any. */
+  legNamed(host: string, port: number): FlowLeg | undefined {
+    return this.legs.get(`${canonical(host)} ${port}`);
+  }
+
+  /**
+   * Admitted at `ip`, its bytes counted in `leg` (legNamed's for another spelling of it): replies
+   * from ip:port are now this destination's.
+   */
   allow(dest: Destination, ip: string, leg: FlowLeg): void {
     dest.state = 'allowed';
     dest.leg = leg;
+    const name = `${canonical(dest.host)} ${dest.port}`;
+    if (!this.legs.has(name)) this.legs.set(name, leg);
     dest.ip = ip;
     dest.isV6 = isIPv6(ip);
     let ports = this.byAddress.get(ip);
@@ -102,4 +120,13 @@ export class DestinationTable {
   replyFrom(ip: string, port: number): Destination | undefined {
     return this.byAddress.get(ip)?.get(port);
   }
+}
+
+/**
+ * One spelling per destination: `host` is normalised already (normaliseHost for a name); an
+ * IPv4-mapped IPv6 literal in any spelling is its IPv4 address, which admission classifies and the
+ * relay sends to.
+ */
+function canonical(host: string): string {
+  return host.includes(':') ? unmapIPv4(host) : host;
 }

@@ -432,11 +432,15 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     allowDest(f, dest, unmapIPv4(r.ip));
   }
 
-  /** Relay to an admitted destination from now on: its own counters and budget (the flow's leg to it). */
+  /**
+   * Relay to an admitted destination from now on: its own counters and budget (the flow's leg to it),
+   * those of the destination already admitted under another spelling of its name (counted towards
+   * fan-out only, as a shared leg is: onRelayed).
+   */
   function allowDest(f: RoutedFlow, dest: Destination, ip: string): void {
     pending--;
     const destination = { host: dest.host, ip, port: dest.port };
-    const leg = ctx.flows.addLeg(f, destination);
+    const leg = dests.legNamed(dest.host, dest.port) ?? ctx.flows.addLeg(f, destination);
     ctx.detection?.onRelayed(f, leg, ctx.policy.current(), destination);
     dests.allow(dest, ip, leg);
     admitted++;

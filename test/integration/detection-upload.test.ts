@@ -296,3 +296,83 @@ describe('an0080.bulk-upload budget after a download (out:in short at the budget
     expect(alert.evidence).toMatchObject({ bytesOut: 10_050, bytesIn: 1005, thresholdBytesOut: 4096 });
   });
 });
+
+/**
+ * Regression: each spelling of one UDP destination was a destination of its own, with its own byte
+ * budget. Against a 4,096-byte kill budget, 3,000 bytes each to 127.0.0.1 as an IPv4 address,
+ * IPv4-mapped IPv6, '2130706433', '0x7f000001', '127.1', and by a resolver.hosts name as 'sink.test',
+ * 'SINK.test' and 'sink.test.', reached the one destination in either mode: 24,000 bytes, record
+ * allow / closed, no alert.
+ */
+describe('an0080.bulk-upload budget of a SOCKS5 UDP destination named several ways', () => {
+  /** A UDP destination on 127.0.0.1 that counts the bytes it receives. */
+  async function countingDestination(): Promise<{ port: number; arrived: () => number }> {
+    const dest = createSocket('udp4');
+    let arrived = 0;
+    dest.on('message', (m: Buffer) => {
+      arrived += m.length;
+    });
+    dest.bind(0, '127.0.0.1');
+    await once(dest, 'listening');
+    cleanups.push(() => new Promise<void>((r) => dest.close(() => r())));
+    return { port: dest.address().port, arrived: () => arrived };
+  }
+
+  function startUdp(mode: Mode): Promise<TestGateway> {
+    return startTestGateway({
+      mode,
+      resolver: { hosts: { 'sink.test': '127.0.0.1' } },
+      detection: { sampleIntervalMs: 10_000, detectors: { 'an0080.bulk-upload': { action: 'kill', bytesOut: 4096, minRatio: 10, storageBytesOut: 4096 } } },
+    });
+  }
+
+  it('enforce: five spellings of 127.0.0.1 share one 4 KiB budget; the datagram that would cross it ends the association', async () => {
+    gw = await startUdp('enforce');
+    const dest = await countingDestination();
+    const client = await udpSocket(cleanups);
+    const a = await associate(gw, client, cleanups);
+    const controlDone = readToEnd(a.control);
+    const spellings = ['127.0.0.1', '::ffff:127.0.0.1', '2130706433', '0x7f000001'];
+    for (const [i, host] of spellings.entries()) {
+      await sendTo(client, udpFrame(host, dest.port, Buffer.alloc(1000, i)), a.relay);
+      await until(`${host}'s datagram at the destination`, () => dest.arrived() === (i + 1) * 1000);
+    }
+    // 4,000 sent; a fifth 1,000 bytes, spelled '127.1', would take the destination to 5,000.
+    await sendTo(client, udpFrame('127.1', dest.port, Buffer.alloc(1000, 9)), a.relay);
+    const rec = await gw.waitForClosed((r) => r.protocol === 'socks5-udp', 5000);
+    const { error } = await controlDone;
+    expect(error).toBe('ECONNRESET');
+    expect(rec.closeReason).toBe('an0080.bulk-upload');
+    expect([rec.verdict, rec.detector, rec.enforced]).toEqual(['block', 'an0080.bulk-upload', true]);
+    expect(rec.bytesOut).toBe(4000);
+    // Each spelling is admitted and counted; their bytes are one destination's.
+    expect(rec.reasons).toContain('udp association: 5 destinations relayed, 0 refused');
+    expect(dest.arrived()).toBe(4000);
+    const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0080.bulk-upload');
+    expect(alert).toMatchObject({ action: 'kill', enforced: true, flowIds: [rec.id] });
+    expect(alert.evidence).toMatchObject({ bytesOut: 4096, thresholdBytesOut: 4096 });
+  });
+
+  it('monitor: a name in four spellings is one destination: one would-kill at its budget, every byte relayed', async () => {
+    gw = await startUdp('monitor');
+    const dest = await countingDestination();
+    const client = await udpSocket(cleanups);
+    const a = await associate(gw, client, cleanups);
+    const spellings = ['sink.test', 'SINK.test', 'sink.test.', 'Sink.Test'];
+    for (const [i, host] of spellings.entries()) {
+      await sendTo(client, udpFrame(host, dest.port, Buffer.alloc(1500, i)), a.relay);
+      await until(`${host}'s datagram at the destination`, () => dest.arrived() === (i + 1) * 1500);
+    }
+    const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0080.bulk-upload');
+    expect(alert).toMatchObject({ action: 'would-kill', enforced: false });
+    expect(alert.evidence).toMatchObject({ bytesOut: 4096, thresholdBytesOut: 4096 });
+    expect(alert.destination).toMatchObject({ host: 'sink.test', port: dest.port });
+    a.control.end();
+    const rec = await gw.waitForClosed((r) => r.protocol === 'socks5-udp');
+    expect(rec.bytesOut).toBe(6000);
+    expect(dest.arrived()).toBe(6000);
+    expect([rec.verdict, rec.detector, rec.closeReason]).toEqual(['would-block', 'an0080.bulk-upload', 'closed']);
+    expect(rec.reasons).toContain('udp association: 4 destinations relayed, 0 refused');
+    expect(gw.alerts.list().filter((x) => x.detector === 'an0080.bulk-upload')).toHaveLength(1);
+  });
+});
