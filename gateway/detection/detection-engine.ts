@@ -27,6 +27,7 @@ import {
   outcomeOfRefusal,
   toAlert,
   uploadBudgetFor,
+  uploadKillTrigger,
 } from '../../policy/detectors/index.ts';
 import { identityKeyOf } from '../../policy/detectors/match.ts';
 import { DetectionState } from '../../policy/detectors/state.ts';
@@ -342,8 +343,11 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     target: Budgeted & { onBudget: ((t: never) => boolean) | null },
     snapshot: PolicySnapshot,
   ): number | null => {
-    const budget = uploadBudgetFor(connect, snapshot, flows.now(), state);
+    // `corroborate: true` without corroboration yet: the budget is kept all the same, and asked
+    // again when reached (a second detector or a modifier may have come since the connect).
+    const budget = uploadKillTrigger(connect, snapshot, flows.now(), state);
     if (budget === null) return null;
+    let isCorroborated = uploadBudgetFor(connect, snapshot, flows.now(), state) !== null;
     target.onBudget = (): boolean => {
       const snap = policy.current();
       // Called exactly at target.budgetOut (the HTTP path's own counter may lag a chunk behind): the
@@ -353,6 +357,14 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
         // Not an upload yet (out:in short): the budget moves to where the rule could hold next.
         target.budgetOut = nextUploadBudget(at, target.bytesIn, budget, snap);
         return false;
+      }
+      if (!isCorroborated) {
+        isCorroborated = uploadBudgetFor({ ...connect, identity: flow.identity }, snap, flows.now(), state) !== null;
+        if (!isCorroborated) {
+          // Alone it only flags (the sweep does); a corroboration after this is the sweep's to act on.
+          target.budgetOut = Number.POSITIVE_INFINITY;
+          return false;
+        }
       }
       const mode = modeOf(flow.identity.roles);
       const finding: Finding = {

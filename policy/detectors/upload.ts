@@ -170,9 +170,35 @@ export function uploadBudgetFor(
   const idKey = identityKeyOf(facts.identity, facts.clientIp);
   const rule = uploadRule(facts.identity, facts.destHost, idKey, state, ctx, now, facts.clientIp);
   if (!rule) return null;
+  return isUploadKillCorroborated(facts, rule, s, idKey, ctx, now, state) ? rule.trigger : null;
+}
+
+/**
+ * The bulk-upload kill budget before corroboration: what `uploadBudgetFor` gives once `corroborate`
+ * is satisfied. The data plane keeps it from the connect and asks `uploadBudgetFor` again when the
+ * budget is reached: a modifier or second detector that came meanwhile makes the kill stand there,
+ * at the budget, not at the next sweep with everything sent since.
+ */
+export function uploadKillTrigger(facts: ConnectFacts, snapshot: Pick<PolicySnapshot, 'config'>, now: number, state: DetectionState | null = null): number | null {
+  const ctx = detectionContext(snapshot);
+  const s = ctx.settings('an0080.bulk-upload');
+  if (!s.enabled || s.action !== 'kill') return null;
+  const idKey = identityKeyOf(facts.identity, facts.clientIp);
+  return uploadRule(facts.identity, facts.destHost, idKey, state, ctx, now, facts.clientIp)?.trigger ?? null;
+}
+
+function isUploadKillCorroborated(
+  facts: ConnectFacts,
+  rule: UploadRule,
+  s: ReturnType<DetectionContext['settings']>,
+  idKey: string,
+  ctx: DetectionContext,
+  now: number,
+  state: DetectionState | null,
+): boolean {
   // Without `corroborate`, or with an untrusted uploader (its own corroboration), kill stands.
-  if (!s.corroborate || rule.untrusted) return rule.trigger;
-  if (!state) return null;
+  if (!s.corroborate || rule.untrusted) return true;
+  if (!state) return false;
   const destination: FlowDestinationView = { host: facts.destHost, ip: facts.destIp, port: facts.destPort };
   const mods = modifiersFor({ identity: facts.identity, idKey, destination, now, state, ctx });
   const sc = score({
@@ -184,7 +210,7 @@ export function uploadBudgetFor(
     gate: 'config',
     connectTime: false,
   });
-  return sc.action === 'kill' ? rule.trigger : null;
+  return sc.action === 'kill';
 }
 
 /** At the budget: does the flow's out:in ratio make it a bulk upload (kill), or let it run on? */
