@@ -39,6 +39,11 @@ export interface AdmissionRequest {
   /** An identity already resolved on this client connection (keep-alive, SOCKS after auth). */
   identity?: Identity;
   /**
+   * The process already attributed to this client connection (an earlier request of an HTTP
+   * keep-alive connection): the flow's process when its identity names none.
+   */
+  knownProcess?: ProcessInfo | null;
+  /**
    * A SOCKS5 UDP association's TCP control connection (claims.clientPort is then the client's
    * datagram socket and `server` the relay): attributed too, and taken when the datagram socket's
    * holder is not found (gone already, not visible).
@@ -99,6 +104,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
       authFailed = true;
     }
   }
+  if (req.knownProcess && !identity.process) identity = { ...identity, process: req.knownProcess };
   // 2. open
   const flow = ctx.flows.open({
     protocol: req.protocol,

@@ -2,7 +2,7 @@
  * Per-client-connection state of the HTTP listener, kept on the socket itself under a symbol:
  * one object per connection, no WeakMap/WeakSet lookups per request on the hot path.
  */
-import type { Identity } from '../../policy/types.ts';
+import type { Identity, ProcessInfo } from '../../policy/types.ts';
 
 /** An identity resolved on a keep-alive connection, reused while the credentials stay the same. */
 export interface CachedIdentity {
@@ -63,6 +63,14 @@ export function connectionState(socket: object): ConnectionState {
     holder[kState] = state;
   }
   return state;
+}
+
+/**
+ * The process already attributed to this client connection (its latest request's flow), or null;
+ * reads the state without creating it.
+ */
+export function connectionProcess(socket: object): ProcessInfo | null {
+  return (socket as WithState)[kState]?.lastFlow?.identity.process ?? null;
 }
 
 /**

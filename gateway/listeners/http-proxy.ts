@@ -39,12 +39,11 @@ import { type Admitted, admit, type Refused } from '../admission.ts';
 import { certSubjectOf } from '../identity/client-cert.ts';
 import type { GatewayContext, IdentityClaims } from '../context.ts';
 import type { GatewayErrorCode } from '../errors.ts';
-import { withProcess } from '../flow/flow.ts';
 import type { PolicySnapshot, Protocol } from '../../policy/types.ts';
 import { mapError } from '../reject.ts';
 import { handleConnect } from './http-connect.ts';
 import { wrapWithConnectFront } from './http-connect-front.ts';
-import { beginAdmission, connectionState, endAdmission, expireCachedIdentity, mayCutIdle } from './http-connection-state.ts';
+import { beginAdmission, connectionProcess, connectionState, endAdmission, expireCachedIdentity, mayCutIdle } from './http-connection-state.ts';
 import { createFastPath } from './http-fast-path.ts';
 import { forwardRequest, OriginAgents } from './http-forward.ts';
 import { forwardRequestHeaders, parseProxyBasic, viaFor } from './http-headers.ts';
@@ -119,7 +118,9 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
     },
     async admitRequest(req, protocol, host, port) {
       const claims = claimsOf(req);
-      if (protocol === 'connect') return admit(ctx, { protocol, listener, claims, destHost: host, destPort: port, server: req.socket });
+      // A CONNECT after absolute-URI requests on the same connection is the same socket: the process
+      // attributed to them is its process (the agent reports a socket once).
+      if (protocol === 'connect') return admit(ctx, { protocol, listener, claims, destHost: host, destPort: port, server: req.socket, knownProcess: connectionProcess(req.socket) });
       const snapshot = ctx.policy.current();
       const headerNames = snapshot.config.identity.headers;
       // The signed token is part of the key too: a new token (other user, later expiry) must be re-verified.
@@ -129,10 +130,7 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
       // Regression: an expired signed token kept working on a keep-alive connection (the key is the token's text).
       expireCachedIdentity(connection, key, () => ctx.identity.reusableUntilMs(claims, snapshot), ctx.identity.now);
       const cached = connection.identity;
-      let identity = cached && cached.key === key && cached.version === snapshot.version ? cached.identity : undefined;
-      // An agent report may have named this connection's process after its earlier request was admitted.
-      const earlier = connection.lastFlow?.identity.process;
-      if (identity && !identity.process && earlier) identity = withProcess(identity, earlier);
+      const identity = cached && cached.key === key && cached.version === snapshot.version ? cached.identity : undefined;
       // The client waits on the gateway meanwhile: the idle timer does not cut it (mayCutIdle).
       beginAdmission(connection);
       let result: Admitted | Refused;
@@ -145,6 +143,10 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
           destPort: port,
           server: req.socket,
           identity,
+          // The process of this connection's earlier request, also when that request was refused (no
+          // identity cached) or its credentials changed: an agent report named it after that
+          // request was admitted, or named it once for the socket (it reports a socket once).
+          knownProcess: connection.lastFlow?.identity.process ?? null,
         });
       } finally {
         endAdmission(connection, req.socket);
