@@ -9,6 +9,8 @@
  * 3. Drop the ones already reported (keyed by 4-tuple + inode, forgotten when the socket goes).
  * 4. Attribute the rest with the same resolver the gateway uses (one fd scan at most).
  * 5. Queue the reports; send in batches; on failure keep them and back off exponentially.
+ *    A queued report whose socket is gone is dropped (step 3 of a later pass): sent late, after
+ *    its flow ended, it would name the next connection from that port, maybe another process's.
  */
 
 import { lookup } from 'node:dns/promises';
@@ -73,12 +75,13 @@ export class Agent {
   private readonly reportsUrl: string;
   private readonly ports: ReadonlySet<number>;
   private readonly seen = new Map<string, Seen>();
-  private queue: AgentReport[] = [];
+  /** Reports waiting to be sent, each with the key of its socket (see collect). */
+  private queue: Array<{ readonly key: string; readonly report: AgentReport }> = [];
   private failures = 0;
   private nextSendAt = 0;
   private gatewayIps: { at: number; set: Set<string> } | null = null;
   /** Totals since start, for logs and tests. */
-  readonly totals = { passes: 0, sent: 0, dropped: 0, posts: 0, failedPosts: 0 };
+  readonly totals = { passes: 0, sent: 0, dropped: 0, stale: 0, posts: 0, failedPosts: 0 };
 
   constructor(private readonly opts: AgentOptions) {
     this.resolver = opts.resolver ?? new ProcessResolver(opts.procRoot ? { procRoot: opts.procRoot } : {});
@@ -157,6 +160,7 @@ export class Agent {
     }
     // Forget sockets that are gone, so the map is bounded by the live socket count.
     for (const key of this.seen.keys()) if (!live.has(key)) this.seen.delete(key);
+    this.dropGone(live);
 
     let queued = 0;
     let unattributed = 0;
@@ -172,7 +176,7 @@ export class Agent {
         this.seen.set(key, s);
         if (p) {
           s.isDone = true;
-          this.enqueue(makeReport(entry, p));
+          this.enqueue(key, makeReport(entry, p));
           queued++;
         } else if (s.attempts >= this.maxAttempts) {
           s.isDone = true;
@@ -184,8 +188,27 @@ export class Agent {
     return { sockets: live.size, queued, unattributed };
   }
 
-  private enqueue(r: AgentReport): void {
-    this.queue.push(r);
+  /**
+   * Drop the queued reports whose socket is gone (not in `live`, this pass's socket keys). The
+   * gateway joins a report to the live flow at its client address, or keeps it 30 s for a flow
+   * not yet open: a report held back (gateway unreachable, backing off) and sent after its
+   * connection closed would name the next connection from the same port, which may be another
+   * process's (reproduced: a closed `nmap` tunnel's report, sent once the gateway was back, got
+   * the python3 tunnel that reused its port killed as an0081.scanner-tool). A socket gone is not
+   * reported at all: its flow has ended and no report can attribute it any more.
+   */
+  private dropGone(live: ReadonlySet<string>): void {
+    if (this.queue.length === 0) return;
+    const kept = this.queue.filter((q) => live.has(q.key));
+    const gone = this.queue.length - kept.length;
+    if (gone === 0) return;
+    this.queue = kept;
+    this.totals.stale += gone;
+    this.log({ event: 'agent-reports-stale', reports: gone, queued: kept.length });
+  }
+
+  private enqueue(key: string, report: AgentReport): void {
+    this.queue.push({ key, report });
     if (this.queue.length > this.maxQueued) {
       const over = this.queue.length - this.maxQueued;
       this.queue.splice(0, over);
@@ -196,7 +219,7 @@ export class Agent {
   /** Post one batch from the queue. `retry` = kept for later (network error, 408/429/5xx). */
   async sendBatch(): Promise<SendResult> {
     if (this.queue.length === 0) return 'empty';
-    const batch = this.queue.slice(0, this.batchSize);
+    const batch = this.queue.slice(0, this.batchSize).map((q) => q.report);
     this.totals.posts++;
     let status = 0;
     let error: string | null = null;
