@@ -113,6 +113,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     client: { ip: unmapIPv4(req.claims.clientIp), port: req.claims.clientPort },
     identity,
     destination: { host: req.destHost, ip: null, port: req.destPort },
+    controlPort: req.control?.clientPort,
   });
   const mode = snapshot.modeFor(identity.roles, override);
   // A client without an address (reset before it was accepted) cannot be identified: never judged.

@@ -79,6 +79,8 @@ export class FlowTable extends EventEmitter {
   private closedStart = 0;
   /** Client address "transport|ip:port" → id of its newest flow (ids, not flows: see live-flows.ts). */
   private readonly byClient = new Map<string, string>();
+  /** A live SOCKS5 UDP association's control connection "tcp|ip:port" → the association's id. */
+  private readonly byControl = new Map<string, string>();
   private readonly perIdentity = new Map<string, number>();
   private readonly rate = new Map<string, RateWindow>();
   /** Attributions that arrived before their flow (agent reports race the connection). */
@@ -120,15 +122,19 @@ export class FlowTable extends EventEmitter {
     this.active.add(flow);
     const ck = clientKey(clientTransport(init.protocol), init.client.ip, init.client.port);
     flow.clientKey = ck;
-    if (init.isAddressIndexed !== false) this.byClient.set(ck, id);
+    if (init.isAddressIndexed !== false) {
+      this.byClient.set(ck, id);
+      if (init.controlPort !== undefined) {
+        flow.controlKey = clientKey('tcp', init.client.ip, init.controlPort);
+        this.byControl.set(flow.controlKey, id);
+      }
+    }
     if (this.pendingProcess.size > 0) {
       // A report that came before its flow names that flow only: consumed, never inherited by a
       // later connection from the same port (another socket, maybe another process and user).
-      const pending = this.pendingProcess.get(ck);
-      if (pending) {
-        this.pendingProcess.delete(ck);
-        if (!flow.identity.process) flow.identity = withProcess(flow.identity, pending);
-      }
+      // A UDP association's datagram socket first; else its control connection (opened before it).
+      const pending = this.takePending(ck) ?? (flow.controlKey === '' ? undefined : this.takePending(flow.controlKey));
+      if (pending && !flow.identity.process) flow.identity = withProcess(flow.identity, pending);
     }
     const key = identityKey(flow);
     flow.limitKey = key;
@@ -226,9 +232,20 @@ export class FlowTable extends EventEmitter {
    */
   attribute(ip: string, port: number, transport: ClientTransport, process: ProcessInfo): Flow | null {
     const ck = clientKey(transport, ip, port);
-    const id = this.byClient.get(ck);
-    const flow = id === undefined ? undefined : this.active.get(id);
-    if (flow?.state !== 'active') {
+    const flow = this.liveAt(this.byClient, ck);
+    if (flow === undefined) {
+      // The TCP control connection of a SOCKS5 UDP association (RFC 1928 §7: open for the
+      // association's life, in practice held by the process that sends its datagrams). Agents
+      // rarely see the datagram socket itself: an unconnected one has no remote address to tell
+      // it is the gateway's. The datagram socket's own report, when it comes, is the one the bytes
+      // come from: never replaced by the control connection's.
+      const association = transport === 'tcp' && this.byControl.size > 0 ? this.liveAt(this.byControl, ck) : undefined;
+      if (association !== undefined) {
+        if (association.identity.process) return association;
+        association.identity = withProcess(association.identity, process);
+        this.emit('attributed', association);
+        return association;
+      }
       this.pendingProcess.set(ck, process);
       return null;
     }
@@ -238,6 +255,20 @@ export class FlowTable extends EventEmitter {
     // connection's earlier flow (http-proxy.ts).
     this.emit('attributed', flow);
     return flow;
+  }
+
+  /** The live flow `index` holds under `key`, if any. */
+  private liveAt(index: ReadonlyMap<string, string>, key: string): Flow | undefined {
+    const id = index.get(key);
+    const flow = id === undefined ? undefined : this.active.get(id);
+    return flow?.state === 'active' ? flow : undefined;
+  }
+
+  /** The report kept for a flow not yet open at `key`, removed (consumed), if any. */
+  private takePending(key: string): ProcessInfo | undefined {
+    const p = this.pendingProcess.get(key);
+    if (p !== undefined) this.pendingProcess.delete(key);
+    return p;
   }
 
   /**
@@ -267,6 +298,7 @@ export class FlowTable extends EventEmitter {
     this.active.delete(flow);
     const ck = flow.clientKey;
     if (this.byClient.get(ck) === flow.id) this.byClient.delete(ck);
+    if (flow.controlKey !== '' && this.byControl.get(flow.controlKey) === flow.id) this.byControl.delete(flow.controlKey);
     const key = flow.limitKey;
     const n = (this.perIdentity.get(key) ?? 1) - 1;
     if (n <= 0) this.perIdentity.delete(key);

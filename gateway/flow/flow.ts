@@ -72,6 +72,11 @@ export interface FlowInit {
    * removes the live flow's entry (agent attribution keeps going to the live flow). Default true.
    */
   isAddressIndexed?: boolean;
+  /**
+   * A SOCKS5 UDP association: its TCP control connection's client port. An agent report about that
+   * connection names the association while no report about its datagram socket has.
+   */
+  controlPort?: number | undefined;
 }
 
 /** The JSON record written to the flow log and served by the admin API (SPEC §5). */
@@ -159,6 +164,8 @@ export class Flow {
    * limit key): close releases exactly these, even if the identity changed meanwhile.
    */
   clientKey = '';
+  /** A SOCKS5 UDP association's control connection, "tcp|ip:port" (FlowInit.controlPort); else ''. */
+  controlKey = '';
   /**
    * True: the flow table closes it without writing its record, and counts it instead (a refusal
    * while the flow log cannot be written and its backlog already holds many; admission.ts).

@@ -102,6 +102,32 @@ describe('FlowTable', () => {
     expect(flows.open(init(6001)).identity.process?.name).toBe('backupd');
   });
 
+  // Regression: a report about a UDP association's TCP control connection joined no flow, and the
+  // agent seldom sees the datagram socket (unconnected: no remote address), so the association
+  // went unnamed.
+  it("names a UDP association by its control connection's report, never over its datagram socket's", () => {
+    const now = { t: 0 };
+    const { flows } = table(now);
+    const proc = (pid: number, name: string) => ({ pid, name, exe: null, cmdline: null, user: null, uid: null, loginuid: null, ppid: null, parentName: null, parentExe: null });
+    const assoc = (port: number, controlPort: number) => flows.open({ ...init(port), protocol: 'socks5-udp', listener: 'socks', controlPort });
+    // Live: the control's report names it; the datagram socket's report replaces it; a later control report does not.
+    const a = assoc(7000, 7100);
+    expect(flows.attribute('127.0.0.1', 7100, 'tcp', proc(1, 'python3'))).toBe(a);
+    expect(a.identity.process?.name).toBe('python3');
+    expect(flows.attribute('127.0.0.1', 7000, 'udp', proc(2, 'honeygain'))).toBe(a);
+    expect(flows.attribute('127.0.0.1', 7100, 'tcp', proc(3, 'python3'))).toBe(a);
+    expect(a.identity.process?.name).toBe('honeygain');
+    // Before it opens: the datagram socket's report first, else the control's.
+    expect(flows.attribute('127.0.0.1', 7201, 'tcp', proc(4, 'ctl'))).toBeNull();
+    expect(flows.attribute('127.0.0.1', 7001, 'udp', proc(5, 'dgram'))).toBeNull();
+    expect(assoc(7001, 7201).identity.process?.name).toBe('dgram');
+    expect(flows.attribute('127.0.0.1', 7202, 'tcp', proc(6, 'ctl'))).toBeNull();
+    expect(assoc(7002, 7202).identity.process?.name).toBe('ctl');
+    // Closed: its control connection names nothing any more (kept for a flow not yet open).
+    flows.close(a, 'closed');
+    expect(flows.attribute('127.0.0.1', 7100, 'tcp', proc(7, 'later'))).toBeNull();
+  });
+
   it('enforces per-identity concurrency and new-flow rate', () => {
     const now = { t: 0 };
     const { flows } = table(now);
