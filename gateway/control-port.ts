@@ -4,6 +4,7 @@
  * It owns no state of its own beyond what those hold.
  */
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
+import { normalizeIp } from '../agent/attribution.ts';
 import { validateReportBatch } from '../agent/report.ts';
 import type { Config } from '../policy/config.ts';
 import { type LoadResult, loadConfig, validateConfig } from '../policy/load-config.ts';
@@ -102,7 +103,7 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
   const pending = new PendingReportBudget(deps.pendingReports);
   stats.attachPendingReports(() => pending.stats(now()));
   const shedLoggedAt = new Map<string, number>();
-  let sourcesCache: { version: number; lists: Map<string, BlockList | null> } | null = null;
+  let sourcesCache: { version: number; lists: Map<string, SourceLists | null> } | null = null;
 
   const policyView = (): PolicyView => {
     const snap = deps.policy.current();
@@ -123,13 +124,13 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
     return { ok: true, policy: policyView(), previousVersion: before };
   };
 
-  /** Agent name → BlockList of its sources (null = no binding: admin tokens of scope agent). */
-  const agentSources = (): Map<string, BlockList | null> => {
+  /** Agent name → its sources (null = no binding: admin tokens of scope agent). */
+  const agentSources = (): Map<string, SourceLists | null> => {
     const snap = deps.policy.current();
     if (sourcesCache?.version === snap.version) return sourcesCache.lists;
-    const lists = new Map<string, BlockList | null>();
+    const lists = new Map<string, SourceLists | null>();
     for (const a of snap.config.identity.agents) {
-      const bl = new BlockList();
+      const bl: SourceLists = { v4: new BlockList(), v6: new BlockList() };
       for (const cidr of a.sources) addCidr(bl, cidr);
       lists.set(a.name, bl);
     }
@@ -199,11 +200,15 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
       if (!parsed.ok) return { ok: false, code: 'invalid', errors: [...parsed.errors] };
       const batch = parsed.value;
       const sources = agentSources().get(agentName) ?? null;
+      // Each report's address in the form flows are known by (plain IPv4 for an IPv4-mapped one,
+      // compressed lower-case IPv6, no zone), checked and joined as such: an IPv4 client's report
+      // in the mapped form names its flow, and is checked against IPv4 sources only.
+      const localIps = batch.reports.map((r) => normalizeIp(r.localIp));
       // All or nothing: an agent speaking for an address it does not own is suspect as a whole.
       const refused: Array<{ index: number; localIp: string }> = [];
       if (sources) {
         batch.reports.forEach((r, index) => {
-          if (!checkIp(sources, r.localIp)) refused.push({ index, localIp: r.localIp });
+          if (!checkIp(sources, localIps[index] ?? '')) refused.push({ index, localIp: r.localIp });
         });
       }
       const t = now();
@@ -214,7 +219,7 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
       let attributed = 0;
       let shed = 0;
       let waiting = 0;
-      for (const r of batch.reports) {
+      for (const [index, r] of batch.reports.entries()) {
         const process: ProcessInfo = keptProcessInfo({
           pid: r.pid,
           name: r.name,
@@ -238,7 +243,7 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
         }
         // The report's proto says which port space localPort is in: a TCP report must never name
         // the process of a UDP association from the same port number, nor the other way round.
-        if (deps.flows.attribute(stripZone(r.localIp), r.localPort, r.proto, process)) attributed++;
+        if (deps.flows.attribute(localIps[index] ?? '', r.localPort, r.proto, process)) attributed++;
         else {
           pending.add(agentName, bytes, t);
           waiting++;
@@ -290,16 +295,21 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
   };
 }
 
-function stripZone(ip: string): string {
-  const i = ip.indexOf('%');
-  return i < 0 ? ip : ip.slice(0, i);
+/**
+ * An agent's sources, one list per family. Node's BlockList matches an IPv4 address against IPv6
+ * rules too (as ::ffff:a.b.c.d): in one list, an agent bound to `::/0` spoke for every IPv4 client.
+ */
+interface SourceLists {
+  readonly v4: BlockList;
+  readonly v6: BlockList;
 }
 
-/** Add "a.b.c.d/n", "v6/n" or a bare address to a BlockList; invalid entries are skipped (load-config refuses them). */
-function addCidr(bl: BlockList, cidr: string): void {
+/** Add "a.b.c.d/n", "v6/n" or a bare address to its family's list; invalid entries are skipped (load-config refuses them). */
+function addCidr(lists: SourceLists, cidr: string): void {
   const [addr = '', bitsText] = cidr.split('/');
   const type = isIPv4(addr) ? 'ipv4' : isIPv6(addr) ? 'ipv6' : null;
   if (!type) return;
+  const bl = type === 'ipv4' ? lists.v4 : lists.v6;
   if (bitsText === undefined) {
     bl.addAddress(addr, type);
     return;
@@ -308,15 +318,12 @@ function addCidr(bl: BlockList, cidr: string): void {
   if (Number.isInteger(bits) && bits >= 0 && bits <= (type === 'ipv4' ? 32 : 128)) bl.addSubnet(addr, bits, type);
 }
 
-/** BlockList.check with the family worked out (it silently says false for a wrong family). */
-function checkIp(bl: BlockList, ip: string): boolean {
-  const addr = stripZone(ip);
-  if (isIPv4(addr)) return bl.check(addr, 'ipv4');
-  if (isIPv6(addr)) {
-    // IPv4-mapped addresses (::ffff:10.2.3.17) are checked as the IPv4 address they carry.
-    const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(addr);
-    if (m?.[1] && bl.check(m[1], 'ipv4')) return true;
-    return bl.check(addr, 'ipv6');
-  }
+/**
+ * Whether `ip`, in the form normalizeIp gives (an IPv4-mapped address is plain IPv4 by then), is
+ * one of the agent's sources, checked against its own family's list only.
+ */
+function checkIp(lists: SourceLists, ip: string): boolean {
+  if (isIPv4(ip)) return lists.v4.check(ip, 'ipv4');
+  if (isIPv6(ip)) return lists.v6.check(ip, 'ipv6');
   return false;
 }
