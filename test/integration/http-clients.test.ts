@@ -9,7 +9,7 @@ import { ProxyAgent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VIA_VALUE } from '../../gateway/listeners/http-headers.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
-import { jsonBody, type Origin, rawExchange, run, startOrigin } from './http-harness.ts';
+import { jsonBody, type Origin, rawExchange, run, startOrigin, wireOf } from './http-harness.ts';
 
 let gw: TestGateway;
 let origin: Origin;
@@ -83,9 +83,12 @@ describe('other real clients through the HTTP listener', () => {
     }
     expect(received).toBe(4444);
     const rec = await gw.waitForClosed((f) => f.protocol === 'connect' && f.destination.port === origin.port);
-    // The tunnel carries the whole HTTP exchange: request head out, response head + body in.
-    expect(rec.bytesIn).toBeGreaterThan(4444);
-    expect(rec.bytesOut).toBeGreaterThan(0);
+    // The tunnel carries the whole HTTP exchange: request head out, response head + body in,
+    // exactly what the origin's connection read and wrote.
+    const wire = await wireOf(origin, '/size/4444');
+    expect(wire.written).toBeGreaterThan(4444);
+    expect(rec.bytesIn).toBe(wire.written);
+    expect(rec.bytesOut).toBe(wire.read);
   });
 });
 

@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
-import { type Origin, pattern, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
+import { type Origin, pattern, rawConnect, readUntil, run, startOrigin, wireOf } from './http-harness.ts';
 
 let gw: TestGateway;
 let origin: Origin;
@@ -88,7 +88,10 @@ describe('CONNECT tunnels', () => {
     // curl's size_header also counts our 39-byte "200 Connection Established" head, which is handshake.
     expect(sizeDownload).toBe(12345);
     expect(rec.bytesIn).toBe((sizeHeader ?? 0) - 'HTTP/1.1 200 Connection Established\r\n\r\n'.length + 12345);
-    expect(rec.bytesOut).toBeGreaterThan(0);
+    // Both ways, exactly what the origin's connection wrote and read.
+    const wire = await wireOf(origin, '/size/12345');
+    expect(rec.bytesIn).toBe(wire.written);
+    expect(rec.bytesOut).toBe(wire.read);
   });
 
   it('echo: exact byte counts both ways, bytes sent with the CONNECT head count as payload', async () => {

@@ -20,6 +20,11 @@ export interface Origin {
   port: number;
   server: Server;
   seen: SeenRequest[];
+  /**
+   * What each closed connection read and wrote, by its remote port (the gateway's upstream socket):
+   * the bytes the destination received and sent, to check a tunnel's record against.
+   */
+  wire: Map<number, { read: number; written: number }>;
   close(): Promise<void>;
 }
 
@@ -76,6 +81,11 @@ export async function startOrigin(extra?: (req: IncomingMessage, res: ServerResp
       }
     });
   });
+  const wire = new Map<number, { read: number; written: number }>();
+  server.on('connection', (s: Socket) => {
+    const remotePort = s.remotePort ?? 0;
+    s.once('close', () => wire.set(remotePort, { read: s.bytesRead, written: s.bytesWritten }));
+  });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const port = (server.address() as { port: number }).port;
@@ -83,12 +93,28 @@ export async function startOrigin(extra?: (req: IncomingMessage, res: ServerResp
     port,
     server,
     seen,
+    wire,
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();
         server.close(() => resolve());
       }),
   };
+}
+
+/**
+ * The bytes the origin read and wrote on the connection that carried `url`, once it has closed
+ * (bounded wait): what a tunnel's record must count as bytesOut and bytesIn.
+ */
+export async function wireOf(origin: Origin, url: string, timeoutMs = 5000): Promise<{ read: number; written: number }> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const seen = origin.seen.find((s) => s.url === url);
+    const counts = seen ? origin.wire.get(seen.clientPort) : undefined;
+    if (counts) return counts;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for the origin's connection that carried ${url} to close`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 export interface RunResult {

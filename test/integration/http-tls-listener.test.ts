@@ -10,7 +10,7 @@ import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type LocalGateway, type Origin, run, startLocalGateway, startOrigin } from './http-harness.ts';
+import { type LocalGateway, type Origin, run, startLocalGateway, startOrigin, wireOf } from './http-harness.ts';
 
 let gw: LocalGateway;
 let origin: Origin;
@@ -66,7 +66,11 @@ describe('HTTPS proxy listener', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout.length).toBe(4096);
     const rec = await gw.waitForClosed((f) => f.protocol === 'connect' && f.closeReason === 'closed');
-    expect(rec.bytesIn).toBeGreaterThan(4096);
+    // Inside the tunnel: exactly what the origin's connection wrote (head and 4096-byte body) and read.
+    const wire = await wireOf(origin, '/size/4096');
+    expect(wire.written).toBeGreaterThan(4096);
+    expect(rec.bytesIn).toBe(wire.written);
+    expect(rec.bytesOut).toBe(wire.read);
   });
 
   // Regression: resetAndDestroy() throws on a TLS socket; an idle-timeout or kill of a flow on the

@@ -18,7 +18,7 @@ import { echoOrigin, freePort, type TcpOrigin } from '../helpers/detection-live.
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { createTestPki, type TestPki } from '../helpers/tls.ts';
-import { type Origin, pattern, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
+import { type Origin, pattern, rawConnect, readUntil, run, startOrigin, wireOf } from './http-harness.ts';
 import { readToEnd } from './socks5-harness.ts';
 
 const CLAIMED = { srcIp: '203.0.113.7', srcPort: 4444, dstIp: '127.0.0.1', dstPort: 8443 };
@@ -171,7 +171,11 @@ describe.skipIf(!haveHaproxy)('behind haproxy (send-proxy-v2 / send-proxy)', () 
     expect(tunnel.stdout.equals(pattern(4096))).toBe(true);
     const c = await gw.waitForClosed((r) => r.protocol === 'connect' && r.client.ip === CURL_IP);
     expect(c.identity.host).toBe('lb-curl');
-    expect(c.bytesIn).toBeGreaterThan(4096);
+    // Exactly what the origin's connection wrote (head and body) and read.
+    const wire = await wireOf(origin, '/size/4096');
+    expect(wire.written).toBeGreaterThan(4096);
+    expect(c.bytesIn).toBe(wire.written);
+    expect(c.bytesOut).toBe(wire.read);
     const abs = await viaLb(`https://127.0.0.1:${lbHttps}`, [`http://127.0.0.1:${origin.port}/size/700`]);
     expect(abs.code, abs.stderr).toBe(0);
     const h = await gw.waitForClosed((r) => r.protocol === 'http' && r.client.ip === CURL_IP && r.bytesIn === 700);
