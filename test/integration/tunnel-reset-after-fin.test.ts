@@ -19,6 +19,12 @@ const CHUNK = Buffer.alloc(64 * 1024, 0x42);
 /** Bounds on every loop: bytes, time. */
 const MAX_UPLOAD = 64 * 1024 * 1024;
 const LOOP_MS = 5000;
+/**
+ * How long a close may take to show (a noisy machine may be slow): well inside limits.idleTimeoutMs
+ * (20 s), so a flow that closed only at its idle timeout still misses it, and its closeReason would
+ * say idle-timeout.
+ */
+const SETTLE_MS = 10_000;
 
 let gw: TestGateway;
 const servers: Server[] = [];
@@ -143,14 +149,12 @@ describe.each(['connect', 'socks5'] as const)('%s', (via) => {
     await until('the answer and its end', () => client.ended() && client.got().length >= ANSWER.length);
     expect(client.got()).toEqual(ANSWER);
     const written = await uploadUntilStalled(client.socket);
-    const resetAt = Date.now();
     reset();
     // The client's pending upload fails: its connection is reset, as it would be by the destination.
-    await Promise.race([client.closed, delay(3000)]);
+    await Promise.race([client.closed, delay(SETTLE_MS)]);
     expect(client.socket.destroyed).toBe(true);
     expect(['ECONNRESET', 'EPIPE']).toContain(client.error());
-    const record = await gw.waitForClosed((r) => r.destination.port === port, 3000);
-    expect(Date.now() - resetAt).toBeLessThan(2000);
+    const record = await gw.waitForClosed((r) => r.destination.port === port, SETTLE_MS);
     expect(record.closeReason).toBe('upstream-reset');
     expect(record.bytesIn).toBe(ANSWER.length);
     // bytesOut is what was sent towards the destination: never more than the client wrote, and the
@@ -200,15 +204,13 @@ describe.each(['connect', 'socks5'] as const)('%s', (via) => {
     client.socket.end('hello');
     await until('the destination stalled on a client that reads nothing, after its FIN', () => isDestStalled && isDestEnded);
     expect(destGot.toString()).toBe('hello');
-    const resetAt = Date.now();
     client.socket.resetAndDestroy();
-    const record = await gw.waitForClosed((r) => r.destination.port === port, 3000);
-    expect(Date.now() - resetAt).toBeLessThan(2000);
+    const record = await gw.waitForClosed((r) => r.destination.port === port, SETTLE_MS);
     expect(record.closeReason).toBe('client-reset');
     expect(record.bytesOut).toBe(5);
     expect(record.bytesIn).toBeGreaterThan(0);
     // The destination's connection goes too, and not as a clean end.
-    await until("the destination's close", () => dest?.destroyed === true, 3000);
+    await until("the destination's close", () => dest?.destroyed === true, SETTLE_MS);
     expect(['ECONNRESET', 'EPIPE']).toContain(destError);
   });
 
@@ -231,12 +233,12 @@ describe.each(['connect', 'socks5'] as const)('%s', (via) => {
     const upload = 1024 * 1024;
     for (let i = 0; i < upload / CHUNK.length; i++) client.socket.write(CHUNK);
     client.socket.end();
-    await Promise.race([client.closed, delay(3000)]);
+    await Promise.race([client.closed, delay(SETTLE_MS)]);
     expect(client.error()).toBeNull();
-    const record = await gw.waitForClosed((r) => r.destination.port === port, 3000);
+    const record = await gw.waitForClosed((r) => r.destination.port === port, SETTLE_MS);
     expect(record.closeReason).toBe('closed');
     expect(record.bytesOut).toBe(upload);
-    await until('the upload read to its end', () => isDestEnded, 3000);
+    await until('the upload read to its end', () => isDestEnded, SETTLE_MS);
     expect(destRead).toBe(upload);
   });
 });
