@@ -12,6 +12,7 @@ import {
   parseStatus,
   scanSocketInodes,
 } from '../../../agent/proc-process.ts';
+import { skipNotice } from '../../helpers/skip-notice.ts';
 
 let root = '';
 let passwd = '';
@@ -95,7 +96,7 @@ describe('scanSocketInodes', () => {
     expect(map.has(888)).toBe(false);
     expect(map.get(777)).toEqual([{ pid: 100, fd: 3 }]);
   });
-  it.skipIf(process.getuid?.() !== 0)("reads the sockets' owners' processes before another user's (newer) ones", async () => {
+  it.skipIf(!skipNotice(process.getuid?.() === 0, "proc-process: the sockets' owners first", 'needs root (chown to other uids)'))("reads the sockets' owners' processes before another user's (newer) ones", async () => {
     const other = await mkdtemp(join(tmpdir(), 'egw-proc-uid-'));
     try {
       // /proc/PID/fd is owned by the process's uid: PID 20 runs as 1000, PID 30 (newer) as nobody; both hold 999.
