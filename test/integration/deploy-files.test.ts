@@ -17,6 +17,7 @@ import ts from 'typescript';
 import { parseAllDocuments, parse as parseYaml } from 'yaml';
 import { NODE_FLAGS, THREADPOOL_SIZE } from '../../gateway/node-flags.ts';
 import { loadConfig } from '../../policy/load-config.ts';
+import { skipNotice } from '../helpers/skip-notice.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const DEPLOY = join(ROOT, 'deploy');
@@ -512,11 +513,8 @@ describe('nftables lock-down', () => {
     }
   });
 
-  it('in a network namespace: a bridge port is refused, a --wan without a default route is warned about', () => {
-    if (process.getuid?.() !== 0 || !hasCommand('nft') || !hasCommand('unshare') || !hasCommand('ip')) {
-      skipLoudly('interface checks of egress-lockdown.sh', 'needs root, nft, ip and unshare');
-      return;
-    }
+  it('in a network namespace: a bridge port is refused, a --wan without a default route is warned about', (tctx) => {
+    if (!skipNotice(process.getuid?.() === 0 && hasCommand('nft') && hasCommand('unshare') && hasCommand('ip'), 'interface checks of egress-lockdown.sh', 'needs root, nft, ip and unshare')) tctx.skip();
     const inNs = (setup: string, args: string[]) =>
       spawnSync('unshare', ['--net', 'sh', '-c', `${setup} && exec "$0" "$@"`, script, ...args], { encoding: 'utf8', timeout: 20_000 });
     const veth = 'ip link add eth1 type veth peer name eth2 && ip link set eth1 up && ip link set eth2 up && ip addr add 192.0.2.2/24 dev eth1';
@@ -532,11 +530,8 @@ describe('nftables lock-down', () => {
     expect(bridged.stderr).toContain('--wan eth1 is a port of br0');
   });
 
-  it('both rulesets pass nft -c (in a throw-away network namespace)', () => {
-    if (process.getuid?.() !== 0 || !hasCommand('nft') || !hasCommand('unshare') || !hasCommand('ip')) {
-      skipLoudly('nft -c of the lock-down rulesets', 'needs root, nft (Debian nftables) and unshare');
-      return;
-    }
+  it('both rulesets pass nft -c (in a throw-away network namespace)', (tctx) => {
+    if (!skipNotice(process.getuid?.() === 0 && hasCommand('nft') && hasCommand('unshare') && hasCommand('ip'), 'nft -c of the lock-down rulesets', 'needs root, nft (Debian nftables) and unshare')) tctx.skip();
     for (const variant of ['--enforce', '--monitor']) {
       // eth1 with a default route and eth2 exist only in this namespace (veth pair).
       const setup =
