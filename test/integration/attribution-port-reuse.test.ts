@@ -9,7 +9,7 @@ import { once } from 'node:events';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { reportProcesses, testAgent } from '../helpers/detection-live.ts';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { ipv6LoopbackAvailable, skipNotice } from '../helpers/skip-notice.ts';
 import { readUntil, startOrigin, type Origin } from './http-harness.ts';
 
@@ -92,7 +92,7 @@ describe('an attribution names its own connection', () => {
     const get = (path: string) => `GET http://127.0.0.1:${origin.port}${path} HTTP/1.1\r\nHost: 127.0.0.1:${origin.port}\r\n\r\n`;
     s.write(get('/slow'));
     // Once the origin has the first request, its flow is live (admitted, not yet answered): the report names it.
-    for (let i = 0; i < 200 && !origin.seen.some((r) => r.url === '/slow'); i++) await new Promise((r) => setTimeout(r, 10));
+    await until('the origin has the first request', () => origin.seen.some((r) => r.url === '/slow'));
     expect(await report(port, 'curl')).toMatchObject({ attributed: 1 });
     releaseSlow();
     await readUntil(s, 'abc');
