@@ -162,6 +162,8 @@ describe('an0081.scan counts attempts refused at admission', () => {
     expect(alert.evidence['kind']).toBe('address-scan');
     expect(Number(alert.evidence['refusedDestinations'])).toBeGreaterThanOrEqual(SCAN.failedDestinations);
     const fromLiterals = new Set(gw.closed.filter((r) => r.client.ip === '127.0.0.5').map((r) => r.id));
+    // The alert names the refused flows, all of them this client's (an empty list would name none).
+    expect(alert.flowIds.length).toBeGreaterThan(0);
     for (const id of alert.flowIds) expect(fromLiterals.has(id)).toBe(true);
     // The names' client was never the scanner: it still reaches the allowed origin.
     await goodTunnel(gw, '127.0.0.4');

@@ -204,6 +204,7 @@ describe('an0081.scan over SOCKS5', () => {
     expect(alert.action).toBe('block');
     expect(alert.evidence['maxFailedPortsOnOneHost']).toBeGreaterThanOrEqual(SCAN.failedPortsOnOneHost);
     const socksFlows = new Set(g.closed.filter((r) => r.protocol === 'socks5').map((r) => r.id));
+    expect(alert.flowIds.length).toBeGreaterThan(0);
     for (const id of alert.flowIds) expect(socksFlows.has(id)).toBe(true);
     await expect(socksToGood(g)).rejects.toThrow(/NotAllowed/);
     const rec = await g.waitForClosed((r) => r.protocol === 'socks5' && r.destination.port === good.port);
