@@ -8,11 +8,11 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { type Server, createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalAttributor } from '../../agent/attribution.ts';
 import { MiB, waitForSweeps } from '../helpers/detection-live.ts';
-import { type TestGateway, startTestGateway } from '../helpers/gateway.ts';
+import { type TestGateway, startTestGateway, until } from '../helpers/gateway.ts';
 
 const SIZE = 4 * MiB;
 const payload = Buffer.alloc(SIZE, 0x61);
@@ -20,11 +20,20 @@ const payload = Buffer.alloc(SIZE, 0x61);
 let origin: Server;
 let originPort = 0;
 let gw: TestGateway;
+/** The origin's connections that carried a tunnelled request (no Via: curl spoke to it directly), by remote port. */
+const tunnelledPorts = new Set<number>();
+/** What each closed origin connection read and wrote, by remote port. */
+const wire = new Map<number, { read: number; written: number }>();
 
 beforeAll(async () => {
-  origin = createServer((_req, res) => {
+  origin = createServer((req, res) => {
+    if (req.headers.via === undefined) tunnelledPorts.add(req.socket.remotePort ?? 0);
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(SIZE) });
     res.end(payload);
+  });
+  origin.on('connection', (s: Socket) => {
+    const port = s.remotePort ?? 0;
+    s.once('close', () => wire.set(port, { read: s.bytesRead, written: s.bytesWritten }));
   });
   origin.listen(0, '127.0.0.1');
   await once(origin, 'listening');
@@ -81,10 +90,20 @@ describe('ordinary downloads through the proxy', () => {
     for (const rec of g.closed) {
       expect(rec.verdict).toBe('allow');
       expect(rec.identity.process?.name).toBe('curl');
-      expect(rec.bytesIn).toBeGreaterThanOrEqual(SIZE);
-      expect(rec.bytesOut).toBeLessThan(1024);
     }
-    expect(g.closed.filter((r) => r.protocol === 'connect')).toHaveLength(3);
+    // Absolute-URI: the response body in, no request body out.
+    const forwarded = g.closed.filter((r) => r.protocol === 'http');
+    expect(forwarded.map((r) => [r.bytesIn, r.bytesOut])).toEqual([[SIZE, 0], [SIZE, 0], [SIZE, 0]]);
+    // CONNECT: exactly what the origin's tunnelled connections wrote and read.
+    const tunnels = g.closed.filter((r) => r.protocol === 'connect');
+    expect(tunnels).toHaveLength(3);
+    expect(tunnelledPorts.size).toBe(3);
+    await until("the origin's tunnelled connections closed", () => [...tunnelledPorts].every((p) => wire.has(p)));
+    const sides = (xs: Array<{ in: number; out: number }>) => xs.map((x) => `${x.in}/${x.out}`).sort();
+    expect(sides(tunnels.map((r) => ({ in: r.bytesIn, out: r.bytesOut })))).toEqual(
+      sides([...tunnelledPorts].map((p) => ({ in: wire.get(p)?.written ?? -1, out: wire.get(p)?.read ?? -1 }))),
+    );
+    for (const r of tunnels) expect(r.bytesIn).toBeGreaterThan(SIZE);
     expect(g.alerts.list()).toEqual([]);
   });
 });
