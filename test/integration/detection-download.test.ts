@@ -69,7 +69,7 @@ async function curl(args: string[]): Promise<{ code: number | null; out: string 
     out += c.toString();
   });
   const timer = setTimeout(() => child.kill('SIGKILL'), 12_000);
-  const [code] = (await once(child, 'exit')) as [number | null];
+  const [code] = (await once(child, 'close')) as [number | null];
   clearTimeout(timer);
   return { code, out };
 }

@@ -167,7 +167,8 @@ describe('egressgate serve: SIGTERM drain and a slow reader', () => {
       py.stderr.on('data', (b: Buffer) => {
         err += b.toString('utf8');
       });
-      const exited = once(py, 'exit');
+      // 'close', not 'exit': the client's last line may still be in its stdout pipe when it has exited.
+      const exited = once(py, 'close');
       return { size, py, out: () => out, err: () => err, exited };
     });
     try {

@@ -301,7 +301,7 @@ describe('a start that fails half-way', () => {
       stdout += b.toString('utf8');
     });
     const timer = setTimeout(() => c.kill('SIGKILL'), 20_000);
-    const [code, signal] = (await once(c, 'exit')) as [number | null, string | null];
+    const [code, signal] = (await once(c, 'close')) as [number | null, string | null];
     clearTimeout(timer);
     taken.close();
     expect(signal).toBeNull();
