@@ -13,8 +13,9 @@
 import { createHash } from 'node:crypto';
 import { webhookOrigin } from '../gateway/alerts/alert-sinks.ts';
 import type { Config } from '../policy/config.ts';
+import { REDACTED } from '../policy/redacted.ts';
 
-export const REDACTED = '[redacted]';
+export { REDACTED };
 
 function hashToken<T extends { token?: string; tokenSha256?: string }>(entry: T): T {
   if (entry.token === undefined) return entry;

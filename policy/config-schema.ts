@@ -7,6 +7,7 @@ import { isIP } from 'node:net';
 import { parsePasswordHash } from '../gateway/identity/password-hash.ts';
 import { parseCidr } from './cidr.ts';
 import { normalizeHost, parseHostPattern } from './host-pattern.ts';
+import { redactedSecret, redactedUrl } from './redacted.ts';
 import { parsePortSpec } from './ports.ts';
 import { type Node, s } from './schema-dsl.ts';
 import { DETECTOR_DEFAULTS } from './detectors/defaults.ts';
@@ -90,21 +91,22 @@ const urlWith =
 const UPSTREAM_SCHEMES = ['http:', 'socks5:', 'socks5h:'] as const;
 const upstreamScheme = urlWith(UPSTREAM_SCHEMES, false);
 const upstreamUrl = (v: string): string | null => {
-  const m = upstreamScheme(v);
+  const m = upstreamScheme(v) ?? redactedUrl(v);
   if (m?.startsWith('URL scheme') && /^https:/i.test(v.trim())) return `a parent proxy over TLS (https) is not supported; ${m}`;
   return m;
 };
-const webhookUrl = urlWith(['http:', 'https:'], false);
+const webhookScheme = urlWith(['http:', 'https:'], false);
+const webhookUrl = (v: string): string | null => webhookScheme(v) ?? redactedUrl(v);
 
 const sha256 = (v: string): string | null => (/^[0-9a-fA-F]{64}$/.test(v) ? null : 'must be 64 hex digits (sha256)');
 // Identity-owned checks (gateway/identity): the password-hash parser is pure, so validation and the
 // resolver accept exactly the same hashes.
 const passwordHash = (v: string): string | null => {
   const r = parsePasswordHash(v);
-  return 'error' in r ? r.error : null;
+  return redactedSecret(v) ?? ('error' in r ? r.error : null);
 };
 // An HMAC key guessable offline from one captured token is no key: ask for at least 16 characters.
-const hmacSecret = (v: string): string | null => (v.length < 16 ? 'must be at least 16 characters (an HMAC-SHA256 key)' : null);
+const hmacSecret = (v: string): string | null => redactedSecret(v) ?? (v.length < 16 ? 'must be at least 16 characters (an HMAC-SHA256 key)' : null);
 
 const headerName = (v: string): string | null => (/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/.test(v) ? null : `"${v}" is not an HTTP header name`);
 const roleName = (v: string): string | null => (/^[A-Za-z0-9_.-]{1,64}$/.test(v) ? null : `role name "${v}" may use letters, digits, "_", "-", "." (1-64)`);
@@ -194,7 +196,7 @@ export const CONFIG_SCHEMA: Node = s.obj({
   $schema: s.str(),
   mode: s.enum(['monitor', 'enforce']),
   listen: s.obj({ http: s.str(hostPort), socks: s.str(hostPort), admin: s.str(hostPort), https: s.nul(s.str(hostPort)) }),
-  tls: s.nul(s.obj({ cert: s.req(s.str(nonEmpty)), key: s.req(s.str(nonEmpty)), ca: s.nul(s.str(nonEmpty)), requestClientCert: s.bool() }, clientCertNeedsCa)),
+  tls: s.nul(s.obj({ cert: s.req(s.str(nonEmpty)), key: s.req(s.str((v: string) => nonEmpty(v) ?? redactedSecret(v))), ca: s.nul(s.str(nonEmpty)), requestClientCert: s.bool() }, clientCertNeedsCa)),
   admin: s.obj({
     tokens: s.arr(tokenEntry({ scope: s.req(s.enum(['admin', 'read', 'agent'])) })),
     allowedHosts: s.arr(s.str(hostPattern)),
@@ -208,7 +210,7 @@ export const CONFIG_SCHEMA: Node = s.obj({
     requireAuth: s.bool(),
     users: s.arr(
       s.obj(
-        { name: s.req(s.str(nonEmpty)), password: s.str(), passwordHash: s.str(passwordHash), roles: s.arr(s.str(nonEmpty)) },
+        { name: s.req(s.str(nonEmpty)), password: s.str(redactedSecret), passwordHash: s.str(passwordHash), roles: s.arr(s.str(nonEmpty)) },
         exactlyOne('password', 'passwordHash', true),
       ),
     ),

@@ -8,6 +8,7 @@ import { connect, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import type { Alert } from '../../policy/detectors/types.ts';
 import type { Severity } from '../../policy/types.ts';
+import { REDACTED } from '../../policy/redacted.ts';
 import type { Logger } from '../context.ts';
 import type { AlertStore } from './alert-store.ts';
 
@@ -177,8 +178,8 @@ function createSyslogSender(target: { host: string; port: number; protocol: 'udp
 export function webhookOrigin(url: string): string {
   try {
     const u = new URL(url);
-    return u.pathname === '/' && !u.search && !u.username && !u.password ? u.origin : `${u.origin}/[redacted]`;
+    return u.pathname === '/' && !u.search && !u.username && !u.password ? u.origin : `${u.origin}/${REDACTED}`;
   } catch {
-    return '[redacted]';
+    return REDACTED;
   }
 }

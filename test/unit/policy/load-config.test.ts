@@ -99,6 +99,10 @@ describe('loadConfig: errors carry exact paths', () => {
     ['upstream https', 'upstream: "https://parent.example.net:3129"', 'upstream', /^a parent proxy over TLS \(https\) is not supported; URL scheme must be one of http, socks5, socks5h$/],
     ['role upstream https', 'roles: { r: { upstream: "HTTPS://parent.example.net" } }', 'roles.r.upstream', /not supported; URL scheme must be one of http, socks5, socks5h/],
     ['webhook url', 'alerts: { webhooks: [ { url: "mailto:x@y" } ] }', 'alerts.webhooks[0].url', /scheme/],
+    // A read copy's "[redacted]" PUT back became every user's password (admin-policy-redacted).
+    ['redacted password', 'identity: { users: [ { name: a, password: "[redacted]" } ] }', 'identity.users[0].password', /placeholder/],
+    ['redacted upstream login', 'upstream: "http://%5Bredacted%5D@parent.example.net:3128/"', 'upstream', /placeholder/],
+    ['redacted webhook path', 'alerts: { webhooks: [ { url: "https://hooks.example.net/[redacted]" } ] }', 'alerts.webhooks[0].url', /placeholder/],
     ['listen host:port', 'listen: { http: "1.2.3.4" }', 'listen.http', /HOST:PORT/],
     ['listen port range', 'listen: { socks: "127.0.0.1:70000" }', 'listen.socks', /out of range/],
     ['token and hash', 'admin: { tokens: [ { name: a, token: x, tokenSha256: x, scope: admin } ] }', 'admin.tokens[0].tokenSha256', /64 hex/],

@@ -1,0 +1,108 @@
+/**
+ * A read copy of the policy is not a policy. GET /v1/policy shows read tokens "[redacted]" in place
+ * of passwords, password hashes, the signed-header secret, URL credentials and webhook paths; an
+ * admin who PUT such a copy back (a dashboard's GET, an edit, the admin's PUT) got 200, and from
+ * then on every user's password was the placeholder itself: `curl --proxy-user 'alice:[redacted]'`
+ * got through, alice's own password got 407. Now the placeholder is refused wherever it stands for a
+ * secret (400 invalid-policy with every path) and the running policy keeps serving.
+ * Through the real listeners: the admin API with fetch, the HTTP proxy with curl.
+ */
+import { execFile } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+
+const run = promisify(execFile);
+const READ_TOKEN = 'read-token-redacted-copy-0123';
+/** A syntactically valid scrypt hash (egressgate hash-password's format). */
+const BOB_HASH = 'scrypt$1024$8$1$izFLRePXeAhzFY7eicuf4w$Pv/jTCz3O0NTuxV1sTBqrv2CnHs8U1Kd8IQjobju6TY';
+
+let gw: TestGateway;
+let origin: Server;
+let originPort = 0;
+
+beforeAll(async () => {
+  origin = createServer((_req, res) => res.end('hello'));
+  origin.listen(0, '127.0.0.1');
+  await once(origin, 'listening');
+  originPort = (origin.address() as AddressInfo).port;
+  gw = await startTestGateway({
+    admin: { tokens: [{ name: 'soc', token: READ_TOKEN, scope: 'read' }] },
+    identity: {
+      requireAuth: true,
+      users: [
+        { name: 'alice', password: 'alice-real-password', roles: ['any'] },
+        { name: 'bob', passwordHash: BOB_HASH, roles: ['any'] },
+      ],
+      headers: { signed: { header: 'x-egress-identity', secret: 'signed-header-secret-0123456789', maxAgeSec: 300 } },
+    },
+    roles: { viaParent: { allow: [], upstream: 'http://parentuser:parentpass@127.0.0.1:9/' } },
+    alerts: { webhooks: [{ url: 'http://127.0.0.1:9/hooks/T000/SECRETXYZ', minSeverity: 'high' }] },
+  });
+});
+
+afterAll(async () => {
+  await gw?.stop();
+  origin?.close();
+});
+
+async function api(method: string, path: string, token: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+  const res = await fetch(`${gw.adminUrl}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+  return { status: res.status, json: (await res.json()) as Record<string, unknown> };
+}
+
+/** HTTP status of a GET through the proxy with `user:password`. */
+async function through(login: string): Promise<string> {
+  const { stdout } = await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '-m', '10', '-x', `http://${gw.httpHost}:${gw.httpPort}`, '--proxy-user', login, `http://127.0.0.1:${originPort}/`]);
+  return stdout;
+}
+
+describe('a read copy of the policy PUT back', () => {
+  it('is refused with every placeholder path; the running policy and its passwords stay', async () => {
+    expect(await through('alice:alice-real-password')).toBe('200');
+    const before = await api('GET', '/v1/policy', gw.adminToken);
+    const readCopy = (await api('GET', '/v1/policy', READ_TOKEN)).json['config'] as Record<string, unknown>;
+    expect(JSON.stringify(readCopy)).toContain('[redacted]');
+
+    // Only what validation took before: passwords, a parent's login, a webhook's path.
+    const simple = structuredClone(readCopy) as { identity: { users: unknown[]; headers: { signed: unknown } } };
+    simple.identity.users = simple.identity.users.slice(0, 1);
+    simple.identity.headers.signed = null;
+    const putSimple = await api('PUT', '/v1/policy', gw.adminToken, simple);
+    expect(putSimple.status).toBe(400);
+    expect(putSimple.json['error']).toBe('invalid-policy');
+    const simplePaths = (putSimple.json['details'] as Array<{ path: string }>).map((d) => d.path);
+    expect(simplePaths.sort()).toEqual(['alerts.webhooks[0].url', 'identity.users[0].password', 'roles.viaParent.upstream']);
+
+    const put = await api('PUT', '/v1/policy', gw.adminToken, readCopy);
+    expect(put.status).toBe(400);
+    expect(put.json['error']).toBe('invalid-policy');
+    const paths = (put.json['details'] as Array<{ path: string; message: string }>).map((d) => d.path);
+    for (const p of ['identity.users[0].password', 'identity.users[1].passwordHash', 'identity.headers.signed.secret', 'roles.viaParent.upstream', 'alerts.webhooks[0].url']) {
+      expect(paths).toContain(p);
+    }
+    for (const d of put.json['details'] as Array<{ message: string }>) expect(d.message).toContain('placeholder');
+
+    // Nothing changed: same version, alice's own password works, the placeholder does not.
+    expect((await api('GET', '/v1/policy', gw.adminToken)).json['version']).toBe(before.json['version']);
+    expect(await through('alice:alice-real-password')).toBe('200');
+    expect(await through('alice:[redacted]')).toBe('407');
+
+    // validate says the same.
+    const check = await api('POST', '/v1/policy/validate', READ_TOKEN, readCopy);
+    expect(check.json['valid']).toBe(false);
+    expect((check.json['errors'] as Array<{ path: string }>).map((e) => e.path)).toContain('identity.users[0].password');
+
+    // The admin's own copy still round-trips.
+    const adminCopy = before.json['config'];
+    expect((await api('PUT', '/v1/policy', gw.adminToken, adminCopy)).status).toBe(200);
+    expect(await through('alice:alice-real-password')).toBe('200');
+  });
+});
