@@ -2,8 +2,10 @@
  * Secrets out of the policy the API shows. A read token (a SOC analyst, a dashboard) must not be
  * able to read the admin tokens, and through them become admin.
  *
- * - Bearer tokens (admin and agent) become `tokenSha256`, for everyone: authentication is the same
- *   and a GET → PUT round trip keeps working, but the clear token is never served.
+ * - Bearer tokens (admin and agent) become `tokenSha256` for admin scope: authentication is the
+ *   same and a GET → PUT round trip keeps working, but the clear token is never served. Read scope
+ *   gets "[redacted]" there too: from an admin token's sha256 a read token's holder could try
+ *   guesses offline at a billion a second and become admin.
  * - For read scope also: user passwords and password hashes (scrypt hashes can be cracked
  *   offline), the signed-identity secret, credentials inside URLs (upstream proxies) and a webhook
  *   URL's path and query (where Slack-style webhooks carry their secret) are replaced by
@@ -42,6 +44,9 @@ export function redactConfig(config: Readonly<Config>, scope: 'read' | 'admin' |
   c.admin.tokens = c.admin.tokens.map(hashToken);
   c.identity.agents = c.identity.agents.map(hashToken);
   if (scope === 'admin') return c;
+  // An unsalted sha256 is one fast hash per guess: a weak admin token falls to a wordlist offline.
+  c.admin.tokens = c.admin.tokens.map((t) => ({ ...t, tokenSha256: REDACTED }));
+  c.identity.agents = c.identity.agents.map((a) => ({ ...a, tokenSha256: REDACTED }));
   c.identity.users = c.identity.users.map((u) => ({
     ...u,
     ...(u.password === undefined ? {} : { password: REDACTED }),

@@ -98,7 +98,7 @@ const upstreamUrl = (v: string): string | null => {
 const webhookScheme = urlWith(['http:', 'https:'], false);
 const webhookUrl = (v: string): string | null => webhookScheme(v) ?? redactedUrl(v);
 
-const sha256 = (v: string): string | null => (/^[0-9a-fA-F]{64}$/.test(v) ? null : 'must be 64 hex digits (sha256)');
+const sha256 = (v: string): string | null => redactedSecret(v) ?? (/^[0-9a-fA-F]{64}$/.test(v) ? null : 'must be 64 hex digits (sha256)');
 // Identity-owned checks (gateway/identity): the password-hash parser is pure, so validation and the
 // resolver accept exactly the same hashes.
 const passwordHash = (v: string): string | null => {

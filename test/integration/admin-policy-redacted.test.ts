@@ -12,11 +12,13 @@ import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { promisify } from 'node:util';
+import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 
 const run = promisify(execFile);
 const READ_TOKEN = 'read-token-redacted-copy-0123';
+const AGENT_TOKEN = 'agent-token-redacted-copy-0123';
 /** A syntactically valid scrypt hash (egressgate hash-password's format). */
 const BOB_HASH = 'scrypt$1024$8$1$izFLRePXeAhzFY7eicuf4w$Pv/jTCz3O0NTuxV1sTBqrv2CnHs8U1Kd8IQjobju6TY';
 
@@ -38,6 +40,7 @@ beforeAll(async () => {
         { name: 'bob', passwordHash: BOB_HASH, roles: ['any'] },
       ],
       headers: { signed: { header: 'x-egress-identity', secret: 'signed-header-secret-0123456789', maxAgeSec: 300 } },
+      agents: [{ name: 'ws-17', token: AGENT_TOKEN, sources: ['127.0.0.1/32'] }],
     },
     roles: { viaParent: { allow: [], upstream: 'http://parentuser:parentpass@127.0.0.1:9/' } },
     alerts: { webhooks: [{ url: 'http://127.0.0.1:9/hooks/T000/SECRETXYZ', minSeverity: 'high' }] },
@@ -79,7 +82,7 @@ describe('a read copy of the policy PUT back', () => {
     expect(putSimple.status).toBe(400);
     expect(putSimple.json['error']).toBe('invalid-policy');
     const simplePaths = (putSimple.json['details'] as Array<{ path: string }>).map((d) => d.path);
-    expect(simplePaths.sort()).toEqual(['alerts.webhooks[0].url', 'identity.users[0].password', 'roles.viaParent.upstream']);
+    expect(simplePaths.sort()).toEqual(['admin.tokens[0].tokenSha256', 'alerts.webhooks[0].url', 'identity.agents[0].tokenSha256', 'identity.users[0].password', 'roles.viaParent.upstream']);
 
     const put = await api('PUT', '/v1/policy', gw.adminToken, readCopy);
     expect(put.status).toBe(400);
@@ -104,5 +107,24 @@ describe('a read copy of the policy PUT back', () => {
     const adminCopy = before.json['config'];
     expect((await api('PUT', '/v1/policy', gw.adminToken, adminCopy)).status).toBe(200);
     expect(await through('alice:alice-real-password')).toBe('200');
+  });
+
+  it("read scope gets no token digest: from an admin token's sha256 a weak token is guessed offline", async () => {
+    const sha = (t: string): string => createHash('sha256').update(t, 'utf8').digest('hex');
+    const body = await (await fetch(`${gw.adminUrl}/v1/policy`, { headers: { authorization: `Bearer ${READ_TOKEN}` } })).text();
+    for (const t of [READ_TOKEN, AGENT_TOKEN]) {
+      expect(body).not.toContain(t);
+      expect(body).not.toContain(sha(t));
+    }
+    const config = (JSON.parse(body) as { config: { admin: { tokens: unknown[] }; identity: { agents: unknown[] } } }).config;
+    expect(config.admin.tokens).toEqual([{ name: 'soc', scope: 'read', tokenSha256: '[redacted]' }]);
+    expect(config.identity.agents).toEqual([{ name: 'ws-17', sources: ['127.0.0.1/32'], tokenSha256: '[redacted]' }]);
+    // An admin still reads the digests (its copy round-trips), and both tokens still authenticate.
+    const asAdmin = (await api('GET', '/v1/policy', gw.adminToken)).json['config'] as typeof config;
+    expect(asAdmin.admin.tokens).toEqual([{ name: 'soc', scope: 'read', tokenSha256: sha(READ_TOKEN) }]);
+    expect((asAdmin.identity.agents[0] as { tokenSha256: string }).tokenSha256).toBe(sha(AGENT_TOKEN));
+    expect((await api('GET', '/v1/mode', READ_TOKEN)).status).toBe(200);
+    const report = await api('POST', '/v1/agents/reports', AGENT_TOKEN, { host: 'ws-17', reports: [] });
+    expect(report.status).toBe(200);
   });
 });
