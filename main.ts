@@ -16,6 +16,7 @@ import type { Server as TlsServer } from 'node:tls';
 import type { FastifyInstance } from 'fastify';
 import { buildAdmin, generateAdminToken } from './admin/app.ts';
 import { LocalAttributor } from './agent/attribution.ts';
+import { selfDialDecision } from './gateway/admission.ts';
 import { attachAlertSinks } from './gateway/alerts/alert-sinks.ts';
 import { AlertStore } from './gateway/alerts/alert-store.ts';
 import { AuditLog } from './gateway/audit-log.ts';
@@ -271,7 +272,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   stats.attachSourceLimit(() => sources.stats());
   stats.attachSocksUdp(() => socksServer.udp.stats());
   // Not ready while new flows are refused for want of a flow log: a balancer sends them elsewhere.
-  const control = createControlPort({ flows, policy, alerts, audit, stats, identity, log, detection, ...(opts.now ? { now: opts.now } : {}), isReady: () => ready && !draining && ctx.isRefusingUnrecorded?.() !== true, proxyAddress: () => http });
+  const control = createControlPort({ flows, policy, alerts, audit, stats, identity, log, detection, selfDial: (ip, port, mode) => selfDialDecision(ctx, ip, port, 'connect', mode), ...(opts.now ? { now: opts.now } : {}), isReady: () => ready && !draining && ctx.isRefusingUnrecorded?.() !== true, proxyAddress: () => http });
   const envToken = opts.adminToken ?? null;
   const hasToken = config.admin.tokens.length > 0 || Boolean(envToken);
   const generatedAdminToken = hasToken ? null : generateAdminToken();

@@ -154,8 +154,8 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   if (attribution) await attachProcess(ctx, flow, attribution);
   if (ip) ctx.flows.setDestinationIp(flow, ip);
   // 6. self-dial
-  const self = ip ? selfKind(ctx, ip, req.destPort, req.protocol) : null;
-  if (self !== null) return refuse(ctx, flow, fixed('deny-range', 'policy.deny-range', mode, [`${ip}:${req.destPort} is ${self} of this gateway`]));
+  const self = ip ? selfDialDecision(ctx, ip, req.destPort, req.protocol, mode) : null;
+  if (self !== null) return refuse(ctx, flow, self);
   // 7. policy
   const decision = snapshot.decide(factsOf(flow, req.protocol, req.destHost, req.destPort, ip), ctx.flows.now(), override);
   ctx.flows.decide(flow, decision, decision.verdict === 'block');
@@ -428,12 +428,22 @@ function selfPortSet(addresses: ReadonlySet<string>): Set<number> {
 }
 
 /**
+ * Step 6's refusal of a dial to the gateway itself (`selfKind`): block, deny-range, whatever the
+ * mode, or null when `ip:port` is not the gateway's. The policy dry run (control-evaluate.ts) asks
+ * the same of the running gateway, so its answer is the data plane's.
+ */
+export function selfDialDecision(ctx: Pick<GatewayContext, 'selfAddresses' | 'udpRelays'>, ip: string, port: number, protocol: Protocol, mode: Mode): Decision | null {
+  const self = selfKind(ctx, ip, port, protocol);
+  return self === null ? null : fixed('deny-range', 'policy.deny-range', mode, [`${ip}:${port} is ${self} of this gateway`]);
+}
+
+/**
  * Whether `ip:port` is the gateway's own, and what: one of its listeners, or (a UDP destination) the
  * relay socket of a live SOCKS5 UDP association, its own or another's. Sending there would loop
  * through the gateway, and a relay whose client on this host associated for any port would take the
  * datagram for its client's and relay it on under that client's identity. Null: not the gateway's.
  */
-function selfKind(ctx: GatewayContext, ip: string, port: number, protocol: Protocol): 'a listener' | 'a UDP relay' | null {
+function selfKind(ctx: Pick<GatewayContext, 'selfAddresses' | 'udpRelays'>, ip: string, port: number, protocol: Protocol): 'a listener' | 'a UDP relay' | null {
   const isListenerPort = selfPortSet(ctx.selfAddresses).has(port);
   const isRelayPort = protocol === 'socks5-udp' && ctx.udpRelays.hasPort(port);
   // Most destinations are not on a port the gateway listens or relays on: no string building for those.
@@ -474,11 +484,8 @@ export async function admitDestination(ctx: GatewayContext, flow: RoutedFlow, de
   let ip: string | null = knownAddress(snapshot, destHost);
   let dnsError: GatewayErrorCode | null = null;
   if (ip === null) ({ ip, dnsError } = lookedUp ?? (await lookUp(ctx, destHost, flow.client.ip)));
-  const self = ip ? selfKind(ctx, ip, destPort, flow.protocol) : null;
-  if (self !== null) {
-    const d = fixed('deny-range', 'policy.deny-range', mode, [`${ip}:${destPort} is ${self} of this gateway`]);
-    return { ok: false, decision: d, reject: mapDecision(d), reason: d.reasons[0] as string, ip };
-  }
+  const self = ip ? selfDialDecision(ctx, ip, destPort, flow.protocol, mode) : null;
+  if (self !== null) return { ok: false, decision: self, reject: mapDecision(self), reason: self.reasons[0] as string, ip };
   const decision = snapshot.decide(factsOf(flow, flow.protocol, destHost, destPort, ip), ctx.flows.now(), override);
   if (decision.verdict === 'block') return { ok: false, decision, reject: mapDecision(decision), reason: decision.reasons.join('; '), ip };
   if (!ip) {

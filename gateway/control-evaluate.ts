@@ -2,16 +2,23 @@
  * The dry run behind `POST /v1/policy/evaluate`: the verdict a new connection would get under the
  * running policy, with the rule that matched and why, then the connect-time detection admission
  * would run (quarantine, proxyware, scanner and exfil tools, lineage: detection/dry-run.ts) over the
- * running gateway's detection state, read and not changed. No DNS (a name's address comes from
+ * running gateway's detection state, read and not changed, and its refusal of a dial to its own
+ * listeners. No DNS (a name's address comes from
  * `resolver.hosts`, or from the caller's `ip`), no flow opened, nothing counted, no alert raised.
  */
 import { isIP } from 'node:net';
 import { parseIp } from '../policy/cidr.ts';
-import type { ConnectFacts, Identity, Mode, PolicySnapshot } from '../policy/types.ts';
+import type { ConnectFacts, Decision, Identity, Mode, PolicySnapshot } from '../policy/types.ts';
 import type { EvaluateOutcome, EvaluateQuery } from './control.ts';
 import { dryRunConnect, type LiveDetection } from './detection/dry-run.ts';
 import { HostInventory } from './identity/host-inventory.ts';
 import { parseAuthority } from './protocol/authority.ts';
+
+/**
+ * The running gateway's self-dial refusal (admission.ts selfDialDecision) for `ip:port`, or null;
+ * none for the CLI, which has no listeners.
+ */
+export type SelfDial = (ip: string, port: number, mode: Mode) => Decision | null;
 
 const inventories = new WeakMap<PolicySnapshot, HostInventory>();
 
@@ -28,7 +35,14 @@ function inventoryOf(snapshot: PolicySnapshot): HostInventory {
  * Evaluate one hypothetical connection against `snapshot` at time `now`; `live` is the running
  * gateway's detection state (null: none, judged as by `egressgate evaluate`).
  */
-export function evaluateConnection(snapshot: PolicySnapshot, modeOverride: Mode | null, q: EvaluateQuery, now: number, live: LiveDetection | null): EvaluateOutcome {
+export function evaluateConnection(
+  snapshot: PolicySnapshot,
+  modeOverride: Mode | null,
+  q: EvaluateQuery,
+  now: number,
+  live: LiveDetection | null,
+  selfDial: SelfDial | null = null,
+): EvaluateOutcome {
   const dest = parseAuthority(q.dest);
   if (!dest) return { ok: false, message: `dest must be host:port (IPv6 in brackets), got ${JSON.stringify(q.dest)}` };
   if (q.source !== undefined && isIP(q.source) === 0) return { ok: false, message: 'source must be an IP address' };
@@ -66,7 +80,9 @@ export function evaluateConnection(snapshot: PolicySnapshot, modeOverride: Mode 
     destPort: dest.port,
     destIp,
   };
-  const { decision, findings, detectors } = dryRunConnect(snapshot, facts, snapshot.decide(facts, now, modeOverride), now, live);
+  // Admission refuses a dial to the gateway itself before the policy (step 6), in any mode.
+  const self = destIp !== null && selfDial ? selfDial(destIp, dest.port, snapshot.modeFor(identity.roles, modeOverride)) : null;
+  const { decision, findings, detectors } = dryRunConnect(snapshot, facts, self ?? snapshot.decide(facts, now, modeOverride), now, live);
   const reasons = [...decision.reasons];
   if (destIp === null) reasons.push('address unknown without DNS: deny ranges and CIDR entries not checked (pass "ip" to check them)');
   return {

@@ -14,7 +14,7 @@ import { keptProcessInfo, type PendingReportLimits, PendingReportBudget, process
 import type { AlertLike, AlertStore } from './alerts/alert-store.ts';
 import type { AuditLog } from './audit-log.ts';
 import type { Logger } from './context.ts';
-import { evaluateConnection } from './control-evaluate.ts';
+import { evaluateConnection, type SelfDial } from './control-evaluate.ts';
 import type { LiveDetection } from './detection/dry-run.ts';
 import type {
   AgentView,
@@ -80,6 +80,8 @@ export interface ControlPortDeps<A extends AlertLike = AlertLike> {
   log?: Logger;
   /** The detection engine, read by the policy dry run (quarantine, detector state); none: not consulted. */
   detection?: { readOnly(): LiveDetection } | null;
+  /** Whether a destination is the gateway's own listener (admission's self-dial guard), for the dry run. */
+  selfDial?: SelfDial | null;
 }
 
 function defaultStats<A extends AlertLike>(deps: ControlPortDeps<A>): GatewayStats {
@@ -168,7 +170,7 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
       const roles = Object.keys(c.roles).length;
       return { ok: true, summary: `valid: mode ${c.mode}, ${roles} role(s), ${c.identity.users.length} user(s), ${c.identity.hosts.length} host(s)` };
     },
-    evaluate: (query) => evaluateConnection(deps.policy.current(), deps.policy.modeOverride(), query, now(), deps.detection?.readOnly() ?? null),
+    evaluate: (query) => evaluateConnection(deps.policy.current(), deps.policy.modeOverride(), query, now(), deps.detection?.readOnly() ?? null, deps.selfDial ?? null),
     replacePolicy: async (input, meta) => {
       const before = deps.policy.current().version;
       if (meta.ifMatchVersion !== undefined && meta.ifMatchVersion !== null && meta.ifMatchVersion !== before) {
