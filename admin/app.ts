@@ -58,6 +58,9 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
   const app: AdminApp = Fastify({
     logger: opts.logger ?? false,
     trustProxy: opts.trustProxy ?? false,
+    // A closed schema refuses what it does not know (fastify's default strips it silently: a
+    // mistyped `usr` in an evaluate body was dropped and the dry run answered for nobody).
+    ajv: { customOptions: { removeAdditional: false } },
   }).withTypeProvider<TypeBoxTypeProvider>();
   app.setSerializerCompiler(() => (data) => JSON.stringify(data));
 

@@ -68,7 +68,10 @@ export function installErrorHandlers(app: AdminApp): void {
       // Paths as `body.dest` / `querystring.limit`, like the config errors' dotted paths.
       const where = err.validationContext ?? 'request';
       const details = err.validation.map((v) => {
-        const missing = v.keyword === 'required' ? String((v.params as { missingProperty?: unknown }).missingProperty ?? '') : '';
+        const params = v.params as { missingProperty?: unknown; additionalProperty?: unknown };
+        // The property named, for a missing one and for one the schema does not know.
+        const named = v.keyword === 'required' ? params.missingProperty : v.keyword === 'additionalProperties' ? params.additionalProperty : undefined;
+        const missing = named === undefined ? '' : String(named);
         const path = `${where}${v.instancePath.replaceAll('/', '.')}${missing ? `.${missing}` : ''}`;
         return { path, message: v.message ?? 'is invalid' };
       });
