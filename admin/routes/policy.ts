@@ -2,7 +2,7 @@
  * Policy and mode routes: GET/PUT /v1/policy (version + ETag, If-Match), validate, evaluate,
  * history, rollback, GET/PUT /v1/mode.
  */
-import type { PolicyView, WriteOutcome } from '../../gateway/control.ts';
+import type { ConfigIssue, PolicyView, WriteOutcome } from '../../gateway/control.ts';
 import { sendError } from '../errors.ts';
 import { redactConfig } from '../redact.ts';
 import {
@@ -70,6 +70,22 @@ function sendWrite(request: FastifyRequest, reply: FastifyReply, res: WriteOutco
 
 const policyErrors = { ...AuthErrors, 400: ErrorBody, 412: ErrorBody } as const;
 
+/** YAML's null document: blank lines, comments, document markers; or a null scalar alone. */
+const NULL_SCALAR = /^(?:null|Null|NULL|~)$/;
+
+/**
+ * Why a policy body is no policy, or null. A body that is empty, only comments, or JSON `null`
+ * (which the schema's string branch takes as "") parses to nothing, and nothing is the built-in
+ * defaults: a PUT of it replaced every role, user and token, and the API answered 401 to everyone.
+ * A config file may be empty (`serve` on the defaults); an API write must say what it means (`{}`).
+ */
+function emptyPolicy(body: unknown): ConfigIssue | null {
+  if (typeof body !== 'string') return null;
+  const text = body.trim();
+  const isEmpty = NULL_SCALAR.test(text) || text.split(/\r?\n/).every((line) => /^\s*(?:#.*)?$/.test(line) || /^(?:---|\.\.\.)\s*(?:#.*)?$/.test(line));
+  return isEmpty ? { path: '(root)', message: 'the policy is empty (no body, only comments, or null); a write replaces the whole policy: send it, or {} for the built-in defaults' } : null;
+}
+
 /** Register the policy and mode routes. */
 export function registerPolicyRoutes(app: AdminApp, { port }: RouteContext): void {
   app.get(
@@ -105,6 +121,8 @@ export function registerPolicyRoutes(app: AdminApp, { port }: RouteContext): voi
         // Checked again inside the port, against the version at the moment of the swap.
         if (wanted !== 'any') ifMatchVersion = current;
       }
+      const empty = emptyPolicy(request.body);
+      if (empty) return sendWrite(request, reply, { ok: false, code: 'invalid', errors: [empty] });
       const author = request.principal?.name ?? 'unknown';
       return sendWrite(request, reply, await port.replacePolicy(request.body as string | object, { author, ifMatchVersion }));
     },
@@ -117,7 +135,8 @@ export function registerPolicyRoutes(app: AdminApp, { port }: RouteContext): voi
       schema: { summary: 'Validate a draft policy; changes nothing', body: PolicyInput, response: { 200: ValidateResult, ...AuthErrors } },
     },
     (request, reply) => {
-      const res = port.validatePolicy(request.body as string | object);
+      const empty = emptyPolicy(request.body);
+      const res = empty ? { ok: false as const, errors: [empty] } : port.validatePolicy(request.body as string | object);
       reply.send(res.ok ? { valid: true, summary: res.summary, errors: [] } : { valid: false, errors: res.errors });
     },
   );

@@ -3,7 +3,10 @@
  * - a field the route's schema does not know is a 400 naming it. fastify's default dropped it
  *   silently: `POST /v1/policy/evaluate {"dest": …, "usr": "alice"}` (a typo of `user`) answered
  *   200 for an anonymous client (would-block) where alice is allowed, and `PUT /v1/mode` took
- *   `{"mode": "enforce", "force": true}`.
+ *   `{"mode": "enforce", "force": true}`;
+ * - a policy body that is empty, only comments or JSON `null` is no policy: each was taken as the
+ *   built-in defaults, so a PUT of it replaced every role, user and token (version 2, and every
+ *   configured token answered 401 from then on).
  */
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
@@ -11,6 +14,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 
+const READ_TOKEN = 'read-token-request-bodies-0123';
 let gw: TestGateway;
 let origin: Server;
 let originPort = 0;
@@ -24,6 +28,7 @@ beforeAll(async () => {
     identity: { users: [{ name: 'alice', password: 'alice-password', roles: ['dev'] }] },
     roles: { dev: { allow: [{ cidr: '127.0.0.0/8' }] } },
     defaultRoles: [],
+    admin: { tokens: [{ name: 'soc', token: READ_TOKEN, scope: 'read' }] },
   });
 });
 
@@ -50,5 +55,29 @@ describe('admin request bodies', () => {
     expect(mode.json).toMatchObject({ error: 'bad-request', details: [{ path: 'body.force' }] });
     const now = await fetch(`${gw.adminUrl}/v1/mode`, { headers: { authorization: `Bearer ${gw.adminToken}` } });
     expect(((await now.json()) as { mode: string }).mode).toBe('monitor');
+  });
+
+  it('an empty policy body is refused, by PUT and validate alike, and the running policy stays', async () => {
+    const before = await fetch(`${gw.adminUrl}/v1/policy`, { headers: { authorization: `Bearer ${READ_TOKEN}` } });
+    const version = ((await before.json()) as { version: number }).version;
+    for (const [body, type] of [
+      ['null', 'application/json'],
+      ['', 'text/yaml'],
+      ['# nothing yet\n\n---\n', 'text/yaml'],
+      ['  \n', 'text/plain'],
+      ['~', 'application/yaml'],
+    ] as const) {
+      const put = await send('PUT', '/v1/policy', body, type);
+      expect(put.status, JSON.stringify(body)).toBe(400);
+      expect(put.json).toMatchObject({ error: 'invalid-policy', details: [{ path: '(root)' }] });
+      expect((put.json['details'] as Array<{ message: string }>)[0]?.message).toMatch(/empty/);
+      const check = await send('POST', '/v1/policy/validate', body, type);
+      expect(check.json).toMatchObject({ valid: false, errors: [{ path: '(root)' }] });
+    }
+    // Nothing was replaced: same version, the configured read token still authenticates, alice still allowed.
+    const after = await fetch(`${gw.adminUrl}/v1/policy`, { headers: { authorization: `Bearer ${READ_TOKEN}` } });
+    expect(after.status).toBe(200);
+    expect(((await after.json()) as { version: number }).version).toBe(version);
+    expect((await send('POST', '/v1/policy/evaluate', JSON.stringify({ dest: `127.0.0.1:${originPort}`, user: 'alice' }))).json).toMatchObject({ verdict: 'allow' });
   });
 });
