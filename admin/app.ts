@@ -74,7 +74,14 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
       return { maxFailuresPerMinute: a.maxAuthFailuresPerSource, lockoutMs: a.authLockoutSec * 1000 };
     },
   });
-  const ctx: RouteContext = { port, heartbeatMs: opts.heartbeatMs ?? 15_000 };
+  const ctx: RouteContext = {
+    port,
+    heartbeatMs: opts.heartbeatMs ?? 15_000,
+    keepsAdmin: (config) => {
+      const issue = auth.lockoutOf(config);
+      return issue ? [issue] : [];
+    },
+  };
   const openStreams = new SseStreams(() => port.adminSettings());
   const connections = new AdminConnections(() => port.adminSettings().maxConnectionsPerSource);
   const hosts = new HostCheck(() => port.adminSettings().allowedHosts);

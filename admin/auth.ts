@@ -12,8 +12,8 @@
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import type { AdminTokenConfig } from '../policy/config.ts';
-import type { CredentialSet } from '../gateway/control.ts';
+import type { AdminTokenConfig, Config } from '../policy/config.ts';
+import type { ConfigIssue, CredentialSet } from '../gateway/control.ts';
 
 export type Scope = 'read' | 'admin' | 'agent';
 /** What a route asks for: `none` = no token (health, readiness, PAC). */
@@ -149,6 +149,21 @@ export class TokenAuth {
     this.now = opts.now ?? Date.now;
     // Bounded: past 10,000 sources the least recently failing is forgotten.
     this.failures = new LRUCache({ max: 10_000, ttl: this.forgetAfterMs });
+  }
+
+  /**
+   * Why `config` would leave the API without an admin: it names no admin-scope token and none is
+   * accepted whatever the policy says (EGRESSGATE_ADMIN_TOKEN, a generated one). Null when an admin
+   * remains. The admin API refuses such a PUT or rollback: after it, every write would get 401 or
+   * 403 until a restart.
+   */
+  lockoutOf(config: Readonly<Config>): ConfigIssue | null {
+    if (this.fixed.some((e) => e.principal.scope === 'admin')) return null;
+    if (config.admin.tokens.some((t) => t.scope === 'admin')) return null;
+    return {
+      path: 'admin.tokens',
+      message: 'no admin-scope token would remain and none is set outside the policy (EGRESSGATE_ADMIN_TOKEN): every later write would be refused; keep one',
+    };
   }
 
   /** How many tokens are accepted right now (0 means nobody can use the API). */

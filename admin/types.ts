@@ -4,7 +4,7 @@
  */
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyBaseLogger, FastifyInstance, RawReplyDefaultExpression, RawRequestDefaultExpression, RawServerDefault } from 'fastify';
-import type { ControlPort } from '../gateway/control.ts';
+import type { ControlPort, PolicyCheck } from '../gateway/control.ts';
 import type { Principal, RequiredScope } from './auth.ts';
 
 /** How a write is audited: every time, only when refused (status ≥ 400), or never (dry runs). */
@@ -31,4 +31,6 @@ export interface RouteContext {
   port: ControlPort;
   /** SSE heartbeat period. */
   heartbeatMs: number;
+  /** Refuses a policy that would leave the API without an admin token (TokenAuth.lockoutOf). */
+  keepsAdmin: PolicyCheck;
 }

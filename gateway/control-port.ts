@@ -30,6 +30,7 @@ import type {
 } from './control.ts';
 import type { FlowTable } from './flow/flow-table.ts';
 import type { IdentityStats } from './identity/identity-resolver.ts';
+import type { ConfigCheck } from './policy-store.ts';
 import { GatewayStats } from './stats.ts';
 
 /** One entry of the policy store's history. */
@@ -48,8 +49,8 @@ export interface PolicyStoreLike {
   current(): PolicySnapshot;
   modeOverride(): Mode | null;
   setMode(mode: Mode | null, author?: string): void;
-  reload(input: string | object, meta: { author: string; source: string }): StoreWriteResult | Promise<StoreWriteResult>;
-  rollback(version: number, meta: { author: string }): StoreWriteResult | Promise<StoreWriteResult>;
+  reload(input: string | object, meta: { author: string; source: string; check?: ConfigCheck }): StoreWriteResult | Promise<StoreWriteResult>;
+  rollback(version: number, meta: { author: string; check?: ConfigCheck }): StoreWriteResult | Promise<StoreWriteResult>;
   history(): readonly PolicyHistoryEntry[];
 }
 
@@ -177,14 +178,14 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
         return { ok: false, code: 'version-mismatch', currentVersion: before };
       }
       // The store validates (same function as start-up and SIGHUP) and keeps the text in history.
-      return write(() => deps.policy.reload(input, { author: meta.author, source: 'api' }), before);
+      return write(() => deps.policy.reload(input, { author: meta.author, source: 'api', ...(meta.check ? { check: meta.check } : {}) }), before);
     },
-    rollbackPolicy: async (version, author) => {
+    rollbackPolicy: async (version, author, check) => {
       const before = deps.policy.current().version;
       if (!deps.policy.history().some((h) => h.version === version)) {
         return { ok: false, code: 'unknown-version', message: `no policy version ${version} in the history` };
       }
-      return write(() => deps.policy.rollback(version, { author }), before);
+      return write(() => deps.policy.rollback(version, { author, ...(check ? { check } : {}) }), before);
     },
 
     getMode: modeView,

@@ -18,6 +18,9 @@ import type { FlowRecord } from './flow/flow.ts';
 import type { AdminListenerStats } from './stats.ts';
 
 /** One configuration error, with the path of the offending value (`roles.dev.allow[2].ports`). */
+/** The caller's condition on a policy about to be swapped in: issues refuse it (nothing changes). */
+export type PolicyCheck = (config: Readonly<Config>) => readonly ConfigIssue[];
+
 export interface ConfigIssue {
   path: string;
   message: string;
@@ -136,9 +139,9 @@ export interface ControlPort {
   /** Validate a draft: YAML/JSON text or a parsed object. Changes nothing. */
   validatePolicy(input: string | object): ValidateOutcome;
   evaluate(query: EvaluateQuery): EvaluateOutcome;
-  /** Replace the policy; `ifMatchVersion` guards against lost updates. */
-  replacePolicy(input: string | object, meta: { author: string; ifMatchVersion?: number | null }): Promise<WriteOutcome>;
-  rollbackPolicy(version: number, author: string): Promise<WriteOutcome>;
+  /** Replace the policy; `ifMatchVersion` guards against lost updates; `check` may refuse the validated config. */
+  replacePolicy(input: string | object, meta: { author: string; ifMatchVersion?: number | null; check?: PolicyCheck }): Promise<WriteOutcome>;
+  rollbackPolicy(version: number, author: string, check?: PolicyCheck): Promise<WriteOutcome>;
 
   getMode(): ModeView;
   /** Set the global mode at run time; null returns to the config's mode. */

@@ -37,7 +37,12 @@ export interface ReloadMeta {
   source?: PolicySourceKind | string;
   /** Input format when `input` is text; default YAML (a superset of JSON). */
   format?: 'yaml' | 'json';
+  /** A further condition on the validated config (the admin API's: an admin token remains); errors refuse it. */
+  check?: ConfigCheck;
 }
+
+/** Errors that refuse a validated config, or none. */
+export type ConfigCheck = (config: Readonly<Config>) => readonly ConfigError[];
 
 export interface PolicyStoreOptions {
   /** How many versions to keep for history and rollback (default 20). */
@@ -120,17 +125,21 @@ export class PolicyStore extends EventEmitter {
     const text = typeof input === 'string' ? input : null;
     const r = typeof input === 'string' ? loadConfig(input, { format: meta.format }) : validateConfig(input);
     if (!r.ok) return { ok: false, errors: r.errors };
+    const refused = meta.check?.(r.config) ?? [];
+    if (refused.length > 0) return { ok: false, errors: [...refused] };
     // loadConfig/validateConfig return a fresh object: compile may freeze it in place.
     return this.swap(r.config, meta.author ?? null, meta.source ?? 'api', text);
   }
 
   /** Restores a version kept in history as a new version (source 'rollback'). */
-  rollback(version: number, meta: { author?: string | null } = {}): ReloadResult {
+  rollback(version: number, meta: { author?: string | null; check?: ConfigCheck } = {}): ReloadResult {
     const v = this.versions.find((e) => e.version === version);
     if (v === undefined) {
       const kept = this.versions.map((e) => e.version).join(', ');
       return { ok: false, errors: [{ path: '(version)', message: `version ${version} is not in the history (kept: ${kept})` }] };
     }
+    const refused = meta.check?.(v.config) ?? [];
+    if (refused.length > 0) return { ok: false, errors: [...refused] };
     // Kept configs were validated when they were loaded; compile from the frozen copy.
     return this.swap(structuredClone(v.config) as Config, meta.author ?? null, 'rollback', v.configText, version);
   }

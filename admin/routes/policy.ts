@@ -87,7 +87,7 @@ function emptyPolicy(body: unknown): ConfigIssue | null {
 }
 
 /** Register the policy and mode routes. */
-export function registerPolicyRoutes(app: AdminApp, { port }: RouteContext): void {
+export function registerPolicyRoutes(app: AdminApp, { port, keepsAdmin }: RouteContext): void {
   app.get(
     '/v1/policy',
     {
@@ -124,7 +124,7 @@ export function registerPolicyRoutes(app: AdminApp, { port }: RouteContext): voi
       const empty = emptyPolicy(request.body);
       if (empty) return sendWrite(request, reply, { ok: false, code: 'invalid', errors: [empty] });
       const author = request.principal?.name ?? 'unknown';
-      return sendWrite(request, reply, await port.replacePolicy(request.body as string | object, { author, ifMatchVersion }));
+      return sendWrite(request, reply, await port.replacePolicy(request.body as string | object, { author, ifMatchVersion, check: keepsAdmin }));
     },
   );
 
@@ -178,7 +178,7 @@ export function registerPolicyRoutes(app: AdminApp, { port }: RouteContext): voi
     },
     async (request, reply) => {
       const author = request.principal?.name ?? 'unknown';
-      return sendWrite(request, reply, await port.rollbackPolicy(request.params.version, author));
+      return sendWrite(request, reply, await port.rollbackPolicy(request.params.version, author, keepsAdmin));
     },
   );
 
