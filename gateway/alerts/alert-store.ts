@@ -116,15 +116,26 @@ export class AlertStore<A extends AlertLike = AlertLike> {
 
 type Since = { kind: 'none' } | { kind: 'event'; value: number } | { kind: 'time'; value: number };
 
+/** ISO 8601 / RFC 3339: a date, or a date and time (seconds, fraction and offset optional). */
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:[Zz]|[+-]\d{2}:?\d{2})?)?$/;
+
+/**
+ * ms since epoch of an ISO 8601 time, or NaN. Only ISO: Date.parse alone takes anything its legacy
+ * parser can read, so `06/12/2026` was 12 June (month first) and `yesterday 1` the year 2001.
+ */
+function parseIsoTime(text: string): number {
+  return ISO_TIME.test(text) ? Date.parse(text.replace(' ', 'T')) : Number.NaN;
+}
+
 function parseSince(since: string | undefined): Since {
   if (since === undefined || since === '') return { kind: 'none' };
   if (/^\d+$/.test(since)) return { kind: 'event', value: Number(since) };
-  const t = Date.parse(since);
+  const t = parseIsoTime(since);
   // An unparsable value matches nothing rather than everything: the route validates it first.
   return { kind: 'time', value: Number.isNaN(t) ? Number.POSITIVE_INFINITY : t };
 }
 
-/** True when `since` is an event id or a parsable time (the route's 400 check). */
+/** True when `since` is an event id or an ISO 8601 time (the route's 400 check). */
 export function isValidSince(since: string): boolean {
-  return /^\d+$/.test(since) || !Number.isNaN(Date.parse(since));
+  return /^\d+$/.test(since) || !Number.isNaN(parseIsoTime(since));
 }

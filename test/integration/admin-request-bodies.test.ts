@@ -6,7 +6,9 @@
  *   `{"mode": "enforce", "force": true}`;
  * - a policy body that is empty, only comments or JSON `null` is no policy: each was taken as the
  *   built-in defaults, so a PUT of it replaced every role, user and token (version 2, and every
- *   configured token answered 401 from then on).
+ *   configured token answered 401 from then on);
+ * - `GET /v1/alerts?since=` is an event id or an ISO 8601 time: other text was read by Date.parse's
+ *   legacy parser (`06/12/2026` as 12 June, `yesterday 1` as 2001) and answered 200.
  */
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
@@ -79,5 +81,26 @@ describe('admin request bodies', () => {
     expect(after.status).toBe(200);
     expect(((await after.json()) as { version: number }).version).toBe(version);
     expect((await send('POST', '/v1/policy/evaluate', JSON.stringify({ dest: `127.0.0.1:${originPort}`, user: 'alice' }))).json).toMatchObject({ verdict: 'allow' });
+  });
+});
+
+describe('admin query values', () => {
+  async function alertsSince(since: string): Promise<{ status: number; json: Record<string, unknown> }> {
+    const res = await fetch(`${gw.adminUrl}/v1/alerts?since=${encodeURIComponent(since)}`, { headers: { authorization: `Bearer ${gw.adminToken}` } });
+    return { status: res.status, json: (await res.json()) as Record<string, unknown> };
+  }
+
+  // Date.parse took any text its legacy parser reads: 06/12/2026 as 12 June, 'yesterday 1' as 2001.
+  it('alerts since= takes an event id or an ISO 8601 time, and nothing else', async () => {
+    for (const since of ['06/12/2026', 'yesterday 1', 'Dec 6', 'garbage', '2026-13-45x']) {
+      const res = await alertsSince(since);
+      expect(res.status, since).toBe(400);
+      expect(res.json).toMatchObject({ error: 'bad-request', details: [{ path: 'querystring.since' }] });
+    }
+    for (const since of ['0', '17', '2026-12-06', '2026-12-06T02:00:00Z', '2026-12-06T02:00:00.123+01:00', '2026-12-06 02:00']) {
+      const res = await alertsSince(since);
+      expect(res.status, since).toBe(200);
+      expect(res.json).toMatchObject({ alerts: [] });
+    }
   });
 });
