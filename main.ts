@@ -115,6 +115,14 @@ const CONNECT_FAIL: Record<string, 'timeout' | 'refused' | 'unreachable' | 'dns'
   'upstream-proxy': 'upstream-proxy',
 };
 
+/** gw_downstream_cx_total / _active{listener} for every connection `server` accepts. */
+function countConnections(stats: GatewayStats, server: NetServer | HttpServer, label: ListenerLabel): void {
+  server.on('connection', (socket: NodeJS.EventEmitter) => {
+    stats.downstreamOpened(label);
+    socket.once('close', () => stats.downstreamClosed(label));
+  });
+}
+
 /** One metrics registry fed by the flow table, the alert store, the identity resolver and the listeners. */
 function createStats(
   flows: FlowTable,
@@ -126,12 +134,7 @@ function createStats(
   stats.attachFlowTable(flows);
   stats.attachAlerts(alerts);
   stats.attachIdentity(identity);
-  for (const [server, label] of servers) {
-    server.on('connection', (socket: NodeJS.EventEmitter) => {
-      stats.downstreamOpened(label);
-      socket.once('close', () => stats.downstreamClosed(label));
-    });
-  }
+  for (const [server, label] of servers) countConnections(stats, server, label);
   flows.on('close', (flow: { closeReason: string | null; isConnected: boolean }) => {
     const type = flow.isConnected ? undefined : CONNECT_FAIL[flow.closeReason ?? ''];
     if (type) stats.upstreamConnectFailed(type);
@@ -281,6 +284,8 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     agents: config.identity.agents,
     envToken: envToken ?? generatedAdminToken ?? undefined,
   });
+  // Built after the stats: its connections (those over admin.maxConnectionsPerSource too) counted here.
+  countConnections(stats, app.server, 'admin');
   const adminWhere = splitHostPort(opts.admin ?? config.listen.admin);
   await app.listen({ host: adminWhere.host, port: adminWhere.port });
   const admin = formatAddress(app.server.address());

@@ -162,6 +162,24 @@ describe('connections per source', () => {
     await until('the closed connection is released', async () => (await get(g, '/healthz', { from: flooder })).status === 200);
     expect(await metric(g, 'gw_admin_cx_source_limited_total')).toBeGreaterThanOrEqual(1);
   });
+
+  // The admin listener was left out of the connection counters: always 0 there, whatever came.
+  it('are counted in gw_downstream_cx_total / _active{listener="admin"}', async () => {
+    const g = await start({});
+    const total = 'gw_downstream_cx_total{listener="admin"}';
+    const active = 'gw_downstream_cx_active{listener="admin"}';
+    const [t0, a0] = [await metric(g, total), await metric(g, active)];
+    const held = [await open(g, '127.0.0.40'), await open(g, '127.0.0.40'), await open(g, '127.0.0.41')];
+    for (const s of held) {
+      s.write(`GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n`);
+      const [chunk] = (await once(s, 'data')) as [Buffer];
+      expect(chunk.toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+    }
+    expect((await metric(g, total)) - t0).toBeGreaterThanOrEqual(3);
+    expect((await metric(g, active)) - a0).toBeGreaterThanOrEqual(3);
+    for (const s of held) s.destroy();
+    await until('the closed connections leave the active count', async () => (await metric(g, active)) <= a0);
+  });
 });
 
 describe('alert streams', () => {
