@@ -183,8 +183,9 @@ export function makeReport(
     ppid: p.ppid,
     name: clip(p.name, MAX_NAME) || '?',
     exe: clip(p.exe, MAX_TEXT),
-    // A long argv would make the gateway refuse the whole batch; the head is what identifies it.
-    cmdline: clip(p.cmdline, MAX_TEXT * 4),
+    // A long argv would make the gateway refuse the whole batch. Its head names the program, its
+    // tail is where a padded command line puts what the detectors look for (curl -T, wget --post-file).
+    cmdline: clipHeadTail(p.cmdline, MAX_TEXT * 4),
     user: p.user,
     uid: p.uid,
     loginuid: p.loginuid,
@@ -196,4 +197,16 @@ export function makeReport(
 
 function clip(s: string | null, max: number): string | null {
   return s !== null && s.length > max ? s.slice(0, max) : s;
+}
+
+const ELLIPSIS = ' … ';
+
+/**
+ * `s` cut to at most `max` characters by taking out its middle: its head and its tail stay, joined
+ * by " … ". The agent sends command lines so, and the gateway keeps them so (pending-reports.ts).
+ */
+export function clipHeadTail(s: string | null, max: number): string | null {
+  if (s === null || s.length <= max) return s;
+  const half = (max - ELLIPSIS.length) / 2;
+  return `${s.slice(0, Math.ceil(half))}${ELLIPSIS}${s.slice(s.length - Math.floor(half))}`;
 }

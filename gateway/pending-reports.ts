@@ -16,12 +16,12 @@
  *    is shed (not kept, not attributed), counted and logged. Expired entries are purged on every
  *    use, oldest first, so what is counted is what the last 30 s left.
  */
+import { clipHeadTail } from '../agent/report.ts';
 import type { ProcessInfo } from '../policy/types.ts';
 
 export const KEPT_NAME_CHARS = 256;
 export const KEPT_PATH_CHARS = 4096;
 export const KEPT_CMDLINE_CHARS = 8192;
-const ELLIPSIS = ' … ';
 
 function clipName(s: string | null): string | null {
   return s !== null && s.length > KEPT_NAME_CHARS ? s.slice(0, KEPT_NAME_CHARS) : s;
@@ -33,9 +33,7 @@ function clipPath(s: string | null): string | null {
 }
 
 function clipCmdline(s: string | null): string | null {
-  if (s === null || s.length <= KEPT_CMDLINE_CHARS) return s;
-  const half = (KEPT_CMDLINE_CHARS - ELLIPSIS.length) / 2;
-  return `${s.slice(0, Math.ceil(half))}${ELLIPSIS}${s.slice(s.length - Math.floor(half))}`;
+  return clipHeadTail(s, KEPT_CMDLINE_CHARS);
 }
 
 /** The process of an agent report as the gateway keeps it: text fields clipped (see above). */

