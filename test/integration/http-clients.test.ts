@@ -2,7 +2,7 @@
  * Absolute-URI and CONNECT through the real HTTP listener with the other real clients: wget
  * (http_proxy), python3 urllib (ProxyHandler), undici ProxyAgent (proxyTunnel:false and default).
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ProxyAgent, request } from 'undici';
@@ -36,8 +36,11 @@ describe('other real clients through the HTTP listener', () => {
     const out = join(dir, 'wget.out');
     const r = await run('wget', ['-q', '-O', out, `${base}/size/7777`], { env: { ...process.env, http_proxy: proxy, no_proxy: '' } });
     expect(r.code).toBe(0);
+    // What wget saved is what the record says came in; a GET sends no body.
+    expect(statSync(out).size).toBe(7777);
     const rec = await gw.waitForClosed((f) => f.bytesIn === 7777);
     expect(rec.protocol).toBe('http');
+    expect(rec.bytesOut).toBe(0);
     expect(origin.seen.find((s) => s.url === '/size/7777')?.headers['user-agent']).toMatch(/Wget/);
   });
 
