@@ -3,6 +3,7 @@
  * domains, identity keys and severity arithmetic.
  */
 import { isIP } from 'node:net';
+import { unmapIPv4 } from '../address.ts';
 import type { Identity, ProcessInfo, Severity } from '../types.ts';
 import type { FlowView } from './types.ts';
 
@@ -78,7 +79,11 @@ const SECOND_LEVEL = new Set(['co', 'com', 'net', 'org', 'ac', 'gov', 'edu', 'ne
 // Hot in every sweep (one call per flow): memoised, cleared wholesale when it grows large.
 const domainCache = new Map<string, string>();
 
-/** Registrable domain of a host (`a.b.example.com` → `example.com`); an IP literal is itself. */
+/**
+ * Registrable domain of a host (`a.b.example.com` → `example.com`); an IP literal is itself, an
+ * IPv4-mapped IPv6 literal (`::ffff:7f00:1`, what a CONNECT to `[::ffff:127.0.0.1]` is recorded as)
+ * its dotted IPv4: one address is one destination for the windows, however the client spelt it.
+ */
 export function registrableDomain(host: string): string {
   const hit = domainCache.get(host);
   if (hit !== undefined) return hit;
@@ -90,13 +95,21 @@ export function registrableDomain(host: string): string {
 
 function computeRegistrable(host: string): string {
   const h = host.toLowerCase();
-  if (isIP(h) !== 0) return h;
+  if (isIP(h) !== 0) return unmapIPv4(h);
   const labels = h.split('.');
   if (labels.length <= 2) return h;
   const tld = labels[labels.length - 1]!;
   const sld = labels[labels.length - 2]!;
   const take = tld.length === 2 && SECOND_LEVEL.has(sld) ? 3 : 2;
   return labels.slice(-take).join('.');
+}
+
+/**
+ * An address as the scan windows count it: IPv4-mapped IPv6 as its dotted IPv4 (the gateway dials
+ * `::ffff:7f00:1` for a client that named it, and it is the same host as `127.0.0.1`).
+ */
+export function addressKey(ip: string): string {
+  return ip.includes(':') ? unmapIPv4(ip.toLowerCase()) : ip;
 }
 
 /** True when the destination was named by IP address (no host name in CONNECT / SOCKS). */

@@ -9,11 +9,12 @@
  * domain. `observe()` turns flow snapshots into window updates with per-flow delta accounting, so
  * a flow may be passed on every sweep (live) and once more when it closes.
  */
+import { isIP } from 'node:net';
 import { classifyAddress } from '../address.ts';
 import type { Config } from '../config.ts';
 import type { Identity, ReasonCode } from '../types.ts';
 import { MODIFIER_DEFAULTS } from './defaults.ts';
-import { identityKeyOf, registrableDomain, viewKey } from './match.ts';
+import { addressKey, identityKeyOf, registrableDomain, viewKey } from './match.ts';
 import type { BehaviourDetector, Finding, FlowDestinationView, FlowView } from './types.ts';
 import { BoundedMap, DistinctWindow, evictionBatch, evictOldest, WindowSum, intervalJitter } from './windows.ts';
 
@@ -296,7 +297,7 @@ export class DetectionState {
   private noteStart(w: IdentityWindows, f: FlowView, domain: string): void {
     const at = f.startedAtMs;
     // Names, not addresses: CDN-hosted sites share addresses, and IP literals are their own name.
-    w.distinctHour.touch(f.destination.host, at, undefined);
+    w.distinctHour.touch(isIP(f.destination.host) === 0 ? f.destination.host : addressKey(f.destination.host), at, undefined);
     if (!w.domains.map.has(domain)) w.domains.touch(domain, at, at);
     else w.domains.touch(domain, at, w.domains.map.get(domain)!.v);
     if (!this.firstSeen.has(domain)) this.firstSeen.set(domain, at);
@@ -312,7 +313,8 @@ export class DetectionState {
   }
 
   private noteFailed(w: IdentityWindows, f: FlowView, slowResetMs: number): void {
-    const ip = f.destination.ip!;
+    // One host however the client spelt it: `::ffff:7f00:1` and `127.0.0.1` are one host's ports.
+    const ip = addressKey(f.destination.ip!);
     const key = `${ip}:${f.destination.port}`;
     const at = f.startedAtMs;
     if (!w.fastFailed.map.has(key)) w.perIp.set(ip, (w.perIp.get(ip) ?? 0) + 1);

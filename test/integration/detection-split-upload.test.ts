@@ -1,0 +1,134 @@
+/**
+ * Live proof of `an0080.split-upload` (research D6a): uploads each under any per-flow budget, spread
+ * over many flows to one destination, add up in the identity's window however they travel — CONNECT
+ * and SOCKS5, and the spellings of one address (`127.0.0.1`, `[::ffff:127.0.0.1]`, `::ffff:7f00:1`)
+ * — and the alert names the flows and bytes that crossed. The same spellings count as one host's
+ * ports for `an0081.scan`.
+ */
+import { once } from 'node:events';
+import { SocksClient } from 'socks';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { DetectorConfig } from '../../policy/config.ts';
+import type { Mode } from '../../policy/types.ts';
+import { type TcpOrigin, httpConnect, refusingPorts, tcpOrigin, waitForAlert, waitForSweeps } from '../helpers/detection-live.ts';
+import { type TestGateway, startTestGateway } from '../helpers/gateway.ts';
+
+/** 40,000 bytes to one domain within the hour is a split upload; each flow sends 12,000. */
+const SPLIT = { action: 'block', windowSec: 3600, bytesOut: 40_000 } as const;
+const PART = 12_000;
+
+let gw: TestGateway | null = null;
+let sink: (TcpOrigin & { received: () => number }) | null = null;
+
+afterEach(async () => {
+  await gw?.stop();
+  gw = null;
+  await sink?.close();
+  sink = null;
+});
+
+function start(mode: Mode, detectors: Record<string, Partial<DetectorConfig>> = { 'an0080.split-upload': SPLIT }): Promise<TestGateway> {
+  return startTestGateway({ mode, detection: { sampleIntervalMs: 50, quarantineSec: 60, detectors } });
+}
+
+/** A TCP sink on 127.0.0.1 that counts what it reads and closes when the client does. */
+async function startSink(): Promise<TcpOrigin & { received: () => number }> {
+  let received = 0;
+  const origin = await tcpOrigin('127.0.0.1', (s) => {
+    s.on('data', (c: Buffer) => {
+      received += c.length;
+    });
+    s.on('end', () => s.end());
+  });
+  return { ...origin, received: () => received };
+}
+
+/** `n` bytes through a CONNECT tunnel to `target`, then the client's FIN; resolves when the tunnel closed. */
+async function connectUpload(g: TestGateway, target: string, n: number): Promise<void> {
+  const a = await httpConnect({ host: g.httpHost, port: g.httpPort }, target);
+  expect(a.status).toBe(200);
+  a.socket.resume();
+  a.socket.end(Buffer.alloc(n, 0x41));
+  await once(a.socket, 'close');
+}
+
+/** `n` bytes through a SOCKS5 CONNECT to `host`:`port` (the socks client sends an IPv6 address as ATYP 4). */
+async function socksUpload(g: TestGateway, host: string, port: number, n: number): Promise<void> {
+  const { socket } = await SocksClient.createConnection({
+    proxy: { host: g.socksHost, port: g.socksPort, type: 5 },
+    command: 'connect',
+    destination: { host, port },
+    timeout: 5000,
+  });
+  socket.resume();
+  socket.end(Buffer.alloc(n, 0x42));
+  await once(socket, 'close');
+}
+
+describe('an0080.split-upload over many flows', () => {
+  it('monitor: four 12,000-byte uploads to one address under three spellings and two protocols add up', async () => {
+    sink = await startSink();
+    gw = await start('monitor');
+    const p = sink.port;
+    const g = gw;
+    // A sweep between flows: each flow is folded on its own, as uploads spread over time are.
+    await connectUpload(g, `127.0.0.1:${p}`, PART);
+    await waitForSweeps(g.flows, 2);
+    await connectUpload(g, `[::ffff:127.0.0.1]:${p}`, PART);
+    await waitForSweeps(g.flows, 2);
+    await socksUpload(g, '::ffff:127.0.0.1', p, PART);
+    await waitForSweeps(g.flows, 2);
+    expect(g.alerts.list({ detector: 'an0080.split-upload' })).toEqual([]);
+    await connectUpload(g, `[::ffff:7f00:1]:${p}`, PART);
+
+    const alert = await waitForAlert(g.alerts, (a) => a.detector === 'an0080.split-upload');
+    expect(sink.received()).toBe(4 * PART);
+    const records = g.closed.filter((r) => r.destination.port === p);
+    expect(records.map((r) => [r.bytesOut, r.verdict])).toEqual([
+      [PART, 'allow'],
+      [PART, 'allow'],
+      [PART, 'allow'],
+      [PART, 'allow'],
+    ]);
+    expect(alert.action).toBe('would-block');
+    expect(alert.enforced).toBe(false);
+    expect(alert.evidence).toMatchObject({ bytesOut: 4 * PART, bytesIn: 0, thresholdBytesOut: SPLIT.bytesOut, domain: '127.0.0.1', flows: 4 });
+    await waitForSweeps(g.flows, 3);
+    expect(g.alerts.list({ detector: 'an0080.split-upload' })).toHaveLength(1);
+  });
+
+  it('enforce: the upload that crosses the window quarantines the identity (its next CONNECT is 403 quarantine)', async () => {
+    sink = await startSink();
+    gw = await start('enforce');
+    const p = sink.port;
+    const g = gw;
+    for (const target of [`127.0.0.1:${p}`, `[::ffff:127.0.0.1]:${p}`, `127.0.0.1:${p}`, `[::ffff:7f00:1]:${p}`]) {
+      await connectUpload(g, target, PART);
+      await waitForSweeps(g.flows, 2);
+    }
+    const alert = await waitForAlert(g.alerts, (a) => a.detector === 'an0080.split-upload');
+    expect(alert).toMatchObject({ action: 'block', enforced: true });
+    expect(alert.evidence['bytesOut']).toBe(4 * PART);
+    const q = await httpConnect({ host: g.httpHost, port: g.httpPort }, `127.0.0.1:${p}`);
+    expect(q.status).toBe(403);
+    expect(JSON.parse(q.body)).toMatchObject({ reason: 'quarantine' });
+    expect(sink.received()).toBe(4 * PART);
+  });
+});
+
+describe('an0081.scan over the spellings of one address', () => {
+  it('monitor: refused ports of 127.0.0.1 named as 127.0.0.1 and as ::ffff:127.0.0.1 are one host’s port scan', async () => {
+    gw = await start('monitor', { 'an0081.scan': { action: 'block', windowSec: 60, failedPortsOnOneHost: 6, failedDestinations: 50 } });
+    const g = gw;
+    const ports = await refusingPorts('127.0.0.1', 8);
+    for (const [i, port] of ports.entries()) {
+      const a = await httpConnect({ host: g.httpHost, port: g.httpPort }, i % 2 === 0 ? `127.0.0.1:${port}` : `[::ffff:127.0.0.1]:${port}`);
+      expect(a.status).toBe(502);
+    }
+    const alert = await waitForAlert(g.alerts, (a) => a.detector === 'an0081.scan');
+    expect(alert.action).toBe('would-block');
+    expect(alert.evidence).toMatchObject({ kind: 'port-scan' });
+    expect(alert.evidence['maxFailedPortsOnOneHost']).toBeGreaterThanOrEqual(6);
+    expect(alert.evidence['maxFailedPortsOnOneHost']).toBeLessThanOrEqual(8);
+  });
+});
