@@ -26,13 +26,41 @@ const MAX_FAILED_KEYS = 100_000;
 const HOURLY_KEEP = 336;
 const NONE: readonly BehaviourDetector[] = Object.freeze([]); // 14 days of hourly buckets (Sentinel / research §3)
 
-interface DestWindows {
+export interface DestWindows {
   out: WindowSum;
   in: WindowSum;
   /** Recent connection start times (beacon regularity). */
   starts: number[];
   /** Distinct hours (epoch hour numbers) with a connection start, most recent 48. */
   hours: number[];
+  /**
+   * The flows that sent bytes here, each with when it last did, oldest first (the most recent
+   * MAX_UPLOADERS_PER_DEST): what `an0080.split-upload` names when the window crosses.
+   */
+  uploaders: Array<{ id: string; atMs: number }>;
+}
+
+/** Flow ids kept per destination for the split-upload alert (a window of more names the latest). */
+const MAX_UPLOADERS_PER_DEST = 64;
+
+/** Flow ids that sent bytes to `d` since `sinceMs`, oldest first. */
+export function uploadersSince(d: DestWindows, sinceMs: number): string[] {
+  const ids: string[] = [];
+  for (const u of d.uploaders) if (u.atMs >= sinceMs) ids.push(u.id);
+  return ids;
+}
+
+function noteUploader(d: DestWindows, id: string, atMs: number): void {
+  const list = d.uploaders;
+  const last = list[list.length - 1];
+  if (last?.id === id) {
+    last.atMs = atMs;
+    return;
+  }
+  const i = list.findIndex((u) => u.id === id);
+  if (i >= 0) list.splice(i, 1);
+  else if (list.length >= MAX_UPLOADERS_PER_DEST) list.shift();
+  list.push({ id, atMs });
 }
 
 /** Windows of one `host|user|process` identity. */
@@ -74,7 +102,7 @@ export class IdentityWindows {
     if (!d) {
       // The oldest destinations go a batch at a time (see evictionBatch in windows.ts).
       if (this.perDest.size >= MAX_DESTS_PER_IDENTITY) evictOldest(this.perDest, evictionBatch(MAX_DESTS_PER_IDENTITY), null);
-      d = { out: new WindowSum(BUCKET_MS, HOUR_MS), in: new WindowSum(BUCKET_MS, HOUR_MS), starts: [], hours: [] };
+      d = { out: new WindowSum(BUCKET_MS, HOUR_MS), in: new WindowSum(BUCKET_MS, HOUR_MS), starts: [], hours: [], uploaders: [] };
       this.perDest.set(domain, d);
     }
     return d;
@@ -278,6 +306,7 @@ export class DetectionState {
       if (dOut > 0) {
         w.out.add(now, dOut);
         d.out.add(now, dOut);
+        noteUploader(d, f.id, now);
         if (!opts.isApproved(f.destination.host)) w.dayOutUnapproved.add(now, dOut);
         this.addHourly(idKey, now, dOut);
       }

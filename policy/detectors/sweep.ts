@@ -15,7 +15,7 @@ import { detectionContext } from './context.ts';
 import { findingIdentity } from './connect.ts';
 import { longSessionSignal, sustainedSignal } from './duration.ts';
 import { proxyjackSignal, scanSignals } from './fanout.ts';
-import { flowIdsOf, identityKeyOf, registrableDomain } from './match.ts';
+import { identityKeyOf, registrableDomain } from './match.ts';
 import { modifiersFor, score } from './scoring.ts';
 import type { SweepSignal } from './signal.ts';
 import type { DetectionState, ObserveOptions, ObserveResult } from './state.ts';
@@ -101,7 +101,7 @@ export function evaluateSweep(
     const list = byDest.get(dk);
     if (!list || list.length === 0) continue;
     const [idKey, domain] = dk.split('\0') as [string, string];
-    const sp = splitUploadSignal(idKey, domain, list[list.length - 1]!, flowIdsOf(list), state, ctx, now);
+    const sp = splitUploadSignal(idKey, domain, list[list.length - 1]!, state, ctx, now);
     if (sp) signals.push(sp);
   }
   if (signals.length === 0) return [];

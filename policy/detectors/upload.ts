@@ -15,7 +15,7 @@ import { fmtBytes, identityKeyOf, processNames, registrableDomain, viewKey } fro
 import { lineageReason } from './process-signals.ts';
 import { modifiersFor, score } from './scoring.ts';
 import type { SweepSignal } from './signal.ts';
-import type { DetectionState } from './state.ts';
+import { type DetectionState, uploadersSince } from './state.ts';
 import type { BehaviourDetector, FlowDestinationView, FlowView } from './types.ts';
 
 const GiB = 1024 * 1024 * 1024;
@@ -87,7 +87,6 @@ export function splitUploadSignal(
   idKey: string,
   domain: string,
   sample: FlowView,
-  flowIds: readonly string[],
   state: DetectionState,
   ctx: DetectionContext,
   now: number,
@@ -119,7 +118,8 @@ export function splitUploadSignal(
     baseLevel: 1,
     gate: 'config',
     destination: sample.destination,
-    flowIds,
+    // Every flow whose bytes are in the window, not only those of this sweep.
+    flowIds: uploadersSince(d, since),
     evidence: { windowSec, bytesOut: out, bytesIn: inn, thresholdBytesOut: min, ratio: Number(ratio.toFixed(2)), minRatio, domain, flows: flowsInWindow },
     reason: `${fmtBytes(out)} sent to ${domain} over ${windowSec} s (≥ ${fmtBytes(min)}) at out:in ${ratio.toFixed(1)}`,
     key: `an0080.split-upload|${idKey}|${domain}`,

@@ -66,7 +66,7 @@ async function socksUpload(g: TestGateway, host: string, port: number, n: number
 }
 
 describe('an0080.split-upload over many flows', () => {
-  it('monitor: four 12,000-byte uploads to one address under three spellings and two protocols add up', async () => {
+  it('monitor: four 12,000-byte uploads to one address under three spellings and two protocols add up; the alert names all four flows', async () => {
     sink = await startSink();
     gw = await start('monitor');
     const p = sink.port;
@@ -93,6 +93,8 @@ describe('an0080.split-upload over many flows', () => {
     expect(alert.action).toBe('would-block');
     expect(alert.enforced).toBe(false);
     expect(alert.evidence).toMatchObject({ bytesOut: 4 * PART, bytesIn: 0, thresholdBytesOut: SPLIT.bytesOut, domain: '127.0.0.1', flows: 4 });
+    // Every flow whose bytes are in the window, not only the one folded by the sweep that crossed.
+    expect(alert.flowIds).toEqual(records.map((r) => r.id));
     await waitForSweeps(g.flows, 3);
     expect(g.alerts.list({ detector: 'an0080.split-upload' })).toHaveLength(1);
   });
@@ -109,6 +111,7 @@ describe('an0080.split-upload over many flows', () => {
     const alert = await waitForAlert(g.alerts, (a) => a.detector === 'an0080.split-upload');
     expect(alert).toMatchObject({ action: 'block', enforced: true });
     expect(alert.evidence['bytesOut']).toBe(4 * PART);
+    expect(alert.flowIds).toEqual(g.closed.filter((r) => r.destination.port === p).map((r) => r.id));
     const q = await httpConnect({ host: g.httpHost, port: g.httpPort }, `127.0.0.1:${p}`);
     expect(q.status).toBe(403);
     expect(JSON.parse(q.body)).toMatchObject({ reason: 'quarantine' });
