@@ -130,6 +130,11 @@ interface TrackedFlow {
   in: number;
   started: boolean;
   failed: boolean;
+  /**
+   * The identity key the flow was folded under. An agent's report names a live flow's process (and
+   * so its user) after it opened; from then on the flow counts wholly for the identity it names.
+   */
+  idKey: string | null;
 }
 
 /** What changed in one `observe()` call: only these keys can have crossed a threshold. */
@@ -262,7 +267,7 @@ export class DetectionState {
   observeDestination(f: FlowView, into: ObserveResult): void {
     const idKey = identityKeyOf(f.identity, f.clientIp);
     this.noteStart(this.windowsFor(f, idKey), f, registrableDomain(f.destination.host));
-    if (f.partKey !== undefined) this.tracked.set(f.partKey, { out: 0, in: 0, started: true, failed: false });
+    if (f.partKey !== undefined) this.tracked.set(f.partKey, { out: 0, in: 0, started: true, failed: false, idKey });
     into.active.add(idKey);
     into.started.add(idKey);
   }
@@ -275,11 +280,24 @@ export class DetectionState {
     const isTracked = t !== undefined;
     if (!t) {
       if (isGuarded && this.done.has(key)) return;
-      t = { out: 0, in: 0, started: false, failed: false };
+      t = { out: 0, in: 0, started: false, failed: false, idKey: null };
       // A flow seen for the first time as it ends (most short flows) is folded in this one call.
       if (f.endedAtMs === null) this.tracked.set(key, t);
     }
     const idKey = identityKeyOf(f.identity, f.clientIp);
+    if (t.idKey !== idKey) {
+      // First fold, or a process named since the last one (a late agent report): the new identity
+      // gets the flow from its start — its destination, and its bytes so far, now — as it would
+      // have had the report come first. The old key keeps what it counted while it was all that
+      // was known (bytes sent before the report must not escape the process's windows).
+      if (t.idKey !== null) {
+        t.out = 0;
+        t.in = 0;
+        t.started = false;
+        t.failed = false;
+      }
+      t.idKey = idKey;
+    }
     const domain = registrableDomain(f.destination.host);
     const w = this.windowsFor(f, idKey);
     const connected = f.outcome === 'open' || f.outcome === 'closed';
