@@ -27,8 +27,11 @@ const HOURLY_KEEP = 336;
 const NONE: readonly BehaviourDetector[] = Object.freeze([]); // 14 days of hourly buckets (Sentinel / research §3)
 
 export interface DestWindows {
+  /** Bytes to the domain's hosts that are not approved upload destinations (what split-upload sums). */
   out: WindowSum;
   in: WindowSum;
+  /** Flows that began sending to those hosts, counted when their first byte out is folded. */
+  uploads: WindowSum;
   /** Recent connection start times (beacon regularity). */
   starts: number[];
   /** Distinct hours (epoch hour numbers) with a connection start, most recent 48. */
@@ -102,7 +105,7 @@ export class IdentityWindows {
     if (!d) {
       // The oldest destinations go a batch at a time (see evictionBatch in windows.ts).
       if (this.perDest.size >= MAX_DESTS_PER_IDENTITY) evictOldest(this.perDest, evictionBatch(MAX_DESTS_PER_IDENTITY), null);
-      d = { out: new WindowSum(BUCKET_MS, HOUR_MS), in: new WindowSum(BUCKET_MS, HOUR_MS), starts: [], hours: [], uploaders: [] };
+      d = { out: new WindowSum(BUCKET_MS, HOUR_MS), in: new WindowSum(BUCKET_MS, HOUR_MS), uploads: new WindowSum(BUCKET_MS, HOUR_MS), starts: [], hours: [], uploaders: [] };
       this.perDest.set(domain, d);
     }
     return d;
@@ -130,6 +133,8 @@ interface TrackedFlow {
   in: number;
   started: boolean;
   failed: boolean;
+  /** Its first byte out to a non-approved host is counted in its destination's `uploads`. */
+  uploaded: boolean;
   /**
    * The identity key the flow was folded under. An agent's report names a live flow's process (and
    * so its user) after it opened; from then on the flow counts wholly for the identity it names.
@@ -267,7 +272,7 @@ export class DetectionState {
   observeDestination(f: FlowView, into: ObserveResult): void {
     const idKey = identityKeyOf(f.identity, f.clientIp);
     this.noteStart(this.windowsFor(f, idKey), f, registrableDomain(f.destination.host));
-    if (f.partKey !== undefined) this.tracked.set(f.partKey, { out: 0, in: 0, started: true, failed: false, idKey });
+    if (f.partKey !== undefined) this.tracked.set(f.partKey, { out: 0, in: 0, started: true, failed: false, uploaded: false, idKey });
     into.active.add(idKey);
     into.started.add(idKey);
   }
@@ -280,7 +285,7 @@ export class DetectionState {
     const isTracked = t !== undefined;
     if (!t) {
       if (isGuarded && this.done.has(key)) return;
-      t = { out: 0, in: 0, started: false, failed: false, idKey: null };
+      t = { out: 0, in: 0, started: false, failed: false, uploaded: false, idKey: null };
       // A flow seen for the first time as it ends (most short flows) is folded in this one call.
       if (f.endedAtMs === null) this.tracked.set(key, t);
     }
@@ -295,6 +300,7 @@ export class DetectionState {
         t.in = 0;
         t.started = false;
         t.failed = false;
+        t.uploaded = false;
       }
       t.idKey = idKey;
     }
@@ -320,20 +326,27 @@ export class DetectionState {
     if (dOut > 0 || dIn > 0) {
       t.out = f.bytesOut;
       t.in = f.bytesIn;
-      const d = w.dest(domain);
+      // An approved upload destination's bytes count for the identity (proxyjack, volumes), not in its
+      // domain's upload window: other hosts of that domain are not approved with it.
+      const isApproved = opts.isApproved(f.destination.host);
+      const d = isApproved ? null : w.dest(domain);
       if (dOut > 0) {
         w.out.add(now, dOut);
-        d.out.add(now, dOut);
-        noteUploader(d, f.id, now);
-        if (!opts.isApproved(f.destination.host)) w.dayOutUnapproved.add(now, dOut);
+        if (d) {
+          d.out.add(now, dOut);
+          noteUploader(d, f.id, now);
+          if (!t.uploaded) d.uploads.add(now, 1);
+          t.uploaded = true;
+          w.dayOutUnapproved.add(now, dOut);
+        }
         this.addHourly(idKey, now, dOut);
       }
       if (dIn > 0) {
         w.in.add(now, dIn);
-        d.in.add(now, dIn);
+        d?.in.add(now, dIn);
       }
       result.active.add(idKey);
-      result.dests.add(`${idKey}\0${domain}`);
+      if (d) result.dests.add(`${idKey}\0${domain}`);
     }
     if (f.endedAtMs !== null) {
       if (isTracked) this.tracked.delete(key);

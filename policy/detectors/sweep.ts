@@ -67,10 +67,14 @@ export function evaluateSweep(
     if (list) list.push(f);
     else byIdentity.set(idKey, [f]);
     if (f.outcome !== 'open' && f.outcome !== 'closed') continue;
-    const dk = `${idKey}\0${registrableDomain(f.destination.host)}`;
-    const dl = byDest.get(dk);
-    if (dl) dl.push(f);
-    else byDest.set(dk, [f]);
+    // The split-upload sample is a flow to a host that is not an approved upload destination (an
+    // approved one's bytes are not in its domain's window): the alert names where the upload went.
+    if (!ctx.isApprovedDestination(f.destination.host)) {
+      const dk = `${idKey}\0${registrableDomain(f.destination.host)}`;
+      const dl = byDest.get(dk);
+      if (dl) dl.push(f);
+      else byDest.set(dk, [f]);
+    }
     const b = bulkUploadSignal(f, idKey, state, ctx, now);
     if (b) signals.push(b);
     const s = sustainedSignal(f, idKey, ctx, now);

@@ -94,7 +94,6 @@ export function splitUploadSignal(
   const w = state.windows(idKey);
   const d = w?.perDest.get(domain);
   if (!w || !d) return null;
-  if (ctx.isApprovedDestination(sample.destination.host)) return null;
   if (ctx.isSkipped('an0080.split-upload', sample.identity, sample.destination.host, sample.clientIp)) return null;
   const s = ctx.settings('an0080.split-upload');
   const windowSec = s.n['windowSec'] ?? 3600;
@@ -106,8 +105,7 @@ export function splitUploadSignal(
   const minRatio = s.n['minRatio'] ?? 5;
   if (out < min || ratio < minRatio) return null;
   // One big flow is bulk-upload's case; split-upload is about the same volume over several flows.
-  let flowsInWindow = 0;
-  for (const t of d.starts) if (t >= since) flowsInWindow++;
+  const flowsInWindow = d.uploads.sumSince(since);
   if (flowsInWindow < 2) return null;
   return {
     detector: 'an0080.split-upload',

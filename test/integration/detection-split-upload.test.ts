@@ -119,6 +119,54 @@ describe('an0080.split-upload over many flows', () => {
   });
 });
 
+describe('an0080.split-upload next to an approved upload destination of the same domain', () => {
+  it('monitor: uploads to up.sink.test each followed by one byte to the approved backup.sink.test are caught, with only their own bytes', async () => {
+    sink = await startSink();
+    gw = await startTestGateway({
+      mode: 'monitor',
+      approvedUploadDestinations: ['backup.sink.test'],
+      resolver: { hosts: { 'up.sink.test': '127.0.0.1', 'backup.sink.test': '127.0.0.1' } },
+      detection: { sampleIntervalMs: 50, detectors: { 'an0080.split-upload': SPLIT } },
+    });
+    const p = sink.port;
+    const g = gw;
+    for (let i = 0; i < 4; i++) {
+      await connectUpload(g, `up.sink.test:${p}`, PART);
+      // The approved destination's flow ends last, in the same sweep.
+      await connectUpload(g, `backup.sink.test:${p}`, 1);
+      await waitForSweeps(g.flows, 2);
+    }
+    const alert = await waitForAlert(g.alerts, (a) => a.detector === 'an0080.split-upload');
+    expect(sink.received()).toBe(4 * PART + 4);
+    expect(alert.action).toBe('would-block');
+    expect(alert.destination?.host).toBe('up.sink.test');
+    // Only the non-approved destination's bytes and flows: the approved uploads are not the alert's.
+    expect(alert.evidence).toMatchObject({ bytesOut: 4 * PART, domain: 'sink.test', flows: 4 });
+    const up = g.closed.filter((r) => r.destination.host === 'up.sink.test').map((r) => r.id);
+    expect(up).toHaveLength(4);
+    expect(alert.flowIds).toEqual(up);
+  });
+
+  it('monitor: large uploads to the approved host and two bytes elsewhere in its domain raise nothing', async () => {
+    sink = await startSink();
+    gw = await startTestGateway({
+      mode: 'monitor',
+      approvedUploadDestinations: ['backup.sink.test'],
+      resolver: { hosts: { 'up.sink.test': '127.0.0.1', 'backup.sink.test': '127.0.0.1' } },
+      detection: { sampleIntervalMs: 50, detectors: { 'an0080.split-upload': SPLIT } },
+    });
+    const p = sink.port;
+    const g = gw;
+    for (let i = 0; i < 4; i++) await connectUpload(g, `backup.sink.test:${p}`, PART);
+    await waitForSweeps(g.flows, 2);
+    await connectUpload(g, `up.sink.test:${p}`, 1);
+    await connectUpload(g, `up.sink.test:${p}`, 1);
+    await waitForSweeps(g.flows, 4);
+    expect(sink.received()).toBe(4 * PART + 2);
+    expect(g.alerts.list({ detector: 'an0080.split-upload' })).toEqual([]);
+  });
+});
+
 describe('an0081.scan over the spellings of one address', () => {
   it('monitor: refused ports of 127.0.0.1 named as 127.0.0.1 and as ::ffff:127.0.0.1 are one host’s port scan', async () => {
     gw = await start('monitor', { 'an0081.scan': { action: 'block', windowSec: 60, failedPortsOnOneHost: 6, failedDestinations: 50 } });
