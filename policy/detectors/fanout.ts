@@ -29,6 +29,13 @@ import type { FlowView } from './types.ts';
 // Service-exploitation ports (research D3 severity): SSH, telnet, SMB, Docker, RDP, VNC, Redis, …
 const EXPLOIT_PORTS = new Set([22, 23, 445, 2375, 2376, 3389, 5900, 6379, 9200, 27017]);
 
+/** Ids of the failed attempts made at or after `sinceMs`. */
+function failedSince(recent: ReadonlyArray<{ id: string; atMs: number }>, sinceMs: number): string[] {
+  const ids: string[] = [];
+  for (const r of recent) if (r.atMs >= sinceMs) ids.push(r.id);
+  return ids;
+}
+
 interface Who {
   identity: Identity;
   clientIp?: string | undefined;
@@ -100,7 +107,8 @@ export function scanSignals(
       baseLevel: base,
       gate: 'config',
       destination: null,
-      flowIds: [...w.recentFailedFlowIds],
+      // The attempts the crossing count is made of: within the window, or since the slow run began.
+      flowIds: failedSince(w.recentFailed, kind.startsWith('slow') ? w.slowSinceMs : now - windowSec * 1000),
       evidence: {
         kind,
         failedDestinations: fast,

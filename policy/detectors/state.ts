@@ -79,8 +79,11 @@ export class IdentityWindows {
   slowExternal = new Set<string>();
   slowInternal = new Set<string>();
   slowLastMs = Number.NEGATIVE_INFINITY;
+  /** When the current slow run began (the first failed attempt after a `slowResetSec` pause). */
+  slowSinceMs = Number.NEGATIVE_INFINITY;
   failedPorts = new Set<number>();
-  recentFailedFlowIds: string[] = [];
+  /** The latest failed attempts (flow id, when it was made), oldest first, for the alert's flowIds. */
+  recentFailed: Array<{ id: string; atMs: number }> = [];
   /** Distinct successful destinations (host or ip) in the last hour (D3c). */
   readonly distinctHour = new DistinctWindow<undefined>(100_000);
   /** Distinct registrable domains over the proxyjack window, with their first contact in it. */
@@ -381,6 +384,7 @@ export class DetectionState {
     w.fastFailed.touch(key, at, ip);
     if (f.outcome === 'denied') w.fastDenied.touch(key, at, undefined);
     if (at - w.slowLastMs > slowResetMs) {
+      w.slowSinceMs = at;
       w.slowExternal = new Set();
       w.slowInternal = new Set();
       w.failedPorts = new Set();
@@ -390,8 +394,8 @@ export class DetectionState {
     const set = internal ? w.slowInternal : w.slowExternal;
     if (set.size < MAX_FAILED_KEYS) set.add(key);
     if (w.failedPorts.size < 1024) w.failedPorts.add(f.destination.port);
-    w.recentFailedFlowIds.push(f.id);
-    if (w.recentFailedFlowIds.length > 32) w.recentFailedFlowIds.shift();
+    w.recentFailed.push({ id: f.id, atMs: at });
+    if (w.recentFailed.length > 32) w.recentFailed.shift();
   }
 
   private addHourly(idKey: string, now: number, bytes: number): void {

@@ -287,3 +287,29 @@ describe('an0081.scan repeated a day later', () => {
     expect(gw.alerts.list().filter((a) => a.detector === 'an0081.scan')).toHaveLength(2);
   });
 });
+
+/**
+ * The alert's flowIds are the failed attempts its count is made of: an identity's three refused
+ * connects an hour before a port scan are not named with it (the alert named the identity's last 32
+ * failures whenever they were made). The gateway's clock is moved an hour on between the two.
+ */
+describe('an0081.scan flowIds', () => {
+  it('monitor: a port scan names its own failed attempts, not older ones outside the window', async () => {
+    let offsetMs = 0;
+    gw = await startTestGateway({ mode: 'monitor', detection: { sampleIntervalMs: 50, detectors: { 'an0081.scan': SCAN } } }, { now: () => Date.now() + offsetMs });
+    const scanner = '127.0.0.6';
+    await connectFanOut(gw, scanner, await refusingPorts('127.0.0.1', 3));
+    await waitForSweeps(gw.flows, 2);
+    expect(gw.alerts.list()).toEqual([]);
+    const before = new Set(gw.closed.map((r) => r.id));
+
+    offsetMs = 3_600_000;
+    await connectFanOut(gw, scanner, await refusingPorts('127.0.0.1', FANOUT));
+    const alert = await waitForAlert(gw.alerts, (a) => a.detector === 'an0081.scan');
+    expect(alert.evidence['kind']).toBe('port-scan');
+    const scan = gw.closed.filter((r) => r.client.ip === scanner && !before.has(r.id)).map((r) => r.id);
+    expect(scan).toHaveLength(FANOUT);
+    expect(alert.flowIds.length).toBeGreaterThanOrEqual(SCAN.failedPortsOnOneHost);
+    for (const id of alert.flowIds) expect(scan).toContain(id);
+  });
+});
