@@ -53,6 +53,26 @@ export function uploadersSince(d: DestWindows, sinceMs: number): string[] {
   return ids;
 }
 
+/**
+ * Flow ids that sent bytes to any non-approved destination of the identity since `sinceMs`, the
+ * latest `max` of them, oldest first (what the 24 h upload total names).
+ */
+export function identityUploadersSince(w: IdentityWindows, sinceMs: number, max = MAX_UPLOADERS_PER_DEST): string[] {
+  const all: Array<{ id: string; atMs: number }> = [];
+  for (const d of w.perDest.values()) for (const u of d.uploaders) if (u.atMs >= sinceMs) all.push(u);
+  all.sort((a, b) => a.atMs - b.atMs);
+  const ids: string[] = [];
+  const seen = new Set<string>();
+  for (let i = all.length - 1; i >= 0 && ids.length < max; i--) {
+    const id = all[i]!.id;
+    if (!seen.has(id)) {
+      seen.add(id);
+      ids.push(id);
+    }
+  }
+  return ids.reverse();
+}
+
 function noteUploader(d: DestWindows, id: string, atMs: number): void {
   const list = d.uploaders;
   const last = list[list.length - 1];

@@ -15,7 +15,7 @@ import { fmtBytes, identityKeyOf, processNames, registrableDomain, viewKey } fro
 import { lineageReason } from './process-signals.ts';
 import { modifiersFor, score } from './scoring.ts';
 import type { SweepSignal } from './signal.ts';
-import { type DetectionState, uploadersSince } from './state.ts';
+import { type DetectionState, identityUploadersSince, uploadersSince } from './state.ts';
 import type { BehaviourDetector, FlowDestinationView, FlowView } from './types.ts';
 
 const GiB = 1024 * 1024 * 1024;
@@ -142,7 +142,7 @@ export function dailyUploadSignal(idKey: string, sample: FlowView, state: Detect
     baseLevel: 1,
     gate: 'config',
     destination: null,
-    flowIds: [],
+    flowIds: identityUploadersSince(w, now - 86_400_000),
     evidence: { windowSec: 86_400, bytesOut: out, thresholdBytesOut: min },
     reason: `${fmtBytes(out)} sent to non-approved destinations in 24 h (≥ ${fmtBytes(min)})`,
     key: `an0080.split-upload|${idKey}|24h`,

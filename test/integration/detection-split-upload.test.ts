@@ -167,6 +167,28 @@ describe('an0080.split-upload next to an approved upload destination of the same
   });
 });
 
+describe('an0080.split-upload: the identity’s 24 h upload total', () => {
+  it('monitor: three 12,000-byte uploads to three domains cross dayBytesOut 30,000; the alert names the three flows', async () => {
+    sink = await startSink();
+    const names = ['one.example', 'two.example', 'three.example'];
+    gw = await startTestGateway({
+      mode: 'monitor',
+      resolver: { hosts: Object.fromEntries(names.map((n) => [n, '127.0.0.1'])) },
+      detection: { sampleIntervalMs: 50, detectors: { 'an0080.split-upload': { action: 'block', bytesOut: 1_000_000, dayBytesOut: 30_000 } } },
+    });
+    const g = gw;
+    for (const n of names) {
+      await connectUpload(g, `${n}:${sink.port}`, PART);
+      await waitForSweeps(g.flows, 2);
+    }
+    const alert = await waitForAlert(g.alerts, (a) => a.detector === 'an0080.split-upload');
+    expect(alert.action).toBe('would-block');
+    expect(alert.evidence).toMatchObject({ windowSec: 86_400, bytesOut: 3 * PART, thresholdBytesOut: 30_000 });
+    expect(alert.flowIds).toEqual(g.closed.filter((r) => r.destination.port === sink?.port).map((r) => r.id));
+    expect(alert.flowIds).toHaveLength(3);
+  });
+});
+
 describe('an0081.scan over the spellings of one address', () => {
   it('monitor: refused ports of 127.0.0.1 named as 127.0.0.1 and as ::ffff:127.0.0.1 are one host’s port scan', async () => {
     gw = await start('monitor', { 'an0081.scan': { action: 'block', windowSec: 60, failedPortsOnOneHost: 6, failedDestinations: 50 } });
