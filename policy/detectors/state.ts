@@ -349,6 +349,11 @@ export class DetectionState {
     if (dOut > 0 || dIn > 0) {
       t.out = f.bytesOut;
       t.in = f.bytesIn;
+      // A domain is in the proxyjack window while its flows carry bytes, not only after their connect:
+      // a relay keeping its connections to the sites it fetches from open would age out of it. The
+      // first contact (`v`, what D4c's new domains count) stays.
+      const seen = w.domains.map.get(domain);
+      w.domains.touch(domain, now, seen === undefined ? now : seen.v);
       // An approved upload destination's bytes count for the identity (proxyjack, volumes), not in its
       // domain's upload window: other hosts of that domain are not approved with it.
       const isApproved = opts.isApproved(f.destination.host);

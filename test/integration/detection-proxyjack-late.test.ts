@@ -97,3 +97,38 @@ describe('an0081.proxyjack: relay tunnels attributed after they opened', () => {
     expect([...alert.flowIds].sort()).toEqual(ids.sort());
   });
 });
+
+/**
+ * A relay that keeps its connections to the sites it fetches from open past the window: a domain
+ * counts while its flows carry bytes in the window, not only in the window after their connect.
+ * The gateway's clock is moved two windows on between the connects and the relaying.
+ */
+describe('an0081.proxyjack: relay tunnels older than the window', () => {
+  it('monitor: three tunnels opened two windows ago that relay now are three domains in the window', async () => {
+    let offsetMs = 0;
+    gw = await startTestGateway(
+      {
+        mode: 'monitor',
+        resolver: { hosts: Object.fromEntries(PEERS.map((h) => [h, '127.0.0.1'])) },
+        detection: { sampleIntervalMs: 50, detectors: { 'an0081.proxyjack': PROXYJACK } },
+      },
+      { now: () => Date.now() + offsetMs },
+    );
+    const g = gw;
+    for (const [i, peer] of peers.entries()) {
+      const a = await httpConnect({ host: g.httpHost, port: g.httpPort }, `${PEERS[i]}:${peer.port}`, { localAddress: CLIENT_IP });
+      expect(a.status).toBe(200);
+      a.socket.on('error', () => undefined);
+      tunnels.push(a.socket);
+    }
+    for (const s of tunnels) await echoRoundTrip(s, Buffer.from('hello'));
+    await waitForSweeps(g.flows, 2);
+    offsetMs = 2 * PROXYJACK.windowSec * 1000;
+    for (const s of tunnels) await echoRoundTrip(s, Buffer.alloc(2 * HALF, 0x42));
+
+    const alert = await waitForAlert(g.alerts, (a) => a.detector === 'an0081.proxyjack');
+    expect(alert.action).toBe('would-kill');
+    expect(alert.evidence).toMatchObject({ relaySymmetry: true, distinctDestinations: PEERS.length, bytesOut: 2 * HALF * PEERS.length });
+    expect(alert.flowIds).toHaveLength(PEERS.length);
+  });
+});
