@@ -73,14 +73,17 @@ export function identityUploadersSince(w: IdentityWindows, sinceMs: number, max 
   return ids.reverse();
 }
 
-function noteUploader(d: DestWindows, id: string, atMs: number): void {
+/**
+ * Note that flow `id` sent bytes to `d` at `atMs`. `isNew`: its first bytes there (most flows send
+ * once, when they end), so it is not in the list and no search is needed.
+ */
+function noteUploader(d: DestWindows, id: string, atMs: number, isNew: boolean): void {
   const list = d.uploaders;
-  const last = list[list.length - 1];
-  if (last?.id === id) {
-    last.atMs = atMs;
+  const i = isNew ? -1 : list.findLastIndex((u) => u.id === id);
+  if (i === list.length - 1 && i >= 0) {
+    (list[i] as { atMs: number }).atMs = atMs;
     return;
   }
-  const i = list.findIndex((u) => u.id === id);
   if (i >= 0) list.splice(i, 1);
   else if (list.length >= MAX_UPLOADERS_PER_DEST) list.shift();
   list.push({ id, atMs });
@@ -362,7 +365,7 @@ export class DetectionState {
         w.out.add(now, dOut);
         if (d) {
           d.out.add(now, dOut);
-          noteUploader(d, f.id, now);
+          noteUploader(d, f.id, now, !t.uploaded);
           if (!t.uploaded) d.uploads.add(now, 1);
           t.uploaded = true;
           w.dayOutUnapproved.add(now, dOut);
