@@ -10,6 +10,7 @@ import { normalizeHost, parseHostPattern } from './host-pattern.ts';
 import { redactedSecret, redactedUrl } from './redacted.ts';
 import { parsePortSpec } from './ports.ts';
 import { type Node, s } from './schema-dsl.ts';
+import { parseParentUrl } from './upstream-url.ts';
 import { DETECTOR_DEFAULTS } from './detectors/defaults.ts';
 
 /**
@@ -93,7 +94,10 @@ const upstreamScheme = urlWith(UPSTREAM_SCHEMES, false);
 const upstreamUrl = (v: string): string | null => {
   const m = upstreamScheme(v) ?? redactedUrl(v);
   if (m?.startsWith('URL scheme') && /^https:/i.test(v.trim())) return `a parent proxy over TLS (https) is not supported; ${m}`;
-  return m;
+  if (m !== null) return m;
+  // The port as the dial reads it (`http://parent:80` is port 80, not the default 3128); 0 is none.
+  const parent = parseParentUrl(v);
+  return 'error' in parent ? parent.error : null;
 };
 const webhookScheme = urlWith(['http:', 'https:'], false);
 const webhookUrl = (v: string): string | null => webhookScheme(v) ?? redactedUrl(v);

@@ -5,6 +5,7 @@
  */
 import { connect, type Socket } from 'node:net';
 import { dialErrorCode, GatewayError } from '../errors.ts';
+import { type ParentEndpoint, parseParentUrl } from '../../policy/upstream-url.ts';
 import { readHandshake } from './handshake.ts';
 import { socks5ParentHandshake } from './socks5-parent.ts';
 
@@ -21,11 +22,22 @@ export interface DialTarget {
 export function dial(target: DialTarget): Promise<Socket> {
   if (!target.upstream) return dialDirect(target.ip, target.port, target.timeoutMs);
   const url = new URL(target.upstream);
-  const port = Number(url.port) || (url.protocol === 'http:' ? 3128 : 1080);
-  const host = url.hostname.replace(/^\[|\]$/g, '');
-  if (url.protocol === 'http:') return dialViaHttp(host, port, url, target);
-  if (url.protocol === 'socks5:' || url.protocol === 'socks5h:') return dialViaSocks(host, port, url, target);
-  return Promise.reject(new GatewayError('EGW_UPSTREAM_PROXY', `unsupported upstream ${url.protocol}`));
+  const parent = parentOf(target.upstream);
+  if ('error' in parent) return Promise.reject(new GatewayError('EGW_UPSTREAM_PROXY', `unusable upstream: ${parent.error}`));
+  if (parent.protocol === 'http:') return dialViaHttp(parent.host, parent.port, url, target);
+  return dialViaSocks(parent.host, parent.port, url, target);
+}
+
+/** Parsed parent URLs: a config names a few, and every flow through a parent dials one. */
+const parents = new Map<string, ParentEndpoint | { error: string }>();
+function parentOf(upstream: string): ParentEndpoint | { error: string } {
+  let p = parents.get(upstream);
+  if (p === undefined) {
+    if (parents.size >= 256) parents.clear();
+    p = parseParentUrl(upstream);
+    parents.set(upstream, p);
+  }
+  return p;
 }
 
 function dialDirect(ip: string, port: number, timeoutMs: number): Promise<Socket> {

@@ -98,6 +98,8 @@ describe('loadConfig: errors carry exact paths', () => {
     // Regression: https parent proxies passed check, and dial() refused every flow (502 upstream-proxy).
     ['upstream https', 'upstream: "https://parent.example.net:3129"', 'upstream', /^a parent proxy over TLS \(https\) is not supported; URL scheme must be one of http, socks5, socks5h$/],
     ['role upstream https', 'roles: { r: { upstream: "HTTPS://parent.example.net" } }', 'roles.r.upstream', /not supported; URL scheme must be one of http, socks5, socks5h/],
+    // Regression: port 0 was dialled as the scheme's default parent port (1080 / 3128).
+    ['upstream port 0', 'upstream: "socks5://parent.example.net:0"', 'upstream', /^port 0 is not a port a parent proxy listens on$/],
     ['webhook url', 'alerts: { webhooks: [ { url: "mailto:x@y" } ] }', 'alerts.webhooks[0].url', /scheme/],
     // A read copy's "[redacted]" PUT back became every user's password (admin-policy-redacted).
     ['redacted password', 'identity: { users: [ { name: a, password: "[redacted]" } ] }', 'identity.users[0].password', /placeholder/],

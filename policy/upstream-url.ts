@@ -1,0 +1,52 @@
+/**
+ * The parent proxy a config's `upstream` URL names (SPEC §3): scheme, host and port, read the same
+ * way by validation and by the dial. The WHATWG URL parser drops a port equal to the scheme's
+ * default (`http://parent:80` has `url.port === ''`), which would read as "no port given"; the
+ * port is therefore taken from the text of the authority.
+ */
+
+/** Port of a parent named without one: the usual ports of HTTP and SOCKS proxies. */
+export const DEFAULT_PARENT_PORTS: Readonly<Record<string, number>> = { 'http:': 3128, 'socks5:': 1080, 'socks5h:': 1080 };
+
+export interface ParentEndpoint {
+  readonly protocol: string;
+  /** Host name or IP address, IPv6 without brackets. */
+  readonly host: string;
+  /** The port written in the URL (`:80` included), or the scheme's default parent port when none is. */
+  readonly port: number;
+}
+
+/** The port as written in the URL's authority (after any userinfo), or null when none is written. */
+function writtenPort(text: string): string | null {
+  const start = text.indexOf('//');
+  if (start === -1) return null;
+  let end = text.length;
+  for (const c of ['/', '?', '#']) {
+    const i = text.indexOf(c, start + 2);
+    if (i !== -1 && i < end) end = i;
+  }
+  let authority = text.slice(start + 2, end);
+  authority = authority.slice(authority.lastIndexOf('@') + 1);
+  const hostEnd = authority.startsWith('[') ? authority.indexOf(']') + 1 : 0;
+  const colon = authority.indexOf(':', hostEnd);
+  if (colon === -1) return null;
+  const port = authority.slice(colon + 1);
+  return port === '' ? null : port;
+}
+
+/** Parses a parent proxy URL; an error message when it is not one a parent can be dialled at. */
+export function parseParentUrl(text: string): ParentEndpoint | { error: string } {
+  let url: URL;
+  try {
+    url = new URL(text.trim());
+  } catch {
+    return { error: `"${text}" is not a URL` };
+  }
+  const fallback = DEFAULT_PARENT_PORTS[url.protocol];
+  if (fallback === undefined) return { error: `unsupported parent proxy scheme ${url.protocol}` };
+  const written = writtenPort(text.trim());
+  // The URL parser has checked the digits (1-5 of them, at most 65535); what is left to refuse is 0.
+  const port = written === null ? fallback : Number(written);
+  if (port === 0) return { error: 'port 0 is not a port a parent proxy listens on' };
+  return { protocol: url.protocol, host: url.hostname.replace(/^\[|\]$/g, ''), port };
+}
