@@ -110,6 +110,11 @@ export const ValidateResult = Type.Object({
   errors: Type.Array(ConfigIssue),
 });
 
+/** How the connection arrives; allow entries with `protocol: udp` admit only socks5-udp (default connect). */
+const ProtocolLiteral = Type.Union([Type.Literal('http'), Type.Literal('connect'), Type.Literal('socks5'), Type.Literal('socks5-udp')], {
+  description: 'http (absolute-URI), connect, socks5 or socks5-udp; default connect',
+});
+
 export const EvaluateBody = Type.Object(
   {
     dest: Type.String({ minLength: 1, maxLength: 300, description: 'host:port, IPv6 in brackets' }),
@@ -117,6 +122,7 @@ export const EvaluateBody = Type.Object(
     source: Type.Optional(Type.String({ maxLength: 64, description: 'client IP: selects the host inventory entry' })),
     process: Type.Optional(Type.String({ maxLength: 256 })),
     ip: Type.Optional(Type.String({ maxLength: 64, description: 'address that would be dialled (else resolver.hosts only)' })),
+    protocol: Type.Optional(ProtocolLiteral),
   },
   { additionalProperties: false },
 );
@@ -136,6 +142,7 @@ export const EvaluateResult = Type.Object({
     process: Nullable(Type.String()),
   }),
   destination: Type.Object({ host: Type.String(), ip: Nullable(Type.String()), port: Type.Integer() }),
+  protocol: ProtocolLiteral,
   findings: Type.Array(
     Type.Object({
       detector: Type.String(),

@@ -71,8 +71,9 @@ export function evaluateConnection(
       : null,
   };
   const destIp = q.ip ?? (dest.isIp ? dest.host : snapshot.staticAddress(dest.host));
+  const protocol = q.protocol ?? 'connect';
   const facts: ConnectFacts = {
-    protocol: 'connect',
+    protocol,
     clientIp: sourceIp ?? '0.0.0.0',
     clientPort: 0,
     identity,
@@ -91,6 +92,7 @@ export function evaluateConnection(
     decision: { ...decision, reasons },
     identity: { user, host, roles: identity.roles, process: q.process ?? null },
     destination: { host: dest.host, ip: destIp, port: dest.port },
+    protocol,
     findings,
     detectors,
   };

@@ -9,7 +9,7 @@
  */
 import type { Registry } from 'prom-client';
 import type { AdminTokenConfig, AgentTokenConfig, Config } from '../policy/config.ts';
-import type { Decision, Mode } from '../policy/types.ts';
+import type { Decision, Mode, Protocol } from '../policy/types.ts';
 import type { AlertLike, AlertEvent } from './alerts/alert-store.ts';
 import type { AuditEntry, AuditQuery } from './audit-log.ts';
 import type { DryRunDetectors, DryRunFinding } from './detection/dry-run.ts';
@@ -65,6 +65,8 @@ export interface EvaluateQuery {
   process?: string;
   /** The dialled address, when the caller wants deny ranges and CIDR entries checked for a name. */
   ip?: string;
+  /** How the connection arrives (allow entries may name tcp or udp); default connect. */
+  protocol?: Protocol;
 }
 
 export type EvaluateOutcome =
@@ -74,6 +76,7 @@ export type EvaluateOutcome =
       decision: Decision;
       identity: { user: string | null; host: string | null; roles: readonly string[]; process: string | null };
       destination: { host: string; ip: string | null; port: number };
+      protocol: Protocol;
       /** The connect-time findings the connection would raise (gateway/detection/dry-run.ts). */
       findings: DryRunFinding[];
       /** Which detectors were judged, skipped or not judged, and the quarantine read. */

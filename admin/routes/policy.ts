@@ -154,7 +154,7 @@ export function registerPolicyRoutes(app: AdminApp, { port, keepsAdmin }: RouteC
     (request, reply) => {
       const res = port.evaluate(request.body);
       if (!res.ok) return sendError(reply, 400, 'bad-request', res.message);
-      reply.send({ version: res.version, ...res.decision, identity: res.identity, destination: res.destination, findings: res.findings, detectors: res.detectors });
+      reply.send({ version: res.version, ...res.decision, identity: res.identity, destination: res.destination, protocol: res.protocol, findings: res.findings, detectors: res.detectors });
     },
   );
 
