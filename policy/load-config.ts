@@ -119,10 +119,33 @@ function crossChecks(raw: Record<string, unknown>, errors: ConfigError[]): void 
       });
     }
   }
+  sameRolesPerHost(identity['hosts'], errors);
   uniqueNames(identity['users'], 'identity.users', 'user');
   uniqueNames(identity['agents'], 'identity.agents', 'agent');
   if (isPlainObject(raw['admin'])) uniqueNames(raw['admin']['tokens'], 'admin.tokens', 'token');
   checkRoles(raw['defaultRoles'], 'defaultRoles');
+}
+
+/**
+ * A host's roles belong to its name (a trusted header or a client certificate names a host without
+ * an address), so the entries of one name must give the same roles: with different ones, a source
+ * in one entry would also get the roles listed for the others, which its address is not in.
+ */
+function sameRolesPerHost(list: unknown, errors: ConfigError[]): void {
+  if (!Array.isArray(list)) return;
+  const first = new Map<string, { index: number; roles: string }>();
+  list.forEach((h, i) => {
+    if (!isPlainObject(h) || typeof h['name'] !== 'string') return;
+    const roles = Array.isArray(h['roles']) ? [...new Set(h['roles'].map(String))].sort().join(', ') : '';
+    const seen = first.get(h['name']);
+    if (seen === undefined) first.set(h['name'], { index: i, roles });
+    else if (seen.roles !== roles) {
+      addError(errors, {
+        path: joinPath(joinPath('identity.hosts', i), 'roles'),
+        message: `host "${h['name']}" has roles [${seen.roles}] at identity.hosts[${seen.index}]: every entry of one host name must list the same roles (a host's roles are its name's), or use another name`,
+      });
+    }
+  });
 }
 
 /** Per-item defaults that an object-deep merge cannot express (items of lists, record values). */

@@ -47,6 +47,11 @@ describe('loadConfig: valid input', () => {
     expect(r.config.detection.detectors['an0081.scan']).toEqual({ windowSec: 60, enabled: true, corroborate: false, action: 'block' });
   });
 
+  it('a host name listed for several CIDRs with the same roles, in any order', () => {
+    const r = loadConfig('roles: { a: {}, b: {} }\nidentity: { hosts: [ {cidr: 10.0.0.0/8, name: lab, roles: [a, b]}, {cidr: "fd00::/8", name: lab, roles: [b, a]} ] }\n');
+    expect(r.ok ? [] : r.errors).toEqual([]);
+  });
+
   it('reads JSON too, and a $schema key for editors', () => {
     const r = loadConfig(JSON.stringify({ $schema: './policy/schema.json', mode: 'enforce' }), { format: 'json' });
     expect(r.ok && r.config.mode).toBe('enforce');
@@ -78,6 +83,15 @@ describe('loadConfig: errors carry exact paths', () => {
     ['unknown role for host', 'identity: { hosts: [ {cidr: 10.0.0.0/8, name: h, roles: [ghost]} ] }', 'identity.hosts[0].roles[0]', /unknown role/],
     ['unknown default role', 'defaultRoles: [ghost]', 'defaultRoles[0]', /unknown role/],
     ['host needs cidr', 'identity: { hosts: [ {name: h} ] }', 'identity.hosts[0].cidr', /required/],
+    // Regression: roles are looked up by host name, so a source in 127.0.0.0/29 (roles [guest]) got the
+    // ci roles listed for 127.0.0.2/32 under the same name, and reached what only ci may.
+    [
+      'host name with two role sets',
+      'roles: { guest: {}, ci: {} }\nidentity: { hosts: [ {cidr: 127.0.0.0/29, name: lab, roles: [guest]}, {cidr: 127.0.0.2/32, name: lab, roles: [ci]} ] }',
+      'identity.hosts[1].roles',
+      /^host "lab" has roles \[guest\] at identity.hosts\[0\]: every entry of one host name must list the same roles/,
+    ],
+    ['host name with roles left out once', 'roles: { ci: {} }\nidentity: { hosts: [ {cidr: 10.0.0.0/8, name: lab, roles: [ci]}, {cidr: "fd00::/8", name: lab} ] }', 'identity.hosts[1].roles', /has roles \[ci\]/],
     ['duplicate user', 'identity: { users: [ {name: a}, {name: a} ] }', 'identity.users[1].name', /duplicate/],
     ['bad time zone', 'schedule: { timezone: Mars/Olympus }', 'schedule.timezone', /unknown time zone/],
     ['bad HH:MM', 'schedule: { businessHours: { start: "8:00" } }', 'schedule.businessHours.start', /HH:MM/],
