@@ -353,6 +353,8 @@ describe('egressgate serve: SIGTERM drain and a slow destination', () => {
     // the kernel's send buffer has grown (none was on one CI run); 8 MiB is more than it ever holds.
     const sizes = [...UPLOAD_SIZES, 8 * 1024 * 1024];
     const sockets = await Promise.all(sizes.map((size) => upload(s.http.port, dest.port, size)));
+    // Client port → upload size (read now: a reset socket no longer knows its port).
+    const sizeOf = new Map(sockets.map((socket, i) => [socket.localPort, sizes[i] as number]));
     try {
       await new Promise((r) => setTimeout(r, 1000));
       destination?.stdin?.write('go\n');
@@ -374,12 +376,16 @@ describe('egressgate serve: SIGTERM drain and a slow destination', () => {
       const closed = records.filter((r) => r.closeReason === 'closed').map((r) => r.bytesOut as number);
       expect(reset.length + closed.length).toBe(sizes.length);
       // How many of the small ones depends on the kernel's buffers (~85 KB here: 6 reset); the 8 MiB one
-      // always; none before the fix.
+      // always; none before the fix. Records are told apart by the client's port, not by bytesOut: how
+      // much of the 8 MiB had reached the destination's kernel when it reset varies (once 128,000 or less).
       expect(reset.length).toBeGreaterThanOrEqual(1);
-      const largest = records.reduce((a, b) => ((b.bytesOut as number) > (a.bytesOut as number) ? b : a));
-      expect(largest.bytesOut as number).toBeGreaterThan(Math.max(...UPLOAD_SIZES));
-      expect(largest.closeReason).toBe('upstream-reset');
-      expect(Math.max(0, ...closed)).toBeLessThan(Math.min(...reset));
+      const largest = records.find((r) => sizeOf.get(r.client.port) === 8 * 1024 * 1024);
+      expect(largest?.closeReason).toBe('upstream-reset');
+      expect(largest?.bytesOut as number).toBeLessThan(8 * 1024 * 1024);
+      // Among the small uploads, the ones handed over whole are smaller than those cut short.
+      const small = records.filter((r) => r !== largest);
+      const smallReset = small.filter((r) => r.closeReason === 'upstream-reset').map((r) => r.bytesOut as number);
+      expect(Math.max(0, ...small.filter((r) => r.closeReason === 'closed').map((r) => r.bytesOut as number))).toBeLessThan(Math.min(...smallReset));
     } finally {
       for (const socket of sockets) socket.destroy();
     }
