@@ -142,7 +142,16 @@ export async function run(argv: string[]): Promise<number> {
   process.on('SIGUSR2', () => {
     void gw.reopenLogs();
   });
-  const stop = (): void => {
+  let stopSignals = 0;
+  const stop = (signal: NodeJS.Signals): void => {
+    // A second SIGTERM or SIGINT (an impatient supervisor, Ctrl-C twice) ends the grace period now;
+    // the flows still live are recorded `shutdown` and the log flushed, as when the grace runs out.
+    // Left to node's default, it killed the process mid-drain and those flows had no record.
+    if (++stopSignals > 1) {
+      gw.ctx.log.warn({ signal }, 'stop signal during the drain: ending the grace period now');
+      void gw.drain(0, 'shutdown');
+      return;
+    }
     gw.drain().then(
       // A fatal error during the drain (onFatal) makes it a failure.
       () => process.exit(isFatal ? 1 : 0),
@@ -152,8 +161,8 @@ export async function run(argv: string[]): Promise<number> {
       },
     );
   };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
   // A closed stdout or stderr (a log shipper that went away) must not take the gateway down: the
   // flow log on stdout handles its own errors (flow-log.ts); other writes there are best effort.
   process.stdout.on('error', ignoreStreamError);

@@ -1,0 +1,112 @@
+/**
+ * `egressgate serve` as a process, signalled again while it drains: a second SIGTERM or SIGINT (a
+ * supervisor that escalates, Ctrl-C twice) ends the grace period at once, and every flow still live
+ * gets its record (`shutdown`, exact bytes) before the process exits 0. Node's default for the
+ * second signal killed it mid-drain, and those flows had no record.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { parseRecords } from '../helpers/flow-records.ts';
+import { killIfRunning, loopbackServeConfig, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { rawConnect, readUntil } from './http-harness.ts';
+import { readBytes, startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+
+const TOKEN = 'serve-drain-signals-token-0123456789';
+/** Long enough that only the second signal can end the drain within the test. */
+const GRACE_MS = 120_000;
+
+let dir: string;
+let echo: TcpOrigin;
+let child: ChildProcess | null = null;
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'egw-drain-signals-'));
+  echo = await startTcpOrigin();
+});
+afterEach(async () => {
+  await killIfRunning(child);
+  child = null;
+});
+afterAll(async () => {
+  await echo.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** A CONNECT tunnel to the echo origin with `payload` sent and echoed back. */
+async function connectTunnel(s: Served, payload: string): Promise<Socket> {
+  const t = await rawConnect(s.http.port);
+  t.on('error', () => {});
+  t.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+  expect((await readUntil(t, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+  t.write(payload);
+  await readUntil(t, payload);
+  return t;
+}
+
+/** A SOCKS5 CONNECT (no auth) to the echo origin with `payload` sent and echoed back. */
+async function socksTunnel(s: Served, payload: string): Promise<Socket> {
+  const [host, port] = [s.socks.slice(0, s.socks.lastIndexOf(':')), Number(s.socks.slice(s.socks.lastIndexOf(':') + 1))];
+  const t = await rawConnect(port, host);
+  t.on('error', () => {});
+  t.write(Buffer.from([5, 1, 0]));
+  expect([...(await readBytes(t, 2))]).toEqual([5, 0]);
+  t.write(Buffer.from([5, 1, 0, 1, 127, 0, 0, 1, echo.port >> 8, echo.port & 255]));
+  expect((await readBytes(t, 10))[1]).toBe(0);
+  t.write(payload);
+  await readUntil(t, payload);
+  return t;
+}
+
+/** Whether a new connection to the HTTP listener is refused (the drain has closed it). Bounded. */
+async function waitUntilRefused(port: number): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    const refused = await new Promise<boolean>((resolve) => {
+      const c = connect({ port, host: '127.0.0.1' });
+      c.once('connect', () => {
+        c.destroy();
+        resolve(false);
+      });
+      c.once('error', () => resolve(true));
+    });
+    if (refused) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error('the listener still accepts');
+}
+
+describe('egressgate serve: a second stop signal during the drain', () => {
+  for (const [first, second] of [
+    ['SIGTERM', 'SIGTERM'],
+    ['SIGINT', 'SIGINT'],
+    ['SIGTERM', 'SIGINT'],
+  ] as const) {
+    it(`${first} then ${second}: the grace ends, each live tunnel is recorded shutdown with its bytes, the log is flushed, exit 0`, async () => {
+      const flowLog = join(dir, `${first}-${second}.jsonl`);
+      const configPath = join(dir, `${first}-${second}.yaml`);
+      await writeFile(configPath, loopbackServeConfig(flowLog, GRACE_MS));
+      const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN } });
+      child = s.child;
+      const tunnels = [await connectTunnel(s, 'c'.repeat(300)), await socksTunnel(s, 's'.repeat(500))];
+      const closed = tunnels.map((t) => new Promise((r) => t.once('close', r)));
+      const exited = once(s.child, 'exit');
+      s.child.kill(first);
+      // The drain has begun (the listener is closed) and waits on both tunnels for up to GRACE_MS.
+      await waitUntilRefused(s.http.port);
+      s.child.kill(second);
+      const [code, signal] = (await exited) as [number | null, string | null];
+      await Promise.all(closed);
+      expect({ code, signal }).toEqual({ code: 0, signal: null });
+      const records = parseRecords(await readFile(flowLog, 'utf8'));
+      expect(records.map((r) => [r.protocol, r.closeReason, r.bytesOut, r.bytesIn]).sort()).toEqual([
+        ['connect', 'shutdown', 300, 300],
+        ['socks5', 'shutdown', 500, 500],
+      ]);
+      expect(s.stderr()).toContain('stop signal during the drain: ending the grace period now');
+    }, 60_000);
+  }
+});
