@@ -33,7 +33,7 @@ import { carryRemoteToTls, wrapWithProxyProtocol } from './gateway/listeners/pro
 import { gateConnections, SourceConnections } from './gateway/listeners/source-limit.ts';
 import { createSocksServer } from './gateway/listeners/socks5.ts';
 import { createLogger } from './gateway/log.ts';
-import { PolicyStore } from './gateway/policy-store.ts';
+import { type PolicyChange, PolicyStore } from './gateway/policy-store.ts';
 import { createDnsResolver } from './gateway/upstream/resolve.ts';
 import { UdpRelayAddresses } from './gateway/udp-relay-addresses.ts';
 import type { Config } from './policy/config.ts';
@@ -223,6 +223,8 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   };
   detection = await createDetectionEngine({ flows, policy, alerts, log, statePath: config.state.path });
   flows.start(config.detection.sampleIntervalMs, config.flowLog.interimSec);
+  // The sweep's timing follows the running policy (a reload, PUT /v1/policy, a rollback).
+  policy.on('change', ({ snapshot }: PolicyChange) => flows.retime(snapshot.config.detection.sampleIntervalMs, snapshot.config.flowLog.interimSec));
   // 4. listeners
   const httpServer = createHttpProxy(ctx);
   const socksServer = createSocksServer(ctx);

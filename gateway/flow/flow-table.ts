@@ -381,6 +381,15 @@ export class FlowTable extends EventEmitter {
     this.timer.unref();
   }
 
+  /**
+   * A reload's sweep timing (detection.sampleIntervalMs, flowLog.interimSec): interim records follow
+   * the new interval from the next sweep; a running sweep is restarted only if its interval changed.
+   */
+  retime(sampleIntervalMs: number, interimSec: number): void {
+    this.interimMs = interimSec * 1000;
+    if (this.timer !== null && sampleIntervalMs !== this.sampleIntervalMs) this.start(sampleIntervalMs);
+  }
+
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;

@@ -1,0 +1,89 @@
+/**
+ * `flowLog.interimSec` follows a reload (SPEC §3, §5): a tunnel open before a SIGHUP that turns
+ * interim records on gets them, with its counts so far and `"intermediate": true`, and still exactly
+ * one final record with every byte. The interval used to be read once at start.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { FlowRecord } from '../../gateway/flow/flow.ts';
+import { parseRecords } from '../helpers/flow-records.ts';
+import { killIfRunning, spawnServe } from '../helpers/serve-process.ts';
+import { rawConnect, readUntil } from './http-harness.ts';
+import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+
+const TOKEN = 'flow-interim-reload-token-0123456789';
+
+let dir: string;
+let echo: TcpOrigin;
+let child: ChildProcess | null = null;
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'egw-interim-reload-'));
+  echo = await startTcpOrigin();
+});
+afterEach(async () => {
+  await killIfRunning(child);
+  child = null;
+});
+afterAll(async () => {
+  await echo.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+const policy = (flowLog: string, interimSec: number): string => `
+mode: enforce
+allowRanges: [127.0.0.0/8]
+roles: { any: { allow: [ { cidr: 127.0.0.0/8 } ] } }
+defaultRoles: [any]
+identity: { localAttribution: false }
+detection: { sampleIntervalMs: 100 }
+flowLog: { path: ${JSON.stringify(flowLog)}, interimSec: ${interimSec} }
+`;
+
+/** The flow log's records once `pred` holds for one of them (bounded: 200 reads, 50 ms apart). */
+async function recordsWhen(flowLog: string, pred: (r: FlowRecord) => boolean): Promise<FlowRecord[]> {
+  for (let i = 0; i < 200; i++) {
+    const records = parseRecords(await readFile(flowLog, 'utf8').catch(() => ''));
+    if (records.some(pred)) return records;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error('no such record in the flow log');
+}
+
+describe('egressgate serve: a reload that changes flowLog.interimSec', () => {
+  it('SIGHUP turning interim records on: a tunnel opened before it gets them with its counts so far, then one final record', async () => {
+    const flowLog = join(dir, 'flows.jsonl');
+    const configPath = join(dir, 'policy.yaml');
+    await writeFile(configPath, policy(flowLog, 0));
+    const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN } });
+    child = s.child;
+    const tunnel = await rawConnect(s.http.port);
+    tunnel.on('error', () => {});
+    tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+    expect((await readUntil(tunnel, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+    tunnel.write('a'.repeat(100));
+    await readUntil(tunnel, 'a'.repeat(100));
+
+    await writeFile(configPath, policy(flowLog, 1));
+    s.child.kill('SIGHUP');
+    const port = tunnel.localPort;
+    const withInterim = await recordsWhen(flowLog, (r) => r.intermediate === true && r.client.port === port);
+    const interim = withInterim.find((r) => r.intermediate === true) as FlowRecord;
+    expect(interim).toMatchObject({ protocol: 'connect', state: 'active', bytesOut: 100, bytesIn: 100, intermediate: true });
+
+    tunnel.write('b'.repeat(50));
+    await readUntil(tunnel, 'b'.repeat(50));
+    tunnel.end();
+    const all = await recordsWhen(flowLog, (r) => r.intermediate !== true && r.client.port === port);
+    const finals = all.filter((r) => r.intermediate !== true);
+    expect(finals.map((r) => [r.id, r.state, r.closeReason, r.bytesOut, r.bytesIn])).toEqual([[interim.id, 'closed', 'closed', 150, 150]]);
+    expect(all.filter((r) => r.intermediate === true).every((r) => r.id === interim.id && r.state === 'active')).toBe(true);
+    const exited = once(s.child, 'exit');
+    s.child.kill('SIGTERM');
+    expect(((await exited) as [number | null])[0]).toBe(0);
+  }, 60_000);
+});
