@@ -326,7 +326,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   let drained: Promise<void> | null = null;
   let isCutShort = false;
   let killReasonNow = 'shutdown';
-  const drain = (graceMs = config.limits.drainGraceMs, killReason = 'shutdown'): Promise<void> => {
+  const drain = (graceMs = policy.current().config.limits.drainGraceMs, killReason = 'shutdown'): Promise<void> => {
     if (drained) {
       if (graceMs === 0 && !isCutShort) {
         isCutShort = true;

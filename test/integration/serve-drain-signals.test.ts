@@ -2,7 +2,8 @@
  * `egressgate serve` as a process, signalled again while it drains: a second SIGTERM or SIGINT (a
  * supervisor that escalates, Ctrl-C twice) ends the grace period at once, and every flow still live
  * gets its record (`shutdown`, exact bytes) before the process exits 0. Node's default for the
- * second signal killed it mid-drain, and those flows had no record.
+ * second signal killed it mid-drain, and those flows had no record. Also: the grace period is the
+ * running policy's limits.drainGraceMs (a reload changes it).
  */
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -109,4 +110,36 @@ describe('egressgate serve: a second stop signal during the drain', () => {
       expect(s.stderr()).toContain('stop signal during the drain: ending the grace period now');
     }, 60_000);
   }
+});
+
+describe('egressgate serve: a reload that changes limits.drainGraceMs', () => {
+  it('SIGHUP from a 120 s grace to 1 s, then SIGTERM: the drain waits 1 s, the live tunnel is recorded shutdown with its bytes, exit 0', async () => {
+    const flowLog = join(dir, 'grace-reload.jsonl');
+    const configPath = join(dir, 'grace-reload.yaml');
+    await writeFile(configPath, loopbackServeConfig(flowLog, GRACE_MS));
+    const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN } });
+    child = s.child;
+    const reloaded = new Promise<void>((resolve) => {
+      const onData = (b: Buffer): void => {
+        if (b.toString('utf8').includes('policy reloaded')) {
+          s.child.stderr?.off('data', onData);
+          resolve();
+        }
+      };
+      s.child.stderr?.on('data', onData);
+    });
+    await writeFile(configPath, loopbackServeConfig(flowLog, 1000));
+    s.child.kill('SIGHUP');
+    await reloaded;
+    const tunnel = await connectTunnel(s, 'g'.repeat(200));
+    const closed = new Promise((r) => tunnel.once('close', r));
+    const exited = once(s.child, 'exit');
+    s.child.kill('SIGTERM');
+    // With the grace read from the startup config the drain would wait GRACE_MS, past this test's timeout.
+    const [code] = (await exited) as [number | null];
+    await closed;
+    expect(code).toBe(0);
+    const records = parseRecords(await readFile(flowLog, 'utf8'));
+    expect(records.map((r) => [r.protocol, r.closeReason, r.bytesOut, r.bytesIn])).toEqual([['connect', 'shutdown', 200, 200]]);
+  }, 30_000);
 });
