@@ -365,6 +365,12 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     const pools = Promise.all([httpServer, ...(httpsServer ? [httpsServer] : [])].map((srv) => closeOriginPools(srv, poolGraceMs)));
     // Every flow has its record now: hand them to the log before anything else can hold us up.
     await flowLog.flush();
+    // A file log that cannot take them (disk full, quota) holds them, and what it still holds at exit
+    // is lost: the rest of the grace period is its to recover in (it reopens its path every second).
+    if (flowLog.isFailing && config.flowLog.path !== '-' && !isCutShort && Date.now() < deadline) {
+      log.warn({ records: flowLog.status().backlogRecords, graceLeftMs: deadline - Date.now() }, 'draining: waiting for the flow log to take the records it holds');
+      while (flowLog.isFailing && Date.now() < deadline && !isCutShort) await new Promise((r) => setTimeout(r, 50));
+    }
     await closed;
     await pools;
     // 3. final sweep, persist detector state, flush every record

@@ -3,11 +3,12 @@
  * supervisor that escalates, Ctrl-C twice) ends the grace period at once, and every flow still live
  * gets its record (`shutdown`, exact bytes) before the process exits 0. Node's default for the
  * second signal killed it mid-drain, and those flows had no record. Also: the grace period is the
- * running policy's limits.drainGraceMs (a reload changes it).
+ * running policy's limits.drainGraceMs (a reload changes it), and a drain whose flow log file cannot
+ * be written waits within that grace for it to take the records it holds.
  */
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -142,4 +143,50 @@ describe('egressgate serve: a reload that changes limits.drainGraceMs', () => {
     const records = parseRecords(await readFile(flowLog, 'utf8'));
     expect(records.map((r) => [r.protocol, r.closeReason, r.bytesOut, r.bytesIn])).toEqual([['connect', 'shutdown', 200, 200]]);
   }, 30_000);
+});
+
+/** Resolves at the first stderr line of `c` that contains `text`; rejects if the process exits first. */
+function stderrLine(c: ChildProcess, text: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const onExit = (code: number | null): void => reject(new Error(`exited (${code}) before ${JSON.stringify(text)}`));
+    const onData = (b: Buffer): void => {
+      buf += b.toString('utf8');
+      if (!buf.includes(text)) return;
+      c.stderr?.off('data', onData);
+      c.off('exit', onExit);
+      resolve();
+    };
+    c.stderr?.on('data', onData);
+    c.once('exit', onExit);
+  });
+}
+
+describe('egressgate serve: SIGTERM while the flow log file cannot be written', () => {
+  it('the drain waits within its grace for the log to take the records it holds, then writes them and exits 0', async () => {
+    // The path is a symlink to /dev/full (every write ENOSPC) until a regular file replaces it.
+    const flowLog = join(dir, 'full.jsonl');
+    await symlink('/dev/full', flowLog);
+    const configPath = join(dir, 'full.yaml');
+    await writeFile(configPath, `${loopbackServeConfig(flowLog, GRACE_MS).replace(/flowLog: \{ path: ("[^"]*") \}/, 'flowLog: { path: $1, onError: admit }')}`);
+    const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN } });
+    child = s.child;
+    const failed = stderrLine(s.child, 'flow log write failed');
+    const tunnel = await connectTunnel(s, 'f'.repeat(100));
+    const closed = new Promise((r) => tunnel.once('close', r));
+    tunnel.end();
+    await closed;
+    await failed;
+    const exited = once(s.child, 'exit');
+    const waiting = stderrLine(s.child, 'draining: waiting for the flow log to take the records it holds');
+    s.child.kill('SIGTERM');
+    await waiting;
+    await writeFile(`${flowLog}.new`, '');
+    await rename(`${flowLog}.new`, flowLog);
+    const [code] = (await exited) as [number | null];
+    expect(code).toBe(0);
+    const records = parseRecords(await readFile(flowLog, 'utf8'));
+    expect(records.map((r) => [r.protocol, r.closeReason, r.bytesOut, r.bytesIn])).toEqual([['connect', 'closed', 100, 100]]);
+    expect(s.stderr()).not.toContain('records not written');
+  }, 60_000);
 });
