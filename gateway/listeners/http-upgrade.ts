@@ -137,6 +137,25 @@ function afterClientFin(socket: Duplex, graceMs: number, onGone: () => void): ()
   };
 }
 
+/**
+ * How many body bytes follow a declined Upgrade's answer (RFC 9112 §6.3): none after 204, 304 or an
+ * answer to HEAD; a single valid Content-Length's worth; null (until the origin closes) for chunked
+ * or unframed bodies. An origin that keeps its connection alive after a framed answer never closes it.
+ */
+export function declinedBodyLength(head: ResponseHead, method: string | undefined): number | null {
+  if (head.status === 204 || head.status === 304 || method === 'HEAD') return 0;
+  let length: number | null = null;
+  for (let i = 0; i + 1 < head.headers.length; i += 2) {
+    const name = (head.headers[i] as string).toLowerCase();
+    if (name === 'transfer-encoding') return null;
+    if (name !== 'content-length') continue;
+    const value = (head.headers[i + 1] as string).trim();
+    if (!/^[0-9]{1,15}$/.test(value) || (length !== null && length !== Number(value))) return null;
+    length = Number(value);
+  }
+  return length;
+}
+
 function serialiseResponseHead(head: ResponseHead, headers: readonly string[]): string {
   let out = `HTTP/1.1 ${head.status} ${relayedStatusText(head.status, head.statusText)}\r\n`;
   for (let i = 0; i + 1 < headers.length; i += 2) out += `${headers[i]}: ${headers[i + 1]}\r\n`;
@@ -251,12 +270,12 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
   const headersOut = forwardResponseHeaders(parsed.headers, { keepFraming: true, via: viaFor(1, parsed.minor) });
   headersOut.push('connection', 'close');
   socket.write(serialiseResponseHead(parsed, headersOut), 'latin1');
-  relayRefusedUpgrade(state, flow, socket, upstream, answer.rest, limits);
+  relayRefusedUpgrade(state, flow, socket, upstream, answer.rest, declinedBodyLength(parsed, req.method), limits);
 }
 
 /**
- * The origin declined the upgrade: relay its response body to the client, then close both. An
- * origin silent for `idleTimeoutMs` (nothing read from it: it neither sends nor closes, or the
+ * The origin declined the upgrade: relay its response body to the client (`bodyLength` bytes, or
+ * until the origin closes when null), then close both: `closed`. An origin silent for `idleTimeoutMs` (nothing read from it: it neither sends nor closes, or the
  * client reads nothing so it stays paused) ends the relay, `idle-timeout`; once the client has sent
  * its FIN, silent for finGraceMs: `client-reset`.
  */
@@ -266,11 +285,29 @@ function relayRefusedUpgrade(
   socket: Duplex,
   upstream: Socket,
   rest: Buffer,
+  bodyLength: number | null,
   limits: { connectTimeoutMs: number; idleTimeoutMs: number },
 ): void {
   const { ctx } = state;
   const finish = (reason: string): void => {
     if (flow.state === 'active') ctx.flows.close(flow, reason);
+  };
+  /** Body bytes still owed to the client; null: until the origin's end. */
+  let left = bodyLength;
+  /** Relay `chunk` (no more than the body's rest); true once the body is whole: closed. */
+  const relay = (chunk: Buffer): boolean => {
+    const part = left !== null && chunk.length > left ? chunk.subarray(0, left) : chunk;
+    flow.bytesIn += part.length;
+    if (left !== null) left -= part.length;
+    const isFull = !socket.write(part);
+    if (left !== 0) {
+      if (isFull) upstream.pause();
+      return false;
+    }
+    finish('closed');
+    socket.end();
+    upstream.destroy();
+    return true;
   };
   let isClientEnded = false;
   upstream.setTimeout(limits.idleTimeoutMs, () => {
@@ -289,14 +326,7 @@ function relayRefusedUpgrade(
     upstream.resetAndDestroy();
     socket.destroy();
   };
-  if (rest.length > 0) {
-    flow.bytesIn += rest.length;
-    socket.write(rest);
-  }
-  upstream.on('data', (chunk: Buffer) => {
-    flow.bytesIn += chunk.length;
-    if (!socket.write(chunk)) upstream.pause();
-  });
+  upstream.on('data', relay);
   socket.on('drain', () => upstream.resume());
   upstream.once('end', () => {
     socket.end();
@@ -316,5 +346,7 @@ function relayRefusedUpgrade(
   });
   // What the client sends now has nowhere to go: discard it.
   socket.resume();
+  // Bytes that came with the head first (the whole body, or none owed at all, may be there already).
+  if ((rest.length > 0 || left === 0) && relay(rest)) return;
   upstream.resume();
 }

@@ -18,6 +18,8 @@ const sockets = new Set<Socket>();
 /** Origin sides of /silent upgrades. */
 const silent: Socket[] = [];
 const HELLO = Buffer.from('server-hello-frame');
+/** Ends of the origin's connections kept alive after a declined answer (/decline-keepalive, /decline-204). */
+const kept: Array<Promise<unknown>> = [];
 
 beforeAll(async () => {
   origin = createServer((_req, res) => {
@@ -31,6 +33,16 @@ beforeAll(async () => {
     socket.on('close', () => sockets.delete(socket));
     if (req.url === '/decline') {
       socket.end('HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 8\r\nConnection: close\r\n\r\nnot you!');
+      return;
+    }
+    if (req.url === '/decline-keepalive' || req.url === '/decline-204') {
+      // An HTTP/1.1 server that declines with a framed answer and keeps its connection for the next
+      // request (as node:http, nginx and most do), plus bytes past the body that are not its.
+      socket.write(req.url === '/decline-204' ? 'HTTP/1.1 204 No Content\r\n\r\n' : 'HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\nnot here!');
+      setTimeout(() => socket.write('EXTRA'), 50);
+      // Closed when the gateway closes its side (node:http hands an upgraded socket over half-open).
+      socket.once('end', () => socket.end());
+      kept.push(new Promise((r) => socket.once('close', r)));
       return;
     }
     if (req.url === '/decline-1.0') {
@@ -181,6 +193,31 @@ describe('Upgrade through the proxy', () => {
     const rec = await gw.waitForClosed((f) => f.destination.port === port && f.bytesIn === 8);
     expect(rec.bytesOut).toBe(0);
   });
+
+  // Regression: a declined answer was relayed until the origin closed its connection, so an origin
+  // that keeps it alive after a framed answer left the client waiting and the flow live until the
+  // idle timeout (or the client's FIN: client-reset), though the whole answer had been delivered.
+  for (const [path, status, body] of [
+    ['/decline-keepalive', '404', 'not here!'],
+    ['/decline-204', '204', ''],
+  ] as const) {
+    it(`an origin that declines with a framed ${status} and keeps its connection: the client gets the answer and its close, the record says closed`, async () => {
+      const s = await rawConnect(gw.httpPort);
+      const chunks: Buffer[] = [];
+      s.on('data', (c: Buffer) => chunks.push(c));
+      const closed = new Promise((r) => s.once('close', r));
+      const before = kept.length;
+      s.write(upgradeHead(path));
+      await closed;
+      await until('the origin connection', () => kept.length > before);
+      await kept[before];
+      const text = Buffer.concat(chunks).toString('latin1');
+      expect(text).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
+      expect(text.endsWith(`\r\n\r\n${body}`)).toBe(true);
+      const rec = await gw.waitForClosed((f) => f.destination.port === port && f.closeReason === 'closed' && f.bytesIn === body.length);
+      expect(rec).toMatchObject({ protocol: 'http', bytesOut: 0, bytesIn: body.length });
+    });
+  }
 
   // Regression: Via said 1.1 whatever version the message came in (RFC 9110 §7.6.3: the received-protocol).
   it('Via names the version each message was received in: an HTTP/1.0 answer and an HTTP/1.0 request say 1.0', async () => {
