@@ -34,6 +34,7 @@ import { gateConnections, SourceConnections } from './gateway/listeners/source-l
 import { createSocksServer } from './gateway/listeners/socks5.ts';
 import { createLogger } from './gateway/log.ts';
 import { type PolicyChange, PolicyStore } from './gateway/policy-store.ts';
+import { restartOnlyChanges } from './gateway/restart-settings.ts';
 import { createDnsResolver } from './gateway/upstream/resolve.ts';
 import { UdpRelayAddresses } from './gateway/udp-relay-addresses.ts';
 import type { Config } from './policy/config.ts';
@@ -224,7 +225,14 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   detection = await createDetectionEngine({ flows, policy, alerts, log, statePath: config.state.path });
   flows.start(config.detection.sampleIntervalMs, config.flowLog.interimSec);
   // The sweep's timing follows the running policy (a reload, PUT /v1/policy, a rollback).
-  policy.on('change', ({ snapshot }: PolicyChange) => flows.retime(snapshot.config.detection.sampleIntervalMs, snapshot.config.flowLog.interimSec));
+  policy.on('change', ({ snapshot, previous }: PolicyChange) => {
+    flows.retime(snapshot.config.detection.sampleIntervalMs, snapshot.config.flowLog.interimSec);
+    // Records still go where the flow log was opened: whoever moved flowLog.path must hear it.
+    const restartOnly = restartOnlyChanges(previous.config, snapshot.config);
+    if (restartOnly.length > 0) {
+      log.warn({ settings: restartOnly, version: snapshot.version, flowLog: config.flowLog.path }, 'these settings apply at the next restart; the running gateway keeps its listeners, logs and state where they are');
+    }
+  });
   // 4. listeners
   const httpServer = createHttpProxy(ctx);
   const socksServer = createSocksServer(ctx);

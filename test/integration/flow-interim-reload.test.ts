@@ -1,7 +1,8 @@
 /**
  * `flowLog.interimSec` follows a reload (SPEC §3, §5): a tunnel open before a SIGHUP that turns
  * interim records on gets them, with its counts so far and `"intermediate": true`, and still exactly
- * one final record with every byte. The interval used to be read once at start.
+ * one final record with every byte. The interval used to be read once at start. flowLog.path is read
+ * at start only: a reload that changes it says so, and records stay where the log was opened.
  */
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -85,5 +86,44 @@ describe('egressgate serve: a reload that changes flowLog.interimSec', () => {
     const exited = once(s.child, 'exit');
     s.child.kill('SIGTERM');
     expect(((await exited) as [number | null])[0]).toBe(0);
+  }, 60_000);
+});
+
+describe('egressgate serve: a reload that changes flowLog.path', () => {
+  it('says the path applies at the next restart; the live tunnel and later flows are recorded, once, where the log was opened', async () => {
+    const opened = join(dir, 'opened.jsonl');
+    const moved = join(dir, 'moved.jsonl');
+    const configPath = join(dir, 'path.yaml');
+    await writeFile(configPath, policy(opened, 0));
+    const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN } });
+    child = s.child;
+    const tunnel = await rawConnect(s.http.port);
+    tunnel.on('error', () => {});
+    tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+    expect((await readUntil(tunnel, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+    const warned = new Promise<Record<string, unknown>>((resolve) => {
+      let buf = '';
+      const onData = (b: Buffer): void => {
+        buf += b.toString('utf8');
+        const line = buf.split('\n').find((l) => l.includes('apply at the next restart'));
+        if (line === undefined) return;
+        s.child.stderr?.off('data', onData);
+        resolve(JSON.parse(line) as Record<string, unknown>);
+      };
+      s.child.stderr?.on('data', onData);
+    });
+    await writeFile(configPath, policy(moved, 0));
+    s.child.kill('SIGHUP');
+    expect(await warned).toMatchObject({ level: 'warn', settings: ['flowLog.path'], flowLog: opened });
+    tunnel.write('m'.repeat(70));
+    await readUntil(tunnel, 'm'.repeat(70));
+    tunnel.end();
+    const port = tunnel.localPort;
+    const records = await recordsWhen(opened, (r) => r.client.port === port);
+    expect(records.filter((r) => r.client.port === port).map((r) => [r.closeReason, r.bytesOut, r.bytesIn])).toEqual([['closed', 70, 70]]);
+    const exited = once(s.child, 'exit');
+    s.child.kill('SIGTERM');
+    expect(((await exited) as [number | null])[0]).toBe(0);
+    await expect(readFile(moved, 'utf8')).rejects.toThrow(/ENOENT/);
   }, 60_000);
 });
