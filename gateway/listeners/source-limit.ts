@@ -8,12 +8,15 @@
  * squid's `client_ip_max_connections` is the same idea.
  *
  * The source is the socket's remoteAddress as the listener sees it, i.e. after a PROXY protocol
- * front set the claimed client (a trusted balancer is not one source). A refused connection is
+ * front set the claimed client (a trusted balancer is not one source), an IPv4 client of a
+ * dual-stack listener (`::ffff:a.b.c.d`) as plain IPv4: one host is one source whichever listener
+ * it reached. A refused connection is
  * closed at once: an HTTP listener first answers 429 (`rate-limit`), the HTTPS and SOCKS listeners
  * cannot answer before their handshake. One warning per source per ten seconds says how many were
  * refused.
  */
 import type { Server, Socket } from 'node:net';
+import { unmapIPv4 } from '../../policy/address.ts';
 import type { Logger } from '../context.ts';
 import { mapError } from '../reject.ts';
 import { refuseConnectionNow } from './http-refusal.ts';
@@ -59,8 +62,9 @@ export class SourceConnections {
    * Counted with no limit set too, so a reload that sets one applies to what is already open.
    */
   admit(socket: Socket, listener: string): boolean {
-    const source = socket.remoteAddress;
-    if (source === undefined) return false;
+    const remote = socket.remoteAddress;
+    if (remote === undefined) return false;
+    const source = unmapIPv4(remote);
     const n = this.open.get(source) ?? 0;
     const max = this.limit();
     if (max > 0 && n >= max) {

@@ -3,7 +3,8 @@
  * sends nothing cannot hold more than its share. Over the limit, the plain HTTP listener answers 429
  * `rate-limit` and closes; the SOCKS and HTTPS listeners close; the count spans listeners; other addresses are
  * served throughout; a closed connection frees its place; behind a trusted balancer the claimed client
- * is the source, not the balancer; the metrics and one warning say what was refused.
+ * is the source, not the balancer; the metrics and one warning say what was refused. An IPv4 client
+ * of a dual-stack listener is the same source as on an IPv4 listener (it counted twice before).
  */
 import { once } from 'node:events';
 import { connect, type Socket } from 'node:net';
@@ -12,6 +13,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { encodeProxyV1 } from '../../gateway/protocol/proxy-protocol.ts';
 import { echoOrigin, type TcpOrigin } from '../helpers/detection-live.ts';
 import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
+import { ipv6LoopbackAvailable, skipNotice } from '../helpers/skip-notice.ts';
 import { createTestPki, type TestPki } from '../helpers/tls.ts';
 import { readUntil } from './http-harness.ts';
 import { readToEnd } from './socks5-harness.ts';
@@ -19,6 +21,8 @@ import { readToEnd } from './socks5-harness.ts';
 const LIMIT = 5;
 const FLOODER = '127.0.0.50';
 const OTHER = '127.0.0.51';
+/** A dual-stack listener needs IPv6 on the host. */
+const hasIpv6 = await ipv6LoopbackAvailable();
 
 let echo: TcpOrigin;
 let gw: TestGateway | null = null;
@@ -152,4 +156,27 @@ describe('limits.maxConnectionsPerSource', () => {
     expect((await readToEnd(over)).data.toString('latin1')).toMatch(/^HTTP\/1\.1 429 /);
     expect(await connectThrough(await open(g.httpPort, OTHER))).toBe('HTTP/1.1 200 Connection Established');
   });
+
+  // Regression: a dual-stack listener sees an IPv4 client as ::ffff:a.b.c.d, and the count was keyed by
+  // that spelling: one address held its limit on the HTTP listener ([::]) and its limit again on SOCKS.
+  it.skipIf(!skipNotice(hasIpv6, 'source-limit dual-stack', 'needs IPv6 (a [::] listener)'))(
+    'an IPv4 client of a dual-stack listener is one source with its connections to an IPv4 listener',
+    async () => {
+      gw = await startTestGateway({ listen: { http: '[::]:0' }, limits: { maxConnectionsPerSource: 2 } });
+      const g = gw;
+      expect(g.http).toMatch(/^\[::\]:\d+$/);
+      // One connection to each listener from FLOODER: its two places.
+      expect(await connectThrough(await open(g.httpPort, FLOODER))).toBe('HTTP/1.1 200 Connection Established');
+      await open(g.socksPort, FLOODER);
+      // A third, to either listener, is over the limit.
+      const overHttp = await open(g.httpPort, FLOODER);
+      expect((await readToEnd(overHttp)).data.toString('latin1')).toMatch(/^HTTP\/1\.1 429 /);
+      const overSocks = await open(g.socksPort, FLOODER);
+      overSocks.write(Buffer.from([5, 1, 0]));
+      expect((await readToEnd(overSocks)).data.length).toBe(0);
+      expect(g.logs.filter((l) => l['code'] === 'EGW_SOURCE_CONNECTIONS')[0]).toMatchObject({ client: FLOODER, limit: 2 });
+      // Another address through the dual-stack listener is served.
+      expect(await connectThrough(await open(g.httpPort, OTHER))).toBe('HTTP/1.1 200 Connection Established');
+    },
+  );
 });
