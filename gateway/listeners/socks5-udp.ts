@@ -394,6 +394,11 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     isOpening = false;
     if (!r.ok) {
       refuseDest(dest, `${r.reject.reason}: ${r.flow.reasons.join('; ')}`);
+      // Over the identity's limits (its record written by `admit`): the association's last answer,
+      // as a CONNECT over them gets 0x02 and the close. A destination kept refused would drop every
+      // later datagram to it for the association's life, however soon the limit cleared, and UDP
+      // cannot tell the client why; ending the control connection does.
+      if (r.reject.reason === 'rate-limit') end('rate-limit');
       return;
     }
     if (r.upstream !== null) {

@@ -228,3 +228,38 @@ describe('replies too large for a SOCKS UDP datagram', () => {
     expect(rec.reasons.join('\n')).toMatch(/2 replies too large for the client/);
   });
 });
+
+// Regression: an association whose first destination met the identity's flow limit kept that
+// destination refused for its whole life: once the limit cleared, every datagram to it was still
+// dropped ("to refused destinations"), and UDP told the client nothing. Now the refusal is the
+// association's last answer, as 0x02 and the close are a CONNECT's.
+describe('an association over the identity limits', () => {
+  it('ends with its control connection (one rate-limit record); once the limit clears a new association relays both ways', async () => {
+    const gw = await startTestGateway({ limits: { maxFlowsPerIdentity: 1 } });
+    cleanups.push(() => gw.stop());
+    const echo = await echoServer();
+    // The identity's one flow: an association relaying to the echo.
+    const holder = await udpSocket(cleanups);
+    const first = await associate(gw, holder, cleanups);
+    await sendTo(holder, udpFrame('127.0.0.1', echo.port, Buffer.from('one')), first.relay);
+    expect((await nextReply(holder)).data.toString()).toBe('echo:one');
+
+    const client = await udpSocket(cleanups);
+    const over = await associate(gw, client, cleanups);
+    const ended = new Promise<void>((resolve) => over.control.once('close', () => resolve()));
+    await sendTo(client, udpFrame('127.0.0.1', echo.port, Buffer.from('two')), over.relay);
+    await ended;
+    const refused = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.client.port === client.address().port);
+    expect(refused).toMatchObject({ verdict: 'block', closeReason: 'rate-limit', bytesOut: 0, communityId: null });
+    expect(gw.closed.filter((r) => r.client.port === client.address().port)).toHaveLength(1);
+
+    // The limit clears when the first association ends; the client associates again and is served.
+    first.control.destroy();
+    await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.client.port === holder.address().port);
+    await until('the identity to have no live flow', () => gw.flows.activeCount === 0);
+    const again = await associate(gw, client, cleanups);
+    await sendTo(client, udpFrame('127.0.0.1', echo.port, Buffer.from('three')), again.relay);
+    expect((await nextReply(client)).data.toString()).toBe('echo:three');
+    expect(echo.received.map((d) => d.data.toString())).toEqual(['one', 'three']);
+  });
+});
