@@ -103,6 +103,21 @@ async function runCaptured(args: string[]): Promise<{ code: number; stdout: stri
 }
 
 describe('egressgate agent', () => {
+  it('takes its token from EGRESSGATE_AGENT_TOKEN when --token is not given (deploy/ passes it so, off the command line)', async () => {
+    const gw = await fakeGateway();
+    const { listenerPort } = await heldCurl();
+    process.env['EGRESSGATE_AGENT_TOKEN'] = 'tok-env';
+    try {
+      const res = await runCaptured(['--once', '--gateway', gw.url, '--host', 'ws-env', '--gateway-ports', String(listenerPort)]);
+      expect(res.stderr).toBe('');
+      expect(res.code).toBe(0);
+      expect(gw.posts).toHaveLength(1);
+      expect(gw.posts[0]?.headers.authorization).toBe('Bearer tok-env');
+    } finally {
+      delete process.env['EGRESSGATE_AGENT_TOKEN'];
+    }
+  });
+
   it('--once posts a SPEC §7 report for a held connection, with the bearer token', async () => {
     const gw = await fakeGateway();
     const { listenerPort, child, conn } = await heldCurl();
