@@ -13,7 +13,15 @@
  * 4. act on findings: enforce kills flows and quarantines the identity on block/kill.
  * Idle stretches (no live flow) jump straight to the next connection.
  */
-import { evaluateConnect, evaluateSweep, isOverUploadBudget, outcomeOfRefusal, toAlert, uploadBudgetFor } from '../../policy/detectors/index.ts';
+import {
+  evaluateConnect,
+  evaluateSweep,
+  isOverUploadBudget,
+  outcomeOfRefusal,
+  toAlert,
+  uploadBudgetFor,
+  uploadKillTrigger,
+} from '../../policy/detectors/index.ts';
 import { identityKeyOf, severityLevel } from '../../policy/detectors/match.ts';
 import { DetectionState } from '../../policy/detectors/state.ts';
 import type { Alert, Finding, FlowOutcome, FlowView } from '../../policy/detectors/types.ts';
@@ -40,7 +48,10 @@ interface SimFlow {
   };
   endMs: number;
   mode: Mode;
+  facts: ConnectFacts;
   budget: number | null;
+  /** The kill already stands at the budget (false: `corroborate: true` and none yet at the connect). */
+  corroborated: boolean;
   budgetDone: boolean;
 }
 
@@ -192,7 +203,11 @@ export function replayConnections(conns: readonly ConnSpec[], opts: ReplayOption
       },
       endMs: spec.startMs + spec.durationMs,
       mode,
-      budget: failed ? null : uploadBudgetFor(facts, snapshot, now, state),
+      facts,
+      // As the gateway does (detection-engine budgetFor): the budget is kept from the connect even
+      // when `corroborate: true` has no corroboration yet; that is judged again at the budget.
+      budget: failed ? null : uploadKillTrigger(facts, snapshot, now, state),
+      corroborated: !failed && uploadBudgetFor(facts, snapshot, now, state) !== null,
       budgetDone: false,
     };
     flowsById.set(id, flow);
@@ -211,11 +226,15 @@ export function replayConnections(conns: readonly ConnSpec[], opts: ReplayOption
       // The data plane holds the chunk that would cross the budget and asks whether to kill.
       const share = s.bytesOut > 0 ? f.budget / s.bytesOut : 1;
       const inAt = Math.round(s.bytesIn * share);
+      const atMs = s.startMs + Math.round(s.durationMs * share);
       f.budgetDone = true;
-      if (isOverUploadBudget(f.budget, inAt, f.budget, snapshot) && f.mode === 'enforce') {
+      const over = isOverUploadBudget(f.budget, inAt, f.budget, snapshot);
+      // A modifier or second detector that came since the connect makes the kill stand here.
+      if (over && !f.corroborated) f.corroborated = uploadBudgetFor(f.facts, snapshot, atMs, state) !== null;
+      if (over && f.corroborated && f.mode === 'enforce') {
         v.bytesOut = f.budget;
         v.bytesIn = inAt;
-        v.endedAtMs = Math.min(now, s.startMs + Math.round(s.durationMs * share));
+        v.endedAtMs = Math.min(now, atMs);
         v.lastActivityAtMs = v.endedAtMs;
         v.outcome = 'closed';
         tallyFor(tallies, s).killedFlows++;

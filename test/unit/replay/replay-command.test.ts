@@ -28,6 +28,34 @@ connections:
 expect: { action: ${expectAction}, detectors: [an0080.bulk-upload] }
 `;
 
+// bulk-upload kill, corroborate: true. The upload alone (known destination, port 443, a user's
+// python3, in hours) has no corroboration at its connect; 5 s in, the same identity's refused
+// fan-out raises an0081.scan, which corroborates it. 100 MiB over 125 s reaches the 50 MiB budget at
+// 62.5 s: the gateway cuts it there (corroboration judged at the budget), so 0 bytes past; the
+// next sweep (63 s) would have let 100 MiB × 63/125 − 50 MiB = 419,430 bytes through.
+const CORROBORATE_POLICY = `
+mode: enforce
+roles: { everyone: { allow: [ { host: "*" }, { cidr: 0.0.0.0/0 } ] } }
+defaultRoles: [everyone]
+detection:
+  sampleIntervalMs: 1000
+  detectors:
+    an0081.scan: { action: block, windowSec: 300, failedDestinations: 25 }
+    an0080.bulk-upload: { action: kill, corroborate: true, bytesOut: 52428800, minRatio: 10 }
+`;
+const LATE_CORROBORATION = `
+id: T3
+kind: malicious
+start: 2026-03-04T11:00:00Z
+known: [upload.example.net]
+identities:
+  dev: { host: ws9, user: carol, process: { name: python3, loginuid: 1000, parentName: bash } }
+connections:
+  - { identity: dev, dest: "upload.example.net:443", duration: 125s, bytesOut: 100MiB, bytesIn: 1MiB }
+  - { identity: dev, at: 5s, dest: "203.0.113.{i+1}:443", outcome: refused, repeat: 30, every: 100ms }
+expect: { action: kill, detectors: [an0080.bulk-upload] }
+`;
+
 let dir = '';
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'egw-replay-'));
@@ -35,6 +63,8 @@ beforeAll(async () => {
   await writeFile(join(dir, 'old.yaml'), OLD_POLICY);
   await writeFile(join(dir, 'pass.yaml'), UPLOAD('kill'));
   await writeFile(join(dir, 'fail.yaml'), UPLOAD('none'));
+  await writeFile(join(dir, 'corroborate.yaml'), CORROBORATE_POLICY);
+  await writeFile(join(dir, 'late.yaml'), LATE_CORROBORATION);
   const rec = {
     id: 'x1',
     protocol: 'connect',
@@ -83,6 +113,15 @@ describe('egressgate replay', () => {
     expect(c.out()).toMatch(/an0080\.bulk-upload \w+ kill ws1\/u\/curl -> upload\.example\.org:443/);
     expect(c.out()).toMatch(/T1\s+allowlist\s+kill an0080\.bulk-upload\s+kill an0080\.bulk-upload/);
     expect(c.out()).toMatch(/bytes past a kill budget: 0/);
+  });
+
+  it('a bulk upload corroborated after its connect is cut at the budget: 0 bytes past it, as the gateway does', async () => {
+    const c = io();
+    expect(await run(['--config', join(dir, 'corroborate.yaml'), '--single', join(dir, 'late.yaml')], c.io)).toBe(0);
+    expect(c.out()).toMatch(/\[T3\] an0081\.scan \w+ block ws9\/carol\/python3/);
+    expect(c.out()).toMatch(/\[T3\] an0080\.bulk-upload \w+ kill ws9\/carol\/python3 -> upload\.example\.net:443: flow sent 50\.0 MiB/);
+    expect(c.out()).toMatch(/T3\s+allowlist\s+kill an0080\.bulk-upload\s+kill an0080\.bulk-upload\s+\w+\s+63s\s+0\s+ok/);
+    expect(c.out()).toMatch(/bytes past a kill budget: 0\n/);
   });
 
   it('exit 1 when a scenario is not as expected', async () => {
