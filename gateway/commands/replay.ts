@@ -153,7 +153,7 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
       io.stderr.write(`egressgate replay: ${old.error}\n`);
       return 2;
     }
-    const conns = [...loaded.scenarios.flatMap((s) => s.connections), ...loaded.logs.flatMap((l) => l.connections)];
+    const conns = [...loaded.scenarios.flatMap((s) => s.connections), ...loaded.logs.flatMap((l) => [...l.connections, ...l.refused])];
     io.stdout.write(`\n${policyImpact(cfg.config, old.config, conns).join('\n')}\n`);
   }
   const scored = result.judgements.filter((j) => j.kind !== 'log');

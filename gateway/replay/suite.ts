@@ -32,7 +32,13 @@ export interface Judgement {
 
 export interface FlowLog {
   readonly file: string;
+  /** The connections the gateway let through (allow, would-block): replayed. */
   readonly connections: ConnSpec[];
+  /**
+   * The connections it refused at setup (verdict block): not replayed (they carried nothing), but
+   * `--against` judges them too, since a policy change may let them through.
+   */
+  readonly refused: ConnSpec[];
 }
 
 const RANK: Record<ExpectedAction, number> = { none: 0, flag: 1, block: 2, kill: 3 };
@@ -49,16 +55,20 @@ export async function loadInputs(paths: readonly string[]): Promise<{ scenarios:
       return;
     }
     const text = await readFile(p, 'utf8');
-    if (/\.(jsonl|ndjson|json|log)$/.test(p)) logs.push({ file: p, connections: parseFlowLog(text, p) });
+    if (/\.(jsonl|ndjson|json|log)$/.test(p)) logs.push({ file: p, ...parseFlowLog(text, p) });
     else scenarios.push(parseScenario(text, p));
   };
   for (const p of paths) await visit(p);
   return { scenarios, logs };
 }
 
-/** SPEC §5 flow records (JSON lines) → connections; interim records and refused ones are skipped. */
-export function parseFlowLog(text: string, file: string): ConnSpec[] {
+/**
+ * SPEC §5 flow records (JSON lines) → connections; interim records are skipped, those refused at
+ * setup (verdict block) are apart; refusals without an identity (auth-required) or a destination are dropped.
+ */
+export function parseFlowLog(text: string, file: string): { connections: ConnSpec[]; refused: ConnSpec[] } {
   const out: ConnSpec[] = [];
+  const refused: ConnSpec[] = [];
   let n = 0;
   for (const line of text.split('\n')) {
     n++;
@@ -69,17 +79,21 @@ export function parseFlowLog(text: string, file: string): ConnSpec[] {
     } catch {
       throw new Error(`${file}:${n}: not JSON`);
     }
-    if (r['intermediate'] === true || r['verdict'] === 'block') continue;
+    if (r['intermediate'] === true) continue;
+    const isRefused = r['verdict'] === 'block';
+    if (isRefused && r['reason'] === 'auth-required') continue;
     const ident = (r['identity'] ?? {}) as { user?: string | null; host?: string | null; roles?: string[]; process?: ProcessInfo | null };
     const dest = (r['destination'] ?? {}) as { host?: string; ip?: string | null; port?: number };
     const client = (r['client'] ?? {}) as { ip?: string };
     const startMs = Date.parse(String(r['startedAt']));
     if (!Number.isFinite(startMs) || typeof dest.host !== 'string' || typeof dest.port !== 'number') {
+      // A refusal before any destination was named (a SOCKS5 login, a malformed request) has none to judge.
+      if (isRefused) continue;
       throw new Error(`${file}:${n}: not a flow record (startedAt, destination.host, destination.port)`);
     }
     const close = String(r['closeReason'] ?? '');
     const outcome = /refus/.test(close) ? 'refused' : /timeout|unreach|dial|reset/.test(close) && r['bytesIn'] === 0 ? 'timeout' : 'ok';
-    out.push({
+    (isRefused ? refused : out).push({
       scenario: `log:${file}`,
       identity: {
         name: ident.user ?? ident.host ?? client.ip ?? '-',
@@ -101,7 +115,8 @@ export function parseFlowLog(text: string, file: string): ConnSpec[] {
       outcome,
     });
   }
-  return out.sort((a, b) => a.startMs - b.startMs);
+  const byStart = (a: ConnSpec, b: ConnSpec): number => a.startMs - b.startMs;
+  return { connections: out.sort(byStart), refused: refused.sort(byStart) };
 }
 
 /** The base config with a scenario's allowlist additions, re-validated. */

@@ -79,6 +79,18 @@ beforeAll(async () => {
     closeReason: 'client-closed',
   };
   await writeFile(join(dir, 'flows.jsonl'), `${JSON.stringify(rec)}\n${JSON.stringify({ ...rec, id: 'x2', intermediate: true })}\n`);
+  // What a gateway on OLD_POLICY wrote: bob's CONNECT to api.example.com allowed, his CONNECT to
+  // drop.example.net refused (403 not-allowlisted), and an unauthenticated attempt (407).
+  const refusedAt = { ...rec, durationMs: 0, bytesOut: 0, bytesIn: 0, verdict: 'block', reason: 'not-allowlisted', closeReason: 'not-allowlisted' };
+  const lines = [
+    { ...rec, id: 'r1', destination: { host: 'api.example.com', ip: '198.51.100.10', port: 443 }, bytesOut: 2000, bytesIn: 9000 },
+    { ...refusedAt, id: 'r2' },
+    { ...refusedAt, id: 'r3', identity: { user: null, host: null, roles: [], process: null }, destination: { host: 'other.example.net', ip: null, port: 443 }, reason: 'auth-required', closeReason: 'auth-required' },
+    // A SOCKS5 login refused at RFC 1929: no destination at all (docs/spec-notes.md).
+    { ...refusedAt, id: 'r4', protocol: 'socks5', identity: { user: null, host: null, roles: [], process: null }, destination: { host: null, ip: null, port: null }, reason: 'auth-required', closeReason: 'auth-required' },
+    { ...refusedAt, id: 'r5', destination: { host: null, ip: null, port: null }, reason: 'bad-request', closeReason: 'bad-request' },
+  ];
+  await writeFile(join(dir, 'refused.jsonl'), lines.map((l) => `${JSON.stringify(l)}\n`).join(''));
 });
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
@@ -148,6 +160,17 @@ describe('egressgate replay', () => {
     expect(code).toBe(0);
     expect(c.out()).toMatch(/policy change turns 2 of 2 distinct connections/);
     expect(c.out()).toMatch(/upload\.example\.org:443 \(connect\): block \(not-allowlisted\) -> allow \(allowed\)/);
+  });
+});
+
+describe('egressgate replay --against over a flow log', () => {
+  it('lists a connection the old policy refused that the new one lets through', async () => {
+    const c = io();
+    const code = await run(['--config', join(dir, 'policy.yaml'), '--against', join(dir, 'old.yaml'), '-q', join(dir, 'refused.jsonl')], c.io);
+    expect(code).toBe(0);
+    // api.example.com is allowed by both; the refused drop.example.net turns; the 407 has no identity to judge.
+    expect(c.out()).toMatch(/policy change turns 1 of 2 distinct connections:\n {2}ws9\/bob -> drop\.example\.net:443 \(connect\): block \(not-allowlisted\) -> allow \(allowed\)\n/);
+    expect(c.out()).not.toMatch(/other\.example\.net/);
   });
 });
 
