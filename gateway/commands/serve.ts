@@ -8,6 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { type RunningGateway, startGateway } from '../../main.ts';
 import { defaultConfig } from '../../policy/config.ts';
+import { parseHostPort } from '../../policy/config-schema.ts';
 import { loadConfig } from '../../policy/load-config.ts';
 import type { Mode } from '../../policy/types.ts';
 import { nodeFlagsWarning } from '../node-flags.ts';
@@ -82,8 +83,11 @@ export async function run(argv: string[]): Promise<number> {
   }
   for (const flag of ['http', 'socks', 'admin'] as const) {
     const v = values[flag];
-    if (typeof v === 'string' && !/^\[?[^\]]*\]?:\d{1,5}$/.test(v)) {
-      process.stderr.write(`egressgate serve: --${flag} must be HOST:PORT, not '${v}'\n`);
+    // The check listen.http/socks/admin get in the config: an empty host (all interfaces) and a port
+    // past 65535 are refused here too, not left to the bind.
+    const parsed = typeof v === 'string' ? parseHostPort(v) : null;
+    if (parsed && 'error' in parsed) {
+      process.stderr.write(`egressgate serve: --${flag}: ${parsed.error}\n`);
       return 2;
     }
   }

@@ -1,0 +1,58 @@
+/**
+ * `egressgate serve`'s listener flags as an operator types them, through the real CLI: a value the
+ * config's `listen.*` would refuse is a usage error (exit 2, the flag named), before anything binds.
+ */
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ROOT } from '../helpers/serve-process.ts';
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs `serve` with `args` until it exits; a serve that starts instead (its listening line) is
+ * stopped at once, so a wrong acceptance fails the case rather than hanging it.
+ */
+function serve(args: string[]): Promise<Run> {
+  return new Promise((resolve) => {
+    const c = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'cli.ts'), 'serve', ...args], {
+      cwd: ROOT,
+      env: { ...process.env, EGRESSGATE_CONFIG: '', EGRESSGATE_ADMIN_TOKEN: 'serve-flags-token-0123456789' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    const timer = setTimeout(() => c.kill('SIGKILL'), 40_000);
+    c.stdout.on('data', (b: Buffer) => {
+      stdout += b.toString('utf8');
+      if (stdout.includes('"event":"listening"')) c.kill('SIGKILL');
+    });
+    c.stderr.on('data', (b: Buffer) => {
+      stderr += b.toString('utf8');
+    });
+    c.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+describe('egressgate serve: listener flags', () => {
+  it('--socks with a port past 65535 is a usage error naming the flag and the range (exit 2)', async () => {
+    const r = await serve(['--http', '127.0.0.1:0', '--socks', '127.0.0.1:99999', '--admin', '127.0.0.1:0']);
+    expect(r.stdout).not.toMatch(/listening/);
+    expect(r.stderr).toMatch(/^egressgate serve: --socks: port 99999 is out of range 0-65535$/m);
+    expect(r.code).toBe(2);
+  }, 60_000);
+
+  it('--admin without a host (:0, which would bind every interface) is a usage error (exit 2)', async () => {
+    const r = await serve(['--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', ':0']);
+    expect(r.stdout).not.toMatch(/listening/);
+    expect(r.stderr).toMatch(/^egressgate serve: --admin: ":0" is not HOST:PORT/m);
+    expect(r.code).toBe(2);
+  }, 60_000);
+});
