@@ -94,6 +94,21 @@ function obj(v: unknown, path: string): Record<string, unknown> {
   return v as Record<string, unknown>;
 }
 
+/** Refuses keys the format does not have: a typo (`actoin: kill`) must not fall back to a default. */
+function onlyKeys(o: Record<string, unknown>, allowed: readonly string[], path: string): void {
+  for (const k of Object.keys(o)) {
+    if (!allowed.includes(k)) throw new Error(`${path}.${k}: unknown key (allowed here: ${allowed.join(', ')})`);
+  }
+}
+
+const PROTOCOLS: readonly Protocol[] = ['connect', 'http', 'socks5', 'socks5-udp'];
+
+function count(v: unknown, dflt: number, min: number, path: string): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min) throw new Error(`${path}: expected an integer ≥ ${min}, got ${JSON.stringify(v)}`);
+  return v;
+}
+
 function str(v: unknown, path: string): string {
   if (typeof v !== 'string' || v.length === 0) throw new Error(`${path}: expected a string`);
   return v;
@@ -108,6 +123,7 @@ function strList(v: unknown, path: string): string[] {
 function parseProcess(v: unknown, path: string): ProcessInfo | null {
   if (v === undefined || v === null) return null;
   const p = obj(v, path);
+  onlyKeys(p, ['pid', 'name', 'exe', 'cmdline', 'user', 'uid', 'loginuid', 'ppid', 'parentName', 'parentExe'], path);
   const num = (k: string): number | null => (typeof p[k] === 'number' ? (p[k] as number) : null);
   const s = (k: string): string | null => (typeof p[k] === 'string' ? (p[k] as string) : null);
   return {
@@ -127,6 +143,7 @@ function parseProcess(v: unknown, path: string): ProcessInfo | null {
 
 function parseExpect(v: unknown, path: string): Expectation {
   const e = obj(v, path);
+  onlyKeys(e, ['action', 'detectors', 'maxSeverity'], path);
   const actions = strList(e['action'], `${path}.action`) as ExpectedAction[];
   for (const a of actions) if (!['none', 'flag', 'block', 'kill'].includes(a)) throw new Error(`${path}.action: unknown action ${a}`);
   const sev = e['maxSeverity'];
@@ -144,8 +161,15 @@ function syntheticIp(host: string): string {
 
 /** Parses one scenario document; throws with a path on bad input. */
 export function parseScenario(text: string, file: string): Scenario {
-  const doc = obj(parseYaml(text), file);
+  let parsed: unknown;
+  try {
+    parsed = parseYaml(text);
+  } catch (e) {
+    throw new Error(`${file}: not YAML: ${(e as Error).message.split('\n')[0]?.replace(/:$/, '')}`);
+  }
+  const doc = obj(parsed, file);
   const id = str(doc['id'], `${file}: id`);
+  onlyKeys(doc, ['id', 'title', 'kind', 'start', 'known', 'identities', 'connections', 'expect', 'allowlist', 'withoutAllowlist'], id);
   const kind = doc['kind'];
   if (kind !== 'benign' && kind !== 'malicious') throw new Error(`${id}.kind: benign|malicious`);
   const startMs = Date.parse(str(doc['start'], `${id}.start`));
@@ -153,6 +177,7 @@ export function parseScenario(text: string, file: string): Scenario {
   const idents = new Map<string, ScenarioIdentity>();
   for (const [name, raw] of Object.entries(obj(doc['identities'], `${id}.identities`))) {
     const r = obj(raw, `${id}.identities.${name}`);
+    onlyKeys(r, ['host', 'user', 'roles', 'clientIp', 'process'], `${id}.identities.${name}`);
     idents.set(name, {
       name,
       host: typeof r['host'] === 'string' ? r['host'] : null,
@@ -168,9 +193,10 @@ export function parseScenario(text: string, file: string): Scenario {
   list.forEach((raw, ci) => {
     const p = `${id}.connections[${ci}]`;
     const c = obj(raw, p);
+    onlyKeys(c, ['identity', 'at', 'dest', 'ip', 'protocol', 'duration', 'bytesOut', 'bytesIn', 'outcome', 'repeat', 'every', 'altOutcome', 'altEvery'], p);
     const who = idents.get(str(c['identity'], `${p}.identity`));
     if (!who) throw new Error(`${p}.identity: unknown identity ${String(c['identity'])}`);
-    const repeat = typeof c['repeat'] === 'number' ? c['repeat'] : 1;
+    const repeat = count(c['repeat'], 1, 1, `${p}.repeat`);
     const every = c['every'] === undefined ? 0 : parseDuration(c['every'], `${p}.every`);
     const at = c['at'] === undefined ? 0 : parseDuration(c['at'], `${p}.at`);
     const duration = c['duration'] === undefined ? 1000 : parseDuration(c['duration'], `${p}.duration`);
@@ -179,8 +205,10 @@ export function parseScenario(text: string, file: string): Scenario {
     const outcome = (c['outcome'] ?? 'ok') as ConnOutcome;
     if (!['ok', 'refused', 'timeout', 'dns-fail'].includes(outcome)) throw new Error(`${p}.outcome: ok|refused|timeout|dns-fail`);
     const alt = c['altOutcome'] as ConnOutcome | undefined;
-    const altEvery = typeof c['altEvery'] === 'number' ? c['altEvery'] : 0;
+    if (alt !== undefined && !['ok', 'refused', 'timeout', 'dns-fail'].includes(alt)) throw new Error(`${p}.altOutcome: ok|refused|timeout|dns-fail`);
+    const altEvery = count(c['altEvery'], 0, 1, `${p}.altEvery`);
     const protocol = (c['protocol'] ?? 'connect') as Protocol;
+    if (!PROTOCOLS.includes(protocol)) throw new Error(`${p}.protocol: ${PROTOCOLS.join('|')}, got ${JSON.stringify(c['protocol'])}`);
     const destT = str(c['dest'], `${p}.dest`);
     const ipT = typeof c['ip'] === 'string' ? c['ip'] : null;
     for (let i = 0; i < repeat; i++) {

@@ -56,7 +56,15 @@ export async function loadInputs(paths: readonly string[]): Promise<{ scenarios:
     }
     const text = await readFile(p, 'utf8');
     if (/\.(jsonl|ndjson|json|log)$/.test(p)) logs.push({ file: p, ...parseFlowLog(text, p) });
-    else scenarios.push(parseScenario(text, p));
+    else {
+      try {
+        scenarios.push(parseScenario(text, p));
+      } catch (e) {
+        // The scenario's own path (`M08.connections[1].dest`) and the file it is in.
+        const m = (e as Error).message;
+        throw new Error(m.startsWith(p) ? m : `${p}: ${m}`);
+      }
+    }
   };
   for (const p of paths) await visit(p);
   return { scenarios, logs };

@@ -63,6 +63,10 @@ beforeAll(async () => {
   await writeFile(join(dir, 'old.yaml'), OLD_POLICY);
   await writeFile(join(dir, 'pass.yaml'), UPLOAD('kill'));
   await writeFile(join(dir, 'fail.yaml'), UPLOAD('none'));
+  await writeFile(join(dir, 'typo.yaml'), UPLOAD('kill').replace('expect: { action:', 'expect: { actoin:'));
+  await writeFile(join(dir, 'ftp.yaml'), UPLOAD('kill').replace('duration: 2m,', 'protocol: ftp, duration: 2m,'));
+  await writeFile(join(dir, 'negative.yaml'), UPLOAD('kill').replace('duration: 2m,', 'repeat: -3, duration: 2m,'));
+  await writeFile(join(dir, 'broken.yaml'), 'id: T9\nkind: [\n');
   await writeFile(join(dir, 'corroborate.yaml'), CORROBORATE_POLICY);
   await writeFile(join(dir, 'late.yaml'), LATE_CORROBORATION);
   const rec = {
@@ -160,6 +164,20 @@ describe('egressgate replay', () => {
     expect(code).toBe(0);
     expect(c.out()).toMatch(/policy change turns 2 of 2 distinct connections/);
     expect(c.out()).toMatch(/upload\.example\.org:443 \(connect\): block \(not-allowlisted\) -> allow \(allowed\)/);
+  });
+});
+
+describe('egressgate replay: a malformed scenario file', () => {
+  it.each([
+    { file: 'typo.yaml', error: /typo\.yaml: T1\.expect\.actoin: unknown key \(allowed here: action, detectors, maxSeverity\)/ },
+    { file: 'ftp.yaml', error: /ftp\.yaml: T1\.connections\[0\]\.protocol: connect\|http\|socks5\|socks5-udp, got "ftp"/ },
+    { file: 'negative.yaml', error: /negative\.yaml: T1\.connections\[0\]\.repeat: expected an integer ≥ 1, got -3/ },
+    { file: 'broken.yaml', error: /broken\.yaml: not YAML: .*line 3/ },
+  ])('$file is a usage error naming the file and the path (exit 2), nothing scored', async ({ file, error }) => {
+    const c = io();
+    expect(await run(['--config', join(dir, 'policy.yaml'), join(dir, 'pass.yaml'), join(dir, file)], c.io)).toBe(2);
+    expect(c.err()).toMatch(error);
+    expect(c.out()).toBe('');
   });
 });
 
