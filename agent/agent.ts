@@ -217,6 +217,26 @@ export class Agent {
   }
 
   /** Post one batch from the queue. `retry` = kept for later (network error, 408/429/5xx). */
+  /**
+   * Ask the gateway whether it takes this agent's reports, without reporting anything (an empty
+   * batch): the HTTP status, or 0 and the error when it could not be reached. `--once` uses it when
+   * a pass found nothing to send, so a wrong token or URL is not taken for a delivery.
+   */
+  async check(): Promise<{ status: number; error: string | null }> {
+    try {
+      const res = await fetch(this.reportsUrl, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${this.opts.token}` },
+        body: JSON.stringify({ host: this.opts.host, reports: [] }),
+        signal: AbortSignal.timeout(this.requestTimeoutMs),
+      });
+      await res.arrayBuffer().catch(() => undefined);
+      return { status: res.status, error: null };
+    } catch (err) {
+      return { status: 0, error: (err as Error).message };
+    }
+  }
+
   async sendBatch(): Promise<SendResult> {
     if (this.queue.length === 0) return 'empty';
     const batch = this.queue.slice(0, this.batchSize).map((q) => q.report);

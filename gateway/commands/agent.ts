@@ -26,7 +26,8 @@ Options:
   --host NAME             host name to report as (default: this machine's host name)
   --gateway-ports LIST    gateway listener ports, comma-separated (default 3128,1080)
   --gateway-host LIST     addresses/names of the proxy listeners if not the --gateway host
-  --once                  one pass, send, exit (0 = delivered, 1 = not delivered)
+  --once                  one pass, send, exit (0 = delivered, 1 = not delivered); with nothing
+                          to send it asks the gateway whether it takes this agent's reports
   --help                  this text
 `;
 
@@ -149,8 +150,12 @@ export async function run(argv: string[]): Promise<number> {
       if (await agent.flush()) break;
       await sleep(Math.min(agent.backoffRemainingMs(), 2000));
     }
-    const isDelivered = agent.queued === 0 && agent.totals.dropped === 0;
-    process.stdout.write(`${JSON.stringify({ event: 'agent-pass', host: args.host, ...pass, sent: agent.totals.sent, delivered: isDelivered })}\n`);
+    // Nothing to send: ask the gateway anyway, so a wrong token or URL is not reported as delivered.
+    const check = agent.totals.posts === 0 ? await agent.check() : null;
+    const isAccepted = check === null || (check.status >= 200 && check.status < 300);
+    const isDelivered = agent.queued === 0 && agent.totals.dropped === 0 && isAccepted;
+    const checked = check === null ? {} : { gatewayStatus: check.status, ...(check.error === null ? {} : { error: check.error }) };
+    process.stdout.write(`${JSON.stringify({ event: 'agent-pass', host: args.host, ...pass, sent: agent.totals.sent, delivered: isDelivered, ...checked })}\n`);
     return isDelivered ? 0 : 1;
   }
 

@@ -11,6 +11,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Agent } from '../../agent/agent.ts';
 import { validateReportBatch } from '../../agent/report.ts';
 import { run } from '../../gateway/commands/agent.ts';
+import { AGENT_TOKEN, testAgent } from '../helpers/detection-live.ts';
+import { startTestGateway } from '../helpers/gateway.ts';
 
 const children: ChildProcess[] = [];
 const closers: Array<() => Promise<void>> = [];
@@ -103,6 +105,25 @@ async function runCaptured(args: string[]): Promise<{ code: number; stdout: stri
 }
 
 describe('egressgate agent', () => {
+  it('--once with nothing to report still asks the gateway: a wrong token is exit 1, not delivered', async () => {
+    const gw = await startTestGateway({ identity: { agents: [testAgent] } });
+    closers.push(() => gw.stop());
+    // A port nothing on this host connects to: the pass finds no socket to report.
+    const idle = createServer();
+    await new Promise<void>((r) => idle.listen(0, '127.0.0.1', () => r()));
+    closers.push(() => new Promise<void>((r) => idle.close(() => r())));
+    const ports = String((idle.address() as AddressInfo).port);
+    const wrong = await runCaptured(['--once', '--gateway', `http://${gw.admin}`, '--token', 'not-the-token', '--host', 'ws', '--gateway-ports', ports]);
+    expect(wrong.code).toBe(1);
+    expect(JSON.parse(wrong.stdout.trim())).toMatchObject({ event: 'agent-pass', queued: 0, sent: 0, delivered: false, gatewayStatus: 401 });
+    const right = await runCaptured(['--once', '--gateway', `http://${gw.admin}`, '--token', AGENT_TOKEN, '--host', 'ws', '--gateway-ports', ports]);
+    expect(right.code).toBe(0);
+    expect(JSON.parse(right.stdout.trim())).toMatchObject({ event: 'agent-pass', queued: 0, sent: 0, delivered: true });
+    const down = await runCaptured(['--once', '--gateway', 'http://127.0.0.1:1', '--token', AGENT_TOKEN, '--host', 'ws', '--gateway-ports', ports]);
+    expect(down.code).toBe(1);
+    expect(JSON.parse(down.stdout.trim())).toMatchObject({ delivered: false, gatewayStatus: 0, error: expect.any(String) });
+  });
+
   it('takes its token from EGRESSGATE_AGENT_TOKEN when --token is not given (deploy/ passes it so, off the command line)', async () => {
     const gw = await fakeGateway();
     const { listenerPort } = await heldCurl();
