@@ -21,20 +21,23 @@ export interface DialTarget {
 /** Open a TCP connection to the target. Resolves once the upstream is ready for payload bytes. */
 export function dial(target: DialTarget): Promise<Socket> {
   if (!target.upstream) return dialDirect(target.ip, target.port, target.timeoutMs);
-  const url = new URL(target.upstream);
   const parent = parentOf(target.upstream);
   if ('error' in parent) return Promise.reject(new GatewayError('EGW_UPSTREAM_PROXY', `unusable upstream: ${parent.error}`));
-  if (parent.protocol === 'http:') return dialViaHttp(parent.host, parent.port, url, target);
-  return dialViaSocks(parent.host, parent.port, url, target);
+  if (parent.protocol === 'http:') return dialViaHttp(parent.host, parent.port, parent.url, target);
+  return dialViaSocks(parent.host, parent.port, parent.url, target);
 }
 
-/** Parsed parent URLs: a config names a few, and every flow through a parent dials one. */
-const parents = new Map<string, ParentEndpoint | { error: string }>();
-function parentOf(upstream: string): ParentEndpoint | { error: string } {
+/**
+ * Parsed parent URLs (endpoint, and the URL whose credentials the handshake sends): a config names
+ * a few, and every flow through a parent dials one, so none is parsed per dial. Read only.
+ */
+const parents = new Map<string, (ParentEndpoint & { url: URL }) | { error: string }>();
+function parentOf(upstream: string): (ParentEndpoint & { url: URL }) | { error: string } {
   let p = parents.get(upstream);
   if (p === undefined) {
     if (parents.size >= 256) parents.clear();
-    p = parseParentUrl(upstream);
+    const endpoint = parseParentUrl(upstream);
+    p = 'error' in endpoint ? endpoint : { ...endpoint, url: new URL(upstream.trim()) };
     parents.set(upstream, p);
   }
   return p;
