@@ -222,12 +222,17 @@ export class Agent {
    * batch): the HTTP status, or 0 and the error when it could not be reached. `--once` uses it when
    * a pass found nothing to send, so a wrong token or URL is not taken for a delivery.
    */
-  async check(): Promise<{ status: number; error: string | null }> {
+  check(): Promise<{ status: number; error: string | null }> {
+    return this.post([]);
+  }
+
+  /** POST one batch of reports: the HTTP status, or 0 and the error when the gateway was not reached. */
+  private async post(reports: readonly AgentReport[]): Promise<{ status: number; error: string | null }> {
     try {
       const res = await fetch(this.reportsUrl, {
         method: 'POST',
         headers: { 'content-type': 'application/json', authorization: `Bearer ${this.opts.token}` },
-        body: JSON.stringify({ host: this.opts.host, reports: [] }),
+        body: JSON.stringify({ host: this.opts.host, reports }),
         signal: AbortSignal.timeout(this.requestTimeoutMs),
       });
       await res.arrayBuffer().catch(() => undefined);
@@ -241,20 +246,7 @@ export class Agent {
     if (this.queue.length === 0) return 'empty';
     const batch = this.queue.slice(0, this.batchSize).map((q) => q.report);
     this.totals.posts++;
-    let status = 0;
-    let error: string | null = null;
-    try {
-      const res = await fetch(this.reportsUrl, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', authorization: `Bearer ${this.opts.token}` },
-        body: JSON.stringify({ host: this.opts.host, reports: batch }),
-        signal: AbortSignal.timeout(this.requestTimeoutMs),
-      });
-      status = res.status;
-      await res.arrayBuffer().catch(() => undefined);
-    } catch (err) {
-      error = (err as Error).message;
-    }
+    const { status, error } = await this.post(batch);
     if (status >= 200 && status < 300) {
       this.queue.splice(0, batch.length);
       this.totals.sent += batch.length;
