@@ -6,6 +6,7 @@
  *  3. draining? → 503; per-identity concurrency and new-flow rate → 429
  *  4. local process attribution (clients on the gateway's own host), in parallel with
  *  5. resolve: IP literal, `resolver.hosts`, then DNS — the one address that is classified and dialled
+ *     (the answer's others are kept: dialled when it refuses, each classified first, admitAlternate)
  *     (in enforce mode a name the roles can never admit is refused unresolved, its process named)
  *  6. never the gateway's own listeners (nor, for UDP, a live association's relay socket)
  *  7. policy decide (deny-range, role allowlist, mode) → block / would-block / allow
@@ -53,11 +54,18 @@ export interface AdmissionRequest {
   lookedUp?: LookedUp;
 }
 
-/** A name's DNS answer: the one address to classify and dial, or why there is none. */
+/**
+ * A name's DNS answer: the address to classify and dial first, the answer's other addresses (each
+ * classified before it is dialled, only when the one before it refused: `admitAlternate`), or why
+ * there is none.
+ */
 export interface LookedUp {
   readonly ip: string | null;
+  readonly alternates: readonly string[];
   readonly dnsError: GatewayErrorCode | null;
 }
+
+const NO_ALTERNATES: readonly string[] = Object.freeze([]);
 
 export interface LocalEndpoint {
   readonly localAddress?: string | undefined;
@@ -69,6 +77,12 @@ export interface Admitted {
   flow: RoutedFlow;
   /** The checked address to dial. */
   ip: string;
+  /**
+   * The name's other addresses, in the resolver's order (empty for an IP literal, a `resolver.hosts`
+   * name, a one-address answer): dialled in turn, each checked first (`admitAlternate`), only when
+   * the address before it refused the connection or could not be reached.
+   */
+  alternates: readonly string[];
   /** Parent proxy URL or null. */
   upstream: string | null;
   snapshot: PolicySnapshot;
@@ -149,8 +163,9 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   }
   // 5. resolution: an IP literal or a `resolver.hosts` entry needs no lookup (and no await).
   let ip: string | null = knownAddress(snapshot, req.destHost);
+  let alternates = NO_ALTERNATES;
   let dnsError: GatewayErrorCode | null = null;
-  if (ip === null) ({ ip, dnsError } = req.lookedUp ?? (await lookUp(ctx, req.destHost, flow.client.ip)));
+  if (ip === null) ({ ip, alternates, dnsError } = req.lookedUp ?? (await lookUp(ctx, req.destHost, flow.client.ip)));
   if (attribution) await attachProcess(ctx, flow, attribution);
   if (ip) ctx.flows.setDestinationIp(flow, ip);
   // 6. self-dial
@@ -176,7 +191,26 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     if (budget !== null) flow.budgetOut = budget;
   }
   // 9. upstream
-  return { ok: true, flow, ip, upstream: roleUpstream(snapshot, flow.identity.roles) ?? snapshot.config.upstream, snapshot };
+  return { ok: true, flow, ip, alternates, upstream: roleUpstream(snapshot, flow.identity.roles) ?? snapshot.config.upstream, snapshot };
+}
+
+/**
+ * Whether the admitted flow may go on to `ip`, another address of its name's answer, after the
+ * address before it refused the connection or was unreachable: judged now as that address would be
+ * (never the gateway's own; deny-range, CIDR entries, mode), on the snapshot the flow was admitted
+ * on. An allowed flow goes on only to an address the policy allows; a monitor-mode flow relayed as
+ * would-block to any the policy would not block outright. When it may, the flow's record names `ip`
+ * from now on: the record always says the address dialled last.
+ */
+export function admitAlternate(ctx: GatewayContext, admitted: Admitted, ip: string): boolean {
+  const { flow, snapshot } = admitted;
+  const override = ctx.policy.modeOverride();
+  const mode = snapshot.modeFor(flow.identity.roles, override);
+  if (selfDialDecision(ctx, ip, flow.destination.port, flow.protocol, mode) !== null) return false;
+  const decision = snapshot.decide(factsOf(flow, flow.protocol, flow.destination.host, flow.destination.port, ip), ctx.flows.now(), override);
+  if (decision.verdict === 'block' || (decision.verdict !== 'allow' && flow.verdict === 'allow')) return false;
+  ctx.flows.setDestinationIp(flow, ip);
+  return true;
 }
 
 /** A SOCKS5 login refused before its request names no destination (flow.ts, UnknownDestination). */
@@ -338,11 +372,15 @@ function knownAddress(snapshot: PolicySnapshot, host: string): string | null {
  * each answer to `admit` or `admitDestination` (`lookedUp`).
  */
 export async function lookUp(ctx: GatewayContext, host: string, requester: string): Promise<LookedUp> {
+  let ips: string[];
   try {
-    return { ip: await lookupAddress(ctx, host, requester), dnsError: null };
+    ips = await ctx.resolver.lookup(host, requester);
   } catch (err) {
-    return { ip: null, dnsError: err instanceof GatewayError ? err.code : 'EGW_DNS_FAILED' };
+    return { ip: null, alternates: NO_ALTERNATES, dnsError: err instanceof GatewayError ? err.code : 'EGW_DNS_FAILED' };
   }
+  // Prefer IPv4 when both families answer: most egress paths are v4-first. The rest keep their order.
+  const ip = ips.find((a) => isIPv4(a)) ?? (ips[0] as string);
+  return { ip, alternates: ips.length > 1 ? [...new Set(ips)].filter((a) => a !== ip) : NO_ALTERNATES, dnsError: null };
 }
 
 /**
@@ -354,13 +392,6 @@ export function needsLookUp(ctx: GatewayContext, identity: Identity, protocol: P
   if (knownAddress(snapshot, host) !== null) return false;
   const mode = snapshot.modeFor(identity.roles, ctx.policy.modeOverride());
   return mode !== 'enforce' || snapshot.mayAllowName(identity.roles, host, port, protocol);
-}
-
-/** DNS: the one address of `host` that is classified and dialled. */
-async function lookupAddress(ctx: GatewayContext, host: string, requester: string): Promise<string> {
-  const ips = await ctx.resolver.lookup(host, requester);
-  // Prefer IPv4 when both families answer: most egress paths are v4-first.
-  return ips.find((a) => isIPv4(a)) ?? (ips[0] as string);
 }
 
 /** How long a listing of this machine's interface addresses is used (DHCP and hot-plug change them). */

@@ -7,11 +7,11 @@
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { failFlow } from '../admission.ts';
+import { admitAlternate, failFlow } from '../admission.ts';
 import { tunnel } from '../flow/tunnel.ts';
 import { parseAuthority } from '../protocol/authority.ts';
 import { mapError } from '../reject.ts';
-import { dial } from '../upstream/dial.ts';
+import { dialFirstReachable } from '../upstream/dial.ts';
 import { isShedding } from './http-connection-state.ts';
 import type { HttpListenerState, RequestHead } from './http-proxy.ts';
 import { lingerThenDestroy, refusalDetails, writeRawRefusal } from './http-refusal.ts';
@@ -125,7 +125,7 @@ export async function handleConnect(state: HttpListenerState, req: RequestHead, 
   const limits = result.snapshot.config.limits;
   let upstream: Socket;
   try {
-    upstream = await dial({ ip: result.ip, port: authority.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs });
+    upstream = await dialFirstReachable({ ip: result.ip, port: authority.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs }, result.alternates, (ip) => admitAlternate(ctx, result, ip));
   } catch (err) {
     hold.release();
     const mapping = failFlow(ctx, flow, err);

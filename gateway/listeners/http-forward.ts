@@ -15,13 +15,13 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Agent, type Dispatcher } from 'undici';
-import type { Admitted } from '../admission.ts';
+import { type Admitted, admitAlternate } from '../admission.ts';
 import type { Flow } from '../flow/flow.ts';
 import type { GatewayContext } from '../context.ts';
 import { dialErrorCode, GatewayError, type GatewayErrorCode } from '../errors.ts';
 import { formatAuthority } from '../protocol/authority.ts';
 import { mapError, type RejectMapping } from '../reject.ts';
-import { dial } from '../upstream/dial.ts';
+import { dial, isFallbackCode, MAX_ADDRESSES_DIALLED } from '../upstream/dial.ts';
 import { type ClientCloseWatcher, type ConnectionState, connectionState, resetOrDestroy, unwatchClientClose, watchClientClose } from './http-connection-state.ts';
 import { forwardResponseHeaders, relayedStatusText } from './http-headers.ts';
 import { type RefusalDetails, sendRefusal } from './http-refusal.ts';
@@ -188,11 +188,48 @@ export function forwardRequest(
     bodyTimeout: idleTimeoutMs,
   };
   exchange.awaitOrigin(target.hasBody);
+  const agent = agents.for(admitted.upstream, snapshot.config.limits.connectTimeoutMs);
+  // Another address of the name only while the request body is unread (undici reads it once connected).
+  if (admitted.alternates.length > 0) exchange.redispatch = alternateDispatch(ctx, admitted, opts, agent, exchange, body === null ? null : req);
   try {
-    agents.for(admitted.upstream, snapshot.config.limits.connectTimeoutMs).dispatch(opts, exchange);
+    agent.dispatch(opts, exchange);
   } catch (err) {
     exchange.onError(err as Error);
   }
+}
+
+/**
+ * OriginExchange.redispatch for a flow whose name has other addresses (Admitted.alternates): when
+ * the origin's address refused the connection or could not be reached, the request goes to the next
+ * address the flow may go on to (admitAlternate checks it first), as dialFirstReachable does for the
+ * tunnels; at most MAX_ADDRESSES_DIALLED in all, and never through a parent proxy.
+ */
+export function alternateDispatch(
+  ctx: GatewayContext,
+  admitted: Admitted,
+  opts: Dispatcher.DispatchOptions,
+  agent: Dispatcher,
+  handler: OriginExchange,
+  body: IncomingMessage | null = null,
+): (err: Error) => boolean {
+  let next = 0;
+  let dialled = 1;
+  return (err) => {
+    if (admitted.upstream !== null || dialled >= MAX_ADDRESSES_DIALLED || body?.readableDidRead === true || !isFallbackCode(undiciErrorCode(err))) return false;
+    while (next < admitted.alternates.length) {
+      const ip = admitted.alternates[next++] as string;
+      if (!admitAlternate(ctx, admitted, ip)) continue;
+      dialled++;
+      opts.origin = `http://${formatAuthority(ip, admitted.flow.destination.port)}`;
+      try {
+        agent.dispatch(opts, handler);
+      } catch (e) {
+        handler.onError(e as Error);
+      }
+      return true;
+    }
+    return false;
+  };
 }
 
 /**
@@ -210,6 +247,11 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
   protected status = 0;
   private abortUpstream: ((err?: Error) => void) | null = null;
   private isConnected = false;
+  /**
+   * Sends the request to another address of the name when the origin's refused before connecting
+   * (alternateDispatch): true when it did. Null for the one-address destinations most flows have.
+   */
+  redispatch: ((err: Error) => boolean) | null = null;
 
   constructor(ctx: GatewayContext, flow: Flow, connection: ConnectionState) {
     this.ctx = ctx;
@@ -249,6 +291,7 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
 
   onError(err: Error): void {
     const { ctx, flow } = this;
+    if (this.isSentElsewhere(err)) return;
     this.connection.isAwaitingOrigin = false;
     if (this.isClientGone || flow.state !== 'active') {
       this.finish(this.clientGoneReason());
@@ -270,6 +313,11 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
     ctx.log.warn({ flowId: flow.id, code, err: err.message }, 'origin request failed');
     this.finish(mapping.reason);
     this.answerFailure(mapping, { flowId: flow.id, isBlock: false });
+  }
+
+  /** The origin's address failed before connecting and the request went to another of the name's. */
+  protected isSentElsewhere(err: Error): boolean {
+    return this.redispatch !== null && !this.isConnected && !this.isClientGone && this.flow.state === 'active' && this.redispatch(err);
   }
 
   /** The origin's response is complete. */
@@ -375,6 +423,7 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
   }
 
   override onError(err: Error): void {
+    if (!this.clientSocket.destroyed && this.isSentElsewhere(err)) return;
     this.isUpstreamDone = true;
     // The client connection went first (a reset or the idle cut mid-body: undici then fails on the
     // request body): the flow ends for the client's reason, not as an origin failure.

@@ -22,12 +22,12 @@
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { failFlow } from '../admission.ts';
+import { admitAlternate, failFlow } from '../admission.ts';
 import { GatewayError } from '../errors.ts';
 import type { Flow } from '../flow/flow.ts';
 import { tunnel } from '../flow/tunnel.ts';
 import { mapError } from '../reject.ts';
-import { dial } from '../upstream/dial.ts';
+import { dialFirstReachable } from '../upstream/dial.ts';
 import { earlierResponses, holdClient, isBehindLastAnswer, outlastsEarlierResponses } from './http-connect.ts';
 import { resetOrDestroy } from './http-connection-state.ts';
 import { forwardRequestHeaders, forwardResponseHeaders, relayedStatusText, serialiseRequestHead, splitHeaderLine, viaFor } from './http-headers.ts';
@@ -204,7 +204,7 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
   const limits = snapshot.config.limits;
   let upstream: Socket;
   try {
-    upstream = await dial({ ip: result.ip, port: target.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs });
+    upstream = await dialFirstReachable({ ip: result.ip, port: target.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs }, result.alternates, (ip) => admitAlternate(ctx, result, ip));
   } catch (err) {
     hold.release();
     writeRawRefusal(socket, failFlow(ctx, flow, err), { flowId: flow.id, isBlock: false });

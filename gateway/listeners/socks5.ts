@@ -15,12 +15,12 @@
  *  7. UDP ASSOCIATE: the relay (socks5-udp.ts), one flow per association
  */
 import { Server, type Socket } from 'node:net';
-import { admit, failFlow } from '../admission.ts';
+import { admit, admitAlternate, failFlow } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import { tunnel } from '../flow/tunnel.ts';
 import { encodeReply } from '../protocol/socks5-codec.ts';
 import { SOCKS_REP } from '../reject.ts';
-import { dial } from '../upstream/dial.ts';
+import { dialFirstReachable } from '../upstream/dial.ts';
 import { type Downstream, type HandshakeResult, refuse, runHandshake } from './socks5-handshake.ts';
 import { startUdpAssociation } from './socks5-udp.ts';
 import { UdpRelayLedger } from './socks5-udp-ledger.ts';
@@ -146,7 +146,7 @@ async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResul
   // 5. dial the checked address
   let up: Socket;
   try {
-    up = await dial({ ip: admitted.ip, port: request.port, upstream: admitted.upstream, timeoutMs: admitted.snapshot.config.limits.connectTimeoutMs });
+    up = await dialFirstReachable({ ip: admitted.ip, port: request.port, upstream: admitted.upstream, timeoutMs: admitted.snapshot.config.limits.connectTimeoutMs }, admitted.alternates, (ip) => admitAlternate(ctx, admitted, ip));
   } catch (err) {
     socket.removeListener('close', onClose);
     const mapping = failFlow(ctx, flow, err);

@@ -4,7 +4,7 @@
  * turned into EGW_* codes here, once.
  */
 import { connect, type Socket } from 'node:net';
-import { dialErrorCode, GatewayError } from '../errors.ts';
+import { dialErrorCode, GatewayError, type GatewayErrorCode } from '../errors.ts';
 import { type ParentEndpoint, parseParentUrl } from '../../policy/upstream-url.ts';
 import { readHandshake } from './handshake.ts';
 import { socks5ParentHandshake } from './socks5-parent.ts';
@@ -25,6 +25,40 @@ export function dial(target: DialTarget): Promise<Socket> {
   if ('error' in parent) return Promise.reject(new GatewayError('EGW_UPSTREAM_PROXY', `unusable upstream: ${parent.error}`));
   if (parent.protocol === 'http:') return dialViaHttp(parent.host, parent.port, parent.url, target);
   return dialViaSocks(parent.host, parent.port, parent.url, target);
+}
+
+/** Addresses one flow dials at most: its first, then this many less one of its name's others. */
+export const MAX_ADDRESSES_DIALLED = 4;
+
+/**
+ * Dial the target, and when its address refuses the connection or cannot be reached (not on a
+ * timeout, not through a parent proxy, which dials only the address it is given), the name's other
+ * addresses in turn, each only if `admit` lets the flow go on to it (admitAlternate: checked before
+ * it is dialled). At most MAX_ADDRESSES_DIALLED in all; the last failure is the flow's.
+ */
+export async function dialFirstReachable(target: DialTarget, alternates: readonly string[], admit: (ip: string) => boolean): Promise<Socket> {
+  let next = 0;
+  let dialled = 1;
+  for (let t = target; ; ) {
+    try {
+      return await dial(t);
+    } catch (err) {
+      if (t.upstream !== null || !isFallbackCode(err instanceof GatewayError ? err.code : null) || dialled >= MAX_ADDRESSES_DIALLED) throw err;
+      let ip: string | undefined;
+      while (ip === undefined && next < alternates.length) {
+        const candidate = alternates[next++] as string;
+        if (admit(candidate)) ip = candidate;
+      }
+      if (ip === undefined) throw err;
+      dialled++;
+      t = { ...t, ip };
+    }
+  }
+}
+
+/** A failure another address of the same name may not have: refused, or no route to it. */
+export function isFallbackCode(code: GatewayErrorCode | null): boolean {
+  return code === 'EGW_DIAL_REFUSED' || code === 'EGW_DIAL_UNREACHABLE';
 }
 
 /**
