@@ -211,7 +211,8 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     policy,
     identity,
     attributor: opts.attributor === undefined ? new LocalAttributor({ timeoutMs: 500 }) : opts.attributor,
-    resolver: opts.resolver ?? createDnsResolver({ timeoutMs: config.resolver.timeoutMs }),
+    // Read at each lookup: a reload or push that changes resolver.timeoutMs applies to the next one.
+    resolver: opts.resolver ?? createDnsResolver({ timeoutMs: () => policy.current().config.resolver.timeoutMs }),
     get detection() {
       return detection;
     },

@@ -26,7 +26,8 @@ import { GatewayError } from '../errors.ts';
 import type { Resolver } from '../context.ts';
 
 export interface DnsResolverOptions {
-  timeoutMs?: number;
+  /** How long a caller waits for an answer: a number, or read at each lookup (the policy's `resolver.timeoutMs`). */
+  timeoutMs?: number | (() => number);
   cacheTtlMs?: number;
   cacheMax?: number;
   /** How long a failed name is answered from memory (default 5 s). */
@@ -61,7 +62,7 @@ const MAX_WAITING_PER_REQUESTER = 256;
 
 /** A Resolver on the OS resolver (getaddrinfo), cached briefly so hot destinations skip the thread pool. */
 export function createDnsResolver(opts: DnsResolverOptions = {}): Resolver {
-  const timeoutMs = opts.timeoutMs ?? 5000;
+  const timeoutOf = opts.timeoutMs ?? 5000;
   const slots = opts.slots ?? dnsSlots();
   const perRequester = opts.perRequester ?? Math.max(1, Math.floor(slots / 4));
   const osResolve = opts.lookup ?? addressesOf;
@@ -174,7 +175,7 @@ export function createDnsResolver(opts: DnsResolverOptions = {}): Resolver {
           if (w.isDone) return;
           w.isDone = true;
           reject(new GatewayError('EGW_DNS_FAILED', `lookup of ${host} timed out`));
-        }, timeoutMs);
+        }, typeof timeoutOf === 'number' ? timeoutOf : timeoutOf());
         const w: Waiting = {
           isDone: false,
           resolve: (ips) => {
