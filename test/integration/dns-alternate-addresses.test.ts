@@ -5,7 +5,8 @@
  * that answered. Before, the first address was the only one dialled: a dual-stack name whose IPv4
  * address refused (and its IPv6 one served) answered 502 `connection-refused` on all of them, as
  * did a name with two A records whose first was down. An address the policy denies is never
- * dialled, whatever its place in the answer.
+ * dialled, whatever its place in the answer; nor one a name answers after it was checked (DNS
+ * rebinding: one lookup per answer, the flow dials what was checked).
  *
  * `egressgate serve` runs with its own /etc/resolv.conf (a mount namespace, as root) naming a DNS
  * server on loopback (test/helpers/zone-dns.ts) that answers from a fixed zone: the real OS resolver
@@ -66,6 +67,8 @@ beforeAll(async () => {
     'dual.test': [CLOSED, '::1'],
     'pair.test': [CLOSED, OPEN],
     'guarded.test': [CLOSED, DENIED],
+    // DNS rebinding: the checked address on the first A query, the denied one on every later query.
+    'rebind.test': () => (dns.asked.filter((q) => q === 'rebind.test A').length <= 1 ? [OPEN] : [DENIED]),
   });
   writeFileSync(join(dir, 'resolv.conf'), `nameserver ${ZONE_DNS}\noptions timeout:1 attempts:1\n`);
   const config = join(dir, 'policy.yaml');
@@ -151,5 +154,19 @@ describe('a name whose first address refuses', () => {
         ...['http', 'connect', 'socks5'].map((p) => `${p} guarded.test ${CLOSED} connection-refused`),
       ].sort(),
     );
+  }, 60_000);
+});
+
+describe('a name that answers differently each time it is asked (DNS rebinding)', () => {
+  it.runIf(isAvailable)('is looked up once: every flow dials the checked address, never the later answer', async () => {
+    const proxy = `http://127.0.0.1:${(gw as Served).http.port}`;
+    const before = deniedConnections;
+    for (let i = 0; i < 3; i++) {
+      expect(await curl(['-x', proxy, `http://rebind.test:${port}/`]), `GET #${i}`).toEqual(['200', `served by ${OPEN}`]);
+      expect(await curl(['-p', '-x', proxy, `http://rebind.test:${port}/`]), `CONNECT #${i}`).toEqual(['200', `served by ${OPEN}`]);
+      expect(await socks('rebind.test'), `SOCKS5 #${i}`).toContain(`served by ${OPEN}`);
+    }
+    expect(deniedConnections - before).toBe(0);
+    expect(dns.asked.filter((q) => q === 'rebind.test A')).toHaveLength(1);
   }, 60_000);
 });
