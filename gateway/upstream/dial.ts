@@ -36,7 +36,12 @@ export const MAX_ADDRESSES_DIALLED = 4;
  * addresses in turn, each only if `admit` lets the flow go on to it (admitAlternate: checked before
  * it is dialled). At most MAX_ADDRESSES_DIALLED in all; the last failure is the flow's.
  */
-export async function dialFirstReachable(target: DialTarget, alternates: readonly string[], admit: (ip: string) => boolean): Promise<Socket> {
+export function dialFirstReachable(target: DialTarget, alternates: readonly string[], admit: (ip: string) => boolean): Promise<Socket> {
+  // Most flows have one address: their dial is the plain one, no extra async frame per connection.
+  return alternates.length === 0 ? dial(target) : dialInTurn(target, alternates, admit);
+}
+
+async function dialInTurn(target: DialTarget, alternates: readonly string[], admit: (ip: string) => boolean): Promise<Socket> {
   let next = 0;
   let dialled = 1;
   for (let t = target; ; ) {

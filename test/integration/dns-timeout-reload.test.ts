@@ -5,7 +5,9 @@
  *
  * `egressgate serve` runs with its own /etc/resolv.conf (a mount namespace, as root) naming a DNS
  * server on loopback that never answers names under `.dead.test`, with the OS resolver's own timeout
- * (10 s) longer than both.
+ * (30 s × 5 attempts) longer than both. It starts at 120 s, so a lookup under the starting value
+ * outlasts the client's 20 s: only the reloaded 300 ms answers it (502) within that. No timing is
+ * asserted: the margins are a hundred-fold.
  */
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -40,9 +42,9 @@ beforeAll(async () => {
   if (!isAvailable) return;
   dir = mkdtempSync(join(tmpdir(), 'egw-dnsreload-'));
   dns = await startZoneDns(ZONE_DNS, {});
-  writeFileSync(join(dir, 'resolv.conf'), `nameserver ${ZONE_DNS}\noptions timeout:10 attempts:1\n`);
-  writeFileSync(join(dir, 'policy.yaml'), policy(2000));
-  // Enough libuv threads that no lookup waits for a slot: what is measured is the timeout alone.
+  writeFileSync(join(dir, 'resolv.conf'), `nameserver ${ZONE_DNS}\noptions timeout:30 attempts:5\n`);
+  writeFileSync(join(dir, 'policy.yaml'), policy(120_000));
+  // Enough libuv threads that no lookup waits for a slot.
   gw = await spawnServe(join(dir, 'policy.yaml'), {
     env: { UV_THREADPOOL_SIZE: '16', EGRESSGATE_ADMIN_TOKEN: 'dns-timeout-reload-token-0123456' },
     wrap: withResolvConf(join(dir, 'resolv.conf')),
@@ -59,25 +61,21 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** A request for a name that never resolves: [status, seconds]. */
-async function timed(name: string): Promise<[string, number]> {
-  const r = await run('curl', ['-sS', '-m', '15', '-o', '/dev/null', '-w', '%{http_code} %{time_total}', '-x', `http://127.0.0.1:${(gw as Served).http.port}`, `http://${name}/`]);
-  const [status = '', seconds = ''] = r.stdout.toString('utf8').split(' ');
-  return [status, Number(seconds)];
+/** A request for a name that never resolves: its status, none when curl gave up after 20 s. */
+async function statusOf(name: string): Promise<string> {
+  const r = await run('curl', ['-sS', '-m', '20', '-o', '/dev/null', '-w', '%{http_code}', '-x', `http://127.0.0.1:${(gw as Served).http.port}`, `http://${name}/`]);
+  return r.stdout.toString('utf8');
 }
 
 describe('resolver.timeoutMs', () => {
   it.runIf(isAvailable)('a reload that changes it applies to the next lookup', async () => {
-    const [before, beforeSec] = await timed('one.dead.test');
-    expect(before).toBe('502');
-    expect(beforeSec).toBeGreaterThanOrEqual(1.9);
     writeFileSync(join(dir, 'policy.yaml'), policy(300));
     (gw as Served).child.kill('SIGHUP');
     const deadline = Date.now() + 10_000;
     while (!(gw as Served).stderr().includes('"version":2') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
     expect((gw as Served).stderr()).toContain('"version":2');
-    const [after, afterSec] = await timed('two.dead.test');
-    expect(after).toBe('502');
-    expect(afterSec).toBeLessThan(1.5);
+    // Under the starting 120 s this would still be waiting when curl gives up.
+    expect(await statusOf('two.dead.test')).toBe('502');
+    expect(dns.asked.some((q) => q.startsWith('two.dead.test '))).toBe(true);
   }, 40_000);
 });
