@@ -7,6 +7,10 @@
  * - anything else: its head (with `Connection: close`) and its body are relayed byte for byte to
  *   the client, and the connection closes when the origin is done: no second request rides on it.
  *
+ * An HTTP/1.0 request carrying Upgrade is no upgrade (RFC 9110 §7.8): it goes to the origin without
+ * Upgrade, with `Connection: close`, and its answer is relayed as a declined upgrade's (a 101 to it
+ * is a bad response: 502).
+ *
  * An Upgrade request with a body is refused (400): the body would have to be relayed before the
  * origin's answer, which this path does not do.
  *
@@ -162,6 +166,16 @@ function serialiseResponseHead(head: ResponseHead, headers: readonly string[]): 
   return `${out}\r\n`;
 }
 
+/**
+ * An HTTP/1.0 request: node:http announces one carrying `Connection: upgrade` and `Upgrade` as an
+ * upgrade, but a server must ignore Upgrade in an HTTP/1.0 request (RFC 9110 §7.8). This path then
+ * forwards it as a plain request, its answer relayed as a declined upgrade's is, and the connection
+ * closes after it (as a 1.0 connection without keep-alive does).
+ */
+function isHttp10(req: IncomingMessage): boolean {
+  return req.httpVersionMajor === 1 && req.httpVersionMinor === 0;
+}
+
 /** Handle one request carrying `Upgrade` on a detached client socket. */
 export async function handleUpgrade(state: HttpListenerState, req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
   // The client leaving ends the wait for the origin's answer (readResponseHead): at once when it
@@ -219,12 +233,16 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
     ctx.flows.close(flow, 'client-reset');
     return;
   }
+  // An HTTP/1.0 request's Upgrade is ignored (RFC 9110 §7.8): it goes out as a plain request, and
+  // `Connection: close` makes its answer end with the origin's connection (a 1.0 exchange ends there).
+  const isPlain = isHttp10(req);
   const headers = forwardRequestHeaders(req.rawHeaders, {
     host: hostHeaderFor(target.host, target.port),
     stripped: state.strippedHeaders(snapshot),
-    upgrade: req.headers.upgrade ?? 'websocket',
+    upgrade: isPlain ? null : (req.headers.upgrade ?? 'websocket'),
     via: viaFor(req.httpVersionMajor, req.httpVersionMinor),
   });
+  if (isPlain) headers.push('connection', 'close');
   upstream.write(serialiseRequestHead(req.method ?? 'GET', target.path, headers), 'latin1');
   // A kill while we wait for the origin's answer cuts both sides.
   flow.abort = () => {
@@ -259,6 +277,14 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
       socket.destroy();
       ctx.flows.close(flow, 'client-reset');
     }
+    return;
+  }
+  // A 101 to a request that asked for no upgrade (HTTP/1.0) is not a valid answer.
+  if (parsed.status === 101 && isPlain) {
+    upstream.destroy();
+    const mapping = mapError('EGW_UPSTREAM_BAD_RESPONSE');
+    ctx.flows.close(flow, mapping.reason);
+    writeRawRefusal(socket, mapping, { flowId: flow.id, isBlock: false });
     return;
   }
   if (parsed.status === 101) {

@@ -20,9 +20,17 @@ const silent: Socket[] = [];
 const HELLO = Buffer.from('server-hello-frame');
 /** Ends of the origin's connections kept alive after a declined answer (/decline-keepalive, /decline-204). */
 const kept: Array<Promise<unknown>> = [];
+/** Plain (not upgrade) requests the origin answered. */
+const plain: IncomingMessage[] = [];
 
 beforeAll(async () => {
-  origin = createServer((_req, res) => {
+  origin = createServer((req, res) => {
+    plain.push(req);
+    if (req.url?.startsWith('/as-plain')) {
+      res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 12 });
+      res.end('plain answer');
+      return;
+    }
     res.writeHead(400, { 'content-type': 'text/plain', 'content-length': 11 });
     res.end('no upgrade!');
   });
@@ -219,17 +227,19 @@ describe('Upgrade through the proxy', () => {
     });
   }
 
+  /** Everything the gateway answers `head` with, until it closes the connection. */
+  const answer = async (head: string): Promise<string> => {
+    const s = await rawConnect(gw.httpPort);
+    const chunks: Buffer[] = [];
+    s.on('data', (c: Buffer) => chunks.push(c));
+    const closed = once(s, 'close');
+    s.write(head);
+    await closed;
+    return Buffer.concat(chunks).toString('latin1');
+  };
+
   // Regression: Via said 1.1 whatever version the message came in (RFC 9110 §7.6.3: the received-protocol).
   it('Via names the version each message was received in: an HTTP/1.0 answer and an HTTP/1.0 request say 1.0', async () => {
-    const answer = async (head: string): Promise<string> => {
-      const s = await rawConnect(gw.httpPort);
-      const chunks: Buffer[] = [];
-      s.on('data', (c: Buffer) => chunks.push(c));
-      const closed = once(s, 'close');
-      s.write(head);
-      await closed;
-      return Buffer.concat(chunks).toString('latin1');
-    };
     const from10 = await answer(upgradeHead('/decline-1.0'));
     expect(from10).toMatch(/^HTTP\/1\.1 404 /);
     expect(from10.match(/\r\nvia: [^\r]*/gi)).toEqual(['\r\nvia: 1.0 egressgate']);
@@ -238,9 +248,30 @@ describe('Upgrade through the proxy', () => {
     const from11 = await answer(upgradeHead('/decline'));
     expect(from11.match(/\r\nvia: [^\r]*/gi)).toEqual(['\r\nvia: 1.1 egressgate']);
     expect(seen.find((r) => r.url === '/decline')?.headers.via).toBe('1.1 egressgate');
-    // An HTTP/1.0 request: the origin is told it came in as 1.0.
-    await answer(upgradeHead('/decline-1.0').replace(' HTTP/1.1\r\n', ' HTTP/1.0\r\n'));
-    expect(seen.filter((r) => r.url === '/decline-1.0').map((r) => r.headers.via)).toEqual(['1.1 egressgate', '1.0 egressgate']);
+    // An HTTP/1.0 request (forwarded as a plain request: its Upgrade is ignored): the origin is told it came in as 1.0.
+    await answer(upgradeHead('/as-plain-via').replace(' HTTP/1.1\r\n', ' HTTP/1.0\r\n'));
+    expect(plain.find((r) => r.url === '/as-plain-via')?.headers.via).toBe('1.0 egressgate');
+  });
+
+  // Regression: an HTTP/1.0 request carrying Upgrade was forwarded as an upgrade: the origin saw
+  // `Upgrade: websocket`, answered 101, and the 1.0 client got a 101 and a tunnel. RFC 9110 §7.8: a
+  // server must ignore Upgrade in an HTTP/1.0 request; the gateway forwards it as a plain request.
+  it('an HTTP/1.0 request with Upgrade is forwarded as a plain request: no Upgrade reaches the origin, its answer reaches the client', async () => {
+    const upgradesBefore = seen.length;
+    const text = await answer(upgradeHead('/as-plain-1.0').replace(' HTTP/1.1\r\n', ' HTTP/1.0\r\n'));
+    expect(text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(text).not.toMatch(/\r\nupgrade:/i);
+    expect(text.endsWith('\r\n\r\nplain answer')).toBe(true);
+    expect(seen.length).toBe(upgradesBefore);
+    const req = plain.find((r) => r.url === '/as-plain-1.0');
+    expect(req?.headers.upgrade).toBeUndefined();
+    expect(req?.headers.connection ?? '').not.toMatch(/upgrade/i);
+    expect(req?.headers['proxy-authorization']).toBeUndefined();
+    expect(req?.headers['x-egress-user']).toBeUndefined();
+    expect(req?.headers.via).toBe('1.0 egressgate');
+    const rec = await gw.waitForClosed((f) => f.destination.port === port && f.bytesIn === 12);
+    expect(rec).toMatchObject({ protocol: 'http', bytesOut: 0, closeReason: 'closed' });
+    expect(rec.identity.user).toBe('alice');
   });
 
   // Regression: a client that left while the origin had not answered the upgrade went unnoticed;
