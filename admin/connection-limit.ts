@@ -9,6 +9,7 @@
  * apart from them: an address's admin connections do not use up its proxy connections.
  */
 import type { Server, Socket } from 'node:net';
+import { httpDate } from '../gateway/listeners/http-date.ts';
 import { lingerThenDestroy } from '../gateway/listeners/http-refusal.ts';
 import { SourceConnections } from '../gateway/listeners/source-limit.ts';
 
@@ -19,8 +20,8 @@ const REFUSAL_BODY = JSON.stringify({
   error: 'too-many-requests',
   message: 'too many connections open from this address to the admin API (admin.maxConnectionsPerSource)',
 });
-const REFUSAL = [
-  'HTTP/1.1 429 Too Many Requests',
+/** The 429 after its status line and Date (httpDate, added per refusal). */
+const REFUSAL_REST = [
   'content-type: application/json; charset=utf-8',
   `content-length: ${Buffer.byteLength(REFUSAL_BODY)}`,
   'retry-after: 1',
@@ -63,6 +64,6 @@ function refuse(socket: Socket): void {
     socket.destroy();
     return;
   }
-  socket.end(REFUSAL);
+  socket.end(`HTTP/1.1 429 Too Many Requests\r\ndate: ${httpDate()}\r\n${REFUSAL_REST}`);
   lingerThenDestroy(socket, LINGER_MS);
 }

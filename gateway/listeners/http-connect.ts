@@ -14,9 +14,22 @@ import { mapError } from '../reject.ts';
 import { dialFirstReachable } from '../upstream/dial.ts';
 import { isShedding } from './http-connection-state.ts';
 import type { HttpListenerState, RequestHead } from './http-proxy.ts';
+import { httpDate } from './http-date.ts';
 import { lingerThenDestroy, refusalDetails, writeRawRefusal } from './http-refusal.ts';
 
-const ESTABLISHED = 'HTTP/1.1 200 Connection Established\r\n\r\n';
+/** The 200 head with its Date, rebuilt only when httpDate() moves on (once a second at most). */
+let establishedDate = '';
+let established = '';
+
+/** The CONNECT 200 head: one cached string per second, no formatting per connection. */
+function establishedHead(): string {
+  const date = httpDate();
+  if (date !== establishedDate) {
+    establishedDate = date;
+    established = `HTTP/1.1 200 Connection Established\r\ndate: ${date}\r\n\r\n`;
+  }
+  return established;
+}
 
 /**
  * Watch a detached client socket while admission and the dial run: bytes stay queued (paused), an
@@ -141,6 +154,6 @@ export async function handleConnect(state: HttpListenerState, req: RequestHead, 
     ctx.flows.close(flow, 'client-reset');
     return;
   }
-  socket.write(ESTABLISHED);
+  socket.write(establishedHead());
   tunnel(ctx.flows, flow, socket as Socket, upstream, { idleTimeoutMs: limits.idleTimeoutMs, head });
 }

@@ -10,6 +10,7 @@ import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Refused } from '../admission.ts';
 import type { RejectMapping } from '../reject.ts';
+import { httpDate } from './http-date.ts';
 
 export interface RefusalDetails {
   readonly flowId: string | null;
@@ -59,7 +60,8 @@ export function sendRefusal(res: ServerResponse, mapping: RejectMapping, details
  */
 export function refusalText(mapping: RejectMapping, details: RefusalDetails, isLast: boolean, isHead = false): string {
   const { status, headers, body } = refusalParts(mapping, details);
-  let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n`;
+  // node:http adds Date to sendRefusal's answer; a head written as text carries its own.
+  let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\ndate: ${httpDate()}\r\n`;
   for (let i = 0; i + 1 < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
   if (isLast) head += 'connection: close\r\n';
   return isHead ? `${head}\r\n` : `${head}\r\n${body}`;

@@ -62,7 +62,7 @@ async function openTunnel(port: number, host = '127.0.0.1', early: Buffer | null
   s.write(early ? Buffer.concat([head, early]) : head);
   const got = await readUntil(s, '\r\n\r\n');
   const end = got.indexOf('\r\n\r\n');
-  expect(got.subarray(0, end).toString()).toBe('HTTP/1.1 200 Connection Established');
+  expect(got.subarray(0, end).toString()).toMatch(/^HTTP\/1\.1 200 Connection Established\r\ndate: \w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} GMT$/);
   return { s, rest: got.subarray(end + 4) };
 }
 
@@ -85,9 +85,10 @@ describe('CONNECT tunnels', () => {
     const rec = await gw.waitForClosed((f) => f.protocol === 'connect' && f.destination.port === origin.port && f.closeReason === 'closed');
     // Inside the tunnel: the origin's head and body came in; curl's request went out.
     const [, sizeHeader, sizeDownload] = out.slice(nl + 1).split(' ').map(Number);
-    // curl's size_header also counts our 39-byte "200 Connection Established" head, which is handshake.
+    // curl's size_header also counts our 76-byte "200 Connection Established" head (its Date an
+    // IMF-fixdate, always 29 characters), which is handshake.
     expect(sizeDownload).toBe(12345);
-    expect(rec.bytesIn).toBe((sizeHeader ?? 0) - 'HTTP/1.1 200 Connection Established\r\n\r\n'.length + 12345);
+    expect(rec.bytesIn).toBe((sizeHeader ?? 0) - 'HTTP/1.1 200 Connection Established\r\ndate: Sun, 06 Dec 2026 04:40:00 GMT\r\n\r\n'.length + 12345);
     // Both ways, exactly what the origin's connection wrote and read.
     const wire = await wireOf(origin, '/size/12345');
     expect(rec.bytesIn).toBe(wire.written);
@@ -159,7 +160,7 @@ describe('CONNECT pipelined behind another request (node:http path)', () => {
     s.on('error', () => undefined);
     // One write: node:http parses both heads at once and emits 'connect' while the GET still waits on its origin.
     s.write(`GET http://127.0.0.1:${origin.port}/size/3000 HTTP/1.1\r\nHost: 127.0.0.1:${origin.port}\r\n\r\nCONNECT 127.0.0.1:${echoPort} HTTP/1.1\r\n\r\n`);
-    const text = (await readUntil(s, 'HTTP/1.1 200 Connection Established\r\n\r\n')).toString('latin1');
+    const text = (await readUntil(s, ' GMT\r\n\r\n')).toString('latin1');
     expect(text).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
     const getBodyStart = text.indexOf('\r\n\r\n') + 4;
     expect(text.indexOf('HTTP/1.1 200 Connection Established')).toBe(getBodyStart + 3000);

@@ -60,7 +60,7 @@ describe.skipIf(!skipNotice(hasIpv6Loopback, 'http-ipv6', 'needs IPv6 loopback (
     s.write(`CONNECT [::1]:${port} HTTP/1.1\r\nHost: [::1]:${port}\r\n\r\nGET /size/55 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
     const got = await readUntil(s, pattern(55).toString());
     s.destroy();
-    expect(got.toString('latin1')).toMatch(/^HTTP\/1\.1 200 Connection Established\r\n\r\nHTTP\/1\.1 200/);
+    expect(got.toString('latin1')).toMatch(/^HTTP\/1\.1 200 Connection Established\r\ndate: [^\r]+ GMT\r\n\r\nHTTP\/1\.1 200/);
     const rec = await gw.waitForClosed((f) => f.destination.port === port && f.protocol === 'connect');
     expect(rec.destination).toMatchObject({ host: '::1', ip: '::1' });
     expect(rec.bytesOut).toBe('GET /size/55 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'.length);

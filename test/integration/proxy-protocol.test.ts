@@ -68,7 +68,7 @@ async function httpTunnel(gw: TestGateway, prefix: Buffer, split = false): Promi
     s.write(head);
   } else s.write(Buffer.concat([prefix, head]));
   const got = await readUntil(s, '\r\n\r\n');
-  expect(got.toString('latin1')).toBe('HTTP/1.1 200 Connection Established\r\n\r\n');
+  expect(got.toString('latin1')).toMatch(/^HTTP\/1\.1 200 Connection Established\r\ndate: \w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} GMT\r\n\r\n$/);
   return s;
 }
 
