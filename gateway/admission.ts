@@ -50,6 +50,11 @@ export interface AdmissionRequest {
    * holder is not found (gone already, not visible).
    */
   control?: { readonly clientPort: number; readonly server: LocalEndpoint };
+  /**
+   * The request's Via already names this gateway (viaNamesUs): it came back round a loop of
+   * proxies, and is refused 508 `via-loop` before limits, lookup and policy.
+   */
+  isLooped?: boolean;
   /** The destination's DNS answer, looked up ahead of admission (`lookUp`, socks5-udp.ts); else admission looks it up. */
   lookedUp?: LookedUp;
 }
@@ -138,6 +143,8 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   }
   // 3. draining and limits
   if (ctx.isDraining()) return refuseCode(ctx, flow, 'EGW_SHUTTING_DOWN');
+  // Before the rate: the looping copies of one request are not the client's new flows.
+  if (req.isLooped === true) return refuseCode(ctx, flow, 'EGW_VIA_LOOP');
   // No flow the log cannot record (its record, this refusal's included, waits in the log's backlog).
   if (ctx.isRefusingUnrecorded?.() === true) {
     yieldRecordToFlows(ctx, flow);

@@ -20,6 +20,7 @@ export const GATEWAY_ERROR_CODES = [
   'EGW_UPSTREAM_RESET', // upstream closed mid-response
   'EGW_UPSTREAM_BAD_RESPONSE', // the origin answered, but not in valid HTTP/1.1 (malformed, smuggling-shaped, too large a head)
   'EGW_SELF_DIAL', // destination is one of the gateway's own listeners
+  'EGW_VIA_LOOP', // the request's Via already names this gateway: it came back round a loop of proxies (508)
   'EGW_FLOW_LIMIT', // per-identity concurrency or new-flow rate
   'EGW_SOURCE_CONNECTIONS', // limits.maxConnectionsPerSource: too many client connections open from one address
   'EGW_SHUTTING_DOWN', // draining: no new flows

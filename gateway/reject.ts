@@ -43,6 +43,7 @@ const ERROR_MAP: Record<GatewayErrorCode, RejectMapping> = {
   EGW_UPSTREAM_RESET: { status: 502, socks: SOCKS_REP.generalFailure, error: 'upstream reset', reason: 'upstream-reset' },
   EGW_UPSTREAM_BAD_RESPONSE: { status: 502, socks: SOCKS_REP.generalFailure, error: 'bad response from upstream', reason: 'upstream-bad-response' },
   EGW_SELF_DIAL: { status: 403, socks: SOCKS_REP.notAllowed, error: 'egress denied', reason: 'deny-range' },
+  EGW_VIA_LOOP: { status: 508, socks: SOCKS_REP.generalFailure, error: 'loop detected', reason: 'via-loop' },
   EGW_FLOW_LIMIT: { status: 429, socks: SOCKS_REP.notAllowed, error: 'too many flows', reason: 'rate-limit' },
   EGW_SOURCE_CONNECTIONS: { status: 429, socks: SOCKS_REP.notAllowed, error: 'too many connections from this address', reason: 'rate-limit' },
   EGW_SHUTTING_DOWN: { status: 503, socks: SOCKS_REP.generalFailure, error: 'shutting down', reason: 'shutting-down' },

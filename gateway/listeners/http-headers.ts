@@ -24,6 +24,26 @@ export const VIA_VALUE = '1.1 egressgate';
 /** The same for a message received as HTTP/1.0: the received-protocol is the version as received. */
 export const VIA_VALUE_1_0 = '1.0 egressgate';
 
+/** Our pseudonym, the received-by of our Via entries. */
+const VIA_PSEUDONYM = 'egressgate';
+
+/**
+ * True when a request's Via (node joins repeated fields with ", ") has an entry received by our
+ * pseudonym: the request went through an egressgate and came back (a loop of proxies). Entries are
+ * `received-protocol RWS received-by [RWS comment]` (RFC 9110 §7.6.3). Most requests carry no Via:
+ * undefined costs one comparison.
+ */
+export function viaNamesUs(via: string | string[] | undefined): boolean {
+  if (via === undefined) return false;
+  const text = typeof via === 'string' ? via : via.join(',');
+  if (!text.toLowerCase().includes(VIA_PSEUDONYM)) return false;
+  for (const entry of text.split(',')) {
+    const fields = entry.trim().split(/[ \t]+/);
+    if (fields[1]?.toLowerCase() === VIA_PSEUDONYM) return true;
+  }
+  return false;
+}
+
 /**
  * The Via entry for a message received as HTTP/`major`.`minor` (RFC 9110 §7.6.3: the
  * received-protocol is that message's version, not ours). One of two constant strings.

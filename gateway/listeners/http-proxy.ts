@@ -19,7 +19,7 @@
  *     exactly chunked → 400 and close (another coding before a final chunked, `gzip, chunked`, is
  *     a coding we do not implement: 501 and close); HTTP/0.9 → 400.
  *  5. admission (gateway/admission.ts): identify (Proxy-Authorization Basic, trusted identity
- *     headers, host inventory, local process) → limits → resolve once → self-dial guard → policy →
+ *     headers, host inventory, local process) → a Via naming us (a loop of proxies: 508) → limits → resolve once → self-dial guard → policy →
  *     connect-time detectors. A refusal is answered through gateway/reject.ts and its flow is
  *     already closed with the reason. An admitted TRACE or OPTIONS with `Max-Forwards: 0` is
  *     answered here as its final recipient (http-max-forwards.ts) and goes no further.
@@ -46,7 +46,7 @@ import { wrapWithConnectFront } from './http-connect-front.ts';
 import { beginAdmission, connectionProcess, connectionState, endAdmission, expireCachedIdentity, mayCutIdle } from './http-connection-state.ts';
 import { createFastPath } from './http-fast-path.ts';
 import { forwardRequest, OriginAgents } from './http-forward.ts';
-import { forwardRequestHeaders, parseProxyBasic, viaFor } from './http-headers.ts';
+import { forwardRequestHeaders, parseProxyBasic, viaFor, viaNamesUs } from './http-headers.ts';
 import { maxForwardsOf, traceEcho } from './http-max-forwards.ts';
 import { refusalDetails, sendRefusal, writeRawRefusal } from './http-refusal.ts';
 import { hostHeaderFor, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
@@ -118,9 +118,10 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
     },
     async admitRequest(req, protocol, host, port) {
       const claims = claimsOf(req);
+      const isLooped = viaNamesUs(req.headers.via);
       // A CONNECT after absolute-URI requests on the same connection is the same socket: the process
       // attributed to them is its process (the agent reports a socket once).
-      if (protocol === 'connect') return admit(ctx, { protocol, listener, claims, destHost: host, destPort: port, server: req.socket, knownProcess: connectionProcess(req.socket) });
+      if (protocol === 'connect') return admit(ctx, { protocol, listener, claims, destHost: host, destPort: port, server: req.socket, knownProcess: connectionProcess(req.socket), isLooped });
       const snapshot = ctx.policy.current();
       const headerNames = snapshot.config.identity.headers;
       // The signed token is part of the key too: a new token (other user, later expiry) must be re-verified.
@@ -143,6 +144,7 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
           destPort: port,
           server: req.socket,
           identity,
+          isLooped,
           // The process of this connection's earlier request, also when that request was refused (no
           // identity cached) or its credentials changed: an agent report named it after that
           // request was admitted, or named it once for the socket (it reports a socket once).
