@@ -91,10 +91,25 @@ export function connectionNamedHeaders(raw: readonly string[]): Set<string> | nu
   return named;
 }
 
+/**
+ * True when field `lower` (a lower-case name) is one of `stripped` (lower-case, dashes for
+ * underscores: normaliseStrippedName), in any spelling with underscores for dashes too: a
+ * CGI-style origin reads `X_Egress_User` and `X-Egress-User` as one variable (HTTP_X_EGRESS_USER),
+ * so an underscore spelling is the same field to it. A name without `_` costs one scan, no string.
+ */
+export function isStrippedName(stripped: ReadonlySet<string>, lower: string): boolean {
+  return stripped.has(lower) || (lower.includes('_') && stripped.has(lower.replaceAll('_', '-')));
+}
+
+/** A stripped header name as isStrippedName looks it up: lower-case, dashes for underscores. */
+export function normaliseStrippedName(name: string): string {
+  return name.toLowerCase().replaceAll('_', '-');
+}
+
 export interface RequestHeaderOptions {
   /** The request target's authority: the only Host the origin sees. */
   readonly host: string;
-  /** Identity header names (lower-case) that must never leave the gateway. */
+  /** Identity header names (normaliseStrippedName) that must never leave the gateway, in any underscore spelling. */
   readonly stripped: ReadonlySet<string>;
   /** An Upgrade request keeps its Upgrade field and gets `Connection: Upgrade` back. */
   readonly upgrade?: string | null;
@@ -112,7 +127,7 @@ export function forwardRequestHeaders(raw: readonly string[], opts: RequestHeade
     const name = raw[i] as string;
     const lower = name.toLowerCase();
     if (HOP_BY_HOP.has(lower) || lower === 'host' || lower === 'expect') continue;
-    if (opts.stripped.has(lower) || named?.has(lower)) continue;
+    if (isStrippedName(opts.stripped, lower) || named?.has(lower)) continue;
     if (opts.maxForwards != null && lower === 'max-forwards') continue;
     out.push(name, raw[i + 1] as string);
   }

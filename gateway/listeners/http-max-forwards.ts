@@ -3,6 +3,7 @@
  * requests with the field MUST NOT forward it when the value is 0 but answer as its final recipient,
  * and otherwise forwards it with the value decremented. Pure: header values in, values out.
  */
+import { isStrippedName } from './http-headers.ts';
 
 /** The largest Max-Forwards value passed on: the "maximum supported value" of RFC 9110 §7.6.2. */
 export const MAX_FORWARDS_LIMIT = 255;
@@ -22,14 +23,14 @@ export function maxForwardsOf(method: string | undefined, value: string | string
 /**
  * The body of a TRACE answered here (RFC 9110 §9.3.8, `message/http`): the request as received,
  * request line and fields, less those likely to carry secrets: credentials for the origin and for
- * the proxy, cookies, and the identity headers the gateway strips (`stripped`, lower-case).
+ * the proxy, cookies, and the identity headers the gateway strips (`stripped`: isStrippedName, so in any underscore spelling).
  */
 export function traceEcho(requestLine: string, raw: readonly string[], stripped: ReadonlySet<string>): string {
   let out = `${requestLine}\r\n`;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i] as string;
     const lower = name.toLowerCase();
-    if (TRACE_SECRETS.has(lower) || stripped.has(lower)) continue;
+    if (TRACE_SECRETS.has(lower) || isStrippedName(stripped, lower)) continue;
     out += `${name}: ${raw[i + 1] as string}\r\n`;
   }
   return `${out}\r\n`;

@@ -46,7 +46,7 @@ import { wrapWithConnectFront } from './http-connect-front.ts';
 import { beginAdmission, connectionProcess, connectionState, endAdmission, expireCachedIdentity, mayCutIdle } from './http-connection-state.ts';
 import { createFastPath } from './http-fast-path.ts';
 import { forwardRequest, OriginAgents } from './http-forward.ts';
-import { forwardRequestHeaders, parseProxyBasic, viaFor, viaNamesUs } from './http-headers.ts';
+import { forwardRequestHeaders, normaliseStrippedName, parseProxyBasic, viaFor, viaNamesUs } from './http-headers.ts';
 import { maxForwardsOf, traceEcho } from './http-max-forwards.ts';
 import { refusalDetails, sendRefusal, writeRawRefusal } from './http-refusal.ts';
 import { hostHeaderFor, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
@@ -73,7 +73,7 @@ export interface HttpListenerState {
    * the next request on it — not for CONNECT, the last request a connection carries.
    */
   admitRequest(req: RequestHead, protocol: Protocol, host: string, port: number): Promise<Admitted | Refused>;
-  /** Identity headers never forwarded, for the current snapshot. */
+  /** Identity headers never forwarded (in any underscore spelling: isStrippedName), for the current snapshot. */
   strippedHeaders(snapshot: PolicySnapshot): ReadonlySet<string>;
 }
 
@@ -112,7 +112,7 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
     strippedHeaders(snapshot) {
       if (strippedFor !== snapshot) {
         strippedFor = snapshot;
-        stripped = new Set(ctx.identity.strippedHeaders(snapshot).map((h) => h.toLowerCase()));
+        stripped = new Set(ctx.identity.strippedHeaders(snapshot).map(normaliseStrippedName));
       }
       return stripped;
     },
