@@ -59,6 +59,8 @@ export interface StartOptions {
   attributor?: ProcessAttributor | null;
   log?: Logger;
   now?: () => number;
+  /** Bound on the identities whose new-flow rate is tracked (FlowTable; default MAX_RATE_KEYS). */
+  maxRateKeys?: number;
 }
 
 export interface RunningGateway {
@@ -193,6 +195,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     interimSec: config.flowLog.interimSec,
     sampleIntervalMs: config.detection.sampleIntervalMs,
     now: opts.now,
+    maxRateKeys: opts.maxRateKeys,
   });
   const policy = new PolicyStore(config, { author: 'startup', source: opts.configPath ? 'file' : 'startup', text: opts.configText ?? null });
   policyRef = policy;

@@ -22,6 +22,8 @@ import { processBytes } from '../pending-reports.ts';
  * destination shares its association's newest leg. Well under the detectors' 500,000 tracked flows.
  */
 export const MAX_LIVE_LEGS = 100_000;
+/** Identities whose new-flow window is kept at most (withinLimits); past it, the oldest window goes. */
+export const MAX_RATE_KEYS = 100_000;
 
 export interface FlowTableOptions {
   sink: FlowSink;
@@ -34,6 +36,8 @@ export interface FlowTableOptions {
   now?: () => number;
   /** Bound on live legs (default MAX_LIVE_LEGS; tests set it low). */
   maxLiveLegs?: number;
+  /** Bound on the identities whose new-flow rate is tracked (default MAX_RATE_KEYS; tests set it low). */
+  maxRateKeys?: number;
 }
 
 export interface FlowFilter {
@@ -82,7 +86,13 @@ export class FlowTable extends EventEmitter {
   /** A live SOCKS5 UDP association's control connection "tcp|ip:port" → the association's id. */
   private readonly byControl = new Map<string, string>();
   private readonly perIdentity = new Map<string, number>();
+  /**
+   * Limit key → its new-flow window, in the order the windows began (a key whose window moves on is
+   * moved to the end), so the first entry is always the oldest window: an expired one while there
+   * is any, else the oldest live one.
+   */
   private readonly rate = new Map<string, RateWindow>();
+  private readonly maxRateKeys: number;
   /** Attributions that arrived before their flow (agent reports race the connection). */
   // Bounded by bytes too (control-port.ts clips what it hands in and budgets it per agent), and
   // purged of expired entries every sweep: lru-cache frees a stale entry only when it is read or evicted.
@@ -108,6 +118,7 @@ export class FlowTable extends EventEmitter {
     this.sink = opts.sink;
     this.keepClosed = opts.keepClosed ?? 10_000;
     this.maxLiveLegs = opts.maxLiveLegs ?? MAX_LIVE_LEGS;
+    this.maxRateKeys = opts.maxRateKeys ?? MAX_RATE_KEYS;
     this.interimMs = (opts.interimSec ?? 60) * 1000;
     this.sampleIntervalMs = opts.sampleIntervalMs ?? 1000;
     this.now = opts.now ?? Date.now;
@@ -153,9 +164,18 @@ export class FlowTable extends EventEmitter {
     // Every attempt counts towards the rate, refused ones too: a client hammering the limit stays limited.
     const second = Math.floor(flow.startedAt / 1000);
     let w = this.rate.get(key);
-    if (!w || w.second !== second) {
-      if (this.rate.size > 100_000) this.rate.clear();
+    if (!w) {
+      // Over the bound: forget the oldest window (rate's order), an expired one while there is any.
+      // One eviction per new key keeps this O(1); clearing the table whole would let anyone able to
+      // make that many identities reset everybody's count.
+      if (this.rate.size >= this.maxRateKeys) this.rate.delete(this.rate.keys().next().value as string);
       w = { second, count: 0 };
+      this.rate.set(key, w);
+    } else if (w.second !== second) {
+      // A new window: to the end of the order.
+      this.rate.delete(key);
+      w.second = second;
+      w.count = 0;
       this.rate.set(key, w);
     }
     w.count++;
