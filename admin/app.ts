@@ -17,6 +17,7 @@ import type { AdminTokenConfig, AgentTokenConfig } from '../policy/config.ts';
 import { type FailureDelayOptions, generateAdminToken, scopeAllows, TokenAuth } from './auth.ts';
 import { AdminConnections } from './connection-limit.ts';
 import { installErrorHandlers, sendError } from './errors.ts';
+import { RouteMethods } from './route-methods.ts';
 import { HostCheck } from './host-check.ts';
 import { OpenApiCollector } from './openapi.ts';
 import { registerAgentRoutes } from './routes/agents.ts';
@@ -103,8 +104,10 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
   app.decorateRequest('principal', null);
   app.decorateRequest('policyVersionBefore', null);
   app.decorateRequest('auditDetail', null);
+  const routeMethods = new RouteMethods();
   app.addHook('onRoute', openapi.onRoute);
-  installErrorHandlers(app);
+  app.addHook('onRoute', routeMethods.onRoute);
+  installErrorHandlers(app, routeMethods);
   for (const type of YAML_TYPES) {
     app.addContentTypeParser(type, { parseAs: 'string' }, (_request, body, done) => done(null, body));
   }

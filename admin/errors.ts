@@ -3,6 +3,7 @@
  * and not-found handlers that produce it for everything, validation failures included.
  */
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import type { RouteMethods } from './route-methods.ts';
 import type { AdminApp } from './types.ts';
 
 export type ErrorCode =
@@ -61,8 +62,11 @@ function codeForStatus(status: number): ErrorCode {
   }
 }
 
-/** Install the error and not-found handlers on the root instance. */
-export function installErrorHandlers(app: AdminApp): void {
+/**
+ * Install the error and not-found handlers on the root instance. `routes` knows each path's methods:
+ * a path that exists answered with another method is 405 with `Allow`, one that does not is 404.
+ */
+export function installErrorHandlers(app: AdminApp, routes: RouteMethods): void {
   app.setErrorHandler((err: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
     if (err.validation) {
       // Paths as `body.dest` / `querystring.limit`, like the config errors' dotted paths.
@@ -85,6 +89,12 @@ export function installErrorHandlers(app: AdminApp): void {
     return sendError(reply, status, codeForStatus(status), err.message);
   });
   app.setNotFoundHandler((request, reply) => {
-    sendError(reply, 404, 'not-found', `no route ${request.method} ${request.url.split('?')[0]}`);
+    const path = request.url.split('?')[0] as string;
+    const allowed = routes.allowedFor(path);
+    if (allowed !== null) {
+      reply.header('allow', allowed.join(', '));
+      return sendError(reply, 405, 'method-not-allowed', `${request.method} is not allowed on ${path} (allowed: ${allowed.join(', ')})`);
+    }
+    sendError(reply, 404, 'not-found', `no route ${request.method} ${path}`);
   });
 }

@@ -87,7 +87,10 @@ export const FlowQuery = Type.Object({
   offset: Type.Optional(Type.Integer({ minimum: 0, default: 0 })),
 });
 
-export const FlowList = Type.Object({ flows: Type.Array(FlowRecordSchema), count: Type.Integer() });
+export const FlowList = Type.Object({
+  flows: Type.Array(FlowRecordSchema),
+  count: Type.Integer({ description: 'Flows in this page (the length of flows, after the filters, offset and limit), not the number matching' }),
+});
 
 export const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) });
 
