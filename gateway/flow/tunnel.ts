@@ -6,7 +6,8 @@
  *   and node has handed each of them its last bytes: a slow reader's tail still queued here, the
  *   client's or the destination's, keeps the flow live, so a SIGTERM drain waits for it and a cut
  *   says `shutdown`, not `closed`; a side reset after its FIN while the other still sends to it ends
- *   the flow as a reset, not `closed`);
+ *   the flow as a reset, not `closed`; a destination reset before its FIN resets the client too, after
+ *   what the destination sent);
  * - a byte budget towards the destination: not one byte past flow.budgetOut is written upstream
  *   (where flow.onBudget lets the flow run on, it moves flow.budgetOut and the rest meets that);
  * - idle timeout: one timer, on the client socket — every byte either way is a read or a write on
@@ -251,8 +252,11 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
       closeWhenDelivered();
       return;
     }
-    down.destroy();
+    // Reset before its FIN: the destination's stream was cut short. The client is handed what the
+    // destination sent, then reset, as a direct connection would be: a clean end would tell it the
+    // stream was whole (a read-until-close download would look complete).
     finish('upstream-reset');
+    resetWhenFlushed(down);
   };
   const onError = (): void => {
     // 'close' follows every 'error'; the close handlers decide the reason.
@@ -325,6 +329,22 @@ function releaseAfterFlow(s: Socket, idleTimeoutMs: number): void {
   if (s.destroyed) return;
   s.resume();
   if (idleTimeoutMs > 0 && !(s.readableEnded && s.writableEnded)) s.setTimeout(idleTimeoutMs, destroySelf);
+}
+
+const NO_BYTES = Buffer.alloc(0);
+
+/** Reset `s` once node has handed the kernel what is queued for it (at once when nothing is). */
+function resetWhenFlushed(s: Socket): void {
+  if (s.destroyed) return;
+  if (s.writableLength === 0) {
+    reset(s);
+    return;
+  }
+  // The callback runs after the writes queued before it; a client that stops reading is cut by its
+  // idle timer (onTimeout destroys it once the flow is done).
+  s.write(NO_BYTES, () => {
+    if (!s.destroyed) reset(s);
+  });
 }
 
 /** TCP reset where node can; `resetAndDestroy()` throws ERR_INVALID_HANDLE_TYPE on a TLS socket. */

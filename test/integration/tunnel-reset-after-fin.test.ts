@@ -4,7 +4,7 @@
  * go on uploading (a half-close is not a close); if the destination then resets, what the client sent
  * after it, or the gateway still held for it, never arrives: the record must say upstream-reset, not
  * closed, and the client must see its connection reset, not an upload that goes on being taken and a
- * clean close. The mirror: a client that half-closes, stops reading and then resets while the
+ * clean close. A destination that resets before any FIN resets the client too (after what it sent). The mirror: a client that half-closes, stops reading and then resets while the
  * destination still sends is client-reset. A destination that reads the upload after its FIN stays
  * closed.
  */
@@ -131,6 +131,28 @@ async function uploadUntilStalled(s: Socket): Promise<number> {
 }
 
 describe.each(['connect', 'socks5'] as const)('%s', (via) => {
+  it('a destination that resets mid-stream, before any FIN: the client gets what it sent, then a reset, not a clean end', async () => {
+    // Broke: the client got a FIN after the bytes, so a read-until-close download cut short by the
+    // destination looked complete (the record alone said upstream-reset).
+    let reset: () => void = () => undefined;
+    const port = await destination((s) => {
+      s.on('error', () => undefined);
+      s.write(ANSWER);
+      reset = () => s.resetAndDestroy();
+    });
+    const client = await tunnelTo(via, port);
+    await until('the answer', () => client.got().length >= ANSWER.length);
+    reset();
+    await Promise.race([client.closed, delay(SETTLE_MS)]);
+    expect(client.got()).toEqual(ANSWER);
+    expect(client.ended()).toBe(false);
+    expect(client.error()).toBe('ECONNRESET');
+    const record = await gw.waitForClosed((r) => r.destination.port === port, SETTLE_MS);
+    expect(record.closeReason).toBe('upstream-reset');
+    expect(record.bytesIn).toBe(ANSWER.length);
+    expect(record.bytesOut).toBe(0);
+  });
+
   it('a destination that resets after its FIN while the upload is backpressured: upstream-reset, the client is reset', async () => {
     let destRead = 0;
     let reset: () => void = () => undefined;
