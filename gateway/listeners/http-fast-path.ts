@@ -380,7 +380,12 @@ class FastExchange extends OriginExchange {
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
-    if (statusCode < 200 || this.isClientGone) return true; // 1xx: nothing to relay on a GET or HEAD
+    if (this.isClientGone) return true;
+    if (statusCode < 200) {
+      // 1xx: nothing to relay on a GET or HEAD
+      this.onInterim();
+      return true;
+    }
     this.status = statusCode;
     this.connection.isAwaitingOrigin = false;
     this.resume = resume;

@@ -252,6 +252,8 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
    * (alternateDispatch): true when it did. Null for the one-address destinations most flows have.
    */
   redispatch: ((err: Error) => boolean) | null = null;
+  /** When the first 1xx (interim) response came (performance.now()), or 0: see onInterim. */
+  private interimSinceMs = 0;
 
   constructor(ctx: GatewayContext, flow: Flow, connection: ConnectionState) {
     this.ctx = ctx;
@@ -278,6 +280,26 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
   protected abortOrigin(why: string): void {
     this.isClientGone = true;
     this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_RESET', why));
+  }
+
+  /**
+   * A 1xx response came (not relayed: see the subclasses). undici re-arms its headers timeout on each
+   * one, so an origin that sends them at a trickle, each within limits.idleTimeoutMs of the last,
+   * would hold the request without an answer for as long as it likes. The final response must come
+   * within limits.idleTimeoutMs of the first 1xx, else the request fails as an origin timeout (504)
+   * at the next 1xx (or at undici's own timeout, if none comes): within twice that at worst. Only
+   * this rare path reads the clock.
+   */
+  protected onInterim(): void {
+    const now = performance.now();
+    if (this.interimSinceMs === 0) {
+      this.interimSinceMs = now;
+      return;
+    }
+    const limitMs = this.ctx.policy.current().config.limits.idleTimeoutMs;
+    if (now - this.interimSinceMs >= limitMs) {
+      this.abortUpstream?.(new GatewayError('EGW_DIAL_TIMEOUT', `no final response within ${limitMs} ms of the first 1xx`));
+    }
   }
 
   onConnect(abort: (err?: Error) => void): void {
@@ -398,7 +420,11 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
-    if (statusCode < 200) return true; // 1xx: the gateway answered Expect itself; nothing else to relay
+    if (statusCode < 200) {
+      // 1xx: the gateway answered Expect itself; nothing else to relay
+      this.onInterim();
+      return true;
+    }
     this.status = statusCode;
     this.connection.isAwaitingOrigin = false;
     if (this.resume === null) {

@@ -1,0 +1,122 @@
+/**
+ * Origins that send 1xx (interim) responses on the absolute-URI path, fast path and node:http alike.
+ * undici re-arms its headers timeout on every 1xx, so an origin that drips 103 Early Hints and never
+ * sends its final answer held the client without one for as long as it dripped (regression: 12 s of
+ * 103s every 200 ms with limits.idleTimeoutMs 1000: the client got its 504 after 13.7 s, once the drip
+ * had stopped). Now the final response must come within limits.idleTimeoutMs of the first 1xx. A burst of
+ * 1xx followed by the final answer is still relayed.
+ */
+import { once } from 'node:events';
+import { createServer, type Server, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { jsonBody, rawConnect, readUntil } from './http-harness.ts';
+
+const IDLE_MS = 1000;
+/** The drip's bound: 60 interim responses, 200 ms apart (12 s), far past IDLE_MS. */
+const DRIPS = 60;
+const DRIP_EVERY_MS = 200;
+/** A 504 must come well before the drip ends; generous for a loaded machine. */
+const ANSWER_WITHIN_MS = 5000;
+
+let gw: TestGateway;
+let origin: Server;
+let o: string;
+const originSockets = new Set<Socket>();
+
+beforeAll(async () => {
+  origin = createServer((s) => {
+    originSockets.add(s);
+    s.on('close', () => originSockets.delete(s));
+    s.on('error', () => undefined);
+    let buf = '';
+    s.on('data', (d: Buffer) => {
+      buf += d.toString('latin1');
+      for (let end = buf.indexOf('\r\n\r\n'); end >= 0; end = buf.indexOf('\r\n\r\n')) {
+        const path = buf.slice(0, end).split(' ')[1] ?? '';
+        buf = buf.slice(end + 4);
+        if (path === '/drip') {
+          let n = 0;
+          const timer = setInterval(() => {
+            if (s.destroyed || ++n > DRIPS) {
+              clearInterval(timer);
+              return;
+            }
+            s.write('HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n');
+          }, DRIP_EVERY_MS);
+          s.once('close', () => clearInterval(timer));
+        } else if (path === '/burst') {
+          s.write(`${'HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n'.repeat(300)}HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal`);
+        } else {
+          s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+        }
+      }
+    });
+  });
+  origin.listen(0, '127.0.0.1');
+  await once(origin, 'listening');
+  o = `127.0.0.1:${(origin.address() as { port: number }).port}`;
+  gw = await startTestGateway({ limits: { idleTimeoutMs: IDLE_MS } });
+});
+
+afterAll(async () => {
+  await gw?.stop();
+  for (const s of originSockets) s.destroy();
+  await new Promise<void>((r) => (origin ? origin.close(() => r()) : r()));
+});
+
+/** Send a GET for `path`, whole (fast path) or split over two packets (node:http serves it). */
+async function sendGet(s: Socket, path: string, split: boolean): Promise<void> {
+  const head = `GET http://${o}${path} HTTP/1.1\r\nHost: ${o}\r\n\r\n`;
+  if (!split) {
+    s.write(head);
+    return;
+  }
+  s.write(head.slice(0, 12));
+  await new Promise((r) => setTimeout(r, 20));
+  s.write(head.slice(12));
+}
+
+describe.each([
+  ['fast path', false],
+  ['node:http', true],
+] as const)('%s', (_name, split) => {
+  it('an origin that drips 1xx and never answers: 504 within limits.idleTimeoutMs of the first, and the connection goes on', async () => {
+    const s = await rawConnect(gw.httpPort);
+    try {
+      const t0 = Date.now();
+      await sendGet(s, '/drip', split);
+      const response = (await readUntil(s, '}', ANSWER_WITHIN_MS)).toString('latin1');
+      const elapsedMs = Date.now() - t0;
+      expect(response).toMatch(/^HTTP\/1\.1 504 /);
+      expect(response).not.toContain('103');
+      expect(elapsedMs).toBeGreaterThanOrEqual(IDLE_MS);
+      expect(elapsedMs).toBeLessThan(ANSWER_WITHIN_MS);
+      const body = jsonBody(response);
+      const record = await gw.waitForClosed((r) => r.id === body.flowId);
+      expect(record.closeReason).toBe('connect-timeout');
+      expect(record.bytesIn).toBe(0);
+      await sendGet(s, '/ok', split);
+      expect((await readUntil(s, '\r\n\r\nok')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+    } finally {
+      s.destroy();
+    }
+  });
+
+  it('300 interim 103s, then the final answer: the answer is relayed whole, the 103s are not', async () => {
+    const s = await rawConnect(gw.httpPort);
+    try {
+      const before = gw.closed.length;
+      await sendGet(s, '/burst', split);
+      const response = (await readUntil(s, 'final')).toString('latin1');
+      expect(response).toMatch(/^HTTP\/1\.1 200 /);
+      expect(response).not.toContain('103');
+      // The drip's flow may close meanwhile: this one is the flow that received bytes.
+      const record = await gw.waitForClosed((r) => gw.closed.indexOf(r) >= before && r.bytesIn > 0);
+      expect(record.closeReason).toBe('closed');
+      expect(record.bytesIn).toBe(5);
+    } finally {
+      s.destroy();
+    }
+  });
+});
