@@ -386,6 +386,7 @@ class FastExchange extends OriginExchange {
       this.onInterim();
       return true;
     }
+    if (this.refuseUnrelayable(rawHeaders)) return true;
     this.status = statusCode;
     this.connection.isAwaitingOrigin = false;
     this.resume = resume;

@@ -23,7 +23,7 @@ import { formatAuthority } from '../protocol/authority.ts';
 import { mapError, type RejectMapping } from '../reject.ts';
 import { dial, isFallbackCode, MAX_ADDRESSES_DIALLED } from '../upstream/dial.ts';
 import { type ClientCloseWatcher, type ConnectionState, connectionState, resetOrDestroy, unwatchClientClose, watchClientClose } from './http-connection-state.ts';
-import { forwardResponseHeaders, relayedStatusText } from './http-headers.ts';
+import { forwardResponseHeaders, isRelayableTransferCoding, relayedStatusText } from './http-headers.ts';
 import { type RefusalDetails, sendRefusal } from './http-refusal.ts';
 
 /**
@@ -302,6 +302,17 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
     }
   }
 
+  /**
+   * A final response's head the relay cannot pass on (isRelayableTransferCoding): the origin request
+   * is failed as a bad response, so the client gets 502 upstream-bad-response and undici drops that
+   * origin connection. True when it was refused: the caller relays nothing of it.
+   */
+  protected refuseUnrelayable(rawHeaders: Buffer[]): boolean {
+    if (isRelayableTransferCoding(rawHeaders)) return false;
+    this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_BAD_RESPONSE', 'response in a transfer coding the gateway does not implement'));
+    return true;
+  }
+
   onConnect(abort: (err?: Error) => void): void {
     this.abortUpstream = abort;
     if (!this.isConnected) {
@@ -425,6 +436,7 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
       this.onInterim();
       return true;
     }
+    if (this.refuseUnrelayable(rawHeaders)) return true;
     this.status = statusCode;
     this.connection.isAwaitingOrigin = false;
     if (this.resume === null) {

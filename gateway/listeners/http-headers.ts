@@ -166,6 +166,29 @@ export function forwardResponseHeaders(raw: readonly (Buffer | string)[], opts: 
   return out;
 }
 
+/**
+ * Whether a response's Transfer-Encoding fields (undici gives raw Buffers) name only codings the
+ * absolute-URI relay can pass on: none, or a single `chunked` last (undici removes it; `identity`
+ * means no coding). The relay re-frames the body for the client and drops the field (hop-by-hop), so
+ * any other coding (`gzip, chunked`; `chunked, gzip`, read until close) would reach the client as
+ * coded bytes it is never told of. Only fields named `transfer-encoding` are read: one length
+ * comparison per header on the common path.
+ */
+export function isRelayableTransferCoding(raw: readonly (Buffer | string)[]): boolean {
+  let isChunked = false;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i] as Buffer | string;
+    if (name.length !== 17 || name.toString('latin1').toLowerCase() !== 'transfer-encoding') continue;
+    for (const token of (raw[i + 1] as Buffer | string).toString('latin1').split(',')) {
+      const coding = token.trim().toLowerCase();
+      if (coding === '') continue;
+      if (isChunked || (coding !== 'chunked' && coding !== 'identity')) return false;
+      if (coding === 'chunked') isChunked = true;
+    }
+  }
+  return true;
+}
+
 /** The value of the first header `name` (lower-case) in a raw list, or null. */
 export function rawHeader(raw: readonly string[], name: string): string | null {
   for (let i = 0; i + 1 < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === name) return raw[i + 1] as string;

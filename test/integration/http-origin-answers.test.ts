@@ -20,6 +20,11 @@ const ANSWERS: Record<string, string> = {
   '/te-and-length': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n',
   '/obs-fold': 'HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 1\r\n\r\nf',
   '/not-http': 'SSH-2.0-OpenSSH_9.2\r\n\r\n',
+  // Transfer codings besides chunked (RFC 9112 §6.1): the relay re-frames the body and drops the
+  // field, so the client would get coded bytes it is never told of (it got "ok" / "okok" as is).
+  '/gzip-chunked': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n',
+  '/gzip-then-chunked-fields': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n',
+  '/chunked-gzip': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nokok',
   // Reason phrases no field may carry (a Latin-1 server's, a control byte): the status is relayed with
   // its standard phrase. node:http threw on them and the client waited for the idle timeout.
   '/latin1-reason': 'HTTP/1.1 200 \xe9t\xe9\r\nContent-Length: 2\r\n\r\nok',
@@ -115,7 +120,7 @@ describe('origin answers at the edges of HTTP/1.1', () => {
 
     it(`${name}: malformed origin answers get 502 upstream-bad-response, and the connection goes on`, async () => {
       const s = await rawConnect(gw.httpPort);
-      for (const path of ['/two-lengths', '/te-and-length', '/obs-fold', '/not-http']) {
+      for (const path of ['/two-lengths', '/te-and-length', '/obs-fold', '/not-http', '/gzip-chunked', '/gzip-then-chunked-fields', '/chunked-gzip']) {
         const before = gw.closed.length;
         await sendGet(s, path, split);
         // The refusal body is JSON ending in the flow id.

@@ -3,6 +3,7 @@ import {
   connectionNamedHeaders,
   forwardRequestHeaders,
   forwardResponseHeaders,
+  isRelayableTransferCoding,
   parseProxyBasic,
   rawHeader,
   serialiseRequestHead,
@@ -70,6 +71,25 @@ describe('forwardResponseHeaders', () => {
   });
   it('returns null named-set when Connection carries only options', () => {
     expect(connectionNamedHeaders(['Connection', 'keep-alive, close'])).toBeNull();
+  });
+});
+
+describe('isRelayableTransferCoding', () => {
+  const te = (...values: string[]): Buffer[] => values.flatMap((v) => ['Transfer-Encoding', v]).concat(['Content-Type', 'text/plain']).map((s) => Buffer.from(s, 'latin1'));
+  it.each([
+    [[], true],
+    [['chunked'], true],
+    [['Chunked'], true],
+    [['identity'], true],
+    [['identity, chunked'], true],
+    [['gzip, chunked'], false],
+    [['gzip', 'chunked'], false],
+    [['chunked, gzip'], false],
+    [['chunked', 'chunked'], false],
+    [['chunked, identity'], false],
+    [['br'], false],
+  ] as const)('%j: %s', (values, expected) => {
+    expect(isRelayableTransferCoding(te(...values))).toBe(expected);
   });
 });
 
