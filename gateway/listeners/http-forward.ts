@@ -115,6 +115,9 @@ export function undiciErrorCode(err: unknown): GatewayErrorCode {
     case 'UND_ERR_BODY_TIMEOUT':
       return 'EGW_DIAL_TIMEOUT';
     case 'UND_ERR_SOCKET':
+      // undici also closes the socket with this code when the origin breaks the protocol: a 100
+      // Continue nobody asked for, a 101 to a request without Upgrade, a response with no request.
+      return isProtocolViolation(err) ? 'EGW_UPSTREAM_BAD_RESPONSE' : 'EGW_UPSTREAM_RESET';
     case 'UND_ERR_CLOSED':
     case 'UND_ERR_DESTROYED':
       return 'EGW_UPSTREAM_RESET';
@@ -134,6 +137,14 @@ export function undiciErrorCode(err: unknown): GatewayErrorCode {
       if ((err as Error | null)?.name === 'HTTPParserError' || (typeof code === 'string' && code.startsWith('HPE_'))) return 'EGW_UPSTREAM_BAD_RESPONSE';
       return dialErrorCode(err);
   }
+}
+
+/** undici's SocketError messages for an origin that broke HTTP/1.1 (client-h1.js), not a reset. */
+const PROTOCOL_VIOLATIONS: ReadonlySet<string> = new Set(['bad response', 'bad upgrade']);
+
+function isProtocolViolation(err: unknown): boolean {
+  const message = (err as Error | null)?.message;
+  return typeof message === 'string' && PROTOCOL_VIOLATIONS.has(message);
 }
 
 export interface ForwardTarget {

@@ -24,6 +24,10 @@ const ANSWERS: Record<string, string> = {
   // field, so the client would get coded bytes it is never told of (it got "ok" / "okok" as is).
   '/gzip-chunked': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n',
   '/gzip-then-chunked-fields': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n',
+  // Interim answers undici refuses (RFC 9110 §15.2.1, §15.2.2): the origin broke the protocol, it
+  // did not reset (they were recorded upstream-reset).
+  '/continue-unasked': 'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
+  '/switching-unasked': 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\nraw',
   '/chunked-gzip': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nokok',
   // Reason phrases no field may carry (a Latin-1 server's, a control byte): the status is relayed with
   // its standard phrase. node:http threw on them and the client waited for the idle timeout.
@@ -120,7 +124,7 @@ describe('origin answers at the edges of HTTP/1.1', () => {
 
     it(`${name}: malformed origin answers get 502 upstream-bad-response, and the connection goes on`, async () => {
       const s = await rawConnect(gw.httpPort);
-      for (const path of ['/two-lengths', '/te-and-length', '/obs-fold', '/not-http', '/gzip-chunked', '/gzip-then-chunked-fields', '/chunked-gzip']) {
+      for (const path of ['/two-lengths', '/te-and-length', '/obs-fold', '/not-http', '/gzip-chunked', '/gzip-then-chunked-fields', '/chunked-gzip', '/continue-unasked', '/switching-unasked']) {
         const before = gw.closed.length;
         await sendGet(s, path, split);
         // The refusal body is JSON ending in the flow id.
