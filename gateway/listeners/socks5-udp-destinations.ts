@@ -11,6 +11,7 @@
  */
 import { isIPv6 } from 'node:net';
 import { unmapIPv4 } from '../../policy/address.ts';
+import type { Mode, PolicySnapshot } from '../../policy/types.ts';
 import type { FlowLeg } from '../flow/flow.ts';
 import type { UdpHeader } from '../protocol/socks5-codec.ts';
 
@@ -34,6 +35,12 @@ export interface Destination {
   readonly replyHeader: Buffer;
   /** Payload views of the datagrams waiting for admission; null once admitted or refused. */
   queue: Buffer[] | null;
+  /**
+   * The policy and runtime mode its last admission started under: a refused destination is judged
+   * again once either has changed (a switch to monitor mode, a reload), as a new connection would be.
+   */
+  judgedUnder: PolicySnapshot | null;
+  judgedOverride: Mode | null;
 }
 
 export class DestinationTable {
@@ -85,6 +92,8 @@ export class DestinationTable {
       leg: null,
       replyHeader,
       queue: [msg.subarray(hdr.dataOffset)],
+      judgedUnder: null,
+      judgedOverride: null,
     };
     this.all.push(dest);
     this.byKey.set(key.toString('latin1'), dest);

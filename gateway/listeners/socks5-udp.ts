@@ -196,7 +196,27 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     if (dest === null) newDestination(msg);
     else if (dest.state === 'allowed') forward(dest, msg, hdr.dataOffset);
     else if (dest.state === 'pending') hold(dest, msg);
-    else drops.refused++;
+    else if (!isJudgedAgain(dest, msg)) drops.refused++;
+  }
+
+  /**
+   * A datagram to a refused destination: judged again when the policy or the runtime mode has
+   * changed since it was refused (a new TCP connection would be judged under them: `PUT /v1/mode
+   * monitor` must let it through), else dropped. Queued as a new destination's first datagram is.
+   */
+  function isJudgedAgain(dest: Destination, msg: Buffer): boolean {
+    if (dest.judgedUnder === ctx.policy.current() && dest.judgedOverride === ctx.policy.modeOverride()) return false;
+    if (pending >= MAX_PENDING || !held.take(msg.length)) {
+      dropHeld();
+      return true;
+    }
+    dest.state = 'pending';
+    dest.heldBytes = msg.length;
+    dest.queue = [msg.subarray(hdr.dataOffset)];
+    pending++;
+    queued.push(dest);
+    startAdmissions();
+    return true;
   }
 
   /** Queue a datagram for a destination being admitted, if its queue and the byte caps allow. */
@@ -354,6 +374,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
         continue;
       }
       queued.splice(i, 1);
+      dest.judgedUnder = ctx.policy.current();
+      dest.judgedOverride = ctx.policy.modeOverride();
       if (isLookUp) admitting++;
       admitOne(dest, isLookUp)
         .catch((err: unknown) => refuseDest(dest, `admission failed: ${String(err)}`))
