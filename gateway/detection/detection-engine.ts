@@ -191,6 +191,12 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     }
   }
   const quarantine = new Quarantine();
+  /**
+   * Monitor mode's record of the quarantines enforce mode would have opened (a would-block or
+   * would-kill): the identity's next connections are recorded would-block `quarantine`, as enforce
+   * mode refuses them, and let through. Never read in enforce mode: nothing was refused.
+   */
+  const wouldQuarantine = new Quarantine();
   const groups = new AlertGroups();
   /** Flows that ended (or never connected) since the last sweep: the sweep sees them once. */
   let ended: FlowView[] = [];
@@ -236,14 +242,22 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   };
 
   const quarantineKey = (flow: Flow): string => identityKeyOf(flow.identity, flow.client.ip);
-  const putInQuarantine = (key: string, now: number): void => {
-    quarantine.put(key, now + policy.current().config.detection.quarantineSec * 1000);
+  /** A refusing finding in `mode`: enforce quarantines the identity, monitor notes that it would have. */
+  const putInQuarantine = (key: string, now: number, mode: Mode = 'enforce'): void => {
+    (mode === 'enforce' ? quarantine : wouldQuarantine).put(key, now + policy.current().config.detection.quarantineSec * 1000);
   };
 
-  /** The refusal of a flow whose identity is quarantined now (quarantine.ts), or null. */
+  /**
+   * The refusal of a flow whose identity is quarantined now (quarantine.ts), or null; in monitor
+   * mode also one enforce mode would have quarantined (would-block).
+   */
   const quarantineOf = (flow: Flow, mode: Mode, now: number): Decision | null => {
-    const until = quarantine.quarantinedUntil(quarantineKey(flow), now);
-    return until === 0 ? null : quarantineDecision(until, mode);
+    const key = quarantineKey(flow);
+    const until = quarantine.quarantinedUntil(key, now);
+    if (until !== 0) return quarantineDecision(until, mode);
+    if (mode === 'enforce') return null;
+    const wouldUntil = wouldQuarantine.quarantinedUntil(key, now);
+    return wouldUntil === 0 ? null : quarantineDecision(wouldUntil, mode, true);
   };
 
   const onClose = (flow: Flow): void => {
@@ -304,8 +318,8 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       if (f.action !== 'flag' && !refusing) refusing = f;
     }
     if (!refusing) return;
+    putInQuarantine(quarantineKey(flow), now, mode);
     if (mode === 'enforce') {
-      putInQuarantine(quarantineKey(flow), now);
       markKilled(flow, refusing);
       flows.kill(flow.id, refusing.detector);
     } else {
@@ -325,7 +339,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     const found = evaluateConnect(f, state, snapshot, now, flow.id);
     for (const x of found) raise(x, mode, now);
     const d = connectDecision(found, mode, flow.matchedRule);
-    if (d !== null && mode === 'enforce') putInQuarantine(quarantineKey(flow), now);
+    if (d !== null) putInQuarantine(quarantineKey(flow), now, mode);
     return d;
   };
 
@@ -387,6 +401,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       raise(finding, mode, now);
       if (mode !== 'enforce') {
         // Monitor: would-kill is recorded once (alert and flow record); the flow runs on without a budget.
+        putInQuarantine(quarantineKey(flow), now, mode);
         markWouldBlock(flow, finding, mode);
         target.budgetOut = Number.POSITIVE_INFINITY;
         return false;
@@ -433,7 +448,11 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     },
 
     readOnly(): LiveDetection {
-      return { quarantinedUntil: (key, now) => quarantine.peekUntil(key, now), state: state.readOnly() };
+      return {
+        quarantinedUntil: (key, now) => quarantine.peekUntil(key, now),
+        wouldQuarantinedUntil: (key, now) => wouldQuarantine.peekUntil(key, now),
+        state: state.readOnly(),
+      };
     },
 
     onConnectFailed(): void {
@@ -479,6 +498,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       raise(f, mode, now);
       if (f.action === 'flag') continue;
       if (mode !== 'enforce') {
+        putInQuarantine(f.identity.key, now, mode);
         // would-kill: the flows enforce mode would have killed say so in their records.
         if (f.action === 'kill') {
           for (const id of f.flowIds) {

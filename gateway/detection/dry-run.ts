@@ -29,6 +29,8 @@ import { quarantineDecision } from './quarantine.ts';
 export interface LiveDetection {
   /** Until when (ms) the identity key is quarantined at `now`, 0 when it is not. */
   quarantinedUntil(key: string, now: number): number;
+  /** Until when monitor mode takes the identity for quarantined (enforce mode would have quarantined it), 0 when not. */
+  wouldQuarantinedUntil?(key: string, now: number): number;
   readonly state: DetectionReader;
 }
 
@@ -96,13 +98,19 @@ export function dryRunConnect(snapshot: PolicySnapshot, facts: ConnectFacts, pol
     detectors.notes.push('refused by the policy: quarantine and detectors not reached');
     return { decision: policy, findings: [], detectors };
   }
-  const until = live ? live.quarantinedUntil(identityKeyOf(facts.identity, facts.clientIp), now) : 0;
+  const key = identityKeyOf(facts.identity, facts.clientIp);
+  const until = live ? live.quarantinedUntil(key, now) : 0;
+  // Monitor mode takes an identity enforce mode would have quarantined for quarantined (would-block).
+  const wouldUntil = until === 0 && mode !== 'enforce' ? (live?.wouldQuarantinedUntil?.(key, now) ?? 0) : 0;
   let found: Decision | null;
   let findings: DryRunFinding[] = [];
   if (until !== 0) {
     detectors.quarantinedUntil = new Date(until).toISOString();
     detectors.notes.push('identity quarantined: the detectors are not judged');
     found = quarantineDecision(until, mode);
+  } else if (wouldUntil !== 0) {
+    detectors.notes.push(`enforce mode would have quarantined the identity until ${new Date(wouldUntil).toISOString()} (monitor mode records would-block): the detectors are not judged`);
+    found = quarantineDecision(wouldUntil, mode, true);
   } else {
     const state = live?.state ?? DetectionState.forConfig(snapshot.config, now).readOnly();
     const all = connectFindings(facts, state, snapshot, now);

@@ -59,14 +59,18 @@ export class Quarantine {
   }
 }
 
-/** The refusal of a connection whose identity is quarantined until `until` (ms), in `mode`. */
-export function quarantineDecision(until: number, mode: Mode): Decision {
+/**
+ * The refusal of a connection whose identity is quarantined until `until` (ms), in `mode`;
+ * `isWouldBe`: monitor mode's, for an identity enforce mode would have quarantined.
+ */
+export function quarantineDecision(until: number, mode: Mode, isWouldBe = false): Decision {
+  const when = new Date(until).toISOString();
   return {
     verdict: mode === 'enforce' ? 'block' : 'would-block',
     reason: 'quarantine',
     detector: 'quarantine',
     mode,
     matchedRule: null,
-    reasons: [`identity quarantined until ${new Date(until).toISOString()}`],
+    reasons: [isWouldBe ? `identity would be quarantined until ${when} (enforce mode would have quarantined it)` : `identity quarantined until ${when}`],
   };
 }

@@ -100,7 +100,7 @@ describe('an0081.scan counts attempts refused at admission', () => {
     await goodTunnel(gw, '127.0.0.3');
   });
 
-  it('monitor: the same sweep → would-block alert with the count, the scanner still reaches an allowed origin', async () => {
+  it('monitor: the same sweep → would-block alert with the count, the scanner still reaches an allowed origin (recorded would-block quarantine)', async () => {
     gw = await start('monitor');
     const scanner = '127.0.0.2';
     const targets = privateSweep(SCAN.failedDestinations + 2, 1);
@@ -116,8 +116,10 @@ describe('an0081.scan counts attempts refused at admission', () => {
     expect(counted).toBeGreaterThanOrEqual(SCAN.failedDestinations);
     expect(counted).toBeLessThanOrEqual(targets.length);
     expect(alert!.evidence['refusedDestinations']).toBe(counted);
+    // Relayed, and recorded as enforce mode would have refused it: the quarantine it would have opened.
     await goodTunnel(gw, scanner);
-    expect(gw.closed.some((r) => r.reason === 'quarantine')).toBe(false);
+    const tunnel = await gw.waitForClosed((r) => r.client.ip === scanner && r.destination.port === good.port);
+    expect(tunnel).toMatchObject({ verdict: 'would-block', enforced: false, reason: 'quarantine', bytesOut: 'still allowed'.length });
   });
 
   it('enforce: a port scan of the metadata address over SOCKS5 (0x02 each) → port-scan alert', async () => {

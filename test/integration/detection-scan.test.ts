@@ -109,7 +109,7 @@ describe('an0081.scan over HTTP CONNECT', () => {
     await goodTunnel(gw, '127.0.0.3');
   });
 
-  it('monitor: the same fan-out → would-block alert, nothing refused afterwards', async () => {
+  it('monitor: the same fan-out → would-block alert, nothing refused afterwards (recorded would-block quarantine)', async () => {
     gw = await start('monitor');
     const scanner = '127.0.0.2';
     const ports = await refusingPorts('127.0.0.1', FANOUT);
@@ -119,10 +119,13 @@ describe('an0081.scan over HTTP CONNECT', () => {
     expect(alert.action).toBe('would-block');
     expect(alert.enforced).toBe(false);
     expect(alert.evidence['maxFailedPortsOnOneHost']).toBeGreaterThanOrEqual(SCAN.failedPortsOnOneHost);
-    // Past more sweeps, the scanner still reaches a good origin.
+    // Past more sweeps, the scanner still reaches a good origin, recorded as enforce mode would
+    // have refused it: the quarantine it would have opened.
     await waitForSweeps(gw.flows, 2);
     await goodTunnel(gw, scanner);
-    expect(gw.closed.some((r) => r.reason === 'quarantine')).toBe(false);
+    const tunnel = await gw.waitForClosed((r) => r.client.ip === scanner && r.destination.port === good.port);
+    expect(tunnel).toMatchObject({ verdict: 'would-block', enforced: false, reason: 'quarantine' });
+    expect(tunnel.bytesOut).toBeGreaterThan(0);
   });
 
   it('below the threshold nothing is raised (the test can fail)', async () => {
