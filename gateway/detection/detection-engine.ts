@@ -10,7 +10,7 @@
  *
  * Alerts for the same finding key are grouped: a repeat is raised again when its action or
  * severity changes, or once its last alert is an hour old (REPEAT_ALERT_MS; the quarantine period,
- * if shorter, for an enforced block or kill).
+ * if shorter, for a block or kill, enforced or monitored).
  */
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { BlockList, isIPv6 } from 'node:net';
@@ -235,8 +235,10 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     flows.redecide(flow, { verdict: 'block', reason: 'detector', detector: f.detector, mode: 'enforce', matchedRule: flow.matchedRule, reasons: [...f.reasons] }, true);
   };
 
+  // An enforced block or kill opens a quarantine, monitor's would-block or would-kill notes the one
+  // enforce mode would have opened: in both modes a new quarantine comes with its alert.
   const repeatAlertMs = (alert: Alert): number => {
-    if (!alert.enforced || (alert.action !== 'block' && alert.action !== 'kill')) return REPEAT_ALERT_MS;
+    if (alert.action === 'flag') return REPEAT_ALERT_MS;
     const quarantineMs = policy.current().config.detection.quarantineSec * 1000;
     return quarantineMs > 0 ? Math.min(REPEAT_ALERT_MS, quarantineMs) : REPEAT_ALERT_MS;
   };

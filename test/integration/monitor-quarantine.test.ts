@@ -25,13 +25,16 @@ afterEach(async () => {
   while (cleanups.length > 0) await cleanups.pop()?.();
 });
 
-async function start(mode: Mode, overrides: Record<string, unknown> = {}): Promise<TestGateway> {
-  const gw = await startTestGateway({
-    mode,
-    resolver: { hosts: { [PROVIDER]: '127.0.0.1' } },
-    detection: { sampleIntervalMs: 50, quarantineSec: 600, lists: { proxywareDomains: [PROVIDER] } },
-    ...overrides,
-  });
+async function start(mode: Mode, overrides: Record<string, unknown> = {}, now?: () => number): Promise<TestGateway> {
+  const gw = await startTestGateway(
+    {
+      mode,
+      resolver: { hosts: { [PROVIDER]: '127.0.0.1' } },
+      detection: { sampleIntervalMs: 50, quarantineSec: 600, lists: { proxywareDomains: [PROVIDER] } },
+      ...overrides,
+    },
+    now ? { now } : {},
+  );
   cleanups.push(() => gw.stop());
   return gw;
 }
@@ -239,5 +242,27 @@ describe('after a connect-time refusal, the identity\'s next connection in both 
       [PROVIDER, 'would-block', false, 'detector', 'an0081.proxyware'],
       ['127.0.0.1', 'allow', false, 'allowed', null],
     ]);
+  });
+
+  it('the same refusal after the quarantine ran out: enforce quarantines again with a new alert, monitor alerts would-block again', async () => {
+    const results: Record<string, unknown> = {};
+    for (const mode of ['enforce', 'monitor'] as const) {
+      let offsetMs = 0;
+      const o = await origin();
+      const gw = await start(mode, {}, () => Date.now() + offsetMs);
+      const attempt = tunnel('127.0.0.25');
+      const answers = [await attempt(gw, PROVIDER, o.port), await attempt(gw, '127.0.0.1', o.port)];
+      // 11 minutes on: the 600 s quarantine (or the one monitor mode noted) has run out.
+      offsetMs = 11 * 60_000;
+      answers.push(await attempt(gw, '127.0.0.1', o.port), await attempt(gw, PROVIDER, o.port), await attempt(gw, '127.0.0.1', o.port));
+      await until('the records', () => gw.closed.length >= 5);
+      const alerts = gw.alerts.list({ limit: 100 }).filter((a) => a.detector === 'an0081.proxyware');
+      // Records close in their own order (a tunnel's after its origin's close): compared as a set.
+      results[mode] = { answers, reasons: gw.closed.map((r) => r.reason).sort(), alerts: alerts.map((a) => a.action) };
+    }
+    expect(results).toEqual({
+      enforce: { answers: ['403', '403', '200', '403', '403'], reasons: ['allowed', 'detector', 'detector', 'quarantine', 'quarantine'], alerts: ['block', 'block'] },
+      monitor: { answers: ['200', '200', '200', '200', '200'], reasons: ['allowed', 'detector', 'detector', 'quarantine', 'quarantine'], alerts: ['would-block', 'would-block'] },
+    });
   });
 });
