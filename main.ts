@@ -297,6 +297,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     tokens: config.admin.tokens,
     agents: config.identity.agents,
     envToken: envToken ?? generatedAdminToken ?? undefined,
+    headerTimeoutMs: () => policy.current().config.limits.headerTimeoutMs,
   });
   // Built after the stats: its connections (those over admin.maxConnectionsPerSource too) counted here.
   countConnections(stats, app.server, 'admin');

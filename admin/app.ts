@@ -9,6 +9,7 @@
  * validation (400 with paths) → 4. handler, talking to the gateway only through the ControlPort →
  * 5. onResponse: writes audited (who, what, when, from where, versions before/after, status).
  */
+import type { ServerOptions } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyInstance } from 'fastify';
@@ -49,6 +50,20 @@ export interface AdminOptions {
   failureDelay?: FailureDelayOptions;
   /** Trust X-Forwarded-For from these (fastify `trustProxy`); default: none, the socket address counts. */
   trustProxy?: boolean | string | string[];
+  /**
+   * `limits.headerTimeoutMs` as it is now: a connection whose request head is not complete by then
+   * (one that sends nothing included) gets 408 and is closed, as on the proxy listeners. Absent:
+   * node's own (60 s, checked every 30 s).
+   */
+  headerTimeoutMs?: () => number;
+}
+
+/**
+ * node:http's header timeout for the admin listener, checked often enough that a small one is
+ * honoured (as the proxy listener does). The whole-request timeout stays off: a policy upload may be slow.
+ */
+function headerTimeoutOptions(ms: number): ServerOptions {
+  return { headersTimeout: ms, requestTimeout: 0, connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(ms / 4))) };
 }
 
 const WRITE_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
@@ -62,7 +77,15 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
     // A closed schema refuses what it does not know (fastify's default strips it silently: a
     // mistyped `usr` in an evaluate body was dropped and the dry run answered for nobody).
     ajv: { customOptions: { removeAdditional: false } },
+    ...(opts.headerTimeoutMs ? { http: headerTimeoutOptions(opts.headerTimeoutMs()) } : {}),
   }).withTypeProvider<TypeBoxTypeProvider>();
+  const headerTimeoutMs = opts.headerTimeoutMs;
+  if (headerTimeoutMs) {
+    // A reload may change it: each new connection gets the one in force (node reads it per check).
+    app.server.prependListener('connection', () => {
+      app.server.headersTimeout = headerTimeoutMs();
+    });
+  }
   app.setSerializerCompiler(() => (data) => JSON.stringify(data));
 
   const auth = new TokenAuth({

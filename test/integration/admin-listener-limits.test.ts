@@ -165,6 +165,22 @@ describe('connections per source', () => {
     expect(await metric(g, 'gw_admin_cx_source_limited_total')).toBeGreaterThanOrEqual(1);
   });
 
+  // node's own header timeout applied here (60 s, checked every 30 s): idle connections held their
+  // place in admin.maxConnectionsPerSource for up to 90 s whatever limits.headerTimeoutMs said.
+  it('that send nothing, or half a request head, get 408 and are closed at limits.headerTimeoutMs; their places free', async () => {
+    gw = await startTestGateway({ limits: { headerTimeoutMs: 300 }, admin: { tokens: [{ name: 'soc', token: READ_TOKEN, scope: 'read' }], maxConnectionsPerSource: 2 } });
+    const g = gw;
+    const from = '127.0.0.32';
+    const silent = await open(g, from);
+    const half = await open(g, from);
+    half.write('GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n');
+    for (const text of await Promise.all([readAll(silent), readAll(half)])) expect(text).toMatch(/^HTTP\/1\.1 408 /);
+    expect(silent.destroyed || silent.readableEnded).toBe(true);
+    expect(half.destroyed || half.readableEnded).toBe(true);
+    // Their places are free: the same address is served.
+    await until('the timed-out connections are released', async () => (await get(g, '/healthz', { from })).status === 200);
+  });
+
   // The admin listener was left out of the connection counters: always 0 there, whatever came.
   it('are counted in gw_downstream_cx_total / _active{listener="admin"}', async () => {
     const g = await start({});
