@@ -23,6 +23,7 @@ import { AuditLog } from './gateway/audit-log.ts';
 import type { GatewayContext, Logger, ProcessAttributor, Resolver } from './gateway/context.ts';
 import { createControlPort } from './gateway/control-port.ts';
 import { GatewayStats, type ListenerLabel } from './gateway/stats.ts';
+import { DescriptorShortage } from './gateway/descriptor-shortage.ts';
 import { createDetectionEngine, type DetectionEngine } from './gateway/detection/detection-engine.ts';
 import { FlowLog } from './gateway/flow/flow-log.ts';
 import type { AppendLogEvent } from './gateway/append-log.ts';
@@ -225,6 +226,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     isDraining: () => draining,
     isRefusingUnrecorded: () => flowLog.isFailing && policy.current().config.flowLog.onError === 'refuse',
     flowLogBacklog: () => flowLog.status().backlogRecords,
+    descriptors: new DescriptorShortage(log),
   };
   detection = await createDetectionEngine({ flows, policy, alerts, log, statePath: config.state.path });
   flows.start(config.detection.sampleIntervalMs, config.flowLog.interimSec);

@@ -329,9 +329,18 @@ function attributeWhenKnown(ctx: GatewayContext, flow: Flow, eventual: Promise<P
 export function failFlow(ctx: GatewayContext, flow: Flow, err: unknown): RejectMapping {
   const code: GatewayErrorCode = err instanceof GatewayError ? err.code : 'EGW_DIAL_UNREACHABLE';
   const mapping = mapError(code);
-  ctx.detection?.onConnectFailed(flow);
+  // The gateway's own descriptors ran out: no attempt reached the destination, so the detectors
+  // see none (the flow closes as `out-of-descriptors`, not a failed connect).
+  if (code === 'EGW_OUT_OF_DESCRIPTORS') ctx.descriptors?.dialFailed(errnoOf(err));
+  else ctx.detection?.onConnectFailed(flow);
   ctx.flows.close(flow, mapping.reason);
   return mapping;
+}
+
+/** The errno under a dial's GatewayError (EMFILE, ENFILE), for the log. */
+function errnoOf(err: unknown): string {
+  const cause = (err as { cause?: { code?: unknown } } | null)?.cause;
+  return typeof cause?.code === 'string' ? cause.code : 'unknown';
 }
 
 function refuse(ctx: GatewayContext, flow: RoutedFlow, decision: Decision): Refused {

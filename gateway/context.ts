@@ -5,6 +5,7 @@
 import type { Identity, Mode, PolicySnapshot, ProcessInfo } from '../policy/types.ts';
 import type { Flow, FlowLeg, KnownDestination, RoutedFlow } from './flow/flow.ts';
 import type { FlowTable } from './flow/flow-table.ts';
+import type { DescriptorShortage } from './descriptor-shortage.ts';
 import type { UdpRelayAddresses } from './udp-relay-addresses.ts';
 
 /** The current policy: one reference, swapped on reload (gateway/policy-store.ts implements it). */
@@ -123,4 +124,6 @@ export interface GatewayContext {
   isRefusingUnrecorded?(): boolean;
   /** Records held in memory while the flow log cannot take them (absent = 0). */
   flowLogBacklog?(): number;
+  /** Dials failing for want of a descriptor: logged once per ten seconds (absent = per flow only). */
+  readonly descriptors?: DescriptorShortage;
 }

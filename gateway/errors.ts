@@ -16,6 +16,7 @@ export const GATEWAY_ERROR_CODES = [
   'EGW_DIAL_REFUSED', // upstream refused the connection
   'EGW_DIAL_UNREACHABLE', // network/host unreachable
   'EGW_DIAL_TIMEOUT', // upstream did not answer within limits.connectTimeoutMs
+  'EGW_OUT_OF_DESCRIPTORS', // the gateway's own descriptor limit (EMFILE/ENFILE): no socket for the dial
   'EGW_UPSTREAM_PROXY', // the parent proxy refused or failed
   'EGW_UPSTREAM_RESET', // upstream closed mid-response
   'EGW_UPSTREAM_BAD_RESPONSE', // the origin answered, but not in valid HTTP/1.1 (malformed, smuggling-shaped, too large a head)
@@ -56,6 +57,10 @@ export function dialErrorCode(err: unknown): GatewayErrorCode {
     case 'ECONNRESET':
     case 'EPIPE':
       return 'EGW_UPSTREAM_RESET';
+    // The gateway could not open a socket at all: nothing was sent, the destination is not to blame.
+    case 'EMFILE':
+    case 'ENFILE':
+      return 'EGW_OUT_OF_DESCRIPTORS';
     default:
       return 'EGW_DIAL_UNREACHABLE';
   }

@@ -39,6 +39,7 @@ const ERROR_MAP: Record<GatewayErrorCode, RejectMapping> = {
   EGW_DIAL_REFUSED: { status: 502, socks: SOCKS_REP.connectionRefused, error: 'destination unreachable', reason: 'connection-refused' },
   EGW_DIAL_UNREACHABLE: { status: 502, socks: SOCKS_REP.hostUnreachable, error: 'destination unreachable', reason: 'unreachable' },
   EGW_DIAL_TIMEOUT: { status: 504, socks: SOCKS_REP.ttlExpired, error: 'upstream timeout', reason: 'connect-timeout' },
+  EGW_OUT_OF_DESCRIPTORS: { status: 503, socks: SOCKS_REP.generalFailure, error: 'gateway out of file descriptors', reason: 'out-of-descriptors' },
   EGW_UPSTREAM_PROXY: { status: 502, socks: SOCKS_REP.generalFailure, error: 'upstream proxy failed', reason: 'upstream-proxy' },
   EGW_UPSTREAM_RESET: { status: 502, socks: SOCKS_REP.generalFailure, error: 'upstream reset', reason: 'upstream-reset' },
   EGW_UPSTREAM_BAD_RESPONSE: { status: 502, socks: SOCKS_REP.generalFailure, error: 'bad response from upstream', reason: 'upstream-bad-response' },

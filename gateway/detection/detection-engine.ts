@@ -266,6 +266,9 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     admitted.delete(flow.id);
     // A SOCKS5 login refused before its request named no destination: nothing for fan-out, scans or first-seen.
     if (!isRouted(flow)) return;
+    // The gateway had no descriptor for the dial: nothing was attempted, so no failed connect for
+    // the scan detector (a host's ordinary connections would read as a sweep while the process is full).
+    if (flow.closeReason === 'out-of-descriptors') return;
     // A refusal of the address itself (deny-range, an IP literal not allowlisted) is an attempt the
     // scan detector counts, as a failed dial is: an internal sweep is refused before any dial.
     try {

@@ -142,7 +142,8 @@ export async function handleConnect(state: HttpListenerState, req: RequestHead, 
   } catch (err) {
     hold.release();
     const mapping = failFlow(ctx, flow, err);
-    ctx.log.warn({ flowId: flow.id, reason: mapping.reason, err: (err as Error).message }, 'CONNECT dial failed');
+    // Out of descriptors is logged once per ten seconds (DescriptorShortage), not per flow.
+    if (mapping.reason !== 'out-of-descriptors') ctx.log.warn({ flowId: flow.id, reason: mapping.reason, err: (err as Error).message }, 'CONNECT dial failed');
     writeRawRefusal(socket, mapping, { flowId: flow.id, isBlock: false });
     return;
   }

@@ -353,8 +353,13 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
       this.cutClient(false);
       return;
     }
-    if (!this.isConnected) ctx.detection?.onConnectFailed(flow);
-    ctx.log.warn({ flowId: flow.id, code, err: err.message }, 'origin request failed');
+    if (code === 'EGW_OUT_OF_DESCRIPTORS') {
+      // The gateway's own descriptors ran out: logged once per ten seconds, not a failed connect.
+      ctx.descriptors?.dialFailed(String((err as NodeJS.ErrnoException).code));
+    } else {
+      if (!this.isConnected) ctx.detection?.onConnectFailed(flow);
+      ctx.log.warn({ flowId: flow.id, code, err: err.message }, 'origin request failed');
+    }
     this.finish(mapping.reason);
     this.answerFailure(mapping, { flowId: flow.id, isBlock: false });
   }

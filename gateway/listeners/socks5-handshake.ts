@@ -268,9 +268,9 @@ export function runHandshake(ctx: GatewayContext, down: Downstream, onRequest: (
  * Send a refusal (if any), log why (`code`: an EGW_* code or a decision's reason), close. Reading continues (bytes discarded) until the client
  * closes or LINGER_MS passes, so the reply is not lost to a RST caused by unread input.
  */
-export function refuse(ctx: GatewayContext, down: Downstream, reply: Buffer | null, code: GatewayErrorCode | string, reason: string): void {
+export function refuse(ctx: GatewayContext, down: Downstream, reply: Buffer | null, code: GatewayErrorCode | string, reason: string, logged = true): void {
   const { socket } = down;
-  ctx.log.warn({ listener: 'socks', client: `${down.clientIp}:${down.clientPort}`, code, reason }, 'socks5 refused');
+  if (logged) ctx.log.warn({ listener: 'socks', client: `${down.clientIp}:${down.clientPort}`, code, reason }, 'socks5 refused');
   if (socket.destroyed) return;
   const linger = setTimeout(() => socket.destroy(), LINGER_MS);
   socket.once('close', () => clearTimeout(linger));

@@ -122,6 +122,7 @@ async function dialViaHttp(host: string, port: number, url: URL, target: DialTar
   try {
     socket = await dialDirect(host, port, target.timeoutMs);
   } catch (err) {
+    if (err instanceof GatewayError && err.code === 'EGW_OUT_OF_DESCRIPTORS') throw err;
     throw new GatewayError('EGW_UPSTREAM_PROXY', `parent proxy ${host}:${port} unreachable`, { cause: err });
   }
   const auth = authority(target.ip, target.port);
@@ -144,6 +145,7 @@ async function dialViaSocks(host: string, port: number, url: URL, target: DialTa
   try {
     socket = await dialDirect(host, port, target.timeoutMs);
   } catch (err) {
+    if (err instanceof GatewayError && err.code === 'EGW_OUT_OF_DESCRIPTORS') throw err;
     throw new GatewayError('EGW_UPSTREAM_PROXY', `parent SOCKS proxy ${host}:${port} unreachable`, { cause: err });
   }
   const login = url.username || url.password ? { username: decodeURIComponent(url.username), password: decodeURIComponent(url.password) } : null;

@@ -1,0 +1,201 @@
+/**
+ * `egressgate serve` under a low descriptor limit (`ulimit -n`), filled with connections until it
+ * has none left. A dial that finds no descriptor (EMFILE) is the gateway's own failure: the client
+ * gets 503 `out-of-descriptors` (SOCKS5 0x01), the flow is recorded so, the log says it once, not per
+ * flow, and the scan detector does not count it. Before, each was 502 `unreachable` (SOCKS5 0x04)
+ * with a warning per flow, and a host whose connections failed on 15 ports of one address while the
+ * process was full was taken for a port scan and quarantined after the descriptors came back.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { readdirSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { parseRecords } from '../helpers/flow-records.ts';
+import { killIfRunning, loopbackServeConfig, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { readUntil } from './http-harness.ts';
+import { readBytes, readToEnd, startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+
+const TOKEN = 'descriptor-exhaustion-token-0123456789';
+/** Low enough to fill in well under a second; node, tsx and the listeners take about 40. */
+const NOFILE = 128;
+/** One more than the scan detector's default failedPortsOnOneHost (15). */
+const PORTS = 16;
+/** A client of its own, so its records and its identity are told apart. */
+const VICTIM = '127.0.0.2';
+
+let dir: string;
+let echo: TcpOrigin;
+let child: ChildProcess | null = null;
+const held: Socket[] = [];
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'egw-descriptors-'));
+  echo = await startTcpOrigin();
+});
+afterEach(async () => {
+  for (const s of held) s.destroy();
+  held.length = 0;
+  await killIfRunning(child);
+  child = null;
+});
+afterAll(async () => {
+  await echo.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+/**
+ * Descriptor numbers under the limit the serve process has open: the limit bounds the number, and a
+ * new one is the lowest free (one inherited from before the limit was set may lie above it).
+ */
+function openDescriptors(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).filter((fd) => Number(fd) < NOFILE).length;
+}
+
+function socksPort(s: Served): number {
+  return Number(s.socks.slice(s.socks.lastIndexOf(':') + 1));
+}
+
+/** A connection from `from` that resolves once established; errors are answers here. */
+async function open(port: number, from = '127.0.0.1'): Promise<Socket> {
+  const c = connect({ port, host: '127.0.0.1', localAddress: from });
+  c.on('error', () => undefined);
+  await once(c, 'connect');
+  return c;
+}
+
+/**
+ * A SOCKS5 greeting the gateway answered: it holds exactly one of the gateway's descriptors (the
+ * handshake waits for the request). Null when the connection was closed unanswered (accept failed).
+ */
+async function greeted(s: Served): Promise<Socket | null> {
+  const c = await open(socksPort(s));
+  c.write(Buffer.from([5, 1, 0]));
+  const answer = await Promise.race([readBytes(c, 2), once(c, 'close').then(() => null)]);
+  if (answer !== null && answer[0] === 5 && answer[1] === 0) return c;
+  c.destroy();
+  return null;
+}
+
+/** A CONNECT from `from` to 127.0.0.1:`port`; the whole answer until the gateway closes ('' = closed unanswered). */
+async function connectAnswer(s: Served, port: number, from: string): Promise<string> {
+  const c = await open(s.http.port, from);
+  c.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+  return (await readToEnd(c)).data.toString('latin1');
+}
+
+/**
+ * Retries (bounded) while the connection is closed unanswered: the previous refusal's descriptor
+ * not yet released, libuv's accept of a full process closes it.
+ */
+async function answered(ask: () => Promise<string>): Promise<string> {
+  for (let i = 0; i < 50; i++) {
+    const a = await ask().catch(() => '');
+    if (a !== '') return a;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error('never answered');
+}
+
+/** A CONNECT tunnel from `from` to the echo origin, or null when refused or closed unanswered. */
+async function tunnelFrom(s: Served, from: string): Promise<Socket | null> {
+  const c = await open(s.http.port, from);
+  c.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+  const head = await new Promise<string>((resolve) => {
+    let got = '';
+    const onData = (b: Buffer): void => {
+      got += b.toString('latin1');
+      if (got.includes('\r\n\r\n')) done();
+    };
+    const done = (): void => {
+      c.off('data', onData);
+      resolve(got);
+    };
+    c.on('data', onData);
+    c.once('close', done);
+  });
+  if (head.startsWith('HTTP/1.1 200 ') && !c.destroyed) return c;
+  c.destroy();
+  return null;
+}
+
+async function alerts(s: Served): Promise<string[]> {
+  const r = await fetch(`http://${s.admin}/v1/alerts`, { headers: { authorization: `Bearer ${TOKEN}` } });
+  expect(r.status).toBe(200);
+  const body = (await r.json()) as { alerts: Array<{ detector: string }> };
+  expect(Array.isArray(body.alerts)).toBe(true);
+  return body.alerts.map((a) => a.detector);
+}
+
+describe('serve with every descriptor taken', () => {
+  it('a dial with no descriptor is 503 out-of-descriptors (SOCKS5 0x01), recorded, logged once, not a scan; served again once connections close', async () => {
+    const flowLog = join(dir, 'flows.jsonl');
+    const configPath = join(dir, 'policy.yaml');
+    await writeFile(configPath, `${loopbackServeConfig(flowLog)}limits: { headerTimeoutMs: 120000, drainGraceMs: 2000 }\ndetection: { sampleIntervalMs: 50 }\n`);
+    const s = await spawnServe(configPath, {
+      env: { EGRESSGATE_ADMIN_TOKEN: TOKEN },
+      wrap: (argv) => ['sh', '-c', `ulimit -n ${NOFILE} && exec "$@"`, 'sh', ...argv],
+    });
+    child = s.child;
+
+    // Take every descriptor but one: greetings the gateway answered, one descriptor each.
+    const pid = s.child.pid as number;
+    for (let i = 0; i < NOFILE && openDescriptors(pid) < NOFILE - 1; i++) {
+      const c = await greeted(s);
+      if (c !== null) held.push(c);
+    }
+    expect(openDescriptors(pid)).toBe(NOFILE - 1);
+    expect(held.length).toBeGreaterThan(NOFILE / 2);
+
+    const answers: string[] = [];
+    for (let i = 0; i < PORTS; i++) answers.push(await answered(() => connectAnswer(s, echo.port + 1 + i, VICTIM)));
+    for (const a of answers) {
+      expect(a.split('\r\n')[0]).toBe('HTTP/1.1 503 Service Unavailable');
+      expect(JSON.parse(a.slice(a.indexOf('\r\n\r\n') + 4))).toMatchObject({ error: 'gateway out of file descriptors', reason: 'out-of-descriptors' });
+    }
+    const socksReply = await answered(async () => {
+      const c = await open(socksPort(s));
+      c.write(Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, echo.port >> 8, echo.port & 255]));
+      return (await readToEnd(c)).data.toString('hex');
+    });
+    expect(socksReply.slice(0, 8)).toBe('05000501'); // no-auth, then general failure (not 0x04 host unreachable)
+
+    // The holders go: the same client is served again, its failures were no port scan.
+    for (const c of held) c.destroy();
+    held.length = 0;
+    let tunnel: Socket | null = null;
+    for (let i = 0; i < 50 && tunnel === null; i++) {
+      tunnel = await tunnelFrom(s, VICTIM);
+      if (tunnel === null) await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(tunnel).not.toBeNull();
+    (tunnel as Socket).write('still here');
+    await readUntil(tunnel as Socket, 'still here');
+    (tunnel as Socket).destroy();
+    // Several detection sweeps (50 ms each) later: no scan alert, and the client is still served.
+    for (let i = 0; i < 5; i++) {
+      expect(await alerts(s)).not.toContain('an0081.scan');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const last = await tunnelFrom(s, VICTIM);
+    expect(last).not.toBeNull();
+    last?.destroy();
+
+    s.child.kill('SIGTERM');
+    await once(s.child, 'exit');
+    const records = parseRecords(await readFile(flowLog, 'utf8'));
+    const out = records.filter((r) => r.closeReason === 'out-of-descriptors');
+    // Every refused dial is recorded, each with its destination; none as a dead destination.
+    expect(out.filter((r) => r.client.ip === VICTIM).map((r) => r.destination.port ?? 0).sort((a, b) => a - b)).toEqual(Array.from({ length: PORTS }, (_, i) => echo.port + 1 + i));
+    expect(out.filter((r) => r.protocol === 'socks5')).toHaveLength(1);
+    expect(records.filter((r) => r.closeReason === 'unreachable')).toEqual([]);
+    // Said once (one line per ten seconds), not per flow.
+    const lines = s.stderr().split('\n');
+    expect(lines.filter((l) => l.includes('out of file descriptors')).length).toBeGreaterThanOrEqual(1);
+    expect(lines.filter((l) => l.includes('out of file descriptors')).length).toBeLessThan(PORTS);
+    expect(lines.filter((l) => l.includes('CONNECT dial failed'))).toEqual([]);
+  });
+});
