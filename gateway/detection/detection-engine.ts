@@ -114,6 +114,17 @@ function facts(flow: RoutedFlow): ConnectFacts {
   };
 }
 
+/**
+ * How a flow whose dial failed is folded: `failed` (an attempt at the destination, which the scan
+ * detector counts), unless the parent proxy failed on its own (`upstream-proxy`: down, closed, its
+ * login or ruleset refused): nothing was learnt about the destination, and a busy client behind a
+ * parent that is down is no scanner. A parent's word about the destination (SOCKS5 0x03-0x06) maps
+ * to `connection-refused` / `unreachable` / `connect-timeout` and still counts.
+ */
+function outcomeOfFailure(closeReason: string | null): FlowOutcome {
+  return closeReason === 'upstream-proxy' ? 'blocked' : 'failed';
+}
+
 function view(flow: RoutedFlow, outcome: FlowOutcome): FlowView {
   return {
     id: flow.id,
@@ -277,7 +288,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       if (flow.legs !== null) {
         for (const leg of flow.legs) foldEnded(legView(flow, leg, 'closed'));
       } else {
-        foldEnded(view(flow, flow.isConnected ? 'closed' : flow.verdict === 'block' ? outcomeOfRefusal(flow.reason, flow.destination) : 'failed'));
+        foldEnded(view(flow, flow.isConnected ? 'closed' : flow.verdict === 'block' ? outcomeOfRefusal(flow.reason, flow.destination) : outcomeOfFailure(flow.closeReason)));
       }
     } catch (err) {
       log.error({ err: String(err) }, 'detector state update failed');
