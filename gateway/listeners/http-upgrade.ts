@@ -221,7 +221,9 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
     upstream = await dialFirstReachable({ ip: result.ip, port: target.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs }, result.alternates, (ip) => admitAlternate(ctx, result, ip));
   } catch (err) {
     hold.release();
-    writeRawRefusal(socket, failFlow(ctx, flow, err), { flowId: flow.id, isBlock: false });
+    const mapping = failFlow(ctx, flow, err);
+    ctx.log.warn({ flowId: flow.id, reason: mapping.reason, err: (err as Error).message }, 'Upgrade dial failed');
+    writeRawRefusal(socket, mapping, { flowId: flow.id, isBlock: false });
     return;
   }
   ctx.flows.markConnected(flow);

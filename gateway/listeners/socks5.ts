@@ -151,7 +151,7 @@ async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResul
     socket.removeListener('close', onClose);
     const mapping = failFlow(ctx, flow, err);
     // Out of descriptors is logged once per ten seconds (DescriptorShortage), not per flow.
-    if (!clientGone) refuse(ctx, down, encodeReply(mapping.socks), mapping.reason, `CONNECT ${request.host}:${request.port} failed (${mapping.reason})`, mapping.reason !== 'out-of-descriptors');
+    if (!clientGone) refuse(ctx, down, encodeReply(mapping.socks), mapping.reason, `CONNECT ${request.host}:${request.port} failed (${mapping.reason}): ${(err as Error).message}`, mapping.reason !== 'out-of-descriptors');
     return;
   }
   socket.removeListener('close', onClose);

@@ -6,7 +6,7 @@
 import { connect, type Socket } from 'node:net';
 import { dialErrorCode, GatewayError, type GatewayErrorCode } from '../errors.ts';
 import { type ParentEndpoint, parseParentUrl } from '../../policy/upstream-url.ts';
-import { readHandshake } from './handshake.ts';
+import { type HandshakeWords, readHandshake } from './handshake.ts';
 import { socks5ParentHandshake } from './socks5-parent.ts';
 
 export interface DialTarget {
@@ -23,8 +23,8 @@ export function dial(target: DialTarget): Promise<Socket> {
   if (!target.upstream) return dialDirect(target.ip, target.port, target.timeoutMs);
   const parent = parentOf(target.upstream);
   if ('error' in parent) return Promise.reject(new GatewayError('EGW_UPSTREAM_PROXY', `unusable upstream: ${parent.error}`));
-  if (parent.protocol === 'http:') return dialViaHttp(parent.host, parent.port, parent.url, target);
-  return dialViaSocks(parent.host, parent.port, parent.url, target);
+  if (parent.protocol === 'http:') return dialViaHttp(parent, target);
+  return dialViaSocks(parent, target);
 }
 
 /** Addresses one flow dials at most: its first, then this many less one of its name's others. */
@@ -67,16 +67,35 @@ export function isFallbackCode(code: GatewayErrorCode | null): boolean {
 }
 
 /**
- * Parsed parent URLs (endpoint, and the URL whose credentials the handshake sends): a config names
- * a few, and every flow through a parent dials one, so none is parsed per dial. Read only.
+ * A parent as a dial uses it: its endpoint, the URL whose credentials the handshake sends, and how
+ * the errors name it (`label`: scheme, host and the port dialled, never the credentials), so an
+ * operator reading a failure's log line knows which parent failed, not only that one did.
  */
-const parents = new Map<string, (ParentEndpoint & { url: URL }) | { error: string }>();
-function parentOf(upstream: string): (ParentEndpoint & { url: URL }) | { error: string } {
+interface Parent extends ParentEndpoint {
+  url: URL;
+  label: string;
+  words: HandshakeWords;
+}
+
+/**
+ * Parsed parent URLs: a config names a few, and every flow through a parent dials one, so none is
+ * parsed per dial. Read only.
+ */
+const parents = new Map<string, Parent | { error: string }>();
+function parentOf(upstream: string): Parent | { error: string } {
   let p = parents.get(upstream);
   if (p === undefined) {
     if (parents.size >= 256) parents.clear();
     const endpoint = parseParentUrl(upstream);
-    p = 'error' in endpoint ? endpoint : { ...endpoint, url: new URL(upstream.trim()) };
+    if ('error' in endpoint) p = endpoint;
+    else {
+      const label = `parent proxy ${endpoint.protocol}//${authority(endpoint.host, endpoint.port)}`;
+      const words: HandshakeWords =
+        endpoint.protocol === 'http:'
+          ? { timeout: `${label} did not answer CONNECT`, ended: `${label} closed during CONNECT`, prefix: `${label}: ` }
+          : { timeout: `${label} did not answer in time`, ended: `${label} closed during its SOCKS5 handshake`, prefix: `${label}: ` };
+      p = { ...endpoint, url: new URL(upstream.trim()), label, words };
+    }
     parents.set(upstream, p);
   }
   return p;
@@ -117,37 +136,36 @@ function parentAuthorization(url: URL): string {
   return `Proxy-Authorization: Basic ${basic}\r\n`;
 }
 
-async function dialViaHttp(host: string, port: number, url: URL, target: DialTarget): Promise<Socket> {
-  let socket: Socket;
+/** The parent's TCP connection, or EGW_UPSTREAM_PROXY naming the parent (its errno in the message). */
+async function dialParent(parent: Parent, timeoutMs: number): Promise<Socket> {
   try {
-    socket = await dialDirect(host, port, target.timeoutMs);
+    return await dialDirect(parent.host, parent.port, timeoutMs);
   } catch (err) {
     if (err instanceof GatewayError && err.code === 'EGW_OUT_OF_DESCRIPTORS') throw err;
-    throw new GatewayError('EGW_UPSTREAM_PROXY', `parent proxy ${host}:${port} unreachable`, { cause: err });
+    throw new GatewayError('EGW_UPSTREAM_PROXY', `${parent.label} unreachable: ${(err as Error).message}`, { cause: err });
   }
+}
+
+async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> {
+  const socket = await dialParent(parent, target.timeoutMs);
   const auth = authority(target.ip, target.port);
-  socket.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\n${parentAuthorization(url)}\r\n`);
-  return readHandshake(socket, target.timeoutMs, { timeout: 'parent proxy did not answer CONNECT', ended: 'parent proxy closed during CONNECT', prefix: '' }, (head) => {
+  socket.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\n${parentAuthorization(parent.url)}\r\n`);
+  return readHandshake(socket, target.timeoutMs, parent.words, (head) => {
     const end = head.indexOf('\r\n\r\n');
     if (end === -1) {
-      if (head.length > 16_384) throw new GatewayError('EGW_UPSTREAM_PROXY', 'parent proxy response head too large');
+      if (head.length > 16_384) throw new GatewayError('EGW_UPSTREAM_PROXY', `${parent.label}: response head too large`);
       return null;
     }
     const statusLine = head.subarray(0, head.indexOf('\r\n')).toString('latin1');
     const status = Number(statusLine.split(' ')[1]);
-    if (status !== 200) throw new GatewayError(status === 504 ? 'EGW_DIAL_TIMEOUT' : 'EGW_UPSTREAM_PROXY', `parent proxy answered ${statusLine}`);
+    if (status !== 200) throw new GatewayError(status === 504 ? 'EGW_DIAL_TIMEOUT' : 'EGW_UPSTREAM_PROXY', `${parent.label} answered ${statusLine}`);
     return end + 4;
   });
 }
 
-async function dialViaSocks(host: string, port: number, url: URL, target: DialTarget): Promise<Socket> {
-  let socket: Socket;
-  try {
-    socket = await dialDirect(host, port, target.timeoutMs);
-  } catch (err) {
-    if (err instanceof GatewayError && err.code === 'EGW_OUT_OF_DESCRIPTORS') throw err;
-    throw new GatewayError('EGW_UPSTREAM_PROXY', `parent SOCKS proxy ${host}:${port} unreachable`, { cause: err });
-  }
+async function dialViaSocks(parent: Parent, target: DialTarget): Promise<Socket> {
+  const socket = await dialParent(parent, target.timeoutMs);
+  const url = parent.url;
   const login = url.username || url.password ? { username: decodeURIComponent(url.username), password: decodeURIComponent(url.password) } : null;
-  return socks5ParentHandshake(socket, target.ip, target.port, login, target.timeoutMs);
+  return socks5ParentHandshake(socket, target.ip, target.port, login, target.timeoutMs, parent.label, parent.words);
 }

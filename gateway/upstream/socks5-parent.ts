@@ -13,7 +13,7 @@
  */
 import type { Socket } from 'node:net';
 import { GatewayError, type GatewayErrorCode } from '../errors.ts';
-import { readHandshake } from './handshake.ts';
+import { type HandshakeWords, readHandshake } from './handshake.ts';
 import { AUTH_VERSION, encodeAddress, METHOD, SOCKS_VERSION } from '../protocol/socks5-codec.ts';
 
 export interface ParentLogin {
@@ -70,16 +70,26 @@ export function parentReplyCode(rep: number): GatewayErrorCode {
   }
 }
 
-/** Run steps 1-4 on a connected socket; resolves with it paused, ready for payload bytes. */
-export function socks5ParentHandshake(socket: Socket, ip: string, port: number, login: ParentLogin | null, timeoutMs: number): Promise<Socket> {
+/**
+ * Run steps 1-4 on a connected socket; resolves with it paused, ready for payload bytes. `label`
+ * names the parent in every error (`parent proxy socks5://h:p`), `words` are its handshake errors.
+ */
+export function socks5ParentHandshake(
+  socket: Socket,
+  ip: string,
+  port: number,
+  login: ParentLogin | null,
+  timeoutMs: number,
+  label: string,
+  words: HandshakeWords,
+): Promise<Socket> {
   let step: 'method' | 'login' | 'reply' = 'method';
   // Bytes of the received ones the method choice and the login answer took.
   let at = 0;
-  const words = { timeout: 'parent SOCKS proxy did not answer in time', ended: 'parent SOCKS proxy closed during its handshake', prefix: 'parent SOCKS proxy: ' };
   const done = readHandshake(socket, timeoutMs, words, (received) => {
     if (step === 'method') {
       if (received.length < at + 2) return null;
-      if (received[at] !== SOCKS_VERSION) throw new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy answered with another protocol');
+      if (received[at] !== SOCKS_VERSION) throw new GatewayError('EGW_UPSTREAM_PROXY', `${label} answered with another protocol`);
       const method = received[at + 1];
       at += 2;
       if (method === METHOD.userPass && login) {
@@ -89,12 +99,12 @@ export function socks5ParentHandshake(socket: Socket, ip: string, port: number, 
         socket.write(encodeParentConnect(ip, port));
         step = 'reply';
       } else {
-        throw new GatewayError('EGW_UPSTREAM_PROXY', login ? 'parent SOCKS proxy accepts none of our login methods' : 'parent SOCKS proxy wants credentials and its URL has none');
+        throw new GatewayError('EGW_UPSTREAM_PROXY', login ? `${label} accepts none of our login methods` : `${label} wants credentials and its URL has none`);
       }
     }
     if (step === 'login') {
       if (received.length < at + 2) return null;
-      if (received[at + 1] !== 0x00) throw new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy refused our credentials');
+      if (received[at + 1] !== 0x00) throw new GatewayError('EGW_UPSTREAM_PROXY', `${label} refused our credentials`);
       at += 2;
       socket.write(encodeParentConnect(ip, port));
       step = 'reply';
@@ -102,9 +112,9 @@ export function socks5ParentHandshake(socket: Socket, ip: string, port: number, 
     const reply = received.subarray(at);
     if (reply.length < 2) return null;
     const rep = reply[1] as number;
-    if (reply[0] === SOCKS_VERSION && rep !== 0x00) throw new GatewayError(parentReplyCode(rep), `parent SOCKS proxy answered 0x${rep.toString(16).padStart(2, '0')}`);
+    if (reply[0] === SOCKS_VERSION && rep !== 0x00) throw new GatewayError(parentReplyCode(rep), `${label} answered 0x${rep.toString(16).padStart(2, '0')}`);
     const n = parentReplyLength(reply);
-    if (n < 0) throw new GatewayError('EGW_UPSTREAM_PROXY', 'parent SOCKS proxy sent a malformed reply');
+    if (n < 0) throw new GatewayError('EGW_UPSTREAM_PROXY', `${label} sent a malformed reply`);
     return n === 0 ? null : at + n;
   });
   socket.write(encodeParentGreeting(login));

@@ -339,3 +339,48 @@ describe('Upgrade through a parent proxy', () => {
     });
   }
 });
+
+/** The warnings `gw` logged since `from`, as `msg: text` (the text the line carries about why). */
+function warningsSince(gw: TestGateway, from: number): string[] {
+  return gw.logs.slice(from).map((l) => `${l.msg}: ${String(l['err'] ?? l['reason'] ?? '')}`);
+}
+
+// Regression: a failure at the parent was logged without saying which parent: CONNECT's line said
+// "parent proxy answered HTTP/1.1 403 Refused" / "parent SOCKS proxy answered 0x02", the SOCKS5
+// listener's only "CONNECT 127.0.0.1:9 failed (upstream-proxy)", and a failed Upgrade dial logged
+// nothing; with a parent per role the operator could not tell which one refused.
+describe('a parent that refuses is named in the log line of every client path', () => {
+  for (const [name, gw, parent, code] of [
+    ['socks5', () => viaSocks, () => socksParent, 0x02],
+    ['http', () => viaHttp, () => httpParent, 403],
+  ] as const) {
+    it(`${name} parent: CONNECT, SOCKS5, absolute-URI and Upgrade log "parent proxy ${name}://127.0.0.1:<port>", never its credentials`, async () => {
+      parent().mode = { kind: 'refuse', code };
+      const from = gw().logs.length;
+      try {
+        // Port 9: nothing pooled towards it, so the absolute-URI request dials the parent too.
+        expect((await refusedConnect(gw(), 9)).status).toBe(502);
+        const s = await socksConnect(gw(), 9);
+        expect(s.reply[1]).toBe(0x01);
+        s.socket.destroy();
+        for (const extra of ['', 'Upgrade: echo\r\nConnection: Upgrade\r\n']) {
+          const c = connect({ host: gw().httpHost, port: gw().httpPort });
+          c.on('error', () => {});
+          await once(c, 'connect');
+          c.write(`GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: 127.0.0.1:9\r\n${extra}\r\n`);
+          expect((await readUntil(c, '\r\n', 5000)).toString('latin1')).toMatch(/^HTTP\/1\.1 502 /);
+          c.destroy();
+        }
+        await gw().waitForClosed((r) => r.protocol === 'http' && r.destination.port === 9 && r.closeReason === 'upstream-proxy');
+        const lines = warningsSince(gw(), from);
+        const named = `parent proxy ${name}://127.0.0.1:${parent().port}`;
+        for (const msg of ['CONNECT dial failed', 'socks5 refused', 'origin request failed', 'Upgrade dial failed']) {
+          expect(lines.find((l) => l.startsWith(`${msg}: `))).toContain(named);
+        }
+        expect(JSON.stringify(gw().logs)).not.toContain('s3cret');
+      } finally {
+        parent().mode = { kind: 'relay' };
+      }
+    });
+  }
+});
