@@ -198,7 +198,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     if (budget !== null) flow.budgetOut = budget;
   }
   // 9. upstream
-  return { ok: true, flow, ip, alternates, upstream: roleUpstream(snapshot, flow.identity.roles) ?? snapshot.config.upstream, snapshot };
+  return { ok: true, flow, ip, alternates, upstream: upstreamOf(snapshot, flow.identity.roles), snapshot };
 }
 
 /**
@@ -362,13 +362,13 @@ function fixed(reason: Decision['reason'], detector: Decision['detector'], mode:
   return { verdict: 'block', reason, detector, mode, matchedRule: null, reasons };
 }
 
-/** The parent proxy of the first of `roles` that names one (no array per flow). */
-function roleUpstream(snapshot: PolicySnapshot, roles: readonly string[]): string | null | undefined {
+/** The parent proxy egress of `roles` goes through: the first of them that names one, else the top-level one (no array per flow). */
+function upstreamOf(snapshot: PolicySnapshot, roles: readonly string[]): string | null {
   for (const r of roles) {
     const upstream = snapshot.config.roles[r]?.upstream;
     if (upstream) return upstream;
   }
-  return undefined;
+  return snapshot.config.upstream;
 }
 
 /** What the policy decides on for a flow's destination. */
@@ -507,7 +507,7 @@ function selfKind(ctx: Pick<GatewayContext, 'selfAddresses' | 'udpRelays'>, ip: 
 
 /** The answer for one more destination of an already-open flow (see admitDestination). */
 export type DestinationAdmission =
-  | { ok: true; ip: string; decision: Decision }
+  | { ok: true; ip: string; decision: Decision; upstream: string | null }
   | { ok: false; decision: Decision | null; reject: RejectMapping; reason: string; ip: string | null };
 
 /**
@@ -517,7 +517,9 @@ export type DestinationAdmission =
  * the connect-time detection for that destination (quarantine, proxyware, exfil tools, …; it also
  * counts towards the identity's fan-out). Opens and closes no flow; the caller caches the answer per
  * destination and marks the flow would-block when the answer says so. `lookedUp` is the name's DNS
- * answer when it was looked up ahead (`lookUp`). Never throws.
+ * answer when it was looked up ahead (`lookUp`). An admitted destination carries step 9's answer
+ * under the policy running now, the parent proxy the identity's egress goes through (`upstream`).
+ * Never throws.
  */
 export async function admitDestination(ctx: GatewayContext, flow: RoutedFlow, destHost: string, destPort: number, lookedUp?: LookedUp): Promise<DestinationAdmission> {
   const snapshot = ctx.policy.current();
@@ -542,5 +544,6 @@ export async function admitDestination(ctx: GatewayContext, flow: RoutedFlow, de
   // Step 8 for this destination: a later destination must not get past what a new flow would meet.
   const found = ctx.detection?.onDestination(flow, { host: destHost, ip, port: destPort }, snapshot, mode) ?? null;
   if (found?.verdict === 'block') return { ok: false, decision: found, reject: mapDecision(found), reason: found.reasons.join('; '), ip };
-  return { ok: true, ip, decision: found !== null && decision.verdict === 'allow' ? found : decision };
+  // Under the policy running now: a reload may have put the identity's egress through a parent.
+  return { ok: true, ip, decision: found !== null && decision.verdict === 'allow' ? found : decision, upstream: upstreamOf(snapshot, flow.identity.roles) };
 }

@@ -424,9 +424,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       return;
     }
     if (r.upstream !== null) {
-      // A parent proxy carries TCP only: UDP must not bypass it.
       ctx.flows.close(r.flow, 'udp-upstream-unsupported');
-      refuseDest(dest, `egress for this identity goes through ${parentLabel(r.upstream)}, which cannot carry UDP`);
+      refuseForParent(dest, r.upstream);
       return;
     }
     if (ended) {
@@ -453,6 +452,14 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     if (!r.ok) {
       recordRefusal(f, dest, r);
       refuseDest(dest, `${r.reject.reason}: ${r.reason}`);
+      return;
+    }
+    if (r.upstream !== null) {
+      // A reload put this identity's egress through a parent since the association opened.
+      const refused = refusalRecord(f, dest, r.ip);
+      ctx.flows.decide(refused, r.decision, false);
+      ctx.flows.close(refused, 'udp-upstream-unsupported');
+      refuseForParent(dest, r.upstream);
       return;
     }
     if (r.decision.verdict === 'would-block' && f.verdict === 'allow') ctx.flows.decide(f, r.decision, false);
@@ -486,16 +493,26 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
    * client address finds (agent reports for that port attribute the association, not this record).
    */
   function recordRefusal(association: Flow, dest: Destination, r: Extract<DestinationAdmission, { ok: false }>): void {
-    const f = ctx.flows.open({
+    const f = refusalRecord(association, dest, r.ip);
+    if (r.decision !== null) ctx.flows.decide(f, r.decision, r.decision.verdict === 'block');
+    ctx.flows.close(f, r.reject.reason);
+  }
+
+  /** The record of a later destination refused, for the caller to close with its reason. */
+  function refusalRecord(association: Flow, dest: Destination, ip: string | null): Flow {
+    return ctx.flows.open({
       protocol: 'socks5-udp',
       listener: 'socks',
       client: association.client,
       identity: association.identity,
-      destination: { host: dest.host, ip: r.ip, port: dest.port },
+      destination: { host: dest.host, ip, port: dest.port },
       isAddressIndexed: false,
     });
-    if (r.decision !== null) ctx.flows.decide(f, r.decision, r.decision.verdict === 'block');
-    ctx.flows.close(f, r.reject.reason);
+  }
+
+  /** A parent proxy carries TCP only: UDP must not go around it, so the destination is refused. */
+  function refuseForParent(dest: Destination, upstream: string): void {
+    refuseDest(dest, `egress for this identity goes through ${parentLabel(upstream)}, which cannot carry UDP`);
   }
 
   function refuseDest(dest: Destination, why: string): void {

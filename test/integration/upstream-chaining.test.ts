@@ -6,7 +6,7 @@
  */
 import { once } from 'node:events';
 import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
-import { type Cleanups, associate, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
+import { type Cleanups, associate, nextReply, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
 import { jsonBody, readUntil } from './http-harness.ts';
 import { startUdpEcho } from './socks5-harness.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -383,4 +383,46 @@ describe('a parent that refuses is named in the log line of every client path', 
       }
     });
   }
+});
+
+// Regression: the check that UDP does not go around a parent was made only when an association
+// opened its flow (its first destination). After a reload that put egress through a parent, a live
+// association admitted its later destinations under the new policy but relayed them direct: the
+// new destination's echo answered, its record said allow, and the parent never saw a thing.
+describe('SOCKS5 UDP after a reload puts egress through a parent', () => {
+  it("a live association's next destination is refused, not relayed direct; the one admitted before stays", async () => {
+    const cleanups: Cleanups = [];
+    const before = await startUdpEcho();
+    const after = await startUdpEcho();
+    const gw = await startTestGateway();
+    try {
+      const client = await udpSocket(cleanups);
+      const assoc = await associate(gw, client, cleanups);
+      await sendTo(client, udpFrame('127.0.0.1', before.port, Buffer.from('one')), assoc.relay);
+      expect((await nextReply(client)).data.toString()).toBe('echo:one');
+
+      const policy = (await (await fetch(`${gw.adminUrl}/v1/policy`, { headers: { authorization: `Bearer ${gw.adminToken}` } })).json()) as { config: Record<string, unknown> };
+      const put = await fetch(`${gw.adminUrl}/v1/policy`, {
+        method: 'PUT',
+        headers: { authorization: `Bearer ${gw.adminToken}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ ...policy.config, upstream: socksParent.url('child:s3cret') }),
+      });
+      expect(put.status).toBe(200);
+
+      await sendTo(client, udpFrame('127.0.0.1', after.port, Buffer.from('two')), assoc.relay);
+      const refused = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.destination.port === after.port);
+      expect(refused).toMatchObject({ closeReason: 'udp-upstream-unsupported', bytesIn: 0, bytesOut: 0, matchedRule: { role: 'any' } });
+      // The destination admitted before the reload is relayed on, as an established flow is.
+      await sendTo(client, udpFrame('127.0.0.1', before.port, Buffer.from('three')), assoc.relay);
+      expect((await nextReply(client)).data.toString()).toBe('echo:three');
+      expect(after.received).toEqual([]);
+      const warn = gw.logs.find((l) => l.msg === 'socks5 udp destination refused' && l['destination'] === `127.0.0.1:${after.port}`);
+      expect(warn?.reason).toBe(`egress for this identity goes through socks5://127.0.0.1:${socksParent.port}, which cannot carry UDP`);
+    } finally {
+      for (const c of cleanups) await c();
+      await gw.stop();
+      await before.close();
+      await after.close();
+    }
+  });
 });
