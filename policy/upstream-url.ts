@@ -8,12 +8,34 @@
 /** Port of a parent named without one: the usual ports of HTTP and SOCKS proxies. */
 export const DEFAULT_PARENT_PORTS: Readonly<Record<string, number>> = { 'http:': 3128, 'socks5:': 1080, 'socks5h:': 1080 };
 
+/** The parent's own credentials, from the URL's userinfo, percent-decoded (UTF-8). */
+export interface ParentLogin {
+  readonly username: string;
+  readonly password: string;
+}
+
 export interface ParentEndpoint {
   readonly protocol: string;
   /** Host name or IP address, IPv6 without brackets. */
   readonly host: string;
   /** The port written in the URL (`:80` included), or the scheme's default parent port when none is. */
   readonly port: number;
+  /** The credentials the handshake sends the parent (never anyone else), or null without userinfo. */
+  readonly login: ParentLogin | null;
+}
+
+/**
+ * The URL's userinfo decoded once, here: the WHATWG parser keeps a `%` that starts no escape as it is
+ * (`u:50%@parent` has the password `50%`), which decodeURIComponent refuses, so such a URL is an
+ * error at validation rather than at every dial. The message never repeats the credentials.
+ */
+function loginOf(url: URL): ParentLogin | { error: string } | null {
+  if (!url.username && !url.password) return null;
+  try {
+    return { username: decodeURIComponent(url.username), password: decodeURIComponent(url.password) };
+  } catch {
+    return { error: "the parent proxy's user name or password is not valid percent-encoding (write a literal % as %25)" };
+  }
 }
 
 /** The port as written in the URL's authority (after any userinfo), or null when none is written. */
@@ -48,5 +70,11 @@ export function parseParentUrl(text: string): ParentEndpoint | { error: string }
   // The URL parser has checked the digits (1-5 of them, at most 65535); what is left to refuse is 0.
   const port = written === null ? fallback : Number(written);
   if (port === 0) return { error: 'port 0 is not a port a parent proxy listens on' };
-  return { protocol: url.protocol, host: url.hostname.replace(/^\[|\]$/g, ''), port };
+  const login = loginOf(url);
+  if (login !== null && 'error' in login) return login;
+  // RFC 1929 carries each in one length byte: a longer login could never be sent.
+  if (login !== null && url.protocol !== 'http:' && (Buffer.byteLength(login.username) > 255 || Buffer.byteLength(login.password) > 255)) {
+    return { error: "a SOCKS5 parent's user name and password are at most 255 bytes each (RFC 1929)" };
+  }
+  return { protocol: url.protocol, host: url.hostname.replace(/^\[|\]$/g, ''), port, login };
 }

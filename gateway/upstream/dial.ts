@@ -5,7 +5,7 @@
  */
 import { connect, type Socket } from 'node:net';
 import { dialErrorCode, GatewayError, type GatewayErrorCode } from '../errors.ts';
-import { type ParentEndpoint, parseParentUrl } from '../../policy/upstream-url.ts';
+import { type ParentEndpoint, type ParentLogin, parseParentUrl } from '../../policy/upstream-url.ts';
 import { type HandshakeWords, readHandshake } from './handshake.ts';
 import { socks5ParentHandshake } from './socks5-parent.ts';
 
@@ -72,9 +72,10 @@ export function isFallbackCode(code: GatewayErrorCode | null): boolean {
  * operator reading a failure's log line knows which parent failed, not only that one did.
  */
 interface Parent extends ParentEndpoint {
-  url: URL;
   label: string;
   words: HandshakeWords;
+  /** The Proxy-Authorization line an http parent gets ('' without credentials). */
+  authorization: string;
 }
 
 /**
@@ -94,7 +95,7 @@ function parentOf(upstream: string): Parent | { error: string } {
         endpoint.protocol === 'http:'
           ? { timeout: `${label} did not answer CONNECT`, ended: `${label} closed during CONNECT`, prefix: `${label}: ` }
           : { timeout: `${label} did not answer in time`, ended: `${label} closed during its SOCKS5 handshake`, prefix: `${label}: ` };
-      p = { ...endpoint, url: new URL(upstream.trim()), label, words };
+      p = { ...endpoint, label, words, authorization: parentAuthorization(endpoint.login) };
     }
     parents.set(upstream, p);
   }
@@ -130,9 +131,9 @@ function authority(ip: string, port: number): string {
  * Proxy-Authorization line; none without them. Only these are ever sent: a client's are never
  * forwarded.
  */
-function parentAuthorization(url: URL): string {
-  if (!url.username && !url.password) return '';
-  const basic = Buffer.from(`${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`, 'utf8').toString('base64');
+function parentAuthorization(login: ParentLogin | null): string {
+  if (login === null) return '';
+  const basic = Buffer.from(`${login.username}:${login.password}`, 'utf8').toString('base64');
   return `Proxy-Authorization: Basic ${basic}\r\n`;
 }
 
@@ -149,7 +150,7 @@ async function dialParent(parent: Parent, timeoutMs: number): Promise<Socket> {
 async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> {
   const socket = await dialParent(parent, target.timeoutMs);
   const auth = authority(target.ip, target.port);
-  socket.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\n${parentAuthorization(parent.url)}\r\n`);
+  socket.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\n${parent.authorization}\r\n`);
   return readHandshake(socket, target.timeoutMs, parent.words, (head) => {
     const end = head.indexOf('\r\n\r\n');
     if (end === -1) {
@@ -165,7 +166,5 @@ async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> 
 
 async function dialViaSocks(parent: Parent, target: DialTarget): Promise<Socket> {
   const socket = await dialParent(parent, target.timeoutMs);
-  const url = parent.url;
-  const login = url.username || url.password ? { username: decodeURIComponent(url.username), password: decodeURIComponent(url.password) } : null;
-  return socks5ParentHandshake(socket, target.ip, target.port, login, target.timeoutMs, parent.label, parent.words);
+  return socks5ParentHandshake(socket, target.ip, target.port, parent.login, target.timeoutMs, parent.label, parent.words);
 }

@@ -426,3 +426,36 @@ describe('SOCKS5 UDP after a reload puts egress through a parent', () => {
     }
   });
 });
+
+// Regression: a parent URL whose password holds a bare `%` (`socks5://child:50%@parent`) passed
+// validation, and every dial through it threw "URI malformed" decoding it: 502 `unreachable` on
+// every path (the destination blamed), the parent never asked, its TCP connection left open.
+describe("a parent URL's credentials are decoded once, at validation", () => {
+  it('a bare % is refused by PUT /v1/policy at its path; written %25 it reaches the parent as %', async () => {
+    const gw = await startTestGateway();
+    const parent = await startSocksParent('child:50%');
+    try {
+      const auth = { authorization: `Bearer ${gw.adminToken}`, 'content-type': 'application/json' };
+      const { config } = (await (await fetch(`${gw.adminUrl}/v1/policy`, { headers: auth })).json()) as { config: Record<string, unknown> };
+      const version = gw.policy.version();
+      const put = (body: unknown): Promise<Response> => fetch(`${gw.adminUrl}/v1/policy`, { method: 'PUT', headers: auth, body: JSON.stringify(body) });
+      const bad = await put({ ...config, upstream: parent.url('child:50%'), roles: { ...(config['roles'] as object), other: { allow: [], upstream: parent.url('child:50%') } } });
+      expect(bad.status).toBe(400);
+      const details = ((await bad.json()) as { details: Array<{ path: string; message: string }> }).details;
+      expect(details.map((d) => d.path).sort()).toEqual(['roles.other.upstream', 'upstream']);
+      expect(details[0]?.message).toContain('not valid percent-encoding');
+      expect(JSON.stringify(details)).not.toContain('50%@');
+      expect(gw.policy.version()).toBe(version);
+
+      expect((await put({ ...config, upstream: parent.url('child:50%25') })).status).toBe(200);
+      const t = await httpConnect(gw, finFirst.port);
+      expect(t.status).toMatch(/^HTTP\/1\.1 200 /);
+      expect(await drain(t.socket)).toBe('bye');
+      t.socket.end();
+      expect(parent.seen.map((s) => s.login)).toEqual(['child:50%']);
+    } finally {
+      await gw.stop();
+      await parent.close();
+    }
+  });
+});

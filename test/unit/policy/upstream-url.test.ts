@@ -26,3 +26,22 @@ describe('parseParentUrl: the parent proxy a URL names', () => {
     expect(parseParentUrl('parent:3128')).toMatchObject({ error: expect.stringMatching(/scheme|not a URL/) });
   });
 });
+
+// Regression: the credentials were decoded at each dial with decodeURIComponent, which throws on a
+// `%` that starts no escape (`u:50%@parent`): validation took the URL, every flow through it got
+// 502 `unreachable` ("URI malformed") and left its connection to the parent open.
+describe('parseParentUrl: the parent login', () => {
+  it('is decoded once, UTF-8 and percent-escapes included', () => {
+    expect(parseParentUrl('http://child%2Dgw:p%40ss%3Aw0rd%25@parent:3128')).toMatchObject({ login: { username: 'child-gw', password: 'p@ss:w0rd%' } });
+    expect(parseParentUrl('socks5://%C3%BCser:pw@parent')).toMatchObject({ login: { username: 'üser', password: 'pw' } });
+    expect(parseParentUrl('socks5://parent')).toMatchObject({ login: null });
+  });
+
+  it('refuses a bare % and a SOCKS5 login past 255 bytes, without repeating the credentials', () => {
+    const bad = parseParentUrl('http://u:50%@parent:3128');
+    expect(bad).toEqual({ error: "the parent proxy's user name or password is not valid percent-encoding (write a literal % as %25)" });
+    const long = parseParentUrl(`socks5://u:${'x'.repeat(256)}@parent`);
+    expect(long).toEqual({ error: "a SOCKS5 parent's user name and password are at most 255 bytes each (RFC 1929)" });
+    expect(parseParentUrl(`http://u:${'x'.repeat(256)}@parent`)).toMatchObject({ login: { username: 'u' } });
+  });
+});
