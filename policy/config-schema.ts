@@ -10,7 +10,7 @@ import { normalizeHost, parseHostPattern } from './host-pattern.ts';
 import { redactedSecret, redactedUrl } from './redacted.ts';
 import { parsePortSpec } from './ports.ts';
 import { type Node, s } from './schema-dsl.ts';
-import { parseParentUrl } from './upstream-url.ts';
+import { parseParentUrl, urlForMessage } from './upstream-url.ts';
 import { DETECTOR_DEFAULTS } from './detectors/defaults.ts';
 
 /**
@@ -80,7 +80,7 @@ const urlWith =
     try {
       u = new URL(v);
     } catch {
-      return `"${v}" is not a URL`;
+      return `"${urlForMessage(v)}" is not a URL`;
     }
     if (!protocols.includes(u.protocol)) return `URL scheme must be one of ${protocols.map((p) => p.replace(':', '')).join(', ')}`;
     if (u.hostname === '') return 'URL has no host';

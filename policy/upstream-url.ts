@@ -56,13 +56,25 @@ function writtenPort(text: string): string | null {
   return port === '' ? null : port;
 }
 
+/**
+ * A URL's text fit for an error message (which reaches logs: a SIGHUP reload that fails logs its
+ * errors): whatever stands before the last `@` after the scheme, the credentials of an unparsable
+ * URL, is replaced. `http://u:secret@bad host:3128` → `http://[credentials]@bad host:3128`.
+ */
+export function urlForMessage(text: string): string {
+  const at = text.lastIndexOf('@');
+  if (at === -1) return text;
+  const start = text.indexOf('//');
+  return `${start !== -1 && start < at ? text.slice(0, start + 2) : ''}[credentials]@${text.slice(at + 1)}`;
+}
+
 /** Parses a parent proxy URL; an error message when it is not one a parent can be dialled at. */
 export function parseParentUrl(text: string): ParentEndpoint | { error: string } {
   let url: URL;
   try {
     url = new URL(text.trim());
   } catch {
-    return { error: `"${text}" is not a URL` };
+    return { error: `"${urlForMessage(text)}" is not a URL` };
   }
   const fallback = DEFAULT_PARENT_PORTS[url.protocol];
   if (fallback === undefined) return { error: `unsupported parent proxy scheme ${url.protocol}` };

@@ -5,6 +5,9 @@
  * the flow record.
  */
 import { once } from 'node:events';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
 import { type Cleanups, associate, nextReply, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
 import { jsonBody, readUntil } from './http-harness.ts';
@@ -456,6 +459,38 @@ describe("a parent URL's credentials are decoded once, at validation", () => {
     } finally {
       await gw.stop();
       await parent.close();
+    }
+  });
+});
+
+// Regression: an `upstream` (or webhook) URL that does not parse was quoted whole in its validation
+// error, "\"http://child:s3cret-pw@bad host:3128\" is not a URL", and a SIGHUP reload that fails logs
+// its errors: the parent's password went into the gateway's log (and POST /v1/policy/validate's answer).
+describe('an unparsable upstream URL', () => {
+  it('is refused at its path by a reload from the file and by validate, its credentials in neither the log nor the answer', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'egw-upstream-url-'));
+    const configPath = join(dir, 'policy.yaml');
+    const gw = await startTestGateway({}, { configPath });
+    try {
+      await writeFile(configPath, 'upstream: "http://child:s3cret-pw@bad host:3128"\nroles: { any: { allow: [ { cidr: 0.0.0.0/0 } ], upstream: "socks5://child:s3cret-pw@[::1:1080" } }\n');
+      const reload = await gw.reloadFromFile('test');
+      expect(reload.ok).toBe(false);
+      const logged = gw.logs.find((l) => l.msg === 'policy reload failed; the running policy is unchanged');
+      expect(logged?.['errors']).toEqual([
+        { path: 'roles.any.upstream', message: '"socks5://[credentials]@[::1:1080" is not a URL' },
+        { path: 'upstream', message: '"http://[credentials]@bad host:3128" is not a URL' },
+      ]);
+      const validate = await fetch(`${gw.adminUrl}/v1/policy/validate`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${gw.adminToken}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ upstream: 'http://child:s3cret-pw@bad host:3128' }),
+      });
+      const answer = await validate.text();
+      expect(answer).toContain('"path":"upstream"');
+      expect(`${answer}${JSON.stringify(gw.logs)}`).not.toContain('s3cret-pw');
+    } finally {
+      await gw.stop();
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseParentUrl } from '../../../policy/upstream-url.ts';
+import { parseParentUrl, urlForMessage } from '../../../policy/upstream-url.ts';
 
 // Regression: dial() read the port from URL.port, which the WHATWG parser leaves empty when it is the
 // scheme's default, so `upstream: http://parent:80` was dialled at parent:3128.
@@ -43,5 +43,16 @@ describe('parseParentUrl: the parent login', () => {
     const long = parseParentUrl(`socks5://u:${'x'.repeat(256)}@parent`);
     expect(long).toEqual({ error: "a SOCKS5 parent's user name and password are at most 255 bytes each (RFC 1929)" });
     expect(parseParentUrl(`http://u:${'x'.repeat(256)}@parent`)).toMatchObject({ login: { username: 'u' } });
+  });
+});
+
+describe('urlForMessage: an unparsable URL quoted in an error', () => {
+  it.each([
+    ['http://u:secret@bad host:3128', 'http://[credentials]@bad host:3128'],
+    ['http://u:pa/ss@parent:3128', 'http://[credentials]@parent:3128'],
+    ['u:secret@parent:3128', '[credentials]@parent:3128'],
+    ['http://bad host:3128', 'http://bad host:3128'],
+  ])('%s → %s', (text, shown) => {
+    expect(urlForMessage(text)).toBe(shown);
   });
 });
