@@ -12,6 +12,7 @@ import { type AddressInfo, connect, createServer, type Server, type Socket } fro
 import { type Cleanups, associate, nextReply, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
 import { jsonBody, readUntil } from './http-harness.ts';
 import { startUdpEcho } from './socks5-harness.ts';
+import { SocksClient } from 'socks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { type ParentProxy, startHttpParent, startSocksParent } from '../helpers/parent-proxy.ts';
@@ -493,4 +494,39 @@ describe('an unparsable upstream URL', () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+});
+
+describe("a SOCKS5 client's login through a parent", () => {
+  for (const [name, gw, parent] of [
+    ['socks5', () => viaSocks, () => socksParent],
+    ['http', () => viaHttp, () => httpParent],
+  ] as const) {
+    it(`${name} parent: gets only the parent's own login; the flow is alice's, its bytes the payload's`, async () => {
+      parent().mode = { kind: 'relay' };
+      const origin = await startUpgradeOrigin();
+      const { socket } = await SocksClient.createConnection({
+        proxy: { host: gw().socksHost, port: gw().socksPort, type: 5, userId: 'alice', password: 'alice-pw-1' },
+        command: 'connect',
+        destination: { host: '127.0.0.1', port: origin.port },
+      });
+      try {
+        socket.write('GET /ws HTTP/1.1\r\nHost: x\r\n\r\n');
+        expect((await readUntil(socket, '\r\n\r\n', 5000)).toString('latin1')).toMatch(/^HTTP\/1\.1 101 /);
+        socket.write('ping-5678');
+        await readUntil(socket, 'ping-5678', 5000);
+        socket.end();
+        const rec = await gw().waitForClosed((r) => r.protocol === 'socks5' && r.destination.port === origin.port);
+        const head = 'GET /ws HTTP/1.1\r\nHost: x\r\n\r\n';
+        const answer = 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n';
+        expect(rec).toMatchObject({ identity: { user: 'alice' }, bytesOut: head.length + 9, bytesIn: answer.length + 9 });
+        const asked = parent().seen.at(-1);
+        expect(asked?.target).toBe(`127.0.0.1:${origin.port}`);
+        expect(asked?.login).toBe(name === 'socks5' ? 'child:s3cret' : null);
+        expect(JSON.stringify(asked)).not.toMatch(/alice/);
+      } finally {
+        socket.destroy();
+        await origin.close();
+      }
+    });
+  }
 });
