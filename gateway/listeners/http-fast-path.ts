@@ -14,7 +14,8 @@
  * The response: status line, the origin's headers less hop-by-hop fields (forwardResponseHeaders)
  * plus `Via`, and `Date` when the origin sent none. The body keeps the origin's Content-Length, or is
  * sent chunked when the origin did not give one, as node:http's ServerResponse would. The head goes
- * out with the first body bytes in one writev (corked).
+ * out with the first body bytes in one writev (corked). The origin's 1xx responses before it are
+ * relayed as they come (http-interim.ts).
  *
  * Timeouts as node:http's: limits.idleTimeoutMs while a request is served (not while it is admitted
  * or waits on its origin: admission's own timeouts, and the origin's, then answer 502 or 504; see
@@ -379,11 +380,17 @@ class FastExchange extends OriginExchange {
     this.owner.answer(mapping, details, this.isLast, this.isHead);
   }
 
+  protected writeInterim(head: string): void {
+    // Every request served here is HTTP/1.1 (http-fast-head.ts), and one at a time: the 1xx goes at
+    // once, not corked with the final head (the client acts on its hints while the origin works).
+    if (this.isClientGone || this.isHeadSent || this.head !== null) return;
+    this.owner.socket.write(head, 'latin1');
+  }
+
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     if (this.isClientGone) return true;
     if (statusCode < 200) {
-      // 1xx: nothing to relay on a GET or HEAD
-      this.onInterim();
+      this.onInterim(statusCode, rawHeaders, statusText);
       return true;
     }
     if (this.refuseUnrelayable(rawHeaders)) return true;

@@ -10,7 +10,8 @@
  * Metering (SPEC §5, payload only): `bytesOut` = request body bytes undici wrote to the origin
  * connection (its `onBodySent`, after de-chunking: the client's chunk framing is not payload);
  * `bytesIn` = response body bytes received from the origin (`onData`, after undici removed the
- * origin's chunk framing). Request and response heads are the proxy handshake and never counted.
+ * origin's chunk framing). Request and response heads, the relayed 1xx heads among them
+ * (http-interim.ts), are the proxy handshake and never counted.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -24,6 +25,7 @@ import { mapError, type RejectMapping } from '../reject.ts';
 import { dial, isFallbackCode, MAX_ADDRESSES_DIALLED } from '../upstream/dial.ts';
 import { type ClientCloseWatcher, type ConnectionState, connectionState, resetOrDestroy, unwatchClientClose, watchClientClose } from './http-connection-state.ts';
 import { forwardResponseHeaders, isRelayableTransferCoding, relayedStatusText } from './http-headers.ts';
+import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './http-interim.ts';
 import { type RefusalDetails, sendRefusal } from './http-refusal.ts';
 
 /**
@@ -265,6 +267,8 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
   redispatch: ((err: Error) => boolean) | null = null;
   /** When the first 1xx (interim) response came (performance.now()), or 0: see onInterim. */
   private interimSinceMs = 0;
+  /** The 1xx responses relayed to the client so far (at most MAX_INTERIM_RELAYED). */
+  private interimRelayed = 0;
 
   constructor(ctx: GatewayContext, flow: Flow, connection: ConnectionState) {
     this.ctx = ctx;
@@ -294,23 +298,28 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
   }
 
   /**
-   * A 1xx response came (not relayed: see the subclasses). undici re-arms its headers timeout on each
-   * one, so an origin that sends them at a trickle, each within limits.idleTimeoutMs of the last,
-   * would hold the request without an answer for as long as it likes. The final response must come
-   * within limits.idleTimeoutMs of the first 1xx, else the request fails as an origin timeout (504)
-   * at the next 1xx (or at undici's own timeout, if none comes): within twice that at worst. Only
-   * this rare path reads the clock.
+   * A 1xx response came: relayed to the client (writeInterim) when it is one to relay
+   * (isRelayableInterim), and only the first MAX_INTERIM_RELAYED of the request. undici re-arms its
+   * headers timeout on each one, so an origin that sends them at a trickle, each within
+   * limits.idleTimeoutMs of the last, would hold the request without an answer for as long as it
+   * likes. The final response must come within limits.idleTimeoutMs of the first 1xx, else the
+   * request fails as an origin timeout (504) at the next 1xx (or at undici's own timeout, if none
+   * comes): within twice that at worst. Only this rare path reads the clock.
    */
-  protected onInterim(): void {
+  protected onInterim(statusCode: number, rawHeaders: Buffer[], statusText: string): void {
     const now = performance.now();
     if (this.interimSinceMs === 0) {
       this.interimSinceMs = now;
-      return;
+    } else {
+      const limitMs = this.ctx.policy.current().config.limits.idleTimeoutMs;
+      if (now - this.interimSinceMs >= limitMs) {
+        this.abortUpstream?.(new GatewayError('EGW_DIAL_TIMEOUT', `no final response within ${limitMs} ms of the first 1xx`));
+        return;
+      }
     }
-    const limitMs = this.ctx.policy.current().config.limits.idleTimeoutMs;
-    if (now - this.interimSinceMs >= limitMs) {
-      this.abortUpstream?.(new GatewayError('EGW_DIAL_TIMEOUT', `no final response within ${limitMs} ms of the first 1xx`));
-    }
+    if (this.interimRelayed >= MAX_INTERIM_RELAYED || !isRelayableInterim(statusCode)) return;
+    this.interimRelayed++;
+    this.writeInterim(interimResponseHead(statusCode, statusText, rawHeaders));
   }
 
   /**
@@ -377,6 +386,11 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
   protected abstract cutClient(reset: boolean): void;
   /** Answer a failure before any response byte. */
   protected abstract answerFailure(mapping: RejectMapping, details: RefusalDetails): void;
+  /**
+   * Send the client an interim response head (interimResponseHead) now, before the final one, or
+   * drop it where it must not or cannot go (an HTTP/1.0 client, a client already gone).
+   */
+  protected abstract writeInterim(head: string): void;
 }
 
 /** One request/response exchange on node:http's IncomingMessage and ServerResponse. */
@@ -441,6 +455,18 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
     sendRefusal(this.res, mapping, details, !this.req.complete);
   }
 
+  protected writeInterim(head: string): void {
+    const { req, res } = this;
+    // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client. The head goes on the socket only while this is
+    // its current response (a pipelined one queued behind another has no socket yet: dropped) and
+    // before its own head. Not res.writeEarlyHints: it sends 103 only, requires a Link and throws on
+    // valid ones (a comma-separated list, a quoted title with a space).
+    if (req.httpVersionMajor !== 1 || req.httpVersionMinor < 1) return;
+    const socket = res.socket;
+    if (socket === null || res.headersSent || socket.destroyed) return;
+    socket.write(head, 'latin1');
+  }
+
   onBodySent(chunk: unknown): void {
     // undici passes the chunk itself (its typings say a size); accept both.
     this.flow.bytesOut += typeof chunk === 'number' ? chunk : Buffer.byteLength(chunk as Buffer);
@@ -448,8 +474,7 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     if (statusCode < 200) {
-      // 1xx: the gateway answered Expect itself; nothing else to relay
-      this.onInterim();
+      this.onInterim(statusCode, rawHeaders, statusText);
       return true;
     }
     if (this.refuseUnrelayable(rawHeaders)) return true;

@@ -5,11 +5,14 @@
  * 103s every 200 ms with limits.idleTimeoutMs 1000: the client got its 504 after 13.7 s, once the drip
  * had stopped). Now the final response must come within limits.idleTimeoutMs of the first 1xx: the test
  * asks that the 504 comes while the origin still drips (a 60 s drip; no duration is asserted). A burst of
- * 1xx followed by the final answer is still relayed.
+ * 1xx followed by the final answer is still relayed. The 1xx themselves reach the client (see
+ * http-early-hints.test.ts), but only the first MAX_INTERIM_RELAYED of a request: a burst of 300 gets
+ * the client 10, then the final answer whole.
  */
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MAX_INTERIM_RELAYED } from '../../gateway/listeners/http-interim.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { jsonBody, rawConnect, readUntil } from './http-harness.ts';
 
@@ -69,6 +72,20 @@ afterAll(async () => {
   await new Promise<void>((r) => (origin ? origin.close(() => r()) : r()));
 });
 
+/** One 103 as the relay sends it (the origin's Link, our Via). */
+const RELAYED_103 = 'HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nvia: 1.1 egressgate\r\n\r\n';
+
+/** The 103 heads in a response as the client read it. */
+function count103(response: string): number {
+  return response.split(RELAYED_103).length - 1;
+}
+
+/** What follows the last 103 head: the final response. */
+function afterInterim(response: string): string {
+  const last = response.lastIndexOf(RELAYED_103);
+  return last < 0 ? response : response.slice(last + RELAYED_103.length);
+}
+
 /** Send a GET for `path`, whole (fast path) or split over two packets (node:http serves it). */
 async function sendGet(s: Socket, path: string, split: boolean): Promise<void> {
   const head = `GET http://${o}${path} HTTP/1.1\r\nHost: ${o}\r\n\r\n`;
@@ -90,12 +107,17 @@ describe.each([
     try {
       await sendGet(s, '/drip', split);
       const response = (await readUntil(s, '}', CLIENT_WAITS_MS)).toString('latin1');
-      expect(response).toMatch(/^HTTP\/1\.1 504 /);
-      expect(response).not.toContain('103');
+      // The 103s that came before the cut were relayed (the one at the cut is not), then the 504.
+      const relayed = count103(response);
+      expect(relayed).toBeGreaterThan(0);
+      expect(relayed).toBeLessThan(dripped);
+      const final = afterInterim(response);
+      expect(final).toMatch(/^HTTP\/1\.1 504 /);
+      expect(response.length).toBe(relayed * RELAYED_103.length + final.length);
       // Cut mid-drip: more than one 103 came (the first starts the clock), and far from all of them.
       expect(dripped).toBeGreaterThan(1);
       expect(dripped).toBeLessThan(DRIPS);
-      const body = jsonBody(response);
+      const body = jsonBody(final);
       const record = await gw.waitForClosed((r) => r.id === body.flowId);
       expect(record.closeReason).toBe('connect-timeout');
       expect(record.bytesIn).toBe(0);
@@ -106,14 +128,17 @@ describe.each([
     }
   }, 40_000);
 
-  it('300 interim 103s, then the final answer: the answer is relayed whole, the 103s are not', async () => {
+  it('300 interim 103s, then the final answer: the first 10 103s are relayed, then the answer whole', async () => {
     const s = await rawConnect(gw.httpPort);
     try {
       const before = gw.closed.length;
       await sendGet(s, '/burst', split);
       const response = (await readUntil(s, 'final')).toString('latin1');
-      expect(response).toMatch(/^HTTP\/1\.1 200 /);
-      expect(response).not.toContain('103');
+      expect(MAX_INTERIM_RELAYED).toBe(10);
+      expect(count103(response)).toBe(MAX_INTERIM_RELAYED);
+      const final = afterInterim(response);
+      expect(final).toMatch(/^HTTP\/1\.1 200 [\s\S]*\r\n\r\nfinal$/);
+      expect(response.length).toBe(MAX_INTERIM_RELAYED * RELAYED_103.length + final.length);
       // The drip's flow may close meanwhile: this one is the flow that received bytes.
       const record = await gw.waitForClosed((r) => gw.closed.indexOf(r) >= before && r.bytesIn > 0);
       expect(record.closeReason).toBe('closed');
