@@ -37,9 +37,10 @@ export interface ConnectionState {
    */
   closeWatchers: Set<ClientCloseWatcher> | null;
   /**
-   * A request of this connection was refused 429: the connection ends after that answer and the
-   * requests the client pipelined behind it are dropped unanswered, without a flow (a CONNECT or
-   * Upgrade too: isBehindLastAnswer in http-connect.ts).
+   * A request of this connection was refused 429, or answered by its origin before its body was
+   * whole (http-early-answer.ts): the connection ends after that answer and the requests the client
+   * pipelined behind it are dropped unanswered, without a flow (a CONNECT or Upgrade too:
+   * isBehindLastAnswer in http-connect.ts).
    */
   isShedding: boolean;
   /** node:http: the admission of this connection's latest request, while it runs (they run in order). */

@@ -24,6 +24,7 @@ import { formatAuthority } from '../protocol/authority.ts';
 import { mapError, type RejectMapping } from '../reject.ts';
 import { dial, isFallbackCode, MAX_ADDRESSES_DIALLED } from '../upstream/dial.ts';
 import { type ClientCloseWatcher, type ConnectionState, connectionState, resetOrDestroy, unwatchClientClose, watchClientClose } from './http-connection-state.ts';
+import { closeAfterEarlyAnswer } from './http-early-answer.ts';
 import { forwardResponseHeaders, isRelayableTransferCoding, relayedStatusText } from './http-headers.ts';
 import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './http-interim.ts';
 import { type RefusalDetails, sendRefusal } from './http-refusal.ts';
@@ -401,6 +402,8 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
   private readonly clientSocket: Socket;
   private resume: (() => void) | null = null;
   private isUpstreamDone = false;
+  /** The answer's head came while the client still owed body bytes: the connection ends after it. */
+  private isEarly = false;
 
   constructor(ctx: GatewayContext, flow: Flow, req: IncomingMessage, res: ServerResponse) {
     super(ctx, flow, connectionState(req.socket));
@@ -485,8 +488,10 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
       this.res.on('drain', resume);
     }
     const headers = forwardResponseHeaders(rawHeaders);
-    // While draining, this client connection carries no further request.
-    if (this.ctx.isDraining()) headers.push('connection', 'close');
+    // An answer before the whole body (an early 413): the rest of the body is not read, so this
+    // connection carries no further request (closeAfterEarlyAnswer); nor while draining.
+    this.isEarly = !this.req.complete;
+    if (this.isEarly || this.ctx.isDraining()) headers.push('connection', 'close');
     this.res.writeHead(statusCode, relayedStatusText(statusCode, statusText), headers);
     return true;
   }
@@ -498,6 +503,7 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
 
   onComplete(): void {
     this.isUpstreamDone = true;
+    if (this.isEarly) closeAfterEarlyAnswer(this.req, this.res, this.clientSocket, this.connection);
     this.res.end();
   }
 
