@@ -113,7 +113,6 @@ describe('an origin that answers before it reads the request body', () => {
       error = e.code ?? e.message;
     });
     const closed = new Promise<void>((r) => s.once('close', () => r()));
-    const startedAt = Date.now();
     try {
       s.write(`POST http://${o}/upload HTTP/1.1\r\nHost: ${o}\r\nContent-Length: ${upload}\r\n\r\n`);
       s.write(Buffer.alloc(upload, 0x78));
@@ -124,7 +123,6 @@ describe('an origin that answers before it reads the request body', () => {
       // Before: the 413 said keep-alive, then ECONNRESET after ~6 s, the whole upload unread.
       expect(error).toBeNull();
       expect(isEnded).toBe(true);
-      expect(Date.now() - startedAt).toBeLessThan(5000);
       expect(received.startsWith('HTTP/1.1 413 Payload Too Large\r\n')).toBe(true);
       expect(received.toLowerCase()).toContain('\r\nconnection: close\r\n');
       expect(received).not.toMatch(/keep-alive/i);
