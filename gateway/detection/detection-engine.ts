@@ -24,7 +24,7 @@ import {
   nextUploadBudget,
   type ObserveResult,
   observeOptions,
-  outcomeOfRefusal,
+  outcomeOfUnconnected,
   toAlert,
   uploadBudgetFor,
   uploadKillTrigger,
@@ -112,17 +112,6 @@ function facts(flow: RoutedFlow): ConnectFacts {
     destPort: flow.destination.port,
     destIp: flow.destination.ip,
   };
-}
-
-/**
- * How a flow whose dial failed is folded: `failed` (an attempt at the destination, which the scan
- * detector counts), unless the parent proxy failed on its own (`upstream-proxy`: down, closed, its
- * login or ruleset refused): nothing was learnt about the destination, and a busy client behind a
- * parent that is down is no scanner. A parent's word about the destination (SOCKS5 0x03-0x06) maps
- * to `connection-refused` / `unreachable` / `connect-timeout` and still counts.
- */
-function outcomeOfFailure(closeReason: string | null): FlowOutcome {
-  return closeReason === 'upstream-proxy' ? 'blocked' : 'failed';
 }
 
 function view(flow: RoutedFlow, outcome: FlowOutcome): FlowView {
@@ -277,18 +266,18 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     admitted.delete(flow.id);
     // A SOCKS5 login refused before its request named no destination: nothing for fan-out, scans or first-seen.
     if (!isRouted(flow)) return;
-    // The gateway had no descriptor for the dial: nothing was attempted, so no failed connect for
-    // the scan detector (a host's ordinary connections would read as a sweep while the process is full).
-    if (flow.closeReason === 'out-of-descriptors') return;
-    // A refusal of the address itself (deny-range, an IP literal not allowlisted) is an attempt the
-    // scan detector counts, as a failed dial is: an internal sweep is refused before any dial.
+    // A flow that never connected counts as a failed attempt for the scan detector only when the
+    // destination failed the dial, or policy refused the address itself (deny-range, an IP literal
+    // not allowlisted: an internal sweep is refused before any dial). Not when the gateway or the
+    // client ended it first (drain, admin, no descriptor, a parent proxy down, the client leaving):
+    // `outcomeOfUnconnected`, which the replay shares.
     try {
       // The flow table closes a flow once: it is folded here once, and the sweep skips ended flows.
       // A flow that relayed to several destinations is folded per destination, on each one's bytes.
       if (flow.legs !== null) {
         for (const leg of flow.legs) foldEnded(legView(flow, leg, 'closed'));
       } else {
-        foldEnded(view(flow, flow.isConnected ? 'closed' : flow.verdict === 'block' ? outcomeOfRefusal(flow.reason, flow.destination) : outcomeOfFailure(flow.closeReason)));
+        foldEnded(view(flow, flow.isConnected ? 'closed' : outcomeOfUnconnected(flow)));
       }
     } catch (err) {
       log.error({ err: String(err) }, 'detector state update failed');

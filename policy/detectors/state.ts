@@ -12,7 +12,7 @@
 import { isIP } from 'node:net';
 import { classifyAddress } from '../address.ts';
 import type { Config } from '../config.ts';
-import type { Identity, ReasonCode } from '../types.ts';
+import type { Identity, ReasonCode, Verdict } from '../types.ts';
 import { MODIFIER_DEFAULTS } from './defaults.ts';
 import { addressKey, identityKeyOf, registrableDomain, viewKey } from './match.ts';
 import type { BehaviourDetector, Finding, FlowDestinationView, FlowView } from './types.ts';
@@ -152,6 +152,41 @@ export function outcomeOfRefusal(reason: ReasonCode | null, destination: FlowDes
   if (destination.ip === null) return 'blocked';
   if (reason === 'deny-range') return 'denied';
   return reason === 'not-allowlisted' && destination.host === destination.ip ? 'denied' : 'blocked';
+}
+
+/**
+ * The closeReasons that are the destination's answer to a dial (or the parent proxy's word about it:
+ * SOCKS5 0x03-0x06): the only ends of a flow that never connected which `an0081.scan` counts as a
+ * failed attempt. `connection-refused` is the destination refusing; the others a dial that got no answer.
+ */
+const DIAL_FAILURES: ReadonlyMap<string, 'refused' | 'failed'> = new Map([
+  ['connection-refused', 'refused'],
+  ['unreachable', 'failed'],
+  ['connect-timeout', 'failed'],
+]);
+
+/** What a flow that never connected says about its destination, read from its record's fields. */
+export interface UnconnectedFlow {
+  readonly verdict: Verdict;
+  readonly reason: ReasonCode | null;
+  readonly closeReason: string | null;
+  readonly destination: FlowDestinationView;
+}
+
+/**
+ * How a flow that ended without connecting is folded, the one rule the gateway's detection engine and
+ * the replay (`egressgate replay`, flow logs and scenarios) share:
+ * - refused (verdict block) by policy, quarantine or a detector: `outcomeOfRefusal`;
+ * - else a dial the destination failed (`DIAL_FAILURES`): `refused` / `failed`, a failed attempt;
+ * - else `blocked`, counted nowhere: the gateway or the client ended it before the destination
+ *   answered (drain, admin DELETE, the client leaving, a fatal error, the flow log failing, a parent
+ *   proxy's own failure, no descriptor left, a Via loop), or there was no address (DNS failed:
+ *   `destination.ip` null, which `outcomeOfRefusal` and the scan windows also skip).
+ */
+export function outcomeOfUnconnected(flow: UnconnectedFlow): 'refused' | 'failed' | 'denied' | 'blocked' {
+  if (flow.verdict === 'block') return outcomeOfRefusal(flow.reason, flow.destination);
+  if (flow.destination.ip === null || flow.closeReason === null) return 'blocked';
+  return DIAL_FAILURES.get(flow.closeReason) ?? 'blocked';
 }
 
 interface TrackedFlow {

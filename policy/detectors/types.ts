@@ -16,8 +16,9 @@ import type { AlertAction, Identity, Protocol, Severity } from '../types.ts';
  *   an IP literal not allowlisted): never dialled, but an attempt at that address, which the scan
  *   detector counts as a failed one (see `outcomeOfRefusal`); nothing else reads it.
  * - `blocked`: any other refusal by the gateway (a name not allowlisted, detector, quarantine, rate
- *   limit, authentication): never dialled, and not an attempt at an address; so is a dial the
- *   parent proxy failed on its own (`upstream-proxy`), which never reached the destination.
+ *   limit, authentication): never dialled, and not an attempt at an address; so is a flow the gateway
+ *   or the client ended before the destination answered its dial (a parent proxy's own failure, a
+ *   drain, an admin DELETE, the client leaving, no descriptor left): see `outcomeOfUnconnected`.
  */
 export type FlowOutcome = 'open' | 'closed' | 'failed' | 'refused' | 'denied' | 'blocked';
 

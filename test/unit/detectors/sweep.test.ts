@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DetectionState, emptyObserveResult, outcomeOfRefusal } from '../../../policy/detectors/state.ts';
+import { DetectionState, emptyObserveResult, outcomeOfRefusal, outcomeOfUnconnected } from '../../../policy/detectors/state.ts';
 import { identityKeyOf } from '../../../policy/detectors/match.ts';
 import { evaluateSweep } from '../../../policy/detectors/sweep.ts';
 import type { Finding, FlowView } from '../../../policy/detectors/types.ts';
@@ -118,6 +118,29 @@ describe('an0081.scan', () => {
       [null, '10.0.0.1', '10.0.0.1', 'blocked'],
     ];
     for (const [reason, host, ip, want] of cases) expect([reason, host, outcomeOfRefusal(reason, { host, ip, port: 80 })]).toEqual([reason, host, want]);
+  });
+  it('outcomeOfUnconnected: only the destination failing the dial (allowed flows), refusals as outcomeOfRefusal', () => {
+    const cases: Array<[string | null, string | null, string]> = [
+      ['connection-refused', '10.0.0.1', 'refused'],
+      ['unreachable', '10.0.0.1', 'failed'],
+      ['connect-timeout', '10.0.0.1', 'failed'],
+      ['dns-failed', null, 'blocked'],
+      ['connect-timeout', null, 'blocked'],
+      ['upstream-proxy', '10.0.0.1', 'blocked'],
+      ['out-of-descriptors', '10.0.0.1', 'blocked'],
+      ['admin', '10.0.0.1', 'blocked'],
+      ['shutdown', '10.0.0.1', 'blocked'],
+      ['client-reset', '10.0.0.1', 'blocked'],
+      ['gateway-error', '10.0.0.1', 'blocked'],
+      ['flow-log-unavailable', '10.0.0.1', 'blocked'],
+      [null, '10.0.0.1', 'blocked'],
+    ];
+    const destination = (ip: string | null) => ({ host: 'svc.example', ip, port: 80 });
+    for (const [closeReason, ip, want] of cases) {
+      expect([closeReason, outcomeOfUnconnected({ verdict: 'allow', reason: 'allowed', closeReason, destination: destination(ip) })]).toEqual([closeReason, want]);
+    }
+    expect(outcomeOfUnconnected({ verdict: 'block', reason: 'deny-range', closeReason: 'deny-range', destination: destination('10.0.0.1') })).toBe('denied');
+    expect(outcomeOfUnconnected({ verdict: 'block', reason: 'quarantine', closeReason: 'quarantine', destination: destination('10.0.0.1') })).toBe('blocked');
   });
   it('DNS failures (no ip) do not count', () => {
     const fs = play(40, 1000, (i, now) => [
