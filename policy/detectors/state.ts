@@ -176,7 +176,9 @@ export interface UnconnectedFlow {
 /**
  * How a flow that ended without connecting is folded, the one rule the gateway's detection engine and
  * the replay (`egressgate replay`, flow logs and scenarios) share:
- * - refused (verdict block) by policy, quarantine or a detector: `outcomeOfRefusal`;
+ * - refused (verdict block) by policy, quarantine or a detector, or in monitor mode relayed as
+ *   would-block for one of these: as enforce mode refuses it (`outcomeOfRefusal`), so monitor mode
+ *   counts what enforce mode counts and no more (a failed dial to a name enforce mode refuses is none);
  * - else a dial the destination failed (`DIAL_FAILURES`): `refused` / `failed`, a failed attempt;
  * - else `blocked`, counted nowhere: the gateway or the client ended it before the destination
  *   answered (drain, admin DELETE, the client leaving, a fatal error, the flow log failing, a parent
@@ -184,7 +186,7 @@ export interface UnconnectedFlow {
  *   `destination.ip` null, which `outcomeOfRefusal` and the scan windows also skip).
  */
 export function outcomeOfUnconnected(flow: UnconnectedFlow): 'refused' | 'failed' | 'denied' | 'blocked' {
-  if (flow.verdict === 'block') return outcomeOfRefusal(flow.reason, flow.destination);
+  if (flow.verdict !== 'allow') return outcomeOfRefusal(flow.reason, flow.destination);
   if (flow.destination.ip === null || flow.closeReason === null) return 'blocked';
   return DIAL_FAILURES.get(flow.closeReason) ?? 'blocked';
 }

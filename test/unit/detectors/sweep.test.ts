@@ -141,6 +141,10 @@ describe('an0081.scan', () => {
     }
     expect(outcomeOfUnconnected({ verdict: 'block', reason: 'deny-range', closeReason: 'deny-range', destination: destination('10.0.0.1') })).toBe('denied');
     expect(outcomeOfUnconnected({ verdict: 'block', reason: 'quarantine', closeReason: 'quarantine', destination: destination('10.0.0.1') })).toBe('blocked');
+    // Monitor mode: a would-block flow's failed dial is folded as enforce mode's refusal of it.
+    expect(outcomeOfUnconnected({ verdict: 'would-block', reason: 'not-allowlisted', closeReason: 'connection-refused', destination: destination('10.0.0.1') })).toBe('blocked');
+    expect(outcomeOfUnconnected({ verdict: 'would-block', reason: 'quarantine', closeReason: 'connect-timeout', destination: destination('10.0.0.1') })).toBe('blocked');
+    expect(outcomeOfUnconnected({ verdict: 'would-block', reason: 'deny-range', closeReason: 'connection-refused', destination: destination('10.0.0.1') })).toBe('denied');
   });
   it('DNS failures (no ip) do not count', () => {
     const fs = play(40, 1000, (i, now) => [
