@@ -5,19 +5,21 @@
  * flow's life, so hours of traffic are judged in seconds.
  *
  * Per step:
- * 1. start the connections due (policy → quarantine → connect-time detectors → budget); an
- *    address refused by policy is folded as a `denied` attempt (the scan detector counts it);
+ * 1. start the connections due (policy → quarantine → connect-time detectors → budget); a refused
+ *    or failed one is folded as the gateway folds it (`outcomeOfUnconnected`: an address refused by
+ *    policy is a `denied` attempt, a failed dial a failed one unless the flow was would-block);
  * 2. advance bytes of live flows; a flow reaching its budget is cut at exactly the budget
  *    (enforce) when the out:in ratio holds;
  * 3. sweep: evaluateSweep over live flows and those closed in this step;
- * 4. act on findings: enforce kills flows and quarantines the identity on block/kill.
+ * 4. act on findings: enforce kills flows and quarantines the identity on block/kill (monitor notes
+ *    the quarantine it would have opened: its next flows are would-block, as in the gateway).
  * Idle stretches (no live flow) jump straight to the next connection.
  */
 import {
   evaluateConnect,
   evaluateSweep,
   isOverUploadBudget,
-  outcomeOfRefusal,
+  outcomeOfUnconnected,
   toAlert,
   uploadBudgetFor,
   uploadKillTrigger,
@@ -25,10 +27,18 @@ import {
 import { identityKeyOf, severityLevel } from '../../policy/detectors/match.ts';
 import { DetectionState } from '../../policy/detectors/state.ts';
 import type { Alert, Finding, FlowOutcome, FlowView } from '../../policy/detectors/types.ts';
-import type { ConnectFacts, Identity, Mode, PolicySnapshot } from '../../policy/types.ts';
-import type { ConnSpec } from './scenario.ts';
+import type { ConnectFacts, Identity, Mode, PolicySnapshot, ReasonCode, Verdict } from '../../policy/types.ts';
+import type { ConnOutcome, ConnSpec } from './scenario.ts';
 
 const DAY_MS = 86_400_000;
+
+/** The closeReason the gateway records for a scripted outcome (what outcomeOfUnconnected reads). */
+const CLOSE_REASON_OF: Record<ConnOutcome, string | null> = {
+  ok: null,
+  refused: 'connection-refused',
+  timeout: 'connect-timeout',
+  'dns-fail': 'dns-failed',
+};
 
 interface SimFlow {
   id: string;
@@ -166,24 +176,41 @@ export function replayConnections(conns: readonly ConnSpec[], opts: ReplayOption
     // then its detection hooks judge quarantine and the connect-time detectors).
     const decision = snapshot.decide(facts, now, opts.modeOverride ?? null);
     const destination = { host: spec.host, ip: spec.ip, port: spec.port };
-    let outcome: FlowOutcome = spec.outcome === 'ok' ? 'open' : spec.outcome === 'refused' ? 'refused' : 'failed';
+    // A flow refused, or whose dial failed, is folded by the gateway's own rule (outcomeOfUnconnected):
+    // a refusal of the address itself, or the destination failing the dial of a flow policy allows.
+    // Monitor mode's would-block counts as enforce mode's refusal would: nothing more.
+    const unconnected = (verdict: Verdict, reason: ReasonCode): FlowOutcome =>
+      outcomeOfUnconnected({ verdict, reason, closeReason: CLOSE_REASON_OF[spec.outcome], destination });
+    let outcome: FlowOutcome = decision.verdict !== 'block' && spec.outcome === 'ok' ? 'open' : unconnected(decision.verdict, decision.reason);
     if (decision.verdict === 'block') {
       tally.blockedByPolicy++;
-      // As in the gateway: a refusal of the address itself is still an attempt the scan detector counts.
-      if (outcomeOfRefusal(decision.reason, destination) !== 'denied') return null;
-      outcome = 'denied';
-    } else if (mode === 'enforce' && (quarantine.get(idKey) ?? 0) > now) {
-      tally.blockedByQuarantine++;
-      return null;
+      if (outcome !== 'denied') return null;
     } else {
-      const found = evaluateConnect(facts, state, snapshot, now, id);
-      for (const f of found) record(spec.scenario, f, mode, now);
-      if (mode === 'enforce' && found.some((f) => f.action !== 'flag')) {
-        tally.blockedByDetector++;
-        quarantineFor(idKey, now);
+      // As the gateway's detection engine: a quarantined identity (monitor mode: one enforce mode
+      // would have quarantined) is not judged by the connect-time detectors again; monitored, it and
+      // a refusing connect-time finding make the flow would-block, which its failed dial then is.
+      const isQuarantined = (quarantine.get(idKey) ?? 0) > now;
+      if (isQuarantined && mode === 'enforce') {
+        tally.blockedByQuarantine++;
         return null;
       }
+      let wouldBlock: ReasonCode | null = isQuarantined ? 'quarantine' : null;
+      if (!isQuarantined) {
+        const found = evaluateConnect(facts, state, snapshot, now, id);
+        for (const f of found) record(spec.scenario, f, mode, now);
+        if (found.some((f) => f.action !== 'flag')) {
+          quarantineFor(idKey, now);
+          if (mode === 'enforce') {
+            tally.blockedByDetector++;
+            return null;
+          }
+          wouldBlock = 'detector';
+        }
+      }
+      if (wouldBlock !== null && decision.verdict === 'allow' && outcome !== 'open') outcome = unconnected('would-block', wouldBlock);
     }
+    // Counted nowhere (a name's failed dial that policy refuses, a DNS failure): nothing to fold.
+    if (outcome === 'blocked') return null;
     const failed = outcome !== 'open';
     const flow: SimFlow = {
       id,
@@ -255,9 +282,10 @@ export function replayConnections(conns: readonly ConnSpec[], opts: ReplayOption
     const scenario = firstFlow?.spec.scenario ?? scenarioOfIdentity.get(f.identity.key) ?? '?';
     const mode = firstFlow?.mode ?? snapshot.modeFor(f.identity.roles, opts.modeOverride ?? null);
     record(scenario, f, mode, now);
-    if (mode !== 'enforce' || f.action === 'flag') return;
+    if (f.action === 'flag') return;
+    // Monitor mode notes the quarantine enforce mode would have opened (its flows are would-block).
     quarantineFor(f.identity.key, now);
-    if (f.action !== 'kill') return;
+    if (mode !== 'enforce' || f.action !== 'kill') return;
     for (const id of f.flowIds) {
       const fl = flowsById.get(id);
       if (!fl) continue;

@@ -9,6 +9,7 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { compilePolicy } from '../../policy/compile.ts';
 import type { Config } from '../../policy/config.ts';
+import { outcomeOfUnconnected } from '../../policy/detectors/index.ts';
 import { severityLevel } from '../../policy/detectors/match.ts';
 import { validateConfig } from '../../policy/load-config.ts';
 import type { Mode, ProcessInfo, Protocol } from '../../policy/types.ts';
@@ -99,8 +100,17 @@ export function parseFlowLog(text: string, file: string): { connections: ConnSpe
       if (isRefused) continue;
       throw new Error(`${file}:${n}: not a flow record (startedAt, destination.host, destination.port)`);
     }
-    const close = String(r['closeReason'] ?? '');
-    const outcome = /refus/.test(close) ? 'refused' : /timeout|unreach|dial|reset/.test(close) && r['bytesIn'] === 0 ? 'timeout' : 'ok';
+    // A failed attempt is what the gateway's engine counted (outcomeOfUnconnected, the one rule):
+    // the destination failing the dial. The verdict is the replayed policy's (the driver applies it),
+    // so the record's is not asked here. Any other end (closed, client-reset, idle-timeout, …) is
+    // replayed as a connection, whatever it carried; a name that did not resolve as `dns-fail`.
+    const dial = outcomeOfUnconnected({
+      verdict: 'allow',
+      reason: null,
+      closeReason: typeof r['closeReason'] === 'string' ? r['closeReason'] : null,
+      destination: { host: dest.host, ip: dest.ip ?? null, port: dest.port },
+    });
+    const outcome = dial === 'refused' ? 'refused' : dial === 'failed' ? 'timeout' : r['closeReason'] === 'dns-failed' ? 'dns-fail' : 'ok';
     (isRefused ? refused : out).push({
       scenario: `log:${file}`,
       identity: {
