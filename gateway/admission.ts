@@ -23,7 +23,7 @@ import type { GatewayContext, IdentityClaims, ProcessAttributor } from './contex
 import { GatewayError, type GatewayErrorCode } from './errors.ts';
 import type { Flow, RoutedFlow, UnknownDestination } from './flow/flow.ts';
 import { clientTransport } from './flow/flow-table.ts';
-import { mapDecision, mapError, type RejectMapping } from './reject.ts';
+import { mapDecision, mapError, mapKill, type RejectMapping } from './reject.ts';
 
 export interface AdmissionRequest {
   protocol: Protocol;
@@ -166,6 +166,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   // refusal still names the local process that tried (who asked for a forbidden name is the point).
   if (mode === 'enforce' && knownAddress(snapshot, req.destHost) === null && !snapshot.mayAllowName(flow.identity.roles, req.destHost, req.destPort, req.protocol)) {
     if (attribution) await attachProcess(ctx, flow, attribution);
+    if (flow.state === 'closed') return killedMeanwhile(flow);
     return refuse(ctx, flow, snapshot.decide(factsOf(flow, req.protocol, req.destHost, req.destPort, null), ctx.flows.now(), override));
   }
   // 5. resolution: an IP literal or a `resolver.hosts` entry needs no lookup (and no await).
@@ -174,6 +175,9 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   let dnsError: GatewayErrorCode | null = null;
   if (ip === null) ({ ip, alternates, dnsError } = req.lookedUp ?? (await lookUp(ctx, req.destHost, flow.client.ip)));
   if (attribution) await attachProcess(ctx, flow, attribution);
+  // Killed while it was looked up (admin DELETE, a late report's detector, the drain's end): the
+  // lookup could not be cancelled, but its answer is not used and nothing is dialled.
+  if (flow.state === 'closed') return killedMeanwhile(flow);
   if (ip) ctx.flows.setDestinationIp(flow, ip);
   // 6. self-dial
   const self = ip ? selfDialDecision(ctx, ip, req.destPort, req.protocol, mode) : null;
@@ -327,6 +331,9 @@ function attributeWhenKnown(ctx: GatewayContext, flow: Flow, eventual: Promise<P
  * tell the detectors (failed connects feed scan detection), and return what the client must see.
  */
 export function failFlow(ctx: GatewayContext, flow: Flow, err: unknown): RejectMapping {
+  // Killed while it dialled (FlowTable.kill destroyed the connecting socket): its record is written,
+  // with the kill's reason; the client hears what the kill means. Nothing failed at the destination.
+  if (flow.state === 'closed') return mapKill(flow.closeReason ?? 'admin');
   const code: GatewayErrorCode = err instanceof GatewayError ? err.code : 'EGW_DIAL_UNREACHABLE';
   const mapping = mapError(code);
   // The gateway's own descriptors ran out: no attempt reached the destination, so the detectors
@@ -341,6 +348,11 @@ export function failFlow(ctx: GatewayContext, flow: Flow, err: unknown): RejectM
 function errnoOf(err: unknown): string {
   const cause = (err as { cause?: { code?: unknown } } | null)?.cause;
   return typeof cause?.code === 'string' ? cause.code : 'unknown';
+}
+
+/** A flow killed while admission awaited (its record written by the kill): refused as the kill says. */
+function killedMeanwhile(flow: RoutedFlow): Refused {
+  return { ok: false, flow, reject: mapKill(flow.closeReason ?? 'admin') };
 }
 
 function refuse(ctx: GatewayContext, flow: RoutedFlow, decision: Decision): Refused {

@@ -57,6 +57,28 @@ export function mapError(code: GatewayErrorCode): RejectMapping {
   return ERROR_MAP[code];
 }
 
+const SHUTDOWN_KILL: RejectMapping = { status: 503, socks: SOCKS_REP.generalFailure, error: 'shutting down', reason: 'shutdown' };
+const ADMIN_KILL: RejectMapping = { status: 403, socks: SOCKS_REP.notAllowed, error: 'flow killed', reason: 'admin' };
+/** Refusals of detector and quarantine kills, per reason (a handful of fixed names). */
+const killRefusals = new Map<string, RejectMapping>();
+
+/**
+ * What a flow killed before its client had an answer (while it dialled) looks like to that client:
+ * the drain's end (`shutdown`) 503 / SOCKS 0x01 as a new flow refused while draining; an operator's
+ * DELETE (`admin`) 403 "flow killed" / 0x02; a detector's or quarantine's kill (its name) 403 "egress
+ * denied" / 0x02, as the same finding at admission. `reason` is the kill's, the record's closeReason.
+ */
+export function mapKill(reason: string): RejectMapping {
+  if (reason === 'shutdown') return SHUTDOWN_KILL;
+  if (reason === 'admin') return ADMIN_KILL;
+  let mapping = killRefusals.get(reason);
+  if (mapping === undefined) {
+    mapping = { status: 403, socks: SOCKS_REP.notAllowed, error: 'egress denied', reason };
+    if (killRefusals.size < 64) killRefusals.set(reason, mapping);
+  }
+  return mapping;
+}
+
 /** What a refusing decision looks like to the client (403 / SOCKS 0x02, or 429 / 407 for those reasons). */
 export function mapDecision(decision: Decision): RejectMapping {
   const reason: ReasonCode = decision.reason;

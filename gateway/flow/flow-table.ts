@@ -12,7 +12,7 @@ import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Decision, ProcessInfo, Protocol } from '../../policy/types.ts';
-import { Flow, type FlowInit, type FlowLeg, type FlowRecord, type KnownDestination, type RoutedFlow, withProcess } from './flow.ts';
+import { Flow, type FlowInit, type FlowLeg, type FlowRecord, KILLED_WHILE_DIALLING, type KnownDestination, type RoutedFlow, withProcess } from './flow.ts';
 import type { FlowSink } from './flow-log.ts';
 import { LiveFlows } from './live-flows.ts';
 import { processBytes } from '../pending-reports.ts';
@@ -312,6 +312,7 @@ export class FlowTable extends EventEmitter {
     flow.closeReason = reason;
     // The closed flow stays in the admin API's ring; it must not keep its sockets and handlers alive.
     flow.abort = null;
+    flow.dialling = null;
     flow.onBudget = null;
     flow.endedAt = this.now();
     if (flow.bytesOut + flow.bytesIn !== flow.lastSampleBytes) flow.lastActivityAt = flow.endedAt;
@@ -334,14 +335,22 @@ export class FlowTable extends EventEmitter {
     flow.legs = null;
   }
 
-  /** Tear a live flow down now (detector kill, admin DELETE). Returns false if it is not live. */
+  /**
+   * Tear a live flow down now (detector kill, admin DELETE, the drain's end). Returns false if it is
+   * not live. A flow still dialling has its connecting socket destroyed (its dial fails with
+   * KILLED_WHILE_DIALLING; the listener answers the client what the kill means, reject.ts mapKill).
+   */
   kill(id: string, reason: string): boolean {
     const flow = this.active.get(id);
     if (!flow) return false;
     const abort = flow.abort;
-    flow.abort = null;
+    const dialling = flow.dialling;
     this.close(flow, reason);
     abort?.(reason);
+    // Connecting, or a parent's handshake: its dial listens for the error and fails. Dialled, its
+    // tunnel not started: nobody listens yet, a plain destroy (the listener finds the flow closed).
+    // A tunnel's abort has reset its socket already: destroying it again does nothing.
+    if (dialling !== null) dialling.destroy(dialling.listenerCount('error') > 0 ? KILLED_WHILE_DIALLING : undefined);
     return true;
   }
 

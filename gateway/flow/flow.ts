@@ -8,6 +8,15 @@ import type { Decision, DetectorName, Identity, MatchedRule, ProcessInfo, Protoc
 
 export type FlowState = 'active' | 'closed';
 
+/** The error a dial under way fails with when its flow is killed (one object for every such dial). */
+export const KILLED_WHILE_DIALLING = new Error('flow killed while dialling');
+
+/** What a kill needs of a dialling socket (node's net.Socket). */
+export interface DiallingSocket {
+  destroy(err?: Error): unknown;
+  listenerCount(event: 'error'): number;
+}
+
 /** Where a flow goes: the name or address the client asked for, and the address dialled (null until resolved). */
 export interface KnownDestination {
   host: string;
@@ -152,6 +161,12 @@ export class Flow {
   legs: FlowLeg[] | null = null;
   /** Registered by whoever holds the sockets: tears both sides down at once (TCP reset). */
   abort: ((reason: string) => void) | null = null;
+  /**
+   * The socket of the dial under way for this flow (gateway/upstream/dial.ts sets it as it connects),
+   * until the tunnel or exchange registers `abort`: a kill meanwhile destroys it (FlowTable.kill), so
+   * nothing more reaches the destination. A field, not a closure per flow.
+   */
+  dialling: DiallingSocket | null = null;
   /** The client's host has an agent, yet no agent attributed this live flow in time (a signal in itself). */
   isUnattributed = false;
   /** Local attribution outlasted admission's wait and named the process of the flow already admitted. */

@@ -138,21 +138,28 @@ export async function handleConnect(state: HttpListenerState, req: RequestHead, 
   const limits = result.snapshot.config.limits;
   let upstream: Socket;
   try {
-    upstream = await dialFirstReachable({ ip: result.ip, port: authority.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs }, result.alternates, (ip) => admitAlternate(ctx, result, ip));
+    upstream = await dialFirstReachable({ ip: result.ip, port: authority.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs, flow }, result.alternates, (ip) => admitAlternate(ctx, result, ip));
   } catch (err) {
     hold.release();
+    const isKilled = flow.state === 'closed';
     const mapping = failFlow(ctx, flow, err);
-    // Out of descriptors is logged once per ten seconds (DescriptorShortage), not per flow.
-    if (mapping.reason !== 'out-of-descriptors') ctx.log.warn({ flowId: flow.id, reason: mapping.reason, err: (err as Error).message }, 'CONNECT dial failed');
-    writeRawRefusal(socket, mapping, { flowId: flow.id, isBlock: false });
+    // Out of descriptors is logged once per ten seconds (DescriptorShortage), not per flow; a kill by its killer.
+    if (mapping.reason !== 'out-of-descriptors' && !isKilled) ctx.log.warn({ flowId: flow.id, reason: mapping.reason, err: (err as Error).message }, 'CONNECT dial failed');
+    writeRawRefusal(socket, mapping, { flowId: flow.id, isBlock: flow.verdict === 'block' });
     return;
   }
   hold.release();
-  if (hold.isGone() || flow.state !== 'active') {
-    // The client left while we dialled, or the flow was killed meanwhile.
+  if (hold.isGone()) {
+    // The client left while we dialled (or as the flow was killed: its record is written).
     upstream.destroy();
     socket.destroy();
     ctx.flows.close(flow, 'client-reset');
+    return;
+  }
+  if (flow.state !== 'active') {
+    // Killed as the dial completed: the client hears what the kill means, nothing is relayed.
+    upstream.destroy();
+    writeRawRefusal(socket, failFlow(ctx, flow, null), { flowId: flow.id, isBlock: flow.verdict === 'block' });
     return;
   }
   socket.write(establishedHead());

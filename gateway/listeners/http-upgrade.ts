@@ -218,23 +218,32 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
   const limits = snapshot.config.limits;
   let upstream: Socket;
   try {
-    upstream = await dialFirstReachable({ ip: result.ip, port: target.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs }, result.alternates, (ip) => admitAlternate(ctx, result, ip));
+    upstream = await dialFirstReachable({ ip: result.ip, port: target.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs, flow }, result.alternates, (ip) => admitAlternate(ctx, result, ip));
   } catch (err) {
     hold.release();
+    const isKilled = flow.state === 'closed';
     const mapping = failFlow(ctx, flow, err);
-    ctx.log.warn({ flowId: flow.id, reason: mapping.reason, err: (err as Error).message }, 'Upgrade dial failed');
-    writeRawRefusal(socket, mapping, { flowId: flow.id, isBlock: false });
+    if (!isKilled) ctx.log.warn({ flowId: flow.id, reason: mapping.reason, err: (err as Error).message }, 'Upgrade dial failed');
+    writeRawRefusal(socket, mapping, { flowId: flow.id, isBlock: flow.verdict === 'block' });
     return;
   }
-  ctx.flows.markConnected(flow);
-  if (isGone() || flow.state !== 'active') {
-    // The client left while we dialled, or the flow was killed meanwhile (its record is written).
+  if (isGone()) {
+    // The client left while we dialled (or as the flow was killed: its record is written).
+    ctx.flows.markConnected(flow);
     hold.release();
     upstream.destroy();
     socket.destroy();
     ctx.flows.close(flow, 'client-reset');
     return;
   }
+  if (flow.state !== 'active') {
+    // Killed as the dial completed: the client hears what the kill means, nothing is sent.
+    hold.release();
+    upstream.destroy();
+    writeRawRefusal(socket, failFlow(ctx, flow, null), { flowId: flow.id, isBlock: flow.verdict === 'block' });
+    return;
+  }
+  ctx.flows.markConnected(flow);
   // An HTTP/1.0 request's Upgrade is ignored (RFC 9110 §7.8): it goes out as a plain request, and
   // `Connection: close` makes its answer end with the origin's connection (a 1.0 exchange ends there).
   const isPlain = isHttp10(req);

@@ -143,12 +143,21 @@ async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResul
     ctx.flows.close(flow, 'client-reset');
     return;
   }
+  // A flow now: a drain ends it through the FlowTable (its dial killed at the grace's end, the
+  // client told 0x01), not by closing the connection unanswered as it starts.
+  down.setCloser(null);
   // 5. dial the checked address
   let up: Socket;
   try {
-    up = await dialFirstReachable({ ip: admitted.ip, port: request.port, upstream: admitted.upstream, timeoutMs: admitted.snapshot.config.limits.connectTimeoutMs }, admitted.alternates, (ip) => admitAlternate(ctx, admitted, ip));
+    up = await dialFirstReachable({ ip: admitted.ip, port: request.port, upstream: admitted.upstream, timeoutMs: admitted.snapshot.config.limits.connectTimeoutMs, flow }, admitted.alternates, (ip) => admitAlternate(ctx, admitted, ip));
   } catch (err) {
     socket.removeListener('close', onClose);
+    if (flow.state === 'closed') {
+      // Killed while it dialled (admin, detector, the drain's end): the reply says what the kill means.
+      const killed = failFlow(ctx, flow, err);
+      if (!clientGone) refuse(ctx, down, encodeReply(killed.socks), killed.reason, `CONNECT ${request.host}:${request.port}: flow killed while dialling (${killed.reason})`, false);
+      return;
+    }
     const mapping = failFlow(ctx, flow, err);
     // Out of descriptors is logged once per ten seconds (DescriptorShortage), not per flow.
     if (!clientGone) refuse(ctx, down, encodeReply(mapping.socks), mapping.reason, `CONNECT ${request.host}:${request.port} failed (${mapping.reason}): ${(err as Error).message}`, mapping.reason !== 'out-of-descriptors');
@@ -161,13 +170,13 @@ async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResul
     return;
   }
   if (flow.state !== 'active') {
-    // Killed (admin, detector, drain) while we dialled: the client is refused, nothing is relayed.
+    // Killed (admin, detector, drain) as the dial completed: the client is refused, nothing is relayed.
     up.destroy();
-    refuse(ctx, down, encodeReply(SOCKS_REP.notAllowed), flow.closeReason ?? 'killed', `CONNECT ${request.host}:${request.port}: flow killed while dialling`);
+    const killed = failFlow(ctx, flow, null);
+    refuse(ctx, down, encodeReply(killed.socks), killed.reason, `CONNECT ${request.host}:${request.port}: flow killed while dialling (${killed.reason})`, false);
     return;
   }
   // 6. success carries the bound address of the upstream socket (RFC 1928 §6).
-  down.setCloser(null);
   socket.write(encodeReply(SOCKS_REP.succeeded, up.localAddress ?? null, up.localPort ?? 0));
   tunnel(ctx.flows, flow, socket, up, { idleTimeoutMs: admitted.snapshot.config.limits.idleTimeoutMs, head: hs.head });
 }

@@ -8,6 +8,7 @@ import { dialErrorCode, GatewayError, type GatewayErrorCode } from '../errors.ts
 import { type ParentEndpoint, type ParentLogin, parseParentUrl } from '../../policy/upstream-url.ts';
 import { type HandshakeWords, readHandshake } from './handshake.ts';
 import { socks5ParentHandshake } from './socks5-parent.ts';
+import { type Flow, KILLED_WHILE_DIALLING } from '../flow/flow.ts';
 
 export interface DialTarget {
   /** The checked address; never re-resolved. */
@@ -16,11 +17,18 @@ export interface DialTarget {
   /** Parent proxy URL or null for a direct connection. */
   upstream: string | null;
   timeoutMs: number;
+  /**
+   * The flow dialled for: its `dialling` names the socket while the dial is under way, so a kill
+   * meanwhile destroys it (FlowTable.kill) and the dial fails with KILLED_WHILE_DIALLING; a flow
+   * already closed is not dialled. Absent: a dial for no flow.
+   */
+  flow?: Pick<Flow, 'dialling' | 'state'> | undefined;
 }
 
 /** Open a TCP connection to the target. Resolves once the upstream is ready for payload bytes. */
 export function dial(target: DialTarget): Promise<Socket> {
-  if (!target.upstream) return dialDirect(target.ip, target.port, target.timeoutMs);
+  if (target.flow?.state === 'closed') return Promise.reject(KILLED_WHILE_DIALLING);
+  if (!target.upstream) return dialDirect(target.ip, target.port, target.timeoutMs, target.flow);
   const parent = parentOf(target.upstream);
   if ('error' in parent) return Promise.reject(new GatewayError('EGW_UPSTREAM_PROXY', `unusable upstream: ${parent.error}`));
   if (parent.protocol === 'http:') return dialViaHttp(parent, target);
@@ -102,9 +110,10 @@ function parentOf(upstream: string): Parent | { error: string } {
   return p;
 }
 
-function dialDirect(ip: string, port: number, timeoutMs: number): Promise<Socket> {
+function dialDirect(ip: string, port: number, timeoutMs: number, flow?: Pick<Flow, 'dialling'>): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const socket = connect({ host: ip, port, allowHalfOpen: true, noDelay: true });
+    if (flow !== undefined) flow.dialling = socket;
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new GatewayError('EGW_DIAL_TIMEOUT', `connect to ${ip}:${port} timed out`));
@@ -116,7 +125,9 @@ function dialDirect(ip: string, port: number, timeoutMs: number): Promise<Socket
     });
     const onError = (err: Error): void => {
       clearTimeout(timer);
-      reject(new GatewayError(dialErrorCode(err), `connect to ${ip}:${port}: ${err.message}`, { cause: err }));
+      // Killed: no other address is tried, whatever the kill's error would map to.
+      if (err === KILLED_WHILE_DIALLING) reject(err);
+      else reject(new GatewayError(dialErrorCode(err), `connect to ${ip}:${port}: ${err.message}`, { cause: err }));
     };
     socket.once('error', onError);
   });
@@ -138,17 +149,17 @@ function parentAuthorization(login: ParentLogin | null): string {
 }
 
 /** The parent's TCP connection, or EGW_UPSTREAM_PROXY naming the parent (its errno in the message). */
-async function dialParent(parent: Parent, timeoutMs: number): Promise<Socket> {
+async function dialParent(parent: Parent, target: DialTarget): Promise<Socket> {
   try {
-    return await dialDirect(parent.host, parent.port, timeoutMs);
+    return await dialDirect(parent.host, parent.port, target.timeoutMs, target.flow);
   } catch (err) {
-    if (err instanceof GatewayError && err.code === 'EGW_OUT_OF_DESCRIPTORS') throw err;
+    if (err === KILLED_WHILE_DIALLING || (err instanceof GatewayError && err.code === 'EGW_OUT_OF_DESCRIPTORS')) throw err;
     throw new GatewayError('EGW_UPSTREAM_PROXY', `${parent.label} unreachable: ${(err as Error).message}`, { cause: err });
   }
 }
 
 async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> {
-  const socket = await dialParent(parent, target.timeoutMs);
+  const socket = await dialParent(parent, target);
   const auth = authority(target.ip, target.port);
   socket.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\n${parent.authorization}\r\n`);
   return readHandshake(socket, target.timeoutMs, parent.words, (head) => {
@@ -165,6 +176,6 @@ async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> 
 }
 
 async function dialViaSocks(parent: Parent, target: DialTarget): Promise<Socket> {
-  const socket = await dialParent(parent, target.timeoutMs);
+  const socket = await dialParent(parent, target);
   return socks5ParentHandshake(socket, target.ip, target.port, parent.login, target.timeoutMs, parent.label, parent.words);
 }

@@ -1,0 +1,260 @@
+/**
+ * A flow killed while its dial is under way (admin DELETE, the drain's end, a kill while its name is
+ * looked up): the dial is abandoned (nothing reaches the destination afterwards), the client gets
+ * the kill's answer at once (403 admin / SOCKS 0x02, 503 shutdown / 0x01), and the flow has exactly
+ * one record, with the kill's reason. On CONNECT, Upgrade and SOCKS5.
+ *
+ * The destination whose connect hangs: a listener that never accepts, its one-slot accept queue
+ * filled from 127.0.0.9, so further SYNs are dropped (Linux). Once the test frees the queue, the
+ * listener accepts for 3.5 s (two SYN retransmissions) and names every peer: a dial left running
+ * would connect then, from 127.0.0.1.
+ */
+import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { once } from 'node:events';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { SocksClient } from 'socks';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Flow } from '../../gateway/flow/flow.ts';
+import { createDnsResolver } from '../../gateway/upstream/resolve.ts';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { type LateDns, startLateDns } from '../helpers/late-dns.ts';
+import { rawConnect } from './http-harness.ts';
+
+const ACCEPT_SCRIPT = [
+  'import socket,sys,time',
+  's=socket.socket()',
+  's.bind(("127.0.0.1",0))',
+  's.listen(0)',
+  'print(s.getsockname()[1],flush=True)',
+  'sys.stdin.readline()',
+  's.settimeout(0.2)',
+  'end=time.time()+3.5',
+  'while time.time()<end:',
+  '  try:',
+  '    c,a=s.accept()',
+  '    print("peer",a[0],flush=True)',
+  '  except socket.timeout:',
+  '    pass',
+  'print("done",flush=True)',
+].join('\n');
+
+/** A destination whose connect hangs until `release()`; `peers()` names who connected after that. */
+interface HungDestination {
+  port: number;
+  release(): Promise<string[]>;
+  close(): void;
+}
+
+async function hungDestination(): Promise<HungDestination> {
+  const py: ChildProcessWithoutNullStreams = spawn(existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3', ['-c', ACCEPT_SCRIPT]);
+  let out = '';
+  py.stdout.on('data', (c: Buffer) => {
+    out += c.toString();
+  });
+  while (!out.includes('\n')) await once(py.stdout, 'data');
+  const port = Number(out.split('\n')[0]);
+  const fillers: Socket[] = [];
+  for (let i = 0; i < 3; i++) {
+    const f = connect({ port, host: '127.0.0.1', localAddress: '127.0.0.9' });
+    f.on('error', () => undefined);
+    fillers.push(f);
+  }
+  await once(fillers[0] as Socket, 'connect');
+  return {
+    port,
+    release: async () => {
+      py.stdin.write('go\n');
+      const deadline = Date.now() + 10_000;
+      while (!out.includes('done') && Date.now() < deadline) await once(py.stdout, 'data');
+      for (const f of fillers) f.destroy();
+      return out
+        .split('\n')
+        .filter((l) => l.startsWith('peer '))
+        .map((l) => l.slice(5));
+    },
+    close: () => {
+      for (const f of fillers) f.destroy();
+      py.kill();
+    },
+  };
+}
+
+/** What a raw client socket receives until its refusal body is whole, it closes, or `ms` pass. */
+function replyOf(s: Socket, ms: number): Promise<{ text: string; isClosed: boolean }> {
+  return new Promise((resolve) => {
+    let text = '';
+    const timer = setTimeout(() => resolve({ text, isClosed: false }), ms);
+    s.on('data', (c: Buffer) => {
+      text += c.toString('latin1');
+      if (text.endsWith('}')) {
+        clearTimeout(timer);
+        resolve({ text, isClosed: false });
+      }
+    });
+    s.once('close', () => {
+      clearTimeout(timer);
+      resolve({ text, isClosed: true });
+    });
+  });
+}
+
+/** The live flow of a client port, once admission has opened it and its dial is under way. */
+async function liveFlow(gw: TestGateway, pred: (f: Flow) => boolean): Promise<Flow> {
+  const deadline = Date.now() + 5000;
+  while (Date.now() < deadline) {
+    for (const f of gw.flows.activeFlows().values()) if (pred(f)) return f;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error('no live flow');
+}
+
+async function deleteFlow(gw: TestGateway, id: string): Promise<number> {
+  const res = await fetch(`${gw.adminUrl}/v1/flows/${id}`, { method: 'DELETE', headers: { authorization: `Bearer ${gw.adminToken}` } });
+  await res.arrayBuffer();
+  return res.status;
+}
+
+/** A raw HTTP client that has sent `head` and is waiting, with its flow dialling. */
+async function rawClient(gw: TestGateway, head: string): Promise<{ s: Socket; reply: Promise<{ text: string; isClosed: boolean }>; flow: Flow }> {
+  const s = await rawConnect(gw.httpPort);
+  s.on('error', () => undefined);
+  const reply = replyOf(s, 3000);
+  s.write(head);
+  const port = s.localPort;
+  const flow = await liveFlow(gw, (f) => f.client.port === port);
+  return { s, reply, flow };
+}
+
+function socksClient(gw: TestGateway, host: string, port: number): Promise<unknown> {
+  return SocksClient.createConnection({ proxy: { host: gw.socksHost, port: gw.socksPort, type: 5 }, command: 'connect', destination: { host, port }, timeout: 3000 }).then(
+    (c) => {
+      c.socket.destroy();
+      return 'connected';
+    },
+    (err: Error) => err.message,
+  );
+}
+
+const clients: Socket[] = [];
+afterEach(() => {
+  for (const s of clients.splice(0)) s.destroy();
+});
+
+describe('a flow killed while it dials', () => {
+  let gw: TestGateway;
+  let dest: HungDestination;
+
+  beforeAll(async () => {
+    gw = await startTestGateway({ limits: { connectTimeoutMs: 20_000 } });
+  });
+  afterAll(async () => {
+    dest?.close();
+    await gw?.stop();
+  });
+
+  it('DELETE /v1/flows/{id}: each client is answered at once (403 admin / SOCKS 0x02), one record each, and the destination is never reached', async () => {
+    dest = await hungDestination();
+    const url = `http://127.0.0.1:${dest.port}/x`;
+    const tunnelHead = `CONNECT 127.0.0.1:${dest.port} HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\n\r\n`;
+    const upgradeHead = `GET ${url} HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`;
+    const raws = [];
+    for (const head of [tunnelHead, upgradeHead]) {
+      const c = await rawClient(gw, head);
+      clients.push(c.s);
+      raws.push(c);
+    }
+    const before = new Set([...gw.flows.activeFlows().keys()]);
+    const socks = socksClient(gw, '127.0.0.1', dest.port);
+    const socksFlow = await liveFlow(gw, (f) => f.protocol === 'socks5' && !before.has(f.id));
+    // Every dial is under way (the SYNs are being dropped): now the operator kills the flows.
+    await new Promise((r) => setTimeout(r, 200));
+    const flows = [...raws.map((c) => c.flow), socksFlow];
+    const started = Date.now();
+    for (const f of flows) expect(await deleteFlow(gw, f.id)).toBe(200);
+    const replies = await Promise.all(raws.map((c) => c.reply));
+    const socksAnswer = await socks;
+    const elapsedMs = Date.now() - started;
+    for (const [i, r] of replies.entries()) {
+      expect(r.text, `client ${i}`).toMatch(/^HTTP\/1\.1 403 /);
+      expect(r.text, `client ${i}`).toContain('"reason":"admin"');
+      expect(r.text, `client ${i}`).toContain(`"flowId":"${flows[i]?.id}"`);
+    }
+    expect(socksAnswer).toMatch(/NotAllowed/);
+    expect(elapsedMs).toBeLessThan(2000);
+    for (const f of flows) {
+      const records = gw.closed.filter((r) => r.id === f.id);
+      expect(records.map((r) => r.closeReason)).toEqual(['admin']);
+    }
+    // The kills abandoned the dials: once the queue is free, nobody but the fillers connects.
+    const peers = await dest.release();
+    expect(peers.filter((p) => p !== '127.0.0.9')).toEqual([]);
+    // The records are still one each (nothing closed them again when the dials ended).
+    for (const f of flows) expect(gw.closed.filter((r) => r.id === f.id)).toHaveLength(1);
+  }, 30_000);
+});
+
+describe('a flow killed while its name is looked up', () => {
+  let gw: TestGateway;
+  let dns: LateDns;
+  let origin: Server;
+  let connections = 0;
+
+  beforeAll(async () => {
+    dns = await startLateDns(600);
+    origin = createServer((s) => {
+      connections++;
+      s.destroy();
+    });
+    origin.listen(0, '127.0.0.1');
+    await once(origin, 'listening');
+    gw = await startTestGateway({}, { resolver: createDnsResolver({ timeoutMs: 5000, lookup: dns.lookup, slots: 16, perRequester: 16 }) });
+  });
+  afterAll(async () => {
+    await gw?.stop();
+    dns?.close();
+    origin?.close();
+  });
+
+  it('CONNECT and SOCKS5: 403 admin / 0x02 at once, the late answer is not dialled', async () => {
+    const port = (origin.address() as { port: number }).port;
+    const c = await rawClient(gw, `CONNECT a.slow.test:${port} HTTP/1.1\r\nHost: a.slow.test:${port}\r\n\r\n`);
+    clients.push(c.s);
+    const socks = socksClient(gw, 'b.slow.test', port);
+    const socksFlow = await liveFlow(gw, (f) => f.protocol === 'socks5');
+    expect(await deleteFlow(gw, c.flow.id)).toBe(200);
+    expect(await deleteFlow(gw, socksFlow.id)).toBe(200);
+    const r = await c.reply;
+    expect(r.text).toMatch(/^HTTP\/1\.1 403 /);
+    expect(r.text).toContain('"reason":"admin"');
+    expect(await socks).toMatch(/NotAllowed/);
+    // Both names were asked; their answers (127.0.0.1, after 600 ms) came and were not used.
+    await new Promise((res) => setTimeout(res, 1000));
+    expect(dns.asked).toEqual(expect.arrayContaining(['a.slow.test', 'b.slow.test']));
+    expect(connections).toBe(0);
+    for (const f of [c.flow, socksFlow]) expect(gw.closed.filter((rec) => rec.id === f.id).map((rec) => rec.closeReason)).toEqual(['admin']);
+  });
+});
+
+describe("the drain's grace running out while flows dial", () => {
+  it('CONNECT 503 shutdown and SOCKS5 0x01 before the drain ends; one record each, closeReason shutdown', async () => {
+    const gw = await startTestGateway({ limits: { connectTimeoutMs: 20_000 } });
+    const dest = await hungDestination();
+    try {
+      const c = await rawClient(gw, `CONNECT 127.0.0.1:${dest.port} HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\n\r\n`);
+      clients.push(c.s);
+      const socks = socksClient(gw, '127.0.0.1', dest.port);
+      const socksFlow = await liveFlow(gw, (f) => f.protocol === 'socks5');
+      await gw.drain(300);
+      const r = await c.reply;
+      expect(r.text).toMatch(/^HTTP\/1\.1 503 /);
+      expect(r.text).toContain('"reason":"shutdown"');
+      expect(await socks).toMatch(/rejected connection - Failure/);
+      for (const f of [c.flow, socksFlow]) expect(gw.closed.filter((rec) => rec.id === f.id).map((rec) => rec.closeReason)).toEqual(['shutdown']);
+      const peers = await dest.release();
+      expect(peers.filter((p) => p !== '127.0.0.9')).toEqual([]);
+    } finally {
+      dest.close();
+    }
+  }, 30_000);
+});
