@@ -37,7 +37,7 @@ import type { RejectMapping } from '../reject.ts';
 import { SlotArray } from '../slot-array.ts';
 import { type ConnectionState, connectionState, mayCutIdle, resetOrDestroy } from './http-connection-state.ts';
 import { type FastRequestHead, parseFastRequestHead } from './http-fast-head.ts';
-import { alternateDispatch, OriginExchange } from './http-forward.ts';
+import { alternateDispatch, dispatchToOrigin, OriginExchange } from './http-forward.ts';
 import { forwardRequestHeaders, forwardResponseHeaders, INVALID_FIELD_CHAR, relayedStatusText } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
 import { type RefusalDetails, refusalDetails, refusalText } from './http-refusal.ts';
@@ -189,11 +189,7 @@ class FastConnection {
     this.conn.isAwaitingOrigin = true;
     const agent = state.agents.for(result.upstream, limits.connectTimeoutMs);
     if (result.alternates.length > 0) exchange.redispatch = alternateDispatch(ctx, result, opts, agent, exchange);
-    try {
-      agent.dispatch(opts, exchange);
-    } catch (err) {
-      exchange.onError(err as Error);
-    }
+    dispatchToOrigin(agent, opts, exchange);
   }
 
   /**

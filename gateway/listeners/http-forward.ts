@@ -15,13 +15,13 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { Agent, type Dispatcher } from 'undici';
+import { Agent, buildConnector, type Dispatcher } from 'undici';
 import { type Admitted, admitAlternate } from '../admission.ts';
 import type { Flow } from '../flow/flow.ts';
 import type { GatewayContext } from '../context.ts';
 import { dialErrorCode, GatewayError, type GatewayErrorCode } from '../errors.ts';
 import { formatAuthority } from '../protocol/authority.ts';
-import { mapError, type RejectMapping } from '../reject.ts';
+import { mapError, mapKill, type RejectMapping } from '../reject.ts';
 import { dial, isFallbackCode, MAX_ADDRESSES_DIALLED } from '../upstream/dial.ts';
 import { type ClientCloseWatcher, type ConnectionState, connectionState, resetOrDestroy, unwatchClientClose, watchClientClose } from './http-connection-state.ts';
 import { closeAfterEarlyAnswer } from './http-early-answer.ts';
@@ -57,7 +57,9 @@ export class OriginAgents {
         pipelining: 1,
         // The origin is always an IP literal here, so the parent proxy is asked for exactly that address.
         connect: (opts, callback) => {
-          dial({ ip: opts.hostname.replace(/^\[|\]$/g, ''), port: Number(opts.port) || 80, upstream, timeoutMs }).then(
+          const ip = opts.hostname.replace(/^\[|\]$/g, '');
+          const port = Number(opts.port) || 80;
+          dial({ ip, port, upstream, timeoutMs, flow: flowDialling(ip, port) }).then(
             (socket: Socket) => callback(null, socket),
             (err: Error) => callback(err, null),
           );
@@ -104,8 +106,54 @@ export class OriginAgents {
 export const ORIGIN_KEEPALIVE_MAX_MS = 10_000;
 
 function directAgent(connectTimeoutMs: number): Agent {
+  // undici's own connector (what `connect: { timeout, noDelay }` builds), its socket named to the
+  // flow it is opened for (flowDialling), so a kill while it connects destroys it.
+  const connector = buildConnector({ timeout: connectTimeoutMs, noDelay: true });
+  const connect: buildConnector.connector = (opts, callback) => {
+    // Typed void, but undici's connector returns the socket it opened (core/connect.js).
+    const socket = connector(opts, callback) as unknown as Socket | undefined;
+    const flow = socket === undefined ? undefined : flowDialling(opts.hostname, Number(opts.port) || 80);
+    if (flow !== undefined) flow.dialling = socket as Socket;
+    return socket;
+  };
   // keepAliveTimeout below typical origin defaults (5 s) so we rarely reuse a socket the origin is closing.
-  return new Agent({ connect: { timeout: connectTimeoutMs, noDelay: true }, keepAliveTimeout: 4000, keepAliveMaxTimeout: ORIGIN_KEEPALIVE_MAX_MS, pipelining: 1 });
+  return new Agent({ connect, keepAliveTimeout: 4000, keepAliveMaxTimeout: ORIGIN_KEEPALIVE_MAX_MS, pipelining: 1 });
+}
+
+/**
+ * Which flow an origin connection undici opens is for. undici's connector is told only the origin,
+ * but it runs during `dispatch` (a request without a body: `dispatching`) or in the microtask undici
+ * queues there (a body: the oldest of `awaitingDial`, each forgotten in a microtask queued right
+ * after its own dispatch, so by then the earlier ones are gone). Only a flow to that address, not
+ * already dialling, is named; a connection opened otherwise is no flow's (a kill then aborts the
+ * request once connected, as before).
+ */
+let dispatching: Flow | null = null;
+const awaitingDial: Flow[] = [];
+
+function flowDialling(ip: string, port: number): Flow | undefined {
+  const flow = dispatching ?? awaitingDial[0];
+  if (flow === undefined || flow.dialling !== null || flow.state !== 'active') return undefined;
+  return flow.destination.ip === ip && flow.destination.port === port ? flow : undefined;
+}
+
+function forgetOldestDispatch(): void {
+  awaitingDial.shift();
+}
+
+/** `agent.dispatch` of an exchange's request, its origin connection (if one is opened) named to its flow. */
+export function dispatchToOrigin(agent: Dispatcher, opts: Dispatcher.DispatchOptions, exchange: OriginExchange): void {
+  const flow = exchange.flowOf();
+  dispatching = flow;
+  awaitingDial.push(flow);
+  try {
+    agent.dispatch(opts, exchange);
+  } catch (err) {
+    exchange.onError(err as Error);
+  } finally {
+    dispatching = null;
+    queueMicrotask(forgetOldestDispatch);
+  }
 }
 
 /** Turn an undici / socket error into a gateway code, once, here. */
@@ -205,11 +253,7 @@ export function forwardRequest(
   const agent = agents.for(admitted.upstream, snapshot.config.limits.connectTimeoutMs);
   // Another address of the name only while the request body is unread (undici reads it once connected).
   if (admitted.alternates.length > 0) exchange.redispatch = alternateDispatch(ctx, admitted, opts, agent, exchange, body === null ? null : req);
-  try {
-    agent.dispatch(opts, exchange);
-  } catch (err) {
-    exchange.onError(err as Error);
-  }
+  dispatchToOrigin(agent, opts, exchange);
 }
 
 /**
@@ -235,11 +279,9 @@ export function alternateDispatch(
       if (!admitAlternate(ctx, admitted, ip)) continue;
       dialled++;
       opts.origin = `http://${formatAuthority(ip, admitted.flow.destination.port)}`;
-      try {
-        agent.dispatch(opts, handler);
-      } catch (e) {
-        handler.onError(e as Error);
-      }
+      // The failed address's socket is gone: the next one is this flow's dial now.
+      admitted.flow.dialling = null;
+      dispatchToOrigin(agent, opts, handler);
       return true;
     }
     return false;
@@ -275,11 +317,23 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
     this.ctx = ctx;
     this.flow = flow;
     this.connection = connection;
-    // A detector kill or admin DELETE: cut both sides now.
+    // A detector kill or admin DELETE: cut both sides now. Before the origin connection is made, the
+    // client hears what the kill means (the kill destroys the connecting socket: FlowTable.kill).
     flow.abort = () => {
+      if (!this.isConnected && !this.isResponseStarted()) {
+        this.isClientGone = true;
+        this.connection.isAwaitingOrigin = false;
+        this.answerFailure(mapKill(flow.closeReason ?? 'admin'), { flowId: flow.id, isBlock: flow.verdict === 'block' });
+        return;
+      }
       this.abortOrigin('flow killed');
       this.cutClient(true);
     };
+  }
+
+  /** The flow this exchange carries. */
+  flowOf(): Flow {
+    return this.flow;
   }
 
   /** Close the flow with `reason`, once. */

@@ -2,7 +2,8 @@
  * A flow killed while its dial is under way (admin DELETE, the drain's end, a kill while its name is
  * looked up): the dial is abandoned (nothing reaches the destination afterwards), the client gets
  * the kill's answer at once (403 admin / SOCKS 0x02, 503 shutdown / 0x01), and the flow has exactly
- * one record, with the kill's reason. On CONNECT, Upgrade and SOCKS5.
+ * one record, with the kill's reason. On CONNECT, absolute-URI (node:http's path and the fast path),
+ * Upgrade and SOCKS5.
  *
  * The destination whose connect hangs: a listener that never accepts, its one-slot accept queue
  * filled from 127.0.0.9, so further SYNs are dropped (Linux). Once the test frees the queue, the
@@ -157,9 +158,12 @@ describe('a flow killed while it dials', () => {
     dest = await hungDestination();
     const url = `http://127.0.0.1:${dest.port}/x`;
     const tunnelHead = `CONNECT 127.0.0.1:${dest.port} HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\n\r\n`;
+    const fastHead = `GET ${url} HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\n\r\n`;
+    // A POST with a body goes through node:http's path (the fast path takes GET and HEAD).
+    const slowHead = `POST ${url} HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\nContent-Length: 2\r\n\r\nhi`;
     const upgradeHead = `GET ${url} HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`;
     const raws = [];
-    for (const head of [tunnelHead, upgradeHead]) {
+    for (const head of [tunnelHead, fastHead, slowHead, upgradeHead]) {
       const c = await rawClient(gw, head);
       clients.push(c.s);
       raws.push(c);
@@ -237,20 +241,25 @@ describe('a flow killed while its name is looked up', () => {
 });
 
 describe("the drain's grace running out while flows dial", () => {
-  it('CONNECT 503 shutdown and SOCKS5 0x01 before the drain ends; one record each, closeReason shutdown', async () => {
+  it('CONNECT and absolute-URI 503 shutdown, SOCKS5 0x01 before the drain ends; one record each, closeReason shutdown', async () => {
     const gw = await startTestGateway({ limits: { connectTimeoutMs: 20_000 } });
     const dest = await hungDestination();
     try {
       const c = await rawClient(gw, `CONNECT 127.0.0.1:${dest.port} HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\n\r\n`);
       clients.push(c.s);
+      const g = await rawClient(gw, `GET http://127.0.0.1:${dest.port}/x HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\n\r\n`);
+      clients.push(g.s);
+      const p = await rawClient(gw, `POST http://127.0.0.1:${dest.port}/x HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\nContent-Length: 2\r\n\r\nhi`);
+      clients.push(p.s);
       const socks = socksClient(gw, '127.0.0.1', dest.port);
       const socksFlow = await liveFlow(gw, (f) => f.protocol === 'socks5');
       await gw.drain(300);
-      const r = await c.reply;
-      expect(r.text).toMatch(/^HTTP\/1\.1 503 /);
-      expect(r.text).toContain('"reason":"shutdown"');
+      for (const r of [await c.reply, await g.reply, await p.reply]) {
+        expect(r.text).toMatch(/^HTTP\/1\.1 503 /);
+        expect(r.text).toContain('"reason":"shutdown"');
+      }
       expect(await socks).toMatch(/rejected connection - Failure/);
-      for (const f of [c.flow, socksFlow]) expect(gw.closed.filter((rec) => rec.id === f.id).map((rec) => rec.closeReason)).toEqual(['shutdown']);
+      for (const f of [c.flow, g.flow, p.flow, socksFlow]) expect(gw.closed.filter((rec) => rec.id === f.id).map((rec) => rec.closeReason)).toEqual(['shutdown']);
       const peers = await dest.release();
       expect(peers.filter((p) => p !== '127.0.0.9')).toEqual([]);
     } finally {
