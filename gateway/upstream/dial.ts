@@ -158,11 +158,20 @@ async function dialParent(parent: Parent, target: DialTarget): Promise<Socket> {
   }
 }
 
+/**
+ * What is left of a parent dial's one budget: `limits.connectTimeoutMs` covers the TCP connect to
+ * the parent and its handshake together (not each in full), as it covers a direct dial.
+ */
+function remainingMs(deadline: number): number {
+  return Math.max(0, deadline - performance.now());
+}
+
 async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> {
+  const deadline = performance.now() + target.timeoutMs;
   const socket = await dialParent(parent, target);
   const auth = authority(target.ip, target.port);
   socket.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\n${parent.authorization}\r\n`);
-  return readHandshake(socket, target.timeoutMs, parent.words, (head) => {
+  return readHandshake(socket, remainingMs(deadline), parent.words, (head) => {
     const end = head.indexOf('\r\n\r\n');
     if (end === -1) {
       if (head.length > 16_384) throw new GatewayError('EGW_UPSTREAM_PROXY', `${parent.label}: response head too large`);
@@ -176,6 +185,7 @@ async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> 
 }
 
 async function dialViaSocks(parent: Parent, target: DialTarget): Promise<Socket> {
+  const deadline = performance.now() + target.timeoutMs;
   const socket = await dialParent(parent, target);
-  return socks5ParentHandshake(socket, target.ip, target.port, parent.login, target.timeoutMs, parent.label, parent.words);
+  return socks5ParentHandshake(socket, target.ip, target.port, parent.login, remainingMs(deadline), parent.label, parent.words);
 }

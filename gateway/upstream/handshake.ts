@@ -2,7 +2,8 @@
  * The one way a parent proxy's handshake is read (dial.ts's HTTP CONNECT, socks5-parent.ts's RFC 1928
  * exchange): `step` is given everything received so far and returns how many of those bytes the
  * handshake took once it is complete (null while it needs more), or throws a GatewayError to refuse.
- * Bounded by `timeoutMs`; an end or error before the handshake completes fails it, the socket
+ * Bounded by `timeoutMs`, what is left of the dial's one budget once the TCP connect to the parent
+ * is made (dial.ts); an end or error before the handshake completes fails it, the socket
  * destroyed. Resolves with the socket paused and the bytes after the handshake put back for the tunnel.
  */
 import type { Socket } from 'node:net';
