@@ -18,6 +18,7 @@ export const GATEWAY_ERROR_CODES = [
   'EGW_DIAL_TIMEOUT', // upstream did not answer within limits.connectTimeoutMs
   'EGW_OUT_OF_DESCRIPTORS', // the gateway's own descriptor limit (EMFILE/ENFILE): no socket for the dial
   'EGW_UPSTREAM_PROXY', // the parent proxy refused or failed
+  'EGW_UPSTREAM_PROXY_TIMEOUT', // the parent proxy did not accept the connection, or answer before it was asked for the destination, in time (504)
   'EGW_UPSTREAM_RESET', // upstream closed mid-response
   'EGW_UPSTREAM_BAD_RESPONSE', // the origin answered, but not in valid HTTP/1.1 (malformed, smuggling-shaped, too large a head)
   'EGW_SELF_DIAL', // destination is one of the gateway's own listeners

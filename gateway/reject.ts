@@ -41,6 +41,9 @@ const ERROR_MAP: Record<GatewayErrorCode, RejectMapping> = {
   EGW_DIAL_TIMEOUT: { status: 504, socks: SOCKS_REP.ttlExpired, error: 'upstream timeout', reason: 'connect-timeout' },
   EGW_OUT_OF_DESCRIPTORS: { status: 503, socks: SOCKS_REP.generalFailure, error: 'gateway out of file descriptors', reason: 'out-of-descriptors' },
   EGW_UPSTREAM_PROXY: { status: 502, socks: SOCKS_REP.generalFailure, error: 'upstream proxy failed', reason: 'upstream-proxy' },
+  // A timeout (SPEC §4: 504, SOCKS 0x06 as for the destination's), but the parent's own: its reason
+  // keeps it out of the scan detector's failed attempts, as every `upstream-proxy` failure.
+  EGW_UPSTREAM_PROXY_TIMEOUT: { status: 504, socks: SOCKS_REP.ttlExpired, error: 'upstream proxy timeout', reason: 'upstream-proxy' },
   EGW_UPSTREAM_RESET: { status: 502, socks: SOCKS_REP.generalFailure, error: 'upstream reset', reason: 'upstream-reset' },
   EGW_UPSTREAM_BAD_RESPONSE: { status: 502, socks: SOCKS_REP.generalFailure, error: 'bad response from upstream', reason: 'upstream-bad-response' },
   EGW_SELF_DIAL: { status: 403, socks: SOCKS_REP.notAllowed, error: 'egress denied', reason: 'deny-range' },

@@ -148,13 +148,19 @@ function parentAuthorization(login: ParentLogin | null): string {
   return `Proxy-Authorization: Basic ${basic}\r\n`;
 }
 
-/** The parent's TCP connection, or EGW_UPSTREAM_PROXY naming the parent (its errno in the message). */
+/**
+ * The parent's TCP connection, or an error naming the parent (its errno in the message):
+ * EGW_UPSTREAM_PROXY_TIMEOUT when it did not accept in time (504, SPEC §4's upstream timeout; the
+ * parent's own failure, not the destination's), EGW_UPSTREAM_PROXY otherwise.
+ */
 async function dialParent(parent: Parent, target: DialTarget): Promise<Socket> {
   try {
     return await dialDirect(parent.host, parent.port, target.timeoutMs, target.flow);
   } catch (err) {
-    if (err === KILLED_WHILE_DIALLING || (err instanceof GatewayError && err.code === 'EGW_OUT_OF_DESCRIPTORS')) throw err;
-    throw new GatewayError('EGW_UPSTREAM_PROXY', `${parent.label} unreachable: ${(err as Error).message}`, { cause: err });
+    if (err === KILLED_WHILE_DIALLING) throw err;
+    const code = err instanceof GatewayError ? err.code : null;
+    if (code === 'EGW_OUT_OF_DESCRIPTORS') throw err;
+    throw new GatewayError(code === 'EGW_DIAL_TIMEOUT' ? 'EGW_UPSTREAM_PROXY_TIMEOUT' : 'EGW_UPSTREAM_PROXY', `${parent.label} unreachable: ${(err as Error).message}`, { cause: err });
   }
 }
 

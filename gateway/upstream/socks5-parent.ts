@@ -73,6 +73,8 @@ export function parentReplyCode(rep: number): GatewayErrorCode {
 /**
  * Run steps 1-4 on a connected socket; resolves with it paused, ready for payload bytes. `label`
  * names the parent in every error (`parent proxy socks5://h:p`), `words` are its handshake errors.
+ * No answer within `timeoutMs` is EGW_UPSTREAM_PROXY_TIMEOUT before the CONNECT request was sent,
+ * EGW_DIAL_TIMEOUT after it (the parent may be waiting on the destination).
  */
 export function socks5ParentHandshake(
   socket: Socket,
@@ -118,5 +120,10 @@ export function socks5ParentHandshake(
     return n === 0 ? null : at + n;
   });
   socket.write(encodeParentGreeting(login));
-  return done;
+  // Silent before it was asked for the destination (no answer to the greeting or the login): the
+  // parent's own timeout, not a word on the destination (which its silence after CONNECT may be).
+  return done.catch((err: unknown) => {
+    if (step === 'reply' || !(err instanceof GatewayError) || err.code !== 'EGW_DIAL_TIMEOUT') throw err;
+    throw new GatewayError('EGW_UPSTREAM_PROXY_TIMEOUT', `${label} did not answer its SOCKS5 ${step === 'method' ? 'greeting' : 'login'} in time`);
+  });
 }

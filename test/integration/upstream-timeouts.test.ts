@@ -5,11 +5,11 @@
  * its reason, the flow record.
  */
 import { once } from 'node:events';
-import { connect } from 'node:net';
+import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { adminGet, startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { type StalledParent, startStalledParent } from '../helpers/stalled-parent.ts';
-import { jsonBody } from './http-harness.ts';
+import { jsonBody, readUntil } from './http-harness.ts';
 
 let gw: TestGateway | null = null;
 let parent: StalledParent | null = null;
@@ -58,4 +58,104 @@ describe('one budget for a dial through a parent: TCP connect and handshake toge
       expect(rec).toMatchObject({ closeReason: 'connect-timeout', bytesIn: 0, bytesOut: 0 });
     }, 20_000);
   }
+});
+
+/** A raw SOCKS5 CONNECT (no auth) to 127.0.0.1:`port` through the gateway: the reply byte. */
+async function socksThrough(g: TestGateway, port: number): Promise<number> {
+  const socket = connect({ host: g.socksHost, port: g.socksPort });
+  socket.on('error', () => {});
+  await once(socket, 'connect');
+  socket.write(Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, port >> 8, port & 0xff]));
+  const got = await new Promise<Buffer>((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    socket.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      if (buf.length >= 4) resolve(buf);
+    });
+    socket.once('close', () => reject(new Error(`closed after ${buf.toString('hex')}`)));
+  });
+  socket.destroy();
+  // VER METHOD, then VER REP: the reply byte.
+  return got[3] as number;
+}
+
+/** A GET through the gateway's HTTP listener (absolute-URI, or an Upgrade with `extra`): status line and reason. */
+async function getThrough(g: TestGateway, url: string, extra = ''): Promise<{ status: string; reason: unknown }> {
+  const socket = connect({ host: g.httpHost, port: g.httpPort });
+  socket.on('error', () => {});
+  await once(socket, 'connect');
+  socket.write(`GET ${url} HTTP/1.1\r\nHost: ${new URL(url).host}\r\n${extra}\r\n`);
+  const raw = (await readUntil(socket, '}', 15_000)).toString('latin1');
+  socket.destroy();
+  return { status: raw.slice(0, raw.indexOf('\r\n')), reason: jsonBody(raw).reason };
+}
+
+/** The value of a counter sample in the gateway's /metrics, 0 when absent. */
+async function metric(g: TestGateway, sample: string): Promise<number> {
+  const { text } = await adminGet(g, '/metrics');
+  const line = text.split('\n').find((l) => l.startsWith(`${sample} `));
+  return line ? Number(line.slice(sample.length + 1)) : 0;
+}
+
+// Regression: a parent that never accepted the TCP connection (its SYNs dropped) gave 502
+// `upstream-proxy` / SOCKS 0x01, where SPEC §4 has 504 for an upstream timeout and a parent that
+// accepted but did not answer already gave 504. Its timeout is now 504 / 0x06 with reason
+// `upstream-proxy` (the parent's own failure: not the destination's, not a scan attempt), on every
+// client path, the log naming the parent.
+describe('a parent that does not accept in time', () => {
+  for (const protocol of ['http', 'socks5'] as const) {
+    it(`${protocol} parent: CONNECT, absolute-URI and Upgrade 504 upstream-proxy, SOCKS5 0x06; recorded and logged as the parent's`, async () => {
+      parent = await startStalledParent({ protocol, answer: null });
+      gw = await startTestGateway({ upstream: parent.url, limits: { connectTimeoutMs: 1000 } });
+      const g = gw;
+      const failedBefore = await metric(g, 'gw_upstream_cx_connect_fail_total{type="upstream-proxy"}');
+      // Port 9: nothing pooled towards it, so the absolute-URI request dials the parent too.
+      const [connectAnswer, socksReply, plain, upgrade] = await Promise.all([
+        connectThrough(g, '127.0.0.1:9'),
+        socksThrough(g, 9),
+        getThrough(g, 'http://127.0.0.1:9/'),
+        getThrough(g, 'http://127.0.0.1:9/ws', 'Upgrade: echo\r\nConnection: Upgrade\r\n'),
+      ]);
+      expect(connectAnswer).toEqual({ status: 'HTTP/1.1 504 Gateway Timeout', reason: 'upstream-proxy', after: '' });
+      expect(socksReply).toBe(0x06);
+      expect(plain).toEqual({ status: 'HTTP/1.1 504 Gateway Timeout', reason: 'upstream-proxy' });
+      expect(upgrade).toEqual({ status: 'HTTP/1.1 504 Gateway Timeout', reason: 'upstream-proxy' });
+      for (const p of ['connect', 'socks5', 'http']) await g.waitForClosed((r) => r.protocol === p);
+      expect(g.closed.map((r) => [r.protocol, r.closeReason, r.bytesIn, r.bytesOut]).sort()).toEqual([
+        ['connect', 'upstream-proxy', 0, 0],
+        ['http', 'upstream-proxy', 0, 0],
+        ['http', 'upstream-proxy', 0, 0],
+        ['socks5', 'upstream-proxy', 0, 0],
+      ]);
+      expect(await metric(g, 'gw_upstream_cx_connect_fail_total{type="upstream-proxy"}')).toBe(failedBefore + 4);
+      const lines = g.logs.map((l) => `${l.msg}: ${String(l['err'] ?? l['reason'] ?? '')}`);
+      for (const msg of ['CONNECT dial failed', 'socks5 refused', 'origin request failed', 'Upgrade dial failed']) {
+        expect(lines.find((l) => l.startsWith(`${msg}: `))).toContain(`parent proxy ${protocol}://127.0.0.1:${parent.port} unreachable`);
+      }
+    }, 20_000);
+  }
+
+  it('a socks5 parent that accepts but never answers the greeting: SOCKS5 0x06, CONNECT 504 upstream-proxy', async () => {
+    const held = new Set<Socket>();
+    const silent: Server = createServer((c) => {
+      held.add(c);
+      c.on('error', () => {});
+    });
+    silent.listen(0, '127.0.0.1');
+    await once(silent, 'listening');
+    const port = (silent.address() as AddressInfo).port;
+    try {
+      gw = await startTestGateway({ upstream: `socks5://127.0.0.1:${port}`, limits: { connectTimeoutMs: 1000 } });
+      const g = gw;
+      const [socksReply, connectAnswer] = await Promise.all([socksThrough(g, 9), connectThrough(g, '127.0.0.1:9')]);
+      expect(socksReply).toBe(0x06);
+      expect(connectAnswer).toEqual({ status: 'HTTP/1.1 504 Gateway Timeout', reason: 'upstream-proxy', after: '' });
+      const rec = await g.waitForClosed((r) => r.protocol === 'connect');
+      expect(rec.closeReason).toBe('upstream-proxy');
+      expect(g.logs.find((l) => l.msg === 'CONNECT dial failed')?.['err']).toBe(`parent proxy socks5://127.0.0.1:${port} did not answer its SOCKS5 greeting in time`);
+    } finally {
+      for (const c of held) c.destroy();
+      await new Promise<void>((r) => silent.close(() => r()));
+    }
+  });
 });
