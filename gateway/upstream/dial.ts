@@ -172,6 +172,9 @@ function remainingMs(deadline: number): number {
   return Math.max(0, deadline - performance.now());
 }
 
+/** An HTTP/1.x status line's three-digit code (a `2e2` or a missing code is no status). */
+const STATUS_LINE = /^HTTP\/1\.\d (\d{3})(?: |$)/;
+
 async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> {
   const deadline = performance.now() + target.timeoutMs;
   const socket = await dialParent(parent, target);
@@ -184,8 +187,10 @@ async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> 
       return null;
     }
     const statusLine = head.subarray(0, head.indexOf('\r\n')).toString('latin1');
-    const status = Number(statusLine.split(' ')[1]);
-    if (status !== 200) throw new GatewayError(status === 504 ? 'EGW_DIAL_TIMEOUT' : 'EGW_UPSTREAM_PROXY', `${parent.label} answered ${statusLine}`);
+    const status = Number(STATUS_LINE.exec(statusLine)?.[1] ?? Number.NaN);
+    // Any 2xx establishes the tunnel (RFC 9110 §9.3.6), and what follows its head is the
+    // destination's; 1xx, 3xx, 4xx and 5xx do not (504: the parent's word on the destination).
+    if (!(status >= 200 && status < 300)) throw new GatewayError(status === 504 ? 'EGW_DIAL_TIMEOUT' : 'EGW_UPSTREAM_PROXY', `${parent.label} answered ${statusLine}`);
     return end + 4;
   });
 }

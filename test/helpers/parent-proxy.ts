@@ -7,8 +7,13 @@
 import { once } from 'node:events';
 import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
 
-/** What the parent does with the next request: relay, refuse with this SOCKS reply / HTTP status, or stay silent. */
-export type ParentMode = { kind: 'relay' } | { kind: 'refuse'; code: number } | { kind: 'silent' };
+/**
+ * What the parent does with the next request: relay, refuse with this SOCKS reply / HTTP status, or
+ * stay silent. A relaying http parent answers `HTTP/1.1 <answer>` (default `200 Connection
+ * established`); with `withFirstBytes` either parent holds its answer until the destination's first
+ * bytes and sends both in one write (one segment), as a parent that answers late may.
+ */
+export type ParentMode = { kind: 'relay'; answer?: string; withFirstBytes?: boolean } | { kind: 'refuse'; code: number } | { kind: 'silent' };
 
 export interface ParentProxy {
   port: number;
@@ -41,11 +46,26 @@ async function listen(p: ParentProxy, scheme: string, server: Server, sockets: S
   };
 }
 
-function relay(client: Socket, host: string, port: number, onUp: () => void): void {
+/** Connect to host:port, send the client `answer` (alone, or with the destination's first bytes), then relay both ways. */
+function relay(client: Socket, host: string, port: number, answer: Buffer, withFirstBytes: boolean, onUp: () => void): void {
   const up = connect({ host, port, allowHalfOpen: true }, () => {
+    let pending: Buffer | null = answer;
+    if (!withFirstBytes) {
+      client.write(answer);
+      pending = null;
+    }
     onUp();
     client.pipe(up);
-    up.pipe(client);
+    up.on('data', (d: Buffer) => {
+      const out = pending ? Buffer.concat([pending, d]) : d;
+      pending = null;
+      if (!client.write(out)) up.pause();
+    });
+    client.on('drain', () => up.resume());
+    up.on('end', () => {
+      if (pending) client.end(pending);
+      else client.end();
+    });
   });
   up.on('error', () => client.destroy());
   client.on('close', () => up.destroy());
@@ -105,8 +125,7 @@ export async function startSocksParent(login?: string): Promise<ParentProxy> {
         c.end(Buffer.from([5, mode.code, 0, 1, 0, 0, 0, 0, 0, 0]));
         return;
       }
-      relay(c, host, port, () => {
-        c.write(Buffer.from([5, 0, 0, 1, 127, 0, 0, 1, 0x04, 0x38]));
+      relay(c, host, port, Buffer.from([5, 0, 0, 1, 127, 0, 0, 1, 0x04, 0x38]), mode.withFirstBytes === true, () => {
         if (rest.length > 0) c.unshift(rest);
       });
     };
@@ -141,8 +160,8 @@ export async function startHttpParent(): Promise<ParentProxy> {
         return;
       }
       const i = target.lastIndexOf(':');
-      relay(c, target.slice(0, i).replace(/^\[|\]$/g, ''), Number(target.slice(i + 1)), () => {
-        c.write('HTTP/1.1 200 Connection established\r\n\r\n');
+      const answer = Buffer.from(`HTTP/1.1 ${mode.answer ?? '200 Connection established'}\r\n\r\n`, 'latin1');
+      relay(c, target.slice(0, i).replace(/^\[|\]$/g, ''), Number(target.slice(i + 1)), answer, mode.withFirstBytes === true, () => {
         if (rest.length > 0) c.unshift(rest);
       });
     };

@@ -151,13 +151,24 @@ afterAll(async () => {
 // Regression: through a socks5:// parent the gateway used the `socks` package's socket, made without
 // allowHalfOpen, so the destination's FIN (relayed by the parent) ended the gateway's side towards
 // it too: what the client sent after that never arrived (origin read 0 of 1000, record bytesOut 0).
+//
+// Regression: an http parent answering CONNECT with a 2xx other than 200 (RFC 9110 §9.3.6: any 2xx
+// means the tunnel is established) failed the flow: 204 and 299 gave the client 502 upstream-proxy
+// ("parent proxy http://… answered HTTP/1.1 204 No Content"). The destination's first bytes in the
+// parent's answer's segment are the tunnel's: relayed, and counted in bytesIn, exactly.
 describe('half-close through a parent proxy', () => {
-  for (const [name, gw, parent] of [
-    ['socks5', () => viaSocks, () => socksParent],
-    ['http', () => viaHttp, () => httpParent],
-  ] as const) {
-    it(`${name} parent: after the destination's FIN, what the client still sends reaches it (SOCKS5 and CONNECT)`, async () => {
-      parent().mode = { kind: 'relay' };
+  const cases: Array<readonly [string, () => TestGateway, () => ParentProxy, ParentProxy['mode']]> = [
+    ['socks5', () => viaSocks, () => socksParent, { kind: 'relay' }],
+    ['http', () => viaHttp, () => httpParent, { kind: 'relay' }],
+    ['socks5', () => viaSocks, () => socksParent, { kind: 'relay', withFirstBytes: true }],
+    ['http', () => viaHttp, () => httpParent, { kind: 'relay', withFirstBytes: true }],
+    ['http', () => viaHttp, () => httpParent, { kind: 'relay', answer: '204 No Content', withFirstBytes: true }],
+    ['http', () => viaHttp, () => httpParent, { kind: 'relay', answer: '299 Tunnel open', withFirstBytes: true }],
+  ];
+  for (const [name, gw, parent, mode] of cases) {
+    const how = mode.kind === 'relay' && mode.withFirstBytes ? `, its answer (${mode.answer ?? (name === 'http' ? '200' : '0x00')}) and the destination's first bytes in one segment` : '';
+    it(`${name} parent${how}: after the destination's FIN, what the client still sends reaches it (SOCKS5 and CONNECT)`, async () => {
+      parent().mode = mode;
       const before = finFirst.read.length;
       const s = await socksConnect(gw(), finFirst.port);
       expect(s.reply[1]).toBe(0x00);
@@ -176,6 +187,7 @@ describe('half-close through a parent proxy', () => {
         expect(rec.destination).toEqual({ host: '127.0.0.1', ip: '127.0.0.1', port: finFirst.port });
       }
       expect(parent().seen.slice(-2).map((x) => x.target)).toEqual([`127.0.0.1:${finFirst.port}`, `127.0.0.1:${finFirst.port}`]);
+      parent().mode = { kind: 'relay' };
     });
   }
 });
@@ -240,6 +252,33 @@ describe('a socks5 parent that refuses or says nothing', () => {
       const rec = await gw().waitForClosed((r) => r.id === t.body.flowId);
       expect(rec.closeReason).toBe('connect-timeout');
       parent().mode = { kind: 'relay' };
+    });
+  }
+});
+
+// An http parent's answer to CONNECT other than 2xx is no tunnel: 1xx, 3xx, 4xx and 5xx are
+// `upstream-proxy` (502 / SOCKS 0x01), 504 `connect-timeout` (the parent's word on the destination).
+describe("an http parent's answer to CONNECT that is not 2xx", () => {
+  for (const [code, status, socks, reason] of [
+    [100, 502, 0x01, 'upstream-proxy'],
+    [302, 502, 0x01, 'upstream-proxy'],
+    [407, 502, 0x01, 'upstream-proxy'],
+    [503, 502, 0x01, 'upstream-proxy'],
+    [504, 504, 0x06, 'connect-timeout'],
+  ] as const) {
+    it(`${code}: CONNECT ${status} ${reason}, SOCKS5 0x0${socks}`, async () => {
+      httpParent.mode = { kind: 'refuse', code };
+      try {
+        const t = await refusedConnect(viaHttp, finFirst.port);
+        expect([t.status, t.body.reason]).toEqual([status, reason]);
+        const s = await socksConnect(viaHttp, finFirst.port);
+        expect(s.reply[1]).toBe(socks);
+        s.socket.destroy();
+        const rec = await viaHttp.waitForClosed((r) => r.id === t.body.flowId);
+        expect([rec.closeReason, rec.bytesIn, rec.bytesOut]).toEqual([reason, 0, 0]);
+      } finally {
+        httpParent.mode = { kind: 'relay' };
+      }
     });
   }
 });
