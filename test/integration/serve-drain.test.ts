@@ -17,7 +17,7 @@ import { type Origin, pattern, rawConnect, run, startOrigin } from './http-harne
 
 const PIECE = 16 * 1024;
 const SLOW_BYTES = 1024 * 1024;
-/** /short: a slow answer well within SHORT_GRACE_MS. */
+/** /short: a slow answer well within SHORT_GRACE_MS, paused after its first PIECE until `shortGate` opens. */
 const SHORT_BYTES = 128 * 1024;
 const GRACE_MS = 8000;
 /** Shorter than node:http's keep-alive timeout (5 s), which would close an idle connection anyway. */
@@ -30,14 +30,25 @@ let sending = 0;
 let child: ChildProcess | null = null;
 /** Responses to /late, held until the test answers them. */
 const held: ServerResponse[] = [];
+/**
+ * /short answers write their first PIECE, then wait for this to resolve before the rest. Unpaused,
+ * an answer took ~150 ms, and on a loaded machine it could end before the test saw both under way
+ * together with the /late request (then `sending` was back to 0 and the wait timed out).
+ */
+let shortGate: Promise<void> = Promise.resolve();
 
-/** `total` pattern bytes (Infinity: until the client goes), one PIECE every 20 ms. */
-function dribble(res: ServerResponse, total: number): void {
+/**
+ * `total` pattern bytes (Infinity: until the client goes), one PIECE every 20 ms; with `gate`, the
+ * pieces after the first wait for it.
+ */
+function dribble(res: ServerResponse, total: number, gate?: Promise<void>): void {
   res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': Number.isFinite(total) ? total : 1 << 30 });
   const body = Number.isFinite(total) ? pattern(total) : pattern(PIECE);
   let sent = 0;
   let isStarted = false;
-  const timer = setInterval(() => {
+  let isClosed = false;
+  let timer: ReturnType<typeof setInterval> | undefined;
+  const tick = (): void => {
     if (!isStarted) {
       isStarted = true;
       sending++;
@@ -53,8 +64,18 @@ function dribble(res: ServerResponse, total: number): void {
       clearInterval(timer);
       res.end();
     }
-  }, 20);
+  };
+  if (gate) {
+    setTimeout(() => {
+      if (isClosed) return;
+      tick();
+      void gate.then(() => {
+        if (!isClosed) timer = setInterval(tick, 20);
+      });
+    }, 20);
+  } else timer = setInterval(tick, 20);
   res.once('close', () => {
+    isClosed = true;
     clearInterval(timer);
     if (isStarted) sending--;
   });
@@ -64,7 +85,7 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'egw-serve-drain-'));
   origin = await startOrigin((req, res) => {
     if (req.url === '/slow') dribble(res, SLOW_BYTES);
-    else if (req.url === '/short') dribble(res, SHORT_BYTES);
+    else if (req.url === '/short') dribble(res, SHORT_BYTES, shortGate);
     else if (req.url === '/endless') dribble(res, Number.POSITIVE_INFINITY);
     else if (req.url === '/late') held.push(res);
     else return false;
@@ -186,6 +207,10 @@ describe('egressgate serve: SIGTERM drains absolute-URI requests', () => {
   it('a keep-alive connection whose answer was under way at SIGTERM is closed once answered, while the drain still waits on other flows', async () => {
     const flowLog = join(dir, 'drain-keepalive.jsonl');
     const s = await serve('drain-keepalive', flowLog, SHORT_GRACE_MS);
+    let openShortGate = (): void => undefined;
+    shortGate = new Promise<void>((r) => {
+      openShortGate = r;
+    });
     const target = `http://127.0.0.1:${origin.port}/short`;
     const host = `127.0.0.1:${origin.port}`;
     // A plain GET (the fast path) and a POST (node:http), each on a keep-alive connection, and a
@@ -200,6 +225,13 @@ describe('egressgate serve: SIGTERM drains absolute-URI requests', () => {
     }
     const exited = once(s.child, 'exit');
     s.child.kill('SIGTERM');
+    // Draining once /readyz says so; only then do the answers under way go on.
+    const drainDeadline = Date.now() + 10_000;
+    while ((await fetch(`http://${s.admin}/readyz`)).status !== 503) {
+      if (Date.now() > drainDeadline) throw new Error('the gateway never started draining');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    openShortGate();
     for (const text of await Promise.all(answers)) {
       expect(text).toMatch(/^HTTP\/1\.1 200 /);
       expect(Buffer.from(text.slice(text.indexOf('\r\n\r\n') + 4), 'latin1').equals(pattern(SHORT_BYTES))).toBe(true);
