@@ -8,6 +8,13 @@ import { type AddressInfo, type Socket, createServer } from 'node:net';
 import { afterEach, expect, it } from 'vitest';
 
 const MAIN = new URL('../../agent/main.ts', import.meta.url).pathname;
+/**
+ * The stand-in gateway's address (admin API and proxy listener), used by no other test. The agent
+ * reports every socket on this host to it (UDP: to any port), so on 127.0.0.1 another test's
+ * connected UDP socket, or a connection to a port it had found closed, was reported too (seen: 2
+ * reports sent instead of 1 while socks5-udp and agent-attribution ran beside it).
+ */
+const GATEWAY_IP = '127.0.0.71';
 const children: ChildProcess[] = [];
 const closers: Array<() => void> = [];
 
@@ -29,7 +36,7 @@ it('loops until SIGTERM, posting the held connection once, then exits 0', async 
       onPost?.();
     });
   });
-  await new Promise<void>((r) => admin.listen(0, '127.0.0.1', () => r()));
+  await new Promise<void>((r) => admin.listen(0, GATEWAY_IP, () => r()));
   closers.push(() => {
     admin.closeAllConnections();
     admin.close();
@@ -37,7 +44,7 @@ it('loops until SIGTERM, posting the held connection once, then exits 0', async 
   // Stand-in for the proxy listener, and curl holding a connection to it.
   const sockets: Socket[] = [];
   const listener = createServer((s) => sockets.push(s));
-  await new Promise<void>((r) => listener.listen(0, '127.0.0.1', () => r()));
+  await new Promise<void>((r) => listener.listen(0, GATEWAY_IP, () => r()));
   closers.push(() => {
     for (const s of sockets) s.destroy();
     listener.close();
@@ -46,14 +53,14 @@ it('loops until SIGTERM, posting the held connection once, then exits 0', async 
   // Its command line padded past what a report carries (32,768 characters), with the upload flag
   // at the end, as one that hides it from the exfil-tool detector would be.
   const pad = `X-Pad: ${'a'.repeat(40_000)}`;
-  const curl = spawn('curl', ['-s', '-H', pad, '-T', '/etc/hostname', `http://127.0.0.1:${listenerPort}/`], { stdio: 'ignore' });
+  const curl = spawn('curl', ['-s', '-H', pad, '-T', '/etc/hostname', `http://${GATEWAY_IP}:${listenerPort}/`], { stdio: 'ignore' });
   children.push(curl);
   await new Promise<void>((resolve, reject) => {
     listener.once('connection', () => resolve());
     curl.once('exit', () => reject(new Error('curl exited before connecting')));
   });
 
-  const adminUrl = `http://127.0.0.1:${(admin.address() as AddressInfo).port}`;
+  const adminUrl = `http://${GATEWAY_IP}:${(admin.address() as AddressInfo).port}`;
   const agent = spawn(
     process.execPath,
     ['--import', 'tsx', MAIN, '--gateway', adminUrl, '--token', 't', '--interval-ms', '100', '--gateway-ports', String(listenerPort)],
@@ -84,5 +91,5 @@ it('loops until SIGTERM, posting the held connection once, then exits 0', async 
   const cmdline = body.reports[0]?.cmdline ?? '';
   expect(cmdline.length).toBe(32_768);
   expect(cmdline.startsWith('curl -s -H X-Pad: aaa')).toBe(true);
-  expect(cmdline.endsWith(` -T /etc/hostname http://127.0.0.1:${listenerPort}/`)).toBe(true);
+  expect(cmdline.endsWith(` -T /etc/hostname http://${GATEWAY_IP}:${listenerPort}/`)).toBe(true);
 });
