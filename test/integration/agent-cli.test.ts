@@ -14,6 +14,13 @@ import { run } from '../../gateway/commands/agent.ts';
 import { AGENT_TOKEN, testAgent } from '../helpers/detection-live.ts';
 import { startTestGateway } from '../helpers/gateway.ts';
 
+/**
+ * The stand-in gateway's address (admin API and proxy listener), used by no other test. The agent
+ * reports every socket on this host to the gateway's address (UDP: to any port), so on 127.0.0.1
+ * another test's connected UDP socket, or a connection to a port it had found closed, was reported
+ * too: with a UDP socket connected to 127.0.0.1 anywhere on the host, 5 of these 7 tests failed.
+ */
+const GATEWAY_IP = '127.0.0.72';
 const children: ChildProcess[] = [];
 const closers: Array<() => Promise<void>> = [];
 
@@ -43,7 +50,7 @@ async function fakeGateway(statuses: number[] = []): Promise<{ url: string; post
       waiters.shift()?.(post);
     });
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  await new Promise<void>((r) => server.listen(0, GATEWAY_IP, () => r()));
   closers.push(
     () =>
       new Promise<void>((r) => {
@@ -53,7 +60,7 @@ async function fakeGateway(statuses: number[] = []): Promise<{ url: string; post
   );
   const { port } = server.address() as AddressInfo;
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: `http://${GATEWAY_IP}:${port}`,
     posts,
     nextPost: () => new Promise<Post>((r) => waiters.push(r)),
   };
@@ -63,7 +70,7 @@ async function fakeGateway(statuses: number[] = []): Promise<{ url: string; post
 async function heldCurl(): Promise<{ listenerPort: number; child: ChildProcess; conn: Socket }> {
   const sockets: Socket[] = [];
   const server: Server = createServer((s) => sockets.push(s));
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  await new Promise<void>((r) => server.listen(0, GATEWAY_IP, () => r()));
   closers.push(
     () =>
       new Promise<void>((r) => {
@@ -72,7 +79,7 @@ async function heldCurl(): Promise<{ listenerPort: number; child: ChildProcess; 
       }),
   );
   const listenerPort = (server.address() as AddressInfo).port;
-  const child = spawn('curl', ['-s', `http://127.0.0.1:${listenerPort}/held`], { stdio: 'ignore' });
+  const child = spawn('curl', ['-s', `http://${GATEWAY_IP}:${listenerPort}/held`], { stdio: 'ignore' });
   children.push(child);
   const conn = await new Promise<Socket>((resolve, reject) => {
     server.once('connection', resolve);
@@ -108,18 +115,19 @@ describe('egressgate agent', () => {
   it('--once with nothing to report still asks the gateway: a wrong token is exit 1, not delivered', async () => {
     const gw = await startTestGateway({ identity: { agents: [testAgent] } });
     closers.push(() => gw.stop());
-    // A port nothing on this host connects to: the pass finds no socket to report.
+    // A port nothing on this host connects to: the pass finds no socket to report. The real
+    // gateway's admin API is on 127.0.0.1; --gateway-host points the agent at GATEWAY_IP.
     const idle = createServer();
-    await new Promise<void>((r) => idle.listen(0, '127.0.0.1', () => r()));
+    await new Promise<void>((r) => idle.listen(0, GATEWAY_IP, () => r()));
     closers.push(() => new Promise<void>((r) => idle.close(() => r())));
     const ports = String((idle.address() as AddressInfo).port);
-    const wrong = await runCaptured(['--once', '--gateway', `http://${gw.admin}`, '--token', 'not-the-token', '--host', 'ws', '--gateway-ports', ports]);
+    const wrong = await runCaptured(['--once', '--gateway', `http://${gw.admin}`, '--token', 'not-the-token', '--host', 'ws', '--gateway-ports', ports, '--gateway-host', GATEWAY_IP]);
     expect(wrong.code).toBe(1);
     expect(JSON.parse(wrong.stdout.trim())).toMatchObject({ event: 'agent-pass', queued: 0, sent: 0, delivered: false, gatewayStatus: 401 });
-    const right = await runCaptured(['--once', '--gateway', `http://${gw.admin}`, '--token', AGENT_TOKEN, '--host', 'ws', '--gateway-ports', ports]);
+    const right = await runCaptured(['--once', '--gateway', `http://${gw.admin}`, '--token', AGENT_TOKEN, '--host', 'ws', '--gateway-ports', ports, '--gateway-host', GATEWAY_IP]);
     expect(right.code).toBe(0);
     expect(JSON.parse(right.stdout.trim())).toMatchObject({ event: 'agent-pass', queued: 0, sent: 0, delivered: true });
-    const down = await runCaptured(['--once', '--gateway', 'http://127.0.0.1:1', '--token', AGENT_TOKEN, '--host', 'ws', '--gateway-ports', ports]);
+    const down = await runCaptured(['--once', '--gateway', 'http://127.0.0.1:1', '--token', AGENT_TOKEN, '--host', 'ws', '--gateway-ports', ports, '--gateway-host', GATEWAY_IP]);
     expect(down.code).toBe(1);
     expect(JSON.parse(down.stdout.trim())).toMatchObject({ delivered: false, gatewayStatus: 0, error: expect.any(String) });
   });
@@ -158,15 +166,15 @@ describe('egressgate agent', () => {
       reports: [
         {
           proto: 'tcp',
-          localIp: '127.0.0.1',
+          localIp: conn.remoteAddress,
           localPort: conn.remotePort,
-          remoteIp: '127.0.0.1',
+          remoteIp: GATEWAY_IP,
           remotePort: listenerPort,
           pid: child.pid,
           ppid: process.pid,
           name: 'curl',
           exe: expect.stringMatching(/curl$/),
-          cmdline: `curl -s http://127.0.0.1:${listenerPort}/held`,
+          cmdline: `curl -s http://${GATEWAY_IP}:${listenerPort}/held`,
           user: expect.any(String),
           uid: process.getuid?.(),
           loginuid,
@@ -202,7 +210,7 @@ describe('egressgate agent', () => {
     expect(gw.posts).toHaveLength(2);
     expect(gw.posts[1]!.body).toEqual(gw.posts[0]!.body);
     // A second connection to the same listener is new.
-    const again = spawn('curl', ['-s', `http://127.0.0.1:${first.listenerPort}/second`], { stdio: 'ignore' });
+    const again = spawn('curl', ['-s', `http://${GATEWAY_IP}:${first.listenerPort}/second`], { stdio: 'ignore' });
     children.push(again);
     // Wait until the kernel shows it: poll passes, bounded.
     let queued = 0;
@@ -248,10 +256,10 @@ describe('egressgate agent', () => {
     const { listenerPort } = await heldCurl();
     // A port nobody listens on: bind one, note it, close it.
     const probe = createServer();
-    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', () => r()));
+    await new Promise<void>((r) => probe.listen(0, GATEWAY_IP, () => r()));
     const deadPort = (probe.address() as AddressInfo).port;
     await new Promise<void>((r) => probe.close(() => r()));
-    const res = await runCaptured(['--once', '--gateway', `http://127.0.0.1:${deadPort}`, '--token', 't', '--interval-ms', '50', '--gateway-ports', String(listenerPort)]);
+    const res = await runCaptured(['--once', '--gateway', `http://${GATEWAY_IP}:${deadPort}`, '--token', 't', '--interval-ms', '50', '--gateway-ports', String(listenerPort)]);
     expect(res.code).toBe(1);
     expect(JSON.parse(res.stdout.trim())).toMatchObject({ queued: 1, sent: 0, delivered: false });
     expect(res.stderr).toContain('agent-report-failed');
