@@ -8,6 +8,7 @@
 import { createSocket } from 'node:dgram';
 import { Resolver } from 'node:dns/promises';
 import { once } from 'node:events';
+import { parseQuestion } from './zone-dns.ts';
 
 export interface LateDns {
   port: number;
@@ -22,16 +23,7 @@ export async function startLateDns(delayMs: number): Promise<LateDns> {
   const asked: string[] = [];
   const timers = new Set<NodeJS.Timeout>();
   server.on('message', (query, from) => {
-    // The question: labels from offset 12 up to a zero byte, then QTYPE and QCLASS.
-    let i = 12;
-    const labels: string[] = [];
-    while (i < query.length && query[i] !== 0) {
-      const n = query[i] as number;
-      labels.push(query.toString('latin1', i + 1, i + 1 + n));
-      i += n + 1;
-    }
-    const name = labels.join('.').toLowerCase();
-    const qtype = query.readUInt16BE(i + 1);
+    const { name, qtype, end } = parseQuestion(query);
     if (qtype === 1) asked.push(name);
     if (name.endsWith('.dead.test')) return;
     const header = Buffer.alloc(12);
@@ -42,7 +34,7 @@ export async function startLateDns(delayMs: number): Promise<LateDns> {
     header.writeUInt16BE(isAnswered ? 1 : 0, 6);
     // A pointer to the question's name, A, IN, TTL 30, 4 bytes: 127.0.0.1.
     const answer = isAnswered ? Buffer.from([0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 127, 0, 0, 1]) : Buffer.alloc(0);
-    const reply = Buffer.concat([header, query.subarray(12, i + 5), answer]);
+    const reply = Buffer.concat([header, query.subarray(12, end), answer]);
     const timer = setTimeout(() => {
       timers.delete(timer);
       server.send(reply, from.port, from.address);

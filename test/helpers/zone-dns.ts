@@ -31,19 +31,26 @@ function ipv6Bytes(ip: string): Buffer {
   return out;
 }
 
+/**
+ * A query's question: its name (lower case), QTYPE, and the offset after QCLASS (the question ends
+ * there, for the answer to repeat it). Labels from offset 12 up to a zero byte.
+ */
+export function parseQuestion(query: Buffer): { name: string; qtype: number; end: number } {
+  let i = 12;
+  const labels: string[] = [];
+  while (i < query.length && query[i] !== 0) {
+    const n = query[i] as number;
+    labels.push(query.toString('latin1', i + 1, i + 1 + n));
+    i += n + 1;
+  }
+  return { name: labels.join('.').toLowerCase(), qtype: query.readUInt16BE(i + 1), end: i + 5 };
+}
+
 export async function startZoneDns(address: string, zone: Record<string, ZoneAnswer>, ttlSec = 0): Promise<ZoneDns> {
   const server: Socket = createSocket('udp4');
   const asked: string[] = [];
   server.on('message', (query, from) => {
-    let i = 12;
-    const labels: string[] = [];
-    while (i < query.length && query[i] !== 0) {
-      const n = query[i] as number;
-      labels.push(query.toString('latin1', i + 1, i + 1 + n));
-      i += n + 1;
-    }
-    const name = labels.join('.').toLowerCase();
-    const qtype = query.readUInt16BE(i + 1);
+    const { name, qtype, end } = parseQuestion(query);
     asked.push(`${name} ${qtype === 28 ? 'AAAA' : qtype === 1 ? 'A' : qtype}`);
     if (name.endsWith('.dead.test')) return;
     const entry = zone[name];
@@ -65,7 +72,7 @@ export async function startZoneDns(address: string, zone: Record<string, ZoneAns
       rr.writeUInt16BE(data.length, 10);
       return Buffer.concat([rr, data]);
     });
-    server.send(Buffer.concat([header, query.subarray(12, i + 5), ...answers]), from.port, from.address);
+    server.send(Buffer.concat([header, query.subarray(12, end), ...answers]), from.port, from.address);
   });
   server.bind(53, address);
   await once(server, 'listening');
