@@ -144,15 +144,18 @@ function forgetOldestDispatch(): void {
 /** `agent.dispatch` of an exchange's request, its origin connection (if one is opened) named to its flow. */
 export function dispatchToOrigin(agent: Dispatcher, opts: Dispatcher.DispatchOptions, exchange: OriginExchange): void {
   const flow = exchange.flowOf();
+  // Only a request with a body has its connection opened in a later microtask: the others (every
+  // fast-path GET and HEAD) queue nothing.
+  const isDeferred = opts.body != null;
   dispatching = flow;
-  awaitingDial.push(flow);
+  if (isDeferred) awaitingDial.push(flow);
   try {
     agent.dispatch(opts, exchange);
   } catch (err) {
     exchange.onError(err as Error);
   } finally {
     dispatching = null;
-    queueMicrotask(forgetOldestDispatch);
+    if (isDeferred) queueMicrotask(forgetOldestDispatch);
   }
 }
 
