@@ -6,7 +6,7 @@
  *  3. draining? → 503; per-identity concurrency and new-flow rate → 429
  *  4. local process attribution (clients on the gateway's own host), in parallel with
  *  5. resolve: IP literal, `resolver.hosts`, then DNS — the one address that is classified and dialled
- *     (the answer's others are kept: dialled when it refuses, each classified first, admitAlternate)
+ *     (the answer's others are kept: dialled when it refuses or is slow, each classified first, admitAlternate)
  *     (in enforce mode a name the roles can never admit is refused unresolved, its process named)
  *  6. never the gateway's own listeners (nor, for UDP, a live association's relay socket)
  *  7. policy decide (deny-range, role allowlist, mode) → block / would-block / allow
@@ -23,6 +23,7 @@ import type { GatewayContext, IdentityClaims, ProcessAttributor } from './contex
 import { GatewayError, type GatewayErrorCode } from './errors.ts';
 import type { Flow, RoutedFlow, UnknownDestination } from './flow/flow.ts';
 import { clientTransport } from './flow/flow-table.ts';
+import { dialOrder } from './upstream/resolve.ts';
 import { mapDecision, mapError, mapKill, type RejectMapping } from './reject.ts';
 
 export interface AdmissionRequest {
@@ -61,8 +62,8 @@ export interface AdmissionRequest {
 
 /**
  * A name's DNS answer: the address to classify and dial first, the answer's other addresses (each
- * classified before it is dialled, only when the one before it refused: `admitAlternate`), or why
- * there is none.
+ * classified before it is dialled, only when the one before it refused or, on the tunnels, has not
+ * answered within the attempt delay: `admitAlternate`), or why there is none.
  */
 export interface LookedUp {
   readonly ip: string | null;
@@ -83,9 +84,10 @@ export interface Admitted {
   /** The checked address to dial. */
   ip: string;
   /**
-   * The name's other addresses, in the resolver's order (empty for an IP literal, a `resolver.hosts`
-   * name, a one-address answer): dialled in turn, each checked first (`admitAlternate`), only when
-   * the address before it refused the connection or could not be reached.
+   * The name's other addresses (empty for an IP literal, a `resolver.hosts` name, a one-address
+   * answer), families interleaved (dialOrder): dialled after it, each checked
+   * first (`admitAlternate`), staggered on the tunnels (dialFirstReachable), in turn on absolute-URI
+   * requests (alternateDispatch, when the address before refused or could not be reached).
    */
   alternates: readonly string[];
   /** Parent proxy URL or null. */
@@ -206,21 +208,25 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
 }
 
 /**
- * Whether the admitted flow may go on to `ip`, another address of its name's answer, after the
- * address before it refused the connection or was unreachable: judged now as that address would be
- * (never the gateway's own; deny-range, CIDR entries, mode), on the snapshot the flow was admitted
- * on. An allowed flow goes on only to an address the policy allows; a monitor-mode flow relayed as
- * would-block to any the policy would not block outright. When it may, the flow's record names `ip`
- * from now on: the record always says the address dialled last.
+ * Whether the admitted flow may go on to `ip`, another address of its name's answer, before it is
+ * dialled (the address before it refused the connection, could not be reached, or has not answered
+ * within the attempt delay): judged now as that address would be (never the gateway's own;
+ * deny-range, CIDR entries, mode), on the snapshot the flow was admitted on. An allowed flow goes on
+ * only to an address the policy allows; a monitor-mode flow relayed as would-block to any the policy
+ * would not block outright. When it may, the flow's record names `ip` from now on. `isOutcome`: `ip`
+ * is the address the dial ended with (the one that answered, or whose failure the flow takes), one
+ * already judged: the record names it, nothing is judged again.
  */
-export function admitAlternate(ctx: GatewayContext, admitted: Admitted, ip: string): boolean {
+export function admitAlternate(ctx: GatewayContext, admitted: Admitted, ip: string, isOutcome = false): boolean {
   const { flow, snapshot } = admitted;
-  const override = ctx.policy.modeOverride();
-  const mode = snapshot.modeFor(flow.identity.roles, override);
-  if (selfDialDecision(ctx, ip, flow.destination.port, flow.protocol, mode) !== null) return false;
-  const decision = snapshot.decide(factsOf(flow, flow.protocol, flow.destination.host, flow.destination.port, ip), ctx.flows.now(), override);
-  if (decision.verdict === 'block' || (decision.verdict !== 'allow' && flow.verdict === 'allow')) return false;
-  ctx.flows.setDestinationIp(flow, ip);
+  if (!isOutcome) {
+    const override = ctx.policy.modeOverride();
+    const mode = snapshot.modeFor(flow.identity.roles, override);
+    if (selfDialDecision(ctx, ip, flow.destination.port, flow.protocol, mode) !== null) return false;
+    const decision = snapshot.decide(factsOf(flow, flow.protocol, flow.destination.host, flow.destination.port, ip), ctx.flows.now(), override);
+    if (decision.verdict === 'block' || (decision.verdict !== 'allow' && flow.verdict === 'allow')) return false;
+  }
+  if (flow.destination.ip !== ip) ctx.flows.setDestinationIp(flow, ip);
   return true;
 }
 
@@ -406,9 +412,10 @@ export async function lookUp(ctx: GatewayContext, host: string, requester: strin
   } catch (err) {
     return { ip: null, alternates: NO_ALTERNATES, dnsError: err instanceof GatewayError ? err.code : 'EGW_DNS_FAILED' };
   }
-  // Prefer IPv4 when both families answer: most egress paths are v4-first. The rest keep their order.
+  // Prefer IPv4 when both families answer: most egress paths are v4-first. The rest are dialled
+  // staggered after it, families interleaved (dialOrder).
   const ip = ips.find((a) => isIPv4(a)) ?? (ips[0] as string);
-  return { ip, alternates: ips.length > 1 ? [...new Set(ips)].filter((a) => a !== ip) : NO_ALTERNATES, dnsError: null };
+  return { ip, alternates: ips.length > 1 ? dialOrder(ips, ip) : NO_ALTERNATES, dnsError: null };
 }
 
 /**

@@ -138,7 +138,7 @@ export async function handleConnect(state: HttpListenerState, req: RequestHead, 
   const limits = result.snapshot.config.limits;
   let upstream: Socket;
   try {
-    upstream = await dialFirstReachable({ ip: result.ip, port: authority.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs, flow }, result.alternates, (ip) => admitAlternate(ctx, result, ip));
+    upstream = await dialFirstReachable({ ip: result.ip, port: authority.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs, flow }, result.alternates, (ip, isOutcome) => admitAlternate(ctx, result, ip, isOutcome));
   } catch (err) {
     hold.release();
     const isKilled = flow.state === 'closed';

@@ -218,7 +218,7 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
   const limits = snapshot.config.limits;
   let upstream: Socket;
   try {
-    upstream = await dialFirstReachable({ ip: result.ip, port: target.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs, flow }, result.alternates, (ip) => admitAlternate(ctx, result, ip));
+    upstream = await dialFirstReachable({ ip: result.ip, port: target.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs, flow }, result.alternates, (ip, isOutcome) => admitAlternate(ctx, result, ip, isOutcome));
   } catch (err) {
     hold.release();
     const isKilled = flow.state === 'closed';

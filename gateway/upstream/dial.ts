@@ -8,7 +8,7 @@ import { dialErrorCode, GatewayError, type GatewayErrorCode } from '../errors.ts
 import { type ParentEndpoint, type ParentLogin, parseParentUrl } from '../../policy/upstream-url.ts';
 import { type HandshakeWords, readHandshake } from './handshake.ts';
 import { socks5ParentHandshake } from './socks5-parent.ts';
-import { type Flow, KILLED_WHILE_DIALLING } from '../flow/flow.ts';
+import { type DiallingSocket, type Flow, KILLED_WHILE_DIALLING } from '../flow/flow.ts';
 
 export interface DialTarget {
   /** The checked address; never re-resolved. */
@@ -39,33 +39,165 @@ export function dial(target: DialTarget): Promise<Socket> {
 export const MAX_ADDRESSES_DIALLED = 4;
 
 /**
- * Dial the target, and when its address refuses the connection or cannot be reached (not on a
- * timeout, not through a parent proxy, which dials only the address it is given), the name's other
- * addresses in turn, each only if `admit` lets the flow go on to it (admitAlternate: checked before
- * it is dialled). At most MAX_ADDRESSES_DIALLED in all; the last failure is the flow's.
+ * How long an address may go unanswered before the name's next address is dialled beside it
+ * (RFC 8305's Connection Attempt Delay; node's autoSelectFamilyAttemptTimeout is 250 ms too).
  */
-export function dialFirstReachable(target: DialTarget, alternates: readonly string[], admit: (ip: string) => boolean): Promise<Socket> {
-  // Most flows have one address: their dial is the plain one, no extra async frame per connection.
-  return alternates.length === 0 ? dial(target) : dialInTurn(target, alternates, admit);
+export const ATTEMPT_DELAY_MS = 250;
+
+/**
+ * Whether the flow may go on to `ip`, another address of its name: checked before it is dialled
+ * (admitAlternate), and then named in the flow's record. With `isOutcome`, `ip` is the address the
+ * dial ends with (the one that answered, or the failure the flow takes): only named, not judged.
+ */
+export type AdmitAddress = (ip: string, isOutcome?: boolean) => boolean;
+
+/**
+ * Dial the target, and when its name has other addresses (not through a parent proxy, which dials
+ * only the address it is given), those too, staggered (RFC 8305 §5): each next address is dialled
+ * ATTEMPT_DELAY_MS after the one before it while that one is still connecting, or at once when it
+ * refuses or cannot be reached, each only if `admit` lets the flow go on to it. The first to connect
+ * is the flow's and every other attempt is destroyed then; at most MAX_ADDRESSES_DIALLED in all,
+ * within the one `timeoutMs`. When none connects, the flow takes the failure of the last to fail.
+ */
+export function dialFirstReachable(target: DialTarget, alternates: readonly string[], admit: AdmitAddress): Promise<Socket> {
+  // Most flows have one address: their dial is the plain one, no timer, no extra frame per connection.
+  if (alternates.length === 0 || target.upstream !== null) return dial(target);
+  if (target.flow?.state === 'closed') return Promise.reject(KILLED_WHILE_DIALLING);
+  return new Promise((resolve, reject) => {
+    new StaggeredDial(target, alternates, admit, resolve, reject).start();
+  });
 }
 
-async function dialInTurn(target: DialTarget, alternates: readonly string[], admit: (ip: string) => boolean): Promise<Socket> {
-  let next = 0;
-  let dialled = 1;
-  for (let t = target; ; ) {
-    try {
-      return await dial(t);
-    } catch (err) {
-      if (t.upstream !== null || !isFallbackCode(err instanceof GatewayError ? err.code : null) || dialled >= MAX_ADDRESSES_DIALLED) throw err;
-      let ip: string | undefined;
-      while (ip === undefined && next < alternates.length) {
-        const candidate = alternates[next++] as string;
-        if (admit(candidate)) ip = candidate;
-      }
-      if (ip === undefined) throw err;
-      dialled++;
-      t = { ...t, ip };
+/**
+ * One flow's connection attempts to its name's addresses. While they are under way it is the flow's
+ * `dialling` (a kill destroys every attempt at once, FlowTable.kill); once one connects, that
+ * socket is, as after a plain dial.
+ */
+class StaggeredDial implements DiallingSocket {
+  /** The attempts still connecting, and their addresses (same index). */
+  private readonly sockets: Socket[] = [];
+  private readonly ips: string[] = [];
+  private next = 0;
+  private dialled = 0;
+  private isSettled = false;
+  private staggerTimer: NodeJS.Timeout | null = null;
+  private deadlineTimer: NodeJS.Timeout | null = null;
+  /** The last fallback failure (refused, unreachable), taken when no other attempt connects. */
+  private lastError: GatewayError | null = null;
+  private lastErrorIp = '';
+
+  constructor(
+    private readonly target: DialTarget,
+    private readonly alternates: readonly string[],
+    private readonly admit: AdmitAddress,
+    private readonly resolve: (socket: Socket) => void,
+    private readonly reject: (err: Error) => void,
+  ) {}
+
+  start(): void {
+    if (this.target.flow !== undefined) this.target.flow.dialling = this;
+    this.deadlineTimer = setTimeout(() => this.onDeadline(), this.target.timeoutMs);
+    // The first address was checked by admission itself.
+    this.attempt(this.target.ip);
+  }
+
+  /** A kill (FlowTable.kill): every attempt destroyed, the dial fails with the kill's error. */
+  destroy(err?: Error): void {
+    if (this.isSettled) return;
+    this.settle();
+    this.reject(err ?? KILLED_WHILE_DIALLING);
+  }
+
+  listenerCount(_event: 'error'): number {
+    return this.isSettled ? 0 : 1;
+  }
+
+  private attempt(ip: string): void {
+    this.dialled++;
+    const socket = connect({ host: ip, port: this.target.port, allowHalfOpen: true, noDelay: true });
+    this.sockets.push(socket);
+    this.ips.push(ip);
+    const onError = (err: Error): void => this.onAttemptFailed(socket, ip, err);
+    socket.once('error', onError);
+    socket.once('connect', () => {
+      socket.removeListener('error', onError);
+      this.onConnected(socket, ip);
+    });
+    if (this.dialled < MAX_ADDRESSES_DIALLED && this.next < this.alternates.length) {
+      this.staggerTimer = setTimeout(() => {
+        this.staggerTimer = null;
+        this.dialNext();
+      }, ATTEMPT_DELAY_MS);
     }
+  }
+
+  /** Dial the next address the flow may go on to, if any is left: true when one is dialled. */
+  private dialNext(): boolean {
+    if (this.staggerTimer !== null) clearTimeout(this.staggerTimer);
+    this.staggerTimer = null;
+    if (this.dialled >= MAX_ADDRESSES_DIALLED) return false;
+    while (this.next < this.alternates.length) {
+      const ip = this.alternates[this.next++] as string;
+      if (this.admit(ip)) {
+        this.attempt(ip);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  private onConnected(socket: Socket, ip: string): void {
+    if (this.isSettled) {
+      socket.destroy();
+      return;
+    }
+    this.settle(socket);
+    this.admit(ip, true);
+    // As after a plain dial: a kill before the tunnel starts destroys the connected socket.
+    if (this.target.flow !== undefined) this.target.flow.dialling = socket;
+    this.resolve(socket);
+  }
+
+  private onAttemptFailed(socket: Socket, ip: string, err: Error): void {
+    if (this.isSettled) return;
+    const i = this.sockets.indexOf(socket);
+    this.sockets.splice(i, 1);
+    this.ips.splice(i, 1);
+    const failure = new GatewayError(dialErrorCode(err), `connect to ${authority(ip, this.target.port)}: ${err.message}`, { cause: err });
+    // Out of descriptors, or another failure no other address would mend: the flow's failure now.
+    if (!isFallbackCode(failure.code)) {
+      this.fail(failure, ip);
+      return;
+    }
+    this.lastError = failure;
+    this.lastErrorIp = ip;
+    if (!this.dialNext() && this.sockets.length === 0) this.fail(failure, ip);
+  }
+
+  /** connectTimeoutMs is over: the attempts still connecting fail; the one dialled last names the failure. */
+  private onDeadline(): void {
+    this.deadlineTimer = null;
+    if (this.isSettled) return;
+    const ip = this.ips[this.ips.length - 1] ?? this.lastErrorIp;
+    this.fail(this.sockets.length > 0 ? new GatewayError('EGW_DIAL_TIMEOUT', `connect to ${authority(ip, this.target.port)} timed out`) : (this.lastError as GatewayError), ip);
+  }
+
+  private fail(err: GatewayError, ip: string): void {
+    this.settle();
+    this.admit(ip, true);
+    this.reject(err);
+  }
+
+  /** Stop: timers cleared, every attempt but `keep` destroyed. */
+  private settle(keep?: Socket): void {
+    this.isSettled = true;
+    if (this.staggerTimer !== null) clearTimeout(this.staggerTimer);
+    if (this.deadlineTimer !== null) clearTimeout(this.deadlineTimer);
+    this.staggerTimer = null;
+    this.deadlineTimer = null;
+    for (const s of this.sockets) if (s !== keep) s.destroy();
+    this.sockets.length = 0;
+    this.ips.length = 0;
   }
 }
 

@@ -20,7 +20,7 @@
  *  - a lookup still waiting, or still running, at `timeoutMs` fails (EGW_DNS_FAILED) for its caller.
  */
 import { lookup as osLookup } from 'node:dns/promises';
-import { isIP } from 'node:net';
+import { isIP, isIPv4 } from 'node:net';
 import { LRUCache } from 'lru-cache';
 import { GatewayError } from '../errors.ts';
 import type { Resolver } from '../context.ts';
@@ -212,4 +212,26 @@ export function createDnsResolver(opts: DnsResolverOptions = {}): Resolver {
       });
     },
   };
+}
+
+/**
+ * A name's other addresses in the order a flow dials them after `first` (RFC 8305 §4): the two
+ * families interleaved, the family `first` is not of first, each family in the resolver's order,
+ * `first` and repeats left out. A dual-stack name whose IPv4 route is dead then has its IPv6
+ * address dialled one attempt delay after the IPv4 one, not after the other IPv4 addresses.
+ */
+export function dialOrder(ips: readonly string[], first: string): string[] {
+  const isFirstV4 = isIPv4(first);
+  const same: string[] = [];
+  const other: string[] = [];
+  for (const ip of ips) {
+    if (ip === first || same.includes(ip) || other.includes(ip)) continue;
+    (isIPv4(ip) === isFirstV4 ? same : other).push(ip);
+  }
+  const order: string[] = [];
+  for (let i = 0; i < Math.max(same.length, other.length); i++) {
+    if (i < other.length) order.push(other[i] as string);
+    if (i < same.length) order.push(same[i] as string);
+  }
+  return order;
 }

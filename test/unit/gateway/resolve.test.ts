@@ -5,7 +5,7 @@
  * resolver and a DNS server that never answers, is test/integration/dns-starvation.test.ts.
  */
 import { describe, expect, it } from 'vitest';
-import { createDnsResolver, dnsSlots } from '../../../gateway/upstream/resolve.ts';
+import { createDnsResolver, dialOrder, dnsSlots } from '../../../gateway/upstream/resolve.ts';
 
 function controlledLookup() {
   const hanging: Array<{ host: string; release: () => void }> = [];
@@ -86,5 +86,18 @@ describe('createDnsResolver: the thread pool shared fairly', () => {
     expect(dnsSlots({ UV_THREADPOOL_SIZE: '16' })).toBe(8);
     expect(dnsSlots({ UV_THREADPOOL_SIZE: '1' })).toBe(1);
     expect(dnsSlots({ UV_THREADPOOL_SIZE: 'x' })).toBe(2);
+  });
+});
+
+describe('dialOrder (the addresses a flow dials after its first, RFC 8305 §4)', () => {
+  it.each([
+    { ips: ['10.0.0.1'], first: '10.0.0.1', order: [] },
+    { ips: ['10.0.0.1', '10.0.0.2', '10.0.0.3'], first: '10.0.0.1', order: ['10.0.0.2', '10.0.0.3'] },
+    // The other family first, then alternating, each family in the resolver's order.
+    { ips: ['2001:db8::1', '2001:db8::2', '10.0.0.1', '10.0.0.2'], first: '10.0.0.1', order: ['2001:db8::1', '10.0.0.2', '2001:db8::2'] },
+    { ips: ['10.0.0.1', '10.0.0.2', '10.0.0.3', '2001:db8::1'], first: '10.0.0.1', order: ['2001:db8::1', '10.0.0.2', '10.0.0.3'] },
+    { ips: ['2001:db8::1', '2001:db8::2', '2001:db8::1'], first: '2001:db8::1', order: ['2001:db8::2'] },
+  ])('$ips after $first: $order', ({ ips, first, order }) => {
+    expect(dialOrder(ips, first)).toEqual(order);
   });
 });
