@@ -58,6 +58,17 @@ export interface AdmissionRequest {
   isLooped?: boolean;
   /** The destination's DNS answer, looked up ahead of admission (`lookUp`, socks5-udp.ts); else admission looks it up. */
   lookedUp?: LookedUp;
+  /**
+   * The listener's watch on a client that waits for its flow (CONNECT, SOCKS5 CONNECT): admission
+   * names the flow on it as soon as it is open, so the client leaving during the lookup or the dial
+   * ends the flow at once (FlowTable.clientLeft), not when the lookup or the dial ends.
+   */
+  watch?: ClientWatch;
+}
+
+/** See AdmissionRequest.watch: a field the listener reads when its client leaves (no closure per flow). */
+export interface ClientWatch {
+  flow: Flow | null;
 }
 
 /**
@@ -136,6 +147,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     destination: { host: req.destHost, ip: null, port: req.destPort },
     controlPort: req.control?.clientPort,
   });
+  if (req.watch !== undefined) req.watch.flow = flow;
   const mode = snapshot.modeFor(identity.roles, override);
   // A client without an address (reset before it was accepted) cannot be identified: never judged.
   if (req.claims.clientIp === '') return refuseCode(ctx, flow, 'EGW_BAD_REQUEST');

@@ -354,6 +354,17 @@ export class FlowTable extends EventEmitter {
     return true;
   }
 
+  /**
+   * The client left (a reset, or its socket closed) while its flow was admitted or dialled, before
+   * any tunnel: the flow ends `client-reset` now, as a kill does (a connecting socket destroyed, so
+   * nothing reaches the destination; a lookup's late answer unused, admission's killedMeanwhile).
+   * The client gave up, not the destination: no failed attempt (outcomeOfUnconnected). A flow
+   * already closed is left as it is.
+   */
+  clientLeft(flow: Flow): void {
+    if (flow.state !== 'closed') this.kill(flow.id, 'client-reset');
+  }
+
   get(id: string): Flow | undefined {
     return this.active.get(id) ?? this.closed.find((f) => f.id === id);
   }

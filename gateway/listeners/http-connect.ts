@@ -7,7 +7,8 @@
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { admitAlternate, failFlow } from '../admission.ts';
+import { admitAlternate, type ClientWatch, failFlow } from '../admission.ts';
+import type { FlowTable } from '../flow/flow-table.ts';
 import { tunnel } from '../flow/tunnel.ts';
 import { parseAuthority } from '../protocol/authority.ts';
 import { mapError } from '../reject.ts';
@@ -31,29 +32,41 @@ function establishedHead(): string {
   return established;
 }
 
+/** A held client (holdClient); its `flow`, once admission opens one, ends when the client leaves. */
+export interface ClientHold extends ClientWatch {
+  isGone(): boolean;
+  /** Stop watching. */
+  release(): void;
+}
+
 /**
  * Watch a detached client socket while admission and the dial run: bytes stay queued (paused), an
- * early close is noticed (and reported once to `onGone`, if given), and an error never goes
- * unhandled. Returns a function that stops watching.
+ * early close or reset is noticed (and reported once to `onGone`, if given), and an error never goes
+ * unhandled. With `flows`, the hold's `flow` (named by admission: AdmissionRequest.watch) ends then
+ * (FlowTable.clientLeft: recorded `client-reset` at once, its dial abandoned). A FIN alone is no
+ * leaving: the listener allows half-open sockets and the socket is paused, so it brings no 'close'.
  */
-export function holdClient(socket: Duplex, onGone?: () => void): { isGone: () => boolean; release: () => void } {
+export function holdClient(socket: Duplex, onGone?: () => void, flows?: Pick<FlowTable, 'clientLeft'>): ClientHold {
   let gone = false;
-  const onClose = (): void => {
-    if (gone) return;
-    gone = true;
-    onGone?.();
-  };
-  const onError = onClose;
-  socket.pause();
-  socket.on('close', onClose);
-  socket.on('error', onError);
-  return {
+  const hold: ClientHold = {
+    flow: null,
     isGone: () => gone || socket.destroyed,
     release: () => {
       socket.removeListener('close', onClose);
       socket.removeListener('error', onError);
     },
   };
+  const onClose = (): void => {
+    if (gone) return;
+    gone = true;
+    if (hold.flow !== null) flows?.clientLeft(hold.flow);
+    onGone?.();
+  };
+  const onError = onClose;
+  socket.pause();
+  socket.on('close', onClose);
+  socket.on('error', onError);
+  return hold;
 }
 
 /**
@@ -117,7 +130,7 @@ function loggedTarget(url: string): string {
 /** Handle one CONNECT request on a detached client socket. Never throws for client mistakes. */
 export async function handleConnect(state: HttpListenerState, req: RequestHead, socket: Duplex, head: Buffer): Promise<void> {
   const { ctx } = state;
-  const hold = holdClient(socket);
+  const hold = holdClient(socket, undefined, ctx.flows);
   const owed = earlierResponses(socket);
   if (owed && !(await outlastsEarlierResponses(owed, socket, hold))) return;
   if (isBehindLastAnswer(socket, hold)) return;
@@ -128,19 +141,38 @@ export async function handleConnect(state: HttpListenerState, req: RequestHead, 
     writeRawRefusal(socket, mapError('EGW_BAD_REQUEST'), { flowId: null, isBlock: false });
     return;
   }
-  const result = await state.admitRequest(req, 'connect', authority.host, authority.port);
+  const result = await state.admitRequest(req, 'connect', authority.host, authority.port, hold);
   if (!result.ok) {
     hold.release();
+    // Left during admission (its lookup): the flow ended client-reset then, nobody to answer.
+    if (hold.isGone()) {
+      socket.destroy();
+      return;
+    }
     writeRawRefusal(socket, result.reject, refusalDetails(result));
     return;
   }
   const { flow } = result;
   const limits = result.snapshot.config.limits;
+  if (hold.isGone()) {
+    // Left before the flow was named on the hold (its identity resolved meanwhile): nothing is dialled.
+    hold.release();
+    socket.destroy();
+    ctx.flows.close(flow, 'client-reset');
+    return;
+  }
   let upstream: Socket;
   try {
     upstream = await dialFirstReachable({ ip: result.ip, port: authority.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs, flow }, result.alternates, (ip, isOutcome) => admitAlternate(ctx, result, ip, isOutcome));
   } catch (err) {
     hold.release();
+    if (hold.isGone()) {
+      // The client left while it dialled: the flow ended client-reset then (clientLeft), the dial
+      // abandoned; no answer, no failed attempt.
+      socket.destroy();
+      ctx.flows.close(flow, 'client-reset');
+      return;
+    }
     const isKilled = flow.state === 'closed';
     const mapping = failFlow(ctx, flow, err);
     // Out of descriptors is logged once per ten seconds (DescriptorShortage), not per flow; a kill by its killer.

@@ -35,7 +35,7 @@ import type { Server as NetServer, Socket } from 'node:net';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
-import { type Admitted, admit, type Refused } from '../admission.ts';
+import { type Admitted, admit, type ClientWatch, type Refused } from '../admission.ts';
 import { certSubjectOf } from '../identity/client-cert.ts';
 import type { GatewayContext, IdentityClaims } from '../context.ts';
 import type { GatewayErrorCode } from '../errors.ts';
@@ -72,7 +72,8 @@ export interface HttpListenerState {
    * Run admission for a request on this listener. The identity is cached per client connection for
    * the next request on it — not for CONNECT, the last request a connection carries.
    */
-  admitRequest(req: RequestHead, protocol: Protocol, host: string, port: number): Promise<Admitted | Refused>;
+  /** `watch`: the CONNECT handler's hold on its client (AdmissionRequest.watch). */
+  admitRequest(req: RequestHead, protocol: Protocol, host: string, port: number, watch?: ClientWatch): Promise<Admitted | Refused>;
   /** Identity headers never forwarded (in any underscore spelling: isStrippedName), for the current snapshot. */
   strippedHeaders(snapshot: PolicySnapshot): ReadonlySet<string>;
 }
@@ -116,12 +117,12 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
       }
       return stripped;
     },
-    async admitRequest(req, protocol, host, port) {
+    async admitRequest(req, protocol, host, port, watch) {
       const claims = claimsOf(req);
       const isLooped = viaNamesUs(req.headers.via);
       // A CONNECT after absolute-URI requests on the same connection is the same socket: the process
       // attributed to them is its process (the agent reports a socket once).
-      if (protocol === 'connect') return admit(ctx, { protocol, listener, claims, destHost: host, destPort: port, server: req.socket, knownProcess: connectionProcess(req.socket), isLooped });
+      if (protocol === 'connect') return admit(ctx, { protocol, listener, claims, destHost: host, destPort: port, server: req.socket, knownProcess: connectionProcess(req.socket), isLooped, watch });
       const snapshot = ctx.policy.current();
       const headerNames = snapshot.config.identity.headers;
       // The signed token is part of the key too: a new token (other user, later expiry) must be re-verified.

@@ -15,7 +15,7 @@
  *  7. UDP ASSOCIATE: the relay (socks5-udp.ts), one flow per association
  */
 import { Server, type Socket } from 'node:net';
-import { admit, admitAlternate, failFlow } from '../admission.ts';
+import { admit, admitAlternate, type ClientWatch, failFlow } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import { tunnel } from '../flow/tunnel.ts';
 import { encodeReply } from '../protocol/socks5-codec.ts';
@@ -116,10 +116,14 @@ async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResul
   const { socket } = down;
   const { request } = hs;
   // The client may have gone while its identity was resolved (before this listener existed). A flow
-  // whose client left before its tunnel is closed client-reset, as HTTP CONNECT's is.
+  // whose client left before its tunnel is closed client-reset, as HTTP CONNECT's is: at once when it
+  // leaves during the lookup or the dial (admission names the flow on `watch`; FlowTable.clientLeft
+  // abandons the dial). Only 'close' counts: a FIN alone is a half-close (allowHalfOpen).
   let clientGone = socket.destroyed;
+  const watch: ClientWatch = { flow: null };
   const onClose = (): void => {
     clientGone = true;
+    if (watch.flow !== null) ctx.flows.clientLeft(watch.flow);
   };
   socket.once('close', onClose);
   // 4. admission
@@ -131,9 +135,12 @@ async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResul
     destPort: request.port,
     server: socket,
     identity: hs.identity,
+    watch,
   });
   if (!admitted.ok) {
     socket.removeListener('close', onClose);
+    // Left during admission (its lookup): the flow ended client-reset then, nobody to answer.
+    if (clientGone && admitted.flow.closeReason === 'client-reset') return;
     const why = admitted.flow.reasons.length > 0 ? admitted.flow.reasons.join('; ') : admitted.reject.reason;
     refuse(ctx, down, encodeReply(admitted.reject.socks), admitted.reject.reason, `CONNECT ${request.host}:${request.port} refused (${admitted.reject.reason}): ${why}`);
     return;
@@ -152,6 +159,11 @@ async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResul
     up = await dialFirstReachable({ ip: admitted.ip, port: request.port, upstream: admitted.upstream, timeoutMs: admitted.snapshot.config.limits.connectTimeoutMs, flow }, admitted.alternates, (ip, isOutcome) => admitAlternate(ctx, admitted, ip, isOutcome));
   } catch (err) {
     socket.removeListener('close', onClose);
+    if (clientGone) {
+      // Left while it dialled: the flow ended client-reset then (clientLeft); no failed attempt.
+      ctx.flows.close(flow, 'client-reset');
+      return;
+    }
     if (flow.state === 'closed') {
       // Killed while it dialled (admin, detector, the drain's end): the reply says what the kill means.
       const killed = failFlow(ctx, flow, err);

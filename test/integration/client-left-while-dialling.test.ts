@@ -1,0 +1,167 @@
+/**
+ * A client that leaves (a reset) while its flow's dial or its name's lookup is under way: the dial is
+ * abandoned at once (nothing reaches the destination afterwards, nothing is dialled after a late DNS
+ * answer), the flow is recorded `client-reset` at once, and it is no failed attempt for an0081.scan.
+ * A client that only half-closes (FIN, still reading) is not a client that left: its flow dials on
+ * and is answered. On CONNECT (the fast front and node:http's path) and SOCKS5.
+ */
+import { once } from 'node:events';
+import { createServer, type Server, type Socket } from 'node:net';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Flow } from '../../gateway/flow/flow.ts';
+import type { FlowRecord } from '../../gateway/flow/flow.ts';
+import { createDnsResolver } from '../../gateway/upstream/resolve.ts';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { type HungDestination, hungDestination } from '../helpers/hung-destination.ts';
+import { type LateDns, startLateDns } from '../helpers/late-dns.ts';
+import { rawConnect } from './http-harness.ts';
+
+/** The live flow matching `pred`, once admission has opened it. */
+async function liveFlow(gw: TestGateway, pred: (f: Flow) => boolean): Promise<Flow> {
+  const deadline = Date.now() + 5000;
+  while (Date.now() < deadline) {
+    for (const f of gw.flows.activeFlows().values()) if (pred(f)) return f;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error('no live flow');
+}
+
+/** The flow's records, once it has one or `ms` pass (then what there is: none). */
+async function recordsOf(gw: TestGateway, id: string, ms: number): Promise<FlowRecord[]> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline && !gw.closed.some((r) => r.id === id)) await new Promise((r) => setTimeout(r, 10));
+  return gw.closed.filter((r) => r.id === id);
+}
+
+/** A raw client that has sent `parts` (written 30 ms apart) and whose flow is live. */
+async function rawClient(gw: TestGateway, parts: string[]): Promise<{ s: Socket; flow: Flow; received: () => string }> {
+  const s = await rawConnect(gw.httpPort);
+  s.on('error', () => undefined);
+  let text = '';
+  s.on('data', (c: Buffer) => {
+    text += c.toString('latin1');
+  });
+  for (const [i, part] of parts.entries()) {
+    if (i > 0) await new Promise((r) => setTimeout(r, 30));
+    s.write(part);
+  }
+  const port = s.localPort;
+  const flow = await liveFlow(gw, (f) => f.client.port === port);
+  return { s, flow, received: () => text };
+}
+
+const clients: Socket[] = [];
+afterEach(() => {
+  for (const s of clients.splice(0)) s.destroy();
+});
+
+/** A raw SOCKS5 client (no login) that has sent its CONNECT to 127.0.0.1:`port` and whose flow is live. */
+async function socksClient(gw: TestGateway, port: number): Promise<{ s: Socket; flow: Flow }> {
+  const s = await rawConnect(gw.socksPort, gw.socksHost);
+  s.on('error', () => undefined);
+  s.write(Buffer.from([5, 1, 0]));
+  await once(s, 'data');
+  s.write(Buffer.from([5, 1, 0, 1, 127, 0, 0, 1, port >> 8, port & 0xff]));
+  const local = s.localPort;
+  const flow = await liveFlow(gw, (f) => f.protocol === 'socks5' && f.client.port === local);
+  return { s, flow };
+}
+
+describe('a client that resets while its flow dials', () => {
+  let gw: TestGateway;
+  let dest: HungDestination;
+
+  beforeAll(async () => {
+    gw = await startTestGateway({ limits: { connectTimeoutMs: 3000 } });
+    dest = await hungDestination();
+  });
+  afterAll(async () => {
+    dest?.close();
+    await gw?.stop();
+  });
+
+  it('CONNECT (front and node:http), SOCKS5: recorded client-reset at once, no failed attempt, the destination never reached; a half-closed client is served', async () => {
+    const target = `127.0.0.1:${dest.port}`;
+    const head = `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`;
+    // Whole in one packet: the CONNECT front; split over two: node:http parses it.
+    const front = await rawClient(gw, [head]);
+    const viaHttp = await rawClient(gw, [head.slice(0, 10), head.slice(10)]);
+    clients.push(front.s, viaHttp.s);
+    const socks = await socksClient(gw, dest.port);
+    clients.push(socks.s);
+    // A client that half-closes after its CONNECT: still reading, it is still waiting for its answer.
+    const halfClosed = await rawClient(gw, [head]);
+    clients.push(halfClosed.s);
+    await new Promise((r) => setTimeout(r, 200));
+    halfClosed.s.end();
+    const started = Date.now();
+    front.s.resetAndDestroy();
+    viaHttp.s.resetAndDestroy();
+    socks.s.resetAndDestroy();
+    for (const f of [front.flow, viaHttp.flow, socks.flow]) {
+      const records = await recordsOf(gw, f.id, 2000);
+      expect(records.map((r) => r.closeReason), `flow ${f.id}`).toEqual(['client-reset']);
+      expect(records[0]?.durationMs).toBeLessThan(1500);
+    }
+    expect(Date.now() - started).toBeLessThan(1000);
+    // The half-closed client's flow dials on.
+    expect(gw.flows.activeFlows().has(halfClosed.flow.id)).toBe(true);
+    const peers = await dest.release();
+    // Only the half-closed client's dial reached the destination.
+    expect(peers.filter((p) => p !== '127.0.0.9')).toEqual(['127.0.0.1']);
+    expect(halfClosed.received()).toMatch(/^HTTP\/1\.1 200 /);
+  }, 30_000);
+});
+
+
+describe('a client that resets while its name is looked up', () => {
+  let gw: TestGateway;
+  let dns: LateDns;
+  let origin: Server;
+  let connections = 0;
+
+  beforeAll(async () => {
+    dns = await startLateDns(800);
+    origin = createServer((s) => {
+      connections++;
+      s.destroy();
+    });
+    origin.listen(0, '127.0.0.1');
+    await once(origin, 'listening');
+    gw = await startTestGateway({}, { resolver: createDnsResolver({ timeoutMs: 5000, lookup: dns.lookup, slots: 16, perRequester: 16 }) });
+  });
+  afterAll(async () => {
+    await gw?.stop();
+    dns?.close();
+    origin?.close();
+  });
+
+  it('CONNECT and SOCKS5: recorded client-reset at once, the late answer is not dialled', async () => {
+    const port = (origin.address() as { port: number }).port;
+    const c = await rawClient(gw, [`CONNECT a.slow.test:${port} HTTP/1.1\r\nHost: a.slow.test:${port}\r\n\r\n`]);
+    clients.push(c.s);
+    const s = await rawConnect(gw.socksPort, gw.socksHost);
+    clients.push(s);
+    s.on('error', () => undefined);
+    s.write(Buffer.from([5, 1, 0]));
+    await once(s, 'data');
+    const name = Buffer.from('b.slow.test', 'latin1');
+    s.write(Buffer.concat([Buffer.from([5, 1, 0, 3, name.length]), name, Buffer.from([port >> 8, port & 0xff])]));
+    const local = s.localPort;
+    const socksFlow = await liveFlow(gw, (f) => f.protocol === 'socks5' && f.client.port === local);
+    const started = Date.now();
+    c.s.resetAndDestroy();
+    s.resetAndDestroy();
+    for (const f of [c.flow, socksFlow]) {
+      const records = await recordsOf(gw, f.id, 2000);
+      expect(records.map((r) => r.closeReason)).toEqual(['client-reset']);
+    }
+    // Before the answer came (800 ms after each question).
+    expect(Date.now() - started).toBeLessThan(500);
+    // Both names were asked; their answers (127.0.0.1) came and were not dialled.
+    await new Promise((res) => setTimeout(res, 1200));
+    expect(dns.asked).toEqual(expect.arrayContaining(['a.slow.test', 'b.slow.test']));
+    expect(connections).toBe(0);
+    for (const f of [c.flow, socksFlow]) expect(gw.closed.filter((r) => r.id === f.id)).toHaveLength(1);
+  });
+});
