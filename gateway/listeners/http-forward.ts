@@ -17,7 +17,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Agent, buildConnector, type Dispatcher } from 'undici';
 import { type Admitted, admitAlternate } from '../admission.ts';
-import type { Flow } from '../flow/flow.ts';
+import { type Flow, KILLED_WHILE_DIALLING } from '../flow/flow.ts';
 import type { GatewayContext } from '../context.ts';
 import { dialErrorCode, GatewayError, type GatewayErrorCode } from '../errors.ts';
 import { formatAuthority } from '../protocol/authority.ts';
@@ -349,10 +349,19 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
     return this.connection.isTimedOut ? 'idle-timeout' : 'client-reset';
   }
 
-  /** The client is gone (or the flow killed): the origin request is aborted. */
+  /**
+   * The client is gone (or the flow killed): the origin request is aborted. Before undici's
+   * onConnect there is nothing to abort yet: the origin connection being made for this flow
+   * (flowDialling named it) is destroyed, as FlowTable.kill does, so nothing reaches the origin
+   * after the client left.
+   */
   protected abortOrigin(why: string): void {
     this.isClientGone = true;
-    this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_RESET', why));
+    if (this.abortUpstream !== null) this.abortUpstream(new GatewayError('EGW_UPSTREAM_RESET', why));
+    else if (!this.isConnected) {
+      const dialling = this.flow.dialling;
+      if (dialling !== null) dialling.destroy(dialling.listenerCount('error') > 0 ? KILLED_WHILE_DIALLING : undefined);
+    }
   }
 
   /**

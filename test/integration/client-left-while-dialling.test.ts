@@ -165,3 +165,35 @@ describe('a client that resets while its name is looked up', () => {
     for (const f of [c.flow, socksFlow]) expect(gw.closed.filter((r) => r.id === f.id)).toHaveLength(1);
   });
 });
+
+describe('an absolute-URI client that leaves while its origin connection is made', () => {
+  let gw: TestGateway;
+  let dest: HungDestination;
+
+  beforeAll(async () => {
+    gw = await startTestGateway({ limits: { connectTimeoutMs: 3000 } });
+    dest = await hungDestination();
+  });
+  afterAll(async () => {
+    dest?.close();
+    await gw?.stop();
+  });
+
+  it('fast path (GET) and node:http (POST): recorded client-reset at once, the origin never reached', async () => {
+    const url = `http://127.0.0.1:${dest.port}/x`;
+    const get = await rawClient(gw, [`GET ${url} HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\n\r\n`]);
+    const post = await rawClient(gw, [`POST ${url} HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\nContent-Length: 2\r\n\r\nhi`]);
+    clients.push(get.s, post.s);
+    await new Promise((r) => setTimeout(r, 200));
+    get.s.resetAndDestroy();
+    post.s.resetAndDestroy();
+    for (const f of [get.flow, post.flow]) {
+      const records = await recordsOf(gw, f.id, 2000);
+      expect(records.map((r) => r.closeReason)).toEqual(['client-reset']);
+      expect(records[0]?.durationMs).toBeLessThan(1500);
+    }
+    // undici's connects were abandoned: once the queue is free, nobody but the fillers connects.
+    const peers = await dest.release();
+    expect(peers.filter((p) => p !== '127.0.0.9')).toEqual([]);
+  }, 30_000);
+});
