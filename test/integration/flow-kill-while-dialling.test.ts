@@ -3,7 +3,8 @@
  * looked up): the dial is abandoned (nothing reaches the destination afterwards), the client gets
  * the kill's answer at once (403 admin / SOCKS 0x02, 503 shutdown / 0x01), and the flow has exactly
  * one record, with the kill's reason. On CONNECT, absolute-URI (node:http's path and the fast path),
- * Upgrade and SOCKS5.
+ * Upgrade and SOCKS5. A detector's and a quarantine's kill (a late agent report naming the dialling
+ * connection's process) answer a dialling CONNECT 403 with the detector's name / `quarantine`.
  *
  * The destination whose connect hangs: a listener that never accepts, its one-slot accept queue
  * filled from 127.0.0.9, so further SYNs are dropped (Linux). Once the test frees the queue, the
@@ -11,11 +12,12 @@
  * would connect then, from 127.0.0.1.
  */
 import { once } from 'node:events';
-import { createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { SocksClient } from 'socks';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Flow } from '../../gateway/flow/flow.ts';
 import { createDnsResolver } from '../../gateway/upstream/resolve.ts';
+import { reportProcesses, testAgent } from '../helpers/detection-live.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { type HungDestination, hungDestination } from '../helpers/hung-destination.ts';
 import { type LateDns, startLateDns } from '../helpers/late-dns.ts';
@@ -76,6 +78,9 @@ function socksClient(gw: TestGateway, host: string, port: number): Promise<unkno
     (err: Error) => err.message,
   );
 }
+
+/** The address the agent-named clients connect from (no other test here uses it). */
+const AGENT_CLIENT = '127.0.0.7';
 
 const clients: Socket[] = [];
 afterEach(() => {
@@ -204,6 +209,46 @@ describe("the drain's grace running out while flows dial", () => {
       expect(peers.filter((p) => p !== '127.0.0.9')).toEqual([]);
     } finally {
       dest.close();
+    }
+  }, 30_000);
+});
+
+describe('a detector or quarantine kill while a CONNECT dials (a late agent report)', () => {
+  it('the scanner tool named during its dial: 403 an0081.scanner-tool at once; its next dialling CONNECT, named again: 403 quarantine; the destination never reached', async () => {
+    const gw = await startTestGateway({ mode: 'enforce', identity: { agents: [testAgent] }, limits: { connectTimeoutMs: 20_000 }, detection: { quarantineSec: 600 } });
+    const dest = await hungDestination();
+    try {
+      const head = `CONNECT 127.0.0.1:${dest.port} HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\n\r\n`;
+      const answers: string[] = [];
+      for (const expected of ['an0081.scanner-tool', 'quarantine']) {
+        const s = connect({ host: gw.httpHost, port: gw.httpPort, localAddress: AGENT_CLIENT });
+        await once(s, 'connect');
+        s.on('error', () => undefined);
+        clients.push(s);
+        const reply = replyOf(s, 3000);
+        s.write(head);
+        const port = s.localPort as number;
+        const flow = await liveFlow(gw, (f) => f.client.port === port);
+        await new Promise((r) => setTimeout(r, 100));
+        // The agent names the dialling connection's process: nmap, of user alice.
+        const report = { localIp: AGENT_CLIENT, localPort: port, remoteIp: gw.httpHost, remotePort: gw.httpPort, pid: 4242, name: 'nmap', user: 'alice', uid: 1000, loginuid: 1000 };
+        const started = Date.now();
+        expect((await reportProcesses(gw.adminUrl, 'ws', [report])).attributed).toBe(1);
+        const r = await reply;
+        expect(Date.now() - started).toBeLessThan(2000);
+        expect(r.text).toMatch(/^HTTP\/1\.1 403 /);
+        expect(r.text).toContain(`"reason":"${expected}"`);
+        expect(r.text.toLowerCase()).toContain('x-egress-verdict: block');
+        const records = gw.closed.filter((rec) => rec.id === flow.id);
+        expect(records.map((rec) => [rec.closeReason, rec.verdict, rec.identity.process?.name])).toEqual([[expected, 'block', 'nmap']]);
+        answers.push(expected);
+      }
+      expect(answers).toEqual(['an0081.scanner-tool', 'quarantine']);
+      const peers = await dest.release();
+      expect(peers.filter((p) => p !== '127.0.0.9')).toEqual([]);
+    } finally {
+      dest.close();
+      await gw.stop();
     }
   }, 30_000);
 });
