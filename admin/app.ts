@@ -4,7 +4,7 @@
  *
  * Request path: 0. connection: at most admin.maxConnectionsPerSource open per address (429 and
  * closed) → 1. route lookup → 2. onRequest: the Host name (421, DNS rebinding), then token →
- * principal, scope check (401 slowed down per address on repeated failures, 429 unchecked while
+ * principal (a request no route answers too: its 404 / 405 only after a valid token), scope check (401 slowed down per address on repeated failures, 429 unchecked while
  * the address is locked out; 403) and the policy version noted for the audit → 3. schema
  * validation (400 with paths) → 4. handler, talking to the gateway only through the ControlPort →
  * 5. onResponse: writes audited (who, what, when, from where, versions before/after, status).
@@ -141,8 +141,12 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
       hostRefused++;
       return sendError(reply, 421, 'misdirected-request', 'this admin API does not answer to that Host name (admin.allowedHosts)');
     }
-    const scope = request.routeOptions.config.scope;
-    if (scope === undefined || scope === 'none') return;
+    // A request no route answers (then 404 or 405 with Allow) needs a valid token too, of any
+    // scope: without one it is 401 like every other, so an anonymous client learns neither which
+    // paths exist nor which methods they answer (docs/spec-notes.md).
+    const noRoute = request.is404;
+    const scope = noRoute ? undefined : request.routeOptions.config.scope;
+    if (!noRoute && (scope === undefined || scope === 'none')) return;
     const lockedSec = auth.lockedOutFor(request.ip);
     if (lockedSec > 0) {
       // No token is compared while the address is locked out, a good one neither.
@@ -160,7 +164,7 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
     auth.recordSuccess(request.ip);
     request.principal = principal;
     if (WRITE_METHODS.has(request.method)) request.policyVersionBefore = port.getPolicy().version;
-    if (!scopeAllows(principal.scope, scope)) {
+    if (scope !== undefined && !scopeAllows(principal.scope, scope)) {
       reply.header('www-authenticate', `Bearer realm="egressgate", error="insufficient_scope", scope="${scope}"`);
       return sendError(reply, 403, 'forbidden', `token ${principal.name} has scope ${principal.scope}; this route needs ${scope}`);
     }

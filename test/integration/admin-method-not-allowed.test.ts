@@ -1,9 +1,10 @@
 /**
  * The admin API answers a method a route does not have with 405 and `Allow` (RFC 9110 §15.5.6),
- * not 404; and `count` in `GET /v1/flows` is the number of flows in that page (docs/spec-notes.md).
+ * not 404, and either only to a valid token (without one: 401, as for any other request); and `count` in `GET /v1/flows` is the number of flows in that page (docs/spec-notes.md).
  */
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
+import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { adminGet, startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { rawExchange } from './http-harness.ts';
@@ -18,7 +19,7 @@ beforeAll(async () => {
   });
   origin.listen(0, '127.0.0.1');
   await once(origin, 'listening');
-  gw = await startTestGateway();
+  gw = await startTestGateway({ admin: { tokens: [{ name: 'probe-agent', token: 'agent-scope-token-for-405', scope: 'agent' }] } });
 });
 
 afterAll(async () => {
@@ -60,6 +61,49 @@ describe('admin API: a method the route does not answer', () => {
       const got = await call(method, path);
       expect({ method, path, status: got.status, allow: got.allow }).toEqual({ method, path, status: 404, allow: null });
       expect(got.body.error).toBe('not-found');
+    }
+  });
+});
+
+describe('admin API: no route, no token', () => {
+  // Regression: PATCH /v1/flows without a token was 405 with `Allow: GET, HEAD` where GET got 401,
+  // telling an anonymous client that the route exists and what it answers.
+  it('is 401 without Allow whatever the method and path; a valid token of any scope then gets 404 / 405', async () => {
+    const cases: Array<[string, string, number]> = [
+      ['PATCH', '/v1/flows', 405],
+      ['POST', '/v1/mode', 405],
+      ['GET', '/v1/policy/rollback/3', 405],
+      ['DELETE', '/v1/audit', 405],
+      ['PATCH', '/healthz', 405],
+      ['OPTIONS', '/v1/policy', 405],
+      ['GET', '/v1/nothing', 404],
+      ['DELETE', '/admin/secret', 404],
+    ];
+    // Each anonymous request from its own loopback address: the failure delay counts per address.
+    for (const [i, [method, path, authed]] of cases.entries()) {
+      const dispatcher = new Agent({ localAddress: `127.0.0.${150 + i}` });
+      try {
+        for (const token of [undefined, 'not-a-token']) {
+          const res = await request(`${gw.adminUrl}${path}`, { method: method as 'GET', dispatcher, headers: token ? { authorization: `Bearer ${token}` } : {} });
+          const body = (await res.body.json()) as Record<string, unknown>;
+          expect({ method, path, token, status: res.statusCode, allow: res.headers.allow }).toEqual({ method, path, token, status: 401, allow: undefined });
+          expect(body.error).toBe('unauthorized');
+          expect(String(res.headers['www-authenticate'])).toMatch(/^Bearer realm="egressgate"/);
+        }
+        const res = await request(`${gw.adminUrl}${path}`, { method: method as 'GET', dispatcher, headers: { authorization: 'Bearer agent-scope-token-for-405' } });
+        await res.body.dump();
+        expect({ method, path, status: res.statusCode, hasAllow: res.headers.allow !== undefined }).toEqual({ method, path, status: authed, hasAllow: authed === 405 });
+      } finally {
+        await dispatcher.close();
+      }
+    }
+  });
+
+  it('the token-free routes still answer without one', async () => {
+    for (const path of ['/healthz', '/readyz', '/proxy.pac']) {
+      const res = await fetch(`${gw.adminUrl}${path}`);
+      await res.arrayBuffer();
+      expect({ path, status: res.status }).toEqual({ path, status: 200 });
     }
   });
 });
