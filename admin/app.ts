@@ -66,6 +66,14 @@ function headerTimeoutOptions(ms: number): ServerOptions {
   return { headersTimeout: ms, requestTimeout: 0, connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(ms / 4))) };
 }
 
+/**
+ * How long an idle keep-alive connection stays open after its last answer: node's own default.
+ * fastify's is 72 s, so an idle client held its place (admin.maxConnectionsPerSource) and a socket
+ * that long; a dashboard or an agent that polls more rarely than this reconnects. An SSE stream is
+ * an answer under way, not idle: this does not cut it.
+ */
+export const ADMIN_KEEP_ALIVE_TIMEOUT_MS = 5_000;
+
 const WRITE_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 const YAML_TYPES = ['text/yaml', 'application/yaml', 'application/x-yaml', 'text/x-yaml'];
 
@@ -74,6 +82,7 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
   const app: AdminApp = Fastify({
     logger: opts.logger ?? false,
     trustProxy: opts.trustProxy ?? false,
+    keepAliveTimeout: ADMIN_KEEP_ALIVE_TIMEOUT_MS,
     // A closed schema refuses what it does not know (fastify's default strips it silently: a
     // mistyped `usr` in an evaluate body was dropped and the dry run answered for nobody).
     ajv: { customOptions: { removeAdditional: false } },

@@ -181,6 +181,30 @@ describe('connections per source', () => {
     await until('the timed-out connections are released', async () => (await get(g, '/healthz', { from })).status === 200);
   });
 
+  // fastify's keepAliveTimeout (72 s) applied: an idle keep-alive connection stayed open 73 s after
+  // its answer, holding its place in admin.maxConnectionsPerSource all that time.
+  it('idle after an answer on a keep-alive connection are closed by the server', async () => {
+    const g = await start({ maxConnectionsPerSource: 1 });
+    const from = '127.0.0.33';
+    const s = await open(g, from);
+    const closed = once(s, 'close');
+    let text = '';
+    s.setEncoding('utf8');
+    s.on('data', (c: string) => {
+      text += c;
+    });
+    s.write(`GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n`);
+    await until('the answer', () => text.includes('\r\n\r\n') && text.endsWith('}'));
+    expect(text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(text).toMatch(/\r\nconnection: keep-alive\r\n/i);
+    // Only a guard: the test asserts that the server closes it, not how soon.
+    const guard = new Promise<'still open'>((r) => setTimeout(() => r('still open'), 25_000).unref());
+    expect(await Promise.race([closed.then(() => 'closed' as const), guard])).toBe('closed');
+    // Nothing else was sent, and its place is free.
+    expect(text.match(/HTTP\/1\.1 /g)).toHaveLength(1);
+    expect((await get(g, '/healthz', { from })).status).toBe(200);
+  });
+
   // The admin listener was left out of the connection counters: always 0 there, whatever came.
   it('are counted in gw_downstream_cx_total / _active{listener="admin"}', async () => {
     const g = await start({});
