@@ -298,7 +298,8 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   const app: FastifyInstance = await buildAdmin(control, {
     tokens: config.admin.tokens,
     agents: config.identity.agents,
-    envToken: envToken ?? generatedAdminToken ?? undefined,
+    envToken: envToken ?? undefined,
+    generatedToken: generatedAdminToken ?? undefined,
     headerTimeoutMs: () => policy.current().config.limits.headerTimeoutMs,
   });
   // Built after the stats: its connections (those over admin.maxConnectionsPerSource too) counted here.

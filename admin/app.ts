@@ -41,8 +41,10 @@ export interface AdminOptions {
   agents?: readonly AgentTokenConfig[];
   /** Tokens accepted whatever the policy says (besides envToken). */
   extraTokens?: readonly AdminTokenConfig[];
-  /** EGRESSGATE_ADMIN_TOKEN or a generated token: admin scope, always accepted. */
+  /** EGRESSGATE_ADMIN_TOKEN: admin scope, always accepted (audited as `env`). */
   envToken?: string;
+  /** The token `serve` generated because none was configured: admin scope, always accepted (audited as `generated`). */
+  generatedToken?: string;
   logger?: boolean;
   /** SSE heartbeat period (default 15 s). */
   heartbeatMs?: number;
@@ -100,6 +102,7 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
   const auth = new TokenAuth({
     tokens: [...(opts.extraTokens ?? [])],
     envToken: opts.envToken,
+    generatedToken: opts.generatedToken,
     credentials: () => port.credentials(),
     failureDelay: opts.failureDelay,
     lockout: () => {

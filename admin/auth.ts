@@ -22,8 +22,11 @@ export type RequiredScope = Scope | 'none';
 export interface Principal {
   name: string;
   scope: Scope;
-  /** Where the token came from: the config's admin tokens, identity.agents, the env, or extra. */
-  origin: 'config' | 'agent' | 'env' | 'extra';
+  /**
+   * Where the token came from: the config's admin tokens, identity.agents, EGRESSGATE_ADMIN_TOKEN,
+   * the one `serve` generated at start (no other admin token), or extra.
+   */
+  origin: 'config' | 'agent' | 'env' | 'generated' | 'extra';
 }
 
 interface TokenEntry {
@@ -77,6 +80,8 @@ export interface TokenAuthOptions {
   tokens?: readonly AdminTokenConfig[];
   /** EGRESSGATE_ADMIN_TOKEN: admin scope. */
   envToken?: string;
+  /** The token generated at start when none is configured: admin scope, named `generated`. */
+  generatedToken?: string;
   /** The live token set (ControlPort.credentials). */
   credentials?: () => CredentialSet;
   failureDelay?: FailureDelayOptions;
@@ -143,6 +148,9 @@ export class TokenAuth {
     }
     if (opts.envToken) {
       this.fixed.push({ digest: tokenDigest(opts.envToken), principal: { name: 'env', scope: 'admin', origin: 'env' } });
+    }
+    if (opts.generatedToken) {
+      this.fixed.push({ digest: tokenDigest(opts.generatedToken), principal: { name: 'generated', scope: 'admin', origin: 'generated' } });
     }
     this.delayOpts = opts.failureDelay ?? {};
     this.forgetAfterMs = this.delayOpts.forgetAfterMs ?? 15 * 60_000;

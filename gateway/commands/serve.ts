@@ -123,7 +123,8 @@ export async function run(argv: string[]): Promise<number> {
       http: values.http as string | undefined,
       socks: values.socks as string | undefined,
       admin: values.admin as string | undefined,
-      adminToken: process.env.EGRESSGATE_ADMIN_TOKEN ?? null,
+      // Set but empty is unset: no token, so one is generated (and accepted).
+      adminToken: process.env.EGRESSGATE_ADMIN_TOKEN || null,
     });
   } catch (err) {
     // A start that failed half-way (the admin address taken, a TLS file unreadable) has bound some
