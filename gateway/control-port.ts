@@ -127,7 +127,7 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
     return { ok: true, policy: policyView(), previousVersion: before };
   };
 
-  /** Agent name → its sources (null = no binding: admin tokens of scope agent). */
+  /** Agent name → its sources (absent: admin tokens of scope agent, bound to their own address). */
   const agentSources = (): Map<string, SourceLists | null> => {
     const snap = deps.policy.current();
     if (sourcesCache?.version === snap.version) return sourcesCache.lists;
@@ -198,7 +198,7 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
     alertsAfter: (afterEventId, detector) => deps.alerts.after(afterEventId, detector),
     subscribeAlerts: (fn) => deps.alerts.subscribe(fn),
 
-    ingestReports: (body, agentName, sourceIp): IngestOutcome => {
+    ingestReports: (body, agentName, sourceIp, scope = 'agent'): IngestOutcome => {
       const parsed = validateReportBatch(body);
       if (!parsed.ok) return { ok: false, code: 'invalid', errors: [...parsed.errors] };
       const batch = parsed.value;
@@ -207,17 +207,26 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
       // compressed lower-case IPv6, no zone), checked and joined as such: an IPv4 client's report
       // in the mapped form names its flow, and is checked against IPv4 sources only.
       const localIps = batch.reports.map((r) => normalizeIp(r.localIp));
+      // An agent reports for its own host (SPEC §7): an agent-scope token bound to no sources
+      // (admin.tokens) speaks for the address it reports from only, or any holder of it could name
+      // the process of another host's flow. Behind NAT that address is not the clients': such an
+      // agent needs identity.agents with its sources.
+      const ownAddress = sources === null && scope === 'agent' ? normalizeIp(sourceIp) : null;
       // All or nothing: an agent speaking for an address it does not own is suspect as a whole.
       const refused: Array<{ index: number; localIp: string }> = [];
       if (sources) {
         batch.reports.forEach((r, index) => {
           if (!checkIp(sources, localIps[index] ?? '')) refused.push({ index, localIp: r.localIp });
         });
+      } else if (ownAddress !== null) {
+        batch.reports.forEach((r, index) => {
+          if (localIps[index] !== ownAddress) refused.push({ index, localIp: r.localIp });
+        });
       }
       const t = now();
       if (refused.length > 0) {
         agents.seen(agentName, { host: batch.host, sourceIp, reports: 0, attributed: 0, refused: batch.reports.length }, t);
-        return { ok: false, code: 'refused', refused };
+        return { ok: false, code: 'refused', boundTo: sources ? 'sources' : 'source-address', refused };
       }
       let attributed = 0;
       let shed = 0;

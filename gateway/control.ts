@@ -98,7 +98,8 @@ export interface ModeView {
 export type IngestOutcome =
   /** `shed`: reports neither kept nor tried, the agent's or the total budget of waiting reports being full. */
   | { ok: true; accepted: number; attributed: number; pending: number; shed: number }
-  | { ok: false; code: 'refused'; refused: Array<{ index: number; localIp: string }> }
+  /** `boundTo`: what the reporter may name, its configured sources or the address it reports from. */
+  | { ok: false; code: 'refused'; boundTo: 'sources' | 'source-address'; refused: Array<{ index: number; localIp: string }> }
   | { ok: false; code: 'invalid'; errors: ConfigIssue[] };
 
 export interface AgentView {
@@ -155,8 +156,12 @@ export interface ControlPort {
   alertsAfter(afterEventId: number, detector?: string): AlertEvent[];
   subscribeAlerts(fn: (event: AlertEvent) => void): () => void;
 
-  /** Validate a SPEC §7 report batch, check the agent's sources, attribute flows. */
-  ingestReports(body: unknown, agentName: string, sourceIp: string): IngestOutcome;
+  /**
+   * Validate a SPEC §7 report batch, check whose flows the reporter may name, attribute flows.
+   * An agent in identity.agents names its `sources`; another agent-scope token (admin.tokens) only
+   * the address it reports from, `sourceIp`; an admin-scope token (`scope` 'admin') any.
+   */
+  ingestReports(body: unknown, agentName: string, sourceIp: string, scope?: 'agent' | 'admin'): IngestOutcome;
   listAgents(): AgentView[];
 
   credentials(): CredentialSet;

@@ -23,7 +23,7 @@ export function registerAgentRoutes(app: AdminApp, { port }: RouteContext): void
     },
     (request, reply) => {
       const agent = request.principal?.name ?? 'unknown';
-      const res = port.ingestReports(request.body, agent, request.ip);
+      const res = port.ingestReports(request.body, agent, request.ip, request.principal?.scope === 'admin' ? 'admin' : 'agent');
       if (res.ok) {
         reply.send({ accepted: res.accepted, attributed: res.attributed, pending: res.pending, shed: res.shed });
         return;
@@ -33,7 +33,8 @@ export function registerAgentRoutes(app: AdminApp, { port }: RouteContext): void
         return sendError(reply, 400, 'bad-request', 'invalid agent report', res.errors);
       }
       const ips = [...new Set(res.refused.map((r) => r.localIp))].slice(0, 10);
-      request.auditDetail = `refused: ${agent} reported for ${ips.join(', ')} outside its sources`;
+      const bound = res.boundTo === 'sources' ? 'outside its sources' : `not its own address ${request.ip}`;
+      request.auditDetail = `refused: ${agent} reported for ${ips.join(', ')} ${bound}`;
       return sendError(reply, 403, 'forbidden', `agent ${agent} may not report for ${ips.join(', ')}`, { refused: res.refused.slice(0, 100) });
     },
   );
