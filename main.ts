@@ -291,7 +291,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   stats.attachSourceLimit(() => sources.stats());
   stats.attachSocksUdp(() => socksServer.udp.stats());
   // Not ready while new flows are refused for want of a flow log: a balancer sends them elsewhere.
-  const control = createControlPort({ flows, policy, alerts, audit, stats, identity, log, detection, selfDial: (ip, port, mode) => selfDialDecision(ctx, ip, port, 'connect', mode), ...(opts.now ? { now: opts.now } : {}), isReady: () => ready && !draining && ctx.isRefusingUnrecorded?.() !== true, proxyAddress: () => http });
+  const control = createControlPort({ flows, policy, alerts, audit, stats, identity, log, detection, selfDial: (ip, port, mode) => selfDialDecision(ctx, ip, port, 'connect', mode), udpRelayPorts: ctx.udpRelays, ...(opts.now ? { now: opts.now } : {}), isReady: () => ready && !draining && ctx.isRefusingUnrecorded?.() !== true, proxyAddress: () => http });
   const envToken = opts.adminToken ?? null;
   const hasToken = config.admin.tokens.length > 0 || Boolean(envToken);
   const generatedAdminToken = hasToken ? null : generateAdminToken();

@@ -236,6 +236,7 @@ export const IngestResult = Type.Object({
   attributed: Type.Integer(),
   pending: Type.Integer(),
   shed: Type.Integer({ description: 'reports not kept: the agent (or all agents) had as many waiting for their flows as allowed' }),
+  ignored: Type.Integer({ description: 'udp reports not kept: their remote port is no live SOCKS5 UDP relay of this gateway' }),
 });
 
 export const AgentList = Type.Object({

@@ -4,8 +4,10 @@
  *
  * One pass:
  * 1. Read /proc/net/{tcp,tcp6,udp,udp6} once.
- * 2. Keep sockets whose remote address is the gateway (TCP: on a gateway port; UDP: any port,
- *    because a SOCKS5 UDP relay port is chosen by the gateway per association).
+ * 2. Keep sockets whose remote address is the gateway (TCP: on a gateway port; UDP: on a port of
+ *    the relay range, `udpRelayPorts`: a SOCKS5 UDP relay's port is chosen per association from
+ *    the gateway host's ephemeral range, while a DNS or NTP socket to the same address names no
+ *    association and would only wait out its 30 s at the gateway).
  * 3. Drop the ones already reported (keyed by 4-tuple + inode, forgotten when the socket goes).
  * 4. Attribute the rest with the same resolver the gateway uses (one fd scan at most).
  * 5. Queue the reports; send in batches; on failure keep them and back off exponentially.
@@ -29,6 +31,11 @@ export interface AgentOptions {
   readonly intervalMs: number;
   /** Gateway listener ports (HTTP proxy, SOCKS5). */
   readonly gatewayPorts: readonly number[];
+  /**
+   * The ports the gateway's SOCKS5 UDP relays may be on (inclusive): a UDP socket to the gateway is
+   * reported only on one of them. Default DEFAULT_UDP_RELAY_PORTS, Linux's ephemeral range.
+   */
+  readonly udpRelayPorts?: readonly [number, number];
   /**
    * Where the proxy listeners are, when not on the admin URL's host (e.g. admin behind a different
    * name). Names are resolved each `addressRefreshMs`.
@@ -56,6 +63,13 @@ export interface PassResult {
   readonly unattributed: number;
 }
 
+/**
+ * Where a SOCKS5 UDP relay's port lies by default: the gateway binds each relay to port 0, so it
+ * gets one from its host's `net.ipv4.ip_local_port_range`, 32768-60999 unless tuned (then give the
+ * agent that range, `--udp-relay-ports`). DNS (53), NTP (123), syslog (514) … lie below it.
+ */
+export const DEFAULT_UDP_RELAY_PORTS: readonly [number, number] = [32768, 60999];
+
 export type SendResult = 'sent' | 'empty' | 'retry' | 'dropped';
 
 interface Seen {
@@ -74,6 +88,8 @@ export class Agent {
   private readonly maxAttempts: number;
   private readonly reportsUrl: string;
   private readonly ports: ReadonlySet<number>;
+  private readonly udpLow: number;
+  private readonly udpHigh: number;
   private readonly seen = new Map<string, Seen>();
   /** Reports waiting to be sent, each with the key of its socket (see collect). */
   private queue: Array<{ readonly key: string; readonly report: AgentReport }> = [];
@@ -93,6 +109,7 @@ export class Agent {
     this.maxAttempts = opts.maxAttempts ?? 3;
     this.reportsUrl = new URL('/v1/agents/reports', opts.gatewayUrl).toString();
     this.ports = new Set(opts.gatewayPorts);
+    [this.udpLow, this.udpHigh] = opts.udpRelayPorts ?? DEFAULT_UDP_RELAY_PORTS;
   }
 
   /** Reports waiting to be sent. */
@@ -122,7 +139,7 @@ export class Agent {
 
   private isToGateway(e: SocketEntry, ips: ReadonlySet<string>): boolean {
     if (e.inode === 0 || !ips.has(e.remoteIp)) return false;
-    if (e.proto === 'udp') return e.remotePort !== 0;
+    if (e.proto === 'udp') return e.remotePort >= this.udpLow && e.remotePort <= this.udpHigh;
     if (e.state === TcpState.LISTEN || e.state === TcpState.TIME_WAIT || e.state === TcpState.CLOSE) return false;
     return this.ports.has(e.remotePort);
   }

@@ -83,6 +83,11 @@ export interface ControlPortDeps<A extends AlertLike = AlertLike> {
   detection?: { readOnly(): LiveDetection } | null;
   /** Whether a destination is the gateway's own listener (admission's self-dial guard), for the dry run. */
   selfDial?: SelfDial | null;
+  /**
+   * The ports of the live SOCKS5 UDP relays (ctx.udpRelays): a `udp` report about a socket whose
+   * remote port is none of them names no association and is ignored. None: not checked.
+   */
+  udpRelayPorts?: { hasPort(port: number): boolean } | null;
 }
 
 function defaultStats<A extends AlertLike>(deps: ControlPortDeps<A>): GatewayStats {
@@ -231,7 +236,15 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
       let attributed = 0;
       let shed = 0;
       let waiting = 0;
+      let ignored = 0;
+      const relayPorts = deps.udpRelayPorts ?? null;
       for (const [index, r] of batch.reports.entries()) {
+        // A datagram socket whose remote port is no live relay's (a DNS or NTP socket to the
+        // gateway's address) belongs to no association: kept, it would only wait out the 30 s.
+        if (r.proto === 'udp' && relayPorts !== null && !relayPorts.hasPort(r.remotePort)) {
+          ignored++;
+          continue;
+        }
         const process: ProcessInfo = keptProcessInfo({
           pid: r.pid,
           name: r.name,
@@ -267,7 +280,7 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
         deps.log?.warn({ agent: agentName, shed, waitingReports: left.reports, waitingBytes: left.bytes }, 'agent reports shed: too many waiting for their flows');
       }
       agents.seen(agentName, { host: batch.host, sourceIp, reports: batch.reports.length, attributed, refused: 0 }, t);
-      return { ok: true, accepted: batch.reports.length - shed, attributed, pending: waiting, shed };
+      return { ok: true, accepted: batch.reports.length - shed - ignored, attributed, pending: waiting, shed, ignored };
     },
     listAgents: (): AgentView[] => {
       const cfg = deps.policy.current().config;

@@ -2,7 +2,7 @@
  * `egressgate agent` — the Linux endpoint agent (SPEC §2, §7).
  *
  *   egressgate agent --gateway URL --token TOKEN [--interval-ms N] [--host NAME]
- *                    [--gateway-ports 3128,1080] [--gateway-host H[,H…]] [--once]
+ *                    [--gateway-ports 3128,1080] [--gateway-host H[,H…]] [--udp-relay-ports LO-HI] [--once]
  *
  * The token may also come from `EGRESSGATE_AGENT_TOKEN` or `--token-file`, so it need not appear
  * in /proc/PID/cmdline where every local user can read it.
@@ -26,6 +26,9 @@ Options:
   --host NAME             host name to report as (default: this machine's host name)
   --gateway-ports LIST    gateway listener ports, comma-separated (default 3128,1080)
   --gateway-host LIST     addresses/names of the proxy listeners if not the --gateway host
+  --udp-relay-ports LO-HI ports the gateway's SOCKS5 UDP relays get, its host's ephemeral range
+                          (default 32768-60999); UDP sockets to the gateway on other ports are
+                          not reported
   --once                  one pass, send, exit (0 = delivered, 1 = not delivered); with nothing
                           to send it asks the gateway whether it takes this agent's reports
   --help                  this text
@@ -44,6 +47,14 @@ function parsePorts(s: string): number[] {
   return out;
 }
 
+function parsePortRange(s: string): [number, number] {
+  const m = /^(\d{1,5})-(\d{1,5})$/.exec(s.trim());
+  const lo = Number(m?.[1]);
+  const hi = Number(m?.[2]);
+  if (!m || lo < 1 || hi > 65535 || lo > hi) throw new UsageError(`--udp-relay-ports: want LO-HI within 1-65535, got "${s}"`);
+  return [lo, hi];
+}
+
 interface AgentArgs {
   gateway: string;
   token: string;
@@ -51,6 +62,7 @@ interface AgentArgs {
   host: string;
   ports: number[];
   gatewayHosts: string[] | null;
+  udpRelayPorts: [number, number] | null;
   isOnce: boolean;
 }
 
@@ -69,6 +81,7 @@ async function parse(argv: string[]): Promise<AgentArgs | 'help'> {
         host: { type: 'string' },
         'gateway-ports': { type: 'string' },
         'gateway-host': { type: 'string' },
+        'udp-relay-ports': { type: 'string' },
         once: { type: 'boolean' },
         help: { type: 'boolean' },
       },
@@ -107,7 +120,9 @@ async function parse(argv: string[]): Promise<AgentArgs | 'help'> {
   const ports = parsePorts(typeof portsRaw === 'string' ? portsRaw : '3128,1080');
   const gh = values['gateway-host'];
   const gatewayHosts = typeof gh === 'string' ? gh.split(',').map((h) => h.trim()).filter((h) => h.length > 0) : null;
-  return { gateway: url.toString(), token, intervalMs, host, ports, gatewayHosts, isOnce: values['once'] === true };
+  const relayRaw = values['udp-relay-ports'];
+  const udpRelayPorts = typeof relayRaw === 'string' ? parsePortRange(relayRaw) : null;
+  return { gateway: url.toString(), token, intervalMs, host, ports, gatewayHosts, udpRelayPorts, isOnce: values['once'] === true };
 }
 
 /** Entry point for `egressgate agent`; resolves to the process exit code (0 ok, 1 failure, 2 usage). */
@@ -133,6 +148,7 @@ export async function run(argv: string[]): Promise<number> {
     intervalMs: args.intervalMs,
     gatewayPorts: args.ports,
     ...(args.gatewayHosts ? { gatewayHosts: args.gatewayHosts } : {}),
+    ...(args.udpRelayPorts ? { udpRelayPorts: args.udpRelayPorts } : {}),
   });
 
   if (args.isOnce) {

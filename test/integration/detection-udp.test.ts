@@ -121,11 +121,11 @@ describe('a UDP association\'s destinations count towards fan-out', () => {
   it(`more than ${FANOUT_LIMIT} distinct destinations in one association from a non-browser process: an0081.scan fan-out`, async () => {
     gw = await start('monitor');
     const client = await udpSocket(cleanups);
-    // The agent names the process behind the client's UDP socket before anything is sent.
-    await reportProcesses(gw.adminUrl, 'ws-udp', [
-      { proto: 'udp', localIp: '127.0.0.1', localPort: client.address().port, remoteIp: gw.socksHost, remotePort: gw.socksPort, pid: 4242, name: 'python3', exe: '/usr/bin/python3' },
-    ]);
     const a = await associate(gw, client, cleanups);
+    // The agent names the process behind the client's UDP socket (to the relay) before anything is sent.
+    await reportProcesses(gw.adminUrl, 'ws-udp', [
+      { proto: 'udp', localIp: '127.0.0.1', localPort: client.address().port, remoteIp: a.relay.host, remotePort: a.relay.port, pid: 4242, name: 'python3', exe: '/usr/bin/python3' },
+    ]);
     for (const name of FANOUT_NAMES) {
       const reply = nextReply(client);
       await sendTo(client, udpFrame(name, first.port, Buffer.from(name)), a.relay);
@@ -169,10 +169,10 @@ describe('an agent report names a UDP association only when it is about a UDP so
     expect(rec.verdict).toBe('allow');
 
     const udpClient = await udpSocket(cleanups);
-    await reportProcesses(gw.adminUrl, 'ws-udp', [
-      { proto: 'udp', localIp: '127.0.0.1', localPort: udpClient.address().port, remoteIp: gw.socksHost, remotePort: gw.socksPort, pid: 4244, name: 'honeygain' },
-    ]);
     const b = await associate(gw, udpClient, cleanups);
+    await reportProcesses(gw.adminUrl, 'ws-udp', [
+      { proto: 'udp', localIp: '127.0.0.1', localPort: udpClient.address().port, remoteIp: b.relay.host, remotePort: b.relay.port, pid: 4244, name: 'honeygain' },
+    ]);
     await sendTo(udpClient, udpFrame('127.0.0.1', second.port, Buffer.from('refused')), b.relay);
     const refused = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.client.port === udpClient.address().port);
     expect(refused.identity.process?.name).toBe('honeygain');
@@ -190,18 +190,18 @@ describe('agent attribution of a UDP association', () => {
     const a = await openAssociation(gw);
     const report = (name: string) =>
       reportProcesses((gw as TestGateway).adminUrl, 'ws-udp', [
-        { proto: 'udp', localIp: '127.0.0.1', localPort: a.client.address().port, remoteIp: (gw as TestGateway).socksHost, remotePort: (gw as TestGateway).socksPort, pid: 4343, name, exe: `/usr/bin/${name}` },
+        { proto: 'udp', localIp: '127.0.0.1', localPort: a.client.address().port, remoteIp: a.relay.host, remotePort: a.relay.port, pid: 4343, name, exe: `/usr/bin/${name}` },
       ]);
     // RFC 1918 (deny-range): refused, with its own record for the same client address.
     await sendTo(a.client, udpFrame('10.0.0.1', 53, Buffer.from('refused')), a.relay);
     const refused = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.destination.host === '10.0.0.1');
     expect(refused).toMatchObject({ reason: 'deny-range', closeReason: 'deny-range', client: { ip: '127.0.0.1', port: a.client.address().port } });
-    expect(await report('dig')).toEqual({ accepted: 1, attributed: 1, pending: 0, shed: 0 });
+    expect(await report('dig')).toEqual({ accepted: 1, attributed: 1, pending: 0, shed: 0, ignored: 0 });
     // The association still relays and is still the one attributed.
     const reply = nextReply(a.client);
     await sendTo(a.client, udpFrame('127.0.0.1', first.port, Buffer.from('after')), a.relay);
     expect((await reply).data.toString()).toBe('echo:after');
-    expect(await report('dig')).toEqual({ accepted: 1, attributed: 1, pending: 0, shed: 0 });
+    expect(await report('dig')).toEqual({ accepted: 1, attributed: 1, pending: 0, shed: 0, ignored: 0 });
     a.control.destroy();
     const rec = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.destination.port === first.port);
     expect(rec.identity.process?.name).toBe('dig');
