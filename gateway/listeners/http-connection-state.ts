@@ -38,7 +38,8 @@ export interface ConnectionState {
   closeWatchers: Set<ClientCloseWatcher> | null;
   /**
    * A request of this connection was refused 429, or answered by its origin before its body was
-   * whole (http-early-answer.ts): the connection ends after that answer and the requests the client
+   * whole (http-early-answer.ts), or answered by the gateway with its body unread (http-refusal.ts
+   * closeAfterUnreadBody): the connection ends after that answer and the requests the client
    * pipelined behind it are dropped unanswered, without a flow (a CONNECT or Upgrade too:
    * isBehindLastAnswer in http-connect.ts).
    */

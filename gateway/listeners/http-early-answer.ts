@@ -15,13 +15,13 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { ConnectionState } from './http-connection-state.ts';
-import { lingerThenDestroy } from './http-refusal.ts';
+import { lingerAfterAnswer } from './http-refusal.ts';
 
 /**
  * Called when the origin's answer is complete and `req`'s body is not (its head said
  * `connection: close`): requests pipelined behind the body are dropped unanswered, node's parser
  * drops the rest of the body instead of stopping at the destroyed request, and once the answer is
- * written the connection ends lingering (lingerThenDestroy) rather than by node's destroy-on-finish.
+ * written the connection ends lingering (lingerAfterAnswer) rather than by node's destroy-on-finish.
  * Only this rare path pays for it: a normal upload costs nothing more per chunk.
  */
 export function closeAfterEarlyAnswer(req: IncomingMessage, res: ServerResponse, socket: Socket, connection: ConnectionState): void {
@@ -31,11 +31,5 @@ export function closeAfterEarlyAnswer(req: IncomingMessage, res: ServerResponse,
   // undici destroys, which stopped reading the socket. Set, not _dump() called: that resumes a
   // stream whose socket undici is about to detach.
   (req as IncomingMessage & { _dumped?: boolean })._dumped = true;
-  res.once('finish', () => {
-    if (socket.destroyed) return;
-    // node has ended the socket (`connection: close`) and would destroy it once our FIN is out:
-    // with the client's upload still arriving, that is a reset. Linger instead.
-    socket.removeListener('finish', socket.destroy);
-    lingerThenDestroy(socket);
-  });
+  lingerAfterAnswer(res, socket);
 }

@@ -48,7 +48,7 @@ import { createFastPath } from './http-fast-path.ts';
 import { forwardRequest, OriginAgents } from './http-forward.ts';
 import { forwardRequestHeaders, normaliseStrippedName, parseProxyBasic, viaFor, viaNamesUs } from './http-headers.ts';
 import { maxForwardsOf, traceEcho } from './http-max-forwards.ts';
-import { refusalDetails, sendRefusal, writeRawRefusal } from './http-refusal.ts';
+import { closeAfterUnreadBody, refusalDetails, sendRefusal, writeRawRefusal } from './http-refusal.ts';
 import { hostHeaderFor, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
 import { handleUpgrade } from './http-upgrade.ts';
 
@@ -320,7 +320,7 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
  * Answer an admitted TRACE or OPTIONS whose Max-Forwards is 0 as its final recipient: TRACE with its
  * request reflected (`message/http`, less credentials, cookies and identity headers), OPTIONS with
  * 200 and no content. Nothing reaches the destination: the flow closes `closed` with no bytes. A
- * request body (which TRACE must not have) is not read: the connection closes after the answer.
+ * request body (which TRACE must not have) is not read: the connection closes (lingering) after the answer.
  */
 function answerAsFinalRecipient(state: HttpListenerState, admitted: Admitted, req: IncomingMessage, res: ServerResponse): void {
   const { flow, snapshot } = admitted;
@@ -333,6 +333,8 @@ function answerAsFinalRecipient(state: HttpListenerState, admitted: Admitted, re
   const isLast = !req.complete || state.ctx.isDraining();
   const headers: string[] = [];
   if (isLast) headers.push('connection', 'close');
+  // Its body unread, the connection ends lingering, as a refusal's (closeAfterUnreadBody).
+  if (!req.complete) closeAfterUnreadBody(req, res);
   if (req.method === 'TRACE') {
     const body = traceEcho(`${req.method} ${req.url ?? ''} HTTP/${req.httpVersion}`, req.rawHeaders, state.strippedHeaders(snapshot));
     res.writeHead(200, STATUS_CODES[200], [...headers, 'content-type', 'message/http', 'content-length', String(Buffer.byteLength(body, 'latin1'))]);

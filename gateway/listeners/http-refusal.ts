@@ -5,11 +5,12 @@
  * may stay alive), as text for the absolute-URI fast path (http-fast-path.ts, likewise), or to a raw
  * socket that then closes (CONNECT, Upgrade, parser errors).
  */
-import type { ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Refused } from '../admission.ts';
 import type { RejectMapping } from '../reject.ts';
+import { connectionState } from './http-connection-state.ts';
 import { httpDate } from './http-date.ts';
 
 export interface RefusalDetails {
@@ -38,7 +39,8 @@ export function refusalParts(mapping: RejectMapping, details: RefusalDetails): {
 /**
  * Answer an absolute-URI request with a refusal. `isLast`: the connection is closed afterwards —
  * when the request body was not read (reading an unknown amount to keep it alive is not worth it),
- * or when the gateway is draining.
+ * or when the gateway is draining. A request whose body is still unread ends its connection lingering
+ * (closeAfterUnreadBody), not reset under the client's upload.
  */
 export function sendRefusal(res: ServerResponse, mapping: RejectMapping, details: RefusalDetails, isLast: boolean): void {
   if (res.headersSent) {
@@ -47,9 +49,47 @@ export function sendRefusal(res: ServerResponse, mapping: RejectMapping, details
   }
   const { status, headers, body } = refusalParts(mapping, details);
   if (isLast) headers.push('connection', 'close');
+  if (isLast && !res.req.complete) closeAfterUnreadBody(res.req, res);
   // The phrase is given, not left to res.statusMessage: a relay whose writeHead threw has set it.
   res.writeHead(status, STATUS_CODES[status] ?? 'Error', headers);
   res.end(body);
+}
+
+/**
+ * The gateway's own answer (`connection: close`) to a request whose body it has not read: a refusal,
+ * a failure before the origin read any of it, a TRACE or OPTIONS answered as final recipient.
+ * node:http would destroy the socket as soon as our FIN is out, and with the client's upload still
+ * arriving that is a reset, which can wipe the answer from the client's receive buffer before it is
+ * read (RFC 9112 §9.6). Instead: node's parser drops the rest of the body from now on (nothing is
+ * buffered for a request nobody reads), requests pipelined behind it are dropped unanswered
+ * (ConnectionState.isShedding), and once the answer is written the connection ends lingering
+ * (lingerAfterAnswer). Only a refusal with a body pays for it.
+ */
+export function closeAfterUnreadBody(req: IncomingMessage, res: ServerResponse): void {
+  const socket = req.socket;
+  // Gone (or detached) already: nothing to linger on.
+  if (socket === null || socket.destroyed) return;
+  connectionState(socket).isShedding = true;
+  // node:http's own mark for a body nobody reads (IncomingMessage._dump): its parser drops the
+  // bytes; resume() passes on what was pushed before and starts the socket again if the parser had
+  // paused it on a full request buffer.
+  (req as IncomingMessage & { _dumped?: boolean })._dumped = true;
+  req.resume();
+  lingerAfterAnswer(res, socket);
+}
+
+/**
+ * Once `res` (saying `connection: close`) is written, end `socket` lingering (lingerThenDestroy)
+ * instead of node:http's destroy as soon as our FIN is out.
+ */
+export function lingerAfterAnswer(res: ServerResponse, socket: Duplex): void {
+  res.once('finish', () => {
+    if (socket.destroyed) return;
+    // node has ended the socket (`connection: close`) and would destroy it once our FIN is out
+    // (destroySoon): with the client's upload still arriving, that is a reset. Linger instead.
+    socket.removeListener('finish', socket.destroy);
+    lingerThenDestroy(socket);
+  });
 }
 
 /**
@@ -94,6 +134,9 @@ const LINGER_MS = 2000;
  * After our answer is written, discard what the client still sends and drop the connection when it
  * closes its side or after a short linger. Destroying at once could reset the connection while the
  * client still has unread bytes in flight, and a reset wipes our answer from its receive buffer.
+ * Bounded by time only, from the answer: LINGER_MS whatever the client sends meanwhile (no byte cap:
+ * dropping what arrives in that time costs no more than relaying an admitted upload would, and a cap
+ * would reset exactly the large uploads lingering is for).
  */
 export function lingerThenDestroy(socket: Duplex, lingerMs = LINGER_MS): void {
   const timer = setTimeout(() => socket.destroy(), lingerMs);
