@@ -38,6 +38,8 @@ const CLOSE_REASON_OF: Record<ConnOutcome, string | null> = {
   refused: 'connection-refused',
   timeout: 'connect-timeout',
   'dns-fail': 'dns-failed',
+  // Not the destination's answer (outcomeOfUnconnected: counted nowhere) unless policy refuses it.
+  unconnected: null,
 };
 
 interface SimFlow {

@@ -8,7 +8,12 @@ import { parse as parseYaml } from 'yaml';
 import type { ProcessInfo, Protocol } from '../../policy/types.ts';
 
 export type ExpectedAction = 'none' | 'flag' | 'block' | 'kill';
-export type ConnOutcome = 'ok' | 'refused' | 'timeout' | 'dns-fail';
+/**
+ * How a scripted connection ends. `unconnected` (flow logs only, no scenario keyword): the gateway
+ * refused or ended it before any dial was answered, for a reason of its own (a parent proxy down, no
+ * descriptor left, draining, the flow log failing, a Via loop): no connection, no failed attempt.
+ */
+export type ConnOutcome = 'ok' | 'refused' | 'timeout' | 'dns-fail' | 'unconnected';
 
 export interface ScenarioIdentity {
   readonly name: string;

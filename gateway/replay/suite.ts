@@ -14,7 +14,7 @@ import { severityLevel } from '../../policy/detectors/match.ts';
 import { validateConfig } from '../../policy/load-config.ts';
 import type { Mode, ProcessInfo, Protocol } from '../../policy/types.ts';
 import { type ReplayFinding, type ReplayResult, replayConnections } from './driver.ts';
-import { type ConnSpec, type Expectation, type ExpectedAction, type Scenario, parseScenario } from './scenario.ts';
+import { type ConnOutcome, type ConnSpec, type Expectation, type ExpectedAction, type Scenario, parseScenario } from './scenario.ts';
 
 export type Variant = 'allowlist' | 'no-allowlist' | 'mixed' | 'flow-log';
 
@@ -72,6 +72,13 @@ export async function loadInputs(paths: readonly string[]): Promise<{ scenarios:
 }
 
 /**
+ * The closeReasons of the gateway's own refusals of a flow it had admitted (recorded verdict
+ * `allow`): each ends the flow before any byte reached the destination (a parent proxy refused or
+ * failed, no descriptor for the dial, the drain, the flow log failing, a Via loop).
+ */
+const GATEWAY_REFUSALS: ReadonlySet<string> = new Set(['upstream-proxy', 'out-of-descriptors', 'shutting-down', 'flow-log-unavailable', 'via-loop']);
+
+/**
  * SPEC §5 flow records (JSON lines) → connections; interim records are skipped, those refused at
  * setup (verdict block) are apart; refusals without an identity (auth-required) or a destination are dropped.
  */
@@ -102,15 +109,27 @@ export function parseFlowLog(text: string, file: string): { connections: ConnSpe
     }
     // A failed attempt is what the gateway's engine counted (outcomeOfUnconnected, the one rule):
     // the destination failing the dial. The verdict is the replayed policy's (the driver applies it),
-    // so the record's is not asked here. Any other end (closed, client-reset, idle-timeout, …) is
-    // replayed as a connection, whatever it carried; a name that did not resolve as `dns-fail`.
+    // so the record's is not asked here. The gateway's own refusals past admission (a parent proxy
+    // down, no descriptor, …) never reached the destination: no connection, as the engine folds
+    // them. Any other end (closed, client-reset, idle-timeout, …) is replayed as a connection,
+    // whatever it carried; a name that did not resolve as `dns-fail`.
+    const closeReason = typeof r['closeReason'] === 'string' ? r['closeReason'] : null;
     const dial = outcomeOfUnconnected({
       verdict: 'allow',
       reason: null,
-      closeReason: typeof r['closeReason'] === 'string' ? r['closeReason'] : null,
+      closeReason,
       destination: { host: dest.host, ip: dest.ip ?? null, port: dest.port },
     });
-    const outcome = dial === 'refused' ? 'refused' : dial === 'failed' ? 'timeout' : r['closeReason'] === 'dns-failed' ? 'dns-fail' : 'ok';
+    const outcome: ConnOutcome =
+      dial === 'refused'
+        ? 'refused'
+        : dial === 'failed'
+          ? 'timeout'
+          : closeReason === 'dns-failed'
+            ? 'dns-fail'
+            : closeReason !== null && GATEWAY_REFUSALS.has(closeReason)
+              ? 'unconnected'
+              : 'ok';
     (isRefused ? refused : out).push({
       scenario: `log:${file}`,
       identity: {

@@ -1,0 +1,130 @@
+/**
+ * Flows the gateway admitted (verdict `allow`) and then refused itself before any dial reached the
+ * destination — here its parent proxy down, closeReason `upstream-proxy` — are no connections:
+ * the live engine does not count them towards an0081.scan's fan-out (distinct destinations in an
+ * hour), and `egressgate replay` over the flow log they were written to must not either. Real
+ * listeners (the HTTP proxy, a file flow log, an agent's report naming each client's process, a
+ * non-browser), the real CLI (a child process of cli.ts, its printed alerts); the fan-out threshold
+ * lowered to FANOUT_LIMIT names. Control: the same names connected to an origin are a fan-out, live
+ * and replayed.
+ *
+ * The first test fails without the replay's rule: the 30 records were replayed as connections and
+ * `replay` printed `an0081.scan high block … fan-out: 28 distinct destinations in 1 h` that the gateway
+ * never raised.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { once } from 'node:events';
+import { connect } from 'node:net';
+import { refusingPorts, reportProcesses, type TcpOrigin, tcpOrigin, testAgent, waitForSweeps } from '../helpers/detection-live.ts';
+import type { Config } from '../../policy/config.ts';
+import { type DeepPartial, startTestGateway, type TestGateway, testConfig } from '../helpers/gateway.ts';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const FANOUT_LIMIT = 20;
+const NAMES = Array.from({ length: 30 }, (_, i) => `n${i}.fanout.test`);
+const dir = mkdtempSync(join(tmpdir(), 'egw-replay-refusals-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const OVERRIDES: DeepPartial<Config> = {
+  mode: 'enforce',
+  resolver: { hosts: Object.fromEntries(NAMES.map((n) => [n, '127.0.0.1'])) },
+  identity: { agents: [testAgent] },
+  detection: { sampleIntervalMs: 50, detectors: { 'an0081.scan': { distinctDestinationsPerHour: FANOUT_LIMIT } } },
+};
+
+/** `egressgate replay --config config log` as a user runs it: its an0081.scan alert lines. */
+function replayScanAlerts(config: string, log: string): Promise<string[]> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, ['--import', 'tsx', 'cli.ts', 'replay', '--config', config, log], { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`replay failed: ${err.message}\n${stderr}`));
+      else resolve(stdout.split('\n').filter((l) => l.includes(' an0081.scan ')));
+    });
+  });
+}
+
+/** CONNECT host:port from a client an agent named python3 (reported before the request): the status. */
+async function connectAs(gw: TestGateway, host: string, port: number): Promise<number> {
+  const socket = connect({ host: gw.httpHost, port: gw.httpPort });
+  socket.on('error', () => {});
+  await once(socket, 'connect');
+  await reportProcesses(gw.adminUrl, 'ws-fan', [
+    { localIp: '127.0.0.1', localPort: socket.localPort ?? 0, remoteIp: gw.httpHost, remotePort: gw.httpPort, pid: 4242, name: 'python3', exe: '/usr/bin/python3' },
+  ]);
+  socket.write(`CONNECT ${host}:${port} HTTP/1.1\r\nHost: ${host}:${port}\r\n\r\n`);
+  const [head] = (await once(socket, 'data')) as [Buffer];
+  socket.destroy();
+  return Number(head.toString('latin1').split(' ')[1]);
+}
+
+/** A CONNECT to every name at `port` through `gw`, one after the other: the statuses; then the live an0081.scan alerts. */
+async function fanOut(gw: TestGateway, port: number): Promise<{ statuses: number[]; live: string[] }> {
+  const statuses: number[] = [];
+  for (const n of NAMES) {
+    statuses.push(await connectAs(gw, n, port));
+    await gw.waitForClosed((r) => r.destination.host === n);
+  }
+  await waitForSweeps(gw.flows, 5);
+  const live = gw.alerts.list({}).filter((a) => a.detector === 'an0081.scan').map((a) => `${a.action} ${String(a.evidence['kind'])}`);
+  return { statuses, live };
+}
+
+function records(log: string): Array<Record<string, unknown>> {
+  return readFileSync(log, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => JSON.parse(l) as Record<string, unknown>)
+    .filter((r) => r['intermediate'] !== true);
+}
+
+describe('egressgate replay: the gateway refusing a flow itself is no connection', () => {
+  it(`${NAMES.length} names through a parent proxy that is down (502 upstream-proxy, verdict allow): no fan-out live or replayed`, async () => {
+    const [down] = await refusingPorts('127.0.0.1', 1);
+    const log = join(dir, 'parent-down.jsonl');
+    const config = join(dir, 'parent-down.json');
+    const overrides = { ...OVERRIDES, upstream: `http://127.0.0.1:${down}` };
+    writeFileSync(config, JSON.stringify({ ...testConfig(overrides), listen: undefined, flowLog: undefined }));
+    const gw = await startTestGateway({ ...overrides, flowLog: { path: log } });
+    let result: { statuses: number[]; live: string[] };
+    try {
+      result = await fanOut(gw, 443);
+    } finally {
+      await gw.stop();
+    }
+    expect(new Set(result.statuses)).toEqual(new Set([502]));
+    expect(result.live).toEqual([]);
+    const recs = records(log);
+    expect(recs.length).toBe(NAMES.length);
+    expect(new Set(recs.map((r) => `${r['verdict']} ${r['closeReason']}`))).toEqual(new Set(['allow upstream-proxy']));
+    // The agent named the client, a non-browser: what the fan-out rule needs.
+    expect(recs.filter((r) => (r['identity'] as { process: unknown }).process === null)).toEqual([]);
+    expect(await replayScanAlerts(config, log)).toEqual([]);
+  });
+
+  it(`control: the same ${NAMES.length} names connected to an origin are a fan-out, live and replayed`, async () => {
+    const origin: TcpOrigin = await tcpOrigin('127.0.0.1');
+    const log = join(dir, 'connected.jsonl');
+    const config = join(dir, 'connected.json');
+    writeFileSync(config, JSON.stringify({ ...testConfig(OVERRIDES), listen: undefined, flowLog: undefined }));
+    const gw = await startTestGateway({ ...OVERRIDES, flowLog: { path: log } });
+    let result: { statuses: number[]; live: string[] };
+    try {
+      result = await fanOut(gw, origin.port);
+    } finally {
+      await gw.stop();
+      await origin.close();
+    }
+    // Past the limit the fan-out may already be corroborated (a client tool outside a login session,
+    // outside business hours) and block: the later CONNECTs are then refused as quarantined.
+    expect(result.statuses.slice(0, FANOUT_LIMIT)).toEqual(result.statuses.slice(0, FANOUT_LIMIT).map(() => 200));
+    expect(result.live.length).toBe(1);
+    expect(result.live[0]).toMatch(/ fan-out$/);
+    const replayed = await replayScanAlerts(config, log);
+    expect(replayed.length).toBe(1);
+    expect(replayed[0]).toContain(' fan-out: ');
+  });
+});
