@@ -20,7 +20,7 @@ import { networkInterfaces } from 'node:os';
 import { effectiveIPv4, unmapIPv4 } from '../policy/address.ts';
 import type { ConnectFacts, Decision, Identity, Mode, PolicySnapshot, ProcessInfo, Protocol } from '../policy/types.ts';
 import type { GatewayContext, IdentityClaims, ProcessAttributor } from './context.ts';
-import { GatewayError, type GatewayErrorCode } from './errors.ts';
+import { GatewayError, type GatewayErrorCode, isOwnShortage } from './errors.ts';
 import type { Flow, RoutedFlow, UnknownDestination } from './flow/flow.ts';
 import { clientTransport } from './flow/flow-table.ts';
 import { dialOrder } from './upstream/resolve.ts';
@@ -354,15 +354,16 @@ export function failFlow(ctx: GatewayContext, flow: Flow, err: unknown): RejectM
   if (flow.state === 'closed') return mapKill(flow.closeReason ?? 'admin');
   const code: GatewayErrorCode = err instanceof GatewayError ? err.code : 'EGW_DIAL_UNREACHABLE';
   const mapping = mapError(code);
-  // The gateway's own descriptors ran out: no attempt reached the destination, so the detectors
-  // see none (the flow closes as `out-of-descriptors`, not a failed connect).
-  if (code === 'EGW_OUT_OF_DESCRIPTORS') ctx.descriptors?.dialFailed(errnoOf(err));
+  // The gateway's own descriptors, local ports or socket memory ran out: no attempt reached the
+  // destination, so the detectors see none (the flow closes as `out-of-descriptors` or
+  // `out-of-sockets`, not a failed connect).
+  if (isOwnShortage(code)) ctx.descriptors?.dialFailed(errnoOf(err));
   else ctx.detection?.onConnectFailed(flow);
   ctx.flows.close(flow, mapping.reason);
   return mapping;
 }
 
-/** The errno under a dial's GatewayError (EMFILE, ENFILE), for the log. */
+/** The errno under a dial's GatewayError (EMFILE, ENFILE, EADDRNOTAVAIL, …), for the log. */
 function errnoOf(err: unknown): string {
   const cause = (err as { cause?: { code?: unknown } } | null)?.cause;
   return typeof cause?.code === 'string' ? cause.code : 'unknown';

@@ -17,6 +17,7 @@ export const GATEWAY_ERROR_CODES = [
   'EGW_DIAL_UNREACHABLE', // network/host unreachable
   'EGW_DIAL_TIMEOUT', // upstream did not answer within limits.connectTimeoutMs
   'EGW_OUT_OF_DESCRIPTORS', // the gateway's own descriptor limit (EMFILE/ENFILE): no socket for the dial
+  'EGW_OUT_OF_SOCKETS', // the gateway's own local ports or socket memory ran out (EADDRNOTAVAIL, ENOBUFS, ENOMEM): no dial
   'EGW_UPSTREAM_PROXY', // the parent proxy refused or failed
   'EGW_UPSTREAM_PROXY_TIMEOUT', // the parent proxy did not accept the connection, or answer before it was asked for the destination, in time (504)
   'EGW_UPSTREAM_RESET', // upstream closed mid-response
@@ -62,7 +63,22 @@ export function dialErrorCode(err: unknown): GatewayErrorCode {
     case 'EMFILE':
     case 'ENFILE':
       return 'EGW_OUT_OF_DESCRIPTORS';
+    // No local port left for the destination's address and port (EADDRNOTAVAIL), or no kernel
+    // memory for the socket: the gateway's shortage too, nothing was sent.
+    case 'EADDRNOTAVAIL':
+    case 'ENOBUFS':
+    case 'ENOMEM':
+      return 'EGW_OUT_OF_SOCKETS';
     default:
       return 'EGW_DIAL_UNREACHABLE';
   }
+}
+
+/**
+ * A dial that failed for want of the gateway's own resources (descriptors, local ports, socket
+ * memory): the destination is not to blame, no other of its addresses is tried, and the detectors
+ * see no failed connect.
+ */
+export function isOwnShortage(code: GatewayErrorCode | null): boolean {
+  return code === 'EGW_OUT_OF_DESCRIPTORS' || code === 'EGW_OUT_OF_SOCKETS';
 }

@@ -40,6 +40,7 @@ const ERROR_MAP: Record<GatewayErrorCode, RejectMapping> = {
   EGW_DIAL_UNREACHABLE: { status: 502, socks: SOCKS_REP.hostUnreachable, error: 'destination unreachable', reason: 'unreachable' },
   EGW_DIAL_TIMEOUT: { status: 504, socks: SOCKS_REP.ttlExpired, error: 'upstream timeout', reason: 'connect-timeout' },
   EGW_OUT_OF_DESCRIPTORS: { status: 503, socks: SOCKS_REP.generalFailure, error: 'gateway out of file descriptors', reason: 'out-of-descriptors' },
+  EGW_OUT_OF_SOCKETS: { status: 503, socks: SOCKS_REP.generalFailure, error: 'gateway out of sockets', reason: 'out-of-sockets' },
   EGW_UPSTREAM_PROXY: { status: 502, socks: SOCKS_REP.generalFailure, error: 'upstream proxy failed', reason: 'upstream-proxy' },
   // A timeout (SPEC §4: 504, SOCKS 0x06 as for the destination's), but the parent's own: its reason
   // keeps it out of the scan detector's failed attempts, as every `upstream-proxy` failure.
@@ -58,6 +59,11 @@ const ERROR_MAP: Record<GatewayErrorCode, RejectMapping> = {
 /** What a coded failure looks like to an HTTP or SOCKS5 client. */
 export function mapError(code: GatewayErrorCode): RejectMapping {
   return ERROR_MAP[code];
+}
+
+/** The refusal of a dial the gateway's own shortage failed (logged per ten seconds, not per flow). */
+export function isShortage(mapping: RejectMapping): boolean {
+  return mapping === ERROR_MAP.EGW_OUT_OF_DESCRIPTORS || mapping === ERROR_MAP.EGW_OUT_OF_SOCKETS;
 }
 
 const SHUTDOWN_KILL: RejectMapping = { status: 503, socks: SOCKS_REP.generalFailure, error: 'shutting down', reason: 'shutdown' };

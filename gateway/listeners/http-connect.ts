@@ -11,7 +11,7 @@ import { admitAlternate, type ClientWatch, failFlow } from '../admission.ts';
 import type { FlowTable } from '../flow/flow-table.ts';
 import { tunnel } from '../flow/tunnel.ts';
 import { parseAuthority } from '../protocol/authority.ts';
-import { mapError } from '../reject.ts';
+import { isShortage, mapError } from '../reject.ts';
 import { dialFirstReachable } from '../upstream/dial.ts';
 import { isShedding } from './http-connection-state.ts';
 import type { HttpListenerState, RequestHead } from './http-proxy.ts';
@@ -175,8 +175,8 @@ export async function handleConnect(state: HttpListenerState, req: RequestHead, 
     }
     const isKilled = flow.state === 'closed';
     const mapping = failFlow(ctx, flow, err);
-    // Out of descriptors is logged once per ten seconds (DescriptorShortage), not per flow; a kill by its killer.
-    if (mapping.reason !== 'out-of-descriptors' && !isKilled) ctx.log.warn({ flowId: flow.id, reason: mapping.reason, err: (err as Error).message }, 'CONNECT dial failed');
+    // Out of descriptors or local ports is logged once per ten seconds (DescriptorShortage), not per flow; a kill by its killer.
+    if (!isShortage(mapping) && !isKilled) ctx.log.warn({ flowId: flow.id, reason: mapping.reason, err: (err as Error).message }, 'CONNECT dial failed');
     writeRawRefusal(socket, mapping, { flowId: flow.id, isBlock: flow.verdict === 'block' });
     return;
   }

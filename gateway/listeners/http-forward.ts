@@ -19,7 +19,7 @@ import { Agent, buildConnector, type Dispatcher } from 'undici';
 import { type Admitted, admitAlternate } from '../admission.ts';
 import { type Flow, KILLED_WHILE_DIALLING } from '../flow/flow.ts';
 import type { GatewayContext } from '../context.ts';
-import { dialErrorCode, GatewayError, type GatewayErrorCode } from '../errors.ts';
+import { dialErrorCode, GatewayError, type GatewayErrorCode, isOwnShortage } from '../errors.ts';
 import { formatAuthority } from '../protocol/authority.ts';
 import { mapError, mapKill, type RejectMapping } from '../reject.ts';
 import { dial, isFallbackCode, MAX_ADDRESSES_DIALLED } from '../upstream/dial.ts';
@@ -429,8 +429,8 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
       this.cutClient(false);
       return;
     }
-    if (code === 'EGW_OUT_OF_DESCRIPTORS') {
-      // The gateway's own descriptors ran out: logged once per ten seconds, not a failed connect.
+    if (isOwnShortage(code)) {
+      // The gateway's own descriptors or local ports ran out: logged once per ten seconds, not a failed connect.
       ctx.descriptors?.dialFailed(String((err as NodeJS.ErrnoException).code));
     } else {
       if (!this.isConnected) ctx.detection?.onConnectFailed(flow);

@@ -19,7 +19,7 @@ import { admit, admitAlternate, type ClientWatch, failFlow } from '../admission.
 import type { GatewayContext } from '../context.ts';
 import { tunnel } from '../flow/tunnel.ts';
 import { encodeReply } from '../protocol/socks5-codec.ts';
-import { SOCKS_REP } from '../reject.ts';
+import { isShortage, SOCKS_REP } from '../reject.ts';
 import { dialFirstReachable } from '../upstream/dial.ts';
 import { type Downstream, type HandshakeResult, refuse, runHandshake } from './socks5-handshake.ts';
 import { startUdpAssociation } from './socks5-udp.ts';
@@ -171,8 +171,8 @@ async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResul
       return;
     }
     const mapping = failFlow(ctx, flow, err);
-    // Out of descriptors is logged once per ten seconds (DescriptorShortage), not per flow.
-    if (!clientGone) refuse(ctx, down, encodeReply(mapping.socks), mapping.reason, `CONNECT ${request.host}:${request.port} failed (${mapping.reason}): ${(err as Error).message}`, mapping.reason !== 'out-of-descriptors');
+    // Out of descriptors or local ports is logged once per ten seconds (DescriptorShortage), not per flow.
+    if (!clientGone) refuse(ctx, down, encodeReply(mapping.socks), mapping.reason, `CONNECT ${request.host}:${request.port} failed (${mapping.reason}): ${(err as Error).message}`, !isShortage(mapping));
     return;
   }
   socket.removeListener('close', onClose);

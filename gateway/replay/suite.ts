@@ -74,9 +74,9 @@ export async function loadInputs(paths: readonly string[]): Promise<{ scenarios:
 /**
  * The closeReasons of the gateway's own refusals of a flow it had admitted (recorded verdict
  * `allow`): each ends the flow before any byte reached the destination (a parent proxy refused or
- * failed, no descriptor for the dial, the drain, the flow log failing, a Via loop).
+ * failed, no descriptor or local port for the dial, the drain, the flow log failing, a Via loop).
  */
-const GATEWAY_REFUSALS: ReadonlySet<string> = new Set(['upstream-proxy', 'out-of-descriptors', 'shutting-down', 'flow-log-unavailable', 'via-loop']);
+const GATEWAY_REFUSALS: ReadonlySet<string> = new Set(['upstream-proxy', 'out-of-descriptors', 'out-of-sockets', 'shutting-down', 'flow-log-unavailable', 'via-loop']);
 
 /**
  * SPEC §5 flow records (JSON lines) → connections; interim records are skipped, those refused at

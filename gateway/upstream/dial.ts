@@ -4,7 +4,7 @@
  * turned into EGW_* codes here, once.
  */
 import { connect, type Socket } from 'node:net';
-import { dialErrorCode, GatewayError, type GatewayErrorCode } from '../errors.ts';
+import { dialErrorCode, GatewayError, type GatewayErrorCode, isOwnShortage } from '../errors.ts';
 import { type ParentEndpoint, type ParentLogin, parseParentUrl } from '../../policy/upstream-url.ts';
 import { type HandshakeWords, readHandshake } from './handshake.ts';
 import { socks5ParentHandshake } from './socks5-parent.ts';
@@ -291,7 +291,7 @@ async function dialParent(parent: Parent, target: DialTarget): Promise<Socket> {
   } catch (err) {
     if (err === KILLED_WHILE_DIALLING) throw err;
     const code = err instanceof GatewayError ? err.code : null;
-    if (code === 'EGW_OUT_OF_DESCRIPTORS') throw err;
+    if (isOwnShortage(code)) throw err;
     throw new GatewayError(code === 'EGW_DIAL_TIMEOUT' ? 'EGW_UPSTREAM_PROXY_TIMEOUT' : 'EGW_UPSTREAM_PROXY', `${parent.label} unreachable: ${(err as Error).message}`, { cause: err });
   }
 }

@@ -128,6 +128,7 @@ describe('an0081.scan', () => {
       ['connect-timeout', null, 'blocked'],
       ['upstream-proxy', '10.0.0.1', 'blocked'],
       ['out-of-descriptors', '10.0.0.1', 'blocked'],
+      ['out-of-sockets', '10.0.0.1', 'blocked'],
       ['admin', '10.0.0.1', 'blocked'],
       ['shutdown', '10.0.0.1', 'blocked'],
       ['client-reset', '10.0.0.1', 'blocked'],
