@@ -23,8 +23,9 @@ import {
   isOverUploadBudget,
   nextUploadBudget,
   type ObserveResult,
+  isRefusedByPolicy,
   observeOptions,
-  outcomeOfUnconnected,
+  outcomeOfEnded,
   toAlert,
   uploadBudgetFor,
   uploadKillTrigger,
@@ -269,15 +270,16 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     // A flow that never connected counts as a failed attempt for the scan detector only when the
     // destination failed the dial, or policy refused the address itself (deny-range, an IP literal
     // not allowlisted: an internal sweep is refused before any dial). Not when the gateway or the
-    // client ended it first (drain, admin, no descriptor, a parent proxy down, the client leaving):
-    // `outcomeOfUnconnected`, which the replay shares.
+    // client ended it first (drain, admin, no descriptor, a parent proxy down, the client leaving).
+    // A flow monitor mode relayed would-block by policy is enforce mode's refusal of it, connected
+    // or not, and the sweeps never saw it open: `outcomeOfEnded`, which the replay shares.
     try {
       // The flow table closes a flow once: it is folded here once, and the sweep skips ended flows.
       // A flow that relayed to several destinations is folded per destination, on each one's bytes.
       if (flow.legs !== null) {
         for (const leg of flow.legs) foldEnded(legView(flow, leg, 'closed'));
       } else {
-        foldEnded(view(flow, flow.isConnected ? 'closed' : outcomeOfUnconnected(flow)));
+        foldEnded(view(flow, outcomeOfEnded(flow, flow.isConnected)));
       }
     } catch (err) {
       log.error({ err: String(err) }, 'detector state update failed');
@@ -481,6 +483,8 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     const agents = agentSources(policy.current());
     for (const flow of active.values()) {
       if (!flow.isConnected || !isRouted(flow)) continue;
+      // Monitor mode's would-block by policy: enforce mode refused it, its detectors never see it open.
+      if (flow.legs === null && isRefusedByPolicy(flow)) continue;
       if (flow.legs === null) views.push(view(flow, 'open'));
       else pushActiveLegs(views, flow, flow.legs);
       if (agents && !flow.identity.process && !flow.isUnattributed && now - flow.startedAt >= AGENT_GRACE_MS) {

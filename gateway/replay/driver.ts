@@ -183,7 +183,9 @@ export function replayConnections(conns: readonly ConnSpec[], opts: ReplayOption
     // Monitor mode's would-block counts as enforce mode's refusal would: nothing more.
     const unconnected = (verdict: Verdict, reason: ReasonCode): FlowOutcome =>
       outcomeOfUnconnected({ verdict, reason, closeReason: CLOSE_REASON_OF[spec.outcome], destination });
-    let outcome: FlowOutcome = decision.verdict !== 'block' && spec.outcome === 'ok' ? 'open' : unconnected(decision.verdict, decision.reason);
+    // Monitor mode's would-block by policy is enforce mode's refusal, whether its dial would connect or not
+    // (outcomeOfEnded, as the gateway folds it).
+    let outcome: FlowOutcome = decision.verdict === 'allow' && spec.outcome === 'ok' ? 'open' : unconnected(decision.verdict, decision.reason);
     if (decision.verdict === 'block') {
       tally.blockedByPolicy++;
       if (outcome !== 'denied') return null;

@@ -10,7 +10,7 @@
 export { toAlert, alertActionFor } from './alert.ts';
 export { CONNECT_DETECTORS, connectDecision, connectFindings, evaluateConnect, type SkipReason, skippedConnectDetectors } from './connect.ts';
 export { DETECTOR_DEFAULTS, detectorSettings } from './defaults.ts';
-export { DetectionState, emptyObserveResult, outcomeOfRefusal, outcomeOfUnconnected, type BaselineJson, type DetectionReader, type ObserveResult } from './state.ts';
+export { DetectionState, emptyObserveResult, isRefusedByPolicy, outcomeOfEnded, outcomeOfRefusal, outcomeOfUnconnected, type BaselineJson, type DetectionReader, type ObserveResult } from './state.ts';
 export { evaluateSweep, observeOptions } from './sweep.ts';
 export type { Alert, Analytic, BehaviourDetector, Finding, FindingAction, FlowOutcome, FlowView } from './types.ts';
 export { isOverUploadBudget, nextUploadBudget, uploadBudgetFor, uploadKillTrigger } from './upload.ts';

@@ -191,6 +191,26 @@ export function outcomeOfUnconnected(flow: UnconnectedFlow): 'refused' | 'failed
   return DIAL_FAILURES.get(flow.closeReason) ?? 'blocked';
 }
 
+/**
+ * A flow monitor mode relays as `would-block` because policy refuses it (`not-allowlisted`; deny-range
+ * is refused in every mode): enforce mode refuses it at admission, before any dial or detector.
+ */
+export function isRefusedByPolicy(flow: { readonly verdict: Verdict; readonly reason: ReasonCode | null }): boolean {
+  return flow.verdict === 'would-block' && (flow.reason === 'not-allowlisted' || flow.reason === 'deny-range');
+}
+
+/**
+ * How a flow to one destination is folded once it ended, the rule the engine and the replay share: a
+ * flow policy refuses (`isRefusedByPolicy`) is enforce mode's refusal of it, connected or not
+ * (`outcomeOfRefusal`: an IP literal is a failed attempt at that address, a name counts nowhere), so
+ * monitor mode counts what enforce mode counts; else a connected flow is `closed`, and one that never
+ * connected `outcomeOfUnconnected`.
+ */
+export function outcomeOfEnded(flow: UnconnectedFlow, isConnected: boolean): 'closed' | 'refused' | 'failed' | 'denied' | 'blocked' {
+  if (isRefusedByPolicy(flow)) return outcomeOfRefusal(flow.reason, flow.destination);
+  return isConnected ? 'closed' : outcomeOfUnconnected(flow);
+}
+
 interface TrackedFlow {
   out: number;
   in: number;
