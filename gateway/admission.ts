@@ -201,8 +201,10 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   ctx.flows.decide(flow, decision, decision.verdict === 'block');
   if (decision.verdict === 'block') return refuse(ctx, flow, decision);
   if (!ip) return refuseCode(ctx, flow, dnsError ?? 'EGW_DNS_FAILED');
-  // 8. detection at connect time
-  if (ctx.detection) {
+  // 8. detection at connect time. Not for a flow monitor mode relays as would-block by policy:
+  // enforce mode refuses it at step 7, and never reaches its quarantine, its connect-time
+  // detectors (whose would-quarantine would then mark the identity's allowed flows) or its budget.
+  if (ctx.detection && decision.verdict === 'allow') {
     const found = ctx.detection.onConnect(flow, snapshot, mode);
     if (found) {
       if (found.verdict === 'block') {
@@ -574,7 +576,8 @@ export async function admitDestination(ctx: GatewayContext, flow: RoutedFlow, de
     return { ok: false, decision: null, reject: mapError(code), reason: `${destHost} did not resolve (${code})`, ip: null };
   }
   // Step 8 for this destination: a later destination must not get past what a new flow would meet.
-  const found = ctx.detection?.onDestination(flow, { host: destHost, ip, port: destPort }, snapshot, mode) ?? null;
+  // As for a new flow, not reached when policy refuses the destination (monitor mode's would-block).
+  const found = decision.verdict === 'allow' ? (ctx.detection?.onDestination(flow, { host: destHost, ip, port: destPort }, snapshot, mode) ?? null) : null;
   if (found?.verdict === 'block') return { ok: false, decision: found, reject: mapDecision(found), reason: found.reasons.join('; '), ip };
   // Under the policy running now: a reload may have put the identity's egress through a parent.
   return { ok: true, ip, decision: found !== null && decision.verdict === 'allow' ? found : decision, upstream: upstreamOf(snapshot, flow.identity.roles) };

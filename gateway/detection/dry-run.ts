@@ -93,9 +93,10 @@ export function dryRunConnect(snapshot: PolicySnapshot, facts: ConnectFacts, pol
     quarantinedUntil: null,
     notes: [live ? LIVE : NO_GATEWAY],
   };
-  // Admission refuses a policy block (step 7) before any detector (step 8).
-  if (policy.verdict === 'block') {
-    detectors.notes.push('refused by the policy: quarantine and detectors not reached');
+  // Admission refuses a policy block (step 7) before any detector (step 8); monitor mode's would-block
+  // by policy is that refusal too, and meets no detector either (enforce mode never reaches them).
+  if (policy.verdict !== 'allow') {
+    detectors.notes.push(policy.verdict === 'block' ? 'refused by the policy: quarantine and detectors not reached' : 'enforce mode would refuse it by the policy: quarantine and detectors not reached');
     return { decision: policy, findings: [], detectors };
   }
   const key = identityKeyOf(facts.identity, facts.clientIp);
@@ -125,7 +126,7 @@ export function dryRunConnect(snapshot: PolicySnapshot, facts: ConnectFacts, pol
     }));
     found = connectDecision(all, mode, policy.matchedRule);
   }
-  // As admission: a detector's block stands; its would-block only over a policy allow.
-  const decision = found !== null && (found.verdict === 'block' || policy.verdict === 'allow') ? found : policy;
+  // As admission: a detector's or quarantine's decision over a policy allow.
+  const decision = found ?? policy;
   return { decision, findings, detectors };
 }

@@ -189,7 +189,9 @@ export function replayConnections(conns: readonly ConnSpec[], opts: ReplayOption
     if (decision.verdict === 'block') {
       tally.blockedByPolicy++;
       if (outcome !== 'denied') return null;
-    } else {
+    } else if (decision.verdict === 'allow') {
+      // Monitor mode's would-block by policy meets no quarantine or connect-time detector: enforce
+      // mode refuses it first (the gateway's admission, step 7 before step 8).
       // As the gateway's detection engine: a quarantined identity (monitor mode: one enforce mode
       // would have quarantined) is not judged by the connect-time detectors again; monitored, it and
       // a refusing connect-time finding make the flow would-block, which its failed dial then is.
@@ -211,7 +213,7 @@ export function replayConnections(conns: readonly ConnSpec[], opts: ReplayOption
           wouldBlock = 'detector';
         }
       }
-      if (wouldBlock !== null && decision.verdict === 'allow' && outcome !== 'open') outcome = unconnected('would-block', wouldBlock);
+      if (wouldBlock !== null && outcome !== 'open') outcome = unconnected('would-block', wouldBlock);
     }
     // Counted nowhere (a name's failed dial that policy refuses, a DNS failure): nothing to fold.
     if (outcome === 'blocked') return null;
