@@ -71,6 +71,7 @@ export const FlowRecordSchema = Type.Object({
   detector: Nullable(Type.String()),
   state: Type.String({ description: 'active | closed' }),
   closeReason: Nullable(Type.String()),
+  connected: Type.Boolean({ description: 'the flow reached its destination (its dial succeeded)' }),
   communityId: Nullable(Type.String()),
   matchedRule: MatchedRuleSchema,
   reasons: Type.Immutable(Type.Array(Type.String())),

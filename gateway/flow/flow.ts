@@ -107,6 +107,12 @@ export interface FlowRecord {
   detector: DetectorName | null;
   state: FlowState;
   closeReason: string | null;
+  /**
+   * Whether the flow reached its destination (the dial, or a parent's, succeeded; or the gateway
+   * answered as the final recipient): what tells a flow ended before its dial was answered (`admin`,
+   * `shutdown`, `client-reset`, …) from one ended after (SPEC §5 extension; docs/spec-notes.md).
+   */
+  connected: boolean;
   communityId: string | null;
   matchedRule: MatchedRule | null;
   reasons: readonly string[];
@@ -251,6 +257,7 @@ export class Flow {
       detector: this.detector,
       state: this.state,
       closeReason: this.closeReason,
+      connected: this.isConnected,
       communityId: this.communityId,
       matchedRule: this.matchedRule,
       reasons: this.reasons,
@@ -276,7 +283,7 @@ export class Flow {
       `,"endedAt":${this.endedAt === null ? 'null' : `"${isoString(this.endedAt)}"`},"durationMs":${jsonNumber(end - this.startedAt)}` +
       `,"bytesOut":${jsonNumber(this.bytesOut)},"bytesIn":${jsonNumber(this.bytesIn)},"verdict":${jsonText(this.verdict)}` +
       `,"enforced":${this.enforced},"reason":${jsonTextOrNull(this.reason)},"detector":${jsonTextOrNull(this.detector)}` +
-      `,"state":${jsonText(this.state)},"closeReason":${jsonTextOrNull(this.closeReason)},"communityId":${jsonOrNull(this.communityId)}` +
+      `,"state":${jsonText(this.state)},"closeReason":${jsonTextOrNull(this.closeReason)},"connected":${this.isConnected},"communityId":${jsonOrNull(this.communityId)}` +
       `,"matchedRule":${this.matchedRule === null ? 'null' : jsonOfShared(this.matchedRule)},"reasons":${jsonOfShared(this.reasons)}`;
     if (this.isUnattributed && !this.identity.process) line += ',"unattributed":true';
     if (this.isAttributedLate) line += ',"attributedLate":true';

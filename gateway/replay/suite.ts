@@ -109,10 +109,11 @@ export function parseFlowLog(text: string, file: string): { connections: ConnSpe
     }
     // A failed attempt is what the gateway's engine counted (outcomeOfUnconnected, the one rule):
     // the destination failing the dial. The verdict is the replayed policy's (the driver applies it),
-    // so the record's is not asked here. The gateway's own refusals past admission (a parent proxy
-    // down, no descriptor, …) never reached the destination: no connection, as the engine folds
-    // them. Any other end (closed, client-reset, idle-timeout, …) is replayed as a connection,
-    // whatever it carried; a name that did not resolve as `dns-fail`.
+    // so the record's is not asked here. A flow that never reached the destination (`connected:
+    // false`; in a log without the field, the gateway's own refusals past admission: a parent proxy
+    // down, no descriptor, …) is no connection, as the engine folds it. Any other end (closed,
+    // client-reset, idle-timeout, …) is replayed as a connection, whatever it carried; a name that
+    // did not resolve as `dns-fail`.
     const closeReason = typeof r['closeReason'] === 'string' ? r['closeReason'] : null;
     const dial = outcomeOfUnconnected({
       verdict: 'allow',
@@ -127,7 +128,7 @@ export function parseFlowLog(text: string, file: string): { connections: ConnSpe
           ? 'timeout'
           : closeReason === 'dns-failed'
             ? 'dns-fail'
-            : closeReason !== null && GATEWAY_REFUSALS.has(closeReason)
+            : r['connected'] === false || (closeReason !== null && GATEWAY_REFUSALS.has(closeReason))
               ? 'unconnected'
               : 'ok';
     (isRefused ? refused : out).push({

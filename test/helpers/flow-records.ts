@@ -24,6 +24,7 @@ export function sampleRecord(i: number, reasons: string[]): FlowRecord {
     detector: null,
     state: 'closed',
     closeReason: 'closed',
+    connected: true,
     communityId: null,
     matchedRule: null,
     reasons,
