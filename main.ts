@@ -9,6 +9,7 @@
  *  4. bind the HTTP proxy, the SOCKS5 gateway and the admin API
  *  5. hand back reload (SIGHUP), log reopening and drain (SIGTERM) for the command to call
  */
+import { newViaName } from './gateway/via.ts';
 import { readFile } from 'node:fs/promises';
 import type { Server as HttpServer } from 'node:http';
 import type { AddressInfo, Server as NetServer } from 'node:net';
@@ -223,6 +224,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     log,
     selfAddresses,
     udpRelays: new UdpRelayAddresses(),
+    via: newViaName(),
     isDraining: () => draining,
     isRefusingUnrecorded: () => flowLog.isFailing && policy.current().config.flowLog.onError === 'refuse',
     flowLogBacklog: () => flowLog.status().backlogRecords,

@@ -2,6 +2,7 @@
  * What every listener is handed by the composition root (main.ts). Listeners never build these
  * themselves, so tests can wire a gateway with injected seams (resolver map, clock, dialer).
  */
+import type { ViaName } from './via.ts';
 import type { Identity, Mode, PolicySnapshot, ProcessInfo } from '../policy/types.ts';
 import type { Flow, FlowLeg, KnownDestination, RoutedFlow } from './flow/flow.ts';
 import type { FlowTable } from './flow/flow-table.ts';
@@ -115,6 +116,8 @@ export interface GatewayContext {
   readonly selfAddresses: Set<string>;
   /** The live SOCKS5 UDP associations' relay sockets: never a UDP destination either. */
   readonly udpRelays: UdpRelayAddresses;
+  /** This gateway's name in Via (via.ts): drawn at start, its own loop check. */
+  readonly via: ViaName;
   /** True once SIGTERM started draining: refuse new flows. */
   isDraining(): boolean;
   /**

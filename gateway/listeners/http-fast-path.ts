@@ -174,6 +174,7 @@ class FastConnection {
     const headers = forwardRequestHeaders(head.rawHeaders, {
       host: hostHeaderFor(target.host, target.port),
       stripped: state.strippedHeaders(result.snapshot),
+      via: ctx.via.value,
     });
     const exchange = new FastExchange(this, ctx, flow, head.method === 'HEAD', head.isLast);
     this.exchange = exchange;
@@ -393,7 +394,7 @@ class FastExchange extends OriginExchange {
     this.status = statusCode;
     this.connection.isAwaitingOrigin = false;
     this.resume = resume;
-    const headers = forwardResponseHeaders(rawHeaders);
+    const headers = forwardResponseHeaders(rawHeaders, { via: this.ctx.via.value });
     let head = `HTTP/1.1 ${statusCode} ${relayedStatusText(statusCode, statusText)}\r\n`;
     let hasLength = false;
     let hasDate = false;

@@ -38,9 +38,12 @@ export class OriginAgents {
   private direct: Agent;
   private readonly viaUpstream = new Map<string, Agent>();
   private connectTimeoutMs: number;
+  /** Our Via entry, on the CONNECT each parent proxy is asked (the gateway's ViaName). */
+  private readonly via: string;
 
-  constructor(connectTimeoutMs: number) {
+  constructor(connectTimeoutMs: number, via: string) {
     this.connectTimeoutMs = connectTimeoutMs;
+    this.via = via;
     this.direct = directAgent(connectTimeoutMs);
   }
 
@@ -51,6 +54,7 @@ export class OriginAgents {
     let agent = this.viaUpstream.get(upstream);
     if (!agent) {
       const timeoutMs = this.connectTimeoutMs;
+      const via = this.via;
       agent = new Agent({
         keepAliveTimeout: 4000,
         keepAliveMaxTimeout: ORIGIN_KEEPALIVE_MAX_MS,
@@ -59,7 +63,7 @@ export class OriginAgents {
         connect: (opts, callback) => {
           const ip = opts.hostname.replace(/^\[|\]$/g, '');
           const port = Number(opts.port) || 80;
-          dial({ ip, port, upstream, timeoutMs, flow: flowDialling(ip, port) }).then(
+          dial({ ip, port, upstream, timeoutMs, flow: flowDialling(ip, port), via }).then(
             (socket: Socket) => callback(null, socket),
             (err: Error) => callback(err, null),
           );
@@ -386,7 +390,7 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
     }
     if (this.interimRelayed >= MAX_INTERIM_RELAYED || !isRelayableInterim(statusCode)) return;
     this.interimRelayed++;
-    this.writeInterim(interimResponseHead(statusCode, statusText, rawHeaders));
+    this.writeInterim(interimResponseHead(statusCode, statusText, rawHeaders, this.ctx.via.value));
   }
 
   /**
@@ -553,7 +557,7 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
       this.resume = resume;
       this.res.on('drain', resume);
     }
-    const headers = forwardResponseHeaders(rawHeaders);
+    const headers = forwardResponseHeaders(rawHeaders, { via: this.ctx.via.value });
     // An answer before the whole body (an early 413): the rest of the body is not read, so this
     // connection carries no further request (closeAfterEarlyAnswer); nor while draining.
     this.isEarly = !this.req.complete;

@@ -19,38 +19,7 @@ export function relayedStatusText(statusCode: number, statusText: string): strin
   return statusText !== '' && !INVALID_FIELD_CHAR.test(statusText) ? statusText : (STATUS_CODES[statusCode] ?? '');
 }
 
-/** Our Via entry (RFC 9110 §7.6.3): protocol version and a pseudonym, never our address. */
-export const VIA_VALUE = '1.1 egressgate';
-/** The same for a message received as HTTP/1.0: the received-protocol is the version as received. */
-export const VIA_VALUE_1_0 = '1.0 egressgate';
-
-/** Our pseudonym, the received-by of our Via entries. */
-const VIA_PSEUDONYM = 'egressgate';
-
-/**
- * True when a request's Via (node joins repeated fields with ", ") has an entry received by our
- * pseudonym: the request went through an egressgate and came back (a loop of proxies). Entries are
- * `received-protocol RWS received-by [RWS comment]` (RFC 9110 §7.6.3). Most requests carry no Via:
- * undefined costs one comparison.
- */
-export function viaNamesUs(via: string | string[] | undefined): boolean {
-  if (via === undefined) return false;
-  const text = typeof via === 'string' ? via : via.join(',');
-  if (!text.toLowerCase().includes(VIA_PSEUDONYM)) return false;
-  for (const entry of text.split(',')) {
-    const fields = entry.trim().split(/[ \t]+/);
-    if (fields[1]?.toLowerCase() === VIA_PSEUDONYM) return true;
-  }
-  return false;
-}
-
-/**
- * The Via entry for a message received as HTTP/`major`.`minor` (RFC 9110 §7.6.3: the
- * received-protocol is that message's version, not ours). One of two constant strings.
- */
-export function viaFor(major: number, minor: number): string {
-  return major === 1 && minor === 0 ? VIA_VALUE_1_0 : VIA_VALUE;
-}
+export { viaFor, viaNamesUs } from '../via.ts';
 
 /**
  * Always removed in both directions: the hop-by-hop fields of RFC 9110 §7.6.1 plus the proxy's own
@@ -115,8 +84,8 @@ export interface RequestHeaderOptions {
   readonly upgrade?: string | null;
   /** The Max-Forwards value to send instead of the received one (TRACE, OPTIONS: http-max-forwards.ts). */
   readonly maxForwards?: number | null;
-  /** Our Via entry (viaFor: the request's version as received); VIA_VALUE when not given. */
-  readonly via?: string;
+  /** Our Via entry (viaFor: the request's version as received). */
+  readonly via: string;
 }
 
 /** Headers to send to the origin for a forwarded request. */
@@ -133,7 +102,7 @@ export function forwardRequestHeaders(raw: readonly string[], opts: RequestHeade
   }
   if (opts.maxForwards != null) out.push('max-forwards', String(opts.maxForwards));
   if (opts.upgrade) out.push('connection', 'Upgrade', 'upgrade', opts.upgrade);
-  out.push('via', opts.via ?? VIA_VALUE);
+  out.push('via', opts.via);
   return out;
 }
 
@@ -141,9 +110,9 @@ export function forwardRequestHeaders(raw: readonly string[], opts: RequestHeade
  * Headers to send to the client for an origin's response (undici gives raw Buffers). Framing
  * (Content-Length or chunked) is left to node's server, which re-frames for this client, unless
  * `keepFraming` says the body is relayed byte for byte. `via`: our Via entry for the response's
- * version as received (viaFor), where it is known; VIA_VALUE otherwise (undici does not say).
+ * version as received (viaFor), where it is known; the HTTP/1.1 one otherwise (undici does not say).
  */
-export function forwardResponseHeaders(raw: readonly (Buffer | string)[], opts: { upgrade?: boolean; keepFraming?: boolean; via?: string } = {}): string[] {
+export function forwardResponseHeaders(raw: readonly (Buffer | string)[], opts: { upgrade?: boolean; keepFraming?: boolean; via: string }): string[] {
   const strings: string[] = new Array(raw.length);
   for (let i = 0; i < raw.length; i++) {
     const v = raw[i] as Buffer | string;
@@ -162,7 +131,7 @@ export function forwardResponseHeaders(raw: readonly (Buffer | string)[], opts: 
     if (HOP_BY_HOP.has(lower) || named?.has(lower)) continue;
     out.push(name, strings[i + 1] as string);
   }
-  out.push('via', opts.via ?? VIA_VALUE);
+  out.push('via', opts.via);
   return out;
 }
 

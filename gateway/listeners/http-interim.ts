@@ -27,8 +27,8 @@ export function isRelayableInterim(statusCode: number): boolean {
  * status and fields after forwardResponseHeaders, less Content-Length (a 1xx has no content: RFC 9110
  * §8.6) and any value holding a character no field may carry (as the fast path's final head).
  */
-export function interimResponseHead(statusCode: number, statusText: string, rawHeaders: readonly (Buffer | string)[]): string {
-  const headers = forwardResponseHeaders(rawHeaders);
+export function interimResponseHead(statusCode: number, statusText: string, rawHeaders: readonly (Buffer | string)[], via: string): string {
+  const headers = forwardResponseHeaders(rawHeaders, { via });
   let head = `HTTP/1.1 ${statusCode} ${relayedStatusText(statusCode, statusText)}\r\n`;
   for (let i = 0; i + 1 < headers.length; i += 2) {
     const name = headers[i] as string;

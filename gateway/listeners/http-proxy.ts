@@ -109,7 +109,7 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
   const state: HttpListenerState = {
     ctx,
     listener,
-    agents: new OriginAgents(limits.connectTimeoutMs),
+    agents: new OriginAgents(limits.connectTimeoutMs, ctx.via.value),
     strippedHeaders(snapshot) {
       if (strippedFor !== snapshot) {
         strippedFor = snapshot;
@@ -119,7 +119,7 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
     },
     async admitRequest(req, protocol, host, port, watch) {
       const claims = claimsOf(req);
-      const isLooped = viaNamesUs(req.headers.via);
+      const isLooped = viaNamesUs(req.headers.via, ctx.via);
       // A CONNECT after absolute-URI requests on the same connection is the same socket: the process
       // attributed to them is its process (the agent reports a socket once).
       if (protocol === 'connect') return admit(ctx, { protocol, listener, claims, destHost: host, destPort: port, server: req.socket, knownProcess: connectionProcess(req.socket), isLooped, watch });
@@ -311,7 +311,7 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
     host: hostHeaderFor(target.host, target.port),
     stripped: state.strippedHeaders(result.snapshot),
     maxForwards: forwards === null ? null : forwards - 1,
-    via: viaFor(req.httpVersionMajor, req.httpVersionMinor),
+    via: viaFor(ctx.via, req.httpVersionMajor, req.httpVersionMinor),
   });
   forwardRequest(ctx, state.agents, result, req, res, { path: target.path, headers, hasBody });
 }

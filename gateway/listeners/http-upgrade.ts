@@ -32,6 +32,7 @@ import type { Flow } from '../flow/flow.ts';
 import { tunnel } from '../flow/tunnel.ts';
 import { mapError } from '../reject.ts';
 import { dialFirstReachable } from '../upstream/dial.ts';
+import { viaOnward } from '../via.ts';
 import { earlierResponses, holdClient, isBehindLastAnswer, outlastsEarlierResponses } from './http-connect.ts';
 import { resetOrDestroy } from './http-connection-state.ts';
 import { forwardRequestHeaders, forwardResponseHeaders, relayedStatusText, serialiseRequestHead, splitHeaderLine, viaFor } from './http-headers.ts';
@@ -218,7 +219,7 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
   const limits = snapshot.config.limits;
   let upstream: Socket;
   try {
-    upstream = await dialFirstReachable({ ip: result.ip, port: target.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs, flow }, result.alternates, (ip, isOutcome) => admitAlternate(ctx, result, ip, isOutcome));
+    upstream = await dialFirstReachable({ ip: result.ip, port: target.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs, flow, via: result.upstream === null ? ctx.via.value : viaOnward(req.headers.via, viaFor(ctx.via, req.httpVersionMajor, req.httpVersionMinor)) }, result.alternates, (ip, isOutcome) => admitAlternate(ctx, result, ip, isOutcome));
   } catch (err) {
     hold.release();
     const isKilled = flow.state === 'closed';
@@ -251,7 +252,7 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
     host: hostHeaderFor(target.host, target.port),
     stripped: state.strippedHeaders(snapshot),
     upgrade: isPlain ? null : (req.headers.upgrade ?? 'websocket'),
-    via: viaFor(req.httpVersionMajor, req.httpVersionMinor),
+    via: viaFor(ctx.via, req.httpVersionMajor, req.httpVersionMinor),
   });
   if (isPlain) headers.push('connection', 'close');
   upstream.write(serialiseRequestHead(req.method ?? 'GET', target.path, headers), 'latin1');
@@ -299,12 +300,12 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
     return;
   }
   if (parsed.status === 101) {
-    socket.write(serialiseResponseHead(parsed, forwardResponseHeaders(parsed.headers, { upgrade: true, via: viaFor(1, parsed.minor) })), 'latin1');
+    socket.write(serialiseResponseHead(parsed, forwardResponseHeaders(parsed.headers, { upgrade: true, via: viaFor(ctx.via, 1, parsed.minor) })), 'latin1');
     if (answer.rest.length > 0) upstream.unshift(answer.rest);
     tunnel(ctx.flows, flow, socket as Socket, upstream, { idleTimeoutMs: limits.idleTimeoutMs, head });
     return;
   }
-  const headersOut = forwardResponseHeaders(parsed.headers, { keepFraming: true, via: viaFor(1, parsed.minor) });
+  const headersOut = forwardResponseHeaders(parsed.headers, { keepFraming: true, via: viaFor(ctx.via, 1, parsed.minor) });
   headersOut.push('connection', 'close');
   socket.write(serialiseResponseHead(parsed, headersOut), 'latin1');
   relayRefusedUpgrade(state, flow, socket, upstream, answer.rest, declinedBodyLength(parsed, req.method), limits);

@@ -23,6 +23,12 @@ export interface DialTarget {
    * already closed is not dialled. Absent: a dial for no flow.
    */
   flow?: Pick<Flow, 'dialling' | 'state'> | undefined;
+  /**
+   * The Via an http parent's CONNECT carries: the gateway's own entry (GatewayContext.via), after the
+   * request's received entries for a CONNECT or Upgrade (via.ts viaOnward). Unused for a direct dial
+   * and a socks5 parent, which has no such field.
+   */
+  via: string;
 }
 
 /** Open a TCP connection to the target. Resolves once the upstream is ready for payload bytes. */
@@ -311,7 +317,9 @@ async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> 
   const deadline = performance.now() + target.timeoutMs;
   const socket = await dialParent(parent, target);
   const auth = authority(target.ip, target.port);
-  socket.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\n${parent.authorization}\r\n`);
+  // Via names us (and whoever the request came through): a parent that is this gateway again, on
+  // another listener or round a ring of gateways, refuses the loop 508 instead of dialling on.
+  socket.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\nVia: ${target.via}\r\n${parent.authorization}\r\n`);
   return readHandshake(socket, remainingMs(deadline), parent.words, (head) => {
     const end = head.indexOf('\r\n\r\n');
     if (end === -1) {

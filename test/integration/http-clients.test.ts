@@ -7,7 +7,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ProxyAgent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { VIA_VALUE } from '../../gateway/listeners/http-headers.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { jsonBody, type Origin, rawExchange, run, startOrigin, wireOf } from './http-harness.ts';
 
@@ -64,7 +63,7 @@ describe('other real clients through the HTTP listener', () => {
       const res = await request(`${base}/size/3333`, { dispatcher: agent });
       const body = Buffer.from(await res.body.arrayBuffer());
       expect(res.statusCode).toBe(200);
-      expect(res.headers.via).toBe(VIA_VALUE);
+      expect(res.headers.via).toBe(gw.ctx.via.value);
       expect(body.length).toBe(3333);
     } finally {
       await agent.close();

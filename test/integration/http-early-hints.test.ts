@@ -76,7 +76,7 @@ function interimHeads(raw: string): string[][] {
 }
 
 /** The 103 the relay must send for /hints: its Link and x-hint, our Via, nothing else. */
-const RELAYED_103 = ['HTTP/1.1 103 Early Hints', 'Link: </a.css>; rel=preload; as=style', 'x-hint: kept', 'via: 1.1 egressgate'];
+const relayed103 = (): string[] => ['HTTP/1.1 103 Early Hints', 'Link: </a.css>; rel=preload; as=style', 'x-hint: kept', `via: 1.1 ${gw.ctx.via.pseudonym}`];
 
 /** Write `bytes` whole (the fast path takes them), or split over two packets (node:http serves them). */
 async function send(s: Socket, bytes: string, split: boolean): Promise<void> {
@@ -100,7 +100,7 @@ describe.each([
       await send(s, `GET http://${o}/hints HTTP/1.1\r\nHost: ${o}\r\n\r\n`, split);
       const response = (await readUntil(s, 'final')).toString('latin1');
       const heads = interimHeads(response);
-      expect(heads).toEqual([['HTTP/1.1 102 Processing', 'via: 1.1 egressgate'], RELAYED_103]);
+      expect(heads).toEqual([['HTTP/1.1 102 Processing', `via: 1.1 ${gw.ctx.via.pseudonym}`], relayed103()]);
       expect(response).toMatch(/\r\n\r\nHTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\nfinal$/);
       const record = await gw.waitForClosed((r) => gw.closed.indexOf(r) >= before);
       expect(record.closeReason).toBe('closed');
@@ -133,7 +133,7 @@ describe('node:http only', () => {
       const final = readUntil(s, 'final');
       s.write('abc');
       const response = (await final).toString('latin1');
-      expect(interimHeads(response)).toEqual([['HTTP/1.1 102 Processing', 'via: 1.1 egressgate'], RELAYED_103]);
+      expect(interimHeads(response)).toEqual([['HTTP/1.1 102 Processing', `via: 1.1 ${gw.ctx.via.pseudonym}`], relayed103()]);
       expect(expectSeen.get('/hints')).toBeUndefined();
       const record = await gw.waitForClosed((r) => gw.closed.indexOf(r) >= before);
       expect(record.bytesOut).toBe(3);
@@ -169,7 +169,7 @@ describe('curl', () => {
     const result = await run('curl', ['-s', '-S', '-i', '-x', `http://127.0.0.1:${gw.httpPort}`, ...extra, `http://${o}/hints`]);
     expect(result.code).toBe(0);
     const out = result.stdout.toString('latin1');
-    expect(interimHeads(out)).toEqual([['HTTP/1.1 102 Processing', 'via: 1.1 egressgate'], RELAYED_103]);
+    expect(interimHeads(out)).toEqual([['HTTP/1.1 102 Processing', `via: 1.1 ${gw.ctx.via.pseudonym}`], relayed103()]);
     expect(out).toMatch(/\r\n\r\nHTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\nfinal$/);
   });
 });

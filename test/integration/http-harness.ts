@@ -2,6 +2,7 @@
  * Shared pieces of the HTTP listener's integration tests: a recording origin on 127.0.0.1:0,
  * a bounded child-process runner for real clients (curl, wget, python3), and raw-socket helpers.
  */
+import { newViaName } from '../../gateway/via.ts';
 import { execFile } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -251,6 +252,7 @@ export async function startLocalGateway(
     detection: opts.detection ?? null,
     log,
     selfAddresses,
+    via: newViaName(),
     udpRelays: new UdpRelayAddresses(),
     isDraining: () => false,
   };

@@ -73,17 +73,17 @@ afterAll(async () => {
 });
 
 /** One 103 as the relay sends it (the origin's Link, our Via). */
-const RELAYED_103 = 'HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nvia: 1.1 egressgate\r\n\r\n';
+const relayed103 = (): string => `HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nvia: 1.1 ${gw.ctx.via.pseudonym}\r\n\r\n`;
 
 /** The 103 heads in a response as the client read it. */
 function count103(response: string): number {
-  return response.split(RELAYED_103).length - 1;
+  return response.split(relayed103()).length - 1;
 }
 
 /** What follows the last 103 head: the final response. */
 function afterInterim(response: string): string {
-  const last = response.lastIndexOf(RELAYED_103);
-  return last < 0 ? response : response.slice(last + RELAYED_103.length);
+  const last = response.lastIndexOf(relayed103());
+  return last < 0 ? response : response.slice(last + relayed103().length);
 }
 
 /** Send a GET for `path`, whole (fast path) or split over two packets (node:http serves it). */
@@ -113,7 +113,7 @@ describe.each([
       expect(relayed).toBeLessThan(dripped);
       const final = afterInterim(response);
       expect(final).toMatch(/^HTTP\/1\.1 504 /);
-      expect(response.length).toBe(relayed * RELAYED_103.length + final.length);
+      expect(response.length).toBe(relayed * relayed103().length + final.length);
       // Cut mid-drip: more than one 103 came (the first starts the clock), and far from all of them.
       expect(dripped).toBeGreaterThan(1);
       expect(dripped).toBeLessThan(DRIPS);
@@ -138,7 +138,7 @@ describe.each([
       expect(count103(response)).toBe(MAX_INTERIM_RELAYED);
       const final = afterInterim(response);
       expect(final).toMatch(/^HTTP\/1\.1 200 [\s\S]*\r\n\r\nfinal$/);
-      expect(response.length).toBe(MAX_INTERIM_RELAYED * RELAYED_103.length + final.length);
+      expect(response.length).toBe(MAX_INTERIM_RELAYED * relayed103().length + final.length);
       // The drip's flow may close meanwhile: this one is the flow that received bytes.
       const record = await gw.waitForClosed((r) => gw.closed.indexOf(r) >= before && r.bytesIn > 0);
       expect(record.closeReason).toBe('closed');

@@ -141,7 +141,7 @@ describe('Upgrade through the proxy', () => {
     expect(head).toMatch(/^HTTP\/1\.1 101 /);
     expect(head).toMatch(/\r\nupgrade: websocket/i);
     expect(head).toMatch(/\r\nconnection: upgrade/i);
-    expect(head).toMatch(/\r\nvia: 1\.1 egressgate/i);
+    expect(head).toMatch(new RegExp(`\\r\\nvia: 1\\.1 ${gw.ctx.via.pseudonym}(\\r\\n|$)`, 'i'));
     expect(head).toMatch(/\r\nX-Origin: yes/);
     expect(got.subarray(end + 4).equals(HELLO)).toBe(true);
 
@@ -150,7 +150,7 @@ describe('Upgrade through the proxy', () => {
     expect(req?.headers.upgrade).toBe('websocket');
     expect(req?.headers['proxy-authorization']).toBeUndefined();
     expect(req?.headers['x-egress-user']).toBeUndefined();
-    expect(req?.headers.via).toBe('1.1 egressgate');
+    expect(req?.headers.via).toBe(`1.1 ${gw.ctx.via.pseudonym}`);
     expect(req?.headers['sec-websocket-key']).toBe('dGhlIHNhbXBsZSBub25jZQ==');
 
     const payload = pattern(100_000);
@@ -196,7 +196,7 @@ describe('Upgrade through the proxy', () => {
     await closed;
     const text = Buffer.concat(chunks).toString('latin1');
     expect(text).toMatch(/^HTTP\/1\.1 403 /);
-    expect(text).toMatch(/\r\nvia: 1\.1 egressgate/i);
+    expect(text).toMatch(new RegExp(`\\r\\nvia: 1\\.1 ${gw.ctx.via.pseudonym}(\\r\\n|$)`, 'i'));
     expect(text.endsWith('\r\n\r\nnot you!')).toBe(true);
     const rec = await gw.waitForClosed((f) => f.destination.port === port && f.bytesIn === 8);
     expect(rec.bytesOut).toBe(0);
@@ -242,15 +242,15 @@ describe('Upgrade through the proxy', () => {
   it('Via names the version each message was received in: an HTTP/1.0 answer and an HTTP/1.0 request say 1.0', async () => {
     const from10 = await answer(upgradeHead('/decline-1.0'));
     expect(from10).toMatch(/^HTTP\/1\.1 404 /);
-    expect(from10.match(/\r\nvia: [^\r]*/gi)).toEqual(['\r\nvia: 1.0 egressgate']);
+    expect(from10.match(/\r\nvia: [^\r]*/gi)).toEqual([`\r\nvia: 1.0 ${gw.ctx.via.pseudonym}`]);
     expect(from10.endsWith('\r\n\r\nnope')).toBe(true);
     // The same client request answered as 1.1: 1.1.
     const from11 = await answer(upgradeHead('/decline'));
-    expect(from11.match(/\r\nvia: [^\r]*/gi)).toEqual(['\r\nvia: 1.1 egressgate']);
-    expect(seen.find((r) => r.url === '/decline')?.headers.via).toBe('1.1 egressgate');
+    expect(from11.match(/\r\nvia: [^\r]*/gi)).toEqual([`\r\nvia: 1.1 ${gw.ctx.via.pseudonym}`]);
+    expect(seen.find((r) => r.url === '/decline')?.headers.via).toBe(`1.1 ${gw.ctx.via.pseudonym}`);
     // An HTTP/1.0 request (forwarded as a plain request: its Upgrade is ignored): the origin is told it came in as 1.0.
     await answer(upgradeHead('/as-plain-via').replace(' HTTP/1.1\r\n', ' HTTP/1.0\r\n'));
-    expect(plain.find((r) => r.url === '/as-plain-via')?.headers.via).toBe('1.0 egressgate');
+    expect(plain.find((r) => r.url === '/as-plain-via')?.headers.via).toBe(`1.0 ${gw.ctx.via.pseudonym}`);
   });
 
   // Regression: an HTTP/1.0 request carrying Upgrade was forwarded as an upgrade: the origin saw
@@ -268,7 +268,7 @@ describe('Upgrade through the proxy', () => {
     expect(req?.headers.connection ?? '').not.toMatch(/upgrade/i);
     expect(req?.headers['proxy-authorization']).toBeUndefined();
     expect(req?.headers['x-egress-user']).toBeUndefined();
-    expect(req?.headers.via).toBe('1.0 egressgate');
+    expect(req?.headers.via).toBe(`1.0 ${gw.ctx.via.pseudonym}`);
     const rec = await gw.waitForClosed((f) => f.destination.port === port && f.bytesIn === 12);
     expect(rec).toMatchObject({ protocol: 'http', bytesOut: 0, closeReason: 'closed' });
     expect(rec.identity.user).toBe('alice');

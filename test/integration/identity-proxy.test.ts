@@ -5,6 +5,7 @@
  * headers (none of them, nor Proxy-Authorization, reaching the origin), and the `socks` client
  * with RFC 1929 credentials.
  */
+import { newViaName } from '../../gateway/via.ts';
 import { spawnSync } from 'node:child_process';
 import { EventEmitter, once } from 'node:events';
 import type { Server } from 'node:http';
@@ -51,6 +52,7 @@ class MiniGateway {
       flows: this.flows,
       policy: new PolicyStore(config, { author: 'test', source: 'startup' }),
       identity: createIdentityResolver(),
+      via: newViaName(),
       attributor: null,
       // Tests dial IP literals only: the "DNS" answer is the literal itself.
       resolver: { lookup: async (host) => [host] },

@@ -3,6 +3,7 @@
  * request head (`limits.maxHeaderBytes`, 431 past it) and the origin connect timeout of the
  * absolute-URI path, which undici fixes per Agent (OriginAgents makes new ones).
  */
+import { newViaName } from '../../gateway/via.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OriginAgents } from '../../gateway/listeners/http-forward.ts';
 import { type LocalGateway, type Origin, rawExchange, startLocalGateway, startOrigin } from './http-harness.ts';
@@ -44,7 +45,7 @@ describe('limits reloaded for new connections', () => {
   });
 
   it('the origin connect timeout: a changed value gets new undici Agents, an unchanged one keeps the pool', async () => {
-    const agents = new OriginAgents(1000);
+    const agents = new OriginAgents(1000, newViaName().value);
     const first = agents.for(null);
     expect(agents.for(null, 1000)).toBe(first);
     const second = agents.for(null, 2500);

@@ -3,6 +3,7 @@
  * from its SOCKS5 listener, a bare listener-only wiring for tests that need the server object, and
  * small loopback origins that count the bytes they actually saw on the wire.
  */
+import { newViaName } from '../../gateway/via.ts';
 import { once } from 'node:events';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
@@ -101,6 +102,7 @@ export async function startBareSocksGateway(
     detection,
     log,
     selfAddresses,
+    via: newViaName(),
     udpRelays: new UdpRelayAddresses(),
     isDraining: () => false,
   };

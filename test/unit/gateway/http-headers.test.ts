@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { newViaName, viaNamesUs, viaOnward } from '../../../gateway/via.ts';
 import {
   connectionNamedHeaders,
   forwardRequestHeaders,
@@ -7,11 +8,13 @@ import {
   parseProxyBasic,
   rawHeader,
   serialiseRequestHead,
-  VIA_VALUE,
-  VIA_VALUE_1_0,
   viaFor,
 } from '../../../gateway/listeners/http-headers.ts';
 import { hostHeaderFor, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from '../../../gateway/listeners/http-target.ts';
+
+const NAME = newViaName();
+const VIA_VALUE = NAME.value;
+const VIA_PSEUDONYM = NAME.pseudonym;
 
 const names = (raw: readonly string[]): string[] => raw.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase());
 
@@ -41,7 +44,7 @@ describe('forwardRequestHeaders', () => {
       'Set-Thing', 'b',
       'Content-Length', '5',
     ];
-    const out = forwardRequestHeaders(raw, { host: 'origin.test:8080', stripped });
+    const out = forwardRequestHeaders(raw, { host: 'origin.test:8080', stripped, via: VIA_VALUE });
     expect(out).toEqual([
       'host', 'origin.test:8080',
       'Accept', '*/*',
@@ -54,7 +57,7 @@ describe('forwardRequestHeaders', () => {
 
   it('keeps Upgrade for an upgrade request and says so in Connection', () => {
     const raw = ['Host', 'x', 'Connection', 'Upgrade', 'Upgrade', 'websocket', 'Sec-WebSocket-Key', 'k'];
-    const out = forwardRequestHeaders(raw, { host: 'x', stripped, upgrade: 'websocket' });
+    const out = forwardRequestHeaders(raw, { host: 'x', stripped, upgrade: 'websocket', via: VIA_VALUE });
     expect(names(out)).toEqual(['host', 'sec-websocket-key', 'connection', 'upgrade', 'via']);
     expect(rawHeader(out, 'upgrade')).toBe('websocket');
     expect(rawHeader(out, 'connection')).toBe('Upgrade');
@@ -64,10 +67,10 @@ describe('forwardRequestHeaders', () => {
 describe('forwardResponseHeaders', () => {
   it('drops hop-by-hop fields from Buffers, keeps repeated fields and Content-Length, adds Via', () => {
     const raw = ['Content-Length', '3', 'Connection', 'close, X-Hop', 'X-Hop', '1', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'Transfer-Encoding', 'chunked', 'Proxy-Authenticate', 'Basic', 'Keep-Alive', 'timeout=5'].map((s) => Buffer.from(s, 'latin1'));
-    expect(forwardResponseHeaders(raw)).toEqual(['Content-Length', '3', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'via', VIA_VALUE]);
+    expect(forwardResponseHeaders(raw, { via: VIA_VALUE })).toEqual(['Content-Length', '3', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'via', VIA_VALUE]);
   });
   it('keeps Upgrade and Connection on a 101', () => {
-    expect(forwardResponseHeaders(['Upgrade', 'websocket', 'Connection', 'Upgrade'], { upgrade: true })).toEqual(['Upgrade', 'websocket', 'Connection', 'Upgrade', 'via', VIA_VALUE]);
+    expect(forwardResponseHeaders(['Upgrade', 'websocket', 'Connection', 'Upgrade'], { upgrade: true, via: VIA_VALUE })).toEqual(['Upgrade', 'websocket', 'Connection', 'Upgrade', 'via', VIA_VALUE]);
   });
   it('returns null named-set when Connection carries only options', () => {
     expect(connectionNamedHeaders(['Connection', 'keep-alive, close'])).toBeNull();
@@ -103,7 +106,7 @@ describe('parseProxyBasic / serialiseRequestHead', () => {
     expect(parseProxyBasic('Basic bm9jb2xvbg==')).toEqual({ username: '', password: '' });
   });
   it('serialises an origin-form head', () => {
-    expect(serialiseRequestHead('GET', '/chat?x=1', ['host', 'a', 'via', VIA_VALUE])).toBe('GET /chat?x=1 HTTP/1.1\r\nhost: a\r\nvia: 1.1 egressgate\r\n\r\n');
+    expect(serialiseRequestHead('GET', '/chat?x=1', ['host', 'a', 'via', VIA_VALUE])).toBe(`GET /chat?x=1 HTTP/1.1\r\nhost: a\r\nvia: 1.1 ${VIA_PSEUDONYM}\r\n\r\n`);
   });
 });
 
@@ -139,11 +142,30 @@ describe('parseAbsoluteTarget (http-target.ts)', () => {
 
 describe('viaFor', () => {
   it('is the received version: 1.0 for HTTP/1.0, the 1.1 constant otherwise; forwarders take it', () => {
-    expect(viaFor(1, 0)).toBe('1.0 egressgate');
-    expect(viaFor(1, 1)).toBe(VIA_VALUE);
-    expect(forwardRequestHeaders(['Accept', '*/*'], { host: 'h', stripped: new Set(), via: VIA_VALUE_1_0 }).slice(-2)).toEqual(['via', '1.0 egressgate']);
-    expect(forwardResponseHeaders(['Server', 'x'], { via: viaFor(1, 0) }).slice(-2)).toEqual(['via', '1.0 egressgate']);
-    expect(forwardResponseHeaders(['Server', 'x']).slice(-2)).toEqual(['via', VIA_VALUE]);
+    expect(viaFor(NAME, 1, 0)).toBe(`1.0 ${VIA_PSEUDONYM}`);
+    expect(viaFor(NAME, 1, 1)).toBe(VIA_VALUE);
+    expect(forwardRequestHeaders(['Accept', '*/*'], { host: 'h', stripped: new Set(), via: NAME.value10 }).slice(-2)).toEqual(['via', `1.0 ${VIA_PSEUDONYM}`]);
+    expect(forwardResponseHeaders(['Server', 'x'], { via: viaFor(NAME, 1, 0) }).slice(-2)).toEqual(['via', `1.0 ${VIA_PSEUDONYM}`]);
+  });
+});
+
+describe('viaNamesUs and viaOnward (via.ts)', () => {
+  // Regression: every egressgate was `egressgate` in Via, so a loop could not be told from two
+  // chained gateways, and the CONNECT to a parent carried no Via at all.
+  it('names are drawn per gateway; only our own entry is a loop', () => {
+    const other = newViaName();
+    expect(NAME.pseudonym).toMatch(/^egressgate-[0-9a-f]{12}$/);
+    expect(other.pseudonym).not.toBe(NAME.pseudonym);
+    expect(viaNamesUs(undefined, NAME)).toBe(false);
+    expect(viaNamesUs(`1.1 ${other.pseudonym}, 1.1 egressgate`, NAME)).toBe(false);
+    expect(viaNamesUs(`1.1 squid, 1.0 ${NAME.pseudonym.toUpperCase()} (comment)`, NAME)).toBe(true);
+    expect(viaNamesUs(['1.1 squid', NAME.value], NAME)).toBe(true);
+    expect(viaNamesUs(`1.1 squid (${NAME.pseudonym})`, NAME)).toBe(false);
+  });
+  it('the CONNECT to a parent carries the received entries and ours', () => {
+    expect(viaOnward(undefined, NAME.value)).toBe(NAME.value);
+    expect(viaOnward('1.1 squid', NAME.value)).toBe(`1.1 squid, ${NAME.value}`);
+    expect(viaOnward(['1.1 a', '1.0 b'], NAME.value)).toBe(`1.1 a, 1.0 b, ${NAME.value}`);
   });
 });
 
