@@ -313,6 +313,9 @@ function remainingMs(deadline: number): number {
 /** An HTTP/1.x status line's three-digit code (a `2e2` or a missing code is no status). */
 const STATUS_LINE = /^HTTP\/1\.\d (\d{3})(?: |$)/;
 
+/** The most an http parent's answer to CONNECT may take before its final head ends, 1xx heads included. */
+const MAX_PARENT_HEAD_BYTES = 16_384;
+
 async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> {
   const deadline = performance.now() + target.timeoutMs;
   const socket = await dialParent(parent, target);
@@ -320,18 +323,30 @@ async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> 
   // Via names us (and whoever the request came through): a parent that is this gateway again, on
   // another listener or round a ring of gateways, refuses the loop 508 instead of dialling on.
   socket.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\nVia: ${target.via}\r\n${parent.authorization}\r\n`);
-  return readHandshake(socket, remainingMs(deadline), parent.words, (head) => {
-    const end = head.indexOf('\r\n\r\n');
-    if (end === -1) {
-      if (head.length > 16_384) throw new GatewayError('EGW_UPSTREAM_PROXY', `${parent.label}: response head too large`);
-      return null;
+  // Where the head being read starts: after the interim (1xx) heads already skipped.
+  let at = 0;
+  return readHandshake(socket, remainingMs(deadline), parent.words, (received) => {
+    for (;;) {
+      const end = received.indexOf('\r\n\r\n', at);
+      if (end === -1) {
+        // Interim heads count towards the one limit: a parent dripping 1xx is cut by the bytes it
+        // sent here, or by the dial's deadline (readHandshake's one timer, never re-armed).
+        if (received.length > MAX_PARENT_HEAD_BYTES) throw new GatewayError('EGW_UPSTREAM_PROXY', `${parent.label}: response head too large`);
+        return null;
+      }
+      const statusLine = received.subarray(at, received.indexOf('\r\n', at)).toString('latin1');
+      const status = Number(STATUS_LINE.exec(statusLine)?.[1] ?? Number.NaN);
+      // An interim answer (RFC 9110 §15.2: any number may come before the final one) is skipped;
+      // 101 is no interim answer to CONNECT (there is no protocol to switch to) and is refused below.
+      if (status >= 100 && status < 200 && status !== 101) {
+        at = end + 4;
+        continue;
+      }
+      // Any 2xx establishes the tunnel (RFC 9110 §9.3.6), and what follows its head is the
+      // destination's; 101, 3xx, 4xx and 5xx do not (504: the parent's word on the destination).
+      if (!(status >= 200 && status < 300)) throw new GatewayError(status === 504 ? 'EGW_DIAL_TIMEOUT' : 'EGW_UPSTREAM_PROXY', `${parent.label} answered ${statusLine}`);
+      return end + 4;
     }
-    const statusLine = head.subarray(0, head.indexOf('\r\n')).toString('latin1');
-    const status = Number(STATUS_LINE.exec(statusLine)?.[1] ?? Number.NaN);
-    // Any 2xx establishes the tunnel (RFC 9110 §9.3.6), and what follows its head is the
-    // destination's; 1xx, 3xx, 4xx and 5xx do not (504: the parent's word on the destination).
-    if (!(status >= 200 && status < 300)) throw new GatewayError(status === 504 ? 'EGW_DIAL_TIMEOUT' : 'EGW_UPSTREAM_PROXY', `${parent.label} answered ${statusLine}`);
-    return end + 4;
   });
 }
 

@@ -11,9 +11,16 @@ import { type AddressInfo, connect, createServer, type Server, type Socket } fro
  * What the parent does with the next request: relay, refuse with this SOCKS reply / HTTP status, or
  * stay silent. A relaying http parent answers `HTTP/1.1 <answer>` (default `200 Connection
  * established`); with `withFirstBytes` either parent holds its answer until the destination's first
- * bytes and sends both in one write (one segment), as a parent that answers late may.
+ * bytes and sends both in one write (one segment), as a parent that answers late may. An http
+ * parent's `interim` heads (`100 Continue`, …) go first, each in a write of its own, or with
+ * `interimInOneWrite` all together with the final head. `drip`: an http parent that sends an interim
+ * head (`102 Processing`) every `everyMs` and never a final answer.
  */
-export type ParentMode = { kind: 'relay'; answer?: string; withFirstBytes?: boolean } | { kind: 'refuse'; code: number } | { kind: 'silent' };
+export type ParentMode =
+  | { kind: 'relay'; answer?: string; withFirstBytes?: boolean; interim?: string[]; interimInOneWrite?: boolean }
+  | { kind: 'refuse'; code: number }
+  | { kind: 'silent' }
+  | { kind: 'drip'; everyMs: number };
 
 export interface ParentProxy {
   port: number;
@@ -120,7 +127,7 @@ export async function startSocksParent(login?: string): Promise<ParentProxy> {
       c.pause();
       p.seen.push({ target: `${host}:${port}`, login: who });
       const mode = p.mode;
-      if (mode.kind === 'silent') return;
+      if (mode.kind === 'silent' || mode.kind === 'drip') return;
       if (mode.kind === 'refuse') {
         c.end(Buffer.from([5, mode.code, 0, 1, 0, 0, 0, 0, 0, 0]));
         return;
@@ -155,12 +162,20 @@ export async function startHttpParent(): Promise<ParentProxy> {
       p.seen.push({ target, login: auth ? Buffer.from(auth, 'base64').toString() : null, head });
       const mode = p.mode;
       if (mode.kind === 'silent') return;
+      if (mode.kind === 'drip') {
+        const timer = setInterval(() => c.write('HTTP/1.1 102 Processing\r\n\r\n'), mode.everyMs);
+        c.once('close', () => clearInterval(timer));
+        return;
+      }
       if (mode.kind === 'refuse') {
         c.end(`HTTP/1.1 ${mode.code} Refused\r\nContent-Length: 0\r\n\r\n`);
         return;
       }
       const i = target.lastIndexOf(':');
-      const answer = Buffer.from(`HTTP/1.1 ${mode.answer ?? '200 Connection established'}\r\n\r\n`, 'latin1');
+      const interim = (mode.interim ?? []).map((h) => `HTTP/1.1 ${h}\r\n\r\n`);
+      const final = `HTTP/1.1 ${mode.answer ?? '200 Connection established'}\r\n\r\n`;
+      if (!mode.interimInOneWrite) for (const h of interim) c.write(h);
+      const answer = Buffer.from(mode.interimInOneWrite ? interim.join('') + final : final, 'latin1');
       relay(c, target.slice(0, i).replace(/^\[|\]$/g, ''), Number(target.slice(i + 1)), answer, mode.withFirstBytes === true, () => {
         if (rest.length > 0) c.unshift(rest);
       });

@@ -256,11 +256,14 @@ describe('a socks5 parent that refuses or says nothing', () => {
   }
 });
 
-// An http parent's answer to CONNECT other than 2xx is no tunnel: 1xx, 3xx, 4xx and 5xx are
+// An http parent's answer to CONNECT other than 2xx is no tunnel: 101, 3xx, 4xx and 5xx are
 // `upstream-proxy` (502 / SOCKS 0x01), 504 `connect-timeout` (the parent's word on the destination).
+// Other 1xx are interim answers, skipped (upstream-interim.test.ts); a parent that closes after one
+// closed during CONNECT: upstream-proxy too.
 describe("an http parent's answer to CONNECT that is not 2xx", () => {
   for (const [code, status, socks, reason] of [
     [100, 502, 0x01, 'upstream-proxy'],
+    [101, 502, 0x01, 'upstream-proxy'],
     [302, 502, 0x01, 'upstream-proxy'],
     [407, 502, 0x01, 'upstream-proxy'],
     [503, 502, 0x01, 'upstream-proxy'],
