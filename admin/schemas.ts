@@ -75,6 +75,7 @@ export const FlowRecordSchema = Type.Object({
   communityId: Nullable(Type.String()),
   matchedRule: MatchedRuleSchema,
   reasons: Type.Immutable(Type.Array(Type.String())),
+  upstream: Type.Optional(Type.String({ description: 'The parent proxy that carried the flow (scheme://host:port, never credentials); absent for a direct flow' })),
 });
 
 export const FlowQuery = Type.Object({

@@ -15,6 +15,7 @@
  *
  * A refusal closes the flow with its reason and hands back what the client must see.
  */
+import { parentName } from './upstream/parent-label.ts';
 import { isIP, isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { effectiveIPv4, unmapIPv4 } from '../policy/address.ts';
@@ -217,8 +218,10 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     const budget = req.protocol === 'socks5-udp' ? null : ctx.detection.uploadBudget(flow, snapshot);
     if (budget !== null) flow.budgetOut = budget;
   }
-  // 9. upstream
-  return { ok: true, flow, ip, alternates, upstream: upstreamOf(snapshot, flow.identity.roles), snapshot };
+  // 9. upstream: the record names the parent (never its credentials), dialled or failed.
+  const upstream = upstreamOf(snapshot, flow.identity.roles);
+  if (upstream !== null) flow.upstream = parentName(upstream);
+  return { ok: true, flow, ip, alternates, upstream, snapshot };
 }
 
 /**

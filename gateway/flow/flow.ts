@@ -116,6 +116,11 @@ export interface FlowRecord {
   communityId: string | null;
   matchedRule: MatchedRule | null;
   reasons: readonly string[];
+  /**
+   * The parent proxy the flow was sent through (`http://10.0.0.5:3128`, `socks5://…`: scheme, host
+   * and the port dialled, never credentials); absent for a direct flow.
+   */
+  upstream?: string;
   /** Set when the client's host has an agent but no agent ever attributed the flow. */
   unattributed?: true;
   /** Set when local attribution named the process only after admission had stopped waiting for it. */
@@ -144,6 +149,8 @@ export class Flow {
   reasons: readonly string[] = [];
   state: FlowState = 'active';
   closeReason: string | null = null;
+  /** The parent proxy admission sent the flow through (FlowRecord.upstream); null: direct. */
+  upstream: string | null = null;
   /** Community ID, computed the first time a record needs it (a SHA-1 per flow is not free). */
   private cid: string | null | undefined = undefined;
   /**
@@ -262,6 +269,7 @@ export class Flow {
       matchedRule: this.matchedRule,
       reasons: this.reasons,
     };
+    if (this.upstream !== null) rec.upstream = this.upstream;
     if (this.isUnattributed && !this.identity.process) rec.unattributed = true;
     if (this.isAttributedLate) rec.attributedLate = true;
     if (intermediate) rec.intermediate = true;
@@ -285,6 +293,8 @@ export class Flow {
       `,"enforced":${this.enforced},"reason":${jsonTextOrNull(this.reason)},"detector":${jsonTextOrNull(this.detector)}` +
       `,"state":${jsonText(this.state)},"closeReason":${jsonTextOrNull(this.closeReason)},"connected":${this.isConnected},"communityId":${jsonOrNull(this.communityId)}` +
       `,"matchedRule":${this.matchedRule === null ? 'null' : jsonOfShared(this.matchedRule)},"reasons":${jsonOfShared(this.reasons)}`;
+    // A direct flow pays one comparison; a parent's name is one of a few strings, its JSON kept.
+    if (this.upstream !== null) line += `,"upstream":${jsonText(this.upstream)}`;
     if (this.isUnattributed && !this.identity.process) line += ',"unattributed":true';
     if (this.isAttributedLate) line += ',"attributedLate":true';
     if (intermediate) line += ',"intermediate":true';

@@ -1,3 +1,5 @@
+import { parseParentUrl } from '../../policy/upstream-url.ts';
+
 /**
  * A parent proxy's URL fit for logs: scheme, host and port, never the credentials it carries
  * (`http://user:pass@parent:3128` → `http://parent:3128`). Admin API readers get the URL redacted by
@@ -11,3 +13,22 @@ export function parentLabel(upstream: string): string {
     return '[unparsable parent proxy URL]';
   }
 }
+
+/**
+ * The parent a flow went through as its record names it (`upstream`): scheme, host and the port
+ * dialled (the scheme's default, 3128 or 1080, when the URL has none: policy/upstream-url.ts), never
+ * the credentials. The config names a few parents and every flow through one asks: each URL is
+ * parsed once (the cache is cleared past 256, as dial.ts's).
+ */
+export function parentName(upstream: string): string {
+  let name = names.get(upstream);
+  if (name === undefined) {
+    const endpoint = parseParentUrl(upstream);
+    if ('error' in endpoint) name = parentLabel(upstream);
+    else name = `${endpoint.protocol}//${endpoint.host.includes(':') ? `[${endpoint.host}]` : endpoint.host}:${endpoint.port}`;
+    if (names.size >= 256) names.clear();
+    names.set(upstream, name);
+  }
+  return name;
+}
+const names = new Map<string, string>();

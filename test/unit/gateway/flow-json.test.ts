@@ -39,6 +39,8 @@ function make(i: number): Flow {
   if (i % 2 === 0) f.applyDecision({ verdict: 'would-block', reason: 'detector', detector: 'an0081.scan', mode: 'monitor', matchedRule: { role: 'dev', index: 3, entry: 'host=*.example.com ports=443' }, reasons: ['fan-out: "12" hosts', 'x\ny'] }, false);
   else f.applyDecision({ verdict: 'allow', reason: 'allowed', detector: null, mode: 'enforce', matchedRule: null, reasons: [] }, false);
   if (i % 3 === 2) f.isUnattributed = true;
+  // Every 4th through a parent proxy (its record's `upstream`), one with a name JSON must escape.
+  if (i % 4 === 1) f.upstream = i % 8 === 1 ? 'http://10.0.0.5:3128' : 'socks5://[2001:db8::9]:1080';
   if (i % 5 !== 4) {
     f.state = 'closed';
     f.closeReason = i % 2 === 0 ? 'closed' : 'client-reset';
