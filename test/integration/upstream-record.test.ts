@@ -10,6 +10,7 @@ import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SocksClient } from 'socks';
+import { communityId } from '../../gateway/flow/community-id.ts';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { type ParentProxy, startHttpParent, startSocksParent } from '../helpers/parent-proxy.ts';
@@ -99,7 +100,10 @@ describe('the record names the parent proxy', () => {
       SocksClient.createConnection({ proxy: { host: gw.socksHost, port: gw.socksPort, type: 5 }, command: 'connect', destination: { host: '127.0.0.1', port: originPort } }),
     ).rejects.toThrow();
     const lines = await logLines(flowLog, 2);
-    const records = lines.map((l) => JSON.parse(l) as { upstream?: string; closeReason: string });
+    const records = lines.map((l) => JSON.parse(l) as { upstream?: string; closeReason: string; communityId: string; client: { ip: string; port: number } });
+    // communityId through a parent is the record's own client ↔ destination, as for a direct flow
+    // (docs/spec-notes.md, Records: the decision and why), not the gateway ↔ parent connection.
+    for (const r of records) expect(r.communityId).toBe(communityId('tcp', r.client.ip, r.client.port, '127.0.0.1', originPort));
     expect(records.map((r) => [r.closeReason, r.upstream]).sort()).toEqual([
       ['closed', want],
       ['connection-refused', want],
