@@ -76,6 +76,8 @@ export const FlowRecordSchema = Type.Object({
   matchedRule: MatchedRuleSchema,
   reasons: Type.Immutable(Type.Array(Type.String())),
   upstream: Type.Optional(Type.String({ description: 'The parent proxy that carried the flow (scheme://host:port, never credentials); absent for a direct flow' })),
+  unattributed: Type.Optional(Type.Literal(true, { description: 'An agent covers the client, and none named its process within the grace period' })),
+  attributedLate: Type.Optional(Type.Literal(true, { description: 'Its process was named after admission stopped waiting (local attribution)' })),
 });
 
 export const FlowQuery = Type.Object({

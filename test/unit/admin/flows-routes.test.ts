@@ -147,4 +147,39 @@ describe('flow routes with a real FlowTable and real sockets', () => {
       ['/v1/flows/:id', `/v1/flows/${live.id}`, 200, `flow ${live.id}`],
     ]);
   });
+  it('shows every field the flow log has: unattributed and attributedLate too', async () => {
+    const unnamed = h.flows.open({
+      protocol: 'connect',
+      listener: 'http',
+      client: { ip: '127.0.0.9', port: 40_001 },
+      identity: identity('carol', 'ws-9'),
+      destination: { host: 'cdn.example.com', ip: '93.184.216.35', port: 443 },
+    });
+    const late = h.flows.open({
+      protocol: 'connect',
+      listener: 'http',
+      client: { ip: '127.0.0.9', port: 40_002 },
+      identity: identity('carol', 'ws-9'),
+      destination: { host: 'cdn.example.com', ip: '93.184.216.35', port: 443 },
+    });
+    try {
+      unnamed.isUnattributed = true;
+      h.flows.attributeLate(late, proc('wget'));
+      for (const flow of [unnamed, late]) {
+        const res = await h.app.inject({ url: `/v1/flows/${flow.id}`, headers: bearer(TOKENS.read) });
+        expect(res.statusCode).toBe(200);
+        // The admin view of a flow is its record as the flow log writes it, field for field (the
+        // duration and last activity move on between the two reads).
+        const { durationMs: _a, lastActivityAt: _b, ...view } = res.json();
+        const { durationMs: _c, lastActivityAt: _d, ...logged } = JSON.parse(flow.toJsonLine(h.flows.now()));
+        expect(view).toEqual(logged);
+      }
+      const list = (await h.app.inject({ url: '/v1/flows?user=carol', headers: bearer(TOKENS.read) })).json();
+      expect(list.flows.find((f: { id: string }) => f.id === unnamed.id)).toMatchObject({ unattributed: true });
+      expect(list.flows.find((f: { id: string }) => f.id === late.id)).toMatchObject({ attributedLate: true, identity: { process: { name: 'wget' } } });
+    } finally {
+      h.flows.close(unnamed, 'closed');
+      h.flows.close(late, 'closed');
+    }
+  });
 });
