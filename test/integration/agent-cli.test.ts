@@ -16,7 +16,7 @@ import { startTestGateway } from '../helpers/gateway.ts';
 
 /**
  * The stand-in gateway's address (admin API and proxy listener), used by no other test. The agent
- * reports every socket on this host to the gateway's address (UDP: to any port), so on 127.0.0.1
+ * reports every socket on this host to the gateway's address (UDP: to a port of its --udp-relay-ports range), so on 127.0.0.1
  * another test's connected UDP socket, or a connection to a port it had found closed, was reported
  * too: with a UDP socket connected to 127.0.0.1 anywhere on the host, 5 of these 7 tests failed.
  */

@@ -10,7 +10,7 @@ import { afterEach, expect, it } from 'vitest';
 const MAIN = new URL('../../agent/main.ts', import.meta.url).pathname;
 /**
  * The stand-in gateway's address (admin API and proxy listener), used by no other test. The agent
- * reports every socket on this host to it (UDP: to any port), so on 127.0.0.1 another test's
+ * reports every socket on this host to it (UDP: to a port of its --udp-relay-ports range), so on 127.0.0.1 another test's
  * connected UDP socket, or a connection to a port it had found closed, was reported too (seen: 2
  * reports sent instead of 1 while socks5-udp and agent-attribution ran beside it).
  */
