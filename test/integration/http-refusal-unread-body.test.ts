@@ -160,7 +160,7 @@ const CASES: Case[] = [
   { name: '403 deny-range', status: 403, reason: 'deny-range', gw: () => noRanges, head: post(toOrigin) },
   { name: '407 auth-required', status: 407, reason: 'auth-required', gw: () => auth, head: post(toOrigin) },
   { name: '429 rate-limit', status: 429, reason: 'rate-limit', gw: () => limited, head: post(toOrigin) },
-  { name: '508 via-loop', status: 508, reason: 'via-loop', gw: () => open, head: post(toOrigin, 'Via: 1.1 egressgate\r\n') },
+  { name: '508 via-loop', status: 508, reason: 'via-loop', gw: () => open, head: () => post(toOrigin, `Via: ${open.ctx.via.value}\r\n`)() },
   { name: '502 connection-refused (no origin read any of it)', status: 502, reason: 'connection-refused', gw: () => open, head: post(() => `127.0.0.1:${deadPort}`) },
 ];
 
