@@ -98,8 +98,8 @@ export interface Admitted {
   /**
    * The name's other addresses (empty for an IP literal, a `resolver.hosts` name, a one-address
    * answer), families interleaved (dialOrder): dialled after it, each checked
-   * first (`admitAlternate`), staggered on the tunnels (dialFirstReachable), in turn on absolute-URI
-   * requests (alternateDispatch, when the address before refused or could not be reached).
+   * first (`admitAlternate`), staggered (dialFirstReachable; for an absolute-URI request inside
+   * undici's connector, http-origin-dial.ts StaggeredOrigin).
    */
   alternates: readonly string[];
   /** Parent proxy URL or null. */

@@ -37,7 +37,8 @@ import type { RejectMapping } from '../reject.ts';
 import { SlotArray } from '../slot-array.ts';
 import { type ConnectionState, connectionState, mayCutIdle, resetOrDestroy } from './http-connection-state.ts';
 import { type FastRequestHead, parseFastRequestHead } from './http-fast-head.ts';
-import { alternateDispatch, dispatchToOrigin, OriginExchange } from './http-forward.ts';
+import { OriginExchange } from './http-forward.ts';
+import { dispatchToOrigin, StaggeredOrigin } from './http-origin-dial.ts';
 import { forwardRequestHeaders, forwardResponseHeaders, INVALID_FIELD_CHAR, relayedStatusText } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
 import { type RefusalDetails, refusalDetails, refusalText } from './http-refusal.ts';
@@ -189,7 +190,7 @@ class FastConnection {
     };
     this.conn.isAwaitingOrigin = true;
     const agent = state.agents.for(result.upstream, limits.connectTimeoutMs);
-    if (result.alternates.length > 0) exchange.redispatch = alternateDispatch(ctx, result, opts, agent, exchange);
+    if (result.alternates.length > 0 && result.upstream === null) exchange.alternates = new StaggeredOrigin(ctx, result, opts, agent, exchange);
     dispatchToOrigin(agent, opts, exchange);
   }
 

@@ -5,7 +5,9 @@
  * Pinning: the undici origin is `http://<checked ip>:<port>`, so undici never resolves a name; the
  * origin still sees `Host: <name>`. One Agent keeps a keep-alive pool per ip:port (connections to
  * one address are shared by every virtual host on it, as a forward proxy's should be); a parent
- * proxy gets an Agent of its own whose connect step goes through gateway/upstream/dial.ts.
+ * proxy gets an Agent of its own whose connect step goes through gateway/upstream/dial.ts. A name
+ * with several addresses has them dialled staggered by the connector, and a request whose dial
+ * another address won goes to that address's pool (http-origin-dial.ts).
  *
  * Metering (SPEC §5, payload only): `bytesOut` = request body bytes undici wrote to the origin
  * connection (its `onBodySent`, after de-chunking: the client's chunk framing is not payload);
@@ -16,15 +18,16 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Agent, buildConnector, type Dispatcher } from 'undici';
-import { type Admitted, admitAlternate } from '../admission.ts';
+import type { Admitted } from '../admission.ts';
 import { type Flow, KILLED_WHILE_DIALLING } from '../flow/flow.ts';
 import type { GatewayContext } from '../context.ts';
 import { dialErrorCode, GatewayError, type GatewayErrorCode, isOwnShortage } from '../errors.ts';
 import { formatAuthority } from '../protocol/authority.ts';
 import { mapError, mapKill, type RejectMapping } from '../reject.ts';
-import { dial, isFallbackCode, MAX_ADDRESSES_DIALLED } from '../upstream/dial.ts';
+import { dial } from '../upstream/dial.ts';
 import { type ClientCloseWatcher, type ConnectionState, connectionState, resetOrDestroy, unwatchClientClose, watchClientClose } from './http-connection-state.ts';
 import { closeAfterEarlyAnswer } from './http-early-answer.ts';
+import { dispatchToOrigin, exchangeDialling, StaggeredOrigin } from './http-origin-dial.ts';
 import { forwardResponseHeaders, isRelayableTransferCoding, relayedStatusText } from './http-headers.ts';
 import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './http-interim.ts';
 import { type RefusalDetails, sendRefusal } from './http-refusal.ts';
@@ -63,7 +66,7 @@ export class OriginAgents {
         connect: (opts, callback) => {
           const ip = opts.hostname.replace(/^\[|\]$/g, '');
           const port = Number(opts.port) || 80;
-          dial({ ip, port, upstream, timeoutMs, flow: flowDialling(ip, port), via }).then(
+          dial({ ip, port, upstream, timeoutMs, flow: exchangeDialling(ip, port)?.flowOf(), via }).then(
             (socket: Socket) => callback(null, socket),
             (err: Error) => callback(err, null),
           );
@@ -111,56 +114,24 @@ export const ORIGIN_KEEPALIVE_MAX_MS = 10_000;
 
 function directAgent(connectTimeoutMs: number): Agent {
   // undici's own connector (what `connect: { timeout, noDelay }` builds), its socket named to the
-  // flow it is opened for (flowDialling), so a kill while it connects destroys it.
+  // flow it is opened for (exchangeDialling), so a kill while it connects destroys it. A request
+  // whose name has other addresses dials them staggered instead (StaggeredOrigin).
   const connector = buildConnector({ timeout: connectTimeoutMs, noDelay: true });
   const connect: buildConnector.connector = (opts, callback) => {
+    const port = Number(opts.port) || 80;
+    const exchange = exchangeDialling(opts.hostname, port);
+    const alternates = exchange === undefined ? null : exchange.alternates;
+    if (alternates !== null) {
+      alternates.connect(opts.hostname, port, callback);
+      return;
+    }
     // Typed void, but undici's connector returns the socket it opened (core/connect.js).
     const socket = connector(opts, callback) as unknown as Socket | undefined;
-    const flow = socket === undefined ? undefined : flowDialling(opts.hostname, Number(opts.port) || 80);
-    if (flow !== undefined) flow.dialling = socket as Socket;
+    if (exchange !== undefined && socket !== undefined) exchange.flowOf().dialling = socket;
     return socket;
   };
   // keepAliveTimeout below typical origin defaults (5 s) so we rarely reuse a socket the origin is closing.
   return new Agent({ connect, keepAliveTimeout: 4000, keepAliveMaxTimeout: ORIGIN_KEEPALIVE_MAX_MS, pipelining: 1 });
-}
-
-/**
- * Which flow an origin connection undici opens is for. undici's connector is told only the origin,
- * but it runs during `dispatch` (a request without a body: `dispatching`) or in the microtask undici
- * queues there (a body: the oldest of `awaitingDial`, each forgotten in a microtask queued right
- * after its own dispatch, so by then the earlier ones are gone). Only a flow to that address, not
- * already dialling, is named; a connection opened otherwise is no flow's (a kill then aborts the
- * request once connected, as before).
- */
-let dispatching: Flow | null = null;
-const awaitingDial: Flow[] = [];
-
-function flowDialling(ip: string, port: number): Flow | undefined {
-  const flow = dispatching ?? awaitingDial[0];
-  if (flow === undefined || flow.dialling !== null || flow.state !== 'active') return undefined;
-  return flow.destination.ip === ip && flow.destination.port === port ? flow : undefined;
-}
-
-function forgetOldestDispatch(): void {
-  awaitingDial.shift();
-}
-
-/** `agent.dispatch` of an exchange's request, its origin connection (if one is opened) named to its flow. */
-export function dispatchToOrigin(agent: Dispatcher, opts: Dispatcher.DispatchOptions, exchange: OriginExchange): void {
-  const flow = exchange.flowOf();
-  // Only a request with a body has its connection opened in a later microtask: the others (every
-  // fast-path GET and HEAD) queue nothing.
-  const isDeferred = opts.body != null;
-  dispatching = flow;
-  if (isDeferred) awaitingDial.push(flow);
-  try {
-    agent.dispatch(opts, exchange);
-  } catch (err) {
-    exchange.onError(err as Error);
-  } finally {
-    dispatching = null;
-    if (isDeferred) queueMicrotask(forgetOldestDispatch);
-  }
 }
 
 /** Turn an undici / socket error into a gateway code, once, here. */
@@ -258,41 +229,9 @@ export function forwardRequest(
   };
   exchange.awaitOrigin(target.hasBody);
   const agent = agents.for(admitted.upstream, snapshot.config.limits.connectTimeoutMs);
-  // Another address of the name only while the request body is unread (undici reads it once connected).
-  if (admitted.alternates.length > 0) exchange.redispatch = alternateDispatch(ctx, admitted, opts, agent, exchange, body === null ? null : req);
+  // The name's other addresses dialled staggered with the first (undici reads the body only once connected).
+  if (admitted.alternates.length > 0 && admitted.upstream === null) exchange.alternates = new StaggeredOrigin(ctx, admitted, opts, agent, exchange);
   dispatchToOrigin(agent, opts, exchange);
-}
-
-/**
- * OriginExchange.redispatch for a flow whose name has other addresses (Admitted.alternates): when
- * the origin's address refused the connection or could not be reached, the request goes to the next
- * address the flow may go on to (admitAlternate checks it first), as dialFirstReachable does for the
- * tunnels; at most MAX_ADDRESSES_DIALLED in all, and never through a parent proxy.
- */
-export function alternateDispatch(
-  ctx: GatewayContext,
-  admitted: Admitted,
-  opts: Dispatcher.DispatchOptions,
-  agent: Dispatcher,
-  handler: OriginExchange,
-  body: IncomingMessage | null = null,
-): (err: Error) => boolean {
-  let next = 0;
-  let dialled = 1;
-  return (err) => {
-    if (admitted.upstream !== null || dialled >= MAX_ADDRESSES_DIALLED || body?.readableDidRead === true || !isFallbackCode(undiciErrorCode(err))) return false;
-    while (next < admitted.alternates.length) {
-      const ip = admitted.alternates[next++] as string;
-      if (!admitAlternate(ctx, admitted, ip)) continue;
-      dialled++;
-      opts.origin = `http://${formatAuthority(ip, admitted.flow.destination.port)}`;
-      // The failed address's socket is gone: the next one is this flow's dial now.
-      admitted.flow.dialling = null;
-      dispatchToOrigin(agent, opts, handler);
-      return true;
-    }
-    return false;
-  };
 }
 
 /**
@@ -311,10 +250,10 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
   private abortUpstream: ((err?: Error) => void) | null = null;
   private isConnected = false;
   /**
-   * Sends the request to another address of the name when the origin's refused before connecting
-   * (alternateDispatch): true when it did. Null for the one-address destinations most flows have.
+   * The staggered dial of the name's addresses (StaggeredOrigin), for a flow whose name has several
+   * and no parent proxy. Null for the one-address destinations most flows have.
    */
-  redispatch: ((err: Error) => boolean) | null = null;
+  alternates: StaggeredOrigin | null = null;
   /** When the first 1xx (interim) response came (performance.now()), or 0: see onInterim. */
   private interimSinceMs = 0;
   /** The 1xx responses relayed to the client so far (at most MAX_INTERIM_RELAYED). */
@@ -356,8 +295,8 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
   /**
    * The client is gone (or the flow killed): the origin request is aborted. Before undici's
    * onConnect there is nothing to abort yet: the origin connection being made for this flow
-   * (flowDialling named it) is destroyed, as FlowTable.kill does, so nothing reaches the origin
-   * after the client left.
+   * (exchangeDialling named it; every attempt of a staggered dial) is destroyed, as FlowTable.kill
+   * does, so nothing reaches the origin after the client left.
    */
   protected abortOrigin(why: string): void {
     this.isClientGone = true;
@@ -444,9 +383,9 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
     this.answerFailure(mapping, { flowId: flow.id, isBlock: false });
   }
 
-  /** The origin's address failed before connecting and the request went to another of the name's. */
+  /** Another of the name's addresses answered the staggered dial and the request went there (StaggeredOrigin). */
   protected isSentElsewhere(err: Error): boolean {
-    return this.redispatch !== null && !this.isConnected && !this.isClientGone && this.flow.state === 'active' && this.redispatch(err);
+    return this.alternates !== null && !this.isConnected && !this.isClientGone && this.flow.state === 'active' && this.alternates.redispatch(err);
   }
 
   /** The origin's response is complete. */

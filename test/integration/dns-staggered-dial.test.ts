@@ -2,12 +2,15 @@
  * A name whose first address does not answer at all (its SYNs dropped: a blackholed route, a
  * firewalled host) and whose next address serves: the gateway dials the next address 250 ms later
  * while the first is still connecting (RFC 8305's staggered attempts), takes the first connection
- * made and closes the other attempts at once, on CONNECT and SOCKS5 (WebSocket upgrades share their
- * dial; absolute-URI requests do not yet: docs/spec-notes.md); the record names the address that
- * answered. Before, the addresses were dialled in turn and the next
+ * made and closes the other attempts at once, on CONNECT, SOCKS5 (WebSocket upgrades share their
+ * dial) and absolute-URI requests, GET (the fast path) and POST (node:http, its body intact); the
+ * record names the address that answered. Before, the addresses were dialled in turn and the next
  * one only after the first failed: a first address that never answered cost the whole
  * `limits.connectTimeoutMs` (10 s by default) and then 504 `connect-timeout`, although the second
- * answered at once. A kill while several attempts connect destroys every one of them.
+ * answered at once. A kill, or the client leaving, while several attempts connect destroys every one
+ * of them. An absolute-URI request is only ever sent on a connection to an address its own
+ * admission checked: the connection the staggered dial made to the second address is not pooled
+ * under the first (a later request pinned to the first is never sent on it).
  *
  * The address that does not answer: a listener that never accepts, its accept queue filled from
  * FILLER, so Linux drops every further SYN. `serve` runs with its own /etc/resolv.conf naming a DNS
@@ -50,6 +53,8 @@ const origins: Server[] = [];
 const hung: Array<{ py: ChildProcessWithoutNullStreams; fillers: Socket[] }> = [];
 let port = 0;
 let spareConnections = 0;
+/** Each request an origin served: `<Host> <origin address>`. */
+const served: string[] = [];
 
 async function listen(host: string, onConnection?: () => void): Promise<void> {
   const s = createServer((req, res) => {
@@ -57,7 +62,10 @@ async function listen(host: string, onConnection?: () => void): Promise<void> {
     req.on('data', (c: Buffer) => {
       bytes += c.length;
     });
-    req.on('end', () => res.end(`served by ${req.socket.localAddress}${bytes > 0 ? ` (${bytes} bytes)` : ''}`));
+    req.on('end', () => {
+      served.push(`${req.headers.host} ${req.socket.localAddress}`);
+      res.end(`served by ${req.socket.localAddress}${bytes > 0 ? ` (${bytes} bytes)` : ''}`);
+    });
   });
   if (onConnection) s.on('connection', onConnection);
   s.listen(port, host);
@@ -124,6 +132,7 @@ beforeAll(async () => {
     'slow.test': [HUNG, OPEN],
     'hung.test': [HUNG, HUNG_TOO],
     'fast.test': [OPEN, SPARE],
+    'lone.test': [HUNG],
   });
   writeFileSync(join(dir, 'resolv.conf'), `nameserver ${ZONE_DNS}\noptions timeout:1 attempts:1\n`);
   const config = join(dir, 'policy.yaml');
@@ -201,11 +210,47 @@ describe('a name whose first address never answers', () => {
     expect(summary.sort()).toEqual(['connect', 'socks5'].map((p) => `${p} ${OPEN} closed`));
   }, 60_000);
 
+  it.runIf(isAvailable)('is served by its next address on absolute-URI GET and POST too, the body intact, and the unanswered attempt is closed', async () => {
+    const proxy = `http://127.0.0.1:${(gw as Served).http.port}`;
+    const url = `http://slow.test:${port}/`;
+    const before = served.length;
+    // A one-line GET: the fast path.
+    expect(await curl(['-x', proxy, url]), 'GET').toEqual(['200', `served by ${OPEN}`]);
+    expect(connecting(HUNG), 'GET: attempts to the hung address left connecting').toBe(0);
+    // A body: node:http's path. 100 kB, more than the client socket and the request stream buffer
+    // while the first address is still connecting; no Expect, so curl sends it at once.
+    const body = join(dir, 'body.bin');
+    writeFileSync(body, Buffer.alloc(100_000, 'a'));
+    expect(await curl(['-x', proxy, '-H', 'Expect:', '--data-binary', `@${body}`, url]), 'POST').toEqual(['200', `served by ${OPEN} (100000 bytes)`]);
+    expect(connecting(HUNG), 'POST: attempts to the hung address left connecting').toBe(0);
+    expect(served.slice(before)).toEqual([`slow.test:${port} ${OPEN}`, `slow.test:${port} ${OPEN}`]);
+
+    const summary = (await records(4)).filter((r) => r.destination.host === 'slow.test' && r.protocol === 'http').map((r) => `${r.destination.ip} ${r.closeReason} ${r.bytesOut}`);
+    expect(summary.sort()).toEqual([`${OPEN} closed 0`, `${OPEN} closed 100000`]);
+  }, 60_000);
+
+  it.runIf(isAvailable)('leaves the connection made to the next address out of the first address\'s pool', async () => {
+    const proxy = `http://127.0.0.1:${(gw as Served).http.port}`;
+    // slow.test's request went to OPEN on a connection the staggered dial made; lone.test's only
+    // address is HUNG: its request must wait on HUNG (and the client give up), never ride a
+    // connection to OPEN the gateway keeps alive from slow.test.
+    expect(await curl(['-x', proxy, `http://slow.test:${port}/`]), 'GET slow.test').toEqual(['200', `served by ${OPEN}`]);
+    const r = await run('curl', ['-sS', '-m', '2', '-o', '/dev/null', '-w', '%{http_code}', '-x', proxy, `http://lone.test:${port}/`]);
+    expect(r.stdout.toString(), 'lone.test answered').toBe('000');
+    expect(served.filter((s) => s.startsWith('lone.test:'))).toEqual([]);
+    // The client gave up: its attempt is destroyed, and the record says so.
+    await until('no attempt left connecting', () => connecting(HUNG) === 0);
+    const lone = (await records(6)).filter((rec) => rec.destination.host === 'lone.test').map((rec) => `${rec.destination.ip} ${rec.closeReason}`);
+    expect(lone).toEqual([`${HUNG} client-reset`]);
+  }, 30_000);
+
   it.runIf(isAvailable)('does not dial the next address when the first answers', async () => {
     const proxy = `http://127.0.0.1:${(gw as Served).http.port}`;
     const before = spareConnections;
     expect(await curl(['-p', '-x', proxy, `http://fast.test:${port}/`]), 'CONNECT').toEqual(['200', `served by ${OPEN}`]);
     expect(await socks('fast.test'), 'SOCKS5').toContain(`served by ${OPEN}`);
+    expect(await curl(['-x', proxy, `http://fast.test:${port}/`]), 'GET').toEqual(['200', `served by ${OPEN}`]);
+    expect(await curl(['-x', proxy, '--data-binary', 'x=1', `http://fast.test:${port}/`]), 'POST').toEqual(['200', `served by ${OPEN} (3 bytes)`]);
     expect(spareConnections - before).toBe(0);
   }, 30_000);
 });
@@ -234,5 +279,41 @@ describe('a flow killed while several of its addresses are connecting', () => {
     s.destroy();
     const killed = (await records(1)).filter((r) => r.destination.host === 'hung.test');
     expect(killed.map((r) => r.closeReason)).toEqual(['admin']);
+  }, 30_000);
+
+  it.runIf(isAvailable)('on an absolute-URI POST: has every attempt destroyed, and its client hears the kill', async () => {
+    const admin = `http://${(gw as Served).admin}`;
+    const s = await rawConnect((gw as Served).http.port);
+    s.on('error', () => undefined);
+    let reply = '';
+    s.on('data', (c: Buffer) => {
+      reply += c.toString('latin1');
+    });
+    s.write(`POST http://hung.test:${port}/kill HTTP/1.1\r\nHost: hung.test:${port}\r\nContent-Length: 3\r\n\r\nx=1`);
+    await until('both addresses connecting', () => connecting(HUNG) === 1 && connecting(HUNG_TOO) === 1);
+    const list = (await (await fetch(`${admin}/v1/flows`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as { flows: Array<{ id: string; protocol: string; destination: { host: string } }> };
+    const flow = list.flows.find((f) => f.destination.host === 'hung.test' && f.protocol === 'http');
+    expect(flow).toBeDefined();
+    const del = await fetch(`${admin}/v1/flows/${flow?.id}`, { method: 'DELETE', headers: { authorization: `Bearer ${TOKEN}` } });
+    await del.arrayBuffer();
+    expect(del.status).toBe(200);
+    await until('the kill answered', () => reply.includes('\r\n\r\n'));
+    expect(reply).toMatch(/^HTTP\/1\.1 403 /);
+    await until('no attempt left connecting', () => connecting(HUNG) === 0 && connecting(HUNG_TOO) === 0);
+    s.destroy();
+    const killed = (await records(1)).filter((r) => r.destination.host === 'hung.test' && r.protocol === 'http');
+    expect(killed.map((r) => r.closeReason)).toEqual(['admin']);
+  }, 30_000);
+
+  it.runIf(isAvailable)('on an absolute-URI GET whose client leaves: has every attempt destroyed', async () => {
+    const s = await rawConnect((gw as Served).http.port);
+    s.on('error', () => undefined);
+    s.write(`GET http://hung.test:${port}/leave HTTP/1.1\r\nHost: hung.test:${port}\r\n\r\n`);
+    await until('both addresses connecting', () => connecting(HUNG) === 1 && connecting(HUNG_TOO) === 1);
+    s.destroy();
+    await until('no attempt left connecting', () => connecting(HUNG) === 0 && connecting(HUNG_TOO) === 0);
+    await until('the flow recorded', () => existsSync(join(dir, 'flows.jsonl')) && parseRecords(readFileSync(join(dir, 'flows.jsonl'), 'utf8')).filter((r) => r.destination.host === 'hung.test' && r.protocol === 'http').length === 2);
+    const left = parseRecords(readFileSync(join(dir, 'flows.jsonl'), 'utf8')).filter((r) => r.destination.host === 'hung.test' && r.protocol === 'http');
+    expect(left.map((r) => r.closeReason)).toEqual(['admin', 'client-reset']);
   }, 30_000);
 });

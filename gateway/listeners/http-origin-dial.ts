@@ -1,0 +1,160 @@
+/**
+ * How an absolute-URI request's origin connection is named and dialled: which flow a connection
+ * undici opens is for (its connector is told only the origin), and, for a name with several
+ * addresses, the staggered dial of them all (dialFirstReachable, as on the tunnels).
+ *
+ * undici keeps one pool per origin, and the origin is the pinned address (`http://<checked ip>:port`,
+ * http-forward.ts): a connection pooled under an address is only ever one to that address, so a
+ * request is only sent on a connection to an address its own admission checked. A staggered dial
+ * whose winner is another address than the request's origin therefore does not hand its socket to
+ * that origin's pool: the request fails there with SENT_ELSEWHERE (before undici connected it, so
+ * before it read any of its body) and is dispatched again to the winner's origin, whose connector
+ * takes the connected socket (StaggeredOrigin.connect).
+ */
+import type { Socket } from 'node:net';
+import type { buildConnector, Dispatcher } from 'undici';
+import { type Admitted, admitAlternate } from '../admission.ts';
+import type { GatewayContext } from '../context.ts';
+import type { Flow } from '../flow/flow.ts';
+import { formatAuthority } from '../protocol/authority.ts';
+import { dialFirstReachable } from '../upstream/dial.ts';
+
+/** What this module needs of an exchange (http-forward.ts OriginExchange). */
+export interface DialledExchange extends Dispatcher.DispatchHandler {
+  flowOf(): Flow;
+  /** The staggered dial of the flow's name's addresses, or null (one address, or a parent proxy). */
+  alternates: StaggeredOrigin | null;
+  onError(err: Error): void;
+}
+
+/**
+ * Which exchange an origin connection undici opens is for. undici's connector is told only the
+ * origin, but it runs during `dispatch` (a request without a body: `dispatching`) or in the
+ * microtask undici queues there (a body: the oldest of `awaitingDial`, each forgotten in a microtask
+ * queued right after its own dispatch, so by then the earlier ones are gone). Only an exchange whose
+ * flow goes to that address, not already dialling, is named; a connection opened otherwise is no
+ * flow's (a kill then aborts the request once connected, as before).
+ */
+let dispatching: DialledExchange | null = null;
+const awaitingDial: DialledExchange[] = [];
+
+export function exchangeDialling(ip: string, port: number): DialledExchange | undefined {
+  const exchange = dispatching ?? awaitingDial[0];
+  if (exchange === undefined) return undefined;
+  const flow = exchange.flowOf();
+  if (flow.dialling !== null || flow.state !== 'active') return undefined;
+  return flow.destination.ip === ip && flow.destination.port === port ? exchange : undefined;
+}
+
+function forgetOldestDispatch(): void {
+  awaitingDial.shift();
+}
+
+/** `agent.dispatch` of an exchange's request, its origin connection (if one is opened) named to its flow. */
+export function dispatchToOrigin(agent: Dispatcher, opts: Dispatcher.DispatchOptions, exchange: DialledExchange): void {
+  // Only a request with a body has its connection opened in a later microtask: the others (every
+  // fast-path GET and HEAD) queue nothing.
+  const isDeferred = opts.body != null;
+  dispatching = exchange;
+  if (isDeferred) awaitingDial.push(exchange);
+  try {
+    agent.dispatch(opts, exchange);
+  } catch (err) {
+    exchange.onError(err as Error);
+  } finally {
+    dispatching = null;
+    if (isDeferred) queueMicrotask(forgetOldestDispatch);
+  }
+}
+
+/**
+ * The error a request fails with in the pool of the address it was dispatched to when its
+ * staggered dial connected to another of the name's addresses (StaggeredOrigin): the exchange then
+ * dispatches it to that one (OriginExchange.isSentElsewhere). One object for every such request.
+ */
+export const SENT_ELSEWHERE = new Error('connected to another address of the name');
+
+const NO_ALTERNATES: readonly string[] = Object.freeze([]);
+
+/**
+ * The origin connection of one absolute-URI request whose name has other addresses
+ * (Admitted.alternates), not through a parent proxy: the first connection undici opens for it is
+ * the staggered dial of the name's addresses (RFC 8305: the next 250 ms after the one before while
+ * that one still connects, at once when it refuses; each checked first, admitAlternate; the losers
+ * destroyed when one connects; the flow's `dialling`, so a kill or the client leaving destroys every
+ * attempt; limits.connectTimeoutMs the one deadline). A request for a one-address name has none.
+ */
+export class StaggeredOrigin {
+  /** The winner of the dial, connected to `handedIp`, until its origin's connector takes it. */
+  private handed: Socket | null = null;
+  private handedIp = '';
+  /** The name's addresses were dialled: another connection for the request dials only its own. */
+  private isDialled = false;
+
+  constructor(
+    private readonly ctx: GatewayContext,
+    private readonly admitted: Admitted,
+    private readonly opts: Dispatcher.DispatchOptions,
+    private readonly agent: Dispatcher,
+    private readonly exchange: DialledExchange,
+  ) {}
+
+  /** undici's connector for this request's connection to ip:port (its origin). */
+  connect(ip: string, port: number, callback: buildConnector.Callback): void {
+    const { flow } = this.admitted;
+    const handed = this.handed;
+    if (handed !== null) {
+      this.handed = null;
+      if (ip === this.handedIp) {
+        flow.dialling = handed;
+        // Not from within the connector's call: undici resumes the client only after it returns.
+        queueMicrotask(() => callback(null, handed));
+        return;
+      }
+      handed.destroy();
+    }
+    const alternates = this.isDialled ? NO_ALTERNATES : this.admitted.alternates;
+    this.isDialled = true;
+    const timeoutMs = this.admitted.snapshot.config.limits.connectTimeoutMs;
+    dialFirstReachable({ ip, port, upstream: null, timeoutMs, flow, via: this.ctx.via.value }, alternates, this.admit).then(
+      (socket) => {
+        // The record names the address that answered (admitAlternate): the request's origin, or another.
+        const winner = flow.destination.ip;
+        if (winner === ip || winner === null) {
+          callback(null, socket);
+          return;
+        }
+        this.handed = socket;
+        this.handedIp = winner;
+        callback(SENT_ELSEWHERE, null);
+        // Not taken by the winner's connector (the request went on a pooled connection to it, or
+        // was not sent on): closed. undici opens a request-with-body's connection in a microtask
+        // it queued during the dispatch, before this one.
+        queueMicrotask(this.dropHanded);
+      },
+      (err: Error) => callback(err, null),
+    );
+  }
+
+  /**
+   * The request failed with SENT_ELSEWHERE: it goes to the address that answered, whose connector
+   * takes the connected socket. True when it was dispatched there.
+   */
+  redispatch(err: Error): boolean {
+    if (err !== SENT_ELSEWHERE || this.handed === null) return false;
+    const { flow } = this.admitted;
+    this.opts.origin = `http://${formatAuthority(this.handedIp, flow.destination.port)}`;
+    // Free for the winner's connector to name (exchangeDialling); the socket is `handed` meanwhile.
+    flow.dialling = null;
+    dispatchToOrigin(this.agent, this.opts, this.exchange);
+    return true;
+  }
+
+  private readonly admit = (ip: string, isOutcome?: boolean): boolean => admitAlternate(this.ctx, this.admitted, ip, isOutcome);
+
+  private readonly dropHanded = (): void => {
+    const handed = this.handed;
+    this.handed = null;
+    handed?.destroy();
+  };
+}
