@@ -464,7 +464,9 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
   }
 
   protected answerFailure(mapping: RejectMapping, details: RefusalDetails): void {
-    sendRefusal(this.res, mapping, details, !this.req.complete);
+    // The kept socket: after an origin failure mid-upload undici has detached `req.socket` (502
+    // upstream-reset), and the answer must still end lingering, not in node's reset.
+    sendRefusal(this.res, mapping, details, !this.req.complete, this.clientSocket);
   }
 
   protected writeInterim(head: string): void {

@@ -40,16 +40,17 @@ export function refusalParts(mapping: RejectMapping, details: RefusalDetails): {
  * Answer an absolute-URI request with a refusal. `isLast`: the connection is closed afterwards —
  * when the request body was not read (reading an unknown amount to keep it alive is not worth it),
  * or when the gateway is draining. A request whose body is still unread ends its connection lingering
- * (closeAfterUnreadBody), not reset under the client's upload.
+ * (closeAfterUnreadBody), not reset under the client's upload. `socket`: the client connection, for
+ * a caller that kept it (undici detaches `req.socket` when it destroys a request body it was sending).
  */
-export function sendRefusal(res: ServerResponse, mapping: RejectMapping, details: RefusalDetails, isLast: boolean): void {
+export function sendRefusal(res: ServerResponse, mapping: RejectMapping, details: RefusalDetails, isLast: boolean, socket: Duplex | null = res.req.socket): void {
   if (res.headersSent) {
     res.destroy();
     return;
   }
   const { status, headers, body } = refusalParts(mapping, details);
   if (isLast) headers.push('connection', 'close');
-  if (isLast && !res.req.complete) closeAfterUnreadBody(res.req, res);
+  if (isLast && !res.req.complete) closeAfterUnreadBody(res.req, res, socket);
   // The phrase is given, not left to res.statusMessage: a relay whose writeHead threw has set it.
   res.writeHead(status, STATUS_CODES[status] ?? 'Error', headers);
   res.end(body);
@@ -63,11 +64,13 @@ export function sendRefusal(res: ServerResponse, mapping: RejectMapping, details
  * read (RFC 9112 §9.6). Instead: node's parser drops the rest of the body from now on (nothing is
  * buffered for a request nobody reads), requests pipelined behind it are dropped unanswered
  * (ConnectionState.isShedding), and once the answer is written the connection ends lingering
- * (lingerAfterAnswer). Only a refusal with a body pays for it.
+ * (lingerAfterAnswer). Only a refusal with a body pays for it. `socket`: the client connection,
+ * `req.socket` unless the caller kept it: an origin that failed after reading part of the body (a
+ * 502 upstream-reset) had undici destroy the request stream first, and undici sets `req.socket` to
+ * null then (so node does not destroy the connection with it).
  */
-export function closeAfterUnreadBody(req: IncomingMessage, res: ServerResponse): void {
-  const socket = req.socket;
-  // Gone (or detached) already: nothing to linger on.
+export function closeAfterUnreadBody(req: IncomingMessage, res: ServerResponse, socket: Duplex | null = req.socket): void {
+  // Gone already: nothing to linger on.
   if (socket === null || socket.destroyed) return;
   connectionState(socket).isShedding = true;
   // node:http's own mark for a body nobody reads (IncomingMessage._dump): its parser drops the

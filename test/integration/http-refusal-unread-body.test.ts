@@ -8,6 +8,11 @@
  * answer (the reset wiped it from its receive buffer). Now the connection ends lingering (RFC 9112
  * §9.6): the answer, our FIN, the rest of the upload read and dropped until the client closes (or
  * 2 s), then closed. The record stays one per request, with the refusal's reason and bytesOut 0.
+ *
+ * A 502 upstream-reset after the origin read part of the upload (it reads 64 KiB, then resets) ends
+ * the same way. Regression: undici destroyed the request stream first and detached `req.socket`, so
+ * the lingering close found no socket and node destroyed the connection under the upload: a chunked
+ * upload got EPIPE and 0 bytes of the 502 (6 runs of 6).
  */
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -20,6 +25,12 @@ const PIECE = 64 * 1024;
 
 let origin: Server;
 let originPort: number;
+/** An origin that reads 64 KiB of a request, then resets the connection. */
+let resetter: Server;
+let resetterPort: number;
+/** Bytes the resetting origin read, per connection (by the gateway's local port). */
+const resetterRead: number[] = [];
+const RESET_AFTER = 64 * 1024;
 let deadPort: number;
 const originSockets = new Set<Socket>();
 const gateways: TestGateway[] = [];
@@ -34,6 +45,22 @@ beforeAll(async () => {
   origin.listen(0, '127.0.0.1');
   await once(origin, 'listening');
   originPort = (origin.address() as { port: number }).port;
+  resetter = createServer((s) => {
+    originSockets.add(s);
+    let read = 0;
+    const i = resetterRead.push(0) - 1;
+    s.on('error', () => undefined);
+    s.on('close', () => originSockets.delete(s));
+    s.on('data', (c: Buffer) => {
+      if (read >= RESET_AFTER) return;
+      read += c.length;
+      resetterRead[i] = read;
+      if (read >= RESET_AFTER) s.resetAndDestroy();
+    });
+  });
+  resetter.listen(0, '127.0.0.1');
+  await once(resetter, 'listening');
+  resetterPort = (resetter.address() as { port: number }).port;
   const tmp = createServer();
   tmp.listen(0, '127.0.0.1');
   await once(tmp, 'listening');
@@ -45,6 +72,7 @@ afterAll(async () => {
   for (const g of gateways) await g.stop();
   for (const s of originSockets) s.destroy();
   await new Promise<void>((r) => (origin ? origin.close(() => r()) : r()));
+  await new Promise<void>((r) => (resetter ? resetter.close(() => r()) : r()));
 });
 
 async function gateway(overrides: Parameters<typeof startTestGateway>[0]): Promise<TestGateway> {
@@ -183,6 +211,24 @@ describe('a refusal of a 32 MiB upload still being written: the answer whole, th
     // The next connection is served.
     const next = await rawExchange(g.httpPort, `GET http://127.0.0.1:${deadPort}/next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
     expect(next.response).toMatch(/^HTTP\/1\.1 \d{3} /);
+  });
+
+  it.each([false, true])('502 upstream-reset after the origin read 64 KiB of it, then reset, chunked: %s', async (isChunked) => {
+    const up = await uploadUntilAnswered(open.httpPort, post(() => `127.0.0.1:${resetterPort}`)(), isChunked);
+    // Before (chunked): EPIPE on the client's next write and no byte of the 502.
+    expect(up.error).toBeNull();
+    expect(up.isEnded).toBe(true);
+    expectWhole(up.received, 502);
+    const body = jsonBody(up.received);
+    expect(body.reason).toBe('upstream-reset');
+    expect(up.written).toBeLessThan(UPLOAD);
+    // The record: the origin's failure, and what was sent on as undici counts it: at least what the
+    // origin read, at most what the client wrote.
+    const rec = await open.waitForClosed((r) => r.id === body.flowId);
+    expect(rec.closeReason).toBe('upstream-reset');
+    expect(rec.bytesOut).toBeGreaterThanOrEqual(RESET_AFTER);
+    expect(rec.bytesOut).toBeLessThanOrEqual(up.written);
+    expect(open.closed.filter((r) => r.client.port === up.port)).toHaveLength(1);
   });
 
   it('OPTIONS with Max-Forwards: 0, answered by the gateway itself: the 200 whole, then FIN, no reset', async () => {
