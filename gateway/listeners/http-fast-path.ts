@@ -26,7 +26,9 @@
  * FIN or reset during a request ends its flow `client-reset` and aborts the origin request, as
  * node:http does; so does our own cut for limits.idleTimeoutMs of silence, but the flow ends
  * `idle-timeout` (ConnectionState.isTimedOut, as on node:http). A request's flow closes `closed`
- * once the origin's whole response has been handed to the client socket.
+ * once the origin's whole response has been handed to the client socket. After a connection's last
+ * answer (`connection: close`, a 429, a drain) it ends lingering, as the gateway's refusals do: our
+ * FIN, what the client still sends dropped, closed at its FIN or 2 s after the answer is written out.
  */
 import type { Socket } from 'node:net';
 import type { Dispatcher } from 'undici';
@@ -41,7 +43,7 @@ import { OriginExchange } from './http-forward.ts';
 import { dispatchToOrigin, StaggeredOrigin } from './http-origin-dial.ts';
 import { forwardRequestHeaders, forwardResponseHeaders, INVALID_FIELD_CHAR, relayedStatusText } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
-import { type RefusalDetails, refusalDetails, refusalText } from './http-refusal.ts';
+import { lingerThenDestroy, type RefusalDetails, refusalDetails, refusalText } from './http-refusal.ts';
 import { type AbsoluteTarget, hostHeaderFor, parseAbsoluteTarget } from './http-target.ts';
 
 /** Idle time allowed between two requests of a connection (node:http's keepAliveTimeout here). */
@@ -118,7 +120,7 @@ class FastConnection {
   /** Bytes the client sent while a request was served (the next request, read ahead). */
   private ahead: Buffer | null = null;
   private isGone = false;
-  /** Its last response is answered and our side ended: what the client still sends is dropped. */
+  /** Its last response is answered and our side ended: what the client still sends is dropped (endLingering). */
   private isEnded = false;
   /** This connection's slot in the fast path's live connections. */
   slot = -1;
@@ -219,13 +221,9 @@ class FastConnection {
     this.exchange = null;
     this.conn.isAwaitingOrigin = false;
     if (this.isGone) return;
-    // Between requests, and after the last one until the client closes too: KEEP_ALIVE_MS (onTimeout).
+    // Between requests: KEEP_ALIVE_MS (onTimeout).
     if (isLast || this.mustClose()) {
-      this.isEnded = true;
-      this.ahead = null;
-      this.socket.end();
-      // Read on (dropping it) to see the client's FIN: reading may have stopped at MAX_AHEAD_BYTES.
-      if (this.socket.isPaused()) this.socket.resume();
+      this.endLingering();
       return;
     }
     const ahead = this.ahead;
@@ -266,7 +264,26 @@ class FastConnection {
   }
 
   closeIfIdle(): void {
-    if (!this.isBusy && !this.isGone) this.socket.end();
+    if (!this.isBusy && !this.isGone && !this.isEnded) this.endLingering();
+  }
+
+  /**
+   * The connection's last answer is handed to the socket (or there is none: closeIfIdle): our side
+   * ends, and what the client still sends is read and dropped (pipelined requests unanswered) until
+   * its FIN, or LINGER_MS after our answer and FIN are written out (lingerThenDestroy), whatever it
+   * sends meanwhile. From 'finish', not from now: a slow reader may still be receiving a large
+   * response, and it gets it whole. Before, only the client's FIN or KEEP_ALIVE_MS of its silence
+   * ended it: a client that kept sending kept the connection.
+   */
+  private endLingering(): void {
+    this.isEnded = true;
+    this.ahead = null;
+    const s = this.socket;
+    s.end();
+    // Read on (dropping it) to see the client's FIN: reading may have stopped at MAX_AHEAD_BYTES.
+    if (s.isPaused()) s.resume();
+    if (s.writableFinished) lingerThenDestroy(s);
+    else s.once('finish', () => lingerThenDestroy(s));
   }
 
   private readonly onData = (chunk: Buffer): void => {
