@@ -113,6 +113,8 @@ export interface Refused {
   reject: RejectMapping;
   /** Seconds for Retry-After on 429. */
   retryAfterSec?: number;
+  /** Killed while admission awaited (admin DELETE, a late report's detector, the drain's end), not refused. */
+  isKilled?: true;
 }
 
 /** Records the flow log may hold before refusals for want of it are counted instead of recorded. */
@@ -376,7 +378,7 @@ function errnoOf(err: unknown): string {
 
 /** A flow killed while admission awaited (its record written by the kill): refused as the kill says. */
 function killedMeanwhile(flow: RoutedFlow): Refused {
-  return { ok: false, flow, reject: mapKill(flow.closeReason ?? 'admin') };
+  return { ok: false, flow, reject: mapKill(flow.closeReason ?? 'admin'), isKilled: true };
 }
 
 function refuse(ctx: GatewayContext, flow: RoutedFlow, decision: Decision): Refused {

@@ -28,13 +28,15 @@
  *     destination, wrapped with the header naming that destination as the client named it, and if
  *     the two fit in one UDP datagram to the client (else dropped and counted); bytesIn counts it,
  *     in the flow's totals and the destination's leg
- *  7. the association ends when the control connection closes, on idle timeout, or on kill; the
- *     flow's reasons note the destinations and every drop count
+ *  7. the association ends when the control connection closes, on idle timeout, or on kill; when its
+ *     first destination is refused over the identity's limits, by quarantine or a connect-time
+ *     detector, or killed while admitted (endsAssociation); after MAX_REFUSED refused destinations;
+ *     the flow's reasons note the destinations and every drop count
  */
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv4 } from 'node:net';
 import type { Decision } from '../../policy/types.ts';
-import { admit, admitDestination, type DestinationAdmission, type LookedUp, lookUp, needsLookUp } from '../admission.ts';
+import { admit, admitDestination, type DestinationAdmission, type LookedUp, lookUp, needsLookUp, type Refused } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow, FlowLeg, RoutedFlow } from '../flow/flow.ts';
 import { unmapIPv4 } from '../../policy/address.ts';
@@ -48,6 +50,12 @@ import { HeldShare, type UdpRelayLedger } from './socks5-udp-ledger.ts';
 
 /** Distinct destinations one association may name; more are dropped (bounded memory). */
 const MAX_DESTINATIONS = 4096;
+/**
+ * Destinations one association may have refused (each leaves its refused record) before it is ended
+ * (`refused-destinations`): a sweep of destinations the policy refuses, one datagram each, is a
+ * record per datagram, which this bounds; far past what a scan detector needs to see it.
+ */
+const MAX_REFUSED = 64;
 /** Datagrams held per destination while its admission is pending. */
 const MAX_QUEUED = 16;
 /**
@@ -416,11 +424,13 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     isOpening = false;
     if (!r.ok) {
       refuseDest(dest, `${r.reject.reason}: ${r.flow.reasons.join('; ')}`);
-      // Over the identity's limits (its record written by `admit`): the association's last answer,
-      // as a CONNECT over them gets 0x02 and the close. A destination kept refused would drop every
-      // later datagram to it for the association's life, however soon the limit cleared, and UDP
-      // cannot tell the client why; ending the control connection does.
-      if (r.reject.reason === 'rate-limit') end('rate-limit');
+      // Over the identity's limits, its identity quarantined or a connect-time detector refusing it,
+      // or killed while it was admitted (its record written by `admit` or the kill): the
+      // association's last answer, as a CONNECT gets 0x02 (403) and the close. A destination kept
+      // refused would drop every later datagram to it for the association's life, however soon the
+      // limit cleared, and UDP cannot tell the client why; each new destination would meet the
+      // quarantine again, one refused record each; ending the control connection does neither.
+      if (endsAssociation(r)) end(r.reject.reason);
       return;
     }
     if (r.upstream !== null) {
@@ -522,6 +532,13 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     releaseHeld(dest);
     refusedDestinations++;
     ctx.log.warn({ listener: 'socks', flowId: flow?.id, client: `${clientIp}:${clientPort}`, destination: `${dest.host}:${dest.port}`, reason: why }, 'socks5 udp destination refused');
+    // Each refusal is a record (the first destination's by `admit`, a later one's by recordRefusal):
+    // one datagram each to new destinations must not write the flow log a record apiece for the
+    // association's life.
+    if (refusedDestinations >= MAX_REFUSED) {
+      ctx.log.warn({ listener: 'socks', flowId: flow?.id, client: `${clientIp}:${clientPort}`, refused: refusedDestinations }, 'socks5 udp association ended: too many refused destinations');
+      end('refused-destinations');
+    }
   }
 
   // 7. end of the association: idempotent
@@ -593,6 +610,19 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   }
 }
 
+
+/**
+ * Whether the first destination's refusal ends the association (as a refused CONNECT is closed):
+ * over the identity's limits, quarantine or a connect-time detector (which quarantines the identity:
+ * every later destination would be refused the same), or killed while it was admitted. A destination
+ * the policy refuses (not-allowlisted, deny-range), one that did not resolve or a parent proxy in the
+ * way is that destination's refusal only: its datagrams are dropped, the association goes on.
+ */
+function endsAssociation(r: Refused): boolean {
+  if (r.isKilled === true) return true;
+  const reason = r.flow.verdict === 'block' ? r.flow.reason : null;
+  return reason === 'rate-limit' || reason === 'quarantine' || reason === 'detector';
+}
 
 function closeQuietly(s: UdpSocket): void {
   try {
