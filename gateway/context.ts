@@ -90,8 +90,17 @@ export interface DetectionHooks {
    * towards the identity's fan-out and domains, and gets its own byte budget (`leg.budgetOut`,
    * `leg.onBudget`) and sweep judgement on its own bytes, as a flow to it alone would. A leg whose
    * `destination` is not `destination` is shared (FlowTable.addLeg at its bound): fan-out only.
+   * `judged`: what admission decided for this destination. Monitor mode's would-block by policy
+   * (isRefusedByPolicy) is enforce mode's refusal of it, counted as that refusal once, as its
+   * refused record would be, and never as a destination relayed to (the leg is marked and not judged).
    */
-  onRelayed(flow: RoutedFlow, leg: FlowLeg, snapshot: PolicySnapshot, destination: KnownDestination): void;
+  onRelayed(
+    flow: RoutedFlow,
+    leg: FlowLeg,
+    snapshot: PolicySnapshot,
+    destination: KnownDestination,
+    judged: { readonly verdict: import('../policy/types.ts').Verdict; readonly reason: import('../policy/types.ts').ReasonCode | null },
+  ): void;
   /** A byte budget towards the destination for this flow, or null. */
   uploadBudget(flow: RoutedFlow, snapshot: PolicySnapshot): number | null;
   /** A connect failed or was refused (feeds scan detection). */

@@ -26,6 +26,7 @@ import {
   isRefusedByPolicy,
   observeOptions,
   outcomeOfEnded,
+  outcomeOfRefusal,
   toAlert,
   uploadBudgetFor,
   uploadKillTrigger,
@@ -33,7 +34,7 @@ import {
 import { identityKeyOf } from '../../policy/detectors/match.ts';
 import { DetectionState } from '../../policy/detectors/state.ts';
 import type { Alert, Finding, FlowOutcome, FlowView } from '../../policy/detectors/types.ts';
-import type { ConnectFacts, Decision, Mode, PolicySnapshot } from '../../policy/types.ts';
+import type { ConnectFacts, Decision, Mode, PolicySnapshot, ReasonCode, Verdict } from '../../policy/types.ts';
 import type { AlertStore } from '../alerts/alert-store.ts';
 import type { DetectionHooks, Logger, PolicySource } from '../context.ts';
 import { type Flow, type FlowLeg, isRouted, type KnownDestination, type RoutedFlow } from '../flow/flow.ts';
@@ -160,6 +161,7 @@ function legView(flow: RoutedFlow, leg: FlowLeg, outcome: FlowOutcome): FlowView
  */
 function pushActiveLegs(views: FlowView[], flow: RoutedFlow, legs: readonly FlowLeg[]): void {
   for (const leg of legs) {
+    if (leg.isRefusedByPolicy) continue;
     const bytes = leg.bytesOut + leg.bytesIn;
     if (bytes === leg.sweptBytes) continue;
     leg.sweptBytes = bytes;
@@ -277,7 +279,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       // The flow table closes a flow once: it is folded here once, and the sweep skips ended flows.
       // A flow that relayed to several destinations is folded per destination, on each one's bytes.
       if (flow.legs !== null) {
-        for (const leg of flow.legs) foldEnded(legView(flow, leg, 'closed'));
+        for (const leg of flow.legs) if (!leg.isRefusedByPolicy) foldEnded(legView(flow, leg, 'closed'));
       } else {
         foldEnded(view(flow, outcomeOfEnded(flow, flow.isConnected)));
       }
@@ -436,7 +438,26 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       return judgeConnect(flow, { ...facts(flow), destHost: destination.host, destPort: destination.port, destIp: destination.ip }, snapshot, mode);
     },
 
-    onRelayed(flow: RoutedFlow, leg: FlowLeg, snapshot: PolicySnapshot, destination: KnownDestination): void {
+    onRelayed(flow: RoutedFlow, leg: FlowLeg, snapshot: PolicySnapshot, destination: KnownDestination, judged: { readonly verdict: Verdict; readonly reason: ReasonCode | null }): void {
+      // Monitor mode's would-block by policy: enforce mode refuses this destination before any
+      // datagram, its refused record folded once as it closes (`outcomeOfRefusal`: an IP literal a
+      // failed attempt at that address, a name nothing). Counted as that here, never as relayed to:
+      // no fan-out, no budget, its leg not swept nor folded at the association's end.
+      if (isRefusedByPolicy(judged)) {
+        if (leg.destination === destination) leg.isRefusedByPolicy = true;
+        const now = flows.now();
+        foldEnded({
+          ...view(flow, outcomeOfRefusal(judged.reason, destination)),
+          partKey: `${leg.key} refused ${destination.host} ${destination.port}`,
+          destination,
+          startedAtMs: now,
+          endedAtMs: now,
+          lastActivityAtMs: now,
+          bytesOut: 0,
+          bytesIn: 0,
+        });
+        return;
+      }
       // It counts towards the identity's fan-out and domains like a new flow, and its bytes are
       // judged apart from the other destinations' (each sweep, and at its own byte budget). A shared
       // leg (the gateway's bound on legs) already has its tracking and budget: fan-out only.

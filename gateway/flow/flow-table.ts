@@ -231,6 +231,7 @@ export class FlowTable extends EventEmitter {
       budgetOut: Number.POSITIVE_INFINITY,
       onBudget: null,
       sweptBytes: 0,
+      isRefusedByPolicy: false,
     };
     legs.push(leg);
     return leg;

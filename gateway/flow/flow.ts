@@ -65,6 +65,12 @@ export interface FlowLeg {
   onBudget: ((leg: FlowLeg) => boolean) | null;
   /** bytesOut + bytesIn when the detectors' sweep last looked: an idle destination is not looked at again. */
   sweptBytes: number;
+  /**
+   * Relayed in monitor mode as would-block by policy (not-allowlisted, deny-range): enforce mode
+   * refuses it, so the detectors counted it as that refusal and never judge its bytes (set by the
+   * detection engine's onRelayed).
+   */
+  isRefusedByPolicy: boolean;
 }
 
 export interface FlowInit {

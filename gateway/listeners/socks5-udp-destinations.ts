@@ -108,13 +108,13 @@ export class DestinationTable {
 
   /**
    * Admitted at `ip`, its bytes counted in `leg` (legNamed's for another spelling of it): replies
-   * from ip:port are now this destination's.
+   * from ip:port are now this destination's. `isShared` false: no other spelling gets its leg.
    */
-  allow(dest: Destination, ip: string, leg: FlowLeg): void {
+  allow(dest: Destination, ip: string, leg: FlowLeg, isShared = true): void {
     dest.state = 'allowed';
     dest.leg = leg;
     const name = `${canonical(dest.host)} ${dest.port}`;
-    if (!this.legs.has(name)) this.legs.set(name, leg);
+    if (isShared && !this.legs.has(name)) this.legs.set(name, leg);
     dest.ip = ip;
     dest.isV6 = isIPv6(ip);
     let ports = this.byAddress.get(ip);

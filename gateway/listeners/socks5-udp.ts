@@ -35,7 +35,8 @@
  */
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv4 } from 'node:net';
-import type { Decision } from '../../policy/types.ts';
+import { isRefusedByPolicy } from '../../policy/detectors/state.ts';
+import type { Decision, ReasonCode, Verdict } from '../../policy/types.ts';
 import { admit, admitDestination, type DestinationAdmission, type LookedUp, lookUp, needsLookUp, type Refused } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow, FlowLeg, RoutedFlow } from '../flow/flow.ts';
@@ -451,7 +452,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     down.setCloser(null);
     ctx.flows.markConnected(flow);
     flow.abort = () => end('killed', true);
-    allowDest(flow, dest, unmapIPv4(r.ip));
+    allowDest(flow, dest, unmapIPv4(r.ip), flow);
   }
 
   /** A destination of the open association: judged as a new flow's would be, under that flow. */
@@ -473,20 +474,23 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       return;
     }
     if (r.decision.verdict === 'would-block' && f.verdict === 'allow') ctx.flows.decide(f, r.decision, false);
-    allowDest(f, dest, unmapIPv4(r.ip));
+    allowDest(f, dest, unmapIPv4(r.ip), r.decision);
   }
 
   /**
    * Relay to an admitted destination from now on: its own counters and budget (the flow's leg to it),
    * those of the destination already admitted under another spelling of its name (counted towards
-   * fan-out only, as a shared leg is: onRelayed).
+   * fan-out only, as a shared leg is: onRelayed). `judged`: its admission's verdict and reason; one
+   * monitor mode relays as would-block by policy has a leg of its own, which no other spelling shares
+   * (the detectors count it as enforce mode's refusal, and judge no bytes on it).
    */
-  function allowDest(f: RoutedFlow, dest: Destination, ip: string): void {
+  function allowDest(f: RoutedFlow, dest: Destination, ip: string, judged: { readonly verdict: Verdict; readonly reason: ReasonCode | null }): void {
     pending--;
     const destination = { host: dest.host, ip, port: dest.port };
-    const leg = dests.legNamed(dest.host, dest.port) ?? ctx.flows.addLeg(f, destination);
-    ctx.detection?.onRelayed(f, leg, ctx.policy.current(), destination);
-    dests.allow(dest, ip, leg);
+    const isRefused = isRefusedByPolicy(judged);
+    const leg = (isRefused ? undefined : dests.legNamed(dest.host, dest.port)) ?? ctx.flows.addLeg(f, destination);
+    ctx.detection?.onRelayed(f, leg, ctx.policy.current(), destination, judged);
+    dests.allow(dest, ip, leg, !isRefused);
     admitted++;
     const queued = dest.queue ?? [];
     releaseHeld(dest);
