@@ -7,7 +7,8 @@
  * Per step:
  * 1. start the connections due (policy → quarantine → connect-time detectors → budget); a refused
  *    or failed one is folded as the gateway folds it (`outcomeOfUnconnected`: an address refused by
- *    policy is a `denied` attempt, a failed dial a failed one unless the flow was would-block);
+ *    policy is a `denied` attempt, a failed dial a failed one unless the flow was would-block); one
+ *    the gateway refused before judging it (`unjudged`: draining, a Via loop) is not judged at all;
  * 2. advance bytes of live flows; a flow reaching its budget is cut at exactly the budget
  *    (enforce) when the out:in ratio holds;
  * 3. sweep: evaluateSweep over live flows and those closed in this step;
@@ -39,7 +40,8 @@ const CLOSE_REASON_OF: Record<ConnOutcome, string | null> = {
   timeout: 'connect-timeout',
   'dns-fail': 'dns-failed',
   // Not the destination's answer (outcomeOfUnconnected: counted nowhere) unless policy refuses it.
-  unconnected: null,
+  unconnected: null,  // Refused before admission judged it: never started (see `start`).
+  unjudged: null,
 };
 
 interface SimFlow {
@@ -159,6 +161,9 @@ export function replayConnections(conns: readonly ConnSpec[], opts: ReplayOption
   const start = (spec: ConnSpec, now: number): SimFlow | null => {
     const tally = tallyFor(tallies, spec);
     tally.connections++;
+    // Refused by the gateway before admission judged it (draining, a Via loop, the flow log failing):
+    // live, neither policy nor quarantine nor a connect-time detector saw it, and nothing was folded.
+    if (spec.outcome === 'unjudged') return null;
     const roles = spec.identity.roles ?? snapshot.rolesFor(spec.identity.user, spec.identity.host);
     const identity: Identity = { user: spec.identity.user, host: spec.identity.host, roles, process: spec.identity.process };
     const idKey = identityKeyOf(identity, spec.identity.clientIp);
@@ -189,6 +194,10 @@ export function replayConnections(conns: readonly ConnSpec[], opts: ReplayOption
     if (decision.verdict === 'block') {
       tally.blockedByPolicy++;
       if (outcome !== 'denied') return null;
+    } else if (spec.outcome === 'dns-fail') {
+      // No address: the gateway refuses it at step 7's end, before quarantine and the connect-time
+      // detectors, and folds nothing (no address to count an attempt at).
+      return null;
     } else if (decision.verdict === 'allow') {
       // Monitor mode's would-block by policy meets no quarantine or connect-time detector: enforce
       // mode refuses it first (the gateway's admission, step 7 before step 8).

@@ -12,8 +12,11 @@ export type ExpectedAction = 'none' | 'flag' | 'block' | 'kill';
  * How a scripted connection ends. `unconnected` (flow logs only, no scenario keyword): the gateway
  * refused or ended it before any dial was answered, for a reason of its own (a parent proxy down, no
  * descriptor left, draining, the flow log failing, a Via loop): no connection, no failed attempt.
+ * `unjudged` (flow logs only): one of those the gateway refused before admission judged it at all
+ * (draining, a Via loop, the flow log failing, a malformed request: steps 3 and earlier), which the
+ * replay does not judge either: no policy, no quarantine, no connect-time detector, nothing folded.
  */
-export type ConnOutcome = 'ok' | 'refused' | 'timeout' | 'dns-fail' | 'unconnected';
+export type ConnOutcome = 'ok' | 'refused' | 'timeout' | 'dns-fail' | 'unconnected' | 'unjudged';
 
 export interface ScenarioIdentity {
   readonly name: string;

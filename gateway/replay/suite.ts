@@ -76,7 +76,16 @@ export async function loadInputs(paths: readonly string[]): Promise<{ scenarios:
  * `allow`): each ends the flow before any byte reached the destination (a parent proxy refused or
  * failed, no descriptor or local port for the dial, the drain, the flow log failing, a Via loop).
  */
-const GATEWAY_REFUSALS: ReadonlySet<string> = new Set(['upstream-proxy', 'out-of-descriptors', 'out-of-sockets', 'shutting-down', 'flow-log-unavailable', 'via-loop']);
+const GATEWAY_REFUSALS: ReadonlySet<string> = new Set(['upstream-proxy', 'out-of-descriptors', 'out-of-sockets']);
+
+/**
+ * The closeReasons of the flows the gateway refuses before admission judges them (admission.ts steps
+ * 1–3: a client without an address, the drain, a Via loop, the flow log failing), recorded verdict
+ * `allow`: neither the policy nor quarantine nor a connect-time detector ever saw them live, so the
+ * replay judges them no more (`unjudged`). Those refused with verdict `block` before step 8 (a login,
+ * the rate limit) are apart already (`refused`, not replayed).
+ */
+const UNJUDGED: ReadonlySet<string> = new Set(['bad-request', 'shutting-down', 'via-loop', 'flow-log-unavailable']);
 
 /**
  * SPEC §5 flow records (JSON lines) → connections; interim records are skipped, those refused at
@@ -122,15 +131,17 @@ export function parseFlowLog(text: string, file: string): { connections: ConnSpe
       destination: { host: dest.host, ip: dest.ip ?? null, port: dest.port },
     });
     const outcome: ConnOutcome =
-      dial === 'refused'
-        ? 'refused'
-        : dial === 'failed'
-          ? 'timeout'
-          : closeReason === 'dns-failed'
-            ? 'dns-fail'
-            : r['connected'] === false || (closeReason !== null && GATEWAY_REFUSALS.has(closeReason))
-              ? 'unconnected'
-              : 'ok';
+      closeReason !== null && UNJUDGED.has(closeReason)
+        ? 'unjudged'
+        : dial === 'refused'
+          ? 'refused'
+          : dial === 'failed'
+            ? 'timeout'
+            : closeReason === 'dns-failed'
+              ? 'dns-fail'
+              : r['connected'] === false || (closeReason !== null && GATEWAY_REFUSALS.has(closeReason))
+                ? 'unconnected'
+                : 'ok';
     (isRefused ? refused : out).push({
       scenario: `log:${file}`,
       identity: {
