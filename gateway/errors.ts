@@ -18,6 +18,7 @@ export const GATEWAY_ERROR_CODES = [
   'EGW_DIAL_TIMEOUT', // upstream did not answer within limits.connectTimeoutMs
   'EGW_OUT_OF_DESCRIPTORS', // the gateway's own descriptor limit (EMFILE/ENFILE): no socket for the dial
   'EGW_OUT_OF_SOCKETS', // the gateway's own local ports or socket memory ran out (EADDRNOTAVAIL, ENOBUFS, ENOMEM): no dial
+  'EGW_OUT_OF_RELAY_PORTS', // no port of limits.udpRelayPorts free for a SOCKS5 UDP relay within the bounded attempts: ASSOCIATE refused
   'EGW_UPSTREAM_PROXY', // the parent proxy refused or failed
   'EGW_UPSTREAM_PROXY_TIMEOUT', // the parent proxy did not accept the connection, or answer before it was asked for the destination, in time (504)
   'EGW_UPSTREAM_RESET', // upstream closed mid-response

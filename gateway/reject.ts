@@ -41,6 +41,7 @@ const ERROR_MAP: Record<GatewayErrorCode, RejectMapping> = {
   EGW_DIAL_TIMEOUT: { status: 504, socks: SOCKS_REP.ttlExpired, error: 'upstream timeout', reason: 'connect-timeout' },
   EGW_OUT_OF_DESCRIPTORS: { status: 503, socks: SOCKS_REP.generalFailure, error: 'gateway out of file descriptors', reason: 'out-of-descriptors' },
   EGW_OUT_OF_SOCKETS: { status: 503, socks: SOCKS_REP.generalFailure, error: 'gateway out of sockets', reason: 'out-of-sockets' },
+  EGW_OUT_OF_RELAY_PORTS: { status: 503, socks: SOCKS_REP.generalFailure, error: 'gateway out of UDP relay ports', reason: 'out-of-relay-ports' },
   EGW_UPSTREAM_PROXY: { status: 502, socks: SOCKS_REP.generalFailure, error: 'upstream proxy failed', reason: 'upstream-proxy' },
   // A timeout (SPEC §4: 504, SOCKS 0x06 as for the destination's), but the parent's own: its reason
   // keeps it out of the scan detector's failed attempts, as every `upstream-proxy` failure.

@@ -120,6 +120,17 @@ const portItem = s.or(s.int(1, 65535), s.str((v: string) => {
   return 'error' in r ? r.error : null;
 }));
 
+/**
+ * `limits.udpRelayPorts`: "LO-HI" (or one port), 1024-65535. Below 1024 a non-root gateway cannot
+ * bind, and those are well-known services' ports a firewall rule would open to every client.
+ */
+const relayPortRange = (v: string): string | null => {
+  const r = parsePortSpec(v);
+  if ('error' in r) return r.error.replace('use a number or "lo-hi"', 'use "LO-HI", e.g. "40000-40999"');
+  if (r[0] < 1024) return `bad port range "${v}": relay ports are 1024-65535 (below 1024 are privileged)`;
+  return null;
+};
+
 const exactlyOne =
   (a: string, b: string, optional = false) =>
   (v: Record<string, unknown>): string | null => {
@@ -266,6 +277,7 @@ export const CONFIG_SCHEMA: Node = s.obj({
     maxHeaderBytes: s.int(1024),
     connectTimeoutMs: s.int(1, MAX_TIMER_MS),
     drainGraceMs: s.int(0, MAX_TIMER_MS),
+    udpRelayPorts: s.nul(s.str(relayPortRange)),
   }),
   flowLog: s.obj({ path: s.nul(s.str(nonEmpty)), interimSec: s.int(0), keepClosed: s.int(0), onError: s.enum(['refuse', 'admit']) }),
   alerts: s.obj({

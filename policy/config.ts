@@ -126,6 +126,11 @@ export interface Config {
     maxHeaderBytes: number;
     connectTimeoutMs: number;
     drainGraceMs: number;
+    /**
+     * The ports SOCKS5 UDP relays are bound on, "LO-HI" inclusive; null = any ephemeral port.
+     * Read per association: a reload applies to new associations.
+     */
+    udpRelayPorts: string | null;
   };
   flowLog: { path: string | null; interimSec: number; keepClosed: number; onError: 'refuse' | 'admit' };
   alerts: {
@@ -182,6 +187,7 @@ export function defaultConfig(): Config {
       maxHeaderBytes: 16_384,
       connectTimeoutMs: 10_000,
       drainGraceMs: 10_000,
+      udpRelayPorts: null,
     },
     flowLog: { path: '-', interimSec: 60, keepClosed: 10_000, onError: 'refuse' },
     alerts: { webhooks: [], syslog: null, keep: 10_000 },

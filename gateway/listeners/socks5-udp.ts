@@ -1,7 +1,9 @@
 /**
  * SOCKS5 UDP ASSOCIATE relay (RFC 1928 §7): one association per TCP control connection, one flow.
  *
- *  1. bind a dgram socket (udp4/udp6 like the control connection) on the listener's IP, port 0,
+ *  1. bind a dgram socket (udp4/udp6 like the control connection) on the listener's IP, on a port
+ *     of limits.udpRelayPorts or any ephemeral port when unset (UdpRelayPorts: a range with no port
+ *     free within its bounded attempts refuses the ASSOCIATE 0x01, recorded `out-of-relay-ports`),
  *     and reply with its address; while it is bound its address is one of the gateway's own
  *     (ctx.udpRelays), which no association may name as a destination
  *  2. accept datagrams only from the control connection's client IP; the request's DST.PORT, if
@@ -43,11 +45,12 @@ import type { Flow, FlowLeg, RoutedFlow } from '../flow/flow.ts';
 import { unmapIPv4 } from '../../policy/address.ts';
 import { normaliseHost } from '../protocol/authority.ts';
 import { encodeReply, newUdpHeader, parseUdpHeader, udpHeaderHost } from '../protocol/socks5-codec.ts';
-import { SOCKS_REP } from '../reject.ts';
+import { mapError, SOCKS_REP } from '../reject.ts';
 import { parentLabel } from '../upstream/parent-label.ts';
 import { type Downstream, type HandshakeResult, refuse } from './socks5-handshake.ts';
 import { type Destination, DestinationTable } from './socks5-udp-destinations.ts';
 import { HeldShare, type UdpRelayLedger } from './socks5-udp-ledger.ts';
+import type { RelayBind, UdpRelayPorts } from './socks5-udp-ports.ts';
 
 /** Distinct destinations one association may name; more are dropped (bounded memory). */
 const MAX_DESTINATIONS = 4096;
@@ -95,7 +98,7 @@ interface DropCounts {
 }
 
 /** Run a UDP association for a parsed UDP ASSOCIATE request; the handshake left `down` paused. */
-export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: HandshakeResult, ledger: UdpRelayLedger): void {
+export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: HandshakeResult, ledger: UdpRelayLedger, relayPorts: UdpRelayPorts): void {
   const { socket } = down;
   const limits = hs.snapshot.config.limits;
   const clientIp = unmapIPv4(down.clientIp);
@@ -104,7 +107,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   /** 0 until known: the request's DST.PORT or the first datagram's source port. */
   let clientPort = hs.request.port;
   const relayType = isIPv4(localIp) ? 'udp4' : 'udp6';
-  const relay = createSocket({ type: relayType });
+  /** The client-facing relay socket, once bound (until then no datagram can reach it). */
+  let relay: UdpSocket | null = null;
   /** The largest reply (with its SOCKS UDP header) the relay can send the client. */
   const maxReply = MAX_UDP_PAYLOAD[relayType];
   let up4: UdpSocket | null = null;
@@ -113,12 +117,13 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   let ended = false;
   /** Why the association ended (the record's closeReason), once it has. */
   let endReason = 'closed';
+  /** What the record of an association refused before it had a relay says of why (its first reason). */
+  let endNote: string | null = null;
   /**
    * True while the first destination's `admit` runs: it has opened the association's flow, so an
    * end meanwhile leaves the record to that flow (closed when admit returns), not an empty one.
    */
   let isOpening = false;
-  let bound = false;
   /** The relay's entry in the gateway's live relay addresses (ctx.udpRelays) while it is bound. */
   let relayKey: string | null = null;
   let activity = 0;
@@ -141,18 +146,35 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   const drops: DropCounts = { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0, oversized: 0, oversizedOut: 0 };
 
   // 1. bind the client-facing relay socket
-  relay.on('error', (err) => {
-    if (!bound) {
-      end('relay-error', false, true);
-      refuse(ctx, down, encodeReply(SOCKS_REP.generalFailure), 'udp-bind-failed', `UDP relay bind failed: ${err.message}`);
+  relayPorts
+    .bind(limits.udpRelayPorts, relayType, localIp, (port) => ctx.udpRelays.has(localIp, port), onRelayError)
+    .then(onRelayBound, (err: unknown) => onRelayBound({ ok: false, exhausted: false, err: err instanceof Error ? err : new Error(String(err)) }));
+
+  function onRelayError(err: Error): void {
+    ctx.log.warn({ listener: 'socks', client: `${clientIp}:${clientPort}`, err: err.message }, 'socks5 udp relay error');
+  }
+
+  function onRelayBound(r: RelayBind): void {
+    if (!r.ok) {
+      if (ended) return;
+      if (r.exhausted) {
+        // Logged once per interval by UdpRelayPorts, not per refusal; the record says why.
+        const why = `no UDP relay port free in limits.udpRelayPorts ${r.range} (${r.tried} tried)`;
+        endNote = why;
+        end(mapError('EGW_OUT_OF_RELAY_PORTS').reason, false, true, true);
+        refuse(ctx, down, encodeReply(SOCKS_REP.generalFailure), 'EGW_OUT_OF_RELAY_PORTS', why, false);
+      } else {
+        end('relay-error', false, true);
+        refuse(ctx, down, encodeReply(SOCKS_REP.generalFailure), 'udp-bind-failed', `UDP relay bind failed: ${r.err.message}`);
+      }
       return;
     }
-    ctx.log.warn({ listener: 'socks', client: `${clientIp}:${clientPort}`, err: err.message }, 'socks5 udp relay error');
-  });
-  relay.on('message', onClientMessage);
-  relay.bind({ address: localIp, port: 0, exclusive: true }, () => {
-    if (ended) return;
-    bound = true;
+    if (ended) {
+      closeQuietly(r.socket);
+      return;
+    }
+    relay = r.socket;
+    relay.on('message', onClientMessage);
     const addr = relay.address();
     // From now on no association's destination may be this relay (admission refuses it: deny-range).
     relayKey = ctx.udpRelays.add(addr.address, addr.port);
@@ -160,7 +182,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     // The control connection carries nothing more; read and drop so a flood cannot queue.
     socket.on('data', discard);
     socket.resume();
-  });
+  }
   socket.on('end', onControlEnd);
   socket.on('close', onControlClose);
   down.setCloser(() => end('shutdown'));
@@ -344,7 +366,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     }
     (dest.leg as FlowLeg).bytesIn += msg.length;
     flow.bytesIn += msg.length;
-    relay.send([dest.replyHeader, msg], clientPort, clientIp);
+    (relay as UdpSocket).send([dest.replyHeader, msg], clientPort, clientIp);
   }
 
   // 4. admission, once per destination, MAX_ADMITTING at once; the first admitted one opens the flow
@@ -416,7 +438,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       claims: { clientIp: down.clientIp, clientPort, username: hs.username },
       destHost: dest.host,
       destPort: dest.port,
-      server: { localAddress: localIp, localPort: bound ? relay.address().port : 0 },
+      server: { localAddress: localIp, localPort: relay !== null ? relay.address().port : 0 },
       // Local attribution names the datagram socket's process, else the control connection's.
       control: { clientPort: down.clientPort, server: socket },
       identity: hs.identity,
@@ -546,13 +568,15 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   }
 
   // 7. end of the association: idempotent
-  function end(reason: string, reset = false, keepSocket = false): void {
+  function end(reason: string, reset = false, keepSocket = false, isRecorded = false): void {
     if (ended) return;
     ended = true;
     endReason = reason;
     if (idleTimer) clearInterval(idleTimer);
-    relay.removeListener('message', onClientMessage);
-    closeQuietly(relay);
+    if (relay !== null) {
+      relay.removeListener('message', onClientMessage);
+      closeQuietly(relay);
+    }
     if (relayKey !== null) ctx.udpRelays.delete(relayKey);
     if (up4) closeQuietly(up4);
     if (up6) closeQuietly(up6);
@@ -566,7 +590,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     if (flow !== null && flow.state === 'active') {
       noteReasons(flow);
       ctx.flows.close(flow, reason);
-    } else if (flow === null && bound && !isOpening && admitted === 0 && refusedDestinations === 0) {
+    } else if (flow === null && (relay !== null || isRecorded) && !isOpening && admitted === 0 && refusedDestinations === 0) {
       recordEmptyAssociation(reason);
     }
     if (keepSocket) return;
@@ -589,6 +613,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       destination: first === undefined ? { host: hs.request.host, ip: null, port: hs.request.port } : { host: first.host, ip: null, port: first.port },
       startedAt,
     });
+    if (endNote !== null) f.reasons = [endNote];
     noteReasons(f);
     ctx.flows.close(f, reason);
   }

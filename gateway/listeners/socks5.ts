@@ -24,6 +24,7 @@ import { dialFirstReachable } from '../upstream/dial.ts';
 import { type Downstream, type HandshakeResult, refuse, runHandshake } from './socks5-handshake.ts';
 import { startUdpAssociation } from './socks5-udp.ts';
 import { UdpRelayLedger } from './socks5-udp-ledger.ts';
+import { UdpRelayPorts } from './socks5-udp-ports.ts';
 import { SlotArray } from '../slot-array.ts';
 
 /** A socket's slot in SocksServer's list and what close() does to it (no Map refers to the socket). */
@@ -42,10 +43,13 @@ export class SocksServer extends Server {
   private readonly flowless = new SlotArray<TrackedSocket>();
   /** What this listener's UDP associations share: held bytes under one cap, drop counts (metrics). */
   readonly udp: UdpRelayLedger;
+  /** Which port each UDP association's relay gets (limits.udpRelayPorts), and its refusals' log. */
+  readonly relayPorts: UdpRelayPorts;
 
-  constructor(options: ConstructorParameters<typeof Server>[0], listener: (socket: Socket) => void, udp: UdpRelayLedger) {
+  constructor(options: ConstructorParameters<typeof Server>[0], listener: (socket: Socket) => void, udp: UdpRelayLedger, relayPorts: UdpRelayPorts) {
     super(options, listener);
     this.udp = udp;
+    this.relayPorts = relayPorts;
   }
 
   /** Register (or, with null, release) what close() does to a connection without a flow. */
@@ -85,6 +89,7 @@ export function createSocksServer(ctx: GatewayContext, opts: SocksServerOptions 
     { allowHalfOpen: true, noDelay: true, pauseOnConnect: false },
     (socket) => accept(ctx, server, socket),
     new UdpRelayLedger(opts.udpHeldBytes),
+    new UdpRelayPorts(ctx.log),
   );
   return server;
 }
@@ -107,7 +112,7 @@ function accept(ctx: GatewayContext, server: SocksServer, socket: Socket): void 
   }
   // 2–3.
   runHandshake(ctx, down, (hs) => {
-    if (hs.request.command === 'udp-associate') startUdpAssociation(ctx, down, hs, server.udp);
+    if (hs.request.command === 'udp-associate') startUdpAssociation(ctx, down, hs, server.udp, server.relayPorts);
     else void connect(ctx, down, hs);
   });
 }

@@ -74,9 +74,10 @@ export async function loadInputs(paths: readonly string[]): Promise<{ scenarios:
 /**
  * The closeReasons of the gateway's own refusals of a flow it had admitted (recorded verdict
  * `allow`): each ends the flow before any byte reached the destination (a parent proxy refused or
- * failed, no descriptor or local port for the dial, the drain, the flow log failing, a Via loop).
+ * failed, no descriptor or local port for the dial, no UDP relay port; the drain, the flow log
+ * failing and a Via loop are UNJUDGED, below).
  */
-const GATEWAY_REFUSALS: ReadonlySet<string> = new Set(['upstream-proxy', 'out-of-descriptors', 'out-of-sockets']);
+const GATEWAY_REFUSALS: ReadonlySet<string> = new Set(['upstream-proxy', 'out-of-descriptors', 'out-of-sockets', 'out-of-relay-ports']);
 
 /**
  * The closeReasons of the flows the gateway refuses before admission judges them (admission.ts steps
