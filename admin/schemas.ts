@@ -241,6 +241,9 @@ export const IngestResult = Type.Object({
   pending: Type.Integer(),
   shed: Type.Integer({ description: 'reports not kept: the agent (or all agents) had as many waiting for their flows as allowed' }),
   ignored: Type.Integer({ description: 'udp reports not kept: their remote port is no live SOCKS5 UDP relay of this gateway' }),
+  udpRelayPorts: Type.Union([Type.String(), Type.Null()], {
+    description: 'limits.udpRelayPorts in force ("LO-HI"), null when relays take ephemeral ports: an agent without --udp-relay-ports reports UDP sockets to these ports',
+  }),
 });
 
 export const AgentList = Type.Object({

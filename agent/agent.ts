@@ -6,8 +6,9 @@
  * 1. Read /proc/net/{tcp,tcp6,udp,udp6} once.
  * 2. Keep sockets whose remote address is the gateway (TCP: on a gateway port; UDP: on a port of
  *    the relay range, `udpRelayPorts`: a SOCKS5 UDP relay's port is chosen per association from
- *    the gateway host's ephemeral range, while a DNS or NTP socket to the same address names no
- *    association and would only wait out its 30 s at the gateway).
+ *    the gateway's limits.udpRelayPorts, which its report answers name, else from its host's
+ *    ephemeral range, while a DNS or NTP socket to the same address names no association and
+ *    would only wait out its 30 s at the gateway).
  * 3. Drop the ones already reported (keyed by 4-tuple + inode, forgotten when the socket goes).
  * 4. Attribute the rest with the same resolver the gateway uses (one fd scan at most).
  * 5. Queue the reports; send in batches; on failure keep them and back off exponentially.
@@ -33,7 +34,9 @@ export interface AgentOptions {
   readonly gatewayPorts: readonly number[];
   /**
    * The ports the gateway's SOCKS5 UDP relays may be on (inclusive): a UDP socket to the gateway is
-   * reported only on one of them. Default DEFAULT_UDP_RELAY_PORTS, Linux's ephemeral range.
+   * reported only on one of them. Given, it is kept (a gateway announcing another range is logged);
+   * absent, the range the gateway's report answer names (its limits.udpRelayPorts) is used from the
+   * next pass on, DEFAULT_UDP_RELAY_PORTS (Linux's ephemeral range) until then or when it names none.
    */
   readonly udpRelayPorts?: readonly [number, number];
   /**
@@ -64,11 +67,21 @@ export interface PassResult {
 }
 
 /**
- * Where a SOCKS5 UDP relay's port lies by default: the gateway binds each relay to port 0, so it
- * gets one from its host's `net.ipv4.ip_local_port_range`, 32768-60999 unless tuned (then give the
- * agent that range, `--udp-relay-ports`). DNS (53), NTP (123), syslog (514) … lie below it.
+ * Where a SOCKS5 UDP relay's port lies by default: without limits.udpRelayPorts the gateway binds
+ * each relay to port 0, so it gets one from its host's `net.ipv4.ip_local_port_range`, 32768-60999
+ * unless tuned (then give the agent that range, `--udp-relay-ports`). DNS (53), NTP (123), syslog
+ * (514) … lie below it.
  */
 export const DEFAULT_UDP_RELAY_PORTS: readonly [number, number] = [32768, 60999];
+
+/** "LO-HI" or one port, as limits.udpRelayPorts is written; null when it is neither. */
+function parseRelayRange(text: string): [number, number] | null {
+  const m = /^\s*(\d{1,5})\s*(?:-\s*(\d{1,5})\s*)?$/.exec(text);
+  if (!m) return null;
+  const lo = Number(m[1]);
+  const hi = m[2] === undefined ? lo : Number(m[2]);
+  return lo >= 1 && hi <= 65535 && lo <= hi ? [lo, hi] : null;
+}
 
 export type SendResult = 'sent' | 'empty' | 'retry' | 'dropped';
 
@@ -88,8 +101,10 @@ export class Agent {
   private readonly maxAttempts: number;
   private readonly reportsUrl: string;
   private readonly ports: ReadonlySet<number>;
-  private readonly udpLow: number;
-  private readonly udpHigh: number;
+  private udpLow: number;
+  private udpHigh: number;
+  /** The range the gateway last announced (limits.udpRelayPorts; null: ephemeral), undefined before any answer. */
+  private announcedRelayPorts: string | null | undefined = undefined;
   private readonly seen = new Map<string, Seen>();
   /** Reports waiting to be sent, each with the key of its socket (see collect). */
   private queue: Array<{ readonly key: string; readonly report: AgentReport }> = [];
@@ -110,6 +125,11 @@ export class Agent {
     this.reportsUrl = new URL('/v1/agents/reports', opts.gatewayUrl).toString();
     this.ports = new Set(opts.gatewayPorts);
     [this.udpLow, this.udpHigh] = opts.udpRelayPorts ?? DEFAULT_UDP_RELAY_PORTS;
+  }
+
+  /** The relay range UDP sockets are reported on now (given, learnt from the gateway, or the default). */
+  get udpRelayRange(): readonly [number, number] {
+    return [this.udpLow, this.udpHigh];
   }
 
   /** Reports waiting to be sent. */
@@ -252,11 +272,40 @@ export class Agent {
         body: JSON.stringify({ host: this.opts.host, reports }),
         signal: AbortSignal.timeout(this.requestTimeoutMs),
       });
-      await res.arrayBuffer().catch(() => undefined);
+      const text = await res.text().catch(() => '');
+      if (res.ok) this.learnRelayPorts(text);
       return { status: res.status, error: null };
     } catch (err) {
       return { status: 0, error: (err as Error).message };
     }
+  }
+
+  /**
+   * The report answer's `udpRelayPorts` (the gateway's limits.udpRelayPorts, null for ephemeral
+   * ports; absent from an older gateway): taken as the relay range unless --udp-relay-ports was
+   * given, which is kept and the difference logged, once per range announced.
+   */
+  private learnRelayPorts(answer: string): void {
+    let announced: unknown;
+    try {
+      announced = (JSON.parse(answer) as { udpRelayPorts?: unknown }).udpRelayPorts;
+    } catch {
+      return;
+    }
+    if (announced !== null && typeof announced !== 'string') return;
+    if (announced === this.announcedRelayPorts) return;
+    this.announcedRelayPorts = announced;
+    const range = announced === null ? null : parseRelayRange(announced);
+    if (announced !== null && range === null) return;
+    const given = this.opts.udpRelayPorts;
+    if (given !== undefined) {
+      if (range !== null && (range[0] !== given[0] || range[1] !== given[1])) {
+        this.log({ event: 'agent-udp-relay-ports-mismatch', udpRelayPorts: `${given[0]}-${given[1]}`, gateway: announced });
+      }
+      return;
+    }
+    [this.udpLow, this.udpHigh] = range ?? DEFAULT_UDP_RELAY_PORTS;
+    this.log({ event: 'agent-udp-relay-ports', udpRelayPorts: `${this.udpLow}-${this.udpHigh}`, gateway: announced });
   }
 
   async sendBatch(): Promise<SendResult> {

@@ -280,7 +280,8 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
         deps.log?.warn({ agent: agentName, shed, waitingReports: left.reports, waitingBytes: left.bytes }, 'agent reports shed: too many waiting for their flows');
       }
       agents.seen(agentName, { host: batch.host, sourceIp, reports: batch.reports.length, attributed, refused: 0 }, t);
-      return { ok: true, accepted: batch.reports.length - shed - ignored, attributed, pending: waiting, shed, ignored };
+      const udpRelayPorts = deps.policy.current().config.limits.udpRelayPorts;
+      return { ok: true, accepted: batch.reports.length - shed - ignored, attributed, pending: waiting, shed, ignored, udpRelayPorts };
     },
     listAgents: (): AgentView[] => {
       const cfg = deps.policy.current().config;

@@ -98,9 +98,10 @@ export interface ModeView {
 export type IngestOutcome =
   /**
    * `shed`: reports neither kept nor tried, the agent's or the total budget of waiting reports being
-   * full; `ignored`: `udp` reports whose remote port is no live SOCKS5 UDP relay's, neither kept nor tried.
+   * full; `ignored`: `udp` reports whose remote port is no live SOCKS5 UDP relay's, neither kept nor tried;
+   * `udpRelayPorts`: limits.udpRelayPorts in force (null: relays on ephemeral ports), for the agent.
    */
-  | { ok: true; accepted: number; attributed: number; pending: number; shed: number; ignored: number }
+  | { ok: true; accepted: number; attributed: number; pending: number; shed: number; ignored: number; udpRelayPorts: string | null }
   /** `boundTo`: what the reporter may name, its configured sources or the address it reports from. */
   | { ok: false; code: 'refused'; boundTo: 'sources' | 'source-address'; refused: Array<{ index: number; localIp: string }> }
   | { ok: false; code: 'invalid'; errors: ConfigIssue[] };

@@ -25,7 +25,7 @@ export function registerAgentRoutes(app: AdminApp, { port }: RouteContext): void
       const agent = request.principal?.name ?? 'unknown';
       const res = port.ingestReports(request.body, agent, request.ip, request.principal?.scope === 'admin' ? 'admin' : 'agent');
       if (res.ok) {
-        reply.send({ accepted: res.accepted, attributed: res.attributed, pending: res.pending, shed: res.shed, ignored: res.ignored });
+        reply.send({ accepted: res.accepted, attributed: res.attributed, pending: res.pending, shed: res.shed, ignored: res.ignored, udpRelayPorts: res.udpRelayPorts });
         return;
       }
       if (res.code === 'invalid') {

@@ -26,9 +26,10 @@ Options:
   --host NAME             host name to report as (default: this machine's host name)
   --gateway-ports LIST    gateway listener ports, comma-separated (default 3128,1080)
   --gateway-host LIST     addresses/names of the proxy listeners if not the --gateway host
-  --udp-relay-ports LO-HI ports the gateway's SOCKS5 UDP relays get, its host's ephemeral range
-                          (default 32768-60999); UDP sockets to the gateway on other ports are
-                          not reported
+  --udp-relay-ports LO-HI ports the gateway's SOCKS5 UDP relays get: its limits.udpRelayPorts,
+                          else its host's ephemeral range; UDP sockets to the gateway on other
+                          ports are not reported. Default: the range the gateway's report
+                          answers name, 32768-60999 until one does or when it names none
   --once                  one pass, send, exit (0 = delivered, 1 = not delivered); with nothing
                           to send it asks the gateway whether it takes this agent's reports
   --help                  this text
@@ -154,6 +155,7 @@ export async function run(argv: string[]): Promise<number> {
   if (args.isOnce) {
     // Two passes: a socket table read can miss an entry while other sockets churn; the second
     // pass only adds what the first missed (reported sockets are remembered).
+    const relayRange = agent.udpRelayRange.join('-');
     const first = await agent.collect();
     const second = await agent.collect();
     const pass = {
@@ -168,6 +170,17 @@ export async function run(argv: string[]): Promise<number> {
     }
     // Nothing to send: ask the gateway anyway, so a wrong token or URL is not reported as delivered.
     const check = agent.totals.posts === 0 ? await agent.check() : null;
+    // The gateway's answer named another relay range (limits.udpRelayPorts, no --udp-relay-ports
+    // given): the passes above looked for UDP sockets on the old one, so look again on it.
+    if (agent.udpRelayRange.join('-') !== relayRange) {
+      const again = await agent.collect();
+      pass.sockets = Math.max(pass.sockets, again.sockets);
+      pass.queued += again.queued;
+      for (let attempt = 0; attempt < 4 && agent.queued > 0; attempt++) {
+        if (await agent.flush()) break;
+        await sleep(Math.min(agent.backoffRemainingMs(), 2000));
+      }
+    }
     const isAccepted = check === null || (check.status >= 200 && check.status < 300);
     const isDelivered = agent.queued === 0 && agent.totals.dropped === 0 && isAccepted;
     const checked = check === null ? {} : { gatewayStatus: check.status, ...(check.error === null ? {} : { error: check.error }) };

@@ -99,13 +99,13 @@ describe('agent reports waiting for their flow are bounded', () => {
 
     // Another agent's report is kept: the flood used its own share only.
     const other = await post(gw, OTHER_TOKEN, [bigReport('127.0.0.18', 20_000)]);
-    expect(other.body).toEqual({ accepted: 1, attributed: 0, pending: 1, shed: 0, ignored: 0 });
+    expect(other.body).toEqual({ accepted: 1, attributed: 0, pending: 1, shed: 0, ignored: 0, udpRelayPorts: null });
 
     // 30 s later the flow table has let them expire: counted no more, and the flooder may report again.
     skewMs = 31_000;
     expect(await gauge(gw, 'gw_agent_reports_pending')).toBe(0);
     expect(await gauge(gw, 'gw_agent_reports_pending_bytes')).toBe(0);
     const again = await post(gw, FLOOD_TOKEN, [bigReport('127.0.0.17', port++)]);
-    expect(again.body).toEqual({ accepted: 1, attributed: 0, pending: 1, shed: 0, ignored: 0 });
+    expect(again.body).toEqual({ accepted: 1, attributed: 0, pending: 1, shed: 0, ignored: 0, udpRelayPorts: null });
   }, 60_000);
 });

@@ -76,7 +76,7 @@ async function openRelayTunnels(g: TestGateway, count: number): Promise<Socket[]
       parentName: 'systemd',
     })),
   );
-  expect(ans).toEqual({ accepted: count, attributed: 0, pending: count, shed: 0, ignored: 0 });
+  expect(ans).toEqual({ accepted: count, attributed: 0, pending: count, shed: 0, ignored: 0, udpRelayPorts: null });
   const out: Socket[] = [];
   for (let i = 0; i < count; i++) {
     const a = await httpConnect({ host: g.httpHost, port: g.httpPort }, `${PEERS[i]}:${peers[i]!.port}`, { localAddress: CLIENT_IP, localPort: ports[i]! });

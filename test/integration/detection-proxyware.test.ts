@@ -66,7 +66,7 @@ async function reportAhead(g: TestGateway, name: string): Promise<number> {
       loginuid: 1001,
     },
   ]);
-  expect(ans).toEqual({ accepted: 1, attributed: 0, pending: 1, shed: 0, ignored: 0 });
+  expect(ans).toEqual({ accepted: 1, attributed: 0, pending: 1, shed: 0, ignored: 0, udpRelayPorts: null });
   return localPort;
 }
 
@@ -117,7 +117,7 @@ describe('an0081.proxyware at connect, process named by an agent report', () => 
     const ans = await reportProcesses(gw.adminUrl, 'ws-pw', [
       { localIp: CLIENT_IP, localPort, remoteIp: gw.httpHost, remotePort: gw.httpPort, pid: 31338, name: 'honeygain', user: 'bob', loginuid: 1001 },
     ]);
-    expect(ans).toEqual({ accepted: 1, attributed: 1, pending: 0, shed: 0, ignored: 0 });
+    expect(ans).toEqual({ accepted: 1, attributed: 1, pending: 0, shed: 0, ignored: 0, udpRelayPorts: null });
     const rec = await gw.waitForClosed((r) => r.client.port === localPort);
     expect(rec.closeReason).toBe('an0081.proxyware');
     await closed;

@@ -196,12 +196,12 @@ describe('agent attribution of a UDP association', () => {
     await sendTo(a.client, udpFrame('10.0.0.1', 53, Buffer.from('refused')), a.relay);
     const refused = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.destination.host === '10.0.0.1');
     expect(refused).toMatchObject({ reason: 'deny-range', closeReason: 'deny-range', client: { ip: '127.0.0.1', port: a.client.address().port } });
-    expect(await report('dig')).toEqual({ accepted: 1, attributed: 1, pending: 0, shed: 0, ignored: 0 });
+    expect(await report('dig')).toEqual({ accepted: 1, attributed: 1, pending: 0, shed: 0, ignored: 0, udpRelayPorts: null });
     // The association still relays and is still the one attributed.
     const reply = nextReply(a.client);
     await sendTo(a.client, udpFrame('127.0.0.1', first.port, Buffer.from('after')), a.relay);
     expect((await reply).data.toString()).toBe('echo:after');
-    expect(await report('dig')).toEqual({ accepted: 1, attributed: 1, pending: 0, shed: 0, ignored: 0 });
+    expect(await report('dig')).toEqual({ accepted: 1, attributed: 1, pending: 0, shed: 0, ignored: 0, udpRelayPorts: null });
     a.control.destroy();
     const rec = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.destination.port === first.port);
     expect(rec.identity.process?.name).toBe('dig');

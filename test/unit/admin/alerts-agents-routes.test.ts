@@ -117,7 +117,7 @@ describe('agent reports', () => {
       payload: { host: 'ws-17', reports: [report('127.0.0.1', client.localPort ?? 0), report('127.0.0.1', 1)] },
     });
     expect(res.statusCode).toBe(200);
-    expect(res.json()).toEqual({ accepted: 2, attributed: 1, pending: 1, shed: 0, ignored: 0 });
+    expect(res.json()).toEqual({ accepted: 2, attributed: 1, pending: 1, shed: 0, ignored: 0, udpRelayPorts: null });
     expect(h.flows.get(flow.id)?.identity.process).toMatchObject({ name: 'rclone', pid: 999, source: 'agent', parentName: 'bash' });
     // A flow that opens after its report still gets it (pending attribution).
     const late = h.flows.open({
