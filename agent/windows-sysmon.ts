@@ -163,11 +163,11 @@ export function loginuidFromLogonId(logonId: string | undefined, user: string | 
 
 /**
  * Turn Sysmon events into reports: one per outbound (Initiated=true) event 3 whose destination
- * passes `isGateway`, enriched from the event 1 of the same process (by ProcessGuid, else ProcessId).
+ * passes `isGateway` (gatewayFilter: a TCP listener port, or for UDP a relay port), enriched from the event 1 of the same process (by ProcessGuid, else ProcessId).
  */
 export function sysmonToReports(
   events: readonly SysmonEvent[],
-  isGateway: (remoteIp: string, remotePort: number) => boolean = () => true,
+  isGateway: (remoteIp: string, remotePort: number, proto: 'tcp' | 'udp') => boolean = () => true,
 ): AgentReport[] {
   const byGuid = new Map<string, Readonly<Record<string, string>>>();
   const byPid = new Map<number, Readonly<Record<string, string>>>();
@@ -191,7 +191,8 @@ export function sysmonToReports(
     const dst = f['DestinationIp'];
     if ((proto !== 'tcp' && proto !== 'udp') || localPort === null || remotePort === null || pid === null || !src || !dst) continue;
     const remoteIp = normalizeIp(dst);
-    if (!isGateway(remoteIp, remotePort)) continue;
+    // A UDP event's destination is where the datagram went: for a SOCKS5 client, its relay's port.
+    if (!isGateway(remoteIp, remotePort, proto)) continue;
     const guid = f['ProcessGuid']?.toLowerCase();
     const create = (guid ? byGuid.get(guid) : undefined) ?? byPid.get(pid);
     const image = orNull(create?.['Image']) ?? orNull(f['Image']);

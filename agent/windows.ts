@@ -14,6 +14,7 @@
  * when unknown. Sysmon's LogonId gives a real session number (see `windows-sysmon.ts`).
  */
 
+import { DEFAULT_UDP_RELAY_PORTS } from './agent.ts';
 import { normalizeIp } from './attribution.ts';
 import { type AgentReport, makeReport } from './report.ts';
 import { loginuidForWindowsUser } from './windows-common.ts';
@@ -165,11 +166,25 @@ export function parseProcessOwnersJson(text: string): Map<number, string> {
   return out;
 }
 
-/** Which remote ends count as "the gateway": exact address and, when ports are given, one of them. */
-export function gatewayFilter(ips: readonly string[], ports: readonly number[]): (remoteIp: string, remotePort: number) => boolean {
+/** Whether a connection's remote end is the gateway; `proto` 'udp' for a datagram socket's. */
+export type GatewayFilter = (remoteIp: string, remotePort: number, proto?: 'tcp' | 'udp') => boolean;
+
+/**
+ * Which remote ends count as "the gateway": exact address and, for TCP when ports are given, one of
+ * them (the listeners); for UDP a port of the relay range, as the Linux agent's --udp-relay-ports
+ * (default DEFAULT_UDP_RELAY_PORTS; the gateway's limits.udpRelayPorts when it sets one). A SOCKS5
+ * client's datagram socket sends to the relay the UDP ASSOCIATE reply names, never to a listener
+ * port, and a DNS or NTP socket to the gateway's address names no association.
+ */
+export function gatewayFilter(ips: readonly string[], ports: readonly number[], udpRelayPorts: readonly [number, number] = DEFAULT_UDP_RELAY_PORTS): GatewayFilter {
   const ipSet = new Set(ips.map(normalizeIp));
   const portSet = new Set(ports);
-  return (ip, port) => ipSet.has(normalizeIp(ip)) && (portSet.size === 0 || portSet.has(port));
+  const [udpLow, udpHigh] = udpRelayPorts;
+  return (ip, port, proto = 'tcp') => {
+    if (!ipSet.has(normalizeIp(ip))) return false;
+    if (proto === 'udp') return port >= udpLow && port <= udpHigh;
+    return portSet.size === 0 || portSet.has(port);
+  };
 }
 
 const LIVE_STATES = new Set(['Established', 'SynSent', 'CloseWait']);
@@ -182,12 +197,12 @@ const LIVE_STATES = new Set(['Established', 'SynSent', 'CloseWait']);
 export function buildWindowsReports(
   connections: readonly WinTcpConnection[],
   processes: readonly WinProcess[],
-  isGateway: (remoteIp: string, remotePort: number) => boolean = () => true,
+  isGateway: GatewayFilter = () => true,
 ): AgentReport[] {
   const byPid = new Map(processes.map((p) => [p.pid, p] as const));
   const out: AgentReport[] = [];
   for (const c of connections) {
-    if (!LIVE_STATES.has(c.state) || !isGateway(c.remoteIp, c.remotePort)) continue;
+    if (!LIVE_STATES.has(c.state) || !isGateway(c.remoteIp, c.remotePort, 'tcp')) continue;
     const p = byPid.get(c.pid);
     if (!p) continue;
     let parent = p.ppid !== null ? byPid.get(p.ppid) : undefined;

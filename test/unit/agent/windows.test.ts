@@ -131,18 +131,37 @@ describe('Sysmon', () => {
       parentExe: 'C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe',
       startedAt: '2025-11-25T12:00:00.120Z',
     });
-    // No event 1 for svchost: reported from event 3 alone; SYSTEM is never a login session.
+    // No event 1 for svchost: reported from event 3 alone; SYSTEM is never a login session. Its
+    // datagram socket sent to the relay the UDP ASSOCIATE reply named (40001), not to a listener.
     expect(reports[1]).toMatchObject({
       proto: 'udp',
       localIp: 'fe80::1c2d:3e4f:5a6b:7c8d',
       remoteIp: 'fe80::5',
-      remotePort: 1080,
+      remotePort: 40001,
       name: 'svchost.exe',
       cmdline: null,
       ppid: null,
       loginuid: NO_LOGIN_SESSION,
     });
     expect(validateReportBatch({ host: 'ws-17', reports }).ok).toBe(true);
+  });
+
+  it('UDP: reported on a port of the relay range, not on a listener port or another port of the gateway address', async () => {
+    const xml = await text('sysmon-events.xml');
+    const udpTo = (port: number, filter = toGateway) =>
+      sysmonToReports(parseSysmonXml(xml.replace('<Data Name="DestinationPort">40001</Data>', `<Data Name="DestinationPort">${port}</Data>`)), filter).filter((r) => r.proto === 'udp');
+    // Before, the filter took the TCP listener ports for UDP too: the relay's datagrams were dropped,
+    // and one to 1080 (where nothing listens for UDP) was reported.
+    expect(udpTo(40001).map((r) => r.remotePort)).toEqual([40001]);
+    expect(udpTo(1080)).toEqual([]);
+    expect(udpTo(53)).toEqual([]);
+    // The gateway's limits.udpRelayPorts: the same range given to the filter.
+    const ranged = gatewayFilter(['10.0.0.5', 'fe80::5'], [3128, 1080], [20000, 20999]);
+    expect(udpTo(20001, ranged).map((r) => r.remotePort)).toEqual([20001]);
+    expect(udpTo(40001, ranged)).toEqual([]);
+    // TCP is still judged by the listener ports.
+    expect(ranged('10.0.0.5', 3128, 'tcp')).toBe(true);
+    expect(ranged('10.0.0.5', 20001, 'tcp')).toBe(false);
   });
 
   it('Winlogbeat JSON lines, Get-WinEvent messages and NXLog flat records give the same curl report', async () => {
