@@ -217,7 +217,13 @@ describe('Kubernetes manifests', () => {
       return labels?.['app.kubernetes.io/component'] === 'gateway';
     });
     expect(gatewayRule).toBeTruthy();
-    expect((gatewayRule!['ports'] as Obj[]).map((p) => p['port']).sort()).toEqual([1080, 3128]);
+    const ports = gatewayRule!['ports'] as Obj[];
+    expect(ports.filter((p) => p['protocol'] === 'TCP').map((p) => p['port']).sort()).toEqual([1080, 3128]);
+    // The SOCKS5 UDP relays: exactly the range the policy binds them in.
+    const relays = loadConfig(read('deploy/k8s/base/policy.yaml'));
+    if (!relays.ok) throw new Error('deploy/k8s/base/policy.yaml is invalid');
+    const udp = ports.filter((p) => p['protocol'] === 'UDP');
+    expect(udp.map((p) => `${p['port']}-${p['endPort']}`)).toEqual([relays.config.limits.udpRelayPorts]);
     // Nothing else but DNS: no ipBlock that would open the outside.
     expect(JSON.stringify(egress)).not.toContain('ipBlock');
   });
