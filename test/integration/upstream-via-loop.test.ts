@@ -132,7 +132,9 @@ describe('loops through http parents', () => {
 
 describe('loops through socks5 parents', () => {
   // A socks5 parent has no Via: the loop runs until each gateway's per-identity new-flow rate
-  // refuses it (both see the other, 127.0.0.1, as one identity): at most 2 × the rate and one more.
+  // refuses it (both see the other, 127.0.0.1, as one identity): 2 × the rate and one more within one
+  // second of each gateway's rate window, 2 × the rate more for each window boundary the loop crosses
+  // (47 were seen on a loaded machine).
   it('two gateways that are each other socks5 parent: the loop stops at the new-flow rate limit and the client is answered', async () => {
     const limits = 'limits: { maxNewFlowsPerSecPerIdentity: 20 }\n';
     const a = await serve('socks-a', limits);
@@ -146,13 +148,16 @@ describe('loops through socks5 parents', () => {
     await until('the method', () => Buffer.concat(chunks).length >= 2);
     const port = Buffer.alloc(2);
     port.writeUInt16BE(originPort);
+    const startedAt = Date.now();
     c.write(Buffer.concat([Buffer.from([5, 1, 0, 1, 127, 0, 0, 1]), port]));
     await once(c, 'close');
+    const windows = Math.ceil((Date.now() - startedAt) / 1000) + 1;
     const reply = Buffer.concat(chunks).subarray(2);
     expect(reply[1]).toBe(0x01);
     await until('the records', async () => (await recordsOf(a)).length + (await recordsOf(b)).length >= 41);
     const all = [...(await recordsOf(a)), ...(await recordsOf(b))];
-    expect(all.length).toBe(41);
+    // Stopped by the rate, once: one refusal, and no more flows than the windows it spanned allow.
     expect(all.filter((r) => r.closeReason === 'rate-limit')).toHaveLength(1);
+    expect(all.length).toBeLessThanOrEqual(2 * 20 * windows + 1);
   });
 });
