@@ -60,9 +60,9 @@ export interface AdmissionRequest {
   /** The destination's DNS answer, looked up ahead of admission (`lookUp`, socks5-udp.ts); else admission looks it up. */
   lookedUp?: LookedUp;
   /**
-   * The listener's watch on a client that waits for its flow (CONNECT, SOCKS5 CONNECT): admission
-   * names the flow on it as soon as it is open, so the client leaving during the lookup or the dial
-   * ends the flow at once (FlowTable.clientLeft), not when the lookup or the dial ends.
+   * The listener's watch on a client that waits for its flow (CONNECT, an Upgrade, SOCKS5 CONNECT):
+   * admission names the flow on it as soon as it is open, so the client leaving during the lookup or
+   * the dial ends the flow at once (FlowTable.clientLeft), not when the lookup or the dial ends.
    */
   watch?: ClientWatch;
 }

@@ -72,7 +72,7 @@ export interface HttpListenerState {
    * Run admission for a request on this listener. The identity is cached per client connection for
    * the next request on it — not for CONNECT, the last request a connection carries.
    */
-  /** `watch`: the CONNECT handler's hold on its client (AdmissionRequest.watch). */
+  /** `watch`: the CONNECT or Upgrade handler's hold on its client (AdmissionRequest.watch). */
   admitRequest(req: RequestHead, protocol: Protocol, host: string, port: number, watch?: ClientWatch): Promise<Admitted | Refused>;
   /** Identity headers never forwarded (in any underscore spelling: isStrippedName), for the current snapshot. */
   strippedHeaders(snapshot: PolicySnapshot): ReadonlySet<string>;
@@ -150,6 +150,7 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
           // identity cached) or its credentials changed: an agent report named it after that
           // request was admitted, or named it once for the socket (it reports a socket once).
           knownProcess: connection.lastFlow?.identity.process ?? null,
+          watch,
         });
       } finally {
         endAdmission(connection, req.socket);

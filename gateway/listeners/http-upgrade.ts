@@ -18,6 +18,9 @@
  * (including bytes that arrived with the 101 head and bytes the client sent after its request head);
  * without a 101, the raw response body (its chunk framing included). Heads are never counted.
  *
+ * A client that closes or resets while its name is looked up or its destination dialled ends its flow
+ * `client-reset` at once, the dial abandoned (holdClient with the flow table), as a CONNECT client does.
+ *
  * A client's FIN before the answer is complete (it sends nothing more, RFC 9112 §9.6, and may or may
  * not still read) leaves the origin `finGraceMs` of silence to answer, then the client counts as gone:
  * `client-reset`, both sockets closed. Node:http stops watching the socket at the upgrade and the
@@ -192,7 +195,9 @@ export async function handleUpgrade(state: HttpListenerState, req: IncomingMessa
 
 async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, socket: Duplex, head: Buffer, clientGone: AbortController): Promise<void> {
   const { ctx } = state;
-  const hold = holdClient(socket, () => clientGone.abort());
+  // The client closing or resetting while admission looks its name up or the dial runs ends the flow
+  // then (the hold's flow, named by admission: FlowTable.clientLeft), as CONNECT's does.
+  const hold = holdClient(socket, () => clientGone.abort(), ctx.flows);
   const isGone = (): boolean => clientGone.signal.aborted || hold.isGone();
   const owed = earlierResponses(socket);
   if (owed && !(await outlastsEarlierResponses(owed, socket, { isGone, release: hold.release }))) return;
@@ -209,25 +214,46 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
     writeRawRefusal(socket, mapError(target.ok && smuggling ? shapeRefusalCode(smuggling) : 'EGW_BAD_REQUEST'), { flowId: null, isBlock: false });
     return;
   }
-  const result = await state.admitRequest(req, 'http', target.host, target.port);
+  const result = await state.admitRequest(req, 'http', target.host, target.port, hold);
   if (!result.ok) {
     hold.release();
+    // Left during admission (its lookup): the flow ended client-reset then, nobody to answer.
+    if (hold.isGone()) {
+      socket.destroy();
+      return;
+    }
     writeRawRefusal(socket, result.reject, refusalDetails(result));
     return;
   }
   const { flow, snapshot } = result;
   const limits = snapshot.config.limits;
+  if (hold.isGone()) {
+    // Left before the flow was named on the hold (its identity resolved meanwhile): nothing is dialled.
+    hold.release();
+    socket.destroy();
+    ctx.flows.close(flow, 'client-reset');
+    return;
+  }
   let upstream: Socket;
   try {
     upstream = await dialFirstReachable({ ip: result.ip, port: target.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs, flow, via: result.upstream === null ? ctx.via.value : viaOnward(req.headers.via, viaFor(ctx.via, req.httpVersionMajor, req.httpVersionMinor)) }, result.alternates, (ip, isOutcome) => admitAlternate(ctx, result, ip, isOutcome));
   } catch (err) {
     hold.release();
+    if (hold.isGone()) {
+      // The client left while it dialled: the flow ended client-reset then (clientLeft), the dial
+      // abandoned; no answer, no failed attempt.
+      socket.destroy();
+      ctx.flows.close(flow, 'client-reset');
+      return;
+    }
     const isKilled = flow.state === 'closed';
     const mapping = failFlow(ctx, flow, err);
     if (!isKilled) ctx.log.warn({ flowId: flow.id, reason: mapping.reason, err: (err as Error).message }, 'Upgrade dial failed');
     writeRawRefusal(socket, mapping, { flowId: flow.id, isBlock: flow.verdict === 'block' });
     return;
   }
+  // Dialled: from here the wait for the answer watches the client itself (clientGone), as before.
+  hold.flow = null;
   if (isGone()) {
     // The client left while we dialled (or as the flow was killed: its record is written).
     ctx.flows.markConnected(flow);

@@ -3,7 +3,8 @@
  * abandoned at once (nothing reaches the destination afterwards, nothing is dialled after a late DNS
  * answer), the flow is recorded `client-reset` at once, and it is no failed attempt for an0081.scan.
  * A client that only half-closes (FIN, still reading) is not a client that left: its flow dials on
- * and is answered. On CONNECT (the fast front and node:http's path) and SOCKS5.
+ * and is answered. On CONNECT (the fast front and node:http's path), SOCKS5, absolute-URI requests
+ * and Upgrade requests.
  */
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -136,10 +137,11 @@ describe('a client that resets while its name is looked up', () => {
     origin?.close();
   });
 
-  it('CONNECT and SOCKS5: recorded client-reset at once, the late answer is not dialled', async () => {
+  it('CONNECT, an Upgrade and SOCKS5: recorded client-reset at once, the late answer is not dialled', async () => {
     const port = (origin.address() as { port: number }).port;
     const c = await rawClient(gw, [`CONNECT a.slow.test:${port} HTTP/1.1\r\nHost: a.slow.test:${port}\r\n\r\n`]);
-    clients.push(c.s);
+    const up = await rawClient(gw, [`GET http://c.slow.test:${port}/ws HTTP/1.1\r\nHost: c.slow.test:${port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`]);
+    clients.push(c.s, up.s);
     const s = await rawConnect(gw.socksPort, gw.socksHost);
     clients.push(s);
     s.on('error', () => undefined);
@@ -151,18 +153,19 @@ describe('a client that resets while its name is looked up', () => {
     const socksFlow = await liveFlow(gw, (f) => f.protocol === 'socks5' && f.client.port === local);
     const started = Date.now();
     c.s.resetAndDestroy();
+    up.s.resetAndDestroy();
     s.resetAndDestroy();
-    for (const f of [c.flow, socksFlow]) {
+    for (const f of [c.flow, up.flow, socksFlow]) {
       const records = await recordsOf(gw, f.id, 2000);
-      expect(records.map((r) => r.closeReason)).toEqual(['client-reset']);
+      expect(records.map((r) => r.closeReason), `flow ${f.protocol}`).toEqual(['client-reset']);
     }
     // Before the answer came (800 ms after each question).
     expect(Date.now() - started).toBeLessThan(500);
-    // Both names were asked; their answers (127.0.0.1) came and were not dialled.
+    // Every name was asked; the answers (127.0.0.1) came and were not dialled.
     await new Promise((res) => setTimeout(res, 1200));
-    expect(dns.asked).toEqual(expect.arrayContaining(['a.slow.test', 'b.slow.test']));
+    expect(dns.asked).toEqual(expect.arrayContaining(['a.slow.test', 'b.slow.test', 'c.slow.test']));
     expect(connections).toBe(0);
-    for (const f of [c.flow, socksFlow]) expect(gw.closed.filter((r) => r.id === f.id)).toHaveLength(1);
+    for (const f of [c.flow, up.flow, socksFlow]) expect(gw.closed.filter((r) => r.id === f.id)).toHaveLength(1);
   });
 });
 
@@ -193,6 +196,37 @@ describe('an absolute-URI client that leaves while its origin connection is made
       expect(records[0]?.durationMs).toBeLessThan(1500);
     }
     // undici's connects were abandoned: once the queue is free, nobody but the fillers connects.
+    const peers = await dest.release();
+    expect(peers.filter((p) => p !== '127.0.0.9')).toEqual([]);
+  }, 30_000);
+});
+
+describe('an Upgrade client that leaves while its destination is dialled', () => {
+  let gw: TestGateway;
+  let dest: HungDestination;
+
+  beforeAll(async () => {
+    gw = await startTestGateway({ limits: { connectTimeoutMs: 3000 } });
+    dest = await hungDestination();
+  });
+  afterAll(async () => {
+    dest?.close();
+    await gw?.stop();
+  });
+
+  it('websocket Upgrade: recorded client-reset at once, no failed attempt, the destination never reached', async () => {
+    const c = await rawClient(gw, [`GET http://127.0.0.1:${dest.port}/ws HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`]);
+    clients.push(c.s);
+    await new Promise((r) => setTimeout(r, 200));
+    const started = Date.now();
+    c.s.resetAndDestroy();
+    const records = await recordsOf(gw, c.flow.id, 2000);
+    expect(records.map((r) => r.closeReason)).toEqual(['client-reset']);
+    expect(records[0]?.durationMs).toBeLessThan(1500);
+    expect(Date.now() - started).toBeLessThan(1000);
+    // Not a failed dial: the gateway logged none.
+    expect(gw.logs.filter((l) => l.msg === 'Upgrade dial failed')).toEqual([]);
+    // The dial was abandoned: once the queue is free, nobody but the fillers connects.
     const peers = await dest.release();
     expect(peers.filter((p) => p !== '127.0.0.9')).toEqual([]);
   }, 30_000);
