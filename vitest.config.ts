@@ -5,10 +5,8 @@ export default defineConfig({
     include: ['test/**/*.test.ts'],
     testTimeout: 30_000,
     hookTimeout: 30_000,
-    // Integration tests bind real loopback sockets and spawn real clients, and mostly wait on them
-    // (timeouts, lingering closes, dials that hang): three workers on 2 cores take the suite from
-    // ~210 to ~177 s, which keeps `.ci/run` (three node versions) well inside its 15 minutes.
+    // Integration tests bind real loopback sockets and spawn real clients; two workers fit 2 cores.
     pool: 'forks',
-    maxWorkers: 3,
+    maxWorkers: 2,
   },
 });
