@@ -169,7 +169,7 @@ class StaggeredDial implements DiallingSocket {
     const i = this.sockets.indexOf(socket);
     this.sockets.splice(i, 1);
     this.ips.splice(i, 1);
-    const failure = new GatewayError(dialErrorCode(err), `connect to ${authority(ip, this.target.port)}: ${err.message}`, { cause: err });
+    const failure = connectFailed(ip, this.target.port, err);
     // Out of descriptors, or another failure no other address would mend: the flow's failure now.
     if (!isFallbackCode(failure.code)) {
       this.fail(failure, ip);
@@ -185,7 +185,7 @@ class StaggeredDial implements DiallingSocket {
     this.deadlineTimer = null;
     if (this.isSettled) return;
     const ip = this.ips[this.ips.length - 1] ?? this.lastErrorIp;
-    this.fail(this.sockets.length > 0 ? new GatewayError('EGW_DIAL_TIMEOUT', `connect to ${authority(ip, this.target.port)} timed out`) : (this.lastError as GatewayError), ip);
+    this.fail(this.sockets.length > 0 ? connectTimedOut(ip, this.target.port) : (this.lastError as GatewayError), ip);
   }
 
   private fail(err: GatewayError, ip: string): void {
@@ -254,7 +254,7 @@ function dialDirect(ip: string, port: number, timeoutMs: number, flow?: Pick<Flo
     if (flow !== undefined) flow.dialling = socket;
     const timer = setTimeout(() => {
       socket.destroy();
-      reject(new GatewayError('EGW_DIAL_TIMEOUT', `connect to ${ip}:${port} timed out`));
+      reject(connectTimedOut(ip, port));
     }, timeoutMs);
     socket.once('connect', () => {
       clearTimeout(timer);
@@ -265,7 +265,7 @@ function dialDirect(ip: string, port: number, timeoutMs: number, flow?: Pick<Flo
       clearTimeout(timer);
       // Killed: no other address is tried, whatever the kill's error would map to.
       if (err === KILLED_WHILE_DIALLING) reject(err);
-      else reject(new GatewayError(dialErrorCode(err), `connect to ${ip}:${port}: ${err.message}`, { cause: err }));
+      else reject(connectFailed(ip, port, err));
     };
     socket.once('error', onError);
   });
@@ -273,6 +273,15 @@ function dialDirect(ip: string, port: number, timeoutMs: number, flow?: Pick<Flo
 
 function authority(ip: string, port: number): string {
   return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
+}
+
+/** A TCP connect's failure as the gateway names it (its errno mapped once, dialErrorCode), for every dial. */
+function connectFailed(ip: string, port: number, err: Error): GatewayError {
+  return new GatewayError(dialErrorCode(err), `connect to ${authority(ip, port)}: ${err.message}`, { cause: err });
+}
+
+function connectTimedOut(ip: string, port: number): GatewayError {
+  return new GatewayError('EGW_DIAL_TIMEOUT', `connect to ${authority(ip, port)} timed out`);
 }
 
 /**
