@@ -67,6 +67,9 @@ export function isShortage(mapping: RejectMapping): boolean {
   return mapping === ERROR_MAP.EGW_OUT_OF_DESCRIPTORS || mapping === ERROR_MAP.EGW_OUT_OF_SOCKETS;
 }
 
+/** Every closeReason a coded refusal or failure gives its flow (the flow-close metric's label set, stats.ts). */
+export const ERROR_REASONS: readonly string[] = [...new Set(Object.values(ERROR_MAP).map((m) => m.reason))];
+
 const SHUTDOWN_KILL: RejectMapping = { status: 503, socks: SOCKS_REP.generalFailure, error: 'shutting down', reason: 'shutdown' };
 const ADMIN_KILL: RejectMapping = { status: 403, socks: SOCKS_REP.notAllowed, error: 'flow killed', reason: 'admin' };
 /** Refusals of detector and quarantine kills, per reason (a handful of fixed names). */

@@ -5,11 +5,12 @@
  * counted as "other" — hostnames and user names go to logs, never to labels.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
-import { DETECTOR_NAMES, type ReasonCode, type Verdict } from '../policy/types.ts';
+import { DETECTOR_NAMES, type Protocol, type ReasonCode, type Verdict } from '../policy/types.ts';
 import type { FlowTable } from './flow/flow-table.ts';
 import type { Flow } from './flow/flow.ts';
 import type { IdentityStats } from './identity/identity-resolver.ts';
 import type { PendingReportStats } from './pending-reports.ts';
+import { ERROR_REASONS } from './reject.ts';
 import type { SourceLimitStats } from './listeners/source-limit.ts';
 import type { UdpRelayStats } from './listeners/socks5-udp-ledger.ts';
 
@@ -27,6 +28,28 @@ export const REASON_LABELS = [
   'quarantine',
   'detector',
 ] as const satisfies readonly ReasonCode[];
+export const PROTOCOL_LABELS = ['http', 'connect', 'socks5', 'socks5-udp'] as const satisfies readonly Protocol[];
+/**
+ * A record's closeReason, as gw_flows_closed_total labels it: how flows end (tunnel, listeners, kills),
+ * every refusal by policy, detector or quarantine, and every coded refusal or failure (reject.ts).
+ */
+export const CLOSE_REASON_LABELS: readonly string[] = [
+  ...new Set([
+    'closed',
+    'client-reset',
+    'upstream-reset',
+    'idle-timeout',
+    'admin',
+    'shutdown',
+    'killed',
+    'refused-destinations',
+    'relay-error',
+    'udp-upstream-unsupported',
+    ...REASON_LABELS.filter((r) => r !== 'allowed'),
+    ...DETECTOR_NAMES,
+    ...ERROR_REASONS,
+  ]),
+];
 export const ALERT_ACTION_LABELS = ['flag', 'block', 'kill', 'would-block', 'would-kill'] as const;
 export const RELOAD_RESULTS = ['success', 'failure'] as const;
 export type ReloadResult = (typeof RELOAD_RESULTS)[number];
@@ -54,6 +77,27 @@ function scrapedGauge(registers: Registry[], name: string, help: string, read: (
       this.set(read());
     },
   });
+}
+
+/** Add one to `outer` → `inner` in a two-level count (no key string built). */
+function countIn(counts: Map<string, Map<string | null, number>>, outer: string, inner: string | null): void {
+  let m = counts.get(outer);
+  if (m === undefined) {
+    m = new Map();
+    counts.set(outer, m);
+  }
+  m.set(inner, (m.get(inner) ?? 0) + 1);
+}
+
+/**
+ * Whether a live flow's verdict is the one its record will carry, but for a detector's (counted
+ * before it, 'redecide'): not while admission has yet to judge it (its name being looked up, its
+ * process attributed: reason still null), nor while a SOCKS5 UDP association is allowed (a later
+ * destination the policy would block makes it would-block, socks5-udp.ts admitLater).
+ */
+function isVerdictFinal(flow: Flow): boolean {
+  if (flow.reason === null) return false;
+  return !(flow.protocol === 'socks5-udp' && flow.verdict === 'allow');
 }
 
 /** A label value from a closed set, else "other". */
@@ -102,6 +146,7 @@ export class GatewayStats {
   readonly upstreamCxConnectFailTotal: Counter<'type'>;
   readonly flowsActive: Gauge;
   readonly flowBytesTotal: Counter<'direction'>;
+  readonly flowsClosedTotal: Counter<'protocol' | 'close_reason'>;
   readonly policyDecisionsTotal: Counter<'verdict' | 'reason'>;
   readonly detectorAlertsTotal: Counter<'detector' | 'action'>;
   readonly sweepDurationMs: Histogram;
@@ -124,13 +169,16 @@ export class GatewayStats {
   private readonly cxActive = new Map<string, number>();
   /** verdict → reason → count, raw values (mapped to closed label sets at scrape time). */
   private readonly decisions = new Map<string, Map<string | null, number>>();
+  /** protocol → closeReason → flows closed, raw values (closed label sets at scrape time): one per record. */
+  private readonly closedFlows = new Map<string, Map<string | null, number>>();
   private bytesOut = 0;
   private bytesIn = 0;
   /**
    * Bytes already counted per live flow that a sweep has seen, so the next sweep adds only the
-   * delta; dropped at close. A flow that closes before any sweep saw it never gets an entry.
+   * delta, and whether its verdict is counted yet; dropped at close. A flow that closes before any
+   * sweep saw it or a detector re-judged it never gets an entry.
    */
-  private readonly counted = new Map<Flow, { out: number; in: number }>();
+  private readonly counted = new Map<Flow, { out: number; in: number; isDecisionCounted: boolean }>();
 
   constructor(opts: GatewayStatsOptions = {}) {
     const registers = [this.registry];
@@ -182,6 +230,18 @@ export class GatewayStats {
         this.reset();
         this.inc({ direction: 'out' }, stats.bytesOut);
         this.inc({ direction: 'in' }, stats.bytesIn);
+      },
+    });
+    this.flowsClosedTotal = new Counter({
+      name: 'gw_flows_closed_total',
+      help: 'Flows ended, one per flow record (refusals and failed dials included), by protocol and the record\'s closeReason',
+      labelNames: ['protocol', 'close_reason'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [protocol, reasons] of stats.closedFlows) {
+          for (const [reason, n] of reasons) this.inc({ protocol: closedLabel(protocol, PROTOCOL_LABELS), close_reason: closedLabel(reason, CLOSE_REASON_LABELS) }, n);
+        }
       },
     });
     this.policyDecisionsTotal = new Counter({
@@ -294,12 +354,7 @@ export class GatewayStats {
   }
 
   decision(verdict: Verdict, reason: ReasonCode | null): void {
-    let reasons = this.decisions.get(verdict);
-    if (!reasons) {
-      reasons = new Map();
-      this.decisions.set(verdict, reasons);
-    }
-    reasons.set(reason, (reasons.get(reason) ?? 0) + 1);
+    countIn(this.decisions, verdict, reason);
   }
 
   /** Add a flow's bytes beyond what was already counted. */
@@ -348,8 +403,10 @@ export class GatewayStats {
   /**
    * Follow a flow table: the active gauge reads it at scrape time; bytes are counted per sweep as
    * deltas (and the remainder at close), so long tunnels show up before they end; each flow's
-   * admission verdict is counted once: at the first sweep that sees it, before a detector changes it,
-   * or at its close.
+   * admission verdict is counted once, when it is final: at the first sweep that sees it so (see
+   * isVerdictFinal), before a detector changes it, or at its close, where the flow is also counted
+   * by its closeReason. So the counters add up to the flow records (their verdict, reason,
+   * closeReason, bytes), but for a detector's later verdict (the record's, not counted here).
    * Returns a function that detaches the listeners.
    */
   attachFlowTable(flows: FlowTable): () => void {
@@ -359,8 +416,12 @@ export class GatewayStats {
       for (const flow of active.values()) {
         let c = this.counted.get(flow);
         if (!c) {
-          c = { out: 0, in: 0 };
+          c = { out: 0, in: 0, isDecisionCounted: false };
           this.counted.set(flow, c);
+        }
+        // Not final yet (see isVerdictFinal): counted when it is, or at its close.
+        if (!c.isDecisionCounted && isVerdictFinal(flow)) {
+          c.isDecisionCounted = true;
           this.decision(flow.verdict, flow.reason);
         }
         this.addBytes(flow, c.out, c.in);
@@ -370,19 +431,18 @@ export class GatewayStats {
     };
     // A detector's later verdict is not an admission verdict: count the admission's first.
     const onRedecide = (flow: Flow): void => {
-      if (this.counted.has(flow)) return;
-      this.counted.set(flow, { out: 0, in: 0 });
+      const c = this.counted.get(flow);
+      if (c?.isDecisionCounted === true) return;
+      if (c) c.isDecisionCounted = true;
+      else this.counted.set(flow, { out: 0, in: 0, isDecisionCounted: true });
       this.decision(flow.verdict, flow.reason);
     };
     const onClose = (flow: Flow): void => {
+      countIn(this.closedFlows, flow.protocol, flow.closeReason);
       const c = this.counted.get(flow);
-      if (c) {
-        this.counted.delete(flow);
-        this.addBytes(flow, c.out, c.in);
-      } else {
-        this.decision(flow.verdict, flow.reason);
-        this.addBytes(flow, 0, 0);
-      }
+      if (c) this.counted.delete(flow);
+      if (c?.isDecisionCounted !== true) this.decision(flow.verdict, flow.reason);
+      this.addBytes(flow, c?.out ?? 0, c?.in ?? 0);
     };
     flows.on('sweep', onSweep);
     flows.on('redecide', onRedecide);

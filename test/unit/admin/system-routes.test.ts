@@ -45,6 +45,7 @@ describe('health, readiness, metrics, PAC, OpenAPI, docs', () => {
       'gw_upstream_cx_connect_fail_total',
       'gw_flows_active',
       'gw_flow_bytes_total',
+      'gw_flows_closed_total',
       'gw_policy_decisions_total',
       'gw_detector_alerts_total',
       'gw_sweep_duration_ms',
@@ -63,6 +64,8 @@ describe('health, readiness, metrics, PAC, OpenAPI, docs', () => {
     expect(after).toContain('gw_flow_bytes_total{direction="in"} 7');
     // the verdict is counted once per flow, not once per sweep
     expect(after).toContain('gw_policy_decisions_total{verdict="allow",reason="allowed"} 1');
+    // one per record, by its closeReason ('done' is none the gateway gives: other)
+    expect(after).toContain(`gw_flows_closed_total{protocol="${flow.protocol}",close_reason="other"} 1`);
   });
 
   it('a failed PUT counts as a failed reload, a good one as a success', async () => {
