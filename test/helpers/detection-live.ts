@@ -11,6 +11,12 @@ import type { FlowTable } from '../../gateway/flow/flow-table.ts';
 import type { Alert } from '../../policy/detectors/types.ts';
 
 export const MiB = 1024 * 1024;
+/**
+ * The local attributor's wait (LocalAttributor timeoutMs) in tests whose assertions need the process
+ * named: a guard, not a duration under test (the /proc scan takes milliseconds). 2 s once let a
+ * renamed curl through unattributed (200 instead of 403) with a dozen test files running at once.
+ */
+export const ATTRIBUTION_GUARD_MS = 4000;
 
 export const AGENT_TOKEN = 'detection-agent-token-0123456789';
 

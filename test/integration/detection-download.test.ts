@@ -11,7 +11,7 @@ import { type Server, createServer } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalAttributor } from '../../agent/attribution.ts';
-import { MiB, waitForSweeps } from '../helpers/detection-live.ts';
+import { ATTRIBUTION_GUARD_MS, MiB, waitForSweeps } from '../helpers/detection-live.ts';
 import { type TestGateway, startTestGateway, until } from '../helpers/gateway.ts';
 
 const SIZE = 4 * MiB;
@@ -51,7 +51,7 @@ beforeAll(async () => {
         },
       },
     },
-    { attributor: new LocalAttributor({ timeoutMs: 2000 }) },
+    { attributor: new LocalAttributor({ timeoutMs: ATTRIBUTION_GUARD_MS }) },
   );
 });
 

@@ -24,7 +24,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LocalAttributor } from '../../agent/attribution.ts';
 import type { Mode } from '../../policy/types.ts';
-import { type TcpOrigin, echoOrigin, echoRoundTrip, freePort, httpConnect, reportProcesses, testAgent, waitForAlert } from '../helpers/detection-live.ts';
+import { ATTRIBUTION_GUARD_MS, type TcpOrigin, echoOrigin, echoRoundTrip, freePort, httpConnect, reportProcesses, testAgent, waitForAlert } from '../helpers/detection-live.ts';
 import { adminGet, type TestGateway, startTestGateway } from '../helpers/gateway.ts';
 import { type UdpEcho, startUdpEcho } from './socks5-harness.ts';
 
@@ -198,7 +198,7 @@ describe('an0081.proxyware at connect, real process attributed from /proc', () =
   it('enforce: curl renamed honeygain gets 403 on CONNECT (curl -p reports the CONNECT code)', async () => {
     gw = await startTestGateway(
       { mode: 'enforce', identity: { localAttribution: true }, detection: { sampleIntervalMs: 50 } },
-      { attributor: new LocalAttributor({ timeoutMs: 2000 }) },
+      { attributor: new LocalAttributor({ timeoutMs: ATTRIBUTION_GUARD_MS }) },
     );
     const proxy = `http://${gw.httpHost}:${gw.httpPort}`;
     const child = spawn(join(dir, 'honeygain'), ['-s', '-p', '-x', proxy, '-o', '/dev/null', '-w', '%{http_connect}', `http://127.0.0.1:${good.port}/`], {
@@ -276,7 +276,7 @@ describe('an0081.proxyware for a SOCKS5 UDP association, real process attributed
   it('enforce: python3 renamed honeygain gets its association refused and recorded, as its CONNECT is refused 0x02', async () => {
     gw = await startTestGateway(
       { mode: 'enforce', identity: { localAttribution: true }, detection: { sampleIntervalMs: 50 } },
-      { attributor: new LocalAttributor({ timeoutMs: 2000 }) },
+      { attributor: new LocalAttributor({ timeoutMs: ATTRIBUTION_GUARD_MS }) },
     );
     const child = spawn(join(dir, 'honeygain'), ['-c', SOCKS_CLIENT, gw.socksHost, String(gw.socksPort), String(good.port), String(echo.port)], {
       stdio: ['pipe', 'pipe', 'pipe'],

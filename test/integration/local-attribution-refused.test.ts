@@ -10,6 +10,7 @@
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalAttributor } from '../../agent/attribution.ts';
+import { ATTRIBUTION_GUARD_MS } from '../helpers/detection-live.ts';
 import { type TestGateway, startTestGateway } from '../helpers/gateway.ts';
 
 let gw: TestGateway;
@@ -22,7 +23,7 @@ beforeAll(async () => {
       roles: { dev: { allow: [{ host: 'allowed.test', ports: [443] }] } },
       defaultRoles: ['dev'],
     },
-    { attributor: new LocalAttributor({ timeoutMs: 2000 }) },
+    { attributor: new LocalAttributor({ timeoutMs: ATTRIBUTION_GUARD_MS }) },
   );
 });
 afterAll(async () => {
