@@ -56,7 +56,7 @@ export async function loadInputs(paths: readonly string[]): Promise<{ scenarios:
       return;
     }
     const text = await readFile(p, 'utf8');
-    if (/\.(jsonl|ndjson|json|log)$/.test(p)) logs.push({ file: p, ...parseFlowLog(text, p) });
+    if (isFlowLogInput(p, text)) logs.push({ file: p, ...parseFlowLog(text, p) });
     else {
       try {
         scenarios.push(parseScenario(text, p));
@@ -69,6 +69,18 @@ export async function loadInputs(paths: readonly string[]): Promise<{ scenarios:
   };
   for (const p of paths) await visit(p);
   return { scenarios, logs };
+}
+
+/**
+ * Whether INPUT `path` is a flow log (JSON lines), not a scenario: its name ends in .jsonl, .ndjson,
+ * .json or .log, or, unless it ends in .yaml/.yml, its first non-blank character opens a JSON object.
+ * The content decides for the names a flow log gets once rotated (logrotate's `dateext`:
+ * `flows.jsonl-20261206`; `flows.jsonl.1`) or captured (`serve > flows.out`, `kubectl logs`).
+ */
+export function isFlowLogInput(path: string, text: string): boolean {
+  if (/\.(jsonl|ndjson|json|log)$/.test(path)) return true;
+  if (/\.ya?ml$/.test(path)) return false;
+  return /^\s*\{/.test(text);
 }
 
 /**
@@ -90,7 +102,8 @@ const UNJUDGED: ReadonlySet<string> = new Set(['bad-request', 'shutting-down', '
 
 /**
  * SPEC §5 flow records (JSON lines) → connections; interim records are skipped, those refused at
- * setup (verdict block) are apart; refusals without an identity (auth-required) or a destination are dropped.
+ * setup (verdict block) are apart; refusals without an identity (auth-required) or a destination are
+ * dropped, and so are the gateway's own `event` lines (`listening`, on a stdout the flow log shares).
  */
 export function parseFlowLog(text: string, file: string): { connections: ConnSpec[]; refused: ConnSpec[] } {
   const out: ConnSpec[] = [];
@@ -106,6 +119,9 @@ export function parseFlowLog(text: string, file: string): { connections: ConnSpe
       throw new Error(`${file}:${n}: not JSON`);
     }
     if (r['intermediate'] === true) continue;
+    // A line of the gateway's own, no flow: `serve`'s `listening` line shares stdout with a flow log
+    // at its default path "-" (`serve > flows.jsonl`, a pod's log). No flow record has `event`.
+    if (typeof r['event'] === 'string' && r['startedAt'] === undefined) continue;
     const isRefused = r['verdict'] === 'block';
     if (isRefused && r['reason'] === 'auth-required') continue;
     const ident = (r['identity'] ?? {}) as { user?: string | null; host?: string | null; roles?: string[]; process?: ProcessInfo | null };
