@@ -6,20 +6,28 @@
  */
 import { once } from 'node:events';
 import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, it } from 'vitest';
 import { adminGet, startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { type StalledParent, startStalledParent } from '../helpers/stalled-parent.ts';
 import { jsonBody, readUntil } from './http-harness.ts';
 
-let gw: TestGateway | null = null;
-let parent: StalledParent | null = null;
-
-afterEach(async () => {
-  await gw?.stop();
-  await parent?.close();
-  gw = null;
-  parent = null;
-});
+/**
+ * Each case waits on real timers (a retransmitted SYN, connectTimeoutMs) with a gateway and a parent
+ * of its own, so the cases run concurrently; each stops what it started.
+ */
+async function withParent(opts: Parameters<typeof startStalledParent>[0], run: (parent: StalledParent, started: (g: TestGateway) => TestGateway) => Promise<void>): Promise<void> {
+  const parent = await startStalledParent(opts);
+  let gw: TestGateway | null = null;
+  try {
+    await run(parent, (g) => {
+      gw = g;
+      return g;
+    });
+  } finally {
+    await (gw as TestGateway | null)?.stop();
+    await parent.close();
+  }
+}
 
 /** A CONNECT through the gateway's HTTP listener: the status line, the reason of a refusal, and what came after the head. */
 async function connectThrough(g: TestGateway, target: string): Promise<{ status: string; reason: unknown; after: string }> {
@@ -41,21 +49,22 @@ async function connectThrough(g: TestGateway, target: string): Promise<{ status:
 // Regression: the TCP connect to a parent and the parent's handshake each had the whole
 // limits.connectTimeoutMs. With 5,000 ms, a parent whose accept took 2 s (SYNs dropped) and whose
 // CONNECT answer came 4 s later gave the client its 200 after 6.1 s: a dial over its budget went on.
-describe('one budget for a dial through a parent: TCP connect and handshake together', () => {
+describe.concurrent('one budget for a dial through a parent: TCP connect and handshake together', () => {
   for (const protocol of ['http', 'socks5'] as const) {
-    it(`${protocol} parent: accepted after a retransmitted SYN and answering 4 s later is over connectTimeoutMs 5,000: 504 connect-timeout`, async () => {
+    it(`${protocol} parent: accepted after a retransmitted SYN and answering 4 s later is over connectTimeoutMs 5,000: 504 connect-timeout`, async ({ expect }) => {
       const answer = protocol === 'http' ? 'HTTP/1.1 200 Connection established\r\n\r\nfirst-bytes' : 'first-bytes';
-      parent = await startStalledParent({ protocol, answer, answerDelayMs: 4000 });
-      gw = await startTestGateway({ upstream: parent.url, limits: { connectTimeoutMs: 5000 } });
-      const answered = connectThrough(gw, '127.0.0.1:9');
-      // Let the parent accept only once the gateway's SYN has been dropped and sent again (1 s):
-      // the connect takes at least 2 s, the handshake 4 s; each alone is within 5 s, both are not.
-      await parent.waitSynRetransmits(1);
-      parent.release();
-      const r = await answered;
-      expect(r).toEqual({ status: 'HTTP/1.1 504 Gateway Timeout', reason: 'connect-timeout', after: '' });
-      const rec = await gw.waitForClosed((x) => x.protocol === 'connect');
-      expect(rec).toMatchObject({ closeReason: 'connect-timeout', bytesIn: 0, bytesOut: 0 });
+      await withParent({ protocol, answer, answerDelayMs: 4000 }, async (parent, started) => {
+        const gw = started(await startTestGateway({ upstream: parent.url, limits: { connectTimeoutMs: 5000 } }));
+        const answered = connectThrough(gw, '127.0.0.1:9');
+        // Let the parent accept only once the gateway's SYN has been dropped and sent again (1 s):
+        // the connect takes at least 2 s, the handshake 4 s; each alone is within 5 s, both are not.
+        await parent.waitSynRetransmits(1);
+        parent.release();
+        const r = await answered;
+        expect(r).toEqual({ status: 'HTTP/1.1 504 Gateway Timeout', reason: 'connect-timeout', after: '' });
+        const rec = await gw.waitForClosed((x) => x.protocol === 'connect');
+        expect(rec).toMatchObject({ closeReason: 'connect-timeout', bytesIn: 0, bytesOut: 0 });
+      });
     }, 20_000);
   }
 });
@@ -102,40 +111,40 @@ async function metric(g: TestGateway, sample: string): Promise<number> {
 // accepted but did not answer already gave 504. Its timeout is now 504 / 0x06 with reason
 // `upstream-proxy` (the parent's own failure: not the destination's, not a scan attempt), on every
 // client path, the log naming the parent.
-describe('a parent that does not accept in time', () => {
+describe.concurrent('a parent that does not accept in time', () => {
   for (const protocol of ['http', 'socks5'] as const) {
-    it(`${protocol} parent: CONNECT, absolute-URI and Upgrade 504 upstream-proxy, SOCKS5 0x06; recorded and logged as the parent's`, async () => {
-      parent = await startStalledParent({ protocol, answer: null });
-      gw = await startTestGateway({ upstream: parent.url, limits: { connectTimeoutMs: 1000 } });
-      const g = gw;
-      const failedBefore = await metric(g, 'gw_upstream_cx_connect_fail_total{type="upstream-proxy"}');
-      // Port 9: nothing pooled towards it, so the absolute-URI request dials the parent too.
-      const [connectAnswer, socksReply, plain, upgrade] = await Promise.all([
-        connectThrough(g, '127.0.0.1:9'),
-        socksThrough(g, 9),
-        getThrough(g, 'http://127.0.0.1:9/'),
-        getThrough(g, 'http://127.0.0.1:9/ws', 'Upgrade: echo\r\nConnection: Upgrade\r\n'),
-      ]);
-      expect(connectAnswer).toEqual({ status: 'HTTP/1.1 504 Gateway Timeout', reason: 'upstream-proxy', after: '' });
-      expect(socksReply).toBe(0x06);
-      expect(plain).toEqual({ status: 'HTTP/1.1 504 Gateway Timeout', reason: 'upstream-proxy' });
-      expect(upgrade).toEqual({ status: 'HTTP/1.1 504 Gateway Timeout', reason: 'upstream-proxy' });
-      for (const p of ['connect', 'socks5', 'http']) await g.waitForClosed((r) => r.protocol === p);
-      expect(g.closed.map((r) => [r.protocol, r.closeReason, r.bytesIn, r.bytesOut]).sort()).toEqual([
-        ['connect', 'upstream-proxy', 0, 0],
-        ['http', 'upstream-proxy', 0, 0],
-        ['http', 'upstream-proxy', 0, 0],
-        ['socks5', 'upstream-proxy', 0, 0],
-      ]);
-      expect(await metric(g, 'gw_upstream_cx_connect_fail_total{type="upstream-proxy"}')).toBe(failedBefore + 4);
-      const lines = g.logs.map((l) => `${l.msg}: ${String(l['err'] ?? l['reason'] ?? '')}`);
-      for (const msg of ['CONNECT dial failed', 'socks5 refused', 'origin request failed', 'Upgrade dial failed']) {
-        expect(lines.find((l) => l.startsWith(`${msg}: `))).toContain(`parent proxy ${protocol}://127.0.0.1:${parent.port} unreachable`);
-      }
+    it(`${protocol} parent: CONNECT, absolute-URI and Upgrade 504 upstream-proxy, SOCKS5 0x06; recorded and logged as the parent's`, async ({ expect }) => {
+      await withParent({ protocol, answer: null }, async (parent, started) => {
+        const g = started(await startTestGateway({ upstream: parent.url, limits: { connectTimeoutMs: 1000 } }));
+        const failedBefore = await metric(g, 'gw_upstream_cx_connect_fail_total{type="upstream-proxy"}');
+        // Port 9: nothing pooled towards it, so the absolute-URI request dials the parent too.
+        const [connectAnswer, socksReply, plain, upgrade] = await Promise.all([
+          connectThrough(g, '127.0.0.1:9'),
+          socksThrough(g, 9),
+          getThrough(g, 'http://127.0.0.1:9/'),
+          getThrough(g, 'http://127.0.0.1:9/ws', 'Upgrade: echo\r\nConnection: Upgrade\r\n'),
+        ]);
+        expect(connectAnswer).toEqual({ status: 'HTTP/1.1 504 Gateway Timeout', reason: 'upstream-proxy', after: '' });
+        expect(socksReply).toBe(0x06);
+        expect(plain).toEqual({ status: 'HTTP/1.1 504 Gateway Timeout', reason: 'upstream-proxy' });
+        expect(upgrade).toEqual({ status: 'HTTP/1.1 504 Gateway Timeout', reason: 'upstream-proxy' });
+        for (const p of ['connect', 'socks5', 'http']) await g.waitForClosed((r) => r.protocol === p);
+        expect(g.closed.map((r) => [r.protocol, r.closeReason, r.bytesIn, r.bytesOut]).sort()).toEqual([
+          ['connect', 'upstream-proxy', 0, 0],
+          ['http', 'upstream-proxy', 0, 0],
+          ['http', 'upstream-proxy', 0, 0],
+          ['socks5', 'upstream-proxy', 0, 0],
+        ]);
+        expect(await metric(g, 'gw_upstream_cx_connect_fail_total{type="upstream-proxy"}')).toBe(failedBefore + 4);
+        const lines = g.logs.map((l) => `${l.msg}: ${String(l['err'] ?? l['reason'] ?? '')}`);
+        for (const msg of ['CONNECT dial failed', 'socks5 refused', 'origin request failed', 'Upgrade dial failed']) {
+          expect(lines.find((l) => l.startsWith(`${msg}: `))).toContain(`parent proxy ${protocol}://127.0.0.1:${parent.port} unreachable`);
+        }
+      });
     }, 20_000);
   }
 
-  it('a socks5 parent that accepts but never answers the greeting: SOCKS5 0x06, CONNECT 504 upstream-proxy', async () => {
+  it('a socks5 parent that accepts but never answers the greeting: SOCKS5 0x06, CONNECT 504 upstream-proxy', async ({ expect }) => {
     const held = new Set<Socket>();
     const silent: Server = createServer((c) => {
       held.add(c);
@@ -144,6 +153,7 @@ describe('a parent that does not accept in time', () => {
     silent.listen(0, '127.0.0.1');
     await once(silent, 'listening');
     const port = (silent.address() as AddressInfo).port;
+    let gw: TestGateway | null = null;
     try {
       gw = await startTestGateway({ upstream: `socks5://127.0.0.1:${port}`, limits: { connectTimeoutMs: 1000 } });
       const g = gw;
@@ -154,6 +164,7 @@ describe('a parent that does not accept in time', () => {
       expect(rec.closeReason).toBe('upstream-proxy');
       expect(g.logs.find((l) => l.msg === 'CONNECT dial failed')?.['err']).toBe(`parent proxy socks5://127.0.0.1:${port} did not answer its SOCKS5 greeting in time`);
     } finally {
+      await gw?.stop();
       for (const c of held) c.destroy();
       await new Promise<void>((r) => silent.close(() => r()));
     }
