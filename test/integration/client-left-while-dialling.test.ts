@@ -8,7 +8,7 @@
  */
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, it, type TestContext } from 'vitest';
 import type { Flow } from '../../gateway/flow/flow.ts';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
 import { createDnsResolver } from '../../gateway/upstream/resolve.ts';
@@ -51,11 +51,6 @@ async function rawClient(gw: TestGateway, parts: string[]): Promise<{ s: Socket;
   return { s, flow, received: () => text };
 }
 
-const clients: Socket[] = [];
-afterEach(() => {
-  for (const s of clients.splice(0)) s.destroy();
-});
-
 /** A raw SOCKS5 client (no login) that has sent its CONNECT to 127.0.0.1:`port` and whose flow is live. */
 async function socksClient(gw: TestGateway, port: number): Promise<{ s: Socket; flow: Flow }> {
   const s = await rawConnect(gw.socksPort, gw.socksHost);
@@ -68,7 +63,73 @@ async function socksClient(gw: TestGateway, port: number): Promise<{ s: Socket; 
   return { s, flow };
 }
 
-describe('a client that resets while its flow dials', () => {
+/** Sockets the case destroys when it ends (its own: the cases run concurrently). */
+function sockets(onTestFinished: TestContext['onTestFinished']): Socket[] {
+  const clients: Socket[] = [];
+  onTestFinished(() => {
+    for (const s of clients) s.destroy();
+  });
+  return clients;
+}
+
+// The lookup case runs alone, first; the cases after it each wait out their destination's 3.5 s
+// accept window (test/helpers/hung-destination.ts) with a gateway of their own, so they run concurrently.
+describe('a client that resets while its name is looked up', () => {
+  let gw: TestGateway;
+  let dns: LateDns;
+  let origin: Server;
+  let connections = 0;
+
+  beforeAll(async () => {
+    dns = await startLateDns(800);
+    origin = createServer((s) => {
+      connections++;
+      s.destroy();
+    });
+    origin.listen(0, '127.0.0.1');
+    await once(origin, 'listening');
+    gw = await startTestGateway({}, { resolver: createDnsResolver({ timeoutMs: 5000, lookup: dns.lookup, slots: 16, perRequester: 16 }) });
+  });
+  afterAll(async () => {
+    await gw?.stop();
+    dns?.close();
+    origin?.close();
+  });
+
+  it('CONNECT, an Upgrade and SOCKS5: recorded client-reset at once, the late answer is not dialled', async ({ expect, onTestFinished }) => {
+    const clients = sockets(onTestFinished);
+    const port = (origin.address() as { port: number }).port;
+    const c = await rawClient(gw, [`CONNECT a.slow.test:${port} HTTP/1.1\r\nHost: a.slow.test:${port}\r\n\r\n`]);
+    const up = await rawClient(gw, [`GET http://c.slow.test:${port}/ws HTTP/1.1\r\nHost: c.slow.test:${port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`]);
+    clients.push(c.s, up.s);
+    const s = await rawConnect(gw.socksPort, gw.socksHost);
+    clients.push(s);
+    s.on('error', () => undefined);
+    s.write(Buffer.from([5, 1, 0]));
+    await once(s, 'data');
+    const name = Buffer.from('b.slow.test', 'latin1');
+    s.write(Buffer.concat([Buffer.from([5, 1, 0, 3, name.length]), name, Buffer.from([port >> 8, port & 0xff])]));
+    const local = s.localPort;
+    const socksFlow = await liveFlow(gw, (f) => f.protocol === 'socks5' && f.client.port === local);
+    const started = Date.now();
+    c.s.resetAndDestroy();
+    up.s.resetAndDestroy();
+    s.resetAndDestroy();
+    for (const f of [c.flow, up.flow, socksFlow]) {
+      const records = await recordsOf(gw, f.id, 2000);
+      expect(records.map((r) => r.closeReason), `flow ${f.protocol}`).toEqual(['client-reset']);
+    }
+    // Before the answer came (800 ms after each question).
+    expect(Date.now() - started).toBeLessThan(500);
+    // Every name was asked; the answers (127.0.0.1) came and were not dialled.
+    await new Promise((res) => setTimeout(res, 1200));
+    expect(dns.asked).toEqual(expect.arrayContaining(['a.slow.test', 'b.slow.test', 'c.slow.test']));
+    expect(connections).toBe(0);
+    for (const f of [c.flow, up.flow, socksFlow]) expect(gw.closed.filter((r) => r.id === f.id)).toHaveLength(1);
+  });
+});
+
+describe.concurrent('a client that resets while its flow dials', () => {
   let gw: TestGateway;
   let dest: HungDestination;
 
@@ -81,7 +142,8 @@ describe('a client that resets while its flow dials', () => {
     await gw?.stop();
   });
 
-  it('CONNECT (front and node:http), SOCKS5: recorded client-reset at once, no failed attempt, the destination never reached; a half-closed client is served', async () => {
+  it('CONNECT (front and node:http), SOCKS5: recorded client-reset at once, no failed attempt, the destination never reached; a half-closed client is served', async ({ expect, onTestFinished }) => {
+    const clients = sockets(onTestFinished);
     const target = `127.0.0.1:${dest.port}`;
     const head = `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`;
     // Whole in one packet: the CONNECT front; split over two: node:http parses it.
@@ -114,62 +176,7 @@ describe('a client that resets while its flow dials', () => {
   }, 30_000);
 });
 
-
-describe('a client that resets while its name is looked up', () => {
-  let gw: TestGateway;
-  let dns: LateDns;
-  let origin: Server;
-  let connections = 0;
-
-  beforeAll(async () => {
-    dns = await startLateDns(800);
-    origin = createServer((s) => {
-      connections++;
-      s.destroy();
-    });
-    origin.listen(0, '127.0.0.1');
-    await once(origin, 'listening');
-    gw = await startTestGateway({}, { resolver: createDnsResolver({ timeoutMs: 5000, lookup: dns.lookup, slots: 16, perRequester: 16 }) });
-  });
-  afterAll(async () => {
-    await gw?.stop();
-    dns?.close();
-    origin?.close();
-  });
-
-  it('CONNECT, an Upgrade and SOCKS5: recorded client-reset at once, the late answer is not dialled', async () => {
-    const port = (origin.address() as { port: number }).port;
-    const c = await rawClient(gw, [`CONNECT a.slow.test:${port} HTTP/1.1\r\nHost: a.slow.test:${port}\r\n\r\n`]);
-    const up = await rawClient(gw, [`GET http://c.slow.test:${port}/ws HTTP/1.1\r\nHost: c.slow.test:${port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`]);
-    clients.push(c.s, up.s);
-    const s = await rawConnect(gw.socksPort, gw.socksHost);
-    clients.push(s);
-    s.on('error', () => undefined);
-    s.write(Buffer.from([5, 1, 0]));
-    await once(s, 'data');
-    const name = Buffer.from('b.slow.test', 'latin1');
-    s.write(Buffer.concat([Buffer.from([5, 1, 0, 3, name.length]), name, Buffer.from([port >> 8, port & 0xff])]));
-    const local = s.localPort;
-    const socksFlow = await liveFlow(gw, (f) => f.protocol === 'socks5' && f.client.port === local);
-    const started = Date.now();
-    c.s.resetAndDestroy();
-    up.s.resetAndDestroy();
-    s.resetAndDestroy();
-    for (const f of [c.flow, up.flow, socksFlow]) {
-      const records = await recordsOf(gw, f.id, 2000);
-      expect(records.map((r) => r.closeReason), `flow ${f.protocol}`).toEqual(['client-reset']);
-    }
-    // Before the answer came (800 ms after each question).
-    expect(Date.now() - started).toBeLessThan(500);
-    // Every name was asked; the answers (127.0.0.1) came and were not dialled.
-    await new Promise((res) => setTimeout(res, 1200));
-    expect(dns.asked).toEqual(expect.arrayContaining(['a.slow.test', 'b.slow.test', 'c.slow.test']));
-    expect(connections).toBe(0);
-    for (const f of [c.flow, up.flow, socksFlow]) expect(gw.closed.filter((r) => r.id === f.id)).toHaveLength(1);
-  });
-});
-
-describe('an absolute-URI client that leaves while its origin connection is made', () => {
+describe.concurrent('an absolute-URI client that leaves while its origin connection is made', () => {
   let gw: TestGateway;
   let dest: HungDestination;
 
@@ -182,7 +189,8 @@ describe('an absolute-URI client that leaves while its origin connection is made
     await gw?.stop();
   });
 
-  it('fast path (GET) and node:http (POST): recorded client-reset at once, the origin never reached', async () => {
+  it('fast path (GET) and node:http (POST): recorded client-reset at once, the origin never reached', async ({ expect, onTestFinished }) => {
+    const clients = sockets(onTestFinished);
     const url = `http://127.0.0.1:${dest.port}/x`;
     const get = await rawClient(gw, [`GET ${url} HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\n\r\n`]);
     const post = await rawClient(gw, [`POST ${url} HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\nContent-Length: 2\r\n\r\nhi`]);
@@ -201,7 +209,7 @@ describe('an absolute-URI client that leaves while its origin connection is made
   }, 30_000);
 });
 
-describe('an Upgrade client that leaves while its destination is dialled', () => {
+describe.concurrent('an Upgrade client that leaves while its destination is dialled', () => {
   let gw: TestGateway;
   let dest: HungDestination;
 
@@ -214,7 +222,8 @@ describe('an Upgrade client that leaves while its destination is dialled', () =>
     await gw?.stop();
   });
 
-  it('websocket Upgrade: recorded client-reset at once, no failed attempt, the destination never reached', async () => {
+  it('websocket Upgrade: recorded client-reset at once, no failed attempt, the destination never reached', async ({ expect, onTestFinished }) => {
+    const clients = sockets(onTestFinished);
     const c = await rawClient(gw, [`GET http://127.0.0.1:${dest.port}/ws HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`]);
     clients.push(c.s);
     await new Promise((r) => setTimeout(r, 200));
