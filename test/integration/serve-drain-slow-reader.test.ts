@@ -27,7 +27,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, it, type TestContext } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
 import { killIfRunning, type Served, spawnServe, loopbackServeConfig } from '../helpers/serve-process.ts';
 import { pattern, rawConnect, readUntil } from './http-harness.ts';
@@ -76,7 +76,6 @@ const SLOW_CLIENT = [
 ].join('\n');
 
 let dir: string;
-let child: ChildProcess | null = null;
 let answering: Server;
 let bulk: Server;
 
@@ -100,26 +99,25 @@ beforeAll(async () => {
     s.end(pattern(BULK_BYTES));
   });
 });
-afterEach(async () => {
-  await killIfRunning(child);
-  child = null;
-});
 afterAll(async () => {
   answering.close();
   bulk.close();
   await rm(dir, { recursive: true, force: true });
 });
 
-async function serve(name: string, flowLog: string, graceMs: number): Promise<Served> {
+/** Context of the case that runs the process: it is killed (if still running) when that case ends. */
+type Case = Pick<TestContext, 'expect' | 'onTestFinished'>;
+
+async function serve(t: Case, name: string, flowLog: string, graceMs: number): Promise<Served> {
   const configPath = join(dir, `${name}.yaml`);
   await writeFile(configPath, loopbackServeConfig(flowLog, graceMs));
   const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: 'serve-drain-slow-token-0123456789', EGRESSGATE_READ_BUFFERS: 'off' } });
-  child = s.child;
+  t.onTestFinished(() => killIfRunning(s.child));
   return s;
 }
 
 /** CONNECT to `port`, read the 200, half-close, and stop reading: the socket and what is left unread. */
-async function openTunnel(proxyPort: number, port: number): Promise<{ socket: Socket; rest: Buffer }> {
+async function openTunnel(expect: Case['expect'], proxyPort: number, port: number): Promise<{ socket: Socket; rest: Buffer }> {
   const socket = await rawConnect(proxyPort);
   socket.on('error', () => undefined);
   socket.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
@@ -145,15 +143,18 @@ function readToClose(socket: Socket, first: Buffer): Promise<{ bytes: Buffer; is
   return new Promise((resolve) => socket.once('close', () => resolve({ bytes: Buffer.concat(chunks), isClean })));
 }
 
-describe('egressgate serve: SIGTERM drain and a slow reader', () => {
+// The cases wait on real timers (CLIENT_WAIT_MS, the grace) with a serve process each, so they run
+// concurrently, all but the last: it times a drain with nothing live and runs alone.
+describe.concurrent('egressgate serve: SIGTERM drain and a slow reader', () => {
   // Regression: the flow ended 'closed' (record: bytesIn = the whole answer) as soon as the
   // destination's FIN was read, the drain saw no live flow, and the process exited with the tail
   // still queued for the client, which saw a clean end short of it (here: 5 of the 12 clients short
   // by 5,104 to 37,104 bytes, the gateway gone 22–133 ms after SIGTERM). Now the flow ends once the
   // client has been handed its last byte, and the drain waits for it.
-  it('half-closed CONNECT clients that read slowly get every byte before the exit; records closed with that count; exit 0', async () => {
+  it('half-closed CONNECT clients that read slowly get every byte before the exit; records closed with that count; exit 0', async (t) => {
+    const { expect } = t;
     const flowLog = join(dir, 'slow.jsonl');
-    const s = await serve('slow', flowLog, GRACE_MS);
+    const s = await serve(t, 'slow', flowLog, GRACE_MS);
     const port = await listen(answering);
     // The system interpreter directly: a pyenv shim in front of it costs seconds.
     const python = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
@@ -200,11 +201,12 @@ describe('egressgate serve: SIGTERM drain and a slow reader', () => {
     }
   }, 90_000);
 
-  it('a client that never reads holds the exit no longer than the grace period; its flow is recorded shutdown', async () => {
+  it('a client that never reads holds the exit no longer than the grace period; its flow is recorded shutdown', async (c) => {
+    const { expect } = c;
     const flowLog = join(dir, 'stuck.jsonl');
-    const s = await serve('stuck', flowLog, SHORT_GRACE_MS);
+    const s = await serve(c, 'stuck', flowLog, SHORT_GRACE_MS);
     const port = await listen(bulk);
-    const t = await openTunnel(s.http.port, port);
+    const t = await openTunnel(expect, s.http.port, port);
     await new Promise((r) => setTimeout(r, 500));
     const exited = once(s.child, 'exit');
     const t0 = Date.now();
@@ -266,63 +268,60 @@ const SLOW_DESTINATION = [
   '    threading.Thread(target=serve, args=(c,), daemon=True).start()',
 ].join('\n');
 
-describe('egressgate serve: SIGTERM drain and a slow destination', () => {
-  let destination: ChildProcess | null = null;
-  afterEach(() => {
-    destination?.kill('SIGKILL');
-    destination = null;
+/** Start the slow destination: its port, its stdout so far and the process (killed when the case ends). */
+async function startDestination(t: Case, mode: 'read' | 'reset'): Promise<{ port: number; out: () => string; py: ChildProcess }> {
+  const python = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+  const py = spawn(python, ['-c', SLOW_DESTINATION, mode]);
+  t.onTestFinished(() => {
+    py.kill('SIGKILL');
   });
-
-  /** Start the slow destination: its port and its stdout so far. */
-  async function startDestination(mode: 'read' | 'reset'): Promise<{ port: number; out: () => string }> {
-    const python = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
-    const py = spawn(python, ['-c', SLOW_DESTINATION, mode]);
-    destination = py;
-    let out = '';
-    py.stdout.on('data', (b: Buffer) => {
-      out += b.toString('utf8');
-    });
-    const deadline = Date.now() + 10_000;
-    while (!out.includes('\n')) {
-      if (Date.now() > deadline) throw new Error('destination did not start');
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    return { port: Number(out.split('\n')[0]?.split(' ')[1]), out: () => out };
+  let out = '';
+  py.stdout.on('data', (b: Buffer) => {
+    out += b.toString('utf8');
+  });
+  const deadline = Date.now() + 10_000;
+  while (!out.includes('\n')) {
+    if (Date.now() > deadline) throw new Error('destination did not start');
+    await new Promise((r) => setTimeout(r, 20));
   }
+  return { port: Number(out.split('\n')[0]?.split(' ')[1]), out: () => out, py };
+}
 
-  /** CONNECT through the gateway, upload `size` pattern bytes and half-close; the answer is read and dropped. */
-  async function upload(proxyPort: number, port: number, size: number): Promise<Socket> {
-    const socket = await rawConnect(proxyPort);
-    socket.on('error', () => undefined);
-    socket.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
-    const head = await readUntil(socket, '\r\n\r\n');
-    expect(head.toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
-    socket.resume();
-    socket.end(pattern(size));
-    return socket;
+/** CONNECT through the gateway, upload `size` pattern bytes and half-close; the answer is read and dropped. */
+async function upload(expect: Case['expect'], proxyPort: number, port: number, size: number): Promise<Socket> {
+  const socket = await rawConnect(proxyPort);
+  socket.on('error', () => undefined);
+  socket.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+  const head = await readUntil(socket, '\r\n\r\n');
+  expect(head.toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+  socket.resume();
+  socket.end(pattern(size));
+  return socket;
+}
+
+async function lines(out: () => string, prefix: string, count: number): Promise<string[]> {
+  const deadline = Date.now() + 15_000;
+  let found: string[] = [];
+  while (Date.now() < deadline) {
+    found = out().split('\n').filter((l) => l.startsWith(prefix));
+    if (found.length >= count) break;
+    await new Promise((r) => setTimeout(r, 50));
   }
+  return found;
+}
 
-  async function lines(out: () => string, prefix: string, count: number): Promise<string[]> {
-    const deadline = Date.now() + 15_000;
-    let found: string[] = [];
-    while (Date.now() < deadline) {
-      found = out().split('\n').filter((l) => l.startsWith(prefix));
-      if (found.length >= count) break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    return found;
-  }
-
+describe.concurrent('egressgate serve: SIGTERM drain and a slow destination', () => {
   // Regression: a flow ended 'closed' (record: bytesOut = the whole upload) as soon as the client's
   // FIN was read, while the tail of the upload could still be queued inside the gateway for a
   // destination that had not read it; the drain saw no live flow and the process exited at once
   // (here: 6 of the 12 destinations got 84,968 bytes, short by 3,032 to 43,032). Now the flow ends
   // once the destination has been handed its last byte, and the drain waits for it.
-  it('half-closed uploads to a slowly reading destination arrive whole before the exit; records closed with that count; exit 0', async () => {
-    const dest = await startDestination('read');
+  it('half-closed uploads to a slowly reading destination arrive whole before the exit; records closed with that count; exit 0', async (t) => {
+    const { expect } = t;
+    const dest = await startDestination(t, 'read');
     const flowLog = join(dir, 'slow-up.jsonl');
-    const s = await serve('slow-up', flowLog, GRACE_MS);
-    const sockets = await Promise.all(UPLOAD_SIZES.map((size) => upload(s.http.port, dest.port, size)));
+    const s = await serve(t, 'slow-up', flowLog, GRACE_MS);
+    const sockets = await Promise.all(UPLOAD_SIZES.map((size) => upload(expect, s.http.port, dest.port, size)));
     try {
       // The destinations read nothing yet: the gateway has read the uploads and their FINs.
       await new Promise((r) => setTimeout(r, 1000));
@@ -330,7 +329,7 @@ describe('egressgate serve: SIGTERM drain and a slow destination', () => {
       const t0 = Date.now();
       s.child.kill('SIGTERM');
       await new Promise((r) => setTimeout(r, CLIENT_WAIT_MS));
-      destination?.stdin?.write('go\n');
+      dest.py.stdin?.write('go\n');
       const [code] = (await exited) as [number | null];
       expect(code).toBe(0);
       expect(Date.now() - t0).toBeLessThan(GRACE_MS);
@@ -344,20 +343,23 @@ describe('egressgate serve: SIGTERM drain and a slow destination', () => {
       for (const socket of sockets) socket.destroy();
     }
   }, 90_000);
+});
 
-  it('a destination that resets while bytes are still owed to it ends the flow upstream-reset, at once', async () => {
-    const dest = await startDestination('reset');
+describe('egressgate serve: SIGTERM drain and a destination that resets', () => {
+  it('a destination that resets while bytes are still owed to it ends the flow upstream-reset, at once', async (t) => {
+    const { expect } = t;
+    const dest = await startDestination(t, 'reset');
     const flowLog = join(dir, 'reset-up.jsonl');
-    const s = await serve('reset-up', flowLog, 5000);
+    const s = await serve(t, 'reset-up', flowLog, 5000);
     // Whether a 40–128 KB upload is still queued in the gateway when the reset comes depends on how far
     // the kernel's send buffer has grown (none was on one CI run); 8 MiB is more than it ever holds.
     const sizes = [...UPLOAD_SIZES, 8 * 1024 * 1024];
-    const sockets = await Promise.all(sizes.map((size) => upload(s.http.port, dest.port, size)));
+    const sockets = await Promise.all(sizes.map((size) => upload(expect, s.http.port, dest.port, size)));
     // Client port → upload size (read now: a reset socket no longer knows its port).
     const sizeOf = new Map(sockets.map((socket, i) => [socket.localPort, sizes[i] as number]));
     try {
       await new Promise((r) => setTimeout(r, 1000));
-      destination?.stdin?.write('go\n');
+      dest.py.stdin?.write('go\n');
       expect(await lines(dest.out, 'reset', sizes.length)).toHaveLength(sizes.length);
       await new Promise((r) => setTimeout(r, 500));
       // Flows still waiting for their destination would hold the drain to its end and say shutdown.
