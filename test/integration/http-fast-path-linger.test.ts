@@ -10,7 +10,7 @@
 import { once } from 'node:events';
 import type { ServerResponse } from 'node:http';
 import { connect, createServer, type Server, type Socket } from 'node:net';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { type Origin, startOrigin } from './http-harness.ts';
 
@@ -24,7 +24,6 @@ const held: ServerResponse[] = [];
 let sink: Server;
 let sinkPort: number;
 const sinkSockets = new Set<Socket>();
-let gw: TestGateway | null = null;
 
 beforeAll(async () => {
   origin = await startOrigin((req, res) => {
@@ -42,13 +41,8 @@ beforeAll(async () => {
   sinkPort = (sink.address() as { port: number }).port;
 });
 
-afterEach(async () => {
-  for (const res of held.splice(0)) res.destroy();
-  await gw?.stop();
-  gw = null;
-});
-
 afterAll(async () => {
+  for (const res of held.splice(0)) res.destroy();
   await origin?.close();
   for (const c of sinkSockets) c.destroy();
   await new Promise<void>((r) => (sink ? sink.close(() => r()) : r()));
@@ -119,10 +113,11 @@ async function writeUntilClosed(c: Client, piece: () => string | Buffer): Promis
 
 const KIB = Buffer.alloc(1024, 0x78);
 
-describe('fast path: after the last answer the connection ends within the linger, whatever the client sends', () => {
-  it('a 429: the answer whole, FIN, then closed by the gateway while the client still writes 1 KiB every 50 ms', async () => {
+// Each case waits out the 2 s linger with a gateway of its own: the cases run concurrently.
+describe.concurrent('fast path: after the last answer the connection ends within the linger, whatever the client sends', () => {
+  it('a 429: the answer whole, FIN, then closed by the gateway while the client still writes 1 KiB every 50 ms', async ({ expect, onTestFinished }) => {
     const g = await startTestGateway({ limits: { maxNewFlowsPerSecPerIdentity: 1 } });
-    gw = g;
+    onTestFinished(() => g.stop());
     const c = await client(g.httpPort);
     // One whole head at a time, nothing after it: each is the fast path's, until one is over the rate.
     let answers = 0;
@@ -145,9 +140,9 @@ describe('fast path: after the last answer the connection ends within the linger
     expect(g.closed.filter((r) => r.client.port === c.port)).toHaveLength(answers);
   }, 40_000);
 
-  it('Connection: close: the 200 whole, FIN, then closed by the gateway while the client still sends requests', async () => {
+  it('Connection: close: the 200 whole, FIN, then closed by the gateway while the client still sends requests', async ({ expect, onTestFinished }) => {
     const g = await startTestGateway({});
-    gw = g;
+    onTestFinished(() => g.stop());
     const c = await client(g.httpPort);
     c.s.write(get('/size/1000', 'Connection: close\r\n'));
     await until('the 200 whole', () => isWhole(c.text(), 0), 5000);
@@ -162,7 +157,7 @@ describe('fast path: after the last answer the connection ends within the linger
   }, 40_000);
 });
 
-describe('fast path while the gateway drains: a keep-alive connection that keeps sending requests ends within the grace', () => {
+describe.concurrent('fast path while the gateway drains: a keep-alive connection that keeps sending requests ends within the grace', () => {
   /** Start a drain that waits on a live tunnel (a flow) for up to 30 s; `isDrained` tells when it ended. */
   async function drainHeldOpen(g: TestGateway): Promise<{ isDrained: () => boolean; tunnel: Socket }> {
     const tunnel = connect({ port: g.httpPort, host: '127.0.0.1' });
@@ -178,9 +173,9 @@ describe('fast path while the gateway drains: a keep-alive connection that keeps
     return { isDrained: () => isDrained, tunnel };
   }
 
-  it('answered while draining (connection: close): closed by the gateway while the drain still waits and the client still sends', async () => {
+  it('answered while draining (connection: close): closed by the gateway while the drain still waits and the client still sends', async ({ expect, onTestFinished }) => {
     const g = await startTestGateway({});
-    gw = g;
+    onTestFinished(() => g.stop());
     const c = await client(g.httpPort);
     c.s.write(get('/late'));
     await until('the origin holds the request', () => held.length === 1, 5000);
@@ -205,9 +200,9 @@ describe('fast path while the gateway drains: a keep-alive connection that keeps
     }
   }, 40_000);
 
-  it('idle when the drain starts: FIN, then closed by the gateway while the drain still waits; what it sends after is not served', async () => {
+  it('idle when the drain starts: FIN, then closed by the gateway while the drain still waits; what it sends after is not served', async ({ expect, onTestFinished }) => {
     const g = await startTestGateway({});
-    gw = g;
+    onTestFinished(() => g.stop());
     const c = await client(g.httpPort);
     c.s.write(get('/size/10'));
     await until('the first answer whole', () => isWhole(c.text(), 0), 5000);
