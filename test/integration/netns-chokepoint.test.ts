@@ -453,10 +453,10 @@ describe.skipIf(!support.ok)('egress chokepoint on real network namespaces', () 
       // UDP first; its absence is checked after the TCP attempts, which take their connect timeouts.
       await sendUdp(lab, topo.internet, { host: '::', port: 0 }, { host: CHOKEPOINT.clientIp, port: 5353 }, 'inbound-udp-v4');
       await sendUdp(lab, topo.internet, { host: '::', port: 0 }, { host: CHOKEPOINT.clientIp6, port: 5353 }, 'inbound-udp-v6');
-      const v4 = await curl(lab, topo.internet, [`http://${CHOKEPOINT.clientIp}:8080/in`]);
+      // Both attempts wait out curl's connect timeout: side by side, not one after the other.
+      const [v4, v6] = await Promise.all([curl(lab, topo.internet, [`http://${CHOKEPOINT.clientIp}:8080/in`]), curl(lab, topo.internet, ['-g', `http://[${CHOKEPOINT.clientIp6}]:8080/in6`])]);
       expect(v4.code).not.toBe(0);
       expect(v4.body).not.toContain('origin-ok');
-      const v6 = await curl(lab, topo.internet, ['-g', `http://[${CHOKEPOINT.clientIp6}]:8080/in6`]);
       expect(v6.code).not.toBe(0);
       expect(v6.body).not.toContain('origin-ok');
       expect(received(clientUdp)).toEqual([]);
