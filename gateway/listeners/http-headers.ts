@@ -165,6 +165,13 @@ export function rawHeader(raw: readonly string[], name: string): string | null {
 }
 
 /**
+ * Basic credentials (RFC 7617 §2): one base64 token, padding only at its end. Node's base64
+ * decoder skips characters outside the alphabet and stops at the first `=`, so without this check
+ * `Basic <token> junk`, `<token>!!` and two credentials joined by a comma decoded as the first.
+ */
+const BASIC_TOKEN = /^[A-Za-z0-9+/]+={0,2}$/;
+
+/**
  * The user and password of a `Proxy-Authorization: Basic …` header, or null when absent or not
  * Basic. A malformed Basic value yields an empty user so identity resolution refuses it.
  */
@@ -172,7 +179,9 @@ export function parseProxyBasic(value: string | undefined): { username: string; 
   if (!value) return null;
   const space = value.indexOf(' ');
   if (space < 0 || value.slice(0, space).toLowerCase() !== 'basic') return null;
-  const decoded = Buffer.from(value.slice(space + 1).trim(), 'base64').toString('utf8');
+  const token = value.slice(space + 1).trim();
+  if (!BASIC_TOKEN.test(token)) return { username: '', password: '' };
+  const decoded = Buffer.from(token, 'base64').toString('utf8');
   const colon = decoded.indexOf(':');
   if (colon < 0) return { username: '', password: '' };
   return { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };

@@ -105,6 +105,11 @@ describe('parseProxyBasic / serialiseRequestHead', () => {
     expect(parseProxyBasic(undefined)).toBeNull();
     expect(parseProxyBasic('Basic bm9jb2xvbg==')).toEqual({ username: '', password: '' });
   });
+  it('takes one base64 token only: junk after it, or a second credential, is malformed (empty user)', () => {
+    const token = Buffer.from('alice:pw').toString('base64');
+    expect(parseProxyBasic(`Basic ${token.replace(/=+$/, '')}`)).toEqual({ username: 'alice', password: 'pw' });
+    for (const v of [`Basic ${token} x`, `Basic ${token}!!`, `Basic ${token}, Basic ${token}`, `Basic =${token}`]) expect(parseProxyBasic(v)).toEqual({ username: '', password: '' });
+  });
   it('serialises an origin-form head', () => {
     expect(serialiseRequestHead('GET', '/chat?x=1', ['host', 'a', 'via', VIA_VALUE])).toBe(`GET /chat?x=1 HTTP/1.1\r\nhost: a\r\nvia: 1.1 ${VIA_PSEUDONYM}\r\n\r\n`);
   });
