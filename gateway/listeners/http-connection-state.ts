@@ -48,9 +48,22 @@ export interface ConnectionState {
   admitting: Promise<unknown> | null;
 }
 
-/** Something to tell when a client connection closes. */
+/** Something to tell when a client connection closes, or sends its FIN. */
 export interface ClientCloseWatcher {
   onClientClose(): void;
+  /** The client half-closed (its FIN): it may still read, or may have left (see finGraceMs). */
+  onClientFin(): void;
+}
+
+/**
+ * How long an origin may stay silent once the client has sent its FIN after a whole request: as long
+ * as it may take to accept a connection, never longer than the idle timeout (10 s by default). After a
+ * FIN the client may have half-closed and still read (RFC 9112 §9.6), or left, and TCP does not tell
+ * the two apart until something is written: an answer within it is relayed whole, past it the client
+ * counts as gone. Upgrade (http-upgrade.ts) and absolute-URI requests (http-forward.ts) alike.
+ */
+export function finGraceMs(limits: { readonly connectTimeoutMs: number; readonly idleTimeoutMs: number }): number {
+  return Math.min(limits.connectTimeoutMs, limits.idleTimeoutMs);
 }
 
 const kState = Symbol('egressgate.http.connection');
@@ -117,9 +130,10 @@ export function isShedding(socket: object): boolean {
 /**
  * Tell `watcher` when `socket` closes, until unwatchClientClose. A ServerResponse emits 'close' only
  * once it has had the socket: one still queued behind another (pipelining) never does when the
- * client leaves, so its request must hear of the socket's close here.
+ * client leaves, so its request must hear of the socket's close here. Its FIN too (onClientFin), at
+ * once when it already came. One 'close' and one 'end' listener per connection serve all its requests.
  */
-export function watchClientClose(socket: { once(event: 'close', fn: () => void): unknown }, state: ConnectionState, watcher: ClientCloseWatcher): void {
+export function watchClientClose(socket: { readonly readableEnded: boolean; once(event: 'close' | 'end', fn: () => void): unknown }, state: ConnectionState, watcher: ClientCloseWatcher): void {
   let watchers = state.closeWatchers;
   if (watchers === null) {
     watchers = new Set();
@@ -130,8 +144,14 @@ export function watchClientClose(socket: { once(event: 'close', fn: () => void):
       all.clear();
       for (const w of left) w.onClientClose();
     });
+    if (!socket.readableEnded) {
+      socket.once('end', () => {
+        for (const w of [...all]) w.onClientFin();
+      });
+    }
   }
   watchers.add(watcher);
+  if (socket.readableEnded) watcher.onClientFin();
 }
 
 /** Stop telling `watcher` about the close (its request is over). */

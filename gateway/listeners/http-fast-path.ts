@@ -23,9 +23,11 @@
  * timer serves both (the shorter of the two, set once per connection, re-armed by node on every read
  * and write); when it fires where the longer one applies, a one-off timer waits out the rest. So a
  * request costs no timer changes (two per request with node:http: ~2 µs on Node 20). A client
- * FIN or reset during a request ends its flow `client-reset` and aborts the origin request, as
- * node:http does; so does our own cut for limits.idleTimeoutMs of silence, but the flow ends
- * `idle-timeout` (ConnectionState.isTimedOut, as on node:http). A request's flow closes `closed`
+ * reset during a request ends its flow `client-reset` and aborts the origin request; so does our own
+ * cut for limits.idleTimeoutMs of silence, but the flow ends `idle-timeout` (ConnectionState.isTimedOut,
+ * as on node:http). A client FIN is a half-close (RFC 9112 §9.6), not an abort: the request being
+ * served is answered whole, and so are the whole requests read ahead of the FIN, in order; then the
+ * connection ends (see onEnd). A request's flow closes `closed`
  * once the origin's whole response has been handed to the client socket. After a connection's last
  * answer (`connection: close`, a 429, a drain) it ends lingering, as the gateway's refusals do: our
  * FIN, what the client still sends dropped, closed at its FIN or 2 s after the answer is written out.
@@ -120,6 +122,8 @@ class FastConnection {
   /** Bytes the client sent while a request was served (the next request, read ahead). */
   private ahead: Buffer | null = null;
   private isGone = false;
+  /** The client sent its FIN: no request comes after those already read (see onEnd). */
+  private isHalfClosed = false;
   /** Its last response is answered and our side ended: what the client still sends is dropped (endLingering). */
   private isEnded = false;
   /** This connection's slot in the fast path's live connections. */
@@ -181,6 +185,7 @@ class FastConnection {
     });
     const exchange = new FastExchange(this, ctx, flow, head.method === 'HEAD', head.isLast);
     this.exchange = exchange;
+    if (this.isHalfClosed) exchange.clientHalfClosed();
     const limits = result.snapshot.config.limits;
     const opts: Dispatcher.DispatchOptions = {
       origin: `http://${formatAuthority(result.ip, flow.destination.port)}`,
@@ -210,9 +215,12 @@ class FastConnection {
     this.next(last);
   }
 
-  /** The connection must end after the current response. */
+  /**
+   * The connection must end after the current response: the listener closes or drains, or the client
+   * half-closed and sent no further request before its FIN.
+   */
   mustClose(): boolean {
-    return this.path.isClosing() || this.path.state.ctx.isDraining();
+    return this.path.isClosing() || this.path.state.ctx.isDraining() || (this.isHalfClosed && this.ahead === null);
   }
 
   /** The current request is answered: end the connection, or wait for (or take) the next request. */
@@ -229,9 +237,30 @@ class FastConnection {
     const ahead = this.ahead;
     if (ahead !== null) {
       this.ahead = null;
+      if (this.isHalfClosed) {
+        this.dispatchAfterFin(ahead);
+        return;
+      }
       if (this.socket.isPaused()) this.socket.resume();
       this.dispatch(ahead);
     }
+  }
+
+  /**
+   * Requests the client sent before its FIN, read ahead while the one before was served: each whole
+   * fast head is served in turn (the rest kept for after it). node:http cannot take the socket once
+   * its end has been read, so what the fast path does not serve here (a split or partial head, a
+   * request with a body) gets no answer: the connection ends after the answers before it.
+   */
+  private dispatchAfterFin(bytes: Buffer): void {
+    const head = parseFastRequestHead(bytes, this.path.state.ctx.policy.current().config.limits.maxHeaderBytes);
+    const target = head === null ? null : parseAbsoluteTarget(head.url);
+    if (head === null || target === null || !target.ok) {
+      this.endLingering();
+      return;
+    }
+    if (head.end < bytes.length) this.ahead = bytes.subarray(head.end);
+    this.serve(head, target);
   }
 
   /** Request bytes between requests: one whole fast head → serve it; anything else → node:http. */
@@ -298,11 +327,19 @@ class FastConnection {
     if (this.ahead.length >= MAX_AHEAD_BYTES) this.socket.pause();
   };
 
+  /**
+   * The client's FIN: a half-close (RFC 9112 §9.6), not an abort. The request being served is still
+   * answered, whole (its flow `closed`), then the requests read ahead of the FIN, then the connection
+   * ends (no further request can come): the answer then says `connection: close` where its head is
+   * not already out (mustClose). Between requests the connection ends now. The limits still apply:
+   * an origin silent for finGraceMs after the FIN ends the flow `client-reset` (a client that closed
+   * sends the same FIN: OriginExchange.clientHalfClosed), limits.idleTimeoutMs while the answer is
+   * written to a client that does not read it.
+   */
   private readonly onEnd = (): void => {
-    // As node:http: a client that ends its side ends the connection, and a request it still waits on.
-    this.isGone = true;
-    this.exchange?.clientGone();
-    this.socket.end();
+    this.isHalfClosed = true;
+    this.exchange?.clientHalfClosed();
+    if (!this.isBusy && !this.isEnded && !this.isGone) this.endLingering();
   };
 
   private readonly onClose = (): void => {
@@ -371,7 +408,7 @@ class FastExchange extends OriginExchange {
     this.isLast = isLast;
   }
 
-  /** The client went away (FIN or reset), or we cut it for silence, before the response was complete. */
+  /** The client connection closed (a reset, or we cut it for silence) before the response was complete. */
   clientGone(): void {
     if (this.isClientGone || this.flow.state !== 'active') return;
     this.abortOrigin('client went away');
@@ -384,6 +421,10 @@ class FastExchange extends OriginExchange {
 
   protected isResponseStarted(): boolean {
     return this.isHeadSent;
+  }
+
+  protected isWaitOnClient(): boolean {
+    return this.owner.socket.writableLength > 0;
   }
 
   protected cutClient(reset: boolean): void {

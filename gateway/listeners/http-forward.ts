@@ -25,7 +25,7 @@ import { dialErrorCode, GatewayError, type GatewayErrorCode, isOwnShortage } fro
 import { formatAuthority } from '../protocol/authority.ts';
 import { mapError, mapKill, type RejectMapping } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
-import { type ClientCloseWatcher, type ConnectionState, connectionState, resetOrDestroy, unwatchClientClose, watchClientClose } from './http-connection-state.ts';
+import { type ClientCloseWatcher, type ConnectionState, connectionState, finGraceMs, resetOrDestroy, unwatchClientClose, watchClientClose } from './http-connection-state.ts';
 import { closeAfterEarlyAnswer } from './http-early-answer.ts';
 import { dispatchToOrigin, exchangeDialling, StaggeredOrigin } from './http-origin-dial.ts';
 import { forwardResponseHeaders, isRelayableTransferCoding, relayedStatusText } from './http-headers.ts';
@@ -258,6 +258,10 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
   private interimSinceMs = 0;
   /** The 1xx responses relayed to the client so far (at most MAX_INTERIM_RELAYED). */
   private interimRelayed = 0;
+  /** Armed by the client's FIN (clientHalfClosed): the origin's silence past finGraceMs ends the flow. */
+  private finTimer: NodeJS.Timeout | null = null;
+  /** What the origin had sent when finTimer was armed (flow.bytesIn, the head as 1). */
+  private finMark = 0;
 
   constructor(ctx: GatewayContext, flow: Flow, connection: ConnectionState) {
     this.ctx = ctx;
@@ -284,7 +288,47 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
 
   /** Close the flow with `reason`, once. */
   protected finish(reason: string): void {
+    if (this.finTimer !== null) {
+      clearTimeout(this.finTimer);
+      this.finTimer = null;
+    }
     if (this.flow.state === 'active') this.ctx.flows.close(this.flow, reason);
+  }
+
+  /**
+   * The client sent its FIN after its whole request: a half-close, not an abort (RFC 9112 §9.6). The
+   * answer is still relayed whole; but TCP does not tell a half-close from a client that closed until
+   * something is written to it, so the origin gets finGraceMs of silence at a time (one timer, checked
+   * when it fires: nothing per chunk). Silent that long, with nothing of the answer waiting on the
+   * client, the client counts as gone: the origin request is aborted, the flow ends `client-reset`.
+   */
+  clientHalfClosed(): void {
+    if (this.finTimer !== null || this.isClientGone || this.flow.state !== 'active') return;
+    this.finMark = this.originProgress();
+    this.finTimer = setTimeout(onFinGrace, finGraceMs(this.ctx.policy.current().config.limits), this);
+    this.finTimer.unref();
+  }
+
+  /** finGraceMs after the FIN (or after the origin's last progress): see clientHalfClosed. */
+  finGraceOver(): void {
+    this.finTimer = null;
+    if (this.isClientGone || this.flow.state !== 'active') return;
+    const progress = this.originProgress();
+    // The origin sent more meanwhile, or the client has not taken what was sent: not the origin's silence.
+    if (progress !== this.finMark || this.isWaitOnClient()) {
+      this.finMark = progress;
+      this.finTimer = setTimeout(onFinGrace, finGraceMs(this.ctx.policy.current().config.limits), this);
+      this.finTimer.unref();
+      return;
+    }
+    this.connection.isAwaitingOrigin = false;
+    this.abortOrigin('client gone after its FIN');
+    this.finish('client-reset');
+    this.cutClient(false);
+  }
+
+  private originProgress(): number {
+    return this.flow.bytesIn + (this.status > 0 ? 1 : 0) + this.interimRelayed;
   }
 
   /** Why the flow ends when its client connection has gone: cut for silence, or the client left. */
@@ -392,6 +436,11 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
   abstract onComplete(): void;
   /** Some of the response has gone to the client. */
   protected abstract isResponseStarted(): boolean;
+  /**
+   * The answer waits on the client, not on the origin: the origin's response is complete, or some of
+   * it is still buffered for the client (which does not read it yet, or has a response ahead of it).
+   */
+  protected abstract isWaitOnClient(): boolean;
   /** Cut the client connection: `reset` for a kill, else a plain close after what was written. */
   protected abstract cutClient(reset: boolean): void;
   /** Answer a failure before any response byte. */
@@ -456,6 +505,16 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
 
   protected isResponseStarted(): boolean {
     return this.res.headersSent;
+  }
+
+  protected isWaitOnClient(): boolean {
+    const { res } = this;
+    return this.isUpstreamDone || res.socket === null || res.writableLength > 0 || this.clientSocket.writableLength > 0;
+  }
+
+  /** The client's FIN (watchClientClose): its request is whole, or the parser has already failed it. */
+  onClientFin(): void {
+    if (this.req.complete) this.clientHalfClosed();
   }
 
   protected cutClient(reset: boolean): void {
@@ -531,6 +590,10 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
     }
     super.onError(err);
   }
+}
+
+function onFinGrace(exchange: OriginExchange): void {
+  exchange.finGraceOver();
 }
 
 /**

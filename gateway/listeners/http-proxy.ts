@@ -102,6 +102,11 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
     ? createHttpsServer({ ...serverOptions, cert: opts.tls.cert, key: opts.tls.key, ca: opts.tls.ca, requestCert: opts.tls.requestCert ?? false, rejectUnauthorized: false })
     : createHttpServer(serverOptions);
   server.timeout = limits.idleTimeoutMs;
+  // A client's FIN after a whole request is a half-close, not an abort (RFC 9112 §9.6): node:http
+  // then marks the response it is answering (or the last one queued) as the connection's last and
+  // ends the connection after it, instead of aborting the requests in flight. A FIN mid-request
+  // still fails node's parser: clientError, and the request's flow ends `client-reset`.
+  (server as { httpAllowHalfOpen?: boolean }).httpAllowHalfOpen = true;
 
   let strippedFor: PolicySnapshot | null = null;
   let stripped: ReadonlySet<string> = new Set();

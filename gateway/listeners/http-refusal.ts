@@ -145,7 +145,13 @@ export function lingerThenDestroy(socket: Duplex, lingerMs = LINGER_MS): void {
   const timer = setTimeout(() => socket.destroy(), lingerMs);
   timer.unref();
   socket.once('close', () => clearTimeout(timer));
-  socket.once('end', () => socket.destroy());
   socket.on('error', () => socket.destroy());
+  // A client that half-closed has nothing more to send: closed once our answer is written out.
+  if (socket.readableEnded) {
+    if (socket.writableFinished) socket.destroy();
+    else socket.once('finish', () => socket.destroy());
+    return;
+  }
+  socket.once('end', () => socket.destroy());
   socket.resume();
 }

@@ -37,7 +37,7 @@ import { mapError } from '../reject.ts';
 import { dialFirstReachable } from '../upstream/dial.ts';
 import { viaOnward } from '../via.ts';
 import { earlierResponses, holdClient, isBehindLastAnswer, outlastsEarlierResponses } from './http-connect.ts';
-import { resetOrDestroy } from './http-connection-state.ts';
+import { finGraceMs, resetOrDestroy } from './http-connection-state.ts';
 import { forwardRequestHeaders, forwardResponseHeaders, relayedStatusText, serialiseRequestHead, splitHeaderLine, viaFor } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
 import { refusalDetails, writeRawRefusal } from './http-refusal.ts';
@@ -115,16 +115,6 @@ function readResponseHead(socket: Socket, maxBytes: number, timeoutMs: number, c
     // and a 'data' listener does not resume a paused stream.
     socket.resume();
   });
-}
-
-/**
- * How long an origin may stay silent once the client has sent its FIN (the request was whole: an
- * Upgrade with a body is refused): as long as it may take to accept a connection, never longer than
- * the idle timeout. An origin answers an Upgrade at once; one still silent is no reason to hold a
- * flow and a connection for a client that may have left.
- */
-function finGraceMs(limits: { connectTimeoutMs: number; idleTimeoutMs: number }): number {
-  return Math.min(limits.connectTimeoutMs, limits.idleTimeoutMs);
 }
 
 /**

@@ -67,7 +67,9 @@ describe('unclean ends of absolute-URI requests', () => {
     const originSocket = held.at(-1);
     expect(originSocket).toBeDefined();
     const originClosed = once(originSocket as Socket, 'close');
-    s.destroy();
+    // A reset: the client left at once (a FIN alone is a half-close, seen as leaving only
+    // finGraceMs later: http-half-close.test.ts).
+    s.resetAndDestroy();
     const rec = await gw.waitForClosed((f) => f.destination.port === origin.port && f.closeReason === 'client-reset');
     expect(rec.bytesIn).toBe(1000);
     await originClosed;

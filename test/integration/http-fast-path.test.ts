@@ -297,7 +297,7 @@ describe('absolute-URI fast path', () => {
     }
   }, 15_000);
 
-  it('the idle cut of a request being served is recorded idle-timeout; a client that leaves is client-reset', async () => {
+  it('the idle cut of a request being served is recorded idle-timeout (also after a half-close); a client that resets is client-reset', async () => {
     const own = await startTestGateway({ limits: { idleTimeoutMs: 300 } });
     try {
       const recordsOf = (port: number) => own.closed.filter((f) => f.client.port === port);
@@ -314,20 +314,31 @@ describe('absolute-URI fast path', () => {
       expect(cut.bytesIn).toBeGreaterThan(0);
       expect(cut.bytesIn).toBeLessThan(64 * 1024 * 1024);
       s.destroy();
-      // A client that ends its side while the response stalls: client-reset, before any idle cut.
+      // A client that resets while the response stalls: client-reset, before any idle cut.
       const t = await rawConnect(own.httpPort);
       t.on('error', () => undefined);
       const tPort = t.localPort as number;
       t.write(get('/stall'));
       await readUntil(t, 'abc');
-      t.end();
+      t.resetAndDestroy();
       const left = await own.waitForClosed((f) => f.client.port === tPort, 5000);
       expect(left).toMatchObject({ bytesIn: 3, closeReason: 'client-reset' });
-      t.destroy();
+      // A client that only half-closes (FIN) still waits for the rest: the stall is cut by the idle
+      // limit as for any client, not held for ever.
+      const u = await rawConnect(own.httpPort);
+      u.on('error', () => undefined);
+      const uPort = u.localPort as number;
+      u.write(get('/stall'));
+      await readUntil(u, 'abc');
+      u.end();
+      const stalled = await own.waitForClosed((f) => f.client.port === uPort, 5000);
+      expect(stalled).toMatchObject({ bytesIn: 3, closeReason: 'idle-timeout' });
+      u.destroy();
       // One record each, also once the origin request has been aborted (undici then reports an error).
       await waitFor(() => endlessEnded > endedBefore);
       expect(recordsOf(port)).toHaveLength(1);
       expect(recordsOf(tPort)).toHaveLength(1);
+      expect(recordsOf(uPort)).toHaveLength(1);
       expect(own.flows.activeCount).toBe(0);
     } finally {
       await own.stop();

@@ -3,8 +3,10 @@
  * Its flow was closed only on the ServerResponse's 'close', which node never emits for a response
  * still queued behind another when the socket closes; the undici request stayed in flight with it
  * (holding an origin connection) and the flow counted against maxFlowsPerIdentity until restart.
+ * A client that only half-closes (FIN) has not left: its pipelined requests are answered, in order.
  */
 import { once } from 'node:events';
+import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
@@ -12,14 +14,35 @@ import { type Origin, rawConnect, readUntil, startOrigin } from './http-harness.
 
 let gw: TestGateway;
 let origin: Origin;
-/** Origin sockets of /hold requests (answered never), to see the gateway let go of them. */
-const holding = new Map<Socket, string>();
+/** Origin sockets of /hold requests (answered only by answerHeld), to see the gateway let go of them. */
+const holding = new Map<Socket, { url: string; res: ServerResponse }>();
 
 /** Origin connections still holding a request whose path contains `tag`. */
 function held(tag: string): number {
   let n = 0;
-  for (const url of holding.values()) if (url.includes(tag)) n++;
+  for (const { url } of holding.values()) if (url.includes(tag)) n++;
   return n;
+}
+
+/** Answer every held request whose path contains `tag` with `held:<path>`. */
+function answerHeld(tag: string): void {
+  for (const [s, { url, res }] of holding) {
+    if (!url.includes(tag)) continue;
+    holding.delete(s);
+    const body = `held:${url}`;
+    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': body.length });
+    res.end(body);
+  }
+}
+
+/** Read until the server closes the connection (bounded). */
+async function readToClose(s: Socket): Promise<string> {
+  const chunks: Buffer[] = [];
+  s.on('data', (c: Buffer) => chunks.push(c));
+  const timer = setTimeout(() => s.destroy(), 8000);
+  await once(s, 'close');
+  clearTimeout(timer);
+  return Buffer.concat(chunks).toString('latin1');
 }
 
 beforeAll(async () => {
@@ -27,7 +50,7 @@ beforeAll(async () => {
     if (req.url?.startsWith('/hold') !== true) return false;
     const s = res.socket;
     if (s) {
-      holding.set(s, req.url);
+      holding.set(s, { url: req.url, res });
       s.once('close', () => holding.delete(s));
     }
     return true;
@@ -58,17 +81,30 @@ async function expectAllClosed(clientPort: number, n: number, tag: string): Prom
   await until('origin connections released', () => held(tag) === 0, 8000);
 }
 
+/** The bodies of the answers in `raw`, in order. */
+function heldBodies(raw: string): string[] {
+  return [...raw.matchAll(/held:[^\r\n]*?(\d)(?=HTTP\/|$)/g)].map((m) => m[0]);
+}
+
 describe('pipelined requests whose client leaves before the answers', () => {
-  it('five pipelined GETs, then FIN: every flow gets its client-reset record, none stays active', async () => {
+  it('five pipelined GETs, then FIN (a half-close): each is answered in order, every flow closed, then the connection', async () => {
     const s = await rawConnect(gw.httpPort);
     s.on('error', () => undefined);
     const port = s.localPort as number;
+    const read = readToClose(s);
     s.write(pipelined(5, '/hold/fin'));
     // Every request reached the origin (so each has its flow and its undici request) before the FIN.
     await until('five held origin requests', () => held('/hold/fin') === 5, 8000);
     s.end();
-    await expectAllClosed(port, 5, '/hold/fin');
-    s.destroy();
+    // The origin answers after the FIN has reached the gateway (an answer ahead of it proves nothing).
+    await new Promise((r) => setTimeout(r, 100));
+    answerHeld('/hold/fin');
+    const raw = await read;
+    expect(heldBodies(raw)).toEqual([0, 1, 2, 3, 4].map((i) => `held:/hold/fin${i}`));
+    await until('five closed records', () => gw.closed.filter((r) => r.client.port === port).length >= 5, 8000);
+    const recs = gw.closed.filter((r) => r.client.port === port);
+    expect(recs.map((r) => [r.closeReason, r.bytesIn])).toEqual([0, 1, 2, 3, 4].map((i) => ['closed', `held:/hold/fin${i}`.length]));
+    await until('no active flow', () => gw.flows.activeCount === 0, 8000);
   });
 
   it('five pipelined GETs, then a reset: every flow gets its client-reset record, none stays active', async () => {
@@ -81,7 +117,7 @@ describe('pipelined requests whose client leaves before the answers', () => {
     await expectAllClosed(port, 5, '/hold/rst');
   });
 
-  it('after the fast path hands the connection to node:http: pipelined GETs then FIN leave no flow open', async () => {
+  it('after the fast path hands the connection to node:http: pipelined GETs then FIN are answered, no flow left open', async () => {
     const s = await rawConnect(gw.httpPort);
     s.on('error', () => undefined);
     const port = s.localPort as number;
@@ -92,14 +128,16 @@ describe('pipelined requests whose client leaves before the answers', () => {
     // Pipelined bytes: the fast path hands over to node:http.
     s.write(pipelined(5, '/hold/handover'));
     await until('five held origin requests', () => held('/hold/handover') === 5, 8000);
-    const closed = once(s, 'close');
+    const read = readToClose(s);
     s.end();
+    // The origin answers after the FIN has reached the gateway (an answer ahead of it proves nothing).
+    await new Promise((r) => setTimeout(r, 100));
+    answerHeld('/hold/handover');
+    expect(heldBodies(await read)).toEqual([0, 1, 2, 3, 4].map((i) => `held:/hold/handover${i}`));
     await until('six records for the connection', () => gw.closed.filter((r) => r.client.port === port).length >= 6, 8000);
     const recs = gw.closed.filter((r) => r.client.port === port);
     expect(recs).toHaveLength(6);
-    expect(recs.filter((r) => r.closeReason === 'client-reset')).toHaveLength(5);
+    expect(recs.filter((r) => r.closeReason === 'closed')).toHaveLength(6);
     await until('no active flow', () => gw.flows.activeCount === 0, 8000);
-    await until('origin connections released', () => held('/hold/handover') === 0, 8000);
-    await closed;
   });
 });

@@ -96,7 +96,9 @@ describe('egressgate replay counts the failed attempts the engine counted', () =
         await once(s, 'connect');
         s.write(`GET http://127.0.0.1:${o.port}/poll HTTP/1.1\r\nHost: 127.0.0.1:${o.port}\r\n\r\n`);
         await until('the origin has the request', () => o.conns.length > 0);
-        s.destroy();
+        // A reset: the client left at once (a FIN alone is a half-close, seen as leaving only
+        // finGraceMs later: docs/spec-notes.md).
+        s.resetAndDestroy();
         await gw.waitForClosed((r) => r.destination.port === o.port);
       }
       expect(await liveScanAlerts(gw)).toEqual([]);
