@@ -99,13 +99,16 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
   };
   const listener: 'http' | 'https' = opts.tls ? 'https' : 'http';
   const server: Server | HttpsServer = opts.tls
-    ? createHttpsServer({ ...serverOptions, cert: opts.tls.cert, key: opts.tls.key, ca: opts.tls.ca, requestCert: opts.tls.requestCert ?? false, rejectUnauthorized: false })
+    ? createHttpsServer({ ...serverOptions, allowHalfOpen: true, cert: opts.tls.cert, key: opts.tls.key, ca: opts.tls.ca, requestCert: opts.tls.requestCert ?? false, rejectUnauthorized: false })
     : createHttpServer(serverOptions);
   server.timeout = limits.idleTimeoutMs;
   // A client's FIN after a whole request is a half-close, not an abort (RFC 9112 §9.6): node:http
   // then marks the response it is answering (or the last one queued) as the connection's last and
   // ends the connection after it, instead of aborting the requests in flight. A FIN mid-request
-  // still fails node's parser: clientError, and the request's flow ends `client-reset`.
+  // still fails node's parser: clientError, and the request's flow ends `client-reset`. The TLS
+  // sockets of the HTTPS listener allow half-open too (allowHalfOpen above), else a client's
+  // close_notify and FIN would end our side before the answer.
+  // An origin silent for finGraceMs after the FIN ends the flow (http-forward.ts clientHalfClosed).
   (server as { httpAllowHalfOpen?: boolean }).httpAllowHalfOpen = true;
 
   let strippedFor: PolicySnapshot | null = null;

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
-import { connect as tlsConnect } from 'node:tls';
+import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { until } from '../helpers/gateway.ts';
 import { hungDestination } from '../helpers/hung-destination.ts';
@@ -66,6 +66,31 @@ describe('HTTPS proxy listener', () => {
     expect(r.stdout.length).toBe(2048);
     const rec = await gw.waitForClosed((f) => f.protocol === 'http' && f.bytesIn === 2048);
     expect(rec.closeReason).toBe('closed');
+  });
+
+  it('a client that half-closes (close_notify and FIN) right after its request still gets the whole answer', async () => {
+    // allowHalfOpen: the client reads on after its end() (its close_notify and FIN).
+    const s = tlsConnect({ host: '127.0.0.1', port: gw.httpPort, rejectUnauthorized: false, allowHalfOpen: true } as ConnectionOptions);
+    await once(s, 'secureConnect');
+    const port = s.localPort as number;
+    const chunks: Buffer[] = [];
+    let isEndedByGateway = false;
+    s.on('data', (c: Buffer) => chunks.push(c));
+    s.on('end', () => {
+      isEndedByGateway = true;
+    });
+    s.on('error', () => undefined);
+    const closed = once(s, 'close');
+    const timer = setTimeout(() => s.destroy(), 8000);
+    s.end(`GET http://127.0.0.1:${origin.port}/size/1500?tls-half-close HTTP/1.1\r\nHost: 127.0.0.1:${origin.port}\r\n\r\n`);
+    await closed;
+    clearTimeout(timer);
+    const raw = Buffer.concat(chunks).toString('latin1');
+    expect(raw.startsWith('HTTP/1.1 200')).toBe(true);
+    expect(raw.length - raw.indexOf('\r\n\r\n') - 4).toBe(1500);
+    expect(isEndedByGateway).toBe(true);
+    const rec = await gw.waitForClosed((f) => f.client.port === port);
+    expect(rec).toMatchObject({ closeReason: 'closed', bytesIn: 1500, bytesOut: 0 });
   });
 
   it('CONNECT over a TLS connection to the proxy', async () => {
