@@ -276,7 +276,35 @@ export function classifyAddress(ip: string): AddressRange | null {
   return classifyIPv6(b);
 }
 
-/** Compressed IPv6 text (RFC 5952: longest zero run of ≥2 groups becomes `::`, lower case). */
+/**
+ * The text every record, policy key and log line gives an IPv6 address: RFC 5952 (lower case, the
+ * longest zero run of ≥2 groups as `::`), and for an IPv4-mapped address (`::ffff:0:0/96`) the
+ * dotted-quad tail RFC 5952 §5 recommends, `::ffff:127.0.0.3`, as node prints a dual-stack socket's
+ * IPv4 peer and inet_ntop prints a DNS answer. `compressed` is already RFC 5952 hex (the WHATWG URL
+ * serialiser's output, or formatIPv6's): only a mapped address is rewritten, so the usual address
+ * costs one startsWith.
+ */
+export function withMappedTail(compressed: string): string {
+  if (!compressed.startsWith('::ffff:')) return compressed;
+  const colon = compressed.indexOf(':', 7);
+  // Exactly two groups after ::ffff: (a third would make it another address, ::ffff:a:b:c).
+  if (colon < 0 || compressed.indexOf(':', colon + 1) >= 0) return compressed;
+  const hi = Number.parseInt(compressed.slice(7, colon), 16);
+  const lo = Number.parseInt(compressed.slice(colon + 1), 16);
+  if (!(hi >= 0 && hi <= 0xffff && lo >= 0 && lo <= 0xffff)) return compressed;
+  return `::ffff:${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`;
+}
+
+/**
+ * Any IPv6 spelling in the form withMappedTail describes (`0:0:0:0:0:FFFF:7F00:3` →
+ * `::ffff:127.0.0.3`); the input unchanged when it is not an IPv6 literal.
+ */
+export function canonicalIPv6(ip: string): string {
+  const b = parseIPv6(ip);
+  return b === null ? ip : formatIPv6(b);
+}
+
+/** IPv6 text as withMappedTail gives it (RFC 5952, an IPv4-mapped address with its dotted tail). */
 export function formatIPv6(bytes: ArrayLike<number>): string {
   const groups: number[] = [];
   for (let i = 0; i < 16; i += 2) groups.push(((bytes[i] ?? 0) << 8) | (bytes[i + 1] ?? 0));
@@ -299,7 +327,7 @@ export function formatIPv6(bytes: ArrayLike<number>): string {
   if (bestStart < 0) return hex.join(':');
   const head = hex.slice(0, bestStart).join(':');
   const tail = hex.slice(bestStart + bestLen).join(':');
-  return `${head}::${tail}`;
+  return withMappedTail(`${head}::${tail}`);
 }
 
 /**

@@ -8,7 +8,7 @@
  *   allow path allocates nothing;
  * - deny.cidrs and allowRanges as CidrMaps (longest prefix decides between them).
  */
-import { classifyIPv4Number, classifyIPv6, embeddedIPv4, parseIPv4 } from './address.ts';
+import { canonicalIPv6, classifyIPv4Number, classifyIPv6, embeddedIPv4, parseIPv4 } from './address.ts';
 import { CidrMap, compileCidrSet, type ParsedIp, parseCidr, parseIp } from './cidr.ts';
 import type { AllowEntry, Config } from './config.ts';
 import { HostPatternMap, isIpLiteralLike, normalizeHost, normalizeHostFast, parseHostPattern } from './host-pattern.ts';
@@ -220,7 +220,8 @@ export function compilePolicy(config: Config, version = 1, opts: CompileOptions 
   const staticHosts = new Map<string, string>();
   for (const [name, ip] of Object.entries(cfg.resolver.hosts)) {
     const key = normalizeHost(name);
-    if (key !== null) staticHosts.set(key, ip);
+    // The answer in the form every other path records (an IPv6 literal in RFC 5952 text).
+    if (key !== null) staticHosts.set(key, ip.includes(':') ? canonicalIPv6(ip) : ip);
   }
 
   function rolesFor(user: string | null, host: string | null): readonly string[] {

@@ -6,13 +6,14 @@
  */
 import { isIP } from 'node:net';
 import { domainToASCII, domainToUnicode } from 'node:url';
+import { withMappedTail } from './address.ts';
 
 /** One label of a normalised host name (lower-case; `_` allowed for service names). */
 export const HOST_LABEL = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/;
 
 /**
  * Canonical form of a host name or IP literal: lower-case, no trailing dot, IDN labels as punycode,
- * IPv6 without brackets in compressed form. Returns null when it is not a valid host name.
+ * IPv6 without brackets in RFC 5952 form (withMappedTail). Returns null when it is not a valid host name.
  */
 export function normalizeHost(input: string): string | null {
   let h = input.trim();
@@ -46,12 +47,16 @@ export function hostToAscii(name: string): string {
   return ascii;
 }
 
-/** Compressed, lower-case IPv6 (the WHATWG URL serialiser does exactly this). */
+/**
+ * Compressed, lower-case IPv6 (the WHATWG URL serialiser), an IPv4-mapped address with its dotted
+ * tail: the form the data plane gives a destination (gateway/protocol/authority.ts), so a rule naming
+ * `[::ffff:7f00:1]` or `[::ffff:127.0.0.1]` is one key.
+ */
 function canonicalIPv6(ip: string): string {
   const pct = ip.indexOf('%');
   const bare = pct === -1 ? ip : ip.slice(0, pct);
   try {
-    return new URL(`http://[${bare}]/`).hostname.slice(1, -1);
+    return withMappedTail(new URL(`http://[${bare}]/`).hostname.slice(1, -1));
   } catch {
     return bare.toLowerCase();
   }

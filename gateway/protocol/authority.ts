@@ -2,14 +2,16 @@
  * Parse and normalise a destination authority ("host:port") the way the policy sees it:
  * lower-case, IDNA names as punycode (url.domainToASCII), trailing dot removed, IPv4 in its
  * canonical dotted form (so "0x7f.1" and "2130706433" are seen as 127.0.0.1, not as names), IPv6
- * without brackets in its compressed form. Anything ambiguous is refused rather than guessed:
+ * without brackets in its RFC 5952 form (an IPv4-mapped address with its dotted tail,
+ * `::ffff:127.0.0.3`: policy/address.ts, withMappedTail). Anything ambiguous is refused rather than guessed:
  * a host the policy matched must be the host that is dialled.
  */
 import { isIPv4, isIPv6 } from 'node:net';
+import { withMappedTail } from '../../policy/address.ts';
 import { HOST_LABEL, hostToAscii } from '../../policy/host-pattern.ts';
 
 export interface Authority {
-  /** Lower-case punycode name, dotted IPv4, or compressed IPv6 without brackets. */
+  /** Lower-case punycode name, dotted IPv4, or RFC 5952 IPv6 without brackets. */
   readonly host: string;
   readonly port: number;
   readonly isIp: boolean;
@@ -38,10 +40,12 @@ export function normaliseHost(input: string): { host: string; isIp: boolean } | 
     if (!isIPv6(text)) return null;
   }
   if (text.includes(':') && isIPv6(text)) {
-    // The WHATWG serialiser gives the compressed lower-case form; zone ids ("%eth0") fail isIPv6 or URL.
+    // The WHATWG serialiser gives the compressed lower-case form (an IPv4-mapped address in hex,
+    // rewritten with its dotted tail: the form a SOCKS5 ATYP 0x04 request and DNS give, one spelling
+    // per address in the records); zone ids ("%eth0") fail isIPv6 or URL.
     try {
       const serialised = new URL(`http://[${text}]/`).hostname;
-      return { host: serialised.slice(1, -1), isIp: true };
+      return { host: withMappedTail(serialised.slice(1, -1)), isIp: true };
     } catch {
       return null;
     }

@@ -210,7 +210,7 @@ function ipv6ToString(buf: Buffer, offset: number): string {
     }
     i = j;
   }
-  // IPv4-mapped stays in its dotted form so the policy recognises it the way Node prints it.
+  // IPv4-mapped in its dotted form, as every other path gives it (policy/address.ts, withMappedTail).
   if (bestStart === 0 && bestLen === 5 && parts[5] === 'ffff') {
     return `::ffff:${buf[offset + 12]}.${buf[offset + 13]}.${buf[offset + 14]}.${buf[offset + 15]}`;
   }

@@ -22,6 +22,7 @@
 import { lookup as osLookup } from 'node:dns/promises';
 import { isIP, isIPv4 } from 'node:net';
 import { LRUCache } from 'lru-cache';
+import { canonicalIPv6 } from '../../policy/address.ts';
 import { GatewayError } from '../errors.ts';
 import type { Resolver } from '../context.ts';
 
@@ -48,7 +49,9 @@ export function dnsSlots(env: NodeJS.ProcessEnv = process.env): number {
 
 async function addressesOf(host: string): Promise<string[]> {
   const answers = await osLookup(host, { all: true, verbatim: true });
-  return answers.map((a) => a.address);
+  // inet_ntop writes an IPv4-compatible answer (::/96) with a dotted tail too: every IPv6 address
+  // with one is rewritten to the form the records give every other path (withMappedTail).
+  return answers.map((a) => (a.family === 6 && a.address.includes('.') ? canonicalIPv6(a.address) : a.address));
 }
 
 interface Waiting {

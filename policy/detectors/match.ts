@@ -81,7 +81,7 @@ const domainCache = new Map<string, string>();
 
 /**
  * Registrable domain of a host (`a.b.example.com` → `example.com`); an IP literal is itself, an
- * IPv4-mapped IPv6 literal (`::ffff:7f00:1`, what a CONNECT to `[::ffff:127.0.0.1]` is recorded as)
+ * IPv4-mapped IPv6 literal (`::ffff:127.0.0.1`, what a CONNECT to `[::ffff:7f00:1]` is recorded as)
  * its dotted IPv4: one address is one destination for the windows, however the client spelt it.
  */
 export function registrableDomain(host: string): string {
@@ -106,7 +106,7 @@ function computeRegistrable(host: string): string {
 
 /**
  * An address as the scan windows count it: IPv4-mapped IPv6 as its dotted IPv4 (the gateway dials
- * `::ffff:7f00:1` for a client that named it, and it is the same host as `127.0.0.1`).
+ * `::ffff:127.0.0.1` for a client that named it, and it is the same host as `127.0.0.1`).
  */
 export function addressKey(ip: string): string {
   return ip.includes(':') ? unmapIPv4(ip.toLowerCase()) : ip;

@@ -83,7 +83,11 @@ describe('PROXY header codec: accepted headers', () => {
       [[0, 0, 0, 0, 0, 0, 0, 1], '::1'],
       [[0x2001, 0xdb8, 0, 0, 1, 0, 0, 0], '2001:db8:0:0:1::'],
       [[0x2001, 0xdb8, 0, 1, 1, 1, 1, 1], '2001:db8:0:1:1:1:1:1'],
-      [[0, 0, 0, 0, 0, 0xffff, 0xcb00, 0x7107], '::ffff:cb00:7107'],
+      // IPv4-mapped with its dotted tail (RFC 5952 §5), as every record spells it.
+      [[0, 0, 0, 0, 0, 0xffff, 0xcb00, 0x7107], '::ffff:203.0.113.7'],
+      [[0, 0, 0, 0, 0, 0xffff, 0, 0], '::ffff:0.0.0.0'],
+      [[0, 0, 0, 0, 0xffff, 0, 0xcb00, 0x7107], '::ffff:0:cb00:7107'],
+      [[0, 0, 0, 0, 0, 0, 0xcb00, 0x7107], '::cb00:7107'],
       [[0, 0, 0, 0, 0, 0, 0, 0], '::'],
     ];
     for (const [groups, text] of cases) {

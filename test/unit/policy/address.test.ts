@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { classifyAddress, effectiveIPv4, parseIPv6 } from '../../../policy/address.ts';
+import { canonicalIPv6, classifyAddress, effectiveIPv4, parseIPv6 } from '../../../policy/address.ts';
 
 describe('classifyAddress', () => {
   const table: Array<[string, string | null]> = [
@@ -89,4 +89,24 @@ describe('effectiveIPv4 / parseIPv6', () => {
     expect(parseIPv6('1.2.3.4')).toBeNull();
     expect(parseIPv6('1::2::3')).toBeNull();
   });
+});
+
+describe('canonicalIPv6: the one text of an IPv6 address in records and policy keys', () => {
+  const table: Array<[string, string]> = [
+    ['::ffff:127.0.0.3', '::ffff:127.0.0.3'],
+    ['::ffff:7f00:3', '::ffff:127.0.0.3'],
+    ['0:0:0:0:0:FFFF:7F00:3', '::ffff:127.0.0.3'],
+    ['::ffff:0:0', '::ffff:0.0.0.0'],
+    ['::ffff:ffff:ffff', '::ffff:255.255.255.255'],
+    // Not IPv4-mapped: hex tails.
+    ['::127.0.0.3', '::7f00:3'],
+    ['::ffff:0:7f00:3', '::ffff:0:7f00:3'],
+    ['::ffff', '::ffff'],
+    ['::ffff:1', '::ffff:1'],
+    ['1::ffff:7f00:3', '1::ffff:7f00:3'],
+    ['2001:DB8:0:0:1:0:0:1', '2001:db8::1:0:0:1'],
+    ['::1', '::1'],
+    ['not-an-ip', 'not-an-ip'],
+  ];
+  for (const [input, want] of table) it(`${input} -> ${want}`, () => expect(canonicalIPv6(input)).toBe(want));
 });

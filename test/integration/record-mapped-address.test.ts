@@ -1,0 +1,157 @@
+/**
+ * One IPv4-mapped IPv6 destination is one `destination.ip` (and `destination.host`) in the records,
+ * whichever path and spelling reached it: RFC 5952 text with the dotted-quad tail RFC 5952 §5
+ * recommends, `::ffff:127.0.0.3`. Before, an absolute-URI request, a CONNECT and a SOCKS5 domain
+ * request (ATYP 0x03) were recorded as `::ffff:7f00:3` (the URL parser's spelling) while a SOCKS5
+ * IPv6 request (ATYP 0x04) was recorded as `::ffff:127.0.0.3`: a grep or join by address found half.
+ * The Community ID hashes the address bytes, so it is the same for every spelling too (checked from
+ * an IPv6 client, whose flows to an IPv6 destination have one). `client.ip` of an IPv4 client is its
+ * dotted address on an IPv6 listener too (node reports `::ffff:127.0.0.1` there). And a host rule
+ * naming the address matched only the URL parser's spelling: SOCKS5 ATYP 0x04 was refused (REP 0x02).
+ */
+import { createServer, type Server } from 'node:http';
+import { once } from 'node:events';
+import { connect, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { communityId } from '../../gateway/flow/community-id.ts';
+import type { FlowRecord } from '../../gateway/flow/flow.ts';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { readUntil } from './http-harness.ts';
+import { readBytes } from './socks5-harness.ts';
+
+const CANONICAL = '::ffff:127.0.0.3';
+const SPELLINGS = ['::ffff:127.0.0.3', '::ffff:7f00:3', '0:0:0:0:0:FFFF:7F00:3', '::FFFF:127.0.0.3'];
+
+let origin: Server;
+let originPort: number;
+const gateways: Array<{ name: string; clientHost: string; gw: TestGateway }> = [];
+
+beforeAll(async () => {
+  origin = createServer((_req, res) => res.end('ok'));
+  origin.listen(0, '127.0.0.3');
+  await once(origin, 'listening');
+  originPort = (origin.address() as { port: number }).port;
+  const v4 = await startTestGateway({ allowRanges: ['127.0.0.0/8', '::1/128', '::ffff:127.0.0.0/104'] });
+  const v6 = await startTestGateway({ listen: { http: '[::1]:0', socks: '[::1]:0' }, allowRanges: ['127.0.0.0/8', '::1/128', '::ffff:127.0.0.0/104'] });
+  // An IPv6 listener that takes IPv4 clients (node reports them as ::ffff:127.0.0.1, as on a
+  // dual-stack `[::]` listener), without listening beyond loopback.
+  const mapped = await startTestGateway({ listen: { http: '[::ffff:127.0.0.1]:0', socks: '[::ffff:127.0.0.1]:0' }, allowRanges: ['127.0.0.0/8', '::1/128', '::ffff:127.0.0.0/104'] });
+  gateways.push(
+    { name: 'IPv4 client', clientHost: '127.0.0.1', gw: v4 },
+    { name: 'IPv6 client', clientHost: '::1', gw: v6 },
+    { name: 'IPv4 client of an IPv6 listener', clientHost: '127.0.0.1', gw: mapped },
+  );
+});
+afterAll(async () => {
+  for (const g of gateways) await g.gw.stop();
+  origin?.close();
+  origin?.closeAllConnections();
+});
+
+async function open(host: string, port: number): Promise<Socket> {
+  const s = connect(port, host);
+  s.on('error', () => undefined);
+  await once(s, 'connect');
+  return s;
+}
+
+/** The closed record of the one flow `act` opens (matched by the client port it used). */
+async function recordOf(gw: TestGateway, act: () => Promise<Socket>): Promise<FlowRecord> {
+  const s = await act();
+  const port = s.localPort;
+  s.destroy();
+  return gw.waitForClosed((r) => r.client.port === port);
+}
+
+const paths: Record<string, (gw: TestGateway, host: string, spelling: string) => Promise<Socket>> = {
+  'absolute-URI': async (gw, host, spelling) => {
+    const s = await open(host, gw.httpPort);
+    s.write(`GET http://[${spelling}]:${originPort}/ HTTP/1.1\r\nHost: [${spelling}]:${originPort}\r\nConnection: close\r\n\r\n`);
+    expect((await readUntil(s, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+    return s;
+  },
+  CONNECT: async (gw, host, spelling) => {
+    const s = await open(host, gw.httpPort);
+    s.write(`CONNECT [${spelling}]:${originPort} HTTP/1.1\r\nHost: [${spelling}]:${originPort}\r\n\r\n`);
+    expect((await readUntil(s, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+    s.write('GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    expect((await readUntil(s, 'ok')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+    return s;
+  },
+  'SOCKS5 domain (ATYP 3)': async (gw, host, spelling) => {
+    const name = Buffer.from(spelling, 'latin1');
+    const port = Buffer.alloc(2);
+    port.writeUInt16BE(originPort);
+    return socksConnect(gw, host, Buffer.concat([Buffer.from([0x05, 0x01, 0x00, 0x03, name.length]), name, port]));
+  },
+  'SOCKS5 IPv6 (ATYP 4)': async (gw, host) => {
+    const req = Buffer.alloc(4 + 16 + 2);
+    req.set([0x05, 0x01, 0x00, 0x04]);
+    req.set([0xff, 0xff, 127, 0, 0, 3], 4 + 10);
+    req.writeUInt16BE(originPort, 20);
+    return socksConnect(gw, host, req);
+  },
+};
+
+async function socksConnect(gw: TestGateway, host: string, request: Buffer): Promise<Socket> {
+  const s = await open(host, gw.socksPort);
+  s.write(Buffer.from([0x05, 0x01, 0x00]));
+  expect([...(await readBytes(s, 2))]).toEqual([0x05, 0x00]);
+  s.write(request);
+  // VER REP RSV ATYP BND.ADDR BND.PORT: 10 bytes for an IPv4 BND.ADDR, 22 for IPv6.
+  let reply = await readBytes(s, 10);
+  if (reply[3] === 0x04 && reply.length < 22) reply = Buffer.concat([reply, await readBytes(s, 22 - reply.length)]);
+  expect(reply[1]).toBe(0x00);
+  return s;
+}
+
+describe('an IPv4-mapped destination in the flow records', () => {
+  for (const g of [0, 1, 2]) {
+    it(`one destination.ip, host and communityId for every path and spelling (${['IPv4 client', 'IPv6 client', 'IPv4 client of an IPv6 listener'][g]})`, async () => {
+      const { gw, clientHost } = gateways[g] as (typeof gateways)[number];
+      const seen: Array<{ how: string; ip: string | null; host: string | null; cid: string | null; client: string; port: number }> = [];
+      for (const [how, act] of Object.entries(paths)) {
+        for (const spelling of how.includes('ATYP 4') ? [CANONICAL] : SPELLINGS) {
+          const rec = await recordOf(gw, () => act(gw, clientHost, spelling));
+          expect(rec.verdict, `${how} ${spelling}`).toBe('allow');
+          expect(rec.connected, `${how} ${spelling}`).toBe(true);
+          seen.push({ how: `${how} ${spelling}`, ip: rec.destination.ip, host: rec.destination.host, cid: rec.communityId, client: rec.client.ip, port: rec.client.port });
+        }
+      }
+      for (const s of seen) {
+        expect(s.ip, s.how).toBe(CANONICAL);
+        expect(s.host, s.how).toBe(CANONICAL);
+        expect(s.client, s.how).toBe(clientHost);
+      }
+      // Each flow has its own client port, so the hashes differ from flow to flow: each must be the
+      // hash of its tuple, whichever spelling of the address is hashed (the same 16 bytes).
+      if (clientHost === '::1') {
+        for (const s of seen) {
+          expect(s.cid, s.how).toBe(communityId('tcp', '::1', s.port, '::ffff:7f00:3', originPort));
+          expect(s.cid, s.how).toBe(communityId('tcp', '::1', s.port, '0:0:0:0:0:ffff:127.0.0.3', originPort));
+        }
+      }
+    });
+  }
+});
+
+// A host rule naming the address matched only the spelling the policy normalised it to: the URL
+// parser's `::ffff:7f00:3`, so a SOCKS5 IPv6 request (`::ffff:127.0.0.3`) was refused not-allowlisted.
+describe('a host rule naming an IPv4-mapped address', () => {
+  for (const rule of ['[::ffff:7f00:3]', '[::ffff:127.0.0.3]']) {
+    it(`${rule} admits every path and spelling of it (enforce)`, async () => {
+      const gw = await startTestGateway({ mode: 'enforce', allowRanges: ['::ffff:127.0.0.0/104'], roles: { any: { allow: [{ host: rule }] } } });
+      try {
+        for (const [how, act] of Object.entries(paths)) {
+          for (const spelling of how.includes('ATYP 4') ? [CANONICAL] : SPELLINGS) {
+            const rec = await recordOf(gw, () => act(gw, '127.0.0.1', spelling));
+            expect(rec.verdict, `${how} ${spelling}`).toBe('allow');
+            expect(rec.matchedRule?.role, `${how} ${spelling}`).toBe('any');
+          }
+        }
+      } finally {
+        await gw.stop();
+      }
+    });
+  }
+});
