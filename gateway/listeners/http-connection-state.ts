@@ -22,6 +22,12 @@ export interface ConnectionState {
   /** The listener cut this connection for limits.idleTimeoutMs of silence: its flows end `idle-timeout`. */
   isTimedOut: boolean;
   /**
+   * node's parser refused what the client sent after a request's head (a malformed chunked body:
+   * `clientError`, answered 400 there): the request it was reading ends `bad-request`, and is not sent
+   * to its origin when its admission ends after that (http-forward.ts).
+   */
+  isMalformed: boolean;
+  /**
    * Admissions of this connection's requests now running (DNS, identity, attribution: each bounded by
    * its own timeout). The gateway is deciding: the client's silence meanwhile is not idleness.
    */
@@ -74,10 +80,18 @@ export function connectionState(socket: object): ConnectionState {
   const holder = socket as WithState;
   let state = holder[kState];
   if (!state) {
-    state = { isAwaitingOrigin: false, isTimedOut: false, admissions: 0, isIdleOwed: false, identity: null, lastFlow: null, closeWatchers: null, isShedding: false, admitting: null };
+    state = { isAwaitingOrigin: false, isTimedOut: false, isMalformed: false, admissions: 0, isIdleOwed: false, identity: null, lastFlow: null, closeWatchers: null, isShedding: false, admitting: null };
     holder[kState] = state;
   }
   return state;
+}
+
+/**
+ * Why a request's flow ends when its client connection went before the exchange did: the client's
+ * framing error, the listener's idle cut, or the client leaving.
+ */
+export function clientGoneReason(state: ConnectionState): 'bad-request' | 'idle-timeout' | 'client-reset' {
+  return state.isMalformed ? 'bad-request' : state.isTimedOut ? 'idle-timeout' : 'client-reset';
 }
 
 /**

@@ -25,7 +25,7 @@ import { dialErrorCode, GatewayError, type GatewayErrorCode, isOwnShortage } fro
 import { formatAuthority } from '../protocol/authority.ts';
 import { mapError, mapKill, type RejectMapping } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
-import { type ClientCloseWatcher, type ConnectionState, connectionState, finGraceMs, resetOrDestroy, unwatchClientClose, watchClientClose } from './http-connection-state.ts';
+import { type ClientCloseWatcher, type ConnectionState, clientGoneReason, connectionState, finGraceMs, resetOrDestroy, unwatchClientClose, watchClientClose } from './http-connection-state.ts';
 import { closeAfterEarlyAnswer } from './http-early-answer.ts';
 import { dispatchToOrigin, exchangeDialling, StaggeredOrigin } from './http-origin-dial.ts';
 import { forwardResponseHeaders, isRelayableTransferCoding, relayedStatusText } from './http-headers.ts';
@@ -198,9 +198,12 @@ export function forwardRequest(
   target: ForwardTarget,
 ): void {
   const { flow, snapshot } = admitted;
-  // The client may have gone while admission ran; its 'close' has then already been emitted.
-  if (res.destroyed || req.socket.destroyed) {
-    if (flow.state === 'active') ctx.flows.close(flow, connectionState(req.socket).isTimedOut ? 'idle-timeout' : 'client-reset');
+  // The client may have gone while admission ran; its 'close' has then already been emitted. Or
+  // node's parser refused its body meanwhile (a malformed chunk, in the packet of the head: the
+  // client was answered 400): nothing is dialled for a request that can never be sent whole.
+  const connection = connectionState(req.socket);
+  if (res.destroyed || req.socket.destroyed || connection.isMalformed) {
+    if (flow.state === 'active') ctx.flows.close(flow, clientGoneReason(connection));
     return;
   }
   // Killed while admission ran (admin DELETE, quarantine): its record is written; the client is reset.
@@ -331,9 +334,9 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
     return this.flow.bytesIn + (this.status > 0 ? 1 : 0) + this.interimRelayed;
   }
 
-  /** Why the flow ends when its client connection has gone: cut for silence, or the client left. */
+  /** Why the flow ends when its client connection has gone: a malformed body, cut for silence, or the client left. */
   protected clientGoneReason(): string {
-    return this.connection.isTimedOut ? 'idle-timeout' : 'client-reset';
+    return clientGoneReason(this.connection);
   }
 
   /**
