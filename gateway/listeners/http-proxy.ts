@@ -386,9 +386,10 @@ function onClientError(ctx: GatewayContext, err: NodeJS.ErrnoException & { reaso
     return;
   }
   const code = PARSER_ERRORS[err.code ?? ''] ?? 'EGW_BAD_REQUEST';
-  // Malformed bytes (not an oversized or late head): a request whose body the parser was reading
-  // ends `bad-request`, and one still in admission is never sent (http-forward.ts).
-  if (code === 'EGW_BAD_REQUEST') connectionState(socket).isMalformed = true;
+  // Malformed bytes (not an oversized or late head, nor a FIN mid-request: HPE_INVALID_EOF_STATE is
+  // a client that stopped, its flow `client-reset`): a request whose body the parser was reading ends
+  // `bad-request`, and one still in admission is never sent (http-forward.ts).
+  if (code === 'EGW_BAD_REQUEST' && err.code !== 'HPE_INVALID_EOF_STATE') connectionState(socket).isMalformed = true;
   const net = socket as Duplex & { remoteAddress?: string; _httpMessage?: { headersSent?: boolean } | null };
   ctx.log.warn({ client: net.remoteAddress, code, parser: err.code, why: err.reason ?? err.message }, 'client request refused');
   // A response already under way cannot be replaced by an error status: just cut the connection.
