@@ -31,6 +31,15 @@ export function sampleRecord(i: number, reasons: string[]): FlowRecord {
   };
 }
 
+/**
+ * The records of a flow log that may still be being written (a test polling the file or a serve
+ * process's stdout): the complete lines only. A batch is one write, and a read can see part of it:
+ * the line it cuts is left for the next read (parseRecords would fail on it: 'Unterminated string').
+ */
+export function parseWrittenRecords(text: string): FlowRecord[] {
+  return parseRecords(text.slice(0, text.lastIndexOf('\n') + 1));
+}
+
 /** Every record in a flow log's text, in order (each line one JSON record). */
 export function parseRecords(text: string): FlowRecord[] {
   return text

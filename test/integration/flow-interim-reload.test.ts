@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
-import { parseRecords } from '../helpers/flow-records.ts';
+import { parseWrittenRecords } from '../helpers/flow-records.ts';
 import { killIfRunning, spawnServe } from '../helpers/serve-process.ts';
 import { rawConnect, readUntil } from './http-harness.ts';
 import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
@@ -48,7 +48,7 @@ flowLog: { path: ${JSON.stringify(flowLog)}, interimSec: ${interimSec} }
 /** The flow log's records once `pred` holds for one of them (bounded: 200 reads, 50 ms apart). */
 async function recordsWhen(flowLog: string, pred: (r: FlowRecord) => boolean): Promise<FlowRecord[]> {
   for (let i = 0; i < 200; i++) {
-    const records = parseRecords(await readFile(flowLog, 'utf8').catch(() => ''));
+    const records = parseWrittenRecords(await readFile(flowLog, 'utf8').catch(() => ''));
     if (records.some(pred)) return records;
     await new Promise((r) => setTimeout(r, 50));
   }

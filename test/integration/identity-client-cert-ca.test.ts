@@ -13,7 +13,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { parseRecords } from '../helpers/flow-records.ts';
+import { parseWrittenRecords } from '../helpers/flow-records.ts';
 import { killIfRunning, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { createTestPki, hasOpenssl, type TestPki } from '../helpers/tls.ts';
@@ -102,8 +102,8 @@ flowLog: { path: "-" }
     expect(origin.seen.some((s) => s.url === '/store-ca')).toBe(false);
     expect(await curl(pki.untrustedClient!, '/configured-ca')).toBe(200);
     const deadline = Date.now() + 10_000;
-    while (parseRecords(out).filter((r) => r.destination.port === origin.port).length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    const records = parseRecords(out).filter((r) => r.destination.port === origin.port);
+    while (parseWrittenRecords(out).filter((r) => r.destination.port === origin.port).length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const records = parseWrittenRecords(out).filter((r) => r.destination.port === origin.port);
     expect(records.map((r) => [r.identity.user, r.closeReason])).toEqual([
       [null, 'auth-required'],
       ['alice', 'closed'],

@@ -18,7 +18,7 @@ import type { FlowRecord } from '../../gateway/flow/flow.ts';
 import { hashPassword } from '../../gateway/identity/password-hash.ts';
 import { CLOSE_REASON_LABELS, closedLabel, REASON_LABELS } from '../../gateway/stats.ts';
 import type { Mode } from '../../policy/types.ts';
-import { parseRecords } from '../helpers/flow-records.ts';
+import { parseWrittenRecords } from '../helpers/flow-records.ts';
 import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { associate, heldResolver, nextReply, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
 import { type Origin, rawConnect, rawExchange, readUntil, startOrigin } from './http-harness.ts';
@@ -201,7 +201,7 @@ async function finalRecords(s: Setup): Promise<FlowRecord[]> {
   const ids = s.gw.closed.map((r) => r.id);
   let recs: FlowRecord[] = [];
   await until('every closed flow recorded', () => {
-    recs = parseRecords(readFileSync(s.logPath, 'utf8')).filter((r) => r.intermediate !== true);
+    recs = parseWrittenRecords(readFileSync(s.logPath, 'utf8')).filter((r) => r.intermediate !== true);
     const written = new Set(recs.map((r) => r.id));
     return ids.every((id) => written.has(id));
   });

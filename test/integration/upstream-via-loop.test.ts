@@ -12,7 +12,7 @@ import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { parseRecords } from '../helpers/flow-records.ts';
+import { parseWrittenRecords } from '../helpers/flow-records.ts';
 import { killIfRunning, loopbackServeConfig, type Served, spawnServe } from '../helpers/serve-process.ts';
 import { until } from '../helpers/gateway.ts';
 import { jsonBody, rawConnect, rawExchange } from './http-harness.ts';
@@ -71,7 +71,7 @@ const socksUrl = (g: Gw): string => `socks5://${g.served.socks}`;
 
 async function recordsOf(g: Gw): Promise<Array<{ closeReason: string; protocol: string; state: string }>> {
   const text = await readFile(g.flowLog, 'utf8').catch(() => '');
-  return (parseRecords(text) as unknown as Array<{ closeReason: string; protocol: string; state: string }>).filter((r) => r.state !== 'interim');
+  return (parseWrittenRecords(text) as unknown as Array<{ closeReason: string; protocol: string; state: string }>).filter((r) => r.state !== 'interim');
 }
 function reasons(records: Array<{ closeReason: string }>): string[] {
   return records.map((r) => r.closeReason).sort();
