@@ -13,10 +13,14 @@ import type { Alert } from '../../policy/detectors/types.ts';
 export const MiB = 1024 * 1024;
 /**
  * The local attributor's wait (LocalAttributor timeoutMs) in tests whose assertions need the process
- * named: a guard, not a duration under test (the /proc scan takes milliseconds). 2 s once let a
- * renamed curl through unattributed (200 instead of 403) with a dozen test files running at once.
+ * named: longer than any test may run (vitest's testTimeout is 30 s), so admission always waits for
+ * the lookup's own answer however slowly a loaded machine scans /proc, and a lookup that never ends
+ * fails the test by its timeout, not by a missing name. Not a duration under test (the scan takes
+ * milliseconds when the machine is idle). A guard shorter than that is one a loaded machine can
+ * outrun: 2 s let a renamed curl through unattributed (200 instead of 403) with a dozen test files
+ * running at once, 4 s a download recorded without its curl.
  */
-export const ATTRIBUTION_GUARD_MS = 4000;
+export const ATTRIBUTION_GUARD_MS = 120_000;
 
 export const AGENT_TOKEN = 'detection-agent-token-0123456789';
 
