@@ -10,6 +10,7 @@ import { userInfo } from 'node:os';
 import { basename } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { LocalAttributor, ProcessResolver, findProcessForConnection } from '../../agent/attribution.ts';
+import { ATTRIBUTION_GUARD_MS } from '../helpers/detection-live.ts';
 
 const children: ChildProcess[] = [];
 const servers: Server[] = [];
@@ -193,7 +194,9 @@ describe('LocalAttributor', () => {
     const accepted: Array<{ child: ChildProcess; conns: Socket[] }> = [];
     for (let i = 0; i < n; i++) accepted.push(await spawnAndAccept(server, 'curl', ['-s', `http://127.0.0.1:${port(server)}/`]));
     const resolver = new ProcessResolver();
-    const attributor = new LocalAttributor({ resolver });
+    // The default 2 s wait answers null when a loaded machine scans /proc slower than that: these
+    // cases check whom a lookup names, so they wait for its answer (the wait is tested elsewhere).
+    const attributor = new LocalAttributor({ resolver, timeoutMs: ATTRIBUTION_GUARD_MS });
     const conns = accepted.flatMap((a) => a.conns);
     const results = await Promise.all(
       conns.map((c) => attributor.attribute(c.remoteAddress!, c.remotePort!, c.localAddress!, c.localPort!)),
@@ -215,7 +218,7 @@ describe('LocalAttributor', () => {
     const { child, conns } = await spawnAndAccept(server, 'curl', ['-s', `http://127.0.0.1:${port(server)}/`]);
     const c = conns[0]!;
     expect(c.remoteAddress).toBe('::ffff:127.0.0.1');
-    const attributor = new LocalAttributor();
+    const attributor = new LocalAttributor({ timeoutMs: ATTRIBUTION_GUARD_MS });
     const p = await attributor.attribute(c.remoteAddress!, c.remotePort!, c.localAddress!, c.localPort!);
     expect(p?.pid).toBe(child.pid);
     const before = attributor.batches;
