@@ -29,6 +29,7 @@ const { parentPort, workerData } = require('node:worker_threads');
 const net = require('node:net');
 const gate = new Int32Array(workerData.gate);
 const sockets = new Set();
+const timers = new Set();
 const server = net.createServer((c) => {
   sockets.add(c);
   c.on('error', () => {});
@@ -49,11 +50,18 @@ const server = net.createServer((c) => {
       reply = Buffer.concat([Buffer.from([5, 0, 0, 1, 127, 0, 0, 1, 0, 80]), reply]);
     } else if (!got.includes('\\r\\n\\r\\n')) return;
     c.removeListener('data', onData);
-    if (workerData.answer !== null) setTimeout(() => c.write(reply), workerData.answerDelayMs);
+    if (workerData.answer === null) return;
+    const timer = setTimeout(() => {
+      timers.delete(timer);
+      c.write(reply);
+    }, workerData.answerDelayMs);
+    timers.add(timer);
   };
   c.on('data', onData);
 });
 parentPort.on('message', () => {
+  // An answer not yet due is dropped: the worker (and close()) need not wait for it.
+  for (const t of timers) clearTimeout(t);
   for (const s of sockets) s.destroy();
   server.close(() => parentPort.close());
 });
