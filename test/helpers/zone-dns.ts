@@ -12,6 +12,8 @@ import { isIPv4, isIPv6 } from 'node:net';
 export type ZoneAnswer = string[] | (() => string[]);
 
 export interface ZoneDns {
+  /** The address it answers on, port 53 (for the resolv.conf): see `startZoneDns`. */
+  address: string;
   /** Queries asked, as "name A" / "name AAAA", in order. */
   asked: string[];
   close(): Promise<void>;
@@ -46,8 +48,44 @@ export function parseQuestion(query: Buffer): { name: string; qtype: number; end
   return { name: labels.join('.').toLowerCase(), qtype: query.readUInt16BE(i + 1), end: i + 5 };
 }
 
+/** Addresses tried after the one asked for is taken. */
+const SPARE_ADDRESSES = 64;
+
+/** A UDP socket on `address`:53, or null when another socket has it. */
+async function bind53(address: string): Promise<Socket | null> {
+  const s = createSocket('udp4');
+  try {
+    await new Promise<void>((resolve, reject) => {
+      s.once('error', reject);
+      s.bind(53, address, () => {
+        s.off('error', reject);
+        resolve();
+      });
+    });
+    return s;
+  } catch (err) {
+    s.close();
+    if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') return null;
+    throw err;
+  }
+}
+
+/**
+ * Answers on `address`:53, or, when another process has that (the same test file in another run of
+ * the suite on this host: a resolv.conf `nameserver` has no port, so every copy needs 53 on its own
+ * address), on the first free one of 127.53.1.x to 127.53.64.x, x being `address`'s last byte (no
+ * test names 127.53.0.0/16). The caller writes `address` of the answer into its resolv.conf.
+ */
 export async function startZoneDns(address: string, zone: Record<string, ZoneAnswer>, ttlSec = 0): Promise<ZoneDns> {
-  const server: Socket = createSocket('udp4');
+  const last = address.split('.')[3] ?? '1';
+  let found: Socket | null = null;
+  let bound = address;
+  for (let i = 0; i <= SPARE_ADDRESSES && found === null; i++) {
+    bound = i === 0 ? address : `127.53.${i}.${last}`;
+    found = await bind53(bound);
+  }
+  if (found === null) throw new Error(`no free UDP port 53 on ${address} nor on 127.53.1-${SPARE_ADDRESSES}.${last}`);
+  const server = found;
   const asked: string[] = [];
   server.on('message', (query, from) => {
     const { name, qtype, end } = parseQuestion(query);
@@ -74,9 +112,8 @@ export async function startZoneDns(address: string, zone: Record<string, ZoneAns
     });
     server.send(Buffer.concat([header, query.subarray(12, end), ...answers]), from.port, from.address);
   });
-  server.bind(53, address);
-  await once(server, 'listening');
   return {
+    address: bound,
     asked,
     async close() {
       server.close();

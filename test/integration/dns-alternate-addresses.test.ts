@@ -25,6 +25,7 @@ import { skipNotice } from '../helpers/skip-notice.ts';
 import { startZoneDns, type ZoneDns } from '../helpers/zone-dns.ts';
 import { run } from './http-harness.ts';
 
+/** Its DNS server's address when free (test/helpers/zone-dns.ts picks another when it is not). */
 const ZONE_DNS = '127.0.0.157';
 /** Nothing listens here: a connection to it is refused. */
 const CLOSED = '127.0.0.2';
@@ -70,7 +71,7 @@ beforeAll(async () => {
     // DNS rebinding: the checked address on the first A query, the denied one on every later query.
     'rebind.test': () => (dns.asked.filter((q) => q === 'rebind.test A').length <= 1 ? [OPEN] : [DENIED]),
   });
-  writeFileSync(join(dir, 'resolv.conf'), `nameserver ${ZONE_DNS}\noptions timeout:1 attempts:1\n`);
+  writeFileSync(join(dir, 'resolv.conf'), `nameserver ${dns.address}\noptions timeout:1 attempts:1\n`);
   const config = join(dir, 'policy.yaml');
   writeFileSync(
     config,
@@ -93,7 +94,7 @@ afterAll(async () => {
     await once(gw.child, 'exit').catch(() => undefined);
   }
   if (!isAvailable) return;
-  await dns.close();
+  await dns?.close();
   for (const s of origins) s.close();
   rmSync(dir, { recursive: true, force: true });
 });
