@@ -31,6 +31,7 @@ import { skipNotice } from '../helpers/skip-notice.ts';
 import { startZoneDns, type ZoneDns } from '../helpers/zone-dns.ts';
 import { rawConnect, run } from './http-harness.ts';
 
+/** Its DNS server's address when free (test/helpers/zone-dns.ts picks another when it is not). */
 const ZONE_DNS = '127.0.0.165';
 /** Never accepts: a connection to it hangs in SYN_SENT. */
 const HUNG = '127.0.0.166';
@@ -134,7 +135,7 @@ beforeAll(async () => {
     'fast.test': [OPEN, SPARE],
     'lone.test': [HUNG],
   });
-  writeFileSync(join(dir, 'resolv.conf'), `nameserver ${ZONE_DNS}\noptions timeout:1 attempts:1\n`);
+  writeFileSync(join(dir, 'resolv.conf'), `nameserver ${dns.address}\noptions timeout:1 attempts:1\n`);
   const config = join(dir, 'policy.yaml');
   writeFileSync(
     config,
@@ -159,7 +160,7 @@ afterAll(async () => {
     await once(gw.child, 'exit').catch(() => undefined);
   }
   if (!isAvailable) return;
-  await dns.close();
+  await dns?.close();
   for (const s of origins) s.close();
   for (const h of hung) {
     for (const f of h.fillers) f.destroy();
