@@ -7,14 +7,14 @@
  * and Upgrade requests.
  */
 import { once } from 'node:events';
-import { createServer, type Server, type Socket } from 'node:net';
-import { afterAll, beforeAll, describe, it, type TestContext } from 'vitest';
+import type { Socket } from 'node:net';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import type { Flow } from '../../gateway/flow/flow.ts';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
-import { createDnsResolver } from '../../gateway/upstream/resolve.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { type HungDestination, hungDestination } from '../helpers/hung-destination.ts';
-import { type LateDns, startLateDns } from '../helpers/late-dns.ts';
+import { caseSockets, type LateLookupSetup, startLateLookup } from '../helpers/dialling-cases.ts';
+import type { LateDns } from '../helpers/late-dns.ts';
 import { rawConnect } from './http-harness.ts';
 
 /** The live flow matching `pred`, once admission has opened it. */
@@ -63,42 +63,24 @@ async function socksClient(gw: TestGateway, port: number): Promise<{ s: Socket; 
   return { s, flow };
 }
 
-/** Sockets the case destroys when it ends (its own: the cases run concurrently). */
-function sockets(onTestFinished: TestContext['onTestFinished']): Socket[] {
-  const clients: Socket[] = [];
-  onTestFinished(() => {
-    for (const s of clients) s.destroy();
-  });
-  return clients;
-}
-
 // The lookup case runs alone, first; the cases after it each wait out their destination's 3.5 s
 // accept window (test/helpers/hung-destination.ts) with a gateway of their own, so they run concurrently.
 describe('a client that resets while its name is looked up', () => {
+  let setup: LateLookupSetup;
   let gw: TestGateway;
   let dns: LateDns;
-  let origin: Server;
-  let connections = 0;
 
   beforeAll(async () => {
-    dns = await startLateDns(800);
-    origin = createServer((s) => {
-      connections++;
-      s.destroy();
-    });
-    origin.listen(0, '127.0.0.1');
-    await once(origin, 'listening');
-    gw = await startTestGateway({}, { resolver: createDnsResolver({ timeoutMs: 5000, lookup: dns.lookup, slots: 16, perRequester: 16 }) });
+    setup = await startLateLookup(800);
+    ({ gw, dns } = setup);
   });
   afterAll(async () => {
-    await gw?.stop();
-    dns?.close();
-    origin?.close();
+    await setup?.close();
   });
 
   it('CONNECT, an Upgrade and SOCKS5: recorded client-reset at once, the late answer is not dialled', async ({ expect, onTestFinished }) => {
-    const clients = sockets(onTestFinished);
-    const port = (origin.address() as { port: number }).port;
+    const clients = caseSockets(onTestFinished);
+    const port = setup.originPort;
     const c = await rawClient(gw, [`CONNECT a.slow.test:${port} HTTP/1.1\r\nHost: a.slow.test:${port}\r\n\r\n`]);
     const up = await rawClient(gw, [`GET http://c.slow.test:${port}/ws HTTP/1.1\r\nHost: c.slow.test:${port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`]);
     clients.push(c.s, up.s);
@@ -124,7 +106,7 @@ describe('a client that resets while its name is looked up', () => {
     // Every name was asked; the answers (127.0.0.1) came and were not dialled.
     await new Promise((res) => setTimeout(res, 1200));
     expect(dns.asked).toEqual(expect.arrayContaining(['a.slow.test', 'b.slow.test', 'c.slow.test']));
-    expect(connections).toBe(0);
+    expect(setup.connections()).toBe(0);
     for (const f of [c.flow, up.flow, socksFlow]) expect(gw.closed.filter((r) => r.id === f.id)).toHaveLength(1);
   });
 });
@@ -143,7 +125,7 @@ describe.concurrent('a client that resets while its flow dials', () => {
   });
 
   it('CONNECT (front and node:http), SOCKS5: recorded client-reset at once, no failed attempt, the destination never reached; a half-closed client is served', async ({ expect, onTestFinished }) => {
-    const clients = sockets(onTestFinished);
+    const clients = caseSockets(onTestFinished);
     const target = `127.0.0.1:${dest.port}`;
     const head = `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`;
     // Whole in one packet: the CONNECT front; split over two: node:http parses it.
@@ -190,7 +172,7 @@ describe.concurrent('an absolute-URI client that leaves while its origin connect
   });
 
   it('fast path (GET) and node:http (POST): recorded client-reset at once, the origin never reached', async ({ expect, onTestFinished }) => {
-    const clients = sockets(onTestFinished);
+    const clients = caseSockets(onTestFinished);
     const url = `http://127.0.0.1:${dest.port}/x`;
     const get = await rawClient(gw, [`GET ${url} HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\n\r\n`]);
     const post = await rawClient(gw, [`POST ${url} HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\nContent-Length: 2\r\n\r\nhi`]);
@@ -223,7 +205,7 @@ describe.concurrent('an Upgrade client that leaves while its destination is dial
   });
 
   it('websocket Upgrade: recorded client-reset at once, no failed attempt, the destination never reached', async ({ expect, onTestFinished }) => {
-    const clients = sockets(onTestFinished);
+    const clients = caseSockets(onTestFinished);
     const c = await rawClient(gw, [`GET http://127.0.0.1:${dest.port}/ws HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`]);
     clients.push(c.s);
     await new Promise((r) => setTimeout(r, 200));

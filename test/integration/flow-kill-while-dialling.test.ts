@@ -12,15 +12,15 @@
  * would connect then, from 127.0.0.1.
  */
 import { once } from 'node:events';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { SocksClient } from 'socks';
-import { afterAll, beforeAll, describe, it, type TestContext } from 'vitest';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import type { Flow } from '../../gateway/flow/flow.ts';
-import { createDnsResolver } from '../../gateway/upstream/resolve.ts';
 import { reportProcesses, testAgent } from '../helpers/detection-live.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { type HungDestination, hungDestination } from '../helpers/hung-destination.ts';
-import { type LateDns, startLateDns } from '../helpers/late-dns.ts';
+import { caseSockets, type LateLookupSetup, startLateLookup } from '../helpers/dialling-cases.ts';
+import type { LateDns } from '../helpers/late-dns.ts';
 import { rawConnect } from './http-harness.ts';
 
 /** What a raw client socket receives until its refusal body is whole, it closes, or `ms` pass. */
@@ -82,42 +82,24 @@ function socksClient(gw: TestGateway, host: string, port: number): Promise<unkno
 /** The address the agent-named clients connect from (no other test here uses it). */
 const AGENT_CLIENT = '127.0.0.7';
 
-/** Sockets the case destroys when it ends (its own: the cases run concurrently). */
-function sockets(onTestFinished: TestContext['onTestFinished']): Socket[] {
-  const clients: Socket[] = [];
-  onTestFinished(() => {
-    for (const s of clients) s.destroy();
-  });
-  return clients;
-}
-
 // The lookup case runs alone, first; the cases after it each wait out their destination's 3.5 s
 // accept window (test/helpers/hung-destination.ts) with a gateway of their own, so they run concurrently.
 describe('a flow killed while its name is looked up', () => {
+  let setup: LateLookupSetup;
   let gw: TestGateway;
   let dns: LateDns;
-  let origin: Server;
-  let connections = 0;
 
   beforeAll(async () => {
-    dns = await startLateDns(600);
-    origin = createServer((s) => {
-      connections++;
-      s.destroy();
-    });
-    origin.listen(0, '127.0.0.1');
-    await once(origin, 'listening');
-    gw = await startTestGateway({}, { resolver: createDnsResolver({ timeoutMs: 5000, lookup: dns.lookup, slots: 16, perRequester: 16 }) });
+    setup = await startLateLookup(600);
+    ({ gw, dns } = setup);
   });
   afterAll(async () => {
-    await gw?.stop();
-    dns?.close();
-    origin?.close();
+    await setup?.close();
   });
 
   it('CONNECT and SOCKS5: 403 admin / 0x02 at once, the late answer is not dialled', async ({ expect, onTestFinished }) => {
-    const clients = sockets(onTestFinished);
-    const port = (origin.address() as { port: number }).port;
+    const clients = caseSockets(onTestFinished);
+    const port = setup.originPort;
     const c = await rawClient(gw, `CONNECT a.slow.test:${port} HTTP/1.1\r\nHost: a.slow.test:${port}\r\n\r\n`);
     clients.push(c.s);
     const socks = socksClient(gw, 'b.slow.test', port);
@@ -131,7 +113,7 @@ describe('a flow killed while its name is looked up', () => {
     // Both names were asked; their answers (127.0.0.1, after 600 ms) came and were not used.
     await new Promise((res) => setTimeout(res, 1000));
     expect(dns.asked).toEqual(expect.arrayContaining(['a.slow.test', 'b.slow.test']));
-    expect(connections).toBe(0);
+    expect(setup.connections()).toBe(0);
     for (const f of [c.flow, socksFlow]) expect(gw.closed.filter((rec) => rec.id === f.id).map((rec) => rec.closeReason)).toEqual(['admin']);
   });
 });
@@ -149,7 +131,7 @@ describe.concurrent('a flow killed while it dials', () => {
   });
 
   it('DELETE /v1/flows/{id}: each client is answered at once (403 admin / SOCKS 0x02), one record each, and the destination is never reached', async ({ expect, onTestFinished }) => {
-    const clients = sockets(onTestFinished);
+    const clients = caseSockets(onTestFinished);
     dest = await hungDestination();
     const url = `http://127.0.0.1:${dest.port}/x`;
     const tunnelHead = `CONNECT 127.0.0.1:${dest.port} HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\n\r\n`;
@@ -195,7 +177,7 @@ describe.concurrent('a flow killed while it dials', () => {
 
 describe.concurrent("the drain's grace running out while flows dial", () => {
   it('CONNECT and absolute-URI 503 shutdown, SOCKS5 0x01 before the drain ends; one record each, closeReason shutdown', async ({ expect, onTestFinished }) => {
-    const clients = sockets(onTestFinished);
+    const clients = caseSockets(onTestFinished);
     const gw = await startTestGateway({ limits: { connectTimeoutMs: 20_000 } });
     const dest = await hungDestination();
     try {
@@ -224,7 +206,7 @@ describe.concurrent("the drain's grace running out while flows dial", () => {
 
 describe.concurrent('a detector or quarantine kill while a CONNECT dials (a late agent report)', () => {
   it('the scanner tool named during its dial: 403 an0081.scanner-tool at once; its next dialling CONNECT, named again: 403 quarantine; the destination never reached', async ({ expect, onTestFinished }) => {
-    const clients = sockets(onTestFinished);
+    const clients = caseSockets(onTestFinished);
     const gw = await startTestGateway({ mode: 'enforce', identity: { agents: [testAgent] }, limits: { connectTimeoutMs: 20_000 }, detection: { quarantineSec: 600 } });
     const dest = await hungDestination();
     try {
