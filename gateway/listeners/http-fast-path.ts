@@ -101,10 +101,10 @@ interface FastPathShared {
 
 type OkTarget = Extract<AbsoluteTarget, { ok: true }>;
 
-/** `bytes` as exactly one fast request head and its target, or null. */
-function acceptable(state: HttpListenerState, bytes: Buffer): { head: FastRequestHead; target: OkTarget } | null {
+/** `bytes` as one fast request head and its target (exactly one, unless `mayFollow`: more bytes after it), or null. */
+function acceptable(state: HttpListenerState, bytes: Buffer, mayFollow = false): { head: FastRequestHead; target: OkTarget } | null {
   const head = parseFastRequestHead(bytes, state.ctx.policy.current().config.limits.maxHeaderBytes);
-  if (head === null || head.end !== bytes.length) return null;
+  if (head === null || (head.end !== bytes.length && !mayFollow)) return null;
   const target = parseAbsoluteTarget(head.url);
   return target.ok ? { head, target } : null;
 }
@@ -253,14 +253,13 @@ class FastConnection {
    * request with a body) gets no answer: the connection ends after the answers before it.
    */
   private dispatchAfterFin(bytes: Buffer): void {
-    const head = parseFastRequestHead(bytes, this.path.state.ctx.policy.current().config.limits.maxHeaderBytes);
-    const target = head === null ? null : parseAbsoluteTarget(head.url);
-    if (head === null || target === null || !target.ok) {
+    const start = acceptable(this.path.state, bytes, true);
+    if (start === null) {
       this.endLingering();
       return;
     }
-    if (head.end < bytes.length) this.ahead = bytes.subarray(head.end);
-    this.serve(head, target);
+    if (start.head.end < bytes.length) this.ahead = bytes.subarray(start.head.end);
+    this.serve(start.head, start.target);
   }
 
   /** Request bytes between requests: one whole fast head → serve it; anything else → node:http. */
