@@ -27,7 +27,19 @@ function writeIp(ip: string, out: Buffer, at: number): number {
 const addr = Buffer.alloc(32);
 const message = Buffer.alloc(2 + 32 + 2 + 4);
 
-/** Community ID v1 string for a TCP or UDP flow, or null if an address is not an IP literal. */
+/** Are the 16 bytes at `at` an IPv4-mapped IPv6 address (`::ffff:0:0/96`)? */
+function isMapped(b: Buffer, at: number): boolean {
+  for (let i = at; i < at + 10; i++) if (b[i] !== 0) return false;
+  return b[at + 10] === 0xff && b[at + 11] === 0xff;
+}
+
+/**
+ * Community ID v1 string for a TCP or UDP flow, or null if an address is not an IP literal or the
+ * two are of two families. An IPv4-mapped address facing an IPv4 one is hashed as its IPv4 address:
+ * the packets of an IPv4 client and of the gateway's dial to `::ffff:a.b.c.d` are IPv4 on the wire,
+ * so the pair hashes as a dotted destination's does. Any other mixed pair (an IPv6 address and an
+ * IPv4 one) is no one packet's: the spec hashes one family's pair (docs/spec-notes.md, Records).
+ */
 export function communityId(
   proto: 'tcp' | 'udp',
   srcIp: string,
@@ -36,8 +48,17 @@ export function communityId(
   dstPort: number,
   seed = 0,
 ): string | null {
-  const n = writeIp(srcIp, addr, 0);
-  if (n === 0 || writeIp(dstIp, addr, 16) !== n) return null;
+  let n = writeIp(srcIp, addr, 0);
+  if (n === 0) return null;
+  const m = writeIp(dstIp, addr, 16);
+  if (m !== n) {
+    // Only an IPv6 address is looked at again here: two IPv4 addresses never get this far.
+    if (n === 4 && m === 16 && isMapped(addr, 16)) addr.copy(addr, 16, 28, 32);
+    else if (n === 16 && m === 4 && isMapped(addr, 0)) {
+      addr.copy(addr, 0, 12, 16);
+      n = 4;
+    } else return null;
+  }
   // Order the endpoints so both directions hash alike: smaller address (then port) first.
   let cmp = 0;
   for (let i = 0; i < n && cmp === 0; i++) cmp = (addr[i] as number) - (addr[16 + i] as number);

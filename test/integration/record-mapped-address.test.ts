@@ -4,26 +4,35 @@
  * recommends, `::ffff:127.0.0.3`. Before, an absolute-URI request, a CONNECT and a SOCKS5 domain
  * request (ATYP 0x03) were recorded as `::ffff:7f00:3` (the URL parser's spelling) while a SOCKS5
  * IPv6 request (ATYP 0x04) was recorded as `::ffff:127.0.0.3`: a grep or join by address found half.
- * The Community ID hashes the address bytes, so it is the same for every spelling too (checked from
- * an IPv6 client, whose flows to an IPv6 destination have one). `client.ip` of an IPv4 client is its
- * dotted address on an IPv6 listener too (node reports `::ffff:127.0.0.1` there). And a host rule
- * naming the address matched only the URL parser's spelling: SOCKS5 ATYP 0x04 was refused (REP 0x02).
+ * The Community ID hashes the address bytes, so it is the same for every spelling too; from an IPv4
+ * client it hashes the mapped address as its IPv4 one (the pair of an IPv4 destination; it was null,
+ * the two addresses being of two families). `client.ip` of an IPv4 client is its dotted address on
+ * an IPv6 listener too (node reports `::ffff:127.0.0.1` there). And a host rule naming the address
+ * matched only the URL parser's spelling: SOCKS5 ATYP 0x04 was refused (REP 0x02). A SOCKS5 UDP
+ * association gives the same record.
  */
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, type Server } from 'node:http';
 import { once } from 'node:events';
 import { connect, type Socket } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { communityId } from '../../gateway/flow/community-id.ts';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { type Cleanups, associate, nextReply, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
 import { readUntil } from './http-harness.ts';
 import { readBytes } from './socks5-harness.ts';
 
 const CANONICAL = '::ffff:127.0.0.3';
 const SPELLINGS = ['::ffff:127.0.0.3', '::ffff:7f00:3', '0:0:0:0:0:FFFF:7F00:3', '::FFFF:127.0.0.3'];
+/** A `resolver.hosts` name whose address is the mapped one. */
+const MAPPED_NAME = 'mapped.example.test';
 
 let origin: Server;
 let originPort: number;
+/** A UDP echo on 127.0.0.3, the address every spelling names. */
+let echo: UdpSocket;
+let echoPort: number;
 const gateways: Array<{ name: string; clientHost: string; gw: TestGateway }> = [];
 
 beforeAll(async () => {
@@ -31,11 +40,17 @@ beforeAll(async () => {
   origin.listen(0, '127.0.0.3');
   await once(origin, 'listening');
   originPort = (origin.address() as { port: number }).port;
-  const v4 = await startTestGateway({ allowRanges: ['127.0.0.0/8', '::1/128', '::ffff:127.0.0.0/104'] });
-  const v6 = await startTestGateway({ listen: { http: '[::1]:0', socks: '[::1]:0' }, allowRanges: ['127.0.0.0/8', '::1/128', '::ffff:127.0.0.0/104'] });
+  echo = createSocket('udp4');
+  echo.on('message', (m, r) => echo.send(Buffer.concat([Buffer.from('echo:'), m]), r.port, r.address));
+  echo.bind(0, '127.0.0.3');
+  await once(echo, 'listening');
+  echoPort = echo.address().port;
+  const common = { allowRanges: ['127.0.0.0/8', '::1/128', '::ffff:127.0.0.0/104'], resolver: { hosts: { [MAPPED_NAME]: CANONICAL } } };
+  const v4 = await startTestGateway(common);
+  const v6 = await startTestGateway({ ...common, listen: { http: '[::1]:0', socks: '[::1]:0' } });
   // An IPv6 listener that takes IPv4 clients (node reports them as ::ffff:127.0.0.1, as on a
   // dual-stack `[::]` listener), without listening beyond loopback.
-  const mapped = await startTestGateway({ listen: { http: '[::ffff:127.0.0.1]:0', socks: '[::ffff:127.0.0.1]:0' }, allowRanges: ['127.0.0.0/8', '::1/128', '::ffff:127.0.0.0/104'] });
+  const mapped = await startTestGateway({ ...common, listen: { http: '[::ffff:127.0.0.1]:0', socks: '[::ffff:127.0.0.1]:0' } });
   gateways.push(
     { name: 'IPv4 client', clientHost: '127.0.0.1', gw: v4 },
     { name: 'IPv6 client', clientHost: '::1', gw: v6 },
@@ -46,6 +61,7 @@ afterAll(async () => {
   for (const g of gateways) await g.gw.stop();
   origin?.close();
   origin?.closeAllConnections();
+  echo?.close();
 });
 
 async function open(host: string, port: number): Promise<Socket> {
@@ -130,6 +146,12 @@ describe('an IPv4-mapped destination in the flow records', () => {
           expect(s.cid, s.how).toBe(communityId('tcp', '::1', s.port, '::ffff:7f00:3', originPort));
           expect(s.cid, s.how).toBe(communityId('tcp', '::1', s.port, '0:0:0:0:0:ffff:127.0.0.3', originPort));
         }
+      } else {
+        // An IPv4 client: the pair an IPv4 destination's flow hashes (it was null: two families).
+        for (const s of seen) {
+          expect(s.cid, s.how).toMatch(/^1:/);
+          expect(s.cid, s.how).toBe(communityId('tcp', '127.0.0.1', s.port, '127.0.0.3', originPort));
+        }
       }
     });
   }
@@ -151,6 +173,74 @@ describe('a host rule naming an IPv4-mapped address', () => {
         }
       } finally {
         await gw.stop();
+      }
+    });
+  }
+});
+
+/** A SOCKS5 UDP datagram naming 127.0.0.3 by ATYP 4, `::ffff:127.0.0.3` (the `socks` client would send ATYP 1). */
+function mappedFrame(port: number, data: Buffer): Buffer {
+  const f = Buffer.alloc(3 + 1 + 16 + 2 + data.length);
+  f[3] = 0x04;
+  f.set([0xff, 0xff, 127, 0, 0, 3], 4 + 10);
+  f.writeUInt16BE(port, 20);
+  data.copy(f, 22);
+  return f;
+}
+
+/** A SOCKS5 UDP datagram naming `name` by ATYP 3 (any text: the `socks` client would send an IP literal as ATYP 1 or 4). */
+function nameFrame(name: string, port: number, data: Buffer): Buffer {
+  const n = Buffer.from(name, 'latin1');
+  const f = Buffer.alloc(3 + 2 + n.length + 2 + data.length);
+  f[3] = 0x03;
+  f[4] = n.length;
+  n.copy(f, 5);
+  f.writeUInt16BE(port, 5 + n.length);
+  data.copy(f, 7 + n.length);
+  return f;
+}
+
+const udpFrames: Record<string, { frame: (port: number, data: Buffer) => Buffer; host: string }> = {
+  'ATYP 1 127.0.0.3': { frame: (port, data) => udpFrame('127.0.0.3', port, data), host: '127.0.0.3' },
+  'ATYP 4 ::ffff:127.0.0.3': { frame: mappedFrame, host: CANONICAL },
+  'ATYP 3 ::ffff:7f00:3': { frame: (port, data) => nameFrame('::ffff:7f00:3', port, data), host: CANONICAL },
+  [`ATYP 3 ${MAPPED_NAME}`]: { frame: (port, data) => nameFrame(MAPPED_NAME, port, data), host: MAPPED_NAME },
+};
+
+// The relay sends to a mapped destination as IPv4 (127.0.0.3); its record names it as every TCP
+// path does. The Community ID of an IPv4 client's association hashes the IPv4 pair.
+describe('a SOCKS5 UDP association to an IPv4-mapped destination', () => {
+  const cleanups: Cleanups = [];
+  afterEach(async () => {
+    while (cleanups.length > 0) await cleanups.pop()?.();
+  });
+
+  for (const g of [0, 1, 2]) {
+    it(`records it as TCP does, and a Community ID (${['IPv4 client', 'IPv6 client', 'IPv4 client of an IPv6 listener'][g]})`, async () => {
+      const { gw, clientHost } = gateways[g] as (typeof gateways)[number];
+      const isV6 = clientHost === '::1';
+      for (const [how, { frame, host }] of Object.entries(udpFrames)) {
+        const client = await udpSocket(cleanups, isV6 ? 'udp6' : 'udp4');
+        const a = await associate(gw, client, cleanups);
+        const reply = nextReply(client);
+        await sendTo(client, frame(echoPort, Buffer.from(how)), a.relay);
+        expect((await reply).data.toString(), how).toBe(`echo:${how}`);
+        a.control.destroy();
+        const port = client.address().port;
+        const rec = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.client.port === port);
+        expect(rec.verdict, how).toBe('allow');
+        expect(rec.client.ip, how).toBe(clientHost);
+        const ip = how.startsWith('ATYP 1') ? '127.0.0.3' : CANONICAL;
+        expect(rec.destination, how).toEqual({ host, ip, port: echoPort });
+        // From an IPv4 client every spelling is the pair 127.0.0.1 ↔ 127.0.0.3, the ATYP 1 one's; from
+        // an IPv6 client a mapped address is an IPv6 pair, and 127.0.0.3 one of two families (null).
+        if (!isV6) {
+          expect(rec.communityId, how).toMatch(/^1:/);
+          expect(rec.communityId, how).toBe(communityId('udp', '127.0.0.1', port, '127.0.0.3', echoPort));
+        } else if (ip === CANONICAL) {
+          expect(rec.communityId, how).toMatch(/^1:/);
+          expect(rec.communityId, how).toBe(communityId('udp', '::1', port, '::ffff:7f00:3', echoPort));
+        } else expect(rec.communityId, how).toBeNull();
       }
     });
   }
