@@ -474,7 +474,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     down.setCloser(null);
     ctx.flows.markConnected(flow);
     flow.abort = () => end('killed', true);
-    allowDest(flow, dest, unmapIPv4(r.ip), flow);
+    allowDest(flow, dest, r.ip, flow);
   }
 
   /** A destination of the open association: judged as a new flow's would be, under that flow. */
@@ -496,7 +496,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       return;
     }
     if (r.decision.verdict === 'would-block' && f.verdict === 'allow') ctx.flows.decide(f, r.decision, false);
-    allowDest(f, dest, unmapIPv4(r.ip), r.decision);
+    allowDest(f, dest, r.ip, r.decision);
   }
 
   /**
@@ -504,7 +504,10 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
    * those of the destination already admitted under another spelling of its name (counted towards
    * fan-out only, as a shared leg is: onRelayed). `judged`: its admission's verdict and reason; one
    * monitor mode relays as would-block by policy has a leg of its own, which no other spelling shares
-   * (the detectors count it as enforce mode's refusal, and judge no bytes on it).
+   * (the detectors count it as enforce mode's refusal, and judge no bytes on it). `ip` is the
+   * admitted address as the records give it (`::ffff:127.0.0.3` for a mapped one, as on TCP): the
+   * leg's destination, which the detectors' findings and alerts name; the relay sends to, and takes
+   * replies from, its IPv4 form (unmapIPv4).
    */
   function allowDest(f: RoutedFlow, dest: Destination, ip: string, judged: { readonly verdict: Verdict; readonly reason: ReasonCode | null }): void {
     pending--;
@@ -512,7 +515,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     const isRefused = isRefusedByPolicy(judged);
     const leg = (isRefused ? undefined : dests.legNamed(dest.host, dest.port)) ?? ctx.flows.addLeg(f, destination);
     ctx.detection?.onRelayed(f, leg, ctx.policy.current(), destination, judged);
-    dests.allow(dest, ip, leg, !isRefused);
+    dests.allow(dest, unmapIPv4(ip), leg, !isRefused);
     admitted++;
     const queued = dest.queue ?? [];
     releaseHeld(dest);

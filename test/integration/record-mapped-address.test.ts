@@ -9,7 +9,8 @@
  * the two addresses being of two families). `client.ip` of an IPv4 client is its dotted address on
  * an IPv6 listener too (node reports `::ffff:127.0.0.1` there). And a host rule naming the address
  * matched only the URL parser's spelling: SOCKS5 ATYP 0x04 was refused (REP 0x02). A SOCKS5 UDP
- * association gives the same record.
+ * association gives the same record, and its alerts name the address as the record does (they said
+ * `127.0.0.3`, the form the relay sends to).
  */
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, type Server } from 'node:http';
@@ -18,7 +19,7 @@ import { connect, type Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { communityId } from '../../gateway/flow/community-id.ts';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { type Cleanups, associate, nextReply, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
 import { readUntil } from './http-harness.ts';
 import { readBytes } from './socks5-harness.ts';
@@ -207,8 +208,8 @@ const udpFrames: Record<string, { frame: (port: number, data: Buffer) => Buffer;
   [`ATYP 3 ${MAPPED_NAME}`]: { frame: (port, data) => nameFrame(MAPPED_NAME, port, data), host: MAPPED_NAME },
 };
 
-// The relay sends to a mapped destination as IPv4 (127.0.0.3); its record names it as every TCP
-// path does. The Community ID of an IPv4 client's association hashes the IPv4 pair.
+// The relay sends to a mapped destination as IPv4 (127.0.0.3); its record and its alerts name it as
+// every TCP path does. The Community ID of an IPv4 client's association hashes the IPv4 pair.
 describe('a SOCKS5 UDP association to an IPv4-mapped destination', () => {
   const cleanups: Cleanups = [];
   afterEach(async () => {
@@ -244,4 +245,49 @@ describe('a SOCKS5 UDP association to an IPv4-mapped destination', () => {
       }
     });
   }
+
+  it('its alerts name each destination as the record names it (bulk-upload, per destination)', async () => {
+    const BUDGET = 8 * 1024;
+    const gw = await startTestGateway({
+      allowRanges: ['127.0.0.0/8', '::ffff:127.0.0.0/104'],
+      resolver: { hosts: { [MAPPED_NAME]: CANONICAL } },
+      detection: { sampleIntervalMs: 50, detectors: { 'an0080.bulk-upload': { action: 'flag', bytesOut: BUDGET, minRatio: 10, storageBytesOut: BUDGET } } },
+    });
+    try {
+      // Two silent sinks on 127.0.0.3: each destination's bytes cross the budget on their own.
+      const sinks: Array<{ port: number; arrived: () => number }> = [];
+      for (let i = 0; i < 2; i++) {
+        const s = await udpSocket(cleanups, 'udp4', '127.0.0.3');
+        let arrived = 0;
+        s.on('message', (m: Buffer) => {
+          arrived += m.length;
+        });
+        sinks.push({ port: s.address().port, arrived: () => arrived });
+      }
+      const [byAddress, byName] = sinks as [(typeof sinks)[number], (typeof sinks)[number]];
+      const client = await udpSocket(cleanups);
+      const a = await associate(gw, client, cleanups);
+      for (let i = 1; i <= 4; i++) {
+        await sendTo(client, mappedFrame(byAddress.port, Buffer.alloc(3000, 1)), a.relay);
+        await sendTo(client, nameFrame(MAPPED_NAME, byName.port, Buffer.alloc(3000, 2)), a.relay);
+        await until(`datagrams ${i} at the sinks`, () => byAddress.arrived() === i * 3000 && byName.arrived() === i * 3000);
+      }
+      await until('an alert per destination', () => gw.alerts.list().filter((x) => x.detector === 'an0080.bulk-upload').length === 2);
+      a.control.destroy();
+      const rec = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.client.port === client.address().port);
+      expect(rec.destination).toEqual({ host: CANONICAL, ip: CANONICAL, port: byAddress.port });
+      const named = gw.alerts
+        .list()
+        .filter((x) => x.detector === 'an0080.bulk-upload')
+        .map((x) => x.destination)
+        .sort((x, y) => (x?.port ?? 0) - (y?.port ?? 0));
+      const want = [
+        { host: CANONICAL, ip: CANONICAL, port: byAddress.port },
+        { host: MAPPED_NAME, ip: CANONICAL, port: byName.port },
+      ].sort((x, y) => x.port - y.port);
+      expect(named).toEqual(want);
+    } finally {
+      await gw.stop();
+    }
+  });
 });
