@@ -45,6 +45,8 @@ export interface IdentityResolver {
   reusableUntilMs(claims: IdentityClaims, snapshot: PolicySnapshot): number;
   /** The resolver's clock (ms since the epoch), the one token expiry is judged on. */
   now(): number;
+  /** Whether identity headers from `clientIp` are believed (`identity.headers.trustedSources`). */
+  trustsHeadersFrom(clientIp: string, snapshot: PolicySnapshot): boolean;
 }
 
 /** Finds the local process behind a client socket on the gateway's own host (identity.localAttribution). */

@@ -239,6 +239,7 @@ export function createIdentityResolver(opts: IdentityResolverOptions = {}): Gate
     strippedHeaders: (snapshot) => compiledFor(snapshot).stripped,
     reusableUntilMs,
     now,
+    trustsHeadersFrom: (clientIp, snapshot) => compiledFor(snapshot).trust.isTrusted(clientAddress(clientIp).parsed),
     stats: () => ({ ...counters, credentials: { ...credStats }, throttle: { ...throttle.stats }, userThrottle: { ...userThrottle.stats }, scryptWaiting: scryptLimiter.waiting }),
   };
 }

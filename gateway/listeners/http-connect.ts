@@ -142,6 +142,14 @@ export async function handleConnect(state: HttpListenerState, req: RequestHead, 
     writeRawRefusal(socket, mapError('EGW_BAD_REQUEST'), { flowId: null, isBlock: false });
     return;
   }
+  // Two credentials (http-proxy.ts repeatedCredential): 400 before admission, no flow, as for a bad target.
+  const repeated = state.repeatedCredential(req);
+  if (repeated !== null) {
+    hold.release();
+    ctx.log.warn({ client: req.socket.remoteAddress, why: repeated }, 'bad CONNECT request refused');
+    writeRawRefusal(socket, mapError('EGW_BAD_REQUEST'), { flowId: null, isBlock: false });
+    return;
+  }
   const result = await state.admitRequest(req, 'connect', authority.host, authority.port, hold);
   if (!result.ok) {
     hold.release();

@@ -171,19 +171,29 @@ export function rawHeader(raw: readonly string[], name: string): string | null {
  */
 const BASIC_TOKEN = /^[A-Za-z0-9+/]+={0,2}$/;
 
+/** What a malformed Basic value yields: an empty user, refused as bad credentials. */
+const MALFORMED: { readonly username: string; readonly password: string } = Object.freeze({ username: '', password: '' });
+
 /**
- * The user and password of a `Proxy-Authorization: Basic …` header, or null when absent or not
- * Basic. A malformed Basic value yields an empty user so identity resolution refuses it.
+ * The user and password of a `Proxy-Authorization: Basic …` header, or null when absent or of
+ * another scheme. The scheme (case-insensitive, RFC 9110 §11.1) ends at the first SP or HTAB; only
+ * SP may follow it (`1*SP` before the token68, RFC 9110 §11.4). A malformed Basic value (`Basic`
+ * then HTAB, no token, not one base64 token, no colon) yields an empty user so identity resolution
+ * refuses it: before, `Basic<TAB><token>` and an empty `Basic` were read as no credentials at all.
  */
 export function parseProxyBasic(value: string | undefined): { username: string; password: string } | null {
   if (!value) return null;
-  const space = value.indexOf(' ');
-  if (space < 0 || value.slice(0, space).toLowerCase() !== 'basic') return null;
-  const token = value.slice(space + 1).trim();
-  if (!BASIC_TOKEN.test(token)) return { username: '', password: '' };
+  let end = 0;
+  while (end < value.length && value.charCodeAt(end) !== 0x20 && value.charCodeAt(end) !== 0x09) end++;
+  if (end !== 5 || value.slice(0, 5).toLowerCase() !== 'basic') return null;
+  let start = end;
+  while (value.charCodeAt(start) === 0x20) start++;
+  // No SP after the scheme (HTAB, or nothing): malformed, as is a token that does not start at once.
+  const token = start === end ? '' : value.slice(start).trimEnd();
+  if (!BASIC_TOKEN.test(token)) return MALFORMED;
   const decoded = Buffer.from(token, 'base64').toString('utf8');
   const colon = decoded.indexOf(':');
-  if (colon < 0) return { username: '', password: '' };
+  if (colon < 0) return MALFORMED;
   return { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
 }
 

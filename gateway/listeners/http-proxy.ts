@@ -49,7 +49,7 @@ import { forwardRequest, OriginAgents } from './http-forward.ts';
 import { forwardRequestHeaders, normaliseStrippedName, parseProxyBasic, viaFor, viaNamesUs } from './http-headers.ts';
 import { maxForwardsOf, traceEcho } from './http-max-forwards.ts';
 import { closeAfterUnreadBody, refusalDetails, sendRefusal, writeRawRefusal } from './http-refusal.ts';
-import { hostHeaderFor, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
+import { hostHeaderFor, isRepeatedField, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
 import { handleUpgrade } from './http-upgrade.ts';
 
 export interface HttpProxyOptions {
@@ -60,6 +60,8 @@ export interface HttpProxyOptions {
 export interface RequestHead {
   readonly url?: string | undefined;
   readonly headers: IncomingHttpHeaders;
+  /** Names and values as received (IncomingMessage); absent on the CONNECT front's heads, which never repeat a name. */
+  readonly rawHeaders?: readonly string[];
   readonly socket: Socket;
 }
 
@@ -76,6 +78,15 @@ export interface HttpListenerState {
   admitRequest(req: RequestHead, protocol: Protocol, host: string, port: number, watch?: ClientWatch): Promise<Admitted | Refused>;
   /** Identity headers never forwarded (in any underscore spelling: isStrippedName), for the current snapshot. */
   strippedHeaders(snapshot: PolicySnapshot): ReadonlySet<string>;
+  /**
+   * Why the request's credentials are ambiguous, or null: `Proxy-Authorization` twice
+   * (`duplicate-proxy-authorization`), or the user or host identity header twice from a source
+   * trusted for them (`duplicate-identity-header`; from any other source they are ignored and
+   * stripped as always). A front proxy and the gateway could each take another of the two, so
+   * such a request is refused 400 before admission, as a duplicate Content-Length is. Only a
+   * request that carries one of these fields is looked at further.
+   */
+  repeatedCredential(req: RequestHead): string | null;
 }
 
 /**
@@ -113,6 +124,9 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
 
   let strippedFor: PolicySnapshot | null = null;
   let stripped: ReadonlySet<string> = new Set();
+  let identityNamesFor: PolicySnapshot | null = null;
+  let userHeader = '';
+  let hostHeader = '';
 
   const state: HttpListenerState = {
     ctx,
@@ -124,6 +138,20 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
         stripped = new Set(ctx.identity.strippedHeaders(snapshot).map(normaliseStrippedName));
       }
       return stripped;
+    },
+    repeatedCredential(req) {
+      const raw = req.rawHeaders;
+      if (raw === undefined) return null;
+      const h = req.headers;
+      if (h['proxy-authorization'] !== undefined && isRepeatedField(raw, 'proxy-authorization')) return 'duplicate-proxy-authorization';
+      const snapshot = ctx.policy.current();
+      if (identityNamesFor !== snapshot) {
+        identityNamesFor = snapshot;
+        userHeader = snapshot.config.identity.headers.user.toLowerCase();
+        hostHeader = snapshot.config.identity.headers.host.toLowerCase();
+      }
+      const isRepeated = (h[userHeader] !== undefined && isRepeatedField(raw, userHeader)) || (h[hostHeader] !== undefined && isRepeatedField(raw, hostHeader));
+      return isRepeated && ctx.identity.trustsHeadersFrom(req.socket.remoteAddress ?? '', snapshot) ? 'duplicate-identity-header' : null;
     },
     async admitRequest(req, protocol, host, port, watch) {
       const claims = claimsOf(req);
@@ -276,7 +304,7 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
   // Behind a 429 on this connection: dropped unanswered (the connection ends after the 429).
   if (connection.isShedding) return;
   const target = parseAbsoluteTarget(req.url ?? '');
-  const shape = smugglingShape(req);
+  const shape = smugglingShape(req) ?? state.repeatedCredential(req);
   if (!target.ok || shape) {
     const why = shape ?? (target.ok ? null : target.reason);
     ctx.log.warn({ client: req.socket.remoteAddress, method: req.method, why }, 'bad proxy request refused');

@@ -55,6 +55,21 @@ export function smugglingShape(req: Pick<IncomingMessage, 'httpVersionMajor' | '
 }
 
 /**
+ * True when the field `name` (lower-case) occurs more than once in a raw header list. Names of
+ * another length are passed over without a lower-casing.
+ */
+export function isRepeatedField(raw: readonly string[], name: string): boolean {
+  let isSeen = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    const field = raw[i] as string;
+    if (field.length !== name.length || field.toLowerCase() !== name) continue;
+    if (isSeen) return true;
+    isSeen = true;
+  }
+  return false;
+}
+
+/**
  * A Transfer-Encoding whose framing is clear (chunked once, last: RFC 9112 §6.3) but which applies
  * another coding first (`gzip, chunked`): a coding the gateway does not implement, so 501 (RFC 9112
  * §6.1), where chunked not last, or twice, leaves the length unknown: 400.

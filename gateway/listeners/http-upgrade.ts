@@ -196,7 +196,7 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
   // A request body would have to reach the origin before its answer; websocket handshakes have
   // none, and relaying one here (h2c upgrade of a POST) is not supported: refuse rather than hang.
   const cl = req.headers['content-length'];
-  const smuggling = smugglingShape(req);
+  const smuggling = smugglingShape(req) ?? state.repeatedCredential(req);
   const shape = smuggling ?? (req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0') ? 'upgrade-with-body' : null);
   if (!target.ok || shape) {
     hold.release();

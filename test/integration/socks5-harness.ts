@@ -41,6 +41,7 @@ const plainIdentity: IdentityResolver = {
     return { ok: true, identity: { user: null, host: null, roles: snapshot.rolesFor(null, null), process: null } };
   },
   strippedHeaders: () => [],
+  trustsHeadersFrom: () => false,
   reusableUntilMs: () => Number.POSITIVE_INFINITY,
   now: Date.now,
 };

@@ -110,6 +110,12 @@ describe('parseProxyBasic / serialiseRequestHead', () => {
     expect(parseProxyBasic(`Basic ${token.replace(/=+$/, '')}`)).toEqual({ username: 'alice', password: 'pw' });
     for (const v of [`Basic ${token} x`, `Basic ${token}!!`, `Basic ${token}, Basic ${token}`, `Basic =${token}`]) expect(parseProxyBasic(v)).toEqual({ username: '', password: '' });
   });
+  it('takes only SP after the scheme, and a token: Basic<TAB><token> and an empty Basic are malformed (empty user)', () => {
+    const token = Buffer.from('alice:pw').toString('base64');
+    for (const v of [`Basic\t${token}`, `Basic \t${token}`, 'Basic', 'Basic ', `BASIC\t${token}`]) expect(parseProxyBasic(v)).toEqual({ username: '', password: '' });
+    // Another scheme, however it is followed, is not Basic: no credentials.
+    for (const v of [`Basicx ${token}`, `Bearer\t${token}`, 'Bearer']) expect(parseProxyBasic(v)).toBeNull();
+  });
   it('serialises an origin-form head', () => {
     expect(serialiseRequestHead('GET', '/chat?x=1', ['host', 'a', 'via', VIA_VALUE])).toBe(`GET /chat?x=1 HTTP/1.1\r\nhost: a\r\nvia: 1.1 ${VIA_PSEUDONYM}\r\n\r\n`);
   });

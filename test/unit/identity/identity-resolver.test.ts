@@ -153,6 +153,14 @@ describe('createIdentityResolver: details', () => {
     expect([...r.strippedHeaders(plain)].sort()).toEqual(['proxy-authorization', 'x-egress-host', 'x-egress-user']);
   });
 
+  it('trusts identity headers from trustedSources only, however the address is spelled', () => {
+    const { r } = resolver();
+    expect(r.trustsHeadersFrom('127.0.0.1', snap)).toBe(true);
+    expect(r.trustsHeadersFrom('::ffff:127.0.0.1', snap)).toBe(true);
+    expect(r.trustsHeadersFrom('127.0.0.2', snap)).toBe(false);
+    expect(r.trustsHeadersFrom('', snap)).toBe(false);
+  });
+
   it('spoof attempt text names the header and source, bounded', async () => {
     const { r } = resolver();
     const res = await r.resolve({ clientIp: '::ffff:10.1.2.3', clientPort: 1, headers: { 'x-egress-user': 'a'.repeat(200) } }, snap);
