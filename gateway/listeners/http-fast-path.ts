@@ -26,8 +26,9 @@
  * reset during a request ends its flow `client-reset` and aborts the origin request; so does our own
  * cut for limits.idleTimeoutMs of silence, but the flow ends `idle-timeout` (ConnectionState.isTimedOut,
  * as on node:http). A client FIN is a half-close (RFC 9112 §9.6), not an abort: the request being
- * served is answered whole, and so are the whole requests read ahead of the FIN, in order; then the
- * connection ends (see onEnd). A request's flow closes `closed`
+ * served is answered whole, and so are the requests sent before the FIN, in order (what the client
+ * sends while a request is served stays in the socket, and its FIN behind it unread, until that
+ * request is answered: see onData); then the connection ends (see onEnd). A request's flow closes `closed`
  * once the origin's whole response has been handed to the client socket. After a connection's last
  * answer (`connection: close`, a 429, a drain) it ends lingering, as the gateway's refusals do: our
  * FIN, what the client still sends dropped, closed at its FIN or 2 s after the answer is written out.
@@ -50,8 +51,6 @@ import { type AbsoluteTarget, hostHeaderFor, parseAbsoluteTarget } from './http-
 
 /** Idle time allowed between two requests of a connection (node:http's keepAliveTimeout here). */
 export const KEEP_ALIVE_MS = 5000;
-/** Bytes a client may send ahead while its request is served before we stop reading them. */
-const MAX_AHEAD_BYTES = 64 * 1024;
 
 export interface FastPath {
   /**
@@ -101,10 +100,10 @@ interface FastPathShared {
 
 type OkTarget = Extract<AbsoluteTarget, { ok: true }>;
 
-/** `bytes` as one fast request head and its target (exactly one, unless `mayFollow`: more bytes after it), or null. */
-function acceptable(state: HttpListenerState, bytes: Buffer, mayFollow = false): { head: FastRequestHead; target: OkTarget } | null {
+/** `bytes` as exactly one fast request head and its target, or null. */
+function acceptable(state: HttpListenerState, bytes: Buffer): { head: FastRequestHead; target: OkTarget } | null {
   const head = parseFastRequestHead(bytes, state.ctx.policy.current().config.limits.maxHeaderBytes);
-  if (head === null || (head.end !== bytes.length && !mayFollow)) return null;
+  if (head === null || head.end !== bytes.length) return null;
   const target = parseAbsoluteTarget(head.url);
   return target.ok ? { head, target } : null;
 }
@@ -119,8 +118,11 @@ class FastConnection {
   private isBusy = false;
   /** The current request's exchange with its origin, once admitted. */
   private exchange: FastExchange | null = null;
-  /** Bytes the client sent while a request was served (the next request, read ahead). */
-  private ahead: Buffer | null = null;
+  /**
+   * The client sent more while a request was served (the next request): those bytes are back in the
+   * socket, unread, and reading is paused until the request is answered (see onData).
+   */
+  private isHolding = false;
   private isGone = false;
   /** The client sent its FIN: no request comes after those already read (see onEnd). */
   private isHalfClosed = false;
@@ -217,10 +219,10 @@ class FastConnection {
 
   /**
    * The connection must end after the current response: the listener closes or drains, or the client
-   * half-closed and sent no further request before its FIN.
+   * half-closed (its FIN is read only once nothing is held: no further request can come).
    */
   mustClose(): boolean {
-    return this.path.isClosing() || this.path.state.ctx.isDraining() || (this.isHalfClosed && this.ahead === null);
+    return this.path.isClosing() || this.path.state.ctx.isDraining() || this.isHalfClosed;
   }
 
   /** The current request is answered: end the connection, or wait for (or take) the next request. */
@@ -234,35 +236,16 @@ class FastConnection {
       this.endLingering();
       return;
     }
-    const ahead = this.ahead;
-    if (ahead !== null) {
-      this.ahead = null;
-      if (this.isHalfClosed) {
-        this.dispatchAfterFin(ahead);
-        return;
-      }
-      if (this.socket.isPaused()) this.socket.resume();
-      this.dispatch(ahead);
-    }
+    if (!this.isHolding) return;
+    // What the client sent meanwhile now flows to onData as it came (a FIN behind it after it).
+    this.isHolding = false;
+    this.socket.resume();
   }
 
   /**
-   * Requests the client sent before its FIN, read ahead while the one before was served: each whole
-   * fast head is served in turn (the rest kept for after it). node:http cannot take the socket once
-   * its end has been read, so what the fast path does not serve here (a split or partial head, a
-   * request with a body) gets no answer: the connection ends after the answers before it.
+   * Request bytes between requests: one whole fast head → serve it; anything else → node:http (also
+   * after the client's FIN: a FIN behind these bytes has not been read yet, see onData).
    */
-  private dispatchAfterFin(bytes: Buffer): void {
-    const start = acceptable(this.path.state, bytes, true);
-    if (start === null) {
-      this.endLingering();
-      return;
-    }
-    if (start.head.end < bytes.length) this.ahead = bytes.subarray(start.head.end);
-    this.serve(start.head, start.target);
-  }
-
-  /** Request bytes between requests: one whole fast head → serve it; anything else → node:http. */
   private dispatch(bytes: Buffer): void {
     const start = acceptable(this.path.state, bytes);
     if (start === null) {
@@ -305,10 +288,10 @@ class FastConnection {
    */
   private endLingering(): void {
     this.isEnded = true;
-    this.ahead = null;
+    this.isHolding = false;
     const s = this.socket;
     s.end();
-    // Read on (dropping it) to see the client's FIN: reading may have stopped at MAX_AHEAD_BYTES.
+    // Read on (dropping what is held and what comes) to see the client's FIN.
     if (s.isPaused()) s.resume();
     if (s.writableFinished) lingerThenDestroy(s);
     else s.once('finish', () => lingerThenDestroy(s));
@@ -320,17 +303,23 @@ class FastConnection {
       this.dispatch(chunk);
       return;
     }
-    // While a request is served, what comes is read ahead, up to a bound; past it reading stops until
-    // the answer is out (a FIN or reset is still seen below the bound).
-    this.ahead = this.ahead === null ? chunk : Buffer.concat([this.ahead, chunk]);
-    if (this.ahead.length >= MAX_AHEAD_BYTES) this.socket.pause();
+    // While a request is served, what comes (the next request) goes back into the socket, unread, and
+    // reading pauses until the answer is out (next). The stream still buffers up to its highWaterMark,
+    // so a reset is seen; but with bytes held, a FIN behind them is not emitted as 'end' until they are
+    // taken: node:http, which cannot take a connection whose end has been read, can still be handed a
+    // request the fast path does not serve (a body, a split head), and answers it before the FIN.
+    const s = this.socket;
+    s.pause();
+    s.unshift(chunk);
+    this.isHolding = true;
   };
 
   /**
    * The client's FIN: a half-close (RFC 9112 §9.6), not an abort. The request being served is still
-   * answered, whole (its flow `closed`), then the requests read ahead of the FIN, then the connection
-   * ends (no further request can come): the answer then says `connection: close` where its head is
-   * not already out (mustClose). Between requests the connection ends now. The limits still apply:
+   * answered, whole (its flow `closed`), then the connection ends (no further request can come): the
+   * answer then says `connection: close` where its head is not already out (mustClose). Requests sent
+   * before the FIN are answered first: the FIN is emitted only once they are taken (onData), by the
+   * fast path or node:http. Between requests the connection ends now. The limits still apply:
    * an origin silent for finGraceMs after the FIN ends the flow `client-reset` (a client that closed
    * sends the same FIN: OriginExchange.clientHalfClosed), limits.idleTimeoutMs while the answer is
    * written to a client that does not read it.

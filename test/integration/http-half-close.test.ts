@@ -249,6 +249,57 @@ describe('a client that half-closes after its request gets the whole answer', ()
     expect((await closedRecords(ahead.port, 3)).map((r) => [r.closeReason, r.bytesIn])).toEqual([['closed', 5], ['closed', 20], ['closed', 40]]);
   });
 
+  it('a request the fast path does not serve, pipelined behind one it is answering, then the FIN: each answered in order', async () => {
+    // The fast path takes the first (/hold, one packet) and is still answering it when the rest and
+    // the FIN come (the origin answers 100 ms after the FIN). Before, what it does not serve itself (a
+    // body, HTTP/1.0) got no answer behind a FIN read with it: one answer, one record, the origin saw
+    // one request. `finLater`: the FIN in a packet of its own, 50 ms after the last request.
+    const behind = async (tag: string, rest: string[], finLater = false): Promise<HalfClosed> =>
+      halfClose([get(`/hold/${tag}`), ...rest], {
+        beforeFin: async () => {
+          await until(`/hold/${tag} at the origin`, () => holding.has(`/hold/${tag}`), 5000);
+          if (finLater) await new Promise((r) => setTimeout(r, 50));
+        },
+        afterFin: async () => {
+          await new Promise((r) => setTimeout(r, 100));
+          answerHeld(`/hold/${tag}`, 'first');
+        },
+      });
+    const post = (tag: string): string => `POST http://${authority()}/post?${tag} HTTP/1.1\r\nHost: ${authority()}\r\nContent-Length: 5\r\n\r\nhello`;
+    const chunked = (tag: string): string => `POST http://${authority()}/post?${tag} HTTP/1.1\r\nHost: ${authority()}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n`;
+    const echo = (n: number): [string, number, number] => ['closed', `echo:POST:${n}`.length, n];
+    const cases: Array<{ tag: string; rest: string[]; finLater?: boolean; bodies: string[]; records: Array<[string, number, number]>; seen: string[] }> = [
+      { tag: 'cl', rest: [post('cl')], bodies: ['first', 'echo:POST:5'], records: [['closed', 5, 0], echo(5)], seen: ['POST /post?cl hello'] },
+      { tag: 'cl-late', rest: [post('cl-late')], finLater: true, bodies: ['first', 'echo:POST:5'], records: [['closed', 5, 0], echo(5)], seen: ['POST /post?cl-late hello'] },
+      { tag: 'te-late', rest: [chunked('te-late')], finLater: true, bodies: ['first', 'echo:POST:3'], records: [['closed', 5, 0], echo(3)], seen: ['POST /post?te-late abc'] },
+      { tag: 'old-behind', rest: [get('/size/30?old-behind', 'GET', '1.0')], bodies: ['first', pattern(30).toString('latin1')], records: [['closed', 5, 0], ['closed', 30, 0]], seen: ['GET /size/30?old-behind '] },
+      {
+        tag: 'fast-post',
+        rest: [get('/size/20?fast-post'), post('fast-post')],
+        bodies: ['first', pattern(20).toString('latin1'), 'echo:POST:5'],
+        records: [['closed', 5, 0], ['closed', 20, 0], echo(5)],
+        seen: ['GET /size/20?fast-post ', 'POST /post?fast-post hello'],
+      },
+      {
+        tag: 'post-fast',
+        rest: [post('post-fast'), get('/size/40?post-fast')],
+        finLater: true,
+        bodies: ['first', 'echo:POST:5', pattern(40).toString('latin1')],
+        records: [['closed', 5, 0], echo(5), ['closed', 40, 0]],
+        seen: ['POST /post?post-fast hello', 'GET /size/40?post-fast '],
+      },
+    ];
+    for (const c of cases) {
+      const r = await behind(c.tag, c.rest, c.finLater);
+      expect(answers(r.got).map((a) => [a.status, a.body.toString('latin1')]), c.tag).toEqual(c.bodies.map((b) => [200, b]));
+      expect(r.isEndedByGateway, c.tag).toBe(true);
+      const records = await closedRecords(r.port, c.records.length);
+      expect(records.map((x) => [x.closeReason, x.bytesIn, x.bytesOut]), c.tag).toEqual(c.records);
+      const seen = origin.seen.filter((q) => q.url.endsWith(`?${c.tag}`)).map((q) => `${q.method} ${q.url} ${q.body.toString('latin1')}`);
+      expect(seen, c.tag).toEqual(c.seen);
+    }
+  });
+
   it('CONNECT and a declined Upgrade already relayed the answer to a half-closed client', async () => {
     const tunnel = await halfClose([`CONNECT ${authority()} HTTP/1.1\r\nHost: ${authority()}\r\n\r\n${get('/size/900?tunnel').replace(`http://${authority()}`, '')}`]);
     const raw = tunnel.got.toString('latin1');
