@@ -265,6 +265,8 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
   private finTimer: NodeJS.Timeout | null = null;
   /** What the origin had sent when finTimer was armed (flow.bytesIn, the head as 1). */
   private finMark = 0;
+  /** The client's FIN came while the origin connection was being dialled: finTimer is armed at onConnect. */
+  private isFinWhileDialling = false;
 
   constructor(ctx: GatewayContext, flow: Flow, connection: ConnectionState) {
     this.ctx = ctx;
@@ -304,9 +306,18 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
    * something is written to it, so the origin gets finGraceMs of silence at a time (one timer, checked
    * when it fires: nothing per chunk). Silent that long, with nothing of the answer waiting on the
    * client, the client counts as gone: the origin request is aborted, the flow ends `client-reset`.
+   * The grace counts from the connection (onConnect) when the FIN came while it was dialled: a dial
+   * has its own bound (limits.connectTimeoutMs, as long as the grace by default), and its failure
+   * is the answer the half-closed client waits for and what the record says (`connect-timeout`, a
+   * failed attempt), as on CONNECT. Before, the grace armed at a FIN sent with the request ran out
+   * first: no 504, the record `client-reset`, no failed attempt counted.
    */
   clientHalfClosed(): void {
     if (this.finTimer !== null || this.isClientGone || this.flow.state !== 'active') return;
+    if (!this.isConnected) {
+      this.isFinWhileDialling = true;
+      return;
+    }
     this.finMark = this.originProgress();
     this.finTimer = setTimeout(onFinGrace, finGraceMs(this.ctx.policy.current().config.limits), this);
     this.finTimer.unref();
@@ -395,6 +406,7 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
     if (!this.isConnected) {
       this.isConnected = true;
       this.ctx.flows.markConnected(this.flow);
+      if (this.isFinWhileDialling) this.clientHalfClosed();
     }
     if (this.isClientGone) abort(new GatewayError('EGW_UPSTREAM_RESET', 'client went away'));
   }

@@ -7,7 +7,7 @@
  * and Upgrade requests.
  */
 import { once } from 'node:events';
-import type { Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, it } from 'vitest';
 import type { Flow } from '../../gateway/flow/flow.ts';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
@@ -188,6 +188,57 @@ describe.concurrent('an absolute-URI client that leaves while its origin connect
     // undici's connects were abandoned: once the queue is free, nobody but the fillers connects.
     const peers = await dest.release();
     expect(peers.filter((p) => p !== '127.0.0.9')).toEqual([]);
+  }, 30_000);
+});
+
+describe.concurrent('an absolute-URI client that only half-closes while its origin connection is made', () => {
+  let gw: TestGateway;
+  let dest: HungDestination;
+
+  beforeAll(async () => {
+    // finGraceMs = min(connectTimeoutMs, idleTimeoutMs): as long as the dial's own bound, as by default.
+    gw = await startTestGateway({ limits: { connectTimeoutMs: 2000 } });
+    dest = await hungDestination();
+  });
+  afterAll(async () => {
+    dest?.close();
+    await gw?.stop();
+  });
+
+  it('fast path (GET) and node:http (POST), the FIN with the request or 200 ms after it: 504, recorded connect-timeout, a failed attempt', async ({ expect, onTestFinished }) => {
+    const clients = caseSockets(onTestFinished);
+    const target = `127.0.0.1:${dest.port}`;
+    const get = `GET http://${target}/x HTTP/1.1\r\nHost: ${target}\r\n\r\n`;
+    const post = `POST http://${target}/x HTTP/1.1\r\nHost: ${target}\r\nContent-Length: 2\r\n\r\nhi`;
+    /** Send `request`, then the FIN (`finAfterMs` later), read until the gateway closes. */
+    const halfClosed = async (request: string, finAfterMs: number): Promise<{ port: number; answer: string }> => {
+      const s = connect({ port: gw.httpPort, host: '127.0.0.1', allowHalfOpen: true });
+      clients.push(s);
+      s.on('error', () => undefined);
+      await once(s, 'connect');
+      const port = s.localPort as number;
+      let answer = '';
+      s.on('data', (c: Buffer) => {
+        answer += c.toString('latin1');
+      });
+      s.on('end', () => s.destroy());
+      const closed = once(s, 'close');
+      s.write(request);
+      if (finAfterMs > 0) await new Promise((r) => setTimeout(r, finAfterMs));
+      s.end();
+      await closed;
+      return { port, answer };
+    };
+    const runs = await Promise.all([halfClosed(get, 0), halfClosed(post, 0), halfClosed(get, 200), halfClosed(post, 200)]);
+    for (const [i, r] of runs.entries()) {
+      // The half-closed client still reads: it gets the dial's failure, and the record says what ended it.
+      expect(r.answer, `run ${i}`).toMatch(/^HTTP\/1\.1 504 /);
+      const record = await gw.waitForClosed((x) => x.client.port === r.port);
+      expect([record.closeReason, record.connected], `run ${i}`).toEqual(['connect-timeout', false]);
+      expect(gw.closed.filter((x) => x.client.port === r.port), `run ${i}`).toHaveLength(1);
+      // Counted as a failed attempt (ctx.detection.onConnectFailed), logged beside it.
+      expect(gw.logs.filter((l) => l.msg === 'origin request failed' && l['flowId'] === record.id), `run ${i}`).toHaveLength(1);
+    }
   }, 30_000);
 });
 
