@@ -1,8 +1,8 @@
 /**
  * Plumbing for the live detection tests (test/integration/detection-*.test.ts): loopback origins
- * (sink, echo, refusing ports), a raw CONNECT client that can bind its own source address and port
- * (so an agent report can name the client before it connects), agent reports through the real admin
- * route, and a bounded wait for alerts.
+ * (sink, echo, refusing ports), a raw CONNECT client from a chosen source address (connected first,
+ * from a port the kernel picked, so an agent report can name the client before its request), agent
+ * reports through the real admin route, and a bounded wait for alerts.
  */
 import { once } from 'node:events';
 import { type AddressInfo, type Server, type Socket, connect, createServer } from 'node:net';
@@ -78,12 +78,6 @@ export async function refusingPorts(host: string, n: number): Promise<number[]> 
   return ports;
 }
 
-/** A free TCP port on `host` for a client to bind (an agent report can name it in advance). */
-export async function freePort(host: string): Promise<number> {
-  const [p] = await refusingPorts(host, 1);
-  return p!;
-}
-
 export interface ConnectAnswer {
   status: number;
   headers: Record<string, string>;
@@ -94,8 +88,33 @@ export interface ConnectAnswer {
 }
 
 /**
- * `CONNECT target` to the HTTP proxy on a raw socket, optionally from a chosen source address and
- * port. Resolves with the status line and headers; on 200 the socket is the tunnel.
+ * A TCP connection to the proxy from `localAddress`, connected and nothing sent yet, from a source
+ * port the kernel picked when it connected (`socket.localPort`): for a client an agent report names
+ * in advance (connectsReportedAhead). The gateway opens a flow at a request's head,
+ * not when it accepts, so such a report still arrives before the flow is judged (its answer says
+ * pending). Never a port taken first (bound on port 0 and closed) and bound again later: the kernel
+ * picks a port for bind at random among the free ones of ip_local_port_range, so a port taken and
+ * closed can be taken again, and two sockets bound to one address and port (libuv sets SO_REUSEADDR
+ * on a bound client) are one 4-tuple to the same gateway: the second connect fails EADDRNOTAVAIL
+ * (seen in CI). A port picked at connect is the connection's until it closes.
+ */
+async function connectFrom(proxy: { host: string; port: number }, localAddress: string, timeoutMs = 5000): Promise<Socket> {
+  return connected(proxy, { localAddress }, timeoutMs);
+}
+
+async function connected(proxy: { host: string; port: number }, from: { localAddress?: string; localPort?: number }, timeoutMs: number): Promise<Socket> {
+  const socket = connect({ host: proxy.host, port: proxy.port, ...from });
+  socket.setTimeout(timeoutMs, () => socket.destroy(new Error(`connect to ${proxy.host}:${proxy.port}: not connected in ${timeoutMs} ms`)));
+  await once(socket, 'connect');
+  socket.setTimeout(0);
+  return socket;
+}
+
+/**
+ * `CONNECT target` to the HTTP proxy on a raw socket, optionally from a chosen source address (and
+ * port: only where the test owns the port range, test/helpers/port-shortage-child.ts; for a port an
+ * agent report names in advance, connectsReportedAhead). Resolves with the status line and
+ * headers; on 200 the socket is the tunnel.
  */
 export async function httpConnect(
   proxy: { host: string; port: number },
@@ -103,9 +122,12 @@ export async function httpConnect(
   from: { localAddress?: string; localPort?: number } = {},
   timeoutMs = 5000,
 ): Promise<ConnectAnswer> {
-  const socket = connect({ host: proxy.host, port: proxy.port, ...from });
+  return sendConnect(await connected(proxy, from, timeoutMs), target, timeoutMs);
+}
+
+/** `CONNECT target` on a socket connected to the HTTP proxy; answers as httpConnect does. */
+async function sendConnect(socket: Socket, target: string, timeoutMs = 5000): Promise<ConnectAnswer> {
   socket.setTimeout(timeoutMs, () => socket.destroy(new Error(`CONNECT ${target}: no answer in ${timeoutMs} ms`)));
-  await once(socket, 'connect');
   socket.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n\r\n`);
   let buf = Buffer.alloc(0);
   let headEnd = -1;
@@ -234,6 +256,51 @@ export async function reportProcesses(
   const text = await res.text();
   if (res.status !== 200) throw new Error(`agent report: ${res.status} ${text}`);
   return JSON.parse(text) as { accepted: number; attributed: number; pending: number; shed: number };
+}
+
+/** A client's CONNECT and the process an agent report names for it (its socket fields filled in). */
+export interface ReportedConnect {
+  target: string;
+  process: Omit<ProcessReport, 'proto' | 'localIp' | 'localPort' | 'remoteIp' | 'remotePort'>;
+}
+
+/**
+ * CONNECTs from `localAddress` whose processes an agent names before the gateway has their requests,
+ * as an agent that saw the sockets first does: every client connects (connectFrom: a port the
+ * kernel picked, held from then on), one report (host `host`) names them all, then each sends its
+ * CONNECT, in order. Resolves with the report's answer (the flows are not open yet: pending) and the
+ * answers, each with its client port (`localPort`, also the record's client.port).
+ */
+export async function connectsReportedAhead(
+  g: { httpHost: string; httpPort: number; adminUrl: string },
+  localAddress: string,
+  host: string,
+  clients: readonly ReportedConnect[],
+): Promise<{ report: Awaited<ReturnType<typeof reportProcesses>>; answers: Array<ConnectAnswer & { localPort: number }> }> {
+  const proxy = { host: g.httpHost, port: g.httpPort };
+  const sockets: Socket[] = [];
+  try {
+    for (let i = 0; i < clients.length; i++) {
+      const s = await connectFrom(proxy, localAddress);
+      s.on('error', () => undefined);
+      sockets.push(s);
+    }
+    const report = await reportProcesses(
+      g.adminUrl,
+      host,
+      clients.map((c, i) => ({ ...c.process, localIp: localAddress, localPort: sockets[i]!.localPort as number, remoteIp: g.httpHost, remotePort: g.httpPort })),
+    );
+    const answers: Array<ConnectAnswer & { localPort: number }> = [];
+    for (const [i, c] of clients.entries()) {
+      const s = sockets[i]!;
+      const localPort = s.localPort as number;
+      answers.push({ ...(await sendConnect(s, c.target)), localPort });
+    }
+    return { report, answers };
+  } catch (err) {
+    for (const s of sockets) s.destroy();
+    throw err;
+  }
 }
 
 /** Resolves when `socket` has closed (or at once if it already has). */

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Agent } from '../../agent/agent.ts';
-import { AGENT_TOKEN, freePort, testAgent } from '../helpers/detection-live.ts';
+import { AGENT_TOKEN, testAgent } from '../helpers/detection-live.ts';
 import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 
 let gw: TestGateway;
@@ -69,14 +69,22 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-/** A python3 client (as `exe`) tunnelling from `localPort` to `dest`; it prints `up` once the tunnel is open. */
-function tunnel(exe: string, localPort: number, dest: number): { child: ChildProcess; exited: Promise<unknown>; line: (text: string) => Promise<void> } {
+/**
+ * A python3 client (as `exe`) tunnelling from `localPort` (0: a port the kernel picks at bind) to
+ * `dest`; it prints `port <its port>` once connected and `up` once the tunnel is open.
+ */
+function tunnel(
+  exe: string,
+  localPort: number,
+  dest: number,
+): { child: ChildProcess; exited: Promise<unknown>; line: (text: string) => Promise<void>; port: () => number } {
   const script = `
 import socket, sys
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(('127.0.0.1', ${localPort}))
 s.connect(('127.0.0.1', ${gw.httpPort}))
+print('port', s.getsockname()[1], flush=True)
 s.sendall(b'CONNECT 127.0.0.1:${dest} HTTP/1.1\\r\\n\\r\\n')
 head = b''
 while b'\\r\\n\\r\\n' not in head:
@@ -97,11 +105,11 @@ print('done', flush=True)
     out += d.toString();
   });
   const line = (text: string): Promise<void> => until(`${exe} to print ${text}`, () => out.split('\n').includes(text), 10_000);
-  return { child, exited, line };
+  const port = (): number => Number(/^port (\d+)$/m.exec(out)?.[1] ?? 0);
+  return { child, exited, line, port };
 }
 
 it('a report held while the gateway was down is not sent once its socket is gone: the next connection from its port keeps its own process', async () => {
-  const port = await freePort('127.0.0.1');
   const agent = new Agent({
     gatewayUrl: `http://127.0.0.1:${(front.address() as { port: number }).port}`,
     gatewayHosts: ['127.0.0.1'],
@@ -111,9 +119,11 @@ it('a report held while the gateway was down is not sent once its socket is gone
     gatewayPorts: [gw.httpPort],
     log: () => {},
   });
-  // 1. `nmap` tunnels from the port; the agent sees it but cannot reach the gateway.
-  const scanner = tunnel(join(dir, 'nmap'), port, (closer.address() as { port: number }).port);
+  // 1. `nmap` tunnels from a port the kernel picks; the agent sees it but cannot reach the gateway.
+  const scanner = tunnel(join(dir, 'nmap'), 0, (closer.address() as { port: number }).port);
   await scanner.line('up');
+  const port = scanner.port();
+  expect(port).toBeGreaterThan(0);
   let seen = 0;
   for (let i = 0; i < 100 && seen === 0; i++) seen = (await agent.collect()).queued;
   // At least nmap's (the agent reads the whole host's sockets: on a busy machine another process

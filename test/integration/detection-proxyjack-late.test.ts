@@ -10,7 +10,6 @@ import {
   type TcpOrigin,
   echoOrigin,
   echoRoundTrip,
-  freePort,
   httpConnect,
   reportProcesses,
   testAgent,
@@ -53,12 +52,12 @@ describe('an0081.proxyjack: relay tunnels attributed after they opened', () => {
     const g = gw;
     const ports: number[] = [];
     for (const [i, peer] of peers.entries()) {
-      const localPort = await freePort(CLIENT_IP);
-      const a = await httpConnect({ host: g.httpHost, port: g.httpPort }, `${PEERS[i]}:${peer.port}`, { localAddress: CLIENT_IP, localPort });
+      // From a source port the kernel picks; the agent names it later.
+      const a = await httpConnect({ host: g.httpHost, port: g.httpPort }, `${PEERS[i]}:${peer.port}`, { localAddress: CLIENT_IP });
       expect(a.status).toBe(200);
       a.socket.on('error', () => undefined);
       tunnels.push(a.socket);
-      ports.push(localPort);
+      ports.push(a.socket.localPort as number);
     }
     // Half the relaying before any process is known: the identity is the client address alone.
     for (const s of tunnels) await echoRoundTrip(s, Buffer.alloc(HALF, 0x42));

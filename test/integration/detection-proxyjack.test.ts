@@ -13,9 +13,7 @@ import {
   type TcpOrigin,
   echoOrigin,
   echoRoundTrip,
-  freePort,
-  httpConnect,
-  reportProcesses,
+  connectsReportedAhead,
   testAgent,
   waitForAlert,
   waitForSweeps,
@@ -53,47 +51,31 @@ function start(mode: Mode): Promise<TestGateway> {
   });
 }
 
-/** The agent names the relay process for each client port, then the client opens the tunnels. */
+/** The agent names the relay process of each client connection before its CONNECT; the tunnels are then open. */
 async function openRelayTunnels(g: TestGateway, count: number): Promise<Socket[]> {
-  const ports: number[] = [];
-  for (let i = 0; i < count; i++) ports.push(await freePort(CLIENT_IP));
-  const relayd = (localPort: number, i: number) => ({
-    localIp: CLIENT_IP,
-    localPort,
-    remoteIp: g.httpHost,
-    remotePort: g.httpPort,
-    pid: 4242,
-    name: 'relayd',
-    exe: '/opt/relay/relayd',
-    cmdline: `/opt/relay/relayd --peer ${PEERS[i]}`,
-    user: 'alice',
-    uid: 1000,
-    loginuid: 1000,
-    ppid: 1,
-    parentName: 'systemd',
-  });
-  const ans = await reportProcesses(g.adminUrl, 'ws-relay', ports.map(relayd));
-  expect(ans).toEqual({ accepted: count, attributed: 0, pending: count, shed: 0, ignored: 0, udpRelayPorts: null });
-  const out: Socket[] = [];
-  for (let i = 0; i < count; i++) {
-    let a: Awaited<ReturnType<typeof httpConnect>> | null = null;
-    // The kernel may refuse the chosen source port at connect (EADDRNOTAVAIL: its address and port
-    // pair to the gateway still taken, seen once in CI); then another port, reported as the first was.
-    for (let attempt = 0; a === null; attempt++) {
-      try {
-        a = await httpConnect({ host: g.httpHost, port: g.httpPort }, `${PEERS[i]}:${peers[i]!.port}`, { localAddress: CLIENT_IP, localPort: ports[i]! });
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EADDRNOTAVAIL' || attempt >= 3) throw err;
-        ports[i] = await freePort(CLIENT_IP);
-        await reportProcesses(g.adminUrl, 'ws-relay', [relayd(ports[i]!, i)]);
-      }
-    }
-    expect(a.status).toBe(200);
-    a.socket.on('error', () => undefined);
-    out.push(a.socket);
-    tunnels.push(a.socket);
-  }
-  return out;
+  const { report, answers } = await connectsReportedAhead(
+    g,
+    CLIENT_IP,
+    'ws-relay',
+    PEERS.slice(0, count).map((peer, i) => ({
+      target: `${peer}:${peers[i]!.port}`,
+      process: {
+        pid: 4242,
+        name: 'relayd',
+        exe: '/opt/relay/relayd',
+        cmdline: `/opt/relay/relayd --peer ${peer}`,
+        user: 'alice',
+        uid: 1000,
+        loginuid: 1000,
+        ppid: 1,
+        parentName: 'systemd',
+      },
+    })),
+  );
+  tunnels.push(...answers.map((a) => a.socket));
+  expect(report).toEqual({ accepted: count, attributed: 0, pending: count, shed: 0, ignored: 0, udpRelayPorts: null });
+  expect(answers.map((a) => a.status)).toEqual(Array.from({ length: count }, () => 200));
+  return answers.map((a) => a.socket);
 }
 
 describe('an0081.proxyjack: symmetric relay tunnels from an attributed process', () => {

@@ -2,7 +2,7 @@
  * Live proof (issue 5): a proxyware process name is blocked at connect.
  *
  * - Agent path: POST /v1/agents/reports names the client's process (`honeygain`) for a client
- *   port chosen in advance; the client then connects from that port. Enforced: 403,
+ *   connection before its CONNECT (connected from a port the kernel picked, nothing sent yet). Enforced: 403,
  *   `X-Egress-Verdict: block`, reason `an0081.proxyware`, a block alert; monitored: the tunnel is
  *   established, the flow is recorded would-block with a would-block alert.
  *   A report that arrives after the tunnel is up kills it.
@@ -24,7 +24,18 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LocalAttributor } from '../../agent/attribution.ts';
 import type { Mode } from '../../policy/types.ts';
-import { ATTRIBUTION_GUARD_MS, type TcpOrigin, echoOrigin, echoRoundTrip, freePort, httpConnect, reportProcesses, testAgent, waitForAlert } from '../helpers/detection-live.ts';
+import {
+  ATTRIBUTION_GUARD_MS,
+  type ConnectAnswer,
+  type TcpOrigin,
+  connectsReportedAhead,
+  echoOrigin,
+  echoRoundTrip,
+  httpConnect,
+  reportProcesses,
+  testAgent,
+  waitForAlert,
+} from '../helpers/detection-live.ts';
 import { adminGet, type TestGateway, startTestGateway } from '../helpers/gateway.ts';
 import { type UdpEcho, startUdpEcho } from './socks5-harness.ts';
 
@@ -48,33 +59,26 @@ function start(mode: Mode): Promise<TestGateway> {
   return startTestGateway({ mode, identity: { agents: [testAgent] }, detection: { sampleIntervalMs: 50 } });
 }
 
-/** The agent reports `name` for a fresh client port before anything connects from it. */
-async function reportAhead(g: TestGateway, name: string): Promise<number> {
-  const localPort = await freePort(CLIENT_IP);
-  const ans = await reportProcesses(g.adminUrl, 'ws-pw', [
+/**
+ * A CONNECT from CLIENT_IP to the good origin whose process the agent reports as `name` before the
+ * client sends it (connected from a port the kernel picked): the report waits for the flow (pending).
+ */
+async function connectReportedAs(g: TestGateway, name: string): Promise<ConnectAnswer & { localPort: number }> {
+  const { report, answers } = await connectsReportedAhead(g, CLIENT_IP, 'ws-pw', [
     {
-      localIp: CLIENT_IP,
-      localPort,
-      remoteIp: g.httpHost,
-      remotePort: g.httpPort,
-      pid: 31337,
-      name,
-      exe: `/usr/bin/${name}`,
-      cmdline: `/usr/bin/${name} -email x@example.test -device ws-pw`,
-      user: 'bob',
-      uid: 1001,
-      loginuid: 1001,
+      target: `127.0.0.1:${good.port}`,
+      process: { pid: 31337, name, exe: `/usr/bin/${name}`, cmdline: `/usr/bin/${name} -email x@example.test -device ws-pw`, user: 'bob', uid: 1001, loginuid: 1001 },
     },
   ]);
-  expect(ans).toEqual({ accepted: 1, attributed: 0, pending: 1, shed: 0, ignored: 0, udpRelayPorts: null });
-  return localPort;
+  expect(report).toEqual({ accepted: 1, attributed: 0, pending: 1, shed: 0, ignored: 0, udpRelayPorts: null });
+  return answers[0]!;
 }
 
 describe('an0081.proxyware at connect, process named by an agent report', () => {
   it('enforce: 403 with X-Egress-Verdict block, reason an0081.proxyware, block alert', async () => {
     gw = await start('enforce');
-    const localPort = await reportAhead(gw, 'honeygain');
-    const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: CLIENT_IP, localPort });
+    const a = await connectReportedAs(gw, 'honeygain');
+    const localPort = a.localPort;
     expect(a.status).toBe(403);
     expect(a.headers['x-egress-verdict']).toBe('block');
     const body = JSON.parse(a.body) as { error: string; reason: string; flowId: string };
@@ -92,8 +96,8 @@ describe('an0081.proxyware at connect, process named by an agent report', () => 
 
   it('monitor: the tunnel passes, flow recorded would-block, would-block alert', async () => {
     gw = await start('monitor');
-    const localPort = await reportAhead(gw, 'honeygain');
-    const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: CLIENT_IP, localPort });
+    const a = await connectReportedAs(gw, 'honeygain');
+    const localPort = a.localPort;
     expect(a.status).toBe(200);
     await echoRoundTrip(a.socket, Buffer.from('monitored, not stopped'));
     a.socket.end();
@@ -108,8 +112,8 @@ describe('an0081.proxyware at connect, process named by an agent report', () => 
 
   it('enforce: a report that arrives after the tunnel is up kills it (SPEC §7 re-evaluation)', async () => {
     gw = await start('enforce');
-    const localPort = await freePort(CLIENT_IP);
-    const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: CLIENT_IP, localPort });
+    const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: CLIENT_IP });
+    const localPort = a.socket.localPort as number;
     expect(a.status).toBe(200);
     a.socket.on('error', () => undefined);
     await echoRoundTrip(a.socket, Buffer.from('before the report'));
@@ -129,8 +133,8 @@ describe('an0081.proxyware at connect, process named by an agent report', () => 
   // (gw_policy_decisions_total{verdict="block",reason="detector"}), one killed later as allowed.
   it('enforce: a tunnel killed by a late report counts as allowed at admission in /metrics', async () => {
     gw = await startTestGateway({ mode: 'enforce', identity: { agents: [testAgent] }, detection: { sampleIntervalMs: 60_000 } });
-    const localPort = await freePort(CLIENT_IP);
-    const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: CLIENT_IP, localPort });
+    const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: CLIENT_IP });
+    const localPort = a.socket.localPort as number;
     expect(a.status).toBe(200);
     a.socket.on('error', () => undefined);
     await echoRoundTrip(a.socket, Buffer.from('before the report'));
@@ -150,10 +154,11 @@ describe('an0081.proxyware at connect, process named by an agent report', () => 
   // counted gw_policy_decisions_total{verdict="block",reason="quarantine"}, one killed after it as allowed.
   it('enforce: a tunnel killed by a late report into quarantine counts as allowed at admission in /metrics', async () => {
     gw = await startTestGateway({ mode: 'enforce', identity: { agents: [testAgent] }, detection: { sampleIntervalMs: 60_000 } });
-    const ports = [await freePort(CLIENT_IP), await freePort(CLIENT_IP)];
-    for (const [i, localPort] of ports.entries()) {
-      const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: CLIENT_IP, localPort });
+    const ports: number[] = [];
+    for (let i = 0; i < 2; i++) {
+      const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: CLIENT_IP });
       expect(a.status).toBe(200);
+      ports.push(a.socket.localPort as number);
       a.socket.on('error', () => undefined);
       await echoRoundTrip(a.socket, Buffer.from(`tunnel ${i}`));
     }
@@ -173,8 +178,8 @@ describe('an0081.proxyware at connect, process named by an agent report', () => 
 
   it('a plain process name from the same agent passes with no alert (the test can fail)', async () => {
     gw = await start('enforce');
-    const localPort = await reportAhead(gw, 'backupd');
-    const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`, { localAddress: CLIENT_IP, localPort });
+    const a = await connectReportedAs(gw, 'backupd');
+    const localPort = a.localPort;
     expect(a.status).toBe(200);
     await echoRoundTrip(a.socket, Buffer.from('fine'));
     a.socket.destroy();

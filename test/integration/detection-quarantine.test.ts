@@ -15,11 +15,12 @@ import type { Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   type ProcessReport,
+  type ReportedConnect,
   type TcpOrigin,
   closedOf,
   echoOrigin,
+  connectsReportedAhead,
   echoRoundTrip,
-  freePort,
   httpConnect,
   reportProcesses,
   tcpOrigin,
@@ -58,19 +59,23 @@ function start(): Promise<TestGateway> {
   });
 }
 
-/** What the agent says about the client socket at `localPort`: process `name` of user alice. */
-function processAt(g: TestGateway, localPort: number, name: string): ProcessReport {
-  return { localIp: CLIENT_IP, localPort, remoteIp: g.httpHost, remotePort: g.httpPort, pid: name === 'uploader' ? 4242 : 4343, name, user: 'alice', uid: 1000, loginuid: 1000 };
+/** Process `name` of user alice, as the agent reports it. */
+function processOf(name: string): ReportedConnect['process'] {
+  return { pid: name === 'uploader' ? 4242 : 4343, name, user: 'alice', uid: 1000, loginuid: 1000 };
 }
 
-/** A CONNECT from CLIENT_IP (fresh port) to `port` that the gateway admits; the socket is the tunnel. */
+/** What the agent says about the client socket at `localPort`: process `name` of user alice. */
+function processAt(g: TestGateway, localPort: number, name: string): ProcessReport {
+  return { localIp: CLIENT_IP, localPort, remoteIp: g.httpHost, remotePort: g.httpPort, ...processOf(name) };
+}
+
+/** A CONNECT from CLIENT_IP (a port the kernel picks) to `port` that the gateway admits; the socket is the tunnel. */
 async function tunnelFrom(g: TestGateway, port: number): Promise<{ socket: Socket; localPort: number }> {
-  const localPort = await freePort(CLIENT_IP);
-  const a = await httpConnect({ host: g.httpHost, port: g.httpPort }, `127.0.0.1:${port}`, { localAddress: CLIENT_IP, localPort });
+  const a = await httpConnect({ host: g.httpHost, port: g.httpPort }, `127.0.0.1:${port}`, { localAddress: CLIENT_IP });
   expect(a.status).toBe(200);
   a.socket.on('error', () => undefined);
   sockets.push(a.socket);
-  return { socket: a.socket, localPort };
+  return { socket: a.socket, localPort: a.socket.localPort as number };
 }
 
 /** `uploader` (reported after its tunnel is up, as an agent pass does) uploads past the budget and is killed. */
@@ -119,9 +124,10 @@ describe('quarantine of an agent-attributed identity', () => {
     const killed = await gw.waitForClosed((r) => r.client.port === localPort);
     expect(killed.closeReason).toBe('an0080.bulk-upload');
     expect(killed.identity.process).toBeNull();
-    const next = await freePort(CLIENT_IP);
-    expect(await reportProcesses(gw.adminUrl, 'ws', [processAt(gw, next, 'uploader')])).toMatchObject({ attributed: 0, pending: 1 });
-    const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${echo.port}`, { localAddress: CLIENT_IP, localPort: next });
+    const { report, answers } = await connectsReportedAhead(gw, CLIENT_IP, 'ws', [{ target: `127.0.0.1:${echo.port}`, process: processOf('uploader') }]);
+    expect(report).toMatchObject({ attributed: 0, pending: 1 });
+    const a = answers[0]!;
+    const next = a.localPort;
     expect(a.status).toBe(403);
     expect(JSON.parse(a.body)).toMatchObject({ error: 'egress denied', reason: 'quarantine' });
     const rec = await gw.waitForClosed((r) => r.client.port === next);

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeProxyV1, encodeProxyV2 } from '../../gateway/protocol/proxy-protocol.ts';
-import { echoOrigin, freePort, type TcpOrigin } from '../helpers/detection-live.ts';
+import { echoOrigin, refusingPorts, type TcpOrigin } from '../helpers/detection-live.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { createTestPki, type TestPki } from '../helpers/tls.ts';
@@ -124,8 +124,9 @@ describe.skipIf(!haveHaproxy)('behind haproxy (send-proxy-v2 / send-proxy)', () 
   let lbHttps = 0;
   let lbHttp = 0;
   beforeAll(async () => {
-    lbHttps = await freePort('127.0.0.1');
-    lbHttp = await freePort('127.0.0.1');
+    // Two ports held together while taken: never the same one twice (haproxy binds with
+    // SO_REUSEADDR and SO_REUSEPORT, so both frontends would listen on it and share its connections).
+    [lbHttps = 0, lbHttp = 0] = await refusingPorts('127.0.0.1', 2);
     const cfg = join(pki.dir, 'haproxy.cfg');
     writeFileSync(
       cfg,
