@@ -7,7 +7,6 @@
  * gateway/upstream/resolve.ts shared the pool, it waited behind the 30 until its lookup timed out:
  * 502 dns-failed, for every client, for as long as the names kept coming.
  */
-import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
@@ -17,16 +16,20 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { echoOrigin, type TcpOrigin } from '../helpers/detection-live.ts';
 import { canUnshareMounts, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
+import { startZoneDns, type ZoneDns } from '../helpers/zone-dns.ts';
 import { readUntil } from './http-harness.ts';
 
-/** Not 127.0.0.53: systemd-resolved's stub may hold that one. */
+/**
+ * Its DNS server's address when free (test/helpers/zone-dns.ts picks another when it is not); not
+ * 127.0.0.53: systemd-resolved's stub may hold that one. The names asked are under .dead.test: the
+ * server never answers them.
+ */
 const DEAD_DNS = '127.0.0.153';
 
 const isAvailable = skipNotice(canUnshareMounts(), 'dns-starvation', 'needs root and unshare -m (a mount namespace for its own /etc/resolv.conf)');
 
 let dir: string;
-let dns: UdpSocket;
-let queries = 0;
+let dns: ZoneDns | undefined;
 let echo: TcpOrigin;
 let gw: Served | null = null;
 const sockets = new Set<Socket>();
@@ -34,15 +37,10 @@ const sockets = new Set<Socket>();
 beforeAll(async () => {
   if (!isAvailable) return;
   dir = mkdtempSync(join(tmpdir(), 'egw-dns-'));
-  dns = createSocket('udp4');
-  dns.on('message', () => {
-    queries++;
-  });
-  dns.bind(53, DEAD_DNS);
-  await once(dns, 'listening');
+  dns = await startZoneDns(DEAD_DNS, {});
   echo = await echoOrigin('127.0.0.1');
   const resolv = join(dir, 'resolv.conf');
-  writeFileSync(resolv, `nameserver ${DEAD_DNS}\noptions timeout:3 attempts:1\n`);
+  writeFileSync(resolv, `nameserver ${dns.address}\noptions timeout:3 attempts:1\n`);
   const config = join(dir, 'policy.yaml');
   writeFileSync(config, ['allowRanges: [127.0.0.0/8]', 'roles: { any: { allow: [ { cidr: 0.0.0.0/0 }, { host: "*.dead.test" }, { host: localhost } ] } }', 'defaultRoles: [any]', 'flowLog: { path: null }', ''].join('\n'));
   gw = await spawnServe(config, {
@@ -59,9 +57,9 @@ afterAll(async () => {
     await once(gw.child, 'exit').catch(() => undefined);
   }
   if (isAvailable) {
-    dns.close();
-    await echo.close();
-    rmSync(dir, { recursive: true, force: true });
+    await dns?.close();
+    await echo?.close();
+    if (dir) rmSync(dir, { recursive: true, force: true });
   }
 });
 
@@ -81,8 +79,9 @@ describe('DNS lookups are shared fairly between clients', () => {
     const attack = Array.from({ length: 30 }, (_, i) => tunnel(`n${i}.dead.test:443`, '127.0.0.60'));
     // The attacker's first lookups are in the pool before the victim asks.
     const t0 = Date.now();
-    while (queries === 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 20));
-    expect(queries).toBeGreaterThan(0);
+    const asked = (dns as ZoneDns).asked;
+    while (asked.length === 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 20));
+    expect(asked.length).toBeGreaterThan(0);
     expect(await tunnel(`localhost:${echo.port}`, '127.0.0.61')).toBe('HTTP/1.1 200 Connection Established');
     // The attacker gets its answers too: 502 once its own lookups fail or time out.
     const answers = await Promise.all(attack);
