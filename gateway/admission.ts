@@ -19,7 +19,7 @@ import { parentName } from './upstream/parent-label.ts';
 import { isIP, isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { effectiveIPv4, unmapIPv4 } from '../policy/address.ts';
-import type { ConnectFacts, Decision, Identity, Mode, PolicySnapshot, ProcessInfo, Protocol } from '../policy/types.ts';
+import type { ConnectFacts, Decision, GatewayRefusalReason, Identity, Mode, PolicySnapshot, ProcessInfo, Protocol } from '../policy/types.ts';
 import type { GatewayContext, IdentityClaims, ProcessAttributor } from './context.ts';
 import { GatewayError, type GatewayErrorCode, isOwnShortage } from './errors.ts';
 import type { Flow, RoutedFlow, UnknownDestination } from './flow/flow.ts';
@@ -153,19 +153,21 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   if (req.watch !== undefined) req.watch.flow = flow;
   const mode = snapshot.modeFor(identity.roles, override);
   // A client without an address (reset before it was accepted) cannot be identified: never judged.
-  if (req.claims.clientIp === '') return refuseCode(ctx, flow, 'EGW_BAD_REQUEST');
+  // The gateway's own refusals before any judgement are recorded as the rate limit's are (block,
+  // enforced, in every mode: gatewayRefusal), so a log filtered for what was refused finds them.
+  if (req.claims.clientIp === '') return refuse(ctx, flow, gatewayRefusal('bad-request', mode, NO_CLIENT_ADDRESS));
   if (authFailed) {
     yieldRecordToFlows(ctx, flow);
     return refuse(ctx, flow, loginRefusal(mode));
   }
   // 3. draining and limits
-  if (ctx.isDraining()) return refuseCode(ctx, flow, 'EGW_SHUTTING_DOWN');
+  if (ctx.isDraining()) return refuse(ctx, flow, gatewayRefusal('shutting-down', mode, DRAINING));
   // Before the rate: the looping copies of one request are not the client's new flows.
-  if (req.isLooped === true) return refuseCode(ctx, flow, 'EGW_VIA_LOOP');
+  if (req.isLooped === true) return refuse(ctx, flow, gatewayRefusal('via-loop', mode, LOOPED));
   // No flow the log cannot record (its record, this refusal's included, waits in the log's backlog).
   if (ctx.isRefusingUnrecorded?.() === true) {
     yieldRecordToFlows(ctx, flow);
-    return refuseCode(ctx, flow, 'EGW_FLOW_LOG_UNAVAILABLE');
+    return refuse(ctx, flow, gatewayRefusal('flow-log-unavailable', mode, NO_FLOW_LOG));
   }
   const limits = snapshot.config.limits;
   if (!ctx.flows.withinLimits(flow, limits.maxFlowsPerIdentity, limits.maxNewFlowsPerSecPerIdentity)) {
@@ -275,6 +277,20 @@ export function refuseLogin(ctx: GatewayContext, req: { protocol: Protocol; list
   const decision = loginRefusal(snapshot.modeFor(identity.roles, ctx.policy.modeOverride()));
   ctx.flows.decide(flow, decision, true);
   ctx.flows.close(flow, decision.reason);
+}
+
+const NO_CLIENT_ADDRESS: readonly string[] = Object.freeze(['the client connection has no address (reset before it was accepted)']);
+const DRAINING: readonly string[] = Object.freeze(['the gateway is draining: no new flows']);
+const LOOPED: readonly string[] = Object.freeze(['the request\'s Via names this gateway: it came back round a loop of proxies']);
+const NO_FLOW_LOG: readonly string[] = Object.freeze(['the flow log cannot be written (flowLog.onError: refuse)']);
+
+/**
+ * A refusal the gateway makes itself before the policy judged the flow (policy/types.ts
+ * GATEWAY_REFUSAL_REASONS): recorded as the rate limit's is, verdict block and enforced in every
+ * mode (nothing was let through), no detector, no matched rule; `reasons` say why.
+ */
+export function gatewayRefusal(reason: GatewayRefusalReason, mode: Mode, reasons: readonly string[]): Decision {
+  return fixed(reason, null, mode, reasons);
 }
 
 /** Wrong or missing credentials: refused in every mode (they protect the gateway, not the policy). */
@@ -396,7 +412,7 @@ function refuseCode(ctx: GatewayContext, flow: RoutedFlow, code: GatewayErrorCod
   return { ok: false, flow, reject };
 }
 
-function fixed(reason: Decision['reason'], detector: Decision['detector'], mode: Mode, reasons: string[]): Decision {
+function fixed(reason: Decision['reason'], detector: Decision['detector'], mode: Mode, reasons: readonly string[]): Decision {
   return { verdict: 'block', reason, detector, mode, matchedRule: null, reasons };
 }
 

@@ -2,7 +2,7 @@
  * The only place that turns a GatewayError code or a Decision into what the client sees:
  * an HTTP status (+ headers, JSON body per SPEC §4) or a SOCKS5 reply byte (RFC 1928 §6).
  */
-import type { Decision, ReasonCode } from '../policy/types.ts';
+import type { Decision, GatewayRefusalReason, ReasonCode } from '../policy/types.ts';
 import type { GatewayErrorCode } from './errors.ts';
 
 export const SOCKS_REP = {
@@ -92,7 +92,23 @@ export function mapKill(reason: string): RejectMapping {
   return mapping;
 }
 
-/** What a refusing decision looks like to the client (403 / SOCKS 0x02, or 429 / 407 for those reasons). */
+/**
+ * What the gateway's own refusals before any judgement look like (recorded as decisions: policy/types.ts
+ * GATEWAY_REFUSAL_REASONS): the answers of their codes.
+ */
+const GATEWAY_REFUSALS: Record<GatewayRefusalReason, RejectMapping> = {
+  'bad-request': ERROR_MAP.EGW_BAD_REQUEST,
+  'shutting-down': ERROR_MAP.EGW_SHUTTING_DOWN,
+  'via-loop': ERROR_MAP.EGW_VIA_LOOP,
+  'flow-log-unavailable': ERROR_MAP.EGW_FLOW_LOG_UNAVAILABLE,
+  'out-of-relay-ports': ERROR_MAP.EGW_OUT_OF_RELAY_PORTS,
+  'relay-error': { status: 503, socks: SOCKS_REP.generalFailure, error: 'UDP relay failed', reason: 'relay-error' },
+};
+
+/**
+ * What a refusing decision looks like to the client (403 / SOCKS 0x02, or 429 / 407 for those reasons;
+ * the gateway's own refusals their codes' answers: 503 shutting down, 508 loop detected, …).
+ */
 export function mapDecision(decision: Decision): RejectMapping {
   const reason: ReasonCode = decision.reason;
   switch (reason) {
@@ -107,6 +123,13 @@ export function mapDecision(decision: Decision): RejectMapping {
       return { status: 403, socks: SOCKS_REP.notAllowed, error: 'egress denied', reason };
     case 'detector':
       return { status: 403, socks: SOCKS_REP.notAllowed, error: 'egress denied', reason: decision.detector ?? reason };
+    case 'bad-request':
+    case 'shutting-down':
+    case 'via-loop':
+    case 'flow-log-unavailable':
+    case 'out-of-relay-ports':
+    case 'relay-error':
+      return GATEWAY_REFUSALS[reason];
     default: {
       const exhaustive: never = reason;
       return exhaustive;

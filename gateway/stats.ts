@@ -5,7 +5,7 @@
  * counted as "other" — hostnames and user names go to logs, never to labels.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
-import { DETECTOR_NAMES, type Protocol, type ReasonCode, type Verdict } from '../policy/types.ts';
+import { DETECTOR_NAMES, GATEWAY_REFUSAL_REASONS, type Protocol, type ReasonCode, type Verdict } from '../policy/types.ts';
 import type { FlowTable } from './flow/flow-table.ts';
 import type { Flow } from './flow/flow.ts';
 import type { IdentityStats } from './identity/identity-resolver.ts';
@@ -27,6 +27,7 @@ export const REASON_LABELS = [
   'auth-required',
   'quarantine',
   'detector',
+  ...GATEWAY_REFUSAL_REASONS,
 ] as const satisfies readonly ReasonCode[];
 export const PROTOCOL_LABELS = ['http', 'connect', 'socks5', 'socks5-udp'] as const satisfies readonly Protocol[];
 /**

@@ -36,6 +36,7 @@ export type DetectorName = (typeof DETECTOR_NAMES)[number];
  * - `auth-required`: the listener requires authentication and none / a wrong one was given.
  * - `quarantine`: the identity is quarantined after a block/kill.
  * - `detector`: a detector blocked it at connect time (see `Decision.detector`).
+ * - the gateway's own refusals before any judgement (GATEWAY_REFUSAL_REASONS).
  */
 export type ReasonCode =
   | 'allowed'
@@ -44,7 +45,27 @@ export type ReasonCode =
   | 'rate-limit'
   | 'auth-required'
   | 'quarantine'
-  | 'detector';
+  | 'detector'
+  | GatewayRefusalReason;
+
+/**
+ * Refusals the gateway makes itself before the policy judged the flow, recorded as the rate limit's
+ * are (verdict `block`, `enforced: true` in every mode, no detector or matched rule), the reason the
+ * record's closeReason too:
+ * - `bad-request`: the client connection had no address (reset before it was accepted);
+ * - `shutting-down`: the gateway is draining (SIGTERM);
+ * - `via-loop`: the request's `Via` names this gateway (it came back round a loop of proxies);
+ * - `flow-log-unavailable`: the flow log cannot be written (`flowLog.onError: refuse`);
+ * - `out-of-relay-ports`, `relay-error`: a SOCKS5 UDP ASSOCIATE got no relay socket (no port of
+ *   `limits.udpRelayPorts` free; any other bind failure).
+ */
+export const GATEWAY_REFUSAL_REASONS = ['bad-request', 'shutting-down', 'via-loop', 'flow-log-unavailable', 'out-of-relay-ports', 'relay-error'] as const;
+export type GatewayRefusalReason = (typeof GATEWAY_REFUSAL_REASONS)[number];
+
+/** Whether a reason is one of the gateway's own refusals before any judgement (no policy refused it). */
+export function isGatewayRefusal(reason: ReasonCode | null): reason is GatewayRefusalReason {
+  return reason !== null && (GATEWAY_REFUSAL_REASONS as readonly string[]).includes(reason);
+}
 
 export interface ProcessInfo {
   readonly pid: number;

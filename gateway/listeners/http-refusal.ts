@@ -8,6 +8,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { isGatewayRefusal } from '../../policy/types.ts';
 import type { Refused } from '../admission.ts';
 import type { RejectMapping } from '../reject.ts';
 import { connectionState } from './http-connection-state.ts';
@@ -21,9 +22,14 @@ export interface RefusalDetails {
   readonly retryAfterSec?: number;
 }
 
-/** The client-facing details of an admission refusal. */
+/**
+ * The client-facing details of an admission refusal. The gateway's own refusals before any judgement
+ * (503 shutting down, 508 loop detected, …) are recorded block but carry no `X-Egress-Verdict`: no
+ * policy refused them.
+ */
 export function refusalDetails(result: Refused): RefusalDetails {
-  return { flowId: result.flow.id, isBlock: result.flow.verdict === 'block', retryAfterSec: result.retryAfterSec };
+  const { flow } = result;
+  return { flowId: flow.id, isBlock: flow.verdict === 'block' && !isGatewayRefusal(flow.reason), retryAfterSec: result.retryAfterSec };
 }
 
 /** Status, header pairs and body of a refusal. */

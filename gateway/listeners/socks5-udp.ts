@@ -3,9 +3,10 @@
  *
  *  1. bind a dgram socket (udp4/udp6 like the control connection) on the listener's IP, on a port
  *     of limits.udpRelayPorts or any ephemeral port when unset (UdpRelayPorts: a range with no port
- *     free within its bounded attempts refuses the ASSOCIATE 0x01, recorded `out-of-relay-ports`),
- *     and reply with its address; while it is bound its address is one of the gateway's own
- *     (ctx.udpRelays), which no association may name as a destination
+ *     free within its bounded attempts refuses the ASSOCIATE 0x01, recorded `out-of-relay-ports`;
+ *     any other bind failure the same, recorded `relay-error`), and reply with its address; while
+ *     it is bound its address is one of the gateway's own (ctx.udpRelays), which no association may
+ *     name as a destination
  *  2. accept datagrams only from the control connection's client IP; the request's DST.PORT, if
  *     non-zero, narrows it to that port, otherwise the first datagram's source port is locked in
  *  3. parse the SOCKS UDP header in place (no allocation); FRAG != 0, malformed headers and
@@ -38,14 +39,14 @@
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv4 } from 'node:net';
 import { isRefusedByPolicy } from '../../policy/detectors/state.ts';
-import type { Decision, ReasonCode, Verdict } from '../../policy/types.ts';
-import { admit, admitDestination, type DestinationAdmission, type LookedUp, lookUp, needsLookUp, type Refused } from '../admission.ts';
+import type { Decision, GatewayRefusalReason, ReasonCode, Verdict } from '../../policy/types.ts';
+import { admit, admitDestination, type DestinationAdmission, gatewayRefusal, type LookedUp, lookUp, needsLookUp, type Refused } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow, FlowLeg, RoutedFlow } from '../flow/flow.ts';
 import { unmapIPv4 } from '../../policy/address.ts';
 import { normaliseHost } from '../protocol/authority.ts';
 import { encodeReply, newUdpHeader, parseUdpHeader, udpHeaderHost } from '../protocol/socks5-codec.ts';
-import { mapError, SOCKS_REP } from '../reject.ts';
+import { SOCKS_REP } from '../reject.ts';
 import { parentLabel } from '../upstream/parent-label.ts';
 import { type Downstream, type HandshakeResult, refuse } from './socks5-handshake.ts';
 import { type Destination, DestinationTable } from './socks5-udp-destinations.ts';
@@ -117,8 +118,11 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   let ended = false;
   /** Why the association ended (the record's closeReason), once it has. */
   let endReason = 'closed';
-  /** What the record of an association refused before it had a relay says of why (its first reason). */
-  let endNote: string | null = null;
+  /**
+   * An association refused before it had a relay (no port free, the bind failed): its record's
+   * refusal (verdict block, as every refusal before any judgement: gatewayRefusal) and why.
+   */
+  let refusal: { readonly reason: GatewayRefusalReason; readonly why: string } | null = null;
   /**
    * True while the first destination's `admit` runs: it has opened the association's flow, so an
    * end meanwhile leaves the record to that flow (closed when admit returns), not an empty one.
@@ -157,15 +161,16 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   function onRelayBound(r: RelayBind): void {
     if (!r.ok) {
       if (ended) return;
+      // Either way the association leaves its one record (SPEC §5), refused, and is counted.
       if (r.exhausted) {
         // Logged once per interval by UdpRelayPorts, not per refusal; the record says why.
-        const why = `no UDP relay port free in limits.udpRelayPorts ${r.range} (${r.tried} tried)`;
-        endNote = why;
-        end(mapError('EGW_OUT_OF_RELAY_PORTS').reason, false, true, true);
-        refuse(ctx, down, encodeReply(SOCKS_REP.generalFailure), 'EGW_OUT_OF_RELAY_PORTS', why, false);
+        refusal = { reason: 'out-of-relay-ports', why: `no UDP relay port free in limits.udpRelayPorts ${r.range} (${r.tried} tried)` };
+        end(refusal.reason, false, true);
+        refuse(ctx, down, encodeReply(SOCKS_REP.generalFailure), 'EGW_OUT_OF_RELAY_PORTS', refusal.why, false);
       } else {
-        end('relay-error', false, true);
-        refuse(ctx, down, encodeReply(SOCKS_REP.generalFailure), 'udp-bind-failed', `UDP relay bind failed: ${r.err.message}`);
+        refusal = { reason: 'relay-error', why: `UDP relay bind failed: ${r.err.message}` };
+        end(refusal.reason, false, true);
+        refuse(ctx, down, encodeReply(SOCKS_REP.generalFailure), 'udp-bind-failed', refusal.why);
       }
       return;
     }
@@ -571,7 +576,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   }
 
   // 7. end of the association: idempotent
-  function end(reason: string, reset = false, keepSocket = false, isRecorded = false): void {
+  function end(reason: string, reset = false, keepSocket = false): void {
     if (ended) return;
     ended = true;
     endReason = reason;
@@ -593,7 +598,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     if (flow !== null && flow.state === 'active') {
       noteReasons(flow);
       ctx.flows.close(flow, reason);
-    } else if (flow === null && (relay !== null || isRecorded) && !isOpening && admitted === 0 && refusedDestinations === 0) {
+    } else if (flow === null && (relay !== null || refusal !== null) && !isOpening && admitted === 0 && refusedDestinations === 0) {
       recordEmptyAssociation(reason);
     }
     if (keepSocket) return;
@@ -605,6 +610,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
    * SPEC §5: one record per UDP association. An association that never relayed a datagram has no
    * destination admitted; it still leaves a record, no bytes: its destination is the first the client
    * named, when it ended while that was being looked up, else the one it declared in UDP ASSOCIATE.
+   * One refused before it had a relay is recorded as that refusal (verdict block, its reason).
    */
   function recordEmptyAssociation(reason: string): void {
     const first = dests.all[0];
@@ -616,7 +622,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       destination: first === undefined ? { host: hs.request.host, ip: null, port: hs.request.port } : { host: first.host, ip: null, port: first.port },
       startedAt,
     });
-    if (endNote !== null) f.reasons = [endNote];
+    if (refusal !== null) ctx.flows.decide(f, gatewayRefusal(refusal.reason, hs.snapshot.modeFor(f.identity.roles, ctx.policy.modeOverride()), [refusal.why]), true);
     noteReasons(f);
     ctx.flows.close(f, reason);
   }

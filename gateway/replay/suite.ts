@@ -84,19 +84,22 @@ export function isFlowLogInput(path: string, text: string): boolean {
 }
 
 /**
- * The closeReasons of the gateway's own refusals of a flow it had admitted (recorded verdict
- * `allow`): each ends the flow before any byte reached the destination (a parent proxy refused or
- * failed, no descriptor or local port for the dial, no UDP relay port; the drain, the flow log
- * failing and a Via loop are UNJUDGED, below).
+ * The closeReasons of the gateway's own refusals of a flow before any byte reached the destination:
+ * a parent proxy refused or failed, no descriptor or local port for the dial (a flow it had admitted,
+ * recorded verdict `allow`), no UDP relay socket for an association (recorded `block` since 0.1.0, as
+ * a refusal before any judgement; `allow` in older logs). Each is a connection that never connected
+ * (`unconnected`), whatever its recorded verdict. The drain, the flow log failing and a Via loop are
+ * UNJUDGED, below.
  */
-const GATEWAY_REFUSALS: ReadonlySet<string> = new Set(['upstream-proxy', 'out-of-descriptors', 'out-of-sockets', 'out-of-relay-ports']);
+const GATEWAY_REFUSALS: ReadonlySet<string> = new Set(['upstream-proxy', 'out-of-descriptors', 'out-of-sockets', 'out-of-relay-ports', 'relay-error']);
 
 /**
  * The closeReasons of the flows the gateway refuses before admission judges them (admission.ts steps
  * 1–3: a client without an address, the drain, a Via loop, the flow log failing), recorded verdict
- * `allow`: neither the policy nor quarantine nor a connect-time detector ever saw them live, so the
- * replay judges them no more (`unjudged`). Those refused with verdict `block` before step 8 (a login,
- * the rate limit) are apart already (`refused`, not replayed).
+ * `block` (`allow` in older logs): neither the policy nor quarantine nor a connect-time detector ever
+ * saw them live, so the replay judges them no more (`unjudged`), whatever their recorded verdict.
+ * Those the policy's limits refused with verdict `block` before step 8 (a login, the rate limit) are
+ * apart (`refused`, not replayed).
  */
 const UNJUDGED: ReadonlySet<string> = new Set(['bad-request', 'shutting-down', 'via-loop', 'flow-log-unavailable']);
 
@@ -122,7 +125,11 @@ export function parseFlowLog(text: string, file: string): { connections: ConnSpe
     // A line of the gateway's own, no flow: `serve`'s `listening` line shares stdout with a flow log
     // at its default path "-" (`serve > flows.jsonl`, a pod's log). No flow record has `event`.
     if (typeof r['event'] === 'string' && r['startedAt'] === undefined) continue;
-    const isRefused = r['verdict'] === 'block';
+    const closeReason = typeof r['closeReason'] === 'string' ? r['closeReason'] : null;
+    // The gateway's own refusals are told by their closeReason, the same in logs from before they
+    // were recorded `block` and after: never `refused` by the policy (`--against` judges those).
+    const isGatewayOwn = closeReason !== null && (UNJUDGED.has(closeReason) || GATEWAY_REFUSALS.has(closeReason));
+    const isRefused = r['verdict'] === 'block' && !isGatewayOwn;
     if (isRefused && r['reason'] === 'auth-required') continue;
     const ident = (r['identity'] ?? {}) as { user?: string | null; host?: string | null; roles?: string[]; process?: ProcessInfo | null };
     const dest = (r['destination'] ?? {}) as { host?: string; ip?: string | null; port?: number };
@@ -130,7 +137,7 @@ export function parseFlowLog(text: string, file: string): { connections: ConnSpe
     const startMs = Date.parse(String(r['startedAt']));
     if (!Number.isFinite(startMs) || typeof dest.host !== 'string' || typeof dest.port !== 'number') {
       // A refusal before any destination was named (a SOCKS5 login, a malformed request) has none to judge.
-      if (isRefused) continue;
+      if (r['verdict'] === 'block') continue;
       throw new Error(`${file}:${n}: not a flow record (startedAt, destination.host, destination.port)`);
     }
     // A failed attempt is what the gateway's engine counted (outcomeOfUnconnected, the one rule):
@@ -140,7 +147,6 @@ export function parseFlowLog(text: string, file: string): { connections: ConnSpe
     // down, no descriptor, …) is no connection, as the engine folds it. Any other end (closed,
     // client-reset, idle-timeout, …) is replayed as a connection, whatever it carried; a name that
     // did not resolve as `dns-fail`.
-    const closeReason = typeof r['closeReason'] === 'string' ? r['closeReason'] : null;
     const dial = outcomeOfUnconnected({
       verdict: 'allow',
       reason: null,

@@ -4,7 +4,8 @@
  * sent them, and `egressgate replay` over the flow log they were written to must not run those
  * detectors on them either. Real listeners (the HTTP proxy, a file flow log, an agent's report naming
  * each client's process `nmap`, a scanner tool), the real CLI (a child process of cli.ts, its
- * printed alerts): CONNECTs whose Via names the gateway (508 via-loop, verdict allow, never judged).
+ * printed alerts): CONNECTs whose Via names the gateway (508 via-loop, verdict block as the gateway's own
+ * refusal, never judged).
  * The same for CONNECTs to a name that does not resolve (`dns-failed`, refused at step 7's end).
  * Before, the replay judged each record as a connection that had reached step 8 and printed the
  * an0081.scanner-tool alert the gateway never raised (`an0081.scanner-tool high would-block … nmap`).
@@ -97,11 +98,11 @@ async function run(name: string, how: 'looped' | 'plain' | 'gone') {
 }
 
 describe('egressgate replay: flows refused before step 8 meet no connect-time detector', () => {
-  it('CONNECTs of nmap refused 508 via-loop (verdict allow): no an0081.scanner-tool live or replayed', async () => {
+  it('CONNECTs of nmap refused 508 via-loop (verdict block): no an0081.scanner-tool live or replayed', async () => {
     const { statuses, live, records, replayed } = await run('via-loop', 'looped');
     expect(statuses).toEqual([508, 508, 508]);
     expect(live).toEqual([]);
-    expect(records.map((r) => `${r.verdict} ${r.closeReason} ${r.identity.process?.name}`)).toEqual(['allow via-loop nmap', 'allow via-loop nmap', 'allow via-loop nmap']);
+    expect(records.map((r) => `${r.verdict} ${r.closeReason} ${r.identity.process?.name}`)).toEqual(['block via-loop nmap', 'block via-loop nmap', 'block via-loop nmap']);
     expect(replayed).toEqual([]);
   });
 

@@ -1,0 +1,290 @@
+/**
+ * The gateway's own refusals before any judgement leave one record each, recorded as the rate
+ * limit's refusals are (verdict `block`, `enforced: true` in every mode, reason = closeReason, no
+ * detector, no matched rule), and are counted so in /metrics: `egressgate serve` as a process, its
+ * file flow log read as written. A Via loop (508: the fast path, node:http, CONNECT; monitor and
+ * enforce mode), a request arriving during the SIGTERM drain (503 shutting-down: node:http, CONNECT),
+ * the flow log failing (503 flow-log-unavailable: absolute-URI, CONNECT, SOCKS5 CONNECT, a SOCKS5 UDP
+ * destination), and a SOCKS5 UDP ASSOCIATE whose relay cannot be bound (no descriptor left: 0x01
+ * relay-error). None carries `X-Egress-Verdict` (no policy refused it).
+ * Before, the first three were recorded `verdict: "allow"`, reason null, and counted
+ * `gw_policy_decisions_total{verdict="allow",reason="other"}` (3 of 3 via-loop, 3 of 3
+ * shutting-down, 4 of 4 flow-log-unavailable reproduced); the relay bind failure left no record and
+ * no `gw_flows_closed_total` count at all.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { createSocket } from 'node:dgram';
+import { once } from 'node:events';
+import { readdirSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { FlowRecord } from '../../gateway/flow/flow.ts';
+import { parseRecords, parseWrittenRecords } from '../helpers/flow-records.ts';
+import { until } from '../helpers/gateway.ts';
+import { killIfRunning, loopbackServeConfig, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { udpFrame } from '../helpers/socks-udp.ts';
+import { type Origin, readUntil, startOrigin } from './http-harness.ts';
+import { readBytes, readToEnd, startTcpOrigin, startUdpEcho, type TcpOrigin, type UdpEcho } from './socks5-harness.ts';
+
+const TOKEN = 'gateway-refusal-records-token-0123456789';
+
+let dir: string;
+let origin: Origin;
+let echo: TcpOrigin;
+let udpEcho: UdpEcho;
+let child: ChildProcess | null = null;
+const sockets: Socket[] = [];
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'egw-gateway-refusals-'));
+  origin = await startOrigin();
+  echo = await startTcpOrigin();
+  udpEcho = await startUdpEcho();
+});
+afterEach(async () => {
+  for (const s of sockets) s.destroy();
+  sockets.length = 0;
+  await killIfRunning(child);
+  child = null;
+});
+afterAll(async () => {
+  await origin.close();
+  await echo.close();
+  await udpEcho.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function serve(name: string, config: string, wrap?: (argv: string[]) => string[]): Promise<Served> {
+  const path = join(dir, `${name}.yaml`);
+  await writeFile(path, config);
+  const s = await spawnServe(path, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN }, ...(wrap ? { wrap } : {}) });
+  child = s.child;
+  return s;
+}
+
+function socksPort(s: Served): number {
+  return Number(s.socks.slice(s.socks.lastIndexOf(':') + 1));
+}
+
+async function open(port: number): Promise<Socket> {
+  const c = connect({ port, host: '127.0.0.1' });
+  c.on('error', () => undefined);
+  sockets.push(c);
+  await once(c, 'connect');
+  return c;
+}
+
+/** The head of the answer to `request` on a new connection: status line and header lines, lower-cased names. */
+async function askHead(s: Served, request: string): Promise<{ status: number; headers: string[] }> {
+  const c = await open(s.http.port);
+  c.write(request);
+  return headOf(await readUntil(c, '\r\n\r\n'));
+}
+
+function headOf(raw: Buffer): { status: number; headers: string[] } {
+  const lines = raw.toString('latin1').split('\r\n\r\n')[0]?.split('\r\n') ?? [];
+  return { status: Number(lines[0]?.split(' ')[1]), headers: lines.slice(1).map((l) => l.toLowerCase()) };
+}
+
+/** Every line of /metrics. */
+async function metricLines(s: Served): Promise<string[]> {
+  const r = await fetch(`http://${s.admin}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } });
+  expect(r.status).toBe(200);
+  return (await r.text()).split('\n');
+}
+
+/** The metric lines of gw_policy_decisions_total and gw_flows_closed_total, as `name{labels} value`. */
+async function counts(s: Served): Promise<string[]> {
+  return (await metricLines(s)).filter((l) => /^gw_(policy_decisions_total|flows_closed_total)\{/.test(l));
+}
+
+/** What the test checks of a record: protocol, verdict, enforced, reason, detector, matchedRule, closeReason. */
+function shape(r: FlowRecord): string {
+  return `${r.protocol} ${r.verdict} enforced=${r.enforced} reason=${r.reason} detector=${r.detector} rule=${JSON.stringify(r.matchedRule)} close=${r.closeReason}`;
+}
+
+/** The same for a refusal of `protocol` with `reason`, as the test expects it. */
+function refused(protocol: string, reason: string): string {
+  return `${protocol} block enforced=true reason=${reason} detector=null rule=null close=${reason}`;
+}
+
+async function stop(s: Served): Promise<void> {
+  s.child.kill('SIGTERM');
+  await once(s.child, 'exit');
+}
+
+describe('refusals before any judgement: recorded block, counted block', () => {
+  for (const mode of ['monitor', 'enforce'] as const) {
+    it(`via-loop (${mode} mode): fast path, node:http and CONNECT each 508, one record each, block via-loop`, async () => {
+      const log = join(dir, `via-${mode}.jsonl`);
+      const s = await serve(`via-${mode}`, loopbackServeConfig(log).replace('mode: enforce', `mode: ${mode}`));
+      const u = `127.0.0.1:${origin.port}`;
+      // The gateway's own Via, as the origin received it on an allowed request.
+      expect((await askHead(s, `GET http://${u}/first HTTP/1.1\r\nHost: ${u}\r\n\r\n`)).status).toBe(200);
+      const via = origin.seen.findLast((r) => r.url === '/first')?.headers.via;
+      expect(via).toMatch(/^1\.1 egressgate-[0-9a-f]{12}$/);
+      const answers = [
+        await askHead(s, `GET http://${u}/a HTTP/1.1\r\nHost: ${u}\r\nVia: ${via}\r\n\r\n`),
+        await askHead(s, `POST http://${u}/b HTTP/1.1\r\nHost: ${u}\r\nVia: ${via}\r\nContent-Length: 3\r\n\r\nabc`),
+        await askHead(s, `CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\nVia: ${via}\r\n\r\n`),
+      ];
+      expect(answers.map((a) => a.status)).toEqual([508, 508, 508]);
+      for (const a of answers) expect(a.headers.filter((h) => h.startsWith('x-egress-verdict'))).toEqual([]);
+      let text = '';
+      await until('the three refusals written', async () => {
+        text = await readFile(log, 'utf8');
+        return parseWrittenRecords(text).filter((r) => r.closeReason === 'via-loop').length >= 3;
+      });
+      const metrics = await counts(s);
+      expect(metrics).toContain('gw_policy_decisions_total{verdict="block",reason="via-loop"} 3');
+      expect(metrics).toContain('gw_flows_closed_total{protocol="http",close_reason="via-loop"} 2');
+      expect(metrics).toContain('gw_flows_closed_total{protocol="connect",close_reason="via-loop"} 1');
+      expect(metrics.filter((l) => l.includes('reason="other"'))).toEqual([]);
+      await stop(s);
+      const records = parseRecords(await readFile(log, 'utf8'));
+      expect(records.filter((r) => r.closeReason !== 'closed').map(shape)).toEqual([refused('http', 'via-loop'), refused('http', 'via-loop'), refused('connect', 'via-loop')]);
+      // One record per flow: the allowed request's and the three refusals', no other.
+      expect(records).toHaveLength(4);
+    });
+  }
+
+  it('shutting-down: requests completed during the SIGTERM drain (node:http GET and POST, CONNECT) each 503, one record each, block shutting-down', async () => {
+    const log = join(dir, 'drain.jsonl');
+    const s = await serve('drain', loopbackServeConfig(log, 30_000));
+    // A live tunnel holds the drain open.
+    const tunnel = await open(s.http.port);
+    tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+    expect(headOf(await readUntil(tunnel, '\r\n\r\n')).status).toBe(200);
+    // Requests under way at SIGTERM (their heads not complete): they are completed during the drain.
+    const u = `127.0.0.1:${origin.port}`;
+    const get = await open(s.http.port);
+    get.write(`GET http://${u}/a HTTP/1.1\r\nHost: ${u}\r\n`);
+    const post = await open(s.http.port);
+    post.write(`POST http://${u}/b HTTP/1.1\r\nHost: ${u}\r\nContent-Length: 3\r\n`);
+    const tunnel2 = await open(s.http.port);
+    tunnel2.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\n`);
+    // Each accepted by the gateway before the signal (a connection still in the listen queue when the
+    // listener closes is never served).
+    await until('four client connections accepted', async () => (await metricLines(s)).includes('gw_downstream_cx_active{listener="http"} 4'));
+    s.child.kill('SIGTERM');
+    await until('the drain begun (not ready)', async () => (await fetch(`http://${s.admin}/readyz`)).status === 503);
+    get.write('\r\n');
+    post.write('\r\nabc');
+    tunnel2.write(`Host: 127.0.0.1:${echo.port}\r\n\r\n`);
+    const answers = [headOf(await readUntil(get, '\r\n\r\n')), headOf(await readUntil(post, '\r\n\r\n')), headOf(await readUntil(tunnel2, '\r\n\r\n'))];
+    expect(answers.map((a) => a.status)).toEqual([503, 503, 503]);
+    for (const a of answers) expect(a.headers.filter((h) => h.startsWith('x-egress-verdict'))).toEqual([]);
+    // The admin listener answers until the drain ends.
+    const metrics = await counts(s);
+    expect(metrics).toContain('gw_policy_decisions_total{verdict="block",reason="shutting-down"} 3');
+    expect(metrics).toContain('gw_flows_closed_total{protocol="http",close_reason="shutting-down"} 2');
+    expect(metrics).toContain('gw_flows_closed_total{protocol="connect",close_reason="shutting-down"} 1');
+    expect(metrics.filter((l) => l.includes('reason="other"'))).toEqual([]);
+    tunnel.destroy();
+    await once(s.child, 'exit');
+    const records = parseRecords(await readFile(log, 'utf8'));
+    expect(records.filter((r) => r.closeReason === 'shutting-down').map(shape).sort()).toEqual(
+      [refused('http', 'shutting-down'), refused('http', 'shutting-down'), refused('connect', 'shutting-down')].sort(),
+    );
+    // One record per flow: the tunnel's and the three refusals'.
+    expect(records).toHaveLength(4);
+  });
+
+  it('flow-log-unavailable (monitor mode): absolute-URI, CONNECT, SOCKS5 CONNECT and a SOCKS5 UDP destination refused, each recorded block once the log recovers', async () => {
+    const log = join(dir, 'flow-log.jsonl');
+    symlinkSync('/dev/full', log);
+    const s = await serve('flow-log', loopbackServeConfig(log).replace('mode: enforce', 'mode: monitor'));
+    const u = `127.0.0.1:${origin.port}`;
+    // The first record cannot be written: the log is failing from then on.
+    expect((await askHead(s, `GET http://${u}/first HTTP/1.1\r\nHost: ${u}\r\n\r\n`)).status).toBe(200);
+    await until('the flow log failing', async () => (await fetch(`http://${s.admin}/readyz`)).status === 503);
+    const answers = [
+      await askHead(s, `GET http://${u}/a HTTP/1.1\r\nHost: ${u}\r\n\r\n`),
+      await askHead(s, `CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`),
+    ];
+    expect(answers.map((a) => a.status)).toEqual([503, 503]);
+    for (const a of answers) expect(a.headers.filter((h) => h.startsWith('x-egress-verdict'))).toEqual([]);
+    const socks = await open(socksPort(s));
+    socks.write(Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, echo.port >> 8, echo.port & 255]));
+    expect((await readToEnd(socks)).data.toString('hex').slice(0, 8)).toBe('05000501');
+    // A UDP association: its first destination is refused (the association's one record).
+    const client = createSocket('udp4');
+    client.bind(0, '127.0.0.1');
+    await once(client, 'listening');
+    try {
+      const control = await open(socksPort(s));
+      const port = client.address().port;
+      control.write(Buffer.from([5, 1, 0, 5, 3, 0, 1, 127, 0, 0, 1, port >> 8, port & 255]));
+      const reply = await readBytes(control, 12);
+      expect(reply.subarray(0, 4).toString('hex')).toBe('05000500');
+      const relayPort = reply.readUInt16BE(10);
+      client.send(udpFrame('127.0.0.1', udpEcho.port, Buffer.from('ping')), relayPort, '127.0.0.1');
+      await until('the UDP destination refused', async () => (await counts(s)).some((l) => l.startsWith('gw_flows_closed_total{protocol="socks5-udp",close_reason="flow-log-unavailable"}')));
+      control.destroy();
+    } finally {
+      client.close();
+    }
+    // The file comes back: every record held is written, each once.
+    writeFileSync(`${log}.new`, '');
+    renameSync(`${log}.new`, log);
+    await until('the flow log writable again', async () => (await fetch(`http://${s.admin}/readyz`)).status === 200, 10_000);
+    const metrics = await counts(s);
+    expect(metrics).toContain('gw_policy_decisions_total{verdict="block",reason="flow-log-unavailable"} 4');
+    for (const protocol of ['http', 'connect', 'socks5', 'socks5-udp']) expect(metrics).toContain(`gw_flows_closed_total{protocol="${protocol}",close_reason="flow-log-unavailable"} 1`);
+    expect(metrics.filter((l) => l.includes('reason="other"'))).toEqual([]);
+    await stop(s);
+    const records = parseRecords(await readFile(log, 'utf8'));
+    expect(records.filter((r) => r.closeReason === 'flow-log-unavailable').map(shape)).toEqual([
+      refused('http', 'flow-log-unavailable'),
+      refused('connect', 'flow-log-unavailable'),
+      refused('socks5', 'flow-log-unavailable'),
+      refused('socks5-udp', 'flow-log-unavailable'),
+    ]);
+    // One record per flow: the first request's and the four refusals' (the association has no other).
+    expect(records).toHaveLength(5);
+  });
+
+  it('relay-error: a UDP ASSOCIATE whose relay cannot be bound (no descriptor left) gets 0x01 and leaves its one record, block relay-error, counted', async () => {
+    const NOFILE = 128;
+    const log = join(dir, 'relay.jsonl');
+    const s = await serve('relay', `${loopbackServeConfig(log)}limits: { headerTimeoutMs: 120000, drainGraceMs: 2000 }\n`, (argv) => [
+      'sh',
+      '-c',
+      `ulimit -n ${NOFILE} && exec "$@"`,
+      'sh',
+      ...argv,
+    ]);
+    const pid = s.child.pid as number;
+    const descriptors = (): number => readdirSync(`/proc/${pid}/fd`).filter((fd) => Number(fd) < NOFILE).length;
+    // Every descriptor taken by SOCKS5 greetings the gateway answered (one each; the handshake waits).
+    const held: Socket[] = [];
+    for (let i = 0; i < NOFILE && descriptors() < NOFILE; i++) {
+      const c = await open(socksPort(s));
+      c.write(Buffer.from([5, 1, 0]));
+      const answer = await Promise.race([readBytes(c, 2), once(c, 'close').then(() => null)]);
+      if (answer !== null && answer[1] === 0) held.push(c);
+      else c.destroy();
+    }
+    expect(descriptors()).toBe(NOFILE);
+    // The last greeted connection asks for an association: no descriptor for its relay socket.
+    const last = held.pop() as Socket;
+    last.write(Buffer.from([5, 3, 0, 1, 0, 0, 0, 0, 0, 0]));
+    expect((await readToEnd(last)).data.toString('hex').slice(0, 4)).toBe('0501');
+    for (const c of held) c.destroy();
+    let metrics: string[] = [];
+    await until('the metrics answered', async () => {
+      metrics = await counts(s).catch(() => []);
+      return metrics.length > 0;
+    });
+    expect(metrics).toContain('gw_flows_closed_total{protocol="socks5-udp",close_reason="relay-error"} 1');
+    expect(metrics).toContain('gw_policy_decisions_total{verdict="block",reason="relay-error"} 1');
+    await stop(s);
+    const records = parseRecords(await readFile(log, 'utf8'));
+    expect(records.map(shape)).toEqual([refused('socks5-udp', 'relay-error')]);
+    expect(records[0]?.reasons[0]).toMatch(/^UDP relay bind failed: .*EMFILE/);
+    expect(records[0]?.connected).toBe(false);
+  });
+});
