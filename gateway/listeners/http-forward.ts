@@ -17,7 +17,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { Agent, buildConnector, type Dispatcher } from 'undici';
+import { Agent, type buildConnector, type Dispatcher } from 'undici';
 import type { Admitted } from '../admission.ts';
 import { type Flow, KILLED_WHILE_DIALLING } from '../flow/flow.ts';
 import type { GatewayContext } from '../context.ts';
@@ -27,7 +27,7 @@ import { mapError, mapKill, type RejectMapping } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
 import { type ClientCloseWatcher, type ConnectionState, clientGoneReason, connectionState, finGraceMs, resetOrDestroy, unwatchClientClose, watchClientClose } from './http-connection-state.ts';
 import { closeAfterEarlyAnswer } from './http-early-answer.ts';
-import { dispatchToOrigin, exchangeDialling, StaggeredOrigin } from './http-origin-dial.ts';
+import { boundedConnector, dispatchToOrigin, exchangeDialling, StaggeredOrigin } from './http-origin-dial.ts';
 import { forwardResponseHeaders, isRelayableTransferCoding, relayedStatusText } from './http-headers.ts';
 import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './http-interim.ts';
 import { type RefusalDetails, sendRefusal } from './http-refusal.ts';
@@ -113,10 +113,10 @@ export class OriginAgents {
 export const ORIGIN_KEEPALIVE_MAX_MS = 10_000;
 
 function directAgent(connectTimeoutMs: number): Agent {
-  // undici's own connector (what `connect: { timeout, noDelay }` builds), its socket named to the
+  // undici's own connector bounded by a timer of ours (boundedConnector), its socket named to the
   // flow it is opened for (exchangeDialling), so a kill while it connects destroys it. A request
   // whose name has other addresses dials them staggered instead (StaggeredOrigin).
-  const connector = buildConnector({ timeout: connectTimeoutMs, noDelay: true });
+  const connector = boundedConnector(connectTimeoutMs);
   const connect: buildConnector.connector = (opts, callback) => {
     const port = Number(opts.port) || 80;
     const exchange = exchangeDialling(opts.hostname, port);

@@ -12,12 +12,44 @@
  * takes the connected socket (StaggeredOrigin.connect).
  */
 import type { Socket } from 'node:net';
-import type { buildConnector, Dispatcher } from 'undici';
+import { buildConnector, type Dispatcher } from 'undici';
 import { type Admitted, admitAlternate } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow } from '../flow/flow.ts';
 import { formatAuthority } from '../protocol/authority.ts';
-import { dialFirstReachable } from '../upstream/dial.ts';
+import { connectTimedOut, dialFirstReachable } from '../upstream/dial.ts';
+
+/**
+ * undici's connector for a direct origin connection (plain TCP: the origin is always http://),
+ * bounded by `timeoutMs` (limits.connectTimeoutMs) on a timer of our own, as a tunnel's dial is
+ * (dial.ts). undici's own connect timeout runs on its fast timers, which tick every 499 ms and fire a
+ * timer at the first tick past its delay, counted from the tick after it was armed: through a real
+ * serve, connectTimeoutMs 1,000 answered 504 at 1,500 ms (3,000 at 3,500; 200 at 1,000). One timer per new origin connection,
+ * cleared when it connects or fails: a request on a pooled connection costs nothing. On timeout
+ * the socket is destroyed with the error a tunnel's dial fails with (EGW_DIAL_TIMEOUT), which
+ * undici's connector hands to the request.
+ */
+export function boundedConnector(timeoutMs: number): buildConnector.connector {
+  // timeout 0: undici arms no timer of its own.
+  const connector = buildConnector({ timeout: 0, noDelay: true });
+  return (opts, callback) => {
+    let timer: NodeJS.Timeout | null = null;
+    // Typed void, but undici's connector returns the socket it opened (core/connect.js).
+    const socket = connector(opts, (...args) => {
+      if (timer !== null) clearTimeout(timer);
+      timer = null;
+      callback(...args);
+    }) as unknown as Socket;
+    timer = setTimeout(onConnectTimeout, timeoutMs, socket, opts.hostname, Number(opts.port) || 80);
+    return socket;
+  };
+}
+
+/** boundedConnector's limit is over: undici's 'error' listener hands the failure to the request. */
+function onConnectTimeout(socket: Socket, hostname: string, port: number): void {
+  // undici's client gives its connector an IPv6 origin without the brackets.
+  socket.destroy(connectTimedOut(hostname, port));
+}
 
 /** What this module needs of an exchange (http-forward.ts OriginExchange). */
 export interface DialledExchange extends Dispatcher.DispatchHandler {

@@ -280,7 +280,8 @@ function connectFailed(ip: string, port: number, err: Error): GatewayError {
   return new GatewayError(dialErrorCode(err), `connect to ${authority(ip, port)}: ${err.message}`, { cause: err });
 }
 
-function connectTimedOut(ip: string, port: number): GatewayError {
+/** A dial that did not connect within its limit, as every direct dial names it (the absolute-URI path's too). */
+export function connectTimedOut(ip: string, port: number): GatewayError {
   return new GatewayError('EGW_DIAL_TIMEOUT', `connect to ${authority(ip, port)} timed out`);
 }
 
