@@ -377,6 +377,8 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     for (const id of [...flows.activeFlows().keys()]) flows.kill(id, killReasonNow);
     httpServer.closeAllConnections();
     httpsServer?.closeAllConnections();
+    // SOCKS5 handshakes under way at SIGTERM whose request never came (one that came was refused).
+    socksServer.closeAllConnections();
     // The origin pools of absolute-URI requests: closed only now, after the flows (closing them when
     // the servers close would abort every request in flight), and at once if the grace ran out.
     const poolGraceMs = isGraceOver || isCutShort ? 0 : Math.max(0, deadline - Date.now());

@@ -52,9 +52,10 @@ export interface Downstream {
   /**
    * What closing the listener does to this connection while it carries no flow (handshake, dial,
    * flow-less UDP association): replace it, or pass null once the FlowTable owns a flow for it
-   * (then draining is the flow table's business).
+   * (then draining is the flow table's business). `isHeld`: the drain's start leaves it open (a
+   * handshake under way, whose request is refused `shutting-down`), its end closes it.
    */
-  setCloser(closer: (() => void) | null): void;
+  setCloser(closer: (() => void) | null, isHeld?: boolean): void;
 }
 
 /**
@@ -70,6 +71,11 @@ export function runHandshake(ctx: GatewayContext, down: Downstream, onRequest: (
   let busy = false;
   /** The client's FIN has come: what it sent before it is still the handshake's to finish. */
   let isEnded = false;
+  /** The client has sent its first bytes (the connection is held through the drain from then on). */
+  let isStarted = false;
+  const destroySocket = (): void => {
+    socket.destroy();
+  };
   let identity: Identity | null = null;
   const snapshot = ctx.policy.current();
   const limits = snapshot.config.limits;
@@ -232,6 +238,11 @@ export function runHandshake(ctx: GatewayContext, down: Downstream, onRequest: (
   }
 
   function onData(chunk: Buffer): void {
+    // A handshake under way outlives the drain's start: its request, if it comes, is refused and recorded.
+    if (!isStarted) {
+      isStarted = true;
+      down.setCloser(destroySocket, true);
+    }
     pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
     pump();
     // The largest legal handshake (greeting 257 + auth 513 + request 262) is ~1 KiB; a client that

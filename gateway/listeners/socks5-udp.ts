@@ -149,6 +149,14 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   const loggedAt = { held: Number.NEGATIVE_INFINITY, oversized: Number.NEGATIVE_INFINITY, oversizedOut: Number.NEGATIVE_INFINITY };
   const drops: DropCounts = { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0, oversized: 0, oversizedOut: 0 };
 
+  // A request that came during the drain (its handshake under way at SIGTERM): refused as a CONNECT
+  // is then (admission: 0x01, one record, block shutting-down), and no relay is bound.
+  if (ctx.isDraining()) {
+    refusal = { reason: 'shutting-down', why: 'the gateway is draining: no new flows' };
+    end(refusal.reason, false, true);
+    refuse(ctx, down, encodeReply(SOCKS_REP.generalFailure), 'EGW_SHUTTING_DOWN', 'UDP ASSOCIATE refused: draining, no new flows');
+    return;
+  }
   // 1. bind the client-facing relay socket
   relayPorts
     .bind(limits.udpRelayPorts, relayType, localIp, (port) => ctx.udpRelays.has(localIp, port), onRelayError)

@@ -30,13 +30,18 @@ import { SlotArray } from '../slot-array.ts';
 /** A socket's slot in SocksServer's list and what close() does to it (no Map refers to the socket). */
 const kSlot = Symbol('egressgate.flowlessSlot');
 const kCloser = Symbol('egressgate.flowlessCloser');
-type TrackedSocket = Socket & { [kSlot]?: number; [kCloser]?: () => void };
+/** True while the drain's start leaves the connection open (a handshake under way): closeAllConnections() ends it. */
+const kIsHeld = Symbol('egressgate.flowlessHeld');
+type TrackedSocket = Socket & { [kSlot]?: number; [kCloser]?: () => void; [kIsHeld]?: boolean };
 
 /**
  * The SOCKS5 server. `close()` stops accepting and also ends every connection that carries no flow
- * yet (mid-handshake, dialling, a UDP association that has relayed nothing): those would otherwise
- * hold a draining gateway for up to limits.headerTimeoutMs / idleTimeoutMs. Connections with a flow
- * are drained through the FlowTable (kill → flow.abort).
+ * and is not held (one that has sent nothing yet, dialling, a UDP association that has relayed
+ * nothing): those would otherwise hold a draining gateway for up to limits.headerTimeoutMs /
+ * idleTimeoutMs. A handshake under way is held: its request may still come during the drain, and is
+ * answered 0x01 and recorded `shutting-down` (admission, as HTTP's 503), as an HTTP request whose
+ * head had begun is answered; `closeAllConnections()` (the drain's end) closes what is left.
+ * Connections with a flow are drained through the FlowTable (kill → flow.abort).
  */
 export class SocksServer extends Server {
   /** The connections without a flow (a SlotArray, not a Set: see gateway/slot-array.ts). */
@@ -52,8 +57,11 @@ export class SocksServer extends Server {
     this.relayPorts = relayPorts;
   }
 
-  /** Register (or, with null, release) what close() does to a connection without a flow. */
-  setCloser(socket: Socket, closer: (() => void) | null): void {
+  /**
+   * Register (or, with null, release) what closing the listener does to a connection without a flow;
+   * `isHeld`: not at close() but at closeAllConnections() (a handshake under way).
+   */
+  setCloser(socket: Socket, closer: (() => void) | null, isHeld = false): void {
     const tracked = socket as TrackedSocket;
     if (closer === null || socket.destroyed) {
       this.flowless.remove(tracked[kSlot] ?? -1, tracked);
@@ -62,19 +70,30 @@ export class SocksServer extends Server {
       return;
     }
     tracked[kCloser] = closer;
+    tracked[kIsHeld] = isHeld;
     if ((tracked[kSlot] ?? -1) < 0) tracked[kSlot] = this.flowless.add(tracked);
   }
 
   override close(callback?: (err?: Error) => void): this {
     super.close(callback);
+    this.endFlowless(false);
+    return this;
+  }
+
+  /** The drain's end: close the connections close() held (handshakes whose request never came). */
+  closeAllConnections(): void {
+    this.endFlowless(true);
+  }
+
+  private endFlowless(withHeld: boolean): void {
     const closers: Array<() => void> = [];
     for (const socket of [...this.flowless.values()]) {
       const end = socket[kCloser];
+      if (socket[kIsHeld] === true && !withHeld) continue;
       this.setCloser(socket, null);
       if (end) closers.push(end);
     }
     for (const end of closers) end();
-    return this;
   }
 }
 
@@ -105,7 +124,7 @@ function accept(ctx: GatewayContext, server: SocksServer, socket: Socket): void 
   }
   server.setCloser(socket, () => socket.destroy());
   socket.once('close', () => server.setCloser(socket, null));
-  const down: Downstream = { socket, clientIp, clientPort, setCloser: (closer) => server.setCloser(socket, closer) };
+  const down: Downstream = { socket, clientIp, clientPort, setCloser: (closer, isHeld) => server.setCloser(socket, closer, isHeld) };
   if (ctx.isDraining()) {
     refuse(ctx, down, null, 'EGW_SHUTTING_DOWN', 'draining: no new SOCKS connections');
     return;

@@ -3,7 +3,8 @@
  * limit's refusals are (verdict `block`, `enforced: true` in every mode, reason = closeReason, no
  * detector, no matched rule), and are counted so in /metrics: `egressgate serve` as a process, its
  * file flow log read as written. A Via loop (508: the fast path, node:http, CONNECT; monitor and
- * enforce mode), a request arriving during the SIGTERM drain (503 shutting-down: node:http, CONNECT),
+ * enforce mode), a request arriving during the SIGTERM drain (503 shutting-down: node:http, CONNECT;
+ * 0x01 to a SOCKS5 CONNECT or UDP ASSOCIATE whose greeting was answered before it),
  * the flow log failing (503 flow-log-unavailable: absolute-URI, CONNECT, SOCKS5 CONNECT, a SOCKS5 UDP
  * destination), and a SOCKS5 UDP ASSOCIATE whose relay cannot be bound (no descriptor left: 0x01
  * relay-error). None carries `X-Egress-Verdict` (no policy refused it).
@@ -191,6 +192,53 @@ describe('refusals before any judgement: recorded block, counted block', () => {
     );
     // One record per flow: the tunnel's and the three refusals'.
     expect(records).toHaveLength(4);
+  });
+
+  it('shutting-down: SOCKS5 requests sent during the SIGTERM drain after a greeting answered before it (CONNECT, UDP ASSOCIATE) each 0x01, one record each, block shutting-down', async () => {
+    // Before, a handshake under way was closed at SIGTERM with no reply and no record (3 of 3).
+    const log = join(dir, 'socks-drain.jsonl');
+    const s = await serve('socks-drain', loopbackServeConfig(log, 30_000));
+    // A live tunnel holds the drain open.
+    const tunnel = await open(socksPort(s));
+    tunnel.write(Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, echo.port >> 8, echo.port & 255]));
+    expect((await readBytes(tunnel, 12)).subarray(0, 4).toString('hex')).toBe('05000500');
+    // Three handshakes under way at SIGTERM (each greeting answered), and one that has sent nothing.
+    const greeted: Socket[] = [];
+    for (let i = 0; i < 3; i++) {
+      const c = await open(socksPort(s));
+      c.write(Buffer.from([5, 1, 0]));
+      expect([...(await readBytes(c, 2))]).toEqual([5, 0]);
+      greeted.push(c);
+    }
+    const silent = await open(socksPort(s));
+    await until('five client connections accepted', async () => (await metricLines(s)).includes('gw_downstream_cx_active{listener="socks"} 5'));
+    const [connectRequest, associate, never] = greeted as [Socket, Socket, Socket];
+    const neverClosed = once(never, 'close');
+    s.child.kill('SIGTERM');
+    // The connection that sent nothing is closed at once, as HTTP's idle ones are.
+    await readToEnd(silent);
+    const replied = Promise.all([readToEnd(connectRequest), readToEnd(associate)]);
+    connectRequest.write(Buffer.from([5, 1, 0, 1, 127, 0, 0, 1, echo.port >> 8, echo.port & 255]));
+    associate.write(Buffer.from([5, 3, 0, 1, 0, 0, 0, 0, 0, 0]));
+    const replies = await replied;
+    // RFC 1928 §6: VER 5, REP 0x01 general SOCKS server failure.
+    expect(replies.map((r) => r.data.toString('hex').slice(0, 4))).toEqual(['0501', '0501']);
+    // The one that never sends its request stays open while the drain goes on.
+    expect(never.destroyed).toBe(false);
+    const metrics = await counts(s);
+    expect(metrics).toContain('gw_policy_decisions_total{verdict="block",reason="shutting-down"} 2');
+    expect(metrics).toContain('gw_flows_closed_total{protocol="socks5",close_reason="shutting-down"} 1');
+    expect(metrics).toContain('gw_flows_closed_total{protocol="socks5-udp",close_reason="shutting-down"} 1');
+    expect(metrics.filter((l) => l.includes('reason="other"'))).toEqual([]);
+    // The tunnel ends, and with it the drain: the handshake left is closed, the process exits.
+    const exited = once(s.child, 'exit');
+    tunnel.destroy();
+    await neverClosed;
+    expect(((await exited) as [number | null])[0]).toBe(0);
+    const records = parseRecords(await readFile(log, 'utf8'));
+    expect(records.filter((r) => r.closeReason === 'shutting-down').map(shape).sort()).toEqual([refused('socks5', 'shutting-down'), refused('socks5-udp', 'shutting-down')].sort());
+    // One record per flow: the tunnel's and the two refusals'.
+    expect(records).toHaveLength(3);
   });
 
   it('flow-log-unavailable (monitor mode): absolute-URI, CONNECT, SOCKS5 CONNECT and a SOCKS5 UDP destination refused, each recorded block once the log recovers', async () => {

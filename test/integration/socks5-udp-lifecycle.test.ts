@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Flow } from '../../gateway/flow/flow.ts';
 import { startTestGateway, until } from '../helpers/gateway.ts';
 import { associate as associateVia, heldResolver, nextReply, sendTo as send, udpFrame as frame, udpSocket as boundUdp } from '../helpers/socks-udp.ts';
-import { readToEnd, type SocksGateway, startBareSocksGateway, startSocksGateway, startUdpEcho, type UdpEcho } from './socks5-harness.ts';
+import { readBytes, readToEnd, type SocksGateway, startBareSocksGateway, startSocksGateway, startUdpEcho, type UdpEcho } from './socks5-harness.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 
 const PREFIX = Buffer.from('echo:');
@@ -207,20 +207,27 @@ describe('an association that relays nothing', () => {
 });
 
 describe('closing the listener (drain)', () => {
-  it('ends connections that carry no flow: one mid-handshake, one association that relayed nothing', async () => {
+  it('ends connections that carry no flow: an association that relayed nothing at close(), one mid-handshake at closeAllConnections() (the drain\'s end)', async () => {
     const gw = await startBareSocksGateway();
     cleanups.push(() => gw.stop());
     const { connect } = await import('node:net');
     const raw = connect(gw.socksPort, gw.socksHost);
     await once(raw, 'connect');
-    const rawDone = readToEnd(raw);
+    let isRawClosed = false;
+    const rawDone = readToEnd(raw).then(() => {
+      isRawClosed = true;
+    });
     raw.write(Buffer.from([5, 1, 0, 5]));
+    expect([...(await readBytes(raw, 2))]).toEqual([5, 0]);
     const client = await udpSocket();
     const a = await associate(gw, client);
     const controlDone = readToEnd(a.control);
     const closed = new Promise<void>((r) => gw.server.close(() => r()));
-    await rawDone;
     await controlDone;
+    // The handshake under way is held: its request, if it came during a drain, would be refused and recorded.
+    expect(isRawClosed).toBe(false);
+    gw.server.closeAllConnections();
+    await rawDone;
     await closed;
     expect(gw.flows.activeCount).toBe(0);
   });
