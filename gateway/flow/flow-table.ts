@@ -189,6 +189,14 @@ export class FlowTable extends EventEmitter {
   }
 
   /**
+   * Replace a flow's explanation lines and judge nothing (a SOCKS5 UDP association's counts at its
+   * end): its verdict, reason, detector and rule stay what they were, null for a flow never judged.
+   */
+  explain(flow: Flow, reasons: readonly string[]): void {
+    flow.reasons = reasons;
+  }
+
+  /**
    * Change a live flow's verdict after its admission (a detector's would-block or kill): its record
    * says so. 'redecide' (flow) comes first, while the flow still carries its admission verdict.
    */

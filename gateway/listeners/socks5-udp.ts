@@ -39,7 +39,7 @@
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv4 } from 'node:net';
 import { isRefusedByPolicy } from '../../policy/detectors/state.ts';
-import type { Decision, GatewayRefusalReason, ReasonCode, Verdict } from '../../policy/types.ts';
+import type { GatewayRefusalReason, ReasonCode, Verdict } from '../../policy/types.ts';
 import { admit, admitDestination, type DestinationAdmission, gatewayRefusal, type LookedUp, lookUp, needsLookUp, type Refused } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow, FlowLeg, RoutedFlow } from '../flow/flow.ts';
@@ -635,24 +635,20 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     ctx.flows.close(f, reason);
   }
 
+  /**
+   * The association's counts, added to its record's reasons; nothing is judged here. An association
+   * that relayed nothing was never judged: verdict allow (the flow's default), reason null, as any
+   * flow that ended before a decision (before, `allowed` was made up here).
+   */
   function noteReasons(f: Flow): void {
-    const mode = hs.snapshot.modeFor(f.identity.roles, ctx.policy.modeOverride());
-    const decision: Decision = {
-      verdict: f.verdict,
-      reason: f.reason ?? 'allowed',
-      detector: f.detector,
-      mode,
-      matchedRule: f.matchedRule,
-      reasons: [
-        ...f.reasons,
-        `udp association: ${admitted} destination${admitted === 1 ? '' : 's'} relayed, ${refusedDestinations} refused`,
-        `udp datagrams dropped: ${drops.fragments} fragments, ${drops.foreign} from foreign sources, ${drops.malformed} malformed, ` +
-          `${drops.refused} to refused destinations, ${drops.unsolicited} unsolicited replies, ${drops.overflow} over the destination limit, ` +
-          `${drops.held} over the limits of datagrams waiting for admission, ${drops.oversized} replies too large for the client, ` +
-          `${drops.oversizedOut} too large for their destination`,
-      ],
-    };
-    ctx.flows.decide(f, decision, f.enforced);
+    ctx.flows.explain(f, [
+      ...f.reasons,
+      `udp association: ${admitted} destination${admitted === 1 ? '' : 's'} relayed, ${refusedDestinations} refused`,
+      `udp datagrams dropped: ${drops.fragments} fragments, ${drops.foreign} from foreign sources, ${drops.malformed} malformed, ` +
+        `${drops.refused} to refused destinations, ${drops.unsolicited} unsolicited replies, ${drops.overflow} over the destination limit, ` +
+        `${drops.held} over the limits of datagrams waiting for admission, ${drops.oversized} replies too large for the client, ` +
+        `${drops.oversizedOut} too large for their destination`,
+    ]);
   }
 }
 

@@ -186,7 +186,8 @@ describe('association lifecycle', () => {
 });
 
 describe('an association that relays nothing', () => {
-  it('still leaves one record (SPEC §5: one per UDP association), with no bytes and its real start', async () => {
+  // Regression: it was recorded reason `allowed` (made up at its end) although nothing was judged.
+  it('still leaves one record (SPEC §5: one per UDP association), with no bytes and its real start, judged by nothing: allow, reason null', async () => {
     const gw = await startBareSocksGateway();
     cleanups.push(() => gw.stop());
     const client = await udpSocket();
@@ -202,6 +203,14 @@ describe('an association that relays nothing', () => {
     expect(Date.parse(rec.startedAt)).toBeGreaterThanOrEqual(before - 5);
     expect(rec.durationMs).toBeGreaterThanOrEqual(40);
     expect(rec.reasons.join(' ')).toContain('0 destinations relayed');
+    // Never judged, as any flow that ended before a decision: the flow's default verdict, no reason.
+    expect({ verdict: rec.verdict, enforced: rec.enforced, reason: rec.reason, detector: rec.detector, matchedRule: rec.matchedRule }).toEqual({
+      verdict: 'allow',
+      enforced: false,
+      reason: null,
+      detector: null,
+      matchedRule: null,
+    });
     expect(gw.flows.activeCount).toBe(0);
   });
 });
