@@ -27,7 +27,7 @@ import { mapError, mapKill, type RejectMapping } from '../reject.ts';
 import { dial } from '../upstream/dial.ts';
 import { type ClientCloseWatcher, type ConnectionState, clientGoneReason, connectionState, finGraceMs, resetOrDestroy, unwatchClientClose, watchClientClose } from './http-connection-state.ts';
 import { closeAfterEarlyAnswer } from './http-early-answer.ts';
-import { boundedConnector, dispatchToOrigin, exchangeDialling, StaggeredOrigin } from './http-origin-dial.ts';
+import { boundedConnector, dispatchToOrigin, exchangeDialling, isRedialOfAborted, NOT_REDIALLED, onOriginDisconnect, StaggeredOrigin } from './http-origin-dial.ts';
 import { forwardResponseHeaders, isRelayableTransferCoding, relayedStatusText } from './http-headers.ts';
 import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './http-interim.ts';
 import { type RefusalDetails, sendRefusal } from './http-refusal.ts';
@@ -66,12 +66,17 @@ export class OriginAgents {
         connect: (opts, callback) => {
           const ip = opts.hostname.replace(/^\[|\]$/g, '');
           const port = Number(opts.port) || 80;
+          if (isRedialOfAborted(ip, port)) {
+            callback(NOT_REDIALLED, null);
+            return;
+          }
           dial({ ip, port, upstream, timeoutMs, flow: exchangeDialling(ip, port)?.flowOf(), via }).then(
             (socket: Socket) => callback(null, socket),
             (err: Error) => callback(err, null),
           );
         },
       });
+      agent.on('disconnect', onOriginDisconnect);
       this.viaUpstream.set(upstream, agent);
     }
     return agent;
@@ -119,6 +124,10 @@ function directAgent(connectTimeoutMs: number): Agent {
   const connector = boundedConnector(connectTimeoutMs);
   const connect: buildConnector.connector = (opts, callback) => {
     const port = Number(opts.port) || 80;
+    if (isRedialOfAborted(opts.hostname, port)) {
+      callback(NOT_REDIALLED, null);
+      return;
+    }
     const exchange = exchangeDialling(opts.hostname, port);
     const alternates = exchange === undefined ? null : exchange.alternates;
     if (alternates !== null) {
@@ -131,7 +140,7 @@ function directAgent(connectTimeoutMs: number): Agent {
     return socket;
   };
   // keepAliveTimeout below typical origin defaults (5 s) so we rarely reuse a socket the origin is closing.
-  return new Agent({ connect, keepAliveTimeout: 4000, keepAliveMaxTimeout: ORIGIN_KEEPALIVE_MAX_MS, pipelining: 1 });
+  return new Agent({ connect, keepAliveTimeout: 4000, keepAliveMaxTimeout: ORIGIN_KEEPALIVE_MAX_MS, pipelining: 1 }).on('disconnect', onOriginDisconnect);
 }
 
 /** Turn an undici / socket error into a gateway code, once, here. */

@@ -100,6 +100,46 @@ export function dispatchToOrigin(agent: Dispatcher, opts: Dispatcher.DispatchOpt
 }
 
 /**
+ * undici (7.30.2) dials an origin once more for a request it has just aborted: the abort
+ * (client-h1.js writeH1's `abort`, ~l. 1230) errors the request and destroys its socket with
+ * InformationalError('aborted'); that socket's close (onHttpSocketClose, ~l. 993-1006) fails the
+ * head request only for a close whose error is not UND_ERR_INFO, so the aborted one stays queued
+ * and kPendingIdx is set back to it; `client[kResume]()` then finds a request pending and no
+ * connection, and connects for it (client.js _resume, ~l. 618-650) before it would drop it unsent
+ * (~l. 661-665). The origin accepted one more connection and saw it closed empty (the Agent closes
+ * the pool its last connection left). Filed upstream as nodejs/undici#5845. Every client that leaves
+ * mid-request, each kill and FIN grace aborts that way. The client's 'disconnect' for that close
+ * reaches the Agent (onOriginDisconnect) just before, in the same synchronous run: the connector
+ * fails the one connect to that origin that follows it (isRedialOfAborted), and undici drops the
+ * aborted request as it does after any failed connect (handleConnectError: it is aborted already,
+ * its handler hears nothing). Nothing is done per request.
+ */
+let redialled: string | null = null;
+
+function forgetRedial(): void {
+  redialled = null;
+}
+
+/** The Agents' 'disconnect' listener: after an abort's close, note the origin undici will dial again. */
+export function onOriginDisconnect(origin: URL | string, _targets: unknown, err: Error | null | undefined): void {
+  if ((err as NodeJS.ErrnoException | null | undefined)?.code !== 'UND_ERR_INFO' || err?.message !== 'aborted') return;
+  const url = typeof origin === 'string' ? new URL(origin) : origin;
+  redialled = `${url.hostname.replace(/^\[|\]$/g, '')}:${Number(url.port) || 80}`;
+  // It connects within this run, or not at all (a destroyed client).
+  queueMicrotask(forgetRedial);
+}
+
+/** Whether the connector is asked for the connection undici opens for a request it aborted (see above). */
+export function isRedialOfAborted(hostname: string, port: number): boolean {
+  if (redialled === null || redialled !== `${hostname.replace(/^\[|\]$/g, '')}:${port}`) return false;
+  redialled = null;
+  return true;
+}
+
+/** What the connector answers that connect: undici fails the aborted request with it, unheard. */
+export const NOT_REDIALLED = new Error('not dialled again for a request undici aborted');
+
+/**
  * The error a request fails with in the pool of the address it was dispatched to when its
  * staggered dial connected to another of the name's addresses (StaggeredOrigin): the exchange then
  * dispatches it to that one (OriginExchange.isSentElsewhere). One object for every such request.
