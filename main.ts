@@ -170,6 +170,10 @@ function logAppendLogEvent(log: Logger, what: 'flow log' | 'audit log', e: Appen
     case 'reopened':
       log.info({ path: e.path }, `${what} reopened`);
       return;
+    case 'replaced':
+      // Records written to a file removed from under us were lost without an error: say so, and how many came back.
+      log.warn({ path: e.path, records: e.records, unreadBytes: e.unreadBytes }, `${what} file was removed: writing to a new file at its path, with the records written to the removed one since it was last seen`);
+      return;
   }
 }
 

@@ -17,8 +17,14 @@
  *  - `isFailing` is true meanwhile. Each change of state is reported once (`onStateChange`).
  * A file is written with positionless `write`s on an append-mode descriptor, one at a time, so the
  * log always knows how many bytes reached the file. `reopen()` (SIGHUP) follows a rotated path.
+ *
+ * A regular file removed from under us (its directory deleted, the file unlinked) still takes every
+ * write, into an inode nobody can read: records lost with no error. Every WATCH_MS the open file is
+ * checked (one fstat); once it has no name left, the lines written to it since the last check that
+ * found it named are read back (/proc/self/fd), and they and everything after go to a new file at the
+ * path (its directory made again, as at start). Opening it failing is a failure like a write's.
  */
-import { close as closeFd, fstat, open as openFd, write as writeFd } from 'node:fs';
+import { close as closeFd, fstat, open as openFd, read as readFd, type Stats, write as writeFd } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
@@ -28,6 +34,8 @@ export const BACKLOG_BYTES = 64 * 1024 * 1024;
 export const RETRY_MS = 1000;
 /** A file write not done after this long (a hung NFS mount, say) counts as a failure until it is. */
 export const STALL_MS = 10_000;
+/** The open file is checked this often for having been removed from its path. */
+export const WATCH_MS = 1000;
 const NEWLINE = 0x0a;
 
 /** A change of state worth one log line (the log has no logger of its own). */
@@ -36,7 +44,9 @@ export type AppendLogEvent =
   | { event: 'recovered'; path: string; records: number; failedForMs: number }
   | { event: 'dropping'; path: string; backlogBytes: number }
   | { event: 'lost'; path: string; records: number }
-  | { event: 'reopened'; path: string };
+  | { event: 'reopened'; path: string }
+  /** The open file had been removed: a new one is open at the path; `records` were written again, `unreadBytes` could not be read back. */
+  | { event: 'replaced'; path: string; records: number; unreadBytes: number };
 
 export interface AppendLogOptions {
   onStateChange?: (e: AppendLogEvent) => void;
@@ -66,6 +76,10 @@ interface OpenFile {
   dev: number;
   ino: number;
   end: number;
+  /** A regular file (watched for removal); not a device or a FIFO. */
+  isRegular: boolean;
+  /** Bytes up to here were in the file while it still had a name (the last watch that found one). */
+  named: number;
 }
 
 export class AppendLog {
@@ -95,6 +109,11 @@ export class AppendLog {
   private stallTimer: NodeJS.Timeout | null = null;
   private isStalled = false;
   private isClosed = false;
+  /** The removal watch (file mode). */
+  private watchTimer: NodeJS.Timeout | null = null;
+  private isWatching = false;
+  /** A removed file is being replaced: writes wait for the new one. */
+  private isReplacing = false;
   private idleWaiters: Array<() => void> = [];
 
   private constructor(path: string, opts: AppendLogOptions) {
@@ -112,6 +131,8 @@ export class AppendLog {
     } else {
       await mkdir(dirname(path), { recursive: true });
       log.file = await openAppend(path);
+      log.watchTimer = setInterval(log.onWatch, WATCH_MS);
+      log.watchTimer.unref();
     }
     return log;
   }
@@ -178,7 +199,7 @@ export class AppendLog {
 
   /** File mode: whether queued bytes can go to the file now. */
   private canWrite(): boolean {
-    return this.file !== null && (this.failure === null || this.isRecovering);
+    return this.file !== null && !this.isReplacing && (this.failure === null || this.isRecovering);
   }
 
   /** File mode: write the queue, one write at a time, all of it in one go. */
@@ -317,12 +338,64 @@ export class AppendLog {
     return true;
   }
 
+  /** Whether the open file still has a name; between writes of a healthy log only. */
+  private readonly onWatch = (): void => {
+    const file = this.file;
+    if (file === null || !file.isRegular || this.isWatching || this.isWriting || this.isReplacing || this.failure !== null || this.nextFile !== null) return;
+    // No write is in flight: `end` is at a line's end, and in the file fstat looks at.
+    const end = file.end;
+    this.isWatching = true;
+    fstat(file.fd, (err, st) => {
+      this.isWatching = false;
+      if (err || this.file !== file) return;
+      if (st.nlink > 0) file.named = end;
+      else void this.replaceRemoved(file);
+    });
+  };
+
+  /**
+   * The open file has no name left: what was written to it since it was last seen named is read back
+   * and goes, before everything queued since, to a new file at the path.
+   */
+  private async replaceRemoved(file: OpenFile): Promise<void> {
+    if (this.isWriting || this.isReplacing || this.failure !== null || this.isClosed || this.file !== file) return;
+    this.isReplacing = true;
+    const lost = file.end - file.named;
+    let unwritten = lost > 0 ? await readBack(file.fd, file.named, lost) : Buffer.alloc(0);
+    const unreadBytes = unwritten === null ? lost : 0;
+    unwritten ??= Buffer.alloc(0);
+    // The held lines go first; a healthy log between writes has no part-written head.
+    if (unwritten.length > 0) {
+      this.queue.unshift(unwritten);
+      this.queuedBytes += unwritten.length;
+    }
+    let next: OpenFile;
+    try {
+      next = await openAppend(this.path);
+    } catch (err) {
+      // As a failed write: records held, the path tried again every retryMs (recover()).
+      this.isReplacing = false;
+      this.fail(err as NodeJS.ErrnoException);
+      return;
+    }
+    this.isReplacing = false;
+    if (this.isClosed) {
+      closeFd(next.fd, ignore);
+      return;
+    }
+    this.file = next;
+    closeFd(file.fd, ignore);
+    this.opts.onStateChange?.({ event: 'replaced', path: this.path, records: countLines(unwritten), unreadBytes });
+    this.pump();
+  }
+
   /**
    * Log rotation (SIGHUP): open the path again and write there from now on, if it is another file
    * than the one open (moved away, say). A failed log tries to recover at once instead.
    */
   async reopen(): Promise<void> {
-    if (this.stdout || this.isClosed) return;
+    // A removed file being replaced is being reopened already.
+    if (this.stdout || this.isClosed || this.isReplacing) return;
     if (this.failure !== null) {
       if (this.retryTimer) clearTimeout(this.retryTimer);
       this.retryTimer = null;
@@ -354,7 +427,7 @@ export class AppendLog {
 
   /** Resolve flush() waiters once nothing is being written and nothing more can be now. */
   private wakeIdle(): void {
-    if (this.idleWaiters.length === 0 || (this.isWriting && !this.isStalled)) return;
+    if (this.idleWaiters.length === 0 || (this.isWriting && !this.isStalled) || this.isReplacing) return;
     if (this.queue.length > 0 && this.canWrite()) return;
     const waiters = this.idleWaiters;
     this.idleWaiters = [];
@@ -374,7 +447,7 @@ export class AppendLog {
         stream.write('', () => resolve());
       });
     }
-    if (this.isStalled || (!this.isWriting && (this.queue.length === 0 || !this.canWrite()))) return Promise.resolve();
+    if (this.isStalled || (!this.isWriting && !this.isReplacing && (this.queue.length === 0 || !this.canWrite()))) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
@@ -385,6 +458,8 @@ export class AppendLog {
   async close(): Promise<void> {
     await this.flush();
     this.isClosed = true;
+    if (this.watchTimer) clearInterval(this.watchTimer);
+    this.watchTimer = null;
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
     if (this.nextFile) closeFd(this.nextFile.fd, ignore);
@@ -407,16 +482,50 @@ export class AppendLog {
   }
 }
 
-/** Open `path` for append and learn which file it is and how long. */
+/** Open `path` for append (its directory made again if it was removed) and learn which file it is and how long. */
 async function openAppend(path: string): Promise<OpenFile> {
-  const fd = await new Promise<number>((resolve, reject) => openFd(path, 'a', 0o666, (err, n) => (err ? reject(err) : resolve(n))));
+  const open = (): Promise<number> => new Promise<number>((resolve, reject) => openFd(path, 'a', 0o666, (err, n) => (err ? reject(err) : resolve(n))));
+  let fd: number;
   try {
-    const st = await new Promise<{ dev: number; ino: number; size: number }>((resolve, reject) => fstat(fd, (err, s) => (err ? reject(err) : resolve(s))));
-    return { fd, dev: st.dev, ino: st.ino, end: st.size };
+    fd = await open();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    await mkdir(dirname(path), { recursive: true });
+    fd = await open();
+  }
+  try {
+    const st = await new Promise<Stats>((resolve, reject) => fstat(fd, (err, s) => (err ? reject(err) : resolve(s))));
+    return { fd, dev: st.dev, ino: st.ino, end: st.size, isRegular: st.isFile(), named: st.size };
   } catch (err) {
     closeFd(fd, ignore);
     throw err;
   }
+}
+
+/**
+ * `length` bytes at `position` of the file open (write-only) as `fd`, read through its /proc link,
+ * which still reaches a removed file; null if they cannot be read.
+ */
+async function readBack(fd: number, position: number, length: number): Promise<Buffer | null> {
+  let rfd: number;
+  try {
+    rfd = await new Promise<number>((resolve, reject) => openFd(`/proc/self/fd/${fd}`, 'r', (err, n) => (err ? reject(err) : resolve(n))));
+  } catch {
+    return null;
+  }
+  const buf = Buffer.allocUnsafe(length);
+  let got = 0;
+  try {
+    while (got < length) {
+      const n = await new Promise<number>((resolve, reject) => readFd(rfd, buf, got, length - got, position + got, (err, r) => (err ? reject(err) : resolve(r))));
+      if (n === 0) break;
+      got += n;
+    }
+  } catch {
+    got = 0;
+  }
+  closeFd(rfd, ignore);
+  return got === length ? buf : null;
 }
 
 function countLines(b: Buffer): number {
