@@ -9,7 +9,8 @@
  *    `backlogBytes` (64 MiB), past which lines are dropped and counted;
  *  - a file is reopened at its path every `retryMs` (1 s). Writing resumes at the exact byte where it
  *    stopped when the path is still the same file, ending where we left it: a line cut by a full disk
- *    is completed, not repeated. On another file (rotated, recreated) a cut line is written whole;
+ *    is completed, not repeated. On another file (rotated, recreated) a cut line is written whole,
+ *    and its start taken off the end of the file left behind;
  *  - a write that hangs (a stuck network file system) is a failure too once it has taken STALL_MS,
  *    until it completes: the backlog is bounded and callers see `isFailing`, instead of records
  *    piling up in memory without limit;
@@ -24,7 +25,7 @@
  * found it named are read back (/proc/self/fd), and they and everything after go to a new file at the
  * path (its directory made again, as at start). Opening it failing is a failure like a write's.
  */
-import { close as closeFd, fstat, open as openFd, read as readFd, type Stats, write as writeFd } from 'node:fs';
+import { close as closeFd, fstat, ftruncate, open as openFd, read as readFd, type Stats, write as writeFd } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
@@ -317,11 +318,14 @@ export class AppendLog {
     this.nextFile = null;
     const old = this.file;
     const isSameFile = old !== null && old.dev === next.dev && old.ino === next.ino && old.end === next.end;
-    if (old) closeFd(old.fd, ignore);
     if (!isSameFile && this.headWritten > 0) {
       const head = this.queue[0] as Buffer;
-      this.headWritten = head.lastIndexOf(NEWLINE, this.headWritten - 1) + 1;
+      const lineStart = head.lastIndexOf(NEWLINE, this.headWritten - 1) + 1;
+      // The cut line's start, left at the end of the file we leave (rotated away), is no record.
+      if (old !== null && this.headWritten > lineStart) await cutBack(old, this.headWritten - lineStart);
+      this.headWritten = lineStart;
     }
+    if (old) closeFd(old.fd, ignore);
     const records = this.status().backlogRecords;
     this.file = next;
     this.isRecovering = true;
@@ -500,6 +504,19 @@ async function openAppend(path: string): Promise<OpenFile> {
     closeFd(fd, ignore);
     throw err;
   }
+}
+
+/**
+ * Take the last `bytes` off `file` (a line cut by a failed write) if it still ends where we left it:
+ * nothing else has written to it, nor truncated it (copytruncate), since.
+ */
+async function cutBack(file: OpenFile, bytes: number): Promise<void> {
+  await new Promise<void>((resolve) => {
+    fstat(file.fd, (err, st) => {
+      if (err || st.size !== file.end) resolve();
+      else ftruncate(file.fd, file.end - bytes, () => resolve());
+    });
+  });
 }
 
 /**
