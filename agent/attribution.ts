@@ -226,6 +226,34 @@ export class ProcessResolver {
    */
   async attributeMany(tuples: readonly ConnectionTuple[]): Promise<Map<string, ProcessDetails | null>> {
     const norm = tuples.map(normalizeTuple);
+    const { inodeOf, ownerOf } = await this.findSockets(norm);
+    const procs = await this.resolveInodes([...inodeOf.values()], ownerOf);
+    const out = new Map<string, ProcessDetails | null>();
+    for (const t of norm) {
+      const inode = inodeOf.get(tupleKey(t));
+      out.set(tupleKey(t), inode === undefined ? null : (procs.get(inode) ?? null));
+    }
+    return out;
+  }
+
+  /**
+   * The owner (the socket table's `uid`: who created the socket) of each tuple's socket, keyed as
+   * `attributeMany`'s answer, null when the tables list none. Reads the socket tables only: no fd
+   * scan, no process read.
+   */
+  async socketOwners(tuples: readonly ConnectionTuple[]): Promise<Map<string, number | null>> {
+    const norm = tuples.map(normalizeTuple);
+    const { inodeOf, ownerOf } = await this.findSockets(norm);
+    const out = new Map<string, number | null>();
+    for (const t of norm) {
+      const inode = inodeOf.get(tupleKey(t));
+      out.set(tupleKey(t), inode === undefined ? null : (ownerOf.get(inode) ?? null));
+    }
+    return out;
+  }
+
+  /** Each normalized tuple's socket in the tables (tuple key → inode) and each inode's owner uid. */
+  private async findSockets(norm: readonly ConnectionTuple[]): Promise<{ inodeOf: Map<string, number>; ownerOf: Map<number, number> }> {
     const inodeOf = new Map<string, number>();
     const ownerOf = new Map<number, number>();
     // Phase 0 reads each tuple's own family table (tcp for IPv4); phase 1 the dual-stack table
@@ -269,13 +297,7 @@ export class ProcessResolver {
         }
       }
     }
-    const procs = await this.resolveInodes([...inodeOf.values()], ownerOf);
-    const out = new Map<string, ProcessDetails | null>();
-    for (const t of norm) {
-      const inode = inodeOf.get(tupleKey(t));
-      out.set(tupleKey(t), inode === undefined ? null : (procs.get(inode) ?? null));
-    }
-    return out;
+    return { inodeOf, ownerOf };
   }
 }
 
@@ -316,6 +338,15 @@ export interface LocalAttributorOptions extends ResolverOptions {
   /** Skip clients whose address is not one of this host's (they cannot be in our /proc). Default true. */
   readonly onlyLocalClients?: boolean;
   readonly resolver?: ProcessResolver;
+}
+
+/** A client socket and the gateway's socket it talks to (`LocalAttributor.socketOwners`). */
+export interface SocketEnds {
+  readonly proto: SocketProto;
+  readonly clientIp: string;
+  readonly clientPort: number;
+  readonly serverIp: string;
+  readonly serverPort: number;
 }
 
 interface Waiter {
@@ -403,6 +434,32 @@ export class LocalAttributor {
       });
     } catch {
       eventually?.(null);
+      return Promise.resolve(null);
+    }
+  }
+
+  /**
+   * The owner uid of each socket (see `ProcessResolver.socketOwners`), null where none is listed;
+   * null for all when the client address is not this host's, the tables could not be read, or the
+   * answer took longer than the attributor's wait. Not batched with `attribute`: one read of the
+   * tables, which the caller bounds (a SOCKS5 UDP association: one at a time).
+   */
+  socketOwners(sockets: readonly SocketEnds[]): Promise<Array<number | null> | null> {
+    try {
+      if (sockets.length === 0) return Promise.resolve([]);
+      if (this.onlyLocal && !sockets.every((s) => this.isLocalAddress(normalizeIp(s.clientIp)))) return Promise.resolve(null);
+      const tuples: ConnectionTuple[] = sockets.map((s) => ({ proto: s.proto, localIp: s.clientIp, localPort: s.clientPort, remoteIp: s.serverIp, remotePort: s.serverPort }));
+      const lookup = this.resolver.socketOwners(tuples).then(
+        (m) => tuples.map((t) => m.get(tupleKey(normalizeTuple(t))) ?? null),
+        () => null,
+      );
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<null>((resolve) => {
+        timer = setTimeout(() => resolve(null), this.timeoutMs);
+        timer.unref();
+      });
+      return Promise.race([lookup, late]).finally(() => clearTimeout(timer));
+    } catch {
       return Promise.resolve(null);
     }
   }

@@ -65,6 +65,14 @@ export interface ProcessAttributor {
     proto?: 'tcp' | 'udp',
     eventually?: (p: ProcessInfo | null) => void,
   ): Promise<ProcessInfo | null>;
+  /**
+   * The owner uid of each client socket (the socket tables' `uid`), null where none is listed; null
+   * for all when the clients are not on this host or the answer did not come within the wait.
+   * Which user's socket a SOCKS5 UDP association's first datagram came from (socks5-udp-source.ts).
+   */
+  socketOwners?(
+    sockets: ReadonlyArray<{ proto: 'tcp' | 'udp'; clientIp: string; clientPort: number; serverIp: string; serverPort: number }>,
+  ): Promise<Array<number | null> | null>;
 }
 
 /** Name resolution: static answers first, then DNS. Returns addresses in preference order. */

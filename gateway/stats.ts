@@ -161,7 +161,7 @@ export class GatewayStats {
   private skippedRecordsFn: () => number = () => 0;
   private sourceLimitFn: () => SourceLimitStats = () => ({ refusedTotal: 0, sources: 0 });
   private adminFn: () => AdminListenerStats = () => NO_ADMIN_STATS;
-  private socksUdpFn: () => UdpRelayStats = () => ({ heldBytes: 0, heldDroppedTotal: 0, repliesDroppedTotal: 0 });
+  private socksUdpFn: () => UdpRelayStats = () => ({ heldBytes: 0, heldDroppedTotal: 0, repliesDroppedTotal: 0, otherUserDroppedTotal: 0 });
   /**
    * Hot-path counts (every connection, every flow) are plain numbers, handed to prom-client only at
    * scrape time (`collect`): a prom-client inc() hashes and validates its label object each call.
@@ -333,6 +333,12 @@ export class GatewayStats {
       'gw_socks_udp_replies_dropped_total',
       'SOCKS5 UDP replies from destinations dropped: too large for a UDP datagram once the SOCKS UDP header is added',
       () => stats.socksUdpFn().repliesDroppedTotal,
+    );
+    scrapedCounter(
+      registers,
+      'gw_socks_udp_other_user_dropped_total',
+      'SOCKS5 UDP client datagrams not relayed for an association that did not name its port: local attribution found the socket they came from owned by another user than the control connection (or by none)',
+      () => stats.socksUdpFn().otherUserDroppedTotal,
     );
     // Zero the closed label sets so dashboards see every series from the start.
     for (const r of RELOAD_RESULTS) this.configReloadTotal.inc({ result: r }, 0);

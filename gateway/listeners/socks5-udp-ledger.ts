@@ -22,12 +22,18 @@ export interface UdpRelayStats {
   heldDroppedTotal: number;
   /** Replies from destinations dropped since start: too large to carry with the SOCKS UDP header. */
   repliesDroppedTotal: number;
+  /**
+   * Client datagrams dropped since start before the association's port was locked: sent from a
+   * socket the control connection's user does not own (another uid's, or none listed).
+   */
+  otherUserDroppedTotal: number;
 }
 
 export class UdpRelayLedger {
   heldBytes = 0;
   heldDroppedTotal = 0;
   repliesDroppedTotal = 0;
+  otherUserDroppedTotal = 0;
 
   constructor(readonly maxHeldBytes: number = GATEWAY_HELD_BYTES) {}
 
@@ -44,7 +50,7 @@ export class UdpRelayLedger {
   }
 
   stats(): UdpRelayStats {
-    return { heldBytes: this.heldBytes, heldDroppedTotal: this.heldDroppedTotal, repliesDroppedTotal: this.repliesDroppedTotal };
+    return { heldBytes: this.heldBytes, heldDroppedTotal: this.heldDroppedTotal, repliesDroppedTotal: this.repliesDroppedTotal, otherUserDroppedTotal: this.otherUserDroppedTotal };
   }
 }
 

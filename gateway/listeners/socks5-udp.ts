@@ -8,7 +8,9 @@
  *     it is bound its address is one of the gateway's own (ctx.udpRelays), which no association may
  *     name as a destination
  *  2. accept datagrams only from the control connection's client IP; the request's DST.PORT, if
- *     non-zero, narrows it to that port, otherwise the first datagram's source port is locked in
+ *     non-zero, narrows it to that port, otherwise the first datagram's source port is locked in;
+ *     for a client on this host with local attribution on, the first from a socket the control
+ *     connection's user (uid) owns (SourcePortCheck: held while asked, another user's dropped)
  *  3. parse the SOCKS UDP header in place (no allocation); FRAG != 0, malformed headers and
  *     foreign sources are dropped and counted
  *  4. each new destination is admitted once and the answer cached for the association. Up to
@@ -40,7 +42,7 @@ import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dg
 import { isIPv4 } from 'node:net';
 import { isRefusedByPolicy } from '../../policy/detectors/state.ts';
 import type { GatewayRefusalReason, ReasonCode, Verdict } from '../../policy/types.ts';
-import { admit, admitDestination, type DestinationAdmission, gatewayRefusal, type LookedUp, lookUp, needsLookUp, type Refused } from '../admission.ts';
+import { admit, admitDestination, type DestinationAdmission, gatewayRefusal, isLocalAddress, type LookedUp, lookUp, needsLookUp, type Refused } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow, FlowLeg, RoutedFlow } from '../flow/flow.ts';
 import { unmapIPv4 } from '../../policy/address.ts';
@@ -52,6 +54,7 @@ import { type Downstream, type HandshakeResult, refuse } from './socks5-handshak
 import { type Destination, DestinationTable } from './socks5-udp-destinations.ts';
 import { HeldShare, type UdpRelayLedger } from './socks5-udp-ledger.ts';
 import type { RelayBind, UdpRelayPorts } from './socks5-udp-ports.ts';
+import { SourcePortCheck } from './socks5-udp-source.ts';
 
 /** Distinct destinations one association may name; more are dropped (bounded memory). */
 const MAX_DESTINATIONS = 4096;
@@ -96,6 +99,8 @@ interface DropCounts {
   oversized: number;
   /** Payloads too large for one IPv4 datagram to their destination (from an IPv6 client, up to 65,527 bytes). */
   oversizedOut: number;
+  /** Before the lock, from a socket the control connection's user does not own (socks5-udp-source.ts). */
+  otherUser: number;
 }
 
 /** Run a UDP association for a parsed UDP ASSOCIATE request; the handshake left `down` paused. */
@@ -147,7 +152,15 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   const held = new HeldShare(ledger);
   /** When each logged kind of drop was last logged (one warning per DROP_LOG_EVERY_MS each). */
   const loggedAt = { held: Number.NEGATIVE_INFINITY, oversized: Number.NEGATIVE_INFINITY, oversizedOut: Number.NEGATIVE_INFINITY };
-  const drops: DropCounts = { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0, oversized: 0, oversizedOut: 0 };
+  const drops: DropCounts = { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0, oversized: 0, oversizedOut: 0, otherUser: 0 };
+  /**
+   * While no port is locked, for a client on this host with local attribution on: which port's
+   * socket is the control connection's user's (socks5-udp-source.ts); null once locked, or never used.
+   */
+  let sourceCheck: SourcePortCheck | null =
+    clientPort === 0 && ctx.attributor?.socketOwners !== undefined && hs.snapshot.config.identity.localAttribution && isLocalAddress(clientIp)
+      ? new SourcePortCheck(ownersOf, held, { lock: lockSource, otherUser: onOtherUser })
+      : null;
 
   // A request that came during the drain (its handshake under way at SIGTERM): refused as a CONNECT
   // is then (admission: 0x01, one record, block shutting-down), and no relay is bound.
@@ -219,6 +232,50 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     end(hadError ? 'client-reset' : 'closed');
   }
 
+  /** The owners of the datagram sockets at `ports` and of the control connection (SourcePortCheck's lookup). */
+  async function ownersOf(ports: readonly number[]): Promise<{ control: number | null; ports: Array<number | null> } | null> {
+    const attributor = ctx.attributor;
+    if (relay === null || attributor?.socketOwners === undefined) return null;
+    const at = relay.address();
+    const sockets: Array<{ proto: 'tcp' | 'udp'; clientIp: string; clientPort: number; serverIp: string; serverPort: number }> = ports.map((p) => ({ proto: 'udp', clientIp, clientPort: p, serverIp: at.address, serverPort: at.port }));
+    sockets.push({ proto: 'tcp', clientIp, clientPort: down.clientPort, serverIp: localIp, serverPort: socket.localPort ?? 0 });
+    const owners = await attributor.socketOwners(sockets);
+    if (owners === null) return null;
+    return { control: owners[ports.length] ?? null, ports: owners.slice(0, ports.length) };
+  }
+
+  /** Before the lock: hold the datagram while its socket's owner is asked, or drop it (counted). */
+  function checkSource(port: number, msg: Buffer): void {
+    const verdict = (sourceCheck as SourcePortCheck).offer(port, msg);
+    if (verdict === 'other-user') {
+      drops.otherUser++;
+      ledger.otherUserDroppedTotal++;
+    } else if (verdict === 'full') dropHeld();
+  }
+
+  function lockSource(port: number, queue: readonly Buffer[], foreign: number): void {
+    sourceCheck = null;
+    drops.foreign += foreign;
+    if (ended) return;
+    clientPort = port;
+    const from = { address: clientIp, family: relayType === 'udp4' ? 'IPv4' : 'IPv6', port, size: 0 } as RemoteInfo;
+    for (const msg of queue) {
+      if (ended) return;
+      onClientMessage(msg, from);
+    }
+  }
+
+  function onOtherUser(port: number, uid: number | null, controlUid: number, dropped: number): void {
+    drops.otherUser += dropped;
+    ledger.otherUserDroppedTotal += dropped;
+    ctx.log.warn(
+      { listener: 'socks', client: `${clientIp}:${port}`, username: hs.username, uid, controlUid, dropped },
+      uid === null
+        ? 'socks5 udp datagrams not relayed: their socket is not listed, the control connection is held by uid ' + controlUid
+        : 'socks5 udp datagrams not relayed: their socket is another user\'s than the control connection\'s',
+    );
+  }
+
   // 2–5. client → destination: the hot path
   function onClientMessage(msg: Buffer, rinfo: RemoteInfo): void {
     if (rinfo.address !== clientIp || (clientPort !== 0 && rinfo.port !== clientPort)) {
@@ -233,8 +290,15 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       drops.fragments++;
       return;
     }
-    // Only a well-formed datagram locks the source port (when the request did not name one).
-    if (clientPort === 0) clientPort = rinfo.port;
+    // Only a well-formed datagram locks the source port (when the request did not name one); with
+    // local attribution, only one from a socket the control connection's user owns.
+    if (clientPort === 0) {
+      if (sourceCheck !== null) {
+        checkSource(rinfo.port, msg);
+        return;
+      }
+      clientPort = rinfo.port;
+    }
     activity++;
     const dest = dests.find(msg, hdr);
     if (dest === null) newDestination(msg);
@@ -589,6 +653,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     ended = true;
     endReason = reason;
     if (idleTimer) clearInterval(idleTimer);
+    sourceCheck?.close();
     if (relay !== null) {
       relay.removeListener('message', onClientMessage);
       closeQuietly(relay);
@@ -647,7 +712,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       `udp datagrams dropped: ${drops.fragments} fragments, ${drops.foreign} from foreign sources, ${drops.malformed} malformed, ` +
         `${drops.refused} to refused destinations, ${drops.unsolicited} unsolicited replies, ${drops.overflow} over the destination limit, ` +
         `${drops.held} over the limits of datagrams waiting for admission, ${drops.oversized} replies too large for the client, ` +
-        `${drops.oversizedOut} too large for their destination`,
+        `${drops.oversizedOut} too large for their destination, ${drops.otherUser} from another user's socket`,
     ]);
   }
 }

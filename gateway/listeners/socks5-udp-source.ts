@@ -1,0 +1,131 @@
+/**
+ * Which source port a SOCKS5 UDP association that did not name one (UDP ASSOCIATE with port 0, RFC
+ * 1928 §7) locks onto, for a client on the gateway's own host with `identity.localAttribution` on.
+ * Without this the first well-formed datagram from the client's IP locked the port: another local
+ * user's process that sent first (spraying `limits.udpRelayPorts`) was relayed with the
+ * association's identity, an RFC 1929 user's roles borrowed.
+ *
+ * Before the lock, each new source port's datagrams are held (a few per port, within the
+ * association's held bytes) while the socket tables say who owns its socket and who owns the
+ * control connection (one read of the tables, one lookup in flight per association, the ports that
+ * came meanwhile asked together next). The first port whose socket the control connection's owner
+ * (uid) owns is locked and its held datagrams go on; one owned by another uid is remembered (up to
+ * MAX_OTHER_PORTS, oldest forgotten first) and its datagrams dropped and counted; one whose socket
+ * is not listed (closed after sending) is not locked either. When nothing is known of the control
+ * connection (the lookup found nothing, failed or outlasted the attributor's wait), the first port
+ * asked is locked, as before. Once locked, nothing here runs again for the association: a port's
+ * datagrams cost at most one lookup while it is remembered, and a sprayer's many ports queue for
+ * MAX_CANDIDATES places, each batch one read of the tables, so a client that sends after it waits
+ * a lookup or two (its retransmission), not forever.
+ */
+import type { HeldShare } from './socks5-udp-ledger.ts';
+
+/** Source ports with datagrams held while their owner is asked (the lookup's and the next one's). */
+const MAX_CANDIDATES = 16;
+/** Datagrams held per source port while its owner is asked. */
+const MAX_HELD_PER_PORT = 4;
+/** Ports found owned by another user, remembered so their datagrams cost no further lookup. */
+const MAX_OTHER_PORTS = 256;
+
+/** What to do with a datagram from a port not yet locked. */
+export type SourceVerdict = 'held' | 'other-user' | 'full';
+
+/** The uid owning each port's datagram socket (null: not listed) and the control connection's (null: unknown); null: nothing known. */
+export type OwnerLookup = (ports: readonly number[]) => Promise<{ readonly control: number | null; readonly ports: ReadonlyArray<number | null> } | null>;
+
+export interface SourceEvents {
+  /** Lock `port` and relay its held datagrams, in the order they came; `foreign` datagrams of other ports were dropped. */
+  lock(port: number, held: readonly Buffer[], foreign: number): void;
+  /** `port`'s socket belongs to `uid`, not the control connection's `controlUid` (null: no socket listed): `dropped` of its datagrams dropped. */
+  otherUser(port: number, uid: number | null, controlUid: number, dropped: number): void;
+}
+
+export class SourcePortCheck {
+  /** Ports with datagrams held, in the order they first came; those in `asking` are in the lookup now. */
+  private readonly held = new Map<number, Buffer[]>();
+  private asking: readonly number[] | null = null;
+  /** Ports owned by another user, oldest first. */
+  private readonly others = new Map<number, number>();
+  private controlUid: number | null = null;
+  private isDone = false;
+
+  constructor(
+    private readonly lookup: OwnerLookup,
+    private readonly share: HeldShare,
+    private readonly events: SourceEvents,
+  ) {}
+
+  /** A well-formed datagram from `port` before the lock: held for the lookup, or dropped (why). */
+  offer(port: number, msg: Buffer): SourceVerdict {
+    if (this.others.has(port)) return 'other-user';
+    let queue = this.held.get(port);
+    if (queue === undefined) {
+      if (this.held.size >= MAX_CANDIDATES) return 'full';
+      queue = [];
+      this.held.set(port, queue);
+    }
+    if (queue.length >= MAX_HELD_PER_PORT || !this.share.take(msg.length)) return 'full';
+    queue.push(msg);
+    if (this.asking === null) this.ask();
+    return 'held';
+  }
+
+  /** The association ended: held bytes go back, a lookup still running is ignored. */
+  close(): void {
+    this.isDone = true;
+    this.drain();
+  }
+
+  /** Drop every held datagram; how many there were. */
+  private drain(): number {
+    let n = 0;
+    for (const port of [...this.held.keys()]) n += this.release(port);
+    return n;
+  }
+
+  private ask(): void {
+    const ports = [...this.held.keys()];
+    this.asking = ports;
+    this.lookup(ports).then(
+      (r) => this.answered(ports, r),
+      () => this.answered(ports, null),
+    );
+  }
+
+  private answered(ports: readonly number[], r: Awaited<ReturnType<OwnerLookup>>): void {
+    this.asking = null;
+    if (this.isDone) return;
+    if (r !== null && r.control !== null) this.controlUid = r.control;
+    // No answer at all (the wait ran out, the tables unreadable): nothing known, as without attribution.
+    const control = r === null ? null : this.controlUid;
+    for (let i = 0; i < ports.length; i++) {
+      const port = ports[i] as number;
+      const uid = r === null ? null : (r.ports[i] ?? null);
+      // Nothing known of the control connection: the first port is locked, as without attribution.
+      if (control === null || uid === control) {
+        this.isDone = true;
+        const queue = this.held.get(port) ?? [];
+        this.held.delete(port);
+        for (const m of queue) this.share.release(m.length);
+        // The other ports' datagrams are a foreign source's now.
+        this.events.lock(port, queue, this.drain());
+        return;
+      }
+      // A socket not listed (closed after it sent) is asked again should a datagram come from its port later.
+      if (uid !== null) {
+        if (this.others.size >= MAX_OTHER_PORTS) this.others.delete(this.others.keys().next().value as number);
+        this.others.set(port, uid);
+      }
+      this.events.otherUser(port, uid, control, this.release(port));
+    }
+    if (this.held.size > 0) this.ask();
+  }
+
+  /** Drop `port`'s held datagrams; how many there were. */
+  private release(port: number): number {
+    const queue = this.held.get(port) ?? [];
+    this.held.delete(port);
+    for (const m of queue) this.share.release(m.length);
+    return queue.length;
+  }
+}
