@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { createServer } from 'node:net';
 /**
  * Integration tests that need something the machine may lack (IPv6 loopback, openssl, curl with
@@ -22,4 +23,15 @@ export function ipv6LoopbackAvailable(): Promise<boolean> {
     probe.once('error', () => resolve(false));
     probe.listen(0, '::1', () => probe.close(() => resolve(true)));
   });
+}
+
+/** Root on Linux, with setpriv (util-linux) to run a process as another user (nobody). */
+export function canRunAsOtherUser(): boolean {
+  if (process.platform !== 'linux' || process.getuid?.() !== 0) return false;
+  try {
+    execFileSync('setpriv', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -18,11 +18,11 @@
  * 3.6 s, and a renamed nmap was relayed until the scan reached it). Under other users' descriptors,
  * and under large tables of the same user's, the scanner is refused at admission, within its 500 ms.
  */
-import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from 'node:child_process';
+import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { copyFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { skipNotice } from '../helpers/skip-notice.ts';
+import { canRunAsOtherUser, skipNotice } from '../helpers/skip-notice.ts';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LocalAttributor } from '../../agent/attribution.ts';
 import { type TcpOrigin, echoOrigin } from '../helpers/detection-live.ts';
@@ -181,16 +181,6 @@ async function startHolders(n: number, descriptors: number, uid?: number): Promi
   for (const h of holders) expect(await h.next()).toBe('ready');
 }
 
-/** Root, with setpriv (util-linux) to run processes as another user. */
-function canRunAsOtherUser(): boolean {
-  if (process.platform !== 'linux' || process.getuid?.() !== 0) return false;
-  try {
-    execFileSync('setpriv', ['--version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 describe('local attribution slower than admission wait', () => {
   it.skipIf(!skipNotice(process.platform === 'linux', 'local attribution under descriptor pressure', 'needs Linux /proc'))(

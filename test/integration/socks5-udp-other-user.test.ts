@@ -8,7 +8,7 @@
  * as from a foreign source. Now, with local attribution on, a port whose socket another uid owns
  * than the control connection's holder is not locked: its datagrams are dropped, counted, logged.
  */
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
 import { killIfRunning, type Served, spawnServe } from '../helpers/serve-process.ts';
-import { skipNotice } from '../helpers/skip-notice.ts';
+import { canRunAsOtherUser, skipNotice } from '../helpers/skip-notice.ts';
 import { associate, type Cleanups, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
 import { until } from '../helpers/gateway.ts';
 
@@ -29,16 +29,6 @@ afterEach(async () => {
   while (cleanups.length > 0) await cleanups.pop()?.();
 });
 
-/** Root, with setpriv (util-linux) to run a process as nobody. */
-function canRunAsOtherUser(): boolean {
-  if (process.platform !== 'linux' || process.getuid?.() !== 0) return false;
-  try {
-    execFileSync('setpriv', ['--version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** A UDP sink on 127.0.0.1: what it received, as text. */
 async function sink(): Promise<{ socket: UdpSocket; got: string[] }> {
