@@ -7,7 +7,9 @@
  *    throttle first (a check that starts a scrypt derivation is counted against its source before it
  *    runs), then a password check the per-user one; a wrong password or a bad/expired token is
  *    `bad-credentials`, never ignored. A check refused by either throttle or by the full scrypt
- *    queue (shed) is `bad-credentials` too, unchecked and not counted as a failure.
+ *    queue (shed) is `bad-credentials` too, unchecked and not counted as a failure. An empty user
+ *    name (what a malformed Basic value yields) fails at once, counted against its source only: it
+ *    names no user whose budget it could spend.
  * 3. Proxy credentials name the user (the most specific, per-request proof).
  * 4. A valid signed token names the user and/or host (accepted from any source: the MAC is the proof).
  * 5. Plain identity headers name the user/host only from `headers.trustedSources`; from anyone else
@@ -142,12 +144,20 @@ export function createIdentityResolver(opts: IdentityResolverOptions = {}): Gate
 
     // Steps 2–4: checks a guesser could learn from go through the throttle.
     if (hasPassword || token !== undefined) {
-      const username = hasPassword ? claims.username! : null;
+      // An empty name (a malformed Basic value, Basic `:pw`, RFC 1929 ULEN 0) names no account unless
+      // one is configured so: it fails at once, counted against its source only. Under the per-user
+      // budget all such checks, from everyone, shared the one name '' and slowed each other.
+      const namesNoUser = hasPassword && claims.username === '' && !c.credentials.hasUser('');
+      const username = hasPassword && !namesNoUser ? claims.username! : null;
       const password = claims.password ?? '';
       const release = await throttle.acquire(addr.text, username !== null && c.credentials.isCostly(username, password));
       if (release === null) {
         counters.badCredentialsTotal++;
         return { ok: false, reason: 'bad-credentials' };
+      }
+      if (namesNoUser) {
+        release();
+        return fail(addr.text, 'bad-credentials');
       }
       // Only a user over its failure budget waits here (and is shed past its pending share).
       const releaseUser = username === null ? null : await userThrottle.acquire(username);

@@ -55,7 +55,7 @@ afterAll(async () => {
 
 /**
  * A gateway of its own for each path: the malformed-credential cases are failures counted against
- * the source and the (empty) user name, and more than the throttles' free failures would be delayed.
+ * the source, and more than its free failures would be delayed.
  */
 function startGateway(): Promise<TestGateway> {
   const tls = pki as TestPki;
