@@ -80,11 +80,12 @@ export interface HttpListenerState {
   strippedHeaders(snapshot: PolicySnapshot): ReadonlySet<string>;
   /**
    * Why the request's credentials are ambiguous, or null: `Proxy-Authorization` twice
-   * (`duplicate-proxy-authorization`), or the user or host identity header twice from a source
-   * trusted for them (`duplicate-identity-header`; from any other source they are ignored and
-   * stripped as always). A front proxy and the gateway could each take another of the two, so
-   * such a request is refused 400 before admission, as a duplicate Content-Length is. Only a
-   * request that carries one of these fields is looked at further.
+   * (`duplicate-proxy-authorization`), the signed token header twice from any source (a token is
+   * believed from anywhere: `duplicate-signed-token`), or the user or host identity header twice
+   * from a source trusted for them (`duplicate-identity-header`; from any other source they are
+   * ignored and stripped as always). A front proxy and the gateway could each take another of the
+   * two, so such a request is refused 400 before admission, as a duplicate Content-Length is. Only
+   * a request that carries one of these fields is looked at further.
    */
   repeatedCredential(req: RequestHead): string | null;
 }
@@ -127,6 +128,8 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
   let identityNamesFor: PolicySnapshot | null = null;
   let userHeader = '';
   let hostHeader = '';
+  /** '' while no signed token header is configured. */
+  let signedHeader = '';
 
   const state: HttpListenerState = {
     ctx,
@@ -149,7 +152,9 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
         identityNamesFor = snapshot;
         userHeader = snapshot.config.identity.headers.user.toLowerCase();
         hostHeader = snapshot.config.identity.headers.host.toLowerCase();
+        signedHeader = snapshot.config.identity.headers.signed?.header.toLowerCase() ?? '';
       }
+      if (signedHeader !== '' && h[signedHeader] !== undefined && isRepeatedField(raw, signedHeader)) return 'duplicate-signed-token';
       const isRepeated = (h[userHeader] !== undefined && isRepeatedField(raw, userHeader)) || (h[hostHeader] !== undefined && isRepeatedField(raw, hostHeader));
       return isRepeated && ctx.identity.trustsHeadersFrom(req.socket.remoteAddress ?? '', snapshot) ? 'duplicate-identity-header' : null;
     },

@@ -8,6 +8,9 @@
  *  - the user identity header twice from a source trusted for it: the same 400. Before, the joined
  *    value was ignored and the request went on without the user (403 here). From an untrusted source
  *    the fields stay ignored (the request goes on anonymous) and never reach the origin.
+ *  - the signed token header (`identity.headers.signed`) twice, from any source (a token is believed
+ *    from anywhere): the same 400. Before, node:http joined the two, the joined value was a bad
+ *    token, and the request got 407 `auth-required` with a record and a failure counted.
  *  - `Basic<TAB><token>`, `Basic` with no token: malformed credentials, 407 and an `auth-required`
  *    record. Before, both were read as no credentials at all (403 `not-allowlisted`). `basic` and
  *    several spaces before the token are credentials like any (200 as alice).
@@ -17,6 +20,7 @@ import { once } from 'node:events';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { signIdentityToken } from '../../gateway/identity/signed-header.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { createTestPki, hasOpenssl, type TestPki } from '../helpers/tls.ts';
 
@@ -53,6 +57,8 @@ afterAll(async () => {
   await pki?.cleanup();
 });
 
+const SECRET = 'sidecar-secret-for-tokens';
+
 /**
  * A gateway of its own for each path: the malformed-credential cases are failures counted against
  * the source, and more than its free failures would be delayed.
@@ -65,13 +71,15 @@ function startGateway(): Promise<TestGateway> {
     tls: { cert: tls.server.certPath, key: tls.server.keyPath },
     identity: {
       users: [{ name: 'alice', password: 'pw-alice', roles: ['special'] }],
-      headers: { trustedSources: ['127.0.0.2/32'], user: 'x-egress-user', host: 'x-egress-host' },
+      headers: { trustedSources: ['127.0.0.2/32'], user: 'x-egress-user', host: 'x-egress-host', signed: { header: 'x-egress-token', secret: SECRET, maxAgeSec: 60 } },
     },
     roles: { special: { allow: [{ cidr: '127.0.0.1/32', ports: [originPort] }] } },
     defaultRoles: [],
   });
 }
 
+/** A token naming `user`, valid for 30 s. */
+const token = (user: string): string => signIdentityToken({ user, exp: Math.floor(Date.now() / 1000) + 30 }, SECRET);
 const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
 const VALID = b64('alice:pw-alice');
 const WRONG = b64('alice:wrong');
@@ -198,6 +206,28 @@ describe.skipIf(!canRun).each(paths)('%s', (_path, isTls, parts) => {
     expect(gw.logs.some((l) => l.why === 'duplicate-identity-header')).toBe(true);
   });
 
+  it('the signed token header twice, from any source: 400 bad-request, no flow, the origin never dialled', async () => {
+    for (const fields of [
+      [`X-Egress-Token: ${token('alice')}`, `X-Egress-Token: ${token('mallory')}`],
+      [`X-Egress-Token: ${token('mallory')}`, `X-Egress-Token: ${token('alice')}`],
+      [`X-Egress-Token: ${token('alice')}`, `x-egress-token: ${token('alice')}`],
+    ]) {
+      const before = accepts;
+      const a = await exchange(gw, parts(fields), isTls, '127.0.0.1');
+      expect(a.status).toBe(400);
+      expect(JSON.parse(a.body)).toEqual({ error: 'bad request', reason: 'bad-request', flowId: null });
+      await expectNoRecord(gw, a.port);
+      expect(accepts).toBe(before);
+    }
+    expect(gw.logs.some((l) => l.why === 'duplicate-signed-token')).toBe(true);
+  });
+
+  it('the signed token header once names its user (control)', async () => {
+    const a = await exchange(gw, parts([`X-Egress-Token: ${token('alice')}`]), isTls, '127.0.0.1');
+    expect(a.status).toBe(200);
+    expect((await recordOf(gw, a.port)).identity.user).toBe('alice');
+  });
+
   it('the user header once from a trusted source names the user (control)', async () => {
     const a = await exchange(gw, parts(['X-Egress-User: alice']), isTls, '127.0.0.2');
     expect(a.status).toBe(200);
@@ -230,10 +260,11 @@ describe.skipIf(!canRun)('what the origin saw', () => {
     expect(originRead.length).toBeGreaterThan(before);
   });
 
-  it('never a Proxy-Authorization or identity header, on any path', () => {
+  it('never a Proxy-Authorization, identity or token header, on any path', () => {
     // The 200s above reached it: it read their requests, without the credentials.
     expect(originRead).toContain('GET / HTTP/1.1');
     expect(originRead.toLowerCase()).not.toContain('proxy-authorization');
     expect(originRead.toLowerCase()).not.toContain('x-egress-user');
+    expect(originRead.toLowerCase()).not.toContain('x-egress-token');
   });
 });
