@@ -21,9 +21,12 @@
  *
  * A regular file removed from under us (its directory deleted, the file unlinked) still takes every
  * write, into an inode nobody can read: records lost with no error. Every WATCH_MS the open file is
- * checked (one fstat); once it has no name left, the lines written to it since the last check that
- * found it named are read back (/proc/self/fd), and they and everything after go to a new file at the
- * path (its directory made again, as at start). Opening it failing is a failure like a write's.
+ * checked (one fstat) between writes; once it has no name left, the lines written to it
+ * since the last check that found it named are read back (/proc/self/fd), and they and everything
+ * after go to a new file at the path (its directory made again, as at start). Opening it failing is a
+ * failure like a write's. A failed log is not watched: a retry that opens another file at the path
+ * and finds the old one removed (`rm` to make room on a full disk) reads it back the same way, so
+ * what a partial recovery wrote to it since is not lost either.
  */
 import { close as closeFd, fstat, ftruncate, open as openFd, read as readFd, type Stats, write as writeFd } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
@@ -318,6 +321,9 @@ export class AppendLog {
     this.nextFile = null;
     const old = this.file;
     const isSameFile = old !== null && old.dev === next.dev && old.ino === next.ino && old.end === next.end;
+    // The same file: what was in it when last seen named still is (`next` was opened mid-line, maybe).
+    if (isSameFile) next.named = old.named;
+    else if (old?.isRegular && (await isUnlinked(old))) await this.takeBackRemoved(old);
     if (!isSameFile && this.headWritten > 0) {
       const head = this.queue[0] as Buffer;
       const lineStart = head.lastIndexOf(NEWLINE, this.headWritten - 1) + 1;
@@ -340,6 +346,31 @@ export class AppendLog {
     this.isDropping = false;
     this.opts.onStateChange?.({ event: 'recovered', path: this.path, records, failedForMs: Date.now() - failure.since });
     return true;
+  }
+
+  /**
+   * A failed log's file was removed (found by recover(), which has a new file open at the path): what
+   * was written to it since it was last seen named goes first, then the rest of a line a failed write
+   * cut (its start is among the bytes read back), then everything held.
+   */
+  private async takeBackRemoved(old: OpenFile): Promise<void> {
+    const lost = old.end - old.named;
+    // More than the backlog could hold was written by recoveries since it was seen: not read back.
+    const back = lost <= 0 ? Buffer.alloc(0) : lost <= this.backlogLimit ? await readBack(old.fd, old.named, lost) : null;
+    old.named = old.end;
+    if (back !== null) {
+      const head = this.queue[0];
+      if (head !== undefined && this.headWritten > 0) {
+        this.queue[0] = head.subarray(this.headWritten);
+        this.queuedBytes -= this.headWritten;
+        this.headWritten = 0;
+      }
+      if (back.length > 0) {
+        this.queue.unshift(back);
+        this.queuedBytes += back.length;
+      }
+    }
+    this.opts.onStateChange?.({ event: 'replaced', path: this.path, records: back === null ? 0 : countLines(back), unreadBytes: back === null ? lost : 0 });
   }
 
   /** Whether the open file still has a name; between writes of a healthy log only. */
@@ -373,6 +404,8 @@ export class AppendLog {
       this.queue.unshift(unwritten);
       this.queuedBytes += unwritten.length;
     }
+    // Taken back (or not to be had): a recover() from this file must not take them again.
+    file.named = file.end;
     let next: OpenFile;
     try {
       next = await openAppend(this.path);
@@ -504,6 +537,11 @@ async function openAppend(path: string): Promise<OpenFile> {
     closeFd(fd, ignore);
     throw err;
   }
+}
+
+/** True when `file` has no name left (removed from its directory); false if fstat cannot say. */
+function isUnlinked(file: OpenFile): Promise<boolean> {
+  return new Promise((resolve) => fstat(file.fd, (err, st) => resolve(!err && st.nlink === 0)));
 }
 
 /**
