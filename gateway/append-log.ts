@@ -21,7 +21,7 @@
  *
  * A regular file removed from under us (its directory deleted, the file unlinked) still takes every
  * write, into an inode nobody can read: records lost with no error. Every WATCH_MS the open file is
- * checked (one fstat) between writes; once it has no name left, the lines written to it
+ * checked (one fstat), a write in flight or not; once it has no name left, the lines written to it
  * since the last check that found it named are read back (/proc/self/fd), and they and everything
  * after go to a new file at the path (its directory made again, as at start). Opening it failing is a
  * failure like a write's. A failed log is not watched: a retry that opens another file at the path
@@ -118,6 +118,10 @@ export class AppendLog {
   private isWatching = false;
   /** A removed file is being replaced: writes wait for the new one. */
   private isReplacing = false;
+  /** Where the write in flight started in the file (a line's end: a healthy log writes whole lines). */
+  private writeStartsAt = 0;
+  /** The open file, found removed while a write was in flight: replaced once that write is done. */
+  private removedFile: OpenFile | null = null;
   private idleWaiters: Array<() => void> = [];
 
   private constructor(path: string, opts: AppendLogOptions) {
@@ -220,6 +224,7 @@ export class AppendLog {
     this.queuedBytes -= this.headWritten;
     this.headWritten = 0;
     this.isWriting = true;
+    this.writeStartsAt = file.end;
     this.stallTimer = setTimeout(this.onStall, this.opts.stallMs ?? STALL_MS);
     this.stallTimer.unref();
     this.writeFrom(file, data, 0);
@@ -279,7 +284,11 @@ export class AppendLog {
           this.opts.onStateChange?.({ event: 'recovered', path: this.path, records: this.status().backlogRecords, failedForMs: Date.now() - stalledSince });
         }
       }
-      if (this.nextFile) this.takeNextFile();
+      const removed = this.removedFile;
+      this.removedFile = null;
+      // Found removed while this write was in flight (a failed write leaves it to recover()).
+      if (removed !== null && removed === this.file && this.failure === null) void this.replaceRemoved(removed);
+      else if (this.nextFile) this.takeNextFile();
       else this.pump();
     });
   }
@@ -373,17 +382,22 @@ export class AppendLog {
     this.opts.onStateChange?.({ event: 'replaced', path: this.path, records: back === null ? 0 : countLines(back), unreadBytes: back === null ? lost : 0 });
   }
 
-  /** Whether the open file still has a name; between writes of a healthy log only. */
+  /**
+   * Whether the open file still has a name; once a second while the log is healthy, a write in
+   * flight or not (under constant writing a check that waited for a pause could wait for ever).
+   */
   private readonly onWatch = (): void => {
     const file = this.file;
-    if (file === null || !file.isRegular || this.isWatching || this.isWriting || this.isReplacing || this.failure !== null || this.nextFile !== null) return;
-    // No write is in flight: `end` is at a line's end, and in the file fstat looks at.
-    const end = file.end;
+    if (file === null || !file.isRegular || this.isWatching || this.isReplacing || this.failure !== null || this.nextFile !== null) return;
+    // Bytes up to here were written before the fstat starts, and end a line: the file's end between
+    // writes, or where the write in flight started.
+    const end = this.isWriting ? this.writeStartsAt : file.end;
     this.isWatching = true;
     fstat(file.fd, (err, st) => {
       this.isWatching = false;
       if (err || this.file !== file) return;
-      if (st.nlink > 0) file.named = end;
+      if (st.nlink > 0) file.named = Math.max(file.named, end);
+      else if (this.isWriting) this.removedFile = file;
       else void this.replaceRemoved(file);
     });
   };
