@@ -240,7 +240,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   policy.on('change', ({ snapshot, previous }: PolicyChange) => {
     flows.retime(snapshot.config.detection.sampleIntervalMs, snapshot.config.flowLog.interimSec);
     // Records still go where the flow log was opened: whoever moved flowLog.path must hear it.
-    const restartOnly = restartOnlyChanges(previous.config, snapshot.config);
+    const restartOnly = restartOnlyChanges(previous.config, snapshot.config, config);
     if (restartOnly.length > 0) {
       log.warn({ settings: restartOnly, version: snapshot.version, flowLog: config.flowLog.path }, 'these settings apply at the next restart; the running gateway keeps its listeners, logs and state where they are');
     }

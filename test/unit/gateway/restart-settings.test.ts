@@ -15,4 +15,22 @@ describe('restartOnlyChanges', () => {
     b.state.path = '/var/lib/egressgate/state.json';
     expect(restartOnlyChanges(a, b)).toEqual(['listen', 'flowLog.path', 'state.path']);
   });
+
+  it('compares paths as the files they name, and against what is running', () => {
+    const running = defaultConfig();
+    running.flowLog.path = '/var/log/egressgate/flows.jsonl';
+    const same = defaultConfig();
+    same.flowLog.path = '/var/log/egressgate/./x/../flows.jsonl';
+    expect(restartOnlyChanges(running, same, running)).toEqual([]);
+    const relative = defaultConfig();
+    relative.flowLog.path = `${'../'.repeat(process.cwd().split('/').length)}var/log/egressgate/flows.jsonl`;
+    expect(restartOnlyChanges(running, relative, running)).toEqual([]);
+    const moved = defaultConfig();
+    moved.flowLog.path = '/var/log/egressgate/moved.jsonl';
+    expect(restartOnlyChanges(running, moved, running)).toEqual(['flowLog.path']);
+    // Back to the running path after a move: nothing waits for a restart.
+    expect(restartOnlyChanges(moved, running, running)).toEqual([]);
+    const stdout = defaultConfig();
+    expect(restartOnlyChanges(running, stdout, running)).toEqual(['flowLog.path']);
+  });
 });
