@@ -337,7 +337,7 @@ export class GatewayStats {
     scrapedCounter(
       registers,
       'gw_socks_udp_other_user_dropped_total',
-      'SOCKS5 UDP client datagrams not relayed for an association that did not name its port: local attribution found the socket they came from owned by another user than the control connection (or by none)',
+      'SOCKS5 UDP client datagrams not relayed before an association locked its port (named or not): local attribution found the socket they came from owned by another user than the control connection (or by none)',
       () => stats.socksUdpFn().otherUserDroppedTotal,
     );
     // Zero the closed label sets so dashboards see every series from the start.

@@ -1,9 +1,12 @@
 /**
- * Which source port a SOCKS5 UDP association that did not name one (UDP ASSOCIATE with port 0, RFC
- * 1928 §7) locks onto, for a client on the gateway's own host with `identity.localAttribution` on.
- * Without this the first well-formed datagram from the client's IP locked the port: another local
- * user's process that sent first (spraying `limits.udpRelayPorts`) was relayed with the
- * association's identity, an RFC 1929 user's roles borrowed.
+ * Which source port a SOCKS5 UDP association locks onto, for a client on the gateway's own host with
+ * `identity.localAttribution` on: one that did not name its port (UDP ASSOCIATE with port 0, RFC
+ * 1928 §7) or the one it named. Without this the first well-formed datagram from the client's IP
+ * (and the named port) locked the port: another local user's process that sent first (spraying
+ * `limits.udpRelayPorts`, or binding the named port before the client did) was relayed with the
+ * association's identity, an RFC 1929 user's roles borrowed. A named port's datagrams come from
+ * that port alone (any other is a foreign source's before this runs): it is asked once, and locked
+ * or remembered as another user's like any port.
  *
  * Before the lock, each new source port's datagrams are held (a few per port, within the
  * association's held bytes) while the socket tables say who owns its socket and who owns the

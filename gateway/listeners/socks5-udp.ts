@@ -9,8 +9,9 @@
  *     name as a destination
  *  2. accept datagrams only from the control connection's client IP; the request's DST.PORT, if
  *     non-zero, narrows it to that port, otherwise the first datagram's source port is locked in;
- *     for a client on this host with local attribution on, the first from a socket the control
- *     connection's user (uid) owns (SourcePortCheck: held while asked, another user's dropped)
+ *     for a client on this host with local attribution on, either port only once a datagram from it
+ *     came from a socket the control connection's user (uid) owns (SourcePortCheck: held while
+ *     asked, another user's dropped)
  *  3. parse the SOCKS UDP header in place (no allocation); FRAG != 0, malformed headers and
  *     foreign sources are dropped and counted
  *  4. each new destination is admitted once and the answer cached for the association. Up to
@@ -154,11 +155,12 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   const loggedAt = { held: Number.NEGATIVE_INFINITY, oversized: Number.NEGATIVE_INFINITY, oversizedOut: Number.NEGATIVE_INFINITY };
   const drops: DropCounts = { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0, oversized: 0, oversizedOut: 0, otherUser: 0 };
   /**
-   * While no port is locked, for a client on this host with local attribution on: which port's
-   * socket is the control connection's user's (socks5-udp-source.ts); null once locked, or never used.
+   * Until a port is locked (the one the request named, or any), for a client on this host with local
+   * attribution on: whether its socket is the control connection's user's (socks5-udp-source.ts);
+   * null once locked, or never used.
    */
   let sourceCheck: SourcePortCheck | null =
-    clientPort === 0 && ctx.attributor?.socketOwners !== undefined && hs.snapshot.config.identity.localAttribution && isLocalAddress(clientIp)
+    ctx.attributor?.socketOwners !== undefined && hs.snapshot.config.identity.localAttribution && isLocalAddress(clientIp)
       ? new SourcePortCheck(ownersOf, held, { lock: lockSource, otherUser: onOtherUser })
       : null;
 
@@ -291,14 +293,12 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       return;
     }
     // Only a well-formed datagram locks the source port (when the request did not name one); with
-    // local attribution, only one from a socket the control connection's user owns.
-    if (clientPort === 0) {
-      if (sourceCheck !== null) {
-        checkSource(rinfo.port, msg);
-        return;
-      }
-      clientPort = rinfo.port;
+    // local attribution, only one from a socket the control connection's user owns (named or not).
+    if (sourceCheck !== null) {
+      checkSource(rinfo.port, msg);
+      return;
     }
+    if (clientPort === 0) clientPort = rinfo.port;
     activity++;
     const dest = dests.find(msg, hdr);
     if (dest === null) newDestination(msg);

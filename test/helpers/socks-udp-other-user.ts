@@ -1,0 +1,117 @@
+/**
+ * Another local user against a SOCKS5 UDP association, through a real `serve`: a destination only
+ * the association's RFC 1929 user may reach, a python3 run as nobody (setpriv) sending to the relay,
+ * and the gateway's counters and log lines. Needs root and setpriv (canRunAsOtherUser).
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { until } from './gateway.ts';
+import { killIfRunning, type Served, spawnServe } from './serve-process.ts';
+import type { Cleanups } from './socks-udp.ts';
+
+export const TOKEN = 'socks5-udp-other-user-token-0123456789';
+export const PASSWORD = 'alice-pw-0123';
+
+/** A UDP sink on 127.0.0.1: what it received, as text. */
+export async function sink(cleanups: Cleanups): Promise<{ socket: UdpSocket; got: string[] }> {
+  const socket = createSocket('udp4');
+  const got: string[] = [];
+  socket.on('message', (m: Buffer) => got.push(m.toString()));
+  socket.bind(0, '127.0.0.1');
+  await once(socket, 'listening');
+  cleanups.push(() => new Promise<void>((r) => socket.close(() => r())));
+  return { socket, got };
+}
+
+/**
+ * `serve`, enforce, local attribution on or off: alice (RFC 1929) has a role allowing `port` on
+ * 127.0.0.1, the default role does not. The lineage detector is off (it refuses python3 run by
+ * nobody whatever the association: here the identity is what is judged).
+ */
+export async function serveWithAlice(cleanups: Cleanups, port: number, localAttribution: boolean): Promise<{ s: Served; flowLog: string }> {
+  const dir = mkdtempSync(join(tmpdir(), 'egw-udp-other-user-'));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  const flowLog = join(dir, 'flows.jsonl');
+  const config = join(dir, 'config.yaml');
+  writeFileSync(
+    config,
+    `
+mode: enforce
+allowRanges: [127.0.0.0/8]
+roles:
+  secret: { allow: [ { cidr: 127.0.0.1/32, ports: [${port}] } ] }
+  other: { allow: [ { host: nothing.test, ports: [443] } ] }
+defaultRoles: [other]
+detection: { detectors: { an0080.lineage: { enabled: false } } }
+identity:
+  localAttribution: ${localAttribution}
+  users: [ { name: alice, password: ${PASSWORD}, roles: [secret] } ]
+flowLog: { path: ${JSON.stringify(flowLog)} }
+`,
+  );
+  const s = await spawnServe(config, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN } });
+  cleanups.push(() => killIfRunning(s.child));
+  return { s, flowLog };
+}
+
+/** Run `py` (python3 source) as nobody, its stdout collected; killed at cleanup. */
+function asNobody(cleanups: Cleanups, py: string): { child: ChildProcess; out: () => string } {
+  const child = spawn('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', '/usr/bin/python3', '-c', py], { stdio: ['pipe', 'pipe', 'inherit'] });
+  cleanups.push(() => killIfRunning(child));
+  let out = '';
+  child.stdout?.on('data', (b: Buffer) => {
+    out += b.toString();
+  });
+  return { child, out: () => out };
+}
+
+/**
+ * python3 as nobody: an unconnected socket on 127.0.0.1 (port `bindPort`, any when 0) sends `frame`
+ * to the relay `count` times 50 ms apart, then holds it open until stdin closes.
+ */
+export async function otherUser(
+  cleanups: Cleanups,
+  frame: Buffer,
+  relay: { host: string; port: number },
+  count: number,
+  bindPort = 0,
+): Promise<{ child: ChildProcess; port: number }> {
+  const py = [
+    'import socket, sys, time',
+    's = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)',
+    `s.bind(('127.0.0.1', ${bindPort}))`,
+    'print(s.getsockname()[1], flush=True)',
+    `for i in range(${count}):`,
+    `    s.sendto(bytes.fromhex('${frame.toString('hex')}'), ('${relay.host}', ${relay.port}))`,
+    '    time.sleep(0.05)',
+    "print('sent', flush=True)",
+    'sys.stdin.read()',
+  ].join('\n');
+  const { child, out } = asNobody(cleanups, py);
+  await until('the other user sent', () => out().includes('sent'), 5000 + count * 100);
+  return { child, port: Number.parseInt(out(), 10) };
+}
+
+export function socksOf(s: Served): { socksHost: string; socksPort: number } {
+  const i = s.socks.lastIndexOf(':');
+  return { socksHost: s.socks.slice(0, i), socksPort: Number(s.socks.slice(i + 1)) };
+}
+
+/** A counter from the gateway's /metrics (NaN when absent). */
+export async function counter(s: Served, name: string): Promise<number> {
+  const metrics = await (await fetch(`http://${s.admin}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
+  return Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(metrics)?.[1] ?? Number.NaN);
+}
+
+/** The gateway's log lines containing `text`, parsed. */
+export function logLines(s: Served, text: string): Array<Record<string, unknown>> {
+  return s
+    .stderr()
+    .split('\n')
+    .filter((l) => l.includes(text))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}

@@ -1,0 +1,72 @@
+/**
+ * The SOCKS5 UDP source-port owner check (socks5-udp-source.ts), cases it left open, each
+ * reproduced through a real `serve` (enforce, local attribution on) with an RFC 1929 user alice
+ * whose role alone allows a UDP destination on 127.0.0.1, and a python3 run as nobody:
+ *
+ * - An association that names its port (UDP ASSOCIATE 0.0.0.0:P) before the client has bound it:
+ *   nobody bound 127.0.0.1:P first and sent 3 datagrams to the relay, 3 of 3 relayed with alice's
+ *   identity. Now the named port's socket is asked once, as an unnamed one's is: another uid's is
+ *   not relayed.
+ */
+import { createSocket } from 'node:dgram';
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { afterEach, describe, expect, it } from 'vitest';
+import { parseRecords } from '../helpers/flow-records.ts';
+import { until } from '../helpers/gateway.ts';
+import { canRunAsOtherUser, skipNotice } from '../helpers/skip-notice.ts';
+import { associate, type Cleanups, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
+import { counter, logLines, otherUser, PASSWORD, serveWithAlice, sink, socksOf } from '../helpers/socks-udp-other-user.ts';
+
+const cleanups: Cleanups = [];
+const ALICE = { userId: 'alice', password: PASSWORD };
+const canRun = (): boolean => skipNotice(canRunAsOtherUser(), "a SOCKS5 UDP association and another user's socket", 'needs root and setpriv (util-linux)');
+
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()?.();
+});
+
+describe('an association that names its port, another local user bound it first', () => {
+  it.skipIf(!canRun())(
+    "nobody's datagrams from the named port are not relayed, counted and logged once; alice's own named port is relayed, recorded with her process",
+    async () => {
+      const dest = await sink(cleanups);
+      const to = dest.socket.address().port;
+      const { s, flowLog } = await serveWithAlice(cleanups, to, true);
+      // The port alice names, not bound when she names it: taken from a socket closed at once.
+      const named = createSocket('udp4');
+      named.bind(0, '127.0.0.1');
+      await once(named, 'listening');
+      const port = named.address().port;
+      const a = await associate(socksOf(s), named, cleanups, { auth: ALICE });
+      await new Promise<void>((r) => named.close(() => r()));
+      await otherUser(cleanups, udpFrame('127.0.0.1', to, Buffer.from('from nobody')), a.relay, 3, port);
+      // The gateway has read them (loopback delivers at the send) and looked up their socket's owner.
+      const judged = async (): Promise<number> => (await counter(s, 'gw_socks_udp_other_user_dropped_total')) + (await counter(s, 'gw_socks_udp_held_dropped_total'));
+      await until("nobody's datagrams relayed or dropped", async () => dest.got.length > 0 || (await judged()) >= 3, 5000);
+      await new Promise((r) => setTimeout(r, 200));
+      expect(dest.got).toEqual([]);
+      expect(await counter(s, 'gw_socks_udp_other_user_dropped_total')).toBe(3);
+      const log = logLines(s, 'another user');
+      expect(log).toHaveLength(1);
+      expect(log[0]).toMatchObject({ client: `127.0.0.1:${port}`, username: 'alice', uid: 65534, controlUid: 0 });
+      a.control.destroy();
+
+      // Alice's own client, bound before it names its port: asked once, locked, relayed in order.
+      const client = await udpSocket(cleanups);
+      const b = await associate(socksOf(s), client, cleanups, { auth: ALICE });
+      for (let i = 0; i < 3; i++) await sendTo(client, udpFrame('127.0.0.1', to, Buffer.from(`from alice ${i}`)), b.relay);
+      await until('alice relayed', () => dest.got.length >= 3, 5000);
+      expect(dest.got).toEqual(['from alice 0', 'from alice 1', 'from alice 2']);
+      b.control.destroy();
+      await until('both associations recorded', () => parseRecords(readFileSync(flowLog, 'utf8')).filter((r) => r.protocol === 'socks5-udp').length >= 2, 5000);
+      const records = parseRecords(readFileSync(flowLog, 'utf8')).filter((r) => r.protocol === 'socks5-udp');
+      const squatted = records.find((r) => r.client.port === port);
+      expect(squatted?.bytesOut).toBe(0);
+      expect(squatted?.reasons.find((r) => r.startsWith('udp datagrams dropped:'))).toContain("3 from another user's socket");
+      const own = records.find((r) => r.client.port === client.address().port);
+      expect(own).toMatchObject({ verdict: 'allow', bytesOut: 'from alice 0'.length * 3 });
+      expect(own?.identity.process).toMatchObject({ pid: process.pid, uid: 0, user: 'root' });
+    },
+  );
+});
