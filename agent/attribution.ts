@@ -440,25 +440,20 @@ export class LocalAttributor {
 
   /**
    * The owner uid of each socket (see `ProcessResolver.socketOwners`), null where none is listed;
-   * null for all when the client address is not this host's, the tables could not be read, or the
-   * answer took longer than the attributor's wait. Not batched with `attribute`: one read of the
-   * tables, which the caller bounds (a SOCKS5 UDP association: one at a time).
+   * null for all when the client address is not this host's or the lookup failed. Not bounded by
+   * the attributor's wait: the caller bounds its own (a SOCKS5 UDP association drops its held
+   * datagrams when that runs out and takes this answer when it comes), and not batched with
+   * `attribute`: one read of the tables, which the caller bounds (an association: one at a time).
    */
   socketOwners(sockets: readonly SocketEnds[]): Promise<Array<number | null> | null> {
     try {
       if (sockets.length === 0) return Promise.resolve([]);
       if (this.onlyLocal && !sockets.every((s) => this.isLocalAddress(normalizeIp(s.clientIp)))) return Promise.resolve(null);
       const tuples: ConnectionTuple[] = sockets.map((s) => ({ proto: s.proto, localIp: s.clientIp, localPort: s.clientPort, remoteIp: s.serverIp, remotePort: s.serverPort }));
-      const lookup = this.resolver.socketOwners(tuples).then(
+      return this.resolver.socketOwners(tuples).then(
         (m) => tuples.map((t) => m.get(tupleKey(normalizeTuple(t))) ?? null),
         () => null,
       );
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<null>((resolve) => {
-        timer = setTimeout(() => resolve(null), this.timeoutMs);
-        timer.unref();
-      });
-      return Promise.race([lookup, late]).finally(() => clearTimeout(timer));
     } catch {
       return Promise.resolve(null);
     }

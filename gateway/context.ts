@@ -67,8 +67,9 @@ export interface ProcessAttributor {
   ): Promise<ProcessInfo | null>;
   /**
    * The owner uid of each client socket (the socket tables' `uid`), null where none is listed; null
-   * for all when the clients are not on this host or the answer did not come within the wait.
-   * Which user's socket a SOCKS5 UDP association's first datagram came from (socks5-udp-source.ts).
+   * for all when the clients are not on this host or the lookup failed. Not bounded by a wait (the
+   * caller bounds its own): which user's socket a SOCKS5 UDP association's first datagram came from
+   * (socks5-udp-source.ts).
    */
   socketOwners?(
     sockets: ReadonlyArray<{ proto: 'tcp' | 'udp'; clientIp: string; clientPort: number; serverIp: string; serverPort: number }>,

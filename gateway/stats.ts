@@ -161,7 +161,7 @@ export class GatewayStats {
   private skippedRecordsFn: () => number = () => 0;
   private sourceLimitFn: () => SourceLimitStats = () => ({ refusedTotal: 0, sources: 0 });
   private adminFn: () => AdminListenerStats = () => NO_ADMIN_STATS;
-  private socksUdpFn: () => UdpRelayStats = () => ({ heldBytes: 0, heldDroppedTotal: 0, repliesDroppedTotal: 0, otherUserDroppedTotal: 0 });
+  private socksUdpFn: () => UdpRelayStats = () => ({ heldBytes: 0, heldDroppedTotal: 0, repliesDroppedTotal: 0, otherUserDroppedTotal: 0, ownerUnknownDroppedTotal: 0 });
   /**
    * Hot-path counts (every connection, every flow) are plain numbers, handed to prom-client only at
    * scrape time (`collect`): a prom-client inc() hashes and validates its label object each call.
@@ -339,6 +339,12 @@ export class GatewayStats {
       'gw_socks_udp_other_user_dropped_total',
       'SOCKS5 UDP client datagrams not relayed before an association locked its port (named or not): local attribution found the socket they came from owned by another user than the control connection (or by none)',
       () => stats.socksUdpFn().otherUserDroppedTotal,
+    );
+    scrapedCounter(
+      registers,
+      'gw_socks_udp_owner_unknown_dropped_total',
+      'SOCKS5 UDP client datagrams not relayed before an association locked its port: local attribution did not tell within its wait whose socket they came from (the lookup goes on and its answer decides)',
+      () => stats.socksUdpFn().ownerUnknownDroppedTotal,
     );
     // Zero the closed label sets so dashboards see every series from the start.
     for (const r of RELOAD_RESULTS) this.configReloadTotal.inc({ result: r }, 0);

@@ -27,6 +27,11 @@ export interface UdpRelayStats {
    * socket the control connection's user does not own (another uid's, or none listed).
    */
   otherUserDroppedTotal: number;
+  /**
+   * Client datagrams dropped since start before the association's port was locked: their socket's
+   * owner was not known within the wait (a lookup that outlasted it, or told nothing).
+   */
+  ownerUnknownDroppedTotal: number;
 }
 
 export class UdpRelayLedger {
@@ -34,6 +39,7 @@ export class UdpRelayLedger {
   heldDroppedTotal = 0;
   repliesDroppedTotal = 0;
   otherUserDroppedTotal = 0;
+  ownerUnknownDroppedTotal = 0;
 
   constructor(readonly maxHeldBytes: number = GATEWAY_HELD_BYTES) {}
 
@@ -50,7 +56,13 @@ export class UdpRelayLedger {
   }
 
   stats(): UdpRelayStats {
-    return { heldBytes: this.heldBytes, heldDroppedTotal: this.heldDroppedTotal, repliesDroppedTotal: this.repliesDroppedTotal, otherUserDroppedTotal: this.otherUserDroppedTotal };
+    return {
+      heldBytes: this.heldBytes,
+      heldDroppedTotal: this.heldDroppedTotal,
+      repliesDroppedTotal: this.repliesDroppedTotal,
+      otherUserDroppedTotal: this.otherUserDroppedTotal,
+      ownerUnknownDroppedTotal: this.ownerUnknownDroppedTotal,
+    };
   }
 }
 

@@ -14,12 +14,15 @@
  * came meanwhile asked together next). The first port whose socket the control connection's owner
  * (uid) owns is locked and its held datagrams go on; one owned by another uid is remembered (up to
  * MAX_OTHER_PORTS, oldest forgotten first) and its datagrams dropped and counted; one whose socket
- * is not listed (closed after sending) is not locked either. When nothing is known of the control
- * connection (the lookup found nothing, failed or outlasted the attributor's wait), the first port
- * asked is locked, as before. Once locked, nothing here runs again for the association: a port's
- * datagrams cost at most one lookup while it is remembered, and a sprayer's many ports queue for
- * MAX_CANDIDATES places, each batch one read of the tables, so a client that sends after it waits
- * a lookup or two (its retransmission), not forever.
+ * is not listed (closed after sending) is not locked either. A lookup that outlasts OWNER_WAIT_MS
+ * (tens of thousands of sockets in the tables) fails closed: the held datagrams are dropped and
+ * counted, and so is every datagram that comes while it still runs; it goes on, and its answer
+ * decides as above (a port locked then has its next datagram relayed). A lookup that could tell
+ * nothing (null: failed) fails closed too, the next datagram asking again. When the tables list no
+ * control connection (a host without them, which no other user can arrange) the first port asked
+ * is locked, as without attribution. Once locked, nothing here runs again for the association: a port's datagrams cost at most one lookup while it is remembered, and a sprayer's
+ * many ports queue for MAX_CANDIDATES places, each batch one read of the tables, so a client that
+ * sends after it waits a lookup or two (its retransmission), not forever.
  */
 import type { HeldShare } from './socks5-udp-ledger.ts';
 
@@ -29,11 +32,16 @@ const MAX_CANDIDATES = 16;
 const MAX_HELD_PER_PORT = 4;
 /** Ports found owned by another user, remembered so their datagrams cost no further lookup. */
 const MAX_OTHER_PORTS = 256;
+/** How long held datagrams wait for their owners, as admission waits for local attribution (main.ts). */
+export const OWNER_WAIT_MS = 500;
 
 /** What to do with a datagram from a port not yet locked. */
-export type SourceVerdict = 'held' | 'other-user' | 'full';
+export type SourceVerdict = 'held' | 'other-user' | 'full' | 'unknown';
 
-/** The uid owning each port's datagram socket (null: not listed) and the control connection's (null: unknown); null: nothing known. */
+/**
+ * The uid owning each port's datagram socket (null: not listed) and the control connection's (null:
+ * not listed); null: nothing known. Not bounded in time: SourcePortCheck bounds its own wait.
+ */
 export type OwnerLookup = (ports: readonly number[]) => Promise<{ readonly control: number | null; readonly ports: ReadonlyArray<number | null> } | null>;
 
 export interface SourceEvents {
@@ -41,6 +49,8 @@ export interface SourceEvents {
   lock(port: number, held: readonly Buffer[], foreign: number): void;
   /** `port`'s socket belongs to `uid`, not the control connection's `controlUid` (null: no socket listed): `dropped` of its datagrams dropped. */
   otherUser(port: number, uid: number | null, controlUid: number, dropped: number): void;
+  /** `dropped` datagrams dropped because their socket's owner was not known within the wait (or at all). */
+  unknown(dropped: number): void;
 }
 
 export class SourcePortCheck {
@@ -51,16 +61,21 @@ export class SourcePortCheck {
   private readonly others = new Map<number, number>();
   private controlUid: number | null = null;
   private isDone = false;
+  /** The running lookup outlasted the wait: datagrams are dropped until it answers. */
+  private isLate = false;
+  private waitTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly lookup: OwnerLookup,
     private readonly share: HeldShare,
     private readonly events: SourceEvents,
+    private readonly waitMs: number = OWNER_WAIT_MS,
   ) {}
 
   /** A well-formed datagram from `port` before the lock: held for the lookup, or dropped (why). */
   offer(port: number, msg: Buffer): SourceVerdict {
     if (this.others.has(port)) return 'other-user';
+    if (this.isLate) return 'unknown';
     let queue = this.held.get(port);
     if (queue === undefined) {
       if (this.held.size >= MAX_CANDIDATES) return 'full';
@@ -76,6 +91,7 @@ export class SourcePortCheck {
   /** The association ended: held bytes go back, a lookup still running is ignored. */
   close(): void {
     this.isDone = true;
+    this.stopWaiting();
     this.drain();
   }
 
@@ -89,24 +105,46 @@ export class SourcePortCheck {
   private ask(): void {
     const ports = [...this.held.keys()];
     this.asking = ports;
+    this.waitTimer = setTimeout(() => this.outwaited(), this.waitMs);
+    this.waitTimer.unref();
     this.lookup(ports).then(
       (r) => this.answered(ports, r),
       () => this.answered(ports, null),
     );
   }
 
+  /** The lookup outlasted the wait: fail closed, its held datagrams and those that come until it answers dropped. */
+  private outwaited(): void {
+    this.waitTimer = null;
+    if (this.isDone) return;
+    this.isLate = true;
+    this.events.unknown(this.drain());
+  }
+
+  private stopWaiting(): void {
+    if (this.waitTimer !== null) clearTimeout(this.waitTimer);
+    this.waitTimer = null;
+    this.isLate = false;
+  }
+
   private answered(ports: readonly number[], r: Awaited<ReturnType<OwnerLookup>>): void {
     this.asking = null;
+    this.stopWaiting();
     if (this.isDone) return;
-    if (r !== null && r.control !== null) this.controlUid = r.control;
-    // No answer at all (the wait ran out, the tables unreadable): nothing known, as without attribution.
-    const control = r === null ? null : this.controlUid;
+    // Nothing known (the tables could not tell): fail closed, the next datagram asks again.
+    if (r === null) {
+      this.events.unknown(this.drain());
+      return;
+    }
+    if (r.control !== null) this.controlUid = r.control;
+    const control = this.controlUid;
     for (let i = 0; i < ports.length; i++) {
       const port = ports[i] as number;
-      const uid = r === null ? null : (r.ports[i] ?? null);
-      // Nothing known of the control connection: the first port is locked, as without attribution.
+      const uid = r.ports[i] ?? null;
+      // The tables list no control connection (a host without them): the first port is locked, as without attribution.
       if (control === null || uid === control) {
         this.isDone = true;
+        // Held datagrams of a port asked late were dropped at the wait's end: it locks with none.
         const queue = this.held.get(port) ?? [];
         this.held.delete(port);
         for (const m of queue) this.share.release(m.length);

@@ -11,7 +11,7 @@
  *     non-zero, narrows it to that port, otherwise the first datagram's source port is locked in;
  *     for a client on this host with local attribution on, either port only once a datagram from it
  *     came from a socket the control connection's user (uid) owns (SourcePortCheck: held while
- *     asked, another user's dropped)
+ *     asked, another user's dropped, an owner not known in time dropped)
  *  3. parse the SOCKS UDP header in place (no allocation); FRAG != 0, malformed headers and
  *     foreign sources are dropped and counted
  *  4. each new destination is admitted once and the answer cached for the association. Up to
@@ -102,6 +102,8 @@ interface DropCounts {
   oversizedOut: number;
   /** Before the lock, from a socket the control connection's user does not own (socks5-udp-source.ts). */
   otherUser: number;
+  /** Before the lock, while their socket's owner was not known: the lookup outlasted its wait, or told nothing. */
+  ownerUnknown: number;
 }
 
 /** Run a UDP association for a parsed UDP ASSOCIATE request; the handshake left `down` paused. */
@@ -152,8 +154,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   let opening: Promise<void> = Promise.resolve();
   const held = new HeldShare(ledger);
   /** When each logged kind of drop was last logged (one warning per DROP_LOG_EVERY_MS each). */
-  const loggedAt = { held: Number.NEGATIVE_INFINITY, oversized: Number.NEGATIVE_INFINITY, oversizedOut: Number.NEGATIVE_INFINITY };
-  const drops: DropCounts = { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0, oversized: 0, oversizedOut: 0, otherUser: 0 };
+  const loggedAt = { held: Number.NEGATIVE_INFINITY, oversized: Number.NEGATIVE_INFINITY, oversizedOut: Number.NEGATIVE_INFINITY, ownerUnknown: Number.NEGATIVE_INFINITY };
+  const drops: DropCounts = { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0, oversized: 0, oversizedOut: 0, otherUser: 0, ownerUnknown: 0 };
   /**
    * Until a port is locked (the one the request named, or any), for a client on this host with local
    * attribution on: whether its socket is the control connection's user's (socks5-udp-source.ts);
@@ -161,7 +163,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
    */
   let sourceCheck: SourcePortCheck | null =
     ctx.attributor?.socketOwners !== undefined && hs.snapshot.config.identity.localAttribution && isLocalAddress(clientIp)
-      ? new SourcePortCheck(ownersOf, held, { lock: lockSource, otherUser: onOtherUser })
+      ? new SourcePortCheck(ownersOf, held, { lock: lockSource, otherUser: onOtherUser, unknown: onOwnerUnknown })
       : null;
 
   // A request that came during the drain (its handshake under way at SIGTERM): refused as a CONNECT
@@ -252,7 +254,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     if (verdict === 'other-user') {
       drops.otherUser++;
       ledger.otherUserDroppedTotal++;
-    } else if (verdict === 'full') dropHeld();
+    } else if (verdict === 'unknown') onOwnerUnknown(1);
+    else if (verdict === 'full') dropHeld();
   }
 
   function lockSource(port: number, queue: readonly Buffer[], foreign: number): void {
@@ -275,6 +278,17 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       uid === null
         ? 'socks5 udp datagrams not relayed: their socket is not listed, the control connection is held by uid ' + controlUid
         : 'socks5 udp datagrams not relayed: their socket is another user\'s than the control connection\'s',
+    );
+  }
+
+  /** Datagrams dropped before the lock, their socket's owner not known in time: logged once per DROP_LOG_EVERY_MS. */
+  function onOwnerUnknown(dropped: number): void {
+    drops.ownerUnknown += dropped;
+    ledger.ownerUnknownDroppedTotal += dropped;
+    if (dropped === 0 || !isLogDue('ownerUnknown')) return;
+    ctx.log.warn(
+      { listener: 'socks', client: clientIp, username: hs.username, dropped: drops.ownerUnknown },
+      "socks5 udp datagrams not relayed: their socket's owner was not known in time (the lookup goes on)",
     );
   }
 
@@ -712,7 +726,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       `udp datagrams dropped: ${drops.fragments} fragments, ${drops.foreign} from foreign sources, ${drops.malformed} malformed, ` +
         `${drops.refused} to refused destinations, ${drops.unsolicited} unsolicited replies, ${drops.overflow} over the destination limit, ` +
         `${drops.held} over the limits of datagrams waiting for admission, ${drops.oversized} replies too large for the client, ` +
-        `${drops.oversizedOut} too large for their destination, ${drops.otherUser} from another user's socket`,
+        `${drops.oversizedOut} too large for their destination, ${drops.otherUser} from another user's socket, ` +
+        `${drops.ownerUnknown} whose socket's owner was not known in time`,
     ]);
   }
 }

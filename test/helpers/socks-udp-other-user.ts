@@ -96,6 +96,33 @@ export async function otherUser(
   return { child, port: Number.parseInt(out(), 10) };
 }
 
+/**
+ * `processes` python3s as nobody, each holding `each` UDP sockets bound on its own loopback address
+ * (127.0.0.2 on), so /proc/net/udp lists them all: a table that takes long to read. Resolves once
+ * all are bound; they close at cleanup.
+ */
+export async function udpSocketHoarders(cleanups: Cleanups, processes: number, each: number): Promise<void> {
+  const hoarders = Array.from({ length: processes }, (_, i) =>
+    asNobody(
+      cleanups,
+      [
+        'import resource, socket, sys',
+        'soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)',
+        `want = ${each + 64}`,
+        'if soft < want: resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))',
+        'socks = []',
+        `for i in range(${each}):`,
+        '    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)',
+        `    s.bind(('127.0.0.${i + 2}', 0))`,
+        '    socks.append(s)',
+        "print('bound', flush=True)",
+        'sys.stdin.read()',
+      ].join('\n'),
+    ),
+  );
+  await until('the sockets bound', () => hoarders.every((h) => h.out().includes('bound')), 60_000);
+}
+
 export function socksOf(s: Served): { socksHost: string; socksPort: number } {
   const i = s.socks.lastIndexOf(':');
   return { socksHost: s.socks.slice(0, i), socksPort: Number(s.socks.slice(i + 1)) };

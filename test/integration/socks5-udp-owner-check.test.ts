@@ -1,5 +1,5 @@
 /**
- * The SOCKS5 UDP source-port owner check (socks5-udp-source.ts), cases it left open, each
+ * The SOCKS5 UDP source-port owner check (socks5-udp-source.ts), two cases it left open, each
  * reproduced through a real `serve` (enforce, local attribution on) with an RFC 1929 user alice
  * whose role alone allows a UDP destination on 127.0.0.1, and a python3 run as nobody:
  *
@@ -7,6 +7,11 @@
  *   nobody bound 127.0.0.1:P first and sent 3 datagrams to the relay, 3 of 3 relayed with alice's
  *   identity. Now the named port's socket is asked once, as an unnamed one's is: another uid's is
  *   not relayed.
+ * - A lookup slower than the attributor's 500 ms wait: nobody holding 57,000 UDP sockets (3
+ *   processes of 19,000; /proc/net/udp then takes 1.1-1.6 s to read here) and sending first to an
+ *   association that named no port was locked and relayed (the first port asked was locked when the
+ *   wait ran out). Now the datagrams of a port whose owner is not known in time are dropped and
+ *   counted, the lookup goes on, and its answer decides: nobody's port is refused, alice's locks.
  */
 import { createSocket } from 'node:dgram';
 import { once } from 'node:events';
@@ -16,7 +21,7 @@ import { parseRecords } from '../helpers/flow-records.ts';
 import { until } from '../helpers/gateway.ts';
 import { canRunAsOtherUser, skipNotice } from '../helpers/skip-notice.ts';
 import { associate, type Cleanups, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
-import { counter, logLines, otherUser, PASSWORD, serveWithAlice, sink, socksOf } from '../helpers/socks-udp-other-user.ts';
+import { counter, logLines, otherUser, PASSWORD, serveWithAlice, sink, socksOf, udpSocketHoarders } from '../helpers/socks-udp-other-user.ts';
 
 const cleanups: Cleanups = [];
 const ALICE = { userId: 'alice', password: PASSWORD };
@@ -68,5 +73,43 @@ describe('an association that names its port, another local user bound it first'
       expect(own).toMatchObject({ verdict: 'allow', bytesOut: 'from alice 0'.length * 3 });
       expect(own?.identity.process).toMatchObject({ pid: process.pid, uid: 0, user: 'root' });
     },
+  );
+});
+
+describe("an association that names no port, its owner lookup slower than the attributor's wait", () => {
+  it.skipIf(!canRun())(
+    "under 57,000 of nobody's UDP sockets: nobody's datagrams are not relayed, alice's client locks once its owner is known",
+    async () => {
+      const dest = await sink(cleanups);
+      const to = dest.socket.address().port;
+      const { s, flowLog } = await serveWithAlice(cleanups, to, true);
+      await udpSocketHoarders(cleanups, 3, 19_000);
+      const client = await udpSocket(cleanups);
+      const a = await associate(socksOf(s), client, cleanups, { auth: ALICE, announcePort: false });
+      const other = await otherUser(cleanups, udpFrame('127.0.0.1', to, Buffer.from('from nobody')), a.relay, 20);
+      // Alice's client retransmits until relayed (at most 40 times, 250 ms apart).
+      let sent = 0;
+      while (sent < 40 && dest.got.length === 0) {
+        await sendTo(client, udpFrame('127.0.0.1', to, Buffer.from('from alice')), a.relay);
+        sent++;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      // Nobody's socket is still open and it sent first: had its port been locked, its datagrams would be here.
+      expect(dest.got.length).toBeGreaterThan(0);
+      expect(new Set(dest.got)).toEqual(new Set(['from alice']));
+      // Nobody's 20 and alice's not relayed are every one dropped before the lock, some as not known in time.
+      const [otherUserDrops, heldDrops, unknownDrops] = await Promise.all(['other_user', 'held', 'owner_unknown'].map((k) => counter(s, `gw_socks_udp_${k}_dropped_total`)));
+      expect(unknownDrops).toBeGreaterThan(0);
+      expect((otherUserDrops as number) + (heldDrops as number) + (unknownDrops as number)).toBe(20 + sent - dest.got.length);
+      // The lookup's answer, when it came, named nobody's port as another user's.
+      expect(logLines(s, 'another user').map((l) => [l.client, l.uid])).toContainEqual([`127.0.0.1:${other.port}`, 65534]);
+      expect(logLines(s, 'not known in time').length).toBeGreaterThan(0);
+      a.control.destroy();
+      await until('the association recorded', () => parseRecords(readFileSync(flowLog, 'utf8')).some((r) => r.protocol === 'socks5-udp'), 5000);
+      const [rec] = parseRecords(readFileSync(flowLog, 'utf8')).filter((r) => r.protocol === 'socks5-udp');
+      expect(rec).toMatchObject({ verdict: 'allow', client: { ip: '127.0.0.1', port: client.address().port } });
+      expect(rec?.reasons.find((r) => r.startsWith('udp datagrams dropped:'))).toContain(`${unknownDrops} whose socket's owner was not known in time`);
+    },
+    120_000,
   );
 });
