@@ -379,6 +379,9 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     }
     const isGraceOver = flows.activeCount > 0;
     for (const id of [...flows.activeFlows().keys()]) flows.kill(id, killReasonNow);
+    // A flow killed while admission awaited its DNS lookup is answered by its listener (0x01, 503)
+    // in the promise callbacks the kill set off: let them run before the connections are closed.
+    if (isGraceOver) await new Promise<void>((r) => setImmediate(r));
     httpServer.closeAllConnections();
     httpsServer?.closeAllConnections();
     // SOCKS5 handshakes under way at SIGTERM whose request never came (one that came was refused).

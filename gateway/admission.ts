@@ -192,10 +192,11 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   let ip: string | null = knownAddress(snapshot, req.destHost);
   let alternates = NO_ALTERNATES;
   let dnsError: GatewayErrorCode | null = null;
-  if (ip === null) ({ ip, alternates, dnsError } = req.lookedUp ?? (await lookUp(ctx, req.destHost, flow.client.ip)));
-  if (attribution) await attachProcess(ctx, flow, attribution);
-  // Killed while it was looked up (admin DELETE, a late report's detector, the drain's end): the
-  // lookup could not be cancelled, but its answer is not used and nothing is dialled.
+  if (ip === null) ({ ip, alternates, dnsError } = req.lookedUp ?? (await lookUpUntilKilled(ctx, flow, req.destHost)));
+  if (attribution && flow.state !== 'closed') await attachProcess(ctx, flow, attribution);
+  // Killed while it was looked up (admin DELETE, a late report's detector, the drain's end, the
+  // client leaving): answered now, not when the lookup ends (after the process, at the drain's end).
+  // The lookup cannot be cancelled: its answer is not used and nothing is dialled.
   if (flow.state === 'closed') return killedMeanwhile(flow);
   if (ip) ctx.flows.setDestinationIp(flow, ip);
   // 6. self-dial
@@ -452,6 +453,27 @@ export async function lookUp(ctx: GatewayContext, host: string, requester: strin
   // staggered after it, families interleaved (dialOrder).
   const ip = ips.find((a) => isIPv4(a)) ?? (ips[0] as string);
   return { ip, alternates: ips.length > 1 ? dialOrder(ips, ip) : NO_ALTERNATES, dnsError: null };
+}
+
+/** What admission's wait for a lookup ends with when its flow is killed meanwhile (the answer is not used). */
+const KILLED_LOOKUP: LookedUp = Object.freeze({ ip: null, alternates: NO_ALTERNATES, dnsError: null });
+
+/**
+ * `lookUp` for a flow admission holds: a kill meanwhile (FlowTable.kill calls `flow.abort`) ends the
+ * wait at once, so the client is answered what the kill means then, not when the lookup ends: a
+ * name whose servers do not answer held it for `resolver.timeoutMs`, and at a drain's end past the
+ * process's exit (a SOCKS5 client got no reply; an HTTP CONNECT held the exit). One closure per
+ * looked-up flow, registered only while the lookup is under way.
+ */
+function lookUpUntilKilled(ctx: GatewayContext, flow: RoutedFlow, host: string): Promise<LookedUp> {
+  return new Promise((resolve) => {
+    const onKill = (): void => resolve(KILLED_LOOKUP);
+    flow.abort = onKill;
+    void lookUp(ctx, host, flow.client.ip).then((answer) => {
+      if (flow.abort === onKill) flow.abort = null;
+      resolve(answer);
+    });
+  });
 }
 
 /**

@@ -178,7 +178,10 @@ export class Flow {
    * the detectors instead of the flow's totals; null for a flow to one destination.
    */
   legs: FlowLeg[] | null = null;
-  /** Registered by whoever holds the sockets: tears both sides down at once (TCP reset). */
+  /**
+   * Registered by whoever holds the sockets: tears both sides down at once (TCP reset). While
+   * admission awaits the flow's DNS lookup, its own: a kill ends that wait (admission.ts lookUpUntilKilled).
+   */
   abort: ((reason: string) => void) | null = null;
   /**
    * The socket of the dial under way for this flow (gateway/upstream/dial.ts sets it as it connects),

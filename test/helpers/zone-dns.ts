@@ -2,7 +2,8 @@
  * A tiny authoritative DNS server on a loopback address (UDP port 53, for a resolv.conf `nameserver`
  * line): answers A and AAAA queries from a zone the test gives (name → addresses, in order), NXDOMAIN
  * for names it does not know, SERVFAIL for names under `.servfail.test`, nothing at all for names
- * under `.dead.test`. A zone entry may be a function, called per query (a rebinding name answering
+ * under `.dead.test`, and, for names under `.held.test`, its answer only when the test calls
+ * `releaseHeld()` (a lookup kept in flight for as long as a test needs, then let end). A zone entry may be a function, called per query (a rebinding name answering
  * differently each time). Records every (name, type) asked.
  */
 import { createSocket, type Socket } from 'node:dgram';
@@ -16,6 +17,8 @@ export interface ZoneDns {
   address: string;
   /** Queries asked, as "name A" / "name AAAA", in order. */
   asked: string[];
+  /** Send the answers held for names under `.held.test` (NXDOMAIN unless the zone names them), and each later one at once. */
+  releaseHeld(): void;
   close(): Promise<void>;
 }
 
@@ -87,6 +90,7 @@ export async function startZoneDns(address: string, zone: Record<string, ZoneAns
   if (found === null) throw new Error(`no free UDP port 53 on ${address} nor on 127.53.1-${SPARE_ADDRESSES}.${last}`);
   const server = found;
   const asked: string[] = [];
+  let held: Array<() => void> | null = [];
   server.on('message', (query, from) => {
     const { name, qtype, end } = parseQuestion(query);
     asked.push(`${name} ${qtype === 28 ? 'AAAA' : qtype === 1 ? 'A' : qtype}`);
@@ -110,11 +114,18 @@ export async function startZoneDns(address: string, zone: Record<string, ZoneAns
       rr.writeUInt16BE(data.length, 10);
       return Buffer.concat([rr, data]);
     });
-    server.send(Buffer.concat([header, query.subarray(12, end), ...answers]), from.port, from.address);
+    const send = (): void => server.send(Buffer.concat([header, query.subarray(12, end), ...answers]), from.port, from.address);
+    if (held !== null && name.endsWith('.held.test')) held.push(send);
+    else send();
   });
   return {
     address: bound,
     asked,
+    releaseHeld() {
+      const sends = held ?? [];
+      held = null;
+      for (const send of sends) send();
+    },
     async close() {
       server.close();
       await once(server, 'close');
