@@ -4,7 +4,8 @@
  * detector, no matched rule), and are counted so in /metrics: `egressgate serve` as a process, its
  * file flow log read as written. A Via loop (508: the fast path, node:http, CONNECT; monitor and
  * enforce mode), a request arriving during the SIGTERM drain (503 shutting-down: node:http, CONNECT;
- * 0x01 to a SOCKS5 CONNECT or UDP ASSOCIATE whose greeting was answered before it),
+ * 0x01 to a SOCKS5 CONNECT or UDP ASSOCIATE whose greeting was answered before it, with no auth or
+ * with RFC 1929 credentials sent during the drain),
  * the flow log failing (503 flow-log-unavailable: absolute-URI, CONNECT, SOCKS5 CONNECT, a SOCKS5 UDP
  * destination), and a SOCKS5 UDP ASSOCIATE whose relay cannot be bound (no descriptor left: 0x01
  * relay-error). None carries `X-Egress-Verdict` (no policy refused it).
@@ -239,6 +240,64 @@ describe('refusals before any judgement: recorded block, counted block', () => {
     expect(records.filter((r) => r.closeReason === 'shutting-down').map(shape).sort()).toEqual([refused('socks5', 'shutting-down'), refused('socks5-udp', 'shutting-down')].sort());
     // One record per flow: the tunnel's and the two refusals'.
     expect(records).toHaveLength(3);
+  });
+
+  it('shutting-down: RFC 1929 logins under way at SIGTERM (method 0x02 answered) match the no-auth case: a request after credentials sent during the drain gets 0x01 and one record; no request, a close at the drain\'s end', async () => {
+    // Checked, not changed: each was already so (the handshake is held from its first bytes, whatever its stage).
+    const log = join(dir, 'socks-auth-drain.jsonl');
+    const users = 'identity: { localAttribution: false, users: [ { name: alice, password: wonderland, roles: [any] } ] }';
+    // The handshake timer (limits.headerTimeoutMs) longer than the test: only the drain ends a handshake here.
+    const config = `${loopbackServeConfig(log).replace('identity: { localAttribution: false }', users)}limits: { drainGraceMs: 30000, headerTimeoutMs: 120000 }\n`;
+    const s = await serve('socks-auth-drain', config);
+    const tunnel = await open(socksPort(s));
+    tunnel.write(Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, echo.port >> 8, echo.port & 255]));
+    expect((await readBytes(tunnel, 12)).subarray(0, 4).toString('hex')).toBe('05000500');
+    // Five clients whose greeting chose username/password before the signal, none has sent credentials.
+    const greeted: Socket[] = [];
+    for (let i = 0; i < 5; i++) {
+      const c = await open(socksPort(s));
+      c.write(Buffer.from([5, 1, 2]));
+      expect([...(await readBytes(c, 2))]).toEqual([5, 2]);
+      greeted.push(c);
+    }
+    await until('six client connections accepted', async () => (await metricLines(s)).includes('gw_downstream_cx_active{listener="socks"} 6'));
+    const [connectRequest, associate, wrong, loggedIn, silent] = greeted as [Socket, Socket, Socket, Socket, Socket];
+    const login = (password: string): Buffer => Buffer.concat([Buffer.from([1, 5]), Buffer.from('alice'), Buffer.from([password.length]), Buffer.from(password)]);
+    const open4 = [connectRequest, associate, wrong].map((c) => readToEnd(c));
+    s.child.kill('SIGTERM');
+    await until('the drain begun (not ready)', async () => (await fetch(`http://${s.admin}/readyz`)).status === 503);
+    connectRequest.write(Buffer.concat([login('wonderland'), Buffer.from([5, 1, 0, 1, 127, 0, 0, 1, echo.port >> 8, echo.port & 255])]));
+    associate.write(Buffer.concat([login('wonderland'), Buffer.from([5, 3, 0, 1, 0, 0, 0, 0, 0, 0])]));
+    wrong.write(login('not-the-password'));
+    const loginStatus = readBytes(loggedIn, 2);
+    loggedIn.write(login('wonderland'));
+    // RFC 1929 status 0x00 then RFC 1928 REP 0x01; a refused login 0x01 and a close.
+    const replies = await Promise.all(open4);
+    expect(replies.map((r) => r.data.toString('hex').slice(0, 8))).toEqual(['01000501', '01000501', '0101']);
+    // Logged in with no request yet, or with no credentials yet: both held while the drain goes on.
+    expect((await loginStatus).toString('hex')).toBe('0100');
+    const heldOpen = [loggedIn, silent].map((c) => readToEnd(c));
+    expect([loggedIn.destroyed, silent.destroyed]).toEqual([false, false]);
+    const metrics = await counts(s);
+    expect(metrics).toContain('gw_flows_closed_total{protocol="socks5",close_reason="shutting-down"} 1');
+    expect(metrics).toContain('gw_flows_closed_total{protocol="socks5-udp",close_reason="shutting-down"} 1');
+    // The tunnel ends, and with it the drain: the two left are closed with nothing more said, the process exits.
+    const exited = once(s.child, 'exit');
+    tunnel.destroy();
+    const ends = await Promise.all(heldOpen);
+    expect(ends.map((e) => e.data.toString('hex'))).toEqual(['', '']);
+    expect(((await exited) as [number | null])[0]).toBe(0);
+    const records = parseRecords(await readFile(log, 'utf8'));
+    expect(records.filter((r) => r.verdict === 'block').map((r) => `${shape(r)} user=${r.identity.user}`).sort()).toEqual(
+      [
+        `${refused('socks5', 'shutting-down')} user=alice`,
+        `${refused('socks5-udp', 'shutting-down')} user=alice`,
+        // The refused login as any refused login is recorded (socks5-login-refusal): a policy decision, no destination.
+        'socks5 block enforced=true reason=auth-required detector=policy.deny rule=null close=auth-required user=null',
+      ].sort(),
+    );
+    // One record per flow: the tunnel's, the two refusals' and the refused login's.
+    expect(records).toHaveLength(4);
   });
 
   it('flow-log-unavailable (monitor mode): absolute-URI, CONNECT, SOCKS5 CONNECT and a SOCKS5 UDP destination refused, each recorded block once the log recovers', async () => {
