@@ -288,8 +288,12 @@ async function startDestination(t: Case, mode: 'read' | 'reset'): Promise<{ port
 }
 
 /** CONNECT through the gateway, upload `size` pattern bytes and half-close; the answer is read and dropped. */
+/** Sockets' source ports, read as they connect (a socket closed or reset no longer knows its port). */
+const sourcePorts = new WeakMap<Socket, number>();
+
 async function upload(expect: Case['expect'], proxyPort: number, port: number, size: number): Promise<Socket> {
   const socket = await rawConnect(proxyPort);
+  sourcePorts.set(socket, socket.localPort as number);
   socket.on('error', () => undefined);
   socket.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
   const head = await readUntil(socket, '\r\n\r\n');
@@ -355,8 +359,8 @@ describe('egressgate serve: SIGTERM drain and a destination that resets', () => 
     // the kernel's send buffer has grown (none was on one CI run); 8 MiB is more than it ever holds.
     const sizes = [...UPLOAD_SIZES, 8 * 1024 * 1024];
     const sockets = await Promise.all(sizes.map((size) => upload(expect, s.http.port, dest.port, size)));
-    // Client port → upload size (read now: a reset socket no longer knows its port).
-    const sizeOf = new Map(sockets.map((socket, i) => [socket.localPort, sizes[i] as number]));
+    // Client port → upload size.
+    const sizeOf = new Map(sockets.map((socket, i) => [sourcePorts.get(socket), sizes[i] as number]));
     try {
       await new Promise((r) => setTimeout(r, 1000));
       dest.py.stdin?.write('go\n');
@@ -384,10 +388,14 @@ describe('egressgate serve: SIGTERM drain and a destination that resets', () => 
       const largest = records.find((r) => sizeOf.get(r.client.port) === 8 * 1024 * 1024);
       expect(largest?.closeReason).toBe('upstream-reset');
       expect(largest?.bytesOut as number).toBeLessThan(8 * 1024 * 1024);
-      // Among the small uploads, the ones handed over whole are smaller than those cut short.
-      const small = records.filter((r) => r !== largest);
-      const smallReset = small.filter((r) => r.closeReason === 'upstream-reset').map((r) => r.bytesOut as number);
-      expect(Math.max(0, ...small.filter((r) => r.closeReason === 'closed').map((r) => r.bytesOut as number))).toBeLessThan(Math.min(...smallReset));
+      // An upload recorded closed was handed over whole; one cut short counts no byte past its size.
+      // (Which of the small ones were cut depends on each connection's own send buffer, which the
+      // kernel grows per socket: under load an 80,000 B upload was handed over while a 65,536 B one was cut.)
+      for (const r of records) {
+        const size = sizeOf.get(r.client.port) as number;
+        if (r.closeReason === 'closed') expect(r.bytesOut).toBe(size);
+        else expect(r.bytesOut as number).toBeLessThanOrEqual(size);
+      }
     } finally {
       for (const socket of sockets) socket.destroy();
     }
