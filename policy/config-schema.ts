@@ -32,6 +32,16 @@ const hostPattern = (v: string): string | null => {
   return 'error' in r ? r.error : null;
 };
 
+/**
+ * A detection list domain (`storageDomains`, `proxywareDomains`): a host pattern (policy/detectors/
+ * match.ts DomainList reads it so), never `*`, which would put every destination on the list.
+ */
+const domainEntry = (v: string): string | null => {
+  const r = parseHostPattern(v);
+  if ('error' in r) return r.error;
+  return r.kind === 'any' ? `"${v}" would list every destination: name a domain, "*.domain" or an IP address` : null;
+};
+
 const hostName = (v: string): string | null => (normalizeHost(v) === null ? `"${v}" is not a valid host name` : null);
 
 const ipAddress = (v: string): string | null => (isIP(v) === 0 ? `"${v}" is not an IP address` : null);
@@ -262,7 +272,7 @@ export const CONFIG_SCHEMA: Node = s.obj({
   detection: s.obj({
     sampleIntervalMs: s.int(1, MAX_TIMER_MS),
     detectors,
-    lists: s.obj({ proxyware: names, scannerTools: names, exfilTools: names, storageDomains: names, proxywareDomains: names }),
+    lists: s.obj({ proxyware: names, scannerTools: names, exfilTools: names, storageDomains: s.arr(s.str(domainEntry)), proxywareDomains: s.arr(s.str(domainEntry)) }),
     quarantineSec: s.int(0),
     maxTrackedIdentities: s.int(1),
     maxTrackedDestinations: s.int(1),

@@ -4,6 +4,7 @@
  */
 import { isIP } from 'node:net';
 import { unmapIPv4 } from '../address.ts';
+import { isIpLiteralLike, normalizeHostFast, parseHostPattern } from '../host-pattern.ts';
 import type { Identity, ProcessInfo, Severity } from '../types.ts';
 import type { FlowView } from './types.ts';
 
@@ -49,20 +50,34 @@ export class NameList {
   }
 }
 
-/** A compiled domain list: an entry matches itself and all its subdomains (`*.` prefixes ignored). */
+/**
+ * A compiled domain list: an entry matches itself and all its subdomains (`*.` prefixes ignored).
+ * Entries are read as host patterns (parseHostPattern: lower case, no trailing dot, IDN labels as
+ * punycode, IPv6 in RFC 5952 text), the form the data plane gives a destination, so `pröxy.test`
+ * matches `xn--prxy-6qa.test` and `[::FFFF:7F00:3]` matches `::ffff:127.0.0.3`. An IP literal matches
+ * that address only, and an IPv4-mapped address is its IPv4 address on both sides: `127.0.0.3` is
+ * matched by `[::ffff:127.0.0.3]` too, which dials the same host.
+ */
 export class DomainList {
   private readonly set = new Set<string>();
 
   constructor(domains: readonly string[]) {
     for (const d of domains) {
-      const t = d.trim().toLowerCase().replace(/^\*\./, '').replace(/\.$/, '');
-      if (t) this.set.add(t);
+      // Validation refuses an entry that is no host pattern (config-schema.ts, domainEntry).
+      const p = parseHostPattern(d);
+      if ('error' in p || p.kind === 'any') continue;
+      const host = p.kind === 'exact' ? p.host : p.suffix;
+      this.set.add(host.includes(':') ? unmapIPv4(host) : host);
     }
   }
 
-  /** The listed suffix `host` falls under, or null. */
+  /** The listed entry `host` falls under (itself or a parent domain; an IP literal: itself), or null. */
   match(host: string): string | null {
-    let h = host.toLowerCase();
+    let h = normalizeHostFast(host);
+    if (isIpLiteralLike(h)) {
+      if (h.includes(':')) h = unmapIPv4(h);
+      return this.set.has(h) ? h : null;
+    }
     for (;;) {
       if (this.set.has(h)) return h;
       const dot = h.indexOf('.');
