@@ -11,7 +11,7 @@
 import { canonicalIPv6, classifyIPv4Number, classifyIPv6, embeddedIPv4, parseIPv4 } from './address.ts';
 import { CidrMap, compileCidrSet, type ParsedIp, parseCidr, parseIp } from './cidr.ts';
 import type { AllowEntry, Config } from './config.ts';
-import { HostPatternMap, isIpLiteralLike, normalizeHost, normalizeHostFast, parseHostPattern } from './host-pattern.ts';
+import { HostPatternMap, hostKey, isIpLiteralLike, normalizeHost, normalizeHostFast, parseHostPattern } from './host-pattern.ts';
 import { compilePorts, type PortMatcher, portMatches } from './ports.ts';
 import type { ConnectFacts, Decision, MatchedRule, Mode, PolicySnapshot, Protocol } from './types.ts';
 
@@ -72,7 +72,7 @@ class AllowIndex {
     this.best = null;
     this.bestRank = roles.length;
     const h = this.hosts;
-    const exact = h.exact.get(host);
+    const exact = h.exact.get(hostKey(host));
     if (exact !== undefined) this.consider(exact, exact.length, roles, port, proto);
     if (h.wildcard.size > 0 && !isIpLiteralLike(host)) {
       // Proper suffixes, longest first, probing only label counts that some wildcard has.

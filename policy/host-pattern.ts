@@ -6,7 +6,7 @@
  */
 import { isIP } from 'node:net';
 import { domainToASCII, domainToUnicode } from 'node:url';
-import { withMappedTail } from './address.ts';
+import { unmapIPv4, withMappedTail } from './address.ts';
 
 /** One label of a normalised host name (lower-case; `_` allowed for service names). */
 export const HOST_LABEL = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/;
@@ -75,6 +75,17 @@ export function normalizeHostFast(h: string): string {
     isCanonical = (c >= 97 && c <= 122) || (c >= 48 && c <= 58) || c === 46 || c === 45 || c === 95;
   }
   return isCanonical ? h : (normalizeHost(h) ?? h.toLowerCase());
+}
+
+/**
+ * The key an exact pattern and a normalised destination are looked up by: an IPv4-mapped address
+ * (`::ffff:127.0.0.3`, as normalizeHost and the data plane write it) as its IPv4 address, since a dial
+ * to it reaches that IPv4 host; anything else unchanged. So a rule naming `127.0.0.3` admits
+ * `[::ffff:127.0.0.3]` and one naming `[::ffff:7f00:3]` admits `127.0.0.3`. Names are never keyed by
+ * their address: a name rule matches the name the client used, an IP rule no name.
+ */
+export function hostKey(host: string): string {
+  return host.charCodeAt(0) === 58 && host.startsWith('::ffff:') ? unmapIPv4(host) : host;
 }
 
 export type HostPattern =
@@ -148,7 +159,7 @@ export class HostPatternMap<T> {
     }
     if (pattern.kind === 'wildcard') this.wildcardLabels[pattern.suffix.split('.').length] = true;
     const map = pattern.kind === 'exact' ? this.exact : this.wildcard;
-    const key = pattern.kind === 'exact' ? pattern.host : pattern.suffix;
+    const key = pattern.kind === 'exact' ? hostKey(pattern.host) : pattern.suffix;
     const list = map.get(key);
     if (list) list.push(value);
     else map.set(key, [value]);
@@ -159,7 +170,7 @@ export class HostPatternMap<T> {
    * `visit` returns true. Order: exact, then wildcards from the most to the least specific, then `*`.
    */
   forEachMatch(host: string, visit: (value: T) => boolean): void {
-    const ex = this.exact.get(host);
+    const ex = this.exact.get(hostKey(host));
     if (ex) for (const v of ex) if (visit(v)) return;
     if (this.wildcard.size > 0 && !isIpLiteralLike(host)) {
       // Most specific first: walk the proper suffixes from the longest down, probing only the label
