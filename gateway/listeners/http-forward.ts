@@ -276,6 +276,8 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
   private finMark = 0;
   /** The client's FIN came while the origin connection was being dialled: finTimer is armed at onConnect. */
   private isFinWhileDialling = false;
+  /** The wait for the response's head once the request is whole at the origin: see onRequestSent. */
+  private headTimer: NodeJS.Timeout | null = null;
 
   constructor(ctx: GatewayContext, flow: Flow, connection: ConnectionState) {
     this.ctx = ctx;
@@ -305,6 +307,10 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
     if (this.finTimer !== null) {
       clearTimeout(this.finTimer);
       this.finTimer = null;
+    }
+    if (this.headTimer !== null) {
+      clearTimeout(this.headTimer);
+      this.headTimer = null;
     }
     if (this.flow.state === 'active') this.ctx.flows.close(this.flow, reason);
   }
@@ -354,6 +360,39 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
     return this.flow.bytesIn + (this.status > 0 ? 1 : 0) + this.interimRelayed;
   }
 
+  /**
+   * undici has written the whole request to the origin: the final response's head must come within
+   * limits.idleTimeoutMs (of the first 1xx, if one came: onInterim), on a timer of ours. undici's own
+   * headersTimeout (set to the same limit) runs on its fast timers, which tick every 499 ms and fire a
+   * timer at the first tick past its delay: through a real serve, an origin that took the request and
+   * never answered got the client its 504 at ~1,500 ms with idleTimeoutMs 1,000 (~3,500 at 3,000),
+   * while CONNECT's idle timeout, a socket timer, cut at ~1,000. One timer per request, armed here
+   * and not touched when the head comes (headWaitOver finds it came): cleared when the flow ends.
+   * undici's timer stays, a backstop that fires after ours.
+   */
+  onRequestSent(): void {
+    if (this.status !== 0 || this.headTimer !== null || this.isClientGone || this.flow.state !== 'active') return;
+    this.headTimer = setTimeout(onHeadWait, this.ctx.policy.current().config.limits.idleTimeoutMs, this);
+    this.headTimer.unref();
+  }
+
+  /** limits.idleTimeoutMs after the request was sent (or after the first 1xx): see onRequestSent. */
+  headWaitOver(): void {
+    this.headTimer = null;
+    if (this.status !== 0 || this.isClientGone || this.flow.state !== 'active') return;
+    const limitMs = this.ctx.policy.current().config.limits.idleTimeoutMs;
+    // A 1xx came meanwhile: the final response is due limitMs after the first one.
+    if (this.interimSinceMs !== 0) {
+      const leftMs = this.interimSinceMs + limitMs - performance.now();
+      if (leftMs >= 1) {
+        this.headTimer = setTimeout(onHeadWait, leftMs, this);
+        this.headTimer.unref();
+        return;
+      }
+    }
+    this.abortUpstream?.(new GatewayError('EGW_DIAL_TIMEOUT', `no response from the origin within ${limitMs} ms`));
+  }
+
   /** Why the flow ends when its client connection has gone: a malformed body, cut for silence, or the client left. */
   protected clientGoneReason(): string {
     return clientGoneReason(this.connection);
@@ -380,8 +419,8 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
    * headers timeout on each one, so an origin that sends them at a trickle, each within
    * limits.idleTimeoutMs of the last, would hold the request without an answer for as long as it
    * likes. The final response must come within limits.idleTimeoutMs of the first 1xx, else the
-   * request fails as an origin timeout (504) at the next 1xx (or at undici's own timeout, if none
-   * comes): within twice that at worst. Only this rare path reads the clock.
+   * request fails as an origin timeout (504), at the next 1xx or on our timer (headWaitOver),
+   * whichever comes first. Only this rare path reads the clock.
    */
   protected onInterim(statusCode: number, rawHeaders: Buffer[], statusText: string): void {
     const now = performance.now();
@@ -618,6 +657,10 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
 
 function onFinGrace(exchange: OriginExchange): void {
   exchange.finGraceOver();
+}
+
+function onHeadWait(exchange: OriginExchange): void {
+  exchange.headWaitOver();
 }
 
 /**

@@ -19,8 +19,12 @@ let gw: TestGateway;
 let origin: Origin;
 /** Responses of /hold requests, answered by the test. */
 const holding = new Map<string, ServerResponse>();
-/** The body of /unread: 64 MiB, filled once. */
-let unread: Buffer | undefined;
+/**
+ * The body of /unread: 64 MiB, filled before any request. Filled at the first request, on a loaded
+ * machine it held the answer's head past the 400 ms limit (limits.idleTimeoutMs, which also bounds
+ * the wait for the head), and the flow rightly ended connect-timeout.
+ */
+const unread = Buffer.alloc(64 * 1024 * 1024, 'u');
 
 beforeAll(async () => {
   origin = await startOrigin((req, res) => {
@@ -39,7 +43,6 @@ beforeAll(async () => {
     if (url.startsWith('/unread')) {
       // Answered at once: the harness's /size/N builds its body byte by byte first, which on a loaded
       // machine took longer than the 400 ms grace below (the flow then rightly ended client-reset).
-      unread ??= Buffer.alloc(64 * 1024 * 1024, 'u');
       res.writeHead(200, { 'content-length': unread.length });
       res.end(unread);
       return true;
