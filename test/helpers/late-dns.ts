@@ -14,6 +14,8 @@ export interface LateDns {
   port: number;
   /** Names asked for (A queries), in order. */
   asked: string[];
+  /** Names answered so far (A queries; `.dead.test` names never are), in order. */
+  answered: string[];
   lookup(host: string): Promise<string[]>;
   close(): void;
 }
@@ -21,6 +23,7 @@ export interface LateDns {
 export async function startLateDns(delayMs: number): Promise<LateDns> {
   const server = createSocket('udp4');
   const asked: string[] = [];
+  const answered: string[] = [];
   const timers = new Set<NodeJS.Timeout>();
   server.on('message', (query, from) => {
     const { name, qtype, end } = parseQuestion(query);
@@ -37,6 +40,7 @@ export async function startLateDns(delayMs: number): Promise<LateDns> {
     const reply = Buffer.concat([header, query.subarray(12, end), answer]);
     const timer = setTimeout(() => {
       timers.delete(timer);
+      if (qtype === 1) answered.push(name);
       server.send(reply, from.port, from.address);
     }, delayMs);
     timers.add(timer);
@@ -49,6 +53,7 @@ export async function startLateDns(delayMs: number): Promise<LateDns> {
   return {
     port,
     asked,
+    answered,
     lookup: (host) => resolver.resolve4(host),
     close() {
       for (const t of timers) clearTimeout(t);

@@ -17,7 +17,7 @@ import { SocksClient } from 'socks';
 import { afterAll, beforeAll, describe, it } from 'vitest';
 import type { Flow } from '../../gateway/flow/flow.ts';
 import { reportProcesses, testAgent } from '../helpers/detection-live.ts';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { type HungDestination, hungDestination } from '../helpers/hung-destination.ts';
 import { caseSockets, type LateLookupSetup, startLateLookup } from '../helpers/dialling-cases.ts';
 import type { LateDns } from '../helpers/late-dns.ts';
@@ -90,14 +90,15 @@ describe('a flow killed while its name is looked up', () => {
   let dns: LateDns;
 
   beforeAll(async () => {
-    setup = await startLateLookup(600);
+    // Long enough that the kills' answers come well before the names' (the test checks the order).
+    setup = await startLateLookup(2500);
     ({ gw, dns } = setup);
   });
   afterAll(async () => {
     await setup?.close();
   });
 
-  it('CONNECT and SOCKS5: 403 admin / 0x02 at once, the late answer is not dialled', async ({ expect, onTestFinished }) => {
+  it('CONNECT and SOCKS5: 403 admin / 0x02 at once, before the lookup ends; the late answer is not dialled', async ({ expect, onTestFinished }) => {
     const clients = caseSockets(onTestFinished);
     const port = setup.originPort;
     const c = await rawClient(gw, `CONNECT a.slow.test:${port} HTTP/1.1\r\nHost: a.slow.test:${port}\r\n\r\n`);
@@ -110,8 +111,12 @@ describe('a flow killed while its name is looked up', () => {
     expect(r.text).toMatch(/^HTTP\/1\.1 403 /);
     expect(r.text).toContain('"reason":"admin"');
     expect(await socks).toMatch(/NotAllowed/);
-    // Both names were asked; their answers (127.0.0.1, after 600 ms) came and were not used.
-    await new Promise((res) => setTimeout(res, 1000));
+    // Answered while both names were still being looked up (a kill ends admission's wait for the
+    // lookup): before, each answer came only once its name's did.
+    expect(dns.answered.filter((n) => n.endsWith('.slow.test'))).toEqual([]);
+    // Both names were asked; their answers (127.0.0.1, after 2.5 s) came and were not used.
+    await until('both names answered', () => dns.answered.includes('a.slow.test') && dns.answered.includes('b.slow.test'), 10_000);
+    await new Promise((res) => setTimeout(res, 500));
     expect(dns.asked).toEqual(expect.arrayContaining(['a.slow.test', 'b.slow.test']));
     expect(setup.connections()).toBe(0);
     for (const f of [c.flow, socksFlow]) expect(gw.closed.filter((rec) => rec.id === f.id).map((rec) => rec.closeReason)).toEqual(['admin']);
