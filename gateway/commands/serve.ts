@@ -11,6 +11,7 @@ import { defaultConfig } from '../../policy/config.ts';
 import { parseHostPort } from '../../policy/config-schema.ts';
 import { loadConfig } from '../../policy/load-config.ts';
 import type { Mode } from '../../policy/types.ts';
+import { exitAfterDrain } from '../exit-after-drain.ts';
 import { nodeFlagsWarning } from '../node-flags.ts';
 
 const HELP = `usage: egressgate serve [--config FILE] [--mode monitor|enforce] [--http HOST:PORT]
@@ -41,10 +42,10 @@ function onFatal(gw: RunningGateway, err: unknown, origin: string): void {
   }
   isFatal = true;
   gw.ctx.log.error({ origin, err: stack }, 'fatal error: recording live flows and exiting');
-  setTimeout(() => process.exit(1), FATAL_EXIT_MS);
+  setTimeout(() => exitAfterDrain(1), FATAL_EXIT_MS);
   gw.drain(0, 'gateway-error').then(
-    () => process.exit(1),
-    () => process.exit(1),
+    () => exitAfterDrain(1),
+    () => exitAfterDrain(1),
   );
 }
 
@@ -158,11 +159,12 @@ export async function run(argv: string[]): Promise<number> {
       return;
     }
     gw.drain().then(
-      // A fatal error during the drain (onFatal) makes it a failure.
-      () => process.exit(isFatal ? 1 : 0),
+      // A fatal error during the drain (onFatal) makes it a failure. Lookups the OS resolver still
+      // has under way do not hold the exit up (exit-after-drain.ts).
+      () => exitAfterDrain(isFatal ? 1 : 0),
       (err: unknown) => {
         process.stderr.write(`egressgate: drain failed: ${String(err)}\n`);
-        process.exit(1);
+        exitAfterDrain(1);
       },
     );
   };

@@ -122,7 +122,7 @@ describe('egressgate serve: SIGTERM while a destination name is being looked up'
     const head = httpAnswer.data.toString('latin1');
     expect(head.split('\r\n')[0]).toBe('HTTP/1.1 503 Service Unavailable');
     expect(head).toContain('"reason":"shutdown"');
-    // The lookups end now (NXDOMAIN), and with them the process (its exit waits for the OS resolver's threads).
+    // The lookups end now (NXDOMAIN). On node 20 the exit waits for them (serve-exit-lookups.test.ts).
     zone.releaseHeld();
     expect(((await exited) as [number | null])[0]).toBe(0);
     const records = parseRecords(await readFile(log, 'utf8'));
