@@ -10,6 +10,8 @@
  *  - no Content-Length or Transfer-Encoding (a request without them has no body, RFC 9112 §6.3),
  *    no Expect (100-continue is node:http's `checkContinue` path), no Upgrade, and no
  *    `Connection: upgrade`;
+ *  - `Proxy-Connection` read as llhttp reads it: as `Connection` (its `close` makes the request the
+ *    connection's last, its `upgrade` sends the head to node:http);
  *  - the whole head within `maxHeaderBytes`.
  */
 import type { IncomingHttpHeaders } from 'node:http';
@@ -55,14 +57,22 @@ export function parseFastRequestHead(buf: Buffer, maxHeaderBytes: number): FastR
   const headers: IncomingHttpHeaders = {};
   const rawHeaders: string[] = [];
   if (!scanHeaderLines(buf, i + VERSION_CRLF.length, blank + 2, REFUSED, headers, rawHeaders)) return null;
-  let isLast = false;
-  const connection = headers.connection;
-  if (connection !== undefined) {
-    for (const token of connection.split(',')) {
-      const option = token.trim().toLowerCase();
-      if (option === 'upgrade') return null;
-      if (option === 'close') isLast = true;
-    }
+  const connection = connectionOptions(headers.connection);
+  if (connection === null) return null;
+  // llhttp takes Proxy-Connection for Connection (its `close` ends the connection on node:http).
+  const proxyConnection = connectionOptions(headers['proxy-connection'] as string | undefined);
+  if (proxyConnection === null) return null;
+  return { method, url, headers, rawHeaders, isLast: connection || proxyConnection, end: blank + 4 };
+}
+
+/** A Connection field's options: true with `close`, null with `upgrade` (node:http's), else false. */
+function connectionOptions(value: string | undefined): boolean | null {
+  if (value === undefined) return false;
+  let isClose = false;
+  for (const token of value.split(',')) {
+    const option = token.trim().toLowerCase();
+    if (option === 'upgrade') return null;
+    if (option === 'close') isClose = true;
   }
-  return { method, url, headers, rawHeaders, isLast, end: blank + 4 };
+  return isClose;
 }
