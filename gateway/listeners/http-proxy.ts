@@ -114,6 +114,10 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
     ? createHttpsServer({ ...serverOptions, allowHalfOpen: true, cert: opts.tls.cert, key: opts.tls.key, ca: opts.tls.ca, requestCert: opts.tls.requestCert ?? false, rejectUnauthorized: false })
     : createHttpServer(serverOptions);
   server.timeout = limits.idleTimeoutMs;
+  // Every header field reaches the request (maxHeaderSize bounds them): past node's default of 2000
+  // raw entries (~1000 fields) node dropped the rest silently while its parser still framed the body
+  // by them, so a Content-Length, Transfer-Encoding, Expect or Connection there went unseen here.
+  server.maxHeadersCount = 0;
   // A client's FIN after a whole request is a half-close, not an abort (RFC 9112 §9.6): node:http
   // then marks the response it is answering (or the last one queued) as the connection's last and
   // ends the connection after it, instead of aborting the requests in flight. A FIN mid-request

@@ -3,7 +3,7 @@
  * bytes, sent whole in one packet (the fast path reads them) and split after their first 3 bytes
  * (the fast path declines a split head, node:http reads it), must get the same answer, the same
  * connection handling and the same bytes at the origin. The origin is a raw TCP server that logs
- * every request head it receives and answers each with a fixed 5-byte body (its length to a HEAD).
+ * every request it receives and answers each with a fixed 5-byte body (its length to a HEAD).
  */
 import { once } from 'node:events';
 import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
@@ -14,7 +14,7 @@ import { rawConnect } from './http-harness.ts';
 let gw: TestGateway;
 let origin: Server;
 let o: string;
-/** Every request head the origin received, in order (requests here carry no body). */
+/** Every request the origin received (head and Content-Length body), in order. */
 const heads: string[] = [];
 const originSockets: Socket[] = [];
 
@@ -25,11 +25,15 @@ beforeAll(async () => {
     let buf = '';
     s.on('data', (c: Buffer) => {
       buf += c.toString('latin1');
-      for (let end = buf.indexOf('\r\n\r\n'); end >= 0; end = buf.indexOf('\r\n\r\n')) {
-        const head = buf.slice(0, end + 4);
-        heads.push(head);
-        buf = buf.slice(end + 4);
-        s.write(`HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n${head.startsWith('HEAD ') ? '' : 'hello'}`);
+      for (;;) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const length = Number(/\r\ncontent-length: *(\d+)\r\n/i.exec(buf.slice(0, end + 2))?.[1] ?? 0);
+        if (buf.length < end + 4 + length) return;
+        const request = buf.slice(0, end + 4 + length);
+        heads.push(request);
+        buf = buf.slice(request.length);
+        s.write(`HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n${request.startsWith('HEAD ') ? '' : 'hello'}`);
       }
     });
   });
@@ -134,6 +138,46 @@ describe('absolute-URI fast path: same reading as node:http', () => {
     expect(statuses(split.answer)).toEqual([200, 200]);
     expect(whole.answer).toMatch(/hello$/);
     expect(whole.atOrigin).toHaveLength(2);
+    expect(whole.atOrigin).toEqual(split.atOrigin);
+  });
+});
+
+/** `n` header fields of the smallest form (`X0:` with an empty value). */
+function fields(n: number): string {
+  return Array.from({ length: n }, (_, i) => `X${i}:\r\n`).join('');
+}
+
+// Regression: node:http kept only the first 2000 raw header entries (about 1000 fields) and dropped
+// the rest silently, while its parser still framed the request by them. A Content-Length past them
+// framed a body the gateway never saw (the origin got the POST without it, bytesOut 0); a
+// `Transfer-Encoding: gzip, chunked` past them was not refused 501; a Connection option past them
+// did not strip the field it named. maxHeaderBytes alone bounds the fields now.
+describe('node:http: every header field within maxHeaderBytes is read', () => {
+  it('a Content-Length after 1100 fields: the body reaches the origin and the record counts it', async () => {
+    const closedBefore = gw.closed.length;
+    const got = await exchange(`POST http://${o}/upload HTTP/1.1\r\nHost: ${o}\r\n${fields(1100)}Content-Length: 5\r\nConnection: close\r\n\r\nhello`, '', false);
+    expect(statuses(got.answer)).toEqual([200]);
+    expect(got.atOrigin).toHaveLength(1);
+    expect(got.atOrigin[0]).toMatch(/\r\ncontent-length: 5\r\n/i);
+    expect(got.atOrigin[0]?.endsWith('\r\n\r\nhello')).toBe(true);
+    const rec = await gw.waitForClosed((r) => gw.closed.indexOf(r) >= closedBefore);
+    expect([rec.closeReason, rec.bytesOut, rec.bytesIn]).toEqual(['closed', 5, 5]);
+  });
+
+  it('Transfer-Encoding: gzip, chunked after 1100 fields: 501, nothing forwarded', async () => {
+    const got = await exchange(`POST http://${o}/coded HTTP/1.1\r\nHost: ${o}\r\n${fields(1100)}Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n`, '', false);
+    expect(statuses(got.answer)).toEqual([501]);
+    expect(got.atOrigin).toEqual([]);
+  });
+
+  it('a Connection option after 1100 fields strips the field it names, whole (fast path) or split (node:http)', async () => {
+    const request = `GET http://${o}/named HTTP/1.1\r\nHost: ${o}\r\nX-Private: s\r\n${fields(1100)}Connection: X-Private\r\n\r\n`;
+    const next = `GET http://${o}/next HTTP/1.1\r\nHost: ${o}\r\nConnection: close\r\n\r\n`;
+    const whole = await exchange(request, next, false);
+    const split = await exchange(request, next, true);
+    expect(statuses(split.answer)).toEqual([200, 200]);
+    expect(split.atOrigin[0]).not.toMatch(/x-private/i);
+    expect(split.atOrigin[0]).toContain('\r\nX1099: \r\n');
     expect(whole.atOrigin).toEqual(split.atOrigin);
   });
 });
