@@ -26,7 +26,9 @@
  * after go to a new file at the path (its directory made again, as at start). Opening it failing is a
  * failure like a write's. A failed log is not watched: a retry that opens another file at the path
  * and finds the old one removed (`rm` to make room on a full disk) reads it back the same way, so
- * what a partial recovery wrote to it since is not lost either.
+ * what a partial recovery wrote to it since is not lost either. A reopen (rotation signal) and close
+ * check the file they leave the same way: removed before the watch saw it (`rm`, then the signal at
+ * once), it is read back too.
  */
 import { close as closeFd, fstat, ftruncate, open as openFd, read as readFd, type Stats, write as writeFd } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
@@ -288,7 +290,8 @@ export class AppendLog {
       this.removedFile = null;
       // Found removed while this write was in flight (a failed write leaves it to recover()).
       if (removed !== null && removed === this.file && this.failure === null) void this.replaceRemoved(removed);
-      else if (this.nextFile) this.takeNextFile();
+      // A failed write leaves the switch to recover(), which opens the path and cuts a cut line back.
+      else if (this.nextFile && this.failure === null) void this.takeNextFile();
       else this.pump();
     });
   }
@@ -436,6 +439,9 @@ export class AppendLog {
     }
     this.file = next;
     closeFd(file.fd, ignore);
+    // A signal's file, opened before this one: this is the path's file now.
+    if (this.nextFile) closeFd(this.nextFile.fd, ignore);
+    this.nextFile = null;
     this.opts.onStateChange?.({ event: 'replaced', path: this.path, records: countLines(unwritten), unreadBytes });
     this.pump();
   }
@@ -455,23 +461,50 @@ export class AppendLog {
     }
     const next = await openAppend(this.path);
     const current = this.file;
-    if (this.isClosed || (current !== null && current.dev === next.dev && current.ino === next.ino) || this.failure !== null) {
+    // A switch under way (a removed file replaced, an earlier signal's) opens the path itself.
+    if (this.isClosed || this.isReplacing || (current !== null && current.dev === next.dev && current.ino === next.ino) || this.failure !== null) {
       closeFd(next.fd, ignore);
       return;
     }
     if (this.nextFile) closeFd(this.nextFile.fd, ignore);
     this.nextFile = next;
-    if (!this.isWriting) this.takeNextFile();
+    if (!this.isWriting) void this.takeNextFile();
   }
 
-  /** Switch to the file reopen() opened; only between writes. */
-  private takeNextFile(): void {
+  /**
+   * Switch to the file reopen() opened; only between writes. The file left may have been removed
+   * (`rm`, then the signal) before the removal watch saw it: what was written to it since it was last
+   * seen named is read back first, as the watch would (writes wait meanwhile).
+   */
+  private async takeNextFile(): Promise<void> {
     const next = this.nextFile;
-    if (next === null) return;
+    if (next === null || this.isReplacing) return;
     this.nextFile = null;
     const old = this.file;
+    let back: Buffer | null = null;
+    let unreadBytes = 0;
+    if (old?.isRegular && old.end > old.named) {
+      this.isReplacing = true;
+      if (await isUnlinked(old)) {
+        const lost = old.end - old.named;
+        back = await readBack(old.fd, old.named, lost);
+        if (back === null) unreadBytes = lost;
+        old.named = old.end;
+      }
+      this.isReplacing = false;
+    }
+    if (this.isClosed) {
+      closeFd(next.fd, ignore);
+      return;
+    }
+    // A healthy log between writes has no part-written head: the lines read back go first.
+    if (back !== null && back.length > 0) {
+      this.queue.unshift(back);
+      this.queuedBytes += back.length;
+    }
     this.file = next;
     if (old) closeFd(old.fd, ignore);
+    if (back !== null || unreadBytes > 0) this.opts.onStateChange?.({ event: 'replaced', path: this.path, records: back === null ? 0 : countLines(back), unreadBytes });
     this.opts.onStateChange?.({ event: 'reopened', path: this.path });
     this.pump();
   }
@@ -508,6 +541,12 @@ export class AppendLog {
    */
   async close(): Promise<void> {
     await this.flush();
+    // Removed since the watch last looked (`rm`, then SIGTERM): what went to it since is read back.
+    const open = this.file;
+    if (open?.isRegular && open.end > open.named && this.failure === null && !this.isWriting && (await isUnlinked(open))) {
+      await this.replaceRemoved(open);
+      await this.flush();
+    }
     this.isClosed = true;
     if (this.watchTimer) clearInterval(this.watchTimer);
     this.watchTimer = null;
