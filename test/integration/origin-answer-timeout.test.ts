@@ -96,21 +96,48 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** Send `request` on a new connection to the HTTP listener: everything read until the gateway closes it, and the client's port. */
+/**
+ * Whether `raw` holds a whole final (non-1xx) response with a Content-Length body: the gateway may keep
+ * the connection open after it (keep-alive), so the exchange ends there, not at the close.
+ */
+function hasFinalAnswer(raw: string): boolean {
+  let at = 0;
+  for (;;) {
+    const end = raw.indexOf('\r\n\r\n', at);
+    if (end < 0) return false;
+    const head = raw.slice(at, end);
+    if (!/^HTTP\/1\.1 1\d\d /.test(head)) {
+      const length = /\r\ncontent-length: *(\d+)/i.exec(head);
+      return length !== null && raw.length >= end + 4 + Number(length[1]);
+    }
+    at = end + 4;
+  }
+}
+
+/**
+ * Send `request` on a new connection to the HTTP listener: everything read until a whole final answer
+ * or the gateway's close, and the client's port.
+ */
 async function exchange(request: string): Promise<{ raw: string; clientPort: number }> {
   const s = connect({ host: served.http.host, port: served.http.port });
   s.on('error', () => undefined);
   sockets.push(s);
   await once(s, 'connect');
   const clientPort = s.localPort as number;
-  const closed = new Promise((resolve) => s.once('close', resolve));
   const chunks: Buffer[] = [];
-  s.on('data', (b: Buffer) => chunks.push(b));
-  // Bounded: a gateway that never closes fails the assertions on what was read.
+  const done = new Promise<void>((resolve) => {
+    s.once('close', () => resolve());
+    s.on('data', (b: Buffer) => {
+      chunks.push(b);
+      if (hasFinalAnswer(Buffer.concat(chunks).toString('latin1'))) resolve();
+    });
+  });
+  // Bounded: a gateway that never answers fails the assertions on what was read.
   const timer = setTimeout(() => s.destroy(), 10_000);
   s.write(request);
-  await closed;
+  await done;
   clearTimeout(timer);
+  s.destroy();
   return { raw: Buffer.concat(chunks).toString('latin1'), clientPort };
 }
 
