@@ -9,18 +9,15 @@
  * that resolves to the address is admitted by neither rule, and the record keeps the client's
  * spelling in RFC 5952 text (`::ffff:127.0.0.3`) and names the rule as written.
  */
-import { createSocket, type Socket as UdpSocket } from 'node:dgram';
-import { once } from 'node:events';
-import { createServer, type Server } from 'node:http';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Resolver } from '../../gateway/context.ts';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
 import { GatewayError } from '../../gateway/errors.ts';
-import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
-import { associate, type Cleanups, sendTo, udpSocket } from '../helpers/socks-udp.ts';
+import { ADMITTED, type PathName, type Spelling, type SpellingTargets, startSpellingTargets } from '../helpers/destination-spellings.ts';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import type { Cleanups } from '../helpers/socks-udp.ts';
 import { readUntil } from './http-harness.ts';
-import { readBytes } from './socks5-harness.ts';
 
 /** The one name the test resolver knows: it resolves to the address the rules name. */
 const NAME = 'origin.example.test';
@@ -31,27 +28,16 @@ const resolver: Resolver = {
   },
 };
 
-let origin: Server;
-let originPort: number;
-let echo: UdpSocket;
-let echoPort: number;
 const cleanups: Cleanups = [];
+let targets: SpellingTargets;
+let originPort: number;
 
 beforeAll(async () => {
-  origin = createServer((_req, res) => res.end('ok'));
-  origin.listen(0, '127.0.0.3');
-  await once(origin, 'listening');
-  originPort = (origin.address() as { port: number }).port;
-  echo = createSocket('udp4');
-  echo.on('message', (m, r) => echo.send(m, r.port, r.address));
-  echo.bind(0, '127.0.0.3');
-  await once(echo, 'listening');
-  echoPort = echo.address().port;
+  targets = await startSpellingTargets(cleanups);
+  originPort = targets.originPort;
 });
 afterAll(() => {
-  origin?.close();
-  origin?.closeAllConnections();
-  echo?.close();
+  targets?.close();
 });
 afterEach(async () => {
   while (cleanups.length > 0) await cleanups.pop()?.();
@@ -63,83 +49,15 @@ async function gatewayAllowing(host: string): Promise<TestGateway> {
   return gw;
 }
 
-async function open(port: number): Promise<Socket> {
-  const s = connect(port, '127.0.0.1');
-  s.on('error', () => undefined);
-  await once(s, 'connect');
-  cleanups.push(() => s.destroy());
-  return s;
-}
+const REFUSED: Record<PathName, RegExp> = { 'absolute-URI': /^403$/, CONNECT: /^403$/, 'SOCKS5 CONNECT': /^REP 2$/, 'SOCKS5 UDP': /^refused: .*not allowlisted/ };
 
-interface Spelling {
-  /** As an HTTP authority's host, or null when HTTP cannot say it this way. */
-  http: string | null;
-  /** As a SOCKS5 address: ATYP 1 dotted, ATYP 4 an IPv4-mapped address (its IPv4 part), ATYP 3 a name. */
-  socks: { atyp: 1 | 3 | 4; host: string } | null;
-}
-
-function socksAddress(sp: NonNullable<Spelling['socks']>, port: number): Buffer {
-  const p = Buffer.alloc(2);
-  p.writeUInt16BE(port);
-  if (sp.atyp === 1) return Buffer.concat([Buffer.from([1, ...sp.host.split('.').map(Number)]), p]);
-  if (sp.atyp === 4) {
-    const v6 = Buffer.alloc(16);
-    v6.set([0xff, 0xff, ...sp.host.split('.').map(Number)], 10);
-    return Buffer.concat([Buffer.from([4]), v6, p]);
-  }
-  const name = Buffer.from(sp.host, 'latin1');
-  return Buffer.concat([Buffer.from([3, name.length]), name, p]);
-}
-
-async function httpStatus(gw: TestGateway, head: string): Promise<string> {
-  const s = await open(gw.httpPort);
-  s.write(head);
-  return (await readUntil(s, '\r\n')).toString('latin1').slice(9, 12);
-}
-
-/** Each path's answer for one spelling: an HTTP status, a SOCKS REP, or the datagram's fate. */
-const paths: Record<string, (gw: TestGateway, sp: Spelling) => Promise<string>> = {
-  'absolute-URI': (gw, sp) => httpStatus(gw, `GET http://${sp.http}:${originPort}/ HTTP/1.1\r\nHost: ${sp.http}:${originPort}\r\nConnection: close\r\n\r\n`),
-  CONNECT: (gw, sp) => httpStatus(gw, `CONNECT ${sp.http}:${originPort} HTTP/1.1\r\nHost: ${sp.http}:${originPort}\r\n\r\n`),
-  'SOCKS5 CONNECT': async (gw, sp) => {
-    const s = await open(gw.socksPort);
-    s.write(Buffer.from([5, 1, 0]));
-    expect([...(await readBytes(s, 2))]).toEqual([5, 0]);
-    s.write(Buffer.concat([Buffer.from([5, 1, 0]), socksAddress(sp.socks as NonNullable<Spelling['socks']>, originPort)]));
-    return `REP ${(await readBytes(s, 10))[1]}`;
-  },
-  'SOCKS5 UDP': async (gw, sp) => {
-    const client = await udpSocket(cleanups);
-    const a = await associate(gw, client, cleanups);
-    let isRelayed = false;
-    client.on('message', () => {
-      isRelayed = true;
-    });
-    const refusal = (): TestGateway['logs'][number] | undefined => gw.logs.find((l) => l.msg === 'socks5 udp destination refused' && l['client'] === `127.0.0.1:${client.address().port}`);
-    await sendTo(client, Buffer.concat([Buffer.from([0, 0, 0]), socksAddress(sp.socks as NonNullable<Spelling['socks']>, echoPort), Buffer.from('x')]), a.relay);
-    await until('the datagram relayed or refused', () => isRelayed || refusal() !== undefined, 10_000);
-    return isRelayed ? 'relayed' : `refused: ${String(refusal()?.['reason'])}`;
-  },
-};
-
-const ADMITTED: Record<string, RegExp> = { 'absolute-URI': /^200$/, CONNECT: /^200$/, 'SOCKS5 CONNECT': /^REP 0$/, 'SOCKS5 UDP': /^relayed$/ };
-const REFUSED: Record<string, RegExp> = { 'absolute-URI': /^403$/, CONNECT: /^403$/, 'SOCKS5 CONNECT': /^REP 2$/, 'SOCKS5 UDP': /^refused: .*not allowlisted/ };
-
-async function expectAll(gw: TestGateway, spellings: Record<string, Spelling>, want: Record<string, RegExp>): Promise<number> {
-  let n = 0;
-  for (const [how, sp] of Object.entries(spellings)) {
-    for (const [path, run] of Object.entries(paths)) {
-      if ((path.startsWith('SOCKS5') ? sp.socks : sp.http) === null) continue;
-      expect(await run(gw, sp), `${path} ${how}`).toMatch(want[path] as RegExp);
-      n++;
-    }
-  }
-  return n;
+function expectAll(gw: TestGateway, spellings: Record<string, Spelling>, want: Record<PathName, RegExp>): Promise<number> {
+  return targets.expectAll(gw, spellings, want);
 }
 
 /** The closed record of the one flow `act` opens on a new HTTP connection (found by its client port). */
 async function recordOf(gw: TestGateway, act: (s: Socket) => Promise<unknown>): Promise<FlowRecord> {
-  const s = await open(gw.httpPort);
+  const s = await targets.open(gw.httpPort);
   await act(s);
   const port = s.localPort;
   s.destroy();
