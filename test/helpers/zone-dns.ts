@@ -19,6 +19,8 @@ export interface ZoneDns {
   asked: string[];
   /** Send the answers held for names under `.held.test` (NXDOMAIN unless the zone names them), and each later one at once. */
   releaseHeld(): void;
+  /** Hold the answers for names under `.held.test` again, as at the start (the next test's lookups). */
+  holdAgain(): void;
   close(): Promise<void>;
 }
 
@@ -125,6 +127,9 @@ export async function startZoneDns(address: string, zone: Record<string, ZoneAns
       const sends = held ?? [];
       held = null;
       for (const send of sends) send();
+    },
+    holdAgain() {
+      held ??= [];
     },
     async close() {
       server.close();

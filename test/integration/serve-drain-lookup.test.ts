@@ -8,6 +8,11 @@
  * got its greeting's answer and then a close at the drain's end, no reply; the HTTP CONNECT got
  * nothing, its connection left open by the drain until the process exited (which waits for the OS
  * resolver's thread: here, until the test lets the answer go).
+ *
+ * Then the exit: with the OS resolver's own wait at `timeout:30 attempts:5`, the drain was over after its
+ * 1 s grace but the process exited only when getaddrinfo gave up, 150 s with 1 lookup or 8 (node's
+ * exit joins libuv's thread pool). Now it exits 0 at once on node ≥ 22.15 (process.execve); node 20
+ * has no exit that does not join, and still waits for the lookups (here: until the test lets them end).
  */
 import { once } from 'node:events';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -25,8 +30,15 @@ import { readToEnd, startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
 
 /** Its DNS server's address when free (test/helpers/zone-dns.ts picks another when it is not). */
 const ZONE_DNS = '127.0.0.161';
-/** How long a client waits for its answer before the test gives up on it (the grace is 1 s). */
+/** How long a client waits for its answer before the test gives up on it. */
 const ANSWER_WAIT_MS = 20_000;
+const GRACE_MS = 1000;
+/** How long after SIGTERM the exit may come: the grace and a wide margin for a loaded machine. */
+const EXIT_WITHIN_MS = GRACE_MS + 5000;
+/** Lookups held at SIGTERM in the exit case: half over SOCKS5 (ATYP 3), half over HTTP CONNECT. */
+const LOOKUPS = 8;
+/** Whether this node can exit without joining the thread pool (22.15 and later). */
+const hasExecve = typeof (process as NodeJS.Process & { execve?: unknown }).execve === 'function';
 
 const isAvailable = skipNotice(canUnshareMounts(), 'serve-drain-lookup', 'needs root and unshare -m (a mount namespace for its own /etc/resolv.conf)');
 
@@ -47,6 +59,7 @@ afterEach(async () => {
   dns?.releaseHeld();
   await killIfRunning(gw?.child ?? null);
   gw = null;
+  dns?.holdAgain();
 });
 afterAll(async () => {
   await dns?.close();
@@ -54,12 +67,42 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-async function open(port: number): Promise<Socket> {
-  const c = connect({ port, host: '127.0.0.1' });
+/** A client; with `i`, from its own loopback address (the resolver lets one requester hold 2 of its 8 slots). */
+async function open(port: number, i?: number): Promise<Socket> {
+  const c = connect({ port, host: '127.0.0.1', ...(i === undefined ? {} : { localAddress: `127.0.0.${70 + i}` }) });
   c.on('error', () => undefined);
   sockets.push(c);
   await once(c, 'connect');
   return c;
+}
+
+/**
+ * `serve` with its own resolv.conf naming the zone's server (`attempts` of 30 s each) and a 1 s drain
+ * grace; every flow allowed, records to `flows.jsonl`.
+ */
+async function serveHeldLookups(zone: ZoneDns, attempts: number, resolverTimeoutMs: number): Promise<{ gw: Served; log: string }> {
+  const log = join(dir, 'flows.jsonl');
+  await rm(log, { force: true });
+  await writeFile(join(dir, 'resolv.conf'), `nameserver ${zone.address}\noptions timeout:30 attempts:${attempts}\n`);
+  await writeFile(
+    join(dir, 'policy.yaml'),
+    [
+      'mode: enforce',
+      'allowRanges: [127.0.0.0/8]',
+      'roles: { any: { allow: [ { cidr: 127.0.0.0/8 }, { host: "*.held.test" } ] } }',
+      'defaultRoles: [any]',
+      'identity: { localAttribution: false }',
+      `resolver: { timeoutMs: ${resolverTimeoutMs} }`,
+      `flowLog: { path: ${JSON.stringify(log)} }`,
+      `limits: { drainGraceMs: ${GRACE_MS} }`,
+      '',
+    ].join('\n'),
+  );
+  const served = await spawnServe(join(dir, 'policy.yaml'), {
+    env: { UV_THREADPOOL_SIZE: '16', EGRESSGATE_ADMIN_TOKEN: 'serve-drain-lookup-token-0123456789' },
+    wrap: withResolvConf(join(dir, 'resolv.conf')),
+  });
+  return { gw: served, log };
 }
 
 /** Everything `c` receives until it closes, or what it has when ANSWER_WAIT_MS is up (`isClosed` false). */
@@ -84,27 +127,10 @@ function shape(r: FlowRecord): string {
 describe('egressgate serve: SIGTERM while a destination name is being looked up', () => {
   it.runIf(isAvailable)('the grace runs out: SOCKS5 CONNECT (ATYP 3) gets 0x01, HTTP CONNECT 503 shutdown, before the lookup ends; one record each, shutdown; exit 0', async () => {
     const zone = dns as ZoneDns;
-    const log = join(dir, 'flows.jsonl');
     // The OS resolver's own timeout (30 s) and the gateway's (120 s) both outlast the test's wait.
-    await writeFile(join(dir, 'resolv.conf'), `nameserver ${zone.address}\noptions timeout:30 attempts:1\n`);
-    await writeFile(
-      join(dir, 'policy.yaml'),
-      [
-        'mode: enforce',
-        'allowRanges: [127.0.0.0/8]',
-        'roles: { any: { allow: [ { cidr: 127.0.0.0/8 }, { host: "*.held.test" } ] } }',
-        'defaultRoles: [any]',
-        'identity: { localAttribution: false }',
-        'resolver: { timeoutMs: 120000 }',
-        `flowLog: { path: ${JSON.stringify(log)} }`,
-        'limits: { drainGraceMs: 1000 }',
-        '',
-      ].join('\n'),
-    );
-    gw = await spawnServe(join(dir, 'policy.yaml'), {
-      env: { UV_THREADPOOL_SIZE: '16', EGRESSGATE_ADMIN_TOKEN: 'serve-drain-lookup-token-0123456789' },
-      wrap: withResolvConf(join(dir, 'resolv.conf')),
-    });
+    const served = await serveHeldLookups(zone, 1, 120_000);
+    gw = served.gw;
+    const log = served.log;
     const socksPort = Number(gw.socks.slice(gw.socks.lastIndexOf(':') + 1));
     const name = 'socks.held.test';
     const socks = await open(socksPort);
@@ -122,10 +148,52 @@ describe('egressgate serve: SIGTERM while a destination name is being looked up'
     const head = httpAnswer.data.toString('latin1');
     expect(head.split('\r\n')[0]).toBe('HTTP/1.1 503 Service Unavailable');
     expect(head).toContain('"reason":"shutdown"');
-    // The lookups end now (NXDOMAIN). On node 20 the exit waits for them (serve-exit-lookups.test.ts).
+    // The lookups end now (NXDOMAIN). On node 20 the exit waits for them (the next case).
     zone.releaseHeld();
     expect(((await exited) as [number | null])[0]).toBe(0);
     const records = parseRecords(await readFile(log, 'utf8'));
     expect(records.map(shape).sort()).toEqual(['connect http.held.test allow close=shutdown', `socks5 ${name} allow close=shutdown`]);
+  }, 60_000);
+  it.runIf(isAvailable)(`${LOOKUPS} lookups held: exit 0 within the grace + 5 s (node 20: once they end), one shutdown record per flow`, async () => {
+    const zone = dns as ZoneDns;
+    // The OS resolver would hold each lookup 150 s; the gateway's own timeout outlasts the test.
+    const served = await serveHeldLookups(zone, 5, 600_000);
+    gw = served.gw;
+    const log = served.log;
+    const socksPort = Number(gw.socks.slice(gw.socks.lastIndexOf(':') + 1));
+    const expected: string[] = [];
+    for (let i = 0; i < LOOKUPS; i++) {
+      const name = `n${i}.held.test`;
+      if (i % 2 === 0) {
+        const c = await open(socksPort, i);
+        c.on('data', () => undefined);
+        c.write(Buffer.concat([Buffer.from([5, 1, 0, 5, 1, 0, 3, name.length]), Buffer.from(name), Buffer.from([0, 9])]));
+        expected.push(`socks5 ${name} allow close=shutdown`);
+      } else {
+        const c = await open(gw.http.port, i);
+        c.on('data', () => undefined);
+        c.write(`CONNECT ${name}:9 HTTP/1.1\r\nHost: ${name}:9\r\n\r\n`);
+        expected.push(`connect ${name} allow close=shutdown`);
+      }
+    }
+    await until(`${LOOKUPS} names asked`, () => expected.every((_, i) => zone.asked.includes(`n${i}.held.test A`)), 10_000);
+    const exited = once(gw.child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
+    gw.child.kill('SIGTERM');
+    if (!hasExecve) {
+      // Node 20: the exit waits for the OS resolver; the lookups end (NXDOMAIN) once the drain is over.
+      await until('the drain over', async () => (await readFile(log, 'utf8').catch(() => '')).split('\n').length > LOOKUPS, 10_000);
+      zone.releaseHeld();
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const result = await Promise.race([
+      exited,
+      new Promise<'still running'>((r) => {
+        timer = setTimeout(() => r('still running'), EXIT_WITHIN_MS);
+      }),
+    ]);
+    clearTimeout(timer);
+    expect(result).toEqual([0, null]);
+    const records = parseRecords(await readFile(log, 'utf8'));
+    expect(records.map(shape).sort()).toEqual(expected.sort());
   }, 60_000);
 });
