@@ -7,29 +7,20 @@
  * listeners, on a small tmpfs (root only).
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
 import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
+import { curlSizes, mountTmpfs } from '../helpers/flow-log-cases.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
-import { type Origin, run, startOrigin } from './http-harness.ts';
+import { type Origin, startOrigin } from './http-harness.ts';
 
 const top = mkdtempSync(join(tmpdir(), 'egw-flowlog-full-'));
 const mnt = join(top, 'mnt');
 
-function mountTmpfs(): string {
-  if (process.getuid?.() !== 0) return 'needs root (a tmpfs mount)';
-  try {
-    mkdirSync(mnt);
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', mnt], { stdio: 'ignore' });
-    return '';
-  } catch (err) {
-    return `mount -t tmpfs failed: ${(err as Error).message}`;
-  }
-}
-const why = mountTmpfs();
+const why = mountTmpfs(mnt, '256k');
 const available = skipNotice(why === '', 'flow-log-full-rotated (a 256 KiB tmpfs)', why);
 
 let origin: Origin;
@@ -49,11 +40,8 @@ afterAll(async () => {
 });
 
 /** GETs of /size/N for each N, one curl, through the proxy: their statuses. */
-async function getSizes(g: TestGateway, sizes: number[]): Promise<number[]> {
-  const args = ['-s', '-w', '%{http_code}\n', '-x', `http://${g.httpHost}:${g.httpPort}`];
-  for (const n of sizes) args.push('-o', '/dev/null', `http://127.0.0.1:${origin.port}/size/${n}`);
-  const r = await run('curl', args);
-  return r.stdout.toString('utf8').trim().split('\n').map(Number);
+function getSizes(g: TestGateway, sizes: number[]): Promise<number[]> {
+  return curlSizes({ host: g.httpHost, port: g.httpPort }, origin.port, sizes);
 }
 
 const failing = async (g: TestGateway): Promise<number> => Number(/^gw_flow_log_failing (\d)$/m.exec((await adminGet(g, '/metrics')).text)?.[1]);

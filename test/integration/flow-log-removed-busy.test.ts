@@ -13,9 +13,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
+import { curlSizes } from '../helpers/flow-log-cases.ts';
 import { parseRecords } from '../helpers/flow-records.ts';
 import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
-import { type Origin, run, startOrigin } from './http-harness.ts';
+import { type Origin, startOrigin } from './http-harness.ts';
 
 const top = mkdtempSync(join(tmpdir(), 'egw-flowlog-busy-'));
 let origin: Origin;
@@ -34,11 +35,8 @@ afterAll(async () => {
 });
 
 /** GETs of /size/N for each N, one curl, through the proxy: their statuses. */
-async function getSizes(g: TestGateway, sizes: number[]): Promise<number[]> {
-  const args = ['-s', '-w', '%{http_code}\n', '-x', `http://${g.httpHost}:${g.httpPort}`];
-  for (const n of sizes) args.push('-o', '/dev/null', `http://127.0.0.1:${origin.port}/size/${n}`);
-  const r = await run('curl', args);
-  return r.stdout.toString('utf8').trim().split('\n').map(Number);
+function getSizes(g: TestGateway, sizes: number[]): Promise<number[]> {
+  return curlSizes({ host: g.httpHost, port: g.httpPort }, origin.port, sizes);
 }
 
 /** The records in the file at `path` now (none if there is no file). */

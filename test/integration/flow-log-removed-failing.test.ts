@@ -8,30 +8,21 @@
  * does, and writes that first. Through the real listeners, on a small tmpfs (root only).
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
 import { parseRecords, parseWrittenRecords } from '../helpers/flow-records.ts';
 import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
+import { curlSizes, mountTmpfs } from '../helpers/flow-log-cases.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
-import { type Origin, run, startOrigin } from './http-harness.ts';
+import { type Origin, startOrigin } from './http-harness.ts';
 
 const top = mkdtempSync(join(tmpdir(), 'egw-flowlog-removed-failing-'));
 const mnt = join(top, 'mnt');
 
-function mountTmpfs(): string {
-  if (process.getuid?.() !== 0) return 'needs root (a tmpfs mount)';
-  try {
-    mkdirSync(mnt);
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', mnt], { stdio: 'ignore' });
-    return '';
-  } catch (err) {
-    return `mount -t tmpfs failed: ${(err as Error).message}`;
-  }
-}
-const why = mountTmpfs();
+const why = mountTmpfs(mnt, '64k');
 const available = skipNotice(why === '', 'flow-log-removed-failing (a 64 KiB tmpfs)', why);
 
 let origin: Origin;
@@ -51,11 +42,8 @@ afterAll(async () => {
 });
 
 /** GETs of /size/N for each N, one curl, through the proxy: their statuses. */
-async function getSizes(g: TestGateway, sizes: number[]): Promise<number[]> {
-  const args = ['-s', '-w', '%{http_code}\n', '-x', `http://${g.httpHost}:${g.httpPort}`];
-  for (const n of sizes) args.push('-o', '/dev/null', `http://127.0.0.1:${origin.port}/size/${n}`);
-  const r = await run('curl', args);
-  return r.stdout.toString('utf8').trim().split('\n').map(Number);
+function getSizes(g: TestGateway, sizes: number[]): Promise<number[]> {
+  return curlSizes({ host: g.httpHost, port: g.httpPort }, origin.port, sizes);
 }
 
 /** The whole records in the file at `path` now (none if there is no file; a full disk cuts the last line). */

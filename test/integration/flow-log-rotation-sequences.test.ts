@@ -21,6 +21,7 @@ import { gunzipSync } from 'node:zlib';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
 import { killIfRunning, loopbackServeConfig, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { curlSizes, mountTmpfs } from '../helpers/flow-log-cases.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { type Origin, run, startOrigin } from './http-harness.ts';
 
@@ -46,9 +47,7 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 /** GETs of /size/N for each N, one curl, through the proxy: the sizes answered 200. */
 async function getSizes(s: Served, sizes: number[]): Promise<number[]> {
-  const args = ['-s', '-w', '%{http_code}\n', '-x', `http://${s.http.host}:${s.http.port}`];
-  for (const n of sizes) args.push('-o', '/dev/null', `http://127.0.0.1:${origin.port}/size/${n}`);
-  const codes = (await run('curl', args)).stdout.toString('utf8').trim().split('\n').map(Number);
+  const codes = await curlSizes(s.http, origin.port, sizes);
   return sizes.filter((_, i) => codes[i] === 200);
 }
 
@@ -258,17 +257,7 @@ describe('flow log rotation sequences under a steady stream of flows', () => {
 
 /** A 2 MiB tmpfs for the disk-full case (root only); '' once mounted, else why not. */
 const mnt = join(top, 'mnt');
-function mountTmpfs(): string {
-  if (process.getuid?.() !== 0) return 'needs root (a tmpfs mount)';
-  try {
-    mkdirSync(mnt);
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', mnt], { stdio: 'ignore' });
-    return '';
-  } catch (err) {
-    return `mount -t tmpfs failed: ${(err as Error).message}`;
-  }
-}
-const why = mountTmpfs();
+const why = mountTmpfs(mnt, '2m');
 const hasTmpfs = skipNotice(why === '', 'flow-log-rotation-sequences: signals on a full disk (a 2 MiB tmpfs)', why);
 
 describe.skipIf(!hasTmpfs)('flow log rotation signals while the disk is full', () => {
