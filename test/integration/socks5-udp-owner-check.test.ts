@@ -87,9 +87,11 @@ describe("an association that names no port, its owner lookup slower than the at
       const client = await udpSocket(cleanups);
       const a = await associate(socksOf(s), client, cleanups, { auth: ALICE, announcePort: false });
       const other = await otherUser(cleanups, udpFrame('127.0.0.1', to, Buffer.from('from nobody')), a.relay, 20);
-      // Alice's client retransmits until relayed (at most 40 times, 250 ms apart).
+      // Alice's client retransmits until relayed (at most 160 times, 250 ms apart). Two slow lookups
+      // come first: nobody's port's, during which hers are dropped unasked, then her own port's (each
+      // 1-3 s on a quiet machine, past 5 s under a loaded CI run: 40 tries once fell short).
       let sent = 0;
-      while (sent < 40 && dest.got.length === 0) {
+      while (sent < 160 && dest.got.length === 0) {
         await sendTo(client, udpFrame('127.0.0.1', to, Buffer.from('from alice')), a.relay);
         sent++;
         await new Promise((r) => setTimeout(r, 250));
