@@ -7,7 +7,8 @@
  *  1. accept (paused), and wait for the first bytes — limits.headerTimeoutMs at most (checked by
  *     one timer for all waiting connections): silent → 408 JSON, warn, close, as node:http does;
  *  2. first bytes that are a whole, plain CONNECT head (parseConnectHead: strict, no duplicate
- *     headers, no Content-Length / Transfer-Encoding, within limits.maxHeaderBytes) → `onConnect`
+ *     headers, no Content-Length / Transfer-Encoding, a valid Host if any, within
+ *     limits.maxHeaderBytes) → `onConnect`
  *     with the head and any bytes after it, node:http never sees the connection;
  *  3. anything else — other methods, a head split over several packets, any byte node's strict
  *     parser might judge differently — is pushed back unread and the socket handed to the real
@@ -25,6 +26,7 @@ import { type ArrivalTicket, ArrivalQueue } from './arrival-queue.ts';
 import { mapError } from '../reject.ts';
 import { CLASS, IN_TARGET, scanHeaderLines } from './http-head-bytes.ts';
 import { writeRawRefusal } from './http-refusal.ts';
+import { isValidHostField } from './http-target.ts';
 
 /** A CONNECT request head parsed by the fast path; IncomingMessage has the same fields. */
 export interface ConnectHead {
@@ -65,8 +67,9 @@ const CONNECT_REFUSED: ReadonlySet<string> = new Set(['content-length', 'transfe
  * offset after the blank line, or null when the fast path must not judge these bytes (node:http
  * then does). Only what node's strict parser accepts in the same way is accepted here:
  * `CONNECT <target> HTTP/1.1`, then `name: value` lines (token names, printable ASCII and HTAB in
- * values, CRLF line ends), no duplicate names, no Content-Length or Transfer-Encoding. One pass over
- * the bytes; strings only for the target, names and values.
+ * values, CRLF line ends), no duplicate names, no Content-Length or Transfer-Encoding, a Host (if
+ * any) of valid syntax (node:http's path refuses any other: http-connect.ts). One pass over the
+ * bytes; strings only for the target, names and values.
  */
 export function parseConnectHead(buf: Buffer, maxHeaderBytes: number): { url: string; headers: IncomingHttpHeaders; end: number } | null {
   if (buf.length < CONNECT_PREFIX.length || buf.compare(CONNECT_PREFIX, 0, CONNECT_PREFIX.length, 0, CONNECT_PREFIX.length) !== 0) return null;
@@ -81,6 +84,7 @@ export function parseConnectHead(buf: Buffer, maxHeaderBytes: number): { url: st
   const headers: IncomingHttpHeaders = {};
   // Header lines, each ending in CRLF; the last one's CRLF is the first half of the blank line.
   if (!scanHeaderLines(buf, i + VERSION_CRLF.length, blank + 2, CONNECT_REFUSED, headers, null)) return null;
+  if (headers.host !== undefined && !isValidHostField(headers.host)) return null;
   return { url, headers, end: blank + 4 };
 }
 

@@ -7,6 +7,7 @@
  *  - request line `GET|HEAD SP http://<target> SP HTTP/1.1 CRLF`, target bytes RFC 3986 only;
  *  - header lines as scanHeaderLines (http-head-bytes.ts) reads them: token names, printable values,
  *    CRLF ends, no name twice;
+ *  - a Host, if any, of valid syntax (isValidHostField: node:http refuses any other, RFC 9112 §3.2);
  *  - no Content-Length or Transfer-Encoding (a request without them has no body, RFC 9112 §6.3),
  *    no Expect (100-continue is node:http's `checkContinue` path), no Upgrade, and no
  *    `Connection: upgrade`;
@@ -16,6 +17,7 @@
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import { CLASS, IN_URI, scanHeaderLines } from './http-head-bytes.ts';
+import { isValidHostField } from './http-target.ts';
 
 export interface FastRequestHead {
   readonly method: 'GET' | 'HEAD';
@@ -57,6 +59,7 @@ export function parseFastRequestHead(buf: Buffer, maxHeaderBytes: number): FastR
   const headers: IncomingHttpHeaders = {};
   const rawHeaders: string[] = [];
   if (!scanHeaderLines(buf, i + VERSION_CRLF.length, blank + 2, REFUSED, headers, rawHeaders)) return null;
+  if (headers.host !== undefined && !isValidHostField(headers.host)) return null;
   const connection = connectionOptions(headers.connection);
   if (connection === null) return null;
   // llhttp takes Proxy-Connection for Connection (its `close` ends the connection on node:http).

@@ -2,7 +2,8 @@
  * Request-target parsing and the smuggling guard for the HTTP listener. Pure functions over what
  * node's parser handed us; no sockets.
  */
-import type { IncomingMessage } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
+import { isIPv6 } from 'node:net';
 import type { GatewayErrorCode } from '../errors.ts';
 import { formatAuthority, parseAuthority } from '../protocol/authority.ts';
 
@@ -39,19 +40,58 @@ export function parseAbsoluteTarget(url: string): AbsoluteTarget {
 }
 
 /**
- * Request shapes whose body length two parsers could disagree on (RFC 9112 §6.1, §6.3). node's
- * strict parser refuses them already; this second check makes sure no future parser leniency
- * turns into an ambiguous forward. Returns the shape's name or null; shapeRefusalCode gives its status.
+ * Request shapes whose body length, or whose Host, two parsers could disagree on (RFC 9112 §6.1,
+ * §6.3, §3.2). node's strict parser refuses the length shapes already; this second check makes sure
+ * no future parser leniency turns into an ambiguous forward. It also refuses what node lets through:
+ * Host twice or with an invalid value (RFC 9112 §3.2: 400; node keeps the first Host). Returns the
+ * shape's name or null; shapeRefusalCode gives its status. One pass over the names, lower-casing
+ * only those of the two lengths looked for.
  */
 export function smugglingShape(req: Pick<IncomingMessage, 'httpVersionMajor' | 'headers' | 'rawHeaders'>): string | null {
   if (req.httpVersionMajor < 1) return 'http/0.9';
   const te = req.headers['transfer-encoding'];
+  const raw = req.rawHeaders;
   let contentLengths = 0;
-  for (let i = 0; i < req.rawHeaders.length; i += 2) if ((req.rawHeaders[i] as string).toLowerCase() === 'content-length') contentLengths++;
+  let hosts = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    if (name.length === 14) {
+      if (name.toLowerCase() === 'content-length') contentLengths++;
+    } else if (name.length === 4 && name.toLowerCase() === 'host') hosts++;
+  }
   if (te !== undefined && contentLengths > 0) return 'content-length-with-transfer-encoding';
   if (contentLengths > 1) return 'duplicate-content-length';
   if (te !== undefined && te.trim().toLowerCase() !== 'chunked') return isOtherCodingThenChunked(te) ? 'transfer-coding-not-implemented' : 'transfer-encoding-not-chunked';
+  if (hosts > 1) return 'duplicate-host';
+  if (hosts === 1 && !isValidHostField(req.headers.host ?? '')) return 'invalid-host';
   return null;
+}
+
+/**
+ * The Host field's fault (RFC 9112 §3.2: 400 for Host twice or an invalid value), or null; for the
+ * requests smugglingShape does not see (CONNECT). `raw` is absent on the CONNECT front's heads,
+ * which never repeat a name. No Host at all is no fault here (the target names the authority).
+ */
+export function hostFieldFault(headers: IncomingHttpHeaders, raw: readonly string[] | undefined): string | null {
+  const host = headers.host;
+  if (host === undefined) return null;
+  if (raw !== undefined && isRepeatedField(raw, 'host')) return 'duplicate-host';
+  return isValidHostField(host) ? null : 'invalid-host';
+}
+
+/** `uri-host [ ":" port ]` (RFC 3986 §3.2.2, §3.2.3): an IP literal in brackets, or a reg-name; empty allowed. */
+const HOST_FIELD = /^(?:\[(?:[0-9A-Fa-f:.]+|[vV][0-9A-Fa-f]+\.[\w.~!$&'()*+,;=:-]+)\]|(?:[\w.~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?$/;
+
+/**
+ * A Host field value as RFC 9112 §3.2 takes it: `uri-host [ ":" port ]`, an IPv6 literal a valid
+ * IPv6 address. Only the grammar: the gateway rebuilds Host from the target (hostHeaderFor), so a
+ * Host naming another authority, or a name the policy would refuse, is no fault.
+ */
+export function isValidHostField(value: string): boolean {
+  if (!HOST_FIELD.test(value)) return false;
+  if (value.charCodeAt(0) !== 0x5b /* [ */) return true;
+  const first = value.charCodeAt(1);
+  return first === 0x76 /* v */ || first === 0x56 /* V */ || isIPv6(value.slice(1, value.indexOf(']')));
 }
 
 /**

@@ -3,6 +3,7 @@
  * close), a warn log line with the reason, nothing reaches the origin (never an ambiguous forward),
  * and other clients — including a tunnel already open — keep being served.
  */
+import { createServer, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { type Origin, rawConnect, rawExchange, readUntil, run, startOrigin } from './http-harness.ts';
@@ -115,5 +116,116 @@ describe('malformed and hostile requests', () => {
     expect(r.stdout.length).toBe(100);
     const rec = await gw.waitForClosed((f) => f.protocol === 'http' && f.bytesIn === 100);
     expect(rec.closeReason).toBe('closed');
+  });
+});
+
+/** A raw TCP origin that counts the connections it accepts and the bytes it reads, answering nothing. */
+async function startCountingOrigin(): Promise<{ port: number; connections: () => number; bytes: () => string; close: () => Promise<void> }> {
+  const sockets: Socket[] = [];
+  let read = '';
+  const server = createServer((s) => {
+    sockets.push(s);
+    s.on('error', () => undefined);
+    s.on('data', (c: Buffer) => {
+      read += c.toString('latin1');
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await new Promise<void>((r) => server.once('listening', () => r()));
+  return {
+    port: (server.address() as { port: number }).port,
+    connections: () => sockets.length,
+    bytes: () => read,
+    close: () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+  };
+}
+
+/**
+ * Send `bytes` on a new connection, whole in one packet or split after 3 bytes (the fast paths take
+ * only a whole head: split, node:http reads it), and collect until the gateway closes (bounded).
+ */
+async function sendAndRead(bytes: string, isSplit: boolean): Promise<string> {
+  const s = await rawConnect(gw.httpPort);
+  const chunks: Buffer[] = [];
+  s.on('data', (c: Buffer) => chunks.push(c));
+  s.on('error', () => undefined);
+  const closed = new Promise<void>((r) => s.once('close', () => r()));
+  const timer = setTimeout(() => s.destroy(), 10_000);
+  if (isSplit) {
+    s.write(bytes.slice(0, 3), 'latin1');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  s.write(isSplit ? bytes.slice(3) : bytes, 'latin1');
+  await closed;
+  clearTimeout(timer);
+  return Buffer.concat(chunks).toString('latin1');
+}
+
+// Regression: RFC 9112 §3.2 (a server MUST answer 400 to a request with more than one Host field
+// line or a Host field with an invalid value) was not applied: node:http keeps the first Host and the
+// gateway rebuilds Host from the target, so such requests were served (200, or a CONNECT's tunnel),
+// and on the fast path a Host of any printable bytes was served too.
+describe('Host fields the gateway must refuse', () => {
+  let sink: Awaited<ReturnType<typeof startCountingOrigin>>;
+  let a: string;
+
+  beforeAll(async () => {
+    sink = await startCountingOrigin();
+    a = `127.0.0.1:${sink.port}`;
+  });
+  afterAll(async () => {
+    await sink?.close();
+  });
+
+  const refused: Array<[string, (a: string) => string, string]> = [
+    ['Host twice (the same value)', (t) => `GET http://${t}/h HTTP/1.1\r\nHost: ${t}\r\nHost: ${t}\r\n\r\n`, 'duplicate-host'],
+    ['Host twice (two authorities)', (t) => `GET http://${t}/h HTTP/1.1\r\nHost: ${t}\r\nhost: other.example\r\n\r\n`, 'duplicate-host'],
+    ['Host with a space inside', (t) => `GET http://${t}/h HTTP/1.1\r\nHost: a b.example\r\n\r\n`, 'invalid-host'],
+    ['Host with userinfo', (t) => `GET http://${t}/h HTTP/1.1\r\nHost: user@${t}\r\n\r\n`, 'invalid-host'],
+    ['Host with a path', (t) => `GET http://${t}/h HTTP/1.1\r\nHost: ${t}/x\r\n\r\n`, 'invalid-host'],
+    ['Host with a non-numeric port', (t) => `GET http://${t}/h HTTP/1.1\r\nHost: example.com:8o\r\n\r\n`, 'invalid-host'],
+    ['Host with an unclosed IPv6 literal', (t) => `GET http://${t}/h HTTP/1.1\r\nHost: [::1\r\n\r\n`, 'invalid-host'],
+    ['Host with a bad percent-encoding', (t) => `GET http://${t}/h HTTP/1.1\r\nHost: a%zz\r\n\r\n`, 'invalid-host'],
+    ['POST with Host twice', (t) => `POST http://${t}/h HTTP/1.1\r\nHost: ${t}\r\nHost: ${t}\r\nContent-Length: 5\r\n\r\nhello`, 'duplicate-host'],
+    ['Upgrade with Host twice', (t) => `GET http://${t}/ws HTTP/1.1\r\nHost: ${t}\r\nHost: ${t}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`, 'duplicate-host'],
+    ['CONNECT with Host twice', (t) => `CONNECT ${t} HTTP/1.1\r\nHost: ${t}\r\nHost: ${t}\r\n\r\n`, 'duplicate-host'],
+    ['CONNECT with an invalid Host', (t) => `CONNECT ${t} HTTP/1.1\r\nHost: ${t}, other.example\r\n\r\n`, 'invalid-host'],
+  ];
+  it.each(refused)('%s: 400 bad-request, connection closed, a warn line, nothing reaches the origin, whole or split', async (_name, bytes, why) => {
+    for (const isSplit of [false, true]) {
+      const logsBefore = gw.logs.length;
+      const closedBefore = gw.closed.length;
+      const answer = await sendAndRead(bytes(a), isSplit);
+      expect(answer, `split: ${isSplit}`).toMatch(/^HTTP\/1\.1 400 /);
+      const end = answer.indexOf('\r\n\r\n');
+      expect(answer.slice(0, end)).toMatch(/\r\nconnection: close(\r\n|$)/i);
+      expect(JSON.parse(answer.slice(end + 4))).toEqual({ error: 'bad request', reason: 'bad-request', flowId: null });
+      expect(gw.logs.slice(logsBefore).filter((l) => l.level === 'warn' && l.why === why)).toHaveLength(1);
+      // Refused before admission: no flow, no record.
+      expect(gw.closed.length).toBe(closedBefore);
+    }
+    expect([sink.connections(), sink.bytes()]).toEqual([0, '']);
+  });
+
+  // What RFC 9112 §3.2 and RFC 3986 §3.2.2 allow is still served: the Host is not the target's
+  // authority (the gateway rebuilds it from the target), a name with sub-delims, an IPv6 literal,
+  // an empty port, an empty value.
+  const accepted: Array<[string, string]> = [
+    ['a bracketed IPv6 literal with a port', 'Host: [::1]:8080\r\n'],
+    ['an empty port', 'Host: example.com:\r\n'],
+    ['sub-delims and a percent-encoding', "Host: a!b$c&'d%41.example\r\n"],
+    ['an empty value', 'Host:\r\n'],
+  ];
+  it.each(accepted)('Host with %s: served, whole or split', async (_name, field) => {
+    const o = `127.0.0.1:${origin.port}`;
+    for (const isSplit of [false, true]) {
+      const answer = await sendAndRead(`GET http://${o}/ok-${isSplit} HTTP/1.1\r\n${field}Connection: close\r\n\r\n`, isSplit);
+      expect(answer, `split: ${isSplit}`).toMatch(/^HTTP\/1\.1 200 /);
+      expect(answer.endsWith('echo:GET:0')).toBe(true);
+    }
   });
 });

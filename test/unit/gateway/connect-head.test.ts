@@ -53,6 +53,7 @@ describe('parseConnectHead (CONNECT fast path)', () => {
     ['a bare LF inside a value', 'CONNECT a:1 HTTP/1.1\r\nX-A: 1\n2\r\n\r\n'],
     ['a tab in a name', 'CONNECT a:1 HTTP/1.1\r\nX\tA: 1\r\n\r\n'],
     ['a duplicate that differs only in case', 'CONNECT a:1 HTTP/1.1\r\nHost: a\r\nHOST: a\r\n\r\n'],
+    ['a Host of invalid syntax (node:http answers 400)', 'CONNECT a:1 HTTP/1.1\r\nHost: a b\r\n\r\n'],
   ])('leaves %s to node:http', (_what, text) => {
     expect(parseConnectHead(b(text), 8192)).toBeNull();
   });

@@ -49,6 +49,7 @@ describe('parseFastRequestHead (absolute-URI fast path)', () => {
     ['an incomplete head', 'GET http://h/ HTTP/1.1\r\nHost: h\r\n'],
     ['obs-fold', 'GET http://h/ HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n'],
     ['a bare LF', 'GET http://h/ HTTP/1.1\nHost: h\r\n\r\n'],
+    ['a Host of invalid syntax (node:http answers 400)', 'GET http://h/ HTTP/1.1\r\nHost: h/x\r\n\r\n'],
     ['a bare CR in a value', 'GET http://h/ HTTP/1.1\r\nX-A: a\rb\r\n\r\n'],
     ['a control byte in a value', 'GET http://h/ HTTP/1.1\r\nX-A: a\u0001b\r\n\r\n'],
     ['obs-text in a value', 'GET http://h/ HTTP/1.1\r\nX-A: caf\u00e9\r\n\r\n'],

@@ -10,7 +10,7 @@ import {
   serialiseRequestHead,
   viaFor,
 } from '../../../gateway/listeners/http-headers.ts';
-import { hostHeaderFor, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from '../../../gateway/listeners/http-target.ts';
+import { hostFieldFault, hostHeaderFor, isValidHostField, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from '../../../gateway/listeners/http-target.ts';
 
 const NAME = newViaName();
 const VIA_VALUE = NAME.value;
@@ -198,6 +198,9 @@ describe('smugglingShape (http-target.ts)', () => {
     [['Transfer-Encoding', 'gzip, chunked', 'Content-Length', '5'], 'content-length-with-transfer-encoding'],
     [['Transfer-Encoding', 'Chunked'], null],
     [['Content-Length', '5'], null],
+    [['Host', 'a.example', 'host', 'a.example'], 'duplicate-host'],
+    [['Host', 'a b'], 'invalid-host'],
+    [['Host', 'a.example:8080', 'Content-Length', '5'], null],
     [[], null],
   ] as Array<[string[], string | null]>)('%j → %s', (raw, want) => {
     expect(smugglingShape(req(raw))).toBe(want);
@@ -209,5 +212,20 @@ describe('smugglingShape (http-target.ts)', () => {
   });
   it('refuses HTTP/0.9', () => {
     expect(smugglingShape(req([], 0))).toBe('http/0.9');
+  });
+});
+
+describe('isValidHostField and hostFieldFault (http-target.ts): RFC 9112 §3.2', () => {
+  it.each(['a.example', 'A.Example:8080', 'a.example:', '', '127.0.0.1:80', '[::1]', '[::1]:443', '[::ffff:127.0.0.1]', '[v1.x:y]', "a!$&'()*+,;=_~-b", 'a%41b', '1.2.3.4.5', 'a,b'])('%j is valid', (v) => {
+    expect(isValidHostField(v)).toBe(true);
+  });
+  it.each(['a b', 'a/b', 'user@a', 'a:b', 'a:80:80', '[::1', '[::g]', '[fe80::1%eth0]', '::1', 'a%4', 'a%zz', 'é.example', 'a, b', 'a\tb', '[::1]x'])('%j is invalid', (v) => {
+    expect(isValidHostField(v)).toBe(false);
+  });
+  it('names Host twice (raw names) and an invalid value; no Host is no fault', () => {
+    expect(hostFieldFault({ host: 'a' }, ['Host', 'a', 'HOST', 'b'])).toBe('duplicate-host');
+    expect(hostFieldFault({ host: 'a b' }, undefined)).toBe('invalid-host');
+    expect(hostFieldFault({ host: 'a' }, ['Host', 'a'])).toBeNull();
+    expect(hostFieldFault({}, [])).toBeNull();
   });
 });
