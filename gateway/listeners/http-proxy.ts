@@ -15,8 +15,8 @@
  *  2. route by shape: `CONNECT host:port` → http-connect.ts; a request with `Upgrade` → http-upgrade.ts;
  *     everything else must be an absolute `http://` URI (origin-form → 400: we are not an origin).
  *  3. parse the authority (gateway/protocol/authority.ts): one normalised host and port, or 400.
- *  4. a second smuggling guard on what node accepted: CL with TE, several CL, a TE that is not
- *     exactly chunked, Host twice or of invalid syntax → 400 and close (another
+ *  4. a second smuggling guard on what node accepted: CL with TE, several CL, a CL past 2^53 − 1,
+ *     a TE that is not exactly chunked, Host twice or of invalid syntax → 400 and close (another
  *     coding before a final chunked, `gzip, chunked`, is a coding we do not implement: 501 and
  *     close); HTTP/0.9 → 400.
  *  5. admission (gateway/admission.ts): identify (Proxy-Authorization Basic, trusted identity

@@ -43,9 +43,10 @@ export function parseAbsoluteTarget(url: string): AbsoluteTarget {
  * Request shapes whose body length, or whose Host, two parsers could disagree on (RFC 9112 §6.1,
  * §6.3, §3.2). node's strict parser refuses the length shapes already; this second check makes sure
  * no future parser leniency turns into an ambiguous forward. It also refuses what node lets through:
- * Host twice or with an invalid value (RFC 9112 §3.2: 400; node keeps the first Host). Returns the
- * shape's name or null; shapeRefusalCode gives its status. One pass over the names, lower-casing
- * only those of the two lengths looked for.
+ * a Content-Length that is no safe integer (past 2^53 − 1 undici reads it as a float and forwards it
+ * rounded: 9007199254740993 went on as 9007199254740992), and Host twice or with an invalid value
+ * (RFC 9112 §3.2: 400; node keeps the first Host). Returns the shape's name or null; shapeRefusalCode
+ * gives its status. One pass over the names, lower-casing only those of the two lengths looked for.
  */
 export function smugglingShape(req: Pick<IncomingMessage, 'httpVersionMajor' | 'headers' | 'rawHeaders'>): string | null {
   if (req.httpVersionMajor < 1) return 'http/0.9';
@@ -61,10 +62,19 @@ export function smugglingShape(req: Pick<IncomingMessage, 'httpVersionMajor' | '
   }
   if (te !== undefined && contentLengths > 0) return 'content-length-with-transfer-encoding';
   if (contentLengths > 1) return 'duplicate-content-length';
+  if (contentLengths === 1 && !isSafeContentLength(req.headers['content-length'] ?? '')) return 'content-length-not-safe-integer';
   if (te !== undefined && te.trim().toLowerCase() !== 'chunked') return isOtherCodingThenChunked(te) ? 'transfer-coding-not-implemented' : 'transfer-encoding-not-chunked';
   if (hosts > 1) return 'duplicate-host';
   if (hosts === 1 && !isValidHostField(req.headers.host ?? '')) return 'invalid-host';
   return null;
+}
+
+/**
+ * A Content-Length (digits only: node's parser refuses anything else) whose value is a safe integer,
+ * so every reader of it, undici's float included, gets the same number. Fifteen digits always are.
+ */
+function isSafeContentLength(value: string): boolean {
+  return value.length <= 15 || Number.isSafeInteger(Number(value));
 }
 
 /**
