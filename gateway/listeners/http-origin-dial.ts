@@ -51,7 +51,7 @@ function onConnectTimeout(socket: Socket, hostname: string, port: number): void 
   socket.destroy(connectTimedOut(hostname, port));
 }
 
-/** What this module needs of an exchange (http-forward.ts OriginExchange). */
+/** What this module needs of an exchange (http-origin-exchange.ts OriginExchange). */
 export interface DialledExchange extends Dispatcher.DispatchHandler {
   flowOf(): Flow;
   /** The staggered dial of the flow's name's addresses, or null (one address, or a parent proxy). */

@@ -125,7 +125,7 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
   // still fails node's parser: clientError, and the request's flow ends `client-reset`. The TLS
   // sockets of the HTTPS listener allow half-open too (allowHalfOpen above), else a client's
   // close_notify and FIN would end our side before the answer.
-  // An origin silent for finGraceMs after the FIN ends the flow (http-forward.ts clientHalfClosed).
+  // An origin silent for finGraceMs after the FIN ends the flow (http-origin-exchange.ts clientHalfClosed).
   (server as { httpAllowHalfOpen?: boolean }).httpAllowHalfOpen = true;
 
   let strippedFor: PolicySnapshot | null = null;

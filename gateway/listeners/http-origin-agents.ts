@@ -1,0 +1,126 @@
+/**
+ * The undici dispatchers of the HTTP listener's absolute-URI paths (http-forward.ts, and
+ * http-fast-path.ts for requests served on the raw socket).
+ *
+ * Pinning: the undici origin is `http://<checked ip>:<port>`, so undici never resolves a name; the
+ * origin still sees `Host: <name>`. One Agent keeps a keep-alive pool per ip:port (connections to
+ * one address are shared by every virtual host on it, as a forward proxy's should be); a parent
+ * proxy gets an Agent of its own whose connect step goes through gateway/upstream/dial.ts. A name
+ * with several addresses has them dialled staggered by the connector, and a request whose dial
+ * another address won goes to that address's pool (http-origin-dial.ts).
+ */
+import type { Socket } from 'node:net';
+import { Agent, type buildConnector } from 'undici';
+import { dial } from '../upstream/dial.ts';
+import { boundedConnector, exchangeDialling, isRedialOfAborted, NOT_REDIALLED, onOriginDisconnect } from './http-origin-dial.ts';
+
+/**
+ * The undici dispatchers of one listener: direct, and one per parent proxy URL. undici fixes the
+ * connect timeout when an Agent is made, so a reload that changes `limits.connectTimeoutMs` makes
+ * new Agents; the old ones finish their requests in flight and close.
+ */
+export class OriginAgents {
+  private direct: Agent;
+  private readonly viaUpstream = new Map<string, Agent>();
+  private connectTimeoutMs: number;
+  /** Our Via entry, on the CONNECT each parent proxy is asked (the gateway's ViaName). */
+  private readonly via: string;
+
+  constructor(connectTimeoutMs: number, via: string) {
+    this.connectTimeoutMs = connectTimeoutMs;
+    this.via = via;
+    this.direct = directAgent(connectTimeoutMs);
+  }
+
+  /** The dispatcher for a flow: direct to the pinned address, or through its parent proxy. */
+  for(upstream: string | null, connectTimeoutMs: number = this.connectTimeoutMs): Agent {
+    if (connectTimeoutMs !== this.connectTimeoutMs) this.retune(connectTimeoutMs);
+    if (!upstream) return this.direct;
+    let agent = this.viaUpstream.get(upstream);
+    if (!agent) {
+      const timeoutMs = this.connectTimeoutMs;
+      const via = this.via;
+      agent = new Agent({
+        keepAliveTimeout: 4000,
+        keepAliveMaxTimeout: ORIGIN_KEEPALIVE_MAX_MS,
+        pipelining: 1,
+        // The origin is always an IP literal here, so the parent proxy is asked for exactly that address.
+        connect: (opts, callback) => {
+          const ip = opts.hostname.replace(/^\[|\]$/g, '');
+          const port = Number(opts.port) || 80;
+          if (isRedialOfAborted(ip, port)) {
+            callback(NOT_REDIALLED, null);
+            return;
+          }
+          dial({ ip, port, upstream, timeoutMs, flow: exchangeDialling(ip, port)?.flowOf(), via }).then(
+            (socket: Socket) => callback(null, socket),
+            (err: Error) => callback(err, null),
+          );
+        },
+      });
+      agent.on('disconnect', onOriginDisconnect);
+      this.viaUpstream.set(upstream, agent);
+    }
+    return agent;
+  }
+
+  private retune(connectTimeoutMs: number): void {
+    const old = [this.direct, ...this.viaUpstream.values()];
+    this.connectTimeoutMs = connectTimeoutMs;
+    this.direct = directAgent(connectTimeoutMs);
+    this.viaUpstream.clear();
+    for (const agent of old) void agent.close().catch(() => undefined);
+  }
+
+  /**
+   * Close every pooled origin connection once the requests in flight have finished (drain, after
+   * its flows have ended). New requests are refused from here on.
+   */
+  async close(): Promise<void> {
+    await Promise.all(this.all().map((a) => a.close().catch(() => undefined)));
+  }
+
+  /** Close every origin connection now, aborting any request still in flight (grace expired, tests). */
+  async destroy(): Promise<void> {
+    await Promise.all(this.all().map((a) => a.destroy().catch(() => undefined)));
+  }
+
+  private all(): Agent[] {
+    return [this.direct, ...this.viaUpstream.values()];
+  }
+}
+
+/**
+ * The longest an idle pooled origin connection is kept, whatever the origin's `Keep-Alive: timeout=`
+ * says (undici honours up to 600 s by default). Pooled connections are no client's flows and count
+ * against no limit, so an origin chosen by a client that answered `timeout=600` kept each one for ten
+ * minutes: one client held 19,941 of the gateway's 20,000 descriptors that way (squid's
+ * pconn_timeout is 60 s).
+ */
+export const ORIGIN_KEEPALIVE_MAX_MS = 10_000;
+
+function directAgent(connectTimeoutMs: number): Agent {
+  // undici's own connector bounded by a timer of ours (boundedConnector), its socket named to the
+  // flow it is opened for (exchangeDialling), so a kill while it connects destroys it. A request
+  // whose name has other addresses dials them staggered instead (StaggeredOrigin).
+  const connector = boundedConnector(connectTimeoutMs);
+  const connect: buildConnector.connector = (opts, callback) => {
+    const port = Number(opts.port) || 80;
+    if (isRedialOfAborted(opts.hostname, port)) {
+      callback(NOT_REDIALLED, null);
+      return;
+    }
+    const exchange = exchangeDialling(opts.hostname, port);
+    const alternates = exchange === undefined ? null : exchange.alternates;
+    if (alternates !== null) {
+      alternates.connect(opts.hostname, port, callback);
+      return;
+    }
+    // Typed void, but undici's connector returns the socket it opened (core/connect.js).
+    const socket = connector(opts, callback) as unknown as Socket | undefined;
+    if (exchange !== undefined && socket !== undefined) exchange.flowOf().dialling = socket;
+    return socket;
+  };
+  // keepAliveTimeout below typical origin defaults (5 s) so we rarely reuse a socket the origin is closing.
+  return new Agent({ connect, keepAliveTimeout: 4000, keepAliveMaxTimeout: ORIGIN_KEEPALIVE_MAX_MS, pipelining: 1 }).on('disconnect', onOriginDisconnect);
+}
