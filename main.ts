@@ -17,7 +17,7 @@ import type { Server as TlsServer } from 'node:tls';
 import type { FastifyInstance } from 'fastify';
 import { buildAdmin, generateAdminToken } from './admin/app.ts';
 import { LocalAttributor } from './agent/attribution.ts';
-import { selfDialDecision } from './gateway/admission.ts';
+import { refuseLookupsAfterChange, selfDialDecision } from './gateway/admission.ts';
 import { attachAlertSinks } from './gateway/alerts/alert-sinks.ts';
 import { AlertStore } from './gateway/alerts/alert-store.ts';
 import { AuditLog } from './gateway/audit-log.ts';
@@ -239,12 +239,16 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   // The sweep's timing follows the running policy (a reload, PUT /v1/policy, a rollback).
   policy.on('change', ({ snapshot, previous }: PolicyChange) => {
     flows.retime(snapshot.config.detection.sampleIntervalMs, snapshot.config.flowLog.interimSec);
+    // Flows whose names are being looked up are not established: judged on the new policy at once.
+    refuseLookupsAfterChange(ctx);
     // Records still go where the flow log was opened: whoever moved flowLog.path must hear it.
     const restartOnly = restartOnlyChanges(previous.config, snapshot.config, config);
     if (restartOnly.length > 0) {
       log.warn({ settings: restartOnly, version: snapshot.version, flowLog: config.flowLog.path }, 'these settings apply at the next restart; the running gateway keeps its listeners, logs and state where they are');
     }
   });
+  // PUT /v1/mode too: a name enforce mode can never admit is refused, as for a new flow.
+  policy.on('mode', () => refuseLookupsAfterChange(ctx));
   // 4. listeners
   const httpServer = createHttpProxy(ctx);
   const socksServer = createSocksServer(ctx);

@@ -7,7 +7,8 @@
  *  4. local process attribution (clients on the gateway's own host), in parallel with
  *  5. resolve: IP literal, `resolver.hosts`, then DNS — the one address that is classified and dialled
  *     (the answer's others are kept: dialled when it refuses or is slow, each classified first, admitAlternate)
- *     (in enforce mode a name the roles can never admit is refused unresolved, its process named)
+ *     (in enforce mode a name the roles can never admit is refused unresolved, its process named;
+ *     a reload or mode switch during the lookup judges the flow on the running policy: runningPolicy)
  *  6. never the gateway's own listeners (nor, for UDP, a live association's relay socket)
  *  7. policy decide (deny-range, role allowlist, mode) → block / would-block / allow
  *  8. detection hooks: quarantine and process-name detectors; byte budget
@@ -124,8 +125,9 @@ const ANONYMOUS: Identity = Object.freeze({ user: null, host: null, roles: Objec
 
 /** Run the connect-time pipeline for one new flow. Never throws. */
 export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise<Admitted | Refused> {
-  const snapshot = ctx.policy.current();
-  const override = ctx.policy.modeOverride();
+  // Re-read after each wait below: a reload or mode switch meanwhile judges the flow (runningPolicy).
+  let snapshot = ctx.policy.current();
+  let override = ctx.policy.modeOverride();
   // 1. identify
   let identity = req.identity;
   let authFailed = false;
@@ -151,7 +153,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     controlPort: req.control?.clientPort,
   });
   if (req.watch !== undefined) req.watch.flow = flow;
-  const mode = snapshot.modeFor(identity.roles, override);
+  let mode = snapshot.modeFor(identity.roles, override);
   // A client without an address (reset before it was accepted) cannot be identified: never judged.
   // The gateway's own refusals before any judgement are recorded as the rate limit's are (block,
   // enforced, in every mode: gatewayRefusal), so a log filtered for what was refused finds them.
@@ -183,7 +185,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   // In enforce mode a name no allow entry of these roles can admit is refused before it is looked
   // up: the lookup would carry the name out (a DNS tunnel through the gateway's own resolver). The
   // refusal still names the local process that tried (who asked for a forbidden name is the point).
-  if (mode === 'enforce' && knownAddress(snapshot, req.destHost) === null && !snapshot.mayAllowName(flow.identity.roles, req.destHost, req.destPort, req.protocol)) {
+  if (isRefusedUnresolved(snapshot, mode, flow, req.destHost, req.destPort, req.protocol)) {
     if (attribution) await attachProcess(ctx, flow, attribution);
     if (flow.state === 'closed') return killedMeanwhile(flow);
     return refuse(ctx, flow, snapshot.decide(factsOf(flow, req.protocol, req.destHost, req.destPort, null), ctx.flows.now(), override));
@@ -192,12 +194,34 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   let ip: string | null = knownAddress(snapshot, req.destHost);
   let alternates = NO_ALTERNATES;
   let dnsError: GatewayErrorCode | null = null;
-  if (ip === null) ({ ip, alternates, dnsError } = req.lookedUp ?? (await lookUpUntilKilled(ctx, flow, req.destHost)));
+  if (ip === null && req.lookedUp !== undefined) ({ ip, alternates, dnsError } = req.lookedUp);
+  else if (ip === null) {
+    const lookup = lookUp(ctx, req.destHost, flow.client.ip);
+    let answer = await lookUpUntilKilled(flow, lookup);
+    // A reload or mode switch while it was looked up (refuseLookupsAfterChange woke the wait): a name
+    // the running policy can no longer admit is refused now, as a new flow's would be, unresolved.
+    while (answer === POLICY_CHANGED && flow.state !== 'closed') {
+      ({ snapshot, override, mode } = runningPolicy(ctx, flow));
+      if (isRefusedUnresolved(snapshot, mode, flow, req.destHost, req.destPort, req.protocol)) {
+        return refuse(ctx, flow, snapshot.decide(factsOf(flow, req.protocol, req.destHost, req.destPort, null), ctx.flows.now(), override));
+      }
+      answer = await lookUpUntilKilled(flow, lookup);
+    }
+    ({ ip, alternates, dnsError } = answer);
+  }
   if (attribution && flow.state !== 'closed') await attachProcess(ctx, flow, attribution);
   // Killed while it was looked up (admin DELETE, a late report's detector, the drain's end, the
   // client leaving): answered now, not when the lookup ends (after the process, at the drain's end).
   // The lookup cannot be cancelled: its answer is not used and nothing is dialled.
   if (flow.state === 'closed') return killedMeanwhile(flow);
+  // Judged on the policy running now, not the one its admission began under: a reload, push,
+  // rollback or mode switch during the lookup or the local attribution applies to this flow too (it
+  // is not established yet). Its roles are the new policy's; a `resolver.hosts` entry it added is the address.
+  if (ctx.policy.current() !== snapshot || ctx.policy.modeOverride() !== override) {
+    ({ snapshot, override, mode } = runningPolicy(ctx, flow));
+    const known = knownAddress(snapshot, req.destHost);
+    if (known !== null) ({ ip, alternates, dnsError } = { ip: known, alternates: NO_ALTERNATES, dnsError: null });
+  }
   if (ip) ctx.flows.setDestinationIp(flow, ip);
   // 6. self-dial
   const self = ip ? selfDialDecision(ctx, ip, req.destPort, req.protocol, mode) : null;
@@ -458,22 +482,66 @@ export async function lookUp(ctx: GatewayContext, host: string, requester: strin
 /** What admission's wait for a lookup ends with when its flow is killed meanwhile (the answer is not used). */
 const KILLED_LOOKUP: LookedUp = Object.freeze({ ip: null, alternates: NO_ALTERNATES, dnsError: null });
 
+/** What admission's wait for a lookup ends with when the policy changed meanwhile (the lookup goes on). */
+const POLICY_CHANGED: LookedUp = Object.freeze({ ip: null, alternates: NO_ALTERNATES, dnsError: null });
+
 /**
- * `lookUp` for a flow admission holds: a kill meanwhile (FlowTable.kill calls `flow.abort`) ends the
- * wait at once, so the client is answered what the kill means then, not when the lookup ends: a
- * name whose servers do not answer held it for `resolver.timeoutMs`, and at a drain's end past the
- * process's exit (a SOCKS5 client got no reply; an HTTP CONNECT held the exit). One closure per
- * looked-up flow, registered only while the lookup is under way.
+ * Admission's wait for `lookup`, its flow's: a kill meanwhile (FlowTable.kill calls `flow.abort`)
+ * ends the wait at once, so the client is answered what the kill means then, not when the lookup
+ * ends: a name whose servers do not answer held it for `resolver.timeoutMs`, and at a drain's end
+ * past the process's exit (a SOCKS5 client got no reply; an HTTP CONNECT held the exit). A reload
+ * or mode switch (refuseLookupsAfterChange) ends it with POLICY_CHANGED, the flow still live. One
+ * closure per looked-up flow (one more per change that woke it), registered only while the lookup
+ * is under way.
  */
-function lookUpUntilKilled(ctx: GatewayContext, flow: RoutedFlow, host: string): Promise<LookedUp> {
+function lookUpUntilKilled(flow: RoutedFlow, lookup: Promise<LookedUp>): Promise<LookedUp> {
   return new Promise((resolve) => {
-    const onKill = (): void => resolve(KILLED_LOOKUP);
+    const onKill = (): void => {
+      flow.isLookingUp = false;
+      resolve(flow.state === 'closed' ? KILLED_LOOKUP : POLICY_CHANGED);
+    };
     flow.abort = onKill;
-    void lookUp(ctx, host, flow.client.ip).then((answer) => {
-      if (flow.abort === onKill) flow.abort = null;
+    flow.isLookingUp = true;
+    void lookup.then((answer) => {
+      if (flow.abort === onKill) {
+        flow.abort = null;
+        flow.isLookingUp = false;
+      }
       resolve(answer);
     });
   });
+}
+
+/**
+ * After a reload, push, rollback or mode switch: wake admission's wait of every flow whose name is
+ * being looked up, so each is judged on the policy running now at once (a name it can no longer
+ * admit refused then, unresolved), not when its lookup ends. O(live flows), once per change.
+ */
+export function refuseLookupsAfterChange(ctx: Pick<GatewayContext, 'flows'>): void {
+  for (const flow of ctx.flows.activeFlows().values()) {
+    if (flow.isLookingUp) flow.abort?.('policy-change');
+  }
+}
+
+/**
+ * The policy running now for a flow admission holds: its snapshot and override, and the flow's roles
+ * under it (roles are the policy's: identity-resolver step 9) with the mode they give.
+ */
+function runningPolicy(ctx: GatewayContext, flow: RoutedFlow): { snapshot: PolicySnapshot; override: Mode | null; mode: Mode } {
+  const snapshot = ctx.policy.current();
+  const override = ctx.policy.modeOverride();
+  const roles = snapshot.rolesFor(flow.identity.user, flow.identity.host);
+  if (!sameRoles(roles, flow.identity.roles)) ctx.flows.setIdentity(flow, { ...flow.identity, roles });
+  return { snapshot, override, mode: snapshot.modeFor(flow.identity.roles, override) };
+}
+
+function sameRoles(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((r, i) => r === b[i]);
+}
+
+/** Enforce mode's refusal before any lookup: a name no allow entry of the flow's roles can admit (step 4). */
+function isRefusedUnresolved(snapshot: PolicySnapshot, mode: Mode, flow: Flow, host: string, port: number, protocol: Protocol): boolean {
+  return mode === 'enforce' && knownAddress(snapshot, host) === null && !snapshot.mayAllowName(flow.identity.roles, host, port, protocol);
 }
 
 /**
@@ -599,9 +667,9 @@ export type DestinationAdmission =
  * Never throws.
  */
 export async function admitDestination(ctx: GatewayContext, flow: RoutedFlow, destHost: string, destPort: number, lookedUp?: LookedUp): Promise<DestinationAdmission> {
-  const snapshot = ctx.policy.current();
-  const override = ctx.policy.modeOverride();
-  const mode = snapshot.modeFor(flow.identity.roles, override);
+  let snapshot = ctx.policy.current();
+  let override = ctx.policy.modeOverride();
+  let mode = snapshot.modeFor(flow.identity.roles, override);
   // As for a new flow: in enforce mode a name no allow entry can admit is refused unlooked-up.
   if (mode === 'enforce' && knownAddress(snapshot, destHost) === null && !snapshot.mayAllowName(flow.identity.roles, destHost, destPort, flow.protocol)) {
     const decision = snapshot.decide(factsOf(flow, flow.protocol, destHost, destPort, null), ctx.flows.now(), override);
@@ -610,6 +678,12 @@ export async function admitDestination(ctx: GatewayContext, flow: RoutedFlow, de
   let ip: string | null = knownAddress(snapshot, destHost);
   let dnsError: GatewayErrorCode | null = null;
   if (ip === null) ({ ip, dnsError } = lookedUp ?? (await lookUp(ctx, destHost, flow.client.ip)));
+  // Judged on the policy running now: a reload or mode switch during the lookup applies (as in `admit`).
+  if (ctx.policy.current() !== snapshot || ctx.policy.modeOverride() !== override) {
+    snapshot = ctx.policy.current();
+    override = ctx.policy.modeOverride();
+    mode = snapshot.modeFor(flow.identity.roles, override);
+  }
   const self = ip ? selfDialDecision(ctx, ip, destPort, flow.protocol, mode) : null;
   if (self !== null) return { ok: false, decision: self, reject: mapDecision(self), reason: self.reasons[0] as string, ip };
   const decision = snapshot.decide(factsOf(flow, flow.protocol, destHost, destPort, ip), ctx.flows.now(), override);

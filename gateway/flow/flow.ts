@@ -189,6 +189,8 @@ export class Flow {
    * nothing more reaches the destination. A field, not a closure per flow.
    */
   dialling: DiallingSocket | null = null;
+  /** Admission awaits its name's lookup, `abort` its wait's (a reload wakes it: admission.ts refuseLookupsAfterChange). */
+  isLookingUp = false;
   /** The client's host has an agent, yet no agent attributed this live flow in time (a signal in itself). */
   isUnattributed = false;
   /** Local attribution outlasted admission's wait and named the process of the flow already admitted. */
