@@ -303,7 +303,11 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   // Of ids, not flows: a long-lived Set's discarded tables would keep flows alive (live-flows.ts).
   const admitted = new Set<string>();
   const onAttributed = (flow: Flow): void => {
-    if (flow.state !== 'active' || !admitted.has(flow.id) || !isRouted(flow)) return;
+    if (flow.state !== 'active' || !isRouted(flow)) return;
+    if (!admitted.has(flow.id)) {
+      if (flow.isLookingUp) killWhileLookingUp(flow);
+      return;
+    }
     const snapshot = policy.current();
     const mode = modeOf(flow.identity.roles);
     const now = flows.now();
@@ -336,6 +340,31 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     }
   };
   flows.on('attributed', onAttributed);
+
+  /**
+   * An agent report naming the process of a flow whose name admission is looking up: in enforce
+   * mode a refusal it would meet at admission's step 8 (quarantine, a connect-time detector) kills
+   * it now, as during its dial, so its client is answered at once, not when the lookup ends (a
+   * name whose servers do not answer held it for `resolver.timeoutMs`). Anything else, and monitor
+   * mode's would-block, is left to step 8, which judges the process on the flow's address.
+   */
+  const killWhileLookingUp = (flow: RoutedFlow): void => {
+    const mode = modeOf(flow.identity.roles);
+    if (mode !== 'enforce') return;
+    const now = flows.now();
+    const quarantined = quarantineOf(flow, mode, now);
+    if (quarantined) {
+      flows.redecide(flow, quarantined, true);
+      flows.kill(flow.id, 'quarantine');
+      return;
+    }
+    const refusing = evaluateConnect(facts(flow), state, policy.current(), now, flow.id).find((f) => f.action !== 'flag');
+    if (refusing === undefined) return;
+    raise(refusing, mode, now);
+    putInQuarantine(quarantineKey(flow), now);
+    markKilled(flow, refusing);
+    flows.kill(flow.id, refusing.detector);
+  };
 
   /**
    * Quarantine, then the connect-time detectors, for a new flow or one more destination of an open

@@ -8,6 +8,9 @@
  *    began with: 200 / `0x00` when the answer came (2.0 s later), both dialled, records `allow`.
  *  - A reload that still admits the name but no longer its address (loopback taken out of
  *    `allowRanges`): 403 `deny-range` when the answer comes, not dialled. Before: 200, dialled.
+ *  - An agent report naming the flow's process (nmap) during the lookup, in enforce mode: 403
+ *    `an0081.scanner-tool` at once, as during the dial. Before, 403 only once the answer came
+ *    (2.3 s; the report came at 0.8 s).
  *
  * DNS answers late (test/helpers/late-dns.ts: `.slow.test` names get 127.0.0.1 after LOOKUP_MS);
  * the origin counts what reaches it.
@@ -18,12 +21,15 @@ import { SocksClient } from 'socks';
 import { afterAll, beforeAll, describe, it } from 'vitest';
 import type { Config } from '../../policy/config.ts';
 import { createDnsResolver } from '../../gateway/upstream/resolve.ts';
+import { reportProcesses, testAgent } from '../helpers/detection-live.ts';
 import { caseSockets } from '../helpers/dialling-cases.ts';
 import { type DeepPartial, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { type LateDns, startLateDns } from '../helpers/late-dns.ts';
 
 /** How late names answer: long enough that an answer "at once" comes well before it on a loaded machine. */
 const LOOKUP_MS = 2000;
+/** The client the agent speaks for (no other case here uses it). */
+const AGENT_CLIENT = '127.0.0.7';
 
 let dns: LateDns;
 let origin: Server;
@@ -147,6 +153,24 @@ describe.concurrent('a flow whose name is being looked up', () => {
     expect(text).toContain('"reason":"deny-range"');
     expect(recordsTo(gw, 'd1.slow.test')).toEqual([['block', 'deny-range', 'deny-range']]);
     expect(gw.closed.find((r) => r.destination.host === 'd1.slow.test')?.destination.ip).toBe('127.0.0.1');
+  });
+
+  it('an agent report naming its process (nmap), enforce mode: 403 an0081.scanner-tool before the answer; one record; not dialled', async ({ expect, onTestFinished }) => {
+    const clients = caseSockets(onTestFinished);
+    const gw = await gateway({ mode: 'enforce', roles: SLOW_NAMES, identity: { agents: [testAgent] }, detection: { quarantineSec: 600 } }, onTestFinished);
+    const c = await waitingConnect(gw, 'a1.slow.test', clients, AGENT_CLIENT);
+    await until('looked up', () => dns.asked.includes('a1.slow.test'));
+    const report = { localIp: AGENT_CLIENT, localPort: c.s.localPort as number, remoteIp: gw.httpHost, remotePort: gw.httpPort, pid: 4242, name: 'nmap', user: 'alice', uid: 1000, loginuid: 1000 };
+    expect((await reportProcesses(gw.adminUrl, 'ws', [report])).attributed).toBe(1);
+    const text = await c.reply;
+    expect(text).toMatch(/^HTTP\/1\.1 403 /);
+    expect(text).toContain('"reason":"an0081.scanner-tool"');
+    expect(dns.answered).not.toContain('a1.slow.test');
+    await until('answered', () => dns.answered.includes('a1.slow.test'), 10_000);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(gw.closed.filter((r) => r.destination.host === 'a1.slow.test').map((r) => [r.verdict, r.reason, r.closeReason, r.identity.process?.name])).toEqual([
+      ['block', 'detector', 'an0081.scanner-tool', 'nmap'],
+    ]);
   });
 });
 
