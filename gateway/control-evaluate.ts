@@ -15,7 +15,7 @@ import { HostInventory } from './identity/host-inventory.ts';
 import { parseAuthority } from './protocol/authority.ts';
 
 /**
- * The running gateway's self-dial refusal (admission.ts selfDialDecision) for `ip:port`, or null;
+ * The running gateway's self-dial refusal (admission/self-dial.ts selfDialDecision) for `ip:port`, or null;
  * none for the CLI, which has no listeners.
  */
 export type SelfDial = (ip: string, port: number, mode: Mode) => Decision | null;

@@ -26,7 +26,7 @@ export interface KnownDestination {
 
 /**
  * No destination was ever named: a SOCKS5 connection refused at its RFC 1929 login, which comes
- * before its request (admission.ts, refuseLogin). Such a flow is closed as it is opened; the
+ * before its request (admission/refusals.ts, refuseLogin). Such a flow is closed as it is opened; the
  * detectors never see it (it went nowhere) and replay skips it (verdict block).
  */
 export interface UnknownDestination {
@@ -180,7 +180,7 @@ export class Flow {
   legs: FlowLeg[] | null = null;
   /**
    * Registered by whoever holds the sockets: tears both sides down at once (TCP reset). While
-   * admission awaits the flow's DNS lookup, its own: a kill ends that wait (admission.ts lookUpUntilKilled).
+   * admission awaits the flow's DNS lookup, its own: a kill ends that wait (admission/lookup.ts lookUpUntilKilled).
    */
   abort: ((reason: string) => void) | null = null;
   /**
@@ -189,7 +189,7 @@ export class Flow {
    * nothing more reaches the destination. A field, not a closure per flow.
    */
   dialling: DiallingSocket | null = null;
-  /** Admission awaits its name's lookup, `abort` its wait's (a reload wakes it: admission.ts refuseLookupsAfterChange). */
+  /** Admission awaits its name's lookup, `abort` its wait's (a reload wakes it: admission/lookup.ts refuseLookupsAfterChange). */
   isLookingUp = false;
   /** The client's host has an agent, yet no agent attributed this live flow in time (a signal in itself). */
   isUnattributed = false;

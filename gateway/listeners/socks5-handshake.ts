@@ -7,7 +7,7 @@
  * request, the identity and any bytes the client already sent past the request to `onRequest`.
  * Every refusal goes out through `refuse()`: the reply bytes (if the protocol has a place for one),
  * a warn log with the reason, then a graceful close that never crashes and never lingers. A
- * refused RFC 1929 login also leaves its flow record (admission.ts, refuseLogin): no destination
+ * refused RFC 1929 login also leaves its flow record (admission/refusals.ts, refuseLogin): no destination
  * was named yet, and it is the connection's only record.
  */
 import type { Socket } from 'node:net';

@@ -1,5 +1,5 @@
 /**
- * isLocalAddress (admission.ts) lists this machine's addresses with os.networkInterfaces(), which
+ * isLocalAddress (admission/self-dial.ts) lists this machine's addresses with os.networkInterfaces(), which
  * needs a netlink socket. The shipped systemd unit forbade those (RestrictAddressFamilies without
  * AF_NETLINK): the listing threw, the first request failed, and the half-built set cached after it
  * made every interface address "not local", so the gateway dialled its own listeners through them.

@@ -1,0 +1,104 @@
+/**
+ * Admission's step 6: the gateway never dials itself (its listeners, a live SOCKS5 UDP association's
+ * relay socket), however the address is spelled; and which addresses are this machine's own.
+ */
+import { networkInterfaces } from 'node:os';
+import { effectiveIPv4 } from '../../policy/address.ts';
+import type { Decision, Mode, Protocol } from '../../policy/types.ts';
+import type { GatewayContext } from '../context.ts';
+import { fixed } from './refusals.ts';
+
+/** How long a listing of this machine's interface addresses is used (DHCP and hot-plug change them). */
+const LOCAL_ADDRESSES_MS = 60_000;
+let localAddresses: Set<string> | null = null;
+let localListedAt = Number.NEGATIVE_INFINITY;
+let isListingWarned = false;
+
+/**
+ * This machine's own addresses, listed again after LOCAL_ADDRESSES_MS; null when they cannot be
+ * listed (os.networkInterfaces() needs a netlink socket, which a sandbox may forbid): the callers
+ * then take every address for a local one, so the self-dial guard fails closed.
+ */
+function localSet(): Set<string> | null {
+  const now = Date.now();
+  if (now - localListedAt < LOCAL_ADDRESSES_MS) return localAddresses;
+  localListedAt = now;
+  const set = new Set(['127.0.0.1', '::1', '0.0.0.0', '::']);
+  try {
+    for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) set.add(a.address);
+    localAddresses = set;
+  } catch (err) {
+    localAddresses = null;
+    if (!isListingWarned) {
+      isListingWarned = true;
+      process.emitWarning(
+        `cannot list this machine's network addresses (${(err as Error).message}): every address on a port the gateway listens on with a wildcard listener is taken for the gateway's own and refused. Allow netlink sockets (systemd: RestrictAddressFamilies=… AF_NETLINK).`,
+        { code: 'EGRESSGATE_NO_INTERFACES' },
+      );
+    }
+  }
+  return localAddresses;
+}
+
+/**
+ * The address a dial to `ip` reaches, in the form listener addresses are written: an IPv4 address
+ * carried in IPv6 (IPv4-mapped in any spelling, `::ffff:7f00:1` as much as `::ffff:127.0.0.1`; NAT64,
+ * 6to4, Teredo, IPv4-compatible) as that IPv4 address, and the unspecified address as loopback
+ * (Linux dials 0.0.0.0 as 127.0.0.1 and :: as ::1).
+ */
+function dialledForm(ip: string): string {
+  const v4 = ip.includes(':') ? (effectiveIPv4(ip) ?? ip) : ip;
+  if (v4 === '0.0.0.0') return '127.0.0.1';
+  if (v4 === '::') return '::1';
+  return v4;
+}
+
+/** Is this address one of this machine's own (loopback or an interface), in any spelling? */
+export function isLocalAddress(ip: string): boolean {
+  const bare = dialledForm(ip);
+  if (bare.startsWith('127.')) return true;
+  const local = localSet();
+  return local === null || local.has(bare);
+}
+
+/** Ports of the gateway's own listeners, rebuilt when the set of listeners changes. */
+let selfPorts: { from: ReadonlySet<string>; size: number; ports: Set<number> } | null = null;
+function selfPortSet(addresses: ReadonlySet<string>): Set<number> {
+  if (selfPorts === null || selfPorts.from !== addresses || selfPorts.size !== addresses.size) {
+    const ports = new Set<number>();
+    for (const a of addresses) ports.add(Number(a.slice(a.lastIndexOf(':') + 1)));
+    selfPorts = { from: addresses, size: addresses.size, ports };
+  }
+  return selfPorts.ports;
+}
+
+/**
+ * Step 6's refusal of a dial to the gateway itself (`selfKind`): block, deny-range, whatever the
+ * mode, or null when `ip:port` is not the gateway's. The policy dry run (control-evaluate.ts) asks
+ * the same of the running gateway, so its answer is the data plane's.
+ */
+export function selfDialDecision(ctx: Pick<GatewayContext, 'selfAddresses' | 'udpRelays'>, ip: string, port: number, protocol: Protocol, mode: Mode): Decision | null {
+  const self = selfKind(ctx, ip, port, protocol);
+  return self === null ? null : fixed('deny-range', 'policy.deny-range', mode, [`${ip}:${port} is ${self} of this gateway`]);
+}
+
+/**
+ * Whether `ip:port` is the gateway's own, and what: one of its listeners, or (a UDP destination) the
+ * relay socket of a live SOCKS5 UDP association, its own or another's. Sending there would loop
+ * through the gateway, and a relay whose client on this host associated for any port would take the
+ * datagram for its client's and relay it on under that client's identity. Null: not the gateway's.
+ */
+function selfKind(ctx: Pick<GatewayContext, 'selfAddresses' | 'udpRelays'>, ip: string, port: number, protocol: Protocol): 'a listener' | 'a UDP relay' | null {
+  const isListenerPort = selfPortSet(ctx.selfAddresses).has(port);
+  const isRelayPort = protocol === 'socks5-udp' && ctx.udpRelays.hasPort(port);
+  // Most destinations are not on a port the gateway listens or relays on: no string building for those.
+  if (!isListenerPort && !isRelayPort) return null;
+  const bare = dialledForm(ip);
+  // Relays are bound on the address their client reached (never a wildcard): that address only.
+  if (isRelayPort && ctx.udpRelays.has(bare, port)) return 'a UDP relay';
+  if (!isListenerPort) return null;
+  const key = bare.includes(':') ? `[${bare}]:${port}` : `${bare}:${port}`;
+  if (ctx.selfAddresses.has(key)) return 'a listener';
+  // A listener on a wildcard address answers on every local address.
+  return (ctx.selfAddresses.has(`0.0.0.0:${port}`) || ctx.selfAddresses.has(`[::]:${port}`)) && isLocalAddress(bare) ? 'a listener' : null;
+}
