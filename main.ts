@@ -38,6 +38,7 @@ import { createLogger } from './gateway/log.ts';
 import { type PolicyChange, PolicyStore } from './gateway/policy-store.ts';
 import { restartOnlyChanges } from './gateway/restart-settings.ts';
 import { createDnsResolver } from './gateway/upstream/resolve.ts';
+import { UnansweredAddresses } from './gateway/upstream/unanswered.ts';
 import { UdpRelayAddresses } from './gateway/udp-relay-addresses.ts';
 import type { Config } from './policy/config.ts';
 import type { Alert } from './policy/detectors/types.ts';
@@ -228,6 +229,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     log,
     selfAddresses,
     udpRelays: new UdpRelayAddresses(),
+    unanswered: new UnansweredAddresses(() => policy.current().config.resolver.rememberUnansweredMs),
     via: newViaName(),
     isDraining: () => draining,
     isRefusingUnrecorded: () => flowLog.isFailing && policy.current().config.flowLog.onError === 'refuse',

@@ -139,6 +139,12 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     }
     ({ ip, alternates, dnsError } = answer);
   }
+  // A name's addresses that lately did not answer a dial on this port go after the others; the
+  // first of the rest is the one checked and dialled first (a UDP destination is not dialled).
+  if (alternates.length > 0 && ctx.unanswered !== undefined && ip !== null && req.protocol !== 'socks5-udp') {
+    const order = ctx.unanswered.reorder(ip, alternates, req.destPort);
+    if (order !== null) ({ ip, alternates } = order);
+  }
   if (attribution && flow.state !== 'closed') await attachProcess(ctx, flow, attribution);
   // Killed while it was looked up (admin DELETE, a late report's detector, the drain's end, the
   // client leaving): answered now, not when the lookup ends (after the process, at the drain's end).

@@ -8,6 +8,7 @@ import type { Flow, FlowLeg, KnownDestination, RoutedFlow } from './flow/flow.ts
 import type { FlowTable } from './flow/flow-table.ts';
 import type { DescriptorShortage } from './descriptor-shortage.ts';
 import type { UdpRelayAddresses } from './udp-relay-addresses.ts';
+import type { UnansweredAddresses } from './upstream/unanswered.ts';
 
 /** The current policy: one reference, swapped on reload (gateway/policy-store.ts implements it). */
 export interface PolicySource {
@@ -149,4 +150,6 @@ export interface GatewayContext {
   flowLogBacklog?(): number;
   /** Dials failing for want of a descriptor: logged once per ten seconds (absent = per flow only). */
   readonly descriptors?: DescriptorShortage;
+  /** Addresses that lately did not answer a dial: dialled last among a name's (absent = none remembered). */
+  readonly unanswered?: UnansweredAddresses;
 }

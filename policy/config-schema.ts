@@ -253,7 +253,7 @@ export const CONFIG_SCHEMA: Node = s.obj({
   defaultRoles: s.arr(s.str(nonEmpty)),
   deny: s.obj({ privateRanges: s.bool(), cidrs: s.arr(s.str(cidr)) }),
   allowRanges: s.arr(s.str(cidr)),
-  resolver: s.obj({ hosts: s.rec(s.str(ipAddress), hostName), timeoutMs: s.int(1, MAX_TIMER_MS) }),
+  resolver: s.obj({ hosts: s.rec(s.str(ipAddress), hostName), timeoutMs: s.int(1, MAX_TIMER_MS), rememberUnansweredMs: s.int(0, MAX_TIMER_MS) }),
   schedule: s.obj({
     timezone: s.str(timeZone),
     businessHours: s.obj({

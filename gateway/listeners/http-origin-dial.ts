@@ -188,7 +188,7 @@ export class StaggeredOrigin {
     const alternates = this.isDialled ? NO_ALTERNATES : this.admitted.alternates;
     this.isDialled = true;
     const timeoutMs = this.admitted.snapshot.config.limits.connectTimeoutMs;
-    dialFirstReachable({ ip, port, upstream: null, timeoutMs, flow, via: this.ctx.via.value }, alternates, this.admit).then(
+    dialFirstReachable({ ip, port, upstream: null, timeoutMs, flow, via: this.ctx.via.value, unanswered: this.ctx.unanswered }, alternates, this.admit).then(
       (socket) => {
         // The record names the address that answered (admitAlternate): the request's origin, or another.
         const winner = flow.destination.ip;

@@ -9,6 +9,7 @@ import { type ParentEndpoint, type ParentLogin, parseParentUrl } from '../../pol
 import { type HandshakeWords, readHandshake } from './handshake.ts';
 import { socks5ParentHandshake } from './socks5-parent.ts';
 import { type DiallingSocket, type Flow, KILLED_WHILE_DIALLING } from '../flow/flow.ts';
+import type { UnansweredAddresses } from './unanswered.ts';
 
 export interface DialTarget {
   /** The checked address; never re-resolved. */
@@ -29,6 +30,11 @@ export interface DialTarget {
    * and a socks5 parent, which has no such field.
    */
   via: string;
+  /**
+   * Where a staggered dial (a name with several addresses) notes the addresses that did not answer
+   * and clears the one that did (unanswered.ts). Absent: nothing remembered.
+   */
+  unanswered?: UnansweredAddresses | undefined;
 }
 
 /** Open a TCP connection to the target. Resolves once the upstream is ready for payload bytes. */
@@ -64,6 +70,8 @@ export type AdmitAddress = (ip: string, isOutcome?: boolean) => boolean;
  * refuses or cannot be reached, each only if `admit` lets the flow go on to it. The first to connect
  * is the flow's and every other attempt is destroyed then; at most MAX_ADDRESSES_DIALLED in all,
  * within the one `timeoutMs`. When none connects, the flow takes the failure of the last to fail.
+ * What each address did is noted in `target.unanswered`: the ones dialled before the one that
+ * answered, refused, unreachable or timed out are marked, the one that answered is cleared.
  */
 export function dialFirstReachable(target: DialTarget, alternates: readonly string[], admit: AdmitAddress): Promise<Socket> {
   // Most flows have one address: their dial is the plain one, no timer, no extra frame per connection.
@@ -157,6 +165,14 @@ class StaggeredDial implements DiallingSocket {
       socket.destroy();
       return;
     }
+    const unanswered = this.target.unanswered;
+    if (unanswered !== undefined) {
+      // Attempts still connecting that were dialled before this one have gone unanswered for at
+      // least one attempt delay: dialled last next time. Those dialled after it are not judged.
+      const at = this.sockets.indexOf(socket);
+      for (let i = 0; i < at; i++) unanswered.note(this.ips[i] as string, this.target.port);
+      unanswered.clear(ip, this.target.port);
+    }
     this.settle(socket);
     this.admit(ip, true);
     // As after a plain dial: a kill before the tunnel starts destroys the connected socket.
@@ -175,6 +191,7 @@ class StaggeredDial implements DiallingSocket {
       this.fail(failure, ip);
       return;
     }
+    this.target.unanswered?.note(ip, this.target.port);
     this.lastError = failure;
     this.lastErrorIp = ip;
     if (!this.dialNext() && this.sockets.length === 0) this.fail(failure, ip);
@@ -185,6 +202,7 @@ class StaggeredDial implements DiallingSocket {
     this.deadlineTimer = null;
     if (this.isSettled) return;
     const ip = this.ips[this.ips.length - 1] ?? this.lastErrorIp;
+    for (const unansweredIp of this.ips) this.target.unanswered?.note(unansweredIp, this.target.port);
     this.fail(this.sockets.length > 0 ? connectTimedOut(ip, this.target.port) : (this.lastError as GatewayError), ip);
   }
 

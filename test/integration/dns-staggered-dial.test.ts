@@ -136,7 +136,14 @@ beforeAll(async () => {
     'lone.test': [HUNG],
   });
   writeFileSync(join(dir, 'resolv.conf'), `nameserver ${dns.address}\noptions timeout:1 attempts:1\n`);
-  const config = join(dir, 'policy.yaml');
+  // This gateway remembers no address that did not answer, so every flow to slow.test dials HUNG
+  // first: the staggered dial itself is what these cases are about.
+  gw = await spawnServe(policyFile('policy.yaml', 'flows.jsonl', 'resolver: { rememberUnansweredMs: 0 }'), { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN }, wrap: withResolvConf(join(dir, 'resolv.conf')) });
+}, 30_000);
+
+/** A policy file in `dir` for a gateway of these tests, its flow log `flows`, plus `extra` lines. */
+function policyFile(name: string, flows: string, ...extra: string[]): string {
+  const config = join(dir, name);
   writeFileSync(
     config,
     [
@@ -147,12 +154,13 @@ beforeAll(async () => {
       'identity: { localAttribution: false }',
       // Far beyond the clients' 10 s: an answer at all says the gateway did not wait for it.
       'limits: { connectTimeoutMs: 20000 }',
-      `flowLog: { path: ${JSON.stringify(join(dir, 'flows.jsonl'))} }`,
+      `flowLog: { path: ${JSON.stringify(join(dir, flows))} }`,
+      ...extra,
       '',
     ].join('\n'),
   );
-  gw = await spawnServe(config, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN }, wrap: withResolvConf(join(dir, 'resolv.conf')) });
-}, 30_000);
+  return config;
+}
 
 afterAll(async () => {
   if (gw) {
@@ -177,8 +185,8 @@ async function curl(args: string[]): Promise<[string, string]> {
   return [text.slice(nl + 1), text.slice(0, nl)];
 }
 
-async function socks(host: string): Promise<string> {
-  const [h, p] = (gw as Served).socks.split(':');
+async function socks(host: string, via: Served = gw as Served): Promise<string> {
+  const [h, p] = via.socks.split(':');
   const { socket } = await SocksClient.createConnection({
     proxy: { host: h as string, port: Number(p), type: 5 },
     command: 'connect',
@@ -192,8 +200,8 @@ async function socks(host: string): Promise<string> {
 }
 
 /** The flow records `match` picks, once there are at least `n` of them (the log is written in batches). */
-async function records(match: (r: ReturnType<typeof parseRecords>[number]) => boolean, n: number): Promise<ReturnType<typeof parseRecords>> {
-  const file = join(dir, 'flows.jsonl');
+async function records(match: (r: ReturnType<typeof parseRecords>[number]) => boolean, n: number, flows = 'flows.jsonl'): Promise<ReturnType<typeof parseRecords>> {
+  const file = join(dir, flows);
   const read = (): ReturnType<typeof parseRecords> => (existsSync(file) ? parseRecords(readFileSync(file, 'utf8')).filter(match) : []);
   await until(`${n} flow records`, () => read().length >= n);
   return read();
@@ -328,4 +336,53 @@ describe('a flow killed while several of its addresses are connecting', () => {
     const left = parseRecords(readFileSync(join(dir, 'flows.jsonl'), 'utf8')).filter((r) => r.destination.host === 'hung.test' && r.protocol === 'http');
     expect(left.map((r) => r.closeReason)).toEqual(['admin', 'client-reset']);
   }, 30_000);
+});
+
+describe('a name whose first address did not answer lately', () => {
+  let remembering: Served | null = null;
+  afterAll(async () => {
+    if (!remembering) return;
+    remembering.child.kill('SIGTERM');
+    await once(remembering.child, 'exit').catch(() => undefined);
+  });
+
+  /** `work`, with the gateway's attempts to HUNG counted every 10 ms meanwhile: the most seen at once. */
+  async function attemptsToHung<T>(work: () => Promise<T>): Promise<[T, number]> {
+    let most = connecting(HUNG);
+    const sampler = setInterval(() => {
+      most = Math.max(most, connecting(HUNG));
+    }, 10);
+    try {
+      return [await work(), Math.max(most, connecting(HUNG))];
+    } finally {
+      clearInterval(sampler);
+    }
+  }
+
+  it.runIf(isAvailable)('is dialled last: the next flows on every path go to the next address, and the first is not dialled', async () => {
+    // The default `resolver.rememberUnansweredMs` (60 s).
+    remembering = await spawnServe(policyFile('remembering.yaml', 'remembering.jsonl'), { wrap: withResolvConf(join(dir, 'resolv.conf')) });
+    const proxy = `http://127.0.0.1:${remembering.http.port}`;
+    const url = `http://slow.test:${port}/`;
+    // The first flow dials HUNG, which does not answer, and gets OPEN 250 ms later.
+    await until('no attempt left connecting', () => connecting(HUNG) === 0);
+    const [first, dialled] = await attemptsToHung(() => curl(['-p', '-x', proxy, url]));
+    expect(first).toEqual(['200', `served by ${OPEN}`]);
+    expect(dialled, 'the first flow dialled HUNG').toBe(1);
+    await until('no attempt left connecting', () => connecting(HUNG) === 0);
+
+    const paths: Array<[string, () => Promise<unknown>, unknown]> = [
+      ['CONNECT', () => curl(['-p', '-x', proxy, url]), ['200', `served by ${OPEN}`]],
+      ['SOCKS5', async () => (await socks('slow.test', remembering as Served)).split('\r\n\r\n')[1], `served by ${OPEN}`],
+      ['GET', () => curl(['-x', proxy, url]), ['200', `served by ${OPEN}`]],
+      ['POST', () => curl(['-x', proxy, '--data-binary', 'x=1', url]), ['200', `served by ${OPEN} (3 bytes)`]],
+    ];
+    for (const [path, work, answer] of paths) {
+      const [got, attempts] = await attemptsToHung(work);
+      expect(got, path).toEqual(answer);
+      expect(attempts, `${path}: attempts to HUNG`).toBe(0);
+    }
+    const summary = (await records((r) => r.destination.host === 'slow.test', 5, 'remembering.jsonl')).map((r) => `${r.protocol} ${r.destination.ip}`);
+    expect(summary.sort()).toEqual(['connect', 'connect', 'http', 'http', 'socks5'].map((p) => `${p} ${OPEN}`));
+  }, 60_000);
 });
