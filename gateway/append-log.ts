@@ -111,6 +111,8 @@ export class AppendLog {
   private dropped = 0;
   private isDropping = false;
   private retryTimer: NodeJS.Timeout | null = null;
+  /** The recover() under way: one at a time (two closed each other's descriptor mid-write). */
+  private recovery: Promise<boolean> | null = null;
   /** Armed while a file write is in flight; when it fires the write is stalled. */
   private stallTimer: NodeJS.Timeout | null = null;
   private isStalled = false;
@@ -317,9 +319,19 @@ export class AppendLog {
   /**
    * Open the path again and write what is held. The same file, ending where we stopped: go on at
    * that byte. Another file: a line cut in the old one is written whole (its start is put back).
-   * Healthy again once everything held is written; otherwise the next retry is scheduled.
+   * Healthy again once everything held is written; otherwise the next retry is scheduled. One at a
+   * time: a call while one is under way (the retry timer's, a signal's, close's) gets its outcome.
    */
-  private async recover(): Promise<boolean> {
+  private recover(): Promise<boolean> {
+    if (this.recovery === null) {
+      this.recovery = this.recoverOnce().finally(() => {
+        this.recovery = null;
+      });
+    }
+    return this.recovery;
+  }
+
+  private async recoverOnce(): Promise<boolean> {
     const failure = this.failure;
     if (failure === null || this.stdout || this.isStalled) return failure === null;
     let next: OpenFile;
@@ -453,6 +465,9 @@ export class AppendLog {
   async reopen(): Promise<void> {
     // A removed file being replaced is being reopened already.
     if (this.stdout || this.isClosed || this.isReplacing) return;
+    // A recovery under way is waited for: it may have opened the path before the rotation.
+    if (this.recovery !== null) await this.recovery;
+    if (this.isClosed || this.isReplacing) return;
     if (this.failure !== null) {
       if (this.retryTimer) clearTimeout(this.retryTimer);
       this.retryTimer = null;
@@ -554,6 +569,8 @@ export class AppendLog {
     this.retryTimer = null;
     if (this.nextFile) closeFd(this.nextFile.fd, ignore);
     this.nextFile = null;
+    // The last reopen follows a recovery under way (a retry's, a signal's), not folded into it.
+    if (this.recovery !== null) await this.recovery;
     if (this.failure !== null && !this.stdout) await this.recover();
     if (this.failure !== null) {
       this.dropped += this.status().backlogRecords;
