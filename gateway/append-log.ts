@@ -222,16 +222,21 @@ export class AppendLog {
       this.wakeIdle();
       return;
     }
-    const first = (this.queue[0] as Buffer).subarray(this.headWritten);
+    // The head keeps the start of a line a failed write cut, though it is in the file: cut again
+    // (the disk full again), a recovery on another file still knows the whole line.
+    const head = this.queue[0] as Buffer;
+    const lineStart = this.headWritten === 0 ? 0 : head.lastIndexOf(NEWLINE, this.headWritten - 1) + 1;
+    const first = lineStart === 0 ? head : head.subarray(lineStart);
     const data = this.queue.length === 1 ? first : Buffer.concat([first, ...this.queue.slice(1)]);
+    const offset = this.headWritten - lineStart;
     this.queue = [data];
-    this.queuedBytes -= this.headWritten;
-    this.headWritten = 0;
+    this.queuedBytes -= lineStart;
+    this.headWritten = offset;
     this.isWriting = true;
     this.writeStartsAt = file.end;
     this.stallTimer = setTimeout(this.onStall, this.opts.stallMs ?? STALL_MS);
     this.stallTimer.unref();
-    this.writeFrom(file, data, 0);
+    this.writeFrom(file, data, offset);
   }
 
   /**
@@ -283,6 +288,7 @@ export class AppendLog {
       } else {
         this.queue.shift();
         this.queuedBytes -= data.length;
+        this.headWritten = 0;
         if (stalledSince !== null) {
           this.isDropping = false;
           this.opts.onStateChange?.({ event: 'recovered', path: this.path, records: this.status().backlogRecords, failedForMs: Date.now() - stalledSince });
