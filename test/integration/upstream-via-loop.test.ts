@@ -79,6 +79,7 @@ function reasons(records: Array<{ closeReason: string }>): string[] {
 
 const connectHead = (via?: string): string => `CONNECT 127.0.0.1:${originPort} HTTP/1.1\r\nHost: 127.0.0.1:${originPort}\r\n${via ? `Via: ${via}\r\n` : ''}\r\n`;
 
+// Each case starts one or two `serve` processes and reloads them: 60 s, not the suite's 30, for a loaded machine.
 describe('loops through http parents', () => {
   // Regression: the CONNECT to an http parent carried no Via, so a gateway that was its own parent
   // (on another listener) took the CONNECT back as a new flow, again and again: 201 flows for one
@@ -92,7 +93,7 @@ describe('loops through http parents', () => {
     await until('both records', async () => (await recordsOf(a)).length >= 2);
     expect(reasons(await recordsOf(a))).toEqual(['upstream-proxy', 'via-loop']);
     expect(a.served.stderr()).toMatch(/answered HTTP\/1\.1 508 Loop Detected/);
-  });
+  }, 60_000);
 
   // Regression: two gateways that were each other's parent bounced one CONNECT 401 times (201
   // flows at one, 200 at the other, in 0.4 s) until the first one's rate limit refused it.
@@ -108,7 +109,7 @@ describe('loops through http parents', () => {
     expect(reasons(await recordsOf(a))).toEqual(['upstream-proxy', 'via-loop']);
     expect(reasons(await recordsOf(b))).toEqual(['upstream-proxy']);
     expect(originConnections).toBe(connectionsBefore);
-  });
+  }, 60_000);
 
   it('two gateways chained (A through B, B direct) are no loop, also for a CONNECT that came through another egressgate', async () => {
     const a = await serve('chain-a');
@@ -127,7 +128,7 @@ describe('loops through http parents', () => {
     await until('the records', async () => (await recordsOf(a)).length >= 3 && (await recordsOf(b)).length >= 3);
     expect(reasons(await recordsOf(a))).toEqual(['closed', 'closed', 'closed']);
     expect(reasons(await recordsOf(b))).toEqual(['closed', 'closed', 'closed']);
-  });
+  }, 60_000);
 });
 
 describe('loops through socks5 parents', () => {
@@ -159,5 +160,5 @@ describe('loops through socks5 parents', () => {
     // Stopped by the rate, once: one refusal, and no more flows than the windows it spanned allow.
     expect(all.filter((r) => r.closeReason === 'rate-limit')).toHaveLength(1);
     expect(all.length).toBeLessThanOrEqual(2 * 20 * windows + 1);
-  });
+  }, 60_000);
 });
