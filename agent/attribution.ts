@@ -27,6 +27,12 @@ import {
   scanSocketInodes,
 } from './proc-process.ts';
 
+/**
+ * Who owns a tuple's socket (`socketOwners`): the socket table's uid, null when none is listed, or
+ * `{ shared }` (the uids, ascending) when sockets of more than one uid could be it.
+ */
+export type SocketOwner = number | null | { readonly shared: readonly number[] };
+
 export interface ConnectionTuple {
   readonly proto: SocketProto;
   readonly localIp: string;
@@ -71,8 +77,9 @@ function tupleKey(t: ConnectionTuple): string {
  * remoteIp:remotePort left by, most specific first: connected to that remote, then unconnected
  * (remote all zeros, port 0), each bound to the address itself, then to the wildcard (0.0.0.0 in
  * udp, :: in udp6: a dual-stack socket sends IPv4 too). The kernel picks the source port from the
- * socket's bound port, so no other socket can have sent it (a SO_REUSEPORT group excepted: several
- * sockets, all of one uid, share the port; the first listed is taken).
+ * socket's bound port, so no socket on another port can have sent it. Several sockets can share the
+ * port (a SO_REUSEPORT group, of one uid; sockets that all set SO_REUSEADDR, of any uids): the most
+ * specific is taken, the first listed among equals (`socketOwners` names them all: udpPortOwners).
  */
 function udpCandidates(t: ConnectionTuple, isV6Table: boolean): ConnectionTuple[] {
   const any = isV6Table ? '::' : '0.0.0.0';
@@ -238,16 +245,72 @@ export class ProcessResolver {
 
   /**
    * The owner (the socket table's `uid`: who created the socket) of each tuple's socket, keyed as
-   * `attributeMany`'s answer, null when the tables list none. Reads the socket tables only: no fd
-   * scan, no process read.
+   * `attributeMany`'s answer, null when the tables list none. A UDP tuple's answer is the owner of
+   * every socket that can have sent from its port (udpPortOwners), `{ shared }` when there is more
+   * than one: nothing tells which of them sent. Reads the socket tables only: no fd scan, no
+   * process read.
    */
-  async socketOwners(tuples: readonly ConnectionTuple[]): Promise<Map<string, number | null>> {
+  async socketOwners(tuples: readonly ConnectionTuple[]): Promise<Map<string, SocketOwner>> {
     const norm = tuples.map(normalizeTuple);
-    const { inodeOf, ownerOf } = await this.findSockets(norm);
-    const out = new Map<string, number | null>();
+    const udp = norm.filter((t) => t.proto === 'udp');
+    const [{ inodeOf, ownerOf }, udpOwners] = await Promise.all([this.findSockets(norm.filter((t) => t.proto !== 'udp')), this.udpPortOwners(udp)]);
+    const out = new Map<string, SocketOwner>();
     for (const t of norm) {
-      const inode = inodeOf.get(tupleKey(t));
-      out.set(tupleKey(t), inode === undefined ? null : (ownerOf.get(inode) ?? null));
+      const key = tupleKey(t);
+      if (t.proto === 'udp') {
+        const uids = [...(udpOwners.get(key) ?? [])].sort((a, b) => a - b);
+        out.set(key, uids.length === 0 ? null : uids.length === 1 ? (uids[0] as number) : { shared: uids });
+        continue;
+      }
+      const inode = inodeOf.get(key);
+      out.set(key, inode === undefined ? null : (ownerOf.get(inode) ?? null));
+    }
+    return out;
+  }
+
+  /**
+   * The owners of the sockets that can send a UDP datagram from each tuple's address and port (tuple
+   * key → uids): every socket in its tables (udp and udp6 for IPv4: a dual-stack socket sends IPv4
+   * too) bound to that port on that address or the wildcard, connected anywhere or not (sendto
+   * overrides the peer). A socket on another address of the port can send from this one too
+   * (IP_PKTINFO, unprivileged): not counted, or every socket on the port's number anywhere on the
+   * host (thousands on a busy one) would make it shared (docs/spec-notes.md, Not yet built). One read of the tables; read again once
+   * when a port is found on no socket (a read races with sockets opening and closing elsewhere).
+   */
+  private async udpPortOwners(norm: readonly ConnectionTuple[]): Promise<Map<string, Set<number>>> {
+    const out = new Map<string, Set<number>>();
+    for (let attempt = 0; attempt < 2; attempt++) {
+      // Table → port → the tuples asking about it (key, address).
+      const wanted = new Map<ProcNetFile, Map<number, Array<[string, string]>>>();
+      for (const t of norm) {
+        const key = tupleKey(t);
+        if (out.has(key)) continue;
+        for (const f of tablesFor('udp', t.localIp)) {
+          const byPort = wanted.get(f) ?? new Map<number, Array<[string, string]>>();
+          wanted.set(f, byPort);
+          const asking = byPort.get(t.localPort) ?? [];
+          byPort.set(t.localPort, asking);
+          asking.push([key, t.localIp]);
+        }
+      }
+      if (wanted.size === 0) break;
+      // The port as the tables write it, followed by the column's end (it may match the peer's port too).
+      const needles = (f: ProcNetFile): string[] => [...(wanted.get(f)?.keys() ?? [])].map((p) => `:${p.toString(16).toUpperCase().padStart(4, '0')} `);
+      // Each table on its own, so an entry is matched with the tuples that asked that table.
+      const files = [...wanted.keys()];
+      const read = await Promise.all(files.map((f) => readProcNet([f], this.procRoot, needles)));
+      files.forEach((f, i) => {
+        for (const e of read[i] ?? []) {
+          if (e.inode <= 0) continue;
+          for (const [key, ip] of wanted.get(f)?.get(e.localPort) ?? []) {
+            // The address itself (::ffff: unwrapped) or the wildcard of either table.
+            if (e.localIp !== ip && e.localIp !== '0.0.0.0' && e.localIp !== '::') continue;
+            const uids = out.get(key);
+            if (uids === undefined) out.set(key, new Set([e.uid]));
+            else uids.add(e.uid);
+          }
+        }
+      });
     }
     return out;
   }
@@ -439,13 +502,13 @@ export class LocalAttributor {
   }
 
   /**
-   * The owner uid of each socket (see `ProcessResolver.socketOwners`), null where none is listed;
-   * null for all when the client address is not this host's or the lookup failed. Not bounded by
+   * The owner uid of each socket (see `ProcessResolver.socketOwners`), null where none is listed,
+   * `{ shared }` where sockets of several uids could be it; null for all when the client address is not this host's or the lookup failed. Not bounded by
    * the attributor's wait: the caller bounds its own (a SOCKS5 UDP association drops its held
    * datagrams when that runs out and takes this answer when it comes), and not batched with
    * `attribute`: one read of the tables, which the caller bounds (an association: one at a time).
    */
-  socketOwners(sockets: readonly SocketEnds[]): Promise<Array<number | null> | null> {
+  socketOwners(sockets: readonly SocketEnds[]): Promise<SocketOwner[] | null> {
     try {
       if (sockets.length === 0) return Promise.resolve([]);
       if (this.onlyLocal && !sockets.every((s) => this.isLocalAddress(normalizeIp(s.clientIp)))) return Promise.resolve(null);

@@ -67,14 +67,15 @@ export interface ProcessAttributor {
     eventually?: (p: ProcessInfo | null) => void,
   ): Promise<ProcessInfo | null>;
   /**
-   * The owner uid of each client socket (the socket tables' `uid`), null where none is listed; null
-   * for all when the clients are not on this host or the lookup failed. Not bounded by a wait (the
+   * The owner uid of each client socket (the socket tables' `uid`), null where none is listed,
+   * `{ shared }` (the uids) where sockets of more than one uid share a UDP port (SO_REUSEADDR) so
+   * nothing tells which sent; null for all when the clients are not on this host or the lookup failed. Not bounded by a wait (the
    * caller bounds its own): which user's socket a SOCKS5 UDP association's first datagram came from
    * (socks5-udp-source.ts).
    */
   socketOwners?(
     sockets: ReadonlyArray<{ proto: 'tcp' | 'udp'; clientIp: string; clientPort: number; serverIp: string; serverPort: number }>,
-  ): Promise<Array<number | null> | null>;
+  ): Promise<Array<number | null | { readonly shared: readonly number[] }> | null>;
 }
 
 /** Name resolution: static answers first, then DNS. Returns addresses in preference order. */

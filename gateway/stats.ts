@@ -343,7 +343,7 @@ export class GatewayStats {
     scrapedCounter(
       registers,
       'gw_socks_udp_owner_unknown_dropped_total',
-      'SOCKS5 UDP client datagrams not relayed before an association locked its port: local attribution did not tell within its wait whose socket they came from (the lookup goes on and its answer decides)',
+      'SOCKS5 UDP client datagrams not relayed before an association locked its port: local attribution did not tell within its wait whose socket they came from (the lookup goes on and its answer decides), or found their port shared by sockets of several users (SO_REUSEADDR)',
       () => stats.socksUdpFn().ownerUnknownDroppedTotal,
     );
     // Zero the closed label sets so dashboards see every series from the start.

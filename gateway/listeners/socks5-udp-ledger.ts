@@ -29,7 +29,8 @@ export interface UdpRelayStats {
   otherUserDroppedTotal: number;
   /**
    * Client datagrams dropped since start before the association's port was locked: their socket's
-   * owner was not known within the wait (a lookup that outlasted it, or told nothing).
+   * owner was not known within the wait (a lookup that outlasted it, or told nothing), or their
+   * port was shared by sockets of several uids (SO_REUSEADDR).
    */
   ownerUnknownDroppedTotal: number;
 }

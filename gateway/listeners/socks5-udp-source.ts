@@ -14,7 +14,10 @@
  * came meanwhile asked together next). The first port whose socket the control connection's owner
  * (uid) owns is locked and its held datagrams go on; one owned by another uid is remembered (up to
  * MAX_OTHER_PORTS, oldest forgotten first) and its datagrams dropped and counted; one whose socket
- * is not listed (closed after sending) is not locked either. A lookup that outlasts OWNER_WAIT_MS
+ * is not listed (closed after sending) is not locked either; nor is one whose port sockets of more
+ * than one uid share (SO_REUSEADDR: nothing tells which of them sent): its datagrams are dropped
+ * and counted as of an owner not known, and it is not remembered, so once only one owner is left a
+ * datagram from it asks again. A lookup that outlasts OWNER_WAIT_MS
  * (tens of thousands of sockets in the tables) fails closed: the held datagrams are dropped and
  * counted, and so is every datagram that comes while it still runs; it goes on, and its answer
  * decides as above (a port locked then has its next datagram relayed). A lookup that could tell
@@ -39,10 +42,13 @@ export const OWNER_WAIT_MS = 500;
 export type SourceVerdict = 'held' | 'other-user' | 'full' | 'unknown';
 
 /**
- * The uid owning each port's datagram socket (null: not listed) and the control connection's (null:
- * not listed); null: nothing known. Not bounded in time: SourcePortCheck bounds its own wait.
+ * The uid owning each port's datagram socket (null: not listed; several: shared) and the control
+ * connection's (null: not listed); null: nothing known. Not bounded in time: SourcePortCheck bounds its own wait.
  */
-export type OwnerLookup = (ports: readonly number[]) => Promise<{ readonly control: number | null; readonly ports: ReadonlyArray<number | null> } | null>;
+export type OwnerLookup = (ports: readonly number[]) => Promise<{ readonly control: number | null; readonly ports: ReadonlyArray<PortOwner> } | null>;
+
+/** A port's socket's owner uid; null: none listed; `{ shared }`: sockets of these uids (more than one) share the port. */
+export type PortOwner = number | null | { readonly shared: readonly number[] };
 
 export interface SourceEvents {
   /** Lock `port` and relay its held datagrams, in the order they came; `foreign` datagrams of other ports were dropped. */
@@ -51,6 +57,8 @@ export interface SourceEvents {
   otherUser(port: number, uid: number | null, controlUid: number, dropped: number): void;
   /** `dropped` datagrams dropped because their socket's owner was not known within the wait (or at all). */
   unknown(dropped: number): void;
+  /** `port` is shared by sockets of `uids` (the control connection's `controlUid` among them or not): `dropped` of its datagrams dropped. */
+  shared(port: number, uids: readonly number[], controlUid: number | null, dropped: number): void;
 }
 
 export class SourcePortCheck {
@@ -140,7 +148,13 @@ export class SourcePortCheck {
     const control = this.controlUid;
     for (let i = 0; i < ports.length; i++) {
       const port = ports[i] as number;
-      const uid = r.ports[i] ?? null;
+      const owner = r.ports[i] ?? null;
+      // Sockets of several uids on the port, whoever holds the control connection: fail closed, not remembered.
+      if (owner !== null && typeof owner === 'object') {
+        this.events.shared(port, owner.shared, control, this.release(port));
+        continue;
+      }
+      const uid = owner;
       // The tables list no control connection (a host without them): the first port is locked, as without attribution.
       if (control === null || uid === control) {
         this.isDone = true;

@@ -55,7 +55,7 @@ import { type Downstream, type HandshakeResult, refuse } from './socks5-handshak
 import { type Destination, DestinationTable } from './socks5-udp-destinations.ts';
 import { HeldShare, type UdpRelayLedger } from './socks5-udp-ledger.ts';
 import type { RelayBind, UdpRelayPorts } from './socks5-udp-ports.ts';
-import { SourcePortCheck } from './socks5-udp-source.ts';
+import { type PortOwner, SourcePortCheck } from './socks5-udp-source.ts';
 
 /** Distinct destinations one association may name; more are dropped (bounded memory). */
 const MAX_DESTINATIONS = 4096;
@@ -102,7 +102,7 @@ interface DropCounts {
   oversizedOut: number;
   /** Before the lock, from a socket the control connection's user does not own (socks5-udp-source.ts). */
   otherUser: number;
-  /** Before the lock, while their socket's owner was not known: the lookup outlasted its wait, or told nothing. */
+  /** Before the lock, while their socket's owner was not known: the lookup outlasted its wait, told nothing, or found the port shared by several uids. */
   ownerUnknown: number;
 }
 
@@ -154,7 +154,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   let opening: Promise<void> = Promise.resolve();
   const held = new HeldShare(ledger);
   /** When each logged kind of drop was last logged (one warning per DROP_LOG_EVERY_MS each). */
-  const loggedAt = { held: Number.NEGATIVE_INFINITY, oversized: Number.NEGATIVE_INFINITY, oversizedOut: Number.NEGATIVE_INFINITY, ownerUnknown: Number.NEGATIVE_INFINITY };
+  const loggedAt = { held: Number.NEGATIVE_INFINITY, oversized: Number.NEGATIVE_INFINITY, oversizedOut: Number.NEGATIVE_INFINITY, ownerUnknown: Number.NEGATIVE_INFINITY, sharedPort: Number.NEGATIVE_INFINITY };
   const drops: DropCounts = { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0, oversized: 0, oversizedOut: 0, otherUser: 0, ownerUnknown: 0 };
   /**
    * Until a port is locked (the one the request named, or any), for a client on this host with local
@@ -163,7 +163,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
    */
   let sourceCheck: SourcePortCheck | null =
     ctx.attributor?.socketOwners !== undefined && hs.snapshot.config.identity.localAttribution && isLocalAddress(clientIp)
-      ? new SourcePortCheck(ownersOf, held, { lock: lockSource, otherUser: onOtherUser, unknown: onOwnerUnknown })
+      ? new SourcePortCheck(ownersOf, held, { lock: lockSource, otherUser: onOtherUser, unknown: onOwnerUnknown, shared: onSharedPort })
       : null;
 
   // A request that came during the drain (its handshake under way at SIGTERM): refused as a CONNECT
@@ -237,7 +237,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   }
 
   /** The owners of the datagram sockets at `ports` and of the control connection (SourcePortCheck's lookup). */
-  async function ownersOf(ports: readonly number[]): Promise<{ control: number | null; ports: Array<number | null> } | null> {
+  async function ownersOf(ports: readonly number[]): Promise<{ control: number | null; ports: PortOwner[] } | null> {
     const attributor = ctx.attributor;
     if (relay === null || attributor?.socketOwners === undefined) return null;
     const at = relay.address();
@@ -245,7 +245,9 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     sockets.push({ proto: 'tcp', clientIp, clientPort: down.clientPort, serverIp: localIp, serverPort: socket.localPort ?? 0 });
     const owners = await attributor.socketOwners(sockets);
     if (owners === null) return null;
-    return { control: owners[ports.length] ?? null, ports: owners.slice(0, ports.length) };
+    const control = owners[ports.length] ?? null;
+    // One TCP connection is one socket: never shared.
+    return { control: typeof control === 'number' ? control : null, ports: owners.slice(0, ports.length) };
   }
 
   /** Before the lock: hold the datagram while its socket's owner is asked, or drop it (counted). */
@@ -289,6 +291,20 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     ctx.log.warn(
       { listener: 'socks', client: clientIp, username: hs.username, dropped: drops.ownerUnknown },
       "socks5 udp datagrams not relayed: their socket's owner was not known in time (the lookup goes on)",
+    );
+  }
+
+  /**
+   * Datagrams dropped before the lock from a port sockets of several uids share (SO_REUSEADDR): counted
+   * as of an owner not known, logged once per DROP_LOG_EVERY_MS.
+   */
+  function onSharedPort(port: number, uids: readonly number[], controlUid: number | null, dropped: number): void {
+    drops.ownerUnknown += dropped;
+    ledger.ownerUnknownDroppedTotal += dropped;
+    if (!isLogDue('sharedPort')) return;
+    ctx.log.warn(
+      { listener: 'socks', client: `${clientIp}:${port}`, username: hs.username, uids, controlUid, dropped },
+      'socks5 udp datagrams not relayed: their port is shared by sockets of several users (SO_REUSEADDR), so whose socket sent them is not known',
     );
   }
 
@@ -727,7 +743,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
         `${drops.refused} to refused destinations, ${drops.unsolicited} unsolicited replies, ${drops.overflow} over the destination limit, ` +
         `${drops.held} over the limits of datagrams waiting for admission, ${drops.oversized} replies too large for the client, ` +
         `${drops.oversizedOut} too large for their destination, ${drops.otherUser} from another user's socket, ` +
-        `${drops.ownerUnknown} whose socket's owner was not known in time`,
+        `${drops.ownerUnknown} whose socket's owner was not known in time or shared the port with another user`,
     ]);
   }
 }

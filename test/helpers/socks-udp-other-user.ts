@@ -142,3 +142,51 @@ export function logLines(s: Served, text: string): Array<Record<string, unknown>
     .filter((l) => l.includes(text))
     .map((l) => JSON.parse(l) as Record<string, unknown>);
 }
+
+/** python3 as nobody holding a UDP socket that shares its port (sharingUser). */
+export interface SharingUser {
+  port: number;
+  /** Send `frame` to `relay` `count` times 50 ms apart; resolves once all are sent. */
+  send(frame: Buffer, relay: { host: string; port: number }, count: number): Promise<void>;
+  /** Close the socket: the process exits. */
+  close(): Promise<void>;
+}
+
+/**
+ * python3 as nobody: an unconnected socket on `address` (port `bindPort`, any when 0) with
+ * SO_REUSEADDR, so another uid's socket with SO_REUSEADDR can bind the same address and port
+ * (Linux checks no owner for it, SO_REUSEPORT's check of one uid aside). It sends when told.
+ */
+export async function sharingUser(cleanups: Cleanups, bindPort = 0, address = '127.0.0.1'): Promise<SharingUser> {
+  const py = [
+    'import socket, sys',
+    's = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)',
+    's.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)',
+    `s.bind(('${address}', ${bindPort}))`,
+    "print('port', s.getsockname()[1], flush=True)",
+    'for line in sys.stdin:',
+    '    host, port, count, frame = line.split()',
+    '    for i in range(int(count)):',
+    '        s.sendto(bytes.fromhex(frame), (host, int(port)))',
+    '        __import__("time").sleep(0.05)',
+    "    print('sent', flush=True)",
+  ].join('\n');
+  const { child, out } = asNobody(cleanups, py);
+  await until('the shared socket bound', () => /port \d+/.test(out()), 5000);
+  const port = Number.parseInt(/port (\d+)/.exec(out())?.[1] ?? '', 10);
+  let sends = 0;
+  return {
+    port,
+    async send(frame, relay, count) {
+      sends++;
+      const want = sends;
+      child.stdin?.write(`${relay.host} ${relay.port} ${count} ${frame.toString('hex')}\n`);
+      await until('the shared socket sent', () => (out().match(/^sent$/gm)?.length ?? 0) >= want, 5000 + count * 100);
+    },
+    async close() {
+      const exited = once(child, 'exit');
+      child.stdin?.end();
+      await exited;
+    },
+  };
+}

@@ -1,7 +1,7 @@
 /**
  * SourcePortCheck when its owner lookup outlasts the wait: it fails closed (held datagrams dropped
  * and counted, and those that come before the answer), keeps one lookup in flight, and the late
- * answer decides. The lookups here are promises the test answers; the real tables' slowness is
+ * answer decides; and when it finds a port shared by sockets of several uids (fails closed too). The lookups here are promises the test answers; the real tables' slowness is
  * test/integration/socks5-udp-owner-check.test.ts.
  */
 import { describe, expect, it } from 'vitest';
@@ -27,6 +27,7 @@ function setup(waitMs: number): {
       lock: (port, held, foreign) => events.push(`lock ${port} held ${held.length} foreign ${foreign}`),
       otherUser: (port, uid, control, dropped) => events.push(`other ${port} uid ${uid} control ${control} dropped ${dropped}`),
       unknown: (dropped) => events.push(`unknown ${dropped}`),
+      shared: (port, uids, control, dropped) => events.push(`shared ${port} uids ${uids.join(',')} control ${control} dropped ${dropped}`),
     },
     waitMs,
   );
@@ -81,5 +82,20 @@ describe('SourcePortCheck, a lookup slower than its wait', () => {
     asked[0]?.answer({ control: null, ports: [null] });
     await wait(0);
     expect(events).toEqual(['lock 1000 held 1 foreign 0']);
+  });
+});
+
+describe('SourcePortCheck, a port sockets of several uids share', () => {
+  it("is not locked, the control connection's uid among them, nor remembered: its next datagram asks again", async () => {
+    const { check, asked, events, ledger } = setup(1000);
+    check.offer(1000, msg);
+    asked[0]?.answer({ control: 0, ports: [{ shared: [0, 65534] }] });
+    await wait(0);
+    expect(events).toEqual(['shared 1000 uids 0,65534 control 0 dropped 1']);
+    expect(ledger.heldBytes).toBe(0);
+    expect(check.offer(1000, msg)).toBe('held');
+    asked[1]?.answer({ control: 0, ports: [0] });
+    await wait(0);
+    expect(events.at(-1)).toBe('lock 1000 held 1 foreign 0');
   });
 });
