@@ -38,7 +38,7 @@ export interface AdmissionRequest {
    * proxies, and is refused 508 `via-loop` before limits, lookup and policy.
    */
   isLooped?: boolean;
-  /** The destination's DNS answer, looked up ahead of admission (`lookUp`, socks5-udp.ts); else admission looks it up. */
+  /** The destination's DNS answer, looked up ahead of admission (`lookUp`, socks5-udp-admissions.ts); else admission looks it up. */
   lookedUp?: LookedUp;
   /**
    * The listener's watch on a client that waits for its flow (CONNECT, an Upgrade, SOCKS5 CONNECT):

@@ -14,8 +14,8 @@
  *     asked, another user's dropped, an owner not known in time dropped)
  *  3. parse the SOCKS UDP header in place (no allocation); FRAG != 0, malformed headers and
  *     foreign sources are dropped and counted
- *  4. each new destination is admitted once and the answer cached for the association. Up to
- *     MAX_ADMITTING destinations are admitted at once, the others queue in order: each name is looked
+ *  4. each new destination is admitted once and the answer cached for the association
+ *     (socks5-udp-admissions.ts). Up to MAX_ADMITTING destinations are admitted at once, the others queue in order: each name is looked
  *     up (needsLookUp, lookUp) side by side with the others, so one whose DNS never answers holds up no other
  *     destination; then, as its answer comes, the first destination admitted goes through `admit`
  *     (opens the flow: limits, attribution — the process holding the datagram socket, else the
@@ -41,70 +41,27 @@
  */
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv4 } from 'node:net';
-import { isRefusedByPolicy } from '../../policy/detectors/state.ts';
-import type { GatewayRefusalReason, ReasonCode, Verdict } from '../../policy/types.ts';
-import { admit, admitDestination, type DestinationAdmission, gatewayRefusal, isLocalAddress, type LookedUp, lookUp, needsLookUp, type Refused } from '../admission.ts';
+import type { GatewayRefusalReason } from '../../policy/types.ts';
+import { isLocalAddress } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow, FlowLeg, RoutedFlow } from '../flow/flow.ts';
 import { unmapIPv4 } from '../../policy/address.ts';
-import { normaliseHost } from '../protocol/authority.ts';
-import { encodeReply, newUdpHeader, parseUdpHeader, udpHeaderHost } from '../protocol/socks5-codec.ts';
+import { encodeReply, newUdpHeader, parseUdpHeader } from '../protocol/socks5-codec.ts';
 import { SOCKS_REP } from '../reject.ts';
-import { parentLabel } from '../upstream/parent-label.ts';
 import { type Downstream, type HandshakeResult, refuse } from './socks5-handshake.ts';
 import { type Destination, DestinationTable } from './socks5-udp-destinations.ts';
+import { UdpAdmissions } from './socks5-udp-admissions.ts';
 import { HeldShare, type UdpRelayLedger } from './socks5-udp-ledger.ts';
 import type { RelayBind, UdpRelayPorts } from './socks5-udp-ports.ts';
+import { newDropCounts, noteReasons, recordEmptyAssociation } from './socks5-udp-records.ts';
 import { type PortOwner, SourcePortCheck } from './socks5-udp-source.ts';
 
-/** Distinct destinations one association may name; more are dropped (bounded memory). */
-const MAX_DESTINATIONS = 4096;
-/**
- * Destinations one association may have refused (each leaves its refused record) before it is ended
- * (`refused-destinations`): a sweep of destinations the policy refuses, one datagram each, is a
- * record per datagram, which this bounds; far past what a scan detector needs to see it.
- */
-const MAX_REFUSED = 64;
 /** Datagrams held per destination while its admission is pending. */
 const MAX_QUEUED = 16;
-/**
- * Destinations one association may have waiting for admission (MAX_ADMITTING being admitted, the rest
- * queued); past this many the client's own retransmission outlasts the wait, and it may retry later.
- */
-const MAX_PENDING = 64;
-/**
- * DNS lookups one association's admissions make at once. Each may never answer and hold
- * a resolver waiter with its timer for the resolver's timeout (5 s); the resolver runs one client's
- * lookups a few at a time anyway (a quarter of its slots) and queues the rest, at most 256 per client,
- * so more at once would not answer sooner but would let one association fill its client's share of
- * that queue. 8 lets up to 7 dead names wait out their timeout while the next name is looked up at
- * once. A destination that needs no lookup (an IP literal, a `resolver.hosts` name, a name enforce
- * mode refuses unlooked-up) takes no slot: it is admitted at once whatever names are pending.
- */
-const MAX_ADMITTING = 8;
 /** One warning per association and kind of drop in this long, with the count. */
 const DROP_LOG_EVERY_MS = 10_000;
 /** The most UDP payload one datagram carries: 65,535 less the UDP header, and IPv4's header for udp4. */
 const MAX_UDP_PAYLOAD = { udp4: 65_535 - 8 - 20, udp6: 65_535 - 8 } as const;
-
-interface DropCounts {
-  foreign: number;
-  fragments: number;
-  malformed: number;
-  refused: number;
-  unsolicited: number;
-  overflow: number;
-  /** While their destination was being admitted: its queue, the association's or the gateway's bytes, or MAX_PENDING. */
-  held: number;
-  /** Replies too large for one datagram to the client once the SOCKS UDP header is added. */
-  oversized: number;
-  /** Payloads too large for one IPv4 datagram to their destination (from an IPv6 client, up to 65,527 bytes). */
-  oversizedOut: number;
-  /** Before the lock, from a socket the control connection's user does not own (socks5-udp-source.ts). */
-  otherUser: number;
-  /** Before the lock, while their socket's owner was not known: the lookup outlasted its wait, told nothing, or found the port shared by several uids. */
-  ownerUnknown: number;
-}
 
 /** Run a UDP association for a parsed UDP ASSOCIATE request; the handshake left `down` paused. */
 export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: HandshakeResult, ledger: UdpRelayLedger, relayPorts: UdpRelayPorts): void {
@@ -131,31 +88,39 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
    * refusal (verdict block, as every refusal before any judgement: gatewayRefusal) and why.
    */
   let refusal: { readonly reason: GatewayRefusalReason; readonly why: string } | null = null;
-  /**
-   * True while the first destination's `admit` runs: it has opened the association's flow, so an
-   * end meanwhile leaves the record to that flow (closed when admit returns), not an empty one.
-   */
-  let isOpening = false;
   /** The relay's entry in the gateway's live relay addresses (ctx.udpRelays) while it is bound. */
   let relayKey: string | null = null;
   let activity = 0;
   let idleTimer: NodeJS.Timeout | null = null;
   const hdr = newUdpHeader();
   const dests = new DestinationTable();
-  let refusedDestinations = 0;
-  let admitted = 0;
-  /** Destinations waiting for admission (being admitted or queued), and the bytes their queues hold (also taken from `ledger`). */
-  let pending = 0;
-  /** Destinations waiting for their turn to be admitted, in the order they came. */
-  const queued: Destination[] = [];
-  /** DNS lookups running for admissions now (at most MAX_ADMITTING). */
-  let admitting = 0;
-  /** The admissions that came while no flow was open, one after another: only one `admit` opens the flow. */
-  let opening: Promise<void> = Promise.resolve();
+  /** The bytes of datagrams waiting for their destinations' admission (also taken from `ledger`). */
   const held = new HeldShare(ledger);
   /** When each logged kind of drop was last logged (one warning per DROP_LOG_EVERY_MS each). */
   const loggedAt = { held: Number.NEGATIVE_INFINITY, oversized: Number.NEGATIVE_INFINITY, oversizedOut: Number.NEGATIVE_INFINITY, ownerUnknown: Number.NEGATIVE_INFINITY, sharedPort: Number.NEGATIVE_INFINITY };
-  const drops: DropCounts = { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0, oversized: 0, oversizedOut: 0, otherUser: 0, ownerUnknown: 0 };
+  const drops = newDropCounts();
+  // 4. admission, once per destination (socks5-udp-admissions.ts)
+  const admissions = new UdpAdmissions({
+    ctx,
+    down,
+    hs,
+    clientIp,
+    localIp,
+    dests,
+    held,
+    drops,
+    clientPort: () => clientPort,
+    relayPort: () => (relay !== null ? relay.address().port : 0),
+    flow: () => flow,
+    isEnded: () => ended,
+    endReason: () => endReason,
+    opened,
+    end,
+    forward,
+    releaseHeld,
+    dropHeld,
+    noteReasons: (f) => noteReasons(ctx, f, admissions, drops),
+  });
   /**
    * Until a port is locked (the one the request named, or any), for a client on this host with local
    * attribution on: whether its socket is the control connection's user's (socks5-udp-source.ts);
@@ -331,30 +296,10 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     if (clientPort === 0) clientPort = rinfo.port;
     activity++;
     const dest = dests.find(msg, hdr);
-    if (dest === null) newDestination(msg);
+    if (dest === null) admissions.newDestination(msg, hdr);
     else if (dest.state === 'allowed') forward(dest, msg, hdr.dataOffset);
     else if (dest.state === 'pending') hold(dest, msg);
-    else if (!isJudgedAgain(dest, msg)) drops.refused++;
-  }
-
-  /**
-   * A datagram to a refused destination: judged again when the policy or the runtime mode has
-   * changed since it was refused (a new TCP connection would be judged under them: `PUT /v1/mode
-   * monitor` must let it through), else dropped. Queued as a new destination's first datagram is.
-   */
-  function isJudgedAgain(dest: Destination, msg: Buffer): boolean {
-    if (dest.judgedUnder === ctx.policy.current() && dest.judgedOverride === ctx.policy.modeOverride()) return false;
-    if (pending >= MAX_PENDING || !held.take(msg.length)) {
-      dropHeld();
-      return true;
-    }
-    dest.state = 'pending';
-    dest.heldBytes = msg.length;
-    dest.queue = [msg.subarray(hdr.dataOffset)];
-    pending++;
-    queued.push(dest);
-    startAdmissions();
-    return true;
+    else if (!admissions.judgeAgain(dest, msg, hdr)) drops.refused++;
   }
 
   /** Queue a datagram for a destination being admitted, if its queue and the byte caps allow. */
@@ -392,7 +337,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
         flowId: flow?.id,
         client: `${clientIp}:${clientPort}`,
         dropped: drops.held,
-        pendingDestinations: pending,
+        pendingDestinations: admissions.pending,
         heldBytes: held.bytes,
         gatewayHeldBytes: ledger.heldBytes,
       },
@@ -476,205 +421,12 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     (relay as UdpSocket).send([dest.replyHeader, msg], clientPort, clientIp);
   }
 
-  // 4. admission, once per destination, MAX_ADMITTING at once; the first admitted one opens the flow
-  function newDestination(msg: Buffer): void {
-    if (dests.size >= MAX_DESTINATIONS) {
-      drops.overflow++;
-      return;
-    }
-    // Not kept at all when it cannot wait: a later datagram to it is a new destination again.
-    if (pending >= MAX_PENDING || !held.take(msg.length)) {
-      dropHeld();
-      return;
-    }
-    let host = udpHeaderHost(msg, hdr);
-    if (host !== null && hdr.atyp === 0x03) host = normaliseHost(host)?.host ?? null;
-    if (host === null) {
-      held.release(msg.length);
-      drops.malformed++;
-      return;
-    }
-    pending++;
-    queued.push(dests.add(msg, hdr, host));
-    startAdmissions();
-  }
-
-  /**
-   * Start the queued admissions there is room for, oldest first: every one that needs no DNS lookup,
-   * and those that do while fewer than MAX_ADMITTING lookups run (queued holds at most MAX_PENDING).
-   */
-  function startAdmissions(): void {
-    for (let i = 0; i < queued.length && !ended; ) {
-      const dest = queued[i] as Destination;
-      const isLookUp = needsLookUp(ctx, hs.identity, 'socks5-udp', dest.host, dest.port);
-      if (isLookUp && admitting >= MAX_ADMITTING) {
-        i++;
-        continue;
-      }
-      queued.splice(i, 1);
-      dest.judgedUnder = ctx.policy.current();
-      dest.judgedOverride = ctx.policy.modeOverride();
-      if (isLookUp) admitting++;
-      admitOne(dest, isLookUp)
-        .catch((err: unknown) => refuseDest(dest, `admission failed: ${String(err)}`))
-        .finally(() => {
-          if (!isLookUp) return;
-          admitting--;
-          startAdmissions();
-        });
-    }
-  }
-
-  /** Look the destination up beside the others (`isLookUp`: needsLookUp), then judge it as its answer comes. */
-  async function admitOne(dest: Destination, isLookUp: boolean): Promise<void> {
-    const found = isLookUp ? await lookUp(ctx, dest.host, clientIp) : undefined;
-    if (ended) return;
-    if (flow !== null) return admitLater(flow, dest, found);
-    const turn = opening.then(() => (flow === null ? openWith(dest, found) : admitLater(flow, dest, found)));
-    opening = turn.then(noop, noop);
-    return turn;
-  }
-
-  /** The first destination admitted: `admit` opens the association's flow (a refusal is its own record). */
-  async function openWith(dest: Destination, found: LookedUp | undefined): Promise<void> {
-    if (ended) return;
-    isOpening = true;
-    const r = await admit(ctx, {
-      protocol: 'socks5-udp',
-      listener: 'socks',
-      claims: { clientIp: down.clientIp, clientPort, username: hs.username },
-      destHost: dest.host,
-      destPort: dest.port,
-      server: { localAddress: localIp, localPort: relay !== null ? relay.address().port : 0 },
-      // Local attribution names the datagram socket's process, else the control connection's.
-      control: { clientPort: down.clientPort, server: socket },
-      identity: hs.identity,
-      ...(found === undefined ? {} : { lookedUp: found }),
-    });
-    isOpening = false;
-    if (!r.ok) {
-      refuseDest(dest, `${r.reject.reason}: ${r.flow.reasons.join('; ')}`);
-      // Over the identity's limits, its identity quarantined or a connect-time detector refusing it,
-      // or killed while it was admitted (its record written by `admit` or the kill): the
-      // association's last answer, as a CONNECT gets 0x02 (403) and the close. A destination kept
-      // refused would drop every later datagram to it for the association's life, however soon the
-      // limit cleared, and UDP cannot tell the client why; each new destination would meet the
-      // quarantine again, one refused record each; ending the control connection does neither.
-      if (endsAssociation(r)) end(r.reject.reason);
-      return;
-    }
-    if (r.upstream !== null) {
-      ctx.flows.close(r.flow, 'udp-upstream-unsupported');
-      refuseForParent(dest, r.upstream);
-      return;
-    }
-    if (ended) {
-      // The association ended while this ran (end() wrote no record for it): this flow is its one
-      // record, closed as the association was (a drain may have closed it already: idempotent).
-      if (r.flow.state === 'active') {
-        noteReasons(r.flow);
-        ctx.flows.close(r.flow, endReason);
-      }
-      return;
-    }
-    flow = r.flow;
+  /** The first destination admitted opened the association's flow (socks5-udp-admissions.ts). */
+  function opened(f: RoutedFlow): void {
+    flow = f;
     down.setCloser(null);
-    ctx.flows.markConnected(flow);
-    flow.abort = () => end('killed', true);
-    allowDest(flow, dest, r.ip, flow);
-  }
-
-  /** A destination of the open association: judged as a new flow's would be, under that flow. */
-  async function admitLater(f: RoutedFlow, dest: Destination, found: LookedUp | undefined): Promise<void> {
-    if (ended) return;
-    const r = await admitDestination(ctx, f, dest.host, dest.port, found);
-    if (ended) return;
-    if (!r.ok) {
-      recordRefusal(f, dest, r);
-      refuseDest(dest, `${r.reject.reason}: ${r.reason}`);
-      return;
-    }
-    if (r.upstream !== null) {
-      // A reload put this identity's egress through a parent since the association opened.
-      const refused = refusalRecord(f, dest, r.ip);
-      ctx.flows.decide(refused, r.decision, false);
-      ctx.flows.close(refused, 'udp-upstream-unsupported');
-      refuseForParent(dest, r.upstream);
-      return;
-    }
-    if (r.decision.verdict === 'would-block' && f.verdict === 'allow') ctx.flows.decide(f, r.decision, false);
-    allowDest(f, dest, r.ip, r.decision);
-  }
-
-  /**
-   * Relay to an admitted destination from now on: its own counters and budget (the flow's leg to it),
-   * those of the destination already admitted under another spelling of its name (counted towards
-   * fan-out only, as a shared leg is: onRelayed). `judged`: its admission's verdict and reason; one
-   * monitor mode relays as would-block by policy has a leg of its own, which no other spelling shares
-   * (the detectors count it as enforce mode's refusal, and judge no bytes on it). `ip` is the
-   * admitted address as the records give it (`::ffff:127.0.0.3` for a mapped one, as on TCP): the
-   * leg's destination, which the detectors' findings and alerts name; the relay sends to, and takes
-   * replies from, its IPv4 form (unmapIPv4).
-   */
-  function allowDest(f: RoutedFlow, dest: Destination, ip: string, judged: { readonly verdict: Verdict; readonly reason: ReasonCode | null }): void {
-    pending--;
-    const destination = { host: dest.host, ip, port: dest.port };
-    const isRefused = isRefusedByPolicy(judged);
-    const leg = (isRefused ? undefined : dests.legNamed(dest.host, dest.port)) ?? ctx.flows.addLeg(f, destination);
-    ctx.detection?.onRelayed(f, leg, ctx.policy.current(), destination, judged);
-    dests.allow(dest, unmapIPv4(ip), leg, !isRefused);
-    admitted++;
-    const queued = dest.queue ?? [];
-    releaseHeld(dest);
-    for (const payload of queued) {
-      if (ended) return;
-      // Re-wrap the queued payload view: forward() reads from an offset into the same datagram.
-      forward(dest, payload, 0);
-    }
-  }
-
-  /**
-   * A later destination refused: its own refused record, as a refused TCP flow leaves (the first
-   * destination's refusal is recorded by `admit`). The association goes on, and stays the flow its
-   * client address finds (agent reports for that port attribute the association, not this record).
-   */
-  function recordRefusal(association: Flow, dest: Destination, r: Extract<DestinationAdmission, { ok: false }>): void {
-    const f = refusalRecord(association, dest, r.ip);
-    if (r.decision !== null) ctx.flows.decide(f, r.decision, r.decision.verdict === 'block');
-    ctx.flows.close(f, r.reject.reason);
-  }
-
-  /** The record of a later destination refused, for the caller to close with its reason. */
-  function refusalRecord(association: Flow, dest: Destination, ip: string | null): Flow {
-    return ctx.flows.open({
-      protocol: 'socks5-udp',
-      listener: 'socks',
-      client: association.client,
-      identity: association.identity,
-      destination: { host: dest.host, ip, port: dest.port },
-      isAddressIndexed: false,
-    });
-  }
-
-  /** A parent proxy carries TCP only: UDP must not go around it, so the destination is refused. */
-  function refuseForParent(dest: Destination, upstream: string): void {
-    refuseDest(dest, `egress for this identity goes through ${parentLabel(upstream)}, which cannot carry UDP`);
-  }
-
-  function refuseDest(dest: Destination, why: string): void {
-    if (dest.state === 'pending') pending--;
-    dest.state = 'refused';
-    drops.refused += dest.queue?.length ?? 0;
-    releaseHeld(dest);
-    refusedDestinations++;
-    ctx.log.warn({ listener: 'socks', flowId: flow?.id, client: `${clientIp}:${clientPort}`, destination: `${dest.host}:${dest.port}`, reason: why }, 'socks5 udp destination refused');
-    // Each refusal is a record (the first destination's by `admit`, a later one's by recordRefusal):
-    // one datagram each to new destinations must not write the flow log a record apiece for the
-    // association's life.
-    if (refusedDestinations >= MAX_REFUSED) {
-      ctx.log.warn({ listener: 'socks', flowId: flow?.id, client: `${clientIp}:${clientPort}`, refused: refusedDestinations }, 'socks5 udp association ended: too many refused destinations');
-      end('refused-destinations');
-    }
+    ctx.flows.markConnected(f);
+    f.abort = () => end('killed', true);
   }
 
   // 7. end of the association: idempotent
@@ -695,72 +447,22 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     socket.removeListener('close', onControlClose);
     socket.removeListener('data', discard);
     // Admissions not started never will be; those running see `ended` and stop.
-    queued.length = 0;
+    admissions.close();
     // Held datagrams will never be sent: their bytes go back to the gateway's share now.
     if (held.bytes > 0) for (const d of dests.all) if (d.queue !== null) releaseHeld(d);
     if (flow !== null && flow.state === 'active') {
-      noteReasons(flow);
+      noteReasons(ctx, flow, admissions, drops);
       ctx.flows.close(flow, reason);
-    } else if (flow === null && (relay !== null || refusal !== null) && !isOpening && admitted === 0 && refusedDestinations === 0) {
-      recordEmptyAssociation(reason);
+    } else if (flow === null && (relay !== null || refusal !== null) && !admissions.isOpening && admissions.admitted === 0 && admissions.refusedDestinations === 0) {
+      recordEmptyAssociation(ctx, { hs, client: { ip: clientIp, port: clientPort }, startedAt, first: dests.all[0], refusal }, reason, admissions, drops);
     }
     if (keepSocket) return;
     if (reset) socket.resetAndDestroy();
     else if (!socket.destroyed) socket.destroy();
   }
 
-  /**
-   * SPEC §5: one record per UDP association. An association that never relayed a datagram has no
-   * destination admitted; it still leaves a record, no bytes: its destination is the first the client
-   * named, when it ended while that was being looked up, else the one it declared in UDP ASSOCIATE.
-   * One refused before it had a relay is recorded as that refusal (verdict block, its reason).
-   */
-  function recordEmptyAssociation(reason: string): void {
-    const first = dests.all[0];
-    const f = ctx.flows.open({
-      protocol: 'socks5-udp',
-      listener: 'socks',
-      client: { ip: clientIp, port: clientPort },
-      identity: hs.identity,
-      destination: first === undefined ? { host: hs.request.host, ip: null, port: hs.request.port } : { host: first.host, ip: null, port: first.port },
-      startedAt,
-    });
-    if (refusal !== null) ctx.flows.decide(f, gatewayRefusal(refusal.reason, hs.snapshot.modeFor(f.identity.roles, ctx.policy.modeOverride()), [refusal.why]), true);
-    noteReasons(f);
-    ctx.flows.close(f, reason);
-  }
-
-  /**
-   * The association's counts, added to its record's reasons; nothing is judged here. An association
-   * that relayed nothing was never judged: verdict allow (the flow's default), reason null, as any
-   * flow that ended before a decision (before, `allowed` was made up here).
-   */
-  function noteReasons(f: Flow): void {
-    ctx.flows.explain(f, [
-      ...f.reasons,
-      `udp association: ${admitted} destination${admitted === 1 ? '' : 's'} relayed, ${refusedDestinations} refused`,
-      `udp datagrams dropped: ${drops.fragments} fragments, ${drops.foreign} from foreign sources, ${drops.malformed} malformed, ` +
-        `${drops.refused} to refused destinations, ${drops.unsolicited} unsolicited replies, ${drops.overflow} over the destination limit, ` +
-        `${drops.held} over the limits of datagrams waiting for admission, ${drops.oversized} replies too large for the client, ` +
-        `${drops.oversizedOut} too large for their destination, ${drops.otherUser} from another user's socket, ` +
-        `${drops.ownerUnknown} whose socket's owner was not known in time or shared the port with another user`,
-    ]);
-  }
 }
 
-
-/**
- * Whether the first destination's refusal ends the association (as a refused CONNECT is closed):
- * over the identity's limits, quarantine or a connect-time detector (which quarantines the identity:
- * every later destination would be refused the same), or killed while it was admitted. A destination
- * the policy refuses (not-allowlisted, deny-range), one that did not resolve or a parent proxy in the
- * way is that destination's refusal only: its datagrams are dropped, the association goes on.
- */
-function endsAssociation(r: Refused): boolean {
-  if (r.isKilled === true) return true;
-  const reason = r.flow.verdict === 'block' ? r.flow.reason : null;
-  return reason === 'rate-limit' || reason === 'quarantine' || reason === 'detector';
-}
 
 function closeQuietly(s: UdpSocket): void {
   try {
@@ -772,4 +474,3 @@ function closeQuietly(s: UdpSocket): void {
 
 function discard(): void {}
 
-function noop(): void {}
