@@ -21,7 +21,7 @@
  * policy-facts.ts (what the policy decides on).
  */
 import { unmapIPv4 } from '../policy/address.ts';
-import type { Decision } from '../policy/types.ts';
+import type { Decision, PolicySnapshot } from '../policy/types.ts';
 import type { GatewayErrorCode } from './errors.ts';
 import type { GatewayContext } from './context.ts';
 import { attachProcess, attributeLocally } from './admission/local-attribution.ts';
@@ -139,12 +139,6 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     }
     ({ ip, alternates, dnsError } = answer);
   }
-  // A name's addresses that lately did not answer a dial on this port go after the others; the
-  // first of the rest is the one checked and dialled first (a UDP destination is not dialled).
-  if (alternates.length > 0 && ctx.unanswered !== undefined && ip !== null && req.protocol !== 'socks5-udp') {
-    const order = ctx.unanswered.reorder(ip, alternates, req.destPort);
-    if (order !== null) ({ ip, alternates } = order);
-  }
   if (attribution && flow.state !== 'closed') await attachProcess(ctx, flow, attribution);
   // Killed while it was looked up (admin DELETE, a late report's detector, the drain's end, the
   // client leaving): answered now, not when the lookup ends (after the process, at the drain's end).
@@ -167,6 +161,16 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   ctx.flows.decide(flow, decision, decision.verdict === 'block');
   if (decision.verdict === 'block') return refuse(ctx, flow, decision);
   if (!ip) return refuseCode(ctx, flow, dnsError ?? 'EGW_DNS_FAILED');
+  // A name's addresses that lately did not answer a dial on this port go after the others
+  // (unanswered.ts): a first address among them gives way to the next one the flow may go on to,
+  // judged as admitAlternate judges. A UDP destination is not dialled: its order stays.
+  if (alternates.length > 0 && ctx.unanswered !== undefined && ctx.unanswered.size > 0 && req.protocol !== 'socks5-udp') {
+    const order = ctx.unanswered.reorder(ip, alternates, req.destPort, (other) => mayGoOnTo(ctx, flow, snapshot, other));
+    if (order !== null) {
+      ({ ip, alternates } = order);
+      ctx.flows.setDestinationIp(flow, ip);
+    }
+  }
   // 8. detection at connect time. Not for a flow monitor mode relays as would-block by policy:
   // enforce mode refuses it at step 7, and never reaches its quarantine, its connect-time
   // detectors (whose would-quarantine would then mark the identity's allowed flows) or its budget.
@@ -201,15 +205,18 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
  */
 export function admitAlternate(ctx: GatewayContext, admitted: Admitted, ip: string, isOutcome = false): boolean {
   const { flow, snapshot } = admitted;
-  if (!isOutcome) {
-    const override = ctx.policy.modeOverride();
-    const mode = snapshot.modeFor(flow.identity.roles, override);
-    if (selfDialDecision(ctx, ip, flow.destination.port, flow.protocol, mode) !== null) return false;
-    const decision = snapshot.decide(factsOf(flow, flow.protocol, flow.destination.host, flow.destination.port, ip), ctx.flows.now(), override);
-    if (decision.verdict === 'block' || (decision.verdict !== 'allow' && flow.verdict === 'allow')) return false;
-  }
+  if (!isOutcome && !mayGoOnTo(ctx, flow, snapshot, ip)) return false;
   if (flow.destination.ip !== ip) ctx.flows.setDestinationIp(flow, ip);
   return true;
+}
+
+/** admitAlternate's judgement of `ip` for a flow decided on `snapshot`: true when it may be dialled. */
+function mayGoOnTo(ctx: GatewayContext, flow: RoutedFlow, snapshot: PolicySnapshot, ip: string): boolean {
+  const override = ctx.policy.modeOverride();
+  const mode = snapshot.modeFor(flow.identity.roles, override);
+  if (selfDialDecision(ctx, ip, flow.destination.port, flow.protocol, mode) !== null) return false;
+  const decision = snapshot.decide(factsOf(flow, flow.protocol, flow.destination.host, flow.destination.port, ip), ctx.flows.now(), override);
+  return !(decision.verdict === 'block' || (decision.verdict !== 'allow' && flow.verdict === 'allow'));
 }
 
 /** The answer for one more destination of an already-open flow (see admitDestination). */

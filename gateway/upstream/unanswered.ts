@@ -8,9 +8,10 @@
  * What marks an address (StaggeredDial, dial.ts): a refusal or an unreachable route, the connect
  * timeout, or still connecting when an address dialled after it answered. A connection to it clears
  * the mark. A kill or a client leaving marks nothing: that says nothing of the address. Only a flow
- * whose name has several addresses is reordered (admission, after the lookup): a flow with one
- * address dials it whatever is remembered, and a flow with none marked gets its order unchanged and
- * nothing allocated. Marks are per port: an address can refuse one port and serve another.
+ * whose name has several addresses is reordered (admission, once the policy allowed its first
+ * address): a flow with one address dials it whatever is remembered, a flow with none marked gets
+ * its order unchanged and nothing allocated, and a refused first address refuses the flow as before.
+ * Marks are per port: an address can refuse one port and serve another.
  */
 import { LRUCache } from 'lru-cache';
 
@@ -39,18 +40,23 @@ export class UnansweredAddresses {
   }
 
   /**
-   * A name's addresses in the order to dial them on `port`: `first`, then `alternates` (the order
-   * admission chose), with the marked ones moved after the others, each group in its order. Null
-   * when that is the order already: none marked, all marked, or the marked ones last; and while the
-   * lifetime is 0 (a reload to 0 applies at once, to the marks made before it too).
+   * A name's addresses in the order to dial them on `port`: `first` (the address admission checked),
+   * then `alternates` (the order admission chose), with the marked ones moved after the others, each
+   * group in its order. A marked `first` gives way only to an address `mayLead` lets the flow go on
+   * to (the check each alternate meets before it is dialled), else it stays first. Null when that
+   * is the order already (none marked, all marked, the marked ones last) and while the lifetime is 0
+   * (a reload to 0 applies at once, to the marks made before it too).
    */
-  reorder(first: string, alternates: readonly string[], port: number): { ip: string; alternates: string[] } | null {
+  reorder(first: string, alternates: readonly string[], port: number, mayLead: (ip: string) => boolean = () => true): { ip: string; alternates: string[] } | null {
     if (this.marks.size === 0 || this.ttlMs() === 0) return null;
     const ips = [first, ...alternates];
     const answered = ips.filter((ip) => !this.isMarked(ip, port));
     if (answered.length === 0 || answered.every((ip, i) => ip === ips[i])) return null;
     const ordered = answered.concat(ips.filter((ip) => this.isMarked(ip, port)));
-    return { ip: ordered[0] as string, alternates: ordered.slice(1) };
+    const lead = answered[0] === first ? first : (answered.find(mayLead) ?? first);
+    const rest = ordered.filter((ip) => ip !== lead);
+    if (lead === first && rest.every((ip, i) => ip === alternates[i])) return null;
+    return { ip: lead, alternates: rest };
   }
 
   get size(): number {

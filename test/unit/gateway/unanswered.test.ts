@@ -19,6 +19,17 @@ describe('UnansweredAddresses.reorder', () => {
     expect(m.reorder('10.0.0.1', ['10.0.0.2', '10.0.0.3'], 443)).toEqual({ ip: '10.0.0.3', alternates: ['10.0.0.1', '10.0.0.2'] });
   });
 
+  it('puts a marked first address after only an address the flow may go on to', () => {
+    const m = new UnansweredAddresses(() => 60_000);
+    m.note('10.0.0.1', 443);
+    const mayLead = (ip: string): boolean => ip !== '10.0.0.2';
+    expect(m.reorder('10.0.0.1', ['10.0.0.2', '10.0.0.3'], 443, mayLead)).toEqual({ ip: '10.0.0.3', alternates: ['10.0.0.2', '10.0.0.1'] });
+    // None the flow may go on to: the first stays first, the marked ones still go last.
+    expect(m.reorder('10.0.0.1', ['10.0.0.2'], 443, mayLead)).toBeNull();
+    m.note('10.0.0.4', 443);
+    expect(m.reorder('10.0.0.1', ['10.0.0.4', '10.0.0.2'], 443, mayLead)).toEqual({ ip: '10.0.0.1', alternates: ['10.0.0.2', '10.0.0.4'] });
+  });
+
   it('keeps the order when every address is marked, and marks per port', () => {
     const m = new UnansweredAddresses(() => 60_000);
     m.note('10.0.0.1', 443);
