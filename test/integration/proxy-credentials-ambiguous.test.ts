@@ -89,11 +89,17 @@ interface Answer {
   body: string;
   /** The client's port: its flow's record names it. */
   port: number;
+  /**
+   * How many records the gateway had closed before this exchange: its flow's record comes after
+   * them (an earlier flow from the same client port, reused, is not this one's).
+   */
+  since: number;
 }
 
 /** Writes `parts` (a number waits that many ms) from `from` and reads the first answer (head and body). */
 async function exchange(gw: TestGateway, parts: Array<string | number>, isTls: boolean, from: string): Promise<Answer> {
   const httpsPort = Number(gw.https?.slice(gw.https.lastIndexOf(':') + 1));
+  const since = gw.closed.length;
   const s = isTls
     ? tlsConnect({ socket: connect({ host: '127.0.0.1', port: httpsPort, localAddress: from }), rejectUnauthorized: false })
     : connect({ host: gw.httpHost, port: gw.httpPort, localAddress: from });
@@ -117,7 +123,7 @@ async function exchange(gw: TestGateway, parts: Array<string | number>, isTls: b
   const deadline = Date.now() + 5000;
   while (!isWhole() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   s.destroy();
-  return { status: Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0), body: text.slice(text.indexOf('\r\n\r\n') + 4), port };
+  return { status: Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0), body: text.slice(text.indexOf('\r\n\r\n') + 4), port, since };
 }
 
 const get = (fields: string[]): string => `GET http://127.0.0.1:${originPort}/ HTTP/1.1\r\nHost: x\r\n${fields.map((f) => `${f}\r\n`).join('')}\r\n`;
@@ -131,13 +137,13 @@ const paths: Array<[string, boolean, (fields: string[]) => Array<string | number
   ['HTTPS listener CONNECT', true, (f) => [connectHead(f)]],
 ];
 
-/** The record of the flow from client port `port`, waited for. */
-const recordOf = (gw: TestGateway, port: number) => gw.waitForClosed((r) => r.client.port === port, 5000);
+/** The record of the exchange's flow (from its client port, closed after it began), waited for. */
+const recordOf = (gw: TestGateway, a: Answer) => gw.waitForClosed((r) => r.client.port === a.port && gw.closed.indexOf(r) >= a.since, 5000);
 
-/** No flow from client port `port` was recorded (the refusal came before admission). */
-async function expectNoRecord(gw: TestGateway, port: number): Promise<void> {
+/** No flow of the exchange was recorded (the refusal came before admission). */
+async function expectNoRecord(gw: TestGateway, a: Answer): Promise<void> {
   await new Promise((r) => setTimeout(r, 100));
-  expect(gw.closed.some((r) => r.client.port === port)).toBe(false);
+  expect(gw.closed.slice(a.since).some((r) => r.client.port === a.port)).toBe(false);
 }
 
 describe.skipIf(!canRun).each(paths)('%s', (_path, isTls, parts) => {
@@ -158,7 +164,7 @@ describe.skipIf(!canRun).each(paths)('%s', (_path, isTls, parts) => {
     const a = await exchange(gw, parts(fields), isTls, '127.0.0.1');
     expect(a.status).toBe(400);
     expect(JSON.parse(a.body)).toEqual({ error: 'bad request', reason: 'bad-request', flowId: null });
-    await expectNoRecord(gw, a.port);
+    await expectNoRecord(gw, a);
     expect(accepts).toBe(before);
     expect(gw.logs.some((l) => l.why === 'duplicate-proxy-authorization')).toBe(true);
   });
@@ -172,7 +178,7 @@ describe.skipIf(!canRun).each(paths)('%s', (_path, isTls, parts) => {
     const a = await exchange(gw, parts([`Proxy-Authorization: ${value}`]), isTls, '127.0.0.1');
     expect(a.status).toBe(407);
     expect(JSON.parse(a.body)).toMatchObject({ reason: 'auth-required' });
-    const rec = await recordOf(gw, a.port);
+    const rec = await recordOf(gw, a);
     expect(rec.verdict).toBe('block');
     expect(rec.reason).toBe('auth-required');
     expect(rec.identity.user).toBeNull();
@@ -186,7 +192,7 @@ describe.skipIf(!canRun).each(paths)('%s', (_path, isTls, parts) => {
   ])('%s: 200 as alice', async (_name, value) => {
     const a = await exchange(gw, parts([`Proxy-Authorization: ${value}`]), isTls, '127.0.0.1');
     expect(a.status).toBe(200);
-    const rec = await recordOf(gw, a.port);
+    const rec = await recordOf(gw, a);
     expect(rec.verdict).toBe('allow');
     expect(rec.identity.user).toBe('alice');
   });
@@ -200,7 +206,7 @@ describe.skipIf(!canRun).each(paths)('%s', (_path, isTls, parts) => {
       const a = await exchange(gw, parts(fields), isTls, '127.0.0.2');
       expect(a.status).toBe(400);
       expect(JSON.parse(a.body)).toEqual({ error: 'bad request', reason: 'bad-request', flowId: null });
-      await expectNoRecord(gw, a.port);
+      await expectNoRecord(gw, a);
       expect(accepts).toBe(before);
     }
     expect(gw.logs.some((l) => l.why === 'duplicate-identity-header')).toBe(true);
@@ -216,7 +222,7 @@ describe.skipIf(!canRun).each(paths)('%s', (_path, isTls, parts) => {
       const a = await exchange(gw, parts(fields), isTls, '127.0.0.1');
       expect(a.status).toBe(400);
       expect(JSON.parse(a.body)).toEqual({ error: 'bad request', reason: 'bad-request', flowId: null });
-      await expectNoRecord(gw, a.port);
+      await expectNoRecord(gw, a);
       expect(accepts).toBe(before);
     }
     expect(gw.logs.some((l) => l.why === 'duplicate-signed-token')).toBe(true);
@@ -225,19 +231,19 @@ describe.skipIf(!canRun).each(paths)('%s', (_path, isTls, parts) => {
   it('the signed token header once names its user (control)', async () => {
     const a = await exchange(gw, parts([`X-Egress-Token: ${token('alice')}`]), isTls, '127.0.0.1');
     expect(a.status).toBe(200);
-    expect((await recordOf(gw, a.port)).identity.user).toBe('alice');
+    expect((await recordOf(gw, a)).identity.user).toBe('alice');
   });
 
   it('the user header once from a trusted source names the user (control)', async () => {
     const a = await exchange(gw, parts(['X-Egress-User: alice']), isTls, '127.0.0.2');
     expect(a.status).toBe(200);
-    expect((await recordOf(gw, a.port)).identity.user).toBe('alice');
+    expect((await recordOf(gw, a)).identity.user).toBe('alice');
   });
 
   it('the user header twice from an untrusted source is ignored: the request goes on anonymous', async () => {
     const a = await exchange(gw, parts(['X-Egress-User: alice', 'X-Egress-User: alice']), isTls, '127.0.0.1');
     expect(a.status).toBe(403);
-    const rec = await recordOf(gw, a.port);
+    const rec = await recordOf(gw, a);
     expect(rec.reason).toBe('not-allowlisted');
     expect(rec.identity.user).toBeNull();
   });
@@ -256,7 +262,7 @@ describe.skipIf(!canRun)('what the origin saw', () => {
     const before = originRead.length;
     const a = await exchange(gw, [get([`Proxy-Authorization: Basic ${VALID}`, 'X-Egress-User: mallory', 'X-Egress-User: eve'])], false, '127.0.0.1');
     expect(a.status).toBe(200);
-    expect((await recordOf(gw, a.port)).identity.user).toBe('alice');
+    expect((await recordOf(gw, a)).identity.user).toBe('alice');
     expect(originRead.length).toBeGreaterThan(before);
   });
 
