@@ -21,10 +21,10 @@
  * policy-facts.ts (what the policy decides on).
  */
 import { unmapIPv4 } from '../policy/address.ts';
-import type { Decision, PolicySnapshot } from '../policy/types.ts';
+import type { Decision, Mode, PolicySnapshot } from '../policy/types.ts';
 import type { GatewayErrorCode } from './errors.ts';
 import type { GatewayContext } from './context.ts';
-import { attachProcess, attributeLocally } from './admission/local-attribution.ts';
+import { attachProcess, attributeLocally, type LocalLookup } from './admission/local-attribution.ts';
 import { isLocalAddress, selfDialDecision } from './admission/self-dial.ts';
 import { lookUp, lookUpUntilKilled, NO_ALTERNATES, POLICY_CHANGED } from './admission/lookup.ts';
 import { factsOf, isRefusedUnresolved, knownAddress, runningPolicy, upstreamOf } from './admission/policy-facts.ts';
@@ -115,11 +115,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   // In enforce mode a name no allow entry of these roles can admit is refused before it is looked
   // up: the lookup would carry the name out (a DNS tunnel through the gateway's own resolver). The
   // refusal still names the local process that tried (who asked for a forbidden name is the point).
-  if (isRefusedUnresolved(snapshot, mode, flow, req.destHost, req.destPort, req.protocol)) {
-    if (attribution) await attachProcess(ctx, flow, attribution);
-    if (flow.state === 'closed') return killedMeanwhile(flow);
-    return refuse(ctx, flow, snapshot.decide(factsOf(flow, req.protocol, req.destHost, req.destPort, null), ctx.flows.now(), override));
-  }
+  if (isRefusedUnresolved(snapshot, mode, flow, req.destHost, req.destPort, req.protocol)) return refuseUnresolved(ctx, flow, req, attribution, snapshot, override);
   // 5. resolution: an IP literal or a `resolver.hosts` entry needs no lookup (and no await).
   let ip: string | null = knownAddress(snapshot, req.destHost);
   let alternates = NO_ALTERNATES;
@@ -129,12 +125,11 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     const lookup = lookUp(ctx, req.destHost, flow.client.ip);
     let answer = await lookUpUntilKilled(flow, lookup);
     // A reload or mode switch while it was looked up (refuseLookupsAfterChange woke the wait): a name
-    // the running policy can no longer admit is refused now, as a new flow's would be, unresolved.
+    // the running policy can no longer admit is refused now, as a new flow's would be, unresolved
+    // (its process named too).
     while (answer === POLICY_CHANGED && flow.state !== 'closed') {
       ({ snapshot, override, mode } = runningPolicy(ctx, flow));
-      if (isRefusedUnresolved(snapshot, mode, flow, req.destHost, req.destPort, req.protocol)) {
-        return refuse(ctx, flow, snapshot.decide(factsOf(flow, req.protocol, req.destHost, req.destPort, null), ctx.flows.now(), override));
-      }
+      if (isRefusedUnresolved(snapshot, mode, flow, req.destHost, req.destPort, req.protocol)) return refuseUnresolved(ctx, flow, req, attribution, snapshot, override);
       answer = await lookUpUntilKilled(flow, lookup);
     }
     ({ ip, alternates, dnsError } = answer);
@@ -191,6 +186,25 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   const upstream = upstreamOf(snapshot, flow.identity.roles);
   if (upstream !== null) flow.upstream = parentName(upstream);
   return { ok: true, flow, ip, alternates, upstream, snapshot };
+}
+
+/**
+ * A refusal of a name in enforce mode, unresolved (no allow entry of the roles can admit it: before
+ * its lookup, or after a reload or mode switch during it). It waits for the local attribution first,
+ * so the record names the process that asked for the name; a flow killed meanwhile is answered as
+ * such. A function of its own: `flow.state` is not narrowed by the caller's checks here.
+ */
+async function refuseUnresolved(
+  ctx: GatewayContext,
+  flow: RoutedFlow,
+  req: AdmissionRequest,
+  attribution: LocalLookup | null,
+  snapshot: PolicySnapshot,
+  override: Mode | null,
+): Promise<Refused> {
+  if (attribution) await attachProcess(ctx, flow, attribution);
+  if (flow.state === 'closed') return killedMeanwhile(flow);
+  return refuse(ctx, flow, snapshot.decide(factsOf(flow, req.protocol, req.destHost, req.destPort, null), ctx.flows.now(), override));
 }
 
 /**
