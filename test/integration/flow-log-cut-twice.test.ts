@@ -13,16 +13,14 @@
  * rotated file ended in a fragment of it (300 bytes, no newline) and the new file began with the rest
  * (from byte 300): two torn lines, the record in neither. Through a real `serve` process.
  */
-import { type ChildProcess, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { curlSizes } from '../helpers/flow-log-cases.ts';
-import { killIfRunning, loopbackServeConfig, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { describe, expect, it } from 'vitest';
+import { logCount as count, sleep } from '../helpers/flow-log-cases.ts';
+import { flowLogFixture, writeFlowLogServeConfig } from '../helpers/flow-log-fixture.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
-import { type Origin, startOrigin } from './http-harness.ts';
 
 function hasPrlimit(): boolean {
   try {
@@ -34,24 +32,7 @@ function hasPrlimit(): boolean {
 }
 const available = skipNotice(hasPrlimit(), 'flow-log-cut-twice', 'needs prlimit (util-linux) to set a running process file size limit');
 
-const top = mkdtempSync(join(tmpdir(), 'egw-flowlog-cut-twice-'));
-let origin: Origin;
-let child: ChildProcess | null = null;
-
-beforeAll(async () => {
-  origin = await startOrigin();
-});
-afterEach(async () => {
-  await killIfRunning(child);
-  child = null;
-});
-afterAll(async () => {
-  await origin?.close();
-  rmSync(top, { recursive: true, force: true });
-});
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const count = (s: Served, msg: string): number => s.stderr().split(msg).length - 1;
+const fx = flowLogFixture('egw-flowlog-cut-twice-');
 
 async function untilTrue(what: string, pred: () => boolean): Promise<void> {
   for (let i = 0; i < 250 && !pred(); i++) await sleep(20);
@@ -82,18 +63,17 @@ type Then = 'same file' | 'rotated' | 'removed';
 
 describe.skipIf(!available)('a flow log line cut twice (the disk full again while the rest of the line is written)', () => {
   it.each<Then>(['same file', 'rotated', 'removed'])('then %s: every line whole, every flow one record', async (then) => {
-    const dir = join(top, then.replace(' ', '-'));
+    const dir = join(fx.top, then.replace(' ', '-'));
     mkdirSync(dir);
     const path = join(dir, 'flows.jsonl');
     const configPath = join(dir, 'serve.yaml');
-    writeFileSync(configPath, loopbackServeConfig(path).replace('flowLog: { path:', 'flowLog: { onError: admit, path:'));
-    const s = await spawnServe(configPath);
-    child = s.child;
+    writeFlowLogServeConfig(configPath, path, { isAdmitting: true });
+    const s = await fx.serve(configPath);
     const pid = s.child.pid as number;
     const exited = once(s.child, 'exit');
     const made: number[] = [];
     const get = async (sizes: number[]): Promise<void> => {
-      expect(await curlSizes(s.http, origin.port, sizes)).toEqual(sizes.map(() => 200));
+      expect(await fx.curlSizes(s, sizes)).toEqual(sizes.map(() => 200));
       made.push(...sizes);
     };
     await get([11, 12, 13]);

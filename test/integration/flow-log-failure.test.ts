@@ -7,40 +7,31 @@
  *  - `flowLog.onError: admit`: flows go on being admitted, and their records reach the file too.
  */
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SocksClient } from 'socks';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REFUSAL_RECORDS_HELD } from '../../gateway/admission.ts';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
+import { flowLogFixture } from '../helpers/flow-log-fixture.ts';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
-import { type Origin, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
+import { adminGet, type TestGateway, until } from '../helpers/gateway.ts';
+import { rawConnect, readUntil, run } from './http-harness.ts';
 import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
 
-const dir = mkdtempSync(join(tmpdir(), 'egw-flowlog-it-'));
-let origin: Origin;
+const fx = flowLogFixture('egw-flowlog-it-');
 let echo: TcpOrigin;
-let gw: TestGateway | null = null;
 
 beforeAll(async () => {
-  origin = await startOrigin();
   echo = await startTcpOrigin();
 });
-afterEach(async () => {
-  await gw?.stop();
-  gw = null;
-});
 afterAll(async () => {
-  await origin.close();
   await echo.close();
-  rmSync(dir, { recursive: true, force: true });
 });
 
 /** A flow log path that fails every write until `repair()` puts a regular file in its place. */
 function failingLogPath(name: string): { path: string; repair: () => void } {
-  const path = join(dir, name);
+  const path = join(fx.top, name);
   symlinkSync('/dev/full', path);
   return {
     path,
@@ -52,7 +43,7 @@ function failingLogPath(name: string): { path: string; repair: () => void } {
 }
 
 async function curlGet(g: TestGateway, path: string): Promise<{ status: number; body: string }> {
-  const r = await run('curl', ['-s', '-o', '-', '-w', '\n%{http_code}', '-x', `http://${g.httpHost}:${g.httpPort}`, `http://127.0.0.1:${origin.port}${path}`]);
+  const r = await run('curl', ['-s', '-o', '-', '-w', '\n%{http_code}', '-x', `http://${g.httpHost}:${g.httpPort}`, `http://127.0.0.1:${fx.originPort()}${path}`]);
   const text = r.stdout.toString('utf8');
   const i = text.lastIndexOf('\n');
   return { status: Number(text.slice(i + 1)), body: text.slice(0, i) };
@@ -70,8 +61,7 @@ const records = (path: string): FlowRecord[] => parseRecords(readFileSync(path, 
 describe('flow log that cannot be written', () => {
   it('onError refuse: new flows get 503 flow-log-unavailable, not ready, a live tunnel carries on; every record written once it recovers', async () => {
     const log = failingLogPath('refuse.jsonl');
-    const g = await startTestGateway({ flowLog: { path: log.path } });
-    gw = g;
+    const g = await fx.gateway({ flowLog: { path: log.path } });
     // A tunnel opened while the log is still healthy (no record written yet).
     const tunnel = await rawConnect(g.httpPort);
     tunnel.on('error', () => {});
@@ -116,7 +106,6 @@ describe('flow log that cannot be written', () => {
     await once(tunnel, 'close');
     await g.waitForClosed((r) => r.protocol === 'connect');
     await g.stop();
-    gw = null;
 
     const got = records(log.path);
     expect(new Set(got.map((r) => r.id)).size).toBe(got.length);
@@ -131,8 +120,7 @@ describe('flow log that cannot be written', () => {
 
   it('onError admit: flows are still admitted while the log fails, and their records are written once it recovers', async () => {
     const log = failingLogPath('admit.jsonl');
-    const g = await startTestGateway({ flowLog: { path: log.path, onError: 'admit' } });
-    gw = g;
+    const g = await fx.gateway({ flowLog: { path: log.path, onError: 'admit' } });
     expect((await curlGet(g, '/size/4')).status).toBe(200);
     await until('the failure', () => flowLogFailing(g, 1));
     expect(await curlGet(g, '/size/5')).toEqual({ status: 200, body: 'abcde' });
@@ -140,7 +128,6 @@ describe('flow log that cannot be written', () => {
     log.repair();
     await until('recovery', () => flowLogFailing(g, 0));
     await g.stop();
-    gw = null;
     expect(records(log.path).map((r) => [r.closeReason, r.bytesIn])).toEqual([
       ['closed', 4],
       ['closed', 5],
@@ -151,8 +138,7 @@ describe('flow log that cannot be written', () => {
   // and the records of flows that carried traffic were dropped (a tunnel's lost behind 487,000).
   it(`onError refuse: past ${REFUSAL_RECORDS_HELD} held records refusals are counted, not kept; a live tunnel's record is written`, async () => {
     const log = failingLogPath('flood.jsonl');
-    const g = await startTestGateway({ flowLog: { path: log.path }, limits: { maxNewFlowsPerSecPerIdentity: 1_000_000 } });
-    gw = g;
+    const g = await fx.gateway({ flowLog: { path: log.path }, limits: { maxNewFlowsPerSecPerIdentity: 1_000_000 } });
     const tunnel = await rawConnect(g.httpPort);
     tunnel.on('error', () => {});
     tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
@@ -162,7 +148,7 @@ describe('flow log that cannot be written', () => {
     // Pipelined refusals from a few connections, more than the backlog keeps for refusals.
     const perConnection = 1100;
     const total = perConnection * 10;
-    const get = `GET http://127.0.0.1:${origin.port}/size/1 HTTP/1.1\r\nHost: 127.0.0.1:${origin.port}\r\n\r\n`;
+    const get = `GET http://127.0.0.1:${fx.originPort()}/size/1 HTTP/1.1\r\nHost: 127.0.0.1:${fx.originPort()}\r\n\r\n`;
     await Promise.all(
       Array.from({ length: 10 }, async () => {
         const s = await rawConnect(g.httpPort);
@@ -191,7 +177,6 @@ describe('flow log that cannot be written', () => {
     await until('recovery', () => flowLogFailing(g, 0));
     await g.waitForClosed((r) => r.protocol === 'connect');
     await g.stop();
-    gw = null;
     const got = records(log.path);
     const refusals = got.filter((r) => r.closeReason === 'flow-log-unavailable').length;
     // The cap reads the backlog, which takes the records of the batch being formed (10 ms) a little later.

@@ -6,53 +6,24 @@
  * file, as it still is; the fragment is now taken off the rotated file's end. Through the real
  * listeners, on a small tmpfs (root only).
  */
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { flowLogFailing as failing } from '../helpers/flow-log-cases.ts';
+import { flowLogFixture } from '../helpers/flow-log-fixture.ts';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
-import { curlSizes, mountTmpfs } from '../helpers/flow-log-cases.ts';
-import { skipNotice } from '../helpers/skip-notice.ts';
-import { type Origin, startOrigin } from './http-harness.ts';
+import { until } from '../helpers/gateway.ts';
 
-const top = mkdtempSync(join(tmpdir(), 'egw-flowlog-full-'));
-const mnt = join(top, 'mnt');
+const fx = flowLogFixture('egw-flowlog-full-', { tmpfs: { size: '256k', what: 'flow-log-full-rotated (a 256 KiB tmpfs)' } });
+const { mnt } = fx;
+const getSizes = fx.curlSizes;
 
-const why = mountTmpfs(mnt, '256k');
-const available = skipNotice(why === '', 'flow-log-full-rotated (a 256 KiB tmpfs)', why);
-
-let origin: Origin;
-let gw: TestGateway | null = null;
-
-beforeAll(async () => {
-  origin = await startOrigin();
-});
-afterEach(async () => {
-  await gw?.stop();
-  gw = null;
-});
-afterAll(async () => {
-  await origin?.close();
-  if (available) execFileSync('umount', [mnt]);
-  rmSync(top, { recursive: true, force: true });
-});
-
-/** GETs of /size/N for each N, one curl, through the proxy: their statuses. */
-function getSizes(g: TestGateway, sizes: number[]): Promise<number[]> {
-  return curlSizes({ host: g.httpHost, port: g.httpPort }, origin.port, sizes);
-}
-
-const failing = async (g: TestGateway): Promise<number> => Number(/^gw_flow_log_failing (\d)$/m.exec((await adminGet(g, '/metrics')).text)?.[1]);
-
-describe.skipIf(!available)('flow log on a full disk, rotated away before the disk has room', () => {
+describe.skipIf(!fx.hasTmpfs)('flow log on a full disk, rotated away before the disk has room', () => {
   it('the rotated file ends on a whole record; every flow has one record, in one file or the other', async () => {
     const path = join(mnt, 'flows.jsonl');
     // ~56 KiB of room: ~80 records.
     writeFileSync(join(mnt, 'filler'), Buffer.alloc(200 * 1024));
-    const g = await startTestGateway({ flowLog: { path, onError: 'admit' } });
-    gw = g;
+    const g = await fx.gateway({ flowLog: { path, onError: 'admit' } });
     const made: number[] = [];
     // Until the disk is full (bounded: 400 flows would take ~260 KiB).
     for (let n = 1000; n < 1400 && (await failing(g)) === 0; n += 20) {
@@ -74,7 +45,6 @@ describe.skipIf(!available)('flow log on a full disk, rotated away before the di
     expect(await getSizes(g, more)).toEqual([200, 200, 200]);
     made.push(...more);
     await g.stop();
-    gw = null;
 
     const rotated = readFileSync(`${path}.1`, 'utf8');
     expect(rotated.endsWith('\n')).toBe(true);

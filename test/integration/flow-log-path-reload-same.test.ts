@@ -5,36 +5,16 @@
  * read at start only are now compared as the files they name, and with what is running: the warning
  * comes only for a change a restart would make.
  */
-import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { killIfRunning, ROOT, spawnServe } from '../helpers/serve-process.ts';
+import { describe, expect, it } from 'vitest';
+import { flowLogFixture, flowLogServeConfig } from '../helpers/flow-log-fixture.ts';
+import { ROOT } from '../helpers/serve-process.ts';
 
-let dir: string;
-let child: ChildProcess | null = null;
+const { top: dir, ...fx } = flowLogFixture('egw-path-reload-', { hasOrigin: false });
 
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'egw-path-reload-'));
-});
-afterEach(async () => {
-  await killIfRunning(child);
-  child = null;
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
-
-const policy = (flowLog: string, interimSec: number): string => `
-mode: enforce
-allowRanges: [127.0.0.0/8]
-roles: { any: { allow: [ { cidr: 127.0.0.0/8 } ] } }
-defaultRoles: [any]
-identity: { localAttribution: false }
-flowLog: { path: ${JSON.stringify(flowLog)}, interimSec: ${interimSec} }
-`;
+const policy = (flowLog: string, interimSec: number): string => flowLogServeConfig(flowLog, { interimSec });
 
 const count = (text: string, what: string): number => text.split(what).length - 1;
 
@@ -43,8 +23,7 @@ describe('egressgate serve: a reload whose flowLog.path is the running one', () 
     const flowLog = join(dir, 'flows.jsonl');
     const configPath = join(dir, 'policy.yaml');
     await writeFile(configPath, policy(flowLog, 0));
-    const s = await spawnServe(configPath);
-    child = s.child;
+    const s = await fx.serve(configPath);
     const warnings = (): number => count(s.stderr(), 'apply at the next restart');
     /** Write the config, SIGHUP, wait for the reload's line (bounded: 250 × 20 ms); the warnings so far. */
     let reloads = 0;

@@ -12,48 +12,19 @@
  * it while SIGHUP and SIGUSR2 are sent, so both are handled in one turn of its event loop), on a small
  * tmpfs (root only).
  */
-import { type ChildProcess, execFileSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { curlSizes, mountTmpfs } from '../helpers/flow-log-cases.ts';
-import { killIfRunning, loopbackServeConfig, type Served, spawnServe } from '../helpers/serve-process.ts';
-import { skipNotice } from '../helpers/skip-notice.ts';
-import { type Origin, startOrigin } from './http-harness.ts';
+import { describe, expect, it } from 'vitest';
+import { fill as fillUpTo, logCount as count, sleep } from '../helpers/flow-log-cases.ts';
+import { flowLogFixture, writeFlowLogServeConfig } from '../helpers/flow-log-fixture.ts';
 
-const top = mkdtempSync(join(tmpdir(), 'egw-flowlog-recover-race-'));
-const mnt = join(top, 'mnt');
-const why = mountTmpfs(mnt, '2m');
-const available = skipNotice(why === '', 'flow-log-recover-race (a 2 MiB tmpfs)', why);
+const fx = flowLogFixture('egw-flowlog-recover-race-', { tmpfs: { size: '2m', what: 'flow-log-recover-race (a 2 MiB tmpfs)' } });
+const { top, mnt } = fx;
 
-let origin: Origin;
-let child: ChildProcess | null = null;
-
-beforeAll(async () => {
-  origin = await startOrigin();
-});
-afterEach(async () => {
-  await killIfRunning(child);
-  child = null;
-});
-afterAll(async () => {
-  await origin?.close();
-  if (available) execFileSync('umount', [mnt]);
-  rmSync(top, { recursive: true, force: true });
-});
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** Fill what is left of the tmpfs (a write that stops at ENOSPC keeps what fitted). */
-function fill(file: string): void {
-  try {
-    writeFileSync(file, Buffer.alloc(4 * 1024 * 1024));
-  } catch {
-    // ENOSPC: full, as wanted
-  }
-}
+/** Fill what is left of the tmpfs. */
+const fill = (file: string): void => fillUpTo(file, 4 * 1024 * 1024);
 
 /** Wait (bounded) until the process's state in /proc is `state` (T: stopped, else running or asleep). */
 async function untilState(pid: number, isStopped: boolean): Promise<void> {
@@ -76,8 +47,6 @@ async function twoReopensAtOnce(c: ChildProcess): Promise<void> {
   await untilState(pid, false);
 }
 
-const count = (s: Served, msg: string): number => s.stderr().split(msg).length - 1;
-
 /** The descriptors `serve` holds on the flow log (not the audit log beside it). */
 function logDescriptors(pid: number, path: string): number {
   return readdirSync(`/proc/${pid}/fd`).filter((fd) => {
@@ -89,23 +58,22 @@ function logDescriptors(pid: number, path: string): number {
   }).length;
 }
 
-describe.skipIf(!available)('flow log recoveries started at once (two reopen signals as the disk has room)', () => {
+describe.skipIf(!fx.hasTmpfs)('flow log recoveries started at once (two reopen signals as the disk has room)', () => {
   it('one recovery at a time: one "writable again" per failure, one descriptor, every line whole, every flow one record', async () => {
     const dir = join(mnt, 'logs');
     mkdirSync(dir);
     const path = join(dir, 'flows.jsonl');
     const filler = join(mnt, 'filler');
     const configPath = join(top, 'serve.yaml');
-    writeFileSync(configPath, `${loopbackServeConfig(path).replace('flowLog: { path:', 'flowLog: { onError: admit, path:')}limits: { maxNewFlowsPerSecPerIdentity: 100000 }\n`);
-    const s = await spawnServe(configPath);
-    child = s.child;
+    writeFlowLogServeConfig(configPath, path, { isAdmitting: true, limits: { maxNewFlowsPerSecPerIdentity: 100000 } });
+    const s = await fx.serve(configPath);
     const exited = once(s.child, 'exit');
     const made: number[] = [];
     let next = 1000;
     const makeFlows = async (n: number): Promise<void> => {
       const sizes = Array.from({ length: n }, (_, i) => next + i);
       next += n;
-      const codes = await curlSizes(s.http, origin.port, sizes);
+      const codes = await fx.curlSizes(s, sizes);
       made.push(...sizes.filter((_, i) => codes[i] === 200));
     };
     await makeFlows(5);

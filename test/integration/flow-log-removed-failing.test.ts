@@ -7,67 +7,30 @@
  * finds the old file removed reads back what went to it since it was last seen named, as the watch
  * does, and writes that first. Through the real listeners, on a small tmpfs (root only).
  */
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync, statSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
+import { flowLogFailing as failing, fill as fillUpTo, recordsAt as recordsIn } from '../helpers/flow-log-cases.ts';
+import { flowLogFixture } from '../helpers/flow-log-fixture.ts';
 import { parseRecords, parseWrittenRecords } from '../helpers/flow-records.ts';
-import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
-import { curlSizes, mountTmpfs } from '../helpers/flow-log-cases.ts';
-import { skipNotice } from '../helpers/skip-notice.ts';
-import { type Origin, startOrigin } from './http-harness.ts';
+import { until } from '../helpers/gateway.ts';
 
-const top = mkdtempSync(join(tmpdir(), 'egw-flowlog-removed-failing-'));
-const mnt = join(top, 'mnt');
-
-const why = mountTmpfs(mnt, '64k');
-const available = skipNotice(why === '', 'flow-log-removed-failing (a 64 KiB tmpfs)', why);
-
-let origin: Origin;
-let gw: TestGateway | null = null;
-
-beforeAll(async () => {
-  origin = await startOrigin();
-});
-afterEach(async () => {
-  await gw?.stop();
-  gw = null;
-});
-afterAll(async () => {
-  await origin?.close();
-  if (available) execFileSync('umount', [mnt]);
-  rmSync(top, { recursive: true, force: true });
-});
-
-/** GETs of /size/N for each N, one curl, through the proxy: their statuses. */
-function getSizes(g: TestGateway, sizes: number[]): Promise<number[]> {
-  return curlSizes({ host: g.httpHost, port: g.httpPort }, origin.port, sizes);
-}
+const fx = flowLogFixture('egw-flowlog-removed-failing-', { tmpfs: { size: '64k', what: 'flow-log-removed-failing (a 64 KiB tmpfs)' } });
+const { mnt } = fx;
+const getSizes = fx.curlSizes;
 
 /** The whole records in the file at `path` now (none if there is no file; a full disk cuts the last line). */
-function recordsAt(path: string): FlowRecord[] {
-  return existsSync(path) ? parseWrittenRecords(readFileSync(path, 'utf8')) : [];
-}
+const recordsAt = (path: string): FlowRecord[] => recordsIn(path, parseWrittenRecords);
 
-/** Fill what is left of the tmpfs (a write that stops at ENOSPC keeps what fitted). */
-function fill(file: string): void {
-  try {
-    writeFileSync(file, Buffer.alloc(64 * 1024));
-  } catch {
-    // ENOSPC: full, as wanted
-  }
-}
+/** Fill what is left of the tmpfs. */
+const fill = (file: string): void => fillUpTo(file, 64 * 1024);
 
-const failing = async (g: TestGateway): Promise<number> => Number(/^gw_flow_log_failing (\d)$/m.exec((await adminGet(g, '/metrics')).text)?.[1]);
-
-describe.skipIf(!available)('flow log file removed while the log is failing', () => {
+describe.skipIf(!fx.hasTmpfs)('flow log file removed while the log is failing', () => {
   it('what a partial recovery wrote to the removed file is written to the new one; every flow has its record, once', async () => {
     const path = join(mnt, 'flows.jsonl');
     const filler = join(mnt, 'filler');
-    const g = await startTestGateway({ flowLog: { path, onError: 'admit' } });
-    gw = g;
+    const g = await fx.gateway({ flowLog: { path, onError: 'admit' } });
     expect(await getSizes(g, [11, 12, 13])).toEqual([200, 200, 200]);
     await until('the first records', () => recordsAt(path).length === 3);
 
@@ -93,7 +56,6 @@ describe.skipIf(!available)('flow log file removed while the log is failing', ()
     await until('recovery', async () => (await failing(g)) === 0, 5000);
     expect(await getSizes(g, [31, 32])).toEqual([200, 200]);
     await g.stop();
-    gw = null;
 
     expect(readFileSync(path, 'utf8').endsWith('\n')).toBe(true);
     const got = parseRecords(readFileSync(path, 'utf8'));

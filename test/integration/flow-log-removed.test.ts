@@ -6,48 +6,25 @@
  * again, writes to a new file at the path, and writes there first what went to the removed file
  * since it last saw it named: every flow after the removal has its record, once.
  */
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { FlowRecord } from '../../gateway/flow/flow.ts';
-import { parseRecords } from '../helpers/flow-records.ts';
-import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
-import { type Origin, run, startOrigin } from './http-harness.ts';
+import { describe, expect, it } from 'vitest';
+import { recordsAt, sizesOnce } from '../helpers/flow-log-cases.ts';
+import { flowLogFixture } from '../helpers/flow-log-fixture.ts';
+import { adminGet, type TestGateway, until } from '../helpers/gateway.ts';
 
-const top = mkdtempSync(join(tmpdir(), 'egw-flowlog-removed-'));
-let origin: Origin;
-let gw: TestGateway | null = null;
+const fx = flowLogFixture('egw-flowlog-removed-');
 
-beforeAll(async () => {
-  origin = await startOrigin();
-});
-afterEach(async () => {
-  await gw?.stop();
-  gw = null;
-});
-afterAll(async () => {
-  await origin.close();
-  rmSync(top, { recursive: true, force: true });
-});
-
-/** A GET of `size` bytes through the proxy; its record is the one with bytesIn `size`. */
-async function get(g: TestGateway, size: number): Promise<number> {
-  const r = await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '-x', `http://${g.httpHost}:${g.httpPort}`, `http://127.0.0.1:${origin.port}/size/${size}`]);
-  return Number(r.stdout.toString('utf8'));
-}
-
-/** The records in the file at `path` now (none if there is no file). */
-function recordsAt(path: string): FlowRecord[] {
-  return existsSync(path) ? parseRecords(readFileSync(path, 'utf8')) : [];
+/** A GET of `size` bytes through the proxy (one curl); its record is the one with bytesIn `size`. */
+async function get(g: TestGateway, size: number): Promise<number | undefined> {
+  return (await fx.curlSizes(g, [size]))[0];
 }
 
 describe('flow log file removed while the gateway writes it', () => {
   it('every record after the removal reaches a new file at the path, once; the removal is logged', async () => {
-    const dir = join(top, 'logs');
+    const dir = join(fx.top, 'logs');
     const path = join(dir, 'flows.jsonl');
-    const g = await startTestGateway({ flowLog: { path } });
-    gw = g;
+    const g = await fx.gateway({ flowLog: { path } });
     for (const size of [11, 12, 13]) expect(await get(g, size)).toBe(200);
     await until('the first records', () => recordsAt(path).length === 3);
 
@@ -61,14 +38,9 @@ describe('flow log file removed while the gateway writes it', () => {
     // And it goes on there.
     expect(await get(g, 31)).toBe(200);
     await g.stop();
-    gw = null;
-    const got = recordsAt(path);
-    expect(readFileSync(path, 'utf8').endsWith('\n')).toBe(true);
-    expect(new Set(got.map((r) => r.id)).size).toBe(got.length);
     // Each flow at most once; those after the removal all there (those before it went with the file,
     // unless they came after the last time the gateway saw it named: then they are written again).
-    const sizes = got.map((r) => r.bytesIn);
-    expect(new Set(sizes).size).toBe(sizes.length);
+    const sizes = sizesOnce(path);
     expect(sizes.filter((s) => s > 20)).toEqual([...after, 31]);
     expect(sizes.every((s) => [11, 12, 13, ...after, 31].includes(s))).toBe(true);
   }, 20_000);

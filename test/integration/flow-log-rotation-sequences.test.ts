@@ -12,42 +12,24 @@
  * Audited the same way, and whole before and after: mv then SIGUSR2 (once, twice), the shipped
  * logrotate file, mv + SIGUSR2 + SIGTERM at once, SIGUSR2s on a full disk (a tmpfs, root only).
  */
-import { type ChildProcess, execFileSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { sleep } from '../helpers/flow-log-cases.ts';
+import { flowLogFixture, writeFlowLogServeConfig } from '../helpers/flow-log-fixture.ts';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { killIfRunning, loopbackServeConfig, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
-import { curlSizes, mountTmpfs } from '../helpers/flow-log-cases.ts';
-import { skipNotice } from '../helpers/skip-notice.ts';
-import { type Origin, run, startOrigin } from './http-harness.ts';
+import { ROOT, type Served } from '../helpers/serve-process.ts';
+import { run } from './http-harness.ts';
 
-const top = mkdtempSync(join(tmpdir(), 'egw-flowlog-rotate-'));
-let origin: Origin;
-let child: ChildProcess | null = null;
-
-beforeAll(async () => {
-  origin = await startOrigin();
-});
-afterEach(async () => {
-  await killIfRunning(child);
-  child = null;
-});
-afterAll(async () => {
-  await origin?.close();
-  // The tmpfs (mounted as the file loads, below) goes whether its tests ran or not.
-  if (hasTmpfs) execFileSync('umount', [mnt]);
-  rmSync(top, { recursive: true, force: true });
-});
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+// The 2 MiB tmpfs is for the disk-full case alone (root only); it goes whether its tests ran or not.
+const fx = flowLogFixture('egw-flowlog-rotate-', { tmpfs: { size: '2m', what: 'flow-log-rotation-sequences: signals on a full disk (a 2 MiB tmpfs)' } });
+const { top, mnt } = fx;
 
 /** GETs of /size/N for each N, one curl, through the proxy: the sizes answered 200. */
 async function getSizes(s: Served, sizes: number[]): Promise<number[]> {
-  const codes = await curlSizes(s.http, origin.port, sizes);
+  const codes = await fx.curlSizes(s, sizes);
   return sizes.filter((_, i) => codes[i] === 200);
 }
 
@@ -88,16 +70,15 @@ interface Run {
 async function rotationRun(
   name: string,
   act: (s: Served, path: string, deleted: number[]) => Promise<void>,
-  opts: { dir?: string; isStopping?: boolean; config?: (path: string) => string } = {},
+  opts: { dir?: string; isStopping?: boolean; isAdmitting?: boolean } = {},
 ): Promise<Run> {
   const dir = opts.dir ?? join(top, name);
   mkdirSync(dir, { recursive: true });
   const path = join(dir, 'logs', 'flows.jsonl');
   const configPath = join(top, `${name}.yaml`);
   // Past the default 200 new flows a second: a steady stream, not one the rate limit cuts.
-  writeFileSync(configPath, `${opts.config ? opts.config(path) : loopbackServeConfig(path)}limits: { maxNewFlowsPerSecPerIdentity: 100000 }\n`);
-  const s = await spawnServe(configPath);
-  child = s.child;
+  writeFlowLogServeConfig(configPath, path, { isAdmitting: opts.isAdmitting === true, limits: { maxNewFlowsPerSecPerIdentity: 100000 } });
+  const s = await fx.serve(configPath);
   const exited = once(s.child, 'exit');
   const made: number[] = [];
   const deleted: number[] = [];
@@ -255,12 +236,7 @@ describe('flow log rotation sequences under a steady stream of flows', () => {
   }, 90_000);
 });
 
-/** A 2 MiB tmpfs for the disk-full case (root only); '' once mounted, else why not. */
-const mnt = join(top, 'mnt');
-const why = mountTmpfs(mnt, '2m');
-const hasTmpfs = skipNotice(why === '', 'flow-log-rotation-sequences: signals on a full disk (a 2 MiB tmpfs)', why);
-
-describe.skipIf(!hasTmpfs)('flow log rotation signals while the disk is full', () => {
+describe.skipIf(!fx.hasTmpfs)('flow log rotation signals while the disk is full', () => {
   it('signals while failing, then room and two signals at once: every flow one record', async () => {
     // ~64 KiB of room: ~90 records, then the disk is full.
     writeFileSync(join(mnt, 'filler'), Buffer.alloc(1984 * 1024));
@@ -276,7 +252,7 @@ describe.skipIf(!hasTmpfs)('flow log rotation signals while the disk is full', (
         s.child.kill('SIGUSR2');
         await untilLogged(s, 'flow log writable again');
       },
-      { dir: join(mnt, 'full'), config: (path) => loopbackServeConfig(path).replace('flowLog: { path:', "flowLog: { onError: admit, path:") },
+      { dir: join(mnt, 'full'), isAdmitting: true },
     );
     expectEachOnce(r);
   }, 60_000);

@@ -14,17 +14,10 @@
  * `serve` runs as a process of its own and the requests one at a time, so each wait's timer is the
  * only one undici would have had: the old code fired ~500 ms late every time, never within the bound.
  */
-import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { FlowRecord } from '../../gateway/flow/flow.ts';
-import { parseWrittenRecords } from '../helpers/flow-records.ts';
-import { until } from '../helpers/gateway.ts';
-import { killIfRunning, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { servedForFile } from '../helpers/flow-log-fixture.ts';
 import { jsonBody } from './http-harness.ts';
 
 const IDLE_TIMEOUT_MS = 1000;
@@ -37,9 +30,7 @@ const LATE_BOUND_MS = 400;
 /** The 1xx origin sends its 103 this long after the request: the final response is then due at this + IDLE_TIMEOUT_MS. */
 const INTERIM_AFTER_MS = 300;
 
-let dir: string;
-let served: Served;
-let child: ChildProcess | null = null;
+const { served, recordOf } = servedForFile('egw-origin-answer-timeout-', { idleTimeoutMs: IDLE_TIMEOUT_MS });
 const servers: Server[] = [];
 const sockets: Socket[] = [];
 
@@ -66,34 +57,16 @@ let interimThenSilent: string;
 let bodyStall: string;
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'egw-origin-answer-timeout-'));
   silent = await origin(() => undefined);
   interimThenSilent = await origin((s) => {
     const t = setTimeout(() => s.write('HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n'), INTERIM_AFTER_MS);
     s.once('close', () => clearTimeout(t));
   });
   bodyStall = await origin((s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789'));
-  const config = join(dir, 'serve.yaml');
-  await writeFile(
-    config,
-    `
-mode: enforce
-allowRanges: [127.0.0.0/8]
-roles: { any: { allow: [ { cidr: 127.0.0.0/8 } ] } }
-defaultRoles: [any]
-identity: { localAttribution: false }
-flowLog: { path: ${JSON.stringify(join(dir, 'flows.jsonl'))} }
-limits: { idleTimeoutMs: ${IDLE_TIMEOUT_MS} }
-`,
-  );
-  served = await spawnServe(config);
-  child = served.child;
 });
-afterAll(async () => {
+afterAll(() => {
   for (const s of sockets) s.destroy();
-  await killIfRunning(child);
   for (const s of servers) s.close();
-  await rm(dir, { recursive: true, force: true });
 });
 
 /**
@@ -119,7 +92,7 @@ function hasFinalAnswer(raw: string): boolean {
  * or the gateway's close, and the client's port.
  */
 async function exchange(request: string): Promise<{ raw: string; clientPort: number }> {
-  const s = connect({ host: served.http.host, port: served.http.port });
+  const s = connect({ host: served().http.host, port: served().http.port });
   s.on('error', () => undefined);
   sockets.push(s);
   await once(s, 'connect');
@@ -139,17 +112,6 @@ async function exchange(request: string): Promise<{ raw: string; clientPort: num
   clearTimeout(timer);
   s.destroy();
   return { raw: Buffer.concat(chunks).toString('latin1'), clientPort };
-}
-
-/** The record of the flow whose client port is `port`, once written. */
-async function recordOf(port: number): Promise<FlowRecord> {
-  let found: FlowRecord | undefined;
-  await until('the flow record', async () => {
-    const text = await readFile(join(dir, 'flows.jsonl'), 'utf8').catch(() => '');
-    found = parseWrittenRecords(text).find((r) => r.client.port === port);
-    return found !== undefined;
-  });
-  return found as FlowRecord;
 }
 
 function get(host: string): string {

@@ -11,19 +11,12 @@
  * `serve` runs as a process of its own and the requests one at a time, so each dial's timer is the
  * only one undici would have had: the old code fired at 1,497 ms every time, never within the bound.
  */
-import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { connect, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { FlowRecord } from '../../gateway/flow/flow.ts';
-import { parseWrittenRecords } from '../helpers/flow-records.ts';
-import { until } from '../helpers/gateway.ts';
+import { servedForFile } from '../helpers/flow-log-fixture.ts';
 import { type HungDestination, hungDestination } from '../helpers/hung-destination.ts';
-import { killIfRunning, type Served, spawnServe } from '../helpers/serve-process.ts';
 import { jsonBody, readUntil } from './http-harness.ts';
 
 const CONNECT_TIMEOUT_MS = 1000;
@@ -36,16 +29,13 @@ const LATE_BOUND_MS = 400;
 /** The slow origin answers this long after the request: past connectTimeoutMs, well within idleTimeoutMs. */
 const ORIGIN_DELAY_MS = 1300;
 
-let dir: string;
+const { served, recordOf } = servedForFile('egw-origin-connect-timeout-', { connectTimeoutMs: CONNECT_TIMEOUT_MS });
 let dest: HungDestination;
 let slowOrigin: Server;
 let slowOriginConnections = 0;
-let served: Served;
-let child: ChildProcess | null = null;
 const sockets: Socket[] = [];
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'egw-origin-connect-timeout-'));
   dest = await hungDestination();
   slowOrigin = createServer((_req, res) => {
     setTimeout(() => res.end('slow-answer'), ORIGIN_DELAY_MS);
@@ -53,50 +43,22 @@ beforeAll(async () => {
   slowOrigin.on('connection', () => slowOriginConnections++);
   slowOrigin.listen(0, '127.0.0.1');
   await once(slowOrigin, 'listening');
-  const config = join(dir, 'serve.yaml');
-  await writeFile(
-    config,
-    `
-mode: enforce
-allowRanges: [127.0.0.0/8]
-roles: { any: { allow: [ { cidr: 127.0.0.0/8 } ] } }
-defaultRoles: [any]
-identity: { localAttribution: false }
-flowLog: { path: ${JSON.stringify(join(dir, 'flows.jsonl'))} }
-limits: { connectTimeoutMs: ${CONNECT_TIMEOUT_MS} }
-`,
-  );
-  served = await spawnServe(config);
-  child = served.child;
 });
-afterAll(async () => {
+afterAll(() => {
   for (const s of sockets) s.destroy();
-  await killIfRunning(child);
   dest?.close();
   slowOrigin?.close();
-  await rm(dir, { recursive: true, force: true });
 });
 
 /** Send `request` on a new connection to the HTTP listener: the answer up to `marker`, and the client's port. */
 async function send(request: string, marker: string): Promise<{ raw: string; clientPort: number; socket: Socket }> {
-  const s = connect({ host: served.http.host, port: served.http.port });
+  const s = connect({ host: served().http.host, port: served().http.port });
   s.on('error', () => undefined);
   sockets.push(s);
   await once(s, 'connect');
   s.write(request);
   const raw = (await readUntil(s, marker, 10_000)).toString('latin1');
   return { raw, clientPort: s.localPort as number, socket: s };
-}
-
-/** The record of the flow whose client port is `port`, once written. */
-async function recordOf(port: number): Promise<FlowRecord> {
-  let found: FlowRecord | undefined;
-  await until('the flow record', async () => {
-    const text = await readFile(join(dir, 'flows.jsonl'), 'utf8').catch(() => '');
-    found = parseWrittenRecords(text).find((r) => r.client.port === port);
-    return found !== undefined;
-  });
-  return found as FlowRecord;
 }
 
 describe('absolute-URI origin dial: limits.connectTimeoutMs on the gateway’s own timer', () => {
