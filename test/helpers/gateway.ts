@@ -117,6 +117,18 @@ export async function adminGet(g: Pick<TestGateway, 'adminUrl' | 'adminToken'>, 
   return { status: res.status, text: await res.text() };
 }
 
+/** PUT a JSON body to an admin API path with the test token: the status. */
+export async function adminPut(g: Pick<TestGateway, 'adminUrl' | 'adminToken'>, path: string, body: unknown): Promise<number> {
+  const res = await fetch(`${g.adminUrl}${path}`, { method: 'PUT', headers: { authorization: `Bearer ${g.adminToken}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  await res.arrayBuffer();
+  return res.status;
+}
+
+/** The running policy's config (GET /v1/policy), for a PUT /v1/policy that changes part of it. */
+export async function runningConfig(g: Pick<TestGateway, 'adminUrl' | 'adminToken'>): Promise<Record<string, unknown>> {
+  return (JSON.parse((await adminGet(g, '/v1/policy')).text) as { config: Record<string, unknown> }).config;
+}
+
 /** Poll `pred` every 20 ms until it holds; throws naming `what` after `timeoutMs`. */
 export async function until(what: string, pred: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

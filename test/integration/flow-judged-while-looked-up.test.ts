@@ -23,7 +23,7 @@ import type { Config } from '../../policy/config.ts';
 import { createDnsResolver } from '../../gateway/upstream/resolve.ts';
 import { reportProcesses, testAgent } from '../helpers/detection-live.ts';
 import { caseSockets } from '../helpers/dialling-cases.ts';
-import { type DeepPartial, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
+import { adminPut, type DeepPartial, runningConfig, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { type LateDns, startLateDns } from '../helpers/late-dns.ts';
 
 /** How late names answer: long enough that an answer "at once" comes well before it on a loaded machine. */
@@ -88,18 +88,6 @@ function socksConnect(gw: TestGateway, host: string): Promise<string> {
   );
 }
 
-async function put(gw: TestGateway, path: string, body: unknown): Promise<number> {
-  const res = await fetch(`${gw.adminUrl}${path}`, { method: 'PUT', headers: { authorization: `Bearer ${gw.adminToken}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
-  await res.arrayBuffer();
-  return res.status;
-}
-
-/** The running config, for a PUT /v1/policy that changes part of it. */
-async function runningConfig(gw: TestGateway): Promise<Record<string, unknown>> {
-  const res = await fetch(`${gw.adminUrl}/v1/policy`, { headers: { authorization: `Bearer ${gw.adminToken}` } });
-  return ((await res.json()) as { config: Record<string, unknown> }).config;
-}
-
 /** The records of the flows to `host`, as [verdict, reason, closeReason]. */
 function recordsTo(gw: TestGateway, host: string): string[][] {
   return gw.closed.filter((r) => r.destination.host === host).map((r) => [r.verdict, r.reason ?? '', r.closeReason ?? '']);
@@ -115,7 +103,7 @@ describe.concurrent('a flow whose name is being looked up', () => {
     const c = await waitingConnect(gw, 'r1.slow.test', clients);
     const socks = socksConnect(gw, 'r2.slow.test');
     await until('both looked up', () => dns.asked.includes('r1.slow.test') && dns.asked.includes('r2.slow.test'));
-    expect(await put(gw, '/v1/policy', { ...(await runningConfig(gw)), roles: UNRELATED })).toBe(200);
+    expect(await adminPut(gw, '/v1/policy', { ...(await runningConfig(gw)), roles: UNRELATED })).toBe(200);
     const text = await c.reply;
     expect(text).toMatch(/^HTTP\/1\.1 403 /);
     expect(text).toContain('"reason":"not-allowlisted"');
@@ -134,7 +122,7 @@ describe.concurrent('a flow whose name is being looked up', () => {
     const gw = await gateway({ mode: 'monitor', roles: UNRELATED }, onTestFinished);
     const c = await waitingConnect(gw, 'm1.slow.test', clients);
     await until('looked up', () => dns.asked.includes('m1.slow.test'));
-    expect(await put(gw, '/v1/mode', { mode: 'enforce' })).toBe(200);
+    expect(await adminPut(gw, '/v1/mode', { mode: 'enforce' })).toBe(200);
     const text = await c.reply;
     expect(text).toMatch(/^HTTP\/1\.1 403 /);
     expect(text).toContain('"reason":"not-allowlisted"');
@@ -147,7 +135,7 @@ describe.concurrent('a flow whose name is being looked up', () => {
     const gw = await gateway({ mode: 'enforce', roles: SLOW_NAMES }, onTestFinished);
     const c = await waitingConnect(gw, 'd1.slow.test', clients);
     await until('looked up', () => dns.asked.includes('d1.slow.test'));
-    expect(await put(gw, '/v1/policy', { ...(await runningConfig(gw)), allowRanges: [] })).toBe(200);
+    expect(await adminPut(gw, '/v1/policy', { ...(await runningConfig(gw)), allowRanges: [] })).toBe(200);
     const text = await c.reply;
     expect(text).toMatch(/^HTTP\/1\.1 403 /);
     expect(text).toContain('"reason":"deny-range"');

@@ -17,7 +17,7 @@ import { LocalAttributor } from '../../agent/attribution.ts';
 import { createDnsResolver } from '../../gateway/upstream/resolve.ts';
 import type { Config } from '../../policy/config.ts';
 import { ATTRIBUTION_GUARD_MS } from '../helpers/detection-live.ts';
-import { type DeepPartial, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
+import { adminPut, type DeepPartial, runningConfig, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { type LateDns, startLateDns } from '../helpers/late-dns.ts';
 
 /** How late names answer: a refusal "at once" comes well before it on a loaded machine. */
@@ -65,17 +65,6 @@ function curl(args: string[], onTestFinished: (fn: () => void) => void): { pid: 
   return { pid: child.pid ?? -1, out };
 }
 
-async function put(gw: TestGateway, path: string, body: unknown): Promise<number> {
-  const res = await fetch(`${gw.adminUrl}${path}`, { method: 'PUT', headers: { authorization: `Bearer ${gw.adminToken}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
-  await res.arrayBuffer();
-  return res.status;
-}
-
-async function runningConfig(gw: TestGateway): Promise<Record<string, unknown>> {
-  const res = await fetch(`${gw.adminUrl}/v1/policy`, { headers: { authorization: `Bearer ${gw.adminToken}` } });
-  return ((await res.json()) as { config: Record<string, unknown> }).config;
-}
-
 const SLOW_NAMES = { any: { allow: [{ host: '*.slow.test' }] } };
 const UNRELATED = { any: { allow: [{ host: 'only.example.com' }] } };
 
@@ -85,7 +74,7 @@ describe.concurrent('a name refused unresolved after a change during its lookup 
     const viaConnect = curl(['-p', '-x', `http://${gw.httpHost}:${gw.httpPort}`, '-w', '%{http_connect}', 'http://c1.slow.test:443/'], onTestFinished);
     const viaSocks = curl(['--socks5-hostname', `${gw.socksHost}:${gw.socksPort}`, 'http://s1.slow.test:443/'], onTestFinished);
     await until('both looked up', () => dns.asked.includes('c1.slow.test') && dns.asked.includes('s1.slow.test'), 10_000);
-    expect(await put(gw, '/v1/policy', { ...(await runningConfig(gw)), roles: UNRELATED })).toBe(200);
+    expect(await adminPut(gw, '/v1/policy', { ...(await runningConfig(gw)), roles: UNRELATED })).toBe(200);
     expect(await viaConnect.out).toBe('403');
     await viaSocks.out;
     // Refused while both names were still being looked up (the refusal after the change, not after the answer).
@@ -104,7 +93,7 @@ describe.concurrent('a name refused unresolved after a change during its lookup 
     const gw = await gateway({ mode: 'monitor', roles: UNRELATED }, onTestFinished);
     const viaConnect = curl(['-p', '-x', `http://${gw.httpHost}:${gw.httpPort}`, '-w', '%{http_connect}', 'http://m1.slow.test:443/'], onTestFinished);
     await until('looked up', () => dns.asked.includes('m1.slow.test'), 10_000);
-    expect(await put(gw, '/v1/mode', { mode: 'enforce' })).toBe(200);
+    expect(await adminPut(gw, '/v1/mode', { mode: 'enforce' })).toBe(200);
     expect(await viaConnect.out).toBe('403');
     expect(dns.answered).not.toContain('m1.slow.test');
     const rec = await gw.waitForClosed((r) => r.destination.host === 'm1.slow.test');
