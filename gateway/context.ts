@@ -3,6 +3,7 @@
  * themselves, so tests can wire a gateway with injected seams (resolver map, clock, dialer).
  */
 import type { ViaName } from './via.ts';
+import type { SocketOwner } from '../agent/attribution.ts';
 import type { Identity, Mode, PolicySnapshot, ProcessInfo } from '../policy/types.ts';
 import type { Flow, FlowLeg, KnownDestination, RoutedFlow } from './flow/flow.ts';
 import type { FlowTable } from './flow/flow-table.ts';
@@ -75,7 +76,7 @@ export interface ProcessAttributor {
    */
   socketOwners?(
     sockets: ReadonlyArray<{ proto: 'tcp' | 'udp'; clientIp: string; clientPort: number; serverIp: string; serverPort: number }>,
-  ): Promise<Array<number | null | { readonly shared: readonly number[] }> | null>;
+  ): Promise<SocketOwner[] | null>;
 }
 
 /** Name resolution: static answers first, then DNS. Returns addresses in preference order. */

@@ -28,6 +28,7 @@
  * sends after it waits a lookup or two (its retransmission), not forever.
  */
 import type { HeldShare } from './socks5-udp-ledger.ts';
+import type { SocketOwner } from '../../agent/attribution.ts';
 
 /** Source ports with datagrams held while their owner is asked (the lookup's and the next one's). */
 const MAX_CANDIDATES = 16;
@@ -45,10 +46,7 @@ export type SourceVerdict = 'held' | 'other-user' | 'full' | 'unknown';
  * The uid owning each port's datagram socket (null: not listed; several: shared) and the control
  * connection's (null: not listed); null: nothing known. Not bounded in time: SourcePortCheck bounds its own wait.
  */
-export type OwnerLookup = (ports: readonly number[]) => Promise<{ readonly control: number | null; readonly ports: ReadonlyArray<PortOwner> } | null>;
-
-/** A port's socket's owner uid; null: none listed; `{ shared }`: sockets of these uids (more than one) share the port. */
-export type PortOwner = number | null | { readonly shared: readonly number[] };
+export type OwnerLookup = (ports: readonly number[]) => Promise<{ readonly control: number | null; readonly ports: ReadonlyArray<SocketOwner> } | null>;
 
 export interface SourceEvents {
   /** Lock `port` and relay its held datagrams, in the order they came; `foreign` datagrams of other ports were dropped. */

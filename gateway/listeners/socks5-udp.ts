@@ -54,7 +54,8 @@ import { UdpAdmissions } from './socks5-udp-admissions.ts';
 import { HeldShare, type UdpRelayLedger } from './socks5-udp-ledger.ts';
 import type { RelayBind, UdpRelayPorts } from './socks5-udp-ports.ts';
 import { newDropCounts, noteReasons, recordEmptyAssociation } from './socks5-udp-records.ts';
-import { type PortOwner, SourcePortCheck } from './socks5-udp-source.ts';
+import { SourcePortCheck } from './socks5-udp-source.ts';
+import type { SocketOwner } from '../../agent/attribution.ts';
 
 /** Datagrams held per destination while its admission is pending. */
 const MAX_QUEUED = 16;
@@ -202,7 +203,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   }
 
   /** The owners of the datagram sockets at `ports` and of the control connection (SourcePortCheck's lookup). */
-  async function ownersOf(ports: readonly number[]): Promise<{ control: number | null; ports: PortOwner[] } | null> {
+  async function ownersOf(ports: readonly number[]): Promise<{ control: number | null; ports: SocketOwner[] } | null> {
     const attributor = ctx.attributor;
     if (relay === null || attributor?.socketOwners === undefined) return null;
     const at = relay.address();
