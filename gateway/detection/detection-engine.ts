@@ -296,20 +296,23 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   // SPEC §7: an agent report that arrives after the flow started re-evaluates it. Connect-time
   // detectors (proxyware, scanner and exfil tools, lineage) see the process now; in enforce mode a
   // refusing finding kills the live flow and quarantines the identity.
-  // Only flows past admission's detection step: local attribution emits 'attributed' mid-admission,
-  // before the policy decision, and onConnect is about to judge that same process itself (acting
-  // here closed the flow as verdict 'allow' and answered the client 'quarantine').
+  // Otherwise only flows past admission's detection step: local attribution emits 'attributed'
+  // mid-admission, before the policy decision, and onConnect is about to judge that same process
+  // itself (acting here closed the flow as verdict 'allow' and answered the client 'quarantine').
   // A Set, not a WeakSet: entries go at close, and weak collections cost every garbage collection.
   // Of ids, not flows: a long-lived Set's discarded tables would keep flows alive (live-flows.ts).
   const admitted = new Set<string>();
   const onAttributed = (flow: Flow): void => {
     if (flow.state !== 'active' || !isRouted(flow)) return;
-    if (!admitted.has(flow.id)) {
-      if (flow.isLookingUp) killWhileLookingUp(flow);
-      return;
-    }
-    const snapshot = policy.current();
     const mode = modeOf(flow.identity.roles);
+    // A flow whose name admission is looking up: in enforce mode a refusal it would meet at
+    // admission's step 8 (quarantine, a connect-time detector) kills it now, as during its dial, so
+    // its client is answered at once, not when the lookup ends (a name whose servers do not answer
+    // held it for `resolver.timeoutMs`). Flags, and monitor mode's would-block, are left to step 8,
+    // which judges the process on the flow's address (and raises them once).
+    const isLookingUp = !admitted.has(flow.id);
+    if (isLookingUp && (!flow.isLookingUp || mode !== 'enforce')) return;
+    const snapshot = policy.current();
     const now = flows.now();
     // Quarantine first, as at admission: a new connection's process is unknown until its agent
     // reports it, so admission could not tell a quarantined process from its host's others.
@@ -327,8 +330,9 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     const found = evaluateConnect(facts(flow), state, snapshot, now, flow.id);
     let refusing: Finding | null = null;
     for (const f of found) {
-      raise(f, mode, now);
-      if (f.action !== 'flag' && !refusing) refusing = f;
+      const isRefusing = f.action !== 'flag';
+      if (!isLookingUp || isRefusing) raise(f, mode, now);
+      if (isRefusing && !refusing) refusing = f;
     }
     if (!refusing) return;
     putInQuarantine(quarantineKey(flow), now, mode);
@@ -340,31 +344,6 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     }
   };
   flows.on('attributed', onAttributed);
-
-  /**
-   * An agent report naming the process of a flow whose name admission is looking up: in enforce
-   * mode a refusal it would meet at admission's step 8 (quarantine, a connect-time detector) kills
-   * it now, as during its dial, so its client is answered at once, not when the lookup ends (a
-   * name whose servers do not answer held it for `resolver.timeoutMs`). Anything else, and monitor
-   * mode's would-block, is left to step 8, which judges the process on the flow's address.
-   */
-  const killWhileLookingUp = (flow: RoutedFlow): void => {
-    const mode = modeOf(flow.identity.roles);
-    if (mode !== 'enforce') return;
-    const now = flows.now();
-    const quarantined = quarantineOf(flow, mode, now);
-    if (quarantined) {
-      flows.redecide(flow, quarantined, true);
-      flows.kill(flow.id, 'quarantine');
-      return;
-    }
-    const refusing = evaluateConnect(facts(flow), state, policy.current(), now, flow.id).find((f) => f.action !== 'flag');
-    if (refusing === undefined) return;
-    raise(refusing, mode, now);
-    putInQuarantine(quarantineKey(flow), now);
-    markKilled(flow, refusing);
-    flows.kill(flow.id, refusing.detector);
-  };
 
   /**
    * Quarantine, then the connect-time detectors, for a new flow or one more destination of an open
