@@ -143,7 +143,10 @@ export function runHandshake(ctx: GatewayContext, down: Downstream, onRequest: (
         username = r.value.username;
         password = r.value.password;
         // Identity is resolved now: RFC 1929 wants the verdict on the credentials before the request.
+        // Reading stops meanwhile: what the client sends on (its request, then optimistic data)
+        // waits in the kernel, not here, and is no flood (onData's cap counts no bytes while busy).
         busy = true;
+        socket.pause();
         resolveIdentity(true);
         return;
       } else if (stage === 'request') {
@@ -214,6 +217,8 @@ export function runHandshake(ctx: GatewayContext, down: Downstream, onRequest: (
           socket.write(encodeAuthStatus(true));
           stage = 'request';
           pump();
+          // A request handed over leaves the socket paused for its flow; one still to come is read.
+          if ((stage as Stage) !== 'done') socket.resume();
           if (isEnded) failIfStalled();
         },
         (err: unknown) => {
@@ -246,8 +251,10 @@ export function runHandshake(ctx: GatewayContext, down: Downstream, onRequest: (
     pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
     pump();
     // The largest legal handshake (greeting 257 + auth 513 + request 262) is ~1 KiB; a client that
-    // keeps sending while its handshake is incomplete (or waiting on auth) is flooding, not pipelining.
-    if (stage !== 'done' && pending.length > MAX_PENDING_BYTES) {
+    // keeps sending while its handshake is incomplete is flooding, not pipelining. While its
+    // credentials are checked (busy) the socket is paused: what is buffered then is at most the one
+    // chunk that carried them, whose bytes past the request are optimistic data for upstream.
+    if (stage !== 'done' && !busy && pending.length > MAX_PENDING_BYTES) {
       fail('EGW_SOCKS_PROTOCOL', `${pending.length} bytes buffered during the handshake`, stage === 'request');
     }
   }
