@@ -1,7 +1,7 @@
 /**
  * The destinations of one SOCKS5 UDP association (socks5-udp.ts): found per client datagram by the
  * ATYP..DST.PORT bytes it names (no string per datagram while there are few), and per reply by the
- * address and port it came from. Each destination is admitted once; until then its datagrams wait
+ * address and port it came from (its ReplySlot: the spelling last sent to there). Each destination is admitted once; until then its datagrams wait
  * in its queue, whose bytes the association's share and the gateway's ledger account for.
  *
  * The spellings of one destination (an IPv4 address as a domain name, in hex or as an integer,
@@ -33,6 +33,8 @@ export interface Destination {
   leg: FlowLeg | null;
   /** RSV RSV FRAG ATYP ADDR PORT prepended to replies: built once. */
   readonly replyHeader: Buffer;
+  /** Where replies from its address and port find their destination, once admitted (shared by its spellings). */
+  replies: ReplySlot | null;
   /** Payload views of the datagrams waiting for admission; null once admitted or refused. */
   queue: Buffer[] | null;
   /**
@@ -43,14 +45,23 @@ export interface Destination {
   judgedOverride: Mode | null;
 }
 
+/**
+ * The destination that answers for replies from one address and port: of the spellings admitted
+ * there, the one the client sent to last (sentTo), so a reply comes back under the header the
+ * client used, whichever spelling was admitted last.
+ */
+export interface ReplySlot {
+  dest: Destination;
+}
+
 export class DestinationTable {
   /** Every destination named so far, in order. */
   readonly all: Destination[] = [];
   private readonly byKey = new Map<string, Destination>();
   /** canonical(host) and port → the leg of that destination, once one spelling of it is admitted. */
   private readonly legs = new Map<string, FlowLeg>();
-  /** ip → port → destination, for replies (rinfo gives ip and port; no key string per datagram). */
-  private readonly byAddress = new Map<string, Map<number, Destination>>();
+  /** ip → port → its reply slot, for replies (rinfo gives ip and port; no key string per datagram). */
+  private readonly byAddress = new Map<string, Map<number, ReplySlot>>();
   private last: Destination | null = null;
 
   get size(): number {
@@ -91,6 +102,7 @@ export class DestinationTable {
       isV6: false,
       leg: null,
       replyHeader,
+      replies: null,
       queue: [msg.subarray(hdr.dataOffset)],
       judgedUnder: null,
       judgedOverride: null,
@@ -122,12 +134,22 @@ export class DestinationTable {
       ports = new Map();
       this.byAddress.set(ip, ports);
     }
-    ports.set(dest.port, dest);
+    let slot = ports.get(dest.port);
+    if (slot === undefined) {
+      slot = { dest };
+      ports.set(dest.port, slot);
+    }
+    dest.replies = slot;
   }
 
-  /** The admitted destination a reply from ip:port belongs to. */
+  /** A datagram went to an admitted `dest`: replies from its address and port are its (one write, no allocation). */
+  sentTo(dest: Destination): void {
+    (dest.replies as ReplySlot).dest = dest;
+  }
+
+  /** The admitted destination a reply from ip:port belongs to: the spelling last sent to there. */
   replyFrom(ip: string, port: number): Destination | undefined {
-    return this.byAddress.get(ip)?.get(port);
+    return this.byAddress.get(ip)?.get(port)?.dest;
   }
 }
 

@@ -31,7 +31,8 @@
  *     (leg.onBudget decides cut or move on) and a cut ends the association; one too
  *     large for a datagram to its destination (an IPv6 client's, to IPv4) is dropped and counted
  *  6. a datagram arriving on the upstream socket is relayed only if its source is an admitted
- *     destination, wrapped with the header naming that destination as the client named it, and if
+ *     destination, wrapped with the header naming that destination as the client named it (of
+ *     several spellings of one address and port, the one the client sent to last), and if
  *     the two fit in one UDP datagram to the client (else dropped and counted); bytesIn counts it,
  *     in the flow's totals and the destination's leg
  *  7. the association ends when the control connection closes, on idle timeout, or on kill; when its
@@ -372,6 +373,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     }
     leg.bytesOut += len;
     f.bytesOut += len;
+    // Its replies come back under this spelling's header (another admitted since may share the address).
+    dests.sentTo(dest);
     upstream(dest.isV6).send(msg, offset, len, dest.port, dest.ip);
   }
 

@@ -182,6 +182,48 @@ describe('SOCKS5 UDP ASSOCIATE', () => {
     expect(rec.reasons.join('\n')).toMatch(/0 unsolicited replies/);
   });
 
+  // Regression: replies from an address and port were answered under the header of whichever of its
+  // spellings was admitted last. After 127.0.0.1 (ATYP 1) and ::ffff:127.0.0.1 (ATYP 4), a datagram to
+  // 127.0.0.1 again got its reply headed ::ffff:127.0.0.1, and a reply of 65,497 bytes (65,507 with
+  // ATYP 1's 10-byte header, what one IPv4 datagram holds) was dropped as too large for the client
+  // under ATYP 4's 22-byte header.
+  it('a reply comes back under the spelling the client sent to last, not the one admitted last', async () => {
+    const a = await associate();
+    const byIp = frame('127.0.0.1', echo.port, Buffer.alloc(0));
+    const byName = domainFrame('files.example.test', echo.port, Buffer.alloc(0));
+    const mapped = Buffer.concat([Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1]), byIp.subarray(8, 10)]);
+    const order: Array<[string, Buffer, number]> = [
+      ['ATYP 1', byIp, 1],
+      ['ATYP 3', byName, 1],
+      ['ATYP 4', mapped, 1],
+      ['ATYP 1 again', byIp, 1],
+      ['ATYP 3 again', byName, 1],
+      // The largest reply one IPv4 datagram carries under ATYP 1's header: the echo adds its prefix.
+      ['ATYP 1, the largest reply', byIp, 65_507 - byIp.length - PREFIX.length],
+    ];
+    let sent = 0;
+    let got = 0;
+    for (const [label, header, size] of order) {
+      const data = Buffer.alloc(size, 0x52);
+      const reply = once(a.client, 'message') as Promise<[Buffer]>;
+      await send(a.client, Buffer.concat([header, data]), a.relay);
+      // Bounded: before the fix the largest reply was dropped and never came.
+      const r = await Promise.race([reply, new Promise<null>((resolve) => setTimeout(() => resolve(null), 5000).unref())]);
+      expect(r, `a reply for ${label}`).not.toBeNull();
+      const msg = (r as [Buffer])[0];
+      expect(msg.subarray(0, header.length).toString('hex'), label).toBe(header.toString('hex'));
+      expect(msg.subarray(header.length).equals(Buffer.concat([PREFIX, data])), label).toBe(true);
+      sent += size;
+      got += msg.length - header.length;
+    }
+    a.control.destroy();
+    const rec = await gw.waitForClosed((x) => x.protocol === 'socks5-udp' && x.client.port === a.client.address().port);
+    expect(rec.bytesOut).toBe(sent);
+    expect(rec.bytesIn).toBe(got);
+    expect(rec.reasons.join('\n')).toMatch(/3 destinations relayed, 0 refused/);
+    expect(rec.reasons.join('\n')).toMatch(/0 replies too large for the client/);
+  });
+
   it('ignores unsolicited datagrams sent to the upstream socket', async () => {
     const a = await associate();
     const reply = nextReply(a.client);
