@@ -163,6 +163,12 @@ export function runHandshake(ctx: GatewayContext, down: Downstream, onRequest: (
           }
           host = norm.host;
         }
+        // Port 0 names no service: nothing can be dialled there (HTTP's CONNECT host:0 is 400 too).
+        // UDP ASSOCIATE's DST.PORT 0 is RFC 1928's "not known yet", and stays so.
+        if (req.command === 'connect' && req.port === 0) {
+          fail('EGW_BAD_REQUEST', `CONNECT ${JSON.stringify(host)} to port 0`, true);
+          return;
+        }
         stage = 'done';
         detach();
         socket.pause();

@@ -333,8 +333,8 @@ export function newUdpHeader(): UdpHeader {
 
 /**
  * Parse the SOCKS UDP header into `out` without allocating. Returns false when the datagram is
- * truncated, has non-zero RSV, an unknown ATYP or an empty domain. FRAG is reported, not judged:
- * the relay drops fragments and counts them.
+ * truncated, has non-zero RSV, an unknown ATYP, an empty domain or DST.PORT 0 (no datagram can be
+ * sent there). FRAG is reported, not judged: the relay drops fragments and counts them.
  */
 export function parseUdpHeader(buf: Buffer, out: UdpHeader): boolean {
   if (buf.length < 4) return false;
@@ -352,9 +352,11 @@ export function parseUdpHeader(buf: Buffer, out: UdpHeader): boolean {
   } else return false;
   const portAt = 4 + addrLen;
   if (buf.length < portAt + 2) return false;
+  const port = buf.readUInt16BE(portAt);
+  if (port === 0) return false;
   out.keyStart = 3;
   out.keyEnd = portAt + 2;
-  out.port = buf.readUInt16BE(portAt);
+  out.port = port;
   out.dataOffset = portAt + 2;
   return true;
 }

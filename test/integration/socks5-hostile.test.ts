@@ -82,6 +82,24 @@ describe('malformed SOCKS5 bytes', () => {
     expect(rec.reason).toBe('deny-range');
   });
 
+  // Regression: port 0 was admitted and dialled (the kernel refused it): 0x05 and a connection-refused
+  // record, where HTTP's CONNECT host:0 is 400 before admission.
+  it.each([
+    ['an IPv4 address', h('05010001 7f000001 0000')],
+    ['a name', h(`05010003 0c ${ascii('example.test')} 0000`)],
+  ])('CONNECT to port 0 of %s: 0x01 before admission, no flow, no record, its data never dialled', async (_name, request) => {
+    const s = connect(gw.socksPort, gw.socksHost);
+    await once(s, 'connect');
+    const clientPort = s.localPort as number;
+    const result = readToEnd(s);
+    s.write(Buffer.concat([NO_AUTH.subarray(0, 1), h('0100'), request, Buffer.from('optimistic')]));
+    const { data } = await result;
+    expect(data.toString('hex')).toBe(Buffer.concat([NO_AUTH, rep(1)]).toString('hex'));
+    expect(gw.logs.at(-1)).toMatchObject({ level: 'warn', listener: 'socks', code: 'EGW_BAD_REQUEST' });
+    expect(gw.closed.filter((r) => r.client.port === clientPort)).toEqual([]);
+    expect(gw.flows.activeCount).toBe(0);
+  });
+
   it('keeps serving others afterwards', async () => {
     await stillServes(gw);
   });

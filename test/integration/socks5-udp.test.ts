@@ -85,6 +85,27 @@ describe('SOCKS5 UDP ASSOCIATE', () => {
     expect(rec.reasons.join('\n')).toMatch(/1 fragments, 2 from foreign sources/);
   });
 
+  // Regression: a datagram to port 0 was admitted, its payload counted in bytesOut, and the send
+  // threw (ERR_SOCKET_BAD_PORT): nothing went out, yet the destination was counted relayed and refused,
+  // and as the first one it was the record's destination (port 0, verdict allow).
+  it('drops datagrams to port 0 as malformed: never admitted, sent or counted in bytes', async () => {
+    const a = await associate();
+    const before = echo.received.length;
+    await send(a.client, frame('127.0.0.1', 0, Buffer.from('to port zero')), a.relay);
+    await send(a.client, domainFrame('files.example.test', 0, Buffer.from('by name to port zero')), a.relay);
+    const reply = nextReply(a.client);
+    await send(a.client, frame('127.0.0.1', echo.port, Buffer.from('legit')), a.relay);
+    expect((await reply).data.toString()).toBe('echo:legit');
+    expect(echo.received.slice(before).map((r) => r.data.toString())).toEqual(['legit']);
+    a.control.end();
+    const rec = await gw.waitForClosed((x) => x.protocol === 'socks5-udp' && x.client.port === a.client.address().port);
+    expect(rec).toMatchObject({ destination: { host: '127.0.0.1', port: echo.port }, verdict: 'allow', bytesOut: 5, bytesIn: PREFIX.length + 5 });
+    expect(rec.reasons.join('\n')).toMatch(/1 destination relayed, 0 refused/);
+    expect(rec.reasons.join('\n')).toMatch(/2 malformed/);
+    expect(gw.closed.filter((x) => x.client.port === a.client.address().port)).toHaveLength(1);
+    expect(gw.logs.filter((l) => l.msg === 'socks5 udp destination refused')).toEqual([]);
+  });
+
   it('without an announced port, the first datagram locks the source port', async () => {
     const a = await associate(false);
     const reply = nextReply(a.client);

@@ -140,6 +140,7 @@ describe('UDP header', () => {
     ['truncated address', b(0, 0, 0, 1, 127, 0)],
     ['unknown ATYP', b(0, 0, 0, 9, 127, 0, 0, 1, 0, 7)],
     ['empty domain', b(0, 0, 0, 3, 0, 0, 7)],
+    ['DST.PORT 0', b(0, 0, 0, 1, 127, 0, 0, 1, 0, 0, 0x41)],
   ])('%s is refused', (_name, buf) => {
     expect(parseUdpHeader(buf, newUdpHeader())).toBe(false);
   });
