@@ -11,7 +11,10 @@
  */
 import type { Socket } from 'node:net';
 import { Agent, type buildConnector } from 'undici';
+import { GatewayError } from '../errors.ts';
+import { formatAuthority } from '../protocol/authority.ts';
 import { dial } from '../upstream/dial.ts';
+import { parentName } from '../upstream/parent-label.ts';
 import { boundedConnector, exchangeDialling, isRedialOfAborted, NOT_REDIALLED, onOriginDisconnect } from './http-origin-dial.ts';
 
 /**
@@ -53,7 +56,11 @@ export class OriginAgents {
             return;
           }
           dial({ ip, port, upstream, timeoutMs, flow: exchangeDialling(ip, port)?.flowOf(), via }).then(
-            (socket: Socket) => callback(null, socket),
+            (socket: Socket) => {
+              const early = spokeFirst(socket, ip, port, upstream);
+              if (early === null) callback(null, socket);
+              else callback(early, null);
+            },
             (err: Error) => callback(err, null),
           );
         },
@@ -88,6 +95,25 @@ export class OriginAgents {
   private all(): Agent[] {
     return [this.direct, ...this.viaUpstream.values()];
   }
+}
+
+/**
+ * Whether the origin spoke before it was asked: bytes the parent's handshake put back on the socket
+ * (they came with its CONNECT answer or its SOCKS5 reply, dial.ts) are the origin's, sent before
+ * any request, so they answer nothing (an HTTP/1.1 response answers a request already sent). undici,
+ * given a socket already holding them, fails the connection as a bad response without failing the
+ * request and dials again at once: one request to a destination that speaks first (an SSH or SMTP
+ * banner) made 10,212 connections through the parent in 3 s, the client answered nothing. So the
+ * connection is refused here: the socket destroyed, the request 502 upstream-bad-response, as a
+ * direct origin's answer that is no HTTP/1.1 is. Null: nothing came early (one length read per
+ * connection through a parent; a direct dial's socket is handed over on connect, before the origin
+ * can have sent anything).
+ */
+function spokeFirst(socket: Socket, ip: string, port: number, upstream: string): GatewayError | null {
+  const early = socket.readableLength;
+  if (early === 0) return null;
+  socket.destroy();
+  return new GatewayError('EGW_UPSTREAM_BAD_RESPONSE', `origin ${formatAuthority(ip, port)} sent ${early} bytes before the request (through ${parentName(upstream)})`);
 }
 
 /**
