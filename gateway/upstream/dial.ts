@@ -341,6 +341,20 @@ function remainingMs(deadline: number): number {
 /** An HTTP/1.x status line's three-digit code (a `2e2` or a missing code is no status). */
 const STATUS_LINE = /^HTTP\/1\.\d (\d{3})(?: |$)/;
 
+const HTTP_1 = Buffer.from('HTTP/1.', 'latin1');
+
+/**
+ * Whether the start of a head read so far (from `at`, its end not yet received) can still be an
+ * HTTP/1.x status line: its first bytes are `HTTP/1.` (or the start of it), and its first line, once
+ * complete, is one. Runs per segment of the parent's answer only, never on the tunnel.
+ */
+function mayBeStatusLine(received: Buffer, at: number): boolean {
+  const n = Math.min(received.length - at, HTTP_1.length);
+  if (received.compare(HTTP_1, 0, n, at, at + n) !== 0) return false;
+  const eol = received.indexOf('\r\n', at);
+  return eol === -1 || STATUS_LINE.test(received.toString('latin1', at, eol));
+}
+
 /** The most an http parent's answer to CONNECT may take before its final head ends, 1xx heads included. */
 const MAX_PARENT_HEAD_BYTES = 16_384;
 
@@ -357,6 +371,10 @@ async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> 
     for (;;) {
       const end = received.indexOf('\r\n\r\n', at);
       if (end === -1) {
+        // Not HTTP at all (another service on the parent's port: an SSH or SMTP banner, a Redis
+        // error line, TLS): refused as soon as its first bytes or first line say so. Waiting for a
+        // head that never ends made it the destination's 504 connect-timeout at the deadline.
+        if (!mayBeStatusLine(received, at)) throw new GatewayError('EGW_UPSTREAM_PROXY', `${parent.label} answered with another protocol than HTTP/1.x`);
         // Interim heads count towards the one limit: a parent dripping 1xx is cut by the bytes it
         // sent here, or by the dial's deadline (readHandshake's one timer, never re-armed).
         if (received.length > MAX_PARENT_HEAD_BYTES) throw new GatewayError('EGW_UPSTREAM_PROXY', `${parent.label}: response head too large`);
