@@ -380,6 +380,9 @@ async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> 
         if (received.length > MAX_PARENT_HEAD_BYTES) throw new GatewayError('EGW_UPSTREAM_PROXY', `${parent.label}: response head too large`);
         return null;
       }
+      // The same limit however the answer was cut into segments: a head (1xx ones before it
+      // included) that ends past it in the segment that brought it is as large as one unfinished.
+      if (end + 4 > MAX_PARENT_HEAD_BYTES) throw new GatewayError('EGW_UPSTREAM_PROXY', `${parent.label}: response head too large`);
       const statusLine = received.subarray(at, received.indexOf('\r\n', at)).toString('latin1');
       const status = Number(STATUS_LINE.exec(statusLine)?.[1] ?? Number.NaN);
       // An interim answer (RFC 9110 §15.2: any number may come before the final one) is skipped;

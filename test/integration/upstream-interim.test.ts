@@ -2,7 +2,8 @@
  * An http parent proxy's interim (1xx) answers before its 2xx to our CONNECT (RFC 9110 §15.2: a
  * server may send any number of them before the final response): skipped, the 2xx taken, the
  * destination's bytes relayed; a parent that only ever drips 1xx is bounded by the dial's one
- * deadline (limits.connectTimeoutMs).
+ * deadline (limits.connectTimeoutMs), and the 16 KiB its answer may take, 1xx heads included, holds
+ * however the answer is cut into segments.
  */
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:net';
@@ -93,5 +94,39 @@ describe('an http parent that sends 1xx before its 2xx', () => {
     expect(jsonBody(answer)).toMatchObject({ reason: 'connect-timeout' });
     expect(tookMs).toBeGreaterThanOrEqual(950);
     expect(tookMs).toBeLessThan(3000);
+  });
+});
+
+// Regression: the 16 KiB limit on the parent's answer was checked only while its head was unfinished
+// at the end of a segment, so a head that ended in the segment that brought it passed whatever its
+// size: a 200 with a 60,000-byte field and 1,000 `100 Continue` heads (25,000 bytes) before a 200,
+// each in one write, opened the tunnel; the same bytes cut into two segments were refused.
+describe("the 16 KiB limit on an http parent's answer holds however it is cut into segments", () => {
+  const pad = (n: number): string => `200 Connection established\r\nX-Pad: ${'a'.repeat(n)}`;
+  const cases: Array<[string, { answer: string; interim?: string[] }]> = [
+    ['a 200 head of 20,000 bytes', { answer: pad(20_000) }],
+    ['1,000 interim heads and a 200', { answer: '200 Connection established', interim: new Array<string>(1000).fill('100 Continue') }],
+  ];
+  it.each(cases)('%s in one write: 502 upstream-proxy, logged "response head too large"', async (_name, mode) => {
+    parent.mode = { kind: 'relay', interimInOneWrite: true, ...mode };
+    gw = await startTestGateway({ upstream: parent.url() });
+    const answer = await connectThrough(gw);
+    expect(answer).toMatch(/^HTTP\/1\.1 502 /);
+    expect(jsonBody(answer)).toMatchObject({ reason: 'upstream-proxy' });
+    const rec = await gw.waitForClosed((r) => r.protocol === 'connect');
+    expect(rec).toMatchObject({ closeReason: 'upstream-proxy', bytesIn: 0, bytesOut: 0 });
+    expect(gw.logs.some((l) => JSON.stringify(l).includes('response head too large'))).toBe(true);
+  });
+
+  it('a 200 head just under the limit in one write still opens the tunnel', async () => {
+    // 16,384 bytes in all: the status line and the field's name, its value, and the head's end.
+    const head = `HTTP/1.1 ${pad(0)}\r\n\r\n`.length;
+    parent.mode = { kind: 'relay', answer: pad(16_384 - head) };
+    gw = await startTestGateway({ upstream: parent.url() });
+    const answer = await connectThrough(gw);
+    expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+    expect(answer.endsWith('\r\n\r\nhello')).toBe(true);
+    const rec = await gw.waitForClosed((r) => r.protocol === 'connect');
+    expect(rec).toMatchObject({ closeReason: 'closed', bytesIn: 5, bytesOut: 0 });
   });
 });
