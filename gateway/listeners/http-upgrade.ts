@@ -38,7 +38,7 @@ import { dialFirstReachable } from '../upstream/dial.ts';
 import { viaOnward } from '../via.ts';
 import { earlierResponses, holdClient, isBehindLastAnswer, outlastsEarlierResponses } from './http-connect.ts';
 import { finGraceMs, resetOrDestroy } from './http-connection-state.ts';
-import { forwardRequestHeaders, forwardResponseHeaders, relayedStatusText, serialiseRequestHead, splitHeaderLine, viaFor } from './http-headers.ts';
+import { forwardRequestHeaders, forwardResponseHeaders, INVALID_FIELD_CHAR, relayedStatusText, serialiseRequestHead, splitHeaderLine, viaFor } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
 import { refusalDetails, writeRawRefusal } from './http-refusal.ts';
 import { hostHeaderFor, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
@@ -62,7 +62,8 @@ export function parseResponseHead(text: string): ResponseHead | null {
   const headers: string[] = [];
   for (let i = 1; i < lines.length; i++) {
     const field = splitHeaderLine(lines[i] as string);
-    if (field === null || /[\r\n\0]/.test(field.value)) return null;
+    // A control byte in a value (CR, NUL, 0x01 …): llhttp refuses it on the absolute-URI paths too.
+    if (field === null || INVALID_FIELD_CHAR.test(field.value)) return null;
     headers.push(field.name, field.value);
   }
   return { status: Number(m[2]), statusText: m[3] ?? '', headers, minor: Number(m[1]) };
@@ -137,21 +138,27 @@ function afterClientFin(socket: Duplex, graceMs: number, onGone: () => void): ()
 
 /**
  * How many body bytes follow a declined Upgrade's answer (RFC 9112 §6.3): none after 204, 304 or an
- * answer to HEAD; a single valid Content-Length's worth; null (until the origin closes) for chunked
- * or unframed bodies. An origin that keeps its connection alive after a framed answer never closes it.
+ * answer to HEAD; its Content-Length's worth; null (until the origin closes) for chunked or unframed
+ * bodies. An origin that keeps its connection alive after a framed answer never closes it. False when
+ * the framing is ambiguous, as the absolute-URI paths' parser (llhttp) judges it: Content-Length with
+ * Transfer-Encoding, more than one Content-Length field, or one that is not 1*DIGIT (at most 15
+ * digits). The answer is relayed with its own framing, so such a head would reach the client as sent
+ * and each reader would find the body's end where its own rule says (RFC 9112 §6.3, §11.2).
  */
-export function declinedBodyLength(head: ResponseHead, method: string | undefined): number | null {
-  if (head.status === 204 || head.status === 304 || method === 'HEAD') return 0;
+export function declinedBodyLength(head: ResponseHead, method: string | undefined): number | null | false {
   let length: number | null = null;
+  let hasCoding = false;
   for (let i = 0; i + 1 < head.headers.length; i += 2) {
     const name = (head.headers[i] as string).toLowerCase();
-    if (name === 'transfer-encoding') return null;
+    if (name === 'transfer-encoding') hasCoding = true;
     if (name !== 'content-length') continue;
-    const value = (head.headers[i + 1] as string).trim();
-    if (!/^[0-9]{1,15}$/.test(value) || (length !== null && length !== Number(value))) return null;
+    const value = head.headers[i + 1] as string;
+    if (length !== null || !/^[0-9]{1,15}$/.test(value)) return false;
     length = Number(value);
   }
-  return length;
+  if (hasCoding && length !== null) return false;
+  if (head.status === 204 || head.status === 304 || method === 'HEAD') return 0;
+  return hasCoding ? null : length;
 }
 
 function serialiseResponseHead(head: ResponseHead, headers: readonly string[]): string {
@@ -321,10 +328,19 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
     tunnel(ctx.flows, flow, socket as Socket, upstream, { idleTimeoutMs: limits.idleTimeoutMs, head });
     return;
   }
+  const bodyLength = declinedBodyLength(parsed, req.method);
+  if (bodyLength === false) {
+    // Ambiguous framing: refused as the absolute-URI paths refuse it, nothing of it relayed.
+    upstream.destroy();
+    const mapping = mapError('EGW_UPSTREAM_BAD_RESPONSE');
+    ctx.flows.close(flow, mapping.reason);
+    writeRawRefusal(socket, mapping, { flowId: flow.id, isBlock: false });
+    return;
+  }
   const headersOut = forwardResponseHeaders(parsed.headers, { keepFraming: true, via: viaFor(ctx.via, 1, parsed.minor) });
   headersOut.push('connection', 'close');
   socket.write(serialiseResponseHead(parsed, headersOut), 'latin1');
-  relayRefusedUpgrade(state, flow, socket, upstream, answer.rest, declinedBodyLength(parsed, req.method), limits);
+  relayRefusedUpgrade(state, flow, socket, upstream, answer.rest, bodyLength, limits);
 }
 
 /**

@@ -1,0 +1,100 @@
+/**
+ * Odd answers to an `Upgrade` from a raw origin that writes exactly the bytes each case needs. A
+ * declined Upgrade's answer is relayed with its own framing (http-upgrade.ts), so what the gateway
+ * lets through reaches the client as the origin wrote it: framing the absolute-URI paths refuse must
+ * be refused here too.
+ */
+import { once } from 'node:events';
+import { createServer, type Server, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { jsonBody, rawConnect } from './http-harness.ts';
+
+/** What the origin answers per path; it keeps its connection open after it, as an HTTP/1.1 server does. */
+const ANSWERS: Record<string, string> = {
+  '/one-length': 'HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno',
+  // Ambiguous framing (RFC 9112 §6.3): each reader would find the body's end where its own rule says.
+  '/length-and-chunked': 'HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nEVIL!\r\n0\r\n\r\n',
+  '/two-lengths': 'HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\nContent-Length: 10\r\n\r\nnoEVILEVIL',
+  '/same-length-twice': 'HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nno',
+  '/length-not-digits': 'HTTP/1.1 403 Forbidden\r\nContent-Length: +2\r\n\r\nno',
+  '/length-list': 'HTTP/1.1 403 Forbidden\r\nContent-Length: 2, 2\r\n\r\nno',
+  // A control byte in a field value.
+  '/control-in-value': 'HTTP/1.1 403 Forbidden\r\nX-A: a\x01b\r\nContent-Length: 2\r\n\r\nno',
+};
+
+let gw: TestGateway;
+let origin: Server;
+let o: string;
+const originSockets = new Set<Socket>();
+
+beforeAll(async () => {
+  origin = createServer((s) => {
+    originSockets.add(s);
+    s.on('close', () => originSockets.delete(s));
+    s.on('error', () => undefined);
+    let buf = '';
+    s.on('data', (d: Buffer) => {
+      buf += d.toString('latin1');
+      const end = buf.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const path = buf.slice(0, end).split(' ')[1] ?? '';
+      buf = '';
+      s.write(ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n', 'latin1');
+    });
+  });
+  origin.listen(0, '127.0.0.1');
+  await once(origin, 'listening');
+  o = `127.0.0.1:${(origin.address() as { port: number }).port}`;
+  // A wide idle timeout: a relay that waited for the origin to close would still be open at the end.
+  gw = await startTestGateway({ limits: { idleTimeoutMs: 30_000 } });
+});
+
+afterAll(async () => {
+  await gw?.stop();
+  for (const s of originSockets) s.destroy();
+  await new Promise<void>((r) => (origin ? origin.close(() => r()) : r()));
+});
+
+/** Send an Upgrade for `path` and read everything until the gateway closes the connection (10 s at most). */
+async function upgrade(path: string): Promise<string> {
+  const s = await rawConnect(gw.httpPort);
+  const chunks: Buffer[] = [];
+  s.on('data', (c: Buffer) => chunks.push(c));
+  s.on('error', () => undefined);
+  const closed = once(s, 'close');
+  s.write(`GET http://${o}${path} HTTP/1.1\r\nHost: ${o}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`);
+  const timer = setTimeout(() => s.destroy(new Error('no close within 10 s')), 10_000);
+  try {
+    await closed;
+  } finally {
+    clearTimeout(timer);
+  }
+  return Buffer.concat(chunks).toString('latin1');
+}
+
+describe("a declined Upgrade's answer", () => {
+  it('with one Content-Length is relayed as sent, and the flow closes', async () => {
+    const before = gw.closed.length;
+    const got = await upgrade('/one-length');
+    expect(got).toMatch(/^HTTP\/1\.1 403 /);
+    expect(got.endsWith('\r\n\r\nno')).toBe(true);
+    const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+    expect(rec).toMatchObject({ closeReason: 'closed', bytesIn: 2, bytesOut: 0 });
+  });
+
+  // Regression: these were relayed with both fields (or the bad value) as sent, the relay reading the
+  // body until the origin closed (the record ended idle-timeout), where the absolute-URI paths answer 502.
+  for (const path of ['/length-and-chunked', '/two-lengths', '/same-length-twice', '/length-not-digits', '/length-list', '/control-in-value']) {
+    it(`${path}: 502 upstream-bad-response, nothing of it relayed`, async () => {
+      const before = gw.closed.length;
+      const got = await upgrade(path);
+      expect(got, path).toMatch(/^HTTP\/1\.1 502 /);
+      expect(jsonBody(got)['reason'], path).toBe('upstream-bad-response');
+      expect(got, path).not.toContain('403');
+      expect(got, path).not.toContain('EVIL');
+      const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+      expect(rec, path).toMatchObject({ closeReason: 'upstream-bad-response', bytesIn: 0, bytesOut: 0 });
+    });
+  }
+});
