@@ -2,6 +2,7 @@
  * `Upgrade` requests (websocket and friends) through the proxy: admission like any absolute-URI
  * request, then a raw socket to the checked address (gateway/upstream/dial.ts), our rewritten
  * request head, and the origin's answer:
+ * - 1xx interim answers before it (103 Early Hints …): relayed as they come (readFinalAnswer).
  * - `101 Switching Protocols`: its head (hop-by-hop fields removed except Upgrade/Connection, Via
  *   added) goes to the client and both sockets go to the tunnel.
  * - anything else: its head (with `Connection: close`) and its body are relayed byte for byte to
@@ -38,6 +39,7 @@ import { dialFirstReachable } from '../upstream/dial.ts';
 import { viaOnward } from '../via.ts';
 import { earlierResponses, holdClient, isBehindLastAnswer, outlastsEarlierResponses } from './http-connect.ts';
 import { finGraceMs, resetOrDestroy } from './http-connection-state.ts';
+import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './http-interim.ts';
 import { forwardRequestHeaders, forwardResponseHeaders, INVALID_FIELD_CHAR, relayedStatusText, serialiseRequestHead, splitHeaderLine, viaFor } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
 import { refusalDetails, writeRawRefusal } from './http-refusal.ts';
@@ -116,6 +118,42 @@ function readResponseHead(socket: Socket, maxBytes: number, timeoutMs: number, c
     // and a 'data' listener does not resume a paused stream.
     socket.resume();
   });
+}
+
+/**
+ * Read the origin's answer to the Upgrade past its interim responses (RFC 9110 §15.2: a client must
+ * take any number of 1xx before the final answer, and a 101 is the final answer to an Upgrade). Each
+ * 1xx the absolute-URI paths relay (isRelayableInterim: 102, 103 …) goes to the client as it comes,
+ * the first MAX_INTERIM_RELAYED of them, rewritten as there (interimResponseHead); `interimVia` null:
+ * an HTTP/1.0 client, which gets none. The final answer must come within limits.idleTimeoutMs of the
+ * first 1xx (else 504, as on the absolute-URI paths), so a trickle of them cannot hold the client. A
+ * 100 nobody asked for (the gateway sends no Expect) is a bad answer, as undici takes it there:
+ * `parsed` null, as for a head that does not parse.
+ */
+async function readFinalAnswer(
+  upstream: Socket,
+  client: Duplex,
+  limits: { maxHeaderBytes: number; idleTimeoutMs: number },
+  clientGone: AbortSignal,
+  interimVia: string | null,
+): Promise<{ parsed: ResponseHead | null; rest: Buffer }> {
+  let deadline = 0;
+  let relayed = 0;
+  for (;;) {
+    const waitMs = deadline === 0 ? limits.idleTimeoutMs : deadline - performance.now();
+    if (waitMs < 1) throw new GatewayError('EGW_DIAL_TIMEOUT', `no final answer to the upgrade within ${limits.idleTimeoutMs} ms of the first 1xx`);
+    const answer = await readResponseHead(upstream, limits.maxHeaderBytes, waitMs, clientGone);
+    const parsed = parseResponseHead(answer.head);
+    if (parsed === null || parsed.status === 101 || parsed.status >= 200) return { parsed, rest: answer.rest };
+    if (parsed.status === 100) return { parsed: null, rest: answer.rest };
+    if (deadline === 0) deadline = performance.now() + limits.idleTimeoutMs;
+    if (interimVia !== null && relayed < MAX_INTERIM_RELAYED && isRelayableInterim(parsed.status)) {
+      relayed++;
+      client.write(interimResponseHead(parsed.status, parsed.statusText, parsed.headers, interimVia), 'latin1');
+    }
+    // What came after the 1xx is the next head's: read again from there.
+    if (answer.rest.length > 0) upstream.unshift(answer.rest);
+  }
 }
 
 /**
@@ -284,9 +322,9 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
     upstream.resetAndDestroy();
     resetOrDestroy(socket as Socket);
   };
-  let answer: { head: string; rest: Buffer };
+  let answer: { parsed: ResponseHead | null; rest: Buffer };
   try {
-    answer = await readResponseHead(upstream, limits.maxHeaderBytes, limits.idleTimeoutMs, clientGone.signal);
+    answer = await readFinalAnswer(upstream, socket, limits, clientGone.signal, isPlain ? null : viaFor(ctx.via, 1, 1));
   } catch (err) {
     hold.release();
     upstream.destroy();
@@ -301,7 +339,7 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
     return;
   }
   hold.release();
-  const parsed = parseResponseHead(answer.head);
+  const { parsed } = answer;
   if (hold.isGone() || flow.state !== 'active' || !parsed) {
     upstream.destroy();
     if (!parsed && !hold.isGone()) {

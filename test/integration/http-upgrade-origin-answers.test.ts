@@ -7,8 +7,10 @@
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { jsonBody, rawConnect } from './http-harness.ts';
+
+const HINTS = 'HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n';
 
 /** What the origin answers per path; it keeps its connection open after it, as an HTTP/1.1 server does. */
 const ANSWERS: Record<string, string> = {
@@ -21,6 +23,11 @@ const ANSWERS: Record<string, string> = {
   '/length-list': 'HTTP/1.1 403 Forbidden\r\nContent-Length: 2, 2\r\n\r\nno',
   // A control byte in a field value.
   '/control-in-value': 'HTTP/1.1 403 Forbidden\r\nX-A: a\x01b\r\nContent-Length: 2\r\n\r\nno',
+  // Interim answers before the final one (RFC 9110 §15.2), then the 101 and the first server frame.
+  '/hints-then-101': `${HINTS}HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nHELLO`,
+  '/many-hints-then-403': `${HINTS.repeat(300)}HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno`,
+  // A 100 Continue nobody asked for (the gateway sends no Expect), as undici takes it on the absolute-URI paths.
+  '/continue-then-101': 'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nHELLO',
 };
 
 let gw: TestGateway;
@@ -56,14 +63,18 @@ afterAll(async () => {
   await new Promise<void>((r) => (origin ? origin.close(() => r()) : r()));
 });
 
-/** Send an Upgrade for `path` and read everything until the gateway closes the connection (10 s at most). */
-async function upgrade(path: string): Promise<string> {
+/**
+ * Send an Upgrade for `path` and read everything until the gateway closes the connection (10 s at
+ * most); `after(s, read)` runs first, with what has come so far, and may end the client's side.
+ */
+async function upgrade(path: string, after?: (s: Socket, read: () => string) => Promise<void>): Promise<string> {
   const s = await rawConnect(gw.httpPort);
   const chunks: Buffer[] = [];
   s.on('data', (c: Buffer) => chunks.push(c));
   s.on('error', () => undefined);
   const closed = once(s, 'close');
   s.write(`GET http://${o}${path} HTTP/1.1\r\nHost: ${o}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`);
+  await after?.(s, () => Buffer.concat(chunks).toString('latin1'));
   const timer = setTimeout(() => s.destroy(new Error('no close within 10 s')), 10_000);
   try {
     await closed;
@@ -97,4 +108,44 @@ describe("a declined Upgrade's answer", () => {
       expect(rec, path).toMatchObject({ closeReason: 'upstream-bad-response', bytesIn: 0, bytesOut: 0 });
     });
   }
+});
+
+// Regression: the first 1xx was taken for the final answer: relayed with `connection: close` as a
+// declined Upgrade's, the 101 behind it relayed as its body, no tunnel (what the client sent was
+// dropped), the record idle-timeout with the heads counted in bytesIn (82).
+describe('interim answers before the final one', () => {
+  it('103 and 102 then 101: the 103 is relayed, the 102 too, then the 101 opens the tunnel; heads are not counted', async () => {
+    const before = gw.closed.length;
+    const got = await upgrade('/hints-then-101', async (s, read) => {
+      await until('the first server frame', () => read().endsWith('\r\n\r\nHELLO'));
+      s.end('ping');
+    });
+    const heads = got.split('\r\n\r\n');
+    expect(heads[0]).toMatch(/^HTTP\/1\.1 103 /);
+    expect(heads[0]).toContain('\r\nLink: </style.css>; rel=preload');
+    expect(heads[0]).not.toMatch(/connection: close/i);
+    expect(heads[1]).toMatch(/^HTTP\/1\.1 102 /);
+    expect(heads[2]).toMatch(/^HTTP\/1\.1 101 /);
+    expect(heads[3]).toBe('HELLO');
+    const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+    expect(rec).toMatchObject({ bytesIn: 5, bytesOut: 4 });
+  });
+
+  it('300 103s then 403: the first 10 relayed, then the 403 and the close', async () => {
+    const before = gw.closed.length;
+    const got = await upgrade('/many-hints-then-403');
+    expect(got.match(/HTTP\/1\.1 103 /g)?.length).toBe(10);
+    expect(got).toMatch(/\r\n\r\nHTTP\/1\.1 403 Forbidden\r\n[\s\S]*\r\n\r\nno$/);
+    const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+    expect(rec).toMatchObject({ closeReason: 'closed', bytesIn: 2 });
+  });
+
+  it('a 100 nobody asked for: 502 upstream-bad-response, no tunnel', async () => {
+    const before = gw.closed.length;
+    const got = await upgrade('/continue-then-101');
+    expect(got).toMatch(/^HTTP\/1\.1 502 /);
+    expect(got).not.toContain('HELLO');
+    const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+    expect(rec).toMatchObject({ closeReason: 'upstream-bad-response', bytesIn: 0 });
+  });
 });
