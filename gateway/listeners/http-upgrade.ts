@@ -38,6 +38,7 @@ import { mapError } from '../reject.ts';
 import { dialFirstReachable } from '../upstream/dial.ts';
 import { viaOnward } from '../via.ts';
 import { earlierResponses, holdClient, isBehindLastAnswer, outlastsEarlierResponses } from './http-connect.ts';
+import { ChunkedEnd } from './http-chunked-end.ts';
 import { finGraceMs, resetOrDestroy } from './http-connection-state.ts';
 import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './http-interim.ts';
 import { forwardRequestHeaders, forwardResponseHeaders, INVALID_FIELD_CHAR, relayedStatusText, serialiseRequestHead, splitHeaderLine, viaFor } from './http-headers.ts';
@@ -176,19 +177,28 @@ function afterClientFin(socket: Duplex, graceMs: number, onGone: () => void): ()
 
 /**
  * How many body bytes follow a declined Upgrade's answer (RFC 9112 §6.3): none after 204, 304 or an
- * answer to HEAD; its Content-Length's worth; null (until the origin closes) for chunked or unframed
+ * answer to HEAD; its Content-Length's worth; `chunked` to its last chunk and trailers when chunked is
+ * the final transfer coding (ChunkedEnd); null (until the origin closes) for other codings or unframed
  * bodies. An origin that keeps its connection alive after a framed answer never closes it. False when
  * the framing is ambiguous, as the absolute-URI paths' parser (llhttp) judges it: Content-Length with
  * Transfer-Encoding, more than one Content-Length field, or one that is not 1*DIGIT (at most 15
  * digits). The answer is relayed with its own framing, so such a head would reach the client as sent
  * and each reader would find the body's end where its own rule says (RFC 9112 §6.3, §11.2).
  */
-export function declinedBodyLength(head: ResponseHead, method: string | undefined): number | null | false {
+export function declinedBodyLength(head: ResponseHead, method: string | undefined): number | 'chunked' | null | false {
   let length: number | null = null;
   let hasCoding = false;
+  /** The last transfer coding named, lower-case. */
+  let lastCoding = '';
   for (let i = 0; i + 1 < head.headers.length; i += 2) {
     const name = (head.headers[i] as string).toLowerCase();
-    if (name === 'transfer-encoding') hasCoding = true;
+    if (name === 'transfer-encoding') {
+      hasCoding = true;
+      for (const token of (head.headers[i + 1] as string).split(',')) {
+        const coding = token.trim().toLowerCase();
+        if (coding !== '') lastCoding = coding;
+      }
+    }
     if (name !== 'content-length') continue;
     const value = head.headers[i + 1] as string;
     if (length !== null || !/^[0-9]{1,15}$/.test(value)) return false;
@@ -196,7 +206,8 @@ export function declinedBodyLength(head: ResponseHead, method: string | undefine
   }
   if (hasCoding && length !== null) return false;
   if (head.status === 204 || head.status === 304 || method === 'HEAD') return 0;
-  return hasCoding ? null : length;
+  if (hasCoding) return lastCoding === 'chunked' ? 'chunked' : null;
+  return length;
 }
 
 function serialiseResponseHead(head: ResponseHead, headers: readonly string[]): string {
@@ -382,8 +393,8 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
 }
 
 /**
- * The origin declined the upgrade: relay its response body to the client (`bodyLength` bytes, or
- * until the origin closes when null), then close both: `closed`. An origin silent for `idleTimeoutMs` (nothing read from it: it neither sends nor closes, or the
+ * The origin declined the upgrade: relay its response body to the client (`bodyLength` bytes, to the
+ * end of its chunked framing, or until the origin closes when null), then close both: `closed`. An origin silent for `idleTimeoutMs` (nothing read from it: it neither sends nor closes, or the
  * client reads nothing so it stays paused) ends the relay, `idle-timeout`; once the client has sent
  * its FIN, silent for finGraceMs: `client-reset`.
  */
@@ -393,17 +404,23 @@ function relayRefusedUpgrade(
   socket: Duplex,
   upstream: Socket,
   rest: Buffer,
-  bodyLength: number | null,
+  bodyLength: number | 'chunked' | null,
   limits: { connectTimeoutMs: number; idleTimeoutMs: number },
 ): void {
   const { ctx } = state;
   const finish = (reason: string): void => {
     if (flow.state === 'active') ctx.flows.close(flow, reason);
   };
-  /** Body bytes still owed to the client; null: until the origin's end. */
-  let left = bodyLength;
+  /** Follows a chunked body's framing to its end; null for other bodies. */
+  const chunked = bodyLength === 'chunked' ? new ChunkedEnd() : null;
+  /** Body bytes still owed to the client; null: until the origin's end (or, chunked, until the end is seen). */
+  let left = bodyLength === 'chunked' ? null : bodyLength;
   /** Relay `chunk` (no more than the body's rest); true once the body is whole: closed. */
   const relay = (chunk: Buffer): boolean => {
+    if (chunked !== null && left === null) {
+      const end = chunked.scan(chunk);
+      if (end >= 0) left = end;
+    }
     const part = left !== null && chunk.length > left ? chunk.subarray(0, left) : chunk;
     flow.bytesIn += part.length;
     if (left !== null) left -= part.length;

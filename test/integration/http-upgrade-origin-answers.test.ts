@@ -10,10 +10,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { jsonBody, rawConnect } from './http-harness.ts';
 
+const CHUNKED_HEAD = 'HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n';
+const CHUNKED_BODY = '5;name=v\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n';
 const HINTS = 'HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n';
 
 /** What the origin answers per path; it keeps its connection open after it, as an HTTP/1.1 server does. */
-const ANSWERS: Record<string, string> = {
+const ANSWERS: Record<string, string | string[]> = {
   '/one-length': 'HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno',
   // Ambiguous framing (RFC 9112 §6.3): each reader would find the body's end where its own rule says.
   '/length-and-chunked': 'HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nEVIL!\r\n0\r\n\r\n',
@@ -23,6 +25,10 @@ const ANSWERS: Record<string, string> = {
   '/length-list': 'HTTP/1.1 403 Forbidden\r\nContent-Length: 2, 2\r\n\r\nno',
   // A control byte in a field value.
   '/control-in-value': 'HTTP/1.1 403 Forbidden\r\nX-A: a\x01b\r\nContent-Length: 2\r\n\r\nno',
+  // Chunked, with an extension and a trailer; then bytes that are not the answer's (never relayed).
+  '/chunked': `${CHUNKED_HEAD}${CHUNKED_BODY}EXTRA`,
+  // The same body in pieces, split inside the size line, the data, its CRLF and the trailer (20 ms apart).
+  '/chunked-pieces': [CHUNKED_HEAD, '5;na', 'me=v\r\nhel', 'lo\r', '\n0\r\nX-Tr', 'ailer: t\r\n', '\r', '\nEXTRA'],
   // Interim answers before the final one (RFC 9110 §15.2), then the 101 and the first server frame.
   '/hints-then-101': `${HINTS}HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nHELLO`,
   '/many-hints-then-403': `${HINTS.repeat(300)}HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno`,
@@ -47,7 +53,14 @@ beforeAll(async () => {
       if (end < 0) return;
       const path = buf.slice(0, end).split(' ')[1] ?? '';
       buf = '';
-      s.write(ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n', 'latin1');
+      const answer = ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n';
+      if (typeof answer === 'string') {
+        s.write(answer, 'latin1');
+        return;
+      }
+      answer.forEach((piece, i) => {
+        setTimeout(() => s.destroyed || s.write(piece, 'latin1'), 20 * i);
+      });
     });
   });
   origin.listen(0, '127.0.0.1');
@@ -93,6 +106,21 @@ describe("a declined Upgrade's answer", () => {
     const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
     expect(rec).toMatchObject({ closeReason: 'closed', bytesIn: 2, bytesOut: 0 });
   });
+
+  // Regression: a chunked answer was relayed until the origin closed its connection, so an origin that
+  // keeps it (as HTTP/1.1 servers do) left the client waiting for limits.idleTimeoutMs (3,035 ms at
+  // 3,000; 5 minutes by default), the record idle-timeout, as a framed answer with a length did before.
+  for (const path of ['/chunked', '/chunked-pieces']) {
+    it(`${path}: chunked, kept alive: relayed to its last chunk and trailer, then closed`, async () => {
+      const before = gw.closed.length;
+      const got = await upgrade(path);
+      expect(got).toMatch(/^HTTP\/1\.1 400 /);
+      expect(got).toMatch(/\r\ntransfer-encoding: chunked\r\n/i);
+      expect(got.endsWith(`\r\n\r\n${CHUNKED_BODY}`)).toBe(true);
+      const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+      expect(rec).toMatchObject({ closeReason: 'closed', bytesIn: CHUNKED_BODY.length, bytesOut: 0 });
+    });
+  }
 
   // Regression: these were relayed with both fields (or the bad value) as sent, the relay reading the
   // body until the origin closed (the record ended idle-timeout), where the absolute-URI paths answer 502.
