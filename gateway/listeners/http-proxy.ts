@@ -12,6 +12,7 @@
  *     Anything it refuses (bad request line, smuggling shapes — CL with TE, duplicate CL, obs-fold,
  *     bad TE —, oversized head, slowloris) lands in `clientError`: 400 / 431 / 408 as JSON, a warn
  *     log line with the parser's reason, and the connection closed. Other connections never notice.
+ *     Bytes after a request that closes its connection are dropped there, not refused (onClientError).
  *  2. route by shape: `CONNECT host:port` → http-connect.ts; a request with `Upgrade` → http-upgrade.ts;
  *     everything else must be an absolute `http://` URI (origin-form → 400: we are not an origin).
  *  3. parse the authority (gateway/protocol/authority.ts): one normalised host and port, or 400.
@@ -419,6 +420,13 @@ const PARSER_ERRORS: Record<string, GatewayErrorCode> = {
 
 /** Parser and timeout failures: answer once, log the reason, close. Never throws. */
 function onClientError(ctx: GatewayContext, err: NodeJS.ErrnoException & { reason?: string }, socket: Duplex): void {
+  // Bytes after a request that said `Connection: close` (or an HTTP/1.0 one without keep-alive):
+  // the request before them is whole and valid, and is answered, `connection: close`; what came
+  // after it is dropped unread (RFC 9112 §9.6: no further request is processed), as on the fast
+  // path. node's parser refuses each such chunk: nothing is answered, cut or logged for it (node
+  // ends the connection after that answer). Before, the request got a 400 in place of its answer,
+  // or its answer was cut, although its origin had it.
+  if (err.code === 'HPE_CLOSED_CONNECTION') return;
   if (err.code === 'ECONNRESET' || err.code === 'EPIPE' || !socket.writable) {
     socket.destroy();
     return;
