@@ -28,6 +28,12 @@ export interface ConnectionState {
    */
   isMalformed: boolean;
   /**
+   * node's parser refused the head of a request pipelined behind requests still being answered: its
+   * 400 (or 408, 431) goes out once their answers are out, and node's further reports of the same
+   * error (one per chunk the client sends) change nothing (http-proxy.ts onClientError).
+   */
+  isRefusalOwed: boolean;
+  /**
    * Admissions of this connection's requests now running (DNS, identity, attribution: each bounded by
    * its own timeout). The gateway is deciding: the client's silence meanwhile is not idleness.
    */
@@ -80,7 +86,7 @@ export function connectionState(socket: object): ConnectionState {
   const holder = socket as WithState;
   let state = holder[kState];
   if (!state) {
-    state = { isAwaitingOrigin: false, isTimedOut: false, isMalformed: false, admissions: 0, isIdleOwed: false, identity: null, lastFlow: null, closeWatchers: null, isShedding: false, admitting: null };
+    state = { isAwaitingOrigin: false, isTimedOut: false, isMalformed: false, isRefusalOwed: false, admissions: 0, isIdleOwed: false, identity: null, lastFlow: null, closeWatchers: null, isShedding: false, admitting: null };
     holder[kState] = state;
   }
   return state;

@@ -43,7 +43,7 @@ import type { GatewayContext, IdentityClaims } from '../context.ts';
 import type { GatewayErrorCode } from '../errors.ts';
 import type { PolicySnapshot, Protocol } from '../../policy/types.ts';
 import { mapError } from '../reject.ts';
-import { handleConnect } from './http-connect.ts';
+import { earlierResponses, handleConnect } from './http-connect.ts';
 import { wrapWithConnectFront } from './http-connect-front.ts';
 import { beginAdmission, connectionProcess, connectionState, endAdmission, expireCachedIdentity, mayCutIdle } from './http-connection-state.ts';
 import { createFastPath } from './http-fast-path.ts';
@@ -427,16 +427,32 @@ function onClientError(ctx: GatewayContext, err: NodeJS.ErrnoException & { reaso
   // ends the connection after that answer). Before, the request got a 400 in place of its answer,
   // or its answer was cut, although its origin had it.
   if (err.code === 'HPE_CLOSED_CONNECTION') return;
+  const connection = connectionState(socket);
+  if (connection.isRefusalOwed) return;
   if (err.code === 'ECONNRESET' || err.code === 'EPIPE' || !socket.writable) {
     socket.destroy();
     return;
   }
   const code = PARSER_ERRORS[err.code ?? ''] ?? 'EGW_BAD_REQUEST';
+  const net = socket as Duplex & { remoteAddress?: string; _httpMessage?: { headersSent?: boolean } | null; parser?: { incoming?: IncomingMessage | null } | null };
+  // The head of a request pipelined behind others (the last request node announced is whole) is
+  // refused while their answers are still owed: they are answered first, whole, and its refusal
+  // follows, the connection's last answer (none after a 429 or another last answer). The requests
+  // before it are no part of its error. Before, the 400 went out in their place, or cut the answer
+  // under way, and a request still in admission was recorded `bad-request` and never sent.
+  const owed = net.parser?.incoming?.complete === false ? null : earlierResponses(socket);
+  if (owed !== null) {
+    connection.isRefusalOwed = true;
+    ctx.log.warn({ client: net.remoteAddress, code, parser: err.code, why: err.reason ?? err.message }, 'client request refused');
+    void owed.then(() => {
+      if (!connection.isShedding && socket.writable) writeRawRefusal(socket, mapError(code), { flowId: null, isBlock: false });
+    });
+    return;
+  }
   // Malformed bytes (not an oversized or late head, nor a FIN mid-request: HPE_INVALID_EOF_STATE is
   // a client that stopped, its flow `client-reset`): a request whose body the parser was reading ends
   // `bad-request`, and one still in admission is never sent (http-forward.ts).
-  if (code === 'EGW_BAD_REQUEST' && err.code !== 'HPE_INVALID_EOF_STATE') connectionState(socket).isMalformed = true;
-  const net = socket as Duplex & { remoteAddress?: string; _httpMessage?: { headersSent?: boolean } | null };
+  if (code === 'EGW_BAD_REQUEST' && err.code !== 'HPE_INVALID_EOF_STATE') connection.isMalformed = true;
   ctx.log.warn({ client: net.remoteAddress, code, parser: err.code, why: err.reason ?? err.message }, 'client request refused');
   // A response already under way cannot be replaced by an error status: just cut the connection.
   if (net._httpMessage?.headersSent) {
