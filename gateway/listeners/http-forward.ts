@@ -102,6 +102,14 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
   private isUpstreamDone = false;
   /** The answer's head came while the client still owed body bytes: the connection ends after it. */
   private isEarly = false;
+  /**
+   * The final response's fields and reason phrase, held from onHeaders until its first body byte or
+   * its end (sendHead), or null. res.writeHead only stores a head (node sends it with the first write),
+   * but sets headersSent: an origin whose body broke before its first byte then left nothing to
+   * answer with, and the client got a bare close where the fast path answers 502.
+   */
+  private heldHeaders: string[] | null = null;
+  private heldText = '';
 
   constructor(ctx: GatewayContext, flow: Flow, req: IncomingMessage, res: ServerResponse) {
     super(ctx, flow, connectionState(req.socket));
@@ -202,17 +210,31 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
     // connection carries no further request (closeAfterEarlyAnswer); nor while draining.
     this.isEarly = !this.req.complete;
     if (this.isEarly || this.ctx.isDraining()) headers.push('connection', 'close');
-    this.res.writeHead(statusCode, relayedStatusText(statusCode, statusText), headers);
+    this.heldHeaders = headers;
+    this.heldText = relayedStatusText(statusCode, statusText);
     return true;
   }
 
+  /** The held head goes to node:http (isResponseStarted from here on): see heldHeaders. */
+  private sendHead(headers: string[]): void {
+    this.heldHeaders = null;
+    this.res.writeHead(this.status, this.heldText, headers);
+  }
+
   onData(chunk: Buffer): boolean {
+    const held = this.heldHeaders;
+    if (held !== null) {
+      // undici passes empty chunks too: not a body byte, the head stays held.
+      if (chunk.length === 0) return true;
+      this.sendHead(held);
+    }
     this.flow.bytesIn += chunk.length;
     return this.res.write(chunk);
   }
 
   onComplete(): void {
     this.isUpstreamDone = true;
+    if (this.heldHeaders !== null) this.sendHead(this.heldHeaders);
     if (this.isEarly) closeAfterEarlyAnswer(this.req, this.res, this.clientSocket, this.connection);
     this.res.end();
   }

@@ -33,7 +33,17 @@ const ANSWERS: Record<string, string> = {
   // its standard phrase. node:http threw on them and the client waited for the idle timeout.
   '/latin1-reason': 'HTTP/1.1 200 \xe9t\xe9\r\nContent-Length: 2\r\n\r\nok',
   '/control-reason': 'HTTP/1.1 404 Not\x7fFound\r\nContent-Length: 2\r\n\r\nno',
+  // A valid head whose body's framing breaks before its first byte: a chunk-size line ended by a
+  // bare LF, a chunk size of 19 hex digits (past 64 bits). Nothing of it may be relayed as a 200.
+  '/bad-chunk-line': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\nok\r\n0\r\n\r\n',
+  '/huge-chunk-size': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000000000000000000\r\nok\r\n0\r\n\r\n',
+  // A head, then the origin closes before any body byte: the answer can never be relayed.
+  '/closed-before-body': 'HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n',
+  '/closed-before-chunk': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n',
 };
+
+/** Paths whose answer the origin follows with its FIN. */
+const CLOSES_AFTER: ReadonlySet<string> = new Set(['/closed-before-body', '/closed-before-chunk']);
 
 let gw: TestGateway;
 let origin: Server;
@@ -51,7 +61,9 @@ beforeAll(async () => {
       for (let end = buf.indexOf('\r\n\r\n'); end >= 0; end = buf.indexOf('\r\n\r\n')) {
         const path = buf.slice(0, end).split(' ')[1] ?? '';
         buf = buf.slice(end + 4);
-        s.write(ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n', 'latin1');
+        const answer = ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n';
+        if (CLOSES_AFTER.has(path)) s.end(answer, 'latin1');
+        else s.write(answer, 'latin1');
       }
     });
   });
@@ -122,9 +134,23 @@ describe('origin answers at the edges of HTTP/1.1', () => {
       s.destroy();
     });
 
+    it(`${name}: an origin that closes after its head, before any body byte, gets 502 upstream-reset, and the connection goes on`, async () => {
+      const s = await rawConnect(gw.httpPort);
+      for (const path of ['/closed-before-body', '/closed-before-chunk']) {
+        const before = gw.closed.length;
+        await sendGet(s, path, split);
+        const got = (await readUntil(s, '"}')).toString('latin1');
+        expect(got, path).toMatch(/^HTTP\/1\.1 502 /);
+        expect(jsonBody(got)['reason'], path).toBe('upstream-reset');
+        const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+        expect(rec, path).toMatchObject({ closeReason: 'upstream-reset', bytesIn: 0 });
+      }
+      s.destroy();
+    });
+
     it(`${name}: malformed origin answers get 502 upstream-bad-response, and the connection goes on`, async () => {
       const s = await rawConnect(gw.httpPort);
-      for (const path of ['/two-lengths', '/te-and-length', '/obs-fold', '/not-http', '/gzip-chunked', '/gzip-then-chunked-fields', '/chunked-gzip', '/continue-unasked', '/switching-unasked']) {
+      for (const path of ['/bad-chunk-line', '/huge-chunk-size', '/two-lengths', '/te-and-length', '/obs-fold', '/not-http', '/gzip-chunked', '/gzip-then-chunked-fields', '/chunked-gzip', '/continue-unasked', '/switching-unasked']) {
         const before = gw.closed.length;
         await sendGet(s, path, split);
         // The refusal body is JSON ending in the flow id.
