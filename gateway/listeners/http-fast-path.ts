@@ -450,8 +450,11 @@ class FastExchange extends OriginExchange {
       const value = headers[i + 1] as string;
       if (INVALID_FIELD_CHAR.test(value)) continue;
       const lower = name.length === 14 || name.length === 4 ? name.toLowerCase() : '';
-      if (lower === 'content-length') hasLength = true;
-      else if (lower === 'date') hasDate = true;
+      if (lower === 'content-length') {
+        // RFC 9110 §8.6: a 204 carries no Content-Length (a 304's stands for the representation: kept).
+        if (statusCode === 204) continue;
+        hasLength = true;
+      } else if (lower === 'date') hasDate = true;
       head += `${name}: ${value}\r\n`;
     }
     if (!hasDate) head += `date: ${new Date().toUTCString()}\r\n`;

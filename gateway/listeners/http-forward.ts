@@ -25,7 +25,7 @@ import { closeAfterEarlyAnswer } from './http-early-answer.ts';
 import type { OriginAgents } from './http-origin-agents.ts';
 import { OriginExchange } from './http-origin-exchange.ts';
 import { dispatchToOrigin, StaggeredOrigin } from './http-origin-dial.ts';
-import { forwardResponseHeaders, relayedStatusText } from './http-headers.ts';
+import { dropContentLength, forwardResponseHeaders, relayedStatusText } from './http-headers.ts';
 import { type RefusalDetails, sendRefusal } from './http-refusal.ts';
 
 export { ORIGIN_KEEPALIVE_MAX_MS, OriginAgents } from './http-origin-agents.ts';
@@ -206,6 +206,8 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
       this.res.on('drain', resume);
     }
     const headers = forwardResponseHeaders(rawHeaders, { via: this.ctx.via.value });
+    // RFC 9110 §8.6: a 204 carries no Content-Length (a 304's stands for the representation: kept).
+    if (statusCode === 204) dropContentLength(headers);
     // An answer before the whole body (an early 413): the rest of the body is not read, so this
     // connection carries no further request (closeAfterEarlyAnswer); nor while draining.
     this.isEarly = !this.req.complete;

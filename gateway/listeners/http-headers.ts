@@ -136,6 +136,22 @@ export function forwardResponseHeaders(raw: readonly (Buffer | string)[], opts: 
 }
 
 /**
+ * Remove every Content-Length field from `headers` (flat, as forwardResponseHeaders gives), in place:
+ * for a 204, which must not carry one (RFC 9110 §8.6). Only that rare status pays for the scan.
+ */
+export function dropContentLength(headers: string[]): void {
+  let kept = 0;
+  for (let i = 0; i + 1 < headers.length; i += 2) {
+    const name = headers[i] as string;
+    if (name.length === 14 && name.toLowerCase() === 'content-length') continue;
+    headers[kept] = name;
+    headers[kept + 1] = headers[i + 1] as string;
+    kept += 2;
+  }
+  headers.length = kept;
+}
+
+/**
  * Whether a response's Transfer-Encoding fields (undici gives raw Buffers) name only codings the
  * absolute-URI relay can pass on: none, or a single `chunked` last (undici removes it; `identity`
  * means no coding). The relay re-frames the body for the client and drops the field (hop-by-hop), so

@@ -37,6 +37,11 @@ const ANSWERS: Record<string, string> = {
   // bare LF, a chunk size of 19 hex digits (past 64 bits). Nothing of it may be relayed as a 200.
   '/bad-chunk-line': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\nok\r\n0\r\n\r\n',
   '/huge-chunk-size': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000000000000000000\r\nok\r\n0\r\n\r\n',
+  // RFC 9110 §8.6: a server must not send Content-Length in a 204; the gateway does not relay it.
+  '/no-content-length': 'HTTP/1.1 204 No Content\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\n',
+  '/no-content-zero': 'HTTP/1.1 204 No Content\r\nX-Kept: 1\r\nContent-Length: 0\r\n\r\n',
+  // …and bytes after a 204 are no body of it (RFC 9112 §6.3): never relayed.
+  '/no-content-body': 'HTTP/1.1 204 No Content\r\nContent-Length: 2\r\nX-Kept: 1\r\n\r\nok',
   // A head, then the origin closes before any body byte: the answer can never be relayed.
   '/closed-before-body': 'HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n',
   '/closed-before-chunk': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n',
@@ -131,6 +136,27 @@ describe('origin answers at the edges of HTTP/1.1', () => {
         const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
         expect(rec, path).toMatchObject({ closeReason: 'closed', bytesIn: 2 });
       }
+      s.destroy();
+    });
+
+    it(`${name}: a 204 is relayed without Content-Length and without a body, and the connection serves the next request`, async () => {
+      const s = await rawConnect(gw.httpPort);
+      for (const path of ['/no-content-length', '/no-content-zero', '/no-content-body']) {
+        const before = gw.closed.length;
+        await sendGet(s, path, split);
+        const got = (await readUntil(s, '\r\n\r\n')).toString('latin1');
+        expect(got, path).toMatch(/^HTTP\/1\.1 204 /);
+        expect(got, path).not.toMatch(/\r\ncontent-length:/i);
+        expect(got, path).not.toMatch(/\r\ntransfer-encoding:/i);
+        expect(got, path).toMatch(/\r\nx-kept: 1\r\n/i);
+        expect(got.endsWith('\r\n\r\n'), path).toBe(true);
+        const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+        expect(rec, path).toMatchObject({ closeReason: 'closed', bytesIn: 0, bytesOut: 0 });
+      }
+      // Nothing was left in the connection to be read as the next response.
+      await sendGet(s, '/ok', split);
+      const next = (await readUntil(s, '\r\n\r\nok')).toString('latin1');
+      expect(next).toMatch(/^HTTP\/1\.1 200 /);
       s.destroy();
     });
 

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { newViaName, viaNamesUs, viaOnward } from '../../../gateway/via.ts';
 import {
   connectionNamedHeaders,
+  dropContentLength,
   forwardRequestHeaders,
   forwardResponseHeaders,
   isRelayableTransferCoding,
@@ -74,6 +75,11 @@ describe('forwardResponseHeaders', () => {
   });
   it('returns null named-set when Connection carries only options', () => {
     expect(connectionNamedHeaders(['Connection', 'keep-alive, close'])).toBeNull();
+  });
+  it('dropContentLength removes every Content-Length spelling in place and keeps the rest in order', () => {
+    const headers = ['X-A', '1', 'Content-Length', '2', 'content-LENGTH', '0', 'Content-Lengthy', '3', 'via', VIA_VALUE];
+    dropContentLength(headers);
+    expect(headers).toEqual(['X-A', '1', 'Content-Lengthy', '3', 'via', VIA_VALUE]);
   });
 });
 
