@@ -92,7 +92,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   let refusal: { readonly reason: GatewayRefusalReason; readonly why: string } | null = null;
   /** The relay's entry in the gateway's live relay addresses (ctx.udpRelays) while it is bound. */
   let relayKey: string | null = null;
-  let activity = 0;
+  /** The idle timeout: pushed back by every datagram relayed either way; null when off or ended. */
   let idleTimer: NodeJS.Timeout | null = null;
   const hdr = newUdpHeader();
   const dests = new DestinationTable();
@@ -186,11 +186,9 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   // The control connection may already be gone (its FIN came with the request).
   if (socket.readableEnded || socket.destroyed) queueMicrotask(() => end('closed'));
   if (limits.idleTimeoutMs > 0) {
-    let seen = -1;
-    idleTimer = setInterval(() => {
-      if (activity === seen) end('idle-timeout');
-      seen = activity;
-    }, limits.idleTimeoutMs);
+    // One timer, re-armed by each datagram (refresh(): what a TCP socket's timeout does on each read
+    // and write), so a silent association ends idleTimeoutMs after its last datagram, as a tunnel does.
+    idleTimer = setTimeout(() => end('idle-timeout'), limits.idleTimeoutMs);
     idleTimer.unref();
   }
 
@@ -296,7 +294,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       return;
     }
     if (clientPort === 0) clientPort = rinfo.port;
-    activity++;
+    idleTimer?.refresh();
     const dest = dests.find(msg, hdr);
     if (dest === null) admissions.newDestination(msg, hdr);
     else if (dest.state === 'allowed') forward(dest, msg, hdr.dataOffset);
@@ -407,7 +405,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       drops.unsolicited++;
       return;
     }
-    activity++;
+    idleTimer?.refresh();
     if (dest.replyHeader.length + msg.length > maxReply) {
       // The send would fail (EMSGSIZE) with no one told: the client never gets it, so no bytesIn.
       drops.oversized++;
@@ -438,7 +436,9 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     if (ended) return;
     ended = true;
     endReason = reason;
-    if (idleTimer) clearInterval(idleTimer);
+    if (idleTimer !== null) clearTimeout(idleTimer);
+    // Not re-armed by a datagram already on its way (refresh() restarts a cleared timer).
+    idleTimer = null;
     sourceCheck?.close();
     if (relay !== null) {
       relay.removeListener('message', onClientMessage);
