@@ -31,9 +31,9 @@ import { factsOf, isRefusedUnresolved, knownAddress, runningPolicy, upstreamOf }
 import {
   ANONYMOUS,
   DRAINING,
-  fixed,
   gatewayRefusal,
   killedMeanwhile,
+  limitRefusal,
   LOOPED,
   loginRefusal,
   NO_CLIENT_ADDRESS,
@@ -50,7 +50,7 @@ import { parentName } from './upstream/parent-label.ts';
 // The pipeline's parts, each in gateway/admission/; the listeners import them from here.
 export type { AdmissionRequest, Admitted, ClientWatch, LocalEndpoint, LookedUp, Refused } from './admission/types.ts';
 export { lookUp, needsLookUp, refuseLookupsAfterChange } from './admission/lookup.ts';
-export { failFlow, gatewayRefusal, REFUSAL_RECORDS_HELD, refuseLogin } from './admission/refusals.ts';
+export { failFlow, gatewayRefusal, limitRefusal, REFUSAL_RECORDS_HELD, refuseLogin } from './admission/refusals.ts';
 export { isLocalAddress, selfDialDecision } from './admission/self-dial.ts';
 
 /** Run the connect-time pipeline for one new flow. Never throws. */
@@ -103,7 +103,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   }
   const limits = snapshot.config.limits;
   if (!ctx.flows.withinLimits(flow, limits.maxFlowsPerIdentity, limits.maxNewFlowsPerSecPerIdentity)) {
-    const r = refuse(ctx, flow, fixed('rate-limit', null, mode, ['per-identity flow limit exceeded']));
+    const r = refuse(ctx, flow, limitRefusal(mode, ['per-identity flow limit exceeded']));
     r.retryAfterSec = 1;
     return r;
   }

@@ -59,6 +59,11 @@ export function gatewayRefusal(reason: GatewayRefusalReason, mode: Mode, reasons
   return fixed(reason, null, mode, reasons);
 }
 
+/** Over the identity's limits (limits.maxFlowsPerIdentity, maxNewFlowsPerSecPerIdentity): refused in every mode. */
+export function limitRefusal(mode: Mode, reasons: readonly string[]): Decision {
+  return fixed('rate-limit', null, mode, reasons);
+}
+
 /** Wrong or missing credentials: refused in every mode (they protect the gateway, not the policy). */
 export function loginRefusal(mode: Mode): Decision {
   return fixed('auth-required', 'policy.deny', mode, ['proxy authentication required']);

@@ -183,6 +183,27 @@ export class FlowTable extends EventEmitter {
     return (this.perIdentity.get(key) ?? 0) <= maxFlows;
   }
 
+  /**
+   * Hold a place in identity `key`'s concurrency (limits.maxFlowsPerIdentity) for what holds the
+   * gateway's resources for it before it is a flow: a SOCKS5 UDP association before its first
+   * datagram (its relay socket, maybe a port of limits.udpRelayPorts). False, nothing held, when the
+   * identity's flows and places already number `maxFlows`. The holder gives it back (releasePlace)
+   * exactly once: before its flow opens, which then counts instead, or when it ends.
+   */
+  holdPlace(key: string, maxFlows: number): boolean {
+    const n = this.perIdentity.get(key) ?? 0;
+    if (n >= maxFlows) return false;
+    this.perIdentity.set(key, n + 1);
+    return true;
+  }
+
+  /** Give back a place holdPlace gave. */
+  releasePlace(key: string): void {
+    const n = (this.perIdentity.get(key) ?? 1) - 1;
+    if (n <= 0) this.perIdentity.delete(key);
+    else this.perIdentity.set(key, n);
+  }
+
   /** Record the admission decision and whether it was enforced. */
   decide(flow: Flow, decision: Decision, enforced: boolean): void {
     flow.applyDecision(decision, enforced);

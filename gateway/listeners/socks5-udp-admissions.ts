@@ -74,6 +74,10 @@ export interface AdmissionHost {
   releaseHeld(dest: Destination): void;
   dropHeld(): void;
   noteReasons(f: Flow): void;
+  /** Hold the association's place in its identity's limit again while it has no flow (FlowTable.holdPlace). */
+  holdPlace(): void;
+  /** Give that place back: the first destination's flow counts instead, from its opening. */
+  releasePlace(): void;
 }
 
 export class UdpAdmissions {
@@ -191,6 +195,8 @@ export class UdpAdmissions {
     const { ctx, down, hs } = this.host;
     if (this.host.isEnded()) return;
     this.isOpening = true;
+    // Synchronously before `admit` opens the flow, which counts in the identity's limit instead.
+    this.host.releasePlace();
     const r = await admit(ctx, {
       protocol: 'socks5-udp',
       listener: 'socks',
@@ -213,11 +219,13 @@ export class UdpAdmissions {
       // limit cleared, and UDP cannot tell the client why; each new destination would meet the
       // quarantine again, one refused record each; ending the control connection does neither.
       if (endsAssociation(r)) this.host.end(r.reject.reason);
+      else this.host.holdPlace();
       return;
     }
     if (r.upstream !== null) {
       ctx.flows.close(r.flow, 'udp-upstream-unsupported');
       this.refuseForParent(dest, r.upstream);
+      this.host.holdPlace();
       return;
     }
     if (this.host.isEnded()) {

@@ -4,7 +4,7 @@
  * reasons; and the record of an association that never relayed a datagram.
  */
 import type { GatewayRefusalReason } from '../../policy/types.ts';
-import { gatewayRefusal } from '../admission.ts';
+import { gatewayRefusal, limitRefusal } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow } from '../flow/flow.ts';
 import type { HandshakeResult } from './socks5-handshake.ts';
@@ -58,6 +58,15 @@ export function noteReasons(ctx: GatewayContext, f: Flow, counts: AssociationCou
   ]);
 }
 
+/**
+ * Why a UDP ASSOCIATE was refused before it had a relay: the gateway's own refusals, or the
+ * identity's limit (`rate-limit`, as a CONNECT over it). Recorded block, enforced, in every mode.
+ */
+export interface AssociationRefusal {
+  readonly reason: GatewayRefusalReason | 'rate-limit';
+  readonly why: string;
+}
+
 /** An association that relayed nothing: who and when, its first destination, and its refusal if any. */
 export interface EmptyAssociation {
   readonly hs: HandshakeResult;
@@ -66,7 +75,7 @@ export interface EmptyAssociation {
   /** The first destination the client named, if any. */
   readonly first: Destination | undefined;
   /** Refused before it had a relay: the record's refusal and why. */
-  readonly refusal: { readonly reason: GatewayRefusalReason; readonly why: string } | null;
+  readonly refusal: AssociationRefusal | null;
 }
 
 /**
@@ -85,7 +94,10 @@ export function recordEmptyAssociation(ctx: GatewayContext, a: EmptyAssociation,
     destination: first === undefined ? { host: hs.request.host, ip: null, port: hs.request.port } : { host: first.host, ip: null, port: first.port },
     startedAt: a.startedAt,
   });
-  if (refusal !== null) ctx.flows.decide(f, gatewayRefusal(refusal.reason, hs.snapshot.modeFor(f.identity.roles, ctx.policy.modeOverride()), [refusal.why]), true);
+  if (refusal !== null) {
+    const mode = hs.snapshot.modeFor(f.identity.roles, ctx.policy.modeOverride());
+    ctx.flows.decide(f, refusal.reason === 'rate-limit' ? limitRefusal(mode, [refusal.why]) : gatewayRefusal(refusal.reason, mode, [refusal.why]), true);
+  }
   noteReasons(ctx, f, counts, drops);
   ctx.flows.close(f, reason);
 }

@@ -1,6 +1,9 @@
 /**
  * SOCKS5 UDP ASSOCIATE relay (RFC 1928 §7): one association per TCP control connection, one flow.
  *
+ *  0. over its identity's limit (limits.maxFlowsPerIdentity: its live flows and the associations
+ *     waiting for their first datagram, which hold a place from here: FlowTable.holdPlace) → 0x02,
+ *     one rate-limit record, no relay
  *  1. bind a dgram socket (udp4/udp6 like the control connection) on the listener's IP, on a port
  *     of limits.udpRelayPorts or any ephemeral port when unset (UdpRelayPorts: a range with no port
  *     free within its bounded attempts refuses the ASSOCIATE 0x01, recorded `out-of-relay-ports`;
@@ -42,10 +45,10 @@
  */
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv4 } from 'node:net';
-import type { GatewayRefusalReason } from '../../policy/types.ts';
 import { isLocalAddress } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow, FlowLeg, RoutedFlow } from '../flow/flow.ts';
+import { identityKey } from '../flow/flow-table.ts';
 import { unmapIPv4 } from '../../policy/address.ts';
 import { encodeReply, newUdpHeader, parseUdpHeader } from '../protocol/socks5-codec.ts';
 import { SOCKS_REP } from '../reject.ts';
@@ -54,7 +57,7 @@ import { type Destination, DestinationTable } from './socks5-udp-destinations.ts
 import { UdpAdmissions } from './socks5-udp-admissions.ts';
 import { HeldShare, type UdpRelayLedger } from './socks5-udp-ledger.ts';
 import type { RelayBind, UdpRelayPorts } from './socks5-udp-ports.ts';
-import { newDropCounts, noteReasons, recordEmptyAssociation } from './socks5-udp-records.ts';
+import { type AssociationRefusal, newDropCounts, noteReasons, recordEmptyAssociation } from './socks5-udp-records.ts';
 import { SourcePortCheck } from './socks5-udp-source.ts';
 import type { SocketOwner } from '../../agent/attribution.ts';
 
@@ -86,10 +89,13 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   /** Why the association ended (the record's closeReason), once it has. */
   let endReason = 'closed';
   /**
-   * An association refused before it had a relay (no port free, the bind failed): its record's
-   * refusal (verdict block, as every refusal before any judgement: gatewayRefusal) and why.
+   * An association refused before it had a relay (over its identity's limit, no port free, the bind
+   * failed): its record's refusal (verdict block, as every refusal before any judgement) and why.
    */
-  let refusal: { readonly reason: GatewayRefusalReason; readonly why: string } | null = null;
+  let refusal: AssociationRefusal | null = null;
+  /** The identity's limit key (FlowTable identityKey), and whether this association holds a place under it. */
+  const limitKey = identityKey({ identity: hs.identity, client: { ip: clientIp, port: 0 } });
+  let isHoldingPlace = false;
   /** The relay's entry in the gateway's live relay addresses (ctx.udpRelays) while it is bound. */
   let relayKey: string | null = null;
   /** The idle timeout: pushed back by every datagram relayed either way; null when off or ended. */
@@ -122,6 +128,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     releaseHeld,
     dropHeld,
     noteReasons: (f) => noteReasons(ctx, f, admissions, drops),
+    holdPlace,
+    releasePlace,
   });
   /**
    * Until a port is locked (the one the request named, or any), for a client on this host with local
@@ -141,6 +149,18 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     refuse(ctx, down, encodeReply(SOCKS_REP.generalFailure), 'EGW_SHUTTING_DOWN', 'UDP ASSOCIATE refused: draining, no new flows');
     return;
   }
+  // Over the identity's limit: refused before a relay is bound, as a CONNECT over it is (0x02, one
+  // record, block rate-limit). An association holds its relay socket (and a port of
+  // limits.udpRelayPorts) from now on, so it holds a place in limits.maxFlowsPerIdentity until its
+  // first datagram's flow counts instead; else empty associations, never flows, could take every
+  // relay port and descriptor whatever the limit.
+  if (!ctx.flows.holdPlace(limitKey, limits.maxFlowsPerIdentity)) {
+    refusal = { reason: 'rate-limit', why: 'per-identity flow limit exceeded (live flows and UDP associations)' };
+    end(refusal.reason, false, true);
+    refuse(ctx, down, encodeReply(SOCKS_REP.notAllowed), 'EGW_FLOW_LIMIT', 'UDP ASSOCIATE refused (rate-limit): per-identity flow limit exceeded');
+    return;
+  }
+  isHoldingPlace = true;
   // 1. bind the client-facing relay socket
   relayPorts
     .bind(limits.udpRelayPorts, relayType, localIp, (port) => ctx.udpRelays.has(localIp, port), onRelayError)
@@ -431,11 +451,26 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     f.abort = () => end('killed', true);
   }
 
+  /** Hold the association's place in its identity's limit again (its first destination was refused: no flow counts it). */
+  function holdPlace(): void {
+    if (ended || isHoldingPlace) return;
+    ctx.flows.holdPlace(limitKey, Number.POSITIVE_INFINITY);
+    isHoldingPlace = true;
+  }
+
+  /** Give the place back: the first destination's flow is about to open (and count), or the association ended. */
+  function releasePlace(): void {
+    if (!isHoldingPlace) return;
+    isHoldingPlace = false;
+    ctx.flows.releasePlace(limitKey);
+  }
+
   // 7. end of the association: idempotent
   function end(reason: string, reset = false, keepSocket = false): void {
     if (ended) return;
     ended = true;
     endReason = reason;
+    releasePlace();
     if (idleTimer !== null) clearTimeout(idleTimer);
     // Not re-armed by a datagram already on its way (refresh() restarts a cleared timer).
     idleTimer = null;

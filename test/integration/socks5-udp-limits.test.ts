@@ -8,7 +8,7 @@
  */
 import type { Socket as UdpSocket } from 'node:dgram';
 import { afterEach, describe, expect, it } from 'vitest';
-import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
+import { adminGet, adminPut, runningConfig, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { associate, type Cleanups, heldResolver, nextReply, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
 import { startBareSocksGateway, startUdpEcho, type UdpEcho } from './socks5-harness.ts';
 
@@ -234,7 +234,7 @@ describe('replies too large for a SOCKS UDP datagram', () => {
 // dropped ("to refused destinations"), and UDP told the client nothing. Now the refusal is the
 // association's last answer, as 0x02 and the close are a CONNECT's.
 describe('an association over the identity limits', () => {
-  it('ends with its control connection (one rate-limit record); once the limit clears a new association relays both ways', async () => {
+  it('is refused at UDP ASSOCIATE (0x02, one rate-limit record, no relay); once the limit clears a new association relays both ways', async () => {
     const gw = await startTestGateway({ limits: { maxFlowsPerIdentity: 1 } });
     cleanups.push(() => gw.stop());
     const echo = await echoServer();
@@ -245,13 +245,10 @@ describe('an association over the identity limits', () => {
     expect((await nextReply(holder)).data.toString()).toBe('echo:one');
 
     const client = await udpSocket(cleanups);
-    const over = await associate(gw, client, cleanups);
-    const ended = new Promise<void>((resolve) => over.control.once('close', () => resolve()));
-    await sendTo(client, udpFrame('127.0.0.1', echo.port, Buffer.from('two')), over.relay);
-    await ended;
-    const refused = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.client.port === client.address().port);
-    expect(refused).toMatchObject({ verdict: 'block', closeReason: 'rate-limit', bytesOut: 0, communityId: null });
-    expect(gw.closed.filter((r) => r.client.port === client.address().port)).toHaveLength(1);
+    await expect(associate(gw, client, cleanups)).rejects.toThrow(/NotAllowed/);
+    const refused = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.closeReason === 'rate-limit');
+    expect(refused).toMatchObject({ verdict: 'block', enforced: true, reason: 'rate-limit', bytesOut: 0, communityId: null });
+    expect(gw.closed.filter((r) => r.protocol === 'socks5-udp')).toHaveLength(1);
 
     // The limit clears when the first association ends; the client associates again and is served.
     first.control.destroy();
@@ -261,5 +258,27 @@ describe('an association over the identity limits', () => {
     await sendTo(client, udpFrame('127.0.0.1', echo.port, Buffer.from('three')), again.relay);
     expect((await nextReply(client)).data.toString()).toBe('echo:three');
     expect(echo.received.map((d) => d.data.toString())).toEqual(['one', 'three']);
+  });
+
+  it('over the limit at its first datagram (lowered by a reload since it was made): ends with its control connection, one rate-limit record', async () => {
+    const gw = await startTestGateway({ limits: { maxFlowsPerIdentity: 2 } });
+    cleanups.push(() => gw.stop());
+    const echo = await echoServer();
+    const holder = await udpSocket(cleanups);
+    const first = await associate(gw, holder, cleanups);
+    await sendTo(holder, udpFrame('127.0.0.1', echo.port, Buffer.from('one')), first.relay);
+    expect((await nextReply(holder)).data.toString()).toBe('echo:one');
+    const client = await udpSocket(cleanups);
+    const over = await associate(gw, client, cleanups);
+    const config = await runningConfig(gw);
+    (config.limits as { maxFlowsPerIdentity: number }).maxFlowsPerIdentity = 1;
+    expect(await adminPut(gw, '/v1/policy', config)).toBe(200);
+    const ended = new Promise<void>((resolve) => over.control.once('close', () => resolve()));
+    await sendTo(client, udpFrame('127.0.0.1', echo.port, Buffer.from('two')), over.relay);
+    await ended;
+    const refused = await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.client.port === client.address().port);
+    expect(refused).toMatchObject({ verdict: 'block', closeReason: 'rate-limit', bytesOut: 0, communityId: null });
+    expect(gw.closed.filter((r) => r.client.port === client.address().port)).toHaveLength(1);
+    expect(echo.received.map((d) => d.data.toString())).toEqual(['one']);
   });
 });

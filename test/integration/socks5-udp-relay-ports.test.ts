@@ -84,6 +84,57 @@ async function rawAssociate(gw: TestGateway, clientPort: number): Promise<{ rep:
   return { rep: reply[1] as number, port: reply.readUInt16BE(8), control };
 }
 
+/** A SOCKS5 CONNECT to 127.0.0.1:port with an RFC 1929 login over a raw socket: the reply's REP byte. */
+async function rawConnectVia(gw: TestGateway, user: string, password: string, port: number): Promise<number> {
+  const s = connect(gw.socksPort, gw.socksHost);
+  s.on('error', () => {});
+  cleanups.push(() => s.destroy());
+  await once(s, 'connect');
+  const login = Buffer.concat([Buffer.from([1, user.length]), Buffer.from(user), Buffer.from([password.length]), Buffer.from(password)]);
+  const request = Buffer.from([5, 1, 0, 1, 127, 0, 0, 1, port >> 8, port & 255]);
+  s.write(Buffer.concat([Buffer.from([5, 1, 2]), login, request]));
+  const answer = await readBytes(s, 2 + 2 + 10);
+  expect([...answer.subarray(0, 4)]).toEqual([5, 2, 1, 0]);
+  return answer[5] as number;
+}
+
+describe('limits.udpRelayPorts and limits.maxFlowsPerIdentity', () => {
+  // Regression: an association counted against its identity's limit only from its first datagram, so
+  // one user with maxFlowsPerIdentity 3 held all 8 ports of the range with associations that sent
+  // nothing, and every other user's UDP ASSOCIATE got 0x01 out-of-relay-ports.
+  it('an identity at its limit cannot take the range from another: its associations count from UDP ASSOCIATE', async () => {
+    const { lo, held } = await freePorts(8);
+    for (const s of held) await release(s);
+    const gw = await startTestGateway({
+      mode: 'enforce',
+      identity: { users: [{ name: 'alice', password: 'pa', roles: ['any'] }, { name: 'bob', password: 'pb', roles: ['any'] }] },
+      limits: { maxFlowsPerIdentity: 3, udpRelayPorts: `${lo}-${lo + 7}` },
+    });
+    cleanups.push(() => gw.stop());
+    const echo = await startUdpEcho('udp4');
+    cleanups.push(() => echo.close());
+    const alice = { auth: { userId: 'alice', password: 'pa' } };
+    // Three associations that send nothing are alice's three places; her next 5 are refused 0x02.
+    for (let i = 0; i < 3; i++) await associate(gw, await udpSocket(cleanups), cleanups, alice);
+    for (let i = 0; i < 5; i++) await expect(associate(gw, await udpSocket(cleanups), cleanups, alice)).rejects.toThrow(/NotAllowed/);
+    const refused = gw.closed.filter((r) => r.protocol === 'socks5-udp');
+    expect(refused).toHaveLength(5);
+    for (const r of refused) expect(r).toMatchObject({ verdict: 'block', enforced: true, reason: 'rate-limit', closeReason: 'rate-limit', identity: { user: 'alice' }, bytesOut: 0, bytesIn: 0 });
+    // A TCP flow of alice's is over the limit too: her empty associations hold its places.
+    const tcp = await rawConnectVia(gw, 'alice', 'pa', echo.port);
+    expect(tcp).toBe(0x02);
+    // bob gets a relay port of the range and is served.
+    const client = await udpSocket(cleanups);
+    const a = await associate(gw, client, cleanups, { auth: { userId: 'bob', password: 'pb' } });
+    expect(a.relay.port).toBeGreaterThanOrEqual(lo);
+    expect(a.relay.port).toBeLessThanOrEqual(lo + 7);
+    const reply = nextReply(client);
+    await sendTo(client, udpFrame('127.0.0.1', echo.port, Buffer.from('bob')), a.relay);
+    expect((await reply).data.toString()).toBe('echo:bob');
+    expect(gw.closed.filter((r) => r.closeReason === 'out-of-relay-ports')).toHaveLength(0);
+  });
+});
+
 describe('limits.udpRelayPorts', () => {
   it('relays are bound inside the range, each association on its own port, and relay a datagram both ways', async () => {
     const { lo, held } = await freePorts();
