@@ -15,6 +15,28 @@ import { HostPatternMap, hostKey, isIpLiteralLike, normalizeHost, normalizeHostF
 import { compilePorts, type PortMatcher, portMatches } from './ports.ts';
 import type { ConnectFacts, Decision, MatchedRule, Mode, PolicySnapshot, Protocol } from './types.ts';
 
+/** The loopback address Linux connects to for the unspecified one, as text and parsed. */
+interface ReachedAddress {
+  readonly text: string;
+  readonly ip: ParsedIp;
+}
+
+const LOOPBACK_V4: ReachedAddress = Object.freeze({ text: '127.0.0.1', ip: Object.freeze({ v4: 0x7f000001, v6: null }) });
+const LOOPBACK_V6: ReachedAddress = Object.freeze({ text: '::1', ip: Object.freeze({ v4: null, v6: Uint8Array.of(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1) }) });
+
+/**
+ * What a connect(2) or sendto(2) to `ip` reaches when it is the unspecified address: Linux takes
+ * `0.0.0.0` (also as `::ffff:0.0.0.0` on a dual-stack socket) for 127.0.0.1 and `::` for ::1
+ * (ip_route_connect, tcp_v6_connect). Null for every other address: one comparison for IPv4.
+ */
+function unspecifiedReaches(ip: ParsedIp): ReachedAddress | null {
+  if (ip.v4 !== null) return ip.v4 === 0 ? LOOPBACK_V4 : null;
+  const b = ip.v6;
+  if (b === null || b[15] !== 0 || b[0] !== 0) return null;
+  for (let i = 1; i < 15; i++) if (b[i] !== 0) return null;
+  return LOOPBACK_V6;
+}
+
 /**
  * One allow entry. Its MatchedRule and allow Decisions are built on first use and then reused for
  * every flow it admits: the allow path allocates nothing, and a reload does not pay for 3 objects
@@ -256,9 +278,24 @@ export function compilePolicy(config: Config, version = 1, opts: CompileOptions 
     return inner === null ? a : Math.max(a, set.longestPrefix(inner));
   }
 
-  /** Why the dialled address is denied, or null when it may be dialled. */
+  /**
+   * Why the dialled address is denied, or null when it may be dialled. The unspecified address is
+   * judged as the loopback address Linux dials for it too (unspecifiedReaches): with
+   * `privateRanges: false` and loopback in deny.cidrs, `0.0.0.0`, `::` and `::ffff:0.0.0.0` reached
+   * this host's loopback services.
+   */
   function denyRange(destIp: string, ip: ParsedIp | null): string | null {
     if (ip === null) return `destination address "${destIp}" is not an IP address`;
+    const why = rangeRefusal(destIp, ip);
+    if (why !== null) return why;
+    const reached = unspecifiedReaches(ip);
+    if (reached === null) return null;
+    const asDialled = rangeRefusal(reached.text, reached.ip);
+    return asDialled === null ? null : `${asDialled} (${destIp} is dialled as ${reached.text}: the unspecified address reaches this host)`;
+  }
+
+  /** denyRange's judgement of one address as written. */
+  function rangeRefusal(destIp: string, ip: ParsedIp): string | null {
     // Plain IPv4 and IPv4-mapped carry v4; other IPv6 forms may embed one (NAT64, 6to4, Teredo).
     const n = ip.v4 === null ? embeddedIPv4(ip.v6!) : null;
     const label = !privateRanges ? null : ip.v4 !== null ? classifyIPv4Number(ip.v4) : classifyIPv6(ip.v6!);
