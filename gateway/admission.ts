@@ -272,8 +272,10 @@ export async function admitDestination(ctx: GatewayContext, flow: RoutedFlow, de
   const decision = snapshot.decide(factsOf(flow, flow.protocol, destHost, destPort, ip), ctx.flows.now(), override);
   if (decision.verdict === 'block') return { ok: false, decision, reject: mapDecision(decision), reason: decision.reasons.join('; '), ip };
   if (!ip) {
+    // The policy's word on the name stays its record's (allow, or monitor mode's would-block), as a
+    // new flow's does when its lookup fails (refuseCode after step 7).
     const code = dnsError ?? 'EGW_DNS_FAILED';
-    return { ok: false, decision: null, reject: mapError(code), reason: `${destHost} did not resolve (${code})`, ip: null };
+    return { ok: false, decision, reject: mapError(code), reason: `${destHost} did not resolve (${code})`, ip: null };
   }
   // Step 8 for this destination: a later destination must not get past what a new flow would meet.
   // As for a new flow, not reached when policy refuses the destination (monitor mode's would-block).
