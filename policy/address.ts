@@ -183,17 +183,31 @@ export function embeddedIPv4(bytes: Uint8Array): number | null {
  * 0.0.0.0/8 is the zero padding of another layout, not an address: it is passed over.
  */
 function classifyLocalUseNat64(b: Uint8Array): AddressRange | null {
-  const layouts = [
+  for (const n of localUseNat64Layouts(b)) {
+    const range = classifyIPv4Number(n);
+    if (range !== null && range !== 'unspecified') return range;
+  }
+  return null;
+}
+
+/** The IPv4 address under each RFC 6052 layout of a local-use NAT64 address (see above): /48, /56, /64, /96. */
+function localUseNat64Layouts(b: Uint8Array): number[] {
+  return [
     ((b[6]! << 24) | (b[7]! << 16) | (b[9]! << 8) | b[10]!) >>> 0, // /48
     ((b[7]! << 24) | (b[9]! << 16) | (b[10]! << 8) | b[11]!) >>> 0, // /56
     ((b[9]! << 24) | (b[10]! << 16) | (b[11]! << 8) | b[12]!) >>> 0, // /64
     u32(b, 12), // /96
   ];
-  for (const n of layouts) {
-    const range = classifyIPv4Number(n);
-    if (range !== null && range !== 'unspecified') return range;
-  }
-  return null;
+}
+
+/**
+ * The IPv4 addresses a local-use NAT64 address (64:ff9b:1::/48) may carry, one per layout its
+ * translator may use, the 0.0.0.0/8 readings (another layout's zero padding) left out; null for any
+ * other address. deny.cidrs is matched against each, as classifyIPv6 classifies each (fail closed).
+ */
+export function localUseNat64IPv4s(b: Uint8Array): number[] | null {
+  if (!isLocalUseNat64(b)) return null;
+  return localUseNat64Layouts(b).filter((n) => n >>> 24 !== 0);
 }
 
 function isLocalUseNat64(b: Uint8Array): boolean {

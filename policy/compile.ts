@@ -8,7 +8,7 @@
  *   allow path allocates nothing;
  * - deny.cidrs and allowRanges as CidrMaps (longest prefix decides between them).
  */
-import { canonicalIPv6, classifyIPv4Number, classifyIPv6, embeddedIPv4, parseIPv4 } from './address.ts';
+import { canonicalIPv6, classifyIPv4Number, classifyIPv6, embeddedIPv4, localUseNat64IPv4s, parseIPv4 } from './address.ts';
 import { CidrMap, compileCidrSet, type ParsedIp, parseCidr, parseIp } from './cidr.ts';
 import type { AllowEntry, Config } from './config.ts';
 import { HostPatternMap, hostKey, isIpLiteralLike, normalizeHost, normalizeHostFast, parseHostPattern } from './host-pattern.ts';
@@ -294,6 +294,21 @@ export function compilePolicy(config: Config, version = 1, opts: CompileOptions 
     return asDialled === null ? null : `${asDialled} (${destIp} is dialled as ${reached.text}: the unspecified address reaches this host)`;
   }
 
+  /**
+   * The longest deny.cidrs prefix holding an IPv4 address a local-use NAT64 destination may carry
+   * (localUseNat64IPv4s: every RFC 6052 layout, as privateRanges classifies it), or -1. `inner`
+   * reads the /48 layout only: a /96 translator's 64:ff9b:1:abcd::a9fe:a9fe went past a deny.cidrs
+   * 169.254.169.254/32 that privateRanges refused. Nothing is done for any other address.
+   */
+  function localUseDenyLen(ip: ParsedIp): number {
+    if (ip.v4 !== null || ip.v6 === null || denyCidrs.size === 0) return -1;
+    const carried = localUseNat64IPv4s(ip.v6);
+    if (carried === null) return -1;
+    let len = -1;
+    for (const v4 of carried) len = Math.max(len, denyCidrs.longestPrefix({ v4, v6: null }));
+    return len;
+  }
+
   /** denyRange's judgement of one address as written. */
   function rangeRefusal(destIp: string, ip: ParsedIp): string | null {
     // Plain IPv4 and IPv4-mapped carry v4; other IPv6 forms may embed one (NAT64, 6to4, Teredo).
@@ -302,7 +317,7 @@ export function compilePolicy(config: Config, version = 1, opts: CompileOptions 
     if (label === null && denyCidrs.size === 0) return null;
     const inner: ParsedIp | null = n === null ? null : { v4: n, v6: null };
     const allowLen = longest(allowRanges, ip, inner);
-    const denyLen = longest(denyCidrs, ip, inner);
+    const denyLen = Math.max(longest(denyCidrs, ip, inner), localUseDenyLen(ip));
     // A deny.cidrs entry at least as specific as the allowRanges exception still denies (the
     // precedence surprise of smokescreen #236 is avoided: the most specific rule wins).
     if (denyLen >= 0 && denyLen >= allowLen) return `destination address ${destIp} is in deny.cidrs`;
