@@ -38,6 +38,15 @@ function unspecifiedReaches(ip: ParsedIp): ReachedAddress | null {
 }
 
 /**
+ * A prefix length matched for `ip` on IPv6's scale: an IPv4 prefix counts as the IPv4-mapped one
+ * (96 more bits), so lengths matched for an address and for the IPv4 it embeds compare by how many
+ * addresses each names. -1 (no match) stays -1.
+ */
+function asV6Prefix(len: number, ip: ParsedIp): number {
+  return len < 0 || ip.v4 === null ? len : len + 96;
+}
+
+/**
  * One allow entry. Its MatchedRule and allow Decisions are built on first use and then reused for
  * every flow it admits: the allow path allocates nothing, and a reload does not pay for 3 objects
  * per entry that most entries never need.
@@ -271,11 +280,16 @@ export function compilePolicy(config: Config, version = 1, opts: CompileOptions 
     return 'monitor';
   }
 
-  /** Longest prefix of `set` containing the address as dialled or the IPv4 it embeds. */
+  /**
+   * Longest prefix of `set` containing the address as dialled or the IPv4 it embeds, on IPv6's scale
+   * (asV6Prefix): an IPv4 /32 names one address, as an IPv6 /128 does, so `deny.cidrs:
+   * [169.254.169.254/32]` is more specific than `allowRanges: [64:ff9b::/96]` for
+   * 64:ff9b::a9fe:a9fe. Compared as written (32 against 96) the allowRanges entry won it. -1: none.
+   */
   function longest(set: CidrMap<string>, ip: ParsedIp, inner: ParsedIp | null): number {
     if (set.size === 0) return -1;
-    const a = set.longestPrefix(ip);
-    return inner === null ? a : Math.max(a, set.longestPrefix(inner));
+    const a = asV6Prefix(set.longestPrefix(ip), ip);
+    return inner === null ? a : Math.max(a, asV6Prefix(set.longestPrefix(inner), inner));
   }
 
   /**
@@ -296,7 +310,8 @@ export function compilePolicy(config: Config, version = 1, opts: CompileOptions 
 
   /**
    * The longest deny.cidrs prefix holding an IPv4 address a local-use NAT64 destination may carry
-   * (localUseNat64IPv4s: every RFC 6052 layout, as privateRanges classifies it), or -1. `inner`
+   * (localUseNat64IPv4s: every RFC 6052 layout, as privateRanges classifies it), on IPv6's scale
+   * (asV6Prefix), or -1. `inner`
    * reads the /48 layout only: a /96 translator's 64:ff9b:1:abcd::a9fe:a9fe went past a deny.cidrs
    * 169.254.169.254/32 that privateRanges refused. Nothing is done for any other address.
    */
@@ -306,7 +321,7 @@ export function compilePolicy(config: Config, version = 1, opts: CompileOptions 
     if (carried === null) return -1;
     let len = -1;
     for (const v4 of carried) len = Math.max(len, denyCidrs.longestPrefix({ v4, v6: null }));
-    return len;
+    return len < 0 ? -1 : len + 96;
   }
 
   /** denyRange's judgement of one address as written. */

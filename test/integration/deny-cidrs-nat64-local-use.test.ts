@@ -72,3 +72,29 @@ describe('169.254.169.254/32 in deny.cidrs, privateRanges off: a local-use NAT64
     });
   }
 });
+
+// An IPv4 /32 in deny.cidrs names one address, as an IPv6 /128 does: it outranks an allowRanges
+// exception for the whole NAT64 prefix (/96). Compared as written (32 against 96), the exception won
+// and CONNECT [64:ff9b::a9fe:a9fe] was admitted and dialled (502 `unreachable` here, no NAT64 route).
+describe('allowRanges 64:ff9b::/96 with 169.254.169.254/32 in deny.cidrs', () => {
+  let wide: TestGateway;
+  beforeAll(async () => {
+    wide = await startTestGateway({ allowRanges: ['64:ff9b::/96'], deny: { privateRanges: true, cidrs: ['169.254.169.254/32'] } });
+  });
+  afterAll(async () => {
+    await wide?.stop();
+  });
+
+  it('CONNECT [64:ff9b::a9fe:a9fe]: 403 deny-range, the more specific deny entry wins', async () => {
+    const ip = '64:ff9b::a9fe:a9fe';
+    const s = await rawConnect(wide.httpPort);
+    s.on('error', () => undefined);
+    s.write(`CONNECT [${ip}]:${PORT} HTTP/1.1\r\nHost: [${ip}]:${PORT}\r\n\r\n`);
+    const head = (await readUntil(s, '\r\n\r\n')).toString('latin1');
+    s.destroy();
+    expect(head).toMatch(/^HTTP\/1\.1 403 /);
+    const rec = await wide.waitForClosed((r) => r.destination.host === ip);
+    expect([rec.verdict, rec.reason, rec.bytesOut]).toEqual(['block', 'deny-range', 0]);
+    expect(rec.reasons.join(' ')).toContain('is in deny.cidrs');
+  });
+});

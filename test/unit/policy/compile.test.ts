@@ -132,6 +132,10 @@ describe('decide: deny-range', () => {
     ['deny.cidrs more specific than allowRanges', '10.0.0.5', { deny: { privateRanges: true, cidrs: ['10.0.0.5/32'] }, allowRanges: ['10.0.0.0/8'] }, 'block'],
     ['allowRanges more specific than deny.cidrs', '10.0.0.5', { deny: { privateRanges: true, cidrs: ['10.0.0.0/8'] }, allowRanges: ['10.0.0.5/32'] }, 'allow'],
     ['deny.cidrs via nat64', '64:ff9b::5db8:d822', { deny: { privateRanges: true, cidrs: ['93.184.216.0/24'] } }, 'block'],
+    // Specificity across families: an IPv4 /32 names one address, as an IPv6 /128 does.
+    ['deny.cidrs v4 /32 beats allowRanges nat64 /96', '64:ff9b::a9fe:a9fe', { deny: { privateRanges: true, cidrs: ['169.254.169.254/32'] }, allowRanges: ['64:ff9b::/96'] }, 'block'],
+    ['allowRanges v4 /32 beats deny.cidrs nat64 /96', '64:ff9b::a00:5', { deny: { privateRanges: true, cidrs: ['64:ff9b::/96'] }, allowRanges: ['10.0.0.5/32'] }, 'allow'],
+    ['deny.cidrs nat64 /120 beats allowRanges v4 /8', '64:ff9b::a00:5', { deny: { privateRanges: true, cidrs: ['64:ff9b::a00:0/120'] }, allowRanges: ['10.0.0.0/8'] }, 'block'],
   ];
   it.each(table)('%s', (_name, ip, patch, verdict) => {
     const s = compilePolicy(config(patch));
