@@ -32,6 +32,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { admitAlternate, failFlow } from '../admission.ts';
 import { GatewayError } from '../errors.ts';
+import { bareLineFeedAt } from '../protocol/http-line-ends.ts';
 import type { Flow } from '../flow/flow.ts';
 import { tunnel } from '../flow/tunnel.ts';
 import { mapError } from '../reject.ts';
@@ -80,6 +81,8 @@ function readResponseHead(socket: Socket, maxBytes: number, timeoutMs: number, c
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    /** Bytes already checked for a bare LF: each is looked at once however the head is cut. */
+    let checked = 0;
     const timer = setTimeout(() => done(new GatewayError('EGW_DIAL_TIMEOUT', 'origin did not answer the upgrade')), timeoutMs);
     const done = (err: Error | null, value?: { head: string; rest: Buffer }): void => {
       clearTimeout(timer);
@@ -100,6 +103,13 @@ function readResponseHead(socket: Socket, maxBytes: number, timeoutMs: number, c
       size += chunk.length;
       const all = chunks.length === 1 ? chunk : Buffer.concat(chunks, size);
       const end = all.indexOf('\r\n\r\n');
+      // A bare LF in the head (never in what follows it: the tunnel's or the body's bytes) is refused
+      // at once, as llhttp refuses it on the absolute-URI paths; its CRLFCRLF would never come.
+      if (bareLineFeedAt(all, checked, end < 0 ? size : end + 4) !== -1) {
+        done(new GatewayError('EGW_UPSTREAM_BAD_RESPONSE', 'origin answered the upgrade with a bare LF line end'));
+        return;
+      }
+      checked = size;
       if (end < 0) {
         if (size > maxBytes) done(new GatewayError('EGW_UPSTREAM_BAD_RESPONSE', 'origin response head too large'));
         return;

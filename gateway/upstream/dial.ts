@@ -6,6 +6,7 @@
 import { connect, type Socket } from 'node:net';
 import { dialErrorCode, GatewayError, type GatewayErrorCode, isOwnShortage } from '../errors.ts';
 import { type ParentEndpoint, type ParentLogin, parseParentUrl } from '../../policy/upstream-url.ts';
+import { bareLineFeedAt } from '../protocol/http-line-ends.ts';
 import { type HandshakeWords, readHandshake } from './handshake.ts';
 import { socks5ParentHandshake } from './socks5-parent.ts';
 import { type DiallingSocket, type Flow, KILLED_WHILE_DIALLING } from '../flow/flow.ts';
@@ -367,14 +368,22 @@ async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> 
   socket.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\nVia: ${target.via}\r\n${parent.authorization}\r\n`);
   // Where the head being read starts: after the interim (1xx) heads already skipped.
   let at = 0;
+  /** Bytes of the answer already checked for a bare LF (each once, however it is cut). */
+  let checked = 0;
   return readHandshake(socket, remainingMs(deadline), parent.words, (received) => {
     for (;;) {
       const end = received.indexOf('\r\n\r\n', at);
+      // Not HTTP at all (another service on the parent's port: an SSH or SMTP banner, a Redis
+      // error line, TLS): refused as soon as its first bytes or first line say so. Waiting for a
+      // head that never ends made it the destination's 504 connect-timeout at the deadline.
+      if (end === -1 && !mayBeStatusLine(received, at)) throw new GatewayError('EGW_UPSTREAM_PROXY', `${parent.label} answered with another protocol than HTTP/1.x`);
+      // A bare LF in a head (RFC 9112 §2.2 lets us refuse it, as llhttp does on the absolute-URI
+      // paths): its CRLFCRLF never comes (504 at the deadline), or a CRLFCRLF later made a 200 of
+      // `HTTP/1.1 200 OK\nX: y\r\n\r\n`. Never looked for past the final head: those are the destination's.
+      const headEnd = end === -1 ? received.length : end + 4;
+      if (bareLineFeedAt(received, Math.max(at, checked), headEnd) !== -1) throw new GatewayError('EGW_UPSTREAM_PROXY', `${parent.label} answered with a bare LF line end`);
+      checked = headEnd;
       if (end === -1) {
-        // Not HTTP at all (another service on the parent's port: an SSH or SMTP banner, a Redis
-        // error line, TLS): refused as soon as its first bytes or first line say so. Waiting for a
-        // head that never ends made it the destination's 504 connect-timeout at the deadline.
-        if (!mayBeStatusLine(received, at)) throw new GatewayError('EGW_UPSTREAM_PROXY', `${parent.label} answered with another protocol than HTTP/1.x`);
         // Interim heads count towards the one limit: a parent dripping 1xx is cut by the bytes it
         // sent here, or by the dial's deadline (readHandshake's one timer, never re-armed).
         if (received.length > MAX_PARENT_HEAD_BYTES) throw new GatewayError('EGW_UPSTREAM_PROXY', `${parent.label}: response head too large`);

@@ -34,6 +34,13 @@ const ANSWERS: Record<string, string | string[]> = {
   '/many-hints-then-403': `${HINTS.repeat(300)}HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno`,
   // A 100 Continue nobody asked for (the gateway sends no Expect), as undici takes it on the absolute-URI paths.
   '/continue-then-101': 'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nHELLO',
+  // Bare LF line ends (RFC 9112 §2.2: a recipient may refuse them, and llhttp does on the absolute-URI paths).
+  '/bare-lf-101': 'HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\nConnection: Upgrade\n\nHELLO',
+  '/bare-lf-403': 'HTTP/1.1 403 Forbidden\nContent-Length: 2\n\nno',
+  '/bare-lf-last-line': 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\n\nHELLO',
+  '/bare-lf-in-pieces': ['HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket', '\nConnection: Upgrade\n\nHELLO'],
+  // CRLFs cut between writes are whole line ends: a valid answer.
+  '/crlf-in-pieces': ['HTTP/1.1 403 Forbidden\r', '\nContent-Length: 2\r', '\n\r', '\nno'],
 };
 
 let gw: TestGateway;
@@ -79,14 +86,15 @@ afterAll(async () => {
 /**
  * Send an Upgrade for `path` and read everything until the gateway closes the connection (10 s at
  * most); `after(s, read)` runs first, with what has come so far, and may end the client's side.
+ * `opts.early`: bytes sent right behind its head.
  */
-async function upgrade(path: string, after?: (s: Socket, read: () => string) => Promise<void>): Promise<string> {
+async function upgrade(path: string, after?: (s: Socket, read: () => string) => Promise<void>, opts: { early?: string } = {}): Promise<string> {
   const s = await rawConnect(gw.httpPort);
   const chunks: Buffer[] = [];
   s.on('data', (c: Buffer) => chunks.push(c));
   s.on('error', () => undefined);
   const closed = once(s, 'close');
-  s.write(`GET http://${o}${path} HTTP/1.1\r\nHost: ${o}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`);
+  s.write(`GET http://${o}${path} HTTP/1.1\r\nHost: ${o}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n${opts.early ?? ''}`);
   await after?.(s, () => Buffer.concat(chunks).toString('latin1'));
   const timer = setTimeout(() => s.destroy(new Error('no close within 10 s')), 10_000);
   try {
@@ -175,5 +183,30 @@ describe('interim answers before the final one', () => {
     expect(got).not.toContain('HELLO');
     const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
     expect(rec).toMatchObject({ closeReason: 'upstream-bad-response', bytesIn: 0 });
+  });
+});
+
+// Regression: a head with bare LF line ends was waited on for its CRLFCRLF: with idleTimeoutMs 3,000
+// the client got 504 connect-timeout at 3,087 ms (a 101) and 3,003 ms (a 403), where the absolute-URI
+// paths answer the same head 502 upstream-bad-response at once. Now 502 as soon as the bare LF is seen.
+describe('an answer head with bare LF line ends', () => {
+  for (const path of ['/bare-lf-101', '/bare-lf-403', '/bare-lf-last-line', '/bare-lf-in-pieces']) {
+    it(`${path}: 502 upstream-bad-response at once, nothing of it relayed, no tunnel`, async () => {
+      const before = gw.closed.length;
+      const got = await upgrade(path, undefined, { early: 'early' });
+      expect(got, path).toMatch(/^HTTP\/1\.1 502 /);
+      expect(jsonBody(got)['reason'], path).toBe('upstream-bad-response');
+      expect(got, path).not.toMatch(/HELLO|Forbidden/);
+      const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+      expect(rec, path).toMatchObject({ closeReason: 'upstream-bad-response', bytesIn: 0, bytesOut: 0 });
+    });
+  }
+
+  it('CRLFs cut between the origin\'s writes are line ends: the 403 is relayed', async () => {
+    const before = gw.closed.length;
+    const got = await upgrade('/crlf-in-pieces');
+    expect(got).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n[\s\S]*\r\n\r\nno$/);
+    const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+    expect(rec).toMatchObject({ closeReason: 'closed', bytesIn: 2 });
   });
 });

@@ -10,10 +10,15 @@ import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { jsonBody, rawConnect, rawExchange } from './http-harness.ts';
 import { readBytes } from './socks5-harness.ts';
 
-/** What the service on the parent's port sends: on accept, or once our CONNECT head has arrived. */
+/**
+ * What the service on the parent's port sends: on accept, or once our CONNECT head has arrived;
+ * `pieces`: written 20 ms apart once the head has arrived, the connection ended with the last when `thenEnd`.
+ */
 interface NotHttp {
   onAccept?: Buffer;
   onRequest?: Buffer;
+  pieces?: string[];
+  thenEnd?: boolean;
 }
 
 let service: NotHttp = {};
@@ -27,15 +32,21 @@ beforeAll(async () => {
     sockets.add(s);
     s.once('close', () => sockets.delete(s));
     s.on('error', () => {});
-    const { onAccept, onRequest } = service;
+    const { onAccept, onRequest, pieces, thenEnd } = service;
     if (onAccept) s.write(onAccept);
     let head = '';
     s.on('data', (d: Buffer) => {
       head += d.toString('latin1');
-      if (onRequest && head.includes('\r\n\r\n')) {
-        s.write(onRequest);
-        head = '';
-      }
+      if (!head.includes('\r\n\r\n')) return;
+      head = '';
+      if (onRequest) s.write(onRequest);
+      pieces?.forEach((piece, i) => {
+        setTimeout(() => {
+          if (s.destroyed) return;
+          if (thenEnd && i === pieces.length - 1) s.end(piece, 'latin1');
+          else s.write(piece, 'latin1');
+        }, 20 * i);
+      });
     });
   });
   server.listen(0, '127.0.0.1');
@@ -86,5 +97,41 @@ describe('an http parent that answers in another protocol and stays open', () =>
     const records = [await gw.waitForClosed((r) => r.protocol === 'connect'), await gw.waitForClosed((r) => r.protocol === 'socks5')];
     for (const rec of records) expect([rec.closeReason, rec.upstream, rec.bytesIn, rec.bytesOut]).toEqual(['upstream-proxy', `http://127.0.0.1:${port}`, 0, 0]);
     expect(gw.logs.some((l) => JSON.stringify(l).includes(`parent proxy http://127.0.0.1:${port} answered with another protocol than HTTP/1.x`))).toBe(true);
+  });
+});
+
+// Regression: a head with bare LF line ends was waited on for its CRLFCRLF: with connectTimeoutMs
+// 1,200, `HTTP/1.1 200 Connection established\n\n` got the client 504 connect-timeout at 1,203 ms
+// (a `100 Continue\n\n` before a proper 200: 1,213 ms), recorded as the destination's timeout; and
+// `HTTP/1.1 200 OK\nX-A: b\r\n\r\n` opened the tunnel. The absolute-URI paths refuse such heads from
+// an origin (llhttp): now the parent's are 502 / SOCKS 0x01 upstream-proxy as soon as the LF is seen.
+describe('an http parent whose answer has bare LF line ends', () => {
+  const cases: Array<[string, NotHttp]> = [
+    ['every line', { onRequest: Buffer.from('HTTP/1.1 200 Connection established\n\n') }],
+    ['the status line only, CRLFCRLF after it', { onRequest: Buffer.from('HTTP/1.1 200 OK\nX-A: b\r\n\r\n') }],
+    ['a 1xx before a proper 200', { onRequest: Buffer.from('HTTP/1.1 100 Continue\n\nHTTP/1.1 200 OK\r\n\r\n') }],
+    ['the last line, in a later segment', { pieces: ['HTTP/1.1 200 OK\r\nVia: 1.1 p\r\n', 'X-A: b\n\n'] }],
+  ];
+  it.each(cases)('%s: CONNECT 502 and SOCKS5 0x01 upstream-proxy at once', async (_name, what) => {
+    service = what;
+    gw = await startTestGateway({ upstream: `http://127.0.0.1:${port}`, limits: { connectTimeoutMs: 20_000 } });
+
+    const { response } = await rawExchange(gw.httpPort, 'CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n', 5000);
+    expect(response.split('\r\n')[0]).toBe('HTTP/1.1 502 Bad Gateway');
+    expect(jsonBody(response).reason).toBe('upstream-proxy');
+    expect(await socksReply(gw)).toBe(0x01);
+
+    const records = [await gw.waitForClosed((r) => r.protocol === 'connect'), await gw.waitForClosed((r) => r.protocol === 'socks5')];
+    for (const rec of records) expect([rec.closeReason, rec.upstream, rec.bytesIn, rec.bytesOut]).toEqual(['upstream-proxy', `http://127.0.0.1:${port}`, 0, 0]);
+    expect(gw.logs.some((l) => JSON.stringify(l).includes(`parent proxy http://127.0.0.1:${port} answered with a bare LF line end`))).toBe(true);
+  });
+
+  it('CRLFs cut between segments are line ends: the tunnel opens and carries what follows the head', async () => {
+    service = { pieces: ['HTTP/1.1 200 OK\r', '\nVia: 1.1 p\r', '\n\r', '\nhi'], thenEnd: true };
+    gw = await startTestGateway({ upstream: `http://127.0.0.1:${port}`, limits: { connectTimeoutMs: 20_000 } });
+    const { response } = await rawExchange(gw.httpPort, 'CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n', 5000);
+    expect(response).toMatch(/^HTTP\/1\.1 200 [\s\S]*\r\n\r\nhi$/);
+    const rec = await gw.waitForClosed((r) => r.protocol === 'connect');
+    expect(rec).toMatchObject({ closeReason: 'closed', bytesIn: 2, bytesOut: 0 });
   });
 });
