@@ -42,7 +42,7 @@ import { earlierResponses, holdClient, isBehindLastAnswer, outlastsEarlierRespon
 import { ChunkedEnd } from './http-chunked-end.ts';
 import { finGraceMs, resetOrDestroy } from './http-connection-state.ts';
 import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './http-interim.ts';
-import { forwardRequestHeaders, forwardResponseHeaders, INVALID_FIELD_CHAR, relayedStatusText, serialiseRequestHead, splitHeaderLine, viaFor } from './http-headers.ts';
+import { dropContentLength, forwardRequestHeaders, forwardResponseHeaders, INVALID_FIELD_CHAR, relayedStatusText, serialiseRequestHead, splitHeaderLine, viaFor } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
 import { refusalDetails, writeRawRefusal } from './http-refusal.ts';
 import { hostHeaderFor, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
@@ -397,6 +397,9 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
     return;
   }
   const headersOut = forwardResponseHeaders(parsed.headers, { keepFraming: true, via: viaFor(ctx.via, 1, parsed.minor) });
+  // RFC 9110 §8.6: a 204 carries no Content-Length (a 304's stands for the representation: kept),
+  // as on the absolute-URI paths; its body is none either way (declinedBodyLength).
+  if (parsed.status === 204) dropContentLength(headersOut);
   headersOut.push('connection', 'close');
   socket.write(serialiseResponseHead(parsed, headersOut), 'latin1');
   relayRefusedUpgrade(state, flow, socket, upstream, answer.rest, bodyLength, limits);

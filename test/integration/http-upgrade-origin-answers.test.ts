@@ -41,6 +41,10 @@ const ANSWERS: Record<string, string | string[]> = {
   '/bare-lf-in-pieces': ['HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket', '\nConnection: Upgrade\n\nHELLO'],
   // CRLFs cut between writes are whole line ends: a valid answer.
   '/crlf-in-pieces': ['HTTP/1.1 403 Forbidden\r', '\nContent-Length: 2\r', '\n\r', '\nno'],
+  // A 204 says no Content-Length (RFC 9110 §8.6); the bytes after its head are no body of it.
+  '/204-length-2': 'HTTP/1.1 204 No Content\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok',
+  '/204-length-0': 'HTTP/1.1 204 No Content\r\nX-A: b\r\ncontent-length: 0\r\n\r\n',
+  '/304-length': 'HTTP/1.1 304 Not Modified\r\nContent-Length: 2\r\n\r\n',
 };
 
 let gw: TestGateway;
@@ -208,5 +212,27 @@ describe('an answer head with bare LF line ends', () => {
     expect(got).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n[\s\S]*\r\n\r\nno$/);
     const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
     expect(rec).toMatchObject({ closeReason: 'closed', bytesIn: 2 });
+  });
+});
+
+// Regression: a declined Upgrade's 204 reached the client with the origin's `Content-Length: 2` (or
+// 0), where both absolute-URI paths drop it (RFC 9110 §8.6). A 304 keeps its own (RFC 9110 §15.4.5).
+describe("a declined Upgrade's 204", () => {
+  for (const path of ['/204-length-2', '/204-length-0']) {
+    it(`${path}: relayed without Content-Length, its other fields kept, nothing after its head`, async () => {
+      const before = gw.closed.length;
+      const got = await upgrade(path);
+      expect(got, path).toMatch(/^HTTP\/1\.1 204 /);
+      expect(got, path).not.toMatch(/content-length/i);
+      expect(got, path).toContain('\r\nX-A: b\r\n');
+      expect(got.endsWith('\r\n\r\n'), path).toBe(true);
+      const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+      expect(rec, path).toMatchObject({ closeReason: 'closed', bytesIn: 0, bytesOut: 0 });
+    });
+  }
+
+  it('a 304 keeps its Content-Length', async () => {
+    const got = await upgrade('/304-length');
+    expect(got).toMatch(/^HTTP\/1\.1 304 [\s\S]*\r\nContent-Length: 2\r\n/);
   });
 });
