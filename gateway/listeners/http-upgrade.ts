@@ -3,8 +3,9 @@
  * request, then a raw socket to the checked address (gateway/upstream/dial.ts), our rewritten
  * request head, and the origin's answer:
  * - 1xx interim answers before it (103 Early Hints …): relayed as they come (readFinalAnswer).
- * - `101 Switching Protocols`: its head (hop-by-hop fields removed except Upgrade/Connection, Via
- *   added) goes to the client and both sockets go to the tunnel.
+ * - `101 Switching Protocols` naming in its Upgrade a protocol the request offered (else 502): its
+ *   head (hop-by-hop fields removed except Upgrade/Connection, Via added) goes to the client and both
+ *   sockets go to the tunnel.
  * - anything else: its head (with `Connection: close`) and its body are relayed byte for byte to
  *   the client, and the connection closes when the origin is done: no second request rides on it.
  *
@@ -46,6 +47,7 @@ import { dropContentLength, forwardRequestHeaders, forwardResponseHeaders, INVAL
 import type { HttpListenerState } from './http-proxy.ts';
 import { refusalDetails, writeRawRefusal } from './http-refusal.ts';
 import { hostHeaderFor, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
+import { switchesToOffered } from './http-upgrade-tokens.ts';
 
 export interface ResponseHead {
   status: number;
@@ -330,10 +332,12 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
   // An HTTP/1.0 request's Upgrade is ignored (RFC 9110 §7.8): it goes out as a plain request, and
   // `Connection: close` makes its answer end with the origin's connection (a 1.0 exchange ends there).
   const isPlain = isHttp10(req);
+  /** The protocols offered to the origin: a 101 must switch to one of them (switchesToOffered). */
+  const offered = req.headers.upgrade ?? 'websocket';
   const headers = forwardRequestHeaders(req.rawHeaders, {
     host: hostHeaderFor(target.host, target.port),
     stripped: state.strippedHeaders(snapshot),
-    upgrade: isPlain ? null : (req.headers.upgrade ?? 'websocket'),
+    upgrade: isPlain ? null : offered,
     via: viaFor(ctx.via, req.httpVersionMajor, req.httpVersionMinor),
   });
   if (isPlain) headers.push('connection', 'close');
@@ -373,8 +377,9 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
     }
     return;
   }
-  // A 101 to a request that asked for no upgrade (HTTP/1.0) is not a valid answer.
-  if (parsed.status === 101 && isPlain) {
+  // A 101 to a request that asked for no upgrade (HTTP/1.0) is not a valid answer, nor one that does
+  // not name the protocol it switches to or names one not offered: nothing is tunnelled.
+  if (parsed.status === 101 && (isPlain || !switchesToOffered(parsed.headers, offered))) {
     upstream.destroy();
     const mapping = mapError('EGW_UPSTREAM_BAD_RESPONSE');
     ctx.flows.close(flow, mapping.reason);

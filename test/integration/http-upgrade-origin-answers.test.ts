@@ -45,6 +45,14 @@ const ANSWERS: Record<string, string | string[]> = {
   '/204-length-2': 'HTTP/1.1 204 No Content\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok',
   '/204-length-0': 'HTTP/1.1 204 No Content\r\nX-A: b\r\ncontent-length: 0\r\n\r\n',
   '/304-length': 'HTTP/1.1 304 Not Modified\r\nContent-Length: 2\r\n\r\n',
+  // A 101 must name the protocol it switches to, one the request offered (RFC 9110 §7.8).
+  '/101-no-upgrade': 'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\nHELLO',
+  '/101-empty-upgrade': 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: , \r\nConnection: Upgrade\r\n\r\nHELLO',
+  '/101-h2c': 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nHELLO',
+  '/101-versioned': 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket/13\r\nConnection: Upgrade\r\n\r\nHELLO',
+  '/101-offered-and-not': 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nHELLO',
+  '/101-WebSocket': 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\nHELLO',
+  '/101-irc': 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: irc/6.9\r\nConnection: Upgrade\r\n\r\nHELLO',
 };
 
 let gw: TestGateway;
@@ -90,15 +98,15 @@ afterAll(async () => {
 /**
  * Send an Upgrade for `path` and read everything until the gateway closes the connection (10 s at
  * most); `after(s, read)` runs first, with what has come so far, and may end the client's side.
- * `opts.early`: bytes sent right behind its head.
+ * `opts.offer` is the request's Upgrade value; `opts.early`, bytes sent right behind its head.
  */
-async function upgrade(path: string, after?: (s: Socket, read: () => string) => Promise<void>, opts: { early?: string } = {}): Promise<string> {
+async function upgrade(path: string, after?: (s: Socket, read: () => string) => Promise<void>, opts: { offer?: string; early?: string } = {}): Promise<string> {
   const s = await rawConnect(gw.httpPort);
   const chunks: Buffer[] = [];
   s.on('data', (c: Buffer) => chunks.push(c));
   s.on('error', () => undefined);
   const closed = once(s, 'close');
-  s.write(`GET http://${o}${path} HTTP/1.1\r\nHost: ${o}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n${opts.early ?? ''}`);
+  s.write(`GET http://${o}${path} HTTP/1.1\r\nHost: ${o}\r\nConnection: Upgrade\r\nUpgrade: ${opts.offer ?? 'websocket'}\r\n\r\n${opts.early ?? ''}`);
   await after?.(s, () => Buffer.concat(chunks).toString('latin1'));
   const timer = setTimeout(() => s.destroy(new Error('no close within 10 s')), 10_000);
   try {
@@ -235,4 +243,51 @@ describe("a declined Upgrade's 204", () => {
     const got = await upgrade('/304-length');
     expect(got).toMatch(/^HTTP\/1\.1 304 [\s\S]*\r\nContent-Length: 2\r\n/);
   });
+});
+
+// Regression: a 101 without Upgrade, or naming a protocol the request did not offer, opened the
+// tunnel: the client got the 101 and the origin's `HELLO`, its own `early` and `ping` went to the
+// origin, recorded closed with bytesIn 5, bytesOut 9. RFC 9110 §7.8: a 101 MUST name the protocol(s)
+// it switches to, from those the client listed. Now 502 upstream-bad-response, nothing tunnelled.
+describe('a 101 that does not switch to an offered protocol', () => {
+  const refused: Array<[string, string]> = [
+    ['/101-no-upgrade', 'websocket'],
+    ['/101-empty-upgrade', 'websocket'],
+    ['/101-h2c', 'websocket'],
+    ['/101-versioned', 'websocket'],
+    ['/101-offered-and-not', 'websocket'],
+    ['/101-irc', 'IRC/7, websocket'],
+  ];
+  for (const [path, offer] of refused) {
+    it(`${path} to \`Upgrade: ${offer}\`: 502 upstream-bad-response, nothing tunnelled`, async () => {
+      const before = gw.closed.length;
+      const got = await upgrade(path, undefined, { offer, early: 'early' });
+      expect(got, path).toMatch(/^HTTP\/1\.1 502 /);
+      expect(jsonBody(got)['reason'], path).toBe('upstream-bad-response');
+      expect(got, path).not.toMatch(/HELLO|101/);
+      const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+      expect(rec, path).toMatchObject({ closeReason: 'upstream-bad-response', bytesIn: 0, bytesOut: 0 });
+    });
+  }
+
+  const accepted: Array<[string, string]> = [
+    ['/101-WebSocket', 'websocket'],
+    ['/101-irc', 'h2c, IRC/6.9'],
+  ];
+  for (const [path, offer] of accepted) {
+    it(`${path} to \`Upgrade: ${offer}\` (case aside, the same token): the tunnel opens`, async () => {
+      const before = gw.closed.length;
+      const got = await upgrade(
+        path,
+        async (s, read) => {
+          await until('the first server frame', () => read().endsWith('\r\n\r\nHELLO'));
+          s.end('ping');
+        },
+        { offer, early: 'early' },
+      );
+      expect(got, path).toMatch(/^HTTP\/1\.1 101 /);
+      const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+      expect(rec, path).toMatchObject({ bytesIn: 5, bytesOut: 9 });
+    });
+  }
 });
