@@ -121,7 +121,7 @@ export function streamAlerts(port: ControlPort, request: FastifyRequest, reply: 
     if (opts.detector && ev.alert.detector !== opts.detector) return;
     lastSent = ev.eventId;
     res.write(formatAlertEvent(ev));
-    if (res.writableLength > MAX_BUFFERED_BYTES) cleanup();
+    if (res.writableLength > MAX_BUFFERED_BYTES) cutOff();
   };
   // Subscribing and replaying in the same tick leaves no gap between backlog and live events.
   const unsubscribe = port.subscribeAlerts(send);
@@ -139,8 +139,16 @@ export function streamAlerts(port: ControlPort, request: FastifyRequest, reply: 
     res.off('error', cleanup);
     opts.open.delete(res);
     if (!res.writableEnded) res.end();
-    // The socket may hold a slow reader's megabyte: drop it rather than wait for it to drain.
+    // An ended stream does not keep its connection for another request.
     if (!res.socket?.destroyed) res.socket?.destroySoon();
+  };
+  // A reader that fell behind: its socket holds the megabyte it did not read, and ending the
+  // response would wait for the reader to take it (destroySoon waits for the drain): one that
+  // never reads held the buffer and the connection for good, out of the stream limits' count.
+  // Destroyed at once; the reader resumes with Last-Event-ID.
+  const cutOff = (): void => {
+    cleanup();
+    res.socket?.destroy();
   };
   request.raw.on('close', cleanup);
   res.on('close', cleanup);
