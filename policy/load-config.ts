@@ -4,10 +4,11 @@
  *
  * 1. parse YAML (or JSON) — syntax errors carry line:column;
  * 2. validate the shape and every value against `CONFIG_SCHEMA` (unknown keys are errors);
- * 3. cross-field checks (roles referenced but not defined, duplicate names);
+ * 3. cross-field checks (roles referenced but not defined, duplicate names and tokens);
  * 4. merge over `defaultConfig()` (objects deeply, lists and scalars replaced) and fill per-item
  *    defaults.
  */
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { CORE_SCHEMA, load, YAMLException } from 'js-yaml';
 import { type Config, defaultConfig, type DetectorConfig } from './config.ts';
@@ -123,7 +124,47 @@ function crossChecks(raw: Record<string, unknown>, errors: ConfigError[]): void 
   uniqueNames(identity['users'], 'identity.users', 'user');
   uniqueNames(identity['agents'], 'identity.agents', 'agent');
   if (isPlainObject(raw['admin'])) uniqueNames(raw['admin']['tokens'], 'admin.tokens', 'token');
+  uniqueTokens(isPlainObject(raw['admin']) ? raw['admin']['tokens'] : undefined, identity['agents'], errors);
   checkRoles(raw['defaultRoles'], 'defaultRoles');
+}
+
+/**
+ * A token (clear or as its sha256) names one principal: the admin API takes the first entry that
+ * matches (admin.tokens in order, then identity.agents), so a second entry with the same token
+ * never authenticates and its scope is not what its holder gets. A read token listed before an
+ * admin one with the same value turned every write of that admin into 403 (and, the API's only
+ * admin token, locked the API until a restart, past the check that one admin token remains).
+ */
+function uniqueTokens(adminTokens: unknown, agents: unknown, errors: ConfigError[]): void {
+  const first = new Map<string, string>();
+  const check = (list: unknown, path: string): void => {
+    if (!Array.isArray(list)) return;
+    list.forEach((item, i) => {
+      if (!isPlainObject(item)) return;
+      const token = item['token'];
+      const sha = item['tokenSha256'];
+      let digest: string;
+      let field: string;
+      if (typeof token === 'string' && token !== '') {
+        digest = createHash('sha256').update(token, 'utf8').digest('hex');
+        field = 'token';
+      } else if (typeof sha === 'string' && /^[0-9a-fA-F]{64}$/.test(sha)) {
+        digest = sha.toLowerCase();
+        field = 'tokenSha256';
+      } else return;
+      const at = joinPath(path, i);
+      const seen = first.get(digest);
+      if (seen === undefined) first.set(digest, at);
+      else {
+        addError(errors, {
+          path: joinPath(at, field),
+          message: `the same token as ${seen}: a token names one principal, and requests with it are ${seen}'s (this entry's scope never applies); give each entry its own token`,
+        });
+      }
+    });
+  };
+  check(adminTokens, 'admin.tokens');
+  check(agents, 'identity.agents');
 }
 
 /**
