@@ -12,12 +12,12 @@
 import type { ServerOptions } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { ControlPort } from '../gateway/control.ts';
 import type { AdminTokenConfig, AgentTokenConfig } from '../policy/config.ts';
-import { type FailureDelayOptions, generateAdminToken, scopeAllows, TokenAuth } from './auth.ts';
+import { type FailureDelayOptions, generateAdminToken, type RequiredScope, scopeAllows, TokenAuth } from './auth.ts';
 import { AdminConnections } from './connection-limit.ts';
-import { installErrorHandlers, sendError } from './errors.ts';
+import { answerClientError, installErrorHandlers, sendError } from './errors.ts';
 import { RouteMethods } from './route-methods.ts';
 import { HostCheck } from './host-check.ts';
 import { OpenApiCollector } from './openapi.ts';
@@ -89,6 +89,15 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
     // mistyped `usr` in an evaluate body was dropped and the dry run answered for nobody).
     ajv: { customOptions: { removeAdditional: false } },
     ...(opts.headerTimeoutMs ? { http: headerTimeoutOptions(opts.headerTimeoutMs()) } : {}),
+    // What the router refuses before any route (a bad percent-escape, a too long path segment) is
+    // answered like a request no route has: the Host check, then a token, then the error, in the
+    // API's shape. fastify's own answered anyone, in its shape.
+    frameworkErrors: (err, request, reply) => {
+      void gate(request, reply, undefined).then((passed) => {
+        if (passed) sendError(reply, err.statusCode === 414 ? 414 : 400, err.statusCode === 414 ? 'uri-too-long' : 'bad-request', err.message);
+      });
+    },
+    clientErrorHandler: answerClientError,
   }).withTypeProvider<TypeBoxTypeProvider>();
   const headerTimeoutMs = opts.headerTimeoutMs;
   if (headerTimeoutMs) {
@@ -147,23 +156,22 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
     app.addContentTypeParser(type, { parseAs: 'string' }, (_request, body, done) => done(null, body));
   }
 
-  // 2. Host name (every route, the token-free ones first of all), authentication and scope
-  app.addHook('onRequest', async (request, reply) => {
+  // 2. Host name (every route, the token-free ones first of all), authentication and scope.
+  // `scope` undefined: a request no route answers, which needs a valid token of any scope.
+  // Resolves false when it has answered the request (421, 429, 401, 403).
+  async function gate(request: FastifyRequest, reply: FastifyReply, scope: RequiredScope | undefined): Promise<boolean> {
     if (!hosts.accepts(request.headers.host, request.socket.localAddress)) {
       hostRefused++;
-      return sendError(reply, 421, 'misdirected-request', 'this admin API does not answer to that Host name (admin.allowedHosts)');
+      sendError(reply, 421, 'misdirected-request', 'this admin API does not answer to that Host name (admin.allowedHosts)');
+      return false;
     }
-    // A request no route answers (then 404 or 405 with Allow) needs a valid token too, of any
-    // scope: without one it is 401 like every other, so an anonymous client learns neither which
-    // paths exist nor which methods they answer (docs/spec-notes.md).
-    const noRoute = request.is404;
-    const scope = noRoute ? undefined : request.routeOptions.config.scope;
-    if (!noRoute && (scope === undefined || scope === 'none')) return;
+    if (scope === 'none') return true;
     const lockedSec = auth.lockedOutFor(request.ip);
     if (lockedSec > 0) {
       // No token is compared while the address is locked out, a good one neither.
       reply.header('retry-after', String(lockedSec));
-      return sendError(reply, 429, 'too-many-requests', 'too many bad tokens from this address; try again later (admin.maxAuthFailuresPerSource)');
+      sendError(reply, 429, 'too-many-requests', 'too many bad tokens from this address; try again later (admin.maxAuthFailuresPerSource)');
+      return false;
     }
     const header = request.headers.authorization;
     const principal = auth.authenticate(header);
@@ -171,15 +179,26 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
       const delayMs = auth.recordFailure(request.ip, header !== undefined);
       if (delayMs > 0) await sleep(delayMs);
       reply.header('www-authenticate', header ? 'Bearer realm="egressgate", error="invalid_token"' : 'Bearer realm="egressgate"');
-      return sendError(reply, 401, 'unauthorized', header ? 'invalid token' : 'a Bearer token is required');
+      sendError(reply, 401, 'unauthorized', header ? 'invalid token' : 'a Bearer token is required');
+      return false;
     }
     auth.recordSuccess(request.ip);
     request.principal = principal;
     if (WRITE_METHODS.has(request.method)) request.policyVersionBefore = port.getPolicy().version;
     if (scope !== undefined && !scopeAllows(principal.scope, scope)) {
       reply.header('www-authenticate', `Bearer realm="egressgate", error="insufficient_scope", scope="${scope}"`);
-      return sendError(reply, 403, 'forbidden', `token ${principal.name} has scope ${principal.scope}; this route needs ${scope}`);
+      sendError(reply, 403, 'forbidden', `token ${principal.name} has scope ${principal.scope}; this route needs ${scope}`);
+      return false;
     }
+    return true;
+  }
+  app.addHook('onRequest', async (request, reply) => {
+    // A request no route answers (then 404 or 405 with Allow) needs a valid token too, of any
+    // scope: without one it is 401 like every other, so an anonymous client learns neither which
+    // paths exist nor which methods they answer (docs/spec-notes.md).
+    const noRoute = request.is404;
+    const scope = noRoute ? undefined : (request.routeOptions.config.scope ?? 'none');
+    await gate(request, reply, scope);
   });
 
   // API answers carry policy and flow data: never cached by a browser or a proxy on the way.

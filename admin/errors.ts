@@ -2,7 +2,10 @@
  * The admin API's one error shape, `{error, message, details?}` (SPEC §6), and the fastify error
  * and not-found handlers that produce it for everything, validation failures included.
  */
+import type { Socket } from 'node:net';
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import { httpDate } from '../gateway/listeners/http-date.ts';
+import { lingerThenDestroy } from '../gateway/listeners/http-refusal.ts';
 import type { RouteMethods } from './route-methods.ts';
 import type { AdminApp } from './types.ts';
 
@@ -15,6 +18,9 @@ export type ErrorCode =
   | 'method-not-allowed'
   | 'precondition-failed'
   | 'payload-too-large'
+  | 'uri-too-long'
+  | 'request-timeout'
+  | 'header-too-large'
   | 'unsupported-media-type'
   | 'invalid-policy'
   | 'too-many-requests'
@@ -49,6 +55,8 @@ function codeForStatus(status: number): ErrorCode {
       return 'precondition-failed';
     case 413:
       return 'payload-too-large';
+    case 414:
+      return 'uri-too-long';
     case 415:
       return 'unsupported-media-type';
     case 421:
@@ -97,4 +105,32 @@ export function installErrorHandlers(app: AdminApp, routes: RouteMethods): void 
     }
     sendError(reply, 404, 'not-found', `no route ${request.method} ${path}`);
   });
+}
+
+/** node's parser errors: status, reason phrase, the API's code and message. */
+const CLIENT_ERRORS: Record<string, readonly [number, string, ErrorCode, string]> = {
+  ERR_HTTP_REQUEST_TIMEOUT: [408, 'Request Timeout', 'request-timeout', 'the request head did not arrive in time (limits.headerTimeoutMs)'],
+  HPE_HEADER_OVERFLOW: [431, 'Request Header Fields Too Large', 'header-too-large', 'the request head is too large'],
+};
+const MALFORMED = [400, 'Bad Request', 'bad-request', 'malformed request'] as const;
+
+/**
+ * The admin listener's answer to what node's parser refuses (fastify `clientErrorHandler`): a
+ * malformed head, one too large, one not complete in time. In the API's error shape with `Date`
+ * and `cache-control: no-store`, the connection closed once the client has read it. fastify's own
+ * answered in its shape (`{"error":"Bad Request","message":"Client Error","statusCode":400}`),
+ * without Date, and destroyed the socket as it wrote.
+ */
+export function answerClientError(err: NodeJS.ErrnoException, socket: Socket): void {
+  if (err.code === 'ECONNRESET' || err.code === 'EPIPE' || socket.destroyed) return;
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const [status, reason, error, message] = CLIENT_ERRORS[err.code ?? ''] ?? MALFORMED;
+  const body = JSON.stringify({ error, message } satisfies ErrorBody);
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\ndate: ${httpDate()}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\nconnection: close\r\n\r\n${body}`,
+  );
+  lingerThenDestroy(socket);
 }
