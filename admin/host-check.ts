@@ -25,6 +25,19 @@ export function isLoopbackAddress(address: string | undefined): boolean {
   return address.startsWith('127.') || address === '::1' || address.startsWith('::ffff:127.');
 }
 
+/**
+ * The warning `serve` prints when the admin API listens on a wildcard or network address (`listening`
+ * as the listening line gives it, `host:port`, IPv6 in brackets), or null on a loopback one. The
+ * API is token-protected either way; the line says it is reachable from other hosts, and, when
+ * admin.allowedHosts is empty, that its token-free routes answer any Host name there (DNS rebinding).
+ */
+export function adminExposureWarning(listening: string, allowedHosts: readonly string[]): string | null {
+  const host = listening.slice(0, listening.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+  if (isLoopbackAddress(host)) return null;
+  const hosts = allowedHosts.length > 0 ? '' : '; admin.allowedHosts is empty, so its token-free routes (/healthz, /readyz, /proxy.pac) answer any Host name there';
+  return `the admin API listens on ${listening}, not a loopback address: it is reachable from other hosts (token required)${hosts}`;
+}
+
 /** The name part of a Host header value (no port, no brackets), or null when it cannot be one. */
 export function hostHeaderName(value: string): string | null {
   const v = value.trim();

@@ -6,6 +6,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
+import { adminExposureWarning } from '../../admin/host-check.ts';
 import { type RunningGateway, startGateway } from '../../main.ts';
 import { defaultConfig } from '../../policy/config.ts';
 import { parseHostPort } from '../../policy/config-schema.ts';
@@ -139,6 +140,8 @@ export async function run(argv: string[]): Promise<number> {
   }
   const flagsWarning = nodeFlagsWarning();
   if (flagsWarning) process.stderr.write(`egressgate: ${flagsWarning}\n`);
+  const exposure = adminExposureWarning(gw.admin, gw.policy.current().config.admin.allowedHosts);
+  if (exposure) process.stderr.write(`egressgate: ${exposure}\n`);
   // 5. signals, before the listening line
   process.on('SIGHUP', () => {
     void gw.reloadFromFile('SIGHUP');

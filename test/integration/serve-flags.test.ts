@@ -55,4 +55,16 @@ describe('egressgate serve: listener flags', () => {
     expect(r.stderr).toMatch(/^egressgate serve: --admin: ":0" is not HOST:PORT/m);
     expect(r.code).toBe(2);
   }, 60_000);
+
+  // The admin API on a wildcard address starts (containers bind it so on purpose), with one line on
+  // stderr saying it is reachable from other hosts; on loopback, no such line. Nothing is sent to it:
+  // serve is killed at its listening line.
+  it('--admin 0.0.0.0:0 starts with a warning that the admin API is reachable from other hosts', async () => {
+    const wide = await serve(['--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '0.0.0.0:0']);
+    expect(wide.stdout).toMatch(/"event":"listening"/);
+    expect(wide.stderr).toMatch(/^egressgate: the admin API listens on 0\.0\.0\.0:\d+, not a loopback address: it is reachable from other hosts \(token required\); admin\.allowedHosts is empty/m);
+    const local = await serve(['--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0']);
+    expect(local.stdout).toMatch(/"event":"listening"/);
+    expect(local.stderr).not.toMatch(/admin API listens/);
+  }, 60_000);
 });

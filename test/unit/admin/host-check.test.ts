@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { HostCheck, hostHeaderName } from '../../../admin/host-check.ts';
+import { adminExposureWarning, HostCheck, hostHeaderName } from '../../../admin/host-check.ts';
 
 describe('HostCheck', () => {
   it('without admin.allowedHosts: any name on a non-loopback arrival (PAC by its served name), loopback names only on a loopback one', () => {
@@ -29,5 +29,15 @@ describe('HostCheck', () => {
     expect(check.accepts('[::1', '10.0.0.5')).toBe(false);
     expect(hostHeaderName('[::1]:9180')).toBe('::1');
     expect(hostHeaderName('example.com')).toBe('example.com');
+  });
+});
+
+describe('adminExposureWarning', () => {
+  it('is null on loopback, a warning on a wildcard or network address, naming allowedHosts only when empty', () => {
+    expect(adminExposureWarning('127.0.0.1:9090', [])).toBeNull();
+    expect(adminExposureWarning('[::1]:9090', [])).toBeNull();
+    expect(adminExposureWarning('0.0.0.0:9090', [])).toMatch(/listens on 0\.0\.0\.0:9090, not a loopback address.*allowedHosts is empty/);
+    expect(adminExposureWarning('[::]:9090', ['gw.example'])).toBe('the admin API listens on [::]:9090, not a loopback address: it is reachable from other hosts (token required)');
+    expect(adminExposureWarning('10.1.2.3:9090', ['*'])).toMatch(/^the admin API listens on 10\.1\.2\.3:9090/);
   });
 });
