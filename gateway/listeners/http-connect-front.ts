@@ -59,7 +59,7 @@ const VERSION_CRLF = Buffer.from(' HTTP/1.1\r\n', 'latin1');
 const kTicket = Symbol('egressgate.arrivalTicket');
 type WaitingSocket = Socket & { [kTicket]?: ArrivalTicket };
 
-/** Content-Length or Transfer-Encoding on a CONNECT: node:http decides what that means. */
+/** Content-Length or Transfer-Encoding on a CONNECT: node:http's path refuses content (connectContentFault) or, at 0, tunnels. */
 const CONNECT_REFUSED: ReadonlySet<string> = new Set(['content-length', 'transfer-encoding']);
 
 /**

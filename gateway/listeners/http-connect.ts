@@ -18,7 +18,7 @@ import { isShedding } from './http-connection-state.ts';
 import type { HttpListenerState, RequestHead } from './http-proxy.ts';
 import { httpDate } from './http-date.ts';
 import { lingerThenDestroy, refusalDetails, writeRawRefusal } from './http-refusal.ts';
-import { hostFieldFault } from './http-target.ts';
+import { connectContentFault, hostFieldFault } from './http-target.ts';
 
 /** The 200 head with its Date, rebuilt only when httpDate() moves on (once a second at most). */
 let establishedDate = '';
@@ -143,9 +143,10 @@ export async function handleConnect(state: HttpListenerState, req: RequestHead, 
     writeRawRefusal(socket, mapError('EGW_BAD_REQUEST'), { flowId: null, isBlock: false });
     return;
   }
-  // Host twice or invalid (RFC 9112 §3.2), or two credentials (http-proxy.ts repeatedCredential):
-  // 400 before admission, no flow, as for a bad target.
-  const repeated = hostFieldFault(req.headers, req.rawHeaders) ?? state.repeatedCredential(req);
+  // Host twice or invalid (RFC 9112 §3.2), content framed on a CONNECT (its bytes would be tunnelled:
+  // connectContentFault), or two credentials (http-proxy.ts repeatedCredential): 400 before
+  // admission, no flow, as for a bad target.
+  const repeated = hostFieldFault(req.headers, req.rawHeaders) ?? connectContentFault(req.headers) ?? state.repeatedCredential(req);
   if (repeated !== null) {
     hold.release();
     ctx.log.warn({ client: req.socket.remoteAddress, why: repeated }, 'bad CONNECT request refused');

@@ -89,6 +89,19 @@ export function hostFieldFault(headers: IncomingHttpHeaders, raw: readonly strin
   return isValidHostField(host) ? null : 'invalid-host';
 }
 
+/**
+ * A CONNECT that frames content (RFC 9110 §9.3.6: a CONNECT request has none): a Transfer-Encoding,
+ * or a Content-Length other than 0. node's parser takes every byte after the head as the tunnel's,
+ * so what the client (or a proxy in front) framed as the request's content reached the destination
+ * as payload: one reader's body is the other's tunnel. Returns the fault's name or null. The CONNECT
+ * front hands such heads to node:http, so only its heads carry these fields.
+ */
+export function connectContentFault(headers: IncomingHttpHeaders): string | null {
+  if (headers['transfer-encoding'] !== undefined) return 'connect-with-transfer-encoding';
+  const length = headers['content-length'];
+  return length === undefined || /^0+$/.test(length) ? null : 'connect-with-content-length';
+}
+
 /** `uri-host [ ":" port ]` (RFC 3986 §3.2.2, §3.2.3): an IP literal in brackets, or a reg-name; empty allowed. */
 const HOST_FIELD = /^(?:\[(?:[0-9A-Fa-f:.]+|[vV][0-9A-Fa-f]+\.[\w.~!$&'()*+,;=:-]+)\]|(?:[\w.~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?$/;
 

@@ -11,7 +11,7 @@ import {
   serialiseRequestHead,
   viaFor,
 } from '../../../gateway/listeners/http-headers.ts';
-import { hostFieldFault, hostHeaderFor, isValidHostField, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from '../../../gateway/listeners/http-target.ts';
+import { connectContentFault, hostFieldFault, hostHeaderFor, isValidHostField, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from '../../../gateway/listeners/http-target.ts';
 
 const NAME = newViaName();
 const VIA_VALUE = NAME.value;
@@ -237,5 +237,15 @@ describe('isValidHostField and hostFieldFault (http-target.ts): RFC 9112 §3.2',
     expect(hostFieldFault({ host: 'a b' }, undefined)).toBe('invalid-host');
     expect(hostFieldFault({ host: 'a' }, ['Host', 'a'])).toBeNull();
     expect(hostFieldFault({}, [])).toBeNull();
+  });
+});
+
+describe('connectContentFault (http-target.ts): RFC 9110 §9.3.6, a CONNECT has no content', () => {
+  it('names a Transfer-Encoding and a Content-Length other than 0; none, or 0, is no fault', () => {
+    expect(connectContentFault({ 'transfer-encoding': 'chunked' })).toBe('connect-with-transfer-encoding');
+    expect(connectContentFault({ 'content-length': '5' })).toBe('connect-with-content-length');
+    expect(connectContentFault({ 'content-length': '0' })).toBeNull();
+    expect(connectContentFault({ 'content-length': '00' })).toBeNull();
+    expect(connectContentFault({ host: 'a:443' })).toBeNull();
   });
 });
