@@ -18,7 +18,7 @@ import { isShedding } from './http-connection-state.ts';
 import type { HttpListenerState, RequestHead } from './http-proxy.ts';
 import { httpDate } from './http-date.ts';
 import { lingerThenDestroy, refusalDetails, writeRawRefusal } from './http-refusal.ts';
-import { connectContentFault, hostFieldFault } from './http-target.ts';
+import { connectContentFault, hostFieldFault, httpVersionFault, shapeRefusalCode } from './http-target.ts';
 
 /** The 200 head with its Date, rebuilt only when httpDate() moves on (once a second at most). */
 let establishedDate = '';
@@ -136,6 +136,15 @@ export async function handleConnect(state: HttpListenerState, req: RequestHead, 
   const owed = earlierResponses(socket);
   if (owed && !(await outlastsEarlierResponses(owed, socket, hold))) return;
   if (isBehindLastAnswer(socket, hold)) return;
+  // `CONNECT host:port HTTP/2.0` (node's parser reads it as HTTP/1): 505 before anything, as on the
+  // absolute-URI paths (smugglingShape). The front's heads are HTTP/1.1.
+  const version = req.httpVersionMajor === undefined ? null : httpVersionFault(req.httpVersionMajor);
+  if (version !== null) {
+    hold.release();
+    ctx.log.warn({ client: req.socket.remoteAddress, why: version }, 'bad CONNECT request refused');
+    writeRawRefusal(socket, mapError(shapeRefusalCode(version)), { flowId: null, isBlock: false });
+    return;
+  }
   const authority = parseAuthority(req.url ?? '', null);
   if (!authority) {
     hold.release();

@@ -19,7 +19,7 @@
  *  4. a second smuggling guard on what node accepted: CL with TE, several CL, a CL past 2^53 − 1,
  *     a TE that is not exactly chunked, Host twice or of invalid syntax → 400 and close (another
  *     coding before a final chunked, `gzip, chunked`, is a coding we do not implement: 501 and
- *     close); HTTP/0.9 → 400.
+ *     close); HTTP/0.9 → 400, `HTTP/2.0` in an HTTP/1 request line → 505 and close.
  *  5. admission (gateway/admission.ts): identify (Proxy-Authorization Basic, trusted identity
  *     headers, host inventory, local process) → a Via naming us (a loop of proxies: 508) → limits → resolve once → self-dial guard → policy →
  *     connect-time detectors. A refusal is answered through gateway/reject.ts and its flow is
@@ -64,6 +64,8 @@ export interface RequestHead {
   readonly headers: IncomingHttpHeaders;
   /** Names and values as received (IncomingMessage); absent on the CONNECT front's heads, which never repeat a name. */
   readonly rawHeaders?: readonly string[];
+  /** The request line's major version (IncomingMessage); absent on the CONNECT front's heads, all HTTP/1.1. */
+  readonly httpVersionMajor?: number;
   readonly socket: Socket;
 }
 

@@ -45,11 +45,12 @@ export function parseAbsoluteTarget(url: string): AbsoluteTarget {
  * no future parser leniency turns into an ambiguous forward. It also refuses what node lets through:
  * a Content-Length that is no safe integer (past 2^53 − 1 undici reads it as a float and forwards it
  * rounded: 9007199254740993 went on as 9007199254740992), and Host twice or with an invalid value
- * (RFC 9112 §3.2: 400; node keeps the first Host). Returns the shape's name or null; shapeRefusalCode
- * gives its status. One pass over the names, lower-casing only those of the two lengths looked for.
+ * (RFC 9112 §3.2: 400; node keeps the first Host), and a request line naming HTTP/2.0, which node's
+ * parser reads as if it were HTTP/1 (httpVersionFault). Returns the shape's name or null;
+ * shapeRefusalCode gives its status. One pass over the names, lower-casing only those of the two lengths looked for.
  */
 export function smugglingShape(req: Pick<IncomingMessage, 'httpVersionMajor' | 'headers' | 'rawHeaders'>): string | null {
-  if (req.httpVersionMajor < 1) return 'http/0.9';
+  if (req.httpVersionMajor !== 1) return httpVersionFault(req.httpVersionMajor);
   const te = req.headers['transfer-encoding'];
   const raw = req.rawHeaders;
   let contentLengths = 0;
@@ -67,6 +68,16 @@ export function smugglingShape(req: Pick<IncomingMessage, 'httpVersionMajor' | '
   if (hosts > 1) return 'duplicate-host';
   if (hosts === 1 && !isValidHostField(req.headers.host ?? '')) return 'invalid-host';
   return null;
+}
+
+/**
+ * The fault of a request line whose version is not HTTP/1.x, by its major version (node's parser
+ * takes 0.9, 1.0, 1.1 and 2.0): HTTP/0.9 (400), or `HTTP/2.0` (505, RFC 9110 §15.6.6: this message
+ * syntax is HTTP/1's; HTTP/2 has its own framing, RFC 9113 §3). Null for HTTP/1.
+ */
+export function httpVersionFault(major: number): string | null {
+  if (major === 1) return null;
+  return major < 1 ? 'http/0.9' : 'http-version-not-supported';
 }
 
 /**
@@ -144,10 +155,12 @@ function isOtherCodingThenChunked(te: string): boolean {
 
 /**
  * The coded failure a smuggling shape is refused with: 501 for a transfer coding the gateway does
- * not implement, 400 for every other shape. Either way the connection closes after it.
+ * not implement, 505 for an HTTP version other than 1.x (not 0.9), 400 for every other shape.
+ * Either way the connection closes after it.
  */
 export function shapeRefusalCode(shape: string): GatewayErrorCode {
-  return shape === 'transfer-coding-not-implemented' ? 'EGW_TRANSFER_CODING' : 'EGW_BAD_REQUEST';
+  if (shape === 'transfer-coding-not-implemented') return 'EGW_TRANSFER_CODING';
+  return shape === 'http-version-not-supported' ? 'EGW_HTTP_VERSION' : 'EGW_BAD_REQUEST';
 }
 
 /** The Host field the origin sees (RFC 9112 §3.2.2): the target's authority, port omitted when 80. */

@@ -11,7 +11,7 @@ import {
   serialiseRequestHead,
   viaFor,
 } from '../../../gateway/listeners/http-headers.ts';
-import { connectContentFault, hostFieldFault, hostHeaderFor, isValidHostField, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from '../../../gateway/listeners/http-target.ts';
+import { connectContentFault, hostFieldFault, hostHeaderFor, httpVersionFault, isValidHostField, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from '../../../gateway/listeners/http-target.ts';
 
 const NAME = newViaName();
 const VIA_VALUE = NAME.value;
@@ -222,6 +222,12 @@ describe('smugglingShape (http-target.ts)', () => {
   });
   it('refuses HTTP/0.9', () => {
     expect(smugglingShape(req([], 0))).toBe('http/0.9');
+  });
+  it('refuses HTTP/2.0 in an HTTP/1 request line: 505', () => {
+    expect(smugglingShape(req([], 2))).toBe('http-version-not-supported');
+    expect(shapeRefusalCode('http-version-not-supported')).toBe('EGW_HTTP_VERSION');
+    expect(shapeRefusalCode('http/0.9')).toBe('EGW_BAD_REQUEST');
+    expect(httpVersionFault(1)).toBeNull();
   });
 });
 
