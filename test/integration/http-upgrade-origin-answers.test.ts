@@ -96,8 +96,8 @@ afterAll(async () => {
 });
 
 /**
- * Send an Upgrade for `path` and read everything until the gateway closes the connection (10 s at
- * most); `after(s, read)` runs first, with what has come so far, and may end the client's side.
+ * Send an Upgrade for `path` and read everything until the gateway closes the connection (20 s at
+ * most: a relay waiting for the origin to close would wait the gateway's 30 s idle timeout); `after(s, read)` runs first, with what has come so far, and may end the client's side.
  * `opts.offer` is the request's Upgrade value; `opts.early`, bytes sent right behind its head.
  */
 async function upgrade(path: string, after?: (s: Socket, read: () => string) => Promise<void>, opts: { offer?: string; early?: string } = {}): Promise<string> {
@@ -108,7 +108,7 @@ async function upgrade(path: string, after?: (s: Socket, read: () => string) => 
   const closed = once(s, 'close');
   s.write(`GET http://${o}${path} HTTP/1.1\r\nHost: ${o}\r\nConnection: Upgrade\r\nUpgrade: ${opts.offer ?? 'websocket'}\r\n\r\n${opts.early ?? ''}`);
   await after?.(s, () => Buffer.concat(chunks).toString('latin1'));
-  const timer = setTimeout(() => s.destroy(new Error('no close within 10 s')), 10_000);
+  const timer = setTimeout(() => s.destroy(new Error('no close within 20 s')), 20_000);
   try {
     await closed;
   } finally {
