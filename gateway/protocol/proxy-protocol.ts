@@ -8,7 +8,7 @@
  *  v1: `PROXY TCP4|TCP6 SRC DST SPORT DPORT\r\n` or `PROXY UNKNOWN …\r\n`, at most 107 bytes.
  *  v2: 12-byte signature, ver/cmd, fam/proto, 16-bit length, addresses, then TLVs (skipped).
  */
-import { formatIPv6 } from '../../policy/address.ts';
+import { canonicalIPv6, formatIPv6 } from '../../policy/address.ts';
 import { isIPv4, isIPv6 } from 'node:net';
 
 /** `LOCAL` (v2 health checks, v1 `UNKNOWN`): keep the real peer. `PROXY`: the addresses are the client's. */
@@ -117,9 +117,13 @@ function parseV1(buf: Buffer): ProxyParse {
   const dstPort = parsePort(dport);
   if (srcPort === null || dstPort === null) return fail('malformed', `v1 ${proto} header has a bad port`);
   const family = proto === 'TCP4' ? 'IPv4' : 'IPv6';
+  // One spelling per address (RFC 5952, as v2's bytes, node's sockets and agents give it): flows,
+  // agent reports, local attribution and a UDP relay's source check all compare the text. Written
+  // `2001:db8:0:0:0:0:0:7` (as Java's getHostAddress does) it was a client no agent report named.
+  const isV4 = proto === 'TCP4';
   return {
     kind: 'header',
-    header: { version: 1, command: 'PROXY', family, transport: 'STREAM', srcIp: src.toLowerCase(), srcPort, dstIp: dst.toLowerCase(), dstPort },
+    header: { version: 1, command: 'PROXY', family, transport: 'STREAM', srcIp: isV4 ? src : canonicalIPv6(src), srcPort, dstIp: isV4 ? dst : canonicalIPv6(dst), dstPort },
     consumed: lf + 1,
   };
 }

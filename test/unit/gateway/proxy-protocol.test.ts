@@ -48,6 +48,12 @@ describe('PROXY header codec: accepted headers', () => {
       ascii('PROXY TCP6 2001:DB8::7 2001:db8::1 65535 0\r\n'),
       { version: 1, command: 'PROXY', family: 'IPv6', srcIp: '2001:db8::7', srcPort: 65535, dstIp: '2001:db8::1', dstPort: 0 },
     ],
+    // Any IPv6 spelling as RFC 5952 writes it, the form flows are known by (agent reports join on it).
+    [
+      'v1 TCP6 uncompressed, leading zeros',
+      ascii('PROXY TCP6 2001:0db8:0:0:0:0:0:0007 0:0:0:0:0:FFFF:7F00:1 4444 443\r\n'),
+      { family: 'IPv6', srcIp: '2001:db8::7', dstIp: '::ffff:127.0.0.1' },
+    ],
     ['v1 UNKNOWN', ascii('PROXY UNKNOWN\r\n'), { version: 1, family: 'UNSPEC', srcIp: null, srcPort: null }],
     ['v1 UNKNOWN with ignored addresses', ascii('PROXY UNKNOWN ffff:: ffff:: 1 2\r\n'), { version: 1, family: 'UNSPEC', srcIp: null }],
     ['v2 IPv4', V2_TCP4, { version: 2, command: 'PROXY', family: 'IPv4', transport: 'STREAM', srcIp: '203.0.113.7', srcPort: 4444, dstIp: '10.0.0.1', dstPort: 443 }],
