@@ -24,8 +24,8 @@ import { unmapIPv4 } from '../policy/address.ts';
 import type { Decision, Mode, PolicySnapshot } from '../policy/types.ts';
 import type { GatewayErrorCode } from './errors.ts';
 import type { GatewayContext } from './context.ts';
-import { attachProcess, attributeLocally, type LocalLookup } from './admission/local-attribution.ts';
-import { isLocalAddress, selfDialDecision } from './admission/self-dial.ts';
+import { attachProcess, attributeLocally, isLocalClient, type LocalLookup } from './admission/local-attribution.ts';
+import { selfDialDecision } from './admission/self-dial.ts';
 import { lookUp, lookUpUntilKilled, NO_ALTERNATES, POLICY_CHANGED } from './admission/lookup.ts';
 import { factsOf, isRefusedUnresolved, knownAddress, runningPolicy, upstreamOf } from './admission/policy-facts.ts';
 import {
@@ -52,6 +52,8 @@ export type { AdmissionRequest, Admitted, ClientWatch, LocalEndpoint, LookedUp, 
 export { lookUp, needsLookUp, refuseLookupsAfterChange } from './admission/lookup.ts';
 export { failFlow, gatewayRefusal, limitRefusal, REFUSAL_RECORDS_HELD, refuseLogin } from './admission/refusals.ts';
 export { isLocalAddress, selfDialDecision } from './admission/self-dial.ts';
+export { clientReached, isLocalClient } from './admission/local-attribution.ts';
+export { type BalancedEndpoints, kBalanced } from './admission/types.ts';
 
 /** Run the connect-time pipeline for one new flow. Never throws. */
 export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise<Admitted | Refused> {
@@ -109,7 +111,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   }
   // 4. local attribution, in parallel with resolution
   const attribution =
-    ctx.attributor && !flow.identity.process && snapshot.config.identity.localAttribution && isLocalAddress(req.claims.clientIp)
+    ctx.attributor && !flow.identity.process && snapshot.config.identity.localAttribution && isLocalClient(req.claims.clientIp, req.control?.server ?? req.server)
       ? attributeLocally(ctx.attributor, req)
       : null;
   // In enforce mode a name no allow entry of these roles can admit is refused before it is looked

@@ -7,7 +7,8 @@ import type { ProcessInfo } from '../../policy/types.ts';
 import type { GatewayContext, ProcessAttributor } from '../context.ts';
 import type { Flow } from '../flow/flow.ts';
 import { clientTransport } from '../flow/flow-table.ts';
-import type { AdmissionRequest } from './types.ts';
+import { isLocalAddress } from './self-dial.ts';
+import { type AdmissionRequest, kBalanced, type LocalEndpoint } from './types.ts';
 
 /**
  * A local lookup: `timely` is what admission waits for (null once the attributor's wait runs out),
@@ -28,12 +29,37 @@ export interface LocalLookup {
 export function attributeLocally(attributor: ProcessAttributor, req: AdmissionRequest): LocalLookup {
   const { clientIp, clientPort } = req.claims;
   const isUdp = req.protocol === 'socks5-udp';
-  const own = lookUpLocal(attributor, clientIp, clientPort, req.server.localAddress ?? '', req.server.localPort ?? 0, isUdp ? 'udp' : 'tcp');
+  const reached = clientReached(req.server);
+  const own = lookUpLocal(attributor, clientIp, clientPort, reached.ip, reached.port, isUdp ? 'udp' : 'tcp');
   const control = isUdp && req.control ? req.control : null;
   if (control === null) return own;
-  const viaControl = lookUpLocal(attributor, clientIp, control.clientPort, control.server.localAddress ?? '', control.server.localPort ?? 0, 'tcp');
+  const controlReached = clientReached(control.server);
+  const viaControl = lookUpLocal(attributor, clientIp, control.clientPort, controlReached.ip, controlReached.port, 'tcp');
   const either = ([p, c]: Array<ProcessInfo | null>): ProcessInfo | null => p ?? c ?? null;
   return { timely: Promise.all([own.timely, viaControl.timely]).then(either), eventual: Promise.all([own.eventual, viaControl.eventual]).then(either) };
+}
+
+/**
+ * Whether the client at `clientIp` is on the gateway's own host, its process to be looked up here.
+ * `server` is its TCP connection to us (a UDP association's control connection): a client a
+ * balancer named by PROXY header is ours only when the balancer is on this host too, since a
+ * loopback or other local-looking address from another host's balancer is that host's.
+ */
+export function isLocalClient(clientIp: string, server: LocalEndpoint): boolean {
+  const balanced = server[kBalanced];
+  return isLocalAddress(clientIp) && (balanced === undefined || isLocalAddress(balanced.balancerIp));
+}
+
+/**
+ * The address and port the client's own socket is connected to: the listener's (the accepted
+ * socket's local end), or, for a client a balancer named, the balancer's front the PROXY header
+ * names. The client's socket is that 4-tuple in the socket tables; the one with this listener's
+ * end is the balancer's (or, on a shared port, an unrelated direct client's).
+ */
+export function clientReached(server: LocalEndpoint): { ip: string; port: number } {
+  const balanced = server[kBalanced];
+  if (balanced !== undefined) return { ip: balanced.reachedIp, port: balanced.reachedPort };
+  return { ip: server.localAddress ?? '', port: server.localPort ?? 0 };
 }
 
 function lookUpLocal(attributor: ProcessAttributor, clientIp: string, clientPort: number, serverIp: string, serverPort: number, proto: 'tcp' | 'udp'): LocalLookup {

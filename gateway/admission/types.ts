@@ -67,6 +67,22 @@ export interface LookedUp {
 export interface LocalEndpoint {
   readonly localAddress?: string | undefined;
   readonly localPort?: number | undefined;
+  /** Set by the PROXY protocol front on a socket whose client a balancer named (kBalanced). */
+  readonly [kBalanced]?: BalancedEndpoints | undefined;
+}
+
+/** The key of what the PROXY protocol front records on a socket a balancer handed over. */
+export const kBalanced: unique symbol = Symbol('egressgate.balanced');
+
+/**
+ * A connection a trusted balancer handed over with a PROXY header naming its client: the balancer's
+ * own address (the socket's real peer), and the address and port the client's socket is connected
+ * to (the header's destination: the balancer's front, not this listener).
+ */
+export interface BalancedEndpoints {
+  readonly balancerIp: string;
+  readonly reachedIp: string;
+  readonly reachedPort: number;
 }
 
 export interface Admitted {

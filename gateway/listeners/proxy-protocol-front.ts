@@ -17,13 +17,16 @@
  *  3. a PROXY command with an IPv4/IPv6 source overrides the socket's remoteAddress / remotePort /
  *     remoteFamily (own properties shadowing net.Socket's getters), so every listener, identity
  *     lookup and flow record sees the original client. LOCAL, UNKNOWN, UNSPEC, UNIX keep the real peer.
- *     localAddress/localPort stay the real ones (self-dial guard, attribution).
+ *     localAddress/localPort stay the real ones (self-dial guard, UDP relays); the header's
+ *     destination and the balancer's address go on the socket under kBalanced: local attribution
+ *     looks up the client's socket to the balancer's front, and only when the balancer is on this host.
  *  4. the bytes read past the header are unshifted, our listeners removed, and the socket is
  *     emitted as a 'connection' of the real server, which reads it as if it had accepted it.
  */
 import { Server, type Socket } from 'node:net';
 import type { Server as TlsServer, TLSSocket } from 'node:tls';
 import { type CidrMap, compileCidrSet } from '../../policy/cidr.ts';
+import { type BalancedEndpoints, kBalanced } from '../admission.ts';
 import type { Logger } from '../context.ts';
 import { clientAddress } from '../identity/client-address.ts';
 import { detectProxySignature, type ProxyHeader, parseProxyHeader } from '../protocol/proxy-protocol.ts';
@@ -119,6 +122,9 @@ export function wrapWithProxyProtocol<S extends Server>(server: S, opts: ProxyPr
       }
       if (header !== null && header.command === 'PROXY' && header.srcIp !== null && header.srcPort !== null) {
         defineRemote(socket, header.srcIp, header.srcPort, header.family === 'IPv6' ? 'IPv6' : 'IPv4');
+        // What local attribution needs of the client's own socket: where it is connected (the
+        // balancer's front), and whether the balancer, whose host the client is on, is on ours.
+        (socket as BalancedSocket)[kBalanced] = { balancerIp: peer.text, reachedIp: header.dstIp ?? '', reachedPort: header.dstPort ?? 0 };
       }
       if (rest.length > 0) socket.unshift(rest);
       // With our 'readable' listener gone, the stream returns to its natural mode on the next
@@ -191,8 +197,13 @@ export function carryRemoteToTls(server: TlsServer): void {
     const raw = (tlsSocket as TLSSocket & { _parent?: Socket | null })._parent;
     if (!raw || raw.remoteAddress === undefined) return;
     defineRemote(tlsSocket, raw.remoteAddress, raw.remotePort ?? 0, raw.remoteFamily === 'IPv6' ? 'IPv6' : 'IPv4');
+    const balanced = (raw as BalancedSocket)[kBalanced];
+    if (balanced !== undefined) (tlsSocket as BalancedSocket)[kBalanced] = balanced;
   });
 }
+
+/** A socket the front handed over with a PROXY header's addresses (see BalancedEndpoints). */
+type BalancedSocket = Socket & { [kBalanced]?: BalancedEndpoints };
 
 /** Make the socket report the original client (own data properties shadow net.Socket's getters). */
 function defineRemote(socket: Socket, ip: string, port: number, family: 'IPv4' | 'IPv6'): void {

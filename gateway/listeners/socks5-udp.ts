@@ -45,7 +45,7 @@
  */
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv4 } from 'node:net';
-import { isLocalAddress } from '../admission.ts';
+import { clientReached, isLocalClient } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow, FlowLeg, RoutedFlow } from '../flow/flow.ts';
 import { identityKey } from '../flow/flow-table.ts';
@@ -137,7 +137,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
    * null once locked, or never used.
    */
   let sourceCheck: SourcePortCheck | null =
-    ctx.attributor?.socketOwners !== undefined && hs.snapshot.config.identity.localAttribution && isLocalAddress(clientIp)
+    ctx.attributor?.socketOwners !== undefined && hs.snapshot.config.identity.localAttribution && isLocalClient(clientIp, socket)
       ? new SourcePortCheck(ownersOf, held, { lock: lockSource, otherUser: onOtherUser, unknown: onOwnerUnknown, shared: onSharedPort })
       : null;
 
@@ -227,7 +227,9 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     if (relay === null || attributor?.socketOwners === undefined) return null;
     const at = relay.address();
     const sockets: Array<{ proto: 'tcp' | 'udp'; clientIp: string; clientPort: number; serverIp: string; serverPort: number }> = ports.map((p) => ({ proto: 'udp', clientIp, clientPort: p, serverIp: at.address, serverPort: at.port }));
-    sockets.push({ proto: 'tcp', clientIp, clientPort: down.clientPort, serverIp: localIp, serverPort: socket.localPort ?? 0 });
+    // The control connection as the client's socket has it: to the balancer's front when one named it.
+    const reached = clientReached(socket);
+    sockets.push({ proto: 'tcp', clientIp, clientPort: down.clientPort, serverIp: reached.ip, serverPort: reached.port });
     const owners = await attributor.socketOwners(sockets);
     if (owners === null) return null;
     const control = owners[ports.length] ?? null;
