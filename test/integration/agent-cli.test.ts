@@ -132,6 +132,33 @@ describe('egressgate agent', () => {
     expect(JSON.parse(down.stdout.trim())).toMatchObject({ delivered: false, gatewayStatus: 0, error: expect.any(String) });
   });
 
+  // Broke: the unit's agent.env example was https://…:9180, a scheme the admin listener does not
+  // speak: every report failed ("fetch failed"), so an agent installed as documented never delivered.
+  it('the EGRESSGATE_GATEWAY that deploy/systemd/egressgate-agent.service documents reaches a real admin listener', async () => {
+    const unit = await readFile(new URL('../../deploy/systemd/egressgate-agent.service', import.meta.url), 'utf8');
+    const documented = /EGRESSGATE_GATEWAY=(\S+)/.exec(unit)?.[1];
+    expect(documented).toBeDefined();
+    const gw = await startTestGateway({ identity: { agents: [testAgent] } });
+    closers.push(() => gw.stop());
+    // The documented URL with the real listener's address in place of the example name and port.
+    const url = new URL(documented!);
+    const real = new URL(gw.adminUrl);
+    url.hostname = real.hostname;
+    url.port = real.port;
+    const idle = createServer();
+    await new Promise<void>((r) => idle.listen(0, GATEWAY_IP, () => r()));
+    closers.push(() => new Promise<void>((r) => idle.close(() => r())));
+    const ports = String((idle.address() as AddressInfo).port);
+    process.env['EGRESSGATE_AGENT_TOKEN'] = AGENT_TOKEN;
+    try {
+      const res = await runCaptured(['--once', '--gateway', url.href.replace(/\/$/, ''), '--host', 'ws-unit', '--gateway-ports', ports, '--gateway-host', GATEWAY_IP]);
+      expect(JSON.parse(res.stdout.trim()), url.href).toMatchObject({ event: 'agent-pass', delivered: true, gatewayStatus: 200 });
+      expect(res.code).toBe(0);
+    } finally {
+      delete process.env['EGRESSGATE_AGENT_TOKEN'];
+    }
+  });
+
   it('takes its token from EGRESSGATE_AGENT_TOKEN when --token is not given (deploy/ passes it so, off the command line)', async () => {
     const gw = await fakeGateway();
     const { listenerPort } = await heldCurl();
