@@ -109,6 +109,17 @@ describe('example policies pass the validator', () => {
     }
   });
 
+  // Broke: monitor.yaml and enforce.yaml carried the hashes of CHANGE-ME-ops (admin scope),
+  // CHANGE-ME-soc and two agent tokens, plaintexts written beside them. Installed as docs/deploy.md
+  // says, a gateway took `Bearer CHANGE-ME-ops` for PUT /v1/mode (enforce -> monitor, 200).
+  it.each(POLICY_FILES)('%s grants no credential (a token in a published file is everyone\'s)', (file) => {
+    const r = loadConfig(read(file));
+    if (!r.ok) throw new Error(`${file} must be valid`);
+    expect(r.config.admin.tokens, file).toEqual([]);
+    expect(r.config.identity.agents, file).toEqual([]);
+    expect(r.config.identity.users, file).toEqual([]);
+  });
+
   it('the container policy writes state and flow logs only to the image volumes', () => {
     const r = loadConfig(read('deploy/examples/container-policy.yaml'));
     if (!r.ok) throw new Error('container policy must be valid');
