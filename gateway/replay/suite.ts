@@ -146,12 +146,17 @@ export function parseFlowLog(text: string, file: string): { connections: ConnSpe
     // false`; in a log without the field, the gateway's own refusals past admission: a parent proxy
     // down, no descriptor, …) is no connection, as the engine folds it. Any other end (closed,
     // client-reset, idle-timeout, …) is replayed as a connection, whatever it carried; a name that
-    // did not resolve as `dns-fail`.
+    // did not resolve as `dns-fail`. A destination's reset before any payload, connected or not, is
+    // a failed attempt (isResetBeforeData), replayed as a dial that failed.
+    const bytesOut = typeof r['bytesOut'] === 'number' ? r['bytesOut'] : 0;
+    const bytesIn = typeof r['bytesIn'] === 'number' ? r['bytesIn'] : 0;
     const dial = outcomeOfUnconnected({
       verdict: 'allow',
       reason: null,
       closeReason,
       destination: { host: dest.host, ip: dest.ip ?? null, port: dest.port },
+      bytesOut,
+      bytesIn,
     });
     const outcome: ConnOutcome =
       closeReason !== null && UNJUDGED.has(closeReason)
@@ -182,8 +187,8 @@ export function parseFlowLog(text: string, file: string): { connections: ConnSpe
       ip: dest.ip ?? null,
       port: dest.port,
       protocol: (r['protocol'] ?? 'connect') as Protocol,
-      bytesOut: typeof r['bytesOut'] === 'number' ? r['bytesOut'] : 0,
-      bytesIn: typeof r['bytesIn'] === 'number' ? r['bytesIn'] : 0,
+      bytesOut,
+      bytesIn,
       outcome,
     });
   }

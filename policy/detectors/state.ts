@@ -158,6 +158,7 @@ export function outcomeOfRefusal(reason: ReasonCode | null, destination: FlowDes
  * The closeReasons that are the destination's answer to a dial (or the parent proxy's word about it:
  * SOCKS5 0x03-0x06): the only ends of a flow that never connected which `an0081.scan` counts as a
  * failed attempt. `connection-refused` is the destination refusing; the others a dial that got no answer.
+ * A destination's reset before any payload is one too (`upstream-reset`, see `isResetBeforeData`).
  */
 const DIAL_FAILURES: ReadonlyMap<string, 'refused' | 'failed'> = new Map([
   ['connection-refused', 'refused'],
@@ -171,6 +172,19 @@ export interface UnconnectedFlow {
   readonly reason: ReasonCode | null;
   readonly closeReason: string | null;
   readonly destination: FlowDestinationView;
+  /** Payload bytes either way (absent: none, as for any flow that never connected). */
+  readonly bytesOut?: number;
+  readonly bytesIn?: number;
+}
+
+/**
+ * The destination reset the connection before any data went either way, during the dial or after it
+ * connected (research D3: "reset before any data" is a failed attempt): a port that accepts and
+ * resets at once answers a scan as a closed one does. A reset after payload moved ends a connection
+ * (an upload cut short is still judged as one).
+ */
+export function isResetBeforeData(flow: Pick<UnconnectedFlow, 'closeReason' | 'bytesOut' | 'bytesIn'>): boolean {
+  return flow.closeReason === 'upstream-reset' && (flow.bytesOut ?? 0) === 0 && (flow.bytesIn ?? 0) === 0;
 }
 
 /**
@@ -179,7 +193,8 @@ export interface UnconnectedFlow {
  * - refused (verdict block) by policy, quarantine or a detector, or in monitor mode relayed as
  *   would-block for one of these: as enforce mode refuses it (`outcomeOfRefusal`), so monitor mode
  *   counts what enforce mode counts and no more (a failed dial to a name enforce mode refuses is none);
- * - else a dial the destination failed (`DIAL_FAILURES`): `refused` / `failed`, a failed attempt;
+ * - else a dial the destination failed (`DIAL_FAILURES`, or its reset before any payload:
+ *   `isResetBeforeData`): `refused` / `failed`, a failed attempt;
  * - else `blocked`, counted nowhere: the gateway or the client ended it before the destination
  *   answered (drain, admin DELETE, the client leaving, a fatal error, the flow log failing, a parent
  *   proxy's own failure, no descriptor left, a Via loop), or there was no address (DNS failed:
@@ -188,6 +203,7 @@ export interface UnconnectedFlow {
 export function outcomeOfUnconnected(flow: UnconnectedFlow): 'refused' | 'failed' | 'denied' | 'blocked' {
   if (flow.verdict !== 'allow') return outcomeOfRefusal(flow.reason, flow.destination);
   if (flow.destination.ip === null || flow.closeReason === null) return 'blocked';
+  if (isResetBeforeData(flow)) return 'failed';
   return DIAL_FAILURES.get(flow.closeReason) ?? 'blocked';
 }
 
@@ -203,12 +219,14 @@ export function isRefusedByPolicy(flow: { readonly verdict: Verdict; readonly re
  * How a flow to one destination is folded once it ended, the rule the engine and the replay share: a
  * flow policy refuses (`isRefusedByPolicy`) is enforce mode's refusal of it, connected or not
  * (`outcomeOfRefusal`: an IP literal is a failed attempt at that address, a name counts nowhere), so
- * monitor mode counts what enforce mode counts; else a connected flow is `closed`, and one that never
- * connected `outcomeOfUnconnected`.
+ * monitor mode counts what enforce mode counts; else a connected flow is `closed` (`failed` when the
+ * destination reset it before any payload: `isResetBeforeData`), and one that never connected
+ * `outcomeOfUnconnected`.
  */
 export function outcomeOfEnded(flow: UnconnectedFlow, isConnected: boolean): 'closed' | 'refused' | 'failed' | 'denied' | 'blocked' {
   if (isRefusedByPolicy(flow)) return outcomeOfRefusal(flow.reason, flow.destination);
-  return isConnected ? 'closed' : outcomeOfUnconnected(flow);
+  if (!isConnected) return outcomeOfUnconnected(flow);
+  return flow.verdict === 'allow' && flow.destination.ip !== null && isResetBeforeData(flow) ? 'failed' : 'closed';
 }
 
 interface TrackedFlow {

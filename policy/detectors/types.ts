@@ -10,7 +10,8 @@ import type { AlertAction, Identity, Protocol, Severity } from '../types.ts';
 /**
  * Where a flow stands, as the detectors see it.
  * - `open`: connected and carrying data; `closed`: finished normally.
- * - `failed`: the upstream dial failed (timeout, reset before data, unreachable; SOCKS 0x03/0x04/0x05).
+ * - `failed`: the upstream dial failed (timeout, unreachable; SOCKS 0x03/0x04/0x05), or the destination
+ *   reset the connection before any data either way, during the dial or after it (`isResetBeforeData`).
  * - `refused`: the destination refused the connection (TCP RST to the SYN).
  * - `denied`: the gateway refused it by policy at admission, to an address it knows (`deny-range`, or
  *   an IP literal not allowlisted): never dialled, but an attempt at that address, which the scan

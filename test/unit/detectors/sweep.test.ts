@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DetectionState, emptyObserveResult, outcomeOfRefusal, outcomeOfUnconnected } from '../../../policy/detectors/state.ts';
+import { DetectionState, emptyObserveResult, outcomeOfEnded, outcomeOfRefusal, outcomeOfUnconnected } from '../../../policy/detectors/state.ts';
 import { identityKeyOf } from '../../../policy/detectors/match.ts';
 import { evaluateSweep } from '../../../policy/detectors/sweep.ts';
 import type { Finding, FlowView } from '../../../policy/detectors/types.ts';
@@ -124,6 +124,8 @@ describe('an0081.scan', () => {
       ['connection-refused', '10.0.0.1', 'refused'],
       ['unreachable', '10.0.0.1', 'failed'],
       ['connect-timeout', '10.0.0.1', 'failed'],
+      // The destination reset the dial before any data (research D3).
+      ['upstream-reset', '10.0.0.1', 'failed'],
       ['dns-failed', null, 'blocked'],
       ['connect-timeout', null, 'blocked'],
       ['upstream-proxy', '10.0.0.1', 'blocked'],
@@ -146,6 +148,15 @@ describe('an0081.scan', () => {
     expect(outcomeOfUnconnected({ verdict: 'would-block', reason: 'not-allowlisted', closeReason: 'connection-refused', destination: destination('10.0.0.1') })).toBe('blocked');
     expect(outcomeOfUnconnected({ verdict: 'would-block', reason: 'quarantine', closeReason: 'connect-timeout', destination: destination('10.0.0.1') })).toBe('blocked');
     expect(outcomeOfUnconnected({ verdict: 'would-block', reason: 'deny-range', closeReason: 'connection-refused', destination: destination('10.0.0.1') })).toBe('denied');
+  });
+  it('outcomeOfEnded: a connected flow the destination reset before any payload is a failed attempt', () => {
+    const flow = (closeReason: string, bytesOut: number, bytesIn: number) => ({ verdict: 'allow' as const, reason: 'allowed' as const, closeReason, destination: { host: 'svc.example', ip: '10.0.0.1', port: 80 }, bytesOut, bytesIn });
+    expect(outcomeOfEnded(flow('upstream-reset', 0, 0), true)).toBe('failed');
+    expect(outcomeOfEnded(flow('upstream-reset', 0, 1), true)).toBe('closed');
+    expect(outcomeOfEnded(flow('upstream-reset', 1, 0), true)).toBe('closed');
+    expect(outcomeOfEnded(flow('closed', 0, 0), true)).toBe('closed');
+    expect(outcomeOfEnded(flow('client-reset', 0, 0), true)).toBe('closed');
+    expect(outcomeOfUnconnected(flow('upstream-reset', 0, 1))).toBe('blocked');
   });
   it('DNS failures (no ip) do not count', () => {
     const fs = play(40, 1000, (i, now) => [
