@@ -203,7 +203,11 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
     this.connection.isAwaitingOrigin = false;
     if (this.resume === null) {
       this.resume = resume;
-      this.res.on('drain', resume);
+      // From the next tick: node:http emits a pipelined connection's 'drain' on the response in
+      // progress from within another response's write (its queued output counted, _http_server's
+      // updateOutgoingData), so inside that one's undici parser; undici's resume asserts no parser
+      // runs, and the assertion failed the later request (`unreachable`) and cut the connection.
+      this.res.on('drain', () => process.nextTick(resume));
     }
     const headers = forwardResponseHeaders(rawHeaders, { via: this.ctx.via.value });
     // RFC 9110 §8.6: a 204 carries no Content-Length (a 304's stands for the representation: kept).
