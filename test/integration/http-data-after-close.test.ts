@@ -10,11 +10,9 @@
  * answer and the second GET sent at its first byte the client got 3,910,662 of 4,194,478 bytes,
  * cut; a request pipelined behind one in the same write, a 400 (the fast path, head whole: 200).
  */
-import { once } from 'node:events';
-import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
-import { type Origin, startOrigin } from './http-harness.ts';
+import { type Origin, pipelinedExchange, startOrigin } from './http-harness.ts';
 
 const MiB = 1024 * 1024;
 /** Far beyond what any answer here needs: the connection must have closed long before. */
@@ -55,28 +53,7 @@ interface Exchange {
  * `afterFirstByte` is false, 50 ms after the last part), and read until the gateway closes.
  */
 async function exchange(parts: readonly string[], after: string, afterFirstByte: boolean): Promise<Exchange> {
-  const s = connect({ port: gw.httpPort, host: '127.0.0.1' });
-  await once(s, 'connect');
-  s.on('error', () => undefined);
-  const chunks: Buffer[] = [];
-  let onFirst: () => void = () => undefined;
-  const first = new Promise<void>((r) => (onFirst = r));
-  s.on('data', (c: Buffer) => {
-    chunks.push(c);
-    onFirst();
-  });
-  const closed = once(s, 'close');
-  for (const [i, p] of parts.entries()) {
-    if (i > 0) await new Promise((r) => setTimeout(r, 30));
-    s.write(p);
-  }
-  if (afterFirstByte) await first;
-  else await new Promise((r) => setTimeout(r, 50));
-  if (!s.destroyed) s.write(after);
-  const guard = setTimeout(() => s.destroy(), GUARD_MS);
-  await closed;
-  clearTimeout(guard);
-  return { received: Buffer.concat(chunks) };
+  return { received: await pipelinedExchange(gw.httpPort, parts, after, { atFirstByte: afterFirstByte, guardMs: GUARD_MS }) };
 }
 
 /** Status line, the head's fields (lower-case names) and the body of one response. */

@@ -161,6 +161,37 @@ export async function rawExchange(port: number, bytes: Buffer | string, timeoutM
   return { response: Buffer.concat(chunks).toString('latin1'), isClosed: true };
 }
 
+/**
+ * Send `parts` on one new connection, 30 ms apart; then `after` at the first byte of the answer
+ * (`atFirstByte`) or 50 ms after the last part (nothing when it is empty, nor once the gateway has
+ * closed), and a FIN when `fin`. Collects everything until the gateway closes the connection
+ * (`guardMs` at most).
+ */
+export async function pipelinedExchange(port: number, parts: readonly string[], after: string, opts: { atFirstByte: boolean; fin?: boolean; guardMs: number }): Promise<Buffer> {
+  const s = await rawConnect(port);
+  s.on('error', () => undefined);
+  const chunks: Buffer[] = [];
+  let onFirst: () => void = () => undefined;
+  const first = new Promise<void>((r) => (onFirst = r));
+  s.on('data', (c: Buffer) => {
+    chunks.push(c);
+    onFirst();
+  });
+  const closed = once(s, 'close');
+  for (const [i, p] of parts.entries()) {
+    if (i > 0) await new Promise((r) => setTimeout(r, 30));
+    s.write(p);
+  }
+  if (opts.atFirstByte) await first;
+  else if (after !== '') await new Promise((r) => setTimeout(r, 50));
+  if (after !== '' && !s.destroyed) s.write(after);
+  if (opts.fin) s.end();
+  const guard = setTimeout(() => s.destroy(), opts.guardMs);
+  await closed;
+  clearTimeout(guard);
+  return Buffer.concat(chunks);
+}
+
 /** Read from a socket until `marker` has been seen; resolves with everything read so far. */
 export function readUntil(s: Socket, marker: string, timeoutMs = 10_000): Promise<Buffer> {
   return new Promise((resolve, reject) => {

@@ -13,11 +13,9 @@
  * and the client's FIN after a GET to the 300 ms origin → only `400` (record `client-reset`,
  * bytesIn 0). The fast path (heads whole): 200 and the whole answer, then 400, each time.
  */
-import { once } from 'node:events';
-import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
-import { type Origin, startOrigin } from './http-harness.ts';
+import { type Origin, pipelinedExchange, startOrigin } from './http-harness.ts';
 
 /** Far beyond what any exchange here needs: the connection must have closed long before. */
 const GUARD_MS = 15_000;
@@ -62,29 +60,7 @@ const cutHead = (): string => `GET http://${authority()}/cut HTTP/1.1\r\nHost: $
  * and a FIN with it when `fin`; read until the gateway closes the connection.
  */
 async function exchange(parts: readonly string[], after: string, opts: { atFirstByte: boolean; fin: boolean }): Promise<Buffer> {
-  const s = connect({ port: gw.httpPort, host: '127.0.0.1' });
-  await once(s, 'connect');
-  s.on('error', () => undefined);
-  const chunks: Buffer[] = [];
-  let onFirst: () => void = () => undefined;
-  const first = new Promise<void>((r) => (onFirst = r));
-  s.on('data', (c: Buffer) => {
-    chunks.push(c);
-    onFirst();
-  });
-  const closed = once(s, 'close');
-  for (const [i, p] of parts.entries()) {
-    if (i > 0) await new Promise((r) => setTimeout(r, 30));
-    s.write(p);
-  }
-  if (opts.atFirstByte) await first;
-  else if (after !== '') await new Promise((r) => setTimeout(r, 50));
-  if (after !== '') s.write(after);
-  if (opts.fin) s.end();
-  const guard = setTimeout(() => s.destroy(), GUARD_MS);
-  await closed;
-  clearTimeout(guard);
-  return Buffer.concat(chunks);
+  return pipelinedExchange(gw.httpPort, parts, after, { ...opts, guardMs: GUARD_MS });
 }
 
 /** The responses in `raw`, in order: status line and body (framed by Content-Length). */
