@@ -6,38 +6,26 @@
  * payload. The destination is a raw TCP server that records every connection and every byte.
  */
 import { once } from 'node:events';
-import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
-import { jsonBody, rawConnect } from './http-harness.ts';
+import { jsonBody, rawConnect, type RecordingDestination, startRecordingDestination } from './http-harness.ts';
 
 let gw: TestGateway;
-let destination: Server;
+let destination: RecordingDestination;
 let port: number;
 /** What the destination received, one entry per connection. */
-const received: string[] = [];
-const destinationSockets: Socket[] = [];
+let received: string[] = [];
 
 beforeAll(async () => {
-  destination = createServer((s) => {
-    destinationSockets.push(s);
-    const at = received.push('') - 1;
-    s.on('error', () => undefined);
-    s.on('data', (c: Buffer) => {
-      received[at] += c.toString('latin1');
-    });
-    s.on('end', () => s.end());
-  });
-  destination.listen(0, '127.0.0.1');
-  await once(destination, 'listening');
-  port = (destination.address() as AddressInfo).port;
+  destination = await startRecordingDestination();
+  received = destination.received;
+  port = destination.port;
   gw = await startTestGateway();
 });
 
 afterAll(async () => {
   await gw?.stop();
-  for (const s of destinationSockets) s.destroy();
-  await new Promise<void>((r) => destination?.close(() => r()));
+  await destination?.close();
 });
 
 /**

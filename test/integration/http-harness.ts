@@ -6,7 +6,7 @@ import { newViaName } from '../../gateway/via.ts';
 import { execFile } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { connect, type Socket } from 'node:net';
+import { type AddressInfo, connect, createServer as createTcpServer, type Socket } from 'node:net';
 
 export interface SeenRequest {
   method: string;
@@ -190,6 +190,43 @@ export async function pipelinedExchange(port: number, parts: readonly string[], 
   await closed;
   clearTimeout(guard);
   return Buffer.concat(chunks);
+}
+
+/** A raw TCP destination on loopback that records every connection and every byte it is sent. */
+export interface RecordingDestination {
+  readonly port: number;
+  /** What it received, one entry per connection, in order. */
+  readonly received: string[];
+  close(): Promise<void>;
+}
+
+/**
+ * Start a RecordingDestination; `onData(socket, soFar)` runs after each chunk (to answer, say).
+ * It half-closes when its peer does.
+ */
+export async function startRecordingDestination(onData?: (s: Socket, soFar: string) => void): Promise<RecordingDestination> {
+  const received: string[] = [];
+  const sockets: Socket[] = [];
+  const server = createTcpServer((s) => {
+    sockets.push(s);
+    const at = received.push('') - 1;
+    s.on('error', () => undefined);
+    s.on('data', (c: Buffer) => {
+      received[at] += c.toString('latin1');
+      onData?.(s, received[at] as string);
+    });
+    s.on('end', () => s.end());
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    port: (server.address() as AddressInfo).port,
+    received,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
 }
 
 /** Read from a socket until `marker` has been seen; resolves with everything read so far. */

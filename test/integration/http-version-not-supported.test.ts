@@ -5,39 +5,28 @@
  * TCP server that records every connection.
  */
 import { once } from 'node:events';
-import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
-import { jsonBody, rawConnect } from './http-harness.ts';
+import { jsonBody, rawConnect, type RecordingDestination, startRecordingDestination } from './http-harness.ts';
 
 let gw: TestGateway;
-let destination: Server;
+let destination: RecordingDestination;
 let o: string;
 /** What the destination received, one entry per connection. */
-const received: string[] = [];
-const destinationSockets: Socket[] = [];
+let received: string[] = [];
 
 beforeAll(async () => {
-  destination = createServer((s) => {
-    destinationSockets.push(s);
-    const at = received.push('') - 1;
-    s.on('error', () => undefined);
-    s.on('data', (c: Buffer) => {
-      received[at] += c.toString('latin1');
-      if (received[at]?.startsWith('GET ') && received[at]?.endsWith('\r\n\r\n')) s.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello');
-    });
-    s.on('end', () => s.end());
+  destination = await startRecordingDestination((s, soFar) => {
+    if (soFar.startsWith('GET ') && soFar.endsWith('\r\n\r\n')) s.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello');
   });
-  destination.listen(0, '127.0.0.1');
-  await once(destination, 'listening');
-  o = `127.0.0.1:${(destination.address() as AddressInfo).port}`;
+  received = destination.received;
+  o = `127.0.0.1:${destination.port}`;
   gw = await startTestGateway();
 });
 
 afterAll(async () => {
   await gw?.stop();
-  for (const s of destinationSockets) s.destroy();
-  await new Promise<void>((r) => destination?.close(() => r()));
+  await destination?.close();
 });
 
 /**
