@@ -26,8 +26,9 @@ const MiB = 1024 * 1024;
 
 /**
  * Defaults. Where SPEC §3 shows a number it is used verbatim; the extra thresholds are the research
- * file's: D3b internal fan-out 250 (bro-simple-scan local scanner), D4c tunnel 30 min / out:in ≥ 3 /
- * 20 new destinations, D6a out:in ≥ 5 and 1 GiB per day.
+ * file's: D3b internal fan-out 250 (bro-simple-scan local scanner), D3c > 100 distinct ports to one
+ * address in 1 h (Elastic), D4c tunnel 30 min / out:in ≥ 3 / 20 new destinations, D6a out:in ≥ 5 and
+ * 1 GiB per day.
  */
 export const DETECTOR_DEFAULTS: Readonly<Record<BehaviourDetector, DefaultEntry>> = {
   'an0081.proxyware': { action: 'block', corroborate: false, n: {} },
@@ -42,6 +43,7 @@ export const DETECTOR_DEFAULTS: Readonly<Record<BehaviourDetector, DefaultEntry>
       slowResetSec: 900,
       slowFailedDestinationsInternal: 250,
       distinctDestinationsPerHour: 250,
+      distinctPortsOnOneHostPerHour: 100,
     },
   },
   'an0081.sustained': { action: 'flag', corroborate: false, n: { minDurationSec: 3600, minBytesPerSec: 8000 } },

@@ -7,7 +7,9 @@
  * - slow (D3b): failed ip:port accrued with no gap > `slowResetSec`: ≥ `failedDestinations`
  *   external or ≥ `slowFailedDestinationsInternal` internal;
  * - successful fan-out (D3c): > `distinctDestinationsPerHour` distinct destinations in 1 h from a
- *   non-browser process; behaviour only, so its action needs corroboration.
+ *   non-browser process; behaviour only, so its action needs corroboration;
+ * - port fan-out (D3c): > `distinctPortsOnOneHostPerHour` distinct ports connected to on one address
+ *   in 1 h, unless the process is a browser (an unnamed one counts); flag only, in every mode.
  * A failed attempt is a dial that failed or an attempt the gateway refused by policy at an address
  * (`denied`: deny-range, an IP literal not allowlisted; see `outcomeOfRefusal`): a sweep of
  * forbidden addresses never reaches a dial, and is exactly the scan to alert on.
@@ -23,7 +25,7 @@ import type { DetectionContext } from './context.ts';
 import { flowIdsOf, fmtBytes } from './match.ts';
 import { BROWSERS } from './process-signals.ts';
 import type { SweepSignal } from './signal.ts';
-import type { DetectionState } from './state.ts';
+import type { DetectionState, IdentityWindows } from './state.ts';
 import type { FlowView } from './types.ts';
 
 // Service-exploitation ports (research D3 severity): SSH, telnet, SMB, Docker, RDP, VNC, Redis, …
@@ -55,8 +57,10 @@ export function scanSignals(
 ): SweepSignal[] {
   const w = state.windows(idKey);
   if (!w || (!changes.hasNewFailures && !changes.hasNewDestinations)) return [];
-  if (ctx.isExpectedScanner(who.identity, who.clientIp)) return [];
-  if (ctx.isSkipped('an0081.scan', who.identity, null, who.clientIp)) return [];
+  if (ctx.isExpectedScanner(who.identity, who.clientIp) || ctx.isSkipped('an0081.scan', who.identity, null, who.clientIp)) {
+    w.portsGrown.clear();
+    return [];
+  }
   const s = ctx.settings('an0081.scan');
   const windowSec = s.n['windowSec'] ?? 300;
   const failedMin = s.n['failedDestinations'] ?? 25;
@@ -125,6 +129,26 @@ export function scanSignals(
   }
 
   const p = who.identity.process;
+  const isBrowser = p !== null && (BROWSERS.has(p.name) || BROWSERS.has(p.exe));
+  const ports = changes.hasNewDestinations ? portFanOut(w, now, s.n['distinctPortsOnOneHostPerHour'] ?? 100, isBrowser) : null;
+  if (ports) {
+    out.push({
+      detector: 'an0081.scan',
+      analytic: 'AN0081',
+      idKey,
+      identity: who.identity,
+      clientIp: who.clientIp,
+      baseLevel: 1,
+      gate: 'flag',
+      destination: null,
+      flowIds: [],
+      evidence: { kind: 'port-fan-out', address: ports.ip, distinctPorts: ports.count, windowSec: 3600, threshold: ports.threshold },
+      reason: `port fan-out: ${ports.count} distinct ports on ${ports.ip} in 1 h, > ${ports.threshold}${p ? ` (non-browser ${p.name})` : ''}`,
+      // One per address: each host swept is its own finding (repeats inside the hour grouped away).
+      key: `an0081.scan|${idKey}|port-fan-out|${ports.ip}`,
+    });
+  }
+
   const perHourMin = s.n['distinctDestinationsPerHour'] ?? 250;
   if (changes.hasNewDestinations && p && !BROWSERS.has(p.name) && !BROWSERS.has(p.exe)) {
     const distinct = w.distinctHour.prune(now - 3_600_000);
@@ -146,6 +170,25 @@ export function scanSignals(
     }
   }
   return out;
+}
+
+/**
+ * The address with the most distinct connected ports in the last hour among those that got a new
+ * port since the last look, when over `threshold`; null otherwise, and for a browser. Takes the
+ * grown addresses either way, so the set stays as small as one sweep's new ports.
+ */
+function portFanOut(w: IdentityWindows, now: number, threshold: number, isBrowser: boolean): { ip: string; count: number; threshold: number } | null {
+  if (w.portsGrown.size === 0) return null;
+  let best: { ip: string; count: number; threshold: number } | null = null;
+  if (!isBrowser) {
+    w.connectedPorts.prune(now - 3_600_000);
+    for (const ip of w.portsGrown) {
+      const c = w.portsPerIp.get(ip) ?? 0;
+      if (c > threshold && (best === null || c > best.count)) best = { ip, count: c, threshold };
+    }
+  }
+  w.portsGrown.clear();
+  return best;
 }
 
 /** Proxyjack signal for one identity with new bytes, or null. `flows` are this identity's flows. */

@@ -23,6 +23,8 @@ const DAY_MS = 86_400_000;
 const BUCKET_MS = 5_000;
 const MAX_DESTS_PER_IDENTITY = 4096;
 const MAX_FAILED_KEYS = 100_000;
+/** Distinct connected address:port pairs per identity in the port fan-out hour: every port of one host. */
+const MAX_PORT_KEYS = 65_536;
 const HOURLY_KEEP = 336;
 const NONE: readonly BehaviourDetector[] = Object.freeze([]); // 14 days of hourly buckets (Sentinel / research §3)
 
@@ -109,6 +111,14 @@ export class IdentityWindows {
   recentFailed: Array<{ id: string; atMs: number }> = [];
   /** Distinct successful destinations (host or ip) in the last hour (D3c). */
   readonly distinctHour = new DistinctWindow<undefined>(100_000);
+  /**
+   * Port fan-out (D3c's second rule): connected `ip port` → start time over the last hour (at most
+   * MAX_PORT_KEYS, the oldest dropped first); `portsPerIp` counts its distinct ports per address.
+   */
+  readonly connectedPorts: DistinctWindow<string>;
+  readonly portsPerIp = new Map<string, number>();
+  /** Addresses that got a new port since the sweep last looked: only these can have crossed. */
+  readonly portsGrown = new Set<string>();
   /** Distinct registrable domains over the proxyjack window, with their first contact in it. */
   readonly domains = new DistinctWindow<number>(100_000);
   readonly out = new WindowSum(BUCKET_MS, HOUR_MS);
@@ -123,6 +133,11 @@ export class IdentityWindows {
       const c = (this.perIp.get(ip) ?? 1) - 1;
       if (c <= 0) this.perIp.delete(ip);
       else this.perIp.set(ip, c);
+    });
+    this.connectedPorts = new DistinctWindow<string>(MAX_PORT_KEYS, (_k, ip) => {
+      const c = (this.portsPerIp.get(ip) ?? 1) - 1;
+      if (c <= 0) this.portsPerIp.delete(ip);
+      else this.portsPerIp.set(ip, c);
     });
   }
 
@@ -464,6 +479,14 @@ export class DetectionState {
     const at = f.startedAtMs;
     // Names, not addresses: CDN-hosted sites share addresses, and IP literals are their own name.
     w.distinctHour.touch(isIP(f.destination.host) === 0 ? f.destination.host : addressKey(f.destination.host), at, undefined);
+    if (f.destination.ip !== null) {
+      // Ports per address, however the client spelt it (a name counts on the address it reached).
+      const ip = addressKey(f.destination.ip);
+      if (w.connectedPorts.touch(`${ip} ${f.destination.port}`, at, ip)) {
+        w.portsPerIp.set(ip, (w.portsPerIp.get(ip) ?? 0) + 1);
+        w.portsGrown.add(ip);
+      }
+    }
     if (!w.domains.map.has(domain)) w.domains.touch(domain, at, at);
     else w.domains.touch(domain, at, w.domains.map.get(domain)!.v);
     if (!this.firstSeen.has(domain)) this.firstSeen.set(domain, at);

@@ -180,6 +180,25 @@ describe('an0081.scan', () => {
     expect(pick(play(260, 1000, mk(user)))).toEqual(['an0081.scan:flag']);
     expect(play(260, 1000, mk(ident(proc('chrome'))))).toEqual([]);
   });
+  it('port fan-out: > 100 distinct ports on one address in 1 h flags (never blocks), a name by its address; an unnamed process counts, a browser not', () => {
+    const mk = (who: ReturnType<typeof ident>, host = '203.0.113.7') => (i: number, now: number) => [
+      flow(who, `${i % 2 === 0 ? host : 'svc.example'}:${1000 + i}`, { now, outcome: 'closed', endedAtMs: now, ageMs: 0, bytesIn: 10 }),
+    ];
+    // svc.example is 198.51.100.20 (fixtures): its ports count for that address, the literal's for its own.
+    const found = play(203, 1000, mk(user, '198.51.100.20'));
+    expect(pick(found)).toEqual(['an0081.scan:flag']);
+    expect(found[0]?.evidence).toMatchObject({ kind: 'port-fan-out', address: '198.51.100.20', distinctPorts: 101, windowSec: 3600, threshold: 100 });
+    expect(found[0]?.reasons[0]).toBe('port fan-out: 101 distinct ports on 198.51.100.20 in 1 h, > 100 (non-browser python3)');
+    // 100 on each of two addresses: at the threshold, not over it.
+    expect(play(200, 1000, mk(user))).toEqual([]);
+    const single = (who: ReturnType<typeof ident>) => (i: number, now: number) => [flow(who, `203.0.113.7:${1000 + i}`, { now, outcome: 'closed', endedAtMs: now, ageMs: 0 })];
+    expect(pick(play(101, 1000, single(ident(null))))).toEqual(['an0081.scan:flag']);
+    expect(play(150, 1000, single(ident(proc('firefox'))))).toEqual([]);
+    // 101 ports over more than an hour: the first ones have left the window.
+    expect(play(101, 37_000, single(user))).toEqual([]);
+    // The configured action (block) does not apply: flag only.
+    expect(pick(play(101, 1000, single(user), { patch: (c) => (c.detection.detectors['an0081.scan'] = { enabled: true, corroborate: false, action: 'block', distinctPortsOnOneHostPerHour: 100 }) }))).toEqual(['an0081.scan:flag']);
+  });
   it('the further destinations of one flow (a UDP association) count towards fan-out; its bytes are not counted again', () => {
     const state = learnedState(WED_10);
     const s = snap();
