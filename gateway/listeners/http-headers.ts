@@ -152,26 +152,46 @@ export function dropContentLength(headers: string[]): void {
 }
 
 /**
- * Whether a response's Transfer-Encoding fields (undici gives raw Buffers) name only codings the
- * absolute-URI relay can pass on: none, or a single `chunked` last (undici removes it; `identity`
- * means no coding). The relay re-frames the body for the client and drops the field (hop-by-hop), so
- * any other coding (`gzip, chunked`; `chunked, gzip`, read until close) would reach the client as
- * coded bytes it is never told of. Only fields named `transfer-encoding` are read: one length
- * comparison per header on the common path.
+ * Why a response's framing fields (undici gives raw Buffers) cannot be relayed, or null when they can.
+ * `transfer-coding-not-implemented`: a Transfer-Encoding naming anything but none, or a single
+ * `chunked` last (undici removes it; `identity` means no coding). The relay re-frames the body for
+ * the client and drops the field (hop-by-hop), so any other coding (`gzip, chunked`; `chunked, gzip`,
+ * read until close) would reach the client as coded bytes it is never told of.
+ * `content-length-not-safe-integer`: a Content-Length past 2^53 − 1 (llhttp takes up to 2^64 − 1),
+ * which undici and the relay read as a float: the body could not be counted to its end exactly, and
+ * the length would reach the client as the origin sent it, ending the body where the relay does not.
+ * Only fields named `transfer-encoding` or `content-length` are read: one length comparison per
+ * header on the common path, and a string only for a length of more than 15 digits.
  */
-export function isRelayableTransferCoding(raw: readonly (Buffer | string)[]): boolean {
+export function unrelayableFraming(raw: readonly (Buffer | string)[]): 'transfer-coding-not-implemented' | 'content-length-not-safe-integer' | null {
   let isChunked = false;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i] as Buffer | string;
+    if (name.length === 14) {
+      const value = raw[i + 1] as Buffer | string;
+      if (value.length > 15 && name.toString('latin1').toLowerCase() === 'content-length' && !isSafeContentLength(value.toString('latin1').trim())) {
+        return 'content-length-not-safe-integer';
+      }
+      continue;
+    }
     if (name.length !== 17 || name.toString('latin1').toLowerCase() !== 'transfer-encoding') continue;
     for (const token of (raw[i + 1] as Buffer | string).toString('latin1').split(',')) {
       const coding = token.trim().toLowerCase();
       if (coding === '') continue;
-      if (isChunked || (coding !== 'chunked' && coding !== 'identity')) return false;
+      if (isChunked || (coding !== 'chunked' && coding !== 'identity')) return 'transfer-coding-not-implemented';
       if (coding === 'chunked') isChunked = true;
     }
   }
-  return true;
+  return null;
+}
+
+/**
+ * A Content-Length (digits only: node's parser and llhttp refuse anything else) whose value is a safe
+ * integer, so every reader of it, undici's float included, gets the same number. Fifteen digits always
+ * are; a longer run with leading zeros may be.
+ */
+export function isSafeContentLength(value: string): boolean {
+  return value.length <= 15 || Number.isSafeInteger(Number(value));
 }
 
 /** The value of the first header `name` (lower-case) in a raw list, or null. */

@@ -10,7 +10,7 @@ import { dialErrorCode, GatewayError, type GatewayErrorCode, isOwnShortage } fro
 import { mapError, mapKill, type RejectMapping } from '../reject.ts';
 import { type ConnectionState, clientGoneReason, finGraceMs } from './http-connection-state.ts';
 import type { StaggeredOrigin } from './http-origin-dial.ts';
-import { isRelayableTransferCoding } from './http-headers.ts';
+import { unrelayableFraming } from './http-headers.ts';
 import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './http-interim.ts';
 import type { RefusalDetails } from './http-refusal.ts';
 
@@ -249,13 +249,15 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
   }
 
   /**
-   * A final response's head the relay cannot pass on (isRelayableTransferCoding): the origin request
-   * is failed as a bad response, so the client gets 502 upstream-bad-response and undici drops that
-   * origin connection. True when it was refused: the caller relays nothing of it.
+   * A final response's head the relay cannot pass on (unrelayableFraming: a transfer coding it does
+   * not implement, a Content-Length past 2^53 − 1): the origin request is failed as a bad response,
+   * so the client gets 502 upstream-bad-response and undici drops that origin connection. True when
+   * it was refused: the caller relays nothing of it.
    */
   protected refuseUnrelayable(rawHeaders: Buffer[]): boolean {
-    if (isRelayableTransferCoding(rawHeaders)) return false;
-    this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_BAD_RESPONSE', 'response in a transfer coding the gateway does not implement'));
+    const fault = unrelayableFraming(rawHeaders);
+    if (fault === null) return false;
+    this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_BAD_RESPONSE', `response framing not relayable: ${fault}`));
     return true;
   }
 

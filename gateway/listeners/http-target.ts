@@ -6,6 +6,7 @@ import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import { isIPv6 } from 'node:net';
 import type { GatewayErrorCode } from '../errors.ts';
 import { formatAuthority, parseAuthority } from '../protocol/authority.ts';
+import { isSafeContentLength } from './http-headers.ts';
 
 export type AbsoluteTarget =
   | { ok: true; host: string; port: number; isIp: boolean; path: string }
@@ -78,14 +79,6 @@ export function smugglingShape(req: Pick<IncomingMessage, 'httpVersionMajor' | '
 export function httpVersionFault(major: number): string | null {
   if (major === 1) return null;
   return major < 1 ? 'http/0.9' : 'http-version-not-supported';
-}
-
-/**
- * A Content-Length (digits only: node's parser refuses anything else) whose value is a safe integer,
- * so every reader of it, undici's float included, gets the same number. Fifteen digits always are.
- */
-function isSafeContentLength(value: string): boolean {
-  return value.length <= 15 || Number.isSafeInteger(Number(value));
 }
 
 /**

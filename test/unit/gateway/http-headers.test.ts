@@ -5,10 +5,10 @@ import {
   dropContentLength,
   forwardRequestHeaders,
   forwardResponseHeaders,
-  isRelayableTransferCoding,
   parseProxyBasic,
   rawHeader,
   serialiseRequestHead,
+  unrelayableFraming,
   viaFor,
 } from '../../../gateway/listeners/http-headers.ts';
 import { connectContentFault, hostFieldFault, hostHeaderFor, httpVersionFault, isValidHostField, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from '../../../gateway/listeners/http-target.ts';
@@ -83,7 +83,7 @@ describe('forwardResponseHeaders', () => {
   });
 });
 
-describe('isRelayableTransferCoding', () => {
+describe('unrelayableFraming', () => {
   const te = (...values: string[]): Buffer[] => values.flatMap((v) => ['Transfer-Encoding', v]).concat(['Content-Type', 'text/plain']).map((s) => Buffer.from(s, 'latin1'));
   it.each([
     [[], true],
@@ -98,7 +98,19 @@ describe('isRelayableTransferCoding', () => {
     [['chunked, identity'], false],
     [['br'], false],
   ] as const)('%j: %s', (values, expected) => {
-    expect(isRelayableTransferCoding(te(...values))).toBe(expected);
+    expect(unrelayableFraming(te(...values))).toBe(expected ? null : 'transfer-coding-not-implemented');
+  });
+  const cl = (value: string): Buffer[] => ['Content-Length', value, 'Content-Type', 'text/plain'].map((s) => Buffer.from(s, 'latin1'));
+  it.each([
+    ['2', null],
+    ['999999999999999', null],
+    ['9007199254740991', null],
+    ['00000000000000000002', null],
+    ['9007199254740992', 'content-length-not-safe-integer'],
+    ['9007199254740993', 'content-length-not-safe-integer'],
+    ['18446744073709551615', 'content-length-not-safe-integer'],
+  ] as const)('Content-Length %s: %s', (value, expected) => {
+    expect(unrelayableFraming(cl(value))).toBe(expected);
   });
 });
 
