@@ -4,6 +4,7 @@
  * and otherwise forwards it with the value decremented. Pure: header values in, values out.
  */
 import { isStrippedName } from './http-headers.ts';
+import { isRepeatedField } from './http-target.ts';
 
 /** The largest Max-Forwards value passed on: the "maximum supported value" of RFC 9110 §7.6.2. */
 export const MAX_FORWARDS_LIMIT = 255;
@@ -18,6 +19,18 @@ export function maxForwardsOf(method: string | undefined, value: string | string
   const text = (typeof value === 'string' ? value : (value[0] ?? '')).trim();
   if (!/^[0-9]+$/.test(text)) return null;
   return Math.min(Number(text), MAX_FORWARDS_LIMIT + 1);
+}
+
+/**
+ * `duplicate-max-forwards` for a TRACE or OPTIONS request with more than one Max-Forwards field, else
+ * null. The field is a single number (RFC 9110 §7.6.2: `1*DIGIT`, no list), and node:http keeps the
+ * first of two, so `0` then `5` was answered here while a proxy in front reading the last forwarded
+ * it: such a request is refused 400, as two Hosts are. Other methods pass the field on unread, so
+ * theirs are not judged. Costs a scan of the names only for a TRACE or OPTIONS carrying the field.
+ */
+export function maxForwardsFault(method: string | undefined, value: string | string[] | undefined, raw: readonly string[]): 'duplicate-max-forwards' | null {
+  if (value === undefined || (method !== 'TRACE' && method !== 'OPTIONS')) return null;
+  return isRepeatedField(raw, 'max-forwards') ? 'duplicate-max-forwards' : null;
 }
 
 /**

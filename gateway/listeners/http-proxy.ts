@@ -49,7 +49,7 @@ import { beginAdmission, connectionProcess, connectionState, endAdmission, expir
 import { createFastPath } from './http-fast-path.ts';
 import { forwardRequest, OriginAgents } from './http-forward.ts';
 import { forwardRequestHeaders, normaliseStrippedName, parseProxyBasic, viaFor, viaNamesUs } from './http-headers.ts';
-import { maxForwardsOf, traceEcho } from './http-max-forwards.ts';
+import { maxForwardsFault, maxForwardsOf, traceEcho } from './http-max-forwards.ts';
 import { closeAfterUnreadBody, refusalDetails, sendRefusal, writeRawRefusal } from './http-refusal.ts';
 import { hostHeaderFor, isRepeatedField, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
 import { handleUpgrade } from './http-upgrade.ts';
@@ -317,7 +317,7 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
   // Behind a 429 on this connection: dropped unanswered (the connection ends after the 429).
   if (connection.isShedding) return;
   const target = parseAbsoluteTarget(req.url ?? '');
-  const shape = smugglingShape(req) ?? state.repeatedCredential(req);
+  const shape = smugglingShape(req) ?? state.repeatedCredential(req) ?? maxForwardsFault(req.method, req.headers['max-forwards'], req.rawHeaders);
   if (!target.ok || shape) {
     const why = shape ?? (target.ok ? null : target.reason);
     ctx.log.warn({ client: req.socket.remoteAddress, method: req.method, why }, 'bad proxy request refused');

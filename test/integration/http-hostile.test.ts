@@ -195,6 +195,11 @@ describe('Host and Content-Length fields the gateway must refuse', () => {
     ['POST with Host twice', (t) => `POST http://${t}/h HTTP/1.1\r\nHost: ${t}\r\nHost: ${t}\r\nContent-Length: 5\r\n\r\nhello`, 'duplicate-host'],
     ['Content-Length 2^53 + 1', (t) => `POST http://${t}/h HTTP/1.1\r\nHost: ${t}\r\nContent-Length: 9007199254740993\r\n\r\nhello`, 'content-length-not-safe-integer'],
     ['Content-Length 2^64 − 1', (t) => `POST http://${t}/h HTTP/1.1\r\nHost: ${t}\r\nContent-Length: 18446744073709551615\r\n\r\nhello`, 'content-length-not-safe-integer'],
+    // Regression: node:http keeps the first of two Max-Forwards, so 0 then 5 was answered by the
+    // gateway itself (200) and 5 then 0 forwarded with 4, where a proxy in front may read the last.
+    ['TRACE with Max-Forwards twice (0, 5)', (t) => `TRACE http://${t}/h HTTP/1.1\r\nHost: ${t}\r\nMax-Forwards: 0\r\nMax-Forwards: 5\r\n\r\n`, 'duplicate-max-forwards'],
+    ['OPTIONS with Max-Forwards twice (5, 0)', (t) => `OPTIONS http://${t}/h HTTP/1.1\r\nHost: ${t}\r\nMax-Forwards: 5\r\nmax-forwards: 0\r\n\r\n`, 'duplicate-max-forwards'],
+    ['OPTIONS with Max-Forwards twice (the same value)', (t) => `OPTIONS http://${t}/h HTTP/1.1\r\nHost: ${t}\r\nMax-Forwards: 3\r\nMax-Forwards: 3\r\n\r\n`, 'duplicate-max-forwards'],
     ['Upgrade with Host twice', (t) => `GET http://${t}/ws HTTP/1.1\r\nHost: ${t}\r\nHost: ${t}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`, 'duplicate-host'],
     ['CONNECT with Host twice', (t) => `CONNECT ${t} HTTP/1.1\r\nHost: ${t}\r\nHost: ${t}\r\n\r\n`, 'duplicate-host'],
     ['CONNECT with an invalid Host', (t) => `CONNECT ${t} HTTP/1.1\r\nHost: ${t}, other.example\r\n\r\n`, 'invalid-host'],
@@ -225,6 +230,8 @@ describe('Host and Content-Length fields the gateway must refuse', () => {
     ['sub-delims and a percent-encoding', "Host: a!b$c&'d%41.example\r\n"],
     ['an empty value', 'Host:\r\n'],
     ['a Content-Length with leading zeros', 'Content-Length: 00000000000000000000\r\n'],
+    // A GET's Max-Forwards is not the gateway's to read (RFC 9110 §7.6.2): passed on as it came.
+    ['Max-Forwards twice on a GET', 'Max-Forwards: 0\r\nMax-Forwards: 5\r\n'],
   ];
   it.each(accepted)('Host or Content-Length with %s: served, whole or split', async (_name, field) => {
     const o = `127.0.0.1:${origin.port}`;
