@@ -70,5 +70,24 @@ describe('signed token expiry on a keep-alive connection', () => {
         skewMs = 0;
       }
     });
+
+    // An empty token field is a malformed token (headerValue: null), not the connection's earlier
+    // one: the cache is keyed by the token's text, so it must not be reused for it.
+    it(`${label}: an empty token after a valid one on the same connection is refused 407, not the cached identity`, async () => {
+      const exp = Math.floor(now() / 1000) + 60;
+      const token = signIdentityToken({ user: 'sidecar-user', exp }, SECRET);
+      const sock = await rawConnect(gw.httpPort);
+      sock.on('error', () => undefined);
+      try {
+        expect(await ask(sock, token, `/valid-${label}`, extra)).toBe(200);
+        for (const empty of ['', '   ']) {
+          expect(await ask(sock, empty, `/empty-${label}-${empty.length}`, extra), JSON.stringify(empty)).toBe(407);
+          expect(origin.seen.some((s) => s.url === `/empty-${label}-${empty.length}`)).toBe(false);
+        }
+        expect(await ask(sock, token, `/valid-again-${label}`, extra)).toBe(200);
+      } finally {
+        sock.destroy();
+      }
+    });
   }
 });
