@@ -92,7 +92,9 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
     // What the router refuses before any route (a bad percent-escape, a too long path segment) is
     // answered like a request no route has: the Host check, then a token, then the error, in the
     // API's shape. fastify's own answered anyone, in its shape.
+    // fastify runs no hooks for these replies: the onSend headers are set here.
     frameworkErrors: (err, request, reply) => {
+      setAnswerHeaders(reply, true);
       void gate(request, reply, undefined).then((passed) => {
         if (passed) sendError(reply, err.statusCode === 414 ? 414 : 400, err.statusCode === 414 ? 'uri-too-long' : 'bad-request', err.message);
       });
@@ -201,10 +203,10 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
     await gate(request, reply, scope);
   });
 
-  // API answers carry policy and flow data: never cached by a browser or a proxy on the way.
+  // API answers carry policy and flow data, and an error is no content to keep: never cached by a
+  // browser or a proxy on the way.
   app.addHook('onSend', async (request, reply) => {
-    if (request.url.startsWith('/v1/') || request.url.startsWith('/metrics')) reply.header('cache-control', 'no-store');
-    reply.header('x-content-type-options', 'nosniff');
+    setAnswerHeaders(reply, reply.statusCode >= 400 || request.url.startsWith('/v1/') || request.url.startsWith('/metrics'));
   });
 
   // 5. audit every write
@@ -241,4 +243,15 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
   registerAgentRoutes(app, ctx);
   await app.ready();
   return app as unknown as FastifyInstance;
+}
+
+/**
+ * The headers of every admin answer: `nosniff` (a JSON or text body is never read as HTML), and
+ * `cache-control: no-store` where `isNoStore`. Set by the onSend hook, and for the router's refusals
+ * (frameworkErrors), which fastify answers without running hooks. node's parser refusals
+ * (answerClientError), the connection limit's 429 and the alert stream write the same on their own.
+ */
+function setAnswerHeaders(reply: FastifyReply, isNoStore: boolean): void {
+  if (isNoStore) reply.header('cache-control', 'no-store');
+  reply.header('x-content-type-options', 'nosniff');
 }

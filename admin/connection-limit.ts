@@ -26,6 +26,7 @@ const REFUSAL_REST = [
   `content-length: ${Buffer.byteLength(REFUSAL_BODY)}`,
   'retry-after: 1',
   'cache-control: no-store',
+  'x-content-type-options: nosniff',
   'connection: close',
   '',
   REFUSAL_BODY,

@@ -106,7 +106,9 @@ export function streamAlerts(port: ControlPort, request: FastifyRequest, reply: 
   const res = reply.raw;
   res.writeHead(200, {
     'content-type': 'text/event-stream; charset=utf-8',
-    'cache-control': 'no-cache, no-transform',
+    // As every admin answer (app.ts setAnswerHeaders: the hijacked reply skips the onSend hook).
+    'cache-control': 'no-store, no-transform',
+    'x-content-type-options': 'nosniff',
     connection: 'keep-alive',
     'x-accel-buffering': 'no',
   });

@@ -6,6 +6,9 @@
  * anonymous `GET /v1/flows/%zz` got 400 and `/v1/flows/<120 a>` 414 where every other path is 401,
  * in its shape (`{"error":"Bad Request","code":"FST_ERR_BAD_URL",…,"statusCode":400}`), and the
  * parser's 400 / 431 / 408 came without Date (`{"error":"Bad Request","message":"Client Error",…}`).
+ * Every one carries `cache-control: no-store` and `x-content-type-options: nosniff`, as the routes'
+ * answers do: the router's 400 / 414 (and the 401 before them) lacked both, fastify running no onSend
+ * hook for them.
  */
 import { once } from 'node:events';
 import { connect } from 'node:net';
@@ -46,6 +49,11 @@ async function raw(text: string): Promise<string> {
   return out;
 }
 
+function expectSafetyHeaders(headers: Headers, what: string): void {
+  expect(headers.get('cache-control'), what).toBe('no-store');
+  expect(headers.get('x-content-type-options'), what).toBe('nosniff');
+}
+
 describe('admin listener: answers before any route', () => {
   it('a path the router refuses needs a token first (401), then is 400 / 414 in the API shape', async () => {
     for (const path of ['/v1/flows/%zz', `/v1/flows/${LONG_ID}`]) {
@@ -54,15 +62,22 @@ describe('admin listener: answers before any route', () => {
       expect(anon.headers.get('www-authenticate')).toMatch(/^Bearer realm="egressgate"/);
       expect(anon.body).toEqual({ error: 'unauthorized', message: 'a Bearer token is required' });
       expect((await get(path, 'not-a-token')).status, path).toBe(401);
+      expectSafetyHeaders(anon.headers, `anonymous ${path}`);
     }
     const bad = await get('/v1/flows/%zz', gw.adminToken);
     expect(bad.status).toBe(400);
     expect(Object.keys(bad.body).sort()).toEqual(['error', 'message']);
     expect(bad.body['error']).toBe('bad-request');
+    expectSafetyHeaders(bad.headers, 'bad escape');
     const long = await get(`/v1/flows/${LONG_ID}`, gw.adminToken);
     expect(long.status).toBe(414);
     expect(Object.keys(long.body).sort()).toEqual(['error', 'message']);
     expect(long.body['error']).toBe('uri-too-long');
+    expectSafetyHeaders(long.headers, 'long segment');
+    // A path outside /v1/ that no route has: an error is never cached either.
+    const none = await get('/nope', gw.adminToken);
+    expect(none.status).toBe(404);
+    expectSafetyHeaders(none.headers, '/nope');
   });
 
   it("node's parser refusals are in the API shape, with Date, and close the connection", async () => {
@@ -78,6 +93,8 @@ describe('admin listener: answers before any route', () => {
       expect(head, error).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
       expect(head).toMatch(/\r\ndate: [A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT(\r\n|$)/i);
       expect(head).toMatch(/\r\ncontent-type: application\/json/i);
+      expect(head).toMatch(/\r\ncache-control: no-store\r\n/i);
+      expect(head).toMatch(/\r\nx-content-type-options: nosniff\r\n/i);
       const parsed = JSON.parse(body) as Record<string, unknown>;
       expect(Object.keys(parsed).sort()).toEqual(['error', 'message']);
       expect(parsed['error']).toBe(error);

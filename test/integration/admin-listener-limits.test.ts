@@ -148,6 +148,9 @@ describe('connections per source', () => {
     const text = await readAll(extra);
     expect(text).toMatch(/^HTTP\/1\.1 429 /);
     expect(text).toMatch(/\r\nretry-after: 1\r\n/i);
+    // Regression: this answer, written as text, had no nosniff (every other admin answer does).
+    expect(text).toMatch(/\r\ncache-control: no-store\r\n/i);
+    expect(text).toMatch(/\r\nx-content-type-options: nosniff\r\n/i);
     // Regression: this answer, written as text, had no Date (RFC 9110 §6.6.1).
     expect(text).toMatch(/\r\ndate: \w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} GMT\r\n/i);
     const body = JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4)) as { error: string; message: string };

@@ -135,6 +135,9 @@ describe('alerts SSE stream over a real socket', () => {
     await c.until(() => c.res !== null && c.comments.length > 0, 'the first comment');
     expect(c.res?.statusCode).toBe(200);
     expect(c.res?.headers['content-type']).toMatch(/^text\/event-stream/);
+    // Regression: the hijacked stream skipped the onSend hook: no nosniff, and `no-cache` only.
+    expect(c.res?.headers['x-content-type-options']).toBe('nosniff');
+    expect(c.res?.headers['cache-control']).toMatch(/^no-store\b/);
     expect(h.alerts.subscriberCount).toBe(base + 1);
 
     const first = h.alerts.add(alert('a-1'));
