@@ -342,7 +342,9 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
       log.info({ version: running.version, author }, 'config file unchanged; the running policy stays');
       return { ok: true };
     }
-    const result = policy.reload(text, { author, source: 'file' });
+    // Read as at start-up (serve.ts): a .json file is JSON, so a key written twice is named by its path.
+    const format = /\.json$/i.test(opts.configPath) ? 'json' : 'yaml';
+    const result = policy.reload(text, { author, source: 'file', format });
     stats.configReloaded(result.ok ? 'success' : 'failure');
     if (result.ok) log.info({ version: result.version, author }, 'policy reloaded');
     else log.warn({ errors: result.errors }, 'policy reload failed; the running policy is unchanged');

@@ -150,6 +150,7 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
   app.decorateRequest('principal', null);
   app.decorateRequest('policyVersionBefore', null);
   app.decorateRequest('auditDetail', null);
+  app.decorateRequest('jsonText', null);
   const routeMethods = new RouteMethods();
   app.addHook('onRoute', openapi.onRoute);
   app.addHook('onRoute', routeMethods.onRoute);
@@ -157,6 +158,13 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
   for (const type of YAML_TYPES) {
     app.addContentTypeParser(type, { parseAs: 'string' }, (_request, body, done) => done(null, body));
   }
+  // fastify's own JSON parser (prototype poisoning refused as before), the text kept beside it: a
+  // parsed object no longer shows a key written twice, which a policy write must refuse.
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    request.jsonText = body as string;
+    parseJson(request, body as string, done);
+  });
 
   // 2. Host name (every route, the token-free ones first of all), authentication and scope.
   // `scope` undefined: a request no route answers, which needs a valid token of any scope.

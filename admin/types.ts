@@ -22,6 +22,8 @@ declare module 'fastify' {
     policyVersionBefore: number | null;
     /** One line of context for the audit entry (flow killed, mode set, why refused). */
     auditDetail: string | null;
+    /** The text of an application/json body, as sent (a policy route checks it for repeated keys). */
+    jsonText: string | null;
   }
 }
 

@@ -2,7 +2,7 @@
  * Config text → validated Config (SPEC §3). The same function runs at start-up, on SIGHUP, on
  * `PUT /v1/policy` and in `egressgate check`, so every path reports the same errors:
  *
- * 1. parse YAML (or JSON) — syntax errors carry line:column;
+ * 1. parse YAML (or JSON) — syntax errors carry line:column; a key written twice is an error in both;
  * 2. validate the shape and every value against `CONFIG_SCHEMA` (unknown keys are errors);
  * 3. cross-field checks (roles referenced but not defined, duplicate names and tokens);
  * 4. merge over `defaultConfig()` (objects deeply, lists and scalars replaced) and fill per-item
@@ -13,6 +13,7 @@ import { readFile } from 'node:fs/promises';
 import { CORE_SCHEMA, load, YAMLException } from 'js-yaml';
 import { type Config, defaultConfig, type DetectorConfig } from './config.ts';
 import { CONFIG_SCHEMA } from './config-schema.ts';
+import { duplicateJsonKeys } from './json-duplicate-keys.ts';
 import { addError, type ConfigError, joinPath, validate } from './schema-dsl.ts';
 
 export type { ConfigError } from './schema-dsl.ts';
@@ -56,11 +57,15 @@ function countNodes(v: unknown, limit: number): number {
 
 function parseText(text: string, format: 'yaml' | 'json'): { value: unknown } | { errors: ConfigError[] } {
   if (format === 'json') {
+    let value: unknown;
     try {
-      return { value: JSON.parse(text) };
+      value = JSON.parse(text);
     } catch (e) {
       return { errors: [{ path: '(root)', message: `invalid JSON: ${(e as Error).message}` }] };
     }
+    // JSON.parse keeps a repeated key's last value; the YAML reader refuses the document, and so must this.
+    const duplicates = duplicateJsonKeys(text);
+    return duplicates.length > 0 ? { errors: duplicates } : { value };
   }
   // js-yaml rather than the `yaml` package here: it parses a 10,000-entry policy about ten times
   // faster, which keeps a SIGHUP reload under 100 ms and the event loop free. YAML 1.2 core schema

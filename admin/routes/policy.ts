@@ -3,6 +3,7 @@
  * history, rollback, GET/PUT /v1/mode.
  */
 import type { ConfigIssue, PolicyView, WriteOutcome } from '../../gateway/control.ts';
+import { duplicateJsonKeys } from '../../policy/json-duplicate-keys.ts';
 import { sendError } from '../errors.ts';
 import { redactConfig } from '../redact.ts';
 import {
@@ -86,6 +87,15 @@ function emptyPolicy(body: unknown): ConfigIssue | null {
   return isEmpty ? { path: '(root)', message: 'the policy is empty (no body, only comments, or null); a write replaces the whole policy: send it, or {} for the built-in defaults' } : null;
 }
 
+/**
+ * The keys a JSON policy body writes twice (policy/json-duplicate-keys.ts), as errors with their
+ * paths. fastify's parser kept each one's last value: a repeated role ran on its second definition
+ * alone, where the same document as YAML (and `serve --config`, SIGHUP) is refused.
+ */
+function repeatedKeys(request: FastifyRequest): ConfigIssue[] {
+  return request.jsonText === null || typeof request.body !== 'object' || request.body === null ? [] : duplicateJsonKeys(request.jsonText);
+}
+
 /** Register the policy and mode routes. */
 export function registerPolicyRoutes(app: AdminApp, { port, keepsAdmin }: RouteContext): void {
   app.get(
@@ -123,6 +133,8 @@ export function registerPolicyRoutes(app: AdminApp, { port, keepsAdmin }: RouteC
       }
       const empty = emptyPolicy(request.body);
       if (empty) return sendWrite(request, reply, { ok: false, code: 'invalid', errors: [empty] });
+      const repeated = repeatedKeys(request);
+      if (repeated.length > 0) return sendWrite(request, reply, { ok: false, code: 'invalid', errors: repeated });
       const author = request.principal?.name ?? 'unknown';
       return sendWrite(request, reply, await port.replacePolicy(request.body as string | object, { author, ifMatchVersion, check: keepsAdmin }));
     },
@@ -136,7 +148,8 @@ export function registerPolicyRoutes(app: AdminApp, { port, keepsAdmin }: RouteC
     },
     (request, reply) => {
       const empty = emptyPolicy(request.body);
-      const res = empty ? { ok: false as const, errors: [empty] } : port.validatePolicy(request.body as string | object);
+      const repeated = empty ? [empty] : repeatedKeys(request);
+      const res = repeated.length > 0 ? { ok: false as const, errors: repeated } : port.validatePolicy(request.body as string | object);
       reply.send(res.ok ? { valid: true, summary: res.summary, errors: [] } : { valid: false, errors: res.errors });
     },
   );

@@ -167,6 +167,21 @@ describe('loadConfig: errors carry exact paths', () => {
   it('JSON syntax errors are reported', () => {
     expect(errorsOf('{"mode": ', 'json')[0]!.message).toMatch(/invalid JSON/);
   });
+
+  // Regression: JSON.parse kept a repeated key's last value, so a JSON policy ran on a role's
+  // second definition alone (the YAML reader refuses such a document).
+  it('a JSON key written twice is an error at its path, however it is spelled or nested', () => {
+    const table: Array<[string, string[]]> = [
+      ['{"mode": "enforce", "mode": "monitor"}', ['mode']],
+      ['{"roles": {"dev": {"allow": []}, "d\\u0065v": {"allow": []}}}', ['roles.dev']],
+      ['{"roles": {"a": {"allow": [{"host": "x.test", "ports": [1], "host": "y.test"}]}}, "defaultRoles": ["a"]}', ['roles.a.allow[0].host']],
+      ['{"resolver": {"hosts": {"a.test": "127.0.0.1", "b.test": "127.0.0.2", "a.test": "127.0.0.3"}}}', ['resolver.hosts["a.test"]']],
+      // Braces, brackets, commas and escaped quotes inside strings are text, not structure.
+      ['{"roles": {"x": {"allow": [{"host": "a\\"},[{"}]}, "x": {}}}', ['roles.x']],
+    ];
+    for (const [text, paths] of table) expect(errorsOf(text, 'json').map((e) => e.path), text).toEqual(paths);
+    expect(loadConfig('{"roles": {"a": {"allow": [{"host": "x.test"}]}, "b": {"allow": [{"host": "x.test"}]}}}', { format: 'json' }).ok).toBe(true);
+  });
 });
 
 // Regression: a detector threshold of the wrong type or a misspelt name was dropped without a word
