@@ -119,6 +119,10 @@ function parseHostPatternUncached(pattern: string): HostPattern | { error: strin
     return { kind: 'wildcard', suffix };
   }
   if (p.includes('*')) return { error: `bad host pattern "${pattern}": "*" is allowed only as a leading "*." label` };
+  // normalizeHost drops an IPv6 zone id ("fe80::1%eth0" is fe80::1), which would turn an entry
+  // scoped to one interface into one for the bare address; no destination carries a zone (the data
+  // plane refuses "%25eth0"), so such an entry is refused, as parseCidr refuses one.
+  if (p.includes('%')) return { error: `bad host pattern "${pattern}": zone ids are not allowed (no destination carries one)` };
   const host = normalizeHost(p);
   if (host === null) return { error: `bad host pattern "${pattern}": not a host name or IP address` };
   return { kind: 'exact', host };

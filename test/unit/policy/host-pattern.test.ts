@@ -26,7 +26,7 @@ describe('parseHostPattern', () => {
     expect(parseHostPattern('*.Bücher.de')).toEqual({ kind: 'wildcard', suffix: 'xn--bcher-kva.de' });
     expect(parseHostPattern('*')).toEqual({ kind: 'any' });
   });
-  it.each(['*example.com', 'a.*.com', '*.*.com', '**.com', 'foo*', '*.', '*.10.0.0.1', 'a..b'])('%s is an error', (p) => {
+  it.each(['*example.com', 'a.*.com', '*.*.com', '**.com', 'foo*', '*.', '*.10.0.0.1', 'a..b', 'fe80::1%eth0', '[fe80::1%25eth0]'])('%s is an error', (p) => {
     expect('error' in parseHostPattern(p)).toBe(true);
   });
 });
