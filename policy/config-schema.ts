@@ -42,9 +42,21 @@ const domainEntry = (v: string): string | null => {
   return r.kind === 'any' ? `"${v}" would list every destination: name a domain, "*.domain" or an IP address` : null;
 };
 
-const hostName = (v: string): string | null => (normalizeHost(v) === null ? `"${v}" is not a valid host name` : null);
-
 const ipAddress = (v: string): string | null => (isIP(v) === 0 ? `"${v}" is not an IP address` : null);
+
+/**
+ * A `resolver.hosts` name: a host name. A destination written as an IP address is dialled as itself
+ * and never looked up, so an entry for one (`"10.0.0.1": 127.0.0.1`) would never be read.
+ */
+const resolverName = (v: string): string | null => {
+  const host = normalizeHost(v);
+  if (host === null) return `"${v}" is not a valid host name`;
+  return isIP(host) === 0 ? null : `"${v}" is an IP address, which is dialled as itself and never looked up: name a host`;
+};
+
+/** A `resolver.hosts` answer: an IP address without a zone id (normalisation would drop it: dialled unscoped). */
+const resolverAnswer = (v: string): string | null =>
+  ipAddress(v) ?? (v.includes('%') ? `"${v}": zone ids are not allowed (the answer would be dialled without it)` : null);
 
 const timeZones = new Map<string, boolean>();
 /** True when Intl knows the IANA zone (cached: building a formatter costs ~50 µs). */
@@ -253,7 +265,7 @@ export const CONFIG_SCHEMA: Node = s.obj({
   defaultRoles: s.arr(s.str(nonEmpty)),
   deny: s.obj({ privateRanges: s.bool(), cidrs: s.arr(s.str(cidr)) }),
   allowRanges: s.arr(s.str(cidr)),
-  resolver: s.obj({ hosts: s.rec(s.str(ipAddress), hostName), timeoutMs: s.int(1, MAX_TIMER_MS), rememberUnansweredMs: s.int(0, MAX_TIMER_MS) }),
+  resolver: s.obj({ hosts: s.rec(s.str(resolverAnswer), resolverName), timeoutMs: s.int(1, MAX_TIMER_MS), rememberUnansweredMs: s.int(0, MAX_TIMER_MS) }),
   schedule: s.obj({
     timezone: s.str(timeZone),
     businessHours: s.obj({

@@ -126,6 +126,11 @@ describe('loadConfig: errors carry exact paths', () => {
     ['agent sources', 'identity: { agents: [ { name: a, token: x, sources: [] } ] }', 'identity.agents[0].sources', /at least 1/],
     ['resolver answer', 'resolver: { hosts: { a.test: not-an-ip } }', 'resolver.hosts["a.test"]', /not an IP/],
     ['resolver name', 'resolver: { hosts: { "bad..name": 1.2.3.4 } }', 'resolver.hosts["bad..name"]', /not a valid host name/],
+    // Regression: an address as the name was never read (an IP literal is dialled as itself), and a
+    // zone id in the answer was dropped (dialled unscoped); both were accepted without a word.
+    ['resolver name an IPv4 address', 'resolver: { hosts: { "10.0.0.1": 127.0.0.1 } }', 'resolver.hosts["10.0.0.1"]', /is an IP address.*never looked up/],
+    ['resolver name an IPv6 address', 'resolver: { hosts: { "[::ffff:a00:1]": 127.0.0.1 } }', 'resolver.hosts["[::ffff:a00:1]"]', /is an IP address/],
+    ['resolver answer with a zone id', 'resolver: { hosts: { a.test: "fe80::1%eth0" } }', 'resolver.hosts["a.test"]', /zone ids are not allowed/],
     ['limit type', 'limits: { maxFlowsPerIdentity: 1.5 }', 'limits.maxFlowsPerIdentity', /integer/],
     ['not a mapping', '- a\n- b\n', '(root)', /expected a mapping/],
     ['yaml syntax', 'a: [1,', '(root)', /invalid YAML at line \d+, column \d+: .*flow collection/],
