@@ -21,13 +21,13 @@
  * policy-facts.ts (what the policy decides on).
  */
 import { unmapIPv4 } from '../policy/address.ts';
-import type { Decision, Mode, PolicySnapshot } from '../policy/types.ts';
+import type { Decision, Identity, Mode, PolicySnapshot } from '../policy/types.ts';
 import type { GatewayErrorCode } from './errors.ts';
 import type { GatewayContext } from './context.ts';
 import { attachProcess, attributeLocally, isLocalClient, type LocalLookup } from './admission/local-attribution.ts';
 import { selfDialDecision } from './admission/self-dial.ts';
 import { lookUp, lookUpUntilKilled, NO_ALTERNATES, POLICY_CHANGED } from './admission/lookup.ts';
-import { factsOf, isRefusedUnresolved, knownAddress, runningPolicy, upstreamOf } from './admission/policy-facts.ts';
+import { factsOf, identityUnder, isRefusedUnresolved, knownAddress, runningPolicy, upstreamOf } from './admission/policy-facts.ts';
 import {
   ANONYMOUS,
   DRAINING,
@@ -61,7 +61,8 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   let snapshot = ctx.policy.current();
   let override = ctx.policy.modeOverride();
   // 1. identify
-  let identity = req.identity;
+  // One resolved before (a SOCKS5 login ahead of its request, a UDP association's) has the running policy's roles.
+  let identity = req.identity === undefined ? undefined : identityUnder(snapshot, req.identity);
   let authFailed = false;
   if (!identity) {
     const result = await ctx.identity.resolve(req.claims, snapshot);
@@ -237,8 +238,8 @@ function mayGoOnTo(ctx: GatewayContext, flow: RoutedFlow, snapshot: PolicySnapsh
 
 /** The answer for one more destination of an already-open flow (see admitDestination). */
 export type DestinationAdmission =
-  | { ok: true; ip: string; decision: Decision; upstream: string | null }
-  | { ok: false; decision: Decision | null; reject: RejectMapping; reason: string; ip: string | null };
+  | { ok: true; ip: string; decision: Decision; upstream: string | null; identity: Identity }
+  | { ok: false; decision: Decision | null; reject: RejectMapping; reason: string; ip: string | null; identity: Identity };
 
 /**
  * Admit one more destination for a flow that is already open — a SOCKS5 UDP association relays to
@@ -249,16 +250,20 @@ export type DestinationAdmission =
  * destination and marks the flow would-block when the answer says so. `lookedUp` is the name's DNS
  * answer when it was looked up ahead (`lookUp`). An admitted destination carries step 9's answer
  * under the policy running now, the parent proxy the identity's egress goes through (`upstream`).
+ * `identity` is the one it was judged as: the flow's user and host with the running policy's roles.
  * Never throws.
  */
 export async function admitDestination(ctx: GatewayContext, flow: RoutedFlow, destHost: string, destPort: number, lookedUp?: LookedUp): Promise<DestinationAdmission> {
   let snapshot = ctx.policy.current();
   let override = ctx.policy.modeOverride();
-  let mode = snapshot.modeFor(flow.identity.roles, override);
+  // The running policy's roles, as a new connection of the same user and host would have: the
+  // association's were those of the policy it opened under.
+  let identity = identityUnder(snapshot, flow.identity);
+  let mode = snapshot.modeFor(identity.roles, override);
   // As for a new flow: in enforce mode a name no allow entry can admit is refused unlooked-up.
-  if (mode === 'enforce' && knownAddress(snapshot, destHost) === null && !snapshot.mayAllowName(flow.identity.roles, destHost, destPort, flow.protocol)) {
-    const decision = snapshot.decide(factsOf(flow, flow.protocol, destHost, destPort, null), ctx.flows.now(), override);
-    return { ok: false, decision, reject: mapDecision(decision), reason: decision.reasons.join('; '), ip: null };
+  if (mode === 'enforce' && knownAddress(snapshot, destHost) === null && !snapshot.mayAllowName(identity.roles, destHost, destPort, flow.protocol)) {
+    const decision = snapshot.decide(factsOf(flow, flow.protocol, destHost, destPort, null, identity), ctx.flows.now(), override);
+    return { ok: false, decision, reject: mapDecision(decision), reason: decision.reasons.join('; '), ip: null, identity };
   }
   let ip: string | null = knownAddress(snapshot, destHost);
   let dnsError: GatewayErrorCode | null = null;
@@ -267,22 +272,23 @@ export async function admitDestination(ctx: GatewayContext, flow: RoutedFlow, de
   if (ctx.policy.current() !== snapshot || ctx.policy.modeOverride() !== override) {
     snapshot = ctx.policy.current();
     override = ctx.policy.modeOverride();
-    mode = snapshot.modeFor(flow.identity.roles, override);
+    identity = identityUnder(snapshot, flow.identity);
+    mode = snapshot.modeFor(identity.roles, override);
   }
   const self = ip ? selfDialDecision(ctx, ip, destPort, flow.protocol, mode) : null;
-  if (self !== null) return { ok: false, decision: self, reject: mapDecision(self), reason: self.reasons[0] as string, ip };
-  const decision = snapshot.decide(factsOf(flow, flow.protocol, destHost, destPort, ip), ctx.flows.now(), override);
-  if (decision.verdict === 'block') return { ok: false, decision, reject: mapDecision(decision), reason: decision.reasons.join('; '), ip };
+  if (self !== null) return { ok: false, decision: self, reject: mapDecision(self), reason: self.reasons[0] as string, ip, identity };
+  const decision = snapshot.decide(factsOf(flow, flow.protocol, destHost, destPort, ip, identity), ctx.flows.now(), override);
+  if (decision.verdict === 'block') return { ok: false, decision, reject: mapDecision(decision), reason: decision.reasons.join('; '), ip, identity };
   if (!ip) {
     // The policy's word on the name stays its record's (allow, or monitor mode's would-block), as a
     // new flow's does when its lookup fails (refuseCode after step 7).
     const code = dnsError ?? 'EGW_DNS_FAILED';
-    return { ok: false, decision, reject: mapError(code), reason: `${destHost} did not resolve (${code})`, ip: null };
+    return { ok: false, decision, reject: mapError(code), reason: `${destHost} did not resolve (${code})`, ip: null, identity };
   }
   // Step 8 for this destination: a later destination must not get past what a new flow would meet.
   // As for a new flow, not reached when policy refuses the destination (monitor mode's would-block).
   const found = decision.verdict === 'allow' ? (ctx.detection?.onDestination(flow, { host: destHost, ip, port: destPort }, snapshot, mode) ?? null) : null;
-  if (found?.verdict === 'block') return { ok: false, decision: found, reject: mapDecision(found), reason: found.reasons.join('; '), ip };
+  if (found?.verdict === 'block') return { ok: false, decision: found, reject: mapDecision(found), reason: found.reasons.join('; '), ip, identity };
   // Under the policy running now: a reload may have put the identity's egress through a parent.
-  return { ok: true, ip, decision: found !== null && decision.verdict === 'allow' ? found : decision, upstream: upstreamOf(snapshot, flow.identity.roles) };
+  return { ok: true, ip, decision: found !== null && decision.verdict === 'allow' ? found : decision, upstream: upstreamOf(snapshot, identity.roles), identity };
 }

@@ -82,6 +82,8 @@ export function refuseLookupsAfterChange(ctx: Pick<GatewayContext, 'flows'>): vo
 export function needsLookUp(ctx: GatewayContext, identity: Identity, protocol: Protocol, host: string, port: number): boolean {
   const snapshot = ctx.policy.current();
   if (knownAddress(snapshot, host) !== null) return false;
-  const mode = snapshot.modeFor(identity.roles, ctx.policy.modeOverride());
-  return mode !== 'enforce' || snapshot.mayAllowName(identity.roles, host, port, protocol);
+  // The running policy's roles: the identity may have been resolved under an earlier one.
+  const roles = snapshot.rolesFor(identity.user, identity.host);
+  const mode = snapshot.modeFor(roles, ctx.policy.modeOverride());
+  return mode !== 'enforce' || snapshot.mayAllowName(roles, host, port, protocol);
 }

@@ -3,7 +3,7 @@
  * knows without DNS, the parent proxy, and the policy running now for a flow admission holds.
  */
 import { isIP } from 'node:net';
-import type { ConnectFacts, Mode, PolicySnapshot, Protocol } from '../../policy/types.ts';
+import type { ConnectFacts, Identity, Mode, PolicySnapshot, Protocol } from '../../policy/types.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow, RoutedFlow } from '../flow/flow.ts';
 
@@ -16,9 +16,20 @@ export function upstreamOf(snapshot: PolicySnapshot, roles: readonly string[]): 
   return snapshot.config.upstream;
 }
 
-/** What the policy decides on for a flow's destination. */
-export function factsOf(flow: Flow, protocol: Protocol, destHost: string, destPort: number, destIp: string | null): ConnectFacts {
-  return { protocol, clientIp: flow.client.ip, clientPort: flow.client.port, identity: flow.identity, destHost, destPort, destIp };
+/** What the policy decides on for a flow's destination (`identity`: the flow's unless given). */
+export function factsOf(flow: Flow, protocol: Protocol, destHost: string, destPort: number, destIp: string | null, identity: Identity = flow.identity): ConnectFacts {
+  return { protocol, clientIp: flow.client.ip, clientPort: flow.client.port, identity, destHost, destPort, destIp };
+}
+
+/**
+ * `identity` with the roles `snapshot` gives its user and host (the same object when they are the
+ * ones it has). Roles are the policy's (identity-resolver step 9): an identity resolved under an
+ * earlier policy (a SOCKS5 login before its request, a UDP association's, its later destinations)
+ * is judged with the running policy's roles, as a new connection of the same user would be.
+ */
+export function identityUnder(snapshot: PolicySnapshot, identity: Identity): Identity {
+  const roles = snapshot.rolesFor(identity.user, identity.host);
+  return sameRoles(roles, identity.roles) ? identity : { ...identity, roles };
 }
 
 /** The address of an IP literal or a `resolver.hosts` name, without DNS; null = look it up. */

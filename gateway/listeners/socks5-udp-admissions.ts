@@ -11,7 +11,7 @@
  * destination not yet known (newDestination) or refused (judgeAgain).
  */
 import { isRefusedByPolicy } from '../../policy/detectors/state.ts';
-import type { ReasonCode, Verdict } from '../../policy/types.ts';
+import type { Identity, ReasonCode, Verdict } from '../../policy/types.ts';
 import { admit, admitDestination, type DestinationAdmission, type LookedUp, lookUp, needsLookUp, type Refused } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow, RoutedFlow } from '../flow/flow.ts';
@@ -254,7 +254,7 @@ export class UdpAdmissions {
     }
     if (r.upstream !== null) {
       // A reload put this identity's egress through a parent since the association opened.
-      const refused = this.refusalRecord(f, dest, r.ip);
+      const refused = this.refusalRecord(f, dest, r.ip, r.identity);
       ctx.flows.decide(refused, r.decision, false);
       ctx.flows.close(refused, 'udp-upstream-unsupported');
       this.refuseForParent(dest, r.upstream);
@@ -298,18 +298,18 @@ export class UdpAdmissions {
    * client address finds (agent reports for that port attribute the association, not this record).
    */
   private recordRefusal(association: Flow, dest: Destination, r: Extract<DestinationAdmission, { ok: false }>): void {
-    const f = this.refusalRecord(association, dest, r.ip);
+    const f = this.refusalRecord(association, dest, r.ip, r.identity);
     if (r.decision !== null) this.host.ctx.flows.decide(f, r.decision, r.decision.verdict === 'block');
     this.host.ctx.flows.close(f, r.reject.reason);
   }
 
-  /** The record of a later destination refused, for the caller to close with its reason. */
-  private refusalRecord(association: Flow, dest: Destination, ip: string | null): Flow {
+  /** The record of a later destination refused (`identity`: the one it was judged as), for the caller to close with its reason. */
+  private refusalRecord(association: Flow, dest: Destination, ip: string | null, identity: Identity): Flow {
     return this.host.ctx.flows.open({
       protocol: 'socks5-udp',
       listener: 'socks',
       client: association.client,
-      identity: association.identity,
+      identity: { ...identity, process: association.identity.process },
       destination: { host: dest.host, ip, port: dest.port },
       isAddressIndexed: false,
     });
