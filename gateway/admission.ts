@@ -40,12 +40,14 @@ import {
   NO_FLOW_LOG,
   refuse,
   refuseCode,
+  staleLoginRefusal,
   yieldRecordToFlows,
 } from './admission/refusals.ts';
 import type { AdmissionRequest, Admitted, LookedUp, Refused } from './admission/types.ts';
 import { mapDecision, mapError, type RejectMapping } from './reject.ts';
 import type { RoutedFlow } from './flow/flow.ts';
 import { parentName } from './upstream/parent-label.ts';
+import { loginStands } from './identity/login-standing.ts';
 
 // The pipeline's parts, each in gateway/admission/; the listeners import them from here.
 export type { AdmissionRequest, Admitted, ClientWatch, LocalEndpoint, LookedUp, Refused } from './admission/types.ts';
@@ -61,10 +63,13 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   let snapshot = ctx.policy.current();
   let override = ctx.policy.modeOverride();
   // 1. identify
-  // One resolved before (a SOCKS5 login ahead of its request, a UDP association's) has the running policy's roles.
+  // One resolved before (a SOCKS5 login ahead of its request, a UDP association's) has the running
+  // policy's roles, if the running policy still admits its login.
   let identity = req.identity === undefined ? undefined : identityUnder(snapshot, req.identity);
-  let authFailed = false;
-  if (!identity) {
+  const isLoginStale = req.loginSince !== undefined && !loginStands(req.claims.username ?? null, req.loginSince, snapshot);
+  let authFailed = isLoginStale;
+  if (isLoginStale) identity = { ...ANONYMOUS, roles: snapshot.rolesFor(null, null) };
+  else if (!identity) {
     const result = await ctx.identity.resolve(req.claims, snapshot);
     if (result.ok) {
       identity = result.identity;
@@ -93,7 +98,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   if (req.claims.clientIp === '') return refuse(ctx, flow, gatewayRefusal('bad-request', mode, NO_CLIENT_ADDRESS));
   if (authFailed) {
     yieldRecordToFlows(ctx, flow);
-    return refuse(ctx, flow, loginRefusal(mode));
+    return refuse(ctx, flow, isLoginStale ? staleLoginRefusal(mode) : loginRefusal(mode));
   }
   // 3. draining and limits
   if (ctx.isDraining()) return refuse(ctx, flow, gatewayRefusal('shutting-down', mode, DRAINING));
@@ -236,6 +241,12 @@ function mayGoOnTo(ctx: GatewayContext, flow: RoutedFlow, snapshot: PolicySnapsh
   return !(decision.verdict === 'block' || (decision.verdict !== 'allow' && flow.verdict === 'allow'));
 }
 
+/** A SOCKS5 login (RFC 1929 user, null for "no authentication") and the policy it was made under. */
+export interface SocksLogin {
+  readonly username: string | null;
+  readonly since: PolicySnapshot;
+}
+
 /** The answer for one more destination of an already-open flow (see admitDestination). */
 export type DestinationAdmission =
   | { ok: true; ip: string; decision: Decision; upstream: string | null; identity: Identity }
@@ -251,11 +262,25 @@ export type DestinationAdmission =
  * answer when it was looked up ahead (`lookUp`). An admitted destination carries step 9's answer
  * under the policy running now, the parent proxy the identity's egress goes through (`upstream`).
  * `identity` is the one it was judged as: the flow's user and host with the running policy's roles.
+ * `login`: the association's; one the running policy no longer admits is refused `auth-required`.
  * Never throws.
  */
-export async function admitDestination(ctx: GatewayContext, flow: RoutedFlow, destHost: string, destPort: number, lookedUp?: LookedUp): Promise<DestinationAdmission> {
+export async function admitDestination(
+  ctx: GatewayContext,
+  flow: RoutedFlow,
+  destHost: string,
+  destPort: number,
+  lookedUp?: LookedUp,
+  login?: SocksLogin,
+): Promise<DestinationAdmission> {
   let snapshot = ctx.policy.current();
   let override = ctx.policy.modeOverride();
+  if (login !== undefined && !loginStands(login.username, login.since, snapshot)) {
+    // Refused as a new connection with that login would be: before any lookup, in every mode.
+    const anonymous = { ...ANONYMOUS, roles: snapshot.rolesFor(null, null) };
+    const decision = staleLoginRefusal(snapshot.modeFor(anonymous.roles, override));
+    return { ok: false, decision, reject: mapDecision(decision), reason: decision.reasons.join('; '), ip: null, identity: anonymous };
+  }
   // The running policy's roles, as a new connection of the same user and host would have: the
   // association's were those of the policy it opened under.
   let identity = identityUnder(snapshot, flow.identity);

@@ -70,6 +70,18 @@ export function loginRefusal(mode: Mode): Decision {
 }
 
 /**
+ * A SOCKS5 login the running policy no longer admits (login-standing.ts): refused as a missing login
+ * is, with a reason that says the login was made under an earlier policy.
+ */
+export function staleLoginRefusal(mode: Mode): Decision {
+  return fixed('auth-required', 'policy.deny', mode, STALE_LOGIN);
+}
+
+const STALE_LOGIN: readonly string[] = Object.freeze([
+  'proxy authentication required: this connection logged in under an earlier policy, which the running one no longer admits (requireAuth on, or the user\'s password changed or removed)',
+]);
+
+/**
  * While the flow log cannot be written, refusals yield to real flows for the backlog's room: past
  * REFUSAL_RECORDS_HELD held records they are counted, not kept, or a flood of refused attempts
  * would push out the records of flows that carried traffic (reproduced: a tunnel's record lost

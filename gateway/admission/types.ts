@@ -23,6 +23,12 @@ export interface AdmissionRequest {
   /** An identity already resolved on this client connection (keep-alive, SOCKS after auth). */
   identity?: Identity;
   /**
+   * The policy a SOCKS5 login (claims.username, null for "no authentication") was made under, when
+   * `identity` comes from it: refused `auth-required` if the running policy no longer admits that
+   * login (login-standing.ts).
+   */
+  loginSince?: PolicySnapshot;
+  /**
    * The process already attributed to this client connection (an earlier request of an HTTP
    * keep-alive connection): the flow's process when its identity names none.
    */

@@ -19,6 +19,7 @@ import { unmapIPv4 } from '../../policy/address.ts';
 import { normaliseHost } from '../protocol/authority.ts';
 import { type UdpHeader, udpHeaderHost } from '../protocol/socks5-codec.ts';
 import { parentLabel } from '../upstream/parent-label.ts';
+import { loginStands } from '../identity/login-standing.ts';
 import type { Downstream, HandshakeResult } from './socks5-handshake.ts';
 import type { Destination, DestinationTable } from './socks5-udp-destinations.ts';
 import type { HeldShare } from './socks5-udp-ledger.ts';
@@ -157,7 +158,8 @@ export class UdpAdmissions {
     const { ctx, hs } = this.host;
     for (let i = 0; i < this.queued.length && !this.host.isEnded(); ) {
       const dest = this.queued[i] as Destination;
-      const isLookUp = needsLookUp(ctx, hs.identity, 'socks5-udp', dest.host, dest.port);
+      // A login the running policy no longer admits is refused before any lookup (admit, admitDestination).
+      const isLookUp = loginStands(hs.username, hs.snapshot, ctx.policy.current()) && needsLookUp(ctx, hs.identity, 'socks5-udp', dest.host, dest.port);
       if (isLookUp && this.admitting >= MAX_ADMITTING) {
         i++;
         continue;
@@ -207,6 +209,7 @@ export class UdpAdmissions {
       // Local attribution names the datagram socket's process, else the control connection's.
       control: { clientPort: down.clientPort, server: down.socket },
       identity: hs.identity,
+      loginSince: hs.snapshot,
       ...(found === undefined ? {} : { lookedUp: found }),
     });
     this.isOpening = false;
@@ -245,7 +248,8 @@ export class UdpAdmissions {
   private async admitLater(f: RoutedFlow, dest: Destination, found: LookedUp | undefined): Promise<void> {
     const { ctx } = this.host;
     if (this.host.isEnded()) return;
-    const r = await admitDestination(ctx, f, dest.host, dest.port, found);
+    const { hs } = this.host;
+    const r = await admitDestination(ctx, f, dest.host, dest.port, found, { username: hs.username, since: hs.snapshot });
     if (this.host.isEnded()) return;
     if (!r.ok) {
       this.recordRefusal(f, dest, r);
@@ -350,7 +354,8 @@ export class UdpAdmissions {
 function endsAssociation(r: Refused): boolean {
   if (r.isKilled === true) return true;
   const reason = r.flow.verdict === 'block' ? r.flow.reason : null;
-  return reason === 'rate-limit' || reason === 'quarantine' || reason === 'detector';
+  // `auth-required`: its login no longer stands (a reload), so no destination of it would be admitted.
+  return reason === 'rate-limit' || reason === 'quarantine' || reason === 'detector' || reason === 'auth-required';
 }
 
 function noop(): void {}

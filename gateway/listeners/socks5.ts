@@ -159,6 +159,7 @@ async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResul
     destPort: request.port,
     server: socket,
     identity: hs.identity,
+    loginSince: hs.snapshot,
     watch,
   });
   if (!admitted.ok) {
