@@ -3,13 +3,13 @@
  * the flow table, the policy store, the alert store, the stats, the audit log and the agent registry.
  * It owns no state of its own beyond what those hold.
  */
-import { BlockList, isIPv4, isIPv6 } from 'node:net';
 import { normalizeIp } from '../agent/attribution.ts';
 import { validateReportBatch } from '../agent/report.ts';
 import type { Config } from '../policy/config.ts';
 import { type LoadResult, loadConfig, validateConfig } from '../policy/load-config.ts';
 import type { Mode, PolicySnapshot, ProcessInfo } from '../policy/types.ts';
 import { AgentRegistry } from './agent-registry.ts';
+import { type AgentSources, compileAgentSources, isAgentSource } from './identity/agent-sources.ts';
 import { keptProcessInfo, type PendingReportLimits, PendingReportBudget, processBytes } from './pending-reports.ts';
 import type { AlertLike, AlertStore } from './alerts/alert-store.ts';
 import type { AuditLog } from './audit-log.ts';
@@ -111,7 +111,7 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
   const pending = new PendingReportBudget(deps.pendingReports);
   stats.attachPendingReports(() => pending.stats(now()));
   const shedLoggedAt = new Map<string, number>();
-  let sourcesCache: { version: number; lists: Map<string, SourceLists | null> } | null = null;
+  let sourcesCache: { version: number; lists: Map<string, AgentSources | null> } | null = null;
 
   const policyView = (): PolicyView => {
     const snap = deps.policy.current();
@@ -133,14 +133,12 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
   };
 
   /** Agent name → its sources (absent: admin tokens of scope agent, bound to their own address). */
-  const agentSources = (): Map<string, SourceLists | null> => {
+  const agentSources = (): Map<string, AgentSources | null> => {
     const snap = deps.policy.current();
     if (sourcesCache?.version === snap.version) return sourcesCache.lists;
-    const lists = new Map<string, SourceLists | null>();
+    const lists = new Map<string, AgentSources | null>();
     for (const a of snap.config.identity.agents) {
-      const bl: SourceLists = { v4: new BlockList(), v6: new BlockList() };
-      for (const cidr of a.sources) addCidr(bl, cidr);
-      lists.set(a.name, bl);
+      lists.set(a.name, compileAgentSources(a.sources));
     }
     sourcesCache = { version: snap.version, lists };
     return lists;
@@ -221,7 +219,7 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
       const refused: Array<{ index: number; localIp: string }> = [];
       if (sources) {
         batch.reports.forEach((r, index) => {
-          if (!checkIp(sources, localIps[index] ?? '')) refused.push({ index, localIp: r.localIp });
+          if (!isAgentSource(sources, localIps[index] ?? '')) refused.push({ index, localIp: r.localIp });
         });
       } else if (ownAddress !== null) {
         batch.reports.forEach((r, index) => {
@@ -319,37 +317,4 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
     audit: (entry) => deps.audit.record(entry),
     listAudit: (query) => deps.audit.list(query),
   };
-}
-
-/**
- * An agent's sources, one list per family. Node's BlockList matches an IPv4 address against IPv6
- * rules too (as ::ffff:a.b.c.d): in one list, an agent bound to `::/0` spoke for every IPv4 client.
- */
-interface SourceLists {
-  readonly v4: BlockList;
-  readonly v6: BlockList;
-}
-
-/** Add "a.b.c.d/n", "v6/n" or a bare address to its family's list; invalid entries are skipped (load-config refuses them). */
-function addCidr(lists: SourceLists, cidr: string): void {
-  const [addr = '', bitsText] = cidr.split('/');
-  const type = isIPv4(addr) ? 'ipv4' : isIPv6(addr) ? 'ipv6' : null;
-  if (!type) return;
-  const bl = type === 'ipv4' ? lists.v4 : lists.v6;
-  if (bitsText === undefined) {
-    bl.addAddress(addr, type);
-    return;
-  }
-  const bits = Number(bitsText);
-  if (Number.isInteger(bits) && bits >= 0 && bits <= (type === 'ipv4' ? 32 : 128)) bl.addSubnet(addr, bits, type);
-}
-
-/**
- * Whether `ip`, in the form normalizeIp gives (an IPv4-mapped address is plain IPv4 by then), is
- * one of the agent's sources, checked against its own family's list only.
- */
-function checkIp(lists: SourceLists, ip: string): boolean {
-  if (isIPv4(ip)) return lists.v4.check(ip, 'ipv4');
-  if (isIPv6(ip)) return lists.v6.check(ip, 'ipv6');
-  return false;
 }

@@ -13,7 +13,6 @@
  * if shorter, for a block or kill, enforced or monitored).
  */
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
-import { BlockList, isIPv6 } from 'node:net';
 import { dirname } from 'node:path';
 import {
   connectDecision,
@@ -39,6 +38,7 @@ import type { AlertStore } from '../alerts/alert-store.ts';
 import type { DetectionHooks, Logger, PolicySource } from '../context.ts';
 import { type Flow, type FlowLeg, isRouted, type KnownDestination, type RoutedFlow } from '../flow/flow.ts';
 import type { FlowTable } from '../flow/flow-table.ts';
+import { type AgentSources, compileAgentSources, isAgentSource } from '../identity/agent-sources.ts';
 import { AlertGroups } from './alert-groups.ts';
 import type { LiveDetection } from './dry-run.ts';
 import { Quarantine, quarantineDecision } from './quarantine.ts';
@@ -84,22 +84,17 @@ const AGENT_GRACE_MS = 10_000;
  */
 const REPEAT_ALERT_MS = 3_600_000;
 
-const agentSourceCache = new WeakMap<PolicySnapshot, BlockList | null>();
+const agentSourceCache = new WeakMap<PolicySnapshot, AgentSources | null>();
 
-/** The addresses agents speak for, per policy snapshot (null when no agent is configured). */
-function agentSources(snapshot: PolicySnapshot): BlockList | null {
+/**
+ * The addresses agents speak for, per policy snapshot (null when no agent is configured), each
+ * family in a list of its own as the report check keeps them (identity/agent-sources.ts).
+ */
+function agentSourcesOf(snapshot: PolicySnapshot): AgentSources | null {
   let list = agentSourceCache.get(snapshot);
   if (list !== undefined) return list;
-  list = null;
-  for (const agent of snapshot.config.identity.agents) {
-    for (const cidr of agent.sources) {
-      const [net, bits] = cidr.split('/');
-      if (!net) continue;
-      list ??= new BlockList();
-      const family = isIPv6(net) ? 'ipv6' : 'ipv4';
-      list.addSubnet(net, Number(bits ?? (family === 'ipv6' ? 128 : 32)), family);
-    }
-  }
+  const agents = snapshot.config.identity.agents;
+  list = agents.length === 0 ? null : compileAgentSources(agents.flatMap((a) => a.sources));
   agentSourceCache.set(snapshot, list);
   return list;
 }
@@ -509,7 +504,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     ended = [];
     const changedSinceLastSweep = folded;
     folded = emptyObserveResult();
-    const agents = agentSources(policy.current());
+    const agents = agentSourcesOf(policy.current());
     for (const flow of active.values()) {
       if (!flow.isConnected || !isRouted(flow)) continue;
       // Monitor mode's would-block by policy: enforce mode refused it, its detectors never see it open.
@@ -518,7 +513,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       else pushActiveLegs(views, flow, flow.legs);
       if (agents && !flow.identity.process && !flow.isUnattributed && now - flow.startedAt >= AGENT_GRACE_MS) {
         const ip = flow.client.ip.startsWith('::ffff:') ? flow.client.ip.slice(7) : flow.client.ip;
-        if (agents.check(ip, isIPv6(ip) ? 'ipv6' : 'ipv4')) {
+        if (isAgentSource(agents, ip)) {
           flow.isUnattributed = true;
           log.warn({ flowId: flow.id, client: flow.client.ip }, 'flow from a host with an agent was never attributed');
         }
