@@ -24,6 +24,8 @@ export interface DropCounts {
   oversized: number;
   /** Payloads too large for one IPv4 datagram to their destination (from an IPv6 client, up to 65,527 bytes). */
   oversizedOut: number;
+  /** Handed to the kernel, which did not send them (ENETUNREACH, EHOSTUNREACH, EACCES, EPERM): not in bytesOut. */
+  unsent: number;
   /** Before the lock, from a socket the control connection's user does not own (socks5-udp-source.ts). */
   otherUser: number;
   /** Before the lock, while their socket's owner was not known: the lookup outlasted its wait, told nothing, or found the port shared by several uids. */
@@ -31,7 +33,7 @@ export interface DropCounts {
 }
 
 export function newDropCounts(): DropCounts {
-  return { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0, oversized: 0, oversizedOut: 0, otherUser: 0, ownerUnknown: 0 };
+  return { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0, oversized: 0, oversizedOut: 0, unsent: 0, otherUser: 0, ownerUnknown: 0 };
 }
 
 /** An association's destinations relayed and refused. */
@@ -54,7 +56,8 @@ export function noteReasons(ctx: GatewayContext, f: Flow, counts: AssociationCou
       `${drops.refused} to refused destinations, ${drops.unsolicited} unsolicited replies, ${drops.overflow} over the destination limit, ` +
       `${drops.held} over the limits of datagrams waiting for admission, ${drops.oversized} replies too large for the client, ` +
       `${drops.oversizedOut} too large for their destination, ${drops.otherUser} from another user's socket, ` +
-      `${drops.ownerUnknown} whose socket's owner was not known in time or shared the port with another user`,
+      `${drops.ownerUnknown} whose socket's owner was not known in time or shared the port with another user, ` +
+      `${drops.unsent} the kernel did not send (no route to their destination, or a local firewall)`,
   ]);
 }
 

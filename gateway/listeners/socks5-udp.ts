@@ -32,7 +32,8 @@
  *     counts it, in the flow's totals and in its destination's leg (flow.ts, FlowLeg), whose own
  *     bytes the detectors judge as a flow to that destination alone; the leg's byte budget is exact
  *     (leg.onBudget decides cut or move on) and a cut ends the association; one too
- *     large for a datagram to its destination (an IPv6 client's, to IPv4) is dropped and counted
+ *     large for a datagram to its destination (an IPv6 client's, to IPv4) is dropped and counted;
+ *     one the kernel does not send (no route) is taken back out of bytesOut and counted
  *  6. a datagram arriving on the upstream socket is relayed only if its source is an admitted
  *     destination, wrapped with the header naming that destination as the client named it (of
  *     several spellings of one address and port, the one the client sent to last), and if
@@ -105,7 +106,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   /** The bytes of datagrams waiting for their destinations' admission (also taken from `ledger`). */
   const held = new HeldShare(ledger);
   /** When each logged kind of drop was last logged (one warning per DROP_LOG_EVERY_MS each). */
-  const loggedAt = { held: Number.NEGATIVE_INFINITY, oversized: Number.NEGATIVE_INFINITY, oversizedOut: Number.NEGATIVE_INFINITY, ownerUnknown: Number.NEGATIVE_INFINITY, sharedPort: Number.NEGATIVE_INFINITY };
+  const loggedAt = { held: Number.NEGATIVE_INFINITY, oversized: Number.NEGATIVE_INFINITY, oversizedOut: Number.NEGATIVE_INFINITY, unsent: Number.NEGATIVE_INFINITY, ownerUnknown: Number.NEGATIVE_INFINITY, sharedPort: Number.NEGATIVE_INFINITY };
   const drops = newDropCounts();
   // 4. admission, once per destination (socks5-udp-admissions.ts)
   const admissions = new UdpAdmissions({
@@ -395,7 +396,24 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     f.bytesOut += len;
     // Its replies come back under this spelling's header (another admitted since may share the address).
     dests.sentTo(dest);
-    upstream(dest.isV6).send(msg, offset, len, dest.port, dest.ip);
+    // The kernel may refuse to send it (ENETUNREACH: an IPv6 destination from a host without an IPv6
+    // route; EHOSTUNREACH, EACCES, EPERM): node tells only a send callback, so without one it went
+    // unseen and stayed in bytesOut. Counted when handed over (the budget stays exact), taken back then.
+    upstream(dest.isV6).send(msg, offset, len, dest.port, dest.ip, (err) => {
+      if (err !== null) notSent(f, dest, leg, len, err);
+    });
+  }
+
+  /** A datagram the kernel did not send: not in bytesOut, counted in the record's drops, logged once per interval. */
+  function notSent(f: Flow, dest: Destination, leg: FlowLeg, len: number, err: Error): void {
+    leg.bytesOut -= len;
+    f.bytesOut -= len;
+    drops.unsent++;
+    if (!isLogDue('unsent')) return;
+    ctx.log.warn(
+      { listener: 'socks', flowId: f.id, client: `${clientIp}:${clientPort}`, destination: `${dest.host}:${dest.port}`, ip: dest.ip, err: (err as NodeJS.ErrnoException).code ?? err.message, dropped: drops.unsent },
+      'socks5 udp datagrams not sent: the kernel refused them (no route to their destination, or a local firewall)',
+    );
   }
 
   function dropOversizedOut(dest: Destination, len: number): void {
