@@ -4,7 +4,7 @@
  * system calls each, made when the log opens, switches or checks its file, never per record. And
  * the line count the log's status and drops use.
  */
-import { close as closeFd, fstat, ftruncate, open as openFd, read as readFd, type Stats } from 'node:fs';
+import { close as closeFd, constants, fstat, ftruncate, open as openFd, read as readFd, type Stats } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
@@ -22,9 +22,19 @@ export interface OpenFile {
   named: number;
 }
 
+/**
+ * Append, and never wait in the open or a write: a FIFO without a reader blocked the open, and one
+ * whose reader stopped reading blocked the write, each in one of libuv's pool threads, which no one
+ * can end and every exit of node joins: a SIGTERM drain waited for ever for the retry's open, and a
+ * drain that was over did not exit. Without a reader the open fails (ENXIO, a failure like any
+ * other); a full pipe is EAGAIN, which the writer waits out (append-log-writer.ts). Regular files
+ * ignore O_NONBLOCK.
+ */
+const APPEND_FLAGS = constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NONBLOCK;
+
 /** Open `path` for append (its directory made again if it was removed) and learn which file it is and how long. */
 export async function openAppend(path: string): Promise<OpenFile> {
-  const open = (): Promise<number> => new Promise<number>((resolve, reject) => openFd(path, 'a', 0o666, (err, n) => (err ? reject(err) : resolve(n))));
+  const open = (): Promise<number> => new Promise<number>((resolve, reject) => openFd(path, APPEND_FLAGS, 0o666, (err, n) => (err ? reject(err) : resolve(n))));
   let fd: number;
   try {
     fd = await open();

@@ -11,9 +11,10 @@
  *    stopped when the path is still the same file, ending where we left it: a line cut by a full disk
  *    is completed, not repeated. On another file (rotated, recreated) a cut line is written whole,
  *    and its start taken off the end of the file left behind;
- *  - a write that hangs (a stuck network file system) is a failure too once it has taken STALL_MS,
- *    until it completes: the backlog is bounded and callers see `isFailing`, instead of records
- *    piling up in memory without limit;
+ *  - a write that hangs (a stuck network file system, a FIFO whose reader stopped reading) is a
+ *    failure too once it has taken STALL_MS, until it completes: the backlog is bounded and callers
+ *    see `isFailing`, instead of records piling up in memory without limit. A FIFO is written
+ *    without blocking (append-log-file.ts): a full pipe is waited out here, not in a pool thread;
  *  - stdout cannot be reopened: it stays failed, and what it holds is reported lost at close;
  *  - `isFailing` is true meanwhile. Each change of state is reported once (`onStateChange`).
  * A file is written with positionless `write`s on an append-mode descriptor, one at a time, so the
@@ -31,6 +32,9 @@ export const BACKLOG_BYTES = 64 * 1024 * 1024;
 export const RETRY_MS = 1000;
 /** A file write not done after this long (a hung NFS mount, say) counts as a failure until it is. */
 export const STALL_MS = 10_000;
+/** A write to a full pipe (EAGAIN) is tried again after this long, doubling up to AGAIN_MAX_MS. */
+const AGAIN_MS = 10;
+const AGAIN_MAX_MS = 250;
 
 /** A change of state worth one log line (the log has no logger of its own). */
 export type AppendLogEvent =
@@ -214,8 +218,18 @@ export abstract class AppendLogWriter {
     this.wakeIdle();
   };
 
-  private writeFrom(file: OpenFile, data: Buffer, offset: number): void {
+  private writeFrom(file: OpenFile, data: Buffer, offset: number, againMs = AGAIN_MS): void {
     writeFd(file.fd, data, offset, data.length - offset, null, (error, n) => {
+      if (error?.code === 'EAGAIN') {
+        // A pipe with no room (its reader behind): waited out as a blocking write would be, outside
+        // the pool; the stall timer still counts. Given up once the log is closed.
+        const retry = setTimeout(() => {
+          if (this.file === file) this.writeFrom(file, data, offset, Math.min(againMs * 2, AGAIN_MAX_MS));
+          else this.abandonWrite(file);
+        }, againMs);
+        retry.unref();
+        return;
+      }
       // A write that takes nothing would be retried forever: a failure like any other.
       const err = error ?? (n > 0 ? null : Object.assign(new Error('write took no bytes'), { code: 'EIO' }));
       if (!err) file.end += n;
@@ -260,6 +274,14 @@ export abstract class AppendLogWriter {
       else if (this.nextFile && this.failure === null) void this.takeNextFile();
       else this.pump();
     });
+  }
+
+  /** close() left `file` to a write that a full pipe held: it ends here, unwritten bytes lost. */
+  private abandonWrite(file: OpenFile): void {
+    this.isWriting = false;
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.stallTimer = null;
+    closeFd(file.fd, ignore);
   }
 
   protected fail(err: NodeJS.ErrnoException): void {
