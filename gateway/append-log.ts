@@ -3,6 +3,10 @@
  * audit trail's writer (see append-log-writer.ts for writing, failing and recovering). This file is
  * its life at a path: opening it, the removal watch, rotation (`reopen()`) and close.
  *
+ * The watch's fstat also finds a file truncated under us (`: > flows.jsonl` on a full disk), and
+ * takes its size as where our lines end: a line a full disk cut later is then completed in place,
+ * not left as a fragment before its whole copy.
+ *
  * A regular file removed from under us (its directory deleted, the file unlinked) still takes every
  * write, into an inode nobody can read: records lost with no error. Every WATCH_MS the open file is
  * checked (one fstat), a write in flight or not; once it has no name left, the lines written to it
@@ -84,12 +88,18 @@ export class AppendLog extends AppendLogWriter {
     // Bytes up to here were written before the fstat starts, and end a line: the file's end between
     // writes, or where the write in flight started.
     const end = this.isWriting ? this.writeStartsAt : file.end;
+    const isIdle = !this.isWriting;
     this.isWatching = true;
     fstat(file.fd, (err, st) => {
       this.isWatching = false;
       if (err || this.file !== file) return;
-      if (st.nlink > 0) file.named = Math.max(file.named, end);
-      else if (this.isWriting) this.removedFile = file;
+      if (st.nlink > 0) {
+        file.named = Math.max(file.named, end);
+        // No write of ours before or during the check, and the file is not as long as we wrote it:
+        // truncated (`: > flows.jsonl` to make room) or written by someone else. Our writes land at
+        // its real end (append mode), so that is where a line a full disk cuts is to be found.
+        if (isIdle && !this.isWriting && file.end === end && st.size !== end) file.end = file.named = st.size;
+      } else if (this.isWriting) this.removedFile = file;
       else void this.replaceRemoved(file);
     });
   };
