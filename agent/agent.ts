@@ -263,8 +263,11 @@ export class Agent {
     return this.post([]);
   }
 
-  /** POST one batch of reports: the HTTP status, or 0 and the error when the gateway was not reached. */
-  private async post(reports: readonly AgentReport[]): Promise<{ status: number; error: string | null }> {
+  /**
+   * POST one batch of reports: the HTTP status and the answer's text, or 0 and the error when the
+   * gateway was not reached.
+   */
+  private async post(reports: readonly AgentReport[]): Promise<{ status: number; error: string | null; answer: string }> {
     try {
       const res = await fetch(this.reportsUrl, {
         method: 'POST',
@@ -274,9 +277,9 @@ export class Agent {
       });
       const text = await res.text().catch(() => '');
       if (res.ok) this.learnRelayPorts(text);
-      return { status: res.status, error: null };
+      return { status: res.status, error: null, answer: text };
     } catch (err) {
-      return { status: 0, error: (err as Error).message };
+      return { status: 0, error: (err as Error).message, answer: '' };
     }
   }
 
@@ -312,7 +315,7 @@ export class Agent {
     if (this.queue.length === 0) return 'empty';
     const batch = this.queue.slice(0, this.batchSize).map((q) => q.report);
     this.totals.posts++;
-    const { status, error } = await this.post(batch);
+    const { status, error, answer } = await this.post(batch);
     if (status >= 200 && status < 300) {
       this.queue.splice(0, batch.length);
       this.totals.sent += batch.length;
@@ -321,6 +324,7 @@ export class Agent {
       return 'sent';
     }
     const isRetryable = status === 0 || status === 408 || status === 429 || status >= 500;
+    if (status === 403 && this.dropRefusedAddresses(batch.length, answer)) return 'dropped';
     if (!isRetryable) {
       // The gateway refused the content or the token: sending it again cannot succeed.
       this.queue.splice(0, batch.length);
@@ -336,6 +340,37 @@ export class Agent {
     this.nextSendAt = Date.now() + delay;
     this.log({ event: 'agent-report-failed', status, error, retryInMs: delay, queued: this.queue.length });
     return 'retry';
+  }
+
+  /**
+   * The gateway refuses a whole batch (403) when one report is about an address outside this agent's
+   * sources, and lists the refused ones (`details.refused`, at most 100). Any local process can hold
+   * a connection to the gateway from such an address (127.0.0.2, another address of the host), so
+   * dropping the whole batch let it blind the agent: every other process's report sent with it was
+   * lost, a proxyware tunnel's among them. Drops the reports about the refused addresses from the
+   * head `size` of the queue and keeps the others there, to be sent next; true when it dropped any.
+   * Each call drops at least one report, so a batch is resent at most once per address refused.
+   */
+  private dropRefusedAddresses(size: number, answer: string): boolean {
+    let refused: unknown;
+    try {
+      refused = (JSON.parse(answer) as { details?: { refused?: unknown } }).details?.refused;
+    } catch {
+      return false;
+    }
+    if (!Array.isArray(refused)) return false;
+    const addresses = new Set<string>();
+    for (const r of refused) {
+      const ip = (r as { localIp?: unknown } | null)?.localIp;
+      if (typeof ip === 'string') addresses.add(ip);
+    }
+    const batch = this.queue.slice(0, size);
+    const kept = batch.filter((q) => !addresses.has(q.report.localIp));
+    if (kept.length === batch.length) return false;
+    this.queue.splice(0, size, ...kept);
+    this.totals.dropped += size - kept.length;
+    this.log({ event: 'agent-reports-refused-addresses', addresses: [...addresses].slice(0, 10), reports: size - kept.length, resending: kept.length });
+    return true;
   }
 
   /** Send everything queued, batch by batch, unless backing off; stops at the first failure. */
