@@ -201,11 +201,13 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
     alertsAfter: (afterEventId, detector) => deps.alerts.after(afterEventId, detector),
     subscribeAlerts: (fn) => deps.alerts.subscribe(fn),
 
-    ingestReports: (body, agentName, sourceIp, scope = 'agent'): IngestOutcome => {
+    ingestReports: (body, agentName, sourceIp, reporter): IngestOutcome => {
       const parsed = validateReportBatch(body);
       if (!parsed.ok) return { ok: false, code: 'invalid', errors: [...parsed.errors] };
       const batch = parsed.value;
-      const sources = agentSources().get(agentName) ?? null;
+      // Sources are an identity.agents entry's, looked up for such a reporter only: an admin.tokens
+      // entry may bear the same name, and with it it spoke for those sources from anywhere.
+      const sources = reporter === 'agent' ? (agentSources().get(agentName) ?? null) : null;
       // Each report's address in the form flows are known by (plain IPv4 for an IPv4-mapped one,
       // compressed lower-case IPv6, no zone), checked and joined as such: an IPv4 client's report
       // in the mapped form names its flow, and is checked against IPv4 sources only.
@@ -214,7 +216,7 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
       // (admin.tokens) speaks for the address it reports from only, or any holder of it could name
       // the process of another host's flow. Behind NAT that address is not the clients': such an
       // agent needs identity.agents with its sources.
-      const ownAddress = sources === null && scope === 'agent' ? normalizeIp(sourceIp) : null;
+      const ownAddress = sources === null && reporter !== 'admin' ? normalizeIp(sourceIp) : null;
       // All or nothing: an agent speaking for an address it does not own is suspect as a whole.
       const refused: Array<{ index: number; localIp: string }> = [];
       if (sources) {

@@ -95,6 +95,13 @@ export interface ModeView {
   roleModes: Record<string, Mode>;
 }
 
+/**
+ * Who sends a report batch: an identity.agents entry ('agent', bound to its sources), another
+ * agent-scope token ('token': admin.tokens or an extra token, bound to the address it reports from),
+ * or an admin-scope token ('admin', any address).
+ */
+export type Reporter = 'agent' | 'token' | 'admin';
+
 export type IngestOutcome =
   /**
    * `shed`: reports neither kept nor tried, the agent's or the total budget of waiting reports being
@@ -162,10 +169,12 @@ export interface ControlPort {
 
   /**
    * Validate a SPEC §7 report batch, check whose flows the reporter may name, attribute flows.
-   * An agent in identity.agents names its `sources`; another agent-scope token (admin.tokens) only
-   * the address it reports from, `sourceIp`; an admin-scope token (`scope` 'admin') any.
+   * An agent in identity.agents (`reporter` 'agent') names its `sources`; another agent-scope token
+   * ('token': admin.tokens) only the address it reports from, `sourceIp`; an admin-scope token
+   * ('admin') any. The reporter's kind decides, never its name: an admin.tokens entry may share
+   * its name with an identity.agents entry, whose sources are not its own.
    */
-  ingestReports(body: unknown, agentName: string, sourceIp: string, scope?: 'agent' | 'admin'): IngestOutcome;
+  ingestReports(body: unknown, agentName: string, sourceIp: string, reporter: Reporter): IngestOutcome;
   listAgents(): AgentView[];
 
   credentials(): CredentialSet;

@@ -22,8 +22,12 @@ export function registerAgentRoutes(app: AdminApp, { port }: RouteContext): void
       },
     },
     (request, reply) => {
-      const agent = request.principal?.name ?? 'unknown';
-      const res = port.ingestReports(request.body, agent, request.ip, request.principal?.scope === 'admin' ? 'admin' : 'agent');
+      const principal = request.principal;
+      const agent = principal?.name ?? 'unknown';
+      // Whose sources bind the reporter is its kind's, not its name's (an admin.tokens entry may be
+      // named as an identity.agents one).
+      const reporter = principal?.scope === 'admin' ? 'admin' : principal?.origin === 'agent' ? 'agent' : 'token';
+      const res = port.ingestReports(request.body, agent, request.ip, reporter);
       if (res.ok) {
         reply.send({ accepted: res.accepted, attributed: res.attributed, pending: res.pending, shed: res.shed, ignored: res.ignored, udpRelayPorts: res.udpRelayPorts });
         return;

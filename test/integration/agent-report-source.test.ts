@@ -4,6 +4,12 @@
  * clients'); an agent-scope token in admin.tokens, bound to no sources, spoke for any client: its
  * holder could name the process of another host's flow. It now speaks only for the address it
  * reports from; a report about another is refused (403) and audited.
+ *
+ * The sources that bind a reporter were looked up by its name, and names are unique within
+ * admin.tokens and within identity.agents, not across them: an agent-scope admin.tokens entry named
+ * as an identity.agents one took that agent's sources. Reproduced: such a token, reporting from
+ * 127.0.0.82, named a proxyware process for a tunnel from the agent's source 127.0.0.81 (200,
+ * attributed 1; enforce would kill it) and was refused (403) for its own address's tunnel.
  */
 import { once } from 'node:events';
 import { connect, createServer, type Server, type Socket } from 'node:net';
@@ -14,6 +20,8 @@ import { readUntil } from './http-harness.ts';
 
 const LOOSE_TOKEN = 'agent-scope-admin-token-0123456789';
 const BOUND_TOKEN = 'bound-agent-token-0123456789';
+/** An agent-scope admin.tokens entry bearing the identity.agents entry's name. */
+const NAMESAKE_TOKEN = 'namesake-agent-token-0123456789';
 // Loopback addresses of their own: the victim host's client and the agent's host.
 const VICTIM = '127.0.0.81';
 const AGENT_HOST = '127.0.0.82';
@@ -29,7 +37,12 @@ beforeAll(async () => {
   holder.listen(0, '127.0.0.1');
   await once(holder, 'listening');
   gw = await startTestGateway({
-    admin: { tokens: [{ name: 'loose', token: LOOSE_TOKEN, scope: 'agent' }] },
+    admin: {
+      tokens: [
+        { name: 'loose', token: LOOSE_TOKEN, scope: 'agent' },
+        { name: 'bound', token: NAMESAKE_TOKEN, scope: 'agent' },
+      ],
+    },
     identity: { agents: [{ name: 'bound', token: BOUND_TOKEN, sources: [`${VICTIM}/32`] }] },
   });
 });
@@ -99,5 +112,23 @@ describe('agent reports: whose flows an agent may name', () => {
     expect(liveProcess(other.port)).toBeNull();
     victim.s.destroy();
     other.s.destroy();
+  });
+
+  it("an admin.tokens agent named as an identity.agents one is bound to its own address, not to that agent's sources", async () => {
+    const victim = await tunnel(VICTIM);
+    const own = await tunnel(AGENT_HOST);
+    const forged = await report(AGENT_HOST, NAMESAKE_TOKEN, VICTIM, victim.port, 'honeygain');
+    expect(forged.status).toBe(403);
+    expect(forged.body).toMatchObject({ error: 'forbidden', details: { refused: [{ index: 0, localIp: VICTIM }] } });
+    expect(liveProcess(victim.port)).toBeNull();
+    const audit = JSON.parse((await adminGet(gw, '/v1/audit')).text) as { entries: Array<Record<string, unknown>> };
+    const refusal = audit.entries.find((e) => e['actor'] === 'bound');
+    expect(refusal).toMatchObject({ scope: 'agent', route: '/v1/agents/reports', sourceIp: AGENT_HOST, status: 403 });
+    expect(String(refusal?.['detail'])).toContain(`not its own address ${AGENT_HOST}`);
+
+    expect(await report(AGENT_HOST, NAMESAKE_TOKEN, AGENT_HOST, own.port, 'curl')).toMatchObject({ status: 200, body: { attributed: 1 } });
+    expect(liveProcess(own.port)).toBe('curl');
+    victim.s.destroy();
+    own.s.destroy();
   });
 });
