@@ -74,6 +74,16 @@ export interface PassResult {
  */
 export const DEFAULT_UDP_RELAY_PORTS: readonly [number, number] = [32768, 60999];
 
+/** The `message` of an admin API error answer (`{error, message}`), or null. */
+function errorMessage(answer: string): string | null {
+  try {
+    const m = (JSON.parse(answer) as { message?: unknown } | null)?.message;
+    return typeof m === 'string' ? m.slice(0, 200) : null;
+  } catch {
+    return null;
+  }
+}
+
 /** "LO-HI" or one port, as limits.udpRelayPorts is written; null when it is neither. */
 function parseRelayRange(text: string): [number, number] | null {
   const m = /^\s*(\d{1,5})\s*(?:-\s*(\d{1,5})\s*)?$/.exec(text);
@@ -329,7 +339,7 @@ export class Agent {
       // The gateway refused the content or the token: sending it again cannot succeed.
       this.queue.splice(0, batch.length);
       this.totals.dropped += batch.length;
-      this.log({ event: 'agent-report-refused', status, reports: batch.length });
+      this.log({ event: 'agent-report-refused', status, reports: batch.length, message: errorMessage(answer) });
       return 'dropped';
     }
     this.totals.failedPosts++;
@@ -388,8 +398,29 @@ export class Agent {
     return Math.max(0, this.nextSendAt - Date.now());
   }
 
+  /**
+   * Ask the gateway once whether it takes this agent's reports (an empty batch, as `--once` does) and
+   * log what is wrong: a refused token (401, 403) as `agent-token-refused` with the gateway's
+   * message, an unreachable gateway as `agent-gateway-unreachable`. Without it a daemon with a wrong
+   * token logged nothing until its first report, then only that one was refused, status 401.
+   * The agent runs on either way: the token may be added to the gateway's policy, or the gateway come
+   * up, later. Returns the status (0: not reached).
+   */
+  async checkAtStart(): Promise<number> {
+    const { status, error, answer } = await this.post([]);
+    if (status === 401 || status === 403) {
+      this.log({ event: 'agent-token-refused', status, message: errorMessage(answer), gateway: this.reportsUrl, hint: 'the gateway takes no report with this token: check --token, --token-file or EGRESSGATE_AGENT_TOKEN against its identity.agents (or an agent-scope admin.tokens entry)' });
+    } else if (status === 0) {
+      this.log({ event: 'agent-gateway-unreachable', error, gateway: this.reportsUrl });
+    } else if (status < 200 || status >= 300) {
+      this.log({ event: 'agent-gateway-check-failed', status, message: errorMessage(answer), gateway: this.reportsUrl });
+    }
+    return status;
+  }
+
   /** Run passes every `intervalMs` until `signal` aborts; a last flush is tried on the way out. */
   async run(signal: AbortSignal): Promise<void> {
+    await this.checkAtStart();
     while (!signal.aborted) {
       try {
         const r = await this.collect();

@@ -1,11 +1,13 @@
 /**
  * The agent as its own process (`node --import tsx agent/main.ts`, the same code as `egressgate
- * agent`): it attributes a connection held by another process (curl) and stops cleanly on SIGTERM.
+ * agent`): it attributes a connection held by another process (curl) and stops cleanly on SIGTERM;
+ * with a token the gateway refuses it says so at start (before, nothing until a first report).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createServer as createHttpServer } from 'node:http';
 import { type AddressInfo, type Socket, createServer } from 'node:net';
 import { afterEach, expect, it } from 'vitest';
+import { startTestGateway, until } from '../helpers/gateway.ts';
 
 const MAIN = new URL('../../agent/main.ts', import.meta.url).pathname;
 /**
@@ -31,8 +33,11 @@ it('loops until SIGTERM, posting the held connection once, then exits 0', async 
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
-      bodies.push(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+      const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { reports: unknown[] };
       res.writeHead(202).end();
+      // The empty batch it asks with at start (is its token taken?) is no report.
+      if (body.reports.length === 0) return;
+      bodies.push(body);
       onPost?.();
     });
   });
@@ -92,4 +97,30 @@ it('loops until SIGTERM, posting the held connection once, then exits 0', async 
   expect(cmdline.length).toBe(32_768);
   expect(cmdline.startsWith('curl -s -H X-Pad: aaa')).toBe(true);
   expect(cmdline.endsWith(` -T /etc/hostname http://${GATEWAY_IP}:${listenerPort}/`)).toBe(true);
+});
+
+it('with a token the gateway refuses, says so at start (agent-token-refused, the gateway\'s message) and runs on', async () => {
+  // The real gateway's admin listener: the token is none of its tokens. Nothing to report (no
+  // socket to the --gateway-ports port), so only the check at start can tell.
+  const gw = await startTestGateway({});
+  closers.push(() => void gw.stop());
+  const agent = spawn(
+    process.execPath,
+    ['--import', 'tsx', MAIN, '--gateway', gw.adminUrl, '--token', 'not-a-token-of-this-gateway', '--interval-ms', '100', '--gateway-ports', '9'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  children.push(agent);
+  let stdout = '';
+  let stderr = '';
+  agent.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  agent.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const closed = new Promise<number | null>((r) => agent.once('close', (code) => r(code)));
+  await until('the agent to say its token is refused', () => stderr.includes('"event":"agent-token-refused"'), 20_000);
+  const line = stderr.split('\n').find((l) => l.includes('"event":"agent-token-refused"')) ?? '{}';
+  expect(JSON.parse(line)).toMatchObject({ status: 401, message: 'invalid token', gateway: `${gw.adminUrl}/v1/agents/reports` });
+  // It runs on (the token may be added to the policy later); SIGTERM stops it, exit 0.
+  expect(agent.exitCode).toBeNull();
+  agent.kill('SIGTERM');
+  expect(await closed).toBe(0);
+  expect(stdout).toContain('"event":"agent-stopped"');
 });
