@@ -3,12 +3,14 @@
  * running policy, with the rule that matched and why, then the connect-time detection admission
  * would run (quarantine, proxyware, scanner and exfil tools, lineage: detection/dry-run.ts) over the
  * running gateway's detection state, read and not changed, and its refusal of a dial to its own
- * listeners. No DNS (a name's address comes from
+ * listeners. With `identity.requireAuth` on, a connection that names no user is refused
+ * `auth-required` first, as admission's step 1 refuses it (unauthenticated). No DNS (a name's address comes from
  * `resolver.hosts`, or from the caller's `ip`), no flow opened, nothing counted, no alert raised.
  */
 import { isIP } from 'node:net';
 import { parseIp } from '../policy/cidr.ts';
 import type { ConnectFacts, Decision, Identity, Mode, PolicySnapshot } from '../policy/types.ts';
+import { ANONYMOUS, loginRefusal } from './admission/refusals.ts';
 import type { EvaluateOutcome, EvaluateQuery } from './control.ts';
 import { dryRunConnect, type LiveDetection } from './detection/dry-run.ts';
 import { HostInventory } from './identity/host-inventory.ts';
@@ -32,6 +34,22 @@ function inventoryOf(snapshot: PolicySnapshot): HostInventory {
 }
 
 /**
+ * Admission's step 1 for a dry run (`egressgate evaluate`, `POST /v1/policy/evaluate`): with
+ * `identity.requireAuth` on, a connection that names no user has not logged in, and the gateway
+ * refuses it `auth-required` in every mode (407, SOCKS5 method 0xFF) under the anonymous identity,
+ * before any role is looked at: the host inventory's roles for its source do not admit it. Returns
+ * that identity and refusal, or null when the connection gets past step 1 (a user named is taken as
+ * logged in: credentials, a trusted header or a client certificate name one alike).
+ */
+export function unauthenticatedRefusal(snapshot: PolicySnapshot, user: string | null, modeOverride: Mode | null): { identity: Identity; decision: Decision } | null {
+  if (!snapshot.config.identity.requireAuth || (user !== null && user !== '')) return null;
+  const identity: Identity = { ...ANONYMOUS, roles: snapshot.rolesFor(null, null) };
+  const refusal = loginRefusal(snapshot.modeFor(identity.roles, modeOverride));
+  const decision: Decision = { ...refusal, reasons: [...refusal.reasons, 'identity.requireAuth is on and no user was named: the host inventory does not log a client in'] };
+  return { identity, decision };
+}
+
+/**
  * Evaluate one hypothetical connection against `snapshot` at time `now`; `live` is the running
  * gateway's detection state (null: none, judged as by `egressgate evaluate`).
  */
@@ -48,10 +66,11 @@ export function evaluateConnection(
   if (q.source !== undefined && isIP(q.source) === 0) return { ok: false, message: 'source must be an IP address' };
   if (q.ip !== undefined && isIP(q.ip) === 0) return { ok: false, message: 'ip must be an IP address' };
   const sourceIp = q.source ?? null;
-  const parsedSource = sourceIp ? parseIp(sourceIp) : null;
+  const refused = unauthenticatedRefusal(snapshot, q.user ?? null, modeOverride);
+  const parsedSource = sourceIp && !refused ? parseIp(sourceIp) : null;
   const host = parsedSource ? (inventoryOf(snapshot).lookup(parsedSource)?.name ?? null) : null;
-  const user = q.user ?? null;
-  const identity: Identity = {
+  const user = refused ? null : (q.user ?? null);
+  const identity: Identity = refused?.identity ?? {
     user,
     host,
     roles: snapshot.rolesFor(user, host),
@@ -82,8 +101,8 @@ export function evaluateConnection(
     destIp,
   };
   // Admission refuses a dial to the gateway itself before the policy (step 6), in any mode.
-  const self = destIp !== null && selfDial ? selfDial(destIp, dest.port, snapshot.modeFor(identity.roles, modeOverride)) : null;
-  const { decision, findings, detectors } = dryRunConnect(snapshot, facts, self ?? snapshot.decide(facts, now, modeOverride), now, live);
+  const self = refused === null && destIp !== null && selfDial ? selfDial(destIp, dest.port, snapshot.modeFor(identity.roles, modeOverride)) : null;
+  const { decision, findings, detectors } = dryRunConnect(snapshot, facts, refused?.decision ?? self ?? snapshot.decide(facts, now, modeOverride), now, live);
   const reasons = [...decision.reasons];
   if (destIp === null) reasons.push('address unknown without DNS: deny ranges and CIDR entries not checked (pass "ip" to check them)');
   return {

@@ -8,7 +8,8 @@
  *
  * No network: the destination address comes from `--ip`, an IP literal in `--dest`, or the
  * policy's `resolver.hosts`; otherwise `destIp` is null and the output says deny ranges and CIDR
- * entries were not checked. Exit 0 with any verdict, 1 on an invalid policy, 2 on usage errors.
+ * entries were not checked. With identity.requireAuth on, a connection without --user is refused
+ * auth-required, as the gateway refuses one that did not log in. Exit 0 with any verdict, 1 on an invalid policy, 2 on usage errors.
  */
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
@@ -16,6 +17,7 @@ import { parseIp } from '../../policy/cidr.ts';
 import { compilePolicy } from '../../policy/compile.ts';
 import { loadConfigFile } from '../../policy/load-config.ts';
 import type { ConnectFacts, Identity, Mode, Protocol } from '../../policy/types.ts';
+import { unauthenticatedRefusal } from '../control-evaluate.ts';
 import { dryRunConnect } from '../detection/dry-run.ts';
 import { HostInventory } from '../identity/host-inventory.ts';
 import { parseAuthority } from '../protocol/authority.ts';
@@ -36,7 +38,8 @@ The connect-time detectors (proxyware, scanner and exfil tools, lineage) judge i
 would, with the policy's detector settings: findings lists what they found, detectors which were
 judged or skipped. No running gateway: quarantine, fan-out and first-seen history are not consulted.
 No DNS lookups: the destination address is --ip, an IP in --dest, or resolver.hosts; otherwise
-destIp is null and deny ranges / CIDR entries are not evaluated.
+destIp is null and deny ranges / CIDR entries are not evaluated. With identity.requireAuth on,
+no --user is a client that did not log in: block auth-required, as the gateway answers 407.
 
 options:
   -c, --config FILE     the policy file (default: $EGRESSGATE_CONFIG)
@@ -111,12 +114,15 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
     return 1;
   }
   const snapshot = compilePolicy(loaded.config);
+  const modeOverride = (values.mode as Mode | undefined) ?? null;
   const source = values.source ?? null;
-  const parsedSource = source === null ? null : parseIp(source);
+  // identity.requireAuth without --user: refused auth-required as the gateway refuses it, anonymous.
+  const refused = unauthenticatedRefusal(snapshot, values.user ?? null, modeOverride);
+  const parsedSource = source === null || refused ? null : parseIp(source);
   const inventoryHost = parsedSource ? new HostInventory(snapshot.config.identity.hosts).lookup(parsedSource) : null;
-  const user = values.user ?? null;
+  const user = refused ? null : (values.user ?? null);
   const host = inventoryHost?.name ?? null;
-  const identity: Identity = {
+  const identity: Identity = refused?.identity ?? {
     user,
     host,
     roles: snapshot.rolesFor(user, host),
@@ -137,7 +143,7 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
     destIp,
   };
   const now = Date.now();
-  const { decision, findings, detectors } = dryRunConnect(snapshot, facts, snapshot.decide(facts, now, (values.mode as Mode | undefined) ?? null), now, null);
+  const { decision, findings, detectors } = dryRunConnect(snapshot, facts, refused?.decision ?? snapshot.decide(facts, now, modeOverride), now, null);
   const notes = destIp === null && !decision.reasons.some((r) => r.startsWith('destination address unknown')) ? ['destination address unknown (no DNS lookups here): deny ranges and CIDR entries not checked; pass --ip to check them'] : [];
   const out = {
     ...decision,

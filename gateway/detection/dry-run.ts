@@ -93,10 +93,17 @@ export function dryRunConnect(snapshot: PolicySnapshot, facts: ConnectFacts, pol
     quarantinedUntil: null,
     notes: [live ? LIVE : NO_GATEWAY],
   };
-  // Admission refuses a policy block (step 7) before any detector (step 8); monitor mode's would-block
+  // Admission refuses a policy block (step 7), and a client that did not log in where the policy
+  // requires it (step 1), before any detector (step 8); monitor mode's would-block
   // by policy is that refusal too, and meets no detector either (enforce mode never reaches them).
   if (policy.verdict !== 'allow') {
-    detectors.notes.push(policy.verdict === 'block' ? 'refused by the policy: quarantine and detectors not reached' : 'enforce mode would refuse it by the policy: quarantine and detectors not reached');
+    detectors.notes.push(
+      policy.reason === 'auth-required'
+        ? 'refused before the policy (no login): quarantine and detectors not reached'
+        : policy.verdict === 'block'
+          ? 'refused by the policy: quarantine and detectors not reached'
+          : 'enforce mode would refuse it by the policy: quarantine and detectors not reached',
+    );
     return { decision: policy, findings: [], detectors };
   }
   const key = identityKeyOf(facts.identity, facts.clientIp);
