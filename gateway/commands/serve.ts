@@ -93,7 +93,15 @@ export async function run(argv: string[]): Promise<number> {
       return 2;
     }
   }
-  if (values.redis) {
+  // An empty value (`--config "$UNSET"`) is a mistake, not the flag left out: taken as absent, it ran
+  // the embedded default policy (monitor mode, EGRESSGATE_CONFIG passed over) without a word.
+  for (const flag of ['config', 'redis'] as const) {
+    if (values[flag] === '') {
+      process.stderr.write(`egressgate serve: --${flag}: empty value (an unset variable?); leave the flag out to mean ${flag === 'config' ? 'EGRESSGATE_CONFIG or the embedded default policy' : 'in-memory state'}\n`);
+      return 2;
+    }
+  }
+  if (values.redis !== undefined) {
     process.stderr.write('egressgate serve: --redis (shared state across replicas) is not available in this build; state stays in memory\n');
     return 2;
   }

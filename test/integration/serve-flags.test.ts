@@ -3,8 +3,10 @@
  * config's `listen.*` would refuse is a usage error (exit 2, the flag named), before anything binds.
  */
 import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { ROOT } from '../helpers/serve-process.ts';
 
 interface Run {
@@ -17,11 +19,11 @@ interface Run {
  * Runs `serve` with `args` until it exits; a serve that starts instead (its listening line) is
  * stopped at once, so a wrong acceptance fails the case rather than hanging it.
  */
-function serve(args: string[]): Promise<Run> {
+function serve(args: string[], env: Record<string, string> = {}): Promise<Run> {
   return new Promise((resolve) => {
     const c = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'cli.ts'), 'serve', ...args], {
       cwd: ROOT,
-      env: { ...process.env, EGRESSGATE_CONFIG: '', EGRESSGATE_ADMIN_TOKEN: 'serve-flags-token-0123456789' },
+      env: { ...process.env, EGRESSGATE_CONFIG: '', EGRESSGATE_ADMIN_TOKEN: 'serve-flags-token-0123456789', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
@@ -68,3 +70,32 @@ describe('egressgate serve: listener flags', () => {
     expect(local.stderr).not.toMatch(/admin API listens/);
   }, 60_000);
 });
+
+// Regression: an empty value was taken as the flag left out. `serve --config ''` (a unit's or a
+// script's `--config "$CONFIG"` with the variable unset) started on the embedded default policy,
+// monitor mode, even with EGRESSGATE_CONFIG naming an enforce policy; `--redis ''` started too.
+describe('egressgate serve: an empty --config or --redis', () => {
+  const LISTEN = ['--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0'];
+  const dir = mkdtempSync(join(tmpdir(), 'egw-serve-flags-'));
+  const enforce = join(dir, 'enforce.yaml');
+  writeFileSync(enforce, 'mode: enforce\n');
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('--config= and --config "" are usage errors naming the flag (exit 2), EGRESSGATE_CONFIG set or not', async () => {
+    const [joined, spaced] = await Promise.all([serve(['--config=', ...LISTEN]), serve(['--config', '', ...LISTEN], { EGRESSGATE_CONFIG: enforce })]);
+    for (const r of [joined, spaced]) {
+      expect(r.stdout).not.toMatch(/listening/);
+      expect(r.stderr).toMatch(/^egressgate serve: --config: empty value/m);
+      expect(r.code).toBe(2);
+    }
+  }, 60_000);
+
+  it('--redis "" is refused as --redis URL is (exit 2); control: EGRESSGATE_CONFIG alone serves its policy', async () => {
+    const [redis, env] = await Promise.all([serve(['--redis', '', ...LISTEN]), serve(LISTEN, { EGRESSGATE_CONFIG: enforce })]);
+    expect(redis.stdout).not.toMatch(/listening/);
+    expect(redis.stderr).toMatch(/^egressgate serve: --redis: empty value/m);
+    expect(redis.code).toBe(2);
+    expect(env.stdout).toMatch(/"event":"listening".*"mode":"enforce"/);
+  }, 60_000);
+});
+
