@@ -14,6 +14,7 @@ import { severityLevel } from '../../policy/detectors/match.ts';
 import { validateConfig } from '../../policy/load-config.ts';
 import type { Mode, ProcessInfo, Protocol } from '../../policy/types.ts';
 import { type ReplayFinding, type ReplayResult, replayConnections } from './driver.ts';
+import { flowRecordFieldError } from './flow-record-fields.ts';
 import { type ConnOutcome, type ConnSpec, type Expectation, type ExpectedAction, type Scenario, parseScenario } from './scenario.ts';
 
 export type Variant = 'allowlist' | 'no-allowlist' | 'mixed' | 'flow-log';
@@ -103,10 +104,14 @@ const GATEWAY_REFUSALS: ReadonlySet<string> = new Set(['upstream-proxy', 'out-of
  */
 const UNJUDGED: ReadonlySet<string> = new Set(['bad-request', 'shutting-down', 'via-loop', 'flow-log-unavailable']);
 
+const NOT_A_RECORD = 'not a flow record (startedAt, destination.host, destination.port)';
+
 /**
  * SPEC §5 flow records (JSON lines) → connections; interim records are skipped, those refused at
  * setup (verdict block) are apart; refusals without an identity (auth-required) or a destination are
  * dropped, and so are the gateway's own `event` lines (`listening`, on a stdout the flow log shares).
+ * A line that is not JSON, not an object, or a record with a field of the wrong type
+ * (flow-record-fields.ts) throws `file:line: …`.
  */
 export function parseFlowLog(text: string, file: string): { connections: ConnSpec[]; refused: ConnSpec[] } {
   const out: ConnSpec[] = [];
@@ -115,12 +120,14 @@ export function parseFlowLog(text: string, file: string): { connections: ConnSpe
   for (const line of text.split('\n')) {
     n++;
     if (!line.trim()) continue;
-    let r: Record<string, unknown>;
+    let parsed: unknown;
     try {
-      r = JSON.parse(line) as Record<string, unknown>;
+      parsed = JSON.parse(line);
     } catch {
       throw new Error(`${file}:${n}: not JSON`);
     }
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error(`${file}:${n}: ${NOT_A_RECORD}`);
+    const r = parsed as Record<string, unknown>;
     if (r['intermediate'] === true) continue;
     // A line of the gateway's own, no flow: `serve`'s `listening` line shares stdout with a flow log
     // at its default path "-" (`serve > flows.jsonl`, a pod's log). No flow record has `event`.
@@ -138,8 +145,10 @@ export function parseFlowLog(text: string, file: string): { connections: ConnSpe
     if (!Number.isFinite(startMs) || typeof dest.host !== 'string' || typeof dest.port !== 'number') {
       // A refusal before any destination was named (a SOCKS5 login, a malformed request) has none to judge.
       if (r['verdict'] === 'block') continue;
-      throw new Error(`${file}:${n}: not a flow record (startedAt, destination.host, destination.port)`);
+      throw new Error(`${file}:${n}: ${NOT_A_RECORD}`);
     }
+    const wrong = flowRecordFieldError(r);
+    if (wrong !== null) throw new Error(`${file}:${n}: not a flow record: ${wrong}`);
     // A failed attempt is what the gateway's engine counted (outcomeOfUnconnected, the one rule):
     // the destination failing the dial. The verdict is the replayed policy's (the driver applies it),
     // so the record's is not asked here. A flow that never reached the destination (`connected:
