@@ -24,6 +24,7 @@ import { Server, type Socket } from 'node:net';
 import type { Logger } from '../context.ts';
 import { type ArrivalTicket, ArrivalQueue } from './arrival-queue.ts';
 import { mapError } from '../reject.ts';
+import { markHandedAt } from './http-extension-method.ts';
 import { CLASS, IN_TARGET, scanHeaderLines } from './http-head-bytes.ts';
 import { writeRawRefusal } from './http-refusal.ts';
 import { isValidHostField } from './http-target.ts';
@@ -137,8 +138,10 @@ export function wrapWithConnectFront(server: HttpServer, opts: ConnectFrontOptio
    * listener of ours is left on it and it is not flowing: either back in its natural mode (the first
    * bytes, our 'readable' listener just removed), flowing as soon as node:http adds its 'data'
    * listener, or paused (the absolute-URI fast path, which resumes it right after this call).
+   * Where `bytes` begin is kept (markHandedAt): they start a request.
    */
   function handOver(socket: Socket, bytes: Buffer): void {
+    markHandedAt(socket, bytes);
     socket.unshift(bytes);
     server.emit('connection', socket);
   }

@@ -58,6 +58,12 @@ export interface ConnectionState {
   isShedding: boolean;
   /** node:http: the admission of this connection's latest request, while it runs (they run in order). */
   admitting: Promise<unknown> | null;
+  /**
+   * Where, in the bytes the client sent, the request the front or the fast path handed to node:http
+   * begins (bytesRead then), or -1: an extension method there is known to start the packet node's
+   * parser refused (http-extension-method.ts).
+   */
+  handedAt: number;
 }
 
 /** Something to tell when a client connection closes, or sends its FIN. */
@@ -86,7 +92,7 @@ export function connectionState(socket: object): ConnectionState {
   const holder = socket as WithState;
   let state = holder[kState];
   if (!state) {
-    state = { isAwaitingOrigin: false, isTimedOut: false, isMalformed: false, isRefusalOwed: false, admissions: 0, isIdleOwed: false, identity: null, lastFlow: null, closeWatchers: null, isShedding: false, admitting: null };
+    state = { isAwaitingOrigin: false, isTimedOut: false, isMalformed: false, isRefusalOwed: false, admissions: 0, isIdleOwed: false, identity: null, lastFlow: null, closeWatchers: null, isShedding: false, admitting: null, handedAt: -1 };
     holder[kState] = state;
   }
   return state;

@@ -12,6 +12,9 @@
  *     Anything it refuses (bad request line, smuggling shapes — CL with TE, duplicate CL, obs-fold,
  *     bad TE —, oversized head, slowloris) lands in `clientError`: 400 / 431 / 408 as JSON, a warn
  *     log line with the parser's reason, and the connection closed. Other connections never notice.
+ *     A method it does not know (an extension method, `BREW`) at the start of a connection's bytes,
+ *     or of those the fast path handed over, is no refusal: the request comes back to node:http and
+ *     on through the steps below (http-extension-method.ts).
  *     Bytes after a request that closes its connection are dropped there, not refused (onClientError).
  *  2. route by shape: `CONNECT host:port` → http-connect.ts; a request with `Upgrade` → http-upgrade.ts;
  *     everything else must be an absolute `http://` URI (origin-form → 400: we are not an origin).
@@ -47,6 +50,7 @@ import { earlierResponses, handleConnect } from './http-connect.ts';
 import { wrapWithConnectFront } from './http-connect-front.ts';
 import { beginAdmission, connectionProcess, connectionState, endAdmission, expireCachedIdentity, mayCutIdle } from './http-connection-state.ts';
 import { createFastPath } from './http-fast-path.ts';
+import { type ExtensionMethodOptions, takeExtensionMethod } from './http-extension-method.ts';
 import { forwardRequest, OriginAgents } from './http-forward.ts';
 import { forwardRequestHeaders, normaliseStrippedName, parseProxyBasic, viaFor, viaNamesUs } from './http-headers.ts';
 import { maxForwardsFault, maxForwardsOf, traceEcho } from './http-max-forwards.ts';
@@ -254,7 +258,15 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
     connection.isTimedOut = true;
     socket.destroy();
   });
-  server.on('clientError', (err: NodeJS.ErrnoException & { reason?: string }, socket: Duplex) => onClientError(ctx, err, socket));
+  // A request with a method node's parser does not know comes back to it as one it does (http-extension-method.ts).
+  const extension: ExtensionMethodOptions = {
+    log: ctx.log,
+    get limits() {
+      return ctx.policy.current().config.limits;
+    },
+    reattach: (socket) => server.emit(opts.tls ? 'secureConnection' : 'connection', socket),
+  };
+  server.on('clientError', (err: NodeJS.ErrnoException & { reason?: string }, socket: Duplex) => onClientError(ctx, err, socket, extension));
   // No 'close' handler releases the origin pools: the plain server never listens itself (the front
   // does), so its 'close' comes at once on close(), while requests are still in flight. Whoever
   // closes the server closes the pools (closeOriginPools), when the requests on them have ended.
@@ -421,7 +433,7 @@ const PARSER_ERRORS: Record<string, GatewayErrorCode> = {
 };
 
 /** Parser and timeout failures: answer once, log the reason, close. Never throws. */
-function onClientError(ctx: GatewayContext, err: NodeJS.ErrnoException & { reason?: string }, socket: Duplex): void {
+function onClientError(ctx: GatewayContext, err: NodeJS.ErrnoException & { reason?: string }, socket: Duplex, extension: ExtensionMethodOptions): void {
   // Bytes after a request that said `Connection: close` (or an HTTP/1.0 one without keep-alive):
   // the request before them is whole and valid, and is answered, `connection: close`; what came
   // after it is dropped unread (RFC 9112 §9.6: no further request is processed), as on the fast
@@ -431,6 +443,8 @@ function onClientError(ctx: GatewayContext, err: NodeJS.ErrnoException & { reaso
   if (err.code === 'HPE_CLOSED_CONNECTION') return;
   const connection = connectionState(socket);
   if (connection.isRefusalOwed) return;
+  // An extension method (BREW, FOO): forwarded as any request, not refused.
+  if (takeExtensionMethod(err, socket as Socket, extension)) return;
   if (err.code === 'ECONNRESET' || err.code === 'EPIPE' || !socket.writable) {
     socket.destroy();
     return;
