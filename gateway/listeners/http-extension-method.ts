@@ -97,6 +97,8 @@ export function takeExtensionMethod(err: NodeJS.ErrnoException & { rawPacket?: u
   const end = methodEnd(packet, start);
   // The method is whole and known to llhttp, or no token at all: node's refusal stands.
   if (end === -1 || (end < packet.length && !isExtensionMethod(packet, start, end))) return false;
+  // Node internals this detaches by name: on a node whose names differ, the refusal stands (400).
+  if (!hasNodeListeners(s)) return false;
   release(s, parser);
   if (end < packet.length) {
     handBack(s, packet, start, end, opts);
@@ -135,6 +137,14 @@ function methodEnd(buf: Buffer, start: number): number {
 
 function isExtensionMethod(buf: Buffer, start: number, end: number): boolean {
   return !KNOWN.has(buf.toString('latin1', start, end));
+}
+
+/** node:http's data, end and close listeners are on the socket under the names NODE_LISTENERS gives. */
+function hasNodeListeners(s: Socket): boolean {
+  for (const [event, name] of NODE_LISTENERS.slice(0, 3)) {
+    if (!s.listeners(event).some((fn) => fn.name === name)) return false;
+  }
+  return true;
 }
 
 /** Detach node:http from the socket as its upgrade path does (_http_server.js onParserExecuteCommon). */
