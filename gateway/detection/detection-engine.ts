@@ -206,7 +206,17 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   let folded: ObserveResult = emptyObserveResult();
   let alertSeq = 0;
 
-  const modeOf = (roles: readonly string[]): Mode => policy.current().modeFor(roles, policy.modeOverride());
+  /**
+   * The mode a finding about `identity` acts in: the one current when it fires, for the roles the
+   * running policy gives its user and host (identity-resolver step 9), as a new flow of the same
+   * identity would get. A live flow's roles are those it was admitted with: a reload moving its user
+   * into a role in enforce mode (or out of it) applies to its later findings too. Called per finding,
+   * never per chunk.
+   */
+  const modeOf = (identity: { readonly user: string | null; readonly host: string | null }): Mode => {
+    const snapshot = policy.current();
+    return snapshot.modeFor(snapshot.rolesFor(identity.user, identity.host), policy.modeOverride());
+  };
 
   const raise = (f: Finding, mode: Mode, now: number): Alert | null => {
     const alert = toAlert(f, mode, `al-${now.toString(36)}-${(alertSeq++).toString(36)}`, now);
@@ -299,7 +309,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   const admitted = new Set<string>();
   const onAttributed = (flow: Flow): void => {
     if (flow.state !== 'active' || !isRouted(flow)) return;
-    const mode = modeOf(flow.identity.roles);
+    const mode = modeOf(flow.identity);
     // A flow whose name admission is looking up: in enforce mode a refusal it would meet at
     // admission's step 8 (quarantine, a connect-time detector) kills it now, as during its dial, so
     // its client is answered at once, not when the lookup ends (a name whose servers do not answer
@@ -392,7 +402,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
           return false;
         }
       }
-      const mode = modeOf(flow.identity.roles);
+      const mode = modeOf(flow.identity);
       const finding: Finding = {
         detector: 'an0080.bulk-upload',
         analytic: 'AN0080',
@@ -527,7 +537,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       return;
     }
     for (const f of found) {
-      const mode = modeOf(f.identity.roles);
+      const mode = modeOf(f.identity);
       raise(f, mode, now);
       if (f.action === 'flag') continue;
       if (mode !== 'enforce') {
