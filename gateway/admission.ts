@@ -27,7 +27,7 @@ import type { GatewayContext } from './context.ts';
 import { attachProcess, attributeLocally, isLocalClient, type LocalLookup } from './admission/local-attribution.ts';
 import { selfDialDecision } from './admission/self-dial.ts';
 import { lookUp, lookUpUntilKilled, NO_ALTERNATES, POLICY_CHANGED } from './admission/lookup.ts';
-import { factsOf, identityUnder, isRefusedUnresolved, knownAddress, runningPolicy, upstreamOf } from './admission/policy-facts.ts';
+import { factsOf, hostUnder, identityUnder, isRefusedUnresolved, knownAddress, runningPolicy, upstreamOf } from './admission/policy-facts.ts';
 import {
   ANONYMOUS,
   DRAINING,
@@ -65,7 +65,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   // 1. identify
   // One resolved before (a SOCKS5 login ahead of its request, a UDP association's) has the running
   // policy's roles, if the running policy still admits its login.
-  let identity = req.identity === undefined ? undefined : identityUnder(snapshot, req.identity);
+  let identity = req.identity === undefined ? undefined : identityUnder(snapshot, req.identity, hostUnder(ctx, snapshot, req.identity, req.claims.clientIp, req.loginSince));
   const isLoginStale = req.loginSince !== undefined && !loginStands(req.claims.username ?? null, req.loginSince, snapshot);
   let authFailed = isLoginStale;
   if (isLoginStale) identity = { ...ANONYMOUS, roles: snapshot.rolesFor(null, null) };
@@ -283,7 +283,7 @@ export async function admitDestination(
   }
   // The running policy's roles, as a new connection of the same user and host would have: the
   // association's were those of the policy it opened under.
-  let identity = identityUnder(snapshot, flow.identity);
+  let identity = identityUnder(snapshot, flow.identity, hostUnder(ctx, snapshot, flow.identity, flow.client.ip, login?.since));
   let mode = snapshot.modeFor(identity.roles, override);
   // As for a new flow: in enforce mode a name no allow entry can admit is refused unlooked-up.
   if (mode === 'enforce' && knownAddress(snapshot, destHost) === null && !snapshot.mayAllowName(identity.roles, destHost, destPort, flow.protocol)) {
@@ -297,7 +297,7 @@ export async function admitDestination(
   if (ctx.policy.current() !== snapshot || ctx.policy.modeOverride() !== override) {
     snapshot = ctx.policy.current();
     override = ctx.policy.modeOverride();
-    identity = identityUnder(snapshot, flow.identity);
+    identity = identityUnder(snapshot, flow.identity, hostUnder(ctx, snapshot, flow.identity, flow.client.ip, login?.since));
     mode = snapshot.modeFor(identity.roles, override);
   }
   const self = ip ? selfDialDecision(ctx, ip, destPort, flow.protocol, mode) : null;

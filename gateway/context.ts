@@ -49,6 +49,11 @@ export interface IdentityResolver {
   now(): number;
   /** Whether identity headers from `clientIp` are believed (`identity.headers.trustedSources`). */
   trustsHeadersFrom(clientIp: string, snapshot: PolicySnapshot): boolean;
+  /**
+   * The host name `snapshot`'s `identity.hosts` gives `clientIp` (resolve's step 7), or null: what a
+   * SOCKS5 identity resolved under an earlier policy is judged as now (its host came from there).
+   */
+  hostOf(clientIp: string, snapshot: PolicySnapshot): string | null;
 }
 
 /** Finds the local process behind a client socket on the gateway's own host (identity.localAttribution). */

@@ -3,12 +3,12 @@
  * for it (ended by a kill or a policy change), and whether a name would be looked up at all.
  */
 import { isIPv4 } from 'node:net';
-import type { Identity, Protocol } from '../../policy/types.ts';
+import type { Identity, PolicySnapshot, Protocol } from '../../policy/types.ts';
 import type { GatewayContext } from '../context.ts';
 import { GatewayError } from '../errors.ts';
 import type { RoutedFlow } from '../flow/flow.ts';
 import { dialOrder } from '../upstream/resolve.ts';
-import { knownAddress } from './policy-facts.ts';
+import { hostUnder, knownAddress } from './policy-facts.ts';
 import type { LookedUp } from './types.ts';
 
 export const NO_ALTERNATES: readonly string[] = Object.freeze([]);
@@ -78,12 +78,13 @@ export function refuseLookupsAfterChange(ctx: Pick<GatewayContext, 'flows'>): vo
 /**
  * Whether admission would look `host` up: not for an IP literal or a `resolver.hosts` name, nor (enforce
  * mode) for a name no allow entry of these roles can admit, which is refused unlooked-up (step 4).
+ * `login`: the SOCKS5 client's address and the policy its identity was resolved under.
  */
-export function needsLookUp(ctx: GatewayContext, identity: Identity, protocol: Protocol, host: string, port: number): boolean {
+export function needsLookUp(ctx: GatewayContext, identity: Identity, protocol: Protocol, host: string, port: number, login: { readonly clientIp: string; readonly since: PolicySnapshot }): boolean {
   const snapshot = ctx.policy.current();
   if (knownAddress(snapshot, host) !== null) return false;
-  // The running policy's roles: the identity may have been resolved under an earlier one.
-  const roles = snapshot.rolesFor(identity.user, identity.host);
+  // The running policy's roles and host name: the identity may have been resolved under an earlier one.
+  const roles = snapshot.rolesFor(identity.user, hostUnder(ctx, snapshot, identity, login.clientIp, login.since));
   const mode = snapshot.modeFor(roles, ctx.policy.modeOverride());
   return mode !== 'enforce' || snapshot.mayAllowName(roles, host, port, protocol);
 }

@@ -22,14 +22,26 @@ export function factsOf(flow: Flow, protocol: Protocol, destHost: string, destPo
 }
 
 /**
- * `identity` with the roles `snapshot` gives its user and host (the same object when they are the
+ * `identity` with the roles `snapshot` gives its user and `host` (the same object when they are the
  * ones it has). Roles are the policy's (identity-resolver step 9): an identity resolved under an
  * earlier policy (a SOCKS5 login before its request, a UDP association's, its later destinations)
- * is judged with the running policy's roles, as a new connection of the same user would be.
+ * is judged with the running policy's roles, as a new connection of the same user would be. `host`:
+ * the one the running policy's `identity.hosts` gives the client (`IdentityResolver.hostOf`) where
+ * the identity's host came from there (SOCKS5's always does), else its own.
  */
-export function identityUnder(snapshot: PolicySnapshot, identity: Identity): Identity {
-  const roles = snapshot.rolesFor(identity.user, identity.host);
+export function identityUnder(snapshot: PolicySnapshot, identity: Identity, host: string | null = identity.host): Identity {
+  const roles = snapshot.rolesFor(identity.user, host);
+  if (host !== identity.host) return { ...identity, host, roles };
   return sameRoles(roles, identity.roles) ? identity : { ...identity, roles };
+}
+
+/**
+ * The host name a SOCKS5 identity resolved under `since` (its login's policy) has under `snapshot`:
+ * its own while that policy runs, else the one the running `identity.hosts` gives `clientIp` (a
+ * SOCKS5 client's host comes only from there), as a new connection from that address would get.
+ */
+export function hostUnder(ctx: Pick<GatewayContext, 'identity'>, snapshot: PolicySnapshot, identity: Identity, clientIp: string, since: PolicySnapshot | undefined): string | null {
+  return since === snapshot ? identity.host : ctx.identity.hostOf(clientIp, snapshot);
 }
 
 /** The address of an IP literal or a `resolver.hosts` name, without DNS; null = look it up. */

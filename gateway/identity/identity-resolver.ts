@@ -250,6 +250,10 @@ export function createIdentityResolver(opts: IdentityResolverOptions = {}): Gate
     reusableUntilMs,
     now,
     trustsHeadersFrom: (clientIp, snapshot) => compiledFor(snapshot).trust.isTrusted(clientAddress(clientIp).parsed),
+    hostOf: (clientIp, snapshot) => {
+      const parsed = clientAddress(clientIp).parsed;
+      return parsed === null ? null : (compiledFor(snapshot).inventory.lookup(parsed)?.name ?? null);
+    },
     stats: () => ({ ...counters, credentials: { ...credStats }, throttle: { ...throttle.stats }, userThrottle: { ...userThrottle.stats }, scryptWaiting: scryptLimiter.waiting }),
   };
 }

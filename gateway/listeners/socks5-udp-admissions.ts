@@ -159,7 +159,7 @@ export class UdpAdmissions {
     for (let i = 0; i < this.queued.length && !this.host.isEnded(); ) {
       const dest = this.queued[i] as Destination;
       // A login the running policy no longer admits is refused before any lookup (admit, admitDestination).
-      const isLookUp = loginStands(hs.username, hs.snapshot, ctx.policy.current()) && needsLookUp(ctx, hs.identity, 'socks5-udp', dest.host, dest.port);
+      const isLookUp = loginStands(hs.username, hs.snapshot, ctx.policy.current()) && needsLookUp(ctx, hs.identity, 'socks5-udp', dest.host, dest.port, { clientIp: this.host.clientIp, since: hs.snapshot });
       if (isLookUp && this.admitting >= MAX_ADMITTING) {
         i++;
         continue;

@@ -42,6 +42,7 @@ const plainIdentity: IdentityResolver = {
   },
   strippedHeaders: () => [],
   trustsHeadersFrom: () => false,
+  hostOf: () => null,
   reusableUntilMs: () => Number.POSITIVE_INFINITY,
   now: Date.now,
 };
