@@ -72,7 +72,10 @@ const MAX_UDP_PAYLOAD = { udp4: 65_535 - 8 - 20, udp6: 65_535 - 8 } as const;
 /** Run a UDP association for a parsed UDP ASSOCIATE request; the handshake left `down` paused. */
 export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: HandshakeResult, ledger: UdpRelayLedger, relayPorts: UdpRelayPorts): void {
   const { socket } = down;
-  const limits = hs.snapshot.config.limits;
+  // The running policy's limits, not those of the handshake's start: a reload while the login was
+  // checked (a slow passwordHash) applies to this association as to a new connection (admission's).
+  const running = ctx.policy.current();
+  const limits = running.config.limits;
   const clientIp = unmapIPv4(down.clientIp);
   const startedAt = ctx.flows.now();
   const localIp = unmapIPv4(socket.localAddress ?? '127.0.0.1');
@@ -138,7 +141,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
    * null once locked, or never used.
    */
   let sourceCheck: SourcePortCheck | null =
-    ctx.attributor?.socketOwners !== undefined && hs.snapshot.config.identity.localAttribution && isLocalClient(clientIp, socket)
+    ctx.attributor?.socketOwners !== undefined && running.config.identity.localAttribution && isLocalClient(clientIp, socket)
       ? new SourcePortCheck(ownersOf, held, { lock: lockSource, otherUser: onOtherUser, unknown: onOwnerUnknown, shared: onSharedPort })
       : null;
 
