@@ -22,7 +22,7 @@ import { processBytes } from '../pending-reports.ts';
  * destination shares its association's newest leg. Well under the detectors' 500,000 tracked flows.
  */
 export const MAX_LIVE_LEGS = 100_000;
-/** Identities whose new-flow window is kept at most (withinLimits); past it, the oldest window goes. */
+/** Identities whose new-flow bucket is kept at most (withinLimits); past it, the least recently used goes. */
 export const MAX_RATE_KEYS = 100_000;
 
 export interface FlowTableOptions {
@@ -51,9 +51,16 @@ export interface FlowFilter {
   offset?: number;
 }
 
-interface RateWindow {
-  second: number;
-  count: number;
+/**
+ * An identity's new-flow bucket, kept as its level (a token bucket seen from the other side): the
+ * flows it took, draining at the rate a second. Full at the rate. A level rather than tokens left, so
+ * a reload that lowers the rate counts the flows already taken against the new one.
+ */
+interface RateBucket {
+  /** Flows taken and not yet drained at `atMs` (fractional: drains continuously). */
+  level: number;
+  /** When `level` was last brought up to date. */
+  atMs: number;
 }
 
 /**
@@ -87,11 +94,11 @@ export class FlowTable extends EventEmitter {
   private readonly byControl = new Map<string, string>();
   private readonly perIdentity = new Map<string, number>();
   /**
-   * Limit key → its new-flow window, in the order the windows began (a key whose window moves on is
-   * moved to the end), so the first entry is always the oldest window: an expired one while there
-   * is any, else the oldest live one.
+   * Limit key → its new-flow bucket, in the order the buckets were last used (a key used again is
+   * moved to the end), so the first entry is always the least recently used: a full one (unused for
+   * a second or more, as good as forgotten) while there is any, else the oldest live one.
    */
-  private readonly rate = new Map<string, RateWindow>();
+  private readonly rate = new Map<string, RateBucket>();
   private readonly maxRateKeys: number;
   /** Attributions that arrived before their flow (agent reports race the connection). */
   // Bounded by bytes too (control-port.ts clips what it hands in and budgets it per agent), and
@@ -156,30 +163,33 @@ export class FlowTable extends EventEmitter {
   }
 
   /**
-   * Per-identity limits for a flow just opened: concurrency (counting this flow) and new flows in
-   * the current second. Returns true when the flow is within both.
+   * Per-identity limits for a flow just opened: concurrency (counting this flow) and the new-flow
+   * rate, a token bucket holding `maxNewPerSec` tokens and refilled at `maxNewPerSec` a second (kept
+   * as its level, RateBucket). So a burst gets at most the rate, wherever it falls against the clock's
+   * seconds, and any span of T seconds at most rate × (1 + T). Returns true when the flow is within both.
    */
   withinLimits(flow: Flow, maxFlows: number, maxNewPerSec: number): boolean {
     const key = flow.limitKey;
-    // Every attempt counts towards the rate, refused ones too: a client hammering the limit stays limited.
-    const second = Math.floor(flow.startedAt / 1000);
-    let w = this.rate.get(key);
-    if (!w) {
-      // Over the bound: forget the oldest window (rate's order), an expired one while there is any.
-      // One eviction per new key keeps this O(1); clearing the table whole would let anyone able to
-      // make that many identities reset everybody's count.
+    const now = flow.startedAt;
+    let b = this.rate.get(key);
+    if (!b) {
+      // Over the bound: forget the least recently used bucket (rate's order), a full one while there
+      // is any. One eviction per new key keeps this O(1); clearing the table whole would let anyone
+      // able to make that many identities reset everybody's count.
       if (this.rate.size >= this.maxRateKeys) this.rate.delete(this.rate.keys().next().value as string);
-      w = { second, count: 0 };
-      this.rate.set(key, w);
-    } else if (w.second !== second) {
-      // A new window: to the end of the order.
+      b = { level: 0, atMs: now };
+    } else {
+      // To the end of the order. A clock stepped back drains nothing.
       this.rate.delete(key);
-      w.second = second;
-      w.count = 0;
-      this.rate.set(key, w);
+      b.level = Math.max(0, b.level - (Math.max(0, now - b.atMs) * maxNewPerSec) / 1000);
+      b.atMs = now;
     }
-    w.count++;
-    if (w.count > maxNewPerSec) return false;
+    this.rate.set(key, b);
+    // An attempt takes a token when there is one, an attempt refused for concurrency too: a client
+    // hammering the limit stays limited. One that finds none takes nothing (no debt): a client over
+    // the rate still gets the rate.
+    if (b.level + 1 > maxNewPerSec) return false;
+    b.level += 1;
     return (this.perIdentity.get(key) ?? 0) <= maxFlows;
   }
 

@@ -13,7 +13,7 @@ import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts
 import { type Origin, rawConnect, startOrigin } from './http-harness.ts';
 
 const PER_SEC = 3;
-/** How long the origin takes to answer /slow: longer than the rate's one-second window. */
+/** How long the origin takes to answer /slow: longer than the rate's bucket takes to refill (1 s). */
 const SLOW_MS = 1100;
 let gw: TestGateway | null = null;
 let origin: Origin;
@@ -82,7 +82,8 @@ describe('a 429 ends its connection', () => {
     clearTimeout(timer);
     const text = Buffer.concat(chunks).toString('latin1');
     const ok = count(text, /HTTP\/1\.1 200 /g);
-    // The rate is per second: a batch that straddles a second boundary may get twice the rate.
+    // The bucket holds the rate and refills while the batch is answered: more than the rate only on a
+    // slow machine, never more than twice it here.
     expect(ok).toBeGreaterThanOrEqual(1);
     expect(ok).toBeLessThanOrEqual(2 * PER_SEC);
     expect(count(text, /HTTP\/1\.1 429 /g)).toBe(1);
@@ -112,7 +113,7 @@ describe('a 429 ends its connection', () => {
       isClosed = true;
     });
     let answers = 0;
-    // At most 2 × the rate are admitted before a 429 (a second boundary between them).
+    // At most 2 × the rate are admitted before a 429 (the bucket refilling while they are answered).
     for (let i = 0; i < 4 * PER_SEC && !text.includes('HTTP/1.1 429 '); i++) {
       s.write(get(i));
       await until(`answer ${i + 1}`, () => count(text, /HTTP\/1\.1 \d{3} /g) > answers || isClosed, 5000);
@@ -132,7 +133,7 @@ describe('a 429 ends its connection', () => {
 
   // Regression: node:http announces a CONNECT or Upgrade as soon as it has parsed its head, and it
   // was judged once the responses ahead of it were out, 429 or not: it was admitted (a dial and a
-  // tunnel flow, once the rate's second had passed) or refused again with a record of its own.
+  // tunnel flow, once the rate's bucket had refilled) or refused again with a record of its own.
   for (const kind of ['CONNECT', 'Upgrade'] as const) {
     it(`${kind === 'CONNECT' ? 'a' : 'an'} ${kind} pipelined behind the 429 is not admitted: no dial, no flow, no record; the connection ends after the 429`, async () => {
       const g = await startTestGateway({ limits: { maxNewFlowsPerSecPerIdentity: 1 } });

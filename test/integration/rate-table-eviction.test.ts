@@ -1,6 +1,6 @@
 /**
  * The per-identity new-flow rate table is bounded (maxRateKeys; 100,000 by default, a test seam sets
- * it low). Past the bound it forgets windows that have expired first, then the oldest: a client that
+ * it low). Past the bound it forgets buckets that are full again first, then the least recently used: a client that
  * makes many identities (trusted identity headers here; rotating IPv6 sources or usernames alike)
  * does not reset a live identity's count.
  */
@@ -15,7 +15,7 @@ const PER_SEC = 3;
 let gw: TestGateway;
 let origin: Server;
 let port: number;
-/** The gateway's clock: frozen, moved by the test, so every window is exactly where the test puts it. */
+/** The gateway's clock: frozen, moved by the test, so every bucket drains exactly as the test says. */
 let nowMs = Math.floor(Date.now() / 1000) * 1000 + 100;
 
 beforeAll(async () => {
@@ -49,8 +49,8 @@ async function statusAs(user: string): Promise<number> {
 describe('new-flow rate table past its bound', () => {
   // Regression: past 100,000 keys the table was cleared whole, so whoever could make that many
   // identities reset everybody's new-flow count, a limited identity's included.
-  it("many new identities do not reset a live identity's count: windows that expired go first", async () => {
-    // Second S: 49 identities, one flow each; their windows expire when S ends.
+  it("many new identities do not reset a live identity's count: buckets full again go first", async () => {
+    // Second S: 49 identities, one flow each; their buckets are full again 1 s later.
     for (let i = 0; i < MAX_RATE_KEYS - 1; i++) expect(await statusAs(`old-${i}`)).toBe(200);
     nowMs += 1000;
     // Second S+1: alice uses her 3 flows; the 4th is over the rate.
@@ -60,12 +60,12 @@ describe('new-flow rate table past its bound', () => {
     for (let i = 0; i < 10; i++) expect(await statusAs(`new-${i}`)).toBe(200);
     // alice is still over her rate this second.
     expect(await statusAs('alice')).toBe(429);
-    // The next second she has a new window.
+    // A second later her bucket is full again.
     nowMs += 1000;
     expect(await statusAs('alice')).toBe(200);
   });
 
-  it('when every window is live, the oldest is forgotten first', async () => {
+  it('when every bucket is in use, the least recently used is forgotten first', async () => {
     nowMs += 1000;
     // One second, 2 × the bound of identities: each new one over the bound forgets the oldest.
     for (let i = 0; i < 2 * MAX_RATE_KEYS; i++) expect(await statusAs(`burst-${i}`)).toBe(200);

@@ -133,9 +133,9 @@ describe('loops through http parents', () => {
 
 describe('loops through socks5 parents', () => {
   // A socks5 parent has no Via: the loop runs until each gateway's per-identity new-flow rate
-  // refuses it (both see the other, 127.0.0.1, as one identity): 2 × the rate and one more within one
-  // second of each gateway's rate window, 2 × the rate more for each window boundary the loop crosses
-  // (47 were seen on a loaded machine).
+  // refuses it (both see the other, 127.0.0.1, as one identity): each gateway's bucket admits the
+  // rate at once and the rate a second more while the loop runs, so 2 × the rate × (1 + T) and one
+  // more over a loop of T seconds (47 were seen on a loaded machine with fixed one-second windows).
   it('two gateways that are each other socks5 parent: the loop stops at the new-flow rate limit and the client is answered', async () => {
     const limits = 'limits: { maxNewFlowsPerSecPerIdentity: 20 }\n';
     const a = await serve('socks-a', limits);
@@ -157,7 +157,7 @@ describe('loops through socks5 parents', () => {
     expect(reply[1]).toBe(0x01);
     await until('the records', async () => (await recordsOf(a)).length + (await recordsOf(b)).length >= 41);
     const all = [...(await recordsOf(a)), ...(await recordsOf(b))];
-    // Stopped by the rate, once: one refusal, and no more flows than the windows it spanned allow.
+    // Stopped by the rate, once: one refusal, and no more flows than the seconds it spanned allow.
     expect(all.filter((r) => r.closeReason === 'rate-limit')).toHaveLength(1);
     expect(all.length).toBeLessThanOrEqual(2 * 20 * windows + 1);
   }, 60_000);

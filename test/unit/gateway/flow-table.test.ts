@@ -139,7 +139,7 @@ describe('FlowTable', () => {
     flows.close(c, 'rate-limit');
     flows.close(b, 'x');
     const d = flows.open(init(4, 'bob'));
-    expect(flows.withinLimits(d, 10, 2)).toBe(false); // third new flow in the same second
+    expect(flows.withinLimits(d, 10, 2)).toBe(false); // third new flow at once: the bucket holds 2
   });
 
   it('releases a flow from the identity it was counted under, even if its identity changed meanwhile', () => {
