@@ -161,7 +161,7 @@ export class GatewayStats {
   private skippedRecordsFn: () => number = () => 0;
   private sourceLimitFn: () => SourceLimitStats = () => ({ refusedTotal: 0, sources: 0 });
   private adminFn: () => AdminListenerStats = () => NO_ADMIN_STATS;
-  private socksUdpFn: () => UdpRelayStats = () => ({ heldBytes: 0, heldDroppedTotal: 0, repliesDroppedTotal: 0, otherUserDroppedTotal: 0, ownerUnknownDroppedTotal: 0 });
+  private socksUdpFn: () => UdpRelayStats = () => ({ heldBytes: 0, heldDroppedTotal: 0, repliesDroppedTotal: 0, otherUserDroppedTotal: 0, ownerUnlistedDroppedTotal: 0, ownerUnknownDroppedTotal: 0 });
   /**
    * Hot-path counts (every connection, every flow) are plain numbers, handed to prom-client only at
    * scrape time (`collect`): a prom-client inc() hashes and validates its label object each call.
@@ -337,8 +337,14 @@ export class GatewayStats {
     scrapedCounter(
       registers,
       'gw_socks_udp_other_user_dropped_total',
-      'SOCKS5 UDP client datagrams not relayed before an association locked its port (named or not): local attribution found the socket they came from owned by another user than the control connection (or by none)',
+      'SOCKS5 UDP client datagrams not relayed before an association locked its port (named or not): local attribution found the socket they came from owned by another user than the control connection',
       () => stats.socksUdpFn().otherUserDroppedTotal,
+    );
+    scrapedCounter(
+      registers,
+      'gw_socks_udp_owner_unlisted_dropped_total',
+      'SOCKS5 UDP client datagrams not relayed before an association locked its port: local attribution found no socket listed on the port they came from (closed right after sending, or a raw socket), so no owner; asked again at its next datagram',
+      () => stats.socksUdpFn().ownerUnlistedDroppedTotal,
     );
     scrapedCounter(
       registers,

@@ -24,9 +24,14 @@ export interface UdpRelayStats {
   repliesDroppedTotal: number;
   /**
    * Client datagrams dropped since start before the association's port was locked: sent from a
-   * socket the control connection's user does not own (another uid's, or none listed).
+   * socket another uid owns than the control connection's.
    */
   otherUserDroppedTotal: number;
+  /**
+   * Client datagrams dropped since start before the association's port was locked: the socket
+   * tables listed no socket on their port (closed right after sending, or a raw socket's forgery).
+   */
+  ownerUnlistedDroppedTotal: number;
   /**
    * Client datagrams dropped since start before the association's port was locked: their socket's
    * owner was not known within the wait (a lookup that outlasted it, or told nothing), or their
@@ -40,6 +45,7 @@ export class UdpRelayLedger {
   heldDroppedTotal = 0;
   repliesDroppedTotal = 0;
   otherUserDroppedTotal = 0;
+  ownerUnlistedDroppedTotal = 0;
   ownerUnknownDroppedTotal = 0;
 
   constructor(readonly maxHeldBytes: number = GATEWAY_HELD_BYTES) {}
@@ -62,6 +68,7 @@ export class UdpRelayLedger {
       heldDroppedTotal: this.heldDroppedTotal,
       repliesDroppedTotal: this.repliesDroppedTotal,
       otherUserDroppedTotal: this.otherUserDroppedTotal,
+      ownerUnlistedDroppedTotal: this.ownerUnlistedDroppedTotal,
       ownerUnknownDroppedTotal: this.ownerUnknownDroppedTotal,
     };
   }

@@ -28,12 +28,14 @@ export interface DropCounts {
   unsent: number;
   /** Before the lock, from a socket the control connection's user does not own (socks5-udp-source.ts). */
   otherUser: number;
+  /** Before the lock, from a port on which the socket tables listed no socket (socks5-udp-source.ts). */
+  ownerUnlisted: number;
   /** Before the lock, while their socket's owner was not known: the lookup outlasted its wait, told nothing, or found the port shared by several uids. */
   ownerUnknown: number;
 }
 
 export function newDropCounts(): DropCounts {
-  return { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0, oversized: 0, oversizedOut: 0, unsent: 0, otherUser: 0, ownerUnknown: 0 };
+  return { foreign: 0, fragments: 0, malformed: 0, refused: 0, unsolicited: 0, overflow: 0, held: 0, oversized: 0, oversizedOut: 0, unsent: 0, otherUser: 0, ownerUnlisted: 0, ownerUnknown: 0 };
 }
 
 /** An association's destinations relayed and refused. */
@@ -56,6 +58,7 @@ export function noteReasons(ctx: GatewayContext, f: Flow, counts: AssociationCou
       `${drops.refused} to refused destinations, ${drops.unsolicited} unsolicited replies, ${drops.overflow} over the destination limit, ` +
       `${drops.held} over the limits of datagrams waiting for admission, ${drops.oversized} replies too large for the client, ` +
       `${drops.oversizedOut} too large for their destination, ${drops.otherUser} from another user's socket, ` +
+      `${drops.ownerUnlisted} from a socket not listed (no owner), ` +
       `${drops.ownerUnknown} whose socket's owner was not known in time or shared the port with another user, ` +
       `${drops.unsent} the kernel did not send (no route to their destination, or a local firewall)`,
   ]);

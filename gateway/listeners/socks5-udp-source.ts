@@ -14,7 +14,8 @@
  * came meanwhile asked together next). The first port whose socket the control connection's owner
  * (uid) owns is locked and its held datagrams go on; one owned by another uid is remembered (up to
  * MAX_OTHER_PORTS, oldest forgotten first) and its datagrams dropped and counted; one whose socket
- * is not listed (closed after sending) is not locked either; nor is one whose port sockets of more
+ * is not listed (closed after sending, or a raw socket's forged port) is not locked either, its
+ * datagrams dropped and counted apart (owner not listed), not remembered; nor is one whose port sockets of more
  * than one uid share (SO_REUSEADDR: nothing tells which of them sent): its datagrams are dropped
  * and counted as of an owner not known, and it is not remembered, so once only one owner is left a
  * datagram from it asks again. A lookup that outlasts OWNER_WAIT_MS
@@ -51,8 +52,10 @@ export type OwnerLookup = (ports: readonly number[]) => Promise<{ readonly contr
 export interface SourceEvents {
   /** Lock `port` and relay its held datagrams, in the order they came; `foreign` datagrams of other ports were dropped. */
   lock(port: number, held: readonly Buffer[], foreign: number): void;
-  /** `port`'s socket belongs to `uid`, not the control connection's `controlUid` (null: no socket listed): `dropped` of its datagrams dropped. */
-  otherUser(port: number, uid: number | null, controlUid: number, dropped: number): void;
+  /** `port`'s socket belongs to `uid`, not the control connection's `controlUid`: `dropped` of its datagrams dropped. */
+  otherUser(port: number, uid: number, controlUid: number, dropped: number): void;
+  /** No socket on `port` is listed (closed after it sent, or never there: a raw sender): `dropped` of its datagrams dropped. */
+  unlisted(port: number, controlUid: number, dropped: number): void;
   /** `dropped` datagrams dropped because their socket's owner was not known within the wait (or at all). */
   unknown(dropped: number): void;
   /** `port` is shared by sockets of `uids` (the control connection's `controlUid` among them or not): `dropped` of its datagrams dropped. */
@@ -164,11 +167,14 @@ export class SourcePortCheck {
         this.events.lock(port, queue, this.drain());
         return;
       }
-      // A socket not listed (closed after it sent) is asked again should a datagram come from its port later.
-      if (uid !== null) {
-        if (this.others.size >= MAX_OTHER_PORTS) this.others.delete(this.others.keys().next().value as number);
-        this.others.set(port, uid);
+      // A socket not listed (closed after it sent) is no one's known: not remembered, asked again
+      // should a datagram come from its port later, and counted apart from another user's.
+      if (uid === null) {
+        this.events.unlisted(port, control, this.release(port));
+        continue;
       }
+      if (this.others.size >= MAX_OTHER_PORTS) this.others.delete(this.others.keys().next().value as number);
+      this.others.set(port, uid);
       this.events.otherUser(port, uid, control, this.release(port));
     }
     if (this.held.size > 0) this.ask();

@@ -14,7 +14,7 @@
  *     non-zero, narrows it to that port, otherwise the first datagram's source port is locked in;
  *     for a client on this host with local attribution on, either port only once a datagram from it
  *     came from a socket the control connection's user (uid) owns (SourcePortCheck: held while
- *     asked, another user's dropped, an owner not known in time dropped)
+ *     asked, another user's dropped, a socket not listed dropped, an owner not known in time dropped)
  *  3. parse the SOCKS UDP header in place (no allocation); FRAG != 0, malformed headers and
  *     foreign sources are dropped and counted
  *  4. each new destination is admitted once and the answer cached for the association
@@ -109,7 +109,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   /** The bytes of datagrams waiting for their destinations' admission (also taken from `ledger`). */
   const held = new HeldShare(ledger);
   /** When each logged kind of drop was last logged (one warning per DROP_LOG_EVERY_MS each). */
-  const loggedAt = { held: Number.NEGATIVE_INFINITY, oversized: Number.NEGATIVE_INFINITY, oversizedOut: Number.NEGATIVE_INFINITY, unsent: Number.NEGATIVE_INFINITY, ownerUnknown: Number.NEGATIVE_INFINITY, sharedPort: Number.NEGATIVE_INFINITY };
+  const loggedAt = { held: Number.NEGATIVE_INFINITY, oversized: Number.NEGATIVE_INFINITY, oversizedOut: Number.NEGATIVE_INFINITY, unsent: Number.NEGATIVE_INFINITY, ownerUnknown: Number.NEGATIVE_INFINITY, ownerUnlisted: Number.NEGATIVE_INFINITY, sharedPort: Number.NEGATIVE_INFINITY };
   const drops = newDropCounts();
   // 4. admission, once per destination (socks5-udp-admissions.ts)
   const admissions = new UdpAdmissions({
@@ -142,7 +142,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
    */
   let sourceCheck: SourcePortCheck | null =
     ctx.attributor?.socketOwners !== undefined && running.config.identity.localAttribution && isLocalClient(clientIp, socket)
-      ? new SourcePortCheck(ownersOf, held, { lock: lockSource, otherUser: onOtherUser, unknown: onOwnerUnknown, shared: onSharedPort })
+      ? new SourcePortCheck(ownersOf, held, { lock: lockSource, otherUser: onOtherUser, unlisted: onOwnerUnlisted, unknown: onOwnerUnknown, shared: onSharedPort })
       : null;
 
   // A request that came during the drain (its handshake under way at SIGTERM): refused as a CONNECT
@@ -263,14 +263,26 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     }
   }
 
-  function onOtherUser(port: number, uid: number | null, controlUid: number, dropped: number): void {
+  function onOtherUser(port: number, uid: number, controlUid: number, dropped: number): void {
     drops.otherUser += dropped;
     ledger.otherUserDroppedTotal += dropped;
     ctx.log.warn(
       { listener: 'socks', client: `${clientIp}:${port}`, username: hs.username, uid, controlUid, dropped },
-      uid === null
-        ? 'socks5 udp datagrams not relayed: their socket is not listed, the control connection is held by uid ' + controlUid
-        : 'socks5 udp datagrams not relayed: their socket is another user\'s than the control connection\'s',
+      "socks5 udp datagrams not relayed: their socket is another user's than the control connection's",
+    );
+  }
+
+  /**
+   * Datagrams dropped before the lock from a port on which no socket is listed: not remembered (asked
+   * again at its next datagram), so logged once per DROP_LOG_EVERY_MS, not once per port.
+   */
+  function onOwnerUnlisted(port: number, controlUid: number, dropped: number): void {
+    drops.ownerUnlisted += dropped;
+    ledger.ownerUnlistedDroppedTotal += dropped;
+    if (!isLogDue('ownerUnlisted')) return;
+    ctx.log.warn(
+      { listener: 'socks', client: `${clientIp}:${port}`, username: hs.username, uid: null, controlUid, dropped },
+      'socks5 udp datagrams not relayed: no socket is listed on their port (closed after sending, or a raw sender), so their owner is not known',
     );
   }
 

@@ -135,11 +135,16 @@ describe('a local client through a PROXY-protocol balancer on the same host', ()
       a.control.destroy();
       const rec = await gw.waitForClosed((r) => r.protocol === 'socks5-udp', 5000);
       expect(rec.identity.user).toBe('alice');
-      // Nobody's 3 at least. One clean-clone CI run (node 20) counted 4: a datagram of alice's whose
-      // socket the table read did not list, which counts with another user's (socks5-udp-source.ts:
-      // fail closed, asked again at the next one), before her port locked.
+      // Nobody's 3 are never relayed (above), and each is dropped under a reason that is not the
+      // owner's: counted as another user's when its owner lookup answers within its wait; as not known
+      // in time when the lookup outlasts the wait (a loaded machine: all 3 can land there, none as
+      // another user's, its answer logged with 0 dropped); as from a socket not listed when the table
+      // read misses it. Alice's own datagrams before her port locked can land in the same counts (one
+      // CI run counted 4: one of hers not listed), so at least 3.
       const dropped = rec.reasons.find((r) => r.startsWith('udp datagrams dropped:')) ?? '';
-      expect(Number(/(\d+) from another user's socket/.exec(dropped)?.[1] ?? 0)).toBeGreaterThanOrEqual(3);
+      const n = (what: RegExp): number => Number(what.exec(dropped)?.[1] ?? Number.NaN);
+      const nonOwner = n(/(\d+) from another user's socket/) + n(/(\d+) from a socket not listed/) + n(/(\d+) whose socket's owner was not known in time/);
+      expect(nonOwner).toBeGreaterThanOrEqual(3);
     },
   );
 });

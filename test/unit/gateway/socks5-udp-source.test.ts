@@ -1,7 +1,8 @@
 /**
  * SourcePortCheck when its owner lookup outlasts the wait: it fails closed (held datagrams dropped
  * and counted, and those that come before the answer), keeps one lookup in flight, and the late
- * answer decides; and when it finds a port shared by sockets of several uids (fails closed too). The lookups here are promises the test answers; the real tables' slowness is
+ * answer decides; when it finds a port shared by sockets of several uids (fails closed too); and
+ * when it finds no socket on a port (its own event, not another user's). The lookups here are promises the test answers; the real tables' slowness is
  * test/integration/socks5-udp-owner-check.test.ts.
  */
 import { describe, expect, it } from 'vitest';
@@ -26,6 +27,7 @@ function setup(waitMs: number): {
     {
       lock: (port, held, foreign) => events.push(`lock ${port} held ${held.length} foreign ${foreign}`),
       otherUser: (port, uid, control, dropped) => events.push(`other ${port} uid ${uid} control ${control} dropped ${dropped}`),
+      unlisted: (port, control, dropped) => events.push(`unlisted ${port} control ${control} dropped ${dropped}`),
       unknown: (dropped) => events.push(`unknown ${dropped}`),
       shared: (port, uids, control, dropped) => events.push(`shared ${port} uids ${uids.join(',')} control ${control} dropped ${dropped}`),
     },
@@ -95,6 +97,28 @@ describe('SourcePortCheck, a port sockets of several uids share', () => {
     expect(ledger.heldBytes).toBe(0);
     expect(check.offer(1000, msg)).toBe('held');
     asked[1]?.answer({ control: 0, ports: [0] });
+    await wait(0);
+    expect(events.at(-1)).toBe('lock 1000 held 1 foreign 0');
+  });
+});
+
+describe('SourcePortCheck, a port on which no socket is listed', () => {
+  // Regression: an unlisted socket (closed after sending, a raw sender) was reported as another
+  // user's (uid null), so its datagrams were counted and logged with another user's.
+  it("is its own event, not another user's, and not remembered: its next datagram asks again", async () => {
+    const { check, asked, events, ledger } = setup(1000);
+    check.offer(1000, msg);
+    check.offer(2000, msg);
+    asked[0]?.answer({ control: 0, ports: [null] });
+    await wait(0);
+    expect(asked[1]?.ports).toEqual([2000]);
+    asked[1]?.answer({ control: 0, ports: [65534] });
+    await wait(0);
+    expect(events).toEqual(['unlisted 1000 control 0 dropped 1', 'other 2000 uid 65534 control 0 dropped 1']);
+    expect(ledger.heldBytes).toBe(0);
+    expect(check.offer(2000, msg)).toBe('other-user');
+    expect(check.offer(1000, msg)).toBe('held');
+    asked[2]?.answer({ control: 0, ports: [0] });
     await wait(0);
     expect(events.at(-1)).toBe('lock 1000 held 1 foreign 0');
   });
