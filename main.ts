@@ -16,6 +16,7 @@ import type { AddressInfo, Server as NetServer } from 'node:net';
 import type { Server as TlsServer } from 'node:tls';
 import type { FastifyInstance } from 'fastify';
 import { buildAdmin, generateAdminToken } from './admin/app.ts';
+import { type OutsideToken, repeatsOutsideToken, tokenDigest } from './admin/auth.ts';
 import { LocalAttributor } from './agent/attribution.ts';
 import { refuseLookupsAfterChange, selfDialDecision } from './gateway/admission.ts';
 import { attachAlertSinks } from './gateway/alerts/alert-sinks.ts';
@@ -192,6 +193,11 @@ const NO_CONSEQUENCE = (): { text: string; fields: Record<string, unknown> } => 
 export async function startGateway(opts: StartOptions): Promise<RunningGateway> {
   const config = opts.config;
   const log = opts.log ?? createLogger('info');
+  // An entry repeating EGRESSGATE_ADMIN_TOKEN would never be its own principal (the env token
+  // authenticates first): refused before anything is bound, as the file's reload refuses it.
+  const outsideTokens: OutsideToken[] = opts.adminToken ? [{ label: 'EGRESSGATE_ADMIN_TOKEN', digest: tokenDigest(opts.adminToken) }] : [];
+  const repeated = repeatsOutsideToken(config, outsideTokens);
+  if (repeated.length > 0) throw new Error(`invalid policy: ${repeated.map((e) => `${e.path}: ${e.message}`).join('; ')}`);
   // 2. flow log, flow table, policy
   // The policy store exists by the time a write can fail; its current onError is what applies.
   let policyRef: PolicyStore | null = null;
@@ -307,6 +313,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   const envToken = opts.adminToken ?? null;
   const hasToken = config.admin.tokens.length > 0 || Boolean(envToken);
   const generatedAdminToken = hasToken ? null : generateAdminToken();
+  if (generatedAdminToken) outsideTokens.push({ label: 'the admin token generated at start', digest: tokenDigest(generatedAdminToken) });
   const app: FastifyInstance = await buildAdmin(control, {
     tokens: config.admin.tokens,
     agents: config.identity.agents,
@@ -344,7 +351,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     }
     // Read as at start-up (serve.ts): a .json file is JSON, so a key written twice is named by its path.
     const format = /\.json$/i.test(opts.configPath) ? 'json' : 'yaml';
-    const result = policy.reload(text, { author, source: 'file', format });
+    const result = policy.reload(text, { author, source: 'file', format, check: (c) => repeatsOutsideToken(c, outsideTokens) });
     stats.configReloaded(result.ok ? 'success' : 'failure');
     if (result.ok) log.info({ version: result.version, author }, 'policy reloaded');
     else log.warn({ errors: result.errors }, 'policy reload failed; the running policy is unchanged');

@@ -126,7 +126,7 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
     heartbeatMs: opts.heartbeatMs ?? 15_000,
     keepsAdmin: (config) => {
       const issue = auth.lockoutOf(config);
-      return issue ? [issue] : [];
+      return [...(issue ? [issue] : []), ...auth.repeatsOf(config)];
     },
   };
   const openStreams = new SseStreams(() => port.adminSettings());

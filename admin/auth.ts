@@ -132,6 +132,37 @@ function digestOf(entry: { token?: string; tokenSha256?: string }): Buffer | nul
   return null;
 }
 
+/** A token accepted whatever the policy says, as its digest and the words an error names it by. */
+export interface OutsideToken {
+  label: string;
+  digest: Buffer;
+}
+
+/**
+ * The entries of `config` (admin.tokens, identity.agents) whose token, clear or as its sha256, is
+ * one accepted outside the policy (EGRESSGATE_ADMIN_TOKEN, the generated one): those authenticate
+ * first, so such an entry's scope, name and `sources` never apply. One issue per entry, at its
+ * `token` / `tokenSha256`, as load-config's rule for two entries with one token.
+ */
+export function repeatsOutsideToken(config: Readonly<Config>, outside: readonly OutsideToken[]): ConfigIssue[] {
+  if (outside.length === 0) return [];
+  const issues: ConfigIssue[] = [];
+  const check = (list: ReadonlyArray<{ token?: string; tokenSha256?: string }>, path: string): void => {
+    list.forEach((entry, i) => {
+      const digest = digestOf(entry);
+      const same = digest === null ? undefined : outside.find((o) => o.digest.equals(digest));
+      if (same === undefined) return;
+      issues.push({
+        path: `${path}[${i}].${entry.token ? 'token' : 'tokenSha256'}`,
+        message: `the same token as ${same.label}: a token names one principal, and requests with it are ${same.label}'s (admin; this entry's scope never applies); give each entry its own token`,
+      });
+    });
+  };
+  check(config.admin.tokens, 'admin.tokens');
+  check(config.identity.agents, 'identity.agents');
+  return issues;
+}
+
 export class TokenAuth {
   private readonly fixed: TokenEntry[] = [];
   private live: { version: number; entries: TokenEntry[] } | null = null;
@@ -172,6 +203,15 @@ export class TokenAuth {
       path: 'admin.tokens',
       message: 'no admin-scope token would remain and none is set outside the policy (EGRESSGATE_ADMIN_TOKEN): every later write would be refused; keep one',
     };
+  }
+
+  /** Entries of `config` that repeat a token accepted outside the policy (repeatsOutsideToken). */
+  repeatsOf(config: Readonly<Config>): ConfigIssue[] {
+    const outside = this.fixed.map((e) => ({
+      digest: e.digest,
+      label: e.principal.origin === 'env' ? 'EGRESSGATE_ADMIN_TOKEN' : e.principal.origin === 'generated' ? 'the admin token generated at start' : `the built-in token "${e.principal.name}"`,
+    }));
+    return repeatsOutsideToken(config, outside);
   }
 
   /** How many tokens are accepted right now (0 means nobody can use the API). */

@@ -33,6 +33,9 @@ export interface RouteContext {
   port: ControlPort;
   /** SSE heartbeat period. */
   heartbeatMs: number;
-  /** Refuses a policy that would leave the API without an admin token (TokenAuth.lockoutOf). */
+  /**
+   * Refuses a policy that would leave the API without an admin token (TokenAuth.lockoutOf) or whose
+   * entry repeats a token accepted outside it (TokenAuth.repeatsOf).
+   */
   keepsAdmin: PolicyCheck;
 }
