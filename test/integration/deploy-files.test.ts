@@ -352,21 +352,45 @@ describe('deploy/Dockerfile (parsed: no Docker engine in CI)', () => {
     expect(volumes).toContain('/var/log/egressgate');
   });
 
-  it('has a HEALTHCHECK on /healthz with node fetch, and exec-form ENTRYPOINT so SIGTERM reaches node', () => {
+  it('has a HEALTHCHECK on /healthz with node fetch, and an ENTRYPOINT that execs node (PID 1) so SIGTERM reaches it', () => {
     const hc = final.find((i) => i.op === 'HEALTHCHECK');
     expect(hc?.args).toMatch(/CMD\s+\["node",/);
     expect(hc?.args).toContain('fetch(');
     const env = final.filter((i) => i.op === 'ENV').map((i) => i.args).join(' ');
     expect(env).toMatch(/EGRESSGATE_HEALTH_URL=http:\/\/127\.0\.0\.1:9180\/healthz/);
     expect(env).toContain(`UV_THREADPOOL_SIZE=${THREADPOOL_SIZE}`);
-    const ep = final.find((i) => i.op === 'ENTRYPOINT');
-    const argv = JSON.parse(ep!.args) as string[];
-    expect(argv[0]).toBe('node');
-    expect(argv.slice(1, -1)).toEqual(NODE_FLAGS);
-    expect(argv.at(-1)).toMatch(/dist\/cli\.js$/);
+    // A shell that sets the umask and `exec`s node (node is PID 1), CMD's words passed on.
+    const argv = JSON.parse(final.find((i) => i.op === 'ENTRYPOINT')!.args) as string[];
+    expect(argv.slice(0, 2)).toEqual(['/bin/sh', '-c']);
+    expect(argv).toHaveLength(4);
+    expect(argv[2]).toBe(`umask 0027 && exec node ${NODE_FLAGS.join(' ')} /app/dist/cli.js "$@"`);
     expect(final.find((i) => i.op === 'STOPSIGNAL')?.args).toBe('SIGTERM');
     const cmd = JSON.parse(final.find((i) => i.op === 'CMD')!.args) as string[];
     expect(cmd[0]).toBe('serve');
+  });
+
+  // Regression: the image set no umask, so flow logs came out 0644 (world-readable), where the
+  // systemd unit's UMask=0027 makes them 0640.
+  it("the ENTRYPOINT's shell gives node the systemd unit's umask, exec's it (same pid) and passes CMD's words on", () => {
+    const argv = JSON.parse(final.find((i) => i.op === 'ENTRYPOINT')!.args) as string[];
+    const dir = mkdtempSync(join(tmpdir(), 'egw-entrypoint-'));
+    try {
+      // The image's script run here with /app/dist/cli.js a probe: what node gets.
+      const probe = join(dir, 'probe.js');
+      writeFileSync(probe, "console.log(JSON.stringify({ umask: process.umask().toString(8), pid: process.pid, ppid: process.ppid, args: process.argv.slice(2) }));\n");
+      const script = (argv[2] as string).replace('/app/dist/cli.js', probe);
+      const r = spawnSync('/bin/sh', ['-c', `echo $$; ${script}`, argv[3] as string, 'serve', '--http', '0.0.0.0:3128'], { encoding: 'utf8', timeout: 30_000 });
+      expect(r.status, r.stderr).toBe(0);
+      const [shellPid, json] = r.stdout.trim().split('\n');
+      const got = JSON.parse(json as string) as { umask: string; pid: number; args: string[] };
+      expect(got.umask).toBe('27');
+      expect(got.pid).toBe(Number(shellPid));
+      expect(got.args).toEqual(['serve', '--http', '0.0.0.0:3128']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    const unit = read('deploy/systemd/egressgate.service');
+    expect(/^UMask=(\d+)$/m.exec(unit)?.[1]).toBe('0027');
   });
 
   it('copies only files that exist into the image', () => {
@@ -432,6 +456,16 @@ describe('systemd units', () => {
     const text = read('deploy/systemd/egressgate-agent.service');
     expect(text).toMatch(/# .*CAP_DAC_READ_SEARCH: list other users' \/proc\/<pid>\/fd/);
     expect(text).toMatch(/# .*CAP_SYS_PTRACE: readlink \/proc\/<pid>\/fd\/N/);
+  });
+
+  // Regression: agent/README.md's unit ran /usr/bin/egressgate, which the /opt install of
+  // docs/deploy.md does not create.
+  it("agent/README.md's unit runs what the shipped agent unit runs, from the /opt install of docs/deploy.md", () => {
+    const readme = /^ExecStart=(\S+) (\S+) agent /m.exec(read('agent/README.md'));
+    const shipped = /(\S+) (\S+) agent /.exec(one(agent, 'ExecStart') ?? '');
+    expect(readme?.slice(1)).toEqual(shipped?.slice(1));
+    expect(readme?.slice(1)).toEqual(['/usr/bin/node', '/opt/egressgate/dist/cli.js']);
+    expect(read('docs/deploy.md')).toMatch(/cp -r [^\n]*\bdist\b[^\n]* \/opt\/egressgate\//);
   });
 
   it('both units pass systemd-analyze verify', () => {
