@@ -61,6 +61,8 @@ interface RateBucket {
   level: number;
   /** When `level` was last brought up to date. */
   atMs: number;
+  /** When the bucket last went to the end of the table's order (at most once a second: see withinLimits). */
+  movedAtMs: number;
 }
 
 /**
@@ -177,14 +179,20 @@ export class FlowTable extends EventEmitter {
       // is any. One eviction per new key keeps this O(1); clearing the table whole would let anyone
       // able to make that many identities reset everybody's count.
       if (this.rate.size >= this.maxRateKeys) this.rate.delete(this.rate.keys().next().value as string);
-      b = { level: 0, atMs: now };
+      b = { level: 0, atMs: now, movedAtMs: now };
+      this.rate.set(key, b);
     } else {
-      // To the end of the order. A clock stepped back drains nothing.
-      this.rate.delete(key);
+      // To the end of the order, at most once a second (a Map delete and set per flow otherwise): the
+      // order is least recently used to the second, as the fixed windows' was. A clock stepped back
+      // drains nothing.
+      if (now - b.movedAtMs >= 1000) {
+        this.rate.delete(key);
+        this.rate.set(key, b);
+        b.movedAtMs = now;
+      }
       b.level = Math.max(0, b.level - (Math.max(0, now - b.atMs) * maxNewPerSec) / 1000);
       b.atMs = now;
     }
-    this.rate.set(key, b);
     // An attempt takes a token when there is one, an attempt refused for concurrency too: a client
     // hammering the limit stays limited. One that finds none takes nothing (no debt): a client over
     // the rate still gets the rate.
