@@ -85,7 +85,10 @@ export const FlowQuery = Type.Object({
   user: Type.Optional(Type.String()),
   host: Type.Optional(Type.String()),
   process: Type.Optional(Type.String()),
-  destination: Type.Optional(Type.String({ description: 'destination host name or IP' })),
+  destination: Type.Optional(Type.String({
+      description:
+        'destination host name or IP: an address in any spelling matches its canonical form (an IPv4-mapped address as its IPv4 address), host named or address dialled; a name matches the host named, case-insensitively, without a trailing dot',
+    })),
   verdict: Type.Optional(Type.Union([Type.Literal('allow'), Type.Literal('block'), Type.Literal('would-block')])),
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000, default: 100 })),
   offset: Type.Optional(Type.Integer({ minimum: 0, default: 0 })),

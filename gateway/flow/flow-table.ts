@@ -14,6 +14,8 @@ import { LRUCache } from 'lru-cache';
 import type { Decision, ProcessInfo, Protocol } from '../../policy/types.ts';
 import { Flow, type FlowInit, type FlowLeg, type FlowRecord, KILLED_WHILE_DIALLING, type KnownDestination, type RoutedFlow, withProcess } from './flow.ts';
 import type { FlowSink } from './flow-log.ts';
+import { normaliseHost } from '../protocol/authority.ts';
+import { hostKey } from '../../policy/host-pattern.ts';
 import { LiveFlows } from './live-flows.ts';
 import { processBytes } from '../pending-reports.ts';
 
@@ -84,6 +86,24 @@ function clientKey(transport: ClientTransport, ip: string, port: number): string
 /** Key under which limits are counted: the user if known, else the host, else the client address. */
 export function identityKey(flow: Pick<Flow, 'identity' | 'client'>): string {
   return flow.identity.user ? `u:${flow.identity.user}` : flow.identity.host ? `h:${flow.identity.host}` : `a:${flow.client.ip}`;
+}
+
+/**
+ * The test `GET /v1/flows?destination=` applies to a flow's destination host and dialled address.
+ * The value is read as the data plane reads a destination (authority.ts): an address in any
+ * spelling (`[::1]`, `0:0:0:0:0:0:0:1`, `::FFFF:127.0.0.3`, `0x7f.1`) is its canonical text, and an
+ * IPv4-mapped address and its IPv4 address are one key (hostKey, as for host entries), matched
+ * against host and address alike; a name is lower case, punycode, without a trailing dot, and
+ * matches the host the client named, never an address. A value no destination could carry is
+ * compared as given.
+ */
+function destinationMatcher(value: string): (host: string | null, ip: string | null) => boolean {
+  const parsed = normaliseHost(value);
+  if (parsed === null) return (host, ip) => host === value || ip === value;
+  if (!parsed.isIp) return (host) => host === parsed.host;
+  const key = hostKey(parsed.host);
+  // A refused SOCKS5 login named no destination (host and ip null): no address finds it.
+  return (host, ip) => (host !== null && hostKey(host) === key) || (ip !== null && hostKey(ip) === key);
 }
 
 export class FlowTable extends EventEmitter {
@@ -432,11 +452,12 @@ export class FlowTable extends EventEmitter {
     const out: FlowRecord[] = [];
     const limit = filter.limit ?? 100;
     let skip = filter.offset ?? 0;
+    const destination = filter.destination ? destinationMatcher(filter.destination) : null;
     const match = (f: Flow): boolean =>
       (!filter.user || f.identity.user === filter.user) &&
       (!filter.host || f.identity.host === filter.host) &&
       (!filter.process || f.identity.process?.name === filter.process) &&
-      (!filter.destination || f.destination.host === filter.destination || f.destination.ip === filter.destination) &&
+      (destination === null || destination(f.destination.host, f.destination.ip)) &&
       (!filter.verdict || f.verdict === filter.verdict);
     const take = (f: Flow): boolean => {
       if (!match(f)) return true;
