@@ -14,7 +14,8 @@
  *  - a write that hangs (a stuck network file system, a FIFO whose reader stopped reading) is a
  *    failure too once it has taken STALL_MS, until it completes: the backlog is bounded and callers
  *    see `isFailing`, instead of records piling up in memory without limit. A FIFO is written
- *    without blocking (append-log-file.ts): a full pipe is waited out here, not in a pool thread;
+ *    without blocking (append-log-file.ts): a full pipe is waited out here, not in a pool thread,
+ *    and given up at once when the drain's grace ends (giveUpWaitForRoom());
  *  - stdout cannot be reopened: it stays failed, and what it holds is reported lost at close;
  *  - `isFailing` is true meanwhile. Each change of state is reported once (`onStateChange`).
  * A file is written with positionless `write`s on an append-mode descriptor, one at a time, so the
@@ -96,6 +97,8 @@ export abstract class AppendLogWriter {
   /** Armed while a file write is in flight; when it fires the write is stalled. */
   protected stallTimer: NodeJS.Timeout | null = null;
   private isStalled = false;
+  /** The write in flight last found its pipe full (EAGAIN) and waits on a timer for room. */
+  private isWaitingForRoom = false;
   protected isClosed = false;
   /** A removed file is being replaced: writes wait for the new one. */
   protected isReplacing = false;
@@ -207,19 +210,37 @@ export abstract class AppendLogWriter {
    */
   private readonly onStall = (): void => {
     this.stallTimer = null;
+    this.stall(`a write has not completed in ${this.opts.stallMs ?? STALL_MS} ms`);
+  };
+
+  private stall(message: string): void {
     if (!this.isWriting || (this.failure !== null && !this.isRecovering)) return;
     this.isStalled = true;
     if (this.isRecovering) this.isRecovering = false;
     else {
-      const ms = this.opts.stallMs ?? STALL_MS;
       this.failure = { code: 'ESTALLED', since: Date.now() };
-      this.opts.onStateChange?.({ event: 'failed', path: this.path, error: 'ESTALLED', message: `a write has not completed in ${ms} ms`, willRetry: true });
+      this.opts.onStateChange?.({ event: 'failed', path: this.path, error: 'ESTALLED', message, willRetry: true });
     }
     this.wakeIdle();
-  };
+  }
+
+  /**
+   * The SIGTERM drain's grace is over: a write waiting for room in a pipe (its reader stopped) is
+   * stalled from now, not STALL_MS after it started, so flush() and close() no longer wait for it
+   * and close() reports what is held as lost. True if there was such a write. A write in a pool
+   * thread (a regular file) cannot be given up: it is left to complete or stall as ever.
+   */
+  giveUpWaitForRoom(): boolean {
+    if (!this.isWriting || !this.isWaitingForRoom || this.isStalled) return false;
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.stallTimer = null;
+    this.stall("a write was still waiting for room in the pipe when the drain's grace period ended");
+    return this.isStalled;
+  }
 
   private writeFrom(file: OpenFile, data: Buffer, offset: number, againMs = AGAIN_MS): void {
     writeFd(file.fd, data, offset, data.length - offset, null, (error, n) => {
+      this.isWaitingForRoom = error?.code === 'EAGAIN';
       if (error?.code === 'EAGAIN') {
         // A pipe with no room (its reader behind): waited out as a blocking write would be, outside
         // the pool; the stall timer still counts. Given up once the log is closed.
@@ -279,6 +300,7 @@ export abstract class AppendLogWriter {
   /** close() left `file` to a write that a full pipe held: it ends here, unwritten bytes lost. */
   private abandonWrite(file: OpenFile): void {
     this.isWriting = false;
+    this.isWaitingForRoom = false;
     if (this.stallTimer) clearTimeout(this.stallTimer);
     this.stallTimer = null;
     closeFd(file.fd, ignore);

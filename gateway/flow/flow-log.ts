@@ -122,6 +122,11 @@ export class FlowLog implements FlowSink {
     return this.out?.flush() ?? Promise.resolve();
   }
 
+  /** The drain's grace is over: a write waiting for room in a pipe is given up (AppendLogWriter). */
+  giveUpWaitForRoom(): boolean {
+    return this.out?.giveUpWaitForRoom() ?? false;
+  }
+
   /** Log rotation (SIGHUP): go on writing at a new file at the path, if the old one was moved. */
   reopenFile(): Promise<void> {
     return this.out?.reopen() ?? Promise.resolve();

@@ -26,6 +26,8 @@ import { type Origin, startOrigin } from './http-harness.ts';
 const GRACE_MS = 1000;
 /** Far more than a drain of GRACE_MS (plus the 10 s stall limit) takes on a loaded machine; before the fix: never. */
 const EXIT_BOUND_MS = 45_000;
+/** A drain whose grace is GRACE_MS, with a wide margin for a loaded machine; before the fix ~10 s (the write's stall limit). */
+const GRACE_BOUND_MS = GRACE_MS + 6000;
 
 function hasMkfifo(): boolean {
   if (process.platform !== 'linux') return false;
@@ -198,5 +200,27 @@ describe.runIf(canRun)('egressgate serve: a flow log on a FIFO never holds up st
     // ~600-byte records: 400 of them are several times a pipe's 64 KiB.
     for (let i = 0; i < 400; i++) await get(s);
     expect(await terminate(s)).toBe(0);
+  }, 120_000);
+
+  it('the reader stopped: the drain waits for the stuck write only until its grace ends, then exits 0 saying how many records were lost', async () => {
+    const { config, fifo } = await fifoConfig('stopped-grace');
+    const reader = startReader(fifo);
+    const s = await spawnServe(config, { env: { EGRESSGATE_ADMIN_TOKEN: 'flow-log-fifo-token-0123456789' } });
+    served = s;
+    expect(await get(s)).toBe(200);
+    await until('the first record read', () => parseRecords(reader.text()).length === 1);
+    reader.child.kill('SIGSTOP');
+    // ~600-byte records: 150 of them are more than a pipe's 64 KiB, so the write waits for room from
+    // shortly before SIGTERM (its stall limit, 10 s, then still far off).
+    for (let i = 0; i < 150; i++) await get(s);
+    const sentAt = Date.now();
+    expect(await terminate(s)).toBe(0);
+    const tookMs = Date.now() - sentAt;
+    // Before the fix the drain waited for the write's stall limit: ~10 s after SIGTERM.
+    expect(tookMs).toBeLessThan(GRACE_BOUND_MS);
+    expect(s.stderr()).not.toMatch(/has not completed in 10000 ms/);
+    const lost = s.stderr().split('\n').find((l) => l.includes('still failing at shutdown'));
+    expect(lost).toBeDefined();
+    expect((JSON.parse(lost as string) as { records: number }).records).toBeGreaterThan(0);
   }, 120_000);
 });
