@@ -22,6 +22,14 @@ export const MAX_TIMER_MS = 2_147_483_647;
 
 const nonEmpty = (v: string): string | null => (v.trim() === '' ? 'must not be empty' : null);
 
+/**
+ * A file the gateway reads or writes: taken as written, relative to the working directory. Nothing
+ * expands a leading `~` (no shell reads this file): `flowLog.path: ~/egw-flows.jsonl` made
+ * `./~/egw-flows.jsonl` under the working directory without a word, so it is refused here.
+ */
+const filePath = (v: string): string | null =>
+  nonEmpty(v) ?? (v.startsWith('~') ? `a leading ~ is not expanded (it would name a directory "~" in the working directory): write the home directory out, or ./${v} for a directory named ~` : null);
+
 const cidr = (v: string): string | null => {
   const r = parseCidr(v);
   return 'error' in r ? r.error : null;
@@ -233,7 +241,7 @@ export const CONFIG_SCHEMA: Node = s.obj({
   $schema: s.str(),
   mode: s.enum(['monitor', 'enforce']),
   listen: s.obj({ http: s.str(hostPort), socks: s.str(hostPort), admin: s.str(hostPort), https: s.nul(s.str(hostPort)) }),
-  tls: s.nul(s.obj({ cert: s.req(s.str(nonEmpty)), key: s.req(s.str((v: string) => nonEmpty(v) ?? redactedSecret(v))), ca: s.nul(s.str(nonEmpty)), requestClientCert: s.bool() }, clientCertNeedsCa)),
+  tls: s.nul(s.obj({ cert: s.req(s.str(filePath)), key: s.req(s.str((v: string) => filePath(v) ?? redactedSecret(v))), ca: s.nul(s.str(filePath)), requestClientCert: s.bool() }, clientCertNeedsCa)),
   admin: s.obj({
     tokens: s.arr(tokenEntry({ scope: s.req(s.enum(['admin', 'read', 'agent'])) })),
     allowedHosts: s.arr(s.str(hostPattern)),
@@ -289,7 +297,7 @@ export const CONFIG_SCHEMA: Node = s.obj({
     maxTrackedIdentities: s.int(1),
     maxTrackedDestinations: s.int(1),
   }),
-  state: s.obj({ path: s.nul(s.str(nonEmpty)) }),
+  state: s.obj({ path: s.nul(s.str(filePath)) }),
   limits: s.obj({
     maxFlowsPerIdentity: s.int(1),
     maxNewFlowsPerSecPerIdentity: s.int(1),
@@ -301,7 +309,7 @@ export const CONFIG_SCHEMA: Node = s.obj({
     drainGraceMs: s.int(0, MAX_TIMER_MS),
     udpRelayPorts: s.nul(s.str(relayPortRange)),
   }),
-  flowLog: s.obj({ path: s.nul(s.str(nonEmpty)), interimSec: s.int(0), keepClosed: s.int(0), onError: s.enum(['refuse', 'admit']) }),
+  flowLog: s.obj({ path: s.nul(s.str(filePath)), interimSec: s.int(0), keepClosed: s.int(0), onError: s.enum(['refuse', 'admit']) }),
   alerts: s.obj({
     webhooks: s.arr(s.obj({ url: s.req(s.str(webhookUrl)), minSeverity: severity })),
     syslog: s.nul(s.obj({ host: s.req(s.str(nonEmpty)), port: s.req(s.int(1, 65535)), protocol: s.enum(['udp', 'tcp']) })),
