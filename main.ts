@@ -175,6 +175,9 @@ function logAppendLogEvent(log: Logger, what: 'flow log' | 'audit log', e: Appen
     case 'reopened':
       log.info({ path: e.path }, `${what} reopened`);
       return;
+    case 'unlocked':
+      log.warn({ path: e.path, why: e.error }, `${what} not locked (${e.path}.lock could not be made): another gateway writing the same file would not be noticed`);
+      return;
     case 'replaced':
       // Records written to a file removed from under us were lost without an error: say so, and how many came back.
       log.warn({ path: e.path, records: e.records, unreadBytes: e.unreadBytes }, `${what} file was removed: writing to a new file at its path, with the records written to the removed one since it was last seen`);
@@ -204,7 +207,8 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   // 2. flow log, flow table, policy
   // The policy store exists by the time a write can fail; its current onError is what applies.
   let policyRef: PolicyStore | null = null;
-  const flowLog = await FlowLog.open(config.flowLog.path, { onStateChange: (e) => logAppendLogEvent(log, 'flow log', e, (r) => flowLogConsequence(policyRef, r)) });
+  // A log file belongs to one gateway (log-lock.ts): another live one holding it stops the start.
+  const flowLog = await FlowLog.open(config.flowLog.path, { lock: true, onStateChange: (e) => logAppendLogEvent(log, 'flow log', e, (r) => flowLogConsequence(policyRef, r)) });
   const flows = new FlowTable({
     sink: flowLog,
     keepClosed: config.flowLog.keepClosed,

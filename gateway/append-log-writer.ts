@@ -44,6 +44,8 @@ export type AppendLogEvent =
   | { event: 'dropping'; path: string; backlogBytes: number }
   | { event: 'lost'; path: string; records: number }
   | { event: 'reopened'; path: string }
+  /** lock: `<path>.lock` could not be made; written without it. */
+  | { event: 'unlocked'; path: string; error: string }
   /** The open file had been removed: a new one is open at the path; `records` were written again, `unreadBytes` could not be read back. */
   | { event: 'replaced'; path: string; records: number; unreadBytes: number };
 
@@ -53,6 +55,11 @@ export interface AppendLogOptions {
   backlogBytes?: number;
   /** Tests only: a faster retry. */
   retryMs?: number;
+  /**
+   * Take `<path>.lock` (log-lock.ts) for a regular file: open() fails when another live gateway
+   * holds it; a lock that cannot be made (a read-only directory) is reported ('unlocked').
+   */
+  lock?: boolean;
   /** Tests only: a shorter stall limit. */
   stallMs?: number;
 }

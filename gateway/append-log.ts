@@ -23,6 +23,7 @@ import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { countLines, ignore, isUnlinked, type OpenFile, openAppend, readBack } from './append-log-file.ts';
 import { type AppendLogOptions, AppendLogWriter } from './append-log-writer.ts';
+import { LogLockedError, lockLog } from './log-lock.ts';
 
 export { type AppendLogEvent, type AppendLogOptions, type AppendLogStatus, BACKLOG_BYTES, RETRY_MS, STALL_MS } from './append-log-writer.ts';
 
@@ -33,6 +34,8 @@ export class AppendLog extends AppendLogWriter {
   /** The removal watch (file mode). */
   private watchTimer: NodeJS.Timeout | null = null;
   private isWatching = false;
+  /** Releases `<path>.lock` (opts.lock). */
+  private unlock: (() => Promise<void>) | null = null;
 
   private constructor(path: string, opts: AppendLogOptions) {
     super(path, opts);
@@ -47,10 +50,25 @@ export class AppendLog extends AppendLogWriter {
     } else {
       await mkdir(dirname(path), { recursive: true });
       log.file = await openAppend(path);
+      if (opts.lock && log.file.isRegular) await log.takeLock();
       log.watchTimer = setInterval(log.onWatch, WATCH_MS);
       log.watchTimer.unref();
     }
     return log;
+  }
+
+  /** Another live gateway's lock: the file is closed and open() fails. */
+  private async takeLock(): Promise<void> {
+    try {
+      this.unlock = await lockLog(this.path);
+    } catch (err) {
+      if (err instanceof LogLockedError) {
+        if (this.file) closeFd(this.file.fd, ignore);
+        this.file = null;
+        throw err;
+      }
+      this.opts.onStateChange?.({ event: 'unlocked', path: this.path, error: (err as Error).message });
+    }
   }
 
   /**
@@ -247,5 +265,8 @@ export class AppendLog extends AppendLogWriter {
     this.stallTimer = null;
     this.stdout?.removeListener('error', this.onStdoutError);
     this.stdout = null;
+    const unlock = this.unlock;
+    this.unlock = null;
+    await unlock?.();
   }
 }
