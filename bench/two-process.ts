@@ -1,7 +1,7 @@
 /**
  * An experiment, not a product mode: `egressgate serve` in N processes (default 2) sharing its
  * listeners through node:cluster (round-robin: the primary accepts and hands each connection to a
- * worker). Each process has its own flow table, limits, detector state and flow log writer, so
+ * worker). Each process has its own flow table, limits, detector state and flow log (a file each), so
  * per-identity limits and detection would each see only part of an identity's traffic. It exists to
  * measure what a multi-process gateway would reach on this machine (bench target egw-http-2p,
  * opt-in), which is the planners' decision to make.
@@ -9,6 +9,7 @@
  *   node --import tsx bench/two-process.ts [--workers N] -- serve --http … --config …
  */
 import cluster from 'node:cluster';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -20,8 +21,20 @@ const w = own.indexOf('--workers');
 const workers = w >= 0 ? Math.max(1, Number(own[w + 1]) || 2) : 2;
 
 cluster.schedulingPolicy = cluster.SCHED_RR;
-cluster.setupPrimary({ exec: path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'cli.js'), args: serveArgs });
-for (let i = 0; i < workers; i++) cluster.fork();
+const exec = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'cli.js');
+const c = serveArgs.indexOf('--config');
+for (let i = 0; i < workers; i++) {
+  // A flow log belongs to one gateway (its lock refuses a second): each worker writes its own,
+  // `NAME-flows.jsonl` of bench/run.ts's config becoming `NAME-flows-wI.jsonl`.
+  const args = [...serveArgs];
+  if (c >= 0 && args[c + 1] !== undefined) {
+    const own = args[c + 1]!.replace(/(\.[a-z]+)$/i, `-w${i}$1`);
+    writeFileSync(own, readFileSync(args[c + 1]!, 'utf8').replace(/-flows\.jsonl/g, `-flows-w${i}.jsonl`));
+    args[c + 1] = own;
+  }
+  cluster.setupPrimary({ exec, args });
+  cluster.fork();
+}
 // Workers exit on their own when the primary's IPC channel closes; SIGTERM/SIGINT stop them first.
 const stop = (): void => {
   for (const worker of Object.values(cluster.workers ?? {})) worker?.kill('SIGTERM');
