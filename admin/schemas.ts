@@ -91,12 +91,23 @@ export const FlowQuery = Type.Object({
     })),
   verdict: Type.Optional(Type.Union([Type.Literal('allow'), Type.Literal('block'), Type.Literal('would-block')])),
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000, default: 100 })),
-  offset: Type.Optional(Type.Integer({ minimum: 0, default: 0 })),
+  offset: Type.Optional(Type.Integer({
+      minimum: 0,
+      default: 0,
+      description: 'skip this many matching flows; flows closing or opening between two requests shift the pages (walk with after instead)',
+    })),
+  after: Type.Optional(Type.String({
+      minLength: 1,
+      maxLength: 64,
+      description:
+        "the next of the page before, to walk the flows as they were at the walk's first page: each at most once, in its place then, however it closed meanwhile (its record as it is now); flows opened since are not listed, closed ones no longer kept (flowLog.keepClosed) are missing",
+    })),
 });
 
 export const FlowList = Type.Object({
   flows: Type.Array(FlowRecordSchema),
   count: Type.Integer({ description: 'Flows in this page (the length of flows, after the filters, offset and limit), not the number matching' }),
+  next: Nullable(Type.String({ description: 'the after of the next page of this walk; null when no flow follows' })),
 });
 
 export const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) });

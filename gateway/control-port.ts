@@ -155,7 +155,7 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
   return {
     isReady: deps.isReady,
 
-    listFlows: (filter) => deps.flows.list(filter),
+    listFlows: (query) => deps.flows.page(query),
     getFlow: (id) => deps.flows.get(id)?.toRecord(deps.flows.now()) ?? null,
     killFlow: (id) => deps.flows.kill(id, 'admin'),
 

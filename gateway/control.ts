@@ -13,7 +13,7 @@ import type { Decision, Mode, Protocol } from '../policy/types.ts';
 import type { AlertLike, AlertEvent } from './alerts/alert-store.ts';
 import type { AuditEntry, AuditQuery } from './audit-log.ts';
 import type { DryRunDetectors, DryRunFinding } from './detection/dry-run.ts';
-import type { FlowFilter } from './flow/flow-table.ts';
+import type { FlowPage, FlowPageQuery } from './flow/flow-table.ts';
 import type { FlowRecord } from './flow/flow.ts';
 import type { AdminListenerStats } from './stats.ts';
 
@@ -144,7 +144,8 @@ export interface ControlPort {
   /** Listeners bound and a policy loaded. */
   isReady(): boolean;
 
-  listFlows(filter: FlowFilter): FlowRecord[];
+  /** A page of flows and the cursor of the next (FlowTable.page); refused when `after` is no cursor of this gateway's. */
+  listFlows(query: FlowPageQuery): FlowPage;
   getFlow(id: string): FlowRecord | null;
   /** Kill a live flow (closeReason "admin"); false when it is not live. */
   killFlow(id: string): boolean;

@@ -12,14 +12,15 @@ export function registerFlowRoutes(app: AdminApp, { port }: RouteContext): void 
     {
       config: { scope: 'read' },
       schema: {
-        summary: 'Flows, newest first (live ones before closed ones); filters and paging',
+        summary: 'Flows, newest first (live ones before closed ones); filters; paging with `next` (as `after`), or `offset`',
         querystring: FlowQuery,
         response: { 200: FlowList, 400: ErrorBody, ...AuthErrors },
       },
     },
     (request, reply) => {
-      const flows = port.listFlows(request.query);
-      reply.send({ flows, count: flows.length });
+      const page = port.listFlows(request.query);
+      if (!page.ok) return sendError(reply, 400, 'bad-request', page.message, [{ path: 'querystring.after', message: page.message }]);
+      reply.send({ flows: page.flows, count: page.flows.length, next: page.next });
     },
   );
 

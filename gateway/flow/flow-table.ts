@@ -53,6 +53,38 @@ export interface FlowFilter {
   offset?: number;
 }
 
+/** A page of GET /v1/flows: a filter, and where a walk through the pages stands (`after`). */
+export interface FlowPageQuery extends FlowFilter {
+  /** The `next` of the walk's page before (an opaque cursor); absent: the walk's first page. */
+  after?: string;
+}
+
+/** A page's flows, and the cursor of the page after it (null: no flow follows). */
+export type FlowPage = { ok: true; flows: FlowRecord[]; next: string | null } | { ok: false; message: string };
+
+/**
+ * Where a walk through GET /v1/flows stands. It lists the table as its first page found it: the
+ * flows opened before `opened`, live ones first (newest opened first), then closed ones (newest
+ * closed first), a flow counted closed when it had closed before `closed` (closeSeq). A flow keeps
+ * its place whatever it does meanwhile, so no page repeats one and none is skipped (but a closed
+ * one evicted, keepClosed, before its page); flows opened since are not listed. `part` and `at` name the place of the last flow listed: its openSeq in the
+ * live part, its closeSeq in the closed part (the walk goes on below it).
+ */
+interface Walk {
+  opened: number;
+  closed: number;
+  part: 'live' | 'closed';
+  at: number;
+}
+
+/** A cursor (FlowTable.cursorOf): the table's id prefix, then opened, closed, part and at in base 36. */
+const CURSOR = /^([0-9a-f]{6})\.([0-9a-z]{1,10})\.([0-9a-z]{1,10})\.([lc])([0-9a-z]{1,10})$/;
+
+/** Newest opened first. */
+function byOpenedDesc(a: Flow, b: Flow): number {
+  return b.openSeq - a.openSeq;
+}
+
 /**
  * An identity's new-flow bucket, kept as its level (a token bucket seen from the other side): the
  * flows it took, draining at the rate a second. Full at the rate. A level rather than tokens left, so
@@ -132,6 +164,8 @@ export class FlowTable extends EventEmitter {
   private timer: NodeJS.Timeout | null = null;
   private readonly idPrefix = randomBytes(3).toString('hex');
   private seq = 0;
+  /** The next flow's closeSeq: flows closed so far. */
+  private closeSeq = 0;
   /** Legs of live flows (addLeg), bounded by maxLiveLegs. */
   private liveLegs = 0;
   private readonly maxLiveLegs: number;
@@ -159,6 +193,7 @@ export class FlowTable extends EventEmitter {
   open(init: FlowInit): Flow {
     const id = `${this.idPrefix}${(this.seq++).toString(36).padStart(6, '0')}`;
     const flow = new Flow(id, init, this.now());
+    flow.openSeq = this.seq - 1;
     this.active.add(flow);
     const ck = clientKey(clientTransport(init.protocol), init.client.ip, init.client.port);
     flow.clientKey = ck;
@@ -378,6 +413,7 @@ export class FlowTable extends EventEmitter {
     if (flow.state === 'closed') return;
     flow.state = 'closed';
     flow.closeReason = reason;
+    flow.closeSeq = this.closeSeq++;
     // The closed flow stays in the admin API's ring; it must not keep its sockets and handlers alive.
     flow.abort = null;
     flow.dialling = null;
@@ -446,12 +482,30 @@ export class FlowTable extends EventEmitter {
     return this.active;
   }
 
-  /** Records matching a filter, newest first. */
+  /** Records matching a filter, newest first (live flows first): the first page of a walk (page). */
   list(filter: FlowFilter = {}): FlowRecord[] {
+    return this.walk(filter, { opened: this.seq, closed: this.closeSeq, part: 'live', at: this.seq }).flows;
+  }
+
+  /**
+   * One page of GET /v1/flows: the first page of a walk without `after`, else the page after the one
+   * whose `next` it is (Walk). Refused when `after` is no cursor this table gave. O(kept flows), as
+   * list() was: the live flows are copied to walk them newest first; the flows closed since the walk
+   * began are sorted (only those still kept: keepClosed bounds them).
+   */
+  page(query: FlowPageQuery): FlowPage {
+    const start: Walk | null = query.after === undefined ? { opened: this.seq, closed: this.closeSeq, part: 'live', at: this.seq } : this.parseCursor(query.after);
+    if (start === null) return { ok: false, message: "after must be a page's next from this gateway (a restart ends a walk)" };
+    return { ok: true, ...this.walk(query, start) };
+  }
+
+  private walk(filter: FlowFilter, from: Walk): { flows: FlowRecord[]; next: string | null } {
     const now = this.now();
     const out: FlowRecord[] = [];
     const limit = filter.limit ?? 100;
     let skip = filter.offset ?? 0;
+    let last: Walk | null = null;
+    let isMore = false;
     const destination = filter.destination ? destinationMatcher(filter.destination) : null;
     const match = (f: Flow): boolean =>
       (!filter.user || f.identity.user === filter.user) &&
@@ -459,26 +513,74 @@ export class FlowTable extends EventEmitter {
       (!filter.process || f.identity.process?.name === filter.process) &&
       (destination === null || destination(f.destination.host, f.destination.ip)) &&
       (!filter.verdict || f.verdict === filter.verdict);
-    const take = (f: Flow): boolean => {
+    // False once the page is full and one more flow matches (so `next` is null on the last page).
+    const take = (f: Flow, part: Walk['part']): boolean => {
       if (!match(f)) return true;
       if (skip > 0) {
         skip--;
         return true;
       }
+      if (out.length >= limit) {
+        isMore = true;
+        return false;
+      }
       out.push(f.toRecord(now));
-      return out.length < limit;
+      last = { opened: from.opened, closed: from.closed, part, at: part === 'live' ? f.openSeq : f.closeSeq };
+      return true;
     };
-    if (filter.state !== 'closed') {
+    let isDone = false;
+    if (from.part === 'live' && filter.state !== 'closed') {
+      // The walk's live part: flows live now, and those closed since it began (newest closed at the
+      // ring's end), merged newest opened first.
       const live = [...this.active.values()];
-      for (let i = live.length - 1; i >= 0; i--) if (!take(live[i] as Flow)) return out;
-    }
-    if (filter.state !== 'active') {
+      const closedSince: Flow[] = [];
       for (let i = this.closed.length - 1; i >= 0; i--) {
         const f = this.closed[(this.closedStart + i) % this.closed.length] as Flow;
-        if (!take(f)) return out;
+        if (f.closeSeq < from.closed) break;
+        if (f.openSeq < from.at) closedSince.push(f);
+      }
+      closedSince.sort(byOpenedDesc);
+      let i = live.length - 1;
+      let j = 0;
+      while (!isDone && (i >= 0 || j < closedSince.length)) {
+        const a = live[i];
+        const b = closedSince[j];
+        let f: Flow;
+        if (a !== undefined && (b === undefined || a.openSeq > b.openSeq)) {
+          f = a;
+          i--;
+        } else {
+          f = b as Flow;
+          j++;
+        }
+        if (f.openSeq < from.at) isDone = !take(f, 'live');
       }
     }
-    return out;
+    if (!isDone && filter.state !== 'active') {
+      const below = from.part === 'closed' ? from.at : from.closed;
+      for (let i = this.closed.length - 1; i >= 0 && !isDone; i--) {
+        const f = this.closed[(this.closedStart + i) % this.closed.length] as Flow;
+        if (f.closeSeq < below) isDone = !take(f, 'closed');
+      }
+    }
+    return { flows: out, next: isMore && last !== null ? this.cursorOf(last) : null };
+  }
+
+  /** The opaque text of a walk's place (CURSOR). */
+  private cursorOf(w: Walk): string {
+    return `${this.idPrefix}.${w.opened.toString(36)}.${w.closed.toString(36)}.${w.part === 'live' ? 'l' : 'c'}${w.at.toString(36)}`;
+  }
+
+  /** The walk a cursor names, or null when this table gave no such cursor (another run's, or made up). */
+  private parseCursor(text: string): Walk | null {
+    const m = CURSOR.exec(text);
+    if (m === null || m[1] !== this.idPrefix) return null;
+    const opened = Number.parseInt(m[2] as string, 36);
+    const closed = Number.parseInt(m[3] as string, 36);
+    const part = m[4] === 'l' ? 'live' : 'closed';
+    const at = Number.parseInt(m[5] as string, 36);
+    if (opened > this.seq || closed > this.closeSeq || closed > opened || at >= (part === 'live' ? opened : closed)) return null;
+    return { opened, closed, part, at };
   }
 
   /** Start the periodic sweep (activity sampling, interim records, 'sweep' event). */

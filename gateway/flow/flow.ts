@@ -211,6 +211,10 @@ export class Flow {
    */
   isRecordSkipped = false;
   limitKey = '';
+  /** Its place in the flow table's opening order (FlowTable.open): GET /v1/flows walks key on it. */
+  openSeq = 0;
+  /** Its place in the flow table's closing order (FlowTable.close); -1 while it is live. */
+  closeSeq = -1;
 
   constructor(id: string, init: FlowInit, now: number) {
     this.id = id;

@@ -256,4 +256,31 @@ describe('FlowTable legs (SOCKS5 UDP destinations)', () => {
     expect(b2.destination.port).toBe(6);
     expect(b.legs).toHaveLength(2);
   });
+
+  it('walks pages with next: each flow of the first page\'s table at most once, whatever closes, opens or is evicted between pages', () => {
+    const now = { t: 1_000_000 };
+    const { flows } = table(now, { keepClosed: 3 });
+    const open = Array.from({ length: 8 }, (_, i) => flows.open(init(42000 + i)));
+    for (const i of [0, 1, 2]) flows.close(open[i] as (typeof open)[number], 'closed');
+    const before = new Set([...flows.list({ limit: 1000 })].map((r) => r.id));
+    const seen: string[] = [];
+    let page = flows.page({ limit: 2 });
+    // Between pages: a live flow closes (pushing one kept closed flow out), a new one opens.
+    for (let round = 0; round < 10 && page.ok; round++) {
+      seen.push(...page.flows.map((r) => r.id));
+      if (page.next === null) break;
+      const live = flows.list({ state: 'active', limit: 1000 });
+      const victim = live[round % Math.max(1, live.length)];
+      if (victim) flows.kill(victim.id, 'admin');
+      flows.open(init(43000 + round));
+      page = flows.page({ limit: 2, after: page.next });
+    }
+    expect(page.ok && page.next).toBe(null);
+    expect(new Set(seen).size).toBe(seen.length);
+    for (const id of seen) expect(before.has(id), id).toBe(true);
+    // Every flow live at the start is listed (only evicted closed ones may be missing).
+    for (const f of open.slice(3)) expect(seen).toContain(f.id);
+    expect(flows.page({ after: 'nonsense' }).ok).toBe(false);
+  });
 });
+
