@@ -13,6 +13,7 @@ import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent } from '../../agent/agent.ts';
+import { withoutRepeatedFlags } from './repeated-flag.ts';
 
 const USAGE = `Usage: egressgate agent --gateway URL --token TOKEN [options]
 
@@ -70,7 +71,8 @@ interface AgentArgs {
 async function parse(argv: string[]): Promise<AgentArgs | 'help'> {
   let values: Record<string, string | boolean | undefined>;
   try {
-    values = parseArgs({
+    values = withoutRepeatedFlags(parseArgs({
+      tokens: true,
       args: argv,
       strict: true,
       allowPositionals: false,
@@ -86,7 +88,7 @@ async function parse(argv: string[]): Promise<AgentArgs | 'help'> {
         once: { type: 'boolean' },
         help: { type: 'boolean' },
       },
-    }).values;
+    })).values;
   } catch (err) {
     throw new UsageError((err as Error).message);
   }

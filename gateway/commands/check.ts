@@ -6,6 +6,7 @@
 import { parseArgs } from 'node:util';
 import type { Config } from '../../policy/config.ts';
 import { loadConfigFile } from '../../policy/load-config.ts';
+import { withoutRepeatedFlags } from './repeated-flag.ts';
 
 export interface CommandIo {
   stdout: { write(s: string): unknown };
@@ -45,7 +46,8 @@ export function summarize(c: Config): string {
 export async function run(argv: string[], io: CommandIo = process): Promise<number> {
   let values: { config?: string; json?: boolean; help?: boolean };
   try {
-    ({ values } = parseArgs({
+    ({ values } = withoutRepeatedFlags(parseArgs({
+      tokens: true,
       args: argv,
       strict: true,
       allowPositionals: false,
@@ -54,7 +56,7 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
         json: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
-    }));
+    })));
   } catch (e) {
     io.stderr.write(`egressgate check: ${(e as Error).message}\n${HELP}`);
     return 2;

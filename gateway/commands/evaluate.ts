@@ -21,6 +21,7 @@ import { unauthenticatedRefusal } from '../control-evaluate.ts';
 import { dryRunConnect } from '../detection/dry-run.ts';
 import { HostInventory } from '../identity/host-inventory.ts';
 import { parseAuthority } from '../protocol/authority.ts';
+import { withoutRepeatedFlags } from './repeated-flag.ts';
 
 export interface CommandIo {
   stdout: { write(s: string): unknown };
@@ -74,7 +75,8 @@ function usageError(io: CommandIo, message: string): number {
 export async function run(argv: string[], io: CommandIo = process): Promise<number> {
   let values: Values;
   try {
-    ({ values } = parseArgs({
+    ({ values } = withoutRepeatedFlags(parseArgs({
+      tokens: true,
       args: argv,
       strict: true,
       allowPositionals: false,
@@ -89,7 +91,7 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
         mode: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
-    }));
+    })));
   } catch (e) {
     return usageError(io, (e as Error).message);
   }

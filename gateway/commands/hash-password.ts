@@ -9,6 +9,7 @@
  */
 import { parseArgs } from 'node:util';
 import { DEFAULT_SCRYPT_PARAMS, hashPassword, parsePasswordHash, verifyParsedHash } from '../identity/password-hash.ts';
+import { withoutRepeatedFlags } from './repeated-flag.ts';
 
 export interface CommandIo {
   stdin: NodeJS.ReadableStream & { isTTY?: boolean };
@@ -56,7 +57,8 @@ function intOption(v: string | undefined, fallback: number): number {
 export async function run(argv: string[], io: CommandIo = process): Promise<number> {
   let values: Record<string, string | boolean | undefined>;
   try {
-    ({ values } = parseArgs({
+    ({ values } = withoutRepeatedFlags(parseArgs({
+      tokens: true,
       args: argv,
       options: {
         password: { type: 'string' },
@@ -68,7 +70,7 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
       },
       strict: true,
       allowPositionals: false,
-    }));
+    })));
   } catch (err) {
     io.stderr.write(`egressgate hash-password: ${(err as Error).message}\n${HELP}`);
     return 2;

@@ -13,6 +13,7 @@ import type { ConnectFacts, Mode } from '../../policy/types.ts';
 import { alertLines, scoreTable } from '../replay/report.ts';
 import type { ConnSpec } from '../replay/scenario.ts';
 import { loadInputs, runSuite } from '../replay/suite.ts';
+import { withoutRepeatedFlags } from './repeated-flag.ts';
 
 export interface CommandIo {
   stdout: { write(s: string): unknown };
@@ -86,7 +87,8 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
   let values: { config?: string; against?: string; mode?: string; 'step-ms'?: string; single?: boolean; quiet?: boolean; help?: boolean };
   let inputs: string[];
   try {
-    ({ values, positionals: inputs } = parseArgs({
+    ({ values, positionals: inputs } = withoutRepeatedFlags(parseArgs({
+      tokens: true,
       args: argv,
       strict: true,
       allowPositionals: true,
@@ -99,7 +101,7 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
         quiet: { type: 'boolean', short: 'q' },
         help: { type: 'boolean', short: 'h' },
       },
-    }));
+    })));
   } catch (e) {
     io.stderr.write(`egressgate replay: ${(e as Error).message}\n${HELP}`);
     return 2;

@@ -14,6 +14,7 @@ import { loadConfig } from '../../policy/load-config.ts';
 import type { Mode } from '../../policy/types.ts';
 import { exitAfterDrain } from '../exit-after-drain.ts';
 import { nodeFlagsWarning } from '../node-flags.ts';
+import { withoutRepeatedFlags } from './repeated-flag.ts';
 
 const HELP = `usage: egressgate serve [--config FILE] [--mode monitor|enforce] [--http HOST:PORT]
                         [--socks HOST:PORT] [--admin HOST:PORT] [--redis URL]
@@ -56,7 +57,8 @@ function ignoreStreamError(): void {}
 export async function run(argv: string[]): Promise<number> {
   let values: Record<string, string | boolean | undefined>;
   try {
-    ({ values } = parseArgs({
+    ({ values } = withoutRepeatedFlags(parseArgs({
+      tokens: true,
       args: argv,
       options: {
         config: { type: 'string' },
@@ -69,7 +71,7 @@ export async function run(argv: string[]): Promise<number> {
       },
       strict: true,
       allowPositionals: false,
-    }));
+    })));
   } catch (err) {
     process.stderr.write(`egressgate serve: ${(err as Error).message}\n${HELP}`);
     return 2;

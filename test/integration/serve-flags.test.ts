@@ -99,3 +99,20 @@ describe('egressgate serve: an empty --config or --redis', () => {
   }, 60_000);
 });
 
+
+// Regression: `serve --mode monitor --mode enforce` served enforce (parseArgs keeps the last copy
+// without a word); a unit's `--http` and a wrapper's appended `--http` bound the wrapper's.
+describe('egressgate serve: a flag given twice', () => {
+  it('--mode twice, --http twice are usage errors naming the flag (exit 2), nothing bound', async () => {
+    const [mode, http] = await Promise.all([
+      serve(['--mode', 'monitor', '--mode', 'enforce', '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0']),
+      serve(['--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--http=127.0.0.1:0']),
+    ]);
+    expect(mode.stderr).toMatch(/^egressgate serve: --mode given twice: 'monitor', then 'enforce'; give it once$/m);
+    expect(http.stderr).toMatch(/^egressgate serve: --http given twice: '127\.0\.0\.1:0', then '127\.0\.0\.1:0'; give it once$/m);
+    for (const r of [mode, http]) {
+      expect(r.stdout).not.toMatch(/listening/);
+      expect(r.code).toBe(2);
+    }
+  }, 60_000);
+});
