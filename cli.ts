@@ -20,9 +20,15 @@ function usage(): string {
 
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
-  if (!name || name === '--help' || name === '-h' || name === 'help') {
+  // Asked for (--help): stdout, exit 0. No command at all is a usage error: stderr, exit 2, as every
+  // command's own usage errors (a script's `egressgate $CMD` with CMD unset must not pass usage off as output).
+  if (name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(usage());
-    return name ? 0 : 2;
+    return 0;
+  }
+  if (!name) {
+    process.stderr.write(`egressgate: a command is required\n${usage()}`);
+    return 2;
   }
   const command = COMMANDS[name];
   if (!command) {

@@ -1,8 +1,9 @@
 /**
  * `egressgate replay --config FILE INPUT…` (SPEC §2): the same policy and detectors on a virtual
  * clock over scenario scripts (YAML), directories of them, and flow logs (JSON lines). Prints the
- * alerts and a score table; exit 0 when every scenario is as expected, 1 otherwise, 2 on usage
- * errors. `--against OLD_CONFIG` lists the connect-time verdicts a policy change would turn.
+ * alerts and a score table; exit 0 when every scenario is as expected, 1 otherwise or on an
+ * unreadable or invalid policy (as `check` and `evaluate`), 2 on usage errors. `--against
+ * OLD_CONFIG` lists the connect-time verdicts a policy change would turn.
  */
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
@@ -27,7 +28,8 @@ scenario scripts (YAML files or directories of them; format in
 test/scenarios/README.md) and flow logs (JSON lines of flow records).
 Prints the alerts, then for scenarios a table: expected, got, time to detect
 (virtual), bytes past a kill budget, and totals.
-Exit 0 when every scenario is as expected, 1 otherwise, 2 on usage errors.
+Exit 0 when every scenario is as expected, 1 otherwise or on an unreadable or
+invalid policy (--config, --against), 2 on usage errors.
 
 options:
   -c, --config FILE        the policy (default: $EGRESSGATE_CONFIG)
@@ -131,10 +133,11 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
       return 2;
     }
   }
+  // An unreadable or invalid policy is exit 1, as `check` and `evaluate` answer it: not a usage error.
   const cfg = await readConfig(configPath);
   if ('error' in cfg) {
     io.stderr.write(`egressgate replay: ${cfg.error}\n`);
-    return 2;
+    return 1;
   }
   let loaded: Awaited<ReturnType<typeof loadInputs>>;
   try {
@@ -153,7 +156,7 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
     const old = await readConfig(values.against);
     if ('error' in old) {
       io.stderr.write(`egressgate replay: ${old.error}\n`);
-      return 2;
+      return 1;
     }
     const conns = [...loaded.scenarios.flatMap((s) => s.connections), ...loaded.logs.flatMap((l) => [...l.connections, ...l.refused])];
     io.stdout.write(`\n${policyImpact(cfg.config, old.config, conns).join('\n')}\n`);

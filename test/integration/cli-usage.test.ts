@@ -68,3 +68,54 @@ describe('a value flag given twice', () => {
     expect(JSON.parse(check.stdout)).toMatchObject({ ok: true, summary: expect.stringMatching(/^ok: mode enforce/) });
   }, 60_000);
 });
+
+// Regression: `egressgate` alone printed its usage on stdout and exited 2; a script's `egressgate
+// $CMD > out` with CMD unset took the usage for the command's output. Usage for an error goes to
+// stderr, as every command's own usage errors do; stdout is for --help (exit 0).
+describe('usage on stderr for an error, on stdout when asked for', () => {
+  it('no command: usage on stderr, stdout empty, exit 2; --help and help: stdout, exit 0', async () => {
+    const [none, help, word] = await Promise.all([cli([]), cli(['--help']), cli(['help'])]);
+    expect(none.code).toBe(2);
+    expect(none.stdout).toBe('');
+    expect(none.stderr).toMatch(/^egressgate: a command is required\nusage: egressgate <command> \[options\]/);
+    for (const r of [help, word]) {
+      expect(r.code).toBe(0);
+      expect(r.stderr).toBe('');
+      expect(r.stdout).toMatch(/^usage: egressgate <command> \[options\]/);
+    }
+  }, 60_000);
+
+  it("every command's usage error (unknown flag) is on stderr with exit 2, stdout empty", async () => {
+    const runs = await Promise.all(['serve', 'check', 'evaluate', 'replay', 'agent', 'hash-password', 'no-such-command'].map((c) => cli([c, '--bogus'])));
+    for (const r of runs) {
+      expect(r.code).toBe(2);
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toMatch(/^egressgate( [a-z-]+)?: .*(bogus|unknown command)/);
+    }
+  }, 60_000);
+});
+
+// Regression: replay exited 2 (usage error) on an invalid --config, check and evaluate 1: a script
+// telling "fix the policy" from "fix the command line" by the exit code got replay wrong.
+describe('an invalid policy file', () => {
+  const bad = join(dir, 'bad.yaml');
+  writeFileSync(bad, 'mode: loud\n');
+  const scenario = join(ROOT, 'test/scenarios/B01-package-upgrade.yaml');
+
+  it('is exit 1 on check, evaluate and replay (--config and --against), with the path and error on stderr', async () => {
+    const [check, evaluate, replay, against, missing] = await Promise.all([
+      cli(['check', '--config', bad]),
+      cli(['evaluate', '--config', bad, '--dest', 'example.com:443']),
+      cli(['replay', '--config', bad, scenario]),
+      cli(['replay', '-q', '--single', '--config', join(ROOT, 'test/scenarios/policy.yaml'), '--against', bad, scenario]),
+      cli(['replay', '--config', join(dir, 'no-such.yaml'), scenario]),
+    ]);
+    for (const r of [check, evaluate, replay, against]) {
+      expect(r.stderr).toMatch(/^mode: .*loud|^ {2}mode: .*loud/m);
+      expect(r.code).toBe(1);
+    }
+    expect(replay.stderr).toMatch(/^egressgate replay: .*bad\.yaml is invalid:$/m);
+    expect(missing.stderr).toMatch(/^egressgate replay: cannot read .*no-such\.yaml/m);
+    expect(missing.code).toBe(1);
+  }, 60_000);
+});
