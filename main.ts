@@ -101,12 +101,29 @@ function formatAddress(addr: AddressInfo | string | null): string {
   return addr.family === 'IPv6' ? `[${addr.address}]:${addr.port}` : `${addr.address}:${addr.port}`;
 }
 
-function listen(server: NetServer | HttpServer, where: string): Promise<string> {
+/**
+ * A listener that could not bind (EADDRINUSE, EACCES, EADDRNOTAVAIL), its message led by what set its
+ * address: `--socks: listen EADDRINUSE: address already in use 127.0.0.1:1080`. node's message names
+ * the address only, and with three listeners on one host the operator had to guess which to move.
+ * The errno code stays on the error.
+ */
+function listenError(err: unknown, name: string): Error {
+  if (!(err instanceof Error)) return new Error(`${name}: ${String(err)}`);
+  return Object.assign(new Error(`${name}: ${err.message}`, { cause: err }), { code: (err as NodeJS.ErrnoException).code });
+}
+
+/** What set a listener's address: the serve flag when given (StartOptions), else the config key. */
+function listenerName(key: 'http' | 'socks' | 'admin', fromFlag: string | undefined): string {
+  return fromFlag === undefined ? `listen.${key}` : `--${key}`;
+}
+
+function listen(server: NetServer | HttpServer, where: string, name: string): Promise<string> {
   const { host, port } = splitHostPort(where);
   return new Promise((resolve, reject) => {
-    server.once('error', reject);
+    const onError = (err: Error): void => reject(listenError(err, name));
+    server.once('error', onError);
     server.listen({ host, port }, () => {
-      server.removeListener('error', reject);
+      server.removeListener('error', onError);
       resolve(formatAddress(server.address()));
     });
   });
@@ -279,9 +296,9 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   const sources = new SourceConnections(() => policy.current().config.limits.maxConnectionsPerSource, log);
   gateConnections(httpFront, sources, 'http');
   gateConnections(socksServer, sources, 'socks');
-  const http = await listen(wrapWithProxyProtocol(httpFront, { ...proxyProtocol, listener: 'http' }), opts.http ?? config.listen.http);
+  const http = await listen(wrapWithProxyProtocol(httpFront, { ...proxyProtocol, listener: 'http' }), opts.http ?? config.listen.http, listenerName('http', opts.http));
   selfAddresses.add(http);
-  const socks = await listen(wrapWithProxyProtocol(socksServer, { ...proxyProtocol, listener: 'socks' }), opts.socks ?? config.listen.socks);
+  const socks = await listen(wrapWithProxyProtocol(socksServer, { ...proxyProtocol, listener: 'socks' }), opts.socks ?? config.listen.socks, listenerName('socks', opts.socks));
   selfAddresses.add(socks);
   // Optional TLS listener for the HTTP proxy, so credentials never cross the network in clear.
   let httpsServer: ReturnType<typeof createHttpProxy> | null = null;
@@ -298,7 +315,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     gateConnections(httpsServer, sources, 'https');
     const httpsFront = wrapWithProxyProtocol(httpsServer, { ...proxyProtocol, listener: 'https' });
     carryRemoteToTls(httpsServer as TlsServer);
-    https = await listen(httpsFront, httpsWhere);
+    https = await listen(httpsFront, httpsWhere, 'listen.https');
     selfAddresses.add(https);
   }
   const audit = await AuditLog.open(config.flowLog.path && config.flowLog.path !== '-' ? `${config.flowLog.path}.audit.jsonl` : null, {
@@ -331,7 +348,11 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   // Built after the stats: its connections (those over admin.maxConnectionsPerSource too) counted here.
   countConnections(stats, app.server, 'admin');
   const adminWhere = splitHostPort(opts.admin ?? config.listen.admin);
-  await app.listen({ host: adminWhere.host, port: adminWhere.port });
+  try {
+    await app.listen({ host: adminWhere.host, port: adminWhere.port });
+  } catch (err) {
+    throw listenError(err, listenerName('admin', opts.admin));
+  }
   const admin = formatAddress(app.server.address());
   selfAddresses.add(admin);
   ready = true;

@@ -3,7 +3,9 @@
  * config's `listen.*` would refuse is a usage error (exit 2, the flag named), before anything binds.
  */
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -113,6 +115,43 @@ describe('egressgate serve: a flag given twice', () => {
     for (const r of [mode, http]) {
       expect(r.stdout).not.toMatch(/listening/);
       expect(r.code).toBe(2);
+    }
+  }, 60_000);
+});
+
+// Regression: a listener address already taken said `cannot start: listen EADDRINUSE: address already
+// in use 127.0.0.1:PORT` whichever of the three it was: with every listener on one host, the operator
+// had to guess which flag (or listen.* key) to change.
+describe('egressgate serve: a listener address already in use', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'egw-serve-taken-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('names the flag that gave the address (--http, --socks, --admin), or the listen.* key (exit 1)', async () => {
+    const taken = createServer();
+    taken.listen(0, '127.0.0.1');
+    await once(taken, 'listening');
+    const addr = `127.0.0.1:${(taken.address() as { port: number }).port}`;
+    const config = join(dir, 'socks-taken.yaml');
+    writeFileSync(config, `listen:\n  socks: "${addr}"\n`);
+    try {
+      const on = (flag: string): string[] => ['--http', '--socks', '--admin'].flatMap((f) => [f, f === flag ? addr : '127.0.0.1:0']);
+      const [http, socks, admin, fromConfig] = await Promise.all([
+        serve(on('--http')),
+        serve(on('--socks')),
+        serve(on('--admin')),
+        serve(['--config', config, '--http', '127.0.0.1:0', '--admin', '127.0.0.1:0']),
+      ]);
+      const said = (name: string): RegExp => new RegExp(`^egressgate: cannot start: ${name}: listen EADDRINUSE: address already in use ${addr.replaceAll('.', '\\.')}$`, 'm');
+      expect(http.stderr).toMatch(said('--http'));
+      expect(socks.stderr).toMatch(said('--socks'));
+      expect(admin.stderr).toMatch(said('--admin'));
+      expect(fromConfig.stderr).toMatch(said('listen\\.socks'));
+      for (const r of [http, socks, admin, fromConfig]) {
+        expect(r.stdout).not.toMatch(/listening/);
+        expect(r.code).toBe(1);
+      }
+    } finally {
+      taken.close();
     }
   }, 60_000);
 });
