@@ -8,6 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { clientAddress } from '../../gateway/identity/client-address.ts';
+import { HostInventory } from '../../gateway/identity/host-inventory.ts';
 
 delete process.env['EGRESSGATE_CONFIG'];
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -228,6 +230,25 @@ describe('egressgate evaluate', () => {
       destIp: null,
       identity: { user: 'alice', roles: ['developer'] },
     });
+  });
+
+  // Pins (did not reproduce): a --source with a zone id names the host the gateway names for that
+  // client, whose identity code drops the zone (client-address.ts); evaluate's address parser drops
+  // it too, so `fe80::1%eth0` and `fe80::1` are one host, and a zone is no other client.
+  it('--source with a zone id names the same inventory host as without, as serve does', async () => {
+    const zones = file('zones.yaml', 'mode: enforce\nidentity:\n  hosts:\n    - { name: link, cidr: "fe80::/64", roles: [ci] }\n    - { name: v6, cidr: "::/0" }\nroles: { ci: { allow: [] } }\n');
+    const inventory = new HostInventory([
+      { name: 'link', cidr: 'fe80::/64', roles: ['ci'] },
+      { name: 'v6', cidr: '::/0', roles: [] },
+    ]);
+    for (const source of ['fe80::1%eth0', 'fe80::1%2', 'fe80::1']) {
+      const r = await inProcess('evaluate', '--config', zones, '--dest', 'example.com:443', '--source', source);
+      expect(r.code).toBe(0);
+      const served = clientAddress(source);
+      expect(served.text).toBe('fe80::1');
+      expect(JSON.parse(r.stdout).identity).toMatchObject({ host: 'link', roles: ['ci'] });
+      expect(inventory.lookup(served.parsed as NonNullable<typeof served.parsed>)?.name).toBe('link');
+    }
   });
 
   it('explains a refusal; the source address selects the host inventory and its role mode', async () => {
