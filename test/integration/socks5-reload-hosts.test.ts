@@ -14,7 +14,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { associate, type Cleanups, nextReply, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
 import { rawConnect } from './http-harness.ts';
-import { readBytes, startTcpOrigin, startUdpEcho, type UdpEcho } from './socks5-harness.ts';
+import { quietPeriod, reloadEdited, udpEchoes } from './reload-harness.ts';
+import { readBytes, startTcpOrigin, type UdpEcho } from './socks5-harness.ts';
 
 const cleanups: Cleanups = [];
 afterEach(async () => {
@@ -35,22 +36,15 @@ async function gatewayWithLoopbackAsLab(): Promise<TestGateway> {
 
 /** A reload (as PUT /v1/policy and SIGHUP make): `lab` moves elsewhere, loopback is `kiosk` (role `shut`). */
 function moveLoopbackToKiosk(gw: TestGateway): void {
-  const config = structuredClone(gw.policy.current().config) as { identity: { hosts: unknown[] } };
-  config.identity.hosts = [
-    { name: 'lab', cidr: '10.9.9.0/24', roles: ['open'] },
-    { name: 'kiosk', cidr: '127.0.0.0/8', roles: ['shut'] },
-  ];
-  expect(gw.policy.reload(config, { author: 'test', source: 'api' }).ok).toBe(true);
+  reloadEdited<{ identity: { hosts: unknown[] } }>(gw, (c) => {
+    c.identity.hosts = [
+      { name: 'lab', cidr: '10.9.9.0/24', roles: ['open'] },
+      { name: 'kiosk', cidr: '127.0.0.0/8', roles: ['shut'] },
+    ];
+  });
 }
 
-async function echo(): Promise<UdpEcho> {
-  const e = await startUdpEcho('udp4');
-  cleanups.push(() => e.close());
-  return e;
-}
-
-/** Waits out a datagram the relay should not pass (bounded; nothing to wait for otherwise). */
-const quietPeriod = (): Promise<void> => new Promise((r) => setTimeout(r, 400));
+const echo = async (): Promise<UdpEcho> => (await udpEchoes(cleanups, 1))[0] as UdpEcho;
 
 describe('SOCKS5 after a reload that gives the client’s address another host', () => {
   it('a live UDP association’s new destination is judged as the new host; the one relayed before goes on', async () => {

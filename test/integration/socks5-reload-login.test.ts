@@ -16,7 +16,8 @@ import type { FlowRecord } from '../../gateway/flow/flow.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { associate, type Cleanups, nextReply, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
 import { rawConnect } from './http-harness.ts';
-import { readBytes, startTcpOrigin, startUdpEcho, type UdpEcho } from './socks5-harness.ts';
+import { quietPeriod, reloadEdited, udpEchoes } from './reload-harness.ts';
+import { readBytes, startTcpOrigin, type UdpEcho } from './socks5-harness.ts';
 
 const cleanups: Cleanups = [];
 afterEach(async () => {
@@ -38,24 +39,8 @@ async function gateway(): Promise<TestGateway> {
 }
 
 /** A reload (as PUT /v1/policy and SIGHUP make) of the running config as `edit` changes it. */
-function reload(gw: TestGateway, edit: (c: EditableConfig) => void): void {
-  const config = structuredClone(gw.policy.current().config) as unknown as EditableConfig;
-  edit(config);
-  expect(gw.policy.reload(config, { author: 'test', source: 'api' }).ok).toBe(true);
-}
-
-async function echoes(n: number): Promise<UdpEcho[]> {
-  const out: UdpEcho[] = [];
-  for (let i = 0; i < n; i++) {
-    const e = await startUdpEcho('udp4');
-    cleanups.push(() => e.close());
-    out.push(e);
-  }
-  return out;
-}
-
-/** Waits out a datagram the relay should not pass (bounded; nothing to wait for otherwise). */
-const quietPeriod = (): Promise<void> => new Promise((r) => setTimeout(r, 400));
+const reload = (gw: TestGateway, edit: (c: EditableConfig) => void): void => reloadEdited(gw, edit);
+const echoes = (n: number): Promise<UdpEcho[]> => udpEchoes(cleanups, n);
 
 const refusedLogin = (r: FlowRecord): boolean => r.verdict === 'block' && r.closeReason === 'auth-required';
 

@@ -14,7 +14,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { associate, type Cleanups, nextReply, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
 import { rawConnect } from './http-harness.ts';
-import { readBytes, startTcpOrigin, startUdpEcho, type UdpEcho } from './socks5-harness.ts';
+import { quietPeriod, reloadEdited, udpEchoes } from './reload-harness.ts';
+import { readBytes, startTcpOrigin, type UdpEcho } from './socks5-harness.ts';
 
 const cleanups: Cleanups = [];
 afterEach(async () => {
@@ -37,19 +38,12 @@ async function gatewayWithAliceIn(role: 'open' | 'shut'): Promise<TestGateway> {
 
 /** A reload (as PUT /v1/policy and SIGHUP make) that gives alice `role` instead. */
 function moveAliceTo(gw: TestGateway, role: 'open' | 'shut'): void {
-  const config = structuredClone(gw.policy.current().config) as { identity: { users: Array<{ roles: string[] }> } };
-  (config.identity.users[0] as { roles: string[] }).roles = [role];
-  expect(gw.policy.reload(config, { author: 'test', source: 'api' }).ok).toBe(true);
+  reloadEdited<{ identity: { users: Array<{ roles: string[] }> } }>(gw, (c) => {
+    (c.identity.users[0] as { roles: string[] }).roles = [role];
+  });
 }
 
-async function echo(): Promise<UdpEcho> {
-  const e = await startUdpEcho('udp4');
-  cleanups.push(() => e.close());
-  return e;
-}
-
-/** Waits out a datagram the relay should not pass (bounded; nothing to wait for otherwise). */
-const quietPeriod = (): Promise<void> => new Promise((r) => setTimeout(r, 400));
+const echo = async (): Promise<UdpEcho> => (await udpEchoes(cleanups, 1))[0] as UdpEcho;
 
 describe('SOCKS5 after a reload that changes a user’s roles', () => {
   it('a live UDP association’s new destination is judged with the new roles; the one relayed before goes on, bytes exact', async () => {

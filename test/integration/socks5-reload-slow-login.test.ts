@@ -13,6 +13,7 @@ import { hashPassword } from '../../gateway/identity/password-hash.ts';
 import { adminGet, startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { associate, type Cleanups, udpSocket } from '../helpers/socks-udp.ts';
 import { rawConnect } from './http-harness.ts';
+import { reloadEdited } from './reload-harness.ts';
 import { readBytes } from './socks5-harness.ts';
 
 const cleanups: Cleanups = [];
@@ -28,9 +29,9 @@ interface EditableConfig {
 
 /** A reload (as PUT /v1/policy and SIGHUP make) of the running config with `maxFlowsPerIdentity`. */
 function reloadWithLimit(gw: TestGateway, maxFlowsPerIdentity: number): void {
-  const config = structuredClone(gw.policy.current().config) as unknown as EditableConfig;
-  config.limits.maxFlowsPerIdentity = maxFlowsPerIdentity;
-  expect(gw.policy.reload(config, { author: 'test', source: 'api' }).ok).toBe(true);
+  reloadEdited<EditableConfig>(gw, (c) => {
+    c.limits.maxFlowsPerIdentity = maxFlowsPerIdentity;
+  });
 }
 
 async function scryptRuns(gw: TestGateway): Promise<number> {
