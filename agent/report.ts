@@ -114,7 +114,9 @@ export function validateReport(input: unknown, base = 'report'): { value: AgentR
     localPort: c.int('localPort', 1, 65535, false) ?? 0,
     remoteIp: c.ip('remoteIp'),
     remotePort: c.int('remotePort', 1, 65535, false) ?? 0,
-    pid: c.int('pid', 0, UINT32_MAX, false) ?? 0,
+    // pid 0 is never a user process (Linux: the scheduler; Windows: the Idle process, which owns
+    // only TIME_WAIT sockets): a report naming it names nobody.
+    pid: c.int('pid', 1, UINT32_MAX, false) ?? 0,
     ppid: c.int('ppid', 0, UINT32_MAX, true),
     name: c.text('name', MAX_NAME, false) ?? '',
     exe: c.text('exe', MAX_TEXT, true),

@@ -189,7 +189,8 @@ export function sysmonToReports(
     const pid = intField(f['ProcessId']);
     const src = f['SourceIp'];
     const dst = f['DestinationIp'];
-    if ((proto !== 'tcp' && proto !== 'udp') || localPort === null || remotePort === null || pid === null || !src || !dst) continue;
+    // pid 0 (Idle) is no process a connection belongs to: the gateway refuses a report naming it.
+    if ((proto !== 'tcp' && proto !== 'udp') || localPort === null || remotePort === null || pid === null || pid === 0 || !src || !dst) continue;
     const remoteIp = normalizeIp(dst);
     // A UDP event's destination is where the datagram went: for a SOCKS5 client, its relay's port.
     if (!isGateway(remoteIp, remotePort, proto)) continue;

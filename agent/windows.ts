@@ -203,7 +203,8 @@ export function buildWindowsReports(
   const out: AgentReport[] = [];
   for (const c of connections) {
     if (!LIVE_STATES.has(c.state) || !isGateway(c.remoteIp, c.remotePort, 'tcp')) continue;
-    const p = byPid.get(c.pid);
+    // pid 0 (Idle) owns only closing sockets; the gateway refuses a report naming it.
+    const p = c.pid === 0 ? undefined : byPid.get(c.pid);
     if (!p) continue;
     let parent = p.ppid !== null ? byPid.get(p.ppid) : undefined;
     // Windows reuses PIDs and never re-parents: a "parent" younger than its child is a stranger.

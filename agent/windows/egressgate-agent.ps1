@@ -96,7 +96,7 @@ while ($true) {
       $key = $f[0]; $c = $f[1]
       $p = $procs[[uint32]$c.OwningProcess]
       $seen[$key] = $true
-      if (-not $p) { continue }   # exited between the two queries
+      if (-not $p -or [uint32]$c.OwningProcess -eq 0) { continue }   # exited between the two queries; pid 0 (Idle) is nobody
       $parent = $procs[[uint32]$p.ParentProcessId]
       # PIDs are reused and never re-parented: a parent younger than its child is a stranger.
       if ($parent -and $parent.CreationDate -and $p.CreationDate -and $parent.CreationDate -gt $p.CreationDate) { $parent = $null }

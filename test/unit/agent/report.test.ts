@@ -40,6 +40,8 @@ describe('validateReportBatch', () => {
     [{ host: 'h', reports: [{ ...good, remotePort: 70000 }] }, 'reports[0].remotePort'],
     [{ host: 'h', reports: [{ ...good, pid: -1 }] }, 'reports[0].pid'],
     [{ host: 'h', reports: [{ ...good, pid: '12' }] }, 'reports[0].pid'],
+    [{ host: 'h', reports: [{ ...good, pid: 0 }] }, 'reports[0].pid'],
+    [{ host: 'h', reports: [{ ...good, pid: 12.5 }] }, 'reports[0].pid'],
     [{ host: 'h', reports: [{ ...good, name: '' }] }, 'reports[0].name'],
     [{ host: 'h', reports: [{ ...good, loginuid: 4294967296 }] }, 'reports[0].loginuid'],
     [{ host: 'h', reports: [{ ...good, startedAt: 'yesterday' }] }, 'reports[0].startedAt'],

@@ -94,6 +94,14 @@ describe('Get-NetTCPConnection + Win32_Process', () => {
     expect(reports[0]?.parentName).toBeNull();
   });
 
+  it('reports no socket of pid 0 (Idle: the gateway refuses a report naming it)', () => {
+    const reports = buildWindowsReports(
+      [{ localIp: '10.2.3.17', localPort: 5, remoteIp: '10.0.0.5', remotePort: 3128, state: 'Established', pid: 0, createdAt: null }],
+      [{ pid: 0, ppid: 0, name: 'System Idle Process', exe: null, cmdline: null, user: null, startedAt: null }],
+    );
+    expect(reports).toEqual([]);
+  });
+
   it('parses the date forms ConvertTo-Json and CIM use', () => {
     expect(parsePsDate('/Date(1764072000000)/')).toBe('2025-11-25T12:00:00.000Z');
     expect(parsePsDate('20251125130000.000000+060')).toBe('2025-11-25T12:00:00.000Z');
@@ -162,6 +170,11 @@ describe('Sysmon', () => {
     // TCP is still judged by the listener ports.
     expect(ranged('10.0.0.5', 3128, 'tcp')).toBe(true);
     expect(ranged('10.0.0.5', 20001, 'tcp')).toBe(false);
+  });
+
+  it('an event 3 of pid 0 is not reported (the gateway refuses a report naming it)', async () => {
+    const xml = (await text('sysmon-events.xml')).replaceAll('<Data Name="ProcessId">6100</Data>', '<Data Name="ProcessId">0</Data>');
+    expect(sysmonToReports(parseSysmonXml(xml), toGateway).map((r) => r.pid)).not.toContain(0);
   });
 
   it('Winlogbeat JSON lines, Get-WinEvent messages and NXLog flat records give the same curl report', async () => {
