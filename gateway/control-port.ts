@@ -144,6 +144,12 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
     return lists;
   };
 
+  /** Whether identity.agents' `name`, in the running policy, still speaks for `ip`. */
+  const isStillSource = (name: string, ip: string): boolean => {
+    const sources = agentSources().get(name);
+    return sources !== undefined && sources !== null && isAgentSource(sources, ip);
+  };
+
   const modeView = (): ModeView => {
     const cfg = deps.policy.current().config;
     const override = deps.policy.modeOverride();
@@ -268,7 +274,11 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
         }
         // The report's proto says which port space localPort is in: a TCP report must never name
         // the process of a UDP association from the same port number, nor the other way round.
-        if (deps.flows.attribute(localIps[index] ?? '', r.localPort, r.proto, process)) attributed++;
+        // A report left waiting is checked again when its flow opens: a reload meanwhile may have
+        // taken the address out of this agent's sources (or the agent out of identity.agents).
+        const ip = localIps[index] ?? '';
+        const stillValid = sources === null ? null : () => isStillSource(agentName, ip);
+        if (deps.flows.attribute(ip, r.localPort, r.proto, process, stillValid)) attributed++;
         else {
           pending.add(agentName, bytes, t);
           waiting++;

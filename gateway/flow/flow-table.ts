@@ -138,6 +138,16 @@ function destinationMatcher(value: string): (host: string | null, ip: string | n
   return (host, ip) => (host !== null && hostKey(host) === key) || (ip !== null && hostKey(ip) === key);
 }
 
+/**
+ * An agent report kept for a flow not yet open. `stillValid` says whether its reporter still speaks
+ * for the address under the running policy (a reload may have taken the address out of its agent's
+ * sources); null when nothing a reload changes binds it.
+ */
+export interface PendingReport {
+  readonly process: ProcessInfo;
+  readonly stillValid: (() => boolean) | null;
+}
+
 export class FlowTable extends EventEmitter {
   private readonly active = new LiveFlows();
   private readonly closed: Flow[] = [];
@@ -157,7 +167,12 @@ export class FlowTable extends EventEmitter {
   /** Attributions that arrived before their flow (agent reports race the connection). */
   // Bounded by bytes too (control-port.ts clips what it hands in and budgets it per agent), and
   // purged of expired entries every sweep: lru-cache frees a stale entry only when it is read or evicted.
-  private readonly pendingProcess = new LRUCache<string, ProcessInfo>({ max: 50_000, ttl: 30_000, maxSize: 64 * 1024 * 1024, sizeCalculation: processBytes });
+  private readonly pendingProcess = new LRUCache<string, PendingReport>({
+    max: 50_000,
+    ttl: 30_000,
+    maxSize: 64 * 1024 * 1024,
+    sizeCalculation: (r) => processBytes(r.process),
+  });
   private readonly keepClosed: number;
   private interimMs: number;
   private sampleIntervalMs: number;
@@ -351,9 +366,10 @@ export class FlowTable extends EventEmitter {
 
   /**
    * Attach a process to the live flow whose client socket is ip:port over `transport`, or remember
-   * it briefly for a flow that has not opened yet. Returns the flow attributed, if any.
+   * it briefly for a flow that has not opened yet (`stillValid`, if given, is asked when that flow
+   * opens: a report its reporter no longer speaks for names nothing). Returns the flow attributed, if any.
    */
-  attribute(ip: string, port: number, transport: ClientTransport, process: ProcessInfo): Flow | null {
+  attribute(ip: string, port: number, transport: ClientTransport, process: ProcessInfo, stillValid: (() => boolean) | null = null): Flow | null {
     const ck = clientKey(transport, ip, port);
     const flow = this.liveAt(this.byClient, ck);
     if (flow === undefined) {
@@ -369,7 +385,7 @@ export class FlowTable extends EventEmitter {
         this.emit('attributed', association);
         return association;
       }
-      this.pendingProcess.set(ck, process);
+      this.pendingProcess.set(ck, { process, stillValid });
       return null;
     }
     flow.identity = withProcess(flow.identity, process);
@@ -387,11 +403,15 @@ export class FlowTable extends EventEmitter {
     return flow?.state === 'active' ? flow : undefined;
   }
 
-  /** The report kept for a flow not yet open at `key`, removed (consumed), if any. */
+  /**
+   * The report kept for a flow not yet open at `key`, removed (consumed), if any and if its reporter
+   * still speaks for the address (one it no longer does is dropped unused).
+   */
   private takePending(key: string): ProcessInfo | undefined {
     const p = this.pendingProcess.get(key);
-    if (p !== undefined) this.pendingProcess.delete(key);
-    return p;
+    if (p === undefined) return undefined;
+    this.pendingProcess.delete(key);
+    return p.stillValid === null || p.stillValid() ? p.process : undefined;
   }
 
   /**
