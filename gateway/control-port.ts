@@ -103,6 +103,14 @@ function iso(t: number | string | null | undefined): string | null {
   return typeof t === 'number' ? new Date(t).toISOString() : t;
 }
 
+/** The first report of a batch that named another process than its live flow already had (logged). */
+interface ConflictNote {
+  flowId: string;
+  client: string;
+  kept: { pid: number | null; name: string | null; source: string | null };
+  reported: { pid: number; name: string };
+}
+
 /** Build the ControlPort main.ts passes to `buildAdmin`. */
 export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>): ControlPort {
   const now = deps.now ?? Date.now;
@@ -111,6 +119,7 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
   const pending = new PendingReportBudget(deps.pendingReports);
   stats.attachPendingReports(() => pending.stats(now()));
   const shedLoggedAt = new Map<string, number>();
+  const conflictLoggedAt = new Map<string, number>();
   let sourcesCache: { version: number; lists: Map<string, AgentSources | null> } | null = null;
 
   const policyView = (): PolicyView => {
@@ -243,6 +252,8 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
       let shed = 0;
       let waiting = 0;
       let ignored = 0;
+      let conflicts = 0;
+      let firstConflict: ConflictNote | null = null;
       const relayPorts = deps.udpRelayPorts ?? null;
       for (const [index, r] of batch.reports.entries()) {
         // A datagram socket whose remote port is no live relay's (a DNS or NTP socket to the
@@ -278,11 +289,22 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
         // taken the address out of this agent's sources (or the agent out of identity.agents).
         const ip = localIps[index] ?? '';
         const stillValid = sources === null ? null : () => isStillSource(agentName, ip);
-        if (deps.flows.attribute(ip, r.localPort, r.proto, process, stillValid)) attributed++;
-        else {
+        const flow = deps.flows.attribute(ip, r.localPort, r.proto, process, stillValid);
+        const kept = flow?.identity.process;
+        if (flow === null) {
           pending.add(agentName, bytes, t);
           waiting++;
+        } else if (kept === process || (kept?.pid === process.pid && kept.name === process.name)) attributed++;
+        else {
+          // The flow's process was named already (an earlier report, local attribution): the first
+          // stands, a report naming another process is told of, not taken (SPEC §7).
+          conflicts++;
+          firstConflict ??= { flowId: flow.id, client: `${ip}:${r.localPort}`, kept: { pid: kept?.pid ?? null, name: kept?.name ?? null, source: kept?.source ?? null }, reported: { pid: process.pid, name: process.name } };
         }
+      }
+      if (firstConflict !== null && (conflictLoggedAt.get(agentName) ?? Number.NEGATIVE_INFINITY) <= t - 10_000) {
+        conflictLoggedAt.set(agentName, t);
+        deps.log?.warn({ agent: agentName, conflicts, ...firstConflict }, 'agent report names another process than the live flow already has: kept the first');
       }
       if (shed > 0 && (shedLoggedAt.get(agentName) ?? Number.NEGATIVE_INFINITY) <= t - 10_000) {
         shedLoggedAt.set(agentName, t);

@@ -77,8 +77,13 @@ function lookUpLocal(attributor: ProcessAttributor, clientIp: string, clientPort
 /** Wait for a local lookup as admission does, then name the flow's process (or let it come late). */
 export async function attachProcess(ctx: GatewayContext, flow: Flow, attribution: LocalLookup): Promise<void> {
   const process = await attribution.timely;
-  if (process && flow.state === 'active') ctx.flows.attribute(flow.client.ip, flow.client.port, clientTransport(flow.protocol), process);
-  else if (process === null) attributeWhenKnown(ctx, flow, attribution.eventual);
+  if (process && flow.state === 'active') {
+    // An agent report may have named the flow first (kept: SPEC §7, the first to name it stands).
+    const kept = ctx.flows.attribute(flow.client.ip, flow.client.port, clientTransport(flow.protocol), process)?.identity.process;
+    if (kept && kept !== process && (kept.pid !== process.pid || kept.name !== process.name)) {
+      ctx.log.warn({ flowId: flow.id, kept: { pid: kept.pid, name: kept.name, source: kept.source ?? null }, local: { pid: process.pid, name: process.name } }, 'local attribution names another process than the live flow already has: kept the first');
+    }
+  } else if (process === null) attributeWhenKnown(ctx, flow, attribution.eventual);
 }
 
 /**

@@ -223,8 +223,12 @@ export class FlowTable extends EventEmitter {
       // A report that came before its flow names that flow only: consumed, never inherited by a
       // later connection from the same port (another socket, maybe another process and user).
       // A UDP association's datagram socket first; else its control connection (opened before it).
-      const pending = this.takePending(ck) ?? (flow.controlKey === '' ? undefined : this.takePending(flow.controlKey));
-      if (pending && !flow.identity.process) flow.identity = withProcess(flow.identity, pending);
+      const own = this.takePending(ck);
+      const pending = own ?? (flow.controlKey === '' ? undefined : this.takePending(flow.controlKey));
+      if (pending && !flow.identity.process) {
+        flow.identity = withProcess(flow.identity, pending);
+        flow.isNamedByControl = own === undefined;
+      }
     }
     const key = identityKey(flow);
     flow.limitKey = key;
@@ -367,7 +371,11 @@ export class FlowTable extends EventEmitter {
   /**
    * Attach a process to the live flow whose client socket is ip:port over `transport`, or remember
    * it briefly for a flow that has not opened yet (`stillValid`, if given, is asked when that flow
-   * opens: a report its reporter no longer speaks for names nothing). Returns the flow attributed, if any.
+   * opens: a report its reporter no longer speaks for names nothing). Returns the live flow at the
+   * address, if any: its process is this one unless it had one already, which is kept (SPEC §7: the
+   * first to name a flow's own socket, agent report or local attribution, stands; the caller compares
+   * and tells of a disagreement). Only a UDP association named by its control connection takes its
+   * datagram socket's report over it.
    */
   attribute(ip: string, port: number, transport: ClientTransport, process: ProcessInfo, stillValid: (() => boolean) | null = null): Flow | null {
     const ck = clientKey(transport, ip, port);
@@ -382,13 +390,16 @@ export class FlowTable extends EventEmitter {
       if (association !== undefined) {
         if (association.identity.process) return association;
         association.identity = withProcess(association.identity, process);
+        association.isNamedByControl = true;
         this.emit('attributed', association);
         return association;
       }
       this.pendingProcess.set(ck, { process, stillValid });
       return null;
     }
+    if (flow.identity.process && !flow.isNamedByControl) return flow;
     flow.identity = withProcess(flow.identity, process);
+    flow.isNamedByControl = false;
     // Not remembered for later flows of this address: the next one may be another connection from a
     // reused port. Later requests of the same HTTP keep-alive connection take it from the
     // connection's earlier flow (http-proxy.ts).

@@ -195,6 +195,11 @@ export class Flow {
   isUnattributed = false;
   /** Local attribution outlasted admission's wait and named the process of the flow already admitted. */
   isAttributedLate = false;
+  /**
+   * A SOCKS5 UDP association's process came from its control connection's report: its datagram
+   * socket's own report may still replace it (FlowTable.attribute). No other report replaces a process.
+   */
+  isNamedByControl = false;
   /** Sweep bookkeeping (owned by FlowTable). */
   lastSampleBytes = 0;
   lastInterimAt: number;
