@@ -43,7 +43,7 @@ import {
   staleLoginRefusal,
   yieldRecordToFlows,
 } from './admission/refusals.ts';
-import type { AdmissionRequest, Admitted, LookedUp, Refused } from './admission/types.ts';
+import { type AdmissionRequest, type Admitted, kAcceptedAt, type LookedUp, type Refused } from './admission/types.ts';
 import { mapDecision, mapError, type RejectMapping } from './reject.ts';
 import type { RoutedFlow } from './flow/flow.ts';
 import { parentName } from './upstream/parent-label.ts';
@@ -55,7 +55,7 @@ export { lookUp, needsLookUp, refuseLookupsAfterChange } from './admission/looku
 export { failFlow, gatewayRefusal, limitRefusal, REFUSAL_RECORDS_HELD, refuseLogin } from './admission/refusals.ts';
 export { isLocalAddress, selfDialDecision } from './admission/self-dial.ts';
 export { clientReached, isLocalClient } from './admission/local-attribution.ts';
-export { type BalancedEndpoints, kBalanced } from './admission/types.ts';
+export { type BalancedEndpoints, kAcceptedAt, kBalanced } from './admission/types.ts';
 
 /** Run the connect-time pipeline for one new flow. Never throws. */
 export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise<Admitted | Refused> {
@@ -89,6 +89,8 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     identity,
     destination: { host: req.destHost, ip: null, port: req.destPort },
     controlPort: req.control?.clientPort,
+    // A UDP association's client connection is its control connection (its relay is bound after it).
+    connectedAt: (req.control?.server ?? req.server)[kAcceptedAt],
   });
   if (req.watch !== undefined) req.watch.flow = flow;
   let mode = snapshot.modeFor(identity.roles, override);

@@ -75,7 +75,16 @@ export interface LocalEndpoint {
   readonly localPort?: number | undefined;
   /** Set by the PROXY protocol front on a socket whose client a balancer named (kBalanced). */
   readonly [kBalanced]?: BalancedEndpoints | undefined;
+  /** When the listener took the connection (kAcceptedAt). */
+  readonly [kAcceptedAt]?: number | undefined;
 }
+
+/**
+ * The key of when a listener took a client connection (ms, Date.now(); gateConnections stamps it,
+ * carryRemoteToTls copies it to the TLS socket). An agent report that arrived before it, less a
+ * grace, was about another connection from the same port (FlowTable's waiting reports).
+ */
+export const kAcceptedAt: unique symbol = Symbol('egressgate.acceptedAt');
 
 /** The key of what the PROXY protocol front records on a socket a balancer handed over. */
 export const kBalanced: unique symbol = Symbol('egressgate.balanced');

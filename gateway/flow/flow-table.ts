@@ -146,7 +146,17 @@ function destinationMatcher(value: string): (host: string | null, ip: string | n
 export interface PendingReport {
   readonly process: ProcessInfo;
   readonly stillValid: (() => boolean) | null;
+  /** When it arrived (Date.now(), as kAcceptedAt: real time, whatever clock the table was given). */
+  readonly at: number;
 }
+
+/**
+ * How long after a report's arrival a connection it names may have been taken by a listener (ms).
+ * A report is made while its socket lives, so its connection was accepted before it arrived; the
+ * grace covers the admin request overtaking the listener's accept in the event loop, and a PROXY
+ * protocol header read before the connection reaches its listener.
+ */
+export const REPORT_BEFORE_CONNECTION_GRACE_MS = 2_000;
 
 export class FlowTable extends EventEmitter {
   private readonly active = new LiveFlows();
@@ -223,8 +233,8 @@ export class FlowTable extends EventEmitter {
       // A report that came before its flow names that flow only: consumed, never inherited by a
       // later connection from the same port (another socket, maybe another process and user).
       // A UDP association's datagram socket first; else its control connection (opened before it).
-      const own = this.takePending(ck);
-      const pending = own ?? (flow.controlKey === '' ? undefined : this.takePending(flow.controlKey));
+      const own = this.takePending(ck, init.connectedAt);
+      const pending = own ?? (flow.controlKey === '' ? undefined : this.takePending(flow.controlKey, init.connectedAt));
       if (pending && !flow.identity.process) {
         flow.identity = withProcess(flow.identity, pending);
         flow.isNamedByControl = own === undefined;
@@ -394,7 +404,7 @@ export class FlowTable extends EventEmitter {
         this.emit('attributed', association);
         return association;
       }
-      this.pendingProcess.set(ck, { process, stillValid });
+      this.pendingProcess.set(ck, { process, stillValid, at: Date.now() });
       return null;
     }
     if (flow.identity.process && !flow.isNamedByControl) return flow;
@@ -415,13 +425,16 @@ export class FlowTable extends EventEmitter {
   }
 
   /**
-   * The report kept for a flow not yet open at `key`, removed (consumed), if any and if its reporter
-   * still speaks for the address (one it no longer does is dropped unused).
+   * The report kept for a flow not yet open at `key`, removed (consumed), if any, if its reporter
+   * still speaks for the address, and if it did not arrive before the flow's connection was taken
+   * (`connectedAt`, less a grace): such a one was about an earlier connection from the port, which
+   * ended before the report came. Either is dropped unused.
    */
-  private takePending(key: string): ProcessInfo | undefined {
+  private takePending(key: string, connectedAt: number | undefined): ProcessInfo | undefined {
     const p = this.pendingProcess.get(key);
     if (p === undefined) return undefined;
     this.pendingProcess.delete(key);
+    if (connectedAt !== undefined && connectedAt > p.at + REPORT_BEFORE_CONNECTION_GRACE_MS) return undefined;
     return p.stillValid === null || p.stillValid() ? p.process : undefined;
   }
 

@@ -92,6 +92,12 @@ export interface FlowInit {
    * connection names the association while no report about its datagram socket has.
    */
   controlPort?: number | undefined;
+  /**
+   * When the listener took the client's connection (ms; a UDP association's: its control
+   * connection's), if known: a report kept for a flow not yet open that arrived before it, less a
+   * grace, was about an earlier connection from the same port and names nothing.
+   */
+  connectedAt?: number | undefined;
 }
 
 /** The JSON record written to the flow log and served by the admin API (SPEC §5). */

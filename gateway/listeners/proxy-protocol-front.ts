@@ -26,7 +26,7 @@
 import { Server, type Socket } from 'node:net';
 import type { Server as TlsServer, TLSSocket } from 'node:tls';
 import { type CidrMap, compileCidrSet } from '../../policy/cidr.ts';
-import { type BalancedEndpoints, kBalanced } from '../admission.ts';
+import { type BalancedEndpoints, kAcceptedAt, kBalanced } from '../admission.ts';
 import type { Logger } from '../context.ts';
 import { clientAddress } from '../identity/client-address.ts';
 import { detectProxySignature, type ProxyHeader, parseProxyHeader } from '../protocol/proxy-protocol.ts';
@@ -195,7 +195,10 @@ export function carryRemoteToTls(server: TlsServer): void {
   server.prependListener('secureConnection', (tlsSocket: TLSSocket) => {
     // `_parent`: the socket a TLSSocket was made from (node has set it since its first TLS wrap).
     const raw = (tlsSocket as TLSSocket & { _parent?: Socket | null })._parent;
-    if (!raw || raw.remoteAddress === undefined) return;
+    if (!raw) return;
+    const acceptedAt = (raw as BalancedSocket)[kAcceptedAt];
+    if (acceptedAt !== undefined) (tlsSocket as BalancedSocket)[kAcceptedAt] = acceptedAt;
+    if (raw.remoteAddress === undefined) return;
     defineRemote(tlsSocket, raw.remoteAddress, raw.remotePort ?? 0, raw.remoteFamily === 'IPv6' ? 'IPv6' : 'IPv4');
     const balanced = (raw as BalancedSocket)[kBalanced];
     if (balanced !== undefined) (tlsSocket as BalancedSocket)[kBalanced] = balanced;
@@ -203,7 +206,7 @@ export function carryRemoteToTls(server: TlsServer): void {
 }
 
 /** A socket the front handed over with a PROXY header's addresses (see BalancedEndpoints). */
-type BalancedSocket = Socket & { [kBalanced]?: BalancedEndpoints };
+type BalancedSocket = Socket & { [kBalanced]?: BalancedEndpoints; [kAcceptedAt]?: number };
 
 /** Make the socket report the original client (own data properties shadow net.Socket's getters). */
 function defineRemote(socket: Socket, ip: string, port: number, family: 'IPv4' | 'IPv6'): void {

@@ -17,6 +17,7 @@
  */
 import type { Server, Socket } from 'node:net';
 import { unmapIPv4 } from '../../policy/address.ts';
+import { kAcceptedAt } from '../admission/types.ts';
 import type { Logger } from '../context.ts';
 import { mapError } from '../reject.ts';
 import { refuseConnectionNow } from './http-refusal.ts';
@@ -119,6 +120,7 @@ export function gateConnections(server: Server, sources: SourceConnections, list
       return;
     }
     if (sources.admit(socket, listener)) {
+      (socket as Socket & { [kAcceptedAt]?: number })[kAcceptedAt] = Date.now();
       for (const h of handlers) h.call(server, socket);
     } else if (listener === 'http') refuseConnectionNow(socket, mapError('EGW_SOURCE_CONNECTIONS'));
     else socket.destroy();
