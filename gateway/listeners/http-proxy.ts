@@ -119,7 +119,19 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
   };
   const listener: 'http' | 'https' = opts.tls ? 'https' : 'http';
   const server: Server | HttpsServer = opts.tls
-    ? createHttpsServer({ ...serverOptions, allowHalfOpen: true, cert: opts.tls.cert, key: opts.tls.key, ca: opts.tls.ca, requestCert: opts.tls.requestCert ?? false, rejectUnauthorized: false })
+    ? createHttpsServer({
+        ...serverOptions,
+        allowHalfOpen: true,
+        cert: opts.tls.cert,
+        key: opts.tls.key,
+        ca: opts.tls.ca,
+        requestCert: opts.tls.requestCert ?? false,
+        rejectUnauthorized: false,
+        // The TLS handshake is part of the head a client owes: it has limits.headerTimeoutMs for it
+        // (node's own 120 s held a silent or dribbling client's place that long), and the header
+        // timeout again, from the handshake's end, for its request head.
+        handshakeTimeout: limits.headerTimeoutMs,
+      })
     : createHttpServer(serverOptions);
   server.timeout = limits.idleTimeoutMs;
   // Every header field reaches the request (maxHeaderSize bounds them): past node's default of 2000
@@ -219,11 +231,16 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
   // timeout follows in OriginAgents.for().
   // Prepended: it must run before node's own connection listener, which sets up the parser.
   let limitsFor = ctx.policy.current();
+  // node reads a TLS server's handshake timeout per connection from a property it keeps under a
+  // symbol of its own, with no setter: found once here, so a reload reaches new handshakes as it
+  // reaches headersTimeout. Without it (another node), the handshake keeps the start's value.
+  const handshakeTimeoutKey = opts.tls ? Object.getOwnPropertySymbols(server).find((k) => k.description === 'handshake-timeout') : undefined;
   server.prependListener('connection', () => {
     const snapshot = ctx.policy.current();
     if (snapshot === limitsFor) return;
     limitsFor = snapshot;
     server.headersTimeout = snapshot.config.limits.headerTimeoutMs;
+    if (handshakeTimeoutKey !== undefined) (server as unknown as Record<symbol, number>)[handshakeTimeoutKey] = snapshot.config.limits.headerTimeoutMs;
     server.timeout = snapshot.config.limits.idleTimeoutMs;
     (server as { maxHeaderSize?: number }).maxHeaderSize = snapshot.config.limits.maxHeaderBytes;
   });
@@ -445,7 +462,20 @@ function onClientError(ctx: GatewayContext, err: NodeJS.ErrnoException & { reaso
   if (connection.isRefusalOwed) return;
   // An extension method (BREW, FOO): forwarded as any request, not refused.
   if (takeExtensionMethod(err, socket as Socket, extension)) return;
-  if (err.code === 'ECONNRESET' || err.code === 'EPIPE' || !socket.writable) {
+  if (err.code === 'ECONNRESET' || err.code === 'EPIPE') {
+    socket.destroy();
+    return;
+  }
+  // The HTTPS listener: a TLS failure (no handshake within limits.headerTimeoutMs, bytes that are no
+  // ClientHello, a protocol version or ALPN refused) leaves no TLS connection to answer on: no HTTP
+  // refusal, which would have gone out as plain text or lingered; logged with the reason, closed.
+  if (err.code?.startsWith('ERR_SSL_') || err.code?.startsWith('ERR_TLS_')) {
+    const tlsCode: GatewayErrorCode = err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? 'EGW_HEADER_TIMEOUT' : 'EGW_BAD_REQUEST';
+    ctx.log.warn({ client: (socket as Duplex & { remoteAddress?: string }).remoteAddress, code: tlsCode, tls: err.code, why: err.reason ?? err.message }, 'client TLS refused');
+    socket.destroy();
+    return;
+  }
+  if (!socket.writable) {
     socket.destroy();
     return;
   }
