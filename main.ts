@@ -33,6 +33,7 @@ import { FlowTable } from './gateway/flow/flow-table.ts';
 import { createIdentityResolver } from './gateway/identity/identity-resolver.ts';
 import { closeOriginPools, createHttpProxy, withConnectFront } from './gateway/listeners/http-proxy.ts';
 import { carryRemoteToTls, wrapWithProxyProtocol } from './gateway/listeners/proxy-protocol-front.ts';
+import { endHandshakes, trackHandshakes } from './gateway/listeners/tls-handshakes.ts';
 import { gateConnections, SourceConnections } from './gateway/listeners/source-limit.ts';
 import { createSocksServer } from './gateway/listeners/socks5.ts';
 import { createLogger } from './gateway/log.ts';
@@ -312,6 +313,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     ]);
     httpsServer = createHttpProxy(ctx, { tls: { cert, key, ca, requestCert: config.tls.requestClientCert ?? false } });
     // Behind a load balancer the PROXY header comes first, then the TLS handshake.
+    trackHandshakes(httpsServer as TlsServer);
     gateConnections(httpsServer, sources, 'https');
     const httpsFront = wrapWithProxyProtocol(httpsServer, { ...proxyProtocol, listener: 'https' });
     carryRemoteToTls(httpsServer as TlsServer);
@@ -411,6 +413,9 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     const closed = Promise.all(servers.map((srv) => new Promise<void>((r) => srv.close(() => r()))));
     httpServer.closeIdleConnections();
     httpsServer?.closeIdleConnections();
+    // A TLS handshake under way is a connection with no request yet, closed as the plain listener's
+    // are (node:http knows it only once the handshake is done).
+    if (httpsServer) endHandshakes(httpsServer as TlsServer);
     // 2. let live flows finish, up to the grace period
     const deadline = Date.now() + graceMs;
     while (flows.activeCount > 0 && Date.now() < deadline && !isCutShort) {
@@ -427,6 +432,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     if (isGraceOver) await new Promise<void>((r) => setImmediate(r));
     httpServer.closeAllConnections();
     httpsServer?.closeAllConnections();
+    if (httpsServer) endHandshakes(httpsServer as TlsServer);
     // SOCKS5 handshakes under way at SIGTERM whose request never came (one that came was refused).
     socksServer.closeAllConnections();
     // The origin pools of absolute-URI requests: closed only now, after the flows (closing them when
