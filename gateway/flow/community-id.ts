@@ -35,10 +35,12 @@ function isMapped(b: Buffer, at: number): boolean {
 
 /**
  * Community ID v1 string for a TCP or UDP flow, or null if an address is not an IP literal or the
- * two are of two families. An IPv4-mapped address facing an IPv4 one is hashed as its IPv4 address:
- * the packets of an IPv4 client and of the gateway's dial to `::ffff:a.b.c.d` are IPv4 on the wire,
- * so the pair hashes as a dotted destination's does. Any other mixed pair (an IPv6 address and an
- * IPv4 one) is no one packet's: the spec hashes one family's pair (docs/spec-notes.md, Records).
+ * two are of two families. An IPv4-mapped address is hashed as its IPv4 address, facing an IPv4 or
+ * an IPv4-mapped one: the packets of an IPv4 client and of the gateway's dial to `::ffff:a.b.c.d`
+ * are IPv4 on the wire, so the pair hashes as a dotted destination's does. Any other mixed pair (an
+ * IPv6 address and an IPv4 one, a mapped one included: an IPv6 client's flow to `::ffff:a.b.c.d` is
+ * IPv6 on one side and IPv4 on the other, as to `a.b.c.d`) is no one packet's: the spec hashes one
+ * family's pair (docs/spec-notes.md, Records).
  */
 export function communityId(
   proto: 'tcp' | 'udp',
@@ -50,15 +52,18 @@ export function communityId(
 ): string | null {
   let n = writeIp(srcIp, addr, 0);
   if (n === 0) return null;
-  const m = writeIp(dstIp, addr, 16);
-  if (m !== n) {
-    // Only an IPv6 address is looked at again here: two IPv4 addresses never get this far.
-    if (n === 4 && m === 16 && isMapped(addr, 16)) addr.copy(addr, 16, 28, 32);
-    else if (n === 16 && m === 4 && isMapped(addr, 0)) {
-      addr.copy(addr, 0, 12, 16);
-      n = 4;
-    } else return null;
+  let m = writeIp(dstIp, addr, 16);
+  if (m === 0) return null;
+  // A mapped address is its IPv4 address (the family its packets have on the wire).
+  if (n === 16 && isMapped(addr, 0)) {
+    addr.copy(addr, 0, 12, 16);
+    n = 4;
   }
+  if (m === 16 && isMapped(addr, 16)) {
+    addr.copy(addr, 16, 28, 32);
+    m = 4;
+  }
+  if (m !== n) return null;
   // Order the endpoints so both directions hash alike: smaller address (then port) first.
   let cmp = 0;
   for (let i = 0; i < n && cmp === 0; i++) cmp = (addr[i] as number) - (addr[16 + i] as number);

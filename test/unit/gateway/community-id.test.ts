@@ -29,12 +29,12 @@ describe('communityId', () => {
     expect(communityId('udp', '::ffff:192.168.1.52', 54585, '8.8.8.8', 53)).toBe('1:d/FP5EW3wiY1vCndhwleRRKHowQ=');
   });
 
-  it('keeps two IPv6 addresses an IPv6 pair, a mapped one among them', () => {
-    // 16 bytes each side, as any IPv6 pair: not the IPv4 pair's hash.
-    const v6 = communityId('tcp', '::1', 40000, '::ffff:66.35.250.204', 80);
-    expect(v6).toMatch(/^1:/);
-    expect(v6).not.toBe(communityId('tcp', '127.0.0.1', 40000, '66.35.250.204', 80));
-    expect(communityId('tcp', '::ffff:127.0.0.1', 40000, '::ffff:66.35.250.204', 80)).not.toBe(communityId('tcp', '127.0.0.1', 40000, '66.35.250.204', 80));
+  it('hashes two IPv4-mapped addresses as their IPv4 pair, and a mapped one facing IPv6 as two families', () => {
+    expect(communityId('tcp', '::ffff:128.232.110.120', 34855, '::ffff:66.35.250.204', 80)).toBe('1:LQU9qZlK+B5F3KDmev6m5PMibrg=');
+    // An IPv6 client to a mapped address: IPv6 on one side, IPv4 on the other, as to the dotted address.
+    expect(communityId('tcp', '::1', 40000, '::ffff:66.35.250.204', 80)).toBeNull();
+    expect(communityId('tcp', '::ffff:66.35.250.204', 80, '::1', 40000)).toBeNull();
+    expect(communityId('tcp', '::1', 40000, '66.35.250.204', 80)).toBeNull();
   });
 
   it('gives null for non-IP addresses and mixed families', () => {
