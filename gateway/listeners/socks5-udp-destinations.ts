@@ -147,9 +147,15 @@ export class DestinationTable {
     (dest.replies as ReplySlot).dest = dest;
   }
 
-  /** The admitted destination a reply from ip:port belongs to: the spelling last sent to there. */
+  /**
+   * The admitted destination a reply from ip:port belongs to: the spelling last sent to there. Node
+   * names a link-local sender with its zone (`fe80::1%eth0`); a destination is admitted and keyed
+   * without one (a zone id in a destination is refused, and the relay sends unscoped), so the zone is
+   * not part of the lookup. Only such a sender's address has a `%`: no string is made for any other.
+   */
   replyFrom(ip: string, port: number): Destination | undefined {
-    return this.byAddress.get(ip)?.get(port)?.dest;
+    const zone = ip.indexOf('%');
+    return this.byAddress.get(zone === -1 ? ip : ip.slice(0, zone))?.get(port)?.dest;
   }
 }
 
