@@ -64,22 +64,29 @@ describe('an association that names no port, datagrams from a port no socket hol
       const { s, flowLog } = await serveWithAlice(cleanups, to, true);
       const client = await udpSocket(cleanups);
       const a = await associate(socksOf(s), client, cleanups, { auth: { userId: 'alice', password: PASSWORD }, announcePort: false });
-      const port = await freePort();
-      await rawSend(udpFrame('127.0.0.1', to, Buffer.from('from nowhere')), port, a.relay, 3);
       // Each is held while its port is asked (not remembered: asked again), then dropped; a lookup
-      // slower than its wait drops them as not known in time instead. Either way none is relayed.
+      // slower than its wait drops them as not known in time instead. Either way none is relayed. On a
+      // loaded machine every lookup of a round may outlast its wait: another round from a fresh port
+      // (at most 4), until one is judged as listed nowhere.
       const unlisted = (): Promise<number> => counter(s, 'gw_socks_udp_owner_unlisted_dropped_total');
       const unknown = (): Promise<number> => counter(s, 'gw_socks_udp_owner_unknown_dropped_total');
-      await until('the 3 judged', async () => dest.got.length > 0 || (await unlisted()) + (await unknown()) >= 3, 10_000);
+      const ports: number[] = [];
+      for (let round = 1; round <= 4 && (round === 1 || (await unlisted()) === 0); round++) {
+        const port = await freePort();
+        ports.push(port);
+        await rawSend(udpFrame('127.0.0.1', to, Buffer.from('from nowhere')), port, a.relay, 3);
+        await until('the 3 judged', async () => dest.got.length > 0 || (await unlisted()) + (await unknown()) >= 3 * round, 10_000);
+      }
       expect(dest.got).toEqual([]);
       expect(await counter(s, 'gw_socks_udp_other_user_dropped_total')).toBe(0);
       const nUnlisted = await unlisted();
-      expect(nUnlisted + (await unknown())).toBe(3);
+      expect(nUnlisted + (await unknown())).toBe(3 * ports.length);
       expect(nUnlisted).toBeGreaterThan(0);
       expect(logLines(s, 'another user')).toEqual([]);
       const log = logLines(s, 'no socket is listed');
       expect(log).toHaveLength(1);
-      expect(log[0]).toMatchObject({ client: `127.0.0.1:${port}`, username: 'alice', uid: null, controlUid: 0 });
+      expect(ports.map((p) => `127.0.0.1:${p}`)).toContain((log[0] as { client: string }).client);
+      expect(log[0]).toMatchObject({ username: 'alice', uid: null, controlUid: 0 });
 
       // Alice's own client locks and is relayed (retransmitting until then, at most 40 times).
       for (let sent = 0; sent < 40 && dest.got.length === 0; sent++) {
