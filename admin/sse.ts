@@ -100,18 +100,33 @@ export function parseLastEventId(value: string | string[] | undefined): number |
   return Number(v.trim());
 }
 
+/** The head of a stream (and of a HEAD of the route). */
+const STREAM_HEAD = {
+  'content-type': 'text/event-stream; charset=utf-8',
+  // As every admin answer (app.ts setAnswerHeaders: the hijacked reply skips the onSend hook).
+  'cache-control': 'no-store, no-transform',
+  'x-content-type-options': 'nosniff',
+  connection: 'keep-alive',
+  'x-accel-buffering': 'no',
+} as const;
+
+/**
+ * `HEAD /v1/alerts/stream` (fastify gives every GET route a HEAD twin): the head a stream starts
+ * with, ended at once, no stream opened. node sends a HEAD's head only when the response ends, so
+ * the stream it used to open sent nothing at all and held the connection (and a place in the
+ * stream limits) until the client gave up; a request pipelined behind it was never answered.
+ */
+export function answerStreamHead(reply: FastifyReply): void {
+  reply.hijack();
+  reply.raw.writeHead(200, STREAM_HEAD);
+  reply.raw.end();
+}
+
 /** Take over the response and stream alerts until the client goes away. */
 export function streamAlerts(port: ControlPort, request: FastifyRequest, reply: FastifyReply, opts: SseOptions): void {
   reply.hijack();
   const res = reply.raw;
-  res.writeHead(200, {
-    'content-type': 'text/event-stream; charset=utf-8',
-    // As every admin answer (app.ts setAnswerHeaders: the hijacked reply skips the onSend hook).
-    'cache-control': 'no-store, no-transform',
-    'x-content-type-options': 'nosniff',
-    connection: 'keep-alive',
-    'x-accel-buffering': 'no',
-  });
+  res.writeHead(200, STREAM_HEAD);
   const newest = port.listAlerts({ limit: 0 }).lastEventId;
   // An id beyond the newest comes from before a restart (ids start again at 1): replaying from it
   // would hold back every new alert until the counter caught up, so start from now instead.

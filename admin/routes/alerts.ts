@@ -4,7 +4,7 @@
 import { isValidSince } from '../../gateway/alerts/alert-store.ts';
 import { sendError } from '../errors.ts';
 import { AlertList, AlertQuery, AuthErrors, ErrorBody, StreamQuery } from '../schemas.ts';
-import { parseLastEventId, type SseStreams, streamAlerts } from '../sse.ts';
+import { answerStreamHead, parseLastEventId, type SseStreams, streamAlerts } from '../sse.ts';
 import type { AdminApp, RouteContext } from '../types.ts';
 
 /** Register the alert routes; `open` collects live SSE responses so the app can end them on close. */
@@ -41,6 +41,8 @@ export function registerAlertRoutes(app: AdminApp, { port, heartbeatMs }: RouteC
       },
     },
     (request, reply) => {
+      // A HEAD opens no stream: it takes no place in the limits below.
+      if (request.method === 'HEAD') return answerStreamHead(reply);
       // Counted per token (its name and where it came from), not per address: one token, one budget.
       const principal = request.principal;
       const token = principal ? `${principal.origin}:${principal.name}` : '';
