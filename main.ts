@@ -238,7 +238,8 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   const policy = new PolicyStore(config, { author: 'startup', source: opts.configPath ? 'file' : 'startup', text: opts.configText ?? null });
   policyRef = policy;
   if (opts.mode) policy.setMode(opts.mode);
-  const alerts = new AlertStore<Alert>({ keep: config.alerts.keep });
+  // Event ids start above the start time (ms): a stream resumed with an id of an earlier run gets this run's alerts.
+  const alerts = new AlertStore<Alert>({ keep: config.alerts.keep, firstEventId: Date.now() });
   // Read at each alert: a reload or an API push that changes the webhooks or syslog applies at once.
   const sinks = attachAlertSinks(alerts, { webhooks: [], syslog: null, current: () => policy.current().config.alerts, log });
   // 3. context

@@ -128,8 +128,10 @@ export function streamAlerts(port: ControlPort, request: FastifyRequest, reply: 
   const res = reply.raw;
   res.writeHead(200, STREAM_HEAD);
   const newest = port.listAlerts({ limit: 0 }).lastEventId;
-  // An id beyond the newest comes from before a restart (ids start again at 1): replaying from it
-  // would hold back every new alert until the counter caught up, so start from now instead.
+  // An id of an earlier run is below this run's ids (main.ts: they start above its start time), so
+  // the replay sends every alert this run raised. One beyond the newest (a clock set back between
+  // runs, or made up): replaying from it would hold back every new alert until the counter caught
+  // up, so start from now instead.
   const resumeFrom = opts.lastEventId !== null && opts.lastEventId <= newest ? opts.lastEventId : null;
   let lastSent = resumeFrom ?? newest;
   let closed = false;

@@ -14,7 +14,7 @@ export interface AlertLike {
 }
 
 export interface AlertEvent<A extends AlertLike = AlertLike> {
-  /** Event id: strictly increasing across the process lifetime (never reused after eviction). */
+  /** Event id: strictly increasing across the process lifetime (never reused after eviction), and across restarts of `serve` (firstEventId). */
   readonly eventId: number;
   readonly alert: A;
 }
@@ -29,6 +29,13 @@ export interface AlertQuery {
 export interface AlertStoreOptions {
   /** How many alerts to keep (oldest dropped first). */
   keep?: number;
+  /**
+   * The event ids of this store start after it (default 0). `serve` passes its start time in ms, so
+   * the ids of one run are above every id an earlier run gave out (one alert per ms it ran would be
+   * needed to catch up) and a client resuming with an id from before a restart gets everything the
+   * new run raised: with ids from 1 again, its id skipped the new run's first alerts.
+   */
+  firstEventId?: number;
 }
 
 export class AlertStore<A extends AlertLike = AlertLike> {
@@ -40,6 +47,7 @@ export class AlertStore<A extends AlertLike = AlertLike> {
 
   constructor(opts: AlertStoreOptions = {}) {
     this.keep = Math.max(1, opts.keep ?? 10_000);
+    this.seq = Math.max(0, Math.floor(opts.firstEventId ?? 0));
   }
 
   /** Store an alert, notify subscribers; returns its event id. */
@@ -60,7 +68,7 @@ export class AlertStore<A extends AlertLike = AlertLike> {
     return event.eventId;
   }
 
-  /** The id of the newest alert ever added (0 = none). */
+  /** The id of the newest alert ever added (`firstEventId` = none). */
   get lastEventId(): number {
     return this.seq;
   }

@@ -20,6 +20,14 @@ describe('AlertStore', () => {
     expect(s.lastEventId).toBe(5);
   });
 
+  it('ids start after firstEventId (serve: its start time), so an earlier run\'s ids sort before them', () => {
+    const s = new AlertStore({ firstEventId: 1_700_000_000_000 });
+    expect(s.lastEventId).toBe(1_700_000_000_000);
+    expect(s.add(a('1'))).toBe(1_700_000_000_001);
+    expect(s.after(2).map((e) => e.alert.id)).toEqual(['1']);
+    expect(s.list({ since: '2' }).map((x) => x.id)).toEqual(['1']);
+  });
+
   it('filters by detector and since (event id or time), limit from the right end', () => {
     const s = new AlertStore();
     s.add(a('1', 'x', '2026-01-01T00:00:00Z'));
