@@ -15,10 +15,10 @@
  * (nothing was cut, so nothing can be torn) but no test of one either: a spare page is then freed and
  * the disk filled again at the next page, a few times at most.
  */
-import { readFileSync, rmSync, statfsSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { flowLogFailing as failing, sleep } from '../helpers/flow-log-cases.ts';
+import { flowLogFailing as failing, fillUntilLineCut, makeSpares, SPARE_PAGES, sleep } from '../helpers/flow-log-cases.ts';
 import { flowLogFixture } from '../helpers/flow-log-fixture.ts';
 import { parseRecords } from '../helpers/flow-records.ts';
 import { until } from '../helpers/gateway.ts';
@@ -26,15 +26,12 @@ import { until } from '../helpers/gateway.ts';
 const fx = flowLogFixture('egw-flowlog-truncated-', { tmpfs: { size: '256k', what: 'flow-log-truncated-full (a 256 KiB tmpfs)' } });
 const { mnt } = fx;
 const getSizes = fx.curlSizes;
-/** One-page files beside the filler, each freed when a line ended at the page the disk filled at. */
-const SPARES = 3;
 
 describe.skipIf(!fx.hasTmpfs)('flow log truncated, then cut by a full disk', () => {
   it('after recovery every line is a whole record: the cut line is completed in place, each flow once', async () => {
     const path = join(mnt, 'flows.jsonl');
-    writeFileSync(join(mnt, 'filler'), Buffer.alloc(150 * 1024 - SPARES * 4096));
-    const spares = Array.from({ length: SPARES }, (_, i) => join(mnt, `spare-${i}`));
-    for (const spare of spares) writeFileSync(spare, Buffer.alloc(4096));
+    writeFileSync(join(mnt, 'filler'), Buffer.alloc(150 * 1024 - SPARE_PAGES * 4096));
+    const spares = makeSpares(mnt);
     const g = await fx.gateway({ flowLog: { path, onError: 'admit' } });
     const before = Array.from({ length: 40 }, (_, i) => 500 + i);
     expect(await getSizes(g, before)).toEqual(before.map(() => 200));
@@ -45,30 +42,7 @@ describe.skipIf(!fx.hasTmpfs)('flow log truncated, then cut by a full disk', () 
     await sleep(3000);
 
     const made: number[] = [];
-    let n = 1000;
-    const isFull = async (): Promise<boolean> => statfsSync(mnt).bfree === 0 && (await failing(g)) === 1;
-    // Flows until the disk is full and the log failing on it (bounded: 400 flows would take ~270 KiB).
-    const fillUp = async (): Promise<void> => {
-      for (const end = n + 400; n < end && !(await isFull()); n += 20) {
-        const sizes = Array.from({ length: 20 }, (_, i) => n + i);
-        expect(await getSizes(g, sizes)).toEqual(sizes.map(() => 200));
-        made.push(...sizes);
-        await sleep(20);
-      }
-      expect(await isFull()).toBe(true);
-    };
-    await fillUp();
-    // The write that failed left the start of a line, unless a line ended at the page: then a page is
-    // freed (the retry writes what is held) and the disk filled again.
-    for (const spare of spares) {
-      if (!readFileSync(path, 'utf8').endsWith('\n')) break;
-      const size = statSync(path).size;
-      rmSync(spare);
-      // The retry writes what is held into the page: all of it (healthy again), or the page full.
-      await until('the freed page taken', async () => statSync(path).size === size + 4096 || (await failing(g)) === 0, 10_000);
-      await fillUp();
-    }
-    expect(readFileSync(path, 'utf8').endsWith('\n')).toBe(false);
+    await fillUntilLineCut(g, getSizes, mnt, path, spares, made);
 
     rmSync(join(mnt, 'filler'));
     await until('recovery', async () => (await failing(g)) === 0, 10_000);
