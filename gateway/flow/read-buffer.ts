@@ -82,6 +82,19 @@ export type AdoptResult = 'adopted' | 'not-now' | 'never';
  * of emitting 'data'. One-way: a switched socket stays switched.
  */
 export function adoptReadBuffer(socket: Socket, onRead: ReadCallback, bytes: number = READ_BUFFER_BYTES): AdoptResult {
+  return switchReads(socket, onRead, bytes, null);
+}
+
+/**
+ * Like adoptReadBuffer, but after every read `next()` names the buffer the following read goes to
+ * (node's `onread` buffer function): the same one again when the bytes were consumed, else another.
+ * For a socket whose reader is not ours (an origin socket undici parses: http-origin-reads.ts).
+ */
+export function adoptReadBuffers(socket: Socket, onRead: ReadCallback, bytes: number, next: () => Buffer): AdoptResult {
+  return switchReads(socket, onRead, bytes, next);
+}
+
+function switchReads(socket: Socket, onRead: ReadCallback, bytes: number, next: (() => Buffer) | null): AdoptResult {
   if (!isEnabled || symbols === null || socket.destroyed) return 'never';
   const handle = (socket as unknown as { _handle?: UserBufferHandle | null })._handle;
   if (!handle || typeof handle.useUserBuffer !== 'function' || handle.constructor?.name !== 'TCP') return 'never';
@@ -89,7 +102,7 @@ export function adoptReadBuffer(socket: Socket, onRead: ReadCallback, bytes: num
   if (fields[symbols.buffer]) return 'never'; // already switched
   if (socket.readableLength !== 0) return 'not-now';
   const buf = Buffer.allocUnsafeSlow(bytes);
-  fields[symbols.generator] = null;
+  fields[symbols.generator] = next;
   fields[symbols.callback] = onRead;
   fields[symbols.buffer] = buf;
   handle.useUserBuffer(buf);

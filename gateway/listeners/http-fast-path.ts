@@ -43,6 +43,7 @@ import { SlotArray } from '../slot-array.ts';
 import { type ConnectionState, connectionState, mayCutIdle, resetOrDestroy } from './http-connection-state.ts';
 import { type FastRequestHead, parseFastRequestHead } from './http-fast-head.ts';
 import { OriginExchange } from './http-forward.ts';
+import { noteChunkQueued } from './http-origin-reads.ts';
 import { dispatchToOrigin, StaggeredOrigin } from './http-origin-dial.ts';
 import { forwardRequestHeaders, forwardResponseHeaders, INVALID_FIELD_CHAR, relayedStatusText } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
@@ -476,7 +477,11 @@ class FastExchange extends OriginExchange {
     this.flow.bytesIn += chunk.length;
     const s = this.owner.socket;
     const head = this.head;
-    if (head === null && !this.isChunked) return s.write(chunk);
+    if (head === null && !this.isChunked) {
+      const ok = s.write(chunk);
+      if (s.writableLength !== 0) noteChunkQueued();
+      return ok;
+    }
     s.cork();
     if (head !== null) {
       this.head = null;
@@ -487,6 +492,7 @@ class FastExchange extends OriginExchange {
     let ok = s.write(chunk);
     if (this.isChunked) ok = s.write('\r\n');
     s.uncork();
+    if (s.writableLength !== 0) noteChunkQueued();
     return ok;
   }
 

@@ -24,6 +24,7 @@ import { type ClientCloseWatcher, clientGoneReason, connectionState, resetOrDest
 import { closeAfterEarlyAnswer } from './http-early-answer.ts';
 import type { OriginAgents } from './http-origin-agents.ts';
 import { OriginExchange } from './http-origin-exchange.ts';
+import { noteChunkQueued } from './http-origin-reads.ts';
 import { dispatchToOrigin, StaggeredOrigin } from './http-origin-dial.ts';
 import { dropContentLength, forwardResponseHeaders, relayedStatusText } from './http-headers.ts';
 import { type RefusalDetails, sendRefusal } from './http-refusal.ts';
@@ -235,7 +236,9 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
       this.sendHead(held);
     }
     this.flow.bytesIn += chunk.length;
-    return this.res.write(chunk);
+    const ok = this.res.write(chunk);
+    if (this.res.writableLength !== 0) noteChunkQueued();
+    return ok;
   }
 
   onComplete(): void {

@@ -10,11 +10,13 @@
  * another address won goes to that address's pool (http-origin-dial.ts).
  */
 import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import { Agent, type buildConnector } from 'undici';
 import { GatewayError } from '../errors.ts';
 import { formatAuthority } from '../protocol/authority.ts';
 import { dial } from '../upstream/dial.ts';
 import { parentName } from '../upstream/parent-label.ts';
+import { adoptOriginReads } from './http-origin-reads.ts';
 import { boundedConnector, exchangeDialling, isRedialOfAborted, NOT_REDIALLED, onOriginDisconnect } from './http-origin-dial.ts';
 
 /**
@@ -58,8 +60,12 @@ export class OriginAgents {
           dial({ ip, port, upstream, timeoutMs, flow: exchangeDialling(ip, port)?.flowOf(), via }).then(
             (socket: Socket) => {
               const early = spokeFirst(socket, ip, port, upstream);
-              if (early === null) callback(null, socket);
-              else callback(early, null);
+              if (early !== null) {
+                callback(early, null);
+                return;
+              }
+              adoptOriginReads(socket);
+              callback(null, socket);
             },
             (err: Error) => callback(err, null),
           );
@@ -125,12 +131,22 @@ function spokeFirst(socket: Socket, ip: string, port: number, upstream: string):
  */
 export const ORIGIN_KEEPALIVE_MAX_MS = 10_000;
 
+/** undici's connect callback, the socket it is handed reading into reused buffers (http-origin-reads.ts). */
+function readingOwnBuffer(callback: buildConnector.Callback): buildConnector.Callback {
+  return (...args) => {
+    const socket = args[1];
+    if (socket && !(socket instanceof TLSSocket)) adoptOriginReads(socket);
+    callback(...args);
+  };
+}
+
 function directAgent(connectTimeoutMs: number): Agent {
   // undici's own connector bounded by a timer of ours (boundedConnector), its socket named to the
   // flow it is opened for (exchangeDialling), so a kill while it connects destroys it. A request
   // whose name has other addresses dials them staggered instead (StaggeredOrigin).
   const connector = boundedConnector(connectTimeoutMs);
-  const connect: buildConnector.connector = (opts, callback) => {
+  const connect: buildConnector.connector = (opts, undiciCallback) => {
+    const callback = readingOwnBuffer(undiciCallback);
     const port = Number(opts.port) || 80;
     if (isRedialOfAborted(opts.hostname, port)) {
       callback(NOT_REDIALLED, null);
