@@ -74,8 +74,7 @@ interface HalfClosed {
  * (bounded). `beforeFin` and `afterFin` run just before and after the FIN.
  */
 async function halfClose(parts: Array<string | Buffer>, hooks: { beforeFin?: () => Promise<void>; afterFin?: () => Promise<void> } = {}): Promise<HalfClosed> {
-  const s: Socket = connect({ port: gw.httpPort, host: '127.0.0.1', allowHalfOpen: true });
-  await once(s, 'connect');
+  const s = await connectClient();
   const port = s.localPort as number;
   const chunks: Buffer[] = [];
   let isEndedByGateway = false;
@@ -153,8 +152,25 @@ function answerHeld(path: string, body: string): void {
   res.end(body);
 }
 
+/**
+ * When each client port was last connected from. Records are matched by client port, and under load
+ * the kernel hands a later connection a port an earlier one in this file had: only records of flows
+ * started since the latest connection from the port are that connection's.
+ */
+const connectedAt = new Map<number, number>();
+
+/** Connect to the gateway's HTTP listener (half-open allowed), noting when its client port was taken. */
+async function connectClient(port = gw.httpPort): Promise<Socket> {
+  const since = Date.now();
+  const s = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  await once(s, 'connect');
+  connectedAt.set(s.localPort as number, since);
+  return s;
+}
+
 function recordsOf(port: number): FlowRecord[] {
-  return gw.closed.filter((r) => r.client.port === port);
+  const since = connectedAt.get(port) ?? 0;
+  return gw.closed.filter((r) => r.client.port === port && Date.parse(r.startedAt) >= since);
 }
 
 async function closedRecords(port: number, n: number): Promise<FlowRecord[]> {
@@ -324,8 +340,7 @@ describe('a client that half-closes after its request gets the whole answer', ()
 describe('what a half-close is not', () => {
   it('a reset while the answer is awaited still ends the flow client-reset at once (both paths)', async () => {
     for (const [tag, parts] of [['/hold/rst-fast', [get('/hold/rst-fast')]], ['/hold/rst-node', [get('/hold/rst-node').slice(0, 20), get('/hold/rst-node').slice(20)]]] as const) {
-      const s = connect({ port: gw.httpPort, host: '127.0.0.1', allowHalfOpen: true });
-      await once(s, 'connect');
+      const s = await connectClient();
       s.on('error', () => undefined);
       const port = s.localPort as number;
       for (const part of parts) {
