@@ -12,7 +12,7 @@
 import { newViaName } from './gateway/via.ts';
 import { readFile } from 'node:fs/promises';
 import type { Server as HttpServer } from 'node:http';
-import type { AddressInfo, Server as NetServer } from 'node:net';
+import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
 import type { Server as TlsServer } from 'node:tls';
 import type { FastifyInstance } from 'fastify';
 import { buildAdmin, generateAdminToken } from './admin/app.ts';
@@ -287,15 +287,17 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   const httpServer = createHttpProxy(ctx);
   const socksServer = createSocksServer(ctx);
   // Behind a TCP load balancer (SPEC §8): a PROXY protocol front per listener, only when trustedSources is set.
+  // No one source may hold every descriptor (limits.maxConnectionsPerSource; after PROXY headers,
+  // an untrusted peer's from its accept by the front).
+  const sources = new SourceConnections(() => policy.current().config.limits.maxConnectionsPerSource, log);
   const proxyProtocol = {
     trustedSources: () => policy.current().config.proxyProtocol.trustedSources,
     headerTimeoutMs: () => policy.current().config.limits.headerTimeoutMs,
+    holdUntrusted: (socket: Socket) => sources.hold(socket),
     log,
   };
   // The CONNECT fast path takes plain CONNECT heads itself and hands every other connection to httpServer.
   const httpFront = withConnectFront(httpServer);
-  // No one source may hold every descriptor (limits.maxConnectionsPerSource; after PROXY headers).
-  const sources = new SourceConnections(() => policy.current().config.limits.maxConnectionsPerSource, log);
   gateConnections(httpFront, sources, 'http');
   gateConnections(socksServer, sources, 'socks');
   const http = await listen(wrapWithProxyProtocol(httpFront, { ...proxyProtocol, listener: 'http' }), opts.http ?? config.listen.http, listenerName('http', opts.http));

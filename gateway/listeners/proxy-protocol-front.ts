@@ -8,6 +8,8 @@
  *
  * Flow of a connection:
  *  1. accept (paused): a peer inside trustedSources MUST send a header; any other peer MUST NOT.
+ *     An untrusted peer is counted against its source at once (holdUntrusted); one over the limit
+ *     is handed over unread, for the listener's source gate to refuse (HTTP: 429) as without a front.
  *  2. read only what is needed, within limits.headerTimeoutMs:
  *     trusted → the whole header (gateway/protocol/proxy-protocol.ts); missing, malformed or late
  *     → close + warn. Untrusted → just enough bytes to tell whether they start with a PROXY
@@ -43,6 +45,11 @@ export interface ProxyProtocolOptions {
   log: Logger;
   /** Listener name for log lines ('http', 'socks'). */
   listener?: string;
+  /**
+   * Counts an untrusted peer against its source (`limits.maxConnectionsPerSource`) as it is
+   * accepted, so the wait for its first bytes is counted too; false: at the limit (see step 1).
+   */
+  holdUntrusted?: (socket: Socket) => boolean;
 }
 
 /**
@@ -92,6 +99,11 @@ export function wrapWithProxyProtocol<S extends Server>(server: S, opts: ProxyPr
     }
     const peer = clientAddress(peerText);
     const isTrusted = peer.parsed !== null && trustedNow().longestPrefix(peer.parsed) >= 0;
+    if (!isTrusted && opts.holdUntrusted !== undefined && !opts.holdUntrusted(socket)) {
+      if (isClosed) socket.destroy();
+      else server.emit('connection', socket);
+      return;
+    }
     const headerTimeoutMs = timeoutNow();
     const client = `${peer.text}:${socket.remotePort ?? 0}`;
     let buf: Buffer = Buffer.alloc(0);

@@ -80,15 +80,33 @@ export class SourceConnections {
    * Counted with no limit set too, so a reload that sets one applies to what is already open.
    */
   admit(socket: Socket, listener: string): boolean {
+    // Already counted by a PROXY protocol front (hold): once per connection.
+    if ((socket as CountedSocket)[kSource] !== undefined) return true;
     const remote = socket.remoteAddress;
     if (remote === undefined) return false;
     const source = sourceOf(remote);
-    const n = this.open.get(source) ?? 0;
     const max = this.limit();
-    if (max > 0 && n >= max) {
+    if (!this.count(socket, source, max)) {
       this.refused(source, listener, max);
       return false;
     }
+    return true;
+  }
+
+  /**
+   * Count a connection a PROXY protocol front accepted from an untrusted peer (its address is final:
+   * no header will be believed from it), before the front waits up to `limits.headerTimeoutMs` for
+   * its first bytes. False, nothing counted nor logged, when its source is at the limit: the front
+   * then hands it over at once and admit() refuses it as the listener does without a front.
+   */
+  hold(socket: Socket): boolean {
+    const remote = socket.remoteAddress;
+    return remote !== undefined && this.count(socket, sourceOf(remote), this.limit());
+  }
+
+  private count(socket: Socket, source: string, max: number): boolean {
+    const n = this.open.get(source) ?? 0;
+    if (max > 0 && n >= max) return false;
     this.open.set(source, n + 1);
     (socket as CountedSocket)[kSource] = source;
     socket.on('close', this.release);

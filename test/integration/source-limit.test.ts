@@ -112,6 +112,44 @@ describe('limits.maxConnectionsPerSource', () => {
     expect(await connectThrough(await open(g.httpPort, '127.0.0.1'), claim('203.0.113.8', 5200))).toBe('HTTP/1.1 200 Connection Established');
   });
 
+  it('with a PROXY protocol front, an untrusted peer is counted from its accept, not once its first bytes came', async () => {
+    // The front waits up to headerTimeoutMs for an untrusted peer's first bytes (a PROXY signature
+    // is refused): 60 s here, so only the count can answer within the 10 s guard below.
+    gw = await startTestGateway({ limits: { maxConnectionsPerSource: LIMIT, headerTimeoutMs: 60_000 }, proxyProtocol: { trustedSources: ['127.0.0.1/32'] } });
+    const g = gw;
+    const idle: Socket[] = [];
+    for (let i = 0; i < LIMIT; i++) idle.push(await open(g.httpPort, FLOODER));
+    const answerOf = async (s: Socket): Promise<Buffer> => {
+      const guard = setTimeout(() => s.destroy(), 10_000);
+      try {
+        return (await readToEnd(s)).data;
+      } finally {
+        clearTimeout(guard);
+      }
+    };
+    // Over the limit, silent: 429 and closed at once on HTTP (before: held open, unanswered, 60 s);
+    // closed on SOCKS, the count spanning listeners.
+    const over = await open(g.httpPort, FLOODER);
+    expect((await answerOf(over)).toString('latin1').split('\r\n')[0]).toBe('HTTP/1.1 429 Too Many Requests');
+    const socks = await open(g.socksPort, FLOODER);
+    socks.write(Buffer.from([5, 1, 0]));
+    expect((await answerOf(socks)).length).toBe(0);
+    expect(g.logs).toContainEqual(expect.objectContaining({ code: 'EGW_SOURCE_CONNECTIONS', client: FLOODER, limit: LIMIT }));
+    // The balancer's clients are not that source: served.
+    const claim = encodeProxyV1({ srcIp: '203.0.113.7', srcPort: 5300, dstIp: '127.0.0.1', dstPort: g.httpPort });
+    expect(await connectThrough(await open(g.httpPort, '127.0.0.1'), claim)).toBe('HTTP/1.1 200 Connection Established');
+    // A held connection that closes frees its place (counted once, released once); its successor
+    // goes through the front, unread by it, as the flooder's own address.
+    idle[0]?.destroy();
+    await until('the freed place to be usable', async () => {
+      const s = await open(g.httpPort, FLOODER);
+      const line = await connectThrough(s).catch(() => 'closed');
+      return line === 'HTTP/1.1 200 Connection Established';
+    });
+    // Every held one still counted: one more is refused again.
+    expect((await answerOf(await open(g.httpPort, FLOODER))).toString('latin1')).toMatch(/^HTTP\/1\.1 429 /);
+  });
+
   it('the HTTPS listener: under the limit TLS and CONNECT work; over it the connection is closed before any handshake', async () => {
     const pki: TestPki = await createTestPki({});
     try {
