@@ -151,14 +151,23 @@ function parseV2(buf: Buffer): ProxyParse {
   if (cmd !== 0x0 && cmd !== 0x1) return fail('unsupported', `v2 command 0x${cmd.toString(16)} is neither LOCAL nor PROXY`);
   const family = FAMILIES[famProto >> 4];
   const transport = TRANSPORTS[famProto & 0x0f];
-  if (family === undefined || transport === undefined) return fail('unsupported', `v2 family/protocol byte 0x${famProto.toString(16).padStart(2, '0')} is unknown`);
   const length = buf.readUInt16BE(14);
-  if (length < ADDRESS_BYTES[family]) return fail('malformed', `v2 length ${length} is shorter than a ${family} address block (${ADDRESS_BYTES[family]})`);
   const total = V2_FIXED_BYTES + length;
+  // LOCAL: the load balancer speaking for itself (health checks). The spec has the receiver accept
+  // it and discard the block, family included: whatever the family byte and length say.
+  if (cmd === 0x0) {
+    if (buf.length < total) return NEED;
+    return { kind: 'header', header: noAddress(2, 'LOCAL', family ?? 'UNSPEC', transport ?? 'UNSPEC'), consumed: total };
+  }
+  // PROXY: only the spec's pairs (UNSPEC/UNSPEC, or a family with STREAM or DGRAM); the others
+  // "must be rejected as invalid by receivers".
+  if (family === undefined || transport === undefined || (family === 'UNSPEC') !== (transport === 'UNSPEC')) {
+    return fail('unsupported', `v2 family/protocol byte 0x${famProto.toString(16).padStart(2, '0')} is not a pair the spec defines`);
+  }
+  if (length < ADDRESS_BYTES[family]) return fail('malformed', `v2 length ${length} is shorter than a ${family} address block (${ADDRESS_BYTES[family]})`);
   if (buf.length < total) return NEED;
-  const command: ProxyCommand = cmd === 0x0 ? 'LOCAL' : 'PROXY';
-  // LOCAL: the load balancer speaking for itself (health checks); addresses, if any, are ignored.
-  if (command === 'LOCAL' || (family !== 'IPv4' && family !== 'IPv6')) {
+  const command: ProxyCommand = 'PROXY';
+  if (family !== 'IPv4' && family !== 'IPv6') {
     return { kind: 'header', header: noAddress(2, command, family, transport), consumed: total };
   }
   const at = V2_FIXED_BYTES;

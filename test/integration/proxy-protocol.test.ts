@@ -188,6 +188,36 @@ describe('trusted load balancer (127.0.0.1/32)', () => {
     expect(rec.identity.host).toBeNull();
   });
 
+  it('v2 LOCAL with a family byte and no address block (the spec: discard the block, family included) keeps the real peer', async () => {
+    const local = encodeProxyV2(null);
+    local[13] = 0x11; // TCP over IPv4, length still 0
+    const s = await socksTunnel(gw, local);
+    const localPort = s.localPort;
+    const payload = randomBytes(4096);
+    expect((await echoThrough(s, payload)).equals(payload)).toBe(true);
+    const rec = await gw.waitForClosed((r) => r.client.port === localPort);
+    expect(rec.client.ip).toBe('127.0.0.1');
+    expect(rec.bytesOut).toBe(payload.length);
+    expect(rec.bytesIn).toBe(payload.length);
+    expect(gw.closed.filter((r) => r.client.port === localPort).length).toBe(1);
+  });
+
+  it.each([
+    ['IPv4 with an UNSPEC protocol', 0x10],
+    ['UNSPEC with STREAM', 0x01],
+  ])('v2 PROXY with a family/protocol pair the spec does not define (%s) is refused, logged, not believed', async (_name, famProto) => {
+    const before = gw.closed.length;
+    const header = encodeProxyV2({ ...CLAIMED, srcPort: 4451 });
+    header[13] = famProto;
+    const s = await client(gw.httpPort);
+    const port = s.localPort;
+    const done = readAll(s);
+    s.write(Buffer.concat([header, connectHead(echoPort)]));
+    expect((await done).data.length).toBe(0);
+    expect(refusals(gw)).toContainEqual(expect.objectContaining({ listener: 'http', client: `127.0.0.1:${port}`, trusted: true, code: 'unsupported' }));
+    expect(gw.closed.length).toBe(before);
+  });
+
   it.each([
     ['HTTP', 'http'],
     ['SOCKS5', 'socks'],

@@ -63,6 +63,9 @@ describe('PROXY header codec: accepted headers', () => {
     // LOCAL with an address block: the addresses are ignored (the balancer speaks for itself).
     ['v2 LOCAL with addresses', v2(0x20, 0x11, 0x00, 0x0c, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0, 2), { command: 'LOCAL', family: 'IPv4', srcIp: null }],
     ['v2 PROXY UNSPEC', v2(0x21, 0x00, 0x00, 0x00), { command: 'PROXY', family: 'UNSPEC', srcIp: null }],
+    // LOCAL: the block is discarded whatever its family says, an address block or not.
+    ['v2 LOCAL IPv4 without addresses', v2(0x20, 0x11, 0x00, 0x00), { command: 'LOCAL', family: 'IPv4', srcIp: null }],
+    ['v2 LOCAL with an undefined family', v2(0x20, 0x41, 0x00, 0x00), { command: 'LOCAL', family: 'UNSPEC', srcIp: null }],
   ])('%s', (_name, bytes, want) => {
     const r = parseProxyHeader(bytes);
     expect(r.kind).toBe('header');
@@ -111,6 +114,7 @@ describe('PROXY header codec: split anywhere', () => {
     ['v2 IPv4', V2_TCP4],
     ['v2 IPv6', V2_TCP6],
     ['v2 LOCAL', V2_LOCAL],
+    ['v2 LOCAL with addresses', v2(0x20, 0x11, 0x00, 0x0c, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0, 2)],
     ['v2 TLVs', V2_TLVS],
   ])('%s: every proper prefix needs more, byte-by-byte feeding ends in the same header', (_name, whole) => {
     const full = parseProxyHeader(whole);
@@ -151,6 +155,8 @@ describe('PROXY header codec: refused bytes', () => {
     ['v2 command 2', v2(0x22, 0x11, 0, 12), 'unsupported'],
     ['v2 family 4', v2(0x21, 0x41, 0, 0), 'unsupported'],
     ['v2 protocol 3', v2(0x21, 0x13, 0, 12), 'unsupported'],
+    ['v2 PROXY IPv4 with UNSPEC protocol', v2(0x21, 0x10, 0, 12, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0, 2), 'unsupported'],
+    ['v2 PROXY UNSPEC with STREAM', v2(0x21, 0x01, 0, 0), 'unsupported'],
     ['v2 IPv4 length too short', v2(0x21, 0x11, 0, 11, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0), 'malformed'],
     ['v2 IPv6 length too short', v2(0x21, 0x21, 0, 12, ...new Array<number>(12).fill(0)), 'malformed'],
   ])('%s', (_name, bytes, code) => {
