@@ -27,6 +27,7 @@ import { mapError } from '../reject.ts';
 import { markHandedAt } from './http-extension-method.ts';
 import { CLASS, IN_TARGET, scanHeaderLines } from './http-head-bytes.ts';
 import { writeRawRefusal } from './http-refusal.ts';
+import { requestLineFault } from './http-request-line.ts';
 import { isValidHostField } from './http-target.ts';
 
 /** A CONNECT request head parsed by the fast path; IncomingMessage has the same fields. */
@@ -138,9 +139,18 @@ export function wrapWithConnectFront(server: HttpServer, opts: ConnectFrontOptio
    * listener of ours is left on it and it is not flowing: either back in its natural mode (the first
    * bytes, our 'readable' listener just removed), flowing as soon as node:http adds its 'data'
    * listener, or paused (the absolute-URI fast path, which resumes it right after this call).
-   * Where `bytes` begin is kept (markHandedAt): they start a request.
+   * Where `bytes` begin is kept (markHandedAt): they start a request. A whole first line in them
+   * that is no HTTP request line (`RTSP/1.0`: http-request-line.ts) is answered here, 400, and the
+   * socket closed: node's parser would take it as HTTP/1.0.
    */
   function handOver(socket: Socket, bytes: Buffer): void {
+    const fault = requestLineFault(bytes);
+    if (fault !== null) {
+      opts.log.warn({ client: socket.remoteAddress, code: 'EGW_BAD_REQUEST', why: fault }, 'client request refused');
+      socket.on('error', ignore);
+      writeRawRefusal(socket, mapError('EGW_BAD_REQUEST'), { flowId: null, isBlock: false });
+      return;
+    }
     markHandedAt(socket, bytes);
     socket.unshift(bytes);
     server.emit('connection', socket);

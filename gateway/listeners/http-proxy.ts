@@ -14,7 +14,8 @@
  *     log line with the parser's reason, and the connection closed. Other connections never notice.
  *     A method it does not know (an extension method, `BREW`) at the start of a connection's bytes,
  *     or of those the fast path handed over, is no refusal: the request comes back to node:http and
- *     on through the steps below (http-extension-method.ts).
+ *     on through the steps below (http-extension-method.ts). A request line that is no HTTP one
+     (`RTSP/1.0`, which node's parser reads as HTTP/1.0) is 400 (http-request-line.ts).
  *     Bytes after a request that closes its connection are dropped there, not refused (onClientError).
  *  2. route by shape: `CONNECT host:port` → http-connect.ts; a request with `Upgrade` → http-upgrade.ts;
  *     everything else must be an absolute `http://` URI (origin-form → 400: we are not an origin).
@@ -55,6 +56,7 @@ import { forwardRequest, OriginAgents } from './http-forward.ts';
 import { forwardRequestHeaders, normaliseStrippedName, parseProxyBasic, viaFor, viaNamesUs } from './http-headers.ts';
 import { maxForwardsFault, maxForwardsOf, traceEcho } from './http-max-forwards.ts';
 import { closeAfterUnreadBody, refusalDetails, sendRefusal, writeRawRefusal } from './http-refusal.ts';
+import { announcedLineFault } from './http-request-line.ts';
 import { hostHeaderFor, isRepeatedField, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
 import { handleUpgrade } from './http-upgrade.ts';
 
@@ -346,7 +348,8 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
   // Behind a 429 on this connection: dropped unanswered (the connection ends after the 429).
   if (connection.isShedding) return;
   const target = parseAbsoluteTarget(req.url ?? '');
-  const shape = smugglingShape(req) ?? state.repeatedCredential(req) ?? maxForwardsFault(req.method, req.headers['max-forwards'], req.rawHeaders);
+  // announcedLineFault first, while node:http is still announcing the request (RTSP/1.0 reads as 1.0).
+  const shape = announcedLineFault(req) ?? smugglingShape(req) ?? state.repeatedCredential(req) ?? maxForwardsFault(req.method, req.headers['max-forwards'], req.rawHeaders);
   if (!target.ok || shape) {
     const why = shape ?? (target.ok ? null : target.reason);
     ctx.log.warn({ client: req.socket.remoteAddress, method: req.method, why }, 'bad proxy request refused');
