@@ -28,7 +28,7 @@ import { markHandedAt } from './http-extension-method.ts';
 import { CLASS, IN_TARGET, scanHeaderLines } from './http-head-bytes.ts';
 import { writeRawRefusal } from './http-refusal.ts';
 import { requestLineFault } from './http-request-line.ts';
-import { isValidHostField } from './http-target.ts';
+import { isValidHostField, shapeRefusalCode } from './http-target.ts';
 
 /** A CONNECT request head parsed by the fast path; IncomingMessage has the same fields. */
 export interface ConnectHead {
@@ -141,14 +141,16 @@ export function wrapWithConnectFront(server: HttpServer, opts: ConnectFrontOptio
    * listener, or paused (the absolute-URI fast path, which resumes it right after this call).
    * Where `bytes` begin is kept (markHandedAt): they start a request. A whole first line in them
    * that is no HTTP request line (`RTSP/1.0`: http-request-line.ts) is answered here, 400, and the
-   * socket closed: node's parser would take it as HTTP/1.0.
+   * socket closed: node's parser would take it as HTTP/1.0. So are an HTTP/0.9 line (400) and one
+   * naming `HTTP/2.0` (505), at once: node's parser holds the first until the header timeout.
    */
   function handOver(socket: Socket, bytes: Buffer): void {
     const fault = requestLineFault(bytes);
     if (fault !== null) {
-      opts.log.warn({ client: socket.remoteAddress, code: 'EGW_BAD_REQUEST', why: fault }, 'client request refused');
+      const code = shapeRefusalCode(fault);
+      opts.log.warn({ client: socket.remoteAddress, code, why: fault }, 'client request refused');
       socket.on('error', ignore);
-      writeRawRefusal(socket, mapError('EGW_BAD_REQUEST'), { flowId: null, isBlock: false });
+      writeRawRefusal(socket, mapError(code), { flowId: null, isBlock: false });
       return;
     }
     markHandedAt(socket, bytes);

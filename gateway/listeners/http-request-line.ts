@@ -6,6 +6,11 @@
  * HTTP request at all, answered 400 (not 505: 505 is for an HTTP version the gateway does not
  * support, `HTTP/2.0`, http-target.ts httpVersionFault).
  *
+ * The same look at a connection's first line answers, as soon as that line is whole, what node's
+ * parser would hold until limits.headerTimeoutMs: an HTTP/0.9 line (`GET /`, no version: llhttp
+ * then waits for header lines an HTTP/0.9 client never sends) is 400, a line naming `HTTP/2.0` (the
+ * HTTP/2 preface `PRI * HTTP/2.0` included) is 505 as such lines are on node:http's path.
+ *
  * Judged where the gateway sees a request's bytes: those the CONNECT front or the fast path hand to
  * node:http (a connection's first request, or the one the fast path did not serve: the first line
  * when it is whole in them), and, for a request node:http announces as HTTP/1.0, the packet its
@@ -18,6 +23,7 @@ const CR = 0x0d;
 const LF = 0x0a;
 const SP = 0x20;
 const HTTP_SLASH = Buffer.from('HTTP/', 'latin1');
+const HTTP_2 = Buffer.from('HTTP/2.0', 'latin1');
 
 /** Bytes that start a request: the fault of its first line when that line is whole in them, or null. */
 export function requestLineFault(buf: Buffer): string | null {
@@ -53,13 +59,20 @@ export function announcedLineFault(req: IncomingMessage): string | null {
   return null;
 }
 
-/** The line from `start` to its LF at `end`: `not-http` when its last word is not `HTTP/…`. */
+/**
+ * The line from `start` to its LF at `end`: `http/0.9` for a method and target with no version
+ * (400, as node:http's path answers a whole HTTP/0.9 head), `http-version-not-supported` for
+ * `HTTP/2.0` (505, as http-target.ts httpVersionFault; the HTTP/2 preface `PRI * HTTP/2.0` too),
+ * `not-http` when its last word is not `HTTP/…`, else null.
+ */
 function lineFault(buf: Buffer, start: number, end: number): string | null {
   const last = buf[end - 1] === CR ? end - 1 : end;
+  const firstSpace = buf.indexOf(SP, start);
+  // One word: not this check's (node's parser refuses it or waits).
+  if (firstSpace <= start || firstSpace >= last - 1) return null;
   const lastSpace = buf.lastIndexOf(SP, last - 1);
-  // One word, or none after the target: not this check's (node's parser refuses or waits).
-  if (lastSpace <= start || buf.indexOf(SP, start) === lastSpace) return null;
+  if (lastSpace === firstSpace) return 'http/0.9';
   const version = lastSpace + 1;
-  if (last - version >= HTTP_SLASH.length && buf.compare(HTTP_SLASH, 0, HTTP_SLASH.length, version, version + HTTP_SLASH.length) === 0) return null;
-  return 'not-http';
+  if (last - version < HTTP_SLASH.length || buf.compare(HTTP_SLASH, 0, HTTP_SLASH.length, version, version + HTTP_SLASH.length) !== 0) return 'not-http';
+  return last - version === HTTP_2.length && buf.compare(HTTP_2, 0, HTTP_2.length, version, last) === 0 ? 'http-version-not-supported' : null;
 }

@@ -42,7 +42,8 @@ const cases: Array<[string, () => string, number]> = [
   // A lower-case `get` is a token, an extension method: forwarded (http-extension-method.test.ts).
   ['a method that is not a token', () => `G@T http://${o}/s HTTP/1.1\r\nHost: ${o}\r\n\r\n`, 400],
   ['TLS ClientHello on the plain port', () => '\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n', 400],
-  ['HTTP/2 preface', () => 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 400],
+  // It names HTTP/2.0 in an HTTP/1 request line: 505, as other such lines (http-request-line-answered-at-once.test.ts).
+  ['HTTP/2 preface', () => 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 505],
   ['NUL in a header value', () => `GET http://${o}/s HTTP/1.1\r\nHost: ${o}\r\nX: a\x00b\r\n\r\n`, 400],
   ['bad chunk size', () => `POST http://${o}/s HTTP/1.1\r\nHost: ${o}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n`, 400],
   ['origin-form target', () => `GET /s HTTP/1.1\r\nHost: ${o}\r\n\r\n`, 400],
