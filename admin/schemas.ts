@@ -100,7 +100,7 @@ export const FlowQuery = Type.Object({
       minLength: 1,
       maxLength: 64,
       description:
-        "the next of the page before, to walk the flows as they were at the walk's first page: each at most once, in its place then, however it closed meanwhile (its record as it is now); flows opened since are not listed, closed ones no longer kept (flowLog.keepClosed) are missing",
+        "the next of the page before, to walk the flows open or kept at the walk's first page: each once, in the state it has when its page is taken (live flows newest opened first, then closed ones newest closed first); one that closed before the walk reached it is listed on the next page, after its live flows; flows opened since are not listed, closed ones no longer kept (flowLog.keepClosed) are missing",
     })),
 });
 

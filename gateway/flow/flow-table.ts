@@ -63,27 +63,27 @@ export interface FlowPageQuery extends FlowFilter {
 export type FlowPage = { ok: true; flows: FlowRecord[]; next: string | null } | { ok: false; message: string };
 
 /**
- * Where a walk through GET /v1/flows stands. It lists the table as its first page found it: the
- * flows opened before `opened`, live ones first (newest opened first), then closed ones (newest
- * closed first), a flow counted closed when it had closed before `closed` (closeSeq). A flow keeps
- * its place whatever it does meanwhile, so no page repeats one and none is skipped (but a closed
- * one evicted, keepClosed, before its page); flows opened since are not listed. `part` and `at` name the place of the last flow listed: its openSeq in the
- * live part, its closeSeq in the closed part (the walk goes on below it).
+ * Where a walk through GET /v1/flows stands. It lists the flows opened before `opened`, each once,
+ * with the state it has when its page is taken: the live part (flows live then, newest opened
+ * first), then the closed part (flows closed before the walk's first page, `closed` being the
+ * table's closeSeq then; newest closed first). A flow not yet listed that closes meanwhile is listed
+ * on the next page, after that page's live flows, with its closed record: the flows of a page whose
+ * closeSeq is `handled` or above and whose openSeq is below `live` (the live part had not reached
+ * them), in the order they closed. So a page never lists a closed flow before a live one, and no flow
+ * is listed twice or, but a closed one evicted (keepClosed) before its page, skipped. Flows opened
+ * since are not listed. `live` is the openSeq of the last flow the live part passed (0 once it has
+ * passed them all), `at` the closeSeq of the last flow the closed part listed (`closed` before it starts).
  */
 interface Walk {
   opened: number;
   closed: number;
-  part: 'live' | 'closed';
+  handled: number;
+  live: number;
   at: number;
 }
 
-/** A cursor (FlowTable.cursorOf): the table's id prefix, then opened, closed, part and at in base 36. */
-const CURSOR = /^([0-9a-f]{6})\.([0-9a-z]{1,10})\.([0-9a-z]{1,10})\.([lc])([0-9a-z]{1,10})$/;
-
-/** Newest opened first. */
-function byOpenedDesc(a: Flow, b: Flow): number {
-  return b.openSeq - a.openSeq;
-}
+/** A cursor (FlowTable.cursorOf): the table's id prefix, then opened, closed, handled, live and at in base 36. */
+const CURSOR = /^([0-9a-f]{6})((?:\.[0-9a-z]{1,10}){5})$/;
 
 /**
  * An identity's new-flow bucket, kept as its level (a token bucket seen from the other side): the
@@ -528,27 +528,38 @@ export class FlowTable extends EventEmitter {
 
   /** Records matching a filter, newest first (live flows first): the first page of a walk (page). */
   list(filter: FlowFilter = {}): FlowRecord[] {
-    return this.walk(filter, { opened: this.seq, closed: this.closeSeq, part: 'live', at: this.seq }).flows;
+    return this.walk(filter, this.walkStart()).flows;
   }
 
   /**
    * One page of GET /v1/flows: the first page of a walk without `after`, else the page after the one
    * whose `next` it is (Walk). Refused when `after` is no cursor this table gave. O(kept flows), as
-   * list() was: the live flows are copied to walk them newest first; the flows closed since the walk
-   * began are sorted (only those still kept: keepClosed bounds them).
+   * list() was: the live flows are copied to walk them newest first; the flows closed since the page
+   * before are collected from the ring (keepClosed bounds them).
    */
   page(query: FlowPageQuery): FlowPage {
-    const start: Walk | null = query.after === undefined ? { opened: this.seq, closed: this.closeSeq, part: 'live', at: this.seq } : this.parseCursor(query.after);
+    const start: Walk | null = query.after === undefined ? this.walkStart() : this.parseCursor(query.after);
     if (start === null) return { ok: false, message: "after must be a page's next from this gateway (a restart ends a walk)" };
     return { ok: true, ...this.walk(query, start) };
   }
 
+  private walkStart(): Walk {
+    return { opened: this.seq, closed: this.closeSeq, handled: this.closeSeq, live: this.seq, at: this.closeSeq };
+  }
+
+  /**
+   * The page after `from` (Walk), in three steps:
+   * 1. the flows not yet listed that closed since the page before (closeSeq `handled` or above,
+   *    openSeq below `live`), oldest closed first: they go at the page's end, and take room first;
+   * 2. the live part: live flows below `live`, newest opened first, in the room the first step left;
+   * 3. once the live part is through (or skipped: state=closed), the closed part below `at`.
+   * A state filter selects by the state each flow has now.
+   */
   private walk(filter: FlowFilter, from: Walk): { flows: FlowRecord[]; next: string | null } {
     const now = this.now();
     const out: FlowRecord[] = [];
     const limit = filter.limit ?? 100;
     let skip = filter.offset ?? 0;
-    let last: Walk | null = null;
     let isMore = false;
     const destination = filter.destination ? destinationMatcher(filter.destination) : null;
     const match = (f: Flow): boolean =>
@@ -557,74 +568,87 @@ export class FlowTable extends EventEmitter {
       (!filter.process || f.identity.process?.name === filter.process) &&
       (destination === null || destination(f.destination.host, f.destination.ip)) &&
       (!filter.verdict || f.verdict === filter.verdict);
-    // False once the page is full and one more flow matches (so `next` is null on the last page).
-    const take = (f: Flow, part: Walk['part']): boolean => {
+    // False when the page already holds `room` flows and this one matches (it is the next page's).
+    const take = (f: Flow, room: number): boolean => {
       if (!match(f)) return true;
       if (skip > 0) {
         skip--;
         return true;
       }
-      if (out.length >= limit) {
-        isMore = true;
-        return false;
-      }
+      if (out.length >= room) return false;
       out.push(f.toRecord(now));
-      last = { opened: from.opened, closed: from.closed, part, at: part === 'live' ? f.openSeq : f.closeSeq };
       return true;
     };
-    let isDone = false;
-    if (from.part === 'live' && filter.state !== 'closed') {
-      // The walk's live part: flows live now, and those closed since it began (newest closed at the
-      // ring's end), merged newest opened first.
+    const next: Walk = { ...from };
+    const size = this.closed.length;
+    const ringAt = (i: number): Flow => this.closed[(this.closedStart + i) % size] as Flow;
+    // 1. Closed since the page before and not reached by the live part: listed after the live flows.
+    const closedSince: Flow[] = [];
+    for (let i = size - 1; i >= 0; i--) {
+      const f = ringAt(i);
+      if (f.closeSeq < from.handled) break;
+      if (f.openSeq < from.live && match(f)) closedSince.push(f);
+    }
+    next.handled = this.closeSeq;
+    const isClosedListed = filter.state !== 'active';
+    const liveRoom = isClosedListed ? Math.max(0, limit - closedSince.length) : limit;
+    // 2. The live part.
+    let isLiveThrough = from.live === 0;
+    if (!isLiveThrough && filter.state !== 'closed') {
       const live = [...this.active.values()];
-      const closedSince: Flow[] = [];
-      for (let i = this.closed.length - 1; i >= 0; i--) {
-        const f = this.closed[(this.closedStart + i) % this.closed.length] as Flow;
-        if (f.closeSeq < from.closed) break;
-        if (f.openSeq < from.at) closedSince.push(f);
-      }
-      closedSince.sort(byOpenedDesc);
       let i = live.length - 1;
-      let j = 0;
-      while (!isDone && (i >= 0 || j < closedSince.length)) {
-        const a = live[i];
-        const b = closedSince[j];
-        let f: Flow;
-        if (a !== undefined && (b === undefined || a.openSeq > b.openSeq)) {
-          f = a;
-          i--;
-        } else {
-          f = b as Flow;
-          j++;
+      while (i >= 0 && (live[i] as Flow).openSeq >= from.live) i--;
+      for (; i >= 0; i--) {
+        const f = live[i] as Flow;
+        // No room: the live part stays where it was (the flows closed since are judged against it).
+        if (liveRoom === 0 ? match(f) : !take(f, liveRoom)) break;
+        if (liveRoom > 0) next.live = f.openSeq;
+      }
+      if (i < 0) {
+        isLiveThrough = true;
+        next.live = 0;
+      } else isMore = true;
+    }
+    if (isClosedListed) {
+      for (let j = closedSince.length - 1; j >= 0; j--) {
+        const f = closedSince[j] as Flow;
+        if (!take(f, limit)) {
+          isMore = true;
+          // The rest of them are the next page's: it starts at this one's closeSeq, and the live part
+          // where it was (it took no room: liveRoom 0), which the rest are judged against again.
+          next.handled = f.closeSeq;
+          next.live = from.live;
+          break;
         }
-        if (f.openSeq < from.at) isDone = !take(f, 'live');
+      }
+      // 3. The closed part.
+      if (isLiveThrough || filter.state === 'closed') {
+        for (let i = size - 1; i >= 0; i--) {
+          const f = ringAt(i);
+          if (f.closeSeq >= from.at) continue;
+          if (!take(f, limit)) {
+            isMore = true;
+            break;
+          }
+          next.at = f.closeSeq;
+        }
       }
     }
-    if (!isDone && filter.state !== 'active') {
-      const below = from.part === 'closed' ? from.at : from.closed;
-      for (let i = this.closed.length - 1; i >= 0 && !isDone; i--) {
-        const f = this.closed[(this.closedStart + i) % this.closed.length] as Flow;
-        if (f.closeSeq < below) isDone = !take(f, 'closed');
-      }
-    }
-    return { flows: out, next: isMore && last !== null ? this.cursorOf(last) : null };
+    return { flows: out, next: isMore && limit > 0 ? this.cursorOf(next) : null };
   }
 
   /** The opaque text of a walk's place (CURSOR). */
   private cursorOf(w: Walk): string {
-    return `${this.idPrefix}.${w.opened.toString(36)}.${w.closed.toString(36)}.${w.part === 'live' ? 'l' : 'c'}${w.at.toString(36)}`;
+    return [this.idPrefix, w.opened, w.closed, w.handled, w.live, w.at].map((v) => (typeof v === 'number' ? v.toString(36) : v)).join('.');
   }
 
   /** The walk a cursor names, or null when this table gave no such cursor (another run's, or made up). */
   private parseCursor(text: string): Walk | null {
     const m = CURSOR.exec(text);
     if (m === null || m[1] !== this.idPrefix) return null;
-    const opened = Number.parseInt(m[2] as string, 36);
-    const closed = Number.parseInt(m[3] as string, 36);
-    const part = m[4] === 'l' ? 'live' : 'closed';
-    const at = Number.parseInt(m[5] as string, 36);
-    if (opened > this.seq || closed > this.closeSeq || closed > opened || at >= (part === 'live' ? opened : closed)) return null;
-    return { opened, closed, part, at };
+    const [opened, closed, handled, live, at] = (m[2] as string).slice(1).split('.').map((v) => Number.parseInt(v, 36)) as [number, number, number, number, number];
+    const isValid = opened <= this.seq && closed <= opened && closed <= handled && handled <= this.closeSeq && live <= opened && at <= closed;
+    return isValid ? { opened, closed, handled, live, at } : null;
   }
 
   /** Start the periodic sweep (activity sampling, interim records, 'sweep' event). */

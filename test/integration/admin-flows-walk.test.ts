@@ -2,7 +2,8 @@
  * Walking `GET /v1/flows` page by page with `next` (as `after`) lists every flow the walk's first
  * page found, each once, however flows close or open between the pages: CONNECT tunnels through
  * the real HTTP listener, held open or closed by the client between two admin requests. With
- * `offset` the same walk listed 05 04 | 05 04 | 01 00 (03 and 02, live all along, never).
+ * `offset` the same walk listed 05 04 | 05 04 | 01 00 (03 and 02, live all along, never). Each flow
+ * is listed with the state it has when its page is taken, a page's live flows before its closed ones.
  */
 import { once } from 'node:events';
 import type { Socket } from 'node:net';
@@ -106,12 +107,41 @@ describe('GET /v1/flows walked with next', () => {
     expect(ids(first)).toEqual([id(3), id(2)]);
     t.push(await open());
     t.push(await open());
-    // One flow not yet listed closes too: it keeps its place in the walk (its record says closed).
-    await close(gw, t[1] as Tunnel);
     const second = await page(gw, `limit=2&after=${encodeURIComponent(first.next as string)}`);
     expect(ids(second)).toEqual([id(1), id(0)]);
-    expect(second.flows.map((f) => f.state)).toEqual(['closed', 'active']);
     expect(second.next).toBeNull();
+  });
+
+  // It stayed in the live part with its closed record: page 2 listed 02 (closed) before 01 (live),
+  // and a state=active walk listed 02, closed.
+  it('lists a flow that closes before its page once, after the live flows of the next page, with its closed record', async () => {
+    const { gw, open } = await setup();
+    const t: Tunnel[] = [];
+    for (let i = 0; i < 6; i++) t.push(await open());
+    await close(gw, t[5] as Tunnel);
+    const id = (i: number): string => (t[i] as Tunnel).id;
+
+    const all = await page(gw, 'limit=2');
+    const active = await page(gw, 'state=active&limit=2');
+    expect(ids(all)).toEqual([id(4), id(3)]);
+    expect(ids(active)).toEqual([id(4), id(3)]);
+    // 02, not yet listed, closes.
+    await close(gw, t[2] as Tunnel);
+
+    const walked: Page[] = [all];
+    for (let n = 0; n < 10 && walked.at(-1)?.next; n++) walked.push(await page(gw, `limit=2&after=${encodeURIComponent(walked.at(-1)?.next as string)}`));
+    // Page 2: 01, live, then 02, closed since page 1; page 3: 00, live, then 05, closed before the walk.
+    expect(walked.map(ids)).toEqual([[id(4), id(3)], [id(1), id(2)], [id(0), id(5)]]);
+    expect(walked.map((p) => p.flows.map((f) => f.state))).toEqual([['active', 'active'], ['active', 'closed'], ['active', 'closed']]);
+    for (const p of walked) {
+      const states = p.flows.map((f) => f.state);
+      expect(states.indexOf('closed') === -1 || states.lastIndexOf('active') < states.indexOf('closed'), 'live before closed').toBe(true);
+    }
+
+    const activeNext = await page(gw, `state=active&limit=2&after=${encodeURIComponent(active.next as string)}`);
+    expect(ids(activeNext)).toEqual([id(1), id(0)]);
+    expect(activeNext.flows.map((f) => f.state)).toEqual(['active', 'active']);
+    expect(activeNext.next).toBeNull();
   });
 
   it('walks the closed flows alone with state=closed, and refuses a cursor it did not give', async () => {
@@ -119,15 +149,19 @@ describe('GET /v1/flows walked with next', () => {
     const t: Tunnel[] = [];
     for (let i = 0; i < 3; i++) t.push(await open());
     for (const tunnel of t) await close(gw, tunnel);
+    const live = await open();
     const id = (i: number): string => (t[i] as Tunnel).id;
 
     const first = await page(gw, 'state=closed&limit=2');
     expect(ids(first)).toEqual([id(2), id(1)]);
-    // Closed since the walk began: not one of its closed flows (it was live then, and state=closed).
+    // Opened since the walk began: not listed. Live when it began and closed since: listed on the next
+    // page, before the flows closed before the walk (it closed after them).
     const late = await open();
     await close(gw, late);
+    await close(gw, live);
     const second = await page(gw, `state=closed&limit=2&after=${encodeURIComponent(first.next as string)}`);
-    expect(ids(second)).toEqual([id(0)]);
+    expect(ids(second)).toEqual([live.id, id(0)]);
+    expect(second.flows.map((f) => f.state)).toEqual(['closed', 'closed']);
     expect(second.next).toBeNull();
 
     for (const bad of ['nonsense', `${(first.next as string).slice(0, -1)}zz`, `000000${(first.next as string).slice(6)}`]) {

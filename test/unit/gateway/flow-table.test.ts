@@ -257,7 +257,7 @@ describe('FlowTable legs (SOCKS5 UDP destinations)', () => {
     expect(b.legs).toHaveLength(2);
   });
 
-  it('walks pages with next: each flow of the first page\'s table at most once, whatever closes, opens or is evicted between pages', () => {
+  it('walks pages with next: each flow of the first page\'s table once (but evicted closed ones), in its state then, whatever closes, opens or is evicted between pages', () => {
     const now = { t: 1_000_000 };
     const { flows } = table(now, { keepClosed: 3 });
     const open = Array.from({ length: 8 }, (_, i) => flows.open(init(42000 + i)));
@@ -268,6 +268,10 @@ describe('FlowTable legs (SOCKS5 UDP destinations)', () => {
     // Between pages: a live flow closes (pushing one kept closed flow out), a new one opens.
     for (let round = 0; round < 10 && page.ok; round++) {
       seen.push(...page.flows.map((r) => r.id));
+      // Each flow with the state it has now, a page's live flows before its closed ones.
+      const states = page.flows.map((r) => r.state);
+      expect(states.join(' '), 'live before closed').toMatch(/^(active ?)*(closed ?)*$/);
+      for (const r of page.flows) expect(r.state).toBe(flows.get(r.id)?.state);
       if (page.next === null) break;
       const live = flows.list({ state: 'active', limit: 1000 });
       const victim = live[round % Math.max(1, live.length)];
