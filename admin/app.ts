@@ -128,6 +128,7 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
       const issue = auth.lockoutOf(config);
       return [...(issue ? [issue] : []), ...auth.repeatsOf(config)];
     },
+    repeatsOutside: (config) => auth.repeatsOf(config),
   };
   const openStreams = new SseStreams(() => port.adminSettings());
   const connections = new AdminConnections(() => port.adminSettings().maxConnectionsPerSource);

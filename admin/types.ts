@@ -38,4 +38,9 @@ export interface RouteContext {
    * entry repeats a token accepted outside it (TokenAuth.repeatsOf).
    */
   keepsAdmin: PolicyCheck;
+  /**
+   * Refuses a policy whose entry repeats a token accepted outside it (TokenAuth.repeatsOf): what
+   * POST /v1/policy/validate checks besides the file's own rules, as start-up and a reload refuse it.
+   */
+  repeatsOutside: PolicyCheck;
 }

@@ -182,10 +182,12 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
         .reverse()
         .map((h) => ({ version: h.version, author: h.author, time: iso(h.time), source: h.source ?? null, current: h.version === current }));
     },
-    validatePolicy: (input): ValidateOutcome => {
+    validatePolicy: (input, check): ValidateOutcome => {
       const res = checkConfig(input);
       if (!res.ok) return { ok: false, errors: [...res.errors] };
       const c = res.config;
+      const refused = check?.(c) ?? [];
+      if (refused.length > 0) return { ok: false, errors: [...refused] };
       const roles = Object.keys(c.roles).length;
       return { ok: true, summary: `valid: mode ${c.mode}, ${roles} role(s), ${c.identity.users.length} user(s), ${c.identity.hosts.length} host(s)` };
     },

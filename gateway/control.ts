@@ -153,7 +153,8 @@ export interface ControlPort {
   getPolicy(): PolicyView;
   policyHistory(): PolicyVersionInfo[];
   /** Validate a draft: YAML/JSON text or a parsed object. Changes nothing. */
-  validatePolicy(input: string | object): ValidateOutcome;
+  /** Validate a draft as a write would (`check`: what the admin API refuses besides, e.g. a repeated outside token); changes nothing. */
+  validatePolicy(input: string | object, check?: PolicyCheck): ValidateOutcome;
   evaluate(query: EvaluateQuery): EvaluateOutcome;
   /** Replace the policy; `ifMatchVersion` guards against lost updates; `check` may refuse the validated config. */
   replacePolicy(input: string | object, meta: { author: string; ifMatchVersion?: number | null; check?: PolicyCheck }): Promise<WriteOutcome>;

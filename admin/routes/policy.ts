@@ -97,7 +97,7 @@ function repeatedKeys(request: FastifyRequest): ConfigIssue[] {
 }
 
 /** Register the policy and mode routes. */
-export function registerPolicyRoutes(app: AdminApp, { port, keepsAdmin }: RouteContext): void {
+export function registerPolicyRoutes(app: AdminApp, { port, keepsAdmin, repeatsOutside }: RouteContext): void {
   app.get(
     '/v1/policy',
     {
@@ -149,7 +149,11 @@ export function registerPolicyRoutes(app: AdminApp, { port, keepsAdmin }: RouteC
     (request, reply) => {
       const empty = emptyPolicy(request.body);
       const repeated = empty ? [empty] : repeatedKeys(request);
-      const res = repeated.length > 0 ? { ok: false as const, errors: repeated } : port.validatePolicy(request.body as string | object);
+      // An entry repeating a token accepted outside the policy is refused as a PUT (admin scope) would
+      // refuse it. Not for a read-scope caller: it would be a way to test guesses at the admin token
+      // that no failed-login delay or lockout counts (and a read token cannot write the policy).
+      const check = request.principal?.scope === 'admin' ? repeatsOutside : undefined;
+      const res = repeated.length > 0 ? { ok: false as const, errors: repeated } : port.validatePolicy(request.body as string | object, check);
       reply.send(res.ok ? { valid: true, summary: res.summary, errors: [] } : { valid: false, errors: res.errors });
     },
   );

@@ -1,9 +1,12 @@
 /**
  * `egressgate check --config FILE` — validates a policy file with the same function the gateway
  * uses at start-up and on reload. Every error goes to stderr as `path: message` (exit 1); a valid
- * file prints a one-line summary on stdout (exit 0). Usage errors exit 2.
+ * file prints a one-line summary on stdout (exit 0). Usage errors exit 2. With
+ * EGRESSGATE_ADMIN_TOKEN set, an entry repeating it is an error too, as `serve` and a reload with
+ * that environment refuse it.
  */
 import { parseArgs } from 'node:util';
+import { repeatsOutsideToken, tokenDigest } from '../../admin/auth.ts';
 import type { Config } from '../../policy/config.ts';
 import { loadConfigFile } from '../../policy/load-config.ts';
 import { withoutRepeatedFlags } from './repeated-flag.ts';
@@ -23,6 +26,9 @@ options:
   -c, --config FILE   the policy file (default: $EGRESSGATE_CONFIG)
       --json          print the result as one JSON object on stdout
   -h, --help          this text
+
+With $EGRESSGATE_ADMIN_TOKEN set, an entry with that token is an error
+(serve and a reload refuse it).
 `;
 
 /** One line describing a valid config: roles, allow entries, modes, identities. */
@@ -70,7 +76,11 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
     io.stderr.write(`egressgate check: --config FILE is required\n${HELP}`);
     return 2;
   }
-  const r = await loadConfigFile(file);
+  const loaded = await loadConfigFile(file);
+  // As serve reads it (`|| null`): an empty value sets no token.
+  const envToken = process.env['EGRESSGATE_ADMIN_TOKEN'] || null;
+  const repeated = loaded.ok && envToken ? repeatsOutsideToken(loaded.config, [{ label: 'EGRESSGATE_ADMIN_TOKEN', digest: tokenDigest(envToken) }]) : [];
+  const r = repeated.length > 0 ? { ok: false as const, errors: repeated } : loaded;
   if (values.json) {
     io.stdout.write(`${JSON.stringify(r.ok ? { ok: true, file, summary: summarize(r.config) } : { ok: false, file, errors: r.errors })}\n`);
     return r.ok ? 0 : 1;

@@ -5,6 +5,9 @@
  * in the audit trail. Two entries with one token were already invalid (load-config's rule); now an
  * entry with the env token is too, at its `token` / `tokenSha256`, wherever the policy comes in:
  * start (serve exits 1, saying so), reload (refused, the running policy stays), PUT (400).
+ * `egressgate check` and POST /v1/policy/validate passed it (valid, exit 0) though serve and a
+ * reload refuse it; now check refuses it when EGRESSGATE_ADMIN_TOKEN is set in its environment,
+ * and validate (asked with an admin token) as PUT does, the token never in the answer.
  */
 import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -84,6 +87,52 @@ describe('an entry repeating EGRESSGATE_ADMIN_TOKEN', () => {
     expect(g.policy.version()).toBe(before);
     // Its own token: accepted.
     expect((await put('flowLog: { path: null }\nadmin: { tokens: [ { name: soc, token: soc-read-token-0123456789, scope: read } ] }\n')).status).toBe(200);
+  });
+
+  it('egressgate check: exit 1 at the entry when EGRESSGATE_ADMIN_TOKEN is set, as serve; exit 0 without it', async () => {
+    const path = file('check', REPEAT);
+    const check = (env: NodeJS.ProcessEnv, json: boolean): Promise<{ code: number; stdout: string; stderr: string }> =>
+      new Promise((resolve) => {
+        execFile(process.execPath, ['--import', 'tsx', 'cli.ts', 'check', '--config', path, ...(json ? ['--json'] : [])], { cwd: ROOT, env, timeout: 110_000 }, (err, stdout, stderr) =>
+          resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+        );
+      });
+    const { EGRESSGATE_ADMIN_TOKEN: _unset, ...without } = process.env;
+    const [withEnv, asJson, withoutEnv, empty] = await Promise.all([
+      check({ ...without, EGRESSGATE_ADMIN_TOKEN: ENV_TOKEN }, false),
+      check({ ...without, EGRESSGATE_ADMIN_TOKEN: ENV_TOKEN }, true),
+      check(without, false),
+      check({ ...without, EGRESSGATE_ADMIN_TOKEN: '' }, false),
+    ]);
+    expect(withEnv.code, withEnv.stderr).toBe(1);
+    expect(withEnv.stderr).toContain(`admin.tokens[1].token: ${MESSAGE}`);
+    expect(asJson.code).toBe(1);
+    expect(JSON.parse(asJson.stdout)).toMatchObject({ ok: false, errors: [{ path: 'admin.tokens[1].token', message: expect.stringContaining(MESSAGE) }] });
+    for (const r of [withEnv, asJson]) expect(r.stdout + r.stderr).not.toContain(ENV_TOKEN);
+    // Without the variable (or empty, which serve takes as unset) the entry is a token like another.
+    expect(withoutEnv.code, withoutEnv.stderr).toBe(0);
+    expect(empty.code, empty.stderr).toBe(0);
+  }, 120_000);
+
+  it('POST /v1/policy/validate: invalid at the entry, as PUT, for an admin; not an oracle for a read token', async () => {
+    const READ = 'soc-read-token-0123456789abcdef';
+    gw = await startTestGateway({ admin: { tokens: [{ name: 'soc', token: READ, scope: 'read' }] } });
+    const g = gw;
+    const validate = async (token: string, body: string): Promise<{ status: number; text: string }> => {
+      const res = await fetch(`${g.adminUrl}/v1/policy/validate`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'text/yaml' }, body });
+      return { status: res.status, text: await res.text() };
+    };
+    const repeating = `flowLog: { path: null }\nadmin: { tokens: [ { name: ops, token: ops-token-0123456789abcdef, scope: admin }, { name: soc, token: ${TEST_ADMIN_TOKEN}, scope: read } ] }\n`;
+    const byAdmin = await validate(TEST_ADMIN_TOKEN, repeating);
+    expect(byAdmin.status).toBe(200);
+    expect(JSON.parse(byAdmin.text)).toMatchObject({ valid: false, errors: [{ path: 'admin.tokens[1].token', message: expect.stringContaining(MESSAGE) }] });
+    expect(byAdmin.text).not.toContain(TEST_ADMIN_TOKEN);
+    const bySha = await validate(TEST_ADMIN_TOKEN, `flowLog: { path: null }\nidentity: { agents: [ { name: a1, tokenSha256: "${sha256hex(TEST_ADMIN_TOKEN)}", sources: [127.0.0.1/32] } ] }\n`);
+    expect(JSON.parse(bySha.text)).toMatchObject({ valid: false, errors: [{ path: 'identity.agents[0].tokenSha256', message: expect.stringContaining(MESSAGE) }] });
+    // Its own token: valid.
+    expect(JSON.parse((await validate(TEST_ADMIN_TOKEN, 'flowLog: { path: null }\nadmin: { tokens: [ { name: soc, token: soc-read-token-0123456789, scope: read } ] }\n')).text)).toMatchObject({ valid: true });
+    // A read token learns nothing of the admin token from it (guesses here meet no failed-login delay).
+    expect(JSON.parse((await validate(READ, repeating)).text)).toMatchObject({ valid: true });
   });
 
   it('startGateway: refused before anything is bound', async () => {
