@@ -15,7 +15,7 @@
  *     A method it does not know (an extension method, `BREW`) at the start of a connection's bytes,
  *     or of those the fast path handed over, is no refusal: the request comes back to node:http and
  *     on through the steps below (http-extension-method.ts). A request line that is no HTTP one
-     (`RTSP/1.0`, which node's parser reads as HTTP/1.0) is 400 (http-request-line.ts).
+ *     (`RTSP/1.0`, which node's parser reads as HTTP/1.0) is 400 (http-request-line.ts).
  *     Bytes after a request that closes its connection are dropped there, not refused (onClientError).
  *  2. route by shape: `CONNECT host:port` → http-connect.ts; a request with `Upgrade` → http-upgrade.ts;
  *     everything else must be an absolute `http://` URI (origin-form → 400: we are not an origin).
