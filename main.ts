@@ -33,11 +33,13 @@ import { FlowTable } from './gateway/flow/flow-table.ts';
 import { createIdentityResolver } from './gateway/identity/identity-resolver.ts';
 import { closeOriginPools, createHttpProxy, withConnectFront } from './gateway/listeners/http-proxy.ts';
 import { carryRemoteToTls, wrapWithProxyProtocol } from './gateway/listeners/proxy-protocol-front.ts';
+import { readTlsFiles, TlsListenerFiles } from './gateway/listeners/tls-files.ts';
 import { endHandshakes, trackHandshakes } from './gateway/listeners/tls-handshakes.ts';
 import { gateConnections, SourceConnections } from './gateway/listeners/source-limit.ts';
 import { createSocksServer } from './gateway/listeners/socks5.ts';
 import { createLogger } from './gateway/log.ts';
 import { type PolicyChange, PolicyStore } from './gateway/policy-store.ts';
+import { PolicyWriter } from './gateway/policy-writer.ts';
 import { restartOnlyChanges } from './gateway/restart-settings.ts';
 import { createDnsResolver } from './gateway/upstream/resolve.ts';
 import { UnansweredAddresses } from './gateway/upstream/unanswered.ts';
@@ -308,13 +310,14 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   let httpsServer: ReturnType<typeof createHttpProxy> | null = null;
   let https: string | null = null;
   const httpsWhere = opts.https ?? config.listen.https ?? null;
+  let tlsFiles: TlsListenerFiles | null = null;
   if (httpsWhere && config.tls) {
-    const [cert, key, ca] = await Promise.all([
-      readFile(config.tls.cert),
-      readFile(config.tls.key),
-      config.tls.ca ? readFile(config.tls.ca) : Promise.resolve(undefined),
-    ]);
-    httpsServer = createHttpProxy(ctx, { tls: { cert, key, ca, requestCert: config.tls.requestClientCert ?? false } });
+    // Checked as a reload checks them (tls-files.ts): each error names its path and file.
+    const files = await readTlsFiles(config.tls);
+    if (!files.ok) throw new Error(files.errors.map((e) => `${e.path}: ${e.message}`).join('; '));
+    const { cert, key, ca, requestCert } = files.material;
+    httpsServer = createHttpProxy(ctx, { tls: { cert, key, ...(ca ? { ca } : {}), requestCert } });
+    tlsFiles = new TlsListenerFiles(httpsServer as TlsServer, files.material);
     // Behind a load balancer the PROXY header comes first, then the TLS handshake.
     trackHandshakes(httpsServer as TlsServer);
     gateConnections(httpsServer, sources, 'https');
@@ -338,7 +341,9 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   stats.attachSourceLimit(() => sources.stats());
   stats.attachSocksUdp(() => socksServer.udp.stats());
   // Not ready while new flows are refused for want of a flow log: a balancer sends them elsewhere.
-  const control = createControlPort({ flows, policy, alerts, audit, stats, identity, log, detection, selfDial: (ip, port, mode) => selfDialDecision(ctx, ip, port, 'connect', mode), udpRelayPorts: ctx.udpRelays, ...(opts.now ? { now: opts.now } : {}), isReady: () => ready && !draining && ctx.isRefusingUnrecorded?.() !== true, proxyAddress: () => http });
+  // Reloads, pushes and rollbacks take the TLS files the policy names with it (policy-writer.ts).
+  const writer = new PolicyWriter(policy, tlsFiles, log);
+  const control = createControlPort({ flows, policy: writer, alerts, audit, stats, identity, log, detection, selfDial: (ip, port, mode) => selfDialDecision(ctx, ip, port, 'connect', mode), udpRelayPorts: ctx.udpRelays, ...(opts.now ? { now: opts.now } : {}), isReady: () => ready && !draining && ctx.isRefusingUnrecorded?.() !== true, proxyAddress: () => http });
   const envToken = opts.adminToken ?? null;
   const hasToken = config.admin.tokens.length > 0 || Boolean(envToken);
   const generatedAdminToken = hasToken ? null : generateAdminToken();
@@ -376,15 +381,18 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     }
     // Log rotation signals SIGHUP too: a file that says what is already serving makes no new version
     // (which would push real versions out of the rollback history).
+    // Its TLS files are read again all the same: a certificate renewed in place is taken.
     const running = policy.running();
     if (running.configText === text) {
-      stats.configReloaded('success');
-      log.info({ version: running.version, author }, 'config file unchanged; the running policy stays');
-      return { ok: true };
+      const retaken = await writer.retakeFiles();
+      stats.configReloaded(retaken.ok ? 'success' : 'failure');
+      if (retaken.ok) log.info({ version: running.version, author }, 'config file unchanged; the running policy stays');
+      else log.warn({ errors: retaken.errors }, 'policy reload failed; the running policy is unchanged');
+      return retaken;
     }
     // Read as at start-up (serve.ts): a .json file is JSON, so a key written twice is named by its path.
     const format = /\.json$/i.test(opts.configPath) ? 'json' : 'yaml';
-    const result = policy.reload(text, { author, source: 'file', format, check: (c) => repeatsOutsideToken(c, outsideTokens) });
+    const result = await writer.reload(text, { author, source: 'file', format, check: (c) => repeatsOutsideToken(c, outsideTokens) });
     stats.configReloaded(result.ok ? 'success' : 'failure');
     if (result.ok) log.info({ version: result.version, author }, 'policy reloaded');
     else log.warn({ errors: result.errors }, 'policy reload failed; the running policy is unchanged');

@@ -194,11 +194,21 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
     evaluate: (query) => evaluateConnection(deps.policy.current(), deps.policy.modeOverride(), query, now(), deps.detection?.readOnly() ?? null, deps.selfDial ?? null),
     replacePolicy: async (input, meta) => {
       const before = deps.policy.current().version;
-      if (meta.ifMatchVersion !== undefined && meta.ifMatchVersion !== null && meta.ifMatchVersion !== before) {
-        return { ok: false, code: 'version-mismatch', currentVersion: before };
-      }
+      const wanted = meta.ifMatchVersion ?? null;
+      if (wanted !== null && wanted !== before) return { ok: false, code: 'version-mismatch', currentVersion: before };
+      // A store may read files before its swap (policy-writer.ts: tls), and another write may swap
+      // meanwhile: If-Match is checked again by the check the store runs at the swap.
+      const moved = { to: null as number | null };
+      const check: ConfigCheck = (c) => {
+        const now = deps.policy.current().version;
+        if (wanted === null || now === wanted) return meta.check?.(c) ?? [];
+        moved.to = now;
+        return [{ path: '(If-Match)', message: `the policy is version ${now} now` }];
+      };
       // The store validates (same function as start-up and SIGHUP) and keeps the text in history.
-      return write(() => deps.policy.reload(input, { author: meta.author, source: 'api', ...(meta.check ? { check: meta.check } : {}) }), before);
+      const res = await deps.policy.reload(input, { author: meta.author, source: 'api', check });
+      if (moved.to !== null) return { ok: false, code: 'version-mismatch', currentVersion: moved.to };
+      return write(() => res, before);
     },
     rollbackPolicy: async (version, author, check) => {
       const before = deps.policy.current().version;

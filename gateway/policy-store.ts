@@ -12,7 +12,7 @@
 import { EventEmitter } from 'node:events';
 import { compilePolicy } from '../policy/compile.ts';
 import type { Config } from '../policy/config.ts';
-import { type ConfigError, loadConfig, validateConfig } from '../policy/load-config.ts';
+import { type ConfigError, type LoadResult, loadConfig, validateConfig } from '../policy/load-config.ts';
 import type { Mode, PolicySnapshot } from '../policy/types.ts';
 
 export type PolicySourceKind = 'file' | 'api' | 'rollback' | 'startup';
@@ -122,13 +122,25 @@ export class PolicyStore extends EventEmitter {
    * swapped in under a new version number. On any error nothing changes.
    */
   reload(input: string | Config | object, meta: ReloadMeta = {}): ReloadResult {
-    const text = typeof input === 'string' ? input : null;
-    const r = typeof input === 'string' ? loadConfig(input, { format: meta.format }) : validateConfig(input);
+    const r = this.validate(input, meta);
     if (!r.ok) return { ok: false, errors: r.errors };
-    const refused = meta.check?.(r.config) ?? [];
+    return this.apply(r.config, typeof input === 'string' ? input : null, meta);
+  }
+
+  /**
+   * reload's first half: `input` parsed and validated, nothing changed. For a caller that has more
+   * to check of the config before it is swapped (policy-writer.ts reads the TLS files it names).
+   */
+  validate(input: string | Config | object, meta: Pick<ReloadMeta, 'format'> = {}): LoadResult {
+    return typeof input === 'string' ? loadConfig(input, { format: meta.format }) : validateConfig(input);
+  }
+
+  /** reload's second half: a config `validate` returned (`text`: its input when text), checked and swapped in. */
+  apply(config: Config, text: string | null, meta: ReloadMeta = {}): ReloadResult {
+    const refused = meta.check?.(config) ?? [];
     if (refused.length > 0) return { ok: false, errors: [...refused] };
     // loadConfig/validateConfig return a fresh object: compile may freeze it in place.
-    return this.swap(r.config, meta.author ?? null, meta.source ?? 'api', text);
+    return this.swap(config, meta.author ?? null, meta.source ?? 'api', text);
   }
 
   /** Restores a version kept in history as a new version (source 'rollback'). */

@@ -1,15 +1,17 @@
 /**
- * Settings a running gateway reads once, at start: its listeners, TLS files, where the flow log
- * (and the audit log beside it) and the detectors' state are written, how many closed flows the
- * admin API keeps. A reload or push that changes one of them is applied everywhere else; these keep
- * their running values until a restart, and restartOnlyChanges names them so the gateway can say so.
+ * Settings a running gateway reads once, at start: its listeners, whether `tls` is on at all (its
+ * files are read again on every reload: policy-writer.ts), where the flow log (and the audit log
+ * beside it) and the detectors' state are written, how many closed flows the admin API keeps. A
+ * reload or push that changes one of them is applied everywhere else; these keep their running
+ * values until a restart, and restartOnlyChanges names them so the gateway can say so.
  */
 import { resolve } from 'node:path';
 import type { Config } from '../policy/config.ts';
 
 const RESTART_ONLY: ReadonlyArray<[string, (c: Readonly<Config>) => unknown]> = [
   ['listen', (c) => c.listen],
-  ['tls', (c) => c.tls ?? null],
+  // On or off: the HTTPS listener is made (or not) at start. Its files follow every reload.
+  ['tls', (c) => c.tls !== null && c.tls !== undefined],
   ['flowLog.path', (c) => filePath(c.flowLog.path)],
   ['flowLog.keepClosed', (c) => c.flowLog.keepClosed],
   ['state.path', (c) => filePath(c.state.path)],

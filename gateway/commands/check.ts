@@ -1,14 +1,15 @@
 /**
  * `egressgate check --config FILE` — validates a policy file with the same function the gateway
- * uses at start-up and on reload. Every error goes to stderr as `path: message` (exit 1); a valid
- * file prints a one-line summary on stdout (exit 0). Usage errors exit 2. With
- * EGRESSGATE_ADMIN_TOKEN set, an entry repeating it is an error too, as `serve` and a reload with
- * that environment refuse it.
+ * uses at start-up and on reload, and the files `tls` names as the HTTPS listener reads them. Every
+ * error goes to stderr as `path: message` (exit 1); a valid file prints a one-line summary on
+ * stdout (exit 0). Usage errors exit 2. With EGRESSGATE_ADMIN_TOKEN set, an entry repeating it is
+ * an error too, as `serve` and a reload with that environment refuse it.
  */
 import { parseArgs } from 'node:util';
 import { repeatsOutsideToken, tokenDigest } from '../../admin/auth.ts';
 import type { Config } from '../../policy/config.ts';
-import { loadConfigFile } from '../../policy/load-config.ts';
+import { type LoadResult, loadConfigFile } from '../../policy/load-config.ts';
+import { readTlsFiles } from '../listeners/tls-files.ts';
 import { withoutRepeatedFlags } from './repeated-flag.ts';
 
 export interface CommandIo {
@@ -18,7 +19,8 @@ export interface CommandIo {
 
 const HELP = `usage: egressgate check --config FILE [--json]
 
-Validates a policy file (YAML, or JSON when FILE ends in .json).
+Validates a policy file (YAML, or JSON when FILE ends in .json),
+and the certificate and key files its tls names.
 Prints each error as "path: message" on stderr and exits 1,
 or prints a one-line summary on stdout and exits 0.
 
@@ -80,7 +82,9 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
   // As serve reads it (`|| null`): an empty value sets no token.
   const envToken = process.env['EGRESSGATE_ADMIN_TOKEN'] || null;
   const repeated = loaded.ok && envToken ? repeatsOutsideToken(loaded.config, [{ label: 'EGRESSGATE_ADMIN_TOKEN', digest: tokenDigest(envToken) }]) : [];
-  const r = repeated.length > 0 ? { ok: false as const, errors: repeated } : loaded;
+  // The files `tls` names, checked as serve checks them at start and on every reload.
+  const files = loaded.ok && repeated.length === 0 && loaded.config.tls ? await readTlsFiles(loaded.config.tls) : null;
+  const r: LoadResult = repeated.length > 0 ? { ok: false, errors: repeated } : files && !files.ok ? { ok: false, errors: files.errors } : loaded;
   if (values.json) {
     io.stdout.write(`${JSON.stringify(r.ok ? { ok: true, file, summary: summarize(r.config) } : { ok: false, file, errors: r.errors })}\n`);
     return r.ok ? 0 : 1;

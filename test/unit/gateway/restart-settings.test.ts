@@ -33,4 +33,17 @@ describe('restartOnlyChanges', () => {
     const stdout = defaultConfig();
     expect(restartOnlyChanges(running, stdout, running)).toEqual(['flowLog.path']);
   });
+
+  it('tls waits for a restart only when turned on or off: its files follow every reload', () => {
+    const off = defaultConfig();
+    const on = defaultConfig();
+    on.tls = { cert: '/etc/egressgate/cert.pem', key: '/etc/egressgate/key.pem' };
+    const renamed = defaultConfig();
+    renamed.tls = { cert: '/etc/egressgate/new/cert.pem', key: '/etc/egressgate/new/key.pem', ca: '/etc/egressgate/ca.pem', requestClientCert: true };
+    expect(restartOnlyChanges(on, renamed, on)).toEqual([]);
+    expect(restartOnlyChanges(on, off, on)).toEqual(['tls']);
+    expect(restartOnlyChanges(off, on, off)).toEqual(['tls']);
+    // Back on after turning it off: the listener made at start is still there.
+    expect(restartOnlyChanges(off, renamed, on)).toEqual([]);
+  });
 });
