@@ -31,7 +31,7 @@ import {
   uploadKillTrigger,
 } from '../../policy/detectors/index.ts';
 import { identityKeyOf } from '../../policy/detectors/match.ts';
-import { DetectionState } from '../../policy/detectors/state.ts';
+import { DetectionState, baselineJsonProblem } from '../../policy/detectors/state.ts';
 import type { Alert, Finding, FlowOutcome, FlowView } from '../../policy/detectors/types.ts';
 import type { ConnectFacts, Decision, Mode, PolicySnapshot, ReasonCode, Verdict } from '../../policy/types.ts';
 import type { AlertStore } from '../alerts/alert-store.ts';
@@ -170,24 +170,49 @@ interface Budgeted {
   budgetOut: number;
 }
 
+/**
+ * The baselines persisted at `path`, or null (no file, or one that cannot be restored: logged). A
+ * file that was read but holds no baselines this build restores (cut short, not JSON, another
+ * version's) is renamed aside (`<path>.unreadable-<ms>`) before the gateway starts fresh: the next
+ * persist would otherwise replace it, and what it held would be gone without a trace.
+ */
+async function loadBaselines(path: string, config: PolicySnapshot['config'], now: number, log: Logger): Promise<DetectionState | null> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.warn({ path, err: String(err) }, 'detection state unreadable; starting fresh');
+    return null;
+  }
+  let json: unknown;
+  let problem: string | null;
+  try {
+    json = JSON.parse(text);
+    problem = baselineJsonProblem(json);
+  } catch (err) {
+    problem = String(err);
+  }
+  if (problem === null) {
+    const limits = { maxTrackedIdentities: config.detection.maxTrackedIdentities, maxTrackedDestinations: config.detection.maxTrackedDestinations };
+    return DetectionState.fromJSON(json, { ...limits, now });
+  }
+  const movedTo = `${path}.unreadable-${now}`;
+  try {
+    await rename(path, movedTo);
+    log.warn({ path, movedTo, err: problem }, 'detection state unreadable; kept aside, starting fresh');
+  } catch (err) {
+    log.warn({ path, err: problem, renameErr: String(err) }, 'detection state unreadable and could not be kept aside; starting fresh, the next persist replaces it');
+  }
+  return null;
+}
+
 /** Build the engine, load persisted baselines, and hang it off the flow table's sweep. */
 export async function createDetectionEngine(opts: DetectionEngineOptions): Promise<DetectionEngine> {
   const { flows, policy, alerts, log } = opts;
   const config = policy.current().config;
   const now0 = flows.now();
   let state = DetectionState.forConfig(config, now0);
-  if (opts.statePath) {
-    try {
-      const json: unknown = JSON.parse(await readFile(opts.statePath, 'utf8'));
-      state = DetectionState.fromJSON(json, {
-        maxTrackedIdentities: config.detection.maxTrackedIdentities,
-        maxTrackedDestinations: config.detection.maxTrackedDestinations,
-        now: now0,
-      });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.warn({ path: opts.statePath, err: String(err) }, 'detection state unreadable; starting fresh');
-    }
-  }
+  if (opts.statePath) state = (await loadBaselines(opts.statePath, config, now0, log)) ?? state;
   const quarantine = new Quarantine();
   /**
    * Monitor mode's record of the quarantines enforce mode would have opened (a would-block or

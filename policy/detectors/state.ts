@@ -307,6 +307,18 @@ export interface BaselineJson {
   hourlyOut: Array<[string, Array<[number, number]>]>;
 }
 
+/**
+ * Why `json` is not baselines this build can restore (`BaselineJson`, version 1), or null when it is:
+ * what the gateway logs about a `state.path` file it starts fresh from.
+ */
+export function baselineJsonProblem(json: unknown): string | null {
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) return 'not a JSON object';
+  const j = json as Partial<BaselineJson>;
+  if (j.version !== 1) return `version ${JSON.stringify(j.version) ?? 'missing'}, this build reads version 1`;
+  if (typeof j.learningStartedAtMs !== 'number') return 'learningStartedAtMs is not a number';
+  return null;
+}
+
 export class DetectionState {
   readonly learningStartedAtMs: number;
   // A bounded map, like the per-identity maps below: its `get` skips the reordering for the key it
@@ -668,10 +680,9 @@ export class DetectionState {
 
   /** A state restored from `toJSON()` output; malformed input yields a fresh state. */
   static fromJSON(json: unknown, opts: Omit<DetectionStateOptions, 'learningStartedAtMs'> & { now: number }): DetectionState {
-    const j = json as Partial<BaselineJson> | null;
-    const ok = j !== null && typeof j === 'object' && j.version === 1 && typeof j.learningStartedAtMs === 'number';
-    const state = new DetectionState({ ...opts, learningStartedAtMs: ok ? j.learningStartedAtMs! : opts.now });
-    if (!ok) return state;
+    if (baselineJsonProblem(json) !== null) return new DetectionState({ ...opts, learningStartedAtMs: opts.now });
+    const j = json as Partial<BaselineJson> & { learningStartedAtMs: number };
+    const state = new DetectionState({ ...opts, learningStartedAtMs: j.learningStartedAtMs });
     for (const e of Array.isArray(j.firstSeen) ? j.firstSeen : []) {
       if (Array.isArray(e) && typeof e[0] === 'string' && typeof e[1] === 'number') state.firstSeen.set(e[0], e[1]);
     }
