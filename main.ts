@@ -134,6 +134,8 @@ function listen(server: NetServer | HttpServer, where: string, name: string): Pr
 
 /** How long the drain waits for the flow log to take the last records at least, its grace over or not. */
 const LOG_MOMENT_MS = 1000;
+/** How long the drain's end waits for the admin API's requests under way before it closes their connections. */
+const ADMIN_CLOSE_MS = 1000;
 
 /** Close reasons of failed upstream connects → the closed label set of gw_upstream_cx_connect_fail_total. */
 const CONNECT_FAIL: Record<string, 'timeout' | 'refused' | 'unreachable' | 'dns' | 'reset' | 'upstream-proxy'> = {
@@ -476,7 +478,14 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     flows.stop();
     await detection?.close();
     await sinks.close();
-    await app.close();
+    // The admin API answers through the drain. Its close waits for every connection, and node checks
+    // no header timeout on a closed server: a request whose head or body never came in full held the
+    // exit for ever (an admin client that stalled mid-head, or mid-body: requestTimeout is off). An
+    // answer under way has ADMIN_CLOSE_MS; then what is left is cut.
+    const adminClosed = app.close();
+    const adminCut = setTimeout(() => app.server.closeAllConnections(), ADMIN_CLOSE_MS);
+    await adminClosed;
+    clearTimeout(adminCut);
     await audit.close();
     await flowLog.close();
   };
