@@ -68,11 +68,15 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   let identity = req.identity === undefined ? undefined : identityUnder(snapshot, req.identity, hostUnder(ctx, snapshot, req.identity, req.claims.clientIp, req.loginSince));
   const isLoginStale = req.loginSince !== undefined && !loginStands(req.claims.username ?? null, req.loginSince, snapshot);
   let authFailed = isLoginStale;
+  // The policy whose identity.hosts gave the identity its host (re-derived under a later one:
+  // runningPolicy); null when a claim named it. One resolved before got it from the running one (above).
+  let hostFrom: PolicySnapshot | null = snapshot;
   if (isLoginStale) identity = { ...ANONYMOUS, roles: snapshot.rolesFor(null, null) };
   else if (!identity) {
     const result = await ctx.identity.resolve(req.claims, snapshot);
     if (result.ok) {
       identity = result.identity;
+      if (result.hostFromInventory !== true) hostFrom = null;
       if (result.spoofAttempt) ctx.log.warn({ client: req.claims.clientIp, header: result.spoofAttempt }, 'identity header from untrusted source ignored');
     } else {
       identity = { ...ANONYMOUS, roles: snapshot.rolesFor(null, null) };
@@ -138,7 +142,8 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     // the running policy can no longer admit is refused now, as a new flow's would be, unresolved
     // (its process named too).
     while (answer === POLICY_CHANGED && flow.state !== 'closed') {
-      ({ snapshot, override, mode } = runningPolicy(ctx, flow));
+      ({ snapshot, override, mode } = runningPolicy(ctx, flow, hostFrom));
+      if (hostFrom !== null) hostFrom = snapshot;
       if (isRefusedUnresolved(snapshot, mode, flow, req.destHost, req.destPort, req.protocol)) return refuseUnresolved(ctx, flow, req, attribution, snapshot, override);
       answer = await lookUpUntilKilled(flow, lookup);
     }
@@ -153,7 +158,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   // rollback or mode switch during the lookup or the local attribution applies to this flow too (it
   // is not established yet). Its roles are the new policy's; a `resolver.hosts` entry it added is the address.
   if (ctx.policy.current() !== snapshot || ctx.policy.modeOverride() !== override) {
-    ({ snapshot, override, mode } = runningPolicy(ctx, flow));
+    ({ snapshot, override, mode } = runningPolicy(ctx, flow, hostFrom));
     const known = knownAddress(snapshot, req.destHost);
     if (known !== null) ({ ip, alternates, dnsError } = { ip: known, alternates: NO_ALTERNATES, dnsError: null });
   }

@@ -32,7 +32,8 @@ export interface IdentityClaims {
 }
 
 export type IdentityResult =
-  | { ok: true; identity: Identity; spoofAttempt?: string | null }
+  /** `hostFromInventory`: the host is `identity.hosts`' answer for the client's address (no claim named one). */
+  | { ok: true; identity: Identity; spoofAttempt?: string | null; hostFromInventory?: boolean }
   | { ok: false; reason: 'auth-required' | 'bad-credentials' };
 
 /** Turns claims into an Identity (users, hosts, trusted headers, signed tokens). */

@@ -52,13 +52,17 @@ export function knownAddress(snapshot: PolicySnapshot, host: string): string | n
 
 /**
  * The policy running now for a flow admission holds: its snapshot and override, and the flow's roles
- * under it (roles are the policy's: identity-resolver step 9) with the mode they give.
+ * under it (roles are the policy's: identity-resolver step 9) with the mode they give. `hostFrom`:
+ * the policy whose `identity.hosts` gave the flow its host (no claim named one; SOCKS5's always),
+ * null when a claim did: the host is then the running `identity.hosts`' answer for the client's
+ * address, as a new connection's would be (a reload during the lookup may give it another host).
  */
-export function runningPolicy(ctx: GatewayContext, flow: RoutedFlow): { snapshot: PolicySnapshot; override: Mode | null; mode: Mode } {
+export function runningPolicy(ctx: GatewayContext, flow: RoutedFlow, hostFrom: PolicySnapshot | null): { snapshot: PolicySnapshot; override: Mode | null; mode: Mode } {
   const snapshot = ctx.policy.current();
   const override = ctx.policy.modeOverride();
-  const roles = snapshot.rolesFor(flow.identity.user, flow.identity.host);
-  if (!sameRoles(roles, flow.identity.roles)) ctx.flows.setIdentity(flow, { ...flow.identity, roles });
+  const host = hostFrom === null ? flow.identity.host : hostUnder(ctx, snapshot, flow.identity, flow.client.ip, hostFrom);
+  const identity = identityUnder(snapshot, flow.identity, host);
+  if (identity !== flow.identity) ctx.flows.setIdentity(flow, identity);
   return { snapshot, override, mode: snapshot.modeFor(flow.identity.roles, override) };
 }
 

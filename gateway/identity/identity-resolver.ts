@@ -217,14 +217,15 @@ export function createIdentityResolver(opts: IdentityResolverOptions = {}): Gate
       isAuthenticated = true;
     }
 
-    // Step 7: host inventory.
-    if (host === null && addr.parsed !== null) host = c.inventory.lookup(addr.parsed)?.name ?? null;
+    // Step 7: host inventory. A host no claim named is its answer (null too): a reload re-derives it.
+    const hostFromInventory = host === null;
+    if (hostFromInventory && addr.parsed !== null) host = c.inventory.lookup(addr.parsed)?.name ?? null;
 
     if (c.requireAuth && !isAuthenticated) return fail(addr.text, 'auth-required');
 
     counters.resolvedTotal++;
     const identity: Identity = { user, host, roles: snapshot.rolesFor(user, host), process: null };
-    return spoofAttempt === null ? { ok: true, identity } : { ok: true, identity, spoofAttempt };
+    return spoofAttempt === null ? { ok: true, identity, hostFromInventory } : { ok: true, identity, spoofAttempt, hostFromInventory };
   }
 
   /**

@@ -91,18 +91,18 @@ describe.skipIf(!skipNotice(haveOpenssl, 'identity-client-cert', 'needs the open
     const r = await ask(pki.clients['alice']!);
     expect(r.authorized).toBe(true);
     expect(r.certSubject).toBe('alice');
-    expect(r.result).toEqual({ ok: true, identity: { user: 'alice', host: null, roles: ['developer'], process: null } });
+    expect(r.result).toEqual({ ok: true, identity: { user: 'alice', host: null, roles: ['developer'], process: null }, hostFromInventory: true });
   });
 
   it('SAN-only certificate naming a configured host → identity.host', async () => {
     const r = await ask(pki.clients['farm']!);
     expect(r.certSubject).toBe('build-farm');
-    expect(r.result).toEqual({ ok: true, identity: { user: null, host: 'build-farm', roles: ['ci'], process: null } });
+    expect(r.result).toEqual({ ok: true, identity: { user: null, host: 'build-farm', roles: ['ci'], process: null }, hostFromInventory: false });
   });
 
   it('CN of no configured user or host → user by that name, default roles', async () => {
     const r = await ask(pki.clients['stranger']!);
-    expect(r.result).toEqual({ ok: true, identity: { user: 'stranger', host: null, roles: ['guest'], process: null } });
+    expect(r.result).toEqual({ ok: true, identity: { user: 'stranger', host: null, roles: ['guest'], process: null }, hostFromInventory: true });
   });
 
   it('no client certificate → no subject → auth-required', async () => {
