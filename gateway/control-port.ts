@@ -121,6 +121,7 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
   const shedLoggedAt = new Map<string, number>();
   const conflictLoggedAt = new Map<string, number>();
   let sourcesCache: { version: number; lists: Map<string, AgentSources | null> } | null = null;
+  let agentTokensCache: { version: number; names: ReadonlySet<string> } | null = null;
 
   const policyView = (): PolicyView => {
     const snap = deps.policy.current();
@@ -151,6 +152,16 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
     }
     sourcesCache = { version: snap.version, lists };
     return lists;
+  };
+
+  /** The names of admin.tokens' agent-scope entries in the running policy (compiled once per version). */
+  const agentTokenNames = (): ReadonlySet<string> => {
+    const snap = deps.policy.current();
+    if (agentTokensCache?.version === snap.version) return agentTokensCache.names;
+    const names = new Set<string>();
+    for (const t of snap.config.admin.tokens) if (t.scope === 'agent') names.add(t.name);
+    agentTokensCache = { version: snap.version, names };
+    return names;
   };
 
   /** Whether identity.agents' `name`, in the running policy, still speaks for `ip`. */
@@ -298,9 +309,10 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
         // The report's proto says which port space localPort is in: a TCP report must never name
         // the process of a UDP association from the same port number, nor the other way round.
         // A report left waiting is checked again when its flow opens: a reload meanwhile may have
-        // taken the address out of this agent's sources (or the agent out of identity.agents).
+        // taken the address out of this agent's sources (or the agent out of identity.agents), or
+        // taken the agent-scope admin.tokens entry that sent it out (or its agent scope away).
         const ip = localIps[index] ?? '';
-        const stillValid = sources === null ? null : () => isStillSource(agentName, ip);
+        const stillValid = sources !== null ? () => isStillSource(agentName, ip) : reporter === 'token' ? () => agentTokenNames().has(agentName) : null;
         const flow = deps.flows.attribute(ip, r.localPort, r.proto, process, stillValid);
         const kept = flow?.identity.process;
         if (flow === null) {
