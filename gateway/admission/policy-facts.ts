@@ -53,9 +53,10 @@ export function knownAddress(snapshot: PolicySnapshot, host: string): string | n
 /**
  * The policy running now for a flow admission holds: its snapshot and override, and the flow's roles
  * under it (roles are the policy's: identity-resolver step 9) with the mode they give. `hostFrom`:
- * the policy whose `identity.hosts` gave the flow its host (no claim named one; SOCKS5's always),
- * null when a claim did: the host is then the running `identity.hosts`' answer for the client's
- * address, as a new connection's would be (a reload during the lookup may give it another host).
+ * the policy whose `identity.hosts` gave the flow its host (no claim named one; SOCKS5's always):
+ * the host becomes the running `identity.hosts`' answer for the client's address, as a new
+ * connection's would be (a reload during the lookup may give it another host). Null when a claim
+ * named the host: it stays.
  */
 export function runningPolicy(ctx: GatewayContext, flow: RoutedFlow, hostFrom: PolicySnapshot | null): { snapshot: PolicySnapshot; override: Mode | null; mode: Mode } {
   const snapshot = ctx.policy.current();
