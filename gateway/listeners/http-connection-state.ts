@@ -2,13 +2,15 @@
  * Per-client-connection state of the HTTP listener, kept on the socket itself under a symbol:
  * one object per connection, no WeakMap/WeakSet lookups per request on the hot path.
  */
-import type { Identity, ProcessInfo } from '../../policy/types.ts';
+import type { Identity, PolicySnapshot, ProcessInfo } from '../../policy/types.ts';
 
 /** An identity resolved on a keep-alive connection, reused while the credentials stay the same. */
 export interface CachedIdentity {
   key: string;
   version: number;
   identity: Identity;
+  /** The policy it was resolved under: its host stays while that policy runs (admission's hostUnder). */
+  snapshot: PolicySnapshot;
   /** Reused until then (ms, the identity resolver's clock): a signed token's expiry; worked out on first reuse. */
   untilMs?: number;
 }

@@ -199,7 +199,8 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
       // Regression: an expired signed token kept working on a keep-alive connection (the key is the token's text).
       expireCachedIdentity(connection, key, () => ctx.identity.reusableUntilMs(claims, snapshot), ctx.identity.now);
       const cached = connection.identity;
-      const identity = cached && cached.key === key && cached.version === snapshot.version ? cached.identity : undefined;
+      const reused = cached && cached.key === key && cached.version === snapshot.version ? cached : undefined;
+      const identity = reused?.identity;
       // The client waits on the gateway meanwhile: the idle timer does not cut it (mayCutIdle).
       beginAdmission(connection);
       let result: Admitted | Refused;
@@ -212,6 +213,8 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
           destPort: port,
           server: req.socket,
           identity,
+          // Resolved under the policy running now: its host (a trusted header's, a certificate's) stays.
+          ...(reused ? { loginSince: reused.snapshot } : {}),
           isLooped,
           // The process of this connection's earlier request, also when that request was refused (no
           // identity cached) or its credentials changed: an agent report named it after that
@@ -222,7 +225,7 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
       } finally {
         endAdmission(connection, req.socket);
       }
-      if (result.ok && !identity) connection.identity = { key, version: snapshot.version, identity: result.flow.identity };
+      if (result.ok && !identity) connection.identity = { key, version: snapshot.version, identity: result.flow.identity, snapshot };
       connection.lastFlow = result.flow;
       return result;
     },
