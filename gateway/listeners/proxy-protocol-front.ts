@@ -11,9 +11,9 @@
  *     An untrusted peer is counted against its source at once (holdUntrusted); one over the limit
  *     is handed over unread, for the listener's source gate to refuse (HTTP: 429) as without a front.
  *  2. read only what is needed, within limits.headerTimeoutMs:
- *     trusted → the whole header (gateway/protocol/proxy-protocol.ts); missing, malformed or late
- *     → close + warn. Untrusted → just enough bytes to tell whether they start with a PROXY
- *     signature: yes → close + warn (a claimed address is never believed from an untrusted peer);
+ *     trusted → the whole header (gateway/protocol/proxy-protocol.ts); missing, malformed, late,
+ *     or a PROXY command claiming DGRAM (this connection is a stream) → close + warn.
+ *     Untrusted → just enough bytes to tell whether they start with a PROXY signature: yes → close + warn (a claimed address is never believed from an untrusted peer);
  *     no → passed through unchanged (late or silent → passed through: the listener's own header
  *     timeout then applies).
  *  3. a PROXY command with an IPv4/IPv6 source overrides the socket's remoteAddress / remotePort /
@@ -150,6 +150,12 @@ export function wrapWithProxyProtocol<S extends Server>(server: S, opts: ProxyPr
         if (r.kind === 'need') return;
         if (r.kind === 'error') {
           refuse(r.code === 'no-signature' ? 'trusted source sent no PROXY header' : r.reason, { code: r.code });
+          return;
+        }
+        // This is a TCP connection: a balancer relaying it says STREAM. A DGRAM claim (0x12, 0x22,
+        // 0x32) describes some other connection, so its addresses are not this client's.
+        if (r.header.command === 'PROXY' && r.header.transport === 'DGRAM') {
+          refuse('v2 PROXY header claims a DGRAM transport on a TCP connection', { code: 'malformed' });
           return;
         }
         handOver(r.header, buf.subarray(r.consumed));

@@ -218,6 +218,27 @@ describe('trusted load balancer (127.0.0.1/32)', () => {
     expect(gw.closed.length).toBe(before);
   });
 
+  // Regression: a PROXY header saying UDP (DGRAM) on this TCP connection was believed: the CONNECT
+  // was answered 200 and the flow was 203.0.113.7's.
+  it.each([
+    ['UDP over IPv4 (0x12)', 0x12, CLAIMED],
+    ['UDP over IPv6 (0x22)', 0x22, { ...CLAIMED, srcIp: '2001:db8::7', dstIp: '::1' }],
+  ])('v2 PROXY claiming a DGRAM transport on a TCP connection (%s) is refused, logged, not believed', async (_name, famProto, addr) => {
+    const before = gw.closed.length;
+    const header = encodeProxyV2({ ...addr, srcPort: 4452 });
+    header[13] = famProto;
+    const s = await client(gw.httpPort);
+    const port = s.localPort;
+    const done = readAll(s);
+    s.write(Buffer.concat([header, connectHead(echoPort)]));
+    expect((await done).data.length).toBe(0);
+    expect(refusals(gw)).toContainEqual(
+      expect.objectContaining({ listener: 'http', client: `127.0.0.1:${port}`, trusted: true, code: 'malformed', why: expect.stringMatching(/DGRAM/) }),
+    );
+    expect(gw.closed.length).toBe(before);
+    expect(gw.closed.some((r) => r.client.port === 4452)).toBe(false);
+  });
+
   it.each([
     ['HTTP', 'http'],
     ['SOCKS5', 'socks'],
