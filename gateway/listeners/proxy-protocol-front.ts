@@ -13,9 +13,10 @@
  *  2. read only what is needed, within limits.headerTimeoutMs:
  *     trusted → the whole header (gateway/protocol/proxy-protocol.ts); missing, malformed, late,
  *     or a PROXY command claiming DGRAM (this connection is a stream) → close + warn.
- *     Untrusted → just enough bytes to tell whether they start with a PROXY signature: yes → close + warn (a claimed address is never believed from an untrusted peer);
- *     no → passed through unchanged (late or silent → passed through: the listener's own header
- *     timeout then applies).
+ *     Untrusted → just enough bytes to tell whether they start with a PROXY signature: yes →
+ *     close + warn (a claimed address is never believed from an untrusted peer); no → passed
+ *     through unchanged (late, silent or stalled inside a signature's first bytes → passed through
+ *     with what came: the listener's own header timeout then applies).
  *  3. a PROXY command with an IPv4/IPv6 source overrides the socket's remoteAddress / remotePort /
  *     remoteFamily (own properties shadowing net.Socket's getters), so every listener, identity
  *     lookup and flow record sees the original client. LOCAL, UNKNOWN, UNSPEC, UNIX keep the real peer.
@@ -190,7 +191,8 @@ export function wrapWithProxyProtocol<S extends Server>(server: S, opts: ProxyPr
     const timer = setTimeout(() => {
       if (isDone) return;
       if (isTrusted) refuse(`no complete PROXY header within ${headerTimeoutMs} ms`, { code: 'timeout', bytes: buf.length });
-      else if (buf.length > 0) refuse(`PROXY signature prefix not completed within ${headerTimeoutMs} ms`, { code: 'timeout', bytes: buf.length });
+      // An untrusted peer's bytes are never a header: a stalled `P`, `PR` or `\r\n\r\n` is a stalled
+      // head like any other, the listener's to time out (HTTP: 408) as it does a silent peer's.
       else handOver(null, buf);
     }, headerTimeoutMs);
 
