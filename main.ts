@@ -381,22 +381,13 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
       log.warn({ errors: [{ path: '', message }] }, 'policy reload failed; the running policy is unchanged');
       return { ok: false, errors: [{ path: '', message }] };
     }
-    // Log rotation signals SIGHUP too: a file that says what is already serving makes no new version
-    // (which would push real versions out of the rollback history).
-    // Its TLS files are read again all the same: a certificate renewed in place is taken.
-    const running = policy.running();
-    if (running.configText === text) {
-      const retaken = await writer.retakeFiles();
-      stats.configReloaded(retaken.ok ? 'success' : 'failure');
-      if (retaken.ok) log.info({ version: running.version, author }, 'config file unchanged; the running policy stays');
-      else log.warn({ errors: retaken.errors }, 'policy reload failed; the running policy is unchanged');
-      return retaken;
-    }
     // Read as at start-up (serve.ts): a .json file is JSON, so a key written twice is named by its path.
     const format = /\.json$/i.test(opts.configPath) ? 'json' : 'yaml';
-    const result = await writer.reload(text, { author, source: 'file', format, check: (c) => repeatsOutsideToken(c, outsideTokens) });
+    // A text that says what is running (log rotation signals SIGHUP too) makes no new version; the
+    // writer compares it in its own turn, after any write queued before (policy-writer.ts).
+    const result = await writer.reloadFile(text, { author, source: 'file', format, check: (c) => repeatsOutsideToken(c, outsideTokens) });
     stats.configReloaded(result.ok ? 'success' : 'failure');
-    if (result.ok) log.info({ version: result.version, author }, 'policy reloaded');
+    if (result.ok) log.info({ version: result.version, author }, result.isUnchanged ? 'config file unchanged; the running policy stays' : 'policy reloaded');
     else log.warn({ errors: result.errors }, 'policy reload failed; the running policy is unchanged');
     return result;
   };

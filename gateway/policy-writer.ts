@@ -23,6 +23,9 @@ import type { PolicyStoreLike } from './control-port.ts';
 import { readTlsFiles, type TlsFilesResult, type TlsListenerFiles, type TlsSettings } from './listeners/tls-files.ts';
 import type { ConfigCheck, PolicyStore, PolicyVersion, ReloadMeta, ReloadResult } from './policy-store.ts';
 
+/** A reload from the config file; `isUnchanged`: the file said what was running (no new version). */
+export type FileReloadResult = ReloadResult & { readonly isUnchanged: boolean };
+
 export class PolicyWriter implements PolicyStoreLike {
   private queue: Promise<unknown> = Promise.resolve();
 
@@ -51,13 +54,19 @@ export class PolicyWriter implements PolicyStoreLike {
 
   /** PolicyStore.reload, the TLS files `input` names read first. */
   reload(input: string | object, meta: ReloadMeta = {}): Promise<ReloadResult> {
+    return this.serially(() => this.write(input, meta));
+  }
+
+  /**
+   * A config file's text (SIGHUP). Log rotation signals SIGHUP too: a text that says what is
+   * already serving makes no new version (which would push real versions out of the rollback
+   * history), its TLS files read again all the same (a certificate renewed in place is taken). The
+   * comparison is made in the write's turn, so a SIGHUP queued behind another sees its result.
+   */
+  reloadFile(text: string, meta: ReloadMeta = {}): Promise<FileReloadResult> {
     return this.serially(async () => {
-      const r = this.store.validate(input, meta);
-      if (!r.ok) return { ok: false, errors: r.errors };
-      const files = await this.readFiles(r.config.tls);
-      const result = this.store.apply(r.config, typeof input === 'string' ? input : null, { ...meta, check: withFiles(meta.check, files) });
-      if (result.ok) this.take(r.config.tls, files, result.version);
-      return result;
+      if (this.store.running().configText === text) return { ...(await this.retake()), isUnchanged: true };
+      return { ...(await this.write(text, meta)), isUnchanged: false };
     });
   }
 
@@ -72,18 +81,22 @@ export class PolicyWriter implements PolicyStoreLike {
     });
   }
 
-  /**
-   * The running policy's TLS files read again, the policy itself unchanged (a SIGHUP whose config
-   * file says what is serving: a certificate renewed in place is taken all the same).
-   */
-  retakeFiles(): Promise<ReloadResult> {
-    return this.serially(async () => {
-      const { config, version } = this.store.current();
-      const files = await this.readFiles(config.tls);
-      if (files && !files.ok) return { ok: false, errors: files.errors };
-      this.take(config.tls, files, version);
-      return { ok: true, version };
-    });
+  private async write(input: string | object, meta: ReloadMeta): Promise<ReloadResult> {
+    const r = this.store.validate(input, meta);
+    if (!r.ok) return { ok: false, errors: r.errors };
+    const files = await this.readFiles(r.config.tls);
+    const result = this.store.apply(r.config, typeof input === 'string' ? input : null, { ...meta, check: withFiles(meta.check, files) });
+    if (result.ok) this.take(r.config.tls, files, result.version);
+    return result;
+  }
+
+  /** The running policy's TLS files read again, the policy itself unchanged. */
+  private async retake(): Promise<ReloadResult> {
+    const { config, version } = this.store.current();
+    const files = await this.readFiles(config.tls);
+    if (files && !files.ok) return { ok: false, errors: files.errors };
+    this.take(config.tls, files, version);
+    return { ok: true, version };
   }
 
   private serially<T>(run: () => Promise<T>): Promise<T> {
