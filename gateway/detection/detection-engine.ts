@@ -594,24 +594,39 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   let lastPersist = now0;
   flows.on('sweep', onSweep);
 
+  // Saves run one at a time: they share one temp file. A save asked for while one runs is queued
+  // once (further asks join it) and serialises the state when it starts, so it writes the newest.
   let writing: Promise<void> | null = null;
-  async function persist(): Promise<void> {
+  let queued: Promise<void> | null = null;
+  function persist(): Promise<void> {
     const path = opts.statePath;
-    if (!path) return;
-    if (writing) await writing;
-    writing = (async () => {
-      // Atomic: a crash mid-write leaves the previous file intact.
-      const tmp = `${path}.${process.pid}.tmp`;
-      try {
-        await mkdir(dirname(path), { recursive: true });
-        await writeFile(tmp, JSON.stringify(state.toJSON()));
-        await rename(tmp, path);
-      } catch (err) {
-        log.warn({ path, err: String(err) }, 'could not persist detection state');
-      }
-    })();
-    await writing;
-    writing = null;
+    if (!path) return Promise.resolve();
+    if (queued) return queued;
+    if (!writing) return startWrite(path);
+    const next = writing.then(() => {
+      queued = null;
+      return startWrite(path);
+    });
+    queued = next;
+    return next;
+  }
+  function startWrite(path: string): Promise<void> {
+    const done = writeState(path).finally(() => {
+      writing = null;
+    });
+    writing = done;
+    return done;
+  }
+  async function writeState(path: string): Promise<void> {
+    // Atomic: a crash mid-write leaves the previous file intact.
+    const tmp = `${path}.${process.pid}.tmp`;
+    try {
+      await mkdir(dirname(path), { recursive: true });
+      await writeFile(tmp, JSON.stringify(state.toJSON()));
+      await rename(tmp, path);
+    } catch (err) {
+      log.warn({ path, err: String(err) }, 'could not persist detection state');
+    }
   }
 
   return engine;
