@@ -36,13 +36,20 @@ export interface TlsMaterial {
 
 export type TlsFilesResult = { ok: true; material: TlsMaterial } | { ok: false; errors: ConfigError[] };
 
-async function readPart(path: string, at: string, errors: ConfigError[]): Promise<Buffer | undefined> {
+/** A file's bytes, or the error naming its path (read side by side, reported in path order). */
+async function readPart(path: string, at: string): Promise<Buffer | ConfigError> {
   try {
     return await readFile(path);
   } catch (err) {
-    errors.push({ path: at, message: `cannot read ${path}: ${(err as Error).message}` });
-    return undefined;
+    return { path: at, message: `cannot read ${path}: ${(err as Error).message}` };
   }
+}
+
+/** The bytes of `part`, or undefined with its error added to `errors`. */
+function bytesOf(part: Buffer | ConfigError | undefined, errors: ConfigError[]): Buffer | undefined {
+  if (part === undefined || Buffer.isBuffer(part)) return part;
+  errors.push(part);
+  return undefined;
 }
 
 /** node's OpenSSL message without its `error:0480006C:PEM routines::` prefix. */
@@ -62,11 +69,10 @@ function summarize(x509: X509Certificate): CertificateSummary {
  */
 export async function readTlsFiles(tls: TlsSettings): Promise<TlsFilesResult> {
   const errors: ConfigError[] = [];
-  const [cert, key, ca] = await Promise.all([
-    readPart(tls.cert, 'tls.cert', errors),
-    readPart(tls.key, 'tls.key', errors),
-    tls.ca ? readPart(tls.ca, 'tls.ca', errors) : Promise.resolve(undefined),
-  ]);
+  const parts = await Promise.all([readPart(tls.cert, 'tls.cert'), readPart(tls.key, 'tls.key'), tls.ca ? readPart(tls.ca, 'tls.ca') : undefined]);
+  const cert = bytesOf(parts[0], errors);
+  const key = bytesOf(parts[1], errors);
+  const ca = bytesOf(parts[2], errors);
   let x509: X509Certificate | null = null;
   if (cert) {
     try {
