@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
+import { until } from '../helpers/gateway.ts';
 import { killIfRunning, loopbackServeConfig, spawnServe } from '../helpers/serve-process.ts';
 import { rawConnect, rawExchange, readUntil } from './http-harness.ts';
 import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
@@ -75,9 +76,13 @@ describe('egressgate serve: SIGTERM with admin requests that never come in full'
     );
     const exited = once(s.child, 'exit');
     s.child.kill('SIGTERM');
-    // The drain waits on the tunnel; meanwhile the admin API answers, and says it is not ready.
-    const ready = await rawExchange(Number(s.admin.slice(s.admin.lastIndexOf(':') + 1)), 'GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n');
-    expect(ready.response).toMatch(/^HTTP\/1\.1 503 /);
+    // The drain waits on the tunnel; meanwhile the admin API answers, and says it is not ready (once
+    // serve has taken the signal: a request sent with it may still be answered ready).
+    const adminPort = Number(s.admin.slice(s.admin.lastIndexOf(':') + 1));
+    await until('/readyz answering 503 during the drain', async () => {
+      const ready = await rawExchange(adminPort, 'GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n');
+      return /^HTTP\/1\.1 503 /.test(ready.response);
+    }, 5000);
     tunnel.end();
     const exit = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), EXIT_WAIT_MS))]);
     expect(exit, 'serve still running after the drain (stalled admin connections held its close)').not.toBeNull();
