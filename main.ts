@@ -257,8 +257,15 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     policy,
     identity,
     attributor: opts.attributor === undefined ? new LocalAttributor({ timeoutMs: 500 }) : opts.attributor,
-    // Read at each lookup: a reload or push that changes resolver.timeoutMs applies to the next one.
-    resolver: opts.resolver ?? createDnsResolver({ timeoutMs: () => policy.current().config.resolver.timeoutMs }),
+    // Read at each lookup: a reload or push that changes resolver.timeoutMs, cacheTtlSec or
+    // negativeCacheTtlSec applies to the next one.
+    resolver:
+      opts.resolver ??
+      createDnsResolver({
+        timeoutMs: () => policy.current().config.resolver.timeoutMs,
+        cacheTtlMs: () => policy.current().config.resolver.cacheTtlSec * 1000,
+        negativeTtlMs: () => policy.current().config.resolver.negativeCacheTtlSec * 1000,
+      }),
     get detection() {
       return detection;
     },

@@ -273,7 +273,14 @@ export const CONFIG_SCHEMA: Node = s.obj({
   defaultRoles: s.arr(s.str(nonEmpty)),
   deny: s.obj({ privateRanges: s.bool(), cidrs: s.arr(s.str(cidr)) }),
   allowRanges: s.arr(s.str(cidr)),
-  resolver: s.obj({ hosts: s.rec(s.str(resolverAnswer), resolverName), timeoutMs: s.int(1, MAX_TIMER_MS), rememberUnansweredMs: s.int(0, MAX_TIMER_MS) }),
+  // The DNS cache's lifetimes (0: none): a day for answers, an hour for failures at most.
+  resolver: s.obj({
+    hosts: s.rec(s.str(resolverAnswer), resolverName),
+    timeoutMs: s.int(1, MAX_TIMER_MS),
+    rememberUnansweredMs: s.int(0, MAX_TIMER_MS),
+    cacheTtlSec: s.int(0, 86_400),
+    negativeCacheTtlSec: s.int(0, 3600),
+  }),
   schedule: s.obj({
     timezone: s.str(timeZone),
     businessHours: s.obj({

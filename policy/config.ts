@@ -99,7 +99,7 @@ export interface Config {
   defaultRoles: string[];
   deny: { privateRanges: boolean; cidrs: string[] };
   allowRanges: string[];
-  resolver: { hosts: Record<string, string>; timeoutMs: number; rememberUnansweredMs: number };
+  resolver: { hosts: Record<string, string>; timeoutMs: number; rememberUnansweredMs: number; cacheTtlSec: number; negativeCacheTtlSec: number };
   schedule: {
     timezone: string;
     businessHours: { days: Array<'mon' | 'tue' | 'wed' | 'thu' | 'fri' | 'sat' | 'sun'>; start: string; end: string };
@@ -161,7 +161,7 @@ export function defaultConfig(): Config {
     defaultRoles: [],
     deny: { privateRanges: true, cidrs: [] },
     allowRanges: [],
-    resolver: { hosts: {}, timeoutMs: 5000, rememberUnansweredMs: 60_000 },
+    resolver: { hosts: {}, timeoutMs: 5000, rememberUnansweredMs: 60_000, cacheTtlSec: 30, negativeCacheTtlSec: 5 },
     schedule: {
       timezone: 'UTC',
       businessHours: { days: ['mon', 'tue', 'wed', 'thu', 'fri'], start: '08:00', end: '18:00' },

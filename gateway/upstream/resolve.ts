@@ -16,7 +16,11 @@
  *    one), so the others always have free slots whatever one client asks for;
  *  - the rest wait here, one queue per requester; a free slot goes to the requester served longest
  *    ago (round-robin), so one client's backlog never keeps another's lookup waiting for long;
- *  - lookups of the same name in flight are shared; failures are remembered for a few seconds;
+ *  - lookups of the same name in flight are shared; answers are remembered for `cacheTtlMs` and
+ *    failures for `negativeTtlMs` (the policy's `resolver.cacheTtlSec` / `negativeCacheTtlSec`,
+ *    read at each lookup: 0 remembers nothing). A lifetime lowered since the last lookup empties
+ *    its cache first, so no answer outlives the new setting; a raised one keeps what is there
+ *    (stored for the shorter lifetime);
  *  - a lookup still waiting, or still running, at `timeoutMs` fails (EGW_DNS_FAILED) for its caller.
  */
 import { lookup as osLookup } from 'node:dns/promises';
@@ -29,10 +33,11 @@ import type { Resolver } from '../context.ts';
 export interface DnsResolverOptions {
   /** How long a caller waits for an answer: a number, or read at each lookup (the policy's `resolver.timeoutMs`). */
   timeoutMs?: number | (() => number);
-  cacheTtlMs?: number;
+  /** How long an answer is remembered (default 30 s; 0: not at all): a number, or read at each lookup (`resolver.cacheTtlSec`). */
+  cacheTtlMs?: number | (() => number);
   cacheMax?: number;
-  /** How long a failed name is answered from memory (default 5 s). */
-  negativeTtlMs?: number;
+  /** How long a failed name is answered from memory (default 5 s; 0: not at all): as `cacheTtlMs` (`resolver.negativeCacheTtlSec`). */
+  negativeTtlMs?: number | (() => number);
   /** Lookups in the thread pool at once (default: libuv's DNS share, half of UV_THREADPOOL_SIZE). */
   slots?: number;
   /** Slots one requester may hold at once (default: a quarter of `slots`, at least 1). */
@@ -60,6 +65,50 @@ interface Waiting {
   isDone: boolean;
 }
 
+/**
+ * A cache whose entries' lifetime is a setting read at each use: each entry is stored for the value
+ * at its `set`; a value lowered since the last use empties the cache, so nothing stored under the
+ * longer one is answered past the new one. 0 stores nothing.
+ */
+class TtlCache<V extends {}> {
+  private readonly cache: LRUCache<string, V>;
+  /** The options of every `set`, one object reused (lru-cache reads, never keeps them). */
+  private readonly setOpts = { ttl: 0 };
+  private ttlMs: number;
+
+  constructor(
+    private readonly ttlOf: number | (() => number),
+    max: number,
+  ) {
+    this.ttlMs = this.read();
+    this.cache = new LRUCache<string, V>({ max, ttl: this.ttlMs });
+  }
+
+  private read(): number {
+    return typeof this.ttlOf === 'number' ? this.ttlOf : this.ttlOf();
+  }
+
+  /** The lifetime now, the cache emptied first when it went down since the last use. */
+  private current(): number {
+    const ttl = this.read();
+    if (ttl < this.ttlMs && this.cache.size > 0) this.cache.clear();
+    this.ttlMs = ttl;
+    return ttl;
+  }
+
+  get(key: string): V | undefined {
+    if (this.current() === 0) return undefined;
+    return this.cache.get(key);
+  }
+
+  set(key: string, value: V): void {
+    const ttl = this.current();
+    if (ttl === 0) return;
+    this.setOpts.ttl = ttl;
+    this.cache.set(key, value, this.setOpts);
+  }
+}
+
 /** Names one requester may have waiting for the pool; past it, its lookups fail at once. */
 const MAX_WAITING_PER_REQUESTER = 256;
 
@@ -69,8 +118,8 @@ export function createDnsResolver(opts: DnsResolverOptions = {}): Resolver {
   const slots = opts.slots ?? dnsSlots();
   const perRequester = opts.perRequester ?? Math.max(1, Math.floor(slots / 4));
   const osResolve = opts.lookup ?? addressesOf;
-  const cache = new LRUCache<string, string[]>({ max: opts.cacheMax ?? 10_000, ttl: opts.cacheTtlMs ?? 30_000 });
-  const failed = new LRUCache<string, GatewayError>({ max: 10_000, ttl: opts.negativeTtlMs ?? 5000 });
+  const cache = new TtlCache<string[]>(opts.cacheTtlMs ?? 30_000, opts.cacheMax ?? 10_000);
+  const failed = new TtlCache<GatewayError>(opts.negativeTtlMs ?? 5000, 10_000);
   /** Names in the pool now, everyone waiting for each, and whose slot it takes. */
   const running = new Map<string, { waiters: Waiting[]; requester: string }>();
   /** Slots held per requester. */

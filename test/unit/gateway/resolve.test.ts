@@ -71,6 +71,29 @@ describe('createDnsResolver: the thread pool shared fairly', () => {
     expect(os.calls).toEqual(['z.dead.test', 'ok.example.test']);
   });
 
+  it('lifetimes read at each lookup: 0 caches nothing but still shares a lookup in flight; lowered, it forgets; raised, it keeps', async () => {
+    const os = controlledLookup();
+    let ttlMs = 0;
+    const r = createDnsResolver({ slots: 4, timeoutMs: 2000, cacheTtlMs: () => ttlMs, negativeTtlMs: 0, lookup: os.lookup });
+    const shared = [r.lookup('n.dead.test', 'a'), r.lookup('n.dead.test', 'b')].map((p) => p.catch((e: Error) => e.message));
+    expect(os.calls).toEqual(['n.dead.test']);
+    os.hanging[0]?.release();
+    await Promise.all(shared);
+    await r.lookup('n.dead.test', 'c').catch(() => null); // not remembered: asked again
+    await r.lookup('zero.example.test', 'a');
+    await r.lookup('zero.example.test', 'a');
+    expect(os.calls).toEqual(['n.dead.test', 'n.dead.test', 'zero.example.test', 'zero.example.test']);
+    for (const h of os.hanging) h.release();
+    ttlMs = 60_000;
+    await r.lookup('kept.example.test', 'a');
+    ttlMs = 600_000; // raised: kept
+    await r.lookup('kept.example.test', 'a');
+    expect(os.calls.filter((c) => c === 'kept.example.test')).toHaveLength(1);
+    ttlMs = 30_000; // lowered: forgotten
+    await r.lookup('kept.example.test', 'a');
+    expect(os.calls.filter((c) => c === 'kept.example.test')).toHaveLength(2);
+  });
+
   it('a client with 256 names waiting gets its next ones refused at once (bounded memory)', async () => {
     const os = controlledLookup();
     const r = createDnsResolver({ slots: 1, timeoutMs: 300, lookup: os.lookup });

@@ -198,7 +198,7 @@ describe('roles and modes', () => {
 
 describe('snapshot', () => {
   it('is frozen and does not freeze the caller config', () => {
-    const c = config({ resolver: { hosts: { 'Files.Example.Test.': '127.0.0.1' }, timeoutMs: 1000, rememberUnansweredMs: 60_000 } });
+    const c = config({ resolver: { hosts: { 'Files.Example.Test.': '127.0.0.1' }, timeoutMs: 1000, rememberUnansweredMs: 60_000, cacheTtlSec: 30, negativeCacheTtlSec: 5 } });
     const s = compilePolicy(c, 7);
     expect(s.version).toBe(7);
     expect(Object.isFrozen(s)).toBe(true);
