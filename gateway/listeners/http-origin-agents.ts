@@ -17,6 +17,7 @@ import { formatAuthority } from '../protocol/authority.ts';
 import { dial } from '../upstream/dial.ts';
 import { parentName } from '../upstream/parent-label.ts';
 import { adoptOriginReads } from './http-origin-reads.ts';
+import { mendReasonPhrases } from './http-origin-status.ts';
 import { boundedConnector, exchangeDialling, isRedialOfAborted, NOT_REDIALLED, onOriginDisconnect } from './http-origin-dial.ts';
 
 /**
@@ -66,6 +67,7 @@ export class OriginAgents {
               }
               adoptOriginReads(socket);
               callback(null, socket);
+              mendReasonPhrases(socket);
             },
             (err: Error) => callback(err, null),
           );
@@ -131,12 +133,16 @@ function spokeFirst(socket: Socket, ip: string, port: number, upstream: string):
  */
 export const ORIGIN_KEEPALIVE_MAX_MS = 10_000;
 
-/** undici's connect callback, the socket it is handed reading into reused buffers (http-origin-reads.ts). */
+/**
+ * undici's connect callback, the socket it is handed reading into reused buffers (http-origin-reads.ts),
+ * and its parser keeping a reason phrase read in pieces (http-origin-status.ts).
+ */
 function readingOwnBuffer(callback: buildConnector.Callback): buildConnector.Callback {
   return (...args) => {
     const socket = args[1];
     if (socket && !(socket instanceof TLSSocket)) adoptOriginReads(socket);
     callback(...args);
+    if (socket) mendReasonPhrases(socket);
   };
 }
 
