@@ -25,6 +25,7 @@ import { registerAgentRoutes } from './routes/agents.ts';
 import { registerAlertRoutes } from './routes/alerts.ts';
 import { registerFlowRoutes } from './routes/flows.ts';
 import { registerPolicyRoutes } from './routes/policy.ts';
+import { registerQuarantineRoutes } from './routes/quarantines.ts';
 import { registerSystemRoutes } from './routes/system.ts';
 import { SseStreams } from './sse.ts';
 import type { AdminApp, RouteContext } from './types.ts';
@@ -249,6 +250,7 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
   registerPolicyRoutes(app, ctx);
   registerFlowRoutes(app, ctx);
   registerAlertRoutes(app, ctx, openStreams);
+  registerQuarantineRoutes(app, ctx);
   registerAgentRoutes(app, ctx);
   await app.ready();
   return app as unknown as FastifyInstance;

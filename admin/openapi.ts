@@ -93,7 +93,7 @@ export class OpenApiCollector {
       info: {
         title: 'egressgate admin API',
         version,
-        description: 'Policy, mode, live flows, alerts, agents, metrics and audit of an egressgate gateway. Bearer tokens: read scope for reads, admin for writes, agent for reports.',
+        description: 'Policy, mode, live flows, alerts, quarantines, agents, metrics and audit of an egressgate gateway. Bearer tokens: read scope for reads, admin for writes, agent for reports.',
       },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       paths,

@@ -215,6 +215,38 @@ export const ModeBody = Type.Object(
   { additionalProperties: false, description: 'mode: null returns to the config file’s mode' },
 );
 
+export const QuarantineSchema = Type.Object({
+  key: Type.String({ description: 'the identity key, host|user|process as the detection engine keys it (- = not known); URL-encoded, the {key} of DELETE' }),
+  host: Type.String({ description: 'host name, else the client address' }),
+  user: Nullable(Type.String()),
+  process: Nullable(Type.String()),
+  since: Type.String({ format: 'date-time' }),
+  until: Type.String({ format: 'date-time' }),
+  detector: Type.String({ description: 'the detector whose finding put it there (the latest, when another extended it)' }),
+  alertId: Nullable(Type.String({ description: 'that finding\'s alert (GET /v1/alerts; the group\'s last one when it was grouped), null when none is known' })),
+  enforced: Type.Boolean({
+    description: 'true: opened by an enforced block or kill; false: monitor mode\'s record of one enforce mode would have opened (connections recorded would-block, not refused)',
+  }),
+});
+
+export const QuarantineListSchema = Type.Object({
+  mode: Type.Union([Type.Literal('monitor'), Type.Literal('enforce')], { description: 'the global mode in force: in monitor, quarantines are what enforce mode would refuse' }),
+  quarantines: Type.Array(QuarantineSchema),
+});
+
+export const QuarantineKeyParams = Type.Object({ key: Type.String({ minLength: 1, maxLength: 100, description: 'an identity key as GET /v1/quarantines lists it, URL-encoded (up to 100 characters: the router refuses a longer path segment, 414; use ?key=)' }) });
+
+export const QuarantineKeyQuery = Type.Object(
+  { key: Type.String({ minLength: 1, maxLength: 4096, description: 'an identity key as GET /v1/quarantines lists it, URL-encoded (any length)' }) },
+  { additionalProperties: false },
+);
+
+export const ReleaseResult = Type.Object({
+  released: Type.Boolean(),
+  key: Type.String(),
+  quarantines: Type.Array(QuarantineSchema, { description: 'what was released: the quarantine, and monitor mode\'s record of one if it had both' }),
+});
+
 export const AlertSchema = Type.Object(
   {
     id: Type.String(),

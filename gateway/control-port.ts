@@ -15,7 +15,7 @@ import type { AlertLike, AlertStore } from './alerts/alert-store.ts';
 import type { AuditLog } from './audit-log.ts';
 import type { Logger } from './context.ts';
 import { evaluateConnection, type SelfDial } from './control-evaluate.ts';
-import type { LiveDetection } from './detection/dry-run.ts';
+import type { DetectionEngine, QuarantineView } from './detection/detection-engine.ts';
 import type {
   AgentView,
   ConfigIssue,
@@ -25,6 +25,7 @@ import type {
   ModeView,
   PolicyVersionInfo,
   PolicyView,
+  QuarantineInfo,
   ValidateOutcome,
   WriteOutcome,
 } from './control.ts';
@@ -79,8 +80,11 @@ export interface ControlPortDeps<A extends AlertLike = AlertLike> {
   pendingReports?: Partial<PendingReportLimits>;
   /** Where shed agent reports are logged (once per agent per 10 s). */
   log?: Logger;
-  /** The detection engine, read by the policy dry run (quarantine, detector state); none: not consulted. */
-  detection?: { readOnly(): LiveDetection } | null;
+  /**
+   * The detection engine: read by the policy dry run (quarantine, detector state), its quarantines
+   * listed and released; none: not consulted, no quarantine listed.
+   */
+  detection?: Pick<DetectionEngine, 'readOnly' | 'quarantines' | 'release'> | null;
   /** Whether a destination is the gateway's own listener (admission's self-dial guard), for the dry run. */
   selfDial?: SelfDial | null;
   /**
@@ -96,6 +100,20 @@ function defaultStats<A extends AlertLike>(deps: ControlPortDeps<A>): GatewaySta
   stats.attachAlerts(deps.alerts);
   if (deps.identity) stats.attachIdentity(deps.identity);
   return stats;
+}
+
+function quarantineInfo(q: QuarantineView): QuarantineInfo {
+  return {
+    key: q.key,
+    host: q.host,
+    user: q.user,
+    process: q.process,
+    since: new Date(q.sinceMs).toISOString(),
+    until: new Date(q.untilMs).toISOString(),
+    detector: q.detector,
+    alertId: q.alertId,
+    enforced: q.isEnforced,
+  };
 }
 
 function iso(t: number | string | null | undefined): string | null {
@@ -234,6 +252,9 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
       deps.policy.setMode(mode, author);
       return modeView();
     },
+
+    listQuarantines: () => ({ mode: modeView().mode, quarantines: (deps.detection?.quarantines(now()) ?? []).map(quarantineInfo) }),
+    releaseQuarantine: (key) => (deps.detection?.release(key, now()) ?? []).map(quarantineInfo),
 
     listAlerts: (query) => ({ alerts: deps.alerts.list(query), lastEventId: deps.alerts.lastEventId }),
     alertsAfter: (afterEventId, detector) => deps.alerts.after(afterEventId, detector),

@@ -126,6 +126,32 @@ export interface AgentView {
   refused: number;
 }
 
+/** One live quarantine (SPEC §3 `detection.quarantineSec`), as `GET /v1/quarantines` lists it. */
+export interface QuarantineInfo {
+  /** The identity key as the detection engine keys it, `host|user|process` (`-`: not known). */
+  key: string;
+  host: string;
+  user: string | null;
+  process: string | null;
+  /** ISO 8601: when it began, and when it ends unless released. */
+  since: string;
+  until: string;
+  /** The detector whose finding put it there (the latest, when another extended it), and its alert (null: none known). */
+  detector: string;
+  alertId: string | null;
+  /**
+   * true: opened by an enforced block or kill; false: monitor mode's record of one enforce mode
+   * would have opened (the identity's connections are recorded would-block, not refused).
+   */
+  enforced: boolean;
+}
+
+export interface QuarantineList {
+  /** The global mode in force: in monitor, quarantines are what enforce mode would refuse. */
+  mode: Mode;
+  quarantines: QuarantineInfo[];
+}
+
 /** Tokens the auth layer accepts, read from the live policy (a PUT can add or revoke one). */
 export interface CredentialSet {
   version: number;
@@ -163,6 +189,14 @@ export interface ControlPort {
   getMode(): ModeView;
   /** Set the global mode at run time; null returns to the config's mode. */
   setMode(mode: Mode | null, author: string): ModeView;
+
+  /** The live quarantines, enforced ones first. */
+  listQuarantines(): QuarantineList;
+  /**
+   * Release the identity `key`'s quarantine now (and monitor mode's record of one): its next
+   * connection is admitted again. What was released; empty when nothing was live.
+   */
+  releaseQuarantine(key: string): QuarantineInfo[];
 
   listAlerts(query: { since?: string; detector?: string; limit?: number }): { alerts: AlertLike[]; lastEventId: number };
   /** Alerts with an event id greater than `afterEventId` (SSE Last-Event-ID resume). */

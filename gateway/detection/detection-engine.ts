@@ -41,7 +41,7 @@ import type { FlowTable } from '../flow/flow-table.ts';
 import { type AgentSources, compileAgentSources, isAgentSource } from '../identity/agent-sources.ts';
 import { AlertGroups } from './alert-groups.ts';
 import type { LiveDetection } from './dry-run.ts';
-import { Quarantine, quarantineDecision } from './quarantine.ts';
+import { identityKeyParts, Quarantine, quarantineDecision, type QuarantineEntry } from './quarantine.ts';
 
 export interface DetectionEngineOptions {
   flows: FlowTable;
@@ -53,10 +53,28 @@ export interface DetectionEngineOptions {
   persistEveryMs?: number;
 }
 
+/** One live quarantine as the admin API lists it (GET /v1/quarantines). */
+export interface QuarantineView extends QuarantineEntry {
+  /** The identity key, `host|user|process`, and its parts (`-`, not known, as null). */
+  readonly key: string;
+  readonly host: string;
+  readonly user: string | null;
+  readonly process: string | null;
+  /** false: monitor mode's record of a quarantine enforce mode would have opened (it refuses nothing). */
+  readonly isEnforced: boolean;
+}
+
 export interface DetectionEngine extends DetectionHooks {
   readonly state: DetectionState;
-  /** Identity keys quarantined until the given time (ms). */
-  readonly quarantine: ReadonlyMap<string, number>;
+  /** Identity keys quarantined (until, since, cause), expired entries not yet pruned included. */
+  readonly quarantine: ReadonlyMap<string, QuarantineEntry>;
+  /** The live quarantines at `now`: enforced ones, then monitor mode's would-be ones, each sorted by key. */
+  quarantines(now: number): QuarantineView[];
+  /**
+   * Release the identity `key` now: its quarantine and monitor mode's would-be one. What was live
+   * (empty: none). Its alert groups are forgotten, so a finding that quarantines it again alerts.
+   */
+  release(key: string, now: number): QuarantineView[];
   /**
    * The quarantine and detector state, read without changing anything (the policy dry run,
    * gateway/detection/dry-run.ts).
@@ -243,13 +261,14 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     return snapshot.modeFor(snapshot.rolesFor(identity.user, identity.host), policy.modeOverride());
   };
 
-  const raise = (f: Finding, mode: Mode, now: number): Alert | null => {
+  /** Alert `f` unless its group is quiet; the id of its alert: this one, or the group's last. */
+  const raise = (f: Finding, mode: Mode, now: number): string | null => {
     const alert = toAlert(f, mode, `al-${now.toString(36)}-${(alertSeq++).toString(36)}`, now);
     const sig = `${alert.action}/${alert.severity}`;
-    if (!groups.shouldRaise(f.key, sig, now, repeatAlertMs(alert))) return null;
+    if (!groups.shouldRaise(f.key, sig, now, repeatAlertMs(alert), alert.id)) return groups.lastAlertId(f.key);
     alerts.add(alert);
     log.warn({ alert: alert.id, detector: alert.detector, action: alert.action, severity: alert.severity, flowIds: alert.flowIds }, 'alert');
-    return alert;
+    return alert.id;
   };
 
   /** Monitor mode: a live flow enforce mode would have refused or killed is recorded would-block. */
@@ -277,10 +296,15 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   };
 
   const quarantineKey = (flow: Flow): string => identityKeyOf(flow.identity, flow.client.ip);
-  /** A refusing finding in `mode`: enforce quarantines the identity, monitor notes that it would have. */
-  const putInQuarantine = (key: string, now: number, mode: Mode = 'enforce'): void => {
-    (mode === 'enforce' ? quarantine : wouldQuarantine).put(key, now + policy.current().config.detection.quarantineSec * 1000);
+  /**
+   * A refusing finding of `detector` (its alert `alertId`) in `mode`: enforce quarantines the
+   * identity, monitor notes that it would have.
+   */
+  const putInQuarantine = (key: string, now: number, mode: Mode, detector: string, alertId: string | null): void => {
+    const untilMs = now + policy.current().config.detection.quarantineSec * 1000;
+    (mode === 'enforce' ? quarantine : wouldQuarantine).put(key, untilMs, { atMs: now, detector, alertId });
   };
+  const viewOf = (key: string, entry: QuarantineEntry, isEnforced: boolean): QuarantineView => ({ key, ...identityKeyParts(key), ...entry, isEnforced });
 
   /**
    * The refusal of a flow whose identity is quarantined now (quarantine.ts), or null; in monitor
@@ -359,13 +383,17 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     }
     const found = evaluateConnect(facts(flow), state, snapshot, now, flow.id);
     let refusing: Finding | null = null;
+    let refusingAlertId: string | null = null;
     for (const f of found) {
       const isRefusing = f.action !== 'flag';
-      if (!isLookingUp || isRefusing) raise(f, mode, now);
-      if (isRefusing && !refusing) refusing = f;
+      const alertId = !isLookingUp || isRefusing ? raise(f, mode, now) : null;
+      if (isRefusing && !refusing) {
+        refusing = f;
+        refusingAlertId = alertId;
+      }
     }
     if (!refusing) return;
-    putInQuarantine(quarantineKey(flow), now, mode);
+    putInQuarantine(quarantineKey(flow), now, mode, refusing.detector, refusingAlertId);
     if (mode === 'enforce') {
       markKilled(flow, refusing);
       flows.kill(flow.id, refusing.detector);
@@ -384,9 +412,18 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     const quarantined = quarantineOf(flow, mode, now);
     if (quarantined) return quarantined;
     const found = evaluateConnect(f, state, snapshot, now, flow.id);
-    for (const x of found) raise(x, mode, now);
+    // The refusing finding is the first one not a flag, as connectDecision takes it.
+    let refusing: Finding | null = null;
+    let refusingAlertId: string | null = null;
+    for (const x of found) {
+      const alertId = raise(x, mode, now);
+      if (refusing === null && x.action !== 'flag') {
+        refusing = x;
+        refusingAlertId = alertId;
+      }
+    }
     const d = connectDecision(found, mode, flow.matchedRule);
-    if (d !== null) putInQuarantine(quarantineKey(flow), now, mode);
+    if (d !== null && refusing !== null) putInQuarantine(quarantineKey(flow), now, mode, refusing.detector, refusingAlertId);
     return d;
   };
 
@@ -445,15 +482,15 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
         key: `an0080.bulk-upload|${key}`,
       };
       const now = flows.now();
-      raise(finding, mode, now);
+      const alertId = raise(finding, mode, now);
       if (mode !== 'enforce') {
         // Monitor: would-kill is recorded once (alert and flow record); the flow runs on without a budget.
-        putInQuarantine(quarantineKey(flow), now, mode);
+        putInQuarantine(quarantineKey(flow), now, mode, finding.detector, alertId);
         markWouldBlock(flow, finding, mode);
         target.budgetOut = Number.POSITIVE_INFINITY;
         return false;
       }
-      putInQuarantine(quarantineKey(flow), now);
+      putInQuarantine(quarantineKey(flow), now, mode, finding.detector, alertId);
       markKilled(flow, finding);
       return true;
     };
@@ -464,6 +501,24 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     state,
     quarantine: quarantine.entries,
     lastSweepMs: 0,
+
+    quarantines(now: number): QuarantineView[] {
+      const byKey = (a: [string, QuarantineEntry], b: [string, QuarantineEntry]): number => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0);
+      return [
+        ...quarantine.live(now).sort(byKey).map(([key, entry]) => viewOf(key, entry, true)),
+        ...wouldQuarantine.live(now).sort(byKey).map(([key, entry]) => viewOf(key, entry, false)),
+      ];
+    },
+
+    release(key: string, now: number): QuarantineView[] {
+      const released: QuarantineView[] = [];
+      const enforced = quarantine.release(key, now);
+      if (enforced) released.push(viewOf(key, enforced, true));
+      const would = wouldQuarantine.release(key, now);
+      if (would) released.push(viewOf(key, would, false));
+      if (released.length > 0) groups.forgetIdentity(key);
+      return released;
+    },
 
     onConnect(flow: RoutedFlow, snapshot: PolicySnapshot, mode: Mode): Decision | null {
       const d = judgeConnect(flow, facts(flow), snapshot, mode);
@@ -563,10 +618,10 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     }
     for (const f of found) {
       const mode = modeOf(f.identity);
-      raise(f, mode, now);
+      const alertId = raise(f, mode, now);
       if (f.action === 'flag') continue;
+      putInQuarantine(f.identity.key, now, mode, f.detector, alertId);
       if (mode !== 'enforce') {
-        putInQuarantine(f.identity.key, now, mode);
         // would-kill: the flows enforce mode would have killed say so in their records.
         if (f.action === 'kill') {
           for (const id of f.flowIds) {
@@ -576,7 +631,6 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
         }
         continue;
       }
-      putInQuarantine(f.identity.key, now);
       if (f.action === 'kill') {
         for (const id of f.flowIds) {
           const flow = active.get(id);

@@ -1,5 +1,8 @@
 /**
- * Quarantined identities (SPEC §3 `detection.quarantineSec`): identity key → until when (ms).
+ * Quarantined identities (SPEC §3 `detection.quarantineSec`): identity key → until when (ms), since
+ * when and what put it there. An operator may release one before its time (DELETE
+ * /v1/quarantines/{key}). Kept in memory only: a restart ends every quarantine (state.path holds
+ * baselines, never quarantines).
  *
  * Keys are `host|user|process` (policy/detectors/match.ts identityKeyOf). An identity quarantined
  * with its user or process unknown (`host|-|-`: killed before an agent or a login named it) covers
@@ -9,17 +12,57 @@
  */
 import type { Decision, Mode } from '../../policy/types.ts';
 
-export class Quarantine {
-  private readonly until = new Map<string, number>();
+/** What put an identity in quarantine: when, which detector, and its alert (null: none known). */
+export interface QuarantineCause {
+  atMs: number;
+  detector: string;
+  alertId: string | null;
+}
 
-  /** The live entries (read-only view for the admin side and tests). */
-  get entries(): ReadonlyMap<string, number> {
+/** One live quarantine (the admin API lists them: GET /v1/quarantines). */
+export interface QuarantineEntry {
+  /** When this quarantine began: a cause that comes while it runs extends it, `sinceMs` stays. */
+  readonly sinceMs: number;
+  readonly untilMs: number;
+  /** The latest cause: the one `untilMs` counts from. */
+  readonly detector: string;
+  readonly alertId: string | null;
+}
+
+export class Quarantine {
+  private readonly until = new Map<string, QuarantineEntry>();
+
+  /** The entries, expired ones not yet pruned included (read-only view for the admin side and tests). */
+  get entries(): ReadonlyMap<string, QuarantineEntry> {
     return this.until;
   }
 
-  /** Quarantine `key` until `untilMs`. */
-  put(key: string, untilMs: number): void {
-    this.until.set(key, untilMs);
+  /** Quarantine `key` until `untilMs` for `cause`; one already running keeps its start. */
+  put(key: string, untilMs: number, cause: QuarantineCause): void {
+    const running = this.until.get(key);
+    const sinceMs = running !== undefined && running.untilMs > cause.atMs ? running.sinceMs : cause.atMs;
+    this.until.set(key, { sinceMs, untilMs, detector: cause.detector, alertId: cause.alertId });
+  }
+
+  /**
+   * Release `key`'s own entry now (an operator's decision, DELETE /v1/quarantines/{key}): what was
+   * live, or null. Less specific entries of the same host are theirs to release.
+   */
+  release(key: string, now: number): QuarantineEntry | null {
+    const entry = this.until.get(key);
+    if (entry === undefined) return null;
+    this.until.delete(key);
+    return entry.untilMs > now ? entry : null;
+  }
+
+  /** The live entries at `now`, expired ones pruned. */
+  live(now: number): Array<[string, QuarantineEntry]> {
+    const out: Array<[string, QuarantineEntry]> = [];
+    for (const [key, entry] of this.until) {
+      if (entry.untilMs > now) out.push([key, entry]);
+      else this.until.delete(key);
+    }
+    return out;
   }
 
   /**
@@ -36,7 +79,7 @@ export class Quarantine {
   }
 
   private lookUp(key: string, now: number, isPruning: boolean): number {
-    let until = this.live(key, now, isPruning);
+    let until = this.untilOf(key, now, isPruning);
     if (until !== 0 || this.until.size === 0) return until;
     const p = key.lastIndexOf('|');
     const u = key.lastIndexOf('|', p - 1);
@@ -44,19 +87,31 @@ export class Quarantine {
     const host = key.slice(0, u);
     const user = key.slice(u + 1, p);
     const proc = key.slice(p + 1);
-    if (proc !== '-') until = this.live(`${host}|${user}|-`, now, isPruning);
-    if (until === 0 && user !== '-') until = this.live(`${host}|-|${proc}`, now, isPruning);
-    if (until === 0 && user !== '-' && proc !== '-') until = this.live(`${host}|-|-`, now, isPruning);
+    if (proc !== '-') until = this.untilOf(`${host}|${user}|-`, now, isPruning);
+    if (until === 0 && user !== '-') until = this.untilOf(`${host}|-|${proc}`, now, isPruning);
+    if (until === 0 && user !== '-' && proc !== '-') until = this.untilOf(`${host}|-|-`, now, isPruning);
     return until;
   }
 
-  private live(key: string, now: number, isPruning: boolean): number {
-    const until = this.until.get(key);
-    if (until === undefined) return 0;
-    if (until > now) return until;
+  private untilOf(key: string, now: number, isPruning: boolean): number {
+    const entry = this.until.get(key);
+    if (entry === undefined) return 0;
+    if (entry.untilMs > now) return entry.untilMs;
     if (isPruning) this.until.delete(key);
     return 0;
   }
+}
+
+/**
+ * The parts of an identity key `host|user|process` (policy/detectors/match.ts identityKeyOf), `-`
+ * (not known) as null. The host may hold `|` no more than the others: the last two split it.
+ */
+export function identityKeyParts(key: string): { host: string; user: string | null; process: string | null } {
+  const p = key.lastIndexOf('|');
+  const u = p < 0 ? -1 : key.lastIndexOf('|', p - 1);
+  if (p < 0 || u < 0) return { host: key, user: null, process: null };
+  const part = (s: string): string | null => (s === '-' || s === '' ? null : s);
+  return { host: key.slice(0, u), user: part(key.slice(u + 1, p)), process: part(key.slice(p + 1)) };
 }
 
 /**

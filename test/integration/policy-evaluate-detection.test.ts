@@ -156,7 +156,7 @@ describe('POST /v1/policy/evaluate runs the connect-time detectors', () => {
     const refused = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `api.honeygain.com:${origin.port}`, { localAddress: CLIENT_IP });
     expect(refused.status).toBe(403);
     expect(JSON.parse(refused.body)).toMatchObject({ reason: 'an0081.proxyware' });
-    const until = engineOf(gw).quarantine.get(`${CLIENT_IP}|-|-`);
+    const until = engineOf(gw).quarantine.get(`${CLIENT_IP}|-|-`)?.untilMs;
     expect(until).toBeGreaterThan(Date.now());
 
     const q = await evaluate(gw, { dest, source: CLIENT_IP, process: 'curl' });
@@ -171,6 +171,6 @@ describe('POST /v1/policy/evaluate runs the connect-time detectors', () => {
     expect(other.status).toBe(200);
     other.socket.destroy();
     // Evaluating left the quarantine as it was.
-    expect(engineOf(gw).quarantine.get(`${CLIENT_IP}|-|-`)).toBe(until);
+    expect(engineOf(gw).quarantine.get(`${CLIENT_IP}|-|-`)?.untilMs).toBe(until);
   });
 });

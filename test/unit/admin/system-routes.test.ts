@@ -121,6 +121,9 @@ describe('health, readiness, metrics, PAC, OpenAPI, docs', () => {
       ['/v1/flows/{id}', 'delete'],
       ['/v1/alerts', 'get'],
       ['/v1/alerts/stream', 'get'],
+      ['/v1/quarantines', 'get'],
+      ['/v1/quarantines', 'delete'],
+      ['/v1/quarantines/{key}', 'delete'],
       ['/v1/agents/reports', 'post'],
       ['/v1/agents', 'get'],
       ['/v1/audit', 'get'],
@@ -129,6 +132,10 @@ describe('health, readiness, metrics, PAC, OpenAPI, docs', () => {
     for (const [path, method] of expected) expect(doc.paths[path]?.[method], `${method} ${path}`).toBeDefined();
     expect(doc.paths['/v1/flows/{id}'].delete['x-scope']).toBe('admin');
     expect(doc.paths['/v1/flows/{id}'].delete.parameters[0]).toMatchObject({ name: 'id', in: 'path', required: true });
+    expect(doc.paths['/v1/quarantines'].get['x-scope']).toBe('read');
+    expect(doc.paths['/v1/quarantines/{key}'].delete['x-scope']).toBe('admin');
+    expect(doc.paths['/v1/quarantines/{key}'].delete.parameters[0]).toMatchObject({ name: 'key', in: 'path', required: true });
+    expect(doc.paths['/v1/quarantines'].delete.parameters[0]).toMatchObject({ name: 'key', in: 'query', required: true });
     expect(doc.paths['/v1/flows'].get.parameters.map((p: { name: string }) => p.name)).toEqual(
       expect.arrayContaining(['state', 'user', 'host', 'process', 'destination', 'verdict', 'limit', 'offset']),
     );
