@@ -3,6 +3,8 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    // Builds dist/ once before any test: tests spawn the CLI from dist/cli.js (test/build-dist.ts).
+    globalSetup: ['test/build-dist.ts'],
     testTimeout: 30_000,
     hookTimeout: 30_000,
     // Integration tests bind real loopback sockets and spawn real clients, and spend most of their

@@ -1,12 +1,17 @@
 /**
- * `egressgate serve` as its own process (from the sources, through tsx), for tests of what only a
- * real process shows: signals, exit codes, its own stdout, its own resolver. Resolves at the
- * listening line with the listeners' addresses.
+ * `egressgate serve` as its own process (dist/cli.js, built by test/build-dist.ts before any test),
+ * for tests of what only a real process shows: signals, exit codes, its own stdout, its own
+ * resolver. Resolves at the listening line with the listeners' addresses.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { join } from 'node:path';
 
 export const ROOT = join(import.meta.dirname, '..', '..');
+/**
+ * The built CLI, what `npm start` and the egressgate bin run: tests start it as
+ * `process.execPath, CLI, ...args` (vitest's globalSetup builds dist/ first: test/build-dist.ts).
+ */
+export const CLI = join(ROOT, 'dist', 'cli.js');
 
 export interface Served {
   child: ChildProcess;
@@ -26,7 +31,7 @@ export interface ServeOptions {
 }
 
 export async function spawnServe(configPath: string, opts: ServeOptions = {}): Promise<Served> {
-  const argv = [process.execPath, '--import', 'tsx', join(ROOT, 'cli.ts'), 'serve', '--config', configPath, '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0'];
+  const argv = [process.execPath, CLI, 'serve', '--config', configPath, '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0'];
   const [cmd, ...args] = opts.wrap ? opts.wrap(argv) : argv;
   const env: NodeJS.ProcessEnv = { ...process.env, ...opts.env };
   // A variable given as undefined is removed, not passed on empty.

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { missingNodeFlags, nodeFlagsWarning } from '../../gateway/node-flags.ts';
+import { CLI } from '../helpers/serve-process.ts';
 
 const TOKEN = 'e2e-admin-token-0123456789';
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -123,7 +124,7 @@ describe('egressgate serve: kill a live tunnel through the admin API', () => {
     await writeFile(configPath, POLICY);
     child = spawn(
       process.execPath,
-      ['--import', 'tsx', join(ROOT, 'cli.ts'), 'serve', '--config', configPath, '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0'],
+      [CLI, 'serve', '--config', configPath, '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0'],
       { cwd: ROOT, env: { ...process.env, EGRESSGATE_ADMIN_TOKEN: TOKEN }, stdio: ['ignore', 'pipe', 'pipe'] },
     );
     child.stderr?.on('data', (c: Buffer) => {
@@ -144,7 +145,7 @@ describe('egressgate serve: kill a live tunnel through the admin API', () => {
   }, 30_000);
 
   it('says at start when node 24 runs it without the gateway\'s node flags (this spawn has none), and sets only V8 flags this node knows', async () => {
-    const expected = nodeFlagsWarning(process.versions.node, missingNodeFlags(['--import', 'tsx'], process.env['NODE_OPTIONS'] ?? ''));
+    const expected = nodeFlagsWarning(process.versions.node, missingNodeFlags([], process.env['NODE_OPTIONS'] ?? ''));
     // Written to stderr before the listening line goes to stdout; the two pipes are read independently.
     if (expected !== null) await vi.waitFor(() => expect(stderr).toContain(`egressgate: ${expected}`), { timeout: 5000 });
     else expect(stderr).not.toContain('node was started without');

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway, TEST_ADMIN_TOKEN, until } from '../helpers/gateway.ts';
-import { killIfRunning, loopbackServeConfig, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { CLI, killIfRunning, loopbackServeConfig, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
 import { sha256hex } from '../unit/admin/harness.ts';
 
 const ENV_TOKEN = 'env-admin-token-repeated-0123456789';
@@ -47,7 +47,7 @@ describe('an entry repeating EGRESSGATE_ADMIN_TOKEN', () => {
     const r = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
       execFile(
         process.execPath,
-        ['--import', 'tsx', 'cli.ts', 'serve', '--config', file('start', REPEAT), '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0'],
+        [CLI, 'serve', '--config', file('start', REPEAT), '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0'],
         { cwd: ROOT, env: { ...process.env, EGRESSGATE_ADMIN_TOKEN: ENV_TOKEN }, timeout: 110_000 },
         (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
       );
@@ -93,7 +93,7 @@ describe('an entry repeating EGRESSGATE_ADMIN_TOKEN', () => {
     const path = file('check', REPEAT);
     const check = (env: NodeJS.ProcessEnv, json: boolean): Promise<{ code: number; stdout: string; stderr: string }> =>
       new Promise((resolve) => {
-        execFile(process.execPath, ['--import', 'tsx', 'cli.ts', 'check', '--config', path, ...(json ? ['--json'] : [])], { cwd: ROOT, env, timeout: 110_000 }, (err, stdout, stderr) =>
+        execFile(process.execPath, [CLI, 'check', '--config', path, ...(json ? ['--json'] : [])], { cwd: ROOT, env, timeout: 110_000 }, (err, stdout, stderr) =>
           resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
         );
       });

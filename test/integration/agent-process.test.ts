@@ -1,15 +1,17 @@
 /**
- * The agent as its own process (`node --import tsx agent/main.ts`, the same code as `egressgate
- * agent`): it attributes a connection held by another process (curl) and stops cleanly on SIGTERM;
+ * The agent as its own process (`node dist/agent/main.js`, agent/main.ts as built before the run:
+ * the same code as `egressgate agent`): it attributes a connection held by another process (curl) and stops cleanly on SIGTERM;
  * with a token the gateway refuses it says so at start (before, nothing until a first report).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createServer as createHttpServer } from 'node:http';
 import { type AddressInfo, type Socket, createServer } from 'node:net';
+import { dirname, join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import { startTestGateway, until } from '../helpers/gateway.ts';
+import { CLI } from '../helpers/serve-process.ts';
 
-const MAIN = new URL('../../agent/main.ts', import.meta.url).pathname;
+const MAIN = join(dirname(CLI), 'agent', 'main.js');
 /**
  * The stand-in gateway's address (admin API and proxy listener), used by no other test. The agent
  * reports every socket on this host to it (UDP: to a port of its --udp-relay-ports range), so on 127.0.0.1 another test's
@@ -68,7 +70,7 @@ it('loops until SIGTERM, posting the held connection once, then exits 0', async 
   const adminUrl = `http://${GATEWAY_IP}:${(admin.address() as AddressInfo).port}`;
   const agent = spawn(
     process.execPath,
-    ['--import', 'tsx', MAIN, '--gateway', adminUrl, '--token', 't', '--interval-ms', '100', '--gateway-ports', String(listenerPort)],
+    [MAIN, '--gateway', adminUrl, '--token', 't', '--interval-ms', '100', '--gateway-ports', String(listenerPort)],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   children.push(agent);
@@ -106,7 +108,7 @@ it('with a token the gateway refuses, says so at start (agent-token-refused, the
   closers.push(() => void gw.stop());
   const agent = spawn(
     process.execPath,
-    ['--import', 'tsx', MAIN, '--gateway', gw.adminUrl, '--token', 'not-a-token-of-this-gateway', '--interval-ms', '100', '--gateway-ports', '9'],
+    [MAIN, '--gateway', gw.adminUrl, '--token', 'not-a-token-of-this-gateway', '--interval-ms', '100', '--gateway-ports', '9'],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   children.push(agent);

@@ -12,11 +12,10 @@
  * an association whose relay was in a configured range below it.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AGENT_TOKEN, testAgent } from '../helpers/detection-live.ts';
 import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
-import { ROOT } from '../helpers/serve-process.ts';
+import { CLI, ROOT } from '../helpers/serve-process.ts';
 import { startUdpEcho, type UdpEcho } from './socks5-harness.ts';
 
 const GATEWAY_IP = '127.0.0.74';
@@ -83,7 +82,7 @@ sys.stdin.readline()
 
 /** `egressgate agent --once` as its own process, as deploy/ runs it; its agent-pass line. */
 async function agentOnce(g: TestGateway = gw): Promise<Record<string, unknown>> {
-  const args = ['--import', 'tsx', join(ROOT, 'cli.ts'), 'agent', '--once', '--gateway', `http://${g.admin}`, '--host', 'ws', '--gateway-ports', `${g.httpPort},${g.socksPort}`];
+  const args = [CLI, 'agent', '--once', '--gateway', `http://${g.admin}`, '--host', 'ws', '--gateway-ports', `${g.httpPort},${g.socksPort}`];
   const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, EGRESSGATE_AGENT_TOKEN: AGENT_TOKEN }, stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(child);
   let out = '';

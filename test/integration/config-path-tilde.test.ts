@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { until } from '../helpers/gateway.ts';
-import { killIfRunning, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { CLI, killIfRunning, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
 
 /** Where a `~/…` path lands when taken literally by `serve` (its working directory is ROOT). */
 const LITERAL_TILDE = join(ROOT, '~');
@@ -45,7 +45,7 @@ ${extra}`;
 
 function check(configPath: string): Promise<{ code: number; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ['--import', 'tsx', join(ROOT, 'cli.ts'), 'check', '--config', configPath], { cwd: ROOT, timeout: 50_000 }, (err, _stdout, stderr) => {
+    execFile(process.execPath, [CLI, 'check', '--config', configPath], { cwd: ROOT, timeout: 50_000 }, (err, _stdout, stderr) => {
       resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stderr });
     });
   });

@@ -18,6 +18,7 @@ import { parseAllDocuments, parse as parseYaml } from 'yaml';
 import { NODE_FLAGS, THREADPOOL_SIZE } from '../../gateway/node-flags.ts';
 import { loadConfig } from '../../policy/load-config.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
+import { CLI } from '../helpers/serve-process.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const DEPLOY = join(ROOT, 'deploy');
@@ -73,7 +74,7 @@ describe('example policies pass the validator', () => {
           new Promise<{ file: string; code: number | null; stdout: string; stderr: string }>((done) => {
             execFile(
               process.execPath,
-              ['--import', 'tsx', 'cli.ts', 'check', '--config', file],
+              [CLI, 'check', '--config', file],
               { cwd: ROOT, timeout: 55_000 },
               (err, stdout, stderr) => done({ file, code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr }),
             );

@@ -21,8 +21,9 @@ import { readBytes, readToEnd, startTcpOrigin, type TcpOrigin } from './socks5-h
 
 const TOKEN = 'descriptor-exhaustion-token-0123456789';
 /**
- * Low enough to fill in about a second; node, tsx and the listeners take about 40, and tsx loading
- * the gateway's modules on a loaded machine has taken more than 128 at once (serve then exits EMFILE).
+ * Low enough to fill in about a second; node and the listeners take about 25, and node's loader opens
+ * the gateway's modules concurrently at start: dist/cli.js exited EMFILE under 96 (listened at 128),
+ * and a start through tsx on a loaded machine took more than 128 at once.
  */
 const NOFILE = 256;
 /** One more than the scan detector's default failedPortsOnOneHost (15). */

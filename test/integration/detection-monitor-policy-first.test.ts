@@ -19,6 +19,7 @@ import type { Config } from '../../policy/config.ts';
 import type { Mode } from '../../policy/types.ts';
 import { httpConnect, type TcpOrigin, tcpOrigin } from '../helpers/detection-live.ts';
 import { type DeepPartial, startTestGateway, type TestGateway, testConfig } from '../helpers/gateway.ts';
+import { CLI } from '../helpers/serve-process.ts';
 
 /** A proxyware provider's name (policy/lists.ts). */
 const PROVIDER = 'edge.honeygain.com';
@@ -60,7 +61,7 @@ async function providerThenAllowed(mode: Mode, log?: string): Promise<{ answers:
 /** `egressgate replay --config config log`: its alert lines. */
 function replayAlerts(config: string, log: string): Promise<string[]> {
   return new Promise((resolve, reject) => {
-    execFile(process.execPath, ['--import', 'tsx', 'cli.ts', 'replay', '--config', config, log], { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } }, (err, stdout, stderr) => {
+    execFile(process.execPath, [CLI, 'replay', '--config', config, log], { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } }, (err, stdout, stderr) => {
       if (err) reject(new Error(`replay failed: ${err.message}\n${stderr}`));
       else resolve(stdout.split('\n').filter((l) => l.trim() !== ''));
     });

@@ -20,6 +20,7 @@ import type { Config } from '../../policy/config.ts';
 import type { Mode } from '../../policy/types.ts';
 import { httpConnect, type TcpOrigin, tcpOrigin, waitForSweeps } from '../helpers/detection-live.ts';
 import { type DeepPartial, startTestGateway, type TestGateway, testConfig } from '../helpers/gateway.ts';
+import { CLI } from '../helpers/serve-process.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const ATTEMPTS = 18;
@@ -54,7 +55,7 @@ async function sweepOfRefusedAddress(mode: Mode, log: string): Promise<{ answers
 /** `egressgate replay --config config log`: its an0081.scan alert lines. */
 function replayScanAlerts(config: string, log: string): Promise<string[]> {
   return new Promise((resolve, reject) => {
-    execFile(process.execPath, ['--import', 'tsx', 'cli.ts', 'replay', '--config', config, log], { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } }, (err, stdout, stderr) => {
+    execFile(process.execPath, [CLI, 'replay', '--config', config, log], { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } }, (err, stdout, stderr) => {
       if (err) reject(new Error(`replay failed: ${err.message}\n${stderr}`));
       else resolve(stdout.split('\n').filter((l) => l.includes(' an0081.scan ')));
     });

@@ -19,6 +19,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Config } from '../../policy/config.ts';
 import { type TcpOrigin, echoOrigin, httpConnect } from '../helpers/detection-live.ts';
 import { type DeepPartial, type TestGateway, startTestGateway } from '../helpers/gateway.ts';
+import { CLI } from '../helpers/serve-process.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const CLIENT_IP = '127.0.0.6';
@@ -88,7 +89,7 @@ function evaluateCli(...args: string[]): Promise<Evaluated> {
   return new Promise((resolve, reject) => {
     execFile(
       process.execPath,
-      ['--import', 'tsx', 'cli.ts', 'evaluate', '--config', policyFile, '--dest', dest, ...args],
+      [CLI, 'evaluate', '--config', policyFile, '--dest', dest, ...args],
       { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } },
       (err, stdout, stderr) => (err ? reject(new Error(`evaluate failed: ${err.message} ${stderr}`)) : resolve(JSON.parse(stdout) as Evaluated)),
     );

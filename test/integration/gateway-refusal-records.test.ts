@@ -355,7 +355,8 @@ describe('refusals before any judgement: recorded block, counted block', () => {
   });
 
   it('relay-error: a UDP ASSOCIATE whose relay cannot be bound (no descriptor left) gets 0x01 and leaves its one record, block relay-error, counted', async () => {
-    // Room for serve's start (tsx opens its modules concurrently: at 128 a loaded run hit EMFILE before listening).
+    // Room for serve's start (node's loader opens the modules concurrently: dist/cli.js exited EMFILE
+    // under 96, and through tsx a loaded run hit it at 128 before listening).
     const NOFILE = 512;
     const log = join(dir, 'relay.jsonl');
     const s = await serve('relay', `${loopbackServeConfig(log)}limits: { headerTimeoutMs: 120000, drainGraceMs: 2000 }\n`, (argv) => [

@@ -21,7 +21,7 @@ import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { until } from '../helpers/gateway.ts';
-import { killIfRunning, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { CLI, killIfRunning, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { createTestPki, hasOpenssl, type TestPki } from '../helpers/tls.ts';
 
@@ -283,7 +283,7 @@ flowLog: { path: ${JSON.stringify(join(dir, 'client-ca-flows.jsonl'))} }
   it('check refuses a key that is not the certificate\'s, at tls.key', async () => {
     const config = join(dir, 'check.yaml');
     await writeFile(config, policy({ cert: b.certPath, key: a.keyPath }, '-'));
-    const r = await run(process.execPath, ['--import', 'tsx', join(ROOT, 'cli.ts'), 'check', '--config', config], { cwd: ROOT, timeout: 50_000 }).then(
+    const r = await run(process.execPath, [CLI, 'check', '--config', config], { cwd: ROOT, timeout: 50_000 }).then(
       () => ({ code: 0, stderr: '' }),
       (err: { code?: number; stderr?: string }) => ({ code: err.code ?? -1, stderr: err.stderr ?? '' }),
     );

@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseWrittenRecords } from '../helpers/flow-records.ts';
-import { killIfRunning, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { CLI, killIfRunning, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { createTestPki, hasOpenssl, type TestPki } from '../helpers/tls.ts';
 import { type Origin, run, startOrigin } from './http-harness.ts';
@@ -68,7 +68,7 @@ flowLog: { path: "-" }
     return new Promise((resolve) => {
       execFile(
         process.execPath,
-        ['--import', 'tsx', 'cli.ts', 'serve', '--config', config, '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0'],
+        [CLI, 'serve', '--config', config, '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0'],
         { cwd: ROOT, timeout: 20_000, env: { ...process.env, EGRESSGATE_CONFIG: '', NODE_EXTRA_CA_CERTS: pki.ca.certPath } },
         (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr }),
       );

@@ -20,6 +20,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CHOKEPOINT, type Chokepoint, type ExecResult, NetnsLab, type NsProcess, buildChokepoint, netnsSupport } from '../helpers/netns.ts';
+import { CLI } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
@@ -32,7 +33,7 @@ const hasPython = spawnSync('sh', ['-c', 'command -v python3'], { stdio: 'ignore
 
 /** Whether `nobody` can read the checkout (a tree under /root with mode 0700 would stop it). */
 function nobodyCanReadTree(): boolean {
-  const probe = `const fs = require('node:fs'); for (const f of ${JSON.stringify([join(ROOT, 'cli.ts'), join(ROOT, 'node_modules/tsx/package.json')])}) fs.accessSync(f, fs.constants.R_OK);`;
+  const probe = `const fs = require('node:fs'); for (const f of ${JSON.stringify([CLI, join(ROOT, 'node_modules/fastify/package.json')])}) fs.accessSync(f, fs.constants.R_OK);`;
   const args = ['--reuid', String(NOBODY), '--regid', String(NOBODY), '--clear-groups', process.execPath, '-e', probe];
   return spawnSync('setpriv', args, { stdio: 'ignore', timeout: 15_000 }).status === 0;
 }
@@ -288,9 +289,7 @@ describe.skipIf(!support.ok)('egress chokepoint on real network namespaces', () 
           String(GATEWAY_UID),
           '--clear-groups',
           process.execPath,
-          '--import',
-          'tsx',
-          'cli.ts',
+          CLI,
           'serve',
           '--config',
           configPath,
@@ -303,8 +302,8 @@ describe.skipIf(!support.ok)('egress chokepoint on real network namespaces', () 
         ],
         { cwd: ROOT, env: { ...process.env, HOME: dir } },
       );
-      // Start-up takes ~3 s of CPU (tsx compiles the tree); the generous bound only matters on a
-      // machine saturated by other test runs, where a tight one would fail spuriously.
+      // Start-up takes under a second of CPU (dist/cli.js, built before the run); the generous bound
+      // only matters on a machine saturated by other test runs, where a tight one would fail spuriously.
       const line = await gw.waitForLine((l) => l.includes('"listening"'), 55_000);
       const bound = JSON.parse(line) as { http: string; admin: string };
       proxy = `http://${bound.http}`;

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientAddress } from '../../gateway/identity/client-address.ts';
 import { HostInventory } from '../../gateway/identity/host-inventory.ts';
+import { CLI } from '../helpers/serve-process.ts';
 
 delete process.env['EGRESSGATE_CONFIG'];
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -26,7 +27,7 @@ function spawnCli(args: string[]): Promise<Run> {
   return new Promise((resolve) => {
     execFile(
       process.execPath,
-      ['--import', 'tsx', 'cli.ts', ...args],
+      [CLI, ...args],
       { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } },
       (err, stdout, stderr) => {
         const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
@@ -37,9 +38,9 @@ function spawnCli(args: string[]): Promise<Run> {
 }
 
 /**
- * Every tsx start costs ~1 s of CPU (more on a loaded machine), so three invocations go through a
- * real child process (exit code, stdout, stderr as a user sees them) and the rest call the same
- * `run(argv, io)` in-process with captured output.
+ * Every start of the CLI is a process of its own (a `check` from dist/ ~0.1 s of CPU, more on a
+ * loaded machine), so three invocations go through a real child process (exit code, stdout, stderr
+ * as a user sees them) and the rest call the same `run(argv, io)` in-process with captured output.
  */
 const runs = new Map<string, Promise<Run>>();
 function spawned(name: string, ...args: string[]): Promise<Run> {

@@ -15,7 +15,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { killIfRunning, loopbackServeConfig, ROOT } from '../helpers/serve-process.ts';
+import { CLI, killIfRunning, loopbackServeConfig, ROOT } from '../helpers/serve-process.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'egw-replay-captured-'));
 let origin: Server;
@@ -25,7 +25,7 @@ let captured = '';
 
 function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ['--import', 'tsx', 'cli.ts', ...args], { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } }, (err, stdout, stderr) => {
+    execFile(process.execPath, [CLI, ...args], { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } }, (err, stdout, stderr) => {
       resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
     });
   });
@@ -54,7 +54,7 @@ beforeAll(async () => {
   // stdout to a file, as `egressgate serve > serve.out` does.
   const outPath = join(dir, 'serve.out');
   const out = openSync(outPath, 'w');
-  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'cli.ts'), 'serve', '--config', config, '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0'], {
+  const child = spawn(process.execPath, [CLI, 'serve', '--config', config, '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0'], {
     cwd: ROOT,
     env: { ...process.env, EGRESSGATE_CONFIG: '' },
     stdio: ['ignore', out, 'ignore'],

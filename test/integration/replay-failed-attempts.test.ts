@@ -20,6 +20,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import type { Mode } from '../../policy/types.ts';
 import { refusingPorts, type TcpOrigin, tcpOrigin } from '../helpers/detection-live.ts';
 import { startTestGateway, type TestGateway, testConfig, until } from '../helpers/gateway.ts';
+import { CLI } from '../helpers/serve-process.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const ATTEMPTS = 18;
@@ -46,7 +47,7 @@ async function start(name: string, mode: Mode, loopback = false): Promise<{ gw: 
 /** `egressgate replay [flags] --config config input` as a user runs it: the an0081.scan alert lines. */
 function replayScanAlerts(config: string, log: string, ...flags: string[]): Promise<string[]> {
   return new Promise((resolve, reject) => {
-    execFile(process.execPath, ['--import', 'tsx', 'cli.ts', 'replay', ...flags, '--config', config, log], { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } }, (err, stdout, stderr) => {
+    execFile(process.execPath, [CLI, 'replay', ...flags, '--config', config, log], { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } }, (err, stdout, stderr) => {
       if (err) reject(new Error(`replay failed: ${err.message}\n${stderr}`));
       else resolve(stdout.split('\n').filter((l) => l.includes(' an0081.scan ')));
     });

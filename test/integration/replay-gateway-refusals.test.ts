@@ -25,6 +25,7 @@ import { startSocksParent } from '../helpers/parent-proxy.ts';
 import { refusingPorts, reportProcesses, type TcpOrigin, tcpOrigin, testAgent, waitForSweeps } from '../helpers/detection-live.ts';
 import type { Config } from '../../policy/config.ts';
 import { type DeepPartial, startTestGateway, type TestGateway, testConfig, until } from '../helpers/gateway.ts';
+import { CLI } from '../helpers/serve-process.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const FANOUT_LIMIT = 20;
@@ -42,7 +43,7 @@ const OVERRIDES: DeepPartial<Config> = {
 /** `egressgate replay --config config log` as a user runs it: its an0081.scan alert lines. */
 function replayScanAlerts(config: string, log: string): Promise<string[]> {
   return new Promise((resolve, reject) => {
-    execFile(process.execPath, ['--import', 'tsx', 'cli.ts', 'replay', '--config', config, log], { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } }, (err, stdout, stderr) => {
+    execFile(process.execPath, [CLI, 'replay', '--config', config, log], { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } }, (err, stdout, stderr) => {
       if (err) reject(new Error(`replay failed: ${err.message}\n${stderr}`));
       else resolve(stdout.split('\n').filter((l) => l.includes(' an0081.scan ')));
     });

@@ -17,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../../gateway/commands/replay.ts';
 import { type TcpOrigin, echoOrigin, echoRoundTrip, httpConnect } from '../helpers/detection-live.ts';
 import { startTestGateway } from '../helpers/gateway.ts';
-import { ROOT } from '../helpers/serve-process.ts';
+import { CLI, ROOT } from '../helpers/serve-process.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'egw-replay-malformed-'));
 const POLICY = join(dir, 'policy.yaml');
@@ -104,7 +104,7 @@ describe('egressgate replay: a spoiled line of a real flow log', () => {
   it('as a user runs it: no stack trace, exit 2 (it was a TypeError and exit 1)', async () => {
     const file = spoiled('cli-user-5.jsonl', edited((r) => (r['identity']!['user'] = 5)));
     const r = await new Promise<{ code: number; stderr: string }>((resolve) => {
-      execFile(process.execPath, ['--import', 'tsx', 'cli.ts', 'replay', '--config', POLICY, file], { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } }, (err, _stdout, stderr) =>
+      execFile(process.execPath, [CLI, 'replay', '--config', POLICY, file], { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } }, (err, _stdout, stderr) =>
         resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stderr }),
       );
     });

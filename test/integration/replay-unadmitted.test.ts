@@ -24,6 +24,7 @@ import type { Config } from '../../policy/config.ts';
 import { GatewayError } from '../../gateway/errors.ts';
 import { reportProcesses, tcpOrigin, testAgent, waitForSweeps } from '../helpers/detection-live.ts';
 import { type DeepPartial, startTestGateway, type TestGateway, testConfig } from '../helpers/gateway.ts';
+import { CLI } from '../helpers/serve-process.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'egw-replay-unadmitted-'));
@@ -42,7 +43,7 @@ const OVERRIDES: DeepPartial<Config> = {
 /** `egressgate replay --config config log`: its an0081.scanner-tool alert lines. */
 function replayScannerAlerts(config: string, log: string): Promise<string[]> {
   return new Promise((resolve, reject) => {
-    execFile(process.execPath, ['--import', 'tsx', 'cli.ts', 'replay', '--config', config, log], { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } }, (err, stdout, stderr) => {
+    execFile(process.execPath, [CLI, 'replay', '--config', config, log], { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } }, (err, stdout, stderr) => {
       if (err) reject(new Error(`replay failed: ${err.message}\n${stderr}`));
       else resolve(stdout.split('\n').filter((l) => l.includes(' an0081.scanner-tool ')));
     });

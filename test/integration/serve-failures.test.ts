@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { killIfRunning, loopbackServeConfig, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { CLI, killIfRunning, loopbackServeConfig, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
 import { type Origin, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
 import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
 
@@ -287,7 +287,7 @@ describe('a start that fails half-way', () => {
     const adminPort = (taken.address() as { port: number }).port;
     const configPath = join(dir, 'half.yaml');
     await writeFile(configPath, 'flowLog: { path: null }\n');
-    const c = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'cli.ts'), 'serve', '--config', configPath, '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', `127.0.0.1:${adminPort}`], {
+    const c = spawn(process.execPath, [CLI, 'serve', '--config', configPath, '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', `127.0.0.1:${adminPort}`], {
       cwd: ROOT,
       env: { ...process.env, EGRESSGATE_ADMIN_TOKEN: TOKEN },
       stdio: ['ignore', 'pipe', 'pipe'],

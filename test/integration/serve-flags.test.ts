@@ -9,7 +9,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ROOT } from '../helpers/serve-process.ts';
+import { CLI, ROOT } from '../helpers/serve-process.ts';
 
 interface Run {
   code: number | null;
@@ -23,7 +23,7 @@ interface Run {
  */
 function serve(args: string[], env: Record<string, string> = {}): Promise<Run> {
   return new Promise((resolve) => {
-    const c = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'cli.ts'), 'serve', ...args], {
+    const c = spawn(process.execPath, [CLI, 'serve', ...args], {
       cwd: ROOT,
       env: { ...process.env, EGRESSGATE_CONFIG: '', EGRESSGATE_ADMIN_TOKEN: 'serve-flags-token-0123456789', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -16,7 +16,7 @@ import type { FlowRecord } from '../../gateway/flow/flow.ts';
 import { parseWrittenRecords } from '../helpers/flow-records.ts';
 import { until } from '../helpers/gateway.ts';
 import { NetnsLab, type NsProcess, netnsSupport } from '../helpers/netns.ts';
-import { ROOT } from '../helpers/serve-process.ts';
+import { CLI, ROOT } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 
 const support = netnsSupport();
@@ -101,7 +101,7 @@ beforeAll(async () => {
       '',
     ].join('\n'),
   );
-  const args = ['--import', 'tsx', join(ROOT, 'cli.ts'), 'serve', '--config', join(dir, 'policy.yaml'), '--http', '127.0.0.1:0', '--socks', '[::1]:0', '--admin', '127.0.0.1:0'];
+  const args = [CLI, 'serve', '--config', join(dir, 'policy.yaml'), '--http', '127.0.0.1:0', '--socks', '[::1]:0', '--admin', '127.0.0.1:0'];
   serve = lab.spawn(ns, process.execPath, args, { cwd: ROOT, env: { ...process.env, EGRESSGATE_ADMIN_TOKEN: 'socks5-udp-unroutable-token-0123' } });
   const listening = JSON.parse(await serve.waitForLine((l) => l.includes('"listening"'), 30_000)) as { socks: string };
   socksPort = Number(listening.socks.slice(listening.socks.lastIndexOf(':') + 1));
