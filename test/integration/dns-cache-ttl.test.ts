@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { canUnshareMounts, ROOT, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
+import { CLI, canUnshareMounts, ROOT, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { startZoneDns, type ZoneDns } from '../helpers/zone-dns.ts';
 import { run } from './http-harness.ts';
@@ -181,7 +181,7 @@ describe('egressgate check', () => {
     const path = join(checkDir, 'policy.yaml');
     writeFileSync(path, text);
     return new Promise((resolve) => {
-      execFile(process.execPath, ['--import', 'tsx', 'cli.ts', 'check', '--config', path], { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } }, (err, _stdout, stderr) =>
+      execFile(process.execPath, [CLI, 'check', '--config', path], { cwd: ROOT, timeout: 50_000, env: { ...process.env, EGRESSGATE_CONFIG: '' } }, (err, _stdout, stderr) =>
         resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stderr }),
       );
     });
