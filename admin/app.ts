@@ -130,6 +130,7 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
       return [...(issue ? [issue] : []), ...auth.repeatsOf(config)];
     },
     repeatsOutside: (config) => auth.repeatsOf(config),
+    watchToken: (header, need) => auth.watch(header, need),
   };
   const openStreams = new SseStreams(() => port.adminSettings());
   const connections = new AdminConnections(() => port.adminSettings().maxConnectionsPerSource);

@@ -233,6 +233,26 @@ export class TokenAuth {
   }
 
   /**
+   * A check that `header` still names a principal with `need`, for an answer that outlives its
+   * request (the alert stream): a PUT or reload may revoke the token or narrow its scope meanwhile.
+   * It authenticates again only when the token set has changed (a new policy version), so a call
+   * between changes is one comparison.
+   */
+  watch(header: string | undefined, need: RequiredScope): () => boolean {
+    let version = this.opts.credentials?.().version;
+    let isAllowed = true;
+    return () => {
+      const now = this.opts.credentials?.().version;
+      if (now !== version) {
+        version = now;
+        const principal = this.authenticate(header);
+        isAllowed = principal !== null && scopeAllows(principal.scope, need);
+      }
+      return isAllowed;
+    };
+  }
+
+  /**
    * Seconds `ip` stays locked out (answered 429 before any token is looked at), or 0. Checked
    * before `authenticate`, so a locked-out source gets no token compared at all.
    */

@@ -85,6 +85,11 @@ export interface SseOptions {
   /** Open streams, so the app can end them on close, and the token this one counts against. */
   open: SseStreams;
   token: string;
+  /**
+   * Whether the stream's token still grants the read scope (a PUT or reload may revoke it): asked
+   * before each alert and heartbeat; false ends the stream.
+   */
+  isAuthorized: () => boolean;
 }
 
 /** One SSE frame for an alert event. */
@@ -137,6 +142,11 @@ export function streamAlerts(port: ControlPort, request: FastifyRequest, reply: 
   let closed = false;
   const send = (ev: AlertEvent): void => {
     if (closed || ev.eventId <= lastSent) return;
+    // A token revoked (or narrowed to no read scope) since the stream opened reads no more alerts.
+    if (!opts.isAuthorized()) {
+      cleanup();
+      return;
+    }
     if (opts.detector && ev.alert.detector !== opts.detector) return;
     lastSent = ev.eventId;
     res.write(formatAlertEvent(ev));
@@ -145,7 +155,9 @@ export function streamAlerts(port: ControlPort, request: FastifyRequest, reply: 
   // Subscribing and replaying in the same tick leaves no gap between backlog and live events.
   const unsubscribe = port.subscribeAlerts(send);
   const heartbeat = setInterval(() => {
-    if (!closed) res.write(': heartbeat\n\n');
+    if (closed) return;
+    if (opts.isAuthorized()) res.write(': heartbeat\n\n');
+    else cleanup();
   }, opts.heartbeatMs);
   heartbeat.unref();
   const cleanup = (): void => {

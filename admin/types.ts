@@ -43,4 +43,9 @@ export interface RouteContext {
    * POST /v1/policy/validate checks besides the file's own rules, as start-up and a reload refuse it.
    */
   repeatsOutside: PolicyCheck;
+  /**
+   * A check that an `Authorization` header still grants `need` (TokenAuth.watch), for an answer that
+   * outlives its request: an alert stream ends once its token is revoked or its scope narrowed.
+   */
+  watchToken: (header: string | undefined, need: RequiredScope) => () => boolean;
 }

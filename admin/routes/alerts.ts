@@ -8,7 +8,7 @@ import { answerStreamHead, parseLastEventId, type SseStreams, streamAlerts } fro
 import type { AdminApp, RouteContext } from '../types.ts';
 
 /** Register the alert routes; `open` collects live SSE responses so the app can end them on close. */
-export function registerAlertRoutes(app: AdminApp, { port, heartbeatMs }: RouteContext, open: SseStreams): void {
+export function registerAlertRoutes(app: AdminApp, { port, heartbeatMs, watchToken }: RouteContext, open: SseStreams): void {
   app.get(
     '/v1/alerts',
     {
@@ -57,7 +57,8 @@ export function registerAlertRoutes(app: AdminApp, { port, heartbeatMs }: RouteC
         );
       }
       const lastEventId = parseLastEventId(request.headers['last-event-id']) ?? request.query.lastEventId ?? null;
-      streamAlerts(port, request, reply, { heartbeatMs, detector: request.query.detector, lastEventId, open, token });
+      const isAuthorized = watchToken(request.headers.authorization, 'read');
+      streamAlerts(port, request, reply, { heartbeatMs, detector: request.query.detector, lastEventId, open, token, isAuthorized });
     },
   );
 }
