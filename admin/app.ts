@@ -3,7 +3,7 @@
  * instance and never listens (main.ts does, on 127.0.0.1:9180 by default; tests use inject()).
  *
  * Request path: 0. connection: at most admin.maxConnectionsPerSource open per address (429 and
- * closed) → 1. route lookup → 2. onRequest: the Host name (421, DNS rebinding), then token →
+ * closed) → 1. route lookup → 2. onRequest: one Host (400 for two), its name (421, DNS rebinding), then token →
  * principal (a request no route answers too: its 404 / 405 only after a valid token), scope check (401 slowed down per address on repeated failures, 429 unchecked while
  * the address is locked out; 403) and the policy version noted for the audit → 3. schema
  * validation (400 with paths) → 4. handler, talking to the gateway only through the ControlPort →
@@ -14,6 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { ControlPort } from '../gateway/control.ts';
+import { isRepeatedField } from '../gateway/listeners/http-target.ts';
 import type { AdminTokenConfig, AgentTokenConfig } from '../policy/config.ts';
 import { type FailureDelayOptions, generateAdminToken, type RequiredScope, scopeAllows, TokenAuth } from './auth.ts';
 import { AdminConnections } from './connection-limit.ts';
@@ -173,6 +174,12 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
   // `scope` undefined: a request no route answers, which needs a valid token of any scope.
   // Resolves false when it has answered the request (421, 429, 401, 403).
   async function gate(request: FastifyRequest, reply: FastifyReply, scope: RequiredScope | undefined): Promise<boolean> {
+    // Host twice is 400 (RFC 9112 §3.2), as on the proxy listeners: node keeps the first, so the
+    // check below read one name while a front that goes by the last one had routed by the other.
+    if (isRepeatedField(request.raw.rawHeaders, 'host')) {
+      sendError(reply, 400, 'bad-request', 'more than one Host field');
+      return false;
+    }
     if (!hosts.accepts(request.headers.host, request.socket.localAddress)) {
       hostRefused++;
       sendError(reply, 421, 'misdirected-request', 'this admin API does not answer to that Host name (admin.allowedHosts)');
