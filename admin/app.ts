@@ -20,7 +20,7 @@ import { type FailureDelayOptions, generateAdminToken, type RequiredScope, scope
 import { AdminConnections } from './connection-limit.ts';
 import { answerClientError, installErrorHandlers, sendError } from './errors.ts';
 import { RouteMethods } from './route-methods.ts';
-import { HostCheck } from './host-check.ts';
+import { absoluteForm, HostCheck } from './host-check.ts';
 import { OpenApiCollector } from './openapi.ts';
 import { registerAgentRoutes } from './routes/agents.ts';
 import { registerAlertRoutes } from './routes/alerts.ts';
@@ -102,6 +102,12 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
       });
     },
     clientErrorHandler: answerClientError,
+    // An absolute-form target is answered by its path, as the router already routed it: the
+    // no-store rule, a 405's Allow and the audit's path read `request.url` as a path.
+    rewriteUrl: (req) => {
+      const url = req.url ?? '/';
+      return absoluteForm(url)?.path ?? url;
+    },
   }).withTypeProvider<TypeBoxTypeProvider>();
   const headerTimeoutMs = opts.headerTimeoutMs;
   if (headerTimeoutMs) {
@@ -180,7 +186,9 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
       sendError(reply, 400, 'bad-request', 'more than one Host field');
       return false;
     }
-    if (!hosts.accepts(request.headers.host, request.socket.localAddress)) {
+    // An absolute-form target names the authority; Host is then ignored (RFC 9112 §3.2.2).
+    const target = absoluteForm(request.originalUrl);
+    if (!hosts.accepts(target ? target.authority : request.headers.host, request.socket.localAddress)) {
       hostRefused++;
       sendError(reply, 421, 'misdirected-request', 'this admin API does not answer to that Host name (admin.allowedHosts)');
       return false;

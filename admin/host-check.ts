@@ -13,6 +13,9 @@
  *   address, and accepted on one that did not (the PAC file is fetched by whatever name the clients
  *   were configured with; a gateway serving it on its network address keeps working unconfigured).
  *
+ * An absolute-form target's authority is checked in place of Host (RFC 9112 §3.2.2: the server
+ * ignores Host then).
+ *
  * The port in Host is not compared: a rebinding page already has the listener's port, and tunnels
  * (`ssh -L`, `kubectl port-forward`) legitimately change it.
  */
@@ -52,6 +55,19 @@ export function hostHeaderName(value: string): string | null {
   if (colon < 0) return v;
   if (!/^\d{1,5}$/.test(v.slice(colon + 1))) return null;
   return v.slice(0, colon);
+}
+
+/**
+ * An absolute-form request target (`http://authority/path`, RFC 9112 §3.2.2): its authority, which
+ * stands for Host, and its origin-form path (query kept). Null for any other form. A server must
+ * accept the form; fastify's router finds the route by the path inside it, but `request.url` kept
+ * the whole target, so whatever read the path from it went wrong.
+ */
+export function absoluteForm(url: string): { authority: string; path: string } | null {
+  const m = /^https?:\/\/([^/?#]*)([^#]*)$/i.exec(url);
+  if (!m) return null;
+  const rest = m[2] ?? '';
+  return { authority: m[1] ?? '', path: rest.startsWith('/') ? rest : `/${rest}` };
 }
 
 export class HostCheck {
