@@ -8,6 +8,7 @@ import { dialErrorCode, GatewayError, type GatewayErrorCode, isOwnShortage } fro
 import { type ParentEndpoint, type ParentLogin, parseParentUrl } from '../../policy/upstream-url.ts';
 import { bareLineFeedAt } from '../protocol/http-line-ends.ts';
 import { type HandshakeWords, readHandshake } from './handshake.ts';
+import { httpParentRefusal } from './http-parent-refusal.ts';
 import { socks5ParentHandshake } from './socks5-parent.ts';
 import { type DiallingSocket, type Flow, KILLED_WHILE_DIALLING } from '../flow/flow.ts';
 import type { UnansweredAddresses } from './unanswered.ts';
@@ -401,8 +402,12 @@ async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> 
         continue;
       }
       // Any 2xx establishes the tunnel (RFC 9110 §9.3.6), and what follows its head is the
-      // destination's; 101, 3xx, 4xx and 5xx do not (504: the parent's word on the destination).
-      if (!(status >= 200 && status < 300)) throw new GatewayError(status === 504 ? 'EGW_DIAL_TIMEOUT' : 'EGW_UPSTREAM_PROXY', `${parent.label} answered ${statusLine}`);
+      // destination's; 101, 3xx, 4xx and 5xx do not (504, squid's ERR_CONNECT_FAIL: the parent's
+      // word on the destination, http-parent-refusal.ts).
+      if (!(status >= 200 && status < 300)) {
+        const refusal = httpParentRefusal(status, received.toString('latin1', at, end + 2));
+        throw new GatewayError(refusal.code, `${parent.label} answered ${statusLine}${refusal.detail === '' ? '' : ` (${refusal.detail})`}`);
+      }
       return end + 4;
     }
   });

@@ -8,17 +8,18 @@ import { once } from 'node:events';
 import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
 
 /**
- * What the parent does with the next request: relay, refuse with this SOCKS reply / HTTP status, or
- * stay silent. A relaying http parent answers `HTTP/1.1 <answer>` (default `200 Connection
- * established`); with `withFirstBytes` either parent holds its answer until the destination's first
- * bytes and sends both in one write (one segment), as a parent that answers late may. An http
+ * What the parent does with the next request: relay, refuse with this SOCKS reply / HTTP status (an
+ * http parent's refusal with `fields` in its head too), or stay silent. A relaying http parent
+ * answers `HTTP/1.1 <answer>` (default `200 Connection established`); with `withFirstBytes` either
+ * parent holds its answer until the destination's first bytes and sends both in one write (one
+ * segment), as a parent that answers late may. An http
  * parent's `interim` heads (`100 Continue`, …) go first, each in a write of its own, or with
  * `interimInOneWrite` all together with the final head. `drip`: an http parent that sends an interim
  * head (`102 Processing`) every `everyMs` and never a final answer.
  */
 export type ParentMode =
   | { kind: 'relay'; answer?: string; withFirstBytes?: boolean; interim?: string[]; interimInOneWrite?: boolean }
-  | { kind: 'refuse'; code: number }
+  | { kind: 'refuse'; code: number; fields?: string[] }
   | { kind: 'silent' }
   | { kind: 'drip'; everyMs: number };
 
@@ -168,7 +169,7 @@ export async function startHttpParent(): Promise<ParentProxy> {
         return;
       }
       if (mode.kind === 'refuse') {
-        c.end(`HTTP/1.1 ${mode.code} Refused\r\nContent-Length: 0\r\n\r\n`);
+        c.end(`HTTP/1.1 ${mode.code} Refused\r\n${(mode.fields ?? []).map((f) => `${f}\r\n`).join('')}Content-Length: 0\r\n\r\n`);
         return;
       }
       const i = target.lastIndexOf(':');
