@@ -29,6 +29,7 @@ import { registerPolicyRoutes } from './routes/policy.ts';
 import { registerQuarantineRoutes } from './routes/quarantines.ts';
 import { registerSystemRoutes } from './routes/system.ts';
 import { SseStreams } from './sse.ts';
+import { ValidateBudget } from './validate-budget.ts';
 import type { AdminApp, RouteContext } from './types.ts';
 
 export { generateAdminToken };
@@ -138,6 +139,7 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
     },
     repeatsOutside: (config) => auth.repeatsOf(config),
     watchToken: (header, need) => auth.watch(header, need),
+    validateBudget: new ValidateBudget(),
   };
   const openStreams = new SseStreams(() => port.adminSettings());
   const connections = new AdminConnections(() => port.adminSettings().maxConnectionsPerSource);

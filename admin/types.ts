@@ -6,6 +6,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyBaseLogger, FastifyInstance, RawReplyDefaultExpression, RawRequestDefaultExpression, RawServerDefault } from 'fastify';
 import type { ControlPort, PolicyCheck } from '../gateway/control.ts';
 import type { Principal, RequiredScope } from './auth.ts';
+import type { ValidateBudget } from './validate-budget.ts';
 
 /** How a write is audited: every time, only when refused (status ≥ 400), or never (dry runs). */
 export type AuditMode = 'always' | 'refused' | 'never';
@@ -48,4 +49,6 @@ export interface RouteContext {
    * outlives its request: an alert stream ends once its token is revoked or its scope narrowed.
    */
   watchToken: (header: string | undefined, need: RequiredScope) => () => boolean;
+  /** The event-loop budget of a read token's POST /v1/policy/validate (admin/validate-budget.ts). */
+  validateBudget: ValidateBudget;
 }

@@ -20,6 +20,7 @@ import {
   VersionParams,
 } from '../schemas.ts';
 import type { AdminApp, RouteContext } from '../types.ts';
+import type { ValidateRefusal, ValidateTurn } from '../validate-budget.ts';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 
 /** ETag of a policy version (strong; one version = one exact document). */
@@ -96,8 +97,19 @@ function repeatedKeys(request: FastifyRequest): ConfigIssue[] {
   return request.jsonText === null || typeof request.body !== 'object' || request.body === null ? [] : duplicateJsonKeys(request.jsonText);
 }
 
+/** Whether a validation is budgeted: a read token's; an admin's is the operator's own, as PUT is. */
+function budgeted(request: FastifyRequest): boolean {
+  return request.principal?.scope !== 'admin';
+}
+
+/** 429 for a validation with no place in the queue (SPEC §6 error body, Retry-After). */
+function refuseValidate(reply: FastifyReply, refused: ValidateRefusal): void {
+  reply.header('retry-after', String(refused.retryAfterSec));
+  sendError(reply, 429, 'too-many-requests', 'too many policy validations under way; try again later (one at a time, at most a fifth of the event loop)');
+}
+
 /** Register the policy and mode routes. */
-export function registerPolicyRoutes(app: AdminApp, { port, keepsAdmin, repeatsOutside }: RouteContext): void {
+export function registerPolicyRoutes(app: AdminApp, { port, keepsAdmin, repeatsOutside, validateBudget }: RouteContext): void {
   app.get(
     '/v1/policy',
     {
@@ -145,16 +157,36 @@ export function registerPolicyRoutes(app: AdminApp, { port, keepsAdmin, repeatsO
     {
       config: { scope: 'read', audit: 'never' },
       schema: { summary: 'Validate a draft policy; changes nothing', body: PolicyInput, response: { 200: ValidateResult, ...AuthErrors } },
+      // A read token's validation waits its turn in the budget (admin/validate-budget.ts); one with
+      // no place in the queue is refused before its body is read, so it is never parsed either.
+      preParsing: async (request, reply, payload) => {
+        const refused = budgeted(request) ? validateBudget.wouldRefuse(request.principal?.name ?? '') : null;
+        if (refused) refuseValidate(reply, refused);
+        return payload;
+      },
     },
-    (request, reply) => {
-      const empty = emptyPolicy(request.body);
-      const repeated = empty ? [empty] : repeatedKeys(request);
-      // An entry repeating a token accepted outside the policy is refused as a PUT (admin scope) would
-      // refuse it. Not for a read-scope caller: it would be a way to test guesses at the admin token
-      // that no failed-login delay or lockout counts (and a read token cannot write the policy).
-      const check = request.principal?.scope === 'admin' ? repeatsOutside : undefined;
-      const res = repeated.length > 0 ? { ok: false as const, errors: repeated } : port.validatePolicy(request.body as string | object, check);
-      reply.send(res.ok ? { valid: true, summary: res.summary, errors: [] } : { valid: false, errors: res.errors });
+    async (request, reply) => {
+      let turn: ValidateTurn | null = null;
+      if (budgeted(request)) {
+        const entered = validateBudget.enter(request.principal?.name ?? '');
+        if (!(entered instanceof Promise)) return refuseValidate(reply, entered);
+        turn = await entered;
+      }
+      const started = performance.now();
+      try {
+        // A client that left while it waited costs nothing more.
+        if (request.raw.socket.destroyed) return reply;
+        const empty = emptyPolicy(request.body);
+        const repeated = empty ? [empty] : repeatedKeys(request);
+        // An entry repeating a token accepted outside the policy is refused as a PUT (admin scope) would
+        // refuse it. Not for a read-scope caller: it would be a way to test guesses at the admin token
+        // that no failed-login delay or lockout counts (and a read token cannot write the policy).
+        const check = request.principal?.scope === 'admin' ? repeatsOutside : undefined;
+        const res = repeated.length > 0 ? { ok: false as const, errors: repeated } : port.validatePolicy(request.body as string | object, check);
+        reply.send(res.ok ? { valid: true, summary: res.summary, errors: [] } : { valid: false, errors: res.errors });
+      } finally {
+        turn?.done(performance.now() - started);
+      }
     },
   );
 
