@@ -27,7 +27,8 @@ export function squidAvailable(): boolean {
   }
 }
 
-async function freePort(): Promise<number> {
+/** A loopback port nobody listens on (bound, then released). */
+export async function freePort(): Promise<number> {
   const srv = createServer();
   srv.listen(0, '127.0.0.1');
   await once(srv, 'listening');

@@ -12,12 +12,12 @@
  * through a socks5 parent the client was blocked and quarantined.
  */
 import { once } from 'node:events';
-import { type AddressInfo, connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { type ParentProxy, startHttpParent } from '../helpers/parent-proxy.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
-import { type SquidParent, squidAvailable, startSquidParent } from '../helpers/squid-parent.ts';
+import { freePort, type SquidParent, squidAvailable, startSquidParent } from '../helpers/squid-parent.ts';
 
 /** One more than an0081.scan's default failedDestinations (25), past failedPortsOnOneHost (15) too. */
 const ATTEMPTS = 26;
@@ -31,15 +31,6 @@ let parent: ParentProxy;
 let gw: TestGateway;
 let closedPort: number;
 
-/** A loopback port nobody listens on. */
-async function unusedPort(): Promise<number> {
-  const srv = createServer();
-  srv.listen(0, '127.0.0.1');
-  await once(srv, 'listening');
-  const port = (srv.address() as AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 /** Send `request` to a listener, read until it closes: everything received. */
 async function exchange(port: number, request: Buffer | string): Promise<Buffer> {
@@ -80,7 +71,7 @@ async function sweeps(g: TestGateway, n = 5): Promise<void> {
 
 beforeAll(async () => {
   parent = await startHttpParent();
-  closedPort = await unusedPort();
+  closedPort = await freePort();
   gw = await startTestGateway({ upstream: parent.url(), limits: { connectTimeoutMs: 3000 } });
 });
 afterAll(async () => {
