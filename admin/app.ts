@@ -130,6 +130,8 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
       return { maxFailuresPerMinute: a.maxAuthFailuresPerSource, lockoutMs: a.authLockoutSec * 1000 };
     },
   });
+  // A read token's policy validations: one at a time, at most a fifth of the event loop (validate-budget.ts).
+  const validateBudget = new ValidateBudget();
   const ctx: RouteContext = {
     port,
     heartbeatMs: opts.heartbeatMs ?? 15_000,
@@ -139,7 +141,7 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
     },
     repeatsOutside: (config) => auth.repeatsOf(config),
     watchToken: (header, need) => auth.watch(header, need),
-    validateBudget: new ValidateBudget(),
+    validateBudget,
   };
   const openStreams = new SseStreams(() => port.adminSettings());
   const connections = new AdminConnections(() => port.adminSettings().maxConnectionsPerSource);
@@ -151,6 +153,7 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
     authLockoutsTotal: auth.stats.lockoutsTotal,
     connectionsRefusedTotal: connections.refusedTotal,
     hostRefusedTotal: hostRefused,
+    validateRefusedTotal: validateBudget.refusedTotal,
     streamsRefusedPerToken: openStreams.refusedPerToken,
     streamsRefusedTotal: openStreams.refusedTotal,
     streamsActive: openStreams.size,

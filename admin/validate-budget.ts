@@ -52,7 +52,7 @@ export class ValidateBudget {
   private readonly waiting: Waiter[] = [];
   private readonly waitingPerToken = new Map<string, number>();
   private timer: NodeJS.Timeout | null = null;
-  /** Validations refused (429) since start. */
+  /** Validations refused (429) since start, before or after their body was read (gw_admin_validate_refused_total). */
   refusedTotal = 0;
 
   constructor(opts: ValidateBudgetOptions = {}) {
@@ -62,8 +62,17 @@ export class ValidateBudget {
     this.now = opts.now ?? (() => performance.now());
   }
 
-  /** Whether `token` would be refused now (asked before the body is read, so a refused one is never parsed). */
+  /**
+   * Whether `token` would be refused now (asked before the body is read, so a refused one is never
+   * parsed); a refusal is counted.
+   */
   wouldRefuse(token: string): ValidateRefusal | null {
+    const refused = this.refusalFor(token);
+    if (refused) this.refusedTotal++;
+    return refused;
+  }
+
+  private refusalFor(token: string): ValidateRefusal | null {
     if (!this.running && this.waiting.length === 0 && this.now() >= this.nextStart) return null;
     if (this.waiting.length < this.maxWaiting && (this.waitingPerToken.get(token) ?? 0) < this.maxWaitingPerToken) return null;
     // The queue ahead drained, one validation of the last one's length per place, k·t apart.
@@ -74,10 +83,7 @@ export class ValidateBudget {
   /** A turn for `token`, now or once those ahead have had theirs; a refusal when the queue is full. */
   enter(token: string): Promise<ValidateTurn> | ValidateRefusal {
     const refused = this.wouldRefuse(token);
-    if (refused) {
-      this.refusedTotal++;
-      return refused;
-    }
+    if (refused) return refused;
     return new Promise<ValidateTurn>((resolve) => {
       this.waiting.push({ token, start: () => resolve(this.turn()) });
       this.waitingPerToken.set(token, (this.waitingPerToken.get(token) ?? 0) + 1);

@@ -118,6 +118,8 @@ export interface AdminListenerStats {
   connectionsRefusedTotal: number;
   /** Requests answered 421: a Host name the listener does not answer to. */
   hostRefusedTotal: number;
+  /** Read-token policy validations answered 429: no place in the validation budget's queue. */
+  validateRefusedTotal: number;
   /** SSE streams refused, by the limit reached. */
   streamsRefusedPerToken: number;
   streamsRefusedTotal: number;
@@ -130,6 +132,7 @@ const NO_ADMIN_STATS: AdminListenerStats = Object.freeze({
   authLockoutsTotal: 0,
   connectionsRefusedTotal: 0,
   hostRefusedTotal: 0,
+  validateRefusedTotal: 0,
   streamsRefusedPerToken: 0,
   streamsRefusedTotal: 0,
   streamsActive: 0,
@@ -308,6 +311,12 @@ export class GatewayStats {
       () => stats.adminFn().connectionsRefusedTotal,
     );
     scrapedCounter(registers, 'gw_admin_host_refused_total', 'Admin API requests answered 421: a Host name it does not answer to (admin.allowedHosts; DNS rebinding)', () => stats.adminFn().hostRefusedTotal);
+    scrapedCounter(
+      registers,
+      'gw_admin_validate_refused_total',
+      'Policy validations of read tokens answered 429: no place in the queue of the validation budget (one at a time, at most a fifth of the event loop)',
+      () => stats.adminFn().validateRefusedTotal,
+    );
     new Counter({
       name: 'gw_admin_streams_refused_total',
       help: 'Alert streams (SSE) refused with 429, by the limit reached: admin.maxStreamsPerToken (token) or admin.maxStreams (total)',

@@ -9,7 +9,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { adminGet, startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 
 const READ_TOKEN = 'read-token-validate-budget-0123';
 /** Concurrent validations of one read token: more than the queue holds (3 per token, 8 in all). */
@@ -50,6 +50,14 @@ async function validate(token: string, body: string): Promise<Answer> {
   return { status: res.status, retryAfter: res.headers.get('retry-after'), json: (await res.json()) as Record<string, unknown> };
 }
 
+/** gw_admin_validate_refused_total from /metrics. */
+async function refusedMetric(): Promise<number> {
+  const { text } = await adminGet(gw, '/metrics');
+  const m = /^gw_admin_validate_refused_total (\d+)$/m.exec(text);
+  if (!m) throw new Error('gw_admin_validate_refused_total not in /metrics');
+  return Number(m[1]);
+}
+
 /** A validation with the read token, retried after each 429's Retry-After (at most 20 times). */
 async function validateWhenLetIn(body: string): Promise<Answer> {
   for (let i = 0; ; i++) {
@@ -71,6 +79,7 @@ describe('POST /v1/policy/validate under a read token', () => {
   });
 
   it('a burst gets some 429s with Retry-After and correct answers for the rest; an admin token does not wait', async () => {
+    const refusedBefore = await refusedMetric();
     const reads = Array.from({ length: BURST }, () => validate(READ_TOKEN, POLICY));
     const admin = validate(gw.adminToken, POLICY);
     const answers = await Promise.all(reads);
@@ -84,6 +93,8 @@ describe('POST /v1/policy/validate under a read token', () => {
       expect(a.json).toEqual({ error: 'too-many-requests', message: expect.any(String) });
     }
     for (const a of answered) expect(a.json).toMatchObject({ valid: true, errors: [] });
+    // Each 429 is counted, whether refused before its body was read or once it was.
+    expect((await refusedMetric()) - refusedBefore).toBe(refused.length);
     const adminAnswer = await admin;
     expect(adminAnswer.status).toBe(200);
     expect(adminAnswer.json).toMatchObject({ valid: true });
