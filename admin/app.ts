@@ -191,6 +191,12 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
       sendError(reply, 400, 'bad-request', 'more than one Host field');
       return false;
     }
+    // Authorization twice likewise (a singleton field, RFC 9110 §11.6.2): node keeps the first, and a
+    // front that checks the last would have passed a request on under a token this gate never saw.
+    if (isRepeatedField(request.raw.rawHeaders, 'authorization')) {
+      sendError(reply, 400, 'bad-request', 'more than one Authorization field');
+      return false;
+    }
     // An absolute-form target names the authority; Host is then ignored (RFC 9112 §3.2.2).
     const target = absoluteForm(request.originalUrl);
     if (!hosts.accepts(target ? target.authority : request.headers.host, request.socket.localAddress)) {

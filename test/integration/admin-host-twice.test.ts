@@ -4,6 +4,8 @@
  * check read only that one: `Host: localhost` then `Host: rebound.attacker.example` was answered
  * (200 on /healthz, /proxy.pac, and /v1/mode with a token), the same two in the other order 421; a
  * front that goes by the last Host had routed the request by the name the check never saw.
+ * Authorization twice likewise: node kept the first, and `Bearer <token>` then `Bearer <other>` was
+ * answered 200 under the first token.
  */
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -48,5 +50,20 @@ describe('admin listener: Host twice', () => {
     expect((await raw(gw, 'GET /healthz HTTP/1.1\r\nHost: localhost\r\n')).status).toBe(200);
     expect((await raw(gw, `GET /v1/mode HTTP/1.1\r\nHost: 127.0.0.1\r\n${auth}`)).status).toBe(200);
     expect((await raw(gw, 'GET /healthz HTTP/1.1\r\nHost: rebound.attacker.example\r\n')).status).toBe(421);
+  });
+
+  it('Authorization twice is 400 too, whichever token comes first; one is answered as before', async () => {
+    const good = `Bearer ${gw.adminToken}`;
+    for (const [first, second] of [
+      [good, 'Bearer not-a-token'],
+      ['Bearer not-a-token', good],
+      [good, good],
+    ]) {
+      const a = await raw(gw, `GET /v1/mode HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: ${first}\r\nAuthorization: ${second}\r\n`);
+      expect(a.status, `${first} / ${second}`).toBe(400);
+      expect(JSON.parse(a.body)).toEqual({ error: 'bad-request', message: 'more than one Authorization field' });
+    }
+    expect((await raw(gw, `GET /v1/mode HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: ${good}\r\n`)).status).toBe(200);
+    expect((await raw(gw, 'GET /v1/mode HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer not-a-token\r\n')).status).toBe(401);
   });
 });
