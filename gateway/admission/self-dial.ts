@@ -89,7 +89,8 @@ export function selfDialDecision(ctx: Pick<GatewayContext, 'selfAddresses' | 'ud
  * datagram for its client's and relay it on under that client's identity. Null: not the gateway's.
  */
 function selfKind(ctx: Pick<GatewayContext, 'selfAddresses' | 'udpRelays'>, ip: string, port: number, protocol: Protocol): 'a listener' | 'a UDP relay' | null {
-  const isListenerPort = selfPortSet(ctx.selfAddresses).has(port);
+  // The listeners are TCP: a datagram to the same port number goes to another socket, never to them.
+  const isListenerPort = protocol !== 'socks5-udp' && selfPortSet(ctx.selfAddresses).has(port);
   const isRelayPort = protocol === 'socks5-udp' && ctx.udpRelays.hasPort(port);
   // Most destinations are not on a port the gateway listens or relays on: no string building for those.
   if (!isListenerPort && !isRelayPort) return null;
