@@ -31,7 +31,7 @@ import { FlowLog } from './gateway/flow/flow-log.ts';
 import type { AppendLogEvent } from './gateway/append-log.ts';
 import { FlowTable } from './gateway/flow/flow-table.ts';
 import { createIdentityResolver } from './gateway/identity/identity-resolver.ts';
-import { closeOriginPools, createHttpProxy, withConnectFront } from './gateway/listeners/http-proxy.ts';
+import { closeOriginPools, createHttpProxy, pruneOriginPools, withConnectFront } from './gateway/listeners/http-proxy.ts';
 import { carryRemoteToTls, wrapWithProxyProtocol } from './gateway/listeners/proxy-protocol-front.ts';
 import { readTlsFiles, TlsListenerFiles } from './gateway/listeners/tls-files.ts';
 import { endHandshakes, trackHandshakes } from './gateway/listeners/tls-handshakes.ts';
@@ -335,6 +335,12 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     https = await listen(httpsFront, httpsWhere, 'listen.https');
     selfAddresses.add(https);
   }
+  // A reload closes the absolute-URI path's pools to the parent proxy URLs it no longer names
+  // (credentials rotated, a parent removed), once their requests in flight have finished.
+  policy.on('change', ({ snapshot }: PolicyChange) => {
+    pruneOriginPools(httpServer, snapshot.config);
+    if (httpsServer) pruneOriginPools(httpsServer, snapshot.config);
+  });
   const audit = await AuditLog.open(config.flowLog.path && config.flowLog.path !== '-' ? `${config.flowLog.path}.audit.jsonl` : null, {
     onStateChange: (e) => logAppendLogEvent(log, 'audit log', e, NO_CONSEQUENCE),
   });

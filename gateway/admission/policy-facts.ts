@@ -3,6 +3,7 @@
  * knows without DNS, the parent proxy, and the policy running now for a flow admission holds.
  */
 import { isIP } from 'node:net';
+import type { Config } from '../../policy/config.ts';
 import type { ConnectFacts, Identity, Mode, PolicySnapshot, Protocol } from '../../policy/types.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow, RoutedFlow } from '../flow/flow.ts';
@@ -14,6 +15,16 @@ export function upstreamOf(snapshot: PolicySnapshot, roles: readonly string[]): 
     if (upstream) return upstream;
   }
   return snapshot.config.upstream;
+}
+
+/**
+ * Whether a config names `upstream` as a parent proxy URL (its top-level `upstream` or a role's), as
+ * written, credentials included: once per pooled parent at a reload (OriginAgents.keepOnly), never per flow.
+ */
+export function namesUpstream(config: Readonly<Config>, upstream: string): boolean {
+  if (config.upstream === upstream) return true;
+  for (const role of Object.values(config.roles)) if (role.upstream === upstream) return true;
+  return false;
 }
 
 /** What the policy decides on for a flow's destination (`identity`: the flow's unless given). */

@@ -23,11 +23,15 @@ import { boundedConnector, exchangeDialling, isRedialOfAborted, NOT_REDIALLED, o
 /**
  * The undici dispatchers of one listener: direct, and one per parent proxy URL. undici fixes the
  * connect timeout when an Agent is made, so a reload that changes `limits.connectTimeoutMs` makes
- * new Agents; the old ones finish their requests in flight and close.
+ * new Agents; the old ones finish their requests in flight and close. A reload that no longer names
+ * a parent URL (its credentials rotated, the parent removed) closes that URL's Agent the same way
+ * (keepOnly).
  */
 export class OriginAgents {
   private direct: Agent;
   private readonly viaUpstream = new Map<string, Agent>();
+  /** Agents let go of (retune, keepOnly) whose requests in flight have not all finished yet: a drain's destroy reaches them too. */
+  private readonly closing = new Set<Agent>();
   private connectTimeoutMs: number;
   /** Our Via entry, on the CONNECT each parent proxy is asked (the gateway's ViaName). */
   private readonly via: string;
@@ -79,12 +83,36 @@ export class OriginAgents {
     return agent;
   }
 
+  /**
+   * After a reload: the Agent of every parent URL `isNamed` refuses is closed, gracefully (undici
+   * `close()`: its requests in flight finish, its idle pooled connections to the parent close now),
+   * and the next request through that URL, if any (a flow admitted under the policy before), gets a
+   * new one. Before, each was kept for the process's life, and its pooled connections, logged in
+   * with the old credentials, until their keep-alive ran out (up to 8 s).
+   */
+  keepOnly(isNamed: (upstream: string) => boolean): void {
+    for (const [upstream, agent] of this.viaUpstream) {
+      if (isNamed(upstream)) continue;
+      this.viaUpstream.delete(upstream);
+      this.retire(agent);
+    }
+  }
+
   private retune(connectTimeoutMs: number): void {
     const old = [this.direct, ...this.viaUpstream.values()];
     this.connectTimeoutMs = connectTimeoutMs;
     this.direct = directAgent(connectTimeoutMs);
     this.viaUpstream.clear();
-    for (const agent of old) void agent.close().catch(() => undefined);
+    for (const agent of old) this.retire(agent);
+  }
+
+  /** Close an Agent no longer handed out once its requests in flight have finished. */
+  private retire(agent: Agent): void {
+    this.closing.add(agent);
+    void agent
+      .close()
+      .catch(() => undefined)
+      .finally(() => this.closing.delete(agent));
   }
 
   /**
@@ -101,7 +129,7 @@ export class OriginAgents {
   }
 
   private all(): Agent[] {
-    return [this.direct, ...this.viaUpstream.values()];
+    return [this.direct, ...this.viaUpstream.values(), ...this.closing];
   }
 }
 

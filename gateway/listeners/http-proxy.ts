@@ -42,9 +42,11 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import { type Admitted, admit, type ClientWatch, type Refused } from '../admission.ts';
+import { namesUpstream } from '../admission/policy-facts.ts';
 import { certSubjectOf } from '../identity/client-cert.ts';
 import type { GatewayContext, IdentityClaims } from '../context.ts';
 import type { GatewayErrorCode } from '../errors.ts';
+import type { Config } from '../../policy/config.ts';
 import type { PolicySnapshot, Protocol } from '../../policy/types.ts';
 import { mapError } from '../reject.ts';
 import { earlierResponses, handleConnect } from './http-connect.ts';
@@ -319,6 +321,14 @@ export async function closeOriginPools(server: Server | HttpsServer, graceMs: nu
     if (isClosed) return;
   }
   await state.agents.destroy();
+}
+
+/**
+ * After a reload: close the pooled parent proxy connections of a server made by createHttpProxy
+ * whose parent URL `config` no longer names (OriginAgents.keepOnly; requests in flight on them finish).
+ */
+export function pruneOriginPools(server: Server | HttpsServer, config: Readonly<Config>): void {
+  states.get(server)?.agents.keepOnly((upstream) => namesUpstream(config, upstream));
 }
 
 /**

@@ -29,15 +29,20 @@ export interface ParentProxy {
   mode: ParentMode;
   /** Per request: the target asked for (`host:port`, IP literals as received) and the login it carried. */
   seen: Array<{ target: string; login: string | null; head?: string }>;
+  /** The login each connection still open carried (null: none, or not asked yet), in accept order. */
+  openLogins(): Array<string | null>;
   close(): Promise<void>;
 }
 
 /** A parent not yet listening: `listen` gives it its port, URL and close. */
 function unstarted(): ParentProxy {
-  return { port: 0, url: () => '', mode: { kind: 'relay' }, seen: [], close: async () => {} };
+  return { port: 0, url: () => '', mode: { kind: 'relay' }, seen: [], openLogins: () => [], close: async () => {} };
 }
 
-/** Listen on a loopback port and fill in `p`'s port, URL (`scheme://[login@]127.0.0.1:port`) and close. */
+/** The login each parent connection carried, once its request was read. */
+const logins = new WeakMap<Socket, string | null>();
+
+/** Listen on a loopback port and fill in `p`'s port, URL (`scheme://[login@]127.0.0.1:port`), openLogins and close. */
 async function listen(p: ParentProxy, scheme: string, server: Server, sockets: Set<Socket>): Promise<void> {
   server.on('connection', (s: Socket) => {
     sockets.add(s);
@@ -48,6 +53,7 @@ async function listen(p: ParentProxy, scheme: string, server: Server, sockets: S
   const port = (server.address() as AddressInfo).port;
   p.port = port;
   p.url = (l) => `${scheme}://${l ? `${l}@` : ''}127.0.0.1:${port}`;
+  p.openLogins = () => [...sockets].map((s) => logins.get(s) ?? null);
   p.close = async () => {
     for (const s of sockets) s.destroy();
     await new Promise<void>((r) => server.close(() => r()));
@@ -79,7 +85,7 @@ function relay(client: Socket, host: string, port: number, answer: Buffer, withF
   client.on('close', () => up.destroy());
 }
 
-/** A SOCKS5 parent; with `login` it demands RFC 1929 username/password `user:pass`. */
+/** A SOCKS5 parent; with `login` it demands RFC 1929 username/password `user:pass` (`*`: any, recorded). */
 export async function startSocksParent(login?: string): Promise<ParentProxy> {
   const sockets = new Set<Socket>();
   const p = unstarted();
@@ -109,7 +115,7 @@ export async function startSocksParent(login?: string): Promise<ParentProxy> {
         if (buf.length < 3 + ul + pl) return;
         who = `${buf.subarray(2, 2 + ul).toString()}:${buf.subarray(3 + ul, 3 + ul + pl).toString()}`;
         buf = buf.subarray(3 + ul + pl);
-        if (who !== login) {
+        if (login !== '*' && who !== login) {
           c.end(Buffer.from([1, 1]));
           return;
         }
@@ -127,6 +133,7 @@ export async function startSocksParent(login?: string): Promise<ParentProxy> {
       c.removeListener('data', onData);
       c.pause();
       p.seen.push({ target: `${host}:${port}`, login: who });
+      logins.set(c, who);
       const mode = p.mode;
       if (mode.kind === 'silent' || mode.kind === 'drip') return;
       if (mode.kind === 'refuse') {
@@ -161,6 +168,7 @@ export async function startHttpParent(): Promise<ParentProxy> {
       const target = head.split(' ')[1] as string;
       const auth = /^proxy-authorization: basic (\S+)$/im.exec(head)?.[1];
       p.seen.push({ target, login: auth ? Buffer.from(auth, 'base64').toString() : null, head });
+      logins.set(c, auth ? Buffer.from(auth, 'base64').toString() : null);
       const mode = p.mode;
       if (mode.kind === 'silent') return;
       if (mode.kind === 'drip') {
