@@ -184,7 +184,7 @@ export async function handleConnect(state: HttpListenerState, req: RequestHead, 
   }
   let upstream: Socket;
   try {
-    upstream = await dialFirstReachable({ ip: result.ip, port: authority.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs, flow, via: result.upstream === null ? ctx.via.value : viaOnward(req.headers.via, ctx.via.value), unanswered: ctx.unanswered }, result.alternates, (ip, isOutcome) => admitAlternate(ctx, result, ip, isOutcome));
+    upstream = await dialFirstReachable({ ip: result.ip, port: authority.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs, flow, via: result.upstream === null ? ctx.via.value : viaOnward(req.headers.via, ctx.via.value), unanswered: ctx.unanswered, names: ctx }, result.alternates, (ip, isOutcome) => admitAlternate(ctx, result, ip, isOutcome));
   } catch (err) {
     hold.release();
     if (hold.isGone()) {

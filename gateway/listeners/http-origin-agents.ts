@@ -14,7 +14,7 @@ import { TLSSocket } from 'node:tls';
 import { Agent, type buildConnector } from 'undici';
 import { GatewayError } from '../errors.ts';
 import { formatAuthority } from '../protocol/authority.ts';
-import { dial } from '../upstream/dial.ts';
+import { dial, type ParentNames } from '../upstream/dial.ts';
 import { parentName } from '../upstream/parent-label.ts';
 import { adoptOriginReads } from './http-origin-reads.ts';
 import { mendReasonPhrases } from './http-origin-status.ts';
@@ -35,10 +35,13 @@ export class OriginAgents {
   private connectTimeoutMs: number;
   /** Our Via entry, on the CONNECT each parent proxy is asked (the gateway's ViaName). */
   private readonly via: string;
+  /** Where a parent named by host name is looked up (dial.ts parentAddress); absent: the OS resolver. */
+  private readonly names: ParentNames | undefined;
 
-  constructor(connectTimeoutMs: number, via: string) {
+  constructor(connectTimeoutMs: number, via: string, names?: ParentNames) {
     this.connectTimeoutMs = connectTimeoutMs;
     this.via = via;
+    this.names = names;
     this.direct = directAgent(connectTimeoutMs);
   }
 
@@ -50,6 +53,7 @@ export class OriginAgents {
     if (!agent) {
       const timeoutMs = this.connectTimeoutMs;
       const via = this.via;
+      const names = this.names;
       agent = new Agent({
         keepAliveTimeout: 4000,
         keepAliveMaxTimeout: ORIGIN_KEEPALIVE_MAX_MS,
@@ -62,7 +66,7 @@ export class OriginAgents {
             callback(NOT_REDIALLED, null);
             return;
           }
-          dial({ ip, port, upstream, timeoutMs, flow: exchangeDialling(ip, port)?.flowOf(), via }).then(
+          dial({ ip, port, upstream, timeoutMs, flow: exchangeDialling(ip, port)?.flowOf(), via, names }).then(
             (socket: Socket) => {
               const early = spokeFirst(socket, ip, port, upstream);
               if (early !== null) {

@@ -162,7 +162,7 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
   const state: HttpListenerState = {
     ctx,
     listener,
-    agents: new OriginAgents(limits.connectTimeoutMs, ctx.via.value),
+    agents: new OriginAgents(limits.connectTimeoutMs, ctx.via.value, ctx),
     strippedHeaders(snapshot) {
       if (strippedFor !== snapshot) {
         strippedFor = snapshot;

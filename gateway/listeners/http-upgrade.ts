@@ -294,7 +294,7 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
   }
   let upstream: Socket;
   try {
-    upstream = await dialFirstReachable({ ip: result.ip, port: target.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs, flow, via: result.upstream === null ? ctx.via.value : viaOnward(req.headers.via, viaFor(ctx.via, req.httpVersionMajor, req.httpVersionMinor)), unanswered: ctx.unanswered }, result.alternates, (ip, isOutcome) => admitAlternate(ctx, result, ip, isOutcome));
+    upstream = await dialFirstReachable({ ip: result.ip, port: target.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs, flow, via: result.upstream === null ? ctx.via.value : viaOnward(req.headers.via, viaFor(ctx.via, req.httpVersionMajor, req.httpVersionMinor)), unanswered: ctx.unanswered, names: ctx }, result.alternates, (ip, isOutcome) => admitAlternate(ctx, result, ip, isOutcome));
   } catch (err) {
     hold.release();
     if (hold.isGone()) {

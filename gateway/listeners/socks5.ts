@@ -181,7 +181,7 @@ async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResul
   // 5. dial the checked address
   let up: Socket;
   try {
-    up = await dialFirstReachable({ ip: admitted.ip, port: request.port, upstream: admitted.upstream, timeoutMs: admitted.snapshot.config.limits.connectTimeoutMs, flow, via: ctx.via.value, unanswered: ctx.unanswered }, admitted.alternates, (ip, isOutcome) => admitAlternate(ctx, admitted, ip, isOutcome));
+    up = await dialFirstReachable({ ip: admitted.ip, port: request.port, upstream: admitted.upstream, timeoutMs: admitted.snapshot.config.limits.connectTimeoutMs, flow, via: ctx.via.value, unanswered: ctx.unanswered, names: ctx }, admitted.alternates, (ip, isOutcome) => admitAlternate(ctx, admitted, ip, isOutcome));
   } catch (err) {
     socket.removeListener('close', onClose);
     if (clientGone) {

@@ -3,7 +3,8 @@
  * parent proxy (`upstream: http://h:p` → CONNECT, `socks5://h:p` → SOCKS5 CONNECT). Node errnos are
  * turned into EGW_* codes here, once.
  */
-import { connect, type Socket } from 'node:net';
+import { connect, isIP, isIPv4, type Socket } from 'node:net';
+import type { GatewayContext } from '../context.ts';
 import { dialErrorCode, GatewayError, type GatewayErrorCode, isOwnShortage } from '../errors.ts';
 import { type ParentEndpoint, type ParentLogin, parseParentUrl } from '../../policy/upstream-url.ts';
 import { bareLineFeedAt } from '../protocol/http-line-ends.ts';
@@ -37,7 +38,15 @@ export interface DialTarget {
    * and clears the one that did (unanswered.ts). Absent: nothing remembered.
    */
   unanswered?: UnansweredAddresses | undefined;
+  /**
+   * Where a parent named by host name gets its address (parentAddress): the gateway's. Absent (a
+   * dial for no gateway): net.connect's own lookup, the OS resolver's.
+   */
+  names?: ParentNames | undefined;
 }
+
+/** What a parent's name is looked up with: the running policy (its `resolver.hosts`) and the gateway's resolver. */
+export type ParentNames = Pick<GatewayContext, 'policy' | 'resolver'>;
 
 /** Open a TCP connection to the target. Resolves once the upstream is ready for payload bytes. */
 export function dial(target: DialTarget): Promise<Socket> {
@@ -238,6 +247,8 @@ export function isFallbackCode(code: GatewayErrorCode | null): boolean {
  * operator reading a failure's log line knows which parent failed, not only that one did.
  */
 interface Parent extends ParentEndpoint {
+  /** Whether `host` is an IP literal, dialled as it is (no lookup). */
+  isAddress: boolean;
   label: string;
   words: HandshakeWords;
   /** The Proxy-Authorization line an http parent gets ('' without credentials). */
@@ -261,7 +272,7 @@ function parentOf(upstream: string): Parent | { error: string } {
         endpoint.protocol === 'http:'
           ? { timeout: `${label} did not answer CONNECT`, ended: `${label} closed during CONNECT`, prefix: `${label}: ` }
           : { timeout: `${label} did not answer in time`, ended: `${label} closed during its SOCKS5 handshake`, prefix: `${label}: ` };
-      p = { ...endpoint, label, words, authorization: parentAuthorization(endpoint.login) };
+      p = { ...endpoint, isAddress: isIP(endpoint.host) !== 0, label, words, authorization: parentAuthorization(endpoint.login) };
     }
     parents.set(upstream, p);
   }
@@ -323,13 +334,38 @@ function parentAuthorization(login: ParentLogin | null): string {
  */
 async function dialParent(parent: Parent, target: DialTarget): Promise<Socket> {
   try {
-    return await dialDirect(parent.host, parent.port, target.timeoutMs, target.flow);
+    if (parent.isAddress || target.names === undefined) return await dialDirect(parent.host, parent.port, target.timeoutMs, target.flow);
+    const started = performance.now();
+    const ip = await parentAddress(parent.host, target.names);
+    if (target.flow?.state === 'closed') throw KILLED_WHILE_DIALLING;
+    // The lookup (a cache hit nearly always) and the connect share the one budget.
+    return await dialDirect(ip, parent.port, remainingMs(started + target.timeoutMs), target.flow);
   } catch (err) {
     if (err === KILLED_WHILE_DIALLING) throw err;
     const code = err instanceof GatewayError ? err.code : null;
     if (isOwnShortage(code)) throw err;
     throw new GatewayError(code === 'EGW_DIAL_TIMEOUT' ? 'EGW_UPSTREAM_PROXY_TIMEOUT' : 'EGW_UPSTREAM_PROXY', `${parent.label} unreachable: ${(err as Error).message}`, { cause: err });
   }
+}
+
+/**
+ * The resolver queue a parent's lookups wait in (resolve.ts's fairness is per requester): one of
+ * their own, so no client's backlog of slow names holds up the parent every client goes through.
+ */
+const PARENT_REQUESTER = 'parent proxy';
+
+/**
+ * The address of a parent named by host name, as a destination's is found: the running policy's
+ * `resolver.hosts`, then the gateway's resolver (its cache; the OS resolver behind it), IPv4 first
+ * as admission prefers it. Never classified: the parent is the operator's, often on a private
+ * address `deny-range` refuses to clients, and it is asked for destinations already judged. Looked
+ * up at each new connection to the parent (a reload moving the name is followed), never stored with
+ * the parsed URL. A failed lookup is the parent's failure (`upstream-proxy`, dialParent).
+ */
+function parentAddress(host: string, names: ParentNames): Promise<string> | string {
+  const known = names.policy.current().staticAddress(host);
+  if (known !== null) return known;
+  return names.resolver.lookup(host, PARENT_REQUESTER).then((ips) => ips.find((ip) => isIPv4(ip)) ?? (ips[0] as string));
 }
 
 /**

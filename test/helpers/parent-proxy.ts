@@ -42,17 +42,16 @@ function unstarted(): ParentProxy {
 /** The login each parent connection carried, once its request was read. */
 const logins = new WeakMap<Socket, string | null>();
 
-/** Listen on a loopback port and fill in `p`'s port, URL (`scheme://[login@]127.0.0.1:port`), openLogins and close. */
-async function listen(p: ParentProxy, scheme: string, server: Server, sockets: Set<Socket>): Promise<void> {
+/** Listen on a port of `host` (loopback) and fill in `p`'s port, URL (`scheme://[login@]<host>:port`), openLogins and close. */
+async function listen(p: ParentProxy, scheme: string, server: Server, sockets: Set<Socket>, host: string, port = 0): Promise<void> {
   server.on('connection', (s: Socket) => {
     sockets.add(s);
     s.once('close', () => sockets.delete(s));
   });
-  server.listen(0, '127.0.0.1');
+  server.listen(port, host);
   await once(server, 'listening');
-  const port = (server.address() as AddressInfo).port;
-  p.port = port;
-  p.url = (l) => `${scheme}://${l ? `${l}@` : ''}127.0.0.1:${port}`;
+  p.port = (server.address() as AddressInfo).port;
+  p.url = (l) => `${scheme}://${l ? `${l}@` : ''}${host}:${p.port}`;
   p.openLogins = () => [...sockets].map((s) => logins.get(s) ?? null);
   p.close = async () => {
     for (const s of sockets) s.destroy();
@@ -85,8 +84,11 @@ function relay(client: Socket, host: string, port: number, answer: Buffer, withF
   client.on('close', () => up.destroy());
 }
 
-/** A SOCKS5 parent; with `login` it demands RFC 1929 username/password `user:pass` (`*`: any, recorded). */
-export async function startSocksParent(login?: string): Promise<ParentProxy> {
+/**
+ * A SOCKS5 parent; with `login` it demands RFC 1929 username/password `user:pass` (`*`: any,
+ * recorded). It listens on `host` (another loopback address than 127.0.0.1 if asked).
+ */
+export async function startSocksParent(login?: string, host = '127.0.0.1'): Promise<ParentProxy> {
   const sockets = new Set<Socket>();
   const p = unstarted();
   const server = createServer({ allowHalfOpen: true }, (c) => {
@@ -146,12 +148,12 @@ export async function startSocksParent(login?: string): Promise<ParentProxy> {
     };
     c.on('data', onData);
   });
-  await listen(p, 'socks5', server, sockets);
+  await listen(p, 'socks5', server, sockets, host);
   return p;
 }
 
-/** An HTTP CONNECT parent; records each CONNECT head and its Proxy-Authorization (decoded). */
-export async function startHttpParent(): Promise<ParentProxy> {
+/** An HTTP CONNECT parent on `host` (`port`: 0, any); records each CONNECT head and its Proxy-Authorization (decoded). */
+export async function startHttpParent(host = '127.0.0.1', port = 0): Promise<ParentProxy> {
   const sockets = new Set<Socket>();
   const p = unstarted();
   const server = createServer({ allowHalfOpen: true }, (c) => {
@@ -191,6 +193,6 @@ export async function startHttpParent(): Promise<ParentProxy> {
     };
     c.on('data', onData);
   });
-  await listen(p, 'http', server, sockets);
+  await listen(p, 'http', server, sockets, host, port);
   return p;
 }
