@@ -18,7 +18,7 @@ import { isRepeatedField } from '../gateway/listeners/http-target.ts';
 import type { AdminTokenConfig, AgentTokenConfig } from '../policy/config.ts';
 import { type FailureDelayOptions, generateAdminToken, type RequiredScope, scopeAllows, TokenAuth } from './auth.ts';
 import { AdminConnections } from './connection-limit.ts';
-import { answerClientError, installErrorHandlers, sendError } from './errors.ts';
+import { answerClientError, answerNoRoute, hasEmptyParam, installErrorHandlers, sendError } from './errors.ts';
 import { RouteMethods } from './route-methods.ts';
 import { absoluteForm, HostCheck } from './host-check.ts';
 import { OpenApiCollector } from './openapi.ts';
@@ -235,9 +235,11 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
     // A request no route answers (then 404 or 405 with Allow) needs a valid token too, of any
     // scope: without one it is 401 like every other, so an anonymous client learns neither which
     // paths exist nor which methods they answer (docs/spec-notes.md).
-    const noRoute = request.is404;
+    // A route matched with an empty parameter (`/v1/flows/`) is a path no route has, answered so.
+    const emptyParam = !request.is404 && hasEmptyParam(request);
+    const noRoute = request.is404 || emptyParam;
     const scope = noRoute ? undefined : (request.routeOptions.config.scope ?? 'none');
-    await gate(request, reply, scope);
+    if ((await gate(request, reply, scope)) && emptyParam) answerNoRoute(request, reply, routeMethods);
   });
 
   // API answers carry policy and flow data, and an error is no content to keep: never cached by a

@@ -96,15 +96,31 @@ export function installErrorHandlers(app: AdminApp, routes: RouteMethods): void 
     }
     return sendError(reply, status, codeForStatus(status), err.message);
   });
-  app.setNotFoundHandler((request, reply) => {
-    const path = request.url.split('?')[0] as string;
-    const allowed = routes.allowedFor(path);
-    if (allowed !== null) {
-      reply.header('allow', allowed.join(', '));
-      return sendError(reply, 405, 'method-not-allowed', `${request.method} is not allowed on ${path} (allowed: ${allowed.join(', ')})`);
-    }
-    sendError(reply, 404, 'not-found', `no route ${request.method} ${path}`);
-  });
+  app.setNotFoundHandler((request, reply) => answerNoRoute(request, reply, routes));
+}
+
+/** A request no route answers: 405 with `Allow` when the path exists with other methods, else 404. */
+export function answerNoRoute(request: FastifyRequest, reply: FastifyReply, routes: RouteMethods): void {
+  const path = request.url.split('?')[0] as string;
+  const allowed = routes.allowedFor(path);
+  if (allowed !== null) {
+    reply.header('allow', allowed.join(', '));
+    sendError(reply, 405, 'method-not-allowed', `${request.method} is not allowed on ${path} (allowed: ${allowed.join(', ')})`);
+    return;
+  }
+  sendError(reply, 404, 'not-found', `no route ${request.method} ${path}`);
+}
+
+/**
+ * Whether the router matched a route with an empty parameter (`/v1/flows/` for `/v1/flows/:id`):
+ * no route has that path. A trailing slash names no collection either (`/v1/alerts/` is 404, there
+ * is no ignoreTrailingSlash), so `/v1/flows/` is 404 as well, not a 400 about `params.id`.
+ */
+export function hasEmptyParam(request: FastifyRequest): boolean {
+  const params = request.params as Record<string, unknown> | undefined;
+  if (params === undefined || params === null) return false;
+  for (const key in params) if (params[key] === '') return true;
+  return false;
 }
 
 /** node's parser errors: status, reason phrase, the API's code and message. */

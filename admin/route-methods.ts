@@ -6,7 +6,7 @@
 import type { RouteOptions } from 'fastify';
 
 interface RoutePattern {
-  /** Path segments; `:name` matches any one segment (an empty one too, as fastify's router does). */
+  /** Path segments; `:name` matches any one non-empty segment (an empty one is no route's: app.ts answers it 404). */
   readonly segments: readonly string[];
   readonly methods: Set<string>;
 }
@@ -35,7 +35,7 @@ export class RouteMethods {
     let allowed: Set<string> | null = null;
     for (const route of this.routes) {
       if (route.segments.length !== parts.length) continue;
-      if (!route.segments.every((s, i) => s.startsWith(':') || s === parts[i])) continue;
+      if (!route.segments.every((s, i) => (s.startsWith(':') ? parts[i] !== '' : s === parts[i]))) continue;
       allowed ??= new Set();
       for (const m of route.methods) allowed.add(m);
     }

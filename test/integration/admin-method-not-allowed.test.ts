@@ -42,8 +42,6 @@ describe('admin API: a method the route does not answer', () => {
       ['GET', '/v1/policy/rollback/3', 'POST'],
       ['DELETE', '/v1/policy?x=1', 'GET, HEAD, PUT'],
       ['PATCH', '/healthz', 'GET, HEAD'],
-      // fastify routes /v1/flows/ to /v1/flows/:id (an empty id).
-      ['PATCH', '/v1/flows/', 'DELETE, GET, HEAD'],
     ];
     for (const [method, path, allow] of cases) {
       const got = await call(method, path);
@@ -57,6 +55,8 @@ describe('admin API: a method the route does not answer', () => {
     for (const [method, path] of [
       ['GET', '/v1/nothing'],
       ['PATCH', '/v1/flows/a/b'],
+      // fastify routes /v1/flows/ to /v1/flows/:id (an empty id), yet no route has that path.
+      ['PATCH', '/v1/flows/'],
     ] as const) {
       const got = await call(method, path);
       expect({ method, path, status: got.status, allow: got.allow }).toEqual({ method, path, status: 404, allow: null });
