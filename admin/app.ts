@@ -181,6 +181,17 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
     parseJson(request, body as string, done);
   });
 
+  // A body is read as UTF-8, the only encoding JSON exchanged between systems may have (RFC 8259
+  // §8.1; YAML is read the same way): one that says another charset is refused before it is read,
+  // not decoded wrongly (latin-1 bytes read as UTF-8) or answered as malformed JSON.
+  app.addHook('preParsing', async (request, reply, payload) => {
+    const charset = foreignCharset(request.headers['content-type']);
+    if (charset !== null && hasBody(request)) {
+      sendError(reply, 415, 'unsupported-media-type', `a request body must be UTF-8 (RFC 8259 §8.1), not charset ${charset}`);
+    }
+    return payload;
+  });
+
   // 2. Host name (every route, the token-free ones first of all), authentication and scope.
   // `scope` undefined: a request no route answers, which needs a valid token of any scope.
   // Resolves false when it has answered the request (421, 429, 401, 403).
@@ -283,6 +294,27 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
   registerAgentRoutes(app, ctx);
   await app.ready();
   return app as unknown as FastifyInstance;
+}
+
+/**
+ * The charset a Content-Type names when it is not UTF-8 (`utf-8`, or `us-ascii`, a subset of it),
+ * lower case and unquoted; null when it names none or UTF-8. Read only when the field mentions one.
+ */
+export function foreignCharset(contentType: string | undefined): string | null {
+  if (contentType === undefined || !/charset/i.test(contentType)) return null;
+  for (const param of contentType.split(';').slice(1)) {
+    const eq = param.indexOf('=');
+    if (eq < 0 || param.slice(0, eq).trim().toLowerCase() !== 'charset') continue;
+    const value = param.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1').toLowerCase();
+    return value === 'utf-8' || value === 'us-ascii' ? null : value;
+  }
+  return null;
+}
+
+/** Whether a request carries a body (framed by a length above 0, or chunked). */
+function hasBody(request: FastifyRequest): boolean {
+  const length = request.headers['content-length'];
+  return request.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
 /**
