@@ -20,7 +20,7 @@ import { type FailureDelayOptions, generateAdminToken, type RequiredScope, scope
 import { AdminConnections } from './connection-limit.ts';
 import { answerClientError, answerNoRoute, hasEmptyParam, installErrorHandlers, sendError } from './errors.ts';
 import { RouteMethods } from './route-methods.ts';
-import { absoluteForm, HostCheck } from './host-check.ts';
+import { absoluteForm, HostCheck, requestAuthority } from './host-check.ts';
 import { OpenApiCollector } from './openapi.ts';
 import { registerAgentRoutes } from './routes/agents.ts';
 import { registerAlertRoutes } from './routes/alerts.ts';
@@ -209,8 +209,7 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
       return false;
     }
     // An absolute-form target names the authority; Host is then ignored (RFC 9112 §3.2.2).
-    const target = absoluteForm(request.originalUrl);
-    if (!hosts.accepts(target ? target.authority : request.headers.host, request.socket.localAddress)) {
+    if (!hosts.accepts(requestAuthority(request.originalUrl, request.headers.host), request.socket.localAddress)) {
       hostRefused++;
       sendError(reply, 421, 'misdirected-request', 'this admin API does not answer to that Host name (admin.allowedHosts)');
       return false;

@@ -70,6 +70,16 @@ export function absoluteForm(url: string): { authority: string; path: string } |
   return { authority: m[1] ?? '', path: rest.startsWith('/') ? rest : `/${rest}` };
 }
 
+/**
+ * The authority a request names: an absolute-form target's (RFC 9112 §3.2.2: Host is then ignored),
+ * else its Host field. What HostCheck judges, and what `/proxy.pac` builds its proxy address from,
+ * so a client cannot get one name checked and another handed out.
+ */
+export function requestAuthority(originalUrl: string, hostHeader: string | undefined): string | undefined {
+  const target = absoluteForm(originalUrl);
+  return target ? target.authority : hostHeader;
+}
+
 export class HostCheck {
   private compiled: { patterns: readonly string[]; set: HostPatternMap<true> } | null = null;
 

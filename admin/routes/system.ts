@@ -4,6 +4,7 @@
 import { Type } from 'typebox';
 import type { OpenApiCollector } from '../openapi.ts';
 import { renderDocsHtml } from '../openapi.ts';
+import { hostHeaderName, requestAuthority } from '../host-check.ts';
 import { buildPac, pacProxyAddress } from '../pac.ts';
 import { sendError } from '../errors.ts';
 import { AuditList, AuditQuerySchema, AuthErrors, ErrorBody, Health } from '../schemas.ts';
@@ -62,7 +63,10 @@ export function registerSystemRoutes(app: AdminApp, { port }: RouteContext, open
     { config: { scope: 'none' }, schema: { summary: 'Proxy auto-config: everything through the HTTP listener', response: { 200: Type.String() } } },
     (request, reply) => {
       const policy = port.getPolicy();
-      const proxy = pacProxyAddress(port.proxyAddress(), request.hostname.replace(/^\[|\]$/g, '') || null);
+      // The name the Host check judged (an absolute-form target's authority, else Host), never
+      // another: fastify's hostname reads Host even when the target names the authority.
+      const authority = requestAuthority(request.originalUrl, request.headers.host);
+      const proxy = pacProxyAddress(port.proxyAddress(), (authority === undefined ? null : hostHeaderName(authority)) || null);
       reply.type('application/x-ns-proxy-autoconfig').send(buildPac(policy.config, policy.version, proxy));
     },
   );
