@@ -144,6 +144,8 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
     validateBudget,
   };
   const openStreams = new SseStreams(() => port.adminSettings());
+  // A policy swap may revoke a token: its open alert streams end then, not at the next heartbeat.
+  const unsubscribeCredentials = port.subscribeCredentials(() => openStreams.recheckAll());
   const connections = new AdminConnections(() => port.adminSettings().maxConnectionsPerSource);
   const hosts = new HostCheck(() => port.adminSettings().allowedHosts);
   let hostRefused = 0;
@@ -282,6 +284,7 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
 
   app.addHook('preClose', async () => {
     // Live SSE streams would keep the server from closing.
+    unsubscribeCredentials();
     openStreams.endAll();
   });
 

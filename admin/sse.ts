@@ -30,9 +30,10 @@ export interface StreamLimits {
  * The open streams: ended all at once when the app closes, and counted per token and in all, so
  * one read token cannot hold thousands of subscriptions (5,000 from one token were accepted, each
  * a subscriber every alert is formatted and written for). Over a limit the route answers 429.
+ * Each keeps its token check, asked again for all of them when the credentials change.
  */
 export class SseStreams {
-  private readonly open = new Map<ServerResponse, string>();
+  private readonly open = new Map<ServerResponse, { token: string; recheck: () => void }>();
   private readonly perToken = new Map<string, number>();
   refusedPerToken = 0;
   refusedTotal = 0;
@@ -57,18 +58,27 @@ export class SseStreams {
     return null;
   }
 
-  add(res: ServerResponse, token: string): void {
-    this.open.set(res, token);
+  /** `recheck` ends the stream when its token no longer grants it (see recheckAll). */
+  add(res: ServerResponse, token: string, recheck: () => void): void {
+    this.open.set(res, { token, recheck });
     this.perToken.set(token, (this.perToken.get(token) ?? 0) + 1);
   }
 
   delete(res: ServerResponse): void {
-    const token = this.open.get(res);
+    const token = this.open.get(res)?.token;
     if (token === undefined) return;
     this.open.delete(res);
     const n = (this.perToken.get(token) ?? 1) - 1;
     if (n <= 0) this.perToken.delete(token);
     else this.perToken.set(token, n);
+  }
+
+  /**
+   * Ask every open stream's token again (the policy changed: a reload, a PUT, a rollback): one
+   * revoked, or narrowed below the read scope, ends at once, not at its next alert or heartbeat.
+   */
+  recheckAll(): void {
+    for (const { recheck } of [...this.open.values()]) recheck();
   }
 
   /** End every open stream (the app is closing: live streams would keep the server open). */
@@ -87,7 +97,8 @@ export interface SseOptions {
   token: string;
   /**
    * Whether the stream's token still grants the read scope (a PUT or reload may revoke it): asked
-   * before each alert and heartbeat; false ends the stream.
+   * when the policy changes (SseStreams.recheckAll) and before each alert and heartbeat; false ends
+   * the stream.
    */
   isAuthorized: () => boolean;
 }
@@ -184,7 +195,9 @@ export function streamAlerts(port: ControlPort, request: FastifyRequest, reply: 
   request.raw.on('close', cleanup);
   res.on('close', cleanup);
   res.on('error', cleanup);
-  opts.open.add(res, opts.token);
+  opts.open.add(res, opts.token, () => {
+    if (!closed && !opts.isAuthorized()) cleanup();
+  });
   // Tell the browser how soon to reconnect, and flush the headers with a first comment.
   res.write(`retry: 3000\n: connected, last event id ${lastSent}\n\n`);
   if (resumeFrom !== null) for (const ev of port.alertsAfter(resumeFrom, opts.detector)) send(ev);

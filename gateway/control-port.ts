@@ -53,6 +53,8 @@ export interface PolicyStoreLike {
   reload(input: string | object, meta: { author: string; source: string; check?: ConfigCheck }): StoreWriteResult | Promise<StoreWriteResult>;
   rollback(version: number, meta: { author: string; check?: ConfigCheck }): StoreWriteResult | Promise<StoreWriteResult>;
   history(): readonly PolicyHistoryEntry[];
+  /** Call `fn` after every policy swap (a reload, a PUT, a rollback); returns the unsubscribe. */
+  onChange(fn: () => void): () => void;
 }
 
 /** Parse + validate a draft without applying it: text through loadConfig, an object through validateConfig. */
@@ -388,6 +390,7 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
       const snap = deps.policy.current();
       return { version: snap.version, adminTokens: snap.config.admin.tokens, agents: snap.config.identity.agents };
     },
+    subscribeCredentials: (fn) => deps.policy.onChange(fn),
     adminSettings: () => deps.policy.current().config.admin,
     attachAdminStats: (read) => stats.attachAdmin(read),
     proxyAddress: () => deps.proxyAddress?.() ?? deps.policy.current().config.listen.http,

@@ -214,6 +214,12 @@ export interface ControlPort {
   listAgents(): AgentView[];
 
   credentials(): CredentialSet;
+  /**
+   * Call `fn` once the credentials may have changed (after every policy swap: SIGHUP, a PUT, a
+   * rollback; the tokens live only in the policy, besides the env and generated ones that never
+   * change); returns the unsubscribe.
+   */
+  subscribeCredentials(fn: () => void): () => void;
   /** The live `admin` settings of the policy: Host names, connection, lockout and stream limits. */
   adminSettings(): Readonly<Config['admin']>;
   /** Export the admin listener's own counters (read at scrape time) on the gateway's /metrics. */

@@ -162,6 +162,13 @@ export class PolicyStore extends EventEmitter {
     return this.versions[this.versions.length - 1] as PolicyVersion;
   }
 
+  /** Call `fn` after every successful swap (the 'change' event); returns the unsubscribe. */
+  onChange(fn: () => void): () => void {
+    const listener = (): void => fn();
+    this.on('change', listener);
+    return () => this.off('change', listener);
+  }
+
   /** The kept versions, oldest first. */
   history(): readonly PolicyVersion[] {
     return this.versions;

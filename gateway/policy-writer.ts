@@ -48,6 +48,10 @@ export class PolicyWriter implements PolicyStoreLike {
     this.store.setMode(mode, author ?? null);
   }
 
+  onChange(fn: () => void): () => void {
+    return this.store.onChange(fn);
+  }
+
   history(): readonly PolicyVersion[] {
     return this.store.history();
   }
