@@ -33,6 +33,7 @@ import type { FlowTable } from './flow/flow-table.ts';
 import type { IdentityStats } from './identity/identity-resolver.ts';
 import type { ConfigCheck } from './policy-store.ts';
 import { GatewayStats } from './stats.ts';
+import { formatAuthority } from './protocol/authority.ts';
 
 /** One entry of the policy store's history. */
 export interface PolicyHistoryEntry {
@@ -346,7 +347,7 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
           // The flow's process was named already (an earlier report, local attribution): the first
           // stands, a report naming another process is told of, not taken (SPEC §7).
           conflicts++;
-          firstConflict ??= { flowId: flow.id, client: `${ip}:${r.localPort}`, kept: { pid: kept?.pid ?? null, name: kept?.name ?? null, source: kept?.source ?? null }, reported: { pid: process.pid, name: process.name } };
+          firstConflict ??= { flowId: flow.id, client: formatAuthority(ip, r.localPort), kept: { pid: kept?.pid ?? null, name: kept?.name ?? null, source: kept?.source ?? null }, reported: { pid: process.pid, name: process.name } };
         }
       }
       if (firstConflict !== null && (conflictLoggedAt.get(agentName) ?? Number.NEGATIVE_INFINITY) <= t - 10_000) {

@@ -378,7 +378,9 @@ export function compilePolicy(config: Config, version = 1, opts: CompileOptions 
     }
     if (facts.destIp === null) reasons.push('destination address unknown: CIDR entries were not evaluated');
     const verdict = mode === 'enforce' ? 'block' : 'would-block';
-    reasons.push(`not allowlisted: ${host}:${facts.destPort} ${mode === 'enforce' ? 'is blocked' : 'would be blocked in enforce mode (monitor mode records it)'}`);
+    // An IPv6 literal bracketed, so its last group is not read as the port.
+    const dest = host.includes(':') ? `[${host}]:${facts.destPort}` : `${host}:${facts.destPort}`;
+    reasons.push(`not allowlisted: ${dest} ${mode === 'enforce' ? 'is blocked' : 'would be blocked in enforce mode (monitor mode records it)'}`);
     return Object.freeze({ verdict, reason: 'not-allowlisted', detector: 'policy.deny', mode, matchedRule: null, reasons });
   }
 

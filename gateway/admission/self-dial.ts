@@ -6,6 +6,7 @@ import { networkInterfaces } from 'node:os';
 import { effectiveIPv4 } from '../../policy/address.ts';
 import type { Decision, Mode, Protocol } from '../../policy/types.ts';
 import type { GatewayContext } from '../context.ts';
+import { formatAuthority } from '../protocol/authority.ts';
 import { fixed } from './refusals.ts';
 
 /** How long a listing of this machine's interface addresses is used (DHCP and hot-plug change them). */
@@ -79,7 +80,7 @@ function selfPortSet(addresses: ReadonlySet<string>): Set<number> {
  */
 export function selfDialDecision(ctx: Pick<GatewayContext, 'selfAddresses' | 'udpRelays'>, ip: string, port: number, protocol: Protocol, mode: Mode): Decision | null {
   const self = selfKind(ctx, ip, port, protocol);
-  return self === null ? null : fixed('deny-range', 'policy.deny-range', mode, [`${ip}:${port} is ${self} of this gateway`]);
+  return self === null ? null : fixed('deny-range', 'policy.deny-range', mode, [`${formatAuthority(ip, port)} is ${self} of this gateway`]);
 }
 
 /**

@@ -12,6 +12,7 @@ import type { Config } from '../../policy/config.ts';
 import { loadConfig } from '../../policy/load-config.ts';
 import type { ConnectFacts, Mode } from '../../policy/types.ts';
 import { alertLines, scoreTable } from '../replay/report.ts';
+import { formatAuthority } from '../protocol/authority.ts';
 import type { ConnSpec } from '../replay/scenario.ts';
 import { loadInputs, runSuite } from '../replay/suite.ts';
 import { withoutRepeatedFlags } from './repeated-flag.ts';
@@ -78,7 +79,7 @@ export function policyImpact(newConfig: Config, oldConfig: Config, conns: readon
     const b = next.decide(facts(c.identity.roles ?? next.rolesFor(c.identity.user, c.identity.host)), c.startMs);
     if (a.verdict !== b.verdict || a.reason !== b.reason) {
       const who = `${c.identity.host ?? '-'}/${c.identity.user ?? '-'}`;
-      lines.push(`  ${who} -> ${c.host}:${c.port} (${c.protocol}): ${a.verdict} (${a.reason}) -> ${b.verdict} (${b.reason})`);
+      lines.push(`  ${who} -> ${formatAuthority(c.host, c.port)} (${c.protocol}): ${a.verdict} (${a.reason}) -> ${b.verdict} (${b.reason})`);
     }
   }
   return [`policy change turns ${lines.length} of ${total} distinct connections:`, ...lines];

@@ -32,6 +32,7 @@ import { type CidrMap, compileCidrSet } from '../../policy/cidr.ts';
 import { type BalancedEndpoints, kAcceptedAt, kBalanced } from '../admission.ts';
 import type { Logger } from '../context.ts';
 import { clientAddress } from '../identity/client-address.ts';
+import { formatAuthority } from '../protocol/authority.ts';
 import { detectProxySignature, type ProxyHeader, parseProxyHeader } from '../protocol/proxy-protocol.ts';
 
 export interface ProxyProtocolOptions {
@@ -106,7 +107,7 @@ export function wrapWithProxyProtocol<S extends Server>(server: S, opts: ProxyPr
       return;
     }
     const headerTimeoutMs = timeoutNow();
-    const client = `${peer.text}:${socket.remotePort ?? 0}`;
+    const client = formatAuthority(peer.text, socket.remotePort ?? 0);
     let buf: Buffer = Buffer.alloc(0);
     let isDone = false;
     pending.add(socket);

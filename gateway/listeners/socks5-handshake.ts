@@ -11,7 +11,7 @@
  * was named yet, and it is the connection's only record.
  */
 import type { Socket } from 'node:net';
-import { normaliseHost } from '../protocol/authority.ts';
+import { formatAuthority, normaliseHost } from '../protocol/authority.ts';
 import { refuseLogin } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { GatewayErrorCode } from '../errors.ts';
@@ -294,7 +294,7 @@ export function runHandshake(ctx: GatewayContext, down: Downstream, onRequest: (
  */
 export function refuse(ctx: GatewayContext, down: Downstream, reply: Buffer | null, code: GatewayErrorCode | string, reason: string, logged = true): void {
   const { socket } = down;
-  if (logged) ctx.log.warn({ listener: 'socks', client: `${down.clientIp}:${down.clientPort}`, code, reason }, 'socks5 refused');
+  if (logged) ctx.log.warn({ listener: 'socks', client: formatAuthority(down.clientIp, down.clientPort), code, reason }, 'socks5 refused');
   if (socket.destroyed) return;
   const linger = setTimeout(() => socket.destroy(), LINGER_MS);
   socket.once('close', () => clearTimeout(linger));

@@ -16,7 +16,7 @@ import { admit, admitDestination, type DestinationAdmission, type LookedUp, look
 import type { GatewayContext } from '../context.ts';
 import type { Flow, RoutedFlow } from '../flow/flow.ts';
 import { unmapIPv4 } from '../../policy/address.ts';
-import { normaliseHost } from '../protocol/authority.ts';
+import { formatAuthority, normaliseHost } from '../protocol/authority.ts';
 import { type UdpHeader, udpHeaderHost } from '../protocol/socks5-codec.ts';
 import { parentLabel } from '../upstream/parent-label.ts';
 import { loginStands } from '../identity/login-standing.ts';
@@ -332,8 +332,8 @@ export class UdpAdmissions {
     this.host.releaseHeld(dest);
     this.refusedDestinations++;
     const flowId = this.host.flow()?.id;
-    const client = `${clientIp}:${this.host.clientPort()}`;
-    ctx.log.warn({ listener: 'socks', flowId, client, destination: `${dest.host}:${dest.port}`, reason: why }, 'socks5 udp destination refused');
+    const client = formatAuthority(clientIp, this.host.clientPort());
+    ctx.log.warn({ listener: 'socks', flowId, client, destination: formatAuthority(dest.host, dest.port), reason: why }, 'socks5 udp destination refused');
     // Each refusal is a record (the first destination's by `admit`, a later one's by recordRefusal):
     // one datagram each to new destinations must not write the flow log a record apiece for the
     // association's life.

@@ -49,6 +49,7 @@ import { isIPv4 } from 'node:net';
 import { clientReached, isLocalClient } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow, FlowLeg, RoutedFlow } from '../flow/flow.ts';
+import { formatAuthority } from '../protocol/authority.ts';
 import { identityKey } from '../flow/flow-table.ts';
 import { unmapIPv4 } from '../../policy/address.ts';
 import { encodeReply, newUdpHeader, parseUdpHeader } from '../protocol/socks5-codec.ts';
@@ -171,7 +172,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     .then(onRelayBound, (err: unknown) => onRelayBound({ ok: false, exhausted: false, err: err instanceof Error ? err : new Error(String(err)) }));
 
   function onRelayError(err: Error): void {
-    ctx.log.warn({ listener: 'socks', client: `${clientIp}:${clientPort}`, err: err.message }, 'socks5 udp relay error');
+    ctx.log.warn({ listener: 'socks', client: formatAuthority(clientIp, clientPort), err: err.message }, 'socks5 udp relay error');
   }
 
   function onRelayBound(r: RelayBind): void {
@@ -267,7 +268,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     drops.otherUser += dropped;
     ledger.otherUserDroppedTotal += dropped;
     ctx.log.warn(
-      { listener: 'socks', client: `${clientIp}:${port}`, username: hs.username, uid, controlUid, dropped },
+      { listener: 'socks', client: formatAuthority(clientIp, port), username: hs.username, uid, controlUid, dropped },
       "socks5 udp datagrams not relayed: their socket is another user's than the control connection's",
     );
   }
@@ -281,7 +282,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     ledger.ownerUnlistedDroppedTotal += dropped;
     if (!isLogDue('ownerUnlisted')) return;
     ctx.log.warn(
-      { listener: 'socks', client: `${clientIp}:${port}`, username: hs.username, uid: null, controlUid, dropped },
+      { listener: 'socks', client: formatAuthority(clientIp, port), username: hs.username, uid: null, controlUid, dropped },
       'socks5 udp datagrams not relayed: no socket is listed on their port (closed after sending, or a raw sender), so their owner is not known',
     );
   }
@@ -306,7 +307,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     ledger.ownerUnknownDroppedTotal += dropped;
     if (!isLogDue('sharedPort')) return;
     ctx.log.warn(
-      { listener: 'socks', client: `${clientIp}:${port}`, username: hs.username, uids, controlUid, dropped },
+      { listener: 'socks', client: formatAuthority(clientIp, port), username: hs.username, uids, controlUid, dropped },
       'socks5 udp datagrams not relayed: their port is shared by sockets of several users (SO_REUSEADDR), so whose socket sent them is not known',
     );
   }
@@ -373,7 +374,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       {
         listener: 'socks',
         flowId: flow?.id,
-        client: `${clientIp}:${clientPort}`,
+        client: formatAuthority(clientIp, clientPort),
         dropped: drops.held,
         pendingDestinations: admissions.pending,
         heldBytes: held.bytes,
@@ -401,7 +402,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       const before = leg.budgetOut;
       const cut = leg.onBudget ? leg.onBudget(leg) : true;
       if (cut) {
-        ctx.log.warn({ flowId: f.id, destination: `${dest.host}:${dest.port}`, budgetOut: leg.budgetOut }, 'socks5 udp association over its byte budget');
+        ctx.log.warn({ flowId: f.id, destination: formatAuthority(dest.host, dest.port), budgetOut: leg.budgetOut }, 'socks5 udp association over its byte budget');
         end('an0080.bulk-upload', true);
         return;
       }
@@ -426,7 +427,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     drops.unsent++;
     if (!isLogDue('unsent')) return;
     ctx.log.warn(
-      { listener: 'socks', flowId: f.id, client: `${clientIp}:${clientPort}`, destination: `${dest.host}:${dest.port}`, ip: dest.ip, err: (err as NodeJS.ErrnoException).code ?? err.message, dropped: drops.unsent },
+      { listener: 'socks', flowId: f.id, client: formatAuthority(clientIp, clientPort), destination: formatAuthority(dest.host, dest.port), ip: dest.ip, err: (err as NodeJS.ErrnoException).code ?? err.message, dropped: drops.unsent },
       'socks5 udp datagrams not sent: the kernel refused them (no route to their destination, or a local firewall)',
     );
   }
@@ -435,7 +436,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     drops.oversizedOut++;
     if (!isLogDue('oversizedOut')) return;
     ctx.log.warn(
-      { listener: 'socks', flowId: flow?.id, client: `${clientIp}:${clientPort}`, destination: `${dest.host}:${dest.port}`, bytes: len, maxBytes: MAX_UDP_PAYLOAD.udp4, dropped: drops.oversizedOut },
+      { listener: 'socks', flowId: flow?.id, client: formatAuthority(clientIp, clientPort), destination: formatAuthority(dest.host, dest.port), bytes: len, maxBytes: MAX_UDP_PAYLOAD.udp4, dropped: drops.oversizedOut },
       'socks5 udp datagrams dropped: too large for a datagram to their IPv4 destination',
     );
   }
@@ -467,7 +468,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       ledger.repliesDroppedTotal++;
       if (isLogDue('oversized')) {
         ctx.log.warn(
-          { listener: 'socks', flowId: flow.id, client: `${clientIp}:${clientPort}`, destination: `${dest.host}:${dest.port}`, bytes: msg.length, maxBytes: maxReply - dest.replyHeader.length, dropped: drops.oversized },
+          { listener: 'socks', flowId: flow.id, client: formatAuthority(clientIp, clientPort), destination: formatAuthority(dest.host, dest.port), bytes: msg.length, maxBytes: maxReply - dest.replyHeader.length, dropped: drops.oversized },
           'socks5 udp replies dropped: too large for a datagram to the client with the SOCKS UDP header',
         );
       }

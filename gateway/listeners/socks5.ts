@@ -18,6 +18,7 @@ import { Server, type Socket } from 'node:net';
 import { admit, admitAlternate, type ClientWatch, failFlow } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import { tunnel } from '../flow/tunnel.ts';
+import { formatAuthority } from '../protocol/authority.ts';
 import { encodeReply } from '../protocol/socks5-codec.ts';
 import { isShortage, SOCKS_REP } from '../reject.ts';
 import { dialFirstReachable } from '../upstream/dial.ts';
@@ -167,7 +168,7 @@ async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResul
     // Left during admission (its lookup): the flow ended client-reset then, nobody to answer.
     if (clientGone && admitted.flow.closeReason === 'client-reset') return;
     const why = admitted.flow.reasons.length > 0 ? admitted.flow.reasons.join('; ') : admitted.reject.reason;
-    refuse(ctx, down, encodeReply(admitted.reject.socks), admitted.reject.reason, `CONNECT ${request.host}:${request.port} refused (${admitted.reject.reason}): ${why}`);
+    refuse(ctx, down, encodeReply(admitted.reject.socks), admitted.reject.reason, `CONNECT ${formatAuthority(request.host, request.port)} refused (${admitted.reject.reason}): ${why}`);
     return;
   }
   const { flow } = admitted;
@@ -192,12 +193,12 @@ async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResul
     if (flow.state === 'closed') {
       // Killed while it dialled (admin, detector, the drain's end): the reply says what the kill means.
       const killed = failFlow(ctx, flow, err);
-      if (!clientGone) refuse(ctx, down, encodeReply(killed.socks), killed.reason, `CONNECT ${request.host}:${request.port}: flow killed while dialling (${killed.reason})`, false);
+      if (!clientGone) refuse(ctx, down, encodeReply(killed.socks), killed.reason, `CONNECT ${formatAuthority(request.host, request.port)}: flow killed while dialling (${killed.reason})`, false);
       return;
     }
     const mapping = failFlow(ctx, flow, err);
     // Out of descriptors or local ports is logged once per ten seconds (DescriptorShortage), not per flow.
-    if (!clientGone) refuse(ctx, down, encodeReply(mapping.socks), mapping.reason, `CONNECT ${request.host}:${request.port} failed (${mapping.reason}): ${(err as Error).message}`, !isShortage(mapping));
+    if (!clientGone) refuse(ctx, down, encodeReply(mapping.socks), mapping.reason, `CONNECT ${formatAuthority(request.host, request.port)} failed (${mapping.reason}): ${(err as Error).message}`, !isShortage(mapping));
     return;
   }
   socket.removeListener('close', onClose);
@@ -210,7 +211,7 @@ async function connect(ctx: GatewayContext, down: Downstream, hs: HandshakeResul
     // Killed (admin, detector, drain) as the dial completed: the client is refused, nothing is relayed.
     up.destroy();
     const killed = failFlow(ctx, flow, null);
-    refuse(ctx, down, encodeReply(killed.socks), killed.reason, `CONNECT ${request.host}:${request.port}: flow killed while dialling (${killed.reason})`, false);
+    refuse(ctx, down, encodeReply(killed.socks), killed.reason, `CONNECT ${formatAuthority(request.host, request.port)}: flow killed while dialling (${killed.reason})`, false);
     return;
   }
   // 6. success carries the bound address of the upstream socket (RFC 1928 §6).

@@ -3,6 +3,7 @@
  * `--against` impact list. Pure string building.
  */
 import type { ReplayFinding } from './driver.ts';
+import { formatAuthority } from '../protocol/authority.ts';
 import type { Judgement } from './suite.ts';
 
 const MiB = 1024 * 1024;
@@ -22,7 +23,7 @@ export function alertLines(findings: readonly ReplayFinding[]): string[] {
     .map((f) => {
       const a = f.alert;
       const who = [a.identity.host ?? '-', a.identity.user ?? '-', a.identity.process?.name ?? '-'].join('/');
-      const dest = a.destination ? `${a.destination.host}:${a.destination.port}` : '*';
+      const dest = a.destination ? formatAuthority(a.destination.host, a.destination.port) : '*';
       return `${a.time} [${f.scenario}] ${a.detector} ${a.severity} ${a.action} ${who} -> ${dest}: ${a.reasons[0] ?? ''}`;
     });
 }

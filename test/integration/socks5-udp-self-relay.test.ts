@@ -13,6 +13,7 @@
 import { SocksClient } from 'socks';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
+import { formatAuthority } from '../../gateway/protocol/authority.ts';
 import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { associate, type Cleanups, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
 import { startUdpEcho, type UdpEcho } from './socks5-harness.ts';
@@ -105,7 +106,8 @@ describe("a UDP destination that is one of the gateway's relay sockets", () => {
       expect(r.identity.user).toBe('alice');
       expect(r.closeReason).toBe('deny-range');
       expect(r.bytesOut).toBe(0);
-      expect(r.reasons.join('\n')).toContain(`127.0.0.1:${bob.relay.port} is a UDP relay of this gateway`);
+      // The address as the client named it, bracketed when IPv6 (`[::ffff:127.0.0.1]:port`).
+      expect(r.reasons.join('\n')).toContain(`${formatAuthority(String(r.destination.host), bob.relay.port)} is a UDP relay of this gateway`);
     }
     alice.control.destroy();
     bob.control.destroy();
