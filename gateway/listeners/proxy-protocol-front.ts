@@ -54,6 +54,9 @@ export interface ProxyProtocolOptions {
   holdUntrusted?: (socket: Socket) => boolean;
 }
 
+/** What a connection has read before its first chunk. */
+const EMPTY: Buffer = Buffer.alloc(0);
+
 /**
  * Put a PROXY protocol front before `server`. Returns the server to listen on: `server` itself
  * when `trustedSources` is empty (nothing changes), else a new net.Server that feeds it. Closing
@@ -108,7 +111,10 @@ export function wrapWithProxyProtocol<S extends Server>(server: S, opts: ProxyPr
     }
     const headerTimeoutMs = timeoutNow();
     const client = formatAuthority(peer.text, socket.remotePort ?? 0);
-    let buf: Buffer = Buffer.alloc(0);
+    // The bytes so far: the first chunk itself, then a prefix of `room`, which grows by doubling so a
+    // header trickled in small reads is copied O(length) times in all, not once per read.
+    let buf: Buffer = EMPTY;
+    let room: Buffer | null = null;
     let isDone = false;
     pending.add(socket);
 
@@ -173,9 +179,23 @@ export function wrapWithProxyProtocol<S extends Server>(server: S, opts: ProxyPr
       while (!isDone) {
         const chunk = socket.read() as Buffer | null;
         if (chunk === null) return;
-        buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+        append(chunk);
         evaluate();
       }
+    }
+    function append(chunk: Buffer): void {
+      if (buf.length === 0) {
+        buf = chunk;
+        return;
+      }
+      const length = buf.length + chunk.length;
+      if (room === null || length > room.length) {
+        const grown = Buffer.allocUnsafe(Math.max(length, 2 * buf.length));
+        buf.copy(grown);
+        room = grown;
+      }
+      chunk.copy(room, buf.length);
+      buf = room.subarray(0, length);
     }
     function onEnd(): void {
       if (isTrusted) refuse('closed before a complete PROXY header', { bytes: buf.length });
