@@ -32,10 +32,27 @@ async function writeBody(res: ServerResponse, n: number, onWait?: (waiting: bool
   for (let sent = 0; sent < n && !res.destroyed; sent += CHUNK.length) {
     if (res.write(CHUNK.subarray(0, Math.min(CHUNK.length, n - sent)))) continue;
     onWait?.(true);
-    await Promise.race([once(res, 'drain'), once(res, 'close')]);
+    await drainedOrClosed(res);
     onWait?.(false);
   }
   res.end();
+}
+
+/**
+ * Until `res` drains or closes, both listeners removed after. A race of two once() calls left the
+ * loser's listeners (its event's and an 'error' one) on `res` at every wait: past ten waits, node's
+ * MaxListenersExceededWarning.
+ */
+function drainedOrClosed(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
 }
 
 beforeAll(async () => {
