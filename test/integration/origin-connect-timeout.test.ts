@@ -8,34 +8,38 @@
  * answered at 1,001-1,052. The direct connector now has a timer of its own too (boundedConnector),
  * cleared at connect: a request whose origin answers after connectTimeoutMs is not cut by it.
  *
- * `serve` runs as a process of its own and the requests one at a time, so each dial's timer is the
- * only one undici would have had: the old code fired at 1,497 ms every time, never within the bound.
+ * When the dial is cut is checked against timers of this process, not the wall clock: the gateway
+ * runs here (startTestGateway), and Node runs the timers of one duration in the order they were
+ * armed, against the loop's clock. A timer of connectTimeoutMs armed before the request is sent
+ * fires before the dial's (the flow must be up then), one armed once the dial has started fires after
+ * it (the dial socket must be destroyed by then), however late a loaded machine runs them. undici's
+ * timer cannot have fired by then: it fires on its third 499 ms tick (1,497 ms), and its ticks only
+ * run later under load. The requests go one at a time, so each dial's timer is the only one undici
+ * would have had (its ticks restart with it). The bound this replaces, durationMs under 1,400, had
+ * 97 ms to spare against the old code and failed the fix at a load average of 15-21; no timeout
+ * gives more, as undici's timer fires within one tick (499 ms) past any delay.
  */
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { servedForFile } from '../helpers/flow-log-fixture.ts';
+import type { DiallingSocket } from '../../gateway/flow/flow.ts';
+import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { type HungDestination, hungDestination } from '../helpers/hung-destination.ts';
 import { jsonBody, readUntil } from './http-harness.ts';
 
 const CONNECT_TIMEOUT_MS = 1000;
-/**
- * How far past connectTimeoutMs a timed-out dial's record may end. The old code's records ended
- * 500-533 ms past it (its timer fires on undici's third 499 ms tick, 1,497 ms); the fixed dial's at
- * 0-5 ms (as CONNECT's: 1-17). 400 ms leaves a loaded machine most of the gap and the old code none.
- */
-const LATE_BOUND_MS = 400;
 /** The slow origin answers this long after the request: past connectTimeoutMs, well within idleTimeoutMs. */
 const ORIGIN_DELAY_MS = 1300;
 
-const { served, recordOf } = servedForFile('egw-origin-connect-timeout-', { connectTimeoutMs: CONNECT_TIMEOUT_MS });
+let gw: TestGateway;
 let dest: HungDestination;
 let slowOrigin: Server;
 let slowOriginConnections = 0;
 const sockets: Socket[] = [];
 
 beforeAll(async () => {
+  gw = await startTestGateway({ limits: { connectTimeoutMs: CONNECT_TIMEOUT_MS } });
   dest = await hungDestination();
   slowOrigin = createServer((_req, res) => {
     setTimeout(() => res.end('slow-answer'), ORIGIN_DELAY_MS);
@@ -44,25 +48,37 @@ beforeAll(async () => {
   slowOrigin.listen(0, '127.0.0.1');
   await once(slowOrigin, 'listening');
 });
-afterAll(() => {
+afterAll(async () => {
   for (const s of sockets) s.destroy();
   dest?.close();
   slowOrigin?.close();
+  await gw?.stop();
 });
 
-/** Send `request` on a new connection to the HTTP listener: the answer up to `marker`, and the client's port. */
-async function send(request: string, marker: string): Promise<{ raw: string; clientPort: number; socket: Socket }> {
-  const s = connect({ host: served().http.host, port: served().http.port });
+/** A new connection to the HTTP listener. */
+async function open(): Promise<Socket> {
+  const s = connect({ host: gw.httpHost, port: gw.httpPort });
   s.on('error', () => undefined);
   sockets.push(s);
   await once(s, 'connect');
-  s.write(request);
-  const raw = (await readUntil(s, marker, 10_000)).toString('latin1');
-  return { raw, clientPort: s.localPort as number, socket: s };
+  return s;
 }
 
+/** Resolves when a timer of connectTimeoutMs armed now fires: in the gateway's timer list, after every one armed before it. */
+function connectTimerArmedNow(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, CONNECT_TIMEOUT_MS));
+}
+
+/** The socket the live flow of the client on `port` is dialling, if it is dialling. */
+function diallingOf(port: number): DiallingSocket | null {
+  for (const flow of gw.flows.activeFlows().values()) if (flow.client.port === port) return flow.dialling;
+  return null;
+}
+
+const isClosed = (port: number): boolean => gw.closed.some((r) => r.client.port === port);
+
 describe('absolute-URI origin dial: limits.connectTimeoutMs on the gateway’s own timer', () => {
-  it('fast path (GET), node:http (POST) and, for reference, CONNECT: 504 connect-timeout, recorded within connectTimeoutMs + 400 ms', async () => {
+  it('fast path (GET), node:http (POST) and, for reference, CONNECT: 504 connect-timeout, the dial cut at connectTimeoutMs', async () => {
     const host = `127.0.0.1:${dest.port}`;
     const cases = {
       'fast-path GET': `GET http://${host}/x HTTP/1.1\r\nHost: ${host}\r\n\r\n`,
@@ -71,26 +87,42 @@ describe('absolute-URI origin dial: limits.connectTimeoutMs on the gateway’s o
     };
     // One at a time: each dial's timer alone, as an idle gateway's would be.
     for (const [name, request] of Object.entries(cases)) {
-      const { raw, clientPort } = await send(request, '}');
+      const s = await open();
+      const clientPort = s.localPort as number;
+      const answered = readUntil(s, '}', 10_000);
+      // Armed before the dial's timer: the flow is still up when it fires.
+      const upAtLimit = connectTimerArmedNow().then(() => !isClosed(clientPort));
+      s.write(request);
+      let dialling: DiallingSocket | null = null;
+      await until(`${name}: the dial started`, () => {
+        dialling = diallingOf(clientPort);
+        return dialling !== null;
+      });
+      // Armed after the dial's timer: the dial socket is destroyed by then.
+      const cutAtLimit = connectTimerArmedNow().then(() => (dialling as unknown as Socket).destroyed);
+      expect(await upAtLimit, name).toBe(true);
+      expect(await cutAtLimit, name).toBe(true);
+      const raw = (await answered).toString('latin1');
       expect(raw.slice(0, raw.indexOf('\r\n')), name).toBe('HTTP/1.1 504 Gateway Timeout');
       expect(jsonBody(raw).reason, name).toBe('connect-timeout');
-      const rec = await recordOf(clientPort);
+      const rec = await gw.waitForClosed((r) => r.client.port === clientPort);
       expect(rec, name).toMatchObject({ closeReason: 'connect-timeout', connected: false, bytesIn: 0, bytesOut: 0 });
-      expect(rec.durationMs, name).toBeGreaterThanOrEqual(CONNECT_TIMEOUT_MS);
-      expect(rec.durationMs, `${name}: ${rec.durationMs} ms`).toBeLessThan(CONNECT_TIMEOUT_MS + LATE_BOUND_MS);
     }
   }, 30_000);
 
   it('the timer ends at the connection: an origin answering after connectTimeoutMs is relayed, twice on the pooled connection', async () => {
     const host = `127.0.0.1:${(slowOrigin.address() as { port: number }).port}`;
-    const { raw, clientPort, socket } = await send(`GET http://${host}/a HTTP/1.1\r\nHost: ${host}\r\n\r\n`, 'slow-answer');
+    const socket = await open();
+    const clientPort = socket.localPort as number;
+    socket.write(`GET http://${host}/a HTTP/1.1\r\nHost: ${host}\r\n\r\n`);
+    const raw = (await readUntil(socket, 'slow-answer', 10_000)).toString('latin1');
     expect(raw).toMatch(/^HTTP\/1\.1 200 /);
     // The same origin again: the pooled connection (undici's connector is not called).
     socket.write(`GET http://${host}/b HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`);
     const [second] = await Promise.all([readUntil(socket, 'slow-answer', 10_000), once(socket, 'close')]);
     expect(second.toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
     expect(slowOriginConnections).toBe(1);
-    const rec = await recordOf(clientPort);
+    const rec = await gw.waitForClosed((r) => r.client.port === clientPort);
     expect(rec).toMatchObject({ closeReason: 'closed', connected: true, bytesIn: 'slow-answer'.length });
   }, 30_000);
 });
