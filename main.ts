@@ -502,7 +502,8 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
       try {
         await reopen();
       } catch (err) {
-        log.error({ err: (err as Error).message }, `${what} could not be reopened; still writing to the open file`);
+        // Tried again every second (AppendLog.reopen); the switch, when it comes, is logged `reopened`.
+        log.error({ err: (err as Error).message }, `${what} could not be reopened; still writing to the open file, and trying again every second`);
       }
     }
   };

@@ -22,7 +22,7 @@ import { close as closeFd, fstat } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { countLines, ignore, isUnlinked, type OpenFile, openAppend, readBack } from './append-log-file.ts';
-import { type AppendLogOptions, AppendLogWriter } from './append-log-writer.ts';
+import { type AppendLogOptions, AppendLogWriter, RETRY_MS } from './append-log-writer.ts';
 import { LogLockedError, lockLog } from './log-lock.ts';
 
 export { type AppendLogEvent, type AppendLogOptions, type AppendLogStatus, BACKLOG_BYTES, RETRY_MS, STALL_MS } from './append-log-writer.ts';
@@ -36,6 +36,8 @@ export class AppendLog extends AppendLogWriter {
   private isWatching = false;
   /** Releases `<path>.lock` (opts.lock). */
   private unlock: (() => Promise<void>) | null = null;
+  /** A rotation whose open failed (EMFILE at the descriptor limit, say): tried again every retryMs. */
+  private reopenTimer: NodeJS.Timeout | null = null;
 
   private constructor(path: string, opts: AppendLogOptions) {
     super(path, opts);
@@ -165,9 +167,13 @@ export class AppendLog extends AppendLogWriter {
 
   /**
    * Log rotation (SIGHUP): open the path again and write there from now on, if it is another file
-   * than the one open (moved away, say). A failed log tries to recover at once instead.
+   * than the one open (moved away, say). A failed log tries to recover at once instead. An open that
+   * fails (EMFILE: the process at its descriptor limit) rejects, for the caller to say so, and is
+   * tried again every retryMs until it succeeds: the log stays healthy on the file it has (the one
+   * rotated away) meanwhile, and writes at the path again as soon as a descriptor is free.
    */
   async reopen(): Promise<void> {
+    this.cancelReopenRetry();
     // A removed file being replaced is being reopened already.
     if (this.stdout || this.isClosed || this.isReplacing) return;
     // A recovery under way is waited for: it may have opened the path before the rotation.
@@ -179,7 +185,13 @@ export class AppendLog extends AppendLogWriter {
       await this.recover();
       return;
     }
-    const next = await openAppend(this.path);
+    let next: OpenFile;
+    try {
+      next = await openAppend(this.path);
+    } catch (err) {
+      this.retryReopen();
+      throw err;
+    }
     const current = this.file;
     // A switch under way (a removed file replaced, an earlier signal's) opens the path itself.
     if (this.isClosed || this.isReplacing || (current !== null && current.dev === next.dev && current.ino === next.ino) || this.failure !== null) {
@@ -189,6 +201,24 @@ export class AppendLog extends AppendLogWriter {
     if (this.nextFile) closeFd(this.nextFile.fd, ignore);
     this.nextFile = next;
     if (!this.isWriting) void this.takeNextFile();
+  }
+
+  /**
+   * A rotation's open failed: again in retryMs, quietly (the caller logged the first failure; the
+   * switch, when it comes, is reported 'reopened'). A failed log's recover() opens the path itself.
+   */
+  private retryReopen(): void {
+    if (this.reopenTimer || this.isClosed) return;
+    this.reopenTimer = setTimeout(() => {
+      this.reopenTimer = null;
+      if (this.failure === null) this.reopen().catch(ignore);
+    }, this.opts.retryMs ?? RETRY_MS);
+    this.reopenTimer.unref();
+  }
+
+  private cancelReopenRetry(): void {
+    if (this.reopenTimer) clearTimeout(this.reopenTimer);
+    this.reopenTimer = null;
   }
 
   /**
@@ -242,6 +272,7 @@ export class AppendLog extends AppendLogWriter {
       await this.flush();
     }
     this.isClosed = true;
+    this.cancelReopenRetry();
     if (this.watchTimer) clearInterval(this.watchTimer);
     this.watchTimer = null;
     if (this.retryTimer) clearTimeout(this.retryTimer);
