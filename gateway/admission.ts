@@ -36,6 +36,7 @@ import {
   limitRefusal,
   LOOPED,
   loginRefusal,
+  lookupShortage,
   NO_CLIENT_ADDRESS,
   NO_FLOW_LOG,
   refuse,
@@ -162,6 +163,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     const known = knownAddress(snapshot, req.destHost);
     if (known !== null) ({ ip, alternates, dnsError } = { ip: known, alternates: NO_ALTERNATES, dnsError: null });
   }
+  if (ip === null && dnsError === 'EGW_OUT_OF_DESCRIPTORS') return refuse(ctx, flow, lookupShortage(ctx, req.destHost, mode));
   if (ip) ctx.flows.setDestinationIp(flow, ip);
   // 6. self-dial
   const self = ip ? selfDialDecision(ctx, ip, req.destPort, req.protocol, mode) : null;
@@ -306,6 +308,10 @@ export async function admitDestination(
     override = ctx.policy.modeOverride();
     identity = identityUnder(snapshot, flow.identity, hostUnder(ctx, snapshot, flow.identity, flow.client.ip, login?.since));
     mode = snapshot.modeFor(identity.roles, override);
+  }
+  if (ip === null && dnsError === 'EGW_OUT_OF_DESCRIPTORS') {
+    const decision = lookupShortage(ctx, destHost, mode);
+    return { ok: false, decision, reject: mapDecision(decision), reason: decision.reasons.join('; '), ip: null, identity };
   }
   const self = ip ? selfDialDecision(ctx, ip, destPort, flow.protocol, mode) : null;
   if (self !== null) return { ok: false, decision: self, reject: mapDecision(self), reason: self.reasons[0] as string, ip, identity };

@@ -104,6 +104,7 @@ const GATEWAY_REFUSALS: Record<GatewayRefusalReason, RejectMapping> = {
   'flow-log-unavailable': ERROR_MAP.EGW_FLOW_LOG_UNAVAILABLE,
   'out-of-relay-ports': ERROR_MAP.EGW_OUT_OF_RELAY_PORTS,
   'relay-error': { status: 503, socks: SOCKS_REP.generalFailure, error: 'UDP relay failed', reason: 'relay-error' },
+  'out-of-descriptors': ERROR_MAP.EGW_OUT_OF_DESCRIPTORS,
 };
 
 /**
@@ -130,6 +131,7 @@ export function mapDecision(decision: Decision): RejectMapping {
     case 'flow-log-unavailable':
     case 'out-of-relay-ports':
     case 'relay-error':
+    case 'out-of-descriptors':
       return GATEWAY_REFUSALS[reason];
     default: {
       const exhaustive: never = reason;

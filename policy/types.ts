@@ -57,9 +57,12 @@ export type ReasonCode =
  * - `via-loop`: the request's `Via` names this gateway (it came back round a loop of proxies);
  * - `flow-log-unavailable`: the flow log cannot be written (`flowLog.onError: refuse`);
  * - `out-of-relay-ports`, `relay-error`: a SOCKS5 UDP ASSOCIATE got no relay socket (no port of
- *   `limits.udpRelayPorts` free; any other bind failure).
+ *   `limits.udpRelayPorts` free; any other bind failure);
+ * - `out-of-descriptors`: the destination's name could not be looked up for want of the gateway's own
+ *   file descriptors (no address to judge it by). A dial that fails so after the policy judged the
+ *   flow keeps the policy's verdict, with this closeReason.
  */
-export const GATEWAY_REFUSAL_REASONS = ['bad-request', 'shutting-down', 'via-loop', 'flow-log-unavailable', 'out-of-relay-ports', 'relay-error'] as const;
+export const GATEWAY_REFUSAL_REASONS = ['bad-request', 'shutting-down', 'via-loop', 'flow-log-unavailable', 'out-of-relay-ports', 'relay-error', 'out-of-descriptors'] as const;
 export type GatewayRefusalReason = (typeof GATEWAY_REFUSAL_REASONS)[number];
 
 /** Whether a reason is one of the gateway's own refusals before any judgement (no policy refused it). */

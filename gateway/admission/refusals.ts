@@ -59,6 +59,17 @@ export function gatewayRefusal(reason: GatewayRefusalReason, mode: Mode, reasons
   return fixed(reason, null, mode, reasons);
 }
 
+/**
+ * A name whose lookup failed for want of the gateway's own file descriptors (resolve.ts): no address
+ * to judge it by and nothing the name's servers said, so no policy refusal and no failed connect for
+ * the detectors; refused 503 `out-of-descriptors` (SOCKS5 0x01) as the gateway's own, and logged
+ * with the dials that failed so (once per ten seconds).
+ */
+export function lookupShortage(ctx: GatewayContext, host: string, mode: Mode): Decision {
+  ctx.descriptors?.dialFailed('EMFILE');
+  return gatewayRefusal('out-of-descriptors', mode, [`lookup of ${host} failed: the gateway is out of file descriptors`]);
+}
+
 /** Over the identity's limits (limits.maxFlowsPerIdentity, maxNewFlowsPerSecPerIdentity): refused in every mode. */
 export function limitRefusal(mode: Mode, reasons: readonly string[]): Decision {
   return fixed('rate-limit', null, mode, reasons);

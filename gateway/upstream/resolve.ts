@@ -21,9 +21,16 @@
  *    read at each lookup: 0 remembers nothing). A lifetime lowered since the last lookup empties
  *    its cache first, so no answer outlives the new setting; a raised one keeps what is there
  *    (stored for the shorter lifetime);
- *  - a lookup still waiting, or still running, at `timeoutMs` fails (EGW_DNS_FAILED) for its caller.
+ *  - a lookup still waiting, or still running, at `timeoutMs` fails (EGW_DNS_FAILED) for its caller;
+ *  - a lookup the OS resolver fails while the process is out of file descriptors is the gateway's
+ *    failure, not the name's: getaddrinfo then can open neither /etc/hosts nor a socket to the
+ *    servers and says "not found" (ENOTFOUND, no errno to tell it by). So a failed lookup is
+ *    followed by one open of the null device: EMFILE or ENFILE there makes it
+ *    EGW_OUT_OF_DESCRIPTORS (503 `out-of-descriptors`), not remembered as a failed name.
  */
 import { lookup as osLookup } from 'node:dns/promises';
+import { close as closeFd, open as openFd } from 'node:fs';
+import { devNull } from 'node:os';
 import { isIP, isIPv4 } from 'node:net';
 import { LRUCache } from 'lru-cache';
 import { canonicalIPv6 } from '../../policy/address.ts';
@@ -44,6 +51,21 @@ export interface DnsResolverOptions {
   perRequester?: number;
   /** The OS lookup (tests give a slow one); node's dns.lookup by default. */
   lookup?: (host: string) => Promise<string[]>;
+  /** After a failed lookup: the errno (EMFILE, ENFILE) if the process has no descriptor free, else null. */
+  descriptorShortage?: () => Promise<string | null>;
+}
+
+/**
+ * Whether the process is out of file descriptors now: one open (and close) of the null device, in
+ * the thread pool. The errno (EMFILE, ENFILE) if so, else null (any other failure says nothing).
+ */
+export function descriptorShortage(): Promise<string | null> {
+  return new Promise((resolve) => {
+    openFd(devNull, 'r', (err, fd) => {
+      if (err) resolve(err.code === 'EMFILE' || err.code === 'ENFILE' ? err.code : null);
+      else closeFd(fd, () => resolve(null));
+    });
+  });
 }
 
 /** libuv's thread pool size for this process, and the share of it DNS may use. */
@@ -118,6 +140,7 @@ export function createDnsResolver(opts: DnsResolverOptions = {}): Resolver {
   const slots = opts.slots ?? dnsSlots();
   const perRequester = opts.perRequester ?? Math.max(1, Math.floor(slots / 4));
   const osResolve = opts.lookup ?? addressesOf;
+  const isShort = opts.descriptorShortage ?? descriptorShortage;
   const cache = new TtlCache<string[]>(opts.cacheTtlMs ?? 30_000, opts.cacheMax ?? 10_000);
   const failed = new TtlCache<GatewayError>(opts.negativeTtlMs ?? 5000, 10_000);
   /** Names in the pool now, everyone waiting for each, and whose slot it takes. */
@@ -150,15 +173,35 @@ export function createDnsResolver(opts: DnsResolverOptions = {}): Resolver {
     held.set(requester, (held.get(requester) ?? 0) + 1);
     served.set(requester, ++turn);
     osResolve(host).then(
-      (ips) => finish(host, ips.length > 0 ? ips : null, ips.length > 0 ? null : new GatewayError('EGW_DNS_FAILED', `no address for ${host}`)),
-      (cause: unknown) => finish(host, null, new GatewayError('EGW_DNS_FAILED', `lookup of ${host} failed`, { cause })),
+      (ips) => (ips.length > 0 ? answered(host, ips) : lookupFailed(host, new GatewayError('EGW_DNS_FAILED', `no address for ${host}`))),
+      (cause: unknown) => lookupFailed(host, new GatewayError('EGW_DNS_FAILED', `lookup of ${host} failed`, { cause })),
     );
   }
 
-  function finish(host: string, ips: string[] | null, err: GatewayError | null): void {
+  /**
+   * A failed lookup: its slot is free at once (the OS resolver returned); its askers hear the name's
+   * failure, or the gateway's own if it has no descriptor free now (one open, in the pool's file
+   * share, not a DNS slot).
+   */
+  function lookupFailed(host: string, err: GatewayError): void {
+    const waiters = release(host);
+    pump();
+    isShort().then(
+      (errno) => conclude(host, waiters, null, errno === null ? err : new GatewayError('EGW_OUT_OF_DESCRIPTORS', `lookup of ${host} failed: the gateway is out of file descriptors`, { cause: Object.assign(new Error(errno), { code: errno }) })),
+      () => conclude(host, waiters, null, err),
+    );
+  }
+
+  function answered(host: string, ips: string[]): void {
+    const waiters = release(host);
+    conclude(host, waiters, ips, null);
+    pump();
+  }
+
+  /** The name's slot given back; its askers, for conclude(). */
+  function release(host: string): Waiting[] {
     const entry = running.get(host);
     running.delete(host);
-    const waiters = entry?.waiters ?? [];
     if (entry) {
       const n = (held.get(entry.requester) ?? 1) - 1;
       if (n > 0) held.set(entry.requester, n);
@@ -167,10 +210,14 @@ export function createDnsResolver(opts: DnsResolverOptions = {}): Resolver {
         if (!queues.has(entry.requester)) served.delete(entry.requester);
       }
     }
+    return entry?.waiters ?? [];
+  }
+
+  function conclude(host: string, waiters: Waiting[], ips: string[] | null, err: GatewayError | null): void {
     if (ips) cache.set(host, ips);
-    else if (err) failed.set(host, err);
+    // The gateway's own shortage says nothing of the name: the next lookup asks again.
+    else if (err && err.code !== 'EGW_OUT_OF_DESCRIPTORS') failed.set(host, err);
     settle(waiters, ips, err);
-    pump();
   }
 
   /** Hand waiting names to the pool while it has room: the requester served longest ago first. */

@@ -71,6 +71,23 @@ describe('createDnsResolver: the thread pool shared fairly', () => {
     expect(os.calls).toEqual(['z.dead.test', 'ok.example.test']);
   });
 
+  it('a lookup failed while the process has no descriptor free is the gateway\'s own (EGW_OUT_OF_DESCRIPTORS), not remembered as a failed name', async () => {
+    const os = controlledLookup();
+    let errno: string | null = 'EMFILE';
+    const r = createDnsResolver({ slots: 4, timeoutMs: 2000, negativeTtlMs: 60_000, lookup: os.lookup, descriptorShortage: async () => errno });
+    const first = r.lookup('z.dead.test', 'a').catch((e: { code?: string }) => e.code);
+    os.hanging[0]?.release();
+    expect(await first).toBe('EGW_OUT_OF_DESCRIPTORS');
+    // Asked again, not answered from memory: with descriptors back, its failure is the name's.
+    errno = null;
+    const second = r.lookup('z.dead.test', 'a').catch((e: { code?: string }) => e.code);
+    expect(os.calls).toEqual(['z.dead.test', 'z.dead.test']);
+    os.hanging[1]?.release();
+    expect(await second).toBe('EGW_DNS_FAILED');
+    await expect(r.lookup('z.dead.test', 'c')).rejects.toThrow('lookup of z.dead.test failed');
+    expect(os.calls).toHaveLength(2);
+  });
+
   it('lifetimes read at each lookup: 0 caches nothing but still shares a lookup in flight; lowered, it forgets; raised, it keeps', async () => {
     const os = controlledLookup();
     let ttlMs = 0;

@@ -1,0 +1,179 @@
+/**
+ * A destination NAME looked up while `egressgate serve` has no descriptor left (`ulimit -n`):
+ * getaddrinfo can open neither /etc/hosts nor a socket to the name servers and answers "not found"
+ * (ENOTFOUND). That is the gateway's own failure: 503 `out-of-descriptors` (SOCKS5 0x01), recorded
+ * block / `out-of-descriptors`, not remembered as a failed name, no failed connect for the scan
+ * detector. Before, with an allowlist by address the name matched nothing: 403 `not-allowlisted`
+ * with `X-Egress-Verdict: block` (a policy refusal, counted by the scan detector), and the failure
+ * stayed in the negative cache, so the same CONNECT was refused 403 after the descriptors came back.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { lookup } from 'node:dns/promises';
+import { once } from 'node:events';
+import { readdirSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { parseRecords } from '../helpers/flow-records.ts';
+import { killIfRunning, loopbackServeConfig, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { skipNotice } from '../helpers/skip-notice.ts';
+import { readUntil } from './http-harness.ts';
+import { readBytes, readToEnd, startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+
+const TOKEN = 'descriptor-exhaustion-lookup-token-0123';
+/** As descriptor-exhaustion.test.ts: low enough to fill in about a second, enough for node to start. */
+const NOFILE = 256;
+/** A client of its own, so its records are told apart. */
+const VICTIM = '127.0.0.2';
+/** One more than the scan detector's default failedPortsOnOneHost (15). */
+const PORTS = 16;
+
+let dir: string;
+let echo: TcpOrigin;
+let child: ChildProcess | null = null;
+const held: Socket[] = [];
+/** `localhost` resolves to 127.0.0.1 through the OS resolver (/etc/hosts), as the gateway's lookups do. */
+const hasLocalhost = skipNotice(
+  await lookup('localhost', { all: true }).then(
+    (a) => a.some((x) => x.address === '127.0.0.1'),
+    () => false,
+  ),
+  'descriptor-exhaustion-lookup',
+  'localhost does not resolve to 127.0.0.1 through the OS resolver (/etc/hosts)',
+);
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'egw-descriptors-lookup-'));
+  echo = await startTcpOrigin();
+});
+afterEach(async () => {
+  for (const s of held) s.destroy();
+  held.length = 0;
+  await killIfRunning(child);
+  child = null;
+});
+afterAll(async () => {
+  await echo.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** Descriptor numbers under the limit the serve process has open (see descriptor-exhaustion.test.ts). */
+function openDescriptors(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).filter((fd) => Number(fd) < NOFILE).length;
+}
+
+function socksPort(s: Served): number {
+  return Number(s.socks.slice(s.socks.lastIndexOf(':') + 1));
+}
+
+async function open(port: number, from = '127.0.0.1'): Promise<Socket> {
+  const c = connect({ port, host: '127.0.0.1', localAddress: from });
+  c.on('error', () => undefined);
+  await once(c, 'connect');
+  return c;
+}
+
+/** A SOCKS5 greeting the gateway answered: one of its descriptors held. Null when closed unanswered. */
+async function greeted(s: Served): Promise<Socket | null> {
+  const c = await open(socksPort(s));
+  c.write(Buffer.from([5, 1, 0]));
+  const answer = await Promise.race([readBytes(c, 2), once(c, 'close').then(() => null)]);
+  if (answer !== null && answer[0] === 5 && answer[1] === 0) return c;
+  c.destroy();
+  return null;
+}
+
+/** A CONNECT from VICTIM to localhost:`port`; the whole answer until the gateway closes ('' = closed unanswered). */
+async function connectAnswer(s: Served, port: number): Promise<string> {
+  const c = await open(s.http.port, VICTIM);
+  c.write(`CONNECT localhost:${port} HTTP/1.1\r\nHost: localhost:${port}\r\n\r\n`);
+  return (await readToEnd(c)).data.toString('latin1');
+}
+
+/** Retries (bounded) while the connection is closed unanswered (libuv's accept of a full process closes it). */
+async function answered(ask: () => Promise<string>): Promise<string> {
+  for (let i = 0; i < 50; i++) {
+    const a = await ask().catch(() => '');
+    if (a !== '') return a;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error('never answered');
+}
+
+async function alerts(s: Served): Promise<string[]> {
+  const r = await fetch(`http://${s.admin}/v1/alerts`, { headers: { authorization: `Bearer ${TOKEN}` } });
+  expect(r.status).toBe(200);
+  return ((await r.json()) as { alerts: Array<{ detector: string }> }).alerts.map((a) => a.detector);
+}
+
+describe.skipIf(!hasLocalhost)('a name looked up with every descriptor taken', () => {
+  it('is 503 out-of-descriptors (SOCKS5 0x01), recorded so, not cached as a failed name, not a scan; served at once when descriptors are back', async () => {
+    const flowLog = join(dir, 'flows.jsonl');
+    const configPath = join(dir, 'policy.yaml');
+    // Allowed by address only (loopbackServeConfig: cidr 127.0.0.0/8): a name is judged by what it resolves to.
+    await writeFile(configPath, `${loopbackServeConfig(flowLog)}limits: { headerTimeoutMs: 120000, drainGraceMs: 2000 }\ndetection: { sampleIntervalMs: 50 }\n`);
+    const s = await spawnServe(configPath, {
+      env: { EGRESSGATE_ADMIN_TOKEN: TOKEN },
+      wrap: (argv) => ['sh', '-c', `ulimit -n ${NOFILE} && exec "$@"`, 'sh', ...argv],
+    });
+    child = s.child;
+
+    const pid = s.child.pid as number;
+    for (let i = 0; i < NOFILE && openDescriptors(pid) < NOFILE - 1; i++) {
+      const c = await greeted(s);
+      if (c !== null) held.push(c);
+    }
+    expect(openDescriptors(pid)).toBe(NOFILE - 1);
+
+    // Ports after the echo's, none of them the gateway's own (a CONNECT to one is refused 403 self-dial).
+    const own = new Set([s.http.port, socksPort(s), Number(s.admin.slice(s.admin.lastIndexOf(':') + 1))]);
+    const ports: number[] = [echo.port];
+    for (let p = echo.port + 1; ports.length < PORTS; p++) if (!own.has(p)) ports.push(p);
+    for (const port of ports) {
+      const a = await answered(() => connectAnswer(s, port));
+      expect(a.split('\r\n')[0]).toBe('HTTP/1.1 503 Service Unavailable');
+      expect(a.toLowerCase()).not.toContain('x-egress-verdict');
+      expect(JSON.parse(a.slice(a.indexOf('\r\n\r\n') + 4))).toMatchObject({ error: 'gateway out of file descriptors', reason: 'out-of-descriptors' });
+    }
+    const name = Buffer.from('localhost');
+    const socksReply = await answered(async () => {
+      const c = await open(socksPort(s), VICTIM);
+      c.write(Buffer.concat([Buffer.from([5, 1, 0, 5, 1, 0, 3, name.length]), name, Buffer.from([echo.port >> 8, echo.port & 255])]));
+      return (await readToEnd(c)).data.toString('hex');
+    });
+    expect(socksReply.slice(0, 8)).toBe('05000501'); // no-auth, then general failure (not 0x02 refused by ruleset)
+
+    // The holders go: the same name is looked up again (no failure remembered) and the tunnel made.
+    for (const c of held) c.destroy();
+    held.length = 0;
+    let head = '';
+    let tunnel: Socket | null = null;
+    for (let i = 0; i < 50 && !head.startsWith('HTTP/1.1 200 '); i++) {
+      tunnel?.destroy();
+      tunnel = await open(s.http.port, VICTIM).catch(() => null);
+      if (tunnel === null) continue;
+      tunnel.write(`CONNECT localhost:${echo.port} HTTP/1.1\r\nHost: localhost:${echo.port}\r\n\r\n`);
+      head = (await readUntil(tunnel, '\r\n\r\n').catch(() => Buffer.alloc(0))).toString('latin1');
+    }
+    expect(head.split('\r\n')[0]).toBe('HTTP/1.1 200 Connection Established');
+    (tunnel as Socket).write('back again');
+    await readUntil(tunnel as Socket, 'back again');
+    (tunnel as Socket).destroy();
+    // Several detection sweeps (50 ms each) later: the failures at the limit were no port scan.
+    for (let i = 0; i < 5; i++) {
+      expect(await alerts(s)).not.toContain('an0081.scan');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+
+    s.child.kill('SIGTERM');
+    await once(s.child, 'exit');
+    const records = parseRecords(await readFile(flowLog, 'utf8')).filter((r) => r.client.ip === VICTIM);
+    const refused = records.filter((r) => r.closeReason === 'out-of-descriptors');
+    expect(refused.map((r) => r.protocol).sort()).toEqual([...Array(PORTS).fill('connect'), 'socks5']);
+    for (const r of refused) expect(r).toMatchObject({ verdict: 'block', enforced: true, bytesOut: 0, bytesIn: 0, destination: { host: 'localhost', ip: null } });
+    expect(records.filter((r) => r.closeReason === 'not-allowlisted' || r.closeReason === 'dns-failed')).toEqual([]);
+    expect(records.filter((r) => r.closeReason === 'closed' && r.bytesOut === 10 && r.bytesIn === 10)).toHaveLength(1);
+  });
+});
