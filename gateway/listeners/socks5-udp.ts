@@ -70,6 +70,14 @@ const DROP_LOG_EVERY_MS = 10_000;
 /** The most UDP payload one datagram carries: 65,535 less the UDP header, and IPv4's header for udp4. */
 const MAX_UDP_PAYLOAD = { udp4: 65_535 - 8 - 20, udp6: 65_535 - 8 } as const;
 
+/** A datagram handed to an upstream socket still binding: what notSent() needs if the bind fails. */
+interface UnboundSend {
+  f: Flow;
+  dest: Destination;
+  leg: FlowLeg;
+  len: number;
+}
+
 /** Run a UDP association for a parsed UDP ASSOCIATE request; the handshake left `down` paused. */
 export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: HandshakeResult, ledger: UdpRelayLedger, relayPorts: UdpRelayPorts): void {
   const { socket } = down;
@@ -89,6 +97,14 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
   const maxReply = MAX_UDP_PAYLOAD[relayType];
   let up4: UdpSocket | null = null;
   let up6: UdpSocket | null = null;
+  /**
+   * Per family: datagrams handed to its upstream socket before the socket was bound (node binds it on
+   * the first send and queues sends until then). A bind that fails (EMFILE at the descriptor limit)
+   * drops node's queue without calling a send callback, so they are taken back on its error; null
+   * once bound (their callbacks come then).
+   */
+  let unbound4: UnboundSend[] | null = [];
+  let unbound6: UnboundSend[] | null = [];
   let flow: RoutedFlow | null = null;
   let ended = false;
   /** Why the association ended (the record's closeReason), once it has. */
@@ -415,7 +431,10 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     // The kernel may refuse to send it (ENETUNREACH: an IPv6 destination from a host without an IPv6
     // route; EHOSTUNREACH, EACCES, EPERM): node tells only a send callback, so without one it went
     // unseen and stayed in bytesOut. Counted when handed over (the budget stays exact), taken back then.
-    upstream(dest.isV6).send(msg, offset, len, dest.port, dest.ip, (err) => {
+    const up = upstream(dest.isV6);
+    const unbound = dest.isV6 ? unbound6 : unbound4;
+    if (unbound !== null) unbound.push({ f, dest, leg, len });
+    up.send(msg, offset, len, dest.port, dest.ip, (err) => {
       if (err !== null) notSent(f, dest, leg, len, err);
     });
   }
@@ -428,7 +447,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     if (!isLogDue('unsent')) return;
     ctx.log.warn(
       { listener: 'socks', flowId: f.id, client: formatAuthority(clientIp, clientPort), destination: formatAuthority(dest.host, dest.port), ip: dest.ip, err: (err as NodeJS.ErrnoException).code ?? err.message, dropped: drops.unsent },
-      'socks5 udp datagrams not sent: the kernel refused them (no route to their destination, or a local firewall)',
+      'socks5 udp datagrams not sent: the kernel refused them (no route to their destination, a local firewall, or no descriptor for the socket)',
     );
   }
 
@@ -447,7 +466,20 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
       // Unconnected and bound on first send to an ephemeral port: one socket reaches every destination.
       s = createSocket({ type: isV6 ? 'udp6' : 'udp4' });
       s.on('message', onUpstreamMessage);
-      s.on('error', (err) => ctx.log.warn({ flowId: flow?.id, err: err.message }, 'socks5 udp upstream send failed'));
+      s.on('listening', () => {
+        if (isV6) unbound6 = null;
+        else unbound4 = null;
+      });
+      s.on('error', (err: NodeJS.ErrnoException) => {
+        if (err.syscall !== 'bind') {
+          ctx.log.warn({ flowId: flow?.id, err: err.message }, 'socks5 udp upstream send failed');
+          return;
+        }
+        // Not bound: node dropped the sends waiting for it, unanswered. The next send binds again.
+        const lost = (isV6 ? unbound6 : unbound4)?.splice(0) ?? [];
+        if (err.code === 'EMFILE' || err.code === 'ENFILE') ctx.descriptors?.dialFailed(err.code);
+        for (const u of lost) notSent(u.f, u.dest, u.leg, u.len, err);
+      });
       if (isV6) up6 = s;
       else up4 = s;
     }
