@@ -9,12 +9,22 @@ import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { FlowRecord } from '../../gateway/flow/flow.ts';
 import { until } from './gateway.ts';
 import { killIfRunning, type Served, spawnServe } from './serve-process.ts';
 import type { Cleanups } from './socks-udp.ts';
 
 export const TOKEN = 'socks5-udp-other-user-token-0123456789';
 export const PASSWORD = 'alice-pw-0123';
+/**
+ * How long a wait on the gateway's read of the socket tables (or on a python3 starting) may take
+ * before it counts as a hang, not a timing check: one read of /proc/net/udp takes the gateway
+ * seconds on a loaded machine, a minute and more at nice 19 at a load average of 23 with another
+ * run's 57,000 sockets listed.
+ */
+export const LOOKUP_GUARD_MS = 150_000;
+/** How far apart a client's retransmissions are while its port is not locked. */
+const RETRANSMIT_MS = 250;
 
 /** A UDP sink on 127.0.0.1: what it received, as text. */
 export async function sink(cleanups: Cleanups): Promise<{ socket: UdpSocket; got: string[] }> {
@@ -92,7 +102,7 @@ export async function otherUser(
     'sys.stdin.read()',
   ].join('\n');
   const { child, out } = asNobody(cleanups, py);
-  await until('the other user sent', () => out().includes('sent'), 5000 + count * 100);
+  await until('the other user sent', () => out().includes('sent'), LOOKUP_GUARD_MS);
   return { child, port: Number.parseInt(out(), 10) };
 }
 
@@ -126,6 +136,29 @@ export async function udpSocketHoarders(cleanups: Cleanups, processes: number, e
 export function socksOf(s: Served): { socksHost: string; socksPort: number } {
   const i = s.socks.lastIndexOf(':');
   return { socksHost: s.socks.slice(0, i), socksPort: Number(s.socks.slice(i + 1)) };
+}
+
+/**
+ * Call `send` every RETRANSMIT_MS until `done()`, as a client retransmits while its port's owner is
+ * looked up (what comes before the lock may be dropped as not known in time); how many it sent. The
+ * bound, LOOKUP_GUARD_MS for each of `lookups` lookups it may have to wait out, only stops a gateway
+ * that never locks.
+ */
+export async function retransmitUntil(send: () => Promise<void>, done: () => boolean, lookups = 1): Promise<number> {
+  let sent = 0;
+  while (sent < (lookups * LOOKUP_GUARD_MS) / RETRANSMIT_MS && !done()) {
+    await send();
+    sent++;
+    await new Promise((r) => setTimeout(r, RETRANSMIT_MS));
+  }
+  return sent;
+}
+
+/** Whether the live association of the client on `port` has its process named (admin API). */
+export async function hasProcess(s: Served, port: number): Promise<boolean> {
+  const res = await fetch(`http://${s.admin}/v1/flows?state=active`, { headers: { authorization: `Bearer ${TOKEN}` } });
+  const { flows } = (await res.json()) as { flows: FlowRecord[] };
+  return flows.some((f) => f.protocol === 'socks5-udp' && f.client.port === port && Boolean(f.identity.process));
 }
 
 /** A counter from the gateway's /metrics (NaN when absent). */
@@ -172,7 +205,7 @@ export async function sharingUser(cleanups: Cleanups, bindPort = 0, address = '1
     "    print('sent', flush=True)",
   ].join('\n');
   const { child, out } = asNobody(cleanups, py);
-  await until('the shared socket bound', () => /port \d+/.test(out()), 5000);
+  await until('the shared socket bound', () => /port \d+/.test(out()), LOOKUP_GUARD_MS);
   const port = Number.parseInt(/port (\d+)/.exec(out())?.[1] ?? '', 10);
   let sends = 0;
   return {
@@ -181,7 +214,7 @@ export async function sharingUser(cleanups: Cleanups, bindPort = 0, address = '1
       sends++;
       const want = sends;
       child.stdin?.write(`${relay.host} ${relay.port} ${count} ${frame.toString('hex')}\n`);
-      await until('the shared socket sent', () => (out().match(/^sent$/gm)?.length ?? 0) >= want, 5000 + count * 100);
+      await until('the shared socket sent', () => (out().match(/^sent$/gm)?.length ?? 0) >= want, LOOKUP_GUARD_MS);
     },
     async close() {
       const exited = once(child, 'exit');

@@ -14,7 +14,7 @@ import { parseRecords } from '../helpers/flow-records.ts';
 import { until } from '../helpers/gateway.ts';
 import { canRunAsOtherUser, skipNotice } from '../helpers/skip-notice.ts';
 import { associate, type Cleanups, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
-import { counter, logLines, otherUser, PASSWORD, serveWithAlice, sink, socksOf } from '../helpers/socks-udp-other-user.ts';
+import { counter, hasProcess, LOOKUP_GUARD_MS, logLines, otherUser, PASSWORD, retransmitUntil, serveWithAlice, sink, socksOf } from '../helpers/socks-udp-other-user.ts';
 
 const cleanups: Cleanups = [];
 
@@ -31,23 +31,20 @@ describe('an association that names no port, another local user sending first', 
       const client = await udpSocket(cleanups);
       const a = await associate(socksOf(s), client, cleanups, { auth: { userId: 'alice', password: PASSWORD }, announcePort: false });
       const other = await otherUser(cleanups, udpFrame('127.0.0.1', dest.socket.address().port, Buffer.from('from nobody')), a.relay, 20);
-      // The gateway has read them (loopback delivers at the send) and looked up their socket's owner.
-      await new Promise((r) => setTimeout(r, 300));
-      // Alice's client retransmits until relayed (at most 40 times, 250 ms apart): when the owner
-      // lookup outlasts its 500 ms wait (a loaded machine), what came meanwhile is dropped, failing closed.
+      // The lookup of nobody's port answers: logged then, whether within the attributor's 500 ms wait
+      // (its held datagrams dropped as another user's) or after it (dropped as not known in time).
+      // One read of /proc/net/udp takes the gateway seconds on a loaded machine: the guard is for a hang.
+      await until("nobody's port's owner known", () => dest.got.length > 0 || logLines(s, 'another user').length > 0, LOOKUP_GUARD_MS);
+      // Alice's client retransmits until relayed: her port's lookup, should it outlast its wait too,
+      // drops what came meanwhile, failing closed.
       const to = dest.socket.address().port;
-      let probes = 0;
-      while (probes < 40 && dest.got.length === 0) {
-        await sendTo(client, udpFrame('127.0.0.1', to, Buffer.from('from alice')), a.relay);
-        probes++;
-        await new Promise((r) => setTimeout(r, 250));
-      }
+      const probes = await retransmitUntil(() => sendTo(client, udpFrame('127.0.0.1', to, Buffer.from('from alice')), a.relay), () => dest.got.length > 0);
       const probesRelayed = dest.got.length;
       expect(probesRelayed).toBeGreaterThan(0);
       // Locked: the next ones go on at once, in order.
       for (let i = 0; i < 3; i++) await sendTo(client, udpFrame('127.0.0.1', to, Buffer.from(`from alice ${i}`)), a.relay);
-      await until('alice relayed', () => dest.got.length >= probesRelayed + 3, 5000);
-      // The other user's datagrams keep coming after the lock: dropped as from a foreign source.
+      await until('alice relayed', () => dest.got.length >= probesRelayed + 3, LOOKUP_GUARD_MS);
+      // Nothing else comes: nobody's 20 were all judged before alice's first.
       await new Promise((r) => setTimeout(r, 300));
       expect(dest.got).toEqual([...Array.from({ length: probesRelayed }, () => 'from alice'), 'from alice 0', 'from alice 1', 'from alice 2']);
 
@@ -66,8 +63,10 @@ describe('an association that names no port, another local user sending first', 
       // owner lookup ends (then none is "another user's"); the log line above says it was found.
       expect(otherUserDrops + heldDrops + unknownDrops + unlistedDrops).toBe(20 + probes - probesRelayed);
 
+      // Her process, named within admission's wait or after it (attributedLate): the flow has it before it ends.
+      await until('her process named', () => hasProcess(s, client.address().port), LOOKUP_GUARD_MS);
       a.control.destroy();
-      await until('the association recorded', () => parseRecords(readFileSync(flowLog, 'utf8')).some((r) => r.protocol === 'socks5-udp'), 5000);
+      await until('the association recorded', () => parseRecords(readFileSync(flowLog, 'utf8')).some((r) => r.protocol === 'socks5-udp'), LOOKUP_GUARD_MS);
       const records = parseRecords(readFileSync(flowLog, 'utf8')).filter((r) => r.protocol === 'socks5-udp');
       expect(records).toHaveLength(1);
       const [rec] = records;
@@ -81,6 +80,7 @@ describe('an association that names no port, another local user sending first', 
       expect(dropped).toContain(`${unknownDrops} whose socket's owner was not known in time`);
       expect(dropped).toContain(`${unlistedDrops} from a socket not listed`);
     },
+    4 * LOOKUP_GUARD_MS,
   );
 
   it.skipIf(!skipNotice(canRunAsOtherUser(), 'a SOCKS5 UDP association and another user\'s socket', 'needs root and setpriv (util-linux)'))(
@@ -91,8 +91,9 @@ describe('an association that names no port, another local user sending first', 
       const client = await udpSocket(cleanups);
       const a = await associate(socksOf(s), client, cleanups, { auth: { userId: 'alice', password: PASSWORD }, announcePort: false });
       await otherUser(cleanups, udpFrame('127.0.0.1', dest.socket.address().port, Buffer.from('from nobody')), a.relay, 1);
-      await until('the first sender relayed', () => dest.got.length >= 1, 5000);
+      await until('the first sender relayed', () => dest.got.length >= 1, LOOKUP_GUARD_MS);
       expect(dest.got).toEqual(['from nobody']);
     },
+    2 * LOOKUP_GUARD_MS,
   );
 });

@@ -17,26 +17,27 @@ import { createSocket } from 'node:dgram';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { FlowRecord } from '../../gateway/flow/flow.ts';
 import { parseRecords } from '../helpers/flow-records.ts';
 import { until } from '../helpers/gateway.ts';
 import { canRunAsOtherUser, skipNotice } from '../helpers/skip-notice.ts';
 import { associate, type Cleanups, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
-import type { Served } from '../helpers/serve-process.ts';
-import { counter, logLines, otherUser, PASSWORD, serveWithAlice, sharingUser, sink, socksOf, TOKEN, udpSocketHoarders } from '../helpers/socks-udp-other-user.ts';
+import {
+  counter,
+  hasProcess,
+  LOOKUP_GUARD_MS,
+  logLines,
+  otherUser,
+  PASSWORD,
+  serveWithAlice,
+  sharingUser,
+  sink,
+  socksOf,
+  udpSocketHoarders,
+} from '../helpers/socks-udp-other-user.ts';
 
 const cleanups: Cleanups = [];
 const ALICE = { userId: 'alice', password: PASSWORD };
-/** How long a wait for the gateway's read of the socket tables may take before it counts as a hang (not a timing check). */
-const LOOKUP_GUARD_MS = 150_000;
 const canRun = (): boolean => skipNotice(canRunAsOtherUser(), "a SOCKS5 UDP association and another user's socket", 'needs root and setpriv (util-linux)');
-
-/** Whether the live association of the client on `port` has its process named (admin API). */
-async function hasProcess(s: Served, port: number): Promise<boolean> {
-  const res = await fetch(`http://${s.admin}/v1/flows?state=active`, { headers: { authorization: `Bearer ${TOKEN}` } });
-  const { flows } = (await res.json()) as { flows: FlowRecord[] };
-  return flows.some((f) => f.protocol === 'socks5-udp' && f.client.port === port && Boolean(f.identity.process));
-}
 
 afterEach(async () => {
   while (cleanups.length > 0) await cleanups.pop()?.();
