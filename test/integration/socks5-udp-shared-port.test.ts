@@ -20,7 +20,7 @@ import { parseRecords } from '../helpers/flow-records.ts';
 import { until } from '../helpers/gateway.ts';
 import { canRunAsOtherUser, skipNotice } from '../helpers/skip-notice.ts';
 import { associate, type Cleanups, sendTo, udpFrame } from '../helpers/socks-udp.ts';
-import { counter, logLines, PASSWORD, serveWithAlice, sharingUser, sink, socksOf } from '../helpers/socks-udp-other-user.ts';
+import { counter, LOOKUP_GUARD_MS, logLines, PASSWORD, retransmitUntil, serveWithAlice, sharingUser, sink, socksOf } from '../helpers/socks-udp-other-user.ts';
 
 const cleanups: Cleanups = [];
 const ALICE = { userId: 'alice', password: PASSWORD };
@@ -54,21 +54,19 @@ describe("an association's named port shared with another user's socket (SO_REUS
       const drops = async (): Promise<number[]> => Promise.all(['other_user', 'held', 'owner_unknown'].map((k) => counter(s, `gw_socks_udp_${k}_dropped_total`)));
       const judged = async (): Promise<number> => (await drops()).reduce((n, d) => n + d, 0) + dest.got.length;
       const fromNobody = udpFrame('127.0.0.1', to, Buffer.from('from nobody'));
-      // Nobody retransmits (at most 40 times, 250 ms apart) until the port's owner lookup has answered
-      // (a loaded machine can make it outlast its 500 ms wait: what comes meanwhile is dropped unasked).
+      // Nobody retransmits until the port's owner lookup has answered (logged whether within its 500 ms
+      // wait or after it: one read of /proc/net/udp takes seconds on a loaded machine, and what comes
+      // meanwhile is dropped unasked). The bound only stops a gateway that never answers.
       const answered = (): boolean => dest.got.length > 0 || s.stderr().includes('shared by sockets of several users') || s.stderr().includes('another user');
-      let sent = 0;
-      while (sent < 40 && !answered()) {
-        await nobody.send(fromNobody, a.relay, 1);
-        sent++;
-        await new Promise((r) => setTimeout(r, 250));
-      }
-      // Then 5 more, judged by that answer.
+      const sent = await retransmitUntil(() => nobody.send(fromNobody, a.relay, 1), answered);
+      expect(answered()).toBe(true);
+      // Then 5 more, judged by that answer (the port not remembered: each asks again, and is dropped
+      // as shared, as not known in time, or as over the held limits). The waits are hang guards.
       await nobody.send(fromNobody, a.relay, 5);
-      await until("nobody's datagrams relayed or dropped", async () => (await judged()) >= sent + 5, 10_000);
+      await until("nobody's datagrams relayed or dropped", async () => (await judged()) >= sent + 5, LOOKUP_GUARD_MS);
       // Alice's own, from the same port while nobody's socket shares it: dropped too.
       for (let i = 0; i < 3; i++) await sendTo(alice, udpFrame('127.0.0.1', to, Buffer.from('from alice, shared')), a.relay);
-      await until("alice's datagrams relayed or dropped", async () => (await judged()) >= sent + 8, 10_000);
+      await until("alice's datagrams relayed or dropped", async () => (await judged()) >= sent + 8, LOOKUP_GUARD_MS);
       await new Promise((r) => setTimeout(r, 200));
       expect(dest.got).toEqual([]);
       const [otherUserDrops, heldDrops, unknownDrops] = await drops();
@@ -78,23 +76,19 @@ describe("an association's named port shared with another user's socket (SO_REUS
       expect(log.length).toBeGreaterThan(0);
       expect(log[0]).toMatchObject({ client: `127.0.0.1:${port}`, username: 'alice', uids: [0, 65534], controlUid: 0 });
 
-      // Nobody's socket gone: alice's retransmission (at most 40, 250 ms apart) locks and is relayed.
+      // Nobody's socket gone: alice retransmits until her port's lookup (a shared port is asked again)
+      // locks it and she is relayed.
       await nobody.close();
-      let probes = 0;
-      while (probes < 40 && dest.got.length === 0) {
-        await sendTo(alice, udpFrame('127.0.0.1', to, Buffer.from('from alice')), a.relay);
-        probes++;
-        await new Promise((r) => setTimeout(r, 250));
-      }
+      await retransmitUntil(() => sendTo(alice, udpFrame('127.0.0.1', to, Buffer.from('from alice')), a.relay), () => dest.got.length > 0);
       expect(dest.got.length).toBeGreaterThan(0);
       expect(new Set(dest.got)).toEqual(new Set(['from alice']));
       a.control.destroy();
-      await until('the association recorded', () => parseRecords(readFileSync(flowLog, 'utf8')).some((r) => r.protocol === 'socks5-udp'), 5000);
+      await until('the association recorded', () => parseRecords(readFileSync(flowLog, 'utf8')).some((r) => r.protocol === 'socks5-udp'), LOOKUP_GUARD_MS);
       const [rec] = parseRecords(readFileSync(flowLog, 'utf8')).filter((r) => r.protocol === 'socks5-udp');
       expect(rec).toMatchObject({ verdict: 'allow', client: { ip: '127.0.0.1', port } });
       expect(rec?.identity.user).toBe('alice');
       expect(rec?.reasons.find((r) => r.startsWith('udp datagrams dropped:'))).toContain(`${(await drops())[2]} whose socket's owner was not known in time or shared`);
     },
-    60_000,
+    4 * LOOKUP_GUARD_MS,
   );
 });
