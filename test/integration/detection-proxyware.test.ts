@@ -40,6 +40,12 @@ import { adminGet, type TestGateway, startTestGateway } from '../helpers/gateway
 import { type UdpEcho, startUdpEcho } from './socks5-harness.ts';
 
 const CLIENT_IP = '127.0.0.6';
+/**
+ * A client attributed from /proc waits for the gateway's read of the socket tables at each
+ * admission (up to ATTRIBUTION_GUARD_MS): killed only past two of them, a hang guard, not a timing
+ * check (one read takes seconds on a loaded machine; a 10 s kill once cut the UDP case short).
+ */
+const CHILD_GUARD_MS = 2 * ATTRIBUTION_GUARD_MS + 30_000;
 
 let good: TcpOrigin;
 let gw: TestGateway | null = null;
@@ -213,25 +219,26 @@ describe('an0081.proxyware at connect, real process attributed from /proc', () =
     child.stdout.on('data', (c: Buffer) => {
       out += c.toString();
     });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    const timer = setTimeout(() => child.kill('SIGKILL'), CHILD_GUARD_MS);
     const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
     clearTimeout(timer);
     expect(out).toBe('403');
     expect(code).not.toBe(0);
-    const rec = await gw.waitForClosed((r) => r.destination.port === good.port);
+    const rec = await gw.waitForClosed((r) => r.destination.port === good.port, ATTRIBUTION_GUARD_MS);
     expect(rec.verdict).toBe('block');
     expect(rec.detector).toBe('an0081.proxyware');
     expect(rec.identity.process?.name).toBe('honeygain');
     expect(rec.identity.process?.pid).toBe(child.pid);
-    const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0081.proxyware');
+    const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0081.proxyware', ATTRIBUTION_GUARD_MS);
     expect(alert.action).toBe('block');
-  });
+  }, 2 * CHILD_GUARD_MS);
 });
 
 /**
  * UDP ASSOCIATE (datagram socket unconnected, bound to 0.0.0.0, its port announced), one datagram
- * to the echo, a line on stdout; then, after a line on stdin, CONNECT to the TCP origin and its
- * reply code on stdout. UDP first: a refused CONNECT would quarantine the identity.
+ * to the echo, a line on stdout; the datagram again at each line `again` on stdin; then, after any
+ * other line, CONNECT to the TCP origin and its reply code on stdout. UDP first: a refused CONNECT
+ * would quarantine the identity.
  */
 const SOCKS_CLIENT = `
 import socket, struct, sys
@@ -256,9 +263,11 @@ ctl.sendall(b'\\x05\\x03\\x00\\x01' + socket.inet_aton('0.0.0.0') + struct.pack(
 r = recvn(ctl, 10)
 assert r[1] == 0, r
 relay = (socket.inet_ntoa(r[4:8]), struct.unpack('>H', r[8:10])[0])
-u.sendto(b'\\x00\\x00\\x00\\x01' + socket.inet_aton('127.0.0.1') + struct.pack('>H', udp_port) + b'from honeygain', relay)
+datagram = b'\\x00\\x00\\x00\\x01' + socket.inet_aton('127.0.0.1') + struct.pack('>H', udp_port) + b'from honeygain'
+u.sendto(datagram, relay)
 print('sent', u.getsockname()[1], flush=True)
-sys.stdin.readline()
+while sys.stdin.readline().strip() == 'again':
+    u.sendto(datagram, relay)
 c = greet()
 c.sendall(b'\\x05\\x01\\x00\\x01' + socket.inet_aton('127.0.0.1') + struct.pack('>H', tcp_port))
 r = recvn(c, 2)
@@ -286,7 +295,7 @@ describe('an0081.proxyware for a SOCKS5 UDP association, real process attributed
     const child = spawn(join(dir, 'honeygain'), ['-c', SOCKS_CLIENT, gw.socksHost, String(gw.socksPort), String(good.port), String(echo.port)], {
       stdio: ['pipe', 'pipe', 'pipe'],
     });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    const timer = setTimeout(() => child.kill('SIGKILL'), CHILD_GUARD_MS);
     const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
     let out = '';
     let err = '';
@@ -317,13 +326,24 @@ describe('an0081.proxyware for a SOCKS5 UDP association, real process attributed
     try {
       const [word, udpPort] = (await nextLine()).split(' ');
       expect(word).toBe('sent');
-      // Refused: the association's record closes; relayed: the echo hears the datagram.
-      const record = gw.waitForClosed((r) => r.protocol === 'socks5-udp');
-      const outcome = await Promise.race([
+      // Refused: the association's record closes; relayed: the echo hears the datagram. Its flow opens
+      // (attribution, detection) at the first datagram past the source port's owner check, whose
+      // lookup, one read of /proc/net/udp, can outlast its 500 ms wait on a loaded machine: that
+      // datagram is then dropped as not known in time, and the client sends again (250 ms apart, the
+      // bound a hang guard) until the outcome.
+      const record = gw.waitForClosed((r) => r.protocol === 'socks5-udp', CHILD_GUARD_MS);
+      let settled = false;
+      const outcome = Promise.race([
         record.then((r) => r, () => null),
         once(echo.socket, 'message').then(() => 'relayed' as const),
-      ]);
-      expect(outcome).not.toBe('relayed');
+      ]).finally(() => {
+        settled = true;
+      });
+      for (let n = 0; n < CHILD_GUARD_MS / 250 && !settled; n++) {
+        await new Promise((r) => setTimeout(r, 250));
+        if (!settled) child.stdin.write('again\n');
+      }
+      expect(await outcome).not.toBe('relayed');
       const rec = await record;
       expect(rec.client.port).toBe(Number(udpPort));
       expect(rec.identity.process?.name).toBe('honeygain');
@@ -331,16 +351,16 @@ describe('an0081.proxyware for a SOCKS5 UDP association, real process attributed
       expect([rec.verdict, rec.detector, rec.enforced]).toEqual(['block', 'an0081.proxyware', true]);
       expect(rec.bytesOut).toBe(0);
       expect(echo.received).toEqual([]);
-      const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0081.proxyware');
+      const alert = await waitForAlert(gw.alerts, (x) => x.detector === 'an0081.proxyware', ATTRIBUTION_GUARD_MS);
       expect(alert).toMatchObject({ action: 'block', enforced: true, flowIds: [rec.id] });
 
       // The same process's CONNECT, for comparison: refused 0x02 (by the quarantine now).
-      child.stdin.write('\n');
+      child.stdin.write('connect\n');
       expect(await nextLine()).toBe('connect 2');
       expect(await exited).toBe(0);
     } finally {
       clearTimeout(timer);
       child.kill('SIGKILL');
     }
-  });
+  }, 2 * CHILD_GUARD_MS);
 });
