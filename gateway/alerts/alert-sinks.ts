@@ -4,13 +4,13 @@
  * bounded queue, so a slow or dead receiver never blocks the data path or the sweep.
  */
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
-import { connect, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import type { Alert } from '../../policy/detectors/types.ts';
 import type { Severity } from '../../policy/types.ts';
 import { REDACTED } from '../../policy/redacted.ts';
 import type { Logger } from '../context.ts';
 import type { AlertStore } from './alert-store.ts';
+import { createTcpSyslogSender } from './syslog-tcp.ts';
 
 const RANK: Record<Severity, number> = { low: 0, medium: 1, high: 2 };
 const MAX_QUEUE = 1000;
@@ -147,28 +147,9 @@ function createSyslogSender(target: { host: string; port: number; protocol: 'udp
       close: () => sock.close(),
     };
   }
-  // TCP: RFC 6587 octet counting; reconnect lazily after a failure.
-  let sock: Socket | null = null;
-  const open = (): Socket => {
-    const s = connect({ host: target.host, port: target.port });
-    s.on('error', (err) => {
-      log.warn({ err: String(err) }, 'syslog connection error');
-      sock = null;
-    });
-    s.on('close', () => {
-      if (sock === s) sock = null;
-    });
-    s.unref();
-    return s;
-  };
-  return {
-    send: (a) => {
-      sock ??= open();
-      const msg = formatSyslog(a);
-      sock.write(`${Buffer.byteLength(msg)} ${msg}`);
-    },
-    close: () => sock?.end(),
-  };
+  // TCP: RFC 6587 octet counting; alerts wait (bounded) while no connection is up (syslog-tcp.ts).
+  const tcp = createTcpSyslogSender(target, log);
+  return { send: (a) => tcp.send(formatSyslog(a)), close: () => tcp.close() };
 }
 
 /**

@@ -5,7 +5,7 @@
 import { createSocket } from 'node:dgram';
 import { once } from 'node:events';
 import { createServer as createHttpServer, type Server } from 'node:http';
-import { createServer as createTcpServer, type AddressInfo } from 'node:net';
+import { createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { attachAlertSinks, formatSyslog } from '../../gateway/alerts/alert-sinks.ts';
 import { AlertStore } from '../../gateway/alerts/alert-store.ts';
@@ -147,6 +147,81 @@ describe('alert sinks', () => {
     const space = data.indexOf(' ');
     expect(Number(data.slice(0, space))).toBe(Buffer.byteLength(data.slice(space + 1)));
     expect(data.slice(space + 1)).toMatch(/^<84>1 /); // authpriv warning
+  });
+});
+
+/** Octet-counted frames (RFC 6587) in `data`: each message's alert id, in order. */
+function framedIds(data: string): string[] {
+  const ids: string[] = [];
+  let at = 0;
+  while (at < data.length) {
+    const space = data.indexOf(' ', at);
+    const length = Number(data.slice(at, space));
+    const bytes = Buffer.from(data.slice(space + 1), 'utf8');
+    if (bytes.length < length) break;
+    const msg = bytes.subarray(0, length).toString('utf8');
+    ids.push((JSON.parse(msg.slice(msg.indexOf(' - ') + 3)) as Alert).id);
+    at = space + 1 + msg.length;
+  }
+  return ids;
+}
+
+/** A TCP syslog receiver on `port` (0: any); `drop()` resets its connections and stops listening. */
+async function tcpReceiver(port: number): Promise<{ port: number; text: () => string; drop: () => Promise<void> }> {
+  let data = '';
+  const conns = new Set<Socket>();
+  const server = createTcpServer((s) => {
+    conns.add(s);
+    s.setEncoding('utf8');
+    s.on('data', (c: string) => {
+      data += c;
+    });
+    s.on('close', () => conns.delete(s));
+  });
+  server.listen(port, '127.0.0.1');
+  await once(server, 'listening');
+  const drop = async (): Promise<void> => {
+    for (const s of conns) s.destroy();
+    await new Promise<void>((r) => server.close(() => r()));
+  };
+  cleanups.push(async () => {
+    if (server.listening) await drop();
+  });
+  return { port: (server.address() as AddressInfo).port, text: () => data, drop };
+}
+
+describe('syslog over TCP while the receiver is down', () => {
+  // Regression: each alert was written to a socket still connecting; a refused connect (receiver down
+  // or restarting) dropped it with a warning, so every alert raised meanwhile never reached the SIEM.
+  it('keeps the alerts and delivers them in order once the receiver is up, across a receiver restart', async () => {
+    const first = await tcpReceiver(0);
+    const port = first.port;
+    await first.drop();
+    const store = new AlertStore<Alert>({});
+    const infos: string[] = [];
+    const sinks = attachAlertSinks(store, { webhooks: [], syslog: { host: '127.0.0.1', port, protocol: 'tcp' }, log: { ...log, info: (_o, m) => infos.push(m ?? '') } });
+    cleanups.push(() => sinks.close());
+    warnings.length = 0;
+    store.add(alert('down-1', 'medium'));
+    store.add(alert('down-2', 'high'));
+    await until(() => warnings.some((w) => w.includes('syslog connection error')));
+    const up = await tcpReceiver(port);
+    // Tried again after its backoff (1 s at first).
+    await until(() => framedIds(up.text()).length === 2, 10_000);
+    expect(framedIds(up.text())).toEqual(['down-1', 'down-2']);
+    store.add(alert('up-1', 'low'));
+    await until(() => framedIds(up.text()).length === 3);
+    // The receiver restarts: what is raised while it is away arrives after it is back.
+    const closes = (): number => infos.filter((m) => m === 'syslog connection closed').length;
+    const closedBefore = closes();
+    await up.drop();
+    // Once the sender has seen the receiver go (a new alert then waits for a new connection).
+    await until(() => closes() > closedBefore);
+    store.add(alert('restart-1', 'medium'));
+    const back = await tcpReceiver(port);
+    await until(() => framedIds(back.text()).length === 1, 10_000);
+    expect(framedIds(back.text())).toEqual(['restart-1']);
+    expect(framedIds(up.text())).toEqual(['down-1', 'down-2', 'up-1']);
   });
 });
 
