@@ -67,12 +67,14 @@ beforeAll(async () => {
     return false;
   });
   o = `127.0.0.1:${origin.port}`;
+  // The gateway first: a port freed before it listens may become one of its listeners' (bound to
+  // port 0), and a request to it is then a self-dial, 403 deny-range, not the dead origin's 502.
+  gw = await startTestGateway();
   const tmp = createServer();
   tmp.listen(0, '127.0.0.1');
   await once(tmp, 'listening');
   deadPort = (tmp.address() as { port: number }).port;
   await new Promise<void>((r) => tmp.close(() => r()));
-  gw = await startTestGateway();
 });
 
 afterAll(async () => {
