@@ -9,6 +9,7 @@ import type { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { jsonBody, type Origin, pattern, rawConnect, rawExchange, readUntil, startOrigin } from './http-harness.ts';
+import { closedPort } from '../helpers/closed-port.ts';
 
 let gw: TestGateway;
 let origin: Origin;
@@ -70,11 +71,7 @@ beforeAll(async () => {
   // The gateway first: a port freed before it listens may become one of its listeners' (bound to
   // port 0), and a request to it is then a self-dial, 403 deny-range, not the dead origin's 502.
   gw = await startTestGateway();
-  const tmp = createServer();
-  tmp.listen(0, '127.0.0.1');
-  await once(tmp, 'listening');
-  deadPort = (tmp.address() as { port: number }).port;
-  await new Promise<void>((r) => tmp.close(() => r()));
+  deadPort = await closedPort();
 });
 
 afterAll(async () => {

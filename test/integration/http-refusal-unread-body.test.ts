@@ -19,6 +19,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { jsonBody, rawConnect, rawExchange, readUntil } from './http-harness.ts';
+import { closedPort } from '../helpers/closed-port.ts';
 
 const UPLOAD = 32 * 1024 * 1024;
 const PIECE = 64 * 1024;
@@ -61,11 +62,7 @@ beforeAll(async () => {
   resetter.listen(0, '127.0.0.1');
   await once(resetter, 'listening');
   resetterPort = (resetter.address() as { port: number }).port;
-  const tmp = createServer();
-  tmp.listen(0, '127.0.0.1');
-  await once(tmp, 'listening');
-  deadPort = (tmp.address() as { port: number }).port;
-  await new Promise<void>((r) => tmp.close(() => r()));
+  deadPort = await closedPort();
 });
 
 afterAll(async () => {

@@ -7,6 +7,7 @@ import { createServer, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { jsonBody, type Origin, rawConnect, rawExchange, readUntil, run, startOrigin } from './http-harness.ts';
+import { closedPort } from '../helpers/closed-port.ts';
 
 let origin: Origin;
 let silent: Server;
@@ -25,12 +26,8 @@ beforeAll(async () => {
   silent.listen(0, '127.0.0.1');
   await once(silent, 'listening');
   silentPort = (silent.address() as { port: number }).port;
-  // A port nobody listens on: bind, note, close.
-  const tmp = createServer();
-  tmp.listen(0, '127.0.0.1');
-  await once(tmp, 'listening');
-  deadPort = (tmp.address() as { port: number }).port;
-  await new Promise<void>((r) => tmp.close(() => r()));
+  // A port nobody listens on, and no listener started later is given.
+  deadPort = await closedPort();
 });
 
 afterAll(async () => {
