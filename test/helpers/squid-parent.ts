@@ -7,9 +7,10 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { type AddressInfo, connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { closedPort } from './closed-port.ts';
 
 export interface SquidParent {
   port: number;
@@ -27,16 +28,6 @@ export function squidAvailable(): boolean {
   }
 }
 
-/** A loopback port nobody listens on (bound, then released). */
-export async function freePort(): Promise<number> {
-  const srv = createServer();
-  srv.listen(0, '127.0.0.1');
-  await once(srv, 'listening');
-  const port = (srv.address() as AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
-
 function accepts(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const s = connect({ host: '127.0.0.1', port });
@@ -52,7 +43,7 @@ function accepts(port: number): Promise<boolean> {
 export async function startSquidParent(): Promise<SquidParent> {
   const dir = await mkdtemp(join(tmpdir(), 'egw-squid-'));
   await chmod(dir, 0o777);
-  const port = await freePort();
+  const port = await closedPort();
   const conf = join(dir, 'squid.conf');
   await writeFile(
     conf,

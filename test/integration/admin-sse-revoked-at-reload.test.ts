@@ -6,10 +6,10 @@
  * open (and counted in the stream limits) up to 15 s after the reload.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { type ClientRequest, type IncomingMessage, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { type AlertStream, openAlertStream } from '../helpers/alert-stream.ts';
 import { until } from '../helpers/gateway.ts';
 import { killIfRunning, loopbackServeConfig, type Served, spawnServe } from '../helpers/serve-process.ts';
 
@@ -20,7 +20,7 @@ const DASH = 'dash-read-token-sse-reload-0123';
 const ENDS_WITHIN_MS = 3000;
 const dir = mkdtempSync(join(tmpdir(), 'egw-sse-reload-'));
 const served: Served[] = [];
-const streams: Stream[] = [];
+const streams: AlertStream[] = [];
 
 afterEach(async () => {
   for (const s of streams.splice(0)) s.req.destroy();
@@ -31,38 +31,15 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-interface Stream {
-  text: string;
-  ended: boolean;
-  req: ClientRequest;
-}
-
-function openStream(admin: string, token: string): Promise<Stream> {
-  const i = admin.lastIndexOf(':');
-  return new Promise((resolve, reject) => {
-    const req = request({ host: admin.slice(0, i), port: Number(admin.slice(i + 1)), path: '/v1/alerts/stream', headers: { authorization: `Bearer ${token}` } });
-    const s: Stream = { text: '', ended: false, req };
-    streams.push(s);
-    req.on('response', (res: IncomingMessage) => {
-      if (res.statusCode !== 200) return reject(new Error(`stream answered ${res.statusCode}`));
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => {
-        s.text += c;
-        if (s.text.includes(': connected')) resolve(s);
-      });
-      res.on('close', () => {
-        s.ended = true;
-      });
-    });
-    req.on('error', () => {
-      s.ended = true;
-    });
-    req.end();
-  });
-}
-
 function tokens(entries: string): string {
   return `admin: { tokens: [ ${entries} ] }\n`;
+}
+
+/** An alert stream on `admin`, ended after the test. */
+async function openStream(admin: string, token: string): Promise<AlertStream> {
+  const stream = await openAlertStream(admin, token);
+  streams.push(stream);
+  return stream;
 }
 
 async function policyVersion(admin: string): Promise<number> {

@@ -1,47 +1,12 @@
-/**
- * An alert stream ends when its token is revoked or loses the read scope (PUT /v1/policy), through
- * the real admin listener and a real alert (a CONNECT to a proxyware provider domain). Before, the
- * token was checked once, when the stream opened: a `soc` token removed by a PUT was 401 on every
- * request, yet its open stream went on receiving every alert (identity, process, destination).
- */
-import { type ClientRequest, type IncomingMessage, request } from 'node:http';
+
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { httpConnect } from '../helpers/detection-live.ts';
+import { type AlertStream, openAlertStream } from '../helpers/alert-stream.ts';
 import { runningConfig, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 
 const PROVIDER = 'pw.example.test';
 const SOC = 'soc-read-token-0123456789';
 const DASH = 'dash-read-token-0123456789';
-
-/** An open alert stream: the text received so far, and whether it ended. */
-interface Stream {
-  text: string;
-  ended: boolean;
-  req: ClientRequest;
-}
-
-function openStream(gw: TestGateway, token: string): Promise<Stream> {
-  const u = new URL(gw.adminUrl);
-  return new Promise((resolve, reject) => {
-    const req = request({ host: u.hostname, port: Number(u.port), path: '/v1/alerts/stream', headers: { authorization: `Bearer ${token}` } });
-    const s: Stream = { text: '', ended: false, req };
-    req.on('response', (res: IncomingMessage) => {
-      if (res.statusCode !== 200) return reject(new Error(`stream answered ${res.statusCode}`));
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => {
-        s.text += c;
-        if (s.text.includes(': connected')) resolve(s);
-      });
-      res.on('close', () => {
-        s.ended = true;
-      });
-    });
-    req.on('error', () => {
-      s.ended = true;
-    });
-    req.end();
-  });
-}
 
 async function status(gw: TestGateway, token: string, path: string): Promise<number> {
   const res = await fetch(`${gw.adminUrl}${path}`, { headers: { authorization: `Bearer ${token}` } });
@@ -51,7 +16,7 @@ async function status(gw: TestGateway, token: string, path: string): Promise<num
 
 describe('alert stream: a token revoked or narrowed while its stream is open', () => {
   let gw: TestGateway;
-  const streams: Stream[] = [];
+  const streams: AlertStream[] = [];
 
   beforeAll(async () => {
     gw = await startTestGateway({
@@ -73,9 +38,9 @@ describe('alert stream: a token revoked or narrowed while its stream is open', (
   });
 
   it('ends the streams of the removed token and of the one narrowed to agent scope; the admin stream gets the alert', async () => {
-    const soc = await openStream(gw, SOC);
-    const dash = await openStream(gw, DASH);
-    const admin = await openStream(gw, gw.adminToken);
+    const soc = await openAlertStream(new URL(gw.adminUrl).host, SOC);
+    const dash = await openAlertStream(new URL(gw.adminUrl).host, DASH);
+    const admin = await openAlertStream(new URL(gw.adminUrl).host, gw.adminToken);
     streams.push(soc, dash, admin);
 
     // soc removed, dash narrowed to the agent scope.

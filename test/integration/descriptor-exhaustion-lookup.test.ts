@@ -10,21 +10,19 @@
 import type { ChildProcess } from 'node:child_process';
 import { lookup } from 'node:dns/promises';
 import { once } from 'node:events';
-import { readdirSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { connect, type Socket } from 'node:net';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { killIfRunning, loopbackServeConfig, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { killIfRunning, type Served } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { readUntil } from './http-harness.ts';
-import { readBytes, readToEnd, startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+import { readToEnd, startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+import { connectFrom, fillDescriptors, NOFILE, openDescriptors, socksPort, serveUnderLimit } from '../helpers/descriptor-limit.ts';
 
 const TOKEN = 'descriptor-exhaustion-lookup-token-0123';
-/** As descriptor-exhaustion.test.ts: low enough to fill in about a second, enough for node to start. */
-const NOFILE = 256;
 /** A client of its own, so its records are told apart. */
 const VICTIM = '127.0.0.2';
 /** One more than the scan detector's default failedPortsOnOneHost (15). */
@@ -59,35 +57,9 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** Descriptor numbers under the limit the serve process has open (see descriptor-exhaustion.test.ts). */
-function openDescriptors(pid: number): number {
-  return readdirSync(`/proc/${pid}/fd`).filter((fd) => Number(fd) < NOFILE).length;
-}
-
-function socksPort(s: Served): number {
-  return Number(s.socks.slice(s.socks.lastIndexOf(':') + 1));
-}
-
-async function open(port: number, from = '127.0.0.1'): Promise<Socket> {
-  const c = connect({ port, host: '127.0.0.1', localAddress: from });
-  c.on('error', () => undefined);
-  await once(c, 'connect');
-  return c;
-}
-
-/** A SOCKS5 greeting the gateway answered: one of its descriptors held. Null when closed unanswered. */
-async function greeted(s: Served): Promise<Socket | null> {
-  const c = await open(socksPort(s));
-  c.write(Buffer.from([5, 1, 0]));
-  const answer = await Promise.race([readBytes(c, 2), once(c, 'close').then(() => null)]);
-  if (answer !== null && answer[0] === 5 && answer[1] === 0) return c;
-  c.destroy();
-  return null;
-}
-
 /** A CONNECT from VICTIM to localhost:`port`; the whole answer until the gateway closes ('' = closed unanswered). */
 async function connectAnswer(s: Served, port: number): Promise<string> {
-  const c = await open(s.http.port, VICTIM);
+  const c = await connectFrom(s.http.port, VICTIM);
   c.write(`CONNECT localhost:${port} HTTP/1.1\r\nHost: localhost:${port}\r\n\r\n`);
   return (await readToEnd(c)).data.toString('latin1');
 }
@@ -111,20 +83,12 @@ async function alerts(s: Served): Promise<string[]> {
 describe.skipIf(!hasLocalhost)('a name looked up with every descriptor taken', () => {
   it('is 503 out-of-descriptors (SOCKS5 0x01), recorded so, not cached as a failed name, not a scan; served at once when descriptors are back', async () => {
     const flowLog = join(dir, 'flows.jsonl');
-    const configPath = join(dir, 'policy.yaml');
     // Allowed by address only (loopbackServeConfig: cidr 127.0.0.0/8): a name is judged by what it resolves to.
-    await writeFile(configPath, `${loopbackServeConfig(flowLog)}limits: { headerTimeoutMs: 120000, drainGraceMs: 2000 }\ndetection: { sampleIntervalMs: 50 }\n`);
-    const s = await spawnServe(configPath, {
-      env: { EGRESSGATE_ADMIN_TOKEN: TOKEN },
-      wrap: (argv) => ['sh', '-c', `ulimit -n ${NOFILE} && exec "$@"`, 'sh', ...argv],
-    });
+    const s = await serveUnderLimit(dir, flowLog, TOKEN, 'detection: { sampleIntervalMs: 50 }\n');
     child = s.child;
 
     const pid = s.child.pid as number;
-    for (let i = 0; i < NOFILE && openDescriptors(pid) < NOFILE - 1; i++) {
-      const c = await greeted(s);
-      if (c !== null) held.push(c);
-    }
+    await fillDescriptors(s, held, NOFILE - 1);
     expect(openDescriptors(pid)).toBe(NOFILE - 1);
 
     // Ports after the echo's, none of them the gateway's own (a CONNECT to one is refused 403 self-dial).
@@ -139,7 +103,7 @@ describe.skipIf(!hasLocalhost)('a name looked up with every descriptor taken', (
     }
     const name = Buffer.from('localhost');
     const socksReply = await answered(async () => {
-      const c = await open(socksPort(s), VICTIM);
+      const c = await connectFrom(socksPort(s), VICTIM);
       c.write(Buffer.concat([Buffer.from([5, 1, 0, 5, 1, 0, 3, name.length]), name, Buffer.from([echo.port >> 8, echo.port & 255])]));
       return (await readToEnd(c)).data.toString('hex');
     });
@@ -152,7 +116,7 @@ describe.skipIf(!hasLocalhost)('a name looked up with every descriptor taken', (
     let tunnel: Socket | null = null;
     for (let i = 0; i < 50 && !head.startsWith('HTTP/1.1 200 '); i++) {
       tunnel?.destroy();
-      tunnel = await open(s.http.port, VICTIM).catch(() => null);
+      tunnel = await connectFrom(s.http.port, VICTIM).catch(() => null);
       if (tunnel === null) continue;
       tunnel.write(`CONNECT localhost:${echo.port} HTTP/1.1\r\nHost: localhost:${echo.port}\r\n\r\n`);
       head = (await readUntil(tunnel, '\r\n\r\n').catch(() => Buffer.alloc(0))).toString('latin1');

@@ -8,16 +8,16 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { readdirSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { connect, type Socket } from 'node:net';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { killIfRunning, loopbackServeConfig, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { killIfRunning, type Served } from '../helpers/serve-process.ts';
 import { readUntil } from './http-harness.ts';
-import { readBytes, readToEnd, startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+import { readToEnd, startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+import { connectFrom, fillDescriptors, NOFILE, openDescriptors, socksPort, serveUnderLimit } from '../helpers/descriptor-limit.ts';
 
 const TOKEN = 'descriptor-exhaustion-token-0123456789';
 /**
@@ -25,7 +25,6 @@ const TOKEN = 'descriptor-exhaustion-token-0123456789';
  * the gateway's modules concurrently at start: dist/cli.js exited EMFILE under 96 (listened at 128),
  * and a start through tsx on a loaded machine took more than 128 at once.
  */
-const NOFILE = 256;
 /** One more than the scan detector's default failedPortsOnOneHost (15). */
 const PORTS = 16;
 /** A client of its own, so its records and its identity are told apart. */
@@ -51,42 +50,9 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/**
- * Descriptor numbers under the limit the serve process has open: the limit bounds the number, and a
- * new one is the lowest free (one inherited from before the limit was set may lie above it).
- */
-function openDescriptors(pid: number): number {
-  return readdirSync(`/proc/${pid}/fd`).filter((fd) => Number(fd) < NOFILE).length;
-}
-
-function socksPort(s: Served): number {
-  return Number(s.socks.slice(s.socks.lastIndexOf(':') + 1));
-}
-
-/** A connection from `from` that resolves once established; errors are answers here. */
-async function open(port: number, from = '127.0.0.1'): Promise<Socket> {
-  const c = connect({ port, host: '127.0.0.1', localAddress: from });
-  c.on('error', () => undefined);
-  await once(c, 'connect');
-  return c;
-}
-
-/**
- * A SOCKS5 greeting the gateway answered: it holds exactly one of the gateway's descriptors (the
- * handshake waits for the request). Null when the connection was closed unanswered (accept failed).
- */
-async function greeted(s: Served): Promise<Socket | null> {
-  const c = await open(socksPort(s));
-  c.write(Buffer.from([5, 1, 0]));
-  const answer = await Promise.race([readBytes(c, 2), once(c, 'close').then(() => null)]);
-  if (answer !== null && answer[0] === 5 && answer[1] === 0) return c;
-  c.destroy();
-  return null;
-}
-
 /** A CONNECT from `from` to 127.0.0.1:`port`; the whole answer until the gateway closes ('' = closed unanswered). */
 async function connectAnswer(s: Served, port: number, from: string): Promise<string> {
-  const c = await open(s.http.port, from);
+  const c = await connectFrom(s.http.port, from);
   c.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
   return (await readToEnd(c)).data.toString('latin1');
 }
@@ -106,7 +72,7 @@ async function answered(ask: () => Promise<string>): Promise<string> {
 
 /** A CONNECT tunnel from `from` to the echo origin, or null when refused or closed unanswered. */
 async function tunnelFrom(s: Served, from: string): Promise<Socket | null> {
-  const c = await open(s.http.port, from);
+  const c = await connectFrom(s.http.port, from);
   c.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
   const head = await new Promise<string>((resolve) => {
     let got = '';
@@ -137,20 +103,12 @@ async function alerts(s: Served): Promise<string[]> {
 describe('serve with every descriptor taken', () => {
   it('a dial with no descriptor is 503 out-of-descriptors (SOCKS5 0x01), recorded, logged once, not a scan; served again once connections close', async () => {
     const flowLog = join(dir, 'flows.jsonl');
-    const configPath = join(dir, 'policy.yaml');
-    await writeFile(configPath, `${loopbackServeConfig(flowLog)}limits: { headerTimeoutMs: 120000, drainGraceMs: 2000 }\ndetection: { sampleIntervalMs: 50 }\n`);
-    const s = await spawnServe(configPath, {
-      env: { EGRESSGATE_ADMIN_TOKEN: TOKEN },
-      wrap: (argv) => ['sh', '-c', `ulimit -n ${NOFILE} && exec "$@"`, 'sh', ...argv],
-    });
+    const s = await serveUnderLimit(dir, flowLog, TOKEN, 'detection: { sampleIntervalMs: 50 }\n');
     child = s.child;
 
     // Take every descriptor but one: greetings the gateway answered, one descriptor each.
     const pid = s.child.pid as number;
-    for (let i = 0; i < NOFILE && openDescriptors(pid) < NOFILE - 1; i++) {
-      const c = await greeted(s);
-      if (c !== null) held.push(c);
-    }
+    await fillDescriptors(s, held, NOFILE - 1);
     expect(openDescriptors(pid)).toBe(NOFILE - 1);
     expect(held.length).toBeGreaterThan(NOFILE / 2);
 
@@ -165,7 +123,7 @@ describe('serve with every descriptor taken', () => {
       expect(JSON.parse(a.slice(a.indexOf('\r\n\r\n') + 4))).toMatchObject({ error: 'gateway out of file descriptors', reason: 'out-of-descriptors' });
     }
     const socksReply = await answered(async () => {
-      const c = await open(socksPort(s));
+      const c = await connectFrom(socksPort(s));
       c.write(Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, echo.port >> 8, echo.port & 255]));
       return (await readToEnd(c)).data.toString('hex');
     });

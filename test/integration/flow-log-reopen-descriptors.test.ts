@@ -8,20 +8,19 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, readdirSync } from 'node:fs';
-import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { connect, type Socket } from 'node:net';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rename, rm } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { killIfRunning, loopbackServeConfig, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { killIfRunning, type Served } from '../helpers/serve-process.ts';
 import { readUntil } from './http-harness.ts';
-import { readBytes, readToEnd, startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+import { readToEnd, startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+import { connectFrom, fillDescriptors, greeted, NOFILE, openDescriptors, serveUnderLimit } from '../helpers/descriptor-limit.ts';
 
 const TOKEN = 'flow-log-reopen-descriptors-token-0123';
-/** As descriptor-exhaustion.test.ts: low enough to fill in about a second, enough for node to start. */
-const NOFILE = 256;
 
 let dir: string;
 let echo: TcpOrigin;
@@ -43,35 +42,9 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** Descriptor numbers under the limit the serve process has open (see descriptor-exhaustion.test.ts). */
-function openDescriptors(pid: number): number {
-  return readdirSync(`/proc/${pid}/fd`).filter((fd) => Number(fd) < NOFILE).length;
-}
-
-function socksPort(s: Served): number {
-  return Number(s.socks.slice(s.socks.lastIndexOf(':') + 1));
-}
-
-async function open(port: number): Promise<Socket> {
-  const c = connect({ port, host: '127.0.0.1' });
-  c.on('error', () => undefined);
-  await once(c, 'connect');
-  return c;
-}
-
-/** A SOCKS5 greeting the gateway answered: one of its descriptors held. Null when closed unanswered. */
-async function greeted(s: Served): Promise<Socket | null> {
-  const c = await open(socksPort(s));
-  c.write(Buffer.from([5, 1, 0]));
-  const answer = await Promise.race([readBytes(c, 2), once(c, 'close').then(() => null)]);
-  if (answer !== null && answer[0] === 5 && answer[1] === 0) return c;
-  c.destroy();
-  return null;
-}
-
 /** A CONNECT to the echo origin; the whole answer until the gateway closes ('' = closed unanswered). */
 async function connectAnswer(s: Served): Promise<string> {
-  const c = await open(s.http.port);
+  const c = await connectFrom(s.http.port);
   c.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
   return (await readToEnd(c)).data.toString('latin1');
 }
@@ -88,12 +61,7 @@ describe('log rotation with every descriptor taken', () => {
   it('a SIGUSR2 whose open fails with EMFILE is tried again: the flow log and audit log are at their paths once descriptors are free', async () => {
     const flowLog = join(dir, 'flows.jsonl');
     const auditLog = `${flowLog}.audit.jsonl`;
-    const configPath = join(dir, 'policy.yaml');
-    await writeFile(configPath, `${loopbackServeConfig(flowLog)}limits: { headerTimeoutMs: 120000, drainGraceMs: 2000 }\n`);
-    const s = await spawnServe(configPath, {
-      env: { EGRESSGATE_ADMIN_TOKEN: TOKEN },
-      wrap: (argv) => ['sh', '-c', `ulimit -n ${NOFILE} && exec "$@"`, 'sh', ...argv],
-    });
+    const s = await serveUnderLimit(dir, flowLog, TOKEN);
     child = s.child;
     // One audit entry before the rotation, so the audit file exists to be moved.
     const mode = await fetch(`http://${s.admin}/v1/mode`, { method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: '{"mode":"enforce"}' });
@@ -101,10 +69,7 @@ describe('log rotation with every descriptor taken', () => {
     await waitFor('the first audit entry', () => existsSync(auditLog));
 
     const pid = s.child.pid as number;
-    for (let i = 0; i < NOFILE && openDescriptors(pid) < NOFILE - 1; i++) {
-      const c = await greeted(s);
-      if (c !== null) held.push(c);
-    }
+    await fillDescriptors(s, held, NOFILE - 1);
     expect(openDescriptors(pid)).toBe(NOFILE - 1);
 
     // logrotate: move both files away, then the signal. The one free descriptor is the reopen's to
@@ -128,7 +93,7 @@ describe('log rotation with every descriptor taken', () => {
     await waitFor('the reopen logged', () => s.stderr().includes('"msg":"flow log reopened"'));
 
     // A tunnel after that is recorded at the path; an admin write is audited at its path.
-    const tunnel = await open(s.http.port);
+    const tunnel = await connectFrom(s.http.port);
     tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
     await readUntil(tunnel, '\r\n\r\n');
     tunnel.write('after the rotation');

@@ -10,20 +10,17 @@
 import type { ChildProcess } from 'node:child_process';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { once } from 'node:events';
-import { readdirSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { connect, type Socket } from 'node:net';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { killIfRunning, loopbackServeConfig, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { killIfRunning } from '../helpers/serve-process.ts';
 import { associate, type Cleanups, nextReply, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
-import { readBytes } from './socks5-harness.ts';
+import { fillDescriptors, NOFILE, openDescriptors, socksPort, serveUnderLimit } from '../helpers/descriptor-limit.ts';
 
 const TOKEN = 'socks5-udp-descriptor-exhaustion-token';
-/** As descriptor-exhaustion.test.ts: low enough to fill in about a second, enough for node to start. */
-const NOFILE = 256;
 const AT_LIMIT = 20;
 const AFTER = 5;
 const SIZE = 100;
@@ -58,28 +55,6 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** Descriptor numbers under the limit the serve process has open (see descriptor-exhaustion.test.ts). */
-function openDescriptors(pid: number): number {
-  return readdirSync(`/proc/${pid}/fd`).filter((fd) => Number(fd) < NOFILE).length;
-}
-
-function socksPort(s: Served): number {
-  return Number(s.socks.slice(s.socks.lastIndexOf(':') + 1));
-}
-
-/** A SOCKS5 greeting the gateway answered: one of its descriptors held. Null when closed unanswered. */
-async function greeted(s: Served): Promise<Socket | null> {
-  const c = connect({ port: socksPort(s), host: '127.0.0.1' });
-  c.on('error', () => undefined);
-  const isOpen = await Promise.race([once(c, 'connect').then(() => true), once(c, 'close').then(() => false)]);
-  if (!isOpen) return null;
-  c.write(Buffer.from([5, 1, 0]));
-  const answer = await Promise.race([readBytes(c, 2), once(c, 'close').then(() => null)]);
-  if (answer !== null && answer[0] === 5 && answer[1] === 0) return c;
-  c.destroy();
-  return null;
-}
-
 async function waitFor(what: string, check: () => boolean, ms = 10_000): Promise<void> {
   const until = Date.now() + ms;
   while (!check()) {
@@ -91,12 +66,7 @@ async function waitFor(what: string, check: () => boolean, ms = 10_000): Promise
 describe('a SOCKS5 UDP association with every descriptor taken', () => {
   it('datagrams whose upstream socket could not be bound (EMFILE) are not in bytesOut and are logged once; relayed again once descriptors are free', async () => {
     const flowLog = join(dir, 'flows.jsonl');
-    const configPath = join(dir, 'policy.yaml');
-    await writeFile(configPath, `${loopbackServeConfig(flowLog)}limits: { headerTimeoutMs: 120000, drainGraceMs: 2000 }\n`);
-    const s = await spawnServe(configPath, {
-      env: { EGRESSGATE_ADMIN_TOKEN: TOKEN },
-      wrap: (argv) => ['sh', '-c', `ulimit -n ${NOFILE} && exec "$@"`, 'sh', ...argv],
-    });
+    const s = await serveUnderLimit(dir, flowLog, TOKEN);
     child = s.child;
     // The association (its relay bound) before the process is full; no datagram sent yet.
     const client = await udpSocket(cleanups);
@@ -105,10 +75,7 @@ describe('a SOCKS5 UDP association with every descriptor taken', () => {
 
     // Every descriptor taken: the upstream socket's bind on the first send fails.
     const pid = s.child.pid as number;
-    for (let i = 0; i < NOFILE && openDescriptors(pid) < NOFILE; i++) {
-      const c = await greeted(s);
-      if (c !== null) held.push(c);
-    }
+    await fillDescriptors(s, held, NOFILE);
     expect(openDescriptors(pid)).toBe(NOFILE);
     for (let i = 0; i < AT_LIMIT; i++) {
       await sendTo(client, udpFrame(to.host, to.port, Buffer.alloc(SIZE, 0x61)), assoc.relay);

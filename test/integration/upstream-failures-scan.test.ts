@@ -6,10 +6,11 @@
  * direct dial does. Through the real HTTP listener in enforce mode, with raw CONNECTs.
  */
 import { once } from 'node:events';
-import { type AddressInfo, connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { type ParentProxy, startSocksParent } from '../helpers/parent-proxy.ts';
+import { closedPort } from '../helpers/closed-port.ts';
 
 /** One more than an0081.scan's default failedDestinations (25), past failedPortsOnOneHost (15) too. */
 const ATTEMPTS = 26;
@@ -17,16 +18,6 @@ const ATTEMPTS = 26;
 let downParent: TestGateway;
 let refusingParent: TestGateway;
 let socksParent: ParentProxy;
-
-/** A loopback port nobody listens on: the parent that is down. */
-async function closedPort(): Promise<number> {
-  const srv = createServer();
-  srv.listen(0, '127.0.0.1');
-  await once(srv, 'listening');
-  const port = (srv.address() as AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 /** A CONNECT to 127.0.0.1:port through the gateway: its status and JSON reason. */
 async function connectStatus(gw: TestGateway, port: number): Promise<string> {

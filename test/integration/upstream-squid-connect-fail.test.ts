@@ -17,7 +17,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { type ParentProxy, startHttpParent } from '../helpers/parent-proxy.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
-import { freePort, type SquidParent, squidAvailable, startSquidParent } from '../helpers/squid-parent.ts';
+import { type SquidParent, squidAvailable, startSquidParent } from '../helpers/squid-parent.ts';
+import { closedPort as closedLoopbackPort } from '../helpers/closed-port.ts';
 
 /** One more than an0081.scan's default failedDestinations (25), past failedPortsOnOneHost (15) too. */
 const ATTEMPTS = 26;
@@ -71,7 +72,7 @@ async function sweeps(g: TestGateway, n = 5): Promise<void> {
 
 beforeAll(async () => {
   parent = await startHttpParent();
-  closedPort = await freePort();
+  closedPort = await closedLoopbackPort();
   gw = await startTestGateway({ upstream: parent.url(), limits: { connectTimeoutMs: 3000 } });
 });
 afterAll(async () => {
