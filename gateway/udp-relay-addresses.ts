@@ -6,6 +6,7 @@
  * the gateway's own host, associated for any port, takes it for its own datagram and relays it on
  * under its identity.
  */
+import { formatAuthority } from '../policy/address.ts';
 
 export class UdpRelayAddresses {
   /** "ip:port" / "[ip]:port" of each bound relay, as the socket reports its address. */
@@ -15,7 +16,7 @@ export class UdpRelayAddresses {
 
   /** A relay bound on `ip:port`; returns the key to delete it by when it closes. */
   add(ip: string, port: number): string {
-    const key = keyOf(ip, port);
+    const key = formatAuthority(ip, port);
     if (this.keys.has(key)) return key;
     this.keys.add(key);
     this.ports.set(port, (this.ports.get(port) ?? 0) + 1);
@@ -38,14 +39,10 @@ export class UdpRelayAddresses {
 
   /** Whether a relay is bound on `ip:port`; `ip` as a dial reaches it (plain IPv4, no brackets). */
   has(ip: string, port: number): boolean {
-    return this.ports.has(port) && this.keys.has(keyOf(ip, port));
+    return this.ports.has(port) && this.keys.has(formatAuthority(ip, port));
   }
 
   get size(): number {
     return this.keys.size;
   }
-}
-
-function keyOf(ip: string, port: number): string {
-  return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
 }

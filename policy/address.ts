@@ -98,6 +98,11 @@ export function formatIPv4(n: number): string {
   return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
 }
 
+/** "host:port" with brackets around an IPv6 literal (its last group is not read as the port). */
+export function formatAuthority(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
 /** Parses an IPv6 literal (zone id and brackets tolerated) to 16 bytes, or null. */
 export function parseIPv6(input: string): Uint8Array | null {
   let ip = input;

@@ -8,7 +8,7 @@
  *   allow path allocates nothing;
  * - deny.cidrs and allowRanges as CidrMaps (longest prefix decides between them).
  */
-import { canonicalIPv6, classifyIPv4Number, classifyIPv6, embeddedIPv4, localUseNat64IPv4s, parseIPv4 } from './address.ts';
+import { canonicalIPv6, classifyIPv4Number, classifyIPv6, embeddedIPv4, formatAuthority, localUseNat64IPv4s, parseIPv4 } from './address.ts';
 import { CidrMap, compileCidrSet, type ParsedIp, parseCidr, parseIp } from './cidr.ts';
 import type { AllowEntry, Config } from './config.ts';
 import { HostPatternMap, hostKey, isIpLiteralLike, normalizeHost, normalizeHostFast, parseHostPattern } from './host-pattern.ts';
@@ -378,9 +378,7 @@ export function compilePolicy(config: Config, version = 1, opts: CompileOptions 
     }
     if (facts.destIp === null) reasons.push('destination address unknown: CIDR entries were not evaluated');
     const verdict = mode === 'enforce' ? 'block' : 'would-block';
-    // An IPv6 literal bracketed, so its last group is not read as the port.
-    const dest = host.includes(':') ? `[${host}]:${facts.destPort}` : `${host}:${facts.destPort}`;
-    reasons.push(`not allowlisted: ${dest} ${mode === 'enforce' ? 'is blocked' : 'would be blocked in enforce mode (monitor mode records it)'}`);
+    reasons.push(`not allowlisted: ${formatAuthority(host, facts.destPort)} ${mode === 'enforce' ? 'is blocked' : 'would be blocked in enforce mode (monitor mode records it)'}`);
     return Object.freeze({ verdict, reason: 'not-allowlisted', detector: 'policy.deny', mode, matchedRule: null, reasons });
   }
 

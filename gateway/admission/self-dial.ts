@@ -99,7 +99,7 @@ function selfKind(ctx: Pick<GatewayContext, 'selfAddresses' | 'udpRelays'>, ip: 
   // Relays are bound on the address their client reached (never a wildcard): that address only.
   if (isRelayPort && ctx.udpRelays.has(bare, port)) return 'a UDP relay';
   if (!isListenerPort) return null;
-  const key = bare.includes(':') ? `[${bare}]:${port}` : `${bare}:${port}`;
+  const key = formatAuthority(bare, port);
   if (ctx.selfAddresses.has(key)) return 'a listener';
   // A listener on a wildcard address answers on every local address.
   return (ctx.selfAddresses.has(`0.0.0.0:${port}`) || ctx.selfAddresses.has(`[::]:${port}`)) && isLocalAddress(bare) ? 'a listener' : null;

@@ -7,7 +7,7 @@
  * a host the policy matched must be the host that is dialled.
  */
 import { isIPv4, isIPv6 } from 'node:net';
-import { withMappedTail } from '../../policy/address.ts';
+import { formatAuthority, withMappedTail } from '../../policy/address.ts';
 import { HOST_LABEL, hostToAscii } from '../../policy/host-pattern.ts';
 
 export interface Authority {
@@ -131,7 +131,5 @@ export function parseAuthority(text: string, defaultPort: number | null = null):
   return { host: host.host, port, isIp: host.isIp };
 }
 
-/** "host:port" with brackets around IPv6, for logs, Host headers and upstream CONNECT lines. */
-export function formatAuthority(host: string, port: number): string {
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
-}
+/** "host:port" with brackets around IPv6, for logs, Host headers and upstream CONNECT lines (policy/address.ts). */
+export { formatAuthority };

@@ -6,6 +6,7 @@
 import { connect, isIP, isIPv4, type Socket } from 'node:net';
 import type { GatewayContext } from '../context.ts';
 import { dialErrorCode, GatewayError, type GatewayErrorCode, isOwnShortage } from '../errors.ts';
+import { formatAuthority } from '../../policy/address.ts';
 import { type ParentEndpoint, type ParentLogin, parseParentUrl } from '../../policy/upstream-url.ts';
 import { bareLineFeedAt } from '../protocol/http-line-ends.ts';
 import { type HandshakeWords, readHandshake } from './handshake.ts';
@@ -267,7 +268,7 @@ function parentOf(upstream: string): Parent | { error: string } {
     const endpoint = parseParentUrl(upstream);
     if ('error' in endpoint) p = endpoint;
     else {
-      const label = `parent proxy ${endpoint.protocol}//${authority(endpoint.host, endpoint.port)}`;
+      const label = `parent proxy ${endpoint.protocol}//${formatAuthority(endpoint.host, endpoint.port)}`;
       const words: HandshakeWords =
         endpoint.protocol === 'http:'
           ? { timeout: `${label} did not answer CONNECT`, ended: `${label} closed during CONNECT`, prefix: `${label}: ` }
@@ -302,18 +303,14 @@ function dialDirect(ip: string, port: number, timeoutMs: number, flow?: Pick<Flo
   });
 }
 
-function authority(ip: string, port: number): string {
-  return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
-}
-
 /** A TCP connect's failure as the gateway names it (its errno mapped once, dialErrorCode), for every dial. */
 function connectFailed(ip: string, port: number, err: Error): GatewayError {
-  return new GatewayError(dialErrorCode(err), `connect to ${authority(ip, port)}: ${err.message}`, { cause: err });
+  return new GatewayError(dialErrorCode(err), `connect to ${formatAuthority(ip, port)}: ${err.message}`, { cause: err });
 }
 
 /** A dial that did not connect within its limit, as every direct dial names it (the absolute-URI path's too). */
 export function connectTimedOut(ip: string, port: number): GatewayError {
-  return new GatewayError('EGW_DIAL_TIMEOUT', `connect to ${authority(ip, port)} timed out`);
+  return new GatewayError('EGW_DIAL_TIMEOUT', `connect to ${formatAuthority(ip, port)} timed out`);
 }
 
 /**
@@ -399,7 +396,7 @@ const MAX_PARENT_HEAD_BYTES = 16_384;
 async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> {
   const deadline = performance.now() + target.timeoutMs;
   const socket = await dialParent(parent, target);
-  const auth = authority(target.ip, target.port);
+  const auth = formatAuthority(target.ip, target.port);
   // Via names us (and whoever the request came through): a parent that is this gateway again, on
   // another listener or round a ring of gateways, refuses the loop 508 instead of dialling on.
   socket.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\nVia: ${target.via}\r\n${parent.authorization}\r\n`);
