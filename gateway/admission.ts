@@ -135,7 +135,8 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   let ip: string | null = knownAddress(snapshot, req.destHost);
   let alternates = NO_ALTERNATES;
   let dnsError: GatewayErrorCode | null = null;
-  if (ip === null && req.lookedUp !== undefined) ({ ip, alternates, dnsError } = req.lookedUp);
+  let shortage: string | undefined;
+  if (ip === null && req.lookedUp !== undefined) ({ ip, alternates, dnsError, shortage } = req.lookedUp);
   else if (ip === null) {
     const lookup = lookUp(ctx, req.destHost, flow.client.ip);
     let answer = await lookUpUntilKilled(flow, lookup);
@@ -148,7 +149,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
       if (isRefusedUnresolved(snapshot, mode, flow, req.destHost, req.destPort, req.protocol)) return refuseUnresolved(ctx, flow, req, attribution, snapshot, override);
       answer = await lookUpUntilKilled(flow, lookup);
     }
-    ({ ip, alternates, dnsError } = answer);
+    ({ ip, alternates, dnsError, shortage } = answer);
   }
   if (attribution && flow.state !== 'closed') await attachProcess(ctx, flow, attribution);
   // Killed while it was looked up (admin DELETE, a late report's detector, the drain's end, the
@@ -163,7 +164,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     const known = knownAddress(snapshot, req.destHost);
     if (known !== null) ({ ip, alternates, dnsError } = { ip: known, alternates: NO_ALTERNATES, dnsError: null });
   }
-  if (ip === null && dnsError === 'EGW_OUT_OF_DESCRIPTORS') return refuse(ctx, flow, lookupShortage(ctx, req.destHost, mode));
+  if (ip === null && dnsError === 'EGW_OUT_OF_DESCRIPTORS') return refuse(ctx, flow, lookupShortage(ctx, req.destHost, mode, shortage));
   if (ip) ctx.flows.setDestinationIp(flow, ip);
   // 6. self-dial
   const self = ip ? selfDialDecision(ctx, ip, req.destPort, req.protocol, mode) : null;
@@ -301,7 +302,8 @@ export async function admitDestination(
   }
   let ip: string | null = knownAddress(snapshot, destHost);
   let dnsError: GatewayErrorCode | null = null;
-  if (ip === null) ({ ip, dnsError } = lookedUp ?? (await lookUp(ctx, destHost, flow.client.ip)));
+  let shortage: string | undefined;
+  if (ip === null) ({ ip, dnsError, shortage } = lookedUp ?? (await lookUp(ctx, destHost, flow.client.ip)));
   // Judged on the policy running now: a reload or mode switch during the lookup applies (as in `admit`).
   if (ctx.policy.current() !== snapshot || ctx.policy.modeOverride() !== override) {
     snapshot = ctx.policy.current();
@@ -310,7 +312,7 @@ export async function admitDestination(
     mode = snapshot.modeFor(identity.roles, override);
   }
   if (ip === null && dnsError === 'EGW_OUT_OF_DESCRIPTORS') {
-    const decision = lookupShortage(ctx, destHost, mode);
+    const decision = lookupShortage(ctx, destHost, mode, shortage);
     return { ok: false, decision, reject: mapDecision(decision), reason: decision.reasons.join('; '), ip: null, identity };
   }
   const self = ip ? selfDialDecision(ctx, ip, destPort, flow.protocol, mode) : null;

@@ -84,3 +84,9 @@ export function dialErrorCode(err: unknown): GatewayErrorCode {
 export function isOwnShortage(code: GatewayErrorCode | null): boolean {
   return code === 'EGW_OUT_OF_DESCRIPTORS' || code === 'EGW_OUT_OF_SOCKETS';
 }
+
+/** The errno under a GatewayError (EMFILE, ENFILE, EADDRNOTAVAIL, …), for the log; `unknown` when it has none. */
+export function errnoOf(err: unknown): string {
+  const cause = (err as { cause?: { code?: unknown } } | null)?.cause;
+  return typeof cause?.code === 'string' ? cause.code : 'unknown';
+}

@@ -5,7 +5,7 @@
 import { isIPv4 } from 'node:net';
 import type { Identity, PolicySnapshot, Protocol } from '../../policy/types.ts';
 import type { GatewayContext } from '../context.ts';
-import { GatewayError } from '../errors.ts';
+import { errnoOf, GatewayError } from '../errors.ts';
 import type { RoutedFlow } from '../flow/flow.ts';
 import { dialOrder } from '../upstream/resolve.ts';
 import { hostUnder, knownAddress } from './policy-facts.ts';
@@ -18,17 +18,28 @@ export const NO_ALTERNATES: readonly string[] = Object.freeze([]);
  * association looks its new destinations up side by side with this (when needsLookUp) and hands
  * each answer to `admit` or `admitDestination` (`lookedUp`).
  */
-export async function lookUp(ctx: GatewayContext, host: string, requester: string): Promise<LookedUp> {
+export async function lookUp(ctx: Pick<GatewayContext, 'resolver'>, host: string, requester: string): Promise<LookedUp> {
   let ips: string[];
   try {
     ips = await ctx.resolver.lookup(host, requester);
   } catch (err) {
-    return { ip: null, alternates: NO_ALTERNATES, dnsError: err instanceof GatewayError ? err.code : 'EGW_DNS_FAILED' };
+    return failedLookup(err);
   }
   // Prefer IPv4 when both families answer: most egress paths are v4-first. The rest are dialled
   // staggered after it, families interleaved (dialOrder).
   const ip = ips.find((a) => isIPv4(a)) ?? (ips[0] as string);
   return { ip, alternates: ips.length > 1 ? dialOrder(ips, ip) : NO_ALTERNATES, dnsError: null };
+}
+
+/**
+ * A lookup's failure as admission reads it: the error's code, and for the gateway's own shortage
+ * the errno its descriptor probe saw (EMFILE or ENFILE: the process's limit or the system's table),
+ * which the log names.
+ */
+export function failedLookup(err: unknown): LookedUp {
+  if (!(err instanceof GatewayError)) return { ip: null, alternates: NO_ALTERNATES, dnsError: 'EGW_DNS_FAILED' };
+  if (err.code !== 'EGW_OUT_OF_DESCRIPTORS') return { ip: null, alternates: NO_ALTERNATES, dnsError: err.code };
+  return { ip: null, alternates: NO_ALTERNATES, dnsError: err.code, shortage: errnoOf(err) };
 }
 
 /** What admission's wait for a lookup ends with when its flow is killed meanwhile (the answer is not used). */

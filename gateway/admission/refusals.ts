@@ -7,7 +7,7 @@
 import { unmapIPv4 } from '../../policy/address.ts';
 import type { Decision, GatewayRefusalReason, Identity, Mode, Protocol } from '../../policy/types.ts';
 import type { GatewayContext } from '../context.ts';
-import { GatewayError, type GatewayErrorCode, isOwnShortage } from '../errors.ts';
+import { errnoOf, GatewayError, type GatewayErrorCode, isOwnShortage } from '../errors.ts';
 import type { Flow, RoutedFlow, UnknownDestination } from '../flow/flow.ts';
 import { mapDecision, mapError, mapKill, type RejectMapping } from '../reject.ts';
 import type { AdmissionRequest, Refused } from './types.ts';
@@ -63,10 +63,11 @@ export function gatewayRefusal(reason: GatewayRefusalReason, mode: Mode, reasons
  * A name whose lookup failed for want of the gateway's own file descriptors (resolve.ts): no address
  * to judge it by and nothing the name's servers said, so no policy refusal and no failed connect for
  * the detectors; refused 503 `out-of-descriptors` (SOCKS5 0x01) as the gateway's own, and logged
- * with the dials that failed so (once per ten seconds).
+ * with the dials that failed so (once per ten seconds), under the errno the lookup's probe saw
+ * (`errno`: EMFILE, or ENFILE when the system's table is full).
  */
-export function lookupShortage(ctx: GatewayContext, host: string, mode: Mode): Decision {
-  ctx.descriptors?.dialFailed('EMFILE');
+export function lookupShortage(ctx: Pick<GatewayContext, 'descriptors'>, host: string, mode: Mode, errno: string | undefined): Decision {
+  ctx.descriptors?.dialFailed(errno ?? 'EMFILE');
   return gatewayRefusal('out-of-descriptors', mode, [`lookup of ${host} failed: the gateway is out of file descriptors`]);
 }
 
@@ -121,11 +122,6 @@ export function failFlow(ctx: GatewayContext, flow: Flow, err: unknown): RejectM
   return mapping;
 }
 
-/** The errno under a dial's GatewayError (EMFILE, ENFILE, EADDRNOTAVAIL, …), for the log. */
-function errnoOf(err: unknown): string {
-  const cause = (err as { cause?: { code?: unknown } } | null)?.cause;
-  return typeof cause?.code === 'string' ? cause.code : 'unknown';
-}
 
 /** A flow killed while admission awaited (its record written by the kill): refused as the kill says. */
 export function killedMeanwhile(flow: RoutedFlow): Refused {

@@ -68,6 +68,8 @@ export interface LookedUp {
   readonly ip: string | null;
   readonly alternates: readonly string[];
   readonly dnsError: GatewayErrorCode | null;
+  /** The errno the descriptor probe saw (EMFILE, ENFILE) when `dnsError` is EGW_OUT_OF_DESCRIPTORS; absent otherwise. */
+  readonly shortage?: string;
 }
 
 export interface LocalEndpoint {

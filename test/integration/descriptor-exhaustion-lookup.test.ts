@@ -108,6 +108,10 @@ describe.skipIf(!hasLocalhost)('a name looked up with every descriptor taken', (
       return (await readToEnd(c)).data.toString('hex');
     });
     expect(socksReply.slice(0, 8)).toBe('05000501'); // no-auth, then general failure (not 0x02 refused by ruleset)
+    // Logged under the errno the lookup's probe saw: the process's own limit (ENFILE is the system's).
+    const logged = s.stderr().split('\n').filter((l) => l.includes('"code":"EGW_OUT_OF_DESCRIPTORS"'));
+    expect(logged.length).toBeGreaterThanOrEqual(1);
+    for (const l of logged) expect(JSON.parse(l)).toMatchObject({ errno: 'EMFILE' });
 
     // The holders go: the same name is looked up again (no failure remembered) and the tunnel made.
     for (const c of held) c.destroy();
