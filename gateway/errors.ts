@@ -3,6 +3,8 @@
  * real failures. Codes are stable: operators alert on them. `gateway/reject.ts` maps each to an
  * HTTP status and a SOCKS5 reply byte, exhaustively.
  */
+import { formatAuthority } from '../policy/address.ts';
+
 export const GATEWAY_ERROR_CODES = [
   'EGW_BAD_REQUEST', // malformed request line / authority / smuggling shape
   'EGW_TRANSFER_CODING', // a request body in a transfer coding the gateway does not implement (`gzip, chunked`): 501
@@ -89,4 +91,15 @@ export function isOwnShortage(code: GatewayErrorCode | null): boolean {
 export function errnoOf(err: unknown): string {
   const cause = (err as { cause?: { code?: unknown } } | null)?.cause;
   return typeof cause?.code === 'string' ? cause.code : 'unknown';
+}
+
+/**
+ * An error's message with the endpoint node writes into a failed connect's (`connect ECONNREFUSED
+ * ::1:443`, from the error's `address` and `port`) in the gateway's form (`[::1]:443`), as every
+ * other host and port the gateway writes; any other message as it is. Called only on a failure.
+ */
+export function errorText(err: Error): string {
+  const { address, port } = err as { address?: unknown; port?: unknown };
+  if (typeof address !== 'string' || !address.includes(':') || typeof port !== 'number') return err.message;
+  return err.message.replace(`${address}:${port}`, formatAuthority(address, port));
 }

@@ -6,7 +6,7 @@
 import type { Dispatcher } from 'undici';
 import { type Flow, KILLED_WHILE_DIALLING } from '../flow/flow.ts';
 import type { GatewayContext } from '../context.ts';
-import { dialErrorCode, GatewayError, type GatewayErrorCode, isOwnShortage } from '../errors.ts';
+import { dialErrorCode, errorText, GatewayError, type GatewayErrorCode, isOwnShortage } from '../errors.ts';
 import { mapError, mapKill, type RejectMapping } from '../reject.ts';
 import { type ConnectionState, clientGoneReason, finGraceMs } from './http-connection-state.ts';
 import type { StaggeredOrigin } from './http-origin-dial.ts';
@@ -296,7 +296,7 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
       ctx.descriptors?.dialFailed(String((err as NodeJS.ErrnoException).code));
     } else {
       if (!this.isConnected) ctx.detection?.onConnectFailed(flow);
-      ctx.log.warn({ flowId: flow.id, code, err: err.message }, 'origin request failed');
+      ctx.log.warn({ flowId: flow.id, code, err: errorText(err) }, 'origin request failed');
     }
     this.finish(mapping.reason);
     this.answerFailure(mapping, { flowId: flow.id, isBlock: false });

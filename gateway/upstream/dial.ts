@@ -5,7 +5,7 @@
  */
 import { connect, isIP, isIPv4, type Socket } from 'node:net';
 import type { GatewayContext } from '../context.ts';
-import { dialErrorCode, GatewayError, type GatewayErrorCode, isOwnShortage } from '../errors.ts';
+import { dialErrorCode, errorText, GatewayError, type GatewayErrorCode, isOwnShortage } from '../errors.ts';
 import { formatAuthority } from '../../policy/address.ts';
 import { type ParentEndpoint, type ParentLogin, parseParentUrl } from '../../policy/upstream-url.ts';
 import { bareLineFeedAt } from '../protocol/http-line-ends.ts';
@@ -305,7 +305,7 @@ function dialDirect(ip: string, port: number, timeoutMs: number, flow?: Pick<Flo
 
 /** A TCP connect's failure as the gateway names it (its errno mapped once, dialErrorCode), for every dial. */
 function connectFailed(ip: string, port: number, err: Error): GatewayError {
-  return new GatewayError(dialErrorCode(err), `connect to ${formatAuthority(ip, port)}: ${err.message}`, { cause: err });
+  return new GatewayError(dialErrorCode(err), `connect to ${formatAuthority(ip, port)}: ${errorText(err)}`, { cause: err });
 }
 
 /** A dial that did not connect within its limit, as every direct dial names it (the absolute-URI path's too). */
