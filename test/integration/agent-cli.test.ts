@@ -11,6 +11,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Agent } from '../../agent/agent.ts';
 import { validateReportBatch } from '../../agent/report.ts';
 import { run } from '../../gateway/commands/agent.ts';
+import { closedPort } from '../helpers/closed-port.ts';
 import { AGENT_TOKEN, testAgent } from '../helpers/detection-live.ts';
 import { startTestGateway } from '../helpers/gateway.ts';
 
@@ -281,11 +282,8 @@ describe('egressgate agent', () => {
 
   it('--once exits 1 when the gateway cannot be reached', async () => {
     const { listenerPort } = await heldCurl();
-    // A port nobody listens on: bind one, note it, close it.
-    const probe = createServer();
-    await new Promise<void>((r) => probe.listen(0, GATEWAY_IP, () => r()));
-    const deadPort = (probe.address() as AddressInfo).port;
-    await new Promise<void>((r) => probe.close(() => r()));
+    // A port nobody listens on, below the ephemeral range (no listener started later takes it).
+    const deadPort = await closedPort(GATEWAY_IP);
     const res = await runCaptured(['--once', '--gateway', `http://${GATEWAY_IP}:${deadPort}`, '--token', 't', '--interval-ms', '50', '--gateway-ports', String(listenerPort)]);
     expect(res.code).toBe(1);
     expect(JSON.parse(res.stdout.trim())).toMatchObject({ queued: 1, sent: 0, delivered: false });

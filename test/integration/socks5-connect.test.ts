@@ -10,6 +10,7 @@ import { type AddressInfo, connect, type Socket } from 'node:net';
 import { SocksClient } from 'socks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readBytes, type SocksGateway, startSocksGateway, startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+import { closedPort } from '../helpers/closed-port.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { adminGet, startTestGateway, until } from '../helpers/gateway.ts';
 import { heldResolver } from '../helpers/socks-udp.ts';
@@ -126,10 +127,8 @@ describe('SOCKS5 CONNECT with the socks client', () => {
   });
 
   it('refusals carry the mapped reply byte: refused 0x05, deny-range 0x02', async () => {
-    // A port nothing listens on: bind and close a server to find one.
-    const tmp = await startTcpOrigin();
-    const deadPort = tmp.port;
-    await tmp.close();
+    // A port nothing listens on, below the ephemeral range (no listener started later takes it).
+    const deadPort = await closedPort();
     await expect(
       SocksClient.createConnection({
         proxy: { host: gw.socksHost, port: gw.socksPort, type: 5 },

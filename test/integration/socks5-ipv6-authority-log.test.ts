@@ -10,10 +10,11 @@
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { connect, createServer, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { closedPort } from '../helpers/closed-port.ts';
 import { parseWrittenRecords } from '../helpers/flow-records.ts';
 import { until } from '../helpers/gateway.ts';
 import { killIfRunning, type Served, spawnServe } from '../helpers/serve-process.ts';
@@ -22,16 +23,6 @@ import { associate, type Cleanups, sendTo, udpFrame, udpSocket } from '../helper
 import { readBytes } from './socks5-harness.ts';
 
 const hasIpv6Loopback = await ipv6LoopbackAvailable();
-
-/** A loopback port nothing listens on (bound, then closed). */
-async function closedPort(): Promise<number> {
-  const s = createServer();
-  s.listen(0, '::1');
-  await once(s, 'listening');
-  const { port } = s.address() as { port: number };
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 /** The JSON lines of `serve`'s stderr with message `msg`. */
 function warnings(s: Served, msg: string): Array<Record<string, unknown>> {
@@ -72,8 +63,8 @@ describe.skipIf(!skipNotice(hasIpv6Loopback, 'socks5-ipv6-authority-log', 'needs
   });
 
   it('socks5 refused (not allowlisted, dial failed) and socks5 udp destination refused: [::1]:port', async () => {
-    const denied = await closedPort();
-    const unreachable = await closedPort();
+    const denied = await closedPort('::1');
+    const unreachable = await closedPort('::1');
     const log = join(dir, 'flows.jsonl');
     const config = join(dir, 'serve.yaml');
     await writeFile(
