@@ -122,7 +122,6 @@ export function failFlow(ctx: GatewayContext, flow: Flow, err: unknown): RejectM
   return mapping;
 }
 
-
 /** A flow killed while admission awaited (its record written by the kill): refused as the kill says. */
 export function killedMeanwhile(flow: RoutedFlow): Refused {
   return { ok: false, flow, reject: mapKill(flow.closeReason ?? 'admin'), isKilled: true };
