@@ -18,7 +18,7 @@ import type { FastifyInstance } from 'fastify';
 import { buildAdmin, generateAdminToken } from './admin/app.ts';
 import { type OutsideToken, repeatsOutsideToken, tokenDigest } from './admin/auth.ts';
 import { LocalAttributor } from './agent/attribution.ts';
-import { refuseLookupsAfterChange, selfDialDecision } from './gateway/admission.ts';
+import { refuseDialsAfterChange, refuseLookupsAfterChange, selfDialDecision } from './gateway/admission.ts';
 import { attachAlertSinks } from './gateway/alerts/alert-sinks.ts';
 import { AlertStore } from './gateway/alerts/alert-store.ts';
 import { AuditLog } from './gateway/audit-log.ts';
@@ -286,14 +286,20 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     flows.retime(snapshot.config.detection.sampleIntervalMs, snapshot.config.flowLog.interimSec);
     // Flows whose names are being looked up are not established: judged on the new policy at once.
     refuseLookupsAfterChange(ctx);
+    // Nor are flows being dialled: one the new policy refuses is killed with that refusal.
+    refuseDialsAfterChange(ctx);
     // Records still go where the flow log was opened: whoever moved flowLog.path must hear it.
     const restartOnly = restartOnlyChanges(previous.config, snapshot.config, config);
     if (restartOnly.length > 0) {
       log.warn({ settings: restartOnly, version: snapshot.version, flowLog: config.flowLog.path }, 'these settings apply at the next restart; the running gateway keeps its listeners, logs and state where they are');
     }
   });
-  // PUT /v1/mode too: a name enforce mode can never admit is refused, as for a new flow.
-  policy.on('mode', () => refuseLookupsAfterChange(ctx));
+  // PUT /v1/mode too: a name enforce mode can never admit is refused, as for a new flow, and a flow
+  // being dialled that enforce mode refuses is killed with that refusal.
+  policy.on('mode', () => {
+    refuseLookupsAfterChange(ctx);
+    refuseDialsAfterChange(ctx);
+  });
   // 4. listeners
   const httpServer = createHttpProxy(ctx);
   const socksServer = createSocksServer(ctx);

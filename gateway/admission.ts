@@ -46,7 +46,7 @@ import {
 } from './admission/refusals.ts';
 import { type AdmissionRequest, type Admitted, kAcceptedAt, type LookedUp, type Refused } from './admission/types.ts';
 import { mapDecision, mapError, type RejectMapping } from './reject.ts';
-import type { RoutedFlow } from './flow/flow.ts';
+import { isRouted, type RoutedFlow } from './flow/flow.ts';
 import { parentName } from './upstream/parent-label.ts';
 import { loginStands } from './identity/login-standing.ts';
 
@@ -249,6 +249,32 @@ function mayGoOnTo(ctx: GatewayContext, flow: RoutedFlow, snapshot: PolicySnapsh
   if (selfDialDecision(ctx, ip, flow.destination.port, flow.protocol, mode) !== null) return false;
   const decision = snapshot.decide(factsOf(flow, flow.protocol, flow.destination.host, flow.destination.port, ip), ctx.flows.now(), override);
   return !(decision.verdict === 'block' || (decision.verdict !== 'allow' && flow.verdict === 'allow'));
+}
+
+/**
+ * After a reload, push, rollback or mode switch: every flow admitted but still being dialled (its
+ * connection, or its parent's handshake, under way; its client not answered yet, so not established)
+ * is judged again on the policy running now, as one whose name is being looked up is: with the roles
+ * the running policy gives its user and host, on the address admission chose. One the running policy
+ * refuses (`block`: monitor mode switched to enforce, an allow entry removed) is killed with that
+ * refusal: its dial abandoned, its client answered as at admission (403 with the reason and
+ * `X-Egress-Verdict: block` / SOCKS `0x02`), its one record verdict block, enforced. Any other goes
+ * on as admitted (its record keeps admission's word). A SOCKS5 UDP association dials nothing: its
+ * destinations are judged again at their next datagram. O(live flows), once per change; nothing per
+ * connection.
+ */
+export function refuseDialsAfterChange(ctx: GatewayContext): void {
+  const snapshot = ctx.policy.current();
+  const override = ctx.policy.modeOverride();
+  for (const flow of ctx.flows.activeFlows().values()) {
+    if (flow.dialling === null || flow.isConnected || flow.verdict === 'block' || !isRouted(flow)) continue;
+    const { host, ip, port } = flow.destination;
+    const facts = factsOf(flow, flow.protocol, host, port, ip, identityUnder(snapshot, flow.identity));
+    const decision = snapshot.decide(facts, ctx.flows.now(), override);
+    if (decision.verdict !== 'block') continue;
+    ctx.flows.redecide(flow, decision, true);
+    ctx.flows.kill(flow.id, decision.reason);
+  }
 }
 
 /** A SOCKS5 login (RFC 1929 user, null for "no authentication") and the policy it was made under. */
