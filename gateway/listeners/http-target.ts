@@ -46,11 +46,13 @@ export function parseAbsoluteTarget(url: string): AbsoluteTarget {
  * no future parser leniency turns into an ambiguous forward. It also refuses what node lets through:
  * a Content-Length that is no safe integer (past 2^53 − 1 undici reads it as a float and forwards it
  * rounded: 9007199254740993 went on as 9007199254740992), and Host twice or with an invalid value
- * (RFC 9112 §3.2: 400; node keeps the first Host), and a request line naming HTTP/2.0, which node's
- * parser reads as if it were HTTP/1 (httpVersionFault). Returns the shape's name or null;
+ * (RFC 9112 §3.2: 400; node keeps the first Host), a request line naming HTTP/2.0, which node's
+ * parser reads as if it were HTTP/1 (httpVersionFault), and an HTTP/1.0 request with a
+ * Transfer-Encoding (RFC 9112 §6.1: its framing is faulty; node's parser reads it as chunked and keeps
+ * the connection, so the bytes after the body were served as the next request). Returns the shape's name or null;
  * shapeRefusalCode gives its status. One pass over the names, lower-casing only those of the two lengths looked for.
  */
-export function smugglingShape(req: Pick<IncomingMessage, 'httpVersionMajor' | 'headers' | 'rawHeaders'>): string | null {
+export function smugglingShape(req: Pick<IncomingMessage, 'httpVersionMajor' | 'headers' | 'rawHeaders'> & { readonly httpVersionMinor?: number }): string | null {
   if (req.httpVersionMajor !== 1) return httpVersionFault(req.httpVersionMajor);
   const te = req.headers['transfer-encoding'];
   const raw = req.rawHeaders;
@@ -63,6 +65,7 @@ export function smugglingShape(req: Pick<IncomingMessage, 'httpVersionMajor' | '
     } else if (name.length === 4 && name.toLowerCase() === 'host') hosts++;
   }
   if (te !== undefined && contentLengths > 0) return 'content-length-with-transfer-encoding';
+  if (te !== undefined && req.httpVersionMinor === 0) return 'transfer-encoding-in-http/1.0';
   if (contentLengths > 1) return 'duplicate-content-length';
   if (contentLengths === 1 && !isSafeContentLength(req.headers['content-length'] ?? '')) return 'content-length-not-safe-integer';
   if (te !== undefined && te.trim().toLowerCase() !== 'chunked') return isOtherCodingThenChunked(te) ? 'transfer-coding-not-implemented' : 'transfer-encoding-not-chunked';

@@ -232,6 +232,12 @@ describe('smugglingShape (http-target.ts)', () => {
     expect(shapeRefusalCode('transfer-encoding-not-chunked')).toBe('EGW_BAD_REQUEST');
     expect(shapeRefusalCode('duplicate-content-length')).toBe('EGW_BAD_REQUEST');
   });
+  it('refuses a Transfer-Encoding in HTTP/1.0 (RFC 9112 §6.1), not in HTTP/1.1', () => {
+    expect(smugglingShape({ ...req(['Transfer-Encoding', 'chunked']), httpVersionMinor: 0 })).toBe('transfer-encoding-in-http/1.0');
+    expect(smugglingShape({ ...req(['Transfer-Encoding', 'chunked']), httpVersionMinor: 1 })).toBeNull();
+    expect(smugglingShape({ ...req(['Content-Length', '5']), httpVersionMinor: 0 })).toBeNull();
+    expect(shapeRefusalCode('transfer-encoding-in-http/1.0')).toBe('EGW_BAD_REQUEST');
+  });
   it('refuses HTTP/0.9', () => {
     expect(smugglingShape(req([], 0))).toBe('http/0.9');
   });
