@@ -7,7 +7,8 @@
  *   client's or the destination's, keeps the flow live, so a SIGTERM drain waits for it and a cut
  *   says `shutdown`, not `closed`; a side reset after its FIN while the other still sends to it ends
  *   the flow as a reset, not `closed`; a destination reset before its FIN resets the client too, after
- *   what the destination sent);
+ *   what the destination sent, and a client gone without its FIN resets the destination, after what
+ *   the client sent);
  * - a byte budget towards the destination: not one byte past flow.budgetOut is written upstream
  *   (where flow.onBudget lets the flow run on, it moves flow.budgetOut and the rest meets that);
  * - idle timeout: one timer, on the client socket — every byte either way is a read or a write on
@@ -229,11 +230,16 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
     // Closed after its 'finish' while the destination still reads: the flow waits for that.
     if (isDelivering && !isDownOwed) return;
     if (!done) {
-      up.destroy();
       // Closed before it took its last bytes ('finish' comes first otherwise), or reset after its FIN
       // while the destination still sent: the client went. Closed cleanly after its FIN (a socket
       // that does not stay half-open): the client's choice.
-      finish(downEnded && !isDelivering && !hadError ? 'closed' : 'client-reset');
+      const isClean = downEnded && !isDelivering && !hadError;
+      finish(isClean ? 'closed' : 'client-reset');
+      // A client gone without its FIN resets the destination, after what the client sent, as a direct
+      // connection would: a clean end would tell it the upload was whole (a read-until-close upload
+      // would look complete), and a destroy would drop what is still queued for it.
+      if (isClean) up.destroy();
+      else resetWhenFlushed(up);
     }
   };
   const onUpClose = (hadError: boolean): void => {

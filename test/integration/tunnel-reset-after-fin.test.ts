@@ -5,8 +5,9 @@
  * after it, or the gateway still held for it, never arrives: the record must say upstream-reset, not
  * closed, and the client must see its connection reset, not an upload that goes on being taken and a
  * clean close. A destination that resets before any FIN resets the client too (after what it sent). The mirror: a client that half-closes, stops reading and then resets while the
- * destination still sends is client-reset. A destination that reads the upload after its FIN stays
- * closed.
+ * destination still sends is client-reset, and a client that resets mid-upload resets the destination
+ * (after what it sent), as the destination's own reset does the client. A destination that reads the
+ * upload after its FIN stays closed.
  */
 import { once } from 'node:events';
 import { connect, createServer, type Server, type Socket } from 'node:net';
@@ -151,6 +152,40 @@ describe.each(['connect', 'socks5'] as const)('%s', (via) => {
     expect(record.closeReason).toBe('upstream-reset');
     expect(record.bytesIn).toBe(ANSWER.length);
     expect(record.bytesOut).toBe(0);
+  });
+
+  it('a client that resets mid-upload, before any FIN: the destination gets what it sent, then a reset, not a clean end', async () => {
+    // Broke: the destination got a FIN after the bytes (the client's reset became the gateway's
+    // clean close), so a read-until-close upload the client abandoned looked complete there.
+    const upload = 200_000;
+    let destRead = 0;
+    let isDestEnded = false;
+    let destError: string | null = null;
+    let dest: Socket | null = null;
+    const port = await destination((s) => {
+      dest = s;
+      s.on('error', (e: NodeJS.ErrnoException) => {
+        destError = e.code ?? e.message;
+      });
+      s.on('data', (c: Buffer) => {
+        destRead += c.length;
+      });
+      s.on('end', () => {
+        isDestEnded = true;
+      });
+    });
+    const client = await tunnelTo(via, port);
+    client.socket.write(Buffer.alloc(upload, 0x43));
+    await until('the upload at the destination', () => destRead >= upload);
+    client.socket.resetAndDestroy();
+    await until("the destination's end or close", () => isDestEnded || dest?.destroyed === true, SETTLE_MS);
+    expect(isDestEnded).toBe(false);
+    expect(destError).toBe('ECONNRESET');
+    expect(destRead).toBe(upload);
+    const record = await gw.waitForClosed((r) => r.destination.port === port, SETTLE_MS);
+    expect(record.closeReason).toBe('client-reset');
+    expect(record.bytesOut).toBe(upload);
+    expect(record.bytesIn).toBe(0);
   });
 
   it('a destination that resets after its FIN while the upload is backpressured: upstream-reset, the client is reset', async () => {
