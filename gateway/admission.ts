@@ -259,9 +259,13 @@ function mayGoOnTo(ctx: GatewayContext, flow: RoutedFlow, snapshot: PolicySnapsh
  * refuses (`block`: monitor mode switched to enforce, an allow entry removed) is killed with that
  * refusal: its dial abandoned, its client answered as at admission (403 with the reason and
  * `X-Egress-Verdict: block` / SOCKS `0x02`), its one record verdict block, enforced. Any other goes
- * on as admitted (its record keeps admission's word). A SOCKS5 UDP association dials nothing: its
- * destinations are judged again at their next datagram. O(live flows), once per change; nothing per
- * connection.
+ * on as admitted (its record keeps admission's word). A flow monitor mode let through `would-block`
+ * by admission's step 8 (a quarantine, a connect-time detector), which the running policy allows and
+ * puts in enforce mode, meets step 8 as enforce mode runs it (onEnforcedWhileDialled): an enforced
+ * quarantine refuses it (`quarantine`), monitor mode's would-be one does not (it refuses nothing
+ * after the switch); a refusing connect-time detector does (its name), alerted `block`, the identity
+ * quarantined. A SOCKS5 UDP association dials nothing: its destinations are judged again at their
+ * next datagram. O(live flows), once per change; nothing per connection.
  */
 export function refuseDialsAfterChange(ctx: GatewayContext): void {
   const snapshot = ctx.policy.current();
@@ -270,10 +274,14 @@ export function refuseDialsAfterChange(ctx: GatewayContext): void {
     if (flow.dialling === null || flow.isConnected || flow.verdict === 'block' || !isRouted(flow)) continue;
     const { host, ip, port } = flow.destination;
     const facts = factsOf(flow, flow.protocol, host, port, ip, identityUnder(snapshot, flow.identity));
-    const decision = snapshot.decide(facts, ctx.flows.now(), override);
-    if (decision.verdict !== 'block') continue;
+    let decision: Decision | null = snapshot.decide(facts, ctx.flows.now(), override);
+    if (decision.verdict === 'allow' && decision.mode === 'enforce' && flow.verdict === 'would-block' && (flow.reason === 'quarantine' || flow.reason === 'detector')) {
+      decision = ctx.detection?.onEnforcedWhileDialled(flow, facts, snapshot) ?? null;
+    }
+    if (decision?.verdict !== 'block') continue;
     ctx.flows.redecide(flow, decision, true);
-    ctx.flows.kill(flow.id, decision.reason);
+    // A detector's refusal is killed with its name, as at admission and a late report's kill.
+    ctx.flows.kill(flow.id, decision.reason === 'detector' && decision.detector !== null ? decision.detector : decision.reason);
   }
 }
 

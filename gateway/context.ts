@@ -123,6 +123,14 @@ export interface DetectionHooks {
   ): void;
   /** A byte budget towards the destination for this flow, or null. */
   uploadBudget(flow: RoutedFlow, snapshot: PolicySnapshot): number | null;
+  /**
+   * Admission's step 8 as enforce mode runs it, for a flow monitor mode let through `would-block`
+   * (a quarantine, a connect-time detector) that is still being dialled when a change puts it in
+   * enforce mode (admission.ts refuseDialsAfterChange): an enforced quarantine refuses it (monitor
+   * mode's would-be one does not), else the connect-time detectors judge it on `facts` as at
+   * admission, a refusing finding alerted `block` and quarantining the identity. The refusal, or null.
+   */
+  onEnforcedWhileDialled(flow: RoutedFlow, facts: import('../policy/types.ts').ConnectFacts, snapshot: PolicySnapshot): import('../policy/types.ts').Decision | null;
   /** A connect failed or was refused (feeds scan detection). */
   onConnectFailed(flow: Flow): void;
 }

@@ -568,6 +568,12 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       return budgetFor(flow, facts(flow), flow.destination, flow.id, flow, snapshot);
     },
 
+    onEnforcedWhileDialled(flow: RoutedFlow, f: ConnectFacts, snapshot: PolicySnapshot): Decision | null {
+      // As judgeConnect would have judged it at admission in enforce mode: monitor mode's would-be
+      // quarantine is not read, and a would-be one may have hidden a detector's refusal.
+      return judgeConnect(flow, f, snapshot, 'enforce');
+    },
+
     readOnly(): LiveDetection {
       return {
         quarantinedUntil: (key, now) => quarantine.peekUntil(key, now),

@@ -21,6 +21,7 @@ const detection: DetectionHooks = {
   onDestination: () => null,
   onRelayed: () => undefined,
   uploadBudget: () => BUDGET,
+  onEnforcedWhileDialled: () => null,
   onConnectFailed: () => undefined,
 };
 

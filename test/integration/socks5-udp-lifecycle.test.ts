@@ -165,6 +165,7 @@ describe('association lifecycle', () => {
         leg.budgetOut = 100;
       },
       uploadBudget: () => null,
+      onEnforcedWhileDialled: () => null,
       onConnectFailed: () => undefined,
     });
     cleanups.push(() => budgetGw.stop());
