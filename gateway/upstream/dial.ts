@@ -333,7 +333,8 @@ async function dialParent(parent: Parent, target: DialTarget): Promise<Socket> {
   try {
     if (parent.isAddress || target.names === undefined) return await dialDirect(parent.host, parent.port, target.timeoutMs, target.flow);
     const started = performance.now();
-    const ip = await parentAddress(parent.host, target.names);
+    const address = parentAddress(parent.host, target.names);
+    const ip = typeof address === 'string' ? address : await (target.flow === undefined ? address : lookUpWhileDialling(address, target.flow));
     if (target.flow?.state === 'closed') throw KILLED_WHILE_DIALLING;
     // The lookup (a cache hit nearly always) and the connect share the one budget.
     return await dialDirect(ip, parent.port, remainingMs(started + target.timeoutMs), target.flow);
@@ -363,6 +364,43 @@ function parentAddress(host: string, names: ParentNames): Promise<string> | stri
   const known = names.policy.current().staticAddress(host);
   if (known !== null) return known;
   return names.resolver.lookup(host, PARENT_REQUESTER).then((ips) => ips.find((ip) => isIPv4(ip)) ?? (ips[0] as string));
+}
+
+/**
+ * A parent's lookup as the first step of the flow's dial: the flow is `dialling` while it waits (a
+ * wait of its own stands in for the socket), so a kill meanwhile (a reload or mode switch that now
+ * refuses it: admission.ts refuseDialsAfterChange; the client leaving; an admin DELETE) ends the
+ * wait at once with KILLED_WHILE_DIALLING, the late address unused. Before, the flow was not marked
+ * dialling until the address came: a switch to enforce during the lookup let it through. Only for a
+ * parent named by host name and looked up: one object per such dial, nothing otherwise.
+ */
+function lookUpWhileDialling(lookup: Promise<string>, flow: Pick<Flow, 'dialling'>): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let isWaiting = true;
+    const wait: DiallingSocket = {
+      destroy(err?: Error): void {
+        if (!isWaiting) return;
+        isWaiting = false;
+        reject(err ?? KILLED_WHILE_DIALLING);
+      },
+      listenerCount: () => (isWaiting ? 1 : 0),
+    };
+    flow.dialling = wait;
+    const settle = (): boolean => {
+      if (!isWaiting) return false;
+      isWaiting = false;
+      if (flow.dialling === wait) flow.dialling = null;
+      return true;
+    };
+    lookup.then(
+      (ip) => {
+        if (settle()) resolve(ip);
+      },
+      (err: unknown) => {
+        if (settle()) reject(err);
+      },
+    );
+  });
 }
 
 /**
