@@ -4,7 +4,7 @@
  */
 import type { ViaName } from './via.ts';
 import type { SocketOwner } from '../agent/attribution.ts';
-import type { Identity, Mode, PolicySnapshot, ProcessInfo } from '../policy/types.ts';
+import type { ConnectFacts, Decision, Identity, Mode, PolicySnapshot, ProcessInfo } from '../policy/types.ts';
 import type { Flow, FlowLeg, KnownDestination, RoutedFlow } from './flow/flow.ts';
 import type { FlowTable } from './flow/flow-table.ts';
 import type { DescriptorShortage } from './descriptor-shortage.ts';
@@ -130,7 +130,7 @@ export interface DetectionHooks {
    * mode's would-be one does not), else the connect-time detectors judge it on `facts` as at
    * admission, a refusing finding alerted `block` and quarantining the identity. The refusal, or null.
    */
-  onEnforcedWhileDialled(flow: RoutedFlow, facts: import('../policy/types.ts').ConnectFacts, snapshot: PolicySnapshot): import('../policy/types.ts').Decision | null;
+  onEnforcedWhileDialled(flow: RoutedFlow, facts: ConnectFacts, snapshot: PolicySnapshot): Decision | null;
   /** A connect failed or was refused (feeds scan detection). */
   onConnectFailed(flow: Flow): void;
 }
