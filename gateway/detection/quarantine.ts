@@ -29,8 +29,18 @@ export interface QuarantineEntry {
   readonly alertId: string | null;
 }
 
+/** Entries held before `put` first drops the expired ones (see `pruneAt`). */
+const MIN_PRUNE_AT = 1024;
+
 export class Quarantine {
   private readonly until = new Map<string, QuarantineEntry>();
+  /**
+   * The size at which `put` next drops expired entries: twice the entries it kept last time (at least
+   * MIN_PRUNE_AT), so the walk is O(1) per quarantine amortised. An expired entry went only when its
+   * key was looked up again or the admin API listed the quarantines: the identities that came, were
+   * quarantined and never came back piled up for the process's life.
+   */
+  private pruneAt = MIN_PRUNE_AT;
 
   /** The entries, expired ones not yet pruned included (read-only view for the admin side and tests). */
   get entries(): ReadonlyMap<string, QuarantineEntry> {
@@ -42,6 +52,13 @@ export class Quarantine {
     const running = this.until.get(key);
     const sinceMs = running !== undefined && running.untilMs > cause.atMs ? running.sinceMs : cause.atMs;
     this.until.set(key, { sinceMs, untilMs, detector: cause.detector, alertId: cause.alertId });
+    if (this.until.size >= this.pruneAt) this.pruneExpired(cause.atMs);
+  }
+
+  /** Drop the entries expired at `now`. */
+  private pruneExpired(now: number): void {
+    for (const [key, entry] of this.until) if (entry.untilMs <= now) this.until.delete(key);
+    this.pruneAt = Math.max(MIN_PRUNE_AT, 2 * this.until.size);
   }
 
   /**

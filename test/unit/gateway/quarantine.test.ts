@@ -66,6 +66,21 @@ describe('Quarantine entries, release (DELETE /v1/quarantines/{key})', () => {
     expect([...q.entries.keys()]).toEqual(['b|-|-']);
   });
 
+  // Regression: an expired entry went only when its key was looked up again or listed, so
+  // identities quarantined once and never seen again piled up (enforce and monitor mode alike).
+  it('put drops expired entries as they pile up: at most twice the live ones (1,024 at least)', () => {
+    const q = new Quarantine();
+    for (let i = 0; i < 10_000; i++) {
+      q.put(`10.0.${i >> 8}.${i & 0xff}|-|-`, i * 10 + 50, { atMs: i * 10, detector: 'd', alertId: null });
+      expect(q.entries.size).toBeLessThanOrEqual(1024);
+    }
+    // The 5 live at the last put (each lasts 50 ms, one per 10 ms) are all still there.
+    expect(q.live(9999 * 10).length).toBe(5);
+    const many = new Quarantine();
+    for (let i = 0; i < 3000; i++) many.put(`k${i}|-|-`, 1_000_000, { atMs: i, detector: 'd', alertId: null });
+    expect(many.entries.size).toBe(3000);
+  });
+
   it.each([
     ['10.2.3.17|alice|uploader', { host: '10.2.3.17', user: 'alice', process: 'uploader' }],
     ['10.2.3.17|-|-', { host: '10.2.3.17', user: null, process: null }],
