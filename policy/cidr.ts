@@ -10,6 +10,7 @@
  */
 import { isIPv4 } from 'node:net';
 import { parseIPv4, parseIPv6 } from './address.ts';
+import { TextMemo } from './text-memo.ts';
 
 export type Cidr =
   | { readonly family: 4; readonly net: number; readonly prefix: number; readonly text: string }
@@ -34,16 +35,11 @@ function maskV4(prefix: number): number {
 export function parseCidr(text: string): Cidr | { error: string } {
   if (typeof text !== 'string') return { error: 'a CIDR is a string like 10.0.0.0/8' };
   // Validation and compilation both parse every CIDR: memoise (bounded). Results are read-only.
-  let r = cidrCache.get(text);
-  if (r === undefined) {
-    if (cidrCache.size >= 200_000) cidrCache.clear();
-    r = parseCidrUncached(text);
-    cidrCache.set(text, r);
-  }
-  return r;
+  return cidrCache.get(text, parseCidrUncached);
 }
 
-const cidrCache = new Map<string, Cidr | { error: string }>();
+// The longest valid text is 49 characters (`0000:0000:0000:0000:0000:ffff:255.255.255.255/128`).
+const cidrCache = new TextMemo<Cidr | { error: string }>('cidr', 200_000, 64);
 
 function parseCidrUncached(text: string): Cidr | { error: string } {
   const t = text.trim();

@@ -11,6 +11,7 @@ import { redactedSecret, redactedUrl } from './redacted.ts';
 import { parsePortSpec } from './ports.ts';
 import { type Node, s } from './schema-dsl.ts';
 import { parseParentUrl, urlForMessage } from './upstream-url.ts';
+import { TextMemo } from './text-memo.ts';
 import { DETECTOR_DEFAULTS } from './detectors/defaults.ts';
 
 /**
@@ -66,20 +67,19 @@ const resolverName = (v: string): string | null => {
 const resolverAnswer = (v: string): string | null =>
   ipAddress(v) ?? (v.includes('%') ? `"${v}": zone ids are not allowed (the answer would be dialled without it)` : null);
 
-const timeZones = new Map<string, boolean>();
+// IANA names are at most 32 characters (`America/Argentina/ComodRivadavia`).
+const timeZones = new TextMemo<boolean>('time zone', 4096, 64);
 /** True when Intl knows the IANA zone (cached: building a formatter costs ~50 µs). */
 export function isValidTimeZone(zone: string): boolean {
-  let ok = timeZones.get(zone);
-  if (ok === undefined) {
-    try {
-      new Intl.DateTimeFormat('en-US', { timeZone: zone });
-      ok = true;
-    } catch {
-      ok = false;
-    }
-    timeZones.set(zone, ok);
+  return timeZones.get(zone, knowsTimeZone);
+}
+function knowsTimeZone(zone: string): boolean {
+  try {
+    new Intl.DateTimeFormat('en-US', { timeZone: zone });
+    return true;
+  } catch {
+    return false;
   }
-  return ok;
 }
 const timeZone = (v: string): string | null => (isValidTimeZone(v) ? null : `unknown time zone "${v}" (use an IANA name like Europe/Berlin)`);
 

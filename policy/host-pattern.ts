@@ -7,6 +7,7 @@
 import { isIP } from 'node:net';
 import { domainToASCII, domainToUnicode } from 'node:url';
 import { unmapIPv4, withMappedTail } from './address.ts';
+import { TextMemo } from './text-memo.ts';
 
 /** One label of a normalised host name (lower-case; `_` allowed for service names). */
 export const HOST_LABEL = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/;
@@ -95,17 +96,13 @@ export type HostPattern =
 
 // Validation and compilation both parse every pattern, and a reload re-parses mostly the same
 // ones: memoise (bounded) so IDN conversion runs once per distinct pattern.
-const patternCache = new Map<string, HostPattern | { error: string }>();
+// A name is at most 253 characters (its Unicode spelling fewer), `*.` and spaces around it a few more.
+const patternCache = new TextMemo<HostPattern | { error: string }>('host pattern', 200_000, 300);
+const parseFrozen = (pattern: string): HostPattern | { error: string } => Object.freeze(parseHostPatternUncached(pattern));
 
 /** Parses an allow-entry / list host pattern; returns an error message when it is not valid. */
 export function parseHostPattern(pattern: string): HostPattern | { error: string } {
-  let r = patternCache.get(pattern);
-  if (r === undefined) {
-    if (patternCache.size >= 200_000) patternCache.clear();
-    r = Object.freeze(parseHostPatternUncached(pattern));
-    patternCache.set(pattern, r);
-  }
-  return r;
+  return patternCache.get(pattern, parseFrozen);
 }
 
 function parseHostPatternUncached(pattern: string): HostPattern | { error: string } {
