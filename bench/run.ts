@@ -268,6 +268,16 @@ const has = (cmd: string): boolean => {
 // Gateway build: the built dist/cli.js by default (what users run), tsx as a fallback.
 const DIST = path.join(ROOT, 'dist', 'cli.js');
 const GATEWAY_MODE = args.gateway || (existsSync(DIST) ? 'dist' : 'tsx');
+/**
+ * When dist/ was last built: the build is incremental (tsconfig.build.json), so tsc rewrites only the
+ * outputs whose text changed and dist/cli.js keeps an old time after a build that changed other
+ * files; its build-info file is written by every build that emitted anything.
+ */
+function distBuiltAt(): number {
+  const info = path.join(ROOT, 'dist', 'tsconfig.build.tsbuildinfo');
+  return Math.max(statSync(DIST).mtimeMs, existsSync(info) ? statSync(info).mtimeMs : 0);
+}
+
 function newestSourceMtime(): number {
   let newest = 0;
   const walk = (dir: string, depth: number): void => {
@@ -436,7 +446,7 @@ async function main(): Promise<void> {
     detectors: DETECTORS,
     flowLog: FLOW_LOG,
     gateway: GATEWAY_MODE,
-    distStale: GATEWAY_MODE === 'dist' && existsSync(DIST) ? statSync(DIST).mtimeMs < newestSourceMtime() : null,
+    distStale: GATEWAY_MODE === 'dist' && existsSync(DIST) ? distBuiltAt() < newestSourceMtime() : null,
     cpus: os.cpus().length,
     cpuModel: os.cpus()[0]?.model,
     node: process.version,
