@@ -58,7 +58,7 @@ export function scanSignals(
   const w = state.windows(idKey);
   if (!w || (!changes.hasNewFailures && !changes.hasNewDestinations)) return [];
   if (ctx.isExpectedScanner(who.identity, who.clientIp) || ctx.isSkipped('an0081.scan', who.identity, null, who.clientIp)) {
-    w.portsGrown.clear();
+    w.portsGrown = null;
     return [];
   }
   const s = ctx.settings('an0081.scan');
@@ -69,22 +69,24 @@ export function scanSignals(
   const internalMin = s.n['slowFailedDestinationsInternal'] ?? 250;
   const out: SweepSignal[] = [];
 
-  const fast = changes.hasNewFailures ? w.fastFailed.prune(now - windowSec * 1000) : 0;
+  // Made at the identity's first failed attempt: none yet, nothing to count.
+  const a = changes.hasNewFailures ? w.failed : null;
+  const fast = a ? a.fastFailed.prune(now - windowSec * 1000) : 0;
   // Of those, the attempts the gateway refused by policy (never dialled: deny-range, an IP literal not allowlisted).
-  const refused = changes.hasNewFailures ? w.fastDenied.prune(now - windowSec * 1000) : 0;
+  const refused = a ? a.fastDenied.prune(now - windowSec * 1000) : 0;
   let topIp = '';
   let topPorts = 0;
-  for (const [ip, c] of changes.hasNewFailures ? w.perIp : []) {
+  for (const [ip, c] of a ? a.perIp : []) {
     if (c > topPorts) {
       topPorts = c;
       topIp = ip;
     }
   }
-  const slowLive = changes.hasNewFailures && now - w.slowLastMs <= slowResetSec * 1000;
-  const slowExt = slowLive ? w.slowExternal.size : 0;
-  const slowInt = slowLive ? w.slowInternal.size : 0;
+  const slowLive = a !== null && now - a.slowLastMs <= slowResetSec * 1000;
+  const slowExt = slowLive ? a.slowExternal.size : 0;
+  const slowInt = slowLive ? a.slowInternal.size : 0;
   let exploit = false;
-  if (changes.hasNewFailures) for (const p of w.failedPorts) if (EXPLOIT_PORTS.has(p)) exploit = true;
+  if (a) for (const p of a.failedPorts) if (EXPLOIT_PORTS.has(p)) exploit = true;
   const base = exploit ? 2 : 1;
   let kind: string | null = null;
   let reason = '';
@@ -101,7 +103,7 @@ export function scanSignals(
     kind = 'slow-scan-internal';
     reason = `${slowInt} distinct failed internal destinations without a ${slowResetSec} s pause (≥ ${internalMin})`;
   }
-  if (kind) {
+  if (kind && a) {
     out.push({
       detector: 'an0081.scan',
       analytic: 'AN0081',
@@ -112,7 +114,7 @@ export function scanSignals(
       gate: 'config',
       destination: null,
       // The attempts the crossing count is made of: within the window, or since the slow run began.
-      flowIds: failedSince(w.recentFailed, kind.startsWith('slow') ? w.slowSinceMs : now - windowSec * 1000),
+      flowIds: failedSince(a.recentFailed, kind.startsWith('slow') ? a.slowSinceMs : now - windowSec * 1000),
       evidence: {
         kind,
         failedDestinations: fast,
@@ -178,16 +180,17 @@ export function scanSignals(
  * grown addresses either way, so the set stays as small as one sweep's new ports.
  */
 function portFanOut(w: IdentityWindows, now: number, threshold: number, isBrowser: boolean): { ip: string; count: number; threshold: number } | null {
-  if (w.portsGrown.size === 0) return null;
+  const grown = w.portsGrown;
+  if (grown === null) return null;
   let best: { ip: string; count: number; threshold: number } | null = null;
   if (!isBrowser) {
     w.connectedPorts.prune(now - 3_600_000);
-    for (const ip of w.portsGrown) {
+    for (const ip of grown) {
       const c = w.portsPerIp.get(ip) ?? 0;
       if (c > threshold && (best === null || c > best.count)) best = { ip, count: c, threshold };
     }
   }
-  w.portsGrown.clear();
+  w.portsGrown = null;
   return best;
 }
 

@@ -16,7 +16,7 @@ import type { Identity, ReasonCode, Verdict } from '../types.ts';
 import { MODIFIER_DEFAULTS } from './defaults.ts';
 import { addressKey, identityKeyOf, registrableDomain, viewKey } from './match.ts';
 import type { BehaviourDetector, Finding, FlowDestinationView, FlowView } from './types.ts';
-import { BoundedMap, DistinctWindow, evictionBatch, evictOldest, WindowSum, intervalJitter } from './windows.ts';
+import { BoundedMap, CountedWindow, DistinctWindow, evictionBatch, evictOldest, WindowSum, intervalJitter } from './windows.ts';
 
 const HOUR_MS = 3_600_000;
 const DAY_MS = 86_400_000;
@@ -88,16 +88,19 @@ function noteUploader(d: DestWindows, id: string, atMs: number, isNew: boolean):
   }
   if (i >= 0) list.splice(i, 1);
   else if (list.length >= MAX_UPLOADERS_PER_DEST) list.shift();
-  list.push({ id, atMs });
+  // The first entry makes the list at its size (a push would grow it to V8's 17 slots at once).
+  if (list.length === 0) d.uploaders = [{ id, atMs }];
+  else list.push({ id, atMs });
 }
 
-/** Windows of one `host|user|process` identity. */
-export class IdentityWindows {
-  identity: Identity;
-  clientIp: string | undefined;
+/**
+ * An identity's failed attempts (the `an0081.scan` windows), made at its first failed attempt: most
+ * identities never have one, and these seven structures were a sixth of each identity's memory.
+ */
+export class FailedAttempts {
   /** Fast scan window: failed `ip:port` → attempt time; `perIp` counts distinct ports per ip. */
-  readonly fastFailed: DistinctWindow<string>;
-  readonly perIp = new Map<string, number>();
+  readonly fastFailed = new CountedWindow(MAX_FAILED_KEYS);
+  readonly perIp = this.fastFailed.counts;
   /** The keys of `fastFailed` the gateway refused by policy (outcome `denied`), for the evidence. */
   readonly fastDenied = new DistinctWindow<undefined>(MAX_FAILED_KEYS);
   /** Slow scan sets: reset after `slowResetSec` without a failed attempt. */
@@ -109,16 +112,29 @@ export class IdentityWindows {
   failedPorts = new Set<number>();
   /** The latest failed attempts (flow id, when it was made), oldest first, for the alert's flowIds. */
   recentFailed: Array<{ id: string; atMs: number }> = [];
+}
+
+/** Windows of one `host|user|process` identity. */
+export class IdentityWindows {
+  identity: Identity;
+  clientIp: string | undefined;
+  /** The key it is tracked under (the identities' and hourly volumes' maps share this one string). */
+  readonly key: string;
+  /** The scan detector's failed-attempt windows, null until the identity's first failed attempt. */
+  failed: FailedAttempts | null = null;
   /** Distinct successful destinations (host or ip) in the last hour (D3c). */
   readonly distinctHour = new DistinctWindow<undefined>(100_000);
   /**
    * Port fan-out (D3c's second rule): connected `ip port` → start time over the last hour (at most
    * MAX_PORT_KEYS, the oldest dropped first); `portsPerIp` counts its distinct ports per address.
    */
-  readonly connectedPorts: DistinctWindow<string>;
-  readonly portsPerIp = new Map<string, number>();
-  /** Addresses that got a new port since the sweep last looked: only these can have crossed. */
-  readonly portsGrown = new Set<string>();
+  readonly connectedPorts = new CountedWindow(MAX_PORT_KEYS);
+  readonly portsPerIp = this.connectedPorts.counts;
+  /**
+   * Addresses that got a new port since the sweep last looked: only these can have crossed. null
+   * when none (the sweep drops the set it looked at, as clearing it would replace its table).
+   */
+  portsGrown: Set<string> | null = null;
   /** Distinct registrable domains over the proxyjack window, with their first contact in it. */
   readonly domains = new DistinctWindow<number>(100_000);
   readonly out = new WindowSum(BUCKET_MS, HOUR_MS);
@@ -126,19 +142,16 @@ export class IdentityWindows {
   readonly dayOutUnapproved = new WindowSum(60_000, DAY_MS);
   readonly perDest = new Map<string, DestWindows>();
 
-  constructor(identity: Identity, clientIp: string | undefined) {
+  constructor(key: string, identity: Identity, clientIp: string | undefined) {
+    this.key = key;
     this.identity = identity;
     this.clientIp = clientIp;
-    this.fastFailed = new DistinctWindow<string>(MAX_FAILED_KEYS, (_k, ip) => {
-      const c = (this.perIp.get(ip) ?? 1) - 1;
-      if (c <= 0) this.perIp.delete(ip);
-      else this.perIp.set(ip, c);
-    });
-    this.connectedPorts = new DistinctWindow<string>(MAX_PORT_KEYS, (_k, ip) => {
-      const c = (this.portsPerIp.get(ip) ?? 1) - 1;
-      if (c <= 0) this.portsPerIp.delete(ip);
-      else this.portsPerIp.set(ip, c);
-    });
+  }
+
+  /** The failed-attempt windows, made at the first failed attempt. */
+  failedAttempts(): FailedAttempts {
+    this.failed ??= new FailedAttempts();
+    return this.failed;
   }
 
   dest(domain: string): DestWindows {
@@ -292,6 +305,23 @@ export interface DetectionReader {
   isBeacon(idKey: string, host: string): boolean;
 }
 
+/** DetectionState.footprint(): counts of the per-identity structures. */
+export interface StateFootprint {
+  identities: number;
+  /** Identities holding failed-attempt windows (made at an identity's first failed attempt). */
+  failedAttempts: number;
+  /** Destination domains tracked, over all identities. */
+  destinations: number;
+  /** Buckets of every byte and upload window, identities' and destinations'. */
+  buckets: number;
+  /** Entries of the destinations' start, hour and uploader lists. */
+  listEntries: number;
+  /** Identities with addresses grown a port since the last sweep. */
+  portsGrown: number;
+  /** Identities with hourly upload volumes (the persisted baseline). */
+  hourlyIdentities: number;
+}
+
 export interface DetectionStateOptions {
   maxTrackedIdentities?: number;
   maxTrackedDestinations?: number;
@@ -351,6 +381,27 @@ export class DetectionState {
     });
   }
 
+  /**
+   * What the per-identity windows hold, counted by walking them (O(identities + their entries): for
+   * tests and diagnostics, never a hot path). Each count is one kind of structure the memory scales
+   * with: an identity with no failed attempt holds no `failedAttempts`, an idle window no buckets.
+   */
+  footprint(): StateFootprint {
+    const fp: StateFootprint = { identities: 0, failedAttempts: 0, destinations: 0, buckets: 0, listEntries: 0, portsGrown: 0, hourlyIdentities: this.hourlyOut.size };
+    for (const [, w] of this.identities.entries()) {
+      fp.identities++;
+      if (w.failed !== null) fp.failedAttempts++;
+      if (w.portsGrown !== null) fp.portsGrown++;
+      fp.buckets += w.out.bucketCount + w.in.bucketCount + w.dayOutUnapproved.bucketCount;
+      for (const d of w.perDest.values()) {
+        fp.destinations++;
+        fp.buckets += d.out.bucketCount + d.in.bucketCount + d.uploads.bucketCount;
+        fp.listEntries += d.starts.length + d.hours.length + d.uploaders.length;
+      }
+    }
+    return fp;
+  }
+
   /** Windows of an identity key, if tracked. */
   windows(idKey: string): IdentityWindows | undefined {
     return this.identities.get(idKey);
@@ -359,7 +410,7 @@ export class DetectionState {
   private windowsFor(flow: FlowView, idKey: string): IdentityWindows {
     let w = this.identities.get(idKey);
     if (!w) {
-      w = new IdentityWindows(flow.identity, flow.clientIp);
+      w = new IdentityWindows(idKey, flow.identity, flow.clientIp);
       this.identities.set(idKey, w);
     } else w.identity = flow.identity;
     return w;
@@ -472,7 +523,7 @@ export class DetectionState {
           t.uploaded = true;
           w.dayOutUnapproved.add(now, dOut);
         }
-        this.addHourly(idKey, now, dOut);
+        this.addHourly(w.key, now, dOut);
       }
       if (dIn > 0) {
         w.in.add(now, dIn);
@@ -496,6 +547,7 @@ export class DetectionState {
       const ip = addressKey(f.destination.ip);
       if (w.connectedPorts.touch(`${ip} ${f.destination.port}`, at, ip)) {
         w.portsPerIp.set(ip, (w.portsPerIp.get(ip) ?? 0) + 1);
+        w.portsGrown ??= new Set();
         w.portsGrown.add(ip);
       }
     }
@@ -504,36 +556,42 @@ export class DetectionState {
     if (!this.firstSeen.has(domain)) this.firstSeen.set(domain, at);
     else this.firstSeen.get(domain); // refresh recency: a destination in use is never evicted first
     const d = w.dest(domain);
-    d.starts.push(at);
-    if (d.starts.length > 32) d.starts.shift();
+    // A list's first entry makes it at its size (a push would grow it to V8's 17 slots at once).
+    if (d.starts.length === 0) d.starts = [at];
+    else {
+      d.starts.push(at);
+      if (d.starts.length > 32) d.starts.shift();
+    }
     const hour = Math.floor(at / HOUR_MS);
-    if (d.hours[d.hours.length - 1] !== hour) {
+    if (d.hours.length === 0) d.hours = [hour];
+    else if (d.hours[d.hours.length - 1] !== hour) {
       d.hours.push(hour);
       if (d.hours.length > 48) d.hours.shift();
     }
   }
 
   private noteFailed(w: IdentityWindows, f: FlowView, slowResetMs: number): void {
+    const a = w.failedAttempts();
     // One host however the client spelt it: `::ffff:7f00:1` and `127.0.0.1` are one host's ports.
     const ip = addressKey(f.destination.ip!);
     const key = `${ip}:${f.destination.port}`;
     const at = f.startedAtMs;
-    if (!w.fastFailed.map.has(key)) w.perIp.set(ip, (w.perIp.get(ip) ?? 0) + 1);
-    w.fastFailed.touch(key, at, ip);
-    if (f.outcome === 'denied') w.fastDenied.touch(key, at, undefined);
-    if (at - w.slowLastMs > slowResetMs) {
-      w.slowSinceMs = at;
-      w.slowExternal = new Set();
-      w.slowInternal = new Set();
-      w.failedPorts = new Set();
+    if (!a.fastFailed.map.has(key)) a.perIp.set(ip, (a.perIp.get(ip) ?? 0) + 1);
+    a.fastFailed.touch(key, at, ip);
+    if (f.outcome === 'denied') a.fastDenied.touch(key, at, undefined);
+    if (at - a.slowLastMs > slowResetMs) {
+      a.slowSinceMs = at;
+      a.slowExternal = new Set();
+      a.slowInternal = new Set();
+      a.failedPorts = new Set();
     }
-    w.slowLastMs = Math.max(w.slowLastMs, at);
+    a.slowLastMs = Math.max(a.slowLastMs, at);
     const internal = classifyAddress(ip) !== null;
-    const set = internal ? w.slowInternal : w.slowExternal;
+    const set = internal ? a.slowInternal : a.slowExternal;
     if (set.size < MAX_FAILED_KEYS) set.add(key);
-    if (w.failedPorts.size < 1024) w.failedPorts.add(f.destination.port);
-    w.recentFailed.push({ id: f.id, atMs: at });
-    if (w.recentFailed.length > 32) w.recentFailed.shift();
+    if (a.failedPorts.size < 1024) a.failedPorts.add(f.destination.port);
+    a.recentFailed.push({ id: f.id, atMs: at });
+    if (a.recentFailed.length > 32) a.recentFailed.shift();
   }
 
   private addHourly(idKey: string, now: number, bytes: number): void {

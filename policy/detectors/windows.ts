@@ -3,10 +3,15 @@
  * reads a clock. Windows are pruned lazily when touched, so idle keys cost nothing per sweep.
  */
 
-/** A bucketed running sum: `add(t, v)`, then `sumSince(t0)` over the buckets not older than t0. */
+/**
+ * A bucketed running sum: `add(t, v)`, then `sumSince(t0)` over the buckets not older than t0. The
+ * buckets are one array, `[start, value, start, value, …]`, made at the first add: most of an
+ * identity's windows hold a bucket or two, or none (two arrays, each grown to V8's 17 slots at its
+ * first push, were most of an idle identity's memory).
+ */
 export class WindowSum {
-  private readonly starts: number[] = [];
-  private readonly values: number[] = [];
+  /** Bucket starts and their sums, interleaved, live from index `head` (even); null until the first add. */
+  private buckets: number[] | null = null;
   private head = 0;
 
   constructor(
@@ -18,32 +23,40 @@ export class WindowSum {
   add(t: number, v: number): void {
     if (v === 0) return;
     const b = Math.floor(t / this.bucketMs) * this.bucketMs;
-    const n = this.starts.length;
-    if (n > this.head && this.starts[n - 1]! >= b) this.values[n - 1]! += v;
-    else {
-      this.starts.push(b);
-      this.values.push(v);
+    const list = this.buckets;
+    if (list === null) {
+      this.buckets = [b, v];
+      return;
     }
-    this.prune(t);
+    const n = list.length;
+    if (n > this.head && list[n - 2]! >= b) list[n - 1]! += v;
+    else list.push(b, v);
+    this.prune(list, t);
   }
 
   /** Sum of the buckets that overlap [since, ∞). */
   sumSince(since: number): number {
+    const list = this.buckets;
+    if (list === null) return 0;
     let s = 0;
-    for (let i = this.starts.length - 1; i >= this.head; i--) {
-      if (this.starts[i]! + this.bucketMs <= since) break;
-      s += this.values[i]!;
+    for (let i = list.length - 2; i >= this.head; i -= 2) {
+      if (list[i]! + this.bucketMs <= since) break;
+      s += list[i + 1]!;
     }
     return s;
   }
 
-  private prune(now: number): void {
+  /** Buckets held, expired ones not yet compacted away included (DetectionState.footprint). */
+  get bucketCount(): number {
+    return this.buckets === null ? 0 : this.buckets.length / 2;
+  }
+
+  private prune(list: number[], now: number): void {
     const min = now - this.horizonMs;
-    while (this.head < this.starts.length && this.starts[this.head]! + this.bucketMs <= min) this.head++;
-    // Compact once the dead prefix dominates, so arrays stay O(horizon / bucket).
-    if (this.head > 64 && this.head * 2 > this.starts.length) {
-      this.starts.splice(0, this.head);
-      this.values.splice(0, this.head);
+    while (this.head < list.length && list[this.head]! + this.bucketMs <= min) this.head += 2;
+    // Compact once the dead prefix dominates (more than 64 buckets), so the array stays O(horizon / bucket).
+    if (this.head > 128 && this.head * 2 > list.length) {
+      list.splice(0, this.head);
       this.head = 0;
     }
   }
@@ -82,7 +95,7 @@ export class DistinctWindow<V = undefined> {
     this.map.set(key, { t, v });
     this.lastKey = key;
     if (this.map.size > this.maxKeys) {
-      evictOldest(this.map, this.map.size - this.maxKeys + evictionBatch(this.maxKeys), this.evicted === null ? null : (k, e) => this.evicted?.(k, e.v));
+      evictOldest(this.map, this.map.size - this.maxKeys + evictionBatch(this.maxKeys), (k, e) => this.dropped(k, e.v));
     }
     return !had;
   }
@@ -92,9 +105,29 @@ export class DistinctWindow<V = undefined> {
     for (const [k, e] of this.map) {
       if (e.t >= since) break;
       this.map.delete(k);
-      this.evicted?.(k, e.v);
+      this.dropped(k, e.v);
     }
     return this.map.size;
+  }
+
+  /** `key` (its value `v`) left the window: evicted or pruned. */
+  protected dropped(key: string, v: V): void {
+    this.evicted?.(key, v);
+  }
+}
+
+/**
+ * A DistinctWindow whose values name a group (an address), with `counts` its keys per group: the
+ * caller counts a new key in, the window counts out those it drops. A class, not an `evicted`
+ * callback: that closure (and its context) was made per identity.
+ */
+export class CountedWindow extends DistinctWindow<string> {
+  readonly counts = new Map<string, number>();
+
+  protected override dropped(_key: string, group: string): void {
+    const c = (this.counts.get(group) ?? 1) - 1;
+    if (c <= 0) this.counts.delete(group);
+    else this.counts.set(group, c);
   }
 }
 
