@@ -3,7 +3,8 @@
  * declined Upgrade's answer: http-upgrade.ts). The relay passes every byte on unchanged; this only
  * follows the framing, so the relay can stop at the body's end instead of waiting for the origin to
  * close a connection it keeps alive. Chunk data is skipped in one step; only size lines, extensions
- * and trailer lines are read byte by byte.
+ * and trailer lines are read byte by byte. For an HTTP/1.0 client, which cannot read chunked, the
+ * scan also hands over the chunk data (`onData`), so the relay can pass on the body without framing.
  */
 
 // Where the scan is in the framing (ChunkedEnd.at):
@@ -35,17 +36,24 @@ export class ChunkedEnd {
   private digits = 0;
   private left = 0;
 
+  /** The framing broke: the body's end, and its data, can no longer be told. */
+  get isLost(): boolean {
+    return this.at === AT_LOST;
+  }
+
   /**
    * Follow `chunk`, the next bytes of the body: the offset just past the body's end when it ends
    * within `chunk`, else -1 (more to come, or the framing is lost: then it never ends here).
+   * `onData` gets each run of chunk data in `chunk` (a view of it), in order.
    */
-  scan(chunk: Buffer): number {
+  scan(chunk: Buffer, onData?: (data: Buffer) => void): number {
     let i = 0;
     const n = chunk.length;
     while (i < n) {
       if (this.at === AT_LOST) return -1;
       if (this.at === AT_DATA) {
         const take = Math.min(this.left, n - i);
+        if (onData !== undefined) onData(chunk.subarray(i, i + take));
         this.left -= take;
         i += take;
         if (this.left === 0) this.at = AT_DATA_CR;

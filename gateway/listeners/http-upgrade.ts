@@ -401,13 +401,42 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
     writeRawRefusal(socket, mapping, { flowId: flow.id, isBlock: false });
     return;
   }
-  const headersOut = forwardResponseHeaders(parsed.headers, { keepFraming: true, via: viaFor(ctx.via, 1, parsed.minor) });
+  // RFC 9112 §6.1: no transfer coding in an answer to an HTTP/1.0 request, which cannot read one.
+  const coding = isPlain ? http10Coding(parsed) : null;
+  if (coding === false) {
+    // A coding other than chunked alone: one the client cannot undo, refused as the absolute-URI paths refuse it.
+    upstream.destroy();
+    const mapping = mapError('EGW_UPSTREAM_BAD_RESPONSE');
+    ctx.flows.close(flow, mapping.reason);
+    writeRawRefusal(socket, mapping, { flowId: flow.id, isBlock: false });
+    return;
+  }
+  // A chunked answer to HTTP/1.0 goes on without Transfer-Encoding (and Trailer), its end the close.
+  const headersOut = forwardResponseHeaders(parsed.headers, { keepFraming: coding !== 'chunked', via: viaFor(ctx.via, 1, parsed.minor) });
   // RFC 9110 §8.6: a 204 carries no Content-Length (a 304's stands for the representation: kept),
   // as on the absolute-URI paths; its body is none either way (declinedBodyLength).
   if (parsed.status === 204) dropContentLength(headersOut);
   headersOut.push('connection', 'close');
   socket.write(serialiseResponseHead(parsed, headersOut), 'latin1');
-  relayRefusedUpgrade(state, flow, socket, upstream, answer.rest, bodyLength, limits);
+  relayRefusedUpgrade(state, flow, socket, upstream, answer.rest, bodyLength, coding === 'chunked', limits);
+}
+
+/**
+ * The transfer coding of an answer to an HTTP/1.0 request: null when it names none, 'chunked' when
+ * chunked is its only one (the relay takes the framing off), false for any other (RFC 9112 §6.1).
+ */
+function http10Coding(head: ResponseHead): 'chunked' | false | null {
+  let coding: 'chunked' | false | null = null;
+  for (let i = 0; i + 1 < head.headers.length; i += 2) {
+    if ((head.headers[i] as string).toLowerCase() !== 'transfer-encoding') continue;
+    for (const token of (head.headers[i + 1] as string).split(',')) {
+      const name = token.trim().toLowerCase();
+      if (name === '') continue;
+      if (name !== 'chunked' || coding !== null) return false;
+      coding = 'chunked';
+    }
+  }
+  return coding;
 }
 
 /**
@@ -415,6 +444,10 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
  * end of its chunked framing, or until the origin closes when null), then close both: `closed`. An origin silent for `idleTimeoutMs` (nothing read from it: it neither sends nor closes, or the
  * client reads nothing so it stays paused) ends the relay, `idle-timeout`; once the client has sent
  * its FIN, silent for finGraceMs: `client-reset`.
+ * `isDechunked` (an HTTP/1.0 client's chunked answer): only the chunk data is relayed and counted,
+ * the close ends it; so a body cut short (the origin closes, or its framing breaks, before the last
+ * chunk) resets the client, which would otherwise take it as whole: `upstream-reset`,
+ * `upstream-bad-response`.
  */
 function relayRefusedUpgrade(
   state: HttpListenerState,
@@ -423,26 +456,52 @@ function relayRefusedUpgrade(
   upstream: Socket,
   rest: Buffer,
   bodyLength: number | 'chunked' | null,
+  isDechunked: boolean,
   limits: { connectTimeoutMs: number; idleTimeoutMs: number },
 ): void {
   const { ctx } = state;
   const finish = (reason: string): void => {
     if (flow.state === 'active') ctx.flows.close(flow, reason);
   };
+  /**
+   * The body stops short: the client is dropped. Dechunked, with a reset: its answer ends at the
+   * close, so a FIN would tell it the body was whole.
+   */
+  const cut = (reason: string): void => {
+    finish(reason);
+    upstream.destroy();
+    if (isDechunked) resetOrDestroy(socket as Socket);
+    else socket.destroy();
+  };
   /** Follows a chunked body's framing to its end; null for other bodies. */
   const chunked = bodyLength === 'chunked' ? new ChunkedEnd() : null;
   /** Body bytes still owed to the client; null: until the origin's end (or, chunked, until the end is seen). */
   let left = bodyLength === 'chunked' ? null : bodyLength;
+  /** Writes one run of chunk data on, counted (isDechunked). */
+  const onData = isDechunked
+    ? (data: Buffer): void => {
+        flow.bytesIn += data.length;
+        socket.write(data);
+      }
+    : undefined;
   /** Relay `chunk` (no more than the body's rest); true once the body is whole: closed. */
   const relay = (chunk: Buffer): boolean => {
     if (chunked !== null && left === null) {
-      const end = chunked.scan(chunk);
+      const end = chunked.scan(chunk, onData);
       if (end >= 0) left = end;
+      else if (isDechunked && chunked.isLost) {
+        cut('upstream-bad-response');
+        return true;
+      }
     }
     const part = left !== null && chunk.length > left ? chunk.subarray(0, left) : chunk;
-    flow.bytesIn += part.length;
     if (left !== null) left -= part.length;
-    const isFull = !socket.write(part);
+    let isFull: boolean;
+    if (isDechunked) isFull = socket.writableNeedDrain;
+    else {
+      flow.bytesIn += part.length;
+      isFull = !socket.write(part);
+    }
     if (left !== 0) {
       if (isFull) upstream.pause();
       return false;
@@ -453,11 +512,7 @@ function relayRefusedUpgrade(
     return true;
   };
   let isClientEnded = false;
-  upstream.setTimeout(limits.idleTimeoutMs, () => {
-    finish(isClientEnded ? 'client-reset' : 'idle-timeout');
-    upstream.destroy();
-    socket.destroy();
-  });
+  upstream.setTimeout(limits.idleTimeoutMs, () => cut(isClientEnded ? 'client-reset' : 'idle-timeout'));
   // The client's FIN: the rest of the answer is still relayed, but the origin's silence is cut sooner.
   const onClientEnd = (): void => {
     isClientEnded = true;
@@ -472,14 +527,15 @@ function relayRefusedUpgrade(
   upstream.on('data', relay);
   socket.on('drain', () => upstream.resume());
   upstream.once('end', () => {
+    if (isDechunked && left !== 0) {
+      cut('upstream-reset');
+      return;
+    }
     socket.end();
     finish('closed');
   });
   upstream.once('close', () => {
-    if (flow.state === 'active') {
-      socket.destroy();
-      finish('upstream-reset');
-    }
+    if (flow.state === 'active') cut('upstream-reset');
   });
   upstream.on('error', () => undefined);
   socket.on('error', () => undefined);

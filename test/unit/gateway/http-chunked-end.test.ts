@@ -29,4 +29,19 @@ describe('ChunkedEnd', () => {
   it('gives up (never ends) on framing it cannot follow', () => {
     for (const bad of ['zz\r\nab\r\n0\r\n\r\n', '2\r\nokX0\r\n\r\n', 'fffffffffffffffffff\r\n0\r\n\r\n', '\r\n0\r\n\r\n']) expect(endIn(bad, 1000), bad).toBe(-1);
   });
+
+  it('hands over the chunk data alone, in order, however the body is split (an HTTP/1.0 client\'s answer)', () => {
+    for (const size of [1, 2, 3, 7, 1000]) {
+      const scan = new ChunkedEnd();
+      const data: string[] = [];
+      const bytes = Buffer.from(`${BODY}EXTRA`, 'latin1');
+      for (let at = 0; at < bytes.length; at += size) {
+        if (scan.scan(bytes.subarray(at, at + size), (d) => data.push(d.toString('latin1'))) >= 0) break;
+      }
+      expect(data.join(''), String(size)).toBe('helloabcdefghijklmnopqrstuvwxyz');
+    }
+    const lost = new ChunkedEnd();
+    expect(lost.scan(Buffer.from('2\r\nokX0\r\n\r\n'), () => undefined)).toBe(-1);
+    expect(lost.isLost).toBe(true);
+  });
 });
