@@ -13,7 +13,7 @@ import { tunnel } from '../flow/tunnel.ts';
 import { parseAuthority } from '../protocol/authority.ts';
 import { isShortage, mapError } from '../reject.ts';
 import { dialFirstReachable } from '../upstream/dial.ts';
-import { viaOnward } from '../via.ts';
+import { viaFor, viaOnward } from '../via.ts';
 import { isShedding } from './http-connection-state.ts';
 import type { HttpListenerState, RequestHead } from './http-proxy.ts';
 import { httpDate } from './http-date.ts';
@@ -184,7 +184,7 @@ export async function handleConnect(state: HttpListenerState, req: RequestHead, 
   }
   let upstream: Socket;
   try {
-    upstream = await dialFirstReachable({ ip: result.ip, port: authority.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs, flow, via: result.upstream === null ? ctx.via.value : viaOnward(req.headers.via, ctx.via.value), unanswered: ctx.unanswered, names: ctx }, result.alternates, (ip, isOutcome) => admitAlternate(ctx, result, ip, isOutcome));
+    upstream = await dialFirstReachable({ ip: result.ip, port: authority.port, upstream: result.upstream, timeoutMs: limits.connectTimeoutMs, flow, via: result.upstream === null ? ctx.via.value : viaOnward(req.headers.via, viaFor(ctx.via, req.httpVersionMajor ?? 1, req.httpVersionMinor ?? 1)), unanswered: ctx.unanswered, names: ctx }, result.alternates, (ip, isOutcome) => admitAlternate(ctx, result, ip, isOutcome));
   } catch (err) {
     hold.release();
     if (hold.isGone()) {

@@ -74,6 +74,8 @@ export interface RequestHead {
   readonly rawHeaders?: readonly string[];
   /** The request line's major version (IncomingMessage); absent on the CONNECT front's heads, all HTTP/1.1. */
   readonly httpVersionMajor?: number;
+  /** Its minor version, as the major: what our Via says the request was received as (viaFor). */
+  readonly httpVersionMinor?: number;
   readonly socket: Socket;
 }
 
