@@ -2,16 +2,17 @@
  * Everything under deploy/ is checked here, since a broken deployment file would otherwise only
  * show up when an operator uses it:
  * 1. every example policy (and the one in the Kubernetes base) passes the real validator;
- * 2. every Kubernetes manifest parses and has the fields the rollout relies on; with kubectl present
- *    the overlays are rendered with `kubectl kustomize`;
+ * 2. every Kubernetes manifest parses and has the fields the rollout relies on, and runs the image
+ *    docs/deploy.md builds; with kubectl present the overlays are rendered with `kubectl kustomize`;
  * 3. the Dockerfile has the instructions it needs (no Docker engine in CI: parsed, not built);
  * 4. the systemd units have their hardening, and pass `systemd-analyze verify` where it exists;
+ *    docs/deploy.md's install puts a working `egressgate` on PATH, and checks the file it reloads;
  * 5. the nftables script renders, rejects bad arguments, and passes `nft -c` where it can run.
  */
 import { execFile, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import ts from 'typescript';
 import { parseAllDocuments, parse as parseYaml } from 'yaml';
@@ -23,6 +24,15 @@ import { CLI } from '../helpers/serve-process.ts';
 const ROOT = resolve(import.meta.dirname, '../..');
 const DEPLOY = join(ROOT, 'deploy');
 const read = (rel: string): string => readFileSync(join(ROOT, rel), 'utf8');
+
+/** The first ```sh block after `heading` in a Markdown text (the commands docs/deploy.md has operators run). */
+function shBlockAfter(text: string, heading: string): string {
+  const at = text.indexOf(`\n${heading}\n`);
+  if (at < 0) throw new Error(`no heading ${heading}`);
+  const block = /\n```sh\n([\s\S]*?)\n```\n/.exec(text.slice(at));
+  if (!block) throw new Error(`no sh block after ${heading}`);
+  return block[1]!;
+}
 
 function hasCommand(cmd: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
@@ -193,6 +203,19 @@ describe('Kubernetes manifests', () => {
       expect(text).toContain('value: --mode');
       expect(text).toContain(`value: ${mode}`);
     }
+  });
+
+  // Regression: the manifests ran egressgate:0.1.0, which no registry serves, and docs/deploy.md's
+  // Kubernetes steps built no image (its container steps tag `egressgate`): pods could not pull.
+  it("the image the manifests run is the one docs/deploy.md's Kubernetes steps build", () => {
+    const images = new Set(
+      baseObjects().flatMap((o) => ((get(o, 'spec.template.spec.containers') as Obj[] | undefined) ?? []).map((c) => String(c['image']))),
+    );
+    expect(images.size).toBe(1);
+    const steps = shBlockAfter(read('docs/deploy.md'), '### Kubernetes');
+    const built = [...steps.matchAll(/^docker build -f deploy\/Dockerfile -t (\S+) \.$/gm)].map((m) => m[1]);
+    expect(built).toEqual([...images]);
+    expect(steps.indexOf('docker build')).toBeLessThan(steps.indexOf('kubectl apply'));
   });
 
   it('the gateway Deployment: 2 replicas, probes on /healthz and /readyz, non-root, read-only root fs, policy mounted', () => {
@@ -467,6 +490,45 @@ describe('systemd units', () => {
     expect(readme?.slice(1)).toEqual(shipped?.slice(1));
     expect(readme?.slice(1)).toEqual(['/usr/bin/node', '/opt/egressgate/dist/cli.js']);
     expect(read('docs/deploy.md')).toMatch(/cp -r [^\n]*\bdist\b[^\n]* \/opt\/egressgate\//);
+  });
+
+  // Regression: the /opt install of docs/deploy.md left no `egressgate` on PATH, so the rollout's
+  // `egressgate check --config … && systemctl reload egressgate` stopped at "command not found" (127).
+  it("docs/deploy.md's /opt install puts a working `egressgate` on PATH (the rollout runs `egressgate check`)", () => {
+    const install = shBlockAfter(read('docs/deploy.md'), '### systemd');
+    const onPath = install.split('\n').filter((l) => l.includes('/usr/local/bin/egressgate'));
+    expect(onPath).toHaveLength(1);
+    const dir = mkdtempSync(join(tmpdir(), 'egw-deploy-bin-'));
+    try {
+      // The install's copy, with node_modules linked rather than copied; the bin 0644 as `cp -r` leaves it.
+      const opt = join(dir, 'opt/egressgate');
+      const bin = join(dir, 'bin');
+      mkdirSync(bin, { recursive: true });
+      cpSync(join(ROOT, 'dist'), join(opt, 'dist'), { recursive: true });
+      copyFileSync(join(ROOT, 'package.json'), join(opt, 'package.json'));
+      symlinkSync(join(ROOT, 'node_modules'), join(opt, 'node_modules'));
+      chmodSync(join(opt, 'dist/egressgate.cjs'), 0o644);
+      const line = onPath[0]!.replaceAll('/opt/egressgate', opt).replaceAll('/usr/local/bin', bin);
+      const step = spawnSync('sh', ['-c', line], { encoding: 'utf8', timeout: 10_000 });
+      expect(step.stderr).toBe('');
+      expect(step.status).toBe(0);
+      const env = { ...process.env, PATH: `${bin}:${dirname(process.execPath)}:${process.env['PATH'] ?? ''}` };
+      const r = spawnSync('egressgate', ['check', '--config', 'deploy/examples/monitor.yaml'], { cwd: ROOT, env, encoding: 'utf8', timeout: 20_000 });
+      expect(r.error?.message).toBeUndefined(); // ENOENT: not on PATH; EACCES: not executable
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      expect(r.stdout).toMatch(/^ok: mode monitor, 3 roles/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("the rollout's `egressgate check … && systemctl reload egressgate` checks the file the unit reloads", () => {
+    const config = /--config (\S+)$/.exec(one(gw, 'ExecStart') ?? '')?.[1];
+    expect(config).toBe('/etc/egressgate/policy.yaml');
+    const checked = [...read('docs/deploy.md').matchAll(/egressgate check --config (\S+) && systemctl reload egressgate/g)].map((m) => m[1]);
+    expect(checked.length).toBeGreaterThan(0);
+    for (const file of checked) expect(file).toBe(config);
   });
 
   it('both units pass systemd-analyze verify', () => {
