@@ -52,15 +52,21 @@ describe('signed token expiry on a keep-alive connection', () => {
   ] as const) {
     it(`${label}: a token past its exp is refused 407 on the connection it was accepted on`, async () => {
       skewMs = 0;
-      const exp = Math.floor(now() / 1000) + 4;
+      const mintedAt = now();
+      const exp = Math.floor(mintedAt / 1000) + 4;
       const token = signIdentityToken({ user: 'sidecar-user', exp }, SECRET);
+      // The gateway's clock at `mintedAt + ms`, however long the requests before took (a loaded machine
+      // took over a second for the first one, and the second then came past exp).
+      const at = (ms: number): void => {
+        skewMs = mintedAt + ms - Date.now();
+      };
       const sock = await rawConnect(gw.httpPort);
       sock.on('error', () => undefined);
       try {
         expect(await ask(sock, token, `/before-${label}`, extra)).toBe(200);
-        skewMs = 2_000; // still inside exp (3 to 4 s ahead when minted): the cached identity is reused
+        at(2_000); // still inside exp (3 to 4 s ahead when minted): the cached identity is reused
         expect(await ask(sock, token, `/inside-${label}`, extra)).toBe(200);
-        skewMs = 11_000; // 7 s past exp
+        at(11_000); // 7 s past exp
         expect(await ask(sock, token, `/after-${label}`, extra)).toBe(407);
         expect(origin.seen.some((s) => s.url === `/after-${label}`)).toBe(false);
         // The two admitted requests were the token's user's, on this one connection.
