@@ -6,7 +6,7 @@
 import { isIP } from 'node:net';
 import { parsePasswordHash } from '../gateway/identity/password-hash.ts';
 import { parseCidr } from './cidr.ts';
-import { normalizeHost, parseHostPattern } from './host-pattern.ts';
+import { nameTextProblem, normalizeHost, parseHostPattern } from './host-pattern.ts';
 import { redactedSecret, redactedUrl } from './redacted.ts';
 import { parsePortSpec } from './ports.ts';
 import { type Node, s } from './schema-dsl.ts';
@@ -53,13 +53,19 @@ const domainEntry = (v: string): string | null => {
 
 const ipAddress = (v: string): string | null => (isIP(v) === 0 ? `"${v}" is not an IP address` : null);
 
+/** `nameTextProblem`'s reason as ": reason", or "" when no character gives one. */
+const withProblem = (v: string): string => {
+  const problem = nameTextProblem(v);
+  return problem === null ? '' : `: ${problem}`;
+};
+
 /**
  * A `resolver.hosts` name: a host name. A destination written as an IP address is dialled as itself
  * and never looked up, so an entry for one (`"10.0.0.1": 127.0.0.1`) would never be read.
  */
 const resolverName = (v: string): string | null => {
   const host = normalizeHost(v);
-  if (host === null) return `"${v}" is not a valid host name`;
+  if (host === null) return `"${v}" is not a valid host name${withProblem(v)}`;
   return isIP(host) === 0 ? null : `"${v}" is an IP address, which is dialled as itself and never looked up: name a host`;
 };
 
@@ -93,8 +99,8 @@ export function parseHostPort(v: string): { host: string; port: number } | { err
   const host = m[1]!.startsWith('[') ? m[1]!.slice(1, -1) : m[1]!;
   const port = Number(m[2]);
   if (port > 65535) return { error: `port ${port} is out of range 0-65535` };
-  if (m[1]!.startsWith('[') ? isIP(host) !== 6 : isIP(host) === 0 && normalizeHost(host) === null) {
-    return { error: `"${host}" is not an IP address or host name` };
+  if (m[1]!.startsWith('[') ? isIP(host) !== 6 : isIP(host) === 0 && (normalizeHost(host) === null || host !== host.trim())) {
+    return { error: `"${host}" is not an IP address or host name${withProblem(host.trim() === host ? host : ' ')}` };
   }
   return { host, port };
 }

@@ -13,8 +13,17 @@ import { TextMemo } from './text-memo.ts';
 export const HOST_LABEL = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/;
 
 /**
+ * Characters no host name has that change what a URL parser or a resolver does with one: refused
+ * up front, in a destination (gateway/protocol/authority.ts) as in a policy entry. domainToASCII
+ * parses its input as a URL host, so it ends the name at `/`, `?`, `#` or `\` and drops tabs and
+ * line breaks inside it: `api.example.com/v1` came back `api.example.com`, `a\tb.example` `ab.example`.
+ */
+export const NOT_IN_NAME = /[\s/?#@\\%*[\]<>^|"'`{}:,;!$&()+=~]/u;
+
+/**
  * Canonical form of a host name or IP literal: lower-case, no trailing dot, IDN labels as punycode,
- * IPv6 without brackets in RFC 5952 form (withMappedTail). Returns null when it is not a valid host name.
+ * IPv6 without brackets in RFC 5952 form (withMappedTail). Returns null when it is not a valid host name,
+ * a name with a character of NOT_IN_NAME included: it is refused whole, never cut short.
  */
 export function normalizeHost(input: string): string | null {
   let h = input.trim();
@@ -24,6 +33,7 @@ export function normalizeHost(input: string): string | null {
   const kind = isIP(h);
   if (kind === 4) return h;
   if (kind === 6) return canonicalIPv6(h);
+  if (NOT_IN_NAME.test(h)) return null;
   const ascii = hostToAscii(h.toLowerCase());
   if (ascii === '' || ascii.length > 253) return null;
   for (const label of ascii.split('.')) if (!HOST_LABEL.test(label)) return null;
@@ -112,17 +122,41 @@ function parseHostPatternUncached(pattern: string): HostPattern | { error: strin
     const rest = p.slice(2);
     if (rest.includes('*')) return { error: `bad host pattern "${pattern}": only one leading "*." is allowed` };
     const suffix = normalizeHost(rest);
-    if (suffix === null || isIP(suffix) !== 0) return { error: `bad host pattern "${pattern}": "${rest}" is not a host name` };
+    if (suffix === null || isIP(suffix) !== 0) {
+      const problem = suffix === null ? nameTextProblem(rest) : null;
+      return { error: `bad host pattern "${pattern}": "${rest}" is not a host name${problem === null ? '' : `: ${problem}`}` };
+    }
     return { kind: 'wildcard', suffix };
   }
   if (p.includes('*')) return { error: `bad host pattern "${pattern}": "*" is allowed only as a leading "*." label` };
   // normalizeHost drops an IPv6 zone id ("fe80::1%eth0" is fe80::1), which would turn an entry
   // scoped to one interface into one for the bare address; no destination carries a zone (the data
   // plane refuses "%25eth0"), so such an entry is refused, as parseCidr refuses one.
-  if (p.includes('%')) return { error: `bad host pattern "${pattern}": zone ids are not allowed (no destination carries one)` };
+  if (p.includes('%') && isIP(p.replace(/^\[|\]$/g, '')) === 6) return { error: `bad host pattern "${pattern}": zone ids are not allowed (no destination carries one)` };
   const host = normalizeHost(p);
-  if (host === null) return { error: `bad host pattern "${pattern}": not a host name or IP address` };
+  if (host === null) return { error: `bad host pattern "${pattern}": ${nameTextProblem(p) ?? 'not a host name or IP address'}` };
   return { kind: 'exact', host };
+}
+
+/**
+ * Why a text that is no host name is none, when a character says so: what it looks like instead (a
+ * URL, a path, a port), for the error at the entry's path. Null when no character does.
+ */
+export function nameTextProblem(text: string): string | null {
+  const t = text.trim();
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(t)) return 'a URL, not a host name: write the host alone (no scheme, port or path)';
+  if (/^[0-9a-f.:]+\/\d+$/i.test(t)) return 'a CIDR, not a host name (an allow entry takes one as cidr:)';
+  if (/^(?:\[[^\]]*\]|[^:[\]]*):\d+$/.test(t)) return 'a port is no part of a host name (ports are written apart from it)';
+  const m = NOT_IN_NAME.exec(t);
+  if (m === null) return null;
+  const c = m[0];
+  if (/\s/u.test(c)) return 'white space inside a host name';
+  if (c === '/') return '"/" starts a path, which is no part of a host name: write the host alone';
+  if (c === '?' || c === '#') return `"${c}" starts a URL's query or fragment, which is no part of a host name: write the host alone`;
+  if (c === '@') return '"@" ends a URL\'s user name, which is no part of a host name: write the host alone';
+  if (c === ':') return '":" is no part of a host name (an IPv6 address is written alone, without a port)';
+  if (c === '%') return '"%" is no part of a host name (percent-encoding is not decoded; a zone id is not allowed)';
+  return `"${c}" is no character of a host name`;
 }
 
 /**

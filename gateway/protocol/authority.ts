@@ -8,7 +8,7 @@
  */
 import { isIPv4, isIPv6 } from 'node:net';
 import { formatAuthority, withMappedTail } from '../../policy/address.ts';
-import { HOST_LABEL, hostToAscii } from '../../policy/host-pattern.ts';
+import { HOST_LABEL, hostToAscii, NOT_IN_NAME } from '../../policy/host-pattern.ts';
 
 export interface Authority {
   /** Lower-case punycode name, dotted IPv4, or RFC 5952 IPv6 without brackets. */
@@ -19,8 +19,6 @@ export interface Authority {
 
 /** Longest DNS name (RFC 1035 §2.3.4, without the trailing dot). */
 const MAX_NAME_LENGTH = 253;
-/** Characters that change what a URL parser or a resolver would do with a name; refused up front. */
-const FORBIDDEN_IN_NAME = /[\s/?#@\\%*[\]<>^|"'`{}:,;!$&()+=~]/u;
 const PORT = /^[0-9]{1,5}$/;
 
 /**
@@ -50,7 +48,7 @@ export function normaliseHost(input: string): { host: string; isIp: boolean } | 
       return null;
     }
   }
-  if (FORBIDDEN_IN_NAME.test(text)) return null;
+  if (NOT_IN_NAME.test(text)) return null;
   const ascii = hostToAscii(text);
   if (ascii === '') return null;
   // domainToASCII turns every IPv4 spelling (hex, octal, short, integer) into dotted decimal.

@@ -27,6 +27,11 @@ describe('HostCheck', () => {
     expect(check.accepts('a b:80', '10.0.0.5')).toBe(false);
     expect(check.accepts('host:port', '10.0.0.5')).toBe(false);
     expect(check.accepts('[::1', '10.0.0.5')).toBe(false);
+    // A name cut at "/" or "\\" was judged as what stood before it: localhost, or an allowed name.
+    expect(check.accepts('gw.example/x', '10.0.0.5')).toBe(false);
+    expect(new HostCheck(() => []).accepts('localhost/x:9180', '127.0.0.1')).toBe(false);
+    expect(new HostCheck(() => []).accepts('localhost\\.evil.example', '127.0.0.1')).toBe(false);
+    expect(new HostCheck(() => ['gw.example']).accepts('gw.example#x', '10.0.0.5')).toBe(false);
     expect(hostHeaderName('[::1]:9180')).toBe('::1');
     expect(hostHeaderName('example.com')).toBe('example.com');
   });
