@@ -11,6 +11,7 @@ import { redactedSecret, redactedUrl } from './redacted.ts';
 import { parsePortSpec } from './ports.ts';
 import { type Node, s } from './schema-dsl.ts';
 import { parseParentUrl, urlForMessage } from './upstream-url.ts';
+import { urlTextProblem } from './url-text.ts';
 import { TextMemo } from './text-memo.ts';
 import { DETECTOR_DEFAULTS } from './detectors/defaults.ts';
 
@@ -136,7 +137,23 @@ const upstreamUrl = (v: string): string | null => {
   return 'error' in parent ? parent.error : null;
 };
 const webhookScheme = urlWith(['http:', 'https:'], false);
-const webhookUrl = (v: string): string | null => webhookScheme(v) ?? redactedUrl(v);
+/** A webhook URL, read as written (policy/url-text.ts); a fragment is never sent, so none is taken. */
+const webhookUrl = (v: string): string | null => {
+  const m = webhookScheme(v) ?? redactedUrl(v);
+  if (m !== null) return m;
+  const text = v.trim();
+  return urlTextProblem(text, new URL(text)) ?? (text.includes('#') ? 'a fragment ("#...") is never sent: leave it out' : null);
+};
+
+/**
+ * `alerts.syslog.host`: an IP address (IPv6 without brackets, which `host` is written in as is) or
+ * a host name. A name with a path or a port in it was taken and failed at every alert.
+ */
+const syslogHost = (v: string): string | null => {
+  if (isIP(v) !== 0) return v.includes('%') ? `"${v}": zone ids are not allowed` : null;
+  if (v.startsWith('[')) return `"${v}": write an IPv6 address without brackets`;
+  return normalizeHost(v) === null || v.trim() !== v ? `"${v}" is not an IP address or host name${withProblem(v)}` : null;
+};
 
 const sha256 = (v: string): string | null => redactedSecret(v) ?? (/^[0-9a-fA-F]{64}$/.test(v) ? null : 'must be 64 hex digits (sha256)');
 // Identity-owned checks (gateway/identity): the password-hash parser is pure, so validation and the
@@ -325,7 +342,7 @@ export const CONFIG_SCHEMA: Node = s.obj({
   flowLog: s.obj({ path: s.nul(s.str(filePath)), interimSec: s.int(0), keepClosed: s.int(0), onError: s.enum(['refuse', 'admit']) }),
   alerts: s.obj({
     webhooks: s.arr(s.obj({ url: s.req(s.str(webhookUrl)), minSeverity: severity })),
-    syslog: s.nul(s.obj({ host: s.req(s.str(nonEmpty)), port: s.req(s.int(1, 65535)), protocol: s.enum(['udp', 'tcp']) })),
+    syslog: s.nul(s.obj({ host: s.req(s.str(syslogHost)), port: s.req(s.int(1, 65535)), protocol: s.enum(['udp', 'tcp']) })),
     keep: s.int(0),
   }),
   proxyProtocol: s.obj({ trustedSources: s.arr(s.str(cidr)) }),

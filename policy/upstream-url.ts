@@ -2,8 +2,10 @@
  * The parent proxy a config's `upstream` URL names (SPEC §3): scheme, host and port, read the same
  * way by validation and by the dial. The WHATWG URL parser drops a port equal to the scheme's
  * default (`http://parent:80` has `url.port === ''`), which would read as "no port given"; the
- * port is therefore taken from the text of the authority.
+ * port is therefore taken from the text of the authority, and a URL whose text says another thing than
+ * the parser reads (policy/url-text.ts), or that has a path, query or fragment no dial uses, is refused.
  */
+import { splitAuthority, urlTextProblem, writtenAuthority } from './url-text.ts';
 
 /** Port of a parent named without one: the usual ports of HTTP and SOCKS proxies. */
 export const DEFAULT_PARENT_PORTS: Readonly<Record<string, number>> = { 'http:': 3128, 'socks5:': 1080, 'socks5h:': 1080 };
@@ -40,20 +42,8 @@ function loginOf(url: URL): ParentLogin | { error: string } | null {
 
 /** The port as written in the URL's authority (after any userinfo), or null when none is written. */
 function writtenPort(text: string): string | null {
-  const start = text.indexOf('//');
-  if (start === -1) return null;
-  let end = text.length;
-  for (const c of ['/', '?', '#']) {
-    const i = text.indexOf(c, start + 2);
-    if (i !== -1 && i < end) end = i;
-  }
-  let authority = text.slice(start + 2, end);
-  authority = authority.slice(authority.lastIndexOf('@') + 1);
-  const hostEnd = authority.startsWith('[') ? authority.indexOf(']') + 1 : 0;
-  const colon = authority.indexOf(':', hostEnd);
-  if (colon === -1) return null;
-  const port = authority.slice(colon + 1);
-  return port === '' ? null : port;
+  const written = writtenAuthority(text);
+  return written === null ? null : splitAuthority(written.authority).port;
 }
 
 /**
@@ -78,6 +68,11 @@ export function parseParentUrl(text: string): ParentEndpoint | { error: string }
   }
   const fallback = DEFAULT_PARENT_PORTS[url.protocol];
   if (fallback === undefined) return { error: `unsupported parent proxy scheme ${url.protocol}` };
+  const problem = urlTextProblem(text.trim(), url);
+  if (problem !== null) return { error: problem };
+  // Nothing after the authority is sent to a parent: `http://parent:3128/v1` named no other parent.
+  const rest = writtenAuthority(text.trim())?.rest ?? '';
+  if (rest !== '' && rest !== '/') return { error: 'a parent proxy URL is scheme://host:port: a path, query or fragment after it would not be used' };
   const written = writtenPort(text.trim());
   // The URL parser has checked the digits (1-5 of them, at most 65535); what is left to refuse is 0.
   const port = written === null ? fallback : Number(written);
