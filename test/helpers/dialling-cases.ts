@@ -1,7 +1,8 @@
 /**
- * What the "while its flow dials" tests (flow-kill-while-dialling, client-left-while-dialling) share:
- * a gateway whose name lookups answer late (late-dns.ts) with an origin that counts its connections,
- * and the sockets a concurrent case destroys when it ends.
+ * What the "while its flow dials" tests (flow-kill-while-dialling, client-left-while-dialling, the
+ * mode-switch-while-* tests) share: a gateway whose name lookups answer late (late-dns.ts) with an
+ * origin that counts its connections, the sockets a concurrent case destroys when it ends, and what
+ * a raw client receives.
  */
 import { once } from 'node:events';
 import { createServer, type Socket } from 'node:net';
@@ -51,4 +52,26 @@ export function caseSockets(onTestFinished: TestContext['onTestFinished']): Sock
     for (const s of clients) s.destroy();
   });
   return clients;
+}
+
+/**
+ * What a raw client socket receives until its refusal body (JSON) is whole, a `200` head has come,
+ * it closes, or `ms` pass.
+ */
+export function replyOf(s: Socket, ms: number): Promise<string> {
+  return new Promise((resolve) => {
+    let text = '';
+    const timer = setTimeout(() => resolve(text), ms);
+    s.on('data', (c: Buffer) => {
+      text += c.toString('latin1');
+      if (text.endsWith('}') || (text.startsWith('HTTP/1.1 200') && text.includes('\r\n\r\n'))) {
+        clearTimeout(timer);
+        resolve(text);
+      }
+    });
+    s.once('close', () => {
+      clearTimeout(timer);
+      resolve(text);
+    });
+  });
 }

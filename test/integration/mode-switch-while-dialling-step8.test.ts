@@ -21,28 +21,9 @@ import { describe, it } from 'vitest';
 import type { Config } from '../../policy/config.ts';
 import type { Flow } from '../../gateway/flow/flow.ts';
 import { closedPort } from '../helpers/closed-port.ts';
-import { caseSockets } from '../helpers/dialling-cases.ts';
+import { caseSockets, replyOf } from '../helpers/dialling-cases.ts';
 import { adminGet, adminPut, type DeepPartial, startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { hungDestination } from '../helpers/hung-destination.ts';
-
-/** What a raw client socket receives until its refusal body is whole, a 200 head, it closes, or `ms` pass. */
-function replyOf(s: Socket, ms: number): Promise<string> {
-  return new Promise((resolve) => {
-    let text = '';
-    const timer = setTimeout(() => resolve(text), ms);
-    s.on('data', (c: Buffer) => {
-      text += c.toString('latin1');
-      if (text.endsWith('}') || (text.startsWith('HTTP/1.1 200') && text.includes('\r\n\r\n'))) {
-        clearTimeout(timer);
-        resolve(text);
-      }
-    });
-    s.once('close', () => {
-      clearTimeout(timer);
-      resolve(text);
-    });
-  });
-}
 
 /** A raw CONNECT to `target`, its reply (up to `ms`). */
 function rawConnect(gw: TestGateway, target: string, clients: Socket[], ms: number): Promise<string> {

@@ -15,33 +15,14 @@
  * Once freed it accepts for 3.5 s and names every peer: a dial left running connects then, from
  * 127.0.0.1.
  */
-import { connect, type Socket } from 'node:net';
+import { connect } from 'node:net';
 import { SocksClient } from 'socks';
 import { describe, it } from 'vitest';
 import type { Config } from '../../policy/config.ts';
 import type { Flow } from '../../gateway/flow/flow.ts';
 import { adminPut, type DeepPartial, startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { hungDestination } from '../helpers/hung-destination.ts';
-import { caseSockets } from '../helpers/dialling-cases.ts';
-
-/** What a raw client socket receives until its refusal body is whole, it closes, or `ms` pass. */
-function replyOf(s: Socket, ms: number): Promise<string> {
-  return new Promise((resolve) => {
-    let text = '';
-    const timer = setTimeout(() => resolve(text), ms);
-    s.on('data', (c: Buffer) => {
-      text += c.toString('latin1');
-      if (text.endsWith('}') || (text.startsWith('HTTP/1.1 200') && text.includes('\r\n\r\n'))) {
-        clearTimeout(timer);
-        resolve(text);
-      }
-    });
-    s.once('close', () => {
-      clearTimeout(timer);
-      resolve(text);
-    });
-  });
-}
+import { caseSockets, replyOf } from '../helpers/dialling-cases.ts';
 
 /** The live flows of the gateway once `n` of them are dialling (admitted, not connected). */
 async function dialling(gw: TestGateway, n: number): Promise<Flow[]> {

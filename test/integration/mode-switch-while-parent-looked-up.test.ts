@@ -12,11 +12,11 @@
  * LOOKUP_MS); the parent records what it is asked.
  */
 import { once } from 'node:events';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server } from 'node:net';
 import { SocksClient } from 'socks';
 import { afterAll, beforeAll, describe, it } from 'vitest';
 import { createDnsResolver } from '../../gateway/upstream/resolve.ts';
-import { caseSockets } from '../helpers/dialling-cases.ts';
+import { caseSockets, replyOf } from '../helpers/dialling-cases.ts';
 import { adminPut, startTestGateway, until } from '../helpers/gateway.ts';
 import { type LateDns, startLateDns } from '../helpers/late-dns.ts';
 import { type ParentProxy, startHttpParent } from '../helpers/parent-proxy.ts';
@@ -45,25 +45,6 @@ afterAll(async () => {
   await parent?.close();
   origin?.close();
 });
-
-/** What a raw client socket receives until its refusal body is whole, a head, it closes, or `ms` pass. */
-function replyOf(s: Socket, ms: number): Promise<string> {
-  return new Promise((resolve) => {
-    let text = '';
-    const timer = setTimeout(() => resolve(text), ms);
-    s.on('data', (c: Buffer) => {
-      text += c.toString('latin1');
-      if (text.endsWith('}') || (text.startsWith('HTTP/1.1 200') && text.includes('\r\n\r\n'))) {
-        clearTimeout(timer);
-        resolve(text);
-      }
-    });
-    s.once('close', () => {
-      clearTimeout(timer);
-      resolve(text);
-    });
-  });
-}
 
 describe('a mode switch while a flow\'s parent proxy is looked up', () => {
   it('PUT /v1/mode enforce: each would-block flow waiting on its parent\'s address is refused at once (403 not-allowlisted / SOCKS 0x02), one block record each, the parent never asked', async ({ expect, onTestFinished }) => {
