@@ -3,9 +3,9 @@
  * request, then a raw socket to the checked address (gateway/upstream/dial.ts), our rewritten
  * request head, and the origin's answer:
  * - 1xx interim answers before it (103 Early Hints …): relayed as they come (readFinalAnswer).
- * - `101 Switching Protocols` naming in its Upgrade a protocol the request offered (else 502): its
- *   head (hop-by-hop fields removed except Upgrade/Connection, Via added) goes to the client and both
- *   sockets go to the tunnel.
+ * - `101 Switching Protocols`, sent as HTTP/1.1 and naming in its Upgrade a protocol the request
+ *   offered (else 502): its head (hop-by-hop fields removed except Upgrade/Connection, Via added)
+ *   goes to the client and both sockets go to the tunnel.
  * - anything else: its head (with `Connection: close`) and its body are relayed byte for byte to
  *   the client, and the connection closes when the origin is done: no second request rides on it.
  *
@@ -377,9 +377,10 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
     }
     return;
   }
-  // A 101 to a request that asked for no upgrade (HTTP/1.0) is not a valid answer, nor one that does
-  // not name the protocol it switches to or names one not offered: nothing is tunnelled.
-  if (parsed.status === 101 && (isPlain || !switchesToOffered(parsed.headers, offered))) {
+  // A 101 to a request that asked for no upgrade (HTTP/1.0) is not a valid answer, nor one sent as
+  // HTTP/1.0 (a version with neither Upgrade nor 1xx: RFC 9110 §7.8, RFC 1945 §9.1), nor one that
+  // does not name the protocol it switches to or names one not offered: nothing is tunnelled.
+  if (parsed.status === 101 && (isPlain || parsed.minor === 0 || !switchesToOffered(parsed.headers, offered))) {
     upstream.destroy();
     const mapping = mapError('EGW_UPSTREAM_BAD_RESPONSE');
     ctx.flows.close(flow, mapping.reason);

@@ -1,0 +1,109 @@
+/**
+ * Answers to an `Upgrade` sent as HTTP/1.0 by a raw origin. HTTP/1.0 has neither Upgrade nor any
+ * 1xx status (RFC 1945 §9.1; RFC 9110 §7.8 has a server ignore Upgrade in HTTP/1.0), so a 101 that
+ * says HTTP/1.0 switches nothing: it is a bad answer (http-upgrade.ts).
+ */
+import { once } from 'node:events';
+import { createServer, type Server, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
+import { jsonBody, rawConnect } from './http-harness.ts';
+
+const SWITCH = 'Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nHELLO';
+
+/** What the origin answers per path; it keeps its connection open after it. */
+const ANSWERS: Record<string, string> = {
+  '/10-101': `HTTP/1.0 101 ${SWITCH}`,
+  '/11-101': `HTTP/1.1 101 ${SWITCH}`,
+};
+
+let gw: TestGateway;
+let origin: Server;
+let o: string;
+const originSockets = new Set<Socket>();
+/** What each path's origin connection read after the request head (the tunnel's bytes, if any). */
+const afterHead = new Map<string, string>();
+
+beforeAll(async () => {
+  origin = createServer((s) => {
+    originSockets.add(s);
+    s.on('close', () => originSockets.delete(s));
+    s.on('error', () => undefined);
+    let buf = '';
+    let path: string | null = null;
+    s.on('data', (d: Buffer) => {
+      buf += d.toString('latin1');
+      if (path !== null) {
+        afterHead.set(path, buf);
+        return;
+      }
+      const end = buf.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      path = buf.slice(0, end).split(' ')[1] ?? '';
+      buf = buf.slice(end + 4);
+      afterHead.set(path, buf);
+      s.write(ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n', 'latin1');
+    });
+  });
+  origin.listen(0, '127.0.0.1');
+  await once(origin, 'listening');
+  o = `127.0.0.1:${(origin.address() as { port: number }).port}`;
+  gw = await startTestGateway();
+});
+
+afterAll(async () => {
+  await gw?.stop();
+  for (const s of originSockets) s.destroy();
+  await new Promise<void>((r) => (origin ? origin.close(() => r()) : r()));
+});
+
+/**
+ * Send an Upgrade for `path` in HTTP/`version` with `early` bytes behind its head; once `isDone`
+ * holds for what has come, end the client's side (`ping`), then read until the gateway closes (5 s
+ * at most).
+ */
+async function upgrade(path: string, isDone: (got: string) => boolean, version = '1.1'): Promise<string> {
+  const s = await rawConnect(gw.httpPort);
+  const chunks: Buffer[] = [];
+  s.on('data', (c: Buffer) => chunks.push(c));
+  s.on('error', () => undefined);
+  const closed = once(s, 'close');
+  const read = (): string => Buffer.concat(chunks).toString('latin1');
+  s.write(`GET http://${o}${path} HTTP/${version}\r\nHost: ${o}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nearly`);
+  const timer = setTimeout(() => s.destroy(new Error('no close within 5 s')), 5_000);
+  try {
+    await until(`the answer to ${path}`, () => isDone(read()) || s.destroyed);
+    if (!s.destroyed) s.end('ping');
+    await closed;
+  } finally {
+    clearTimeout(timer);
+  }
+  return read();
+}
+
+// Regression: an origin's `HTTP/1.0 101` to an HTTP/1.1 Upgrade opened the tunnel: the client got
+// the 101 (Via 1.0) and the origin's HELLO, its `early` and `ping` reached the origin, recorded
+// closed with bytesIn 5, bytesOut 9. Now 502 upstream-bad-response, nothing tunnelled.
+describe('a 101 sent as HTTP/1.0', () => {
+  it('is 502 upstream-bad-response: nothing tunnelled either way', async () => {
+    const before = gw.closed.length;
+    // HELLO too: without the fix the tunnel opened, and the client's FIN ends it.
+    const got = await upgrade('/10-101', (text) => text.includes('\r\n\r\n{') || text.endsWith('HELLO'));
+    expect(got).toMatch(/^HTTP\/1\.1 502 /);
+    expect(jsonBody(got)['reason']).toBe('upstream-bad-response');
+    expect(got).not.toMatch(/HELLO|^HTTP\/1\.1 101 /m);
+    const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+    expect(rec).toMatchObject({ closeReason: 'upstream-bad-response', bytesIn: 0, bytesOut: 0 });
+    expect(afterHead.get('/10-101')).toBe('');
+  });
+
+  it('the same 101 as HTTP/1.1 opens the tunnel', async () => {
+    const before = gw.closed.length;
+    const got = await upgrade('/11-101', (text) => text.endsWith('\r\n\r\nHELLO'));
+    expect(got).toMatch(/^HTTP\/1\.1 101 /);
+    expect(got.match(/\r\nvia: [^\r]*/gi)).toEqual([`\r\nvia: 1.1 ${gw.ctx.via.pseudonym}`]);
+    const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+    expect(rec).toMatchObject({ bytesIn: 5, bytesOut: 9 });
+    await until('the tunnelled bytes at the origin', () => afterHead.get('/11-101') === 'earlyping');
+  });
+});
