@@ -38,7 +38,7 @@ import type { Flow } from '../flow/flow.ts';
 import { tunnel } from '../flow/tunnel.ts';
 import { mapError } from '../reject.ts';
 import { dialFirstReachable } from '../upstream/dial.ts';
-import { viaOnward } from '../via.ts';
+import { type ViaName, viaOnward } from '../via.ts';
 import { earlierResponses, holdClient, isBehindLastAnswer, outlastsEarlierResponses } from './http-connect.ts';
 import { ChunkedEnd } from './http-chunked-end.ts';
 import { finGraceMs, resetOrDestroy } from './http-connection-state.ts';
@@ -137,18 +137,19 @@ function readResponseHead(socket: Socket, maxBytes: number, timeoutMs: number, c
  * Read the origin's answer to the Upgrade past its interim responses (RFC 9110 §15.2: a client must
  * take any number of 1xx before the final answer, and a 101 is the final answer to an Upgrade). Each
  * 1xx the absolute-URI paths relay (isRelayableInterim: 102, 103 …) goes to the client as it comes,
- * the first MAX_INTERIM_RELAYED of them, rewritten as there (interimResponseHead); `interimVia` null:
- * an HTTP/1.0 client, which gets none. The final answer must come within limits.idleTimeoutMs of the
- * first 1xx (else 504, as on the absolute-URI paths), so a trickle of them cannot hold the client. A
- * 100 nobody asked for (the gateway sends no Expect) is a bad answer, as undici takes it there:
- * `parsed` null, as for a head that does not parse.
+ * the first MAX_INTERIM_RELAYED of them, rewritten as there (interimResponseHead), our Via naming the
+ * version each was received in (RFC 9110 §7.6.3: an HTTP/1.0 one says 1.0); `via` null: an HTTP/1.0
+ * client, which gets none (RFC 9110 §15.2). The final answer must come within limits.idleTimeoutMs
+ * of the first 1xx (else 504, as on the absolute-URI paths), so a trickle of them cannot hold the
+ * client. A 100 nobody asked for (the gateway sends no Expect) is a bad answer, as undici takes it
+ * there: `parsed` null, as for a head that does not parse.
  */
 async function readFinalAnswer(
   upstream: Socket,
   client: Duplex,
   limits: { maxHeaderBytes: number; idleTimeoutMs: number },
   clientGone: AbortSignal,
-  interimVia: string | null,
+  via: ViaName | null,
 ): Promise<{ parsed: ResponseHead | null; rest: Buffer }> {
   let deadline = 0;
   let relayed = 0;
@@ -160,9 +161,9 @@ async function readFinalAnswer(
     if (parsed === null || parsed.status === 101 || parsed.status >= 200) return { parsed, rest: answer.rest };
     if (parsed.status === 100) return { parsed: null, rest: answer.rest };
     if (deadline === 0) deadline = performance.now() + limits.idleTimeoutMs;
-    if (interimVia !== null && relayed < MAX_INTERIM_RELAYED && isRelayableInterim(parsed.status)) {
+    if (via !== null && relayed < MAX_INTERIM_RELAYED && isRelayableInterim(parsed.status)) {
       relayed++;
-      client.write(interimResponseHead(parsed.status, parsed.statusText, parsed.headers, interimVia), 'latin1');
+      client.write(interimResponseHead(parsed.status, parsed.statusText, parsed.headers, viaFor(via, 1, parsed.minor)), 'latin1');
     }
     // What came after the 1xx is the next head's: read again from there.
     if (answer.rest.length > 0) upstream.unshift(answer.rest);
@@ -349,7 +350,7 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
   };
   let answer: { parsed: ResponseHead | null; rest: Buffer };
   try {
-    answer = await readFinalAnswer(upstream, socket, limits, clientGone.signal, isPlain ? null : viaFor(ctx.via, 1, 1));
+    answer = await readFinalAnswer(upstream, socket, limits, clientGone.signal, isPlain ? null : ctx.via);
   } catch (err) {
     hold.release();
     upstream.destroy();

@@ -1,7 +1,9 @@
 /**
  * Answers to an `Upgrade` sent as HTTP/1.0 by a raw origin. HTTP/1.0 has neither Upgrade nor any
  * 1xx status (RFC 1945 §9.1; RFC 9110 §7.8 has a server ignore Upgrade in HTTP/1.0), so a 101 that
- * says HTTP/1.0 switches nothing: it is a bad answer (http-upgrade.ts).
+ * says HTTP/1.0 switches nothing: it is a bad answer (http-upgrade.ts). An interim answer sent as
+ * HTTP/1.0 is relayed as any 1xx is, our Via naming the version it came in (RFC 9110 §7.6.3), and
+ * never to an HTTP/1.0 client (RFC 9110 §15.2).
  */
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -10,11 +12,15 @@ import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts
 import { jsonBody, rawConnect } from './http-harness.ts';
 
 const SWITCH = 'Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nHELLO';
+const HINTS = 'Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n';
 
 /** What the origin answers per path; it keeps its connection open after it. */
 const ANSWERS: Record<string, string> = {
   '/10-101': `HTTP/1.0 101 ${SWITCH}`,
   '/11-101': `HTTP/1.1 101 ${SWITCH}`,
+  '/10-103-then-101': `HTTP/1.0 103 ${HINTS}HTTP/1.1 101 ${SWITCH}`,
+  '/10-103-then-403': `HTTP/1.0 103 ${HINTS}HTTP/1.0 403 Forbidden\r\nContent-Length: 2\r\n\r\nno`,
+  '/11-103-then-403': `HTTP/1.1 103 ${HINTS}HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno`,
 };
 
 let gw: TestGateway;
@@ -105,5 +111,56 @@ describe('a 101 sent as HTTP/1.0', () => {
     const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
     expect(rec).toMatchObject({ bytesIn: 5, bytesOut: 9 });
     await until('the tunnelled bytes at the origin', () => afterHead.get('/11-101') === 'earlyping');
+  });
+});
+
+/** The Via values of each head in `text` (interim heads first), our pseudonym shown as `us`. */
+function viasOf(text: string): string[][] {
+  return text
+    .split('\r\n\r\n')
+    .filter((head) => head.startsWith('HTTP/'))
+    .map((head) => [head.slice(0, 12), ...(head.match(/\r\nvia: [^\r]*/gi) ?? []).map((v) => v.slice(7).replace(gw.ctx.via.pseudonym, 'us'))]);
+}
+
+// Regression: an origin's `HTTP/1.0 103` before its answer was relayed with `Via: 1.1 egressgate-…`,
+// where the final answer from the same origin said 1.0 (RFC 9110 §7.6.3: the received-protocol).
+describe('an interim answer sent as HTTP/1.0', () => {
+  it('before a 403: relayed with Via 1.0, then the 403 (Via 1.0) and the close', async () => {
+    const before = gw.closed.length;
+    const got = await upgrade('/10-103-then-403', (text) => text.endsWith('\r\n\r\nno'));
+    expect(viasOf(got)).toEqual([
+      ['HTTP/1.1 103', '1.0 us'],
+      ['HTTP/1.1 403', '1.0 us'],
+    ]);
+    expect(got).toContain('\r\nLink: </style.css>; rel=preload\r\n');
+    const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+    expect(rec).toMatchObject({ closeReason: 'closed', bytesIn: 2 });
+  });
+
+  it('before an HTTP/1.1 101: each head names its own version, then the tunnel', async () => {
+    const before = gw.closed.length;
+    const got = await upgrade('/10-103-then-101', (text) => text.endsWith('\r\n\r\nHELLO'));
+    expect(viasOf(got)).toEqual([
+      ['HTTP/1.1 103', '1.0 us'],
+      ['HTTP/1.1 101', '1.1 us'],
+    ]);
+    const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+    expect(rec).toMatchObject({ bytesIn: 5, bytesOut: 9 });
+  });
+
+  it('an HTTP/1.1 103 still says 1.1', async () => {
+    const got = await upgrade('/11-103-then-403', (text) => text.endsWith('\r\n\r\nno'));
+    expect(viasOf(got)).toEqual([
+      ['HTTP/1.1 103', '1.1 us'],
+      ['HTTP/1.1 403', '1.1 us'],
+    ]);
+  });
+
+  it('an HTTP/1.0 client gets no 1xx, whichever version it came in: only the 403', async () => {
+    for (const path of ['/10-103-then-403', '/11-103-then-403']) {
+      const got = await upgrade(path, (text) => text.endsWith('\r\n\r\nno'), '1.0');
+      expect(got, path).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n/);
+      expect(got, path).not.toMatch(/ 103 |Link:/);
+    }
   });
 });
