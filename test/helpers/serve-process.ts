@@ -23,6 +23,17 @@ export interface Served {
   stderr: () => string;
 }
 
+/** The JSON log lines `served` wrote to stderr with message `msg` (after its first `from` characters). */
+export function loggedLines(served: Served, msg: string, from = 0): Array<Record<string, unknown>> {
+  return served
+    .stderr()
+    .slice(from)
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>)
+    .filter((l) => l['msg'] === msg);
+}
+
 export interface ServeOptions {
   /** Added to this process's environment; a variable given as undefined is left out. */
   env?: NodeJS.ProcessEnv;

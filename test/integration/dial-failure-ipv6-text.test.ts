@@ -14,21 +14,11 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closedPort } from '../helpers/closed-port.ts';
 import { until } from '../helpers/gateway.ts';
-import { killIfRunning, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { killIfRunning, loggedLines, spawnServe } from '../helpers/serve-process.ts';
 import { ipv6LoopbackAvailable, skipNotice } from '../helpers/skip-notice.ts';
 import { readBytes, readToEnd } from './socks5-harness.ts';
 
 const hasIpv6Loopback = await ipv6LoopbackAvailable();
-
-/** The JSON lines of `serve`'s stderr with message `msg`. */
-function lines(s: Served, msg: string): Array<Record<string, unknown>> {
-  return s
-    .stderr()
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Record<string, unknown>)
-    .filter((l) => l['msg'] === msg);
-}
 
 async function open(port: number, host = '127.0.0.1'): Promise<Socket> {
   const c = connect({ host, port });
@@ -83,8 +73,8 @@ flowLog: { path: ${JSON.stringify(join(dir, 'flows.jsonl'))} }
     expect((await readBytes(socks, 2))[1]).toBe(5); // connection refused
     socks.destroy();
 
-    await until('the three lines', () => lines(s, 'CONNECT dial failed').length + lines(s, 'origin request failed').length + lines(s, 'socks5 refused').length >= 3, 10_000);
-    const texts = [lines(s, 'CONNECT dial failed')[0]?.['err'], lines(s, 'origin request failed')[0]?.['err'], lines(s, 'socks5 refused')[0]?.['reason']].map(String);
+    await until('the three lines', () => loggedLines(s, 'CONNECT dial failed').length + loggedLines(s, 'origin request failed').length + loggedLines(s, 'socks5 refused').length >= 3, 10_000);
+    const texts = [loggedLines(s, 'CONNECT dial failed')[0]?.['err'], loggedLines(s, 'origin request failed')[0]?.['err'], loggedLines(s, 'socks5 refused')[0]?.['reason']].map(String);
     for (const text of texts) {
       expect(text).toContain(`ECONNREFUSED [::1]:${dead}`);
       // Every endpoint written is bracketed: no `::1:port` outside brackets.

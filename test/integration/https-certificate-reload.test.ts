@@ -21,7 +21,7 @@ import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { until } from '../helpers/gateway.ts';
-import { CLI, killIfRunning, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { CLI, killIfRunning, loggedLines, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { createTestPki, hasOpenssl, type TestPki } from '../helpers/tls.ts';
 
@@ -60,17 +60,6 @@ defaultRoles: [any]
 identity: { localAttribution: false }
 flowLog: { path: ${JSON.stringify(flowLog)} }
 `;
-}
-
-/** The JSON log lines `serve` wrote to stderr after `from` characters, with message `msg`. */
-function logged(s: Served, from: number, msg: string): Array<Record<string, unknown>> {
-  return s
-    .stderr()
-    .slice(from)
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Record<string, unknown>)
-    .filter((l) => l['msg'] === msg);
 }
 
 describe.skipIf(!skipNotice(hasOpenssl(), 'https-certificate-reload', 'needs openssl to make the test certificates'))('HTTPS listener: the certificate follows reloads', () => {
@@ -151,8 +140,8 @@ describe.skipIf(!skipNotice(hasOpenssl(), 'https-certificate-reload', 'needs ope
   async function sighup(s: Served, msg: string): Promise<Record<string, unknown>> {
     const from = s.stderr().length;
     s.child.kill('SIGHUP');
-    await until(`"${msg}" after SIGHUP`, () => logged(s, from, msg).length > 0 || logged(s, from, FAILED).length > 0, 30_000);
-    const line = logged(s, from, msg)[0];
+    await until(`"${msg}" after SIGHUP`, () => loggedLines(s, msg, from).length > 0 || loggedLines(s, FAILED, from).length > 0, 30_000);
+    const line = loggedLines(s, msg, from)[0];
     expect(line, s.stderr().slice(from)).toBeDefined();
     return line as Record<string, unknown>;
   }
@@ -216,7 +205,7 @@ describe.skipIf(!skipNotice(hasOpenssl(), 'https-certificate-reload', 'needs ope
     let from = s.stderr().length;
     const toB = await put(policy({ cert: b.certPath, key: b.keyPath }, flowLog));
     expect(toB.status).toBe(200);
-    expect(logged(s, from, TAKEN)).toMatchObject([{ cert: b.certPath, fingerprint256: b.fingerprint256, version: 2 }]);
+    expect(loggedLines(s, TAKEN, from)).toMatchObject([{ cert: b.certPath, fingerprint256: b.fingerprint256, version: 2 }]);
     expect(await served256(b)).toEqual({ fingerprint256: b.fingerprint256, isAuthorized: true });
 
     // 2. B's certificate with A's key: refused at tls.key, version 2 and B stay.
@@ -231,10 +220,10 @@ describe.skipIf(!skipNotice(hasOpenssl(), 'https-certificate-reload', 'needs ope
     from = s.stderr().length;
     const back = await fetch(`http://${s.admin}/v1/policy/rollback/1`, { method: 'POST', headers: auth });
     expect(back.status).toBe(200);
-    expect(logged(s, from, TAKEN)).toMatchObject([{ cert: files.cert, fingerprint256: a.fingerprint256, version: 3 }]);
+    expect(loggedLines(s, TAKEN, from)).toMatchObject([{ cert: files.cert, fingerprint256: a.fingerprint256, version: 3 }]);
     expect(await served256(a)).toEqual({ fingerprint256: a.fingerprint256, isAuthorized: true });
     // tls on or off still waits for a restart, as before.
-    expect(logged(s, 0, 'these settings apply at the next restart; the running gateway keeps its listeners, logs and state where they are')).toEqual([]);
+    expect(loggedLines(s, 'these settings apply at the next restart; the running gateway keeps its listeners, logs and state where they are', 0)).toEqual([]);
   }, 90_000);
 
   it('requestClientCert: a client CA replaced in place is the one new handshakes believe', async () => {

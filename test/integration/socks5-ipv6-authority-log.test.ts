@@ -17,22 +17,12 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { closedPort } from '../helpers/closed-port.ts';
 import { parseWrittenRecords } from '../helpers/flow-records.ts';
 import { until } from '../helpers/gateway.ts';
-import { killIfRunning, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { killIfRunning, loggedLines, spawnServe } from '../helpers/serve-process.ts';
 import { ipv6LoopbackAvailable, skipNotice } from '../helpers/skip-notice.ts';
 import { associate, type Cleanups, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
 import { readBytes } from './socks5-harness.ts';
 
 const hasIpv6Loopback = await ipv6LoopbackAvailable();
-
-/** The JSON lines of `serve`'s stderr with message `msg`. */
-function warnings(s: Served, msg: string): Array<Record<string, unknown>> {
-  return s
-    .stderr()
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Record<string, unknown>)
-    .filter((l) => l['msg'] === msg);
-}
 
 /** A SOCKS5 CONNECT to [::1]:`port` from `socket` (no auth): the reply's REP byte. */
 async function connectV6(socket: Socket, port: number): Promise<number> {
@@ -105,13 +95,13 @@ flowLog: { path: ${JSON.stringify(log)} }
     const a = await associate({ socksHost: '::1', socksPort }, udpClient, cleanups);
     await sendTo(udpClient, udpFrame('::1', denied, Buffer.from('x')), a.relay);
 
-    await until('the three warnings', () => warnings(s, 'socks5 refused').length >= 2 && warnings(s, 'socks5 udp destination refused').length >= 1, 10_000);
-    const refusals = warnings(s, 'socks5 refused');
+    await until('the three warnings', () => loggedLines(s, 'socks5 refused').length >= 2 && loggedLines(s, 'socks5 udp destination refused').length >= 1, 10_000);
+    const refusals = loggedLines(s, 'socks5 refused');
     const notAllowed = refusals.find((l) => l['client'] === `[::1]:${refusedPort}`);
     expect(String(notAllowed?.['reason'])).toMatch(new RegExp(`^CONNECT \\[::1\\]:${denied} refused \\(not-allowlisted\\): .*not allowlisted: \\[::1\\]:${denied} is blocked`));
     const failed = refusals.find((l) => l['client'] === `[::1]:${failedPort}`);
     expect(String(failed?.['reason'])).toMatch(new RegExp(`^CONNECT \\[::1\\]:${unreachable} failed \\(connection-refused\\): connect to \\[::1\\]:${unreachable}: `));
-    const udp = warnings(s, 'socks5 udp destination refused')[0];
+    const udp = loggedLines(s, 'socks5 udp destination refused')[0];
     expect(udp?.['client']).toBe(`[::1]:${udpClient.address().port}`);
     expect(udp?.['destination']).toBe(`[::1]:${denied}`);
 
