@@ -4,14 +4,19 @@
  * path hands over). A raw origin writes exactly the bytes each case needs. Both paths must relay
  * or refuse alike, and say why in the flow record.
  */
-import { once } from 'node:events';
-import { createServer, type Server, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { type ScriptedAnswer, type ScriptedOrigin, scriptedOrigin } from '../helpers/scripted-origin.ts';
 import { jsonBody, rawConnect, readUntil } from './http-harness.ts';
 
+/** `answer`, then the origin's FIN right behind it. */
+function thenClose(answer: string): ScriptedAnswer {
+  return (s) => s.end(answer, 'latin1');
+}
+
 /** What the origin answers per path. */
-const ANSWERS: Record<string, string> = {
+const ANSWERS: Record<string, ScriptedAnswer> = {
   // RFC 9110 §8.6: a 304 may announce the length of the representation it stands for.
   '/not-modified': 'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 10\r\n\r\n',
   '/ok': 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
@@ -47,45 +52,23 @@ const ANSWERS: Record<string, string> = {
   // …and bytes after a 204 are no body of it (RFC 9112 §6.3): never relayed.
   '/no-content-body': 'HTTP/1.1 204 No Content\r\nContent-Length: 2\r\nX-Kept: 1\r\n\r\nok',
   // A head, then the origin closes before any body byte: the answer can never be relayed.
-  '/closed-before-body': 'HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n',
-  '/closed-before-chunk': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n',
+  '/closed-before-body': thenClose('HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n'),
+  '/closed-before-chunk': thenClose('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n'),
 };
 
-/** Paths whose answer the origin follows with its FIN. */
-const CLOSES_AFTER: ReadonlySet<string> = new Set(['/closed-before-body', '/closed-before-chunk']);
-
 let gw: TestGateway;
-let origin: Server;
+let origin: ScriptedOrigin;
 let o: string;
-const originSockets = new Set<Socket>();
 
 beforeAll(async () => {
-  origin = createServer((s) => {
-    originSockets.add(s);
-    s.on('close', () => originSockets.delete(s));
-    s.on('error', () => undefined);
-    let buf = '';
-    s.on('data', (d: Buffer) => {
-      buf += d.toString('latin1');
-      for (let end = buf.indexOf('\r\n\r\n'); end >= 0; end = buf.indexOf('\r\n\r\n')) {
-        const path = buf.slice(0, end).split(' ')[1] ?? '';
-        buf = buf.slice(end + 4);
-        const answer = ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n';
-        if (CLOSES_AFTER.has(path)) s.end(answer, 'latin1');
-        else s.write(answer, 'latin1');
-      }
-    });
-  });
-  origin.listen(0, '127.0.0.1');
-  await once(origin, 'listening');
-  o = `127.0.0.1:${(origin.address() as { port: number }).port}`;
+  origin = await scriptedOrigin(ANSWERS);
+  o = origin.authority;
   gw = await startTestGateway();
 });
 
 afterAll(async () => {
   await gw?.stop();
-  for (const s of originSockets) s.destroy();
-  await new Promise<void>((r) => (origin ? origin.close(() => r()) : r()));
+  await origin?.close();
 });
 
 const PATHS = [

@@ -9,11 +9,11 @@
  * http-early-hints.test.ts), but only the first MAX_INTERIM_RELAYED of a request: a burst of 300 gets
  * the client 10, then the final answer whole.
  */
-import { once } from 'node:events';
-import { createServer, type Server, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAX_INTERIM_RELAYED } from '../../gateway/listeners/http-interim.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { type ScriptedOrigin, scriptedOrigin } from '../helpers/scripted-origin.ts';
 import { jsonBody, rawConnect, readUntil } from './http-harness.ts';
 
 const IDLE_MS = 1000;
@@ -26,50 +26,36 @@ const CLIENT_WAITS_MS = 30_000;
 let dripped = 0;
 
 let gw: TestGateway;
-let origin: Server;
+let origin: ScriptedOrigin;
 let o: string;
-const originSockets = new Set<Socket>();
+
+/** A 103 every DRIP_EVERY_MS, DRIPS of them at most, and never the final answer. */
+function drip(s: Socket): void {
+  dripped = 0;
+  const timer = setInterval(() => {
+    if (s.destroyed || dripped >= DRIPS) {
+      clearInterval(timer);
+      return;
+    }
+    dripped++;
+    s.write('HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n');
+  }, DRIP_EVERY_MS);
+  s.once('close', () => clearInterval(timer));
+}
 
 beforeAll(async () => {
-  origin = createServer((s) => {
-    originSockets.add(s);
-    s.on('close', () => originSockets.delete(s));
-    s.on('error', () => undefined);
-    let buf = '';
-    s.on('data', (d: Buffer) => {
-      buf += d.toString('latin1');
-      for (let end = buf.indexOf('\r\n\r\n'); end >= 0; end = buf.indexOf('\r\n\r\n')) {
-        const path = buf.slice(0, end).split(' ')[1] ?? '';
-        buf = buf.slice(end + 4);
-        if (path === '/drip') {
-          dripped = 0;
-          const timer = setInterval(() => {
-            if (s.destroyed || dripped >= DRIPS) {
-              clearInterval(timer);
-              return;
-            }
-            dripped++;
-            s.write('HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n');
-          }, DRIP_EVERY_MS);
-          s.once('close', () => clearInterval(timer));
-        } else if (path === '/burst') {
-          s.write(`${'HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n'.repeat(300)}HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal`);
-        } else {
-          s.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
-        }
-      }
-    });
+  origin = await scriptedOrigin({
+    '/drip': drip,
+    '/burst': `${'HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n'.repeat(300)}HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal`,
+    '/ok': 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
   });
-  origin.listen(0, '127.0.0.1');
-  await once(origin, 'listening');
-  o = `127.0.0.1:${(origin.address() as { port: number }).port}`;
+  o = origin.authority;
   gw = await startTestGateway({ limits: { idleTimeoutMs: IDLE_MS } });
 });
 
 afterAll(async () => {
   await gw?.stop();
-  for (const s of originSockets) s.destroy();
-  await new Promise<void>((r) => (origin ? origin.close(() => r()) : r()));
+  await origin?.close();
 });
 
 /** One 103 as the relay sends it (the origin's Link, our Via). */

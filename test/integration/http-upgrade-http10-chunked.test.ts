@@ -8,60 +8,40 @@
  * Real gateway, raw client, raw origin writing exactly the bytes each case needs.
  */
 import { once } from 'node:events';
-import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { type ScriptedAnswer, type ScriptedOrigin, scriptedOrigin } from '../helpers/scripted-origin.ts';
 import { jsonBody, rawConnect, run } from './http-harness.ts';
 
 const CHUNKED_HEAD = 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n';
 const CHUNKED_BODY = '5;name=v\r\nhello\r\n3\r\nabc\r\n0\r\nX-Sum: 8\r\n\r\n';
 
 /** What the origin answers per path; it keeps its connection open after it unless a piece is null (then it closes). */
-const ANSWERS: Record<string, Array<string | null>> = {
-  '/chunked': [`${CHUNKED_HEAD}${CHUNKED_BODY}EXTRA`],
+const ANSWERS: Record<string, ScriptedAnswer> = {
+  '/chunked': `${CHUNKED_HEAD}${CHUNKED_BODY}EXTRA`,
   // The same body in pieces, split inside the size line, the data, its CRLF and the trailer (20 ms apart).
   '/chunked-pieces': [CHUNKED_HEAD, '5;na', 'me=v\r\nhel', 'lo\r', '\n3\r\nab', 'c\r\n0\r\nX-S', 'um: 8\r\n', '\r', '\nEXTRA'],
-  '/gzip-chunked': ['HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n'],
+  '/gzip-chunked': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n',
   // The origin closes inside the second chunk's data: 5 + 2 of its 8 bytes came.
   '/cut-short': [`${CHUNKED_HEAD}5\r\nhello\r\n8\r\nab`, null],
   // Framing the relay cannot follow (a size that is not hex) after the first chunk.
-  '/bad-size': [`${CHUNKED_HEAD}5\r\nhello\r\nzz\r\nEVIL\r\n0\r\n\r\n`],
+  '/bad-size': `${CHUNKED_HEAD}5\r\nhello\r\nzz\r\nEVIL\r\n0\r\n\r\n`,
 };
 
 let gw: TestGateway;
-let origin: Server;
+let origin: ScriptedOrigin;
 let o: string;
-const originSockets = new Set<Socket>();
 
 beforeAll(async () => {
-  origin = createServer((s) => {
-    originSockets.add(s);
-    s.on('close', () => originSockets.delete(s));
-    s.on('error', () => undefined);
-    let buf = '';
-    s.on('data', (d: Buffer) => {
-      buf += d.toString('latin1');
-      const end = buf.indexOf('\r\n\r\n');
-      if (end < 0) return;
-      const path = buf.slice(0, end).split(' ')[1] ?? '';
-      buf = '';
-      const answer = ANSWERS[path] ?? ['HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n'];
-      answer.forEach((piece, i) => {
-        setTimeout(() => s.destroyed || (piece === null ? s.end() : s.write(piece, 'latin1')), 20 * i);
-      });
-    });
-  });
-  origin.listen(0, '127.0.0.1');
-  await once(origin, 'listening');
-  o = `127.0.0.1:${(origin.address() as { port: number }).port}`;
+  origin = await scriptedOrigin(ANSWERS);
+  o = origin.authority;
   // A wide idle timeout: a relay that waited for the origin to close would still be open at the end.
   gw = await startTestGateway({ limits: { idleTimeoutMs: 30_000 } });
 });
 
 afterAll(async () => {
   await gw?.stop();
-  for (const s of originSockets) s.destroy();
-  await new Promise<void>((r) => (origin ? origin.close(() => r()) : r()));
+  await origin?.close();
 });
 
 /**

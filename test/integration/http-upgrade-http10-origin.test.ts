@@ -6,9 +6,9 @@
  * never to an HTTP/1.0 client (RFC 9110 §15.2).
  */
 import { once } from 'node:events';
-import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
+import { type ScriptedOrigin, scriptedOrigin } from '../helpers/scripted-origin.ts';
 import { jsonBody, rawConnect } from './http-harness.ts';
 
 const SWITCH = 'Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nHELLO';
@@ -24,43 +24,18 @@ const ANSWERS: Record<string, string> = {
 };
 
 let gw: TestGateway;
-let origin: Server;
+let origin: ScriptedOrigin;
 let o: string;
-const originSockets = new Set<Socket>();
-/** What each path's origin connection read after the request head (the tunnel's bytes, if any). */
-const afterHead = new Map<string, string>();
 
 beforeAll(async () => {
-  origin = createServer((s) => {
-    originSockets.add(s);
-    s.on('close', () => originSockets.delete(s));
-    s.on('error', () => undefined);
-    let buf = '';
-    let path: string | null = null;
-    s.on('data', (d: Buffer) => {
-      buf += d.toString('latin1');
-      if (path !== null) {
-        afterHead.set(path, buf);
-        return;
-      }
-      const end = buf.indexOf('\r\n\r\n');
-      if (end < 0) return;
-      path = buf.slice(0, end).split(' ')[1] ?? '';
-      buf = buf.slice(end + 4);
-      afterHead.set(path, buf);
-      s.write(ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n', 'latin1');
-    });
-  });
-  origin.listen(0, '127.0.0.1');
-  await once(origin, 'listening');
-  o = `127.0.0.1:${(origin.address() as { port: number }).port}`;
+  origin = await scriptedOrigin(ANSWERS);
+  o = origin.authority;
   gw = await startTestGateway();
 });
 
 afterAll(async () => {
   await gw?.stop();
-  for (const s of originSockets) s.destroy();
-  await new Promise<void>((r) => (origin ? origin.close(() => r()) : r()));
+  await origin?.close();
 });
 
 /**
@@ -100,7 +75,7 @@ describe('a 101 sent as HTTP/1.0', () => {
     expect(got).not.toMatch(/HELLO|^HTTP\/1\.1 101 /m);
     const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
     expect(rec).toMatchObject({ closeReason: 'upstream-bad-response', bytesIn: 0, bytesOut: 0 });
-    expect(afterHead.get('/10-101')).toBe('');
+    expect(origin.afterHead.get('/10-101')).toBe('');
   });
 
   it('the same 101 as HTTP/1.1 opens the tunnel', async () => {
@@ -110,7 +85,7 @@ describe('a 101 sent as HTTP/1.0', () => {
     expect(got.match(/\r\nvia: [^\r]*/gi)).toEqual([`\r\nvia: 1.1 ${gw.ctx.via.pseudonym}`]);
     const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
     expect(rec).toMatchObject({ bytesIn: 5, bytesOut: 9 });
-    await until('the tunnelled bytes at the origin', () => afterHead.get('/11-101') === 'earlyping');
+    await until('the tunnelled bytes at the origin', () => origin.afterHead.get('/11-101') === 'earlyping');
   });
 });
 

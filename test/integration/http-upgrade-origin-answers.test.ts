@@ -5,9 +5,10 @@
  * be refused here too.
  */
 import { once } from 'node:events';
-import { createServer, type Server, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
+import { type ScriptedAnswer, type ScriptedOrigin, scriptedOrigin } from '../helpers/scripted-origin.ts';
 import { jsonBody, rawConnect } from './http-harness.ts';
 
 const CHUNKED_HEAD = 'HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n';
@@ -15,7 +16,7 @@ const CHUNKED_BODY = '5;name=v\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n';
 const HINTS = 'HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n';
 
 /** What the origin answers per path; it keeps its connection open after it, as an HTTP/1.1 server does. */
-const ANSWERS: Record<string, string | string[]> = {
+const ANSWERS: Record<string, ScriptedAnswer> = {
   '/one-length': 'HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno',
   // Ambiguous framing (RFC 9112 §6.3): each reader would find the body's end where its own rule says.
   '/length-and-chunked': 'HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nEVIL!\r\n0\r\n\r\n',
@@ -56,43 +57,19 @@ const ANSWERS: Record<string, string | string[]> = {
 };
 
 let gw: TestGateway;
-let origin: Server;
+let origin: ScriptedOrigin;
 let o: string;
-const originSockets = new Set<Socket>();
 
 beforeAll(async () => {
-  origin = createServer((s) => {
-    originSockets.add(s);
-    s.on('close', () => originSockets.delete(s));
-    s.on('error', () => undefined);
-    let buf = '';
-    s.on('data', (d: Buffer) => {
-      buf += d.toString('latin1');
-      const end = buf.indexOf('\r\n\r\n');
-      if (end < 0) return;
-      const path = buf.slice(0, end).split(' ')[1] ?? '';
-      buf = '';
-      const answer = ANSWERS[path] ?? 'HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n';
-      if (typeof answer === 'string') {
-        s.write(answer, 'latin1');
-        return;
-      }
-      answer.forEach((piece, i) => {
-        setTimeout(() => s.destroyed || s.write(piece, 'latin1'), 20 * i);
-      });
-    });
-  });
-  origin.listen(0, '127.0.0.1');
-  await once(origin, 'listening');
-  o = `127.0.0.1:${(origin.address() as { port: number }).port}`;
+  origin = await scriptedOrigin(ANSWERS);
+  o = origin.authority;
   // A wide idle timeout: a relay that waited for the origin to close would still be open at the end.
   gw = await startTestGateway({ limits: { idleTimeoutMs: 30_000 } });
 });
 
 afterAll(async () => {
   await gw?.stop();
-  for (const s of originSockets) s.destroy();
-  await new Promise<void>((r) => (origin ? origin.close(() => r()) : r()));
+  await origin?.close();
 });
 
 /**

@@ -15,9 +15,10 @@
  * only one undici would have had: the old code fired ~500 ms late every time, never within the bound.
  */
 import { once } from 'node:events';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { servedForFile } from '../helpers/flow-log-fixture.ts';
+import { type ScriptedAnswer, type ScriptedOrigin, scriptedOrigin } from '../helpers/scripted-origin.ts';
 import { jsonBody } from './http-harness.ts';
 
 const IDLE_TIMEOUT_MS = 1000;
@@ -31,25 +32,14 @@ const LATE_BOUND_MS = 400;
 const INTERIM_AFTER_MS = 300;
 
 const { served, recordOf } = servedForFile('egw-origin-answer-timeout-', { idleTimeoutMs: IDLE_TIMEOUT_MS });
-const servers: Server[] = [];
+const origins: ScriptedOrigin[] = [];
 const sockets: Socket[] = [];
 
-/** A loopback origin that runs `onHead` once it has read a request head, and never closes first. */
-async function origin(onHead: (s: Socket) => void): Promise<string> {
-  const server = createServer((s) => {
-    sockets.push(s);
-    s.on('error', () => undefined);
-    let head = '';
-    s.on('data', (b: Buffer) => {
-      if (head.includes('\r\n\r\n')) return;
-      head += b.toString('latin1');
-      if (head.includes('\r\n\r\n')) onHead(s);
-    });
-  });
-  servers.push(server);
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  return `127.0.0.1:${(server.address() as { port: number }).port}`;
+/** A loopback origin that answers a request for `/x` with `reply`, and never closes first. */
+async function origin(reply: ScriptedAnswer): Promise<string> {
+  const started = await scriptedOrigin({ '/x': reply });
+  origins.push(started);
+  return started.authority;
 }
 
 let silent: string;
@@ -62,11 +52,11 @@ beforeAll(async () => {
     const t = setTimeout(() => s.write('HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n'), INTERIM_AFTER_MS);
     s.once('close', () => clearTimeout(t));
   });
-  bodyStall = await origin((s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789'));
+  bodyStall = await origin('HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789');
 });
-afterAll(() => {
+afterAll(async () => {
   for (const s of sockets) s.destroy();
-  for (const s of servers) s.close();
+  await Promise.all(origins.map((o) => o.close()));
 });
 
 /**
