@@ -439,9 +439,12 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     // A TLS handshake under way is a connection with no request yet, closed as the plain listener's
     // are (node:http knows it only once the handshake is done).
     if (httpsServer) endHandshakes(httpsServer as TlsServer);
-    // 2. let live flows finish, up to the grace period
+    // 2. let live flows finish, up to the grace period. A credential check under way (a throttled
+    // login, a scrypt derivation) is a flow about to open, or a refused login about to be recorded:
+    // waited for too. Before, a drain with no live flow ended at once, and such a request was closed
+    // unanswered and unrecorded.
     const deadline = Date.now() + graceMs;
-    while (flows.activeCount > 0 && Date.now() < deadline && !isCutShort) {
+    while ((flows.activeCount > 0 || identity.checksUnderWay() > 0) && Date.now() < deadline && !isCutShort) {
       await new Promise((r) => setTimeout(r, 50));
       // node:http leaves a keep-alive connection open once its answer (under way at SIGTERM, so
       // without `connection: close`) is done: close it as soon as it is idle, not at the grace's end.

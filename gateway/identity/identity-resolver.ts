@@ -81,6 +81,11 @@ export interface IdentityResolverOptions {
 /** An IdentityResolver that also exposes its counters. */
 export interface GatewayIdentityResolver extends IdentityResolver {
   stats(): IdentityStats;
+  /**
+   * Credential checks under way: a request or SOCKS5 login whose flow is not open yet (it opens, or
+   * its refused login is recorded, once the check is answered). A drain waits for them as for flows.
+   */
+  checksUnderWay(): number;
 }
 
 function compile(snapshot: PolicySnapshot, credStats: CredentialStats, cacheTtlMs: number | undefined): CompiledIdentity {
@@ -111,6 +116,8 @@ export function createIdentityResolver(opts: IdentityResolverOptions = {}): Gate
   const credStats: CredentialStats = { scryptRuns: 0, cacheHits: 0, scryptShed: 0 };
   const counters = { resolvedTotal: 0, badCredentialsTotal: 0, authRequiredTotal: 0, spoofAttemptsTotal: 0, signedTokensAcceptedTotal: 0 };
   const compiled = new WeakMap<PolicySnapshot, CompiledIdentity>();
+  /** Credential checks begun and not yet answered (a throttle's wait, a scrypt derivation). */
+  let checksUnderWay = 0;
 
   function compiledFor(snapshot: PolicySnapshot): CompiledIdentity {
     let c = compiled.get(snapshot);
@@ -144,49 +151,55 @@ export function createIdentityResolver(opts: IdentityResolverOptions = {}): Gate
 
     // Steps 2–4: checks a guesser could learn from go through the throttle.
     if (hasPassword || token !== undefined) {
-      // An empty name (a malformed Basic value, Basic `:pw`, RFC 1929 ULEN 0) names no account unless
-      // one is configured so: it fails at once, counted against its source only. Under the per-user
-      // budget all such checks, from everyone, shared the one name '' and slowed each other.
-      const namesNoUser = hasPassword && claims.username === '' && !c.credentials.hasUser('');
-      const username = hasPassword && !namesNoUser ? claims.username! : null;
-      const password = claims.password ?? '';
-      const release = await throttle.acquire(addr.text, username !== null && c.credentials.isCostly(username, password));
-      if (release === null) {
-        counters.badCredentialsTotal++;
-        return { ok: false, reason: 'bad-credentials' };
-      }
-      if (namesNoUser) {
-        release();
-        return fail(addr.text, 'bad-credentials');
-      }
-      // Only a user over its failure budget waits here (and is shed past its pending share).
-      const releaseUser = username === null ? null : await userThrottle.acquire(username);
+      // Counted while it may wait (the throttles, a derivation): the drain waits for it (checksUnderWay).
+      checksUnderWay++;
       try {
-        if (username !== null && releaseUser === null) {
+        // An empty name (a malformed Basic value, Basic `:pw`, RFC 1929 ULEN 0) names no account unless
+        // one is configured so: it fails at once, counted against its source only. Under the per-user
+        // budget all such checks, from everyone, shared the one name '' and slowed each other.
+        const namesNoUser = hasPassword && claims.username === '' && !c.credentials.hasUser('');
+        const username = hasPassword && !namesNoUser ? claims.username! : null;
+        const password = claims.password ?? '';
+        const release = await throttle.acquire(addr.text, username !== null && c.credentials.isCostly(username, password));
+        if (release === null) {
           counters.badCredentialsTotal++;
           return { ok: false, reason: 'bad-credentials' };
         }
-        if (username !== null) {
-          const ok = await c.credentials.verify(username, password);
-          if (ok === 'shed') {
+        if (namesNoUser) {
+          release();
+          return fail(addr.text, 'bad-credentials');
+        }
+        // Only a user over its failure budget waits here (and is shed past its pending share).
+        const releaseUser = username === null ? null : await userThrottle.acquire(username);
+        try {
+          if (username !== null && releaseUser === null) {
             counters.badCredentialsTotal++;
             return { ok: false, reason: 'bad-credentials' };
           }
-          if (!ok) return fail(addr.text, 'bad-credentials', username);
-          user = username;
-          isAuthenticated = true;
-        }
-        if (token !== undefined && c.signed) {
-          const v = token === null ? null : verifyIdentityToken(token, c.signed.secret, now(), c.signed.maxAgeSec);
-          if (v === null || !v.ok) return fail(addr.text, 'bad-credentials');
-          counters.signedTokensAcceptedTotal++;
-          user ??= v.user;
-          host ??= v.host;
-          isAuthenticated = true;
+          if (username !== null) {
+            const ok = await c.credentials.verify(username, password);
+            if (ok === 'shed') {
+              counters.badCredentialsTotal++;
+              return { ok: false, reason: 'bad-credentials' };
+            }
+            if (!ok) return fail(addr.text, 'bad-credentials', username);
+            user = username;
+            isAuthenticated = true;
+          }
+          if (token !== undefined && c.signed) {
+            const v = token === null ? null : verifyIdentityToken(token, c.signed.secret, now(), c.signed.maxAgeSec);
+            if (v === null || !v.ok) return fail(addr.text, 'bad-credentials');
+            counters.signedTokensAcceptedTotal++;
+            user ??= v.user;
+            host ??= v.host;
+            isAuthenticated = true;
+          }
+        } finally {
+          releaseUser?.();
+          release();
         }
       } finally {
-        releaseUser?.();
-        release();
+        checksUnderWay--;
       }
     }
 
@@ -255,6 +268,7 @@ export function createIdentityResolver(opts: IdentityResolverOptions = {}): Gate
       const parsed = clientAddress(clientIp).parsed;
       return parsed === null ? null : (compiledFor(snapshot).inventory.lookup(parsed)?.name ?? null);
     },
+    checksUnderWay: () => checksUnderWay,
     stats: () => ({ ...counters, credentials: { ...credStats }, throttle: { ...throttle.stats }, userThrottle: { ...userThrottle.stats }, scryptWaiting: scryptLimiter.waiting }),
   };
 }
