@@ -457,6 +457,9 @@ export class FlowTable extends EventEmitter {
     if (flow.state === 'closed') return;
     flow.state = 'closed';
     flow.closeReason = reason;
+    const explainAtClose = flow.explainAtClose;
+    flow.explainAtClose = null;
+    explainAtClose?.(flow);
     flow.closeSeq = this.closeSeq++;
     // The closed flow stays in the admin API's ring; it must not keep its sockets and handlers alive.
     flow.abort = null;

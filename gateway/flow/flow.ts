@@ -190,6 +190,12 @@ export class Flow {
    */
   abort: ((reason: string) => void) | null = null;
   /**
+   * Called once by FlowTable.close just before the record is written, whoever closes the flow (a
+   * kill closes it before `abort` runs): a SOCKS5 UDP association's counts of destinations and
+   * dropped datagrams go into its reasons then. Null for every other flow.
+   */
+  explainAtClose: ((flow: Flow) => void) | null = null;
+  /**
    * The socket of the dial under way for this flow (gateway/upstream/dial.ts sets it as it connects),
    * until the tunnel or exchange registers `abort`: a kill meanwhile destroys it (FlowTable.kill), so
    * nothing more reaches the destination. A field, not a closure per flow.

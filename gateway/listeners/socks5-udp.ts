@@ -517,6 +517,8 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     down.setCloser(null);
     ctx.flows.markConnected(f);
     f.abort = () => end('killed', true);
+    // Its counts go into its record however it closes: a kill closes it before abort runs.
+    f.explainAtClose = (closing) => noteReasons(ctx, closing, admissions, drops);
   }
 
   /** Hold the association's place in its identity's limit again (its first destination was refused: no flow counts it). */
@@ -558,7 +560,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     // Held datagrams will never be sent: their bytes go back to the gateway's share now.
     if (held.bytes > 0) for (const d of dests.all) if (d.queue !== null) releaseHeld(d);
     if (flow !== null && flow.state === 'active') {
-      noteReasons(ctx, flow, admissions, drops);
+      // Its counts are noted as it closes (explainAtClose).
       ctx.flows.close(flow, reason);
     } else if (flow === null && (relay !== null || refusal !== null) && !admissions.isOpening && admissions.admitted === 0 && admissions.refusedDestinations === 0) {
       recordEmptyAssociation(ctx, { hs, client: { ip: clientIp, port: clientPort }, startedAt, first: dests.all[0], refusal }, reason, admissions, drops);
