@@ -85,6 +85,17 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     }
   }
   if (req.knownProcess && !identity.process) identity = { ...identity, process: req.knownProcess };
+  // A reload or mode switch while the identity was resolved (a slow scrypt check of HTTP Basic
+  // credentials): the flow is opened, held to its limits and judged under the running policy, with
+  // the roles (and the `identity.hosts` host) it gives, as a new connection's would be.
+  if (ctx.policy.current() !== snapshot || ctx.policy.modeOverride() !== override) {
+    snapshot = ctx.policy.current();
+    override = ctx.policy.modeOverride();
+    if (hostFrom !== null) {
+      identity = identityUnder(snapshot, identity, hostUnder(ctx, snapshot, identity, unmapIPv4(req.claims.clientIp), hostFrom));
+      hostFrom = snapshot;
+    } else identity = identityUnder(snapshot, identity);
+  }
   // 2. open
   const flow = ctx.flows.open({
     protocol: req.protocol,

@@ -1,0 +1,102 @@
+/**
+ * An HTTP request whose Basic credentials are checked across a reload (a slow scrypt `passwordHash`):
+ * it is held to the running policy's per-identity limits, as a new connection's request is. The
+ * reload is issued while the gateway derives the hash (its scrypt run counted, N = 2^16: ~200 ms
+ * alone). Before, admission read the limits from the policy running when the request came, before
+ * the check: with `limits.maxFlowsPerIdentity` reloaded from 2 to 1 and alice's one tunnel open,
+ * her CONNECT was answered 200 and tunnelled (2 live flows under a limit of 1), while the next
+ * connection's got 429. The SOCKS5 counterpart is socks5-reload-slow-login.test.ts. Real gateway,
+ * real HTTP listener (CONNECT and the absolute-URI fast path).
+ */
+import { once } from 'node:events';
+import { createServer, type Server, type Socket } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { hashPassword } from '../../gateway/identity/password-hash.ts';
+import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
+import { rawConnect, readUntil } from './http-harness.ts';
+import { reloadEdited } from './reload-harness.ts';
+
+const cleanups: Array<() => unknown> = [];
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()?.();
+});
+
+const AUTH = `Proxy-Authorization: Basic ${Buffer.from('alice:pw-alice-0123').toString('base64')}\r\n`;
+
+/** A reload (as PUT /v1/policy and SIGHUP make) of the running config with `maxFlowsPerIdentity`. */
+function reloadWithLimit(gw: TestGateway, maxFlowsPerIdentity: number): void {
+  reloadEdited<{ limits: { maxFlowsPerIdentity: number } }>(gw, (c) => {
+    c.limits.maxFlowsPerIdentity = maxFlowsPerIdentity;
+  });
+}
+
+async function scryptRuns(gw: TestGateway): Promise<number> {
+  const m = /^gw_identity_scrypt_runs_total (\d+)$/m.exec((await adminGet(gw, '/metrics')).text);
+  return Number(m?.[1] ?? Number.NaN);
+}
+
+/** A TCP destination that answers a GET with 200 and is silent otherwise; `accepted()` counts its connections. */
+async function silentDestination(): Promise<{ port: number; accepted: () => number }> {
+  let accepted = 0;
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((s) => {
+    accepted++;
+    sockets.add(s);
+    s.on('error', () => undefined);
+    s.once('data', (d: Buffer) => {
+      if (d.toString('latin1').startsWith('GET ')) s.write('HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n');
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  cleanups.push(() => {
+    for (const s of sockets) s.destroy();
+    server.close();
+  });
+  return { port: (server.address() as { port: number }).port, accepted: () => accepted };
+}
+
+async function client(gw: TestGateway): Promise<Socket> {
+  const s = await rawConnect(gw.httpPort);
+  s.on('error', () => undefined);
+  cleanups.push(() => s.destroy());
+  return s;
+}
+
+describe('an HTTP login whose password check spans a reload', () => {
+  it.each([
+    ['CONNECT', (port: number) => `CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n${AUTH}\r\n`],
+    ['an absolute-URI GET', (port: number) => `GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n${AUTH}\r\n`],
+  ])('%s is held to the running policy’s maxFlowsPerIdentity: 429, one rate-limit record, nothing dialled', async (_kind, request) => {
+    const passwordHash = await hashPassword('pw-alice-0123', { N: 65_536, r: 8, p: 1 });
+    const gw = await startTestGateway({
+      mode: 'enforce',
+      limits: { maxFlowsPerIdentity: 2 },
+      identity: { requireAuth: true, users: [{ name: 'alice', passwordHash, roles: ['any'] }] },
+    });
+    cleanups.push(() => gw.stop());
+    const dest = await silentDestination();
+    // Alice's one live flow: a tunnel.
+    const held = await client(gw);
+    held.write(`CONNECT 127.0.0.1:${dest.port} HTTP/1.1\r\nHost: 127.0.0.1:${dest.port}\r\n${AUTH}\r\n`);
+    expect((await readUntil(held, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
+    // A new policy object with the same limit: the next login is checked afresh (the credential
+    // cache is per policy), so its scrypt derivation runs.
+    reloadWithLimit(gw, 2);
+
+    const runs = await scryptRuns(gw);
+    const s = await client(gw);
+    const answer = readUntil(s, '\r\n\r\n');
+    s.write(request(dest.port));
+    // The reload lands while the hash is being derived.
+    await until('the login’s scrypt run', async () => (await scryptRuns(gw)) > runs);
+    reloadWithLimit(gw, 1);
+    const text = (await answer).toString('latin1');
+    expect(text).toMatch(/^HTTP\/1\.1 429 /);
+    expect(text).toMatch(/\r\nretry-after: 1\r\n/i);
+    const record = await gw.waitForClosed((r) => r.reason === 'rate-limit');
+    expect(record).toMatchObject({ verdict: 'block', enforced: true, closeReason: 'rate-limit', identity: { user: 'alice' } });
+    expect(gw.flows.activeCount).toBe(1);
+    expect(dest.accepted()).toBe(1);
+  });
+});
