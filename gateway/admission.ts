@@ -130,7 +130,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   const limits = snapshot.config.limits;
   if (!ctx.flows.withinLimits(flow, limits.maxFlowsPerIdentity, limits.maxNewFlowsPerSecPerIdentity)) {
     const r = refuse(ctx, flow, limitRefusal(mode, ['per-identity flow limit exceeded']));
-    r.retryAfterSec = 1;
+    r.retryAfterSec = ctx.flows.retryAfterSec(flow, limits.maxNewFlowsPerSecPerIdentity);
     return r;
   }
   // 4. local attribution, in parallel with resolution

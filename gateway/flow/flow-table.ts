@@ -286,6 +286,17 @@ export class FlowTable extends EventEmitter {
   }
 
   /**
+   * A limit refusal's `Retry-After` for `flow` (just refused by withinLimits): the whole seconds until
+   * its identity's bucket holds a token again at `maxNewPerSec`, at least 1. Within a second unless a
+   * reload lowered the rate below what the identity had taken: the level then drains at the new rate
+   * (at 5/s then 1/s, 5 flows taken wait 5 s). Only on a refusal: nothing per admitted flow.
+   */
+  retryAfterSec(flow: Flow, maxNewPerSec: number): number {
+    const b = this.rate.get(flow.limitKey);
+    return b === undefined ? 1 : Math.max(1, Math.ceil((b.level + 1 - maxNewPerSec) / maxNewPerSec));
+  }
+
+  /**
    * Hold a place in identity `key`'s concurrency (limits.maxFlowsPerIdentity) for what holds the
    * gateway's resources for it before it is a flow: a SOCKS5 UDP association before its first
    * datagram (its relay socket, maybe a port of limits.udpRelayPorts). False, nothing held, when the
