@@ -104,3 +104,21 @@ function selfKind(ctx: Pick<GatewayContext, 'selfAddresses' | 'udpRelays'>, ip: 
   // A listener on a wildcard address answers on every local address.
   return (ctx.selfAddresses.has(`0.0.0.0:${port}`) || ctx.selfAddresses.has(`[::]:${port}`)) && isLocalAddress(bare) ? 'a listener' : null;
 }
+
+/**
+ * Whether a parent proxy at `ip:port` (its address, looked up or as written) is one of the gateway's
+ * own TCP listeners: dialling it as a parent would loop through the gateway (SPEC §4: the gateway
+ * never dials its own listeners), and a `socks5://` parent carries no Via to stop the loop
+ * (gateway/upstream/dial.ts refuses it before dialling). Address spellings as for a destination.
+ * Unlike a destination's check, it does not fail closed when this machine's addresses cannot be
+ * listed: only loopback then counts as local for a wildcard listener, so a parent on another host
+ * that listens on the same port number as the gateway (3128 and 3128) is not refused for it.
+ */
+export function isOwnListener(ctx: Pick<GatewayContext, 'selfAddresses'>, ip: string, port: number): boolean {
+  // Most parents are on a port the gateway does not listen on: no string building for those.
+  if (!selfPortSet(ctx.selfAddresses).has(port)) return false;
+  const bare = dialledForm(ip);
+  if (ctx.selfAddresses.has(formatAuthority(bare, port))) return true;
+  if (!ctx.selfAddresses.has(`0.0.0.0:${port}`) && !ctx.selfAddresses.has(`[::]:${port}`)) return false;
+  return bare.startsWith('127.') || bare === '::1' || localSet()?.has(bare) === true;
+}

@@ -14,6 +14,7 @@ import { httpParentRefusal } from './http-parent-refusal.ts';
 import { socks5ParentHandshake } from './socks5-parent.ts';
 import { type DiallingSocket, type Flow, KILLED_WHILE_DIALLING } from '../flow/flow.ts';
 import type { UnansweredAddresses } from './unanswered.ts';
+import { isOwnListener } from '../admission/self-dial.ts';
 
 export interface DialTarget {
   /** The checked address; never re-resolved. */
@@ -46,8 +47,11 @@ export interface DialTarget {
   names?: ParentNames | undefined;
 }
 
-/** What a parent's name is looked up with: the running policy (its `resolver.hosts`) and the gateway's resolver. */
-export type ParentNames = Pick<GatewayContext, 'policy' | 'resolver'>;
+/**
+ * What a parent's name is looked up with: the running policy (its `resolver.hosts`) and the gateway's
+ * resolver; and the gateway's own listeners, which a parent's address must not be (isOwnListener).
+ */
+export type ParentNames = Pick<GatewayContext, 'policy' | 'resolver' | 'selfAddresses'>;
 
 /** Open a TCP connection to the target. Resolves once the upstream is ready for payload bytes. */
 export function dial(target: DialTarget): Promise<Socket> {
@@ -331,18 +335,41 @@ function parentAuthorization(login: ParentLogin | null): string {
  */
 async function dialParent(parent: Parent, target: DialTarget): Promise<Socket> {
   try {
-    if (parent.isAddress || target.names === undefined) return await dialDirect(parent.host, parent.port, target.timeoutMs, target.flow);
+    if (target.names === undefined) return await dialDirect(parent.host, parent.port, target.timeoutMs, target.flow);
+    if (parent.isAddress) {
+      refuseOwnListener(parent, parent.host, target.names);
+      return await dialDirect(parent.host, parent.port, target.timeoutMs, target.flow);
+    }
     const started = performance.now();
     const address = parentAddress(parent.host, target.names);
     const ip = typeof address === 'string' ? address : await (target.flow === undefined ? address : lookUpWhileDialling(address, target.flow));
     if (target.flow?.state === 'closed') throw KILLED_WHILE_DIALLING;
+    refuseOwnListener(parent, ip, target.names);
     // The lookup (a cache hit nearly always) and the connect share the one budget.
     return await dialDirect(ip, parent.port, remainingMs(started + target.timeoutMs), target.flow);
   } catch (err) {
-    if (err === KILLED_WHILE_DIALLING) throw err;
+    if (err === KILLED_WHILE_DIALLING || err instanceof OwnListenerError) throw err;
     const code = err instanceof GatewayError ? err.code : null;
     if (isOwnShortage(code)) throw err;
     throw new GatewayError(code === 'EGW_DIAL_TIMEOUT' ? 'EGW_UPSTREAM_PROXY_TIMEOUT' : 'EGW_UPSTREAM_PROXY', `${parent.label} unreachable: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** A parent whose address is one of the gateway's own listeners: refused as it is, nothing dialled. */
+class OwnListenerError extends GatewayError {}
+
+/**
+ * A parent at `ip` (its port the URL's) that is one of the gateway's own listeners is refused before
+ * it is dialled, `upstream-proxy` (502 / SOCKS 0x01): SPEC §4, the gateway never dials its own
+ * listeners. Before, a `socks5://` parent on the gateway's own SOCKS listener took each CONNECT
+ * back as a new flow until the identity's new-flow rate refused one (225 flows for one client
+ * CONNECT); an `http://` one was stopped at its second arrival by Via (508), one flow too many.
+ * One port lookup per parent dial (isOwnListener).
+ */
+function refuseOwnListener(parent: Parent, ip: string, names: ParentNames): void {
+  if (isOwnListener(names, ip, parent.port)) {
+    const at = parent.isAddress ? '' : ` (${formatAuthority(ip, parent.port)})`;
+    throw new OwnListenerError('EGW_UPSTREAM_PROXY', `${parent.label}${at} is a listener of this gateway`);
   }
 }
 
