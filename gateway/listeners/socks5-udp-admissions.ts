@@ -18,7 +18,7 @@ import type { Flow, RoutedFlow } from '../flow/flow.ts';
 import { unmapIPv4 } from '../../policy/address.ts';
 import { formatAuthority, normaliseHost } from '../protocol/authority.ts';
 import { type UdpHeader, udpHeaderHost } from '../protocol/socks5-codec.ts';
-import { parentLabel } from '../upstream/parent-label.ts';
+import { parentName } from '../upstream/parent-label.ts';
 import { loginStands } from '../identity/login-standing.ts';
 import type { Downstream, HandshakeResult } from './socks5-handshake.ts';
 import type { Destination, DestinationTable } from './socks5-udp-destinations.ts';
@@ -319,9 +319,12 @@ export class UdpAdmissions {
     });
   }
 
-  /** A parent proxy carries TCP only: UDP must not go around it, so the destination is refused. */
+  /**
+   * A parent proxy carries TCP only: UDP must not go around it, so the destination is refused. The
+   * parent is named as a record names it (parentName: the port dialled, never the credentials).
+   */
   private refuseForParent(dest: Destination, upstream: string): void {
-    this.refuseDest(dest, `egress for this identity goes through ${parentLabel(upstream)}, which cannot carry UDP`);
+    this.refuseDest(dest, `egress for this identity goes through ${parentName(upstream)}, which cannot carry UDP`);
   }
 
   private refuseDest(dest: Destination, why: string): void {

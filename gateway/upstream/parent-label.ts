@@ -1,11 +1,12 @@
 import { parseParentUrl } from '../../policy/upstream-url.ts';
 
 /**
- * A parent proxy's URL fit for logs: scheme, host and port, never the credentials it carries
- * (`http://user:pass@parent:3128` → `http://parent:3128`). Admin API readers get the URL redacted by
- * admin/redact.ts; the data plane, which may not import it, names the parent with this.
+ * An unparsable parent proxy URL fit for logs (parentName's fallback): scheme and host as the URL
+ * parser reads them, never the credentials; the parser leaves out a port equal to the scheme's
+ * default (`http://parent:80` → `http://parent`), so a parseable URL is named by parentName, which
+ * says the port dialled. Admin API readers get the URL redacted by admin/redact.ts.
  */
-export function parentLabel(upstream: string): string {
+function parentLabel(upstream: string): string {
   try {
     const url = new URL(upstream);
     return `${url.protocol}//${url.host}`;
