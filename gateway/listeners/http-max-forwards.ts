@@ -3,6 +3,7 @@
  * requests with the field MUST NOT forward it when the value is 0 but answer as its final recipient,
  * and otherwise forwards it with the value decremented. Pure: header values in, values out.
  */
+import { httpDate } from './http-date.ts';
 import { isStrippedName } from './http-headers.ts';
 import { isRepeatedField } from './http-target.ts';
 
@@ -47,6 +48,19 @@ export function traceEcho(requestLine: string, raw: readonly string[], stripped:
     out += `${name}: ${raw[i + 1] as string}\r\n`;
   }
   return `${out}\r\n`;
+}
+
+/**
+ * The whole answer of a TRACE or OPTIONS answered here as its final recipient, as text for a raw
+ * socket (the Upgrade path, whose connection node:http has let go): 200 and `connection: close` (a
+ * request carrying Upgrade is its connection's last there), TRACE with traceEcho's `message/http`
+ * body, OPTIONS with none. The answer node:http's path gives (http-proxy.ts answerAsFinalRecipient).
+ */
+export function finalRecipientText(method: string, requestLine: string, raw: readonly string[], stripped: ReadonlySet<string>): string {
+  const head = `HTTP/1.1 200 OK\r\ndate: ${httpDate()}\r\nconnection: close\r\n`;
+  if (method !== 'TRACE') return `${head}content-length: 0\r\n\r\n`;
+  const body = traceEcho(requestLine, raw, stripped);
+  return `${head}content-type: message/http\r\ncontent-length: ${Buffer.byteLength(body, 'latin1')}\r\n\r\n${body}`;
 }
 
 const TRACE_SECRETS: ReadonlySet<string> = new Set(['authorization', 'proxy-authorization', 'cookie']);

@@ -16,6 +16,9 @@
  * An Upgrade request with a body is refused (400): the body would have to be relayed before the
  * origin's answer, which this path does not do.
  *
+ * A TRACE or OPTIONS carrying Upgrade honours `Max-Forwards` as on the absolute-URI paths
+ * (http-max-forwards.ts): at 0 answered here, nothing dialled; above it passed on one less; twice, 400.
+ *
  * Metering: everything after the handshake both ways — after a 101, every byte the tunnel carries
  * (including bytes that arrived with the 101 head and bytes the client sent after its request head);
  * without a 101, the raw response body (its chunk framing included). Heads are never counted.
@@ -44,8 +47,9 @@ import { ChunkedEnd } from './http-chunked-end.ts';
 import { finGraceMs, resetOrDestroy } from './http-connection-state.ts';
 import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './http-interim.ts';
 import { dropContentLength, forwardRequestHeaders, forwardResponseHeaders, INVALID_FIELD_CHAR, relayedStatusText, serialiseRequestHead, splitHeaderLine, viaFor } from './http-headers.ts';
+import { finalRecipientText, maxForwardsFault, maxForwardsOf } from './http-max-forwards.ts';
 import type { HttpListenerState } from './http-proxy.ts';
-import { refusalDetails, writeRawRefusal } from './http-refusal.ts';
+import { lingerThenDestroy, refusalDetails, writeRawRefusal } from './http-refusal.ts';
 import { hostHeaderFor, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
 import { switchesToOffered } from './http-upgrade-tokens.ts';
 
@@ -265,7 +269,7 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
   // A request body would have to reach the origin before its answer; websocket handshakes have
   // none, and relaying one here (h2c upgrade of a POST) is not supported: refuse rather than hang.
   const cl = req.headers['content-length'];
-  const smuggling = smugglingShape(req) ?? state.repeatedCredential(req);
+  const smuggling = smugglingShape(req) ?? state.repeatedCredential(req) ?? maxForwardsFault(req.method, req.headers['max-forwards'], req.rawHeaders);
   const shape = smuggling ?? (req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0') ? 'upgrade-with-body' : null);
   if (!target.ok || shape) {
     hold.release();
@@ -291,6 +295,15 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
     hold.release();
     socket.destroy();
     ctx.flows.close(flow, 'client-reset');
+    return;
+  }
+  // TRACE or OPTIONS with Max-Forwards (RFC 9110 §7.6.2), as on the absolute-URI paths: at 0 the
+  // gateway is the final recipient (its Upgrade ignored, RFC 9110 §7.8 lets a server do that) and
+  // nothing is dialled; above it, one hop less.
+  const forwards = maxForwardsOf(req.method, req.headers['max-forwards']);
+  if (forwards === 0) {
+    hold.release();
+    answerAsFinalRecipient(state, flow, req, socket, state.strippedHeaders(snapshot));
     return;
   }
   let upstream: Socket;
@@ -339,6 +352,7 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
     host: hostHeaderFor(target.host, target.port),
     stripped: state.strippedHeaders(snapshot),
     upgrade: isPlain ? null : offered,
+    maxForwards: forwards === null ? null : forwards - 1,
     via: viaFor(ctx.via, req.httpVersionMajor, req.httpVersionMinor),
   });
   if (isPlain) headers.push('connection', 'close');
@@ -421,6 +435,25 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
   headersOut.push('connection', 'close');
   socket.write(serialiseResponseHead(parsed, headersOut), 'latin1');
   relayRefusedUpgrade(state, flow, socket, upstream, answer.rest, bodyLength, coding === 'chunked', limits);
+}
+
+/**
+ * Answer an admitted TRACE or OPTIONS with `Max-Forwards: 0` as its final recipient (finalRecipientText),
+ * as node:http's path does (http-proxy.ts): the flow `closed` with no bytes, nothing dialled, the
+ * connection ended lingering after the answer, as after a refusal.
+ */
+function answerAsFinalRecipient(state: HttpListenerState, flow: Flow, req: IncomingMessage, socket: Duplex, stripped: ReadonlySet<string>): void {
+  if (flow.state === 'active') {
+    state.ctx.flows.markConnected(flow);
+    state.ctx.flows.close(flow, 'closed');
+  }
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const requestLine = `${req.method ?? ''} ${req.url ?? ''} HTTP/${req.httpVersion}`;
+  socket.end(finalRecipientText(req.method ?? '', requestLine, req.rawHeaders, stripped), 'latin1');
+  lingerThenDestroy(socket);
 }
 
 /**
