@@ -116,10 +116,13 @@ function readResponseHead(socket: Socket, maxBytes: number, timeoutMs: number, c
         return;
       }
       checked = size;
-      if (end < 0) {
-        if (size > maxBytes) done(new GatewayError('EGW_UPSTREAM_BAD_RESPONSE', 'origin response head too large'));
+      // Past maxBytes the head is refused whether or not its end came in the same read (before, only
+      // a head still unfinished was: one whole in one read passed at any size).
+      if ((end < 0 ? size : end + 4) > maxBytes) {
+        done(new GatewayError('EGW_UPSTREAM_BAD_RESPONSE', 'origin response head too large'));
         return;
       }
+      if (end < 0) return;
       done(null, { head: all.subarray(0, end).toString('latin1'), rest: all.subarray(end + 4) });
     };
     if (clientGone.aborted) {
