@@ -111,6 +111,9 @@ export function forwardRequestHeaders(raw: readonly string[], opts: RequestHeade
  * (Content-Length or chunked) is left to node's server, which re-frames for this client, unless
  * `keepFraming` says the body is relayed byte for byte. `via`: our Via entry for the response's
  * version as received (viaFor), where it is known; the HTTP/1.1 one otherwise (undici does not say).
+ * `upgrade` (a 101): its Upgrade fields are kept, and its Connection fields are replaced by our own
+ * `connection: Upgrade` (RFC 9110 §7.6.1: an intermediary removes a received Connection or replaces
+ * it with its own options; §7.8: a sender of Upgrade sends the `upgrade` option).
  */
 export function forwardResponseHeaders(raw: readonly (Buffer | string)[], opts: { upgrade?: boolean; keepFraming?: boolean; via: string }): string[] {
   const strings: string[] = new Array(raw.length);
@@ -123,14 +126,15 @@ export function forwardResponseHeaders(raw: readonly (Buffer | string)[], opts: 
   for (let i = 0; i + 1 < strings.length; i += 2) {
     const name = strings[i] as string;
     const lower = name.toLowerCase();
-    // A relayed raw body keeps its own framing; an upgrade keeps the fields that announce it.
-    if ((opts.upgrade && (lower === 'upgrade' || lower === 'connection')) || (opts.keepFraming && lower === 'transfer-encoding')) {
+    // A relayed raw body keeps its own framing; an upgrade keeps the field that names its protocol.
+    if ((opts.upgrade && lower === 'upgrade') || (opts.keepFraming && lower === 'transfer-encoding')) {
       out.push(name, strings[i + 1] as string);
       continue;
     }
     if (HOP_BY_HOP.has(lower) || named?.has(lower)) continue;
     out.push(name, strings[i + 1] as string);
   }
+  if (opts.upgrade) out.push('connection', 'Upgrade');
   out.push('via', opts.via);
   return out;
 }

@@ -4,8 +4,9 @@
  * request head, and the origin's answer:
  * - 1xx interim answers before it (103 Early Hints …): relayed as they come (readFinalAnswer).
  * - `101 Switching Protocols`, sent as HTTP/1.1 and naming in its Upgrade a protocol the request
- *   offered (else 502): its head (hop-by-hop fields removed except Upgrade/Connection, Via added)
- *   goes to the client and both sockets go to the tunnel.
+ *   offered (else 502): its head (hop-by-hop fields removed except Upgrade, the origin's Connection
+ *   replaced by our `connection: Upgrade`, Via added) goes to the client and both sockets go to the
+ *   tunnel.
  * - anything else: its head (with `Connection: close`) and its body are relayed byte for byte to
  *   the client, and the connection closes when the origin is done: no second request rides on it.
  *

@@ -54,6 +54,8 @@ const ANSWERS: Record<string, ScriptedAnswer> = {
   '/101-offered-and-not': 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nHELLO',
   '/101-WebSocket': 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\nHELLO',
   '/101-irc': 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: irc/6.9\r\nConnection: Upgrade\r\n\r\nHELLO',
+  // Connection options of the origin's hop (RFC 9110 §7.6.1): a field it names, and `close`/`keep-alive` on a second line.
+  '/101-connection-options': 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Hop\r\nX-Hop: 1\r\nConnection: keep-alive, close\r\nX-End: 2\r\n\r\nHELLO',
 };
 
 let gw: TestGateway;
@@ -267,4 +269,29 @@ describe('a 101 that does not switch to an offered protocol', () => {
       expect(rec, path).toMatchObject({ bytesIn: 5, bytesOut: 9 });
     });
   }
+});
+
+// Regression: a 101's Connection fields were relayed as the origin sent them, though an intermediary
+// must remove a received Connection field or replace it with its own options (RFC 9110 §7.6.1): the
+// client got `Connection: Upgrade, X-Hop` (X-Hop itself removed) and `Connection: keep-alive, close`.
+describe("a 101's Connection fields", () => {
+  it('are replaced by our own `connection: Upgrade`; the fields they name are removed; the tunnel opens', async () => {
+    const before = gw.closed.length;
+    const got = await upgrade(
+      '/101-connection-options',
+      async (s, read) => {
+        await until('the first server frame', () => read().endsWith('\r\n\r\nHELLO'));
+        s.end('ping');
+      },
+      { early: 'early' },
+    );
+    const head = got.slice(0, got.indexOf('\r\n\r\n'));
+    expect(head).toMatch(/^HTTP\/1\.1 101 /);
+    expect(head.match(/^connection:.*$/gim)).toEqual(['connection: Upgrade']);
+    expect(head).toMatch(/\r\nUpgrade: websocket(?:\r\n|$)/);
+    expect(head).toMatch(/\r\nX-End: 2(?:\r\n|$)/);
+    expect(head).not.toMatch(/X-Hop/i);
+    const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
+    expect(rec).toMatchObject({ closeReason: 'closed', bytesIn: 5, bytesOut: 9 });
+  });
 });

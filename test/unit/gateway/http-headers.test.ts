@@ -70,8 +70,10 @@ describe('forwardResponseHeaders', () => {
     const raw = ['Content-Length', '3', 'Connection', 'close, X-Hop', 'X-Hop', '1', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'Transfer-Encoding', 'chunked', 'Proxy-Authenticate', 'Basic', 'Keep-Alive', 'timeout=5'].map((s) => Buffer.from(s, 'latin1'));
     expect(forwardResponseHeaders(raw, { via: VIA_VALUE })).toEqual(['Content-Length', '3', 'Set-Cookie', 'a=1', 'Set-Cookie', 'b=2', 'via', VIA_VALUE]);
   });
-  it('keeps Upgrade and Connection on a 101', () => {
-    expect(forwardResponseHeaders(['Upgrade', 'websocket', 'Connection', 'Upgrade'], { upgrade: true, via: VIA_VALUE })).toEqual(['Upgrade', 'websocket', 'Connection', 'Upgrade', 'via', VIA_VALUE]);
+  it('keeps Upgrade on a 101 and replaces its Connection fields with our own', () => {
+    expect(forwardResponseHeaders(['Upgrade', 'websocket', 'Connection', 'Upgrade'], { upgrade: true, via: VIA_VALUE })).toEqual(['Upgrade', 'websocket', 'connection', 'Upgrade', 'via', VIA_VALUE]);
+    const raw = ['Upgrade', 'websocket', 'Connection', 'Upgrade, X-Hop', 'X-Hop', '1', 'Connection', 'keep-alive, close', 'X-End', '2'];
+    expect(forwardResponseHeaders(raw, { upgrade: true, via: VIA_VALUE })).toEqual(['Upgrade', 'websocket', 'X-End', '2', 'connection', 'Upgrade', 'via', VIA_VALUE]);
   });
   it('returns null named-set when Connection carries only options', () => {
     expect(connectionNamedHeaders(['Connection', 'keep-alive, close'])).toBeNull();
