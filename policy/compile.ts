@@ -308,31 +308,43 @@ export function compilePolicy(config: Config, version = 1, opts: CompileOptions 
     return asDialled === null ? null : `${asDialled} (${destIp} is dialled as ${reached.text}: the unspecified address reaches this host)`;
   }
 
-  /**
-   * The longest deny.cidrs prefix holding an IPv4 address a local-use NAT64 destination may carry
-   * (localUseNat64IPv4s: every RFC 6052 layout, as privateRanges classifies it), on IPv6's scale
-   * (asV6Prefix), or -1. `inner`
-   * reads the /48 layout only: a /96 translator's 64:ff9b:1:abcd::a9fe:a9fe went past a deny.cidrs
-   * 169.254.169.254/32 that privateRanges refused. Nothing is done for any other address.
-   */
-  function localUseDenyLen(ip: ParsedIp): number {
-    if (ip.v4 !== null || ip.v6 === null || denyCidrs.size === 0) return -1;
-    const carried = localUseNat64IPv4s(ip.v6);
-    if (carried === null) return -1;
-    let len = -1;
-    for (const v4 of carried) len = Math.max(len, denyCidrs.longestPrefix({ v4, v6: null }));
-    return len < 0 ? -1 : len + 96;
-  }
-
   /** denyRange's judgement of one address as written. */
   function rangeRefusal(destIp: string, ip: ParsedIp): string | null {
+    if (ip.v4 === null) {
+      const carried = localUseNat64IPv4s(ip.v6!);
+      if (carried !== null) return localUseRefusal(destIp, ip, carried);
+    }
     // Plain IPv4 and IPv4-mapped carry v4; other IPv6 forms may embed one (NAT64, 6to4, Teredo).
     const n = ip.v4 === null ? embeddedIPv4(ip.v6!) : null;
     const label = !privateRanges ? null : ip.v4 !== null ? classifyIPv4Number(ip.v4) : classifyIPv6(ip.v6!);
     if (label === null && denyCidrs.size === 0) return null;
     const inner: ParsedIp | null = n === null ? null : { v4: n, v6: null };
-    const allowLen = longest(allowRanges, ip, inner);
-    const denyLen = Math.max(longest(denyCidrs, ip, inner), localUseDenyLen(ip));
+    return verdictOf(destIp, label, longest(allowRanges, ip, inner), longest(denyCidrs, ip, inner));
+  }
+
+  /**
+   * A local-use NAT64 address (64:ff9b:1::/48) carries a different IPv4 address under each RFC 6052
+   * layout its translator may use (localUseNat64IPv4s), and any of them may be the one reached: it
+   * is refused when one reading would be, judged as that IPv4 address is (its range, deny.cidrs, and
+   * an allowRanges exception for that reading or for the IPv6 address as written). An exception for
+   * one reading never admits another: allowRanges 10.0.0.0/8 admitted 64:ff9b:1:a00:0:100:a9fe:a9fe
+   * (/48 reading 10.0.0.1), which a /96 translator carries to 169.254.169.254. Only these addresses
+   * pay for it: up to four readings, two CIDR lookups each.
+   */
+  function localUseRefusal(destIp: string, ip: ParsedIp, carried: readonly number[]): string | null {
+    const allow6 = longest(allowRanges, ip, null);
+    const deny6 = longest(denyCidrs, ip, null);
+    for (const v4 of carried) {
+      const reading: ParsedIp = { v4, v6: null };
+      const label = privateRanges ? classifyIPv4Number(v4) : null;
+      const why = verdictOf(destIp, label, Math.max(allow6, longest(allowRanges, reading, null)), Math.max(deny6, longest(denyCidrs, reading, null)));
+      if (why !== null) return why;
+    }
+    return carried.length === 0 ? verdictOf(destIp, null, allow6, deny6) : null;
+  }
+
+  /** The refusal for an address of range `label` (null: public) given its longest allowRanges and deny.cidrs prefixes, or null. */
+  function verdictOf(destIp: string, label: string | null, allowLen: number, denyLen: number): string | null {
     // A deny.cidrs entry at least as specific as the allowRanges exception still denies (the
     // precedence surprise of smokescreen #236 is avoided: the most specific rule wins).
     if (denyLen >= 0 && denyLen >= allowLen) return `destination address ${destIp} is in deny.cidrs`;
