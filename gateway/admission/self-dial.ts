@@ -3,7 +3,7 @@
  * relay socket), however the address is spelled; and which addresses are this machine's own.
  */
 import { networkInterfaces } from 'node:os';
-import { effectiveIPv4 } from '../../policy/address.ts';
+import { effectiveIPv4, unmapIPv4 } from '../../policy/address.ts';
 import type { Decision, Mode, Protocol } from '../../policy/types.ts';
 import type { GatewayContext } from '../context.ts';
 import { formatAuthority } from '../protocol/authority.ts';
@@ -62,15 +62,27 @@ export function isLocalAddress(ip: string): boolean {
   return local === null || local.has(bare);
 }
 
-/** Ports of the gateway's own listeners, rebuilt when the set of listeners changes. */
-let selfPorts: { from: ReadonlySet<string>; size: number; ports: Set<number> } | null = null;
-function selfPortSet(addresses: ReadonlySet<string>): Set<number> {
-  if (selfPorts === null || selfPorts.from !== addresses || selfPorts.size !== addresses.size) {
+/**
+ * The gateway's own listeners as self-dial reads them, rebuilt when the set of listeners changes:
+ * their ports, and their addresses with an IPv4-mapped one as its IPv4 address (`[::ffff:127.0.0.1]:p`
+ * as `127.0.0.1:p`, the mapped wildcard `[::ffff:0.0.0.0]:p` as `0.0.0.0:p`): a listener bound there
+ * takes IPv4 connections, and a destination is compared in its dialled form (plain IPv4).
+ */
+let selfListeners: { from: ReadonlySet<string>; size: number; ports: Set<number>; keys: Set<string> } | null = null;
+function selfListenerSet(addresses: ReadonlySet<string>): { ports: Set<number>; keys: Set<string> } {
+  if (selfListeners === null || selfListeners.from !== addresses || selfListeners.size !== addresses.size) {
     const ports = new Set<number>();
-    for (const a of addresses) ports.add(Number(a.slice(a.lastIndexOf(':') + 1)));
-    selfPorts = { from: addresses, size: addresses.size, ports };
+    const keys = new Set<string>();
+    for (const a of addresses) {
+      const colon = a.lastIndexOf(':');
+      const port = Number(a.slice(colon + 1));
+      ports.add(port);
+      const host = a.slice(0, colon).replace(/^\[(.*)\]$/, '$1');
+      keys.add(formatAuthority(unmapIPv4(host), port));
+    }
+    selfListeners = { from: addresses, size: addresses.size, ports, keys };
   }
-  return selfPorts.ports;
+  return selfListeners;
 }
 
 /**
@@ -91,7 +103,8 @@ export function selfDialDecision(ctx: Pick<GatewayContext, 'selfAddresses' | 'ud
  */
 function selfKind(ctx: Pick<GatewayContext, 'selfAddresses' | 'udpRelays'>, ip: string, port: number, protocol: Protocol): 'a listener' | 'a UDP relay' | null {
   // The listeners are TCP: a datagram to the same port number goes to another socket, never to them.
-  const isListenerPort = protocol !== 'socks5-udp' && selfPortSet(ctx.selfAddresses).has(port);
+  const listeners = selfListenerSet(ctx.selfAddresses);
+  const isListenerPort = protocol !== 'socks5-udp' && listeners.ports.has(port);
   const isRelayPort = protocol === 'socks5-udp' && ctx.udpRelays.hasPort(port);
   // Most destinations are not on a port the gateway listens or relays on: no string building for those.
   if (!isListenerPort && !isRelayPort) return null;
@@ -100,9 +113,9 @@ function selfKind(ctx: Pick<GatewayContext, 'selfAddresses' | 'udpRelays'>, ip: 
   if (isRelayPort && ctx.udpRelays.has(bare, port)) return 'a UDP relay';
   if (!isListenerPort) return null;
   const key = formatAuthority(bare, port);
-  if (ctx.selfAddresses.has(key)) return 'a listener';
+  if (listeners.keys.has(key)) return 'a listener';
   // A listener on a wildcard address answers on every local address.
-  return (ctx.selfAddresses.has(`0.0.0.0:${port}`) || ctx.selfAddresses.has(`[::]:${port}`)) && isLocalAddress(bare) ? 'a listener' : null;
+  return (listeners.keys.has(`0.0.0.0:${port}`) || listeners.keys.has(`[::]:${port}`)) && isLocalAddress(bare) ? 'a listener' : null;
 }
 
 /**
@@ -116,9 +129,10 @@ function selfKind(ctx: Pick<GatewayContext, 'selfAddresses' | 'udpRelays'>, ip: 
  */
 export function isOwnListener(ctx: Pick<GatewayContext, 'selfAddresses'>, ip: string, port: number): boolean {
   // Most parents are on a port the gateway does not listen on: no string building for those.
-  if (!selfPortSet(ctx.selfAddresses).has(port)) return false;
+  const listeners = selfListenerSet(ctx.selfAddresses);
+  if (!listeners.ports.has(port)) return false;
   const bare = dialledForm(ip);
-  if (ctx.selfAddresses.has(formatAuthority(bare, port))) return true;
-  if (!ctx.selfAddresses.has(`0.0.0.0:${port}`) && !ctx.selfAddresses.has(`[::]:${port}`)) return false;
+  if (listeners.keys.has(formatAuthority(bare, port))) return true;
+  if (!listeners.keys.has(`0.0.0.0:${port}`) && !listeners.keys.has(`[::]:${port}`)) return false;
   return bare.startsWith('127.') || bare === '::1' || localSet()?.has(bare) === true;
 }
