@@ -182,6 +182,22 @@ export class CidrMap<T> {
     return n;
   }
 
+  /**
+   * Longest matching prefix on IPv6's scale, or -1: an IPv4 rule's length counts 96 more (it names as
+   * few addresses as the IPv4-mapped rule would), an IPv6 rule's as written. An IPv4-mapped address
+   * may be held by rules of both families, each scaled as its own (an IPv6 rule holding it is at most
+   * a /95: a longer one is kept as the IPv4 rule it means, parseCidr).
+   */
+  longestOnV6Scale(ip: ParsedIp): number {
+    if (ip.v4 !== null) {
+      for (const p of this.v4Prefixes) if (this.v4.get(p)!.has((ip.v4 & maskV4(p)) >>> 0)) return p + 96;
+    }
+    if (ip.v6 !== null) {
+      for (const p of this.v6Prefixes) if (this.v6.get(p)!.has(v6Key(ip.v6, p))) return p;
+    }
+    return -1;
+  }
+
   /** Longest matching prefix length, or -1 when nothing contains `ip`. */
   longestPrefix(ip: ParsedIp): number {
     if (ip.v4 !== null) {

@@ -38,15 +38,6 @@ function unspecifiedReaches(ip: ParsedIp): ReachedAddress | null {
 }
 
 /**
- * A prefix length matched for `ip` on IPv6's scale: an IPv4 prefix counts as the IPv4-mapped one
- * (96 more bits), so lengths matched for an address and for the IPv4 it embeds compare by how many
- * addresses each names. -1 (no match) stays -1.
- */
-function asV6Prefix(len: number, ip: ParsedIp): number {
-  return len < 0 || ip.v4 === null ? len : len + 96;
-}
-
-/**
  * One allow entry. Its MatchedRule and allow Decisions are built on first use and then reused for
  * every flow it admits: the allow path allocates nothing, and a reload does not pay for 3 objects
  * per entry that most entries never need.
@@ -282,14 +273,14 @@ export function compilePolicy(config: Config, version = 1, opts: CompileOptions 
 
   /**
    * Longest prefix of `set` containing the address as dialled or the IPv4 it embeds, on IPv6's scale
-   * (asV6Prefix): an IPv4 /32 names one address, as an IPv6 /128 does, so `deny.cidrs:
+   * (CidrMap.longestOnV6Scale): an IPv4 /32 names one address, as an IPv6 /128 does, so `deny.cidrs:
    * [169.254.169.254/32]` is more specific than `allowRanges: [64:ff9b::/96]` for
    * 64:ff9b::a9fe:a9fe. Compared as written (32 against 96) the allowRanges entry won it. -1: none.
    */
   function longest(set: CidrMap<string>, ip: ParsedIp, inner: ParsedIp | null): number {
     if (set.size === 0) return -1;
-    const a = asV6Prefix(set.longestPrefix(ip), ip);
-    return inner === null ? a : Math.max(a, asV6Prefix(set.longestPrefix(inner), inner));
+    const a = set.longestOnV6Scale(ip);
+    return inner === null ? a : Math.max(a, set.longestOnV6Scale(inner));
   }
 
   /**
