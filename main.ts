@@ -385,7 +385,9 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     throw listenError(err, listenerName('admin', opts.admin));
   }
   const admin = formatAddress(app.server.address());
-  selfAddresses.add(admin);
+  // `localhost` binds every address it resolves to (fastify listens on 127.0.0.1 and ::1 when both
+  // answer): each is the gateway's own, not only the one the listening line names.
+  for (const a of app.addresses()) selfAddresses.add(formatAddress(a));
   ready = true;
 
   const reloadFromFile = async (author = 'SIGHUP'): Promise<{ ok: boolean; errors?: Array<{ path: string; message: string }> }> => {
