@@ -10,7 +10,7 @@ import { formatAuthority } from '../../policy/address.ts';
 import { type ParentEndpoint, type ParentLogin, parseParentUrl } from '../../policy/upstream-url.ts';
 import { bareLineFeedAt } from '../protocol/http-line-ends.ts';
 import { type HandshakeWords, readHandshake } from './handshake.ts';
-import { httpParentRefusal } from './http-parent-refusal.ts';
+import { httpParentRefusal, shownStatusLine } from './http-parent-refusal.ts';
 import { socks5ParentHandshake } from './socks5-parent.ts';
 import { type DiallingSocket, type Flow, KILLED_WHILE_DIALLING } from '../flow/flow.ts';
 import type { UnansweredAddresses } from './unanswered.ts';
@@ -474,8 +474,10 @@ async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> 
       const end = received.indexOf('\r\n\r\n', at);
       // Not HTTP at all (another service on the parent's port: an SSH or SMTP banner, a Redis
       // error line, TLS): refused as soon as its first bytes or first line say so. Waiting for a
-      // head that never ends made it the destination's 504 connect-timeout at the deadline.
-      if (end === -1 && !mayBeStatusLine(received, at)) throw new GatewayError('EGW_UPSTREAM_PROXY', `${parent.label} answered with another protocol than HTTP/1.x`);
+      // head that never ends made it the destination's 504 connect-timeout at the deadline. Also
+      // when a CRLFCRLF came with it: that was read as a refusal quoting the first line raw (up to
+      // 16 KiB of whatever the service sent, control bytes and all) as if it were a status line.
+      if (!mayBeStatusLine(received, at)) throw new GatewayError('EGW_UPSTREAM_PROXY', `${parent.label} answered with another protocol than HTTP/1.x`);
       // A bare LF in a head (RFC 9112 §2.2 lets us refuse it, as llhttp does on the absolute-URI
       // paths): its CRLFCRLF never comes (504 at the deadline), or a CRLFCRLF later made a 200 of
       // `HTTP/1.1 200 OK\nX: y\r\n\r\n`. Never looked for past the final head: those are the destination's.
@@ -504,7 +506,7 @@ async function dialViaHttp(parent: Parent, target: DialTarget): Promise<Socket> 
       // word on the destination, http-parent-refusal.ts).
       if (!(status >= 200 && status < 300)) {
         const refusal = httpParentRefusal(status, received.toString('latin1', at, end + 2));
-        throw new GatewayError(refusal.code, `${parent.label} answered ${statusLine}${refusal.detail === '' ? '' : ` (${refusal.detail})`}`);
+        throw new GatewayError(refusal.code, `${parent.label} answered ${shownStatusLine(statusLine)}${refusal.detail === '' ? '' : ` (${refusal.detail})`}`);
       }
       return end + 4;
     }

@@ -42,3 +42,18 @@ export function httpParentRefusal(status: number, head: string): HttpParentRefus
   const code = squid === null ? undefined : SQUID_ERRNO[squid[2] as string];
   return code === undefined ? { code: 'EGW_UPSTREAM_PROXY', detail: squid?.[1] ?? '' } : { code, detail: squid?.[1] ?? '' };
 }
+
+/** The most of a parent's status line a log line quotes: a reason phrase is a few words. */
+const MAX_SHOWN_STATUS_LINE = 128;
+
+/**
+ * A refusal's status line as its log line quotes it: printable ASCII as it came, any other byte
+ * (control bytes, HTAB, obs-text) as `\xNN`, and past MAX_SHOWN_STATUS_LINE bytes cut, with how long
+ * it was. The reason phrase is the parent's to fill (RFC 9112 §4): before, it went into the log as
+ * it came, up to the 16 KiB the answer may take. Runs once per refused dial, never on a tunnel.
+ */
+export function shownStatusLine(line: string): string {
+  const cut = line.length > MAX_SHOWN_STATUS_LINE ? line.slice(0, MAX_SHOWN_STATUS_LINE) : line;
+  const shown = cut.replace(/[^\x20-\x7e]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  return cut === line ? shown : `${shown}… (${line.length} bytes)`;
+}

@@ -83,6 +83,11 @@ describe('an http parent that answers in another protocol and stays open', () =>
     ['an SSH banner on accept', { onAccept: Buffer.from('SSH-2.0-OpenSSH_9.6\r\n') }],
     ['an error line to the CONNECT', { onRequest: Buffer.from("-ERR unknown command 'CONNECT'\r\n") }],
     ['a TLS alert, no line at all', { onRequest: Buffer.from([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46]) }],
+    // Regression: with a CRLFCRLF in the answer the check was skipped, and the first line went into
+    // the log as the parent's status line: `answered \u0000\u0001\u0002\u0003garbage`, or 15,000
+    // bytes of it (the client's 502 was right).
+    ['binary bytes, then a CRLFCRLF', { onRequest: Buffer.concat([Buffer.from([0, 1, 2, 3]), Buffer.from('garbage\r\n\r\n')]) }],
+    ['a 15,000-byte line, then a CRLFCRLF', { onRequest: Buffer.from(`${'x'.repeat(15_000)}\r\n\r\n`) }],
   ];
   it.each(cases)('%s: CONNECT 502 and SOCKS5 0x01 upstream-proxy, not 504 connect-timeout', async (_name, what) => {
     service = what;
@@ -97,6 +102,26 @@ describe('an http parent that answers in another protocol and stays open', () =>
     const records = [await gw.waitForClosed((r) => r.protocol === 'connect'), await gw.waitForClosed((r) => r.protocol === 'socks5')];
     for (const rec of records) expect([rec.closeReason, rec.upstream, rec.bytesIn, rec.bytesOut]).toEqual(['upstream-proxy', `http://127.0.0.1:${port}`, 0, 0]);
     expect(gw.logs.some((l) => JSON.stringify(l).includes(`parent proxy http://127.0.0.1:${port} answered with another protocol than HTTP/1.x`))).toBe(true);
+    for (const l of gw.logs) expect(JSON.stringify(l).length).toBeLessThan(400);
+  });
+});
+
+// Regression: a refusal's status line was quoted in the log as it came: its reason phrase (the
+// parent's to fill) with its control bytes, up to the 16 KiB the answer may take (12,022 bytes of
+// `HTTP/1.1 403 \x1b[31mno\x07 yyy…` in one warning). Now bytes outside printable ASCII are `\xNN` and
+// the line is cut at 128 bytes, its length said.
+describe('an http parent whose refusal has a long reason phrase with control bytes', () => {
+  it('CONNECT 502 upstream-proxy; the log quotes 128 bytes of the status line, escaped, and its length', async () => {
+    service = { onRequest: Buffer.from(`HTTP/1.1 403 \x1b[31mno\x07 ${'y'.repeat(12_000)}\r\nContent-Length: 0\r\n\r\n`, 'latin1') };
+    gw = await startTestGateway({ upstream: `http://127.0.0.1:${port}`, limits: { connectTimeoutMs: 20_000 } });
+
+    const { response } = await rawExchange(gw.httpPort, 'CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n', 5000);
+    expect(response.split('\r\n')[0]).toBe('HTTP/1.1 502 Bad Gateway');
+    expect(jsonBody(response).reason).toBe('upstream-proxy');
+    const rec = await gw.waitForClosed((r) => r.protocol === 'connect');
+    expect([rec.closeReason, rec.bytesIn, rec.bytesOut]).toEqual(['upstream-proxy', 0, 0]);
+    const line = gw.logs.find((l) => l.msg === 'CONNECT dial failed');
+    expect(line?.err).toBe(`parent proxy http://127.0.0.1:${port} answered HTTP/1.1 403 \\x1b[31mno\\x07 ${'y'.repeat(106)}… (12022 bytes)`);
   });
 });
 
