@@ -42,7 +42,10 @@ function unstarted(): ParentProxy {
 /** The login each parent connection carried, once its request was read. */
 const logins = new WeakMap<Socket, string | null>();
 
-/** Listen on a port of `host` (loopback) and fill in `p`'s port, URL (`scheme://[login@]<host>:port`), openLogins and close. */
+/**
+ * Listen on a port of `host` (loopback: 127.0.0.0/8 or ::1) and fill in `p`'s port, URL
+ * (`scheme://[login@]<host>:port`, an IPv6 host in brackets), openLogins and close.
+ */
 async function listen(p: ParentProxy, scheme: string, server: Server, sockets: Set<Socket>, host: string, port = 0): Promise<void> {
   server.on('connection', (s: Socket) => {
     sockets.add(s);
@@ -51,7 +54,8 @@ async function listen(p: ParentProxy, scheme: string, server: Server, sockets: S
   server.listen(port, host);
   await once(server, 'listening');
   p.port = (server.address() as AddressInfo).port;
-  p.url = (l) => `${scheme}://${l ? `${l}@` : ''}${host}:${p.port}`;
+  const authority = host.includes(':') ? `[${host}]` : host;
+  p.url = (l) => `${scheme}://${l ? `${l}@` : ''}${authority}:${p.port}`;
   p.openLogins = () => [...sockets].map((s) => logins.get(s) ?? null);
   p.close = async () => {
     for (const s of sockets) s.destroy();
