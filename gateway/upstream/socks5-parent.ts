@@ -89,9 +89,14 @@ export function socks5ParentHandshake(
   // Bytes of the received ones the method choice and the login answer took.
   let at = 0;
   const done = readHandshake(socket, timeoutMs, words, (received) => {
+    // Each answer's VER is judged at its first byte: a parent that sent fewer bytes than an answer
+    // takes, none of them SOCKS5, and then said nothing was waited on until the deadline. After the
+    // CONNECT request that made it the destination's 504 `connect-timeout` ("did not answer in
+    // time"), a failed attempt for an0081.scan, though the parent had answered, in another protocol.
     if (step === 'method') {
-      if (received.length < at + 2) return null;
+      if (received.length < at + 1) return null;
       if (received[at] !== SOCKS_VERSION) throw new GatewayError('EGW_UPSTREAM_PROXY', `${label} answered with another protocol`);
+      if (received.length < at + 2) return null;
       const method = received[at + 1];
       at += 2;
       if (method === METHOD.userPass && login) {
@@ -112,9 +117,11 @@ export function socks5ParentHandshake(
       step = 'reply';
     }
     const reply = received.subarray(at);
+    if (reply.length === 0) return null;
+    if (reply[0] !== SOCKS_VERSION) throw new GatewayError('EGW_UPSTREAM_PROXY', `${label} sent a malformed reply`);
     if (reply.length < 2) return null;
     const rep = reply[1] as number;
-    if (reply[0] === SOCKS_VERSION && rep !== 0x00) throw new GatewayError(parentReplyCode(rep), `${label} answered 0x${rep.toString(16).padStart(2, '0')}`);
+    if (rep !== 0x00) throw new GatewayError(parentReplyCode(rep), `${label} answered 0x${rep.toString(16).padStart(2, '0')}`);
     const n = parentReplyLength(reply);
     if (n < 0) throw new GatewayError('EGW_UPSTREAM_PROXY', `${label} sent a malformed reply`);
     return n === 0 ? null : at + n;
