@@ -105,8 +105,13 @@ export function socks5ParentHandshake(
       } else if (method === METHOD.noAuth) {
         socket.write(encodeParentConnect(ip, port));
         step = 'reply';
-      } else {
+      } else if (method === METHOD.noAcceptable || method === METHOD.userPass) {
         throw new GatewayError('EGW_UPSTREAM_PROXY', login ? `${label} accepts none of our login methods` : `${label} wants credentials and its URL has none`);
+      } else {
+        // A method we did not offer (GSSAPI 0x01, a private one): RFC 1928 §3 lets a parent pick
+        // only among ours. Before, it was logged as wanting credentials (or none of ours), which
+        // sent an operator to add or change the URL's login for a parent that would take neither.
+        throw new GatewayError('EGW_UPSTREAM_PROXY', `${label} chose method 0x${(method as number).toString(16).padStart(2, '0')}, which we did not offer`);
       }
     }
     if (step === 'login') {

@@ -126,3 +126,26 @@ describe('a socks5 parent whose answer is not SOCKS5 and too short to be one, th
     expect(dialError()).toBe(`parent proxy socks5://127.0.0.1:${port} ${said}`);
   });
 });
+
+// Regression: a method choice we did not offer (RFC 1928 §3: the parent picks among ours) was
+// logged as a want of credentials: GSSAPI 0x01 to a URL without a login, "wants credentials and its
+// URL has none"; 0x80 to one with, "accepts none of our login methods". The client's 502 was right.
+describe('a socks5 parent that chooses a method we did not offer', () => {
+  const cases: Array<[string, number, boolean, string]> = [
+    ['GSSAPI 0x01, no login in the URL', 0x01, false, 'chose method 0x01, which we did not offer'],
+    ['a private method 0x80, a login in the URL', 0x80, true, 'chose method 0x80, which we did not offer'],
+    // Unchanged: what RFC 1928 lets the parent say.
+    ['0xFF, no login in the URL', 0xff, false, 'wants credentials and its URL has none'],
+    ['0xFF, a login in the URL', 0xff, true, 'accepts none of our login methods'],
+    ['0x02, no login in the URL (not offered either)', 0x02, false, 'wants credentials and its URL has none'],
+  ];
+  it.each(cases)('%s: 502 upstream-proxy, one record, the log names the method', async (_name, method, withLogin, said) => {
+    script = { method: [5, method] };
+    const { response, rec } = await connectThrough(withLogin);
+    expect(response.split('\r\n')[0]).toBe('HTTP/1.1 502 Bad Gateway');
+    expect(jsonBody(response).reason).toBe('upstream-proxy');
+    expect([rec.closeReason, rec.bytesIn, rec.bytesOut]).toEqual(['upstream-proxy', 0, 0]);
+    expect(gw?.closed).toHaveLength(1);
+    expect(dialError()).toBe(`parent proxy socks5://127.0.0.1:${port} ${said}`);
+  });
+});
