@@ -115,6 +115,10 @@ export function socks5ParentHandshake(
       }
     }
     if (step === 'login') {
+      // Only STATUS is read. RFC 1929 §2 makes the answer's VER 0x01, but servers answering 0x05
+      // are common enough that curl ignores VER and tinyproxy, proxychains-ng and microsocks accept
+      // both (dante's client refuses a mismatch). STATUS is the parent's word on the login, and the
+      // CONNECT reply after it is read in full.
       if (received.length < at + 2) return null;
       if (received[at + 1] !== 0x00) throw new GatewayError('EGW_UPSTREAM_PROXY', `${label} refused our credentials`);
       at += 2;
