@@ -75,6 +75,8 @@ export interface AdmissionHost {
   releaseHeld(dest: Destination): void;
   dropHeld(): void;
   noteReasons(f: Flow): void;
+  /** The association ended with no flow open: write its one record (what end() writes then). */
+  recordEnded(): void;
   /** Hold the association's place in its identity's limit again while it has no flow (FlowTable.holdPlace). */
   holdPlace(): void;
   /** Give that place back: the first destination's flow counts instead, from its opening. */
@@ -91,6 +93,11 @@ export class UdpAdmissions {
    * end meanwhile leaves the record to that flow (closed when admit returns), not an empty one.
    */
   isOpening = false;
+  /**
+   * The first destination's refusal ended the association (endsAssociation): that refusal's record,
+   * written by `admit` or the kill, is the association's one record (spec-notes), so end() writes none.
+   */
+  isRecordedByRefusal = false;
   /** Destinations waiting for their turn to be admitted, in the order they came. */
   private readonly queued: Destination[] = [];
   /** DNS lookups running for admissions now (at most MAX_ADMITTING). */
@@ -221,14 +228,16 @@ export class UdpAdmissions {
       // refused would drop every later datagram to it for the association's life, however soon the
       // limit cleared, and UDP cannot tell the client why; each new destination would meet the
       // quarantine again, one refused record each; ending the control connection does neither.
-      if (endsAssociation(r)) this.host.end(r.reject.reason);
-      else this.host.holdPlace();
+      if (endsAssociation(r)) {
+        this.isRecordedByRefusal = true;
+        this.host.end(r.reject.reason);
+      } else this.afterFirstRefused();
       return;
     }
     if (r.upstream !== null) {
       ctx.flows.close(r.flow, 'udp-upstream-unsupported');
       this.refuseForParent(dest, r.upstream);
-      this.host.holdPlace();
+      this.afterFirstRefused();
       return;
     }
     if (this.host.isEnded()) {
@@ -242,6 +251,16 @@ export class UdpAdmissions {
     }
     this.host.opened(r.flow);
     this.allowDest(r.flow, dest, r.ip, r.flow);
+  }
+
+  /**
+   * The first destination was refused as that destination's refusal only: the association goes on
+   * without a flow, holding its place again; one that ended while it was admitted (end() left its
+   * record to the flow `admit` had opened, now a refusal's) leaves its own record now.
+   */
+  private afterFirstRefused(): void {
+    if (this.host.isEnded()) this.host.recordEnded();
+    else this.host.holdPlace();
   }
 
   /** A destination of the open association: judged as a new flow's would be, under that flow. */

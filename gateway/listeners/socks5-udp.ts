@@ -145,6 +145,7 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     endReason: () => endReason,
     opened,
     end,
+    recordEnded: () => recordIfNoFlow(endReason),
     forward,
     releaseHeld,
     dropHeld,
@@ -562,12 +563,25 @@ export function startUdpAssociation(ctx: GatewayContext, down: Downstream, hs: H
     if (flow !== null && flow.state === 'active') {
       // Its counts are noted as it closes (explainAtClose).
       ctx.flows.close(flow, reason);
-    } else if (flow === null && (relay !== null || refusal !== null) && !admissions.isOpening && admissions.admitted === 0 && admissions.refusedDestinations === 0) {
-      recordEmptyAssociation(ctx, { hs, client: { ip: clientIp, port: clientPort }, startedAt, first: dests.all[0], refusal }, reason, admissions, drops);
+    } else if (flow === null && !admissions.isOpening) {
+      recordIfNoFlow(reason);
     }
     if (keepSocket) return;
     if (reset) socket.resetAndDestroy();
     else if (!socket.destroyed) socket.destroy();
+  }
+
+  /**
+   * The record of an association that ended with no flow open (none of its destinations relayed):
+   * its one record, with its counts, whether its destinations were all refused (each has its own
+   * refused record too) or none was judged. Not when the first destination's refusal ended it: that
+   * refusal's record is the association's (isRecordedByRefusal).
+   */
+  function recordIfNoFlow(reason: string): void {
+    if ((relay === null && refusal === null) || admissions.isRecordedByRefusal) return;
+    // The destination being looked up when it ended, if any; else (refused ones have their own records) the declared one.
+    const first = dests.all.find((d) => d.state === 'pending');
+    recordEmptyAssociation(ctx, { hs, client: { ip: clientIp, port: clientPort }, startedAt, first, refusal }, reason, admissions, drops);
   }
 
 }

@@ -317,7 +317,8 @@ describe('refusals before any judgement: recorded block, counted block', () => {
     const socks = await open(socksPort(s));
     socks.write(Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, echo.port >> 8, echo.port & 255]));
     expect((await readToEnd(socks)).data.toString('hex').slice(0, 8)).toBe('05000501');
-    // A UDP association: its first destination is refused (the association's one record).
+    // A UDP association: its first destination is refused (that destination's record); the
+    // association, which relayed nothing, leaves its own record when its client leaves.
     const client = createSocket('udp4');
     client.bind(0, '127.0.0.1');
     await once(client, 'listening');
@@ -341,7 +342,8 @@ describe('refusals before any judgement: recorded block, counted block', () => {
     const metrics = await counts(s);
     expect(metrics).toContain('gw_policy_decisions_total{verdict="block",reason="flow-log-unavailable"} 4');
     for (const protocol of ['http', 'connect', 'socks5', 'socks5-udp']) expect(metrics).toContain(`gw_flows_closed_total{protocol="${protocol}",close_reason="flow-log-unavailable"} 1`);
-    expect(metrics.filter((l) => l.includes('reason="other"'))).toEqual([]);
+    // Only the association's own record, judged by nothing (spec-notes: allow, reason null).
+    expect(metrics.filter((l) => l.includes('reason="other"'))).toEqual(['gw_policy_decisions_total{verdict="allow",reason="other"} 1']);
     await stop(s);
     const records = parseRecords(await readFile(log, 'utf8'));
     expect(records.filter((r) => r.closeReason === 'flow-log-unavailable').map(shape)).toEqual([
@@ -350,8 +352,12 @@ describe('refusals before any judgement: recorded block, counted block', () => {
       refused('socks5', 'flow-log-unavailable'),
       refused('socks5-udp', 'flow-log-unavailable'),
     ]);
-    // One record per flow: the first request's and the four refusals' (the association has no other).
-    expect(records).toHaveLength(5);
+    // One record per flow: the first request's, the four refusals' and the association's own.
+    expect(records.filter((r) => r.closeReason !== 'flow-log-unavailable').map((r) => [r.protocol, r.verdict, r.reason])).toEqual([
+      ['http', 'allow', 'allowed'],
+      ['socks5-udp', 'allow', null],
+    ]);
+    expect(records).toHaveLength(6);
   });
 
   it('relay-error: a UDP ASSOCIATE whose relay cannot be bound (no descriptor left) gets 0x01 and leaves its one record, block relay-error, counted', async () => {
