@@ -5,7 +5,9 @@
  * so one whose DNS never answers holds up no other destination; then, as its answer comes, the first
  * destination admitted goes through `admit` (opens the flow; one at a time while no flow is open),
  * later ones through `admitDestination` (a refusal leaves its own refused record). At most
- * MAX_PENDING destinations wait at once; after MAX_REFUSED refused ones the association ends.
+ * MAX_PENDING destinations wait at once; after MAX_REFUSED refused ones the association ends. A
+ * destination whose name did not resolve is looked up again for a datagram to it once
+ * lookUpAgainAt has passed; failing again, it leaves no second record.
  *
  * One per association, made when it starts; the datagram path calls it only for a datagram to a
  * destination not yet known (newDestination) or refused (judgeAgain).
@@ -48,6 +50,14 @@ const MAX_PENDING = 64;
  * mode refuses unlooked-up) takes no slot: it is admitted at once whatever names are pending.
  */
 const MAX_ADMITTING = 8;
+/**
+ * The least wait before a name whose lookup failed (`dns-failed`) is looked up again for a later
+ * datagram to it; the wait is the resolver's memory of failed names (resolver.negativeCacheTtlSec)
+ * when longer, as a lookup sooner would be answered from it. One SERVFAIL or timeout must not make
+ * a name unreachable for an association's life (a TCP flow looks its name up on each CONNECT), nor
+ * may each datagram to a dead name cost a lookup.
+ */
+const LOOK_UP_AGAIN_MIN_MS = 1000;
 
 /** What the association gives its admissions: what they read of it, and what they do to it. */
 export interface AdmissionHost {
@@ -138,11 +148,15 @@ export class UdpAdmissions {
    */
   judgeAgain(dest: Destination, msg: Buffer, hdr: UdpHeader): boolean {
     const { ctx, held } = this.host;
-    if (dest.judgedUnder === ctx.policy.current() && dest.judgedOverride === ctx.policy.modeOverride()) return false;
+    const isSameJudge = this.isJudgedUnderRunning(dest);
+    // Under the same policy, only a name whose lookup failed, and only once its wait is over.
+    if (isSameJudge && (dest.lookUpAgainAt === 0 || ctx.flows.now() < dest.lookUpAgainAt)) return false;
     if (this.pending >= MAX_PENDING || !held.take(msg.length)) {
       this.host.dropHeld();
       return true;
     }
+    dest.isLookUpRetry = isSameJudge;
+    dest.lookUpAgainAt = 0;
     dest.state = 'pending';
     dest.heldBytes = msg.length;
     dest.queue = [msg.subarray(hdr.dataOffset)];
@@ -187,8 +201,16 @@ export class UdpAdmissions {
 
   /** Look the destination up beside the others (`isLookUp`: needsLookUp), then judge it as its answer comes. */
   private async admitOne(dest: Destination, isLookUp: boolean): Promise<void> {
+    const isRetry = dest.isLookUpRetry;
+    dest.isLookUpRetry = false;
     const found = isLookUp ? await lookUp(this.host.ctx, dest.host, this.host.clientIp) : undefined;
     if (this.host.isEnded()) return;
+    if (isRetry && found?.ip === null && found.dnsError === 'EGW_DNS_FAILED' && this.isJudgedUnderRunning(dest)) {
+      // Looked up again and failed again, under the policy that refused it: the same refusal, whose
+      // record is written (recordRefusal, admit). Its datagrams dropped and counted; the next wait starts.
+      this.dropDest(dest, true);
+      return;
+    }
     const flow = this.host.flow();
     if (flow !== null) return this.admitLater(flow, dest, found);
     const turn = this.opening.then(() => {
@@ -228,6 +250,7 @@ export class UdpAdmissions {
       // refused would drop every later datagram to it for the association's life, however soon the
       // limit cleared, and UDP cannot tell the client why; each new destination would meet the
       // quarantine again, one refused record each; ending the control connection does neither.
+      if (r.reject.reason === 'dns-failed') this.lookUpLater(dest);
       if (endsAssociation(r)) {
         this.isRecordedByRefusal = true;
         this.host.end(r.reject.reason);
@@ -273,6 +296,7 @@ export class UdpAdmissions {
     if (!r.ok) {
       this.recordRefusal(f, dest, r);
       this.refuseDest(dest, `${r.reject.reason}: ${r.reason}`);
+      if (r.reject.reason === 'dns-failed') this.lookUpLater(dest);
       return;
     }
     if (r.upstream !== null) {
@@ -346,12 +370,31 @@ export class UdpAdmissions {
     this.refuseDest(dest, `egress for this identity goes through ${parentName(upstream)}, which cannot carry UDP`);
   }
 
-  private refuseDest(dest: Destination, why: string): void {
-    const { ctx, clientIp } = this.host;
+  /** Refused: its waiting datagrams dropped and counted; `lookUpLater`: a name that failed its lookup again. */
+  private dropDest(dest: Destination, lookUpLater: boolean): void {
     if (dest.state === 'pending') this.pending--;
     dest.state = 'refused';
     this.host.drops.refused += dest.queue?.length ?? 0;
     this.host.releaseHeld(dest);
+    if (lookUpLater) this.lookUpLater(dest);
+  }
+
+  /** Its name did not resolve: a datagram to it after the wait has the name looked up again (judgeAgain). */
+  private lookUpLater(dest: Destination): void {
+    if (dest.state !== 'refused') return;
+    const { ctx } = this.host;
+    dest.lookUpAgainAt = ctx.flows.now() + Math.max(LOOK_UP_AGAIN_MIN_MS, ctx.policy.current().config.resolver.negativeCacheTtlSec * 1000);
+  }
+
+  /** Whether its admission started under the policy and mode running now. */
+  private isJudgedUnderRunning(dest: Destination): boolean {
+    const { ctx } = this.host;
+    return dest.judgedUnder === ctx.policy.current() && dest.judgedOverride === ctx.policy.modeOverride();
+  }
+
+  private refuseDest(dest: Destination, why: string): void {
+    const { ctx, clientIp } = this.host;
+    this.dropDest(dest, false);
     this.refusedDestinations++;
     const flowId = this.host.flow()?.id;
     const client = formatAuthority(clientIp, this.host.clientPort());

@@ -43,6 +43,13 @@ export interface Destination {
    */
   judgedUnder: PolicySnapshot | null;
   judgedOverride: Mode | null;
+  /**
+   * Refused because its name did not resolve: from this time (ctx.flows.now()) a datagram to it has
+   * the name looked up again; 0 when its refusal is for the association's life under one policy.
+   */
+  lookUpAgainAt: number;
+  /** Being admitted again only because lookUpAgainAt passed (no policy or mode change since its refusal). */
+  isLookUpRetry: boolean;
 }
 
 /**
@@ -106,6 +113,8 @@ export class DestinationTable {
       queue: [msg.subarray(hdr.dataOffset)],
       judgedUnder: null,
       judgedOverride: null,
+      lookUpAgainAt: 0,
+      isLookUpRetry: false,
     };
     this.all.push(dest);
     this.byKey.set(key.toString('latin1'), dest);

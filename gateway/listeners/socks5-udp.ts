@@ -17,7 +17,8 @@
  *     asked, another user's dropped, a socket not listed dropped, an owner not known in time dropped)
  *  3. parse the SOCKS UDP header in place (no allocation); FRAG != 0, malformed headers and
  *     foreign sources are dropped and counted
- *  4. each new destination is admitted once and the answer cached for the association
+ *  4. each new destination is admitted once and the answer cached for the association (one whose
+ *     name did not resolve is looked up again for a datagram after a short wait)
  *     (socks5-udp-admissions.ts). Up to MAX_ADMITTING destinations are admitted at once, the others queue in order: each name is looked
  *     up (needsLookUp, lookUp) side by side with the others, so one whose DNS never answers holds up no other
  *     destination; then, as its answer comes, the first destination admitted goes through `admit`
