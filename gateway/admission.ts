@@ -67,8 +67,10 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   // One resolved before (a SOCKS5 login ahead of its request, a UDP association's) has the running
   // policy's roles, if the running policy still admits its login.
   let identity = req.identity === undefined ? undefined : identityUnder(snapshot, req.identity, hostUnder(ctx, snapshot, req.identity, req.claims.clientIp, req.loginSince));
-  const isLoginStale = req.loginSince !== undefined && !loginStands(req.claims.username ?? null, req.loginSince, snapshot);
+  let isLoginStale = req.loginSince !== undefined && !loginStands(req.claims.username ?? null, req.loginSince, snapshot);
   let authFailed = isLoginStale;
+  /** The policy a password (HTTP Basic) was checked under here: the user it names is that policy's. */
+  let passwordCheckedUnder: PolicySnapshot | null = null;
   // The policy whose identity.hosts gave the identity its host (re-derived under a later one:
   // runningPolicy); null when a claim named it. One resolved before got it from the running one (above).
   let hostFrom: PolicySnapshot | null = snapshot;
@@ -77,6 +79,8 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     const result = await ctx.identity.resolve(req.claims, snapshot);
     if (result.ok) {
       identity = result.identity;
+      // A password admits only as its check passed (identity-resolver.ts step 2): it named the user.
+      if (req.claims.username !== undefined && req.claims.username !== null) passwordCheckedUnder = snapshot;
       if (result.hostFromInventory !== true) hostFrom = null;
       if (result.spoofAttempt) ctx.log.warn({ client: req.claims.clientIp, header: result.spoofAttempt }, 'identity header from untrusted source ignored');
     } else {
@@ -91,7 +95,13 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   if (ctx.policy.current() !== snapshot || ctx.policy.modeOverride() !== override) {
     snapshot = ctx.policy.current();
     override = ctx.policy.modeOverride();
-    if (hostFrom !== null) {
+    // A password checked against a user the running policy removed or re-passworded admits no more
+    // than a SOCKS5 login's does (login-standing.ts): refused as a new connection's would be. Not a
+    // trusted header's or a certificate's identity: those are not checked against identity.users.
+    if (passwordCheckedUnder !== null && !loginStands(req.claims.username ?? null, passwordCheckedUnder, snapshot)) {
+      isLoginStale = authFailed = true;
+      identity = { ...ANONYMOUS, roles: snapshot.rolesFor(null, null), process: identity.process };
+    } else if (hostFrom !== null) {
       identity = identityUnder(snapshot, identity, hostUnder(ctx, snapshot, identity, unmapIPv4(req.claims.clientIp), hostFrom));
       hostFrom = snapshot;
     } else identity = identityUnder(snapshot, identity);

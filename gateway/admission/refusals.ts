@@ -82,15 +82,16 @@ export function loginRefusal(mode: Mode): Decision {
 }
 
 /**
- * A SOCKS5 login the running policy no longer admits (login-standing.ts): refused as a missing login
- * is, with a reason that says the login was made under an earlier policy.
+ * A login the running policy no longer admits (login-standing.ts): a SOCKS5 connection's, or HTTP
+ * Basic credentials checked across a reload that removed the user or changed the password. Refused
+ * as a missing login is, with a reason that says the login was made under an earlier policy.
  */
 export function staleLoginRefusal(mode: Mode): Decision {
   return fixed('auth-required', 'policy.deny', mode, STALE_LOGIN);
 }
 
 const STALE_LOGIN: readonly string[] = Object.freeze([
-  'proxy authentication required: this connection logged in under an earlier policy, which the running one no longer admits (requireAuth on, or the user\'s password changed or removed)',
+  'proxy authentication required: this login was checked under an earlier policy, which the running one no longer admits (requireAuth on, or the user\'s password changed or removed)',
 ]);
 
 /**

@@ -7,6 +7,10 @@
  * her CONNECT was answered 200 and tunnelled (2 live flows under a limit of 1), while the next
  * connection's got 429. The SOCKS5 counterpart is socks5-reload-slow-login.test.ts. Real gateway,
  * real HTTP listener (CONNECT and the absolute-URI fast path).
+ *
+ * A reload during the check that removes alice or changes her password refuses the request 407, as
+ * a new connection's is (and as a SOCKS5 login's next request is: login-standing.ts). Before, it was
+ * admitted as alice (200, tunnelled, the running policy's default roles) on the old password.
  */
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -98,5 +102,43 @@ describe('an HTTP login whose password check spans a reload', () => {
     expect(record).toMatchObject({ verdict: 'block', enforced: true, closeReason: 'rate-limit', identity: { user: 'alice' } });
     expect(gw.flows.activeCount).toBe(1);
     expect(dest.accepted()).toBe(1);
+  });
+});
+
+describe('an HTTP login whose user is removed or re-passworded during its password check', () => {
+  const EDITS: Array<[string, (users: Array<{ name: string; password?: string; passwordHash?: string }>) => void]> = [
+    ['removed', (users) => users.splice(0, users.length, { name: 'bob', password: 'pw-bob-0123456', roles: ['any'] } as (typeof users)[number])],
+    ['re-passworded', (users) => {
+      delete users[0]!.passwordHash;
+      users[0]!.password = 'pw-alice-other';
+    }],
+  ];
+  it.each(
+    EDITS.flatMap(([edit, f]) => [
+      [edit, 'CONNECT', f, (port: number) => `CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n${AUTH}\r\n`],
+      [edit, 'an absolute-URI GET', f, (port: number) => `GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n${AUTH}\r\n`],
+    ] as const),
+  )('alice %s: %s is answered 407 auth-required, nothing dialled', async (_edit, _kind, edit, request) => {
+    const passwordHash = await hashPassword('pw-alice-0123', { N: 65_536, r: 8, p: 1 });
+    const gw = await startTestGateway({
+      mode: 'enforce',
+      identity: { requireAuth: true, users: [{ name: 'alice', passwordHash, roles: ['any'] }] },
+    });
+    cleanups.push(() => gw.stop());
+    const dest = await silentDestination();
+    const runs = await scryptRuns(gw);
+    const s = await client(gw);
+    const answer = readUntil(s, '\r\n\r\n');
+    s.write(request(dest.port));
+    // The reload lands while the hash is being derived.
+    await until('the login’s scrypt run', async () => (await scryptRuns(gw)) > runs);
+    reloadEdited<{ identity: { users: Array<{ name: string; password?: string; passwordHash?: string }> } }>(gw, (c) => edit(c.identity.users));
+    const text = (await answer).toString('latin1');
+    expect(text).toMatch(/^HTTP\/1\.1 407 /);
+    expect(text).toMatch(/\r\nproxy-authenticate: Basic /i);
+    const record = await gw.waitForClosed((r) => r.reason === 'auth-required');
+    expect(record).toMatchObject({ verdict: 'block', enforced: true, closeReason: 'auth-required', identity: { user: null } });
+    expect(gw.closed).toHaveLength(1);
+    expect(dest.accepted()).toBe(0);
   });
 });
