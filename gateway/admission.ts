@@ -48,7 +48,7 @@ import { type AdmissionRequest, type Admitted, kAcceptedAt, type LookedUp, type 
 import { mapDecision, mapError, type RejectMapping } from './reject.ts';
 import { isRouted, type RoutedFlow } from './flow/flow.ts';
 import { parentName } from './upstream/parent-label.ts';
-import { loginStands } from './identity/login-standing.ts';
+import { credentialsStand, loginStands } from './identity/login-standing.ts';
 
 // The pipeline's parts, each in gateway/admission/; the listeners import them from here.
 export type { AdmissionRequest, Admitted, ClientWatch, LocalEndpoint, LookedUp, Refused } from './admission/types.ts';
@@ -69,8 +69,8 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   let identity = req.identity === undefined ? undefined : identityUnder(snapshot, req.identity, hostUnder(ctx, snapshot, req.identity, req.claims.clientIp, req.loginSince));
   let isLoginStale = req.loginSince !== undefined && !loginStands(req.claims.username ?? null, req.loginSince, snapshot);
   let authFailed = isLoginStale;
-  /** The policy a password (HTTP Basic) was checked under here: the user it names is that policy's. */
-  let passwordCheckedUnder: PolicySnapshot | null = null;
+  /** The policy the claims' credentials (HTTP Basic, a signed token) were checked under here. */
+  let checkedUnder: PolicySnapshot | null = null;
   // The policy whose identity.hosts gave the identity its host (re-derived under a later one:
   // runningPolicy); null when a claim named it. One resolved before got it from the running one (above).
   let hostFrom: PolicySnapshot | null = snapshot;
@@ -79,8 +79,7 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     const result = await ctx.identity.resolve(req.claims, snapshot);
     if (result.ok) {
       identity = result.identity;
-      // A password admits only as its check passed (identity-resolver.ts step 2): it named the user.
-      if (req.claims.username !== undefined && req.claims.username !== null) passwordCheckedUnder = snapshot;
+      checkedUnder = snapshot;
       if (result.hostFromInventory !== true) hostFrom = null;
       if (result.spoofAttempt) ctx.log.warn({ client: req.claims.clientIp, header: result.spoofAttempt }, 'identity header from untrusted source ignored');
     } else {
@@ -95,10 +94,11 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
   if (ctx.policy.current() !== snapshot || ctx.policy.modeOverride() !== override) {
     snapshot = ctx.policy.current();
     override = ctx.policy.modeOverride();
-    // A password checked against a user the running policy removed or re-passworded admits no more
-    // than a SOCKS5 login's does (login-standing.ts): refused as a new connection's would be. Not a
-    // trusted header's or a certificate's identity: those are not checked against identity.users.
-    if (passwordCheckedUnder !== null && !loginStands(req.claims.username ?? null, passwordCheckedUnder, snapshot)) {
+    // A password checked against a user the running policy removed or re-passworded, or a token
+    // verified with a secret it replaced, admits no more than a SOCKS5 login's does
+    // (login-standing.ts): refused as a new connection's would be. Not a trusted header's or a
+    // certificate's identity: those are not checked against credentials of the policy.
+    if (checkedUnder !== null && !credentialsStand(req.claims, checkedUnder, snapshot)) {
       isLoginStale = authFailed = true;
       identity = { ...ANONYMOUS, roles: snapshot.rolesFor(null, null), process: identity.process };
     } else if (hostFrom !== null) {

@@ -82,16 +82,17 @@ export function loginRefusal(mode: Mode): Decision {
 }
 
 /**
- * A login the running policy no longer admits (login-standing.ts): a SOCKS5 connection's, or HTTP
- * Basic credentials checked across a reload that removed the user or changed the password. Refused
- * as a missing login is, with a reason that says the login was made under an earlier policy.
+ * A login the running policy no longer admits (login-standing.ts): a SOCKS5 connection's, or an
+ * HTTP request's Basic credentials or signed token checked across a reload that removed the user,
+ * changed the password or replaced the token's secret. Refused as a missing login is, with a reason
+ * that says the login was made under an earlier policy.
  */
 export function staleLoginRefusal(mode: Mode): Decision {
   return fixed('auth-required', 'policy.deny', mode, STALE_LOGIN);
 }
 
 const STALE_LOGIN: readonly string[] = Object.freeze([
-  'proxy authentication required: this login was checked under an earlier policy, which the running one no longer admits (requireAuth on, or the user\'s password changed or removed)',
+  'proxy authentication required: this login was checked under an earlier policy, which the running one no longer admits (requireAuth on, the user\'s password changed or removed, or the signed-token settings changed)',
 ]);
 
 /**

@@ -10,6 +10,9 @@
  */
 import type { UserConfig } from '../../policy/config.ts';
 import type { PolicySnapshot } from '../../policy/types.ts';
+import type { IdentityClaims } from '../context.ts';
+import { headerValue } from './header-trust.ts';
+import { MAX_TOKEN_CHARS } from './signed-header.ts';
 
 /** True when a login as `username` (null: none) made under `since` still admits under `running`. */
 export function loginStands(username: string | null, since: PolicySnapshot, running: PolicySnapshot): boolean {
@@ -25,4 +28,20 @@ export function loginStands(username: string | null, since: PolicySnapshot, runn
 function userNamed(users: readonly UserConfig[], name: string): UserConfig | undefined {
   for (const u of users) if (u.name === name) return u;
   return undefined;
+}
+
+/**
+ * True when the credentials of `claims` that identity resolution checked under `since` (an HTTP
+ * Basic password, a signed identity token) still admit under `running`: a check that waited (a
+ * scrypt derivation, the failure throttle) may span a reload. The password as loginStands says; a
+ * token while the signed-header settings (header, secret, maxAgeSec) are unchanged, as its MAC and
+ * expiry window are then. Claims without either (trusted headers, a client certificate, none) stand.
+ */
+export function credentialsStand(claims: IdentityClaims, since: PolicySnapshot, running: PolicySnapshot): boolean {
+  if (since === running) return true;
+  if (claims.username !== undefined && claims.username !== null && !loginStands(claims.username, since, running)) return false;
+  const was = since.config.identity.headers.signed;
+  if (!was || headerValue(claims.headers, was.header.toLowerCase(), MAX_TOKEN_CHARS) === undefined) return true;
+  const is = running.config.identity.headers.signed;
+  return !!is && is.header.toLowerCase() === was.header.toLowerCase() && is.secret === was.secret && is.maxAgeSec === was.maxAgeSec;
 }

@@ -10,12 +10,15 @@
  *
  * A reload during the check that removes alice or changes her password refuses the request 407, as
  * a new connection's is (and as a SOCKS5 login's next request is: login-standing.ts). Before, it was
- * admitted as alice (200, tunnelled, the running policy's default roles) on the old password.
+ * admitted as alice (200, tunnelled, the running policy's default roles) on the old password. A
+ * signed token whose check waits in the failure throttle across a reload that rotates the secret is
+ * refused 407 the same way (before: 200, verified with the replaced secret).
  */
 import { once } from 'node:events';
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { hashPassword } from '../../gateway/identity/password-hash.ts';
+import { signIdentityToken } from '../../gateway/identity/signed-header.ts';
 import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { rawConnect, readUntil } from './http-harness.ts';
 import { reloadEdited } from './reload-harness.ts';
@@ -139,6 +142,58 @@ describe('an HTTP login whose user is removed or re-passworded during its passwo
     const record = await gw.waitForClosed((r) => r.reason === 'auth-required');
     expect(record).toMatchObject({ verdict: 'block', enforced: true, closeReason: 'auth-required', identity: { user: null } });
     expect(gw.closed).toHaveLength(1);
+    expect(dest.accepted()).toBe(0);
+  });
+});
+
+describe('a signed identity token whose check spans a reload', () => {
+  const OLD = 'token-secret-old-0123456789';
+  type Edit = (c: { identity: { headers: { signed: { secret: string } } }; limits: { maxFlowsPerIdentity: number } }) => void;
+  const rotate: Edit = (c) => {
+    c.identity.headers.signed.secret = 'token-secret-new-0123456789';
+  };
+  const other: Edit = (c) => {
+    c.limits.maxFlowsPerIdentity = 100;
+  };
+  const connect = (port: number, token: string): string => `CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nX-Egress-Token: ${token}\r\n\r\n`;
+  const get = (port: number, token: string): string => `GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nX-Egress-Token: ${token}\r\n\r\n`;
+  it.each([
+    ['rotates the secret', 'CONNECT', 407, connect, rotate],
+    ['rotates the secret', 'an absolute-URI GET', 407, get, rotate],
+    // Control: a reload that leaves the signed-header settings alone admits the token.
+    ['leaves the secret', 'CONNECT', 200, connect, other],
+  ] as const)('a reload that %s: %s is answered %i', async (_edit, _kind, status, request, edit) => {
+    const gw = await startTestGateway({
+      mode: 'enforce',
+      identity: { requireAuth: true, headers: { trustedSources: [], user: 'x-egress-user', host: 'x-egress-host', signed: { header: 'x-egress-token', secret: OLD, maxAgeSec: 300 } } },
+    });
+    cleanups.push(() => gw.stop());
+    const dest = await silentDestination();
+    // Eight bad tokens from this address: its next check waits 2 s in the failure throttle (the slow part).
+    for (let i = 0; i < 8; i++) {
+      const s = await client(gw);
+      const answer = readUntil(s, '\r\n\r\n');
+      s.write(request(dest.port, 'not.a-token'));
+      expect((await answer).toString('latin1')).toMatch(/^HTTP\/1\.1 407 /);
+    }
+    const throttled = async (): Promise<number> => Number(/^gw_identity_auth_throttled_total (\d+)$/m.exec((await adminGet(gw, '/metrics')).text)?.[1] ?? Number.NaN);
+    const before = await throttled();
+    const token = signIdentityToken({ user: 'sidecar', exp: Math.floor(Date.now() / 1000) + 120 }, OLD);
+    const s = await client(gw);
+    const answer = readUntil(s, '\r\n\r\n');
+    s.write(request(dest.port, token));
+    // The reload lands while the check waits.
+    await until('the token check’s throttle wait', async () => (await throttled()) > before);
+    reloadEdited(gw, edit);
+    const text = (await answer).toString('latin1');
+    expect(text).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
+    if (status === 200) {
+      expect(dest.accepted()).toBe(1);
+      return;
+    }
+    const record = await gw.waitForClosed((r) => r.reason === 'auth-required' && r.reasons.some((x) => x.includes('earlier policy')));
+    expect(record).toMatchObject({ verdict: 'block', enforced: true, closeReason: 'auth-required', identity: { user: null } });
+    expect(gw.closed).toHaveLength(9);
     expect(dest.accepted()).toBe(0);
   });
 });
