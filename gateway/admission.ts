@@ -81,11 +81,12 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
       identity = result.identity;
       checkedUnder = snapshot;
       if (result.hostFromInventory !== true) hostFrom = null;
-      if (result.spoofAttempt) ctx.log.warn({ client: req.claims.clientIp, header: result.spoofAttempt }, 'identity header from untrusted source ignored');
     } else {
       identity = { ...ANONYMOUS, roles: snapshot.rolesFor(null, null) };
       authFailed = true;
     }
+    // Admitted or refused (requireAuth found no credentials): the log shows every spoof attempt counted.
+    if (result.spoofAttempt) ctx.log.warn({ client: req.claims.clientIp, header: result.spoofAttempt }, 'identity header from untrusted source ignored');
   }
   if (req.knownProcess && !identity.process) identity = { ...identity, process: req.knownProcess };
   // A reload or mode switch while the identity was resolved (a slow scrypt check of HTTP Basic

@@ -34,7 +34,8 @@ export interface IdentityClaims {
 export type IdentityResult =
   /** `hostFromInventory`: the host is `identity.hosts`' answer for the client's address (no claim named one). */
   | { ok: true; identity: Identity; spoofAttempt?: string | null; hostFromInventory?: boolean }
-  | { ok: false; reason: 'auth-required' | 'bad-credentials' };
+  /** `spoofAttempt`: identity headers from an untrusted source, ignored, before requireAuth refused it. */
+  | { ok: false; reason: 'auth-required' | 'bad-credentials'; spoofAttempt?: string | null };
 
 /** Turns claims into an Identity (users, hosts, trusted headers, signed tokens). */
 export interface IdentityResolver {

@@ -234,7 +234,11 @@ export function createIdentityResolver(opts: IdentityResolverOptions = {}): Gate
     const hostFromInventory = host === null;
     if (hostFromInventory && addr.parsed !== null) host = c.inventory.lookup(addr.parsed)?.name ?? null;
 
-    if (c.requireAuth && !isAuthenticated) return fail(addr.text, 'auth-required');
+    if (c.requireAuth && !isAuthenticated) {
+      // The spoof attempt goes with the refusal too (logged by admission, as for an admitted request).
+      const refused = fail(addr.text, 'auth-required');
+      return spoofAttempt === null ? refused : { ...refused, spoofAttempt };
+    }
 
     counters.resolvedTotal++;
     const identity: Identity = { user, host, roles: snapshot.rolesFor(user, host), process: null };

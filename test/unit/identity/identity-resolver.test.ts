@@ -66,7 +66,7 @@ function resolver() {
 interface Row {
   name: string;
   claims: Omit<IdentityClaims, 'clientPort'>;
-  want: { user: string | null; host: string | null; roles?: string[]; spoof?: boolean } | { fail: 'bad-credentials' | 'auth-required' };
+  want: { user: string | null; host: string | null; roles?: string[]; spoof?: boolean } | { fail: 'bad-credentials' | 'auth-required'; spoof?: boolean };
   requireAuth?: boolean;
 }
 
@@ -91,7 +91,7 @@ const rows = (): Row[] => [
   // (b) requireAuth
   { name: 'requireAuth, nothing given', requireAuth: true, claims: { clientIp: '10.9.9.9' }, want: { fail: 'auth-required' } },
   { name: 'requireAuth, password ok', requireAuth: true, claims: { clientIp: '10.9.9.9', username: 'alice', password: 'alice-pw' }, want: { user: 'alice', host: 'corp' } },
-  { name: 'requireAuth, spoofed header is not auth', requireAuth: true, claims: { clientIp: '10.9.9.9', headers: { 'x-egress-user': 'alice' } }, want: { fail: 'auth-required' } },
+  { name: 'requireAuth, spoofed header is not auth', requireAuth: true, claims: { clientIp: '10.9.9.9', headers: { 'x-egress-user': 'alice' } }, want: { fail: 'auth-required', spoof: true } },
   { name: 'requireAuth, cert is auth', requireAuth: true, claims: { clientIp: '10.9.9.9', certSubject: 'alice' }, want: { user: 'alice', host: 'corp' } },
   { name: 'requireAuth, trusted header is auth', requireAuth: true, claims: { clientIp: '127.0.0.1', headers: { 'x-egress-user': 'carol' } }, want: { user: 'carol', host: null } },
   // (c) trusted identity headers
@@ -129,7 +129,8 @@ describe('createIdentityResolver: every identity source and precedence', () => {
       const { r } = resolver();
       const res: IdentityResult = await r.resolve({ clientPort: 40000, ...row.claims }, s);
       if ('fail' in row.want) {
-        expect(res).toEqual({ ok: false, reason: row.want.fail });
+        // A refusal still carries the spoof attempt it ignored (admission logs it).
+        expect(res).toEqual(row.want.spoof ? { ok: false, reason: row.want.fail, spoofAttempt: expect.stringMatching(/untrusted source/) } : { ok: false, reason: row.want.fail });
         return;
       }
       expect(res.ok).toBe(true);
