@@ -120,6 +120,12 @@ describe('an HTTP login whose user is removed or re-passworded during its passwo
     EDITS.flatMap(([edit, f]) => [
       [edit, 'CONNECT', f, (port: number) => `CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n${AUTH}\r\n`],
       [edit, 'an absolute-URI GET', f, (port: number) => `GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n${AUTH}\r\n`],
+      [
+        edit,
+        'an Upgrade',
+        f,
+        (port: number) => `GET http://127.0.0.1:${port}/ws HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n${AUTH}\r\n`,
+      ],
     ] as const),
   )('alice %s: %s is answered 407 auth-required, nothing dialled', async (_edit, _kind, edit, request) => {
     const passwordHash = await hashPassword('pw-alice-0123', { N: 65_536, r: 8, p: 1 });
