@@ -9,6 +9,7 @@ export const GATEWAY_ERROR_CODES = [
   'EGW_BAD_REQUEST', // malformed request line / authority / smuggling shape
   'EGW_TRANSFER_CODING', // a request body in a transfer coding the gateway does not implement (`gzip, chunked`): 501
   'EGW_HTTP_VERSION', // a request line in HTTP/1 syntax naming another major version (`HTTP/2.0`): 505
+  'EGW_EXPECTATION_FAILED', // an HTTP/1.1 request whose Expect holds a member other than 100-continue (RFC 9110 §10.1.1): 417
   'EGW_HEADERS_TOO_LARGE', // request headers over limits.maxHeaderBytes
   'EGW_HEADER_TIMEOUT', // slowloris: headers not complete within limits.headerTimeoutMs
   'EGW_SOCKS_PROTOCOL', // bad SOCKS bytes

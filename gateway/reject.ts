@@ -30,6 +30,7 @@ const ERROR_MAP: Record<GatewayErrorCode, RejectMapping> = {
   EGW_BAD_REQUEST: { status: 400, socks: SOCKS_REP.generalFailure, error: 'bad request', reason: 'bad-request' },
   EGW_TRANSFER_CODING: { status: 501, socks: SOCKS_REP.generalFailure, error: 'transfer coding not implemented', reason: 'transfer-coding-not-implemented' },
   EGW_HTTP_VERSION: { status: 505, socks: SOCKS_REP.generalFailure, error: 'http version not supported', reason: 'http-version-not-supported' },
+  EGW_EXPECTATION_FAILED: { status: 417, socks: SOCKS_REP.generalFailure, error: 'expectation failed', reason: 'expectation-failed' },
   EGW_HEADERS_TOO_LARGE: { status: 431, socks: SOCKS_REP.generalFailure, error: 'request header fields too large', reason: 'headers-too-large' },
   EGW_HEADER_TIMEOUT: { status: 408, socks: SOCKS_REP.generalFailure, error: 'request timeout', reason: 'header-timeout' },
   EGW_SOCKS_PROTOCOL: { status: 400, socks: SOCKS_REP.generalFailure, error: 'bad request', reason: 'socks-protocol' },

@@ -18,7 +18,7 @@ import { isShedding } from './http-connection-state.ts';
 import type { HttpListenerState, RequestHead } from './http-proxy.ts';
 import { httpDate } from './http-date.ts';
 import { lingerThenDestroy, refusalDetails, writeRawRefusal } from './http-refusal.ts';
-import { connectContentFault, hostFieldFault, httpVersionFault, shapeRefusalCode } from './http-target.ts';
+import { connectContentFault, expectationFault, hostFieldFault, httpVersionFault, shapeRefusalCode } from './http-target.ts';
 
 /** The 200 head with its Date, rebuilt only when httpDate() moves on (once a second at most). */
 let establishedDate = '';
@@ -154,12 +154,13 @@ export async function handleConnect(state: HttpListenerState, req: RequestHead, 
   }
   // Host twice or invalid (RFC 9112 §3.2), content framed on a CONNECT (its bytes would be tunnelled:
   // connectContentFault), or two credentials (http-proxy.ts repeatedCredential): 400 before
-  // admission, no flow, as for a bad target.
-  const repeated = hostFieldFault(req.headers, req.rawHeaders) ?? connectContentFault(req.headers) ?? state.repeatedCredential(req);
+  // admission, no flow, as for a bad target. An expectation other than 100-continue: 417, as on
+  // the absolute-URI and Upgrade paths (expectationFault); a 100-continue is ignored (no content).
+  const repeated = hostFieldFault(req.headers, req.rawHeaders) ?? connectContentFault(req.headers) ?? state.repeatedCredential(req) ?? expectationFault(req);
   if (repeated !== null) {
     hold.release();
     ctx.log.warn({ client: req.socket.remoteAddress, why: repeated }, 'bad CONNECT request refused');
-    writeRawRefusal(socket, mapError('EGW_BAD_REQUEST'), { flowId: null, isBlock: false });
+    writeRawRefusal(socket, mapError(shapeRefusalCode(repeated)), { flowId: null, isBlock: false });
     return;
   }
   const result = await state.admitRequest(req, 'connect', authority.host, authority.port, hold);

@@ -23,7 +23,8 @@
  *  4. a second smuggling guard on what node accepted: CL with TE, several CL, a CL past 2^53 − 1,
  *     a TE that is not exactly chunked, Host twice or of invalid syntax → 400 and close (another
  *     coding before a final chunked, `gzip, chunked`, is a coding we do not implement: 501 and
- *     close); HTTP/0.9 → 400, `HTTP/2.0` in an HTTP/1 request line → 505 and close.
+ *     close); HTTP/0.9 → 400, `HTTP/2.0` in an HTTP/1 request line → 505 and close; an Expect
+ *     member other than 100-continue (HTTP/1.1) → 417 and close (expectationFault).
  *  5. admission (gateway/admission.ts): identify (Proxy-Authorization Basic, trusted identity
  *     headers, host inventory, local process) → a Via naming us (a loop of proxies: 508) → limits → resolve once → self-dial guard → policy →
  *     connect-time detectors. A refusal is answered through gateway/reject.ts and its flow is
@@ -59,7 +60,7 @@ import { forwardRequestHeaders, normaliseStrippedName, parseProxyBasic, viaFor, 
 import { maxForwardsFault, maxForwardsOf, traceEcho } from './http-max-forwards.ts';
 import { closeAfterUnreadBody, refusalDetails, sendRefusal, writeRawRefusal } from './http-refusal.ts';
 import { announcedLineFault } from './http-request-line.ts';
-import { hostHeaderFor, isRepeatedField, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
+import { expectationFault, hostHeaderFor, isRepeatedField, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
 import { handleUpgrade } from './http-upgrade.ts';
 
 export interface HttpProxyOptions {
@@ -262,6 +263,14 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
   server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
     onRequest(state, req, res, true).catch((err: unknown) => internalError(state, res, err));
   });
+  // Any other Expect (RFC 9110 §10.1.1): node would answer a bare 417 itself, before admission and
+  // unlogged. Here the request goes the usual way: a member the gateway cannot meet is the gateway's
+  // own 417 (expectationFault), JSON and logged as its other refusals before admission; an Expect
+  // with no member at all (`Expect:`, `Expect: ,`) is no expectation, and the request is served.
+  // (node asks only for HTTP/1.1 requests; checkContinue may hold another member too: `100-continue, foo`.)
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    onRequest(state, req, res, false).catch((err: unknown) => internalError(state, res, err));
+  });
   server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     handleConnect(state, req, socket, head).catch((err: unknown) => {
       ctx.log.error({ err: (err as Error).message }, 'CONNECT handler failed');
@@ -364,7 +373,7 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
   if (connection.isShedding) return;
   const target = parseAbsoluteTarget(req.url ?? '');
   // announcedLineFault first, while node:http is still announcing the request (RTSP/1.0 reads as 1.0).
-  const shape = announcedLineFault(req) ?? smugglingShape(req) ?? state.repeatedCredential(req) ?? maxForwardsFault(req.method, req.headers['max-forwards'], req.rawHeaders);
+  const shape = announcedLineFault(req) ?? smugglingShape(req) ?? state.repeatedCredential(req) ?? maxForwardsFault(req.method, req.headers['max-forwards'], req.rawHeaders) ?? expectationFault(req);
   if (!target.ok || shape) {
     const why = shape ?? (target.ok ? null : target.reason);
     ctx.log.warn({ client: req.socket.remoteAddress, method: req.method, why }, 'bad proxy request refused');

@@ -109,6 +109,26 @@ export function connectContentFault(headers: IncomingHttpHeaders): string | null
   return length === undefined || /^0+$/.test(length) ? null : 'connect-with-content-length';
 }
 
+/**
+ * An Expect field the gateway cannot meet (RFC 9110 §10.1.1): any member but `100-continue` (the
+ * only expectation defined; case-insensitive; empty list elements ignored, RFC 9110 §5.6.1) in an
+ * HTTP/1.1 request: `expectation-failed`, answered 417 before admission (shapeRefusalCode), on every
+ * path: absolute-URI, Upgrade, CONNECT. HTTP/1.0 requests have their Expect ignored (RFC 9110
+ * §10.1.1: a 100-continue there MUST be ignored; the field is HTTP/1.1's), as a CONNECT's or an
+ * Upgrade's `100-continue` is (no content follows): the gateway never sends Expect on. Called after
+ * the version checks (HTTP/1.x only); no minor version: the CONNECT front's heads, all HTTP/1.1.
+ * Only a request that carries the field is looked at further.
+ */
+export function expectationFault(req: { readonly headers: IncomingHttpHeaders; readonly httpVersionMinor?: number }): string | null {
+  const expect = req.headers.expect;
+  if (expect === undefined || req.httpVersionMinor === 0) return null;
+  for (const member of expect.split(',')) {
+    const expectation = member.trim();
+    if (expectation !== '' && expectation.toLowerCase() !== '100-continue') return 'expectation-failed';
+  }
+  return null;
+}
+
 /** `uri-host [ ":" port ]` (RFC 3986 §3.2.2, §3.2.3): an IP literal in brackets, or a reg-name; empty allowed. */
 const HOST_FIELD = /^(?:\[(?:[0-9A-Fa-f:.]+|[vV][0-9A-Fa-f]+\.[\w.~!$&'()*+,;=:-]+)\]|(?:[\w.~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?$/;
 
@@ -151,11 +171,13 @@ function isOtherCodingThenChunked(te: string): boolean {
 
 /**
  * The coded failure a smuggling shape is refused with: 501 for a transfer coding the gateway does
- * not implement, 505 for an HTTP version other than 1.x (not 0.9), 400 for every other shape.
+ * not implement, 505 for an HTTP version other than 1.x (not 0.9), 417 for an expectation it cannot
+ * meet (expectationFault), 400 for every other shape.
  * Either way the connection closes after it.
  */
 export function shapeRefusalCode(shape: string): GatewayErrorCode {
   if (shape === 'transfer-coding-not-implemented') return 'EGW_TRANSFER_CODING';
+  if (shape === 'expectation-failed') return 'EGW_EXPECTATION_FAILED';
   return shape === 'http-version-not-supported' ? 'EGW_HTTP_VERSION' : 'EGW_BAD_REQUEST';
 }
 
