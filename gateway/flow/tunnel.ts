@@ -23,6 +23,7 @@ import type { Socket } from 'node:net';
 import type { FlowTable } from './flow-table.ts';
 import type { Flow } from './flow.ts';
 import { adoptReadBuffer } from './read-buffer.ts';
+import { resetSocket } from './socket-reset.ts';
 
 /**
  * A read at least this large marks a bulk direction: that socket then reads into a buffer of its
@@ -353,11 +354,7 @@ function resetWhenFlushed(s: Socket): void {
   });
 }
 
-/** TCP reset where node can; `resetAndDestroy()` throws ERR_INVALID_HANDLE_TYPE on a TLS socket. */
+/** TCP reset, the HTTPS listener's TLS sockets included (socket-reset.ts). */
 function reset(s: Socket): void {
-  try {
-    s.resetAndDestroy();
-  } catch {
-    s.destroy();
-  }
+  resetSocket(s);
 }

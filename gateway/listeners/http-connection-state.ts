@@ -2,7 +2,9 @@
  * Per-client-connection state of the HTTP listener, kept on the socket itself under a symbol:
  * one object per connection, no WeakMap/WeakSet lookups per request on the hot path.
  */
+import { Socket } from 'node:net';
 import type { Identity, PolicySnapshot, ProcessInfo } from '../../policy/types.ts';
+import { resetSocket } from '../flow/socket-reset.ts';
 
 /** An identity resolved on a keep-alive connection, reused while the credentials stay the same. */
 export interface CachedIdentity {
@@ -188,16 +190,12 @@ export function unwatchClientClose(state: ConnectionState, watcher: ClientCloseW
 }
 
 /**
- * Tear a client connection down with a TCP reset where node can (plain sockets), else destroy it:
- * `resetAndDestroy()` throws ERR_INVALID_HANDLE_TYPE on a TLS socket (HTTPS listener).
+ * Tear a client connection down with a TCP reset, on the HTTPS listener's TLS sockets too
+ * (socket-reset.ts); a stream that is no socket is destroyed.
  */
 export function resetOrDestroy(socket: { resetAndDestroy?: () => unknown; destroy: () => unknown }): void {
-  try {
-    if (socket.resetAndDestroy) socket.resetAndDestroy();
-    else socket.destroy();
-  } catch {
-    socket.destroy();
-  }
+  if (socket instanceof Socket) resetSocket(socket);
+  else socket.destroy();
 }
 
 /**

@@ -167,8 +167,10 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
   }
 
   protected cutClient(reset: boolean): void {
-    this.res.destroy();
+    // The reset first: res.destroy() destroys the socket, and a reset after that sends nothing (the
+    // client read a FIN, a clean end).
     if (reset) resetOrDestroy(this.clientSocket);
+    this.res.destroy();
   }
 
   protected answerFailure(mapping: RejectMapping, details: RefusalDetails): void {
