@@ -559,9 +559,10 @@ function relayRefusedUpgrade(
   };
   if (socket.readableEnded) onClientEnd();
   else socket.once('end', onClientEnd);
+  // A kill resets both sides: a FIN would tell the client a body read until the close was whole.
   flow.abort = () => {
     upstream.resetAndDestroy();
-    socket.destroy();
+    resetOrDestroy(socket as Socket);
   };
   upstream.on('data', relay);
   socket.on('drain', () => upstream.resume());

@@ -4,7 +4,8 @@
  * fallback destroy() ended the client's connection with a plain FIN (no close_notify, no RST), which
  * a node client reads as a normal end. And an absolute-URI request served through node:http (every
  * request on the HTTPS listener; a POST on the plain one) was destroyed before its reset, so its
- * client read a FIN on both listeners. A node TLS client tells them apart: ECONNRESET, or 'end'.
+ * client read a FIN on both listeners, as did one whose Upgrade its origin declined, killed while the
+ * answer's body was relayed. A node client tells them apart: ECONNRESET, or 'end'.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { once } from 'node:events';
@@ -35,8 +36,9 @@ let dir: string;
 let tlsGw: LocalGateway;
 let plainGw: LocalGateway;
 /**
- * The destination: holds every connection open, answers an Upgrade with 101 and nothing else, and
- * records how each connection ended.
+ * The destination: holds every connection open, answers an Upgrade to /ws with 101 and nothing
+ * else, declines one to /declined with the start of a body read until the close, and records how
+ * each connection ended.
  */
 let dest: Server;
 let destPort = 0;
@@ -57,7 +59,10 @@ beforeAll(async () => {
     destEndings.push(endingOf(c));
     c.on('data', (d: Buffer) => {
       destRead += d.toString('latin1');
-      if (d.toString('latin1').startsWith('GET /ws ')) c.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n');
+      const text = d.toString('latin1');
+      if (text.startsWith('GET /ws ')) c.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n');
+      // Declined, with a body that ends at the close: the client cannot tell a cut from its end but by a reset.
+      if (text.startsWith('GET /declined ')) c.write('HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart of the body');
     });
   });
   dest.listen(0, '127.0.0.1');
@@ -129,6 +134,24 @@ describe.skipIf(!skipNotice(hasOpenssl(), 'https-kill-reset', 'needs openssl to 
     client.write(`GET http://127.0.0.1:${destPort}/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n`);
     await got;
     const ended = await killUnderWay(tlsGw, client, at, 'upgraded', 'upgraded');
+    expect(ended).toEqual({ client: 'reset', dest: 'reset', closeReason: 'admin' });
+  });
+
+  // The body of a declined Upgrade is relayed by http-upgrade.ts itself (relayRefusedUpgrade): its
+  // kill destroyed the client's socket, a FIN, on both listeners.
+  it.each(['https', 'http'] as const)('a killed Upgrade declined by its origin while its body is relayed (%s listener): the client is reset', async (listener) => {
+    expect(isReady).toBe(true);
+    const at = destEndings.length;
+    destRead = '';
+    const client = listener === 'https' ? await tlsClient() : await rawConnect(plainGw.httpPort);
+    let got = '';
+    client.on('data', (d: Buffer) => {
+      got += d.toString('latin1');
+    });
+    const gw = listener === 'https' ? tlsGw : plainGw;
+    client.write(`GET http://127.0.0.1:${destPort}/declined HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n`);
+    await until('the body has begun at the client', () => got.endsWith('part of the body'));
+    const ended = await killUnderWay(gw, client, at, '', 'GET /declined ');
     expect(ended).toEqual({ client: 'reset', dest: 'reset', closeReason: 'admin' });
   });
 
