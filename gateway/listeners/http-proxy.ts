@@ -508,12 +508,14 @@ function onClientError(ctx: GatewayContext, err: NodeJS.ErrnoException & { reaso
   }
   const code = PARSER_ERRORS[err.code ?? ''] ?? 'EGW_BAD_REQUEST';
   const net = socket as Duplex & { remoteAddress?: string; _httpMessage?: { headersSent?: boolean } | null; parser?: { incoming?: IncomingMessage | null } | null };
+  // The parser was reading a request's body (its chunks or trailers): the refusal is that request's.
+  const isBodyRefused = net.parser?.incoming?.complete === false;
   // The head of a request pipelined behind others (the last request node announced is whole) is
   // refused while their answers are still owed: they are answered first, whole, and its refusal
   // follows, the connection's last answer (none after a 429 or another last answer). The requests
   // before it are no part of its error. Before, the 400 went out in their place, or cut the answer
   // under way, and a request still in admission was recorded `bad-request` and never sent.
-  const owed = net.parser?.incoming?.complete === false ? null : earlierResponses(socket);
+  const owed = isBodyRefused ? null : earlierResponses(socket);
   if (owed !== null) {
     connection.isRefusalOwed = true;
     ctx.log.warn({ client: net.remoteAddress, code, parser: err.code, why: err.reason ?? err.message }, 'client request refused');
@@ -524,8 +526,10 @@ function onClientError(ctx: GatewayContext, err: NodeJS.ErrnoException & { reaso
   }
   // Malformed bytes (not an oversized or late head, nor a FIN mid-request: HPE_INVALID_EOF_STATE is
   // a client that stopped, its flow `client-reset`): a request whose body the parser was reading ends
-  // `bad-request`, and one still in admission is never sent (http-forward.ts).
-  if (code === 'EGW_BAD_REQUEST' && err.code !== 'HPE_INVALID_EOF_STATE') connection.isMalformed = true;
+  // `bad-request`, and one still in admission is never sent (http-forward.ts). So does one whose
+  // trailer section is over maxHeaderBytes (431): the parser was reading its body, the request can
+  // never be sent whole. Before, it was dialled anyway and recorded `client-reset`.
+  if (err.code !== 'HPE_INVALID_EOF_STATE' && (code === 'EGW_BAD_REQUEST' || (isBodyRefused && code === 'EGW_HEADERS_TOO_LARGE'))) connection.isMalformed = true;
   ctx.log.warn({ client: net.remoteAddress, code, parser: err.code, why: err.reason ?? err.message }, 'client request refused');
   // A response already under way cannot be replaced by an error status: just cut the connection.
   if (net._httpMessage?.headersSent) {
