@@ -341,7 +341,7 @@ function releaseAfterFlow(s: Socket, idleTimeoutMs: number): void {
 const NO_BYTES = Buffer.alloc(0);
 
 /** Reset `s` once node has handed the kernel what is queued for it (at once when nothing is). */
-function resetWhenFlushed(s: Socket): void {
+export function resetWhenFlushed(s: Socket): void {
   if (s.destroyed) return;
   if (s.writableLength === 0) {
     reset(s);

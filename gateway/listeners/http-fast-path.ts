@@ -497,7 +497,7 @@ class FastExchange extends OriginExchange {
   }
 
   onComplete(): void {
-    if (this.isClientGone) return;
+    if (this.isCutByReset() || this.isClientGone) return;
     const s = this.owner.socket;
     let tail = this.head ?? '';
     this.head = null;

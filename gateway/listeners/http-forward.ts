@@ -17,6 +17,7 @@ import type { Socket } from 'node:net';
 import type { Dispatcher } from 'undici';
 import type { Admitted } from '../admission.ts';
 import type { Flow } from '../flow/flow.ts';
+import { resetWhenFlushed } from '../flow/tunnel.ts';
 import type { GatewayContext } from '../context.ts';
 import { formatAuthority } from '../protocol/authority.ts';
 import type { RejectMapping } from '../reject.ts';
@@ -170,6 +171,12 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
     // The reset first: res.destroy() destroys the socket, and a reset after that sends nothing (the
     // client read a FIN, a clean end).
     if (reset) resetOrDestroy(this.clientSocket);
+    else if (this.res.headersSent && !this.clientSocket.destroyed) {
+      // Cut mid-body (the origin failed): a reset once what was written is handed over, not a FIN,
+      // which would end an HTTP/1.0 client's close-delimited body as if it were whole.
+      resetWhenFlushed(this.clientSocket);
+      return;
+    }
     this.res.destroy();
   }
 
@@ -244,6 +251,7 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
   }
 
   onComplete(): void {
+    if (this.isCutByReset()) return;
     this.isUpstreamDone = true;
     if (this.heldHeaders !== null) this.sendHead(this.heldHeaders);
     if (this.isEarly) closeAfterEarlyAnswer(this.req, this.res, this.clientSocket, this.connection);

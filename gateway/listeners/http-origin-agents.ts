@@ -17,6 +17,7 @@ import { formatAuthority } from '../protocol/authority.ts';
 import { dial, type ParentNames } from '../upstream/dial.ts';
 import { parentName } from '../upstream/parent-label.ts';
 import { adoptOriginReads } from './http-origin-reads.ts';
+import { watchOriginReset } from './http-origin-reset.ts';
 import { mendReasonPhrases } from './http-origin-status.ts';
 import { boundedConnector, exchangeDialling, isRedialOfAborted, NOT_REDIALLED, onOriginDisconnect } from './http-origin-dial.ts';
 
@@ -167,12 +168,14 @@ export const ORIGIN_KEEPALIVE_MAX_MS = 10_000;
 
 /**
  * undici's connect callback, the socket it is handed reading into reused buffers (http-origin-reads.ts),
- * and its parser keeping a reason phrase read in pieces (http-origin-status.ts).
+ * watched for a reset (http-origin-reset.ts), and its parser keeping a reason phrase read in pieces
+ * (http-origin-status.ts).
  */
 function readingOwnBuffer(callback: buildConnector.Callback): buildConnector.Callback {
   return (...args) => {
     const socket = args[1];
     if (socket && !(socket instanceof TLSSocket)) adoptOriginReads(socket);
+    if (socket) watchOriginReset(socket);
     callback(...args);
     if (socket) mendReasonPhrases(socket);
   };

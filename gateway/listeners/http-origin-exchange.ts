@@ -11,6 +11,7 @@ import { mapError, mapKill, type RejectMapping } from '../reject.ts';
 import { type ConnectionState, clientGoneReason, finGraceMs } from './http-connection-state.ts';
 import type { StaggeredOrigin } from './http-origin-dial.ts';
 import { unrelayableFraming } from './http-headers.ts';
+import { takeResetMark } from './http-origin-reset.ts';
 import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './http-interim.ts';
 import type { RefusalDetails } from './http-refusal.ts';
 
@@ -309,6 +310,18 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
 
   /** The origin's response is complete. */
   abstract onComplete(): void;
+
+  /**
+   * undici ended the response because its origin connection was reset (a close-delimited body cut
+   * short: http-origin-reset.ts): failed as an origin reset instead (502 before any of it went to
+   * the client, else the client cut), the flow `upstream-reset`. True when so. Called first thing
+   * in onComplete: it takes the reset's mark whatever the exchange's state.
+   */
+  protected isCutByReset(): boolean {
+    if (!takeResetMark()) return false;
+    this.onError(new GatewayError('EGW_UPSTREAM_RESET', 'the origin reset its connection before the end of the body'));
+    return true;
+  }
   /** Some of the response has gone to the client. */
   protected abstract isResponseStarted(): boolean;
   /**

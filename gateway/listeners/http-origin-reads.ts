@@ -33,6 +33,9 @@ export const READ_BYTES = 64 * 1024;
 interface H1Parser {
   readonly paused: boolean;
   readonly headers: unknown[];
+  /** The response's status once its head has come, else 0; whether its connection stays open after it. */
+  readonly statusCode?: number;
+  readonly shouldKeepAlive?: boolean;
   readMore(): void;
 }
 
@@ -64,7 +67,8 @@ function isH1Parser(value: unknown): value is H1Parser {
   return typeof p === 'object' && p !== null && typeof p.readMore === 'function' && typeof p.paused === 'boolean' && Array.isArray(p.headers);
 }
 
-function parserOf(socket: Socket): H1Parser | null {
+/** undici's HTTP/1.1 parser of an origin socket, or null (none there, or an undici that keeps it elsewhere). */
+export function parserOf(socket: Socket): H1Parser | null {
   const fields = socket as unknown as Record<symbol, unknown>;
   if (parserKey === null) {
     if (looksLeft === 0) return null;
