@@ -313,10 +313,10 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   const quarantineOf = (flow: Flow, mode: Mode, now: number): Decision | null => {
     const key = quarantineKey(flow);
     const until = quarantine.quarantinedUntil(key, now);
-    if (until !== 0) return quarantineDecision(until, mode);
+    if (until !== 0) return quarantineDecision(until, mode, flow.matchedRule);
     if (mode === 'enforce') return null;
     const wouldUntil = wouldQuarantine.quarantinedUntil(key, now);
-    return wouldUntil === 0 ? null : quarantineDecision(wouldUntil, mode, true);
+    return wouldUntil === 0 ? null : quarantineDecision(wouldUntil, mode, flow.matchedRule, true);
   };
 
   const onClose = (flow: Flow): void => {

@@ -115,10 +115,10 @@ export function dryRunConnect(snapshot: PolicySnapshot, facts: ConnectFacts, pol
   if (until !== 0) {
     detectors.quarantinedUntil = new Date(until).toISOString();
     detectors.notes.push('identity quarantined: the detectors are not judged');
-    found = quarantineDecision(until, mode);
+    found = quarantineDecision(until, mode, policy.matchedRule);
   } else if (wouldUntil !== 0) {
     detectors.notes.push(`enforce mode would have quarantined the identity until ${new Date(wouldUntil).toISOString()} (monitor mode records would-block): the detectors are not judged`);
-    found = quarantineDecision(wouldUntil, mode, true);
+    found = quarantineDecision(wouldUntil, mode, policy.matchedRule, true);
   } else {
     const state = live?.state ?? DetectionState.forConfig(snapshot.config, now).readOnly();
     const all = connectFindings(facts, state, snapshot, now);

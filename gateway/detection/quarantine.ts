@@ -10,7 +10,7 @@
  * by. The other way round it does not: `host|alice|uploader` does not quarantine alice's other
  * processes, nor a flow whose process is not known yet (the agent's report decides).
  */
-import type { Decision, Mode } from '../../policy/types.ts';
+import type { Decision, MatchedRule, Mode } from '../../policy/types.ts';
 
 /** What put an identity in quarantine: when, which detector, and its alert (null: none known). */
 export interface QuarantineCause {
@@ -133,16 +133,18 @@ export function identityKeyParts(key: string): { host: string; user: string | nu
 
 /**
  * The refusal of a connection whose identity is quarantined until `until` (ms), in `mode`;
- * `isWouldBe`: monitor mode's, for an identity enforce mode would have quarantined.
+ * `isWouldBe`: monitor mode's, for an identity enforce mode would have quarantined. `matchedRule`
+ * is the allow entry the policy admitted the connection by (the quarantine is judged after the
+ * policy, as a connect-time detector is, and keeps it as connectDecision does).
  */
-export function quarantineDecision(until: number, mode: Mode, isWouldBe = false): Decision {
+export function quarantineDecision(until: number, mode: Mode, matchedRule: MatchedRule | null, isWouldBe = false): Decision {
   const when = new Date(until).toISOString();
   return {
     verdict: mode === 'enforce' ? 'block' : 'would-block',
     reason: 'quarantine',
     detector: 'quarantine',
     mode,
-    matchedRule: null,
+    matchedRule,
     reasons: [isWouldBe ? `identity would be quarantined until ${when} (enforce mode would have quarantined it)` : `identity quarantined until ${when}`],
   };
 }
