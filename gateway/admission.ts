@@ -383,7 +383,7 @@ export async function admitDestination(
   }
   // Step 8 for this destination: a later destination must not get past what a new flow would meet.
   // As for a new flow, not reached when policy refuses the destination (monitor mode's would-block).
-  const found = decision.verdict === 'allow' ? (ctx.detection?.onDestination(flow, { host: destHost, ip, port: destPort }, snapshot, mode) ?? null) : null;
+  const found = decision.verdict === 'allow' ? (ctx.detection?.onDestination(flow, { host: destHost, ip, port: destPort }, snapshot, mode, decision.matchedRule) ?? null) : null;
   if (found?.verdict === 'block') return { ok: false, decision: found, reject: mapDecision(found), reason: found.reasons.join('; '), ip, identity };
   // Under the policy running now: a reload may have put the identity's egress through a parent.
   return { ok: true, ip, decision: found !== null && decision.verdict === 'allow' ? found : decision, upstream: upstreamOf(snapshot, identity.roles), identity };

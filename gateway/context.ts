@@ -103,9 +103,16 @@ export interface DetectionHooks {
    * One more destination of an open flow, after the policy admitted it (a SOCKS5 UDP association
    * relays to many destinations under one flow): the same connect-time checks as `onConnect` for
    * that destination (quarantine, proxyware, exfil tools, …), and the destination counts towards
-   * the identity's fan-out as a new flow's would. Returns a refusing Decision or null.
+   * the identity's fan-out as a new flow's would. Returns a refusing Decision or null, which names
+   * `matchedRule`, the allow entry the policy admitted this destination by (not the flow's first).
    */
-  onDestination(flow: RoutedFlow, destination: KnownDestination, snapshot: PolicySnapshot, mode: Mode): import('../policy/types.ts').Decision | null;
+  onDestination(
+    flow: RoutedFlow,
+    destination: KnownDestination,
+    snapshot: PolicySnapshot,
+    mode: Mode,
+    matchedRule: import('../policy/types.ts').MatchedRule | null,
+  ): import('../policy/types.ts').Decision | null;
   /**
    * A destination a flow that relays to several (SOCKS5 UDP) now relays to, as `leg`: it counts
    * towards the identity's fan-out and domains, and gets its own byte budget (`leg.budgetOut`,

@@ -33,7 +33,7 @@ import {
 import { identityKeyOf } from '../../policy/detectors/match.ts';
 import { DetectionState, baselineJsonProblem } from '../../policy/detectors/state.ts';
 import type { Alert, Finding, FlowOutcome, FlowView } from '../../policy/detectors/types.ts';
-import type { ConnectFacts, Decision, Mode, PolicySnapshot, ReasonCode, Verdict } from '../../policy/types.ts';
+import type { ConnectFacts, Decision, MatchedRule, Mode, PolicySnapshot, ReasonCode, Verdict } from '../../policy/types.ts';
 import type { AlertStore } from '../alerts/alert-store.ts';
 import type { DetectionHooks, Logger, PolicySource } from '../context.ts';
 import { type Flow, type FlowLeg, isRouted, type KnownDestination, type RoutedFlow } from '../flow/flow.ts';
@@ -308,15 +308,16 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
 
   /**
    * The refusal of a flow whose identity is quarantined now (quarantine.ts), or null; in monitor
-   * mode also one enforce mode would have quarantined (would-block).
+   * mode also one enforce mode would have quarantined (would-block). `matchedRule`: the allow entry
+   * the policy admitted the flow (or the destination judged) by, which the refusal keeps.
    */
-  const quarantineOf = (flow: Flow, mode: Mode, now: number): Decision | null => {
+  const quarantineOf = (flow: Flow, mode: Mode, now: number, matchedRule: MatchedRule | null): Decision | null => {
     const key = quarantineKey(flow);
     const until = quarantine.quarantinedUntil(key, now);
-    if (until !== 0) return quarantineDecision(until, mode, flow.matchedRule);
+    if (until !== 0) return quarantineDecision(until, mode, matchedRule);
     if (mode === 'enforce') return null;
     const wouldUntil = wouldQuarantine.quarantinedUntil(key, now);
-    return wouldUntil === 0 ? null : quarantineDecision(wouldUntil, mode, flow.matchedRule, true);
+    return wouldUntil === 0 ? null : quarantineDecision(wouldUntil, mode, matchedRule, true);
   };
 
   const onClose = (flow: Flow): void => {
@@ -370,7 +371,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     const now = flows.now();
     // Quarantine first, as at admission: a new connection's process is unknown until its agent
     // reports it, so admission could not tell a quarantined process from its host's others.
-    const quarantined = quarantineOf(flow, mode, now);
+    const quarantined = quarantineOf(flow, mode, now, flow.matchedRule);
     if (quarantined) {
       // A verdict after admission, as a detector's: the admission's stays the one /metrics counts.
       if (mode === 'enforce') {
@@ -405,11 +406,12 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
 
   /**
    * Quarantine, then the connect-time detectors, for a new flow or one more destination of an open
-   * one (`f` names it). A refusing finding quarantines the identity in enforce mode.
+   * one (`f` names it; `matchedRule` is the allow entry the policy admitted it by, which a refusal
+   * keeps). A refusing finding quarantines the identity in enforce mode.
    */
-  const judgeConnect = (flow: Flow, f: ConnectFacts, snapshot: PolicySnapshot, mode: Mode): Decision | null => {
+  const judgeConnect = (flow: Flow, f: ConnectFacts, snapshot: PolicySnapshot, mode: Mode, matchedRule: MatchedRule | null): Decision | null => {
     const now = flows.now();
-    const quarantined = quarantineOf(flow, mode, now);
+    const quarantined = quarantineOf(flow, mode, now, matchedRule);
     if (quarantined) return quarantined;
     const found = evaluateConnect(f, state, snapshot, now, flow.id);
     // The refusing finding is the first one not a flag, as connectDecision takes it.
@@ -422,7 +424,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
         refusingAlertId = alertId;
       }
     }
-    const d = connectDecision(found, mode, flow.matchedRule);
+    const d = connectDecision(found, mode, matchedRule);
     if (d !== null && refusing !== null) putInQuarantine(quarantineKey(flow), now, mode, refusing.detector, refusingAlertId);
     return d;
   };
@@ -521,14 +523,14 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     },
 
     onConnect(flow: RoutedFlow, snapshot: PolicySnapshot, mode: Mode): Decision | null {
-      const d = judgeConnect(flow, facts(flow), snapshot, mode);
+      const d = judgeConnect(flow, facts(flow), snapshot, mode, flow.matchedRule);
       if (d === null || (mode !== 'enforce' && d.reason !== 'quarantine')) admitted.add(flow.id);
       return d;
     },
 
-    onDestination(flow: RoutedFlow, destination: KnownDestination, snapshot: PolicySnapshot, mode: Mode): Decision | null {
+    onDestination(flow: RoutedFlow, destination: KnownDestination, snapshot: PolicySnapshot, mode: Mode, matchedRule: MatchedRule | null): Decision | null {
       // Counted towards fan-out and judged on its bytes once relayed to (onRelayed).
-      return judgeConnect(flow, { ...facts(flow), destHost: destination.host, destPort: destination.port, destIp: destination.ip }, snapshot, mode);
+      return judgeConnect(flow, { ...facts(flow), destHost: destination.host, destPort: destination.port, destIp: destination.ip }, snapshot, mode, matchedRule);
     },
 
     onRelayed(flow: RoutedFlow, leg: FlowLeg, snapshot: PolicySnapshot, destination: KnownDestination, judged: { readonly verdict: Verdict; readonly reason: ReasonCode | null }): void {
@@ -571,7 +573,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     onEnforcedWhileDialled(flow: RoutedFlow, f: ConnectFacts, snapshot: PolicySnapshot): Decision | null {
       // As judgeConnect would have judged it at admission in enforce mode: monitor mode's would-be
       // quarantine is not read, and a would-be one may have hidden a detector's refusal.
-      return judgeConnect(flow, f, snapshot, 'enforce');
+      return judgeConnect(flow, f, snapshot, 'enforce', flow.matchedRule);
     },
 
     readOnly(): LiveDetection {
