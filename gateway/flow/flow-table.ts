@@ -474,6 +474,7 @@ export class FlowTable extends EventEmitter {
     flow.closeSeq = this.closeSeq++;
     // The closed flow stays in the admin API's ring; it must not keep its sockets and handlers alive.
     flow.abort = null;
+    if (flow.dialling !== null && flow.dialling.isLookup !== true) flow.wasDialling = true;
     flow.dialling = null;
     flow.onBudget = null;
     flow.endedAt = this.now();

@@ -15,6 +15,8 @@ export const KILLED_WHILE_DIALLING = new Error('flow killed while dialling');
 export interface DiallingSocket {
   destroy(err?: Error): unknown;
   listenerCount(event: 'error'): number;
+  /** True for a wait on a parent proxy's name (upstream/dial.ts lookUpWhileDialling): nothing sent yet. */
+  readonly isLookup?: true;
 }
 
 /** Where a flow goes: the name or address the client asked for, and the address dialled (null until resolved). */
@@ -201,6 +203,11 @@ export class Flow {
    * nothing more reaches the destination. A field, not a closure per flow.
    */
   dialling: DiallingSocket | null = null;
+  /**
+   * Closed while its dial was under way (a kill, a policy change refusing it): a SYN went out, so the
+   * flow keeps its Community ID whatever its verdict, as a failed dial's does. Set by FlowTable.close.
+   */
+  wasDialling = false;
   /** Admission awaits its name's lookup, `abort` its wait's (a reload wakes it: admission/lookup.ts refuseLookupsAfterChange). */
   isLookingUp = false;
   /** The client's host has an agent, yet no agent attributed this live flow in time (a signal in itself). */
@@ -257,10 +264,11 @@ export class Flow {
 
   /**
    * Community ID v1 of the flow: null until the dialled address is known, and for a flow refused
-   * before any dial (no packet ever went to that address, so there is no flow on the wire to join).
+   * before any dial (no packet ever went to that address, so there is no flow on the wire to join);
+   * one refused while it was dialled keeps it (its SYN went out).
    */
   get communityId(): string | null {
-    if (this.verdict === 'block' && !this.isConnected) return null;
+    if (this.verdict === 'block' && !this.isConnected && !this.wasDialling) return null;
     if (this.cid === undefined) {
       const { ip, port } = this.destination;
       if (ip === null || port === null) this.cid = null;

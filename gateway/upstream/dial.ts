@@ -411,6 +411,7 @@ function lookUpWhileDialling(lookup: Promise<string>, flow: Pick<Flow, 'dialling
         reject(err ?? KILLED_WHILE_DIALLING);
       },
       listenerCount: () => (isWaiting ? 1 : 0),
+      isLookup: true,
     };
     flow.dialling = wait;
     const settle = (): boolean => {
