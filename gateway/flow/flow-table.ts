@@ -384,6 +384,14 @@ export class FlowTable extends EventEmitter {
     flow.isConnected = true;
   }
 
+  /**
+   * Mark a flow the gateway answered itself as the final recipient (Max-Forwards 0): not connected,
+   * no Community ID (nothing dialled). Its record then reads `closed`, `connected: false`.
+   */
+  markAnsweredHere(flow: Flow): void {
+    flow.isAnsweredHere = true;
+  }
+
   /** Replace the authenticated identity of a live flow (user/host/roles); keeps the process. */
   setIdentity(flow: Flow, identity: Flow['identity']): void {
     flow.identity = identity.process ? identity : { ...identity, process: flow.identity.process };

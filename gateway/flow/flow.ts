@@ -168,10 +168,15 @@ export class Flow {
   /** Community ID, computed the first time a record needs it (a SHA-1 per flow is not free). */
   private cid: string | null | undefined = undefined;
   /**
-   * Did the upstream dial succeed (or the gateway answer the request itself as its final recipient:
-   * TRACE/OPTIONS with Max-Forwards 0)? false = failed/refused connect (the scan detectors read it).
+   * Did the upstream dial (or a parent's) succeed? false = no connection was made: a failed or refused
+   * connect, or none tried (the scan detectors read it with the closeReason: outcomeOfEnded).
    */
   isConnected = false;
+  /**
+   * Answered by the gateway itself as the request's final recipient (TRACE/OPTIONS with Max-Forwards
+   * 0, http-max-forwards.ts): nothing was dialled, so the flow is not connected and has no Community ID.
+   */
+  isAnsweredHere = false;
   /** Byte budget towards the destination (an0080.bulk-upload kill); Infinity = none. The tunnel enforces it. */
   budgetOut = Number.POSITIVE_INFINITY;
   /**
@@ -264,11 +269,11 @@ export class Flow {
 
   /**
    * Community ID v1 of the flow: null until the dialled address is known, and for a flow refused
-   * before any dial (no packet ever went to that address, so there is no flow on the wire to join);
-   * one refused while it was dialled keeps it (its SYN went out).
+   * before any dial or answered by the gateway itself (no packet ever went to that address, so there
+   * is no flow on the wire to join); one refused while it was dialled keeps it (its SYN went out).
    */
   get communityId(): string | null {
-    if (this.verdict === 'block' && !this.isConnected && !this.wasDialling) return null;
+    if (this.isAnsweredHere || (this.verdict === 'block' && !this.isConnected && !this.wasDialling)) return null;
     if (this.cid === undefined) {
       const { ip, port } = this.destination;
       if (ip === null || port === null) this.cid = null;

@@ -431,9 +431,9 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
 function answerAsFinalRecipient(state: HttpListenerState, admitted: Admitted, req: IncomingMessage, res: ServerResponse): void {
   const { flow, snapshot } = admitted;
   if (flow.state === 'active') {
-    // An exchange completed as its record says (allow, closed), not a failed connect: a flow that
-    // never connected is folded as one, and a few of these to as many ports made an0081.scan.
-    state.ctx.flows.markConnected(flow);
+    // Nothing dialled: not connected and no Community ID. Closed `closed`, the detectors fold it as
+    // neither a connection nor a failed attempt (outcomeOfEnded: `blocked`, counted nowhere).
+    state.ctx.flows.markAnsweredHere(flow);
     state.ctx.flows.close(flow, 'closed');
   }
   const isLast = !req.complete || state.ctx.isDraining();

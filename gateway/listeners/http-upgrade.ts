@@ -448,7 +448,7 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
  */
 function answerAsFinalRecipient(state: HttpListenerState, flow: Flow, req: IncomingMessage, socket: Duplex, stripped: ReadonlySet<string>): void {
   if (flow.state === 'active') {
-    state.ctx.flows.markConnected(flow);
+    state.ctx.flows.markAnsweredHere(flow);
     state.ctx.flows.close(flow, 'closed');
   }
   if (!socket.writable) {

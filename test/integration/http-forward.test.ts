@@ -223,9 +223,10 @@ describe('absolute-URI HTTP through the proxy', () => {
     // Admitted and recorded like any request, but nothing reached the origin.
     expect(origin.seen.length).toBe(before);
     const recs = gw.closed.slice(recordsBefore);
-    expect(recs.map((f) => [f.identity.user, f.protocol, f.verdict, f.closeReason, f.bytesOut, f.bytesIn])).toEqual([
-      ['alice', 'http', 'allow', 'closed', 0, 0],
-      [null, 'http', 'allow', 'closed', 0, 0],
+    // Nothing was dialled: no connection to the destination, no TCP flow for a Community ID to name.
+    expect(recs.map((f) => [f.identity.user, f.protocol, f.verdict, f.closeReason, f.bytesOut, f.bytesIn, f.connected, f.communityId])).toEqual([
+      ['alice', 'http', 'allow', 'closed', 0, 0, false, null],
+      [null, 'http', 'allow', 'closed', 0, 0, false, null],
     ]);
     for (const [method, sent, expected] of [['OPTIONS', '2', '1'], ['TRACE', '1', '0'], ['GET', '0', '0']] as const) {
       const r = await curl(['-X', method, '-H', `Max-Forwards: ${sent}`, `${base}/mf-${method}-${sent}`]);

@@ -54,9 +54,10 @@ describe('Max-Forwards on a TRACE or OPTIONS carrying Upgrade', () => {
     expect(echoed).toMatch(/\r\nX-Trace-Me: yes\r\n/);
     expect(echoed).not.toMatch(/cookie|s3cr3t/i);
     const recs = gw.closed.slice(recordsBefore);
-    expect(recs.map((f) => [f.protocol, f.verdict, f.closeReason, f.bytesOut, f.bytesIn])).toEqual([
-      ['http', 'allow', 'closed', 0, 0],
-      ['http', 'allow', 'closed', 0, 0],
+    // Nothing was dialled: no connection to the destination, no TCP flow for a Community ID to name.
+    expect(recs.map((f) => [f.protocol, f.verdict, f.closeReason, f.bytesOut, f.bytesIn, f.connected, f.communityId])).toEqual([
+      ['http', 'allow', 'closed', 0, 0, false, null],
+      ['http', 'allow', 'closed', 0, 0, false, null],
     ]);
     expect(origin.received.length).toBe(before);
   });
