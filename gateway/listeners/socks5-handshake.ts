@@ -8,7 +8,8 @@
  * Every refusal goes out through `refuse()`: the reply bytes (if the protocol has a place for one),
  * a warn log with the reason, then a graceful close that never crashes and never lingers. A
  * refused RFC 1929 login also leaves its flow record (admission/refusals.ts, refuseLogin): no destination
- * was named yet, and it is the connection's only record.
+ * was named yet, and it is the connection's only record. A connection closed before its first byte
+ * (a port probe) began no handshake: it is closed without a log line.
  */
 import type { Socket } from 'node:net';
 import { formatAuthority, normaliseHost } from '../protocol/authority.ts';
@@ -272,6 +273,15 @@ export function runHandshake(ctx: GatewayContext, down: Downstream, onRequest: (
    */
   function onEnd(): void {
     isEnded = true;
+    if (!isStarted) {
+      // Closed before its first byte: a port probe (a balancer's health check, `nc -z`), no handshake
+      // begun. Closed without a log line, as node:http closes an HTTP connection that sent nothing
+      // (gw_downstream_cx_total counts it, as it does there).
+      stage = 'done';
+      detach();
+      socket.destroy();
+      return;
+    }
     if (!busy) failIfStalled();
   }
   function failIfStalled(): void {
