@@ -298,7 +298,7 @@ export function refuseDialsAfterChange(ctx: GatewayContext): void {
     const facts = factsOf(flow, flow.protocol, host, port, ip, identityUnder(snapshot, flow.identity));
     let decision: Decision | null = snapshot.decide(facts, ctx.flows.now(), override);
     if (decision.verdict === 'allow' && decision.mode === 'enforce' && flow.verdict === 'would-block' && (flow.reason === 'quarantine' || flow.reason === 'detector')) {
-      decision = ctx.detection?.onEnforcedWhileDialled(flow, facts, snapshot) ?? null;
+      decision = ctx.detection?.onEnforcedWhileDialled(flow, facts, snapshot, decision.matchedRule) ?? null;
     }
     if (decision?.verdict !== 'block') continue;
     ctx.flows.redecide(flow, decision, true);

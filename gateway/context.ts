@@ -136,9 +136,10 @@ export interface DetectionHooks {
    * (a quarantine, a connect-time detector) that is still being dialled when a change puts it in
    * enforce mode (admission.ts refuseDialsAfterChange): an enforced quarantine refuses it (monitor
    * mode's would-be one does not), else the connect-time detectors judge it on `facts` as at
-   * admission, a refusing finding alerted `block` and quarantining the identity. The refusal, or null.
+   * admission, a refusing finding alerted `block` and quarantining the identity. The refusal, or null;
+   * it names `matchedRule`, the allow entry the running policy (`snapshot`) admits the flow by.
    */
-  onEnforcedWhileDialled(flow: RoutedFlow, facts: ConnectFacts, snapshot: PolicySnapshot): Decision | null;
+  onEnforcedWhileDialled(flow: RoutedFlow, facts: ConnectFacts, snapshot: PolicySnapshot, matchedRule: import('../policy/types.ts').MatchedRule | null): Decision | null;
   /** A connect failed or was refused (feeds scan detection). */
   onConnectFailed(flow: Flow): void;
 }

@@ -570,10 +570,12 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       return budgetFor(flow, facts(flow), flow.destination, flow.id, flow, snapshot);
     },
 
-    onEnforcedWhileDialled(flow: RoutedFlow, f: ConnectFacts, snapshot: PolicySnapshot): Decision | null {
+    onEnforcedWhileDialled(flow: RoutedFlow, f: ConnectFacts, snapshot: PolicySnapshot, matchedRule: MatchedRule | null): Decision | null {
       // As judgeConnect would have judged it at admission in enforce mode: monitor mode's would-be
-      // quarantine is not read, and a would-be one may have hidden a detector's refusal.
-      return judgeConnect(flow, f, snapshot, 'enforce', flow.matchedRule);
+      // quarantine is not read, and a would-be one may have hidden a detector's refusal. The refusal
+      // names the entry the running policy admits it by, not the one admission found (a reload may
+      // have moved or replaced it).
+      return judgeConnect(flow, f, snapshot, 'enforce', matchedRule);
     },
 
     readOnly(): LiveDetection {

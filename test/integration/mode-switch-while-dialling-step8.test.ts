@@ -22,7 +22,7 @@ import type { Config } from '../../policy/config.ts';
 import type { Flow } from '../../gateway/flow/flow.ts';
 import { closedPort } from '../helpers/closed-port.ts';
 import { caseSockets, replyOf } from '../helpers/dialling-cases.ts';
-import { adminGet, adminPut, type DeepPartial, startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { adminGet, adminPut, type DeepPartial, runningConfig, startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { hungDestination } from '../helpers/hung-destination.ts';
 
 /** A raw CONNECT to `target`, its reply (up to `ms`). */
@@ -77,6 +77,26 @@ describe.concurrent('a switch to enforce mode while a flow would-block by step 8
     expect(gw.alerts.list({ detector: 'an0081.proxyware', limit: 10 }).map((a) => a.action)).toContain('block');
     const listed = JSON.parse((await adminGet(gw, '/v1/quarantines')).text) as { quarantines: Array<{ key: string; enforced: boolean; detector: string }> };
     expect(listed.quarantines.map((q) => [q.key, q.enforced, q.detector])).toContainEqual([KEY, true, 'an0081.proxyware']);
+    expect((await dest.release()).filter((p) => p !== '127.0.0.9')).toEqual([]);
+  }, 30_000);
+
+  // Regression: the refusal took the flow's matchedRule, the entry the old policy admitted it by
+  // (any/0 `cidr=127.0.0.1/32`), though the reload moved that entry to index 1.
+  it("a reload to enforce mode that moves the allow entry: the refusal's record names the running policy's entry", async ({ expect, onTestFinished }) => {
+    const clients = caseSockets(onTestFinished);
+    const gw = await startTestGateway({ mode: 'monitor', ...SETUP });
+    const dest = await hungDestination();
+    onTestFinished(async () => {
+      dest.close();
+      await gw.stop();
+    });
+    const reply = rawConnect(gw, `api.honeygain.com:${dest.port}`, clients, 6000);
+    const flow = await dialling(gw, dest.port);
+    expect([flow.verdict, flow.detector, flow.matchedRule]).toEqual(['would-block', 'an0081.proxyware', { role: 'any', index: 0, entry: 'cidr=127.0.0.1/32' }]);
+    const config = await runningConfig(gw);
+    expect(await adminPut(gw, '/v1/policy', { ...config, mode: 'enforce', roles: { any: { allow: [{ host: 'other.test' }, { cidr: '127.0.0.1/32' }] } } })).toBe(200);
+    expect(await reply).toContain('"reason":"an0081.proxyware"');
+    expect(gw.closed.filter((r) => r.id === flow.id).map((r) => [r.verdict, r.detector, r.matchedRule])).toEqual([['block', 'an0081.proxyware', { role: 'any', index: 1, entry: 'cidr=127.0.0.1/32' }]]);
     expect((await dest.release()).filter((p) => p !== '127.0.0.9')).toEqual([]);
   }, 30_000);
 
