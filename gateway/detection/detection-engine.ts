@@ -32,7 +32,7 @@ import {
 } from '../../policy/detectors/index.ts';
 import { identityKeyOf } from '../../policy/detectors/match.ts';
 import { DetectionState, baselineJsonProblem } from '../../policy/detectors/state.ts';
-import type { Alert, Finding, FlowOutcome, FlowView } from '../../policy/detectors/types.ts';
+import type { Alert, Finding, FlowDestinationView, FlowOutcome, FlowView } from '../../policy/detectors/types.ts';
 import type { ConnectFacts, Decision, MatchedRule, Mode, PolicySnapshot, ReasonCode, Verdict } from '../../policy/types.ts';
 import type { AlertStore } from '../alerts/alert-store.ts';
 import type { DetectionHooks, Logger, PolicySource } from '../context.ts';
@@ -182,6 +182,22 @@ function pushActiveLegs(views: FlowView[], flow: RoutedFlow, legs: readonly Flow
   }
 }
 
+/**
+ * The allow entry a detector's kill or would-kill of `flow` names: for a flow that relays to several
+ * destinations (SOCKS5 UDP), the entry that admitted the destination the finding names, when it is
+ * one of the flow's (a bulk upload to it, or the tunnel an0081.proxyjack names); else the flow's own
+ * (its first destination's), as for a finding about no destination or about the identity's other
+ * flows. Per kill, never per datagram: a scan of the flow's legs.
+ */
+function ruleFor(flow: Flow, destination: FlowDestinationView | null): MatchedRule | null {
+  if (flow.legs === null || destination === null) return flow.matchedRule;
+  for (const leg of flow.legs) {
+    const d = leg.destination;
+    if (d === destination || (d.port === destination.port && d.host === destination.host && d.ip === destination.ip)) return leg.matchedRule;
+  }
+  return flow.matchedRule;
+}
+
 /** Where a byte budget is kept: a flow's, or one destination's of a flow that relays to several. */
 interface Budgeted {
   bytesIn: number;
@@ -274,7 +290,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
   /** Monitor mode: a live flow enforce mode would have refused or killed is recorded would-block. */
   const markWouldBlock = (flow: Flow, f: Finding, mode: Mode): void => {
     if (flow.state !== 'active' || flow.verdict !== 'allow') return;
-    flows.redecide(flow, { verdict: 'would-block', reason: 'detector', detector: f.detector, mode, matchedRule: flow.matchedRule, reasons: [...f.reasons] }, false);
+    flows.redecide(flow, { verdict: 'would-block', reason: 'detector', detector: f.detector, mode, matchedRule: ruleFor(flow, f.destination), reasons: [...f.reasons] }, false);
   };
 
   /**
@@ -284,7 +300,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
    */
   const markKilled = (flow: Flow, f: Finding): void => {
     if (flow.state !== 'active') return;
-    flows.redecide(flow, { verdict: 'block', reason: 'detector', detector: f.detector, mode: 'enforce', matchedRule: flow.matchedRule, reasons: [...f.reasons] }, true);
+    flows.redecide(flow, { verdict: 'block', reason: 'detector', detector: f.detector, mode: 'enforce', matchedRule: ruleFor(flow, f.destination), reasons: [...f.reasons] }, true);
   };
 
   // An enforced block or kill opens a quarantine, monitor's would-block or would-kill notes the one

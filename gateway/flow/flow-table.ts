@@ -11,7 +11,7 @@
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import type { Decision, ProcessInfo, Protocol } from '../../policy/types.ts';
+import type { Decision, MatchedRule, ProcessInfo, Protocol } from '../../policy/types.ts';
 import { Flow, type FlowInit, type FlowLeg, type FlowRecord, KILLED_WHILE_DIALLING, type KnownDestination, type RoutedFlow, withProcess } from './flow.ts';
 import type { FlowSink } from './flow-log.ts';
 import { normaliseHost } from '../protocol/authority.ts';
@@ -355,7 +355,7 @@ export class FlowTable extends EventEmitter {
    * its own counters and budget, which the detectors judge (flow.ts, FlowLeg). Returns the flow's
    * newest leg instead when the gateway holds MAX_LIVE_LEGS (its `destination` then is another's).
    */
-  addLeg(flow: RoutedFlow, destination: KnownDestination): FlowLeg {
+  addLeg(flow: RoutedFlow, destination: KnownDestination, matchedRule: MatchedRule | null): FlowLeg {
     flow.legs ??= [];
     const legs = flow.legs;
     // Past MAX_LIVE_LEGS gateway-wide, a new destination shares its association's newest leg (judged
@@ -373,6 +373,7 @@ export class FlowTable extends EventEmitter {
       budgetOut: Number.POSITIVE_INFINITY,
       onBudget: null,
       sweptBytes: 0,
+      matchedRule,
       isRefusedByPolicy: false,
     };
     legs.push(leg);

@@ -68,6 +68,11 @@ export interface FlowLeg {
   /** bytesOut + bytesIn when the detectors' sweep last looked: an idle destination is not looked at again. */
   sweptBytes: number;
   /**
+   * The allow entry its destination was admitted by (the first destination's is the flow's own): a
+   * detector's kill or would-kill for this destination's bytes names it (FlowRecord.matchedRule).
+   */
+  readonly matchedRule: MatchedRule | null;
+  /**
    * Relayed in monitor mode as would-block by policy (not-allowlisted, deny-range): enforce mode
    * refuses it, so the detectors counted it as that refusal and never judge its bytes (set by the
    * detection engine's onRelayed).

@@ -13,7 +13,7 @@
  * destination not yet known (newDestination) or refused (judgeAgain).
  */
 import { isRefusedByPolicy } from '../../policy/detectors/state.ts';
-import type { Identity, ReasonCode, Verdict } from '../../policy/types.ts';
+import type { Identity, MatchedRule, ReasonCode, Verdict } from '../../policy/types.ts';
 import { admit, admitDestination, type DestinationAdmission, type LookedUp, lookUp, needsLookUp, type Refused } from '../admission.ts';
 import type { GatewayContext } from '../context.ts';
 import type { Flow, RoutedFlow } from '../flow/flow.ts';
@@ -319,14 +319,15 @@ export class UdpAdmissions {
    * (the detectors count it as enforce mode's refusal, and judge no bytes on it). `ip` is the
    * admitted address as the records give it (`::ffff:127.0.0.3` for a mapped one, as on TCP): the
    * leg's destination, which the detectors' findings and alerts name; the relay sends to, and takes
-   * replies from, its IPv4 form (unmapIPv4).
+   * replies from, its IPv4 form (unmapIPv4). A new leg keeps the allow entry `judged` names, which a
+   * detector's kill for this destination's bytes then records.
    */
-  private allowDest(f: RoutedFlow, dest: Destination, ip: string, judged: { readonly verdict: Verdict; readonly reason: ReasonCode | null }): void {
+  private allowDest(f: RoutedFlow, dest: Destination, ip: string, judged: { readonly verdict: Verdict; readonly reason: ReasonCode | null; readonly matchedRule: MatchedRule | null }): void {
     const { ctx, dests } = this.host;
     this.pending--;
     const destination = { host: dest.host, ip, port: dest.port };
     const isRefused = isRefusedByPolicy(judged);
-    const leg = (isRefused ? undefined : dests.legNamed(dest.host, dest.port)) ?? ctx.flows.addLeg(f, destination);
+    const leg = (isRefused ? undefined : dests.legNamed(dest.host, dest.port)) ?? ctx.flows.addLeg(f, destination, judged.matchedRule);
     ctx.detection?.onRelayed(f, leg, ctx.policy.current(), destination, judged);
     dests.allow(dest, unmapIPv4(ip), leg, !isRefused);
     this.admitted++;

@@ -240,18 +240,18 @@ describe('FlowTable legs (SOCKS5 UDP destinations)', () => {
     const a = flows.open(udp(40000));
     const b = flows.open(udp(40001));
     if (a.destination.host === null || b.destination.host === null) throw new Error('routed flows expected');
-    const a1 = flows.addLeg(a, dest(1));
-    const a2 = flows.addLeg(a, dest(2));
-    const b1 = flows.addLeg(b, dest(3));
+    const a1 = flows.addLeg(a, dest(1), null);
+    const a2 = flows.addLeg(a, dest(2), null);
+    const b1 = flows.addLeg(b, dest(3), null);
     expect(new Set([a1.key, a2.key, b1.key]).size).toBe(3);
     // At the bound: b's next destination shares b's newest leg, a's shares a's.
-    expect(flows.addLeg(b, dest(4))).toBe(b1);
-    expect(flows.addLeg(a, dest(5))).toBe(a2);
+    expect(flows.addLeg(b, dest(4), null)).toBe(b1);
+    expect(flows.addLeg(a, dest(5), null)).toBe(a2);
     expect(b.legs).toEqual([b1]);
     flows.close(a, 'closed');
     expect(a.legs).toBeNull();
     // a's two legs are free again.
-    const b2 = flows.addLeg(b, dest(6));
+    const b2 = flows.addLeg(b, dest(6), null);
     expect(b2).not.toBe(b1);
     expect(b2.destination.port).toBe(6);
     expect(b.legs).toHaveLength(2);
