@@ -3,6 +3,7 @@
  * node:http, http-fast-path.ts's FastExchange on the raw socket), and what an undici or socket error
  * means to the gateway (undiciErrorCode).
  */
+import type { Socket } from 'node:net';
 import type { Dispatcher } from 'undici';
 import { type Flow, KILLED_WHILE_DIALLING } from '../flow/flow.ts';
 import type { GatewayContext } from '../context.ts';
@@ -12,8 +13,12 @@ import { type ConnectionState, clientGoneReason, finGraceMs } from './http-conne
 import type { StaggeredOrigin } from './http-origin-dial.ts';
 import { unrelayableFraming } from './http-headers.ts';
 import { takeResetMark } from './http-origin-reset.ts';
+import { letGoOfOrigin, noteConnecting, resetOriginSocket, type SocketHolder } from './http-origin-socket.ts';
 import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './http-interim.ts';
 import type { RefusalDetails } from './http-refusal.ts';
+
+/** The byte budget's kill (http-forward.ts budgeted): its origin connection is not reset. */
+const BUDGET_KILL = 'an0080.bulk-upload';
 
 /** Turn an undici / socket error into a gateway code, once, here. */
 export function undiciErrorCode(err: unknown): GatewayErrorCode {
@@ -63,7 +68,7 @@ function isProtocolViolation(err: unknown): boolean {
  * the client goes, and what an origin failure means for the flow and the client. A subclass says how
  * its client is answered or cut. Methods on the prototype: a request costs one object.
  */
-export abstract class OriginExchange implements Dispatcher.DispatchHandler {
+export abstract class OriginExchange implements Dispatcher.DispatchHandler, SocketHolder {
   protected readonly ctx: GatewayContext;
   protected readonly flow: Flow;
   readonly connection: ConnectionState;
@@ -71,6 +76,8 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
   /** The final response's status once its head has come, else 0. */
   protected status = 0;
   private abortUpstream: ((err?: Error) => void) | null = null;
+  /** The origin connection undici wrote the request on, until it is done with it (http-origin-socket.ts): a kill resets it. */
+  originSocket: Socket | null = null;
   private isConnected = false;
   /**
    * The staggered dial of the name's addresses (StaggeredOrigin), for a flow whose name has several
@@ -96,13 +103,17 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
     this.connection = connection;
     // A detector kill or admin DELETE: cut both sides now. Before the origin connection is made, the
     // client hears what the kill means (the kill destroys the connecting socket: FlowTable.kill).
-    flow.abort = () => {
+    flow.abort = (reason: string) => {
       if (!this.isConnected && !this.isResponseStarted()) {
         this.isClientGone = true;
         this.connection.isAwaitingOrigin = false;
         this.answerFailure(mapKill(flow.closeReason ?? 'admin'), { flowId: flow.id, isBlock: flow.verdict === 'block' });
         return;
       }
+      // undici's abort closes the origin connection with a FIN: reset first, as the client is. Not
+      // for the byte budget's kill, whose origin side closes as a tunnel's does (docs/spec-notes.md):
+      // a reset would drop body bytes that fit the budget, still queued for the origin.
+      if (reason !== BUDGET_KILL) this.resetOrigin();
       this.abortOrigin('flow killed');
       this.cutClient(true);
     };
@@ -262,18 +273,30 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
     return true;
   }
 
+  /** A kill: the origin connection the request is on is reset (http-origin-socket.ts), if it is known. */
+  private resetOrigin(): void {
+    const socket = this.originSocket;
+    this.originSocket = null;
+    if (socket !== null) resetOriginSocket(socket);
+  }
+
   onConnect(abort: (err?: Error) => void): void {
     this.abortUpstream = abort;
+    this.originSocket = null;
     if (!this.isConnected) {
       this.isConnected = true;
       this.ctx.flows.markConnected(this.flow);
       if (this.isFinWhileDialling) this.clientHalfClosed();
     }
     if (this.isClientGone) abort(new GatewayError('EGW_UPSTREAM_RESET', 'client went away'));
+    // Not aborted: undici writes the request now, and publishes the socket it writes it on first.
+    else noteConnecting(this);
   }
 
   onError(err: Error): void {
     const { ctx, flow } = this;
+    // undici is done with the request: its connection is no longer this exchange's to reset.
+    letGoOfOrigin(this);
     if (this.isSentElsewhere(err)) return;
     this.connection.isAwaitingOrigin = false;
     if (this.isClientGone || flow.state !== 'active') {
@@ -315,9 +338,12 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler {
    * undici ended the response because its origin connection was reset (a close-delimited body cut
    * short: http-origin-reset.ts): failed as an origin reset instead (502 before any of it went to
    * the client, else the client cut), the flow `upstream-reset`. True when so. Called first thing
-   * in onComplete: it takes the reset's mark whatever the exchange's state.
+   * in onComplete: it takes the reset's mark whatever the exchange's state, and lets go of the
+   * origin connection (originSocket).
    */
   protected isCutByReset(): boolean {
+    // undici is done with the request: its connection may carry another request next.
+    letGoOfOrigin(this);
     if (!takeResetMark()) return false;
     this.onError(new GatewayError('EGW_UPSTREAM_RESET', 'the origin reset its connection before the end of the body'));
     return true;
