@@ -280,6 +280,18 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler, Sock
     if (socket !== null) resetOriginSocket(socket);
   }
 
+  /**
+   * undici is done with the request (completed or failed): its origin connection goes back to the
+   * pool and may carry another request next, while the flow may live on (its answer still queued for
+   * the client). Neither a kill's reset nor FlowTable.kill's destroy of the flow's `dialling` socket
+   * (the connection opened for it) may reach it from now on: before, a kill of a flow whose answer
+   * waited behind a pipelined one closed the pooled connection another client's request was on.
+   */
+  private letGoOfOrigin(): void {
+    letGoOfOrigin(this);
+    if (this.isConnected) this.flow.dialling = null;
+  }
+
   onConnect(abort: (err?: Error) => void): void {
     this.abortUpstream = abort;
     this.originSocket = null;
@@ -296,7 +308,7 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler, Sock
   onError(err: Error): void {
     const { ctx, flow } = this;
     // undici is done with the request: its connection is no longer this exchange's to reset.
-    letGoOfOrigin(this);
+    this.letGoOfOrigin();
     if (this.isSentElsewhere(err)) return;
     this.connection.isAwaitingOrigin = false;
     if (this.isClientGone || flow.state !== 'active') {
@@ -343,7 +355,7 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler, Sock
    */
   protected isCutByReset(): boolean {
     // undici is done with the request: its connection may carry another request next.
-    letGoOfOrigin(this);
+    this.letGoOfOrigin();
     if (!takeResetMark()) return false;
     this.onError(new GatewayError('EGW_UPSTREAM_RESET', 'the origin reset its connection before the end of the body'));
     return true;

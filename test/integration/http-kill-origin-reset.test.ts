@@ -290,3 +290,37 @@ describe('an admin kill of an absolute-URI request in flight resets its origin c
     }
   });
 });
+
+describe('a kill after its request is done at the origin leaves the pooled connection alone', () => {
+  it('a pipelined response still queued behind another: its kill does not close the connection another request is now on', async () => {
+    gw = await startTestGateway();
+    const n = ++serial;
+    // node:http (a Content-Length): the second request's answer waits behind the first's, held by the
+    // origin, so its flow stays live after its origin connection went back to the pool.
+    const a = await client();
+    const aEnded = ending(a);
+    a.write(`POST http://127.0.0.1:${origin.port}/hold?first=${n} HTTP/1.1\r\nHost: 127.0.0.1:${origin.port}\r\nContent-Length: 1\r\n\r\nx`);
+    await until('the first request is at the origin', () => origin.connOf(`first=${n}`) !== undefined);
+    a.write(`GET http://127.0.0.1:${origin.port}/quick?second=${n} HTTP/1.1\r\nHost: 127.0.0.1:${origin.port}\r\nContent-Length: 0\r\n\r\n`);
+    await until('the second request is answered by the origin', () => origin.connOf(`second=${n}`) !== undefined);
+    const second = origin.connOf(`second=${n}`) as OriginConn;
+    // Another client's request, held by the origin: it goes on the pooled connection the second one used.
+    const other = await client();
+    const otherLater = keepAliveGet(other, `/later?other=${n}`);
+    otherLater.catch(() => undefined);
+    await until('the other request is at the origin', () => origin.connOf(`other=${n}`) !== undefined);
+    expect(origin.connOf(`other=${n}`)).toBe(second);
+
+    const g = gw as TestGateway;
+    const res = await fetch(`${g.adminUrl}/v1/flows?state=active`, { headers: { authorization: `Bearer ${g.adminToken}` } });
+    const { flows } = (await res.json()) as { flows: Array<{ id: string; client: { port: number }; bytesIn: number }> };
+    const killed = flows.filter((f) => f.client.port === a.localPort && f.bytesIn > 0);
+    expect(killed).toHaveLength(1);
+    expect(await adminDelete((killed[0] as { id: string }).id)).toBe(200);
+    expect(await aEnded).toBe('ECONNRESET');
+
+    origin.answerLater(`/later?other=${n}`);
+    await otherLater;
+    expect(second.ending).toBe(null);
+  });
+});
