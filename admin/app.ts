@@ -16,6 +16,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import type { ControlPort } from '../gateway/control.ts';
 import { isRepeatedField } from '../gateway/listeners/http-target.ts';
 import type { AdminTokenConfig, AgentTokenConfig } from '../policy/config.ts';
+import { duplicateJsonKeys } from '../policy/json-duplicate-keys.ts';
 import { type FailureDelayOptions, generateAdminToken, type RequiredScope, scopeAllows, TokenAuth } from './auth.ts';
 import { AdminConnections } from './connection-limit.ts';
 import { answerClientError, answerNoRoute, hasEmptyParam, installErrorHandlers, sendError } from './errors.ts';
@@ -181,6 +182,18 @@ export async function buildAdmin(port: ControlPort, opts: AdminOptions = {}): Pr
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
     request.jsonText = body as string;
     parseJson(request, body as string, done);
+  });
+
+  // A JSON body with a key written twice is refused on every route (400, the key's path in details),
+  // as the policy writes refuse one in their own terms: JSON.parse kept the last value, so
+  // `{"mode":"enforce","mode":"monitor"}` switched to monitor where a front reading the first saw
+  // enforce. Before the schema, so what it checks is what was sent. One pass over the body's text.
+  app.addHook('preValidation', async (request, reply) => {
+    if (request.jsonText === null || request.routeOptions.config.ownsRepeatedKeys === true) return;
+    const repeated = duplicateJsonKeys(request.jsonText);
+    if (repeated.length === 0) return;
+    const details = repeated.map((e) => ({ path: e.path === '(root)' ? 'body' : `body.${e.path}`, message: e.message }));
+    sendError(reply, 400, 'bad-request', `the JSON body writes a key twice (${details[0]?.path})`, details);
   });
 
   // A body is read as UTF-8, the only encoding JSON exchanged between systems may have (RFC 8259

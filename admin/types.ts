@@ -16,6 +16,11 @@ declare module 'fastify' {
     /** Token scope the route requires. */
     scope?: RequiredScope;
     audit?: AuditMode;
+    /**
+     * The route reports a JSON body's repeated keys itself (the policy writes, as policy errors);
+     * every other route's are refused before its schema by admin/app.ts.
+     */
+    ownsRepeatedKeys?: boolean;
   }
   interface FastifyRequest {
     principal: Principal | null;
@@ -23,7 +28,7 @@ declare module 'fastify' {
     policyVersionBefore: number | null;
     /** One line of context for the audit entry (flow killed, mode set, why refused). */
     auditDetail: string | null;
-    /** The text of an application/json body, as sent (a policy route checks it for repeated keys). */
+    /** The text of an application/json body, as sent (checked for repeated keys). */
     jsonText: string | null;
   }
 }

@@ -124,7 +124,7 @@ export function registerPolicyRoutes(app: AdminApp, { port, keepsAdmin, repeatsO
   app.put(
     '/v1/policy',
     {
-      config: { scope: 'admin', audit: 'always' },
+      config: { scope: 'admin', audit: 'always', ownsRepeatedKeys: true },
       schema: {
         summary: 'Replace the policy (JSON object, or YAML/JSON text); If-Match guards against lost updates',
         body: PolicyInput,
@@ -155,7 +155,7 @@ export function registerPolicyRoutes(app: AdminApp, { port, keepsAdmin, repeatsO
   app.post(
     '/v1/policy/validate',
     {
-      config: { scope: 'read', audit: 'never' },
+      config: { scope: 'read', audit: 'never', ownsRepeatedKeys: true },
       schema: { summary: 'Validate a draft policy; changes nothing', body: PolicyInput, response: { 200: ValidateResult, ...AuthErrors } },
       // A read token's validation waits its turn in the budget (admin/validate-budget.ts); one with
       // no place in the queue is refused before its body is read, so it is never parsed either.
