@@ -18,6 +18,12 @@ export const ErrorBody = Type.Object(
   { description: 'Every error of the admin API' },
 );
 
+/**
+ * A query string takes only the parameters its route names: an unknown one (a typo, `?stat=active`)
+ * is 400 naming it (`querystring.stat`), as an unknown body field is, not ignored (every flow listed).
+ */
+const CLOSED_QUERY = { additionalProperties: false } as const;
+
 export const ConfigIssue = Type.Object({ path: Type.String(), message: Type.String() });
 
 export const Health = Type.Object({ status: Type.String() });
@@ -102,7 +108,7 @@ export const FlowQuery = Type.Object({
       description:
         "the next of the page before, to walk the flows open or kept at the walk's first page: each once, in the state it has when its page is taken (live flows newest opened first, then closed ones newest closed first); one that closed before the walk reached it is listed on the next page, after its live flows; flows opened since are not listed, closed ones no longer kept (flowLog.keepClosed) are missing",
     })),
-});
+}, CLOSED_QUERY);
 
 export const FlowList = Type.Object({
   flows: Type.Array(FlowRecordSchema),
@@ -269,14 +275,14 @@ export const AlertQuery = Type.Object({
   since: Type.Optional(Type.String({ description: 'an event id or an ISO 8601 time' })),
   detector: Type.Optional(Type.String()),
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000, default: 100 })),
-});
+}, CLOSED_QUERY);
 
 export const AlertList = Type.Object({ alerts: Type.Array(AlertSchema), lastEventId: Type.Integer() });
 
 export const StreamQuery = Type.Object({
   detector: Type.Optional(Type.String()),
   lastEventId: Type.Optional(Type.Integer({ minimum: 0, description: 'same as the Last-Event-ID header' })),
-});
+}, CLOSED_QUERY);
 
 /** Loose on purpose: agent/report.ts validates every field and reports paths (400 details). */
 export const ReportBody = Type.Object({ host: Type.Unknown(), reports: Type.Unknown() }, { additionalProperties: true });
@@ -312,7 +318,7 @@ export const AuditQuerySchema = Type.Object({
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000, default: 100 })),
   actor: Type.Optional(Type.String()),
   since: Type.Optional(Type.String({ format: 'date-time' })),
-});
+}, CLOSED_QUERY);
 
 export const AuditList = Type.Object({
   entries: Type.Array(
