@@ -6,23 +6,18 @@
  * with a token, a real CONNECT to make a closed flow.
  */
 import type { ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { httpConnect } from '../helpers/detection-live.ts';
-import { spawnServe } from '../helpers/serve-process.ts';
+import { killIfRunning, spawnServe } from '../helpers/serve-process.ts';
 
 const TOKEN = 'query-unknown-params-admin-0123456789';
 let dir = '';
 let child: ChildProcess | null = null;
 afterAll(async () => {
-  if (child && child.exitCode === null && child.signalCode === null) {
-    const exited = once(child, 'exit');
-    child.kill('SIGKILL');
-    await exited;
-  }
+  await killIfRunning(child);
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 

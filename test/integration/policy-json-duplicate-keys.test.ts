@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { httpConnect } from '../helpers/detection-live.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
-import { spawnServe } from '../helpers/serve-process.ts';
+import { killIfRunning, spawnServe } from '../helpers/serve-process.ts';
 
 const TOKEN = 'json-duplicate-keys-admin-0123456789';
 let origin: Server;
@@ -110,11 +110,7 @@ describe('a JSON config file with a key written twice', () => {
   let dir = '';
   let child: ChildProcess | null = null;
   afterAll(async () => {
-    if (child && child.exitCode === null && child.signalCode === null) {
-      const exited = once(child, 'exit');
-      child.kill('SIGKILL');
-      await exited;
-    }
+    await killIfRunning(child);
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 

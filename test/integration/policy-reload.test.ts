@@ -11,7 +11,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnServe } from '../helpers/serve-process.ts';
+import { killIfRunning, spawnServe } from '../helpers/serve-process.ts';
 import { type LocalGateway, jsonBody, rawConnect, rawExchange, readUntil, startLocalGateway } from './http-harness.ts';
 
 let echo: Server;
@@ -125,11 +125,7 @@ detection:
   let dir = '';
   let child: ChildProcess | null = null;
   afterAll(async () => {
-    if (child && child.exitCode === null && child.signalCode === null) {
-      const exited = once(child, 'exit');
-      child.kill('SIGKILL');
-      await exited;
-    }
+    await killIfRunning(child);
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
