@@ -12,7 +12,7 @@ import { mapError, mapKill, type RejectMapping } from '../reject.ts';
 import { type ConnectionState, clientGoneReason, finGraceMs } from './http-connection-state.ts';
 import type { StaggeredOrigin } from './http-origin-dial.ts';
 import { unrelayableFraming } from './http-headers.ts';
-import { takeResetMark } from './http-origin-reset.ts';
+import { isCutByOriginReset } from './http-origin-reset.ts';
 import { letGoOfOrigin, noteConnecting, resetOriginSocket, type SocketHolder } from './http-origin-socket.ts';
 import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './http-interim.ts';
 import type { RefusalDetails } from './http-refusal.ts';
@@ -350,13 +350,14 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler, Sock
    * undici ended the response because its origin connection was reset (a close-delimited body cut
    * short: http-origin-reset.ts): failed as an origin reset instead (502 before any of it went to
    * the client, else the client cut), the flow `upstream-reset`. True when so. Called first thing
-   * in onComplete: it takes the reset's mark whatever the exchange's state, and lets go of the
-   * origin connection (originSocket).
+   * in onComplete: it reads the mark on its origin connection (originSocket) whatever the exchange's
+   * state, and lets go of that connection.
    */
   protected isCutByReset(): boolean {
+    const socket = this.originSocket;
     // undici is done with the request: its connection may carry another request next.
     this.letGoOfOrigin();
-    if (!takeResetMark()) return false;
+    if (!isCutByOriginReset(socket)) return false;
     this.onError(new GatewayError('EGW_UPSTREAM_RESET', 'the origin reset its connection before the end of the body'));
     return true;
   }
