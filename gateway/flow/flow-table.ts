@@ -345,11 +345,6 @@ export class FlowTable extends EventEmitter {
     flow.resetCommunityId();
   }
 
-  /** Change the destination (an HTTP keep-alive connection's next request is a new flow; UDP relays per datagram keep the first). */
-  setDestination(flow: RoutedFlow, host: string, port: number): void {
-    flow.destination = { host, ip: flow.destination.ip, port };
-  }
-
   /**
    * One more destination relayed to by a flow that relays to several (a SOCKS5 UDP association):
    * its own counters and budget, which the detectors judge (flow.ts, FlowLeg). Returns the flow's
