@@ -87,11 +87,14 @@ export function withResolvConf(resolvConf: string): (argv: string[]) => string[]
   return (argv) => ['unshare', '-m', 'sh', '-c', `mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolvConf, ...argv];
 }
 
-/** SIGKILL `child` if it still runs and wait for its exit (afterEach of tests that spawn serve). */
-export async function killIfRunning(child: ChildProcess | null): Promise<void> {
+/**
+ * Send `signal` (SIGKILL unless given) to `child` if it still runs and wait for its exit (afterEach
+ * of tests that spawn serve or another process; SIGTERM where the test wants serve's drain).
+ */
+export async function killIfRunning(child: ChildProcess | null, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
   if (!child || child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGKILL');
+  child.kill(signal);
   await exited;
 }
 

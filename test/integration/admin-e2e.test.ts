@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { missingNodeFlags, nodeFlagsWarning } from '../../gateway/node-flags.ts';
-import { CLI } from '../helpers/serve-process.ts';
+import { CLI, killIfRunning } from '../helpers/serve-process.ts';
 
 const TOKEN = 'e2e-admin-token-0123456789';
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -136,11 +136,7 @@ describe('egressgate serve: kill a live tunnel through the admin API', () => {
   afterAll(async () => {
     for (const s of sockets) s.destroy();
     origin?.close();
-    if (child && child.exitCode === null && child.signalCode === null) {
-      const exited = once(child, 'exit');
-      child.kill('SIGTERM');
-      await exited;
-    }
+    await killIfRunning(child ?? null, 'SIGTERM');
     if (dir) await rm(dir, { recursive: true, force: true });
   }, 30_000);
 

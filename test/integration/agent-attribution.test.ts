@@ -11,13 +11,14 @@ import { basename } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { LocalAttributor, ProcessResolver, findProcessForConnection } from '../../agent/attribution.ts';
 import { ATTRIBUTION_GUARD_MS } from '../helpers/detection-live.ts';
+import { killIfRunning } from '../helpers/serve-process.ts';
 
 const children: ChildProcess[] = [];
 const servers: Server[] = [];
 const sockets: Socket[] = [];
 
 afterEach(async () => {
-  for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  for (const c of children.splice(0)) await killIfRunning(c);
   for (const s of sockets.splice(0)) s.destroy();
   await Promise.all(servers.splice(0).map((s) => new Promise<void>((r) => s.close(() => r()))));
 });
@@ -171,9 +172,7 @@ describe('findProcessForConnection', () => {
     const tuple = { proto: 'tcp' as const, localIp: c.remoteAddress!, localPort: c.remotePort!, remoteIp: c.localAddress!, remotePort: c.localPort! };
     const resolver = new ProcessResolver();
     expect((await findProcessForConnection(tuple, resolver))?.pid).toBe(child.pid);
-    const exited = new Promise((r) => child.once('exit', r));
-    child.kill('SIGKILL');
-    await exited;
+    await killIfRunning(child);
     // The cached inode → pid must not outlive the process.
     expect(await findProcessForConnection(tuple, resolver)).toBeNull();
   });

@@ -14,6 +14,7 @@ import { run } from '../../gateway/commands/agent.ts';
 import { closedPort } from '../helpers/closed-port.ts';
 import { AGENT_TOKEN, testAgent } from '../helpers/detection-live.ts';
 import { startTestGateway } from '../helpers/gateway.ts';
+import { killIfRunning } from '../helpers/serve-process.ts';
 
 /**
  * The stand-in gateway's address (admin API and proxy listener), used by no other test. The agent
@@ -26,7 +27,7 @@ const children: ChildProcess[] = [];
 const closers: Array<() => Promise<void>> = [];
 
 afterEach(async () => {
-  for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  for (const c of children.splice(0)) await killIfRunning(c);
   for (const close of closers.splice(0)) await close();
 });
 

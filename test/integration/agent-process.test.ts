@@ -9,7 +9,7 @@ import { type AddressInfo, type Socket, createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import { startTestGateway, until } from '../helpers/gateway.ts';
-import { CLI } from '../helpers/serve-process.ts';
+import { CLI, killIfRunning } from '../helpers/serve-process.ts';
 
 const MAIN = join(dirname(CLI), 'agent', 'main.js');
 /**
@@ -22,8 +22,8 @@ const GATEWAY_IP = '127.0.0.71';
 const children: ChildProcess[] = [];
 const closers: Array<() => void> = [];
 
-afterEach(() => {
-  for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+afterEach(async () => {
+  for (const c of children.splice(0)) await killIfRunning(c);
   for (const close of closers.splice(0)) close();
 });
 

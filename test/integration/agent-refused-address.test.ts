@@ -18,6 +18,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Agent } from '../../agent/agent.ts';
 import { type TcpOrigin, tcpOrigin } from '../helpers/detection-live.ts';
 import { adminGet, startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
+import { killIfRunning } from '../helpers/serve-process.ts';
 
 const TOKEN = 'ws-agent-token-0123456789abcdef';
 let gw: TestGateway;
@@ -33,7 +34,7 @@ beforeAll(async () => {
   gw = await startTestGateway({ mode: 'enforce', identity: { agents: [{ name: 'ws', token: TOKEN, sources: ['127.0.0.1/32'] }] } });
 });
 afterAll(async () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  for (const c of children) await killIfRunning(c);
   for (const s of sockets) s.destroy();
   await gw?.stop();
   origin?.server.close();

@@ -17,6 +17,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Agent } from '../../agent/agent.ts';
 import { AGENT_TOKEN, testAgent } from '../helpers/detection-live.ts';
 import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
+import { killIfRunning } from '../helpers/serve-process.ts';
 
 let gw: TestGateway;
 let dir: string;
@@ -60,7 +61,7 @@ beforeAll(async () => {
   await once(front.listen(0, '127.0.0.1'), 'listening');
 });
 afterAll(async () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  for (const c of children) await killIfRunning(c);
   for (const s of sockets) s.destroy();
   await gw?.stop();
   closer?.close();

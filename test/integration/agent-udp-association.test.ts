@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Agent } from '../../agent/agent.ts';
 import { AGENT_TOKEN, testAgent } from '../helpers/detection-live.ts';
 import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
+import { killIfRunning } from '../helpers/serve-process.ts';
 
 let enforce: TestGateway;
 let monitor: TestGateway;
@@ -33,7 +34,7 @@ beforeAll(async () => {
   monitor = await startTestGateway({ identity: { agents: [testAgent] } });
 });
 afterAll(async () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  for (const c of children) await killIfRunning(c);
   await enforce?.stop();
   await monitor?.stop();
   echo.close();

@@ -15,7 +15,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AGENT_TOKEN, testAgent } from '../helpers/detection-live.ts';
 import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
-import { CLI, ROOT } from '../helpers/serve-process.ts';
+import { CLI, killIfRunning, ROOT } from '../helpers/serve-process.ts';
 import { startUdpEcho, type UdpEcho } from './socks5-harness.ts';
 
 const GATEWAY_IP = '127.0.0.74';
@@ -33,7 +33,7 @@ beforeAll(async () => {
   });
 });
 afterAll(async () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  for (const c of children) await killIfRunning(c);
   await gw?.stop();
   await echo?.close();
 });

@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { SocksClient } from 'socks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { canUnshareMounts, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
+import { canUnshareMounts, killIfRunning, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { startZoneDns, type ZoneDns } from '../helpers/zone-dns.ts';
 import { run } from './http-harness.ts';
@@ -89,10 +89,7 @@ beforeAll(async () => {
 }, 30_000);
 
 afterAll(async () => {
-  if (gw) {
-    gw.child.kill('SIGTERM');
-    await once(gw.child, 'exit').catch(() => undefined);
-  }
+  await killIfRunning(gw?.child ?? null, 'SIGTERM');
   if (!isAvailable) return;
   await dns?.close();
   for (const s of origins) s.close();

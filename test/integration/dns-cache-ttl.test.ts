@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { CLI, canUnshareMounts, ROOT, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
+import { CLI, canUnshareMounts, killIfRunning, ROOT, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { startZoneDns, type ZoneDns } from '../helpers/zone-dns.ts';
 import { run } from './http-harness.ts';
@@ -76,10 +76,7 @@ beforeAll(async () => {
 }, 30_000);
 
 afterAll(async () => {
-  if (gw) {
-    gw.child.kill('SIGTERM');
-    await once(gw.child, 'exit').catch(() => undefined);
-  }
+  await killIfRunning(gw?.child ?? null, 'SIGTERM');
   if (!isAvailable) return;
   await dns?.close();
   for (const s of origins) s.close();

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SocksClient } from 'socks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { canUnshareMounts, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
+import { canUnshareMounts, killIfRunning, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { startZoneDns, type ZoneDns } from '../helpers/zone-dns.ts';
 import { rawExchange, readUntil } from './http-harness.ts';
@@ -45,10 +45,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  if (gw) {
-    gw.child.kill('SIGKILL');
-    await once(gw.child, 'exit').catch(() => undefined);
-  }
+  await killIfRunning(gw?.child ?? null);
   if (isAvailable) {
     await dns?.close();
     if (dir) rmSync(dir, { recursive: true, force: true });

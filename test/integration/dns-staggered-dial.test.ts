@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import { SocksClient } from 'socks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { canUnshareMounts, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
+import { canUnshareMounts, killIfRunning, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { startZoneDns, type ZoneDns } from '../helpers/zone-dns.ts';
 import { rawConnect, run } from './http-harness.ts';
@@ -163,10 +163,7 @@ function policyFile(name: string, flows: string, ...extra: string[]): string {
 }
 
 afterAll(async () => {
-  if (gw) {
-    gw.child.kill('SIGTERM');
-    await once(gw.child, 'exit').catch(() => undefined);
-  }
+  await killIfRunning(gw?.child ?? null, 'SIGTERM');
   if (!isAvailable) return;
   await dns?.close();
   for (const s of origins) s.close();
@@ -341,9 +338,7 @@ describe('a flow killed while several of its addresses are connecting', () => {
 describe('a name whose first address did not answer lately', () => {
   let remembering: Served | null = null;
   afterAll(async () => {
-    if (!remembering) return;
-    remembering.child.kill('SIGTERM');
-    await once(remembering.child, 'exit').catch(() => undefined);
+    await killIfRunning(remembering?.child ?? null, 'SIGTERM');
   });
 
   /** `work`, with the gateway's attempts to HUNG counted every 10 ms meanwhile: the most seen at once. */

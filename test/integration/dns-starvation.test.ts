@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { echoOrigin, type TcpOrigin } from '../helpers/detection-live.ts';
-import { canUnshareMounts, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
+import { canUnshareMounts, killIfRunning, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { startZoneDns, type ZoneDns } from '../helpers/zone-dns.ts';
 import { readUntil } from './http-harness.ts';
@@ -52,10 +52,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const s of sockets) s.destroy();
-  if (gw) {
-    gw.child.kill('SIGKILL');
-    await once(gw.child, 'exit').catch(() => undefined);
-  }
+  await killIfRunning(gw?.child ?? null);
   if (isAvailable) {
     await dns?.close();
     await echo?.close();

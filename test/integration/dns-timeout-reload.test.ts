@@ -9,12 +9,11 @@
  * outlasts the client's 20 s: only the reloaded 300 ms answers it (502) within that. No timing is
  * asserted: the margins are a hundred-fold.
  */
-import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { canUnshareMounts, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
+import { canUnshareMounts, killIfRunning, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { startZoneDns, type ZoneDns } from '../helpers/zone-dns.ts';
 import { run } from './http-harness.ts';
@@ -53,10 +52,7 @@ beforeAll(async () => {
 }, 30_000);
 
 afterAll(async () => {
-  if (gw) {
-    gw.child.kill('SIGKILL');
-    await once(gw.child, 'exit').catch(() => undefined);
-  }
+  await killIfRunning(gw?.child ?? null);
   if (!isAvailable) return;
   await dns?.close();
   rmSync(dir, { recursive: true, force: true });

@@ -51,12 +51,8 @@ beforeAll(async () => {
   origin = await startOrigin();
 });
 afterEach(async () => {
-  for (const r of readers.splice(0)) {
-    if (r.exitCode === null && r.signalCode === null) {
-      r.kill('SIGCONT');
-      r.kill('SIGKILL');
-    }
-  }
+  // SIGKILL ends a reader the test stopped (SIGSTOP) as well.
+  for (const r of readers.splice(0)) await killIfRunning(r);
   await killIfRunning(served?.child ?? null);
   served = null;
 });
@@ -74,12 +70,6 @@ function startReader(fifo: string): { child: ChildProcess; text: () => string } 
     text += b.toString('utf8');
   });
   return { child, text: () => text };
-}
-
-async function stopReader(r: { child: ChildProcess }): Promise<void> {
-  const gone = once(r.child, 'exit');
-  r.child.kill('SIGKILL');
-  await gone;
 }
 
 async function fifoConfig(name: string): Promise<{ fifo: string; config: string }> {
@@ -160,7 +150,7 @@ describe.runIf(canRun)('egressgate serve: a flow log on a FIFO never holds up st
     served = s;
     for (let i = 0; i < 3; i++) expect(await get(s)).toBe(200);
     await until('3 records read', () => parseRecords(first.text()).length === 3);
-    await stopReader(first);
+    await killIfRunning(first.child);
 
     // The next record's write fails (EPIPE): the gateway refuses until a reader is back.
     let answered = 3;
@@ -182,7 +172,7 @@ describe.runIf(canRun)('egressgate serve: a flow log on a FIFO never holds up st
     expect(records.filter((r) => r.closeReason === 'flow-log-unavailable')).toHaveLength(1);
 
     // Gone again, with a record held: the drain waits its grace for a reader, then the process ends.
-    await stopReader(second);
+    await killIfRunning(second.child);
     await get(s).catch(() => 0);
     await until('failing again', async () => (await readyz(s)) === 503, 15_000);
     expect(await terminate(s)).toBe(0);

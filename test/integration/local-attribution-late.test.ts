@@ -29,6 +29,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LocalAttributor } from '../../agent/attribution.ts';
 import { type TcpOrigin, echoOrigin } from '../helpers/detection-live.ts';
 import { type TestGateway, startTestGateway } from '../helpers/gateway.ts';
+import { killIfRunning } from '../helpers/serve-process.ts';
 
 const HOLDERS = 8;
 const DESCRIPTORS = 8000;
@@ -163,14 +164,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 afterEach(async () => {
-  await Promise.all(
-    children.splice(0).map(async (c) => {
-      if (c.exitCode !== null || c.signalCode !== null) return;
-      const exited = new Promise((r) => c.once('exit', r));
-      c.kill('SIGKILL');
-      await exited;
-    }),
-  );
+  await Promise.all(children.splice(0).map((c) => killIfRunning(c)));
   await gw?.stop();
   gw = null;
 });

@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeProxyV1, encodeProxyV2 } from '../../gateway/protocol/proxy-protocol.ts';
 import { echoOrigin, refusingPorts, type TcpOrigin } from '../helpers/detection-live.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { killIfRunning } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { createTestPki, type TestPki } from '../helpers/tls.ts';
 import { type Origin, pattern, rawConnect, readUntil, run, startOrigin, wireOf } from './http-harness.ts';
@@ -159,9 +160,7 @@ describe.skipIf(!haveHaproxy)('behind haproxy (send-proxy-v2 / send-proxy)', () 
     await waitForPort(lbHttps, () => stderr);
     await waitForPort(lbHttp, () => stderr);
   });
-  afterAll(() => {
-    lb?.kill('SIGKILL');
-  });
+  afterAll(() => killIfRunning(lb));
 
   const viaLb = (proxy: string, args: string[]) =>
     run('curl', ['-sS', '--noproxy', '', '--interface', CURL_IP, '-x', proxy, '--proxy-cacert', pki.ca.certPath, ...args]);

@@ -19,7 +19,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
 import { parseRecords } from '../helpers/flow-records.ts';
 import { until } from '../helpers/gateway.ts';
-import { canUnshareMounts, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
+import { canUnshareMounts, killIfRunning, type Served, spawnServe, withResolvConf } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { associate, type Cleanups, nextReply, sendTo, udpFrame, udpSocket } from '../helpers/socks-udp.ts';
 import { startZoneDns, type ZoneDns } from '../helpers/zone-dns.ts';
@@ -65,10 +65,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const c of cleanups) await c();
-  if (gw) {
-    gw.child.kill('SIGKILL');
-    await once(gw.child, 'exit').catch(() => undefined);
-  }
+  await killIfRunning(gw?.child ?? null);
   if (!isAvailable) return;
   await dns?.close();
   echo?.close();
