@@ -7,19 +7,18 @@
  * with `X-Egress-Verdict: block` (a policy refusal, counted by the scan detector), and the failure
  * stayed in the negative cache, so the same CONNECT was refused 403 after the descriptors came back.
  */
-import type { ChildProcess } from 'node:child_process';
 import { lookup } from 'node:dns/promises';
 import { once } from 'node:events';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import type { Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { killIfRunning, type Served } from '../helpers/serve-process.ts';
+import { serveEchoFixture } from '../helpers/serve-echo-fixture.ts';
+import type { Served } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { readUntil } from './http-harness.ts';
-import { readToEnd, startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+import { readToEnd } from './socks5-harness.ts';
 import { connectFrom, fillDescriptors, NOFILE, openDescriptors, socksPort, serveUnderLimit } from '../helpers/descriptor-limit.ts';
 
 const TOKEN = 'descriptor-exhaustion-lookup-token-0123';
@@ -28,9 +27,7 @@ const VICTIM = '127.0.0.2';
 /** One more than the scan detector's default failedPortsOnOneHost (15). */
 const PORTS = 16;
 
-let dir: string;
-let echo: TcpOrigin;
-let child: ChildProcess | null = null;
+const fx = serveEchoFixture('egw-descriptors-lookup-');
 const held: Socket[] = [];
 /** `localhost` resolves to 127.0.0.1 through the OS resolver (/etc/hosts), as the gateway's lookups do. */
 const hasLocalhost = skipNotice(
@@ -42,19 +39,9 @@ const hasLocalhost = skipNotice(
   'localhost does not resolve to 127.0.0.1 through the OS resolver (/etc/hosts)',
 );
 
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'egw-descriptors-lookup-'));
-  echo = await startTcpOrigin();
-});
-afterEach(async () => {
+afterEach(() => {
   for (const s of held) s.destroy();
   held.length = 0;
-  await killIfRunning(child);
-  child = null;
-});
-afterAll(async () => {
-  await echo.close();
-  await rm(dir, { recursive: true, force: true });
 });
 
 /** A CONNECT from VICTIM to localhost:`port`; the whole answer until the gateway closes ('' = closed unanswered). */
@@ -82,10 +69,10 @@ async function alerts(s: Served): Promise<string[]> {
 
 describe.skipIf(!hasLocalhost)('a name looked up with every descriptor taken', () => {
   it('is 503 out-of-descriptors (SOCKS5 0x01), recorded so, not cached as a failed name, not a scan; served at once when descriptors are back', async () => {
-    const flowLog = join(dir, 'flows.jsonl');
+    const flowLog = join(fx.dir, 'flows.jsonl');
     // Allowed by address only (loopbackServeConfig: cidr 127.0.0.0/8): a name is judged by what it resolves to.
-    const s = await serveUnderLimit(dir, flowLog, TOKEN, 'detection: { sampleIntervalMs: 50 }\n');
-    child = s.child;
+    const s = await serveUnderLimit(fx.dir, flowLog, TOKEN, 'detection: { sampleIntervalMs: 50 }\n');
+    fx.killAfterTest(s);
 
     const pid = s.child.pid as number;
     await fillDescriptors(s, held, NOFILE - 1);
@@ -93,8 +80,8 @@ describe.skipIf(!hasLocalhost)('a name looked up with every descriptor taken', (
 
     // Ports after the echo's, none of them the gateway's own (a CONNECT to one is refused 403 self-dial).
     const own = new Set([s.http.port, socksPort(s), Number(s.admin.slice(s.admin.lastIndexOf(':') + 1))]);
-    const ports: number[] = [echo.port];
-    for (let p = echo.port + 1; ports.length < PORTS; p++) if (!own.has(p)) ports.push(p);
+    const ports: number[] = [fx.echo.port];
+    for (let p = fx.echo.port + 1; ports.length < PORTS; p++) if (!own.has(p)) ports.push(p);
     for (const port of ports) {
       const a = await answered(() => connectAnswer(s, port));
       expect(a.split('\r\n')[0]).toBe('HTTP/1.1 503 Service Unavailable');
@@ -104,7 +91,7 @@ describe.skipIf(!hasLocalhost)('a name looked up with every descriptor taken', (
     const name = Buffer.from('localhost');
     const socksReply = await answered(async () => {
       const c = await connectFrom(socksPort(s), VICTIM);
-      c.write(Buffer.concat([Buffer.from([5, 1, 0, 5, 1, 0, 3, name.length]), name, Buffer.from([echo.port >> 8, echo.port & 255])]));
+      c.write(Buffer.concat([Buffer.from([5, 1, 0, 5, 1, 0, 3, name.length]), name, Buffer.from([fx.echo.port >> 8, fx.echo.port & 255])]));
       return (await readToEnd(c)).data.toString('hex');
     });
     expect(socksReply.slice(0, 8)).toBe('05000501'); // no-auth, then general failure (not 0x02 refused by ruleset)
@@ -122,7 +109,7 @@ describe.skipIf(!hasLocalhost)('a name looked up with every descriptor taken', (
       tunnel?.destroy();
       tunnel = await connectFrom(s.http.port, VICTIM).catch(() => null);
       if (tunnel === null) continue;
-      tunnel.write(`CONNECT localhost:${echo.port} HTTP/1.1\r\nHost: localhost:${echo.port}\r\n\r\n`);
+      tunnel.write(`CONNECT localhost:${fx.echo.port} HTTP/1.1\r\nHost: localhost:${fx.echo.port}\r\n\r\n`);
       head = (await readUntil(tunnel, '\r\n\r\n').catch(() => Buffer.alloc(0))).toString('latin1');
     }
     expect(head.split('\r\n')[0]).toBe('HTTP/1.1 200 Connection Established');

@@ -6,17 +6,16 @@
  * with a warning per flow, and a host whose connections failed on 15 ports of one address while the
  * process was full was taken for a port scan and quarantined after the descriptors came back.
  */
-import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import type { Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { killIfRunning, type Served } from '../helpers/serve-process.ts';
+import { serveEchoFixture } from '../helpers/serve-echo-fixture.ts';
+import type { Served } from '../helpers/serve-process.ts';
 import { readUntil } from './http-harness.ts';
-import { readToEnd, startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+import { readToEnd } from './socks5-harness.ts';
 import { connectFrom, fillDescriptors, NOFILE, openDescriptors, socksPort, serveUnderLimit } from '../helpers/descriptor-limit.ts';
 
 const TOKEN = 'descriptor-exhaustion-token-0123456789';
@@ -30,24 +29,12 @@ const PORTS = 16;
 /** A client of its own, so its records and its identity are told apart. */
 const VICTIM = '127.0.0.2';
 
-let dir: string;
-let echo: TcpOrigin;
-let child: ChildProcess | null = null;
+const fx = serveEchoFixture('egw-descriptors-');
 const held: Socket[] = [];
 
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'egw-descriptors-'));
-  echo = await startTcpOrigin();
-});
-afterEach(async () => {
+afterEach(() => {
   for (const s of held) s.destroy();
   held.length = 0;
-  await killIfRunning(child);
-  child = null;
-});
-afterAll(async () => {
-  await echo.close();
-  await rm(dir, { recursive: true, force: true });
 });
 
 /** A CONNECT from `from` to 127.0.0.1:`port`; the whole answer until the gateway closes ('' = closed unanswered). */
@@ -73,7 +60,7 @@ async function answered(ask: () => Promise<string>): Promise<string> {
 /** A CONNECT tunnel from `from` to the echo origin, or null when refused or closed unanswered. */
 async function tunnelFrom(s: Served, from: string): Promise<Socket | null> {
   const c = await connectFrom(s.http.port, from);
-  c.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+  c.write(`CONNECT 127.0.0.1:${fx.echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${fx.echo.port}\r\n\r\n`);
   const head = await new Promise<string>((resolve) => {
     let got = '';
     const onData = (b: Buffer): void => {
@@ -102,9 +89,9 @@ async function alerts(s: Served): Promise<string[]> {
 
 describe('serve with every descriptor taken', () => {
   it('a dial with no descriptor is 503 out-of-descriptors (SOCKS5 0x01), recorded, logged once, not a scan; served again once connections close', async () => {
-    const flowLog = join(dir, 'flows.jsonl');
-    const s = await serveUnderLimit(dir, flowLog, TOKEN, 'detection: { sampleIntervalMs: 50 }\n');
-    child = s.child;
+    const flowLog = join(fx.dir, 'flows.jsonl');
+    const s = await serveUnderLimit(fx.dir, flowLog, TOKEN, 'detection: { sampleIntervalMs: 50 }\n');
+    fx.killAfterTest(s);
 
     // Take every descriptor but one: greetings the gateway answered, one descriptor each.
     const pid = s.child.pid as number;
@@ -116,7 +103,7 @@ describe('serve with every descriptor taken', () => {
     // Ports after the echo's, none of them the gateway's own (a CONNECT to one is refused 403 self-dial).
     const own = new Set([s.http.port, socksPort(s), Number(s.admin.slice(s.admin.lastIndexOf(':') + 1))]);
     const ports: number[] = [];
-    for (let p = echo.port + 1; ports.length < PORTS; p++) if (!own.has(p)) ports.push(p);
+    for (let p = fx.echo.port + 1; ports.length < PORTS; p++) if (!own.has(p)) ports.push(p);
     for (const port of ports) answers.push(await answered(() => connectAnswer(s, port, VICTIM)));
     for (const a of answers) {
       expect(a.split('\r\n')[0]).toBe('HTTP/1.1 503 Service Unavailable');
@@ -124,7 +111,7 @@ describe('serve with every descriptor taken', () => {
     }
     const socksReply = await answered(async () => {
       const c = await connectFrom(socksPort(s));
-      c.write(Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, echo.port >> 8, echo.port & 255]));
+      c.write(Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, fx.echo.port >> 8, fx.echo.port & 255]));
       return (await readToEnd(c)).data.toString('hex');
     });
     expect(socksReply.slice(0, 8)).toBe('05000501'); // no-auth, then general failure (not 0x04 host unreachable)

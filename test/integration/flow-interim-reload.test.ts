@@ -4,36 +4,19 @@
  * one final record with every byte. The interval used to be read once at start. flowLog.path is read
  * at start only: a reload that changes it says so, and records stay where the log was opened.
  */
-import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
 import { parseWrittenRecords } from '../helpers/flow-records.ts';
-import { killIfRunning, spawnServe } from '../helpers/serve-process.ts';
+import { serveEchoFixture } from '../helpers/serve-echo-fixture.ts';
+import { spawnServe } from '../helpers/serve-process.ts';
 import { rawConnect, readUntil } from './http-harness.ts';
-import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
 
 const TOKEN = 'flow-interim-reload-token-0123456789';
 
-let dir: string;
-let echo: TcpOrigin;
-let child: ChildProcess | null = null;
-
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'egw-interim-reload-'));
-  echo = await startTcpOrigin();
-});
-afterEach(async () => {
-  await killIfRunning(child);
-  child = null;
-});
-afterAll(async () => {
-  await echo.close();
-  await rm(dir, { recursive: true, force: true });
-});
+const fx = serveEchoFixture('egw-interim-reload-');
 
 const policy = (flowLog: string, interimSec: number): string => `
 mode: enforce
@@ -57,14 +40,14 @@ async function recordsWhen(flowLog: string, pred: (r: FlowRecord) => boolean): P
 
 describe('egressgate serve: a reload that changes flowLog.interimSec', () => {
   it('SIGHUP turning interim records on: a tunnel opened before it gets them with its counts so far, then one final record', async () => {
-    const flowLog = join(dir, 'flows.jsonl');
-    const configPath = join(dir, 'policy.yaml');
+    const flowLog = join(fx.dir, 'flows.jsonl');
+    const configPath = join(fx.dir, 'policy.yaml');
     await writeFile(configPath, policy(flowLog, 0));
     const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN } });
-    child = s.child;
+    fx.killAfterTest(s);
     const tunnel = await rawConnect(s.http.port);
     tunnel.on('error', () => {});
-    tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+    tunnel.write(`CONNECT 127.0.0.1:${fx.echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${fx.echo.port}\r\n\r\n`);
     expect((await readUntil(tunnel, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
     tunnel.write('a'.repeat(100));
     await readUntil(tunnel, 'a'.repeat(100));
@@ -91,15 +74,15 @@ describe('egressgate serve: a reload that changes flowLog.interimSec', () => {
 
 describe('egressgate serve: a reload that changes flowLog.path', () => {
   it('says the path applies at the next restart; the live tunnel and later flows are recorded, once, where the log was opened', async () => {
-    const opened = join(dir, 'opened.jsonl');
-    const moved = join(dir, 'moved.jsonl');
-    const configPath = join(dir, 'path.yaml');
+    const opened = join(fx.dir, 'opened.jsonl');
+    const moved = join(fx.dir, 'moved.jsonl');
+    const configPath = join(fx.dir, 'path.yaml');
     await writeFile(configPath, policy(opened, 0));
     const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN } });
-    child = s.child;
+    fx.killAfterTest(s);
     const tunnel = await rawConnect(s.http.port);
     tunnel.on('error', () => {});
-    tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+    tunnel.write(`CONNECT 127.0.0.1:${fx.echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${fx.echo.port}\r\n\r\n`);
     expect((await readUntil(tunnel, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
     const warned = new Promise<Record<string, unknown>>((resolve) => {
       let buf = '';

@@ -6,46 +6,33 @@
  * again: every later record went to the rotated file until the next signal (a day, for a daily
  * logrotate), and nothing was at the path a log shipper follows.
  */
-import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rename, rm } from 'node:fs/promises';
+import { readFile, rename } from 'node:fs/promises';
 import type { Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { killIfRunning, type Served } from '../helpers/serve-process.ts';
+import { serveEchoFixture } from '../helpers/serve-echo-fixture.ts';
+import type { Served } from '../helpers/serve-process.ts';
 import { readUntil } from './http-harness.ts';
-import { readToEnd, startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+import { readToEnd } from './socks5-harness.ts';
 import { connectFrom, fillDescriptors, greeted, NOFILE, openDescriptors, serveUnderLimit } from '../helpers/descriptor-limit.ts';
 
 const TOKEN = 'flow-log-reopen-descriptors-token-0123';
 
-let dir: string;
-let echo: TcpOrigin;
-let child: ChildProcess | null = null;
+const fx = serveEchoFixture('egw-reopen-descriptors-');
 const held: Socket[] = [];
 
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'egw-reopen-descriptors-'));
-  echo = await startTcpOrigin();
-});
-afterEach(async () => {
+afterEach(() => {
   for (const s of held) s.destroy();
   held.length = 0;
-  await killIfRunning(child);
-  child = null;
-});
-afterAll(async () => {
-  await echo.close();
-  await rm(dir, { recursive: true, force: true });
 });
 
 /** A CONNECT to the echo origin; the whole answer until the gateway closes ('' = closed unanswered). */
 async function connectAnswer(s: Served): Promise<string> {
   const c = await connectFrom(s.http.port);
-  c.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+  c.write(`CONNECT 127.0.0.1:${fx.echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${fx.echo.port}\r\n\r\n`);
   return (await readToEnd(c)).data.toString('latin1');
 }
 
@@ -59,10 +46,10 @@ async function waitFor(what: string, check: () => boolean | Promise<boolean>, ms
 
 describe('log rotation with every descriptor taken', () => {
   it('a SIGUSR2 whose open fails with EMFILE is tried again: the flow log and audit log are at their paths once descriptors are free', async () => {
-    const flowLog = join(dir, 'flows.jsonl');
+    const flowLog = join(fx.dir, 'flows.jsonl');
     const auditLog = `${flowLog}.audit.jsonl`;
-    const s = await serveUnderLimit(dir, flowLog, TOKEN);
-    child = s.child;
+    const s = await serveUnderLimit(fx.dir, flowLog, TOKEN);
+    fx.killAfterTest(s);
     // One audit entry before the rotation, so the audit file exists to be moved.
     const mode = await fetch(`http://${s.admin}/v1/mode`, { method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: '{"mode":"enforce"}' });
     expect(mode.status).toBe(200);
@@ -94,7 +81,7 @@ describe('log rotation with every descriptor taken', () => {
 
     // A tunnel after that is recorded at the path; an admin write is audited at its path.
     const tunnel = await connectFrom(s.http.port);
-    tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+    tunnel.write(`CONNECT 127.0.0.1:${fx.echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${fx.echo.port}\r\n\r\n`);
     await readUntil(tunnel, '\r\n\r\n');
     tunnel.write('after the rotation');
     await readUntil(tunnel, 'after the rotation');

@@ -14,56 +14,47 @@
  * shutting-down, 4 of 4 flow-log-unavailable reproduced); the relay bind failure left no record and
  * no `gw_flows_closed_total` count at all.
  */
-import type { ChildProcess } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { once } from 'node:events';
 import { readdirSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { FlowRecord } from '../../gateway/flow/flow.ts';
 import { parseRecords, parseWrittenRecords } from '../helpers/flow-records.ts';
 import { until } from '../helpers/gateway.ts';
-import { killIfRunning, loopbackServeConfig, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { serveEchoFixture } from '../helpers/serve-echo-fixture.ts';
+import { loopbackServeConfig, type Served, spawnServe } from '../helpers/serve-process.ts';
 import { udpFrame } from '../helpers/socks-udp.ts';
 import { type Origin, readUntil, startOrigin } from './http-harness.ts';
-import { readBytes, readToEnd, startTcpOrigin, startUdpEcho, type TcpOrigin, type UdpEcho } from './socks5-harness.ts';
+import { readBytes, readToEnd, startUdpEcho, type UdpEcho } from './socks5-harness.ts';
 
 const TOKEN = 'gateway-refusal-records-token-0123456789';
 
-let dir: string;
+const fx = serveEchoFixture('egw-gateway-refusals-');
 let origin: Origin;
-let echo: TcpOrigin;
 let udpEcho: UdpEcho;
-let child: ChildProcess | null = null;
 const sockets: Socket[] = [];
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'egw-gateway-refusals-'));
   origin = await startOrigin();
-  echo = await startTcpOrigin();
   udpEcho = await startUdpEcho();
 });
-afterEach(async () => {
+afterEach(() => {
   for (const s of sockets) s.destroy();
   sockets.length = 0;
-  await killIfRunning(child);
-  child = null;
 });
 afterAll(async () => {
   await origin.close();
-  await echo.close();
   await udpEcho.close();
-  await rm(dir, { recursive: true, force: true });
 });
 
 async function serve(name: string, config: string, wrap?: (argv: string[]) => string[]): Promise<Served> {
-  const path = join(dir, `${name}.yaml`);
+  const path = join(fx.dir, `${name}.yaml`);
   await writeFile(path, config);
   const s = await spawnServe(path, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN }, ...(wrap ? { wrap } : {}) });
-  child = s.child;
+  fx.killAfterTest(s);
   return s;
 }
 
@@ -121,7 +112,7 @@ async function stop(s: Served): Promise<void> {
 describe('refusals before any judgement: recorded block, counted block', () => {
   for (const mode of ['monitor', 'enforce'] as const) {
     it(`via-loop (${mode} mode): fast path, node:http and CONNECT each 508, one record each, block via-loop`, async () => {
-      const log = join(dir, `via-${mode}.jsonl`);
+      const log = join(fx.dir, `via-${mode}.jsonl`);
       const s = await serve(`via-${mode}`, loopbackServeConfig(log).replace('mode: enforce', `mode: ${mode}`));
       const u = `127.0.0.1:${origin.port}`;
       // The gateway's own Via, as the origin received it on an allowed request.
@@ -131,7 +122,7 @@ describe('refusals before any judgement: recorded block, counted block', () => {
       const answers = [
         await askHead(s, `GET http://${u}/a HTTP/1.1\r\nHost: ${u}\r\nVia: ${via}\r\n\r\n`),
         await askHead(s, `POST http://${u}/b HTTP/1.1\r\nHost: ${u}\r\nVia: ${via}\r\nContent-Length: 3\r\n\r\nabc`),
-        await askHead(s, `CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\nVia: ${via}\r\n\r\n`),
+        await askHead(s, `CONNECT 127.0.0.1:${fx.echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${fx.echo.port}\r\nVia: ${via}\r\n\r\n`),
       ];
       expect(answers.map((a) => a.status)).toEqual([508, 508, 508]);
       for (const a of answers) expect(a.headers.filter((h) => h.startsWith('x-egress-verdict'))).toEqual([]);
@@ -154,11 +145,11 @@ describe('refusals before any judgement: recorded block, counted block', () => {
   }
 
   it('shutting-down: requests completed during the SIGTERM drain (node:http GET and POST, CONNECT) each 503, one record each, block shutting-down', async () => {
-    const log = join(dir, 'drain.jsonl');
+    const log = join(fx.dir, 'drain.jsonl');
     const s = await serve('drain', loopbackServeConfig(log, 30_000));
     // A live tunnel holds the drain open.
     const tunnel = await open(s.http.port);
-    tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+    tunnel.write(`CONNECT 127.0.0.1:${fx.echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${fx.echo.port}\r\n\r\n`);
     expect(headOf(await readUntil(tunnel, '\r\n\r\n')).status).toBe(200);
     // Requests under way at SIGTERM (their heads not complete): they are completed during the drain.
     const u = `127.0.0.1:${origin.port}`;
@@ -167,7 +158,7 @@ describe('refusals before any judgement: recorded block, counted block', () => {
     const post = await open(s.http.port);
     post.write(`POST http://${u}/b HTTP/1.1\r\nHost: ${u}\r\nContent-Length: 3\r\n`);
     const tunnel2 = await open(s.http.port);
-    tunnel2.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\n`);
+    tunnel2.write(`CONNECT 127.0.0.1:${fx.echo.port} HTTP/1.1\r\n`);
     // Each accepted by the gateway before the signal (a connection still in the listen queue when the
     // listener closes is never served).
     await until('four client connections accepted', async () => (await metricLines(s)).includes('gw_downstream_cx_active{listener="http"} 4'));
@@ -175,7 +166,7 @@ describe('refusals before any judgement: recorded block, counted block', () => {
     await until('the drain begun (not ready)', async () => (await fetch(`http://${s.admin}/readyz`)).status === 503);
     get.write('\r\n');
     post.write('\r\nabc');
-    tunnel2.write(`Host: 127.0.0.1:${echo.port}\r\n\r\n`);
+    tunnel2.write(`Host: 127.0.0.1:${fx.echo.port}\r\n\r\n`);
     const answers = [headOf(await readUntil(get, '\r\n\r\n')), headOf(await readUntil(post, '\r\n\r\n')), headOf(await readUntil(tunnel2, '\r\n\r\n'))];
     expect(answers.map((a) => a.status)).toEqual([503, 503, 503]);
     for (const a of answers) expect(a.headers.filter((h) => h.startsWith('x-egress-verdict'))).toEqual([]);
@@ -197,11 +188,11 @@ describe('refusals before any judgement: recorded block, counted block', () => {
 
   it('shutting-down: SOCKS5 requests sent during the SIGTERM drain after a greeting answered before it (CONNECT, UDP ASSOCIATE) each 0x01, one record each, block shutting-down', async () => {
     // Before, a handshake under way was closed at SIGTERM with no reply and no record (3 of 3).
-    const log = join(dir, 'socks-drain.jsonl');
+    const log = join(fx.dir, 'socks-drain.jsonl');
     const s = await serve('socks-drain', loopbackServeConfig(log, 30_000));
     // A live tunnel holds the drain open.
     const tunnel = await open(socksPort(s));
-    tunnel.write(Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, echo.port >> 8, echo.port & 255]));
+    tunnel.write(Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, fx.echo.port >> 8, fx.echo.port & 255]));
     expect((await readBytes(tunnel, 12)).subarray(0, 4).toString('hex')).toBe('05000500');
     // Three handshakes under way at SIGTERM (each greeting answered), and one that has sent nothing.
     const greeted: Socket[] = [];
@@ -219,7 +210,7 @@ describe('refusals before any judgement: recorded block, counted block', () => {
     // The connection that sent nothing is closed at once, as HTTP's idle ones are.
     await readToEnd(silent);
     const replied = Promise.all([readToEnd(connectRequest), readToEnd(associate)]);
-    connectRequest.write(Buffer.from([5, 1, 0, 1, 127, 0, 0, 1, echo.port >> 8, echo.port & 255]));
+    connectRequest.write(Buffer.from([5, 1, 0, 1, 127, 0, 0, 1, fx.echo.port >> 8, fx.echo.port & 255]));
     associate.write(Buffer.from([5, 3, 0, 1, 0, 0, 0, 0, 0, 0]));
     const replies = await replied;
     // RFC 1928 §6: VER 5, REP 0x01 general SOCKS server failure.
@@ -244,13 +235,13 @@ describe('refusals before any judgement: recorded block, counted block', () => {
 
   it('shutting-down: RFC 1929 logins under way at SIGTERM (method 0x02 answered) match the no-auth case: a request after credentials sent during the drain gets 0x01 and one record; no request, a close at the drain\'s end', async () => {
     // Checked, not changed: each was already so (the handshake is held from its first bytes, whatever its stage).
-    const log = join(dir, 'socks-auth-drain.jsonl');
+    const log = join(fx.dir, 'socks-auth-drain.jsonl');
     const users = 'identity: { localAttribution: false, users: [ { name: alice, password: wonderland, roles: [any] } ] }';
     // The handshake timer (limits.headerTimeoutMs) longer than the test: only the drain ends a handshake here.
     const config = `${loopbackServeConfig(log).replace('identity: { localAttribution: false }', users)}limits: { drainGraceMs: 30000, headerTimeoutMs: 120000 }\n`;
     const s = await serve('socks-auth-drain', config);
     const tunnel = await open(socksPort(s));
-    tunnel.write(Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, echo.port >> 8, echo.port & 255]));
+    tunnel.write(Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, fx.echo.port >> 8, fx.echo.port & 255]));
     expect((await readBytes(tunnel, 12)).subarray(0, 4).toString('hex')).toBe('05000500');
     // Five clients whose greeting chose username/password before the signal, none has sent credentials.
     const greeted: Socket[] = [];
@@ -266,7 +257,7 @@ describe('refusals before any judgement: recorded block, counted block', () => {
     const open4 = [connectRequest, associate, wrong].map((c) => readToEnd(c));
     s.child.kill('SIGTERM');
     await until('the drain begun (not ready)', async () => (await fetch(`http://${s.admin}/readyz`)).status === 503);
-    connectRequest.write(Buffer.concat([login('wonderland'), Buffer.from([5, 1, 0, 1, 127, 0, 0, 1, echo.port >> 8, echo.port & 255])]));
+    connectRequest.write(Buffer.concat([login('wonderland'), Buffer.from([5, 1, 0, 1, 127, 0, 0, 1, fx.echo.port >> 8, fx.echo.port & 255])]));
     associate.write(Buffer.concat([login('wonderland'), Buffer.from([5, 3, 0, 1, 0, 0, 0, 0, 0, 0])]));
     wrong.write(login('not-the-password'));
     const loginStatus = readBytes(loggedIn, 2);
@@ -301,7 +292,7 @@ describe('refusals before any judgement: recorded block, counted block', () => {
   });
 
   it('flow-log-unavailable (monitor mode): absolute-URI, CONNECT, SOCKS5 CONNECT and a SOCKS5 UDP destination refused, each recorded block once the log recovers', async () => {
-    const log = join(dir, 'flow-log.jsonl');
+    const log = join(fx.dir, 'flow-log.jsonl');
     symlinkSync('/dev/full', log);
     const s = await serve('flow-log', loopbackServeConfig(log).replace('mode: enforce', 'mode: monitor'));
     const u = `127.0.0.1:${origin.port}`;
@@ -310,12 +301,12 @@ describe('refusals before any judgement: recorded block, counted block', () => {
     await until('the flow log failing', async () => (await fetch(`http://${s.admin}/readyz`)).status === 503);
     const answers = [
       await askHead(s, `GET http://${u}/a HTTP/1.1\r\nHost: ${u}\r\n\r\n`),
-      await askHead(s, `CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`),
+      await askHead(s, `CONNECT 127.0.0.1:${fx.echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${fx.echo.port}\r\n\r\n`),
     ];
     expect(answers.map((a) => a.status)).toEqual([503, 503]);
     for (const a of answers) expect(a.headers.filter((h) => h.startsWith('x-egress-verdict'))).toEqual([]);
     const socks = await open(socksPort(s));
-    socks.write(Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, echo.port >> 8, echo.port & 255]));
+    socks.write(Buffer.from([5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, fx.echo.port >> 8, fx.echo.port & 255]));
     expect((await readToEnd(socks)).data.toString('hex').slice(0, 8)).toBe('05000501');
     // A UDP association: its first destination is refused (that destination's record); the
     // association, which relayed nothing, leaves its own record when its client leaves.
@@ -364,7 +355,7 @@ describe('refusals before any judgement: recorded block, counted block', () => {
     // Room for serve's start (node's loader opens the modules concurrently: dist/cli.js exited EMFILE
     // under 96, and through tsx a loaded run hit it at 128 before listening).
     const NOFILE = 512;
-    const log = join(dir, 'relay.jsonl');
+    const log = join(fx.dir, 'relay.jsonl');
     const s = await serve('relay', `${loopbackServeConfig(log)}limits: { headerTimeoutMs: 120000, drainGraceMs: 2000 }\n`, (argv) => [
       'sh',
       '-c',

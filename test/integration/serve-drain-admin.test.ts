@@ -5,18 +5,16 @@
  * Before, its close waited for them for ever: node checks no header timeout on a closed server and
  * the admin listener has no request timeout, so the process never exited.
  */
-import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import type { Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
 import { until } from '../helpers/gateway.ts';
-import { killIfRunning, loopbackServeConfig, spawnServe } from '../helpers/serve-process.ts';
+import { serveEchoFixture } from '../helpers/serve-echo-fixture.ts';
+import { loopbackServeConfig, spawnServe } from '../helpers/serve-process.ts';
 import { rawConnect, rawExchange, readUntil } from './http-harness.ts';
-import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
 
 const TOKEN = 'serve-drain-admin-token-0123456789';
 /** Far beyond the test: only the drain's end can close the stalled admin connections. */
@@ -25,22 +23,7 @@ const GRACE_MS = 120_000;
 /** How long the test waits for the exit (without the fix it never came). */
 const EXIT_WAIT_MS = 30_000;
 
-let dir: string;
-let echo: TcpOrigin;
-let child: ChildProcess | null = null;
-
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'egw-drain-admin-'));
-  echo = await startTcpOrigin();
-});
-afterEach(async () => {
-  await killIfRunning(child);
-  child = null;
-});
-afterAll(async () => {
-  await echo.close();
-  await rm(dir, { recursive: true, force: true });
-});
+const fx = serveEchoFixture('egw-drain-admin-');
 
 /** A connection to the admin listener that has sent `bytes` and nothing more; resolves at its close. */
 async function stalledAdmin(admin: string, bytes: string): Promise<{ socket: Socket; closed: Promise<string> }> {
@@ -57,14 +40,14 @@ async function stalledAdmin(admin: string, bytes: string): Promise<{ socket: Soc
 
 describe('egressgate serve: SIGTERM with admin requests that never come in full', () => {
   it('a head and a body stalled on the admin listener are closed at the drain end; the flow is recorded; exit 0', async () => {
-    const flowLog = join(dir, 'flows.jsonl');
-    const configPath = join(dir, 'serve.yaml');
+    const flowLog = join(fx.dir, 'flows.jsonl');
+    const configPath = join(fx.dir, 'serve.yaml');
     await writeFile(configPath, `${loopbackServeConfig(flowLog)}limits: { drainGraceMs: ${GRACE_MS}, headerTimeoutMs: ${HEADER_TIMEOUT_MS} }\n`);
     const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN } });
-    child = s.child;
+    fx.killAfterTest(s);
     const tunnel = await rawConnect(s.http.port);
     tunnel.on('error', () => {});
-    tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+    tunnel.write(`CONNECT 127.0.0.1:${fx.echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${fx.echo.port}\r\n\r\n`);
     expect((await readUntil(tunnel, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
     tunnel.write('t'.repeat(300));
     await readUntil(tunnel, 't'.repeat(300));

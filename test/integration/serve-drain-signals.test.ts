@@ -8,42 +8,27 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { readFile, rename, symlink, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { killIfRunning, loopbackServeConfig, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { serveEchoFixture } from '../helpers/serve-echo-fixture.ts';
+import { loopbackServeConfig, type Served, spawnServe } from '../helpers/serve-process.ts';
 import { rawConnect, readUntil } from './http-harness.ts';
-import { readBytes, startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
+import { readBytes } from './socks5-harness.ts';
 
 const TOKEN = 'serve-drain-signals-token-0123456789';
 /** Long enough that only the second signal can end the drain within the test. */
 const GRACE_MS = 120_000;
 
-let dir: string;
-let echo: TcpOrigin;
-let child: ChildProcess | null = null;
-
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'egw-drain-signals-'));
-  echo = await startTcpOrigin();
-});
-afterEach(async () => {
-  await killIfRunning(child);
-  child = null;
-});
-afterAll(async () => {
-  await echo.close();
-  await rm(dir, { recursive: true, force: true });
-});
+const fx = serveEchoFixture('egw-drain-signals-');
 
 /** A CONNECT tunnel to the echo origin with `payload` sent and echoed back. */
 async function connectTunnel(s: Served, payload: string): Promise<Socket> {
   const t = await rawConnect(s.http.port);
   t.on('error', () => {});
-  t.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+  t.write(`CONNECT 127.0.0.1:${fx.echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${fx.echo.port}\r\n\r\n`);
   expect((await readUntil(t, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
   t.write(payload);
   await readUntil(t, payload);
@@ -57,7 +42,7 @@ async function socksTunnel(s: Served, payload: string): Promise<Socket> {
   t.on('error', () => {});
   t.write(Buffer.from([5, 1, 0]));
   expect([...(await readBytes(t, 2))]).toEqual([5, 0]);
-  t.write(Buffer.from([5, 1, 0, 1, 127, 0, 0, 1, echo.port >> 8, echo.port & 255]));
+  t.write(Buffer.from([5, 1, 0, 1, 127, 0, 0, 1, fx.echo.port >> 8, fx.echo.port & 255]));
   expect((await readBytes(t, 10))[1]).toBe(0);
   t.write(payload);
   await readUntil(t, payload);
@@ -88,11 +73,11 @@ describe('egressgate serve: a second stop signal during the drain', () => {
     ['SIGTERM', 'SIGINT'],
   ] as const) {
     it(`${first} then ${second}: the grace ends, each live tunnel is recorded shutdown with its bytes, the log is flushed, exit 0`, async () => {
-      const flowLog = join(dir, `${first}-${second}.jsonl`);
-      const configPath = join(dir, `${first}-${second}.yaml`);
+      const flowLog = join(fx.dir, `${first}-${second}.jsonl`);
+      const configPath = join(fx.dir, `${first}-${second}.yaml`);
       await writeFile(configPath, loopbackServeConfig(flowLog, GRACE_MS));
       const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN } });
-      child = s.child;
+      fx.killAfterTest(s);
       const tunnels = [await connectTunnel(s, 'c'.repeat(300)), await socksTunnel(s, 's'.repeat(500))];
       const closed = tunnels.map((t) => new Promise((r) => t.once('close', r)));
       const exited = once(s.child, 'exit');
@@ -115,11 +100,11 @@ describe('egressgate serve: a second stop signal during the drain', () => {
 
 describe('egressgate serve: a reload that changes limits.drainGraceMs', () => {
   it('SIGHUP from a 120 s grace to 1 s, then SIGTERM: the drain waits 1 s, the live tunnel is recorded shutdown with its bytes, exit 0', async () => {
-    const flowLog = join(dir, 'grace-reload.jsonl');
-    const configPath = join(dir, 'grace-reload.yaml');
+    const flowLog = join(fx.dir, 'grace-reload.jsonl');
+    const configPath = join(fx.dir, 'grace-reload.yaml');
     await writeFile(configPath, loopbackServeConfig(flowLog, GRACE_MS));
     const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN } });
-    child = s.child;
+    fx.killAfterTest(s);
     const reloaded = new Promise<void>((resolve) => {
       const onData = (b: Buffer): void => {
         if (b.toString('utf8').includes('policy reloaded')) {
@@ -165,12 +150,12 @@ function stderrLine(c: ChildProcess, text: string): Promise<void> {
 describe('egressgate serve: SIGTERM while the flow log file cannot be written', () => {
   it('the drain waits within its grace for the log to take the records it holds, then writes them and exits 0', async () => {
     // The path is a symlink to /dev/full (every write ENOSPC) until a regular file replaces it.
-    const flowLog = join(dir, 'full.jsonl');
+    const flowLog = join(fx.dir, 'full.jsonl');
     await symlink('/dev/full', flowLog);
-    const configPath = join(dir, 'full.yaml');
+    const configPath = join(fx.dir, 'full.yaml');
     await writeFile(configPath, `${loopbackServeConfig(flowLog, GRACE_MS).replace(/flowLog: \{ path: ("[^"]*") \}/, 'flowLog: { path: $1, onError: admit }')}`);
     const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN } });
-    child = s.child;
+    fx.killAfterTest(s);
     const failed = stderrLine(s.child, 'flow log write failed');
     const tunnel = await connectTunnel(s, 'f'.repeat(100));
     const closed = new Promise((r) => tunnel.once('close', r));

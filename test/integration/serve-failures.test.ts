@@ -9,47 +9,35 @@
  *  - SIGHUP when the config file cannot be read: the running policy stays, the gateway serves on;
  *  - SIGHUP after the flow log and audit log files were moved away (rotation): records go to new files.
  */
-import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { readFile, rename, writeFile } from 'node:fs/promises';
 import type { Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseRecords } from '../helpers/flow-records.ts';
-import { CLI, killIfRunning, loopbackServeConfig, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
+import { serveEchoFixture } from '../helpers/serve-echo-fixture.ts';
+import { CLI, loopbackServeConfig, ROOT, type Served, spawnServe } from '../helpers/serve-process.ts';
 import { type Origin, rawConnect, readUntil, run, startOrigin } from './http-harness.ts';
-import { startTcpOrigin, type TcpOrigin } from './socks5-harness.ts';
 
 const FAULT = join(ROOT, 'test', 'fixtures', 'fault-on-signal.mjs');
 const TOKEN = 'serve-failures-token-0123456789';
 
-let dir: string;
-let echo: TcpOrigin;
+const fx = serveEchoFixture('egw-serve-fail-');
 let origin: Origin;
-let child: ChildProcess | null = null;
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'egw-serve-fail-'));
-  echo = await startTcpOrigin();
   origin = await startOrigin();
 });
-afterEach(async () => {
-  await killIfRunning(child);
-  child = null;
-});
 afterAll(async () => {
-  await echo.close();
   await origin.close();
-  await rm(dir, { recursive: true, force: true });
 });
 
 /** Start `serve` with `policyText` and extra env; resolves at the listening line. */
 async function serve(name: string, policyText: string, env: NodeJS.ProcessEnv = {}): Promise<Served> {
-  const configPath = join(dir, `${name}.yaml`);
+  const configPath = join(fx.dir, `${name}.yaml`);
   await writeFile(configPath, policyText);
   const s = await spawnServe(configPath, { env: { EGRESSGATE_ADMIN_TOKEN: TOKEN, ...env } });
-  child = s.child;
+  fx.killAfterTest(s);
   return s;
 }
 
@@ -57,7 +45,7 @@ async function serve(name: string, policyText: string, env: NodeJS.ProcessEnv = 
 async function echoTunnel(s: Served, payload: string): Promise<Socket> {
   const tunnel = await rawConnect(s.http.port);
   tunnel.on('error', () => {});
-  tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+  tunnel.write(`CONNECT 127.0.0.1:${fx.echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${fx.echo.port}\r\n\r\n`);
   expect((await readUntil(tunnel, '\r\n\r\n')).toString('latin1')).toMatch(/^HTTP\/1\.1 200 /);
   tunnel.write(payload);
   await readUntil(tunnel, payload);
@@ -77,7 +65,7 @@ describe('egressgate serve: a fatal error records the live flows before the proc
     ['reject', 'unhandledRejection', 'injected rejection'],
   ] as const) {
     it(`${origin}: the live tunnel's record (gateway-error, exact bytes) is in the flow log; exit 1`, async () => {
-      const flowLog = join(dir, `fatal-${fault}.jsonl`);
+      const flowLog = join(fx.dir, `fatal-${fault}.jsonl`);
       const s = await serve(`fatal-${fault}`, loopbackServeConfig(flowLog), { NODE_OPTIONS: `--import=${FAULT}`, EGW_TEST_FAULT: fault });
       const tunnel = await echoTunnel(s, 'x'.repeat(100));
       const exited = once(s.child, 'exit');
@@ -91,14 +79,14 @@ describe('egressgate serve: a fatal error records the live flows before the proc
       expect(fatal).toMatchObject({ level: 'error', origin });
       expect(String(fatal?.err)).toContain(message);
       const records = parseRecords(await readFile(flowLog, 'utf8'));
-      expect(records.map((r) => [r.protocol, r.closeReason, r.bytesOut, r.bytesIn, r.destination.port])).toEqual([['connect', 'gateway-error', 100, 100, echo.port]]);
+      expect(records.map((r) => [r.protocol, r.closeReason, r.bytesOut, r.bytesIn, r.destination.port])).toEqual([['connect', 'gateway-error', 100, 100, fx.echo.port]]);
     }, 60_000);
   }
 });
 
 describe('egressgate serve: a fatal error during a SIGTERM drain', () => {
   it('cuts the grace period short: the tunnel still waiting is recorded as gateway-error, exit 1 at once', async () => {
-    const flowLog = join(dir, 'fatal-draining.jsonl');
+    const flowLog = join(fx.dir, 'fatal-draining.jsonl');
     const s = await serve('fatal-draining', loopbackServeConfig(flowLog, 60_000), { NODE_OPTIONS: `--import=${FAULT}`, EGW_TEST_FAULT: 'throw' });
     await echoTunnel(s, 'y'.repeat(10));
     const exited = once(s.child, 'exit');
@@ -132,7 +120,7 @@ describe('egressgate serve: the flow log is stdout and its reader goes away', ()
     // A CONNECT now: refused with the reason, the gateway still serving.
     const tunnel = await rawConnect(s.http.port);
     tunnel.on('error', () => {});
-    tunnel.write(`CONNECT 127.0.0.1:${echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${echo.port}\r\n\r\n`);
+    tunnel.write(`CONNECT 127.0.0.1:${fx.echo.port} HTTP/1.1\r\nHost: 127.0.0.1:${fx.echo.port}\r\n\r\n`);
     const answer = (await readUntil(tunnel, '}')).toString('latin1');
     expect(answer).toMatch(/^HTTP\/1\.1 503 /);
     expect(answer).toContain('"reason":"flow-log-unavailable"');
@@ -164,8 +152,8 @@ async function untilLogged(s: Served, msg: string): Promise<Record<string, unkno
 
 describe('egressgate serve: SIGHUP', () => {
   it('with the config file gone: the reload fails with the reason, the running policy stays, the gateway serves on', async () => {
-    const s = await serve('hup-missing', loopbackServeConfig(join(dir, 'hup-missing.jsonl')));
-    await rename(join(dir, 'hup-missing.yaml'), join(dir, 'hup-missing.yaml.moved'));
+    const s = await serve('hup-missing', loopbackServeConfig(join(fx.dir, 'hup-missing.jsonl')));
+    await rename(join(fx.dir, 'hup-missing.yaml'), join(fx.dir, 'hup-missing.yaml.moved'));
     s.child.kill('SIGHUP');
     const warned = await untilLogged(s, 'policy reload failed; the running policy is unchanged');
     expect(JSON.stringify(warned.errors)).toContain('cannot read');
@@ -174,7 +162,7 @@ describe('egressgate serve: SIGHUP', () => {
   }, 60_000);
 
   it('after the flow log and the audit log were moved away (log rotation): later records go to new files at their paths', async () => {
-    const flowLog = join(dir, 'rotate.jsonl');
+    const flowLog = join(fx.dir, 'rotate.jsonl');
     const auditLog = `${flowLog}.audit.jsonl`;
     const s = await serve('rotate', loopbackServeConfig(flowLog));
     const setMode = async (mode: string): Promise<number> =>
@@ -210,8 +198,8 @@ describe('egressgate serve: SIGHUP', () => {
   // pushing real versions out of the 20 kept for rollback; rotation had no signal that left the
   // policy alone, so it also put the file back over a policy pushed through the API.
   it('an unchanged config file makes no new version; SIGUSR2 reopens the logs and leaves a pushed policy serving', async () => {
-    const flowLog = join(dir, 'hup-same.jsonl');
-    const configPath = join(dir, 'hup-same.yaml');
+    const flowLog = join(fx.dir, 'hup-same.jsonl');
+    const configPath = join(fx.dir, 'hup-same.yaml');
     const text = loopbackServeConfig(flowLog);
     const s = await serve('hup-same', text);
     const auth = { authorization: `Bearer ${TOKEN}` };
@@ -285,7 +273,7 @@ describe('a start that fails half-way', () => {
     taken.listen(0, '127.0.0.1');
     await once(taken, 'listening');
     const adminPort = (taken.address() as { port: number }).port;
-    const configPath = join(dir, 'half.yaml');
+    const configPath = join(fx.dir, 'half.yaml');
     await writeFile(configPath, 'flowLog: { path: null }\n');
     const c = spawn(process.execPath, [CLI, 'serve', '--config', configPath, '--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', `127.0.0.1:${adminPort}`], {
       cwd: ROOT,
