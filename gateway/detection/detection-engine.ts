@@ -15,6 +15,7 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import {
+  budgetKillFinding,
   connectDecision,
   emptyObserveResult,
   evaluateConnect,
@@ -483,23 +484,16 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
         }
       }
       const mode = modeOf(flow.identity);
-      const finding: Finding = {
-        detector: 'an0080.bulk-upload',
-        analytic: 'AN0080',
-        severity: 'high',
-        action: 'kill',
-        flowIds: [flow.id],
-        identity: { user: flow.identity.user, host: flow.identity.host, roles: flow.identity.roles, process: flow.identity.process, key: quarantineKey(flow) },
-        destination,
-        evidence: { bytesOut: at, bytesIn: target.bytesIn, thresholdBytesOut: budget },
-        reasons: [
-          at === budget
-            ? `upload reached the ${budget}-byte budget to ${destination.host}`
-            : `upload reached ${at} bytes to ${destination.host} at out:in ${(at / Math.max(target.bytesIn, 1)).toFixed(1)} (budget ${budget} bytes)`,
-        ],
-        key: `an0080.bulk-upload|${key}`,
-      };
       const now = flows.now();
+      // Scored and grouped as the sweep scores the same flow: the sweep that sees it over the
+      // threshold next (killed, as it is folded; monitored, as it runs on) does not alert it again.
+      const reason =
+        at === budget
+          ? `upload reached the ${budget}-byte budget to ${destination.host}`
+          : `upload reached ${at} bytes to ${destination.host} at out:in ${(at / Math.max(target.bytesIn, 1)).toFixed(1)} (budget ${budget} bytes)`;
+      // One destination of a flow that relays to several is its own view (`partKey`), as in the sweep.
+      const atBudget: FlowView = { ...view(flow, 'open'), ...(key === flow.id ? {} : { partKey: key }), destination, bytesOut: at, bytesIn: target.bytesIn };
+      const finding = budgetKillFinding(atBudget, budget, reason, state, snap, now);
       const alertId = raise(finding, mode, now);
       if (mode !== 'enforce') {
         // Monitor: would-kill is recorded once (alert and flow record); the flow runs on without a budget.

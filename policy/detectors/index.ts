@@ -13,7 +13,7 @@ export { DETECTOR_DEFAULTS, detectorSettings } from './defaults.ts';
 export { DetectionState, emptyObserveResult, isRefusedByPolicy, outcomeOfEnded, outcomeOfRefusal, outcomeOfUnconnected, type BaselineJson, type DetectionReader, type ObserveResult } from './state.ts';
 export { evaluateSweep, observeOptions } from './sweep.ts';
 export type { Alert, Analytic, BehaviourDetector, Finding, FindingAction, FlowOutcome, FlowView } from './types.ts';
-export { isOverUploadBudget, nextUploadBudget, uploadBudgetFor, uploadKillTrigger } from './upload.ts';
+export { budgetKillFinding, isOverUploadBudget, nextUploadBudget, uploadBudgetFor, uploadKillTrigger } from './upload.ts';
 
 /** The strongest action among findings: kill > block > flag; null when there are none. */
 export function strongestAction(findings: readonly { action: 'flag' | 'block' | 'kill' }[]): 'flag' | 'block' | 'kill' | null {

@@ -16,7 +16,7 @@ import { lineageReason } from './process-signals.ts';
 import { modifiersFor, score } from './scoring.ts';
 import type { SweepSignal } from './signal.ts';
 import { type DetectionState, identityUploadersSince, uploadersSince } from './state.ts';
-import type { BehaviourDetector, FlowDestinationView, FlowView } from './types.ts';
+import type { BehaviourDetector, Finding, FlowDestinationView, FlowView } from './types.ts';
 
 const GiB = 1024 * 1024 * 1024;
 
@@ -228,6 +228,51 @@ export function nextUploadBudget(bytesOut: number, bytesIn: number, budget: numb
   const minRatio = detectionContext(snapshot).settings('an0080.bulk-upload').n['minRatio'] ?? 10;
   const next = Math.max(budget, Math.ceil(Math.max(bytesIn, 1) * minRatio));
   return next > bytesOut ? next : Number.POSITIVE_INFINITY;
+}
+
+/**
+ * The `an0080.bulk-upload` finding of a kill (monitor: would-kill) the data plane makes at a flow's
+ * byte budget, `view` its bytes there: scored as the sweep scores the same flow (base level by
+ * volume, modifiers), its action the configured kill (the caller judged corroboration), and noted in
+ * the state's grouping and fired detectors as a sweep finding is. The sweep that next sees the flow
+ * over its threshold (a killed flow as it is folded, a monitored one as it runs on) then groups its
+ * finding with this one instead of alerting the same upload a second time, at another severity.
+ */
+export function budgetKillFinding(
+  view: FlowView,
+  budget: number,
+  reason: string,
+  state: DetectionState,
+  snapshot: Pick<PolicySnapshot, 'config'>,
+  now: number,
+): Finding {
+  const ctx = detectionContext(snapshot);
+  const s = ctx.settings('an0080.bulk-upload');
+  const idKey = identityKeyOf(view.identity, view.clientIp);
+  const sc = score({
+    detector: 'an0080.bulk-upload',
+    baseLevel: view.bytesOut >= GiB ? 2 : 1,
+    modifiers: modifiersFor({ identity: view.identity, idKey, destination: view.destination, now, state, ctx }),
+    settings: { ...s, corroborate: false },
+    otherDetectors: state.recentDetectors(idKey, now),
+    gate: 'config',
+    connectTime: false,
+  });
+  const finding: Finding = {
+    detector: 'an0080.bulk-upload',
+    analytic: 'AN0080',
+    severity: sc.severity,
+    action: 'kill',
+    flowIds: [view.id],
+    identity: { user: view.identity.user, host: view.identity.host, roles: view.identity.roles, process: view.identity.process, key: idKey },
+    destination: view.destination,
+    evidence: { bytesOut: view.bytesOut, bytesIn: view.bytesIn, thresholdBytesOut: budget },
+    reasons: [reason, ...sc.reasons],
+    key: `an0080.bulk-upload|${viewKey(view)}`,
+  };
+  state.shouldEmit(finding, sc.level, now);
+  state.noteDetector(idKey, 'an0080.bulk-upload', now);
+  return finding;
 }
 
 /** Registrable domain re-export for callers grouping flows by destination. */
