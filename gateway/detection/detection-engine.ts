@@ -410,7 +410,10 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
         refusingAlertId = alertId;
       }
     }
-    if (!refusing) return;
+    if (!refusing) {
+      if (!isLookingUp) lowerBudgetFor(flow, snapshot, now);
+      return;
+    }
     putInQuarantine(quarantineKey(flow), now, mode, refusing.detector, refusingAlertId);
     if (mode === 'enforce') {
       markKilled(flow, refusing);
@@ -507,6 +510,22 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       return true;
     };
     return budget;
+  };
+
+  /**
+   * An agent named a live flow's process: the an0080.bulk-upload budget is judged again for it, as
+   * admission would have judged it had the report come first (an exfil tool or an unusual lineage
+   * is an untrusted uploader, its budget `storageBytesOut`). Only lowered: one the flow already
+   * passed stands at what it sent, so its next chunk meets it (the record and the alert say what
+   * went). Not for a flow that relays to several destinations: each destination's budget is its own.
+   * Once per report, never per chunk.
+   */
+  const lowerBudgetFor = (flow: RoutedFlow, snapshot: PolicySnapshot, now: number): void => {
+    if (flow.legs !== null) return;
+    const trigger = uploadKillTrigger(facts(flow), snapshot, now, state);
+    if (trigger === null || trigger >= flow.budgetOut) return;
+    const budget = budgetFor(flow, facts(flow), flow.destination, flow.id, flow, snapshot);
+    if (budget !== null) flow.budgetOut = Math.max(budget, flow.bytesOut);
   };
 
   const engine: DetectionEngine = {
