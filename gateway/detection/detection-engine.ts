@@ -43,6 +43,7 @@ import { type AgentSources, compileAgentSources, isAgentSource } from '../identi
 import { AlertGroups } from './alert-groups.ts';
 import type { LiveDetection } from './dry-run.ts';
 import { identityKeyParts, Quarantine, quarantineDecision, type QuarantineEntry } from './quarantine.ts';
+import { WouldKills } from './would-kills.ts';
 
 export interface DetectionEngineOptions {
   flows: FlowTable;
@@ -256,6 +257,8 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
    */
   const wouldQuarantine = new Quarantine();
   const groups = new AlertGroups();
+  /** Live flows a monitored sweep finding would have killed: killed by its next one once enforced. */
+  const wouldKills = new WouldKills();
   /** Flows that ended (or never connected) since the last sweep: the sweep sees them once. */
   let ended: FlowView[] = [];
   /**
@@ -277,6 +280,9 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     const snapshot = policy.current();
     return snapshot.modeFor(snapshot.rolesFor(identity.user, identity.host), policy.modeOverride());
   };
+  // What the would-killed flows are reviewed with before each sweep (would-kills.ts).
+  const isEnforcedNow = (flow: Flow): boolean => modeOf(flow.identity) === 'enforce';
+  const handBack = (key: string, flowId: string): void => state.handBack(key, flowId);
 
   /** Alert `f` unless its group is quiet; the id of its alert: this one, or the group's last. */
   const raise = (f: Finding, mode: Mode, now: number): string | null => {
@@ -339,6 +345,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
 
   const onClose = (flow: Flow): void => {
     admitted.delete(flow.id);
+    wouldKills.forget(flow.id);
     // A SOCKS5 login refused before its request named no destination: nothing for fan-out, scans or first-seen.
     if (!isRouted(flow)) return;
     // A flow that never connected counts as a failed attempt for the scan detector only when the
@@ -648,6 +655,9 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
         }
       }
     }
+    // A change since the last sweep that put a would-killed flow's identity in enforce mode: this
+    // sweep's finding about it is not held back as a repeat (would-kills.ts).
+    wouldKills.review(policy, active, isEnforcedNow, handBack);
     let found: Finding[];
     try {
       found = evaluateSweep(views, state, policy.current(), now, changedSinceLastSweep);
@@ -665,7 +675,9 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
         if (f.action === 'kill') {
           for (const id of f.flowIds) {
             const flow = active.get(id);
-            if (flow) markWouldBlock(flow, f, mode);
+            if (!flow) continue;
+            markWouldBlock(flow, f, mode);
+            wouldKills.note(id, f.key, policy);
           }
         }
         continue;

@@ -724,6 +724,15 @@ export class DetectionState {
     return true;
   }
 
+  /**
+   * Forget that the finding `key` acted on `flowId`: its next emission naming the flow is new again.
+   * For a flow monitor mode only let run (would-kill) whose identity is in enforce mode now
+   * (gateway/detection/would-kills.ts): the grouping must not spare it the kill.
+   */
+  handBack(key: string, flowId: string): void {
+    this.emitted.peek(key)?.ids.delete(flowId);
+  }
+
   /** Baselines as JSON (first-seen destinations, hourly volumes). */
   toJSON(): BaselineJson {
     const hourly: Array<[string, Array<[number, number]>]> = [];
