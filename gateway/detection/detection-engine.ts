@@ -43,7 +43,7 @@ import { type AgentSources, compileAgentSources, isAgentSource } from '../identi
 import { AlertGroups } from './alert-groups.ts';
 import type { LiveDetection } from './dry-run.ts';
 import { identityKeyParts, Quarantine, quarantineDecision, type QuarantineEntry } from './quarantine.ts';
-import { WouldKills } from './would-kills.ts';
+import { WouldActs } from './would-acts.ts';
 
 export interface DetectionEngineOptions {
   flows: FlowTable;
@@ -257,8 +257,8 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
    */
   const wouldQuarantine = new Quarantine();
   const groups = new AlertGroups();
-  /** Live flows a monitored sweep finding would have killed: killed by its next one once enforced. */
-  const wouldKills = new WouldKills();
+  /** Live flows a monitored sweep finding would have killed or blocked: acted on by its next one once enforced. */
+  const wouldActs = new WouldActs();
   /** Flows that ended (or never connected) since the last sweep: the sweep sees them once. */
   let ended: FlowView[] = [];
   /**
@@ -280,7 +280,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
     const snapshot = policy.current();
     return snapshot.modeFor(snapshot.rolesFor(identity.user, identity.host), policy.modeOverride());
   };
-  // What the would-killed flows are reviewed with before each sweep (would-kills.ts).
+  // What the would-killed flows are reviewed with before each sweep (would-acts.ts).
   const isEnforcedNow = (flow: Flow): boolean => modeOf(flow.identity) === 'enforce';
   const handBack = (key: string, flowId: string): void => state.handBack(key, flowId);
 
@@ -345,7 +345,7 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
 
   const onClose = (flow: Flow): void => {
     admitted.delete(flow.id);
-    wouldKills.forget(flow.id);
+    wouldActs.forget(flow.id);
     // A SOCKS5 login refused before its request named no destination: nothing for fan-out, scans or first-seen.
     if (!isRouted(flow)) return;
     // A flow that never connected counts as a failed attempt for the scan detector only when the
@@ -509,6 +509,9 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
         // Monitor: would-kill is recorded once (alert and flow record); the flow runs on without a budget.
         putInQuarantine(quarantineKey(flow), now, mode, finding.detector, alertId);
         markWouldBlock(flow, finding, mode);
+        // Grouped with the sweep's finding (budgetKillFinding): handed back to it should a change
+        // put the flow's identity in enforce mode, as a sweep's would-kill is (would-acts.ts).
+        wouldActs.note(flow.id, finding.key, policy);
         target.budgetOut = Number.POSITIVE_INFINITY;
         return false;
       }
@@ -656,8 +659,8 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       }
     }
     // A change since the last sweep that put a would-killed flow's identity in enforce mode: this
-    // sweep's finding about it is not held back as a repeat (would-kills.ts).
-    wouldKills.review(policy, active, isEnforcedNow, handBack);
+    // sweep's finding about it is not held back as a repeat (would-acts.ts).
+    wouldActs.review(policy, active, isEnforcedNow, handBack);
     let found: Finding[];
     try {
       found = evaluateSweep(views, state, policy.current(), now, changedSinceLastSweep);
@@ -671,14 +674,13 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       if (f.action === 'flag') continue;
       putInQuarantine(f.identity.key, now, mode, f.detector, alertId);
       if (mode !== 'enforce') {
-        // would-kill: the flows enforce mode would have killed say so in their records.
-        if (f.action === 'kill') {
-          for (const id of f.flowIds) {
-            const flow = active.get(id);
-            if (!flow) continue;
-            markWouldBlock(flow, f, mode);
-            wouldKills.note(id, f.key, policy);
-          }
+        for (const id of f.flowIds) {
+          const flow = active.get(id);
+          if (!flow) continue;
+          // would-kill: the flows enforce mode would have killed say so in their records.
+          if (f.action === 'kill') markWouldBlock(flow, f, mode);
+          // Acted on in enforce mode by the finding's next sweep, should a change put them there.
+          wouldActs.note(id, f.key, policy);
         }
         continue;
       }

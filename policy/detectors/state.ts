@@ -726,8 +726,8 @@ export class DetectionState {
 
   /**
    * Forget that the finding `key` acted on `flowId`: its next emission naming the flow is new again.
-   * For a flow monitor mode only let run (would-kill) whose identity is in enforce mode now
-   * (gateway/detection/would-kills.ts): the grouping must not spare it the kill.
+   * For a flow monitor mode only let run (a would-kill or would-block) whose identity is in enforce
+   * mode now (gateway/detection/would-acts.ts): the grouping must not spare it enforce mode's act.
    */
   handBack(key: string, flowId: string): void {
     this.emitted.peek(key)?.ids.delete(flowId);

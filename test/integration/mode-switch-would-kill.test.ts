@@ -4,8 +4,10 @@
  * or a reload moving its user into an enforce role (docs/spec-notes.md, Modes: a detector acting on
  * a live flow acts in the mode current when it fires). Before, the sweep's grouping counted the
  * monitored finding as acted on and held its repeats back for the corroboration window (an hour):
- * after `{"mode":"enforce"}` a SOCKS5 tunnel, a CONNECT tunnel and a UDP association 1 MiB past a
- * 128 KiB budget went on relaying, no kill and no alert, sweep after sweep.
+ * after `{"mode":"enforce"}` a SOCKS5 tunnel, a CONNECT tunnel and a UDP association past a 128 KiB
+ * budget went on relaying, no kill and no alert, sweep after sweep. The same for a would-block
+ * (an0080.split-upload) going on over the same tunnels: no block, the identity's next connection
+ * admitted.
  * Real gateway, real SOCKS5 and HTTP listeners, loopback sinks that read and never answer.
  */
 import { once } from 'node:events';
@@ -161,6 +163,34 @@ describe('a would-killed live flow after a change to enforce mode', () => {
     await sendTo(client, udpFrame('127.0.0.1', port, datagram), a.relay);
     expectKilled(await gw.waitForClosed((r) => r.protocol === 'socks5-udp' && r.destination.port === port));
     await expectKillAlert(gw);
+  });
+
+  it('PUT /v1/mode enforce: a split upload going on over the same two tunnels quarantines the identity at the next sweep; its next connection is refused', async () => {
+    const gw = await startTestGateway({
+      mode: 'monitor',
+      detection: { sampleIntervalMs: 50, detectors: { 'an0080.split-upload': { action: 'block', windowSec: 3600, bytesOut: BUDGET } } },
+    });
+    cleanups.push(() => gw.stop());
+    const sink = await startSink();
+    const first = await socksTunnel(gw, sink.port, null);
+    const second = await socksTunnel(gw, sink.port, null);
+    await upload(first, sink, 80 * 1024);
+    await upload(second, sink, 80 * 1024);
+    const alert = await waitForAlert(gw.alerts, (a) => a.detector === 'an0080.split-upload');
+    expect([alert.action, alert.enforced]).toEqual(['would-block', false]);
+    await waitForSweeps(gw.flows, 2);
+    expect(await adminPut(gw, '/v1/mode', { mode: 'enforce' })).toBe(200);
+    await upload(first, sink, 16 * 1024);
+    const block = await waitForAlert(gw.alerts, (a) => a.detector === 'an0080.split-upload' && a.action === 'block');
+    expect(block.enforced).toBe(true);
+    // A block finding quarantines; it kills nothing: both tunnels still carry bytes.
+    await upload(second, sink, 16 * 1024);
+    const third = await socksTunnel(gw, sink.port, null).then(
+      () => 'admitted',
+      (err: Error) => err.message,
+    );
+    expect(third).toMatch(/NotAllowed/);
+    expect(await gw.waitForClosed((r) => r.reason === 'quarantine')).toMatchObject({ verdict: 'block', enforced: true, closeReason: 'quarantine' });
   });
 
   it('control: a change that leaves it in monitor mode (PUT /v1/mode monitor) kills nothing; the tunnel carries on', async () => {

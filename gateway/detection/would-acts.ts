@@ -1,32 +1,33 @@
 /**
- * Live flows monitor mode let run where a sweep finding would have killed them (a would-kill), each
- * with the keys of the findings that named it.
+ * Live flows a monitored sweep finding named where enforce mode would have acted (a would-kill of
+ * the flow, or a would-block that quarantines its identity), each with the keys of those findings.
  *
  * The sweep's grouping (DetectionState.shouldEmit) counts every flow a finding named as acted on and
  * holds back that finding's repeats for the corroboration window (an hour) unless they name another
- * flow. A monitored would-kill acted on nothing, so after a change that puts the flow's identity in
- * enforce mode (PUT /v1/mode, a reload, push or rollback moving its user into an enforce role) the
- * grouping kept the flow from the kill the same finding makes in enforce mode, for up to that hour:
- * an upload past its bulk-upload budget went on uncut. `review` hands such flows back to the grouping
- * (forgotten as acted on) once the running policy puts their identity in enforce mode, so the next
- * sweep's finding kills them as it kills a flow it names for the first time.
+ * flow. Monitor mode acted on nothing, so after a change that puts the flow's identity in enforce
+ * mode (PUT /v1/mode, a reload, push or rollback moving its user into an enforce role) the grouping
+ * kept the flow from what the same finding does in enforce mode, for up to that hour: an upload past
+ * its bulk-upload budget went on uncut, and a split upload that went on over the same flows
+ * quarantined nobody (the identity's next connection admitted). `review` hands such flows back to
+ * the grouping (forgotten as acted on) once the running policy puts their identity in enforce mode,
+ * so the next sweep's finding acts on them as on flows it names for the first time.
  *
- * Bounded by the live flows (each forgotten at its close). Nothing per connection or per chunk: a
- * note per monitored kill finding, a review per sweep that follows a policy or mode change while
- * any flow is noted (O(noted flows)).
+ * Bounded by the live flows (each forgotten at its close). Nothing per chunk; at a flow's close a
+ * size check; a note per monitored finding's live flow; a review per sweep that follows a policy or
+ * mode change while any flow is noted (O(noted flows)).
  */
 import type { Mode, PolicySnapshot } from '../../policy/types.ts';
 import type { PolicySource } from '../context.ts';
 import type { Flow } from '../flow/flow.ts';
 
-export class WouldKills {
-  /** Flow id → the finding keys whose would-kill named it. */
+export class WouldActs {
+  /** Flow id → the keys of the monitored findings that named it. */
   private readonly byFlow = new Map<string, Set<string>>();
   /** The policy and override the noted flows' modes were last read under. */
   private reviewedSnapshot: PolicySnapshot | null = null;
   private reviewedOverride: Mode | null = null;
 
-  /** Monitor mode let `flowId` run where the finding `key` would have killed it. */
+  /** Monitor mode let `flowId` run where the finding `key` would have killed it or blocked its identity. */
   note(flowId: string, key: string, policy: PolicySource): void {
     if (this.byFlow.size === 0) {
       this.reviewedSnapshot = policy.current();
