@@ -27,6 +27,11 @@
  *    servers and says "not found" (ENOTFOUND, no errno to tell it by). So a failed lookup is
  *    followed by one open of the null device: EMFILE or ENFILE there makes it
  *    EGW_OUT_OF_DESCRIPTORS (503 `out-of-descriptors`), not remembered as a failed name.
+ *
+ * A name under `localhost` (`app.localhost`) is the loopback addresses, answered here and never
+ * asked of the OS resolver (RFC 6761 §6.3): glibc sends it to the DNS servers, which would learn the
+ * name and could answer any address for it. `localhost` itself goes to the OS resolver as before
+ * (/etc/hosts answers it, and a lookup there tells a descriptor shortage apart).
  */
 import { lookup as osLookup } from 'node:dns/promises';
 import { close as closeFd, open as openFd } from 'node:fs';
@@ -129,6 +134,17 @@ class TtlCache<V extends {}> {
     this.setOpts.ttl = ttl;
     this.cache.set(key, value, this.setOpts);
   }
+}
+
+/**
+ * The answer for a name under `localhost` (RFC 6761 §6.3: "the IP loopback address"), IPv4 first as
+ * /etc/hosts gives `localhost`'s. One array, shared as a cached answer is: read only.
+ */
+const LOOPBACK_ANSWER: string[] = ['127.0.0.1', '::1'];
+
+/** Whether `host` (lower case, no trailing dot: gateway/protocol/authority.ts) is a name under `localhost`. */
+export function isUnderLocalhost(host: string): boolean {
+  return host.length > 10 && host.endsWith('.localhost');
 }
 
 /** Names one requester may have waiting for the pool; past it, its lookups fail at once. */
@@ -265,6 +281,7 @@ export function createDnsResolver(opts: DnsResolverOptions = {}): Resolver {
   return {
     lookup(host: string, requester = ''): Promise<string[]> {
       if (isIP(host)) return Promise.resolve([host]);
+      if (isUnderLocalhost(host)) return Promise.resolve(LOOPBACK_ANSWER);
       const hit = cache.get(host);
       if (hit) return Promise.resolve(hit);
       const bad = failed.get(host);
