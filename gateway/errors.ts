@@ -3,6 +3,8 @@
  * real failures. Codes are stable: operators alert on them. `gateway/reject.ts` maps each to an
  * HTTP status and a SOCKS5 reply byte, exhaustively.
  */
+import { isIPv6 } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { formatAuthority } from '../policy/address.ts';
 
 export const GATEWAY_ERROR_CODES = [
@@ -69,14 +71,42 @@ export function dialErrorCode(err: unknown): GatewayErrorCode {
     case 'ENFILE':
       return 'EGW_OUT_OF_DESCRIPTORS';
     // No local port left for the destination's address and port (EADDRNOTAVAIL), or no kernel
-    // memory for the socket: the gateway's shortage too, nothing was sent.
+    // memory for the socket: the gateway's shortage too, nothing was sent. But an IPv6 destination
+    // on a host without an IPv6 address (IPv6 disabled) fails EADDRNOTAVAIL at once: unreachable.
     case 'EADDRNOTAVAIL':
+      return isIPv6OfHostWithout(err) ? 'EGW_DIAL_UNREACHABLE' : 'EGW_OUT_OF_SOCKETS';
     case 'ENOBUFS':
     case 'ENOMEM':
       return 'EGW_OUT_OF_SOCKETS';
     default:
       return 'EGW_DIAL_UNREACHABLE';
   }
+}
+
+/** Whether the host had an IPv6 address at `ipv6CheckedAt` (one look at the interfaces per 10 s at most). */
+let hasIPv6 = true;
+let ipv6CheckedAt = Number.NEGATIVE_INFINITY;
+
+/**
+ * Whether `err` (a connect's EADDRNOTAVAIL) is for an IPv6 destination (node names it in
+ * `address`) while no interface of the host has an IPv6 address (net.ipv6.conf.*.disable_ipv6, a
+ * container's default): no source address for it, not a port shortage. Only on that errno; the
+ * interfaces are listed as self-dial.ts lists them (os.networkInterfaces(), a netlink query).
+ */
+function isIPv6OfHostWithout(err: unknown): boolean {
+  const address = (err as { address?: unknown } | undefined)?.address;
+  if (typeof address !== 'string' || !isIPv6(address)) return false;
+  const now = Date.now();
+  if (now - ipv6CheckedAt >= 10_000) {
+    ipv6CheckedAt = now;
+    try {
+      hasIPv6 = Object.values(networkInterfaces()).some((list) => list?.some((a) => a.family === 'IPv6') === true);
+    } catch {
+      // Not listable (a sandbox without netlink, self-dial.ts): a port shortage, as before.
+      hasIPv6 = true;
+    }
+  }
+  return !hasIPv6;
 }
 
 /**
