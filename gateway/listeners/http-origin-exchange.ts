@@ -243,8 +243,18 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler, Sock
    * likes. The final response must come within limits.idleTimeoutMs of the first 1xx, else the
    * request fails as an origin timeout (504), at the next 1xx or on our timer (headWaitOver),
    * whichever comes first. Only this rare path reads the clock.
+   *
+   * A status below 100 is none (RFC 9110 §15: three digits, 100 to 599), though llhttp reads any
+   * three digits and undici hands it here as a 1xx: the origin broke the protocol, 502
+   * upstream-bad-response, undici drops that connection. Before, undici's own assertion at the end
+   * of that head failed the request instead, taken for an unreachable destination (502
+   * `unreachable`, the record too).
    */
   protected onInterim(statusCode: number, rawHeaders: Buffer[], statusText: string): void {
+    if (statusCode < 100) {
+      this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_BAD_RESPONSE', `status ${String(statusCode).padStart(3, '0')} is no HTTP status`));
+      return;
+    }
     const now = performance.now();
     if (this.interimSinceMs === 0) {
       this.interimSinceMs = now;

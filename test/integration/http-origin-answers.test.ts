@@ -38,6 +38,10 @@ const ANSWERS: Record<string, ScriptedAnswer> = {
   '/continue-unasked': 'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
   '/switching-unasked': 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\nraw',
   '/chunked-gzip': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nokok',
+  // A status below 100 is none (RFC 9110 §15), though llhttp reads any three digits: undici's own
+  // assertion failed it, taken for an unreachable destination (502 `unreachable`, the record too).
+  '/status-099': 'HTTP/1.1 099 Early\r\nContent-Length: 2\r\n\r\nok',
+  '/status-000': 'HTTP/1.1 000 None\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
   // Reason phrases no field may carry (a Latin-1 server's, a control byte): the status is relayed with
   // its standard phrase. node:http threw on them and the client waited for the idle timeout.
   '/latin1-reason': 'HTTP/1.1 200 \xe9t\xe9\r\nContent-Length: 2\r\n\r\nok',
@@ -163,7 +167,7 @@ describe('origin answers at the edges of HTTP/1.1', () => {
 
     it(`${name}: malformed origin answers get 502 upstream-bad-response, and the connection goes on`, async () => {
       const s = await rawConnect(gw.httpPort);
-      for (const path of ['/bad-chunk-line', '/huge-chunk-size', '/two-lengths', '/te-and-length', '/obs-fold', '/not-http', '/length-past-safe', '/length-uint64-max', '/gzip-chunked', '/gzip-then-chunked-fields', '/chunked-gzip', '/continue-unasked', '/switching-unasked']) {
+      for (const path of ['/bad-chunk-line', '/huge-chunk-size', '/two-lengths', '/te-and-length', '/obs-fold', '/not-http', '/length-past-safe', '/length-uint64-max', '/gzip-chunked', '/gzip-then-chunked-fields', '/chunked-gzip', '/continue-unasked', '/switching-unasked', '/status-099', '/status-000']) {
         const before = gw.closed.length;
         await sendGet(s, path, split);
         // The refusal body is JSON ending in the flow id.
