@@ -118,6 +118,9 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
     this.req = req;
     this.res = res;
     this.clientSocket = req.socket;
+    // RFC 9112 §6.1: no transfer coding to an HTTP/1.0 client, whose answer without a length is
+    // close-delimited. node:http chunks one whose request lists `chunked` in TE (ServerResponse).
+    if (req.httpVersionMinor === 0) res.useChunkedEncodingByDefault = false;
     res.once('close', () => this.onClientClose());
     // A response queued behind another (pipelining) gets no 'close' when the client leaves.
     watchClientClose(req.socket, this.connection, this);
