@@ -155,8 +155,16 @@ export function dropContentLength(headers: string[]): void {
   headers.length = kept;
 }
 
+/** Tells the version a response was received in, asked only of a response with Transfer-Encoding. */
+export interface ReceivedVersion {
+  /** The response's status line said HTTP/1.0 (false when it cannot be told). */
+  isReceivedInHttp10(): boolean;
+}
+
 /**
  * Why a response's framing fields (undici gives raw Buffers) cannot be relayed, or null when they can.
+ * `transfer-encoding-in-http/1.0`: a Transfer-Encoding field in a response `version` says was
+ * received in HTTP/1.0, whose framing RFC 9112 §6.1 says to treat as faulty (and its connection closed).
  * `transfer-coding-not-implemented`: a Transfer-Encoding naming anything but none, or a single
  * `chunked` last (undici removes it; `identity` means no coding). The relay re-frames the body for
  * the client and drops the field (hop-by-hop), so any other coding (`gzip, chunked`; `chunked, gzip`,
@@ -167,7 +175,10 @@ export function dropContentLength(headers: string[]): void {
  * Only fields named `transfer-encoding` or `content-length` are read: one length comparison per
  * header on the common path, and a string only for a length of more than 15 digits.
  */
-export function unrelayableFraming(raw: readonly (Buffer | string)[]): 'transfer-coding-not-implemented' | 'content-length-not-safe-integer' | null {
+export function unrelayableFraming(
+  raw: readonly (Buffer | string)[],
+  version: ReceivedVersion | null = null,
+): 'transfer-encoding-in-http/1.0' | 'transfer-coding-not-implemented' | 'content-length-not-safe-integer' | null {
   let isChunked = false;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i] as Buffer | string;
@@ -179,6 +190,7 @@ export function unrelayableFraming(raw: readonly (Buffer | string)[]): 'transfer
       continue;
     }
     if (name.length !== 17 || name.toString('latin1').toLowerCase() !== 'transfer-encoding') continue;
+    if (version?.isReceivedInHttp10()) return 'transfer-encoding-in-http/1.0';
     for (const token of (raw[i + 1] as Buffer | string).toString('latin1').split(',')) {
       const coding = token.trim().toLowerCase();
       if (coding === '') continue;

@@ -11,7 +11,8 @@ import { dialErrorCode, errorText, GatewayError, type GatewayErrorCode, isOwnSho
 import { mapError, mapKill, type RejectMapping } from '../reject.ts';
 import { type ConnectionState, clientGoneReason, finGraceMs } from './http-connection-state.ts';
 import type { StaggeredOrigin } from './http-origin-dial.ts';
-import { unrelayableFraming } from './http-headers.ts';
+import { type ReceivedVersion, unrelayableFraming } from './http-headers.ts';
+import { isReceivedInHttp10 } from './http-origin-reads.ts';
 import { isCutByOriginReset } from './http-origin-reset.ts';
 import { letGoOfOrigin, noteConnecting, resetOriginSocket, type SocketHolder } from './http-origin-socket.ts';
 import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './http-interim.ts';
@@ -68,7 +69,7 @@ function isProtocolViolation(err: unknown): boolean {
  * the client goes, and what an origin failure means for the flow and the client. A subclass says how
  * its client is answered or cut. Methods on the prototype: a request costs one object.
  */
-export abstract class OriginExchange implements Dispatcher.DispatchHandler, SocketHolder {
+export abstract class OriginExchange implements Dispatcher.DispatchHandler, SocketHolder, ReceivedVersion {
   protected readonly ctx: GatewayContext;
   protected readonly flow: Flow;
   readonly connection: ConnectionState;
@@ -272,15 +273,20 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler, Sock
 
   /**
    * A final response's head the relay cannot pass on (unrelayableFraming: a transfer coding it does
-   * not implement, a Content-Length past 2^53 − 1): the origin request is failed as a bad response,
-   * so the client gets 502 upstream-bad-response and undici drops that origin connection. True when
-   * it was refused: the caller relays nothing of it.
+   * not implement, a Content-Length past 2^53 − 1, Transfer-Encoding in an HTTP/1.0 response): the
+   * origin request is failed as a bad response, so the client gets 502 upstream-bad-response and
+   * undici drops that origin connection. True when it was refused: the caller relays nothing of it.
    */
   protected refuseUnrelayable(rawHeaders: Buffer[]): boolean {
-    const fault = unrelayableFraming(rawHeaders);
+    const fault = unrelayableFraming(rawHeaders, this);
     if (fault === null) return false;
     this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_BAD_RESPONSE', `response framing not relayable: ${fault}`));
     return true;
+  }
+
+  /** The response being read said HTTP/1.0 (its origin connection's parser: http-origin-reads.ts). */
+  isReceivedInHttp10(): boolean {
+    return isReceivedInHttp10(this.originSocket);
   }
 
   /** A kill: the origin connection the request is on is reset (http-origin-socket.ts), if it is known. */

@@ -37,6 +37,9 @@ interface H1Parser {
   readonly statusCode?: number;
   readonly shouldKeepAlive?: boolean;
   readMore(): void;
+  /** llhttp's wasm exports and this parser's state in them. */
+  readonly llhttp?: { llhttp_get_http_major?(ptr: number): number; llhttp_get_http_minor?(ptr: number): number };
+  readonly ptr?: number | null;
 }
 
 /**
@@ -120,4 +123,18 @@ export function adoptOriginReads(socket: Socket): void {
     return Buffer.allocUnsafeSlow(READ_BYTES);
   };
   adoptReadBuffers(socket, onRead, READ_BYTES, next);
+}
+
+/**
+ * Whether the response undici's parser of `socket` is reading said HTTP/1.0 in its status line
+ * (llhttp knows it; undici does not pass it on). False when it cannot be told: no socket or parser,
+ * or an undici whose parser lacks what this reads. Two wasm calls; asked only of a response that
+ * carries Transfer-Encoding (http-headers.ts unrelayableFraming).
+ */
+export function isReceivedInHttp10(socket: Socket | null): boolean {
+  const parser = socket === null ? null : parserOf(socket);
+  const llhttp = parser?.llhttp;
+  const ptr = parser?.ptr;
+  if (typeof ptr !== 'number' || typeof llhttp?.llhttp_get_http_major !== 'function' || typeof llhttp.llhttp_get_http_minor !== 'function') return false;
+  return llhttp.llhttp_get_http_major(ptr) === 1 && llhttp.llhttp_get_http_minor(ptr) === 0;
 }

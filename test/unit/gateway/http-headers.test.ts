@@ -114,6 +114,16 @@ describe('unrelayableFraming', () => {
   ] as const)('Content-Length %s: %s', (value, expected) => {
     expect(unrelayableFraming(cl(value))).toBe(expected);
   });
+  it('Transfer-Encoding in a response received in HTTP/1.0 is faulty framing (RFC 9112 §6.1); the version is asked only then', () => {
+    let asked = 0;
+    const as10 = { isReceivedInHttp10: () => ++asked > 0 };
+    expect(unrelayableFraming(te('chunked'), as10)).toBe('transfer-encoding-in-http/1.0');
+    expect(unrelayableFraming(te('identity'), as10)).toBe('transfer-encoding-in-http/1.0');
+    expect(unrelayableFraming(cl('2'), as10)).toBe(null);
+    expect(unrelayableFraming(te(), as10)).toBe(null);
+    expect(asked).toBe(2);
+    expect(unrelayableFraming(te('chunked'), { isReceivedInHttp10: () => false })).toBe(null);
+  });
 });
 
 describe('parseProxyBasic / serialiseRequestHead', () => {
