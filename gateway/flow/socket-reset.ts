@@ -11,6 +11,7 @@
  * handle is closed already.
  */
 import { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 
 /**
  * The accepted TCP socket a TLS server socket was made over, while it still owns its handle; null
@@ -37,4 +38,26 @@ export function resetSocket(s: Socket): void {
   } catch {
     s.destroy();
   }
+}
+
+const NO_BYTES = Buffer.alloc(0);
+
+/**
+ * Ask whether `s`'s peer has reset it, where the gateway cannot have read the reset: a socket it
+ * stopped reading for backpressure (node reads nothing from it, and libuv does not watch it) when its
+ * idle timer fires. A zero-length write puts no segment on the wire of a live connection (one
+ * syscall); on a reset one the kernel refuses it (ECONNRESET or EPIPE) and node fails the write.
+ * `answer` gets the result on the next tick. A TLS socket is asked through the TCP socket under it
+ * (a zero-length write to the TLS socket itself never reaches the kernel: measured, no error after a
+ * reset); after a failed write that TCP socket is destroyed, so the caller closes `s` either way. A
+ * socket that cannot be asked that way answers false at once: our FIN already sent, writes still
+ * queued (a reset fails them already: libuv watches such a socket), corked, or destroyed.
+ */
+export function askIfReset(s: Duplex, answer: (isReset: boolean) => void): void {
+  const tcp = s instanceof Socket ? (tcpUnder(s) ?? s) : s;
+  if (!s.writable || s.writableLength > 0 || s.writableCorked > 0 || !tcp.writable || tcp.writableLength > 0) {
+    answer(false);
+    return;
+  }
+  tcp.write(NO_BYTES, (err) => answer(err !== null && err !== undefined));
 }

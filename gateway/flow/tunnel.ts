@@ -13,7 +13,9 @@
  *   (where flow.onBudget lets the flow run on, it moves flow.budgetOut and the rest meets that);
  * - idle timeout: one timer, on the client socket — every byte either way is a read or a write on
  *   it, and node re-arms a socket's timer on both (only while the flow waits for a slow destination
- *   after both ends, the destination socket gets one too: the client socket may be gone);
+ *   after both ends, the destination socket gets one too: the client socket may be gone); when it
+ *   fires, the client is asked whether it reset (socket-reset.ts askIfReset: a client paused for
+ *   backpressure never read its RST), so the record says client-reset, not idle-timeout;
  * - the flow ends once (finish): the handlers stay attached but do nothing after it, so ending a
  *   tunnel costs no listener removals;
  * - bulk directions read into a reused buffer (read-buffer.ts): no allocation per chunk;
@@ -23,7 +25,7 @@ import type { Socket } from 'node:net';
 import type { FlowTable } from './flow-table.ts';
 import type { Flow } from './flow.ts';
 import { adoptReadBuffer } from './read-buffer.ts';
-import { resetSocket } from './socket-reset.ts';
+import { askIfReset, resetSocket } from './socket-reset.ts';
 
 /**
  * A read at least this large marks a bulk direction: that socket then reads into a buffer of its
@@ -224,8 +226,17 @@ export function tunnel(flows: FlowTable, flow: Flow, down: Socket, up: Socket, o
   // Live: the flow's idle timeout. After the flow: the client socket outstayed it.
   const onTimeout = (): void => {
     // Handed its last byte while the destination still reads: only the destination's timer counts.
-    if (done || (isDelivering && !isDownOwed)) down.destroy();
-    else abort('idle-timeout');
+    if (done || (isDelivering && !isDownOwed)) {
+      down.destroy();
+      return;
+    }
+    // A client paused for backpressure does not read its reset: it is asked now, so the record says
+    // it went (client-reset), not that it was idle. Either way both sides go at once (a destination
+    // that stopped reading would otherwise hold what the client sent for another timeout).
+    askIfReset(down, (isReset) => {
+      if (isReset) abort('client-reset');
+      else if (!done) abort('idle-timeout');
+    });
   };
   const onDownClose = (hadError: boolean): void => {
     // Closed after its 'finish' while the destination still reads: the flow waits for that.

@@ -49,6 +49,7 @@ import type { GatewayContext, IdentityClaims } from '../context.ts';
 import type { GatewayErrorCode } from '../errors.ts';
 import type { Config } from '../../policy/config.ts';
 import type { PolicySnapshot, Protocol } from '../../policy/types.ts';
+import { askIfReset } from '../flow/socket-reset.ts';
 import { mapError } from '../reject.ts';
 import { earlierResponses, handleConnect } from './http-connect.ts';
 import { wrapWithConnectFront } from './http-connect-front.ts';
@@ -286,12 +287,15 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
   // An idle client connection is closed, but not while the gateway admits its request or it waits
   // on a slow origin: those have their own timeouts (DNS: 502, origin: 504), and cutting the client
   // first would hide the answer. A client that stops sending the body of its request is idle
-  // (http-forward.ts).
+  // (http-forward.ts). One whose body node stopped reading for backpressure never read its reset: it
+  // is asked first (askIfReset), so its flow ends `client-reset`, not `idle-timeout`.
   server.on('timeout', (socket: Duplex) => {
     const connection = connectionState(socket);
     if (!mayCutIdle(connection)) return;
-    connection.isTimedOut = true;
-    socket.destroy();
+    askIfReset(socket, (isReset) => {
+      if (!isReset) connection.isTimedOut = true;
+      socket.destroy();
+    });
   });
   // A request with a method node's parser does not know comes back to it as one it does (http-extension-method.ts).
   const extension: ExtensionMethodOptions = {
