@@ -13,7 +13,8 @@
  *  2. node:http lets go of the socket as on an upgrade (its listeners and parser detached, the
  *     parser off the server's connection list), and the request line's method token is read — from
  *     more packets if the first ended inside it, within limits.headerTimeoutMs and
- *     limits.maxHeaderBytes (408 / 431);
+ *     limits.maxHeaderBytes (408 / 431); the rest of the head then has what is left of that
+ *     headerTimeoutMs, not a fresh one (handBack);
  *  3. a method that is not a token (`G@T`), or one node does know (its refusal had another cause),
  *     is answered 400 as before;
  *  4. otherwise the bytes go back to node:http with the method spelled `POST` (a method llhttp
@@ -196,6 +197,9 @@ function release(s: ParsedSocket, parser: NodeParser): void {
  */
 function readMethod(s: Socket, first: Buffer, opts: ExtensionMethodOptions): void {
   let bytes = first;
+  // One limits.headerTimeoutMs from the request's first byte for its whole head, as node's parser
+  // counts it (from the message's first byte): the method here, the rest after handBack.
+  const deadline = performance.now() + opts.limits.headerTimeoutMs;
   const timer = setTimeout(() => done('EGW_HEADER_TIMEOUT', 'no whole request line'), opts.limits.headerTimeoutMs);
   timer.unref();
   const onData = (chunk: Buffer): void => {
@@ -215,7 +219,7 @@ function readMethod(s: Socket, first: Buffer, opts: ExtensionMethodOptions): voi
       return;
     }
     done(null, '');
-    handBack(s, bytes, start, end, opts);
+    handBack(s, bytes, start, end, opts, deadline);
   };
   const onEnd = (): void => done('EGW_BAD_REQUEST', 'request line cut short');
   const onGone = (): void => done(null, '', true);
@@ -237,8 +241,15 @@ function readMethod(s: Socket, first: Buffer, opts: ExtensionMethodOptions): voi
   s.resume();
 }
 
-/** The bytes back to node:http with the stand-in method; the request's own method restored on it. */
-function handBack(s: ParsedSocket, bytes: Buffer, start: number, end: number, opts: ExtensionMethodOptions): void {
+/**
+ * The bytes back to node:http with the stand-in method; the request's own method restored on it.
+ * `deadline` (performance.now()) is when the head's time ran out for a method read from several
+ * packets: node's parser, new here, would count limits.headerTimeoutMs afresh from now, so the rest
+ * of the head is held to what is left of it (one timer, this rare path only). Before, a head dribbled
+ * byte by byte had its time once for the method and again for the rest: up to three times
+ * limits.headerTimeoutMs with the front's wait for the first byte.
+ */
+function handBack(s: ParsedSocket, bytes: Buffer, start: number, end: number, opts: ExtensionMethodOptions, deadline?: number): void {
   const method = bytes.toString('latin1', start, end);
   s.pause();
   s.removeListener('error', ignore);
@@ -247,15 +258,33 @@ function handBack(s: ParsedSocket, bytes: Buffer, start: number, end: number, op
   const parser = s.parser;
   if (parser) {
     const announce = parser.onIncoming;
+    let timer: NodeJS.Timeout | null = null;
+    if (deadline !== undefined) {
+      timer = setTimeout(onHeadTimeout, Math.max(1, deadline - performance.now()), s, parser, opts);
+      timer.unref();
+    }
     // The first request this parser announces is this one (its bytes come first); its answer is
     // the connection's last (node:http says `connection: close` and ends the connection after it).
     parser.onIncoming = (req) => {
+      if (timer !== null) clearTimeout(timer);
       req.method = method;
       parser.onIncoming = announce;
       return announce?.(req, false);
     };
   }
   s.resume();
+}
+
+/**
+ * The head handed back was not whole by its deadline (its request never announced): 408, as node's
+ * own header timeout answers. The parser comes off the server's connection list first, so node's
+ * own check does not refuse it a second time while the answer lingers. A socket closed meanwhile
+ * (its parser freed, perhaps reused by another connection) is left alone.
+ */
+function onHeadTimeout(s: ParsedSocket, parser: NodeParser, opts: ExtensionMethodOptions): void {
+  if (s.destroyed || s.parser !== parser || !s.writable) return;
+  parser.remove?.();
+  refuse(s, 'EGW_HEADER_TIMEOUT', 'no whole request head', opts);
 }
 
 function ignore(): void {}
