@@ -12,7 +12,8 @@
  *     is handed over unread, for the listener's source gate to refuse (HTTP: 429) as without a front.
  *  2. read only what is needed, within limits.headerTimeoutMs:
  *     trusted → the whole header (gateway/protocol/proxy-protocol.ts); missing, malformed, late,
- *     or a PROXY command claiming DGRAM (this connection is a stream) → close + warn.
+ *     or a PROXY command claiming DGRAM (this connection is a stream) → close + warn; closed
+ *     before its first byte (a health check's TCP connect) → closed silently.
  *     Untrusted → just enough bytes to tell whether they start with a PROXY signature: yes →
  *     close + warn (a claimed address is never believed from an untrusted peer); no → passed
  *     through unchanged (late, silent or stalled inside a signature's first bytes → passed through
@@ -198,10 +199,12 @@ export function wrapWithProxyProtocol<S extends Server>(server: S, opts: ProxyPr
       buf = room.subarray(0, length);
     }
     function onEnd(): void {
-      if (isTrusted) refuse('closed before a complete PROXY header', { bytes: buf.length });
+      // A trusted peer that closes without a byte is a balancer's health check (a TCP connect):
+      // silent, as an untrusted one's is and a SOCKS port probe's. A begun header still warns.
+      if (isTrusted && buf.length > 0) refuse('closed before a complete PROXY header', { bytes: buf.length });
       else if (buf.length > 0 && detectProxySignature(buf) !== 'none') refuse('closed inside a PROXY signature', { bytes: buf.length });
       else {
-        // A client that sent nothing (or nothing like a header) and half-closed: nothing to relay.
+        // A client that sent nothing (or, untrusted, nothing like a header) and half-closed: nothing to relay.
         cleanup();
         socket.destroy();
       }
