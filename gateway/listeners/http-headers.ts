@@ -223,6 +223,20 @@ export function rawHeader(raw: readonly string[], name: string): string | null {
  */
 const BASIC_TOKEN = /^[A-Za-z0-9+/]+={0,2}$/;
 
+/**
+ * Whether `token` (BASIC_TOKEN's alphabet) is the RFC 4648 §4 encoding of `bytes`, its padding
+ * left off or not: node's decoder also drops a last character that makes no byte (a length of
+ * 4n + 1), padding where none is due or too much of it, and non-zero bits in the last
+ * character (§3.5), so `<token>x`, `<token>=` or `…cHd=` for `…cHc=` decoded as the token itself.
+ */
+function isCanonicalBase64(token: string, bytes: Buffer): boolean {
+  const canonical = bytes.toString('base64');
+  if (token.length === canonical.length) return token === canonical;
+  let unpadded = canonical.length;
+  while (unpadded > 0 && canonical.charCodeAt(unpadded - 1) === 0x3d) unpadded--;
+  return token.length === unpadded && canonical.startsWith(token);
+}
+
 /** What a malformed Basic value yields: an empty user, refused as bad credentials. */
 const MALFORMED: { readonly username: string; readonly password: string } = Object.freeze({ username: '', password: '' });
 
@@ -230,7 +244,7 @@ const MALFORMED: { readonly username: string; readonly password: string } = Obje
  * The user and password of a `Proxy-Authorization: Basic …` header, or null when absent or of
  * another scheme. The scheme (case-insensitive, RFC 9110 §11.1) ends at the first SP or HTAB; only
  * SP may follow it (`1*SP` before the token68, RFC 9110 §11.4). A malformed Basic value (`Basic`
- * then HTAB, no token, not one base64 token, no colon) yields an empty user so identity resolution
+ * then HTAB, no token, not one canonical base64 token, no colon) yields an empty user so identity resolution
  * refuses it: before, `Basic<TAB><token>` and an empty `Basic` were read as no credentials at all.
  */
 export function parseProxyBasic(value: string | undefined): { username: string; password: string } | null {
@@ -243,7 +257,9 @@ export function parseProxyBasic(value: string | undefined): { username: string; 
   // No SP after the scheme (HTAB, or nothing): malformed, as is a token that does not start at once.
   const token = start === end ? '' : value.slice(start).trimEnd();
   if (!BASIC_TOKEN.test(token)) return MALFORMED;
-  const decoded = Buffer.from(token, 'base64').toString('utf8');
+  const bytes = Buffer.from(token, 'base64');
+  if (!isCanonicalBase64(token, bytes)) return MALFORMED;
+  const decoded = bytes.toString('utf8');
   const colon = decoded.indexOf(':');
   if (colon < 0) return MALFORMED;
   return { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };

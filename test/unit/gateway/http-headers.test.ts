@@ -140,6 +140,14 @@ describe('parseProxyBasic / serialiseRequestHead', () => {
     expect(parseProxyBasic(`Basic ${token.replace(/=+$/, '')}`)).toEqual({ username: 'alice', password: 'pw' });
     for (const v of [`Basic ${token} x`, `Basic ${token}!!`, `Basic ${token}, Basic ${token}`, `Basic =${token}`]) expect(parseProxyBasic(v)).toEqual({ username: '', password: '' });
   });
+  it('takes only the canonical RFC 4648 encoding, padding optional: a dangling character, wrong padding or non-zero pad bits are malformed', () => {
+    // 'alice:secret' encodes to 16 characters, 'carol:pw' to 'Y2Fyb2w6cHc='.
+    expect(parseProxyBasic('Basic YWxpY2U6c2VjcmV0')).toEqual({ username: 'alice', password: 'secret' });
+    expect(parseProxyBasic('Basic Y2Fyb2w6cHc=')).toEqual({ username: 'carol', password: 'pw' });
+    expect(parseProxyBasic('Basic Y2Fyb2w6cHc')).toEqual({ username: 'carol', password: 'pw' });
+    for (const t of ['YWxpY2U6c2VjcmV0x', 'YWxpY2U6c2VjcmV0x==', 'YWxpY2U6c2VjcmV0=', 'Y2Fyb2w6cHc==', 'Y2Fyb2w6cHd=', 'Y2Fyb2w6cHd', 'Y2Fyb2w6c=='])
+      expect(parseProxyBasic(`Basic ${t}`)).toEqual({ username: '', password: '' });
+  });
   it('takes only SP after the scheme, and a token: Basic<TAB><token> and an empty Basic are malformed (empty user)', () => {
     const token = Buffer.from('alice:pw').toString('base64');
     for (const v of [`Basic\t${token}`, `Basic \t${token}`, 'Basic', 'Basic ', `BASIC\t${token}`]) expect(parseProxyBasic(v)).toEqual({ username: '', password: '' });
