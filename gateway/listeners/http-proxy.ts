@@ -61,7 +61,7 @@ import { forwardRequestHeaders, normaliseStrippedName, parseProxyBasic, viaFor, 
 import { maxForwardsFault, maxForwardsOf, traceEcho } from './http-max-forwards.ts';
 import { closeAfterUnreadBody, refusalDetails, sendRefusal, writeRawRefusal } from './http-refusal.ts';
 import { announcedLineFault } from './http-request-line.ts';
-import { expectationFault, hostHeaderFor, isRepeatedField, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
+import { expectationFault, hostHeaderFor, httpVersionFault, isRepeatedField, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
 import { handleUpgrade } from './http-upgrade.ts';
 
 export interface HttpProxyOptions {
@@ -376,12 +376,17 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
   // Behind a 429 on this connection: dropped unanswered (the connection ends after the 429).
   if (connection.isShedding) return;
   const target = parseAbsoluteTarget(req.url ?? '');
+  // The first fault in the order the CONNECT path and the first-line check judge: the request line's
+  // protocol and version, the target, then the header fields; the answer and the log name that one.
   // announcedLineFault first, while node:http is still announcing the request (RTSP/1.0 reads as 1.0).
-  const shape = announcedLineFault(req) ?? smugglingShape(req) ?? state.repeatedCredential(req) ?? maxForwardsFault(req.method, req.headers['max-forwards'], req.rawHeaders) ?? expectationFault(req);
+  const lineFault = announcedLineFault(req) ?? httpVersionFault(req.httpVersionMajor);
+  const shape =
+    lineFault ??
+    (target.ok ? (smugglingShape(req) ?? state.repeatedCredential(req) ?? maxForwardsFault(req.method, req.headers['max-forwards'], req.rawHeaders) ?? expectationFault(req)) : null);
   if (!target.ok || shape) {
     const why = shape ?? (target.ok ? null : target.reason);
     ctx.log.warn({ client: req.socket.remoteAddress, method: req.method, why }, 'bad proxy request refused');
-    sendRefusal(res, mapError(target.ok && shape ? shapeRefusalCode(shape) : 'EGW_BAD_REQUEST'), { flowId: null, isBlock: false }, true);
+    sendRefusal(res, mapError(shape ? shapeRefusalCode(shape) : 'EGW_BAD_REQUEST'), { flowId: null, isBlock: false }, true);
     return;
   }
   // Pipelined requests are admitted one after another, so a 429 stops the ones behind it before

@@ -51,7 +51,7 @@ import { dropContentLength, forwardRequestHeaders, forwardResponseHeaders, INVAL
 import { finalRecipientText, maxForwardsFault, maxForwardsOf } from './http-max-forwards.ts';
 import type { HttpListenerState } from './http-proxy.ts';
 import { lingerThenDestroy, refusalDetails, writeRawRefusal } from './http-refusal.ts';
-import { expectationFault, hostHeaderFor, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
+import { expectationFault, hostHeaderFor, httpVersionFault, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
 import { switchesToOffered } from './http-upgrade-tokens.ts';
 
 export interface ResponseHead {
@@ -273,12 +273,16 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
   // A request body would have to reach the origin before its answer; websocket handshakes have
   // none, and relaying one here (h2c upgrade of a POST) is not supported: refuse rather than hang.
   const cl = req.headers['content-length'];
-  const smuggling = smugglingShape(req) ?? state.repeatedCredential(req) ?? maxForwardsFault(req.method, req.headers['max-forwards'], req.rawHeaders) ?? expectationFault(req);
-  const shape = smuggling ?? (req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0') ? 'upgrade-with-body' : null);
+  // The first fault in the absolute-URI path's order (http-proxy.ts onRequest): the version, the
+  // target, then the header fields; the answer and the log name that one.
+  const smuggling =
+    httpVersionFault(req.httpVersionMajor) ??
+    (target.ok ? (smugglingShape(req) ?? state.repeatedCredential(req) ?? maxForwardsFault(req.method, req.headers['max-forwards'], req.rawHeaders) ?? expectationFault(req)) : null);
+  const shape = smuggling ?? (target.ok && (req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0')) ? 'upgrade-with-body' : null);
   if (!target.ok || shape) {
     hold.release();
     ctx.log.warn({ client: req.socket.remoteAddress, why: shape ?? (target.ok ? null : target.reason) }, 'bad upgrade request refused');
-    writeRawRefusal(socket, mapError(target.ok && smuggling ? shapeRefusalCode(smuggling) : 'EGW_BAD_REQUEST'), { flowId: null, isBlock: false });
+    writeRawRefusal(socket, mapError(smuggling ? shapeRefusalCode(smuggling) : 'EGW_BAD_REQUEST'), { flowId: null, isBlock: false });
     return;
   }
   const result = await state.admitRequest(req, 'http', target.host, target.port, hold);
