@@ -21,6 +21,11 @@ declare module 'fastify' {
      * every other route's are refused before its schema by admin/app.ts.
      */
     ownsRepeatedKeys?: boolean;
+    /**
+     * Most JSON values a body may hold (admin/json-value-budget.ts): one with more is refused 413
+     * before it is parsed, as a body over `bodyLimit` is. Unset: no bound but `bodyLimit`.
+     */
+    maxJsonValues?: number;
   }
   interface FastifyRequest {
     principal: Principal | null;

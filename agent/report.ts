@@ -46,6 +46,12 @@ export type ValidationResult = { readonly ok: true; readonly value: AgentReportB
 
 /** Most reports a single POST may carry; the agent batches below it. */
 export const MAX_REPORTS_PER_BATCH = 1000;
+/**
+ * The admin route's budget of JSON values for one POST (admin/json-value-budget.ts counts `{`, `[`
+ * and `,`): 64 per report, where a report has 17 (its object and 16 fields), so fields a newer agent
+ * adds still fit, and 64 for the envelope. Past it the body is refused before it is parsed.
+ */
+export const MAX_JSON_VALUES_PER_BATCH = MAX_REPORTS_PER_BATCH * 64 + 64;
 const MAX_TEXT = 8192;
 const MAX_NAME = 1024;
 const UINT32_MAX = 4294967295;

@@ -2,6 +2,7 @@
  * Agent routes: report ingestion (agent scope; sources checked, refusals audited) and the list of
  * agents with their last-seen time.
  */
+import { MAX_JSON_VALUES_PER_BATCH } from '../../agent/report.ts';
 import { sendError } from '../errors.ts';
 import { AgentList, AuthErrors, ErrorBody, IngestResult, ReportBody } from '../schemas.ts';
 import type { AdminApp, RouteContext } from '../types.ts';
@@ -13,7 +14,9 @@ export function registerAgentRoutes(app: AdminApp, { port }: RouteContext): void
     {
       // Accepted reports are telemetry (counted per agent in GET /v1/agents), not operator
       // writes: only refusals go to the audit trail, or it would drown in agent chatter.
-      config: { scope: 'agent', audit: 'refused' },
+      // At most MAX_REPORTS_PER_BATCH reports: a body with more values than those can hold is
+      // refused before it is parsed (admin/json-value-budget.ts), not after.
+      config: { scope: 'agent', audit: 'refused', maxJsonValues: MAX_JSON_VALUES_PER_BATCH },
       bodyLimit: 4 * 1024 * 1024,
       schema: {
         summary: 'Process attributions from an endpoint agent (SPEC §7)',
