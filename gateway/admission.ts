@@ -118,6 +118,9 @@ export async function admit(ctx: GatewayContext, req: AdmissionRequest): Promise
     controlPort: req.control?.clientPort,
     // A UDP association's client connection is its control connection (its relay is bound after it).
     connectedAt: (req.control?.server ?? req.server)[kAcceptedAt],
+    // What tells its socket from another live one at the same client address and port (a report's remote end).
+    endpoint: req.server,
+    controlEndpoint: req.control?.server,
   });
   if (req.watch !== undefined) req.watch.flow = flow;
   let mode = snapshot.modeFor(identity.roles, override);

@@ -337,7 +337,7 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
         // taken the agent-scope admin.tokens entry that sent it out (or its agent scope away).
         const ip = localIps[index] ?? '';
         const stillValid = sources !== null ? () => isStillSource(agentName, ip) : reporter === 'token' ? () => agentTokenNames().has(agentName) : null;
-        const flow = deps.flows.attribute(ip, r.localPort, r.proto, process, stillValid);
+        const flow = deps.flows.attribute(ip, r.localPort, r.proto, process, stillValid, { ip: normalizeIp(r.remoteIp), port: r.remotePort });
         const kept = flow?.identity.process;
         if (flow === null) {
           pending.add(agentName, bytes, t);

@@ -8,7 +8,9 @@ import type { GatewayContext, ProcessAttributor } from '../context.ts';
 import type { Flow } from '../flow/flow.ts';
 import { clientTransport } from '../flow/flow-table.ts';
 import { isLocalAddress } from './self-dial.ts';
-import { type AdmissionRequest, kBalanced, type LocalEndpoint } from './types.ts';
+import { type AdmissionRequest, clientReached, kBalanced, type LocalEndpoint } from './types.ts';
+
+export { clientReached };
 
 /**
  * A local lookup: `timely` is what admission waits for (null once the attributor's wait runs out),
@@ -50,18 +52,6 @@ export function isLocalClient(clientIp: string, server: LocalEndpoint): boolean 
   return isLocalAddress(clientIp) && (balanced === undefined || isLocalAddress(balanced.balancerIp));
 }
 
-/**
- * The address and port the client's own socket is connected to: the listener's (the accepted
- * socket's local end), or, for a client a balancer named, the balancer's front the PROXY header
- * names. The client's socket is that 4-tuple in the socket tables; the one with this listener's
- * end is the balancer's (or, on a shared port, an unrelated direct client's).
- */
-export function clientReached(server: LocalEndpoint): { ip: string; port: number } {
-  const balanced = server[kBalanced];
-  if (balanced !== undefined) return { ip: balanced.reachedIp, port: balanced.reachedPort };
-  return { ip: server.localAddress ?? '', port: server.localPort ?? 0 };
-}
-
 function lookUpLocal(attributor: ProcessAttributor, clientIp: string, clientPort: number, serverIp: string, serverPort: number, proto: 'tcp' | 'udp'): LocalLookup {
   let settle: (p: ProcessInfo | null) => void = () => undefined;
   const eventual = new Promise<ProcessInfo | null>((resolve) => {
@@ -79,7 +69,7 @@ export async function attachProcess(ctx: GatewayContext, flow: Flow, attribution
   const process = await attribution.timely;
   if (process && flow.state === 'active') {
     // An agent report may have named the flow first (kept: SPEC §7, the first to name it stands).
-    const kept = ctx.flows.attribute(flow.client.ip, flow.client.port, clientTransport(flow.protocol), process)?.identity.process;
+    const kept = ctx.flows.attribute(flow.client.ip, flow.client.port, clientTransport(flow.protocol), process, null, flow.endpoint === null ? null : clientReached(flow.endpoint))?.identity.process;
     if (kept && kept !== process && (kept.pid !== process.pid || kept.name !== process.name)) {
       ctx.log.warn({ flowId: flow.id, kept: { pid: kept.pid, name: kept.name, source: kept.source ?? null }, local: { pid: process.pid, name: process.name } }, 'local attribution names another process than the live flow already has: kept the first');
     }

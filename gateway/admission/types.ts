@@ -128,3 +128,15 @@ export interface Refused {
   /** Killed while admission awaited (admin DELETE, a late report's detector, the drain's end), not refused. */
   isKilled?: true;
 }
+
+/**
+ * The address and port the client's own socket is connected to: the listener's (the accepted
+ * socket's local end), or, for a client a balancer named, the balancer's front the PROXY header
+ * names. The client's socket is that 4-tuple in the socket tables; the one with this listener's
+ * end is the balancer's (or, on a shared port, an unrelated direct client's).
+ */
+export function clientReached(server: LocalEndpoint): { ip: string; port: number } {
+  const balanced = server[kBalanced];
+  if (balanced !== undefined) return { ip: balanced.reachedIp, port: balanced.reachedPort };
+  return { ip: server.localAddress ?? '', port: server.localPort ?? 0 };
+}

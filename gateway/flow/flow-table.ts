@@ -12,12 +12,14 @@ import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Decision, MatchedRule, ProcessInfo, Protocol } from '../../policy/types.ts';
-import { Flow, type FlowInit, type FlowLeg, type FlowRecord, KILLED_WHILE_DIALLING, type KnownDestination, type RoutedFlow, withProcess } from './flow.ts';
+import { Flow, type FlowInit, type FlowLeg, type FlowRecord, KILLED_WHILE_DIALLING, type KnownDestination, type RoutedFlow, type SocketEnd, withProcess } from './flow.ts';
 import type { FlowSink } from './flow-log.ts';
 import { normaliseHost } from '../protocol/authority.ts';
 import { hostKey } from '../../policy/host-pattern.ts';
 import { LiveFlows } from './live-flows.ts';
 import { processBytes } from '../pending-reports.ts';
+import { normalizeIp } from '../../agent/attribution.ts';
+import { clientReached, type LocalEndpoint } from '../admission/types.ts';
 
 /**
  * Legs (per-destination counters of SOCKS5 UDP associations) the gateway keeps at most; beyond, a new
@@ -115,6 +117,13 @@ function clientKey(transport: ClientTransport, ip: string, port: number): string
   return `${transport}|${ip}:${port}`;
 }
 
+/** Whether a client socket to `endpoint` is the one seen connected to `remote` (`::ffff:127.0.0.1` is 127.0.0.1). */
+function reaches(endpoint: LocalEndpoint | null | undefined, remote: SocketEnd): boolean {
+  if (endpoint === null || endpoint === undefined) return false;
+  const end = clientReached(endpoint);
+  return end.port === remote.port && (end.ip === remote.ip || normalizeIp(end.ip) === normalizeIp(remote.ip));
+}
+
 /** Key under which limits are counted: the user if known, else the host, else the client address. */
 export function identityKey(flow: Pick<Flow, 'identity' | 'client'>): string {
   return flow.identity.user ? `u:${flow.identity.user}` : flow.identity.host ? `h:${flow.identity.host}` : `a:${flow.client.ip}`;
@@ -166,6 +175,12 @@ export class FlowTable extends EventEmitter {
   private readonly byClient = new Map<string, string>();
   /** A live SOCKS5 UDP association's control connection "tcp|ip:port" → the association's id. */
   private readonly byControl = new Map<string, string>();
+  /**
+   * Client address → ids of older live flows byClient no longer names, oldest first: Linux gives
+   * connect() one ephemeral port for sockets to different ends (only the 4-tuple is unique), so a
+   * tunnel to the HTTP listener and a SOCKS5 connection may share one. Empty but for such overlaps.
+   */
+  private readonly sharedClient = new Map<string, string[]>();
   private readonly perIdentity = new Map<string, number>();
   /**
    * Limit key → its new-flow bucket, in the order the buckets were last used (a key used again is
@@ -223,6 +238,12 @@ export class FlowTable extends EventEmitter {
     const ck = clientKey(clientTransport(init.protocol), init.client.ip, init.client.port);
     flow.clientKey = ck;
     if (init.isAddressIndexed !== false) {
+      const older = this.byClient.get(ck);
+      if (older !== undefined && this.active.get(older)?.state === 'active') {
+        const shared = this.sharedClient.get(ck);
+        if (shared === undefined) this.sharedClient.set(ck, [older]);
+        else shared.push(older);
+      }
       this.byClient.set(ck, id);
       if (init.controlPort !== undefined) {
         flow.controlKey = clientKey('tcp', init.client.ip, init.controlPort);
@@ -402,16 +423,25 @@ export class FlowTable extends EventEmitter {
    * and tells of a disagreement). Only a UDP association named by its control connection takes its
    * datagram socket's report over it.
    */
-  attribute(ip: string, port: number, transport: ClientTransport, process: ProcessInfo, stillValid: (() => boolean) | null = null): Flow | null {
+  attribute(ip: string, port: number, transport: ClientTransport, process: ProcessInfo, stillValid: (() => boolean) | null = null, remote: SocketEnd | null = null): Flow | null {
     const ck = clientKey(transport, ip, port);
-    const flow = this.liveAt(this.byClient, ck);
+    // The TCP control connection of a SOCKS5 UDP association (RFC 1928 §7: open for the
+    // association's life, in practice held by the process that sends its datagrams). Agents
+    // rarely see the datagram socket itself: an unconnected one has no remote address to tell
+    // it is the gateway's. The datagram socket's own report, when it comes, is the one the bytes
+    // come from: never replaced by the control connection's.
+    const controlled = transport === 'tcp' && this.byControl.size > 0 ? this.liveAt(this.byControl, ck) : undefined;
+    let flow = this.liveAt(this.byClient, ck);
+    let association = flow === undefined ? controlled : undefined;
+    // Several live sockets at the client address (each to another end): the one connected to the
+    // report's remote end, if any is; else the newest, as when the address is translated.
+    if (remote !== null && (this.sharedClient.has(ck) || (flow !== undefined && controlled !== undefined)) && !reaches(flow?.endpoint, remote)) {
+      const other = this.sharedClient.get(ck)?.findLast((id) => reaches(this.active.get(id)?.endpoint, remote));
+      const shared = other === undefined ? undefined : this.active.get(other);
+      if (shared?.state === 'active') flow = shared;
+      else if (controlled !== undefined && reaches(controlled.controlEndpoint, remote)) [flow, association] = [undefined, controlled];
+    }
     if (flow === undefined) {
-      // The TCP control connection of a SOCKS5 UDP association (RFC 1928 §7: open for the
-      // association's life, in practice held by the process that sends its datagrams). Agents
-      // rarely see the datagram socket itself: an unconnected one has no remote address to tell
-      // it is the gateway's. The datagram socket's own report, when it comes, is the one the bytes
-      // come from: never replaced by the control connection's.
-      const association = transport === 'tcp' && this.byControl.size > 0 ? this.liveAt(this.byControl, ck) : undefined;
       if (association !== undefined) {
         if (association.identity.process) return association;
         association.identity = withProcess(association.identity, process);
@@ -430,6 +460,27 @@ export class FlowTable extends EventEmitter {
     // connection's earlier flow (http-proxy.ts).
     this.emit('attributed', flow);
     return flow;
+  }
+
+  /**
+   * A flow at client address `ck` closed: `id` out of the older ones, or (null) the one byClient
+   * named, whose place the newest older one still live takes.
+   */
+  private unshare(ck: string, id: string | null): void {
+    const shared = this.sharedClient.get(ck);
+    if (shared === undefined) return;
+    if (id !== null) {
+      const at = shared.indexOf(id);
+      if (at >= 0) shared.splice(at, 1);
+    } else {
+      // Newest first; every id left is live (a flow's close takes it out), the check is a guard.
+      for (let next = shared.pop(); next !== undefined; next = shared.pop()) {
+        if (this.active.get(next)?.state !== 'active') continue;
+        this.byClient.set(ck, next);
+        break;
+      }
+    }
+    if (shared.length === 0) this.sharedClient.delete(ck);
   }
 
   /** The live flow `index` holds under `key`, if any. */
@@ -484,8 +535,14 @@ export class FlowTable extends EventEmitter {
     flow.endedAt = this.now();
     if (flow.bytesOut + flow.bytesIn !== flow.lastSampleBytes) flow.lastActivityAt = flow.endedAt;
     this.active.delete(flow);
+    // Its sockets are not kept past its life (a closed flow may stay listed).
+    flow.endpoint = null;
+    flow.controlEndpoint = null;
     const ck = flow.clientKey;
-    if (this.byClient.get(ck) === flow.id) this.byClient.delete(ck);
+    if (this.byClient.get(ck) === flow.id) {
+      this.byClient.delete(ck);
+      if (this.sharedClient.size > 0) this.unshare(ck, null);
+    } else if (this.sharedClient.size > 0) this.unshare(ck, flow.id);
     if (flow.controlKey !== '' && this.byControl.get(flow.controlKey) === flow.id) this.byControl.delete(flow.controlKey);
     const key = flow.limitKey;
     const n = (this.perIdentity.get(key) ?? 1) - 1;

@@ -5,6 +5,7 @@
  */
 import { communityId } from './community-id.ts';
 import type { Decision, DetectorName, Identity, MatchedRule, ProcessInfo, Protocol, ReasonCode, Verdict } from '../../policy/types.ts';
+import type { LocalEndpoint } from '../admission/types.ts';
 
 export type FlowState = 'active' | 'closed';
 
@@ -105,6 +106,21 @@ export interface FlowInit {
    * grace, was about an earlier connection from the same port and names nothing.
    */
   connectedAt?: number | undefined;
+  /**
+   * The client's socket to us (a UDP association's: its relay), and its control connection's, if
+   * known: where it is connected to (the listener's end, or the balancer's front a PROXY header
+   * names) tells two live flows from one client address and port apart (FlowTable.attribute). Kept,
+   * not read: each first read of a socket's local address is a getsockname() system call, and only a
+   * report about a shared client address needs it.
+   */
+  endpoint?: LocalEndpoint | undefined;
+  controlEndpoint?: LocalEndpoint | undefined;
+}
+
+/** One end of a socket as the flow table compares it with an agent report's remote end. */
+export interface SocketEnd {
+  readonly ip: string;
+  readonly port: number;
 }
 
 /** The JSON record written to the flow log and served by the admin API (SPEC §5). */
@@ -239,6 +255,9 @@ export class Flow {
   clientKey = '';
   /** A SOCKS5 UDP association's control connection, "tcp|ip:port" (FlowInit.controlPort); else ''. */
   controlKey = '';
+  /** FlowInit.endpoint and .controlEndpoint while the flow lives (the flow table lets go at its close); null when not known. */
+  endpoint: LocalEndpoint | null;
+  controlEndpoint: LocalEndpoint | null;
   /**
    * True: the flow table closes it without writing its record, and counts it instead (a refusal
    * while the flow log cannot be written and its backlog already holds many; admission.ts).
@@ -260,6 +279,8 @@ export class Flow {
     this.startedAt = init.startedAt ?? now;
     this.lastActivityAt = this.startedAt;
     this.lastInterimAt = now;
+    this.endpoint = init.endpoint ?? null;
+    this.controlEndpoint = init.controlEndpoint ?? null;
   }
 
   /** Apply a decision's fields (FlowTable calls this). */
