@@ -234,19 +234,24 @@ export function wrapWithProxyProtocol<S extends Server>(server: S, opts: ProxyPr
  * TCP handle for its peer again, not the socket. So the peer the socket was accepted with (or a
  * PROXY header's source) is copied onto the TLSSocket before node:https, the identity code or a flow
  * record reads it: the kernel no longer knows the peer of a connection the client has since reset.
+ * A failed handshake's TLSSocket gets it too, before `client TLS refused` is logged: behind a load
+ * balancer that line named the balancer, not the client its PROXY header named.
  */
 export function carryRemoteToTls(server: TlsServer): void {
-  server.prependListener('secureConnection', (tlsSocket: TLSSocket) => {
-    // `_parent`: the socket a TLSSocket was made from (node has set it since its first TLS wrap).
-    const raw = (tlsSocket as TLSSocket & { _parent?: Socket | null })._parent;
-    if (!raw) return;
-    const acceptedAt = (raw as BalancedSocket)[kAcceptedAt];
-    if (acceptedAt !== undefined) (tlsSocket as BalancedSocket)[kAcceptedAt] = acceptedAt;
-    if (raw.remoteAddress === undefined) return;
-    defineRemote(tlsSocket, raw.remoteAddress, raw.remotePort ?? 0, raw.remoteFamily === 'IPv6' ? 'IPv6' : 'IPv4');
-    const balanced = (raw as BalancedSocket)[kBalanced];
-    if (balanced !== undefined) (tlsSocket as BalancedSocket)[kBalanced] = balanced;
-  });
+  server.prependListener('secureConnection', carryRemote);
+  server.prependListener('tlsClientError', (_err: Error, tlsSocket: TLSSocket) => carryRemote(tlsSocket));
+}
+
+function carryRemote(tlsSocket: TLSSocket): void {
+  // `_parent`: the socket a TLSSocket was made from (node has set it since its first TLS wrap).
+  const raw = (tlsSocket as TLSSocket & { _parent?: Socket | null })._parent;
+  if (!raw) return;
+  const acceptedAt = (raw as BalancedSocket)[kAcceptedAt];
+  if (acceptedAt !== undefined) (tlsSocket as BalancedSocket)[kAcceptedAt] = acceptedAt;
+  if (raw.remoteAddress === undefined) return;
+  defineRemote(tlsSocket, raw.remoteAddress, raw.remotePort ?? 0, raw.remoteFamily === 'IPv6' ? 'IPv6' : 'IPv4');
+  const balanced = (raw as BalancedSocket)[kBalanced];
+  if (balanced !== undefined) (tlsSocket as BalancedSocket)[kBalanced] = balanced;
 }
 
 /** A socket the front handed over with a PROXY header's addresses (see BalancedEndpoints). */

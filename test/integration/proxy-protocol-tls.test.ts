@@ -15,7 +15,7 @@ import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeProxyV1, encodeProxyV2 } from '../../gateway/protocol/proxy-protocol.ts';
 import { echoOrigin, refusingPorts, type TcpOrigin } from '../helpers/detection-live.ts';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { startTestGateway, type TestGateway, until } from '../helpers/gateway.ts';
 import { killIfRunning } from '../helpers/serve-process.ts';
 import { skipNotice } from '../helpers/skip-notice.ts';
 import { createTestPki, type TestPki } from '../helpers/tls.ts';
@@ -108,6 +108,32 @@ describe('PROXY protocol before TLS on the HTTPS listener (trusted 127.0.0.1/32)
     });
     expect(failed).not.toBe('connected');
     expect(gw.logs.some((l) => l.msg === 'PROXY protocol: connection refused' && l['listener'] === 'https' && l['why'] === 'trusted source sent no PROXY header')).toBe(true);
+  });
+
+  // Regression: `client TLS refused` named the balancer (127.0.0.1), not the client its header
+  // named: node's TLS socket asks the TCP handle for its peer, and only a finished handshake had the
+  // claimed address copied onto it (carryRemoteToTls).
+  it('a handshake that fails or times out after the header is logged with the claimed client', async () => {
+    const from = gw.logs.length;
+    const closed: Array<Promise<unknown>> = [];
+    const plain = await rawConnect(httpsPort);
+    plain.on('error', () => undefined);
+    sockets.add(plain);
+    closed.push(once(plain, 'close'));
+    plain.write(Buffer.concat([encodeProxyV1({ ...CLAIMED, srcPort: 4445 }), Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n', 'latin1')]));
+    const silent = await rawConnect(httpsPort);
+    silent.on('error', () => undefined);
+    sockets.add(silent);
+    closed.push(once(silent, 'close'));
+    silent.write(encodeProxyV2({ ...CLAIMED, srcIp: '2001:db8::7', dstIp: '2001:db8::1' }));
+    // The HTTP request at once, the silent client at headerTimeoutMs (1 s).
+    await Promise.all(closed);
+    await until('both refusals logged', () => gw.logs.slice(from).filter((l) => l.msg === 'client TLS refused').length >= 2);
+    const refused = gw.logs.slice(from).filter((l) => l.msg === 'client TLS refused').map((l) => [l['client'], l['tls'], l['code']]);
+    expect(refused.sort()).toEqual([
+      ['2001:db8::7', 'ERR_TLS_HANDSHAKE_TIMEOUT', 'EGW_HEADER_TIMEOUT'],
+      [CLAIMED.srcIp, 'ERR_SSL_HTTP_REQUEST', 'EGW_BAD_REQUEST'],
+    ]);
   });
 });
 
