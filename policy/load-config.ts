@@ -131,6 +131,17 @@ function crossChecks(raw: Record<string, unknown>, errors: ConfigError[]): void 
   if (isPlainObject(raw['admin'])) uniqueNames(raw['admin']['tokens'], 'admin.tokens', 'token');
   uniqueTokens(isPlainObject(raw['admin']) ? raw['admin']['tokens'] : undefined, identity['agents'], errors);
   checkRoles(raw['defaultRoles'], 'defaultRoles');
+  httpsNeedsTls(raw, errors);
+}
+
+/**
+ * `listen.https` is made only with `tls` (its certificate and key): without it `serve` made no
+ * HTTPS listener and said nothing, so clients sent to that address met a closed port.
+ */
+function httpsNeedsTls(raw: Record<string, unknown>, errors: ConfigError[]): void {
+  const https = isPlainObject(raw['listen']) ? raw['listen']['https'] : undefined;
+  if (typeof https !== 'string' || (raw['tls'] !== undefined && raw['tls'] !== null)) return;
+  addError(errors, { path: 'listen.https', message: 'needs tls (cert and key): the HTTPS listener serves its certificate; without tls no listener is made' });
 }
 
 /**
