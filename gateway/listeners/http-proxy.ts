@@ -154,6 +154,19 @@ export function createHttpProxy(ctx: GatewayContext, opts: HttpProxyOptions = {}
   // close_notify and FIN would end our side before the answer.
   // An origin silent for finGraceMs after the FIN ends the flow (http-origin-exchange.ts clientHalfClosed).
   (server as { httpAllowHalfOpen?: boolean }).httpAllowHalfOpen = true;
+  // ...but only once the handshake is done. node's TLS socket takes allowHalfOpen from the TCP socket
+  // it wraps; half-open during the handshake, a TLS 1.3 client whose FIN came with (or right after)
+  // its Finished was never seen to end: the connection, and its place in maxConnectionsPerSource,
+  // stayed until limits.headerTimeoutMs (a TLS health check's handshake-then-close held one each).
+  // So the TCP socket is not half-open (its TLS socket ends with the FIN) until 'secureConnection'.
+  if (opts.tls) {
+    server.prependListener('connection', (socket: Socket) => {
+      socket.allowHalfOpen = false;
+    });
+    server.prependListener('secureConnection', (socket: TLSSocket) => {
+      socket.allowHalfOpen = true;
+    });
+  }
 
   let strippedFor: PolicySnapshot | null = null;
   let stripped: ReadonlySet<string> = new Set();

@@ -180,6 +180,38 @@ describe('limits.maxConnectionsPerSource', () => {
     }
   });
 
+  // Regression: a TLS 1.3 client that closed (FIN, no close_notify) right after its handshake, as a
+  // TLS health check does, was never seen to end: node's TLS socket, half-open from the handshake on,
+  // lost the FIN that came with the client's Finished, and the connection held its place until
+  // limits.headerTimeoutMs (here a minute). Now the socket is half-open only once the handshake is done.
+  it('the HTTPS listener: a client that closes right after its handshake gives its place back at once', async () => {
+    const pki: TestPki = await createTestPki({});
+    try {
+      gw = await startTestGateway({
+        listen: { https: '127.0.0.1:0' },
+        tls: { cert: pki.server.certPath, key: pki.server.keyPath },
+        limits: { maxConnectionsPerSource: 1, headerTimeoutMs: 60_000 },
+      });
+      const g = gw;
+      const httpsPort = Number((g.https as string).split(':').pop());
+      const handshake = async () => {
+        const s = tlsConnect({ socket: await open(httpsPort, FLOODER), ca: pki.ca.cert, host: '127.0.0.1' });
+        s.on('error', () => undefined);
+        await once(s, 'secureConnect');
+        return s;
+      };
+      const httpsActive = async () => Number(/^gw_downstream_cx_active\{listener="https"\} (\d+)$/m.exec((await adminGet(g, '/metrics')).text)?.[1] ?? Number.NaN);
+      for (let i = 0; i < 3; i++) {
+        (await handshake()).destroy();
+        await until(`health check ${i + 1} closed by the gateway`, async () => (await httpsActive()) === 0, 10_000);
+      }
+      expect(await connectThrough(await handshake())).toBe('HTTP/1.1 200 Connection Established');
+      expect(await metric(g, 'gw_downstream_cx_source_limited_total')).toBe(0);
+    } finally {
+      await pki.cleanup();
+    }
+  }, 45_000);
+
   it('0 turns it off; a reload that sets a limit applies to connections already open', async () => {
     gw = await startTestGateway({ limits: { maxConnectionsPerSource: 0 } });
     const g = gw;
