@@ -141,14 +141,15 @@ export async function handleConnect(state: HttpListenerState, req: RequestHead, 
   const version = req.httpVersionMajor === undefined ? null : httpVersionFault(req.httpVersionMajor);
   if (version !== null) {
     hold.release();
-    ctx.log.warn({ client: req.socket.remoteAddress, why: version }, 'bad CONNECT request refused');
-    writeRawRefusal(socket, mapError(shapeRefusalCode(version)), { flowId: null, isBlock: false });
+    const code = shapeRefusalCode(version);
+    ctx.log.warn({ client: req.socket.remoteAddress, code, why: version }, 'bad CONNECT request refused');
+    writeRawRefusal(socket, mapError(code), { flowId: null, isBlock: false });
     return;
   }
   const authority = parseAuthority(req.url ?? '', null);
   if (!authority) {
     hold.release();
-    ctx.log.warn({ client: req.socket.remoteAddress, target: loggedTarget(req.url ?? '') }, 'bad CONNECT target refused');
+    ctx.log.warn({ client: req.socket.remoteAddress, code: 'EGW_BAD_REQUEST', target: loggedTarget(req.url ?? '') }, 'bad CONNECT target refused');
     writeRawRefusal(socket, mapError('EGW_BAD_REQUEST'), { flowId: null, isBlock: false });
     return;
   }
@@ -159,8 +160,9 @@ export async function handleConnect(state: HttpListenerState, req: RequestHead, 
   const repeated = hostFieldFault(req.headers, req.rawHeaders) ?? connectContentFault(req.headers) ?? state.repeatedCredential(req) ?? expectationFault(req);
   if (repeated !== null) {
     hold.release();
-    ctx.log.warn({ client: req.socket.remoteAddress, why: repeated }, 'bad CONNECT request refused');
-    writeRawRefusal(socket, mapError(shapeRefusalCode(repeated)), { flowId: null, isBlock: false });
+    const code = shapeRefusalCode(repeated);
+    ctx.log.warn({ client: req.socket.remoteAddress, code, why: repeated }, 'bad CONNECT request refused');
+    writeRawRefusal(socket, mapError(code), { flowId: null, isBlock: false });
     return;
   }
   const result = await state.admitRequest(req, 'connect', authority.host, authority.port, hold);

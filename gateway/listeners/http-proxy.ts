@@ -398,8 +398,9 @@ async function onRequest(state: HttpListenerState, req: IncomingMessage, res: Se
     (target.ok ? (smugglingShape(req) ?? state.repeatedCredential(req) ?? maxForwardsFault(req.method, req.headers['max-forwards'], req.rawHeaders) ?? expectationFault(req)) : null);
   if (!target.ok || shape) {
     const why = shape ?? (target.ok ? null : target.reason);
-    ctx.log.warn({ client: req.socket.remoteAddress, method: req.method, why }, 'bad proxy request refused');
-    sendRefusal(res, mapError(shape ? shapeRefusalCode(shape) : 'EGW_BAD_REQUEST'), { flowId: null, isBlock: false }, true);
+    const code = shape ? shapeRefusalCode(shape) : 'EGW_BAD_REQUEST';
+    ctx.log.warn({ client: req.socket.remoteAddress, method: req.method, code, why }, 'bad proxy request refused');
+    sendRefusal(res, mapError(code), { flowId: null, isBlock: false }, true);
     return;
   }
   // Pipelined requests are admitted one after another, so a 429 stops the ones behind it before

@@ -281,8 +281,9 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
   const shape = smuggling ?? (target.ok && (req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0')) ? 'upgrade-with-body' : null);
   if (!target.ok || shape) {
     hold.release();
-    ctx.log.warn({ client: req.socket.remoteAddress, why: shape ?? (target.ok ? null : target.reason) }, 'bad upgrade request refused');
-    writeRawRefusal(socket, mapError(smuggling ? shapeRefusalCode(smuggling) : 'EGW_BAD_REQUEST'), { flowId: null, isBlock: false });
+    const code = smuggling ? shapeRefusalCode(smuggling) : 'EGW_BAD_REQUEST';
+    ctx.log.warn({ client: req.socket.remoteAddress, code, why: shape ?? (target.ok ? null : target.reason) }, 'bad upgrade request refused');
+    writeRawRefusal(socket, mapError(code), { flowId: null, isBlock: false });
     return;
   }
   const result = await state.admitRequest(req, 'http', target.host, target.port, hold);
