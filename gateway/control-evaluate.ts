@@ -5,7 +5,8 @@
  * running gateway's detection state, read and not changed, and its refusal of a dial to its own
  * listeners. With `identity.requireAuth` on, a connection that names no user is refused
  * `auth-required` first, as admission's step 1 refuses it (unauthenticated). No DNS (a name's address comes from
- * `resolver.hosts`, or from the caller's `ip`), no flow opened, nothing counted, no alert raised.
+ * `resolver.hosts`, or from the caller's `ip`; a name under `localhost` is 127.0.0.1, as the
+ * gateway's resolver answers it without DNS), no flow opened, nothing counted, no alert raised.
  */
 import { isIP } from 'node:net';
 import { parseIp } from '../policy/cidr.ts';
@@ -15,6 +16,7 @@ import type { EvaluateOutcome, EvaluateQuery } from './control.ts';
 import { dryRunConnect, type LiveDetection } from './detection/dry-run.ts';
 import { HostInventory } from './identity/host-inventory.ts';
 import { parseAuthority } from './protocol/authority.ts';
+import { isUnderLocalhost, LOCALHOST_NAME_ADDRESS } from './upstream/resolve.ts';
 
 /**
  * The running gateway's self-dial refusal (admission/self-dial.ts selfDialDecision) for `ip:port`, or null;
@@ -31,6 +33,18 @@ function inventoryOf(snapshot: PolicySnapshot): HostInventory {
     inventories.set(snapshot, inv);
   }
   return inv;
+}
+
+/**
+ * The address a dry run judges the name `host` (lower case, no trailing dot: parseAuthority) on
+ * without DNS, and where it came from: the policy's `resolver.hosts`, else for a name under
+ * `localhost` the address the gateway's resolver answers it first without asking DNS
+ * (upstream/resolve.ts isUnderLocalhost), else null: only a lookup would tell.
+ */
+export function addressWithoutDns(snapshot: PolicySnapshot, host: string): { ip: string; source: 'resolver.hosts' | 'localhost' } | null {
+  const ip = snapshot.staticAddress(host);
+  if (ip !== null) return { ip, source: 'resolver.hosts' };
+  return isUnderLocalhost(host) ? { ip: LOCALHOST_NAME_ADDRESS, source: 'localhost' } : null;
 }
 
 /**
@@ -89,7 +103,7 @@ export function evaluateConnection(
         }
       : null,
   };
-  const destIp = q.ip ?? (dest.isIp ? dest.host : snapshot.staticAddress(dest.host));
+  const destIp = q.ip ?? (dest.isIp ? dest.host : (addressWithoutDns(snapshot, dest.host)?.ip ?? null));
   const protocol = q.protocol ?? 'connect';
   const facts: ConnectFacts = {
     protocol,

@@ -6,8 +6,9 @@
  * quarantine, fan-out windows, first-seen history or recent detector firings (`detectors.state`
  * "none" says so).
  *
- * No network: the destination address comes from `--ip`, an IP literal in `--dest`, or the
- * policy's `resolver.hosts`; otherwise `destIp` is null and the output says deny ranges and CIDR
+ * No network: the destination address comes from `--ip`, an IP literal in `--dest`, the policy's
+ * `resolver.hosts`, or for a name under `localhost` 127.0.0.1 (as the gateway answers it, no DNS);
+ * otherwise `destIp` is null and the output says deny ranges and CIDR
  * entries were not checked. With identity.requireAuth on, a connection without --user is refused
  * auth-required, as the gateway refuses one that did not log in. Exit 0 with any verdict, 1 on an invalid policy, 2 on usage errors.
  */
@@ -17,7 +18,7 @@ import { parseIp } from '../../policy/cidr.ts';
 import { compilePolicy } from '../../policy/compile.ts';
 import { loadConfigFile } from '../../policy/load-config.ts';
 import type { ConnectFacts, Identity, Mode, Protocol } from '../../policy/types.ts';
-import { unauthenticatedRefusal } from '../control-evaluate.ts';
+import { addressWithoutDns, unauthenticatedRefusal } from '../control-evaluate.ts';
 import { dryRunConnect } from '../detection/dry-run.ts';
 import { HostInventory } from '../identity/host-inventory.ts';
 import { parseAuthority } from '../protocol/authority.ts';
@@ -38,8 +39,8 @@ matchedRule (role, allow index, entry), reasons, plus the identity and destinati
 The connect-time detectors (proxyware, scanner and exfil tools, lineage) judge it as the gateway
 would, with the policy's detector settings: findings lists what they found, detectors which were
 judged or skipped. No running gateway: quarantine, fan-out and first-seen history are not consulted.
-No DNS lookups: the destination address is --ip, an IP in --dest, or resolver.hosts; otherwise
-destIp is null and deny ranges / CIDR entries are not evaluated. With identity.requireAuth on,
+No DNS lookups: the destination address is --ip, an IP in --dest, resolver.hosts, or 127.0.0.1
+for a name under localhost (as the gateway answers it); otherwise destIp is null and deny ranges / CIDR entries are not evaluated. With identity.requireAuth on,
 no --user is a client that did not log in: block auth-required, as the gateway answers 407.
 
 options:
@@ -132,9 +133,9 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
       ? { pid: 0, name: values.process, exe: null, cmdline: null, user: null, uid: null, loginuid: null, ppid: null, parentName: null, parentExe: null }
       : null,
   };
-  const staticIp = dest.isIp ? null : snapshot.staticAddress(dest.host);
-  const destIp = values.ip ?? (dest.isIp ? dest.host : staticIp);
-  const destIpSource = values.ip !== undefined ? '--ip' : dest.isIp ? 'literal' : staticIp !== null ? 'resolver.hosts' : null;
+  const known = dest.isIp ? null : addressWithoutDns(snapshot, dest.host);
+  const destIp = values.ip ?? (dest.isIp ? dest.host : (known?.ip ?? null));
+  const destIpSource = values.ip !== undefined ? '--ip' : dest.isIp ? 'literal' : (known?.source ?? null);
   const facts: ConnectFacts = {
     protocol,
     clientIp: source ?? '127.0.0.1',

@@ -142,6 +142,12 @@ class TtlCache<V extends {}> {
  */
 const LOOPBACK_ANSWER: string[] = ['127.0.0.1', '::1'];
 
+/**
+ * The address admission judges a name under `localhost` on (the answer's first IPv4: lookUp), for
+ * the dry runs that look nothing up (control-evaluate.ts addressWithoutDns).
+ */
+export const LOCALHOST_NAME_ADDRESS = LOOPBACK_ANSWER[0] as string;
+
 /** Whether `host` (lower case, no trailing dot: gateway/protocol/authority.ts) is a name under `localhost`. */
 export function isUnderLocalhost(host: string): boolean {
   return host.length > 10 && host.endsWith('.localhost');
