@@ -28,10 +28,18 @@ function ipv4Bytes(ip: string): Buffer {
   return Buffer.from(ip.split('.').map(Number));
 }
 
-function ipv6Bytes(ip: string): Buffer {
-  const [head = '', tail = ''] = ip.split('::');
+/**
+ * The 16 bytes of an IPv6 address (an AAAA record's data), `::` and a dotted IPv4 tail
+ * (`::ffff:127.0.0.5`, RFC 4291 §2.2 form 3) included.
+ */
+export function ipv6Bytes(ip: string): Buffer {
+  const dotted = ip.lastIndexOf(':');
+  const tail4 = ip.includes('.', dotted) ? ipv4Bytes(ip.slice(dotted + 1)) : null;
+  // The dotted tail is the last two groups, in hex.
+  const text = tail4 === null ? ip : `${ip.slice(0, dotted + 1)}${tail4.readUInt16BE(0).toString(16)}:${tail4.readUInt16BE(2).toString(16)}`;
+  const [head = '', tail = ''] = text.split('::');
   const h = head === '' ? [] : head.split(':');
-  const t = ip.includes('::') ? (tail === '' ? [] : tail.split(':')) : [];
+  const t = text.includes('::') ? (tail === '' ? [] : tail.split(':')) : [];
   const groups = [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
   const out = Buffer.alloc(16);
   for (let i = 0; i < 8; i++) out.writeUInt16BE(Number.parseInt(groups[i] as string, 16), i * 2);
