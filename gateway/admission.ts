@@ -305,7 +305,10 @@ export function refuseDialsAfterChange(ctx: GatewayContext): void {
     }
     if (decision?.verdict !== 'block') continue;
     ctx.flows.redecide(flow, decision, true);
-    // A detector's refusal is killed with its name, as at admission and a late report's kill.
+    // A detector's refusal is killed with its name, as a late agent report's kill is: closeReason
+    // `an0081.proxyware` …, the client answered as at admission (403 / 0x02 naming the detector).
+    // Not the record admission writes: a refusal there closes with the decision's reason, `detector`
+    // (refusals.ts refuse). Both documented in docs/spec-notes.md; SPEC §5 names no closeReason values.
     ctx.flows.kill(flow.id, decision.reason === 'detector' && decision.detector !== null ? decision.detector : decision.reason);
   }
 }
