@@ -284,6 +284,8 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   // The sweep's timing follows the running policy (a reload, PUT /v1/policy, a rollback).
   policy.on('change', ({ snapshot, previous }: PolicyChange) => {
     flows.retime(snapshot.config.detection.sampleIntervalMs, snapshot.config.flowLog.interimSec);
+    // How many alerts GET /v1/alerts and a stream's resume can reach: the running policy's.
+    alerts.resize(snapshot.config.alerts.keep);
     // Flows whose names are being looked up are not established: judged on the new policy at once.
     refuseLookupsAfterChange(ctx);
     // Nor are flows being dialled: one the new policy refuses is killed with that refusal.

@@ -41,7 +41,7 @@ export interface AlertStoreOptions {
 export class AlertStore<A extends AlertLike = AlertLike> {
   private readonly ring: Array<AlertEvent<A>> = [];
   private start = 0;
-  private readonly keep: number;
+  private keep: number;
   private seq = 0;
   private readonly subscribers = new Set<(event: AlertEvent<A>) => void>();
 
@@ -66,6 +66,21 @@ export class AlertStore<A extends AlertLike = AlertLike> {
       }
     }
     return event.eventId;
+  }
+
+  /**
+   * Keep `keep` alerts from now on (`alerts.keep` after a reload, push or rollback): the newest of
+   * those held stay, oldest first, and event ids go on. O(alerts held), once per change.
+   */
+  resize(keep: number): void {
+    const next = Math.max(1, keep);
+    if (next === this.keep) return;
+    const held = Array.from(this.chronological());
+    // No spread into push: a ring of 100,000s of alerts is too many arguments for one call.
+    this.ring.length = 0;
+    for (let i = Math.max(0, held.length - next); i < held.length; i++) this.ring.push(held[i] as AlertEvent<A>);
+    this.start = 0;
+    this.keep = next;
   }
 
   /** The id of the newest alert ever added (`firstEventId` = none). */
