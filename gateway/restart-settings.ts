@@ -1,9 +1,10 @@
 /**
  * Settings a running gateway reads once, at start: its listeners, whether `tls` is on at all (its
  * files are read again on every reload: policy-writer.ts), where the flow log (and the audit log
- * beside it) and the detectors' state are written, how many closed flows the admin API keeps. A
- * reload or push that changes one of them is applied everywhere else; these keep their running
- * values until a restart, and restartOnlyChanges names them so the gateway can say so.
+ * beside it) and the detectors' state are written, how many closed flows the admin API keeps, how
+ * many identities and destinations the detectors track. A reload or push that changes one of them
+ * is applied everywhere else; these keep their running values until a restart, and
+ * restartOnlyChanges names them so the gateway can say so.
  */
 import { resolve } from 'node:path';
 import type { Config } from '../policy/config.ts';
@@ -15,6 +16,9 @@ const RESTART_ONLY: ReadonlyArray<[string, (c: Readonly<Config>) => unknown]> = 
   ['flowLog.path', (c) => filePath(c.flowLog.path)],
   ['flowLog.keepClosed', (c) => c.flowLog.keepClosed],
   ['state.path', (c) => filePath(c.state.path)],
+  // The detectors' tables are sized when their state is made (or read from state.path), at start.
+  ['detection.maxTrackedIdentities', (c) => c.detection.maxTrackedIdentities],
+  ['detection.maxTrackedDestinations', (c) => c.detection.maxTrackedDestinations],
 ];
 
 /** A file setting as the file it names: `logs/./flows.jsonl` and its absolute form are one file ("-" and null stay). */

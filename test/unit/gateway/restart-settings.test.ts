@@ -34,6 +34,16 @@ describe('restartOnlyChanges', () => {
     expect(restartOnlyChanges(running, stdout, running)).toEqual(['flowLog.path']);
   });
 
+  it("the detectors' table sizes wait for a restart: their state is made at start", () => {
+    const running = defaultConfig();
+    const smaller = defaultConfig();
+    smaller.detection.maxTrackedIdentities = 16;
+    smaller.detection.maxTrackedDestinations = 16;
+    smaller.detection.quarantineSec = 5;
+    expect(restartOnlyChanges(running, smaller, running)).toEqual(['detection.maxTrackedIdentities', 'detection.maxTrackedDestinations']);
+    expect(restartOnlyChanges(smaller, running, running)).toEqual([]);
+  });
+
   it('tls waits for a restart only when turned on or off: its files follow every reload', () => {
     const off = defaultConfig();
     const on = defaultConfig();
