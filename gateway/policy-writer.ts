@@ -16,12 +16,15 @@
  * start. The store is the one holder of the policy; this only orders the writes to it.
  */
 import type { Config } from '../policy/config.ts';
+import { isNoPolicyText } from '../policy/empty-policy.ts';
 import type { ConfigError } from '../policy/load-config.ts';
 import type { Mode, PolicySnapshot } from '../policy/types.ts';
 import type { Logger } from './context.ts';
 import type { PolicyStoreLike } from './control-port.ts';
 import { readTlsFiles, type TlsFilesResult, type TlsListenerFiles, type TlsSettings } from './listeners/tls-files.ts';
 import type { ConfigCheck, PolicyStore, PolicyVersion, ReloadMeta, ReloadResult } from './policy-store.ts';
+
+const NO_POLICY_FILE = 'the config file is empty (nothing, only comments, or null): a file caught half-written? The running policy stays; write {} in it for the built-in defaults';
 
 /** A reload from the config file; `isUnchanged`: the file said what was running (no new version). */
 export type FileReloadResult = ReloadResult & { readonly isUnchanged: boolean };
@@ -66,10 +69,15 @@ export class PolicyWriter implements PolicyStoreLike {
    * already serving makes no new version (which would push real versions out of the rollback
    * history), its TLS files read again all the same (a certificate renewed in place is taken). The
    * comparison is made in the write's turn, so a SIGHUP queued behind another sees its result.
+   * A text that is no policy (empty: policy/empty-policy.ts) is refused unless it is what runs.
    */
   reloadFile(text: string, meta: ReloadMeta = {}): Promise<FileReloadResult> {
     return this.serially(async () => {
       if (this.store.running().configText === text) return { ...(await this.retake()), isUnchanged: true };
+      // A file caught half-written (truncated, its text not there yet) would swap the built-in
+      // defaults in: monitor mode, no role and no admin token. serve may start on one; a reload
+      // replacing a running policy refuses it, as PUT /v1/policy does.
+      if (isNoPolicyText(text)) return { ok: false, errors: [{ path: '(root)', message: NO_POLICY_FILE }], isUnchanged: false };
       return { ...(await this.write(text, meta)), isUnchanged: false };
     });
   }

@@ -3,6 +3,7 @@
  * history, rollback, GET/PUT /v1/mode.
  */
 import type { ConfigIssue, PolicyView, WriteOutcome } from '../../gateway/control.ts';
+import { isNoPolicyText } from '../../policy/empty-policy.ts';
 import { duplicateJsonKeys } from '../../policy/json-duplicate-keys.ts';
 import { sendError } from '../errors.ts';
 import { redactConfig } from '../redact.ts';
@@ -72,9 +73,6 @@ function sendWrite(request: FastifyRequest, reply: FastifyReply, res: WriteOutco
 
 const policyErrors = { ...AuthErrors, 400: ErrorBody, 412: ErrorBody } as const;
 
-/** YAML's null document: blank lines, comments, document markers; or a null scalar alone. */
-const NULL_SCALAR = /^(?:null|Null|NULL|~)$/;
-
 /**
  * Why a policy body is no policy, or null. A body that is empty, only comments, or JSON `null`
  * (which the schema's string branch takes as "") parses to nothing, and nothing is the built-in
@@ -82,10 +80,8 @@ const NULL_SCALAR = /^(?:null|Null|NULL|~)$/;
  * A config file may be empty (`serve` on the defaults); an API write must say what it means (`{}`).
  */
 function emptyPolicy(body: unknown): ConfigIssue | null {
-  if (typeof body !== 'string') return null;
-  const text = body.trim();
-  const isEmpty = NULL_SCALAR.test(text) || text.split(/\r?\n/).every((line) => /^\s*(?:#.*)?$/.test(line) || /^(?:---|\.\.\.)\s*(?:#.*)?$/.test(line));
-  return isEmpty ? { path: '(root)', message: 'the policy is empty (no body, only comments, or null); a write replaces the whole policy: send it, or {} for the built-in defaults' } : null;
+  if (typeof body !== 'string' || !isNoPolicyText(body)) return null;
+  return { path: '(root)', message: 'the policy is empty (no body, only comments, or null); a write replaces the whole policy: send it, or {} for the built-in defaults' };
 }
 
 /**
