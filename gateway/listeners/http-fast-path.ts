@@ -496,8 +496,8 @@ class FastExchange extends OriginExchange {
     return ok;
   }
 
-  onComplete(): void {
-    if (this.isCutByReset() || this.isClientGone) return;
+  onComplete(trailers?: readonly (Buffer | string)[] | null): void {
+    if (this.isCutByReset(trailers) || this.isClientGone) return;
     const s = this.owner.socket;
     let tail = this.head ?? '';
     this.head = null;

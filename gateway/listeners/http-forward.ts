@@ -253,8 +253,8 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
     return ok;
   }
 
-  onComplete(): void {
-    if (this.isCutByReset()) return;
+  onComplete(trailers?: readonly (Buffer | string)[] | null): void {
+    if (this.isCutByReset(trailers)) return;
     this.isUpstreamDone = true;
     if (this.heldHeaders !== null) this.sendHead(this.heldHeaders);
     if (this.isEarly) closeAfterEarlyAnswer(this.req, this.res, this.clientSocket, this.connection);

@@ -14,7 +14,7 @@ import type { StaggeredOrigin } from './http-origin-dial.ts';
 import { type ReceivedVersion, unrelayableFraming } from './http-headers.ts';
 import { isReceivedInHttp10 } from './http-origin-reads.ts';
 import { isCutByOriginReset } from './http-origin-reset.ts';
-import { letGoOfOrigin, noteConnecting, resetOriginSocket, type SocketHolder } from './http-origin-socket.ts';
+import { closeIfTrailersSayClose, letGoOfOrigin, noteConnecting, resetOriginSocket, type SocketHolder } from './http-origin-socket.ts';
 import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './http-interim.ts';
 import type { RefusalDetails } from './http-refusal.ts';
 
@@ -359,21 +359,25 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler, Sock
     return this.alternates !== null && !this.isConnected && !this.isClientGone && this.flow.state === 'active' && this.alternates.redispatch(err);
   }
 
-  /** The origin's response is complete. */
-  abstract onComplete(): void;
+  /** The origin's response is complete; `trailers`, its trailer section as undici passes it (raw). */
+  abstract onComplete(trailers?: readonly (Buffer | string)[] | null): void;
 
   /**
    * undici ended the response because its origin connection was reset (a close-delimited body cut
    * short: http-origin-reset.ts): failed as an origin reset instead (502 before any of it went to
    * the client, else the client cut), the flow `upstream-reset`. True when so. Called first thing
    * in onComplete: it reads the mark on its origin connection (originSocket) whatever the exchange's
-   * state, and lets go of that connection.
+   * state, and lets go of that connection, closed first when the response's `trailers` said
+   * `Connection: close` (closeIfTrailersSayClose: llhttp refuses what comes next on it).
    */
-  protected isCutByReset(): boolean {
+  protected isCutByReset(trailers: readonly (Buffer | string)[] | null | undefined): boolean {
     const socket = this.originSocket;
     // undici is done with the request: its connection may carry another request next.
     this.letGoOfOrigin();
-    if (!isCutByOriginReset(socket)) return false;
+    if (!isCutByOriginReset(socket)) {
+      closeIfTrailersSayClose(socket, trailers);
+      return false;
+    }
     this.onError(new GatewayError('EGW_UPSTREAM_RESET', 'the origin reset its connection before the end of the body'));
     return true;
   }

@@ -80,3 +80,31 @@ export function resetOriginSocket(socket: Socket): void {
   }
   socket.emit('error', ABORTED);
 }
+
+/** A `close` among a Connection field's options (RFC 9110 §7.6.1: a comma-separated list of tokens). */
+const CLOSE_OPTION = /(?:^|,)[ \t]*close[ \t]*(?:,|$)/i;
+
+/**
+ * The origin connection a response just completed on is closed when that response's trailer
+ * section carried `Connection: close` (an origin bug: RFC 9110 §6.5.1 forbids the field in
+ * trailers). llhttp takes it all the same and refuses anything after the message ("Data after
+ * `Connection: close`"), while undici judged the connection reusable from the head and pools it: the
+ * next request on it, maybe another client's, failed 502 upstream-bad-response. Closed here, in the
+ * exchange's onComplete (undici's onMessageComplete, the request already counted done, its socket
+ * not destroyed before: no assertion of undici's meets it), undici finds the connection destroyed
+ * when it would write the next request there, waits for its 'close' and dials a new one, as after
+ * any origin's close of an idle connection.
+ *
+ * Cost: one length test per response (undici passes an empty array when there were no trailers).
+ */
+export function closeIfTrailersSayClose(socket: Socket | null, trailers: readonly (Buffer | string)[] | null | undefined): void {
+  if (socket === null || trailers === null || trailers === undefined || trailers.length === 0) return;
+  for (let i = 0; i + 1 < trailers.length; i += 2) {
+    const name = trailers[i] as Buffer | string;
+    if (name.length !== 10 || name.toString('latin1').toLowerCase() !== 'connection') continue;
+    if (CLOSE_OPTION.test((trailers[i + 1] as Buffer | string).toString('latin1'))) {
+      socket.destroy();
+      return;
+    }
+  }
+}
