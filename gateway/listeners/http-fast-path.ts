@@ -438,7 +438,7 @@ class FastExchange extends OriginExchange {
       this.onInterim(statusCode, rawHeaders, statusText);
       return true;
     }
-    if (this.refuseUnrelayable(rawHeaders)) return true;
+    if (this.refuseUnrelayable(statusCode, rawHeaders)) return true;
     this.status = statusCode;
     this.connection.isAwaitingOrigin = false;
     this.resume = resume;

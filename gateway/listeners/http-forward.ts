@@ -211,7 +211,7 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
       this.onInterim(statusCode, rawHeaders, statusText);
       return true;
     }
-    if (this.refuseUnrelayable(rawHeaders)) return true;
+    if (this.refuseUnrelayable(statusCode, rawHeaders)) return true;
     this.status = statusCode;
     this.connection.isAwaitingOrigin = false;
     if (this.resume === null) {

@@ -272,12 +272,17 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler, Sock
   }
 
   /**
-   * A final response's head the relay cannot pass on (unrelayableFraming: a transfer coding it does
-   * not implement, a Content-Length past 2^53 − 1, Transfer-Encoding in an HTTP/1.0 response): the
+   * A final response's head the relay cannot pass on (a status past 599, which is none: RFC 9110
+   * §15, as one below 100 is, onInterim; unrelayableFraming: a transfer coding it does not
+   * implement, a Content-Length past 2^53 − 1, Transfer-Encoding in an HTTP/1.0 response): the
    * origin request is failed as a bad response, so the client gets 502 upstream-bad-response and
    * undici drops that origin connection. True when it was refused: the caller relays nothing of it.
    */
-  protected refuseUnrelayable(rawHeaders: Buffer[]): boolean {
+  protected refuseUnrelayable(statusCode: number, rawHeaders: Buffer[]): boolean {
+    if (statusCode > 599) {
+      this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_BAD_RESPONSE', `status ${statusCode} is no HTTP status`));
+      return true;
+    }
     const fault = unrelayableFraming(rawHeaders, this);
     if (fault === null) return false;
     this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_BAD_RESPONSE', `response framing not relayable: ${fault}`));

@@ -63,7 +63,8 @@ export interface ResponseHead {
   minor: number;
 }
 
-const STATUS_LINE = /^HTTP\/1\.([01]) ([1-9][0-9]{2})(?: ([^\r\n]*))?$/;
+/** A status is three digits from 100 to 599 (RFC 9110 §15): any other head is a bad response, 502. */
+const STATUS_LINE = /^HTTP\/1\.([01]) ([1-5][0-9]{2})(?: ([^\r\n]*))?$/;
 
 /** Parse a response head (without the final CRLFCRLF). Refuses obs-fold and malformed lines. */
 export function parseResponseHead(text: string): ResponseHead | null {

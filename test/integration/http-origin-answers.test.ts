@@ -42,6 +42,9 @@ const ANSWERS: Record<string, ScriptedAnswer> = {
   // assertion failed it, taken for an unreachable destination (502 `unreachable`, the record too).
   '/status-099': 'HTTP/1.1 099 Early\r\nContent-Length: 2\r\n\r\nok',
   '/status-000': 'HTTP/1.1 000 None\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
+  // …nor is one past 599 (a client SHOULD take it as a 5xx, RFC 9110 §15): it was relayed as sent.
+  '/status-600': 'HTTP/1.1 600 Beyond\r\nContent-Length: 2\r\n\r\nok',
+  '/status-999': 'HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\nok',
   // Reason phrases no field may carry (a Latin-1 server's, a control byte): the status is relayed with
   // its standard phrase. node:http threw on them and the client waited for the idle timeout.
   '/latin1-reason': 'HTTP/1.1 200 \xe9t\xe9\r\nContent-Length: 2\r\n\r\nok',
@@ -167,7 +170,7 @@ describe('origin answers at the edges of HTTP/1.1', () => {
 
     it(`${name}: malformed origin answers get 502 upstream-bad-response, and the connection goes on`, async () => {
       const s = await rawConnect(gw.httpPort);
-      for (const path of ['/bad-chunk-line', '/huge-chunk-size', '/two-lengths', '/te-and-length', '/obs-fold', '/not-http', '/length-past-safe', '/length-uint64-max', '/gzip-chunked', '/gzip-then-chunked-fields', '/chunked-gzip', '/continue-unasked', '/switching-unasked', '/status-099', '/status-000']) {
+      for (const path of ['/bad-chunk-line', '/huge-chunk-size', '/two-lengths', '/te-and-length', '/obs-fold', '/not-http', '/length-past-safe', '/length-uint64-max', '/gzip-chunked', '/gzip-then-chunked-fields', '/chunked-gzip', '/continue-unasked', '/switching-unasked', '/status-099', '/status-000', '/status-600', '/status-999']) {
         const before = gw.closed.length;
         await sendGet(s, path, split);
         // The refusal body is JSON ending in the flow id.

@@ -24,6 +24,9 @@ const ANSWERS: Record<string, ScriptedAnswer> = {
   '/same-length-twice': 'HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nno',
   '/length-not-digits': 'HTTP/1.1 403 Forbidden\r\nContent-Length: +2\r\n\r\nno',
   '/length-list': 'HTTP/1.1 403 Forbidden\r\nContent-Length: 2, 2\r\n\r\nno',
+  // A status past 599 is none (RFC 9110 §15), as one below 100: it was relayed as sent.
+  '/status-600': 'HTTP/1.1 600 Beyond\r\nContent-Length: 2\r\n\r\nno',
+  '/status-999': 'HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\nno',
   // A control byte in a field value.
   '/control-in-value': 'HTTP/1.1 403 Forbidden\r\nX-A: a\x01b\r\nContent-Length: 2\r\n\r\nno',
   // Chunked, with an extension and a trailer; then bytes that are not the answer's (never relayed).
@@ -123,7 +126,7 @@ describe("a declined Upgrade's answer", () => {
 
   // Regression: these were relayed with both fields (or the bad value) as sent, the relay reading the
   // body until the origin closed (the record ended idle-timeout), where the absolute-URI paths answer 502.
-  for (const path of ['/length-and-chunked', '/two-lengths', '/same-length-twice', '/length-not-digits', '/length-list', '/control-in-value']) {
+  for (const path of ['/length-and-chunked', '/two-lengths', '/same-length-twice', '/length-not-digits', '/length-list', '/control-in-value', '/status-600', '/status-999']) {
     it(`${path}: 502 upstream-bad-response, nothing of it relayed`, async () => {
       const before = gw.closed.length;
       const got = await upgrade(path);
