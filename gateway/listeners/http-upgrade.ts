@@ -46,6 +46,7 @@ import { type ViaName, viaOnward } from '../via.ts';
 import { earlierResponses, holdClient, isBehindLastAnswer, outlastsEarlierResponses } from './http-connect.ts';
 import { ChunkedEnd } from './http-chunked-end.ts';
 import { finGraceMs, resetOrDestroy } from './http-connection-state.ts';
+import { httpDate } from './http-date.ts';
 import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './http-interim.ts';
 import { dropContentLength, forwardRequestHeaders, forwardResponseHeaders, INVALID_FIELD_CHAR, relayedStatusText, serialiseRequestHead, splitHeaderLine, viaFor } from './http-headers.ts';
 import { finalRecipientText, maxForwardsFault, maxForwardsOf } from './http-max-forwards.ts';
@@ -230,6 +231,12 @@ export function declinedBodyLength(head: ResponseHead, method: string | undefine
   if (head.status === 204 || head.status === 304 || method === 'HEAD') return 0;
   if (hasCoding) return lastCoding === 'chunked' ? 'chunked' : null;
   return length;
+}
+
+/** Whether a flat header list holds a Date field. */
+function hasDate(headers: readonly string[]): boolean {
+  for (let i = 0; i < headers.length; i += 2) if ((headers[i] as string).toLowerCase() === 'date') return true;
+  return false;
 }
 
 function serialiseResponseHead(head: ResponseHead, headers: readonly string[]): string {
@@ -442,6 +449,8 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
   // RFC 9110 §8.6: a 204 carries no Content-Length (a 304's stands for the representation: kept),
   // as on the absolute-URI paths; its body is none either way (declinedBodyLength).
   if (parsed.status === 204) dropContentLength(headersOut);
+  // RFC 9110 §6.6.1: a Date when the origin sent none, as both absolute-URI paths add it.
+  if (!hasDate(headersOut)) headersOut.push('date', httpDate());
   headersOut.push('connection', 'close');
   socket.write(serialiseResponseHead(parsed, headersOut), 'latin1');
   relayRefusedUpgrade(state, flow, socket, upstream, answer.rest, bodyLength, coding === 'chunked', limits);

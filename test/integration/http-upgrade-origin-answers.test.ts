@@ -18,6 +18,7 @@ const HINTS = 'HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r
 /** What the origin answers per path; it keeps its connection open after it, as an HTTP/1.1 server does. */
 const ANSWERS: Record<string, ScriptedAnswer> = {
   '/one-length': 'HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno',
+  '/dated': 'HTTP/1.1 403 Forbidden\r\nDate: Sun, 06 Dec 2026 04:40:00 GMT\r\nContent-Length: 2\r\n\r\nno',
   // Ambiguous framing (RFC 9112 §6.3): each reader would find the body's end where its own rule says.
   '/length-and-chunked': 'HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nEVIL!\r\n0\r\n\r\n',
   '/two-lengths': 'HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\nContent-Length: 10\r\n\r\nnoEVILEVIL',
@@ -107,6 +108,19 @@ describe("a declined Upgrade's answer", () => {
     expect(got.endsWith('\r\n\r\nno')).toBe(true);
     const rec = await gw.waitForClosed((f) => gw.closed.indexOf(f) >= before);
     expect(rec).toMatchObject({ closeReason: 'closed', bytesIn: 2, bytesOut: 0 });
+  });
+
+  // Regression: an answer without Date went on without one (RFC 9110 §6.6.1), where both absolute-URI
+  // paths add it; one with the origin's Date keeps it, and only it.
+  it('gets a Date when the origin sent none, and keeps the origin\'s', async () => {
+    const added = await upgrade('/one-length');
+    const head = added.slice(0, added.indexOf('\r\n\r\n'));
+    const dates = [...head.matchAll(/\r\ndate: ([^\r]*)/gi)].map((m) => m[1] as string);
+    expect(dates).toHaveLength(1);
+    expect(new Date(dates[0] as string).toUTCString()).toBe(dates[0]);
+    const kept = await upgrade('/dated');
+    const keptHead = kept.slice(0, kept.indexOf('\r\n\r\n'));
+    expect([...keptHead.matchAll(/\r\ndate: ([^\r]*)/gi)].map((m) => m[1])).toEqual(['Sun, 06 Dec 2026 04:40:00 GMT']);
   });
 
   // Regression: a chunked answer was relayed until the origin closed its connection, so an origin that
