@@ -442,7 +442,7 @@ class FastExchange extends OriginExchange {
     this.status = statusCode;
     this.connection.isAwaitingOrigin = false;
     this.resume = resume;
-    const headers = forwardResponseHeaders(rawHeaders, { via: this.ctx.via.value });
+    const headers = forwardResponseHeaders(rawHeaders, { via: this.responseVia() });
     let head = `HTTP/1.1 ${statusCode} ${relayedStatusText(statusCode, statusText)}\r\n`;
     let hasLength = false;
     let hasDate = false;

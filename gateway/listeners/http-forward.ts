@@ -222,7 +222,7 @@ class Exchange extends OriginExchange implements ClientCloseWatcher {
       // runs, and the assertion failed the later request (`unreachable`) and cut the connection.
       this.res.on('drain', () => process.nextTick(resume));
     }
-    const headers = forwardResponseHeaders(rawHeaders, { via: this.ctx.via.value });
+    const headers = forwardResponseHeaders(rawHeaders, { via: this.responseVia() });
     // RFC 9110 §8.6: a 204 carries no Content-Length (a 304's stands for the representation: kept).
     if (statusCode === 204) dropContentLength(headers);
     // An answer before the whole body (an early 413): the rest of the body is not read, so this

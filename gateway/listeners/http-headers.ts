@@ -110,7 +110,7 @@ export function forwardRequestHeaders(raw: readonly string[], opts: RequestHeade
  * Headers to send to the client for an origin's response (undici gives raw Buffers). Framing
  * (Content-Length or chunked) is left to node's server, which re-frames for this client, unless
  * `keepFraming` says the body is relayed byte for byte. `via`: our Via entry for the response's
- * version as received (viaFor), where it is known; the HTTP/1.1 one otherwise (undici does not say).
+ * version as received (viaFor; on the absolute-URI paths, read from undici's parser: OriginExchange.responseVia).
  * `upgrade` (a 101): its Upgrade fields are kept, and its Connection fields are replaced by our own
  * `connection: Upgrade` (RFC 9110 §7.6.1: an intermediary removes a received Connection or replaces
  * it with its own options; §7.8: a sender of Upgrade sends the `upgrade` option).
