@@ -41,6 +41,7 @@ import { formatAuthority } from '../protocol/authority.ts';
 import type { RejectMapping } from '../reject.ts';
 import { SlotArray } from '../slot-array.ts';
 import { type ConnectionState, connectionState, mayCutIdle, resetOrDestroy } from './http-connection-state.ts';
+import { httpDate } from './http-date.ts';
 import { type FastRequestHead, parseFastRequestHead } from './http-fast-head.ts';
 import { OriginExchange } from './http-forward.ts';
 import { noteChunkQueued } from './http-origin-reads.ts';
@@ -458,7 +459,7 @@ class FastExchange extends OriginExchange {
       } else if (lower === 'date') hasDate = true;
       head += `${name}: ${value}\r\n`;
     }
-    if (!hasDate) head += `date: ${new Date().toUTCString()}\r\n`;
+    if (!hasDate) head += `date: ${httpDate()}\r\n`;
     // Framing for this client (RFC 9112 §6.3): no body after HEAD, 204 or 304; otherwise the
     // origin's Content-Length, or chunked when the origin gave none.
     if (!this.isHead && statusCode !== 204 && statusCode !== 304 && !hasLength) {
