@@ -45,6 +45,7 @@ import { createDnsResolver } from './gateway/upstream/resolve.ts';
 import { UnansweredAddresses } from './gateway/upstream/unanswered.ts';
 import { UdpRelayAddresses } from './gateway/udp-relay-addresses.ts';
 import type { Config } from './policy/config.ts';
+import { parseHostPort } from './policy/config-schema.ts';
 import type { Alert } from './policy/detectors/types.ts';
 import type { Mode } from './policy/types.ts';
 
@@ -93,10 +94,15 @@ export interface RunningGateway {
   drain(graceMs?: number, killReason?: string): Promise<void>;
 }
 
-function splitHostPort(text: string): { host: string; port: number } {
-  const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(text);
-  if (!m) throw new Error(`bad listen address '${text}' (want HOST:PORT)`);
-  return { host: m[1] as string, port: Number(m[2]) };
+/**
+ * A listener's address read as `check` and `serve`'s flags validate it (parseHostPort: surrounding
+ * blanks trimmed, IPv6 in brackets): a second reading kept the blanks, so an address that passed
+ * validation (`" 127.0.0.1:3128"`) failed its bind (`getaddrinfo ENOTFOUND`). `name` says what set it.
+ */
+function splitHostPort(text: string, name: string): { host: string; port: number } {
+  const r = parseHostPort(text);
+  if ('error' in r) throw new Error(`${name}: ${r.error}`);
+  return r;
 }
 
 function formatAddress(addr: AddressInfo | string | null): string {
@@ -121,7 +127,7 @@ function listenerName(key: 'http' | 'socks' | 'admin', fromFlag: string | undefi
 }
 
 function listen(server: NetServer | HttpServer, where: string, name: string): Promise<string> {
-  const { host, port } = splitHostPort(where);
+  const { host, port } = splitHostPort(where, name);
   return new Promise((resolve, reject) => {
     const onError = (err: Error): void => reject(listenError(err, name));
     server.once('error', onError);
@@ -380,7 +386,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   });
   // Built after the stats: its connections (those over admin.maxConnectionsPerSource too) counted here.
   countConnections(stats, app.server, 'admin');
-  const adminWhere = splitHostPort(opts.admin ?? config.listen.admin);
+  const adminWhere = splitHostPort(opts.admin ?? config.listen.admin, listenerName('admin', opts.admin));
   try {
     await app.listen({ host: adminWhere.host, port: adminWhere.port });
   } catch (err) {

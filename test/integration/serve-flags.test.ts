@@ -155,3 +155,31 @@ describe('egressgate serve: a listener address already in use', () => {
     }
   }, 60_000);
 });
+
+// Regression: an address with blanks around it (`" 127.0.0.1:3128"`, a YAML quote or a unit's
+// `--http "$ADDR "`) passed `check` and serve's flag check, which trim it, then failed its bind
+// (`cannot start: listen.http: getaddrinfo ENOTFOUND  127.0.0.1`, or `bad listen address` naming no
+// flag), exit 1: the bind read the address a second way, blanks kept.
+describe('egressgate serve: an address with blanks around it', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'egw-serve-blanks-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('binds as check validates it, from listen.* and from the flags', async () => {
+    const config = join(dir, 'blanks.yaml');
+    writeFileSync(config, 'listen: { http: " 127.0.0.1:0", socks: "127.0.0.1:0 ", admin: " 127.0.0.1:0 " }\n');
+    const check = await new Promise<number | null>((resolve) => {
+      const c = spawn(process.execPath, [CLI, 'check', '--config', config], { cwd: ROOT, stdio: 'ignore' });
+      c.on('close', resolve);
+    });
+    expect(check).toBe(0);
+    const [fromConfig, fromFlags] = await Promise.all([
+      serve(['--config', config]),
+      serve(['--http', '127.0.0.1:0 ', '--socks', ' 127.0.0.1:0', '--admin', ' 127.0.0.1:0 ']),
+    ]);
+    for (const r of [fromConfig, fromFlags]) {
+      expect(r.stderr).not.toMatch(/cannot start/);
+      const line = JSON.parse(r.stdout.split('\n').find((l) => l.includes('"event":"listening"')) ?? '{}') as Record<string, string>;
+      for (const key of ['http', 'socks', 'admin']) expect(line[key]).toMatch(/^127\.0\.0\.1:\d+$/);
+    }
+  }, 60_000);
+});
