@@ -46,6 +46,7 @@ import { UnansweredAddresses } from './gateway/upstream/unanswered.ts';
 import { UdpRelayAddresses } from './gateway/udp-relay-addresses.ts';
 import type { Config } from './policy/config.ts';
 import { parseHostPort } from './policy/config-schema.ts';
+import { configFileFormat } from './policy/load-config.ts';
 import type { Alert } from './policy/detectors/types.ts';
 import type { Mode } from './policy/types.ts';
 
@@ -411,7 +412,7 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
       return { ok: false, errors: [{ path: '', message }] };
     }
     // Read as at start-up (serve.ts): a .json file is JSON, so a key written twice is named by its path.
-    const format = /\.json$/i.test(opts.configPath) ? 'json' : 'yaml';
+    const format = configFileFormat(opts.configPath);
     // A text that says what is running (log rotation signals SIGHUP too) makes no new version; the
     // writer compares it in its own turn, after any write queued before (policy-writer.ts).
     const result = await writer.reloadFile(text, { author, source: 'file', format, check: (c) => repeatsOutsideToken(c, outsideTokens) });

@@ -251,7 +251,16 @@ function validateParsed(value: unknown, owned: boolean): LoadResult {
   return { ok: true, config };
 }
 
-/** Reads a config file (format from the extension: .json is JSON, anything else YAML) and loads it. */
+/**
+ * A policy file's format from its name: `.json` in any case is JSON, anything else YAML. One rule
+ * for every reader of the file (`check`, `evaluate`, `replay`, `serve`'s start and SIGHUP): replay's
+ * own case-sensitive test read `POLICY.JSON` as YAML, so it ran a file the others refused.
+ */
+export function configFileFormat(path: string): 'json' | 'yaml' {
+  return path.toLowerCase().endsWith('.json') ? 'json' : 'yaml';
+}
+
+/** Reads a config file (format from its name: configFileFormat) and loads it. */
 export async function loadConfigFile(path: string): Promise<LoadResult> {
   let text: string;
   try {
@@ -259,5 +268,5 @@ export async function loadConfigFile(path: string): Promise<LoadResult> {
   } catch (e) {
     return { ok: false, errors: [{ path: '(file)', message: `cannot read ${path}: ${(e as Error).message}` }] };
   }
-  return loadConfig(text, { format: path.toLowerCase().endsWith('.json') ? 'json' : 'yaml' });
+  return loadConfig(text, { format: configFileFormat(path) });
 }

@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { compilePolicy } from '../../policy/compile.ts';
 import type { Config } from '../../policy/config.ts';
-import { loadConfig } from '../../policy/load-config.ts';
+import { configFileFormat, loadConfig } from '../../policy/load-config.ts';
 import type { ConnectFacts, Mode } from '../../policy/types.ts';
 import { alertLines, scoreTable } from '../replay/report.ts';
 import { formatAuthority } from '../protocol/authority.ts';
@@ -49,7 +49,7 @@ async function readConfig(path: string): Promise<{ config: Config } | { error: s
   } catch (e) {
     return { error: `cannot read ${path}: ${(e as Error).message}` };
   }
-  const r = loadConfig(text, { format: path.endsWith('.json') ? 'json' : 'yaml' });
+  const r = loadConfig(text, { format: configFileFormat(path) });
   if (!r.ok) return { error: `${path} is invalid:\n${r.errors.map((e) => `  ${e.path}: ${e.message}`).join('\n')}` };
   return { config: r.config };
 }

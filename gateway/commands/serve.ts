@@ -10,7 +10,7 @@ import { adminExposureWarning } from '../../admin/host-check.ts';
 import { type RunningGateway, startGateway } from '../../main.ts';
 import { defaultConfig } from '../../policy/config.ts';
 import { parseHostPort } from '../../policy/config-schema.ts';
-import { loadConfig } from '../../policy/load-config.ts';
+import { configFileFormat, loadConfig } from '../../policy/load-config.ts';
 import type { Mode } from '../../policy/types.ts';
 import { exitAfterDrain } from '../exit-after-drain.ts';
 import { nodeFlagsWarning } from '../node-flags.ts';
@@ -118,7 +118,7 @@ export async function run(argv: string[]): Promise<number> {
       process.stderr.write(`egressgate serve: cannot read ${configPath}: ${(err as Error).message}\n`);
       return 1;
     }
-    const loaded = loadConfig(configText, { format: /\.json$/i.test(configPath) ? 'json' : 'yaml' });
+    const loaded = loadConfig(configText, { format: configFileFormat(configPath) });
     if (!loaded.ok) {
       for (const e of loaded.errors) process.stderr.write(`${configPath}: ${e.path || '(root)'}: ${e.message}\n`);
       return 1;

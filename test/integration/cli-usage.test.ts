@@ -119,3 +119,25 @@ describe('an invalid policy file', () => {
     expect(missing.code).toBe(1);
   }, 60_000);
 });
+
+// Regression: replay told a JSON policy by a case-sensitive `.json`, check, evaluate and serve by
+// any case: `replay --config POLICY.JSON` read it as YAML and ran a file the others refuse (a bare
+// word where JSON wants a string; a key written twice, named by line instead of path), exit 0.
+describe('a policy file named .JSON', () => {
+  const loose = join(dir, 'LOOSE.JSON');
+  writeFileSync(loose, '{"mode": enforce}\n');
+  const scenario = join(ROOT, 'test/scenarios/B01-package-upgrade.yaml');
+
+  it('is read as JSON by replay (--config and --against) as by check and evaluate: invalid, exit 1', async () => {
+    const [check, evaluate, replay, against] = await Promise.all([
+      cli(['check', '--config', loose]),
+      cli(['evaluate', '--config', loose, '--dest', 'example.com:443']),
+      cli(['replay', '-q', '--single', '--config', loose, scenario]),
+      cli(['replay', '-q', '--single', '--config', join(ROOT, 'test/scenarios/policy.yaml'), '--against', loose, scenario]),
+    ]);
+    for (const r of [check, evaluate, replay, against]) {
+      expect(r.stderr).toMatch(/invalid JSON/);
+      expect(r.code).toBe(1);
+    }
+  }, 60_000);
+});
