@@ -123,6 +123,11 @@ async function parse(argv: string[]): Promise<AgentArgs | 'help'> {
   const ports = parsePorts(typeof portsRaw === 'string' ? portsRaw : '3128,1080');
   const gh = values['gateway-host'];
   const gatewayHosts = typeof gh === 'string' ? gh.split(',').map((h) => h.trim()).filter((h) => h.length > 0) : null;
+  // A list that names no host (`--gateway-host "$PROXY_HOSTS"` with the variable unset) watched no
+  // address at all: every pass found 0 sockets, reported nothing and --once said delivered, exit 0.
+  if (gatewayHosts !== null && gatewayHosts.length === 0) {
+    throw new UsageError(`--gateway-host: no host in ${JSON.stringify(gh)} (an unset variable?); leave the flag out to mean the --gateway host`);
+  }
   const relayRaw = values['udp-relay-ports'];
   const udpRelayPorts = typeof relayRaw === 'string' ? parsePortRange(relayRaw) : null;
   return { gateway: url.toString(), token, intervalMs, host, ports, gatewayHosts, udpRelayPorts, isOnce: values['once'] === true };

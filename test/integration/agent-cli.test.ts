@@ -281,6 +281,25 @@ describe('egressgate agent', () => {
     }
   });
 
+  // Regression: `--gateway-host ""` (a unit's `--gateway-host "$PROXY_HOSTS"`, the variable unset)
+  // was an empty list of gateway addresses: the agent watched none, found 0 sockets beside a held
+  // connection, posted nothing, and --once said delivered, exit 0.
+  it('--gateway-host naming no host is a usage error (exit 2), nothing posted; control: the host given, the held socket reported', async () => {
+    const gw = await fakeGateway();
+    const { listenerPort } = await heldCurl();
+    const base = ['--once', '--gateway', gw.url, '--token', 't', '--host', 'ws', '--gateway-ports', String(listenerPort)];
+    for (const hosts of ['', ' , ']) {
+      const res = await runCaptured([...base, '--gateway-host', hosts]);
+      expect(res.code).toBe(2);
+      expect(res.stderr).toMatch(/^egressgate agent: --gateway-host: no host in /m);
+      expect(res.stdout).toBe('');
+    }
+    expect(gw.posts).toHaveLength(0);
+    const given = await runCaptured([...base, '--gateway-host', ` ${GATEWAY_IP} ,`]);
+    expect(given.code).toBe(0);
+    expect(JSON.parse(given.stdout.trim())).toMatchObject({ sockets: 1, sent: 1, delivered: true });
+  });
+
   it('--once exits 1 when the gateway cannot be reached', async () => {
     const { listenerPort } = await heldCurl();
     // A port nobody listens on, below the ephemeral range (no listener started later takes it).
