@@ -52,8 +52,11 @@ export async function loadInputs(paths: readonly string[]): Promise<{ scenarios:
   const visit = async (p: string): Promise<void> => {
     const st = await stat(p);
     if (st.isDirectory()) {
-      const names = (await readdir(p)).sort();
-      for (const n of names) if (/\.ya?ml$/.test(n) && n !== 'policy.yaml' && !n.startsWith('_')) await visit(join(p, n));
+      const names = (await readdir(p)).sort().filter((n) => /\.ya?ml$/.test(n) && n !== 'policy.yaml' && !n.startsWith('_'));
+      // A directory with nothing to replay (empty, a typo'd path, a log directory) was judged as
+      // nothing at all: no line, "turns 0 of 0" with --against, exit 0, read as "no change, no alert".
+      if (names.length === 0) throw new Error(`${p}: no scenario file in this directory (*.yaml, *.yml; policy.yaml and _* skipped); name a flow log by its file`);
+      for (const n of names) await visit(join(p, n));
       return;
     }
     const text = await readFile(p, 'utf8');

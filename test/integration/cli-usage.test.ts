@@ -4,7 +4,7 @@
  * stdout and stderr. `serve`'s own flag cases are in serve-flags.test.ts.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -138,6 +138,30 @@ describe('a policy file named .JSON', () => {
     for (const r of [check, evaluate, replay, against]) {
       expect(r.stderr).toMatch(/invalid JSON/);
       expect(r.code).toBe(1);
+    }
+  }, 60_000);
+});
+
+// Regression: a directory INPUT holding no scenario file (empty, or a directory of flow logs) was
+// replayed as nothing: no output, `policy change turns 0 of 0 distinct connections` with --against,
+// exit 0, which a rollout check reads as "no verdict turns, no alert".
+describe('a replay INPUT directory with no scenario file', () => {
+  const logs = join(dir, 'logs');
+  const empty = join(dir, 'empty');
+  mkdirSync(logs);
+  mkdirSync(empty);
+  writeFileSync(join(logs, 'flows.jsonl'), `${JSON.stringify({ event: 'listening', http: '127.0.0.1:1' })}\n`);
+
+  it('is an input error naming the directory (exit 2, nothing judged), with or without --against', async () => {
+    const [fromLogs, fromEmpty, against] = await Promise.all([
+      cli(['replay', '--config', monitor, logs]),
+      cli(['replay', '--config', monitor, empty]),
+      cli(['replay', '--config', monitor, '--against', enforce, logs]),
+    ]);
+    for (const [r, d] of [[fromLogs, logs], [fromEmpty, empty], [against, logs]] as const) {
+      expect(r.stderr).toContain(`egressgate replay: ${d}: no scenario file in this directory`);
+      expect(r.stdout).toBe('');
+      expect(r.code).toBe(2);
     }
   }, 60_000);
 });
