@@ -107,6 +107,14 @@ export async function run(argv: string[]): Promise<number> {
     process.stderr.write('egressgate serve: --redis (shared state across replicas) is not available in this build; state stays in memory\n');
     return 2;
   }
+  // A Bearer token is sent with no whitespace in it (admin/auth.ts reads `Bearer \S+`): a token with
+  // any (a trailing newline from a secret file) authenticated no request, and as a token was set none
+  // was generated, so the admin API answered 401 to everyone without a word. Never printed.
+  const envToken = process.env.EGRESSGATE_ADMIN_TOKEN || null;
+  if (envToken !== null && /\s/.test(envToken)) {
+    process.stderr.write('egressgate: cannot start: EGRESSGATE_ADMIN_TOKEN has whitespace in it (a trailing newline from a file?): a Bearer token is sent without any, so no request could use it\n');
+    return 1;
+  }
   // 1. config
   const configPath = (values.config as string | undefined) ?? process.env.EGRESSGATE_CONFIG ?? null;
   let config = defaultConfig();
@@ -136,7 +144,7 @@ export async function run(argv: string[]): Promise<number> {
       socks: values.socks as string | undefined,
       admin: values.admin as string | undefined,
       // Set but empty is unset: no token, so one is generated (and accepted).
-      adminToken: process.env.EGRESSGATE_ADMIN_TOKEN || null,
+      adminToken: envToken,
     });
   } catch (err) {
     // A start that failed half-way (the admin address taken, a TLS file unreadable) has bound some

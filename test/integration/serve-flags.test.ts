@@ -183,3 +183,22 @@ describe('egressgate serve: an address with blanks around it', () => {
     }
   }, 60_000);
 });
+
+// Regression: EGRESSGATE_ADMIN_TOKEN with whitespace in it (a k8s secret or env file made from a file
+// with its trailing newline) started: a Bearer token is read as `Bearer \S+`, so no request could
+// present it, and since a token was set none was generated: every admin request 401, no word said.
+describe('egressgate serve: EGRESSGATE_ADMIN_TOKEN with whitespace in it', () => {
+  it('does not start (exit 1, before anything binds), the token never printed; control: without it, it starts', async () => {
+    const LISTEN = ['--http', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--admin', '127.0.0.1:0'];
+    const secret = 'serve-flags-secret-0123456789';
+    const runs = await Promise.all([`${secret}\n`, ` ${secret}`, 'two words-0123456789'].map((t) => serve(LISTEN, { EGRESSGATE_ADMIN_TOKEN: t })));
+    for (const r of runs) {
+      expect(r.stdout).not.toMatch(/listening/);
+      expect(r.stderr).toMatch(/^egressgate: cannot start: EGRESSGATE_ADMIN_TOKEN has whitespace in it/m);
+      expect(r.stderr).not.toContain(secret);
+      expect(r.code).toBe(1);
+    }
+    const control = await serve(LISTEN, { EGRESSGATE_ADMIN_TOKEN: secret });
+    expect(control.stdout).toMatch(/"event":"listening"/);
+  }, 60_000);
+});
