@@ -495,7 +495,8 @@ function http10Coding(head: ResponseHead): 'chunked' | false | null {
 
 /**
  * The origin declined the upgrade: relay its response body to the client (`bodyLength` bytes, to the
- * end of its chunked framing, or until the origin closes when null), then close both: `closed`. An origin silent for `idleTimeoutMs` (nothing read from it: it neither sends nor closes, or the
+ * end of its chunked framing, or until the origin closes when null), then close both: `closed`, the
+ * client's side lingering as after a refusal (endClient). An origin silent for `idleTimeoutMs` (nothing read from it: it neither sends nor closes, or the
  * client reads nothing so it stays paused) ends the relay, `idle-timeout`; once the client has sent
  * its FIN, silent for finGraceMs: `client-reset`.
  * `isDechunked` (an HTTP/1.0 client's chunked answer): only the chunk data is relayed and counted,
@@ -561,9 +562,22 @@ function relayRefusedUpgrade(
       return false;
     }
     finish('closed');
-    socket.end();
+    endClient();
     upstream.destroy();
     return true;
+  };
+  let isEnding = false;
+  /**
+   * The answer is whole: our side ends, and the client has LINGER_MS from when that is written out
+   * to close its own (lingerThenDestroy), as after the absolute-URI paths' last answer. Before, a
+   * client that kept its side open held the connection for ever (node:http no longer watches it).
+   */
+  const endClient = (): void => {
+    if (isEnding) return;
+    isEnding = true;
+    socket.end();
+    if (socket.writableFinished) lingerThenDestroy(socket);
+    else socket.once('finish', () => lingerThenDestroy(socket));
   };
   let isClientEnded = false;
   upstream.setTimeout(limits.idleTimeoutMs, () => cut(isClientEnded ? 'client-reset' : 'idle-timeout'));
@@ -586,7 +600,7 @@ function relayRefusedUpgrade(
       cut('upstream-reset');
       return;
     }
-    socket.end();
+    endClient();
     finish('closed');
   });
   upstream.once('close', () => {
