@@ -304,7 +304,9 @@ export function refuseDialsAfterChange(ctx: GatewayContext): void {
       decision = ctx.detection?.onEnforcedWhileDialled(flow, facts, snapshot, decision.matchedRule) ?? null;
     }
     if (decision?.verdict !== 'block') continue;
-    ctx.flows.redecide(flow, decision, true);
+    // Admission's word, not a detector's on an established flow (redecide): its client hears this
+    // refusal, and gw_policy_decisions_total counts it as the record says (stats.ts isVerdictFinal).
+    ctx.flows.decide(flow, decision, true);
     // A detector's refusal is killed with its name, as a late agent report's kill is: closeReason
     // `an0081.proxyware` …, the client answered as at admission (403 / 0x02 naming the detector).
     // Not the record admission writes: a refusal there closes with the decision's reason, `detector`

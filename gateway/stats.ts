@@ -93,11 +93,14 @@ function countIn(counts: Map<string, Map<string | null, number>>, outer: string,
 /**
  * Whether a live flow's verdict is the one its record will carry, but for a detector's (counted
  * before it, 'redecide'): not while admission has yet to judge it (its name being looked up, its
- * process attributed: reason still null), nor while a SOCKS5 UDP association is allowed (a later
- * destination the policy would block makes it would-block, socks5-udp-admissions.ts admitLater).
+ * process attributed: reason still null), nor while it is being dialled (a reload or mode switch
+ * meanwhile judges it again and may refuse it: admission.ts refuseDialsAfterChange), nor while a
+ * SOCKS5 UDP association is allowed (a later destination the policy would block makes it
+ * would-block, socks5-udp-admissions.ts admitLater).
  */
 function isVerdictFinal(flow: Flow): boolean {
   if (flow.reason === null) return false;
+  if (flow.dialling !== null && !flow.isConnected) return false;
   return !(flow.protocol === 'socks5-udp' && flow.verdict === 'allow');
 }
 
