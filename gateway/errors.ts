@@ -97,7 +97,8 @@ function isIPv6OfHostWithout(err: unknown): boolean {
   const address = (err as { address?: unknown } | undefined)?.address;
   if (typeof address !== 'string' || !isIPv6(address)) return false;
   const now = Date.now();
-  if (now - ipv6CheckedAt >= 10_000) {
+  const age = now - ipv6CheckedAt;
+  if (age < 0 || age >= 10_000) {
     ipv6CheckedAt = now;
     try {
       hasIPv6 = Object.values(networkInterfaces()).some((list) => list?.some((a) => a.family === 'IPv6') === true);

@@ -22,7 +22,10 @@ let isListingWarned = false;
  */
 function localSet(): Set<string> | null {
   const now = Date.now();
-  if (now - localListedAt < LOCAL_ADDRESSES_MS) return localAddresses;
+  // A clock stepped back makes the listing stale too (its age negative), not fresh until the clock
+  // catches up with it.
+  const age = now - localListedAt;
+  if (age >= 0 && age < LOCAL_ADDRESSES_MS) return localAddresses;
   localListedAt = now;
   const set = new Set(['127.0.0.1', '::1', '0.0.0.0', '::']);
   try {
