@@ -29,19 +29,40 @@ export function policyEtag(version: number): string {
   return `"${version}"`;
 }
 
+/** An If-Match header read (RFC 9110 §13.1.1): `*`, the strong entity-tags it lists, or no valid field value. */
+export type IfMatch = { kind: 'any' } | { kind: 'tags'; strong: string[] } | { kind: 'invalid' };
+
 /**
- * Versions named by an If-Match header: `"7"`, `W/"7"`, `7`, lists of them; `*` matches any.
- * Returns 'any', or the list (an unparsable entry yields no version, so it can never match).
+ * Parse an If-Match field value: `*`, or a list of entity-tags (`"7"`, `W/"7"`, `"a,b"`). If-Match
+ * uses the strong comparison (RFC 9110 §8.8.3.2): a weak tag never matches, so only the strong
+ * ones are kept, as written (`"07"` is not `"7"`). `*` with tags, an unquoted `7`, or nothing at
+ * all is no If-Match value (RFC 9110 §13.1.1 grammar): 'invalid'.
  */
-export function parseIfMatch(header: string): 'any' | number[] {
-  const out: number[] = [];
-  for (const raw of header.split(',')) {
-    const part = raw.trim();
-    if (part === '*') return 'any';
-    const m = /^(?:W\/)?"?(\d{1,15})"?$/.exec(part);
-    if (m?.[1]) out.push(Number(m[1]));
+export function parseIfMatch(header: string): IfMatch {
+  if (header.trim() === '*') return { kind: 'any' };
+  const strong: string[] = [];
+  let tags = 0;
+  let i = 0;
+  while (i < header.length) {
+    const c = header[i];
+    if (c === ' ' || c === '\t' || c === ',') {
+      i++;
+      continue;
+    }
+    const weak = header.startsWith('W/"', i);
+    const open = weak ? i + 2 : i;
+    if (header[open] !== '"') return { kind: 'invalid' };
+    const close = header.indexOf('"', open + 1);
+    if (close < 0) return { kind: 'invalid' };
+    const tag = header.slice(open, close + 1);
+    // etagc: %x21 / %x23-7E / obs-text (no space, no control, no DQUOTE)
+    if (!/^"[\x21\x23-\x7e\x80-\xff]*"$/.test(tag)) return { kind: 'invalid' };
+    i = close + 1;
+    if (i < header.length && !/[ \t,]/.test(header[i] ?? '')) return { kind: 'invalid' };
+    tags++;
+    if (!weak) strong.push(tag);
   }
-  return out;
+  return tags === 0 ? { kind: 'invalid' } : { kind: 'tags', strong };
 }
 
 function sendPolicy(request: FastifyRequest, reply: FastifyReply, policy: PolicyView): void {
@@ -133,11 +154,17 @@ export function registerPolicyRoutes(app: AdminApp, { port, keepsAdmin, repeatsO
       let ifMatchVersion: number | null = null;
       if (typeof ifMatch === 'string') {
         const wanted = parseIfMatch(ifMatch);
-        if (wanted !== 'any' && !wanted.includes(current)) {
+        if (wanted.kind === 'invalid') {
+          return sendError(reply, 400, 'bad-request', 'If-Match must be * or a list of entity-tags: the ETag of GET /v1/policy, quoted ("7")', [
+            { path: 'headers.if-match', message: 'not * or a list of entity-tags ("7"; an unquoted 7 is none)' },
+          ]);
+        }
+        // Strong comparison (RFC 9110 §13.1.1): a weak tag (W/"7") never matches.
+        if (wanted.kind === 'tags' && !wanted.strong.includes(policyEtag(current))) {
           return sendWrite(request, reply, { ok: false, code: 'version-mismatch', currentVersion: current });
         }
         // Checked again inside the port, against the version at the moment of the swap.
-        if (wanted !== 'any') ifMatchVersion = current;
+        if (wanted.kind === 'tags') ifMatchVersion = current;
       }
       const empty = emptyPolicy(request.body);
       if (empty) return sendWrite(request, reply, { ok: false, code: 'invalid', errors: [empty] });

@@ -114,6 +114,28 @@ describe('policy routes', () => {
     expect(any.headers.etag).toBe('"3"');
   });
 
+  it('If-Match uses the strong comparison: a weak tag never matches, an unquoted version is no entity-tag (400)', async () => {
+    const put = (ifMatch: string) =>
+      h.app.inject({ method: 'PUT', url: '/v1/policy', headers: admin({ 'if-match': ifMatch, 'content-type': 'text/yaml' }), payload: BASE_POLICY });
+    for (const weak of ['W/"1"', 'W/"1", W/"2"', '"01"', '"x", W/"1"']) {
+      const res = await put(weak);
+      expect(res.statusCode, weak).toBe(412);
+      expect(res.json(), weak).toMatchObject({ error: 'precondition-failed', details: { currentVersion: 1 } });
+    }
+    for (const bad of ['1', '', '*, "1"', '"1', 'w/"1"', '"1"x', '"1 "', '1, "1"']) {
+      const res = await put(bad);
+      expect(res.statusCode, bad).toBe(400);
+      expect(res.json(), bad).toMatchObject({ error: 'bad-request', details: [{ path: 'headers.if-match' }] });
+    }
+    expect(h.policy.current().version).toBe(1);
+    const listed = await put('W/"1", "9", "1"');
+    expect(listed.statusCode, listed.body).toBe(200);
+    expect(listed.headers.etag).toBe('"2"');
+    // A rollback takes no If-Match: the header is not read there (it restores by version number).
+    const rb = await h.app.inject({ method: 'POST', url: '/v1/policy/rollback/1', headers: admin({ 'if-match': 'W/"2"' }) });
+    expect(rb.statusCode, rb.body).toBe(200);
+  });
+
   it('POST /v1/policy/validate reports validity without changing anything', async () => {
     const good = await h.app.inject({ method: 'POST', url: '/v1/policy/validate', headers: read(), payload: { mode: 'enforce' } });
     expect(good.statusCode).toBe(200);
