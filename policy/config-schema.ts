@@ -343,7 +343,7 @@ export const CONFIG_SCHEMA: Node = s.obj({
   alerts: s.obj({
     webhooks: s.arr(s.obj({ url: s.req(s.str(webhookUrl)), minSeverity: severity })),
     syslog: s.nul(s.obj({ host: s.req(s.str(syslogHost)), port: s.req(s.int(1, 65535)), protocol: s.enum(['udp', 'tcp']) })),
-    keep: s.int(0),
+    keep: s.int(1),
   }),
   proxyProtocol: s.obj({ trustedSources: s.arr(s.str(cidr)) }),
   upstream: s.nul(s.str(upstreamUrl)),

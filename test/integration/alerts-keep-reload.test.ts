@@ -72,4 +72,19 @@ describe('alerts.keep after a reload', () => {
     expect(after.slice(0, 2).map((a) => a.id)).toEqual(five.slice(3).map((a) => a.id));
     expect(gw.logs.filter((l) => l.msg?.startsWith('these settings apply at the next restart'))).toEqual([]);
   });
+
+  // Regression: keep 0 was taken (200, GET /v1/policy said 0) and the ring kept 1 alert all the same.
+  it('keep 0 is refused at alerts.keep; the alerts kept stay', async () => {
+    const before = (await listed()).map((a) => a.id);
+    const config = await runningConfig(gw);
+    const res = await fetch(`${gw.adminUrl}/v1/policy`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${gw.adminToken}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ ...config, alerts: { ...(config['alerts'] as object), keep: 0 } }),
+    });
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { details: Array<{ path: string }> }).details.map((d) => d.path)).toEqual(['alerts.keep']);
+    expect((await listed()).map((a) => a.id)).toEqual(before);
+    expect(((await runningConfig(gw))['alerts'] as { keep: number }).keep).toBe(3);
+  });
 });

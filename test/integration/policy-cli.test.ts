@@ -209,6 +209,14 @@ describe('egressgate check', () => {
     expect(r.stdout).toBe('');
   });
 
+  // Regression: alerts.keep 0 passed check, and the alert store kept 1 alert all the same.
+  it('alerts.keep below 1: refused at its path, exit 1', async () => {
+    const r = await inProcess('check', '--config', file('keep0.yaml', 'alerts: { keep: 0 }\n'));
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n')[0]).toMatch(/^alerts\.keep: must be >= 1, got 0/);
+    expect(r.stdout).toBe('');
+  });
+
   it('unknown flag or missing --config: exit 2 with a message', async () => {
     const [unknown, missing] = await Promise.all([inProcess('check', '--config', GOOD, '--frobnicate'), inProcess('check')]);
     expect(unknown.code).toBe(2);
