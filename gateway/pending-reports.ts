@@ -14,7 +14,9 @@
  * 2. `PendingReportBudget` counts the reports each agent has left waiting, by number and by
  *    (UTF-16) bytes, per agent and in all, for the flow table's 30 s; a report that does not fit
  *    is shed (not kept, not attributed), counted and logged. Expired entries are purged on every
- *    use, oldest first, so what is counted is what the last 30 s left.
+ *    use, oldest first, so what is counted is what the last 30 s left: one queue for all agents
+ *    (one TTL for all, so expiry is in order), so a purge costs what expired, not one look at
+ *    every agent that ever left a report waiting.
  */
 import { clipHeadTail } from '../agent/report.ts';
 import type { ProcessInfo } from '../policy/types.ts';
@@ -73,12 +75,16 @@ export const DEFAULT_PENDING_REPORT_LIMITS: PendingReportLimits = Object.freeze(
 });
 
 interface AgentLedger {
-  /** [time kept, bytes], oldest first (one TTL for all, so expiry is in order). */
-  readonly entries: Array<[number, number]>;
-  head: number;
   reports: number;
   bytes: number;
   shed: number;
+}
+
+/** One report left waiting: whose, when it was kept, its bytes. */
+interface Waiting {
+  readonly ledger: AgentLedger;
+  readonly at: number;
+  readonly bytes: number;
 }
 
 export interface PendingReportStats {
@@ -91,6 +97,9 @@ export interface PendingReportStats {
 export class PendingReportBudget {
   readonly limits: PendingReportLimits;
   private readonly agents = new Map<string, AgentLedger>();
+  /** Every report still counted, oldest first, from `head` (the ones before it are expired). */
+  private readonly waiting: Waiting[] = [];
+  private head = 0;
   private reports = 0;
   private bytes = 0;
   private shedTotal = 0;
@@ -111,7 +120,10 @@ export class PendingReportBudget {
   /** Count one report of `agent` left waiting. */
   add(agent: string, bytes: number, now: number): void {
     const a = this.ledger(agent);
-    a.entries.push([now, bytes]);
+    // Kept in order: a clock stepped back stamps a report as the newest before it (it expires
+    // that much later), so the queue's head is always the first to expire.
+    const last = this.waiting.length > this.head ? (this.waiting[this.waiting.length - 1] as Waiting).at : now;
+    this.waiting.push({ ledger: a, at: Math.max(now, last), bytes });
     a.reports++;
     a.bytes += bytes;
     this.reports++;
@@ -139,30 +151,31 @@ export class PendingReportBudget {
   private ledger(agent: string): AgentLedger {
     let a = this.agents.get(agent);
     if (a === undefined) {
-      a = { entries: [], head: 0, reports: 0, bytes: 0, shed: 0 };
+      a = { reports: 0, bytes: 0, shed: 0 };
       this.agents.set(agent, a);
     }
     return a;
   }
 
-  /** Drop what the flow table has let expire; O(expired) plus one check per agent. */
+  /** Drop what the flow table has let expire; O(expired). */
   private purge(now: number): void {
     const cutoff = now - this.limits.ttlMs;
-    for (const a of this.agents.values()) {
-      const e = a.entries;
-      while (a.head < e.length && e[a.head]![0] <= cutoff) {
-        const bytes = e[a.head]![1];
-        a.head++;
-        a.reports--;
-        a.bytes -= bytes;
-        this.reports--;
-        this.bytes -= bytes;
-      }
-      // Compact once the dead head is most of the array, so it never grows without end.
-      if (a.head > 1024 && a.head * 2 > e.length) {
-        e.splice(0, a.head);
-        a.head = 0;
-      }
+    const q = this.waiting;
+    while (this.head < q.length && (q[this.head] as Waiting).at <= cutoff) {
+      const { ledger, bytes } = q[this.head] as Waiting;
+      this.head++;
+      ledger.reports--;
+      ledger.bytes -= bytes;
+      this.reports--;
+      this.bytes -= bytes;
+    }
+    // Compact once the dead head is most of the array, so it never grows without end.
+    if (this.head === q.length) {
+      q.length = 0;
+      this.head = 0;
+    } else if (this.head > 1024 && this.head * 2 > q.length) {
+      q.splice(0, this.head);
+      this.head = 0;
     }
   }
 }

@@ -56,4 +56,30 @@ describe('PendingReportBudget', () => {
     expect(b.hasRoom('a', 1001, 5000)).toBe(false); // a's bytes
     expect(b.stats(5000)).toEqual({ reports: 0, bytes: 0, shedTotal: 1 });
   });
+
+  it('expires the reports of many agents in the order they were kept, each agent counted apart', () => {
+    const b = new PendingReportBudget({ ttlMs: 100 });
+    // 3,000 agents, one report each at t = i / 10, and one agent's among them every 50 ms.
+    for (let i = 0; i < 3000; i++) {
+      const t = Math.floor(i / 10);
+      b.add(`agent-${i}`, 10, t);
+      if (i % 500 === 0) b.add('hot', 1, t);
+    }
+    expect(b.stats(99)).toEqual({ reports: 3006, bytes: 30_006, shedTotal: 0 });
+    // At 100 what was kept at 0 has expired: agents 0..9 and hot's first.
+    expect(b.stats(100)).toEqual({ reports: 2995, bytes: 29_905, shedTotal: 0 });
+    expect(b.agentStats('hot', 100)).toEqual({ reports: 5, bytes: 5, shedTotal: 0 });
+    // At 350 what was kept at <= 250 has expired: agents 0..2509 and hot's 0..250.
+    expect(b.agentStats('agent-2509', 350).reports).toBe(0);
+    expect(b.agentStats('agent-2510', 350)).toEqual({ reports: 1, bytes: 10, shedTotal: 0 });
+    expect(b.agentStats('hot', 350)).toEqual({ reports: 0, bytes: 0, shedTotal: 0 });
+    expect(b.stats(350)).toEqual({ reports: 490, bytes: 4900, shedTotal: 0 });
+    b.shed('agent-7');
+    expect(b.stats(10_000)).toEqual({ reports: 0, bytes: 0, shedTotal: 1 });
+    expect(b.agentStats('agent-7', 10_000)).toEqual({ reports: 0, bytes: 0, shedTotal: 1 });
+    // Emptied, it counts again from nothing.
+    b.add('agent-7', 5, 10_000);
+    expect(b.stats(10_050)).toEqual({ reports: 1, bytes: 5, shedTotal: 1 });
+    expect(b.stats(10_100)).toEqual({ reports: 0, bytes: 0, shedTotal: 1 });
+  });
 });
