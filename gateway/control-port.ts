@@ -156,11 +156,42 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
     };
   };
 
-  const write = async (run: () => StoreWriteResult | Promise<StoreWriteResult>, before: number): Promise<WriteOutcome> => {
-    const res = await run();
+  /**
+   * Run one write through the store. Its previous version and the view it answers with are read in
+   * its own turn: the check `run` hands the store runs just before the swap, the change listener
+   * just after it, with nothing between them. Read around the queue instead (before the write
+   * waited its turn, after it was done), a reload queued ahead or behind could have swapped between,
+   * and the audit's `version A -> B` named another write's version.
+   */
+  const write = async (
+    run: (check: ConfigCheck) => StoreWriteResult | Promise<StoreWriteResult>,
+    check?: ConfigCheck,
+    /** A refusal that is no failed reload (If-Match moved meanwhile): answered as it is, not counted. */
+    refusal?: () => WriteOutcome | null,
+  ): Promise<WriteOutcome> => {
+    const before = deps.policy.current().version;
+    let previous: number | null = null;
+    let view: PolicyView | null = null;
+    const inTurn: ConfigCheck = (c) => {
+      const refused = check?.(c) ?? [];
+      if (refused.length === 0) previous = deps.policy.current().version;
+      return refused;
+    };
+    const off = deps.policy.onChange(() => {
+      if (previous !== null && view === null) view = policyView();
+    });
+    let res: StoreWriteResult;
+    try {
+      res = await run(inTurn);
+    } finally {
+      off();
+    }
+    const refused = res.ok ? null : (refusal?.() ?? null);
+    if (refused) return refused;
     stats.configReloaded(res.ok ? 'success' : 'failure');
     if (!res.ok) return { ok: false, code: 'invalid', errors: [...res.errors] };
-    return { ok: true, policy: policyView(), previousVersion: before };
+    // A store that swaps without calling the check or the listener (none of ours) is read now.
+    return { ok: true, policy: view ?? policyView(), previousVersion: previous ?? before };
   };
 
   /** Agent name → its sources (absent: admin tokens of scope agent, bound to their own address). */
@@ -238,16 +269,17 @@ export function createControlPort<A extends AlertLike>(deps: ControlPortDeps<A>)
         return [{ path: '(If-Match)', message: `the policy is version ${now} now` }];
       };
       // The store validates (same function as start-up and SIGHUP) and keeps the text in history.
-      const res = await deps.policy.reload(input, { author: meta.author, source: 'api', check });
-      if (moved.to !== null) return { ok: false, code: 'version-mismatch', currentVersion: moved.to };
-      return write(() => res, before);
+      return write(
+        (inTurn) => deps.policy.reload(input, { author: meta.author, source: 'api', check: inTurn }),
+        check,
+        () => (moved.to === null ? null : { ok: false, code: 'version-mismatch', currentVersion: moved.to }),
+      );
     },
     rollbackPolicy: async (version, author, check) => {
-      const before = deps.policy.current().version;
       if (!deps.policy.history().some((h) => h.version === version)) {
         return { ok: false, code: 'unknown-version', message: `no policy version ${version} in the history` };
       }
-      return write(() => deps.policy.rollback(version, { author, ...(check ? { check } : {}) }), before);
+      return write((inTurn) => deps.policy.rollback(version, { author, check: inTurn }), check);
     },
 
     getMode: modeView,
