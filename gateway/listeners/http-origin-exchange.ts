@@ -12,7 +12,7 @@ import { mapError, mapKill, type RejectMapping } from '../reject.ts';
 import { type ConnectionState, clientGoneReason, finGraceMs } from './http-connection-state.ts';
 import type { StaggeredOrigin } from './http-origin-dial.ts';
 import { type ReceivedVersion, unrelayableFraming } from './http-headers.ts';
-import { isReceivedInHttp10 } from './http-origin-reads.ts';
+import { isReceivedInHttp10, setReadPastInterim } from './http-origin-reads.ts';
 import { isCutByOriginReset } from './http-origin-reset.ts';
 import { closeIfTrailersSayClose, letGoOfOrigin, noteConnecting, resetOriginSocket, type SocketHolder } from './http-origin-socket.ts';
 import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './http-interim.ts';
@@ -89,6 +89,8 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler, Sock
   private interimSinceMs = 0;
   /** The 1xx responses relayed to the client so far (at most MAX_INTERIM_RELAYED). */
   private interimRelayed = 0;
+  /** llhttp is told to read on past a 1xx that says the connection ends (setReadPastInterim), until the final head. */
+  private isReadingPastInterim = false;
   /** Armed by the client's FIN (clientHalfClosed): the origin's silence past finGraceMs ends the flow. */
   private finTimer: NodeJS.Timeout | null = null;
   /** What the origin had sent when finTimer was armed (flow.bytesIn, the head as 1). */
@@ -256,6 +258,13 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler, Sock
       this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_BAD_RESPONSE', `status ${String(statusCode).padStart(3, '0')} is no HTTP status`));
       return;
     }
+    // An interim answer is never the connection's last: the final one must follow on it. llhttp
+    // takes an HTTP/1.0 1xx without keep-alive (or one saying `Connection: close`) for the last and
+    // failed the final answer behind it, 502 upstream-bad-response, where the Upgrade path relays it.
+    if (!this.isReadingPastInterim) {
+      this.isReadingPastInterim = true;
+      setReadPastInterim(this.originSocket, true);
+    }
     const now = performance.now();
     if (this.interimSinceMs === 0) {
       this.interimSinceMs = now;
@@ -279,6 +288,11 @@ export abstract class OriginExchange implements Dispatcher.DispatchHandler, Sock
    * undici drops that origin connection. True when it was refused: the caller relays nothing of it.
    */
   protected refuseUnrelayable(statusCode: number, rawHeaders: Buffer[]): boolean {
+    // The final head (both paths call this first with it): whether the connection ends after it is its own word.
+    if (this.isReadingPastInterim) {
+      this.isReadingPastInterim = false;
+      setReadPastInterim(this.originSocket, false);
+    }
     if (statusCode > 599) {
       this.abortUpstream?.(new GatewayError('EGW_UPSTREAM_BAD_RESPONSE', `status ${statusCode} is no HTTP status`));
       return true;

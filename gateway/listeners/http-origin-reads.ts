@@ -38,7 +38,11 @@ interface H1Parser {
   readonly shouldKeepAlive?: boolean;
   readMore(): void;
   /** llhttp's wasm exports and this parser's state in them. */
-  readonly llhttp?: { llhttp_get_http_major?(ptr: number): number; llhttp_get_http_minor?(ptr: number): number };
+  readonly llhttp?: {
+    llhttp_get_http_major?(ptr: number): number;
+    llhttp_get_http_minor?(ptr: number): number;
+    llhttp_set_lenient_keep_alive?(ptr: number, enabled: number): void;
+  };
   readonly ptr?: number | null;
 }
 
@@ -138,4 +142,22 @@ export function isReceivedInHttp10(socket: Socket | null): boolean {
   const ptr = parser?.ptr;
   if (typeof ptr !== 'number' || typeof llhttp?.llhttp_get_http_major !== 'function' || typeof llhttp.llhttp_get_http_minor !== 'function') return false;
   return llhttp.llhttp_get_http_major(ptr) === 1 && llhttp.llhttp_get_http_minor(ptr) === 0;
+}
+
+/**
+ * Whether llhttp, reading the origin connection `socket`, goes on after a message that says the
+ * connection ends with it (an HTTP/1.0 one without `Connection: keep-alive`, or one with `Connection:
+ * close`): on while an interim (1xx) response has come and the final one not yet, for the final
+ * response must still come on that connection; off again at the final head, which decides. Without
+ * it llhttp takes an HTTP/1.0 `103` as the connection's last message and fails the final answer
+ * behind it ("Data after `Connection: close`"). undici judged the connection not reusable from that
+ * 1xx already (it closes it after the request). One wasm call; a no-op when it cannot be done (no
+ * socket or parser, an undici whose parser lacks it).
+ */
+export function setReadPastInterim(socket: Socket | null, enabled: boolean): void {
+  const parser = socket === null ? null : parserOf(socket);
+  const llhttp = parser?.llhttp;
+  const ptr = parser?.ptr;
+  if (typeof ptr !== 'number' || typeof llhttp?.llhttp_set_lenient_keep_alive !== 'function') return;
+  llhttp.llhttp_set_lenient_keep_alive(ptr, enabled ? 1 : 0);
 }

@@ -15,8 +15,7 @@ const ANSWERS = {
   // Kept alive, so the HTTP/1.1 answer after it may come on the same origin connection.
   '/http10': 'HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 9\r\n\r\nanswer-10',
   '/http11': 'HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nanswer-11',
-  // (Without keep-alive on the 103, llhttp takes the HTTP/1.0 1xx as the connection's last message
-  // and refuses the 200 behind it: 502.)
+  // (Without keep-alive on the 103 the 200 behind it is relayed too: http-origin-interim-last-message.test.ts.)
   '/http10-hints': 'HTTP/1.0 103 Early Hints\r\nConnection: keep-alive\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 9\r\n\r\nanswer-hh',
   // Close-delimited, as most HTTP/1.0 servers answer.
   '/http10-close': (s: Socket) => s.end('HTTP/1.0 200 OK\r\n\r\nanswer-cl', 'latin1'),
