@@ -439,8 +439,13 @@ function remainingMs(deadline: number): number {
   return Math.max(0, deadline - performance.now());
 }
 
-/** An HTTP/1.x status line's three-digit code (a `2e2` or a missing code is no status). */
-const STATUS_LINE = /^HTTP\/1\.\d (\d{3})(?: |$)/;
+/**
+ * An HTTP/1.0 or HTTP/1.1 status line's three-digit code (a `2e2` or a missing code is no status).
+ * Another minor version (`HTTP/1.2`, `HTTP/1.9`) is none either: llhttp refuses it from an origin
+ * ("Invalid HTTP version") and the Upgrade path's reader too; before, a parent's `HTTP/1.9 200`
+ * opened the tunnel.
+ */
+const STATUS_LINE = /^HTTP\/1\.[01] (\d{3})(?: |$)/;
 
 const HTTP_1 = Buffer.from('HTTP/1.', 'latin1');
 

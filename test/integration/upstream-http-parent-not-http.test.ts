@@ -88,6 +88,11 @@ describe('an http parent that answers in another protocol and stays open', () =>
     // bytes of it (the client's 502 was right).
     ['binary bytes, then a CRLFCRLF', { onRequest: Buffer.concat([Buffer.from([0, 1, 2, 3]), Buffer.from('garbage\r\n\r\n')]) }],
     ['a 15,000-byte line, then a CRLFCRLF', { onRequest: Buffer.from(`${'x'.repeat(15_000)}\r\n\r\n`) }],
+    // Regression: any digit after `HTTP/1.` was taken, so a 200 in a version that is none (llhttp
+    // refuses it from an origin: "Invalid HTTP version") opened the tunnel, a 1xx in it was skipped.
+    ['a 200 said in HTTP/1.2', { onRequest: Buffer.from('HTTP/1.2 200 Connection established\r\n\r\n') }],
+    ['a 200 said in HTTP/1.9', { onRequest: Buffer.from('HTTP/1.9 200 OK\r\n\r\n') }],
+    ['a 1xx said in HTTP/1.5, then a proper 200', { onRequest: Buffer.from('HTTP/1.5 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\n\r\n') }],
   ];
   it.each(cases)('%s: CONNECT 502 and SOCKS5 0x01 upstream-proxy, not 504 connect-timeout', async (_name, what) => {
     service = what;
