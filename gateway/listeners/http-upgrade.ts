@@ -459,7 +459,10 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
 /**
  * Answer an admitted TRACE or OPTIONS with `Max-Forwards: 0` as its final recipient (finalRecipientText),
  * as node:http's path does (http-proxy.ts): the flow `closed` with no bytes, nothing dialled, the
- * connection ended lingering after the answer, as after a refusal.
+ * connection ended lingering once the answer is written out ('finish'), as endClient and the fast
+ * path do. Before, the linger started when the answer was handed to end(): a TRACE echo larger than
+ * the socket buffers (limits.maxHeaderBytes raised to megabytes) was cut 2 s later, mid-answer,
+ * for a client that had not read it all by then.
  */
 function answerAsFinalRecipient(state: HttpListenerState, flow: Flow, req: IncomingMessage, socket: Duplex, stripped: ReadonlySet<string>): void {
   if (flow.state === 'active') {
@@ -472,7 +475,8 @@ function answerAsFinalRecipient(state: HttpListenerState, flow: Flow, req: Incom
   }
   const requestLine = `${req.method ?? ''} ${req.url ?? ''} HTTP/${req.httpVersion}`;
   socket.end(finalRecipientText(req.method ?? '', requestLine, req.rawHeaders, stripped), 'latin1');
-  lingerThenDestroy(socket);
+  if (socket.writableFinished) lingerThenDestroy(socket);
+  else socket.once('finish', () => lingerThenDestroy(socket));
 }
 
 /**
