@@ -6,11 +6,13 @@
  * socket that then closes (CONNECT, Upgrade, parser errors).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Socket } from 'node:net';
 import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { isGatewayRefusal } from '../../policy/types.ts';
 import type { Refused } from '../admission.ts';
 import type { RejectMapping } from '../reject.ts';
+import { resetSocket } from '../flow/socket-reset.ts';
 import { connectionState } from './http-connection-state.ts';
 import { httpDate } from './http-date.ts';
 
@@ -138,6 +140,31 @@ export function refuseConnectionNow(socket: Duplex, mapping: RejectMapping): voi
 
 /** How long a refused connection may linger so the client reads the answer before we drop it. */
 const LINGER_MS = 2000;
+
+/**
+ * End our side with the answer already handed to `socket.end()`: lingerThenDestroy once it is
+ * written out ('finish'), so a slow reader gets it whole. A client that takes none of it for
+ * `stallMs` meanwhile (its receive window shut: no write progress, as node's socket timeout counts
+ * it) is reset then, so one that never reads does not hold its connection for ever (a reset, not a
+ * close: the kernel would otherwise keep the unsent answer and probe the shut window).
+ */
+export function lingerOnceWritten(socket: Duplex, stallMs: number): void {
+  if (socket.writableFinished) {
+    lingerThenDestroy(socket);
+    return;
+  }
+  const timed = socket as Duplex & { setTimeout?: (ms: number, onTimeout?: () => void) => unknown };
+  const onStall = (): void => {
+    if (socket instanceof Socket) resetSocket(socket);
+    else socket.destroy();
+  };
+  timed.setTimeout?.(stallMs, onStall);
+  socket.once('finish', () => {
+    timed.setTimeout?.(0);
+    socket.removeListener('timeout', onStall);
+    lingerThenDestroy(socket);
+  });
+}
 
 /**
  * After our answer is written, discard what the client still sends and drop the connection when it

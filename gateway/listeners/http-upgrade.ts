@@ -51,7 +51,7 @@ import { interimResponseHead, isRelayableInterim, MAX_INTERIM_RELAYED } from './
 import { dropContentLength, forwardRequestHeaders, forwardResponseHeaders, INVALID_FIELD_CHAR, relayedStatusText, serialiseRequestHead, splitHeaderLine, viaFor } from './http-headers.ts';
 import { finalRecipientText, maxForwardsFault, maxForwardsOf } from './http-max-forwards.ts';
 import type { HttpListenerState } from './http-proxy.ts';
-import { lingerThenDestroy, refusalDetails, writeRawRefusal } from './http-refusal.ts';
+import { lingerOnceWritten, refusalDetails, writeRawRefusal } from './http-refusal.ts';
 import { expectationFault, hostHeaderFor, httpVersionFault, parseAbsoluteTarget, shapeRefusalCode, smugglingShape } from './http-target.ts';
 import { switchesToOffered } from './http-upgrade-tokens.ts';
 
@@ -320,7 +320,7 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
   const forwards = maxForwardsOf(req.method, req.headers['max-forwards']);
   if (forwards === 0) {
     hold.release();
-    answerAsFinalRecipient(state, flow, req, socket, state.strippedHeaders(snapshot));
+    answerAsFinalRecipient(state, flow, req, socket, state.strippedHeaders(snapshot), limits.idleTimeoutMs);
     return;
   }
   let upstream: Socket;
@@ -464,7 +464,7 @@ async function answerUpgrade(state: HttpListenerState, req: IncomingMessage, soc
  * the socket buffers (limits.maxHeaderBytes raised to megabytes) was cut 2 s later, mid-answer,
  * for a client that had not read it all by then.
  */
-function answerAsFinalRecipient(state: HttpListenerState, flow: Flow, req: IncomingMessage, socket: Duplex, stripped: ReadonlySet<string>): void {
+function answerAsFinalRecipient(state: HttpListenerState, flow: Flow, req: IncomingMessage, socket: Duplex, stripped: ReadonlySet<string>, stallMs: number): void {
   if (flow.state === 'active') {
     state.ctx.flows.markAnsweredHere(flow);
     state.ctx.flows.close(flow, 'closed');
@@ -475,8 +475,7 @@ function answerAsFinalRecipient(state: HttpListenerState, flow: Flow, req: Incom
   }
   const requestLine = `${req.method ?? ''} ${req.url ?? ''} HTTP/${req.httpVersion}`;
   socket.end(finalRecipientText(req.method ?? '', requestLine, req.rawHeaders, stripped), 'latin1');
-  if (socket.writableFinished) lingerThenDestroy(socket);
-  else socket.once('finish', () => lingerThenDestroy(socket));
+  lingerOnceWritten(socket, stallMs);
 }
 
 /**
@@ -580,8 +579,7 @@ function relayRefusedUpgrade(
     if (isEnding) return;
     isEnding = true;
     socket.end();
-    if (socket.writableFinished) lingerThenDestroy(socket);
-    else socket.once('finish', () => lingerThenDestroy(socket));
+    lingerOnceWritten(socket, limits.idleTimeoutMs);
   };
   let isClientEnded = false;
   upstream.setTimeout(limits.idleTimeoutMs, () => cut(isClientEnded ? 'client-reset' : 'idle-timeout'));
