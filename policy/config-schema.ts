@@ -204,8 +204,16 @@ const clientCertNeedsCa = (v: Record<string, unknown>): string | null =>
     ? 'requestClientCert needs ca: the CA that issues client certificates (without it every publicly trusted certificate would name a user)'
     : null;
 
+/**
+ * A clear token is sent as `Authorization: Bearer TOKEN`, which admin/auth.ts reads as `\S+`: one
+ * with whitespace in it (`"abc def"`, a trailing newline from a secret file) was accepted and could
+ * never authenticate, as serve refuses such an EGRESSGATE_ADMIN_TOKEN.
+ */
+const bearerToken = (v: string): string | null =>
+  nonEmpty(v) ?? (/\s/.test(v) ? 'has whitespace in it (a trailing newline from a file?): a Bearer token is sent without any, so no request could use it' : null);
+
 const tokenEntry = (extra: Record<string, Node | ReturnType<typeof s.req>>) =>
-  s.obj({ name: s.req(s.str(nonEmpty)), token: s.str(nonEmpty), tokenSha256: s.str(sha256), ...extra }, exactlyOne('token', 'tokenSha256'));
+  s.obj({ name: s.req(s.str(nonEmpty)), token: s.str(bearerToken), tokenSha256: s.str(sha256), ...extra }, exactlyOne('token', 'tokenSha256'));
 
 const allowEntry = s.obj(
   {
