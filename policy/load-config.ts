@@ -55,7 +55,10 @@ function countNodes(v: unknown, limit: number): number {
   return n;
 }
 
-function parseText(text: string, format: 'yaml' | 'json'): { value: unknown } | { errors: ConfigError[] } {
+function parseText(input: string, format: 'yaml' | 'json'): { value: unknown } | { errors: ConfigError[] } {
+  // A leading byte order mark (editors on Windows write one) is no part of the document: js-yaml
+  // skips it, JSON.parse refused it ("Unexpected token"), so a policy.json with one failed every reader.
+  const text = input.charCodeAt(0) === 0xfeff ? input.slice(1) : input;
   if (format === 'json') {
     let value: unknown;
     try {
