@@ -214,6 +214,18 @@ function logAppendLogEvent(log: Logger, what: 'flow log' | 'audit log', e: Appen
   }
 }
 
+/**
+ * A log file opened at start, its failure named by the config key that gave its path: `flowLog.path:
+ * /tmp` said only `cannot start: EISDIR: illegal operation on a directory, open '/tmp'`.
+ */
+async function openedAt<T>(key: string, open: () => Promise<T>): Promise<T> {
+  try {
+    return await open();
+  } catch (err) {
+    throw new Error(`${key}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+}
+
 /** What a flow-log failure means for new flows, by the policy's flowLog.onError. */
 function flowLogConsequence(policy: PolicyStore | null, willRetry: boolean): { text: string; fields: Record<string, unknown> } {
   const onError = policy?.current().config.flowLog.onError ?? 'refuse';
@@ -237,7 +249,9 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
   // The policy store exists by the time a write can fail; its current onError is what applies.
   let policyRef: PolicyStore | null = null;
   // A log file belongs to one gateway (log-lock.ts): another live one holding it stops the start.
-  const flowLog = await FlowLog.open(config.flowLog.path, { lock: true, onStateChange: (e) => logAppendLogEvent(log, 'flow log', e, (r) => flowLogConsequence(policyRef, r)) });
+  const flowLog = await openedAt('flowLog.path', () =>
+    FlowLog.open(config.flowLog.path, { lock: true, onStateChange: (e) => logAppendLogEvent(log, 'flow log', e, (r) => flowLogConsequence(policyRef, r)) }),
+  );
   const flows = new FlowTable({
     sink: flowLog,
     keepClosed: config.flowLog.keepClosed,
@@ -356,9 +370,11 @@ export async function startGateway(opts: StartOptions): Promise<RunningGateway> 
     pruneOriginPools(httpServer, snapshot.config);
     if (httpsServer) pruneOriginPools(httpsServer, snapshot.config);
   });
-  const audit = await AuditLog.open(config.flowLog.path && config.flowLog.path !== '-' ? `${config.flowLog.path}.audit.jsonl` : null, {
-    onStateChange: (e) => logAppendLogEvent(log, 'audit log', e, NO_CONSEQUENCE),
-  });
+  const audit = await openedAt('flowLog.path (its audit log, PATH.audit.jsonl)', () =>
+    AuditLog.open(config.flowLog.path && config.flowLog.path !== '-' ? `${config.flowLog.path}.audit.jsonl` : null, {
+      onStateChange: (e) => logAppendLogEvent(log, 'audit log', e, NO_CONSEQUENCE),
+    }),
+  );
   let ready = false;
   const stats = createStats(flows, alerts, identity, [
     // The front sees every HTTP connection; httpServer only those the front hands over.
