@@ -33,7 +33,7 @@ Options:
                           answers name, 32768-60999 until one does or when it names none
   --once                  one pass, send, exit (0 = delivered, 1 = not delivered); with nothing
                           to send it asks the gateway whether it takes this agent's reports
-  --help                  this text
+  -h, --help              this text
 `;
 
 class UsageError extends Error {}
@@ -86,7 +86,7 @@ async function parse(argv: string[]): Promise<AgentArgs | 'help'> {
         'gateway-host': { type: 'string' },
         'udp-relay-ports': { type: 'string' },
         once: { type: 'boolean' },
-        help: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
       },
     })).values;
   } catch (err) {
@@ -104,6 +104,8 @@ async function parse(argv: string[]): Promise<AgentArgs | 'help'> {
   if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new UsageError('--gateway: must be an http:// or https:// URL');
   let token = typeof values['token'] === 'string' ? values['token'] : process.env['EGRESSGATE_AGENT_TOKEN'];
   const tokenFile = values['token-file'];
+  // Two tokens on one command line: the file's was used without a word, the other dropped.
+  if (typeof tokenFile === 'string' && typeof values['token'] === 'string') throw new UsageError('--token and --token-file both given: give one');
   if (typeof tokenFile === 'string') {
     try {
       token = (await readFile(tokenFile, 'utf8')).trim();
@@ -113,7 +115,8 @@ async function parse(argv: string[]): Promise<AgentArgs | 'help'> {
   }
   if (!token) throw new UsageError('--token TOKEN (or EGRESSGATE_AGENT_TOKEN, or --token-file) is required');
   const intervalRaw = values['interval-ms'];
-  const intervalMs = typeof intervalRaw === 'string' ? Number(intervalRaw) : 1000;
+  // Digits only, as --gateway-ports' ports: Number() took "1e3", "0x64" and " 100" (and "" as 0).
+  const intervalMs = typeof intervalRaw === 'string' ? (/^\d{1,10}$/.test(intervalRaw) ? Number(intervalRaw) : Number.NaN) : 1000;
   if (!Number.isInteger(intervalMs) || intervalMs < 50 || intervalMs > 3_600_000) {
     throw new UsageError(`--interval-ms: must be an integer in 50..3600000, got "${intervalRaw}"`);
   }

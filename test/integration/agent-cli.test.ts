@@ -4,7 +4,9 @@
  * connection to it. Real /proc, real processes, loopback only.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { type IncomingHttpHeaders, type Server as HttpServer, createServer as createHttpServer } from 'node:http';
 import { type AddressInfo, type Server, type Socket, createServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -298,6 +300,34 @@ describe('egressgate agent', () => {
     const given = await runCaptured([...base, '--gateway-host', ` ${GATEWAY_IP} ,`]);
     expect(given.code).toBe(0);
     expect(JSON.parse(given.stdout.trim())).toMatchObject({ sockets: 1, sent: 1, delivered: true });
+  });
+
+  // Regression: `agent -h` was an unknown option (exit 2) while every other command takes it;
+  // `--token` with `--token-file` used the file's token without a word; `--interval-ms` took
+  // "1e3", "0x64" and " 100" (Number()), which no other numeric flag takes.
+  it('-h is --help; --token with --token-file and a non-digit --interval-ms are usage errors (exit 2), nothing posted', async () => {
+    const short = await runCaptured(['-h']);
+    expect(short.code).toBe(0);
+    expect(short.stdout).toContain('Usage: egressgate agent');
+    const gw = await fakeGateway();
+    const dir = await mkdtemp(join(tmpdir(), 'egw-agent-flags-'));
+    closers.push(() => rm(dir, { recursive: true, force: true }));
+    const tokenFile = join(dir, 'token');
+    await writeFile(tokenFile, 'from-the-file\n');
+    const base = ['--once', '--gateway', gw.url, '--host', 'ws', '--gateway-ports', '9'];
+    const both = await runCaptured([...base, '--token', 'from-the-flag', '--token-file', tokenFile]);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toContain('--token and --token-file both given');
+    for (const interval of ['1e3', '0x64', ' 100', '100.0', '']) {
+      const r = await runCaptured([...base, '--token', 't', '--interval-ms', interval]);
+      expect(r.code, JSON.stringify(interval)).toBe(2);
+      expect(r.stderr).toContain(`--interval-ms: must be an integer in 50..3600000, got "${interval}"`);
+    }
+    expect(gw.posts).toHaveLength(0);
+    // Control: the file alone, digits for the interval: the gateway is asked with the file's token.
+    const fileOnly = await runCaptured([...base, '--token-file', tokenFile, '--interval-ms', '100']);
+    expect(fileOnly.code).toBe(0);
+    expect(gw.posts[0]?.headers.authorization).toBe('Bearer from-the-file');
   });
 
   it('--once exits 1 when the gateway cannot be reached', async () => {
