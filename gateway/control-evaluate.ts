@@ -24,6 +24,14 @@ import { isUnderLocalhost, LOCALHOST_NAME_ADDRESS } from './upstream/resolve.ts'
  */
 export type SelfDial = (ip: string, port: number, mode: Mode) => Decision | null;
 
+/**
+ * The client address of a dry run that names no source (`egressgate evaluate` without --source,
+ * `POST /v1/policy/evaluate` without `source`): a client with no address, which no identity.hosts
+ * entry, exceptions host or expectedScanSources host names (the inventory is not consulted either).
+ * The CLI used 127.0.0.1 and the API 0.0.0.0, so an exception for host 127.0.0.1 applied to one only.
+ */
+export const NO_SOURCE_IP = '0.0.0.0';
+
 const inventories = new WeakMap<PolicySnapshot, HostInventory>();
 
 function inventoryOf(snapshot: PolicySnapshot): HostInventory {
@@ -107,7 +115,7 @@ export function evaluateConnection(
   const protocol = q.protocol ?? 'connect';
   const facts: ConnectFacts = {
     protocol,
-    clientIp: sourceIp ?? '0.0.0.0',
+    clientIp: sourceIp ?? NO_SOURCE_IP,
     clientPort: 0,
     identity,
     destHost: dest.host,

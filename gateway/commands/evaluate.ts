@@ -18,7 +18,7 @@ import { parseIp } from '../../policy/cidr.ts';
 import { compilePolicy } from '../../policy/compile.ts';
 import { loadConfigFile } from '../../policy/load-config.ts';
 import type { ConnectFacts, Identity, Mode, Protocol } from '../../policy/types.ts';
-import { addressWithoutDns, unauthenticatedRefusal } from '../control-evaluate.ts';
+import { addressWithoutDns, NO_SOURCE_IP, unauthenticatedRefusal } from '../control-evaluate.ts';
 import { dryRunConnect } from '../detection/dry-run.ts';
 import { HostInventory } from '../identity/host-inventory.ts';
 import { parseAuthority } from '../protocol/authority.ts';
@@ -47,7 +47,8 @@ options:
   -c, --config FILE     the policy file (default: $EGRESSGATE_CONFIG)
   -d, --dest HOST:PORT  destination (IPv6 in brackets: [2001:db8::1]:443)
   -u, --user U          authenticated user name
-  -s, --source IP       client address (selects identity.hosts)
+  -s, --source IP       client address (selects identity.hosts; without it: a client with no
+                        address, 0.0.0.0, that no hosts, exceptions or expectedScanSources entry names)
   -p, --process NAME    process name (as attribution would report it)
       --protocol P      ${PROTOCOLS.join(' | ')} (default connect)
       --ip IP           the address the gateway would dial for --dest
@@ -138,7 +139,7 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
   const destIpSource = values.ip !== undefined ? '--ip' : dest.isIp ? 'literal' : (known?.source ?? null);
   const facts: ConnectFacts = {
     protocol,
-    clientIp: source ?? '127.0.0.1',
+    clientIp: source ?? NO_SOURCE_IP,
     clientPort: 0,
     identity,
     destHost: dest.host,
