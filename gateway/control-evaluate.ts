@@ -32,6 +32,13 @@ export type SelfDial = (ip: string, port: number, mode: Mode) => Decision | null
  */
 export const NO_SOURCE_IP = '0.0.0.0';
 
+/**
+ * Why a dry run refuses an empty user name: no account can have one (identity.users names are not
+ * empty), and the gateway refuses a login naming it (407 bad-credentials) in any mode. Answered
+ * `user: ""` as if logged in, evaluate said `allow` where the connection got 407.
+ */
+export const EMPTY_USER = 'is empty: the gateway refuses a login with an empty user name (407 bad-credentials); leave it out for a client that did not log in';
+
 const inventories = new WeakMap<PolicySnapshot, HostInventory>();
 
 function inventoryOf(snapshot: PolicySnapshot): HostInventory {
@@ -85,6 +92,7 @@ export function evaluateConnection(
 ): EvaluateOutcome {
   const dest = parseAuthority(q.dest);
   if (!dest) return { ok: false, message: `dest must be host:port (IPv6 in brackets), got ${JSON.stringify(q.dest)}` };
+  if (q.user === '') return { ok: false, message: `user ${EMPTY_USER}` };
   if (q.source !== undefined && isIP(q.source) === 0) return { ok: false, message: 'source must be an IP address' };
   if (q.ip !== undefined && isIP(q.ip) === 0) return { ok: false, message: 'ip must be an IP address' };
   const sourceIp = q.source ?? null;

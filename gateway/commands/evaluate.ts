@@ -18,7 +18,7 @@ import { parseIp } from '../../policy/cidr.ts';
 import { compilePolicy } from '../../policy/compile.ts';
 import { loadConfigFile } from '../../policy/load-config.ts';
 import type { ConnectFacts, Identity, Mode, Protocol } from '../../policy/types.ts';
-import { addressWithoutDns, NO_SOURCE_IP, unauthenticatedRefusal } from '../control-evaluate.ts';
+import { addressWithoutDns, EMPTY_USER, NO_SOURCE_IP, unauthenticatedRefusal } from '../control-evaluate.ts';
 import { dryRunConnect } from '../detection/dry-run.ts';
 import { HostInventory } from '../identity/host-inventory.ts';
 import { parseAuthority } from '../protocol/authority.ts';
@@ -46,7 +46,7 @@ no --user is a client that did not log in: block auth-required, as the gateway a
 options:
   -c, --config FILE     the policy file (default: $EGRESSGATE_CONFIG)
   -d, --dest HOST:PORT  destination (IPv6 in brackets: [2001:db8::1]:443)
-  -u, --user U          authenticated user name
+  -u, --user U          authenticated user name (not empty: the gateway refuses that login)
   -s, --source IP       client address (selects identity.hosts; without it: a client with no
                         address, 0.0.0.0, that no hosts, exceptions or expectedScanSources entry names)
   -p, --process NAME    process name (as attribution would report it)
@@ -108,6 +108,7 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
   if (!dest) return usageError(io, `--dest must be HOST:PORT (IPv6 in brackets), got ${JSON.stringify(values.dest)}`);
   const protocol = (values.protocol ?? 'connect') as Protocol;
   if (!PROTOCOLS.includes(protocol)) return usageError(io, `--protocol must be one of ${PROTOCOLS.join(', ')}`);
+  if (values.user === '') return usageError(io, `--user ${EMPTY_USER}`);
   if (values.source !== undefined && isIP(values.source) === 0) return usageError(io, '--source must be an IP address');
   if (values.ip !== undefined && isIP(values.ip) === 0) return usageError(io, '--ip must be an IP address');
   if (values.mode !== undefined && values.mode !== 'monitor' && values.mode !== 'enforce') return usageError(io, '--mode must be monitor or enforce');
