@@ -12,7 +12,7 @@
  * severity changes, or once its last alert is an hour old (REPEAT_ALERT_MS; the quarantine period,
  * if shorter, for a block or kill, enforced or monitored).
  */
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import {
   budgetKillFinding,
@@ -733,6 +733,9 @@ export async function createDetectionEngine(opts: DetectionEngineOptions): Promi
       await rename(tmp, path);
     } catch (err) {
       log.warn({ path, err: String(err) }, 'could not persist detection state');
+      // A save that failed after writing its temp file (the rename refused: state.path a directory,
+      // another file system) leaves none behind beside state.path.
+      await unlink(tmp).catch(() => undefined);
     }
   }
 

@@ -8,7 +8,7 @@
  * replaced at the next persist: a gateway started on a version-2 file logged nothing, and at its stop
  * the file held its own fresh state, the 1 first-seen destination and the learning start gone.
  */
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -88,5 +88,14 @@ describe('state.path across restarts', () => {
     expect(fresh.version).toBe(1);
     expect(fresh.learningStartedAtMs).toBeGreaterThan(1);
     expect(fresh.firstSeen.map(([h]) => h)).toEqual(['127.0.0.1']);
+  });
+
+  it('a save that cannot be put in place (state.path a directory) warns and leaves no temp file beside it', async () => {
+    const path = join(dir, 'a-directory');
+    mkdirSync(path);
+    const logs = await runOnce(path);
+    expect(logs.some((l) => l.path === path && l.msg === 'could not persist detection state')).toBe(true);
+    // Before, each failed save left `${path}.${pid}.tmp` in the parent directory.
+    expect(readdirSync(dir).filter((f) => f.startsWith('a-directory.') && f.endsWith('.tmp'))).toEqual([]);
   });
 });
