@@ -217,7 +217,11 @@ async function loadBaselines(path: string, config: PolicySnapshot['config'], now
   try {
     text = await readFile(path, 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.warn({ path, err: String(err) }, 'detection state unreadable; starting fresh');
+    const code = (err as NodeJS.ErrnoException).code;
+    // A directory (or a path through a file) can never be saved to either: the gateway started and
+    // warned `could not persist detection state … rename` at every save. A start error instead.
+    if (code === 'EISDIR' || code === 'ENOTDIR') throw new Error(`state.path: ${(err as Error).message}`, { cause: err });
+    if (code !== 'ENOENT') log.warn({ path, err: String(err) }, 'detection state unreadable; starting fresh');
     return null;
   }
   let json: unknown;

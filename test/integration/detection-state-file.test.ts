@@ -38,9 +38,10 @@ afterEach(async () => {
   gw = null;
 });
 
-/** One run of the gateway on `path`: a tunnel to the echo origin, then a stop (which persists). */
-async function runOnce(path: string): Promise<TestGateway['logs']> {
+/** One run of the gateway on `path` (`afterStart` run once it is up): a tunnel to the echo origin, then a stop (which persists). */
+async function runOnce(path: string, afterStart?: () => void): Promise<TestGateway['logs']> {
   gw = await startTestGateway({ state: { path } });
+  afterStart?.();
   const a = await httpConnect({ host: gw.httpHost, port: gw.httpPort }, `127.0.0.1:${good.port}`);
   expect(a.status).toBe(200);
   await echoRoundTrip(a.socket, Buffer.from('hello'));
@@ -90,10 +91,10 @@ describe('state.path across restarts', () => {
     expect(fresh.firstSeen.map(([h]) => h)).toEqual(['127.0.0.1']);
   });
 
-  it('a save that cannot be put in place (state.path a directory) warns and leaves no temp file beside it', async () => {
+  it('a save that cannot be put in place (state.path made a directory after the start) warns and leaves no temp file beside it', async () => {
     const path = join(dir, 'a-directory');
-    mkdirSync(path);
-    const logs = await runOnce(path);
+    // A directory at the start is a start error (config-flow-log-directory.test.ts): made one after it.
+    const logs = await runOnce(path, () => mkdirSync(path));
     expect(logs.some((l) => l.path === path && l.msg === 'could not persist detection state')).toBe(true);
     // Before, each failed save left `${path}.${pid}.tmp` in the parent directory.
     expect(readdirSync(dir).filter((f) => f.startsWith('a-directory.') && f.endsWith('.tmp'))).toEqual([]);
