@@ -13,6 +13,7 @@ import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent } from '../../agent/agent.ts';
+import { digitsValue } from './digits-flag.ts';
 import { withoutRepeatedFlags } from './repeated-flag.ts';
 
 const USAGE = `Usage: egressgate agent --gateway URL --token TOKEN [options]
@@ -116,7 +117,7 @@ async function parse(argv: string[]): Promise<AgentArgs | 'help'> {
   if (!token) throw new UsageError('--token TOKEN (or EGRESSGATE_AGENT_TOKEN, or --token-file) is required');
   const intervalRaw = values['interval-ms'];
   // Digits only, as --gateway-ports' ports: Number() took "1e3", "0x64" and " 100" (and "" as 0).
-  const intervalMs = typeof intervalRaw === 'string' ? (/^\d{1,10}$/.test(intervalRaw) ? Number(intervalRaw) : Number.NaN) : 1000;
+  const intervalMs = typeof intervalRaw === 'string' ? digitsValue(intervalRaw) : 1000;
   if (!Number.isInteger(intervalMs) || intervalMs < 50 || intervalMs > 3_600_000) {
     throw new UsageError(`--interval-ms: must be an integer in 50..3600000, got "${intervalRaw}"`);
   }

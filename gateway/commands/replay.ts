@@ -15,6 +15,7 @@ import { alertLines, scoreTable } from '../replay/report.ts';
 import { formatAuthority } from '../protocol/authority.ts';
 import type { ConnSpec } from '../replay/scenario.ts';
 import { loadInputs, runSuite } from '../replay/suite.ts';
+import { digitsValue } from './digits-flag.ts';
 import { withoutRepeatedFlags } from './repeated-flag.ts';
 
 export interface CommandIo {
@@ -128,7 +129,8 @@ export async function run(argv: string[], io: CommandIo = process): Promise<numb
   }
   let stepMs: number | undefined;
   if (values['step-ms'] !== undefined) {
-    stepMs = Number(values['step-ms']);
+    // Digits only, as agent's --interval-ms: Number() took "1e3", "0x64" and " 100".
+    stepMs = digitsValue(values['step-ms']);
     if (!Number.isInteger(stepMs) || stepMs < 1) {
       io.stderr.write(`egressgate replay: --step-ms must be a positive integer, got '${values['step-ms']}'\n`);
       return 2;

@@ -165,3 +165,25 @@ describe('a replay INPUT directory with no scenario file', () => {
     }
   }, 60_000);
 });
+
+// Regression: --step-ms was read with Number(), so `1e3`, `0x64`, ` 100` and `100 ` replayed (exit 0)
+// at a step the operator never wrote. Digits only now, as agent's --interval-ms (digits-flag.ts).
+describe('replay --step-ms', () => {
+  const scenario = join(ROOT, 'test', 'scenarios', 'B01-package-upgrade.yaml');
+
+  it('takes digits only: anything else is a usage error naming the flag (exit 2, nothing judged)', async () => {
+    const bad = ['1e3', '0x64', ' 100', '100 ', '+100', ''];
+    const runs = await Promise.all(bad.map((v) => cli(['replay', '--config', monitor, '--step-ms', v, scenario])));
+    runs.forEach((r, i) => {
+      expect(r.stderr).toContain(`egressgate replay: --step-ms must be a positive integer, got '${bad[i]}'`);
+      expect(r.stdout).toBe('');
+      expect(r.code).toBe(2);
+    });
+  }, 60_000);
+
+  it('digits are taken', async () => {
+    const r = await cli(['replay', '--config', monitor, '--step-ms', '100', scenario]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+  }, 60_000);
+});
