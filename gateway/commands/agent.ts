@@ -13,6 +13,7 @@ import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent } from '../../agent/agent.ts';
+import { BEARER_WHITESPACE_REASON, hasWhitespace } from './bearer-token.ts';
 import { digitsValue } from './digits-flag.ts';
 import { withoutRepeatedFlags } from './repeated-flag.ts';
 
@@ -115,6 +116,14 @@ async function parse(argv: string[]): Promise<AgentArgs | 'help'> {
     }
   }
   if (!token) throw new UsageError('--token TOKEN (or EGRESSGATE_AGENT_TOKEN, or --token-file) is required');
+  // Whitespace at its ends is dropped on the way (the header value is trimmed; the admin API takes
+  // `Bearer[ \t]+` and a trailing `[ \t]*`), so a trailing newline from a secret file authenticates.
+  // Inside it, none could: every report was refused 401 (a newline: every POST failed, the error
+  // printing the token). Refused here, never printed, as serve refuses such an admin token.
+  if (hasWhitespace(token.trim())) {
+    const from = typeof tokenFile === 'string' ? '--token-file' : typeof values['token'] === 'string' ? '--token' : 'EGRESSGATE_AGENT_TOKEN';
+    throw new UsageError(`${from}: the token has whitespace inside it: ${BEARER_WHITESPACE_REASON}`);
+  }
   const intervalRaw = values['interval-ms'];
   // Digits only, as --gateway-ports' ports: Number() took "1e3", "0x64" and " 100" (and "" as 0).
   const intervalMs = typeof intervalRaw === 'string' ? digitsValue(intervalRaw) : 1000;

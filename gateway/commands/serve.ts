@@ -14,6 +14,7 @@ import { configFileFormat, loadConfig } from '../../policy/load-config.ts';
 import type { Mode } from '../../policy/types.ts';
 import { exitAfterDrain } from '../exit-after-drain.ts';
 import { nodeFlagsWarning } from '../node-flags.ts';
+import { BEARER_WHITESPACE_REASON, hasWhitespace } from './bearer-token.ts';
 import { withoutRepeatedFlags } from './repeated-flag.ts';
 
 const HELP = `usage: egressgate serve [--config FILE] [--mode monitor|enforce] [--http HOST:PORT]
@@ -111,8 +112,8 @@ export async function run(argv: string[]): Promise<number> {
   // any (a trailing newline from a secret file) authenticated no request, and as a token was set none
   // was generated, so the admin API answered 401 to everyone without a word. Never printed.
   const envToken = process.env.EGRESSGATE_ADMIN_TOKEN || null;
-  if (envToken !== null && /\s/.test(envToken)) {
-    process.stderr.write('egressgate: cannot start: EGRESSGATE_ADMIN_TOKEN has whitespace in it (a trailing newline from a file?): a Bearer token is sent without any, so no request could use it\n');
+  if (envToken !== null && hasWhitespace(envToken)) {
+    process.stderr.write(`egressgate: cannot start: EGRESSGATE_ADMIN_TOKEN has whitespace in it (a trailing newline from a file?): ${BEARER_WHITESPACE_REASON}\n`);
     return 1;
   }
   // 1. config
