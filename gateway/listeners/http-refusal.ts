@@ -167,6 +167,37 @@ export function lingerOnceWritten(socket: Duplex, stallMs: number): void {
 }
 
 /**
+ * Reset `socket` when the answer still queued on it makes no progress for `stallMs` (writableLength
+ * not down since the last check): a client that never reads its last answer, and keeps sending so
+ * that the socket's idle timer (re-armed by reads too) never fires, would otherwise hold the
+ * connection for ever, the linger waiting on a 'finish' that never comes. One timer, re-armed every
+ * stallMs while the queue drains, cleared at 'finish' or 'close'; reads do not count.
+ */
+export function resetIfWriteStalls(socket: Socket, stallMs: number): void {
+  let queued = socket.writableLength;
+  let timer: NodeJS.Timeout | null = null;
+  const check = (): void => {
+    timer = null;
+    if (socket.destroyed || socket.writableFinished) return;
+    if (socket.writableLength >= queued) {
+      resetSocket(socket);
+      return;
+    }
+    queued = socket.writableLength;
+    timer = setTimeout(check, stallMs);
+    timer.unref();
+  };
+  const stop = (): void => {
+    if (timer !== null) clearTimeout(timer);
+    timer = null;
+  };
+  timer = setTimeout(check, stallMs);
+  timer.unref();
+  socket.once('finish', stop);
+  socket.once('close', stop);
+}
+
+/**
  * After our answer is written, discard what the client still sends and drop the connection when it
  * closes its side or after a short linger. Destroying at once could reset the connection while the
  * client still has unread bytes in flight, and a reset wipes our answer from its receive buffer.
