@@ -48,7 +48,7 @@ import { noteChunkQueued } from './http-origin-reads.ts';
 import { dispatchToOrigin, StaggeredOrigin } from './http-origin-dial.ts';
 import { forwardRequestHeaders, forwardResponseHeaders, INVALID_FIELD_CHAR, relayedStatusText } from './http-headers.ts';
 import type { HttpListenerState } from './http-proxy.ts';
-import { lingerThenDestroy, type RefusalDetails, refusalDetails, refusalText, resetIfWriteStalls } from './http-refusal.ts';
+import { lingerOnceWritten, type RefusalDetails, refusalDetails, refusalText } from './http-refusal.ts';
 import { type AbsoluteTarget, hostHeaderFor, parseAbsoluteTarget } from './http-target.ts';
 
 /** Idle time allowed between two requests of a connection (node:http's keepAliveTimeout here). */
@@ -295,14 +295,9 @@ class FastConnection {
     s.end();
     // Read on (dropping what is held and what comes) to see the client's FIN.
     if (s.isPaused()) s.resume();
-    if (s.writableFinished) {
-      lingerThenDestroy(s);
-      return;
-    }
-    s.once('finish', () => lingerThenDestroy(s));
     // A client that never reads the answer but keeps sending re-arms the socket's timer (onTimeout)
-    // with every byte: without progress for limits.idleTimeoutMs it is reset.
-    resetIfWriteStalls(s, this.path.state.ctx.policy.current().config.limits.idleTimeoutMs);
+    // with every byte: without write progress for limits.idleTimeoutMs it is reset (lingerOnceWritten).
+    lingerOnceWritten(s, this.path.state.ctx.policy.current().config.limits.idleTimeoutMs);
   }
 
   private readonly onData = (chunk: Buffer): void => {

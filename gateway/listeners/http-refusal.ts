@@ -144,26 +144,18 @@ const LINGER_MS = 2000;
 /**
  * End our side with the answer already handed to `socket.end()`: lingerThenDestroy once it is
  * written out ('finish'), so a slow reader gets it whole. A client that takes none of it for
- * `stallMs` meanwhile (its receive window shut: no write progress, as node's socket timeout counts
- * it) is reset then, so one that never reads does not hold its connection for ever (a reset, not a
- * close: the kernel would otherwise keep the unsent answer and probe the shut window).
+ * `stallMs` meanwhile (its receive window shut: no write progress, resetIfWriteStalls) is reset
+ * then, so one that never reads does not hold its connection for ever (a reset, not a close: the
+ * kernel would otherwise keep the unsent answer and probe the shut window).
  */
 export function lingerOnceWritten(socket: Duplex, stallMs: number): void {
   if (socket.writableFinished) {
     lingerThenDestroy(socket);
     return;
   }
-  const timed = socket as Duplex & { setTimeout?: (ms: number, onTimeout?: () => void) => unknown };
-  const onStall = (): void => {
-    if (socket instanceof Socket) resetSocket(socket);
-    else socket.destroy();
-  };
-  timed.setTimeout?.(stallMs, onStall);
-  socket.once('finish', () => {
-    timed.setTimeout?.(0);
-    socket.removeListener('timeout', onStall);
-    lingerThenDestroy(socket);
-  });
+  socket.once('finish', () => lingerThenDestroy(socket));
+  // Write progress only: a socket timeout would be re-armed by every byte the client still sends.
+  if (socket instanceof Socket) resetIfWriteStalls(socket, stallMs);
 }
 
 /**
